@@ -1,0 +1,80 @@
+"""Input conversion and validation shared by the lower layers.
+
+Every check raises ``ValueError`` whose message names the offending argument, so that a
+bad call fails loudly at the boundary instead of producing NaN losses later.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import torch
+from torch import Tensor
+
+ArrayLike = float | np.ndarray | Tensor | list
+
+
+def as_tensor(x: ArrayLike, name: str, *, like: Tensor | None = None) -> Tensor:
+    """Convert ``x`` to a floating tensor (float64 for Python/NumPy floats unless ``like``)."""
+    if isinstance(x, Tensor):
+        t = x
+    elif isinstance(x, np.ndarray | list | tuple | numbers.Real):
+        t = torch.as_tensor(np.asarray(x, dtype=np.float64))
+    else:
+        raise ValueError(f"{name}: expected a float, list, NumPy array or tensor, got {type(x)}")
+    if not torch.is_floating_point(t):
+        t = t.to(torch.float64 if like is None else like.dtype)
+    if like is not None:
+        t = t.to(device=like.device, dtype=like.dtype)
+    return t
+
+
+def check_finite(t: Tensor, name: str) -> Tensor:
+    if not bool(torch.isfinite(t).all()):
+        bad = (~torch.isfinite(t)).nonzero()[0].tolist()
+        raise ValueError(f"{name}: contains NaN or inf (first at index {bad})")
+    return t
+
+
+def check_vector(t: Tensor, name: str) -> Tensor:
+    if t.ndim != 1:
+        raise ValueError(f"{name}: expected shape [B], got {list(t.shape)}")
+    return t
+
+
+def check_in_range(
+    t: Tensor, name: str, low: float, high: float, *, high_inclusive: bool = True
+) -> Tensor:
+    """Every element in ``[low, high]`` (or ``[low, high)``); NaN is rejected too."""
+    check_finite(t, name)
+    too_high = t > high if high_inclusive else t >= high
+    bad = (t < low) | too_high
+    if bool(bad.any()):
+        i = bad.nonzero()[0].tolist()
+        v = float(t[tuple(i)]) if t.ndim else float(t)
+        bracket = "]" if high_inclusive else ")"
+        where = f" at index {i}" if t.ndim else ""
+        raise ValueError(f"{name}: must lie in [{low}, {high}{bracket}, got {v}{where}")
+    return t
+
+
+def broadcast_per_pair(value: ArrayLike, like: Tensor, name: str) -> Tensor:
+    """A float or a ``[B]`` tensor matching ``like`` (shape ``[B]``), as a tensor of shape ``[B]``."""
+    t = as_tensor(value, name, like=like)
+    if t.ndim == 0:
+        return t.expand_as(like)
+    if t.shape != like.shape:
+        raise ValueError(
+            f"{name}: expected a float or shape {list(like.shape)}, got {list(t.shape)}"
+        )
+    return t
+
+
+def same_type_as_input(result: Tensor, original: ArrayLike):
+    """Return ``result`` as a tensor, NumPy array or float, matching how the input came in."""
+    if isinstance(original, Tensor):
+        return result
+    if isinstance(original, numbers.Real):
+        return float(result)
+    return result.detach().cpu().numpy()

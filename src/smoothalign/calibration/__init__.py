@@ -1,0 +1,21 @@
+"""Calibration metrics (ECE, RMS, MCE, Brier), reliability curves and diagrams."""
+
+from smoothalign.calibration.metrics import (
+    ReliabilityCurve,
+    brier_score,
+    calibration_summary,
+    expected_calibration_error,
+    max_calibration_error,
+    reliability_curve,
+    rms_calibration_error,
+)
+
+__all__ = [
+    "ReliabilityCurve",
+    "brier_score",
+    "calibration_summary",
+    "expected_calibration_error",
+    "max_calibration_error",
+    "reliability_curve",
+    "rms_calibration_error",
+]

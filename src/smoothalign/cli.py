@@ -1,0 +1,62 @@
+"""The ``smoothalign`` command line. It only parses arguments and calls the library.
+
+Each command lives in its own module, which exposes ``add_arguments(parser)`` and
+``run(args) -> int``; this file wires them into sub-commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (command path, module, help); modules are imported lazily so `--help` stays fast and a
+# command's heavy dependencies (transformers, ...) load only when it runs.
+COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
+    (
+        ("study", "logreg"),
+        "smoothalign.experiments.logreg_cli",
+        "logistic-regression study (SPEC §7)",
+    ),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smoothalign",
+        description="Align language models with noisy preferences, and make them calibrated.",
+    )
+    groups: dict[tuple[str, ...], argparse._SubParsersAction] = {
+        (): parser.add_subparsers(dest="command", metavar="COMMAND")
+    }
+    parents: dict[tuple[str, ...], argparse.ArgumentParser] = {(): parser}
+    for path, module, help_text in COMMANDS:
+        for depth in range(1, len(path)):
+            prefix = path[:depth]
+            if prefix not in parents:
+                sub = groups[prefix[:-1]].add_parser(prefix[-1], help=f"{prefix[-1]} commands")
+                parents[prefix] = sub
+                groups[prefix] = sub.add_subparsers(dest=f"sub_{depth}", metavar="COMMAND")
+        leaf = groups[path[:-1]].add_parser(
+            path[-1],
+            help=help_text,
+            description=help_text,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        leaf.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(leaf)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module = getattr(args, "_module", None)
+    if module is None:
+        parser.print_help()
+        return 2
+    return int(importlib.import_module(module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Soft-label divergences for preference models trained on vote shares (SPEC §6).
+
+A preference model outputs logits ``[B, R]`` over ``R`` preference classes (2 for a pair,
+or ``R`` grades); the annotations give a prior ``p_i`` ``[B, R]`` (vote shares). Each loss
+compares the model distribution ``q_θ(·|x_i)`` with a target — the prior itself, or the
+batch-normalised posterior of :func:`posterior_target` — and returns per-row losses ``[B]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from smoothalign._checks import check_finite, check_in_range
+
+LOG2 = math.log(2.0)
+
+
+def _check_pair(logits: Tensor, target: Tensor) -> None:
+    if logits.ndim != 2:
+        raise ValueError(f"logits: expected shape [B, R], got {list(logits.shape)}")
+    if target.shape != logits.shape:
+        raise ValueError(f"target: expected shape {list(logits.shape)}, got {list(target.shape)}")
+    check_finite(logits, "logits")
+    check_in_range(target, "target", 0.0, 1.0)
+    sums = target.sum(-1)
+    bad = (sums - 1).abs() > 1e-4
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"target: row {i} sums to {float(sums[i]):.6f}, not 1")
+
+
+def posterior_target(prior: Tensor, model_probs: Tensor) -> Tensor:
+    """``r_i(ρ) ∝ p_i(ρ) · q_θ(ρ|x_i) / Σ_{j∈B} q_θ(ρ|x_j)``, normalised over ρ (SPEC §6).
+
+    ``prior`` and ``model_probs`` are ``[B, R]``. The batch sum estimates the marginal of
+    each class under the model, so a model whose output is the same for every row leaves
+    the prior unchanged.
+    """
+    if prior.shape != model_probs.shape or prior.ndim != 2:
+        raise ValueError(
+            f"prior/model_probs: expected equal shapes [B, R], got {list(prior.shape)} "
+            f"and {list(model_probs.shape)}"
+        )
+    check_in_range(prior, "prior", 0.0, 1.0)
+    check_in_range(model_probs, "model_probs", 0.0, 1.0)
+    unnorm = prior * model_probs / model_probs.sum(0, keepdim=True).clamp_min(1e-30)
+    z = unnorm.sum(-1, keepdim=True)
+    if bool((z <= 0).any()):
+        i = int((z.squeeze(-1) <= 0).nonzero()[0])
+        raise ValueError(f"prior: row {i} gives zero posterior mass (prior and model disagree)")
+    return unnorm / z
+
+
+def forward_kl(logits: Tensor, target: Tensor) -> Tensor:
+    """``KL(target ‖ q_θ)`` per row; equals cross-entropy on one-hot targets."""
+    _check_pair(logits, target)
+    log_q = torch.log_softmax(logits, -1)
+    return (torch.xlogy(target, target) - target * log_q).sum(-1)
+
+
+def reverse_kl(logits: Tensor, target: Tensor, *, target_floor: float = 1e-6) -> Tensor:
+    """``KL(q_θ ‖ target)`` per row.
+
+    Mode-seeking; infinite when the target has a zero where the model does not, so the
+    target is floored at ``target_floor`` (and renormalised) — set 0 for the exact value.
+    """
+    _check_pair(logits, target)
+    log_q = torch.log_softmax(logits, -1)
+    t = target
+    if target_floor > 0:
+        t = target.clamp_min(target_floor)
+        t = t / t.sum(-1, keepdim=True)
+    return (log_q.exp() * (log_q - torch.log(t))).sum(-1)
+
+
+def jensen_shannon(logits: Tensor, target: Tensor) -> Tensor:
+    """``½KL(target ‖ M) + ½KL(q_θ ‖ M)``, ``M = ½(target + q_θ)``; symmetric, in ``[0, log 2]``."""
+    _check_pair(logits, target)
+    q = torch.softmax(logits, -1)
+    m = 0.5 * (q + target)
+    log_m = torch.log(m.clamp_min(1e-30))
+    kl_t = (torch.xlogy(target, target) - target * log_m).sum(-1)
+    kl_q = (torch.xlogy(q, q) - q * log_m).sum(-1)
+    return 0.5 * (kl_t + kl_q)
+
+
+DIVERGENCES = {"fkl": forward_kl, "rkl": reverse_kl, "jsd": jensen_shannon}
+
+
+def soft_label_loss(
+    name: str,
+    logits: Tensor,
+    prior: Tensor,
+    *,
+    posterior: bool = False,
+    detach_target: bool = True,
+) -> Tensor:
+    """Per-row loss ``[B]`` between the model and a soft target built from ``prior`` ``[B, R]``.
+
+    ``posterior=True`` uses the batch-normalised posterior target of SPEC §6; gradients
+    flow through it only when ``detach_target=False`` (the default stops them).
+    """
+    try:
+        div = DIVERGENCES[name]
+    except KeyError:
+        raise ValueError(
+            f"divergence: unknown name {name!r}; choose one of {sorted(DIVERGENCES)}"
+        ) from None
+    target = prior.to(logits.dtype)
+    if posterior:
+        target = posterior_target(target, torch.softmax(logits, -1))
+        if detach_target:
+            target = target.detach()
+    return div(logits, target)

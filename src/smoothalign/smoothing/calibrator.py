@@ -1,0 +1,201 @@
+"""The CALS label-confidence estimator (SPEC §4).
+
+The forecast ``p̂ = σ(h)`` of a pair is the model's probability that its *labelled* winner
+wins. Each pair is read twice: ``p̂`` with outcome "first wins" and, mirrored, ``1 − p̂``
+with outcome "first loses". ``K`` equal-width bins (``K`` even, so ½ is an edge) keep
+exponentially weighted counts ``w_k`` and ``l_k`` of the two outcomes, and a prior of ``κ``
+pseudo-pairs at confidence ``c₀`` that is never decayed. The confidence of a label whose
+forecast falls in bin ``k`` is
+
+    q̂_k = (w_k + κ·c₀) / (w_k + l_k + κ).
+
+*Moving average of counts.* A bin the batch touched is updated as ``w_k ← m·w_k + c_k``,
+where ``c_k`` is the batch's count: an exponential moving average scaled by ``1/(1−m)``,
+so ``w_k`` is a number of pairs (those of the last ~``1/(1−m)`` steps) and the prior
+``κ`` is commensurable with it whatever the batch size. Bins the batch did not touch keep
+their counts. Exact ties (``p̂ = ½``) carry no information and are not counted.
+
+Under ``torch.distributed`` the per-bin batch counts are summed across ranks before the
+update, so every rank holds identical state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from smoothalign._checks import ArrayLike, as_tensor, check_in_range, check_vector
+from smoothalign.smoothing.theory import _optimal_alpha, check_metric
+
+
+class CALSCalibrator:
+    """Binned, moving-average estimate of each label's confidence from the model's forecasts.
+
+    Args:
+        bins: number ``K`` of equal-width forecast bins; must be even (½ is then an edge).
+        momentum: decay ``m`` per update of the touched bins' counts, in ``[0, 1)``.
+        init_confidence: ``c₀``, the prior confidence (1.0: no smoothing before evidence).
+        prior_strength: ``κ``, pseudo-pairs of prior per bin; never decayed.
+        warmup_steps: for the first ``W`` updates, :meth:`alpha` returns ``a*(c₀)``
+            while the bins keep updating.
+    """
+
+    def __init__(
+        self,
+        bins: int = 20,
+        momentum: float = 0.99,
+        init_confidence: float = 1.0,
+        prior_strength: float = 10.0,
+        warmup_steps: int = 0,
+    ) -> None:
+        if not isinstance(bins, int) or bins < 2 or bins % 2:
+            raise ValueError(
+                f"bins: must be an even integer >= 2 (so 1/2 is a bin edge), got {bins}"
+            )
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum: must lie in [0, 1), got {momentum}")
+        if not 0.0 <= init_confidence <= 1.0:
+            raise ValueError(f"init_confidence: must lie in [0, 1], got {init_confidence}")
+        if not prior_strength >= 0.0:
+            raise ValueError(f"prior_strength: must be >= 0, got {prior_strength}")
+        if not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ValueError(f"warmup_steps: must be an integer >= 0, got {warmup_steps}")
+        self.bins = bins
+        self.momentum = float(momentum)
+        self.init_confidence = float(init_confidence)
+        self.prior_strength = float(prior_strength)
+        self.warmup_steps = warmup_steps
+        self.reset()
+
+    def reset(self) -> None:
+        self.wins = torch.zeros(self.bins, dtype=torch.float64)
+        self.losses = torch.zeros(self.bins, dtype=torch.float64)
+        self.step = 0
+
+    # ------------------------------------------------------------------ binning
+    def _forecasts(self, forecasts: ArrayLike) -> Tensor:
+        p = as_tensor(forecasts, "forecasts").detach().to(torch.float64)
+        check_vector(p, "forecasts")
+        return check_in_range(p, "forecasts", 0.0, 1.0)
+
+    def bin_index(self, forecasts: ArrayLike) -> Tensor:
+        """Bin of each forecast ``[B]`` (``p̂ = 1`` falls in the last bin)."""
+        p = self._forecasts(forecasts)
+        return (p * self.bins).floor().long().clamp_(0, self.bins - 1).cpu()
+
+    def batch_counts(self, forecasts: ArrayLike) -> Tensor:
+        """This batch's per-bin counts ``[2, K]``: row 0 "first wins", row 1 "first loses"."""
+        p = self._forecasts(forecasts)
+        p = p[p != 0.5]  # exact ties carry no information
+        k = self.bins
+        counts = torch.zeros(2, k, dtype=torch.float64)
+        if p.numel():
+            counts[0] = torch.bincount(self.bin_index(p), minlength=k).to(torch.float64)
+            counts[1] = torch.bincount(self.bin_index(1 - p), minlength=k).to(torch.float64)
+        return counts
+
+    # ------------------------------------------------------------------ state
+    def update(self, forecasts: ArrayLike) -> None:
+        """Fold a batch of forecasts ``[B]`` (for the labelled winners) into the bins."""
+        counts = self.batch_counts(forecasts)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            counts = _all_reduce_sum(counts)
+        touched = counts.sum(0) > 0
+        m = self.momentum
+        self.wins = torch.where(touched, m * self.wins + counts[0], self.wins)
+        self.losses = torch.where(touched, m * self.losses + counts[1], self.losses)
+        self.step += 1
+
+    def bin_confidence(self) -> Tensor:
+        """``q̂_k`` for every bin ``[K]`` (float64)."""
+        kappa, c0 = self.prior_strength, self.init_confidence
+        total = self.wins + self.losses + kappa
+        q = (self.wins + kappa * c0) / total.clamp_min(1e-300)
+        return torch.where(total > 0, q, torch.full_like(q, c0))
+
+    def confidence(self, forecasts: ArrayLike) -> Tensor:
+        """Estimated confidence ``ĉ = q̂_{k(p̂)}`` of each label ``[B]`` (float64, CPU)."""
+        return self.bin_confidence()[self.bin_index(forecasts)]
+
+    def in_warmup(self) -> bool:
+        return self.step < self.warmup_steps
+
+    def alpha(self, forecasts: ArrayLike, metric: str = "l2") -> Tensor:
+        """Per-pair smoothing ``α = a*(ĉ)`` ``[B]`` (``a*(c₀)`` during warm-up); no gradient."""
+        check_metric(metric)
+        p = self._forecasts(forecasts)
+        if self.in_warmup():
+            c = torch.full_like(p, self.init_confidence).cpu()
+        else:
+            c = self.confidence(p)
+        return _optimal_alpha(c, metric)
+
+    def reliability(self) -> dict[str, list[float]]:
+        """Per-bin state for logging: edges, ``q̂_k``, and the counts ``w_k``, ``l_k``."""
+        return {
+            "bin_edges": torch.linspace(0, 1, self.bins + 1).tolist(),
+            "q_hat": self.bin_confidence().tolist(),
+            "wins": self.wins.tolist(),
+            "losses": self.losses.tolist(),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "bins": self.bins,
+            "momentum": self.momentum,
+            "init_confidence": self.init_confidence,
+            "prior_strength": self.prior_strength,
+            "warmup_steps": self.warmup_steps,
+            "step": self.step,
+            "wins": self.wins.clone(),
+            "losses": self.losses.clone(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = {
+            "bins",
+            "momentum",
+            "init_confidence",
+            "prior_strength",
+            "warmup_steps",
+            "step",
+            "wins",
+            "losses",
+        } - set(state)
+        if missing:
+            raise ValueError(f"state: missing keys {sorted(missing)}")
+        wins = torch.as_tensor(state["wins"], dtype=torch.float64).clone()
+        losses = torch.as_tensor(state["losses"], dtype=torch.float64).clone()
+        if wins.shape != (int(state["bins"]),) or losses.shape != wins.shape:
+            raise ValueError(
+                f"state: wins/losses must have shape [{state['bins']}], "
+                f"got {list(wins.shape)} and {list(losses.shape)}"
+            )
+        self.__init__(  # re-validates the hyper-parameters
+            bins=int(state["bins"]),
+            momentum=float(state["momentum"]),
+            init_confidence=float(state["init_confidence"]),
+            prior_strength=float(state["prior_strength"]),
+            warmup_steps=int(state["warmup_steps"]),
+        )
+        self.wins, self.losses, self.step = wins, losses, int(state["step"])
+
+    def __repr__(self) -> str:
+        return (
+            f"CALSCalibrator(bins={self.bins}, momentum={self.momentum}, "
+            f"init_confidence={self.init_confidence}, prior_strength={self.prior_strength}, "
+            f"warmup_steps={self.warmup_steps}, step={self.step})"
+        )
+
+
+def _all_reduce_sum(counts: Tensor) -> Tensor:
+    """Sum ``counts`` over ranks; NCCL needs the tensor on the rank's CUDA device."""
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    t = counts.to(device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.cpu()
