@@ -1,0 +1,118 @@
+"""Batch tokenised preference pairs into the tensors a DPO step needs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from smoothalign.data.tokenization import TokenizedPair
+
+IGNORE_INDEX = -100
+"""``labels`` value of tokens that do not count in ``log π(y|x)`` (prompt and padding)."""
+
+_FIELDS = {f.name for f in fields(TokenizedPair)}
+
+
+class PreferenceDataset(Dataset):
+    """A map-style torch ``Dataset`` over ``TokenizedPair`` s (e.g. ``report.examples``)."""
+
+    def __init__(self, examples: Sequence[TokenizedPair]):
+        self.examples = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> TokenizedPair:
+        return self.examples[i]
+
+
+class PreferenceCollator:
+    """Collate ``B`` pairs into one right-padded batch of ``2B`` sequences.
+
+    Args:
+        pad_token_id: the id written into padding (masked out, so any valid id works).
+        pad_to_multiple_of: round the padded length ``L`` up to a multiple of this.
+
+    Calling it on ``B`` ``TokenizedPair`` s (or mappings with the same keys) returns:
+
+    * ``input_ids`` ``[2B, L]`` long: rows ``0..B-1`` are prompt+chosen, rows ``B..2B-1``
+      prompt+rejected, in the same pair order;
+    * ``attention_mask`` ``[2B, L]`` long: 1 on real tokens, 0 on padding;
+    * ``labels`` ``[2B, L]`` long: ``input_ids`` on response tokens, ``-100`` on prompt and
+      padding. Not shifted: a causal LM's logits at ``t`` predict ``labels[:, t + 1]``, so
+      ``log π(y|x)`` is the sum over ``t`` of ``log_softmax(logits[:, t])[labels[:, t + 1]]``
+      where ``labels[:, t + 1] != -100`` (SPEC §1);
+    * ``confidence`` ``[B]`` float32: the pair's confidence, NaN where absent;
+    * ``index`` ``[B]`` long: each pair's ``TokenizedPair.index``;
+    * ``ref_chosen_logps`` / ``ref_rejected_logps`` ``[B]`` float32: only when every pair
+      carries precomputed reference log-probs (a batch with some but not all raises).
+    """
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+        if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int):
+            raise ValueError(f"pad_token_id: expected an int, got {pad_token_id!r}")
+        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of: expected >= 1, got {pad_to_multiple_of}")
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, examples: Sequence[TokenizedPair | Mapping[str, Any]]) -> dict[str, Tensor]:
+        if not examples:
+            raise ValueError("PreferenceCollator: empty batch")
+        pairs = [_as_pair(e) for e in examples]
+        sequences = [(p.prompt_ids, p.chosen_ids) for p in pairs]
+        sequences += [(p.prompt_ids, p.rejected_ids) for p in pairs]
+        length = max(len(prompt) + len(response) for prompt, response in sequences)
+        if self.pad_to_multiple_of:
+            length = math.ceil(length / self.pad_to_multiple_of) * self.pad_to_multiple_of
+
+        input_ids = torch.full((len(sequences), length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+        labels = torch.full((len(sequences), length), IGNORE_INDEX, dtype=torch.long)
+        for i, (prompt, response) in enumerate(sequences):
+            n_prompt, n = len(prompt), len(prompt) + len(response)
+            input_ids[i, :n] = torch.tensor([*prompt, *response], dtype=torch.long)
+            attention_mask[i, :n] = 1
+            labels[i, n_prompt:n] = input_ids[i, n_prompt:n]
+
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "confidence": torch.tensor(
+                [math.nan if p.confidence is None else p.confidence for p in pairs],
+                dtype=torch.float32,
+            ),
+            "index": torch.tensor([p.index for p in pairs], dtype=torch.long),
+        }
+        has_ref = [p.ref_chosen_logp is not None and p.ref_rejected_logp is not None for p in pairs]
+        if all(has_ref):
+            batch["ref_chosen_logps"] = torch.tensor(
+                [p.ref_chosen_logp for p in pairs], dtype=torch.float32
+            )
+            batch["ref_rejected_logps"] = torch.tensor(
+                [p.ref_rejected_logp for p in pairs], dtype=torch.float32
+            )
+        elif any(has_ref):
+            missing = [p.index for p, h in zip(pairs, has_ref, strict=True) if not h]
+            raise ValueError(
+                "PreferenceCollator: some pairs carry reference log-probs and some do not "
+                f"(missing for index {missing[:5]}); precompute them for every pair or none"
+            )
+        return batch
+
+
+def _as_pair(example: TokenizedPair | Mapping[str, Any]) -> TokenizedPair:
+    if isinstance(example, TokenizedPair):
+        return example
+    if isinstance(example, Mapping):
+        return TokenizedPair(**{k: v for k, v in example.items() if k in _FIELDS})
+    raise ValueError(
+        f"PreferenceCollator: expected TokenizedPair or a mapping, got {type(example).__name__}"
+    )

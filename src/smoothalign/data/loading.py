@@ -1,0 +1,232 @@
+"""Load preference rows from local files, folders, ``datasets.Dataset`` objects or lists.
+
+Loading only reads and labels rows; it checks nothing about their content (that is
+``validate_preference_rows``'s job), so a bad row is reported there with its row number
+instead of failing here. Nothing here touches the network.
+
+Every returned row is a fresh ``dict`` with two reserved keys added:
+
+* ``"_row"``: the row's 0-based index in its file (or in the list / dataset it came from);
+* ``"_file"``: the file name, only for rows loaded from a folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+ROW_KEY = "_row"
+FILE_KEY = "_file"
+SUPPORTED_EXTENSIONS = (".jsonl", ".json", ".parquet", ".csv")
+TEXT_FIELDS = ("prompt", "chosen", "rejected")
+
+PreferenceSource = str | os.PathLike | Sequence[Mapping[str, Any]] | Any  # Any: datasets.Dataset
+
+
+def load_preference_rows(source: PreferenceSource) -> list[dict[str, Any]]:
+    """Read preference rows (TRL's ``prompt``/``chosen``/``rejected`` format) into dicts.
+
+    Args:
+        source: one of
+            * a path to a ``.jsonl`` (one JSON object per line; blank lines ignored), ``.json``
+              (a list of objects, or ``{"data": [...]}``), ``.parquet`` or ``.csv`` file;
+            * a folder: if it holds ``train.<ext>`` or HF-style shards ``train-*.<ext>``, only
+              those are read (two ``train.<ext>`` of different formats is an error); otherwise
+              every supported file directly in it (not in subfolders, hidden files skipped).
+              Files are read in sorted name order and their rows concatenated;
+            * a ``datasets.Dataset`` (or a ``DatasetDict`` with a ``"train"`` split);
+            * a list of dicts.
+
+    Returns:
+        One dict per row, in order, with ``"_row"`` (0-based index in its file or list) and,
+        for folders, ``"_file"`` (the file name) added. Rows that already carry ``"_row"``
+        (e.g. passed through twice) keep it.
+
+    CSV holds plain text only: ``prompt``/``chosen``/``rejected`` are always read as strings
+    (so an answer "4" stays the string "4"), an empty cell in any other column reads as absent
+    (``None``), and other columns become numbers when every non-empty cell in the column is one.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: an unsupported extension, a folder with no supported file, a malformed
+            file (the message names the file and line), or an unsupported object.
+    """
+    if isinstance(source, str | os.PathLike):
+        return _load_path(Path(source))
+    if _is_hf_dataset(source):
+        return _load_hf_dataset(source)
+    if isinstance(source, Sequence) and not isinstance(source, str | bytes):
+        return _label_rows(source, where="rows")
+    raise ValueError(
+        "load_preference_rows: expected a path, a folder, a datasets.Dataset or a list of "
+        f"dicts, got {type(source).__name__}"
+    )
+
+
+def _load_path(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        raise FileNotFoundError(f"preference data not found: {path}")
+    if path.is_dir():
+        return _load_folder(path)
+    return _label_rows(_read_file(path), where=str(path))
+
+
+def _load_folder(folder: Path) -> list[dict[str, Any]]:
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and _extension(p) in SUPPORTED_EXTENSIONS
+    )
+    if not files:
+        raise ValueError(
+            f"preference data folder {folder} holds no {'/'.join(SUPPORTED_EXTENSIONS)} file"
+        )
+    train = [p for p in files if p.stem == "train" or p.stem.startswith("train-")]
+    if sum(p.stem == "train" for p in train) > 1:
+        names = ", ".join(p.name for p in train if p.stem == "train")
+        raise ValueError(
+            f"preference data folder {folder} has several train files ({names}); keep one"
+        )
+    rows: list[dict[str, Any]] = []
+    for p in train or files:
+        for row in _label_rows(_read_file(p), where=str(p)):
+            row[FILE_KEY] = p.name
+            rows.append(row)
+    return rows
+
+
+def _extension(path: Path) -> str:
+    return path.suffix.lower()
+
+
+def _read_file(path: Path) -> list[Any]:
+    ext = _extension(path)
+    if ext == ".jsonl":
+        return _read_jsonl(path)
+    if ext == ".json":
+        return _read_json(path)
+    if ext == ".parquet":
+        import pyarrow.parquet as pq  # lazy: only Parquet users pay for the import
+
+        return pq.read_table(path).to_pylist()
+    if ext == ".csv":
+        return _read_csv(path)
+    raise ValueError(
+        f"unsupported preference data file {path}: extension {ext or '(none)'!r}; "
+        f"supported: {', '.join(SUPPORTED_EXTENSIONS)}"
+    )
+
+
+def _read_jsonl(path: Path) -> list[Any]:
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} line {line_no}: invalid JSON ({e.msg})") from e
+    return rows
+
+
+def _read_json(path: Path) -> list[Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} line {e.lineno}: invalid JSON ({e.msg})") from e
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        return data["data"]
+    if isinstance(data, list):
+        return data
+    raise ValueError(f"{path}: expected a JSON list of objects, or {{'data': [...]}}")
+
+
+def _read_csv(path: Path) -> list[Any]:
+    old_limit = csv.field_size_limit(2**31 - 1)  # long responses exceed the 128 KiB default
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f, restval="")
+            rows = []
+            for i, row in enumerate(reader):
+                if None in row:
+                    raise ValueError(f"{path} row {i}: more cells than the header has columns")
+                rows.append(row)
+            columns = reader.fieldnames or []
+    finally:
+        csv.field_size_limit(old_limit)
+    for col in columns:
+        if col not in TEXT_FIELDS:
+            _coerce_csv_column(rows, col)
+    return rows
+
+
+def _coerce_csv_column(rows: list[dict[str, Any]], col: str) -> None:
+    """Empty cells -> None; the column -> int or float if every other cell parses as one."""
+    values = [r[col] for r in rows if r[col] != ""]
+    for kind in (int, float):
+        try:
+            parsed = [kind(v) for v in values]
+        except ValueError:
+            continue
+        it = iter(parsed)
+        for r in rows:
+            r[col] = None if r[col] == "" else next(it)
+        return
+    for r in rows:
+        if r[col] == "":
+            r[col] = None
+
+
+def _is_hf_dataset(obj: Any) -> bool:
+    return type(obj).__module__.split(".")[0] == "datasets"
+
+
+def _load_hf_dataset(ds: Any) -> list[dict[str, Any]]:
+    import datasets  # lazy: only callers that pass a Dataset have it loaded already
+
+    if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds:
+            raise ValueError(
+                f"DatasetDict has no 'train' split (splits: {sorted(ds)}); pass one split"
+            )
+        ds = ds["train"]
+    if not isinstance(ds, datasets.Dataset):
+        raise ValueError(f"unsupported datasets object {type(ds).__name__}; pass a Dataset")
+    rows = ds.to_list()
+    for row in rows:
+        for field in TEXT_FIELDS:
+            row[field] = _messages_from_columns(row.get(field))
+    return _label_rows(rows, where="dataset")
+
+
+def _messages_from_columns(value: Any) -> Any:
+    """``datasets``' ``Sequence({role, content})`` yields ``{"role": [..], "content": [..]}``;
+    turn that back into a list of messages. Anything else is returned unchanged."""
+    if (
+        isinstance(value, dict)
+        and {"role", "content"} <= value.keys()
+        and all(isinstance(v, list) for v in value.values())
+        and len({len(v) for v in value.values()}) == 1
+    ):
+        keys = list(value)
+        return [dict(zip(keys, items, strict=True)) for items in zip(*value.values(), strict=True)]
+    return value
+
+
+def _label_rows(rows: Sequence[Any], where: str) -> list[dict[str, Any]]:
+    out = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise ValueError(f"{where} row {i}: expected an object/dict, got {type(row).__name__}")
+        labelled = dict(row)
+        labelled.setdefault(ROW_KEY, i)
+        out.append(labelled)
+    return out
+
+
+__all__ = ["FILE_KEY", "ROW_KEY", "SUPPORTED_EXTENSIONS", "load_preference_rows"]

@@ -1,0 +1,148 @@
+"""What validation found: the bad rows, the counts, and a short summary for the run report."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from smoothalign.data.tokenization import TokenizedPair
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """One rejected row and why.
+
+    ``index`` is the row's position in the list given to validation; ``row`` its original
+    0-based row in its file (they differ for folders); ``field`` is ``None`` when the problem
+    is the whole row. ``code`` is a stable short name (see ``validation.BAD_ROW_CODES``).
+    """
+
+    index: int
+    row: int
+    file: str | None
+    field: str | None
+    code: str
+    reason: str
+
+    @property
+    def location(self) -> str:
+        return f"{self.file} row {self.row}" if self.file else f"row {self.row}"
+
+    def __str__(self) -> str:
+        where = self.location if self.field is None else f"{self.location}, field '{self.field}'"
+        return f"{where}: {self.reason}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "row": self.row,
+            "file": self.file,
+            "field": self.field,
+            "code": self.code,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class ValidationReport:
+    """The result of ``validate_preference_rows``.
+
+    Attributes:
+        examples: the kept rows, tokenised and ready for ``PreferenceCollator``.
+        bad_rows: every rejected row (one entry per row: its first problem), in row order.
+        n_rows: rows given to validation.
+        kind: ``"plain"`` or ``"conversational"`` (the data set's format).
+        max_length: the token budget per sequence (prompt + response).
+        n_truncated_chosen / n_truncated_rejected: kept responses cut from the end to fit.
+        n_identical_after_truncation: kept pairs whose chosen and rejected tokens became
+            identical after truncation (their DPO margin is always 0: they teach nothing).
+        n_implicit_prompt: conversational rows whose prompt was taken as the common prefix
+            of ``chosen`` and ``rejected`` (no ``prompt`` column).
+        n_with_confidence: kept rows that carry a ``confidence``.
+    """
+
+    examples: list[TokenizedPair]
+    bad_rows: list[BadRow]
+    n_rows: int
+    kind: str
+    max_length: int
+    n_truncated_chosen: int = 0
+    n_truncated_rejected: int = 0
+    n_identical_after_truncation: int = 0
+    n_implicit_prompt: int = 0
+    n_with_confidence: int = 0
+
+    @property
+    def n_kept(self) -> int:
+        return len(self.examples)
+
+    @property
+    def n_skipped(self) -> int:
+        return len(self.bad_rows)
+
+    @property
+    def n_truncated(self) -> int:
+        """Responses (not pairs) truncated to fit ``max_length``."""
+        return self.n_truncated_chosen + self.n_truncated_rejected
+
+    def bad_row_counts(self) -> dict[str, int]:
+        """How many rows each problem code rejected, most frequent first."""
+        return dict(Counter(b.code for b in self.bad_rows).most_common())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready counts and every bad row (the kept examples are not included)."""
+        return {
+            "kind": self.kind,
+            "max_length": self.max_length,
+            "n_rows": self.n_rows,
+            "n_kept": self.n_kept,
+            "n_skipped": self.n_skipped,
+            "n_truncated": self.n_truncated,
+            "n_truncated_chosen": self.n_truncated_chosen,
+            "n_truncated_rejected": self.n_truncated_rejected,
+            "n_identical_after_truncation": self.n_identical_after_truncation,
+            "n_implicit_prompt": self.n_implicit_prompt,
+            "n_with_confidence": self.n_with_confidence,
+            "bad_row_counts": self.bad_row_counts(),
+            "bad_rows": [b.to_dict() for b in self.bad_rows],
+        }
+
+    def to_markdown(self, max_listed: int = 10) -> str:
+        """A short Markdown section for the run report, listing the first ``max_listed`` bad rows."""
+        lines = [
+            "### Preference data",
+            "",
+            f"- format: {self.kind}; max_length {self.max_length} tokens",
+            f"- rows: {self.n_rows} read, {self.n_kept} kept, {self.n_skipped} skipped",
+            f"- responses truncated to fit: {self.n_truncated} "
+            f"({self.n_truncated_chosen} chosen, {self.n_truncated_rejected} rejected)",
+            f"- rows with a confidence: {self.n_with_confidence}",
+        ]
+        if self.n_implicit_prompt:
+            lines.append(f"- prompts taken as the common prefix: {self.n_implicit_prompt}")
+        if self.n_identical_after_truncation:
+            lines.append(
+                f"- **warning**: {self.n_identical_after_truncation} kept pairs have identical "
+                "chosen and rejected tokens after truncation; raise max_length"
+            )
+        if self.bad_rows:
+            counts = ", ".join(f"{code} {n}" for code, n in self.bad_row_counts().items())
+            lines += ["", f"Skipped rows by reason: {counts}.", ""]
+            lines += [f"- {b}" for b in self.bad_rows[:max_listed]]
+            if self.n_skipped > max_listed:
+                lines.append(f"- ... and {self.n_skipped - max_listed} more (see the JSON report)")
+        return "\n".join(lines) + "\n"
+
+
+def format_bad_rows(bad_rows: list[BadRow], n_rows: int, limit: int = 5) -> str:
+    """The error message for ``on_bad_rows="error"``: the first ``limit`` rows and the total."""
+    lines = [f"{len(bad_rows)} of {n_rows} preference rows are invalid:"]
+    lines += [f"  {b}" for b in bad_rows[:limit]]
+    if len(bad_rows) > limit:
+        lines.append(f"  ... and {len(bad_rows) - limit} more")
+    lines.append(
+        "Fix the data, or pass on_bad_rows='skip' to drop these rows "
+        "(they are then listed in the validation report)."
+    )
+    return "\n".join(lines)

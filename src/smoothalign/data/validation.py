@@ -1,0 +1,378 @@
+"""Check preference rows before training, tokenise the good ones, and report the bad ones.
+
+Nothing is dropped silently: with ``on_bad_rows="error"`` any bad row raises a
+``ValueError`` naming the first few (``row 17, field 'chosen': empty response``) and the
+total; with ``"skip"`` every bad row is listed in the returned ``ValidationReport``.
+
+Row formats (TRL's):
+
+* plain text: ``prompt``, ``chosen``, ``rejected`` are strings;
+* conversational: ``prompt`` is a list of ``{"role", "content"}`` messages ending with the
+  turn being answered (not an assistant message); ``chosen``/``rejected`` are message lists
+  starting with an assistant message (usually just one). Keys that are ``None`` inside a
+  message (Parquet/``datasets`` fill absent struct fields with nulls) are dropped;
+* implicit prompt (conversational only): no ``prompt`` (or ``None``); ``chosen`` and
+  ``rejected`` hold whole conversations. The prompt is their longest common prefix of
+  messages, shortened so that it does not end with an assistant message. A plain-text row
+  without a prompt is rejected: a common string prefix would cut words in half.
+
+Optional columns: ``confidence`` (probability that ``chosen`` really wins, a number in
+``[0, 1]``; ``None``/absent means unknown, NaN is an error), ``ref_chosen_logps`` and
+``ref_rejected_logps`` (precomputed reference log-probs, both or neither, finite and <= 0).
+Every other column is kept as ``TokenizedPair.metadata``. The data set's format is the
+majority format of its rows; rows of the other format are bad (``mixed_formats``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from tqdm.auto import tqdm
+
+from smoothalign.data.loading import FILE_KEY, ROW_KEY, PreferenceSource, load_preference_rows
+from smoothalign.data.report import BadRow, ValidationReport, format_bad_rows
+from smoothalign.data.tokenization import (
+    Message,
+    RowTokenizationError,
+    TokenizedPair,
+    fit_response,
+    tokenize_preference,
+)
+
+TEXT_FIELDS = ("prompt", "chosen", "rejected")
+REF_FIELDS = ("ref_chosen_logps", "ref_rejected_logps")
+RESERVED = {*TEXT_FIELDS, "confidence", *REF_FIELDS, ROW_KEY, FILE_KEY}
+
+BAD_ROW_CODES = {
+    "not_a_mapping": "the row is not an object",
+    "missing_field": "prompt, chosen or rejected is absent or null",
+    "wrong_type": "a field is neither a string nor a message list",
+    "mixed_formats": "a plain-text field in conversational data, or the reverse",
+    "malformed_messages": "a message list, role or content is malformed",
+    "no_common_prompt": "implicit prompt: chosen and rejected share no leading prompt turns",
+    "empty_response": "a response is empty or whitespace only",
+    "identical_responses": "chosen and rejected are identical",
+    "bad_confidence": "confidence is not a number in [0, 1] (or is NaN)",
+    "bad_ref_logp": "a reference log-prob is missing its partner, non-finite or > 0",
+    "prompt_too_long": "the prompt alone has >= max_length tokens",
+    "chat_template_error": "the chat template raised an error",
+    "chat_template_prefix": "the chat template breaks the prompt-prefix property",
+}
+"""Every ``BadRow.code``, with what it means."""
+
+
+class _Bad(Exception):
+    def __init__(self, field: str | None, code: str, reason: str):
+        super().__init__(reason)
+        self.field, self.code, self.reason = field, code, reason
+
+
+def validate_preference_rows(
+    rows: Sequence[Mapping[str, Any]] | PreferenceSource,
+    tokenizer: Any,
+    max_length: int,
+    on_bad_rows: Literal["error", "skip"] = "error",
+) -> ValidationReport:
+    """Validate and tokenise preference rows.
+
+    Args:
+        rows: rows from ``load_preference_rows`` (or a list of dicts; anything else is passed
+            through ``load_preference_rows`` first). A row's ``_row`` / ``_file`` keys name it
+            in messages; without ``_row`` its list position is used.
+        tokenizer: a ``transformers`` tokenizer; plain text needs an EOS token, conversational
+            data a ``chat_template``.
+        max_length: the token budget of one sequence, prompt + response.
+        on_bad_rows: ``"error"`` raises on any bad row; ``"skip"`` drops and lists them.
+
+    Returns:
+        A ``ValidationReport`` whose ``examples`` are the kept rows as ``TokenizedPair`` s,
+        each sequence at most ``max_length`` tokens (responses cut from the end if needed).
+
+    Raises:
+        ValueError: a bad argument, a tokenizer unfit for the data, no rows, a bad row in
+            ``"error"`` mode (first five listed, with the total), or no row left to keep.
+    """
+    if on_bad_rows not in ("error", "skip"):
+        raise ValueError(f"on_bad_rows: expected 'error' or 'skip', got {on_bad_rows!r}")
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise ValueError(f"max_length: expected an int >= 2, got {max_length!r}")
+    if not isinstance(rows, list):
+        rows = load_preference_rows(rows)
+    if not rows:
+        raise ValueError("no preference rows to validate")
+
+    kind, kind_note = _data_kind(rows)
+    _check_tokenizer(tokenizer, kind)
+    report = ValidationReport(
+        examples=[], bad_rows=[], n_rows=len(rows), kind=kind, max_length=max_length
+    )
+    progress = tqdm(rows, desc="validating preference rows", disable=len(rows) < 2000 or None)
+    for index, row in enumerate(progress):
+        try:
+            report.examples.append(
+                _process_row(index, row, kind, kind_note, tokenizer, max_length, report)
+            )
+        except (_Bad, RowTokenizationError) as bad:
+            is_map = isinstance(row, Mapping)
+            report.bad_rows.append(
+                BadRow(
+                    index=index,
+                    row=row.get(ROW_KEY, index) if is_map else index,
+                    file=row.get(FILE_KEY) if is_map else None,
+                    field=bad.field,
+                    code=bad.code,
+                    reason=bad.reason,
+                )
+            )
+
+    if report.bad_rows and (on_bad_rows == "error" or not report.examples):
+        prefix = "" if report.examples else "no valid preference row is left. "
+        raise ValueError(prefix + format_bad_rows(report.bad_rows, len(rows)))
+    return report
+
+
+def _data_kind(rows: Sequence[Any]) -> tuple[str, str]:
+    """The majority format (ties: the first row's) and a note for mixed-format messages."""
+    kinds = [k for k in (_row_kind(r) for r in rows) if k is not None]
+    if not kinds:
+        return "plain", "no row is well formed"
+    counts = Counter(kinds)  # insertion order breaks ties in favour of the first row's kind
+    kind, n = counts.most_common(1)[0]
+    return kind, f"{n} of {len(rows)} rows are {kind}"
+
+
+def _row_kind(row: Any) -> str | None:
+    if not isinstance(row, Mapping):
+        return None
+    for name in ("chosen", "rejected", "prompt"):
+        value = row.get(name)
+        if isinstance(value, str):
+            return "plain"
+        if isinstance(value, list | tuple):
+            return "conversational"
+    return None
+
+
+def _check_tokenizer(tokenizer: Any, kind: str) -> None:
+    if kind == "plain" and getattr(tokenizer, "eos_token_id", None) is None:
+        raise ValueError(
+            "plain-text preference data needs a tokenizer with an eos_token (appended to "
+            "every response so the policy learns to stop); set tokenizer.eos_token"
+        )
+    if kind == "conversational" and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            "conversational preference data needs a tokenizer with a chat_template; "
+            "set tokenizer.chat_template"
+        )
+
+
+def _process_row(
+    index: int,
+    row: Any,
+    kind: str,
+    kind_note: str,
+    tokenizer: Any,
+    max_length: int,
+    report: ValidationReport,
+) -> TokenizedPair:
+    if not isinstance(row, Mapping):
+        raise _Bad(None, "not_a_mapping", f"expected an object/dict, got {type(row).__name__}")
+    prompt, chosen, rejected, implicit = _check_texts(row, kind, kind_note)
+    confidence = _check_confidence(row.get("confidence"))
+    ref_chosen, ref_rejected = _check_ref_logps(row)
+
+    prompt_ids, chosen_ids, rejected_ids = tokenize_preference(prompt, chosen, rejected, tokenizer)
+    if len(prompt_ids) >= max_length:
+        raise _Bad(
+            "prompt",
+            "prompt_too_long",
+            f"the prompt is {len(prompt_ids)} tokens, >= max_length {max_length}: "
+            "no room for a response",
+        )
+    for name, ids in (("chosen", chosen_ids), ("rejected", rejected_ids)):
+        if not ids:
+            raise _Bad(name, "empty_response", "empty response (no tokens after the prompt)")
+    chosen_ids, chosen_cut = fit_response(chosen_ids, len(prompt_ids), max_length)
+    rejected_ids, rejected_cut = fit_response(rejected_ids, len(prompt_ids), max_length)
+
+    report.n_truncated_chosen += chosen_cut
+    report.n_truncated_rejected += rejected_cut
+    report.n_identical_after_truncation += chosen_ids == rejected_ids
+    report.n_implicit_prompt += implicit
+    report.n_with_confidence += confidence is not None
+    return TokenizedPair(
+        prompt_ids=prompt_ids,
+        chosen_ids=chosen_ids,
+        rejected_ids=rejected_ids,
+        index=index,
+        row=row.get(ROW_KEY, index),
+        file=row.get(FILE_KEY),
+        confidence=confidence,
+        ref_chosen_logp=ref_chosen,
+        ref_rejected_logp=ref_rejected,
+        chosen_truncated=chosen_cut,
+        rejected_truncated=rejected_cut,
+        metadata={k: v for k, v in row.items() if k not in RESERVED},
+    )
+
+
+def _check_texts(row: Mapping[str, Any], kind: str, kind_note: str) -> tuple[Any, Any, Any, bool]:
+    """``(prompt, chosen, rejected, implicit_prompt)``, normalised, or raise ``_Bad``."""
+    conversational = kind == "conversational"
+    for name in TEXT_FIELDS:
+        value = row.get(name)
+        if value is None:
+            if name == "prompt" and conversational:
+                continue  # the implicit-prompt form
+            hint = (
+                " (a plain-text row needs a prompt; only conversational rows may hold it "
+                "inside chosen/rejected)"
+                if name == "prompt"
+                else ""
+            )
+            raise _Bad(name, "missing_field", f"missing{hint}")
+        _check_type(name, value, kind, kind_note)
+
+    if not conversational:
+        prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
+        implicit = False
+    else:
+        chosen = _check_messages("chosen", row["chosen"])
+        rejected = _check_messages("rejected", row["rejected"])
+        implicit = row.get("prompt") is None
+        if implicit:
+            prompt, chosen, rejected = _split_common_prompt(chosen, rejected)
+        else:
+            prompt = _check_messages("prompt", row["prompt"])
+        if prompt[-1]["role"] == "assistant":
+            raise _Bad(
+                "prompt",
+                "malformed_messages",
+                "the prompt ends with an assistant message; it should end with the turn "
+                "that the response answers",
+            )
+        for name, response in (("chosen", chosen), ("rejected", rejected)):
+            _check_response_messages(name, response, prompt)
+
+    for name, response in (("chosen", chosen), ("rejected", rejected)):
+        if _is_blank(response):
+            raise _Bad(name, "empty_response", "empty response")
+    if chosen == rejected:
+        raise _Bad("rejected", "identical_responses", "identical to 'chosen'")
+    return prompt, chosen, rejected, implicit
+
+
+def _check_type(name: str, value: Any, kind: str, kind_note: str) -> None:
+    expected, other = (list, str) if kind == "conversational" else (str, list)
+    if isinstance(value, tuple):
+        value = list(value)
+    if isinstance(value, expected):
+        return
+    if isinstance(value, other):
+        found = "a plain string" if other is str else "a message list"
+        raise _Bad(name, "mixed_formats", f"{found} in {kind} data ({kind_note})")
+    want = "a list of messages" if kind == "conversational" else "a string"
+    raise _Bad(name, "wrong_type", f"expected {want}, got {type(value).__name__}")
+
+
+def _check_messages(name: str, messages: Sequence[Any]) -> list[Message]:
+    if len(messages) == 0:
+        raise _Bad(name, "malformed_messages", "empty message list")
+    out = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise _Bad(
+                name,
+                "malformed_messages",
+                f"message {i} is a {type(message).__name__}, expected {{'role', 'content'}}",
+            )
+        role, content = message.get("role"), message.get("content")
+        if not isinstance(role, str) or not role:
+            raise _Bad(
+                name,
+                "malformed_messages",
+                f"message {i}: 'role' must be a non-empty string, got {role!r}",
+            )
+        if not isinstance(content, str):
+            raise _Bad(
+                name,
+                "malformed_messages",
+                f"message {i} ({role}): 'content' must be a string, got {type(content).__name__}",
+            )
+        out.append({k: v for k, v in message.items() if v is not None})
+    return out
+
+
+def _split_common_prompt(
+    chosen: list[Message], rejected: list[Message]
+) -> tuple[list[Message], list[Message], list[Message]]:
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    while n > 0 and chosen[n - 1]["role"] == "assistant":
+        n -= 1  # the response starts at an assistant turn, never inside one
+    if n == 0:
+        raise _Bad(
+            "prompt",
+            "no_common_prompt",
+            "missing, and chosen/rejected share no leading messages to use as the prompt "
+            "(implicit-prompt form)",
+        )
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def _check_response_messages(name: str, response: list[Message], prompt: list[Message]) -> None:
+    if not response:
+        raise _Bad(name, "empty_response", "empty response (no message after the prompt)")
+    if response[0]["role"] != "assistant":
+        hint = ""
+        if response[: len(prompt)] == prompt:
+            hint = "; it repeats the prompt: drop the 'prompt' column for the implicit-prompt form"
+        raise _Bad(
+            name,
+            "malformed_messages",
+            f"the response starts with a {response[0]['role']!r} message, expected 'assistant'{hint}",
+        )
+
+
+def _is_blank(response: str | list[Message]) -> bool:
+    if isinstance(response, str):
+        return not response.strip()
+    return all(not m["content"].strip() for m in response)
+
+
+def _as_real(name: str, code: str, value: Any, expected: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise _Bad(name, code, f"expected {expected}, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if math.isnan(value):
+        raise _Bad(name, code, f"NaN (expected {expected}; leave it out or null if unknown)")
+    return value
+
+
+def _check_confidence(value: Any) -> float | None:
+    if value is None:
+        return None
+    c = _as_real("confidence", "bad_confidence", value, "a number in [0, 1]")
+    if not 0.0 <= c <= 1.0:
+        raise _Bad("confidence", "bad_confidence", f"{c} is outside [0, 1]")
+    return c
+
+
+def _check_ref_logps(row: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    values = [row.get(name) for name in REF_FIELDS]
+    if all(v is None for v in values):
+        return None, None
+    out = []
+    for name, other, value in zip(REF_FIELDS, reversed(REF_FIELDS), values, strict=True):
+        if value is None:
+            raise _Bad(name, "bad_ref_logp", f"missing while '{other}' is given")
+        v = _as_real(name, "bad_ref_logp", value, "a finite log-probability <= 0")
+        if not v <= 0.0 or math.isinf(v):
+            raise _Bad(name, "bad_ref_logp", f"{v} is not a finite log-probability <= 0")
+        out.append(v)
+    return out[0], out[1]

@@ -1,0 +1,664 @@
+"""The preference-data pipeline: loading, validation, tokenisation and collation.
+
+Expected token ids are built independently of the tokenizer: ``make_byte_tokenizer`` maps
+byte ``b`` to id ``b``, so the ids of a text are its UTF-8 bytes (``byte_ids``), and the
+special tokens have fixed ids (``SPECIAL_IDS``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from data_helpers import BOS, EOS, SPECIAL_IDS, byte_ids, make_byte_tokenizer
+from smoothalign.data import (
+    BAD_ROW_CODES,
+    IGNORE_INDEX,
+    PreferenceCollator,
+    PreferenceDataset,
+    TokenizedPair,
+    load_preference_rows,
+    validate_preference_rows,
+)
+
+BOS_ID, EOS_ID, PAD_ID = SPECIAL_IDS[BOS], SPECIAL_IDS[EOS], SPECIAL_IDS["<pad>"]
+SYS_ID, USER_ID, ASSISTANT_ID = (SPECIAL_IDS[f"<|{r}|>"] for r in ("system", "user", "assistant"))
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return make_byte_tokenizer()
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the data pipeline tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def user(text):
+    return {"role": "user", "content": text}
+
+
+def assistant(text):
+    return {"role": "assistant", "content": text}
+
+
+def plain_row(i=0, **overrides):
+    row = {"prompt": f"Q{i}: 2+2=", "chosen": " 4", "rejected": f" {5 + i}"}
+    row.update(overrides)
+    return row
+
+
+def conv_row(i=0, **overrides):
+    row = {
+        "prompt": [user(f"hi {i}")],
+        "chosen": [assistant("hello")],
+        "rejected": [assistant("go")],
+    }
+    row.update(overrides)
+    return row
+
+
+# ---------------------------------------------------------------- tokenisation
+
+
+def test_plain_text_tokens_are_bos_prompt_then_response_eos(tok):
+    rows = [{"prompt": "Q: 2+2=", "chosen": " 4", "rejected": " five"}]
+    (ex,) = validate_preference_rows(rows, tok, max_length=64).examples
+    assert ex.prompt_ids == [BOS_ID, *byte_ids("Q: 2+2=")]
+    assert ex.chosen_ids == [*byte_ids(" 4"), EOS_ID]
+    assert ex.rejected_ids == [*byte_ids(" five"), EOS_ID]
+    assert (ex.index, ex.row, ex.file, ex.confidence) == (0, 0, None, None)
+
+
+def test_plain_text_bos_and_eos_are_never_doubled(tok):
+    rows = [{"prompt": f"{BOS}Q", "chosen": f"yes{EOS}", "rejected": "no"}]
+    (ex,) = validate_preference_rows(rows, tok, max_length=64).examples
+    assert ex.prompt_ids == [BOS_ID, *byte_ids("Q")]
+    assert ex.chosen_ids == [*byte_ids("yes"), EOS_ID]
+
+
+def test_plain_text_without_bos_token_adds_none():
+    tok = make_byte_tokenizer(bos=False)
+    (ex,) = validate_preference_rows([plain_row()], tok, max_length=64).examples
+    assert ex.prompt_ids == byte_ids("Q0: 2+2=")
+
+
+def test_plain_text_empty_prompt_is_allowed(tok):
+    (ex,) = validate_preference_rows([plain_row(prompt="")], tok, max_length=64).examples
+    assert ex.prompt_ids == [BOS_ID]
+
+
+def test_conversational_tokens_follow_the_chat_template(tok):
+    row = {
+        "prompt": [{"role": "system", "content": "Be brief."}, user("Hi?")],
+        "chosen": [assistant("Hello.")],
+        "rejected": [assistant("Go away")],
+    }
+    (ex,) = validate_preference_rows([row], tok, max_length=128).examples
+    assert ex.prompt_ids == [
+        BOS_ID,
+        SYS_ID,
+        *byte_ids("Be brief."),
+        EOS_ID,
+        USER_ID,
+        *byte_ids("Hi?"),
+        EOS_ID,
+        ASSISTANT_ID,
+    ]
+    assert ex.chosen_ids == [*byte_ids("Hello."), EOS_ID]
+    assert ex.rejected_ids == [*byte_ids("Go away"), EOS_ID]
+
+
+def test_implicit_prompt_is_the_common_prefix_of_messages(tok):
+    explicit = {
+        "prompt": [user("a"), assistant("b"), user("c")],
+        "chosen": [assistant("yes"), assistant("more")],
+        "rejected": [assistant("yes"), assistant("less")],
+    }
+    implicit = {
+        "chosen": explicit["prompt"] + explicit["chosen"],
+        "rejected": explicit["prompt"] + explicit["rejected"],
+    }
+    report = validate_preference_rows([explicit, implicit], tok, max_length=128)
+    a, b = report.examples
+    # the shared assistant("yes") stays in the responses: a prompt never ends on an assistant turn
+    assert (a.prompt_ids, a.chosen_ids, a.rejected_ids) == (
+        b.prompt_ids,
+        b.chosen_ids,
+        b.rejected_ids,
+    )
+    assert a.chosen_ids[: len(byte_ids("yes"))] == byte_ids("yes")
+    assert report.n_implicit_prompt == 1
+
+
+def test_message_keys_set_to_none_are_dropped(tok):
+    row = conv_row(chosen=[{"role": "assistant", "content": "hello", "name": None}])
+    (ex,) = validate_preference_rows([row], tok, max_length=64).examples
+    assert ex.chosen_ids == [*byte_ids("hello"), EOS_ID]
+
+
+def test_truncation_cuts_responses_from_the_end_and_is_counted(tok):
+    rows = [
+        plain_row(0, chosen="abcdefghij", rejected="short"),
+        plain_row(1, chosen="ab", rejected="ac"),
+        plain_row(2, chosen="xyz" * 10 + "1", rejected="xyz" * 10 + "2"),
+    ]
+    prompt_len = 1 + len(byte_ids("Q0: 2+2="))
+    max_length = prompt_len + 6
+    report = validate_preference_rows(rows, tok, max_length=max_length)
+    first = report.examples[0]
+    assert first.chosen_ids == byte_ids("abcdef") and first.chosen_truncated
+    assert first.rejected_ids == [*byte_ids("short"), EOS_ID] and not first.rejected_truncated
+    for ex in report.examples:
+        assert len(ex.prompt_ids) + max(len(ex.chosen_ids), len(ex.rejected_ids)) <= max_length
+    assert (report.n_truncated_chosen, report.n_truncated_rejected, report.n_truncated) == (2, 1, 3)
+    assert report.n_identical_after_truncation == 1  # row 2: both cut inside "xyzxyz..."
+    assert report.to_dict()["n_truncated"] == 3
+    assert "warning" in report.to_markdown()
+
+
+# ---------------------------------------------------------------- bad rows
+
+TOO_LONG = "x" * 40  # max_length below is 32
+BAD_PLAIN = [
+    ({"prompt": "p", "rejected": "r"}, "chosen", "missing_field", "missing"),
+    ({"chosen": "c", "rejected": "r"}, "prompt", "missing_field", "missing"),
+    (plain_row(chosen=None), "chosen", "missing_field", "missing"),
+    (plain_row(chosen=4), "chosen", "wrong_type", "expected a string, got int"),
+    (plain_row(prompt={"text": "p"}), "prompt", "wrong_type", "expected a string, got dict"),
+    (plain_row(rejected=""), "rejected", "empty_response", "empty response"),
+    (plain_row(chosen=" \n\t"), "chosen", "empty_response", "empty response"),
+    (plain_row(rejected=" 4"), "rejected", "identical_responses", "identical to 'chosen'"),
+    (plain_row(prompt=TOO_LONG), "prompt", "prompt_too_long", "41 tokens, >= max_length 32"),
+    (plain_row(prompt="x" * 31), "prompt", "prompt_too_long", "32 tokens, >= max_length 32"),
+    (plain_row(confidence=1.5), "confidence", "bad_confidence", "1.5 is outside [0, 1]"),
+    (plain_row(confidence=-0.1), "confidence", "bad_confidence", "outside [0, 1]"),
+    (plain_row(confidence=math.nan), "confidence", "bad_confidence", "NaN"),
+    (plain_row(confidence="0.9"), "confidence", "bad_confidence", "got str '0.9'"),
+    (plain_row(confidence=True), "confidence", "bad_confidence", "got bool"),
+    (plain_row(ref_chosen_logps=-3.0), "ref_rejected_logps", "bad_ref_logp", "missing while"),
+    (
+        plain_row(ref_chosen_logps=2.0, ref_rejected_logps=-1.0),
+        "ref_chosen_logps",
+        "bad_ref_logp",
+        "<= 0",
+    ),
+    (
+        plain_row(ref_chosen_logps=-1.0, ref_rejected_logps=-math.inf),
+        "ref_rejected_logps",
+        "bad_ref_logp",
+        "finite",
+    ),
+    (conv_row(), "prompt", "mixed_formats", "a message list in plain data"),
+    (plain_row(chosen=[assistant("x")]), "chosen", "mixed_formats", "a message list"),
+]
+
+BAD_CONVERSATIONAL = [
+    (conv_row(prompt=[]), "prompt", "malformed_messages", "empty message list"),
+    (conv_row(prompt=["hi"]), "prompt", "malformed_messages", "message 0 is a str"),
+    (conv_row(prompt=[{"content": "hi"}]), "prompt", "malformed_messages", "'role'"),
+    (
+        conv_row(chosen=[{"role": "assistant", "content": None}]),
+        "chosen",
+        "malformed_messages",
+        "'content' must be a string, got NoneType",
+    ),
+    (
+        conv_row(chosen=[{"role": "assistant", "content": ["x"]}]),
+        "chosen",
+        "malformed_messages",
+        "got list",
+    ),
+    (
+        conv_row(prompt=[user("q"), assistant("a")]),
+        "prompt",
+        "malformed_messages",
+        "ends with an assistant",
+    ),
+    (
+        conv_row(rejected=[user("x")]),
+        "rejected",
+        "malformed_messages",
+        "starts with a 'user' message",
+    ),
+    (
+        conv_row(chosen=[user("hi 0"), assistant("hello")]),
+        "chosen",
+        "malformed_messages",
+        "it repeats the prompt",
+    ),
+    (conv_row(chosen=[assistant("  ")]), "chosen", "empty_response", "empty response"),
+    (conv_row(rejected=[assistant("hello")]), "rejected", "identical_responses", "identical"),
+    (
+        {"chosen": [assistant("a")], "rejected": [assistant("b")]},
+        "prompt",
+        "no_common_prompt",
+        "share no leading messages",
+    ),
+    (
+        {"chosen": [user("q"), assistant("a")], "rejected": [user("q")]},
+        "rejected",
+        "empty_response",
+        "no message after the prompt",
+    ),
+    (conv_row(prompt=[user(TOO_LONG)]), "prompt", "prompt_too_long", ">= max_length 32"),
+    (plain_row(), "prompt", "mixed_formats", "a plain string in conversational data"),
+    (conv_row(chosen="hello"), "chosen", "mixed_formats", "a plain string"),
+    (conv_row(confidence=2), "confidence", "bad_confidence", "outside [0, 1]"),
+]
+
+
+def _check_bad_row(tok, good_rows, bad, field, code, fragment):
+    rows = [*good_rows, {**bad, "_row": 17}]
+    with pytest.raises(ValueError) as err:
+        validate_preference_rows(rows, tok, max_length=32)
+    message = str(err.value)
+    assert f"1 of {len(rows)} preference rows are invalid" in message
+    assert f"row 17, field '{field}': " in message
+    assert fragment in message
+
+    report = validate_preference_rows(rows, tok, max_length=32, on_bad_rows="skip")
+    (b,) = report.bad_rows
+    assert (b.index, b.row, b.field, b.code) == (len(good_rows), 17, field, code)
+    assert code in BAD_ROW_CODES
+    assert report.n_kept == len(good_rows) and report.n_skipped == 1
+
+
+@pytest.mark.parametrize(("bad", "field", "code", "fragment"), BAD_PLAIN)
+def test_each_bad_plain_row_kind_is_named(tok, bad, field, code, fragment):
+    _check_bad_row(tok, [plain_row(1), plain_row(2)], bad, field, code, fragment)
+
+
+@pytest.mark.parametrize(("bad", "field", "code", "fragment"), BAD_CONVERSATIONAL)
+def test_each_bad_conversational_row_kind_is_named(tok, bad, field, code, fragment):
+    _check_bad_row(tok, [conv_row(1), conv_row(2)], bad, field, code, fragment)
+
+
+def test_a_row_that_is_not_a_mapping_is_reported(tok):
+    report = validate_preference_rows([plain_row(), "oops"], tok, 32, on_bad_rows="skip")
+    assert str(report.bad_rows[0]) == "row 1: expected an object/dict, got str"
+
+
+def test_error_message_lists_the_first_five_and_the_total(tok):
+    rows = [plain_row(i, chosen="" if i % 2 else " 4") for i in range(20)]
+    with pytest.raises(ValueError) as err:
+        validate_preference_rows(rows, tok, max_length=32)
+    message = str(err.value)
+    assert message.startswith("10 of 20 preference rows are invalid:")
+    assert "row 1, field 'chosen': empty response" in message
+    assert "row 9, field 'chosen'" in message and "row 11," not in message
+    assert "... and 5 more" in message and "on_bad_rows='skip'" in message
+
+
+def test_skip_mode_lists_and_counts_every_skipped_row(tok):
+    rows = [plain_row(i) for i in range(6)]
+    rows[1]["chosen"] = "   "
+    rows[3]["confidence"] = 7.0
+    rows[4] = conv_row()
+    rows[5]["confidence"] = 0.75
+    rows[5]["oracle_reward_chosen"] = 1.25
+    report = validate_preference_rows(rows, tok, max_length=32, on_bad_rows="skip")
+    assert [ex.index for ex in report.examples] == [0, 2, 5]
+    assert [(b.row, b.field, b.code) for b in report.bad_rows] == [
+        (1, "chosen", "empty_response"),
+        (3, "confidence", "bad_confidence"),
+        (4, "prompt", "mixed_formats"),
+    ]
+    assert (report.n_rows, report.n_kept, report.n_skipped) == (6, 3, 3)
+    assert report.bad_row_counts() == {"empty_response": 1, "bad_confidence": 1, "mixed_formats": 1}
+    last = report.examples[-1]
+    assert last.confidence == 0.75 and last.metadata == {"oracle_reward_chosen": 1.25}
+    assert report.n_with_confidence == 1
+
+    summary = report.to_dict()
+    assert json.loads(json.dumps(summary)) == summary
+    assert summary["n_skipped"] == 3 and len(summary["bad_rows"]) == 3
+    assert summary["bad_rows"][0] == {
+        "index": 1,
+        "row": 1,
+        "file": None,
+        "field": "chosen",
+        "code": "empty_response",
+        "reason": "empty response",
+    }
+    markdown = report.to_markdown()
+    assert "6 read, 3 kept, 3 skipped" in markdown
+    assert "- row 1, field 'chosen': empty response" in markdown
+
+
+def test_markdown_lists_the_first_bad_rows_and_counts_the_rest(tok):
+    rows = [plain_row(0)] + [plain_row(i, chosen="") for i in range(1, 13)]
+    report = validate_preference_rows(rows, tok, max_length=32, on_bad_rows="skip")
+    markdown = report.to_markdown(max_listed=10)
+    assert "row 10, field 'chosen'" in markdown and "row 11," not in markdown
+    assert "... and 2 more" in markdown and "empty_response 12" in markdown
+
+
+def test_skip_mode_with_no_row_left_raises(tok):
+    with pytest.raises(ValueError, match="no valid preference row is left"):
+        validate_preference_rows([plain_row(chosen="")], tok, 32, on_bad_rows="skip")
+
+
+def test_majority_format_wins_and_the_minority_rows_are_bad(tok):
+    rows = [conv_row(0), plain_row(1), plain_row(2)]
+    report = validate_preference_rows(rows, tok, 32, on_bad_rows="skip")
+    assert report.kind == "plain"
+    (b,) = report.bad_rows
+    assert b.row == 0 and b.code == "mixed_formats" and "2 of 3 rows are plain" in b.reason
+
+
+def test_chat_template_errors_are_bad_rows():
+    template = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    tok = make_byte_tokenizer(chat_template=template)
+    bad = conv_row(prompt=[{"role": "system", "content": "s"}, user("q")])
+    report = validate_preference_rows([conv_row(), bad], tok, 64, on_bad_rows="skip")
+    (b,) = report.bad_rows
+    assert (b.row, b.field, b.code) == (1, "prompt", "chat_template_error")
+    assert "no system role" in b.reason
+
+
+def test_a_template_that_renders_the_prompt_differently_is_refused():
+    # the generation prompt says "assistant:\n" but a rendered answer is "assistant: ..."
+    template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:\n{% endif %}"
+    )
+    tok = make_byte_tokenizer(chat_template=template)
+    with pytest.raises(ValueError) as err:
+        validate_preference_rows([conv_row()], tok, 64)
+    assert "row 0, field 'chosen': the chat template does not render prompt+response" in str(
+        err.value
+    )
+
+
+def test_a_token_merging_across_the_prompt_boundary_is_refused():
+    # no special token between prompt and response: "ab" + "cd" pre-tokenises as one word
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tok = make_byte_tokenizer(chat_template=template, merges=[("b", "c")])
+    row = conv_row(prompt=[user("ab")], chosen=[assistant("cd")], rejected=[assistant(" go")])
+    report = validate_preference_rows([row, conv_row(1)], tok, 64, on_bad_rows="skip")
+    (b,) = report.bad_rows
+    assert (b.row, b.field, b.code) == (0, "chosen", "chat_template_prefix")
+    assert "merges across the prompt/response boundary" in b.reason
+
+
+def test_tokenizer_unfit_for_the_data_is_refused_up_front(tok):
+    with pytest.raises(ValueError, match="chat_template"):
+        validate_preference_rows([conv_row()], make_byte_tokenizer(chat_template=None), 32)
+    with pytest.raises(ValueError, match="max_length"):
+        validate_preference_rows([plain_row()], tok, 1)
+    with pytest.raises(ValueError, match="on_bad_rows"):
+        validate_preference_rows([plain_row()], tok, 32, on_bad_rows="drop")
+    with pytest.raises(ValueError, match="no preference rows"):
+        validate_preference_rows([], tok, 32)
+
+
+# ---------------------------------------------------------------- loading
+
+ROWS = [
+    {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5", "confidence": 0.9, "reward": 1.5},
+    {
+        "prompt": 'Say hi, "quoted"',
+        "chosen": "hi,\nthere",
+        "rejected": "no",
+        "confidence": None,
+        "reward": -2.0,
+    },
+    {"prompt": "héllo ✓", "chosen": "007", "rejected": " ", "confidence": 0.5, "reward": 0.25},
+]
+CONV_ROWS = [
+    {
+        "prompt": [user("q")],
+        "chosen": [assistant("a")],
+        "rejected": [assistant("b")],
+        "confidence": 1.0,
+    },
+    {
+        "prompt": [user("r")],
+        "chosen": [assistant("c")],
+        "rejected": [assistant("d")],
+        "confidence": None,
+    },
+]
+
+
+def _write(path, rows):
+    ext = path.suffix
+    if ext == ".jsonl":
+        path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n", encoding="utf-8")
+    elif ext == ".json":
+        path.write_text(json.dumps(rows), encoding="utf-8")
+    elif ext == ".parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    elif ext == ".csv":
+        import csv
+
+        with path.open("w", encoding="utf-8", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in rows)
+    return path
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if k not in ("_row", "_file")} for r in rows]
+
+
+@pytest.mark.parametrize("ext", [".jsonl", ".json", ".parquet", ".csv"])
+def test_every_file_format_loads_the_same_rows(tmp_path, ext, no_network):
+    rows = load_preference_rows(_write(tmp_path / f"prefs{ext}", ROWS))
+    assert _strip(rows) == ROWS
+    assert [r["_row"] for r in rows] == [0, 1, 2]
+    assert all("_file" not in r for r in rows)
+
+
+def test_json_data_wrapper_datasets_and_lists_load_the_same_rows(tmp_path, no_network):
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text(json.dumps({"data": ROWS}))
+    assert _strip(load_preference_rows(wrapped)) == ROWS
+    assert _strip(load_preference_rows(str(wrapped))) == ROWS
+    assert _strip(load_preference_rows(datasets.Dataset.from_list(ROWS))) == ROWS
+    assert (
+        _strip(load_preference_rows(datasets.DatasetDict(train=datasets.Dataset.from_list(ROWS))))
+        == ROWS
+    )
+    listed = load_preference_rows(ROWS)
+    assert _strip(listed) == ROWS and [r["_row"] for r in listed] == [0, 1, 2]
+    assert "_row" not in ROWS[0]  # the caller's dicts are not modified
+
+
+@pytest.mark.parametrize("ext", [".jsonl", ".json", ".parquet"])
+def test_conversational_rows_load_the_same_from_files(tmp_path, ext):
+    assert _strip(load_preference_rows(_write(tmp_path / f"c{ext}", CONV_ROWS))) == CONV_ROWS
+
+
+def test_conversational_rows_load_the_same_from_datasets():
+    assert _strip(load_preference_rows(datasets.Dataset.from_list(CONV_ROWS))) == CONV_ROWS
+    # datasets' Sequence({role, content}) features come back as a dict of lists
+    features = datasets.Features(
+        {
+            k: datasets.Sequence(
+                {"role": datasets.Value("string"), "content": datasets.Value("string")}
+            )
+            for k in ("prompt", "chosen", "rejected")
+        }
+    )
+    columns = {
+        k: [
+            {"role": [m["role"] for m in r[k]], "content": [m["content"] for m in r[k]]}
+            for r in CONV_ROWS
+        ]
+        for k in ("prompt", "chosen", "rejected")
+    }
+    ds = datasets.Dataset.from_dict(columns, features=features)
+    expected = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in CONV_ROWS]
+    assert _strip(load_preference_rows(ds)) == expected
+
+
+def test_a_folder_loads_its_files_in_sorted_order_with_file_names(tmp_path, no_network):
+    _write(tmp_path / "b.parquet", ROWS[2:])
+    _write(tmp_path / "a.jsonl", ROWS[:2])
+    (tmp_path / "README.md").write_text("not data")
+    _write(tmp_path / ".hidden.jsonl", ROWS)
+    rows = load_preference_rows(tmp_path)
+    assert _strip(rows) == ROWS
+    assert [(r["_file"], r["_row"]) for r in rows] == [
+        ("a.jsonl", 0),
+        ("a.jsonl", 1),
+        ("b.parquet", 0),
+    ]
+
+
+def test_a_folder_with_train_files_loads_only_those(tmp_path):
+    _write(tmp_path / "train.jsonl", ROWS[:1])
+    _write(tmp_path / "train-00001-of-00002.parquet", ROWS[1:2])
+    _write(tmp_path / "test.jsonl", ROWS[2:])
+    rows = load_preference_rows(tmp_path)
+    assert [r["_file"] for r in rows] == ["train-00001-of-00002.parquet", "train.jsonl"]
+
+
+def test_a_folder_with_two_train_formats_is_ambiguous(tmp_path):
+    _write(tmp_path / "train.jsonl", ROWS)
+    _write(tmp_path / "train.parquet", ROWS)
+    with pytest.raises(ValueError, match="several train files"):
+        load_preference_rows(tmp_path)
+
+
+def test_folder_rows_are_cited_with_their_file(tmp_path, tok):
+    _write(tmp_path / "a.jsonl", [plain_row(0)])
+    _write(tmp_path / "b.jsonl", [plain_row(1), plain_row(2, chosen="")])
+    with pytest.raises(ValueError, match=r"b\.jsonl row 1, field 'chosen': empty response"):
+        validate_preference_rows(load_preference_rows(tmp_path), tok, 32)
+    report = validate_preference_rows(tmp_path, tok, 32, on_bad_rows="skip")  # a path works too
+    assert [(ex.file, ex.row, ex.index) for ex in report.examples] == [
+        ("a.jsonl", 0, 0),
+        ("b.jsonl", 0, 1),
+    ]
+
+
+def test_csv_keeps_text_as_strings_and_reads_numbers_elsewhere(tmp_path):
+    rows = load_preference_rows(_write(tmp_path / "p.csv", ROWS))
+    assert rows[2]["chosen"] == "007" and rows[0]["chosen"] == "4"
+    assert rows[1]["confidence"] is None and isinstance(rows[0]["reward"], float)
+
+
+def test_loading_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_preference_rows(tmp_path / "nope.jsonl")
+    (tmp_path / "p.txt").write_text("x")
+    with pytest.raises(ValueError, match="unsupported preference data file .*'.txt'"):
+        load_preference_rows(tmp_path / "p.txt")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="holds no"):
+        load_preference_rows(empty)
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a"}\n{oops\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl line 2: invalid JSON"):
+        load_preference_rows(tmp_path / "bad.jsonl")
+    (tmp_path / "bad.json").write_text('{"rows": []}')
+    with pytest.raises(ValueError, match="expected a JSON list of objects"):
+        load_preference_rows(tmp_path / "bad.json")
+    (tmp_path / "scalars.jsonl").write_text('{"prompt": "a"}\n[1, 2]\n')
+    with pytest.raises(ValueError, match="row 1: expected an object"):
+        load_preference_rows(tmp_path / "scalars.jsonl")
+    with pytest.raises(ValueError, match="expected a path"):
+        load_preference_rows(42)
+
+
+# ---------------------------------------------------------------- collation
+
+
+def _pair(index, prompt, chosen, rejected, **kw):
+    return TokenizedPair(
+        prompt_ids=prompt, chosen_ids=chosen, rejected_ids=rejected, index=index, row=index, **kw
+    )
+
+
+def test_collation_shapes_padding_and_labels():
+    pairs = [
+        _pair(7, [1, 2], [3], [4, 5, 6], confidence=0.8),
+        _pair(3, [9], [10, 11, 12, 13], [14]),
+    ]
+    batch = PreferenceCollator(pad_token_id=0)(pairs)
+    assert set(batch) == {"input_ids", "attention_mask", "labels", "confidence", "index"}
+    P, M = 0, IGNORE_INDEX
+    assert batch["input_ids"].tolist() == [
+        [1, 2, 3, P, P],  # chosen rows first...
+        [9, 10, 11, 12, 13],
+        [1, 2, 4, 5, 6],  # ...then the rejected rows, same pair order
+        [9, 14, P, P, P],
+    ]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1] * 5, [1] * 5, [1, 1, 0, 0, 0]]
+    assert batch["labels"].tolist() == [
+        [M, M, 3, M, M],
+        [M, 10, 11, 12, 13],
+        [M, M, 4, 5, 6],
+        [M, 14, M, M, M],
+    ]
+    assert batch["input_ids"].dtype == batch["labels"].dtype == torch.long
+    assert batch["confidence"].dtype == torch.float32
+    assert batch["confidence"][0].item() == pytest.approx(0.8) and math.isnan(
+        batch["confidence"][1]
+    )
+    assert batch["index"].tolist() == [7, 3]
+
+
+def test_collation_pads_to_a_multiple_and_accepts_mappings():
+    pair = {"prompt_ids": [1], "chosen_ids": [2, 3], "rejected_ids": [4], "index": 0, "row": 0}
+    batch = PreferenceCollator(pad_token_id=99, pad_to_multiple_of=8)([pair])
+    assert batch["input_ids"].shape == (2, 8)
+    assert batch["input_ids"][1].tolist() == [1, 4] + [99] * 6
+
+
+def test_collation_carries_reference_logps_only_when_every_pair_has_them():
+    with_ref = [
+        _pair(0, [1], [2], [3], ref_chosen_logp=-1.5, ref_rejected_logp=-2.5),
+        _pair(1, [1], [4], [5], ref_chosen_logp=-0.5, ref_rejected_logp=-3.0),
+    ]
+    batch = PreferenceCollator(0)(with_ref)
+    assert batch["ref_chosen_logps"].tolist() == [-1.5, -0.5]
+    assert batch["ref_rejected_logps"].tolist() == [-2.5, -3.0]
+    with pytest.raises(ValueError, match="some pairs carry reference log-probs"):
+        PreferenceCollator(0)([with_ref[0], _pair(2, [1], [2], [3])])
+
+
+def test_labels_give_the_sum_of_response_token_logprobs(tok):
+    """End to end: the masked labels select exactly the response tokens' log-probs."""
+    rows = [plain_row(0, confidence=0.6), plain_row(1, chosen="a longer answer")]
+    report = validate_preference_rows(rows, tok, max_length=64)
+    loader = DataLoader(
+        PreferenceDataset(report.examples), batch_size=2, collate_fn=PreferenceCollator(PAD_ID)
+    )
+    batch = next(iter(loader))
+    B = 2
+    assert batch["input_ids"].shape[0] == 2 * B
+    logits = torch.randn(*batch["input_ids"].shape, 300, generator=torch.Generator().manual_seed(0))
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)
+    labels = batch["labels"][:, 1:]
+    mask = labels != IGNORE_INDEX
+    token_logp = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    seq_logp = (token_logp * mask).sum(-1)
+
+    for i, ex in enumerate(report.examples):
+        for row, response in ((i, ex.chosen_ids), (B + i, ex.rejected_ids)):
+            p = len(ex.prompt_ids)
+            expected = sum(logp[row, p + j - 1, tok_id] for j, tok_id in enumerate(response))
+            assert seq_logp[row].item() == pytest.approx(float(expected), abs=1e-5)
+            assert int(mask[row].sum()) == len(response)
