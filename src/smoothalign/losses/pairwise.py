@@ -144,7 +144,7 @@ def chosen_nll_term(chosen_logps: Tensor, chosen_lengths: Tensor, weight: float)
     ``chosen_logps`` is the summed log-probability of the chosen response ``[B]`` and
     ``chosen_lengths`` its number of response tokens ``[B]``.
     """
-    check_vector(chosen_logps, "chosen_logps")
+    check_vector(check_finite(chosen_logps, "chosen_logps"), "chosen_logps")
     if chosen_lengths.shape != chosen_logps.shape:
         raise ValueError(
             f"chosen_lengths: expected shape {list(chosen_logps.shape)}, "
@@ -152,6 +152,6 @@ def chosen_nll_term(chosen_logps: Tensor, chosen_lengths: Tensor, weight: float)
         )
     if bool((chosen_lengths <= 0).any()):
         raise ValueError("chosen_lengths: every chosen response needs at least one token")
-    if weight < 0:
-        raise ValueError(f"weight: must be >= 0, got {weight}")
+    if not 0 <= weight < float("inf"):
+        raise ValueError(f"weight: must be finite and >= 0, got {weight}")
     return -weight * chosen_logps / chosen_lengths.to(chosen_logps.dtype)

@@ -109,6 +109,11 @@ def soft_label_loss(
         raise ValueError(
             f"divergence: unknown name {name!r}; choose one of {sorted(DIVERGENCES)}"
         ) from None
+    if logits.ndim != 2:
+        raise ValueError(f"logits: expected shape [B, R], got {list(logits.shape)}")
+    check_finite(logits, "logits")
+    if prior.shape != logits.shape:
+        raise ValueError(f"prior: expected shape {list(logits.shape)}, got {list(prior.shape)}")
     target = prior.to(logits.dtype)
     if posterior:
         target = posterior_target(target, torch.softmax(logits, -1))

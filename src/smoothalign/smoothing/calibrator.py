@@ -15,6 +15,15 @@ so ``w_k`` is a number of pairs (those of the last ~``1/(1−m)`` steps) and the
 ``κ`` is commensurable with it whatever the batch size. Bins the batch did not touch keep
 their counts. Exact ties (``p̂ = ½``) carry no information and are not counted.
 
+*Mirror-symmetric bins.* The mirrored reading ``1 − p̂`` of a pair must land in the mirror
+bin ``K − 1 − k`` of the bin ``k`` of ``p̂``, exactly, or ``w`` and ``l`` stop being the two
+readings of the same pairs (and ``q̂(p) + q̂(1 − p) ≠ 1`` even with ``κ = 0``). Plain
+``floor(p·K)`` breaks this at every interior edge (``p = k/K`` and ``1 − p`` both fall on the
+upper side) and, through rounding of ``1 − p``, next to them. So the bins below ½ are
+``[k/K, (k+1)/K)``, those above ½ are their mirror images ``(k/K, (k+1)/K]``, the mirrored
+reading is binned as ``K − 1 − k`` directly, and an exact tie (never counted) is looked up
+in bin ``K/2``.
+
 Under ``torch.distributed`` the per-bin batch counts are summed across ranks before the
 update, so every rank holds identical state.
 """
@@ -59,8 +68,8 @@ class CALSCalibrator:
             raise ValueError(f"momentum: must lie in [0, 1), got {momentum}")
         if not 0.0 <= init_confidence <= 1.0:
             raise ValueError(f"init_confidence: must lie in [0, 1], got {init_confidence}")
-        if not prior_strength >= 0.0:
-            raise ValueError(f"prior_strength: must be >= 0, got {prior_strength}")
+        if not 0.0 <= prior_strength < float("inf"):
+            raise ValueError(f"prior_strength: must be finite and >= 0, got {prior_strength}")
         if not isinstance(warmup_steps, int) or warmup_steps < 0:
             raise ValueError(f"warmup_steps: must be an integer >= 0, got {warmup_steps}")
         self.bins = bins
@@ -82,19 +91,31 @@ class CALSCalibrator:
         return check_in_range(p, "forecasts", 0.0, 1.0)
 
     def bin_index(self, forecasts: ArrayLike) -> Tensor:
-        """Bin of each forecast ``[B]`` (``p̂ = 1`` falls in the last bin)."""
+        """Bin of each forecast ``[B]``, mirror-symmetric: ``bin(1 − p) = K − 1 − bin(p)``.
+
+        Below ½ the bins are ``[k/K, (k+1)/K)``, above ½ ``(k/K, (k+1)/K]`` (so ``p̂ = 0`` is
+        in bin 0 and ``p̂ = 1`` in bin ``K − 1``); an exact tie ``p̂ = ½`` maps to bin ``K/2``.
+        """
         p = self._forecasts(forecasts)
-        return (p * self.bins).floor().long().clamp_(0, self.bins - 1).cpu()
+        k, half = self.bins, self.bins // 2
+        # 1 − p is exact for p ≥ ½ (Sterbenz), so the upper half is the exact mirror image
+        # of the lower half; the clamps keep rounding of p·K from crossing ½.
+        low = (p * k).floor().clamp(0, half - 1)
+        high = ((k - 1) - ((1 - p) * k).floor()).clamp(half, k - 1)
+        return torch.where(p < 0.5, low, high).long().cpu()
 
     def batch_counts(self, forecasts: ArrayLike) -> Tensor:
-        """This batch's per-bin counts ``[2, K]``: row 0 "first wins", row 1 "first loses"."""
+        """This batch's per-bin counts ``[2, K]``: row 0 "first wins", row 1 "first loses".
+
+        Row 1 is row 0 mirrored (the same pairs read in the other order).
+        """
         p = self._forecasts(forecasts)
         p = p[p != 0.5]  # exact ties carry no information
         k = self.bins
         counts = torch.zeros(2, k, dtype=torch.float64)
         if p.numel():
             counts[0] = torch.bincount(self.bin_index(p), minlength=k).to(torch.float64)
-            counts[1] = torch.bincount(self.bin_index(1 - p), minlength=k).to(torch.float64)
+            counts[1] = counts[0].flip(0)
         return counts
 
     # ------------------------------------------------------------------ state
@@ -155,6 +176,10 @@ class CALSCalibrator:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` exactly; a malformed state raises ``ValueError`` and
+        leaves the calibrator unchanged."""
+        if not isinstance(state, dict):
+            raise ValueError(f"state: expected a dict from state_dict(), got {type(state)}")
         missing = {
             "bins",
             "momentum",
@@ -167,21 +192,34 @@ class CALSCalibrator:
         } - set(state)
         if missing:
             raise ValueError(f"state: missing keys {sorted(missing)}")
-        wins = torch.as_tensor(state["wins"], dtype=torch.float64).clone()
-        losses = torch.as_tensor(state["losses"], dtype=torch.float64).clone()
-        if wins.shape != (int(state["bins"]),) or losses.shape != wins.shape:
+        try:
+            wins = torch.as_tensor(state["wins"]).detach().to("cpu", torch.float64).clone()
+            losses = torch.as_tensor(state["losses"]).detach().to("cpu", torch.float64).clone()
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"state: wins/losses are not numeric arrays ({err})") from None
+        bins = state["bins"]
+        if wins.shape != (bins,) or losses.shape != wins.shape:
             raise ValueError(
-                f"state: wins/losses must have shape [{state['bins']}], "
+                f"state: wins/losses must have shape [{bins}], "
                 f"got {list(wins.shape)} and {list(losses.shape)}"
             )
-        self.__init__(  # re-validates the hyper-parameters
-            bins=int(state["bins"]),
+        for name, t in (("wins", wins), ("losses", losses)):
+            if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+                raise ValueError(f"state: {name} must be finite and >= 0")
+        step = state["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"state: step must be an integer >= 0, got {step!r}")
+        fresh = CALSCalibrator(  # validates the hyper-parameters before anything changes
+            bins=bins,
             momentum=float(state["momentum"]),
             init_confidence=float(state["init_confidence"]),
             prior_strength=float(state["prior_strength"]),
-            warmup_steps=int(state["warmup_steps"]),
+            warmup_steps=state["warmup_steps"],
         )
-        self.wins, self.losses, self.step = wins, losses, int(state["step"])
+        self.bins, self.momentum = fresh.bins, fresh.momentum
+        self.init_confidence, self.prior_strength = fresh.init_confidence, fresh.prior_strength
+        self.warmup_steps = fresh.warmup_steps
+        self.wins, self.losses, self.step = wins, losses, step
 
     def __repr__(self) -> str:
         return (

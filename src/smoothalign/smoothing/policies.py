@@ -84,6 +84,8 @@ class CALSSmoothing(SmoothingPolicy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
+        if "calibrator" not in state:
+            raise ValueError(f"state: the {self.name!r} policy state has no 'calibrator' entry")
         self.calibrator.load_state_dict(state["calibrator"])
 
 
@@ -109,6 +111,7 @@ class OracleSmoothing(SmoothingPolicy):
 
 
 POLICY_NAMES = ("none", "constant:<alpha>", "cals-l0", "cals-l2", "oracle-l0", "oracle-l2")
+CALIBRATOR_OPTIONS = ("bins", "momentum", "init_confidence", "prior_strength", "warmup_steps")
 
 
 def make_policy(spec: str, **calibrator_options: Any) -> SmoothingPolicy:
@@ -118,8 +121,16 @@ def make_policy(spec: str, **calibrator_options: Any) -> SmoothingPolicy:
     ``warmup_steps``) configure the CALS calibrator and are rejected for other policies
     so that a misplaced option never goes unnoticed.
     """
+    if not isinstance(spec, str):
+        raise ValueError(f"smoothing: expected a policy name, got {type(spec)}")
     spec = spec.strip()
     if spec.startswith("cals-"):
+        unknown = set(calibrator_options) - set(CALIBRATOR_OPTIONS)
+        if unknown:
+            raise ValueError(
+                f"smoothing: unknown calibrator option(s) {sorted(unknown)}; "
+                f"choose from {list(CALIBRATOR_OPTIONS)}"
+            )
         return CALSSmoothing(_metric_of(spec), CALSCalibrator(**calibrator_options))
     if calibrator_options:
         raise ValueError(

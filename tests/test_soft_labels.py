@@ -1,0 +1,204 @@
+"""SPEC §6: soft-label divergences and the batch-normalised posterior target."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import np_softmax
+from smoothalign.losses import (
+    DIVERGENCES,
+    forward_kl,
+    jensen_shannon,
+    posterior_target,
+    reverse_kl,
+    soft_label_loss,
+)
+
+
+# ------------------------------------------------------------- float64 NumPy references
+def ref_kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """KL(p ‖ q) per row with the convention 0·log 0 = 0."""
+    out = np.zeros(p.shape[0])
+    for i in range(p.shape[0]):
+        for r in range(p.shape[1]):
+            if p[i, r] > 0:
+                out[i] += p[i, r] * math.log(p[i, r] / q[i, r])
+    return out
+
+
+def ref_jsd(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    m = 0.5 * (p + q)
+    return 0.5 * ref_kl(p, m) + 0.5 * ref_kl(q, m)
+
+
+def ref_posterior(prior: np.ndarray, model: np.ndarray) -> np.ndarray:
+    b, r = prior.shape
+    out = np.zeros_like(prior)
+    for i in range(b):
+        for k in range(r):
+            out[i, k] = prior[i, k] * model[i, k] / sum(model[j, k] for j in range(b))
+        out[i] /= out[i].sum()
+    return out
+
+
+def _data(rng, b=16, r=4, scale=2.0):
+    logits = rng.normal(0, scale, (b, r))
+    target = rng.dirichlet(np.ones(r), size=b)
+    target = np.clip(target, 1e-4, None)  # keep clear of reverse KL's floor
+    return logits, target / target.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("r", [2, 5])
+def test_divergences_match_float64_references(rng, r):
+    logits, target = _data(rng, r=r)
+    lt, tt = torch.as_tensor(logits), torch.as_tensor(target)
+    q = np_softmax(logits)
+    np.testing.assert_allclose(forward_kl(lt, tt).numpy(), ref_kl(target, q), rtol=1e-10)
+    np.testing.assert_allclose(
+        reverse_kl(lt, tt, target_floor=0).numpy(), ref_kl(q, target), rtol=1e-10
+    )
+    # the default floor (1e-6) is far below every target entry here: same value
+    np.testing.assert_allclose(reverse_kl(lt, tt).numpy(), ref_kl(q, target), rtol=1e-8)
+    np.testing.assert_allclose(jensen_shannon(lt, tt).numpy(), ref_jsd(target, q), rtol=1e-10)
+    assert DIVERGENCES["fkl"] is forward_kl and DIVERGENCES["rkl"] is reverse_kl
+    assert DIVERGENCES["jsd"] is jensen_shannon
+
+
+def test_forward_kl_with_zero_target_entries(rng):
+    logits, _ = _data(rng, r=3)
+    target = np.array([[0.0, 0.3, 0.7]] * logits.shape[0])
+    out = forward_kl(torch.as_tensor(logits), torch.as_tensor(target)).numpy()
+    np.testing.assert_allclose(out, ref_kl(target, np_softmax(logits)), rtol=1e-10)
+
+
+def test_reverse_kl_is_infinite_without_floor_and_finite_with_it():
+    logits = torch.zeros(1, 2, dtype=torch.float64)
+    target = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    assert math.isinf(float(reverse_kl(logits, target, target_floor=0)))
+    assert math.isfinite(float(reverse_kl(logits, target)))
+
+
+def test_forward_kl_on_one_hot_equals_cross_entropy(rng):
+    logits = torch.as_tensor(rng.normal(0, 3, (32, 6)))
+    labels = torch.as_tensor(rng.integers(0, 6, 32))
+    one_hot = F.one_hot(labels, 6).to(torch.float64)
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    torch.testing.assert_close(forward_kl(logits, one_hot), ce, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(soft_label_loss("fkl", logits, one_hot), ce, rtol=1e-12, atol=1e-12)
+
+
+def test_jsd_symmetric_and_bounded(rng):
+    la = torch.as_tensor(rng.normal(0, 4, (64, 3)))
+    lb = torch.as_tensor(rng.normal(0, 4, (64, 3)))
+    ab = jensen_shannon(la, torch.softmax(lb, -1))
+    ba = jensen_shannon(lb, torch.softmax(la, -1))
+    torch.testing.assert_close(ab, ba, rtol=1e-10, atol=1e-12)
+    assert ab.min() >= -1e-12 and ab.max() <= math.log(2) + 1e-12
+    # identical distributions: 0; (nearly) disjoint supports: → log 2
+    same = jensen_shannon(la, torch.softmax(la, -1))
+    assert same.abs().max() < 1e-12
+    far = jensen_shannon(
+        torch.tensor([[60.0, 0.0]], dtype=torch.float64),
+        torch.tensor([[0.0, 1.0]], dtype=torch.float64),
+    )
+    assert float(far) == pytest.approx(math.log(2), abs=1e-12)
+    assert float(far) <= math.log(2) + 1e-12
+
+
+def test_posterior_target_matches_reference_and_is_normalised(rng):
+    prior = rng.dirichlet(np.ones(3), size=10)
+    model = np_softmax(rng.normal(0, 1.5, (10, 3)))
+    post = posterior_target(torch.as_tensor(prior), torch.as_tensor(model))
+    np.testing.assert_allclose(post.numpy(), ref_posterior(prior, model), rtol=1e-12)
+    np.testing.assert_allclose(post.sum(-1).numpy(), 1.0, atol=1e-12)
+    assert post.min() >= 0
+    # the posterior is not the prior when the model output differs between rows
+    assert np.abs(post.numpy() - prior).max() > 1e-2
+
+
+def test_posterior_equals_prior_when_model_output_is_constant(rng):
+    prior = torch.as_tensor(rng.dirichlet(np.ones(4), size=7))
+    row = torch.softmax(torch.as_tensor(rng.normal(0, 2, 4)), -1)
+    model = row.expand(7, 4).clone()
+    torch.testing.assert_close(posterior_target(prior, model), prior, rtol=1e-12, atol=1e-12)
+    # end to end: posterior=True with identical logits in every row equals the plain prior
+    logits = torch.as_tensor(rng.normal(0, 2, 4)).expand(7, 4).clone()
+    for name in DIVERGENCES:
+        torch.testing.assert_close(
+            soft_label_loss(name, logits, prior, posterior=True),
+            soft_label_loss(name, logits, prior),
+            rtol=1e-10,
+            atol=1e-12,
+        )
+
+
+@pytest.mark.parametrize("name", sorted(DIVERGENCES))
+def test_gradient_stops_through_posterior_by_default_and_flows_on_request(rng, name):
+    logits0, _ = _data(rng, b=6, r=3)
+    prior = torch.as_tensor(rng.dirichlet(np.ones(3), size=6))
+    div = DIVERGENCES[name]
+
+    def grad_of(fn):
+        x = torch.as_tensor(logits0).clone().requires_grad_(True)
+        fn(x).sum().backward()
+        return x.grad
+
+    def by_hand(x, detach):  # the same target built by hand from the SPEC formula
+        q = torch.softmax(x, -1)
+        r = prior * q / q.sum(0, keepdim=True)
+        r = r / r.sum(-1, keepdim=True)
+        return div(x, r.detach() if detach else r)
+
+    g_default = grad_of(lambda x: soft_label_loss(name, x, prior, posterior=True))
+    g_stopped = grad_of(lambda x: by_hand(x, detach=True))
+    g_flowing = grad_of(
+        lambda x: soft_label_loss(name, x, prior, posterior=True, detach_target=False)
+    )
+    g_through = grad_of(lambda x: by_hand(x, detach=False))
+    torch.testing.assert_close(g_default, g_stopped, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_flowing, g_through, rtol=1e-10, atol=1e-12)
+    assert (g_default - g_flowing).abs().max() > 1e-4
+    # and the flowing gradient is the true one (finite differences, float64)
+    x = torch.as_tensor(logits0).clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda z: soft_label_loss(name, z, prior, posterior=True, detach_target=False),
+        (x,),
+        eps=1e-6,
+        atol=1e-7,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(DIVERGENCES))
+def test_divergence_gradients_match_finite_differences(rng, name):
+    logits, target = _data(rng, b=5, r=3)
+    x = torch.as_tensor(logits).requires_grad_(True)
+    t = torch.as_tensor(target)
+    assert torch.autograd.gradcheck(lambda z: DIVERGENCES[name](z, t), (x,), eps=1e-6, atol=1e-7)
+
+
+def test_bad_inputs_name_the_argument():
+    logits = torch.zeros(3, 2, dtype=torch.float64)
+    prior = torch.full((3, 2), 0.5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="divergence"):
+        soft_label_loss("kl", logits, prior)
+    with pytest.raises(ValueError, match="logits"):
+        soft_label_loss("fkl", torch.zeros(3), prior[:, 0])
+    with pytest.raises(ValueError, match="logits"):
+        soft_label_loss("jsd", torch.tensor([[0.0, float("nan")]] * 3), prior, posterior=True)
+    with pytest.raises(ValueError, match="prior"):
+        soft_label_loss("fkl", logits, prior[:2])
+    with pytest.raises(ValueError, match="target"):
+        forward_kl(logits, torch.tensor([[0.5, 0.6]] * 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="target"):
+        reverse_kl(logits, torch.tensor([[1.5, -0.5]] * 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="target"):
+        jensen_shannon(logits, prior[:, :1])
+    with pytest.raises(ValueError, match="prior"):
+        posterior_target(prior[:2], prior)
+    with pytest.raises(ValueError, match="model_probs"):
+        posterior_target(prior, torch.full((3, 2), float("nan")))
