@@ -1,0 +1,19 @@
+"""Model and tokenizer loading: built-in names ("tiny", "smollm2-135m"), local folders, GGUF."""
+
+from smoothalign.models.loading import (
+    BUILTIN_MODELS,
+    describe_model,
+    ensure_pad_token,
+    load_model_and_tokenizer,
+    smollm2_cache_dir,
+    smollm2_gguf_path,
+)
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "describe_model",
+    "ensure_pad_token",
+    "load_model_and_tokenizer",
+    "smollm2_cache_dir",
+    "smollm2_gguf_path",
+]

