@@ -1,0 +1,67 @@
+"""Which checkpoint to resume from: only those a completed save has certified.
+
+``Trainer`` writes a checkpoint folder piece by piece; a crash half-way leaves a folder that
+looks like a checkpoint. Ours writes :data:`COMPLETE_MARKER` last (atomically), and resume
+only trusts folders that carry it.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from smoothalign.io import atomic_write_bytes
+
+COMPLETE_MARKER = "smoothalign_complete.json"
+SMOOTHING_STATE = "smoothing_state.pt"
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def is_complete(folder: str | Path) -> bool:
+    return (Path(folder) / COMPLETE_MARKER).is_file()
+
+
+def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """The highest-step ``checkpoint-N`` in ``output_dir`` whose save completed, if any."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return None
+    found = []
+    for child in root.iterdir():
+        m = _CKPT.match(child.name)
+        if m and child.is_dir() and is_complete(child):
+            found.append((int(m.group(1)), child))
+    return max(found)[1] if found else None
+
+
+def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
+    """``None`` → no resume; ``'latest'`` → the newest complete checkpoint in ``output_dir``
+    (none yet: start fresh); a path → that checkpoint, which must be complete."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        return latest_complete_checkpoint(output_dir)
+    folder = Path(resume)
+    if not folder.is_dir():
+        raise ValueError(f"resume: no checkpoint folder at {folder}")
+    if not is_complete(folder):
+        raise ValueError(
+            f"resume: {folder} has no {COMPLETE_MARKER}; its save did not complete, so it is not "
+            "trusted. Resume from an earlier checkpoint (or --resume latest)."
+        )
+    return folder
+
+
+def save_smoothing_state(state: dict[str, Any], folder: str | Path) -> Path:
+    """Write a smoothing policy's state into ``folder`` atomically."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return atomic_write_bytes(Path(folder) / SMOOTHING_STATE, buf.getvalue())
+
+
+def load_smoothing_state(folder: str | Path) -> dict[str, Any]:
+    return torch.load(Path(folder) / SMOOTHING_STATE, map_location="cpu", weights_only=True)

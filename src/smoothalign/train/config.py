@@ -1,0 +1,138 @@
+"""The DPO run's configuration: one dataclass, shared by the Python API and the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from smoothalign.losses import LOSSES
+from smoothalign.smoothing import make_policy
+
+REFERENCES = ("auto", "model", "adapter-disabled", "precomputed")
+
+
+@dataclass
+class DPOConfig:
+    """Everything a DPO run needs. Defaults are the embedded demo (SmolLM2-135M + LoRA on the
+    shipped controlled-sentiment pairs, CALS-ℓ2), sized for ~5 minutes on 2 CPU cores: 30
+    steps of 4 pairs, 64 held-out pairs scored before and after. Real runs raise
+    ``max_steps``, ``batch_size`` and ``max_eval_pairs``."""
+
+    # what to train, on what
+    model: str = "smollm2-135m"
+    data: str | None = None  # None: the embedded controlled-sentiment set (its 'train' split)
+    eval_data: str | None = None  # None: the data's 'eval' split if it has one, else a holdout
+    eval_fraction: float = 0.1  # holdout when the data has no 'split' column and no eval_data
+    output_dir: str = "outputs/dpo"
+    # the objective (SPEC §2, §4)
+    loss: str = "sigmoid"
+    smoothing: str = "cals-l2"
+    beta: float = 0.1
+    flip_rate: float | None = None  # ε for loss='robust'
+    sft_weight: float = 0.0  # λ of the chosen-NLL (RPO) term
+    bins: int = 20
+    momentum: float = 0.99
+    init_confidence: float = 1.0
+    prior_strength: float = 10.0
+    warmup_steps: int = 0
+    # optimisation
+    max_steps: int = 30
+    learning_rate: float = 5e-4
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr_scheduler: str = "constant_with_warmup"
+    lr_warmup_steps: int = 5
+    weight_decay: float = 0.0
+    max_length: int = 96
+    seed: int = 0
+    # model handling
+    lora: bool = True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    reference: str = "auto"  # auto: adapter-disabled with LoRA, precomputed otherwise
+    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU; or fp32 | bf16
+    trust_remote_code: bool = False
+    # bookkeeping
+    logging_steps: int = 5
+    save_steps: int = 0  # 0: save only at the end
+    save_total_limit: int | None = 2
+    resume: str | None = None  # a checkpoint folder, or 'latest' in output_dir
+    on_bad_rows: str = "error"
+    oracle: str = (
+        "auto"  # reward of generations: auto (sentiment for the embedded set) | sentiment | none
+    )
+    max_eval_pairs: int = 64  # held-out pairs scored before/after (0: all)
+    eval_samples: int = 16  # prompts whose generations the oracle reward scores (0: skip)
+    max_new_tokens: int = 32
+    report: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss: unknown {self.loss!r}; choose one of {sorted(LOSSES)}")
+        self.smoothing_policy()  # raises on a bad name or option
+        if self.loss in ("robust", "ipo", "hinge") and self.smoothing != "none":
+            raise ValueError(
+                f"smoothing: the {self.loss!r} loss has no label smoothing (SPEC §2); "
+                "use --smoothing none, or --loss sigmoid with a smoothing policy"
+            )
+        if self.loss == "cals" and not self.smoothing.startswith("cals-"):
+            raise ValueError("smoothing: --loss cals needs --smoothing cals-l0 or cals-l2")
+        if self.loss == "robust" and self.flip_rate is None:
+            raise ValueError("flip_rate: the 'robust' loss needs --flip-rate ε in [0, 0.5)")
+        if self.flip_rate is not None and self.loss != "robust":
+            raise ValueError("flip_rate: only the 'robust' loss takes a flip rate")
+        checks = {
+            "beta": self.beta > 0,
+            "max_steps": self.max_steps > 0,
+            "learning_rate": self.learning_rate > 0,
+            "batch_size": self.batch_size > 0,
+            "grad_accum": self.grad_accum > 0,
+            "max_length": self.max_length > 1,
+            "sft_weight": self.sft_weight >= 0,
+            "eval_fraction": 0 <= self.eval_fraction < 1,
+            "logging_steps": self.logging_steps > 0,
+            "save_steps": self.save_steps >= 0,
+            "eval_samples": self.eval_samples >= 0,
+            "max_eval_pairs": self.max_eval_pairs >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"{name}: invalid value {getattr(self, name)!r}")
+        if self.reference not in REFERENCES:
+            raise ValueError(f"reference: {self.reference!r}; choose one of {REFERENCES}")
+        if self.reference == "adapter-disabled" and not self.lora:
+            raise ValueError("reference: 'adapter-disabled' needs --lora")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision: {self.precision!r}; choose auto, fp32 or bf16")
+        if self.oracle not in ("auto", "sentiment", "none"):
+            raise ValueError(f"oracle: {self.oracle!r}; choose auto, sentiment or none")
+        if self.on_bad_rows not in ("error", "skip"):
+            raise ValueError(f"on_bad_rows: {self.on_bad_rows!r}; choose error or skip")
+
+    def calibrator_options(self) -> dict[str, Any]:
+        if not self.smoothing.startswith("cals-"):
+            return {}
+        return {
+            "bins": self.bins,
+            "momentum": self.momentum,
+            "init_confidence": self.init_confidence,
+            "prior_strength": self.prior_strength,
+            "warmup_steps": self.warmup_steps,
+        }
+
+    def smoothing_policy(self):
+        return make_policy(self.smoothing, **self.calibrator_options())
+
+    def loss_options(self) -> dict[str, Any]:
+        if self.loss == "robust":
+            return {"flip_rate": self.flip_rate}
+        if self.loss == "ipo":
+            return {"beta": self.beta}
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,165 @@
+"""The run report: ``report.md`` plus PNGs, from ``metrics.jsonl`` and the before/after evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from smoothalign.calibration import reliability_curve  # noqa: E402
+from smoothalign.calibration.plots import reliability_diagram  # noqa: E402
+from smoothalign.io import atomic_write_text, save_figure  # noqa: E402
+
+# (metric key, label, format) for the before/after table
+TABLE_ROWS = [
+    ("accuracy", "preference accuracy vs the (noisy) labels", "{:.3f}"),
+    ("accuracy_true", "preference accuracy vs the true preference", "{:.3f}"),
+    ("ece", "ECE of σ(h) vs labels (mirrored, 15 bins)", "{:.4f}"),
+    ("rms", "RMS calibration error vs labels", "{:.4f}"),
+    ("ece_true", "ECE of σ(h) vs the true q", "{:.4f}"),
+    ("rms_true", "RMS calibration error vs the true q", "{:.4f}"),
+    ("kl_true", "mean KL(q ‖ σ(h))", "{:.4f}"),
+    ("margin_mean", "mean margin h", "{:.4f}"),
+    ("oracle_reward", "oracle reward of generations (mean)", "{:.4f}"),
+    ("oracle_reward_sem", "… its standard error", "{:.4f}"),
+]
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The logged records, one per (step, split); a step logged twice (after a resume)
+    keeps the later values."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    by_key: dict[tuple[int, str], dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            r = json.loads(line)
+            by_key.setdefault((r["step"], r["split"]), {}).update(r)
+    return [by_key[k] for k in sorted(by_key)]
+
+
+def plot_training_curves(records: list[dict[str, Any]]):
+    train = [r for r in records if r["split"] == "train" and "loss" in r]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    steps = [r["step"] for r in train]
+    panels = [
+        ("loss", "training loss"),
+        ("rewards/margins", "reward margin h"),
+        ("rewards/accuracies", "accuracy vs labels"),
+    ]
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        ax.plot(steps, [r.get(key, np.nan) for r in train], marker="o", ms=3)
+        ax.set(title=title, xlabel="step")
+        ax.grid(alpha=0.3)
+    axes[1].plot(steps, [r.get("rewards/chosen", np.nan) for r in train], ls="--", label="chosen")
+    axes[1].plot(
+        steps, [r.get("rewards/rejected", np.nan) for r in train], ls=":", label="rejected"
+    )
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_alpha(records: list[dict[str, Any]]):
+    train = [r for r in records if r["split"] == "train" and "cals/alpha_hist" in r]
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 3.6))
+    if not train:
+        ax0.text(0.5, 0.5, "no α logged", ha="center")
+        return fig
+    hist = np.array([r["cals/alpha_hist"] for r in train], dtype=float)
+    hist = hist / np.maximum(hist.sum(1, keepdims=True), 1)
+    steps = [r["step"] for r in train]
+    im = ax0.imshow(
+        hist.T,
+        origin="lower",
+        aspect="auto",
+        cmap="viridis",
+        extent=(min(steps), max(steps) + 1e-9, 0, 0.5),
+    )
+    fig.colorbar(im, ax=ax0, label="fraction of pairs")
+    ax0.set(title="α distribution over training", xlabel="step", ylabel="α")
+    ax1.plot(steps, [r.get("cals/alpha_mean", np.nan) for r in train], marker="o", ms=3)
+    ax1.set(title="mean α", xlabel="step", ylim=(0, 0.5))
+    ax1.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_reliability_before_after(before: dict[str, np.ndarray], after: dict[str, np.ndarray]):
+    curves = {}
+    for name, f in (("before", before), ("after", after)):
+        p = 1 / (1 + np.exp(-np.asarray(f["margins"], dtype=float)))
+        q = np.asarray(f["confidence"], dtype=float)
+        outcome = np.where(np.isnan(q), 1.0, q)  # the true q where known, else the label
+        curves[name] = reliability_curve(
+            np.concatenate([p, 1 - p]), np.concatenate([outcome, 1 - outcome])
+        )
+    known = not np.isnan(np.asarray(after["confidence"], dtype=float)).all()
+    ylabel = "true q" if known else "label"
+    return reliability_diagram(curves, title=f"Forecasts σ(h) on the eval split vs the {ylabel}")
+
+
+def write_report(
+    output_dir: str | Path,
+    *,
+    config: dict[str, Any],
+    before: dict[str, float],
+    after: dict[str, float],
+    forecasts_before: dict[str, np.ndarray],
+    forecasts_after: dict[str, np.ndarray],
+    validation_markdown: str,
+    notes: list[str],
+    samples: list[dict[str, Any]] | None = None,
+) -> Path:
+    out = Path(output_dir)
+    records = read_metrics(out / "metrics.jsonl")
+    save_figure(plot_training_curves(records), out / "training_curves.png")
+    save_figure(plot_alpha(records), out / "alpha.png")
+    save_figure(
+        plot_reliability_before_after(forecasts_before, forecasts_after), out / "reliability.png"
+    )
+
+    lines = ["# smoothalign DPO run report", ""]
+    lines += [f"- {n}" for n in notes] + [""]
+    lines += [
+        "## Held-out evaluation, before and after training",
+        "",
+        "| metric | before | after |",
+        "|---|---|---|",
+    ]
+    for key, label, fmt in TABLE_ROWS:
+        if key in before or key in after:
+            b = fmt.format(before[key]) if key in before else "–"
+            a = fmt.format(after[key]) if key in after else "–"
+            lines.append(f"| {label} | {b} | {a} |")
+    lines += [
+        "",
+        "Calibration reads each pair in both orders — `(σ(h), 1)` and `(1 − σ(h), 0)` — so a chosen-first "
+        "data set still has two outcomes; `*_true` rows score the forecasts against each pair's true "
+        "preference probability where the data carries one.",
+        "",
+        "![training curves](training_curves.png)",
+        "",
+        "![alpha](alpha.png)",
+        "",
+        "![reliability](reliability.png)",
+        "",
+        "## Data validation",
+        "",
+        validation_markdown,
+        "",
+    ]
+    if samples:
+        lines += ["## Sample generations (after training)", ""]
+        for s in samples[:5]:
+            lines.append(f"- **{s['prompt']}** → {s['response']!r} (reward {s['reward']:.3f})")
+        lines.append("")
+    lines += ["## Resolved configuration", "", "```json", json.dumps(config, indent=2), "```", ""]
+    return atomic_write_text(out / "report.md", "\n".join(lines))

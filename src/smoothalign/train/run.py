@@ -1,0 +1,355 @@
+"""``run_dpo(config)``: load → validate → (reference log-probs) → train → evaluate → report.
+
+The wiring of the layers below; every piece it calls is tested on its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import set_seed
+
+from smoothalign.data import (
+    PreferenceCollator,
+    PreferenceDataset,
+    TokenizedPair,
+    load_preference_rows,
+    validate_preference_rows,
+)
+from smoothalign.io import atomic_write_json
+from smoothalign.models import load_model_and_tokenizer
+from smoothalign.train.checkpoints import load_smoothing_state, resolve_resume, save_smoothing_state
+from smoothalign.train.config import DPOConfig
+from smoothalign.train.objective import sequence_logps
+from smoothalign.train.report import write_report
+from smoothalign.train.trainer import SmoothDPOTrainer, preference_metrics
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    before: dict[str, float]
+    after: dict[str, float]
+    train_seconds: float
+    n_train: int
+    n_eval: int
+    n_skipped: int
+    notes: list[str] = field(default_factory=list)
+    trainer: SmoothDPOTrainer | None = field(default=None, repr=False)  # model + policy state
+
+    def summary(self) -> str:
+        rows = [
+            f"smoothalign dpo: {self.n_train} train / {self.n_eval} eval pairs, "
+            f"{self.n_skipped} bad rows skipped, {self.train_seconds:.0f} s of training"
+        ]
+        for key in ("accuracy", "accuracy_true", "ece", "ece_true", "rms_true", "oracle_reward"):
+            if key in self.after:
+                rows.append(
+                    f"  {key:<15} before {self.before.get(key, float('nan')):8.4f}   after {self.after[key]:8.4f}"
+                )
+        rows.append(f"  report: {self.output_dir / 'report.md'}")
+        return "\n".join(rows)
+
+
+def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
+    """Train ``config``; ``callbacks`` are extra ``transformers.TrainerCallback`` s."""
+    config.validate()
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    set_seed(config.seed)  # python, numpy and torch
+    notes: list[str] = []
+    device_is_cuda = torch.cuda.is_available()
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and device_is_cuda)
+
+    model, tokenizer = load_model_and_tokenizer(
+        config.model, trust_remote_code=config.trust_remote_code
+    )
+    train_ex, eval_ex, validation_md, n_skipped, data_notes = _load_data(config, tokenizer)
+    notes += data_notes
+    if config.max_eval_pairs and len(eval_ex) > config.max_eval_pairs:
+        notes.append(
+            f"eval: the first {config.max_eval_pairs} of {len(eval_ex)} held-out pairs (--max-eval-pairs)"
+        )
+        eval_ex = eval_ex[: config.max_eval_pairs]
+    oracle = _oracle(config)
+
+    if config.lora:
+        model = _add_lora(model, config)
+    reference = config.reference
+    if reference == "auto":
+        # LoRA: the base model is one context manager away, and a forward pass per step is
+        # cheaper than precomputing pairs a short run never visits. Full fine-tuning:
+        # precompute once rather than hold a second copy of the model.
+        reference = "adapter-disabled" if config.lora else "precomputed"
+    ref_model = None
+    if reference == "model":
+        ref_model = _frozen_copy(model, config.lora)
+    collator = PreferenceCollator(pad_token_id=int(tokenizer.pad_token_id))
+    if reference == "precomputed":
+        # the initial policy is the reference; with LoRA that is the adapter-disabled model
+        for examples, name in ((train_ex, "train"), (eval_ex, "eval")):
+            _attach_reference_logps(
+                model, examples, collator, config.batch_size, config.lora, name, bf16
+            )
+    notes.append(f"reference log-probs: {reference}")
+
+    train_ds, eval_ds = PreferenceDataset(train_ex), PreferenceDataset(eval_ex)
+    trainer = SmoothDPOTrainer(
+        model=model,
+        args=_training_arguments(config, bf16),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=collator,
+        processing_class=tokenizer,
+        dpo_config=config,
+        smoothing_policy=config.smoothing_policy(),
+        ref_model=ref_model,
+        callbacks=callbacks,
+    )
+    if trainer.is_world_process_zero():
+        atomic_write_json(out / "config.json", config.to_dict())
+
+    forecasts_before = trainer.preference_forecasts(eval_ds)
+    before = preference_metrics(forecasts_before["margins"], forecasts_before["confidence"])
+    if oracle:
+        before.update(_oracle_reward(trainer.model, tokenizer, eval_ex, config)[0])
+
+    resume = resolve_resume(config.resume, out)
+    if resume is not None:
+        trainer.smoothing_policy.load_state_dict(load_smoothing_state(resume))
+        notes.append(f"resumed from {resume}")
+    elif config.resume == "latest":
+        notes.append("--resume latest: no complete checkpoint yet, started fresh")
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    train_seconds = time.perf_counter() - t0
+
+    forecasts_after = trainer.preference_forecasts(eval_ds)
+    after = preference_metrics(forecasts_after["margins"], forecasts_after["confidence"])
+    samples = None
+    if oracle:
+        metrics, samples = _oracle_reward(trainer.model, tokenizer, eval_ex, config)
+        after.update(metrics)
+    trainer.log({f"final_eval_{k}": v for k, v in after.items()})
+
+    final = out / "final"
+    trainer.save_model(str(final))
+    main_process = trainer.is_world_process_zero()
+    if main_process:
+        save_smoothing_state(trainer.smoothing_policy.state_dict(), final)
+        atomic_write_json(out / "eval_results.json", {"before": before, "after": after})
+    if config.report and main_process:
+        write_report(
+            out,
+            config=config.to_dict(),
+            before=before,
+            after=after,
+            forecasts_before=forecasts_before,
+            forecasts_after=forecasts_after,
+            validation_markdown=validation_md,
+            notes=notes
+            + [f"training time {train_seconds:.0f} s on {'CUDA' if device_is_cuda else 'CPU'}"],
+            samples=samples,
+        )
+    return RunResult(
+        out, before, after, train_seconds, len(train_ex), len(eval_ex), n_skipped, notes, trainer
+    )
+
+
+# ---------------------------------------------------------------------------- data
+def _load_data(
+    config: DPOConfig, tokenizer
+) -> tuple[list[TokenizedPair], list[TokenizedPair], str, int, list[str]]:
+    """Validate the data (and eval data) and split it into train / eval examples."""
+    notes = []
+    source = config.data
+    if source is None:
+        from smoothalign.assets import embedded_dataset_path
+
+        source = embedded_dataset_path()
+        notes.append(f"data: the embedded controlled-sentiment set ({source.name})")
+    report = validate_preference_rows(
+        load_preference_rows(source), tokenizer, config.max_length, config.on_bad_rows
+    )
+    md = [report.to_markdown()]
+    skipped = len(report.bad_rows)
+    examples = report.examples
+    if config.eval_data is not None:
+        eval_report = validate_preference_rows(
+            load_preference_rows(config.eval_data), tokenizer, config.max_length, config.on_bad_rows
+        )
+        md += ["", "Eval data:", "", eval_report.to_markdown()]
+        skipped += len(eval_report.bad_rows)
+        train_ex, eval_ex = examples, eval_report.examples
+    elif any("split" in ex.metadata for ex in examples):
+        train_ex = [ex for ex in examples if ex.metadata.get("split", "train") == "train"]
+        eval_ex = [ex for ex in examples if ex.metadata.get("split") == "eval"]
+        notes.append("train/eval split: the data's 'split' column")
+    else:
+        rng = random.Random(config.seed)
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        n_eval = (
+            max(1, round(config.eval_fraction * len(examples))) if config.eval_fraction > 0 else 0
+        )
+        eval_ids = set(order[:n_eval])
+        train_ex = [ex for i, ex in enumerate(examples) if i not in eval_ids]
+        eval_ex = [ex for i, ex in enumerate(examples) if i in eval_ids]
+        notes.append(f"train/eval split: a seeded {config.eval_fraction:.0%} holdout")
+    if not train_ex:
+        raise ValueError("data: no training pairs left after validation and the eval split")
+    if not eval_ex:
+        raise ValueError("eval_data: no evaluation pairs; pass --eval-data or --eval-fraction > 0")
+    return train_ex, eval_ex, "\n".join(md), skipped, notes
+
+
+# ---------------------------------------------------------------------------- model
+def _add_lora(model, config: DPOConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=0.0,  # dropout would make the policy differ from its reference at step 0
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def _frozen_copy(model, lora: bool):
+    base = copy.deepcopy(model)
+    if lora:
+        base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    return base.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def _attach_reference_logps(
+    model, examples, collator, batch_size: int, lora: bool, name: str, bf16: bool
+) -> None:
+    """Store ``log π_ref`` of every example, computed once before training, on this rank's
+    device and in the precision training will use (so that step 0 has margins ≈ 0)."""
+    was_training = model.training
+    model.eval()
+    device = _local_device()
+    model.to(device)
+    adapter_off = model.disable_adapter() if lora else nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    with adapter_off, autocast:
+        loader = DataLoader(examples, batch_size=batch_size, collate_fn=collator)
+        for start, batch in zip(
+            range(0, len(examples), batch_size),
+            tqdm(loader, desc=f"reference log-probs ({name})", leave=False),
+            strict=True,
+        ):
+            out = model(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+            )
+            logps, _ = sequence_logps(out.logits, batch["labels"].to(device))
+            b = logps.shape[0] // 2
+            for ex, lc, lr in zip(
+                examples[start : start + b], logps[:b].tolist(), logps[b:].tolist(), strict=True
+            ):
+                ex.ref_chosen_logp, ex.ref_rejected_logp = lc, lr
+    model.train(was_training)
+
+
+def _local_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def _training_arguments(config: DPOConfig, bf16: bool):
+    from transformers import TrainingArguments
+
+    report_to = ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
+    return TrainingArguments(
+        output_dir=config.output_dir,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.lr_warmup_steps,
+        weight_decay=config.weight_decay,
+        logging_steps=config.logging_steps,
+        save_strategy="steps" if config.save_steps > 0 else "no",
+        save_steps=config.save_steps or 500,
+        save_total_limit=config.save_total_limit,
+        eval_strategy="no",
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=bf16,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        report_to=report_to,
+        disable_tqdm=False,
+    )
+
+
+# ---------------------------------------------------------------------------- oracle
+def _oracle(config: DPOConfig) -> bool:
+    if config.eval_samples == 0 or config.oracle == "none":
+        return False
+    return config.oracle == "sentiment" or config.data is None
+
+
+@torch.no_grad()
+def _oracle_reward(
+    model, tokenizer, examples, config: DPOConfig
+) -> tuple[dict[str, float], list[dict]]:
+    """Sample one response per held-out prompt (fixed seed) and score it with the oracle."""
+    from smoothalign.eval.oracle import sentiment_reward
+
+    prompts = [ex.prompt_ids for ex in examples[: config.eval_samples]]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(config.seed)
+    torch_state = torch.get_rng_state()
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+    width = max(len(p) for p in prompts)
+    pad = int(tokenizer.pad_token_id)
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+    attention = torch.tensor(
+        [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device
+    )
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention,
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        max_new_tokens=config.max_new_tokens,
+        pad_token_id=pad,
+    )
+    torch.set_rng_state(torch_state)
+    model.train(was_training)
+    texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    rewards = np.array(sentiment_reward(texts))
+    samples = [
+        {
+            "prompt": tokenizer.decode(p, skip_special_tokens=True).strip()[-80:],
+            "response": t,
+            "reward": float(r),
+        }
+        for p, t, r in zip(prompts, texts, rewards, strict=True)
+    ]
+    sem = float(rewards.std(ddof=1) / np.sqrt(len(rewards))) if len(rewards) > 1 else float("nan")
+    return {"oracle_reward": float(rewards.mean()), "oracle_reward_sem": sem}, samples

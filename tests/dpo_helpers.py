@@ -1,0 +1,33 @@
+"""A learnable synthetic preference task for the tiny model, and a trainer built around it."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+
+def synthetic_rows(n: int = 64, seed: int = 0, flip_rate: float = 0.0) -> list[dict]:
+    """Prompts of random x/y/z; the better response is made of a/b, the worse of c/d.
+
+    ``confidence`` is the true probability that the labelled chosen response wins: 0.9 for
+    an unflipped pair, 0.1 for one whose label was flipped (``flip_rate`` of them, exactly).
+    """
+    rng = random.Random(seed)
+    n_flip = round(flip_rate * n)
+    flipped = set(rng.sample(range(n), n_flip))
+    rows = []
+    for i in range(n):
+        prompt = "".join(rng.choice("xyz") for _ in range(6)) + ":"
+        good = "".join(rng.choice("ab") for _ in range(5))
+        bad = "".join(rng.choice("cd") for _ in range(5))
+        if i in flipped:
+            rows.append({"prompt": prompt, "chosen": bad, "rejected": good, "confidence": 0.1})
+        else:
+            rows.append({"prompt": prompt, "chosen": good, "rejected": bad, "confidence": 0.9})
+    return rows
+
+
+def write_jsonl(rows: list[dict], path: Path) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path

@@ -1,0 +1,268 @@
+"""End-to-end DPO training on the tiny model: cold start, resume, data parallelism, CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tests.dpo_helpers import synthetic_rows, write_jsonl
+from transformers import TrainerCallback
+
+from smoothalign.train import DPOConfig, run_dpo
+from smoothalign.train.checkpoints import latest_complete_checkpoint, load_smoothing_state
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def noisy_data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("prefs")
+    return write_jsonl(synthetic_rows(64, seed=3, flip_rate=0.2), folder / "pairs.jsonl")
+
+
+def _config(data: Path, out: Path, **overrides) -> DPOConfig:
+    base = dict(
+        model="tiny",
+        data=str(data),
+        eval_data=str(data),
+        output_dir=str(out),
+        batch_size=8,
+        lora=False,
+        logging_steps=4,
+        eval_samples=0,
+        max_length=32,
+        report=False,
+        lr_warmup_steps=0,
+    )
+    return DPOConfig(**{**base, **overrides})
+
+
+def _train_accuracy(data: Path, out: Path, smoothing: str, **kw) -> float:
+    cfg = _config(data, out, smoothing=smoothing, max_steps=12, learning_rate=2e-4, **kw)
+    return run_dpo(cfg).after["accuracy"]
+
+
+def test_cals_does_not_stall_at_cold_start(noisy_data, tmp_path):
+    """SPEC §4: from policy == reference (every forecast exactly 1/2), CALS reaches >= 90% of
+    DPO's training preference accuracy in the same steps, for c0 = 1 and c0 = 0.8."""
+    dpo = _train_accuracy(noisy_data, tmp_path / "dpo", "none")
+    assert dpo > 0.7  # the task is learnable: DPO gets well above the 0.5 of a stalled policy
+    for metric in ("l0", "l2"):
+        for c0 in (1.0, 0.8):
+            acc = _train_accuracy(
+                noisy_data, tmp_path / f"{metric}{c0}", f"cals-{metric}", init_confidence=c0
+            )
+            assert acc >= 0.9 * dpo, (metric, c0, acc, dpo)
+    # the criterion detects a stall: α forced to 1/2 (c0 = 1/2 held by the warm-up) zeroes the
+    # expected gradient at h = 0, and the policy never leaves its reference
+    stalled = _train_accuracy(
+        noisy_data, tmp_path / "stall", "cals-l2", init_confidence=0.5, warmup_steps=1000
+    )
+    assert stalled < 0.9 * dpo
+
+
+class _Crash(TrainerCallback):
+    """Simulate a crash right after optimizer step ``at``."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at:
+            raise KeyboardInterrupt(f"simulated crash after step {self.at}")
+
+
+def test_resume_equals_uninterrupted(noisy_data, tmp_path):
+    kw = dict(smoothing="cals-l2", max_steps=8, save_steps=3, learning_rate=1e-3, logging_steps=1)
+    run_dpo(_config(noisy_data, tmp_path / "straight", **kw))
+
+    crashed = tmp_path / "crashed"
+    with pytest.raises(KeyboardInterrupt):
+        run_dpo(_config(noisy_data, crashed, **kw), callbacks=[_Crash(at=5)])
+    assert latest_complete_checkpoint(crashed).name == "checkpoint-3"
+    # a later checkpoint whose save never completed must not be trusted
+    shutil.copytree(crashed / "checkpoint-3", crashed / "checkpoint-4")
+    (crashed / "checkpoint-4" / "smoothalign_complete.json").unlink()
+    assert latest_complete_checkpoint(crashed).name == "checkpoint-3"
+
+    result = run_dpo(_config(noisy_data, crashed, resume="latest", **kw))
+    assert any("checkpoint-3" in n for n in result.notes)
+
+    a = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    b = load_file(crashed / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+    sa = load_smoothing_state(tmp_path / "straight" / "final")
+    sb = load_smoothing_state(crashed / "final")
+    assert sa["calibrator"]["step"] == sb["calibrator"]["step"] == 8
+    torch.testing.assert_close(
+        sa["calibrator"]["wins"], sb["calibrator"]["wins"], atol=1e-6, rtol=0
+    )
+    torch.testing.assert_close(
+        sa["calibrator"]["losses"], sb["calibrator"]["losses"], atol=1e-6, rtol=0
+    )
+
+
+def test_two_process_gloo_run_keeps_ranks_identical(noisy_data, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        str(REPO / "tests" / "dist_dpo_worker.py"),
+        str(noisy_data),
+        str(tmp_path),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert r0["world_size"] == r1["world_size"] == 2
+    cal0, cal1 = r0["policy"]["calibrator"], r1["policy"]["calibrator"]
+    assert cal0["step"] == cal1["step"] == 4
+    assert torch.equal(cal0["wins"], cal1["wins"]) and torch.equal(cal0["losses"], cal1["losses"])
+    # counts summed across ranks: each step folds in both ranks' 4 pairs, mirrored (x2)
+    assert cal0["wins"].sum() > 0
+    for k in r0["weights"]:
+        assert torch.equal(r0["weights"][k], r1["weights"][k]), k
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_lora_reference_modes_agree(noisy_data, tmp_path):
+    """With LoRA, the reference is the base model: precomputed once, the adapter-disabled
+    policy on the fly, or a frozen copy — all three train the same adapter."""
+    finals = {}
+    for reference in ("precomputed", "adapter-disabled", "model"):
+        out = tmp_path / reference
+        cfg = _config(
+            noisy_data,
+            out,
+            lora=True,
+            lora_r=4,
+            reference=reference,
+            max_steps=3,
+            learning_rate=5e-3,
+        )
+        result = run_dpo(cfg)
+        assert result.before["margin_mean"] == pytest.approx(
+            0.0, abs=1e-5
+        )  # policy == reference at start
+        finals[reference] = load_file(out / "final" / "adapter_model.safetensors")
+    ref = finals["precomputed"]
+    assert any(v.abs().max() > 0 for k, v in ref.items() if "lora_B" in k)  # the adapter moved
+    for name in ("adapter-disabled", "model"):
+        for k in ref:
+            torch.testing.assert_close(finals[name][k], ref[k], atol=1e-5, rtol=1e-4)
+
+
+def test_cli_trains_and_writes_the_report(tmp_path):
+    """`smoothalign dpo` on a conversational data file with a split column (the embedded
+    set's format), on the tiny model: report, metrics and plots written."""
+    rows = []
+    for i, r in enumerate(synthetic_rows(24, seed=5, flip_rate=0.25)):
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": r["prompt"]}],
+                "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                "rejected": [{"role": "assistant", "content": r["rejected"]}],
+                "confidence": r["confidence"],
+                "split": "eval" if i % 4 == 0 else "train",
+            }
+        )
+    rows.append({"prompt": "plain", "chosen": "", "rejected": "x", "split": "train"})  # a bad row
+    data = write_jsonl(rows, tmp_path / "conv.jsonl")
+    out = tmp_path / "run"
+    from smoothalign.cli import main
+
+    with pytest.raises(ValueError, match="row 24"):
+        main(
+            [
+                "dpo",
+                "--model",
+                "tiny",
+                "--data",
+                str(data),
+                "--output-dir",
+                str(out),
+                "--max-steps",
+                "2",
+            ]
+        )
+    code = main(
+        [
+            "dpo",
+            "--model",
+            "tiny",
+            "--data",
+            str(data),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "4",
+            "--batch-size",
+            "4",
+            "--logging-steps",
+            "2",
+            "--max-length",
+            "48",
+            "--on-bad-rows",
+            "skip",
+            "--oracle",
+            "sentiment",
+            "--eval-samples",
+            "3",
+            "--max-new-tokens",
+            "4",
+            "--smoothing",
+            "cals-l0",
+        ]
+    )
+    assert code == 0
+    for name in (
+        "report.md",
+        "metrics.jsonl",
+        "training_curves.png",
+        "alpha.png",
+        "reliability.png",
+        "config.json",
+        "eval_results.json",
+        "final/smoothing_state.pt",
+    ):
+        assert (out / name).is_file(), name
+    report = (out / "report.md").read_text()
+    assert "row 24" in report  # the skipped row is listed, not silently dropped
+    assert "oracle reward" in report
+    import json
+
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in logged if r["split"] == "train"]
+    for key in (
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+        "cals/alpha_mean",
+        "cals/alpha_hist",
+        "cals/q_hat",
+    ):
+        assert key in train[-1], key
