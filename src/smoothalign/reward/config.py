@@ -1,0 +1,138 @@
+"""The reward-model run's configuration: one dataclass, shared by the Python API and the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from smoothalign.reward.objective import POSTERIOR_LOSSES, REWARD_LOSSES
+from smoothalign.smoothing import make_policy
+
+SMOOTHING_CHOICES = ("none", "constant:<alpha>", "cals-l0", "cals-l2", "oracle-l0", "oracle-l2")
+
+
+@dataclass
+class RewardConfig:
+    """Everything a reward-model run needs. Defaults: the tiny Llama with a scalar head on the
+    oracle text world (simulated annotators, known truth), soft-bce, about a minute on CPU."""
+
+    # what to train, on what
+    model: str = "tiny"
+    data: str | None = None  # None: the oracle text world (see oracle_* below)
+    labels: str | None = None  # soft labels in a separate file, joined on pair_id
+    eval_data: str | None = None  # None: the data's 'split'=='eval' rows, else a holdout
+    eval_labels: str | None = None
+    eval_fraction: float = 0.2
+    output_dir: str = "outputs/reward"
+    # the objective (reward/objective.py; SPEC §6)
+    loss: str = "soft-bce"
+    posterior: bool = False  # fkl/rkl/jsd against the batch-normalised posterior target
+    posterior_grad: bool = False  # let gradients flow through the posterior target
+    margin: float = 0.0
+    center_weight: float = 0.0  # λ of the reward-centering term λ·(r₁ + r₂)²
+    rkl_floor: float = 1e-6
+    smoothing: str = "none"
+    bins: int = 20
+    momentum: float = 0.99
+    init_confidence: float = 1.0
+    prior_strength: float = 10.0
+    warmup_steps: int = 0
+    # optimisation
+    max_steps: int = 150
+    learning_rate: float = 1e-3
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr_scheduler: str = "constant_with_warmup"
+    lr_warmup_steps: int = 5
+    weight_decay: float = 0.0
+    max_length: int = 64
+    seed: int = 0
+    # model handling
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU; or fp32 | bf16
+    trust_remote_code: bool = False
+    # the oracle text world (data=None)
+    oracle_pairs: int = 600
+    annotators: int = 5
+    oracle_temperature: float = 1.0
+    # bookkeeping
+    logging_steps: int = 10
+    eval_steps: int = 25  # held-out evaluation every N steps (0: only before and after)
+    save_steps: int = 0  # 0: save only at the end
+    save_total_limit: int | None = 2
+    resume: str | None = None  # a checkpoint folder, or 'latest' in output_dir
+    on_bad_rows: str = "error"
+    report: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.loss not in REWARD_LOSSES:
+            raise ValueError(f"loss: unknown {self.loss!r}; choose one of {list(REWARD_LOSSES)}")
+        if self.posterior and self.loss not in POSTERIOR_LOSSES:
+            raise ValueError(
+                f"posterior: the posterior target (SPEC §6) applies to {list(POSTERIOR_LOSSES)}, "
+                f"not --loss {self.loss}"
+            )
+        if self.posterior_grad and not self.posterior:
+            raise ValueError("posterior_grad: only meaningful with --posterior")
+        self.smoothing_policy()  # raises on a bad name or option
+        checks = {
+            "margin": self.margin >= 0,
+            "center_weight": self.center_weight >= 0,
+            "rkl_floor": 0 <= self.rkl_floor < 0.5,
+            "max_steps": self.max_steps > 0,
+            "learning_rate": self.learning_rate > 0,
+            "batch_size": self.batch_size > 0,
+            "grad_accum": self.grad_accum > 0,
+            "max_length": self.max_length > 1,
+            "eval_fraction": 0 <= self.eval_fraction < 1,
+            "logging_steps": self.logging_steps > 0,
+            "eval_steps": self.eval_steps >= 0,
+            "save_steps": self.save_steps >= 0,
+            "oracle_pairs": self.oracle_pairs >= 2,
+            "annotators": self.annotators >= 1,
+            "oracle_temperature": self.oracle_temperature > 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"{name}: invalid value {getattr(self, name)!r}")
+        if self.labels is not None and self.data is None:
+            raise ValueError("labels: a labels file needs --data (the oracle world has labels)")
+        if self.eval_labels is not None and self.eval_data is None:
+            raise ValueError("eval_labels: needs --eval-data")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision: {self.precision!r}; choose auto, fp32 or bf16")
+        if self.on_bad_rows not in ("error", "skip"):
+            raise ValueError(f"on_bad_rows: {self.on_bad_rows!r}; choose error or skip")
+
+    def calibrator_options(self) -> dict[str, Any]:
+        if not self.smoothing.startswith("cals-"):
+            return {}
+        return {
+            "bins": self.bins,
+            "momentum": self.momentum,
+            "init_confidence": self.init_confidence,
+            "prior_strength": self.prior_strength,
+            "warmup_steps": self.warmup_steps,
+        }
+
+    def smoothing_policy(self):
+        return make_policy(self.smoothing, **self.calibrator_options())
+
+    def loss_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`smoothalign.reward.objective.reward_loss`."""
+        return {
+            "posterior": self.posterior,
+            "detach_target": not self.posterior_grad,
+            "margin": self.margin,
+            "center_weight": self.center_weight,
+            "rkl_floor": self.rkl_floor,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,295 @@
+"""``run_reward(config)``: model → data → train → evaluate → report, for a scalar-head model.
+
+The wiring of the layers below; every piece it calls is tested on its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import set_seed
+
+from smoothalign.io import atomic_write_json
+from smoothalign.reward.config import RewardConfig
+from smoothalign.reward.data import (
+    RewardCollator,
+    RewardDataset,
+    RewardPair,
+    oracle_text_rows,
+    validate_reward_rows,
+)
+from smoothalign.reward.trainer import RewardTrainer, reward_metrics
+from smoothalign.train.checkpoints import load_smoothing_state, resolve_resume, save_smoothing_state
+
+SUMMARY_KEYS = ("accuracy", "accuracy_true", "ece", "ece_true", "kl_true", "fkl", "rkl", "jsd")
+
+
+@dataclass
+class RewardRunResult:
+    output_dir: Path
+    before: dict[str, float]
+    after: dict[str, float]
+    train_seconds: float
+    n_train: int
+    n_eval: int
+    n_skipped: int
+    notes: list[str] = field(default_factory=list)
+    trainer: RewardTrainer | None = field(default=None, repr=False)
+
+    def summary(self) -> str:
+        rows = [
+            f"smoothalign reward: {self.n_train} train / {self.n_eval} eval pairs, "
+            f"{self.n_skipped} bad rows skipped, {self.train_seconds:.0f} s of training"
+        ]
+        for key in SUMMARY_KEYS:
+            if key in self.after:
+                b = self.before.get(key, float("nan"))
+                rows.append(f"  {key:<15} before {b:8.4f}   after {self.after[key]:8.4f}")
+        rows.append(f"  report: {self.output_dir / 'report.md'}")
+        return "\n".join(rows)
+
+
+# ---------------------------------------------------------------------------- model
+def build_reward_model(
+    name_or_path: str, *, trust_remote_code: bool = False
+) -> tuple[torch.nn.Module, Any]:
+    """``(model, tokenizer)``: a sequence-classification model with ``num_labels=1``.
+
+    A folder saved from a ``*ForSequenceClassification`` model loads as it is. Anything else
+    that :func:`smoothalign.models.load_model_and_tokenizer` reads (``'tiny'``,
+    ``'smollm2-135m'``, a causal-LM folder or ``.gguf``) becomes the trunk of
+    ``AutoModelForSequenceClassification.from_config(config, num_labels=1)``: the causal LM's
+    base-model weights are copied in and only the scalar ``score`` head is new (initialised
+    from the global torch RNG: seed first). ``config.pad_token_id`` is always set, so that
+    batches of several sequences can be pooled: ``transformers`` reads the score at the last
+    token whose id is not the pad id. Where pad and EOS share an id (SmolLM2), a response's
+    final EOS therefore counts as padding and the score is read at the token before it —
+    the same rule for every sequence, so rewards stay comparable.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from smoothalign.models import load_model_and_tokenizer
+    from smoothalign.models.loading import ensure_pad_token
+
+    path = Path(str(name_or_path)).expanduser()
+    if path.is_dir() and (path / "config.json").exists():
+        cfg = AutoConfig.from_pretrained(
+            path, local_files_only=True, trust_remote_code=trust_remote_code
+        )
+        if any(a.endswith("ForSequenceClassification") for a in cfg.architectures or ()):
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=1, local_files_only=True, trust_remote_code=trust_remote_code
+            )
+            tokenizer = AutoTokenizer.from_pretrained(
+                path, local_files_only=True, trust_remote_code=trust_remote_code
+            )
+            ensure_pad_token(model, tokenizer)
+            return model, tokenizer
+    lm, tokenizer = load_model_and_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
+    config = copy.deepcopy(lm.config)
+    config.num_labels = 1
+    config.pad_token_id = tokenizer.pad_token_id
+    model = AutoModelForSequenceClassification.from_config(
+        config, trust_remote_code=trust_remote_code
+    )
+    trunk = getattr(model, model.base_model_prefix)
+    trunk.load_state_dict(getattr(lm, lm.base_model_prefix).state_dict())
+    ensure_pad_token(model, tokenizer)
+    return model, tokenizer
+
+
+def _add_lora(model, config: RewardConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        task_type="SEQ_CLS",  # keeps the new scalar head fully trainable (modules_to_save)
+    )
+    return get_peft_model(model, lora)
+
+
+# ---------------------------------------------------------------------------- data
+def load_reward_data(
+    config: RewardConfig, tokenizer
+) -> tuple[list[RewardPair], list[RewardPair], dict[str, Any], str, list[str]]:
+    """``(train, eval, validation_dict, validation_markdown, notes)`` for ``config``."""
+    notes = []
+    if config.data is None:
+        rows: Any = oracle_text_rows(
+            config.oracle_pairs,
+            annotators=config.annotators,
+            temperature=config.oracle_temperature,
+            seed=config.seed,
+        )
+        notes.append(
+            f"data: the oracle text world ({config.oracle_pairs} pairs, {config.annotators} "
+            f"Bradley–Terry annotators per pair, τ = {config.oracle_temperature:g}, "
+            "true reward 0.5·(#a − #d))"
+        )
+    else:
+        rows = config.data
+    report = validate_reward_rows(
+        rows, tokenizer, config.max_length, config.on_bad_rows, labels=config.labels
+    )
+    md = [report.to_markdown()]
+    info: dict[str, Any] = {"train": report.to_dict()}
+    examples = report.examples
+    if config.eval_data is not None:
+        eval_report = validate_reward_rows(
+            config.eval_data,
+            tokenizer,
+            config.max_length,
+            config.on_bad_rows,
+            labels=config.eval_labels,
+        )
+        md += ["", "Eval data:", "", eval_report.to_markdown()]
+        info["eval"] = eval_report.to_dict()
+        train_ex, eval_ex = examples, eval_report.examples
+    elif any("split" in ex.pair.metadata for ex in examples):
+        train_ex = [ex for ex in examples if ex.pair.metadata.get("split", "train") == "train"]
+        eval_ex = [ex for ex in examples if ex.pair.metadata.get("split") == "eval"]
+        notes.append("train/eval split: the data's 'split' column")
+    else:
+        order = list(range(len(examples)))
+        random.Random(config.seed).shuffle(order)
+        n_eval = (
+            max(1, round(config.eval_fraction * len(examples))) if config.eval_fraction > 0 else 0
+        )
+        eval_ids = set(order[:n_eval])
+        train_ex = [ex for i, ex in enumerate(examples) if i not in eval_ids]
+        eval_ex = [ex for i, ex in enumerate(examples) if i in eval_ids]
+        notes.append(f"train/eval split: a seeded {config.eval_fraction:.0%} holdout")
+    if not train_ex:
+        raise ValueError("data: no training pairs left after validation and the eval split")
+    if not eval_ex:
+        raise ValueError("eval_data: no evaluation pairs; pass --eval-data or --eval-fraction > 0")
+    return train_ex, eval_ex, info, "\n".join(md), notes
+
+
+# ---------------------------------------------------------------------------- run
+def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> RewardRunResult:
+    """Train the reward model of ``config``; ``callbacks`` are extra ``TrainerCallback`` s.
+
+    Writes into ``config.output_dir``: ``config.json``, ``metrics.jsonl``, ``validation.json``,
+    ``eval_results.json`` (held-out metrics before and after), ``final/`` (the model, loadable
+    with ``AutoModelForSequenceClassification``, and the smoothing state) and, with
+    ``config.report``, ``report.md`` with its plots.
+    """
+    config.validate()
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    set_seed(config.seed)  # python, numpy and torch: the score head's initialisation
+    notes: list[str] = []
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and torch.cuda.is_available())
+
+    model, tokenizer = build_reward_model(config.model, trust_remote_code=config.trust_remote_code)
+    train_ex, eval_ex, info, validation_md, data_notes = load_reward_data(config, tokenizer)
+    notes += data_notes
+    n_skipped = sum(v["n_skipped"] for v in info.values())
+    if config.lora:
+        model = _add_lora(model, config)
+
+    collator = RewardCollator(pad_token_id=int(tokenizer.pad_token_id))
+    train_ds, eval_ds = RewardDataset(train_ex), RewardDataset(eval_ex)
+    trainer = RewardTrainer(
+        model=model,
+        args=_training_arguments(config, bf16),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=collator,
+        processing_class=tokenizer,
+        reward_config=config,
+        smoothing_policy=config.smoothing_policy(),
+        callbacks=callbacks,
+    )
+    main_process = trainer.is_world_process_zero()
+    if main_process:
+        atomic_write_json(out / "config.json", config.to_dict())
+        atomic_write_json(out / "validation.json", info)
+
+    forecasts_before = trainer.reward_forecasts(eval_ds)
+    before = _metrics(forecasts_before, config)
+    resume = resolve_resume(config.resume, out)
+    if resume is not None:
+        trainer.smoothing_policy.load_state_dict(load_smoothing_state(resume))
+        notes.append(f"resumed from {resume}")
+    elif config.resume == "latest":
+        notes.append("--resume latest: no complete checkpoint yet, started fresh")
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    train_seconds = time.perf_counter() - t0
+
+    forecasts_after = trainer.reward_forecasts(eval_ds)
+    after = _metrics(forecasts_after, config)
+    trainer.log({f"final_eval_{k}": v for k, v in after.items()})
+
+    final = out / "final"
+    trainer.save_model(str(final))
+    if main_process:
+        save_smoothing_state(trainer.smoothing_policy.state_dict(), final)
+        atomic_write_json(out / "eval_results.json", {"before": before, "after": after})
+    device = "CUDA" if torch.cuda.is_available() else "CPU"
+    notes.append(f"training time {train_seconds:.0f} s on {device}")
+    if config.report and main_process:
+        from smoothalign.reward.report import write_reward_report
+
+        write_reward_report(
+            out,
+            config=config.to_dict(),
+            before=before,
+            after=after,
+            forecasts_before=forecasts_before,
+            forecasts_after=forecasts_after,
+            validation_markdown=validation_md,
+            notes=notes,
+        )
+    return RewardRunResult(
+        out, before, after, train_seconds, len(train_ex), len(eval_ex), n_skipped, notes, trainer
+    )
+
+
+def _metrics(forecasts: dict, config: RewardConfig) -> dict[str, float]:
+    return reward_metrics(
+        forecasts["margins"], forecasts["p_chosen"], forecasts["confidence"], config
+    )
+
+
+def _training_arguments(config: RewardConfig, bf16: bool):
+    from transformers import TrainingArguments
+
+    report_to = ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
+    return TrainingArguments(
+        output_dir=config.output_dir,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.lr_warmup_steps,
+        weight_decay=config.weight_decay,
+        logging_steps=config.logging_steps,
+        eval_strategy="steps" if config.eval_steps > 0 else "no",
+        eval_steps=config.eval_steps or None,
+        save_strategy="steps" if config.save_steps > 0 else "no",
+        save_steps=config.save_steps or 500,
+        save_total_limit=config.save_total_limit,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=bf16,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        report_to=report_to,
+        disable_tqdm=False,
+    )

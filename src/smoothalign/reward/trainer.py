@@ -1,0 +1,284 @@
+"""Reward models on ``transformers.Trainer``: only the loss, the metrics and the checkpoint
+extras are ours (the same split as :mod:`smoothalign.train.trainer`; see
+docs/architecture.md for why ``Trainer`` and not TRL).
+
+The model is any ``AutoModelForSequenceClassification`` with ``num_labels=1``: one forward
+over the ``2B`` sequences of a batch gives ``r₁`` (chosen) and ``r₂`` (rejected), and the
+objective of :mod:`smoothalign.reward.objective` turns ``d = r₁ − r₂`` and the soft label into
+the loss. Logged (TRL's names where they exist): ``rewards/chosen``, ``rewards/rejected``,
+``rewards/margins``, ``rewards/accuracies`` (against the majority vote), ``divergence/fkl``,
+``divergence/rkl``, ``divergence/jsd`` (the model against the plain vote share, whatever the
+training loss), ``target/mean``, ``smoothing/alpha_mean`` and the CALS state, into
+``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from transformers import Trainer
+
+from smoothalign.calibration import calibration_summary
+from smoothalign.io import atomic_write_json
+from smoothalign.reward.config import RewardConfig
+from smoothalign.reward.objective import (
+    majority_first_margins,
+    monitored_divergences,
+    reward_loss,
+)
+from smoothalign.smoothing import SmoothingPolicy
+from smoothalign.train.checkpoints import COMPLETE_MARKER, save_smoothing_state
+
+ALPHA_HIST_BINS = 10  # over [0, 1/2]
+CALIBRATION_BINS = 15
+
+
+class RewardTrainer(Trainer):
+    # compute_loss returns a per-micro-batch mean; Trainer divides by the accumulation steps
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        *args: Any,
+        reward_config: RewardConfig,
+        smoothing_policy: SmoothingPolicy,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.reward_config = reward_config
+        self.smoothing_policy = smoothing_policy
+        self._stored: dict[str, dict[str, list[Tensor]]] = defaultdict(lambda: defaultdict(list))
+        self.metrics_path = Path(self.args.output_dir) / "metrics.jsonl"
+
+    # ------------------------------------------------------------------ forward
+    def rewards(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(r₁, r₂)`` ``[B]`` each (float32), from one forward over the ``2B`` sequences."""
+        out = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        )
+        logits = out.logits
+        if logits.ndim != 2 or logits.shape[-1] != 1:
+            raise ValueError(
+                f"model: expected a scalar head (num_labels=1) giving logits [2B, 1], got "
+                f"{list(logits.shape)}"
+            )
+        r = logits[:, 0].float()
+        b = r.shape[0] // 2
+        return r[:b], r[b:]
+
+    def _majority_confidence(self, batch: dict[str, Tensor], p: Tensor) -> Tensor | None:
+        """The true confidence of the *majority* winner (what an oracle policy reads)."""
+        c = batch.get("confidence")
+        if c is None or bool(torch.isnan(c).all()):
+            if self.smoothing_policy.needs_confidence:
+                raise ValueError(
+                    f"confidence: the {self.smoothing_policy.name!r} policy needs each pair's "
+                    "true P(chosen wins) (a 'confidence' column)"
+                )
+            return None
+        if bool(torch.isnan(c).any()) and self.smoothing_policy.needs_confidence:
+            rows = batch["index"][torch.isnan(c)].tolist()[:5]
+            raise ValueError(
+                f"confidence: the oracle policy needs it for every row; missing in {rows}"
+            )
+        c = c.to(p.dtype)
+        return torch.where(p < 0.5, 1 - c, c)
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        cfg = self.reward_config
+        training = model.training
+        r1, r2 = self.rewards(model, inputs)
+        p = inputs["p_chosen"].to(r1.dtype)
+        h = majority_first_margins((r1 - r2).detach(), p)
+        confidence = self._majority_confidence(inputs, p)
+        if training:
+            alpha = self.smoothing_policy.step(h, confidence)
+        else:
+            alpha = self.smoothing_policy.alpha(h, confidence)
+        terms = reward_loss(cfg.loss, r1, r2, p, alpha=alpha, **cfg.loss_options())
+        if training:  # evaluation goes through reward_forecasts / evaluate instead
+            self._record("train", terms, r1.detach(), r2.detach(), p)
+        if return_outputs:
+            return terms.loss, {"margins": terms.margins.detach(), "alpha": terms.alpha}
+        return terms.loss
+
+    def _record(self, split: str, terms, r1: Tensor, r2: Tensor, p: Tensor) -> None:
+        store = self._stored[split]
+        d = terms.margins.detach()
+        store["rewards/chosen"].append(r1)
+        store["rewards/rejected"].append(r2)
+        store["rewards/margins"].append(d)
+        store["rewards/accuracies"].append(_agreement(d, p))
+        for name, v in monitored_divergences(d, p, self.reward_config.rkl_floor).items():
+            store[f"divergence/{name}"].append(v)
+        store["target/mean"].append(terms.target)
+        store["rewards/centering"].append(terms.centering)
+        store["smoothing/alpha"].append(terms.alpha)
+
+    # ------------------------------------------------------------------ logging
+    def _gathered(self, split: str) -> dict[str, np.ndarray]:
+        out = {}
+        for name, values in self._stored[split].items():
+            t = torch.cat([v.float().reshape(-1) for v in values])
+            out[name] = (
+                self.accelerator.gather_for_metrics(t.to(self.accelerator.device)).cpu().numpy()
+            )
+        self._stored[split].clear()
+        return out
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        split = "train" if "loss" in logs else "eval"
+        values = self._gathered(split) if split == "train" and self._stored[split] else {}
+        extra: dict[str, Any] = {}
+        for name, v in values.items():
+            if name == "smoothing/alpha":
+                logs["smoothing/alpha_mean"] = float(v.mean())
+                hist, _ = np.histogram(v, bins=ALPHA_HIST_BINS, range=(0.0, 0.5))
+                extra["smoothing/alpha_hist"] = hist.tolist()
+            elif not np.isnan(v).all():
+                logs[name] = float(np.nanmean(v))
+        calibrator = self.smoothing_policy.calibrator
+        if calibrator is not None and split == "train":
+            extra["cals/q_hat"] = calibrator.bin_confidence().tolist()
+            logs["cals/step"] = calibrator.step
+        super().log(logs, start_time)
+        if self.is_world_process_zero():
+            record = {"step": self.state.global_step, "split": split, **logs, **extra}
+            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(_finite(record)) + "\n")
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def reward_forecasts(self, dataset=None) -> dict[str, np.ndarray]:
+        """Per pair ``[N]``: ``chosen``/``rejected`` rewards, ``margins``, ``p_chosen``,
+        ``confidence`` (NaN where unknown) and ``index``; the smoothing state is untouched."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        parts: dict[str, list[Tensor]] = defaultdict(list)
+        for batch in self.get_eval_dataloader(dataset):
+            batch = self._prepare_inputs(batch)
+            with self.compute_loss_context_manager():
+                r1, r2 = self.rewards(model, batch)
+            named = {
+                "chosen": r1,
+                "rejected": r2,
+                "margins": r1 - r2,
+                "p_chosen": batch["p_chosen"],
+                "confidence": batch["confidence"],
+                "index": batch["index"],
+            }
+            for name, t in named.items():
+                parts[name].append(self.accelerator.gather_for_metrics(t.float()).cpu())
+        model.train(was_training)
+        return {k: torch.cat(v).numpy().astype(np.float64) for k, v in parts.items()}
+
+    def evaluate(
+        self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        f = self.reward_forecasts(eval_dataset)
+        metrics = reward_metrics(f["margins"], f["p_chosen"], f["confidence"], self.reward_config)
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
+        self.log(metrics)
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        if self.args.should_save:
+            save_smoothing_state(self.smoothing_policy.state_dict(), folder)
+            # written last: its presence certifies that everything above is complete
+            atomic_write_json(folder / COMPLETE_MARKER, {"global_step": self.state.global_step})
+
+
+def _agreement(d: Tensor, p: Tensor) -> Tensor:
+    """Per pair: 1 if the sign of ``d`` agrees with the majority vote, ½ for ``d = 0``, NaN
+    for a tied vote (no majority to agree with)."""
+    right = ((d > 0) == (p > 0.5)).to(d.dtype)
+    right = torch.where(d == 0, torch.full_like(d, 0.5), right)
+    return torch.where(p == 0.5, torch.full_like(d, math.nan), right)
+
+
+def reward_metrics(
+    margins: np.ndarray,
+    p_chosen: np.ndarray,
+    confidence: np.ndarray | None = None,
+    config: RewardConfig | None = None,
+    *,
+    bins: int = CALIBRATION_BINS,
+) -> dict[str, float]:
+    """Held-out accuracy and calibration of the forecasts ``σ(d)`` ``[N]``.
+
+    * ``accuracy``: sign of ``d`` against the majority vote (tied votes left out; ``d = 0``
+      counts ½).
+    * ``ece``/``rms``/``mce``/``brier``: ``σ(d)`` against the held-out vote shares, each pair
+      read in both orders, ``(σ(d), p)`` and ``(1 − σ(d), 1 − p)``; binned vote shares
+      average to the true probability, so the binned gap is unbiased per bin.
+    * ``fkl``/``rkl``/``jsd``: mean divergence of ``[σ(d), σ(−d)]`` from ``[p, 1 − p]``.
+    * where the true ``q = P(chosen wins)`` is known: ``accuracy_true`` (sign of ``d`` against
+      the true preference, pairs with ``q = ½`` left out), ``ece_true``, ``rms_true``,
+      ``brier_true`` and ``kl_true`` = mean ``KL(q ‖ σ(d))``.
+    """
+    d = np.asarray(margins, dtype=np.float64)
+    p = np.asarray(p_chosen, dtype=np.float64)
+    s = 1.0 / (1.0 + np.exp(-d))
+    out: dict[str, float] = {"n_pairs": float(d.size)}
+    decided = p != 0.5
+    agree = np.where(d == 0, 0.5, (d > 0) == (p > 0.5))
+    out["accuracy"] = float(agree[decided].mean()) if decided.any() else math.nan
+    out.update(calibration_summary(np.concatenate([s, 1 - s]), np.concatenate([p, 1 - p]), bins))
+    floor = config.rkl_floor if config is not None else 1e-6
+    for name, v in monitored_divergences(torch.from_numpy(d), torch.from_numpy(p), floor).items():
+        out[name] = float(v.mean())
+    out["margin_mean"] = float(d.mean())
+    out["margin_abs_mean"] = float(np.abs(d).mean())
+    if confidence is not None:
+        q = np.asarray(confidence, dtype=np.float64)
+        known = ~np.isnan(q)
+        if known.any():
+            out.update(true_preference_metrics(d[known], q[known], bins=bins))
+    return out
+
+
+def true_preference_metrics(
+    margins: np.ndarray, q: np.ndarray, *, bins: int = CALIBRATION_BINS
+) -> dict[str, float]:
+    """Forecasts ``σ(d)`` ``[N]`` against the true ``q`` ``[N]`` (a study's known truth)."""
+    d = np.asarray(margins, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    s = 1.0 / (1.0 + np.exp(-d))
+    decided = q != 0.5
+    right = np.where(d == 0, 0.5, (d > 0) == (q > 0.5))
+    summary = calibration_summary(np.concatenate([s, 1 - s]), np.concatenate([q, 1 - q]), bins)
+    # KL(q ‖ σ(d)) with log σ computed stably from d
+    log_s, log_1s = -np.logaddexp(0.0, -d), -np.logaddexp(0.0, d)
+    kl = _xlogx(q) + _xlogx(1 - q) - q * log_s - (1 - q) * log_1s
+    return {
+        "accuracy_true": float(right[decided].mean()) if decided.any() else math.nan,
+        "ece_true": summary["ece"],
+        "rms_true": summary["rms"],
+        "brier_true": summary["brier"],
+        "kl_true": float(kl.mean()),
+    }
+
+
+def _xlogx(x: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(x > 0, x * np.log(np.where(x > 0, x, 1.0)), 0.0)
+
+
+def _finite(record: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN/inf: write them as null."""
+    return {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()
+    }

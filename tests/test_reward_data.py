@@ -1,0 +1,256 @@
+"""Soft-label pair rows: validation with row/field errors, labels joined on pair_id, collation,
+and the oracle world's simulated annotators."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from smoothalign.models.loading import build_tiny_tokenizer
+from smoothalign.reward.data import (
+    RewardCollator,
+    oracle_reward,
+    oracle_text_rows,
+    simulate_votes,
+    validate_reward_rows,
+)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tiny_tokenizer()
+
+
+def _row(i: int, **label) -> dict:
+    base = {"pair_id": f"p{i}", "prompt": f"q{i}:", "chosen": "good", "rejected": "bad"}
+    if not label:
+        label = {"p_chosen": 0.75}
+    return {**base, **label}
+
+
+def _validate(rows, tok, **kw):
+    return validate_reward_rows(rows, tok, 32, **kw)
+
+
+# ------------------------------------------------------------- good rows
+def test_every_label_form_gives_the_probability_that_chosen_wins(tok):
+    rows = [
+        _row(0, p_chosen=0.25),
+        _row(1, votes_chosen=3, votes_total=4),
+        _row(2, votes=[1, 0, 1, 1, 1]),
+        _row(3, votes=[True, False]),
+        _row(4, p_chosen=0.6, votes_chosen=3, votes_total=5),  # two forms that agree
+        _row(5, votes_chosen=2.0, votes_total=2.0),  # whole floats (Parquet/CSV) are counts
+    ]
+    report = _validate(rows, tok)
+    assert [e.p_chosen for e in report.examples] == [0.25, 0.75, 0.8, 0.5, 0.6, 1.0]
+    assert [e.votes_total for e in report.examples] == [None, 4, 5, 2, 5, 2]
+    assert [e.index for e in report.examples] == list(range(6))
+    assert report.n_from_votes == 5
+    assert "rows: 6 read, 6 kept, 0 skipped" in report.to_markdown()
+
+
+# ------------------------------------------------------------- bad rows
+@pytest.mark.parametrize(
+    "label, field, words",
+    [
+        ({"p_chosen": 1.3}, "p_chosen", "1.3 is outside [0, 1]"),
+        ({"p_chosen": -0.1}, "p_chosen", "outside [0, 1]"),
+        ({"p_chosen": float("nan")}, "p_chosen", "NaN"),
+        ({"p_chosen": "0.5"}, "p_chosen", "expected a number"),
+        ({"p_chosen": True}, "p_chosen", "expected a number"),
+        ({"votes_chosen": 0, "votes_total": 0}, "votes_total", "zero annotators"),
+        ({"votes": []}, "votes", "zero annotators"),
+        ({"votes_chosen": 5, "votes_total": 3}, "votes_chosen", "5 votes for chosen out of only 3"),
+        ({"votes_chosen": 2}, "votes_total", "missing while 'votes_chosen' is given"),
+        ({"votes_chosen": 1.5, "votes_total": 3}, "votes_chosen", "whole number"),
+        ({"votes_chosen": float("nan"), "votes_total": 3}, "votes_chosen", "NaN"),
+        ({"votes_chosen": -1, "votes_total": 3}, "votes_chosen", "whole number >= 0"),
+        ({"votes": [1, 2, 0]}, "votes", "vote 1 is 2"),
+        ({"votes": "101"}, "votes", "list of 0/1 votes"),
+        ({"p_chosen": 0.5, "votes_chosen": 3, "votes_total": 4}, "votes_chosen", "0.75"),
+        ({"votes": [1, 1], "votes_chosen": 1, "votes_total": 2}, "votes", "2 of 2 votes"),
+        ({"p_chosen": None}, "p_chosen", "no soft label"),
+    ],
+)
+def test_bad_labels_raise_a_value_error_naming_row_and_field(tok, label, field, words):
+    rows = [_row(0), _row(1, **label) if label != {"p_chosen": None} else _row(1, votes=None)]
+    if label == {"p_chosen": None}:
+        rows[1].pop("votes")
+    with pytest.raises(ValueError) as err:
+        _validate(rows, tok)
+    message = str(err.value)
+    assert f"row 1, field '{field}'" in message, message
+    assert words in message, message
+    assert "1 of 2 preference rows are invalid" in message
+
+
+def test_text_problems_and_label_problems_are_listed_together_in_row_order(tok):
+    rows = [
+        _row(0),
+        _row(1, p_chosen=2.0),
+        {**_row(2), "chosen": "   "},
+        _row(3, votes_chosen=0, votes_total=0),
+        _row(4),
+    ]
+    with pytest.raises(ValueError) as err:
+        _validate(rows, tok)
+    lines = str(err.value).splitlines()
+    assert lines[0] == "3 of 5 preference rows are invalid:"
+    assert lines[1].startswith("  row 1, field 'p_chosen'")
+    assert lines[2].startswith("  row 2, field 'chosen': empty response")
+    assert lines[3].startswith("  row 3, field 'votes_total': zero annotators")
+
+    report = _validate(rows, tok, on_bad_rows="skip")
+    assert [e.index for e in report.examples] == [0, 4]
+    assert [(b.index, b.field, b.code) for b in report.bad_rows] == [
+        (1, "p_chosen", "bad_p_chosen"),
+        (2, "chosen", "empty_response"),
+        (3, "votes_total", "zero_annotators"),
+    ]
+    assert "Skipped rows by reason" in report.to_markdown()
+
+
+def test_a_repeated_pair_id_is_a_bad_row(tok):
+    rows = [_row(0), _row(1), {**_row(2), "pair_id": "p0"}]
+    with pytest.raises(ValueError, match=r"row 2, field 'pair_id': 'p0' already names row 0"):
+        _validate(rows, tok)
+
+
+def test_all_rows_bad_in_skip_mode_still_raises(tok):
+    with pytest.raises(ValueError, match="no valid soft-label preference row is left"):
+        _validate([_row(0, p_chosen=3.0)], tok, on_bad_rows="skip")
+
+
+# ------------------------------------------------------------- labels joined on pair_id
+def _texts(n: int) -> list[dict]:
+    rows = [_row(i) for i in range(n)]
+    for r in rows:
+        r.pop("p_chosen")
+    return rows
+
+
+def test_labels_file_per_pair_and_per_vote(tok, tmp_path):
+    labels = [
+        {"pair_id": "p0", "p_chosen": 0.9},
+        {"pair_id": "p1", "vote": 1},
+        {"pair_id": "p1", "vote": 0},
+        {"pair_id": "p1", "vote": 1},
+        {"pair_id": "p2", "votes_chosen": 1, "votes_total": 4},
+    ]
+    path = tmp_path / "votes.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in labels))
+    for source in (labels, str(path)):
+        report = _validate(_texts(3), tok, labels=source)
+        assert [e.p_chosen for e in report.examples] == [0.9, pytest.approx(2 / 3), 0.25]
+        assert report.examples[1].votes_total == 3
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (
+            [{"pair_id": "p9", "p_chosen": 0.5}],
+            "votes.jsonl row 0, field 'pair_id': no pair with id 'p9'",
+        ),
+        ([{"p_chosen": 0.5}], "votes.jsonl row 0, field 'pair_id': missing"),
+        (
+            [{"pair_id": "p0", "p_chosen": 0.5}, {"pair_id": "p0", "p_chosen": 0.7}],
+            "votes.jsonl row 1, field 'pair_id': pair 'p0' already labelled at votes.jsonl row 0",
+        ),
+        (
+            [{"pair_id": "p0", "vote": 1}, {"pair_id": "p0", "p_chosen": 0.7}],
+            "votes.jsonl row 1, field 'pair_id': pair 'p0' already labelled",
+        ),
+        ([{"pair_id": "p0", "vote": 2}], "votes.jsonl row 0, field 'vote': expected 0 or 1, got 2"),
+        ([{"pair_id": "p0"}], "votes.jsonl row 0, field 'p_chosen': no label"),
+    ],
+)
+def test_mismatched_pair_ids_raise_naming_the_labels_row_and_field(tok, tmp_path, labels, message):
+    path = tmp_path / "votes.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in labels))
+    with pytest.raises(ValueError) as err:
+        _validate(_texts(2), tok, labels=str(path))
+    assert message in str(err.value), str(err.value)
+
+
+def test_data_rows_must_carry_unique_ids_and_no_label_of_their_own_to_join(tok):
+    rows = _texts(3)
+    rows[1]["pair_id"] = "p0"
+    rows[2].pop("pair_id")
+    rows[0]["p_chosen"] = 0.4
+    with pytest.raises(ValueError) as err:
+        _validate(rows, tok, labels=[{"pair_id": "p0", "p_chosen": 0.5}])
+    message = str(err.value)
+    assert "data row 1, field 'pair_id': 'p0' repeats data row 0" in message
+    assert "data row 2, field 'pair_id': missing" in message
+    assert "data row 0, field 'p_chosen': the row already has a label" in message
+
+
+def test_a_pair_left_without_a_label_is_a_bad_row(tok):
+    with pytest.raises(ValueError, match=r"row 1, field 'p_chosen': no soft label"):
+        _validate(_texts(2), tok, labels=[{"pair_id": "p0", "p_chosen": 0.5}])
+
+
+def test_csv_with_vote_counts(tok, tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text(
+        "pair_id,prompt,chosen,rejected,votes_chosen,votes_total\n"
+        "1,q:,good,bad,2,3\n"
+        "2,q:,fine,poor,1,1\n"
+    )
+    report = _validate(str(path), tok)
+    assert [e.p_chosen for e in report.examples] == [pytest.approx(2 / 3), 1.0]
+    # numeric CSV ids join string ids of a labels list
+    rows = _texts(1)
+    rows[0]["pair_id"] = 7
+    assert (
+        _validate(rows, tok, labels=[{"pair_id": "7", "p_chosen": 0.3}]).examples[0].p_chosen == 0.3
+    )
+
+
+# ------------------------------------------------------------- collation
+def test_collator_batches_chosen_then_rejected_with_the_labels(tok):
+    rows = [
+        _row(0, p_chosen=0.25),
+        {**_row(1, votes_chosen=3, votes_total=4), "rejected": "much worse", "confidence": 0.7},
+    ]
+    examples = _validate(rows, tok).examples
+    batch = RewardCollator(tok.pad_token_id)(examples)
+    assert batch["input_ids"].shape[0] == 4
+    assert batch["attention_mask"].shape == batch["input_ids"].shape
+    assert batch["p_chosen"].tolist() == [0.25, 0.75]
+    assert math.isnan(batch["votes_total"][0]) and batch["votes_total"][1] == 4
+    assert math.isnan(batch["confidence"][0]) and batch["confidence"][1] == pytest.approx(0.7)
+    assert batch["index"].tolist() == [0, 1]
+    lengths = batch["attention_mask"].sum(1).tolist()
+    pair0 = examples[0].pair
+    assert lengths[0] == len(pair0.prompt_ids) + len(pair0.chosen_ids)
+    assert lengths[2] == len(pair0.prompt_ids) + len(pair0.rejected_ids)
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == tok.pad_token_id).all()
+
+
+# ------------------------------------------------------------- the oracle world
+def test_simulated_annotators_are_binomial():
+    rng = np.random.default_rng(0)
+    q = np.full(20000, 0.3)
+    votes = simulate_votes(q, 7, rng)
+    assert votes.mean() == pytest.approx(7 * 0.3, abs=0.03)
+    assert votes.var() == pytest.approx(7 * 0.3 * 0.7, rel=0.05)
+    with pytest.raises(ValueError, match="annotators"):
+        simulate_votes(q, 0, rng)
+
+
+def test_oracle_rows_are_majority_first_with_the_true_confidence(tok):
+    rows = oracle_text_rows(300, annotators=5, temperature=2.0, seed=3)
+    for r in rows:
+        assert r["p_chosen"] == r["votes_chosen"] / 5 >= 0.5
+        dr = oracle_reward(r["chosen"]) - oracle_reward(r["rejected"])
+        assert r["confidence"] == pytest.approx(1 / (1 + math.exp(-dr / 2.0)))
+    q = np.array([r["confidence"] for r in rows])
+    assert 0.5 < q.mean() < 1.0  # the majority is usually, not always, right
+    assert oracle_text_rows(5, seed=3) == oracle_text_rows(5, seed=3)
+    assert len(_validate(rows, tok).examples) == 300
