@@ -23,12 +23,31 @@ def _has_smollm2() -> bool:
 def test_default_dpo_run_writes_report_metrics_and_plots(tmp_path):
     out = tmp_path / "dpo"
     # the embedded default, with the held-out scoring cut down to keep the test short
-    code = main([
-        "dpo", "--max-steps", "5", "--logging-steps", "1", "--output-dir", str(out),
-        "--max-eval-pairs", "8", "--eval-samples", "4", "--max-new-tokens", "8",
-    ])
+    code = main(
+        [
+            "dpo",
+            "--max-steps",
+            "5",
+            "--logging-steps",
+            "1",
+            "--output-dir",
+            str(out),
+            "--max-eval-pairs",
+            "8",
+            "--eval-samples",
+            "4",
+            "--max-new-tokens",
+            "8",
+        ]
+    )
     assert code == 0
-    for name in ("report.md", "metrics.jsonl", "training_curves.png", "alpha.png", "reliability.png"):
+    for name in (
+        "report.md",
+        "metrics.jsonl",
+        "training_curves.png",
+        "alpha.png",
+        "reliability.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == "smollm2-135m" and config["smoothing"] == "cals-l2" and config["lora"]

@@ -266,3 +266,30 @@ def test_cli_trains_and_writes_the_report(tmp_path):
         "cals/q_hat",
     ):
         assert key in train[-1], key
+
+
+def test_reference_logps_from_the_data_and_periodic_eval(tmp_path):
+    """Rows that carry ref_chosen_logps / ref_rejected_logps (TRL's names) are used as the
+    reference as given; --eval-steps logs the eval split's calibration during training."""
+    rows = synthetic_rows(16, seed=7)
+    for r in rows:
+        r["ref_chosen_logps"], r["ref_rejected_logps"] = -1.0, -50.0
+    data = write_jsonl(rows, tmp_path / "with_ref.jsonl")
+    out = tmp_path / "run"
+    cfg = _config(data, out, reference="auto", max_steps=4, eval_steps=2, logging_steps=2)
+    result = run_dpo(cfg)
+    assert any("from the data" in n for n in result.notes)
+    # at step 0 the policy's own log-ratio is far from the given reference: margins not 0
+    assert result.before["margin_mean"] < -1.0
+    import json
+
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in logged if r["split"] == "eval"]
+    assert sorted({r["step"] for r in evals}) == [2, 4]
+    assert all("eval_ece" in r and "eval_accuracy" in r for r in evals)
+
+    # an explicit on-the-fly reference overrides the data's values, and says so
+    cfg = _config(data, tmp_path / "model_ref", reference="model", max_steps=1)
+    result = run_dpo(cfg)
+    assert any("were not used" in n for n in result.notes)
+    assert result.before["margin_mean"] == pytest.approx(0.0, abs=1e-6)

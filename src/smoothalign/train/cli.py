@@ -45,6 +45,7 @@ HELP = {
     "precision": "auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16",
     "trust_remote_code": "allow custom model code from a local model folder",
     "logging_steps": "log metrics every N steps",
+    "eval_steps": "also log accuracy/ECE/RMS of the eval split every N steps (0: before and after only)",
     "save_steps": "checkpoint every N steps (0: only the final model)",
     "save_total_limit": "keep at most this many checkpoints",
     "resume": "resume from a checkpoint folder, or 'latest' (newest complete one in --output-dir)",

@@ -54,6 +54,7 @@ class DPOConfig:
     trust_remote_code: bool = False
     # bookkeeping
     logging_steps: int = 5
+    eval_steps: int = 0  # also score the eval split every N steps (0: only before and after)
     save_steps: int = 0  # 0: save only at the end
     save_total_limit: int | None = 2
     resume: str | None = None  # a checkpoint folder, or 'latest' in output_dir
@@ -95,6 +96,7 @@ class DPOConfig:
             "sft_weight": self.sft_weight >= 0,
             "eval_fraction": 0 <= self.eval_fraction < 1,
             "logging_steps": self.logging_steps > 0,
+            "eval_steps": self.eval_steps >= 0,
             "save_steps": self.save_steps >= 0,
             "eval_samples": self.eval_samples >= 0,
             "max_eval_pairs": self.max_eval_pairs >= 0,

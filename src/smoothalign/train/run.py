@@ -96,6 +96,17 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     if reference == "model":
         ref_model = _frozen_copy(model, config.lora)
     collator = PreferenceCollator(pad_token_id=int(tokenizer.pad_token_id))
+    given = [ex for ex in train_ex + eval_ex if ex.ref_chosen_logp is not None]
+    if given and reference == "precomputed" and len(given) == len(train_ex) + len(eval_ex):
+        reference = "precomputed (from the data's ref_chosen_logps / ref_rejected_logps)"
+    elif given:
+        # one source of reference log-probs per run: the configured one
+        for ex in given:
+            ex.ref_chosen_logp = ex.ref_rejected_logp = None
+        notes.append(
+            f"the data's reference log-probs ({len(given)} rows) were not used: --reference {reference}"
+            + (" and not every row has them" if reference == "precomputed" else "")
+        )
     if reference == "precomputed":
         # the initial policy is the reference; with LoRA that is the adapter-disabled model
         for examples, name in ((train_ex, "train"), (eval_ex, "eval")):
@@ -291,7 +302,8 @@ def _training_arguments(config: DPOConfig, bf16: bool):
         save_strategy="steps" if config.save_steps > 0 else "no",
         save_steps=config.save_steps or 500,
         save_total_limit=config.save_total_limit,
-        eval_strategy="no",
+        eval_strategy="steps" if config.eval_steps > 0 else "no",
+        eval_steps=config.eval_steps or None,
         seed=config.seed,
         data_seed=config.seed,
         bf16=bf16,
