@@ -9,6 +9,7 @@ from smoothalign.calibration.metrics import (
     reliability_curve,
     rms_calibration_error,
 )
+from smoothalign.calibration.pairwise import true_preference_metrics
 
 __all__ = [
     "ReliabilityCurve",
@@ -18,4 +19,5 @@ __all__ = [
     "max_calibration_error",
     "reliability_curve",
     "rms_calibration_error",
+    "true_preference_metrics",
 ]

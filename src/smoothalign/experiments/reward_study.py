@@ -42,8 +42,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from smoothalign.calibration import true_preference_metrics
 from smoothalign.reward.objective import majority_first_margins, reward_loss
-from smoothalign.reward.trainer import true_preference_metrics
 from smoothalign.smoothing import make_policy
 
 DTYPE = torch.float64

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from transformers import Trainer
 
-from smoothalign.calibration import calibration_summary
+from smoothalign.calibration import calibration_summary, true_preference_metrics
 from smoothalign.io import atomic_write_json
 from smoothalign.reward.config import RewardConfig
 from smoothalign.reward.objective import (
@@ -37,7 +37,7 @@ from smoothalign.smoothing import SmoothingPolicy
 from smoothalign.train.checkpoints import COMPLETE_MARKER, save_smoothing_state
 
 ALPHA_HIST_BINS = 10  # over [0, 1/2]
-CALIBRATION_BINS = 15
+CALIBRATION_BINS = 15  # SPEC §5
 
 
 class RewardTrainer(Trainer):
@@ -248,33 +248,6 @@ def reward_metrics(
         if known.any():
             out.update(true_preference_metrics(d[known], q[known], bins=bins))
     return out
-
-
-def true_preference_metrics(
-    margins: np.ndarray, q: np.ndarray, *, bins: int = CALIBRATION_BINS
-) -> dict[str, float]:
-    """Forecasts ``σ(d)`` ``[N]`` against the true ``q`` ``[N]`` (a study's known truth)."""
-    d = np.asarray(margins, dtype=np.float64)
-    q = np.asarray(q, dtype=np.float64)
-    s = 1.0 / (1.0 + np.exp(-d))
-    decided = q != 0.5
-    right = np.where(d == 0, 0.5, (d > 0) == (q > 0.5))
-    summary = calibration_summary(np.concatenate([s, 1 - s]), np.concatenate([q, 1 - q]), bins)
-    # KL(q ‖ σ(d)) with log σ computed stably from d
-    log_s, log_1s = -np.logaddexp(0.0, -d), -np.logaddexp(0.0, d)
-    kl = _xlogx(q) + _xlogx(1 - q) - q * log_s - (1 - q) * log_1s
-    return {
-        "accuracy_true": float(right[decided].mean()) if decided.any() else math.nan,
-        "ece_true": summary["ece"],
-        "rms_true": summary["rms"],
-        "brier_true": summary["brier"],
-        "kl_true": float(kl.mean()),
-    }
-
-
-def _xlogx(x: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(x > 0, x * np.log(np.where(x > 0, x, 1.0)), 0.0)
 
 
 def _finite(record: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from transformers import Trainer
 
-from smoothalign.calibration import calibration_summary
+from smoothalign.calibration import calibration_summary, true_preference_metrics
 from smoothalign.io import atomic_write_json
 from smoothalign.smoothing import SmoothingPolicy
 from smoothalign.train.checkpoints import COMPLETE_MARKER, save_smoothing_state
@@ -242,17 +242,7 @@ def preference_metrics(margins: np.ndarray, confidence: np.ndarray) -> dict[str,
     q = np.asarray(confidence, dtype=np.float64)
     known = ~np.isnan(q)
     if known.any():
-        qk, pk, hk = q[known], p[known], h[known]
-        decided = qk != 0.5
-        hd, right = hk[decided], (qk[decided] > 0.5)
-        out["accuracy_true"] = float(np.mean(np.where(hd == 0, 0.5, (hd > 0) == right)))
-        summary = calibration_summary(np.concatenate([pk, 1 - pk]), np.concatenate([qk, 1 - qk]))
-        out["ece_true"], out["rms_true"] = summary["ece"], summary["rms"]
-        eps = 1e-12
-        kl = qk * np.log((qk + eps) / (pk + eps)) + (1 - qk) * np.log(
-            (1 - qk + eps) / (1 - pk + eps)
-        )
-        out["kl_true"] = float(np.mean(kl))
+        out.update(true_preference_metrics(h[known], q[known]))
     return out
 
 
