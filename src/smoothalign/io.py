@@ -42,6 +42,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     )
 
 
+def json_safe(record: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN or inf: write such floats as null."""
+    import math
+
+    return {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()
+    }
+
+
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Render a matplotlib figure to PNG atomically and close it."""
     import io as _io

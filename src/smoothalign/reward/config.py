@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from smoothalign.reward.objective import POSTERIOR_LOSSES, REWARD_LOSSES
-from smoothalign.smoothing import make_policy
+from smoothalign.train.common import calibrator_options, smoothing_policy
 
 SMOOTHING_CHOICES = ("none", "constant:<alpha>", "cals-l0", "cals-l2", "oracle-l0", "oracle-l2")
 
@@ -111,18 +111,10 @@ class RewardConfig:
             raise ValueError(f"on_bad_rows: {self.on_bad_rows!r}; choose error or skip")
 
     def calibrator_options(self) -> dict[str, Any]:
-        if not self.smoothing.startswith("cals-"):
-            return {}
-        return {
-            "bins": self.bins,
-            "momentum": self.momentum,
-            "init_confidence": self.init_confidence,
-            "prior_strength": self.prior_strength,
-            "warmup_steps": self.warmup_steps,
-        }
+        return calibrator_options(self)
 
     def smoothing_policy(self):
-        return make_policy(self.smoothing, **self.calibrator_options())
+        return smoothing_policy(self)
 
     def loss_options(self) -> dict[str, Any]:
         """Keyword arguments of :func:`smoothalign.reward.objective.reward_loss`."""

@@ -6,7 +6,6 @@ The wiring of the layers below; every piece it calls is tested on its own.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import random
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from smoothalign.reward.data import (
 )
 from smoothalign.reward.trainer import RewardTrainer, reward_metrics
 from smoothalign.train.checkpoints import load_smoothing_state, resolve_resume, save_smoothing_state
+from smoothalign.train.common import training_arguments
 
 SUMMARY_KEYS = ("accuracy", "accuracy_true", "ece", "ece_true", "kl_true", "fkl", "rkl", "jsd")
 
@@ -203,7 +203,7 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
     train_ds, eval_ds = RewardDataset(train_ex), RewardDataset(eval_ex)
     trainer = RewardTrainer(
         model=model,
-        args=_training_arguments(config, bf16),
+        args=training_arguments(config, bf16),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         data_collator=collator,
@@ -261,35 +261,4 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
 def _metrics(forecasts: dict, config: RewardConfig) -> dict[str, float]:
     return reward_metrics(
         forecasts["margins"], forecasts["p_chosen"], forecasts["confidence"], config
-    )
-
-
-def _training_arguments(config: RewardConfig, bf16: bool):
-    from transformers import TrainingArguments
-
-    report_to = ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
-    return TrainingArguments(
-        output_dir=config.output_dir,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.lr_warmup_steps,
-        weight_decay=config.weight_decay,
-        logging_steps=config.logging_steps,
-        eval_strategy="steps" if config.eval_steps > 0 else "no",
-        eval_steps=config.eval_steps or None,
-        save_strategy="steps" if config.save_steps > 0 else "no",
-        save_steps=config.save_steps or 500,
-        save_total_limit=config.save_total_limit,
-        seed=config.seed,
-        data_seed=config.seed,
-        bf16=bf16,
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        report_to=report_to,
-        disable_tqdm=False,
     )

@@ -26,7 +26,7 @@ from torch import Tensor
 from transformers import Trainer
 
 from smoothalign.calibration import calibration_summary, true_preference_metrics
-from smoothalign.io import atomic_write_json
+from smoothalign.io import atomic_write_json, json_safe
 from smoothalign.reward.config import RewardConfig
 from smoothalign.reward.objective import (
     majority_first_margins,
@@ -154,7 +154,7 @@ class RewardTrainer(Trainer):
             record = {"step": self.state.global_step, "split": split, **logs, **extra}
             self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(_finite(record)) + "\n")
+                f.write(json.dumps(json_safe(record)) + "\n")
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -248,10 +248,3 @@ def reward_metrics(
         if known.any():
             out.update(true_preference_metrics(d[known], q[known], bins=bins))
     return out
-
-
-def _finite(record: dict[str, Any]) -> dict[str, Any]:
-    """JSON has no NaN/inf: write them as null."""
-    return {
-        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()
-    }

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from smoothalign.losses import LOSSES
-from smoothalign.smoothing import make_policy
+from smoothalign.train.common import calibrator_options, smoothing_policy
 
 REFERENCES = ("auto", "model", "adapter-disabled", "precomputed")
 
@@ -116,18 +116,10 @@ class DPOConfig:
             raise ValueError(f"on_bad_rows: {self.on_bad_rows!r}; choose error or skip")
 
     def calibrator_options(self) -> dict[str, Any]:
-        if not self.smoothing.startswith("cals-"):
-            return {}
-        return {
-            "bins": self.bins,
-            "momentum": self.momentum,
-            "init_confidence": self.init_confidence,
-            "prior_strength": self.prior_strength,
-            "warmup_steps": self.warmup_steps,
-        }
+        return calibrator_options(self)
 
     def smoothing_policy(self):
-        return make_policy(self.smoothing, **self.calibrator_options())
+        return smoothing_policy(self)
 
     def loss_options(self) -> dict[str, Any]:
         if self.loss == "robust":

@@ -6,7 +6,6 @@ The wiring of the layers below; every piece it calls is tested on its own.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import os
 import random
 import time
@@ -30,6 +29,7 @@ from smoothalign.data import (
 from smoothalign.io import atomic_write_json
 from smoothalign.models import load_model_and_tokenizer
 from smoothalign.train.checkpoints import load_smoothing_state, resolve_resume, save_smoothing_state
+from smoothalign.train.common import training_arguments
 from smoothalign.train.config import DPOConfig
 from smoothalign.train.objective import sequence_logps
 from smoothalign.train.report import write_report
@@ -118,7 +118,7 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     train_ds, eval_ds = PreferenceDataset(train_ex), PreferenceDataset(eval_ex)
     trainer = SmoothDPOTrainer(
         model=model,
-        args=_training_arguments(config, bf16),
+        args=training_arguments(config, bf16),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         data_collator=collator,
@@ -282,37 +282,6 @@ def _local_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
-
-
-def _training_arguments(config: DPOConfig, bf16: bool):
-    from transformers import TrainingArguments
-
-    report_to = ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
-    return TrainingArguments(
-        output_dir=config.output_dir,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.lr_warmup_steps,
-        weight_decay=config.weight_decay,
-        logging_steps=config.logging_steps,
-        save_strategy="steps" if config.save_steps > 0 else "no",
-        save_steps=config.save_steps or 500,
-        save_total_limit=config.save_total_limit,
-        eval_strategy="steps" if config.eval_steps > 0 else "no",
-        eval_steps=config.eval_steps or None,
-        seed=config.seed,
-        data_seed=config.seed,
-        bf16=bf16,
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        report_to=report_to,
-        disable_tqdm=False,
-    )
 
 
 # ---------------------------------------------------------------------------- oracle

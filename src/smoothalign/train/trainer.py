@@ -16,7 +16,6 @@ optimizer, scheduler, RNG and data position, TensorBoard and the progress bar â€
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from torch import Tensor
 from transformers import Trainer
 
 from smoothalign.calibration import calibration_summary, true_preference_metrics
-from smoothalign.io import atomic_write_json
+from smoothalign.io import atomic_write_json, json_safe
 from smoothalign.smoothing import SmoothingPolicy
 from smoothalign.train.checkpoints import COMPLETE_MARKER, save_smoothing_state
 from smoothalign.train.config import DPOConfig
@@ -175,7 +174,7 @@ class SmoothDPOTrainer(Trainer):
             record = {"step": self.state.global_step, "split": split, **logs, **extra}
             self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(_finite(record)) + "\n")
+                f.write(json.dumps(json_safe(record)) + "\n")
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -244,10 +243,3 @@ def preference_metrics(margins: np.ndarray, confidence: np.ndarray) -> dict[str,
     if known.any():
         out.update(true_preference_metrics(h[known], q[known]))
     return out
-
-
-def _finite(record: dict[str, Any]) -> dict[str, Any]:
-    """JSON has no NaN/inf: write them as null."""
-    return {
-        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()
-    }

@@ -1,0 +1,56 @@
+"""What the DPO and reward-model runs share: the smoothing policy a config asks for, and
+the ``transformers.TrainingArguments`` built from the fields both configs have."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import torch
+
+from smoothalign.smoothing import SmoothingPolicy, make_policy
+
+CALIBRATOR_FIELDS = ("bins", "momentum", "init_confidence", "prior_strength", "warmup_steps")
+
+
+def calibrator_options(config: Any) -> dict[str, Any]:
+    """The CALS calibrator's options from ``config`` (empty unless it asks for CALS)."""
+    if not config.smoothing.startswith("cals-"):
+        return {}
+    return {name: getattr(config, name) for name in CALIBRATOR_FIELDS}
+
+
+def smoothing_policy(config: Any) -> SmoothingPolicy:
+    return make_policy(config.smoothing, **calibrator_options(config))
+
+
+def training_arguments(config: Any, bf16: bool):
+    """``TrainingArguments`` from a run config (``DPOConfig`` or ``RewardConfig``)."""
+    from transformers import TrainingArguments
+
+    report_to = ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
+    return TrainingArguments(
+        output_dir=config.output_dir,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.lr_warmup_steps,
+        weight_decay=config.weight_decay,
+        logging_steps=config.logging_steps,
+        eval_strategy="steps" if config.eval_steps > 0 else "no",
+        eval_steps=config.eval_steps or None,
+        save_strategy="steps" if config.save_steps > 0 else "no",
+        save_steps=config.save_steps or 500,
+        save_total_limit=config.save_total_limit,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=bf16,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        report_to=report_to,
+        disable_tqdm=False,
+    )
