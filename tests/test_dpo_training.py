@@ -293,3 +293,33 @@ def test_reference_logps_from_the_data_and_periodic_eval(tmp_path):
     result = run_dpo(cfg)
     assert any("were not used" in n for n in result.notes)
     assert result.before["margin_mean"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_logged_metrics_cover_every_pair_at_the_end_of_an_epoch(tmp_path):
+    """10 pairs in batches of 4: the log after step 3 (the epoch's short last batch) must
+    summarise all 10 pairs, not the last batch's remainder."""
+    import json
+
+    data = write_jsonl(synthetic_rows(10, seed=2), tmp_path / "ten.jsonl")
+    out = tmp_path / "run"
+    run_dpo(_config(data, out, eval_data=str(data), batch_size=4, max_steps=3, logging_steps=3))
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    step3 = next(r for r in logged if r["split"] == "train" and r["step"] == 3)
+    assert sum(step3["cals/alpha_hist"]) == 10
+
+
+def test_data_split_values_other_than_train_and_eval_are_refused(tmp_path):
+    rows = synthetic_rows(8, seed=1)
+    for i, r in enumerate(rows):
+        r["split"] = ["train", "eval", "test", "train"][i % 4]
+    data = write_jsonl(rows, tmp_path / "split.jsonl")
+    with pytest.raises(ValueError, match=r"split: .*'test': 2"):
+        run_dpo(_config(data, tmp_path / "run", eval_data=None, max_steps=1))
+
+
+def test_resume_refuses_other_cals_options(noisy_data, tmp_path):
+    out = tmp_path / "run"
+    kw = dict(smoothing="cals-l2", max_steps=2, save_steps=2)
+    run_dpo(_config(noisy_data, out, **kw))
+    with pytest.raises(ValueError, match="momentum: the checkpoint .* has 0.99, this run asks for 0.9"):
+        run_dpo(_config(noisy_data, out, resume="latest", momentum=0.9, **{**kw, "max_steps": 3}))

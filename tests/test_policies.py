@@ -164,11 +164,13 @@ def test_margins_are_validated(rng):
             pol.step(torch.zeros(2, 3))
 
 
-def test_forecasts_from_margins_only_exact_ties_are_half():
-    h = torch.tensor([0.0, 1e-7, -1e-7, 3.0], dtype=torch.float32)
+def test_forecasts_from_margins_only_ties_are_half():
+    # float64 keeps small but real margins off 1/2; |h| < 1e-5 is rounding noise, a tie
+    h = torch.tensor([0.0, 1e-4, -1e-4, 3.0, 1e-7, -1e-7], dtype=torch.float32)
     p = forecasts_from_margins(h)
     assert p.dtype == torch.float64
     assert p[0] == 0.5 and p[1] > 0.5 and p[2] < 0.5
+    assert p[4] == 0.5 and p[5] == 0.5
     assert torch.allclose(p[3], torch.sigmoid(torch.tensor(3.0, dtype=torch.float64)))
 
 
@@ -189,3 +191,16 @@ def test_policy_state_round_trip(rng):
     none.load_state_dict(none.state_dict())
     with pytest.raises(ValueError, match="state"):
         none.load_state_dict(state)
+
+
+def test_rounding_noise_around_zero_margin_counts_as_a_tie():
+    """|h| < TIE_TOLERANCE (rounding noise of a policy equal to its reference) is a tie:
+    CALS does not count it, so it cannot pull the bins beside 1/2 toward 1/2."""
+    from smoothalign.smoothing.policies import TIE_TOLERANCE
+
+    policy = make_policy("cals-l2")
+    noise = torch.tensor([3e-7, -8e-7, 0.0, TIE_TOLERANCE / 2], dtype=torch.float64)
+    policy.update(noise)
+    assert policy.calibrator.wins.sum() == 0 and policy.calibrator.losses.sum() == 0
+    policy.update(torch.tensor([0.3], dtype=torch.float64))
+    assert policy.calibrator.wins.sum() == 1 and policy.calibrator.losses.sum() == 1

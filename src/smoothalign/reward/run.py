@@ -25,8 +25,12 @@ from smoothalign.reward.data import (
     validate_reward_rows,
 )
 from smoothalign.reward.trainer import RewardTrainer, reward_metrics
-from smoothalign.train.checkpoints import load_smoothing_state, resolve_resume, save_smoothing_state
-from smoothalign.train.common import training_arguments
+from smoothalign.train.checkpoints import (
+    resolve_resume,
+    restore_smoothing_state,
+    save_smoothing_state,
+)
+from smoothalign.train.common import check_scheduler, resolve_bf16, training_arguments
 
 SUMMARY_KEYS = ("accuracy", "accuracy_true", "ece", "ece_true", "kl_true", "fkl", "rkl", "jsd")
 
@@ -190,7 +194,8 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
     out.mkdir(parents=True, exist_ok=True)
     set_seed(config.seed)  # python, numpy and torch: the score head's initialisation
     notes: list[str] = []
-    bf16 = config.precision == "bf16" or (config.precision == "auto" and torch.cuda.is_available())
+    bf16 = resolve_bf16(config.precision)
+    check_scheduler(config.lr_scheduler)
 
     model, tokenizer = build_reward_model(config.model, trust_remote_code=config.trust_remote_code)
     train_ex, eval_ex, info, validation_md, data_notes = load_reward_data(config, tokenizer)
@@ -221,7 +226,7 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
     before = _metrics(forecasts_before, config)
     resume = resolve_resume(config.resume, out)
     if resume is not None:
-        trainer.smoothing_policy.load_state_dict(load_smoothing_state(resume))
+        restore_smoothing_state(trainer.smoothing_policy, resume)
         notes.append(f"resumed from {resume}")
     elif config.resume == "latest":
         notes.append("--resume latest: no complete checkpoint yet, started fresh")

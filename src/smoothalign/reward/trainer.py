@@ -14,48 +14,30 @@ training loss), ``target/mean``, ``smoothing/alpha_mean`` and the CALS state, in
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from transformers import Trainer
 
 from smoothalign.calibration import calibration_summary, true_preference_metrics
-from smoothalign.io import atomic_write_json, json_safe
 from smoothalign.reward.config import RewardConfig
 from smoothalign.reward.objective import (
     majority_first_margins,
     monitored_divergences,
     reward_loss,
 )
-from smoothalign.smoothing import SmoothingPolicy
-from smoothalign.train.checkpoints import COMPLETE_MARKER, save_smoothing_state
+from smoothalign.train.base_trainer import SmoothingTrainer
 
-ALPHA_HIST_BINS = 10  # over [0, 1/2]
 CALIBRATION_BINS = 15  # SPEC §5
 
 
-class RewardTrainer(Trainer):
-    # compute_loss returns a per-micro-batch mean; Trainer divides by the accumulation steps
-    loss_is_scaled_for_ga = False
-
-    def __init__(
-        self,
-        *args: Any,
-        reward_config: RewardConfig,
-        smoothing_policy: SmoothingPolicy,
-        **kwargs: Any,
-    ) -> None:
+class RewardTrainer(SmoothingTrainer):
+    def __init__(self, *args: Any, reward_config: RewardConfig, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.reward_config = reward_config
-        self.smoothing_policy = smoothing_policy
-        self._stored: dict[str, dict[str, list[Tensor]]] = defaultdict(lambda: defaultdict(list))
-        self.metrics_path = Path(self.args.output_dir) / "metrics.jsonl"
 
     # ------------------------------------------------------------------ forward
     def rewards(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -111,75 +93,41 @@ class RewardTrainer(Trainer):
         return terms.loss
 
     def _record(self, split: str, terms, r1: Tensor, r2: Tensor, p: Tensor) -> None:
-        store = self._stored[split]
         d = terms.margins.detach()
-        store["rewards/chosen"].append(r1)
-        store["rewards/rejected"].append(r2)
-        store["rewards/margins"].append(d)
-        store["rewards/accuracies"].append(_agreement(d, p))
-        for name, v in monitored_divergences(d, p, self.reward_config.rkl_floor).items():
-            store[f"divergence/{name}"].append(v)
-        store["target/mean"].append(terms.target)
-        store["rewards/centering"].append(terms.centering)
-        store["smoothing/alpha"].append(terms.alpha)
-
-    # ------------------------------------------------------------------ logging
-    def _gathered(self, split: str) -> dict[str, np.ndarray]:
-        out = {}
-        for name, values in self._stored[split].items():
-            t = torch.cat([v.float().reshape(-1) for v in values])
-            out[name] = (
-                self.accelerator.gather_for_metrics(t.to(self.accelerator.device)).cpu().numpy()
-            )
-        self._stored[split].clear()
-        return out
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        split = "train" if "loss" in logs else "eval"
-        values = self._gathered(split) if split == "train" and self._stored[split] else {}
-        extra: dict[str, Any] = {}
-        for name, v in values.items():
-            if name == "smoothing/alpha":
-                logs["smoothing/alpha_mean"] = float(v.mean())
-                hist, _ = np.histogram(v, bins=ALPHA_HIST_BINS, range=(0.0, 0.5))
-                extra["smoothing/alpha_hist"] = hist.tolist()
-            elif not np.isnan(v).all():
-                logs[name] = float(np.nanmean(v))
-        calibrator = self.smoothing_policy.calibrator
-        if calibrator is not None and split == "train":
-            extra["cals/q_hat"] = calibrator.bin_confidence().tolist()
-            logs["cals/step"] = calibrator.step
-        super().log(logs, start_time)
-        if self.is_world_process_zero():
-            record = {"step": self.state.global_step, "split": split, **logs, **extra}
-            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(json_safe(record)) + "\n")
+        divergences = monitored_divergences(d, p, self.reward_config.rkl_floor)
+        self.record(
+            split,
+            {
+                "rewards/chosen": r1,
+                "rewards/rejected": r2,
+                "rewards/margins": d,
+                "rewards/accuracies": _agreement(d, p),
+                **{f"divergence/{name}": v for name, v in divergences.items()},
+                "target/mean": terms.target,
+                "rewards/centering": terms.centering,
+                "smoothing/alpha": terms.alpha,
+            },
+        )
 
     # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
     def reward_forecasts(self, dataset=None) -> dict[str, np.ndarray]:
         """Per pair ``[N]``: ``chosen``/``rejected`` rewards, ``margins``, ``p_chosen``,
         ``confidence`` (NaN where unknown) and ``index``; the smoothing state is untouched."""
-        model = self.model
-        was_training = model.training
-        model.eval()
         parts: dict[str, list[Tensor]] = defaultdict(list)
-        for batch in self.get_eval_dataloader(dataset):
-            batch = self._prepare_inputs(batch)
-            with self.compute_loss_context_manager():
+        with self.evaluation_mode() as model:
+            for batch in self.get_eval_dataloader(dataset):
+                batch = self._prepare_inputs(batch)
                 r1, r2 = self.rewards(model, batch)
-            named = {
-                "chosen": r1,
-                "rejected": r2,
-                "margins": r1 - r2,
-                "p_chosen": batch["p_chosen"],
-                "confidence": batch["confidence"],
-                "index": batch["index"],
-            }
-            for name, t in named.items():
-                parts[name].append(self.accelerator.gather_for_metrics(t.float()).cpu())
-        model.train(was_training)
+                named = {
+                    "chosen": r1,
+                    "rejected": r2,
+                    "margins": r1 - r2,
+                    "p_chosen": batch["p_chosen"],
+                    "confidence": batch["confidence"],
+                    "index": batch["index"],
+                }
+                for name, t in named.items():
+                    parts[name].append(self.accelerator.gather_for_metrics(t.float()).cpu())
         return {k: torch.cat(v).numpy().astype(np.float64) for k, v in parts.items()}
 
     def evaluate(
@@ -187,18 +135,7 @@ class RewardTrainer(Trainer):
     ) -> dict[str, float]:
         f = self.reward_forecasts(eval_dataset)
         metrics = reward_metrics(f["margins"], f["p_chosen"], f["confidence"], self.reward_config)
-        metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
-        self.log(metrics)
-        return metrics
-
-    # ------------------------------------------------------------------ checkpoints
-    def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
-        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-        if self.args.should_save:
-            save_smoothing_state(self.smoothing_policy.state_dict(), folder)
-            # written last: its presence certifies that everything above is complete
-            atomic_write_json(folder / COMPLETE_MARKER, {"global_step": self.state.global_step})
+        return self.finish_evaluation({f"{metric_key_prefix}_{k}": v for k, v in metrics.items()})
 
 
 def _agreement(d: Tensor, p: Tensor) -> Tensor:

@@ -65,3 +65,24 @@ def save_smoothing_state(state: dict[str, Any], folder: str | Path) -> Path:
 
 def load_smoothing_state(folder: str | Path) -> dict[str, Any]:
     return torch.load(Path(folder) / SMOOTHING_STATE, map_location="cpu", weights_only=True)
+
+
+def restore_smoothing_state(policy, folder: str | Path) -> None:
+    """Load a checkpoint's smoothing state into ``policy``, refusing one made with other
+    options: the run's recorded configuration must be what actually runs."""
+    state = load_smoothing_state(folder)
+    current = policy.state_dict()
+    if state.get("name") != current.get("name"):
+        raise ValueError(
+            f"smoothing: the checkpoint {folder} was trained with {state.get('name')!r}, "
+            f"not {current.get('name')!r}"
+        )
+    if "calibrator" in current:
+        for option in ("bins", "momentum", "init_confidence", "prior_strength", "warmup_steps"):
+            saved, now = state["calibrator"][option], current["calibrator"][option]
+            if saved != now:
+                raise ValueError(
+                    f"{option}: the checkpoint {folder} has {saved}, this run asks for {now}; "
+                    "resume with the same CALS options"
+                )
+    policy.load_state_dict(state)

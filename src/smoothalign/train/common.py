@@ -24,6 +24,25 @@ def smoothing_policy(config: Any) -> SmoothingPolicy:
     return make_policy(config.smoothing, **calibrator_options(config))
 
 
+def resolve_bf16(precision: str) -> bool:
+    """``auto``: bf16 where the GPU supports it, fp32 otherwise (and always on CPU)."""
+    supported = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if precision == "bf16" and not supported:
+        raise ValueError("precision: bf16 needs a CUDA GPU that supports it; use fp32 or auto")
+    return precision == "bf16" or (precision == "auto" and supported)
+
+
+def check_scheduler(name: str) -> None:
+    """Fail before any model is loaded on a scheduler ``transformers`` does not know, or one
+    that needs an evaluation metric (our evaluation logs calibration, not a loss)."""
+    from transformers.trainer_utils import SchedulerType
+
+    needs_metric = ("reduce_lr_on_plateau", "greedy")
+    names = [s.value for s in SchedulerType if s.value not in needs_metric]
+    if name not in names:
+        raise ValueError(f"lr_scheduler: {name!r} is not supported; choose one of {names}")
+
+
 def training_arguments(config: Any, bf16: bool):
     """``TrainingArguments`` from a run config (``DPOConfig`` or ``RewardConfig``)."""
     from transformers import TrainingArguments

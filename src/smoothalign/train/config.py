@@ -99,6 +99,13 @@ class DPOConfig:
             "eval_steps": self.eval_steps >= 0,
             "save_steps": self.save_steps >= 0,
             "eval_samples": self.eval_samples >= 0,
+            "max_new_tokens": self.max_new_tokens > 0,
+            "lora_r": self.lora_r > 0,
+            "lora_alpha": self.lora_alpha > 0,
+            "lr_warmup_steps": self.lr_warmup_steps >= 0,
+            "weight_decay": self.weight_decay >= 0,
+            # the newest checkpoint is rotated in before it is certified complete: keep one more
+            "save_total_limit": self.save_total_limit is None or self.save_total_limit >= 2,
             "max_eval_pairs": self.max_eval_pairs >= 0,
         }
         for name, ok in checks.items():

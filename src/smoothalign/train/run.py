@@ -9,6 +9,7 @@ import copy
 import os
 import random
 import time
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +29,12 @@ from smoothalign.data import (
 )
 from smoothalign.io import atomic_write_json
 from smoothalign.models import load_model_and_tokenizer
-from smoothalign.train.checkpoints import load_smoothing_state, resolve_resume, save_smoothing_state
-from smoothalign.train.common import training_arguments
+from smoothalign.train.checkpoints import (
+    resolve_resume,
+    restore_smoothing_state,
+    save_smoothing_state,
+)
+from smoothalign.train.common import check_scheduler, resolve_bf16, training_arguments
 from smoothalign.train.config import DPOConfig
 from smoothalign.train.objective import sequence_logps
 from smoothalign.train.report import write_report
@@ -70,7 +75,8 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     set_seed(config.seed)  # python, numpy and torch
     notes: list[str] = []
     device_is_cuda = torch.cuda.is_available()
-    bf16 = config.precision == "bf16" or (config.precision == "auto" and device_is_cuda)
+    bf16 = resolve_bf16(config.precision)
+    check_scheduler(config.lr_scheduler)
 
     model, tokenizer = load_model_and_tokenizer(
         config.model, trust_remote_code=config.trust_remote_code
@@ -138,7 +144,7 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
 
     resume = resolve_resume(config.resume, out)
     if resume is not None:
-        trainer.smoothing_policy.load_state_dict(load_smoothing_state(resume))
+        restore_smoothing_state(trainer.smoothing_policy, resume)
         notes.append(f"resumed from {resume}")
     elif config.resume == "latest":
         notes.append("--resume latest: no complete checkpoint yet, started fresh")
@@ -196,6 +202,16 @@ def _load_data(
     md = [report.to_markdown()]
     skipped = len(report.bad_rows)
     examples = report.examples
+    has_split = any("split" in ex.metadata for ex in examples)
+    if has_split:
+        by_split = Counter(ex.metadata.get("split") for ex in examples)
+        other = {k: n for k, n in by_split.items() if k not in ("train", "eval")}
+        if other:
+            rows = [ex.row for ex in examples if ex.metadata.get("split") not in ("train", "eval")]
+            raise ValueError(
+                f"split: every row's 'split' must be 'train' or 'eval'; found {other} "
+                f"(rows {rows[:5]}{' ...' if len(rows) > 5 else ''}). Fix or drop those rows."
+            )
     if config.eval_data is not None:
         eval_report = validate_preference_rows(
             load_preference_rows(config.eval_data), tokenizer, config.max_length, config.on_bad_rows
@@ -203,9 +219,15 @@ def _load_data(
         md += ["", "Eval data:", "", eval_report.to_markdown()]
         skipped += len(eval_report.bad_rows)
         train_ex, eval_ex = examples, eval_report.examples
-    elif any("split" in ex.metadata for ex in examples):
-        train_ex = [ex for ex in examples if ex.metadata.get("split", "train") == "train"]
-        eval_ex = [ex for ex in examples if ex.metadata.get("split") == "eval"]
+        if has_split:
+            train_ex = [ex for ex in examples if ex.metadata["split"] == "train"]
+            notes.append(
+                f"--eval-data given: the data's {len(examples) - len(train_ex)} 'eval' rows "
+                "were not trained on"
+            )
+    elif has_split:
+        train_ex = [ex for ex in examples if ex.metadata["split"] == "train"]
+        eval_ex = [ex for ex in examples if ex.metadata["split"] == "eval"]
         notes.append("train/eval split: the data's 'split' column")
     else:
         rng = random.Random(config.seed)

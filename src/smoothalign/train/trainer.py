@@ -15,47 +15,34 @@ optimizer, scheduler, RNG and data position, TensorBoard and the progress bar â€
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from transformers import Trainer
 
 from smoothalign.calibration import calibration_summary, true_preference_metrics
-from smoothalign.io import atomic_write_json, json_safe
-from smoothalign.smoothing import SmoothingPolicy
-from smoothalign.train.checkpoints import COMPLETE_MARKER, save_smoothing_state
+from smoothalign.train.base_trainer import SmoothingTrainer
 from smoothalign.train.config import DPOConfig
 from smoothalign.train.objective import dpo_terms, sequence_logps
 
-ALPHA_HIST_BINS = 10  # over [0, 1/2]
 
-
-class SmoothDPOTrainer(Trainer):
-    # compute_loss returns a per-micro-batch mean; Trainer divides by the accumulation steps
-    loss_is_scaled_for_ga = False
-
+class SmoothDPOTrainer(SmoothingTrainer):
     def __init__(
         self,
         *args: Any,
         dpo_config: DPOConfig,
-        smoothing_policy: SmoothingPolicy,
         ref_model: torch.nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.dpo_config = dpo_config
-        self.smoothing_policy = smoothing_policy
         self.ref_model = ref_model
         if ref_model is not None:
             ref_model.eval().requires_grad_(False)
             self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
-        self._stored: dict[str, dict[str, list[Tensor]]] = defaultdict(lambda: defaultdict(list))
-        self.metrics_path = Path(self.args.output_dir) / "metrics.jsonl"
+            self.ref_model.to(self.accelerator.device)  # FSDP's evaluation_mode places nothing
 
     # ------------------------------------------------------------------ forward
     def _unwrapped(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -128,94 +115,43 @@ class SmoothDPOTrainer(Trainer):
         return loss
 
     def _record(self, split: str, terms, chosen: Tensor, rejected: Tensor) -> None:
-        store = self._stored[split]
-        store["rewards/chosen"].append(terms.chosen_rewards)
-        store["rewards/rejected"].append(terms.rejected_rewards)
-        store["rewards/margins"].append(terms.margins.detach())
-        store["rewards/accuracies"].append((terms.margins.detach() > 0).float())
-        store["logps/chosen"].append(chosen)
-        store["logps/rejected"].append(rejected)
-        store["cals/alpha"].append(terms.alpha)
-
-    # ------------------------------------------------------------------ logging
-    def _gathered(self, split: str) -> dict[str, np.ndarray]:
-        out = {}
-        for name, values in self._stored[split].items():
-            t = torch.cat([v.float().reshape(-1) for v in values])
-            out[name] = (
-                self.accelerator.gather_for_metrics(t.to(self.accelerator.device)).cpu().numpy()
-            )
-        self._stored[split].clear()
-        return out
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs:
-            split = "train"
-        elif any(k.startswith("eval_") for k in logs):
-            split = "eval"
-        else:
-            split = "summary"
-        values = self._gathered(split) if split in self._stored and self._stored[split] else {}
-        prefix = "" if split == "train" else "eval_"
-        extra: dict[str, Any] = {}
-        for name, v in values.items():
-            if name == "cals/alpha":
-                logs[f"{prefix}cals/alpha_mean"] = float(v.mean())
-                hist, _ = np.histogram(v, bins=ALPHA_HIST_BINS, range=(0.0, 0.5))
-                extra[f"{prefix}cals/alpha_hist"] = hist.tolist()
-            else:
-                logs[f"{prefix}{name}"] = float(v.mean())
-        calibrator = self.smoothing_policy.calibrator
-        if calibrator is not None and split == "train":
-            extra["cals/q_hat"] = calibrator.bin_confidence().tolist()
-            logs["cals/step"] = calibrator.step
-        super().log(logs, start_time)
-        if self.is_world_process_zero():
-            record = {"step": self.state.global_step, "split": split, **logs, **extra}
-            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(json_safe(record)) + "\n")
+        h = terms.margins.detach()
+        self.record(
+            split,
+            {
+                "rewards/chosen": terms.chosen_rewards,
+                "rewards/rejected": terms.rejected_rewards,
+                "rewards/margins": h,
+                # TRL's semantics: a tie (h = 0) counts as wrong here; the evaluation's
+                # `accuracy` counts it as half right
+                "rewards/accuracies": (h > 0).float(),
+                "logps/chosen": chosen,
+                "logps/rejected": rejected,
+                "cals/alpha": terms.alpha,
+            },
+        )
 
     # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
     def preference_forecasts(self, dataset=None) -> dict[str, np.ndarray]:
-        """Margins, rewards and confidences ``[N]`` on a data set, without touching the policy state."""
-        model = self.model
-        was_training = model.training
-        model.eval()
-        loader = self.get_eval_dataloader(dataset)
+        """Margins, confidences and row ids ``[N]`` on a data set; the policy state is untouched."""
         parts: dict[str, list[Tensor]] = defaultdict(list)
-        for batch in loader:
-            batch = self._prepare_inputs(batch)
-            with self.compute_loss_context_manager():
+        with self.evaluation_mode() as model:
+            for batch in self.get_eval_dataloader(dataset):
+                batch = self._prepare_inputs(batch)
                 chosen, rejected, _ = self.policy_logps(model, batch)
                 ref_chosen, ref_rejected = self.reference_logps(model, batch)
-            h = self.dpo_config.beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
-            conf = batch.get("confidence", torch.full_like(h, float("nan")))
-            for name, t in (("margins", h), ("confidence", conf), ("index", batch["index"])):
-                parts[name].append(self.accelerator.gather_for_metrics(t.float()).cpu())
-        model.train(was_training)
+                h = self.dpo_config.beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
+                conf = batch.get("confidence", torch.full_like(h, float("nan")))
+                for name, t in (("margins", h), ("confidence", conf), ("index", batch["index"])):
+                    parts[name].append(self.accelerator.gather_for_metrics(t.float()).cpu())
         return {k: torch.cat(v).numpy() for k, v in parts.items()}
 
     def evaluate(
         self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
     ) -> dict[str, float]:
         f = self.preference_forecasts(eval_dataset)
-        metrics = {
-            f"{metric_key_prefix}_{k}": v
-            for k, v in preference_metrics(f["margins"], f["confidence"]).items()
-        }
-        self.log(metrics)
-        return metrics
-
-    # ------------------------------------------------------------------ checkpoints
-    def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
-        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-        if self.args.should_save:
-            save_smoothing_state(self.smoothing_policy.state_dict(), folder)
-            # written last: its presence certifies that everything above is complete
-            atomic_write_json(folder / COMPLETE_MARKER, {"global_step": self.state.global_step})
+        metrics = preference_metrics(f["margins"], f["confidence"])
+        return self.finish_evaluation({f"{metric_key_prefix}_{k}": v for k, v in metrics.items()})
 
 
 def preference_metrics(margins: np.ndarray, confidence: np.ndarray) -> dict[str, float]:
