@@ -175,3 +175,17 @@ def test_reliability_diagram_returns_a_figure(rng, tmp_path):
     fig.savefig(tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 0
     plt.close(fig)
+
+
+def test_pairwise_metrics_see_miscalibration_near_one_half():
+    """Forecasts of 0.52 for labels whose true confidence is 0.9: read in both orders with an
+    odd bin count, p and 1 - p would share the central bin and cancel to ECE 0; the even
+    PAIRWISE_BINS keeps them apart and reports the gap of 0.38."""
+    from smoothalign.calibration import PAIRWISE_BINS, true_preference_metrics
+
+    assert PAIRWISE_BINS % 2 == 0
+    margins = np.full(50, np.log(0.52 / 0.48))
+    q = np.full(50, 0.9)
+    m = true_preference_metrics(margins, q)
+    assert m["ece_true"] == pytest.approx(0.38, abs=1e-9)
+    assert m["rms_true"] == pytest.approx(0.38, abs=1e-9)

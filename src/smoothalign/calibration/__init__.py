@@ -9,9 +9,10 @@ from smoothalign.calibration.metrics import (
     reliability_curve,
     rms_calibration_error,
 )
-from smoothalign.calibration.pairwise import true_preference_metrics
+from smoothalign.calibration.pairwise import PAIRWISE_BINS, true_preference_metrics
 
 __all__ = [
+    "PAIRWISE_BINS",
     "ReliabilityCurve",
     "brier_score",
     "calibration_summary",

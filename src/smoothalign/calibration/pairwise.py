@@ -12,9 +12,15 @@ import numpy as np
 
 from smoothalign.calibration.metrics import calibration_summary
 
+PAIRWISE_BINS = 20
+"""Bins for a pairwise forecast read in both orders. Even, so that ½ is a bin edge: with an
+odd count (15) the central bin straddles ½, a forecast ``p`` and its mirror ``1 − p`` fall
+into it together with outcomes ``y`` and ``1 − y``, and the two readings cancel — every
+forecast within 1/30 of ½ would look perfectly calibrated whatever the truth."""
+
 
 def true_preference_metrics(
-    margins: np.ndarray, q: np.ndarray, *, bins: int = 15
+    margins: np.ndarray, q: np.ndarray, *, bins: int = PAIRWISE_BINS
 ) -> dict[str, float]:
     """Forecasts ``σ(d)`` ``[N]`` of margins ``d`` against the true ``q`` ``[N]``.
 

@@ -15,7 +15,7 @@ The world (every choice is a field of :class:`RewardStudyConfig` and lands in th
   statistic, SPEC §6), the same minibatch sequence for every method. All methods of one
   ``(K, seed)`` and training size are fitted together, each on its own row of ``θ`` ``[M, d]``.
 * held-out metrics on ``n_test`` fresh pairs against the *truth*: accuracy of
-  ``sign(θ·x)`` against ``sign(θ*·x)``, ECE / RMS (15 bins, mirrored) and mean
+  ``sign(θ·x)`` against ``sign(θ*·x)``, ECE / RMS (20 bins, both orders) and mean
   ``KL(q ‖ σ(θ·x))`` against the true ``q``, the cosine of ``θ`` with ``θ*`` and the scale
   ``‖θ‖ / ‖θ*/τ‖`` (1 for a calibrated model). Convergence: held-out KL and accuracy at
   ``eval_points`` log-spaced steps; summarised as both after 5% of the steps, and the lowest

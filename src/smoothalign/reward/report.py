@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from smoothalign.calibration import reliability_curve  # noqa: E402
+from smoothalign.calibration import PAIRWISE_BINS, reliability_curve  # noqa: E402
 from smoothalign.calibration.plots import reliability_diagram  # noqa: E402
 from smoothalign.io import atomic_write_text, save_figure  # noqa: E402
 from smoothalign.reward.objective import MONITORED  # noqa: E402
@@ -108,13 +108,13 @@ def plot_reliability(before: dict[str, np.ndarray], after: dict[str, np.ndarray]
         s = 1 / (1 + np.exp(-np.asarray(f["margins"], dtype=float)))
         p = np.asarray(f["p_chosen"], dtype=float)
         curves[f"{name}, vs vote share"] = reliability_curve(
-            np.concatenate([s, 1 - s]), np.concatenate([p, 1 - p])
+            np.concatenate([s, 1 - s]), np.concatenate([p, 1 - p]), PAIRWISE_BINS
         )
     q = np.asarray(after["confidence"], dtype=float)
     if not np.isnan(q).any():
         s = 1 / (1 + np.exp(-np.asarray(after["margins"], dtype=float)))
         curves["after, vs true q"] = reliability_curve(
-            np.concatenate([s, 1 - s]), np.concatenate([q, 1 - q])
+            np.concatenate([s, 1 - s]), np.concatenate([q, 1 - q]), PAIRWISE_BINS
         )
     return reliability_diagram(
         curves, title="σ(r₁ − r₂) on held-out pairs", xlabel="forecast σ(r₁ − r₂)"

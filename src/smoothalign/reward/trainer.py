@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from smoothalign.calibration import calibration_summary, true_preference_metrics
+from smoothalign.calibration import PAIRWISE_BINS, calibration_summary, true_preference_metrics
 from smoothalign.reward.config import RewardConfig
 from smoothalign.reward.objective import (
     majority_first_margins,
@@ -30,8 +30,6 @@ from smoothalign.reward.objective import (
     reward_loss,
 )
 from smoothalign.train.base_trainer import SmoothingTrainer
-
-CALIBRATION_BINS = 15  # SPEC §5
 
 
 class RewardTrainer(SmoothingTrainer):
@@ -152,7 +150,7 @@ def reward_metrics(
     confidence: np.ndarray | None = None,
     config: RewardConfig | None = None,
     *,
-    bins: int = CALIBRATION_BINS,
+    bins: int = PAIRWISE_BINS,
 ) -> dict[str, float]:
     """Held-out accuracy and calibration of the forecasts ``σ(d)`` ``[N]``.
 

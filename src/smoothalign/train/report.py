@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from smoothalign.calibration import reliability_curve  # noqa: E402
+from smoothalign.calibration import PAIRWISE_BINS, reliability_curve  # noqa: E402
 from smoothalign.calibration.plots import reliability_diagram  # noqa: E402
 from smoothalign.io import atomic_write_text, save_figure  # noqa: E402
 
@@ -20,7 +20,7 @@ from smoothalign.io import atomic_write_text, save_figure  # noqa: E402
 TABLE_ROWS = [
     ("accuracy", "preference accuracy vs the (noisy) labels", "{:.3f}"),
     ("accuracy_true", "preference accuracy vs the true preference", "{:.3f}"),
-    ("ece", "ECE of σ(h) vs labels (mirrored, 15 bins)", "{:.4f}"),
+    ("ece", "ECE of σ(h) vs labels (both orders, 20 bins)", "{:.4f}"),
     ("rms", "RMS calibration error vs labels", "{:.4f}"),
     ("ece_true", "ECE of σ(h) vs the true q", "{:.4f}"),
     ("rms_true", "RMS calibration error vs the true q", "{:.4f}"),
@@ -99,7 +99,7 @@ def plot_reliability_before_after(before: dict[str, np.ndarray], after: dict[str
         q = np.asarray(f["confidence"], dtype=float)
         outcome = np.where(np.isnan(q), 1.0, q)  # the true q where known, else the label
         curves[name] = reliability_curve(
-            np.concatenate([p, 1 - p]), np.concatenate([outcome, 1 - outcome])
+            np.concatenate([p, 1 - p]), np.concatenate([outcome, 1 - outcome]), PAIRWISE_BINS
         )
     known = not np.isnan(np.asarray(after["confidence"], dtype=float)).all()
     ylabel = "true q" if known else "label"

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from smoothalign.calibration import calibration_summary, true_preference_metrics
+from smoothalign.calibration import PAIRWISE_BINS, calibration_summary, true_preference_metrics
 from smoothalign.train.base_trainer import SmoothingTrainer
 from smoothalign.train.config import DPOConfig
 from smoothalign.train.objective import dpo_terms, sequence_logps
@@ -159,7 +159,7 @@ def preference_metrics(margins: np.ndarray, confidence: np.ndarray) -> dict[str,
 
     Every pair is read in both orders — ``(σ(h), 1)`` and ``(1 − σ(h), 0)`` — so that a data
     set where the labelled winner always comes first still has two outcomes to calibrate
-    against. Where the true confidence ``q`` of the label is known, the forecasts are also
+    against; the bins are ``PAIRWISE_BINS`` (even, so the two readings never share a bin). Where the true confidence ``q`` of the label is known, the forecasts are also
     scored against it: ``*_true`` metrics use outcomes ``(q, 1 − q)`` and the true winner.
     """
     h = np.asarray(margins, dtype=np.float64)
@@ -172,7 +172,7 @@ def preference_metrics(margins: np.ndarray, confidence: np.ndarray) -> dict[str,
     }
     out["margin_mean"] = float(h.mean())
     labels = np.concatenate([np.ones_like(p), np.zeros_like(p)])
-    for k, v in calibration_summary(probs, labels).items():
+    for k, v in calibration_summary(probs, labels, PAIRWISE_BINS).items():
         out[k] = v
     q = np.asarray(confidence, dtype=np.float64)
     known = ~np.isnan(q)
