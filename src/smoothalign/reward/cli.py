@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import MISSING, fields
+
+from smoothalign.config_args import add_config_arguments
+from smoothalign.config_args import config_from_args as _config_from_args
 
 HELP = {
     "model": "'tiny' (a small config-built Llama: the default, for the oracle world and tests), "
@@ -67,30 +69,16 @@ HELP = {
 }
 
 
-def _config_fields():
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     from smoothalign.reward.config import RewardConfig
 
-    return [f for f in fields(RewardConfig) if f.name != "extra"]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    for f in _config_fields():
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else None
-        if f.type in ("bool", bool):
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=default, help=HELP[f.name]
-            )
-            continue
-        base = str(f.type).replace(" | None", "")  # annotations are strings here
-        kind = {"int": int, "float": float, "str": str}[base]
-        parser.add_argument(flag, type=kind, default=default, help=HELP[f.name])
+    add_config_arguments(parser, RewardConfig, HELP)
 
 
 def config_from_args(args: argparse.Namespace):
     from smoothalign.reward.config import RewardConfig
 
-    return RewardConfig(**{f.name: getattr(args, f.name) for f in _config_fields()})
+    return _config_from_args(args, RewardConfig)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,6 @@ The wiring of the layers below; every piece it calls is tested on its own.
 from __future__ import annotations
 
 import copy
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,13 @@ from smoothalign.train.checkpoints import (
     restore_smoothing_state,
     save_smoothing_state,
 )
-from smoothalign.train.common import check_scheduler, resolve_bf16, training_arguments
+from smoothalign.train.common import (
+    check_scheduler,
+    holdout,
+    resolve_bf16,
+    split_by_column,
+    training_arguments,
+)
 
 SUMMARY_KEYS = ("accuracy", "accuracy_true", "ece", "ece_true", "kl_true", "fkl", "rkl", "jsd")
 
@@ -148,6 +153,7 @@ def load_reward_data(
     md = [report.to_markdown()]
     info: dict[str, Any] = {"train": report.to_dict()}
     examples = report.examples
+    by_split = split_by_column(examples, lambda ex: ex.pair.metadata, lambda ex: ex.pair.row)
     if config.eval_data is not None:
         eval_report = validate_reward_rows(
             config.eval_data,
@@ -159,19 +165,16 @@ def load_reward_data(
         md += ["", "Eval data:", "", eval_report.to_markdown()]
         info["eval"] = eval_report.to_dict()
         train_ex, eval_ex = examples, eval_report.examples
-    elif any("split" in ex.pair.metadata for ex in examples):
-        train_ex = [ex for ex in examples if ex.pair.metadata.get("split", "train") == "train"]
-        eval_ex = [ex for ex in examples if ex.pair.metadata.get("split") == "eval"]
+        if by_split is not None:
+            train_ex = by_split["train"]
+            notes.append(
+                f"--eval-data given: the data's {len(by_split['eval'])} 'eval' rows were not trained on"
+            )
+    elif by_split is not None:
+        train_ex, eval_ex = by_split["train"], by_split["eval"]
         notes.append("train/eval split: the data's 'split' column")
     else:
-        order = list(range(len(examples)))
-        random.Random(config.seed).shuffle(order)
-        n_eval = (
-            max(1, round(config.eval_fraction * len(examples))) if config.eval_fraction > 0 else 0
-        )
-        eval_ids = set(order[:n_eval])
-        train_ex = [ex for i, ex in enumerate(examples) if i not in eval_ids]
-        eval_ex = [ex for i, ex in enumerate(examples) if i in eval_ids]
+        train_ex, eval_ex = holdout(examples, config.eval_fraction, config.seed)
         notes.append(f"train/eval split: a seeded {config.eval_fraction:.0%} holdout")
     if not train_ex:
         raise ValueError("data: no training pairs left after validation and the eval split")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, fields
 
+from smoothalign.config_args import add_config_arguments
+from smoothalign.config_args import config_from_args as _config_from_args
 from smoothalign.losses import LOSSES
 from smoothalign.smoothing import POLICY_NAMES
 from smoothalign.train.config import REFERENCES, DPOConfig
@@ -60,24 +61,11 @@ HELP = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    for f in fields(DPOConfig):
-        if f.name == "extra":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else None
-        if f.type in ("bool", bool):
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=default, help=HELP[f.name]
-            )
-            continue
-        base = str(f.type).replace(" | None", "")  # annotations are strings here
-        kind = {"int": int, "float": float, "str": str}[base]
-        parser.add_argument(flag, type=kind, default=default, help=HELP[f.name])
+    add_config_arguments(parser, DPOConfig, HELP)
 
 
 def config_from_args(args: argparse.Namespace) -> DPOConfig:
-    values = {f.name: getattr(args, f.name) for f in fields(DPOConfig) if f.name != "extra"}
-    return DPOConfig(**values)
+    return _config_from_args(args, DPOConfig)
 
 
 def run(args: argparse.Namespace) -> int:

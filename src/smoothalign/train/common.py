@@ -1,9 +1,13 @@
-"""What the DPO and reward-model runs share: the smoothing policy a config asks for, and
-the ``transformers.TrainingArguments`` built from the fields both configs have."""
+"""What the DPO and reward-model runs share: the smoothing policy a config asks for, the
+``transformers.TrainingArguments`` built from the fields both configs have, and the
+train/eval split of their data."""
 
 from __future__ import annotations
 
 import importlib.util
+import random
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -73,3 +77,39 @@ def training_arguments(config: Any, bf16: bool):
         report_to=report_to,
         disable_tqdm=False,
     )
+
+
+def split_by_column(
+    examples: list, metadata_of: Callable[[Any], dict], row_of: Callable[[Any], Any]
+) -> dict[str, list] | None:
+    """``{"train": [...], "eval": [...]}`` from the data's ``split`` column, or ``None`` when
+    no row has one. Any other value (``test``, null, …) is an error naming the rows: rows are
+    never dropped silently."""
+    if not any("split" in metadata_of(ex) for ex in examples):
+        return None
+    parts: dict[str, list] = {"train": [], "eval": []}
+    other: Counter = Counter()
+    bad_rows = []
+    for ex in examples:
+        value = metadata_of(ex).get("split")
+        if value in parts:
+            parts[value].append(ex)
+        else:
+            other[value] += 1
+            bad_rows.append(row_of(ex))
+    if other:
+        raise ValueError(
+            f"split: every row's 'split' must be 'train' or 'eval'; found {dict(other)} "
+            f"(rows {bad_rows[:5]}{' ...' if len(bad_rows) > 5 else ''}). Fix or drop those rows."
+        )
+    return parts
+
+
+def holdout(examples: list, fraction: float, seed: int) -> tuple[list, list]:
+    """A seeded random ``(train, eval)`` split with ``round(fraction·n)`` (≥ 1) eval items."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, round(fraction * len(examples))) if fraction > 0 else 0
+    eval_ids = set(order[:n_eval])
+    train = [ex for i, ex in enumerate(examples) if i not in eval_ids]
+    return train, [ex for i, ex in enumerate(examples) if i in eval_ids]

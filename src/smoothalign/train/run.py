@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
-import random
 import time
-from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +32,13 @@ from smoothalign.train.checkpoints import (
     restore_smoothing_state,
     save_smoothing_state,
 )
-from smoothalign.train.common import check_scheduler, resolve_bf16, training_arguments
+from smoothalign.train.common import (
+    check_scheduler,
+    holdout,
+    resolve_bf16,
+    split_by_column,
+    training_arguments,
+)
 from smoothalign.train.config import DPOConfig
 from smoothalign.train.objective import sequence_logps
 from smoothalign.train.report import write_report
@@ -202,16 +206,7 @@ def _load_data(
     md = [report.to_markdown()]
     skipped = len(report.bad_rows)
     examples = report.examples
-    has_split = any("split" in ex.metadata for ex in examples)
-    if has_split:
-        by_split = Counter(ex.metadata.get("split") for ex in examples)
-        other = {k: n for k, n in by_split.items() if k not in ("train", "eval")}
-        if other:
-            rows = [ex.row for ex in examples if ex.metadata.get("split") not in ("train", "eval")]
-            raise ValueError(
-                f"split: every row's 'split' must be 'train' or 'eval'; found {other} "
-                f"(rows {rows[:5]}{' ...' if len(rows) > 5 else ''}). Fix or drop those rows."
-            )
+    by_split = split_by_column(examples, lambda ex: ex.metadata, lambda ex: ex.row)
     if config.eval_data is not None:
         eval_report = validate_preference_rows(
             load_preference_rows(config.eval_data), tokenizer, config.max_length, config.on_bad_rows
@@ -219,26 +214,16 @@ def _load_data(
         md += ["", "Eval data:", "", eval_report.to_markdown()]
         skipped += len(eval_report.bad_rows)
         train_ex, eval_ex = examples, eval_report.examples
-        if has_split:
-            train_ex = [ex for ex in examples if ex.metadata["split"] == "train"]
+        if by_split is not None:
+            train_ex = by_split["train"]
             notes.append(
-                f"--eval-data given: the data's {len(examples) - len(train_ex)} 'eval' rows "
-                "were not trained on"
+                f"--eval-data given: the data's {len(by_split['eval'])} 'eval' rows were not trained on"
             )
-    elif has_split:
-        train_ex = [ex for ex in examples if ex.metadata["split"] == "train"]
-        eval_ex = [ex for ex in examples if ex.metadata["split"] == "eval"]
+    elif by_split is not None:
+        train_ex, eval_ex = by_split["train"], by_split["eval"]
         notes.append("train/eval split: the data's 'split' column")
     else:
-        rng = random.Random(config.seed)
-        order = list(range(len(examples)))
-        rng.shuffle(order)
-        n_eval = (
-            max(1, round(config.eval_fraction * len(examples))) if config.eval_fraction > 0 else 0
-        )
-        eval_ids = set(order[:n_eval])
-        train_ex = [ex for i, ex in enumerate(examples) if i not in eval_ids]
-        eval_ex = [ex for i, ex in enumerate(examples) if i in eval_ids]
+        train_ex, eval_ex = holdout(examples, config.eval_fraction, config.seed)
         notes.append(f"train/eval split: a seeded {config.eval_fraction:.0%} holdout")
     if not train_ex:
         raise ValueError("data: no training pairs left after validation and the eval split")
