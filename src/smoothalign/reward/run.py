@@ -31,9 +31,8 @@ from smoothalign.train.checkpoints import (
 )
 from smoothalign.train.common import (
     check_scheduler,
-    holdout,
     resolve_bf16,
-    split_by_column,
+    train_eval_split,
     training_arguments,
 )
 
@@ -153,7 +152,7 @@ def load_reward_data(
     md = [report.to_markdown()]
     info: dict[str, Any] = {"train": report.to_dict()}
     examples = report.examples
-    by_split = split_by_column(examples, lambda ex: ex.pair.metadata, lambda ex: ex.pair.row)
+    eval_examples = None
     if config.eval_data is not None:
         eval_report = validate_reward_rows(
             config.eval_data,
@@ -164,22 +163,16 @@ def load_reward_data(
         )
         md += ["", "Eval data:", "", eval_report.to_markdown()]
         info["eval"] = eval_report.to_dict()
-        train_ex, eval_ex = examples, eval_report.examples
-        if by_split is not None:
-            train_ex = by_split["train"]
-            notes.append(
-                f"--eval-data given: the data's {len(by_split['eval'])} 'eval' rows were not trained on"
-            )
-    elif by_split is not None:
-        train_ex, eval_ex = by_split["train"], by_split["eval"]
-        notes.append("train/eval split: the data's 'split' column")
-    else:
-        train_ex, eval_ex = holdout(examples, config.eval_fraction, config.seed)
-        notes.append(f"train/eval split: a seeded {config.eval_fraction:.0%} holdout")
-    if not train_ex:
-        raise ValueError("data: no training pairs left after validation and the eval split")
-    if not eval_ex:
-        raise ValueError("eval_data: no evaluation pairs; pass --eval-data or --eval-fraction > 0")
+        eval_examples = eval_report.examples
+    train_ex, eval_ex, split_notes = train_eval_split(
+        examples,
+        eval_examples,
+        lambda ex: ex.pair.metadata,
+        lambda ex: ex.pair.row,
+        config.eval_fraction,
+        config.seed,
+    )
+    notes += split_notes
     return train_ex, eval_ex, info, "\n".join(md), notes
 
 

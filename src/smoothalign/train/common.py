@@ -113,3 +113,35 @@ def holdout(examples: list, fraction: float, seed: int) -> tuple[list, list]:
     eval_ids = set(order[:n_eval])
     train = [ex for i, ex in enumerate(examples) if i not in eval_ids]
     return train, [ex for i, ex in enumerate(examples) if i in eval_ids]
+
+
+def train_eval_split(
+    examples: list,
+    eval_examples: list | None,
+    metadata_of: Callable[[Any], dict],
+    row_of: Callable[[Any], Any],
+    eval_fraction: float,
+    seed: int,
+) -> tuple[list, list, list[str]]:
+    """``(train, eval, notes)``: a separate eval set when given (the data's own ``eval`` rows
+    are then not trained on), else the data's ``split`` column, else a seeded holdout."""
+    by_split = split_by_column(examples, metadata_of, row_of)
+    notes = []
+    if eval_examples is not None:
+        train, evals = examples, eval_examples
+        if by_split is not None:
+            train = by_split["train"]
+            notes.append(
+                f"--eval-data given: the data's {len(by_split['eval'])} 'eval' rows were not trained on"
+            )
+    elif by_split is not None:
+        train, evals = by_split["train"], by_split["eval"]
+        notes.append("train/eval split: the data's 'split' column")
+    else:
+        train, evals = holdout(examples, eval_fraction, seed)
+        notes.append(f"train/eval split: a seeded {eval_fraction:.0%} holdout")
+    if not train:
+        raise ValueError("data: no training pairs left after validation and the eval split")
+    if not evals:
+        raise ValueError("eval_data: no evaluation pairs; pass --eval-data or --eval-fraction > 0")
+    return train, evals, notes

@@ -34,9 +34,8 @@ from smoothalign.train.checkpoints import (
 )
 from smoothalign.train.common import (
     check_scheduler,
-    holdout,
     resolve_bf16,
-    split_by_column,
+    train_eval_split,
     training_arguments,
 )
 from smoothalign.train.config import DPOConfig
@@ -206,29 +205,23 @@ def _load_data(
     md = [report.to_markdown()]
     skipped = len(report.bad_rows)
     examples = report.examples
-    by_split = split_by_column(examples, lambda ex: ex.metadata, lambda ex: ex.row)
+    eval_examples = None
     if config.eval_data is not None:
         eval_report = validate_preference_rows(
             load_preference_rows(config.eval_data), tokenizer, config.max_length, config.on_bad_rows
         )
         md += ["", "Eval data:", "", eval_report.to_markdown()]
         skipped += len(eval_report.bad_rows)
-        train_ex, eval_ex = examples, eval_report.examples
-        if by_split is not None:
-            train_ex = by_split["train"]
-            notes.append(
-                f"--eval-data given: the data's {len(by_split['eval'])} 'eval' rows were not trained on"
-            )
-    elif by_split is not None:
-        train_ex, eval_ex = by_split["train"], by_split["eval"]
-        notes.append("train/eval split: the data's 'split' column")
-    else:
-        train_ex, eval_ex = holdout(examples, config.eval_fraction, config.seed)
-        notes.append(f"train/eval split: a seeded {config.eval_fraction:.0%} holdout")
-    if not train_ex:
-        raise ValueError("data: no training pairs left after validation and the eval split")
-    if not eval_ex:
-        raise ValueError("eval_data: no evaluation pairs; pass --eval-data or --eval-fraction > 0")
+        eval_examples = eval_report.examples
+    train_ex, eval_ex, split_notes = train_eval_split(
+        examples,
+        eval_examples,
+        lambda ex: ex.metadata,
+        lambda ex: ex.row,
+        config.eval_fraction,
+        config.seed,
+    )
+    notes += split_notes
     return train_ex, eval_ex, "\n".join(md), skipped, notes
 
 
