@@ -1,0 +1,288 @@
+"""``run_rank_calibration(config)``: preference model → prompts → (generate → score → rank →
+train) per epoch → evaluate before and after → save → report.
+
+The wiring of the pieces in :mod:`~smoothalign.rank.candidates`,
+:mod:`~smoothalign.rank.objective`, :mod:`~smoothalign.rank.trainer` and
+:mod:`~smoothalign.rank.metrics`, each tested on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import set_seed
+
+from smoothalign.io import atomic_write_json, atomic_write_text
+from smoothalign.rank.candidates import (
+    PreferenceModelScorer,
+    PromptExample,
+    RankedPrompt,
+    candidates_jsonl,
+    generate_candidates,
+    load_preference_model,
+    load_prompts,
+    resolve_reward_model_path,
+    score_and_rank,
+)
+from smoothalign.rank.config import RankConfig
+from smoothalign.rank.metrics import ranking_metrics
+from smoothalign.rank.trainer import RankTrainer, candidate_mean_logps
+from smoothalign.train.common import check_scheduler, resolve_bf16, train_eval_split
+
+SUMMARY_KEYS = (
+    "spearman_within",
+    "spearman_pooled",
+    "pair_accuracy",
+    "score_mean",
+    "policy_top_score",
+    "logp_mean",
+)
+EVAL_SEED_OFFSET = 10_000  # held-out sampling uses seed + this, the same before and after
+
+
+@dataclass
+class RankRunResult:
+    output_dir: Path
+    before: dict[str, float]
+    after: dict[str, float]
+    train_seconds: float
+    n_train: int
+    n_eval: int
+    notes: list[str] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def summary(self) -> str:
+        rows = [
+            f"smoothalign rank-calibrate: {self.n_train} train / {self.n_eval} held-out prompts, "
+            f"{self.train_seconds:.0f} s of calibration"
+        ]
+        for key in SUMMARY_KEYS:
+            b, a = self.before.get(key, float("nan")), self.after.get(key, float("nan"))
+            rows.append(f"  {key:<17} before {b:8.4f}   after {a:8.4f}")
+        rows.append(f"  report: {self.output_dir / 'report.md'}")
+        return "\n".join(rows)
+
+
+def _prompt_source(config: RankConfig) -> tuple[Any, str]:
+    if config.prompts is not None:
+        return config.prompts, str(config.prompts)
+    from smoothalign.assets import embedded_dataset_path
+
+    path = embedded_dataset_path()
+    return path, f"{path.name} (shipped)"
+
+
+def load_rank_prompts(
+    config: RankConfig, tokenizer: Any
+) -> tuple[list[PromptExample], list[PromptExample], dict[str, Any], str, list[str]]:
+    """``(train, eval, prompts_dict, prompts_markdown, notes)``. The eval prompts are
+    ``--eval-prompts``, else the prompts' ``split == 'eval'`` rows, else a seeded holdout;
+    with the NLL term on, every *training* prompt needs a reference response."""
+    source, name = _prompt_source(config)
+    common = dict(max_length=config.max_length, on_bad_rows=config.on_bad_rows)
+    report = load_prompts(source, tokenizer, source_name=name, **common)
+    info: dict[str, Any] = {"train": report.to_dict()}
+    md = [report.to_markdown()]
+    eval_examples = None
+    if config.eval_prompts is not None:
+        eval_report = load_prompts(
+            config.eval_prompts, tokenizer, source_name=str(config.eval_prompts), **common
+        )
+        info["eval"] = eval_report.to_dict()
+        md.append(eval_report.to_markdown())
+        eval_examples = eval_report.examples
+    train, evals, notes = train_eval_split(
+        report.examples,
+        eval_examples,
+        lambda ex: ex.metadata,
+        lambda ex: ex.location,
+        config.eval_fraction,
+        config.seed,
+    )
+    if config.nll_weight > 0:
+        missing = [ex for ex in train if ex.reference_ids is None]
+        if missing:
+            where = ", ".join(ex.location for ex in missing[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            if config.on_bad_rows == "error":
+                raise ValueError(
+                    f"prompts: {len(missing)} training row(s) have no reference response "
+                    f"(reference, completion or chosen) for the NLL term: {where}{more}; "
+                    "pass --nll-weight 0 or --on-bad-rows skip"
+                )
+            train = [ex for ex in train if ex.reference_ids is not None]
+            notes.append(
+                f"{len(missing)} training prompts without a reference skipped: {where}{more}"
+            )
+            if not train:
+                raise ValueError("prompts: no training prompt has a reference response")
+    if config.max_prompts and len(train) > config.max_prompts:
+        notes.append(f"training prompts: the first {config.max_prompts} of {len(train)}")
+        train = train[: config.max_prompts]
+    if config.max_eval_prompts and len(evals) > config.max_eval_prompts:
+        notes.append(f"held-out prompts: the first {config.max_eval_prompts} of {len(evals)}")
+        evals = evals[: config.max_eval_prompts]
+    return train, evals, info, "\n".join(md), notes
+
+
+def save_model_atomically(model: Any, tokenizer: Any, dest: Path) -> Path:
+    """``save_pretrained`` (safetensors) into a temp folder beside ``dest``, then swap it in:
+    a reader sees the old folder or the complete new one, never half of one."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        tmp.chmod(0o755)
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
+            os.replace(dest, old / "x")
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def run_rank_calibration(config: RankConfig) -> RankRunResult:
+    """Calibrate ``config.policy`` by ranking its own candidates with ``config.reward_model``.
+
+    Candidates come from the policy being calibrated: generated for every training prompt at
+    the start of each epoch (``regenerate``, the default: each round is on-policy) or once
+    before the first. Writes into ``config.output_dir``: ``config.json``, ``prompts.json``,
+    ``candidates-epoch-N.jsonl`` (each round's ranked candidates), ``metrics.jsonl``,
+    ``eval_results.json`` (held-out metrics before/after), ``eval_candidates_before.jsonl``
+    / ``eval_candidates_after.jsonl`` (the held-out samples, ranked and scored), ``final/``
+    (the calibrated policy, safetensors) and, with
+    ``config.report``, ``report.md`` and its plots.
+    """
+    config.validate()
+    resolve_reward_model_path(config.reward_model)  # fail before loading a policy
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    bf16 = resolve_bf16(config.precision)
+    check_scheduler(config.lr_scheduler)
+    set_seed(config.seed)
+    notes: list[str] = []
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    from smoothalign.models import load_model_and_tokenizer
+
+    rm, rm_tok, rm_folder = load_preference_model(config.reward_model)
+    notes.append(f"preference model: {rm_folder} ({type(rm).__name__})")
+    policy, tok = load_model_and_tokenizer(
+        config.policy, trust_remote_code=config.trust_remote_code
+    )
+    policy.to(device)
+    rm.to(device)
+    train_ex, eval_ex, info, prompts_md, data_notes = load_rank_prompts(config, tok)
+    notes += data_notes
+    atomic_write_json(out / "config.json", config.to_dict())
+    atomic_write_json(out / "prompts.json", info)
+    scorer = PreferenceModelScorer(
+        rm, rm_tok, max_length=config.max_length, batch_size=config.score_batch_size
+    )
+    pad_id = int(tok.pad_token_id)
+
+    def decode(ids: list[int]) -> str:
+        return tok.decode(ids, skip_special_tokens=True)
+
+    def ranked_candidates(examples: list[PromptExample], seed: int, desc: str):
+        set_seed(seed)
+        ids = generate_candidates(
+            policy,
+            tok,
+            examples,
+            num_candidates=config.num_candidates,
+            decoding=config.decoding,
+            temperature=config.temperature,
+            top_k=config.top_k,
+            num_beam_groups=config.num_beam_groups,
+            diversity_penalty=config.diversity_penalty,
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.generation_batch_size,
+            desc=desc,
+        )
+        return score_and_rank(examples, ids, decode, scorer)
+
+    def evaluate(tag: str) -> tuple[dict[str, float], dict[str, np.ndarray], list[RankedPrompt]]:
+        ranked = ranked_candidates(
+            eval_ex, config.seed + EVAL_SEED_OFFSET, f"held-out candidates ({tag})"
+        )
+        logps = candidate_mean_logps(
+            policy, ranked, pad_id, config.max_length,
+            batch_size=config.batch_size, bf16=bf16,
+        )  # fmt: skip
+        scores = np.array([rp.scores for rp in ranked], dtype=np.float64)
+        lengths = np.array([[len(c.ids) for c in rp.candidates] for rp in ranked], dtype=float)
+        metrics = ranking_metrics(logps, scores)
+        metrics["length_mean"] = float(lengths.mean())
+        return metrics, {"logps": logps, "scores": scores, "lengths": lengths}, ranked
+
+    before, arrays_before, ranked_before = evaluate("before")
+    atomic_write_text(out / "eval_candidates_before.jsonl", candidates_jsonl(ranked_before))
+
+    steps_per_epoch = RankTrainer.steps_per_epoch(len(train_ex), config)
+    trainer = RankTrainer(
+        policy, config, pad_id=pad_id, steps_per_epoch=steps_per_epoch, bf16=bf16, output_dir=out
+    )
+    t0 = time.perf_counter()
+    ranked = None
+    for epoch in range(config.epochs):
+        if ranked is None or config.regenerate:
+            ranked = ranked_candidates(
+                train_ex, config.seed + epoch, f"candidates (epoch {epoch + 1}/{config.epochs})"
+            )
+            atomic_write_text(out / f"candidates-epoch-{epoch + 1}.jsonl", candidates_jsonl(ranked))
+            scores = np.array([rp.scores for rp in ranked])
+            trainer.log(
+                {
+                    "step": trainer.global_step,
+                    "split": "candidates",
+                    "epoch": epoch + 1,
+                    "candidates/score_mean": float(scores.mean()),
+                    "candidates/score_best": float(scores[:, 0].mean()),
+                    "candidates/score_spread": float((scores[:, 0] - scores[:, -1]).mean()),
+                    "candidates/length_mean": float(
+                        np.mean([len(c.ids) for rp in ranked for c in rp.candidates])
+                    ),
+                }
+            )
+        trainer.train_epoch(ranked, epoch)
+    train_seconds = time.perf_counter() - t0
+
+    after, arrays_after, ranked_after = evaluate("after")
+    atomic_write_text(out / "eval_candidates_after.jsonl", candidates_jsonl(ranked_after))
+    trainer.log({"step": trainer.global_step, "split": "eval_final", **after})
+    atomic_write_json(out / "eval_results.json", {"before": before, "after": after})
+    if config.save_model:
+        save_model_atomically(policy, tok, out / "final")
+    notes.append(
+        f"calibration time {train_seconds:.0f} s on {'CUDA' if device.type == 'cuda' else 'CPU'}"
+        f" ({trainer.global_step} optimizer step(s))"
+    )
+    if config.report:
+        from smoothalign.rank.report import write_rank_report
+
+        write_rank_report(
+            out,
+            config=config.to_dict(),
+            before=before,
+            after=after,
+            arrays_before=arrays_before,
+            arrays_after=arrays_after,
+            records=trainer.records,
+            prompts_markdown=prompts_md,
+            notes=notes,
+        )
+    return RankRunResult(
+        out, before, after, train_seconds, len(train_ex), len(eval_ex), notes, trainer.records
+    )

@@ -1,0 +1,285 @@
+"""Calibration by ranking end to end on the tiny Llama: prompts, candidates, the preference
+model scorer, ranking, the CLI and its errors. The preference model is the tiny trunk with
+a fresh scalar head, saved as ``smoothalign reward`` saves one (safetensors + tokenizer)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from smoothalign.models import load_model_and_tokenizer
+from smoothalign.rank import RankConfig
+from smoothalign.rank import cli as rank_cli
+from smoothalign.rank.candidates import (
+    PreferenceModelScorer,
+    cut_at_eos,
+    diverse_beam_search,
+    generate_candidates,
+    load_preference_model,
+    load_prompts,
+    score_and_rank,
+)
+
+
+@pytest.fixture(scope="module")
+def reward_dir(tmp_path_factory) -> Path:
+    from smoothalign.reward.run import build_reward_model
+
+    torch.manual_seed(0)
+    model, tok = build_reward_model("tiny")
+    out = tmp_path_factory.mktemp("rm") / "final"
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model_and_tokenizer("tiny")
+
+
+def _write_prompts(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _plain_rows(n: int = 10) -> list[dict]:
+    return [
+        {"prompt": f"q{i}:", "chosen": "abc", "split": "eval" if i % 5 == 0 else "train"}
+        for i in range(n)
+    ]
+
+
+# ------------------------------------------------------------------------ prompts
+def test_prompts_take_the_reference_column_in_order_and_name_bad_rows(tmp_path, tiny):
+    _, tok = tiny
+    rows = [
+        {"prompt": "a:", "reference": "R", "completion": "C", "chosen": "X"},
+        {"prompt": "b:", "completion": "C", "chosen": "X"},
+        {"prompt": "c:", "chosen": "X"},
+        {"prompt": "d:"},
+    ]
+    report = load_prompts(rows, tok, max_length=32)
+    refs = [(e.reference_field, e.reference) for e in report.examples]
+    assert refs == [("reference", "R"), ("completion", "C"), ("chosen", "X"), (None, None)]
+    ex = report.examples[0]
+    assert ex.prompt_ids == [256, *b"a:"] and ex.reference_ids == [*b"R", 257]
+    with pytest.raises(ValueError, match="row 3, field 'reference': no reference response"):
+        load_prompts(rows, tok, max_length=32, require_reference=True)
+
+    bad = _write_prompts(tmp_path / "bad.jsonl", [{"prompt": "ok"}, {"prompt": "  "}])
+    with pytest.raises(ValueError, match=r"bad\.jsonl.*\n  row 1, field 'prompt': empty prompt"):
+        load_prompts(str(bad), tok, max_length=32)
+    kept = load_prompts(str(bad), tok, max_length=32, on_bad_rows="skip")
+    assert len(kept.examples) == 1 and kept.bad_rows[0].code == "empty_prompt"
+    with pytest.raises(ValueError, match="row 0, field 'prompt': 9 tokens leave no room"):
+        load_prompts([{"prompt": "x" * 8}], tok, max_length=9)
+
+
+def test_conversational_prompts_use_the_chat_template(tiny):
+    _, tok = tiny
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": "hi"}],
+            "chosen": [{"role": "assistant", "content": "yo"}],
+        }
+    ]
+    ex = load_prompts(rows, tok, max_length=64).examples[0]
+    text = tok.apply_chat_template(rows[0]["prompt"], add_generation_prompt=True, tokenize=False)
+    assert ex.prompt_ids == tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ex.reference_ids) == "yo<eos>\n"
+    with pytest.raises(ValueError, match="row 0, field 'prompt'"):
+        load_prompts([{"prompt": [{"role": "user", "content": " "}]}], tok, max_length=64)
+
+
+# ------------------------------------------------------------------------ generation
+def test_cut_at_eos():
+    assert cut_at_eos([5, 6, 2, 7, 2], [2]) == [5, 6, 2]
+    assert cut_at_eos([5, 6], [2, 3]) == [5, 6]
+
+
+@pytest.mark.parametrize("decoding", ["sample", "beam", "diverse-beam"])
+def test_generate_candidates_gives_k_per_prompt(tiny, decoding):
+    model, tok = tiny
+    examples = load_prompts([{"prompt": "ab:"}, {"prompt": "a longer one:"}], tok, max_length=64)
+    torch.manual_seed(0)
+    ids = generate_candidates(
+        model, tok, examples.examples, num_candidates=4, decoding=decoding, max_new_tokens=6,
+        num_beam_groups=2, diversity_penalty=2.0,
+    )  # fmt: skip
+    assert len(ids) == 2 and all(len(per) == 4 for per in ids)
+    for per in ids:
+        for cand in per:
+            assert 1 <= len(cand) <= 6
+            assert 257 not in cand[:-1]  # cut after the first EOS
+        if decoding != "sample":
+            assert len({tuple(c) for c in per}) == 4  # beams are distinct sequences
+    assert not model.training
+
+
+def test_diverse_beam_search_penalises_tokens_of_earlier_groups(tiny):
+    model, _ = tiny
+    prompt = [256, *b"xy:"]
+    plain = diverse_beam_search(
+        model, prompt, num_beams=4, num_groups=4, diversity_penalty=0.0, max_new_tokens=3,
+        eos_ids=[257],
+    )  # fmt: skip
+    # without a penalty, one beam per group: every group decodes the same greedy sequence
+    assert all(c == plain[0] for c in plain)
+    diverse = diverse_beam_search(
+        model, prompt, num_beams=4, num_groups=4, diversity_penalty=1e3, max_new_tokens=3,
+        eos_ids=[257],
+    )  # fmt: skip
+    assert len({c[0] for c in diverse}) == 4  # a huge penalty: four different first tokens
+    assert diverse[0] == plain[0]  # the first group is never penalised
+    # the cached decoding gives the greedy continuation of an uncached forward loop
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(3):
+            seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+    assert plain[0] == seq[len(prompt) :]
+    with pytest.raises(ValueError, match="divide"):
+        diverse_beam_search(
+            model, prompt, num_beams=4, num_groups=3, diversity_penalty=1.0, max_new_tokens=2,
+            eos_ids=[257],
+        )  # fmt: skip
+
+
+# ------------------------------------------------------------------------ scoring
+def test_candidates_are_scored_once_and_sorted_best_first(tiny):
+    _, tok = tiny
+    examples = load_prompts([{"prompt": "p0"}, {"prompt": "p1"}], tok, max_length=32).examples
+    candidate_ids = [[[97], [97, 97, 97], [98], [97, 97]], [[99, 99], [99], [100], [101]]]
+    calls = []
+
+    def scorer(prompts, texts):
+        calls.append((list(prompts), list(texts)))
+        # longer is better; 'b'/'d'/'e' tie at length 1 within their prompt
+        return [float(len(t)) for t in texts]
+
+    ranked = score_and_rank(examples, candidate_ids, lambda ids: bytes(ids).decode(), scorer)
+    assert len(calls) == 1
+    assert calls[0][0] == ["p0"] * 4 + ["p1"] * 4
+    assert calls[0][1] == ["a", "aaa", "b", "aa", "cc", "c", "d", "e"]
+    assert [c.text for c in ranked[0].candidates] == ["aaa", "aa", "a", "b"]  # ties: stable
+    assert ranked[0].scores == [3.0, 2.0, 1.0, 1.0]
+    assert [c.text for c in ranked[1].candidates] == ["cc", "c", "d", "e"]
+    assert ranked[1].candidates[0].ids == [99, 99]
+    with pytest.raises(ValueError, match="NaN"):
+        score_and_rank(examples, candidate_ids, lambda ids: "x", lambda p, t: [np.nan] * len(t))
+
+
+def test_preference_model_scorer_matches_single_sequence_forwards(reward_dir):
+    model, tok, folder = load_preference_model(reward_dir.parent)  # the run folder: final/
+    assert folder == reward_dir and not any(p.requires_grad for p in model.parameters())
+    scorer = PreferenceModelScorer(model, tok, max_length=64, batch_size=2)
+    prompts, texts = ["q:", "q:", "longer prompt:"], ["a", "abcdefgh", "zz"]
+    got = scorer(prompts, texts)
+    for p, t, s in zip(prompts, texts, got, strict=True):
+        ids = torch.tensor([[256, *p.encode(), *t.encode(), 257]])
+        with torch.no_grad():
+            assert float(model(ids).logits[0, 0]) == pytest.approx(s, abs=1e-5)
+
+
+def test_preference_model_loading_is_safe_and_says_what_is_wrong(tmp_path, reward_dir, tiny):
+    with pytest.raises(FileNotFoundError, match="reward_model: no such path"):
+        load_preference_model(tmp_path / "nope")
+    lm, tok = tiny
+    lm.save_pretrained(tmp_path / "lm", safe_serialization=True)
+    tok.save_pretrained(tmp_path / "lm")
+    with pytest.raises(ValueError, match="LlamaForCausalLM, not a preference model"):
+        load_preference_model(tmp_path / "lm")
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text((reward_dir / "config.json").read_text())
+    (pickled / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"no \.safetensors weights \(found pytorch_model\.bin\)"):
+        load_preference_model(pickled)
+    adapter = tmp_path / "lora"
+    (adapter / "final").mkdir(parents=True)
+    (adapter / "final" / "adapter_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="LoRA adapter"):
+        load_preference_model(adapter)
+
+
+# ------------------------------------------------------------------------ end to end
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    rank_cli.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_cli_calibrates_the_tiny_policy_and_writes_its_report(tmp_path, reward_dir, capsys):
+    prompts = _write_prompts(tmp_path / "prompts.jsonl", _plain_rows(10))
+    out = tmp_path / "run"
+    argv = [
+        "--policy", "tiny", "--reward-model", str(reward_dir), "--prompts", str(prompts),
+        "--output-dir", str(out), "--num-candidates", "3", "--max-new-tokens", "6",
+        "--epochs", "2", "--batch-size", "4", "--learning-rate", "1e-3", "--logging-steps", "1",
+        "--max-length", "48",
+    ]  # fmt: skip
+    assert rank_cli.run(_parse(argv)) == 0
+    assert "spearman_within" in capsys.readouterr().out
+    for name in (
+        "report.md", "training_curves.png", "calibration.png", "metrics.jsonl", "config.json",
+        "prompts.json", "eval_results.json", "candidates-epoch-1.jsonl",
+        "candidates-epoch-2.jsonl", "eval_candidates_before.jsonl", "final/config.json",
+        "final/model.safetensors",
+    ):  # fmt: skip
+        assert (out / name).is_file(), name
+    results = json.loads((out / "eval_results.json").read_text())
+    for key in ("spearman_within", "spearman_pooled", "score_mean", "pair_accuracy"):
+        assert key in results["before"] and key in results["after"], key
+    assert results["after"]["n_prompts"] == 2  # the split column: rows 0 and 5
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4]  # 8 prompts / 4 per step, 2 epochs
+    assert all(r["loss"] >= r["rank/loss"] >= 0 for r in train)
+    assert sum(r["split"] == "candidates" for r in records) == 2  # regenerated each epoch
+    report = (out / "report.md").read_text()
+    assert "Spearman(s̄, score) within a prompt" in report
+    assert "![training curves](training_curves.png)" in report
+    first = json.loads((out / "candidates-epoch-1.jsonl").read_text().splitlines()[0])
+    scores = [c["score"] for c in first["candidates"]]
+    assert scores == sorted(scores, reverse=True) and len(scores) == 3
+    # the saved policy reloads as a causal LM
+    reloaded, _ = load_model_and_tokenizer(str(out / "final"))
+    assert reloaded.config.vocab_size == 259
+
+
+def test_cli_errors_name_the_problem(tmp_path, reward_dir, capsys):
+    prompts = _write_prompts(tmp_path / "p.jsonl", _plain_rows(4))
+    base = ["--policy", "tiny", "--prompts", str(prompts), "--output-dir", str(tmp_path / "o")]
+    assert (
+        rank_cli.run(_parse([*base, "--reward-model", str(reward_dir), "--num-candidates", "1"]))
+        == 2
+    )
+    assert "num_candidates: invalid value 1 (ranking needs at least 2" in capsys.readouterr().err
+    assert rank_cli.run(_parse(base)) == 2
+    assert "reward_model: required" in capsys.readouterr().err
+    assert rank_cli.run(_parse([*base, "--reward-model", str(tmp_path / "missing")])) == 2
+    assert "reward_model: no such path" in capsys.readouterr().err
+    rows = _plain_rows(4)
+    rows[2]["prompt"] = ""
+    bad = _write_prompts(tmp_path / "bad.jsonl", rows)
+    argv = [*base, "--reward-model", str(reward_dir), "--prompts", str(bad)]
+    assert rank_cli.run(_parse(argv)) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl" in err and "row 2, field 'prompt': empty prompt" in err
+    with pytest.raises(ValueError, match="num_beam_groups: 3 does not divide"):
+        RankConfig(reward_model="x", decoding="diverse-beam", num_beam_groups=3)
+
+
+def test_the_command_is_registered():
+    from smoothalign.cli import COMMANDS
+
+    assert [(p, m) for p, m, _ in COMMANDS if p == ("rank-calibrate",)] == [
+        (("rank-calibrate",), "smoothalign.rank.cli")
+    ]
+    args = _parse(["--reward-model", "rm"])
+    assert args.policy == "smollm2-135m" and args.num_candidates == 4 and args.prompts is None
