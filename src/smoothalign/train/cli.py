@@ -45,6 +45,9 @@ HELP = {
     "policy with LoRA, log-probs precomputed once from the initial model otherwise)",
     "precision": "auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16",
     "trust_remote_code": "allow custom model code from a local model folder",
+    "fused_logps": "per-token log-probs from the hidden states and the LM head without "
+    "materialising the [tokens, vocabulary] logits (smoothalign.kernels.linear_log_probs): "
+    "auto (on with CUDA), on, off",
     "logging_steps": "log metrics every N steps",
     "eval_steps": "also log accuracy/ECE/RMS of the eval split every N steps (0: before and after only)",
     "save_steps": "checkpoint every N steps (0: only the final model)",

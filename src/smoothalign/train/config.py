@@ -9,6 +9,7 @@ from smoothalign.losses import LOSSES
 from smoothalign.train.common import calibrator_options, smoothing_policy
 
 REFERENCES = ("auto", "model", "adapter-disabled", "precomputed")
+FUSED_LOGPS = ("auto", "on", "off")
 
 
 @dataclass
@@ -52,6 +53,7 @@ class DPOConfig:
     reference: str = "auto"  # auto: adapter-disabled with LoRA, precomputed otherwise
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU; or fp32 | bf16
     trust_remote_code: bool = False
+    fused_logps: str = "auto"  # log-probs without the [N, V] logits: auto (on CUDA) | on | off
     # bookkeeping
     logging_steps: int = 5
     eval_steps: int = 0  # also score the eval split every N steps (0: only before and after)
@@ -117,6 +119,8 @@ class DPOConfig:
             raise ValueError("reference: 'adapter-disabled' needs --lora")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision: {self.precision!r}; choose auto, fp32 or bf16")
+        if self.fused_logps not in FUSED_LOGPS:
+            raise ValueError(f"fused_logps: {self.fused_logps!r}; choose one of {FUSED_LOGPS}")
         if self.oracle not in ("auto", "sentiment", "none"):
             raise ValueError(f"oracle: {self.oracle!r}; choose auto, sentiment or none")
         if self.on_bad_rows not in ("error", "skip"):

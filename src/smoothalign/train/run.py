@@ -39,9 +39,13 @@ from smoothalign.train.common import (
     training_arguments,
 )
 from smoothalign.train.config import DPOConfig
-from smoothalign.train.objective import sequence_logps
 from smoothalign.train.report import write_report
-from smoothalign.train.trainer import SmoothDPOTrainer, preference_metrics
+from smoothalign.train.trainer import (
+    SmoothDPOTrainer,
+    fused_logps_enabled,
+    model_sequence_logps,
+    preference_metrics,
+)
 
 
 @dataclass
@@ -120,7 +124,14 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
         # the initial policy is the reference; with LoRA that is the adapter-disabled model
         for examples, name in ((train_ex, "train"), (eval_ex, "eval")):
             _attach_reference_logps(
-                model, examples, collator, config.batch_size, config.lora, name, bf16
+                model,
+                examples,
+                collator,
+                config.batch_size,
+                config.lora,
+                name,
+                bf16,
+                fused_logps_enabled(config.fused_logps, _local_device()),
             )
     notes.append(f"reference log-probs: {reference}")
 
@@ -248,10 +259,18 @@ def _frozen_copy(model, lora: bool):
 
 @torch.no_grad()
 def _attach_reference_logps(
-    model, examples, collator, batch_size: int, lora: bool, name: str, bf16: bool
+    model,
+    examples,
+    collator,
+    batch_size: int,
+    lora: bool,
+    name: str,
+    bf16: bool,
+    fused: bool = False,
 ) -> None:
     """Store ``log π_ref`` of every example, computed once before training, on this rank's
-    device and in the precision training will use (so that step 0 has margins ≈ 0)."""
+    device, in the precision and by the path (fused or not) that training will use (so
+    that step 0 has margins ≈ 0)."""
     was_training = model.training
     model.eval()
     device = _local_device()
@@ -265,11 +284,13 @@ def _attach_reference_logps(
             tqdm(loader, desc=f"reference log-probs ({name})", leave=False),
             strict=True,
         ):
-            out = model(
-                input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
+            logps, _ = model_sequence_logps(
+                model,
+                batch["input_ids"].to(device),
+                batch["attention_mask"].to(device),
+                batch["labels"].to(device),
+                fused=fused,
             )
-            logps, _ = sequence_logps(out.logits, batch["labels"].to(device))
             b = logps.shape[0] // 2
             for ex, lc, lr in zip(
                 examples[start : start + b], logps[:b].tolist(), logps[b:].tolist(), strict=True

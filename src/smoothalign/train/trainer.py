@@ -15,6 +15,8 @@ optimizer, scheduler, RNG and data position, TensorBoard and the progress bar �
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from collections import defaultdict
 from typing import Any
 
@@ -26,6 +28,111 @@ from smoothalign.calibration import PAIRWISE_BINS, calibration_summary, true_pre
 from smoothalign.train.base_trainer import SmoothingTrainer
 from smoothalign.train.config import DPOConfig
 from smoothalign.train.objective import dpo_terms, sequence_logps
+
+
+# ---------------------------------------------------------------------------- log-probs
+def fused_logps_enabled(setting: str, device: torch.device | str) -> bool:
+    """``--fused-logps``: ``on``, ``off``, or ``auto`` (on for a CUDA device)."""
+    return setting == "on" or (setting == "auto" and torch.device(device).type == "cuda")
+
+
+def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers ``*ForCausalLM`` under DDP / PEFT wrappers."""
+    model = getattr(model, "module", model)  # DDP
+    if hasattr(model, "get_base_model"):  # PEFT: LoRA layers are injected in place
+        model = model.get_base_model()
+    return model
+
+
+def _fused_parts(lm: torch.nn.Module):
+    """``(decoder, head)``, or ``None`` when this model cannot take the fused path: no
+    decoder/output-embedding accessors, or an output layer that is not a plain Linear
+    (e.g. a LoRA-adapted ``lm_head``)."""
+    try:
+        decoder = lm.get_decoder()
+        head = lm.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    if decoder is None or decoder is lm or head is None:
+        return None
+    if not isinstance(head, torch.nn.Linear) or hasattr(head, "base_layer"):
+        return None
+    return decoder, head
+
+
+def _logit_transform(config) -> tuple[float, float | None]:
+    """``(scale, softcap)`` that the model applies to ``lm_head(h)``: Cohere's
+    ``logit_scale`` (×), Granite's ``logits_scaling`` (÷), Gemma's ``final_logit_softcapping``."""
+    config = getattr(config, "get_text_config", lambda: config)()
+    scale = float(getattr(config, "logit_scale", None) or 1.0)
+    divide = getattr(config, "logits_scaling", None)
+    if divide:
+        scale /= float(divide)
+    softcap = getattr(config, "final_logit_softcapping", None)
+    return scale, (float(softcap) if softcap else None)
+
+
+_warned_unfused: set[str] = set()
+
+
+def model_sequence_logps(
+    model: torch.nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    labels: Tensor,
+    *,
+    fused: bool,
+) -> tuple[Tensor, Tensor]:
+    """``(log π(y|x) [N], response lengths [N])`` of a causal LM, as ``sequence_logps``.
+
+    ``fused``: the model runs with ``logits_to_keep`` = no position (the LM head is applied
+    to nothing), a forward hook on its decoder takes the final hidden states, and the
+    per-token log-probs come from ``kernels.linear_log_probs`` with the LM head's weight
+    (tied or not) — the ``[N, L, V]`` logits are never materialised. The call goes through
+    the outermost module (DDP, PEFT), so wrappers' hooks and LoRA adapters (and
+    ``disable_adapter()``) apply as usual. Falls back to the plain path, with a warning
+    once, for a model without ``get_decoder``/``get_output_embeddings``/``logits_to_keep``
+    or with an adapted LM head.
+    """
+    lm = _causal_lm(model)
+    parts = _fused_parts(lm) if fused else None
+    if fused and (
+        parts is None or "logits_to_keep" not in inspect.signature(lm.forward).parameters
+    ):
+        name = type(lm).__name__
+        if name not in _warned_unfused:
+            _warned_unfused.add(name)
+            warnings.warn(
+                f"fused log-probs: {name} has no usable decoder / LM head / logits_to_keep; "
+                "using the materialised logits",
+                stacklevel=2,
+            )
+        parts = None
+    if parts is None:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return sequence_logps(out.logits, labels)
+    from smoothalign.kernels import linear_log_probs
+
+    decoder, head = parts
+    captured: list[Tensor] = []
+    handle = decoder.register_forward_hook(lambda _m, _a, out: captured.append(out[0]))
+    try:
+        model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            use_cache=False,
+            logits_to_keep=torch.empty(0, dtype=torch.long, device=input_ids.device),
+        )
+    finally:
+        handle.remove()
+    hidden = captured[-1]  # [N, L, D], the decoder's last (normed) hidden states
+    scale, softcap = _logit_transform(lm.config)
+    if scale != 1.0:
+        hidden = hidden * scale
+    # position t predicts token t+1: shift the labels, not the hidden states (no copy)
+    targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], 1)
+    token_logps = linear_log_probs(hidden, head.weight, targets, bias=head.bias, softcap=softcap)
+    return token_logps.sum(-1), (targets != -100).sum(-1)
 
 
 class SmoothDPOTrainer(SmoothingTrainer):
@@ -43,17 +150,25 @@ class SmoothDPOTrainer(SmoothingTrainer):
             ref_model.eval().requires_grad_(False)
             self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
             self.ref_model.to(self.accelerator.device)  # FSDP's evaluation_mode places nothing
+        # FSDP shards the LM head's weight outside its forward: the fused path needs it whole
+        self.fused_logps = fused_logps_enabled(
+            dpo_config.fused_logps, self.accelerator.device
+        ) and not getattr(self, "is_fsdp_enabled", False)
 
     # ------------------------------------------------------------------ forward
     def _unwrapped(self, model: torch.nn.Module) -> torch.nn.Module:
         return self.accelerator.unwrap_model(model)
 
     def policy_logps(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, ...]:
-        """``(log π(y_w|x), log π(y_l|x), |y_w|)``, each ``[B]``, from one concatenated forward."""
-        out = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        """``(log π(y_w|x), log π(y_l|x), |y_w|)``, each ``[B]``, from one concatenated forward
+        (with ``--fused-logps``, without materialising the logits)."""
+        logps, lengths = model_sequence_logps(
+            model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["labels"],
+            fused=self.fused_logps,
         )
-        logps, lengths = sequence_logps(out.logits, batch["labels"])
         b = logps.shape[0] // 2
         return logps[:b], logps[b:], lengths[:b]
 

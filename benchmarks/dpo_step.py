@@ -1,0 +1,282 @@
+"""One DPO training step: this project's trainer (CALS, fused log-probs) vs TRL's DPOTrainer.
+
+    python benchmarks/dpo_step.py                       # CUDA: Llama-3.2-1B shape, bf16
+    python benchmarks/dpo_step.py --device cpu --small  # smoke check (a 2-layer toy)
+
+Model: config-built Llama with the Llama-3.2-1B shape (hidden 2048, 16 layers, 32 heads, 8
+KV heads, MLP 8192, vocabulary 128256, tied embeddings), random weights in bf16, full
+fine-tuning (AdamW), a frozen reference copy; 8 pairs × (256 prompt + 768 response) tokens
+of random ids. Rows: ours with ``--fused-logps on`` and ``off``; TRL's ``DPOTrainer`` with
+and without ``use_liger_kernel`` (skipped, with the reason, when ``trl`` / ``liger-kernel``
+is missing or its API refuses the setup). Median step time (forward, backward, optimizer)
+over ``--repeats`` steps after ``--warmup``, and peak allocated memory during them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+LLAMA_1B = dict(
+    vocab_size=128256,
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    max_position_embeddings=2048,
+    tie_word_embeddings=True,
+    rope_theta=500000.0,
+)
+SMALL = dict(
+    vocab_size=1000,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    tie_word_embeddings=True,
+)
+
+
+def _version(p):
+    try:
+        return importlib.metadata.version(p)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def build_model(shape, dtype, device):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(**shape, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return LlamaForCausalLM(cfg).to(device=device, dtype=dtype)
+
+
+def make_pairs(n_pairs, prompt_len, resp_len, vocab):
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(3, vocab, (n_pairs, prompt_len), generator=g)
+    chosen = torch.randint(3, vocab, (n_pairs, resp_len), generator=g)
+    rejected = torch.randint(3, vocab, (n_pairs, resp_len), generator=g)
+    return prompt, chosen, rejected
+
+
+def our_batch(prompt, chosen, rejected, device):
+    """The collated batch our trainer takes: chosen rows first, then rejected."""
+    b, lp = prompt.shape
+    ids = torch.cat([torch.cat([prompt, chosen], 1), torch.cat([prompt, rejected], 1)], 0)
+    labels = ids.clone()
+    labels[:, :lp] = -100
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": torch.ones_like(ids).to(device),
+        "labels": labels.to(device),
+        "confidence": torch.full((b,), float("nan"), device=device),
+        "index": torch.arange(b, device=device),
+    }
+
+
+def _timed_steps(step, device, warmup, repeats):
+    for _ in range(warmup):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(1e3 * (time.perf_counter() - t0))
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
+    return {"ms": statistics.median(times), "peak_bytes": peak}
+
+
+def run_ours(args, shape, pairs, fused: bool, tmp: str):
+    from transformers import TrainingArguments
+
+    from smoothalign.train import DPOConfig
+    from smoothalign.train.trainer import SmoothDPOTrainer
+
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    model = build_model(shape, dtype, args.device)
+    ref = build_model(shape, dtype, args.device)
+    cfg = DPOConfig(
+        model="tiny",
+        output_dir=tmp,
+        lora=False,
+        reference="model",
+        smoothing="cals-l2",
+        fused_logps="on" if fused else "off",
+        batch_size=args.pairs,
+        report=False,
+    )
+    targs = TrainingArguments(
+        output_dir=tmp,
+        per_device_train_batch_size=args.pairs,
+        learning_rate=1e-6,
+        bf16=args.device == "cuda",
+        use_cpu=args.device == "cpu",
+        report_to=[],
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
+    trainer = SmoothDPOTrainer(
+        model=model,
+        args=targs,
+        dpo_config=cfg,
+        smoothing_policy=cfg.smoothing_policy(),
+        ref_model=ref,
+    )
+    trainer.create_optimizer_and_scheduler(num_training_steps=1000)
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train() otherwise
+    batch = our_batch(*pairs, args.device)
+    model.train()
+
+    def step():
+        trainer.training_step(model, dict(batch))
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
+
+    return _timed_steps(step, args.device, args.warmup, args.repeats)
+
+
+def run_trl(args, shape, pairs, liger: bool, tmp: str):
+    from datasets import Dataset
+    from trl import DPOConfig as TRLConfig
+    from trl import DPOTrainer
+
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    model = build_model(shape, dtype, args.device)
+    ref = build_model(shape, dtype, args.device)
+    prompt, chosen, rejected = pairs
+    ds = Dataset.from_dict(  # pre-tokenised: no tokenizer for a random 128k vocabulary
+        {
+            "prompt_input_ids": prompt.tolist(),
+            "chosen_input_ids": chosen.tolist(),
+            "rejected_input_ids": rejected.tolist(),
+        }
+    )
+    targs = TRLConfig(
+        output_dir=tmp,
+        per_device_train_batch_size=args.pairs,
+        learning_rate=1e-6,
+        bf16=args.device == "cuda",
+        use_cpu=args.device == "cpu",
+        report_to=[],
+        max_length=prompt.shape[1] + chosen.shape[1],
+        use_liger_kernel=liger,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"<pad>": 0}, "<pad>"))
+    )
+    tok.pad_token, tok.eos_token = "<pad>", "<pad>"
+    trainer = DPOTrainer(
+        model=model, ref_model=ref, args=targs, train_dataset=ds, processing_class=tok
+    )
+    trainer.create_optimizer_and_scheduler(num_training_steps=1000)
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train() otherwise
+    batch = next(iter(trainer.get_train_dataloader()))
+    batch = trainer._prepare_inputs(batch)
+    model.train()
+
+    def step():
+        trainer.training_step(model, batch)
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
+
+    return _timed_steps(step, args.device, args.warmup, args.repeats)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--small", action="store_true")
+    p.add_argument("--pairs", type=int, default=8)
+    p.add_argument("--prompt-len", type=int, default=256)
+    p.add_argument("--response-len", type=int, default=768)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--only", nargs="*", help="run only these rows (names as in the table)")
+    p.add_argument("--json", default="benchmarks/results/dpo_step.json")
+    args = p.parse_args(argv)
+    shape = SMALL if args.small else LLAMA_1B
+    if args.small:
+        args.prompt_len, args.response_len, args.pairs = 8, 24, 2
+        args.warmup, args.repeats = 1, 2
+    pairs = make_pairs(args.pairs, args.prompt_len, args.response_len, shape["vocab_size"])
+    runs = {
+        "smoothalign (CALS, fused log-probs)": lambda tmp: run_ours(args, shape, pairs, True, tmp),
+        "smoothalign (CALS, materialised logits)": lambda tmp: run_ours(
+            args, shape, pairs, False, tmp
+        ),
+        "TRL DPOTrainer": lambda tmp: run_trl(args, shape, pairs, False, tmp),
+        "TRL DPOTrainer + use_liger_kernel": lambda tmp: run_trl(args, shape, pairs, True, tmp),
+    }
+    rows = []
+    print("| trainer | step ms (median) | peak memory GiB | note |\n|---|---|---|---|", flush=True)
+    for name, fn in runs.items():
+        if args.only and name not in args.only:
+            continue
+        row = {"trainer": name}
+        missing = [
+            pkg
+            for pkg in (["trl"] if "TRL" in name else [])
+            + (["liger-kernel"] if "liger" in name else [])
+            if _version(pkg) is None
+        ]
+        if missing:
+            row.update(status="skipped", note=f"not installed: {', '.join(missing)}")
+        else:
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    row.update(fn(tmp), status="ok", note="")
+            except torch.cuda.OutOfMemoryError:
+                row.update(status="OOM", note="")
+            except Exception as ex:
+                traceback.print_exc()
+                row.update(status="failed", note=f"{type(ex).__name__}: {ex}"[:160])
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+        rows.append(row)
+        if row["status"] == "ok":
+            mem = f"{row['peak_bytes'] / 2**30:.2f}" if row["peak_bytes"] is not None else "n/a"
+            print(f"| {name} | {row['ms']:.0f} | {mem} | |", flush=True)
+        else:
+            print(f"| {name} | {row['status']} | | {row['note']} |", flush=True)
+    env = {
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        **{k: _version(k) for k in ("transformers", "trl", "liger-kernel", "triton")},
+        "pairs": args.pairs,
+        "prompt_len": args.prompt_len,
+        "response_len": args.response_len,
+        "shape": shape,
+    }
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"env": env, "rows": rows}, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,207 @@
+"""Fused linear cross-entropy and log-probabilities without the ``[N, V]`` logits (SPEC §5).
+
+``linear_cross_entropy(e, c, targets, label_smoothing=β)`` equals
+``F.cross_entropy(e @ c.T (+ bias), targets, label_smoothing=β)`` and
+``linear_log_probs(e, c, targets)`` equals ``log_softmax(e @ c.T)[target]``, with gradients
+for ``e``, ``c`` and ``bias``, but neither ever holds the logits of all tokens at once.
+
+Two implementations behind one signature, chosen by device (``impl=None``):
+
+* ``"triton"`` (``triton_lce``) on CUDA when Triton is importable: blockwise kernels, the
+  logits only ever live in registers/shared memory;
+* ``"chunked"`` (``chunked``) otherwise: PyTorch, chunked over tokens, float32 arithmetic;
+  the reference for the Triton kernels and the CPU path.
+
+Differences from ``F.cross_entropy``, all deliberate: the result is float32 (float64 for
+float64 inputs) whatever the input dtype; ``reduction="mean"`` over a batch whose tokens are
+all ignored is 0 with zero gradients (``F.cross_entropy`` gives NaN); under autocast the
+inputs are cast to the autocast dtype first, as autocast does for the eager ``e @ c.T``.
+Triton is imported lazily: the package works without it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from smoothalign.kernels.chunked import chunked_token_losses
+
+IMPLS = ("auto", "triton", "chunked")
+REDUCTIONS = ("mean", "sum", "none")
+
+__all__ = ["IMPLS", "linear_cross_entropy", "linear_log_probs", "triton_available"]
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether ``triton`` imports (its kernels also need a CUDA device, or
+    ``TRITON_INTERPRET=1`` for CPU tensors)."""
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # ImportError, or a broken install
+        return False
+    return True
+
+
+def _resolve_impl(impl: str | None, e: Tensor) -> str:
+    impl = impl or "auto"
+    if impl not in IMPLS:
+        raise ValueError(f"impl: {impl!r}; choose one of {IMPLS}")
+    if impl == "auto":
+        usable = e.is_cuda and e.dtype != torch.float64 and triton_available()
+        return "triton" if usable else "chunked"
+    if impl == "triton" and not triton_available():
+        raise RuntimeError("impl='triton': triton is not installed")
+    return impl
+
+
+def _check(
+    e: Tensor,
+    c: Tensor,
+    targets: Tensor,
+    bias: Tensor | None,
+    label_smoothing: float,
+    softcap: float | None,
+) -> None:
+    if c.dim() != 2:
+        raise ValueError(f"c: expected [V, D], got shape {tuple(c.shape)}")
+    if e.shape[-1] != c.shape[1]:
+        raise ValueError(f"e: last dimension {e.shape[-1]} != c's D = {c.shape[1]}")
+    if tuple(targets.shape) != tuple(e.shape[:-1]):
+        raise ValueError(
+            f"targets: shape {tuple(targets.shape)} != e's leading shape {tuple(e.shape[:-1])}"
+        )
+    if targets.dtype.is_floating_point or targets.dtype == torch.bool:
+        raise ValueError(f"targets: integer class ids expected, got {targets.dtype}")
+    if bias is not None and tuple(bias.shape) != (c.shape[0],):
+        raise ValueError(f"bias: expected [{c.shape[0]}], got {tuple(bias.shape)}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing: {label_smoothing!r} not in [0, 1]")
+    if softcap is not None and not softcap > 0:
+        raise ValueError(f"softcap: {softcap!r}; must be > 0 (or None)")
+
+
+def _autocast_inputs(e: Tensor, c: Tensor, bias: Tensor | None):
+    """Under autocast, cast the inputs as autocast would for the eager ``e @ c.T``."""
+    kind = e.device.type
+    if kind in ("cuda", "cpu") and torch.is_autocast_enabled(kind):
+        dtype = torch.get_autocast_dtype(kind)
+        e, c = e.to(dtype), c.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    return e, c, bias
+
+
+def _token_losses(
+    e: Tensor,
+    c: Tensor,
+    targets: Tensor,
+    *,
+    beta: float,
+    ignore_index: int,
+    softcap: float | None,
+    bias: Tensor | None,
+    impl: str | None,
+    filter_eps: float | str | None,
+) -> Tensor:
+    """Per-token losses ``[N]`` of flat inputs, 0 for ignored tokens."""
+    which = _resolve_impl(impl, e)
+    e, c, bias = _autocast_inputs(e, c, bias)
+    with torch.autocast(e.device.type, enabled=False):
+        if which == "triton":
+            from smoothalign.kernels.triton_lce import triton_token_losses
+
+            return triton_token_losses(
+                e,
+                c,
+                targets,
+                beta=beta,
+                ignore_index=ignore_index,
+                softcap=softcap,
+                bias=bias,
+                filter_eps=filter_eps,
+            )
+        return chunked_token_losses(
+            e, c, targets, beta=beta, ignore_index=ignore_index, softcap=softcap, bias=bias
+        )
+
+
+def linear_cross_entropy(
+    e: Tensor,
+    c: Tensor,
+    targets: Tensor,
+    *,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    softcap: float | None = None,
+    bias: Tensor | None = None,
+    impl: str | None = None,
+    filter_eps: float | str | None = "auto",
+) -> Tensor:
+    """``F.cross_entropy(e @ c.T + bias, targets, label_smoothing=β)`` without the logits.
+
+    ``e`` ``[..., D]`` hidden states, ``c`` ``[V, D]`` the LM head, ``targets`` ``[...]``
+    class ids (``ignore_index`` to skip a token), ``bias`` ``[V]`` optional; ``softcap``
+    caps the logits as ``softcap·tanh(z/softcap)`` (Gemma's final-logit softcapping).
+    ``reduction``: ``"mean"`` over non-ignored tokens (0 when there are none), ``"sum"``, or
+    ``"none"`` (shape of ``targets``, 0 at ignored tokens). Float32 result (float64 for
+    float64 inputs). ``filter_eps`` (Triton only): skip a block's gradient when every
+    ``|softmax − (1−β)·onehot|`` in it is below this; ``"auto"`` = ``finfo(dtype).eps/32``
+    for bf16/fp16 and no filtering for float32, ``None`` never filters. ``impl``: ``None``
+    or ``"auto"`` (Triton on CUDA, chunked PyTorch otherwise), ``"triton"``, ``"chunked"``.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: {reduction!r}; choose one of {REDUCTIONS}")
+    _check(e, c, targets, bias, label_smoothing, softcap)
+    shape = targets.shape
+    flat_t = targets.reshape(-1)
+    losses = _token_losses(
+        e.reshape(-1, e.shape[-1]),
+        c,
+        flat_t,
+        beta=float(label_smoothing),
+        ignore_index=int(ignore_index),
+        softcap=softcap,
+        bias=bias,
+        impl=impl,
+        filter_eps=filter_eps,
+    )
+    if reduction == "none":
+        return losses.reshape(shape)
+    if reduction == "sum":
+        return losses.sum()
+    n_valid = (flat_t != ignore_index).sum().clamp(min=1)
+    return losses.sum() / n_valid.to(losses.dtype)
+
+
+def linear_log_probs(
+    e: Tensor,
+    c: Tensor,
+    targets: Tensor,
+    *,
+    ignore_index: int = -100,
+    softcap: float | None = None,
+    bias: Tensor | None = None,
+    impl: str | None = None,
+    filter_eps: float | str | None = "auto",
+) -> Tensor:
+    """Per-token ``log softmax(e @ c.T + bias)[target]``, shape of ``targets``, float32
+    (float64 for float64 inputs), 0 at ignored tokens; differentiable in ``e``, ``c``,
+    ``bias``. The same kernels as :func:`linear_cross_entropy` (it is ``−`` its unsmoothed,
+    unreduced loss)."""
+    _check(e, c, targets, bias, 0.0, softcap)
+    losses = _token_losses(
+        e.reshape(-1, e.shape[-1]),
+        c,
+        targets.reshape(-1),
+        beta=0.0,
+        ignore_index=int(ignore_index),
+        softcap=softcap,
+        bias=bias,
+        impl=impl,
+        filter_eps=filter_eps,
+    )
+    return (-losses).reshape(targets.shape)

@@ -1,0 +1,573 @@
+"""Triton kernels for the linear cross-entropy: the ``[N, V]`` logits live only in blocks.
+
+Per-token loss (``z = softcap(C·e + b)``, ``β`` the label smoothing)::
+
+    ℓ_n = lse(z_n) − (1 − β)·z_{n,t} − β·mean_v z_{n,v}
+    ∂ℓ_n/∂z_n = softmax(z_n) − (1 − β)·onehot(t) − β/V
+
+**Forward** (``_fwd_kernel``), grid ``(N/BLOCK_N, SPLIT)``: each program owns ``BLOCK_N``
+tokens and one of ``SPLIT`` contiguous slices of the vocabulary; it walks its slice in
+``BLOCK_V`` blocks, computing each ``[BLOCK_N, BLOCK_V]`` logits block with ``tl.dot`` over
+``BLOCK_D`` slices of ``D`` (fp32 accumulator), and keeps an online log-sum-exp (running
+max and rescaled sum), the target logit (found in exactly one block) and, when ``β > 0``,
+the running sum of logits. The ``SPLIT`` partial results ``[SPLIT, N]`` are combined in
+PyTorch (``logsumexp``/``sum``); ``SPLIT`` is chosen so that there are ≳ 4 programs per SM.
+
+**Backward** (``_bwd_kernel``), grid ``(N/BLOCK_N)·(V/BLOCK_V)`` (grouped so that
+``GROUP_N`` token blocks sweep the vocabulary together, for L2 reuse of C): each program
+recomputes its logits block, forms ``g_n·(softmax − (1 − β)·onehot)`` in registers and
+atomically adds ``d·C_block`` into ``dE`` and ``dᵀ·E_block`` into ``dC``, ``BLOCK_D`` columns
+at a time; the block's gradient is never stored.
+
+**Label smoothing for free.** ``∂ℓ/∂z`` splits into ``softmax − onehot`` (the β = 0
+kernel), a sparse ``β·onehot`` (folded into the block as ``−(1 − β)`` at the target) and a
+dense rank-one ``−β/V``, whose contribution is known in closed form: ``−β·g_n·c̄`` on each
+row of ``dE`` (``c̄`` the mean row of C) and ``−(β/V)·Σ_n g_n e_n`` on every row of ``dC``
+(and ``−(β/V)·Σ_n g_n`` on ``dbias``). Those are the *initial values* of the accumulation
+buffers (instead of zeros), so the block loop is exactly the β = 0 loop and costs the same.
+The forward's mean logit is a sum over the block already in registers. With ``softcap`` the
+gradient of the cap, ``1 − tanh²``, varies per logit, so the split does not hold: ``−β/V``
+is then applied inside the block, and gradient filtering is off when ``β > 0``.
+
+**Gradient filtering** (the idea of Cut Cross-Entropy, Wijmans et al. 2024): a backward
+block whose every ``|softmax − (1 − β)·onehot|`` is below ``filter_eps`` is skipped (its
+matmuls into dE and dC are not done). With ``filter_eps = "auto"`` the threshold is
+``finfo(dtype).eps / 32`` for bf16 (2⁻¹², i.e. below what bf16 resolves next to 1 after the
+``/32`` head-room) and fp16 (2⁻¹⁵), and filtering is off for float32 inputs. Under the
+split above, the ``β`` terms are exact and never filtered; only negligible softmax mass
+is dropped, as in a β = 0 kernel.
+
+**Precision.** Dot products accumulate in fp32; ``lse``, the partial sums and ``dbias`` are
+fp32; ``dE`` is accumulated in an fp32 buffer processed in row chunks (``DE_CHUNK_BYTES``,
+so the buffer stays a few % of the gradients) and cast at the end of each chunk; ``dC``
+is accumulated in fp32 for float32 weights and in the weight's dtype (bf16/fp16 atomic
+adds, each adding an fp32 ``[BLOCK_V, BLOCK_D]`` product) otherwise — the memory target
+(≤ 1.05× the gradients) rules out an fp32 ``[V, D]`` buffer; ``accum_c_fp32=True`` asks
+for it anyway.
+
+Block sizes: interpreter ``16×32×16``; CUDA forward ``BLOCK_N=128, BLOCK_V=128, BLOCK_D=64``
+(8 warps, 3 stages) for 16-bit inputs, ``BLOCK_D=32`` for float32; backward the same with
+``GROUP_N=8``. ``SMOOTHALIGN_LCE_FWD`` / ``SMOOTHALIGN_LCE_BWD`` = ``"BN,BV,BD,warps,stages"``
+override them (for tuning on a new GPU).
+
+Run on CPU tensors with ``TRITON_INTERPRET=1`` set before this module is imported.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+DE_CHUNK_BYTES = 32 << 20  # fp32 dE accumulation buffer per launch chunk
+DE_CHUNK_ROWS: int | None = None  # overrides DE_CHUNK_BYTES (tests: several chunks)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def _tanh(x):
+    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def _logits_block(
+    E,
+    C,
+    Bias,
+    offs_n,
+    n_mask,
+    offs_v,
+    v_mask,
+    D,
+    softcap,
+    stride_en,
+    stride_ed,
+    stride_cv,
+    stride_cd,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """``softcap(E[offs_n] · C[offs_v]ᵀ + b)`` as an fp32 ``[BLOCK_N, BLOCK_V]`` block."""
+    acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        d_mask = offs_d < D
+        e = tl.load(
+            E + offs_n[:, None] * stride_en + offs_d[None, :] * stride_ed,
+            mask=n_mask[:, None] & d_mask[None, :],
+            other=0.0,
+        )
+        c = tl.load(
+            C + offs_v[None, :] * stride_cv + offs_d[:, None] * stride_cd,
+            mask=v_mask[None, :] & d_mask[:, None],
+            other=0.0,
+        )
+        if UPCAST:  # the interpreter multiplies 16-bit floats as their integer bits
+            e = e.to(tl.float32)
+            c = c.to(tl.float32)
+        acc = tl.dot(e, c, acc, input_precision=DOT_PREC)
+    if HAS_BIAS:
+        b = tl.load(Bias + offs_v, mask=v_mask, other=0.0).to(tl.float32)
+        acc += b[None, :]
+    if HAS_SOFTCAP:
+        acc = softcap * _tanh(acc / softcap)
+    return acc
+
+
+@triton.jit
+def _fwd_kernel(
+    E,
+    C,
+    Bias,
+    T,
+    LSE_P,
+    ZT_P,
+    SZ_P,
+    N,
+    V,
+    D,
+    v_per_split,
+    ignore_index,
+    softcap,
+    stride_en,
+    stride_ed,
+    stride_cv,
+    stride_cd,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    SUM_Z: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    n_mask = offs_n < N
+    t = tl.load(T + offs_n, mask=n_mask, other=ignore_index)
+    out = pid_s * N + offs_n
+    live = n_mask & (t != ignore_index)
+    if tl.max(live.to(tl.int32), 0) == 0:  # every token of the block ignored
+        zero = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        tl.store(LSE_P + out, zero, mask=n_mask)
+        tl.store(ZT_P + out, zero, mask=n_mask)
+        if SUM_Z:
+            tl.store(SZ_P + out, zero, mask=n_mask)
+        return
+    v_lo = pid_s * v_per_split
+    v_hi = tl.minimum(v_lo + v_per_split, V)
+    m = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
+    s = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    zt = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    sz = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for v0 in range(v_lo, v_hi, BLOCK_V):
+        offs_v = (v0 + tl.arange(0, BLOCK_V)).to(tl.int64)
+        v_mask = offs_v < v_hi
+        z = _logits_block(
+            E,
+            C,
+            Bias,
+            offs_n,
+            n_mask,
+            offs_v,
+            v_mask,
+            D,
+            softcap,
+            stride_en,
+            stride_ed,
+            stride_cv,
+            stride_cd,
+            BLOCK_N,
+            BLOCK_V,
+            BLOCK_D,
+            HAS_BIAS,
+            HAS_SOFTCAP,
+            DOT_PREC,
+            UPCAST,
+        )
+        zt += tl.sum(tl.where(offs_v[None, :] == t[:, None], z, 0.0), 1)
+        if SUM_Z:
+            sz += tl.sum(tl.where(v_mask[None, :], z, 0.0), 1)
+        z = tl.where(v_mask[None, :], z, float("-inf"))
+        m_new = tl.maximum(m, tl.max(z, 1))
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), 1)
+        m = m_new
+    tl.store(LSE_P + out, m + tl.log(s), mask=n_mask)
+    tl.store(ZT_P + out, zt, mask=n_mask)
+    if SUM_Z:
+        tl.store(SZ_P + out, sz, mask=n_mask)
+
+
+@triton.jit
+def _bwd_kernel(
+    E,
+    C,
+    Bias,
+    T,
+    LSE,
+    G,
+    dE,
+    dC,
+    dBias,
+    N,
+    V,
+    D,
+    softcap,
+    beta,
+    filter_eps,
+    stride_en,
+    stride_ed,
+    stride_cv,
+    stride_cd,
+    stride_den,
+    stride_dcv,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    GROUP_N: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    SMOOTH_IN_BLOCK: tl.constexpr,
+    FILTER: tl.constexpr,
+    COMPUTE_DE: tl.constexpr,
+    COMPUTE_DC: tl.constexpr,
+    COMPUTE_DBIAS: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(N, BLOCK_N)
+    num_v = tl.cdiv(V, BLOCK_V)
+    per_group = GROUP_N * num_v
+    first_n = (pid // per_group) * GROUP_N
+    group_size = tl.minimum(num_n - first_n, GROUP_N)
+    pid_n = first_n + (pid % per_group) % group_size
+    pid_v = (pid % per_group) // group_size
+
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    n_mask = offs_n < N
+    g = tl.load(G + offs_n, mask=n_mask, other=0.0)  # 0 for ignored tokens (set by the host)
+    if tl.max(tl.abs(g), 0) == 0.0:
+        return
+    t = tl.load(T + offs_n, mask=n_mask, other=-1)
+    offs_v = (pid_v * BLOCK_V + tl.arange(0, BLOCK_V)).to(tl.int64)
+    v_mask = offs_v < V
+    z = _logits_block(
+        E,
+        C,
+        Bias,
+        offs_n,
+        n_mask,
+        offs_v,
+        v_mask,
+        D,
+        softcap,
+        stride_en,
+        stride_ed,
+        stride_cv,
+        stride_cd,
+        BLOCK_N,
+        BLOCK_V,
+        BLOCK_D,
+        HAS_BIAS,
+        HAS_SOFTCAP,
+        DOT_PREC,
+        UPCAST,
+    )
+    lse = tl.load(LSE + offs_n, mask=n_mask, other=0.0)
+    p = tl.exp(z - lse[:, None])
+    d = p - tl.where(offs_v[None, :] == t[:, None], 1.0 - beta, 0.0)
+    if SMOOTH_IN_BLOCK:
+        d = d - beta / V
+    keep = (g != 0.0)[:, None] & v_mask[None, :]
+    d = tl.where(keep, d, 0.0)
+    if FILTER:  # noqa: SIM102 (a constexpr branch around a runtime test)
+        if tl.max(tl.max(tl.abs(d), 1), 0) < filter_eps:
+            return
+    d = d * g[:, None]
+    if HAS_SOFTCAP:
+        th = z / softcap
+        d = d * (1.0 - th * th)
+    if COMPUTE_DBIAS:
+        tl.atomic_add(dBias + offs_v, tl.sum(d, 0), mask=v_mask)
+    d_lp = d.to(E.dtype.element_ty)
+    if UPCAST:
+        d_lp = d_lp.to(tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        d_mask = offs_d < D
+        if COMPUTE_DE:
+            c = tl.load(
+                C + offs_v[:, None] * stride_cv + offs_d[None, :] * stride_cd,
+                mask=v_mask[:, None] & d_mask[None, :],
+                other=0.0,
+            )
+            if UPCAST:
+                c = c.to(tl.float32)
+            de = tl.dot(d_lp, c, input_precision=DOT_PREC)
+            tl.atomic_add(
+                dE + offs_n[:, None] * stride_den + offs_d[None, :],
+                de,
+                mask=n_mask[:, None] & d_mask[None, :],
+            )
+        if COMPUTE_DC:
+            e = tl.load(
+                E + offs_n[:, None] * stride_en + offs_d[None, :] * stride_ed,
+                mask=n_mask[:, None] & d_mask[None, :],
+                other=0.0,
+            )
+            if UPCAST:
+                e = e.to(tl.float32)
+            dc = tl.dot(tl.trans(d_lp), e, input_precision=DOT_PREC)
+            tl.atomic_add(
+                dC + offs_v[:, None] * stride_dcv + offs_d[None, :],
+                dc.to(dC.dtype.element_ty),
+                mask=v_mask[:, None] & d_mask[None, :],
+            )
+
+
+# ------------------------------------------------------------------------------- host side
+def _config(kind: str, dtype: torch.dtype) -> tuple[int, int, int, int, int]:
+    """``(BLOCK_N, BLOCK_V, BLOCK_D, num_warps, num_stages)``."""
+    override = os.environ.get(f"SMOOTHALIGN_LCE_{kind.upper()}")
+    if override:
+        bn, bv, bd, w, st = (int(x) for x in override.split(","))
+        return bn, bv, bd, w, st
+    if _interpreting():
+        return 16, 32, 16, 1, 1
+    if dtype == torch.float32:
+        return 64, 64, 32, 4, 2
+    return 128, 128, 64, 8, 3
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"  # tf32: ignored for 16-bit inputs
+
+
+def resolve_filter_eps(filter_eps: float | str | None, dtype: torch.dtype) -> float | None:
+    if filter_eps is None:
+        return None
+    if filter_eps == "auto":
+        if dtype in (torch.bfloat16, torch.float16):
+            return torch.finfo(dtype).eps / 32
+        return None
+    if isinstance(filter_eps, int | float) and filter_eps > 0:
+        return float(filter_eps)
+    raise ValueError(f"filter_eps: {filter_eps!r}; a positive float, 'auto' or None")
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def _forward(e, c, bias, targets, beta, ignore_index, softcap):
+    n, d = e.shape
+    v = c.shape[0]
+    bn, bv, bd, warps, stages = _config("fwd", e.dtype)
+    n_blocks = triton.cdiv(n, bn)
+    v_blocks = triton.cdiv(v, bv)
+    split = max(1, min(v_blocks, triton.cdiv(4 * _num_sms(e.device), n_blocks)))
+    v_per_split = triton.cdiv(v_blocks, split) * bv
+    split = triton.cdiv(v, v_per_split)  # no empty slice
+    lse_p = torch.empty(split, n, dtype=torch.float32, device=e.device)
+    zt_p = torch.empty_like(lse_p)
+    sz_p = torch.empty_like(lse_p) if beta > 0 else lse_p  # unused when SUM_Z is off
+    extra = {} if _interpreting() else {"num_warps": warps, "num_stages": stages}
+    _fwd_kernel[(n_blocks, split)](
+        e,
+        c,
+        bias if bias is not None else e,
+        targets,
+        lse_p,
+        zt_p,
+        sz_p,
+        n,
+        v,
+        d,
+        v_per_split,
+        ignore_index,
+        float(softcap) if softcap is not None else 1.0,
+        e.stride(0),
+        e.stride(1),
+        c.stride(0),
+        c.stride(1),
+        BLOCK_N=bn,
+        BLOCK_V=bv,
+        BLOCK_D=bd,
+        HAS_BIAS=bias is not None,
+        HAS_SOFTCAP=softcap is not None,
+        SUM_Z=beta > 0,
+        DOT_PREC=_dot_precision(e.dtype),
+        UPCAST=_interpreting() and e.dtype != torch.float32,
+        **extra,
+    )
+    lse = torch.logsumexp(lse_p, 0) if split > 1 else lse_p[0]
+    zt = zt_p.sum(0)
+    loss = lse - (1.0 - beta) * zt
+    if beta > 0:
+        loss = loss - (beta / v) * sz_p.sum(0)
+    return loss, lse
+
+
+def _backward(
+    e, c, bias, targets, lse, g, beta, softcap, filter_eps, need, accum_c_fp32, de_chunk_rows
+):
+    need_e, need_c, need_b = need
+    n, d = e.shape
+    v = c.shape[0]
+    bn, bv, bd, warps, stages = _config("bwd", e.dtype)
+    rank_one = beta > 0 and softcap is None
+    eps = None if (beta > 0 and softcap is not None) else filter_eps
+    # buffers start at the closed-form rank-one part of the gradient (see the module doc)
+    # the interpreter has no 16-bit atomic add: fp32 there (the bf16/fp16 path is GPU-only)
+    fp32_c = accum_c_fp32 or c.dtype == torch.float32 or _interpreting()
+    dc_dtype = torch.float32 if fp32_c else c.dtype
+    dc_buf = None
+    if need_c:
+        if rank_one:
+            gsum_e = torch.zeros(d, dtype=torch.float32, device=e.device)
+            for s in range(0, n, 4096):
+                gsum_e += g[s : s + 4096] @ e[s : s + 4096].float()
+            dc_buf = (-(beta / v) * gsum_e).to(dc_dtype).expand(v, d).contiguous()
+        else:
+            dc_buf = torch.zeros(v, d, dtype=dc_dtype, device=e.device)
+    db = None
+    if need_b:
+        db = torch.full((v,), -(beta / v) * float(g.sum()) if rank_one else 0.0, device=e.device)
+        db = db.float()
+    c_mean = c.sum(0, dtype=torch.float32) / v if (need_e and rank_one) else None
+    de_out = torch.empty_like(e) if need_e else None
+    if de_chunk_rows is None:
+        de_chunk_rows = max(bn * 8, (DE_CHUNK_BYTES // (4 * d)) // bn * bn)
+    extra = {} if _interpreting() else {"num_warps": warps, "num_stages": stages}
+    for s in range(0, n, de_chunk_rows):
+        rows = min(de_chunk_rows, n - s)
+        gc = g[s : s + rows]
+        de_buf = None
+        if need_e:
+            if c_mean is not None:
+                de_buf = (-beta) * gc[:, None] * c_mean[None, :]
+            else:
+                de_buf = torch.zeros(rows, d, dtype=torch.float32, device=e.device)
+        grid = (triton.cdiv(rows, bn) * triton.cdiv(v, bv),)
+        _bwd_kernel[grid](
+            e[s : s + rows],
+            c,
+            bias if bias is not None else e,
+            targets[s : s + rows],
+            lse[s : s + rows],
+            gc,
+            de_buf if de_buf is not None else gc,
+            dc_buf if dc_buf is not None else gc,
+            db if db is not None else gc,
+            rows,
+            v,
+            d,
+            float(softcap) if softcap is not None else 1.0,
+            float(beta),
+            float(eps) if eps is not None else 0.0,
+            e.stride(0),
+            e.stride(1),
+            c.stride(0),
+            c.stride(1),
+            d,
+            d,
+            BLOCK_N=bn,
+            BLOCK_V=bv,
+            BLOCK_D=bd,
+            GROUP_N=8,
+            HAS_BIAS=bias is not None,
+            HAS_SOFTCAP=softcap is not None,
+            SMOOTH_IN_BLOCK=beta > 0 and softcap is not None,
+            FILTER=eps is not None,
+            COMPUTE_DE=need_e,
+            COMPUTE_DC=need_c,
+            COMPUTE_DBIAS=need_b,
+            DOT_PREC=_dot_precision(e.dtype),
+            UPCAST=_interpreting() and e.dtype != torch.float32,
+            **extra,
+        )
+        if de_buf is not None:
+            de_out[s : s + rows] = de_buf.to(e.dtype)
+    dc = dc_buf.to(c.dtype) if dc_buf is not None else None
+    return de_out, dc, (db.to(bias.dtype) if db is not None else None)
+
+
+class TritonLinearCrossEntropy(torch.autograd.Function):
+    """Per-token smoothed cross-entropy ``[N]`` (float32), 0 at ignored tokens."""
+
+    @staticmethod
+    def forward(ctx, e, c, bias, targets, beta, ignore_index, softcap, filter_eps, accum_c_fp32):
+        loss, lse = _forward(e, c, bias, targets, beta, ignore_index, softcap)
+        valid = targets != ignore_index
+        loss = loss.masked_fill(~valid, 0.0)
+        ctx.save_for_backward(e, c, bias, targets, lse)
+        ctx.opts = (beta, ignore_index, softcap, filter_eps, accum_c_fp32)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        e, c, bias, targets, lse = ctx.saved_tensors
+        beta, ignore_index, softcap, filter_eps, accum_c_fp32 = ctx.opts
+        g = grad.float().masked_fill(targets == ignore_index, 0.0).contiguous()
+        de, dc, db = _backward(
+            e,
+            c,
+            bias,
+            targets,
+            lse,
+            g,
+            beta,
+            softcap,
+            filter_eps,
+            tuple(ctx.needs_input_grad[:3]),
+            accum_c_fp32,
+            DE_CHUNK_ROWS,
+        )
+        return de, dc, db, None, None, None, None, None, None
+
+
+def triton_token_losses(
+    e: Tensor,
+    c: Tensor,
+    targets: Tensor,
+    *,
+    beta: float = 0.0,
+    ignore_index: int = -100,
+    softcap: float | None = None,
+    bias: Tensor | None = None,
+    filter_eps: float | str | None = "auto",
+    accum_c_fp32: bool = False,
+) -> Tensor:
+    """Per-token losses ``[N]`` of ``e`` ``[N, D]`` against ``c`` ``[V, D]`` with the kernels."""
+    if e.dtype != c.dtype:
+        common = torch.promote_types(e.dtype, c.dtype)
+        e, c = e.to(common), c.to(common)
+    if e.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"triton linear cross-entropy: unsupported dtype {e.dtype}")
+    if e.shape[0] == 0:
+        return e.new_zeros(0, dtype=torch.float32) + 0.0 * e.sum() + 0.0 * c.sum()
+    if e.stride(1) != 1:
+        e = e.contiguous()
+    if c.stride(1) != 1:
+        c = c.contiguous()
+    targets = targets.contiguous()
+    eps = resolve_filter_eps(filter_eps, e.dtype)
+    return TritonLinearCrossEntropy.apply(
+        e, c, bias, targets, float(beta), int(ignore_index), softcap, eps, accum_c_fp32
+    )

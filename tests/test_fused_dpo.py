@@ -1,0 +1,174 @@
+"""DPO with fused log-probs (``--fused-logps``) equals DPO with materialised logits."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from tests.dpo_helpers import synthetic_rows
+
+from smoothalign.data import PreferenceCollator, validate_preference_rows
+from smoothalign.models import load_model_and_tokenizer
+from smoothalign.train import DPOConfig
+from smoothalign.train.trainer import fused_logps_enabled, model_sequence_logps
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tok = load_model_and_tokenizer("tiny", dtype=torch.float64)
+    report = validate_preference_rows(synthetic_rows(4, seed=2), tok, max_length=32)
+    batch = PreferenceCollator(int(tok.pad_token_id))(report.examples)
+    return model, tok, batch
+
+
+def _lora(model):
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear")
+    model = get_peft_model(copy.deepcopy(model), cfg)
+    with torch.no_grad():  # a non-zero adapter, so that enabled and disabled differ
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    return model
+
+
+def _logps_and_grads(model, batch, fused, weights):
+    model.zero_grad(set_to_none=True)
+    head_rows = []
+    head = model.get_output_embeddings()
+    handle = head.register_forward_hook(lambda _m, _a, out: head_rows.append(out.shape[1]))
+    try:
+        logps, lengths = model_sequence_logps(
+            model, batch["input_ids"], batch["attention_mask"], batch["labels"], fused=fused
+        )
+    finally:
+        handle.remove()
+    # fused: the LM head ran on no position at all (no fallback to the logits)
+    assert head_rows == ([0] if fused else [batch["input_ids"].shape[1]])
+    (logps * weights).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return logps.detach(), lengths, grads
+
+
+def _assert_same(model, batch):
+    w = torch.linspace(-1.0, 2.0, batch["input_ids"].shape[0], dtype=torch.float64)
+    a = _logps_and_grads(model, batch, False, w)
+    b = _logps_and_grads(model, batch, True, w)
+    torch.testing.assert_close(a[0], b[0], rtol=1e-10, atol=1e-10)
+    assert torch.equal(a[1], b[1])
+    assert a[2].keys() == b[2].keys() and a[2]
+    for name in a[2]:
+        torch.testing.assert_close(a[2][name], b[2][name], rtol=1e-8, atol=1e-10, msg=name)
+
+
+def test_fused_logps_equal_materialised_full_model(tiny):
+    model, _, batch = tiny
+    _assert_same(copy.deepcopy(model), batch)  # tied embeddings: one weight, two uses
+
+
+def test_fused_logps_equal_materialised_untied_head(tiny):
+    from transformers import LlamaForCausalLM
+
+    _, _, batch = tiny
+    cfg = copy.deepcopy(tiny[0].config)
+    cfg.tie_word_embeddings = False
+    torch.manual_seed(3)
+    model = LlamaForCausalLM(cfg).double()
+    assert model.get_output_embeddings().weight is not model.get_input_embeddings().weight
+    _assert_same(model, batch)
+
+
+def test_fused_logps_equal_materialised_with_lora(tiny):
+    model = _lora(tiny[0])
+    batch = tiny[2]
+    _assert_same(model, batch)
+    with model.disable_adapter():  # the reference of a LoRA run
+        on = model_sequence_logps(
+            model, batch["input_ids"], batch["attention_mask"], batch["labels"], fused=True
+        )[0]
+        off = model_sequence_logps(
+            model, batch["input_ids"], batch["attention_mask"], batch["labels"], fused=False
+        )[0]
+    torch.testing.assert_close(on, off, rtol=1e-10, atol=1e-10)
+    base = model_sequence_logps(
+        tiny[0], batch["input_ids"], batch["attention_mask"], batch["labels"], fused=False
+    )[0]
+    torch.testing.assert_close(on, base, rtol=1e-10, atol=1e-10)
+
+
+def test_final_logit_softcapping_is_honoured(tiny):
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    cfg = Gemma2Config(
+        vocab_size=259,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        final_logit_softcapping=2.0,
+        pad_token_id=258,
+    )
+    torch.manual_seed(4)
+    model = Gemma2ForCausalLM(cfg).double()
+    _assert_same(model, tiny[2])
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_dpo_loss_and_gradients_equal(tiny, tmp_path, lora):
+    """One DPO ``compute_loss`` (CALS on) through the trainer, fused and not."""
+    from smoothalign.train.common import training_arguments
+    from smoothalign.train.trainer import SmoothDPOTrainer
+
+    model, tok, batch = tiny
+    model = _lora(model) if lora else copy.deepcopy(model)
+    cfg = DPOConfig(
+        model="tiny", output_dir=str(tmp_path), lora=lora, fused_logps="off", report=False
+    )
+    trainer = SmoothDPOTrainer(
+        model=model,
+        args=training_arguments(cfg, False),
+        processing_class=tok,
+        dpo_config=cfg,
+        smoothing_policy=cfg.smoothing_policy(),
+        ref_model=None if lora else copy.deepcopy(model),
+    )
+    assert trainer.fused_logps is False
+    policy0 = copy.deepcopy(trainer.smoothing_policy)
+    results = []
+    for fused in (False, True):
+        trainer.fused_logps = fused
+        trainer.smoothing_policy = copy.deepcopy(policy0)
+        model.train()
+        model.zero_grad(set_to_none=True)
+        loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((loss.detach(), grads, trainer.smoothing_policy.state_dict()))
+    (l0, g0, s0), (l1, g1, s1) = results
+    torch.testing.assert_close(l0, l1, rtol=1e-10, atol=1e-12)
+    assert g0.keys() == g1.keys() and g0
+    for name in g0:
+        torch.testing.assert_close(g0[name], g1[name], rtol=1e-8, atol=1e-10, msg=name)
+    assert str(s0) == str(s1)
+
+
+def test_fused_logps_option():
+    assert fused_logps_enabled("auto", "cuda") and not fused_logps_enabled("auto", "cpu")
+    assert fused_logps_enabled("on", "cpu") and not fused_logps_enabled("off", "cuda")
+    with pytest.raises(ValueError, match="fused_logps"):
+        DPOConfig(fused_logps="yes")
+
+
+def test_cli_flag():
+    import argparse
+
+    from smoothalign.train.cli import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert config_from_args(parser.parse_args([])).fused_logps == "auto"
+    assert config_from_args(parser.parse_args(["--fused-logps", "off"])).fused_logps == "off"

@@ -1,0 +1,176 @@
+"""The chunked PyTorch linear cross-entropy against float64 eager references (SPEC §5)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from smoothalign.kernels import linear_cross_entropy, linear_log_probs
+from smoothalign.kernels.chunked import ChunkedLinearCrossEntropy
+
+N, D, V = 23, 8, 19
+
+
+def _inputs(dtype=torch.float64, bias=False, ignore_every=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    e = torch.randn(N, D, generator=g, dtype=torch.float64)
+    c = 0.7 * torch.randn(V, D, generator=g, dtype=torch.float64)
+    b = torch.randn(V, generator=g, dtype=torch.float64) if bias else None
+    t = torch.randint(0, V, (N,), generator=g)
+    if ignore_every:
+        t[::ignore_every] = -100
+    cast = (lambda x: x.to(dtype).requires_grad_()) if dtype else (lambda x: x)
+    return cast(e), cast(c), (cast(b) if b is not None else None), t
+
+
+def _reference(e, c, b, t, beta, softcap, reduction):
+    """Eager float64: F.cross_entropy of the materialised logits."""
+    z = e.double() @ c.double().T
+    if b is not None:
+        z = z + b.double()
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    return F.cross_entropy(z, t, label_smoothing=beta, reduction=reduction)
+
+
+def _leaves(e, c, b):
+    return [x for x in (e, c, b) if x is not None]
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.1])
+@pytest.mark.parametrize("softcap", [None, 2.5])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_loss_and_gradients_match_eager_float64(beta, softcap, bias, reduction):
+    e, c, b, t = _inputs(bias=bias)
+    got = linear_cross_entropy(
+        e, c, t, label_smoothing=beta, softcap=softcap, bias=b, reduction=reduction, impl="chunked"
+    )
+    e2, c2, b2 = (x.detach().clone().requires_grad_() if x is not None else None for x in (e, c, b))
+    ref = _reference(e2, c2, b2, t, beta, softcap, reduction)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+    w = torch.linspace(0.5, 1.5, N, dtype=torch.float64) if reduction == "none" else 1.0
+    (got * w).sum().backward()
+    (ref * w).sum().backward()
+    for a, r in zip(_leaves(e, c, b), _leaves(e2, c2, b2), strict=True):
+        torch.testing.assert_close(a.grad, r.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_small_chunks_give_the_same_result():
+    e, c, b, t = _inputs(bias=True)
+    whole = ChunkedLinearCrossEntropy.apply(e, c, b, t, 0.1, -100, None, None)
+    chunked = ChunkedLinearCrossEntropy.apply(e, c, b, t, 0.1, -100, None, 3)
+    torch.testing.assert_close(whole, chunked, rtol=1e-12, atol=1e-12)
+    gw = torch.autograd.grad(whole.sum(), (e, c, b))
+    gc = torch.autograd.grad(chunked.sum(), (e, c, b))
+    for a, r in zip(gw, gc, strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("beta", "softcap"), [(0.0, None), (0.2, None), (0.2, 1.5)])
+def test_gradcheck(beta, softcap):
+    g = torch.Generator().manual_seed(1)
+    e = torch.randn(5, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    c = torch.randn(7, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(7, dtype=torch.float64, generator=g, requires_grad=True)
+    t = torch.tensor([0, 6, -100, 3, 3])
+    assert torch.autograd.gradcheck(
+        lambda e, c, b: ChunkedLinearCrossEntropy.apply(e, c, b, t, beta, -100, softcap, 2),
+        (e, c, b),
+    )
+
+
+@pytest.mark.parametrize("softcap", [None, 2.0])
+def test_log_probs_match_log_softmax(softcap):
+    e, c, b, t = _inputs(bias=True)
+    got = linear_log_probs(e, c, t, softcap=softcap, bias=b, impl="chunked")
+    e2, c2, b2 = (x.detach().clone().requires_grad_() for x in (e, c, b))
+    z = e2 @ c2.T + b2
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    valid = t != -100
+    ref = z.log_softmax(-1).gather(1, t.clamp(min=0)[:, None]).squeeze(1) * valid
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+    assert bool((got[~valid] == 0).all())
+    w = torch.randn(N, dtype=torch.float64)
+    (got * w).sum().backward()
+    (ref * w).sum().backward()
+    for a, r in zip((e, c, b), (e2, c2, b2), strict=True):
+        torch.testing.assert_close(a.grad, r.grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("beta", [0.0, 0.1])
+def test_all_ignored_gives_zero_loss_and_zero_gradients(reduction, beta):
+    e, c, b, _ = _inputs(bias=True)
+    t = torch.full((N,), -100)
+    loss = linear_cross_entropy(
+        e, c, t, label_smoothing=beta, bias=b, reduction=reduction, impl="chunked"
+    )
+    assert bool((loss == 0).all())
+    loss.sum().backward()
+    for x in (e, c, b):
+        assert x.grad is not None and bool((x.grad == 0).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_accumulate_in_float32(dtype):
+    e, c, b, t = _inputs(dtype=dtype, bias=True)
+    loss = linear_cross_entropy(e, c, t, label_smoothing=0.1, bias=b, impl="chunked")
+    assert loss.dtype == torch.float32
+    # the reference sees the same rounded inputs, in float64
+    e2, c2, b2 = (x.detach().double().requires_grad_() for x in (e, c, b))
+    ref = _reference(e2, c2, b2, t, 0.1, None, "mean")
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    ref.backward()
+    for a, r in zip((e, c, b), (e2, c2, b2), strict=True):
+        assert a.grad.dtype == dtype
+        # gradients are rounded to the input dtype once, at the end
+        torch.testing.assert_close(a.grad.double(), r.grad, rtol=1e-2, atol=1e-3)
+
+
+def test_leading_dimensions_and_custom_ignore_index():
+    e, c, _, t = _inputs(ignore_every=0)
+    t = t.clone()
+    t[::3] = 7  # class 7 is "ignored"
+    got = linear_cross_entropy(
+        e.reshape(1, N, D), c, t.reshape(1, N), ignore_index=7, reduction="none", impl="chunked"
+    )
+    assert got.shape == (1, N)
+    ref = torch.where(t == 7, 0.0, F.cross_entropy(e @ c.T, t, ignore_index=7, reduction="none"))
+    torch.testing.assert_close(got.reshape(-1), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_autocast_casts_the_inputs_like_the_eager_matmul():
+    e, c, _, t = _inputs(dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = linear_cross_entropy(e, c, t, impl="chunked")
+    ref = _reference(e.detach().bfloat16(), c.detach().bfloat16(), None, t, 0.0, None, "mean")
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-6)
+    got.backward()
+    assert e.grad.dtype == torch.float32 and c.grad.dtype == torch.float32
+
+
+def test_bad_arguments_are_refused():
+    e, c, _, t = _inputs()
+    with pytest.raises(ValueError, match="reduction"):
+        linear_cross_entropy(e, c, t, reduction="avg")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        linear_cross_entropy(e, c, t, label_smoothing=1.5)
+    with pytest.raises(ValueError, match="targets"):
+        linear_cross_entropy(e, c, t[:-1])
+    with pytest.raises(ValueError, match="last dimension"):
+        linear_cross_entropy(e[:, :-1], c, t)
+    with pytest.raises(ValueError, match="softcap"):
+        linear_cross_entropy(e, c, t, softcap=0.0)
+    with pytest.raises(ValueError, match="impl"):
+        linear_cross_entropy(e, c, t, impl="cuda")
+
+
+def test_auto_picks_chunked_on_cpu():
+    from smoothalign.kernels import _resolve_impl
+
+    e, *_ = _inputs()
+    assert _resolve_impl(None, e) == "chunked"

@@ -1,0 +1,208 @@
+"""The Triton linear cross-entropy kernels on CPU, under Triton's interpreter.
+
+``TRITON_INTERPRET=1`` must be set before ``triton`` itself is imported (its own
+``tl.max``… are ``triton.jit`` functions, interpreted or not from the start), which a
+pytest process cannot promise; so without CUDA these tests run in a child pytest started
+with that variable (``test_interpreted_kernels_in_a_child_process``), and with CUDA they
+run here, compiled. The interpreter runs each program in NumPy: tiny shapes only, chosen
+so that ``N``, ``V`` and ``D`` are not multiples of the interpreter's blocks (16 × 32 × 16).
+What it cannot check: the 16-bit atomic adds of ``dC`` (the interpreter has none; it
+accumulates in fp32), speed, and the GPU block sizes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from smoothalign.kernels import linear_cross_entropy, linear_log_probs, triton_available
+
+CHILD = "SMOOTHALIGN_TRITON_CHILD"
+IN_PROCESS = torch.cuda.is_available() or (
+    os.environ.get(CHILD) == "1" and os.environ.get("TRITON_INTERPRET") == "1"
+)
+needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
+here = pytest.mark.skipif(
+    not IN_PROCESS, reason="runs in the TRITON_INTERPRET=1 child process (see module doc)"
+)
+pytestmark = [needs_triton]
+
+N, D, V = 37, 24, 70
+
+
+@pytest.mark.skipif(IN_PROCESS, reason="the kernels run in this process")
+def test_interpreted_kernels_in_a_child_process():
+    env = dict(os.environ, TRITON_INTERPRET="1", **{CHILD: "1"})
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
+    last = out.stdout.strip().splitlines()[-1]
+    # everything ran but this test itself (skipped in the child)
+    assert " passed" in last and "failed" not in last and "1 skipped" in last, last
+
+
+@pytest.fixture(scope="module")
+def lce():
+    import smoothalign.kernels.triton_lce as module
+
+    return module
+
+
+def _device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _inputs(dtype, bias=False, scale=0.6, seed=0, ignore_every=5):
+    g = torch.Generator().manual_seed(seed)
+    e = torch.randn(N, D, generator=g)
+    c = scale * torch.randn(V, D, generator=g)
+    b = torch.randn(V, generator=g) if bias else None
+    t = torch.randint(0, V, (N,), generator=g)
+    if ignore_every:
+        t[::ignore_every] = -100
+    dev = _device()
+
+    def leaf(x):
+        return x.to(dev, dtype).requires_grad_() if x is not None else None
+
+    return leaf(e), leaf(c), leaf(b), t.to(dev)
+
+
+def _reference(e, c, b, t, beta, softcap, reduction="mean"):
+    """Float64 eager cross-entropy on the same (rounded) inputs; fresh leaves."""
+    e, c = e.detach().double().requires_grad_(), c.detach().double().requires_grad_()
+    b = b.detach().double().requires_grad_() if b is not None else None
+    z = e @ c.T + (b if b is not None else 0.0)
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    return F.cross_entropy(z, t, label_smoothing=beta, reduction=reduction), (e, c, b)
+
+
+TOL = {  # (loss rtol, grad rtol relative to the largest gradient entry)
+    torch.float32: (1e-5, 1e-5),
+    torch.bfloat16: (1e-5, 2e-2),  # the block gradient is rounded to bf16 before its matmuls
+    torch.float16: (1e-5, 4e-3),
+}
+
+
+def _assert_grads(got, ref, rtol):
+    for a, r in zip(got, ref, strict=True):
+        if a is None:
+            continue
+        assert a.grad.dtype == a.dtype
+        scale = float(r.grad.abs().max())
+        err = float((a.grad.double() - r.grad).abs().max())
+        assert err <= rtol * scale + 1e-7, f"gradient error {err:.3g} vs scale {scale:.3g}"
+
+
+@here
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("beta", [0.0, 0.1])
+@pytest.mark.parametrize(("softcap", "bias"), [(None, False), (None, True), (3.0, True)])
+def test_matches_eager_float64(lce, dtype, beta, softcap, bias):
+    e, c, b, t = _inputs(dtype, bias=bias)
+    loss = linear_cross_entropy(
+        e, c, t, label_smoothing=beta, softcap=softcap, bias=b, impl="triton", filter_eps=None
+    )
+    ref, leaves = _reference(e, c, b, t, beta, softcap)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss.double(), ref, rtol=TOL[dtype][0], atol=1e-6)
+    loss.backward()
+    ref.backward()
+    _assert_grads((e, c, b), leaves, TOL[dtype][1])
+
+
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+@here
+def test_reductions_and_several_de_chunks(lce, reduction, monkeypatch):
+    monkeypatch.setattr(lce, "DE_CHUNK_ROWS", 16)  # three launches for N = 37
+    e, c, b, t = _inputs(torch.float32, bias=True)
+    loss = linear_cross_entropy(
+        e, c, t, label_smoothing=0.1, bias=b, reduction=reduction, impl="triton"
+    )
+    ref, leaves = _reference(e, c, b, t, 0.1, None, reduction)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-6)
+    w = torch.linspace(0.5, 2.0, N, dtype=torch.float64, device=t.device)
+    w = w if reduction == "none" else 1.0
+    (loss * w).sum().backward()
+    (ref * w).sum().backward()
+    _assert_grads((e, c, b), leaves, 1e-5)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.1])
+@here
+def test_all_ignored_is_zero_without_nan(lce, beta):
+    e, c, b, t = _inputs(torch.bfloat16, bias=True)
+    t = torch.full_like(t, -100)
+    loss = linear_cross_entropy(e, c, t, label_smoothing=beta, bias=b, impl="triton")
+    assert float(loss) == 0.0
+    loss.backward()
+    for x in (e, c, b):
+        assert bool((x.grad == 0).all())
+
+
+@here
+def test_log_probs(lce):
+    e, c, b, t = _inputs(torch.float32, bias=True)
+    got = linear_log_probs(e, c, t, bias=b, impl="triton")
+    e2, c2, b2 = (x.detach().double().requires_grad_() for x in (e, c, b))
+    valid = t != -100
+    ref = (e2 @ c2.T + b2).log_softmax(-1).gather(1, t.clamp(min=0)[:, None]).squeeze(1) * valid
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-6)
+    w = torch.randn(N, dtype=torch.float64, device=t.device)
+    (got * w).sum().backward()
+    (ref * w).sum().backward()
+    _assert_grads((e, c, b), (e2, c2, b2), 1e-5)
+
+
+@here
+def test_agrees_with_the_chunked_path(lce):
+    e, c, b, t = _inputs(torch.bfloat16, bias=True)
+    kw = {"label_smoothing": 0.1, "bias": b, "softcap": 4.0}
+    a = linear_cross_entropy(e, c, t, impl="triton", **kw)
+    ga = torch.autograd.grad(a, (e, c, b))
+    r = linear_cross_entropy(e, c, t, impl="chunked", **kw)
+    gr = torch.autograd.grad(r, (e, c, b))
+    torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-6)
+    for x, y in zip(ga, gr, strict=True):
+        torch.testing.assert_close(x.float(), y.float(), rtol=0.05, atol=2e-3)
+
+
+@here
+def test_gradient_filtering_drops_only_negligible_blocks(lce):
+    """Peaked softmax (large logits): most blocks are below 2⁻¹² and skipped; the result
+    stays within bf16 resolution of the unfiltered gradient, and the β terms stay exact."""
+    e, c, b, t = _inputs(torch.bfloat16, scale=4.0)
+    with torch.no_grad():  # make the target the clear winner of every row
+        idx = t.clamp(min=0)
+        c[idx] = (e * 0.5).to(c.dtype)
+    grads = {}
+    for eps in (None, "auto"):
+        loss = linear_cross_entropy(e, c, t, label_smoothing=0.1, impl="triton", filter_eps=eps)
+        grads[eps] = torch.autograd.grad(loss, (e, c))
+    for x, y in zip(grads[None], grads["auto"], strict=True):
+        scale = float(x.abs().max())
+        assert float((x.float() - y.float()).abs().max()) <= 2**-8 * scale
+
+
+@here
+def test_filter_eps_resolution(lce):
+    assert lce.resolve_filter_eps("auto", torch.bfloat16) == 2.0**-12
+    assert lce.resolve_filter_eps("auto", torch.float16) == 2.0**-15
+    assert lce.resolve_filter_eps("auto", torch.float32) is None
+    assert lce.resolve_filter_eps(None, torch.bfloat16) is None
+    with pytest.raises(ValueError, match="filter_eps"):
+        lce.resolve_filter_eps(-1.0, torch.bfloat16)
