@@ -11,12 +11,7 @@ This module imports only ``argparse`` at load time, so ``smoothalign --help`` st
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import os
-import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -106,65 +101,9 @@ def build_config(args: argparse.Namespace):
     return LogRegConfig.quick(**overrides) if args.quick else LogRegConfig(**overrides)
 
 
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def default_workers() -> int:
-    return max(1, min(_usable_cpus(), 8))
-
-
-def _git_commit() -> str | None:
-    """Short commit of the source tree, with ``+dirty`` if it has uncommitted changes."""
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=normal", "."],
-            cwd=here.parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("+dirty" if dirty else "")
-
-
-def _cpu_seconds() -> float:
-    """User + system CPU time of this process and of its reaped children (the workers)."""
-    import resource
-
-    total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-        usage = resource.getrusage(who)
-        total += usage.ru_utime + usage.ru_stime
-    return total
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def run(args: argparse.Namespace) -> int:
     from smoothalign.experiments import logreg
+    from smoothalign.experiments.run_info import RunClock, default_workers
     from smoothalign.experiments.theory_plots import write_theory_plots
     from smoothalign.io import atomic_write_json, atomic_write_text, save_figure
 
@@ -186,21 +125,9 @@ def run(args: argparse.Namespace) -> int:
         f"{len(cfg.seeds)} seeds, {len(methods)} methods -> {n_runs} runs "
         f"({cfg.steps} GD steps at lr {cfg.lr:g}, ‖θ*‖ = {cfg.signal:g}), {workers} worker(s)"
     )
-    started = _dt.datetime.now(_dt.UTC)
-    t0 = time.perf_counter()
-    cpu0 = _cpu_seconds()
+    clock = RunClock()
     results = logreg.run_study(cfg, workers=workers, progress=not args.no_progress)
-    results["run_info"] = {
-        "command": "smoothalign " + " ".join(sys.argv[1:]) if sys.argv else None,
-        "started_utc": started.isoformat(timespec="seconds"),
-        "wall_seconds": time.perf_counter() - t0,
-        "cpu_seconds": _cpu_seconds() - cpu0,  # this process and its finished workers
-        "cpu_model": _cpu_model(),
-        "cpus_usable": _usable_cpus(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "git_commit": _git_commit(),
-    }
+    results["run_info"] = clock.info()
     table = logreg.markdown_report(results)
     written = [
         atomic_write_json(out / "results.json", results),

@@ -638,10 +638,7 @@ def build_config(args: argparse.Namespace) -> RewardStudyConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    import datetime as _dt
-    import platform
-
-    from smoothalign.experiments.logreg_cli import _cpu_model, _git_commit, _usable_cpus
+    from smoothalign.experiments.run_info import RunClock
     from smoothalign.io import atomic_write_json, atomic_write_text, save_figure
 
     try:
@@ -651,7 +648,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    started = _dt.datetime.now(_dt.UTC)
+    clock = RunClock(" ".join(["python -m smoothalign.experiments.reward_study", *sys.argv[1:]]))
     results = run_study(cfg, progress=not args.no_progress)
     table = markdown_report(results)
     atomic_write_json(out / "results.json", results)  # kept even if the LM part fails
@@ -659,15 +656,7 @@ def run(args: argparse.Namespace) -> int:
         lm = run_lm_study(out, seeds=tuple(range(args.lm_seeds)), steps=args.lm_steps)
         results["lm"] = lm
         table += "\n" + lm_markdown(lm)
-    results["run_info"] = {
-        "command": " ".join(["python -m smoothalign.experiments.reward_study", *sys.argv[1:]]),
-        "started_utc": started.isoformat(timespec="seconds"),
-        "cpu_model": _cpu_model(),
-        "cpus_usable": _usable_cpus(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "git_commit": _git_commit(),
-    }
+    results["run_info"] = clock.info()
     written = [
         atomic_write_json(out / "results.json", results),
         atomic_write_text(out / "table.md", table),

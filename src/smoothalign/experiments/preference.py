@@ -1,0 +1,445 @@
+"""The noisy-preference benchmark: DPO, cDPO, rDPO, IPO, CALS and oracle-α on the same pairs.
+
+For every ``(seed, flip rate)`` the world (:mod:`.token_world`) draws one training set of
+labelled pairs; every method trains a copy of the reference policy on exactly those pairs,
+in the same minibatch order, with the project's own objective
+(:func:`smoothalign.train.objective.dpo_terms`: the same losses and smoothing policies as
+``smoothalign dpo``), and is then scored on held-out prompts against the truth:
+
+1. ``accuracy_true``: the sign of the margin ``h`` on held-out pairs against the true
+   preference (pairs with ``q = ½`` left out);
+2. ``ece_true`` / ``rms_true`` / ``kl_true``: the forecasts ``σ(h)`` against the true ``q``
+   (:func:`smoothalign.calibration.true_preference_metrics`);
+3. ``reward``: the mean oracle reward of responses sampled from the policy, and ``kl_ref``:
+   the Monte-Carlo estimate of ``KL(π ‖ π_ref)`` on those samples,
+   ``mean[log π(y|x) − log π_ref(y|x)]``;
+4. ``win_rate``: how often the method's sample beats DPO's sample for the same prompt and
+   draw index, judged by the oracle reward (ties count ½), or by a reward model (a judge).
+
+The training loop is deliberately lean (Adam, constant step size, fixed steps): the study
+runs hundreds of fits, and ``transformers.Trainer``'s overhead would dominate at this size.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from smoothalign.calibration import true_preference_metrics
+from smoothalign.experiments.token_world import LabelledPairs, PairSet, TokenWorld, TokenWorldConfig
+from smoothalign.smoothing import make_policy
+from smoothalign.train.objective import dpo_terms
+
+ALPHA_BINS = 20  # histogram of α over [0, ½]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One trained variant. ``flip_rate``: rDPO's assumed ε — a number, ``"true"`` (the
+    world's flip rate) or ``"wrong"`` (the true rate + 0.1 up to 0.2, −0.1 above)."""
+
+    name: str
+    loss: str = "sigmoid"
+    smoothing: str = "none"
+    init_confidence: float | None = None  # CALS c₀
+    flip_rate: float | str | None = None  # rDPO ε
+    warmup_fraction: float | None = None  # CALS warm-up (α = a*(c₀)), a fraction of the steps
+
+    def assumed_flip_rate(self, true_rate: float) -> float:
+        if self.flip_rate == "true":
+            return float(true_rate)
+        if self.flip_rate == "wrong":
+            return round(true_rate + 0.1 if true_rate <= 0.2 else true_rate - 0.1, 10)
+        return float(self.flip_rate)
+
+
+def default_methods() -> list[Method]:
+    methods = [Method("dpo")]
+    methods += [Method(f"cdpo-{a:g}", smoothing=f"constant:{a:g}") for a in (0.05, 0.1, 0.2, 0.3)]
+    methods += [
+        Method("rdpo-true", loss="robust", flip_rate="true"),
+        Method("rdpo-wrong", loss="robust", flip_rate="wrong"),
+        Method("ipo", loss="ipo"),
+    ]
+    for metric in ("l0", "l2"):
+        for c0 in (0.8, 0.9, 1.0):
+            methods.append(
+                Method(f"cals-{metric}-c{c0:g}", smoothing=f"cals-{metric}", init_confidence=c0)
+            )
+    # Not in the issue's grid: the SPEC §4 warm-up, as a remedy for the cold-start stall
+    # (plain DPO for the first 20% of the steps, then CALS).
+    for metric in ("l0", "l2"):
+        methods.append(
+            Method(
+                f"cals-{metric}-c1-warmup",
+                smoothing=f"cals-{metric}",
+                init_confidence=1.0,
+                warmup_fraction=0.2,
+            )
+        )
+    methods += [Method(f"oracle-{m}", smoothing=f"oracle-{m}") for m in ("l0", "l2")]
+    return methods
+
+
+METHODS = {m.name: m for m in default_methods()}
+BASELINE = "dpo"
+
+
+@dataclass(frozen=True)
+class PreferenceStudyConfig:
+    flip_rates: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    methods: tuple[str, ...] = tuple(METHODS)
+    train_pairs: int = 4096
+    eval_pairs: int = 1024
+    sample_prompts: int = 256  # held-out prompts for the samples (one sample each per draw)
+    samples_per_prompt: int = 2
+    steps: int = 150  # 150 × 128 pairs: ~4.7 epochs of the training pairs
+    batch_size: int = 128
+    lr: float = 2e-3
+    beta: float = 0.5
+    ipo_beta: float = 0.1  # IPO's own β: its target log-ratio margin is 1/(2β) = 5
+    alpha_windows: int = 30  # α histograms are summed over this many windows of steps
+    world: TokenWorldConfig = field(default_factory=TokenWorldConfig)
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"methods: unknown {unknown}; choose from {list(METHODS)}")
+        if not self.methods:
+            raise ValueError("methods: at least one")
+        bad = [e for e in self.flip_rates if not 0.0 <= e < 0.5]
+        if bad or not self.flip_rates:
+            raise ValueError(f"flip_rates: each must lie in [0, 0.5), got {list(self.flip_rates)}")
+        if not self.seeds:
+            raise ValueError("seeds: at least one")
+        for key in ("train_pairs", "eval_pairs", "sample_prompts", "samples_per_prompt"):
+            if getattr(self, key) < 2:
+                raise ValueError(f"{key}: must be >= 2, got {getattr(self, key)}")
+        for key in ("steps", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        for key in ("lr", "beta", "ipo_beta"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{key}: must be > 0, got {getattr(self, key)}")
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> PreferenceStudyConfig:
+        """A few minutes on 2 CPU cores: two flip rates, two seeds, shorter training."""
+        base = dict(
+            flip_rates=(0.0, 0.2),
+            seeds=(0, 1),
+            methods=("dpo", "cdpo-0.1", "rdpo-true", "ipo", "cals-l0-c0.9", "cals-l2-c1")
+            + ("oracle-l2",),
+            train_pairs=256,
+            eval_pairs=512,
+            sample_prompts=128,
+            steps=120,
+            world=TokenWorldConfig(ref_steps=120),
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    def ordered_methods(self) -> list[Method]:
+        """The methods, the baseline first (the win rates are against its samples)."""
+        names = list(dict.fromkeys(self.methods))
+        if BASELINE in names:
+            names.remove(BASELINE)
+        return [METHODS[BASELINE]] + [METHODS[n] for n in names]
+
+
+# ----------------------------------------------------------------------------- one group
+@dataclass
+class Heldout:
+    """What every method of one seed is scored on."""
+
+    pairs: PairSet
+    ref_first: Tensor  # [N] log π_ref(y₁|x)
+    ref_second: Tensor
+    prompts: Tensor  # [S·M, P]: each sample prompt repeated M times
+
+
+def make_heldout(world: TokenWorld, cfg: PreferenceStudyConfig) -> Heldout:
+    pairs = world.pairs(cfg.eval_pairs, 2)
+    with torch.no_grad():
+        ref_first = world.logps(world.reference, pairs.prompts, pairs.first)
+        ref_second = world.logps(world.reference, pairs.prompts, pairs.second)
+    prompts = world.sample_prompts(cfg.sample_prompts, world.generator(5))
+    return Heldout(
+        pairs, ref_first, ref_second, prompts.repeat_interleave(cfg.samples_per_prompt, 0)
+    )
+
+
+def train_method(
+    world: TokenWorld,
+    data: LabelledPairs,
+    ref_chosen: Tensor,
+    ref_rejected: Tensor,
+    method: Method,
+    flip_rate: float,
+    cfg: PreferenceStudyConfig,
+    order_seed: int,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train a copy of the reference on ``data``; return it and the training trace."""
+    options: dict[str, Any] = {}
+    if method.init_confidence is not None:
+        options["init_confidence"] = method.init_confidence
+    if method.warmup_fraction is not None:
+        options["warmup_steps"] = round(method.warmup_fraction * cfg.steps)
+    policy = make_policy(method.smoothing, **options)
+    loss_options: dict[str, Any] = {}
+    if method.loss == "robust":
+        loss_options["flip_rate"] = method.assumed_flip_rate(flip_rate)
+    elif method.loss == "ipo":
+        loss_options["beta"] = cfg.ipo_beta
+    beta = cfg.ipo_beta if method.loss == "ipo" else cfg.beta  # IPO's h/β is its log-ratio
+
+    model = copy.deepcopy(world.reference).train().requires_grad_(True)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    g = world.generator(6, order_seed)
+    n = data.prompts.shape[0]
+    perm, pos = torch.randperm(n, generator=g), 0
+    window = -(-cfg.steps // cfg.alpha_windows)  # steps per histogram window
+    alpha_hist = np.zeros((-(-cfg.steps // window), ALPHA_BINS), dtype=np.int64)
+    losses, alpha_mean = [], []
+    for step in range(cfg.steps):
+        if pos >= n:  # a new epoch (a last partial batch was its own, smaller batch)
+            perm, pos = torch.randperm(n, generator=g), 0
+        idx = perm[pos : pos + cfg.batch_size]
+        pos += idx.shape[0]
+        prompts = data.prompts[idx]
+        both = world.logps(
+            model, torch.cat([prompts, prompts]), torch.cat([data.chosen[idx], data.rejected[idx]])
+        )
+        b = idx.shape[0]
+        terms = dpo_terms(
+            both[:b],
+            both[b:],
+            ref_chosen[idx],
+            ref_rejected[idx],
+            beta=beta,
+            loss=method.loss,
+            policy=policy,
+            loss_options=loss_options,
+            confidence=data.q_chosen[idx].float(),
+        )
+        loss = terms.losses.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        a = terms.alpha.double().clamp(0, 0.5)
+        alpha_mean.append(float(a.mean()))
+        alpha_hist[step // window] += (
+            torch.histc(a, bins=ALPHA_BINS, min=0.0, max=0.5).long().numpy()
+        )
+    model.eval().requires_grad_(False)
+    trace = {
+        "loss": losses,
+        "alpha_mean": alpha_mean,
+        "alpha_hist": alpha_hist.tolist(),
+        "alpha_hist_window": window,
+    }
+    return model, trace
+
+
+@torch.no_grad()
+def evaluate(
+    world: TokenWorld, model: torch.nn.Module, held: Heldout, beta: float, sample_seed: int
+) -> tuple[dict[str, float], Tensor]:
+    """Held-out metrics against the truth; also returns the samples ``[S·M, L]``."""
+    p = held.pairs
+    lp_first = world.logps(model, p.prompts, p.first)
+    lp_second = world.logps(model, p.prompts, p.second)
+    margins = beta * ((lp_first - held.ref_first) - (lp_second - held.ref_second))
+    metrics = true_preference_metrics(margins.double().numpy(), p.q.numpy())
+    samples = world.sample(model, held.prompts, world.generator(7, sample_seed))
+    reward = world.reward(held.prompts, samples)
+    kl = world.logps(model, held.prompts, samples) - world.logps(
+        world.reference, held.prompts, samples
+    )
+    metrics |= {"reward": float(reward.mean()), "kl_ref": float(kl.mean())}
+    return metrics, samples
+
+
+def win_rate(scores: Tensor, baseline_scores: Tensor) -> float:
+    """``P(score > baseline) + ½·P(score = baseline)`` over paired samples."""
+    s, b = scores.double(), baseline_scores.double()
+    return float(((s > b).double() + 0.5 * (s == b).double()).mean())
+
+
+def run_group(
+    cfg: PreferenceStudyConfig, seed: int, flip_rate: float, judge_path: str | None = None
+) -> list[dict[str, Any]]:
+    """Every method on one ``(seed, flip rate)``: the same pairs, batches and sample draws.
+
+    The forecasts of every method, IPO's included, are read at the study's DPO ``β``, so
+    that their calibration is comparable; IPO trains with its own ``ipo_beta``.
+    """
+    judge = _judge(judge_path)
+    sw = seed_world(cfg, seed)
+    world, held = sw.world, sw.held
+    data = sw.train.labelled(flip_rate)
+    with torch.no_grad():
+        ref_c = world.logps(world.reference, data.prompts, data.chosen)
+        ref_r = world.logps(world.reference, data.prompts, data.rejected)
+    records: list[dict[str, Any]] = []
+    base_scores: Tensor | None = None
+    for method in cfg.ordered_methods():
+        t0 = time.perf_counter()
+        model, trace = train_method(world, data, ref_c, ref_r, method, flip_rate, cfg, 0)
+        metrics, samples = evaluate(world, model, held, cfg.beta, 0)
+        scores = (
+            world.reward(held.prompts, samples)
+            if judge is None
+            else judge.score_tokens(world, held.prompts, samples)
+        )
+        if method.name == BASELINE:
+            base_scores = scores
+        rec: dict[str, Any] = {
+            "seed": seed,
+            "flip_rate": flip_rate,
+            "method": method.name,
+            **metrics,
+            "win_rate": win_rate(scores, base_scores) if base_scores is not None else None,
+            "final_loss": float(np.mean(trace["loss"][-10:])),
+            "final_alpha_mean": float(np.mean(trace["alpha_mean"][-10:])),
+            "flipped_fraction": float(data.flipped.double().mean()),
+            "seconds": time.perf_counter() - t0,
+        }
+        if method.smoothing.startswith(("cals", "oracle")):
+            rec["alpha_hist"] = trace["alpha_hist"]
+            rec["alpha_hist_window"] = trace["alpha_hist_window"]
+        rec["alpha_mean_curve"] = trace["alpha_mean"]
+        records.append(rec)
+    return records
+
+
+@dataclass
+class SeedWorld:
+    """One seed's world, its training pairs (before flips) and its held-out sets."""
+
+    world: TokenWorld
+    train: PairSet
+    held: Heldout
+
+
+# Cached per process: the reference SFT is the costly part of a (seed, flip rate) group.
+_SEED_WORLDS: dict[tuple[Any, ...], SeedWorld] = {}
+
+
+def seed_world(cfg: PreferenceStudyConfig, seed: int) -> SeedWorld:
+    sizes = (cfg.train_pairs, cfg.eval_pairs, cfg.sample_prompts, cfg.samples_per_prompt)
+    key = (cfg.world, seed, *sizes)
+    if key not in _SEED_WORLDS:
+        _SEED_WORLDS.clear()
+        world = TokenWorld(cfg.world, seed)
+        _SEED_WORLDS[key] = SeedWorld(
+            world, world.pairs(cfg.train_pairs, 1), make_heldout(world, cfg)
+        )
+    return _SEED_WORLDS[key]
+
+
+_JUDGES: dict[str, Any] = {}
+
+
+def _judge(path: str | None) -> Any | None:
+    """The reward-model judge at ``path`` (loaded once per process), or None: the oracle."""
+    if path is None:
+        return None
+    if path not in _JUDGES:
+        from smoothalign.eval.judge import RewardModelJudge
+
+        _JUDGES[path] = RewardModelJudge(path)
+    return _JUDGES[path]
+
+
+# ----------------------------------------------------------------------------- the grid
+def single_thread_group(args: tuple) -> list[dict[str, Any]]:
+    from smoothalign.experiments.logreg import single_thread
+
+    with single_thread():
+        return run_group(*args)
+
+
+def run_study(
+    cfg: PreferenceStudyConfig,
+    *,
+    workers: int = 1,
+    judge_path: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every ``(seed, flip rate)`` group; return config, runs and aggregates."""
+    from tqdm.auto import tqdm
+
+    if workers < 1:
+        raise ValueError(f"workers: must be >= 1, got {workers}")
+    jobs = [(cfg, s, e, judge_path) for s in cfg.seeds for e in cfg.flip_rates]
+    out: list[list[dict[str, Any]] | None] = [None] * len(jobs)
+    n_methods = len(cfg.ordered_methods())
+    t0 = time.perf_counter()
+    bar = tqdm(
+        total=len(jobs) * n_methods, desc="preference runs", unit="run", disable=not progress
+    )
+    with bar:
+        if workers == 1 or len(jobs) == 1:
+            for i, job in enumerate(jobs):
+                out[i] = single_thread_group(job)
+                bar.update(n_methods)
+        else:
+            import concurrent.futures as cf
+            import multiprocessing as mp
+
+            ctx = mp.get_context("spawn")
+            with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                futures = {pool.submit(single_thread_group, job): i for i, job in enumerate(jobs)}
+                for fut in cf.as_completed(futures):
+                    out[futures[fut]] = fut.result()
+                    bar.update(n_methods)
+    runs = [r for group in out if group is not None for r in group]
+    return {
+        "config": asdict(cfg),
+        "methods": [asdict(m) for m in cfg.ordered_methods()],
+        "runs": runs,
+        "aggregates": aggregate(runs),
+        "seconds": time.perf_counter() - t0,
+        "workers": workers,
+        "judge": "oracle reward" if judge_path is None else _judge(judge_path).describe(),
+        "torch_version": torch.__version__,
+    }
+
+
+METRICS = ("accuracy_true", "ece_true", "rms_true", "kl_true", "reward", "kl_ref", "win_rate")
+METRICS_EXTRA = ("final_alpha_mean", "brier_true")
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def aggregate(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean ± std over seeds for every ``(flip rate, method)``, in first-seen order."""
+    groups: dict[tuple[float, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["flip_rate"], r["method"]), []).append(r)
+    out = []
+    for (eps, method), rs in sorted(groups.items(), key=lambda kv: kv[0][0]):
+        row: dict[str, Any] = {"flip_rate": eps, "method": method, "seeds": len(rs)}
+        for k in (*METRICS, *METRICS_EXTRA):
+            vals = [r[k] for r in rs if r.get(k) is not None]
+            if vals:
+                row[f"{k}_mean"], row[f"{k}_std"] = mean_std(vals)
+        out.append(row)
+    return out
+
+
+def with_overrides(cfg: PreferenceStudyConfig, **overrides: Any) -> PreferenceStudyConfig:
+    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,341 @@
+"""Tables, the claim check and the figures of the noisy-preference benchmark.
+
+The claim under test (the benchmark issue): at flip rates ≥ 0.2, CALS (either metric, any
+``c₀``) is at least as good as the best constant α in hindsight and better than DPO, on
+true-preference accuracy and on forecast calibration (ECE against the true ``q``), without
+tuning. :func:`claim_check` compares means over seeds and the paired per-seed differences;
+the verdict is computed from the numbers, never written by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from smoothalign.experiments.preference import BASELINE, mean_std
+
+COLUMNS = (
+    ("accuracy_true", "acc (true)", 3),
+    ("ece_true", "ECE (true q)", 3),
+    ("rms_true", "RMS", 3),
+    ("kl_true", "KL(q‖σ(h))", 3),
+    ("reward", "oracle reward", 3),
+    ("kl_ref", "KL to ref", 2),
+    ("win_rate", "win vs DPO", 3),
+    ("final_alpha_mean", "mean α (end)", 3),
+)
+CLAIM_FLIP_RATE = 0.2
+CLAIM_METRICS = (("accuracy_true", +1), ("ece_true", -1))  # +1: higher is better
+
+
+def _fmt(row: dict[str, Any], key: str, digits: int) -> str:
+    if f"{key}_mean" not in row:
+        return "—"
+    return f"{row[f'{key}_mean']:.{digits}f} ± {row[f'{key}_std']:.{digits}f}"
+
+
+def method_table(results: dict[str, Any], flip_rate: float) -> str:
+    rows = [a for a in results["aggregates"] if a["flip_rate"] == flip_rate]
+    lines = [
+        "| method | " + " | ".join(c[1] for c in COLUMNS) + " |",
+        "|---|" + "---|" * len(COLUMNS),
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | " + " | ".join(_fmt(r, k, d) for k, _, d in COLUMNS) + " |"
+        )
+    return "\n".join(lines)
+
+
+def _runs_by(results: dict[str, Any]) -> dict[tuple[float, str], dict[int, dict[str, Any]]]:
+    out: dict[tuple[float, str], dict[int, dict[str, Any]]] = {}
+    for r in results["runs"]:
+        out.setdefault((r["flip_rate"], r["method"]), {})[r["seed"]] = r
+    return out
+
+
+def best_constant(results: dict[str, Any], flip_rate: float, metric: str, sign: int) -> str | None:
+    """The cDPO method with the best mean ``metric`` at ``flip_rate`` (in hindsight)."""
+    rows = [
+        a
+        for a in results["aggregates"]
+        if a["flip_rate"] == flip_rate and a["method"].startswith("cdpo-")
+    ]
+    if not rows:
+        return None
+    return max(rows, key=lambda a: sign * a[f"{metric}_mean"])["method"]
+
+
+def is_extra(method: str) -> bool:
+    """CALS variants outside the issue's grid (the warm-up remedy): shown, not in the verdict."""
+    return "warmup" in method
+
+
+def claim_check(results: dict[str, Any]) -> dict[str, Any]:
+    """For every CALS variant, flip rate ≥ 0.2 and claim metric: the paired difference to
+    DPO and to the best constant α in hindsight (sign-adjusted: > 0 means CALS is better),
+    the seeds in which CALS is at least as good, and whether the mean says the claim holds."""
+    runs = _runs_by(results)
+    flips = sorted({r["flip_rate"] for r in results["runs"] if r["flip_rate"] >= CLAIM_FLIP_RATE})
+    cals = sorted({r["method"] for r in results["runs"] if r["method"].startswith("cals-")})
+    rows = []
+    for eps in flips:
+        for metric, sign in CLAIM_METRICS:
+            best = best_constant(results, eps, metric, sign)
+            for method in cals:
+                mine = runs.get((eps, method), {})
+                row: dict[str, Any] = {"flip_rate": eps, "metric": metric, "method": method}
+                for label, other in (("dpo", BASELINE), ("best_constant", best)):
+                    theirs = runs.get((eps, other), {}) if other else {}
+                    seeds = sorted(set(mine) & set(theirs))
+                    if not seeds:
+                        continue
+                    diff = [sign * (mine[s][metric] - theirs[s][metric]) for s in seeds]
+                    m, sd = mean_std(diff)
+                    row[f"vs_{label}"] = other
+                    row[f"gain_vs_{label}_mean"], row[f"gain_vs_{label}_std"] = m, sd
+                    row[f"seeds_at_least_{label}"] = sum(d >= 0 for d in diff)
+                    row["seeds"] = len(seeds)
+                row["beats_dpo"] = row.get("gain_vs_dpo_mean", -1.0) > 0
+                row["matches_best_constant"] = row.get("gain_vs_best_constant_mean", -1.0) >= 0
+                rows.append(row)
+    claimed = [r for r in rows if not is_extra(r["method"])]
+    holds = bool(claimed) and all(r["beats_dpo"] and r["matches_best_constant"] for r in claimed)
+    per_variant = {
+        m: all(r["beats_dpo"] and r["matches_best_constant"] for r in rows if r["method"] == m)
+        for m in cals
+    }
+    return {"rows": rows, "holds": holds, "holds_per_variant": per_variant, "flip_rates": flips}
+
+
+def claim_markdown(check: dict[str, Any]) -> str:
+    if not check["rows"]:
+        return (
+            "No CALS run at a flip rate ≥ 0.2 with DPO and a constant α beside it: "
+            "the claim was not tested.\n"
+        )
+    lines = [
+        "Gain = (CALS − other) on accuracy, (other − CALS) on ECE: positive means CALS is "
+        "better. Mean ± std of the per-seed paired difference; `k/n`: seeds in which CALS "
+        "is at least as good.",
+        "",
+        "| flip rate | metric | CALS variant | gain vs DPO | gain vs best constant (which) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in check["rows"]:
+        cells = []
+        for label in ("dpo", "best_constant"):
+            if f"gain_vs_{label}_mean" not in r:
+                cells.append("—")
+                continue
+            text = (
+                f"{r[f'gain_vs_{label}_mean']:+.3f} ± {r[f'gain_vs_{label}_std']:.3f} "
+                f"({r[f'seeds_at_least_{label}']}/{r['seeds']})"
+            )
+            if label == "best_constant":
+                text += f" ({r['vs_best_constant']})"
+            cells.append(text)
+        lines.append(
+            f"| {r['flip_rate']:g} | {r['metric']} | {r['method']} | {cells[0]} | {cells[1]} |"
+        )
+    winners = [m for m, ok in check["holds_per_variant"].items() if ok]
+    verdict = (
+        "**The claim holds** for every CALS variant of the grid"
+        if check["holds"]
+        else "**The claim does not hold** as stated"
+    )
+    lines += [
+        "",
+        f"{verdict} (on mean over seeds, at flip rates "
+        f"{', '.join(f'{e:g}' for e in check['flip_rates'])}). Variants that beat DPO and "
+        f"match the best constant on both metrics at every such flip rate: "
+        f"{', '.join(winners) if winners else 'none'}. Warm-up variants are outside the "
+        "claim (the warm-up is tuning) and do not enter the verdict.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_report(results: dict[str, Any]) -> str:
+    cfg = results["config"]
+    w = cfg["world"]
+    out = [
+        "# Noisy-preference benchmark",
+        "",
+        f"World `tokens`: {w['vocab']} content tokens, {w['topics']} topics, responses of "
+        f"{w['response_length']} tokens, Bradley–Terry τ = {w['temperature']:g}; reference: a "
+        f"config-built Llama (hidden {w['hidden']}, {w['layers']} layers) after {w['ref_steps']} "
+        f"SFT steps. {cfg['train_pairs']} training pairs, {cfg['eval_pairs']} held-out pairs, "
+        f"{cfg['sample_prompts']}×{cfg['samples_per_prompt']} samples; {cfg['steps']} Adam "
+        f"steps of {cfg['batch_size']} pairs at lr {cfg['lr']:g}, β = {cfg['beta']:g} "
+        f"(IPO β = {cfg['ipo_beta']:g}); seeds {cfg['seeds']}. Win rates judged by "
+        f"{results['judge']}. Mean ± std over seeds.",
+        "",
+    ]
+    for eps in cfg["flip_rates"]:
+        out += [f"## Flip rate {eps:g}", "", method_table(results, eps), ""]
+    out += ["## The claim: CALS vs DPO and the best constant α (flip rate ≥ 0.2)", ""]
+    out.append(claim_markdown(claim_check(results)))
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- figures
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _style(method: str) -> dict[str, Any]:
+    if method == BASELINE:
+        return {"color": "black", "lw": 2.2}
+    if method.startswith("cdpo-"):
+        return {"color": "tab:gray", "lw": 1.0, "ls": "--", "alpha": 0.8}
+    if method.startswith("cals-l0"):
+        return {"color": "tab:blue", "lw": 1.6}
+    if method.startswith("cals-l2"):
+        return {"color": "tab:orange", "lw": 1.6}
+    if method.startswith("oracle"):
+        return {"color": "tab:green", "lw": 1.2, "ls": ":"}
+    return {"lw": 1.2, "ls": "-."}
+
+
+def plot_metric_vs_flip(results: dict[str, Any], metric: str, ylabel: str):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    methods = list(dict.fromkeys(a["method"] for a in results["aggregates"]))
+    for method in methods:
+        rows = sorted(
+            (a for a in results["aggregates"] if a["method"] == method and f"{metric}_mean" in a),
+            key=lambda a: a["flip_rate"],
+        )
+        if not rows:
+            continue
+        x = [a["flip_rate"] for a in rows]
+        y = [a[f"{metric}_mean"] for a in rows]
+        e = [a[f"{metric}_std"] for a in rows]
+        ax.errorbar(x, y, yerr=e, label=method, capsize=2, marker="o", ms=3, **_style(method))
+    ax.set_xlabel("flip rate ε")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def plot_reward_vs_kl(results: dict[str, Any]):
+    """One point per run: oracle reward of its samples against their KL to the reference."""
+    plt = _plt()
+    flips = sorted({r["flip_rate"] for r in results["runs"]})
+    fig, axes = plt.subplots(1, len(flips), figsize=(3.4 * len(flips), 3.6), squeeze=False)
+    methods = list(dict.fromkeys(r["method"] for r in results["runs"]))
+    cmap = plt.get_cmap("tab20")
+    for ax, eps in zip(axes[0], flips, strict=True):
+        for i, method in enumerate(methods):
+            rs = [r for r in results["runs"] if r["flip_rate"] == eps and r["method"] == method]
+            ax.scatter(
+                [r["kl_ref"] for r in rs],
+                [r["reward"] for r in rs],
+                s=14,
+                color="black" if method == BASELINE else cmap(i % 20),
+                marker="s" if method == BASELINE else "o",
+                label=method,
+            )
+        ax.set_title(f"ε = {eps:g}", fontsize=9)
+        ax.set_xlabel("KL(π ‖ π_ref) (nats)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("oracle reward of samples")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=6, loc="center right")
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    return fig
+
+
+def plot_alpha_histograms(results: dict[str, Any]):
+    """α over training for each CALS / oracle variant (rows) and flip rate (columns):
+    the share of pairs in each α bin per window of steps, summed over seeds."""
+    plt = _plt()
+    runs = [r for r in results["runs"] if "alpha_hist" in r]
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    flips = sorted({r["flip_rate"] for r in runs})
+    if not methods:
+        fig, ax = plt.subplots(figsize=(4, 2))
+        ax.text(0.5, 0.5, "no CALS or oracle runs", ha="center", va="center")
+        ax.axis("off")
+        return fig
+    fig, axes = plt.subplots(
+        len(methods),
+        len(flips),
+        figsize=(2.4 * len(flips) + 1, 1.5 * len(methods) + 0.6),
+        squeeze=False,
+        sharex=True,
+        sharey=True,
+    )
+    for i, method in enumerate(methods):
+        for j, eps in enumerate(flips):
+            ax = axes[i][j]
+            hs = [
+                np.asarray(r["alpha_hist"], dtype=float)
+                for r in runs
+                if r["method"] == method and r["flip_rate"] == eps
+            ]
+            if not hs:
+                ax.axis("off")
+                continue
+            h = np.sum(hs, axis=0)  # [windows, bins]
+            h = h / np.maximum(h.sum(1, keepdims=True), 1)
+            window = next(r["alpha_hist_window"] for r in runs if r["method"] == method)
+            ax.imshow(
+                h.T,
+                origin="lower",
+                aspect="auto",
+                cmap="viridis",
+                extent=(0, h.shape[0] * window, 0, 0.5),
+                vmin=0,
+                vmax=1,
+            )
+            if i == 0:
+                ax.set_title(f"ε = {eps:g}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(f"{method}\nα", fontsize=7)
+            if i == len(methods) - 1:
+                ax.set_xlabel("step", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def write_figures(results: dict[str, Any], out_dir) -> list:
+    from pathlib import Path
+
+    from smoothalign.io import save_figure
+
+    out = Path(out_dir)
+    return [
+        save_figure(
+            plot_metric_vs_flip(results, "accuracy_true", "held-out accuracy vs true preference"),
+            out / "accuracy_vs_flip.png",
+        ),
+        save_figure(
+            plot_metric_vs_flip(results, "ece_true", "ECE of σ(h) against the true q"),
+            out / "ece_vs_flip.png",
+        ),
+        save_figure(plot_reward_vs_kl(results), out / "reward_vs_kl.png"),
+        save_figure(plot_alpha_histograms(results), out / "alpha_histograms.png"),
+    ]
+
+
+def summary_lines(results: dict[str, Any], methods: Sequence[str] | None = None) -> list[str]:
+    """One line per (flip rate, method): accuracy and ECE, for the console."""
+    lines = []
+    for a in results["aggregates"]:
+        if methods and a["method"] not in methods:
+            continue
+        lines.append(
+            f"ε={a['flip_rate']:<4g} {a['method']:<14} acc_true {_fmt(a, 'accuracy_true', 3)}"
+            f"  ece_true {_fmt(a, 'ece_true', 3)}  reward {_fmt(a, 'reward', 3)}"
+        )
+    return lines

@@ -1,0 +1,271 @@
+"""The noisy-preference study: methods, the training loop, the metrics, the claim check, the
+judge, and `smoothalign study preference` end to end (small enough for CI)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from smoothalign.cli import main
+from smoothalign.experiments import preference as pref
+from smoothalign.experiments.preference_report import claim_check, markdown_report
+from smoothalign.experiments.token_world import TokenWorldConfig
+
+TINY = dict(
+    train_pairs=48,
+    eval_pairs=32,
+    sample_prompts=8,
+    samples_per_prompt=2,
+    steps=6,
+    batch_size=16,
+    world=TokenWorldConfig(ref_steps=3, ref_batch=8),
+)
+
+
+def test_default_grid_is_the_issue_grid():
+    cfg = pref.PreferenceStudyConfig()
+    names = [m.name for m in cfg.ordered_methods()]
+    assert names[0] == "dpo"
+    assert {f"cdpo-{a}" for a in ("0.05", "0.1", "0.2", "0.3")} <= set(names)
+    assert {"rdpo-true", "rdpo-wrong", "ipo", "oracle-l0", "oracle-l2"} <= set(names)
+    cals = [m for m in names if m.startswith("cals-") and "warmup" not in m]
+    assert len(cals) == 6  # {l0, l2} × c₀ ∈ {0.8, 0.9, 1.0}
+    assert cfg.flip_rates == (0.0, 0.1, 0.2, 0.3, 0.4) and len(cfg.seeds) >= 3
+
+
+@pytest.mark.parametrize("true_rate", [0.0, 0.1, 0.2, 0.3, 0.4])
+def test_rdpo_wrong_rate_is_wrong_and_valid(true_rate):
+    wrong = pref.METHODS["rdpo-wrong"].assumed_flip_rate(true_rate)
+    assert abs(wrong - true_rate) == pytest.approx(0.1)
+    assert 0 <= wrong < 0.5
+    assert pref.METHODS["rdpo-true"].assumed_flip_rate(true_rate) == true_rate
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="methods"):
+        pref.PreferenceStudyConfig(methods=("dpo", "nope"))
+    with pytest.raises(ValueError, match="flip_rates"):
+        pref.PreferenceStudyConfig(flip_rates=(0.5,))
+    with pytest.raises(ValueError, match="steps"):
+        pref.PreferenceStudyConfig(steps=0)
+
+
+def test_win_rate_counts_ties_half():
+    s = torch.tensor([1.0, 0.0, 0.5, 0.2])
+    b = torch.tensor([0.0, 1.0, 0.5, 0.1])
+    assert pref.win_rate(s, b) == pytest.approx((1 + 0 + 0.5 + 1) / 4)
+
+
+def test_cals_with_c0_one_trains_exactly_like_dpo_at_first():
+    """With c₀ = 1 and one step, CALS gives α = 0 (no evidence yet): the same model as DPO."""
+    cfg = pref.PreferenceStudyConfig(**{**TINY, "steps": 1})
+    sw = pref.seed_world(cfg, 0)
+    data = sw.train.labelled(0.2)
+    with torch.no_grad():
+        rc = sw.world.logps(sw.world.reference, data.prompts, data.chosen)
+        rr = sw.world.logps(sw.world.reference, data.prompts, data.rejected)
+    m_dpo, _ = pref.train_method(sw.world, data, rc, rr, pref.METHODS["dpo"], 0.2, cfg, 0)
+    m_cals, trace = pref.train_method(
+        sw.world, data, rc, rr, pref.METHODS["cals-l2-c1"], 0.2, cfg, 0
+    )
+    assert trace["alpha_mean"] == [0.0]
+    for a, b in zip(m_dpo.parameters(), m_cals.parameters(), strict=True):
+        assert torch.equal(a, b)
+    # the reference itself is untouched by training
+    assert all(not p.requires_grad for p in sw.world.reference.parameters())
+
+
+def test_oracle_alpha_is_the_optimal_rule_of_the_true_q():
+    cfg = pref.PreferenceStudyConfig(**{**TINY, "steps": 3})
+    sw = pref.seed_world(cfg, 0)
+    data = sw.train.labelled(0.0)
+    with torch.no_grad():
+        rc = sw.world.logps(sw.world.reference, data.prompts, data.chosen)
+        rr = sw.world.logps(sw.world.reference, data.prompts, data.rejected)
+    _, trace = pref.train_method(sw.world, data, rc, rr, pref.METHODS["oracle-l2"], 0.0, cfg, 0)
+    # every pair's α is 2q(1−q); the whole training set is seen in the first 3 batches of 16
+    q = data.q_chosen
+    expected = (2 * q * (1 - q)).mean()
+    got = sum(trace["alpha_mean"][:3]) / 3
+    assert got == pytest.approx(float(expected), abs=1e-6)
+
+
+def test_evaluation_scores_the_reference_as_uninformative():
+    """The reference itself has margin 0 on every held-out pair: accuracy ½ on decided pairs,
+    KL to itself 0, and its forecasts σ(0) = ½ scored against the true q."""
+    cfg = pref.PreferenceStudyConfig(**TINY)
+    sw = pref.seed_world(cfg, 0)
+    metrics, samples = pref.evaluate(sw.world, sw.world.reference, sw.held, cfg.beta, 0)
+    assert metrics["accuracy_true"] == pytest.approx(0.5)
+    assert metrics["kl_ref"] == pytest.approx(0.0, abs=1e-6)
+    q = sw.held.pairs.q.double()
+    kl = (q * torch.log(q / 0.5) + (1 - q) * torch.log((1 - q) / 0.5)).nan_to_num(0.0)
+    assert metrics["kl_true"] == pytest.approx(float(kl.mean()), abs=1e-9)
+    reward = sw.world.reward(sw.held.prompts, samples).mean()
+    assert metrics["reward"] == pytest.approx(float(reward))
+
+
+def test_dpo_learns_the_oracle_on_clean_labels():
+    """Enough steps on clean labels: held-out accuracy against the truth and the oracle
+    reward of samples both rise above the reference's."""
+    cfg = pref.PreferenceStudyConfig(
+        **{
+            **TINY,
+            "train_pairs": 1024,
+            "eval_pairs": 256,
+            "sample_prompts": 64,
+            "steps": 150,
+            "batch_size": 64,
+            "lr": 2e-3,
+            "methods": ("dpo",),
+            "world": TokenWorldConfig(ref_steps=20, ref_batch=16),
+        }
+    )
+    recs = pref.run_group(cfg, 0, 0.0)
+    print(recs[0])
+    assert recs[0]["accuracy_true"] > 0.6  # the reference scores exactly ½
+    assert recs[0]["reward"] > 0.05  # the reference's samples score ~0
+    assert recs[0]["kl_ref"] > 0
+
+
+def _fake_results(cals_acc: float, cals_ece: float) -> dict:
+    runs = []
+    for seed in (0, 1):
+        for eps in (0.0, 0.2):
+            for method, acc, ece in (
+                ("dpo", 0.60, 0.20),
+                ("cdpo-0.1", 0.64, 0.10),
+                ("cdpo-0.2", 0.62, 0.08),
+                ("cals-l2-c1", cals_acc, cals_ece),
+            ):
+                runs.append(
+                    {
+                        "seed": seed,
+                        "flip_rate": eps,
+                        "method": method,
+                        "accuracy_true": acc,
+                        "ece_true": ece + 0.01 * seed,
+                    }
+                )
+    return {"runs": runs, "aggregates": pref.aggregate(runs)}
+
+
+def test_claim_check_compares_with_dpo_and_the_best_constant_in_hindsight():
+    good = claim_check(_fake_results(0.65, 0.07))
+    assert good["holds"] and good["flip_rates"] == [0.2]
+    by_metric = {r["metric"]: r for r in good["rows"]}
+    assert by_metric["accuracy_true"]["vs_best_constant"] == "cdpo-0.1"
+    assert by_metric["ece_true"]["vs_best_constant"] == "cdpo-0.2"
+    assert by_metric["accuracy_true"]["gain_vs_best_constant_mean"] == pytest.approx(0.01)
+    assert by_metric["ece_true"]["gain_vs_dpo_mean"] == pytest.approx(0.13)
+    assert by_metric["ece_true"]["seeds_at_least_best_constant"] == 2
+    # better than DPO, worse than the best constant on accuracy: the claim fails
+    bad = claim_check(_fake_results(0.63, 0.07))
+    assert not bad["holds"]
+    assert bad["holds_per_variant"] == {"cals-l2-c1": False}
+
+
+def test_cli_quick_run_writes_every_output(tmp_path):
+    out = tmp_path / "study"
+    code = main(
+        ["study", "preference", "--quick", "--methods", "dpo,cdpo-0.1,cals-l2-c1,oracle-l2",
+         "--flip-rates", "0,0.2", "--seeds", "2", "--steps", "4", "--train-pairs", "32",
+         "--eval-pairs", "16", "--sample-prompts", "4", "--output-dir", str(out),
+         "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    for name in (
+        "results.json",
+        "table.md",
+        "accuracy_vs_flip.png",
+        "ece_vs_flip.png",
+        "reward_vs_kl.png",
+        "alpha_histograms.png",
+    ):
+        assert (out / name).stat().st_size > 0, name
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["runs"]) == 4 * 2 * 2
+    assert {r["method"] for r in results["runs"]} == {"dpo", "cdpo-0.1", "cals-l2-c1", "oracle-l2"}
+    dpo = [r for r in results["runs"] if r["method"] == "dpo"]
+    assert all(r["win_rate"] == 0.5 for r in dpo)  # against itself, every draw ties
+    assert results["run_info"]["wall_seconds"] > 0
+    assert "claim" in results and "rows" in results["claim"]
+    assert "## Flip rate 0.2" in (out / "table.md").read_text()
+
+
+def test_cli_rejects_bad_arguments(tmp_path, capsys):
+    assert (
+        main(["study", "preference", "--methods", "dpo,bogus", "--output-dir", str(tmp_path)]) == 2
+    )
+    assert "bogus" in capsys.readouterr().err
+    assert main(["study", "preference", "--judge", str(tmp_path / "nothing")]) == 2
+
+
+def test_reward_model_trained_on_the_worlds_votes_judges_the_study(tmp_path):
+    """The whole soft-label loop: the world's vote shares train a reward model, which then
+    judges the study's samples; its scores equal a direct forward pass of that model."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from smoothalign.eval.judge import RewardModelJudge
+    from smoothalign.reward import RewardConfig, run_reward
+
+    votes = tmp_path / "votes.jsonl"
+    assert main(["study", "preference", "--export-votes", str(votes), "--annotators", "5",
+                 "--train-pairs", "40", "--quick"]) == 0  # fmt: skip
+    rows = [json.loads(line) for line in votes.read_text().splitlines()]
+    assert len(rows) == 40 and all(0 <= r["p_chosen"] <= 1 for r in rows)
+    run_reward(
+        RewardConfig(
+            model="tiny", data=str(votes), output_dir=str(tmp_path / "rm"), max_steps=2,
+            batch_size=8, eval_steps=0, logging_steps=1, lr_warmup_steps=0, max_length=32,
+            report=False,
+        )
+    )  # fmt: skip
+    final = tmp_path / "rm" / "final"
+    judge = RewardModelJudge(final)
+    scores = judge.score_texts(["C:ab", "A:"], ["cdef", "ab"])
+    model = AutoModelForSequenceClassification.from_pretrained(final).eval()
+    tok = AutoTokenizer.from_pretrained(final)
+    for i, (p, r) in enumerate((("C:ab", "cdef"), ("A:", "ab"))):
+        ids = tok(p, add_special_tokens=False)["input_ids"]
+        ids = ([tok.bos_token_id] if tok.bos_token_id is not None else []) + ids
+        ids += tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        with torch.no_grad():
+            direct = model(input_ids=torch.tensor([ids])).logits[0, 0]
+        assert float(scores[i]) == pytest.approx(float(direct), abs=1e-5)
+
+    out = tmp_path / "judged"
+    assert main(["study", "preference", "--quick", "--methods", "dpo,cals-l2-c1",
+                 "--flip-rates", "0.2", "--seeds", "1", "--steps", "2", "--train-pairs", "16",
+                 "--eval-pairs", "8", "--sample-prompts", "4", "--judge", str(final),
+                 "--output-dir", str(out), "--no-progress"]) == 0  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    assert results["judge"].startswith("reward model")
+    assert "reward model" in markdown_report(results)
+
+
+def test_judge_refuses_what_is_not_a_scalar_classifier(tmp_path):
+    from smoothalign.eval.judge import RewardModelJudge
+    from smoothalign.models import load_model_and_tokenizer
+
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        RewardModelJudge(tmp_path)
+    lm, tok = load_model_and_tokenizer("tiny")
+    lm.save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    with pytest.raises(ValueError, match="ForSequenceClassification"):
+        RewardModelJudge(tmp_path / "lm")
+
+
+def test_results_json_is_strict_json(tmp_path):
+    out = Path(tmp_path)
+    cfg = pref.PreferenceStudyConfig(**{**TINY, "methods": ("dpo",), "flip_rates": (0.1,),
+                                        "seeds": (0,)})  # fmt: skip
+    results = pref.run_study(cfg, progress=False)
+    from smoothalign.io import atomic_write_json
+
+    atomic_write_json(out / "r.json", results)
+    json.loads((out / "r.json").read_text(), parse_constant=lambda c: pytest.fail(c))
