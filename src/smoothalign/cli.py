@@ -25,6 +25,16 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
         "smoothalign.experiments.reward_study",
         "soft-label reward-model comparison",
     ),
+    (
+        ("study", "preference"),
+        "smoothalign.experiments.preference_cli",
+        "noisy-preference benchmark with a known oracle: CALS vs DPO, cDPO, rDPO, IPO",
+    ),
+    (
+        ("rank-calibrate",),
+        "smoothalign.rank.cli",
+        "calibrate a policy by ranking its samples with a preference model (SLiC)",
+    ),
 ]
 
 
