@@ -209,7 +209,7 @@ def test_reward_model_trained_on_the_worlds_votes_judges_the_study(tmp_path):
     judges the study's samples; its scores equal a direct forward pass of that model."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from smoothalign.eval.judge import RewardModelJudge
+    from smoothalign.experiments.judge import RewardModelJudge
     from smoothalign.reward import RewardConfig, run_reward
 
     votes = tmp_path / "votes.jsonl"
@@ -248,7 +248,7 @@ def test_reward_model_trained_on_the_worlds_votes_judges_the_study(tmp_path):
 
 
 def test_judge_refuses_what_is_not_a_scalar_classifier(tmp_path):
-    from smoothalign.eval.judge import RewardModelJudge
+    from smoothalign.experiments.judge import RewardModelJudge
     from smoothalign.models import load_model_and_tokenizer
 
     with pytest.raises(FileNotFoundError, match="config.json"):

@@ -16,14 +16,13 @@ from smoothalign.models import load_model_and_tokenizer
 from smoothalign.rank import RankConfig
 from smoothalign.rank import cli as rank_cli
 from smoothalign.rank.candidates import (
-    PreferenceModelScorer,
     cut_at_eos,
     diverse_beam_search,
     generate_candidates,
-    load_preference_model,
     load_prompts,
     score_and_rank,
 )
+from smoothalign.reward.scoring import PreferenceModelScorer, load_preference_model
 
 
 @pytest.fixture(scope="module")

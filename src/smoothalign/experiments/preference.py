@@ -355,7 +355,7 @@ def _judge(path: str | None) -> Any | None:
     if path is None:
         return None
     if path not in _JUDGES:
-        from smoothalign.eval.judge import RewardModelJudge
+        from smoothalign.experiments.judge import RewardModelJudge
 
         _JUDGES[path] = RewardModelJudge(path)
     return _JUDGES[path]

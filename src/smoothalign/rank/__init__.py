@@ -6,7 +6,8 @@ log-likelihood orders its own samples as a preference model does.
 
 Layers: ``objective`` (tensors: the pairwise ranking loss with margins ``λ·(j − i)`` and
 the reference NLL), ``metrics`` (arrays: Spearman and friends), ``candidates`` (prompts,
-generation, the preference-model scorer, ranking), ``trainer`` (the calibration loop),
+generation, ranking; the preference model is loaded and scored by
+:mod:`smoothalign.reward.scoring`), ``trainer`` (the calibration loop),
 ``run`` (the wiring) and ``report``. ``cli`` is ``smoothalign rank-calibrate``.
 """
 

@@ -23,9 +23,10 @@ that needs the network and ``trust_remote_code``; we use neither, so
 step, i.e. the Hamming diversity of ``transformers``' old ``HammingDiversityLogitsProcessor``).
 A candidate runs to its first EOS (inclusive) or ``max_new_tokens``.
 
-**Scoring** (:class:`PreferenceModelScorer`): the preference model sees the candidate as its
-training data looked: the candidate's tokens are decoded to text (special tokens dropped)
-and re-tokenised with the preference model's own tokenizer through
+**Scoring** (:func:`score_and_rank` with any :data:`Scorer`; ``rank-calibrate`` uses
+:class:`smoothalign.reward.scoring.PreferenceModelScorer`): the preference model sees the
+candidate as its training data looked: the candidate's tokens are decoded to text (special
+tokens dropped) and re-tokenised with the preference model's own tokenizer through
 :func:`smoothalign.data.tokenize_preference`, as a plain continuation or an assistant
 message. So the policy and the preference model need not share a tokenizer.
 """
@@ -488,125 +489,6 @@ def generate_candidates(
         return results
     finally:
         model.train(was_training)
-
-
-# ------------------------------------------------------------------------------ scoring
-def _is_model_folder(path: Path) -> bool:
-    return (path / "config.json").is_file()
-
-
-def resolve_reward_model_path(path: str | Path) -> Path:
-    """The folder holding the preference model: ``path`` itself, or ``path/final`` for a
-    ``smoothalign reward`` run folder. Raises naming what is missing."""
-    p = Path(str(path)).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"reward_model: no such path {str(p)!r}")
-    if not p.is_dir():
-        raise ValueError(f"reward_model: {str(p)!r} is a file; pass the model folder")
-    if not _is_model_folder(p) and _is_model_folder(p / "final"):
-        p = p / "final"
-    if not _is_model_folder(p):
-        if (p / "adapter_config.json").is_file() or (p / "final" / "adapter_config.json").is_file():
-            raise ValueError(
-                f"reward_model: {str(p)!r} holds a LoRA adapter, not a full model; merge it "
-                "into its base (peft's merge_and_unload, then save_pretrained) and pass that"
-            )
-        raise ValueError(
-            f"reward_model: {str(p)!r} has no config.json (nor final/config.json); pass the "
-            "folder written by `smoothalign reward` or its final/"
-        )
-    return p
-
-
-def load_preference_model(path: str | Path, *, dtype: torch.dtype = torch.float32):
-    """``(model, tokenizer, folder)``: a scalar-head ``*ForSequenceClassification`` saved by
-    ``smoothalign reward`` (the run folder or its ``final/``), loaded safely: local files
-    only, safetensors only, ``trust_remote_code`` off. In eval mode, gradients off."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
-    from smoothalign.models import ensure_pad_token
-
-    folder = resolve_reward_model_path(path)
-    safe = list(folder.glob("*.safetensors")) + list(folder.glob("*.safetensors.index.json"))
-    if not safe:
-        found = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
-        raise ValueError(
-            f"reward_model: {str(folder)!r} has no .safetensors weights"
-            + (f" (found {', '.join(found)})" if found else "")
-            + "; only safetensors are loaded (pickled weights can run code)"
-        )
-    config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-    archs = list(getattr(config, "architectures", None) or [])
-    if not any(a.endswith("ForSequenceClassification") for a in archs):
-        raise ValueError(
-            f"reward_model: {str(folder)!r} is a {', '.join(archs) or 'model of unknown class'}, "
-            "not a preference model (*ForSequenceClassification); train one with "
-            "`smoothalign reward`"
-        )
-    if getattr(config, "num_labels", 1) != 1:
-        raise ValueError(
-            f"reward_model: {str(folder)!r} has {config.num_labels} labels; a preference model "
-            "has one scalar output"
-        )
-    model = AutoModelForSequenceClassification.from_pretrained(
-        folder,
-        local_files_only=True,
-        trust_remote_code=False,
-        use_safetensors=True,
-        dtype=dtype,
-    )
-    tokenizer = AutoTokenizer.from_pretrained(
-        folder, local_files_only=True, trust_remote_code=False
-    )
-    ensure_pad_token(model, tokenizer)
-    model.eval()
-    model.requires_grad_(False)
-    return model, tokenizer, folder
-
-
-class PreferenceModelScorer:
-    """``scorer(prompts, responses) -> np.ndarray``: the preference model's scalar score of
-    each (prompt, response text), in batches of ``batch_size`` (right-padded; the model
-    reads its score at the last non-pad token, as in training)."""
-
-    def __init__(self, model: Any, tokenizer: Any, *, max_length: int, batch_size: int = 32):
-        self.model, self.tokenizer = model, tokenizer
-        self.max_length, self.batch_size = max_length, batch_size
-
-    def tokens(self, prompt: Any, response: str) -> list[int]:
-        resp: Any = (
-            response if isinstance(prompt, str) else [{"role": "assistant", "content": response}]
-        )
-        p_ids, r_ids, _ = tokenize_preference(prompt, resp, resp, self.tokenizer)
-        r_ids, _ = fit_response(r_ids, len(p_ids), self.max_length)
-        return p_ids + r_ids
-
-    @torch.no_grad()
-    def __call__(self, prompts: Sequence[Any], responses: Sequence[str]) -> np.ndarray:
-        if len(prompts) != len(responses):
-            raise ValueError(f"scorer: {len(prompts)} prompts but {len(responses)} responses")
-        seqs = [self.tokens(p, r) for p, r in zip(prompts, responses, strict=True)]
-        device = next(self.model.parameters()).device
-        pad = int(self.tokenizer.pad_token_id)
-        out = []
-        starts = range(0, len(seqs), self.batch_size)
-        for start in tqdm(starts, desc="scoring", leave=False, disable=len(starts) < 4 or None):
-            chunk = seqs[start : start + self.batch_size]
-            width = max(len(s) for s in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for i, s in enumerate(chunk):
-                ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-                mask[i, : len(s)] = 1
-            logits = self.model(
-                input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False
-            ).logits
-            if logits.ndim != 2 or logits.shape[-1] != 1:
-                raise ValueError(
-                    f"reward_model: expected a scalar head (logits [N, 1]), got {list(logits.shape)}"
-                )
-            out.append(logits[:, 0].float().cpu())
-        return torch.cat(out).numpy().astype(np.float64)
 
 
 # ------------------------------------------------------------------------------ ranking

@@ -22,19 +22,21 @@ from transformers import set_seed
 
 from smoothalign.io import atomic_write_json, atomic_write_text
 from smoothalign.rank.candidates import (
-    PreferenceModelScorer,
     PromptExample,
     RankedPrompt,
     candidates_jsonl,
     generate_candidates,
-    load_preference_model,
     load_prompts,
-    resolve_reward_model_path,
     score_and_rank,
 )
 from smoothalign.rank.config import RankConfig
 from smoothalign.rank.metrics import ranking_metrics
 from smoothalign.rank.trainer import RankTrainer, candidate_mean_logps
+from smoothalign.reward.scoring import (
+    PreferenceModelScorer,
+    load_preference_model,
+    resolve_reward_model_path,
+)
 from smoothalign.train.common import check_scheduler, resolve_bf16, train_eval_split
 
 SUMMARY_KEYS = (

@@ -7,7 +7,13 @@ Layers: ``objective`` (tensors: pairwise losses from ``r₁ − r₂`` and a tar
 ``data`` (soft-label rows: validation with row/field errors, labels joined on ``pair_id``,
 collation, the oracle world's simulated annotators), ``trainer`` (``transformers.Trainer``
 with our ``compute_loss`` and metrics), ``run`` (the wiring) and ``report``. ``cli`` is the
-``smoothalign reward`` command.
+``smoothalign reward`` command. ``scoring`` loads a saved reward model safely and scores
+``(prompt, response)`` texts as the trainer tokenised them; ``rank-calibrate`` and the
+preference study's judge use it:
+
+    from smoothalign.reward import PreferenceModelScorer, load_preference_model
+    model, tokenizer, folder = load_preference_model("outputs/reward")  # or .../final
+    scores = PreferenceModelScorer(model, tokenizer, max_length=512)(prompts, responses)
 """
 
 from smoothalign.reward.config import RewardConfig
@@ -18,13 +24,21 @@ from smoothalign.reward.objective import (
     monitored_divergences,
     reward_loss,
 )
+from smoothalign.reward.scoring import (
+    PreferenceModelScorer,
+    load_preference_model,
+    resolve_reward_model_path,
+)
 
 __all__ = [
     "POSTERIOR_LOSSES",
+    "PreferenceModelScorer",
     "REWARD_LOSSES",
     "RewardConfig",
     "RewardTerms",
+    "load_preference_model",
     "monitored_divergences",
+    "resolve_reward_model_path",
     "reward_loss",
     "run_reward",
 ]

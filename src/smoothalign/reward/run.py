@@ -1,6 +1,17 @@
 """``run_reward(config)``: model → data → train → evaluate → report, for a scalar-head model.
 
 The wiring of the layers below; every piece it calls is tested on its own.
+
+**What ``final/`` holds.** Always a full, self-contained ``*ForSequenceClassification``
+model (safetensors, ``num_labels=1``, ``pad_token_id`` set) with its tokenizer, so that
+:func:`smoothalign.reward.scoring.load_preference_model`, ``rank-calibrate`` and the
+preference study's judge read every run alike. With ``--lora`` the trained adapter is
+merged into a copy of the model (``merge_and_unload``) and the merged model is what
+``final/`` holds; the adapter itself (small next to the model: the LoRA matrices and the
+scalar head, which peft trains in full) is kept beside it in ``final/adapter/`` for whoever
+wants to reload it onto its base with peft. The merge works on a copy of the trained model
+(once more its memory, freed after saving; the trainer's model stays a ``PeftModel``), on
+the main process only.
 """
 
 from __future__ import annotations
@@ -126,6 +137,17 @@ def _add_lora(model, config: RewardConfig):
     return get_peft_model(model, lora)
 
 
+def save_merged_model(peft_model, tokenizer, dest: Path) -> Path:
+    """Merge ``peft_model``'s LoRA adapter into a copy of its base model (the trained
+    ``modules_to_save`` — the scalar head — replace the originals) and save that as a full
+    model (safetensors) with ``tokenizer`` into ``dest``. ``peft_model`` is left as it was."""
+    merged = copy.deepcopy(peft_model).merge_and_unload()
+    dest.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(dest, safe_serialization=True)
+    tokenizer.save_pretrained(dest)
+    return dest
+
+
 # ---------------------------------------------------------------------------- data
 def load_reward_data(
     config: RewardConfig, tokenizer
@@ -181,9 +203,11 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
     """Train the reward model of ``config``; ``callbacks`` are extra ``TrainerCallback`` s.
 
     Writes into ``config.output_dir``: ``config.json``, ``metrics.jsonl``, ``validation.json``,
-    ``eval_results.json`` (held-out metrics before and after), ``final/`` (the model, loadable
-    with ``AutoModelForSequenceClassification``, and the smoothing state) and, with
-    ``config.report``, ``report.md`` with its plots.
+    ``eval_results.json`` (held-out metrics before and after), ``final/`` (the full model in
+    safetensors, loadable with ``AutoModelForSequenceClassification`` or
+    :func:`~smoothalign.reward.scoring.load_preference_model`, its tokenizer and the smoothing
+    state; with ``config.lora`` the merged model, and the adapter in ``final/adapter/``) and,
+    with ``config.report``, ``report.md`` with its plots.
     """
     config.validate()
     out = Path(config.output_dir)
@@ -235,7 +259,12 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
     trainer.log({f"final_eval_{k}": v for k, v in after.items()})
 
     final = out / "final"
-    trainer.save_model(str(final))
+    if config.lora:
+        trainer.save_model(str(final / "adapter"))  # the adapter (+ head) and the tokenizer
+        if main_process:
+            save_merged_model(trainer.accelerator.unwrap_model(trainer.model), tokenizer, final)
+    else:
+        trainer.save_model(str(final))
     if main_process:
         save_smoothing_state(trainer.smoothing_policy.state_dict(), final)
         atomic_write_json(out / "eval_results.json", {"before": before, "after": after})
