@@ -16,6 +16,7 @@ import csv
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,18 @@ TEXT_FIELDS = ("prompt", "chosen", "rejected")
 PreferenceSource = str | os.PathLike | Sequence[Mapping[str, Any]] | Any  # Any: datasets.Dataset
 
 
-def load_preference_rows(source: PreferenceSource) -> list[dict[str, Any]]:
+def load_preference_rows(
+    source: PreferenceSource,
+    *,
+    text_fields: Sequence[str] = TEXT_FIELDS,
+    what: str = "preference data",
+) -> list[dict[str, Any]]:
     """Read preference rows (TRL's ``prompt``/``chosen``/``rejected`` format) into dicts.
+
+    Other row formats load the same way (the SFT data: ``prompt``/``completion`` or
+    ``messages``): ``text_fields`` names their text columns (kept as strings in CSV, turned
+    back into message lists from a ``datasets`` struct column) and ``what`` names the data in
+    error messages.
 
     Args:
         source: one of
@@ -46,7 +57,7 @@ def load_preference_rows(source: PreferenceSource) -> list[dict[str, Any]]:
         for folders, ``"_file"`` (the file name) added. Rows that already carry ``"_row"``
         (e.g. passed through twice) keep it.
 
-    CSV holds plain text only: ``prompt``/``chosen``/``rejected`` are always read as strings
+    CSV holds plain text only: the ``text_fields`` are always read as strings
     (so an answer "4" stays the string "4"), an empty cell in any other column reads as absent
     (``None``), and other columns become numbers when every non-empty cell in the column is one.
 
@@ -55,10 +66,11 @@ def load_preference_rows(source: PreferenceSource) -> list[dict[str, Any]]:
         ValueError: an unsupported extension, a folder with no supported file, a malformed
             file (the message names the file and line), or an unsupported object.
     """
+    spec = _Spec(tuple(text_fields), what)
     if isinstance(source, str | os.PathLike):
-        return _load_path(Path(source))
+        return _load_path(Path(source), spec)
     if _is_hf_dataset(source):
-        return _load_hf_dataset(source)
+        return _load_hf_dataset(source, spec)
     if isinstance(source, Sequence) and not isinstance(source, str | bytes):
         return _label_rows(source, where="rows")
     raise ValueError(
@@ -67,15 +79,21 @@ def load_preference_rows(source: PreferenceSource) -> list[dict[str, Any]]:
     )
 
 
-def _load_path(path: Path) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class _Spec:
+    text_fields: tuple[str, ...]
+    what: str
+
+
+def _load_path(path: Path, spec: _Spec) -> list[dict[str, Any]]:
     if not path.exists():
-        raise FileNotFoundError(f"preference data not found: {path}")
+        raise FileNotFoundError(f"{spec.what} not found: {path}")
     if path.is_dir():
-        return _load_folder(path)
-    return _label_rows(_read_file(path), where=str(path))
+        return _load_folder(path, spec)
+    return _label_rows(_read_file(path, spec), where=str(path))
 
 
-def _load_folder(folder: Path) -> list[dict[str, Any]]:
+def _load_folder(folder: Path, spec: _Spec) -> list[dict[str, Any]]:
     files = sorted(
         p
         for p in folder.iterdir()
@@ -83,17 +101,15 @@ def _load_folder(folder: Path) -> list[dict[str, Any]]:
     )
     if not files:
         raise ValueError(
-            f"preference data folder {folder} holds no {'/'.join(SUPPORTED_EXTENSIONS)} file"
+            f"{spec.what} folder {folder} holds no {'/'.join(SUPPORTED_EXTENSIONS)} file"
         )
     train = [p for p in files if p.stem == "train" or p.stem.startswith("train-")]
     if sum(p.stem == "train" for p in train) > 1:
         names = ", ".join(p.name for p in train if p.stem == "train")
-        raise ValueError(
-            f"preference data folder {folder} has several train files ({names}); keep one"
-        )
+        raise ValueError(f"{spec.what} folder {folder} has several train files ({names}); keep one")
     rows: list[dict[str, Any]] = []
     for p in train or files:
-        for row in _label_rows(_read_file(p), where=str(p)):
+        for row in _label_rows(_read_file(p, spec), where=str(p)):
             row[FILE_KEY] = p.name
             rows.append(row)
     return rows
@@ -103,7 +119,7 @@ def _extension(path: Path) -> str:
     return path.suffix.lower()
 
 
-def _read_file(path: Path) -> list[Any]:
+def _read_file(path: Path, spec: _Spec) -> list[Any]:
     ext = _extension(path)
     if ext == ".jsonl":
         return _read_jsonl(path)
@@ -114,9 +130,9 @@ def _read_file(path: Path) -> list[Any]:
 
         return pq.read_table(path).to_pylist()
     if ext == ".csv":
-        return _read_csv(path)
+        return _read_csv(path, spec.text_fields)
     raise ValueError(
-        f"unsupported preference data file {path}: extension {ext or '(none)'!r}; "
+        f"unsupported {spec.what} file {path}: extension {ext or '(none)'!r}; "
         f"supported: {', '.join(SUPPORTED_EXTENSIONS)}"
     )
 
@@ -146,7 +162,7 @@ def _read_json(path: Path) -> list[Any]:
     raise ValueError(f"{path}: expected a JSON list of objects, or {{'data': [...]}}")
 
 
-def _read_csv(path: Path) -> list[Any]:
+def _read_csv(path: Path, text_fields: tuple[str, ...]) -> list[Any]:
     old_limit = csv.field_size_limit(2**31 - 1)  # long responses exceed the 128 KiB default
     try:
         with path.open(encoding="utf-8", newline="") as f:
@@ -160,7 +176,7 @@ def _read_csv(path: Path) -> list[Any]:
     finally:
         csv.field_size_limit(old_limit)
     for col in columns:
-        if col not in TEXT_FIELDS:
+        if col not in text_fields:
             _coerce_csv_column(rows, col)
     return rows
 
@@ -186,7 +202,7 @@ def _is_hf_dataset(obj: Any) -> bool:
     return type(obj).__module__.split(".")[0] == "datasets"
 
 
-def _load_hf_dataset(ds: Any) -> list[dict[str, Any]]:
+def _load_hf_dataset(ds: Any, spec: _Spec) -> list[dict[str, Any]]:
     import datasets  # lazy: only callers that pass a Dataset have it loaded already
 
     if isinstance(ds, datasets.DatasetDict):
@@ -199,8 +215,8 @@ def _load_hf_dataset(ds: Any) -> list[dict[str, Any]]:
         raise ValueError(f"unsupported datasets object {type(ds).__name__}; pass a Dataset")
     rows = ds.to_list()
     for row in rows:
-        for field in TEXT_FIELDS:
-            row[field] = _messages_from_columns(row.get(field))
+        for name in spec.text_fields:
+            row[name] = _messages_from_columns(row.get(name))
     return _label_rows(rows, where="dataset")
 
 

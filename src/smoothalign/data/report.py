@@ -135,9 +135,11 @@ class ValidationReport:
         return "\n".join(lines) + "\n"
 
 
-def format_bad_rows(bad_rows: list[BadRow], n_rows: int, limit: int = 5) -> str:
+def format_bad_rows(
+    bad_rows: list[BadRow], n_rows: int, limit: int = 5, what: str = "preference rows"
+) -> str:
     """The error message for ``on_bad_rows="error"``: the first ``limit`` rows and the total."""
-    lines = [f"{len(bad_rows)} of {n_rows} preference rows are invalid:"]
+    lines = [f"{len(bad_rows)} of {n_rows} {what} are invalid:"]
     lines += [f"  {b}" for b in bad_rows[:limit]]
     if len(bad_rows) > limit:
         lines.append(f"  ... and {len(bad_rows) - limit} more")

@@ -16,6 +16,12 @@ That requires the prefix property, checked twice: the full text starts with the 
 and the full tokens start with the prompt tokens. A template or tokenizer that breaks it
 raises ``RowTokenizationError`` naming the response field, and the row is reported as bad.
 
+**SFT rows** use the same conventions: ``tokenize_prompt_completion`` treats the completion
+as a response; ``tokenize_messages`` renders a whole conversation once and finds each
+assistant turn's tokens as the difference between the renderings of the conversation up to
+that turn with and without it (``add_generation_prompt=True`` before it), with the same
+prefix checks.
+
 **Truncation** (``fit_response``) cuts a response from the end, keeping its start, so that
 prompt + response fits ``max_length``; the prompt is never cut.
 """
@@ -85,8 +91,83 @@ def tokenize_preference(
         RowTokenizationError: the chat template fails or breaks the prefix property.
     """
     if isinstance(prompt, str):
-        return _tokenize_plain(prompt, chosen, rejected, tokenizer)
-    return _tokenize_conversation(list(prompt), list(chosen), list(rejected), tokenizer)
+        prompt_ids, responses = _tokenize_plain(prompt, [chosen, rejected], tokenizer)
+    else:
+        prompt_ids, responses = _tokenize_conversation(
+            list(prompt), [list(chosen), list(rejected)], ("chosen", "rejected"), tokenizer
+        )
+    return prompt_ids, responses[0], responses[1]
+
+
+def tokenize_prompt_completion(
+    prompt: str | Sequence[Message],
+    completion: str | Sequence[Message],
+    tokenizer: Any,
+    field: str = "completion",
+) -> tuple[list[int], list[int]]:
+    """Untruncated ``(prompt_ids, completion_ids)`` for one SFT row, with the conventions of
+    :func:`tokenize_preference` (the completion is a response). ``field`` names the
+    completion in a ``RowTokenizationError``."""
+    if isinstance(prompt, str):
+        prompt_ids, responses = _tokenize_plain(prompt, [completion], tokenizer)
+    else:
+        prompt_ids, responses = _tokenize_conversation(
+            list(prompt), [list(completion)], (field,), tokenizer
+        )
+    return prompt_ids, responses[0]
+
+
+def tokenize_messages(
+    messages: Sequence[Message], tokenizer: Any, field: str = "messages"
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """Untruncated ``(input_ids, assistant_spans)`` of a whole conversation.
+
+    ``input_ids`` is ``apply_chat_template(messages, tokenize=False)`` tokenised with
+    ``add_special_tokens=False``; each span ``(start, end)`` holds the tokens of one
+    assistant turn: what the template renders for ``messages[:i + 1]`` beyond the generation
+    prompt of ``messages[:i]`` (the turn's text and its end-of-turn tokens), i.e. what the
+    model must generate. Every rendering must be a prefix of the next, in text and in tokens
+    (the prefix property of the module docstring), else ``RowTokenizationError``.
+    """
+    messages = list(messages)
+    full_text = _render(tokenizer, messages, field, generation_prompt=False)
+    turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+    texts: list[str] = []
+    for i in turns:
+        texts.append(_render(tokenizer, messages[:i], field, generation_prompt=True))
+        texts.append(_render(tokenizer, messages[: i + 1], field, generation_prompt=False))
+    full_ids, *parts = _encode(tokenizer, [full_text, *texts])
+    spans = []
+    for k, i in enumerate(turns):
+        before_text, upto_text = texts[2 * k], texts[2 * k + 1]
+        before_ids, upto_ids = parts[2 * k], parts[2 * k + 1]
+        # both are prefixes of the whole conversation, so `before` is a prefix of `upto`
+        for text, ids in ((before_text, before_ids), (upto_text, upto_ids)):
+            _check_prefix(field, text, ids, full_text, full_ids, f"message {i} (assistant)")
+        spans.append((len(before_ids), len(upto_ids)))
+    return full_ids, spans
+
+
+def _check_prefix(
+    field: str, text: str, ids: list[int], full_text: str, full_ids: list[int], where: str
+) -> None:
+    if not full_text.startswith(text):
+        k = _first_difference(text, full_text)
+        raise RowTokenizationError(
+            field,
+            "chat_template_prefix",
+            f"{where}: the chat template does not render the conversation as an extension of "
+            f"its beginning (they differ at character {k}: {text[k : k + 30]!r} vs "
+            f"{full_text[k : k + 30]!r})",
+        )
+    if full_ids[: len(ids)] != ids:
+        k = _first_difference(ids, full_ids)
+        raise RowTokenizationError(
+            field,
+            "chat_template_prefix",
+            f"{where}: tokenising the whole conversation changes the tokens of its beginning "
+            f"from token {k} on (a token merges across a turn boundary)",
+        )
 
 
 def fit_response(
@@ -105,9 +186,9 @@ def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
 
 
 def _tokenize_plain(
-    prompt: str, chosen: str, rejected: str, tokenizer: Any
-) -> tuple[list[int], list[int], list[int]]:
-    prompt_ids, *responses = _encode(tokenizer, [prompt, chosen, rejected])
+    prompt: str, responses_text: list[str], tokenizer: Any
+) -> tuple[list[int], list[list[int]]]:
+    prompt_ids, *responses = _encode(tokenizer, [prompt, *responses_text])
     bos = tokenizer.bos_token_id
     if bos is not None and prompt_ids[:1] != [bos]:
         prompt_ids = [bos, *prompt_ids]
@@ -115,7 +196,7 @@ def _tokenize_plain(
     for ids in responses:
         if ids[-1:] != [eos]:
             ids.append(eos)
-    return prompt_ids, responses[0], responses[1]
+    return prompt_ids, responses
 
 
 def _render(tokenizer: Any, messages: list[Message], field: str, generation_prompt: bool) -> str:
@@ -133,13 +214,12 @@ def _render(tokenizer: Any, messages: list[Message], field: str, generation_prom
 
 
 def _tokenize_conversation(
-    prompt: list[Message], chosen: list[Message], rejected: list[Message], tokenizer: Any
-) -> tuple[list[int], list[int], list[int]]:
+    prompt: list[Message], responses_msgs: list[list[Message]], names: Sequence[str], tokenizer: Any
+) -> tuple[list[int], list[list[int]]]:
     prompt_text = _render(tokenizer, prompt, "prompt", generation_prompt=True)
-    names = ("chosen", "rejected")
     full_texts = [
         _render(tokenizer, prompt + response, name, generation_prompt=False)
-        for name, response in zip(names, (chosen, rejected), strict=True)
+        for name, response in zip(names, responses_msgs, strict=True)
     ]
     prompt_ids, *all_full_ids = _encode(tokenizer, [prompt_text, *full_texts])
     responses = []
@@ -163,7 +243,7 @@ def _tokenize_conversation(
                 "prompt with a special token",
             )
         responses.append(full_ids[len(prompt_ids) :])
-    return prompt_ids, responses[0], responses[1]
+    return prompt_ids, responses
 
 
 def _first_difference(a: Sequence, b: Sequence) -> int:

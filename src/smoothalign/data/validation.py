@@ -65,10 +65,30 @@ BAD_ROW_CODES = {
 """Every ``BadRow.code``, with what it means."""
 
 
-class _Bad(Exception):
+class BadRowError(Exception):
+    """A row check failed: ``field`` (``None``: the whole row), ``code``, ``reason`` become
+    its ``BadRow`` (see :func:`bad_row`). Other row validators (SFT) raise it too."""
+
     def __init__(self, field: str | None, code: str, reason: str):
         super().__init__(reason)
         self.field, self.code, self.reason = field, code, reason
+
+
+_Bad = BadRowError
+
+
+def bad_row(index: int, row: Any, error: BadRowError | RowTokenizationError) -> BadRow:
+    """The ``BadRow`` of the row at ``index`` that failed with ``error``; ``row``'s ``_row``
+    / ``_file`` keys (from loading) name it, else its list position."""
+    is_map = isinstance(row, Mapping)
+    return BadRow(
+        index=index,
+        row=row.get(ROW_KEY, index) if is_map else index,
+        file=row.get(FILE_KEY) if is_map else None,
+        field=error.field,
+        code=error.code,
+        reason=error.reason,
+    )
 
 
 def validate_preference_rows(
@@ -117,17 +137,7 @@ def validate_preference_rows(
                 _process_row(index, row, kind, kind_note, tokenizer, max_length, report)
             )
         except (_Bad, RowTokenizationError) as bad:
-            is_map = isinstance(row, Mapping)
-            report.bad_rows.append(
-                BadRow(
-                    index=index,
-                    row=row.get(ROW_KEY, index) if is_map else index,
-                    file=row.get(FILE_KEY) if is_map else None,
-                    field=bad.field,
-                    code=bad.code,
-                    reason=bad.reason,
-                )
-            )
+            report.bad_rows.append(bad_row(index, row, bad))
 
     if report.bad_rows and (on_bad_rows == "error" or not report.examples):
         prefix = "" if report.examples else "no valid preference row is left. "
@@ -241,13 +251,13 @@ def _check_texts(row: Mapping[str, Any], kind: str, kind_note: str) -> tuple[Any
         prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
         implicit = False
     else:
-        chosen = _check_messages("chosen", row["chosen"])
-        rejected = _check_messages("rejected", row["rejected"])
+        chosen = check_messages("chosen", row["chosen"])
+        rejected = check_messages("rejected", row["rejected"])
         implicit = row.get("prompt") is None
         if implicit:
             prompt, chosen, rejected = _split_common_prompt(chosen, rejected)
         else:
-            prompt = _check_messages("prompt", row["prompt"])
+            prompt = check_messages("prompt", row["prompt"])
         if prompt[-1]["role"] == "assistant":
             raise _Bad(
                 "prompt",
@@ -259,7 +269,7 @@ def _check_texts(row: Mapping[str, Any], kind: str, kind_note: str) -> tuple[Any
             _check_response_messages(name, response, prompt)
 
     for name, response in (("chosen", chosen), ("rejected", rejected)):
-        if _is_blank(response):
+        if is_blank(response):
             raise _Bad(name, "empty_response", "empty response")
     if chosen == rejected:
         raise _Bad("rejected", "identical_responses", "identical to 'chosen'")
@@ -279,7 +289,9 @@ def _check_type(name: str, value: Any, kind: str, kind_note: str) -> None:
     raise _Bad(name, "wrong_type", f"expected {want}, got {type(value).__name__}")
 
 
-def _check_messages(name: str, messages: Sequence[Any]) -> list[Message]:
+def check_messages(name: str, messages: Sequence[Any]) -> list[Message]:
+    """``messages`` as a list of dicts with a non-empty string ``role`` and a string
+    ``content`` (``None``-valued keys dropped), or ``BadRowError`` naming field ``name``."""
     if len(messages) == 0:
         raise _Bad(name, "malformed_messages", "empty message list")
     out = []
@@ -339,7 +351,8 @@ def _check_response_messages(name: str, response: list[Message], prompt: list[Me
         )
 
 
-def _is_blank(response: str | list[Message]) -> bool:
+def is_blank(response: str | list[Message]) -> bool:
+    """A string of whitespace only, or messages whose contents all are."""
     if isinstance(response, str):
         return not response.strip()
     return all(not m["content"].strip() for m in response)

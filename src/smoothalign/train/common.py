@@ -145,3 +145,18 @@ def train_eval_split(
     if not evals:
         raise ValueError("eval_data: no evaluation pairs; pass --eval-data or --eval-fraction > 0")
     return train, evals, notes
+
+
+def add_lora(model, config: Any):
+    """A LoRA adapter on every linear layer of a causal LM (``config.lora_r``,
+    ``config.lora_alpha``; no dropout: the policy must equal its reference at step 0)."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)

@@ -33,6 +33,7 @@ from smoothalign.train.checkpoints import (
     save_smoothing_state,
 )
 from smoothalign.train.common import (
+    add_lora,
     check_scheduler,
     resolve_bf16,
     train_eval_split,
@@ -98,7 +99,7 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     oracle = _oracle(config)
 
     if config.lora:
-        model = _add_lora(model, config)
+        model = add_lora(model, config)
     reference = config.reference
     if reference == "auto":
         # LoRA: the base model is one context manager away, and a forward pass per step is
@@ -237,19 +238,6 @@ def _load_data(
 
 
 # ---------------------------------------------------------------------------- model
-def _add_lora(model, config: DPOConfig):
-    from peft import LoraConfig, get_peft_model
-
-    lora = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=0.0,  # dropout would make the policy differ from its reference at step 0
-        target_modules="all-linear",
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, lora)
-
-
 def _frozen_copy(model, lora: bool):
     base = copy.deepcopy(model)
     if lora:

@@ -1,0 +1,223 @@
+"""SFT on ``transformers.Trainer``: only the loss, the metrics and the evaluation are ours.
+
+The shared base (:class:`smoothalign.train.base_trainer.SmoothingTrainer`) gives the metric
+buffers gathered across ranks, ``metrics.jsonl``, the evaluation context and the certified
+checkpoints (``smoothalign_complete.json`` written last; ``--resume latest`` trusts only
+those). SFT smooths tokens, not pairs: its smoothing policy is the stateless ``none``.
+
+The loss (SPEC §5) is computed from the last hidden states and the LM-head weight
+(:func:`smoothalign.sft.objective.sft_loss`), so the model's forward asks for one position
+of logits only (``logits_to_keep=1``) and ``fused=True`` can avoid the ``[N, V]`` logits
+altogether. :meth:`SFTTrainer.check_head` verifies once, before training, that
+``head(last hidden state)`` reproduces the model's own logits.
+
+Gradient accumulation and data parallelism count tokens, not micro-batches: the loss is
+the sum over this micro-batch's completion tokens divided by Trainer's count of completion
+tokens in the whole accumulated (and, across ranks, global) batch, ``num_items_in_batch``,
+so accumulating two micro-batches equals one batch of both even when their token counts
+differ. Models whose ``forward`` takes no loss kwargs get no count from Trainer: their loss
+is the micro-batch mean, divided by the accumulation steps (Trainer's fallback).
+
+Logged (TRL's names): ``loss`` (the smoothed training loss), ``mean_token_accuracy``,
+``entropy`` (of the predictive distribution, nats), plus ``nll`` (the unsmoothed
+cross-entropy, comparable across β) and ``completion_tokens`` (in the logging window).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from smoothalign.calibration import calibration_summary, reliability_curve
+from smoothalign.sft.config import SFTConfig
+from smoothalign.sft.objective import IGNORE_INDEX, head_logits, sft_loss, token_statistics
+from smoothalign.smoothing import SmoothingPolicy
+from smoothalign.train.base_trainer import SmoothingTrainer
+from smoothalign.train.trainer import fused_logps_enabled
+
+TOKEN_BINS = 15  # SPEC §5: ECE over 15 equal-width bins
+_SUMS = ("nll", "correct", "entropy")  # summed per micro-batch, logged per token
+_COUNT = "_sum/tokens"
+
+
+class SFTTrainer(SmoothingTrainer):
+    # None: Trainer treats the loss as scaled for accumulation exactly when it passed
+    # num_items_in_batch, which is when compute_loss divides by it
+    loss_is_scaled_for_ga = None
+
+    def __init__(self, *args: Any, sft_config: SFTConfig, **kwargs: Any) -> None:
+        kwargs.setdefault("smoothing_policy", SmoothingPolicy())  # 'none': SFT has no α
+        super().__init__(*args, **kwargs)
+        self.sft_config = sft_config
+        base = self._base_model(self.model)
+        self._logits_to_keep = "logits_to_keep" in inspect.signature(base.forward).parameters
+
+    # ------------------------------------------------------------------ forward
+    def _base_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = self.accelerator.unwrap_model(model)
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def head(self, model: torch.nn.Module) -> tuple[Tensor, Tensor | None, float | None]:
+        """``(C [V, D], bias [V] or None, softcap or None)`` of the model's LM head."""
+        base = self._base_model(model)
+        head = base.get_output_embeddings()
+        if head is None or not hasattr(head, "weight"):
+            raise ValueError(f"model: {type(base).__name__} has no LM head (output embeddings)")
+        softcap = getattr(base.config, "final_logit_softcapping", None)
+        return head.weight, getattr(head, "bias", None), softcap
+
+    def hidden_states(self, model: torch.nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        """Last hidden states ``[B, L, D]`` (what the head reads), from the model's own
+        forward (so DDP/accelerate hooks run); its logits are kept for one position only."""
+        kwargs: dict[str, Any] = {"output_hidden_states": True, "use_cache": False}
+        if self._logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
+        return out.hidden_states[-1]
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        cfg = self.sft_config
+        hidden = self.hidden_states(model, inputs)
+        weight, bias, softcap = self.head(model)
+        labels = inputs["labels"]
+        total = sft_loss(
+            hidden,
+            weight,
+            labels,
+            label_smoothing=cfg.label_smoothing,
+            fused=fused_logps_enabled(cfg.fused, hidden.device),
+            reduction="sum",
+            bias=bias,
+            softcap=softcap,
+        )
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            loss = total / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                # num_items_in_batch counts every rank's tokens, and DDP averages gradients
+                loss = loss * self.accelerator.num_processes
+        else:
+            loss = total / (labels[:, 1:] != IGNORE_INDEX).sum().clamp(min=1)
+        if model.training:
+            stats = token_statistics(
+                hidden.detach(), weight.detach(), labels, bias=bias, softcap=softcap
+            )
+            mask = stats["mask"]
+            values = {f"_sum/{name}": stats[name][mask].sum().reshape(1) for name in _SUMS}
+            values[_COUNT] = mask.sum().float().reshape(1)
+            self.record("train", values)
+        return (loss, {"hidden_states": hidden}) if return_outputs else loss
+
+    def _gathered(self, split: str) -> dict[str, np.ndarray]:
+        """Token-weighted means over the logging window from the buffered per-micro-batch
+        sums (every rank's), instead of a mean of micro-batch means."""
+        out = super()._gathered(split)
+        if _COUNT not in out:
+            return out
+        n = float(out.pop(_COUNT).sum())
+        names = {"nll": "nll", "correct": "mean_token_accuracy", "entropy": "entropy"}
+        for key, name in names.items():
+            total = float(out.pop(f"_sum/{key}").sum())
+            out[name] = np.array([total / n if n else math.nan])
+        out["completion_tokens"] = np.array([n])
+        return out
+
+    # ------------------------------------------------------------------ checks
+    @torch.no_grad()
+    def check_head(self, batch: dict[str, Tensor]) -> float:
+        """Raise unless ``head(last hidden state)`` reproduces the model's logits on
+        ``batch`` (a model that scales or post-processes its logits otherwise would train
+        on another objective than it says). Returns the largest absolute difference."""
+        with self.evaluation_mode() as model:
+            batch = self._prepare_inputs(batch)
+            out = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                output_hidden_states=True,
+                use_cache=False,
+            )
+            weight, bias, softcap = self.head(model)
+            mine = head_logits(out.hidden_states[-1], weight, bias, softcap)
+            theirs = out.logits.float()
+        real = batch["attention_mask"].bool()
+        diff = float((mine - theirs).abs()[real].max())
+        scale = 1.0 + float(theirs[real].abs().max())
+        tolerance = (2e-2 if self.args.bf16 else 1e-3) * scale
+        if not diff <= tolerance:
+            raise ValueError(
+                "model: its logits are not lm_head(last hidden state) (largest difference "
+                f"{diff:.3g}, tolerance {tolerance:.3g}): it scales or transforms them in a way "
+                "the SFT objective does not know, so it cannot be trained with smoothalign sft"
+            )
+        return diff
+
+    # ------------------------------------------------------------------ evaluation
+    def token_evaluation(self, dataset=None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """``(metrics, tokens)`` on a data set's completion tokens. ``tokens`` holds
+        per-token ``confidence`` (max softmax probability) and ``correct`` ``[N]``."""
+        beta = self.sft_config.label_smoothing
+        names = ("nll", "correct", "entropy", "confidence", "uniform_ce")
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        n_rows = 0
+        with self.evaluation_mode() as model:
+            loader = self.get_eval_dataloader(dataset)
+            quiet = not self.is_world_process_zero() or None  # None: off when not a terminal
+            for batch in tqdm(loader, desc="scoring held-out tokens", leave=False, disable=quiet):
+                batch = self._prepare_inputs(batch)
+                hidden = self.hidden_states(model, batch)
+                weight, bias, softcap = self.head(model)
+                stats = token_statistics(
+                    hidden, weight, batch["labels"], bias=bias, softcap=softcap
+                )
+                for name in names:
+                    t = torch.where(stats["mask"], stats[name], torch.nan)
+                    # rows differ in length across ranks: pad them alike, then gather
+                    t = self.accelerator.pad_across_processes(t, dim=1, pad_index=math.nan)
+                    t = self.accelerator.gather_for_metrics(t).cpu().numpy().reshape(-1)
+                    parts[name].append(t[~np.isnan(t)])
+                n_rows += int(self.accelerator.gather_for_metrics(batch["index"]).numel())
+        tok = {name: np.concatenate(v).astype(np.float64) for name, v in parts.items()}
+        metrics = token_metrics(tok, beta)
+        metrics["n_rows"] = float(n_rows)
+        return metrics, {"confidence": tok["confidence"], "correct": tok["correct"]}
+
+    def evaluate(
+        self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        metrics, _ = self.token_evaluation(eval_dataset)
+        return self.finish_evaluation({f"{metric_key_prefix}_{k}": v for k, v in metrics.items()})
+
+
+def token_metrics(tokens: dict[str, np.ndarray], label_smoothing: float) -> dict[str, float]:
+    """Per-token means over completion tokens ``[N]``: the smoothed ``loss``
+    ``(1 − β)·nll + β·uniform_ce`` (SPEC §5), ``nll``, ``perplexity`` = ``exp(nll)``,
+    ``mean_token_accuracy``, ``entropy``, and the calibration of the top-1 prediction
+    (confidence = max softmax probability vs right/wrong; ECE, RMS, MCE over 15 bins, Brier)."""
+    n = tokens["nll"].size
+    if n == 0:
+        raise ValueError("evaluation: no completion tokens to score")
+    nll = float(tokens["nll"].mean())
+    out = {
+        "n_tokens": float(n),
+        "loss": (1 - label_smoothing) * nll + label_smoothing * float(tokens["uniform_ce"].mean()),
+        "nll": nll,
+        "perplexity": float(np.exp(min(nll, 700.0))),
+        "mean_token_accuracy": float(tokens["correct"].mean()),
+        "entropy": float(tokens["entropy"].mean()),
+        "confidence": float(tokens["confidence"].mean()),
+    }
+    calib = calibration_summary(
+        np.clip(tokens["confidence"], 0.0, 1.0), tokens["correct"], TOKEN_BINS
+    )
+    out.update({f"top1_{k}": v for k, v in calib.items()})
+    return out
+
+
+def token_reliability(tokens: dict[str, np.ndarray]):
+    return reliability_curve(np.clip(tokens["confidence"], 0.0, 1.0), tokens["correct"], TOKEN_BINS)

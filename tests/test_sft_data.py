@@ -1,0 +1,247 @@
+"""SFT rows: completion-only label masks, chat-template turns, bad rows by row and field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tests.data_helpers import SPECIAL_IDS, byte_ids, make_byte_tokenizer
+
+from smoothalign.models.loading import build_tiny_tokenizer
+from smoothalign.sft.data import (
+    SFTCollator,
+    embedded_sft_rows,
+    load_sft_rows,
+    validate_sft_rows,
+)
+
+BOS, EOS, PAD = SPECIAL_IDS["<bos>"], SPECIAL_IDS["<eos>"], SPECIAL_IDS["<pad>"]
+USER, ASSISTANT, SYSTEM = (SPECIAL_IDS[f"<|{r}|>"] for r in ("user", "assistant", "system"))
+X = -100
+
+
+def _one(rows, tokenizer=None, max_length=64, **kw):
+    report = validate_sft_rows(rows, tokenizer or make_byte_tokenizer(), max_length, **kw)
+    return report
+
+
+def test_plain_prompt_completion_masks_the_prompt():
+    report = _one([{"prompt": "Q: 2+2?", "completion": " 4"}])
+    ex = report.examples[0]
+    prompt = [BOS, *byte_ids("Q: 2+2?")]
+    completion = [*byte_ids(" 4"), EOS]
+    assert ex.input_ids == prompt + completion
+    assert ex.labels == [X] * len(prompt) + completion
+    assert report.n_completion_tokens == 3 and report.kind == "plain"
+
+
+def test_conversational_prompt_completion_trains_after_the_generation_prompt():
+    row = {
+        "prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}],
+        "completion": [{"role": "assistant", "content": "yo"}],
+    }
+    ex = _one([row]).examples[0]
+    prompt = [BOS, SYSTEM, *byte_ids("s"), EOS, USER, *byte_ids("hi"), EOS, ASSISTANT]
+    assert ex.input_ids == prompt + [*byte_ids("yo"), EOS]
+    assert ex.labels == [X] * len(prompt) + [*byte_ids("yo"), EOS]
+
+
+def test_messages_train_on_every_assistant_turn_and_nothing_else():
+    row = {
+        "messages": [
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "yo"},
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "ab"},
+        ]
+    }
+    ex = _one([row]).examples[0]
+    expected = [BOS, SYSTEM, *byte_ids("s"), EOS, USER, *byte_ids("hi"), EOS]
+    expected_labels = [X] * len(expected)
+    for user, reply in ((None, "yo"), ("q", "ab")):
+        if user is not None:
+            turn = [USER, *byte_ids(user), EOS]
+            expected += turn
+            expected_labels += [X] * len(turn)
+        expected += [ASSISTANT, *byte_ids(reply), EOS]
+        expected_labels += [X, *byte_ids(reply), EOS]
+    assert ex.input_ids == expected
+    assert ex.labels == expected_labels
+
+
+def test_messages_with_the_tiny_models_template():
+    """The built-in 'tiny' tokenizer's template puts role headers in plain bytes and a
+    newline after each turn's EOS: the trained span is the reply, its EOS and that newline."""
+    tok = build_tiny_tokenizer()
+    row = {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "yo"},
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "ab"},
+        ]
+    }
+    ex = _one([row], tokenizer=tok).examples[0]
+    assert tok.decode(ex.input_ids) == (
+        "<bos><|user|>\nhi<eos>\n<|assistant|>\nyo<eos>\n<|user|>\nq<eos>\n<|assistant|>\nab<eos>\n"
+    )
+    trained = [i for i, t in enumerate(ex.labels) if t != X]
+    pieces, run = [], [trained[0]]
+    for i in trained[1:]:
+        if i != run[-1] + 1:
+            pieces.append(run)
+            run = []
+        run.append(i)
+    pieces.append(run)
+    assert [tok.decode([ex.input_ids[i] for i in p]) for p in pieces] == [
+        "yo<eos>\n",
+        "ab<eos>\n",
+    ]
+
+
+def test_collator_pads_right_and_never_trains_on_position_zero():
+    report = _one(
+        [
+            {"prompt": "", "completion": "abc"},  # an empty prompt still gets the BOS
+            {"prompt": "long prompt", "completion": "d"},
+        ]
+    )
+    batch = SFTCollator(pad_token_id=PAD)(report.examples)
+    a, b = report.examples
+    width = max(len(a.input_ids), len(b.input_ids))
+    assert batch["input_ids"].shape == batch["labels"].shape == (2, width)
+    assert batch["attention_mask"].sum(1).tolist() == [len(a.input_ids), len(b.input_ids)]
+    assert batch["labels"][0].tolist() == [X, *byte_ids("abc"), EOS] + [X] * (width - 5)
+    assert (batch["labels"][:, 0] == X).all()
+    assert batch["index"].tolist() == [0, 1]
+    # what Trainer counts (labels[..., 1:]) is what the loss sums over
+    assert int((batch["labels"][:, 1:] != X).sum()) == report.n_completion_tokens
+
+
+def test_long_rows_are_cut_from_the_end_and_counted():
+    msgs = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "x" * 40}]
+    for row in ({"prompt": "p", "completion": "y" * 40}, {"messages": msgs}):
+        report = _one([row], max_length=16)
+        assert len(report.examples[0].input_ids) == 16
+        assert report.n_truncated == 1
+    with pytest.raises(ValueError, match="row 0, field 'prompt': the prompt is 21 tokens"):
+        _one([{"prompt": "p" * 20, "completion": "c"}], max_length=16)
+
+
+BAD_ROWS = [
+    ({"prompt": "p", "completion": "fine"}, None, None),
+    ({"prompt": "p", "completion": ""}, "completion", "empty_completion"),
+    ({"prompt": "p", "completion": "  \n"}, "completion", "empty_completion"),
+    ({"prompt": "p"}, "completion", "missing_field"),
+    ({"completion": "c"}, "prompt", "missing_field"),
+    ({"text": "no known field"}, "prompt", "missing_field"),
+    ({"prompt": "p", "completion": 3}, "completion", "wrong_type"),
+    ({"prompt": "p", "completion": "c", "messages": []}, "messages", "ambiguous_format"),
+    (["not", "a", "dict"], None, "not_a_mapping"),
+]
+
+
+def test_bad_rows_are_reported_by_row_and_field():
+    rows = [r for r, _, _ in BAD_ROWS]
+    with pytest.raises(ValueError) as err:
+        _one(rows)
+    message = str(err.value)
+    assert "8 of 9 SFT rows are invalid" in message
+    assert "row 1, field 'completion': empty completion" in message
+    report = _one(rows, on_bad_rows="skip")
+    assert [e.index for e in report.examples] == [0]
+    got = [(b.row, b.field, b.code) for b in report.bad_rows]
+    want = [(i, f, c) for i, (_, f, c) in enumerate(BAD_ROWS) if c is not None]
+    assert got == want
+    assert "row 1, field 'completion'" in report.to_markdown()
+    assert report.to_dict()["bad_row_counts"]["empty_completion"] == 2
+
+
+def test_conversational_bad_rows():
+    user = {"role": "user", "content": "hi"}
+    reply = {"role": "assistant", "content": "yo"}
+    rows = [
+        {"messages": [user, reply]},
+        {"messages": [user, {"role": "user", "content": "again"}]},
+        {"messages": [user, {"role": "assistant", "content": " "}]},
+        {"messages": [reply, user, reply]},
+        {"messages": [user, {"role": "assistant"}]},
+        {"prompt": [user], "completion": [user]},
+        {"prompt": [user, reply], "completion": [reply]},
+        {"prompt": "plain", "completion": "text"},
+        {"messages": "not a list"},
+    ]
+    report = _one(rows, on_bad_rows="skip")
+    assert report.kind == "conversational"
+    assert [(b.row, b.field, b.code) for b in report.bad_rows] == [
+        (1, "messages", "no_assistant_turn"),
+        (2, "messages", "empty_completion"),
+        (3, "messages", "malformed_messages"),
+        (4, "messages", "malformed_messages"),
+        (5, "completion", "malformed_messages"),
+        (6, "prompt", "malformed_messages"),
+        (7, "prompt", "mixed_formats"),
+        (8, "messages", "wrong_type"),
+    ]
+    with pytest.raises(ValueError, match="row 1, field 'messages': no assistant message"):
+        _one(rows[:2])
+
+
+def test_tokenizer_must_fit_the_data():
+    with pytest.raises(ValueError, match="chat_template"):
+        _one(
+            [{"messages": [{"role": "user", "content": "a"}]}],
+            make_byte_tokenizer(chat_template=None),
+        )
+
+
+def test_files_keep_text_columns_as_text(tmp_path):
+    """A CSV completion "4" stays the string "4" (SFT text columns), and JSONL rows carry
+    their row numbers into the errors."""
+    csv_path = tmp_path / "sft.csv"
+    csv_path.write_text("prompt,completion,score\n2+2=,4,1\n3+3=,6,2\n", encoding="utf-8")
+    rows = load_sft_rows(csv_path)
+    assert rows[0]["completion"] == "4" and rows[0]["score"] == 1
+    assert len(_one(rows).examples) == 2
+    jsonl = tmp_path / "sft.jsonl"
+    jsonl.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [{"prompt": "a", "completion": "b"}] * 3 + [{"prompt": "a", "completion": ""}]
+        ),
+        encoding="utf-8",
+    )
+    with pytest.raises(ValueError, match="row 3, field 'completion'"):
+        _one(jsonl)
+    with pytest.raises(FileNotFoundError, match="SFT data not found"):
+        load_sft_rows(tmp_path / "missing.jsonl")
+
+
+def test_datasets_objects_load():
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_list(
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "yo"},
+                ]
+            },
+            {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+        ]
+    )
+    report = _one(ds)
+    assert report.n_kept == 2 and report.n_messages_rows == 2
+
+
+def test_the_default_data_is_the_embedded_set_with_chosen_completions():
+    rows = embedded_sft_rows()
+    assert len(rows) == 800
+    assert sum(r["split"] == "train" for r in rows) == 640
+    assert rows[0]["completion"][0]["role"] == "assistant"
+    assert rows[0]["prompt"][-1]["role"] == "user"
+    report = validate_sft_rows(rows[:20], build_tiny_tokenizer(), 256)
+    assert report.n_kept == 20 and report.kind == "conversational"
+    assert torch.tensor(report.examples[0].labels).ne(X).sum() > 0

@@ -1,0 +1,155 @@
+"""The SFT objective (SPEC §5) against float64 references written from the formula."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from smoothalign.sft.objective import sft_loss, token_statistics
+
+B, L, D, V = 3, 7, 5, 11
+# prompt tokens (and padding) are -100; row 2 is padded after 5 tokens
+LABELS = torch.tensor(
+    [
+        [-100, -100, -100, 4, 9, 2, 0],
+        [-100, -100, 7, 7, 1, 10, 3],
+        [-100, -100, -100, -100, 5, -100, -100],
+    ]
+)
+
+
+def _batch(dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(B, L, D, generator=g, dtype=torch.float64).to(dtype)
+    weight = (2 * torch.randn(V, D, generator=g, dtype=torch.float64)).to(dtype)
+    bias = torch.randn(V, generator=g, dtype=torch.float64).to(dtype)
+    return hidden, weight, bias
+
+
+def _reference(hidden, weight, labels, beta, bias=None, softcap=None) -> np.ndarray:
+    """Per-token SPEC §5 loss in float64 NumPy, over the completion tokens only, in order:
+    L = (1 − β)·(lse(z) − z_t) + β·(lse(z) − mean_v z_v), z from position s predicting s + 1."""
+    h, w = hidden.double().numpy(), weight.double().numpy()
+    y = labels.numpy()
+    out = []
+    for b in range(y.shape[0]):
+        for s in range(y.shape[1] - 1):
+            t = y[b, s + 1]
+            if t == -100:
+                continue
+            z = w @ h[b, s]
+            if bias is not None:
+                z = z + bias.double().numpy()
+            if softcap is not None:
+                z = softcap * np.tanh(z / softcap)
+            lse = np.log(np.sum(np.exp(z - z.max()))) + z.max()
+            out.append((1 - beta) * (lse - z[t]) + beta * (lse - z.mean()))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.1, 0.5])
+def test_loss_equals_label_smoothed_cross_entropy_on_completion_tokens(beta):
+    hidden, weight, _ = _batch()
+    ref = _reference(hidden, weight, LABELS, beta)
+    assert ref.size == int((LABELS[:, 1:] != -100).sum()) == 10
+    mean = sft_loss(hidden, weight, LABELS, label_smoothing=beta)
+    assert mean.item() == pytest.approx(ref.mean(), rel=1e-5)
+    total = sft_loss(hidden, weight, LABELS, label_smoothing=beta, reduction="sum")
+    assert total.item() == pytest.approx(ref.sum(), rel=1e-5)
+    # and exactly torch's label-smoothed cross-entropy on the hand-picked completion positions
+    rows, cols = (LABELS[:, 1:] != -100).nonzero(as_tuple=True)
+    logits = hidden[rows, cols] @ weight.T
+    expected = F.cross_entropy(logits, LABELS[rows, cols + 1], label_smoothing=beta)
+    torch.testing.assert_close(mean, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_per_token_losses_bias_and_softcap():
+    hidden, weight, bias = _batch()
+    ref = _reference(hidden, weight, LABELS, 0.2, bias=bias, softcap=3.0)
+    per = sft_loss(
+        hidden, weight, LABELS, label_smoothing=0.2, reduction="none", bias=bias, softcap=3.0
+    )
+    assert per.shape == (B, L - 1)
+    mask = LABELS[:, 1:] != -100
+    np.testing.assert_allclose(per[mask].double().numpy(), ref, rtol=1e-5)
+    assert (per[~mask] == 0).all()
+
+
+def test_gradients_match_the_reference_in_float64():
+    hidden, weight, _ = _batch(torch.float64)
+    hidden.requires_grad_(True)
+    weight.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda h, w: sft_loss(h, w, LABELS, label_smoothing=0.1), (hidden, weight)
+    )
+    # SPEC §5: ∂L/∂z = softmax(z) − (1 − β)·onehot(t) − β/V, per token, averaged over tokens
+    loss = sft_loss(hidden, weight, LABELS, label_smoothing=0.1)
+    (grad_h,) = torch.autograd.grad(loss, hidden)
+    rows, cols = (LABELS[:, 1:] != -100).nonzero(as_tuple=True)
+    z = hidden[rows, cols].detach() @ weight.detach().T
+    onehot = F.one_hot(LABELS[rows, cols + 1], V).double()
+    dz = (torch.softmax(z, -1) - 0.9 * onehot - 0.1 / V) / rows.numel()
+    torch.testing.assert_close(grad_h[rows, cols], dz @ weight.detach())
+    assert (grad_h[:, -1] == 0).all()  # the last position predicts nothing
+
+
+def test_token_statistics_match_numpy_and_recompose_the_loss():
+    hidden, weight, bias = _batch()
+    stats = token_statistics(hidden, weight, LABELS, bias=bias, chunk_size=4)
+    mask = stats["mask"]
+    assert torch.equal(mask, LABELS[:, 1:] != -100)
+    rows, cols = mask.nonzero(as_tuple=True)
+    z = (hidden[rows, cols].double() @ weight.double().T + bias.double()).numpy()
+    t = LABELS[rows, cols + 1].numpy()
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    np.testing.assert_allclose(stats["nll"][mask], -np.log(p[np.arange(len(t)), t]), rtol=1e-5)
+    np.testing.assert_allclose(stats["entropy"][mask], -(p * np.log(p)).sum(-1), rtol=1e-5)
+    np.testing.assert_allclose(stats["confidence"][mask], p.max(-1), rtol=1e-5)
+    np.testing.assert_array_equal(stats["correct"][mask], (z.argmax(-1) == t).astype(float))
+    beta = 0.3
+    per = sft_loss(hidden, weight, LABELS, label_smoothing=beta, reduction="none", bias=bias)
+    recomposed = (1 - beta) * stats["nll"] + beta * stats["uniform_ce"]
+    torch.testing.assert_close(recomposed[mask], per[mask], rtol=1e-5, atol=1e-6)
+    # chunking changes nothing
+    whole = token_statistics(hidden, weight, LABELS, bias=bias, chunk_size=10_000)
+    for k in stats:
+        torch.testing.assert_close(stats[k], whole[k])
+
+
+def test_bad_arguments_are_refused():
+    hidden, weight, _ = _batch()
+    with pytest.raises(ValueError, match="label_smoothing"):
+        sft_loss(hidden, weight, LABELS, label_smoothing=1.5)
+    with pytest.raises(ValueError, match="reduction"):
+        sft_loss(hidden, weight, LABELS, label_smoothing=0.1, reduction="max")
+    with pytest.raises(ValueError, match=r"labels \[B, L\]"):
+        sft_loss(hidden, weight, LABELS[:, :-1], label_smoothing=0.1)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("smoothalign.kernels") is not None, reason="the kernel exists"
+)
+def test_fused_path_says_the_kernel_is_missing():
+    hidden, weight, _ = _batch()
+    with pytest.raises(NotImplementedError, match="linear_cross_entropy"):
+        sft_loss(hidden, weight, LABELS, label_smoothing=0.1, fused=True)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("smoothalign.kernels") is None, reason="no fused kernel yet"
+)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_fused_path_equals_the_reference(reduction):
+    hidden, weight, _ = _batch()
+    kw = dict(label_smoothing=0.1, reduction=reduction)
+    torch.testing.assert_close(
+        sft_loss(hidden, weight, LABELS, fused=True, **kw),
+        sft_loss(hidden, weight, LABELS, **kw),
+        rtol=1e-4,
+        atol=1e-5,
+    )
