@@ -7,8 +7,37 @@ from ``help_texts`` (a missing help text is an error, so every option is documen
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from dataclasses import MISSING, fields
 from typing import Any
+
+# help texts of the fields the training configs share (a command's HELP may override one)
+TRAINING_HELP = {
+    "eval_fraction": "holdout fraction when the data has no split column and no --eval-data",
+    "output_dir": "where checkpoints, metrics.jsonl, report.md and plots go",
+    "max_steps": "optimizer steps",
+    "learning_rate": "peak learning rate",
+    "grad_accum": "gradient accumulation steps",
+    "lr_scheduler": "transformers scheduler name",
+    "lr_warmup_steps": "learning-rate warm-up steps",
+    "weight_decay": "AdamW weight decay",
+    "max_length": "max tokens of prompt + response (longer responses are truncated and counted)",
+    "lora": "train a LoRA adapter (--no-lora: full fine-tuning)",
+    "lora_r": "LoRA rank",
+    "lora_alpha": "LoRA scaling alpha",
+    "precision": "auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16",
+    "trust_remote_code": "allow custom model code from a local model folder",
+    "bins": "CALS: number of forecast bins K (even)",
+    "init_confidence": "CALS: prior confidence c0 (1.0 = no smoothing until evidence arrives)",
+    "prior_strength": "CALS: pseudo-pairs κ of prior per bin (never decayed)",
+    "logging_steps": "log training metrics every N steps",
+    "save_steps": "checkpoint every N steps (0: only the final model)",
+    "save_total_limit": "keep at most this many checkpoints",
+    "resume": "resume from a checkpoint folder, or 'latest' (newest complete one in --output-dir)",
+    "on_bad_rows": "invalid data rows: 'error' (stop, listing them) or 'skip' (listed in the report)",
+    "report": "write report.md and the plots at the end",
+}
 
 
 def _fields(config_cls: type) -> list:
@@ -36,3 +65,29 @@ def add_config_arguments(
 
 def config_from_args(args: argparse.Namespace, config_cls: type) -> Any:
     return config_cls(**{f.name: getattr(args, f.name) for f in _fields(config_cls)})
+
+
+def run_command(
+    args: argparse.Namespace,
+    config_cls: type,
+    command: str,
+    load_run: Callable[[], Callable[[Any], Any]],
+    run_errors: tuple[type[Exception], ...] = (),
+) -> int:
+    """A command's whole ``run``: the config from ``args``, then the run function that
+    ``load_run`` imports (only once the config is valid), then its summary printed. A
+    config the dataclass refuses, or one of ``run_errors`` from the run, is printed as
+    ``smoothalign COMMAND: message`` on stderr and returns 2."""
+    try:
+        config = config_from_args(args, config_cls)
+    except ValueError as e:
+        print(f"smoothalign {command}: {e}", file=sys.stderr)
+        return 2
+    run = load_run()
+    try:
+        result = run(config)
+    except run_errors as e:
+        print(f"smoothalign {command}: {e}", file=sys.stderr)
+        return 2
+    print(result.summary())
+    return 0

@@ -7,12 +7,12 @@ Imports nothing heavy at load time, so that ``smoothalign --help`` stays fast.
 from __future__ import annotations
 
 import argparse
-import sys
 
-from smoothalign.config_args import add_config_arguments
+from smoothalign.config_args import TRAINING_HELP, add_config_arguments, run_command
 from smoothalign.config_args import config_from_args as _config_from_args
 
 HELP = {
+    **TRAINING_HELP,
     "policy": "the policy to calibrate: 'smollm2-135m' (default), 'tiny' (tests), a local "
     "causal-LM folder or a .gguf file",
     "reward_model": "REQUIRED: the preference model, a folder written by `smoothalign reward` "
@@ -46,9 +46,6 @@ HELP = {
     "epochs": "epochs over the training prompts (one round of candidates each)",
     "learning_rate": "peak learning rate (AdamW)",
     "batch_size": "prompts per micro-batch (each brings K candidates and its reference)",
-    "grad_accum": "gradient accumulation steps",
-    "lr_scheduler": "transformers scheduler name",
-    "lr_warmup_steps": "learning-rate warm-up steps",
     "weight_decay": "AdamW weight decay (matrices only)",
     "max_grad_norm": "gradient clipping norm (0: none)",
     "max_length": "max tokens of prompt + response (longer ones are cut from the end)",
@@ -60,7 +57,6 @@ HELP = {
     "on_bad_rows": "invalid prompt rows: 'error' (stop, naming them) or 'skip' (listed in "
     "the report)",
     "save_model": "save the calibrated policy to OUTPUT_DIR/final (safetensors)",
-    "report": "write report.md and the plots at the end",
 }
 
 
@@ -77,17 +73,14 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = config_from_args(args)
-    except ValueError as e:
-        print(f"smoothalign rank-calibrate: {e}", file=sys.stderr)
-        return 2
+    from smoothalign.rank.config import RankConfig
+
+    return run_command(
+        args, RankConfig, "rank-calibrate", _load_run, (FileNotFoundError, ValueError)
+    )
+
+
+def _load_run():
     from smoothalign.rank.run import run_rank_calibration
 
-    try:
-        result = run_rank_calibration(config)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"smoothalign rank-calibrate: {e}", file=sys.stderr)
-        return 2
-    print(result.summary())
-    return 0
+    return run_rank_calibration

@@ -3,17 +3,14 @@ the preference-model score of fresh samples and how well the policy's likelihood
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from smoothalign.io import atomic_write_text, save_figure  # noqa: E402
+from smoothalign.io import atomic_write_text, save_figure
+from smoothalign.train.plots import plt
+from smoothalign.train.report_md import before_after_table, config_section, report_head, section
 
 TABLE_ROWS = [
     ("spearman_within", "Spearman(s̄, score) within a prompt, mean over prompts", "{:.3f}"),
@@ -81,11 +78,9 @@ def write_rank_report(
     save_figure(plot_training_curves(records), out / "training_curves.png")
     save_figure(plot_calibration(arrays_before, arrays_after), out / "calibration.png")
     k = config.get("num_candidates")
-    lines = [
-        "# smoothalign ranking-calibration report",
-        "",
-        f"- policy `{config.get('policy')}`, preference model `{config.get('reward_model')}`",
-        f"- {k} candidates per prompt by `{config.get('decoding')}`"
+    setup = [
+        f"policy `{config.get('policy')}`, preference model `{config.get('reward_model')}`",
+        f"{k} candidates per prompt by `{config.get('decoding')}`"
         + (
             f" (temperature {config.get('temperature')})"
             if config.get("decoding") == "sample"
@@ -93,10 +88,10 @@ def write_rank_report(
         )
         + f", {config.get('max_new_tokens')} new tokens at most; "
         + ("regenerated every epoch" if config.get("regenerate") else "generated once"),
-        f"- loss: mean over ranked pairs i < j of max(0, {config.get('margin')}·(j − i) − "
+        f"loss: mean over ranked pairs i < j of max(0, {config.get('margin')}·(j − i) − "
         f"(s̄ᵢ − s̄ⱼ)) + {config.get('nll_weight')} · NLL per token of the reference",
     ]
-    lines += [f"- {n}" for n in notes] + [""]
+    lines = report_head("smoothalign ranking-calibration report", [*setup, *notes])
     lines += [
         "## Held-out prompts, before and after calibration",
         "",
@@ -104,14 +99,8 @@ def write_rank_report(
         "preference model; `s̄` is the policy's mean log-likelihood per response token. "
         "Calibration by ranking should raise the agreement between `s̄` and the score.",
         "",
-        "| metric | before | after |",
-        "|---|---|---|",
+        *before_after_table(TABLE_ROWS, before, after),
     ]
-    for key, label, fmt in TABLE_ROWS:
-        if key in before or key in after:
-            b = fmt.format(before[key]) if key in before else "–"
-            a = fmt.format(after[key]) if key in after else "–"
-            lines.append(f"| {label} | {b} | {a} |")
     n_sp = (before.get("n_spearman_prompts"), after.get("n_spearman_prompts"))
     lines += [
         "",
@@ -122,15 +111,7 @@ def write_rank_report(
         "",
         "![calibration](calibration.png)",
         "",
-        "## Prompts",
-        "",
-        prompts_markdown,
-        "",
-        "## Resolved configuration",
-        "",
-        "```json",
-        json.dumps(config, indent=2),
-        "```",
-        "",
+        *section("Prompts", prompts_markdown),
+        *config_section(config),
     ]
     return atomic_write_text(out / "report.md", "\n".join(lines))

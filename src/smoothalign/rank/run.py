@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from smoothalign.reward.scoring import (
     resolve_reward_model_path,
 )
 from smoothalign.train.common import check_scheduler, resolve_bf16, train_eval_split
+from smoothalign.train.run_result import BaseRunResult
 
 SUMMARY_KEYS = (
     "spearman_within",
@@ -51,26 +52,19 @@ EVAL_SEED_OFFSET = 10_000  # held-out sampling uses seed + this, the same before
 
 
 @dataclass
-class RankRunResult:
-    output_dir: Path
-    before: dict[str, float]
-    after: dict[str, float]
-    train_seconds: float
-    n_train: int
-    n_eval: int
+class RankRunResult(BaseRunResult):
     notes: list[str] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
-    def summary(self) -> str:
-        rows = [
+    SUMMARY_KEYS: ClassVar[tuple[str, ...]] = SUMMARY_KEYS
+    KEY_WIDTH: ClassVar[int] = 17
+    ONLY_AFTER: ClassVar[bool] = False  # every key, nan where a side lacks it
+
+    def headline(self) -> str:
+        return (
             f"smoothalign rank-calibrate: {self.n_train} train / {self.n_eval} held-out prompts, "
             f"{self.train_seconds:.0f} s of calibration"
-        ]
-        for key in SUMMARY_KEYS:
-            b, a = self.before.get(key, float("nan")), self.after.get(key, float("nan"))
-            rows.append(f"  {key:<17} before {b:8.4f}   after {a:8.4f}")
-        rows.append(f"  report: {self.output_dir / 'report.md'}")
-        return "\n".join(rows)
+        )
 
 
 def _prompt_source(config: RankConfig) -> tuple[Any, str]:

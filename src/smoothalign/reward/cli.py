@@ -6,12 +6,12 @@ Imports nothing heavy at load time, so that ``smoothalign --help`` stays fast.
 from __future__ import annotations
 
 import argparse
-import sys
 
-from smoothalign.config_args import add_config_arguments
+from smoothalign.config_args import TRAINING_HELP, add_config_arguments, run_command
 from smoothalign.config_args import config_from_args as _config_from_args
 
 HELP = {
+    **TRAINING_HELP,
     "model": "'tiny' (a small config-built Llama: the default, for the oracle world and tests), "
     "'smollm2-135m', a local causal-LM folder (its trunk gets a new scalar head) or a folder "
     "saved from a *ForSequenceClassification model",
@@ -23,8 +23,6 @@ HELP = {
     "({pair_id, vote: 0/1})",
     "eval_data": "held-out pairs (default: the data's 'split'=='eval' rows, else a holdout)",
     "eval_labels": "soft labels of --eval-data in a separate file, joined on pair_id",
-    "eval_fraction": "holdout fraction when the data has no split column and no --eval-data",
-    "output_dir": "where checkpoints, metrics.jsonl, report.md and plots go",
     "loss": "bt (Bradley–Terry on the majority vote), soft-bce (target = vote share), fkl, "
     "rkl, jsd (divergences of SPEC §6)",
     "posterior": "fkl/rkl/jsd against the batch-normalised posterior target of SPEC §6 "
@@ -37,35 +35,15 @@ HELP = {
     "smoothing": "label smoothing of the target, t → (1 − 2α)t + α: none, constant:<α>, "
     "cals-l0, cals-l2 (α from the model's own calibration, SPEC §4), oracle-l0/l2 (needs a "
     "confidence column)",
-    "bins": "CALS: number of forecast bins K (even)",
     "momentum": "CALS: moving-average momentum per step",
-    "init_confidence": "CALS: prior confidence c0 (1.0 = no smoothing until evidence arrives)",
-    "prior_strength": "CALS: pseudo-pairs κ of prior per bin (never decayed)",
     "warmup_steps": "CALS: steps during which α = a*(c0) while the bins update",
-    "max_steps": "optimizer steps",
-    "learning_rate": "peak learning rate",
     "batch_size": "pairs per device per micro-batch (the posterior's batch)",
-    "grad_accum": "gradient accumulation steps",
-    "lr_scheduler": "transformers scheduler name",
-    "lr_warmup_steps": "learning-rate warm-up steps",
-    "weight_decay": "AdamW weight decay",
-    "max_length": "max tokens of prompt + response (longer responses are truncated and counted)",
     "seed": "random seed (data order, the score head's initialisation, the oracle world)",
     "lora": "train a LoRA adapter and the scalar head (--no-lora: full fine-tuning)",
-    "lora_r": "LoRA rank",
-    "lora_alpha": "LoRA scaling alpha",
-    "precision": "auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16",
-    "trust_remote_code": "allow custom model code from a local model folder",
     "oracle_pairs": "oracle text world (no --data): number of pairs",
     "annotators": "oracle text world: Bradley–Terry annotators per pair",
     "oracle_temperature": "oracle text world: annotator temperature τ, q = σ(Δr*/τ)",
-    "logging_steps": "log training metrics every N steps",
     "eval_steps": "evaluate on the held-out pairs every N steps (0: only before and after)",
-    "save_steps": "checkpoint every N steps (0: only the final model)",
-    "save_total_limit": "keep at most this many checkpoints",
-    "resume": "resume from a checkpoint folder, or 'latest' (newest complete one in --output-dir)",
-    "on_bad_rows": "invalid data rows: 'error' (stop, listing them) or 'skip' (listed in the report)",
-    "report": "write report.md and the plots at the end",
 }
 
 
@@ -82,13 +60,12 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = config_from_args(args)
-    except ValueError as e:
-        print(f"smoothalign reward: {e}", file=sys.stderr)
-        return 2
+    from smoothalign.reward.config import RewardConfig
+
+    return run_command(args, RewardConfig, "reward", _load_run)
+
+
+def _load_run():
     from smoothalign.reward.run import run_reward
 
-    result = run_reward(config)
-    print(result.summary())
-    return 0
+    return run_reward

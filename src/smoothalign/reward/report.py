@@ -3,21 +3,18 @@ evaluation before and after training."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from smoothalign.calibration import PAIRWISE_BINS, reliability_curve  # noqa: E402
-from smoothalign.calibration.plots import reliability_diagram  # noqa: E402
-from smoothalign.io import atomic_write_text, save_figure  # noqa: E402
-from smoothalign.reward.objective import MONITORED  # noqa: E402
-from smoothalign.train.report import read_metrics  # noqa: E402
+from smoothalign.calibration import PAIRWISE_BINS, reliability_curve
+from smoothalign.calibration.plots import reliability_diagram
+from smoothalign.io import atomic_write_text, save_figure
+from smoothalign.reward.objective import MONITORED
+from smoothalign.train.plots import plt
+from smoothalign.train.report import read_metrics
+from smoothalign.train.report_md import before_after_table, config_section, report_head, section
 
 TABLE_ROWS = [
     ("accuracy", "pairwise accuracy vs the majority vote", "{:.3f}"),
@@ -139,22 +136,10 @@ def write_reward_report(
     save_figure(plot_reliability(forecasts_before, forecasts_after), out / "reliability.png")
 
     target = "the posterior target (SPEC §6)" if config.get("posterior") else "the vote share"
-    lines = ["# smoothalign reward-model run report", ""]
-    lines += [
-        f"- loss: `{config.get('loss')}` against {target}; smoothing `{config.get('smoothing')}`"
-    ]
-    lines += [f"- {n}" for n in notes] + [""]
-    lines += [
-        "## Held-out evaluation, before and after training",
-        "",
-        "| metric | before | after |",
-        "|---|---|---|",
-    ]
-    for key, label, fmt in TABLE_ROWS:
-        if key in before or key in after:
-            b = fmt.format(before[key]) if key in before else "–"
-            a = fmt.format(after[key]) if key in after else "–"
-            lines.append(f"| {label} | {b} | {a} |")
+    loss = f"loss: `{config.get('loss')}` against {target}; smoothing `{config.get('smoothing')}`"
+    lines = report_head("smoothalign reward-model run report", [loss, *notes])
+    lines += ["## Held-out evaluation, before and after training", ""]
+    lines += before_after_table(TABLE_ROWS, before, after)
     lines += [
         "",
         "Calibration reads each pair in both orders, `(σ(d), p)` and `(1 − σ(d), 1 − p)`, with "
@@ -167,15 +152,7 @@ def write_reward_report(
         "",
         "![reliability](reliability.png)",
         "",
-        "## Data validation",
-        "",
-        validation_markdown,
-        "",
-        "## Resolved configuration",
-        "",
-        "```json",
-        json.dumps(config, indent=2),
-        "```",
-        "",
+        *section("Data validation", validation_markdown),
+        *config_section(config),
     ]
     return atomic_write_text(out / "report.md", "\n".join(lines))

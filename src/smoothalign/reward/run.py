@@ -17,10 +17,9 @@ the main process only.
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import set_seed
@@ -35,44 +34,24 @@ from smoothalign.reward.data import (
     validate_reward_rows,
 )
 from smoothalign.reward.trainer import RewardTrainer, reward_metrics
-from smoothalign.train.checkpoints import (
-    resolve_resume,
-    restore_smoothing_state,
-    save_smoothing_state,
-)
+from smoothalign.train.checkpoints import save_smoothing_state, train_with_resume
 from smoothalign.train.common import (
     check_scheduler,
     resolve_bf16,
-    train_eval_split,
+    split_validated,
     training_arguments,
 )
+from smoothalign.train.run_result import TrainerRunResult
 
 SUMMARY_KEYS = ("accuracy", "accuracy_true", "ece", "ece_true", "kl_true", "fkl", "rkl", "jsd")
 
 
 @dataclass
-class RewardRunResult:
-    output_dir: Path
-    before: dict[str, float]
-    after: dict[str, float]
-    train_seconds: float
-    n_train: int
-    n_eval: int
-    n_skipped: int
-    notes: list[str] = field(default_factory=list)
+class RewardRunResult(TrainerRunResult):
     trainer: RewardTrainer | None = field(default=None, repr=False)
 
-    def summary(self) -> str:
-        rows = [
-            f"smoothalign reward: {self.n_train} train / {self.n_eval} eval pairs, "
-            f"{self.n_skipped} bad rows skipped, {self.train_seconds:.0f} s of training"
-        ]
-        for key in SUMMARY_KEYS:
-            if key in self.after:
-                b = self.before.get(key, float("nan"))
-                rows.append(f"  {key:<15} before {b:8.4f}   after {self.after[key]:8.4f}")
-        rows.append(f"  report: {self.output_dir / 'report.md'}")
-        return "\n".join(rows)
+    COMMAND: ClassVar[str] = "reward"
+    SUMMARY_KEYS: ClassVar[tuple[str, ...]] = SUMMARY_KEYS
 
 
 # ---------------------------------------------------------------------------- model
@@ -171,10 +150,7 @@ def load_reward_data(
     report = validate_reward_rows(
         rows, tokenizer, config.max_length, config.on_bad_rows, labels=config.labels
     )
-    md = [report.to_markdown()]
-    info: dict[str, Any] = {"train": report.to_dict()}
-    examples = report.examples
-    eval_examples = None
+    eval_report = None
     if config.eval_data is not None:
         eval_report = validate_reward_rows(
             config.eval_data,
@@ -183,19 +159,15 @@ def load_reward_data(
             config.on_bad_rows,
             labels=config.eval_labels,
         )
-        md += ["", "Eval data:", "", eval_report.to_markdown()]
-        info["eval"] = eval_report.to_dict()
-        eval_examples = eval_report.examples
-    train_ex, eval_ex, split_notes = train_eval_split(
-        examples,
-        eval_examples,
+    train_ex, eval_ex, info, md, split_notes = split_validated(
+        report,
+        eval_report,
         lambda ex: ex.pair.metadata,
         lambda ex: ex.pair.row,
         config.eval_fraction,
         config.seed,
     )
-    notes += split_notes
-    return train_ex, eval_ex, info, "\n".join(md), notes
+    return train_ex, eval_ex, info, md, notes + split_notes
 
 
 # ---------------------------------------------------------------------------- run
@@ -244,15 +216,9 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
 
     forecasts_before = trainer.reward_forecasts(eval_ds)
     before = _metrics(forecasts_before, config)
-    resume = resolve_resume(config.resume, out)
-    if resume is not None:
-        restore_smoothing_state(trainer.smoothing_policy, resume)
-        notes.append(f"resumed from {resume}")
-    elif config.resume == "latest":
-        notes.append("--resume latest: no complete checkpoint yet, started fresh")
-    t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    train_seconds = time.perf_counter() - t0
+    train_seconds = train_with_resume(
+        trainer, config.resume, out, notes, smoothing_policy=trainer.smoothing_policy
+    )
 
     forecasts_after = trainer.reward_forecasts(eval_ds)
     after = _metrics(forecasts_after, config)

@@ -3,20 +3,17 @@ diagram, from ``metrics.jsonl`` and the before/after evaluation."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from smoothalign.calibration.plots import reliability_diagram  # noqa: E402
-from smoothalign.io import atomic_write_text, save_figure  # noqa: E402
-from smoothalign.sft.trainer import token_reliability  # noqa: E402
-from smoothalign.train.report import read_metrics  # noqa: E402
+from smoothalign.calibration.plots import reliability_diagram
+from smoothalign.io import atomic_write_text, save_figure
+from smoothalign.sft.trainer import token_reliability
+from smoothalign.train.plots import plt
+from smoothalign.train.report import read_metrics
+from smoothalign.train.report_md import before_after_table, config_section, report_head, section
 
 TABLE_ROWS = [
     ("loss", "label-smoothed loss (the objective, β of this run)", "{:.4f}"),
@@ -90,19 +87,9 @@ def write_sft_report(
     )
     save_figure(fig, out / "reliability.png")
 
-    lines = ["# smoothalign SFT run report", ""]
-    lines += [f"- {n}" for n in notes] + [""]
-    lines += [
-        "## Held-out completion tokens, before and after training",
-        "",
-        "| metric | before | after |",
-        "|---|---|---|",
-    ]
-    for key, label, fmt in TABLE_ROWS:
-        if key in before or key in after:
-            b = fmt.format(before[key]) if key in before else "–"
-            a = fmt.format(after[key]) if key in after else "–"
-            lines.append(f"| {label} | {b} | {a} |")
+    lines = report_head("smoothalign SFT run report", notes)
+    lines += ["## Held-out completion tokens, before and after training", ""]
+    lines += before_after_table(TABLE_ROWS, before, after)
     lines += [
         "",
         f"The loss is `(1 − β)·NLL + β·CE(uniform)` with β = {config['label_smoothing']:g} "
@@ -114,15 +101,7 @@ def write_sft_report(
         "",
         "![reliability](reliability.png)",
         "",
-        "## Data validation",
-        "",
-        validation_markdown,
-        "",
-        "## Resolved configuration",
-        "",
-        "```json",
-        json.dumps(config, indent=2),
-        "```",
-        "",
+        *section("Data validation", validation_markdown),
+        *config_section(config),
     ]
     return atomic_write_text(out / "report.md", "\n".join(lines))

@@ -9,10 +9,9 @@ The wiring of the layers below; every piece it calls is tested on its own. Write
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import set_seed
@@ -30,41 +29,28 @@ from smoothalign.sft.data import (
 )
 from smoothalign.sft.objective import _fused_kernel
 from smoothalign.sft.trainer import SFTTrainer
-from smoothalign.train.checkpoints import resolve_resume
+from smoothalign.train.checkpoints import train_with_resume
 from smoothalign.train.common import (
     add_lora,
     check_scheduler,
     resolve_bf16,
-    train_eval_split,
+    split_validated,
     training_arguments,
 )
+from smoothalign.train.run_result import TrainerRunResult
 
 SUMMARY_KEYS = ("loss", "nll", "perplexity", "mean_token_accuracy", "entropy", "top1_ece")
 
 
 @dataclass
-class SFTRunResult:
-    output_dir: Path
-    before: dict[str, float]
-    after: dict[str, float]
-    train_seconds: float
-    n_train: int
-    n_eval: int
-    n_skipped: int
-    notes: list[str] = field(default_factory=list)
+class SFTRunResult(TrainerRunResult):
     trainer: SFTTrainer | None = field(default=None, repr=False)
 
-    def summary(self) -> str:
-        rows = [
-            f"smoothalign sft: {self.n_train} train / {self.n_eval} eval rows, "
-            f"{self.n_skipped} bad rows skipped, {self.train_seconds:.0f} s of training"
-        ]
-        for key in SUMMARY_KEYS:
-            if key in self.after:
-                b = self.before.get(key, float("nan"))
-                rows.append(f"  {key:<20} before {b:9.4f}   after {self.after[key]:9.4f}")
-        rows.append(f"  report: {self.output_dir / 'report.md'}")
-        return "\n".join(rows)
+    COMMAND: ClassVar[str] = "sft"
+    UNIT: ClassVar[str] = "rows"
+    SUMMARY_KEYS: ClassVar[tuple[str, ...]] = SUMMARY_KEYS
+    KEY_WIDTH: ClassVar[int] = 20
+    VALUE_WIDTH: ClassVar[int] = 9
 
 
 def load_sft_data(
@@ -81,25 +67,20 @@ def load_sft_data(
     else:
         rows = load_sft_rows(config.data)
     report = validate_sft_rows(rows, tokenizer, config.max_length, config.on_bad_rows)
-    md = [report.to_markdown()]
-    info: dict[str, Any] = {"train": report.to_dict()}
-    eval_examples = None
+    eval_report = None
     if config.eval_data is not None:
         eval_report = validate_sft_rows(
             load_sft_rows(config.eval_data), tokenizer, config.max_length, config.on_bad_rows
         )
-        md += ["", "Eval data:", "", eval_report.to_markdown()]
-        info["eval"] = eval_report.to_dict()
-        eval_examples = eval_report.examples
-    train_ex, eval_ex, split_notes = train_eval_split(
-        report.examples,
-        eval_examples,
+    train_ex, eval_ex, info, md, split_notes = split_validated(
+        report,
+        eval_report,
         lambda ex: ex.metadata,
         lambda ex: ex.row,
         config.eval_fraction,
         config.seed,
     )
-    return train_ex, eval_ex, info, "\n".join(md), notes + split_notes
+    return train_ex, eval_ex, info, md, notes + split_notes
 
 
 def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult:
@@ -152,14 +133,7 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
 
     trainer.check_head(collator(eval_ex[: config.batch_size]))
     before, tokens_before = trainer.token_evaluation(eval_ds)
-    resume = resolve_resume(config.resume, out)
-    if resume is not None:
-        notes.append(f"resumed from {resume}")
-    elif config.resume == "latest":
-        notes.append("--resume latest: no complete checkpoint yet, started fresh")
-    t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    train_seconds = time.perf_counter() - t0
+    train_seconds = train_with_resume(trainer, config.resume, out, notes)
 
     after, tokens_after = trainer.token_evaluation(eval_ds)
     trainer.log({f"final_eval_{k}": v for k, v in after.items()})

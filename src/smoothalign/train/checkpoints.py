@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,23 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
             "trusted. Resume from an earlier checkpoint (or --resume latest)."
         )
     return folder
+
+
+def train_with_resume(
+    trainer, resume: str | None, output_dir: str | Path, notes: list[str], smoothing_policy=None
+) -> float:
+    """Resolve ``--resume`` (noting what was resumed), restore ``smoothing_policy``'s state
+    from the checkpoint when given, run ``trainer.train``; the seconds training took."""
+    folder = resolve_resume(resume, output_dir)
+    if folder is not None:
+        if smoothing_policy is not None:
+            restore_smoothing_state(smoothing_policy, folder)
+        notes.append(f"resumed from {folder}")
+    elif resume == "latest":
+        notes.append("--resume latest: no complete checkpoint yet, started fresh")
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(folder) if folder else None)
+    return time.perf_counter() - t0
 
 
 def save_smoothing_state(state: dict[str, Any], folder: str | Path) -> Path:

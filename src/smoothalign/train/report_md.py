@@ -1,0 +1,38 @@
+"""The markdown pieces every run report shares: the title with its notes, the before/after
+table, a titled section and the resolved configuration."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+# (metric key, label, format) rows of a before/after table
+TableRows = list[tuple[str, str, str]]
+
+
+def report_head(title: str, notes: list[str]) -> list[str]:
+    """``# title`` and the notes as a bullet list."""
+    return [f"# {title}", "", *[f"- {n}" for n in notes], ""]
+
+
+def before_after_table(
+    rows: TableRows, before: dict[str, float], after: dict[str, float]
+) -> list[str]:
+    """``| metric | before | after |``: a row per key either side has, ``–`` where one lacks it."""
+    lines = ["| metric | before | after |", "|---|---|---|"]
+    for key, label, fmt in rows:
+        if key in before or key in after:
+            b = fmt.format(before[key]) if key in before else "–"
+            a = fmt.format(after[key]) if key in after else "–"
+            lines.append(f"| {label} | {b} | {a} |")
+    return lines
+
+
+def section(title: str, body: str) -> list[str]:
+    """``## title`` and its markdown body."""
+    return [f"## {title}", "", body, ""]
+
+
+def config_section(config: dict[str, Any]) -> list[str]:
+    """The resolved configuration as a JSON block, the last section of every report."""
+    return ["## Resolved configuration", "", "```json", json.dumps(config, indent=2), "```", ""]

@@ -1,0 +1,83 @@
+"""What every run returns: its folder, the held-out metrics before and after training, the
+counts and notes, and a short printable summary (what the CLIs print at the end)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+
+def metric_rows(
+    before: dict[str, float],
+    after: dict[str, float],
+    keys: tuple[str, ...],
+    *,
+    key_width: int = 15,
+    value_width: int = 8,
+    only_after: bool = True,
+) -> list[str]:
+    """``  key  before x   after y`` per key (a missing value prints as nan); with
+    ``only_after``, the keys ``after`` lacks are left out."""
+    rows = []
+    for key in keys:
+        if only_after and key not in after:
+            continue
+        b, a = before.get(key, float("nan")), after.get(key, float("nan"))
+        rows.append(
+            f"  {key:<{key_width}} before {b:{value_width}.4f}   after {a:{value_width}.4f}"
+        )
+    return rows
+
+
+@dataclass
+class BaseRunResult:
+    """The fields every run's result shares; subclasses add theirs and set the class
+    attributes that shape :meth:`summary`."""
+
+    output_dir: Path
+    before: dict[str, float]
+    after: dict[str, float]
+    train_seconds: float
+    n_train: int
+    n_eval: int
+
+    SUMMARY_KEYS: ClassVar[tuple[str, ...]] = ()
+    KEY_WIDTH: ClassVar[int] = 15
+    VALUE_WIDTH: ClassVar[int] = 8
+    ONLY_AFTER: ClassVar[bool] = True
+
+    def headline(self) -> str:
+        raise NotImplementedError
+
+    def summary(self) -> str:
+        rows = [self.headline()]
+        rows += metric_rows(
+            self.before,
+            self.after,
+            self.SUMMARY_KEYS,
+            key_width=self.KEY_WIDTH,
+            value_width=self.VALUE_WIDTH,
+            only_after=self.ONLY_AFTER,
+        )
+        rows.append(f"  report: {self.output_dir / 'report.md'}")
+        return "\n".join(rows)
+
+
+@dataclass
+class TrainerRunResult(BaseRunResult):
+    """A run on ``transformers.Trainer`` (DPO, reward, SFT): rows validated and skipped, the
+    trainer kept (model and smoothing state) for whoever called the run."""
+
+    n_skipped: int
+    notes: list[str] = field(default_factory=list)
+    trainer: Any = field(default=None, repr=False)
+
+    COMMAND: ClassVar[str] = ""
+    UNIT: ClassVar[str] = "pairs"
+
+    def headline(self) -> str:
+        return (
+            f"smoothalign {self.COMMAND}: {self.n_train} train / {self.n_eval} eval {self.UNIT}, "
+            f"{self.n_skipped} bad rows skipped, {self.train_seconds:.0f} s of training"
+        )
