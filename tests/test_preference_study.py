@@ -194,6 +194,12 @@ def test_cli_quick_run_writes_every_output(tmp_path):
     assert results["run_info"]["wall_seconds"] > 0
     assert "claim" in results and "rows" in results["claim"]
     assert "## Flip rate 0.2" in (out / "table.md").read_text()
+    # the report re-renders from results.json alone, to the same table
+    again = tmp_path / "again"
+    rerender = ["study", "preference", "--from-results", str(out / "results.json")]
+    assert main([*rerender, "--output-dir", str(again)]) == 0
+    assert (again / "table.md").read_text() == (out / "table.md").read_text()
+    assert (again / "alpha_histograms.png").stat().st_size > 0
 
 
 def test_cli_rejects_bad_arguments(tmp_path, capsys):

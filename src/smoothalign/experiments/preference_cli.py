@@ -61,6 +61,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--export-flip-rate", type=float, default=0.0, help="label flips for --export-votes"
     )
+    parser.add_argument(
+        "--from-results",
+        metavar="FILE",
+        help="re-render table.md and the figures from a finished run's results.json (no training)",
+    )
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -102,9 +107,45 @@ def export_votes(args: argparse.Namespace, cfg) -> int:
     return 0
 
 
+def rerender(args: argparse.Namespace) -> int:
+    """The report of a finished run, from its ``results.json``: the claim check and the
+    tables are recomputed from the runs, so a fix to the report never needs a re-run."""
+    import json
+
+    from smoothalign.experiments import preference, preference_report
+    from smoothalign.io import atomic_write_json, atomic_write_text
+
+    source = Path(args.from_results)
+    try:
+        results = json.loads(source.read_text())
+    except (OSError, ValueError) as e:
+        print(f"smoothalign study preference: --from-results {source}: {e}", file=sys.stderr)
+        return 2
+    if "runs" not in results or "config" not in results:
+        print(
+            f"smoothalign study preference: {source} is not a study's results.json", file=sys.stderr
+        )
+        return 2
+    results["aggregates"] = preference.aggregate(results["runs"])
+    results["claim"] = preference_report.claim_check(results)
+    out = Path(args.output_dir) if args.output_dir != DEFAULT_OUTPUT_DIR else source.parent
+    out.mkdir(parents=True, exist_ok=True)
+    table = preference_report.markdown_report(results)
+    written = [
+        atomic_write_json(out / "results.json", results),
+        atomic_write_text(out / "table.md", table),
+        *preference_report.write_figures(results, out),
+    ]
+    print(table)
+    print("re-rendered: " + ", ".join(str(p) for p in written))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from smoothalign.experiments.preference import METHODS
 
+    if args.from_results:
+        return rerender(args)
     if args.list_methods:
         for m in METHODS.values():
             print(
