@@ -30,6 +30,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
         "smoothalign.experiments.preference_cli",
         "noisy-preference benchmark with a known oracle: CALS vs DPO, cDPO, rDPO, IPO",
     ),
+    (("sft",), "smoothalign.sft.cli", "SFT with token-level label smoothing (SPEC §5)"),
     (
         ("rank-calibrate",),
         "smoothalign.rank.cli",
