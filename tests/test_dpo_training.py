@@ -165,7 +165,7 @@ def test_lora_reference_modes_agree(noisy_data, tmp_path):
         assert result.before["margin_mean"] == pytest.approx(
             0.0, abs=1e-5
         )  # policy == reference at start
-        finals[reference] = load_file(out / "final" / "adapter_model.safetensors")
+        finals[reference] = load_file(out / "final" / "adapter" / "adapter_model.safetensors")
     ref = finals["precomputed"]
     assert any(v.abs().max() > 0 for k, v in ref.items() if "lora_B" in k)  # the adapter moved
     for name in ("adapter-disabled", "model"):

@@ -90,7 +90,8 @@ def test_cli_trains_on_messages_and_writes_the_report(tmp_path):
         "config.json",
         "validation.json",
         "eval_results.json",
-        "final/adapter_model.safetensors",  # LoRA is the default
+        "final/adapter/adapter_model.safetensors",
+        "final/model.safetensors",  # LoRA is the default
     ):
         assert (out / name).is_file(), name
     report = (out / "report.md").read_text()

@@ -30,11 +30,26 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
         "smoothalign.experiments.preference_cli",
         "noisy-preference benchmark with a known oracle: CALS vs DPO, cDPO, rDPO, IPO",
     ),
+    (
+        ("study", "sft-calibration"),
+        "smoothalign.experiments.sft_calibration",
+        "label-smoothed SFT (beta grid, seeds) scored for multiple-choice calibration",
+    ),
     (("sft",), "smoothalign.sft.cli", "SFT with token-level label smoothing (SPEC §5)"),
     (
         ("rank-calibrate",),
         "smoothalign.rank.cli",
         "calibrate a policy by ranking its samples with a preference model (SLiC)",
+    ),
+    (
+        ("eval", "calibration"),
+        "smoothalign.eval.calibration_cli",
+        "multiple-choice accuracy and calibration (ECE, RMS) on MMLU, BIG-bench, JSONL",
+    ),
+    (
+        ("analyze", "head"),
+        "smoothalign.analysis.head_cli",
+        "LM-head entropy lower bound (SPEC §5) and what it implies for label smoothing",
     ),
 ]
 

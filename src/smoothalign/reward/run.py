@@ -38,6 +38,7 @@ from smoothalign.train.checkpoints import save_smoothing_state, train_with_resum
 from smoothalign.train.common import (
     check_scheduler,
     resolve_bf16,
+    save_final_model,
     split_validated,
     training_arguments,
 )
@@ -114,17 +115,6 @@ def _add_lora(model, config: RewardConfig):
         task_type="SEQ_CLS",  # keeps the new scalar head fully trainable (modules_to_save)
     )
     return get_peft_model(model, lora)
-
-
-def save_merged_model(peft_model, tokenizer, dest: Path) -> Path:
-    """Merge ``peft_model``'s LoRA adapter into a copy of its base model (the trained
-    ``modules_to_save`` — the scalar head — replace the originals) and save that as a full
-    model (safetensors) with ``tokenizer`` into ``dest``. ``peft_model`` is left as it was."""
-    merged = copy.deepcopy(peft_model).merge_and_unload()
-    dest.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(dest, safe_serialization=True)
-    tokenizer.save_pretrained(dest)
-    return dest
 
 
 # ---------------------------------------------------------------------------- data
@@ -225,12 +215,7 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
     trainer.log({f"final_eval_{k}": v for k, v in after.items()})
 
     final = out / "final"
-    if config.lora:
-        trainer.save_model(str(final / "adapter"))  # the adapter (+ head) and the tokenizer
-        if main_process:
-            save_merged_model(trainer.accelerator.unwrap_model(trainer.model), tokenizer, final)
-    else:
-        trainer.save_model(str(final))
+    save_final_model(trainer, tokenizer, final, lora=config.lora, main_process=main_process)
     if main_process:
         save_smoothing_state(trainer.smoothing_policy.state_dict(), final)
         atomic_write_json(out / "eval_results.json", {"before": before, "after": after})

@@ -2,7 +2,8 @@
 
 The wiring of the layers below; every piece it calls is tested on its own. Writes into
 ``config.output_dir``: ``config.json``, ``validation.json``, ``metrics.jsonl``,
-``checkpoint-N/`` (with ``--save-steps``), ``final/`` (the model, or the LoRA adapter),
+``checkpoint-N/`` (with ``--save-steps``), ``final/`` (the full model; with LoRA the merged
+model, and the adapter in ``final/adapter/``),
 ``eval_results.json`` (held-out metrics before and after) and, with ``report``,
 ``report.md`` with ``training_curves.png`` and ``reliability.png``.
 """
@@ -34,6 +35,7 @@ from smoothalign.train.common import (
     add_lora,
     check_scheduler,
     resolve_bf16,
+    save_final_model,
     split_validated,
     training_arguments,
 )
@@ -137,7 +139,7 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
 
     after, tokens_after = trainer.token_evaluation(eval_ds)
     trainer.log({f"final_eval_{k}": v for k, v in after.items()})
-    trainer.save_model(str(out / "final"))
+    save_final_model(trainer, tokenizer, out / "final", lora=config.lora, main_process=main_process)
     if main_process:
         atomic_write_json(out / "eval_results.json", {"before": before, "after": after})
     device = "CUDA" if torch.cuda.is_available() else "CPU"

@@ -184,3 +184,31 @@ def add_lora(model, config: Any):
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
+
+
+def save_merged_model(peft_model, tokenizer, dest) -> Any:
+    """Merge ``peft_model``'s LoRA adapter into a copy of its base model (trained
+    ``modules_to_save``, e.g. a reward model's scalar head, replace the originals) and save
+    that as a full model (safetensors) with ``tokenizer`` into ``dest``. ``peft_model`` is
+    left as it was; the copy briefly doubles the model's memory."""
+    import copy
+    from pathlib import Path
+
+    dest = Path(dest)
+    merged = copy.deepcopy(peft_model).merge_and_unload()
+    dest.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(dest, safe_serialization=True)
+    tokenizer.save_pretrained(dest)
+    return dest
+
+
+def save_final_model(trainer, tokenizer, final, *, lora: bool, main_process: bool) -> None:
+    """``final/``: always a full model that ``from_pretrained`` (and every smoothalign
+    command taking a model path) loads as it is. With LoRA the adapter is merged into a copy
+    of the model for that, and the adapter itself is kept in ``final/adapter/``."""
+    if lora:
+        trainer.save_model(str(final / "adapter"))  # the adapter and the tokenizer
+        if main_process:
+            save_merged_model(trainer.accelerator.unwrap_model(trainer.model), tokenizer, final)
+    else:
+        trainer.save_model(str(final))

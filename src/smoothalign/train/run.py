@@ -32,6 +32,7 @@ from smoothalign.train.common import (
     add_lora,
     check_scheduler,
     resolve_bf16,
+    save_final_model,
     split_validated,
     training_arguments,
 )
@@ -151,8 +152,8 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     trainer.log({f"final_eval_{k}": v for k, v in after.items()})
 
     final = out / "final"
-    trainer.save_model(str(final))
     main_process = trainer.is_world_process_zero()
+    save_final_model(trainer, tokenizer, final, lora=config.lora, main_process=main_process)
     if main_process:
         save_smoothing_state(trainer.smoothing_policy.state_dict(), final)
         atomic_write_json(out / "eval_results.json", {"before": before, "after": after})

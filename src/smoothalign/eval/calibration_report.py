@@ -1,0 +1,63 @@
+"""The written results of ``smoothalign eval calibration``: Markdown table and reliability
+diagram, from the ``results.json`` dictionary that the command builds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from smoothalign.calibration import ReliabilityCurve
+from smoothalign.calibration.plots import reliability_diagram
+
+SCORER_LABELS = {
+    "letter": "letter (softmax over answer letters)",
+    "option": "option likelihood (length-normalised)",
+}
+
+
+def markdown_report(results: dict[str, Any]) -> str:
+    """Per-scorer tables (one row per task, then all tasks pooled) and the data notes."""
+    cfg = results["config"]
+    lines = [
+        f"# Multiple-choice calibration: {results['model']}",
+        "",
+        f"Shots: {cfg['shots']}; limit per task: {cfg['limit']} (seed {cfg['seed']}); "
+        f"{cfg['bins']} equal-width confidence bins; confidence = max softmax over options.",
+        "",
+    ]
+    for scorer, block in results["results"].items():
+        lines += [
+            f"## Scorer: {SCORER_LABELS.get(scorer, scorer)}",
+            "",
+            "| task | n | accuracy | chance | ECE | RMS | mean conf. | NLL | truncated |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        rows = list(block["tasks"].items()) + [("**all (pooled)**", block["overall"])]
+        for name, m in rows:
+            lines.append(
+                f"| {name} | {m['n']} | {m['accuracy']:.3f} | {m['chance']:.3f} | "
+                f"{m['ece']:.4f} | {m['rms']:.4f} | {m['mean_confidence']:.3f} | "
+                f"{m['nll']:.3f} | {m['n_truncated']} |"
+            )
+        if "letter_mass" in block["overall"]:
+            lines += [
+                "",
+                f"Mean next-token probability on the valid letters: "
+                f"{block['overall']['letter_mass']:.3f}.",
+            ]
+        lines.append("")
+    notes = [(t["name"], n) for t in results["tasks"] for n in t["notes"]]
+    if notes:
+        lines += ["## Data notes", ""] + [f"* {name}: {n}" for name, n in notes] + [""]
+    t = results["timing"]
+    lines.append(f"Wall time: {t['total_s']:.1f} s (model load {t['model_load_s']:.1f} s).")
+    return "\n".join(lines) + "\n"
+
+
+def reliability_figure(curves: dict[str, ReliabilityCurve], model: str):
+    """One curve per scorer over all evaluated questions."""
+    labelled = {SCORER_LABELS.get(k, k): v for k, v in curves.items()}
+    return reliability_diagram(
+        labelled,
+        title=f"Multiple-choice reliability: {model}",
+        xlabel="confidence (max softmax over options)",
+    )

@@ -1,0 +1,325 @@
+"""Score multiple-choice questions with a causal LM, and measure accuracy and calibration.
+
+Two scorers (SPEC §5), both batched, both pure functions of ``(model, tokenizer, prompts)``:
+
+* :func:`score_letters` — **letter scorer**. The prompt lists the options as A, B, C, …
+  and ends in ``Answer:``; one forward pass gives the next-token distribution, and the score
+  of option *k* is the log-probability of its continuation `` A``/`` B``/…. When the
+  tokenizer splits `` A`` into several tokens (a byte-level tokenizer: `` `` then ``A``),
+  the shared leading tokens are appended to the prompt and only the last, distinguishing
+  token is read: the shared factor cancels in the softmax over options, so the result is
+  the exact conditional over the letters. ``letter_mass`` records how much next-token
+  probability the letters get at all (low mass: the model wanted to say something else).
+* :func:`score_options` — **option-likelihood scorer** (cloze). The score of option *k* is
+  the *mean* log-probability per token of the option's own text as the continuation of the
+  prompt (sum of token log-probs divided by the option's token count), so long options are
+  not penalised for their length.
+
+In both cases the forecast is ``softmax(scores)`` over the options (:func:`option_probabilities`),
+the prediction its arg-max and the confidence its max; :func:`summarise` gives accuracy and
+the SPEC §5 calibration errors (ECE and RMS over 15 equal-width bins, via
+:mod:`smoothalign.calibration`).
+
+Sequences are left-padded (with explicit ``position_ids``) so the positions that matter sit
+at the end of every row, and the model is asked for those logits only (``logits_to_keep``):
+no ``[batch, length, vocabulary]`` tensor for the whole prompt. A prompt longer than
+``max_length`` minus its continuation loses tokens from its *start* (oldest few-shot text
+first); such questions are counted in ``n_truncated``, never dropped.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from smoothalign.calibration import calibration_summary
+from smoothalign.eval.mc_tasks import LETTERS
+
+__all__ = [
+    "MCScores",
+    "letter_token_ids",
+    "option_probabilities",
+    "predictions",
+    "score_letters",
+    "score_options",
+    "summarise",
+]
+
+DEFAULT_BINS = 15
+
+
+@dataclass
+class MCScores:
+    """Per-question option scores (float64 arrays, one per question, one value per option).
+
+    ``letter_mass`` (letter scorer only): per question, the total next-token probability of
+    its letters. ``truncated``: per question, whether any of its sequences lost prompt tokens.
+    """
+
+    scores: list[np.ndarray]
+    truncated: list[bool]
+    letter_mass: list[float] | None = None
+
+    @property
+    def n_truncated(self) -> int:
+        return int(sum(self.truncated))
+
+
+# --------------------------------------------------------------------------------------------
+# the two scorers
+# --------------------------------------------------------------------------------------------
+
+
+def letter_token_ids(tokenizer: Any, n_letters: int) -> tuple[list[int], list[int]]:
+    """``(shared_prefix_ids, letter_ids)`` for the continuations `` A``, `` B``, ….
+
+    Raises ``ValueError`` when the continuations do not share all but their last token or
+    their last tokens collide (the letter scorer cannot then read one distribution).
+    """
+    encoded = [tokenizer.encode(f" {c}", add_special_tokens=False) for c in LETTERS[:n_letters]]
+    prefix = encoded[0][:-1]
+    if any(len(e) == 0 or e[:-1] != prefix for e in encoded):
+        raise ValueError(
+            "letter scorer: the tokenizer encodes ' A', ' B', … with different leading tokens "
+            f"({encoded[:4]}…); use the option-likelihood scorer (--scorer option)"
+        )
+    last = [e[-1] for e in encoded]
+    if len(set(last)) != len(last):
+        raise ValueError(f"letter scorer: two letters share a token id ({last}); cannot score")
+    return prefix, last
+
+
+def score_letters(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    n_options: Sequence[int],
+    *,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    progress: bool = False,
+    desc: str = "letter scorer",
+) -> MCScores:
+    """Log-probabilities of the letters A, B, … (first ``n_options[i]`` of them) as the next
+    token after ``prompts[i]`` (which should list the lettered options; see
+    :func:`smoothalign.eval.mc_prompts.build_prompt` with ``"letter"``)."""
+    if len(prompts) != len(n_options):
+        raise ValueError(f"n_options: expected {len(prompts)} values, got {len(n_options)}")
+    if len(prompts) == 0:
+        return MCScores([], [], [])
+    too_many = [i for i, n in enumerate(n_options) if n > len(LETTERS) or n < 2]
+    if too_many:
+        i = too_many[0]
+        raise ValueError(f"prompt {i}: {n_options[i]} options; the letter scorer needs 2..26")
+    prefix, letter_ids = letter_token_ids(tokenizer, max(n_options))
+    max_length = _max_length(model, tokenizer, max_length)
+    seqs, truncated = [], []
+    for p in _encode_prompts(tokenizer, prompts):
+        ids, cut = _fit(p + prefix, [], max_length)
+        seqs.append(ids)
+        truncated.append(cut)
+    index = torch.tensor(letter_ids)
+    scores: list[np.ndarray | None] = [None] * len(prompts)
+    mass: list[float] = [0.0] * len(prompts)
+    for rows, logits in _batches(
+        model, tokenizer, seqs, [1] * len(seqs), batch_size, progress, desc
+    ):
+        logp = torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()  # [B, V]
+        picked = logp[:, index].double().numpy()  # [B, n_letters_max]
+        for b, i in enumerate(rows):
+            s = picked[b, : n_options[i]]
+            scores[i] = s
+            mass[i] = float(np.exp(s).sum())
+    return MCScores(scores=scores, truncated=truncated, letter_mass=mass)
+
+
+def score_options(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    options: Sequence[Sequence[str]],
+    *,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    progress: bool = False,
+    desc: str = "option scorer",
+) -> MCScores:
+    """Mean per-token log-probability of each continuation ``options[i][k]`` after
+    ``prompts[i]`` (continuations as given: include the leading space, see
+    :func:`smoothalign.eval.mc_prompts.continuations`)."""
+    if len(prompts) != len(options):
+        raise ValueError(f"options: expected {len(prompts)} lists, got {len(options)}")
+    max_length = _max_length(model, tokenizer, max_length)
+    seqs, lengths, owner = [], [], []
+    truncated = [False] * len(prompts)
+    for i, p in enumerate(_encode_prompts(tokenizer, prompts)):
+        if len(options[i]) < 2:
+            raise ValueError(f"prompt {i}: {len(options[i])} options; need at least 2")
+        if not p:
+            raise ValueError(f"prompt {i}: encodes to no tokens; an option needs a context")
+        for k, text in enumerate(options[i]):
+            cont = tokenizer.encode(text, add_special_tokens=False)
+            if not cont:
+                raise ValueError(f"prompt {i}, option {k}: encodes to no tokens ({text!r})")
+            ids, cut = _fit(p, cont, max_length)
+            truncated[i] |= cut
+            seqs.append(ids + cont)
+            lengths.append(len(cont))
+            owner.append((i, k))
+    means = np.empty(len(seqs))
+    keep = [n + 1 for n in lengths]
+    for rows, logits in _batches(model, tokenizer, seqs, keep, batch_size, progress, desc):
+        logp = torch.log_softmax(logits.float(), dim=-1)  # [B, K, V]
+        K = logits.shape[1]
+        for b, s in enumerate(rows):
+            n = lengths[s]
+            targets = torch.tensor(seqs[s][-n:], device=logp.device)
+            # logits kept at positions L-K..L-1; the option's tokens sit at L-n..L-1 and are
+            # predicted from positions L-n-1..L-2, i.e. kept indices K-n-1..K-2
+            rows_logp = logp[b, K - n - 1 : K - 1].gather(-1, targets[:, None]).squeeze(-1)
+            means[s] = float(rows_logp.double().sum()) / n
+    scores = [np.empty(len(o)) for o in options]
+    for s, (i, k) in enumerate(owner):
+        scores[i][k] = means[s]
+    return MCScores(scores=scores, truncated=truncated)
+
+
+# --------------------------------------------------------------------------------------------
+# from scores to metrics
+# --------------------------------------------------------------------------------------------
+
+
+def option_probabilities(scores: np.ndarray) -> np.ndarray:
+    """``softmax(scores)`` in float64: the forecast over the options."""
+    s = np.asarray(scores, dtype=np.float64)
+    e = np.exp(s - s.max())
+    return e / e.sum()
+
+
+def predictions(scores: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """``(probabilities, predicted index, confidence)`` per question."""
+    probs = [option_probabilities(s) for s in scores]
+    pred = np.array([int(np.argmax(p)) for p in probs], dtype=np.int64)
+    conf = np.array([float(np.max(p)) for p in probs], dtype=np.float64)
+    return probs, pred, conf
+
+
+def summarise(
+    scores: Sequence[np.ndarray], answers: Sequence[int], bins: int = DEFAULT_BINS
+) -> dict[str, float]:
+    """Accuracy and calibration of the max-softmax confidence (SPEC §5).
+
+    Keys: ``n``, ``accuracy``, ``ece``, ``rms``, ``mce`` (over ``bins`` equal-width bins),
+    ``brier`` (top-label: mean of (confidence − correct)²), ``nll`` (mean −log p(answer)),
+    ``mean_confidence``, ``chance`` (mean of 1/number of options).
+    """
+    if len(scores) != len(answers) or not scores:
+        raise ValueError(
+            f"scores/answers: need equal, non-zero lengths ({len(scores)}, {len(answers)})"
+        )
+    probs, pred, conf = predictions(scores)
+    answers = np.asarray(answers, dtype=np.int64)
+    correct = (pred == answers).astype(np.float64)
+    p_answer = np.array([p[a] for p, a in zip(probs, answers, strict=True)])
+    cal = calibration_summary(conf, correct, bins)
+    return {
+        "n": len(scores),
+        "accuracy": float(correct.mean()),
+        "ece": cal["ece"],
+        "rms": cal["rms"],
+        "mce": cal["mce"],
+        "brier": cal["brier"],
+        "nll": float(-np.log(np.clip(p_answer, 1e-300, None)).mean()),
+        "mean_confidence": float(conf.mean()),
+        "chance": float(np.mean([1.0 / len(p) for p in probs])),
+        "bins": bins,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# batching
+# --------------------------------------------------------------------------------------------
+
+
+def _encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
+    return [list(tokenizer(p, add_special_tokens=True)["input_ids"]) for p in prompts]
+
+
+def _max_length(model: Any, tokenizer: Any, max_length: int | None) -> int:
+    if max_length is not None:
+        if max_length < 2:
+            raise ValueError(f"max_length: must be >= 2, got {max_length}")
+        return max_length
+    limits = [getattr(getattr(model, "config", None), "max_position_embeddings", None)]
+    limits.append(getattr(tokenizer, "model_max_length", None))
+    limits = [int(x) for x in limits if isinstance(x, int) and 1 < x < 10**7]
+    return min(limits) if limits else 2048
+
+
+def _fit(prompt: list[int], cont: list[int], max_length: int) -> tuple[list[int], bool]:
+    room = max_length - len(cont)
+    if room < 1:
+        raise ValueError(
+            f"a continuation of {len(cont)} tokens leaves no room under max_length {max_length}"
+        )
+    if len(prompt) <= room:
+        return prompt, False
+    return prompt[len(prompt) - room :], True
+
+
+def _accepts(model: Any, name: str) -> bool:
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+@torch.no_grad()
+def _batches(
+    model: Any,
+    tokenizer: Any,
+    seqs: list[list[int]],
+    keep: list[int],
+    batch_size: int,
+    progress: bool,
+    desc: str,
+):
+    """Yield ``(sequence indices, logits [B, K, V])`` for left-padded batches, longest first;
+    ``K`` is the batch's largest ``keep`` (logits of the last ``K`` positions)."""
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    use_keep = _accepts(model, "logits_to_keep")
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    with tqdm(total=len(seqs), desc=desc, unit="seq", disable=not progress, leave=False) as bar:
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            L = max(len(seqs[i]) for i in rows)
+            K = max(keep[i] for i in rows)
+            ids = torch.full((len(rows), L), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), L), dtype=torch.long)
+            for b, i in enumerate(rows):
+                n = len(seqs[i])
+                ids[b, L - n :] = torch.tensor(seqs[i])
+                mask[b, L - n :] = 1
+            position_ids = (mask.cumsum(-1) - 1).clamp_(min=0)
+            kwargs = {"logits_to_keep": K} if use_keep else {}
+            out = model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=position_ids.to(device),
+                use_cache=False,
+                **kwargs,
+            )
+            logits = out.logits if hasattr(out, "logits") else out[0]
+            yield rows, logits[:, -K:]
+            bar.update(len(rows))

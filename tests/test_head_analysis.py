@@ -1,0 +1,138 @@
+"""`smoothalign analyze head`: the SPEC §5 LM-head entropy lower bound.
+
+References: the SPEC formula typed in directly (float64 NumPy), the entropy of the explicit
+extremal distribution (one logit ``a`` above all others), NumPy standard deviations, and the
+tiny model's own hidden states and logits for the hooked head inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from smoothalign.analysis import (
+    entropy_lower_bound,
+    head_entropy_bound,
+    smoothed_target_entropy,
+    smoothing_for_entropy,
+)
+from smoothalign.analysis.head_inputs import default_texts, head_inputs, prediction_entropies
+from smoothalign.models.loading import build_tiny_model, build_tiny_tokenizer
+
+
+def _spec_bound(rho: float, D: int, V: int) -> float:
+    """SPEC §5 as written."""
+    gamma = np.exp(-rho * np.sqrt(D * V / (V - 1)))
+    return float(
+        np.log(1 + (V - 1) * gamma) + rho * gamma * np.sqrt(D * V * (V - 1)) / (1 + (V - 1) * gamma)
+    )
+
+
+def _entropy(p: np.ndarray) -> float:
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+@pytest.mark.parametrize(
+    "rho, D, V", [(0.01, 64, 259), (0.1, 64, 259), (0.26, 576, 49152), (1.0, 16, 10), (0.5, 8, 2)]
+)
+def test_bound_equals_the_spec_formula_and_the_extremal_entropy(rho, D, V):
+    bound, gamma = entropy_lower_bound(rho, D, V)
+    assert bound == pytest.approx(_spec_bound(rho, D, V), rel=1e-12)
+    assert gamma == pytest.approx(np.exp(-rho * np.sqrt(D * V / (V - 1))), rel=1e-12)
+    a = rho * np.sqrt(D * V / (V - 1))
+    z = np.zeros(V)
+    z[0] = a
+    p = np.exp(z - z.max())
+    assert bound == pytest.approx(_entropy(p / p.sum()), rel=1e-10)
+
+
+def test_bound_limits_and_monotonicity():
+    V, D = 1000, 64
+    assert entropy_lower_bound(0.0, D, V)[0] == pytest.approx(math.log(V), rel=1e-14)
+    values = [entropy_lower_bound(r, D, V)[0] for r in np.linspace(0, 10, 50)]
+    assert all(b < a for a, b in zip(values, values[1:], strict=False))
+    huge = entropy_lower_bound(1e6, D, V)[0]  # exp underflows: stays finite, tends to 0
+    assert math.isfinite(huge) and 0 <= huge < 1e-100
+    with pytest.raises(ValueError):
+        entropy_lower_bound(-1.0, D, V)
+
+
+def test_smoothed_target_entropy_and_its_inverse():
+    V = 50
+    for beta in (0.0, 0.05, 0.3, 1.0):
+        q = np.full(V, beta / V)
+        q[3] += 1 - beta
+        assert smoothed_target_entropy(beta, V) == pytest.approx(_entropy(q), abs=1e-13)
+    for beta in (1e-4, 0.1, 0.7):
+        h = smoothed_target_entropy(beta, V)
+        assert smoothing_for_entropy(h, V) == pytest.approx(beta, abs=1e-9)
+    assert smoothing_for_entropy(0.0, V) == 0.0
+    assert smoothing_for_entropy(math.log(V), V) == 1.0
+
+
+def test_head_entropy_bound_uses_population_stds(rng):
+    W = torch.tensor(rng.normal(0.1, 0.3, size=(40, 8)))
+    H = torch.tensor(rng.normal(-0.2, 2.0, size=(25, 8)))
+    r = head_entropy_bound(W, H)
+    assert r.sigma_head == pytest.approx(np.std(W.numpy()), rel=1e-12)
+    assert r.sigma_hidden == pytest.approx(np.std(H.numpy()), rel=1e-12)
+    assert r.bound == pytest.approx(_spec_bound(r.rho, 8, 40), rel=1e-12)
+    assert (r.vocab_size, r.width, r.n_hidden) == (40, 8, 25)
+    assert r.beta_threshold == pytest.approx(smoothing_for_entropy(r.bound, 40))
+    with pytest.raises(ValueError, match="hidden"):
+        head_entropy_bound(W, H[:, :7])
+
+
+def test_reading_checks_the_bound_against_observed_entropies(rng):
+    W = torch.tensor(rng.normal(0, 0.02, size=(100, 16)))
+    r = head_entropy_bound(W, torch.tensor(rng.normal(0, 1.0, size=(10, 16))))
+    assert "hardly matter" in r.reading()
+    above = torch.full((20,), r.log_vocab)
+    assert "0% of 20 sampled tokens fall below it" in r.reading(above)
+    below = torch.full((20,), 0.01)
+    line = r.reading(below)
+    assert "premise" in line and "100% of 20" in line and "\n" not in line
+
+
+def test_head_inputs_are_the_heads_input_and_entropies_match_the_logits():
+    model, tok = build_tiny_model().eval(), build_tiny_tokenizer()
+    texts = ["hello there", "a longer text, to make padding happen in the batch"]
+    hidden = head_inputs(model, tok, texts, batch_size=2)
+    enc = tok(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model(**enc, output_hidden_states=True)
+    mask = enc["attention_mask"].bool()
+    assert hidden.shape == (int(mask.sum()), 64)
+    logits = out.logits[mask].double()
+    W = model.get_output_embeddings().weight.detach()
+    torch.testing.assert_close(hidden @ W.double().T, logits, atol=1e-5, rtol=0)
+    logp = torch.log_softmax(logits, -1)
+    ref = -(logp.exp() * logp).sum(-1)
+    torch.testing.assert_close(prediction_entropies(W, hidden), ref, atol=1e-5, rtol=0)
+
+
+def test_default_texts_come_from_the_shipped_set():
+    texts = default_texts(3)
+    assert len(texts) == 3
+    assert all(isinstance(json.loads(t), list) for t in texts)
+
+
+def test_cli_end_to_end_on_tiny(tmp_path, capsys):
+    from smoothalign.cli import main
+
+    out = tmp_path / "head"
+    rc = main(["analyze", "head", "--model", "tiny", "--texts", "3", "--max-tokens", "32",
+               "--output-dir", str(out)])  # fmt: skip
+    assert rc == 0
+    report = json.loads((out / "head.json").read_text())
+    b = report["bound"]
+    assert b["vocab_size"] == 259 and b["width"] == 64
+    assert b["bound"] == pytest.approx(_spec_bound(b["rho"], 64, 259), rel=1e-12)
+    assert report["observed_entropy"]["n_tokens"] == b["n_hidden"] > 0
+    assert report["reading"] in capsys.readouterr().out
+    assert (out / "head_entropy.png").stat().st_size > 0
