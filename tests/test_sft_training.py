@@ -143,7 +143,7 @@ def test_lora_and_full_fine_tuning_both_learn(data, tmp_path):
     assert full.after["nll"] < full.before["nll"]
     assert (tmp_path / "full" / "final" / "model.safetensors").is_file()
     lora = run_sft(_config(data, tmp_path / "lora", lora=True, lora_r=4, max_steps=6))
-    adapter = load_file(tmp_path / "lora" / "final" / "adapter_model.safetensors")
+    adapter = load_file(tmp_path / "lora" / "final" / "adapter" / "adapter_model.safetensors")
     assert any(v.abs().max() > 0 for k, v in adapter.items() if "lora_B" in k)
     assert lora.after["nll"] < lora.before["nll"]
     # LoRA starts from the base model: the same "before"
