@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -19,20 +19,57 @@ IGNORE_INDEX = -100
 _FIELDS = {f.name for f in fields(TokenizedPair)}
 
 
-class PreferenceDataset(Dataset):
-    """A map-style torch ``Dataset`` over ``TokenizedPair`` s (e.g. ``report.examples``)."""
+E = TypeVar("E")
 
-    def __init__(self, examples: Sequence[TokenizedPair]):
+
+class ExampleDataset(Dataset[E]):
+    """A map-style torch ``Dataset`` over a list of examples (a validation report's)."""
+
+    def __init__(self, examples: Sequence[E]):
         self.examples = list(examples)
 
     def __len__(self) -> int:
         return len(self.examples)
 
-    def __getitem__(self, i: int) -> TokenizedPair:
+    def __getitem__(self, i: int) -> E:
         return self.examples[i]
 
 
-class PreferenceCollator:
+class PreferenceDataset(ExampleDataset[TokenizedPair]):
+    """A map-style torch ``Dataset`` over ``TokenizedPair`` s (e.g. ``report.examples``)."""
+
+
+class PaddingCollator:
+    """What the token collators share: a checked ``pad_token_id``, ``pad_to_multiple_of``,
+    and right padding of token sequences and their labels (:meth:`pad`)."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+        if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int):
+            raise ValueError(f"pad_token_id: expected an int, got {pad_token_id!r}")
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def pad(
+        self, input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``input_ids``, ``attention_mask`` and ``labels`` ``[N, L]`` long, right-padded to the
+        longest sequence (``L`` rounded up to ``pad_to_multiple_of``): padding is
+        ``pad_token_id`` / 0 / ``-100``. ``labels[i]`` has the length of ``input_ids[i]``."""
+        length = max(len(ids) for ids in input_ids)
+        if self.pad_to_multiple_of:
+            length = math.ceil(length / self.pad_to_multiple_of) * self.pad_to_multiple_of
+        n = len(input_ids)
+        ids_out = torch.full((n, length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((n, length), dtype=torch.long)
+        labels_out = torch.full((n, length), IGNORE_INDEX, dtype=torch.long)
+        for i, (ids, labs) in enumerate(zip(input_ids, labels, strict=True)):
+            ids_out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[i, : len(ids)] = 1
+            labels_out[i, : len(labs)] = torch.tensor(labs, dtype=torch.long)
+        return ids_out, attention_mask, labels_out
+
+
+class PreferenceCollator(PaddingCollator):
     """Collate ``B`` pairs into one right-padded batch of ``2B`` sequences.
 
     Args:
@@ -55,12 +92,9 @@ class PreferenceCollator:
     """
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
-        if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int):
-            raise ValueError(f"pad_token_id: expected an int, got {pad_token_id!r}")
+        super().__init__(pad_token_id, pad_to_multiple_of)
         if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
             raise ValueError(f"pad_to_multiple_of: expected >= 1, got {pad_to_multiple_of}")
-        self.pad_token_id = pad_token_id
-        self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, examples: Sequence[TokenizedPair | Mapping[str, Any]]) -> dict[str, Tensor]:
         if not examples:
@@ -68,18 +102,10 @@ class PreferenceCollator:
         pairs = [_as_pair(e) for e in examples]
         sequences = [(p.prompt_ids, p.chosen_ids) for p in pairs]
         sequences += [(p.prompt_ids, p.rejected_ids) for p in pairs]
-        length = max(len(prompt) + len(response) for prompt, response in sequences)
-        if self.pad_to_multiple_of:
-            length = math.ceil(length / self.pad_to_multiple_of) * self.pad_to_multiple_of
-
-        input_ids = torch.full((len(sequences), length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
-        labels = torch.full((len(sequences), length), IGNORE_INDEX, dtype=torch.long)
-        for i, (prompt, response) in enumerate(sequences):
-            n_prompt, n = len(prompt), len(prompt) + len(response)
-            input_ids[i, :n] = torch.tensor([*prompt, *response], dtype=torch.long)
-            attention_mask[i, :n] = 1
-            labels[i, n_prompt:n] = input_ids[i, n_prompt:n]
+        input_ids, attention_mask, labels = self.pad(
+            [[*prompt, *response] for prompt, response in sequences],
+            [[IGNORE_INDEX] * len(prompt) + list(response) for prompt, response in sequences],
+        )
 
         batch = {
             "input_ids": input_ids,

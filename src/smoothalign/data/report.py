@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from smoothalign.data.tokenization import TokenizedPair
 
@@ -45,7 +45,91 @@ class BadRow:
 
 
 @dataclass
-class ValidationReport:
+class RowReport:
+    """What a row validation kept and rejected: ``examples`` (the kept rows, in row order),
+    ``bad_rows`` (every rejected row, one entry per row: its first problem, in row order) and
+    ``n_rows`` (rows given to validation)."""
+
+    examples: list[Any]
+    bad_rows: list[BadRow]
+    n_rows: int
+
+    @property
+    def n_kept(self) -> int:
+        return len(self.examples)
+
+    @property
+    def n_skipped(self) -> int:
+        return len(self.bad_rows)
+
+    def row_counts(self) -> dict[str, int]:
+        """``n_rows``, ``n_kept`` and ``n_skipped``, for a JSON report."""
+        return {"n_rows": self.n_rows, "n_kept": self.n_kept, "n_skipped": self.n_skipped}
+
+    def bad_row_counts(self) -> dict[str, int]:
+        """How many rows each problem code rejected, most frequent first."""
+        return dict(Counter(b.code for b in self.bad_rows).most_common())
+
+    def bad_rows_markdown(self, max_listed: int, details: str = "the JSON report") -> list[str]:
+        """The report's bad-row section (none without bad rows): the counts by code and the
+        first ``max_listed`` rows; ``details`` names where the rest are listed."""
+        if not self.bad_rows:
+            return []
+        counts = ", ".join(f"{code} {n}" for code, n in self.bad_row_counts().items())
+        lines = ["", f"Skipped rows by reason: {counts}.", ""]
+        lines += [f"- {b}" for b in self.bad_rows[:max_listed]]
+        if self.n_skipped > max_listed:
+            lines.append(f"- ... and {self.n_skipped - max_listed} more (see {details})")
+        return lines
+
+
+@dataclass
+class TokenizedRowsReport(RowReport):
+    """A :class:`RowReport` of rows tokenised in one format within a token budget: the
+    counts, the JSON and the Markdown section that preference and SFT data share.
+
+    Subclasses name the section (``title``) and add their counts (``_counts``: after
+    ``n_skipped`` in the JSON) and summary lines (``_summary_lines``: after the row counts).
+    """
+
+    kind: str  # "plain" | "conversational": the data set's format
+    max_length: int  # the token budget per sequence
+
+    title: ClassVar[str] = "Data"
+    details: ClassVar[str] = "the JSON report"  # where the bad rows past max_listed are
+
+    def _counts(self) -> dict[str, Any]:
+        return {}
+
+    def _summary_lines(self) -> list[str]:
+        return []
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready counts and every bad row (the kept examples are not included)."""
+        return {
+            "kind": self.kind,
+            "max_length": self.max_length,
+            **self.row_counts(),
+            **self._counts(),
+            "bad_row_counts": self.bad_row_counts(),
+            "bad_rows": [b.to_dict() for b in self.bad_rows],
+        }
+
+    def to_markdown(self, max_listed: int = 10) -> str:
+        """A short Markdown section for the run report, listing the first ``max_listed`` bad rows."""
+        lines = [
+            f"### {self.title}",
+            "",
+            f"- format: {self.kind}; max_length {self.max_length} tokens",
+            f"- rows: {self.n_rows} read, {self.n_kept} kept, {self.n_skipped} skipped",
+            *self._summary_lines(),
+            *self.bad_rows_markdown(max_listed, self.details),
+        ]
+        return "\n".join(lines) + "\n"
+
+
+@dataclass
+class ValidationReport(TokenizedRowsReport):
     """The result of ``validate_preference_rows``.
 
     Attributes:
@@ -63,58 +147,31 @@ class ValidationReport:
     """
 
     examples: list[TokenizedPair]
-    bad_rows: list[BadRow]
-    n_rows: int
-    kind: str
-    max_length: int
     n_truncated_chosen: int = 0
     n_truncated_rejected: int = 0
     n_identical_after_truncation: int = 0
     n_implicit_prompt: int = 0
     n_with_confidence: int = 0
 
-    @property
-    def n_kept(self) -> int:
-        return len(self.examples)
-
-    @property
-    def n_skipped(self) -> int:
-        return len(self.bad_rows)
+    title: ClassVar[str] = "Preference data"
 
     @property
     def n_truncated(self) -> int:
         """Responses (not pairs) truncated to fit ``max_length``."""
         return self.n_truncated_chosen + self.n_truncated_rejected
 
-    def bad_row_counts(self) -> dict[str, int]:
-        """How many rows each problem code rejected, most frequent first."""
-        return dict(Counter(b.code for b in self.bad_rows).most_common())
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready counts and every bad row (the kept examples are not included)."""
+    def _counts(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
-            "max_length": self.max_length,
-            "n_rows": self.n_rows,
-            "n_kept": self.n_kept,
-            "n_skipped": self.n_skipped,
             "n_truncated": self.n_truncated,
             "n_truncated_chosen": self.n_truncated_chosen,
             "n_truncated_rejected": self.n_truncated_rejected,
             "n_identical_after_truncation": self.n_identical_after_truncation,
             "n_implicit_prompt": self.n_implicit_prompt,
             "n_with_confidence": self.n_with_confidence,
-            "bad_row_counts": self.bad_row_counts(),
-            "bad_rows": [b.to_dict() for b in self.bad_rows],
         }
 
-    def to_markdown(self, max_listed: int = 10) -> str:
-        """A short Markdown section for the run report, listing the first ``max_listed`` bad rows."""
+    def _summary_lines(self) -> list[str]:
         lines = [
-            "### Preference data",
-            "",
-            f"- format: {self.kind}; max_length {self.max_length} tokens",
-            f"- rows: {self.n_rows} read, {self.n_kept} kept, {self.n_skipped} skipped",
             f"- responses truncated to fit: {self.n_truncated} "
             f"({self.n_truncated_chosen} chosen, {self.n_truncated_rejected} rejected)",
             f"- rows with a confidence: {self.n_with_confidence}",
@@ -126,13 +183,7 @@ class ValidationReport:
                 f"- **warning**: {self.n_identical_after_truncation} kept pairs have identical "
                 "chosen and rejected tokens after truncation; raise max_length"
             )
-        if self.bad_rows:
-            counts = ", ".join(f"{code} {n}" for code, n in self.bad_row_counts().items())
-            lines += ["", f"Skipped rows by reason: {counts}.", ""]
-            lines += [f"- {b}" for b in self.bad_rows[:max_listed]]
-            if self.n_skipped > max_listed:
-                lines.append(f"- ... and {self.n_skipped - max_listed} more (see the JSON report)")
-        return "\n".join(lines) + "\n"
+        return lines
 
 
 def format_bad_rows(

@@ -28,13 +28,18 @@ from __future__ import annotations
 import math
 import numbers
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, TypeVar
 
 from tqdm.auto import tqdm
 
 from smoothalign.data.loading import FILE_KEY, ROW_KEY, PreferenceSource, load_preference_rows
-from smoothalign.data.report import BadRow, ValidationReport, format_bad_rows
+from smoothalign.data.report import (
+    BadRow,
+    TokenizedRowsReport,
+    ValidationReport,
+    format_bad_rows,
+)
 from smoothalign.data.tokenization import (
     Message,
     RowTokenizationError,
@@ -116,38 +121,95 @@ def validate_preference_rows(
         ValueError: a bad argument, a tokenizer unfit for the data, no rows, a bad row in
             ``"error"`` mode (first five listed, with the total), or no row left to keep.
     """
+    return validate_rows(
+        rows,
+        tokenizer,
+        max_length,
+        on_bad_rows,
+        what="preference",
+        load=load_preference_rows,
+        kind_fields=("chosen", "rejected", "prompt"),
+        eos_use="appended to every response so the policy learns to stop",
+        report_type=ValidationReport,
+        process_row=_process_row,
+        progress=True,
+    )
+
+
+R = TypeVar("R", bound=TokenizedRowsReport)
+
+
+def validate_rows(
+    rows: Sequence[Any] | Any,
+    tokenizer: Any,
+    max_length: int,
+    on_bad_rows: str,
+    *,
+    what: str,
+    load: Callable[[Any], list[dict[str, Any]]],
+    kind_fields: Sequence[str],
+    eos_use: str,
+    report_type: Callable[..., R],
+    process_row: Callable[[int, Mapping[str, Any], str, str, Any, int, R], Any],
+    progress: bool = False,
+) -> R:
+    """The row-validation loop that preference and SFT data share.
+
+    Checks the arguments, loads ``rows`` with ``load`` unless they are a list, finds the
+    data set's format (:func:`data_kind` over ``kind_fields``), checks that ``tokenizer``
+    fits it (:func:`check_tokenizer`), then runs ``process_row(index, row, kind, kind_note,
+    tokenizer, max_length, report)`` on every row that is a mapping: its result is kept in
+    ``report.examples``, a ``BadRowError`` / ``RowTokenizationError`` becomes a ``BadRow``.
+    ``what`` names the data in messages (``"no valid SFT row is left"``); ``progress`` shows
+    a progress bar from 2000 rows.
+
+    Raises:
+        ValueError: a bad argument, a tokenizer unfit for the data, no rows, a bad row in
+            ``"error"`` mode (first five listed, with the total), or no row left to keep.
+    """
     if on_bad_rows not in ("error", "skip"):
         raise ValueError(f"on_bad_rows: expected 'error' or 'skip', got {on_bad_rows!r}")
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
         raise ValueError(f"max_length: expected an int >= 2, got {max_length!r}")
     if not isinstance(rows, list):
-        rows = load_preference_rows(rows)
+        rows = load(rows)
     if not rows:
-        raise ValueError("no preference rows to validate")
+        raise ValueError(f"no {what} rows to validate")
 
-    kind, kind_note = _data_kind(rows)
-    _check_tokenizer(tokenizer, kind)
-    report = ValidationReport(
+    kind, kind_note = data_kind(rows, kind_fields)
+    check_tokenizer(tokenizer, kind, what, eos_use)
+    report = report_type(
         examples=[], bad_rows=[], n_rows=len(rows), kind=kind, max_length=max_length
     )
-    progress = tqdm(rows, desc="validating preference rows", disable=len(rows) < 2000 or None)
-    for index, row in enumerate(progress):
+    if progress:
+        rows_seen = tqdm(rows, desc=f"validating {what} rows", disable=len(rows) < 2000 or None)
+    else:
+        rows_seen = rows
+    for index, row in enumerate(rows_seen):
         try:
+            if not isinstance(row, Mapping):
+                raise BadRowError(
+                    None, "not_a_mapping", f"expected an object/dict, got {type(row).__name__}"
+                )
             report.examples.append(
-                _process_row(index, row, kind, kind_note, tokenizer, max_length, report)
+                process_row(index, row, kind, kind_note, tokenizer, max_length, report)
             )
-        except (_Bad, RowTokenizationError) as bad:
+        except (BadRowError, RowTokenizationError) as bad:
             report.bad_rows.append(bad_row(index, row, bad))
 
     if report.bad_rows and (on_bad_rows == "error" or not report.examples):
-        prefix = "" if report.examples else "no valid preference row is left. "
-        raise ValueError(prefix + format_bad_rows(report.bad_rows, len(rows)))
+        prefix = "" if report.examples else f"no valid {what} row is left. "
+        raise ValueError(prefix + format_bad_rows(report.bad_rows, len(rows), what=f"{what} rows"))
     return report
 
 
-def _data_kind(rows: Sequence[Any]) -> tuple[str, str]:
-    """The majority format (ties: the first row's) and a note for mixed-format messages."""
-    kinds = [k for k in (_row_kind(r) for r in rows) if k is not None]
+def data_kind(rows: Sequence[Any], fields: Sequence[str]) -> tuple[str, str]:
+    """The majority format (ties: the first row's) and a note for mixed-format messages.
+
+    A row's format is that of the first of ``fields`` holding a string (``"plain"``) or a
+    list (``"conversational"``); rows without one do not count.
+    """
+    kinds = [k for k in (_row_kind(r, fields) for r in rows) if k is not None]
     if not kinds:
         return "plain", "no row is well formed"
     counts = Counter(kinds)  # insertion order breaks ties in favour of the first row's kind
@@ -155,10 +217,10 @@ def _data_kind(rows: Sequence[Any]) -> tuple[str, str]:
     return kind, f"{n} of {len(rows)} rows are {kind}"
 
 
-def _row_kind(row: Any) -> str | None:
+def _row_kind(row: Any, fields: Sequence[str]) -> str | None:
     if not isinstance(row, Mapping):
         return None
-    for name in ("chosen", "rejected", "prompt"):
+    for name in fields:
         value = row.get(name)
         if isinstance(value, str):
             return "plain"
@@ -167,15 +229,17 @@ def _row_kind(row: Any) -> str | None:
     return None
 
 
-def _check_tokenizer(tokenizer: Any, kind: str) -> None:
+def check_tokenizer(tokenizer: Any, kind: str, what: str, eos_use: str) -> None:
+    """Refuse a tokenizer unfit for ``kind`` data: plain text needs an EOS (``eos_use``
+    says why), conversations a chat template. ``what`` names the data."""
     if kind == "plain" and getattr(tokenizer, "eos_token_id", None) is None:
         raise ValueError(
-            "plain-text preference data needs a tokenizer with an eos_token (appended to "
-            "every response so the policy learns to stop); set tokenizer.eos_token"
+            f"plain-text {what} data needs a tokenizer with an eos_token ({eos_use}); "
+            "set tokenizer.eos_token"
         )
     if kind == "conversational" and not getattr(tokenizer, "chat_template", None):
         raise ValueError(
-            "conversational preference data needs a tokenizer with a chat_template; "
+            f"conversational {what} data needs a tokenizer with a chat_template; "
             "set tokenizer.chat_template"
         )
 
@@ -189,8 +253,6 @@ def _process_row(
     max_length: int,
     report: ValidationReport,
 ) -> TokenizedPair:
-    if not isinstance(row, Mapping):
-        raise _Bad(None, "not_a_mapping", f"expected an object/dict, got {type(row).__name__}")
     prompt, chosen, rejected, implicit = _check_texts(row, kind, kind_note)
     confidence = _check_confidence(row.get("confidence"))
     ref_chosen, ref_rejected = _check_ref_logps(row)
@@ -245,7 +307,7 @@ def _check_texts(row: Mapping[str, Any], kind: str, kind_note: str) -> tuple[Any
                 else ""
             )
             raise _Bad(name, "missing_field", f"missing{hint}")
-        _check_type(name, value, kind, kind_note)
+        check_type(name, value, kind, kind_note)
 
     if not conversational:
         prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
@@ -276,7 +338,10 @@ def _check_texts(row: Mapping[str, Any], kind: str, kind_note: str) -> tuple[Any
     return prompt, chosen, rejected, implicit
 
 
-def _check_type(name: str, value: Any, kind: str, kind_note: str) -> None:
+def check_type(name: str, value: Any, kind: str, kind_note: str) -> None:
+    """``value`` of field ``name`` has ``kind``'s type (a string for plain data, a message list
+    for conversational), or ``BadRowError``: ``mixed_formats`` for the other type,
+    ``wrong_type`` for anything else."""
     expected, other = (list, str) if kind == "conversational" else (str, list)
     if isinstance(value, tuple):
         value = list(value)

@@ -47,7 +47,9 @@ from tqdm.auto import tqdm
 
 from smoothalign.data import BadRow, fit_response, load_preference_rows, tokenize_preference
 from smoothalign.data.loading import FILE_KEY, ROW_KEY
+from smoothalign.data.report import RowReport
 from smoothalign.data.tokenization import RowTokenizationError
+from smoothalign.data.validation import bad_row, is_blank
 
 REFERENCE_FIELDS = ("reference", "completion", "chosen")
 Scorer = Callable[[list[Any], list[str]], Sequence[float]]
@@ -76,10 +78,10 @@ class PromptExample:
 
 
 @dataclass
-class PromptReport:
+class PromptReport(RowReport):
+    """What :func:`load_prompts` kept and rejected (``bad_rows`` in row order)."""
+
     examples: list[PromptExample]
-    bad_rows: list[BadRow]
-    n_rows: int
     kind: str
     source: str
     n_with_reference: int = 0
@@ -89,9 +91,7 @@ class PromptReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
-            "n_rows": self.n_rows,
-            "n_kept": len(self.examples),
-            "n_skipped": len(self.bad_rows),
+            **self.row_counts(),
             "kind": self.kind,
             "n_with_reference": self.n_with_reference,
             "reference_fields": self.reference_fields,
@@ -102,14 +102,14 @@ class PromptReport:
     def to_markdown(self, max_listed: int = 10) -> str:
         fields_used = ", ".join(f"`{k}` {n}" for k, n in self.reference_fields.items()) or "none"
         lines = [
-            f"- {self.source}: {self.n_rows} rows read, {len(self.examples)} kept, "
-            f"{len(self.bad_rows)} skipped; {self.kind} prompts",
+            f"- {self.source}: {self.n_rows} rows read, {self.n_kept} kept, "
+            f"{self.n_skipped} skipped; {self.kind} prompts",
             f"- reference responses: {self.n_with_reference} ({fields_used}); "
             f"{self.n_reference_truncated} cut to fit max_length",
         ]
         lines += [f"- skipped: {b}" for b in self.bad_rows[:max_listed]]
-        if len(self.bad_rows) > max_listed:
-            lines.append(f"- ... and {len(self.bad_rows) - max_listed} more (see prompts.json)")
+        if self.n_skipped > max_listed:
+            lines.append(f"- ... and {self.n_skipped - max_listed} more (see prompts.json)")
         return "\n".join(lines)
 
 
@@ -131,12 +131,6 @@ def _messages(name: str, value: Any, *, roles: tuple[str, ...] | None = None) ->
             )
         out.append({k: v for k, v in m.items() if v is not None})
     return out
-
-
-def _blank(value: Any) -> bool:
-    if isinstance(value, str):
-        return not value.strip()
-    return all(not m["content"].strip() for m in value)
 
 
 def prompt_token_ids(prompt: Any, tokenizer: Any) -> list[int]:
@@ -187,9 +181,7 @@ def load_prompts(
         try:
             ex = _check_row(row, index, kind, tokenizer, max_length, require_reference)
         except RowTokenizationError as e:
-            bad.append(
-                BadRow(index, row.get(ROW_KEY, index), row.get(FILE_KEY), e.field, e.code, e.reason)
-            )
+            bad.append(bad_row(index, row, e))
             continue
         examples.append(ex)
         if ex.reference_field:
@@ -234,7 +226,7 @@ def _check_row(
             raise _Bad("prompt", "empty_prompt", "empty prompt")
     elif isinstance(prompt, list | tuple):
         prompt = _messages("prompt", prompt)
-        if _blank(prompt):
+        if is_blank(prompt):
             raise _Bad("prompt", "empty_prompt", "empty prompt (every message is blank)")
         if prompt[-1]["role"] == "assistant":
             raise _Bad("prompt", "malformed_messages", "the prompt ends with an assistant message")
@@ -259,7 +251,7 @@ def _check_row(
                 raise _Bad(ref_field, "wrong_type", "expected a string, like the prompt")
         else:
             reference = _messages(ref_field, reference, roles=("assistant",))
-        if _blank(reference):
+        if is_blank(reference):
             raise _Bad(ref_field, "empty_response", "empty reference response")
         try:
             p_ids, full_ref, _ = tokenize_preference(prompt, reference, reference, tokenizer)

@@ -40,7 +40,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from smoothalign.data import (
     BadRow,
@@ -50,8 +49,10 @@ from smoothalign.data import (
     load_preference_rows,
     validate_preference_rows,
 )
+from smoothalign.data.collate import ExampleDataset
 from smoothalign.data.loading import FILE_KEY, ROW_KEY
-from smoothalign.data.report import format_bad_rows
+from smoothalign.data.report import RowReport, format_bad_rows
+from smoothalign.data.validation import BadRowError, bad_row
 
 LABEL_FIELDS = ("p_chosen", "votes_chosen", "votes_total", "votes")
 SOFT_LABEL_CODES = {
@@ -90,24 +91,14 @@ class RewardPair:
 
 
 @dataclass
-class RewardValidationReport:
+class RewardValidationReport(RowReport):
     """What :func:`validate_reward_rows` kept and rejected (``bad_rows`` in row order)."""
 
     examples: list[RewardPair]
-    bad_rows: list[BadRow]
-    n_rows: int
     text: ValidationReport | None = None  # the prompt/chosen/rejected checks' report
     n_from_votes: int = 0
     labels_source: str | None = None
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def n_kept(self) -> int:
-        return len(self.examples)
-
-    @property
-    def n_skipped(self) -> int:
-        return len(self.bad_rows)
 
     def label_stats(self) -> dict[str, float]:
         p = np.array([e.p_chosen for e in self.examples], dtype=np.float64)
@@ -126,9 +117,7 @@ class RewardValidationReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "n_rows": self.n_rows,
-            "n_kept": self.n_kept,
-            "n_skipped": self.n_skipped,
+            **self.row_counts(),
             "n_from_votes": self.n_from_votes,
             "labels_source": self.labels_source,
             "label_stats": self.label_stats(),
@@ -161,22 +150,11 @@ class RewardValidationReport:
                 f"{t.n_truncated}; rows with a true confidence: {t.n_with_confidence}"
             )
         lines += [f"- {n}" for n in self.notes]
-        if self.bad_rows:
-            counts: dict[str, int] = {}
-            for b in self.bad_rows:
-                counts[b.code] = counts.get(b.code, 0) + 1
-            listed = ", ".join(f"{c} {n}" for c, n in sorted(counts.items(), key=lambda x: -x[1]))
-            lines += ["", f"Skipped rows by reason: {listed}.", ""]
-            lines += [f"- {b}" for b in self.bad_rows[:max_listed]]
-            if self.n_skipped > max_listed:
-                lines.append(f"- ... and {self.n_skipped - max_listed} more (see the JSON report)")
+        lines += self.bad_rows_markdown(max_listed)
         return "\n".join(lines) + "\n"
 
 
-class _Bad(Exception):
-    def __init__(self, field: str | None, code: str, reason: str):
-        super().__init__(reason)
-        self.field, self.code, self.reason = field, code, reason
+_Bad = BadRowError
 
 
 # ------------------------------------------------------------------------------- labels
@@ -410,7 +388,7 @@ def validate_reward_rows(
                 seen_ids[_key(pid)] = index
             label_of.append(soft_label(row))
         except _Bad as b:
-            bad.append(_bad_row(index, row, b))
+            bad.append(bad_row(index, row, b))
             continue
         kept_rows.append(row)
         kept_at.append(index)
@@ -450,33 +428,13 @@ def validate_reward_rows(
     return report
 
 
-def _bad_row(index: int, row: Mapping[str, Any], b: _Bad) -> BadRow:
-    return BadRow(
-        index=index,
-        row=row.get(ROW_KEY, index),
-        file=row.get(FILE_KEY),
-        field=b.field,
-        code=b.code,
-        reason=b.reason,
-    )
-
-
 def _short(source: str) -> str:
     return Path(source).name
 
 
 # ------------------------------------------------------------------------------- batching
-class RewardDataset(Dataset):
+class RewardDataset(ExampleDataset[RewardPair]):
     """A map-style torch ``Dataset`` over :class:`RewardPair` s."""
-
-    def __init__(self, examples: Sequence[RewardPair]):
-        self.examples = list(examples)
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> RewardPair:
-        return self.examples[i]
 
 
 class RewardCollator:

@@ -23,21 +23,25 @@ prompt never is) and counted.
 
 from __future__ import annotations
 
-import math
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from smoothalign.data import IGNORE_INDEX, BadRow, RowTokenizationError, fit_response
+from smoothalign.data import IGNORE_INDEX, fit_response
+from smoothalign.data.collate import ExampleDataset, PaddingCollator
 from smoothalign.data.loading import FILE_KEY, ROW_KEY, load_preference_rows
-from smoothalign.data.report import format_bad_rows
+from smoothalign.data.report import TokenizedRowsReport
 from smoothalign.data.tokenization import tokenize_messages, tokenize_prompt_completion
-from smoothalign.data.validation import BadRowError, bad_row, check_messages, is_blank
+from smoothalign.data.validation import (
+    BadRowError,
+    check_messages,
+    check_type,
+    is_blank,
+    validate_rows,
+)
 
 TEXT_FIELDS = ("prompt", "completion", "messages")
 RESERVED = {*TEXT_FIELDS, ROW_KEY, FILE_KEY}
@@ -82,60 +86,30 @@ class SFTExample:
 
 
 @dataclass
-class SFTValidationReport:
+class SFTValidationReport(TokenizedRowsReport):
     """What :func:`validate_sft_rows` kept and rejected (``bad_rows`` in row order)."""
 
     examples: list[SFTExample]
-    bad_rows: list[BadRow]
-    n_rows: int
-    kind: str  # "plain" | "conversational"
-    max_length: int
     n_truncated: int = 0
     n_messages_rows: int = 0
     n_completion_tokens: int = 0
 
-    @property
-    def n_kept(self) -> int:
-        return len(self.examples)
+    title: ClassVar[str] = "SFT data"
+    details: ClassVar[str] = "validation.json"
 
-    @property
-    def n_skipped(self) -> int:
-        return len(self.bad_rows)
-
-    def bad_row_counts(self) -> dict[str, int]:
-        return dict(Counter(b.code for b in self.bad_rows).most_common())
-
-    def to_dict(self) -> dict[str, Any]:
+    def _counts(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
-            "max_length": self.max_length,
-            "n_rows": self.n_rows,
-            "n_kept": self.n_kept,
-            "n_skipped": self.n_skipped,
             "n_truncated": self.n_truncated,
             "n_messages_rows": self.n_messages_rows,
             "n_completion_tokens": self.n_completion_tokens,
-            "bad_row_counts": self.bad_row_counts(),
-            "bad_rows": [b.to_dict() for b in self.bad_rows],
         }
 
-    def to_markdown(self, max_listed: int = 10) -> str:
-        lines = [
-            "### SFT data",
-            "",
-            f"- format: {self.kind}; max_length {self.max_length} tokens",
-            f"- rows: {self.n_rows} read, {self.n_kept} kept, {self.n_skipped} skipped",
+    def _summary_lines(self) -> list[str]:
+        return [
             f"- rows in the 'messages' form: {self.n_messages_rows}",
             f"- rows cut to fit max_length: {self.n_truncated}",
             f"- completion tokens trained on (kept rows): {self.n_completion_tokens}",
         ]
-        if self.bad_rows:
-            counts = ", ".join(f"{code} {n}" for code, n in self.bad_row_counts().items())
-            lines += ["", f"Skipped rows by reason: {counts}.", ""]
-            lines += [f"- {b}" for b in self.bad_rows[:max_listed]]
-            if self.n_skipped > max_listed:
-                lines.append(f"- ... and {self.n_skipped - max_listed} more (see validation.json)")
-        return "\n".join(lines) + "\n"
 
 
 def load_sft_rows(source: Any) -> list[dict[str, Any]]:
@@ -157,93 +131,30 @@ def validate_sft_rows(
             conversations a chat template), no rows, a bad row in ``"error"`` mode (first
             five listed, with the total), or no row left.
     """
-    if on_bad_rows not in ("error", "skip"):
-        raise ValueError(f"on_bad_rows: expected 'error' or 'skip', got {on_bad_rows!r}")
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-        raise ValueError(f"max_length: expected an int >= 2, got {max_length!r}")
-    if not isinstance(rows, list):
-        rows = load_sft_rows(rows)
-    if not rows:
-        raise ValueError("no SFT rows to validate")
-    kind, kind_note = _data_kind(rows)
-    _check_tokenizer(tokenizer, kind)
-    report = SFTValidationReport([], [], n_rows=len(rows), kind=kind, max_length=max_length)
-    for index, row in enumerate(rows):
-        try:
-            example = _process_row(index, row, kind, kind_note, tokenizer, max_length, report)
-        except (BadRowError, RowTokenizationError) as err:
-            report.bad_rows.append(bad_row(index, row, err))
-            continue
-        report.examples.append(example)
-        report.n_truncated += example.truncated
-        report.n_completion_tokens += example.n_completion_tokens
-    if report.bad_rows and (on_bad_rows == "error" or not report.examples):
-        prefix = "" if report.examples else "no valid SFT row is left. "
-        message = format_bad_rows(report.bad_rows, len(rows), what="SFT rows")
-        raise ValueError(prefix + message)
-    return report
+    return validate_rows(
+        rows,
+        tokenizer,
+        max_length,
+        on_bad_rows,
+        what="SFT",
+        load=load_sft_rows,
+        kind_fields=("messages", "completion", "prompt"),
+        eos_use="appended to every completion so the model learns to stop",
+        report_type=SFTValidationReport,
+        process_row=_process_row,
+    )
 
 
 # ---------------------------------------------------------------------------- checks
-def _row_kind(row: Any) -> str | None:
-    if not isinstance(row, Mapping):
-        return None
-    for name in ("messages", "completion", "prompt"):
-        value = row.get(name)
-        if isinstance(value, str):
-            return "plain"
-        if isinstance(value, list | tuple):
-            return "conversational"
-    return None
-
-
-def _data_kind(rows: Sequence[Any]) -> tuple[str, str]:
-    kinds = [k for k in (_row_kind(r) for r in rows) if k is not None]
-    if not kinds:
-        return "plain", "no row is well formed"
-    kind, n = Counter(kinds).most_common(1)[0]
-    return kind, f"{n} of {len(rows)} rows are {kind}"
-
-
-def _check_tokenizer(tokenizer: Any, kind: str) -> None:
-    if kind == "plain" and getattr(tokenizer, "eos_token_id", None) is None:
-        raise ValueError(
-            "plain-text SFT data needs a tokenizer with an eos_token (appended to every "
-            "completion so the model learns to stop); set tokenizer.eos_token"
-        )
-    if kind == "conversational" and not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
-            "conversational SFT data needs a tokenizer with a chat_template; set "
-            "tokenizer.chat_template"
-        )
-
-
-def _check_type(name: str, value: Any, kind: str, kind_note: str) -> None:
-    expected, other = (list, str) if kind == "conversational" else (str, list)
-    if isinstance(value, tuple):
-        value = list(value)
-    if isinstance(value, expected):
-        return
-    if isinstance(value, other):
-        found = "a plain string" if other is str else "a message list"
-        raise BadRowError(name, "mixed_formats", f"{found} in {kind} data ({kind_note})")
-    want = "a list of messages" if kind == "conversational" else "a string"
-    raise BadRowError(name, "wrong_type", f"expected {want}, got {type(value).__name__}")
-
-
 def _process_row(
     index: int,
-    row: Any,
+    row: Mapping[str, Any],
     kind: str,
     kind_note: str,
     tokenizer: Any,
     max_length: int,
     report: SFTValidationReport,
 ) -> SFTExample:
-    if not isinstance(row, Mapping):
-        raise BadRowError(
-            None, "not_a_mapping", f"expected an object/dict, got {type(row).__name__}"
-        )
     has_pc = row.get("prompt") is not None or row.get("completion") is not None
     if row.get("messages") is not None:
         if has_pc:
@@ -269,11 +180,11 @@ def _process_row(
             if row.get(name) is None:
                 hint = " (or give the whole conversation as 'messages')" if has_pc else ""
                 raise BadRowError(name, "missing_field", f"missing{hint}")
-            _check_type(name, row[name], kind, kind_note)
+            check_type(name, row[name], kind, kind_note)
         input_ids, labels, truncated = _prompt_completion_example(
             row["prompt"], row["completion"], tokenizer, max_length
         )
-    return SFTExample(
+    example = SFTExample(
         input_ids=input_ids,
         labels=labels,
         index=index,
@@ -282,6 +193,9 @@ def _process_row(
         truncated=truncated,
         metadata={k: v for k, v in row.items() if k not in RESERVED},
     )
+    report.n_truncated += example.truncated
+    report.n_completion_tokens += example.n_completion_tokens
+    return example
 
 
 def _prompt_completion_example(
@@ -363,20 +277,11 @@ def _messages_example(
 
 
 # ---------------------------------------------------------------------------- batches
-class SFTDataset(Dataset):
+class SFTDataset(ExampleDataset[SFTExample]):
     """A map-style ``Dataset`` over ``SFTExample`` s."""
 
-    def __init__(self, examples: Sequence[SFTExample]):
-        self.examples = list(examples)
 
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> SFTExample:
-        return self.examples[i]
-
-
-class SFTCollator:
+class SFTCollator(PaddingCollator):
     """Right-pad ``B`` examples into ``input_ids`` / ``attention_mask`` / ``labels`` ``[B, L]``
     (``labels`` = ``-100`` on prompt and padding, not shifted) and ``index`` ``[B]``.
 
@@ -384,27 +289,12 @@ class SFTCollator:
     so the number of trained tokens is ``(labels != -100).sum()`` however it is counted.
     """
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
-        if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int):
-            raise ValueError(f"pad_token_id: expected an int, got {pad_token_id!r}")
-        self.pad_token_id = pad_token_id
-        self.pad_to_multiple_of = pad_to_multiple_of
-
     def __call__(self, examples: Sequence[SFTExample]) -> dict[str, Tensor]:
         if not examples:
             raise ValueError("SFTCollator: empty batch")
-        length = max(len(ex.input_ids) for ex in examples)
-        if self.pad_to_multiple_of:
-            length = math.ceil(length / self.pad_to_multiple_of) * self.pad_to_multiple_of
-        b = len(examples)
-        input_ids = torch.full((b, length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((b, length), dtype=torch.long)
-        labels = torch.full((b, length), IGNORE_INDEX, dtype=torch.long)
-        for i, ex in enumerate(examples):
-            n = len(ex.input_ids)
-            input_ids[i, :n] = torch.tensor(ex.input_ids, dtype=torch.long)
-            attention_mask[i, :n] = 1
-            labels[i, :n] = torch.tensor(ex.labels, dtype=torch.long)
+        input_ids, attention_mask, labels = self.pad(
+            [ex.input_ids for ex in examples], [ex.labels for ex in examples]
+        )
         labels[:, 0] = IGNORE_INDEX
         return {
             "input_ids": input_ids,
