@@ -1,0 +1,85 @@
+"""The SFT-calibration study's own pieces: the SFT / held-out split, the SFT rows' format, and
+the per-data-set metrics against a hand computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from smoothalign.eval.mc_prompts import build_prompt
+from smoothalign.eval.mc_sources import TaskData
+from smoothalign.eval.mc_tasks import MCQuestion
+from smoothalign.experiments.sft_calibration import aggregate, group_metrics, split_tasks
+
+
+def _task(name: str, n: int) -> TaskData:
+    qs = [
+        MCQuestion(
+            question=f"{name} question {i}?",
+            options=(f"yes {i}", f"no {i}", f"maybe {i}"),
+            answer=i % 3,
+            task=name,
+            preamble="Answer the question.",
+        )
+        for i in range(n)
+    ]
+    return TaskData(name=name, questions=qs, source=f"{name}.json")
+
+
+def test_split_halves_each_task_disjointly_and_deterministically():
+    tasks = [_task("bigbench:a", 11), _task("bigbench:b", 6)]
+    sft, held = split_tasks(tasks)
+    assert len(sft) == 5 + 3 and len(held) == 6 + 3
+    assert split_tasks(tasks) == (sft, held)
+    sft_q = {r["prompt"] for r in sft}
+    for r in held:  # no held-out question was trained on
+        q = MCQuestion(r["question"], tuple(r["options"]), r["answer"], r["task"])
+        assert build_prompt(q, "cloze") not in sft_q
+    for r in sft:  # the completion is the right option, after the scorer's cloze prompt
+        i = int(r["prompt"].split("question ")[1].split("?")[0])
+        assert r["prompt"] == f"Question: {r['task']} question {i}?\nAnswer:"
+        assert r["completion"] == " " + ("yes", "no", "maybe")[i % 3] + f" {i}"
+
+
+def test_group_metrics_match_a_hand_computation():
+    rng = np.random.default_rng(0)
+    preds = []
+    for task in ("jsonl:heldout", "mmlu"):
+        for _ in range(40):
+            c = float(rng.uniform(0.3, 1.0))
+            preds.append({"task": task, "confidence": c, "correct": bool(rng.random() < c)})
+    m = group_metrics(preds, bins=15)
+    for name, task in (("bigbench heldout", "jsonl:heldout"), ("mmlu", "mmlu")):
+        ps = [p for p in preds if p["task"] == task]
+        conf = np.array([p["confidence"] for p in ps])
+        corr = np.array([p["correct"] for p in ps], dtype=float)
+        ece = rms = 0.0
+        for b in range(15):
+            lo, hi = b / 15, (b + 1) / 15
+            sel = (conf > lo) & (conf <= hi) if b else (conf >= lo) & (conf <= hi)
+            if sel.any():
+                gap = corr[sel].mean() - conf[sel].mean()
+                ece += sel.mean() * abs(gap)
+                rms += sel.mean() * gap**2
+        assert m[name]["n"] == 40
+        assert m[name]["accuracy"] == pytest.approx(corr.mean())
+        assert m[name]["ece"] == pytest.approx(ece, abs=1e-12)
+        assert m[name]["rms"] == pytest.approx(np.sqrt(rms), abs=1e-12)
+
+
+def test_aggregate_groups_by_beta_with_sample_std():
+    per_model = [
+        {"model": "shipped", "beta": None, "seed": None,
+         "metrics": {"mmlu": {"n": 10, "accuracy": 0.3, "ece": 0.2, "rms": 0.3,
+                              "mean_confidence": 0.5}}},
+    ] + [
+        {"model": f"b{s}", "beta": 0.1, "seed": s,
+         "metrics": {"mmlu": {"n": 10, "accuracy": a, "ece": 0.1, "rms": 0.2,
+                              "mean_confidence": 0.5}}}
+        for s, a in enumerate((0.2, 0.4))
+    ]  # fmt: skip
+    rows = {r["model"]: r for r in aggregate(per_model)}
+    assert rows["shipped"]["accuracy_std"] == 0.0
+    assert rows["SFT β=0.1"]["runs"] == 2
+    assert rows["SFT β=0.1"]["accuracy_mean"] == pytest.approx(0.3)
+    assert rows["SFT β=0.1"]["accuracy_std"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
