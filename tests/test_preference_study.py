@@ -98,7 +98,7 @@ def test_evaluation_scores_the_reference_as_uninformative():
     KL to itself 0, and its forecasts σ(0) = ½ scored against the true q."""
     cfg = pref.PreferenceStudyConfig(**TINY)
     sw = pref.seed_world(cfg, 0)
-    metrics, samples = pref.evaluate(sw.world, sw.world.reference, sw.held, cfg.beta, 0)
+    metrics, samples, _ = pref.evaluate(sw.world, sw.world.reference, sw.held, cfg.beta, 0)
     assert metrics["accuracy_true"] == pytest.approx(0.5)
     assert metrics["kl_ref"] == pytest.approx(0.0, abs=1e-6)
     q = sw.held.pairs.q.double()

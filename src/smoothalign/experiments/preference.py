@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from smoothalign.calibration import true_preference_metrics
+from smoothalign.experiments.logreg import mean_std
 from smoothalign.experiments.token_world import LabelledPairs, PairSet, TokenWorld, TokenWorldConfig
 from smoothalign.smoothing import make_policy
 from smoothalign.train.objective import dpo_terms
@@ -254,7 +255,8 @@ def train_method(
 def evaluate(
     world: TokenWorld, model: torch.nn.Module, held: Heldout, beta: float, sample_seed: int
 ) -> tuple[dict[str, float], Tensor]:
-    """Held-out metrics against the truth; also returns the samples ``[S·M, L]``."""
+    """Held-out metrics against the truth; also the samples ``[S·M, L]`` and their oracle
+    rewards ``[S·M]``."""
     p = held.pairs
     lp_first = world.logps(model, p.prompts, p.first)
     lp_second = world.logps(model, p.prompts, p.second)
@@ -266,7 +268,7 @@ def evaluate(
         world.reference, held.prompts, samples
     )
     metrics |= {"reward": float(reward.mean()), "kl_ref": float(kl.mean())}
-    return metrics, samples
+    return metrics, samples, reward
 
 
 def win_rate(scores: Tensor, baseline_scores: Tensor) -> float:
@@ -295,12 +297,8 @@ def run_group(
     for method in cfg.ordered_methods():
         t0 = time.perf_counter()
         model, trace = train_method(world, data, ref_c, ref_r, method, flip_rate, cfg, 0)
-        metrics, samples = evaluate(world, model, held, cfg.beta, 0)
-        scores = (
-            world.reward(held.prompts, samples)
-            if judge is None
-            else judge.score_tokens(world, held.prompts, samples)
-        )
+        metrics, samples, reward = evaluate(world, model, held, cfg.beta, 0)
+        scores = reward if judge is None else judge.score_tokens(world, held.prompts, samples)
         if method.name == BASELINE:
             base_scores = scores
         rec: dict[str, Any] = {
@@ -420,11 +418,6 @@ METRICS = ("accuracy_true", "ece_true", "rms_true", "kl_true", "reward", "kl_ref
 METRICS_EXTRA = ("final_alpha_mean", "brier_true")
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    a = np.asarray(values, dtype=np.float64)
-    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
-
-
 def aggregate(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean ± std over seeds for every ``(flip rate, method)``, in first-seen order."""
     groups: dict[tuple[float, str], list[dict[str, Any]]] = {}
@@ -439,7 +432,3 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 row[f"{k}_mean"], row[f"{k}_std"] = mean_std(vals)
         out.append(row)
     return out
-
-
-def with_overrides(cfg: PreferenceStudyConfig, **overrides: Any) -> PreferenceStudyConfig:
-    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})

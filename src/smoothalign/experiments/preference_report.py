@@ -9,7 +9,6 @@ the verdict is computed from the numbers, never written by hand.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -337,16 +336,3 @@ def write_figures(results: dict[str, Any], out_dir) -> list:
         save_figure(plot_reward_vs_kl(results), out / "reward_vs_kl.png"),
         save_figure(plot_alpha_histograms(results), out / "alpha_histograms.png"),
     ]
-
-
-def summary_lines(results: dict[str, Any], methods: Sequence[str] | None = None) -> list[str]:
-    """One line per (flip rate, method): accuracy and ECE, for the console."""
-    lines = []
-    for a in results["aggregates"]:
-        if methods and a["method"] not in methods:
-            continue
-        lines.append(
-            f"ε={a['flip_rate']:<4g} {a['method']:<14} acc_true {_fmt(a, 'accuracy_true', 3)}"
-            f"  ece_true {_fmt(a, 'ece_true', 3)}  reward {_fmt(a, 'reward', 3)}"
-        )
-    return lines

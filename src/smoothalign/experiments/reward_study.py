@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from smoothalign.calibration import true_preference_metrics
+from smoothalign.experiments.logreg import mean_std
 from smoothalign.reward.objective import majority_first_margins, reward_loss
 from smoothalign.smoothing import make_policy
 
@@ -338,12 +339,6 @@ METRICS = (
     "kl_true_best_step",
 )
 EARLY_FRACTION = 0.05  # kl_true_early: the held-out KL after 5% of the steps
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof = 1; 0 for a single value)."""
-    a = np.asarray(values, dtype=np.float64)
-    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
 
 
 def aggregate(runs: Sequence[dict[str, Any]], baseline: str = BASELINE) -> list[dict[str, Any]]:

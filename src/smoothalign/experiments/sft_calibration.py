@@ -205,6 +205,8 @@ def aggregate(per_model: list[dict[str, Any]]) -> list[dict[str, Any]]:
         key = "shipped" if m["beta"] is None else f"SFT β={m['beta']:g}"
         groups.setdefault(key, []).append(m)
     rows = []
+    from smoothalign.experiments.logreg import mean_std
+
     for key, ms in groups.items():
         for data in ("bigbench heldout", "mmlu"):
             vals = [m["metrics"][data] for m in ms if data in m["metrics"]]
@@ -212,9 +214,7 @@ def aggregate(per_model: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             row: dict[str, Any] = {"model": key, "data": data, "runs": len(vals), "n": vals[0]["n"]}
             for k in ("accuracy", "ece", "rms", "mean_confidence"):
-                a = np.array([v[k] for v in vals])
-                row[f"{k}_mean"] = float(a.mean())
-                row[f"{k}_std"] = float(a.std(ddof=1)) if a.size > 1 else 0.0
+                row[f"{k}_mean"], row[f"{k}_std"] = mean_std([v[k] for v in vals])
             rows.append(row)
     return rows
 
