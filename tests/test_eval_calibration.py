@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -438,14 +439,24 @@ def test_cli_end_to_end_on_tiny(tmp_path):
         assert overall["accuracy"] == pytest.approx(correct.mean())
 
 
-def test_cli_bad_file_fails_before_loading_the_model(tmp_path):
+def test_cli_bad_file_fails_before_loading_the_model(tmp_path, capsys, monkeypatch):
     from smoothalign.cli import main
 
     data = _write_jsonl(
         tmp_path / "q.jsonl", [{"question": "Q?", "options": ["a", "b"], "answer": 5}]
     )
+    argv = ["eval", "calibration", "--model", "no-such-model", "--tasks", str(data)]
+    # a user sees one line naming the command, the file, the row and the field; status 2
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("smoothalign eval calibration: ")
+    assert re.search(r"q.jsonl, row 1, field 'answer'", err)
+    assert "Traceback" not in err
+    # SMOOTHALIGN_DEBUG=1 gives the exception itself (the model was never loaded: the
+    # data is read first, so the error is about the data, not the missing model)
+    monkeypatch.setenv("SMOOTHALIGN_DEBUG", "1")
     with pytest.raises(ValueError, match=r"q.jsonl, row 1, field 'answer'"):
-        main(["eval", "calibration", "--model", "no-such-model", "--tasks", str(data)])
+        main(argv)
 
 
 # --------------------------------------------------------------------------------------------

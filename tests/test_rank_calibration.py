@@ -252,22 +252,24 @@ def test_cli_calibrates_the_tiny_policy_and_writes_its_report(tmp_path, reward_d
 
 
 def test_cli_errors_name_the_problem(tmp_path, reward_dir, capsys):
+    from smoothalign.cli import main
+
+    def _main(argv):
+        return main(["rank-calibrate", *argv])
+
     prompts = _write_prompts(tmp_path / "p.jsonl", _plain_rows(4))
     base = ["--policy", "tiny", "--prompts", str(prompts), "--output-dir", str(tmp_path / "o")]
-    assert (
-        rank_cli.run(_parse([*base, "--reward-model", str(reward_dir), "--num-candidates", "1"]))
-        == 2
-    )
+    assert _main([*base, "--reward-model", str(reward_dir), "--num-candidates", "1"]) == 2
     assert "num_candidates: invalid value 1 (ranking needs at least 2" in capsys.readouterr().err
-    assert rank_cli.run(_parse(base)) == 2
+    assert _main(base) == 2
     assert "reward_model: required" in capsys.readouterr().err
-    assert rank_cli.run(_parse([*base, "--reward-model", str(tmp_path / "missing")])) == 2
+    assert _main([*base, "--reward-model", str(tmp_path / "missing")]) == 2
     assert "reward_model: no such path" in capsys.readouterr().err
     rows = _plain_rows(4)
     rows[2]["prompt"] = ""
     bad = _write_prompts(tmp_path / "bad.jsonl", rows)
     argv = [*base, "--reward-model", str(reward_dir), "--prompts", str(bad)]
-    assert rank_cli.run(_parse(argv)) == 2
+    assert _main(argv) == 2
     err = capsys.readouterr().err
     assert "bad.jsonl" in err and "row 2, field 'prompt': empty prompt" in err
     with pytest.raises(ValueError, match="num_beam_groups: 3 does not divide"):

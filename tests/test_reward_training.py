@@ -125,9 +125,9 @@ def test_cli_trains_jsd_on_the_posterior_with_cals_margin_and_centering(tmp_path
 
 
 def test_cli_rejects_a_bad_configuration(capsys):
-    parser = argparse.ArgumentParser()
-    reward_cli.add_arguments(parser)
-    assert reward_cli.run(parser.parse_args(["--loss", "bt", "--posterior"])) == 2
+    from smoothalign.cli import main
+
+    assert main(["reward", "--loss", "bt", "--posterior"]) == 2
     assert "posterior" in capsys.readouterr().err
 
 

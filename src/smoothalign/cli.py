@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from smoothalign.data.validation import BadRowError
+
+# What a user's input can raise (a missing file, a bad row, a value out of range): printed
+# as one line naming the command, exit status 2. SMOOTHALIGN_DEBUG=1 shows the traceback.
+INPUT_ERRORS: tuple[type[Exception], ...] = (OSError, ValueError, BadRowError)
+DEBUG_ENV = "SMOOTHALIGN_DEBUG"
 
 # (command path, module, help); modules are imported lazily so `--help` stays fast and a
 # command's heavy dependencies (transformers, ...) load only when it runs.
@@ -76,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
             description=help_text,
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
-        leaf.set_defaults(_module=module)
+        leaf.set_defaults(_module=module, _command=" ".join(path))
         importlib.import_module(module).add_arguments(leaf)
     return parser
 
@@ -88,7 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     if module is None:
         parser.print_help()
         return 2
-    return int(importlib.import_module(module).run(args) or 0)
+    try:
+        return int(importlib.import_module(module).run(args) or 0)
+    except INPUT_ERRORS as e:
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(
+            f"smoothalign {args._command}: {e}\n(set {DEBUG_ENV}=1 to see the traceback)",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

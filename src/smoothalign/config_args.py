@@ -7,7 +7,6 @@ from ``help_texts`` (a missing help text is an error, so every option is documen
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from dataclasses import MISSING, fields
 from typing import Any
@@ -70,24 +69,13 @@ def config_from_args(args: argparse.Namespace, config_cls: type) -> Any:
 def run_command(
     args: argparse.Namespace,
     config_cls: type,
-    command: str,
     load_run: Callable[[], Callable[[Any], Any]],
-    run_errors: tuple[type[Exception], ...] = (),
 ) -> int:
     """A command's whole ``run``: the config from ``args``, then the run function that
-    ``load_run`` imports (only once the config is valid), then its summary printed. A
-    config the dataclass refuses, or one of ``run_errors`` from the run, is printed as
-    ``smoothalign COMMAND: message`` on stderr and returns 2."""
-    try:
-        config = config_from_args(args, config_cls)
-    except ValueError as e:
-        print(f"smoothalign {command}: {e}", file=sys.stderr)
-        return 2
-    run = load_run()
-    try:
-        result = run(config)
-    except run_errors as e:
-        print(f"smoothalign {command}: {e}", file=sys.stderr)
-        return 2
+    ``load_run`` imports (only once the config is valid), then its summary printed. A config
+    the dataclass refuses raises ``ValueError``, which :func:`smoothalign.cli.main` prints as
+    ``smoothalign COMMAND: message`` with exit status 2."""
+    config = config_from_args(args, config_cls)
+    result = load_run()(config)
     print(result.summary())
     return 0

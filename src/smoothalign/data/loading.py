@@ -79,6 +79,15 @@ def load_preference_rows(
     )
 
 
+def check_paths_exist(**sources: Any) -> None:
+    """Raise ``FileNotFoundError`` for the first of ``sources`` (``name=value``) that is a
+    path and does not exist; other values (``None``, row lists, data sets) pass. Lets a run
+    fail on a mistyped path before it spends minutes loading a model."""
+    for name, source in sources.items():
+        if isinstance(source, str | os.PathLike) and not Path(source).exists():
+            raise FileNotFoundError(f"{name}: not found: {source}")
+
+
 @dataclass(frozen=True)
 class _Spec:
     text_fields: tuple[str, ...]
@@ -245,4 +254,10 @@ def _label_rows(rows: Sequence[Any], where: str) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["FILE_KEY", "ROW_KEY", "SUPPORTED_EXTENSIONS", "load_preference_rows"]
+__all__ = [
+    "FILE_KEY",
+    "ROW_KEY",
+    "SUPPORTED_EXTENSIONS",
+    "check_paths_exist",
+    "load_preference_rows",
+]

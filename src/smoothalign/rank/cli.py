@@ -75,9 +75,7 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from smoothalign.rank.config import RankConfig
 
-    return run_command(
-        args, RankConfig, "rank-calibrate", _load_run, (FileNotFoundError, ValueError)
-    )
+    return run_command(args, RankConfig, _load_run)
 
 
 def _load_run():

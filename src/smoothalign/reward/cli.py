@@ -62,7 +62,7 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from smoothalign.reward.config import RewardConfig
 
-    return run_command(args, RewardConfig, "reward", _load_run)
+    return run_command(args, RewardConfig, _load_run)
 
 
 def _load_run():

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 from transformers import set_seed
 
+from smoothalign.data.loading import check_paths_exist
 from smoothalign.io import atomic_write_json
 from smoothalign.reward.config import RewardConfig
 from smoothalign.reward.data import (
@@ -178,7 +179,12 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
     notes: list[str] = []
     bf16 = resolve_bf16(config.precision)
     check_scheduler(config.lr_scheduler)
-
+    check_paths_exist(  # a mistyped path fails before the model loads
+        data=config.data,
+        eval_data=config.eval_data,
+        labels=config.labels,
+        eval_labels=config.eval_labels,
+    )
     model, tokenizer = build_reward_model(config.model, trust_remote_code=config.trust_remote_code)
     train_ex, eval_ex, info, validation_md, data_notes = load_reward_data(config, tokenizer)
     notes += data_notes

@@ -46,7 +46,7 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from smoothalign.sft.config import SFTConfig
 
-    return run_command(args, SFTConfig, "sft", _load_run)
+    return run_command(args, SFTConfig, _load_run)
 
 
 def _load_run():

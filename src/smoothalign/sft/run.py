@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from transformers import set_seed
 
+from smoothalign.data.loading import check_paths_exist
 from smoothalign.io import atomic_write_json
 from smoothalign.models import load_model_and_tokenizer
 from smoothalign.sft.config import SFTConfig
@@ -96,7 +97,8 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
     set_seed(config.seed)  # python, numpy and torch: data order and the LoRA initialisation
     bf16 = resolve_bf16(config.precision)
     check_scheduler(config.lr_scheduler)
-
+    # a mistyped path fails before the model loads
+    check_paths_exist(data=config.data, eval_data=config.eval_data)
     model, tokenizer = load_model_and_tokenizer(
         config.model, trust_remote_code=config.trust_remote_code
     )

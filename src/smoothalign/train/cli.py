@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from smoothalign.config_args import TRAINING_HELP, add_config_arguments
+from smoothalign.config_args import TRAINING_HELP, add_config_arguments, run_command
 from smoothalign.config_args import config_from_args as _config_from_args
 from smoothalign.losses import LOSSES
 from smoothalign.smoothing import POLICY_NAMES
@@ -51,12 +51,10 @@ def config_from_args(args: argparse.Namespace) -> DPOConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_command(args, DPOConfig, _load_run)
+
+
+def _load_run():
     from smoothalign.train.run import run_dpo
 
-    try:
-        config = config_from_args(args)
-    except ValueError as e:
-        raise SystemExit(f"smoothalign dpo: {e}") from None
-    result = run_dpo(config)
-    print(result.summary())
-    return 0
+    return run_dpo

@@ -10,7 +10,7 @@ import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -68,10 +68,14 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     bf16 = resolve_bf16(config.precision)
     check_scheduler(config.lr_scheduler)
 
+    rows, eval_rows, data_notes = _read_data(config)  # a bad file fails before the model loads
     model, tokenizer = load_model_and_tokenizer(
         config.model, trust_remote_code=config.trust_remote_code
     )
-    train_ex, eval_ex, validation_md, n_skipped, data_notes = _load_data(config, tokenizer)
+    train_ex, eval_ex, validation_md, n_skipped, split_notes = _load_data(
+        config, tokenizer, rows, eval_rows
+    )
+    data_notes += split_notes
     notes += data_notes
     if config.max_eval_pairs and len(eval_ex) > config.max_eval_pairs:
         notes.append(
@@ -176,10 +180,8 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
 
 
 # ---------------------------------------------------------------------------- data
-def _load_data(
-    config: DPOConfig, tokenizer
-) -> tuple[list[TokenizedPair], list[TokenizedPair], str, int, list[str]]:
-    """Validate the data (and eval data) and split it into train / eval examples."""
+def _read_data(config: DPOConfig) -> tuple[Any, Any, list[str]]:
+    """The rows of the data (and eval data) as loaded, not yet validated; notes."""
     notes = []
     source = config.data
     if source is None:
@@ -187,13 +189,20 @@ def _load_data(
 
         source = embedded_dataset_path()
         notes.append(f"data: the embedded controlled-sentiment set ({source.name})")
-    report = validate_preference_rows(
-        load_preference_rows(source), tokenizer, config.max_length, config.on_bad_rows
-    )
+    rows = load_preference_rows(source)
+    eval_rows = None if config.eval_data is None else load_preference_rows(config.eval_data)
+    return rows, eval_rows, notes
+
+
+def _load_data(
+    config: DPOConfig, tokenizer, rows, eval_rows
+) -> tuple[list[TokenizedPair], list[TokenizedPair], str, int, list[str]]:
+    """Validate the rows (and eval rows) and split them into train / eval examples."""
+    report = validate_preference_rows(rows, tokenizer, config.max_length, config.on_bad_rows)
     eval_report = None
-    if config.eval_data is not None:
+    if eval_rows is not None:
         eval_report = validate_preference_rows(
-            load_preference_rows(config.eval_data), tokenizer, config.max_length, config.on_bad_rows
+            eval_rows, tokenizer, config.max_length, config.on_bad_rows
         )
     train_ex, eval_ex, info, md, split_notes = split_validated(
         report,
@@ -204,7 +213,7 @@ def _load_data(
         config.seed,
     )
     skipped = sum(v["n_skipped"] for v in info.values())
-    return train_ex, eval_ex, md, skipped, notes + split_notes
+    return train_ex, eval_ex, md, skipped, split_notes
 
 
 # ---------------------------------------------------------------------------- model

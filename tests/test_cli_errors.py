@@ -1,0 +1,57 @@
+"""What a user sees when the input is wrong: one line naming the command and the problem,
+exit status 2, no traceback — and the input is checked before any model is loaded."""
+
+from __future__ import annotations
+
+import pytest
+
+from smoothalign.cli import main
+
+MISSING = "/no/such/file.jsonl"
+
+# (argv, text the message must contain). Every model here is a path that does not exist
+# either: if the command loaded its model first, the error would name the model instead.
+CASES = [
+    (["dpo", "--beta", "-1"], "beta"),
+    (["dpo", "--loss", "robust", "--smoothing", "none"], "flip_rate"),
+    (["dpo", "--model", "/no/such/model", "--data", MISSING], MISSING),
+    (["dpo", "--model", "/no/such/model", "--eval-data", MISSING], MISSING),
+    (["reward", "--model", "/no/such/model", "--data", MISSING], MISSING),
+    (["sft", "--model", "/no/such/model", "--data", MISSING], MISSING),
+    (["sft", "--label-smoothing", "2"], "label_smoothing"),
+    (["rank-calibrate", "--reward-model", "/no/such/reward_model"], "/no/such/reward_model"),
+    (["eval", "calibration", "--model", "/no/such/model", "--tasks", MISSING], MISSING),
+]
+
+
+@pytest.mark.parametrize(("argv", "needle"), CASES, ids=[" ".join(c[0][:3]) for c in CASES])
+def test_bad_input_is_one_line_and_status_2(argv, needle, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    code = main([*argv, "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    command = " ".join(a for a in argv[:2] if not a.startswith("-"))
+    first = err.splitlines()[0]
+    assert first.startswith(f"smoothalign {command}: "), err
+    assert needle in err
+    assert "Traceback" not in err
+    assert "/no/such/model" not in err  # the model was never touched
+
+
+def test_debug_env_shows_the_exception(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMOOTHALIGN_DEBUG", "1")
+    with pytest.raises(FileNotFoundError, match="file.jsonl"):
+        main(["dpo", "--model", "/no/such/model", "--data", MISSING, "--output-dir", str(tmp_path)])
+
+
+def test_a_bug_is_not_disguised_as_bad_input(monkeypatch, tmp_path):
+    """Only input errors (OSError, ValueError, bad rows) become one line; anything else
+    keeps its traceback."""
+    import smoothalign.train.run as dpo_run
+
+    def broken(config, **_):
+        raise RuntimeError("internal bug")
+
+    monkeypatch.setattr(dpo_run, "run_dpo", broken)
+    with pytest.raises(RuntimeError, match="internal bug"):
+        main(["dpo", "--output-dir", str(tmp_path)])
