@@ -1,4 +1,5 @@
-"""SFT rows: completion-only label masks, chat-template turns, bad rows by row and field."""
+"""SFT rows: completion-only label masks, chat-template turns, text rows (every token but the
+first), bad rows by row and field."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import pytest
 import torch
 from tests.data_helpers import SPECIAL_IDS, byte_ids, make_byte_tokenizer
+from tokenizers import processors
 
 from smoothalign.models.loading import build_tiny_tokenizer
 from smoothalign.sft.data import (
@@ -136,7 +138,7 @@ BAD_ROWS = [
     ({"prompt": "p", "completion": "  \n"}, "completion", "empty_completion"),
     ({"prompt": "p"}, "completion", "missing_field"),
     ({"completion": "c"}, "prompt", "missing_field"),
-    ({"text": "no known field"}, "prompt", "missing_field"),
+    ({"body": "no known field"}, "prompt", "missing_field"),
     ({"prompt": "p", "completion": 3}, "completion", "wrong_type"),
     ({"prompt": "p", "completion": "c", "messages": []}, "messages", "ambiguous_format"),
     (["not", "a", "dict"], None, "not_a_mapping"),
@@ -245,3 +247,123 @@ def test_the_default_data_is_the_embedded_set_with_chosen_completions():
     report = validate_sft_rows(rows[:20], build_tiny_tokenizer(), 256)
     assert report.n_kept == 20 and report.kind == "conversational"
     assert torch.tensor(report.examples[0].labels).ne(X).sum() > 0
+
+
+# ---------------------------------------------------------------------------- text rows
+
+
+def _bos_adding_tokenizer():
+    """The byte tokenizer with a post-processor that puts ``<bos>`` in front, as Llama's does."""
+    tok = make_byte_tokenizer()
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", BOS)]
+    )
+    assert tok("hi")["input_ids"] == [BOS, *byte_ids("hi")]  # the premise of the tests
+    return tok
+
+
+def _validate(rows, tokenizer=None, max_length=64, **kw):
+    return validate_sft_rows(rows, tokenizer or make_byte_tokenizer(), max_length, **kw)
+
+
+def test_text_row_trains_on_every_token_but_the_first_bos_where_the_tokenizer_adds_one():
+    text = "The cat sat."
+    report = _validate([{"text": text}], _bos_adding_tokenizer())
+    ex = report.examples[0]
+    assert ex.input_ids == [BOS, *byte_ids(text), EOS]
+    assert ex.labels == [X, *byte_ids(text), EOS]
+    assert report.n_text_rows == 1 and report.n_completion_tokens == len(text) + 1
+    assert report.kind == "plain" and not ex.truncated
+
+
+def test_text_row_without_a_bos_from_the_tokenizer_starts_with_the_text():
+    """The byte tokenizer has a BOS token but does not add it on encode: no BOS, and the
+    first text token (no context) is not trained on."""
+    tok = make_byte_tokenizer()
+    assert tok("hi")["input_ids"] == byte_ids("hi")
+    text = "ab cd"
+    ex = _validate([{"text": text}], tok).examples[0]
+    ids = byte_ids(text)
+    assert ex.input_ids == [*ids, EOS]
+    assert ex.labels == [X, *ids[1:], EOS]
+    no_bos = _validate([{"text": text}], make_byte_tokenizer(bos=False)).examples[0]
+    assert no_bos.input_ids == [*ids, EOS]
+
+
+def test_text_that_already_holds_its_bos_and_eos_gets_no_second_one():
+    ex = _validate([{"text": "<bos>hi<eos>"}], _bos_adding_tokenizer()).examples[0]
+    assert ex.input_ids == [BOS, *byte_ids("hi"), EOS]
+
+
+def test_long_text_is_cut_from_the_end_and_counted():
+    tok = _bos_adding_tokenizer()
+    report = _validate([{"text": "x" * 40}, {"text": "short"}], tok, max_length=16)
+    long, short = report.examples
+    assert long.input_ids == [BOS, *byte_ids("x" * 15)]  # the EOS is cut away too
+    assert long.labels == [X, *byte_ids("x" * 15)]
+    assert long.truncated and not short.truncated and report.n_truncated == 1
+
+
+def test_collated_text_rows_count_the_tokens_the_loss_sums():
+    report = _validate([{"text": "abc"}, {"text": "a much longer text"}], _bos_adding_tokenizer())
+    batch = SFTCollator(pad_token_id=PAD)(report.examples)
+    assert batch["labels"][0].tolist()[:5] == [X, *byte_ids("abc"), EOS]
+    assert int((batch["labels"][:, 1:] != X).sum()) == report.n_completion_tokens == 4 + 19
+
+
+def test_text_and_plain_prompt_completion_rows_mix():
+    rows = [{"text": "lm text"}, {"prompt": "Q:", "completion": " A"}]
+    report = _validate(rows)
+    assert report.n_kept == 2 and report.n_text_rows == 1 and report.kind == "plain"
+    assert report.examples[1].labels == [X, X, X, *byte_ids(" A"), EOS]
+
+
+BAD_TEXT_ROWS = [
+    ({"text": "fine"}, None, None),
+    ({"text": ""}, "text", "empty_text"),
+    ({"text": " \n\t"}, "text", "empty_text"),
+    ({"text": "<eos>"}, "text", "empty_text"),  # one token with its EOS: nothing to predict
+    ({"text": 7}, "text", "wrong_type"),
+    ({"text": [{"role": "user", "content": "hi"}]}, "text", "wrong_type"),
+    ({"text": "t", "prompt": "p", "completion": "c"}, "text", "ambiguous_format"),
+    ({"text": "t", "completion": "c"}, "text", "ambiguous_format"),
+    ({"text": "t", "messages": [{"role": "user", "content": "hi"}]}, "text", "ambiguous_format"),
+    ({"text": None}, "prompt", "missing_field"),
+]
+
+
+def test_bad_text_rows_are_reported_by_row_and_field():
+    rows = [r for r, _, _ in BAD_TEXT_ROWS]
+    with pytest.raises(ValueError) as err:
+        _validate(rows)
+    message = str(err.value)
+    assert "9 of 10 SFT rows are invalid" in message
+    assert "row 1, field 'text': empty text" in message
+    report = _validate(rows, on_bad_rows="skip")
+    assert [e.row for e in report.examples] == [0]
+    got = [(b.row, b.field, b.code) for b in report.bad_rows]
+    assert got == [(i, f, c) for i, (_, f, c) in enumerate(BAD_TEXT_ROWS) if c is not None]
+    assert "row 4, field 'text': expected a string, got int" in report.to_markdown()
+    assert "row 6, field 'text': the row has both 'text' and 'prompt'/'completion'" in str(
+        report.bad_rows[5]
+    )
+    counts = report.to_dict()["bad_row_counts"]
+    assert counts["empty_text"] == 3 and counts["ambiguous_format"] == 3
+    assert report.to_dict()["n_text_rows"] == 1
+
+
+def test_text_rows_in_conversational_data_are_mixed_formats():
+    chat = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+    report = _validate([chat, chat, {"text": "plain"}], on_bad_rows="skip")
+    assert report.kind == "conversational"
+    assert [(b.row, b.field, b.code) for b in report.bad_rows] == [(2, "text", "mixed_formats")]
+
+
+def test_text_stays_a_string_in_csv(tmp_path):
+    path = tmp_path / "lm.csv"
+    path.write_text("text,source\n42,a\nhello world,b\n", encoding="utf-8")
+    rows = load_sft_rows(path)
+    assert rows[0]["text"] == "42"
+    report = _validate(rows)
+    assert report.examples[0].input_ids == [*byte_ids("42"), EOS]
+    assert report.examples[1].metadata == {"source": "b"}

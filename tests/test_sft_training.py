@@ -198,3 +198,75 @@ def test_check_head_refuses_logits_the_objective_does_not_reproduce(data, tmp_pa
     model.config.final_logit_softcapping = 0.5
     with pytest.raises(ValueError, match="not lm_head"):
         trainer.check_head(collator(examples))
+
+
+# ---------------------------------------------------------------------------- text rows
+@pytest.mark.parametrize("fused", ["off", "on"])
+def test_text_row_loss_is_cross_entropy_on_every_token_but_the_first(data, tmp_path, fused):
+    """The trainer's loss on ``text`` rows equals a float64 hand-written
+    ``F.cross_entropy(logits[:-1], ids[1:], label_smoothing=β)`` over each text's own
+    tokens plus its EOS (the tiny tokenizer adds no BOS), from the model's own logits."""
+    if fused == "on" and importlib.util.find_spec("smoothalign.kernels") is None:
+        pytest.skip("no kernel")
+    import torch.nn.functional as F
+
+    from smoothalign.models import load_model_and_tokenizer
+    from smoothalign.sft.data import SFTCollator, SFTDataset, validate_sft_rows
+    from smoothalign.sft.trainer import SFTTrainer
+    from smoothalign.train.common import training_arguments
+
+    beta = 0.2
+    texts = ["Hello, text rows.", "a shorter one", "ünïcode bytes"]
+    cfg = _config(data, tmp_path / "loss", label_smoothing=beta, fused=fused)
+    model, tok = load_model_and_tokenizer("tiny")
+    model = model.double().eval()
+    examples = validate_sft_rows([{"text": t} for t in texts], tok, 64).examples
+    collator = SFTCollator(int(tok.pad_token_id))
+    trainer = SFTTrainer(
+        model=model,
+        args=training_arguments(cfg, False),
+        train_dataset=SFTDataset(examples),
+        data_collator=collator,
+        sft_config=cfg,
+    )
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, collator(examples))  # a mean over the batch's tokens
+        total, count = torch.zeros((), dtype=torch.float64), 0
+        for text in texts:
+            ids = [*tok(text)["input_ids"], tok.eos_token_id]
+            assert ids[:-1] == list(text.encode("utf-8"))  # one token per byte, no BOS
+            ids = torch.tensor(ids)
+            logits = model(input_ids=ids[None]).logits[0].double()
+            total += F.cross_entropy(logits[:-1], ids[1:], label_smoothing=beta, reduction="sum")
+            count += len(ids) - 1
+    assert loss.dtype == torch.float64
+    assert loss.item() == pytest.approx((total / count).item(), rel=1e-10)
+
+
+def test_cli_trains_on_text_rows_and_writes_the_report(tmp_path):
+    """`smoothalign sft --model tiny --data rows.jsonl` on ``text`` rows, bad rows skipped
+    and listed."""
+    texts = [r["prompt"] + r["completion"] for r in _rows(20, seed=3)]
+    rows = [{"text": t} for t in texts]
+    rows += [{"text": ""}, {"text": "t", "prompt": "p", "completion": "c"}]
+    data = _write(rows, tmp_path / "lm.jsonl")
+    out = tmp_path / "run"
+    from smoothalign.cli import main
+
+    args = ["sft", "--model", "tiny", "--data", str(data), "--output-dir", str(out)]
+    flags = ["--max-steps", "2", "--batch-size", "4", "--logging-steps", "1"]
+    assert main([*args, *flags, "--on-bad-rows", "skip"]) == 0
+    for name in ("report.md", "metrics.jsonl", "validation.json", "eval_results.json"):
+        assert (out / name).is_file(), name
+    report = (out / "report.md").read_text()
+    assert "row 20, field 'text': empty text" in report
+    assert "row 21, field 'text': the row has both 'text' and 'prompt'/'completion'" in report
+    validation = json.loads((out / "validation.json").read_text())["train"]
+    assert validation["n_skipped"] == 2 and validation["n_text_rows"] == 20
+    # every byte of every text and its EOS, less each row's first token (no context)
+    assert validation["n_completion_tokens"] == sum(len(t.encode()) for t in texts)
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in logged if r["split"] == "train" and "loss" in r]
+    assert len(train) == 2 and all(r["completion_tokens"] > 0 for r in train)
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["after"]["n_rows"] == 2  # the 10% holdout of the 20 kept rows

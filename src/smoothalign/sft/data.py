@@ -9,21 +9,27 @@ Row formats (TRL's):
   to answer, ``completion`` a message list starting with an assistant message; the loss is
   on everything the chat template renders after the prompt's generation prompt;
 * **messages**: one conversation; the loss is on every assistant turn (its text and the
-  template's end-of-turn tokens), never on system or user turns.
+  template's end-of-turn tokens), never on system or user turns;
+* **text**: a plain string (continued pre-training, plain language modelling); the loss is
+  on every token but the first (which has no context), with an EOS appended and a BOS in
+  front only where the tokenizer adds one itself (``tokenizer(text)``).
 
-The two conversational forms may be mixed; plain and conversational rows may not (the data
+A row holds one form: ``text`` beside ``prompt``/``completion``/``messages`` is
+``ambiguous_format``. The two conversational forms may be mixed, and so may the plain ones
+(plain prompt/completion and ``text``); plain and conversational rows may not (the data
 set's format is its rows' majority, the others are ``mixed_formats``). Every other column is
 kept as metadata (``split`` = ``train``/``eval`` selects the evaluation rows).
 
 Nothing is dropped silently: ``on_bad_rows="error"`` raises a ``ValueError`` naming the
 first bad rows (``row 3, field 'completion': empty completion``) and the total; ``"skip"``
 lists them in the report. Sequences longer than ``max_length`` are cut from the end (the
-prompt never is) and counted.
+prompt never is) and counted; a ``text`` row is cut like a completion.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -34,7 +40,12 @@ from smoothalign.data import IGNORE_INDEX, fit_response
 from smoothalign.data.collate import ExampleDataset, PaddingCollator
 from smoothalign.data.loading import FILE_KEY, ROW_KEY, load_preference_rows
 from smoothalign.data.report import TokenizedRowsReport
-from smoothalign.data.tokenization import tokenize_messages, tokenize_prompt_completion
+from smoothalign.data.tokenization import (
+    tokenize_messages,
+    tokenize_prompt_completion,
+    tokenize_text,
+    tokenizer_adds_bos,
+)
 from smoothalign.data.validation import (
     BadRowError,
     check_messages,
@@ -43,18 +54,20 @@ from smoothalign.data.validation import (
     validate_rows,
 )
 
-TEXT_FIELDS = ("prompt", "completion", "messages")
+TEXT_FIELDS = ("prompt", "completion", "messages", "text")
 RESERVED = {*TEXT_FIELDS, ROW_KEY, FILE_KEY}
 
 SFT_BAD_ROW_CODES = {
     "not_a_mapping": "the row is not an object",
-    "missing_field": "no 'messages', and 'prompt' or 'completion' is absent or null",
-    "ambiguous_format": "the row has both 'messages' and 'prompt'/'completion'",
-    "wrong_type": "a field is neither a string nor a message list",
-    "mixed_formats": "a plain-text row in conversational data, or the reverse",
+    "missing_field": "no 'messages' or 'text', and 'prompt' or 'completion' is absent or null",
+    "ambiguous_format": "the row mixes forms: 'messages' or 'text' beside another form's fields",
+    "wrong_type": "a field is neither a string nor a message list ('text': not a string)",
+    "mixed_formats": "a plain-text row (prompt/completion or text) in conversational data, "
+    "or the reverse",
     "malformed_messages": "a message list, role or content is malformed, or turns are misplaced",
     "no_assistant_turn": "'messages' holds no assistant message: nothing to train on",
     "empty_completion": "the completion (or an assistant turn) is empty or whitespace only",
+    "empty_text": "'text' is empty or whitespace only, or has under two tokens",
     "prompt_too_long": "no completion token fits in max_length after the prompt",
     "chat_template_error": "the chat template raised an error",
     "chat_template_prefix": "the chat template breaks the prefix property",
@@ -67,9 +80,10 @@ class SFTExample:
     """One validated, tokenised SFT row.
 
     ``input_ids`` ``[T]`` (``T <= max_length``) and ``labels`` ``[T]``: the token where it is
-    trained on (a completion / assistant token), ``-100`` elsewhere. ``index``: position in
-    the rows given to validation; ``row``/``file``: where it came from; ``truncated``: cut to
-    fit ``max_length``; ``metadata``: every other column.
+    trained on (a completion / assistant token, or any but the first of a ``text`` row),
+    ``-100`` elsewhere. ``index``: position in the rows given to validation; ``row``/``file``:
+    where it came from; ``truncated``: cut to fit ``max_length``; ``metadata``: every other
+    column.
     """
 
     input_ids: list[int]
@@ -92,7 +106,8 @@ class SFTValidationReport(TokenizedRowsReport):
     examples: list[SFTExample]
     n_truncated: int = 0
     n_messages_rows: int = 0
-    n_completion_tokens: int = 0
+    n_text_rows: int = 0
+    n_completion_tokens: int = 0  # every token trained on, whatever the row's form
 
     title: ClassVar[str] = "SFT data"
     details: ClassVar[str] = "validation.json"
@@ -101,14 +116,16 @@ class SFTValidationReport(TokenizedRowsReport):
         return {
             "n_truncated": self.n_truncated,
             "n_messages_rows": self.n_messages_rows,
+            "n_text_rows": self.n_text_rows,
             "n_completion_tokens": self.n_completion_tokens,
         }
 
     def _summary_lines(self) -> list[str]:
         return [
             f"- rows in the 'messages' form: {self.n_messages_rows}",
+            f"- rows in the 'text' form: {self.n_text_rows}",
             f"- rows cut to fit max_length: {self.n_truncated}",
-            f"- completion tokens trained on (kept rows): {self.n_completion_tokens}",
+            f"- tokens trained on (kept rows): {self.n_completion_tokens}",
         ]
 
 
@@ -131,6 +148,8 @@ def validate_sft_rows(
             conversations a chat template), no rows, a bad row in ``"error"`` mode (first
             five listed, with the total), or no row left.
     """
+    # whether text rows get a BOS: asked of the tokenizer once, at the first text row
+    text_bos = functools.cache(lambda: tokenizer_adds_bos(tokenizer))
     return validate_rows(
         rows,
         tokenizer,
@@ -138,10 +157,10 @@ def validate_sft_rows(
         on_bad_rows,
         what="SFT",
         load=load_sft_rows,
-        kind_fields=("messages", "completion", "prompt"),
-        eos_use="appended to every completion so the model learns to stop",
+        kind_fields=("messages", "completion", "prompt", "text"),
+        eos_use="appended to every completion and text so the model learns to stop",
         report_type=SFTValidationReport,
-        process_row=_process_row,
+        process_row=functools.partial(_process_row, text_bos=text_bos),
     )
 
 
@@ -154,9 +173,22 @@ def _process_row(
     tokenizer: Any,
     max_length: int,
     report: SFTValidationReport,
+    *,
+    text_bos: Callable[[], bool],
 ) -> SFTExample:
     has_pc = row.get("prompt") is not None or row.get("completion") is not None
-    if row.get("messages") is not None:
+    if row.get("text") is not None:
+        others = [name for name in TEXT_FIELDS[:3] if row.get(name) is not None]
+        if others:
+            found = "/".join(f"'{name}'" for name in others)
+            raise BadRowError(
+                "text", "ambiguous_format", f"the row has both 'text' and {found}; keep one form"
+            )
+        input_ids, labels, truncated = _text_example(
+            row["text"], kind, kind_note, tokenizer, max_length, text_bos
+        )
+        report.n_text_rows += 1
+    elif row.get("messages") is not None:
         if has_pc:
             raise BadRowError(
                 "messages",
@@ -178,7 +210,11 @@ def _process_row(
     else:
         for name in ("prompt", "completion"):
             if row.get(name) is None:
-                hint = " (or give the whole conversation as 'messages')" if has_pc else ""
+                hint = (
+                    " (or give the whole conversation as 'messages')"
+                    if has_pc
+                    else " (no 'prompt'/'completion', 'messages' or 'text' field)"
+                )
                 raise BadRowError(name, "missing_field", f"missing{hint}")
             check_type(name, row[name], kind, kind_note)
         input_ids, labels, truncated = _prompt_completion_example(
@@ -238,6 +274,33 @@ def _prompt_completion_example(
     completion_ids, truncated = fit_response(completion_ids, len(prompt_ids), max_length)
     labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
     return prompt_ids + completion_ids, labels, truncated
+
+
+def _text_example(
+    text: Any,
+    kind: str,
+    kind_note: str,
+    tokenizer: Any,
+    max_length: int,
+    text_bos: Callable[[], bool],
+) -> tuple[list[int], list[int], bool]:
+    if not isinstance(text, str):
+        raise BadRowError("text", "wrong_type", f"expected a string, got {type(text).__name__}")
+    if kind != "plain":
+        raise BadRowError("text", "mixed_formats", f"a plain-text row in {kind} data ({kind_note})")
+    if is_blank(text):
+        raise BadRowError("text", "empty_text", "empty text")
+    input_ids = tokenize_text(text, tokenizer, text_bos())
+    if len(input_ids) < 2:
+        raise BadRowError(
+            "text",
+            "empty_text",
+            f"{len(input_ids)} token(s) with the EOS: nothing to train on (the first token "
+            "has no context)",
+        )
+    truncated = len(input_ids) > max_length  # cut from the end, as a completion is
+    input_ids = input_ids[:max_length]
+    return input_ids, [IGNORE_INDEX, *input_ids[1:]], truncated
 
 
 def _messages_example(
