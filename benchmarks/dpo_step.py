@@ -10,6 +10,15 @@ of random ids. Rows: ours with ``--fused-logps on`` and ``off``; TRL's ``DPOTrai
 and without ``use_liger_kernel`` (skipped, with the reason, when ``trl`` / ``liger-kernel``
 is missing or its API refuses the setup). Median step time (forward, backward, optimizer)
 over ``--repeats`` steps after ``--warmup``, and peak allocated memory during them.
+
+TRL 1.16 tokenises text itself, so its rows get the same ids as words of a word-level
+tokenizer (``id_tokenizer``): the same 8 × 2 × 1024 tokens as ours. ``use_liger_kernel``
+there means Liger's RMSNorm/RoPE/SwiGLU kernels (TRL keeps its own chunked LM-head loss and
+turns Liger's fused linear cross-entropy off); they are applied by ``Trainer.train()``,
+which this benchmark does not call, so ``run_trl`` applies them itself. Liger patches
+``transformers``' Llama module globally, so that row runs last here, and
+``benchmarks/gpu_session.sh`` runs each row in its own process (``--only`` + ``--append``).
+The JSON is rewritten after every row.
 """
 
 from __future__ import annotations
@@ -63,7 +72,8 @@ def build_model(shape, dtype, device):
 
     torch.manual_seed(0)
     cfg = LlamaConfig(**shape, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    return LlamaForCausalLM(cfg).to(device=device, dtype=dtype)
+    with torch.device(device):  # initialise on the GPU: ~10× faster than on the CPU at 1B
+        return LlamaForCausalLM(cfg).to(dtype=dtype)
 
 
 def make_pairs(n_pairs, prompt_len, resp_len, vocab):
@@ -151,7 +161,44 @@ def run_ours(args, shape, pairs, fused: bool, tmp: str):
         trainer.optimizer.step()
         trainer.optimizer.zero_grad(set_to_none=True)
 
-    return _timed_steps(step, args.device, args.warmup, args.repeats)
+    tokens = int(batch["input_ids"].numel())
+    return {**_timed_steps(step, args.device, args.warmup, args.repeats), "tokens": tokens}
+
+
+def id_tokenizer(vocab: int):
+    """A word-level tokenizer whose word ``t<i>`` is token ``i``: TRL tokenises text itself.
+
+    Ids 0, 1, 2 are ``<pad>``, ``<bos>``, ``<eos>`` (special, so never split); it adds no
+    special tokens of its own, so a text of ``k`` words is exactly ``k`` ids.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"<pad>": 0, "<bos>": 1, "<eos>": 2, **{f"t{i}": i for i in range(3, vocab)}}
+    backend = Tokenizer(models.WordLevel(words, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>"
+    )
+    return tok
+
+
+def trl_texts(prompt, chosen, rejected):
+    """The pairs as TRL's text columns, token for token the same sequences as ours.
+
+    TRL concatenates ``prompt + chosen`` as strings and appends EOS to a completion that
+    lacks it, so completions start with a space and end with ``<eos>`` in place of their
+    last id: each sequence stays ``prompt_len + response_len`` tokens long.
+    """
+
+    def words(ids):
+        return " ".join(f"t{i}" for i in ids)
+
+    return {
+        "prompt": [words(p) for p in prompt.tolist()],
+        "chosen": [" " + words(c[:-1]) + " <eos>" for c in chosen.tolist()],
+        "rejected": [" " + words(r[:-1]) + " <eos>" for r in rejected.tolist()],
+    }
 
 
 def run_trl(args, shape, pairs, liger: bool, tmp: str):
@@ -163,13 +210,7 @@ def run_trl(args, shape, pairs, liger: bool, tmp: str):
     model = build_model(shape, dtype, args.device)
     ref = build_model(shape, dtype, args.device)
     prompt, chosen, rejected = pairs
-    ds = Dataset.from_dict(  # pre-tokenised: no tokenizer for a random 128k vocabulary
-        {
-            "prompt_input_ids": prompt.tolist(),
-            "chosen_input_ids": chosen.tolist(),
-            "rejected_input_ids": rejected.tolist(),
-        }
-    )
+    ds = Dataset.from_dict(trl_texts(prompt, chosen, rejected))
     targs = TRLConfig(
         output_dir=tmp,
         per_device_train_batch_size=args.pairs,
@@ -181,20 +222,22 @@ def run_trl(args, shape, pairs, liger: bool, tmp: str):
         use_liger_kernel=liger,
         gradient_checkpointing=args.gradient_checkpointing,
     )
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
-
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel({"<pad>": 0}, "<pad>"))
-    )
-    tok.pad_token, tok.eos_token = "<pad>", "<pad>"
+    tok = id_tokenizer(shape["vocab_size"])
     trainer = DPOTrainer(
         model=model, ref_model=ref, args=targs, train_dataset=ds, processing_class=tok
     )
+    if liger:
+        # Trainer.train() applies Liger's kernels to the model; this benchmark calls
+        # training_step directly, so apply them here, with the config TRL set up (its own
+        # fused LM head stays: TRL turns Liger's fused linear cross-entropy off).
+        from transformers.integrations.liger import apply_liger_kernel
+
+        apply_liger_kernel(trainer.model, trainer.args.liger_kernel_config)
     trainer.create_optimizer_and_scheduler(num_training_steps=1000)
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train() otherwise
     batch = next(iter(trainer.get_train_dataloader()))
     batch = trainer._prepare_inputs(batch)
+    n_tokens = sum(int(batch[k].numel()) for k in batch if k.endswith("input_ids"))
     model.train()
 
     def step():
@@ -202,7 +245,8 @@ def run_trl(args, shape, pairs, liger: bool, tmp: str):
         trainer.optimizer.step()
         trainer.optimizer.zero_grad(set_to_none=True)
 
-    return _timed_steps(step, args.device, args.warmup, args.repeats)
+    # tokens per step (padded), to check that TRL's batch is the same size as ours
+    return {**_timed_steps(step, args.device, args.warmup, args.repeats), "tokens": n_tokens}
 
 
 def main(argv=None) -> int:
@@ -217,6 +261,11 @@ def main(argv=None) -> int:
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--only", nargs="*", help="run only these rows (names as in the table)")
     p.add_argument("--json", default="benchmarks/results/dpo_step.json")
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help="add the rows to those already in --json (one process per row: see the doc)",
+    )
     args = p.parse_args(argv)
     shape = SMALL if args.small else LLAMA_1B
     if args.small:
@@ -229,9 +278,33 @@ def main(argv=None) -> int:
             args, shape, pairs, False, tmp
         ),
         "TRL DPOTrainer": lambda tmp: run_trl(args, shape, pairs, False, tmp),
+        # last: Liger patches transformers' Llama module for the rest of the process
         "TRL DPOTrainer + use_liger_kernel": lambda tmp: run_trl(args, shape, pairs, True, tmp),
     }
+    unknown = set(args.only or ()) - set(runs)
+    if unknown:
+        raise SystemExit(f"--only: unknown rows {sorted(unknown)}; choose from {list(runs)}")
+    env = {
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        **{k: _version(k) for k in ("transformers", "trl", "liger-kernel", "triton")},
+        "pairs": args.pairs,
+        "prompt_len": args.prompt_len,
+        "response_len": args.response_len,
+        "shape": shape,
+    }
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
+    if args.append and out.exists():  # keep the other rows; a row run again replaces its old one
+        names = set(args.only or runs)
+        rows = [r for r in json.loads(out.read_text())["rows"] if r["trainer"] not in names]
+
+    def save():  # write-then-rename: a run killed mid-write keeps the previous file
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps({"env": env, "rows": rows}, indent=1))
+        tmp.replace(out)
+
     print("| trainer | step ms (median) | peak memory GiB | note |\n|---|---|---|---|", flush=True)
     for name, fn in runs.items():
         if args.only and name not in args.only:
@@ -245,6 +318,8 @@ def main(argv=None) -> int:
         ]
         if missing:
             row.update(status="skipped", note=f"not installed: {', '.join(missing)}")
+        elif "liger" in name and args.device != "cuda":
+            row.update(status="skipped", note="skipped: Liger's kernels need CUDA")
         else:
             try:
                 with tempfile.TemporaryDirectory() as tmp:
@@ -257,23 +332,13 @@ def main(argv=None) -> int:
         if args.device == "cuda":
             torch.cuda.empty_cache()
         rows.append(row)
+        save()
         if row["status"] == "ok":
             mem = f"{row['peak_bytes'] / 2**30:.2f}" if row["peak_bytes"] is not None else "n/a"
-            print(f"| {name} | {row['ms']:.0f} | {mem} | |", flush=True)
+            print(f"| {name} | {row['ms']:.0f} | {mem} | {row['tokens']} tokens |", flush=True)
         else:
             print(f"| {name} | {row['status']} | | {row['note']} |", flush=True)
-    env = {
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-        "torch": torch.__version__,
-        **{k: _version(k) for k in ("transformers", "trl", "liger-kernel", "triton")},
-        "pairs": args.pairs,
-        "prompt_len": args.prompt_len,
-        "response_len": args.response_len,
-        "shape": shape,
-    }
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"env": env, "rows": rows}, indent=1))
+    save()
     print(f"wrote {out}")
     return 0
 

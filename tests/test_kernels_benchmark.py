@@ -23,3 +23,54 @@ def test_benchmark_smoke_mode(tmp_path, capsys):
         assert rows[("eager", beta)]["status"] == "ok"
         assert rows[("liger", beta)]["status"] == "skipped"  # named, with the reason
     assert "| smoothalign |" in capsys.readouterr().out
+
+
+def _load(name):
+    path = BENCH.parent / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_verdict_takes_cut_cross_entropy_at_beta_0_as_a_peer():
+    bench = _load("linear_cross_entropy")
+    errs = dict(loss_rel_err=1e-5, de_rel_err=1e-3, dc_rel_err=1e-3)
+    shape = dict(N=8, D=4, V=16, status="ok")
+
+    def row(impl, beta, ms, x_grads=None):
+        return dict(shape, impl=impl, beta=beta, ms=ms, x_grads=x_grads, **errs)
+
+    rows = [
+        row("smoothalign", 0.1, 50.0, 1.02),
+        row("eager", 0.1, 84.0, 20.0),
+        row("torch.compile", 0.1, 53.0, 10.0),
+        row("cce", 0.0, 45.0, 1.0),  # fastest, at β = 0 only
+        row("smoothalign", 0.0, 44.0, 1.01),
+        row("eager", 0.0, 80.0, 20.0),
+    ]
+    lines = bench.verdict(rows)
+    target = next(line for line in lines if "fastest peer" in line)
+    assert "fastest peer cce (β=0.0) 45.00 ms → FAIL" in target and "memory 1.020×" in target
+    assert "cce(β=0.0) 1.11×" in target and "eager(β=0.0)" not in target
+    rows[0]["ms"] = 40.0
+    assert "→ PASS; memory" in next(x for x in bench.verdict(rows) if "fastest peer" in x)
+    correct = [line for line in lines if "correctness" in line]
+    assert len(correct) == 2 and all("→ PASS" in line for line in correct)
+    rows[0]["dc_rel_err"] = 0.5
+    assert any("β=0.1 correctness vs fp32 → FAIL" in x for x in bench.verdict(rows))
+
+
+def test_dpo_benchmark_gives_trl_the_same_token_ids_as_ours():
+    import torch
+
+    bench = _load("dpo_step")
+    prompt, chosen, rejected = bench.make_pairs(2, 5, 7, 50)
+    texts = bench.trl_texts(prompt, chosen, rejected)
+    tok = bench.id_tokenizer(50)
+    for i in range(2):
+        ids = tok(texts["prompt"][i] + texts["chosen"][i])["input_ids"]
+        assert ids == [*prompt[i].tolist(), *chosen[i, :-1].tolist(), tok.eos_token_id]
+        assert tok(texts["prompt"][i])["input_ids"] == prompt[i].tolist()
+        assert texts["rejected"][i].endswith(tok.eos_token)
+    assert tok.pad_token_id == 0 and isinstance(prompt, torch.Tensor)

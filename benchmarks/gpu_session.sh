@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Issue 4's GPU numbers in one device call (see benchmarks/README.md, "On the GPU machine"):
+#
+#   make gpu-wheels                                  # here, once: the peers' wheels in .whl/
+#   device run: command "bash benchmarks/gpu_session.sh", carry [".whl"], timeout_s 600
+#
+#   bash benchmarks/gpu_session.sh --dry-run         # here, no GPU: every step in its CPU
+#                                                    # smoke form (also SMOOTHALIGN_GPU_DRY=1)
+#
+# Steps, most important first, each under `timeout` and all within one time budget
+# (SMOOTHALIGN_GPU_BUDGET seconds, default 550, so that the call ends inside the device's
+# 600 s): env (wheels, nvidia-smi, versions) → lce (the kernel benchmark: β = 0.1, the
+# target, then β = 0 at each shape; its errors against float32 are the GPU correctness
+# check) → dpo (one DPO step, one process per row: ours fused, TRL + Liger, TRL, ours
+# materialised) → pytest (the tests that run compiled only with CUDA: the Triton kernel
+# tests and the CUDA policy tests). SMOOTHALIGN_GPU_STEPS="lce dpo" runs a subset.
+#
+# Everything lands in $OUT (else benchmarks/results/): session.log (all output),
+# linear_cross_entropy.json, dpo_step.json and summary.md (Markdown for docs/results.md,
+# rewritten after each step; the JSON after each row) — four files, so a step cut off
+# still leaves what came before.
+# Without CUDA and without --dry-run each GPU step says "skipped: no CUDA".
+set -u
+cd "$(dirname "$0")/.." || exit 1
+
+DRY=${SMOOTHALIGN_GPU_DRY:-0}
+[ "${1:-}" = "--dry-run" ] && DRY=1
+BUDGET=${SMOOTHALIGN_GPU_BUDGET:-550}
+STEPS=${SMOOTHALIGN_GPU_STEPS:-env lce dpo pytest}
+SITE=${SMOOTHALIGN_GPU_SITE:-/tmp/site}
+PY=${PYTHON:-python3}
+RES=${OUT:-benchmarks/results}
+mkdir -p "$RES"
+LOG=$RES/session.log
+: >"$LOG"
+exec > >(tee -a "$LOG") 2>&1
+TEE=$!
+
+export PYTHONUNBUFFERED=1 PYTHONPATH="src:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+export TOKENIZERS_PARALLELISM=false WANDB_DISABLED=true
+START=$SECONDS
+PROBLEMS=()
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+DATE=$(date -u +%Y-%m-%dT%H:%MZ)
+
+left() { echo $((BUDGET - (SECONDS - START))); }
+banner() { printf '\n=== %s  [%ss used, %ss left of %ss]\n' "$*" $((SECONDS - START)) "$(left)" "$BUDGET"; }
+want() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
+
+# run CAP CMD...: CMD under `timeout`, capped by what is left of the budget
+run() {
+    local cap=$1 t
+    shift
+    t=$(left)
+    [ "$cap" -lt "$t" ] && t=$cap
+    if [ "$t" -lt 20 ]; then
+        echo "skipped: out of time budget ($(left)s left): $*"
+        PROBLEMS+=("out of budget: $*")
+        return 124
+    fi
+    echo "+ (timeout ${t}s) $*"
+    timeout -k 10 "$t" "$@"
+    local rc=$?
+    [ $rc -eq 124 ] || [ $rc -eq 137 ] && echo "!! timed out after ${t}s: $*"
+    if [ $rc -ne 0 ]; then
+        echo "!! exit $rc: $*"
+        PROBLEMS+=("exit $rc: $*")
+    fi
+    return $rc
+}
+
+summarize() {
+    "$PY" benchmarks/gpu_summary.py "$RES" --commit "$COMMIT" --date "$DATE" >"$RES/summary.md.tmp" \
+        && mv "$RES/summary.md.tmp" "$RES/summary.md"
+    rm -f "$RES/summary.md.tmp"
+}
+
+CUDA=$("$PY" -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null || echo 0)
+MODE=gpu
+if [ "$CUDA" != 1 ]; then
+    if [ "$DRY" = 1 ]; then MODE=dry; else MODE=none; fi
+fi
+banner "smoothalign GPU session: mode $MODE, commit $COMMIT, $DATE, steps: $STEPS"
+
+# ------------------------------------------------------------------------------------ env
+if want env; then
+    banner "env: carried wheels → $SITE"
+    if ls .whl/*.whl >/dev/null 2>&1; then
+        ls -l .whl/
+        # one pip call for all; if it refuses (a wheel for another Python, say), one by one,
+        # so that one bad wheel costs only its own package
+        if ! "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+            --upgrade --target "$SITE" .whl/*.whl; then
+            for w in .whl/*.whl; do
+                "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+                    --upgrade --target "$SITE" "$w" || echo "!! not installed: $w"
+            done
+        fi
+    else
+        echo "no .whl/ here (make gpu-wheels, then carry [\".whl\"]): peers will be skipped"
+    fi
+    banner "env: device and versions"
+    nvidia-smi 2>/dev/null || echo "nvidia-smi: not available"
+    timeout -k 10 120 "$PY" - <<'EOF' || echo "!! version check failed or timed out"
+import importlib, importlib.metadata as md, platform
+print("python", platform.python_version())
+for p in ("torch", "triton", "transformers", "accelerate", "peft", "huggingface_hub",
+          "tokenizers", "numpy", "pandas", "pyarrow", "fsspec", "trl", "liger-kernel",
+          "cut-cross-entropy", "datasets", "dill", "multiprocess"):
+    try:
+        print(f"{p:18} {md.version(p)}")
+    except md.PackageNotFoundError:
+        print(f"{p:18} -- not installed")
+for m in ("trl", "liger_kernel.transformers", "cut_cross_entropy", "datasets", "smoothalign.kernels"):
+    try:
+        importlib.import_module(m)
+        print(f"import {m}: ok")
+    except Exception as ex:
+        print(f"import {m}: FAILED {type(ex).__name__}: {ex}")
+import torch
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print(f"cuda: {torch.cuda.get_device_name()} ({p.multi_processor_count} SMs, "
+          f"{p.total_memory / 2**30:.0f} GiB), torch CUDA {torch.version.cuda}")
+else:
+    print("cuda: not available")
+EOF
+    sha256sum src/smoothalign/kernels/*.py benchmarks/*.py 2>/dev/null | sed 's/^/sha256 /'
+fi
+
+# ------------------------------------------------------------------- kernel benchmark
+if want lce; then
+    banner "lce: linear cross-entropy benchmark (β = 0.1 first; errors vs float32)"
+    case $MODE in
+    gpu) run 270 "$PY" benchmarks/linear_cross_entropy.py --betas 0.1 0.0 \
+        --json "$RES/linear_cross_entropy.json" ;;
+    dry) run 120 "$PY" benchmarks/linear_cross_entropy.py --device cpu --small --betas 0.1 0.0 \
+        --json "$RES/linear_cross_entropy.json" ;;
+    *) echo "skipped: no CUDA (--dry-run runs the CPU smoke form)" ;;
+    esac
+    summarize
+fi
+
+# ----------------------------------------------------------------- DPO step benchmark
+if want dpo; then
+    banner "dpo: one DPO step, one process per row"
+    if [ "$MODE" = none ]; then
+        echo "skipped: no CUDA (--dry-run runs the CPU smoke form)"
+    else
+        rm -f "$RES/dpo_step.json"
+        small=()
+        [ "$MODE" = dry ] && small=(--device cpu --small)
+        for row in "smoothalign (CALS, fused log-probs)" "TRL DPOTrainer + use_liger_kernel" \
+            "TRL DPOTrainer" "smoothalign (CALS, materialised logits)"; do
+            run 90 "$PY" benchmarks/dpo_step.py "${small[@]}" --only "$row" --append \
+                --json "$RES/dpo_step.json"
+        done
+        summarize
+    fi
+fi
+
+# --------------------------------------------------------------- CUDA-only tests
+if want pytest; then
+    banner "pytest: Triton kernel tests (compiled) and CUDA policy tests"
+    case $MODE in
+    gpu) run 240 "$PY" -m pytest -q -p no:cacheprovider -o faulthandler_timeout=120 -rfEs \
+        tests/test_kernels_triton.py \
+        tests/test_policies.py ;;
+    dry) run 120 "$PY" -m pytest -q -p no:cacheprovider -rfE tests/test_kernels_triton.py \
+        tests/test_policies.py -k "not child_process" ;;
+    *) echo "skipped: no CUDA (--dry-run runs the CPU smoke form)" ;;
+    esac
+fi
+
+summarize
+banner "done; files in $RES"
+ls -l "$RES"
+echo "---- summary.md"
+cat "$RES/summary.md"
+echo "---- ${#PROBLEMS[@]} step(s) with a problem (details in session.log)"
+for x in "${PROBLEMS[@]}"; do echo "  $x"; done
+exec >&- 2>&-
+wait "$TEE" 2>/dev/null # the log is complete before the call returns
+exit 0

@@ -1,0 +1,128 @@
+"""Markdown for docs/results.md from the JSON that the two benchmarks wrote.
+
+    python benchmarks/gpu_summary.py DIR [--commit SHA] [--date UTC] > summary.md
+
+``DIR`` holds ``linear_cross_entropy.json`` and/or ``dpo_step.json`` (``$OUT`` of
+``benchmarks/gpu_session.sh``, or ``benchmarks/results``). Prints the device and versions,
+the kernel table with its verdict lines (target, ratio to each peer, correctness), and the
+DPO step table with each row's ratio to TRL + Liger and the issue's target (time ≤ TRL +
+Liger's, peak memory ≤ 80 % of it). Missing files are named, not fatal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LIGER_ROW = "TRL DPOTrainer + use_liger_kernel"
+OURS_ROW = "smoothalign (CALS, fused log-probs)"
+
+
+def _lce_module():
+    """The kernel benchmark's own table formatting (imports torch, runs nothing)."""
+    spec = importlib.util.spec_from_file_location("bench_lce", HERE / "linear_cross_entropy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def lce_section(data: dict) -> list[str]:
+    lce = _lce_module()
+    env = data["env"]
+    out = [
+        "### Linear cross-entropy, forward + backward",
+        "",
+        f"device `{env['device']}`, torch {env['torch']}, triton {env.get('triton')}, "
+        f"liger-kernel {env.get('liger-kernel')}, cut-cross-entropy "
+        f"{env.get('cut-cross-entropy')}; {env['dtype']}, median of {env['repeats']} after "
+        f"{env['warmup']} warm-up runs",
+        "",
+        lce.HEADER,
+        *(lce._line(r) for r in data["rows"]),
+        "",
+        *(f"- {line}" for line in lce.verdict(data["rows"])),
+    ]
+    return out
+
+
+def dpo_section(data: dict) -> list[str]:
+    env = data["env"]
+    shape = env.get("shape", {})
+    rows = data["rows"]
+    liger = next((r for r in rows if r["trainer"] == LIGER_ROW and r["status"] == "ok"), None)
+    out = [
+        "### One DPO step (full fine-tuning, frozen reference, AdamW)",
+        "",
+        f"device `{env['device']}`, torch {env['torch']}, transformers {env.get('transformers')}, "
+        f"trl {env.get('trl')}, liger-kernel {env.get('liger-kernel')}; Llama config "
+        f"hidden {shape.get('hidden_size')}, {shape.get('num_hidden_layers')} layers, vocabulary "
+        f"{shape.get('vocab_size')}; {env['pairs']} pairs × "
+        f"({env['prompt_len']} + {env['response_len']}) tokens",
+        "",
+        "| trainer | step ms (median) | peak GiB | tokens | time ÷ TRL+Liger | memory ÷ TRL+Liger | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["status"] != "ok":
+            out.append(f"| {r['trainer']} | {r['status']} | | | | | {r.get('note', '')} |")
+            continue
+        gib = r["peak_bytes"] / 2**30 if r.get("peak_bytes") is not None else None
+        t_ratio = m_ratio = ""
+        if liger is not None:
+            t_ratio = f"{r['ms'] / liger['ms']:.2f}"
+            if gib is not None and liger.get("peak_bytes"):
+                m_ratio = f"{r['peak_bytes'] / liger['peak_bytes']:.2f}"
+        mem = f"{gib:.2f}" if gib is not None else "n/a"
+        out.append(
+            f"| {r['trainer']} | {r['ms']:.0f} | {mem} | {r.get('tokens', '')} | {t_ratio} "
+            f"| {m_ratio} | {r.get('note', '')} |"
+        )
+    ours = next((r for r in rows if r["trainer"] == OURS_ROW and r["status"] == "ok"), None)
+    if ours is not None and liger is not None and ours.get("peak_bytes") and liger["peak_bytes"]:
+        ok_t = ours["ms"] <= liger["ms"]
+        ok_m = ours["peak_bytes"] <= 0.8 * liger["peak_bytes"]
+        out += [
+            "",
+            f"- target: time {ours['ms']:.0f} ms vs TRL+Liger {liger['ms']:.0f} ms → "
+            f"{'PASS' if ok_t else 'FAIL'}; peak memory "
+            f"{ours['peak_bytes'] / liger['peak_bytes']:.2f}× TRL+Liger's (≤ 0.80) → "
+            f"{'PASS' if ok_m else 'FAIL'}",
+        ]
+    return out
+
+
+def summary(folder: Path, commit: str | None, date: str | None) -> str:
+    out = ["## GPU run", ""]
+    if commit or date:
+        out += [f"commit `{commit or '?'}`, date {date or '?'} (UTC)", ""]
+    for name, section in (
+        ("linear_cross_entropy.json", lce_section),
+        ("dpo_step.json", dpo_section),
+    ):
+        path = folder / name
+        if not path.exists():
+            out += [f"({name}: not written — that step did not run or did not finish a row)", ""]
+            continue
+        try:
+            out += [*section(json.loads(path.read_text())), ""]
+        except Exception as ex:  # a half-written or older file must not hide the other
+            out += [f"({name}: could not be read: {type(ex).__name__}: {ex})", ""]
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("folder", type=Path)
+    p.add_argument("--commit")
+    p.add_argument("--date")
+    args = p.parse_args(argv)
+    sys.stdout.write(summary(args.folder, args.commit, args.date) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
