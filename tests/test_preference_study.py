@@ -275,3 +275,120 @@ def test_results_json_is_strict_json(tmp_path):
 
     atomic_write_json(out / "r.json", results)
     json.loads((out / "r.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+
+
+# ------------------------------------------------------------- where a confidence comes from
+def _labelled_with_refs(cfg, flip_rate):
+    sw = pref.seed_world(cfg, 0)
+    data = sw.train.labelled(flip_rate)
+    with torch.no_grad():
+        rc = sw.world.logps(sw.world.reference, data.prompts, data.chosen)
+        rr = sw.world.logps(sw.world.reference, data.prompts, data.rejected)
+    return sw, data, rc, rr
+
+
+def test_relabelled_soft_target_is_the_confidence_in_the_original_orientation():
+    """Relabelling where q̂ < ½ and smoothing with α = 1 − q̂ (ℓ0 on q̂ ≥ ½) is exactly the
+    soft-label loss −q̂·log σ(h) − (1 − q̂)·log σ(−h) of the original pair (float64)."""
+    from smoothalign.smoothing import make_policy
+    from smoothalign.train.objective import dpo_terms
+
+    cfg = pref.PreferenceStudyConfig(**TINY)
+    _, data, rc, rr = _labelled_with_refs(cfg, 0.3)
+    gen = torch.Generator().manual_seed(0)
+    q_hat = torch.rand(data.prompts.shape[0], generator=gen, dtype=torch.float64)
+    lp_c = torch.randn(q_hat.shape, generator=gen, dtype=torch.float64)
+    lp_r = torch.randn(q_hat.shape, generator=gen, dtype=torch.float64)
+    new, new_rc, new_rr, new_q = pref.relabelled(data, rc.double(), rr.double(), q_hat)
+    swap = q_hat < 0.5
+    assert torch.equal(new.chosen[swap], data.rejected[swap])
+    assert torch.equal(new.chosen[~swap], data.chosen[~swap])
+    assert torch.all(new_q >= 0.5) and torch.equal(new.flipped, data.flipped ^ swap)
+    new_lp_c = torch.where(swap, lp_r, lp_c)  # the policy's log-probs follow the responses
+    new_lp_r = torch.where(swap, lp_c, lp_r)
+    beta = 0.5
+    terms = dpo_terms(
+        new_lp_c,
+        new_lp_r,
+        new_rc,
+        new_rr,
+        beta=beta,
+        loss="sigmoid",
+        policy=make_policy("oracle-l0"),
+        confidence=new_q,
+    )
+    h = beta * ((lp_c - rc.double()) - (lp_r - rr.double()))
+    expected = -q_hat * torch.nn.functional.logsigmoid(h) - (
+        1 - q_hat
+    ) * torch.nn.functional.logsigmoid(-h)
+    assert torch.allclose(terms.losses.double(), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_crossfit_estimates_never_see_their_own_label():
+    """Changing the labels of one fold's pairs leaves those pairs' q̂ unchanged (their model
+    was trained on the other fold), and changes the other fold's."""
+    cfg = pref.PreferenceStudyConfig(**TINY)
+    sw, data, rc, rr = _labelled_with_refs(cfg, 0.0)
+    q1 = pref.crossfit_confidence(sw.world, data, rc, rr, cfg)
+    n = data.prompts.shape[0]
+    fold = torch.randperm(n, generator=sw.world.generator(8)) % pref.CROSSFIT_FOLDS
+    flip = fold == 0
+    other, o_rc, o_rr, _ = pref.relabelled(data, rc, rr, torch.where(flip, 0.0, 1.0).double())
+    q2 = pref.crossfit_confidence(sw.world, other, o_rc, o_rr, cfg)
+    # fold-0 pairs now read the other way round: same model, so q̂ → 1 − q̂ exactly
+    assert torch.allclose(q2[flip], 1 - q1[flip], atol=1e-6)
+    assert not torch.allclose(q2[~flip], q1[~flip], atol=1e-4)
+    assert torch.all((q1 > 0) & (q1 < 1))
+
+
+def test_vote_methods_smooth_with_the_posterior_of_simulated_votes():
+    cfg = pref.PreferenceStudyConfig(**TINY)
+    sw, data, _, _ = _labelled_with_refs(cfg, 0.2)
+    votes = pref.simulated_votes(sw.world, data, 5)
+    assert torch.all((votes >= 0) & (votes <= 5))
+    q_lap = pref.method_confidence(pref.METHODS["votes5-l2"], sw.world, data, lambda: None)
+    assert torch.allclose(q_lap, (votes + 1.0).double() / 7.0)
+    q_eb = pref.method_confidence(pref.METHODS["votes-eb5-l2"], sw.world, data, lambda: None)
+    assert torch.all((q_eb > 0) & (q_eb < 1))
+    # the posterior mean is monotone in the votes
+    order = torch.argsort(votes)
+    assert torch.all(q_eb[order].diff() >= -1e-12)
+    assert pref.method_confidence(pref.METHODS["dpo"], sw.world, data, lambda: None) is None
+
+
+def test_sources_preset_runs_end_to_end_and_reports_estimate_quality(tmp_path):
+    out = tmp_path / "src"
+    methods = "dpo,xfit-l2,votes-eb3-l0,majority3,soft-eb3,oracle-soft"
+    argv = [
+        "study",
+        "preference",
+        "--methods",
+        methods,
+        "--flip-rates",
+        "0.2",
+        "--seeds",
+        "1",
+        "--steps",
+        "4",
+        "--train-pairs",
+        "48",
+        "--eval-pairs",
+        "32",
+        "--sample-prompts",
+        "8",
+        "--workers",
+        "1",
+        "--no-progress",
+        "--output-dir",
+        str(out),
+    ]
+    from smoothalign.experiments import preference_cli
+
+    assert preference_cli.expand_presets(("sources", "dpo"))[:2] == ("dpo", "cdpo-0.1")
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    by = {r["method"]: r for r in results["runs"]}
+    assert set(by) == set(methods.split(","))
+    assert by["oracle-soft"]["q_hat_mae"] == 0.0
+    assert 0 < by["xfit-l2"]["q_hat_mae"] < 1 and "q_hat_corr" in by["votes-eb3-l0"]
+    assert "How good the estimated confidences were" in (out / "table.md").read_text()

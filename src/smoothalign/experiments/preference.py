@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,7 @@ from smoothalign.calibration import true_preference_metrics
 from smoothalign.experiments.logreg import mean_std
 from smoothalign.experiments.token_world import LabelledPairs, PairSet, TokenWorld, TokenWorldConfig
 from smoothalign.smoothing import make_policy
+from smoothalign.smoothing.votes import vote_confidence
 from smoothalign.train.objective import dpo_terms
 
 ALPHA_BINS = 20  # histogram of α over [0, ½]
@@ -52,6 +53,14 @@ class Method:
     init_confidence: float | None = None  # CALS c₀
     flip_rate: float | str | None = None  # rDPO ε
     warmup_fraction: float | None = None  # CALS warm-up (α = a*(c₀)), a fraction of the steps
+    # the q that an oracle-* policy smooths with: "true" (the world's q of each label),
+    # "crossfit" (estimated out of fold by plain DPO: crossfit_confidence), or the posterior
+    # mean of q given K fresh annotators' votes (smoothalign.smoothing.votes) under a uniform
+    # prior ("votes:K") or a prior fitted to all the pairs' votes ("votes-eb:K")
+    confidence: str = "true"
+    # with a q̂: train on the pairs relabelled so that q̂ >= ½ (chosen ↔ rejected where the
+    # estimate says the label is more likely wrong than right), with q̂ → 1 − q̂ there
+    relabel: bool = False
 
     def assumed_flip_rate(self, true_rate: float) -> float:
         if self.flip_rate == "true":
@@ -61,7 +70,8 @@ class Method:
         return float(self.flip_rate)
 
 
-def default_methods() -> list[Method]:
+def grid_methods() -> list[Method]:
+    """The issue's grid (plus CALS warm-up): what ``study preference`` runs by default."""
     methods = [Method("dpo")]
     methods += [Method(f"cdpo-{a:g}", smoothing=f"constant:{a:g}") for a in (0.05, 0.1, 0.2, 0.3)]
     methods += [
@@ -89,7 +99,64 @@ def default_methods() -> list[Method]:
     return methods
 
 
-METHODS = {m.name: m for m in default_methods()}
+def source_methods() -> list[Method]:
+    """Where a per-pair confidence can come from, besides CALS (the ``sources`` preset):
+
+    * ``xfit-*``: ``a*(q̂)`` with ``q̂`` forecast out of fold by plain DPO (cross-fitting), to
+      test whether CALS stalls because it estimates ``q`` from the model being trained;
+    * ``votes{K}-*`` / ``votes-eb{K}-*``: ``a*(q̂)`` with ``q̂`` the posterior mean of ``q``
+      given ``K`` fresh annotators' votes per pair (:mod:`smoothalign.smoothing.votes`), under
+      a uniform or an empirical-Bayes prior — what data sets with several ratings per pair
+      offer (``smoothalign dpo``'s per-row ``confidence``);
+    * the baselines that use the same votes without the ``a*`` rules (which never reverse a
+      label): ``majority{K}``, DPO on the majority vote, and ``soft-eb{K}``, DPO on the
+      posterior soft label (relabelled so ``q̂ ≥ ½``, then ``α = 1 − q̂``: the target is
+      ``q̂``); and ``oracle-soft``, the same with the true ``q`` (the ideal gradient of
+      SPEC §2, ``σ(h) − q``, exactly).
+    """
+    methods = [
+        Method(f"xfit-{m}", smoothing=f"oracle-{m}", confidence="crossfit") for m in ("l0", "l2")
+    ]
+    methods += [
+        Method(f"{kind}{k}-{m}", smoothing=f"oracle-{m}", confidence=f"{kind}:{k}")
+        for kind in ("votes", "votes-eb")
+        for k in (3, 5)
+        for m in ("l0", "l2")
+    ]
+    for k in (3, 5):
+        methods.append(Method(f"majority{k}", confidence=f"votes:{k}", relabel=True))
+        methods.append(
+            Method(f"soft-eb{k}", smoothing="oracle-l0", confidence=f"votes-eb:{k}", relabel=True)
+        )
+    methods.append(Method("oracle-soft", smoothing="oracle-l0", relabel=True))
+    return methods
+
+
+METHODS = {m.name: m for m in grid_methods() + source_methods()}
+PRESETS = {
+    "grid": tuple(m.name for m in grid_methods()),
+    "sources": (
+        "dpo",
+        "cdpo-0.1",
+        "cals-l2-c1",
+        "oracle-l0",
+        "oracle-l2",
+        "oracle-soft",
+        "xfit-l0",
+        "xfit-l2",
+        "votes5-l0",
+        "votes5-l2",
+        "votes-eb3-l0",
+        "votes-eb3-l2",
+        "votes-eb5-l0",
+        "votes-eb5-l2",
+        "majority3",
+        "majority5",
+        "soft-eb3",
+        "soft-eb5",
+    ),
+}
+"""Named method lists for ``--methods``: ``grid`` (the default) and ``sources``."""
 BASELINE = "dpo"
 
 
@@ -97,7 +164,7 @@ BASELINE = "dpo"
 class PreferenceStudyConfig:
     flip_rates: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4)
     seeds: tuple[int, ...] = (0, 1, 2)
-    methods: tuple[str, ...] = tuple(METHODS)
+    methods: tuple[str, ...] = PRESETS["grid"]
     train_pairs: int = 4096
     eval_pairs: int = 1024
     sample_prompts: int = 256  # held-out prompts for the samples (one sample each per draw)
@@ -187,8 +254,11 @@ def train_method(
     flip_rate: float,
     cfg: PreferenceStudyConfig,
     order_seed: int,
+    confidence: Tensor | None = None,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Train a copy of the reference on ``data``; return it and the training trace."""
+    """Train a copy of the reference on ``data``; return it and the training trace.
+    ``confidence`` (``[N]``) replaces the true ``q`` of each label for oracle-* policies."""
+    q = data.q_chosen if confidence is None else confidence
     options: dict[str, Any] = {}
     if method.init_confidence is not None:
         options["init_confidence"] = method.init_confidence
@@ -229,7 +299,7 @@ def train_method(
             loss=method.loss,
             policy=policy,
             loss_options=loss_options,
-            confidence=data.q_chosen[idx].float(),
+            confidence=q[idx].float(),
         )
         loss = terms.losses.mean()
         opt.zero_grad(set_to_none=True)
@@ -249,6 +319,99 @@ def train_method(
         "alpha_hist_window": window,
     }
     return model, trace
+
+
+CROSSFIT_FOLDS = 2
+
+
+def crossfit_confidence(
+    world: TokenWorld,
+    data: LabelledPairs,
+    ref_chosen: Tensor,
+    ref_rejected: Tensor,
+    cfg: PreferenceStudyConfig,
+    folds: int = CROSSFIT_FOLDS,
+) -> Tensor:
+    """Each label's confidence ``q̂ = σ(h)`` ``[N]`` (float64), forecast by plain DPO trained
+    on the *other* folds of the pairs (as many epochs as the full run), so no pair's estimate
+    has seen its own label. Folds are a seeded random partition."""
+    n = data.prompts.shape[0]
+    fold = torch.randperm(n, generator=world.generator(8)) % folds
+    q_hat = torch.empty(n, dtype=torch.float64)
+    steps = max(1, round(cfg.steps * (folds - 1) / folds))
+    sub_cfg = replace(cfg, steps=steps)
+    for k in range(folds):
+        train, held = fold != k, fold == k
+        sub = LabelledPairs(
+            data.prompts[train],
+            data.chosen[train],
+            data.rejected[train],
+            data.q_chosen[train],
+            data.flipped[train],
+        )
+        model, _ = train_method(
+            world,
+            sub,
+            ref_chosen[train],
+            ref_rejected[train],
+            METHODS[BASELINE],
+            0.0,
+            sub_cfg,
+            k + 1,
+        )
+        with torch.no_grad():
+            lp_c = world.logps(model, data.prompts[held], data.chosen[held])
+            lp_r = world.logps(model, data.prompts[held], data.rejected[held])
+        h = cfg.beta * ((lp_c - ref_chosen[held]) - (lp_r - ref_rejected[held]))
+        q_hat[held] = torch.sigmoid(h.double())
+    return q_hat
+
+
+def simulated_votes(world: TokenWorld, data: LabelledPairs, annotators: int) -> Tensor:
+    """``annotators`` fresh Bradley–Terry annotators' votes for each labelled winner ``[N]``:
+    ``Binomial(K, q)`` with the pair's true ``q``, independent of the (possibly flipped)
+    label."""
+    from smoothalign.reward.data import simulate_votes
+
+    rng = np.random.default_rng([world.seed, 0x7073, annotators])
+    return torch.from_numpy(simulate_votes(data.q_chosen.numpy(), annotators, rng))
+
+
+def relabelled(
+    data: LabelledPairs, ref_chosen: Tensor, ref_rejected: Tensor, q_hat: Tensor
+) -> tuple[LabelledPairs, Tensor, Tensor, Tensor]:
+    """The pairs with chosen ↔ rejected swapped where ``q̂ < ½``; their reference log-probs
+    and ``q̂`` (``1 − q̂`` where swapped) to match."""
+    swap = q_hat < 0.5
+    col = swap[:, None]
+    out = LabelledPairs(
+        prompts=data.prompts,
+        chosen=torch.where(col, data.rejected, data.chosen),
+        rejected=torch.where(col, data.chosen, data.rejected),
+        q_chosen=torch.where(swap, 1 - data.q_chosen, data.q_chosen),
+        flipped=data.flipped ^ swap,
+    )
+    return (
+        out,
+        torch.where(swap, ref_rejected, ref_chosen),
+        torch.where(swap, ref_chosen, ref_rejected),
+        torch.where(swap, 1 - q_hat, q_hat),
+    )
+
+
+def method_confidence(
+    method: Method, world: TokenWorld, data: LabelledPairs, crossfit: Callable[[], Tensor]
+) -> Tensor | None:
+    """The ``q`` that ``method``'s oracle-* policy smooths with; None: the world's true q."""
+    if method.confidence == "true":
+        return None
+    if method.confidence == "crossfit":
+        return crossfit()
+    kind, _, k = method.confidence.partition(":")
+    priors = {"votes": "uniform", "votes-eb": "empirical"}
+    if kind not in priors or not k.isdigit() or int(k) < 1:
+        raise ValueError(f"{method.name}: unknown confidence {method.confidence!r}")
+    return vote_confidence(simulated_votes(world, data, int(k)), int(k), prior=priors[kind])
 
 
 @torch.no_grad()
@@ -294,9 +457,24 @@ def run_group(
         ref_r = world.logps(world.reference, data.prompts, data.rejected)
     records: list[dict[str, Any]] = []
     base_scores: Tensor | None = None
+    q_hat: list[Tensor] = []  # cross-fitted label confidences, shared by the xfit methods
+
+    def crossfit() -> Tensor:
+        if not q_hat:
+            q_hat.append(crossfit_confidence(world, data, ref_c, ref_r, cfg))
+        return q_hat[0]
+
     for method in cfg.ordered_methods():
         t0 = time.perf_counter()
-        model, trace = train_method(world, data, ref_c, ref_r, method, flip_rate, cfg, 0)
+        confidence = method_confidence(method, world, data, crossfit)
+        train, train_c, train_r = data, ref_c, ref_r
+        if method.relabel:
+            if confidence is None:  # the true q
+                confidence = data.q_chosen
+            train, train_c, train_r, confidence = relabelled(data, ref_c, ref_r, confidence)
+        model, trace = train_method(
+            world, train, train_c, train_r, method, flip_rate, cfg, 0, confidence
+        )
         metrics, samples, reward = evaluate(world, model, held, cfg.beta, 0)
         scores = reward if judge is None else judge.score_tokens(world, held.prompts, samples)
         if method.name == BASELINE:
@@ -312,6 +490,10 @@ def run_group(
             "flipped_fraction": float(data.flipped.double().mean()),
             "seconds": time.perf_counter() - t0,
         }
+        if confidence is not None:  # how good the estimate of q was, on the training pairs
+            q_true = train.q_chosen.numpy()
+            rec["q_hat_mae"] = float(np.abs(confidence.numpy() - q_true).mean())
+            rec["q_hat_corr"] = float(np.corrcoef(confidence.numpy(), q_true)[0, 1])
         if method.smoothing.startswith(("cals", "oracle")):
             rec["alpha_hist"] = trace["alpha_hist"]
             rec["alpha_hist_window"] = trace["alpha_hist_window"]
@@ -415,7 +597,7 @@ def run_study(
 
 
 METRICS = ("accuracy_true", "ece_true", "rms_true", "kl_true", "reward", "kl_ref", "win_rate")
-METRICS_EXTRA = ("final_alpha_mean", "brier_true")
+METRICS_EXTRA = ("final_alpha_mean", "brier_true", "q_hat_mae", "q_hat_corr")
 
 
 def aggregate(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

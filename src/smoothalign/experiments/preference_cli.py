@@ -35,7 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--flip-rates", type=_floats, help="comma-separated, e.g. 0,0.1,0.2")
     parser.add_argument("--seeds", type=int, help="number of seeds (0 .. N-1)")
-    parser.add_argument("--methods", type=_names, help="comma-separated method names")
+    parser.add_argument(
+        "--methods",
+        type=_names,
+        help="comma-separated method names, or a preset: 'grid' (the default: DPO, cDPO, rDPO, "
+        "IPO, CALS, oracle-α) or 'sources' (where a per-pair confidence can come from: CALS, "
+        "cross-fitting, annotator votes; and the vote baselines). --list-methods shows them",
+    )
     parser.add_argument("--steps", type=int, help="Adam steps per run")
     parser.add_argument("--train-pairs", type=int)
     parser.add_argument("--eval-pairs", type=int)
@@ -69,13 +75,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
+def expand_presets(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``names`` with each preset name replaced by its methods, duplicates dropped."""
+    from smoothalign.experiments.preference import PRESETS
+
+    out = [m for n in names for m in PRESETS.get(n, (n,))]
+    return tuple(dict.fromkeys(out))
+
+
 def build_config(args: argparse.Namespace):
     from smoothalign.experiments.preference import PreferenceStudyConfig
 
     overrides = {
         "flip_rates": args.flip_rates,
         "seeds": tuple(range(args.seeds)) if args.seeds is not None else None,
-        "methods": args.methods,
+        "methods": expand_presets(args.methods) if args.methods is not None else None,
         "steps": args.steps,
         "train_pairs": args.train_pairs,
         "eval_pairs": args.eval_pairs,
@@ -142,7 +156,7 @@ def rerender(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from smoothalign.experiments.preference import METHODS
+    from smoothalign.experiments.preference import METHODS, PRESETS
 
     if args.from_results:
         return rerender(args)
@@ -152,7 +166,11 @@ def run(args: argparse.Namespace) -> int:
                 f"{m.name:<16} loss={m.loss:<8} smoothing={m.smoothing}"
                 + (f" c0={m.init_confidence:g}" if m.init_confidence is not None else "")
                 + (f" eps={m.flip_rate}" if m.flip_rate is not None else "")
+                + (f" q={m.confidence}" if m.confidence != "true" else "")
+                + (" relabelled" if m.relabel else "")
             )
+        for name, members in PRESETS.items():
+            print(f"preset {name}: {','.join(members)}")
         return 0
     try:
         cfg = build_config(args)

@@ -181,9 +181,34 @@ def markdown_report(results: dict[str, Any]) -> str:
     ]
     for eps in cfg["flip_rates"]:
         out += [f"## Flip rate {eps:g}", "", method_table(results, eps), ""]
+    estimates = confidence_table(results)
+    if estimates:
+        out += ["## How good the estimated confidences were", "", estimates, ""]
     out += ["## The claim: CALS vs DPO and the best constant α (flip rate ≥ 0.2)", ""]
     out.append(claim_markdown(claim_check(results)))
     return "\n".join(out)
+
+
+def confidence_table(results: dict[str, Any]) -> str:
+    """Mean |q̂ − q| and corr(q̂, q) on the training pairs, for the methods that smooth with
+    an estimated q̂ (empty when there are none)."""
+    rows = [
+        a for a in results["aggregates"] if "q_hat_mae_mean" in a and a["method"] != "oracle-soft"
+    ]
+    if not rows:
+        return ""
+    lines = [
+        "Against the true q of each training label (after relabelling, where a method relabels).",
+        "",
+        "| flip rate | method | mean abs(q̂ − q) | corr(q̂, q) |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['flip_rate']:g} | {r['method']} | {_fmt(r, 'q_hat_mae', 3)} | "
+            f"{_fmt(r, 'q_hat_corr', 3)} |"
+        )
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -211,6 +236,12 @@ def _style(method: str) -> dict[str, Any]:
         return {"color": "tab:red", "lw": 1.2, "ls": "-."}
     if method == "ipo":
         return {"color": "tab:purple", "lw": 1.2, "ls": "-."}
+    if method.startswith("xfit"):
+        return {"color": "tab:brown", "lw": 1.4}
+    if method.startswith("votes"):
+        return {"color": "tab:cyan", "lw": 1.4}
+    if method.startswith(("majority", "soft")):
+        return {"color": "tab:olive", "lw": 1.4, "ls": "--"}
     return {"lw": 1.2, "ls": "-."}
 
 

@@ -1,0 +1,93 @@
+"""A label's confidence from a few annotators' votes.
+
+Pair ``i`` got ``v_i`` of ``K_i`` votes for its labelled winner; each annotator prefers it
+with the unknown probability ``q_i`` (``v_i ~ Binomial(K_i, q_i)``). The estimate of ``q_i``
+that per-pair smoothing ``a*(q̂)`` needs is a posterior mean ``E[q_i | v_i]`` under a prior
+over ``q``:
+
+* ``"uniform"``: Beta(1, 1), i.e. ``(v + 1) / (K + 2)``. With few votes it never gets near 0
+  or 1 (five of five votes give 6/7), so ``a*(q̂)`` smooths every pair noticeably.
+* ``"empirical"``: the prior is estimated from all the pairs' votes (empirical Bayes): a
+  discrete distribution on a grid of ``q`` values, fitted by EM to maximise the marginal
+  likelihood of the observed counts (the nonparametric MLE of a binomial mixture). When most
+  pairs are clear-cut, unanimous votes then mean ``q`` near 1, and ties (``q = ½``) are
+  recognised as such.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from smoothalign._checks import ArrayLike, as_tensor, check_vector
+
+PRIORS = ("uniform", "empirical")
+
+
+def _counts(votes: ArrayLike, totals: ArrayLike) -> tuple[Tensor, Tensor]:
+    v = as_tensor(votes, "votes").to(torch.float64)
+    k = as_tensor(totals, "totals").to(torch.float64)
+    if k.dim() == 0:
+        k = k.expand_as(v)
+    check_vector(v, "votes")
+    check_vector(k, "totals")
+    if v.shape != k.shape:
+        raise ValueError(f"votes and totals: shapes differ, {tuple(v.shape)} vs {tuple(k.shape)}")
+    if not torch.all(torch.isfinite(v) & torch.isfinite(k)):
+        raise ValueError("votes, totals: must be finite")
+    if torch.any(v != v.round()) or torch.any(k != k.round()):
+        raise ValueError("votes, totals: must be whole numbers")
+    bad = torch.nonzero((k < 1) | (v < 0) | (v > k))
+    if bad.numel():
+        i = int(bad[0, 0])
+        raise ValueError(
+            f"votes, totals: row {i} has {v[i]:g} of {k[i]:g} votes; need 0 <= votes <= totals "
+            "and totals >= 1"
+        )
+    return v, k
+
+
+def fit_vote_prior(
+    votes: ArrayLike, totals: ArrayLike, grid: int = 99, iterations: int = 500
+) -> tuple[Tensor, Tensor]:
+    """The empirical-Bayes prior over ``q``: ``(support [G], weights [G])`` on the grid
+    ``q_g = g / (G + 1)``, ``g = 1..G``, maximising ``Σ_i log Σ_g w_g · Bin(v_i; K_i, q_g)``
+    by EM (each iteration raises the likelihood; the weights stay a distribution)."""
+    v, k = _counts(votes, totals)
+    if grid < 1 or iterations < 1:
+        raise ValueError(f"grid and iterations: must be >= 1, got {grid}, {iterations}")
+    support = torch.arange(1, grid + 1, dtype=torch.float64) / (grid + 1)
+    log_lik = _log_binomial_likelihood(v, k, support)  # [N, G]
+    weights = torch.full((grid,), 1.0 / grid, dtype=torch.float64)
+    for _ in range(iterations):
+        post = torch.softmax(log_lik + weights.clamp_min(1e-300).log(), dim=1)
+        weights = post.mean(0)
+    return support, weights
+
+
+def vote_confidence(
+    votes: ArrayLike, totals: ArrayLike, prior: str = "empirical", **fit_options: int
+) -> Tensor:
+    """``E[q_i | v_i]`` ``[N]`` (float64) for each pair's votes ``v_i`` of ``K_i`` (``totals``
+    may be one number) under the ``prior`` (``"uniform"`` or ``"empirical"``, see the
+    module docstring); ``fit_options`` go to :func:`fit_vote_prior`."""
+    v, k = _counts(votes, totals)
+    if prior == "uniform":
+        return (v + 1) / (k + 2)
+    if prior != "empirical":
+        raise ValueError(f"prior: unknown {prior!r}; choose one of {PRIORS}")
+    support, weights = fit_vote_prior(v, k, **fit_options)
+    post = torch.softmax(
+        _log_binomial_likelihood(v, k, support) + weights.clamp_min(1e-300).log(), dim=1
+    )
+    return post @ support
+
+
+def _log_binomial_likelihood(v: Tensor, k: Tensor, support: Tensor) -> Tensor:
+    """``log q^v (1 − q)^(K − v)`` ``[N, G]``; the binomial coefficient does not depend on
+    ``q`` and cancels in every posterior."""
+    q = support[None, :]
+    return v[:, None] * q.log() + (k - v)[:, None] * torch.log1p(-q)
+
+
+__all__ = ["PRIORS", "fit_vote_prior", "vote_confidence"]
