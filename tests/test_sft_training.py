@@ -56,6 +56,23 @@ def _config(data: Path, out: Path, **overrides) -> SFTConfig:
     return SFTConfig(**{**base, **overrides})
 
 
+def _trainer(cfg: SFTConfig, model, tok, examples):
+    """An SFT trainer on ``examples`` outside a run, and its collator."""
+    from smoothalign.sft.data import SFTCollator, SFTDataset
+    from smoothalign.sft.trainer import SFTTrainer
+    from smoothalign.train.common import training_arguments
+
+    collator = SFTCollator(int(tok.pad_token_id))
+    trainer = SFTTrainer(
+        model=model,
+        args=training_arguments(cfg, False),
+        train_dataset=SFTDataset(examples),
+        data_collator=collator,
+        sft_config=cfg,
+    )
+    return trainer, collator
+
+
 def test_cli_trains_on_messages_and_writes_the_report(tmp_path, capsys):
     """`smoothalign sft` on conversational data with a split column and a bad row."""
     rows = []
@@ -178,21 +195,12 @@ def test_fused_kernel_trains_like_the_reference(data, tmp_path):
 
 def test_check_head_refuses_logits_the_objective_does_not_reproduce(data, tmp_path):
     from smoothalign.models import load_model_and_tokenizer
-    from smoothalign.sft.data import SFTCollator, SFTDataset, load_sft_rows, validate_sft_rows
-    from smoothalign.sft.trainer import SFTTrainer
-    from smoothalign.train.common import training_arguments
+    from smoothalign.sft.data import load_sft_rows, validate_sft_rows
 
     cfg = _config(data, tmp_path / "head")
     model, tok = load_model_and_tokenizer("tiny")
     examples = validate_sft_rows(load_sft_rows(data), tok, 32).examples[:4]
-    collator = SFTCollator(int(tok.pad_token_id))
-    trainer = SFTTrainer(
-        model=model,
-        args=training_arguments(cfg, False),
-        train_dataset=SFTDataset(examples),
-        data_collator=collator,
-        sft_config=cfg,
-    )
+    trainer, collator = _trainer(cfg, model, tok, examples)
     assert trainer.check_head(collator(examples)) < 1e-5
     # Llama ignores this attribute; our head would apply it: the check must notice
     model.config.final_logit_softcapping = 0.5
@@ -211,9 +219,7 @@ def test_text_row_loss_is_cross_entropy_on_every_token_but_the_first(data, tmp_p
     import torch.nn.functional as F
 
     from smoothalign.models import load_model_and_tokenizer
-    from smoothalign.sft.data import SFTCollator, SFTDataset, validate_sft_rows
-    from smoothalign.sft.trainer import SFTTrainer
-    from smoothalign.train.common import training_arguments
+    from smoothalign.sft.data import validate_sft_rows
 
     beta = 0.2
     texts = ["Hello, text rows.", "a shorter one", "ünïcode bytes"]
@@ -221,14 +227,7 @@ def test_text_row_loss_is_cross_entropy_on_every_token_but_the_first(data, tmp_p
     model, tok = load_model_and_tokenizer("tiny")
     model = model.double().eval()
     examples = validate_sft_rows([{"text": t} for t in texts], tok, 64).examples
-    collator = SFTCollator(int(tok.pad_token_id))
-    trainer = SFTTrainer(
-        model=model,
-        args=training_arguments(cfg, False),
-        train_dataset=SFTDataset(examples),
-        data_collator=collator,
-        sft_config=cfg,
-    )
+    trainer, collator = _trainer(cfg, model, tok, examples)
     with torch.no_grad():
         loss = trainer.compute_loss(model, collator(examples))  # a mean over the batch's tokens
         total, count = torch.zeros((), dtype=torch.float64), 0
