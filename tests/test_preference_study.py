@@ -392,3 +392,16 @@ def test_sources_preset_runs_end_to_end_and_reports_estimate_quality(tmp_path):
     assert by["oracle-soft"]["q_hat_mae"] == 0.0
     assert 0 < by["xfit-l2"]["q_hat_mae"] < 1 and "q_hat_corr" in by["votes-eb3-l0"]
     assert "How good the estimated confidences were" in (out / "table.md").read_text()
+
+
+def test_noisy_votes_are_flipped_at_the_flip_rate():
+    """Monte Carlo: with ε = 0.3 each vote favours the labelled winner with probability
+    q(1 − ε) + (1 − q)ε; without, with probability q."""
+    cfg = pref.PreferenceStudyConfig(**{**TINY, "train_pairs": 4000})
+    sw, data, _, _ = _labelled_with_refs(cfg, 0.0)
+    q = data.q_chosen
+    for eps in (0.0, 0.3):
+        share = pref.simulated_votes(sw.world, data, 50, eps).double() / 50
+        expected = q * (1 - eps) + (1 - q) * eps
+        assert float((share - expected).mean()) == pytest.approx(0.0, abs=0.005)
+        assert float(((share - expected) * (2 * q - 1)).mean()) == pytest.approx(0.0, abs=0.005)

@@ -175,6 +175,9 @@ class PreferenceStudyConfig:
     beta: float = 0.5
     ipo_beta: float = 0.1  # IPO's own β: its target log-ratio margin is 1/(2β) = 5
     alpha_windows: int = 30  # α histograms are summed over this many windows of steps
+    # the vote-based methods' simulated votes: False, fresh annotators untouched by the flips
+    # (the flips corrupt only the released label); True, each vote flipped at the flip rate too
+    noisy_votes: bool = False
     world: TokenWorldConfig = field(default_factory=TokenWorldConfig)
 
     def __post_init__(self) -> None:
@@ -367,14 +370,18 @@ def crossfit_confidence(
     return q_hat
 
 
-def simulated_votes(world: TokenWorld, data: LabelledPairs, annotators: int) -> Tensor:
+def simulated_votes(
+    world: TokenWorld, data: LabelledPairs, annotators: int, flip_rate: float = 0.0
+) -> Tensor:
     """``annotators`` fresh Bradley–Terry annotators' votes for each labelled winner ``[N]``:
-    ``Binomial(K, q)`` with the pair's true ``q``, independent of the (possibly flipped)
-    label."""
+    ``Binomial(K, q')`` with ``q' = q·(1 − ε) + (1 − q)·ε``, the pair's true ``q`` with each
+    vote flipped at rate ``ε = flip_rate`` (0: the votes ignore the label's flip)."""
     from smoothalign.reward.data import simulate_votes
 
+    q = data.q_chosen.numpy()
+    q = q * (1 - flip_rate) + (1 - q) * flip_rate
     rng = np.random.default_rng([world.seed, 0x7073, annotators])
-    return torch.from_numpy(simulate_votes(data.q_chosen.numpy(), annotators, rng))
+    return torch.from_numpy(simulate_votes(q, annotators, rng))
 
 
 def relabelled(
@@ -400,9 +407,14 @@ def relabelled(
 
 
 def method_confidence(
-    method: Method, world: TokenWorld, data: LabelledPairs, crossfit: Callable[[], Tensor]
+    method: Method,
+    world: TokenWorld,
+    data: LabelledPairs,
+    crossfit: Callable[[], Tensor],
+    vote_flip_rate: float = 0.0,
 ) -> Tensor | None:
-    """The ``q`` that ``method``'s oracle-* policy smooths with; None: the world's true q."""
+    """The ``q`` that ``method``'s oracle-* policy smooths with; None: the world's true q.
+    Votes are flipped at ``vote_flip_rate``."""
     if method.confidence == "true":
         return None
     if method.confidence == "crossfit":
@@ -411,7 +423,8 @@ def method_confidence(
     priors = {"votes": "uniform", "votes-eb": "empirical"}
     if kind not in priors or not k.isdigit() or int(k) < 1:
         raise ValueError(f"{method.name}: unknown confidence {method.confidence!r}")
-    return vote_confidence(simulated_votes(world, data, int(k)), int(k), prior=priors[kind])
+    votes = simulated_votes(world, data, int(k), vote_flip_rate)
+    return vote_confidence(votes, int(k), prior=priors[kind])
 
 
 @torch.no_grad()
@@ -466,7 +479,8 @@ def run_group(
 
     for method in cfg.ordered_methods():
         t0 = time.perf_counter()
-        confidence = method_confidence(method, world, data, crossfit)
+        vote_flips = flip_rate if cfg.noisy_votes else 0.0
+        confidence = method_confidence(method, world, data, crossfit, vote_flips)
         train, train_c, train_r = data, ref_c, ref_r
         if method.relabel:
             if confidence is None:  # the true q

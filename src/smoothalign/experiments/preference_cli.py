@@ -57,6 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a local sequence-classification reward model (num_labels=1) that judges the "
         "win rates instead of the oracle reward, e.g. the output of `smoothalign reward`",
     )
+    parser.add_argument(
+        "--noisy-votes",
+        action="store_true",
+        help="the vote-based methods' simulated votes are flipped at the flip rate too (default: "
+        "fresh annotators whom the flips of the released label do not touch)",
+    )
     parser.add_argument("--list-methods", action="store_true", help="print the methods and exit")
     parser.add_argument(
         "--export-votes",
@@ -96,6 +102,7 @@ def build_config(args: argparse.Namespace):
         "sample_prompts": args.sample_prompts,
         "lr": args.lr,
         "beta": args.beta,
+        "noisy_votes": args.noisy_votes or None,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.quick:

@@ -176,7 +176,12 @@ def markdown_report(results: dict[str, Any]) -> str:
         f"steps of {cfg['batch_size']} pairs at lr {cfg['lr']:g}, β = {cfg['beta']:g} "
         f"(IPO β = {cfg['ipo_beta']:g}); seeds {', '.join(map(str, cfg['seeds']))}. Win rates "
         f"judged by "
-        f"{results['judge']}. Mean ± std over seeds.",
+        f"{results['judge']}. Mean ± std over seeds."
+        + (
+            " Simulated annotator votes (vote-based methods) are flipped at the flip rate too."
+            if cfg.get("noisy_votes")
+            else ""
+        ),
         "",
     ]
     for eps in cfg["flip_rates"]:
