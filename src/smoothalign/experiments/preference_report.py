@@ -235,18 +235,27 @@ def _style(method: str) -> dict[str, Any]:
         return {"color": "tab:blue", "lw": 1.6}
     if method.startswith("cals-l2"):
         return {"color": "tab:orange", "lw": 1.6}
+    if method == "oracle-soft":
+        return {"color": "tab:green", "lw": 1.6}
     if method.startswith("oracle"):
         return {"color": "tab:green", "lw": 1.2, "ls": ":"}
     if method.startswith("rdpo"):
         return {"color": "tab:red", "lw": 1.2, "ls": "-."}
     if method == "ipo":
         return {"color": "tab:purple", "lw": 1.2, "ls": "-."}
+    # the confidence sources: a colour per source, a line style per rule, a marker per K
+    ls = "--" if method.endswith("l2") else "-"
+    marker = {"3": "^", "5": "s"}.get(next((c for c in method if c.isdigit()), ""), "o")
     if method.startswith("xfit"):
-        return {"color": "tab:brown", "lw": 1.4}
+        return {"color": "tab:brown", "lw": 1.4, "ls": ls}
+    if method.startswith("votes-eb"):
+        return {"color": "tab:cyan", "lw": 1.4, "ls": ls, "marker": marker}
     if method.startswith("votes"):
-        return {"color": "tab:cyan", "lw": 1.4}
-    if method.startswith(("majority", "soft")):
-        return {"color": "tab:olive", "lw": 1.4, "ls": "--"}
+        return {"color": "tab:blue", "lw": 1.0, "ls": ls, "marker": marker, "alpha": 0.6}
+    if method.startswith("majority"):
+        return {"color": "tab:olive", "lw": 1.4, "ls": "-.", "marker": marker}
+    if method.startswith("soft"):
+        return {"color": "tab:pink", "lw": 1.4, "marker": marker}
     return {"lw": 1.2, "ls": "-."}
 
 
@@ -264,7 +273,8 @@ def plot_metric_vs_flip(results: dict[str, Any], metric: str, ylabel: str):
         x = [a["flip_rate"] for a in rows]
         y = [a[f"{metric}_mean"] for a in rows]
         e = [a[f"{metric}_std"] for a in rows]
-        ax.errorbar(x, y, yerr=e, label=method, capsize=2, marker="o", ms=3, **_style(method))
+        style = {"marker": "o", "ms": 3, **_style(method)}
+        ax.errorbar(x, y, yerr=e, label=method, capsize=2, **style)
     ax.set_xlabel("flip rate ε")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
