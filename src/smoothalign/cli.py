@@ -45,6 +45,11 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     ),
     (("sft",), "smoothalign.sft.cli", "SFT with token-level label smoothing (SPEC §5)"),
     (
+        ("data", "confidence"),
+        "smoothalign.data.confidence_cli",
+        "each pair's label confidence from its annotators' votes (for --smoothing oracle-*)",
+    ),
+    (
         ("rank-calibrate",),
         "smoothalign.rank.cli",
         "calibrate a policy by ranking its samples with a preference model (SLiC)",

@@ -76,7 +76,12 @@ def vote_confidence(
         return (v + 1) / (k + 2)
     if prior != "empirical":
         raise ValueError(f"prior: unknown {prior!r}; choose one of {PRIORS}")
-    support, weights = fit_vote_prior(v, k, **fit_options)
+    return posterior_mean(v, k, *fit_vote_prior(v, k, **fit_options))
+
+
+def posterior_mean(votes: ArrayLike, totals: ArrayLike, support: Tensor, weights: Tensor) -> Tensor:
+    """``E[q_i | v_i]`` ``[N]`` under the discrete prior ``weights`` on ``support``."""
+    v, k = _counts(votes, totals)
     post = torch.softmax(
         _log_binomial_likelihood(v, k, support) + weights.clamp_min(1e-300).log(), dim=1
     )
@@ -90,4 +95,4 @@ def _log_binomial_likelihood(v: Tensor, k: Tensor, support: Tensor) -> Tensor:
     return v[:, None] * q.log() + (k - v)[:, None] * torch.log1p(-q)
 
 
-__all__ = ["PRIORS", "fit_vote_prior", "vote_confidence"]
+__all__ = ["PRIORS", "fit_vote_prior", "posterior_mean", "vote_confidence"]

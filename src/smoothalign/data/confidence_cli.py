@@ -1,0 +1,59 @@
+"""``smoothalign data confidence``: write each pair's label confidence from its annotators'
+votes (``votes_chosen`` of ``votes_total``) into a JSONL file that ``smoothalign dpo
+--smoothing oracle-l0|oracle-l2`` trains on (:mod:`smoothalign.data.vote_confidence`).
+
+This module imports only ``argparse`` at load time, so ``smoothalign --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="preference rows with votes_chosen and votes_total: a JSONL/JSON/Parquet/CSV file or "
+        "a folder (e.g. the output of `smoothalign study preference --export-votes`)",
+    )
+    parser.add_argument("--output", required=True, help="the JSONL file to write (atomically)")
+    parser.add_argument(
+        "--prior",
+        choices=("empirical", "uniform"),
+        default="empirical",
+        help="prior over q: 'empirical' (fitted to all the rows' votes, empirical Bayes) or "
+        "'uniform' ((votes + 1) / (total + 2))",
+    )
+    parser.add_argument(
+        "--relabel",
+        action="store_true",
+        help="swap chosen and rejected where the confidence is below 1/2 (the votes overrule "
+        "the label); relabelled rows get relabelled: true",
+    )
+    parser.add_argument("--field", default="confidence", help="the column to write")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the column where a row already has it"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from smoothalign.data.loading import load_preference_rows
+    from smoothalign.data.vote_confidence import add_vote_confidence
+    from smoothalign.io import atomic_write_text
+
+    rows = load_preference_rows(args.data)
+    out, summary = add_vote_confidence(
+        rows,
+        prior=args.prior,
+        relabel=args.relabel,
+        field_name=args.field,
+        overwrite=args.overwrite,
+    )
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out)
+    path = atomic_write_text(args.output, text)
+    print(summary.to_text())
+    print(f"wrote {path}")
+    return 0

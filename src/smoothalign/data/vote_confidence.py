@@ -1,0 +1,170 @@
+"""Each preference pair's label confidence from its annotators' votes, as a data column.
+
+Rows carry ``votes_chosen`` (votes for ``chosen``) of ``votes_total``. The confidence written
+is the posterior mean of ``q`` (the probability that an annotator prefers ``chosen``) under a
+uniform or an empirical-Bayes prior (:mod:`smoothalign.smoothing.votes`), in the column that
+``smoothalign dpo --smoothing oracle-l0|oracle-l2`` smooths with. Optionally pairs whose
+confidence is below ½ are relabelled (chosen ↔ rejected, with every ``*chosen*`` /
+``*rejected*`` field pair swapped and the vote counts mirrored), so that the labels follow the
+votes; the noisy-preference benchmark (``study preference --methods sources``) measures both.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from smoothalign.data.loading import FILE_KEY, ROW_KEY
+from smoothalign.smoothing.votes import PRIORS, fit_vote_prior, posterior_mean, vote_confidence
+
+VOTE_FIELDS = ("votes_chosen", "votes_total")
+MAX_LISTED = 20  # bad rows named in one error message
+
+
+@dataclass
+class VoteConfidenceSummary:
+    rows: int
+    prior: str
+    relabelled: int
+    mean_confidence: float
+    # the fitted empirical-Bayes prior's mass on q < 0.2, 0.2 ≤ q ≤ 0.8 and q > 0.8
+    prior_mass: dict[str, float] = field(default_factory=dict)
+
+    def to_text(self) -> str:
+        lines = [
+            f"{self.rows} rows; confidence = posterior mean of q under the {self.prior} prior; "
+            f"mean {self.mean_confidence:.3f}; relabelled {self.relabelled}",
+        ]
+        if self.prior_mass:
+            lines.append(
+                "fitted prior over q: "
+                + ", ".join(f"{k}: {v:.3f}" for k, v in self.prior_mass.items())
+            )
+        return "\n".join(lines)
+
+
+def _where(row: Mapping[str, Any], index: int) -> str:
+    f = row.get(FILE_KEY) if isinstance(row, Mapping) else None
+    r = row.get(ROW_KEY, index) if isinstance(row, Mapping) else index
+    return f"{f}, row {r}" if f else f"row {r}"
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    v = float(value)
+    return int(v) if math.isfinite(v) and v == int(v) else None
+
+
+def _check_votes(rows: Sequence[Any], field_name: str, overwrite: bool) -> list[tuple[int, int]]:
+    counts, bad = [], []
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            bad.append(f"{_where({}, i)}: not a JSON object")
+            continue
+        v, k = _count(row.get("votes_chosen")), _count(row.get("votes_total"))
+        if row.get("votes_total") is None or k is None or k < 1:
+            bad.append(
+                f"{_where(row, i)}, field 'votes_total': expected a whole number >= 1, got "
+                f"{row.get('votes_total')!r}"
+            )
+        elif row.get("votes_chosen") is None or v is None or not 0 <= v <= k:
+            bad.append(
+                f"{_where(row, i)}, field 'votes_chosen': expected a whole number in "
+                f"[0, {k}], got {row.get('votes_chosen')!r}"
+            )
+        elif field_name in row and row[field_name] is not None and not overwrite:
+            bad.append(
+                f"{_where(row, i)}, field '{field_name}': already present (pass overwrite, "
+                "or write the confidence to another field)"
+            )
+        else:
+            counts.append((v, k))
+    if bad:
+        more = f"\n  … and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+        raise ValueError(
+            f"{len(bad)} of {len(rows)} rows cannot be used:\n  "
+            + "\n  ".join(bad[:MAX_LISTED])
+            + more
+        )
+    return counts
+
+
+def _relabelled(row: dict[str, Any], where: str) -> dict[str, Any]:
+    """``row`` with chosen ↔ rejected: every ``…chosen…`` field swapped with its
+    ``…rejected…`` partner, the votes mirrored; a ``…chosen…`` field with no partner and no
+    known mirror is an error (it would silently go stale)."""
+    out = dict(row)
+    k = int(row["votes_total"])
+    for key in row:
+        if "chosen" not in key:
+            continue
+        partner = key.replace("chosen", "rejected")
+        if partner in row:
+            out[key], out[partner] = row[partner], row[key]
+        elif key == "votes_chosen":
+            out[key] = k - int(row[key])
+        elif key == "p_chosen" and isinstance(row[key], numbers.Real):
+            out[key] = 1 - row[key]
+        else:
+            raise ValueError(
+                f"{where}, field '{key}': cannot relabel a pair with this field (no "
+                f"'{partner}' to swap it with)"
+            )
+    out["relabelled"] = True
+    return out
+
+
+def add_vote_confidence(
+    rows: Sequence[Any],
+    *,
+    prior: str = "empirical",
+    relabel: bool = False,
+    field_name: str = "confidence",
+    overwrite: bool = False,
+) -> tuple[list[dict[str, Any]], VoteConfidenceSummary]:
+    """Rows (as :func:`~smoothalign.data.loading.load_preference_rows` gives them) with
+    ``field_name`` set to each pair's posterior-mean confidence, relabelled where it is below
+    ½ if ``relabel``; the ``_row``/``_file`` bookkeeping keys are dropped. Every bad row is
+    named (file, row, field) in one ``ValueError``; no row is dropped."""
+    if prior not in PRIORS:
+        raise ValueError(f"prior: unknown {prior!r}; choose one of {PRIORS}")
+    if not rows:
+        raise ValueError("rows: no rows to score")
+    counts = _check_votes(rows, field_name, overwrite)
+    votes = [v for v, _ in counts]
+    totals = [k for _, k in counts]
+    mass = {}
+    if prior == "empirical":
+        support, weights = fit_vote_prior(votes, totals)
+        conf = posterior_mean(votes, totals, support, weights).tolist()
+        mass = {
+            "q < 0.2": float(weights[support < 0.2].sum()),
+            "0.2 <= q <= 0.8": float(weights[(support >= 0.2) & (support <= 0.8)].sum()),
+            "q > 0.8": float(weights[support > 0.8].sum()),
+        }
+    else:
+        conf = vote_confidence(votes, totals, prior=prior).tolist()
+    out, n_relabelled = [], 0
+    for i, (row, c) in enumerate(zip(rows, conf, strict=True)):
+        new = {k: v for k, v in row.items() if k not in (ROW_KEY, FILE_KEY)}
+        if relabel and c < 0.5:
+            new = _relabelled(new, _where(row, i))
+            c = 1 - c
+            n_relabelled += 1
+        new[field_name] = c
+        out.append(new)
+    summary = VoteConfidenceSummary(
+        rows=len(out),
+        prior=prior,
+        relabelled=n_relabelled,
+        mean_confidence=sum(r[field_name] for r in out) / len(out),
+        prior_mass=mass,
+    )
+    return out, summary
+
+
+__all__ = ["VOTE_FIELDS", "VoteConfidenceSummary", "add_vote_confidence"]
