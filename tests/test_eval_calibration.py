@@ -210,6 +210,105 @@ def test_long_prompts_are_cut_from_the_start_and_counted(tok, tiny_model):
 
 
 # --------------------------------------------------------------------------------------------
+# the option scorer's prompt cache vs the uncached path and a brute-force reference
+# --------------------------------------------------------------------------------------------
+
+# prompts of different lengths (left padding), options of 1 to 9 tokens (byte tokenizer: one
+# token per byte), a question with 2 options and one with 5, and one with 3
+CACHE_PROMPTS = [
+    "Question: Which planet is known as the red one?\nAnswer:",
+    "Q: 2+2?\nA:",
+    "Pick the colour of the sky on a clear day, please.\nAnswer:",
+]
+CACHE_OPTIONS = [
+    [" Mars", "V"],
+    [" four", "4", " 22", " fish!!", " no idea"],
+    [" blue", " green", "x"],
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_model64():
+    return build_tiny_model(seed=1).double().eval()
+
+
+def _brute_force_option_means(model, tok, prompts, options) -> list[np.ndarray]:
+    """One unpadded forward of prompt + option per option; mean of the option tokens'
+    float64 log_softmax, read at the positions that predict them."""
+    out = []
+    for prompt, opts in zip(prompts, options, strict=True):
+        p = list(tok(prompt, add_special_tokens=True)["input_ids"])
+        means = []
+        for text in opts:
+            c = tok.encode(text, add_special_tokens=False)
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([p + c])).logits[0].double()
+            logp = torch.log_softmax(logits, dim=-1)
+            means.append(sum(float(logp[len(p) - 1 + j, t]) for j, t in enumerate(c)) / len(c))
+        out.append(np.array(means))
+    return out
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 6, 16])
+def test_cached_option_scorer_equals_uncached_and_brute_force(tok, tiny_model64, batch_size):
+    ref = _brute_force_option_means(tiny_model64, tok, CACHE_PROMPTS, CACHE_OPTIONS)
+    assert min(np.ptp(r) for r in ref) > 1e-3  # the options are told apart
+    cached = score_options(tiny_model64, tok, CACHE_PROMPTS, CACHE_OPTIONS, batch_size=batch_size)
+    uncached = score_options(
+        tiny_model64, tok, CACHE_PROMPTS, CACHE_OPTIONS, batch_size=batch_size, use_cache=False
+    )
+    one = score_options(tiny_model64, tok, CACHE_PROMPTS, CACHE_OPTIONS, batch_size=1)
+    assert [len(s) for s in cached.scores] == [2, 5, 3]
+    assert cached.truncated == [False] * 3
+    for c, u, o, r in zip(cached.scores, uncached.scores, one.scores, ref, strict=True):
+        np.testing.assert_allclose(c, r, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(u, r, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(c, o, rtol=0, atol=1e-10)  # batch size invariance
+
+
+def test_cached_option_scorer_runs_each_prompt_once(tok, tiny_model64):
+    """Batch size 1 (no padding): every prompt once, then each option's tokens but its last,
+    longest first (a one-token option needs no forward of its own). Uncached: prompt +
+    option per option."""
+    shapes = []
+    hook = tiny_model64.register_forward_pre_hook(
+        lambda _m, _a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        score_options(tiny_model64, tok, CACHE_PROMPTS, CACHE_OPTIONS, batch_size=1)
+        cached, shapes[:] = list(shapes), []
+        score_options(
+            tiny_model64, tok, CACHE_PROMPTS, CACHE_OPTIONS, batch_size=1, use_cache=False
+        )
+        uncached = list(shapes)
+    finally:
+        hook.remove()
+    p_len = [len(tok(p)["input_ids"]) for p in CACHE_PROMPTS]
+    o_len = [[len(tok.encode(o)) for o in opts] for opts in CACHE_OPTIONS]
+    expected = []
+    for i in sorted(range(3), key=lambda i: -p_len[i]):  # longest prompt first
+        expected.append((1, p_len[i]))
+        expected += sorted(((1, n - 1) for n in o_len[i] if n > 1), reverse=True)
+    assert cached == expected
+    assert sorted(uncached) == sorted(
+        (1, p + n) for p, ns in zip(p_len, o_len, strict=True) for n in ns
+    )
+
+
+def test_cached_option_scorer_falls_back_for_truncated_questions(tok, tiny_model64):
+    """A question cut to fit ``max_length`` keeps a different prompt per option (the uncached
+    rule); the others still use the cache. Scores equal the uncached path's either way."""
+    prompts = [*CACHE_PROMPTS, "x" * 80]
+    options = [*CACHE_OPTIONS, [" ab", " abcdefgh"]]
+    kw = dict(batch_size=4, max_length=70)
+    cached = score_options(tiny_model64, tok, prompts, options, **kw)
+    uncached = score_options(tiny_model64, tok, prompts, options, use_cache=False, **kw)
+    assert cached.truncated == uncached.truncated == [False, False, False, True]
+    for c, u in zip(cached.scores, uncached.scores, strict=True):
+        np.testing.assert_allclose(c, u, rtol=0, atol=1e-10)
+
+
+# --------------------------------------------------------------------------------------------
 # data: local JSONL, MMLU, BIG-bench
 # --------------------------------------------------------------------------------------------
 

@@ -13,7 +13,8 @@ Two scorers (SPEC §5), both batched, both pure functions of ``(model, tokenizer
 * :func:`score_options` — **option-likelihood scorer** (cloze). The score of option *k* is
   the *mean* log-probability per token of the option's own text as the continuation of the
   prompt (sum of token log-probs divided by the option's token count), so long options are
-  not penalised for their length.
+  not penalised for their length. Each prompt runs through the model once; its options are
+  scored from copies of its key/value cache (``use_cache=False``: prompt + option per option).
 
 In both cases the forecast is ``softmax(scores)`` over the options (:func:`option_probabilities`),
 the prediction its arg-max and the confidence its max; :func:`summarise` gives accuracy and
@@ -29,6 +30,7 @@ first); such questions are counted in ``n_truncated``, never dropped.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -148,33 +150,93 @@ def score_options(
     max_length: int | None = None,
     progress: bool = False,
     desc: str = "option scorer",
+    use_cache: bool = True,
 ) -> MCScores:
     """Mean per-token log-probability of each continuation ``options[i][k]`` after
     ``prompts[i]`` (continuations as given: include the leading space, see
-    :func:`smoothalign.eval.mc_prompts.continuations`)."""
+    :func:`smoothalign.eval.mc_prompts.continuations`).
+
+    The prompt and each option are tokenised separately (the prompt with the tokenizer's
+    special tokens, the option without) and concatenated, so an option's token ids never
+    depend on how the computation is organised. With ``use_cache`` (the default) each prompt
+    goes through the model once: its key/value cache is copied to the rows of its options,
+    which then run only their own tokens (all but the last, whose log-probability the
+    previous position gives; a one-token option needs no forward of its own). The uncached
+    path (``use_cache=False``) runs prompt + option as one sequence per option, K times the
+    prompt's cost; both give the same scores up to floating-point rounding.
+
+    The uncached path is used instead, for the questions concerned, when
+
+    * a question does not fit ``max_length`` with one of its options: the prompt is then cut
+      per option (by that option's length), so its options do not share one prompt;
+    * the model returns no cache (a model without cache support, a stub), or has a sliding
+      attention window shorter than the longest prompt plus the longest option.
+
+    Log-probabilities are taken in float32 (float64 for a float64 model) on both paths.
+    """
     if len(prompts) != len(options):
         raise ValueError(f"options: expected {len(prompts)} lists, got {len(options)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
     max_length = _max_length(model, tokenizer, max_length)
-    seqs, lengths, owner = [], [], []
+    prompt_ids: list[list[int]] = []
+    option_ids: list[list[list[int]]] = []
     truncated = [False] * len(prompts)
     for i, p in enumerate(_encode_prompts(tokenizer, prompts)):
         if len(options[i]) < 2:
             raise ValueError(f"prompt {i}: {len(options[i])} options; need at least 2")
         if not p:
             raise ValueError(f"prompt {i}: encodes to no tokens; an option needs a context")
+        conts = []
         for k, text in enumerate(options[i]):
             cont = tokenizer.encode(text, add_special_tokens=False)
             if not cont:
                 raise ValueError(f"prompt {i}, option {k}: encodes to no tokens ({text!r})")
-            ids, cut = _fit(p, cont, max_length)
-            truncated[i] |= cut
+            truncated[i] |= _fit(p, cont, max_length)[1]  # raises when nothing fits
+            conts.append(cont)
+        prompt_ids.append(p)
+        option_ids.append(conts)
+    scores = [np.empty(len(o)) for o in options]
+    # an upper bound on any cached row's length (longest prompt + longest option)
+    longest = max(map(len, prompt_ids), default=0)
+    longest += max((len(c) for conts in option_ids for c in conts), default=0)
+    cached: list[int] = []
+    if use_cache and _cache_fits(model, longest):
+        cached = [i for i in range(len(prompts)) if not truncated[i]]
+    if cached:
+        try:
+            _option_means_cached(
+                model, tokenizer, prompt_ids, option_ids, cached, scores, batch_size,
+                progress, desc,
+            )  # fmt: skip
+        except _NoCache:
+            cached = []
+    done = set(cached)
+    rest = [i for i in range(len(prompts)) if i not in done]
+    if rest:
+        _option_means_uncached(
+            model, tokenizer, prompt_ids, option_ids, rest, scores, batch_size, max_length,
+            progress, desc,
+        )  # fmt: skip
+    return MCScores(scores=scores, truncated=truncated)
+
+
+def _option_means_uncached(
+    model, tokenizer, prompt_ids, option_ids, questions, scores, batch_size, max_length,
+    progress, desc,
+) -> None:  # fmt: skip
+    """Fill ``scores[i]`` for ``i`` in ``questions``: one sequence prompt + option per option
+    (the prompt cut from its start to fit ``max_length`` with that option)."""
+    seqs, lengths, owner = [], [], []
+    for i in questions:
+        for k, cont in enumerate(option_ids[i]):
+            ids, _ = _fit(prompt_ids[i], cont, max_length)
             seqs.append(ids + cont)
             lengths.append(len(cont))
             owner.append((i, k))
-    means = np.empty(len(seqs))
     keep = [n + 1 for n in lengths]
     for rows, logits in _batches(model, tokenizer, seqs, keep, batch_size, progress, desc):
-        logp = torch.log_softmax(logits.float(), dim=-1)  # [B, K, V]
+        logp = _log_softmax(logits)  # [B, K, V]
         K = logits.shape[1]
         for b, s in enumerate(rows):
             n = lengths[s]
@@ -182,11 +244,152 @@ def score_options(
             # logits kept at positions L-K..L-1; the option's tokens sit at L-n..L-1 and are
             # predicted from positions L-n-1..L-2, i.e. kept indices K-n-1..K-2
             rows_logp = logp[b, K - n - 1 : K - 1].gather(-1, targets[:, None]).squeeze(-1)
-            means[s] = float(rows_logp.double().sum()) / n
-    scores = [np.empty(len(o)) for o in options]
-    for s, (i, k) in enumerate(owner):
-        scores[i][k] = means[s]
-    return MCScores(scores=scores, truncated=truncated)
+            i, k = owner[s]
+            scores[i][k] = float(rows_logp.double().sum()) / n
+
+
+class _NoCache(Exception):
+    """The model returned no key/value cache: score with the uncached path."""
+
+
+def _cache_fits(model: Any, longest: int) -> bool:
+    """Whether cached scoring is exact for this model: no sliding attention window that a
+    sequence of ``longest`` tokens could exceed (windowed caches keep only the window)."""
+    config = getattr(model, "config", None)
+    get_text = getattr(config, "get_text_config", None)
+    config = get_text(decoder=True) if callable(get_text) else config
+    window = getattr(config, "sliding_window", None)
+    if window is None or getattr(config, "use_sliding_window", True) is False:
+        return True
+    return isinstance(window, int) and longest <= window
+
+
+def _cache_kwarg(model: Any) -> str:
+    """transformers 5.2x renamed forward's ``past_key_values`` to ``cache``; accept either."""
+    for m in (model, getattr(model, "get_base_model", lambda: None)()):
+        try:
+            params = inspect.signature(m.forward).parameters
+        except (AttributeError, TypeError, ValueError):
+            continue
+        if "cache" in params:
+            return "cache"
+        if "past_key_values" in params:
+            return "past_key_values"
+    return "past_key_values"
+
+
+def _cache_of(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    cache = cache if cache is not None else getattr(out, "past_key_values", None)
+    if cache is None or not hasattr(cache, "reorder_cache"):
+        raise _NoCache
+    return cache
+
+
+def _rows_of(cache: Any, rows: torch.Tensor) -> Any:
+    """A cache holding rows ``rows`` (repeats allowed) of ``cache``, which stays as it was.
+
+    A cache of plain dynamic layers is copied shallowly: ``reorder_cache`` then replaces the
+    copy's key/value tensors by the selected rows and leaves the originals alone (only the
+    selected rows are copied). Any other cache is deep-copied first."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if isinstance(layers, list) and all(type(layer) is DynamicLayer for layer in layers):
+        out = copy.copy(cache)
+        out.layers = [copy.copy(layer) for layer in layers]
+    else:
+        out = copy.deepcopy(cache)
+    out.reorder_cache(rows)
+    return out
+
+
+@torch.no_grad()
+def _option_means_cached(
+    model, tokenizer, prompt_ids, option_ids, questions, scores, batch_size, progress, desc
+) -> None:
+    """Fill ``scores[i]`` for ``i`` in ``questions``. Questions go in groups of ``batch_size``
+    (longest prompt first): the group's prompts run once (left-padded, explicit positions,
+    last logits only), then its options, longest first, in chunks of ``batch_size`` rows:
+    each row a copy of its prompt's cache row followed by the option's tokens (right-padded;
+    positions continue the prompt's)."""
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    keep_one = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    cache_kwarg = _cache_kwarg(model)
+    order = sorted(questions, key=lambda i: -len(prompt_ids[i]))
+    total = sum(len(option_ids[i]) for i in questions)
+    with tqdm(total=total, desc=desc, unit="seq", disable=not progress, leave=False) as bar:
+        for start in range(0, len(order), batch_size):
+            group = order[start : start + batch_size]
+            # 1. the prompts, once each
+            P = max(len(prompt_ids[i]) for i in group)
+            ids = torch.full((len(group), P), pad, dtype=torch.long)
+            mask = torch.zeros((len(group), P), dtype=torch.long)
+            for g, i in enumerate(group):
+                n = len(prompt_ids[i])
+                ids[g, P - n :] = torch.tensor(prompt_ids[i])
+                mask[g, P - n :] = 1
+            position_ids = (mask.cumsum(-1) - 1).clamp_(min=0)
+            out = model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=position_ids.to(device),
+                use_cache=True,
+                **keep_one,
+            )
+            cache = _cache_of(out)
+            logits = out.logits if hasattr(out, "logits") else out[0]
+            first = _log_softmax(logits[:, -1]).cpu()  # [G, V]: predicts each option's 1st token
+            del out, logits
+            # per option: its tokens' log-probs (the first from the prompt's last logits)
+            token_logps: dict[tuple[int, int], list[torch.Tensor]] = {}
+            multi = []  # (g, i, k) of the options with more than one token
+            for g, i in enumerate(group):
+                for k, cont in enumerate(option_ids[i]):
+                    token_logps[g, k] = [first[g, cont[0]].reshape(1)]
+                    if len(cont) > 1:
+                        multi.append((g, i, k))
+            # 2. the options' other tokens (all but the last), on their prompt's cache rows
+            multi.sort(key=lambda r: -len(option_ids[r[1]][r[2]]))
+            for c in range(0, len(multi), batch_size):
+                chunk = multi[c : c + batch_size]
+                rows = torch.tensor([g for g, _, _ in chunk])
+                inputs = [option_ids[i][k][:-1] for _, i, k in chunk]
+                M = len(inputs[0])  # longest first
+                opt_ids = torch.full((len(chunk), M), pad, dtype=torch.long)
+                opt_mask = torch.zeros((len(chunk), M), dtype=torch.long)
+                for b, x in enumerate(inputs):
+                    opt_ids[b, : len(x)] = torch.tensor(x)
+                    opt_mask[b, : len(x)] = 1
+                starts = mask[rows].sum(-1, keepdim=True)  # the prompts' lengths
+                out = model(
+                    input_ids=opt_ids.to(device),
+                    attention_mask=torch.cat([mask[rows], opt_mask], dim=1).to(device),
+                    position_ids=(starts + torch.arange(M)).to(device),
+                    use_cache=True,
+                    **{cache_kwarg: _rows_of(cache, rows.to(device))},
+                )
+                logits = out.logits if hasattr(out, "logits") else out[0]
+                logp = _log_softmax(logits)  # [N, M, V]: position j predicts token j + 1
+                for b, (g, i, k) in enumerate(chunk):
+                    targets = torch.tensor(option_ids[i][k][1:], device=logp.device)
+                    picked = logp[b, : len(targets)].gather(-1, targets[:, None]).squeeze(-1)
+                    token_logps[g, k].append(picked.cpu())
+                del out, logits, logp
+            del cache
+            for g, i in enumerate(group):
+                for k, cont in enumerate(option_ids[i]):
+                    s = torch.cat(token_logps[g, k]).double().sum()
+                    scores[i][k] = float(s) / len(cont)
+            bar.update(sum(len(option_ids[i]) for i in group))
+
+
+def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Log-softmax over the vocabulary in at least float32 (float64 logits stay float64)."""
+    return torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
 
 
 # --------------------------------------------------------------------------------------------
