@@ -92,6 +92,12 @@ def dpo_section(data: dict) -> list[str]:
             f"{ours['peak_bytes'] / liger['peak_bytes']:.2f}× TRL+Liger's (≤ 0.80) → "
             f"{'PASS' if ok_m else 'FAIL'}",
         ]
+    if ours is not None and "cals_fraction" in ours:
+        frac = ours["cals_fraction"]
+        out.append(
+            f"- target: CALS bookkeeping {ours['cals_ms']:.2f} ms = {100 * frac:.2f}% of the step "
+            f"(< 1%) → {'PASS' if frac < 0.01 else 'FAIL'}"
+        )
     return out
 
 
