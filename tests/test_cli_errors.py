@@ -3,6 +3,8 @@ exit status 2, no traceback — and the input is checked before any model is loa
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from smoothalign.cli import main
@@ -36,6 +38,10 @@ def test_bad_input_is_one_line_and_status_2(argv, needle, tmp_path, capsys, monk
     assert needle in err
     assert "Traceback" not in err
     assert "/no/such/model" not in err  # the model was never touched
+    saved = err.split("(traceback: ")[1].split(";")[0]
+    text = Path(saved).read_text()
+    assert text.startswith("Traceback") and needle in text
+    Path(saved).unlink()
 
 
 def test_debug_env_shows_the_exception(tmp_path, monkeypatch):

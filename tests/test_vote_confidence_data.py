@@ -99,3 +99,37 @@ def test_votes_to_confidence_to_dpo_end_to_end(tmp_path, capsys):
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     alphas = [m["cals/alpha_mean"] for m in metrics if "cals/alpha_mean" in m]
     assert alphas and all(0 < a < 0.5 for a in alphas)
+
+
+def test_relabel_mirrors_every_form_of_the_label_and_names_what_it_cannot():
+    row = {"prompt": "p", "chosen": "a", "rejected": "b", "votes_chosen": 0, "votes_total": 3,
+           "votes": [0, 0, 0], "p_chosen": 0.0, "confidence": 0.1}  # fmt: skip
+    (out,), _ = add_vote_confidence([row], prior="uniform", relabel=True, field_name="vote_q")
+    assert (out["chosen"], out["rejected"]) == ("b", "a")
+    assert out["votes"] == [1, 1, 1] and out["votes_chosen"] == 3 and out["p_chosen"] == 1.0
+    assert out["confidence"] == pytest.approx(0.9)  # the true q of the new chosen
+    assert out["vote_q"] == pytest.approx(4 / 5)
+    kept = dict(row, p_chosen=None)
+    (out,), _ = add_vote_confidence([kept], prior="uniform", relabel=True, field_name="vote_q")
+    assert out["p_chosen"] is None
+    bad = [
+        dict(row, rejected_model="m1"),  # no chosen_model partner
+        dict(row, p_chosen=False),
+        dict(row, votes=[0, 2, 0]),
+        dict(row, votes_chosen=3, rejected_model="m2"),  # not relabelled: untouched, fine
+    ]
+    with pytest.raises(ValueError) as err:
+        add_vote_confidence(bad, prior="uniform", relabel=True, field_name="vote_q")
+    message = str(err.value)
+    assert "3 of 4 rows cannot be relabelled" in message
+    assert "row 0, field 'rejected_model'" in message
+    assert "row 1, field 'p_chosen'" in message
+    assert "row 2, field 'votes'" in message
+
+
+def test_empirical_prior_on_too_little_data_warns():
+    rows = [{"chosen": "a", "rejected": "b", "votes_chosen": v, "votes_total": 1} for v in (0, 1)]
+    _, summary = add_vote_confidence(rows * 30)
+    assert summary.warnings and "consider --prior uniform" in summary.to_text()
+    _, summary = add_vote_confidence(rows * 30, prior="uniform")
+    assert not summary.warnings

@@ -96,3 +96,21 @@ def test_bad_votes_name_the_row():
         vote_confidence([0, 1], 3, prior="jeffreys")
     with pytest.raises(ValueError, match="totals >= 1"):
         vote_confidence([0], 0)
+
+
+def test_em_equals_a_plain_per_pair_em():
+    """The EM runs on distinct (v, K) with multiplicities; a plain EM over every pair,
+    written here with NumPy, reaches the same weights."""
+    rng = np.random.default_rng(3)
+    k = rng.integers(1, 6, size=300)
+    v = rng.binomial(k, rng.choice([0.1, 0.6, 0.95], size=300))
+    support, weights = fit_vote_prior(v, k, grid=15, iterations=40)
+    q = np.arange(1, 16) / 16
+    like = q[None, :] ** v[:, None] * (1 - q[None, :]) ** (k - v)[:, None]  # [N, G]
+    w = np.full(15, 1 / 15)
+    for _ in range(40):
+        post = like * w
+        post /= post.sum(1, keepdims=True)
+        w = post.mean(0)
+    assert np.allclose(support.numpy(), q)
+    assert np.allclose(weights.numpy(), w, rtol=1e-9, atol=1e-12)

@@ -14,7 +14,8 @@ import sys
 from smoothalign.data.validation import BadRowError
 
 # What a user's input can raise (a missing file, a bad row, a value out of range): printed
-# as one line naming the command, exit status 2. SMOOTHALIGN_DEBUG=1 shows the traceback.
+# as one line naming the command, exit status 2, with the traceback saved to a file.
+# SMOOTHALIGN_DEBUG=1 raises it instead.
 INPUT_ERRORS: tuple[type[Exception], ...] = (OSError, ValueError, BadRowError)
 DEBUG_ENV = "SMOOTHALIGN_DEBUG"
 
@@ -106,11 +107,29 @@ def main(argv: list[str] | None = None) -> int:
     except INPUT_ERRORS as e:
         if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise
+        # a ValueError can also be a bug deep in a long run: its traceback is kept in a file,
+        # so nobody has to rerun hours of training to see it
+        where = _save_traceback(e)
         print(
-            f"smoothalign {args._command}: {e}\n(set {DEBUG_ENV}=1 to see the traceback)",
+            f"smoothalign {args._command}: {e}\n(traceback: {where}; {DEBUG_ENV}=1 raises it)",
             file=sys.stderr,
         )
         return 2
+
+
+def _save_traceback(error: BaseException) -> str:
+    """Write ``error``'s traceback to a new file in the temp folder; its path, or a note."""
+    import tempfile
+    import traceback
+
+    try:
+        with tempfile.NamedTemporaryFile(
+            "w", prefix="smoothalign-error-", suffix=".txt", delete=False
+        ) as f:
+            f.write("".join(traceback.format_exception(error)))
+        return f.name
+    except OSError:
+        return "not saved"
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from smoothalign.smoothing.votes import PRIORS, fit_vote_prior, posterior_mean, 
 
 VOTE_FIELDS = ("votes_chosen", "votes_total")
 MAX_LISTED = 20  # bad rows named in one error message
+MIN_ROWS_EMPIRICAL = 50  # fewer rows than this: the empirical prior is barely identified
 
 
 @dataclass
@@ -30,12 +31,14 @@ class VoteConfidenceSummary:
     prior: str
     relabelled: int
     mean_confidence: float
+    field_name: str = "confidence"
+    warnings: list[str] = field(default_factory=list)
     # the fitted empirical-Bayes prior's mass on q < 0.2, 0.2 ≤ q ≤ 0.8 and q > 0.8
     prior_mass: dict[str, float] = field(default_factory=dict)
 
     def to_text(self) -> str:
         lines = [
-            f"{self.rows} rows; confidence = posterior mean of q under the {self.prior} prior; "
+            f"{self.rows} rows; {self.field_name} = posterior mean of q under the {self.prior} prior; "
             f"mean {self.mean_confidence:.3f}; relabelled {self.relabelled}",
         ]
         if self.prior_mass:
@@ -43,6 +46,7 @@ class VoteConfidenceSummary:
                 "fitted prior over q: "
                 + ", ".join(f"{k}: {v:.3f}" for k, v in self.prior_mass.items())
             )
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -93,27 +97,53 @@ def _check_votes(rows: Sequence[Any], field_name: str, overwrite: bool) -> list[
     return counts
 
 
-def _relabelled(row: dict[str, Any], where: str) -> dict[str, Any]:
+# fields that hold the probability that ``chosen`` wins: mirrored (1 − x) when relabelling
+CHOSEN_PROBABILITY_FIELDS = ("confidence", "p_chosen")
+
+
+def _relabelled(row: dict[str, Any], where: str, field_name: str) -> dict[str, Any]:
     """``row`` with chosen ↔ rejected: every ``…chosen…`` field swapped with its
-    ``…rejected…`` partner, the votes mirrored; a ``…chosen…`` field with no partner and no
-    known mirror is an error (it would silently go stale)."""
+    ``…rejected…`` partner, ``votes_chosen`` and a 0/1 ``votes`` list mirrored, and the
+    probabilities that chosen wins (``confidence``, ``p_chosen``; ``field_name`` is written
+    afterwards) mirrored. A field that would go stale — a ``…chosen…`` or ``…rejected…`` field
+    without its partner, a probability that is not a number in [0, 1] — is an error naming
+    the row and the field."""
     out = dict(row)
     k = int(row["votes_total"])
-    for key in row:
-        if "chosen" not in key:
+    for key, value in row.items():
+        if key == field_name:
             continue
-        partner = key.replace("chosen", "rejected")
-        if partner in row:
-            out[key], out[partner] = row[partner], row[key]
+        if key in CHOSEN_PROBABILITY_FIELDS:
+            if value is None:
+                continue
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, numbers.Real)
+                or not 0 <= value <= 1
+            ):
+                raise ValueError(
+                    f"{where}, field '{key}': expected a probability in [0, 1] to mirror, got "
+                    f"{value!r}"
+                )
+            out[key] = 1 - value
         elif key == "votes_chosen":
-            out[key] = k - int(row[key])
-        elif key == "p_chosen" and isinstance(row[key], numbers.Real):
-            out[key] = 1 - row[key]
-        else:
-            raise ValueError(
-                f"{where}, field '{key}': cannot relabel a pair with this field (no "
-                f"'{partner}' to swap it with)"
+            out[key] = k - int(value)
+        elif key == "votes":
+            if not isinstance(value, list) or any(x not in (0, 1) for x in value):
+                raise ValueError(f"{where}, field 'votes': expected a list of 0/1 votes to mirror")
+            out[key] = [1 - int(x) for x in value]  # True/False count as 1/0, as in reward data
+        elif "chosen" in key or "rejected" in key:
+            partner = (
+                key.replace("chosen", "rejected")
+                if "chosen" in key
+                else key.replace("rejected", "chosen")
             )
+            if partner not in row:
+                raise ValueError(
+                    f"{where}, field '{key}': cannot relabel a pair with this field (no "
+                    f"'{partner}' to swap it with)"
+                )
+            out[key] = row[partner]
     out["relabelled"] = True
     return out
 
@@ -148,20 +178,40 @@ def add_vote_confidence(
         }
     else:
         conf = vote_confidence(votes, totals, prior=prior).tolist()
-    out, n_relabelled = [], 0
+    out, n_relabelled, bad = [], 0, []
     for i, (row, c) in enumerate(zip(rows, conf, strict=True)):
         new = {k: v for k, v in row.items() if k not in (ROW_KEY, FILE_KEY)}
-        if relabel and c < 0.5:
-            new = _relabelled(new, _where(row, i))
+        if relabel and c < 0.5:  # an exact tie (q̂ = ½) keeps its label
+            try:
+                new = _relabelled(new, _where(row, i), field_name)
+            except ValueError as e:
+                bad.append(str(e))
+                continue
             c = 1 - c
             n_relabelled += 1
         new[field_name] = c
         out.append(new)
+    if bad:
+        more = f"\n  … and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+        raise ValueError(
+            f"{len(bad)} of {len(rows)} rows cannot be relabelled:\n  "
+            + "\n  ".join(bad[:MAX_LISTED])
+            + more
+        )
+    warnings = []
+    if prior == "empirical" and (max(totals) <= 2 or len(totals) < MIN_ROWS_EMPIRICAL):
+        warnings.append(
+            f"{len(totals)} rows with at most {max(totals)} votes each say little about the "
+            "prior's shape: the empirical prior stays near its uniform start and its "
+            "posteriors are arbitrary; consider --prior uniform"
+        )
     summary = VoteConfidenceSummary(
         rows=len(out),
         prior=prior,
         relabelled=n_relabelled,
         mean_confidence=sum(r[field_name] for r in out) / len(out),
+        field_name=field_name,
+        warnings=warnings,
         prior_mass=mass,
     )
     return out, summary

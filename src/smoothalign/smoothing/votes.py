@@ -25,12 +25,17 @@ PRIORS = ("uniform", "empirical")
 
 
 def _counts(votes: ArrayLike, totals: ArrayLike) -> tuple[Tensor, Tensor]:
-    v = as_tensor(votes, "votes").to(torch.float64)
-    k = as_tensor(totals, "totals").to(torch.float64)
+    v = as_tensor(votes, "votes")
+    k = as_tensor(totals, "totals")
+    if v.dtype == torch.bool or k.dtype == torch.bool:
+        raise ValueError("votes, totals: expected counts, got booleans")
+    v, k = v.to(torch.float64), k.to(torch.float64)
     if k.dim() == 0:
         k = k.expand_as(v)
     check_vector(v, "votes")
     check_vector(k, "totals")
+    if v.numel() == 0:
+        raise ValueError("votes: no pairs")
     if v.shape != k.shape:
         raise ValueError(f"votes and totals: shapes differ, {tuple(v.shape)} vs {tuple(k.shape)}")
     if not torch.all(torch.isfinite(v) & torch.isfinite(k)):
@@ -52,16 +57,24 @@ def fit_vote_prior(
 ) -> tuple[Tensor, Tensor]:
     """The empirical-Bayes prior over ``q``: ``(support [G], weights [G])`` on the grid
     ``q_g = g / (G + 1)``, ``g = 1..G``, maximising ``Σ_i log Σ_g w_g · Bin(v_i; K_i, q_g)``
-    by EM (each iteration raises the likelihood; the weights stay a distribution)."""
+    by EM (each iteration raises the likelihood; the weights stay a distribution). Pairs
+    with the same ``(v, K)`` have the same posterior, so EM runs on the distinct counts with
+    their multiplicities: its cost does not grow with the number of pairs.
+
+    With one or two votes per pair (or very few pairs) the counts say little about the
+    prior's shape: the fit is then close to its uniform start, and the uniform prior is the
+    honest choice."""
     v, k = _counts(votes, totals)
     if grid < 1 or iterations < 1:
         raise ValueError(f"grid and iterations: must be >= 1, got {grid}, {iterations}")
+    pairs, multiplicity = torch.unique(torch.stack([v, k], 1), dim=0, return_counts=True)
+    share = multiplicity.to(torch.float64) / v.numel()
     support = torch.arange(1, grid + 1, dtype=torch.float64) / (grid + 1)
-    log_lik = _log_binomial_likelihood(v, k, support)  # [N, G]
+    log_lik = _log_binomial_likelihood(pairs[:, 0], pairs[:, 1], support)  # [U, G]
     weights = torch.full((grid,), 1.0 / grid, dtype=torch.float64)
     for _ in range(iterations):
         post = torch.softmax(log_lik + weights.clamp_min(1e-300).log(), dim=1)
-        weights = post.mean(0)
+        weights = share @ post
     return support, weights
 
 
@@ -80,12 +93,21 @@ def vote_confidence(
 
 
 def posterior_mean(votes: ArrayLike, totals: ArrayLike, support: Tensor, weights: Tensor) -> Tensor:
-    """``E[q_i | v_i]`` ``[N]`` under the discrete prior ``weights`` on ``support``."""
+    """``E[q_i | v_i]`` ``[N]`` under the discrete prior ``weights`` on ``support``
+    (computed once per distinct ``(v, K)``)."""
     v, k = _counts(votes, totals)
+    if support.shape != weights.shape or support.dim() != 1:
+        raise ValueError(
+            f"support and weights: expected two vectors of one length, got "
+            f"{tuple(support.shape)} and {tuple(weights.shape)}"
+        )
+    pairs, index = torch.unique(torch.stack([v, k], 1), dim=0, return_inverse=True)
     post = torch.softmax(
-        _log_binomial_likelihood(v, k, support) + weights.clamp_min(1e-300).log(), dim=1
+        _log_binomial_likelihood(pairs[:, 0], pairs[:, 1], support)
+        + weights.clamp_min(1e-300).log(),
+        dim=1,
     )
-    return post @ support
+    return (post @ support)[index]
 
 
 def _log_binomial_likelihood(v: Tensor, k: Tensor, support: Tensor) -> Tensor:
