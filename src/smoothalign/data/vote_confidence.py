@@ -63,6 +63,17 @@ def _count(value: Any) -> int | None:
     return int(v) if math.isfinite(v) and v == int(v) else None
 
 
+def _raise_if_bad(bad: list[str], n_rows: int, what: str) -> None:
+    """One ``ValueError`` naming every bad row (the first ``MAX_LISTED``), if there are any."""
+    if bad:
+        more = f"\n  … and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+        raise ValueError(
+            f"{len(bad)} of {n_rows} rows cannot be {what}:\n  "
+            + "\n  ".join(bad[:MAX_LISTED])
+            + more
+        )
+
+
 def _check_votes(rows: Sequence[Any], field_name: str, overwrite: bool) -> list[tuple[int, int]]:
     counts, bad = [], []
     for i, row in enumerate(rows):
@@ -87,13 +98,7 @@ def _check_votes(rows: Sequence[Any], field_name: str, overwrite: bool) -> list[
             )
         else:
             counts.append((v, k))
-    if bad:
-        more = f"\n  … and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
-        raise ValueError(
-            f"{len(bad)} of {len(rows)} rows cannot be used:\n  "
-            + "\n  ".join(bad[:MAX_LISTED])
-            + more
-        )
+    _raise_if_bad(bad, len(rows), "used")
     return counts
 
 
@@ -191,13 +196,7 @@ def add_vote_confidence(
             n_relabelled += 1
         new[field_name] = c
         out.append(new)
-    if bad:
-        more = f"\n  … and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
-        raise ValueError(
-            f"{len(bad)} of {len(rows)} rows cannot be relabelled:\n  "
-            + "\n  ".join(bad[:MAX_LISTED])
-            + more
-        )
+    _raise_if_bad(bad, len(rows), "relabelled")
     warnings = []
     if prior == "empirical" and (max(totals) <= 2 or len(totals) < MIN_ROWS_EMPIRICAL):
         warnings.append(

@@ -42,6 +42,19 @@ import torch
 from smoothalign.calibration import calibration_summary
 from smoothalign.eval.mc_tasks import LETTERS
 
+
+def _left_padded(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, ...]:
+    """``(input_ids, attention_mask, position_ids)`` ``[B, L]`` of ``seqs`` left-padded to the
+    longest, positions counting from 0 at each sequence's first real token."""
+    L = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), L), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for b, x in enumerate(seqs):
+        ids[b, L - len(x) :] = torch.tensor(x)
+        mask[b, L - len(x) :] = 1
+    return ids, mask, (mask.cumsum(-1) - 1).clamp_(min=0)
+
+
 __all__ = [
     "MCScores",
     "letter_token_ids",
@@ -325,14 +338,7 @@ def _option_means_cached(
         for start in range(0, len(order), batch_size):
             group = order[start : start + batch_size]
             # 1. the prompts, once each
-            P = max(len(prompt_ids[i]) for i in group)
-            ids = torch.full((len(group), P), pad, dtype=torch.long)
-            mask = torch.zeros((len(group), P), dtype=torch.long)
-            for g, i in enumerate(group):
-                n = len(prompt_ids[i])
-                ids[g, P - n :] = torch.tensor(prompt_ids[i])
-                mask[g, P - n :] = 1
-            position_ids = (mask.cumsum(-1) - 1).clamp_(min=0)
+            ids, mask, position_ids = _left_padded([prompt_ids[i] for i in group], pad)
             out = model(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
@@ -506,15 +512,8 @@ def _batches(
     with tqdm(total=len(seqs), desc=desc, unit="seq", disable=not progress, leave=False) as bar:
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            L = max(len(seqs[i]) for i in rows)
             K = max(keep[i] for i in rows)
-            ids = torch.full((len(rows), L), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), L), dtype=torch.long)
-            for b, i in enumerate(rows):
-                n = len(seqs[i])
-                ids[b, L - n :] = torch.tensor(seqs[i])
-                mask[b, L - n :] = 1
-            position_ids = (mask.cumsum(-1) - 1).clamp_(min=0)
+            ids, mask, position_ids = _left_padded([seqs[i] for i in rows], pad)
             kwargs = {"logits_to_keep": K} if use_keep else {}
             out = model(
                 input_ids=ids.to(device),
