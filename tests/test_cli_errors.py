@@ -61,3 +61,11 @@ def test_a_bug_is_not_disguised_as_bad_input(monkeypatch, tmp_path):
     monkeypatch.setattr(dpo_run, "run_dpo", broken)
     with pytest.raises(RuntimeError, match="internal bug"):
         main(["dpo", "--output-dir", str(tmp_path)])
+
+
+def test_a_command_group_alone_prints_its_own_commands(capsys):
+    assert main(["data"]) == 2
+    out = capsys.readouterr().out
+    assert "confidence" in out and "rank-calibrate" not in out
+    assert main([]) == 2
+    assert "rank-calibrate" in capsys.readouterr().out

@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
             prefix = path[:depth]
             if prefix not in parents:
                 sub = groups[prefix[:-1]].add_parser(prefix[-1], help=f"{prefix[-1]} commands")
+                sub.set_defaults(_help=sub.print_help)  # `smoothalign study`: the group's help
                 parents[prefix] = sub
                 groups[prefix] = sub.add_subparsers(dest=f"sub_{depth}", metavar="COMMAND")
         leaf = groups[path[:-1]].add_parser(
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     module = getattr(args, "_module", None)
     if module is None:
-        parser.print_help()
+        getattr(args, "_help", parser.print_help)()
         return 2
     try:
         return int(importlib.import_module(module).run(args) or 0)
