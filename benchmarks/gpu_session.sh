@@ -13,7 +13,8 @@
 # target, then β = 0 at each shape; its errors against float32 are the GPU correctness
 # check) → dpo (one DPO step, one process per row: ours fused, TRL + Liger, TRL, ours
 # materialised) → pytest (the tests that run compiled only with CUDA: the Triton kernel
-# tests and the CUDA policy tests). SMOOTHALIGN_GPU_STEPS="lce dpo" runs a subset.
+# tests and the CUDA policy tests). SMOOTHALIGN_GPU_STEPS="lce dpo" runs a subset; "tune"
+# (opt-in) sweeps block sizes first; SMOOTHALIGN_GPU_DPO picks DPO rows.
 #
 # Everything lands in $OUT (else benchmarks/results/): session.log (all output),
 # linear_cross_entropy.json, dpo_step.json and summary.md (Markdown for docs/results.md,
@@ -129,6 +130,23 @@ EOF
     sha256sum src/smoothalign/kernels/*.py benchmarks/*.py 2>/dev/null | sed 's/^/sha256 /'
 fi
 
+# ------------------------------------------------------------- block-size sweep (opt-in)
+# SMOOTHALIGN_GPU_STEPS="env tune lce ..." : time a few block configurations per shape and
+# export the fastest (SMOOTHALIGN_LCE_FWD/BWD) for the steps after it; see lce_tune.py
+if want tune; then
+    banner "tune: Triton block sizes (lce_tune.py), the fastest exported for later steps"
+    if [ "$MODE" = gpu ]; then
+        if run 200 "$PY" benchmarks/lce_tune.py --json "$RES/lce_tune.json" \
+            --export "$RES/lce_best.env"; then
+            . "$RES/lce_best.env"
+            echo "later steps use SMOOTHALIGN_LCE_FWD=$SMOOTHALIGN_LCE_FWD" \
+                "SMOOTHALIGN_LCE_BWD=$SMOOTHALIGN_LCE_BWD"
+        fi
+    else
+        echo "skipped: needs CUDA"
+    fi
+fi
+
 # ------------------------------------------------------------------- kernel benchmark
 if want lce; then
     banner "lce: linear cross-entropy benchmark (β = 0.1 first; errors vs float32)"
@@ -151,8 +169,18 @@ if want dpo; then
         rm -f "$RES/dpo_step.json"
         small=()
         [ "$MODE" = dry ] && small=(--device cpu --small)
-        for row in "smoothalign (CALS, fused log-probs)" "TRL DPOTrainer + use_liger_kernel" \
-            "TRL DPOTrainer" "smoothalign (CALS, materialised logits)"; do
+        # SMOOTHALIGN_GPU_DPO: which rows (ours-fused trl-liger trl ours-materialised)
+        rows=()
+        for key in ${SMOOTHALIGN_GPU_DPO:-ours-fused trl-liger trl ours-materialised}; do
+            case $key in
+            ours-fused) rows+=("smoothalign (CALS, fused log-probs)") ;;
+            trl-liger) rows+=("TRL DPOTrainer + use_liger_kernel") ;;
+            trl) rows+=("TRL DPOTrainer") ;;
+            ours-materialised) rows+=("smoothalign (CALS, materialised logits)") ;;
+            *) echo "!! SMOOTHALIGN_GPU_DPO: unknown row $key" ;;
+            esac
+        done
+        for row in "${rows[@]}"; do
             run 90 "$PY" benchmarks/dpo_step.py "${small[@]}" --only "$row" --append \
                 --json "$RES/dpo_step.json"
         done

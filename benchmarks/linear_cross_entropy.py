@@ -156,6 +156,17 @@ def _rel(x, ref) -> float:
     return float((x - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
 
 
+def make_inputs(n: int, d: int, v: int, device, dtype, seed: int = 0):
+    """Hidden states ``[n, d]``, a head ``[v, d]`` with unit-variance logits, and targets
+    with the first tenth ignored (a prompt's worth of tokens)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    e0 = torch.randn(n, d, generator=g).to(device, dtype)
+    c0 = (torch.randn(v, d, generator=g) / d**0.5).to(device, dtype)
+    t = torch.randint(0, v, (n,), generator=g).to(device)
+    t[: n // 10] = -100
+    return e0, c0, t
+
+
 def run(args, on_row=None) -> list[dict]:
     """Measure every (shape, β, implementation); ``on_row(rows)`` after each row."""
     device = args.device
@@ -164,11 +175,7 @@ def run(args, on_row=None) -> list[dict]:
     impls = implementations(device, args.small)
     rows = []
     for n, d, v in shapes:
-        g = torch.Generator(device="cpu").manual_seed(0)
-        e0 = (torch.randn(n, d, generator=g) * 1.0).to(device, dtype)
-        c0 = (torch.randn(v, d, generator=g) / d**0.5).to(device, dtype)
-        t = torch.randint(0, v, (n,), generator=g).to(device)
-        t[: n // 10] = -100  # a prompt's worth of ignored tokens
+        e0, c0, t = make_inputs(n, d, v, device, dtype)
         grad_bytes = (n * d + v * d) * e0.element_size()
         for beta in args.betas:
             ref = measure(_reference, e0, c0, t, beta, device, 0, 1)

@@ -302,7 +302,7 @@ def _bwd_kernel(
         th = z / softcap
         d = d * (1.0 - th * th)
     if COMPUTE_DBIAS:
-        tl.atomic_add(dBias + offs_v, tl.sum(d, 0), mask=v_mask)
+        tl.atomic_add(dBias + offs_v, tl.sum(d, 0), mask=v_mask, sem="relaxed")
     d_lp = d.to(E.dtype.element_ty)
     if UPCAST:
         d_lp = d_lp.to(tl.float32)
@@ -322,6 +322,7 @@ def _bwd_kernel(
                 dE + offs_n[:, None] * stride_den + offs_d[None, :],
                 de,
                 mask=n_mask[:, None] & d_mask[None, :],
+                sem="relaxed",
             )
         if COMPUTE_DC:
             e = tl.load(
@@ -336,6 +337,7 @@ def _bwd_kernel(
                 dC + offs_v[:, None] * stride_dcv + offs_d[None, :],
                 dc.to(dC.dtype.element_ty),
                 mask=v_mask[:, None] & d_mask[None, :],
+                sem="relaxed",
             )
 
 
@@ -424,6 +426,15 @@ def _forward(e, c, bias, targets, beta, ignore_index, softcap):
     return loss, lse
 
 
+def _mean_row(c: Tensor, rows: int = 2048) -> Tensor:
+    """``c.mean(0)`` in float32, summed ``rows`` rows at a time so that no temporary is
+    larger than ``rows × D`` (the memory target leaves a few % of the gradients spare)."""
+    total = torch.zeros(c.shape[1], dtype=torch.float32, device=c.device)
+    for s in range(0, c.shape[0], rows):
+        total += c[s : s + rows].float().sum(0)
+    return total / c.shape[0]
+
+
 def _backward(
     e, c, bias, targets, lse, g, beta, softcap, filter_eps, need, accum_c_fp32, de_chunk_rows
 ):
@@ -450,7 +461,7 @@ def _backward(
     if need_b:
         db = torch.full((v,), -(beta / v) * float(g.sum()) if rank_one else 0.0, device=e.device)
         db = db.float()
-    c_mean = c.sum(0, dtype=torch.float32) / v if (need_e and rank_one) else None
+    c_mean = _mean_row(c) if (need_e and rank_one) else None
     de_out = torch.empty_like(e) if need_e else None
     if de_chunk_rows is None:
         de_chunk_rows = max(bn * 8, (DE_CHUNK_BYTES // (4 * d)) // bn * bn)

@@ -1,0 +1,122 @@
+"""Block sizes for the Triton linear cross-entropy on a new GPU: a small sweep, timed.
+
+    python benchmarks/lce_tune.py --json out.json --export best.env
+
+For each of the benchmark's shapes (bf16, β = 0.1 by default) it times the forward alone
+for each candidate forward configuration, then forward + backward for each candidate
+backward configuration (with the default forward), CUDA events, median of ``--repeats``
+after 2 warm-up runs. A configuration that fails to compile or run is recorded as failed.
+``--export`` writes ``SMOOTHALIGN_LCE_FWD``/``SMOOTHALIGN_LCE_BWD`` lines for the
+configuration with the least total time over the shapes (``source`` it before the
+benchmark). Last, the default configuration without gradient filtering, with its errors
+against float32, shows what filtering trades.
+Configurations are ``BLOCK_N,BLOCK_V,BLOCK_D,num_warps,num_stages``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from pathlib import Path
+
+import torch
+
+from linear_cross_entropy import SHAPES, _reference, _rel, make_inputs
+
+FWD = ["128,128,64,8,3", "128,128,64,8,4", "128,256,64,8,3", "256,128,64,8,3",
+       "128,128,128,8,3", "64,128,64,4,4", "128,64,64,4,4"]  # fmt: skip
+BWD = ["128,128,64,8,3", "128,128,32,8,3", "128,128,64,8,4", "64,128,64,4,3",
+       "128,64,64,4,3", "128,128,128,8,2"]  # fmt: skip
+
+
+def _time(fn, repeats: int) -> float:
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json", required=True)
+    p.add_argument("--export", help="write the fastest configuration as shell exports")
+    args = p.parse_args(argv)
+    from smoothalign.kernels.triton_lce import triton_token_losses
+
+    rows: list[dict] = []
+
+    def save():
+        Path(args.json).write_text(json.dumps({"gpu": torch.cuda.get_device_name(),
+                                               "rows": rows}, indent=1))  # fmt: skip
+
+    for n, d, v in SHAPES:
+        e0, c0, t = make_inputs(n, d, v, "cuda", torch.bfloat16)
+        e, c = e0.clone().requires_grad_(), c0.clone().requires_grad_()
+
+        def fwd():
+            with torch.no_grad():
+                triton_token_losses(e0, c0, t, beta=args.beta).sum()
+
+        n_valid = int((t != -100).sum())
+
+        def fwd_bwd(eps="auto"):  # the mean over non-ignored tokens, as F.cross_entropy
+            e.grad = c.grad = None
+            losses = triton_token_losses(e, c, t, beta=args.beta, filter_eps=eps)
+            (losses.sum() / n_valid).backward()
+
+        for kind, configs, fn in (("fwd", FWD, fwd), ("bwd", BWD, fwd_bwd)):
+            for cfg in configs:
+                os.environ[f"SMOOTHALIGN_LCE_{kind.upper()}"] = cfg
+                row = {"N": n, "D": d, "V": v, "kind": kind, "config": cfg}
+                try:
+                    row.update(ms=_time(fn, args.repeats), status="ok")
+                except Exception as ex:  # a configuration that does not compile or fit
+                    row.update(status="failed", note=f"{type(ex).__name__}: {ex}"[:160])
+                os.environ.pop(f"SMOOTHALIGN_LCE_{kind.upper()}")
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+                save()
+        # what filtering trades: the default configuration without it, errors vs float32
+        ref = (e0.float().detach().requires_grad_(), c0.float().detach().requires_grad_())
+        loss_ref = _reference(ref[0], ref[1], t, args.beta)
+        loss_ref.backward()
+        for eps in ("auto", None):
+            row = {"N": n, "D": d, "V": v, "kind": "filter", "config": str(eps)}
+            row["ms"] = _time(lambda eps=eps: fwd_bwd(eps), args.repeats)
+            fwd_bwd(eps)
+            row["de_rel_err"] = _rel(e.grad.float(), ref[0].grad)
+            row["dc_rel_err"] = _rel(c.grad.float(), ref[1].grad)
+            row["status"] = "ok"
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            save()
+        del e, c, e0, c0, ref, loss_ref
+        torch.cuda.empty_cache()
+    if args.export:
+        lines = []
+        for kind in ("fwd", "bwd"):
+            totals = {}
+            for r in rows:
+                if r["kind"] == kind:
+                    ok = r["status"] == "ok"
+                    totals[r["config"]] = totals.get(r["config"], 0.0) + (r["ms"] if ok else 1e9)
+            best = min(totals, key=totals.get)
+            lines.append(f"export SMOOTHALIGN_LCE_{kind.upper()}={best}  # {totals[best]:.1f} ms")
+        Path(args.export).write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
