@@ -42,7 +42,11 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISA
 export TOKENIZERS_PARALLELISM=false WANDB_DISABLED=true
 START=$SECONDS
 PROBLEMS=()
-COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+# the device's copy of .git can be older than the tree it runs (seen 2026-11-26): pass the
+# commit in (SMOOTHALIGN_GPU_COMMIT=abc1234 bash benchmarks/gpu_session.sh); the sha256
+# lines of the env step identify the code either way
+COMMIT=${SMOOTHALIGN_GPU_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+[ -z "${SMOOTHALIGN_GPU_COMMIT:-}" ] && COMMIT="$COMMIT (the device's git HEAD, may be stale)"
 DATE=$(date -u +%Y-%m-%dT%H:%MZ)
 
 left() { echo $((BUDGET - (SECONDS - START))); }

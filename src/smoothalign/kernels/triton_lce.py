@@ -45,9 +45,10 @@ adds, each adding an fp32 ``[BLOCK_V, BLOCK_D]`` product) otherwise — the memo
 (≤ 1.05× the gradients) rules out an fp32 ``[V, D]`` buffer; ``accum_c_fp32=True`` asks
 for it anyway.
 
-Block sizes: interpreter ``16×32×16``; CUDA forward ``BLOCK_N=128, BLOCK_V=128, BLOCK_D=64``
-(8 warps, 3 stages) for 16-bit inputs, ``BLOCK_D=32`` for float32; backward the same with
-``GROUP_N=8``. ``SMOOTHALIGN_LCE_FWD`` / ``SMOOTHALIGN_LCE_BWD`` = ``"BN,BV,BD,warps,stages"``
+Block sizes: interpreter ``16×32×16``; CUDA, 16-bit inputs: forward ``BLOCK_N=128,
+BLOCK_V=256, BLOCK_D=64`` (8 warps, 3 stages), backward ``64×128×64`` (4 warps, 3 stages,
+``GROUP_N=8``), the fastest of ``benchmarks/lce_tune.py``'s sweep on an H200; float32
+inputs ``64×64×32`` (4 warps, 2 stages) both ways. ``SMOOTHALIGN_LCE_FWD`` / ``SMOOTHALIGN_LCE_BWD`` = ``"BN,BV,BD,warps,stages"``
 override them (for tuning on a new GPU).
 
 Run on CPU tensors with ``TRITON_INTERPRET=1`` set before this module is imported.
@@ -352,7 +353,9 @@ def _config(kind: str, dtype: torch.dtype) -> tuple[int, int, int, int, int]:
         return 16, 32, 16, 1, 1
     if dtype == torch.float32:
         return 64, 64, 32, 4, 2
-    return 128, 128, 64, 8, 3
+    # 16-bit: the fastest of benchmarks/lce_tune.py's sweep over both benchmark shapes on an
+    # H200 (2026-11-26, docs/results.md): forward 128×256×64, backward 64×128×64
+    return (128, 256, 64, 8, 3) if kind == "fwd" else (64, 128, 64, 4, 3)
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
