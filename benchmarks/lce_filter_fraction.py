@@ -17,7 +17,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-
 from linear_cross_entropy import SHAPES, make_inputs
 
 

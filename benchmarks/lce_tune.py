@@ -8,8 +8,9 @@ backward configuration (with the default forward), CUDA events, median of ``--re
 after 2 warm-up runs. A configuration that fails to compile or run is recorded as failed.
 ``--export`` writes ``SMOOTHALIGN_LCE_FWD``/``SMOOTHALIGN_LCE_BWD`` lines for the
 configuration with the least total time over the shapes (``source`` it before the
-benchmark). Last, the default configuration without gradient filtering, with its errors
-against float32, shows what filtering trades.
+benchmark). Last, the default configuration with gradient filtering, without it, and with
+the experimental ``block_max`` backward, each with its errors against float32, shows what
+filtering trades.
 Configurations are ``BLOCK_N,BLOCK_V,BLOCK_D,num_warps,num_stages``.
 """
 
@@ -22,7 +23,6 @@ import statistics
 from pathlib import Path
 
 import torch
-
 from linear_cross_entropy import SHAPES, _reference, _rel, make_inputs
 
 FWD = ["128,128,64,8,3", "128,128,64,8,4", "128,256,64,8,3", "256,128,64,8,3",
@@ -45,6 +45,60 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def tune_shape(n: int, d: int, v: int, args, record) -> None:
+    """Time every candidate at one shape; ``record(row)`` after each."""
+    from smoothalign.kernels.triton_lce import triton_token_losses
+
+    e0, c0, t = make_inputs(n, d, v, "cuda", torch.bfloat16)
+    e, c = e0.clone().requires_grad_(), c0.clone().requires_grad_()
+    n_valid = int((t != -100).sum())
+
+    def fwd():
+        with torch.no_grad():
+            triton_token_losses(e0, c0, t, beta=args.beta).sum()
+
+    def fwd_bwd(eps="auto", block_max=False):  # the mean over non-ignored tokens
+        e.grad = c.grad = None
+        losses = triton_token_losses(e, c, t, beta=args.beta, filter_eps=eps, block_max=block_max)
+        (losses.sum() / n_valid).backward()
+
+    for kind, configs, fn in (("fwd", FWD, fwd), ("bwd", BWD, fwd_bwd)):
+        for cfg in configs:
+            os.environ[f"SMOOTHALIGN_LCE_{kind.upper()}"] = cfg
+            row = {"N": n, "D": d, "V": v, "kind": kind, "config": cfg}
+            try:
+                row.update(ms=_time(fn, args.repeats), status="ok")
+            except Exception as ex:  # a configuration that does not compile or fit
+                row.update(status="failed", note=f"{type(ex).__name__}: {ex}"[:160])
+            os.environ.pop(f"SMOOTHALIGN_LCE_{kind.upper()}")
+            record(row)
+    # what filtering trades: the default configuration without it, errors vs float32
+    ref_e = e0.float().requires_grad_()
+    ref_c = c0.float().requires_grad_()
+    _reference(ref_e, ref_c, t, args.beta).backward()
+    for eps, bm in (("auto", False), (None, False), ("auto", True)):
+        config = str(eps) + (" + block max" if bm else "")
+        row = {"N": n, "D": d, "V": v, "kind": "filter", "config": config}
+        row["ms"] = _time(lambda eps=eps, bm=bm: fwd_bwd(eps, bm), args.repeats)
+        fwd_bwd(eps, bm)
+        row["de_rel_err"] = _rel(e.grad.float(), ref_e.grad)
+        row["dc_rel_err"] = _rel(c.grad.float(), ref_c.grad)
+        row["status"] = "ok"
+        record(row)
+
+
+def fastest(rows: list[dict], kind: str) -> tuple[str, float]:
+    """The configuration of ``kind`` with the least time summed over the shapes (a failed
+    row counts as never finishing)."""
+    totals: dict[str, float] = {}
+    for r in rows:
+        if r["kind"] == kind:
+            ms = r["ms"] if r["status"] == "ok" else float("inf")
+            totals[r["config"]] = totals.get(r["config"], 0.0) + ms
+    best = min(totals, key=totals.get)
+    return best, totals[best]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--beta", type=float, default=0.1)
@@ -52,67 +106,22 @@ def main(argv=None) -> int:
     p.add_argument("--json", required=True)
     p.add_argument("--export", help="write the fastest configuration as shell exports")
     args = p.parse_args(argv)
-    from smoothalign.kernels.triton_lce import triton_token_losses
-
     rows: list[dict] = []
 
-    def save():
-        Path(args.json).write_text(json.dumps({"gpu": torch.cuda.get_device_name(),
-                                               "rows": rows}, indent=1))  # fmt: skip
+    def record(row):
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        doc = {"gpu": torch.cuda.get_device_name(), "rows": rows}
+        Path(args.json).write_text(json.dumps(doc, indent=1))
 
     for n, d, v in SHAPES:
-        e0, c0, t = make_inputs(n, d, v, "cuda", torch.bfloat16)
-        e, c = e0.clone().requires_grad_(), c0.clone().requires_grad_()
-
-        def fwd():
-            with torch.no_grad():
-                triton_token_losses(e0, c0, t, beta=args.beta).sum()
-
-        n_valid = int((t != -100).sum())
-
-        def fwd_bwd(eps="auto"):  # the mean over non-ignored tokens, as F.cross_entropy
-            e.grad = c.grad = None
-            losses = triton_token_losses(e, c, t, beta=args.beta, filter_eps=eps)
-            (losses.sum() / n_valid).backward()
-
-        for kind, configs, fn in (("fwd", FWD, fwd), ("bwd", BWD, fwd_bwd)):
-            for cfg in configs:
-                os.environ[f"SMOOTHALIGN_LCE_{kind.upper()}"] = cfg
-                row = {"N": n, "D": d, "V": v, "kind": kind, "config": cfg}
-                try:
-                    row.update(ms=_time(fn, args.repeats), status="ok")
-                except Exception as ex:  # a configuration that does not compile or fit
-                    row.update(status="failed", note=f"{type(ex).__name__}: {ex}"[:160])
-                os.environ.pop(f"SMOOTHALIGN_LCE_{kind.upper()}")
-                print(json.dumps(row), flush=True)
-                rows.append(row)
-                save()
-        # what filtering trades: the default configuration without it, errors vs float32
-        ref = (e0.float().detach().requires_grad_(), c0.float().detach().requires_grad_())
-        loss_ref = _reference(ref[0], ref[1], t, args.beta)
-        loss_ref.backward()
-        for eps in ("auto", None):
-            row = {"N": n, "D": d, "V": v, "kind": "filter", "config": str(eps)}
-            row["ms"] = _time(lambda eps=eps: fwd_bwd(eps), args.repeats)
-            fwd_bwd(eps)
-            row["de_rel_err"] = _rel(e.grad.float(), ref[0].grad)
-            row["dc_rel_err"] = _rel(c.grad.float(), ref[1].grad)
-            row["status"] = "ok"
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-            save()
-        del e, c, e0, c0, ref, loss_ref
+        tune_shape(n, d, v, args, record)
         torch.cuda.empty_cache()
     if args.export:
         lines = []
         for kind in ("fwd", "bwd"):
-            totals = {}
-            for r in rows:
-                if r["kind"] == kind:
-                    ok = r["status"] == "ok"
-                    totals[r["config"]] = totals.get(r["config"], 0.0) + (r["ms"] if ok else 1e9)
-            best = min(totals, key=totals.get)
-            lines.append(f"export SMOOTHALIGN_LCE_{kind.upper()}={best}  # {totals[best]:.1f} ms")
+            best, total = fastest(rows, kind)
+            lines.append(f"export SMOOTHALIGN_LCE_{kind.upper()}={best}  # {total:.1f} ms")
         Path(args.export).write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
     return 0

@@ -59,6 +59,12 @@ def test_verdict_takes_cut_cross_entropy_at_beta_0_as_a_peer():
     assert len(correct) == 2 and all("→ PASS" in line for line in correct)
     rows[0]["dc_rel_err"] = 0.5
     assert any("β=0.1 correctness vs fp32 → FAIL" in x for x in bench.verdict(rows))
+    # a variant of ours gets its own lines and is never a peer
+    rows.append(row("smoothalign (block max)", 0.1, 30.0, 1.03))
+    lines = bench.verdict(rows)
+    mine = next(x for x in lines if "fastest peer" in x and "[smoothalign (block max)]" in x)
+    assert "fastest peer cce (β=0.0) 45.00 ms → PASS" in mine
+    assert not any("fastest peer smoothalign" in x for x in lines)
 
 
 def test_dpo_benchmark_gives_trl_the_same_token_ids_as_ours():
@@ -74,3 +80,20 @@ def test_dpo_benchmark_gives_trl_the_same_token_ids_as_ours():
         assert tok(texts["prompt"][i])["input_ids"] == prompt[i].tolist()
         assert texts["rejected"][i].endswith(tok.eos_token)
     assert tok.pad_token_id == 0 and isinstance(prompt, torch.Tensor)
+
+
+def test_tune_picks_the_least_total_time_and_never_a_failed_configuration():
+    import sys
+
+    sys.path.insert(0, str(BENCH.parent))  # lce_tune imports the benchmark as a module
+    tune = _load("lce_tune")
+    rows = [
+        dict(kind="fwd", config="a", status="ok", ms=10.0),
+        dict(kind="fwd", config="b", status="ok", ms=8.0),
+        dict(kind="fwd", config="a", status="ok", ms=10.0),
+        dict(kind="fwd", config="b", status="ok", ms=13.0),  # b wins one shape, loses the sum
+        dict(kind="bwd", config="c", status="failed"),
+        dict(kind="bwd", config="d", status="ok", ms=99.0),
+    ]
+    assert tune.fastest(rows, "fwd") == ("a", 20.0)
+    assert tune.fastest(rows, "bwd") == ("d", 99.0)

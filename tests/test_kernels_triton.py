@@ -206,3 +206,57 @@ def test_filter_eps_resolution(lce):
     assert lce.resolve_filter_eps(None, torch.bfloat16) is None
     with pytest.raises(ValueError, match="filter_eps"):
         lce.resolve_filter_eps(-1.0, torch.bfloat16)
+
+
+@here
+def test_forward_block_maxima(lce):
+    """``block_max``: the forward stores each token's largest logit per vocabulary block."""
+    e, c, b, t = _inputs(torch.float32, bias=True)
+    with torch.no_grad():
+        _, _, bmax = lce._forward(e, c, b, t, 0.0, -100, None, store_bmax=True)
+    bv = lce._config("fwd", e.dtype)[1]
+    z = (e.double() @ c.double().T + b.double()).T  # [V, N]
+    blocks = torch.nn.functional.pad(z, (0, 0, 0, -V % bv), value=float("-inf"))
+    want = blocks.view(-1, bv, N).amax(1)
+    assert bmax.shape == want.shape
+    got = bmax.double()
+    # bf16: within one unit in the last place, and the backward's widening covers it
+    torch.testing.assert_close(got, want, rtol=2**-7, atol=1e-6)
+    assert bool((got + got.abs() * 2**-7 + 1e-6 >= want).all())
+
+
+@pytest.mark.parametrize("fwd_blocks", ["same", "twice"])
+@pytest.mark.parametrize("peaked", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@here
+def test_block_maxima_skip_changes_nothing_measurable(lce, dtype, peaked, fwd_blocks, monkeypatch):
+    """Skipping blocks before their recompute gives the in-block filter's gradient (or a
+    closer one): it keeps every target (even one with negligible softmax), every block with
+    a softmax entry above the threshold, and the β terms. "twice": the forward's vocabulary
+    blocks are two backward blocks wide (as on the GPU)."""
+    if fwd_blocks == "twice":
+        bn, bv, bd, w, st = lce._config("bwd", dtype)
+        monkeypatch.setenv("SMOOTHALIGN_LCE_FWD", f"{bn},{2 * bv},{bd},{w},{st}")
+    e, c, b, t = _inputs(dtype, scale=4.0 if peaked else 0.6)
+    if peaked:
+        with torch.no_grad():  # most blocks negligible …
+            idx = t.clamp(min=0)
+            c[idx] = (e * 0.5).to(c.dtype)
+            c[idx[:3]] = (-e[:3] * 0.5).to(c.dtype)  # … and three targets with softmax ≈ 0
+    eps = 2.0**-12
+    grads = {}
+    for name, kw in {
+        "exact": {"filter_eps": None},
+        "in-block": {"filter_eps": eps, "block_max": False},
+        "block max": {"filter_eps": eps, "block_max": True},
+    }.items():
+        from smoothalign.kernels.triton_lce import triton_token_losses
+
+        losses = triton_token_losses(e, c, t, beta=0.1, **kw)
+        grads[name] = torch.autograd.grad(losses.sum(), (e, c))
+    for x, y, z in zip(grads["exact"], grads["in-block"], grads["block max"], strict=True):
+        scale = float(x.abs().max())
+        err_block = float((x.float() - z.float()).abs().max())
+        err_in = float((x.float() - y.float()).abs().max())
+        assert err_block <= 2**-8 * scale
+        assert err_block <= err_in + 2**-8 * scale * 0.25

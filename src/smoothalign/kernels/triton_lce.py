@@ -56,6 +56,7 @@ Run on CPU tensors with ``TRITON_INTERPRET=1`` set before this module is importe
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -135,6 +136,7 @@ def _fwd_kernel(
     LSE_P,
     ZT_P,
     SZ_P,
+    BMAX,
     N,
     V,
     D,
@@ -151,6 +153,7 @@ def _fwd_kernel(
     HAS_BIAS: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr,
     SUM_Z: tl.constexpr,
+    STORE_BMAX: tl.constexpr,
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
@@ -203,7 +206,12 @@ def _fwd_kernel(
         if SUM_Z:
             sz += tl.sum(tl.where(v_mask[None, :], z, 0.0), 1)
         z = tl.where(v_mask[None, :], z, float("-inf"))
-        m_new = tl.maximum(m, tl.max(z, 1))
+        z_max = tl.max(z, 1)
+        if STORE_BMAX:  # each token's largest logit in this block, [V blocks, N]
+            tl.store(
+                BMAX + (v0 // BLOCK_V) * N + offs_n, z_max.to(BMAX.dtype.element_ty), mask=n_mask
+            )
+        m_new = tl.maximum(m, z_max)
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), 1)
         m = m_new
     tl.store(LSE_P + out, m + tl.log(s), mask=n_mask)
@@ -223,12 +231,16 @@ def _bwd_kernel(
     dE,
     dC,
     dBias,
+    BMAX,
     N,
     V,
     D,
     softcap,
     beta,
     filter_eps,
+    log_eps,
+    bmax_stride,
+    bmax_div,
     stride_en,
     stride_ed,
     stride_cv,
@@ -243,6 +255,7 @@ def _bwd_kernel(
     HAS_SOFTCAP: tl.constexpr,
     SMOOTH_IN_BLOCK: tl.constexpr,
     FILTER: tl.constexpr,
+    PREFILTER: tl.constexpr,
     COMPUTE_DE: tl.constexpr,
     COMPUTE_DC: tl.constexpr,
     COMPUTE_DBIAS: tl.constexpr,
@@ -264,6 +277,20 @@ def _bwd_kernel(
     if tl.max(tl.abs(g), 0) == 0.0:
         return
     t = tl.load(T + offs_n, mask=n_mask, other=-1)
+    lse = tl.load(LSE + offs_n, mask=n_mask, other=0.0)
+    if PREFILTER:  # noqa: SIM102 (a constexpr branch around a runtime test)
+        # skip before recomputing the logits: no live token's target is in this block and
+        # each live token's largest logit here (from the forward, rounded to bf16, so
+        # widened by 2⁻⁷ of itself) is below lse + log(filter_eps), so every softmax entry
+        # is below filter_eps: the blocks the in-block test below would skip, or fewer
+        bm = tl.load(BMAX + (pid_v // bmax_div) * bmax_stride + offs_n, mask=n_mask, other=0.0)
+        bm = bm.to(tl.float32)
+        v_lo = pid_v * BLOCK_V
+        live = g != 0.0
+        hot = live & (bm + tl.abs(bm) * 0.0078125 + 1e-6 >= lse + log_eps)
+        hit = live & (t >= v_lo) & (t < v_lo + BLOCK_V)
+        if tl.max((hot | hit).to(tl.int32), 0) == 0:
+            return
     offs_v = (pid_v * BLOCK_V + tl.arange(0, BLOCK_V)).to(tl.int64)
     v_mask = offs_v < V
     z = _logits_block(
@@ -288,7 +315,6 @@ def _bwd_kernel(
         DOT_PREC,
         UPCAST,
     )
-    lse = tl.load(LSE + offs_n, mask=n_mask, other=0.0)
     p = tl.exp(z - lse[:, None])
     d = p - tl.where(offs_v[None, :] == t[:, None], 1.0 - beta, 0.0)
     if SMOOTH_IN_BLOCK:
@@ -380,7 +406,9 @@ def _num_sms(device: torch.device) -> int:
     return 4
 
 
-def _forward(e, c, bias, targets, beta, ignore_index, softcap):
+def _forward(e, c, bias, targets, beta, ignore_index, softcap, store_bmax=False):
+    """Per-token loss and lse ``[N]``; with ``store_bmax`` also each token's largest logit
+    per forward vocabulary block, ``[V blocks, N]`` in bf16 (else None)."""
     n, d = e.shape
     v = c.shape[0]
     bn, bv, bd, warps, stages = _config("fwd", e.dtype)
@@ -392,6 +420,7 @@ def _forward(e, c, bias, targets, beta, ignore_index, softcap):
     lse_p = torch.empty(split, n, dtype=torch.float32, device=e.device)
     zt_p = torch.empty_like(lse_p)
     sz_p = torch.empty_like(lse_p) if beta > 0 else lse_p  # unused when SUM_Z is off
+    bmax = torch.empty(v_blocks, n, dtype=torch.bfloat16, device=e.device) if store_bmax else None
     extra = {} if _interpreting() else {"num_warps": warps, "num_stages": stages}
     _fwd_kernel[(n_blocks, split)](
         e,
@@ -401,6 +430,7 @@ def _forward(e, c, bias, targets, beta, ignore_index, softcap):
         lse_p,
         zt_p,
         sz_p,
+        bmax if bmax is not None else lse_p,
         n,
         v,
         d,
@@ -417,6 +447,7 @@ def _forward(e, c, bias, targets, beta, ignore_index, softcap):
         HAS_BIAS=bias is not None,
         HAS_SOFTCAP=softcap is not None,
         SUM_Z=beta > 0,
+        STORE_BMAX=bmax is not None,
         DOT_PREC=_dot_precision(e.dtype),
         UPCAST=_interpreting() and e.dtype != torch.float32,
         **extra,
@@ -426,7 +457,7 @@ def _forward(e, c, bias, targets, beta, ignore_index, softcap):
     loss = lse - (1.0 - beta) * zt
     if beta > 0:
         loss = loss - (beta / v) * sz_p.sum(0)
-    return loss, lse
+    return loss, lse, bmax
 
 
 def _mean_row(c: Tensor, rows: int = 2048) -> Tensor:
@@ -439,7 +470,19 @@ def _mean_row(c: Tensor, rows: int = 2048) -> Tensor:
 
 
 def _backward(
-    e, c, bias, targets, lse, g, beta, softcap, filter_eps, need, accum_c_fp32, de_chunk_rows
+    e,
+    c,
+    bias,
+    targets,
+    lse,
+    g,
+    beta,
+    softcap,
+    filter_eps,
+    need,
+    accum_c_fp32,
+    de_chunk_rows,
+    bmax=None,
 ):
     need_e, need_c, need_b = need
     n, d = e.shape
@@ -447,6 +490,10 @@ def _backward(
     bn, bv, bd, warps, stages = _config("bwd", e.dtype)
     rank_one = beta > 0 and softcap is None
     eps = None if (beta > 0 and softcap is not None) else filter_eps
+    # the forward's block maxima can skip a backward block only if it lies in one forward
+    # block (forward BLOCK_V a multiple of the backward's)
+    bv_fwd = _config("fwd", e.dtype)[1]
+    prefilter = bmax is not None and eps is not None and bv_fwd % bv == 0
     # buffers start at the closed-form rank-one part of the gradient (see the module doc)
     # the interpreter has no 16-bit atomic add: fp32 there (the bf16/fp16 path is GPU-only)
     fp32_c = accum_c_fp32 or c.dtype == torch.float32 or _interpreting()
@@ -489,12 +536,16 @@ def _backward(
             de_buf if de_buf is not None else gc,
             dc_buf if dc_buf is not None else gc,
             db if db is not None else gc,
+            bmax[:, s:] if prefilter else gc,
             rows,
             v,
             d,
             float(softcap) if softcap is not None else 1.0,
             float(beta),
             float(eps) if eps is not None else 0.0,
+            math.log(eps) if eps is not None else 0.0,
+            n,
+            bv_fwd // bv,
             e.stride(0),
             e.stride(1),
             c.stride(0),
@@ -509,6 +560,7 @@ def _backward(
             HAS_SOFTCAP=softcap is not None,
             SMOOTH_IN_BLOCK=beta > 0 and softcap is not None,
             FILTER=eps is not None,
+            PREFILTER=prefilter,
             COMPUTE_DE=need_e,
             COMPUTE_DC=need_c,
             COMPUTE_DBIAS=need_b,
@@ -526,17 +578,20 @@ class TritonLinearCrossEntropy(torch.autograd.Function):
     """Per-token smoothed cross-entropy ``[N]`` (float32), 0 at ignored tokens."""
 
     @staticmethod
-    def forward(ctx, e, c, bias, targets, beta, ignore_index, softcap, filter_eps, accum_c_fp32):
-        loss, lse = _forward(e, c, bias, targets, beta, ignore_index, softcap)
+    def forward(
+        ctx, e, c, bias, targets, beta, ignore_index, softcap, filter_eps, accum_c_fp32, block_max
+    ):
+        store = block_max and filter_eps is not None and any(ctx.needs_input_grad[:3])
+        loss, lse, bmax = _forward(e, c, bias, targets, beta, ignore_index, softcap, store)
         valid = targets != ignore_index
         loss = loss.masked_fill(~valid, 0.0)
-        ctx.save_for_backward(e, c, bias, targets, lse)
+        ctx.save_for_backward(e, c, bias, targets, lse, bmax)
         ctx.opts = (beta, ignore_index, softcap, filter_eps, accum_c_fp32)
         return loss
 
     @staticmethod
     def backward(ctx, grad):
-        e, c, bias, targets, lse = ctx.saved_tensors
+        e, c, bias, targets, lse, bmax = ctx.saved_tensors
         beta, ignore_index, softcap, filter_eps, accum_c_fp32 = ctx.opts
         g = grad.float().masked_fill(targets == ignore_index, 0.0).contiguous()
         de, dc, db = _backward(
@@ -552,8 +607,9 @@ class TritonLinearCrossEntropy(torch.autograd.Function):
             tuple(ctx.needs_input_grad[:3]),
             accum_c_fp32,
             DE_CHUNK_ROWS,
+            bmax,
         )
-        return de, dc, db, None, None, None, None, None, None
+        return de, dc, db, None, None, None, None, None, None, None
 
 
 def triton_token_losses(
@@ -567,8 +623,16 @@ def triton_token_losses(
     bias: Tensor | None = None,
     filter_eps: float | str | None = "auto",
     accum_c_fp32: bool = False,
+    block_max: bool | None = None,
 ) -> Tensor:
-    """Per-token losses ``[N]`` of ``e`` ``[N, D]`` against ``c`` ``[V, D]`` with the kernels."""
+    """Per-token losses ``[N]`` of ``e`` ``[N, D]`` against ``c`` ``[V, D]`` with the kernels.
+
+    ``block_max`` (experimental, off by default; ``None`` reads ``SMOOTHALIGN_LCE_BLOCKMAX``
+    = ``1``): the forward also stores each token's largest logit per vocabulary block
+    (bf16, ``N·V/BLOCK_V`` values), and the backward skips a filterable block before
+    recomputing its logits. Same gradient as the in-block filter or closer; not yet timed
+    on a GPU.
+    """
     if e.dtype != c.dtype:
         common = torch.promote_types(e.dtype, c.dtype)
         e, c = e.to(common), c.to(common)
@@ -582,6 +646,17 @@ def triton_token_losses(
         c = c.contiguous()
     targets = targets.contiguous()
     eps = resolve_filter_eps(filter_eps, e.dtype)
+    if block_max is None:
+        block_max = os.environ.get("SMOOTHALIGN_LCE_BLOCKMAX", "0") == "1"
     return TritonLinearCrossEntropy.apply(
-        e, c, bias, targets, float(beta), int(ignore_index), softcap, eps, accum_c_fp32
+        e,
+        c,
+        bias,
+        targets,
+        float(beta),
+        int(ignore_index),
+        softcap,
+        eps,
+        accum_c_fp32,
+        bool(block_max),
     )
