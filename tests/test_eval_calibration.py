@@ -110,7 +110,8 @@ class BigramLM(torch.nn.Module):
 
     def __init__(self, table: torch.Tensor):
         super().__init__()
-        self.table = torch.nn.Parameter(table.float(), requires_grad=False)
+        keep = table.dtype == torch.float64  # a float64 model stays one
+        self.table = torch.nn.Parameter(table if keep else table.float(), requires_grad=False)
 
     def forward(self, input_ids, attention_mask=None, logits_to_keep=0, **kwargs):
         logits = self.table[input_ids]
@@ -147,6 +148,20 @@ def test_letter_scorer_picks_the_forced_letter(tok):
     letters_logp = logp[[ord(c) for c in "ABCD"]]
     assert scored.letter_mass[0] == pytest.approx(np.exp(letters_logp).sum(), abs=1e-6)
     assert scored.truncated == [False, False]
+
+
+def test_letter_scorer_keeps_a_float64_model_in_float64(tok):
+    """Two letters 1e-9 apart in logit: float32 log-softmax cannot tell them apart."""
+    V = len(tok)
+    table = torch.zeros(V, V, dtype=torch.float64)
+    space = ord(" ")
+    table[space, ord("A")] = 20.0
+    table[space, ord("B")] = 20.0 + 1e-9
+    model = BigramLM(table)
+    scored = score_letters(model, tok, [build_prompt(_question(2, 0), "letter")], [2])
+    logp = _np_log_softmax(table[space].numpy())
+    assert scored.scores[0][1] - scored.scores[0][0] == pytest.approx(1e-9, rel=1e-4)
+    assert scored.scores[0] == pytest.approx(logp[[ord("A"), ord("B")]], abs=1e-12)
 
 
 def test_option_scorer_is_length_normalised_and_picks_the_forced_option(tok):

@@ -144,7 +144,7 @@ def score_letters(
     for rows, logits in _batches(
         model, tokenizer, seqs, [1] * len(seqs), batch_size, progress, desc
     ):
-        logp = torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()  # [B, V]
+        logp = _log_softmax(logits[:, -1]).cpu()  # [B, V], float64 for a float64 model
         picked = logp[:, index].double().numpy()  # [B, n_letters_max]
         for b, i in enumerate(rows):
             s = picked[b, : n_options[i]]
