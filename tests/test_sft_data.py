@@ -318,6 +318,22 @@ def test_text_and_plain_prompt_completion_rows_mix():
     assert report.examples[1].labels == [X, X, X, *byte_ids(" A"), EOS]
 
 
+def test_a_csv_mixes_text_and_prompt_completion_rows(tmp_path):
+    """A CSV cannot leave a cell out: the other form's empty cells do not make a row
+    ambiguous, but a row whose every form is empty is still an empty text."""
+    path = tmp_path / "mixed.csv"
+    path.write_text(
+        'text,prompt,completion\nlm text,,\n,Q:, A\n,,\n"t",,c\n', encoding="utf-8"
+    )
+    report = _validate(load_sft_rows(path), on_bad_rows="skip")
+    assert [e.row for e in report.examples] == [0, 1]
+    assert report.n_text_rows == 1
+    assert report.examples[0].input_ids == [*byte_ids("lm text"), EOS]
+    assert report.examples[1].labels == [X, X, X, *byte_ids(" A"), EOS]
+    got = [(b.row, b.field, b.code) for b in report.bad_rows]
+    assert got == [(2, "text", "empty_text"), (3, "text", "ambiguous_format")]
+
+
 BAD_TEXT_ROWS = [
     ({"text": "fine"}, None, None),
     ({"text": ""}, "text", "empty_text"),

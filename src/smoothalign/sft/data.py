@@ -17,7 +17,9 @@ Row formats (TRL's):
 A row holds one form: ``text`` beside ``prompt``/``completion``/``messages`` is
 ``ambiguous_format``. The two conversational forms may be mixed, and so may the plain ones
 (plain prompt/completion and ``text``); plain and conversational rows may not (the data
-set's format is its rows' majority, the others are ``mixed_formats``). Every other column is
+set's format is its rows' majority, the others are ``mixed_formats``). An empty string
+beside another form's field counts as absent, so a CSV can mix forms (its empty cells read
+as ""). Every other column is
 kept as metadata (``split`` = ``train``/``eval`` selects the evaluation rows).
 
 Nothing is dropped silently: ``on_bad_rows="error"`` raises a ``ValueError`` naming the
@@ -177,8 +179,11 @@ def _process_row(
     text_bos: Callable[[], bool],
 ) -> SFTExample:
     has_pc = row.get("prompt") is not None or row.get("completion") is not None
-    if row.get("text") is not None:
-        others = [name for name in TEXT_FIELDS[:3] if row.get(name) is not None]
+    # an empty string beside another form's field counts as absent: a CSV cannot leave a
+    # cell out, so a file mixing text and prompt/completion rows has "" in the other form
+    given = [name for name in TEXT_FIELDS[:3] if row.get(name) not in (None, "")]
+    if row.get("text") is not None and (row["text"] != "" or not given):
+        others = given
         if others:
             found = "/".join(f"'{name}'" for name in others)
             raise BadRowError(
