@@ -322,9 +322,7 @@ def test_a_csv_mixes_text_and_prompt_completion_rows(tmp_path):
     """A CSV cannot leave a cell out: the other form's empty cells do not make a row
     ambiguous, but a row whose every form is empty is still an empty text."""
     path = tmp_path / "mixed.csv"
-    path.write_text(
-        'text,prompt,completion\nlm text,,\n,Q:, A\n,,\n"t",,c\n', encoding="utf-8"
-    )
+    path.write_text('text,prompt,completion\nlm text,,\n,Q:, A\n,,\n"t",,c\n', encoding="utf-8")
     report = _validate(load_sft_rows(path), on_bad_rows="skip")
     assert [e.row for e in report.examples] == [0, 1]
     assert report.n_text_rows == 1
