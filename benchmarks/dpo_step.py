@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -274,6 +275,15 @@ def run_trl(args, shape, pairs, liger: bool, tmp: str):
     return {**_timed_steps(step, args.device, args.warmup, args.repeats), "tokens": n_tokens}
 
 
+def _with_block_max(fn):
+    """Run ``fn`` with the kernels' experimental ``block_max`` backward switched on."""
+    os.environ["SMOOTHALIGN_LCE_BLOCKMAX"] = "1"
+    try:
+        return fn()
+    finally:
+        os.environ.pop("SMOOTHALIGN_LCE_BLOCKMAX", None)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -299,6 +309,9 @@ def main(argv=None) -> int:
     pairs = make_pairs(args.pairs, args.prompt_len, args.response_len, shape["vocab_size"])
     runs = {
         "smoothalign (CALS, fused log-probs)": lambda tmp: run_ours(args, shape, pairs, True, tmp),
+        "smoothalign (CALS, fused log-probs, block max)": lambda tmp: _with_block_max(
+            lambda: run_ours(args, shape, pairs, True, tmp)
+        ),
         "smoothalign (CALS, materialised logits)": lambda tmp: run_ours(
             args, shape, pairs, False, tmp
         ),

@@ -173,11 +173,13 @@ if want dpo; then
         rm -f "$RES/dpo_step.json"
         small=()
         [ "$MODE" = dry ] && small=(--device cpu --small)
-        # SMOOTHALIGN_GPU_DPO: which rows (ours-fused trl-liger trl ours-materialised)
+        # SMOOTHALIGN_GPU_DPO: which rows (ours-fused ours-fused-bm trl-liger trl
+        # ours-materialised; ours-fused-bm: the experimental block_max backward)
         rows=()
-        for key in ${SMOOTHALIGN_GPU_DPO:-ours-fused trl-liger trl ours-materialised}; do
+        for key in ${SMOOTHALIGN_GPU_DPO:-ours-fused ours-fused-bm trl-liger trl ours-materialised}; do
             case $key in
             ours-fused) rows+=("smoothalign (CALS, fused log-probs)") ;;
+            ours-fused-bm) rows+=("smoothalign (CALS, fused log-probs, block max)") ;;
             trl-liger) rows+=("TRL DPOTrainer + use_liger_kernel") ;;
             trl) rows+=("TRL DPOTrainer") ;;
             ours-materialised) rows+=("smoothalign (CALS, materialised logits)") ;;
