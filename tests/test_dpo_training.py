@@ -110,6 +110,56 @@ def test_resume_equals_uninterrupted(noisy_data, tmp_path):
     )
 
 
+class _Checkpointing(TrainerCallback):
+    """Whether the model trains with gradient checkpointing on."""
+
+    on = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        new = hasattr(type(model), "is_activation_checkpointing")  # later transformers 5.x
+        self.on = bool(
+            model.is_activation_checkpointing if new else model.is_gradient_checkpointing
+        )
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_gradient_checkpointing_recomputes_and_trains_the_same(
+    noisy_data, tmp_path, lora, monkeypatch
+):
+    """--gradient-checkpointing: the backward runs each layer's MLP again, and the trained
+    model is the same as without it."""
+    from transformers.models.llama import modeling_llama
+
+    calls = [0]
+    forward = modeling_llama.LlamaMLP.forward
+
+    def counted(self, x):  # module hooks do not see the recompute: count the method itself
+        calls[0] += 1
+        return forward(self, x)
+
+    monkeypatch.setattr(modeling_llama.LlamaMLP, "forward", counted)
+    runs = {}
+    for gc in (False, True):
+        calls[0] = 0
+        flag = _Checkpointing()
+        cfg = _config(
+            noisy_data,
+            tmp_path / f"gc{gc}",
+            smoothing="cals-l2",
+            max_steps=2,
+            learning_rate=1e-3,
+            lora=lora,
+            gradient_checkpointing=gc,
+        )
+        runs[gc] = (run_dpo(cfg, callbacks=[flag]).after, flag.on, calls[0])
+    (plain, on0, n0), (ckpt, on1, n1) = runs[False], runs[True]
+    assert on0 is False and on1 is True
+    assert n1 > n0 > 0  # the same evaluation passes, plus the backward's recompute
+    assert plain["margin_mean"] != 0.0  # training moved the policy
+    assert ckpt["margin_mean"] == pytest.approx(plain["margin_mean"], rel=1e-4, abs=1e-7)
+    assert ckpt["accuracy"] == plain["accuracy"]
+
+
 def test_two_process_gloo_run_keeps_ranks_identical(noisy_data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [

@@ -27,6 +27,8 @@ TRAINING_HELP = {
     "lora_alpha": "LoRA scaling alpha",
     "precision": "auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16",
     "trust_remote_code": "allow custom model code from a local model folder",
+    "gradient_checkpointing": "recompute each decoder layer's activations in the backward "
+    "instead of keeping them (much less activation memory for about a third more time)",
     "bins": "CALS: number of forecast bins K (even)",
     "init_confidence": "CALS: prior confidence c0 (1.0 = no smoothing until evidence arrives)",
     "prior_strength": "CALS: pseudo-pairs κ of prior per bin (never decayed)",

@@ -53,6 +53,7 @@ class RewardConfig:
     lora_alpha: int = 32
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU; or fp32 | bf16
     trust_remote_code: bool = False
+    gradient_checkpointing: bool = False  # recompute layer activations in the backward
     # the oracle text world (data=None)
     oracle_pairs: int = 600
     annotators: int = 5

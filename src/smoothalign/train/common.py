@@ -47,8 +47,22 @@ def check_scheduler(name: str) -> None:
         raise ValueError(f"lr_scheduler: {name!r} is not supported; choose one of {names}")
 
 
+def _checkpointing_arguments(on: bool) -> dict[str, Any]:
+    """``TrainingArguments`` for gradient checkpointing, non-reentrant (it needs no input
+    gradients, so a LoRA model's frozen embeddings are fine), under the names this
+    ``transformers`` uses: later 5.x releases renamed it activation checkpointing."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    kind = "activation" if "activation_checkpointing" in names else "gradient"
+    return {f"{kind}_checkpointing": on, f"{kind}_checkpointing_kwargs": {"use_reentrant": False}}
+
+
 def training_arguments(config: Any, bf16: bool):
-    """``TrainingArguments`` from a run config (``DPOConfig`` or ``RewardConfig``)."""
+    """``TrainingArguments`` from a run config (``DPOConfig``, ``SFTConfig`` or
+    ``RewardConfig``)."""
     from transformers import TrainingArguments
 
     report_to = ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
@@ -71,6 +85,7 @@ def training_arguments(config: Any, bf16: bool):
         seed=config.seed,
         data_seed=config.seed,
         bf16=bf16,
+        **_checkpointing_arguments(config.gradient_checkpointing),
         remove_unused_columns=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),

@@ -53,6 +53,7 @@ class DPOConfig:
     reference: str = "auto"  # auto: adapter-disabled with LoRA, precomputed otherwise
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU; or fp32 | bf16
     trust_remote_code: bool = False
+    gradient_checkpointing: bool = False  # recompute layer activations in the backward
     fused_logps: str = "auto"  # log-probs without the [N, V] logits: auto (on CUDA) | on | off
     # bookkeeping
     logging_steps: int = 5
