@@ -117,6 +117,19 @@ def _timed_steps(step, device, warmup, repeats):
     return {"ms": statistics.median(times), "peak_bytes": peak}
 
 
+def checkpointing(model, on: bool) -> None:
+    """``--gradient-checkpointing``: Trainer.train() would switch it on from the arguments,
+    but this benchmark calls training_step directly, so switch it on here (non-reentrant,
+    under whichever name this transformers uses)."""
+    if not on:
+        return
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # later transformers 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def run_ours(args, shape, pairs, fused: bool, tmp: str):
     from transformers import TrainingArguments
 
@@ -143,8 +156,8 @@ def run_ours(args, shape, pairs, fused: bool, tmp: str):
         bf16=args.device == "cuda",
         use_cpu=args.device == "cpu",
         report_to=[],
-        gradient_checkpointing=args.gradient_checkpointing,
     )
+    checkpointing(model, args.gradient_checkpointing)
     trainer = SmoothDPOTrainer(
         model=model,
         args=targs,
@@ -259,6 +272,7 @@ def run_trl(args, shape, pairs, liger: bool, tmp: str):
         from transformers.integrations.liger import apply_liger_kernel
 
         apply_liger_kernel(trainer.model, trainer.args.liger_kernel_config)
+    checkpointing(trainer.model, args.gradient_checkpointing)
     trainer.create_optimizer_and_scheduler(num_training_steps=1000)
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train() otherwise
     batch = next(iter(trainer.get_train_dataloader()))
@@ -293,7 +307,11 @@ def main(argv=None) -> int:
     p.add_argument("--response-len", type=int, default=768)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="every row with activation checkpointing (the issue's target is without it)",
+    )
     p.add_argument("--only", nargs="*", help="run only these rows (names as in the table)")
     p.add_argument("--json", default="benchmarks/results/dpo_step.json")
     p.add_argument(
@@ -327,6 +345,7 @@ def main(argv=None) -> int:
         "torch": torch.__version__,
         **{k: _version(k) for k in ("transformers", "trl", "liger-kernel", "triton")},
         "pairs": args.pairs,
+        "gradient_checkpointing": args.gradient_checkpointing,
         "prompt_len": args.prompt_len,
         "response_len": args.response_len,
         "shape": shape,

@@ -61,7 +61,8 @@ def dpo_section(data: dict) -> list[str]:
         f"trl {env.get('trl')}, liger-kernel {env.get('liger-kernel')}; Llama config "
         f"hidden {shape.get('hidden_size')}, {shape.get('num_hidden_layers')} layers, vocabulary "
         f"{shape.get('vocab_size')}; {env['pairs']} pairs × "
-        f"({env['prompt_len']} + {env['response_len']}) tokens",
+        f"({env['prompt_len']} + {env['response_len']}) tokens"
+        + ("; **with activation checkpointing**" if env.get("gradient_checkpointing") else ""),
         "",
         "| trainer | step ms (median) | peak GiB | tokens | time ÷ TRL+Liger | memory ÷ TRL+Liger | note |",
         "|---|---|---|---|---|---|---|",
