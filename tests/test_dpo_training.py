@@ -122,9 +122,9 @@ class _Checkpointing(TrainerCallback):
         )
 
 
-@pytest.mark.parametrize("lora", [False, True])
+@pytest.mark.parametrize(("lora", "fused"), [(False, "off"), (True, "off"), (False, "on")])
 def test_gradient_checkpointing_recomputes_and_trains_the_same(
-    noisy_data, tmp_path, lora, monkeypatch
+    noisy_data, tmp_path, lora, fused, monkeypatch
 ):
     """--gradient-checkpointing: the backward runs each layer's MLP again, and the trained
     model is the same as without it."""
@@ -149,6 +149,7 @@ def test_gradient_checkpointing_recomputes_and_trains_the_same(
             max_steps=2,
             learning_rate=1e-3,
             lora=lora,
+            fused_logps=fused,
             gradient_checkpointing=gc,
         )
         runs[gc] = (run_dpo(cfg, callbacks=[flag]).after, flag.on, calls[0])
