@@ -130,7 +130,8 @@ def checkpointing(model, on: bool) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def run_ours(args, shape, pairs, fused: bool, tmp: str):
+def run_ours(args, shape, pairs, fused: bool, tmp: str, gc: bool | None = None):
+    gc = args.gradient_checkpointing if gc is None else gc
     from transformers import TrainingArguments
 
     from smoothalign.train import DPOConfig
@@ -157,7 +158,7 @@ def run_ours(args, shape, pairs, fused: bool, tmp: str):
         use_cpu=args.device == "cpu",
         report_to=[],
     )
-    checkpointing(model, args.gradient_checkpointing)
+    checkpointing(model, gc)
     trainer = SmoothDPOTrainer(
         model=model,
         args=targs,
@@ -240,7 +241,8 @@ def trl_texts(prompt, chosen, rejected):
     }
 
 
-def run_trl(args, shape, pairs, liger: bool, tmp: str):
+def run_trl(args, shape, pairs, liger: bool, tmp: str, gc: bool | None = None):
+    gc = args.gradient_checkpointing if gc is None else gc
     from datasets import Dataset
     from trl import DPOConfig as TRLConfig
     from trl import DPOTrainer
@@ -259,7 +261,7 @@ def run_trl(args, shape, pairs, liger: bool, tmp: str):
         report_to=[],
         max_length=prompt.shape[1] + chosen.shape[1],
         use_liger_kernel=liger,
-        gradient_checkpointing=args.gradient_checkpointing,
+        gradient_checkpointing=gc,
     )
     tok = id_tokenizer(shape["vocab_size"])
     trainer = DPOTrainer(
@@ -272,7 +274,7 @@ def run_trl(args, shape, pairs, liger: bool, tmp: str):
         from transformers.integrations.liger import apply_liger_kernel
 
         apply_liger_kernel(trainer.model, trainer.args.liger_kernel_config)
-    checkpointing(trainer.model, args.gradient_checkpointing)
+    checkpointing(trainer.model, gc)
     trainer.create_optimizer_and_scheduler(num_training_steps=1000)
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train() otherwise
     batch = next(iter(trainer.get_train_dataloader()))
@@ -336,6 +338,13 @@ def main(argv=None) -> int:
         "TRL DPOTrainer": lambda tmp: run_trl(args, shape, pairs, False, tmp),
         # last: Liger patches transformers' Llama module for the rest of the process
         "TRL DPOTrainer + use_liger_kernel": lambda tmp: run_trl(args, shape, pairs, True, tmp),
+        # outside the issue's target (which is without it): what checkpointing buys each
+        "smoothalign (CALS, fused log-probs, checkpointing)": lambda tmp: run_ours(
+            args, shape, pairs, True, tmp, gc=True
+        ),
+        "TRL DPOTrainer + use_liger_kernel, checkpointing": lambda tmp: run_trl(
+            args, shape, pairs, True, tmp, gc=True
+        ),
     }
     unknown = set(args.only or ()) - set(runs)
     if unknown:

@@ -174,10 +174,13 @@ if want dpo; then
         small=()
         [ "$MODE" = dry ] && small=(--device cpu --small)
         # SMOOTHALIGN_GPU_DPO: which rows (ours-fused ours-fused-bm trl-liger trl
-        # ours-materialised; ours-fused-bm: the experimental block_max backward)
+        # ours-materialised ours-gc trl-liger-gc; ours-fused-bm: the experimental block_max
+        # backward; *-gc: with activation checkpointing, outside the target)
         rows=()
-        for key in ${SMOOTHALIGN_GPU_DPO:-ours-fused ours-fused-bm trl-liger trl ours-materialised}; do
+        for key in ${SMOOTHALIGN_GPU_DPO:-ours-fused ours-fused-bm trl-liger trl ours-materialised ours-gc trl-liger-gc}; do
             case $key in
+            ours-gc) rows+=("smoothalign (CALS, fused log-probs, checkpointing)") ;;
+            trl-liger-gc) rows+=("TRL DPOTrainer + use_liger_kernel, checkpointing") ;;
             ours-fused) rows+=("smoothalign (CALS, fused log-probs)") ;;
             ours-fused-bm) rows+=("smoothalign (CALS, fused log-probs, block max)") ;;
             trl-liger) rows+=("TRL DPOTrainer + use_liger_kernel") ;;
