@@ -213,8 +213,8 @@ def test_forward_block_maxima(lce):
     """``block_max``: the forward stores each token's largest logit per vocabulary block."""
     e, c, b, t = _inputs(torch.float32, bias=True)
     with torch.no_grad():
-        _, _, bmax = lce._forward(e, c, b, t, 0.0, -100, None, store_bmax=True)
-    bv = lce._config("fwd", e.dtype)[1]
+        _, _, (bmax, bv) = lce._forward(e, c, b, t, 0.0, -100, None, store_bmax=True)
+    assert bv == lce._config("fwd", e.dtype)[1]
     z = (e.double() @ c.double().T + b.double()).T  # [V, N]
     blocks = torch.nn.functional.pad(z, (0, 0, 0, -V % bv), value=float("-inf"))
     want = blocks.view(-1, bv, N).amax(1)
@@ -234,9 +234,10 @@ def test_block_maxima_skip_changes_nothing_measurable(lce, dtype, peaked, fwd_bl
     closer one): it keeps every target (even one with negligible softmax), every block with
     a softmax entry above the threshold, and the β terms. "twice": the forward's vocabulary
     blocks are two backward blocks wide (as on the GPU)."""
-    if fwd_blocks == "twice":
-        bn, bv, bd, w, st = lce._config("bwd", dtype)
-        monkeypatch.setenv("SMOOTHALIGN_LCE_FWD", f"{bn},{2 * bv},{bd},{w},{st}")
+    # small blocks, so that V = 70 spans several (on a GPU too, where the defaults are wider)
+    monkeypatch.setenv("SMOOTHALIGN_LCE_BWD", "16,32,16,1,2")
+    wide = 64 if fwd_blocks == "twice" else 32
+    monkeypatch.setenv("SMOOTHALIGN_LCE_FWD", f"16,{wide},16,1,2")
     e, c, b, t = _inputs(dtype, scale=4.0 if peaked else 0.6)
     if peaked:
         with torch.no_grad():  # most blocks negligible …
@@ -260,3 +261,27 @@ def test_block_maxima_skip_changes_nothing_measurable(lce, dtype, peaked, fwd_bl
         err_in = float((x.float() - y.float()).abs().max())
         assert err_block <= 2**-8 * scale
         assert err_block <= err_in + 2**-8 * scale * 0.25
+
+
+@here
+def test_block_maxima_keep_the_forward_block_width(lce, monkeypatch):
+    """The backward reads the maxima with the block width the forward used, whatever the
+    configuration says by then."""
+    from smoothalign.kernels.triton_lce import triton_token_losses
+
+    monkeypatch.setenv("SMOOTHALIGN_LCE_BWD", "16,32,16,1,2")
+    g = torch.Generator().manual_seed(1)
+    # 4 tokens, 8 vocabulary blocks of 32: each token's softmax sits on one entry of block 1
+    # (v = 40 + i), its target in block 6; every other block is negligible
+    e0, c0 = torch.randn(4, 16, generator=g), 0.5 * torch.randn(256, 16, generator=g)
+    c0[40:44] = 3.0 * e0
+    t = torch.arange(200, 204).to(_device())
+    grads = {}
+    for block_max in (False, True):
+        monkeypatch.setenv("SMOOTHALIGN_LCE_FWD", "16,32,16,1,2")
+        e, c = (x.to(_device()).requires_grad_() for x in (e0, c0))
+        losses = triton_token_losses(e, c, t, filter_eps=1e-3, block_max=block_max)
+        monkeypatch.setenv("SMOOTHALIGN_LCE_FWD", "16,64,16,1,2")  # changed before backward
+        grads[block_max] = torch.autograd.grad(losses.sum(), (e, c))
+    for x, y in zip(grads[False], grads[True], strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-6)

@@ -209,7 +209,9 @@ def _fwd_kernel(
         z_max = tl.max(z, 1)
         if STORE_BMAX:  # each token's largest logit in this block, [V blocks, N]
             tl.store(
-                BMAX + (v0 // BLOCK_V) * N + offs_n, z_max.to(BMAX.dtype.element_ty), mask=n_mask
+                BMAX + tl.cast(v0 // BLOCK_V, tl.int64) * N + offs_n,
+                z_max.to(BMAX.dtype.element_ty),
+                mask=n_mask,
             )
         m_new = tl.maximum(m, z_max)
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), 1)
@@ -283,7 +285,8 @@ def _bwd_kernel(
         # each live token's largest logit here (from the forward, rounded to bf16, so
         # widened by 2⁻⁷ of itself) is below lse + log(filter_eps), so every softmax entry
         # is below filter_eps: the blocks the in-block test below would skip, or fewer
-        bm = tl.load(BMAX + (pid_v // bmax_div) * bmax_stride + offs_n, mask=n_mask, other=0.0)
+        row = tl.cast(pid_v // bmax_div, tl.int64) * bmax_stride  # int64: N·V/BLOCK_V may pass 2³¹
+        bm = tl.load(BMAX + row + offs_n, mask=n_mask, other=0.0)
         bm = bm.to(tl.float32)
         v_lo = pid_v * BLOCK_V
         live = g != 0.0
@@ -407,8 +410,9 @@ def _num_sms(device: torch.device) -> int:
 
 
 def _forward(e, c, bias, targets, beta, ignore_index, softcap, store_bmax=False):
-    """Per-token loss and lse ``[N]``; with ``store_bmax`` also each token's largest logit
-    per forward vocabulary block, ``[V blocks, N]`` in bf16 (else None)."""
+    """Per-token loss and lse ``[N]``; with ``store_bmax`` also ``(maxima, BLOCK_V)``: each
+    token's largest logit per forward vocabulary block, ``[V blocks, N]`` in bf16, and the
+    block width they were taken over (else None)."""
     n, d = e.shape
     v = c.shape[0]
     bn, bv, bd, warps, stages = _config("fwd", e.dtype)
@@ -457,7 +461,7 @@ def _forward(e, c, bias, targets, beta, ignore_index, softcap, store_bmax=False)
     loss = lse - (1.0 - beta) * zt
     if beta > 0:
         loss = loss - (beta / v) * sz_p.sum(0)
-    return loss, lse, bmax
+    return loss, lse, (bmax, bv) if bmax is not None else None
 
 
 def _mean_row(c: Tensor, rows: int = 2048) -> Tensor:
@@ -491,9 +495,11 @@ def _backward(
     rank_one = beta > 0 and softcap is None
     eps = None if (beta > 0 and softcap is not None) else filter_eps
     # the forward's block maxima can skip a backward block only if it lies in one forward
-    # block (forward BLOCK_V a multiple of the backward's)
-    bv_fwd = _config("fwd", e.dtype)[1]
+    # block (forward BLOCK_V, as the forward used it, a multiple of the backward's)
+    bmax, bv_fwd = bmax if bmax is not None else (None, 1)
     prefilter = bmax is not None and eps is not None and bv_fwd % bv == 0
+    if prefilter and bmax.shape != (triton.cdiv(v, bv_fwd), n):
+        raise RuntimeError(f"block maxima of shape {tuple(bmax.shape)} for N={n}, V={v}")
     # buffers start at the closed-form rank-one part of the gradient (see the module doc)
     # the interpreter has no 16-bit atomic add: fp32 there (the bf16/fp16 path is GPU-only)
     fp32_c = accum_c_fp32 or c.dtype == torch.float32 or _interpreting()
@@ -543,7 +549,9 @@ def _backward(
             float(softcap) if softcap is not None else 1.0,
             float(beta),
             float(eps) if eps is not None else 0.0,
-            math.log(eps) if eps is not None else 0.0,
+            # minus 1e-3: the backward's recomputed logits may differ from the forward's
+            # by fp32 rounding (other tiling); the skip must stay on the safe side
+            math.log(eps) - 1e-3 if eps is not None else 0.0,
             n,
             bv_fwd // bv,
             e.stride(0),
@@ -581,18 +589,18 @@ class TritonLinearCrossEntropy(torch.autograd.Function):
     def forward(
         ctx, e, c, bias, targets, beta, ignore_index, softcap, filter_eps, accum_c_fp32, block_max
     ):
-        store = block_max and filter_eps is not None and any(ctx.needs_input_grad[:3])
-        loss, lse, bmax = _forward(e, c, bias, targets, beta, ignore_index, softcap, store)
+        loss, lse, maxima = _forward(e, c, bias, targets, beta, ignore_index, softcap, block_max)
         valid = targets != ignore_index
         loss = loss.masked_fill(~valid, 0.0)
+        bmax, bv_fwd = maxima if maxima is not None else (None, None)
         ctx.save_for_backward(e, c, bias, targets, lse, bmax)
-        ctx.opts = (beta, ignore_index, softcap, filter_eps, accum_c_fp32)
+        ctx.opts = (beta, ignore_index, softcap, filter_eps, accum_c_fp32, bv_fwd)
         return loss
 
     @staticmethod
     def backward(ctx, grad):
         e, c, bias, targets, lse, bmax = ctx.saved_tensors
-        beta, ignore_index, softcap, filter_eps, accum_c_fp32 = ctx.opts
+        beta, ignore_index, softcap, filter_eps, accum_c_fp32, bv_fwd = ctx.opts
         g = grad.float().masked_fill(targets == ignore_index, 0.0).contiguous()
         de, dc, db = _backward(
             e,
@@ -607,7 +615,7 @@ class TritonLinearCrossEntropy(torch.autograd.Function):
             tuple(ctx.needs_input_grad[:3]),
             accum_c_fp32,
             DE_CHUNK_ROWS,
-            bmax,
+            (bmax, bv_fwd) if bmax is not None else None,
         )
         return de, dc, db, None, None, None, None, None, None, None
 
@@ -629,9 +637,10 @@ def triton_token_losses(
 
     ``block_max`` (experimental, off by default; ``None`` reads ``SMOOTHALIGN_LCE_BLOCKMAX``
     = ``1``): the forward also stores each token's largest logit per vocabulary block
-    (bf16, ``N·V/BLOCK_V`` values), and the backward skips a filterable block before
-    recomputing its logits. Same gradient as the in-block filter or closer; not yet timed
-    on a GPU.
+    (bf16, ``N·V/BLOCK_V`` values, held until the backward: 16 MB for N = 8192,
+    V = 256000), and the backward skips a filterable block before recomputing its logits.
+    Same gradient as the in-block filter or closer; not yet timed on a GPU. Nothing is
+    stored when no gradient is needed or filtering is off.
     """
     if e.dtype != c.dtype:
         common = torch.promote_types(e.dtype, c.dtype)
@@ -648,6 +657,14 @@ def triton_token_losses(
     eps = resolve_filter_eps(filter_eps, e.dtype)
     if block_max is None:
         block_max = os.environ.get("SMOOTHALIGN_LCE_BLOCKMAX", "0") == "1"
+    # keep the maxima only where a backward will use them: gradients wanted, filtering on
+    # (with β > 0 and softcap it is off), and forward blocks made of whole backward blocks
+    wants_grad = torch.is_grad_enabled() and any(
+        x is not None and x.requires_grad for x in (e, c, bias)
+    )
+    usable = eps is not None and not (beta > 0 and softcap is not None)
+    nested = _config("fwd", e.dtype)[1] % _config("bwd", e.dtype)[1] == 0
+    block_max = bool(block_max) and wants_grad and usable and nested
     return TritonLinearCrossEntropy.apply(
         e,
         c,
@@ -658,5 +675,5 @@ def triton_token_losses(
         softcap,
         eps,
         accum_c_fp32,
-        bool(block_max),
+        block_max,
     )
