@@ -285,3 +285,23 @@ def test_block_maxima_keep_the_forward_block_width(lce, monkeypatch):
         grads[block_max] = torch.autograd.grad(losses.sum(), (e, c))
     for x, y in zip(grads[False], grads[True], strict=True):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@here
+def test_a_bias_masking_whole_blocks_with_minus_infinity(lce, dtype, monkeypatch):
+    """-inf bias on whole vocabulary blocks (masked tokens): the loss and gradients of
+    F.cross_entropy, not NaN. The first block and one forward split slice are all -inf."""
+    monkeypatch.setenv("SMOOTHALIGN_LCE_FWD", "16,32,16,1,2")
+    monkeypatch.setenv("SMOOTHALIGN_LCE_BWD", "16,32,16,1,2")
+    e, c, _, t = _inputs(dtype)
+    b = torch.zeros(V, device=e.device, dtype=dtype)
+    b[:32] = float("-inf")
+    t = torch.where((t >= 0) & (t < 32), t + 32, t)  # no target is masked
+    loss = linear_cross_entropy(e, c, t, bias=b, impl="triton", filter_eps=None)
+    ref, leaves = _reference(e, c, b, t, 0.0, None)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss.double(), ref, rtol=TOL[dtype][0], atol=1e-6)
+    loss.backward()
+    ref.backward()
+    _assert_grads((e, c), leaves[:2], TOL[dtype][1])

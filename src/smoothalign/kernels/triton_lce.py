@@ -214,7 +214,10 @@ def _fwd_kernel(
                 mask=n_mask,
             )
         m_new = tl.maximum(m, z_max)
-        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), 1)
+        # while every logit so far is -inf (a bias masking whole blocks), shift by 0, not by
+        # -inf: exp(-inf - -inf) would be NaN
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        s = s * tl.exp(m - shift) + tl.sum(tl.exp(z - shift[:, None]), 1)
         m = m_new
     tl.store(LSE_P + out, m + tl.log(s), mask=n_mask)
     tl.store(ZT_P + out, zt, mask=n_mask)
