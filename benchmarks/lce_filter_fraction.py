@@ -1,13 +1,19 @@
 """How much of the Triton backward gradient filtering skips, on the kernel benchmark's inputs.
 
     python benchmarks/lce_filter_fraction.py [--tokens 8192] [--block-n 64 --block-v 128]
+    python benchmarks/lce_filter_fraction.py --model smollm2-135m [--tokens 4096]
 
 For each benchmark shape, in float32 on the CPU (no GPU needed; ~2 min per shape on 2
 cores), it forms ``softmax − onehot`` for the first ``--tokens`` tokens and counts the
 ``[block_n, block_v]`` blocks the backward kernel would compute: those with a live token and
 some ``|softmax − onehot| ≥ finfo(bf16).eps / 32`` (the ``filter_eps="auto"`` rule; β = 0).
-It also reports the softmax mass per token that the skipped entries carry, that is, what
-filtering drops from ``dE`` and ``dC``.
+It also reports the softmax mass per token in the blocks its token block skips, that is,
+what filtering drops from ``dE`` and ``dC``.
+
+With ``--model`` (a name or folder ``smoothalign.models.loading`` knows) the inputs are a
+real model's instead: its final hidden states and LM head on the embedded preference set's
+texts (prompt + chosen response, concatenated to ``--tokens`` tokens), each token's target
+the next token. A trained model's softmax is peaked, unlike the benchmark's random logits.
 """
 
 from __future__ import annotations
@@ -21,28 +27,62 @@ from linear_cross_entropy import SHAPES, make_inputs
 
 
 def filter_fraction(e, c, t, block_n: int, block_v: int, eps: float, chunk: int = 512):
-    """(blocks computed, blocks in all, mean softmax mass below ``eps`` per live token)."""
+    """(blocks computed, blocks in all, mean softmax mass per live token in the blocks the
+    filter skips: what filtering drops from the gradient)."""
     v = c.shape[0]
     v_blocks = math.ceil(v / block_v)
     kept = total = 0
     dropped = []
+    chunk = max(block_n, chunk // block_n * block_n)  # whole token blocks per chunk
     for s in range(0, e.shape[0], chunk):
-        z = e[s : s + chunk] @ c.T
-        p = torch.softmax(z, 1)
         tt = t[s : s + chunk]
+        rows = tt.shape[0] // block_n * block_n  # whole token blocks only
+        if rows == 0:
+            break
+        tt = tt[:rows]
+        p = torch.softmax(e[s : s + rows] @ c.T, 1)
         live = tt != -100
         d = p.clone()
         d[live, tt[live]] -= 1.0
         d[~live] = 0.0
-        dropped.append(p[live].masked_fill(p[live] >= eps, 0.0).sum(1))
-        rows = d.shape[0] // block_n * block_n  # whole token blocks only
-        a = F.pad(d[:rows].abs(), (0, v_blocks * block_v - v))
-        big = a.view(rows // block_n, block_n, v_blocks, block_v).amax(dim=(1, 3)) >= eps
-        live_block = live[:rows].view(-1, block_n).any(1)
+        pad = (0, v_blocks * block_v - v)
+        a = F.pad(d.abs(), pad).view(rows // block_n, block_n, v_blocks, block_v)
+        big = a.amax(dim=(1, 3)) >= eps  # [token blocks, vocabulary blocks]: computed
+        live_block = live.view(-1, block_n).any(1)
         kept += int((big & live_block[:, None]).sum())
         total += big.numel()
-    dropped = torch.cat(dropped)
+        # per token: the softmax mass in the vocabulary blocks its token block skips
+        mass = F.pad(p, pad).view(rows, v_blocks, block_v).sum(2)  # [rows, vocabulary blocks]
+        skipped = (~big).repeat_interleave(block_n, 0)
+        dropped.append((mass * skipped).sum(1)[live])
+    dropped = torch.cat(dropped) if dropped else torch.zeros(0)
     return kept, total, float(dropped.mean()) if len(dropped) else float("nan")
+
+
+def model_inputs(name: str, tokens: int):
+    """(hidden states ``[n, D]``, LM head ``[V, D]``, next-token targets ``[n]``), float32,
+    from ``name`` on the embedded preference set's texts."""
+    from smoothalign.assets import embedded_dataset_path
+    from smoothalign.data.loading import load_preference_rows
+    from smoothalign.models.loading import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(name)
+    ids: list[int] = []
+    for row in load_preference_rows(embedded_dataset_path()):
+        ids += tok(str(row["prompt"]) + str(row["chosen"]))["input_ids"]
+        if len(ids) > tokens:
+            break
+    ids_t = torch.tensor(ids[: tokens + 1])[None]
+    hidden = []
+    hook = model.get_output_embeddings().register_forward_pre_hook(
+        lambda _m, args: hidden.append(args[0].detach())
+    )
+    with torch.no_grad():
+        for s in range(0, tokens, 1024):  # windows of 1024 tokens, each from its own start
+            model(input_ids=ids_t[:, s : s + 1024])
+    hook.remove()
+    e = torch.cat([h[0] for h in hidden])[:tokens].float()
+    return e, model.get_output_embeddings().weight.detach().float(), ids_t[0, 1 : tokens + 1]
 
 
 def main(argv=None) -> int:
@@ -50,8 +90,19 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", type=int, default=8192, help="first N tokens of each shape")
     p.add_argument("--block-n", type=int, default=64, help="the backward's BLOCK_N")
     p.add_argument("--block-v", type=int, default=128, help="the backward's BLOCK_V")
+    p.add_argument("--model", help="a real model's hidden states and head instead")
     args = p.parse_args(argv)
     eps = torch.finfo(torch.bfloat16).eps / 32
+    if args.model:
+        e, c, t = model_inputs(args.model, args.tokens)
+        kept, total, mass = filter_fraction(e, c, t, args.block_n, args.block_v, eps)
+        n, d, v = e.shape[0], c.shape[1], c.shape[0]
+        print(
+            f"{args.model} ({n}×{d}×{v}): backward blocks computed {kept}/{total} = "
+            f"{kept / total:.3f}; softmax mass per token in skipped blocks: {mass:.4f}",
+            flush=True,
+        )
+        return 0
     for n, d, v in SHAPES:
         e, c, t = make_inputs(n, d, v, "cpu", torch.bfloat16)
         k = min(args.tokens, n)
@@ -60,7 +111,7 @@ def main(argv=None) -> int:
         )
         print(
             f"{n}×{d}×{v}: backward blocks computed {kept}/{total} = {kept / total:.3f}; "
-            f"softmax mass per token in skipped entries: {mass:.3f}",
+            f"softmax mass per token in skipped blocks: {mass:.4f}",
             flush=True,
         )
     return 0

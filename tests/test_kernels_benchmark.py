@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "linear_cross_entropy.py"
 
 
@@ -97,3 +99,41 @@ def test_tune_picks_the_least_total_time_and_never_a_failed_configuration():
     ]
     assert tune.fastest(rows, "fwd") == ("a", 20.0)
     assert tune.fastest(rows, "bwd") == ("d", 99.0)
+
+
+def test_filter_fraction_counts_blocks_and_dropped_mass_like_a_brute_force():
+    import math
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(BENCH.parent))
+    frac = _load("lce_filter_fraction")
+    g = torch.Generator().manual_seed(0)
+    n, v, bn, bv, eps = 24, 50, 4, 8, 2e-2
+    e = torch.randn(n, 8, generator=g, dtype=torch.float64)
+    c = 1.2 * torch.randn(v, 8, generator=g, dtype=torch.float64)
+    t = torch.randint(0, v, (n,), generator=g)
+    t[:5] = -100
+    kept, total, mass = frac.filter_fraction(e, c, t, bn, bv, eps, chunk=8)
+
+    p = torch.softmax(e @ c.T, 1).tolist()
+    t = t.tolist()
+    cols = [range(j * bv, min(v, (j + 1) * bv)) for j in range(math.ceil(v / bv))]
+
+    def computed(i, j):  # some live token of the block has |softmax − onehot| ≥ eps there
+        rows = [r for r in range(i, i + bn) if t[r] != -100]
+        return any(abs(p[r][k] - (k == t[r])) >= eps for r in rows for k in cols[j])
+
+    blocks = [(i, j) for i in range(0, n, bn) for j in range(len(cols))]
+    assert total == len(blocks)
+    assert kept == sum(computed(i, j) for i, j in blocks)
+    assert 0 < kept < total  # the case exercises both
+    dropped = [
+        sum(
+            sum(p[r][k] for k in cols[j]) for j in range(len(cols)) if not computed(r // bn * bn, j)
+        )
+        for r in range(n)
+        if t[r] != -100
+    ]
+    assert mass == pytest.approx(sum(dropped) / len(dropped), rel=1e-9)
