@@ -1,7 +1,7 @@
 """How much of the Triton backward gradient filtering skips, on the kernel benchmark's inputs.
 
     python benchmarks/lce_filter_fraction.py [--tokens 8192] [--block-n 64 --block-v 128]
-    python benchmarks/lce_filter_fraction.py --model smollm2-135m [--tokens 4096]
+    python benchmarks/lce_filter_fraction.py --model smollm2-135m [--tokens 4096] [--sort-vocab]
 
 For each benchmark shape, in float32 on the CPU (no GPU needed; ~2 min per shape on 2
 cores), it forms ``softmax − onehot`` for the first ``--tokens`` tokens and counts the
@@ -14,6 +14,9 @@ With ``--model`` (a name or folder ``smoothalign.models.loading`` knows) the inp
 real model's instead: its final hidden states and LM head on the embedded preference set's
 texts (prompt + chosen response, concatenated to ``--tokens`` tokens), each token's target
 the next token. A trained model's softmax is peaked, unlike the benchmark's random logits.
+``--sort-vocab`` first orders the vocabulary by its mean logit over the sample (Cut
+Cross-Entropy's vocabulary sorting, here with the sample's own means: optimistic), so that
+the likely tokens share blocks.
 """
 
 from __future__ import annotations
@@ -59,6 +62,18 @@ def filter_fraction(e, c, t, block_n: int, block_v: int, eps: float, chunk: int 
     return kept, total, float(dropped.mean()) if len(dropped) else float("nan")
 
 
+def sort_vocabulary(e, c, t, chunk: int = 512):
+    """``c``'s rows (and the targets) reordered by decreasing mean logit over ``e``."""
+    total = torch.zeros(c.shape[0], dtype=torch.float64)
+    for s in range(0, e.shape[0], chunk):
+        total += (e[s : s + chunk] @ c.T).sum(0).double()
+    order = torch.argsort(total, descending=True)
+    new_id = torch.empty_like(order)
+    new_id[order] = torch.arange(len(order))
+    live = t != -100
+    return e, c[order], torch.where(live, new_id[t.clamp(min=0)], t)
+
+
 def model_inputs(name: str, tokens: int):
     """(hidden states ``[n, D]``, LM head ``[V, D]``, next-token targets ``[n]``), float32,
     from ``name`` on the embedded preference set's texts."""
@@ -91,10 +106,13 @@ def main(argv=None) -> int:
     p.add_argument("--block-n", type=int, default=64, help="the backward's BLOCK_N")
     p.add_argument("--block-v", type=int, default=128, help="the backward's BLOCK_V")
     p.add_argument("--model", help="a real model's hidden states and head instead")
+    p.add_argument("--sort-vocab", action="store_true", help="order the vocabulary by mean logit")
     args = p.parse_args(argv)
     eps = torch.finfo(torch.bfloat16).eps / 32
     if args.model:
         e, c, t = model_inputs(args.model, args.tokens)
+        if args.sort_vocab:
+            e, c, t = sort_vocabulary(e, c, t)
         kept, total, mass = filter_fraction(e, c, t, args.block_n, args.block_v, eps)
         n, d, v = e.shape[0], c.shape[1], c.shape[0]
         print(
@@ -106,9 +124,10 @@ def main(argv=None) -> int:
     for n, d, v in SHAPES:
         e, c, t = make_inputs(n, d, v, "cpu", torch.bfloat16)
         k = min(args.tokens, n)
-        kept, total, mass = filter_fraction(
-            e[:k].float(), c.float(), t[:k], args.block_n, args.block_v, eps
-        )
+        e, c, t = e[:k].float(), c.float(), t[:k]
+        if args.sort_vocab:
+            e, c, t = sort_vocabulary(e, c, t)
+        kept, total, mass = filter_fraction(e, c, t, args.block_n, args.block_v, eps)
         print(
             f"{n}×{d}×{v}: backward blocks computed {kept}/{total} = {kept / total:.3f}; "
             f"softmax mass per token in skipped blocks: {mass:.4f}",
