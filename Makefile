@@ -8,7 +8,7 @@ PIP     := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 # where `smoothalign eval calibration` looks for bigbench-1.0.0.tar.gz by default
 BIGBENCH_DIR := $(VENV)/share/smoothalign
 
-.PHONY: install bigbench demo test test-slow lint clean gpu-wheels
+.PHONY: install bigbench demo test test-slow lint clean gpu-wheels gpu-inputs
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,6 +41,11 @@ GPU_WHEELS := trl==1.16.0 liger-kernel==0.8.5 cut-cross-entropy==25.1.1 datasets
 	dill==0.4.1 multiprocess==0.70.19
 GPU_PLATFORMS := $(foreach p,manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 \
 	manylinux2014_x86_64 manylinux1_x86_64,--platform $(p))
+
+# SmolLM2's hidden states and int8 head for the GPU kernel benchmark on real inputs
+# (36 MiB, ignored by git; carry [".whl", ".gpu-inputs"])
+gpu-inputs: $(STAMP)
+	cd benchmarks && ../$(BIN)/python real_inputs.py --out ../.gpu-inputs/smollm2.safetensors
 
 gpu-wheels:
 	rm -rf .whl && mkdir -p .whl

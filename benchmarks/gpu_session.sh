@@ -164,6 +164,26 @@ if want lce; then
     summarize
 fi
 
+# ------------------------------------------- the kernel on a real model's hidden states
+# .gpu-inputs/smollm2.safetensors (benchmarks/real_inputs.py, `make gpu-inputs`, carried
+# with carry [".whl", ".gpu-inputs"]): the random logits above are filtering's easy case
+if want lce; then
+    REAL=.gpu-inputs/smollm2.safetensors
+    if [ -f "$REAL" ]; then
+        banner "lce-real: the kernel benchmark on SmolLM2's hidden states and head"
+        case $MODE in
+        gpu) run 120 "$PY" benchmarks/linear_cross_entropy.py --inputs "$REAL" --betas 0.1 0.0 \
+            --json "$RES/linear_cross_entropy_real.json" ;;
+        dry) echo "skipped in the dry run: a full-size shape (tests/test_kernels_benchmark.py" \
+            "runs --inputs on a tiny model's export)" ;;
+        *) echo "skipped: no CUDA" ;;
+        esac
+        summarize
+    else
+        echo "no $REAL (make gpu-inputs, carry .gpu-inputs): no real-input kernel rows"
+    fi
+fi
+
 # ----------------------------------------------------------------- DPO step benchmark
 if want dpo; then
     banner "dpo: one DPO step, one process per row"

@@ -2,7 +2,8 @@
 
     python benchmarks/gpu_summary.py DIR [--commit SHA] [--date UTC] > summary.md
 
-``DIR`` holds ``linear_cross_entropy.json`` and/or ``dpo_step.json`` (``$OUT`` of
+``DIR`` holds ``linear_cross_entropy.json`` (and ``linear_cross_entropy_real.json``, the
+same on a real model's hidden states) and/or ``dpo_step.json`` (``$OUT`` of
 ``benchmarks/gpu_session.sh``, or ``benchmarks/results``). Prints the device and versions,
 the kernel table with its verdict lines (target, ratio to each peer, correctness), and the
 DPO step table with each row's ratio to TRL + Liger and the issue's target (time ≤ TRL +
@@ -33,8 +34,10 @@ def _lce_module():
 def lce_section(data: dict) -> list[str]:
     lce = _lce_module()
     env = data["env"]
+    inputs = env.get("inputs", "random")
+    title = "" if inputs == "random" else f" — a real model's hidden states ({inputs})"
     out = [
-        "### Linear cross-entropy, forward + backward",
+        f"### Linear cross-entropy, forward + backward{title}",
         "",
         f"device `{env['device']}`, torch {env['torch']}, triton {env.get('triton')}, "
         f"liger-kernel {env.get('liger-kernel')}, cut-cross-entropy "
@@ -108,9 +111,12 @@ def summary(folder: Path, commit: str | None, date: str | None) -> str:
         out += [f"commit `{commit or '?'}`, date {date or '?'} (UTC)", ""]
     for name, section in (
         ("linear_cross_entropy.json", lce_section),
+        ("linear_cross_entropy_real.json", lce_section),
         ("dpo_step.json", dpo_section),
     ):
         path = folder / name
+        if not path.exists() and name.endswith("_real.json"):
+            continue  # optional: only where real inputs were carried
         if not path.exists():
             out += [f"({name}: not written — that step did not run or did not finish a row)", ""]
             continue

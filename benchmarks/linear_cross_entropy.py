@@ -181,15 +181,27 @@ def make_inputs(n: int, d: int, v: int, device, dtype, seed: int = 0):
     return e0, c0, t
 
 
+def _cases(args, device, dtype):
+    """The inputs, one shape at a time: random (the issue's shapes, or tiny ones with
+    ``--small``), or a real model's from ``--inputs`` (``real_inputs.py``)."""
+    if args.inputs:
+        from real_inputs import load
+
+        e0, c0, t = load(args.inputs, device)
+        yield e0.to(dtype), c0.to(dtype), t
+        return
+    for n, d, v in SMALL_SHAPES if args.small else SHAPES:
+        yield make_inputs(n, d, v, device, dtype)
+
+
 def run(args, on_row=None) -> list[dict]:
     """Measure every (shape, β, implementation); ``on_row(rows)`` after each row."""
     device = args.device
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
-    shapes = SMALL_SHAPES if args.small else SHAPES
     impls = implementations(device, args.small)
     rows = []
-    for n, d, v in shapes:
-        e0, c0, t = make_inputs(n, d, v, device, dtype)
+    for e0, c0, t in _cases(args, device, dtype):
+        (n, d), v = e0.shape, c0.shape[0]
         grad_bytes = (n * d + v * d) * e0.element_size()
         for beta in args.betas:
             # float32 leaves, so that the reference gradients are not rounded to bf16
@@ -309,6 +321,10 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--json", default="benchmarks/results/linear_cross_entropy.json")
+    p.add_argument(
+        "--inputs",
+        help="a real model's hidden states and head (real_inputs.py) instead of random ones",
+    )
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device (use --device cpu --small)")
@@ -321,6 +337,7 @@ def main(argv=None) -> int:
         "dtype": args.dtype,
         "warmup": args.warmup,
         "repeats": args.repeats,
+        "inputs": args.inputs or "random",
     }
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -137,3 +137,34 @@ def test_filter_fraction_counts_blocks_and_dropped_mass_like_a_brute_force():
         if t[r] != -100
     ]
     assert mass == pytest.approx(sum(dropped) / len(dropped), rel=1e-9)
+
+
+def test_real_inputs_export_and_benchmark_on_them(tmp_path):
+    """real_inputs.py on the tiny model: the int8 head round-trips within its rounding, the
+    targets are the next tokens, and the kernel benchmark runs on the file (--inputs)."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(BENCH.parent))
+    real = _load("real_inputs")
+    out = tmp_path / "tiny.safetensors"
+    info = real.export("tiny", 96, out)
+    assert info["shape"][0] == 96 and out.exists()
+    e, c, t = real.load(out)
+    assert e.dtype == c.dtype == torch.bfloat16 and e.shape == (96, info["shape"][1])
+    frac = _load("lce_filter_fraction")
+    e0, c0, t0 = frac.model_inputs("tiny", 96)
+    assert torch.equal(t, t0)
+    scale = c0.abs().amax(1, keepdim=True).clamp(min=1e-12) / 127
+    assert float(((c.float() - c0).abs() / scale).max()) <= 0.5 + 2**-7 * 127  # int8, then bf16
+    bench = _load("linear_cross_entropy")
+    js = tmp_path / "lce.json"
+    args = ["--device", "cpu", "--small", "--inputs", str(out), "--betas", "0.1", "--json", str(js)]
+    assert bench.main([*args, "--repeats", "1", "--warmup", "0"]) == 0
+    import json
+
+    data = json.loads(js.read_text())
+    assert data["env"]["inputs"] == str(out)
+    ours = next(r for r in data["rows"] if r["impl"] == "smoothalign")
+    assert ours["status"] == "ok" and ours["N"] == 96 and ours["loss_rel_err"] < 1e-3
