@@ -161,6 +161,26 @@ def test_gradient_checkpointing_recomputes_and_trains_the_same(
     assert ckpt["accuracy"] == plain["accuracy"]
 
 
+def test_fused_logps_train_like_materialised_logits(noisy_data, tmp_path):
+    """--fused-logps on (the chunked path here, the Triton kernel on a GPU, where the GPU
+    session runs this test) trains like --fused-logps off; fp32 for a tight tolerance."""
+    after = {}
+    for fused in ("off", "on"):
+        cfg = _config(
+            noisy_data,
+            tmp_path / fused,
+            smoothing="cals-l2",
+            max_steps=3,
+            learning_rate=1e-3,
+            fused_logps=fused,
+            precision="fp32",
+        )
+        after[fused] = run_dpo(cfg).after
+    assert after["off"]["margin_mean"] != 0.0
+    assert after["on"]["margin_mean"] == pytest.approx(after["off"]["margin_mean"], rel=1e-3)
+    assert after["on"]["accuracy"] == after["off"]["accuracy"]
+
+
 def test_two_process_gloo_run_keeps_ranks_identical(noisy_data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [

@@ -187,8 +187,11 @@ def test_gradient_accumulation_averages_over_tokens(data, tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("smoothalign.kernels") is None, reason="no kernel")
 def test_fused_kernel_trains_like_the_reference(data, tmp_path):
-    common = dict(max_steps=2, logging_steps=1)
-    plain = run_sft(_config(data, tmp_path / "plain", **common))
+    """The fused loss (the chunked path here, the Triton kernel on a GPU, where the GPU
+    session runs this test) trains like materialised logits; fp32, so that the tolerance
+    means something on a GPU too."""
+    common = dict(max_steps=2, logging_steps=1, precision="fp32")
+    plain = run_sft(_config(data, tmp_path / "plain", fused="off", **common))
     fused = run_sft(_config(data, tmp_path / "fused", fused="on", **common))
     assert fused.after["nll"] == pytest.approx(plain.after["nll"], rel=1e-4)
 
