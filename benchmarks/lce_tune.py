@@ -27,8 +27,9 @@ from linear_cross_entropy import SHAPES, _reference, _rel, make_inputs
 
 FWD = ["128,128,64,8,3", "128,128,64,8,4", "128,256,64,8,3", "256,128,64,8,3",
        "128,128,128,8,3", "64,128,64,4,4", "128,64,64,4,4"]  # fmt: skip
+# token blocks of 32 / 16 (the last two) skip more blocks on real hidden states
 BWD = ["128,128,64,8,3", "128,128,32,8,3", "128,128,64,8,4", "64,128,64,4,3",
-       "128,64,64,4,3", "128,128,128,8,2"]  # fmt: skip
+       "128,64,64,4,3", "128,128,128,8,2", "32,128,64,4,3", "16,128,64,4,3"]  # fmt: skip
 
 
 def _time(fn, repeats: int) -> float:
@@ -45,11 +46,12 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def tune_shape(n: int, d: int, v: int, args, record) -> None:
+def tune_shape(inputs, args, record) -> None:
     """Time every candidate at one shape; ``record(row)`` after each."""
     from smoothalign.kernels.triton_lce import triton_token_losses
 
-    e0, c0, t = make_inputs(n, d, v, "cuda", torch.bfloat16)
+    e0, c0, t = inputs
+    (n, d), v = e0.shape, c0.shape[0]
     e, c = e0.clone().requires_grad_(), c0.clone().requires_grad_()
     n_valid = int((t != -100).sum())
 
@@ -103,6 +105,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--inputs", help="a real model's hidden states and head (real_inputs.py)")
     p.add_argument("--json", required=True)
     p.add_argument("--export", help="write the fastest configuration as shell exports")
     args = p.parse_args(argv)
@@ -114,8 +117,14 @@ def main(argv=None) -> int:
         doc = {"gpu": torch.cuda.get_device_name(), "rows": rows}
         Path(args.json).write_text(json.dumps(doc, indent=1))
 
-    for n, d, v in SHAPES:
-        tune_shape(n, d, v, args, record)
+    if args.inputs:  # a real model's (real_inputs.py): filtering behaves differently there
+        from real_inputs import load
+
+        cases = [load(args.inputs, "cuda")]
+    else:
+        cases = (make_inputs(n, d, v, "cuda", torch.bfloat16) for n, d, v in SHAPES)
+    for inputs in cases:
+        tune_shape(inputs, args, record)
         torch.cuda.empty_cache()
     if args.export:
         lines = []
