@@ -50,9 +50,10 @@ def filter_fraction(e, c, t, block_n: int, block_v: int, eps: float, chunk: int 
         d[~live] = 0.0
         pad = (0, v_blocks * block_v - v)
         a = F.pad(d.abs(), pad).view(rows // block_n, block_n, v_blocks, block_v)
-        big = a.amax(dim=(1, 3)) >= eps  # [token blocks, vocabulary blocks]: computed
-        live_block = live.view(-1, block_n).any(1)
-        kept += int((big & live_block[:, None]).sum())
+        # [token blocks, vocabulary blocks]: computed (ignored rows have d = 0, so a block of
+        # ignored tokens is never computed, as the kernel returns early on it)
+        big = a.amax(dim=(1, 3)) >= eps
+        kept += int(big.sum())
         total += big.numel()
         # per token: the softmax mass in the vocabulary blocks its token block skips
         mass = F.pad(p, pad).view(rows, v_blocks, block_v).sum(2)  # [rows, vocabulary blocks]
