@@ -213,7 +213,7 @@ def test_forward_block_maxima(lce):
     """``block_max``: the forward stores each token's largest logit per vocabulary block."""
     e, c, b, t = _inputs(torch.float32, bias=True)
     with torch.no_grad():
-        _, _, (bmax, bv) = lce._forward(e, c, b, t, 0.0, -100, None, store_bmax=True)
+        _, _, _, (bmax, bv) = lce._forward(e, c, b, t, 0.0, -100, None, store_bmax=True)
     assert bv == lce._config("fwd", e.dtype)[1]
     z = (e.double() @ c.double().T + b.double()).T  # [V, N]
     blocks = torch.nn.functional.pad(z, (0, 0, 0, -V % bv), value=float("-inf"))

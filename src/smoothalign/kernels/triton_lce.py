@@ -25,9 +25,11 @@ dense rank-one ``−β/V``, whose contribution is known in closed form: ``−β�
 row of ``dE`` (``c̄`` the mean row of C) and ``−(β/V)·Σ_n g_n e_n`` on every row of ``dC``
 (and ``−(β/V)·Σ_n g_n`` on ``dbias``). Those are the *initial values* of the accumulation
 buffers (instead of zeros), so the block loop is exactly the β = 0 loop and costs the same.
-The forward's mean logit is a sum over the block already in registers. With ``softcap`` the
-gradient of the cap, ``1 − tanh²``, varies per logit, so the split does not hold: ``−β/V``
-is then applied inside the block, and gradient filtering is off when ``β > 0``.
+The forward's mean logit is closed-form too, ``e_n·c̄ + mean(b)``, so the forward kernel is
+the β = 0 kernel; ``c̄`` is computed once (one fp32 reduction over C) and kept for the
+backward. With ``softcap`` the cap is nonlinear: the forward sums each block's logits, and
+since the gradient of the cap, ``1 − tanh²``, varies per logit, ``−β/V`` is applied inside
+the backward's block and gradient filtering is off when ``β > 0``.
 
 **Gradient filtering** (the idea of Cut Cross-Entropy, Wijmans et al. 2024): a backward
 block whose every ``|softmax − (1 − β)·onehot|`` is below ``filter_eps`` is skipped (its
@@ -422,9 +424,10 @@ def _num_sms(device: torch.device) -> int:
 
 
 def _forward(e, c, bias, targets, beta, ignore_index, softcap, store_bmax=False):
-    """Per-token loss and lse ``[N]``; with ``store_bmax`` also ``(maxima, BLOCK_V)``: each
-    token's largest logit per forward vocabulary block, ``[V blocks, N]`` in bf16, and the
-    block width they were taken over (else None)."""
+    """Per-token loss and lse ``[N]``; ``c̄`` (fp32 ``[D]``, the mean row of C) when the
+    smoothing term is closed-form (``β > 0``, no softcap), else None; with ``store_bmax`` also
+    ``(maxima, BLOCK_V)``: each token's largest logit per forward vocabulary block,
+    ``[V blocks, N]`` in bf16, and the block width they were taken over (else None)."""
     n, d = e.shape
     v = c.shape[0]
     bn, bv, bd, warps, stages = _config("fwd", e.dtype)
@@ -435,7 +438,8 @@ def _forward(e, c, bias, targets, beta, ignore_index, softcap, store_bmax=False)
     split = triton.cdiv(v, v_per_split)  # no empty slice
     lse_p = torch.empty(split, n, dtype=torch.float32, device=e.device)
     zt_p = torch.empty_like(lse_p)
-    sz_p = torch.empty_like(lse_p) if beta > 0 else lse_p  # unused when SUM_Z is off
+    sum_in_kernel = beta > 0 and softcap is not None  # else the mean logit is e·c̄ + mean(b)
+    sz_p = torch.empty_like(lse_p) if sum_in_kernel else lse_p  # unused when SUM_Z is off
     bmax = torch.empty(v_blocks, n, dtype=torch.bfloat16, device=e.device) if store_bmax else None
     extra = {} if _interpreting() else {"num_warps": warps, "num_stages": stages}
     _fwd_kernel[(n_blocks, split)](
@@ -462,7 +466,7 @@ def _forward(e, c, bias, targets, beta, ignore_index, softcap, store_bmax=False)
         BLOCK_D=bd,
         HAS_BIAS=bias is not None,
         HAS_SOFTCAP=softcap is not None,
-        SUM_Z=beta > 0,
+        SUM_Z=sum_in_kernel,
         STORE_BMAX=bmax is not None,
         DOT_PREC=_dot_precision(e.dtype),
         UPCAST=_interpreting() and e.dtype != torch.float32,
@@ -471,18 +475,37 @@ def _forward(e, c, bias, targets, beta, ignore_index, softcap, store_bmax=False)
     lse = torch.logsumexp(lse_p, 0) if split > 1 else lse_p[0]
     zt = zt_p.sum(0)
     loss = lse - (1.0 - beta) * zt
-    if beta > 0:
+    c_mean = None
+    if sum_in_kernel:
         loss = loss - (beta / v) * sz_p.sum(0)
-    return loss, lse, (bmax, bv) if bmax is not None else None
+    elif beta > 0:
+        c_mean = _mean_row(c)
+        mean_z = _rowwise_dot(e, c_mean)
+        if bias is not None:
+            mean_z = mean_z + bias.float().mean()
+        loss = loss - beta * mean_z
+    return loss, lse, c_mean, (bmax, bv) if bmax is not None else None
 
 
 def _mean_row(c: Tensor, rows: int = 2048) -> Tensor:
-    """``c.mean(0)`` in float32, summed ``rows`` rows at a time so that no temporary is
-    larger than ``rows × D`` (the memory target leaves a few % of the gradients spare)."""
+    """``c.mean(0)`` in float32. On CUDA one reduction that converts as it reads (ATen's
+    16-bit-to-fp32 reduction makes no fp32 copy); elsewhere ``rows`` rows at a time, so that
+    no temporary is larger than ``rows × D`` (the memory target leaves a few % of the
+    gradients spare)."""
+    if c.device.type == "cuda":
+        return c.sum(0, dtype=torch.float32) / c.shape[0]
     total = torch.zeros(c.shape[1], dtype=torch.float32, device=c.device)
     for s in range(0, c.shape[0], rows):
         total += c[s : s + rows].float().sum(0)
     return total / c.shape[0]
+
+
+def _rowwise_dot(e: Tensor, w: Tensor, rows: int = 2048) -> Tensor:
+    """``e.float() @ w`` ``[N]`` (``w`` fp32 ``[D]``), ``rows`` rows of ``e`` at a time."""
+    out = torch.empty(e.shape[0], dtype=torch.float32, device=e.device)
+    for s in range(0, e.shape[0], rows):
+        out[s : s + rows] = e[s : s + rows].float() @ w
+    return out
 
 
 def _backward(
@@ -499,6 +522,7 @@ def _backward(
     accum_c_fp32,
     de_chunk_rows,
     bmax=None,
+    c_mean=None,
 ):
     need_e, need_c, need_b = need
     n, d = e.shape
@@ -529,7 +553,10 @@ def _backward(
     if need_b:
         db = torch.full((v,), -(beta / v) * float(g.sum()) if rank_one else 0.0, device=e.device)
         db = db.float()
-    c_mean = _mean_row(c) if (need_e and rank_one) else None
+    if not (need_e and rank_one):
+        c_mean = None
+    elif c_mean is None:
+        c_mean = _mean_row(c)
     de_out = torch.empty_like(e) if need_e else None
     if de_chunk_rows is None:
         de_chunk_rows = max(bn * 8, (DE_CHUNK_BYTES // (4 * d)) // bn * bn)
@@ -601,17 +628,19 @@ class TritonLinearCrossEntropy(torch.autograd.Function):
     def forward(
         ctx, e, c, bias, targets, beta, ignore_index, softcap, filter_eps, accum_c_fp32, block_max
     ):
-        loss, lse, maxima = _forward(e, c, bias, targets, beta, ignore_index, softcap, block_max)
+        loss, lse, c_mean, maxima = _forward(
+            e, c, bias, targets, beta, ignore_index, softcap, block_max
+        )
         valid = targets != ignore_index
         loss = loss.masked_fill(~valid, 0.0)
         bmax, bv_fwd = maxima if maxima is not None else (None, None)
-        ctx.save_for_backward(e, c, bias, targets, lse, bmax)
+        ctx.save_for_backward(e, c, bias, targets, lse, bmax, c_mean)
         ctx.opts = (beta, ignore_index, softcap, filter_eps, accum_c_fp32, bv_fwd)
         return loss
 
     @staticmethod
     def backward(ctx, grad):
-        e, c, bias, targets, lse, bmax = ctx.saved_tensors
+        e, c, bias, targets, lse, bmax, c_mean = ctx.saved_tensors
         beta, ignore_index, softcap, filter_eps, accum_c_fp32, bv_fwd = ctx.opts
         g = grad.float().masked_fill(targets == ignore_index, 0.0).contiguous()
         de, dc, db = _backward(
@@ -628,6 +657,7 @@ class TritonLinearCrossEntropy(torch.autograd.Function):
             accum_c_fp32,
             DE_CHUNK_ROWS,
             (bmax, bv_fwd) if bmax is not None else None,
+            c_mean,
         )
         return de, dc, db, None, None, None, None, None, None, None
 
