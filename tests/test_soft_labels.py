@@ -202,3 +202,60 @@ def test_bad_inputs_name_the_argument():
         posterior_target(prior[:2], prior)
     with pytest.raises(ValueError, match="model_probs"):
         posterior_target(prior, torch.full((3, 2), float("nan")))
+    with pytest.raises(ValueError, match="exactly one"):
+        posterior_target(prior, prior, logits=logits)
+
+
+# ------------------------------------------------------------- edge cases of the numerics
+@pytest.mark.parametrize("name", ["fkl", "jsd"])
+def test_gradient_through_the_posterior_with_unanimous_votes_is_finite_and_true(rng, name):
+    """A prior of exactly 0 or 1 makes posterior entries exactly 0; ``xlogy(r, r)``'s
+    gradient there is 0/0. The true gradient is finite (finite differences, float64)."""
+    logits = torch.as_tensor(rng.normal(0, 1, (4, 2))).requires_grad_(True)
+    prior = torch.tensor([[1.0, 0.0], [0.6, 0.4], [0.0, 1.0], [0.8, 0.2]], dtype=torch.float64)
+    loss = soft_label_loss(name, logits, prior, posterior=True, detach_target=False)
+    (grad,) = torch.autograd.grad(loss.sum(), logits)
+    assert torch.isfinite(grad).all()
+    assert torch.autograd.gradcheck(
+        lambda z: soft_label_loss(name, z, prior, posterior=True, detach_target=False),
+        (logits,),
+        eps=1e-6,
+        atol=1e-7,
+    )
+
+
+@pytest.mark.parametrize("p", [1.0, 0.7, 0.5])
+def test_jsd_gradient_where_the_softmax_underflows(p):
+    """At a margin of 110 the fp32 softmax of the losing class is exactly 0; the gradient
+    must stay finite and equal the float64 one (which does not underflow)."""
+    grads = {}
+    for dtype in (torch.float32, torch.float64):
+        x = torch.tensor([[110.0, 0.0]], dtype=dtype, requires_grad=True)
+        target = torch.tensor([[p, 1 - p]], dtype=dtype)
+        jensen_shannon(x, target).sum().backward()
+        grads[dtype] = x.grad
+    assert torch.isfinite(grads[torch.float32]).all()
+    torch.testing.assert_close(
+        grads[torch.float32].double(), grads[torch.float64], atol=1e-6, rtol=0
+    )
+
+
+def test_posterior_from_logits_is_exact_where_probabilities_underflow():
+    # identical rows leave the prior unchanged, however small q_θ is (SPEC §6)
+    logits = torch.tensor([[-80.0, 0.0]] * 4)
+    prior = torch.tensor([[0.5, 0.5]] * 4)
+    torch.testing.assert_close(posterior_target(prior, logits=logits), prior)
+    # a unanimous vote the model contradicts beyond fp32's range: the posterior is the prior's
+    # class, not an error (from probabilities q_θ underflows to 0 and nothing is left)
+    logits = torch.tensor([[-120.0, 0.0], [0.0, 0.0]])
+    prior = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    post = posterior_target(prior, logits=logits)
+    assert post[0].tolist() == [1.0, 0.0] and torch.isfinite(post).all()
+    with pytest.raises(ValueError, match="row 0 gives zero posterior mass"):
+        posterior_target(prior, torch.softmax(logits, -1))
+    # and it equals the float64 formula on ordinary inputs
+    x = torch.tensor([[0.3, -1.2], [2.0, 0.1], [-0.5, 0.4]], dtype=torch.float64)
+    pr = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]], dtype=torch.float64)
+    q = torch.softmax(x, -1)
+    ref = pr * q / q.sum(0, keepdim=True)
+    torch.testing.assert_close(posterior_target(pr, logits=x), ref / ref.sum(-1, keepdim=True))

@@ -32,33 +32,55 @@ def _check_pair(logits: Tensor, target: Tensor) -> None:
         raise ValueError(f"target: row {i} sums to {float(sums[i]):.6f}, not 1")
 
 
-def posterior_target(prior: Tensor, model_probs: Tensor) -> Tensor:
+def posterior_target(
+    prior: Tensor, model_probs: Tensor | None = None, *, logits: Tensor | None = None
+) -> Tensor:
     """``r_i(ρ) ∝ p_i(ρ) · q_θ(ρ|x_i) / Σ_{j∈B} q_θ(ρ|x_j)``, normalised over ρ (SPEC §6).
 
-    ``prior`` and ``model_probs`` are ``[B, R]``. The batch sum estimates the marginal of
-    each class under the model, so a model whose output is the same for every row leaves
-    the prior unchanged.
+    ``prior`` is ``[B, R]``; the model is given as ``model_probs`` ``[B, R]`` or, better, as
+    its ``logits`` ``[B, R]``: the product is formed in log space, so a class the model
+    gives less than fp32's smallest probability still gets its exact share (from
+    probabilities, an underflowed 0 stays 0). The batch sum estimates the marginal of each
+    class under the model, so a model whose output is the same for every row leaves the
+    prior unchanged. Classes with prior 0 get 0, with a zero (not NaN) gradient.
     """
-    if prior.shape != model_probs.shape or prior.ndim != 2:
+    if (model_probs is None) == (logits is None):
+        raise ValueError("posterior_target: pass exactly one of model_probs and logits")
+    model = model_probs if model_probs is not None else logits
+    name = "model_probs" if model_probs is not None else "logits"
+    if prior.shape != model.shape or prior.ndim != 2:
         raise ValueError(
-            f"prior/model_probs: expected equal shapes [B, R], got {list(prior.shape)} "
-            f"and {list(model_probs.shape)}"
+            f"prior/{name}: expected equal shapes [B, R], got {list(prior.shape)} "
+            f"and {list(model.shape)}"
         )
     check_in_range(prior, "prior", 0.0, 1.0)
-    check_in_range(model_probs, "model_probs", 0.0, 1.0)
-    unnorm = prior * model_probs / model_probs.sum(0, keepdim=True).clamp_min(1e-30)
-    z = unnorm.sum(-1, keepdim=True)
-    if bool((z <= 0).any()):
-        i = int((z.squeeze(-1) <= 0).nonzero()[0])
+    if model_probs is not None:
+        check_in_range(model_probs, "model_probs", 0.0, 1.0)
+        log_q = torch.log(model_probs)
+    else:
+        check_finite(logits, "logits")
+        log_q = torch.log_softmax(logits, -1)
+    # log p + log q − log Σ_j q_j, then a softmax over classes; -inf where p or q is 0
+    log_marginal = torch.logsumexp(log_q, 0, keepdim=True)
+    log_unnorm = torch.log(prior.to(log_q.dtype)) + log_q - log_marginal
+    dead = torch.isneginf(log_unnorm).all(-1)
+    if bool(dead.any()):
+        i = int(dead.nonzero()[0])
         raise ValueError(f"prior: row {i} gives zero posterior mass (prior and model disagree)")
-    return unnorm / z
+    return torch.softmax(log_unnorm, -1)
+
+
+def _xlogx(t: Tensor) -> Tensor:
+    """``t·log t`` with ``0·log 0 = 0`` and a finite gradient at 0 (``xlogy``'s is NaN)."""
+    pos = t > 0
+    return torch.where(pos, t * torch.log(torch.where(pos, t, 1.0)), 0.0)
 
 
 def forward_kl(logits: Tensor, target: Tensor) -> Tensor:
     """``KL(target ‖ q_θ)`` per row; equals cross-entropy on one-hot targets."""
     _check_pair(logits, target)
     log_q = torch.log_softmax(logits, -1)
-    return (torch.xlogy(target, target) - target * log_q).sum(-1)
+    return (_xlogx(target) - target * log_q).sum(-1)
 
 
 def reverse_kl(logits: Tensor, target: Tensor, *, target_floor: float = 1e-6) -> Tensor:
@@ -79,11 +101,12 @@ def reverse_kl(logits: Tensor, target: Tensor, *, target_floor: float = 1e-6) ->
 def jensen_shannon(logits: Tensor, target: Tensor) -> Tensor:
     """``½KL(target ‖ M) + ½KL(q_θ ‖ M)``, ``M = ½(target + q_θ)``; symmetric, in ``[0, log 2]``."""
     _check_pair(logits, target)
-    q = torch.softmax(logits, -1)
+    log_q = torch.log_softmax(logits, -1)  # finite where softmax underflows to 0
+    q = log_q.exp()
     m = 0.5 * (q + target)
-    log_m = torch.log(m.clamp_min(1e-30))
-    kl_t = (torch.xlogy(target, target) - target * log_m).sum(-1)
-    kl_q = (torch.xlogy(q, q) - q * log_m).sum(-1)
+    log_m = torch.log(m.clamp_min(torch.finfo(m.dtype).tiny))
+    kl_t = (_xlogx(target) - target * log_m).sum(-1)
+    kl_q = (q * (log_q - log_m)).sum(-1)
     return 0.5 * (kl_t + kl_q)
 
 
@@ -116,7 +139,7 @@ def soft_label_loss(
         raise ValueError(f"prior: expected shape {list(logits.shape)}, got {list(prior.shape)}")
     target = prior.to(logits.dtype)
     if posterior:
-        target = posterior_target(target, torch.softmax(logits, -1))
+        target = posterior_target(target, logits=logits)
         if detach_target:
             target = target.detach()
     return div(logits, target)

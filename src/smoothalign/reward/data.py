@@ -236,7 +236,8 @@ def _vote_list(votes: Any) -> tuple[int, int]:
     if len(votes) == 0:
         raise _Bad("votes", "zero_annotators", "zero annotators (an empty votes list)")
     for i, v in enumerate(votes):
-        if v not in (0, 1):  # True/False count as 1/0; NaN, 2, "1" do not
+        # True/False count as 1/0; NaN, 2, "1" and nested lists or arrays do not
+        if not isinstance(v, numbers.Real | np.bool_) or v not in (0, 1):
             raise _Bad("votes", "bad_votes", f"vote {i} is {v!r}; each vote must be 0 or 1")
     return int(sum(int(v) for v in votes)), len(votes)
 

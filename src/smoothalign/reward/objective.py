@@ -170,7 +170,7 @@ def reward_loss(
         trained_on = target
         if posterior:
             with torch.no_grad():
-                trained_on = posterior_target(prior, torch.softmax(logits, -1))[:, 0]
+                trained_on = posterior_target(prior, logits=logits)[:, 0]
 
     total = weights.sum()
     pair_mean = (losses * weights).sum() / total.clamp_min(1.0)
@@ -193,7 +193,7 @@ def _rkl(logits: Tensor, prior: Tensor, posterior: bool, detach: bool, floor: fl
         raise ValueError(f"rkl_floor: must lie in [0, 0.5), got {floor}")
     target = prior
     if posterior:
-        target = posterior_target(prior, torch.softmax(logits, -1))
+        target = posterior_target(prior, logits=logits)
         if detach:
             target = target.detach()
     return reverse_kl(logits, target, target_floor=floor)
