@@ -71,6 +71,7 @@ def test_every_label_form_gives_the_probability_that_chosen_wins(tok):
         ({"votes_chosen": -1, "votes_total": 3}, "votes_chosen", "whole number >= 0"),
         ({"votes": [1, 2, 0]}, "votes", "vote 1 is 2"),
         ({"votes": "101"}, "votes", "list of 0/1 votes"),
+        ({"votes": np.array([[1, 0], [1, 1]])}, "votes", "each vote must be 0 or 1"),
         ({"p_chosen": 0.5, "votes_chosen": 3, "votes_total": 4}, "votes_chosen", "0.75"),
         ({"votes": [1, 1], "votes_chosen": 1, "votes_total": 2}, "votes", "2 of 2 votes"),
         ({"p_chosen": None}, "p_chosen", "no soft label"),
@@ -121,8 +122,9 @@ def test_a_repeated_pair_id_is_a_bad_row(tok):
 
 
 def test_all_rows_bad_in_skip_mode_still_raises(tok):
-    with pytest.raises(ValueError, match="no valid soft-label preference row is left"):
+    with pytest.raises(ValueError, match="no valid soft-label preference row is left") as err:
         _validate([_row(0, p_chosen=3.0)], tok, on_bad_rows="skip")
+    assert "on_bad_rows='skip'" not in str(err.value)  # skipping is what left nothing
 
 
 # ------------------------------------------------------------- labels joined on pair_id
@@ -210,6 +212,20 @@ def test_csv_with_vote_counts(tok, tmp_path):
     assert (
         _validate(rows, tok, labels=[{"pair_id": "7", "p_chosen": 0.3}]).examples[0].p_chosen == 0.3
     )
+
+
+def test_one_bad_number_in_a_csv_column_is_that_rows_error_alone(tok, tmp_path):
+    """A label column is parsed cell by cell: one bad cell does not turn it all to text."""
+    path = tmp_path / "pairs.csv"
+    path.write_text(
+        "prompt,chosen,rejected,p_chosen\nq:,good,bad,0.7\nq:,fine,poor,0.7x\nq:,ok,meh,\n"
+    )
+    with pytest.raises(ValueError) as err:
+        _validate(str(path), tok)
+    assert "2 of 3 preference rows are invalid" in str(err.value)
+    assert "row 1, field 'p_chosen': expected a number, got str '0.7x'" in str(err.value)
+    report = _validate(str(path), tok, on_bad_rows="skip")
+    assert [e.p_chosen for e in report.examples] == [0.7]
 
 
 # ------------------------------------------------------------- collation

@@ -24,6 +24,9 @@ ROW_KEY = "_row"
 FILE_KEY = "_file"
 SUPPORTED_EXTENSIONS = (".jsonl", ".json", ".parquet", ".csv")
 TEXT_FIELDS = ("prompt", "chosen", "rejected")
+# numbers wherever they appear: in CSV each of their cells is parsed on its own, so that one
+# bad cell stays a string (and validation names its row) instead of turning the column to text
+NUMERIC_FIELDS = ("confidence", "p_chosen", "votes_chosen", "votes_total")
 
 PreferenceSource = str | os.PathLike | Sequence[Mapping[str, Any]] | Any  # Any: datasets.Dataset
 
@@ -185,9 +188,26 @@ def _read_csv(path: Path, text_fields: tuple[str, ...]) -> list[Any]:
     finally:
         csv.field_size_limit(old_limit)
     for col in columns:
-        if col not in text_fields:
+        if col in NUMERIC_FIELDS:
+            _coerce_csv_cells(rows, col)
+        elif col not in text_fields:
             _coerce_csv_column(rows, col)
     return rows
+
+
+def _coerce_csv_cells(rows: list[dict[str, Any]], col: str) -> None:
+    """Empty cells -> None; each other cell -> int or float where it parses as one."""
+    for r in rows:
+        v = r[col]
+        if v == "":
+            r[col] = None
+            continue
+        for kind in (int, float):
+            try:
+                r[col] = kind(v)
+                break
+            except ValueError:
+                continue
 
 
 def _coerce_csv_column(rows: list[dict[str, Any]], col: str) -> None:

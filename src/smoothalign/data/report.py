@@ -189,13 +189,17 @@ class ValidationReport(TokenizedRowsReport):
 def format_bad_rows(
     bad_rows: list[BadRow], n_rows: int, limit: int = 5, what: str = "preference rows"
 ) -> str:
-    """The error message for ``on_bad_rows="error"``: the first ``limit`` rows and the total."""
+    """The error message for ``on_bad_rows="error"`` (or for no valid row left): the first
+    ``limit`` rows and the total."""
     lines = [f"{len(bad_rows)} of {n_rows} {what} are invalid:"]
     lines += [f"  {b}" for b in bad_rows[:limit]]
     if len(bad_rows) > limit:
         lines.append(f"  ... and {len(bad_rows) - limit} more")
-    lines.append(
-        "Fix the data, or pass on_bad_rows='skip' to drop these rows "
-        "(they are then listed in the validation report)."
-    )
+    if len(bad_rows) < n_rows:
+        lines.append(
+            "Fix the data, or pass on_bad_rows='skip' to drop these rows "
+            "(they are then listed in the validation report)."
+        )
+    else:  # skipping would leave nothing
+        lines.append("Fix the data.")
     return "\n".join(lines)
