@@ -167,6 +167,30 @@ def test_bad_arguments_are_refused():
         linear_cross_entropy(e, c, t, softcap=0.0)
     with pytest.raises(ValueError, match="impl"):
         linear_cross_entropy(e, c, t, impl="cuda")
+    with pytest.raises(ValueError, match="softcap"):
+        linear_cross_entropy(e, c, t, softcap=float("inf"))
+    with pytest.raises(ValueError, match="e: a real floating-point"):
+        linear_cross_entropy(e.long(), c.long(), t)
+    with pytest.raises(ValueError, match="0-dimensional"):
+        linear_cross_entropy(e[0, 0], c, t[0])
+
+
+@pytest.mark.parametrize("bad", [-1, V, V + 1000])
+@pytest.mark.parametrize("fn", ["loss", "log_probs"])
+def test_targets_outside_the_vocabulary_are_refused(bad, fn):
+    """Not a gather error or a silently wrong loss: a ValueError naming the position."""
+    e, c, _, t = _inputs()
+    t = t.clone()
+    t[3] = bad
+    call = linear_cross_entropy if fn == "loss" else linear_log_probs
+    with pytest.raises(ValueError, match=rf"targets: {bad} at position 3 is outside"):
+        call(e, c, t)
+    t[3] = -100  # the ignore index itself is fine, and so is a custom one
+    call(e, c, t)
+    t[t == -100] = -7
+    call(e, c, t, ignore_index=-7)
+    with pytest.raises(ValueError, match="-7 at position 0"):  # -7 is a target like any other
+        call(e, c, t)
 
 
 def test_auto_picks_chunked_on_cpu():
@@ -174,3 +198,14 @@ def test_auto_picks_chunked_on_cpu():
 
     e, *_ = _inputs()
     assert _resolve_impl(None, e) == "chunked"
+
+
+def test_autocast_leaves_float64_alone():
+    """Autocast never casts float64 (it is not eligible), so neither do we: the result is
+    the float64 loss, as the eager ``e @ c.T`` gives under autocast."""
+    e, c, _, t = _inputs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = linear_cross_entropy(e, c, t, label_smoothing=0.1)
+        eager = F.cross_entropy(e @ c.T, t, label_smoothing=0.1)
+    assert got.dtype == eager.dtype == torch.float64
+    torch.testing.assert_close(got, eager, rtol=1e-10, atol=1e-12)

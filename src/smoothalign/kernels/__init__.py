@@ -15,13 +15,17 @@ Two implementations behind one signature, chosen by device (``impl=None``):
 Differences from ``F.cross_entropy``, all deliberate: the result is float32 (float64 for
 float64 inputs) whatever the input dtype; ``reduction="mean"`` over a batch whose tokens are
 all ignored is 0 with zero gradients (``F.cross_entropy`` gives NaN); under autocast the
-inputs are cast to the autocast dtype first, as autocast does for the eager ``e @ c.T``.
+inputs are cast to the autocast dtype first, as autocast does for the eager ``e @ c.T``
+(float64 inputs are not). Bad input — a target outside ``[0, V)`` that is not
+``ignore_index``, mismatched shapes, non-float tensors — is a ``ValueError`` before any
+kernel runs.
 Triton is imported lazily: the package works without it.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import Tensor
@@ -65,7 +69,13 @@ def _check(
     bias: Tensor | None,
     label_smoothing: float,
     softcap: float | None,
+    ignore_index: int,
 ) -> None:
+    for name, t in (("e", e), ("c", c), ("bias", bias)):
+        if t is not None and (not t.dtype.is_floating_point or t.dtype.is_complex):
+            raise ValueError(f"{name}: a real floating-point tensor expected, got {t.dtype}")
+    if e.dim() < 1:
+        raise ValueError("e: expected [..., D], got a 0-dimensional tensor")
     if c.dim() != 2:
         raise ValueError(f"c: expected [V, D], got shape {tuple(c.shape)}")
     if e.shape[-1] != c.shape[1]:
@@ -80,14 +90,26 @@ def _check(
         raise ValueError(f"bias: expected [{c.shape[0]}], got {tuple(bias.shape)}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing: {label_smoothing!r} not in [0, 1]")
-    if softcap is not None and not softcap > 0:
-        raise ValueError(f"softcap: {softcap!r}; must be > 0 (or None)")
+    if softcap is not None and not (softcap > 0 and math.isfinite(softcap)):
+        raise ValueError(f"softcap: {softcap!r}; must be finite and > 0 (or None)")
+    # a target outside the vocabulary would read a wrong (Triton) or no (CUDA gather) logit
+    v = c.shape[0]
+    bad = (targets != ignore_index) & ((targets < 0) | (targets >= v))
+    if bool(bad.any()):  # one host sync per call
+        where = [int(i) for i in bad.nonzero()[0]]
+        pos = where[0] if len(where) == 1 else tuple(where)
+        raise ValueError(
+            f"targets: {int(targets[tuple(where)])} at position {pos} is outside the "
+            f"vocabulary [0, {v}) and is not ignore_index ({ignore_index})"
+        )
 
 
 def _autocast_inputs(e: Tensor, c: Tensor, bias: Tensor | None):
-    """Under autocast, cast the inputs as autocast would for the eager ``e @ c.T``."""
+    """Under autocast, cast the inputs as autocast would for the eager ``e @ c.T`` (float64
+    is not eligible: autocast leaves it alone)."""
     kind = e.device.type
-    if kind in ("cuda", "cpu") and torch.is_autocast_enabled(kind):
+    eligible = torch.float64 not in (e.dtype, c.dtype)
+    if eligible and kind in ("cuda", "cpu") and torch.is_autocast_enabled(kind):
         dtype = torch.get_autocast_dtype(kind)
         e, c = e.to(dtype), c.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
@@ -155,7 +177,7 @@ def linear_cross_entropy(
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: {reduction!r}; choose one of {REDUCTIONS}")
-    _check(e, c, targets, bias, label_smoothing, softcap)
+    _check(e, c, targets, bias, label_smoothing, softcap, int(ignore_index))
     shape = targets.shape
     flat_t = targets.reshape(-1)
     losses = _token_losses(
@@ -192,7 +214,7 @@ def linear_log_probs(
     (float64 for float64 inputs), 0 at ignored tokens; differentiable in ``e``, ``c``,
     ``bias``. The same kernels as :func:`linear_cross_entropy` (it is ``−`` its unsmoothed,
     unreduced loss)."""
-    _check(e, c, targets, bias, 0.0, softcap)
+    _check(e, c, targets, bias, 0.0, softcap, int(ignore_index))
     losses = _token_losses(
         e.reshape(-1, e.shape[-1]),
         c,
