@@ -38,6 +38,21 @@ def test_plain_prompt_completion_masks_the_prompt():
     assert report.n_completion_tokens == 3 and report.kind == "plain"
 
 
+def test_an_empty_prompt_without_bos_counts_only_the_tokens_trained_on():
+    """Nothing predicts position 0: with an empty prompt and no BOS the first completion
+    token is not trained, and the report's count equals what the collated batch trains."""
+    rows = [{"prompt": "", "completion": "ab"}, {"prompt": "q:", "completion": "cd"}]
+    report = _one(rows, make_byte_tokenizer(bos=False))
+    first = report.examples[0]
+    assert first.input_ids == [*byte_ids("ab"), EOS]
+    assert first.labels == [X, *byte_ids("b"), EOS]
+    batch = SFTCollator(pad_token_id=PAD)(report.examples)
+    assert report.n_completion_tokens == int((batch["labels"] != X).sum()) == 2 + 3
+    # with a BOS the prompt is never empty and every completion token counts
+    with_bos = _one(rows[:1]).examples[0]
+    assert with_bos.labels == [X, *byte_ids("ab"), EOS]
+
+
 def test_conversational_prompt_completion_trains_after_the_generation_prompt():
     row = {
         "prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}],

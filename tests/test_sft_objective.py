@@ -121,6 +121,23 @@ def test_token_statistics_match_numpy_and_recompose_the_loss():
         torch.testing.assert_close(stats[k], whole[k])
 
 
+def test_token_statistics_of_a_float64_model_and_a_masked_vocabulary_entry():
+    """float32 statistics from a float64 model (not an index_put dtype error), and a -inf
+    logit (a masked entry) adds 0·log 0 = 0 to the entropy, not NaN."""
+    hidden, weight, bias = _batch(torch.float64)
+    bias[5] = float("-inf")
+    labels = LABELS.masked_fill(LABELS == 5, 4)
+    stats = token_statistics(hidden, weight, labels, bias=bias)
+    assert all(v.dtype == torch.float32 for k, v in stats.items() if k != "mask")
+    mask = stats["mask"]
+    rows, cols = mask.nonzero(as_tuple=True)
+    z = (hidden[rows, cols] @ weight.T + bias).numpy()
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    ent = -(p * np.log(np.where(p > 0, p, 1.0))).sum(-1)
+    np.testing.assert_allclose(stats["entropy"][mask], ent, rtol=1e-5)
+
+
 def test_bad_arguments_are_refused():
     hidden, weight, _ = _batch()
     with pytest.raises(ValueError, match="label_smoothing"):

@@ -278,6 +278,8 @@ def _prompt_completion_example(
         )
     completion_ids, truncated = fit_response(completion_ids, len(prompt_ids), max_length)
     labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
+    if not prompt_ids:  # an empty prompt and no BOS: nothing predicts the first token, as in
+        labels[0] = IGNORE_INDEX  # a text row; so it is not counted as trained either
     return prompt_ids + completion_ids, labels, truncated
 
 

@@ -154,12 +154,13 @@ def token_statistics(
         values = {
             "nll": -logp.gather(1, t[:, None]).squeeze(1),
             "correct": (z.argmax(-1) == t).float(),
-            "entropy": -(logp.exp() * logp).sum(-1),
+            # 0·log 0 = 0 where a logit is -inf (a masked vocabulary entry), not NaN
+            "entropy": -torch.where(logp > -torch.inf, logp.exp() * logp, 0.0).sum(-1),
             "confidence": logp.max(-1).values.exp(),
             "uniform_ce": lse - z.mean(-1),
         }
         for name, v in values.items():
-            out[name][idx] = v
+            out[name][idx] = v.float()  # float32 whatever the model's dtype
     shape = (labels.shape[0], labels.shape[1] - 1)
     result = {name: t.reshape(shape) for name, t in out.items()}
     result["mask"] = keep.reshape(shape)
