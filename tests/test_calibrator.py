@@ -295,6 +295,17 @@ def test_state_dict_round_trip_is_exact(rng, tmp_path):
     assert fresh.step == cal.step
 
 
+def test_state_held_as_lists_restores_exactly(rng):
+    """A state that went through JSON (lists of floats) restores bit-exactly: the counts
+    are read as float64, not through float32."""
+    cal = _trained(rng, bins=8)
+    state = cal.state_dict()
+    as_lists = {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
+    fresh = CALSCalibrator(bins=8)
+    fresh.load_state_dict(as_lists)
+    assert torch.equal(fresh.wins, cal.wins) and torch.equal(fresh.losses, cal.losses)
+
+
 def test_state_dict_is_a_snapshot(rng):
     cal = _trained(rng)
     state = cal.state_dict()
@@ -330,6 +341,8 @@ def _bad_states(good):
         "nan count": edit(losses=torch.full((good["bins"],), float("nan"), dtype=torch.float64)),
         "odd bins": edit(bins=3, wins=torch.zeros(3), losses=torch.zeros(3)),
         "momentum 1": edit(momentum=1.0),
+        "momentum None": edit(momentum=None),  # a TypeError inside float(), reported as state
+        "init_confidence list": edit(init_confidence=[0.5]),
         "c0 > 1": edit(init_confidence=1.5),
         "negative step": edit(step=-1),
         "fractional step": edit(step=2.5),

@@ -187,6 +187,11 @@ def test_policy_state_round_trip(rng):
         make_policy("cals-l0").load_state_dict(state)
     with pytest.raises(ValueError, match="state"):
         make_policy("cals-l2").load_state_dict({"name": "cals-l2"})
+    # a constant α is compared at full precision: 0.1234567 is not 0.1234568
+    with pytest.raises(ValueError, match="state"):
+        make_policy("constant:0.1234568").load_state_dict(
+            make_policy("constant:0.1234567").state_dict()
+        )
     none = make_policy("none")
     none.load_state_dict(none.state_dict())
     with pytest.raises(ValueError, match="state"):

@@ -166,6 +166,9 @@ def test_bad_inputs_name_the_argument():
             gradient_error_prob(0.5, bad)
         with pytest.raises(ValueError, match="alpha"):
             smoothed_target(1.0, bad)
+    for bad in (2.0, -0.5):
+        with pytest.raises(ValueError, match="label"):
+            smoothed_target(bad, 0.1)
     with pytest.raises(ValueError, match="metric"):
         optimal_alpha(0.5, "l1")
     with pytest.raises(ValueError, match="metric"):

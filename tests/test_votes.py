@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from smoothalign.smoothing.votes import fit_vote_prior, vote_confidence
+from smoothalign.smoothing.votes import fit_vote_prior, posterior_mean, vote_confidence
 
 
 def _marginal_log_lik(v, k, support, weights) -> float:
@@ -96,6 +96,19 @@ def test_bad_votes_name_the_row():
         vote_confidence([0, 1], 3, prior="jeffreys")
     with pytest.raises(ValueError, match="totals >= 1"):
         vote_confidence([0], 0)
+
+
+def test_posterior_mean_refuses_a_bad_prior():
+    third = torch.full((3,), 1 / 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="strictly inside"):  # 0·log 0 would give NaN
+        posterior_mean([0, 2], [2, 2], torch.tensor([0.0, 0.5, 1.0]), third)
+    with pytest.raises(ValueError, match=">= 0"):
+        posterior_mean([0, 2], [2, 2], torch.tensor([0.2, 0.5, 0.8]), torch.tensor([1.5, -0.5, 0]))
+    with pytest.raises(ValueError, match="sum to 1"):
+        posterior_mean([0, 2], [2, 2], torch.tensor([0.2, 0.5, 0.8]), 2 * third)
+    # float32 support with float64 weights is fine (both are read as float64)
+    got = posterior_mean([1], [2], torch.tensor([0.25, 0.75]), torch.tensor([0.5, 0.5]).double())
+    assert float(got[0]) == pytest.approx(0.5)
 
 
 def test_em_equals_a_plain_per_pair_em():

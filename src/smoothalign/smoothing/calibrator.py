@@ -193,8 +193,9 @@ class CALSCalibrator:
         if missing:
             raise ValueError(f"state: missing keys {sorted(missing)}")
         try:
-            wins = torch.as_tensor(state["wins"]).detach().to("cpu", torch.float64).clone()
-            losses = torch.as_tensor(state["losses"]).detach().to("cpu", torch.float64).clone()
+            # float64 from the start: a list of Python floats would otherwise pass via float32
+            wins = torch.as_tensor(state["wins"], dtype=torch.float64).detach().cpu().clone()
+            losses = torch.as_tensor(state["losses"], dtype=torch.float64).detach().cpu().clone()
         except (TypeError, ValueError, RuntimeError) as err:
             raise ValueError(f"state: wins/losses are not numeric arrays ({err})") from None
         bins = state["bins"]
@@ -209,12 +210,14 @@ class CALSCalibrator:
         step = state["step"]
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"state: step must be an integer >= 0, got {step!r}")
+        numbers = {}
+        for key in ("momentum", "init_confidence", "prior_strength"):
+            try:
+                numbers[key] = float(state[key])
+            except (TypeError, ValueError):
+                raise ValueError(f"state: {key} must be a number, got {state[key]!r}") from None
         fresh = CALSCalibrator(  # validates the hyper-parameters before anything changes
-            bins=bins,
-            momentum=float(state["momentum"]),
-            init_confidence=float(state["init_confidence"]),
-            prior_strength=float(state["prior_strength"]),
-            warmup_steps=state["warmup_steps"],
+            bins=bins, warmup_steps=state["warmup_steps"], **numbers
         )
         self.bins, self.momentum = fresh.bins, fresh.momentum
         self.init_confidence, self.prior_strength = fresh.init_confidence, fresh.prior_strength

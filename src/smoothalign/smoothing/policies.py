@@ -68,7 +68,7 @@ class ConstantSmoothing(SmoothingPolicy):
     def __init__(self, value: float) -> None:
         check_in_range(torch.tensor(float(value)), "alpha", 0.0, 0.5)
         self.value = float(value)
-        self.name = f"constant:{value:g}"
+        self.name = f"constant:{self.value!r}"  # every digit: a resume must match α exactly
 
     def alpha(self, margins: Tensor, confidence: Tensor | None = None) -> Tensor:
         return torch.full_like(_margins(margins), self.value)

@@ -68,6 +68,6 @@ def gradient_error_prob(q: ArrayLike, alpha: ArrayLike, *, atol: float = 1e-12):
 
 def smoothed_target(label: ArrayLike, alpha: ArrayLike):
     """``t_α(z)``: ``1 − α`` for ``z = 1`` and ``α`` for ``z = 0``."""
-    z = as_tensor(label, "label")
+    z = check_in_range(as_tensor(label, "label"), "label", 0.0, 1.0)
     a = _alpha(alpha, z)
     return same_type_as_input(z * (1 - a) + (1 - z) * a, label)

@@ -96,11 +96,19 @@ def posterior_mean(votes: ArrayLike, totals: ArrayLike, support: Tensor, weights
     """``E[q_i | v_i]`` ``[N]`` under the discrete prior ``weights`` on ``support``
     (computed once per distinct ``(v, K)``)."""
     v, k = _counts(votes, totals)
-    if support.shape != weights.shape or support.dim() != 1:
+    support = torch.as_tensor(support, dtype=torch.float64)
+    weights = torch.as_tensor(weights, dtype=torch.float64)
+    if support.shape != weights.shape or support.dim() != 1 or support.numel() == 0:
         raise ValueError(
-            f"support and weights: expected two vectors of one length, got "
+            f"support and weights: expected two non-empty vectors of one length, got "
             f"{tuple(support.shape)} and {tuple(weights.shape)}"
         )
+    if not bool(((support > 0) & (support < 1)).all()):
+        raise ValueError("support: every point must lie strictly inside (0, 1)")
+    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+        raise ValueError("weights: must be finite and >= 0")
+    if abs(float(weights.sum()) - 1.0) > 1e-6:
+        raise ValueError(f"weights: must sum to 1, got {float(weights.sum()):.6g}")
     pairs, index = torch.unique(torch.stack([v, k], 1), dim=0, return_inverse=True)
     post = torch.softmax(
         _log_binomial_likelihood(pairs[:, 0], pairs[:, 1], support)
