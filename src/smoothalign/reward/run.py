@@ -35,7 +35,11 @@ from smoothalign.reward.data import (
     validate_reward_rows,
 )
 from smoothalign.reward.trainer import RewardTrainer, reward_metrics
-from smoothalign.train.checkpoints import save_smoothing_state, train_with_resume
+from smoothalign.train.checkpoints import (
+    prepare_output_dir,
+    save_smoothing_state,
+    train_with_resume,
+)
 from smoothalign.train.common import (
     check_scheduler,
     resolve_bf16,
@@ -175,6 +179,7 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
     config.validate()
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out, config.resume)  # before the model loads: a mixed-up dir fails fast
     set_seed(config.seed)  # python, numpy and torch: the score head's initialisation
     notes: list[str] = []
     bf16 = resolve_bf16(config.precision)

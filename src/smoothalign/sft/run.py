@@ -31,7 +31,7 @@ from smoothalign.sft.data import (
 )
 from smoothalign.sft.objective import _fused_kernel
 from smoothalign.sft.trainer import SFTTrainer
-from smoothalign.train.checkpoints import train_with_resume
+from smoothalign.train.checkpoints import prepare_output_dir, train_with_resume
 from smoothalign.train.common import (
     add_lora,
     check_scheduler,
@@ -94,6 +94,7 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
         _fused_kernel()  # fail before loading anything when the kernel is missing
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out, config.resume)  # before the model loads: a mixed-up dir fails fast
     set_seed(config.seed)  # python, numpy and torch: data order and the LoRA initialisation
     bf16 = resolve_bf16(config.precision)
     check_scheduler(config.lr_scheduler)

@@ -110,11 +110,13 @@ class SmoothingTrainer(Trainer):
 
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, model, trial) -> None:
+        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        if self.args.should_save:  # a folder saved over (a resume from an older checkpoint)
+            (folder / COMPLETE_MARKER).unlink(missing_ok=True)  # is uncertified until done
         super()._save_checkpoint(model, trial)
         # every rank writes its own RNG state (and shards under FSDP/DeepSpeed): certify the
         # checkpoint only once all of them are done
         self.accelerator.wait_for_everyone()
-        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
         if self.args.should_save:
             save_smoothing_state(self.smoothing_policy.state_dict(), folder)
             # written last: its presence certifies that everything above is complete

@@ -8,6 +8,7 @@ only trusts folders that carry it.
 from __future__ import annotations
 
 import io
+import os
 import re
 import time
 from pathlib import Path
@@ -55,6 +56,33 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
             "trusted. Resume from an earlier checkpoint (or --resume latest)."
         )
     return folder
+
+
+def prepare_output_dir(output_dir: str | Path, resume: str | None) -> None:
+    """Keep two runs from mixing in one ``output_dir``.
+
+    A fresh run (no ``resume``) into a folder holding an earlier run's ``checkpoint-N``
+    folders is refused: its saves would land among them, and a later ``--resume latest``
+    could pick up the other run's state. A run that starts fresh (no ``resume``, or
+    ``'latest'`` with no complete checkpoint yet) empties ``metrics.jsonl``, which would
+    otherwise append to the earlier run's log. Call it before the model loads."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return
+    earlier = sorted(
+        (c for c in root.iterdir() if _CKPT.match(c.name) and c.is_dir()),
+        key=lambda c: int(_CKPT.match(c.name).group(1)),
+    )
+    if resume is None and earlier:
+        names = ", ".join(c.name for c in earlier[-3:])
+        raise ValueError(
+            f"output_dir: {root} already holds an earlier run's checkpoints ({names}); "
+            "pass --resume latest to continue that run, or another --output-dir (or delete "
+            "them) to start a new one"
+        )
+    fresh = resume is None or (resume == "latest" and latest_complete_checkpoint(root) is None)
+    if fresh and int(os.environ.get("RANK", "0")) == 0:
+        (root / "metrics.jsonl").unlink(missing_ok=True)
 
 
 def train_with_resume(
