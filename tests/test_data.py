@@ -101,6 +101,40 @@ def test_plain_text_empty_prompt_is_allowed(tok):
     assert ex.prompt_ids == [BOS_ID]
 
 
+def test_an_empty_prompt_without_bos_is_a_bad_row():
+    """No prompt token: nothing predicts the responses' first tokens, which would silently
+    drop out of log π(y|x) (often exactly where chosen and rejected differ)."""
+    tok = make_byte_tokenizer(bos=False)
+    rows = [plain_row(0), plain_row(1, prompt="")]
+    with pytest.raises(ValueError, match="row 1, field 'prompt': no prompt tokens"):
+        validate_preference_rows(rows, tok, max_length=64)
+    report = validate_preference_rows(rows, tok, max_length=64, on_bad_rows="skip")
+    assert [(b.index, b.code) for b in report.bad_rows] == [(1, "empty_prompt")]
+
+
+def test_reference_logps_of_a_truncated_response_are_dropped_and_counted(tok):
+    """The data's ref_*_logps are of the whole responses; once a response is cut they no
+    longer match what is trained, so they are dropped (and the run recomputes them)."""
+    rows = [
+        plain_row(0, chosen="abcdefghij", ref_chosen_logps=-9.0, ref_rejected_logps=-4.0),
+        plain_row(1, chosen="ab", rejected="cd", ref_chosen_logps=-2.0, ref_rejected_logps=-2.5),
+    ]
+    max_length = 1 + len(byte_ids("Q0: 2+2=")) + 6
+    report = validate_preference_rows(rows, tok, max_length=max_length)
+    cut, whole = report.examples
+    assert cut.chosen_truncated and cut.ref_chosen_logp is cut.ref_rejected_logp is None
+    assert (whole.ref_chosen_logp, whole.ref_rejected_logp) == (-2.0, -2.5)
+    assert report.n_ref_logps_dropped == 1 == report.to_dict()["n_ref_logps_dropped"]
+    assert "reference log-probs were dropped" in report.to_markdown()
+
+
+def test_require_confidence_makes_a_row_without_one_bad(tok):
+    rows = [plain_row(0, confidence=0.8), plain_row(1)]
+    assert len(validate_preference_rows(rows, tok, max_length=64).examples) == 2
+    with pytest.raises(ValueError, match="row 1, field 'confidence': missing; the oracle"):
+        validate_preference_rows(rows, tok, max_length=64, require_confidence=True)
+
+
 def test_conversational_tokens_follow_the_chat_template(tok):
     row = {
         "prompt": [{"role": "system", "content": "Be brief."}, user("Hi?")],
@@ -466,7 +500,7 @@ def test_every_file_format_loads_the_same_rows(tmp_path, ext, no_network):
     rows = load_preference_rows(_write(tmp_path / f"prefs{ext}", ROWS))
     assert _strip(rows) == ROWS
     assert [r["_row"] for r in rows] == [0, 1, 2]
-    assert all("_file" not in r for r in rows)
+    assert all(r["_file"] == f"prefs{ext}" for r in rows)  # a bad row names its file
 
 
 def test_json_data_wrapper_datasets_and_lists_load_the_same_rows(tmp_path, no_network):

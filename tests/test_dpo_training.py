@@ -405,3 +405,49 @@ def test_gradient_accumulation_matches_the_large_batch(noisy_data, tmp_path):
     b = load_file(tmp_path / "accum" / "final" / "model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_a_new_run_into_an_earlier_runs_folder_is_refused(noisy_data, tmp_path):
+    """Two runs must not mix in one folder: a fresh run among an earlier run's checkpoints
+    is refused before the model loads (a later --resume latest could pick up the other
+    run's state), and a run that starts fresh empties metrics.jsonl instead of appending."""
+    import json
+
+    out = tmp_path / "run"
+    kw = dict(smoothing="none", max_steps=2, logging_steps=1)
+    run_dpo(_config(noisy_data, out, **kw))  # no checkpoints: a rerun is fine
+    run_dpo(_config(noisy_data, out, **kw))
+    logs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in logs if r.get("split") == "train" and "loss" in r]
+    assert steps == [1, 2]  # one run's log, not two
+
+    run_dpo(_config(noisy_data, out, save_steps=2, **kw))
+    with pytest.raises(ValueError, match="already holds an earlier run's checkpoints"):
+        run_dpo(_config(noisy_data, out, learning_rate=1e-5, **kw))
+    run_dpo(_config(noisy_data, out, resume="latest", **{**kw, "max_steps": 3}))
+
+
+def test_dropout_is_off_so_the_policy_starts_equal_to_its_reference(tmp_path):
+    """A model whose config asks for dropout: at step 1 (LoRA B = 0) the policy is its
+    reference, so the margins are exactly 0 and the loss is ln 2, for both reference modes."""
+    import json
+    import math
+
+    from smoothalign.models.loading import build_tiny_model, build_tiny_tokenizer
+
+    model = build_tiny_model()
+    model.config.attention_dropout = 0.3
+    model.save_pretrained(tmp_path / "model")
+    build_tiny_tokenizer().save_pretrained(tmp_path / "model")
+    rows = [{"prompt": f"p{i}:", "chosen": " abab", "rejected": " cdcd"} for i in range(8)]
+    data = write_jsonl(rows, tmp_path / "d.jsonl")
+    for reference in ("adapter-disabled", "model"):
+        out = tmp_path / reference
+        cfg = _config(data, out, model=str(tmp_path / "model"), lora=True, lora_r=4,
+                      reference=reference, max_steps=1, logging_steps=1, batch_size=4)  # fmt: skip
+        result = run_dpo(cfg)
+        assert any("dropout" in n for n in result.notes)
+        logs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        first = next(r for r in logs if r.get("split") == "train" and "loss" in r)
+        assert first["rewards/margins"] == 0.0
+        assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)

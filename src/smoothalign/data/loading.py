@@ -7,7 +7,7 @@ instead of failing here. Nothing here touches the network.
 Every returned row is a fresh ``dict`` with two reserved keys added:
 
 * ``"_row"``: the row's 0-based index in its file (or in the list / dataset it came from);
-* ``"_file"``: the file name, only for rows loaded from a folder.
+* ``"_file"``: the file name, for rows loaded from a file or a folder.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def load_preference_rows(
 
     Returns:
         One dict per row, in order, with ``"_row"`` (0-based index in its file or list) and,
-        for folders, ``"_file"`` (the file name) added. Rows that already carry ``"_row"``
+        for files and folders, ``"_file"`` (the file name) added. Rows that already carry ``"_row"``
         (e.g. passed through twice) keep it.
 
     CSV holds plain text only: the ``text_fields`` are always read as strings
@@ -102,7 +102,10 @@ def _load_path(path: Path, spec: _Spec) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"{spec.what} not found: {path}")
     if path.is_dir():
         return _load_folder(path, spec)
-    return _label_rows(_read_file(path, spec), where=str(path))
+    rows = _label_rows(_read_file(path, spec), where=str(path))
+    for row in rows:  # so that a bad row's message says which file (--data or --eval-data)
+        row.setdefault(FILE_KEY, path.name)
+    return rows
 
 
 def _load_folder(folder: Path, spec: _Spec) -> list[dict[str, Any]]:

@@ -144,6 +144,8 @@ class ValidationReport(TokenizedRowsReport):
         n_implicit_prompt: conversational rows whose prompt was taken as the common prefix
             of ``chosen`` and ``rejected`` (no ``prompt`` column).
         n_with_confidence: kept rows that carry a ``confidence``.
+        n_ref_logps_dropped: kept rows whose ``ref_*_logps`` were dropped because a response
+            was truncated (they are log-probs of the whole response, not of what is trained).
     """
 
     examples: list[TokenizedPair]
@@ -152,6 +154,7 @@ class ValidationReport(TokenizedRowsReport):
     n_identical_after_truncation: int = 0
     n_implicit_prompt: int = 0
     n_with_confidence: int = 0
+    n_ref_logps_dropped: int = 0
 
     title: ClassVar[str] = "Preference data"
 
@@ -168,6 +171,7 @@ class ValidationReport(TokenizedRowsReport):
             "n_identical_after_truncation": self.n_identical_after_truncation,
             "n_implicit_prompt": self.n_implicit_prompt,
             "n_with_confidence": self.n_with_confidence,
+            "n_ref_logps_dropped": self.n_ref_logps_dropped,
         }
 
     def _summary_lines(self) -> list[str]:
@@ -178,6 +182,12 @@ class ValidationReport(TokenizedRowsReport):
         ]
         if self.n_implicit_prompt:
             lines.append(f"- prompts taken as the common prefix: {self.n_implicit_prompt}")
+        if self.n_ref_logps_dropped:
+            lines.append(
+                f"- **warning**: {self.n_ref_logps_dropped} rows' reference log-probs were "
+                "dropped: their responses were truncated, so the data's values (of the whole "
+                "responses) do not apply; raise max_length to keep them"
+            )
         if self.n_identical_after_truncation:
             lines.append(
                 f"- **warning**: {self.n_identical_after_truncation} kept pairs have identical "

@@ -101,6 +101,8 @@ def validate_preference_rows(
     tokenizer: Any,
     max_length: int,
     on_bad_rows: Literal["error", "skip"] = "error",
+    *,
+    require_confidence: bool = False,
 ) -> ValidationReport:
     """Validate and tokenise preference rows.
 
@@ -112,6 +114,8 @@ def validate_preference_rows(
             data a ``chat_template``.
         max_length: the token budget of one sequence, prompt + response.
         on_bad_rows: ``"error"`` raises on any bad row; ``"skip"`` drops and lists them.
+        require_confidence: a row without a ``confidence`` is a bad row (the ``oracle-*``
+            smoothing policies read it from every row).
 
     Returns:
         A ``ValidationReport`` whose ``examples`` are the kept rows as ``TokenizedPair`` s,
@@ -131,9 +135,20 @@ def validate_preference_rows(
         kind_fields=("chosen", "rejected", "prompt"),
         eos_use="appended to every response so the policy learns to stop",
         report_type=ValidationReport,
-        process_row=_process_row,
+        process_row=_process_row_with_confidence if require_confidence else _process_row,
         progress=True,
     )
+
+
+def _process_row_with_confidence(index, row, *args) -> TokenizedPair:
+    pair = _process_row(index, row, *args)
+    if pair.confidence is None:
+        raise _Bad(
+            "confidence",
+            "missing_confidence",
+            "missing; the oracle-* smoothing policies read each row's confidence",
+        )
+    return pair
 
 
 R = TypeVar("R", bound=TokenizedRowsReport)
@@ -258,6 +273,13 @@ def _process_row(
     ref_chosen, ref_rejected = _check_ref_logps(row)
 
     prompt_ids, chosen_ids, rejected_ids = tokenize_preference(prompt, chosen, rejected, tokenizer)
+    if not prompt_ids:
+        raise _Bad(
+            "prompt",
+            "empty_prompt",
+            "no prompt tokens (an empty prompt, and the tokenizer adds no BOS): nothing "
+            "would predict the responses' first tokens, so they could not be scored",
+        )
     if len(prompt_ids) >= max_length:
         raise _Bad(
             "prompt",
@@ -271,6 +293,10 @@ def _process_row(
     chosen_ids, chosen_cut = fit_response(chosen_ids, len(prompt_ids), max_length)
     rejected_ids, rejected_cut = fit_response(rejected_ids, len(prompt_ids), max_length)
 
+    if (chosen_cut or rejected_cut) and (ref_chosen is not None or ref_rejected is not None):
+        # the data's values are log-probs of the whole responses, not of the cut ones
+        ref_chosen = ref_rejected = None
+        report.n_ref_logps_dropped += 1
     report.n_truncated_chosen += chosen_cut
     report.n_truncated_rejected += rejected_cut
     report.n_identical_after_truncation += chosen_ids == rejected_ids

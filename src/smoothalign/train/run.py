@@ -27,10 +27,15 @@ from smoothalign.data import (
 )
 from smoothalign.io import atomic_write_json
 from smoothalign.models import load_model_and_tokenizer
-from smoothalign.train.checkpoints import save_smoothing_state, train_with_resume
+from smoothalign.train.checkpoints import (
+    prepare_output_dir,
+    save_smoothing_state,
+    train_with_resume,
+)
 from smoothalign.train.common import (
     add_lora,
     check_scheduler,
+    disable_dropout,
     resolve_bf16,
     save_final_model,
     split_validated,
@@ -62,6 +67,7 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     config.validate()
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out, config.resume)  # before the model loads: a mixed-up dir fails fast
     set_seed(config.seed)  # python, numpy and torch
     notes: list[str] = []
     device_is_cuda = torch.cuda.is_available()
@@ -84,6 +90,8 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
         eval_ex = eval_ex[: config.max_eval_pairs]
     oracle = _oracle(config)
 
+    if disable_dropout(model):
+        notes.append("dropout: set to 0 in the policy (and so in its reference), as DPO needs")
     if config.lora:
         model = add_lora(model, config)
     reference = config.reference
@@ -198,7 +206,12 @@ def _load_data(
     config: DPOConfig, tokenizer, rows, eval_rows
 ) -> tuple[list[TokenizedPair], list[TokenizedPair], str, int, list[str]]:
     """Validate the rows (and eval rows) and split them into train / eval examples."""
-    report = validate_preference_rows(rows, tokenizer, config.max_length, config.on_bad_rows)
+    # the oracle-* policies need every training row's confidence: refuse before training
+    # (held-out rows without one are fine: the *_true metrics skip them)
+    needs = config.smoothing_policy().needs_confidence
+    report = validate_preference_rows(
+        rows, tokenizer, config.max_length, config.on_bad_rows, require_confidence=needs
+    )
     eval_report = None
     if eval_rows is not None:
         eval_report = validate_preference_rows(
