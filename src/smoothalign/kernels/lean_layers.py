@@ -1,0 +1,81 @@
+"""RMSNorm and SwiGLU that keep fewer activations for the backward, in plain PyTorch.
+
+Autograd keeps every intermediate that an operation's backward reads. For the Llama-family
+RMSNorm written as PyTorch operations (``x.float()``, ``pow``, ``mean``, ``rsqrt``, two
+products) that is an fp32 copy of the input plus the normalised bf16 tensor: 12 bytes per
+hidden unit and token for a bf16 model. For ``silu(gate) * up`` it is ``gate``,
+``silu(gate)`` and ``up``. These functions compute the same forward, operation for
+operation (so the outputs are bit-identical), but save only the input and one fp32 scalar
+per token (RMSNorm: 2 bytes per unit), or ``gate`` and ``up`` (SwiGLU), and recompute the
+rest in the backward from what they kept: elementwise work, never a matrix product. That
+is what Liger Kernel's Triton RMSNorm and SwiGLU keep, here without a GPU kernel.
+
+Gradients are those of the eager operations up to rounding (float64: to rounding error).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# the RMSNorm's arithmetic, as Llama's: float32 whatever the input (even float64); tests set
+# float64 to check the backward's formula by finite differences
+COMPUTE_DTYPE = torch.float32
+
+
+class _RMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        xf = x.to(COMPUTE_DTYPE)
+        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return weight * (xf * rstd).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight, rstd = ctx.saved_tensors
+        n = x.to(rstd.dtype) * rstd  # the normalised input, recomputed
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[1]:
+            h = n.to(x.dtype)
+            gh = grad.to(rstd.dtype) * h.to(rstd.dtype)
+            grad_w = gh.reshape(-1, h.shape[-1]).sum(0).to(weight.dtype)
+        if ctx.needs_input_grad[0]:
+            g = (grad * weight).to(x.dtype).to(rstd.dtype)  # as eager: the product, then .to()
+            # d/dx of x·(mean(x²) + eps)^(-1/2): rstd·(g − n·mean(g·n))
+            grad_x = (rstd * (g - n * (g * n).mean(-1, keepdim=True))).to(x.dtype)
+        return grad_x, grad_w, None
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """``weight * (x / sqrt(mean(x²) + eps))`` computed in float32 and cast back to
+    ``x.dtype`` before the weight, as Llama's ``LlamaRMSNorm`` does; saves ``x`` and one
+    float32 per row for the backward."""
+    return _RMSNorm.apply(x, weight, float(eps))
+
+
+class _SwiGLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gate: Tensor, up: Tensor) -> Tensor:
+        ctx.save_for_backward(gate, up)
+        return F.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        gate, up = ctx.saved_tensors
+        gf = gate.float()
+        sig = torch.sigmoid(gf)
+        silu = (gf * sig).to(gate.dtype)  # as the forward rounded it
+        grad_gate = grad_up = None
+        if ctx.needs_input_grad[0]:
+            d_silu = (grad * up).float()
+            grad_gate = (d_silu * sig * (1 + gf * (1 - sig))).to(gate.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_up = (grad * silu).to(up.dtype)
+        return grad_gate, grad_up
+
+
+def swiglu(gate: Tensor, up: Tensor) -> Tensor:
+    """``silu(gate) * up``, saving only ``gate`` and ``up`` for the backward."""
+    return _SwiGLU.apply(gate, up)

@@ -1,0 +1,65 @@
+"""Swap a model's RMSNorm and SwiGLU MLP forwards for the activation-lean ones of
+``kernels.lean_layers`` (same outputs, fewer tensors kept for the backward).
+
+Only classes known to compute exactly ``weight * norm(x).to(dtype)`` and
+``down_proj(silu(gate_proj(x)) * up_proj(x))`` are touched (Llama, Mistral, Qwen2/3 and
+their SmolLM2 relatives); before a class is patched its new forward is run beside the
+original on a small input and must give the same output bit for bit, so a transformers
+version that changes a formula leaves that class alone instead of changing the model.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import torch
+from torch import nn
+
+from smoothalign.kernels.lean_layers import rms_norm, swiglu
+
+NORM_CLASSES = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
+MLP_CLASSES = ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP")
+
+
+def _lean_norm_forward(self, hidden_states):
+    return rms_norm(hidden_states, self.weight, self.variance_epsilon)
+
+
+def _lean_mlp_forward(self, x):
+    return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+
+
+def _is_silu(act: Any) -> bool:
+    return isinstance(act, nn.SiLU) or type(act).__name__ in ("SiLUActivation", "SiLU")
+
+
+def _same_output(module: nn.Module, lean, width: int) -> bool:
+    """The lean forward equals the module's own on a random bf16 and fp32 input."""
+    param = next(module.parameters())
+    g = torch.Generator(device="cpu").manual_seed(0)
+    with torch.no_grad():
+        x = torch.randn(2, 3, width, generator=g).to(device=param.device, dtype=param.dtype)
+        return bool(torch.equal(type(module).forward(module, x), lean(module, x)))
+
+
+def use_lean_layers(model: nn.Module) -> dict[str, int]:
+    """Patch ``model``'s supported RMSNorm and MLP modules in place; returns how many of
+    each were patched (``{"norm": n, "mlp": m}``; zeros for an unsupported architecture)."""
+    checked: dict[type, bool] = {}
+    counts = {"norm": 0, "mlp": 0}
+    for module in model.modules():
+        cls = type(module)
+        name = cls.__name__
+        if name in NORM_CLASSES and hasattr(module, "variance_epsilon"):
+            kind, lean, width = "norm", _lean_norm_forward, module.weight.shape[-1]
+        elif name in MLP_CLASSES and _is_silu(getattr(module, "act_fn", None)):
+            kind, lean, width = "mlp", _lean_mlp_forward, module.gate_proj.in_features
+        else:
+            continue
+        if cls not in checked:
+            checked[cls] = _same_output(module, lean, width)
+        if checked[cls]:
+            module.forward = types.MethodType(lean, module)
+            counts[kind] += 1
+    return counts

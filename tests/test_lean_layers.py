@@ -1,0 +1,142 @@
+"""Lean RMSNorm / SwiGLU: the eager layers' outputs and gradients, fewer saved activations."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+from smoothalign.kernels.lean_layers import rms_norm, swiglu
+from smoothalign.models.lean import use_lean_layers
+from smoothalign.models.loading import build_tiny_model
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes of the distinct storages autograd saves while ``fn()`` runs (leaves excluded)."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        if not (t.is_leaf and t.requires_grad):
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return sum(seen.values()), out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_rms_norm_equals_llamas_with_autograd_gradients(dtype):
+    """Against ``LlamaRMSNorm`` differentiated by autograd (which, like it, computes in
+    float32 even for float64 inputs, so finite differences cannot be exact here)."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(3, 5, 16, generator=g, dtype=torch.float64).to(dtype)
+    w0 = (1 + 0.1 * torch.randn(16, generator=g, dtype=torch.float64)).to(dtype)
+    up = torch.randn(3, 5, 16, generator=g, dtype=torch.float64).to(dtype)
+    ref = LlamaRMSNorm(16, eps=1e-6).to(dtype)
+    with torch.no_grad():
+        ref.weight.copy_(w0)
+    x_ref = x0.clone().requires_grad_()
+    y_ref = ref(x_ref)
+    y_ref.backward(up)
+    x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+    y = rms_norm(x, w, 1e-6)
+    y.backward(up)
+    assert torch.equal(y, y_ref)
+    tol = {torch.bfloat16: 2e-2}.get(dtype, 1e-5)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=tol, atol=tol)
+    torch.testing.assert_close(w.grad, ref.weight.grad, rtol=tol, atol=tol)
+
+
+def test_rms_norm_backward_formula_by_finite_differences():
+    """The backward's formula on its own: with the compute dtype float64 (patched in),
+    finite differences are exact."""
+    import smoothalign.kernels.lean_layers as lean_layers
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    w = (1 + 0.1 * torch.randn(8, generator=g, dtype=torch.float64)).requires_grad_()
+    old = lean_layers.COMPUTE_DTYPE
+    try:
+        lean_layers.COMPUTE_DTYPE = torch.float64
+        assert torch.autograd.gradcheck(lambda a, b: rms_norm(a, b, 1e-6), (x, w))
+    finally:
+        lean_layers.COMPUTE_DTYPE = old
+
+
+def test_swiglu_gradients_are_exact_in_float64():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(4, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(swiglu, (a, b))
+    torch.testing.assert_close(swiglu(a, b), F.silu(a) * b, rtol=0, atol=0)
+
+
+def _tiny_pair(dtype):
+    eager = build_tiny_model().to(dtype)
+    lean = copy.deepcopy(eager)
+    return eager, lean, use_lean_layers(lean)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lean_model_has_the_same_outputs_and_near_gradients(dtype):
+    """Outputs identical bit for bit; gradients within what bf16 rounding allows: the lean
+    model's distance to a float64 reference is no larger than the eager model's (+ slack)."""
+    eager, lean, counts = _tiny_pair(dtype)
+    n_layers = eager.config.num_hidden_layers
+    assert counts == {"norm": 2 * n_layers + 1, "mlp": n_layers}
+    ref = copy.deepcopy(eager).double()
+    ids = torch.randint(
+        0, eager.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(2)
+    )
+
+    def grads(model):
+        model.zero_grad()
+        logits = model(input_ids=ids).logits
+        logits.float().square().mean().backward()
+        return logits, torch.cat([p.grad.double().reshape(-1) for p in model.parameters()])
+
+    out_e, g_e = grads(eager)
+    out_l, g_l = grads(lean)
+    _, g_ref = grads(ref)
+    assert torch.equal(out_e, out_l)
+    err_e = float((g_e - g_ref).norm() / g_ref.norm())
+    err_l = float((g_l - g_ref).norm() / g_ref.norm())
+    if dtype == torch.float32:
+        assert err_l < 1e-5 and err_e < 1e-5
+    else:
+        assert err_l <= 1.5 * err_e + 1e-3, (err_l, err_e)
+
+
+def test_lean_layers_keep_fewer_activations():
+    """The norms keep x instead of an fp32 copy of it and the normalised h (6 → 2 bytes per
+    unit in bf16), the MLP drops silu(gate) (4 → 3 intermediate-sized tensors): counted."""
+    eager, lean, _ = _tiny_pair(torch.bfloat16)
+    ids = torch.randint(
+        0, eager.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(3)
+    )
+    before, out_e = _saved_bytes(lambda: eager.model(input_ids=ids).last_hidden_state)
+    after, out_l = _saved_bytes(lambda: lean.model(input_ids=ids).last_hidden_state)
+    assert torch.equal(out_e, out_l)
+    cfg = eager.config
+    tokens, layers = ids.numel(), cfg.num_hidden_layers
+    # a norm kept an fp32 copy of x (4 B) and the bf16 h (2 B) per unit; now x itself (2 B)
+    per_norm = (4 + 2 - 2) * cfg.hidden_size * tokens
+    expected = per_norm * (2 * layers + 1) + 2 * cfg.intermediate_size * tokens * layers
+    assert before - after == pytest.approx(expected, rel=0.02), (before, after, expected)
+
+
+def test_an_unknown_or_changed_layer_is_left_alone(monkeypatch):
+    """A class whose formula differs from the one the lean forward computes is not patched:
+    the bit-for-bit check at patch time catches it."""
+    import smoothalign.models.lean as lean_mod
+
+    model = build_tiny_model()
+    norm = model.model.norm
+    monkeypatch.setattr(lean_mod, "rms_norm", lambda x, w, eps: rms_norm(x, w, eps) * 1.0001)
+    counts = use_lean_layers(model)
+    assert counts["norm"] == 0 and counts["mlp"] == model.config.num_hidden_layers
+    assert "forward" not in vars(norm)
