@@ -130,7 +130,7 @@ def checkpointing(model, on: bool) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def run_ours(args, shape, pairs, fused: bool, tmp: str, gc: bool | None = None):
+def run_ours(args, shape, pairs, fused: bool, tmp: str, gc: bool | None = None, lean=False):
     gc = args.gradient_checkpointing if gc is None else gc
     from transformers import TrainingArguments
 
@@ -159,6 +159,12 @@ def run_ours(args, shape, pairs, fused: bool, tmp: str, gc: bool | None = None):
         report_to=[],
     )
     checkpointing(model, gc)
+    if lean:  # the policy only: the reference runs without gradients, so it keeps nothing
+        from smoothalign.models.lean import use_lean_layers
+
+        patched = use_lean_layers(model)
+        if not all(patched.values()):
+            raise RuntimeError(f"lean layers: nothing patched in part ({patched})")
     trainer = SmoothDPOTrainer(
         model=model,
         args=targs,
@@ -329,6 +335,9 @@ def main(argv=None) -> int:
     pairs = make_pairs(args.pairs, args.prompt_len, args.response_len, shape["vocab_size"])
     runs = {
         "smoothalign (CALS, fused log-probs)": lambda tmp: run_ours(args, shape, pairs, True, tmp),
+        "smoothalign (CALS, fused log-probs, lean layers)": lambda tmp: run_ours(
+            args, shape, pairs, True, tmp, lean=True
+        ),
         "smoothalign (CALS, fused log-probs, block max)": lambda tmp: _with_block_max(
             lambda: run_ours(args, shape, pairs, True, tmp)
         ),

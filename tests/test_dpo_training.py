@@ -451,3 +451,17 @@ def test_dropout_is_off_so_the_policy_starts_equal_to_its_reference(tmp_path):
         first = next(r for r in logs if r.get("split") == "train" and "loss" in r)
         assert first["rewards/margins"] == 0.0
         assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_lean_layers_train_like_the_eager_layers(noisy_data, tmp_path):
+    """--lean-layers changes what autograd keeps, not the training: same weights after a few
+    steps (float32, up to rounding) and the notes say what was patched."""
+    kw = dict(smoothing="cals-l2", max_steps=3, learning_rate=1e-3)
+    eager = run_dpo(_config(noisy_data, tmp_path / "eager", **kw))
+    lean = run_dpo(_config(noisy_data, tmp_path / "lean", lean_layers=True, **kw))
+    assert any("lean layers: 5 RMSNorm and 2 MLP" in n for n in lean.notes), lean.notes
+    a = load_file(tmp_path / "eager" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "lean" / "final" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
+    assert eager.after["accuracy"] == lean.after["accuracy"]
