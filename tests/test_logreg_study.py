@@ -218,6 +218,8 @@ def test_cli_options_override_quick_and_defaults():
     assert cfg == LogRegConfig(dims=(4,), signal=1.5)
     with pytest.raises(ValueError, match="signal"):
         LogRegConfig(signal=0.0)
+    with pytest.raises(ValueError, match="dims: repeated"):  # would count as extra seeds
+        LogRegConfig(dims=(5, 5))
 
 
 # ----------------------------------------------------------------------------- theory plots

@@ -51,6 +51,8 @@ def test_config_errors_name_the_field():
         pref.PreferenceStudyConfig(flip_rates=(0.5,))
     with pytest.raises(ValueError, match="steps"):
         pref.PreferenceStudyConfig(steps=0)
+    with pytest.raises(ValueError, match="flip_rates: repeated"):  # would count as extra seeds
+        pref.PreferenceStudyConfig(flip_rates=(0.2, 0.2))
 
 
 def test_win_rate_counts_ties_half():
@@ -208,6 +210,9 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
     )
     assert "bogus" in capsys.readouterr().err
     assert main(["study", "preference", "--judge", str(tmp_path / "nothing")]) == 2
+    assert main(["study", "preference", "--quick", "--workers", "0",
+                 "--output-dir", str(tmp_path)]) == 2  # fmt: skip
+    assert "--workers must be >= 1" in capsys.readouterr().err
 
 
 def test_reward_model_trained_on_the_worlds_votes_judges_the_study(tmp_path):

@@ -67,6 +67,10 @@ def test_fkl_and_soft_bce_fit_identically_and_the_curves_are_recorded():
     torch.testing.assert_close(fit.theta[0], fit.theta[1], rtol=1e-9, atol=1e-12)
     assert fit.curve_steps[0] == 0 and fit.curve_steps[-1] == 40
     assert len(fit.curves["kl_true"][2]) == len(fit.curve_steps)
+    # the "after 5% of the steps" columns read a step that was recorded, not an earlier one
+    big = rs.fit_linear(w, 500, _methods("soft-bce"), steps=600, batch_size=32, lr=0.05,
+                        eval_points=40, seed=1)  # fmt: skip
+    assert rs.early_step(600) == 30 and 30 in big.curve_steps
 
 
 def test_convergence_summaries():
@@ -99,3 +103,5 @@ def test_config_rejects_bad_values():
         rs.RewardStudyConfig(annotators=(0,))
     with pytest.raises(ValueError, match="order"):
         rs.RewardStudyConfig(order="sorted")
+    with pytest.raises(ValueError, match="n_train: repeated"):  # would count as extra seeds
+        rs.RewardStudyConfig(n_train=(100, 100))

@@ -103,8 +103,10 @@ class LogRegConfig:
             raise ValueError(f"n_multipliers: need positive integers, got {self.n_multipliers}")
         if not self.seeds:
             raise ValueError("seeds: need at least one seed")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds: repeated seed in {self.seeds}")
+        for name in ("seeds", "dims", "n_multipliers", "c0_values"):  # a repeat would be
+            values = getattr(self, name)  # aggregated as one more seed
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name}: repeated value in {values}")
         if not self.signal > 0:
             raise ValueError(f"signal: must be > 0, got {self.signal}")
         if self.steps < 1:

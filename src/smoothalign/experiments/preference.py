@@ -191,6 +191,10 @@ class PreferenceStudyConfig:
             raise ValueError(f"flip_rates: each must lie in [0, 0.5), got {list(self.flip_rates)}")
         if not self.seeds:
             raise ValueError("seeds: at least one")
+        for name in ("seeds", "flip_rates", "methods"):  # a repeat would be aggregated as
+            values = getattr(self, name)  # one more seed
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name}: repeated value in {list(values)}")
         for key in ("train_pairs", "eval_pairs", "sample_prompts", "samples_per_prompt"):
             if getattr(self, key) < 2:
                 raise ValueError(f"{key}: must be >= 2, got {getattr(self, key)}")

@@ -198,7 +198,9 @@ def run(args: argparse.Namespace) -> int:
     from smoothalign.io import atomic_write_json, atomic_write_text
 
     n_groups = len(cfg.seeds) * len(cfg.flip_rates)
-    workers = args.workers or (1 if args.quick else min(default_workers(), n_groups))
+    workers = args.workers
+    if workers is None:
+        workers = 1 if args.quick else min(default_workers(), n_groups)
     if workers < 1:
         print("smoothalign study preference: --workers must be >= 1", file=sys.stderr)
         return 2

@@ -99,8 +99,10 @@ class RewardStudyConfig:
             raise ValueError(f"n_train: need sizes >= 2, got {self.n_train}")
         if not self.annotators or any(k < 1 for k in self.annotators):
             raise ValueError(f"annotators: need counts >= 1, got {self.annotators}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds: need distinct seeds, got {self.seeds}")
+        for name in ("seeds", "n_train", "annotators"):  # a repeat would count as a seed
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name}: repeated value in {values}")
         for name in ("signal", "temperature", "lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
@@ -219,6 +221,7 @@ def fit_linear(
         torch.optim.Adam([theta], lr=lr) if optimizer == "adam" else torch.optim.SGD([theta], lr=lr)
     )
     checkpoints = set(np.unique(np.round(np.geomspace(1, steps, eval_points))).astype(int).tolist())
+    checkpoints.add(early_step(steps))  # the "after 5% of the steps" columns read this one
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
     )
@@ -295,7 +298,7 @@ def run_fit(cfg: RewardStudyConfig, annotators: int, seed: int, n: int) -> list[
     seconds = time.perf_counter() - t0
     margins = world.x_test @ fit.theta.T
     true_scale = world.theta_star.norm() / cfg.temperature
-    early = max(1, round(EARLY_FRACTION * cfg.steps))
+    early = early_step(cfg.steps)
     records = []
     for i, m in enumerate(methods):
         th = fit.theta[i]
@@ -339,6 +342,11 @@ METRICS = (
     "kl_true_best_step",
 )
 EARLY_FRACTION = 0.05  # kl_true_early: the held-out KL after 5% of the steps
+
+
+def early_step(steps: int) -> int:
+    """The step at which the ``*_early`` columns are read (recorded in every fit)."""
+    return max(1, round(EARLY_FRACTION * steps))
 
 
 def aggregate(runs: Sequence[dict[str, Any]], baseline: str = BASELINE) -> list[dict[str, Any]]:
