@@ -196,6 +196,14 @@ def test_fused_kernel_trains_like_the_reference(data, tmp_path):
     assert fused.after["nll"] == pytest.approx(plain.after["nll"], rel=1e-4)
 
 
+def test_lean_layers_train_like_the_eager_layers(data, tmp_path):
+    common = dict(max_steps=2, logging_steps=1, precision="fp32")
+    eager = run_sft(_config(data, tmp_path / "eager", **common))
+    lean = run_sft(_config(data, tmp_path / "lean", lean_layers=True, **common))
+    assert any("lean layers: 5 RMSNorm and 2 MLP" in n for n in lean.notes), lean.notes
+    assert lean.after["nll"] == pytest.approx(eager.after["nll"], rel=1e-5)
+
+
 def test_check_head_refuses_logits_the_objective_does_not_reproduce(data, tmp_path):
     from smoothalign.models import load_model_and_tokenizer
     from smoothalign.sft.data import load_sft_rows, validate_sft_rows

@@ -34,6 +34,7 @@ from smoothalign.sft.trainer import SFTTrainer
 from smoothalign.train.checkpoints import prepare_output_dir, train_with_resume
 from smoothalign.train.common import (
     add_lora,
+    apply_lean_layers,
     check_scheduler,
     resolve_bf16,
     save_final_model,
@@ -111,6 +112,8 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
             "(--max-eval-rows)"
         )
         eval_ex = eval_ex[: config.max_eval_rows]
+    if config.lean_layers:
+        notes.append(apply_lean_layers(model))
     if config.lora:
         model = add_lora(model, config)  # the DPO run's adapter: all-linear, causal LM
     notes.append(

@@ -201,6 +201,16 @@ def add_lora(model, config: Any):
     return get_peft_model(model, lora)
 
 
+def apply_lean_layers(model) -> str:
+    """``--lean-layers``: patch ``model`` (``smoothalign.models.lean``); the run's note."""
+    from smoothalign.models.lean import use_lean_layers
+
+    counts = use_lean_layers(model)
+    return f"lean layers: {counts['norm']} RMSNorm and {counts['mlp']} MLP modules" + (
+        "" if any(counts.values()) else " (none of this architecture is supported)"
+    )
+
+
 DROPOUT_ATTRIBUTES = ("attention_dropout", "attn_dropout", "dropout", "hidden_dropout")
 
 

@@ -27,7 +27,6 @@ from smoothalign.data import (
 )
 from smoothalign.io import atomic_write_json
 from smoothalign.models import load_model_and_tokenizer
-from smoothalign.models.lean import use_lean_layers
 from smoothalign.train.checkpoints import (
     prepare_output_dir,
     save_smoothing_state,
@@ -35,6 +34,7 @@ from smoothalign.train.checkpoints import (
 )
 from smoothalign.train.common import (
     add_lora,
+    apply_lean_layers,
     check_scheduler,
     disable_dropout,
     resolve_bf16,
@@ -94,11 +94,7 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     if disable_dropout(model):
         notes.append("dropout: set to 0 in the policy (and so in its reference), as DPO needs")
     if config.lean_layers:
-        counts = use_lean_layers(model)
-        notes.append(
-            f"lean layers: {counts['norm']} RMSNorm and {counts['mlp']} MLP modules"
-            + ("" if any(counts.values()) else " (none of this architecture is supported)")
-        )
+        notes.append(apply_lean_layers(model))
     if config.lora:
         model = add_lora(model, config)
     reference = config.reference
