@@ -108,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     from smoothalign.eval.mc_sources import load_tasks
     from smoothalign.eval.mc_tasks import subsample_indices
     from smoothalign.eval.multiple_choice import (
+        ScoringInputError,
         predictions,
         score_letters,
         score_options,
@@ -126,6 +127,13 @@ def run(args: argparse.Namespace) -> int:
     for t in tasks:
         idx = subsample_indices(len(t.questions), args.limit, args.seed)
         shots = few_shot_indices(t.questions, args.shots, args.seed, for_indices=idx)
+        short = [len(s) for s in shots if len(s) < args.shots]
+        if short:
+            t.notes.append(
+                f"{len(short)} of {len(idx)} evaluated question(s) got fewer than the "
+                f"{args.shots} shots asked for (as few as {min(short)}): their (task, "
+                "subject) pool holds too few other questions"
+            )
         selected.append((t, idx, shots))
 
     # 2. model
@@ -159,13 +167,17 @@ def run(args: argparse.Namespace) -> int:
                 progress=progress,
                 desc=f"{scorer}: {t.name}",
             )
-            if scorer == "letter":
-                scored = score_letters(
-                    model, tokenizer, prompts, [len(q.options) for q in qs], **common
-                )
-            else:
-                conts = [continuations(q, fmt) for q in qs]
-                scored = score_options(model, tokenizer, prompts, conts, **common)
+            try:
+                if scorer == "letter":
+                    scored = score_letters(
+                        model, tokenizer, prompts, [len(q.options) for q in qs], **common
+                    )
+                else:
+                    conts = [continuations(q, fmt) for q in qs]
+                    scored = score_options(model, tokenizer, prompts, conts, **common)
+            except ScoringInputError as err:
+                where = "" if err.prompt is None else f", question {qs[err.prompt].source}"
+                raise ValueError(f"{scorer} scorer, task {t.name}{where}: {err}") from None
             answers = [q.answer for q in qs]
             summary = summarise(scored.scores, answers, args.bins)
             summary["n_truncated"] = scored.n_truncated

