@@ -21,6 +21,8 @@ CASES = [
     (["reward", "--model", "/no/such/model", "--data", MISSING], MISSING),
     (["sft", "--model", "/no/such/model", "--data", MISSING], MISSING),
     (["sft", "--label-smoothing", "2"], "label_smoothing"),
+    (["dpo", "--beta", "inf"], "beta: must be a finite number"),
+    (["rank-calibrate", "--learning-rate", "inf"], "learning_rate: must be a finite number"),
     (["rank-calibrate", "--reward-model", "/no/such/reward_model"], "/no/such/reward_model"),
     (["eval", "calibration", "--model", "/no/such/model", "--tasks", MISSING], MISSING),
 ]
@@ -69,3 +71,29 @@ def test_a_command_group_alone_prints_its_own_commands(capsys):
     assert "confidence" in out and "rank-calibrate" not in out
     assert main([]) == 2
     assert "rank-calibrate" in capsys.readouterr().out
+
+
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["dpo", "--data", ""])
+    assert exit_.value.code == 2
+    assert "argument --data: an empty value" in capsys.readouterr().err
+
+
+def test_a_truncated_safetensors_model_is_bad_input(tmp_path, capsys, monkeypatch):
+    """A damaged model file is the user's input: one line and status 2, not a traceback."""
+    from smoothalign.models.loading import build_tiny_model, build_tiny_tokenizer
+
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    folder = tmp_path / "model"
+    build_tiny_model().save_pretrained(folder)
+    build_tiny_tokenizer().save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    code = main(["dpo", "--model", str(folder), "--output-dir", str(tmp_path / "out"),
+                 "--max-steps", "1"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert any(line.startswith("smoothalign dpo: ") for line in err.splitlines()), err
+    assert "Traceback" not in err
+    Path(err.split("(traceback: ")[1].split(";")[0]).unlink()

@@ -696,3 +696,47 @@ def test_labels_give_the_sum_of_response_token_logprobs(tok):
             expected = sum(logp[row, p + j - 1, tok_id] for j, tok_id in enumerate(response))
             assert seq_logp[row].item() == pytest.approx(float(expected), abs=1e-5)
             assert int(mask[row].sum()) == len(response)
+
+
+def test_json_outputs_write_non_finite_numbers_as_null_at_any_depth(tmp_path):
+    import numpy as np
+
+    from smoothalign.io import atomic_write_json
+
+    path = atomic_write_json(
+        tmp_path / "r.json",
+        {
+            "a": float("nan"),
+            "b": [1.5, float("inf"), {"c": np.float32("nan")}],
+            "d": np.array([np.nan]),
+        },
+    )
+    assert json.loads(path.read_text()) == {"a": None, "b": [1.5, None, {"c": None}], "d": [None]}
+    assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()
+
+
+def test_swap_in_folder_keeps_the_old_folder_when_the_swap_fails(tmp_path, monkeypatch):
+    import os
+
+    from smoothalign import io
+
+    dest, new = tmp_path / "final", tmp_path / "new"
+    dest.mkdir()
+    (dest / "old.txt").write_text("old")
+    new.mkdir()
+    (new / "new.txt").write_text("new")
+    real = os.replace
+
+    def failing(src, dst):
+        if str(src) == str(new):
+            raise OSError("disk full")
+        return real(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", failing)
+    with pytest.raises(OSError, match="disk full"):
+        io.swap_in_folder(new, dest)
+    assert (dest / "old.txt").read_text() == "old"
+    monkeypatch.setattr(io.os, "replace", real)
+    io.swap_in_folder(new, dest)
+    assert [p.name for p in dest.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]  # nothing left beside it

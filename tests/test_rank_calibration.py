@@ -72,7 +72,7 @@ def test_prompts_take_the_reference_column_in_order_and_name_bad_rows(tmp_path, 
         load_prompts(rows, tok, max_length=32, require_reference=True)
 
     bad = _write_prompts(tmp_path / "bad.jsonl", [{"prompt": "ok"}, {"prompt": "  "}])
-    with pytest.raises(ValueError, match=r"bad\.jsonl.*\n  row 1, field 'prompt': empty prompt"):
+    with pytest.raises(ValueError, match=r"\n  bad\.jsonl row 1, field 'prompt': empty prompt"):
         load_prompts(str(bad), tok, max_length=32)
     kept = load_prompts(str(bad), tok, max_length=32, on_bad_rows="skip")
     assert len(kept.examples) == 1 and kept.bad_rows[0].code == "empty_prompt"

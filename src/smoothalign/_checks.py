@@ -78,3 +78,15 @@ def same_type_as_input(result: Tensor, original: ArrayLike):
     if isinstance(original, numbers.Real):
         return float(result)
     return result.detach().cpu().numpy()
+
+
+def check_finite_fields(config: object) -> None:
+    """Every float field of the dataclass ``config`` is finite (``inf`` passes a ``> 0``
+    check and then turns the weights into NaN far into a run)."""
+    import dataclasses
+    import math
+
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{f.name}: must be a finite number, got {value}")

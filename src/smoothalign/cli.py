@@ -17,6 +17,24 @@ from smoothalign.data.validation import BadRowError
 # as one line naming the command, exit status 2, with the traceback saved to a file.
 # SMOOTHALIGN_DEBUG=1 raises it instead.
 INPUT_ERRORS: tuple[type[Exception], ...] = (OSError, ValueError, BadRowError)
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+    """INPUT_ERRORS plus what reading a user's model can raise: a truncated safetensors file,
+    a pickle that ``weights_only`` loading refuses, a missing optional wheel (its message
+    names the install command)."""
+    import pickle
+
+    extra: list[type[Exception]] = [pickle.UnpicklingError, ModuleNotFoundError]
+    try:
+        from safetensors import SafetensorError
+
+        extra.append(SafetensorError)
+    except ImportError:  # pragma: no cover
+        pass
+    return (*INPUT_ERRORS, *extra)
+
+
 DEBUG_ENV = "SMOOTHALIGN_DEBUG"
 
 # (command path, module, help); modules are imported lazily so `--help` stays fast and a
@@ -105,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(importlib.import_module(module).run(args) or 0)
-    except INPUT_ERRORS as e:
+    except _input_errors() as e:
         if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise
         # a ValueError can also be a bug deep in a long run: its traceback is kept in a file,

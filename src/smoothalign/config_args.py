@@ -63,8 +63,15 @@ def add_config_arguments(
             )
             continue
         base = str(f.type).replace(" | None", "")  # annotations are strings here
-        kind = {"int": int, "float": float, "str": str}[base]
+        kind = {"int": int, "float": float, "str": _non_empty}[base]
         parser.add_argument(flag, type=kind, default=default, help=help_texts[f.name])
+
+
+def _non_empty(text: str) -> str:
+    """A string flag's value: an empty one (``--data ""``) would mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty value; leave the option out for its default")
+    return text
 
 
 def config_from_args(args: argparse.Namespace, config_cls: type) -> Any:

@@ -37,18 +37,51 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(
-        path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n"
+    """``obj`` as JSON, NaN and ±inf (which JSON lacks) written as null at any depth."""
+    text = json.dumps(
+        json_safe(obj),
+        indent=2,
+        sort_keys=False,
+        default=lambda o: json_safe(_jsonable(o)),  # numpy values and arrays too
+        allow_nan=False,
     )
+    return atomic_write_text(path, text + "\n")
 
 
-def json_safe(record: dict[str, Any]) -> dict[str, Any]:
-    """JSON has no NaN or inf: write such floats as null."""
+def json_safe(obj: Any) -> Any:
+    """A copy of ``obj`` (dicts, lists, tuples, at any depth) with every non-finite float as
+    ``None``: JSON has no NaN or inf, and other readers than Python's refuse them."""
     import math
 
-    return {
-        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()
-    }
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def swap_in_folder(new: Path, dest: Path) -> None:
+    """Rename the finished folder ``new`` to ``dest`` (same parent), replacing what is there.
+
+    A folder cannot be renamed over a non-empty one, so the old ``dest`` is first moved
+    aside, and moved back if the second rename fails: a reader finds the old folder or the
+    complete new one (or, between the two renames, briefly none), never a mixture."""
+    if not dest.exists():
+        os.replace(new, dest)
+        return
+    import shutil
+
+    old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
+    os.replace(dest, old / "x")
+    try:
+        os.replace(new, dest)
+    except BaseException:
+        os.replace(old / "x", dest)
+        shutil.rmtree(old, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from smoothalign._checks import check_finite_fields
+
 DECODINGS = ("sample", "beam", "diverse-beam")
 
 
@@ -61,6 +63,7 @@ class RankConfig:
         self.validate()
 
     def validate(self) -> None:
+        check_finite_fields(self)
         if not self.reward_model:
             raise ValueError(
                 "reward_model: required; pass the folder written by `smoothalign reward` "

@@ -8,7 +8,6 @@ The wiring of the pieces in :mod:`~smoothalign.rank.candidates`,
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from transformers import set_seed
 
-from smoothalign.io import atomic_write_json, atomic_write_text
+from smoothalign.io import atomic_write_json, atomic_write_text, swap_in_folder
 from smoothalign.rank.candidates import (
     PromptExample,
     RankedPrompt,
@@ -118,6 +117,12 @@ def load_rank_prompts(
             notes.append(
                 f"{len(missing)} training prompts without a reference skipped: {where}{more}"
             )
+            # on disk too (prompts.json, report): every skipped row, not only a note
+            info["train"]["skipped_without_reference"] = [ex.location for ex in missing]
+            md.append(
+                f"- training prompts skipped for want of a reference response (--nll-weight "
+                f"> 0): {len(missing)}: {', '.join(ex.location for ex in missing)}"
+            )
             if not train:
                 raise ValueError("prompts: no training prompt has a reference response")
     if config.max_prompts and len(train) > config.max_prompts:
@@ -130,19 +135,15 @@ def load_rank_prompts(
 
 
 def save_model_atomically(model: Any, tokenizer: Any, dest: Path) -> Path:
-    """``save_pretrained`` (safetensors) into a temp folder beside ``dest``, then swap it in:
-    a reader sees the old folder or the complete new one, never half of one."""
+    """``save_pretrained`` (safetensors) into a temp folder beside ``dest``, then swap it in
+    (:func:`smoothalign.io.swap_in_folder`): the old folder or the complete new one."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         tmp.chmod(0o755)
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
-            os.replace(dest, old / "x")
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, dest)
+        swap_in_folder(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest

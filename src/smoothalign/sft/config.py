@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from smoothalign._checks import check_finite_fields
+
 
 @dataclass
 class SFTConfig:
@@ -56,6 +58,7 @@ class SFTConfig:
         self.validate()
 
     def validate(self) -> None:
+        check_finite_fields(self)
         checks = {
             "label_smoothing": 0.0 <= self.label_smoothing <= 1.0,
             "max_steps": self.max_steps > 0,

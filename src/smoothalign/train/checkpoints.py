@@ -64,8 +64,9 @@ def prepare_output_dir(output_dir: str | Path, resume: str | None) -> None:
     A fresh run (no ``resume``) into a folder holding an earlier run's ``checkpoint-N``
     folders is refused: its saves would land among them, and a later ``--resume latest``
     could pick up the other run's state. A run that starts fresh (no ``resume``, or
-    ``'latest'`` with no complete checkpoint yet) empties ``metrics.jsonl``, which would
-    otherwise append to the earlier run's log. Call it before the model loads."""
+    ``'latest'`` with no complete checkpoint yet) removes the earlier run's ``metrics.jsonl``
+    (it would append to it) and ``report.md`` (with ``--no-report`` it would stay and look
+    like this run's). Call it before the model loads."""
     root = Path(output_dir)
     if not root.is_dir():
         return
@@ -82,7 +83,8 @@ def prepare_output_dir(output_dir: str | Path, resume: str | None) -> None:
         )
     fresh = resume is None or (resume == "latest" and latest_complete_checkpoint(root) is None)
     if fresh and int(os.environ.get("RANK", "0")) == 0:
-        (root / "metrics.jsonl").unlink(missing_ok=True)
+        for name in ("metrics.jsonl", "report.md"):
+            (root / name).unlink(missing_ok=True)
 
 
 def train_with_resume(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from smoothalign._checks import check_finite_fields
 from smoothalign.losses import LOSSES
 from smoothalign.train.common import calibrator_options, smoothing_policy
 
@@ -76,6 +77,7 @@ class DPOConfig:
         self.validate()
 
     def validate(self) -> None:
+        check_finite_fields(self)
         if self.loss not in LOSSES:
             raise ValueError(f"loss: unknown {self.loss!r}; choose one of {sorted(LOSSES)}")
         self.smoothing_policy()  # raises on a bad name or option

@@ -60,7 +60,9 @@ class BaseRunResult:
             value_width=self.VALUE_WIDTH,
             only_after=self.ONLY_AFTER,
         )
-        rows.append(f"  report: {self.output_dir / 'report.md'}")
+        report = self.output_dir / "report.md"
+        if report.exists():  # not with --no-report (a fresh run removes an earlier one's)
+            rows.append(f"  report: {report}")
         return "\n".join(rows)
 
 
