@@ -284,3 +284,22 @@ def test_the_command_is_registered():
     ]
     args = _parse(["--reward-model", "rm"])
     assert args.policy == "smollm2-135m" and args.num_candidates == 4 and args.prompts is None
+
+
+def test_prompts_the_preference_model_cannot_score_are_found_before_training(reward_dir, tiny):
+    """A prompt that fits the policy but not the preference model (a longer chat template,
+    another tokenizer) is a bad row up front, not an abort after the first evaluation."""
+    from smoothalign.rank.run import _fit_the_preference_model
+
+    model, tok = tiny
+    rm, rm_tok, _ = load_preference_model(reward_dir)
+    scorer = PreferenceModelScorer(rm, rm_tok, max_length=12)
+    report = load_prompts(
+        [{"prompt": "ab"}, {"prompt": "x" * 20}, {"prompt": "cd"}], tok, max_length=32
+    )
+    with pytest.raises(ValueError, match=r"1 train prompts do not fit .*\n  row 1, field 'prompt'"):
+        _fit_the_preference_model(report.examples, scorer, "error", {}, "train")
+    info: dict = {"train": {}}
+    kept = _fit_the_preference_model(report.examples, scorer, "skip", info, "train")
+    assert [ex.row for ex in kept] == [0, 2]
+    assert info["train"]["too_long_for_the_preference_model"][0].startswith("row 1, field 'prompt'")

@@ -134,6 +134,32 @@ def load_rank_prompts(
     return train, evals, info, "\n".join(md), notes
 
 
+def _fit_the_preference_model(
+    examples: list[PromptExample], scorer, on_bad_rows: str, info: dict, split: str
+) -> list[PromptExample]:
+    """The prompts that leave room for a response under the preference model's tokenizer;
+    the others raise (``on_bad_rows='error'``) or are dropped and listed in ``info``."""
+    kept, bad = [], []
+    for ex in examples:
+        try:
+            scorer.tokens(ex.prompt, "x")
+        except ValueError as err:
+            bad.append(f"{ex.location}, field 'prompt': {err}")
+        else:
+            kept.append(ex)
+    if bad and on_bad_rows == "error":
+        listed = "\n  ".join(bad[:5]) + (f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(
+            f"{len(bad)} {split} prompts do not fit the preference model:\n  {listed}\n"
+            "Raise --max-length, or pass --on-bad-rows skip to drop them."
+        )
+    if bad:
+        info.setdefault(split, {})["too_long_for_the_preference_model"] = bad
+        if not kept:
+            raise ValueError(f"no {split} prompt fits the preference model: {bad[0]}")
+    return kept
+
+
 def save_model_atomically(model: Any, tokenizer: Any, dest: Path) -> Path:
     """``save_pretrained`` (safetensors) into a temp folder beside ``dest``, then swap it in
     (:func:`smoothalign.io.swap_in_folder`): the old folder or the complete new one."""
@@ -182,11 +208,15 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     rm.to(device)
     train_ex, eval_ex, info, prompts_md, data_notes = load_rank_prompts(config, tok)
     notes += data_notes
-    atomic_write_json(out / "config.json", config.to_dict())
-    atomic_write_json(out / "prompts.json", info)
     scorer = PreferenceModelScorer(
         rm, rm_tok, max_length=config.max_length, batch_size=config.score_batch_size
     )
+    # a prompt can fit the policy's tokens but not the preference model's (another
+    # tokenizer or chat template): find out now, not when its candidates are scored
+    train_ex = _fit_the_preference_model(train_ex, scorer, config.on_bad_rows, info, "train")
+    eval_ex = _fit_the_preference_model(eval_ex, scorer, config.on_bad_rows, info, "eval")
+    atomic_write_json(out / "config.json", config.to_dict())
+    atomic_write_json(out / "prompts.json", info)
     pad_id = int(tok.pad_token_id)
 
     def decode(ids: list[int]) -> str:
