@@ -573,6 +573,20 @@ def test_cli_bad_file_fails_before_loading_the_model(tmp_path, capsys, monkeypat
         main(argv)
 
 
+def test_cli_more_options_than_letters_fails_before_loading_the_model(tmp_path, capsys):
+    """27 options cannot be lettered A..Z: the default scorers include the letter one, so
+    the run says so up front (the model path does not even exist) instead of after loading."""
+    from smoothalign.cli import main
+
+    opts = [f"o{i}" for i in range(27)]
+    data = _write_jsonl(tmp_path / "wide.jsonl", [{"question": "Q?", "options": opts, "answer": 0}])
+    argv = ["eval", "calibration", "--model", "no-such-model", "--tasks", str(data)]
+    assert main([*argv, "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "more than 26 options" in err and "--scorer option" in err
+    assert "no-such-model" not in err
+
+
 # --------------------------------------------------------------------------------------------
 # the real data sets (installed by `make install`)
 # --------------------------------------------------------------------------------------------

@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from smoothalign.eval.calibration_report import markdown_report, reliability_figure
     from smoothalign.eval.mc_prompts import build_prompt, continuations, few_shot_indices
     from smoothalign.eval.mc_sources import load_tasks
-    from smoothalign.eval.mc_tasks import subsample_indices
+    from smoothalign.eval.mc_tasks import LETTERS, subsample_indices
     from smoothalign.eval.multiple_choice import (
         ScoringInputError,
         predictions,
@@ -135,6 +135,16 @@ def run(args: argparse.Namespace) -> int:
                 "subject) pool holds too few other questions"
             )
         selected.append((t, idx, shots))
+    if "letter" in args.scorer:  # the letter scorer reads A..Z: say so before the model loads
+        for t, idx, _ in selected:
+            wide = [i for i in idx if len(t.questions[i].options) > len(LETTERS)]
+            if wide:
+                q = t.questions[wide[0]]
+                raise ValueError(
+                    f"task {t.name}: {len(wide)} question(s) have more than {len(LETTERS)} "
+                    f"options (the first: {q.source}, {len(q.options)} options); the letter "
+                    "scorer reads one letter per option: use --scorer option for this task"
+                )
 
     # 2. model
     t0 = time.perf_counter()
