@@ -131,7 +131,10 @@ if torch.cuda.is_available():
 else:
     print("cuda: not available")
 EOF
-    sha256sum src/smoothalign/kernels/*.py benchmarks/*.py 2>/dev/null | sed 's/^/sha256 /'
+    # the code behind every number (kernels, trainers, CALS, lean layers, benchmarks): one
+    # line a file, then one digest of them all, printed again in summary.md's log
+    find src benchmarks -name '*.py' -o -name '*.sh' | sort | xargs sha256sum | sed 's/^/sha256 /'
+    echo "tree-sha256 $(find src benchmarks -name '*.py' -o -name '*.sh' | sort | xargs sha256sum | sha256sum | cut -c1-64)"
 fi
 
 # ------------------------------------------------------------- block-size sweep (opt-in)

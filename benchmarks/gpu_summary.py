@@ -42,7 +42,8 @@ def lce_section(data: dict) -> list[str]:
         f"device `{env['device']}`, torch {env['torch']}, triton {env.get('triton')}, "
         f"liger-kernel {env.get('liger-kernel')}, cut-cross-entropy "
         f"{env.get('cut-cross-entropy')}; {env['dtype']}, median of {env['repeats']} after "
-        f"{env['warmup']} warm-up runs",
+        f"{env['warmup']} warm-up runs"
+        + (f"; kernel overrides {env['kernel_overrides']}" if env.get("kernel_overrides") else ""),
         "",
         lce.HEADER,
         *(lce._line(r) for r in data["rows"]),
@@ -65,6 +66,12 @@ def dpo_section(data: dict) -> list[str]:
         f"hidden {shape.get('hidden_size')}, {shape.get('num_hidden_layers')} layers, vocabulary "
         f"{shape.get('vocab_size')}; {env['pairs']} pairs × "
         f"({env['prompt_len']} + {env['response_len']}) tokens"
+        + (
+            f"; median of {env['repeats']} steps after {env['warmup']} warm-up"
+            if "repeats" in env
+            else ""  # runs before 2026-11-26 evening: 5 after 2
+        )
+        + (f"; kernel overrides {env['kernel_overrides']}" if env.get("kernel_overrides") else "")
         + ("; **with activation checkpointing**" if env.get("gradient_checkpointing") else ""),
         "",
         "| trainer | step ms (median) | peak GiB | tokens | time ÷ TRL+Liger | memory ÷ TRL+Liger | note |",

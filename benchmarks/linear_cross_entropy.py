@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import os
 import statistics
 import sys
 import time
@@ -338,6 +339,10 @@ def main(argv=None) -> int:
         "warmup": args.warmup,
         "repeats": args.repeats,
         "inputs": args.inputs or "random",
+        # block sizes exported by lce_tune, the experimental block-max backward: what ran
+        "kernel_overrides": {
+            k: v for k, v in os.environ.items() if k.startswith("SMOOTHALIGN_LCE")
+        },
     }
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
