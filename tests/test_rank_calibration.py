@@ -303,3 +303,41 @@ def test_prompts_the_preference_model_cannot_score_are_found_before_training(rew
     kept = _fit_the_preference_model(report.examples, scorer, "skip", info, "train")
     assert [ex.row for ex in kept] == [0, 2]
     assert info["train"]["too_long_for_the_preference_model"][0].startswith("row 1, field 'prompt'")
+
+
+def test_the_training_loss_pairs_each_candidate_with_its_own_prompt(tmp_path):
+    """RankTrainer.loss_on on a collated batch of 2 prompts × 3 candidates equals the
+    calibration terms of s̄ computed candidate by candidate, one forward each, by hand (a
+    mix-up of prompts and candidates in the [B·K] → [B, K] view would not)."""
+    from smoothalign.models.loading import build_tiny_model
+    from smoothalign.rank.candidates import Candidate, PromptExample, RankedPrompt
+    from smoothalign.rank.objective import calibration_terms
+    from smoothalign.rank.trainer import RankTrainer, collate_ranked
+
+    model = build_tiny_model().double()
+    cfg = RankConfig(reward_model="unused", output_dir=str(tmp_path), nll_weight=0.0, margin=0.3)
+    prompts = [[256, 104, 105, 58], [256, 120, 121, 122, 58]]  # distinct lengths: padding
+    cands = [[[97, 98, 257], [99, 257], [100, 101, 102, 257]],
+             [[103, 257], [104, 105, 257], [106, 257]]]  # fmt: skip
+    scores = [[2.0, 1.0, -0.5], [3.0, 0.5, 0.1]]
+    ranked = [
+        RankedPrompt(
+            PromptExample(prompt=f"p{i}", prompt_ids=prompts[i], index=i, row=i),
+            [Candidate(ids=c, text="", score=s) for c, s in zip(cands[i], scores[i], strict=True)],
+        )
+        for i in range(2)
+    ]
+    trainer = RankTrainer(model, cfg, pad_id=0, steps_per_epoch=1)
+    terms = trainer.loss_on(collate_ranked(ranked, 0, 64, with_reference=False))
+
+    def mean_logp(prompt, response):  # one sequence, no padding
+        ids = torch.tensor([prompt + response])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+        n = len(prompt)
+        return float(sum(logp[n - 1 + j, t] for j, t in enumerate(response)) / len(response))
+
+    s = torch.tensor([[mean_logp(prompts[i], c) for c in cands[i]] for i in range(2)])
+    expected = calibration_terms(s, torch.tensor(scores, dtype=torch.float64), margin=0.3)
+    got = terms.losses.detach().double()
+    torch.testing.assert_close(got, expected.losses.double(), rtol=1e-5, atol=1e-6)

@@ -140,3 +140,25 @@ def test_soft_bce_learns_the_oracle_world(tmp_path):
     )
     assert result.after["accuracy_true"] > 0.9
     assert result.after["ece_true"] < 0.08
+
+
+def test_the_saved_model_ranks_by_the_oracle_reward(tmp_path):
+    """Orientation end to end, outside the trainer: the saved model, loaded and scored by the
+    public scorer on fresh oracle texts, prefers the text with the higher oracle reward. (The
+    trainer's own metrics share its chosen/rejected split, so a swap would fool them.)"""
+    import numpy as np
+
+    from smoothalign.reward import PreferenceModelScorer, load_preference_model
+    from smoothalign.reward.data import oracle_reward
+
+    run_reward(_small(tmp_path / "run", oracle_pairs=96, max_steps=10, batch_size=16, eval_steps=0,
+                      report=False))  # fmt: skip
+    model, tok, _ = load_preference_model(tmp_path / "run")
+    rows = oracle_text_rows(200, seed=12345)  # not the run's seed: texts it never saw
+    score = PreferenceModelScorer(model, tok, max_length=32)
+    chosen = score([r["prompt"] for r in rows], [r["chosen"] for r in rows])
+    rejected = score([r["prompt"] for r in rows], [r["rejected"] for r in rows])
+    truth = np.array([oracle_reward(r["chosen"]) - oracle_reward(r["rejected"]) for r in rows])
+    decided = truth != 0
+    agree = np.mean((chosen - rejected)[decided] * truth[decided] > 0)
+    assert agree > 0.8, agree

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from smoothalign.kernels import linear_cross_entropy
+
 IGNORE_INDEX = -100
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -85,7 +87,6 @@ def sft_loss(
         raise ValueError(f"reduction: {reduction!r}; choose one of {REDUCTIONS}")
     e, targets = shift_for_next_token(hidden, labels)
     if fused:
-        linear_cross_entropy = _fused_kernel()
         out = linear_cross_entropy(
             e,
             head_weight,
@@ -107,17 +108,6 @@ def sft_loss(
         return losses.mean()
     full = losses.new_zeros(targets.shape).masked_scatter(keep, losses)
     return full.reshape(labels.shape[0], -1)
-
-
-def _fused_kernel():
-    try:
-        from smoothalign.kernels import linear_cross_entropy
-    except ImportError as err:
-        raise NotImplementedError(
-            "fused: the fused linear cross-entropy kernel (smoothalign.kernels."
-            "linear_cross_entropy) is not available in this installation; use --no-fused"
-        ) from err
-    return linear_cross_entropy
 
 
 @torch.no_grad()

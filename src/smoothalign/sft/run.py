@@ -29,7 +29,6 @@ from smoothalign.sft.data import (
     load_sft_rows,
     validate_sft_rows,
 )
-from smoothalign.sft.objective import _fused_kernel
 from smoothalign.sft.trainer import SFTTrainer
 from smoothalign.train.checkpoints import prepare_output_dir, train_with_resume
 from smoothalign.train.common import (
@@ -91,8 +90,6 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
     """Fine-tune ``config.model`` on ``config.data``; ``callbacks`` are extra
     ``transformers.TrainerCallback`` s."""
     config.validate()
-    if config.fused == "on":
-        _fused_kernel()  # fail before loading anything when the kernel is missing
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     prepare_output_dir(out, config.resume)  # before the model loads: a mixed-up dir fails fast
