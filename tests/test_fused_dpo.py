@@ -172,3 +172,41 @@ def test_cli_flag():
     add_arguments(parser)
     assert config_from_args(parser.parse_args([])).fused_logps == "auto"
     assert config_from_args(parser.parse_args(["--fused-logps", "off"])).fused_logps == "off"
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_sft_weight_adds_the_chosen_nll_per_token_through_the_trainer(tiny, tmp_path, fused):
+    """--sft-weight λ in the trainer: with the policy equal to its reference (loss ln 2 per
+    pair) the loss is ln 2 + λ·mean over pairs of −log π(y_w|x)/|y_w|, computed here by hand
+    from the model's logits of the chosen rows."""
+    import math
+
+    from smoothalign.train.common import training_arguments
+    from smoothalign.train.trainer import SmoothDPOTrainer
+
+    model, tok, batch = tiny
+    model = copy.deepcopy(model)
+    lam = 0.7
+    cfg = DPOConfig(model="tiny", output_dir=str(tmp_path), lora=False, smoothing="none",
+                    sft_weight=lam, fused_logps="on" if fused else "off", report=False)  # fmt: skip
+    trainer = SmoothDPOTrainer(
+        model=model,
+        args=training_arguments(cfg, False),
+        processing_class=tok,
+        dpo_config=cfg,
+        smoothing_policy=cfg.smoothing_policy(),
+        ref_model=copy.deepcopy(model),
+    )
+    model.eval()  # no dropout in the tiny model; eval only to keep the hand forward equal
+    loss = float(trainer.compute_loss(model, dict(batch)))
+    b = batch["input_ids"].shape[0] // 2  # chosen rows first
+    with torch.no_grad():
+        logits = model(
+            input_ids=batch["input_ids"][:b], attention_mask=batch["attention_mask"][:b]
+        ).logits
+    logp = torch.log_softmax(logits[:, :-1].double(), -1)
+    labels = batch["labels"][:b, 1:]
+    keep = labels != -100
+    tok_logp = logp.gather(-1, labels.clamp(min=0)[..., None])[..., 0] * keep
+    nll_per_token = -(tok_logp.sum(1) / keep.sum(1))
+    assert loss == pytest.approx(math.log(2) + lam * float(nll_per_token.mean()), rel=1e-9)
