@@ -228,6 +228,7 @@ if want pytest; then
     gpu) run 240 "$PY" -m pytest -q -p no:cacheprovider -o faulthandler_timeout=120 -rfEs \
         tests/test_kernels_triton.py \
         tests/test_policies.py \
+        tests/test_lean_layers.py \
         "tests/test_sft_training.py::test_fused_kernel_trains_like_the_reference" \
         "tests/test_dpo_training.py::test_fused_logps_train_like_materialised_logits" ;;
     dry) run 120 "$PY" -m pytest -q -p no:cacheprovider -rfE tests/test_kernels_triton.py \
