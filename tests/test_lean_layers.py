@@ -75,23 +75,26 @@ def test_swiglu_gradients_are_exact_in_float64():
     torch.testing.assert_close(swiglu(a, b), F.silu(a) * b, rtol=0, atol=0)
 
 
-def _tiny_pair(dtype):
-    eager = build_tiny_model().to(dtype)
+def _tiny_pair(dtype, device="cpu"):
+    eager = build_tiny_model().to(device=device, dtype=dtype)
     lean = copy.deepcopy(eager)
     return eager, lean, use_lean_layers(lean)
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_lean_model_has_the_same_outputs_and_near_gradients(dtype):
+def test_lean_model_has_the_same_outputs_and_near_gradients(dtype, device):
     """Outputs identical bit for bit; gradients within what bf16 rounding allows: the lean
     model's distance to a float64 reference is no larger than the eager model's (+ slack)."""
-    eager, lean, counts = _tiny_pair(dtype)
+    eager, lean, counts = _tiny_pair(dtype, device)
     n_layers = eager.config.num_hidden_layers
     assert counts == {"norm": 2 * n_layers + 1, "mlp": n_layers}
     ref = copy.deepcopy(eager).double()
-    ids = torch.randint(
-        0, eager.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(2)
-    )
+    gen = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, eager.config.vocab_size, (2, 9), generator=gen).to(device)
 
     def grads(model):
         model.zero_grad()
