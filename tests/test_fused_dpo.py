@@ -117,25 +117,29 @@ def test_final_logit_softcapping_is_honoured(tiny):
     _assert_same(model, tiny[2])
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_dpo_loss_and_gradients_equal(tiny, tmp_path, lora):
-    """One DPO ``compute_loss`` (CALS on) through the trainer, fused and not."""
+def _dpo_trainer(cfg, model, tok, ref_model):
     from smoothalign.train.common import training_arguments
     from smoothalign.train.trainer import SmoothDPOTrainer
 
-    model, tok, batch = tiny
-    model = _lora(model) if lora else copy.deepcopy(model)
-    cfg = DPOConfig(
-        model="tiny", output_dir=str(tmp_path), lora=lora, fused_logps="off", report=False
-    )
-    trainer = SmoothDPOTrainer(
+    return SmoothDPOTrainer(
         model=model,
         args=training_arguments(cfg, False),
         processing_class=tok,
         dpo_config=cfg,
         smoothing_policy=cfg.smoothing_policy(),
-        ref_model=None if lora else copy.deepcopy(model),
+        ref_model=ref_model,
     )
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_dpo_loss_and_gradients_equal(tiny, tmp_path, lora):
+    """One DPO ``compute_loss`` (CALS on) through the trainer, fused and not."""
+    model, tok, batch = tiny
+    model = _lora(model) if lora else copy.deepcopy(model)
+    cfg = DPOConfig(
+        model="tiny", output_dir=str(tmp_path), lora=lora, fused_logps="off", report=False
+    )
+    trainer = _dpo_trainer(cfg, model, tok, None if lora else copy.deepcopy(model))
     assert trainer.fused_logps is False
     policy0 = copy.deepcopy(trainer.smoothing_policy)
     results = []
@@ -181,22 +185,12 @@ def test_sft_weight_adds_the_chosen_nll_per_token_through_the_trainer(tiny, tmp_
     from the model's logits of the chosen rows."""
     import math
 
-    from smoothalign.train.common import training_arguments
-    from smoothalign.train.trainer import SmoothDPOTrainer
-
     model, tok, batch = tiny
     model = copy.deepcopy(model)
     lam = 0.7
     cfg = DPOConfig(model="tiny", output_dir=str(tmp_path), lora=False, smoothing="none",
                     sft_weight=lam, fused_logps="on" if fused else "off", report=False)  # fmt: skip
-    trainer = SmoothDPOTrainer(
-        model=model,
-        args=training_arguments(cfg, False),
-        processing_class=tok,
-        dpo_config=cfg,
-        smoothing_policy=cfg.smoothing_policy(),
-        ref_model=copy.deepcopy(model),
-    )
+    trainer = _dpo_trainer(cfg, model, tok, copy.deepcopy(model))
     model.eval()  # no dropout in the tiny model; eval only to keep the hand forward equal
     loss = float(trainer.compute_loss(model, dict(batch)))
     b = batch["input_ids"].shape[0] // 2  # chosen rows first
