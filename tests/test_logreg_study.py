@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -193,6 +194,78 @@ def test_metrics_against_direct_formulas():
     assert m["test_kl"][0] == pytest.approx(0.0, abs=1e-12)
     assert m["test_accuracy"][:3] == [1.0, 1.0, 0.0]
     assert m["cosine"][:3] == pytest.approx([1.0, 1.0, -1.0])
+
+
+def _sample_std(xs):
+    """Sample standard deviation (ddof = 1), by hand."""
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def _fake_run(d, n, method, seed, test_kl):
+    """A per-seed record with every aggregated metric; the other metrics are set from the
+    seed so that their mean and std are known too."""
+    r = {"d": d, "n": n, "method": method, "seed": seed, "test_kl": test_kl}
+    for k in (*logreg.METRICS, "bayes_bce"):
+        r.setdefault(k, 0.1 * seed + 0.01 * len(method))
+    r["cosine"] = 1.0 - 0.05 * seed**2
+    return r
+
+
+def test_aggregate_pairs_each_seed_with_the_mle_of_the_same_d_and_n():
+    """Known per-seed KLs: the paired differences KL(method) − KL(MLE) are taken on the same
+    (d, n, seed) only; a wins count is strictly lower KL (a tie is not a win); std is ddof=1."""
+    mle_30 = {0: 0.10, 1: 0.20, 2: 0.15, 3: 0.30}
+    cals_30 = {0: 0.08, 1: 0.25, 2: 0.15, 3: 0.21, 4: 0.05}  # seed 4 has no MLE run
+    mle_60 = {0: 1.0, 1: 2.0, 2: 3.0, 3: 4.0}  # same seeds, another n: must not be paired
+    cals_60 = {0: 1.5, 1: 1.0}
+    runs = [_fake_run(3, 30, "mle", s, v) for s, v in mle_30.items()]
+    runs += [_fake_run(3, 60, "mle", s, v) for s, v in mle_60.items()]
+    runs += [_fake_run(3, 30, "cals-l2", s, v) for s, v in cals_30.items()]
+    runs += [_fake_run(3, 60, "cals-l2", s, v) for s, v in cals_60.items()]
+    runs += [_fake_run(5, 50, "cals-l2", s, 0.3) for s in (0, 1)]  # no MLE at (5, 50)
+    order = [7, 2, 12, 0, 16, 9, 4, 14, 1, 11, 6, 15, 3, 10, 8, 5, 13]  # pairing is not by position
+    assert sorted(order) == list(range(len(runs)))
+    agg = logreg.aggregate([runs[i] for i in order])
+    rows = {(a["d"], a["n"], a["method"]): a for a in agg}
+    assert set(rows) == {(3, 30, "mle"), (3, 60, "mle"), (3, 30, "cals-l2"), (3, 60, "cals-l2"),
+                         (5, 50, "cals-l2")}  # fmt: skip
+
+    row = rows[(3, 30, "cals-l2")]
+    diffs = [cals_30[s] - mle_30[s] for s in (0, 1, 2, 3)]  # −0.02, +0.05, 0, −0.09
+    assert row["seeds"] == 5 and row["paired_seeds"] == 4
+    assert row["seeds_better_than_mle"] == 2  # seeds 0 and 3; seed 2 ties
+    assert row["kl_minus_mle_mean"] == pytest.approx(-0.015, abs=1e-12)
+    assert row["kl_minus_mle_std"] == pytest.approx(_sample_std(diffs), abs=1e-12)
+    assert row["kl_minus_mle_std"] == pytest.approx(math.sqrt(0.0101 / 3), abs=1e-12)
+    # the plain per-method summaries: mean and ddof=1 std over all five seeds
+    assert row["test_kl_mean"] == pytest.approx(0.148, abs=1e-12)
+    assert row["test_kl_std"] == pytest.approx(_sample_std(list(cals_30.values())), abs=1e-12)
+    cos = [1.0 - 0.05 * s**2 for s in range(5)]
+    assert row["cosine_mean"] == pytest.approx(sum(cos) / 5, abs=1e-12)
+    assert row["cosine_std"] == pytest.approx(_sample_std(cos), abs=1e-12)
+
+    row = rows[(3, 60, "cals-l2")]  # +0.5 and −1.0 against the n = 60 MLE
+    assert row["paired_seeds"] == 2 and row["seeds_better_than_mle"] == 1
+    assert row["kl_minus_mle_mean"] == pytest.approx(-0.25, abs=1e-12)
+    assert row["kl_minus_mle_std"] == pytest.approx(1.5 / math.sqrt(2), abs=1e-12)
+
+    mle = rows[(3, 30, "mle")]  # against itself: no wins, no difference
+    assert mle["paired_seeds"] == 4 and mle["seeds_better_than_mle"] == 0
+    assert mle["kl_minus_mle_mean"] == 0 and mle["kl_minus_mle_std"] == 0
+    unpaired = rows[(5, 50, "cals-l2")]
+    assert "paired_seeds" not in unpaired and "kl_minus_mle_mean" not in unpaired
+    assert unpaired["test_kl_std"] == 0
+
+    # the table prints wins/paired seeds and the mean paired difference
+    results = {
+        "config": {"dims": [3], "n_multipliers": [10, 20]},
+        "methods": [dataclasses.asdict(MLE), dataclasses.asdict(CALS_L2)],
+        "aggregates": agg,
+    }
+    table = logreg.paired_table(results, ["mle", "cals-l2"])
+    assert "| 3 | 30 | 0/4 (+0.0000) | 2/4 (-0.0150) |" in table
+    assert "| 3 | 60 | 0/4 (+0.0000) | 1/2 (-0.2500) |" in table
 
 
 def test_ablation_methods_and_their_c0():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import numpy as np
 import pytest
@@ -76,6 +77,72 @@ def test_fkl_and_soft_bce_fit_identically_and_the_curves_are_recorded():
 def test_convergence_summaries():
     steps = [0, 1, 2, 4, 8]
     assert rs.value_at(steps, [5.0, 4.0, 3.0, 2.0, 1.0], 3) == 3.0
+
+
+def _sample_std(xs):
+    """Sample standard deviation (ddof = 1), by hand."""
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def _fake_run(k, n, method, seed, kl, acc, curve):
+    r = {"annotators": k, "n": n, "method": method, "seed": seed}
+    r |= {key: 0.01 * seed for key in rs.METRICS}
+    r |= {"kl_true": kl, "accuracy_true": acc, "curve_steps": [0, 5, 10], "curve_kl_true": curve}
+    return r
+
+
+def test_aggregate_compares_each_seed_with_bt_on_the_same_data():
+    """Known per-seed values: lower KL and higher accuracy than BT on the same
+    (K, n, seed), ties and rounding-level differences not counted; the mean paired KL
+    difference, its ddof=1 std, and the mean ± std convergence curve."""
+    bt = {0: (0.20, 0.80), 1: (0.30, 0.70), 2: (0.25, 0.75), 3: (0.40, 0.60)}
+    # seed 0: better on both; 1: worse on both; 2: KL lower by rounding only (1e-13
+    # relative, as soft-bce vs fkl) and the same accuracy; 3: better KL, worse accuracy;
+    # seed 4: no BT run on it
+    soft = {
+        0: (0.15, 0.85),
+        1: (0.35, 0.65),
+        2: (0.25 * (1 - 1e-13), 0.75),
+        3: (0.30, 0.55),
+        4: (0.01, 0.99),
+    }
+    curves = {s: [1.0 + s, 0.5 + 0.1 * s**2, 0.2 * s] for s in range(5)}
+    runs = [_fake_run(3, 100, "soft-bce", s, *v, curves[s]) for s, v in soft.items()]
+    runs += [_fake_run(3, 100, "bt", s, *v, curves[s]) for s, v in bt.items()]
+    # the same seeds with other K or n: BT here is far worse, and must not be paired
+    runs += [_fake_run(5, 100, "bt", s, 9.0, 0.0, curves[s]) for s in range(4)]
+    runs += [_fake_run(3, 200, "bt", s, 9.0, 0.0, curves[s]) for s in range(4)]
+    runs += [_fake_run(3, 200, "soft-bce", s, 8.0, 0.1, curves[s]) for s in (1, 2)]
+    runs = runs[::-1]  # pairing is by key, not by position
+    rows = {(a["annotators"], a["n"], a["method"]): a for a in rs.aggregate(runs)}
+
+    row = rows[(3, 100, "soft-bce")]
+    assert row["seeds"] == 5 and row["paired_seeds"] == 4
+    assert row["seeds_lower_kl_than_baseline"] == 2  # seeds 0 and 3
+    assert row["seeds_higher_accuracy_than_baseline"] == 1  # seed 0
+    diffs = [soft[s][0] - bt[s][0] for s in range(4)]  # −0.05, +0.05, ≈0, −0.10
+    assert row["kl_minus_baseline_mean"] == pytest.approx(-0.025, abs=1e-12)
+    assert row["kl_minus_baseline_std"] == pytest.approx(_sample_std(diffs), abs=1e-12)
+    assert row["kl_minus_baseline_std"] == pytest.approx(math.sqrt(0.0125 / 3), abs=1e-12)
+    kls = [v[0] for v in soft.values()]
+    assert row["kl_true_mean"] == pytest.approx(sum(kls) / 5, abs=1e-12)
+    assert row["kl_true_std"] == pytest.approx(_sample_std(kls), abs=1e-12)
+    assert row["curve_steps"] == [0, 5, 10]
+    for j in range(3):
+        column = [curves[s][j] for s in range(5)]
+        assert row["curve_kl_true_mean"][j] == pytest.approx(sum(column) / 5, abs=1e-12)
+        assert row["curve_kl_true_std"][j] == pytest.approx(_sample_std(column), abs=1e-12)
+
+    other = rows[(3, 200, "soft-bce")]  # 8.0 against 9.0 on both seeds
+    assert other["paired_seeds"] == 2 and other["seeds_lower_kl_than_baseline"] == 2
+    assert other["seeds_higher_accuracy_than_baseline"] == 2
+    assert other["kl_minus_baseline_mean"] == pytest.approx(-1.0, abs=1e-12)
+    assert other["kl_minus_baseline_std"] == pytest.approx(0.0, abs=1e-12)
+    base = rows[(3, 100, "bt")]  # against itself
+    assert base["seeds_lower_kl_than_baseline"] == 0
+    assert base["seeds_higher_accuracy_than_baseline"] == 0
+    assert base["kl_minus_baseline_mean"] == 0 and base["kl_minus_baseline_std"] == 0
 
 
 def test_quick_study_writes_results_table_and_plot(tmp_path):
