@@ -22,6 +22,10 @@ CASES = [
     (["sft", "--model", "/no/such/model", "--data", MISSING], MISSING),
     (["sft", "--label-smoothing", "2"], "label_smoothing"),
     (["dpo", "--beta", "inf"], "beta: must be a finite number"),
+    (
+        ["dpo", "--loss", "robust", "--smoothing", "none", "--flip-rate", "0.7"],
+        "flip_rate: must lie",
+    ),
     (["rank-calibrate", "--learning-rate", "inf"], "learning_rate: must be a finite number"),
     (["rank-calibrate", "--reward-model", "/no/such/reward_model"], "/no/such/reward_model"),
     (["eval", "calibration", "--model", "/no/such/model", "--tasks", MISSING], MISSING),

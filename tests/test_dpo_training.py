@@ -465,3 +465,23 @@ def test_lean_layers_train_like_the_eager_layers(noisy_data, tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
     assert eager.after["accuracy"] == lean.after["accuracy"]
+
+
+def test_validation_json_lists_every_skipped_row_and_data_objects_are_described(tmp_path):
+    """`--on-bad-rows skip` lists every skipped row in validation.json (report.md shows the
+    first ten), and rows handed over as a list are described in config.json, not copied."""
+    import json
+
+    rows = synthetic_rows(24, seed=5)
+    for i in range(12):
+        rows[i]["chosen"] = "  "  # 12 bad rows, more than the report lists
+    cfg = _config(tmp_path, tmp_path / "run", max_steps=1, on_bad_rows="skip")
+    cfg.data, cfg.eval_data = rows, None  # the Python API takes the rows themselves
+    result = run_dpo(cfg)
+    validation = json.loads((tmp_path / "run" / "validation.json").read_text())
+    listed = [b for part in validation.values() for b in part["bad_rows"]]
+    assert sorted(b["row"] for b in listed) == list(range(12))
+    assert all(b["field"] == "chosen" for b in listed)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["data"] == "<builtins.list of 24 rows>"
+    assert result.n_train + result.n_eval == 12

@@ -48,6 +48,30 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, text + "\n")
 
 
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A run config's fields for ``config.json``: values as they are, except data handed over
+    as objects (a list of rows, a ``datasets.Dataset``), which are described, not copied."""
+    import dataclasses
+
+    return {f.name: _describe(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+def _describe(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        return {k: _describe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple) and all(
+        v is None or isinstance(v, str | int | float | bool) for v in value
+    ):
+        return list(value)
+    kind = f"{type(value).__module__.split('.')[0]}.{type(value).__name__}"
+    size = f" of {len(value)} rows" if hasattr(value, "__len__") else ""
+    return f"<{kind}{size}>"
+
+
 def json_safe(obj: Any) -> Any:
     """A copy of ``obj`` (dicts, lists, tuples, at any depth) with every non-finite float as
     ``None``: JSON has no NaN or inf, and other readers than Python's refuse them."""

@@ -70,7 +70,7 @@ class RowReport:
         """How many rows each problem code rejected, most frequent first."""
         return dict(Counter(b.code for b in self.bad_rows).most_common())
 
-    def bad_rows_markdown(self, max_listed: int, details: str = "the JSON report") -> list[str]:
+    def bad_rows_markdown(self, max_listed: int, details: str = "validation.json") -> list[str]:
         """The report's bad-row section (none without bad rows): the counts by code and the
         first ``max_listed`` rows; ``details`` names where the rest are listed."""
         if not self.bad_rows:
@@ -96,7 +96,7 @@ class TokenizedRowsReport(RowReport):
     max_length: int  # the token budget per sequence
 
     title: ClassVar[str] = "Data"
-    details: ClassVar[str] = "the JSON report"  # where the bad rows past max_listed are
+    details: ClassVar[str] = "validation.json"  # where the bad rows past max_listed are
 
     def _counts(self) -> dict[str, Any]:
         return {}
@@ -207,7 +207,7 @@ def format_bad_rows(
         lines.append(f"  ... and {len(bad_rows) - limit} more")
     if len(bad_rows) < n_rows:
         lines.append(
-            "Fix the data, or pass on_bad_rows='skip' to drop these rows "
+            "Fix the data, or pass on_bad_rows='skip' (--on-bad-rows skip) to drop these rows "
             "(they are then listed in the validation report)."
         )
     else:  # skipping would leave nothing

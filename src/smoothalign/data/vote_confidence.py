@@ -93,7 +93,7 @@ def _check_votes(rows: Sequence[Any], field_name: str, overwrite: bool) -> list[
             )
         elif field_name in row and row[field_name] is not None and not overwrite:
             bad.append(
-                f"{_where(row, i)}, field '{field_name}': already present (pass overwrite, "
+                f"{_where(row, i)}, field '{field_name}': already present (pass overwrite=True, --overwrite, "
                 "or write the confidence to another field)"
             )
         else:

@@ -149,6 +149,14 @@ def run(args: argparse.Namespace) -> int:
     sft_rows, held_rows = split_tasks(tasks)
     train_file = _write_jsonl(out / "sft_train.jsonl", sft_rows)
     held_file = _write_jsonl(out / "heldout.jsonl", held_rows)
+    if args.mmlu_limit < len(held_rows):  # eval calibration's --limit cuts every task
+        print(
+            f"smoothalign study sft-calibration: --mmlu-limit {args.mmlu_limit} is below the "
+            f"{len(held_rows)} held-out BIG-bench questions, which the same --limit would cut "
+            "too; pass at least that many",
+            file=sys.stderr,
+        )
+        return 2
     print(f"{len(sft_rows)} SFT rows, {len(held_rows)} held-out questions from {args.tasks}")
 
     models: list[tuple[str, float | None, int | None, str]] = [("shipped", None, None, args.model)]

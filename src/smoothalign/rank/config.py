@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from smoothalign._checks import check_finite_fields
+from smoothalign.io import config_to_dict
 
 DECODINGS = ("sample", "beam", "diverse-beam")
 
@@ -114,4 +115,4 @@ class RankConfig:
         return self.num_beam_groups or self.num_candidates
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return config_to_dict(self)  # data passed as objects is described, not copied

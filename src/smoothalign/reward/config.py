@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from smoothalign._checks import check_finite_fields
+from smoothalign.io import config_to_dict
 from smoothalign.reward.objective import POSTERIOR_LOSSES, REWARD_LOSSES
 from smoothalign.train.common import calibrator_options, smoothing_policy
 
@@ -130,4 +131,4 @@ class RewardConfig:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return config_to_dict(self)  # data passed as objects is described, not copied

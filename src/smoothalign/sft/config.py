@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from smoothalign._checks import check_finite_fields
+from smoothalign.io import config_to_dict
 
 
 @dataclass
@@ -89,4 +90,4 @@ class SFTConfig:
             raise ValueError(f"on_bad_rows: {self.on_bad_rows!r}; choose error or skip")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return config_to_dict(self)  # data passed as objects is described, not copied

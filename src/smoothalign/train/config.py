@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from smoothalign._checks import check_finite_fields
+from smoothalign.io import config_to_dict
 from smoothalign.losses import LOSSES
 from smoothalign.train.common import calibrator_options, smoothing_policy
 
@@ -92,6 +93,8 @@ class DPOConfig:
             raise ValueError("flip_rate: the 'robust' loss needs --flip-rate ε in [0, 0.5)")
         if self.flip_rate is not None and self.loss != "robust":
             raise ValueError("flip_rate: only the 'robust' loss takes a flip rate")
+        if self.flip_rate is not None and not 0.0 <= self.flip_rate < 0.5:
+            raise ValueError(f"flip_rate: must lie in [0, 0.5), got {self.flip_rate}")
         checks = {
             "beta": self.beta > 0,
             "max_steps": self.max_steps > 0,
@@ -144,4 +147,4 @@ class DPOConfig:
         return {}
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return config_to_dict(self)  # data passed as objects is described, not copied

@@ -79,7 +79,7 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     model, tokenizer = load_model_and_tokenizer(
         config.model, trust_remote_code=config.trust_remote_code
     )
-    train_ex, eval_ex, validation_md, n_skipped, split_notes = _load_data(
+    train_ex, eval_ex, validation_md, n_skipped, split_notes, validation = _load_data(
         config, tokenizer, rows, eval_rows
     )
     data_notes += split_notes
@@ -148,6 +148,7 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     )
     if trainer.is_world_process_zero():
         atomic_write_json(out / "config.json", config.to_dict())
+        atomic_write_json(out / "validation.json", validation)
 
     forecasts_before = trainer.preference_forecasts(eval_ds)
     before = preference_metrics(forecasts_before["margins"], forecasts_before["confidence"])
@@ -207,8 +208,9 @@ def _read_data(config: DPOConfig) -> tuple[Any, Any, list[str]]:
 
 def _load_data(
     config: DPOConfig, tokenizer, rows, eval_rows
-) -> tuple[list[TokenizedPair], list[TokenizedPair], str, int, list[str]]:
-    """Validate the rows (and eval rows) and split them into train / eval examples."""
+) -> tuple[list[TokenizedPair], list[TokenizedPair], str, int, list[str], dict]:
+    """Validate the rows (and eval rows) and split them into train / eval examples; the
+    last item is the validation summary for ``validation.json`` (every bad row listed)."""
     # the oracle-* policies need every training row's confidence: refuse before training
     # (held-out rows without one are fine: the *_true metrics skip them)
     needs = config.smoothing_policy().needs_confidence
@@ -229,7 +231,7 @@ def _load_data(
         config.seed,
     )
     skipped = sum(v["n_skipped"] for v in info.values())
-    return train_ex, eval_ex, md, skipped, split_notes
+    return train_ex, eval_ex, md, skipped, split_notes, info
 
 
 # ---------------------------------------------------------------------------- model
