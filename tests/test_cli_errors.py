@@ -101,3 +101,28 @@ def test_a_truncated_safetensors_model_is_bad_input(tmp_path, capsys, monkeypatc
     assert any(line.startswith("smoothalign dpo: ") for line in err.splitlines()), err
     assert "Traceback" not in err
     Path(err.split("(traceback: ")[1].split(";")[0]).unlink()
+
+
+@pytest.mark.parametrize("command", ["dpo", "sft"])
+def test_bad_rows_are_reported_before_the_weights_load(command, tmp_path, capsys, monkeypatch):
+    """The tokenizer loads without the weights, so the data is checked first: with the
+    model's weights missing altogether, the error is still about the bad row."""
+    import json
+
+    from smoothalign.models.loading import build_tiny_model, build_tiny_tokenizer
+
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    folder = tmp_path / "model"
+    build_tiny_model().save_pretrained(folder)
+    build_tiny_tokenizer().save_pretrained(folder)
+    (folder / "model.safetensors").unlink()  # loading the weights would fail
+    good = {"prompt": "q:", "chosen": " a", "rejected": " b", "completion": " a"}
+    bad = {"prompt": "q:", "chosen": "  ", "rejected": " b", "completion": "  "}
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in (good, bad, good)))
+    code = main([command, "--model", str(folder), "--data", str(data),
+                 "--output-dir", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "rows.jsonl row 1" in err and "model.safetensors" not in err, err
+    Path(err.split("(traceback: ")[1].split(";")[0]).unlink()

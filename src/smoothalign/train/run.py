@@ -26,7 +26,7 @@ from smoothalign.data import (
     validate_preference_rows,
 )
 from smoothalign.io import atomic_write_json
-from smoothalign.models import load_model_and_tokenizer
+from smoothalign.models import load_model_and_tokenizer, load_tokenizer
 from smoothalign.train.checkpoints import (
     prepare_output_dir,
     save_smoothing_state,
@@ -76,12 +76,15 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     check_scheduler(config.lr_scheduler)
 
     rows, eval_rows, data_notes = _read_data(config)  # a bad file fails before the model loads
+    # bad rows too, where the tokenizer can be read without the weights
+    early = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+    validated = _load_data(config, early, rows, eval_rows) if early is not None else None
     model, tokenizer = load_model_and_tokenizer(
-        config.model, trust_remote_code=config.trust_remote_code
+        config.model, trust_remote_code=config.trust_remote_code, tokenizer=early
     )
-    train_ex, eval_ex, validation_md, n_skipped, split_notes, validation = _load_data(
-        config, tokenizer, rows, eval_rows
-    )
+    if validated is None:
+        validated = _load_data(config, tokenizer, rows, eval_rows)
+    train_ex, eval_ex, validation_md, n_skipped, split_notes, validation = validated
     data_notes += split_notes
     notes += data_notes
     if config.max_eval_pairs and len(eval_ex) > config.max_eval_pairs:
