@@ -83,3 +83,33 @@ def test_aggregate_groups_by_beta_with_sample_std():
     assert rows["SFT β=0.1"]["runs"] == 2
     assert rows["SFT β=0.1"]["accuracy_mean"] == pytest.approx(0.3)
     assert rows["SFT β=0.1"]["accuracy_std"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
+
+
+def test_an_evaluation_is_reused_only_with_the_same_arguments_and_questions(tmp_path, monkeypatch):
+    """A rerun into the same folder reuses an evaluation only if it was made with the same
+    arguments and held-out questions (it used to reuse any results.json it found)."""
+    import argparse
+    import json
+
+    import smoothalign.cli as cli
+    from smoothalign.experiments import sft_calibration
+
+    calls = []
+
+    def fake_main(argv):
+        calls.append(list(argv))
+        out = argv[argv.index("--output-dir") + 1]
+        (tmp_path / "eval" / "results.json").write_text(json.dumps({"out": out, "n": len(calls)}))
+        return 0
+
+    monkeypatch.setattr(cli, "main", fake_main)
+    (tmp_path / "eval").mkdir()
+    held = tmp_path / "heldout.jsonl"
+    held.write_text('{"question": "q", "options": ["a", "b"], "answer": 0}\n')
+    args = argparse.Namespace(mmlu_limit=100, batch_size=8, no_progress=True)
+    run = lambda a: sft_calibration._evaluate("m", held, tmp_path / "eval", a)  # noqa: E731
+    assert run(args)["n"] == 1
+    assert run(args)["n"] == 1 and len(calls) == 1  # same arguments: reused
+    assert run(argparse.Namespace(mmlu_limit=200, batch_size=8, no_progress=True))["n"] == 2
+    held.write_text('{"question": "other", "options": ["a", "b"], "answer": 1}\n')
+    assert run(argparse.Namespace(mmlu_limit=200, batch_size=8, no_progress=True))["n"] == 3

@@ -89,16 +89,23 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def _evaluate(model: str, heldout: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from smoothalign.cli import main
+    """``eval calibration`` of ``model`` into ``out``; an earlier evaluation there is reused
+    only if it was made with the same arguments and the same held-out questions."""
+    import hashlib
 
-    if not (out / "results.json").exists():
-        argv = ["eval", "calibration", "--model", model, "--scorer", "option",
-                "--tasks", f"jsonl:{heldout}", "mmlu", "--limit", str(args.mmlu_limit),
-                "--batch-size", str(args.batch_size), "--output-dir", str(out)]  # fmt: skip
-        if args.no_progress:
-            argv.append("--no-progress")
-        if main(argv) != 0:
+    from smoothalign.cli import main
+    from smoothalign.io import atomic_write_json
+
+    argv = ["eval", "calibration", "--model", model, "--scorer", "option",
+            "--tasks", f"jsonl:{heldout}", "mmlu", "--limit", str(args.mmlu_limit),
+            "--batch-size", str(args.batch_size), "--output-dir", str(out)]  # fmt: skip
+    stamp = {"argv": argv, "heldout_sha256": hashlib.sha256(heldout.read_bytes()).hexdigest()}
+    stamp_file = out / "evaluated_with.json"
+    done = stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp
+    if not (done and (out / "results.json").exists()):
+        if main(argv + (["--no-progress"] if args.no_progress else [])) != 0:
             raise RuntimeError(f"evaluation of {model} failed")
+        atomic_write_json(stamp_file, stamp)
     return json.loads((out / "results.json").read_text())
 
 
