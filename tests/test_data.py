@@ -96,6 +96,39 @@ def test_plain_text_without_bos_token_adds_none():
     assert ex.prompt_ids == byte_ids("Q0: 2+2=")
 
 
+@pytest.mark.parametrize("layout", ["llama2", "metaspace"])
+def test_plain_responses_are_the_tokens_they_have_after_the_prompt(layout):
+    """A SentencePiece-style tokenizer (Llama-2 layout: it prepends ▁ to every text) gives a
+    response encoded alone a token it never has after the prompt. The response ids must be
+    the tail of encode(prompt + response), checked by brute force."""
+    from tests.data_helpers import sentencepiece_like_tokenizer
+
+    tok = sentencepiece_like_tokenizer(layout)
+    rows = [
+        {"prompt": "Q: capital of France?\nA:", "chosen": " PARIS", "rejected": " LYON"},
+        {"prompt": "Hi", "chosen": "\nTHERE", "rejected": "\nYOU"},
+    ]
+    report = validate_preference_rows(rows, tok, max_length=64)
+    for row, ex in zip(rows, report.examples, strict=True):
+        prompt = tok(row["prompt"], add_special_tokens=False)["input_ids"]
+        for field, ids in (("chosen", ex.chosen_ids), ("rejected", ex.rejected_ids)):
+            joint = tok(row["prompt"] + row[field], add_special_tokens=False)["input_ids"]
+            assert joint[: len(prompt)] == prompt
+            assert ids == [*joint[len(prompt) :], tok.eos_token_id], (layout, field)
+        assert ex.prompt_ids == [tok.bos_token_id, *prompt]
+
+
+def test_a_pair_whose_texts_differ_but_tokens_do_not_is_a_bad_row(tok):
+    """Its DPO margin would be 0 at every step: refused, not counted as a truncation."""
+    eos = tok.eos_token  # a response that ends in the EOS string tokenises like one without
+    rows = [plain_row(0), plain_row(1, chosen=" four", rejected=f" four{eos}")]
+    with pytest.raises(ValueError, match="row 1, field 'rejected': tokenises to the same ids"):
+        validate_preference_rows(rows, tok, max_length=64)
+    report = validate_preference_rows(rows, tok, max_length=64, on_bad_rows="skip")
+    assert report.n_identical_after_truncation == 0
+    assert [(b.index, b.code) for b in report.bad_rows] == [(1, "identical_responses")]
+
+
 def test_plain_text_empty_prompt_is_allowed(tok):
     (ex,) = validate_preference_rows([plain_row(prompt="")], tok, max_length=64).examples
     assert ex.prompt_ids == [BOS_ID]

@@ -15,6 +15,7 @@ import string
 import numpy as np
 import pytest
 import torch
+from tests.data_helpers import sentencepiece_like_tokenizer as _sentencepiece_like
 
 from smoothalign.eval.mc_prompts import build_prompt, continuations
 from smoothalign.eval.mc_tasks import MCQuestion
@@ -25,42 +26,6 @@ from smoothalign.eval.multiple_choice import (
     score_options,
 )
 from smoothalign.models.loading import build_tiny_model, build_tiny_tokenizer
-
-
-def _sentencepiece_like(layout: str):
-    """Characters + ``▁X`` merges for the capitals, in the Llama-2 ``tokenizer.json`` layout
-    (``"llama2"``: normalizer Prepend + Replace, no pre-tokenizer) or with a Metaspace
-    pre-tokenizer (``"metaspace"``: newer SentencePiece conversions)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    chars = sorted(set(string.printable) - set(" \t\n\r\x0b\x0c")) + ["▁", "\n"]
-    vocab = {"<unk>": 0}
-    for c in chars:
-        vocab.setdefault(c, len(vocab))
-    merges = []
-    for letter in string.ascii_uppercase:
-        vocab["▁" + letter] = len(vocab)
-        merges.append(("▁", letter))
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
-    if layout == "llama2":
-        backend.normalizer = normalizers.Sequence(
-            [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
-        )
-    else:
-        backend.pre_tokenizer = pre_tokenizers.Metaspace(
-            replacement="▁", prepend_scheme="always", split=False
-        )
-    backend.add_special_tokens(["<s>", "</s>", "<pad>"])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        model_max_length=512,
-        clean_up_tokenization_spaces=False,
-    )
-
 
 TOKENIZERS = {
     "llama2": lambda: _sentencepiece_like("llama2"),

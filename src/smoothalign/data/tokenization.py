@@ -1,8 +1,13 @@
 """Turn one preference pair into token ids: a prompt, and each response as its continuation.
 
-**Plain text.** The prompt and each response are tokenised separately with
-``add_special_tokens=False`` and concatenated, so the prompt/response boundary is always a
-token boundary (TRL does the same; put any separating space or newline in the text yourself).
+**Plain text.** Each response's tokens are those it has *after the prompt*: the tail of
+``encode(prompt + response)`` beyond ``encode(prompt)`` (``add_special_tokens=False``), when
+the prompt's tokens are a prefix of the joint ones. Where a token would merge across the
+boundary, the response is tokenised on its own instead, so the boundary is a token boundary
+(TRL tokenises every response on its own; for most BPE tokenizers the two agree, but a
+Llama-2-style SentencePiece tokenizer prepends ``▁`` to any text it encodes, so a response
+encoded alone starts with a token it never has after a prompt). Put any separating space or
+newline in the text yourself.
 If the tokenizer has a BOS token, the prompt starts with exactly one: it is prepended unless
 the prompt's tokens already start with it (a prompt text that begins with the BOS string).
 Each response ends with the EOS token, appended unless the response already ends with it.
@@ -218,7 +223,13 @@ def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
 def _tokenize_plain(
     prompt: str, responses_text: list[str], tokenizer: Any
 ) -> tuple[list[int], list[list[int]]]:
-    prompt_ids, *responses = _encode(tokenizer, [prompt, *responses_text])
+    n = len(responses_text)
+    texts = [prompt, *responses_text, *(prompt + r for r in responses_text)]
+    prompt_ids, *rest = _encode(tokenizer, texts)
+    responses = []
+    for alone, joint in zip(rest[:n], rest[n:], strict=True):
+        in_context = joint[: len(prompt_ids)] == prompt_ids and len(joint) > len(prompt_ids)
+        responses.append(joint[len(prompt_ids) :] if in_context else alone)
     bos = tokenizer.bos_token_id
     if bos is not None and prompt_ids[:1] != [bos]:
         prompt_ids = [bos, *prompt_ids]

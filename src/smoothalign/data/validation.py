@@ -290,6 +290,13 @@ def _process_row(
     for name, ids in (("chosen", chosen_ids), ("rejected", rejected_ids)):
         if not ids:
             raise _Bad(name, "empty_response", "empty response (no tokens after the prompt)")
+    if chosen_ids == rejected_ids:  # different texts, same tokens: the margin is always 0
+        raise _Bad(
+            "rejected",
+            "identical_responses",
+            "tokenises to the same ids as 'chosen' (the tokenizer or chat template erases "
+            "their difference)",
+        )
     chosen_ids, chosen_cut = fit_response(chosen_ids, len(prompt_ids), max_length)
     rejected_ids, rejected_cut = fit_response(rejected_ids, len(prompt_ids), max_length)
 
