@@ -39,6 +39,8 @@ def main(data: str, out: str) -> None:
     rank = int(os.environ["RANK"])
     state = {
         "world_size": torch.distributed.get_world_size(),
+        "trainer_world_size": trainer.args.world_size,  # 2: data parallel, not 2 copies
+        "first_batch": [int(i) for i in next(iter(trainer.get_train_dataloader()))["index"]],
         "policy": trainer.smoothing_policy.state_dict(),
         "weights": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
     }

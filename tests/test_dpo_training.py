@@ -200,6 +200,9 @@ def test_two_process_gloo_run_keeps_ranks_identical(noisy_data, tmp_path):
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert r0["world_size"] == r1["world_size"] == 2
+    # real data parallelism: the trainer knows of both ranks, and they see different pairs
+    assert r0["trainer_world_size"] == r1["trainer_world_size"] == 2
+    assert set(r0["first_batch"]).isdisjoint(r1["first_batch"])
     cal0, cal1 = r0["policy"]["calibrator"], r1["policy"]["calibrator"]
     assert cal0["step"] == cal1["step"] == 4
     assert torch.equal(cal0["wins"], cal1["wins"]) and torch.equal(cal0["losses"], cal1["losses"])
@@ -387,14 +390,18 @@ def test_resume_refuses_other_cals_options(noisy_data, tmp_path):
         run_dpo(_config(noisy_data, out, resume="latest", momentum=0.9, **{**kw, "max_steps": 3}))
 
 
-def test_gradient_accumulation_matches_the_large_batch(noisy_data, tmp_path):
+@pytest.mark.parametrize("n_pairs", [64, 6])
+def test_gradient_accumulation_matches_the_large_batch(tmp_path, n_pairs):
     """2 micro-batches of 4 accumulate to the step one batch of 8 takes (plain DPO: the
-    objective has no state that sees micro-batches)."""
+    objective has no state that sees micro-batches), also when the second is short (6 pairs:
+    4 + 2, an epoch's end): the step's loss is the mean over its pairs, not of the
+    micro-batches' means."""
     import json
 
+    data = write_jsonl(synthetic_rows(n_pairs, seed=3, flip_rate=0.2), tmp_path / "d.jsonl")
     common = dict(smoothing="none", max_steps=2, learning_rate=1e-3, logging_steps=1)
-    run_dpo(_config(noisy_data, tmp_path / "big", batch_size=8, grad_accum=1, **common))
-    run_dpo(_config(noisy_data, tmp_path / "accum", batch_size=4, grad_accum=2, **common))
+    run_dpo(_config(data, tmp_path / "big", batch_size=8, grad_accum=1, **common))
+    run_dpo(_config(data, tmp_path / "accum", batch_size=4, grad_accum=2, **common))
     norms = []
     for run in ("big", "accum"):
         lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
@@ -485,3 +492,16 @@ def test_validation_json_lists_every_skipped_row_and_data_objects_are_described(
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["data"] == "<builtins.list of 24 rows>"
     assert result.n_train + result.n_eval == 12
+
+
+def test_the_last_partial_logging_window_is_written(noisy_data, tmp_path):
+    """max_steps 3 with logging_steps 2: step 3's per-pair values (rewards, α) are written
+    at the end instead of dropped."""
+    import json
+
+    run_dpo(_config(noisy_data, tmp_path / "run", max_steps=3, logging_steps=2))
+    logs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in logs if r["split"] == "train"]
+    assert [r["step"] for r in train] == [2, 3]
+    assert train[1]["partial_window"] and "rewards/margins" in train[1] and "loss" not in train[1]
+    assert train[1]["cals/step"] == 3  # the calibrator saw every micro-batch

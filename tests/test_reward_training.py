@@ -162,3 +162,28 @@ def test_the_saved_model_ranks_by_the_oracle_reward(tmp_path):
     decided = truth != 0
     agree = np.mean((chosen - rejected)[decided] * truth[decided] > 0)
     assert agree > 0.8, agree
+
+
+@pytest.mark.parametrize("loss", ["bt", "soft-bce"])
+def test_gradient_accumulation_matches_the_large_batch(tmp_path, loss):
+    """Micro-batches of 4 accumulate to the step of one batch of 8, even when they hold
+    different numbers of weighted pairs (bt gives a tied vote weight 0): the step's loss is
+    the weighted mean over all its pairs."""
+    import json
+
+    common = dict(
+        loss=loss,
+        oracle_pairs=60,
+        max_steps=2,
+        logging_steps=1,
+        eval_steps=0,
+        report=False,
+        annotators=2,
+    )  # fmt: skip  (2 annotators: many ties)
+    run_reward(_small(tmp_path / "big", batch_size=8, grad_accum=1, **common))
+    run_reward(_small(tmp_path / "accum", batch_size=4, grad_accum=2, **common))
+    norms = []
+    for run in ("big", "accum"):
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        norms.append([json.loads(x)["grad_norm"] for x in lines if '"grad_norm"' in x])
+    assert len(norms[0]) == 2 and norms[0] == pytest.approx(norms[1], rel=1e-4)

@@ -35,8 +35,8 @@ HELP = {
     "smoothing": "label smoothing of the target, t → (1 − 2α)t + α: none, constant:<α>, "
     "cals-l0, cals-l2 (α from the model's own calibration, SPEC §4), oracle-l0/l2 (needs a "
     "confidence column)",
-    "momentum": "CALS: moving-average momentum per step",
-    "warmup_steps": "CALS: steps during which α = a*(c0) while the bins update",
+    "momentum": "CALS: moving-average momentum per calibrator update (one per micro-batch)",
+    "warmup_steps": "CALS: micro-batches during which α = a*(c0) while the bins update",
     "batch_size": "pairs per device per micro-batch (the posterior's batch)",
     "seed": "random seed (data order, the score head's initialisation, the oracle world)",
     "lora": "train a LoRA adapter and the scalar head (--no-lora: full fine-tuning)",

@@ -29,10 +29,10 @@ from smoothalign.reward.objective import (
     monitored_divergences,
     reward_loss,
 )
-from smoothalign.train.base_trainer import SmoothingTrainer
+from smoothalign.train.base_trainer import PairCountedLoss, SmoothingTrainer
 
 
-class RewardTrainer(SmoothingTrainer):
+class RewardTrainer(PairCountedLoss, SmoothingTrainer):
     def __init__(self, *args: Any, reward_config: RewardConfig, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.reward_config = reward_config
@@ -72,6 +72,13 @@ class RewardTrainer(SmoothingTrainer):
         return torch.where(p < 0.5, 1 - c, c)
 
     # ------------------------------------------------------------------ loss
+    def _items_in(self, batch: dict[str, Tensor]) -> Tensor:
+        """The pairs that carry weight: all, or under ``bt`` those whose votes are not tied."""
+        p = batch["p_chosen"]
+        return (
+            (p != 0.5).sum() if self.reward_config.loss == "bt" else p.new_tensor(p.numel())
+        ).float()
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         cfg = self.reward_config
         training = model.training
@@ -84,11 +91,19 @@ class RewardTrainer(SmoothingTrainer):
         else:
             alpha = self.smoothing_policy.alpha(h, confidence)
         terms = reward_loss(cfg.loss, r1, r2, p, alpha=alpha, **cfg.loss_options())
+        weighted = terms.losses * terms.weights
+        loss = self.per_pair_loss(
+            weighted.sum(), weighted.sum() / terms.weights.sum().clamp_min(1.0),
+            num_items_in_batch, training,
+        )  # fmt: skip
+        if cfg.center_weight:  # a per-micro-batch mean (it regularises, it is not averaged)
+            scale = getattr(self, "current_gradient_accumulation_steps", 1) if training else 1
+            loss = loss + cfg.center_weight * ((r1 + r2) ** 2).mean() / scale
         if training:  # evaluation goes through reward_forecasts / evaluate instead
             self._record("train", terms, r1.detach(), r2.detach(), p)
         if return_outputs:
-            return terms.loss, {"margins": terms.margins.detach(), "alpha": terms.alpha}
-        return terms.loss
+            return loss, {"margins": terms.margins.detach(), "alpha": terms.alpha}
+        return loss
 
     def _record(self, split: str, terms, r1: Tensor, r2: Tensor, p: Tensor) -> None:
         d = terms.margins.detach()

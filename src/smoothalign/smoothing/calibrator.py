@@ -77,6 +77,10 @@ class CALSCalibrator:
         self.init_confidence = float(init_confidence)
         self.prior_strength = float(prior_strength)
         self.warmup_steps = warmup_steps
+        # sum each batch's counts over the ranks: None decides by torch.distributed (a
+        # process group of several ranks); a trainer sets it from its own data parallelism,
+        # since a process group can exist while every rank trains on the same data
+        self.sum_across_ranks: bool | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -122,7 +126,8 @@ class CALSCalibrator:
     def update(self, forecasts: ArrayLike) -> None:
         """Fold a batch of forecasts ``[B]`` (for the labelled winners) into the bins."""
         counts = self.batch_counts(forecasts)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        ranks = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if ranks and self.sum_across_ranks is not False:
             counts = _all_reduce_sum(counts)
         touched = counts.sum(0) > 0
         m = self.momentum

@@ -38,6 +38,8 @@ class SmoothingTrainer(Trainer):
     def __init__(self, *args: Any, smoothing_policy: SmoothingPolicy, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.smoothing_policy = smoothing_policy
+        if smoothing_policy.calibrator is not None:  # CALS sums over ranks only under DDP
+            smoothing_policy.calibrator.sum_across_ranks = self.accelerator.num_processes > 1
         self._stored: dict[str, dict[str, list[Tensor]]] = defaultdict(lambda: defaultdict(list))
         self.metrics_path = Path(self.args.output_dir) / "metrics.jsonl"
 
@@ -65,6 +67,18 @@ class SmoothingTrainer(Trainer):
             split = "eval"
         else:
             split = "summary"
+        if split == "summary" and self._stored.get("train"):
+            # the end of training: the steps after the last logging step (max_steps not a
+            # multiple of logging_steps) still have buffered per-pair values; write them
+            tail: dict[str, Any] = {"partial_window": True}
+            self._write_record("train", tail, self._summarised("train", tail))
+        extra = self._summarised(split, logs)
+        super().log(logs, start_time)
+        self._write_record(split, logs, extra)
+
+    def _summarised(self, split: str, logs: dict[str, Any]) -> dict[str, Any]:
+        """Add the buffered per-pair values of ``split`` to ``logs`` as means (α: mean and
+        histogram); returns the non-scalar extras for metrics.jsonl."""
         values = self._gathered(split) if self._stored.get(split) else {}
         prefix = "" if split == "train" else "eval_"
         extra: dict[str, Any] = {}
@@ -79,7 +93,9 @@ class SmoothingTrainer(Trainer):
         if calibrator is not None and split == "train":
             extra["cals/q_hat"] = calibrator.bin_confidence().tolist()
             logs["cals/step"] = calibrator.step
-        super().log(logs, start_time)
+        return extra
+
+    def _write_record(self, split: str, logs: dict[str, Any], extra: dict[str, Any]) -> None:
         if self.is_world_process_zero():
             record = {"step": self.state.global_step, "split": split, **logs, **extra}
             self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,3 +137,43 @@ class SmoothingTrainer(Trainer):
             save_smoothing_state(self.smoothing_policy.state_dict(), folder)
             # written last: its presence certifies that everything above is complete
             atomic_write_json(folder / COMPLETE_MARKER, {"global_step": self.state.global_step})
+
+
+class PairCountedLoss:
+    """Mixin for the pairwise trainers (DPO, reward): the loss of an optimizer step is the
+    mean over every pair it accumulates, not the mean of its micro-batches' means.
+
+    Trainer's usual scaling (each micro-batch's mean divided by the accumulation steps)
+    over-weights the pairs of a short micro-batch, the last of an epoch. Instead
+    :meth:`_get_num_items_in_batch` counts the pairs (``_items_in``) of all the micro-batches
+    of the step, summed over ranks, and :meth:`per_pair_loss` divides each micro-batch's sum
+    by that count (times the number of processes, which DDP's gradient averaging divides by).
+    Without a count (evaluation, or ``training_step`` called directly) it is the mean,
+    divided by the accumulation steps when training.
+    """
+
+    loss_is_scaled_for_ga = True  # per_pair_loss does the scaling
+
+    def _items_in(self, batch: dict[str, Any]) -> Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
+        if not batch_samples:
+            return None
+        n = sum(self._items_in(b).to(device=device, dtype=torch.float32) for b in batch_samples)
+        if self.args.world_size > 1:
+            n = self.accelerator.gather(n.reshape(1)).sum()
+        return n
+
+    def per_pair_loss(
+        self, total: Tensor, mean: Tensor, num_items: Tensor | None, training: bool
+    ) -> Tensor:
+        """``total`` (this micro-batch's sum of weighted pair losses) over the step's pair
+        count, or ``mean`` where there is no count."""
+        if num_items is None:  # set by Trainer.train(); 1 for a step taken outside it
+            steps = getattr(self, "current_gradient_accumulation_steps", 1)
+            return mean / steps if training else mean
+        loss = total / num_items.clamp(min=1.0)
+        if self.args.world_size > 1:
+            loss = loss * self.accelerator.num_processes
+        return loss

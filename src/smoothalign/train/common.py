@@ -89,6 +89,9 @@ def training_arguments(config: Any, bf16: bool):
         remove_unused_columns=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # without a GPU, torchrun's ranks then train data-parallel (gloo) as accelerate's
+        # --cpu does, instead of each running the whole job on the same data
+        use_cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
         report_to=report_to,
         disable_tqdm=False,
     )

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from smoothalign.calibration import PAIRWISE_BINS, calibration_summary, true_preference_metrics
-from smoothalign.train.base_trainer import SmoothingTrainer
+from smoothalign.train.base_trainer import PairCountedLoss, SmoothingTrainer
 from smoothalign.train.config import DPOConfig
 from smoothalign.train.objective import dpo_terms, sequence_logps
 
@@ -135,7 +135,7 @@ def model_sequence_logps(
     return token_logps.sum(-1), (targets != -100).sum(-1)
 
 
-class SmoothDPOTrainer(SmoothingTrainer):
+class SmoothDPOTrainer(PairCountedLoss, SmoothingTrainer):
     def __init__(
         self,
         *args: Any,
@@ -204,6 +204,9 @@ class SmoothDPOTrainer(SmoothingTrainer):
         return c
 
     # ------------------------------------------------------------------ loss
+    def _items_in(self, batch: dict[str, Tensor]) -> Tensor:
+        return torch.tensor(float(batch["index"].numel()))  # pairs
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         cfg = self.dpo_config
         training = model.training
@@ -223,7 +226,9 @@ class SmoothDPOTrainer(SmoothingTrainer):
             sft_weight=cfg.sft_weight,
             update_policy=training,
         )
-        loss = terms.losses.mean()
+        loss = self.per_pair_loss(
+            terms.losses.sum(), terms.losses.mean(), num_items_in_batch, training
+        )
         self._record("train" if training else "eval", terms, chosen.detach(), rejected.detach())
         if return_outputs:
             return loss, {"margins": terms.margins.detach(), "alpha": terms.alpha}
