@@ -553,9 +553,7 @@ def _backward(
         db = torch.full((v,), -(beta / v) * float(g.sum()) if rank_one else 0.0, device=e.device)
         db = db.float()
     if not (need_e and rank_one):
-        c_mean = None
-    elif c_mean is None:
-        c_mean = _mean_row(c)
+        c_mean = None  # the forward computed it exactly when rank_one (β > 0, no softcap)
     de_out = torch.empty_like(e) if need_e else None
     if de_chunk_rows is None:
         de_chunk_rows = max(bn * 8, (DE_CHUNK_BYTES // (4 * d)) // bn * bn)

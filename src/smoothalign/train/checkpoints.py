@@ -27,17 +27,19 @@ def is_complete(folder: str | Path) -> bool:
     return (Path(folder) / COMPLETE_MARKER).is_file()
 
 
-def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
-    """The highest-step ``checkpoint-N`` in ``output_dir`` whose save completed, if any."""
+def _checkpoint_folders(output_dir: str | Path) -> list[Path]:
+    """Every ``checkpoint-N`` folder in ``output_dir``, complete or not, by step."""
     root = Path(output_dir)
     if not root.is_dir():
-        return None
-    found = []
-    for child in root.iterdir():
-        m = _CKPT.match(child.name)
-        if m and child.is_dir() and is_complete(child):
-            found.append((int(m.group(1)), child))
-    return max(found)[1] if found else None
+        return []
+    found = [(int(m.group(1)), c) for c in root.iterdir() if (m := _CKPT.match(c.name))]
+    return [c for _, c in sorted(found) if c.is_dir()]
+
+
+def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """The highest-step ``checkpoint-N`` in ``output_dir`` whose save completed, if any."""
+    complete = [c for c in _checkpoint_folders(output_dir) if is_complete(c)]
+    return complete[-1] if complete else None
 
 
 def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
@@ -70,10 +72,7 @@ def prepare_output_dir(output_dir: str | Path, resume: str | None) -> None:
     root = Path(output_dir)
     if not root.is_dir():
         return
-    earlier = sorted(
-        (c for c in root.iterdir() if _CKPT.match(c.name) and c.is_dir()),
-        key=lambda c: int(_CKPT.match(c.name).group(1)),
-    )
+    earlier = _checkpoint_folders(root)
     if resume is None and earlier:
         names = ", ".join(c.name for c in earlier[-3:])
         raise ValueError(
