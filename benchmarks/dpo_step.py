@@ -299,9 +299,9 @@ def run_trl(args, shape, pairs, liger: bool, tmp: str, gc: bool | None = None):
     return {**_timed_steps(step, args.device, args.warmup, args.repeats), "tokens": n_tokens}
 
 
-def _with_block_max(fn):
-    """Run ``fn`` with the kernels' experimental ``block_max`` backward switched on."""
-    os.environ["SMOOTHALIGN_LCE_BLOCKMAX"] = "1"
+def _without_block_max(fn):
+    """Run ``fn`` with the kernels' default ``block_max`` backward switched off."""
+    os.environ["SMOOTHALIGN_LCE_BLOCKMAX"] = "0"
     try:
         return fn()
     finally:
@@ -340,7 +340,7 @@ def main(argv=None) -> int:
         "smoothalign (CALS, fused log-probs, lean layers)": lambda tmp: run_ours(
             args, shape, pairs, True, tmp, lean=True
         ),
-        "smoothalign (CALS, fused log-probs, block max)": lambda tmp: _with_block_max(
+        "smoothalign (CALS, fused log-probs, no block max)": lambda tmp: _without_block_max(
             lambda: run_ours(args, shape, pairs, True, tmp)
         ),
         "smoothalign (CALS, materialised logits)": lambda tmp: run_ours(

@@ -196,16 +196,16 @@ if want dpo; then
         rm -f "$RES/dpo_step.json"
         small=()
         [ "$MODE" = dry ] && small=(--device cpu --small)
-        # SMOOTHALIGN_GPU_DPO: which rows (ours-fused ours-lean ours-fused-bm trl-liger trl
-        # ours-materialised ours-gc trl-liger-gc; ours-lean: --lean-layers; ours-fused-bm: the experimental block_max
+        # SMOOTHALIGN_GPU_DPO: which rows (ours-fused ours-lean ours-fused-nobm trl-liger trl
+        # ours-materialised ours-gc trl-liger-gc; ours-lean: --lean-layers; ours-fused-nobm: block_max off
         # backward; *-gc: with activation checkpointing, outside the target)
         rows=()
-        for key in ${SMOOTHALIGN_GPU_DPO:-ours-fused ours-lean ours-fused-bm trl-liger trl ours-materialised ours-gc trl-liger-gc}; do
+        for key in ${SMOOTHALIGN_GPU_DPO:-ours-fused ours-lean ours-fused-nobm trl-liger trl ours-materialised ours-gc trl-liger-gc}; do
             case $key in
             ours-gc) rows+=("smoothalign (CALS, fused log-probs, checkpointing)") ;;
             trl-liger-gc) rows+=("TRL DPOTrainer + use_liger_kernel, checkpointing") ;;
             ours-fused) rows+=("smoothalign (CALS, fused log-probs)") ;;
-            ours-fused-bm) rows+=("smoothalign (CALS, fused log-probs, block max)") ;;
+            ours-fused-nobm) rows+=("smoothalign (CALS, fused log-probs, no block max)") ;;
             ours-lean) rows+=("smoothalign (CALS, fused log-probs, lean layers)") ;;
             trl-liger) rows+=("TRL DPOTrainer + use_liger_kernel") ;;
             trl) rows+=("TRL DPOTrainer") ;;

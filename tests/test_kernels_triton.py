@@ -12,6 +12,7 @@ accumulates in fp32), speed, and the GPU block sizes.
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -208,21 +209,22 @@ def test_filter_eps_resolution(lce):
         lce.resolve_filter_eps(-1.0, torch.bfloat16)
 
 
+@pytest.mark.parametrize("fwd_rows", [16, 32])
 @here
-def test_forward_block_maxima(lce):
-    """``block_max``: the forward stores each token's largest logit per vocabulary block."""
+def test_forward_block_maxima(lce, fwd_rows, monkeypatch):
+    """``block_max``: the forward stores the largest logit of each group of tokens (the
+    smaller BLOCK_N of forward and backward) per vocabulary block, exactly (fp32)."""
+    monkeypatch.setenv("SMOOTHALIGN_LCE_FWD", f"{fwd_rows},32,16,1,2")
+    monkeypatch.setenv("SMOOTHALIGN_LCE_BWD", "16,32,16,1,2")
     e, c, b, t = _inputs(torch.float32, bias=True)
     with torch.no_grad():
-        _, _, _, (bmax, bv) = lce._forward(e, c, b, t, 0.0, -100, None, store_bmax=True)
-    assert bv == lce._config("fwd", e.dtype)[1]
+        _, _, _, (bmax, bv, group) = lce._forward(e, c, b, t, 0.0, -100, None, store_bmax=True)
+    assert (bv, group) == (32, 16)
     z = (e.double() @ c.double().T + b.double()).T  # [V, N]
-    blocks = torch.nn.functional.pad(z, (0, 0, 0, -V % bv), value=float("-inf"))
-    want = blocks.view(-1, bv, N).amax(1)
-    assert bmax.shape == want.shape
-    got = bmax.double()
-    # bf16: within one unit in the last place, and the backward's widening covers it
-    torch.testing.assert_close(got, want, rtol=2**-7, atol=1e-6)
-    assert bool((got + got.abs() * 2**-7 + 1e-6 >= want).all())
+    blocks = torch.nn.functional.pad(z, (0, -N % group, 0, -V % bv), value=float("-inf"))
+    want = blocks.view(-1, bv, blocks.shape[1] // group, group).amax((1, 3))
+    assert bmax.shape == want.shape and bmax.dtype == torch.float32
+    torch.testing.assert_close(bmax.double(), want, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("fwd_blocks", ["same", "twice"])
@@ -257,10 +259,13 @@ def test_block_maxima_skip_changes_nothing_measurable(lce, dtype, peaked, fwd_bl
         grads[name] = torch.autograd.grad(losses.sum(), (e, c))
     for x, y, z in zip(grads["exact"], grads["in-block"], grads["block max"], strict=True):
         scale = float(x.abs().max())
+        # compiled on a GPU, bf16 gradients of C are summed by bf16 atomic adds in no fixed
+        # order: two runs of the same kernel can differ by one unit in the last place
+        ulp = 2.0 ** (math.floor(math.log2(scale)) - 7) if x.is_cuda and dtype != torch.float32 else 0.0
         err_block = float((x.float() - z.float()).abs().max())
         err_in = float((x.float() - y.float()).abs().max())
-        assert err_block <= 2**-8 * scale
-        assert err_block <= err_in + 2**-8 * scale * 0.25
+        assert err_block <= 2**-8 * scale + ulp
+        assert err_block <= err_in + 2**-8 * scale * 0.25 + ulp
 
 
 @here
