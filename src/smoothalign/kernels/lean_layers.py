@@ -11,9 +11,16 @@ rest in the backward from what they kept: elementwise work, never a matrix produ
 is what Liger Kernel's Triton RMSNorm and SwiGLU keep, here without a GPU kernel.
 
 Gradients are those of the eager operations up to rounding (float64: to rounding error).
+
+On CUDA (``backend="auto"``) the same functions run as Triton kernels
+(``kernels.triton_layers``), one pass over memory each way, with the same saved tensors;
+``backend="torch"`` forces the PyTorch path, ``"triton"`` the kernels (also on CPU tensors
+under ``TRITON_INTERPRET=1``), and ``SMOOTHALIGN_LEAN_TRITON=0`` keeps CUDA on PyTorch.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +31,47 @@ from torch import Tensor
 COMPUTE_DTYPE = torch.float32
 
 
+BACKENDS = ("auto", "torch", "triton")
+
+
+def _use_triton(backend: str, *tensors: Tensor, width: int) -> bool:
+    """Whether the Triton kernels run: asked for, or ``auto`` on CUDA tensors of one
+    supported dtype (and the fp32 arithmetic the kernels implement)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: {backend!r}; choose one of {BACKENDS}")
+    if backend == "torch":
+        return False
+    if backend == "auto":
+        if os.environ.get("SMOOTHALIGN_LEAN_TRITON", "1") == "0":
+            return False
+        if not all(t.is_cuda for t in tensors):
+            return False
+    dtypes = {t.dtype for t in tensors}
+    supported = len(dtypes) == 1 and dtypes <= {torch.float32, torch.bfloat16, torch.float16}
+    from smoothalign.kernels import triton_available
+    from smoothalign.kernels.triton_layers import MAX_FUSED_WIDTH
+
+    ok = supported and COMPUTE_DTYPE == torch.float32 and width <= MAX_FUSED_WIDTH
+    ok = ok and triton_available()
+    if backend == "triton" and not ok:
+        raise ValueError(
+            f"backend='triton': needs one dtype of float32/bfloat16/float16 (got "
+            f"{sorted(str(d) for d in dtypes)}), width ≤ {MAX_FUSED_WIDTH} (got {width}) "
+            "and triton installed"
+        )
+    return ok
+
+
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, eps: float, triton: bool) -> Tensor:
+        ctx.triton = triton
+        if triton:
+            from smoothalign.kernels.triton_layers import rms_norm_forward
+
+            y, rstd = rms_norm_forward(x, weight, eps)
+            ctx.save_for_backward(x, weight, rstd)
+            return y
         xf = x.to(COMPUTE_DTYPE)
         rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
         ctx.save_for_backward(x, weight, rstd)
@@ -35,6 +80,13 @@ class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, weight, rstd = ctx.saved_tensors
+        if ctx.triton:
+            from smoothalign.kernels.triton_layers import rms_norm_backward
+
+            grad_x, grad_w = rms_norm_backward(
+                x, weight, rstd, grad, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+            )
+            return grad_x, grad_w, None, None
         n = x.to(rstd.dtype) * rstd  # the normalised input, recomputed
         grad_x = grad_w = None
         if ctx.needs_input_grad[1]:
@@ -45,25 +97,36 @@ class _RMSNorm(torch.autograd.Function):
             g = (grad * weight).to(x.dtype).to(rstd.dtype)  # as eager: the product, then .to()
             # d/dx of x·(mean(x²) + eps)^(-1/2): rstd·(g − n·mean(g·n))
             grad_x = (rstd * (g - n * (g * n).mean(-1, keepdim=True))).to(x.dtype)
-        return grad_x, grad_w, None
+        return grad_x, grad_w, None, None
 
 
-def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+def rms_norm(x: Tensor, weight: Tensor, eps: float, *, backend: str = "auto") -> Tensor:
     """``weight * (x / sqrt(mean(x²) + eps))`` computed in float32 and cast back to
     ``x.dtype`` before the weight, as Llama's ``LlamaRMSNorm`` does; saves ``x`` and one
-    float32 per row for the backward."""
-    return _RMSNorm.apply(x, weight, float(eps))
+    float32 per row for the backward. ``backend``: see the module doc."""
+    triton = _use_triton(backend, x, weight, width=x.shape[-1])
+    return _RMSNorm.apply(x, weight, float(eps), triton)
 
 
 class _SwiGLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gate: Tensor, up: Tensor) -> Tensor:
+    def forward(ctx, gate: Tensor, up: Tensor, triton: bool) -> Tensor:
+        ctx.triton = triton
         ctx.save_for_backward(gate, up)
+        if triton:
+            from smoothalign.kernels.triton_layers import swiglu_forward
+
+            return swiglu_forward(gate, up)
         return F.silu(gate) * up
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         gate, up = ctx.saved_tensors
+        if ctx.triton:
+            from smoothalign.kernels.triton_layers import swiglu_backward
+
+            grad_gate, grad_up = swiglu_backward(gate, up, grad)
+            return grad_gate, grad_up, None
         gf = gate.float()
         sig = torch.sigmoid(gf)
         silu = (gf * sig).to(gate.dtype)  # as the forward rounded it
@@ -73,9 +136,13 @@ class _SwiGLU(torch.autograd.Function):
             grad_gate = (d_silu * sig * (1 + gf * (1 - sig))).to(gate.dtype)
         if ctx.needs_input_grad[1]:
             grad_up = (grad * silu).to(up.dtype)
-        return grad_gate, grad_up
+        return grad_gate, grad_up, None
 
 
-def swiglu(gate: Tensor, up: Tensor) -> Tensor:
-    """``silu(gate) * up``, saving only ``gate`` and ``up`` for the backward."""
-    return _SwiGLU.apply(gate, up)
+def swiglu(gate: Tensor, up: Tensor, *, backend: str = "auto") -> Tensor:
+    """``silu(gate) * up``, saving only ``gate`` and ``up`` for the backward.
+    ``backend``: see the module doc."""
+    if gate.shape != up.shape:
+        raise ValueError(f"swiglu: gate {tuple(gate.shape)} and up {tuple(up.shape)} differ")
+    triton = _use_triton(backend, gate, up, width=0)
+    return _SwiGLU.apply(gate, up, triton)

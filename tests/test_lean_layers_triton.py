@@ -1,0 +1,169 @@
+"""The Triton RMSNorm and SwiGLU kernels (``kernels.triton_layers``) against float64
+references and the PyTorch lean path.
+
+As in ``test_kernels_triton.py``: without CUDA these run in a child pytest with
+``TRITON_INTERPRET=1`` (tiny shapes), with CUDA here, compiled. Shapes are chosen so that
+the row width is not a power of two and the backward's programs each take several rows
+(and one takes fewer).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from smoothalign.kernels import triton_available
+from smoothalign.kernels.lean_layers import rms_norm, swiglu
+
+CHILD = "SMOOTHALIGN_TRITON_CHILD"
+IN_PROCESS = torch.cuda.is_available() or (
+    os.environ.get(CHILD) == "1" and os.environ.get("TRITON_INTERPRET") == "1"
+)
+here = pytest.mark.skipif(
+    not IN_PROCESS, reason="runs in the TRITON_INTERPRET=1 child process (see module doc)"
+)
+pytestmark = [pytest.mark.skipif(not triton_available(), reason="triton is not installed")]
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+SHAPE = (3, 13, 24)  # 39 rows of 24: over 4 programs (interpreter) 10, 10, 10, 9 rows
+TOL = {torch.float32: 2e-6, torch.bfloat16: 2**-7, torch.float16: 2**-10}
+
+
+@pytest.mark.skipif(IN_PROCESS, reason="the kernels run in this process")
+def test_interpreted_layer_kernels_in_a_child_process():
+    env = dict(os.environ, TRITON_INTERPRET="1", **{CHILD: "1"})
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
+    last = out.stdout.strip().splitlines()[-1]
+    assert " passed" in last and "failed" not in last and "1 skipped" in last, last
+
+
+def _close(got, want, dtype, what):
+    """Within the dtype's rounding of the largest entry (fp32: a few units)."""
+    err = float((got.double() - want.double()).abs().max())
+    scale = float(want.double().abs().max())
+    assert err <= 2 * TOL[dtype] * scale + 1e-12, f"{what}: {err:.3g} vs scale {scale:.3g}"
+
+
+def _rms_ref(x, w, eps):
+    x = x.double()
+    return w.double() * x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@here
+def test_rms_norm_kernels_match_float64_and_the_pytorch_path(dtype):
+    g = torch.Generator().manual_seed(0)
+    x0 = 3 * torch.randn(*SHAPE, generator=g, dtype=torch.float64)
+    w0 = 1 + 0.3 * torch.randn(SHAPE[-1], generator=g, dtype=torch.float64)
+    up = torch.randn(*SHAPE, generator=g, dtype=torch.float64)
+    out = {}
+    for backend in ("torch", "triton"):
+        x = x0.to(DEV, dtype).requires_grad_()
+        w = w0.to(DEV, dtype).requires_grad_()
+        y = rms_norm(x, w, 1e-5, backend=backend)
+        y.backward(up.to(DEV, dtype))
+        out[backend] = (y.detach(), x.grad, w.grad)
+    x64 = x0.clone().requires_grad_()
+    w64 = w0.clone().requires_grad_()
+    y64 = _rms_ref(x64, w64, 1e-5)
+    y64.backward(up)
+    for name, ref, got, lean in zip(
+        ("y", "dx", "dw"), (y64.detach(), x64.grad, w64.grad), out["triton"], out["torch"], strict=True
+    ):
+        assert got.dtype == dtype and got.shape == ref.shape
+        _close(got.cpu(), lean.cpu(), dtype, f"{name} vs PyTorch path")
+        # no further from float64 than the PyTorch path is, plus one rounding
+        err_t = float((got.cpu().double() - ref).abs().max())
+        err_p = float((lean.cpu().double() - ref).abs().max())
+        assert err_t <= err_p + TOL[dtype] * float(ref.abs().max()) + 1e-9, (name, err_t, err_p)
+
+
+@here
+def test_rms_norm_kernel_gradients_one_at_a_time():
+    """A frozen weight (only dx) and a frozen input (only dw) give the full case's parts."""
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(*SHAPE, generator=g).to(DEV)
+    w0 = (1 + 0.1 * torch.randn(SHAPE[-1], generator=g)).to(DEV)
+    up = torch.randn(*SHAPE, generator=g).to(DEV)
+    x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+    rms_norm(x, w, 1e-6, backend="triton").backward(up)
+    x_only = x0.clone().requires_grad_()
+    rms_norm(x_only, w0, 1e-6, backend="triton").backward(up)
+    w_only = w0.clone().requires_grad_()
+    rms_norm(x0, w_only, 1e-6, backend="triton").backward(up)
+    torch.testing.assert_close(x_only.grad, x.grad, rtol=0, atol=0)
+    torch.testing.assert_close(w_only.grad, w.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@here
+def test_swiglu_kernels_match_float64_and_the_pytorch_path(dtype):
+    g = torch.Generator().manual_seed(2)
+    a0 = 4 * torch.randn(5, 7, 33, generator=g, dtype=torch.float64)  # 1155: not 1024·k
+    b0 = torch.randn(5, 7, 33, generator=g, dtype=torch.float64)
+    up = torch.randn(5, 7, 33, generator=g, dtype=torch.float64)
+    out = {}
+    for backend in ("torch", "triton"):
+        a = a0.to(DEV, dtype).requires_grad_()
+        b = b0.to(DEV, dtype).requires_grad_()
+        y = swiglu(a, b, backend=backend)
+        y.backward(up.to(DEV, dtype))
+        out[backend] = (y.detach(), a.grad, b.grad)
+    a64, b64 = a0.clone().requires_grad_(), b0.clone().requires_grad_()
+    y64 = F.silu(a64) * b64
+    y64.backward(up)
+    for name, ref, got, lean in zip(
+        ("y", "dgate", "dup"), (y64.detach(), a64.grad, b64.grad), out["triton"], out["torch"], strict=True
+    ):
+        assert got.dtype == dtype and got.shape == ref.shape
+        _close(got.cpu(), lean.cpu(), dtype, f"{name} vs PyTorch path")
+        _close(got.cpu(), ref, dtype, f"{name} vs float64")
+
+
+@here
+def test_kernels_save_what_the_pytorch_path_saves():
+    """Same tensors kept for the backward (bytes counted with saved-tensor hooks)."""
+    saved = {}
+    x = torch.randn(*SHAPE, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    w = torch.ones(SHAPE[-1], device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    for backend in ("torch", "triton"):
+        seen: dict[int, int] = {}
+
+        def pack(t, seen=seen):
+            if not (t.is_leaf and t.requires_grad):
+                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            swiglu(rms_norm(x, w, 1e-6, backend=backend), x * 2, backend=backend)
+        saved[backend] = sum(seen.values())
+    rows = SHAPE[0] * SHAPE[1]
+    # x*2 and the norm's output (bf16, kept by swiglu) and one fp32 rstd per row; the
+    # PyTorch path keeps rstd as [rows, 1], the kernels as [rows]: the same bytes
+    assert saved["triton"] == saved["torch"] == 2 * x.numel() * 2 + 4 * rows
+
+
+def test_backend_is_checked():
+    x = torch.randn(2, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="backend"):
+        rms_norm(x, torch.ones(4, dtype=torch.float64), 1e-6, backend="cuda")
+    with pytest.raises(ValueError, match="float32/bfloat16/float16"):
+        rms_norm(x, torch.ones(4, dtype=torch.float64), 1e-6, backend="triton")
+    with pytest.raises(ValueError, match="differ"):
+        swiglu(x, x[:1])
+    # auto on CPU tensors is the PyTorch path (no interpreter needed)
+    torch.testing.assert_close(swiglu(x, x), F.silu(x) * x)
