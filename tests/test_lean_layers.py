@@ -157,3 +157,22 @@ def test_an_unknown_or_changed_layer_is_left_alone(monkeypatch):
     counts = use_lean_layers(model)
     assert counts["norm"] == 0 and counts["mlp"] == model.config.num_hidden_layers
     assert "forward" not in vars(norm)
+
+
+def test_lean_layers_setting(monkeypatch):
+    """``auto`` means on exactly when training runs on CUDA; booleans from older configs map
+    to on/off; anything else is refused by the configs."""
+    from smoothalign.sft.config import SFTConfig
+    from smoothalign.train.common import lean_layers_enabled
+    from smoothalign.train.config import DPOConfig
+
+    for cuda in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        assert lean_layers_enabled("auto") is cuda
+        assert lean_layers_enabled("on") and not lean_layers_enabled("off")
+    assert DPOConfig().lean_layers == SFTConfig().lean_layers == "auto"
+    assert DPOConfig(lean_layers=True).lean_layers == "on"
+    assert SFTConfig(lean_layers=False).lean_layers == "off"
+    for cls in (DPOConfig, SFTConfig):
+        with pytest.raises(ValueError, match="lean_layers"):
+            cls(lean_layers="yes")

@@ -7,6 +7,7 @@ bad call fails loudly at the boundary instead of producing NaN losses later.
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,3 +91,16 @@ def check_finite_fields(config: object) -> None:
         value = getattr(config, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{f.name}: must be a finite number, got {value}")
+
+
+LEAN_LAYERS = ("auto", "on", "off")
+
+
+def check_lean_layers(value: Any) -> str:
+    """``--lean-layers``: ``auto`` (on for CUDA), ``on`` or ``off``; ``True``/``False`` from
+    older configs and the Python API mean ``on``/``off``."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value not in LEAN_LAYERS:
+        raise ValueError(f"lean_layers: {value!r}; choose one of {LEAN_LAYERS}")
+    return value

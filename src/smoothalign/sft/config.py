@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from smoothalign._checks import check_finite_fields
+from smoothalign._checks import check_finite_fields, check_lean_layers
 from smoothalign.io import config_to_dict
 
 
@@ -43,7 +43,7 @@ class SFTConfig:
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU; or fp32 | bf16
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False  # recompute layer activations in the backward
-    lean_layers: bool = False  # RMSNorm/SwiGLU keeping fewer activations (Llama-family models)
+    lean_layers: str = "auto"  # RMSNorm/SwiGLU keeping fewer activations: auto (on CUDA) | on | off
     # bookkeeping
     logging_steps: int = 5
     eval_steps: int = 0  # also evaluate every N steps (0: only before and after)
@@ -86,6 +86,7 @@ class SFTConfig:
             raise ValueError(f"precision: {self.precision!r}; choose auto, fp32 or bf16")
         if self.fused not in ("auto", "on", "off"):
             raise ValueError(f"fused: {self.fused!r}; choose auto, on or off")
+        self.lean_layers = check_lean_layers(self.lean_layers)
         if self.on_bad_rows not in ("error", "skip"):
             raise ValueError(f"on_bad_rows: {self.on_bad_rows!r}; choose error or skip")
 

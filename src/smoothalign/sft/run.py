@@ -34,6 +34,7 @@ from smoothalign.train.checkpoints import prepare_output_dir, train_with_resume
 from smoothalign.train.common import (
     add_lora,
     apply_lean_layers,
+    lean_layers_enabled,
     check_scheduler,
     resolve_bf16,
     save_final_model,
@@ -114,7 +115,7 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
             "(--max-eval-rows)"
         )
         eval_ex = eval_ex[: config.max_eval_rows]
-    if config.lean_layers:
+    if lean_layers_enabled(config.lean_layers):
         notes.append(apply_lean_layers(model))
     if config.lora:
         model = add_lora(model, config)  # the DPO run's adapter: all-linear, causal LM

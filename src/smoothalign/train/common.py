@@ -204,6 +204,12 @@ def add_lora(model, config: Any):
     return get_peft_model(model, lora)
 
 
+def lean_layers_enabled(setting: str) -> bool:
+    """``--lean-layers``: ``on``, ``off``, or ``auto`` (on when training runs on CUDA, where
+    the Triton kernels make it faster as well as leaner: docs/results.md)."""
+    return setting == "on" or (setting == "auto" and torch.cuda.is_available())
+
+
 def apply_lean_layers(model) -> str:
     """``--lean-layers``: patch ``model`` (``smoothalign.models.lean``); the run's note."""
     from smoothalign.models.lean import use_lean_layers

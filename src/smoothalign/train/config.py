@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from smoothalign._checks import check_finite_fields
+from smoothalign._checks import check_finite_fields, check_lean_layers
 from smoothalign.io import config_to_dict
 from smoothalign.losses import LOSSES
 from smoothalign.train.common import calibrator_options, smoothing_policy
@@ -57,7 +57,7 @@ class DPOConfig:
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False  # recompute layer activations in the backward
     fused_logps: str = "auto"  # log-probs without the [N, V] logits: auto (on CUDA) | on | off
-    lean_layers: bool = False  # RMSNorm/SwiGLU keeping fewer activations (Llama-family models)
+    lean_layers: str = "auto"  # RMSNorm/SwiGLU keeping fewer activations: auto (on CUDA) | on | off
     # bookkeeping
     logging_steps: int = 5
     eval_steps: int = 0  # also score the eval split every N steps (0: only before and after)
@@ -128,6 +128,7 @@ class DPOConfig:
             raise ValueError(f"precision: {self.precision!r}; choose auto, fp32 or bf16")
         if self.fused_logps not in FUSED_LOGPS:
             raise ValueError(f"fused_logps: {self.fused_logps!r}; choose one of {FUSED_LOGPS}")
+        self.lean_layers = check_lean_layers(self.lean_layers)
         if self.oracle not in ("auto", "sentiment", "none"):
             raise ValueError(f"oracle: {self.oracle!r}; choose auto, sentiment or none")
         if self.on_bad_rows not in ("error", "skip"):

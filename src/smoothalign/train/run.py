@@ -35,6 +35,7 @@ from smoothalign.train.checkpoints import (
 from smoothalign.train.common import (
     add_lora,
     apply_lean_layers,
+    lean_layers_enabled,
     check_scheduler,
     disable_dropout,
     resolve_bf16,
@@ -96,7 +97,7 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
 
     if disable_dropout(model):
         notes.append("dropout: set to 0 in the policy (and so in its reference), as DPO needs")
-    if config.lean_layers:
+    if lean_layers_enabled(config.lean_layers):
         notes.append(apply_lean_layers(model))
     if config.lora:
         model = add_lora(model, config)
