@@ -132,7 +132,9 @@ def checkpointing(model, on: bool) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def run_ours(args, shape, pairs, fused: bool, tmp: str, gc: bool | None = None, lean=False):
+def run_ours(
+    args, shape, pairs, fused: bool, tmp: str, gc: bool | None = None, lean=False, recompute=False
+):
     gc = args.gradient_checkpointing if gc is None else gc
     from transformers import TrainingArguments
 
@@ -164,7 +166,7 @@ def run_ours(args, shape, pairs, fused: bool, tmp: str, gc: bool | None = None, 
     if lean:  # the policy only: the reference runs without gradients, so it keeps nothing
         from smoothalign.models.lean import use_lean_layers
 
-        patched = use_lean_layers(model)
+        patched = use_lean_layers(model, recompute=recompute)
         if not all(patched.values()):
             raise RuntimeError(f"lean layers: nothing patched in part ({patched})")
     trainer = SmoothDPOTrainer(
@@ -339,6 +341,9 @@ def main(argv=None) -> int:
         "smoothalign (CALS, fused log-probs)": lambda tmp: run_ours(args, shape, pairs, True, tmp),
         "smoothalign (CALS, fused log-probs, lean layers)": lambda tmp: run_ours(
             args, shape, pairs, True, tmp, lean=True
+        ),
+        "smoothalign (CALS, fused log-probs, lean layers, recompute)": lambda tmp: run_ours(
+            args, shape, pairs, True, tmp, lean=True, recompute=True
         ),
         "smoothalign (CALS, fused log-probs, no block max)": lambda tmp: _without_block_max(
             lambda: run_ours(args, shape, pairs, True, tmp)

@@ -196,17 +196,18 @@ if want dpo; then
         rm -f "$RES/dpo_step.json"
         small=()
         [ "$MODE" = dry ] && small=(--device cpu --small)
-        # SMOOTHALIGN_GPU_DPO: which rows (ours-fused ours-lean ours-fused-nobm trl-liger trl
-        # ours-materialised ours-gc trl-liger-gc; ours-lean: --lean-layers; ours-fused-nobm: block_max off
+        # SMOOTHALIGN_GPU_DPO: which rows (ours-fused ours-lean ours-lean-rc ours-fused-nobm trl-liger trl
+        # ours-materialised ours-gc trl-liger-gc; ours-lean: --lean-layers; ours-lean-rc: --lean-layers recompute; ours-fused-nobm: block_max off
         # backward; *-gc: with activation checkpointing, outside the target)
         rows=()
-        for key in ${SMOOTHALIGN_GPU_DPO:-ours-fused ours-lean ours-fused-nobm trl-liger trl ours-materialised ours-gc trl-liger-gc}; do
+        for key in ${SMOOTHALIGN_GPU_DPO:-ours-fused ours-lean ours-lean-rc ours-fused-nobm trl-liger trl ours-materialised ours-gc trl-liger-gc}; do
             case $key in
             ours-gc) rows+=("smoothalign (CALS, fused log-probs, checkpointing)") ;;
             trl-liger-gc) rows+=("TRL DPOTrainer + use_liger_kernel, checkpointing") ;;
             ours-fused) rows+=("smoothalign (CALS, fused log-probs)") ;;
             ours-fused-nobm) rows+=("smoothalign (CALS, fused log-probs, no block max)") ;;
             ours-lean) rows+=("smoothalign (CALS, fused log-probs, lean layers)") ;;
+            ours-lean-rc) rows+=("smoothalign (CALS, fused log-probs, lean layers, recompute)") ;;
             trl-liger) rows+=("TRL DPOTrainer + use_liger_kernel") ;;
             trl) rows+=("TRL DPOTrainer") ;;
             ours-materialised) rows+=("smoothalign (CALS, materialised logits)") ;;

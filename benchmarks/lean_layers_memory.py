@@ -8,8 +8,10 @@ vocabulary), runs one bf16 forward of ``--batch`` × ``--seq`` tokens under
 ``torch.autograd.graph.saved_tensors_hooks`` and adds up the distinct storages that the
 backward will read, parameters excluded: the activation memory a training step holds at
 its peak, counted exactly rather than read off an allocator. It does this for the model as
-built (eager PyTorch layers) and with ``smoothalign.models.lean.use_lean_layers``, checks
-that the outputs are identical and the gradients close, and extrapolates per layer-token
+built (eager PyTorch layers), with ``smoothalign.models.lean.use_lean_layers`` (``lean``)
+and with ``use_lean_layers(..., recompute=True)`` (``lean+recompute``: the norms' outputs
+and the SwiGLU product recomputed in the backward), checks that the outputs are identical,
+the gradients close (and lean+recompute's equal to lean's), and extrapolates per layer-token
 to ``--target-layers`` × ``--target-tokens`` (the DPO step benchmark: 16 layers, 8 pairs ×
 1024 tokens × chosen and rejected = 16384 tokens). Device-independent for the norms and the
 MLP; attention's share depends on the SDPA backend (CPU here, flash attention on a GPU).
@@ -70,12 +72,15 @@ def main() -> None:
     eager = LlamaForCausalLM(cfg).to(torch.bfloat16)
     lean = copy.deepcopy(eager)
     patched = use_lean_layers(lean)
+    recompute = copy.deepcopy(eager)
+    use_lean_layers(recompute, recompute=True)
     ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq))
     tokens = args.batch * args.seq
 
     rows = {}
     outs = {}
-    for name, model in (("eager", eager), ("lean", lean)):
+    models = (("eager", eager), ("lean", lean), ("lean+recompute", recompute))
+    for name, model in models:
         total, out = saved_bytes(model, ids)
         # per layer: the difference to a copy with one layer fewer (the embedding's and the
         # final norm's share cancel)
@@ -90,17 +95,22 @@ def main() -> None:
             "extrapolated_GiB": per_layer_token * args.target_layers * args.target_tokens / 2**30,
         }
         outs[name] = out
-    same = bool(torch.equal(outs["eager"], outs["lean"]))
+    same = bool(torch.equal(outs["eager"], outs["lean"])) and bool(
+        torch.equal(outs["eager"], outs["lean+recompute"])
+    )
     g = torch.randn_like(outs["eager"])
     grads = {}
-    for name, model in (("eager", eager), ("lean", lean)):
+    for name, model in models:
         model.zero_grad()
         model.model(input_ids=ids).last_hidden_state.backward(g)
         grads[name] = torch.cat(
             [p.grad.float().reshape(-1) for p in model.parameters() if p.grad is not None]
         )
     rel = float((grads["lean"] - grads["eager"]).norm() / grads["eager"].norm())
-    saving = 1 - rows["lean"]["bytes_per_layer_token"] / rows["eager"]["bytes_per_layer_token"]
+    recompute_same_grads = bool(torch.equal(grads["lean"], grads["lean+recompute"]))
+    eager_bytes = rows["eager"]["bytes_per_layer_token"]
+    saving = 1 - rows["lean"]["bytes_per_layer_token"] / eager_bytes
+    saving_recompute = 1 - rows["lean+recompute"]["bytes_per_layer_token"] / eager_bytes
     result = {
         "config": vars(args) | {"json": str(args.json) if args.json else None},
         "patched": patched,
@@ -108,6 +118,8 @@ def main() -> None:
         "grad_rel_diff_bf16": rel,
         "rows": rows,
         "saving": saving,
+        "saving_recompute": saving_recompute,
+        "recompute_grads_equal_lean": recompute_same_grads,
     }
     print(f"patched {patched}; outputs identical: {same}; bf16 gradient rel. diff {rel:.2e}")
     for name, r in rows.items():
@@ -116,7 +128,10 @@ def main() -> None:
             f"{r['extrapolated_GiB']:6.2f} GiB at {args.target_layers} layers × "
             f"{args.target_tokens} tokens"
         )
-    print(f"lean keeps {100 * saving:.1f}% less")
+    print(
+        f"lean keeps {100 * saving:.1f}% less, lean+recompute {100 * saving_recompute:.1f}% "
+        f"less (its gradients equal lean's bit for bit: {recompute_same_grads})"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))

@@ -472,6 +472,11 @@ def test_lean_layers_train_like_the_eager_layers(noisy_data, tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
     assert eager.after["accuracy"] == lean.after["accuracy"]
+    # recompute: the norm outputs and SwiGLU products recomputed, the same training exactly
+    rec = run_dpo(_config(noisy_data, tmp_path / "rec", lean_layers="recompute", **kw))
+    assert any("outputs recomputed in 2 decoder layers" in n for n in rec.notes), rec.notes
+    c = load_file(tmp_path / "rec" / "final" / "model.safetensors")
+    assert all(torch.equal(b[k], c[k]) for k in b)
 
 
 def test_validation_json_lists_every_skipped_row_and_data_objects_are_described(tmp_path):

@@ -176,3 +176,71 @@ def test_lean_layers_setting(monkeypatch):
     for cls in (DPOConfig, SFTConfig):
         with pytest.raises(ValueError, match="lean_layers"):
             cls(lean_layers="yes")
+
+
+def _grads(model, ids):
+    model.zero_grad()
+    out = model(input_ids=ids).logits
+    out.float().square().mean().backward()
+    return out, [p.grad.clone() for p in model.parameters()]
+
+
+def test_recompute_keeps_no_norm_output_nor_swiglu_product_and_changes_nothing():
+    """``recompute=True``: outputs and gradients identical bit for bit to the lean layers'
+    (and so outputs to eager's); the saved bytes drop by exactly the two norm outputs and
+    the SwiGLU product of every layer; each is recomputed once, however many layers read it
+    (q, k, v share the input norm's output, gate and up the post-attention norm's)."""
+    import smoothalign.kernels.lean_layers as lean_layers
+
+    eager, lean, _ = _tiny_pair(torch.bfloat16)
+    rec = copy.deepcopy(eager)
+    counts = use_lean_layers(rec, recompute=True)
+    cfg = eager.config
+    assert counts["layers"] == cfg.num_hidden_layers
+    ids = torch.randint(0, cfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(5))
+    kept_lean, _ = _saved_bytes(lambda: lean(input_ids=ids).logits)
+    kept_rec, _ = _saved_bytes(lambda: rec(input_ids=ids).logits)
+    tokens = ids.numel()
+    per_layer = (2 * cfg.hidden_size + cfg.intermediate_size) * 2 * tokens  # bf16
+    assert kept_lean - kept_rec == per_layer * cfg.num_hidden_layers
+    out_l, g_l = _grads(lean, ids)
+    calls = {"norm": 0, "swiglu": 0}
+    real_norm, real_swiglu = lean_layers._rms_norm_value, lean_layers._swiglu_value
+
+    def norm(*a):
+        calls["norm"] += 1
+        return real_norm(*a)
+
+    def glu(*a):
+        calls["swiglu"] += 1
+        return real_swiglu(*a)
+
+    lean_layers._rms_norm_value, lean_layers._swiglu_value = norm, glu
+    try:
+        out_r, g_r = _grads(rec, ids)
+    finally:
+        lean_layers._rms_norm_value, lean_layers._swiglu_value = real_norm, real_swiglu
+    assert torch.equal(out_l, out_r)
+    assert all(torch.equal(a, b) for a, b in zip(g_l, g_r, strict=True))
+    assert calls == {"norm": 2 * cfg.num_hidden_layers, "swiglu": cfg.num_hidden_layers}
+
+
+def test_recompute_survives_a_deep_copy_and_checkpointing():
+    """A deep copy runs its own weights (the scoped forward is bound to the copy), and
+    gradient checkpointing on top changes no gradient."""
+    eager, lean, _ = _tiny_pair(torch.float32)
+    rec = copy.deepcopy(eager)
+    use_lean_layers(rec, recompute=True)
+    twin = copy.deepcopy(rec)
+    with torch.no_grad():
+        for p in twin.model.layers[0].mlp.parameters():
+            p.mul_(0.5)
+    ids = torch.randint(0, eager.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(6))
+    out_r, g_r = _grads(rec, ids)
+    out_t, _ = _grads(twin, ids)
+    assert not torch.equal(out_r, out_t)
+    rec.gradient_checkpointing_enable()
+    out_c, g_c = _grads(rec, ids)
+    assert torch.equal(out_r, out_c)
+    for a, b in zip(g_r, g_c, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

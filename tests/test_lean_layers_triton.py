@@ -167,3 +167,27 @@ def test_backend_is_checked():
         swiglu(x, x[:1])
     # auto on CPU tensors is the PyTorch path (no interpreter needed)
     torch.testing.assert_close(swiglu(x, x), F.silu(x) * x)
+
+
+@here
+def test_recomputed_outputs_are_the_kernels_own():
+    """Inside ``recompute_outputs()`` the kernels' outputs are recomputed (by the same
+    kernels) rather than kept: every gradient is bit for bit the one without the scope."""
+    from smoothalign.kernels.lean_layers import recompute_outputs
+
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randn(*SHAPE, generator=g).to(DEV, torch.bfloat16)
+    w0 = (1 + 0.1 * torch.randn(SHAPE[-1], generator=g)).to(DEV, torch.bfloat16)
+    a0 = torch.randn(SHAPE[-1], 2 * SHAPE[-1], generator=g).to(DEV, torch.bfloat16)
+    b0 = torch.randn(SHAPE[-1], 2 * SHAPE[-1], generator=g).to(DEV, torch.bfloat16)
+    grads = []
+    for scoped in (False, True):
+        x, w, a, b = (t.clone().requires_grad_() for t in (x0, w0, a0, b0))
+        with recompute_outputs() if scoped else torch.enable_grad():
+            h = rms_norm(x, w, 1e-6, backend="triton")
+            y = swiglu(h @ a, h @ b, backend="triton")  # two readers of h
+            loss = (y.float() @ torch.ones(y.shape[-1], device=DEV)).square().sum()
+        loss.backward()
+        grads.append([t.grad for t in (x, w, a, b)])
+    for u, v in zip(*grads, strict=True):
+        assert torch.equal(u, v)

@@ -12,6 +12,14 @@ is what Liger Kernel's Triton RMSNorm and SwiGLU keep, here without a GPU kernel
 
 Gradients are those of the eager operations up to rounding (float64: to rounding error).
 
+**Recomputing the outputs too** (``recompute_outputs()``): the linear layers after a norm
+(q/k/v, gate/up) keep the norm's output for their weight gradients, and ``down_proj`` keeps
+``silu(gate) * up``: at Llama-3.2-1B shapes 24 of the 74 KiB a layer keeps per token.
+Inside ``recompute_outputs()`` those tensors are saved as a recipe instead (saved-tensor
+hooks): the norm's input, weight and ``eps``, or ``gate`` and ``up``, which the norm and
+SwiGLU keep anyway, and the backward recomputes the output, bit for bit, when the linear
+layer's backward asks for it. Elementwise work again, never a matrix product.
+
 On CUDA (``backend="auto"``) the same functions run as Triton kernels
 (``kernels.triton_layers``), one pass over memory each way, with the same saved tensors;
 ``backend="torch"`` forces the PyTorch path, ``"triton"`` the kernels (also on CPU tensors
@@ -21,6 +29,10 @@ under ``TRITON_INTERPRET=1``), and ``SMOOTHALIGN_LEAN_TRITON=0`` keeps CUDA on P
 from __future__ import annotations
 
 import os
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -100,12 +112,24 @@ class _RMSNorm(torch.autograd.Function):
         return grad_x, grad_w, None, None
 
 
+def _rms_norm_value(x: Tensor, weight: Tensor, eps: float, triton: bool) -> Tensor:
+    """The forward's output alone (the recompute of ``recompute_outputs``)."""
+    if triton:
+        from smoothalign.kernels.triton_layers import rms_norm_forward
+
+        return rms_norm_forward(x, weight, eps)[0]
+    xf = x.to(COMPUTE_DTYPE)
+    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
 def rms_norm(x: Tensor, weight: Tensor, eps: float, *, backend: str = "auto") -> Tensor:
     """``weight * (x / sqrt(mean(x²) + eps))`` computed in float32 and cast back to
     ``x.dtype`` before the weight, as Llama's ``LlamaRMSNorm`` does; saves ``x`` and one
     float32 per row for the backward. ``backend``: see the module doc."""
     triton = _use_triton(backend, x, weight, width=x.shape[-1])
-    return _RMSNorm.apply(x, weight, float(eps), triton)
+    out = _RMSNorm.apply(x, weight, float(eps), triton)
+    _register(out, _rms_norm_value, (x.detach(), weight.detach(), float(eps), triton))
+    return out
 
 
 class _SwiGLU(torch.autograd.Function):
@@ -145,4 +169,111 @@ def swiglu(gate: Tensor, up: Tensor, *, backend: str = "auto") -> Tensor:
     if gate.shape != up.shape:
         raise ValueError(f"swiglu: gate {tuple(gate.shape)} and up {tuple(up.shape)} differ")
     triton = _use_triton(backend, gate, up, width=0)
-    return _SwiGLU.apply(gate, up, triton)
+    out = _SwiGLU.apply(gate, up, triton)
+    _register(out, _swiglu_value, (gate.detach(), up.detach(), triton))
+    return out
+
+
+def _swiglu_value(gate: Tensor, up: Tensor, triton: bool) -> Tensor:
+    if triton:
+        from smoothalign.kernels.triton_layers import swiglu_forward
+
+        return swiglu_forward(gate, up)
+    return F.silu(gate) * up
+
+
+# ----------------------------------------------------------------- recompute_outputs()
+_ACTIVE = threading.local()  # .registry: the innermost recompute_outputs() scope's, or None
+
+
+class _Source:
+    """One norm or SwiGLU output that is not kept: how to recompute it (``fn(*args)``),
+    and, while the backward still has readers of it to come, the recomputed tensor, so that
+    q, k and v (or gate and up) share one recompute."""
+
+    __slots__ = ("args", "cached", "fn", "pending")
+
+    def __init__(self, fn, args):
+        self.fn, self.args, self.cached, self.pending = fn, args, None, 0
+
+    def take(self) -> Tensor:
+        if self.cached is None:
+            with torch.no_grad():
+                self.cached = self.fn(*self.args)
+        full = self.cached
+        self.pending -= 1
+        if self.pending <= 0:  # the last reader: drop it (a second backward recomputes)
+            self.cached, self.pending = None, 0
+        return full
+
+
+class _Recipe:
+    """A saved tensor that is a view of a :class:`_Source`'s output."""
+
+    __slots__ = ("source", "view")
+
+    def __init__(self, source: _Source, view):
+        self.source, self.view = source, view
+        source.pending += 1
+
+    def __call__(self) -> Tensor:
+        size, stride, offset = self.view
+        return self.source.take().as_strided(size, stride, offset)
+
+
+def _register(out: Tensor, fn, args) -> None:
+    registry = getattr(_ACTIVE, "registry", None)
+    if registry is not None and out.requires_grad:
+        # keyed by storage: the consumer may save a view of ``out`` (a reshaped input).
+        # The weak reference makes a stale key harmless: while ``out`` lives, its storage
+        # (and so its address) cannot belong to another tensor.
+        storage = out.untyped_storage()
+        registry[storage.data_ptr()] = (
+            weakref.ref(out),
+            storage.nbytes(),
+            out.dtype,
+            _Source(fn, args),
+        )
+
+
+@contextmanager
+def recompute_outputs() -> Iterator[None]:
+    """Inside this scope, tensors that autograd saves and that are (views of) the output of
+    :func:`rms_norm` or :func:`swiglu` called in the same scope are not kept: the backward
+    recomputes them from the inputs those functions keep anyway (see the module doc).
+    Every other saved tensor goes to the saved-tensor hooks already active outside, if any
+    (so memory counters and offloading still see them), else is kept as usual."""
+    registry: dict[int, tuple] = {}
+    outer = None
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    if top is not None:
+        outer = top(False)
+    outer_pack, outer_unpack = outer if outer is not None else (None, None)
+
+    def pack(t: Tensor):
+        entry = registry.get(t.untyped_storage().data_ptr())
+        if entry is not None:
+            ref, nbytes, dtype, source = entry
+            base = ref()
+            if (
+                base is not None
+                and t.dtype == dtype
+                and t.untyped_storage().nbytes() == nbytes
+                and base.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
+            ):
+                return _Recipe(source, (t.size(), t.stride(), t.storage_offset()))
+        return ("kept", outer_pack(t) if outer_pack is not None else t)
+
+    def unpack(packed):
+        if isinstance(packed, _Recipe):
+            return packed()
+        inner = packed[1]
+        return outer_unpack(inner) if outer_unpack is not None else inner
+
+    previous = getattr(_ACTIVE, "registry", None)
+    _ACTIVE.registry = registry
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            yield
+    finally:
+        _ACTIVE.registry = previous

@@ -16,10 +16,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from smoothalign.kernels.lean_layers import rms_norm, swiglu
+from smoothalign.kernels.lean_layers import recompute_outputs, rms_norm, swiglu
 
 NORM_CLASSES = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
 MLP_CLASSES = ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP")
+LAYER_CLASSES = (
+    "LlamaDecoderLayer",
+    "MistralDecoderLayer",
+    "Qwen2DecoderLayer",
+    "Qwen3DecoderLayer",
+)
 
 
 def _lean_norm_forward(self, hidden_states, backend="auto"):
@@ -45,9 +51,20 @@ def _same_output(module: nn.Module, lean, width: int) -> bool:
         return bool(torch.equal(type(module).forward(module, x), lean(module, x, "torch")))
 
 
-def use_lean_layers(model: nn.Module) -> dict[str, int]:
+def _scoped_layer_forward(self, *args, **kwargs):
+    """The layer's own (class) forward inside :func:`recompute_outputs`; bound as a method,
+    so that a deep copy of the model binds it to the copy."""
+    with recompute_outputs():
+        return type(self).forward(self, *args, **kwargs)
+
+
+def use_lean_layers(model: nn.Module, recompute: bool = False) -> dict[str, int]:
     """Patch ``model``'s supported RMSNorm and MLP modules in place; returns how many of
-    each were patched (``{"norm": n, "mlp": m}``; zeros for an unsupported architecture)."""
+    each were patched (``{"norm": n, "mlp": m}``; zeros for an unsupported architecture).
+    With ``recompute``, each decoder layer of a supported class that holds patched modules
+    also runs inside :func:`~smoothalign.kernels.lean_layers.recompute_outputs`, so that the
+    norms' outputs and the SwiGLU product are recomputed in the backward instead of kept
+    (``"layers"``: how many)."""
     checked: dict[type, bool] = {}
     counts = {"norm": 0, "mlp": 0}
     for module in model.modules():
@@ -64,4 +81,12 @@ def use_lean_layers(model: nn.Module) -> dict[str, int]:
         if checked[cls]:
             module.forward = types.MethodType(lean, module)
             counts[kind] += 1
+    if recompute:
+        counts["layers"] = 0
+        for module in model.modules():
+            if type(module).__name__ in LAYER_CLASSES and any(
+                "forward" in vars(child) for child in module.modules() if child is not module
+            ):
+                module.forward = types.MethodType(_scoped_layer_forward, module)
+                counts["layers"] += 1
     return counts

@@ -205,19 +205,21 @@ def add_lora(model, config: Any):
 
 
 def lean_layers_enabled(setting: str) -> bool:
-    """``--lean-layers``: ``on``, ``off``, or ``auto`` (on when training runs on CUDA, where
-    the Triton kernels make it faster as well as leaner: docs/results.md)."""
-    return setting == "on" or (setting == "auto" and torch.cuda.is_available())
+    """``--lean-layers``: ``on`` or ``recompute``, ``off``, or ``auto`` (on when training
+    runs on CUDA, where the Triton kernels make it faster as well as leaner:
+    docs/results.md)."""
+    return setting in ("on", "recompute") or (setting == "auto" and torch.cuda.is_available())
 
 
-def apply_lean_layers(model) -> str:
+def apply_lean_layers(model, setting: str = "on") -> str:
     """``--lean-layers``: patch ``model`` (``smoothalign.models.lean``); the run's note."""
     from smoothalign.models.lean import use_lean_layers
 
-    counts = use_lean_layers(model)
-    return f"lean layers: {counts['norm']} RMSNorm and {counts['mlp']} MLP modules" + (
-        "" if any(counts.values()) else " (none of this architecture is supported)"
-    )
+    counts = use_lean_layers(model, recompute=setting == "recompute")
+    note = f"lean layers: {counts['norm']} RMSNorm and {counts['mlp']} MLP modules"
+    if "layers" in counts:
+        note += f", outputs recomputed in {counts['layers']} decoder layers"
+    return note + ("" if any(counts.values()) else " (none of this architecture is supported)")
 
 
 DROPOUT_ATTRIBUTES = ("attention_dropout", "attn_dropout", "dropout", "hidden_dropout")
