@@ -773,3 +773,15 @@ def test_swap_in_folder_keeps_the_old_folder_when_the_swap_fails(tmp_path, monke
     io.swap_in_folder(new, dest)
     assert [p.name for p in dest.iterdir()] == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]  # nothing left beside it
+
+
+def test_too_long_prompts_point_to_max_length(tok):
+    """The error for prompts longer than max_length says how many there are and names the
+    option that fixes them; other bad rows do not get that hint."""
+    rows = [plain_row(0), plain_row(1, prompt="x" * 80), plain_row(2, prompt="y" * 90)]
+    with pytest.raises(ValueError) as err:
+        validate_preference_rows(rows, tok, max_length=64)
+    assert "2 of them are too long for max_length: raise it (--max-length)" in str(err.value)
+    with pytest.raises(ValueError) as err:
+        validate_preference_rows([plain_row(0), plain_row(1, chosen="  ")], tok, max_length=64)
+    assert "--max-length" not in str(err.value)

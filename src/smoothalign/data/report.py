@@ -205,11 +205,18 @@ def format_bad_rows(
     lines += [f"  {b}" for b in bad_rows[:limit]]
     if len(bad_rows) > limit:
         lines.append(f"  ... and {len(bad_rows) - limit} more")
+    too_long = sum(b.code == "prompt_too_long" for b in bad_rows)
+    longer = (
+        f" {too_long} of them are too long for max_length: raise it (--max-length) if the "
+        "model takes longer inputs."
+        if too_long
+        else ""
+    )
     if len(bad_rows) < n_rows:
         lines.append(
             "Fix the data, or pass on_bad_rows='skip' (--on-bad-rows skip) to drop these rows "
-            "(they are then listed in the validation report)."
+            "(they are then listed in the validation report)." + longer
         )
     else:  # skipping would leave nothing
-        lines.append("Fix the data.")
+        lines.append("Fix the data." + longer)
     return "\n".join(lines)
