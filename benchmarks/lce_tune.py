@@ -4,13 +4,14 @@
 
 For each of the benchmark's shapes (bf16, β = 0.1 by default) it times the forward alone
 for each candidate forward configuration, then forward + backward for each candidate
-backward configuration (with the default forward), CUDA events, median of ``--repeats``
+backward configuration (with the default forward and the default ``block_max`` backward),
+CUDA events, median of ``--repeats``
 after 2 warm-up runs. A configuration that fails to compile or run is recorded as failed.
 ``--export`` writes ``SMOOTHALIGN_LCE_FWD``/``SMOOTHALIGN_LCE_BWD`` lines for the
 configuration with the least total time over the shapes (``source`` it before the
-benchmark). Last, the default configuration with gradient filtering, without it, and with
-the experimental ``block_max`` backward, each with its errors against float32, shows what
-filtering trades.
+benchmark). Last, the default configuration with gradient filtering (without and with the
+``block_max`` skipping before the recompute) and without filtering, each with its errors
+against float32, shows what filtering trades.
 Configurations are ``BLOCK_N,BLOCK_V,BLOCK_D,num_warps,num_stages``.
 """
 
@@ -27,9 +28,12 @@ from linear_cross_entropy import SHAPES, _reference, _rel, make_inputs
 
 FWD = ["128,128,64,8,3", "128,128,64,8,4", "128,256,64,8,3", "256,128,64,8,3",
        "128,128,128,8,3", "64,128,64,4,4", "128,64,64,4,4"]  # fmt: skip
-# token blocks of 32 / 16 (the last two) skip more blocks on real hidden states
+# token blocks of 32 / 16 skip more blocks on real hidden states; smaller blocks also add
+# fewer bytes atomically per computed entry where few entries pass the filter (the Llama-3
+# shape, where the atomic adds bound the backward: docs/results.md, runs C and D)
 BWD = ["128,128,64,8,3", "128,128,32,8,3", "128,128,64,8,4", "64,128,64,4,3",
-       "128,64,64,4,3", "128,128,128,8,2", "32,128,64,4,3", "16,128,64,4,3"]  # fmt: skip
+       "128,64,64,4,3", "128,128,128,8,2", "32,128,64,4,3", "16,128,64,4,3",
+       "64,64,64,4,3", "32,64,64,4,3"]  # fmt: skip
 
 
 def _time(fn, repeats: int) -> float:
@@ -59,7 +63,7 @@ def tune_shape(inputs, args, record) -> None:
         with torch.no_grad():
             triton_token_losses(e0, c0, t, beta=args.beta).sum()
 
-    def fwd_bwd(eps="auto", block_max=False):  # the mean over non-ignored tokens
+    def fwd_bwd(eps="auto", block_max=None):  # the mean over non-ignored tokens
         e.grad = c.grad = None
         losses = triton_token_losses(e, c, t, beta=args.beta, filter_eps=eps, block_max=block_max)
         (losses.sum() / n_valid).backward()
