@@ -13,21 +13,14 @@ accumulates in fp32), speed, and the GPU block sizes.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from smoothalign.kernels import linear_cross_entropy, linear_log_probs, triton_available
+from triton_child import IN_PROCESS, run_in_interpreter_child
 
-CHILD = "SMOOTHALIGN_TRITON_CHILD"
-IN_PROCESS = torch.cuda.is_available() or (
-    os.environ.get(CHILD) == "1" and os.environ.get("TRITON_INTERPRET") == "1"
-)
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 here = pytest.mark.skipif(
     not IN_PROCESS, reason="runs in the TRITON_INTERPRET=1 child process (see module doc)"
@@ -39,20 +32,7 @@ N, D, V = 37, 24, 70
 
 @pytest.mark.skipif(IN_PROCESS, reason="the kernels run in this process")
 def test_interpreted_kernels_in_a_child_process():
-    env = dict(os.environ, TRITON_INTERPRET="1", **{CHILD: "1"})
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
-    last = out.stdout.strip().splitlines()[-1]
-    # everything ran but this test itself (skipped in the child)
-    assert " passed" in last and "failed" not in last and "1 skipped" in last, last
+    run_in_interpreter_child(__file__)
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +241,11 @@ def test_block_maxima_skip_changes_nothing_measurable(lce, dtype, peaked, fwd_bl
         scale = float(x.abs().max())
         # compiled on a GPU, bf16 gradients of C are summed by bf16 atomic adds in no fixed
         # order: two runs of the same kernel can differ by one unit in the last place
-        ulp = 2.0 ** (math.floor(math.log2(scale)) - 7) if x.is_cuda and dtype != torch.float32 else 0.0
+        ulp = (
+            2.0 ** (math.floor(math.log2(scale)) - 7)
+            if x.is_cuda and dtype != torch.float32
+            else 0.0
+        )
         err_block = float((x.float() - z.float()).abs().max())
         err_in = float((x.float() - y.float()).abs().max())
         assert err_block <= 2**-8 * scale + ulp

@@ -86,7 +86,11 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 @pytest.mark.parametrize(
     "device, kernels",
-    [("cpu", False), pytest.param("cuda", False, marks=CUDA), pytest.param("cuda", True, marks=CUDA)],
+    [
+        ("cpu", False),
+        pytest.param("cuda", False, marks=CUDA),
+        pytest.param("cuda", True, marks=CUDA),
+    ],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_lean_model_has_the_same_outputs_and_near_gradients(dtype, device, kernels, monkeypatch):
@@ -235,7 +239,9 @@ def test_recompute_survives_a_deep_copy_and_checkpointing():
     with torch.no_grad():
         for p in twin.model.layers[0].mlp.parameters():
             p.mul_(0.5)
-    ids = torch.randint(0, eager.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(6))
+    ids = torch.randint(
+        0, eager.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(6)
+    )
     out_r, g_r = _grads(rec, ids)
     out_t, _ = _grads(twin, ids)
     assert not torch.equal(out_r, out_t)

@@ -9,22 +9,14 @@ the row width is not a power of two and the backward's programs each take severa
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from smoothalign.kernels import triton_available
 from smoothalign.kernels.lean_layers import rms_norm, swiglu
+from triton_child import IN_PROCESS, run_in_interpreter_child
 
-CHILD = "SMOOTHALIGN_TRITON_CHILD"
-IN_PROCESS = torch.cuda.is_available() or (
-    os.environ.get(CHILD) == "1" and os.environ.get("TRITON_INTERPRET") == "1"
-)
 here = pytest.mark.skipif(
     not IN_PROCESS, reason="runs in the TRITON_INTERPRET=1 child process (see module doc)"
 )
@@ -37,18 +29,7 @@ TOL = {torch.float32: 2e-6, torch.bfloat16: 2**-7, torch.float16: 2**-10}
 
 @pytest.mark.skipif(IN_PROCESS, reason="the kernels run in this process")
 def test_interpreted_layer_kernels_in_a_child_process():
-    env = dict(os.environ, TRITON_INTERPRET="1", **{CHILD: "1"})
-    out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-        cwd=Path(__file__).resolve().parents[1],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
-    last = out.stdout.strip().splitlines()[-1]
-    assert " passed" in last and "failed" not in last and "1 skipped" in last, last
+    run_in_interpreter_child(__file__)
 
 
 def _close(got, want, dtype, what):
@@ -82,7 +63,11 @@ def test_rms_norm_kernels_match_float64_and_the_pytorch_path(dtype):
     y64 = _rms_ref(x64, w64, 1e-5)
     y64.backward(up)
     for name, ref, got, lean in zip(
-        ("y", "dx", "dw"), (y64.detach(), x64.grad, w64.grad), out["triton"], out["torch"], strict=True
+        ("y", "dx", "dw"),
+        (y64.detach(), x64.grad, w64.grad),
+        out["triton"],
+        out["torch"],
+        strict=True,
     ):
         assert got.dtype == dtype and got.shape == ref.shape
         _close(got.cpu(), lean.cpu(), dtype, f"{name} vs PyTorch path")
@@ -127,7 +112,11 @@ def test_swiglu_kernels_match_float64_and_the_pytorch_path(dtype):
     y64 = F.silu(a64) * b64
     y64.backward(up)
     for name, ref, got, lean in zip(
-        ("y", "dgate", "dup"), (y64.detach(), a64.grad, b64.grad), out["triton"], out["torch"], strict=True
+        ("y", "dgate", "dup"),
+        (y64.detach(), a64.grad, b64.grad),
+        out["triton"],
+        out["torch"],
+        strict=True,
     ):
         assert got.dtype == dtype and got.shape == ref.shape
         _close(got.cpu(), lean.cpu(), dtype, f"{name} vs PyTorch path")

@@ -63,7 +63,7 @@ def _use_triton(backend: str, *tensors: Tensor, width: int) -> bool:
     from smoothalign.kernels import triton_available
     from smoothalign.kernels.triton_layers import MAX_FUSED_WIDTH
 
-    ok = supported and COMPUTE_DTYPE == torch.float32 and width <= MAX_FUSED_WIDTH
+    ok = supported and torch.float32 == COMPUTE_DTYPE and width <= MAX_FUSED_WIDTH
     ok = ok and triton_available()
     if backend == "triton" and not ok:
         raise ValueError(

@@ -43,7 +43,9 @@ class SFTConfig:
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU; or fp32 | bf16
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False  # recompute layer activations in the backward
-    lean_layers: str = "auto"  # RMSNorm/SwiGLU keeping fewer activations: auto (on CUDA) | on | off | recompute
+    lean_layers: str = (
+        "auto"  # RMSNorm/SwiGLU keeping fewer activations: auto (on CUDA) | on | off | recompute
+    )
     # bookkeeping
     logging_steps: int = 5
     eval_steps: int = 0  # also evaluate every N steps (0: only before and after)

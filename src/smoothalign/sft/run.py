@@ -34,8 +34,8 @@ from smoothalign.train.checkpoints import prepare_output_dir, train_with_resume
 from smoothalign.train.common import (
     add_lora,
     apply_lean_layers,
-    lean_layers_enabled,
     check_scheduler,
+    lean_layers_enabled,
     resolve_bf16,
     save_final_model,
     split_validated,

@@ -57,7 +57,9 @@ class DPOConfig:
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False  # recompute layer activations in the backward
     fused_logps: str = "auto"  # log-probs without the [N, V] logits: auto (on CUDA) | on | off
-    lean_layers: str = "auto"  # RMSNorm/SwiGLU keeping fewer activations: auto (on CUDA) | on | off | recompute
+    lean_layers: str = (
+        "auto"  # RMSNorm/SwiGLU keeping fewer activations: auto (on CUDA) | on | off | recompute
+    )
     # bookkeeping
     logging_steps: int = 5
     eval_steps: int = 0  # also score the eval split every N steps (0: only before and after)

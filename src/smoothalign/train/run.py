@@ -35,9 +35,9 @@ from smoothalign.train.checkpoints import (
 from smoothalign.train.common import (
     add_lora,
     apply_lean_layers,
-    lean_layers_enabled,
     check_scheduler,
     disable_dropout,
+    lean_layers_enabled,
     resolve_bf16,
     save_final_model,
     split_validated,
