@@ -103,7 +103,7 @@ def test_a_truncated_safetensors_model_is_bad_input(tmp_path, capsys, monkeypatc
     Path(err.split("(traceback: ")[1].split(";")[0]).unlink()
 
 
-@pytest.mark.parametrize("command", ["dpo", "sft"])
+@pytest.mark.parametrize("command", ["dpo", "sft", "reward"])
 def test_bad_rows_are_reported_before_the_weights_load(command, tmp_path, capsys, monkeypatch):
     """The tokenizer loads without the weights, so the data is checked first: with the
     model's weights missing altogether, the error is still about the bad row."""
@@ -125,4 +125,28 @@ def test_bad_rows_are_reported_before_the_weights_load(command, tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 2, err
     assert "rows.jsonl row 1" in err and "model.safetensors" not in err, err
+    Path(err.split("(traceback: ")[1].split(";")[0]).unlink()
+
+
+def test_rank_reports_bad_prompts_before_any_weights_load(tmp_path, capsys, monkeypatch):
+    """rank-calibrate checks its prompts with the policy's tokenizer alone, before the
+    preference model or the policy loads: with both models' weights missing, the error is
+    about the bad prompt."""
+    import json
+
+    from smoothalign.models.loading import build_tiny_model, build_tiny_tokenizer
+
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    folder = tmp_path / "model"
+    build_tiny_model().save_pretrained(folder)
+    build_tiny_tokenizer().save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": "q: a"}, {"prompt": "   "}, {"prompt": "q: b"}]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code = main(["rank-calibrate", "--policy", str(folder), "--reward-model", str(folder),
+                 "--prompts", str(prompts), "--output-dir", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "prompts.jsonl row 1" in err and "model.safetensors" not in err, err
     Path(err.split("(traceback: ")[1].split(";")[0]).unlink()

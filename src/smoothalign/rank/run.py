@@ -197,16 +197,21 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     notes: list[str] = []
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    from smoothalign.models import load_model_and_tokenizer
+    from smoothalign.models import load_model_and_tokenizer, load_tokenizer
 
+    # bad prompts before any weights load, where the policy's tokenizer reads on its own
+    early = load_tokenizer(config.policy, trust_remote_code=config.trust_remote_code)
+    prompts = load_rank_prompts(config, early) if early is not None else None
     rm, rm_tok, rm_folder = load_preference_model(config.reward_model)
     notes.append(f"preference model: {rm_folder} ({type(rm).__name__})")
     policy, tok = load_model_and_tokenizer(
-        config.policy, trust_remote_code=config.trust_remote_code
+        config.policy, trust_remote_code=config.trust_remote_code, tokenizer=early
     )
     policy.to(device)
     rm.to(device)
-    train_ex, eval_ex, info, prompts_md, data_notes = load_rank_prompts(config, tok)
+    if prompts is None:
+        prompts = load_rank_prompts(config, tok)
+    train_ex, eval_ex, info, prompts_md, data_notes = prompts
     notes += data_notes
     scorer = PreferenceModelScorer(
         rm, rm_tok, max_length=config.max_length, batch_size=config.score_batch_size

@@ -26,6 +26,7 @@ from transformers import set_seed
 
 from smoothalign.data.loading import check_paths_exist
 from smoothalign.io import atomic_write_json
+from smoothalign.models import load_tokenizer
 from smoothalign.reward.config import RewardConfig
 from smoothalign.reward.data import (
     RewardCollator,
@@ -62,9 +63,11 @@ class RewardRunResult(TrainerRunResult):
 
 # ---------------------------------------------------------------------------- model
 def build_reward_model(
-    name_or_path: str, *, trust_remote_code: bool = False
+    name_or_path: str, *, trust_remote_code: bool = False, tokenizer: Any = None
 ) -> tuple[torch.nn.Module, Any]:
     """``(model, tokenizer)``: a sequence-classification model with ``num_labels=1``.
+    ``tokenizer``: one already read from the same place (:func:`smoothalign.models.
+    load_tokenizer`), used instead of reading it again.
 
     A folder saved from a ``*ForSequenceClassification`` model loads as it is. Anything else
     that :func:`smoothalign.models.load_model_and_tokenizer` reads (``'tiny'``,
@@ -91,12 +94,15 @@ def build_reward_model(
             model = AutoModelForSequenceClassification.from_pretrained(
                 path, num_labels=1, local_files_only=True, trust_remote_code=trust_remote_code
             )
-            tokenizer = AutoTokenizer.from_pretrained(
-                path, local_files_only=True, trust_remote_code=trust_remote_code
-            )
+            if tokenizer is None:
+                tokenizer = AutoTokenizer.from_pretrained(
+                    path, local_files_only=True, trust_remote_code=trust_remote_code
+                )
             ensure_pad_token(model, tokenizer)
             return model, tokenizer
-    lm, tokenizer = load_model_and_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
+    lm, tokenizer = load_model_and_tokenizer(
+        name_or_path, trust_remote_code=trust_remote_code, tokenizer=tokenizer
+    )
     config = copy.deepcopy(lm.config)
     config.num_labels = 1
     config.pad_token_id = tokenizer.pad_token_id
@@ -190,8 +196,15 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
         labels=config.labels,
         eval_labels=config.eval_labels,
     )
-    model, tokenizer = build_reward_model(config.model, trust_remote_code=config.trust_remote_code)
-    train_ex, eval_ex, info, validation_md, data_notes = load_reward_data(config, tokenizer)
+    # bad rows before the weights load, where the tokenizer can be read on its own
+    early = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+    validated = load_reward_data(config, early) if early is not None else None
+    model, tokenizer = build_reward_model(
+        config.model, trust_remote_code=config.trust_remote_code, tokenizer=early
+    )
+    if validated is None:
+        validated = load_reward_data(config, tokenizer)
+    train_ex, eval_ex, info, validation_md, data_notes = validated
     notes += data_notes
     n_skipped = sum(v["n_skipped"] for v in info.values())
     if config.lora:
