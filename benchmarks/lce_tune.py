@@ -83,7 +83,7 @@ def tune_shape(inputs, args, record) -> None:
     ref_c = c0.float().requires_grad_()
     _reference(ref_e, ref_c, t, args.beta).backward()
     for eps, bm in (("auto", False), (None, False), ("auto", True)):
-        config = str(eps) + (" + block max" if bm else "")
+        config = str(eps) + (" + block max" if bm else ", no block max" if eps else "")
         row = {"N": n, "D": d, "V": v, "kind": "filter", "config": config}
         row["ms"] = _time(lambda eps=eps, bm=bm: fwd_bwd(eps, bm), args.repeats)
         fwd_bwd(eps, bm)

@@ -1,4 +1,5 @@
-"""RMSNorm and SwiGLU that keep fewer activations for the backward, in plain PyTorch.
+"""RMSNorm and SwiGLU that keep fewer activations for the backward: in PyTorch here, and as
+Triton kernels on CUDA (``kernels.triton_layers``).
 
 Autograd keeps every intermediate that an operation's backward reads. For the Llama-family
 RMSNorm written as PyTorch operations (``x.float()``, ``pow``, ``mean``, ``rsqrt``, two
@@ -8,7 +9,7 @@ hidden unit and token for a bf16 model. For ``silu(gate) * up`` it is ``gate``,
 operation (so the outputs are bit-identical), but save only the input and one fp32 scalar
 per token (RMSNorm: 2 bytes per unit), or ``gate`` and ``up`` (SwiGLU), and recompute the
 rest in the backward from what they kept: elementwise work, never a matrix product. That
-is what Liger Kernel's Triton RMSNorm and SwiGLU keep, here without a GPU kernel.
+is what Liger Kernel's Triton RMSNorm and SwiGLU keep.
 
 Gradients are those of the eager operations up to rounding (float64: to rounding error).
 

@@ -714,8 +714,9 @@ def triton_token_losses(
     the two BLOCK_N: 64) per vocabulary block (fp32, ``N·V/(BLOCK_V·64)`` values, held until
     the backward: 0.5 MB for N = 8192, V = 256000), and the backward skips a filterable block
     before recomputing its logits. Same gradient as the in-block filter or closer. On an
-    H200 it cut forward + backward from 48.3 to 29.0 ms at N = 8192, D = 2304, V = 256000
-    and from 64.6 to 59.2 ms at D = 4096, V = 128256 (docs/results.md). Nothing is stored
+    H200 it cut forward + backward from 48.4 to 29.6 ms at N = 8192, D = 2304, V = 256000
+    and from 63.1 to 60.0 ms at D = 4096, V = 128256 (β = 0.1; docs/results.md, run D), and
+    gained nothing on a real model's hidden states, where few blocks are skippable. Nothing is stored
     when no gradient is needed or filtering is off.
     """
     if e.dtype != c.dtype:
