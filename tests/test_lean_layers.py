@@ -250,3 +250,92 @@ def test_recompute_survives_a_deep_copy_and_checkpointing():
     assert torch.equal(out_r, out_c)
     for a, b in zip(g_r, g_c, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_recompute_under_autocast_saves_one_cast_norm_output():
+    """fp32 weights under bf16 autocast (what ``--precision bf16`` runs): each linear layer
+    would keep its own bf16 copy of the norm output (q, k, v; gate, up); with recompute the
+    norm hands them one cast output, which is recomputed, so all five copies and the SwiGLU
+    product go. Outputs equal the lean layers' bit for bit; gradients (now summed over the
+    readers in bf16 before the cast back) are as close to float64 as the lean layers'."""
+    eager, lean, _ = _tiny_pair(torch.float32)
+    rec = copy.deepcopy(eager)
+    use_lean_layers(rec, recompute=True)
+    ref = copy.deepcopy(eager).double()
+    cfg = eager.config
+    ids = torch.randint(0, cfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(7))
+
+    def run(model, autocast=True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return model(input_ids=ids).logits
+
+    kept_lean, _ = _saved_bytes(lambda: run(lean))
+    kept_rec, _ = _saved_bytes(lambda: run(rec))
+    per_layer = (5 * cfg.hidden_size + cfg.intermediate_size) * 2 * ids.numel()
+    assert kept_lean - kept_rec == per_layer * cfg.num_hidden_layers
+
+    def grads(model, autocast=True):
+        model.zero_grad()
+        out = run(model, autocast)
+        out.float().square().mean().backward()
+        return out, torch.cat([p.grad.double().reshape(-1) for p in model.parameters()])
+
+    out_l, g_l = grads(lean)
+    out_r, g_r = grads(rec)
+    _, g_ref = grads(ref, autocast=False)
+    assert torch.equal(out_l, out_r)
+    err_l = float((g_l - g_ref).norm() / g_ref.norm())
+    err_r = float((g_r - g_ref).norm() / g_ref.norm())
+    assert err_r <= 1.2 * err_l + 1e-4, (err_r, err_l)
+
+
+def test_recompute_refuses_an_output_changed_in_place():
+    """A norm output changed in place before a reader saves it is kept, not recomputed
+    (the recipe would rebuild the value before the change)."""
+    from smoothalign.kernels.lean_layers import recompute_outputs
+
+    g = torch.Generator().manual_seed(8)
+    x0, w0, a0 = (
+        torch.randn(4, 8, generator=g),
+        torch.rand(8, generator=g),
+        torch.randn(8, 3, generator=g),
+    )
+    grads = []
+    for scoped in (False, True):
+        x, w, a = (t.clone().requires_grad_() for t in (x0, w0, a0))
+        with recompute_outputs() if scoped else torch.enable_grad():
+            h = rms_norm(x, w, 1e-6)
+            h.mul_(3.0)
+            loss = (h @ a).square().sum()
+        loss.backward()
+        grads.append((x.grad, w.grad, a.grad))
+    for u, v in zip(*grads, strict=True):
+        assert torch.equal(u, v)
+
+
+def test_checkpointed_layers_open_no_recompute_scope(monkeypatch):
+    """Under gradient checkpointing the layers keep nothing anyway, and recipes would hold
+    their inputs outside the checkpoint's hooks: no output is registered for recompute."""
+    import smoothalign.kernels.lean_layers as lean_layers
+
+    made = []
+    real = lean_layers._Source
+
+    def counting(*args):
+        made.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(lean_layers, "_Source", counting)
+    model = build_tiny_model()
+    use_lean_layers(model, recompute=True)
+    ids = torch.randint(
+        0, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(9)
+    )
+    model.train()
+    model(input_ids=ids).logits.sum().backward()
+    assert made, "without checkpointing the layers register their outputs"
+    made.clear()
+    model.gradient_checkpointing_enable()
+    model.train()
+    model(input_ids=ids).logits.sum().backward()
+    assert not made

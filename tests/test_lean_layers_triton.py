@@ -9,6 +9,8 @@ the row width is not a power of two and the backward's programs each take severa
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -37,6 +39,16 @@ def _close(got, want, dtype, what):
     err = float((got.double() - want.double()).abs().max())
     scale = float(want.double().abs().max())
     assert err <= 2 * TOL[dtype] * scale + 1e-12, f"{what}: {err:.3g} vs scale {scale:.3g}"
+
+
+def _strict(got, want, what):
+    """fp16 against the PyTorch path: the same roundings in the same places leave only
+    fp32-level differences (a dropped rounding to the 16-bit dtype shows as ~1e-3). bf16
+    cannot be held to this under the interpreter, which converts fp32 to bf16 by truncation
+    rather than to nearest (a GPU rounds), so bf16 gets the one-ulp bound of ``_close``."""
+    err = float((got.double() - want.double()).abs().max())
+    scale = float(want.double().abs().max())
+    assert err <= 1e-4 * scale, f"{what}: {err:.3g} vs scale {scale:.3g} (fp16, strict)"
 
 
 def _rms_ref(x, w, eps):
@@ -71,10 +83,30 @@ def test_rms_norm_kernels_match_float64_and_the_pytorch_path(dtype):
     ):
         assert got.dtype == dtype and got.shape == ref.shape
         _close(got.cpu(), lean.cpu(), dtype, f"{name} vs PyTorch path")
+        if dtype == torch.float16:  # see _strict
+            _strict(got.cpu(), lean.cpu(), f"{name} vs PyTorch path")
         # no further from float64 than the PyTorch path is, plus one rounding
         err_t = float((got.cpu().double() - ref).abs().max())
         err_p = float((lean.cpu().double() - ref).abs().max())
         assert err_t <= err_p + TOL[dtype] * float(ref.abs().max()) + 1e-9, (name, err_t, err_p)
+
+
+@here
+def test_rms_norm_kernels_take_a_strided_weight():
+    """A weight that is a strided view (here every other column of a matrix) is read as
+    the values it shows, not as the memory after its first entry."""
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randn(*SHAPE, generator=g).to(DEV)
+    wide = (1 + 0.3 * torch.randn(SHAPE[-1], 2, generator=g)).to(DEV)
+    up = torch.randn(*SHAPE, generator=g).to(DEV)
+    grads = {}
+    for backend in ("torch", "triton"):
+        x, w = x0.clone().requires_grad_(), wide.clone().requires_grad_()
+        y = rms_norm(x, w[:, 0], 1e-6, backend=backend)
+        y.backward(up)
+        grads[backend] = (y.detach(), x.grad, w.grad)
+    for got, want in zip(grads["triton"], grads["torch"], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 @here
@@ -94,7 +126,7 @@ def test_rms_norm_kernel_gradients_one_at_a_time():
     torch.testing.assert_close(w_only.grad, w.grad, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @here
 def test_swiglu_kernels_match_float64_and_the_pytorch_path(dtype):
     g = torch.Generator().manual_seed(2)
@@ -121,6 +153,8 @@ def test_swiglu_kernels_match_float64_and_the_pytorch_path(dtype):
         assert got.dtype == dtype and got.shape == ref.shape
         _close(got.cpu(), lean.cpu(), dtype, f"{name} vs PyTorch path")
         _close(got.cpu(), ref, dtype, f"{name} vs float64")
+        if dtype == torch.float16:
+            _strict(got.cpu(), lean.cpu(), f"{name} vs PyTorch path")
 
 
 @here
@@ -156,6 +190,11 @@ def test_backend_is_checked():
         swiglu(x, x[:1])
     # auto on CPU tensors is the PyTorch path (no interpreter needed)
     torch.testing.assert_close(swiglu(x, x), F.silu(x) * x)
+    with pytest.raises(ValueError, match="empty"):
+        rms_norm(torch.ones(3, 0), torch.ones(0), 1e-6)
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+            swiglu(x.float(), x.float(), backend="triton")
 
 
 @here

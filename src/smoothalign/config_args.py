@@ -46,6 +46,11 @@ TRAINING_HELP = {
 }
 
 
+# string options that were once on/off flags: the bare flag still means "on" and the
+# --no- form "off"
+BARE_FLAG_VALUES = {"lean_layers": "on"}
+
+
 def _fields(config_cls: type) -> list:
     return [f for f in fields(config_cls) if f.name != "extra"]
 
@@ -66,6 +71,20 @@ def add_config_arguments(
             continue
         base = str(f.type).replace(" | None", "")  # annotations are strings here
         kind = {"int": int, "float": float, "str": _non_empty}[base]
+        if f.name in BARE_FLAG_VALUES:
+            parser.add_argument(
+                flag,
+                type=kind,
+                nargs="?",
+                const=BARE_FLAG_VALUES[f.name],
+                default=default,
+                help=help_texts[f.name] + f" (the bare flag: {BARE_FLAG_VALUES[f.name]})",
+            )
+            parser.add_argument(
+                "--no-" + flag[2:], dest=f.name, action="store_const", const="off",
+                default=argparse.SUPPRESS, help=f"the same as {flag} off",
+            )  # fmt: skip
+            continue
         parser.add_argument(flag, type=kind, default=default, help=help_texts[f.name])
 
 

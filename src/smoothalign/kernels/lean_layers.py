@@ -66,6 +66,12 @@ def _use_triton(backend: str, *tensors: Tensor, width: int) -> bool:
 
     ok = supported and torch.float32 == COMPUTE_DTYPE and width <= MAX_FUSED_WIDTH
     ok = ok and triton_available()
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if backend == "triton" and ok and not interpreted and not all(t.is_cuda for t in tensors):
+        raise ValueError(
+            "backend='triton' on CPU tensors needs TRITON_INTERPRET=1 (set before "
+            "triton is imported); on CPU use backend='torch' or 'auto'"
+        )
     if backend == "triton" and not ok:
         raise ValueError(
             f"backend='triton': needs one dtype of float32/bfloat16/float16 (got "
@@ -123,13 +129,34 @@ def _rms_norm_value(x: Tensor, weight: Tensor, eps: float, triton: bool) -> Tens
     return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-def rms_norm(x: Tensor, weight: Tensor, eps: float, *, backend: str = "auto") -> Tensor:
+def _rms_norm_cast_value(x: Tensor, weight: Tensor, eps: float, triton: bool, dtype) -> Tensor:
+    return _rms_norm_value(x, weight, eps, triton).to(dtype)
+
+
+def rms_norm(
+    x: Tensor,
+    weight: Tensor,
+    eps: float,
+    *,
+    backend: str = "auto",
+    cast_to: torch.dtype | None = None,
+) -> Tensor:
     """``weight * (x / sqrt(mean(x²) + eps))`` computed in float32 and cast back to
     ``x.dtype`` before the weight, as Llama's ``LlamaRMSNorm`` does; saves ``x`` and one
-    float32 per row for the backward. ``backend``: see the module doc."""
+    float32 per row for the backward. ``backend``: see the module doc. ``cast_to``: return
+    the output cast to this dtype (differentiably), as the linear layers that read it
+    under autocast would each cast it; inside :func:`recompute_outputs` the cast output is
+    the one recomputed."""
+    if x.shape[-1] == 0:
+        raise ValueError(f"rms_norm: the normalised (last) dimension is empty: {tuple(x.shape)}")
     triton = _use_triton(backend, x, weight, width=x.shape[-1])
     out = _RMSNorm.apply(x, weight, float(eps), triton)
-    _register(out, _rms_norm_value, (x.detach(), weight.detach(), float(eps), triton))
+    args = (x.detach(), weight.detach(), float(eps), triton)
+    if cast_to is not None and out.dtype != cast_to:
+        out = out.to(cast_to)
+        _register(out, _rms_norm_cast_value, (*args, cast_to))
+    else:
+        _register(out, _rms_norm_value, args)
     return out
 
 
@@ -223,16 +250,21 @@ class _Recipe:
 
 
 def _register(out: Tensor, fn, args) -> None:
+    """Let the innermost :func:`recompute_outputs` scope recompute ``out`` (``fn(*args)``)
+    instead of keeping it, wherever autograd saves it unchanged."""
     registry = getattr(_ACTIVE, "registry", None)
-    if registry is not None and out.requires_grad:
+    if registry is not None and out.requires_grad and out.numel():
         # keyed by storage: the consumer may save a view of ``out`` (a reshaped input).
         # The weak reference makes a stale key harmless: while ``out`` lives, its storage
-        # (and so its address) cannot belong to another tensor.
+        # (and so its address) cannot belong to another tensor. The version counter (shared
+        # by views) refuses a tensor changed in place since: the recipe would rebuild the
+        # value before the change.
         storage = out.untyped_storage()
         registry[storage.data_ptr()] = (
             weakref.ref(out),
             storage.nbytes(),
             out.dtype,
+            out._version,
             _Source(fn, args),
         )
 
@@ -240,10 +272,13 @@ def _register(out: Tensor, fn, args) -> None:
 @contextmanager
 def recompute_outputs() -> Iterator[None]:
     """Inside this scope, tensors that autograd saves and that are (views of) the output of
-    :func:`rms_norm` or :func:`swiglu` called in the same scope are not kept: the backward
-    recomputes them from the inputs those functions keep anyway (see the module doc).
-    Every other saved tensor goes to the saved-tensor hooks already active outside, if any
-    (so memory counters and offloading still see them), else is kept as usual."""
+    :func:`rms_norm` or :func:`swiglu` called in the same scope, unchanged since, are not
+    kept: the backward recomputes them from the inputs those functions keep anyway (see the
+    module doc). Every other saved tensor goes to the saved-tensor hooks already active
+    outside, if any (so memory counters see them), else is kept as usual. The recipes hold
+    their inputs directly: under hooks that move saved tensors elsewhere (CPU offloading,
+    activation checkpointing) those inputs would stay where they are, so do not open this
+    scope under them (``models.lean`` does not, in checkpointed layers)."""
     registry: dict[int, tuple] = {}
     outer = None
     top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
@@ -252,13 +287,14 @@ def recompute_outputs() -> Iterator[None]:
     outer_pack, outer_unpack = outer if outer is not None else (None, None)
 
     def pack(t: Tensor):
-        entry = registry.get(t.untyped_storage().data_ptr())
+        entry = registry.get(t.untyped_storage().data_ptr()) if t.numel() else None
         if entry is not None:
-            ref, nbytes, dtype, source = entry
+            ref, nbytes, dtype, version, source = entry
             base = ref()
             if (
                 base is not None
                 and t.dtype == dtype
+                and t._version == version
                 and t.untyped_storage().nbytes() == nbytes
                 and base.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
             ):

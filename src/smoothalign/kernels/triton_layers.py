@@ -134,7 +134,7 @@ def _num_programs(device: torch.device) -> int:
 
 def rms_norm_forward(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """``(y, rstd)``: ``y`` shaped like ``x``, ``rstd`` fp32 ``[rows]``."""
-    x2 = _rows(x)
+    x2, weight = _rows(x), weight.contiguous()
     m, h = x2.shape
     y = torch.empty((m, h), dtype=x.dtype, device=x.device)
     rstd = torch.empty(m, dtype=torch.float32, device=x.device)
@@ -149,7 +149,7 @@ def rms_norm_forward(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Ten
 def rms_norm_backward(
     x: Tensor, weight: Tensor, rstd: Tensor, grad: Tensor, need_x: bool, need_w: bool
 ) -> tuple[Tensor | None, Tensor | None]:
-    x2, dy = _rows(x), _rows(grad.to(x.dtype))
+    x2, dy, weight = _rows(x), _rows(grad.to(x.dtype)), weight.contiguous()
     m, h = x2.shape
     programs = max(1, min(m, _num_programs(x.device)))
     per = triton.cdiv(m, programs) if m else 1

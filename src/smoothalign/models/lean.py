@@ -53,9 +53,26 @@ def _same_output(module: nn.Module, lean, width: int) -> bool:
 
 def _scoped_layer_forward(self, *args, **kwargs):
     """The layer's own (class) forward inside :func:`recompute_outputs`; bound as a method,
-    so that a deep copy of the model binds it to the copy."""
+    so that a deep copy of the model binds it to the copy. Not in a checkpointed layer:
+    checkpointing keeps nothing of the layer, and the recipes would hold their inputs
+    outside its hooks."""
+    forward = type(self).forward
+    if getattr(self, "gradient_checkpointing", False) and self.training:
+        return forward(self, *args, **kwargs)
     with recompute_outputs():
-        return type(self).forward(self, *args, **kwargs)
+        return forward(self, *args, **kwargs)
+
+
+def _recomputed_norm_forward(self, hidden_states, backend="auto"):
+    """A decoder layer's input / post-attention norm with ``recompute``: under autocast,
+    its output goes cast to the autocast dtype, as each linear layer reading it (q, k, v;
+    gate, up) would cast it for itself (the same values, bit for bit), so that one tensor
+    is saved for all of them and it can be recomputed instead."""
+    device = hidden_states.device.type
+    cast_to = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+    return rms_norm(
+        hidden_states, self.weight, self.variance_epsilon, backend=backend, cast_to=cast_to
+    )
 
 
 def use_lean_layers(model: nn.Module, recompute: bool = False) -> dict[str, int]:
@@ -89,4 +106,8 @@ def use_lean_layers(model: nn.Module, recompute: bool = False) -> dict[str, int]
             ):
                 module.forward = types.MethodType(_scoped_layer_forward, module)
                 counts["layers"] += 1
+                for name in ("input_layernorm", "post_attention_layernorm"):
+                    norm = getattr(module, name, None)
+                    if norm is not None and "forward" in vars(norm):  # patched above
+                        norm.forward = types.MethodType(_recomputed_norm_forward, norm)
     return counts
