@@ -23,6 +23,8 @@ Rounding can differ from PyTorch's in the last place (another reduction order fo
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -126,6 +128,17 @@ def _rows(x: Tensor) -> Tensor:
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
+def _row_launch(width: int) -> dict:
+    """Block and warps for a kernel that holds one row of ``width`` in registers: more
+    warps for wider rows, so that each thread keeps a few dozen values (the interpreter
+    takes no warps)."""
+    block = triton.next_power_of_2(width)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return {"BLOCK": block}
+    warps = 4 if block <= 2048 else 8 if block <= 8192 else 16
+    return {"BLOCK": block, "num_warps": warps}
+
+
 def _num_programs(device: torch.device) -> int:
     if device.type == "cuda":
         return 4 * torch.cuda.get_device_properties(device).multi_processor_count
@@ -140,8 +153,7 @@ def rms_norm_forward(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Ten
     rstd = torch.empty(m, dtype=torch.float32, device=x.device)
     if m:
         _rms_fwd_kernel[(m,)](
-            x2, weight, y, rstd, h, float(eps), x2.stride(0), y.stride(0),
-            BLOCK=triton.next_power_of_2(h),
+            x2, weight, y, rstd, h, float(eps), x2.stride(0), y.stride(0), **_row_launch(h)
         )  # fmt: skip
     return y.view(x.shape), rstd
 
@@ -161,7 +173,7 @@ def rms_norm_backward(
             dx if dx is not None else x2,
             partial if partial is not None else rstd,
             m, h, per, x2.stride(0), dy.stride(0), dx.stride(0) if dx is not None else h,
-            BLOCK=triton.next_power_of_2(h), NEED_DX=need_x, NEED_DW=need_w,
+            NEED_DX=need_x, NEED_DW=need_w, **_row_launch(h),
         )  # fmt: skip
     dw = None
     if need_w:
