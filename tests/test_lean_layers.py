@@ -339,3 +339,99 @@ def test_checkpointed_layers_open_no_recompute_scope(monkeypatch):
     model.train()
     model(input_ids=ids).logits.sum().backward()
     assert not made
+
+
+def test_recompute_under_autocast_with_lora_adapters():
+    """LoRA adapters under bf16 autocast (``dpo`` and ``sft`` on CUDA by default): PEFT's
+    cast of each adapter's input to fp32 made a fresh copy that no recipe matched, so
+    recompute saved nothing over the lean layers. With the cast off inside the recompute
+    scope, the norm outputs and SwiGLU products read by the adapters go as well; logits
+    equal eager's bit for bit and adapter gradients are as close to float64 as eager's."""
+    from peft import LoraConfig, get_peft_model
+
+    def lora(model):
+        cfg = LoraConfig(
+            r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
+        return get_peft_model(model, cfg)
+
+    base = build_tiny_model()
+    eager = lora(copy.deepcopy(base))
+    with torch.no_grad():
+        for name, p in eager.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
+    models = {"eager": eager}
+    for name, recompute in (("lean", False), ("rec", True)):
+        m = copy.deepcopy(base)
+        use_lean_layers(m, recompute=recompute)
+        m = lora(m)
+        m.load_state_dict(eager.state_dict())
+        models[name] = m
+    models["f64"] = copy.deepcopy(eager).double()
+    cfg = base.config
+    ids = torch.randint(0, cfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(10))
+
+    def run(model, autocast=True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return model(input_ids=ids).logits
+
+    kept_lean, _ = _saved_bytes(lambda: run(models["lean"]))
+    kept_rec, _ = _saved_bytes(lambda: run(models["rec"]))
+    per_layer = (5 * cfg.hidden_size + cfg.intermediate_size) * 2 * ids.numel()
+    assert kept_lean - kept_rec >= per_layer * cfg.num_hidden_layers, (kept_lean, kept_rec)
+
+    def grads(name):
+        model = models[name]
+        model.zero_grad()
+        out = run(model, autocast=name != "f64")
+        out.float().square().mean().backward()
+        g = [p.grad.double().reshape(-1) for p in model.parameters() if p.requires_grad]
+        return out, torch.cat(g)
+
+    out_e, g_e = grads("eager")
+    out_r, g_r = grads("rec")
+    _, g_ref = grads("f64")
+    assert torch.equal(out_e, out_r)
+    err_e = float((g_e - g_ref).norm() / g_ref.norm())
+    err_r = float((g_r - g_ref).norm() / g_ref.norm())
+    assert err_r <= 1.2 * err_e + 1e-4, (err_r, err_e)
+
+
+@pytest.mark.parametrize("command", ["dpo", "sft"])
+def test_lean_layers_flag_forms(command):
+    """``--lean-layers`` alone means on (as when it was an on/off flag), ``--no-lean-layers``
+    off, a value is taken as given, and the default is auto."""
+    from smoothalign.cli import build_parser
+
+    parser = build_parser()
+
+    def parsed(*flags):
+        return parser.parse_args([command, *flags]).lean_layers
+
+    assert parsed() == "auto"
+    assert parsed("--lean-layers") == "on"
+    assert parsed("--lean-layers", "--max-steps", "3") == "on"
+    assert parsed("--no-lean-layers") == "off"
+    assert parsed("--lean-layers", "recompute") == "recompute"
+
+
+def test_checkpointed_recompute_layers_train_as_the_lean_layers_under_autocast():
+    """With checkpointing the recompute scope stays closed, and so does the norms' cast:
+    gradients are the lean layers' bit for bit, under autocast too."""
+    eager = build_tiny_model()
+    lean, rec = copy.deepcopy(eager), copy.deepcopy(eager)
+    use_lean_layers(lean)
+    use_lean_layers(rec, recompute=True)
+    ids = torch.randint(
+        0, eager.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(11)
+    )
+    grads = []
+    for model in (lean, rec):
+        model.gradient_checkpointing_enable()
+        model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids).logits.float().square().mean()
+        loss.backward()
+        grads.append([p.grad for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))

@@ -269,6 +269,11 @@ def _register(out: Tensor, fn, args) -> None:
         )
 
 
+def recompute_active() -> bool:
+    """Whether a :func:`recompute_outputs` scope is open in this thread."""
+    return getattr(_ACTIVE, "registry", None) is not None
+
+
 @contextmanager
 def recompute_outputs() -> Iterator[None]:
     """Inside this scope, tensors that autograd saves and that are (views of) the output of

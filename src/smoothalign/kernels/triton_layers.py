@@ -130,8 +130,8 @@ def _rows(x: Tensor) -> Tensor:
 
 def _row_launch(width: int) -> dict:
     """Block and warps for a kernel that holds one row of ``width`` in registers: more
-    warps for wider rows, so that each thread keeps a few dozen values (the interpreter
-    takes no warps)."""
+    warps for wider rows (up to 8192 units, 32 values per thread and row tensor; wider rows
+    hold more and may spill registers: slower, not wrong). The interpreter takes no warps."""
     block = triton.next_power_of_2(width)
     if os.environ.get("TRITON_INTERPRET") == "1":
         return {"BLOCK": block}

@@ -10,13 +10,14 @@ version that changes a formula leaves that class alone instead of changing the m
 
 from __future__ import annotations
 
+import contextlib
 import types
 from typing import Any
 
 import torch
 from torch import nn
 
-from smoothalign.kernels.lean_layers import recompute_outputs, rms_norm, swiglu
+from smoothalign.kernels.lean_layers import recompute_active, recompute_outputs, rms_norm, swiglu
 
 NORM_CLASSES = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
 MLP_CLASSES = ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP")
@@ -51,6 +52,25 @@ def _same_output(module: nn.Module, lean, width: int) -> bool:
         return bool(torch.equal(type(module).forward(module, x), lean(module, x, "torch")))
 
 
+def _autocasting() -> bool:
+    return torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu")
+
+
+def _no_lora_input_casts(layer: nn.Module, active: bool):
+    """Under autocast, PEFT's LoRA layers cast their input to the adapter's (fp32) dtype
+    and autocast casts it back for the matrix product: the copy saved is a new tensor, not
+    the norm's output or the SwiGLU product. Without PEFT's cast the same values reach the
+    adapters (autocast casts fp32 and bf16 inputs alike) and the saved input is the one a
+    recipe can rebuild."""
+    if not active:
+        return contextlib.nullcontext()
+    try:
+        from peft.helpers import disable_input_dtype_casting
+    except ImportError:  # no PEFT, no LoRA layers to tell
+        return contextlib.nullcontext()
+    return disable_input_dtype_casting(layer)
+
+
 def _scoped_layer_forward(self, *args, **kwargs):
     """The layer's own (class) forward inside :func:`recompute_outputs`; bound as a method,
     so that a deep copy of the model binds it to the copy. Not in a checkpointed layer:
@@ -59,17 +79,21 @@ def _scoped_layer_forward(self, *args, **kwargs):
     forward = type(self).forward
     if getattr(self, "gradient_checkpointing", False) and self.training:
         return forward(self, *args, **kwargs)
-    with recompute_outputs():
+    with recompute_outputs(), _no_lora_input_casts(self, _autocasting()):
         return forward(self, *args, **kwargs)
 
 
 def _recomputed_norm_forward(self, hidden_states, backend="auto"):
-    """A decoder layer's input / post-attention norm with ``recompute``: under autocast,
-    its output goes cast to the autocast dtype, as each linear layer reading it (q, k, v;
-    gate, up) would cast it for itself (the same values, bit for bit), so that one tensor
-    is saved for all of them and it can be recomputed instead."""
+    """A decoder layer's input / post-attention norm with ``recompute``: under autocast
+    and inside the layer's recompute scope, its output goes cast to the autocast dtype, as
+    each linear layer reading it (q, k, v; gate, up) would cast it for itself first (the
+    same values, bit for bit, when each reader casts before anything else: LoRA dropout,
+    if any, now runs on the cast values), so that one tensor is saved for all of them and
+    it can be recomputed instead."""
     device = hidden_states.device.type
-    cast_to = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+    cast_to = None
+    if recompute_active() and torch.is_autocast_enabled(device):
+        cast_to = torch.get_autocast_dtype(device)
     return rms_norm(
         hidden_states, self.weight, self.variance_epsilon, backend=backend, cast_to=cast_to
     )
