@@ -26,7 +26,6 @@ from transformers import set_seed
 
 from smoothalign.data.loading import check_paths_exist
 from smoothalign.io import atomic_write_json
-from smoothalign.models import load_tokenizer
 from smoothalign.reward.config import RewardConfig
 from smoothalign.reward.data import (
     RewardCollator,
@@ -43,6 +42,7 @@ from smoothalign.train.checkpoints import (
 )
 from smoothalign.train.common import (
     check_scheduler,
+    load_checked,
     resolve_bf16,
     save_final_model,
     split_validated,
@@ -196,14 +196,14 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
         labels=config.labels,
         eval_labels=config.eval_labels,
     )
-    # bad rows before the weights load, where the tokenizer can be read on its own
-    early = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
-    validated = load_reward_data(config, early) if early is not None else None
-    model, tokenizer = build_reward_model(
-        config.model, trust_remote_code=config.trust_remote_code, tokenizer=early
+    model, tokenizer, validated = load_checked(  # bad rows before the weights, if it can
+        config.model,
+        config.trust_remote_code,
+        lambda tok: load_reward_data(config, tok),
+        lambda tok: build_reward_model(
+            config.model, trust_remote_code=config.trust_remote_code, tokenizer=tok
+        ),
     )
-    if validated is None:
-        validated = load_reward_data(config, tokenizer)
     train_ex, eval_ex, info, validation_md, data_notes = validated
     notes += data_notes
     n_skipped = sum(v["n_skipped"] for v in info.values())

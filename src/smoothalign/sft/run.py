@@ -19,7 +19,7 @@ from transformers import set_seed
 
 from smoothalign.data.loading import check_paths_exist
 from smoothalign.io import atomic_write_json
-from smoothalign.models import load_model_and_tokenizer, load_tokenizer
+from smoothalign.models import load_model_and_tokenizer
 from smoothalign.sft.config import SFTConfig
 from smoothalign.sft.data import (
     SFTCollator,
@@ -36,6 +36,7 @@ from smoothalign.train.common import (
     apply_lean_layers,
     check_scheduler,
     lean_layers_enabled,
+    load_checked,
     resolve_bf16,
     save_final_model,
     split_validated,
@@ -99,14 +100,14 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
     check_scheduler(config.lr_scheduler)
     # a mistyped path fails before the model loads
     check_paths_exist(data=config.data, eval_data=config.eval_data)
-    # bad rows fail before the weights load, where the tokenizer can be read without them
-    early = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
-    validated = load_sft_data(config, early) if early is not None else None
-    model, tokenizer = load_model_and_tokenizer(
-        config.model, trust_remote_code=config.trust_remote_code, tokenizer=early
+    model, tokenizer, validated = load_checked(  # bad rows before the weights, if it can
+        config.model,
+        config.trust_remote_code,
+        lambda tok: load_sft_data(config, tok),
+        lambda tok: load_model_and_tokenizer(
+            config.model, trust_remote_code=config.trust_remote_code, tokenizer=tok
+        ),
     )
-    if validated is None:
-        validated = load_sft_data(config, tokenizer)
     train_ex, eval_ex, info, validation_md, notes = validated
     n_skipped = sum(v["n_skipped"] for v in info.values())
     if config.max_eval_rows and len(eval_ex) > config.max_eval_rows:

@@ -204,6 +204,26 @@ def add_lora(model, config: Any):
     return get_peft_model(model, lora)
 
 
+def load_checked(
+    name_or_path: str,
+    trust_remote_code: bool,
+    check: Callable[[Any], Any],
+    load: Callable[[Any], tuple[Any, Any]],
+) -> tuple[Any, Any, Any]:
+    """``(model, tokenizer, check(tokenizer))``: the data check runs before the weights load
+    wherever the tokenizer can be read on its own (``models.load_tokenizer``: ``tiny``, a
+    local folder, SmolLM2 once cached), else right after; ``load(tokenizer or None)`` loads
+    the model, reusing a tokenizer already read."""
+    from smoothalign.models import load_tokenizer
+
+    early = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
+    checked = check(early) if early is not None else None
+    model, tokenizer = load(early)
+    if early is None:
+        checked = check(tokenizer)
+    return model, tokenizer, checked
+
+
 def lean_layers_enabled(setting: str) -> bool:
     """``--lean-layers``: ``on`` or ``recompute``, ``off``, or ``auto`` (on when training
     runs on CUDA, where the Triton kernels make it faster as well as leaner:

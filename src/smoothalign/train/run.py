@@ -26,7 +26,7 @@ from smoothalign.data import (
     validate_preference_rows,
 )
 from smoothalign.io import atomic_write_json
-from smoothalign.models import load_model_and_tokenizer, load_tokenizer
+from smoothalign.models import load_model_and_tokenizer
 from smoothalign.train.checkpoints import (
     prepare_output_dir,
     save_smoothing_state,
@@ -38,6 +38,7 @@ from smoothalign.train.common import (
     check_scheduler,
     disable_dropout,
     lean_layers_enabled,
+    load_checked,
     resolve_bf16,
     save_final_model,
     split_validated,
@@ -77,14 +78,14 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     check_scheduler(config.lr_scheduler)
 
     rows, eval_rows, data_notes = _read_data(config)  # a bad file fails before the model loads
-    # bad rows too, where the tokenizer can be read without the weights
-    early = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
-    validated = _load_data(config, early, rows, eval_rows) if early is not None else None
-    model, tokenizer = load_model_and_tokenizer(
-        config.model, trust_remote_code=config.trust_remote_code, tokenizer=early
+    model, tokenizer, validated = load_checked(  # bad rows too, before the weights if it can
+        config.model,
+        config.trust_remote_code,
+        lambda tok: _load_data(config, tok, rows, eval_rows),
+        lambda tok: load_model_and_tokenizer(
+            config.model, trust_remote_code=config.trust_remote_code, tokenizer=tok
+        ),
     )
-    if validated is None:
-        validated = _load_data(config, tokenizer, rows, eval_rows)
     train_ex, eval_ex, validation_md, n_skipped, split_notes, validation = validated
     data_notes += split_notes
     notes += data_notes
