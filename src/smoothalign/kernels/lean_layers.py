@@ -165,7 +165,11 @@ class _SwiGLU(torch.autograd.Function):
     def forward(ctx, gate: Tensor, up: Tensor, triton: bool) -> Tensor:
         ctx.triton = triton
         ctx.save_for_backward(gate, up)
-        return _swiglu_value(gate, up, triton)
+        if triton:
+            from smoothalign.kernels.triton_layers import swiglu_forward
+
+            return swiglu_forward(gate, up)
+        return F.silu(gate) * up
 
     @staticmethod
     def backward(ctx, grad: Tensor):
