@@ -151,12 +151,15 @@ def rms_norm(
         raise ValueError(f"rms_norm: the normalised (last) dimension is empty: {tuple(x.shape)}")
     triton = _use_triton(backend, x, weight, width=x.shape[-1])
     out = _RMSNorm.apply(x, weight, float(eps), triton)
-    args = (x.detach(), weight.detach(), float(eps), triton)
-    if cast_to is not None and out.dtype != cast_to:
+    cast = cast_to is not None and out.dtype != cast_to
+    if cast:
         out = out.to(cast_to)
-        _register(out, _rms_norm_cast_value, (*args, cast_to))
-    else:
-        _register(out, _rms_norm_value, args)
+    if recompute_active():  # the recipe's arguments only where a scope will use them
+        args = (x.detach(), weight.detach(), float(eps), triton)
+        if cast:
+            _register(out, _rms_norm_cast_value, (*args, cast_to))
+        else:
+            _register(out, _rms_norm_value, args)
     return out
 
 
@@ -198,7 +201,8 @@ def swiglu(gate: Tensor, up: Tensor, *, backend: str = "auto") -> Tensor:
         raise ValueError(f"swiglu: gate {tuple(gate.shape)} and up {tuple(up.shape)} differ")
     triton = _use_triton(backend, gate, up, width=0)
     out = _SwiGLU.apply(gate, up, triton)
-    _register(out, _swiglu_value, (gate.detach(), up.detach(), triton))
+    if recompute_active():
+        _register(out, _swiglu_value, (gate.detach(), up.detach(), triton))
     return out
 
 

@@ -36,7 +36,12 @@ from smoothalign.reward.scoring import (
     load_preference_model,
     resolve_reward_model_path,
 )
-from smoothalign.train.common import check_scheduler, resolve_bf16, train_eval_split
+from smoothalign.train.common import (
+    check_scheduler,
+    load_checked,
+    resolve_bf16,
+    train_eval_split,
+)
 from smoothalign.train.run_result import BaseRunResult
 
 SUMMARY_KEYS = (
@@ -197,20 +202,21 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     notes: list[str] = []
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    from smoothalign.models import load_model_and_tokenizer, load_tokenizer
+    from smoothalign.models import load_model_and_tokenizer
 
-    # bad prompts before any weights load, where the policy's tokenizer reads on its own
-    early = load_tokenizer(config.policy, trust_remote_code=config.trust_remote_code)
-    prompts = load_rank_prompts(config, early) if early is not None else None
+    # bad prompts before any weights load (the policy's first, then the preference model)
+    policy, tok, prompts = load_checked(
+        config.policy,
+        config.trust_remote_code,
+        lambda t: load_rank_prompts(config, t),
+        lambda t: load_model_and_tokenizer(
+            config.policy, trust_remote_code=config.trust_remote_code, tokenizer=t
+        ),
+    )
     rm, rm_tok, rm_folder = load_preference_model(config.reward_model)
     notes.append(f"preference model: {rm_folder} ({type(rm).__name__})")
-    policy, tok = load_model_and_tokenizer(
-        config.policy, trust_remote_code=config.trust_remote_code, tokenizer=early
-    )
     policy.to(device)
     rm.to(device)
-    if prompts is None:
-        prompts = load_rank_prompts(config, tok)
     train_ex, eval_ex, info, prompts_md, data_notes = prompts
     notes += data_notes
     scorer = PreferenceModelScorer(
