@@ -102,6 +102,9 @@ def our_batch(prompt, chosen, rejected, device):
     }
 
 
+PROFILE: Path | None = None  # --profile: where the kernel table of each row goes
+
+
 def _timed_steps(step, device, warmup, repeats):
     for _ in range(warmup):
         step()
@@ -116,7 +119,27 @@ def _timed_steps(step, device, warmup, repeats):
             torch.cuda.synchronize()
         times.append(1e3 * (time.perf_counter() - t0))
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
+    if PROFILE is not None:  # after the timing, so that it cannot change the numbers
+        _profile(step, device, PROFILE)
     return {"ms": statistics.median(times), "peak_bytes": peak}
+
+
+def _profile(step, device: str, path: Path, steps: int = 3) -> None:
+    """Where a step's time goes: ``steps`` steps under torch.profiler, the operators and
+    kernels by self time (device time on CUDA, CPU time otherwise), written to ``path``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=60, max_name_column_width=90)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{steps} steps; sorted by {key}\n{table}\n")
+    print(f"profile of {steps} steps written to {path}", flush=True)
 
 
 def checkpointing(model, on: bool) -> None:
@@ -327,11 +350,19 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="*", help="run only these rows (names as in the table)")
     p.add_argument("--json", default="benchmarks/results/dpo_step.json")
     p.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="after each row's timing, profile 3 more steps and write the operators by "
+        "self time to FILE (with one row; the last row's table otherwise)",
+    )
+    p.add_argument(
         "--append",
         action="store_true",
         help="add the rows to those already in --json (one process per row: see the doc)",
     )
     args = p.parse_args(argv)
+    global PROFILE
+    PROFILE = Path(args.profile) if args.profile else None
     shape = SMALL if args.small else LLAMA_1B
     if args.small:
         args.prompt_len, args.response_len, args.pairs = 8, 24, 2

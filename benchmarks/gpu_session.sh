@@ -14,7 +14,9 @@
 # check) → dpo (one DPO step, one process per row: ours fused, TRL + Liger, TRL, ours
 # materialised) → pytest (the tests that run compiled only with CUDA: the Triton kernel
 # tests and the CUDA policy tests). SMOOTHALIGN_GPU_STEPS="lce dpo" runs a subset; "tune"
-# (opt-in) sweeps block sizes first; SMOOTHALIGN_GPU_DPO picks DPO rows.
+# (opt-in) sweeps block sizes first, "diag" (opt-in) times the backward by part;
+# SMOOTHALIGN_GPU_DPO picks DPO rows;
+# SMOOTHALIGN_GPU_PROFILE=1 adds a torch.profiler table per DPO row (profile_<row>.txt).
 #
 # Everything lands in $OUT (else benchmarks/results/): session.log (all output),
 # linear_cross_entropy.json, dpo_step.json and summary.md (Markdown for docs/results.md,
@@ -154,6 +156,16 @@ if want tune; then
     fi
 fi
 
+# ------------------------------------------------ backward time by part (opt-in: "diag")
+if want diag; then
+    banner "diag: the backward's time by part (lce_tune.py --diagnose)"
+    if [ "$MODE" = gpu ]; then
+        run 180 "$PY" benchmarks/lce_tune.py --diagnose --json "$RES/lce_diag.json"
+    else
+        echo "skipped: needs CUDA"
+    fi
+fi
+
 # ------------------------------------------------------------------- kernel benchmark
 if want lce; then
     banner "lce: linear cross-entropy benchmark (β = 0.1 first; errors vs float32)"
@@ -200,6 +212,7 @@ if want dpo; then
         # ours-materialised ours-gc trl-liger-gc; ours-lean: --lean-layers; ours-lean-rc: --lean-layers recompute; ours-fused-nobm: block_max off
         # backward; *-gc: with activation checkpointing, outside the target)
         rows=()
+        keys=()
         for key in ${SMOOTHALIGN_GPU_DPO:-ours-fused ours-lean ours-lean-rc ours-fused-nobm trl-liger trl ours-materialised ours-gc trl-liger-gc}; do
             case $key in
             ours-gc) rows+=("smoothalign (CALS, fused log-probs, checkpointing)") ;;
@@ -211,12 +224,17 @@ if want dpo; then
             trl-liger) rows+=("TRL DPOTrainer + use_liger_kernel") ;;
             trl) rows+=("TRL DPOTrainer") ;;
             ours-materialised) rows+=("smoothalign (CALS, materialised logits)") ;;
-            *) echo "!! SMOOTHALIGN_GPU_DPO: unknown row $key" ;;
+            *) echo "!! SMOOTHALIGN_GPU_DPO: unknown row $key"; continue ;;
             esac
+            keys+=("$key")
         done
-        for row in "${rows[@]}"; do
-            run 90 "$PY" benchmarks/dpo_step.py "${small[@]}" --only "$row" --append \
-                --json "$RES/dpo_step.json"
+        # SMOOTHALIGN_GPU_PROFILE=1: each row also writes profile_<row>.txt (3 more steps
+        # under torch.profiler, after the timed ones: the kernels by device time)
+        for i in "${!rows[@]}"; do
+            prof=()
+            [ "${SMOOTHALIGN_GPU_PROFILE:-0}" = 1 ] && prof=(--profile "$RES/profile_${keys[$i]}.txt")
+            run 90 "$PY" benchmarks/dpo_step.py "${small[@]}" --only "${rows[$i]}" --append \
+                --json "$RES/dpo_step.json" "${prof[@]}"
         done
         summarize
     fi

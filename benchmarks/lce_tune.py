@@ -93,6 +93,64 @@ def tune_shape(inputs, args, record) -> None:
         record(row)
 
 
+# backward configurations for --diagnose (besides the default): wider vocabulary blocks
+# and taller token blocks add fewer atomic bytes per product (module doc of triton_lce)
+DIAG_BWD = ["64,256,64,8,3", "128,128,64,8,3", "128,256,64,8,3", "32,256,64,4,3"]
+PARTS = {"dE+dC": (True, True, False), "dE": (True, False, False), "dC": (False, True, False),
+         "recompute": (False, False, False)}  # fmt: skip
+
+
+def diagnose_shape(inputs, args, record) -> None:
+    """Where the backward's time goes, at one shape: the backward alone (after one
+    untimed forward), computing ``dE`` and ``dC``, each alone, or neither (recompute and
+    filter only), with and without the forward's block maxima and without filtering; for
+    the default and ``DIAG_BWD`` configurations and three ``GROUP_N``. Against a cuBLAS
+    ``[N, D] × [D, V]`` product, the floor of each of the three matrix products."""
+    from smoothalign.kernels import triton_lce as K
+
+    e0, c0, t = inputs
+    (n, d), v = e0.shape, c0.shape[0]
+    n_valid = int((t != -100).sum())
+    g = torch.full((n,), 1.0 / n_valid, device=e0.device).masked_fill(t == -100, 0.0)
+    eps = K.resolve_filter_eps("auto", e0.dtype)
+    base = {"N": n, "D": d, "V": v, "kind": "diag"}
+    ms = _time(lambda: torch.mm(e0, c0.T), args.repeats)
+    record(
+        {**base, "config": "cuBLAS e @ c.T (one of the three products)", "ms": ms, "status": "ok"}
+    )
+    runs = [(None, None)] + [(cfg, None) for cfg in DIAG_BWD] + [(None, "32"), (None, "128")]
+    for cfg, group_n in runs:
+        if cfg:
+            os.environ["SMOOTHALIGN_LCE_BWD"] = cfg
+        if group_n:
+            os.environ["SMOOTHALIGN_LCE_GROUP_N"] = group_n
+        name = f"bwd {cfg or 'default'}" + (f", GROUP_N {group_n}" if group_n else "")
+        try:
+            fwd = lambda: K._forward(e0, c0, None, t, args.beta, -100, None, True)  # noqa: E731
+            if cfg is None and group_n is None:
+                record({**base, "config": "forward (storing block maxima)", "status": "ok",
+                        "ms": _time(fwd, args.repeats)})  # fmt: skip
+            _, lse, c_mean, maxima = fwd()
+            variants = [(part, maxima, eps) for part in PARTS]
+            if cfg is None and group_n is None:
+                variants += [("dE+dC", None, eps), ("recompute", None, eps), ("dE+dC", None, None),
+                             ("recompute", None, None)]  # fmt: skip
+            for part, bm, filt in variants:
+                label = f"{name}: {part}" + ("" if bm is not None else ", no block max")
+                label += "" if filt is not None else ", no filter"
+
+                def bwd(part=part, bm=bm, filt=filt, lse=lse, c_mean=c_mean):
+                    K._backward(e0, c0, None, t, lse, g, args.beta, None, filt, PARTS[part],
+                                False, None, bm, c_mean)  # fmt: skip
+
+                record({**base, "config": label, "ms": _time(bwd, args.repeats), "status": "ok"})
+        except Exception as ex:  # a configuration that does not compile or fit
+            record({**base, "config": name, "status": "failed",
+                    "note": f"{type(ex).__name__}: {ex}"[:160]})  # fmt: skip
+        os.environ.pop("SMOOTHALIGN_LCE_BWD", None)
+        os.environ.pop("SMOOTHALIGN_LCE_GROUP_N", None)
+
+
 def fastest(rows: list[dict], kind: str) -> tuple[str, float]:
     """The configuration of ``kind`` with the least time summed over the shapes (a failed
     row counts as never finishing)."""
@@ -112,6 +170,11 @@ def main(argv=None) -> int:
     p.add_argument("--inputs", help="a real model's hidden states and head (real_inputs.py)")
     p.add_argument("--json", required=True)
     p.add_argument("--export", help="write the fastest configuration as shell exports")
+    p.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="instead of the sweep: the backward's time by part (dE, dC, recompute) per shape",
+    )
     args = p.parse_args(argv)
     rows: list[dict] = []
 
@@ -128,9 +191,9 @@ def main(argv=None) -> int:
     else:
         cases = (make_inputs(n, d, v, "cuda", torch.bfloat16) for n, d, v in SHAPES)
     for inputs in cases:
-        tune_shape(inputs, args, record)
+        (diagnose_shape if args.diagnose else tune_shape)(inputs, args, record)
         torch.cuda.empty_cache()
-    if args.export:
+    if args.export and not args.diagnose:
         lines = []
         for kind in ("fwd", "bwd"):
             best, total = fastest(rows, kind)

@@ -413,6 +413,12 @@ def _config(kind: str, dtype: torch.dtype) -> tuple[int, int, int, int, int]:
     return (128, 256, 64, 8, 3) if kind == "fwd" else (64, 128, 64, 4, 3)
 
 
+def _group_n() -> int:
+    """Token blocks that sweep the vocabulary together in the backward (``GROUP_N``):
+    ``SMOOTHALIGN_LCE_GROUP_N`` (for tuning), else 8."""
+    return int(os.environ.get("SMOOTHALIGN_LCE_GROUP_N", "8"))
+
+
 def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"  # tf32: ignored for 16-bit inputs
 
@@ -633,7 +639,7 @@ def _backward(
             BLOCK_N=bn,
             BLOCK_V=bv,
             BLOCK_D=bd,
-            GROUP_N=8,
+            GROUP_N=_group_n(),
             GROUP=group if prefilter else 1,
             HAS_BIAS=bias is not None,
             HAS_SOFTCAP=softcap is not None,
