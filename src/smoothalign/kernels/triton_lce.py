@@ -49,7 +49,7 @@ for it anyway.
 
 Block sizes: interpreter ``16×32×16``; CUDA, 16-bit inputs: forward ``BLOCK_N=128,
 BLOCK_V=256, BLOCK_D=64`` (8 warps, 3 stages), backward ``64×128×64`` (4 warps, 3 stages,
-``GROUP_N=8``), the fastest of ``benchmarks/lce_tune.py``'s sweep on an H200; float32
+``GROUP_N=32``), the fastest of ``benchmarks/lce_tune.py``'s sweep on an H200; float32
 inputs ``64×64×32`` (4 warps, 2 stages) both ways. ``SMOOTHALIGN_LCE_FWD`` /
 ``SMOOTHALIGN_LCE_BWD`` = ``"BN,BV,BD,warps,stages"`` override them (for tuning on a new
 GPU). The atomic adds are relaxed (vectorised ``red``; the buffers are read only after the
@@ -415,8 +415,12 @@ def _config(kind: str, dtype: torch.dtype) -> tuple[int, int, int, int, int]:
 
 def _group_n() -> int:
     """Token blocks that sweep the vocabulary together in the backward (``GROUP_N``):
-    ``SMOOTHALIGN_LCE_GROUP_N`` (for tuning), else 8."""
-    return int(os.environ.get("SMOOTHALIGN_LCE_GROUP_N", "8"))
+    ``SMOOTHALIGN_LCE_GROUP_N`` (for tuning), else 32. On an H200 (``lce_tune.py
+    --diagnose``, 2026-11-27) 32 took the β = 0.1 backward from 45.0 to 39.8 ms at N = 8192,
+    D = 4096, V = 128256 and from 10.1 to 9.9 ms at D = 2304, V = 256000 against 8: the
+    backward is bound by its atomic adds, and more token blocks in flight per vocabulary
+    block spread the adds into ``dE`` over more rows."""
+    return int(os.environ.get("SMOOTHALIGN_LCE_GROUP_N", "32"))
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
