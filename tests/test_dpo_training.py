@@ -466,7 +466,7 @@ def test_lean_layers_train_like_the_eager_layers(noisy_data, tmp_path):
     kw = dict(smoothing="cals-l2", max_steps=3, learning_rate=1e-3)
     eager = run_dpo(_config(noisy_data, tmp_path / "eager", **kw))
     lean = run_dpo(_config(noisy_data, tmp_path / "lean", lean_layers=True, **kw))
-    assert any("lean layers: 5 RMSNorm and 2 MLP" in n for n in lean.notes), lean.notes
+    assert any("lean layers: 5 RMSNorm, 2 MLP and 2 attention" in n for n in lean.notes), lean.notes
     a = load_file(tmp_path / "eager" / "final" / "model.safetensors")
     b = load_file(tmp_path / "lean" / "final" / "model.safetensors")
     for k in a:

@@ -100,7 +100,7 @@ def test_lean_model_has_the_same_outputs_and_near_gradients(dtype, device, kerne
     monkeypatch.setenv("SMOOTHALIGN_LEAN_TRITON", "1" if kernels else "0")
     eager, lean, counts = _tiny_pair(dtype, device)
     n_layers = eager.config.num_hidden_layers
-    assert counts == {"norm": 2 * n_layers + 1, "mlp": n_layers}
+    assert counts == {"norm": 2 * n_layers + 1, "mlp": n_layers, "rope": n_layers}
     ref = copy.deepcopy(eager).double()
     gen = torch.Generator().manual_seed(2)
     ids = torch.randint(0, eager.config.vocab_size, (2, 9), generator=gen).to(device)

@@ -219,3 +219,65 @@ def test_recomputed_outputs_are_the_kernels_own():
         grads.append([t.grad for t in (x, w, a, b)])
     for u, v in zip(*grads, strict=True):
         assert torch.equal(u, v)
+
+
+def _rope_inputs(q_dtype, table_dtype, batch_tables: bool, seed: int = 7):
+    """q [2, 3, 5, 12] as a transposed view of [2, 5, 3, 12] (transformers' layout), k with
+    one head, cos/sin with both halves the same angles (Llama's), broadcast over the batch
+    or not; 3 heads and half-width 6 are not powers of two (masked lanes)."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, 5, 3, 12, generator=g, dtype=torch.float64).transpose(1, 2)
+    k = torch.randn(2, 1, 5, 12, generator=g, dtype=torch.float64)
+    pos = torch.arange(5, dtype=torch.float64)[:, None] + (
+        torch.rand(2 if batch_tables else 1, 1, 1, generator=g, dtype=torch.float64)
+    )
+    ang = pos * torch.linspace(0.1, 1.7, 6, dtype=torch.float64)
+    ang = torch.cat([ang, ang], -1)
+    cos, sin = ang.cos(), ang.sin()
+    gq = torch.randn(2, 3, 5, 12, generator=g, dtype=torch.float64)
+    gk = torch.randn(2, 1, 5, 12, generator=g, dtype=torch.float64)
+    cast = [t.to(DEV, q_dtype) for t in (q, k)] + [t.to(DEV, table_dtype) for t in (cos, sin)]
+    return cast, (q, k, cos, sin), (gq, gk)
+
+
+@pytest.mark.parametrize(
+    "q_dtype, table_dtype, batch_tables",
+    [
+        (torch.float32, torch.float32, True),
+        (torch.bfloat16, torch.bfloat16, False),
+        (torch.float16, torch.float16, True),
+        (torch.float16, torch.float32, False),  # autocast with fp32 weights
+    ],
+)
+@here
+def test_rope_kernel_matches_the_eager_formula_and_float64(q_dtype, table_dtype, batch_tables):
+    """Outputs and gradients of the kernel against the eager formula in the same dtypes
+    (on a GPU bf16/fp16 bit for bit: it rounds where eager rounds; the interpreter, which
+    truncates to bf16, within one rounding) and against float64."""
+    from smoothalign.kernels.lean_rotary import rotary
+
+    (q0, k0, cos, sin), ref_in, (gq, gk) = _rope_inputs(q_dtype, table_dtype, batch_tables)
+    got = {}
+    for backend in ("torch", "triton"):
+        q, k = q0.detach().clone().requires_grad_(), k0.detach().clone().requires_grad_()
+        q_out, k_out = rotary(q, k, cos, sin, backend=backend)
+        (q_out * gq.to(DEV, q_out.dtype)).sum().backward(retain_graph=True)
+        (k_out * gk.to(DEV, k_out.dtype)).sum().backward()
+        got[backend] = (q_out.detach(), k_out.detach(), q.grad, k.grad)
+    q64, k64 = (t.clone().requires_grad_() for t in ref_in[:2])
+    c64, s64 = ref_in[2:]
+    outs64 = rotary(q64, k64, c64, s64, backend="torch")
+    torch.autograd.backward(outs64, (gq, gk))
+    ref = (outs64[0].detach(), outs64[1].detach(), q64.grad, k64.grad)
+    names = ("q out", "k out", "dq", "dk")
+    for name, lean, eager, want in zip(names, got["triton"], got["torch"], ref, strict=True):
+        assert lean.dtype == eager.dtype and lean.shape == eager.shape, name
+        if DEV == "cuda" and q_dtype != torch.float32:
+            assert torch.equal(lean, eager), f"{name}: not the eager rounding"
+        low = min(q_dtype, table_dtype, key=lambda d: torch.finfo(d).bits)
+        _close(lean.cpu(), eager.cpu(), low, f"{name} vs the eager formula")
+        err_l = float((lean.cpu().double() - want).abs().max())
+        err_e = float((eager.cpu().double() - want).abs().max())
+        assert err_l <= err_e + 2 * TOL[low] * float(want.abs().max()) + 1e-9, (name, err_l, err_e)
+    # the output keeps q's layout (transformers' transposed view), as eager's does
+    assert got["triton"][0].stride() == got["torch"][0].stride()

@@ -1,4 +1,5 @@
-"""Triton kernels for the lean RMSNorm and SwiGLU (``kernels.lean_layers``'s GPU path).
+"""Triton kernels for the lean RMSNorm, SwiGLU and rotary embedding (the GPU path of
+``kernels.lean_layers`` and ``kernels.lean_rotary``).
 
 Same arithmetic and the same saved tensors as the PyTorch functions in ``lean_layers``
 (which are the reference and the CPU path): RMSNorm keeps its input and one fp32 ``rstd``
@@ -15,6 +16,8 @@ backward make.
   (``h = n.to(dtype)``) accumulated in fp32 per program and summed over programs after.
 * SwiGLU forward and backward: elementwise, ``silu(gate)`` rounded to the dtype before the
   product with ``up`` (as ``F.silu(gate) * up``).
+* RoPE forward and backward: one program per position, all heads; each product and the
+  sum rounded where the eager operations round them (``kernels.lean_rotary``).
 
 Rounding can differ from PyTorch's in the last place (another reduction order for
 ``mean(x²)``, another ``sigmoid``); the tests bound it. Run on CPU tensors only with
@@ -122,6 +125,57 @@ def _swiglu_bwd_kernel(G, U, DY, DG, DU, numel, BLOCK: tl.constexpr):
     tl.store(DU + offs, (dy * silu).to(DU.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _rope_kernel(
+    X,
+    COS,
+    SIN,
+    Y,
+    S,
+    H,
+    stride_xb,
+    stride_xh,
+    stride_xs,
+    stride_yb,
+    stride_yh,
+    stride_ys,
+    stride_cb,
+    stride_cs,
+    HALF: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_HALF: tl.constexpr,
+    BACKWARD: tl.constexpr,
+):
+    """One (batch, position) per program, every head: the rotation of RoPE, or (BACKWARD)
+    its transpose applied to the output's gradient. Rounded where the eager operations
+    round: each product to Y's dtype, then their sum (see ``rope``)."""
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // S
+    s = pid % S
+    h = tl.arange(0, BLOCK_H)
+    j = tl.arange(0, BLOCK_HALF)
+    jm = j < HALF
+    m = (h < H)[:, None] & jm[None, :]
+    x_at = X + b * stride_xb + s * stride_xs + h[:, None] * stride_xh + j[None, :]
+    x1 = tl.load(x_at, mask=m, other=0.0).to(tl.float32)
+    x2 = tl.load(x_at + HALF, mask=m, other=0.0).to(tl.float32)
+    c_at = b * stride_cb + s * stride_cs + j
+    c1 = tl.load(COS + c_at, mask=jm, other=0.0).to(tl.float32)[None, :]
+    c2 = tl.load(COS + c_at + HALF, mask=jm, other=0.0).to(tl.float32)[None, :]
+    s1 = tl.load(SIN + c_at, mask=jm, other=0.0).to(tl.float32)[None, :]
+    s2 = tl.load(SIN + c_at + HALF, mask=jm, other=0.0).to(tl.float32)[None, :]
+    out = Y.dtype.element_ty
+    if BACKWARD:  # dx = g·cos + rotate_halfᵀ(g·sin), rotate_halfᵀ(u) = (u₂, −u₁)
+        y1 = (x1 * c1).to(out).to(tl.float32) + (x2 * s2).to(out).to(tl.float32)
+        y2 = (x2 * c2).to(out).to(tl.float32) - (x1 * s1).to(out).to(tl.float32)
+    else:  # y = x·cos + rotate_half(x)·sin, rotate_half(x) = (−x₂, x₁)
+        y1 = (x1 * c1).to(out).to(tl.float32) - (x2 * s1).to(out).to(tl.float32)
+        y2 = (x2 * c2).to(out).to(tl.float32) + (x1 * s2).to(out).to(tl.float32)
+    y_at = Y + b * stride_yb + s * stride_ys + h[:, None] * stride_yh + j[None, :]
+    tl.store(y_at, y1.to(out), mask=m)
+    tl.store(y_at + HALF, y2.to(out), mask=m)
+
+
 # ------------------------------------------------------------------------------- host side
 def _rows(x: Tensor) -> Tensor:
     x2 = x.reshape(-1, x.shape[-1])
@@ -203,3 +257,27 @@ def swiglu_backward(gate: Tensor, up: Tensor, grad: Tensor) -> tuple[Tensor, Ten
             gate, up, grad, dg, du, n, BLOCK=SWIGLU_BLOCK
         )
     return dg, du
+
+
+def rope(x: Tensor, cos: Tensor, sin: Tensor, out_dtype: torch.dtype, backward: bool) -> Tensor:
+    """RoPE's rotation of ``x`` ``[B, H, S, hd]`` (any strides, unit stride in ``hd``) by
+    ``cos``/``sin`` ``[B or 1, S, hd]``, or with ``backward`` its transpose (``x`` is then
+    the output's gradient). The result has ``x``'s layout and ``out_dtype``; the products
+    and their sum are rounded to it, as eager ``x·cos + rotate_half(x)·sin`` rounds them
+    (in the backward: to the input's dtype, which autograd casts each gradient to)."""
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    cos, sin = cos.contiguous(), sin.contiguous()
+    y = torch.empty_like(x, dtype=out_dtype)
+    bsz, heads, seq, hd = x.shape
+    half = hd // 2
+    if x.numel():
+        launch = {} if os.environ.get("TRITON_INTERPRET") == "1" else {"num_warps": 4}
+        _rope_kernel[(bsz * seq,)](
+            x, cos, sin, y, seq, heads,
+            x.stride(0), x.stride(1), x.stride(2), y.stride(0), y.stride(1), y.stride(2),
+            cos.stride(0) if cos.shape[0] > 1 else 0, cos.stride(1),
+            HALF=half, BLOCK_H=triton.next_power_of_2(heads),
+            BLOCK_HALF=triton.next_power_of_2(half), BACKWARD=backward, **launch,
+        )  # fmt: skip
+    return y

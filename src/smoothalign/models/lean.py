@@ -1,5 +1,13 @@
 """Swap a model's RMSNorm and SwiGLU MLP forwards for the activation-lean ones of
-``kernels.lean_layers`` (same outputs, fewer tensors kept for the backward).
+``kernels.lean_layers`` (same outputs, fewer tensors kept for the backward), and its
+attention's rotary embedding for ``kernels.lean_rotary``'s (the same values, one Triton
+pass over q and k each way on CUDA).
+
+The rotary embedding is a module-level function of the modeling file
+(``apply_rotary_pos_emb``), not a module. It is replaced there by a dispatcher that calls
+the lean version only inside the forward of a patched attention module (a context
+variable says so) and the original everywhere else, so other models in the process, and
+this model's unpatched parts, compute exactly what they did.
 
 Only classes known to compute exactly ``weight * norm(x).to(dtype)`` and
 ``down_proj(silu(gate_proj(x)) * up_proj(x))`` are touched (Llama, Mistral, Qwen2/3 and
@@ -11,6 +19,9 @@ version that changes a formula leaves that class alone instead of changing the m
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import functools
+import sys
 import types
 from typing import Any
 
@@ -18,9 +29,11 @@ import torch
 from torch import nn
 
 from smoothalign.kernels.lean_layers import recompute_active, recompute_outputs, rms_norm, swiglu
+from smoothalign.kernels.lean_rotary import rotary
 
 NORM_CLASSES = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
 MLP_CLASSES = ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP")
+ATTENTION_CLASSES = ("LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen3Attention")
 LAYER_CLASSES = (
     "LlamaDecoderLayer",
     "MistralDecoderLayer",
@@ -99,18 +112,85 @@ def _recomputed_norm_forward(self, hidden_states, backend="auto"):
     )
 
 
+_LEAN_ROPE = contextvars.ContextVar("smoothalign_lean_rope", default=False)
+
+
+def _rope_dispatcher(original):
+    """``apply_rotary_pos_emb`` for a modeling file: the lean rotary embedding inside a
+    patched attention forward (and for the plain 4-argument call only), else ``original``."""
+
+    @functools.wraps(original)
+    def apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs):
+        if _LEAN_ROPE.get() and not args and not kwargs:
+            return rotary(q, k, cos, sin)
+        return original(q, k, cos, sin, *args, **kwargs)
+
+    apply_rotary_pos_emb.smoothalign_original = original
+    return apply_rotary_pos_emb
+
+
+def _same_rope(module: nn.Module, original) -> bool:
+    """``original`` (the modeling file's function) computes what ``rotary`` does, bit for
+    bit, on random q, k, cos, sin in the module's dtype and device (PyTorch path)."""
+    param = next(module.parameters())
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g).to(device=param.device, dtype=param.dtype)
+
+    q, k, cos, sin = rand(2, 3, 5, 8), rand(2, 1, 5, 8), rand(2, 5, 8), rand(2, 5, 8)
+    with torch.no_grad():
+        try:
+            want = original(q, k, cos, sin)
+        except Exception:  # another signature: leave it alone
+            return False
+        got = rotary(q, k, cos, sin, backend="torch")
+    return all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
+
+
+def _lean_attention_forward(self, *args, **kwargs):
+    """The attention's own (class) forward, with the lean rotary embedding switched on for
+    its call of the modeling file's ``apply_rotary_pos_emb``."""
+    token = _LEAN_ROPE.set(True)
+    try:
+        return type(self).forward(self, *args, **kwargs)
+    finally:
+        _LEAN_ROPE.reset(token)
+
+
+def _patch_rope(module: nn.Module) -> bool:
+    """Route ``module``'s rotary embedding to the lean one; False (and nothing changed) when
+    its modeling file has no ``apply_rotary_pos_emb`` computing the eager formula."""
+    home = sys.modules.get(type(module).__module__)
+    current = getattr(home, "apply_rotary_pos_emb", None)
+    if current is None:
+        return False
+    original = getattr(current, "smoothalign_original", current)
+    if not _same_rope(module, original):
+        return False
+    if current is original:
+        home.apply_rotary_pos_emb = _rope_dispatcher(original)
+    module.forward = types.MethodType(_lean_attention_forward, module)
+    return True
+
+
 def use_lean_layers(model: nn.Module, recompute: bool = False) -> dict[str, int]:
-    """Patch ``model``'s supported RMSNorm and MLP modules in place; returns how many of
-    each were patched (``{"norm": n, "mlp": m}``; zeros for an unsupported architecture).
+    """Patch ``model``'s supported RMSNorm, MLP and attention modules in place; returns how
+    many of each were patched (``{"norm": n, "mlp": m, "rope": r}``; zeros for an
+    unsupported architecture).
     With ``recompute``, each decoder layer of a supported class that holds patched modules
     also runs inside :func:`~smoothalign.kernels.lean_layers.recompute_outputs`, so that the
     norms' outputs and the SwiGLU product are recomputed in the backward instead of kept
     (``"layers"``: how many)."""
     checked: dict[type, bool] = {}
-    counts = {"norm": 0, "mlp": 0}
+    counts = {"norm": 0, "mlp": 0, "rope": 0}
     for module in model.modules():
         cls = type(module)
         name = cls.__name__
+        if name in ATTENTION_CLASSES:
+            if "forward" not in vars(module) and _patch_rope(module):
+                counts["rope"] += 1
+            continue
         if name in NORM_CLASSES and hasattr(module, "variance_epsilon"):
             kind, lean, width = "norm", _lean_norm_forward, module.weight.shape[-1]
         elif name in MLP_CLASSES and _is_silu(getattr(module, "act_fn", None)):

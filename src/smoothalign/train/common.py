@@ -236,7 +236,10 @@ def apply_lean_layers(model, setting: str = "on") -> str:
     from smoothalign.models.lean import use_lean_layers
 
     counts = use_lean_layers(model, recompute=setting == "recompute")
-    note = f"lean layers: {counts['norm']} RMSNorm and {counts['mlp']} MLP modules"
+    note = (
+        f"lean layers: {counts['norm']} RMSNorm, {counts['mlp']} MLP and {counts['rope']} "
+        "attention (rotary embedding) modules"
+    )
     if "layers" in counts:
         note += f", outputs recomputed in {counts['layers']} decoder layers"
     return note + ("" if any(counts.values()) else " (none of this architecture is supported)")
