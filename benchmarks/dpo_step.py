@@ -186,12 +186,14 @@ def run_ours(
         report_to=[],
     )
     checkpointing(model, gc)
-    if lean:  # the policy only: the reference runs without gradients, so it keeps nothing
+    if lean:  # the reference too, as the CLI's frozen copy of the patched policy is (its
+        # forward is then the kernels' as well; without gradients it keeps nothing either way)
         from smoothalign.models.lean import use_lean_layers
 
-        patched = use_lean_layers(model, recompute=recompute)
-        if not all(patched.values()):
-            raise RuntimeError(f"lean layers: nothing patched in part ({patched})")
+        for m in (model, ref):
+            patched = use_lean_layers(m, recompute=recompute)
+            if not all(patched.values()):
+                raise RuntimeError(f"lean layers: nothing patched in part ({patched})")
     trainer = SmoothDPOTrainer(
         model=model,
         args=targs,
