@@ -272,7 +272,9 @@ def test_rope_kernel_matches_the_eager_formula_and_float64(q_dtype, table_dtype,
     names = ("q out", "k out", "dq", "dk")
     for name, lean, eager, want in zip(names, got["triton"], got["torch"], ref, strict=True):
         assert lean.dtype == eager.dtype and lean.shape == eager.shape, name
-        if DEV == "cuda" and q_dtype != torch.float32:
+        # 16-bit results: each product rounded, as eager rounds it. An fp32 result may
+        # differ in the last bit: Triton may fuse a product and the sum into one FMA
+        if DEV == "cuda" and lean.dtype != torch.float32:
             assert torch.equal(lean, eager), f"{name}: not the eager rounding"
         low = min(q_dtype, table_dtype, key=lambda d: torch.finfo(d).bits)
         _close(lean.cpu(), eager.cpu(), low, f"{name} vs the eager formula")
