@@ -175,6 +175,15 @@ def test_lean_layers_setting(monkeypatch):
         assert lean_layers_enabled("auto") is cuda
         assert lean_layers_enabled("on") and not lean_layers_enabled("off")
     assert DPOConfig().lean_layers == SFTConfig().lean_layers == "auto"
+    # auto, where it is on (CUDA), also recomputes the norm outputs and SwiGLU products
+    from smoothalign.train.common import apply_lean_layers
+
+    layers = build_tiny_model().config.num_hidden_layers
+    for setting, cuda, recomputed in (("auto", True, True), ("on", True, False),
+                                      ("recompute", False, True)):  # fmt: skip
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        note = apply_lean_layers(build_tiny_model(), setting)
+        assert (f"recomputed in {layers} decoder layers" in note) is recomputed, (setting, note)
     assert DPOConfig(lean_layers=True).lean_layers == "on"
     assert SFTConfig(lean_layers=False).lean_layers == "off"
     for cls in (DPOConfig, SFTConfig):

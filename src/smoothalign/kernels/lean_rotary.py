@@ -9,10 +9,14 @@ Eager PyTorch spends five launches per tensor on it in the forward (two products
 negation, a concatenation, a sum) and about as many in the backward, each a full read and
 write of ``q`` or ``k``: at the Llama-3.2-1B DPO benchmark's shape the profile put RoPE at
 about a tenth of the step. On CUDA (``backend="auto"``) the Triton kernel of
-``kernels.triton_layers`` reads and writes each tensor once, and rounds where the eager
-operations round (each product, then the sum, to the result's dtype; in the backward to
-the input's), so on a GPU its outputs and gradients are those of the eager operations bit
-for bit. Like eager, it keeps only ``cos`` and ``sin`` for the backward.
+``kernels.triton_layers`` reads and writes each tensor once. Its source rounds where the
+eager operations round (each product, then the sum, to the result's dtype; in the backward
+to the input's), but compiled on an H200 its bf16/fp16 forward did not round the products
+before their difference (the tests saw up to a dozen units in the last place where the two
+products cancel, with the kernel the closer to float64), so it is the eager formula to
+within the rounding of its terms, not bit for bit. The tests hold it to that and to being
+no further from float64 than eager. Like eager, it keeps only ``cos`` and ``sin`` for the
+backward.
 
 The PyTorch path is the eager formula itself. It is taken on CPU, for other shapes (an odd
 head dimension, ``cos`` not ``[B or 1, S, hd]``), when ``cos``/``sin`` need a gradient,

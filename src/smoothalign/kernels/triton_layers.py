@@ -16,8 +16,9 @@ backward make.
   (``h = n.to(dtype)``) accumulated in fp32 per program and summed over programs after.
 * SwiGLU forward and backward: elementwise, ``silu(gate)`` rounded to the dtype before the
   product with ``up`` (as ``F.silu(gate) * up``).
-* RoPE forward and backward: one program per position, all heads; each product and the
-  sum rounded where the eager operations round them (``kernels.lean_rotary``).
+* RoPE forward and backward: one program per position, all heads; written to round each
+  product and the sum where the eager operations round them, though the compiled forward
+  was seen not to round the products (``kernels.lean_rotary``).
 
 Rounding can differ from PyTorch's in the last place (another reduction order for
 ``mean(x²)``, another ``sigmoid``); the tests bound it. Run on CPU tensors only with
@@ -264,7 +265,8 @@ def rope(x: Tensor, cos: Tensor, sin: Tensor, out_dtype: torch.dtype, backward: 
     ``cos``/``sin`` ``[B or 1, S, hd]``, or with ``backward`` its transpose (``x`` is then
     the output's gradient). The result has ``x``'s layout and ``out_dtype``; the products
     and their sum are rounded to it, as eager ``x·cos + rotate_half(x)·sin`` rounds them
-    (in the backward: to the input's dtype, which autograd casts each gradient to)."""
+    (in the backward: to the input's dtype, which autograd casts each gradient to). The
+    compiler may drop a product's rounding (see ``kernels.lean_rotary``)."""
     if x.stride(-1) != 1:
         x = x.contiguous()
     cos, sin = cos.contiguous(), sin.contiguous()

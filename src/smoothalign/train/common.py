@@ -225,17 +225,20 @@ def load_checked(
 
 
 def lean_layers_enabled(setting: str) -> bool:
-    """``--lean-layers``: ``on`` or ``recompute``, ``off``, or ``auto`` (on when training
-    runs on CUDA, where the Triton kernels make it faster as well as leaner:
+    """``--lean-layers``: ``on`` or ``recompute``, ``off``, or ``auto`` (``recompute`` when
+    training runs on CUDA, where the Triton kernels make it faster as well as leaner:
     docs/results.md)."""
     return setting in ("on", "recompute") or (setting == "auto" and torch.cuda.is_available())
 
 
 def apply_lean_layers(model, setting: str = "on") -> str:
-    """``--lean-layers``: patch ``model`` (``smoothalign.models.lean``); the run's note."""
+    """``--lean-layers``: patch ``model`` (``smoothalign.models.lean``); the run's note.
+    ``auto`` (when enabled, i.e. on CUDA) recomputes the norm outputs and SwiGLU product:
+    on an H200 that cost 5 ms of a 304 ms DPO step and saved 5.8 GiB of its 28.9."""
     from smoothalign.models.lean import use_lean_layers
 
-    counts = use_lean_layers(model, recompute=setting == "recompute")
+    recompute = setting == "recompute" or (setting == "auto" and torch.cuda.is_available())
+    counts = use_lean_layers(model, recompute=recompute)
     note = (
         f"lean layers: {counts['norm']} RMSNorm, {counts['mlp']} MLP and {counts['rope']} "
         "attention (rotary embedding) modules"
