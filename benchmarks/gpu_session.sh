@@ -250,7 +250,8 @@ if want pytest; then
         tests/test_lean_layers.py \
         tests/test_lean_layers_triton.py \
         "tests/test_sft_training.py::test_fused_kernel_trains_like_the_reference" \
-        "tests/test_dpo_training.py::test_fused_logps_train_like_materialised_logits" ;;
+        "tests/test_dpo_training.py::test_fused_logps_train_like_materialised_logits" \
+        "tests/test_dpo_training.py::test_cuda_defaults_train_like_the_plain_path" ;;
     dry) run 120 "$PY" -m pytest -q -p no:cacheprovider -rfE tests/test_kernels_triton.py \
         tests/test_policies.py -k "not child_process" ;;
     *) echo "skipped: no CUDA (--dry-run runs the CPU smoke form)" ;;

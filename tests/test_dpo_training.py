@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -464,7 +465,7 @@ def test_lean_layers_train_like_the_eager_layers(noisy_data, tmp_path):
     """--lean-layers changes what autograd keeps, not the training: same weights after a few
     steps (float32, up to rounding) and the notes say what was patched."""
     kw = dict(smoothing="cals-l2", max_steps=3, learning_rate=1e-3)
-    eager = run_dpo(_config(noisy_data, tmp_path / "eager", **kw))
+    eager = run_dpo(_config(noisy_data, tmp_path / "eager", lean_layers="off", **kw))
     lean = run_dpo(_config(noisy_data, tmp_path / "lean", lean_layers=True, **kw))
     assert any("lean layers: 5 RMSNorm, 2 MLP and 2 attention" in n for n in lean.notes), lean.notes
     a = load_file(tmp_path / "eager" / "final" / "model.safetensors")
@@ -477,6 +478,23 @@ def test_lean_layers_train_like_the_eager_layers(noisy_data, tmp_path):
     assert any("outputs recomputed in 2 decoder layers" in n for n in rec.notes), rec.notes
     c = load_file(tmp_path / "rec" / "final" / "model.safetensors")
     assert all(torch.equal(b[k], c[k]) for k in b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (its defaults)")
+def test_cuda_defaults_train_like_the_plain_path(noisy_data, tmp_path):
+    """On CUDA the defaults are bf16 autocast over fp32 weights, --lean-layers recompute
+    (Triton RMSNorm, SwiGLU and RoPE, outputs recomputed) and --fused-logps (the Triton
+    kernel): three steps train like lean layers off and materialised logits, to bf16
+    rounding (the margins agree loosely; NaN or a broken gradient would not)."""
+    kw = dict(smoothing="cals-l2", max_steps=3, learning_rate=1e-3)
+    default = run_dpo(_config(noisy_data, tmp_path / "default", **kw))
+    assert any("outputs recomputed in 2 decoder layers" in n for n in default.notes)
+    plain = run_dpo(
+        _config(noisy_data, tmp_path / "plain", lean_layers="off", fused_logps="off", **kw)
+    )
+    a, b = default.after["margin_mean"], plain.after["margin_mean"]
+    assert math.isfinite(a) and b != 0.0
+    assert a == pytest.approx(b, rel=0.2, abs=5e-3)
 
 
 def test_validation_json_lists_every_skipped_row_and_data_objects_are_described(tmp_path):
