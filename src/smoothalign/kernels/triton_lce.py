@@ -658,7 +658,10 @@ def _backward(
             **extra,
         )
         if de_buf is not None:
-            de_out[s : s + rows] = de_buf.to(e.dtype)
+            # cast while copying: `= de_buf.to(e.dtype)` would first allocate a 16-bit copy
+            # of the chunk, alive beside the fp32 buffer at the backward's peak (16 MiB at
+            # the benchmark shapes, 1.4% of the gradients)
+            de_out[s : s + rows].copy_(de_buf)
     dc = dc_buf.to(c.dtype) if dc_buf is not None else None
     return de_out, dc, (db.to(bias.dtype) if db is not None else None)
 
