@@ -96,14 +96,15 @@ def tune_shape(inputs, args, record) -> None:
 # backward configurations for --diagnose (besides the default): wider vocabulary blocks
 # and taller token blocks add fewer atomic bytes per product (module doc of triton_lce)
 DIAG_BWD = ["64,256,64,8,3", "128,128,64,8,3", "128,256,64,8,3", "32,256,64,4,3"]
-PARTS = {"dE+dC": (True, True, False), "dE": (True, False, False), "dC": (False, True, False),
-         "recompute": (False, False, False)}  # fmt: skip
+# (no "neither" part: with no gradient to write, the compiler drops the recompute and the
+# row would time an empty kernel; run E recorded such rows at 0.2-0.5 ms)
+PARTS = {"dE+dC": (True, True, False), "dE": (True, False, False), "dC": (False, True, False)}
 
 
 def diagnose_shape(inputs, args, record) -> None:
     """Where the backward's time goes, at one shape: the backward alone (after one
-    untimed forward), computing ``dE`` and ``dC``, each alone, or neither (recompute and
-    filter only), with and without the forward's block maxima and without filtering; for
+    untimed forward), computing ``dE`` and ``dC`` or each alone, with and without the
+    forward's block maxima and without filtering; for
     the default and ``DIAG_BWD`` configurations and three ``GROUP_N``. Against a cuBLAS
     ``[N, D] × [D, V]`` product, the floor of each of the three matrix products."""
     from smoothalign.kernels import triton_lce as K
@@ -133,8 +134,7 @@ def diagnose_shape(inputs, args, record) -> None:
             _, lse, c_mean, maxima = fwd()
             variants = [(part, maxima, eps) for part in PARTS]
             if cfg is None and group_n is None:
-                variants += [("dE+dC", None, eps), ("recompute", None, eps), ("dE+dC", None, None),
-                             ("recompute", None, None)]  # fmt: skip
+                variants += [("dE+dC", None, eps), ("dE+dC", None, None)]
             for part, bm, filt in variants:
                 label = f"{name}: {part}" + ("" if bm is not None else ", no block max")
                 label += "" if filt is not None else ", no filter"
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--diagnose",
         action="store_true",
-        help="instead of the sweep: the backward's time by part (dE, dC, recompute) per shape",
+        help="instead of the sweep: the backward's time by part (dE, dC) per shape",
     )
     args = p.parse_args(argv)
     rows: list[dict] = []

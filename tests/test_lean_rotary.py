@@ -5,6 +5,8 @@ The Triton kernel's own tests are in ``test_lean_layers_triton.py``."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from transformers.models.llama import modeling_llama
@@ -14,12 +16,15 @@ from smoothalign.kernels.lean_rotary import rotary
 from smoothalign.models.lean import use_lean_layers
 from smoothalign.models.loading import build_tiny_model
 
+_installed = modeling_llama.apply_rotary_pos_emb  # another test file may have patched it
+ORIGINAL = getattr(_installed, "smoothalign_original", _installed)
+
 
 @pytest.fixture(autouse=True)
-def _restore_modeling_function(monkeypatch):
-    """Patching installs a dispatcher in transformers' modeling file: put the original back
-    after each test (monkeypatch restores what it set)."""
-    monkeypatch.setattr(modeling_llama, "apply_rotary_pos_emb", modeling_llama.apply_rotary_pos_emb)
+def _original_modeling_function(monkeypatch):
+    """Each test starts from transformers' own function, as a fresh process does (earlier
+    test files may have installed the dispatcher), and monkeypatch puts back what was there."""
+    monkeypatch.setattr(modeling_llama, "apply_rotary_pos_emb", ORIGINAL)
 
 
 def _tables(bsz, seq, hd, dtype, gen):
@@ -88,16 +93,47 @@ def test_dispatcher_serves_patched_attention_only(monkeypatch):
     counts = use_lean_layers(patched)
     n_layers = patched.config.num_hidden_layers
     assert counts["rope"] == n_layers
-    assert modeling_llama.apply_rotary_pos_emb.smoothalign_original is not None
+    assert modeling_llama.apply_rotary_pos_emb.smoothalign_original is ORIGINAL
     calls.clear()  # the patch-time check's own call
     after = plain(input_ids=ids).logits
     assert calls == [] and torch.equal(before, after)
     out = patched(input_ids=ids).logits
     assert len(calls) == n_layers and torch.equal(out, before)
-    # patching again (or a second model) keeps one dispatcher around the original
+    # patching again (or a second model, or a copy) keeps one dispatcher around the
+    # original, and counts the attention modules that are patched, also when they were
     dispatcher = modeling_llama.apply_rotary_pos_emb
-    use_lean_layers(plain)
+    assert use_lean_layers(plain)["rope"] == n_layers
+    assert use_lean_layers(patched)["rope"] == n_layers
+    assert use_lean_layers(copy.deepcopy(patched))["rope"] == n_layers
     assert modeling_llama.apply_rotary_pos_emb is dispatcher
+
+
+def test_an_attention_with_a_forward_of_its_own_is_left_alone():
+    """An instance forward that is not ours (another library's patch, accelerate's hooks)
+    is neither replaced nor counted."""
+    model = build_tiny_model()
+    attn = model.model.layers[0].self_attn
+    theirs = attn.forward
+    attn.forward = lambda *a, **k: theirs(*a, **k)
+    counts = use_lean_layers(model)
+    assert counts["rope"] == model.config.num_hidden_layers - 1
+    assert "forward" in vars(attn) and not lean_mod._rope_patched(attn)
+
+
+def test_torch_compile_traces_patched_and_unpatched_models_whole():
+    """The dispatcher reads a context variable, which torch.compile cannot trace: while it
+    traces, the dispatcher and the patched forward leave it alone, so an unpatched model of
+    the same modeling file, and the patched one, still compile as one graph each."""
+    torch.manual_seed(0)
+    patched, plain = build_tiny_model(), build_tiny_model()
+    use_lean_layers(patched)
+    gen = torch.Generator().manual_seed(4)
+    ids = torch.randint(0, plain.config.vocab_size, (1, 6), generator=gen)
+    for model in (plain, patched):
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend="eager", fullgraph=True)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(input_ids=ids).logits, model(input_ids=ids).logits)
 
 
 def test_a_changed_modeling_function_is_left_alone(monkeypatch):

@@ -97,9 +97,10 @@ LEAN_LAYERS = ("auto", "on", "off", "recompute")
 
 
 def check_lean_layers(value: Any) -> str:
-    """``--lean-layers``: ``auto`` (on for CUDA), ``on``, ``off`` or ``recompute`` (on, and
-    the norms' outputs and the SwiGLU product recomputed in the backward); ``True``/``False``
-    from older configs and the Python API mean ``on``/``off``."""
+    """``--lean-layers``: ``auto`` (``recompute`` on CUDA, ``off`` elsewhere), ``on``,
+    ``off`` or ``recompute`` (on, and the norms' outputs and the SwiGLU product recomputed
+    in the backward); ``True``/``False`` from older configs and the Python API mean
+    ``on``/``off``."""
     if isinstance(value, bool):
         return "on" if value else "off"
     if value not in LEAN_LAYERS:

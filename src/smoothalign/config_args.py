@@ -29,11 +29,11 @@ TRAINING_HELP = {
     "trust_remote_code": "allow custom model code from a local model folder",
     "gradient_checkpointing": "recompute each decoder layer's activations in the backward "
     "instead of keeping them (much less activation memory for about a third more time)",
-    "lean_layers": "RMSNorm, SwiGLU and rotary embedding that keep fewer activations for the "
-    "backward (same outputs; Llama, Mistral, Qwen2/3 layers; about 30%% less activation memory "
-    "at Llama-3.2-1B shapes; Triton kernels on CUDA): auto (recompute on CUDA, off on the CPU), "
-    "on, off, or recompute (on, and the norm outputs and SwiGLU product recomputed in the "
-    "backward: about half the eager activations)",
+    "lean_layers": "RMSNorm and SwiGLU that keep fewer activations for the backward, and a "
+    "faster rotary embedding (same formulas; Llama, Mistral, Qwen2/3 layers; about 30%% less "
+    "activation memory at Llama-3.2-1B shapes; Triton kernels on CUDA): auto (recompute on "
+    "CUDA, off on the CPU), on, off, or recompute (on, and the norm outputs and SwiGLU product "
+    "recomputed in the backward: about half the eager activations)",
     "bins": "CALS: number of forecast bins K (even)",
     "init_confidence": "CALS: prior confidence c0 (1.0 = no smoothing until evidence arrives)",
     "prior_strength": "CALS: pseudo-pairs κ of prior per bin (never decayed)",

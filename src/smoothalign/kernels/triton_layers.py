@@ -148,12 +148,12 @@ def _rope_kernel(
     BACKWARD: tl.constexpr,
 ):
     """One (batch, position) per program, every head: the rotation of RoPE, or (BACKWARD)
-    its transpose applied to the output's gradient. Rounded where the eager operations
-    round: each product to Y's dtype, then their sum (see ``rope``)."""
+    its transpose applied to the output's gradient. Written to round where the eager
+    operations round (each product to Y's dtype, then their sum); see ``rope``."""
     pid = tl.program_id(0).to(tl.int64)
     b = pid // S
     s = pid % S
-    h = tl.arange(0, BLOCK_H)
+    h = tl.arange(0, BLOCK_H).to(tl.int64)  # h·stride: past 2³¹ for long contiguous grads
     j = tl.arange(0, BLOCK_HALF)
     jm = j < HALF
     m = (h < H)[:, None] & jm[None, :]

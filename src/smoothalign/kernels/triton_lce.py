@@ -417,10 +417,14 @@ def _group_n() -> int:
     """Token blocks that sweep the vocabulary together in the backward (``GROUP_N``):
     ``SMOOTHALIGN_LCE_GROUP_N`` (for tuning), else 32. On an H200 (``lce_tune.py
     --diagnose``, 2026-11-27) 32 took the β = 0.1 backward from 45.0 to 39.8 ms at N = 8192,
-    D = 4096, V = 128256 and from 10.1 to 9.9 ms at D = 2304, V = 256000 against 8: the
-    backward is bound by its atomic adds, and more token blocks in flight per vocabulary
-    block spread the adds into ``dE`` over more rows."""
-    return int(os.environ.get("SMOOTHALIGN_LCE_GROUP_N", "32"))
+    D = 4096, V = 128256 and from 10.1 to 9.9 ms at D = 2304, V = 256000 against 8. The
+    timings point to the atomic adds as the bound (docs/results.md, runs E and F: an
+    inference, not a profile); more token blocks in flight per vocabulary block spread the
+    adds into ``dE`` over more rows."""
+    raw = os.environ.get("SMOOTHALIGN_LCE_GROUP_N", "32")
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"SMOOTHALIGN_LCE_GROUP_N: {raw!r}; a positive whole number")
+    return int(raw)
 
 
 def _dot_precision(dtype: torch.dtype) -> str:

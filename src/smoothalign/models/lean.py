@@ -1,7 +1,7 @@
 """Swap a model's RMSNorm and SwiGLU MLP forwards for the activation-lean ones of
 ``kernels.lean_layers`` (same outputs, fewer tensors kept for the backward), and its
-attention's rotary embedding for ``kernels.lean_rotary``'s (the same values, one Triton
-pass over q and k each way on CUDA).
+attention's rotary embedding for ``kernels.lean_rotary``'s (the same formula, one Triton
+pass over q and k each way on CUDA: a speed change, it keeps what eager keeps).
 
 The rotary embedding is a module-level function of the modeling file
 (``apply_rotary_pos_emb``), not a module. It is replaced there by a dispatcher that calls
@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import sys
+import inspect
 import types
 from typing import Any
 
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from smoothalign.kernels.lean_layers import recompute_active, recompute_outputs, rms_norm, swiglu
-from smoothalign.kernels.lean_rotary import rotary
+from smoothalign.kernels.lean_rotary import rotary, warn_once
 
 NORM_CLASSES = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
 MLP_CLASSES = ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP")
@@ -117,26 +117,36 @@ _LEAN_ROPE = contextvars.ContextVar("smoothalign_lean_rope", default=False)
 
 def _rope_dispatcher(original):
     """``apply_rotary_pos_emb`` for a modeling file: the lean rotary embedding inside a
-    patched attention forward (and for the plain 4-argument call only), else ``original``."""
+    patched attention forward (and for the plain 4-argument call only), else ``original``.
+    While torch.compile traces, always ``original`` (its compiler fuses the formula itself):
+    a context variable cannot be traced, and reading one would break every graph of every
+    model of this modeling file, patched or not."""
 
     @functools.wraps(original)
     def apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs):
-        if _LEAN_ROPE.get() and not args and not kwargs:
-            return rotary(q, k, cos, sin)
-        return original(q, k, cos, sin, *args, **kwargs)
+        if torch.compiler.is_compiling() or not _LEAN_ROPE.get():
+            return original(q, k, cos, sin, *args, **kwargs)
+        if args or kwargs:  # a call the lean version does not take (unsqueeze_dim, ...)
+            warn_once(
+                "lean layers: apply_rotary_pos_emb called with more than (q, k, cos, sin); "
+                "the modeling file's own function is used"
+            )
+            return original(q, k, cos, sin, *args, **kwargs)
+        return rotary(q, k, cos, sin)
 
     apply_rotary_pos_emb.smoothalign_original = original
     return apply_rotary_pos_emb
 
 
-def _same_rope(module: nn.Module, original) -> bool:
-    """``original`` (the modeling file's function) computes what ``rotary`` does, bit for
-    bit, on random q, k, cos, sin in the module's dtype and device (PyTorch path)."""
-    param = next(module.parameters())
+@functools.cache
+def _same_rope(original, device: str, dtype: torch.dtype) -> bool:
+    """``original`` (a modeling file's function) computes what ``rotary`` does, bit for
+    bit, on random q, k, cos, sin of this dtype and device (PyTorch path); once per
+    function, device and dtype."""
     g = torch.Generator(device="cpu").manual_seed(0)
 
     def rand(*shape):
-        return torch.randn(*shape, generator=g).to(device=param.device, dtype=param.dtype)
+        return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
 
     q, k, cos, sin = rand(2, 3, 5, 8), rand(2, 1, 5, 8), rand(2, 5, 8), rand(2, 5, 8)
     with torch.no_grad():
@@ -150,7 +160,10 @@ def _same_rope(module: nn.Module, original) -> bool:
 
 def _lean_attention_forward(self, *args, **kwargs):
     """The attention's own (class) forward, with the lean rotary embedding switched on for
-    its call of the modeling file's ``apply_rotary_pos_emb``."""
+    its call of the modeling file's ``apply_rotary_pos_emb`` (not while torch.compile
+    traces: see ``_rope_dispatcher``)."""
+    if torch.compiler.is_compiling():
+        return type(self).forward(self, *args, **kwargs)
     token = _LEAN_ROPE.set(True)
     try:
         return type(self).forward(self, *args, **kwargs)
@@ -158,18 +171,32 @@ def _lean_attention_forward(self, *args, **kwargs):
         _LEAN_ROPE.reset(token)
 
 
+def _rope_patched(module: nn.Module) -> bool:
+    own = vars(module).get("forward")
+    return getattr(own, "__func__", None) is _lean_attention_forward
+
+
 def _patch_rope(module: nn.Module) -> bool:
-    """Route ``module``'s rotary embedding to the lean one; False (and nothing changed) when
-    its modeling file has no ``apply_rotary_pos_emb`` computing the eager formula."""
-    home = sys.modules.get(type(module).__module__)
-    current = getattr(home, "apply_rotary_pos_emb", None)
+    """Route ``module``'s rotary embedding to the lean one; True if it is (also when it
+    already was). False, and nothing changed, when the module has a forward of its own
+    (another patch, accelerate's hooks) or the module its forward runs in has no
+    ``apply_rotary_pos_emb`` computing the eager formula. The function is looked up in
+    the globals of the forward that runs (``inspect.unwrap``: through decorators), which
+    is the right modeling file also for a class that inherits its forward."""
+    if _rope_patched(module):
+        return True
+    if "forward" in vars(module):
+        return False
+    home = getattr(inspect.unwrap(type(module).forward), "__globals__", {})
+    current = home.get("apply_rotary_pos_emb")
     if current is None:
         return False
     original = getattr(current, "smoothalign_original", current)
-    if not _same_rope(module, original):
+    param = next(module.parameters(), None)
+    if param is None or not _same_rope(original, str(param.device), param.dtype):
         return False
     if current is original:
-        home.apply_rotary_pos_emb = _rope_dispatcher(original)
+        home["apply_rotary_pos_emb"] = _rope_dispatcher(original)
     module.forward = types.MethodType(_lean_attention_forward, module)
     return True
 
@@ -188,8 +215,7 @@ def use_lean_layers(model: nn.Module, recompute: bool = False) -> dict[str, int]
         cls = type(module)
         name = cls.__name__
         if name in ATTENTION_CLASSES:
-            if "forward" not in vars(module) and _patch_rope(module):
-                counts["rope"] += 1
+            counts["rope"] += _patch_rope(module)
             continue
         if name in NORM_CLASSES and hasattr(module, "variance_epsilon"):
             kind, lean, width = "norm", _lean_norm_forward, module.weight.shape[-1]

@@ -44,7 +44,7 @@ class SFTConfig:
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False  # recompute layer activations in the backward
     lean_layers: str = (
-        "auto"  # RMSNorm/SwiGLU keeping fewer activations: auto (on CUDA) | on | off | recompute
+        "auto"  # lean RMSNorm/SwiGLU/RoPE: auto (recompute on CUDA) | on | off | recompute
     )
     # bookkeeping
     logging_steps: int = 5

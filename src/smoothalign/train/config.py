@@ -58,7 +58,7 @@ class DPOConfig:
     gradient_checkpointing: bool = False  # recompute layer activations in the backward
     fused_logps: str = "auto"  # log-probs without the [N, V] logits: auto (on CUDA) | on | off
     lean_layers: str = (
-        "auto"  # RMSNorm/SwiGLU keeping fewer activations: auto (on CUDA) | on | off | recompute
+        "auto"  # lean RMSNorm/SwiGLU/RoPE: auto (recompute on CUDA) | on | off | recompute
     )
     # bookkeeping
     logging_steps: int = 5
