@@ -10,14 +10,14 @@ negation, a concatenation, a sum) and about as many in the backward, each a full
 write of ``q`` or ``k``. At the Llama-3.2-1B DPO benchmark's shape on an H200, this kernel
 together with the lean layers on the reference model took the step from 343 to 304 ms
 (docs/results.md, runs E and F; the two were not measured apart); the kernel itself takes
-2.2 ms a step. It is a speed change: like eager it keeps only ``cos`` and ``sin``. On CUDA (``backend="auto"``) the Triton kernel of
-``kernels.triton_layers`` reads and writes each tensor once. Its source rounds where the
-eager operations round (each product, then the sum, to the result's dtype; in the backward
-to the input's), but compiled on an H200 its bf16/fp16 forward did not round the products
-before their difference (the tests saw up to a dozen units in the last place where the two
-products cancel, with the kernel the closer to float64), so it is the eager formula to
-within the rounding of its terms, not bit for bit. The tests hold it to that and to being
-no further from float64 than eager by more than half a unit in the last place.
+2.2 ms a step. It is a speed change: like eager it keeps only ``cos`` and ``sin``.
+
+On CUDA (``backend="auto"``) the Triton kernel of ``kernels.triton_layers`` reads and writes each tensor once, and rounds where the eager
+operations round (each product, then the sum, to the result's dtype; in the backward to
+the input's), so its outputs and gradients are the eager operations' bit for bit. That
+needs FP fusion off at its launch: with it (Triton's default), the compiler fused one
+product into the difference (``fma.rn.bf16`` in the sm_90 PTX), so the first H200 run of
+the kernel (docs/results.md, run F) differed from eager where the products cancel.
 
 The PyTorch path is the eager formula itself. It is taken on CPU, for other shapes (an odd
 head dimension, ``cos`` not ``[B or 1, S, hd]``), when ``cos``/``sin`` need a gradient,

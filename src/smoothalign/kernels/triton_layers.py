@@ -16,9 +16,9 @@ backward make.
   (``h = n.to(dtype)``) accumulated in fp32 per program and summed over programs after.
 * SwiGLU forward and backward: elementwise, ``silu(gate)`` rounded to the dtype before the
   product with ``up`` (as ``F.silu(gate) * up``).
-* RoPE forward and backward: one program per position, all heads; written to round each
-  product and the sum where the eager operations round them, though the compiled forward
-  was seen not to round the products (``kernels.lean_rotary``).
+* RoPE forward and backward: one program per position, all heads; each product and the
+  sum rounded where the eager operations round them (compiled without FP fusion, which
+  would fuse a product into the sum: ``kernels.lean_rotary``).
 
 Rounding can differ from PyTorch's in the last place (another reduction order for
 ``mean(x²)``, another ``sigmoid``); the tests bound it. Run on CPU tensors only with
@@ -148,8 +148,9 @@ def _rope_kernel(
     BACKWARD: tl.constexpr,
 ):
     """One (batch, position) per program, every head: the rotation of RoPE, or (BACKWARD)
-    its transpose applied to the output's gradient. Written to round where the eager
-    operations round (each product to Y's dtype, then their sum); see ``rope``."""
+    its transpose applied to the output's gradient. Rounded where the eager operations
+    round (each product to Y's dtype, then their sum), when launched without FP fusion
+    (``rope``)."""
     pid = tl.program_id(0).to(tl.int64)
     b = pid // S
     s = pid % S
@@ -265,8 +266,8 @@ def rope(x: Tensor, cos: Tensor, sin: Tensor, out_dtype: torch.dtype, backward: 
     ``cos``/``sin`` ``[B or 1, S, hd]``, or with ``backward`` its transpose (``x`` is then
     the output's gradient). The result has ``x``'s layout and ``out_dtype``; the products
     and their sum are rounded to it, as eager ``x·cos + rotate_half(x)·sin`` rounds them
-    (in the backward: to the input's dtype, which autograd casts each gradient to). The
-    compiler may drop a product's rounding (see ``kernels.lean_rotary``)."""
+    (in the backward: to the input's dtype, which autograd casts each gradient to), with
+    FP fusion off so that the compiler keeps those roundings."""
     if x.stride(-1) != 1:
         x = x.contiguous()
     cos, sin = cos.contiguous(), sin.contiguous()
@@ -274,7 +275,14 @@ def rope(x: Tensor, cos: Tensor, sin: Tensor, out_dtype: torch.dtype, backward: 
     bsz, heads, seq, hd = x.shape
     half = hd // 2
     if x.numel():
-        launch = {} if os.environ.get("TRITON_INTERPRET") == "1" else {"num_warps": 4}
+        # no FP fusion: with it, the compiler turns `a − x·s` into one fused multiply-add and
+        # drops the rounding of x·s that eager does (seen in the sm_90 PTX: fma.rn.bf16;
+        # without it: mul.rn.bf16, then sub.rn.bf16)
+        launch = (
+            {}
+            if os.environ.get("TRITON_INTERPRET") == "1"
+            else {"num_warps": 4, "enable_fp_fusion": False}
+        )
         _rope_kernel[(bsz * seq,)](
             x, cos, sin, y, seq, heads,
             x.stride(0), x.stride(1), x.stride(2), y.stride(0), y.stride(1), y.stride(2),
