@@ -95,7 +95,10 @@ def tune_shape(inputs, args, record) -> None:
 
 # backward configurations for --diagnose (besides the default): wider vocabulary blocks
 # and taller token blocks add fewer atomic bytes per product (module doc of triton_lce)
-DIAG_BWD = ["64,256,64,8,3", "128,128,64,8,3", "128,256,64,8,3", "32,256,64,4,3"]
+DIAG_BWD = ["64,256,64,8,3", "128,128,64,8,3", "32,256,64,4,3"]
+# with TMA reductions (compiled for sm_90 on a CPU, triton 3.9: 64x128x64 with 4 warps
+# spills, these do not)
+DIAG_TMA_BWD = ["64,128,64,8,3", "64,128,32,8,3", "128,128,32,8,3"]
 # (no "neither" part: with no gradient to write, the compiler drops the recompute and the
 # row would time an empty kernel; run E recorded such rows at 0.2-0.5 ms)
 PARTS = {"dE+dC": (True, True, False), "dE": (True, False, False), "dC": (False, True, False)}
@@ -105,8 +108,11 @@ def diagnose_shape(inputs, args, record) -> None:
     """Where the backward's time goes, at one shape: the backward alone (after one
     untimed forward), computing ``dE`` and ``dC`` or each alone, with and without the
     forward's block maxima and without filtering; for
-    the default and ``DIAG_BWD`` configurations and three ``GROUP_N``. Against a cuBLAS
-    ``[N, D] × [D, V]`` product, the floor of each of the three matrix products."""
+    the default and ``DIAG_BWD`` configurations and ``GROUP_N`` 8 and 128 besides the
+    default 32; and with the TMA bulk reductions (``SMOOTHALIGN_LCE_TMA=1``) for their
+    default and ``DIAG_TMA_BWD`` configurations, with their gradients' distance to the
+    default path's (``de_vs_red``, ``dc_vs_red``: max difference over max entry). Against a
+    cuBLAS ``[N, D] × [D, V]`` product, the floor of each of the three matrix products."""
     from smoothalign.kernels import triton_lce as K
 
     e0, c0, t = inputs
@@ -119,22 +125,53 @@ def diagnose_shape(inputs, args, record) -> None:
     record(
         {**base, "config": "cuBLAS e @ c.T (one of the three products)", "ms": ms, "status": "ok"}
     )
-    runs = [(None, None)] + [(cfg, None) for cfg in DIAG_BWD] + [(None, "32"), (None, "128")]
-    for cfg, group_n in runs:
+    _, lse0, c_mean0, maxima0 = K._forward(e0, c0, None, t, args.beta, -100, None, True)
+    red = K._backward(
+        e0,
+        c0,
+        None,
+        t,
+        lse0,
+        g,
+        args.beta,
+        None,
+        eps,
+        PARTS["dE+dC"],
+        False,
+        None,
+        maxima0,
+        c_mean0,
+    )  # fmt: skip  (the default path's dE, dC)
+    runs = [(None, None, False)] + [(cfg, None, False) for cfg in DIAG_BWD]
+    runs += [(None, "8", False), (None, "128", False)]
+    # the TMA bulk reductions (SMOOTHALIGN_LCE_TMA=1): their default BLOCK_D 32, then others
+    runs += [(cfg, None, True) for cfg in [None, *DIAG_TMA_BWD]]
+    for cfg, group_n, tma in runs:
         if cfg:
             os.environ["SMOOTHALIGN_LCE_BWD"] = cfg
         if group_n:
             os.environ["SMOOTHALIGN_LCE_GROUP_N"] = group_n
+        if tma:
+            os.environ["SMOOTHALIGN_LCE_TMA"] = "1"
         name = f"bwd {cfg or 'default'}" + (f", GROUP_N {group_n}" if group_n else "")
+        name += ", TMA reduce" if tma else ""
         try:
             fwd = lambda: K._forward(e0, c0, None, t, args.beta, -100, None, True)  # noqa: E731
-            if cfg is None and group_n is None:
+            if cfg is None and group_n is None and not tma:
                 record({**base, "config": "forward (storing block maxima)", "status": "ok",
                         "ms": _time(fwd, args.repeats)})  # fmt: skip
             _, lse, c_mean, maxima = fwd()
             variants = [(part, maxima, eps) for part in PARTS]
             if cfg is None and group_n is None:
                 variants += [("dE+dC", None, eps), ("dE+dC", None, None)]
+            if tma:  # dE and dC together only, and how far from the red path's gradients
+                variants = variants[:1]
+                de, dc, _ = K._backward(e0, c0, None, t, lse, g, args.beta, None, eps,
+                                        PARTS["dE+dC"], False, None, maxima, c_mean)  # fmt: skip
+                base_tma = {**base, "de_vs_red": _rel(de.float(), red[0].float()),
+                            "dc_vs_red": _rel(dc.float(), red[1].float())}  # fmt: skip
+            else:
+                base_tma = base
             for part, bm, filt in variants:
                 label = f"{name}: {part}" + ("" if bm is not None else ", no block max")
                 label += "" if filt is not None else ", no filter"
@@ -143,12 +180,14 @@ def diagnose_shape(inputs, args, record) -> None:
                     K._backward(e0, c0, None, t, lse, g, args.beta, None, filt, PARTS[part],
                                 False, None, bm, c_mean)  # fmt: skip
 
-                record({**base, "config": label, "ms": _time(bwd, args.repeats), "status": "ok"})
+                ms = _time(bwd, args.repeats)
+                record({**base_tma, "config": label, "ms": ms, "status": "ok"})
         except Exception as ex:  # a configuration that does not compile or fit
             record({**base, "config": name, "status": "failed",
                     "note": f"{type(ex).__name__}: {ex}"[:160]})  # fmt: skip
         os.environ.pop("SMOOTHALIGN_LCE_BWD", None)
         os.environ.pop("SMOOTHALIGN_LCE_GROUP_N", None)
+        os.environ.pop("SMOOTHALIGN_LCE_TMA", None)
 
 
 def fastest(rows: list[dict], kind: str) -> tuple[str, float]:

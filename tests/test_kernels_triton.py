@@ -294,3 +294,34 @@ def test_a_bias_masking_whole_blocks_with_minus_infinity(lce, dtype, monkeypatch
     loss.backward()
     ref.backward()
     _assert_grads((e, c), leaves[:2], TOL[dtype][1])
+
+
+@pytest.mark.gpu_only
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
+    reason="TMA bulk reductions need a GPU of compute capability 9.0+ (the interpreter has none)",
+)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("rows", [256, 203])  # 203: the last token block crosses the end
+def test_tma_reductions_give_the_red_path_gradients(lce, dtype, rows, monkeypatch):
+    """``tma_reduce=True`` adds the same tiles through TMA bulk reductions: the same
+    gradients up to the order of the additions (fp32 to fp32 rounding; bf16 to one bf16
+    rounding of the largest entry, as two red-path runs differ), with V, D and N not
+    multiples of the blocks (TMA clips the tiles' rows and columns at the tensors' ends) and
+    several dE chunks."""
+    monkeypatch.setattr(lce, "DE_CHUNK_ROWS", 128)
+    g = torch.Generator().manual_seed(3)
+    e0 = torch.randn(rows, 264, generator=g).cuda().to(dtype)
+    c0 = (0.3 * torch.randn(1000, 264, generator=g)).cuda().to(dtype)
+    t = torch.randint(0, 1000, (rows,), generator=g).cuda()
+    t[::7] = -100
+    grads = {}
+    for tma in (False, True):
+        e, c = e0.clone().requires_grad_(), c0.clone().requires_grad_()
+        lce.triton_token_losses(e, c, t, beta=0.1, tma_reduce=tma).sum().backward()
+        grads[tma] = (e.grad.float(), c.grad.float())
+    for name, a, b in zip(("dE", "dC"), grads[False], grads[True], strict=True):
+        scale = float(a.abs().max())
+        tol = 1e-5 if dtype == torch.float32 else 2**-7
+        assert float((a - b).abs().max()) <= tol * scale, name
+        assert torch.isfinite(b).all(), name  # nothing written outside the tensors

@@ -23,10 +23,11 @@ IN_PROCESS = torch.cuda.is_available() or (
 
 def run_in_interpreter_child(test_file: str) -> None:
     """Run ``test_file`` in a child pytest under the interpreter; every test must pass but
-    the launcher itself (skipped there)."""
+    the launcher itself (skipped there) and those marked ``gpu_only`` (deselected)."""
     env = dict(os.environ, TRITON_INTERPRET="1", **{CHILD: "1"})
+    select = "not slow and not gpu_only"
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", select, test_file],
         cwd=Path(__file__).resolve().parents[1],
         env=env,
         capture_output=True,

@@ -256,6 +256,8 @@ def _bwd_kernel(
     dC,
     dBias,
     BMAX,
+    DE_DESC,
+    DC_DESC,
     N,
     V,
     D,
@@ -284,6 +286,7 @@ def _bwd_kernel(
     COMPUTE_DE: tl.constexpr,
     COMPUTE_DC: tl.constexpr,
     COMPUTE_DBIAS: tl.constexpr,
+    TMA_REDUCE: tl.constexpr,
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
@@ -374,12 +377,15 @@ def _bwd_kernel(
             if UPCAST:
                 c = c.to(tl.float32)
             de = tl.dot(d_lp, c, input_precision=DOT_PREC)
-            tl.atomic_add(
-                dE + offs_n[:, None] * stride_den + offs_d[None, :],
-                de,
-                mask=n_mask[:, None] & d_mask[None, :],
-                sem="relaxed",
-            )
+            if TMA_REDUCE:  # one bulk reduce-add of the tile (TMA clips rows ≥ N)
+                DE_DESC.atomic_add([pid_n * BLOCK_N, d0], de)
+            else:
+                tl.atomic_add(
+                    dE + offs_n[:, None] * stride_den + offs_d[None, :],
+                    de,
+                    mask=n_mask[:, None] & d_mask[None, :],
+                    sem="relaxed",
+                )
         if COMPUTE_DC:
             e = tl.load(
                 E + offs_n[:, None] * stride_en + offs_d[None, :] * stride_ed,
@@ -389,12 +395,15 @@ def _bwd_kernel(
             if UPCAST:
                 e = e.to(tl.float32)
             dc = tl.dot(tl.trans(d_lp), e, input_precision=DOT_PREC)
-            tl.atomic_add(
-                dC + offs_v[:, None] * stride_dcv + offs_d[None, :],
-                dc.to(dC.dtype.element_ty),
-                mask=v_mask[:, None] & d_mask[None, :],
-                sem="relaxed",
-            )
+            if TMA_REDUCE:
+                DC_DESC.atomic_add([pid_v * BLOCK_V, d0], dc.to(dC.dtype.element_ty))
+            else:
+                tl.atomic_add(
+                    dC + offs_v[:, None] * stride_dcv + offs_d[None, :],
+                    dc.to(dC.dtype.element_ty),
+                    mask=v_mask[:, None] & d_mask[None, :],
+                    sem="relaxed",
+                )
 
 
 # ------------------------------------------------------------------------------- host side
@@ -425,6 +434,24 @@ def _group_n() -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise ValueError(f"SMOOTHALIGN_LCE_GROUP_N: {raw!r}; a positive whole number")
     return int(raw)
+
+
+def _tma_reduce(asked: bool | None, device: torch.device, d: int) -> bool:
+    """Whether the backward adds its ``dE``/``dC`` tiles with TMA bulk reductions
+    (``cp.reduce.async.bulk.tensor``, one per tile, through shared memory) instead of
+    per-thread ``red`` instructions: when asked (``asked``; ``None`` reads
+    ``SMOOTHALIGN_LCE_TMA=1``; off by default: not yet timed), on a GPU with TMA (compute
+    capability 9.0 or later) and a row length TMA can address (``D`` a multiple of 8, so
+    that 16-bit and fp32 rows are whole 16-byte units). The timings of runs E and F point to
+    the ``red`` traffic as the Llama-3-shape backward's bound; Flash Attention 3 accumulates
+    its ``dQ`` with the same TMA reductions."""
+    if asked is None:
+        asked = os.environ.get("SMOOTHALIGN_LCE_TMA", "0") == "1"
+    if not asked or _interpreting():
+        return False
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9:
+        return False
+    return d % 8 == 0
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -563,11 +590,17 @@ def _backward(
     de_chunk_rows,
     bmax=None,
     c_mean=None,
+    tma_reduce=None,
 ):
     need_e, need_c, need_b = need
     n, d = e.shape
     v = c.shape[0]
     bn, bv, bd, warps, stages = _config("bwd", e.dtype)
+    tma = _tma_reduce(tma_reduce, e.device, d)
+    if tma and not os.environ.get("SMOOTHALIGN_LCE_BWD") and e.dtype != torch.float32:
+        # staging the tiles in shared memory costs registers: compiled for sm_90 (triton 3.9,
+        # on a CPU) BLOCK_D 64 spills 368 bytes a thread with TMA and none without; 32 none
+        bd = 32
     rank_one = beta > 0 and softcap is None
     eps = None if (beta > 0 and softcap is not None) else filter_eps
     if de_chunk_rows is None:
@@ -606,6 +639,11 @@ def _backward(
         c_mean = None  # the forward computed it exactly when rank_one (β > 0, no softcap)
     de_out = torch.empty_like(e) if need_e else None
     extra = {} if _interpreting() else {"num_warps": warps, "num_stages": stages}
+    dc_desc = None
+    if tma and dc_buf is not None:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        dc_desc = TensorDescriptor.from_tensor(dc_buf, [bv, bd])
     for s in range(0, n, de_chunk_rows):
         rows = min(de_chunk_rows, n - s)
         gc = g[s : s + rows]
@@ -615,6 +653,11 @@ def _backward(
                 de_buf = (-beta) * gc[:, None] * c_mean[None, :]
             else:
                 de_buf = torch.zeros(rows, d, dtype=torch.float32, device=e.device)
+        de_desc = None
+        if tma and de_buf is not None:
+            from triton.tools.tensor_descriptor import TensorDescriptor
+
+            de_desc = TensorDescriptor.from_tensor(de_buf, [bn, bd])
         grid = (triton.cdiv(rows, bn) * triton.cdiv(v, bv),)
         _bwd_kernel[grid](
             e[s : s + rows],
@@ -627,6 +670,8 @@ def _backward(
             dc_buf if dc_buf is not None else gc,
             db if db is not None else gc,
             bmax[:, s // group :] if prefilter else gc,
+            de_desc,
+            dc_desc,
             rows,
             v,
             d,
@@ -657,6 +702,7 @@ def _backward(
             COMPUTE_DE=need_e,
             COMPUTE_DC=need_c,
             COMPUTE_DBIAS=need_b,
+            TMA_REDUCE=tma,
             DOT_PREC=_dot_precision(e.dtype),
             UPCAST=_interpreting() and e.dtype != torch.float32,
             **extra,
@@ -675,7 +721,18 @@ class TritonLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, e, c, bias, targets, beta, ignore_index, softcap, filter_eps, accum_c_fp32, block_max
+        ctx,
+        e,
+        c,
+        bias,
+        targets,
+        beta,
+        ignore_index,
+        softcap,
+        filter_eps,
+        accum_c_fp32,
+        block_max,
+        tma_reduce,
     ):
         loss, lse, c_mean, maxima = _forward(
             e, c, bias, targets, beta, ignore_index, softcap, block_max
@@ -685,6 +742,7 @@ class TritonLinearCrossEntropy(torch.autograd.Function):
         bmax, bv_fwd, group = maxima if maxima is not None else (None, None, None)
         ctx.save_for_backward(e, c, bias, targets, lse, bmax, c_mean)
         ctx.opts = (beta, ignore_index, softcap, filter_eps, accum_c_fp32, bv_fwd, group)
+        ctx.tma_reduce = tma_reduce
         return loss
 
     @staticmethod
@@ -707,8 +765,9 @@ class TritonLinearCrossEntropy(torch.autograd.Function):
             DE_CHUNK_ROWS,
             (bmax, bv_fwd, group) if bmax is not None else None,
             c_mean,
+            ctx.tma_reduce,
         )
-        return de, dc, db, None, None, None, None, None, None, None
+        return de, dc, db, None, None, None, None, None, None, None, None
 
 
 def triton_token_losses(
@@ -723,8 +782,13 @@ def triton_token_losses(
     filter_eps: float | str | None = "auto",
     accum_c_fp32: bool = False,
     block_max: bool | None = None,
+    tma_reduce: bool | None = None,
 ) -> Tensor:
     """Per-token losses ``[N]`` of ``e`` ``[N, D]`` against ``c`` ``[V, D]`` with the kernels.
+
+    ``tma_reduce`` (off by default; ``None`` reads ``SMOOTHALIGN_LCE_TMA=1``): the backward
+    adds its gradient tiles with TMA bulk reductions where the GPU has them (see
+    ``_tma_reduce``): an experiment, compiled for sm_90 but not yet run on a GPU.
 
     ``block_max`` (on by default; ``None`` reads ``SMOOTHALIGN_LCE_BLOCKMAX``, ``0`` turns it
     off): the forward also stores the largest logit of each group of tokens (the smaller of
@@ -772,4 +836,5 @@ def triton_token_losses(
         eps,
         accum_c_fp32,
         block_max,
+        tma_reduce,
     )
