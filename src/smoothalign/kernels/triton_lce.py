@@ -66,6 +66,12 @@ One maximum per 64 tokens rather than per token keeps the store at 1/64 of a per
 (0.5 MB instead of 16 MB at N = 8192, V = 256000), inside the memory target; on the random
 benchmark logits the test is the same, since a block is skippable only if all its tokens are.
 
+**TMA reductions (experimental, off by default).** With ``tma_reduce=True`` (or
+``SMOOTHALIGN_LCE_TMA=1``) on a GPU with TMA, each ``dE``/``dC`` tile goes to global memory
+as one bulk reduce-add (``cp.reduce.async.bulk.tensor``) instead of 16-byte ``red``
+instructions from every thread; the backward then uses BLOCK_D 32. Compiled for sm_90 on a
+CPU (``benchmarks/sm90_compile.py``), not yet run on a GPU.
+
 Run on CPU tensors with ``TRITON_INTERPRET=1`` set before this module is imported.
 """
 
