@@ -95,9 +95,11 @@ def tune_shape(inputs, args, record) -> None:
 
 # backward configurations for --diagnose (besides the default): wider vocabulary blocks
 # and taller token blocks add fewer atomic bytes per product (module doc of triton_lce)
-DIAG_BWD = ["64,256,64,8,3", "128,128,64,8,3", "32,256,64,4,3"]
-# with TMA reductions (compiled for sm_90 on a CPU, triton 3.9: 64x128x64 with 4 warps
-# spills, these do not)
+# (128,256,64,8,3 needs more shared memory than an H200 has: run E); 64,128,32,4,3 is the
+# TMA rows' default configuration without TMA, to tell the two changes apart
+DIAG_BWD = ["64,128,32,4,3", "64,256,64,8,3", "128,128,64,8,3", "32,256,64,4,3"]
+# with TMA reductions (compiled for sm_90 on a CPU: 64x128x64 with 4 warps spills with
+# TMA, with triton 3.9 and 3.6; these do not)
 DIAG_TMA_BWD = ["64,128,64,8,3", "64,128,32,8,3", "128,128,32,8,3"]
 # (no "neither" part: with no gradient to write, the compiler drops the recompute and the
 # row would time an empty kernel; run E recorded such rows at 0.2-0.5 ms)
@@ -125,23 +127,17 @@ def diagnose_shape(inputs, args, record) -> None:
     record(
         {**base, "config": "cuBLAS e @ c.T (one of the three products)", "ms": ms, "status": "ok"}
     )
-    _, lse0, c_mean0, maxima0 = K._forward(e0, c0, None, t, args.beta, -100, None, True)
-    red = K._backward(
-        e0,
-        c0,
-        None,
-        t,
-        lse0,
-        g,
-        args.beta,
-        None,
-        eps,
-        PARTS["dE+dC"],
-        False,
-        None,
-        maxima0,
-        c_mean0,
-    )  # fmt: skip  (the default path's dE, dC)
+    try:  # the default path's dE, dC (red adds, whatever SMOOTHALIGN_LCE_TMA says)
+        _, lse0, c_mean0, maxima0 = K._forward(e0, c0, None, t, args.beta, -100, None, True)
+        parts = PARTS["dE+dC"]
+        red = K._backward(
+            e0, c0, None, t, lse0, g, args.beta, None, eps, parts, False, None, maxima0,
+            c_mean0, False,
+        )  # fmt: skip
+    except Exception as ex:
+        record({**base, "config": "default backward", "status": "failed",
+                "note": f"{type(ex).__name__}: {ex}"[:160]})  # fmt: skip
+        return
     runs = [(None, None, False)] + [(cfg, None, False) for cfg in DIAG_BWD]
     runs += [(None, "8", False), (None, "128", False)]
     # the TMA bulk reductions (SMOOTHALIGN_LCE_TMA=1): their default BLOCK_D 32, then others
@@ -169,7 +165,8 @@ def diagnose_shape(inputs, args, record) -> None:
                 de, dc, _ = K._backward(e0, c0, None, t, lse, g, args.beta, None, eps,
                                         PARTS["dE+dC"], False, None, maxima, c_mean)  # fmt: skip
                 base_tma = {**base, "de_vs_red": _rel(de.float(), red[0].float()),
-                            "dc_vs_red": _rel(dc.float(), red[1].float())}  # fmt: skip
+                            "dc_vs_red": _rel(dc.float(), red[1].float()),
+                            "tma_used": K._tma_reduce(True, e0.device, d)}  # fmt: skip
             else:
                 base_tma = base
             for part, bm, filt in variants:

@@ -9,7 +9,9 @@ GPU (``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))``); ``cu
 -res-usage`` reads the registers and the stack (spills) from the cubin. Integer arguments
 and pointers are marked divisible by 16, as Triton specializes them at a launch with the
 benchmark's shapes (without that mark the atomic adds compile unvectorised). What this
-cannot tell: time. It is this machine's Triton, not necessarily the GPU machine's.
+cannot tell: time. It is this machine's Triton, not necessarily the GPU machine's: the
+numbers differ between versions (``PYTHONPATH=<a folder holding another triton>`` runs it
+with that one; docs/results.md has 3.9 and 3.6).
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ def backward(config: str, tma: bool) -> dict:
     divisible -= {params.index("stride_ed"), params.index("stride_cd"), params.index("bmax_div")}
     attrs = {(i,): [["tt.divisibility", 16]] for i in divisible}
     src = ASTSource(fn=K._bwd_kernel, signature=signature, constexprs=consts, attrs=attrs)
-    kernel = triton.compile(src, target=TARGET, options={"num_warps": warps, "num_stages": stages})
+    options = {"num_warps": warps, "num_stages": stages, "enable_fp_fusion": True}  # a launch's
+    kernel = triton.compile(src, target=TARGET, options=options)
     atomics = _ops(kernel.asm["ptx"], r"\b((?:red|atom|cp\.reduce)\.[\w.:]+)")
     return {"kernel": "lce backward", "config": config, "tma_reduce": tma,
             **_resources(kernel), "atomics": atomics}  # fmt: skip

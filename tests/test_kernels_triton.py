@@ -301,27 +301,44 @@ def test_a_bias_masking_whole_blocks_with_minus_infinity(lce, dtype, monkeypatch
     not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
     reason="TMA bulk reductions need a GPU of compute capability 9.0+ (the interpreter has none)",
 )
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("rows", [256, 203])  # 203: the last token block crosses the end
-def test_tma_reductions_give_the_red_path_gradients(lce, dtype, rows, monkeypatch):
+@pytest.mark.parametrize(
+    "dtype, rows, case",
+    [
+        (torch.bfloat16, 256, "both"),
+        (torch.bfloat16, 203, "both"),  # 203: the last token block crosses the end
+        (torch.float16, 203, "both"),
+        (torch.float32, 203, "both"),
+        (torch.bfloat16, 203, "dE only"),
+        (torch.bfloat16, 203, "dC only"),
+        (torch.bfloat16, 203, "bias"),
+        (torch.bfloat16, 203, "fp32 dC"),
+    ],
+)
+def test_tma_reductions_give_the_red_path_gradients(lce, dtype, rows, case, monkeypatch):
     """``tma_reduce=True`` adds the same tiles through TMA bulk reductions: the same
-    gradients up to the order of the additions (fp32 to fp32 rounding; bf16 to one bf16
+    gradients up to the order of the additions (fp32 to fp32 rounding; 16-bit to one
     rounding of the largest entry, as two red-path runs differ), with V, D and N not
-    multiples of the blocks (TMA clips the tiles' rows and columns at the tensors' ends) and
-    several dE chunks."""
+    multiples of the blocks (TMA clips the tiles' rows and columns at the tensors' ends),
+    several dE chunks, one gradient at a time, a bias, and dC accumulated in fp32."""
     monkeypatch.setattr(lce, "DE_CHUNK_ROWS", 128)
+    assert lce._tma_reduce(True, torch.device("cuda"), 264)  # else both runs would be red
     g = torch.Generator().manual_seed(3)
     e0 = torch.randn(rows, 264, generator=g).cuda().to(dtype)
     c0 = (0.3 * torch.randn(1000, 264, generator=g)).cuda().to(dtype)
+    b0 = torch.randn(1000, generator=g).cuda().to(dtype) if case == "bias" else None
     t = torch.randint(0, 1000, (rows,), generator=g).cuda()
     t[::7] = -100
     grads = {}
     for tma in (False, True):
-        e, c = e0.clone().requires_grad_(), c0.clone().requires_grad_()
-        lce.triton_token_losses(e, c, t, beta=0.1, tma_reduce=tma).sum().backward()
-        grads[tma] = (e.grad.float(), c.grad.float())
-    for name, a, b in zip(("dE", "dC"), grads[False], grads[True], strict=True):
-        scale = float(a.abs().max())
+        e = e0.clone().requires_grad_(case != "dC only")
+        c = c0.clone().requires_grad_(case != "dE only")
+        b = b0.clone().requires_grad_() if b0 is not None else None
+        lce.triton_token_losses(
+            e, c, t, beta=0.1, bias=b, tma_reduce=tma, accum_c_fp32=case == "fp32 dC"
+        ).sum().backward()
+        grads[tma] = [x.grad.float() for x in (e, c, b) if x is not None and x.requires_grad]
+    assert len(grads[True]) == len(grads[False]) >= 1
+    for a, b in zip(grads[False], grads[True], strict=True):
         tol = 1e-5 if dtype == torch.float32 else 2**-7
-        assert float((a - b).abs().max()) <= tol * scale, name
-        assert torch.isfinite(b).all(), name  # nothing written outside the tensors
+        assert float((a - b).abs().max()) <= tol * float(a.abs().max())
+        assert torch.isfinite(b).all()  # nothing written outside the tensors

@@ -275,7 +275,7 @@ def test_rope_kernel_matches_the_eager_formula_and_float64(q_dtype, table_dtype,
     for name, lean, eager, want in zip(names, got["triton"], got["torch"], ref, strict=True):
         assert lean.dtype == eager.dtype and lean.shape == eager.shape, name
         lean, eager, dtype = lean.cpu(), eager.cpu(), lean.dtype
-        if DEV == "cuda":  # run F saw a fused multiply-add here; FP fusion is off since
+        if DEV == "cuda":  # bit for bit: the launch has FP fusion off (run F, with it, differed)
             assert torch.equal(lean, eager), f"{name}: not the eager rounding"
         _close(lean, eager, dtype, f"{name} vs the eager formula")
         if interpreted and dtype == torch.float16:  # the same roundings as eager (see _strict)

@@ -455,9 +455,11 @@ def _tma_reduce(asked: bool | None, device: torch.device, d: int) -> bool:
         asked = os.environ.get("SMOOTHALIGN_LCE_TMA", "0") == "1"
     if not asked or _interpreting():
         return False
-    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9:
+    if device.type != "cuda" or torch.version.hip is not None:  # TMA is NVIDIA's
         return False
-    return d % 8 == 0
+    if torch.cuda.get_device_capability(device)[0] < 9:
+        return False
+    return d > 0 and d % 8 == 0
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -604,8 +606,9 @@ def _backward(
     bn, bv, bd, warps, stages = _config("bwd", e.dtype)
     tma = _tma_reduce(tma_reduce, e.device, d)
     if tma and not os.environ.get("SMOOTHALIGN_LCE_BWD") and e.dtype != torch.float32:
-        # staging the tiles in shared memory costs registers: compiled for sm_90 (triton 3.9,
-        # on a CPU) BLOCK_D 64 spills 368 bytes a thread with TMA and none without; 32 none
+        # staging the tiles in shared memory costs registers: compiled for sm_90 on a CPU,
+        # BLOCK_D 64 spills with TMA (368 bytes a thread with triton 3.9, 168 with 3.6), 32
+        # does not (benchmarks/sm90_compile.py)
         bd = 32
     rank_one = beta > 0 and softcap is None
     eps = None if (beta > 0 and softcap is not None) else filter_eps
