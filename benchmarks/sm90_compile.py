@@ -32,6 +32,7 @@ from triton.compiler import ASTSource
 
 TARGET = GPUTarget("cuda", 90, 32)
 BWD_CONFIGS = ["64,128,64,4,3", "64,128,32,4,3", "64,128,64,8,3", "64,128,32,8,3"]
+FWD_CONFIGS = ["128,256,64,8,3", "128,128,64,8,3", "128,256,64,8,4", "128,128,64,4,3"]
 
 
 def _resources(kernel) -> dict:
@@ -84,6 +85,31 @@ def backward(config: str, tma: bool) -> dict:
             **_resources(kernel), "atomics": atomics}  # fmt: skip
 
 
+def forward(config: str, store_bmax: bool = True) -> dict:
+    """The linear cross-entropy forward (bf16, β > 0 closed form, storing block maxima: the
+    benchmark's default path)."""
+    from smoothalign.kernels import triton_lce as K
+
+    bn, bv, bd, warps, stages = (int(x) for x in config.split(","))
+    params = list(inspect.signature(K._fwd_kernel.fn).parameters)
+    types = {"E": "*bf16", "C": "*bf16", "Bias": "*bf16", "T": "*i64", "LSE_P": "*fp32",
+             "ZT_P": "*fp32", "SZ_P": "*fp32", "BMAX": "*fp32", "softcap": "fp32"}  # fmt: skip
+    ints = ("N", "V", "D", "v_per_split", "n_groups", "ignore_index", "stride_en", "stride_ed",
+            "stride_cv", "stride_cd")  # fmt: skip
+    consts = dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=bd, GROUP=64, HAS_BIAS=False,
+                  HAS_SOFTCAP=False, SUM_Z=False, STORE_BMAX=store_bmax, DOT_PREC="tf32",
+                  UPCAST=False)  # fmt: skip
+    signature = {p: types.get(p) or ("i32" if p in ints else "constexpr") for p in params}
+    divisible = {i for i, p in enumerate(params) if p in ints or types.get(p, "").startswith("*")}
+    divisible -= {params.index(p) for p in ("stride_ed", "stride_cd", "ignore_index")}
+    attrs = {(i,): [["tt.divisibility", 16]] for i in divisible}
+    src = ASTSource(fn=K._fwd_kernel, signature=signature, constexprs=consts, attrs=attrs)
+    options = {"num_warps": warps, "num_stages": stages, "enable_fp_fusion": True}
+    kernel = triton.compile(src, target=TARGET, options=options)
+    mma = _ops(kernel.asm["ptx"], r"\b(wgmma\.mma_async\.\S+|mma\.sync\.\S+)")
+    return {"kernel": "lce forward", "config": config, **_resources(kernel), "mma": mma}
+
+
 def rope(dtype: str, backward_pass: bool, fp_fusion: bool) -> dict:
     """The RoPE kernel: which arithmetic instructions the rounding became."""
     from smoothalign.kernels import triton_layers as TL
@@ -108,7 +134,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the rows here as well")
     args = p.parse_args(argv)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns without it
-    rows = [backward(cfg, tma) for tma in (False, True) for cfg in BWD_CONFIGS]
+    rows = [forward(cfg) for cfg in FWD_CONFIGS]
+    rows += [backward(cfg, tma) for tma in (False, True) for cfg in BWD_CONFIGS]
     rows += [rope(dt, bw, fus) for dt in ("bf16", "fp16") for bw in (False, True)
              for fus in (True, False)]  # fmt: skip
     for row in rows:
