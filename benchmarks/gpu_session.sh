@@ -137,6 +137,12 @@ EOF
     # line a file, then one digest of them all, printed again in summary.md's log
     find src benchmarks -name '*.py' -o -name '*.sh' | sort | xargs sha256sum | sed 's/^/sha256 /'
     echo "tree-sha256 $(find src benchmarks -name '*.py' -o -name '*.sh' | sort | xargs sha256sum | sha256sum | cut -c1-64)"
+    # registers, spills and atomic instructions of the kernels as this machine's Triton
+    # compiles them (no GPU needed; seconds): the numbers differ between Triton versions
+    if [ "$MODE" = gpu ]; then
+        banner "env: the kernels compiled for sm_90 by this Triton (sm90_compile.py)"
+        run 90 "$PY" benchmarks/sm90_compile.py --json "$RES/sm90_compile.json"
+    fi
 fi
 
 # ------------------------------------------------------------- block-size sweep (opt-in)
