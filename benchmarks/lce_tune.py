@@ -31,7 +31,10 @@ FWD = ["128,128,64,8,3", "128,128,64,8,4", "128,256,64,8,3", "256,128,64,8,3",
 # token blocks of 32 / 16 skip more blocks on real hidden states; smaller blocks also add
 # fewer bytes atomically per computed entry where few entries pass the filter (the Llama-3
 # shape, where the atomic adds bound the backward: docs/results.md, runs C and D)
+# 64,128,32,4,3 / 64,128,64,8,3 / 64,128,32,8,3: the default's shape without its register
+# spill (160 bytes a thread with triton 3.6, compiled for sm_90: benchmarks/sm90_compile.py)
 BWD = ["128,128,64,8,3", "128,128,32,8,3", "128,128,64,8,4", "64,128,64,4,3",
+       "64,128,32,4,3", "64,128,64,8,3", "64,128,32,8,3",
        "128,64,64,4,3", "128,128,128,8,2", "32,128,64,4,3", "16,128,64,4,3",
        "64,64,64,4,3", "32,64,64,4,3"]  # fmt: skip
 
