@@ -342,3 +342,32 @@ def test_tma_reductions_give_the_red_path_gradients(lce, dtype, rows, case, monk
         tol = 1e-5 if dtype == torch.float32 else 2**-7
         assert float((a - b).abs().max()) <= tol * float(a.abs().max())
         assert torch.isfinite(b).all()  # nothing written outside the tensors
+
+
+@here
+def test_backward_makes_no_16bit_copy_of_the_de_chunk(lce, monkeypatch):
+    """Each fp32 ``dE`` chunk is cast into the gradient in place (``copy_``): a ``.to()``
+    first would make a 16-bit copy of the chunk, alive beside everything else at the
+    backward's peak (16 MiB at the benchmark shapes). Every new tensor the backward makes is
+    watched; none is a 16-bit ``[rows, D]`` copy."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    made = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func is torch.ops.aten._to_copy.default:
+                made.append((out.dtype, tuple(out.shape)))
+            return out
+
+    monkeypatch.setattr(lce, "DE_CHUNK_ROWS", 16)  # several chunks
+    e, c, _, t = _inputs(torch.bfloat16)
+    loss = lce.triton_token_losses(e, c, t, beta=0.1).sum()
+    with Watch():
+        loss.backward()
+    # (the interpreter accumulates dC in fp32 and casts it, [V, D], at the end: that cast
+    # is the gradient itself, and on a GPU dC is accumulated in bf16 with no cast at all)
+    chunk_copies = [m for m in made if m[0] == torch.bfloat16 and m[1][-1:] == (D,)]
+    chunk_copies = [m for m in chunk_copies if len(m[1]) == 2 and m[1][0] <= 16]
+    assert e.grad is not None and not chunk_copies, chunk_copies
