@@ -276,7 +276,9 @@ def trl_texts(prompt, chosen, rejected):
     }
 
 
-def run_trl(args, shape, pairs, liger: bool, tmp: str, gc: bool | None = None):
+def run_trl(
+    args, shape, pairs, liger: bool, tmp: str, gc: bool | None = None, liger_ref: bool = False
+):
     gc = args.gradient_checkpointing if gc is None else gc
     from datasets import Dataset
     from trl import DPOConfig as TRLConfig
@@ -309,6 +311,11 @@ def run_trl(args, shape, pairs, liger: bool, tmp: str, gc: bool | None = None):
         from transformers.integrations.liger import apply_liger_kernel
 
         apply_liger_kernel(trainer.model, trainer.args.liger_kernel_config)
+        if liger_ref:  # the frozen reference too, as our rows patch theirs (not TRL's doing)
+            ref_model = getattr(trainer, "ref_model", None)
+            if ref_model is None:
+                raise RuntimeError("this TRL's DPOTrainer has no ref_model attribute to patch")
+            apply_liger_kernel(ref_model, trainer.args.liger_kernel_config)
     checkpointing(trainer.model, gc)
     trainer.create_optimizer_and_scheduler(num_training_steps=1000)
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train() otherwise
@@ -391,6 +398,11 @@ def main(argv=None) -> int:
         ),
         # last: Liger patches transformers' Llama module for the rest of the process
         "TRL DPOTrainer + use_liger_kernel": lambda tmp: run_trl(args, shape, pairs, True, tmp),
+        # our rows patch the reference model as our CLI does; TRL + Liger's reference stays
+        # eager unless patched by hand: this row does, for the like-for-like comparison
+        "TRL DPOTrainer + use_liger_kernel, reference patched too": lambda tmp: run_trl(
+            args, shape, pairs, True, tmp, liger_ref=True
+        ),
         "TRL DPOTrainer + use_liger_kernel, checkpointing": lambda tmp: run_trl(
             args, shape, pairs, True, tmp, gc=True
         ),
