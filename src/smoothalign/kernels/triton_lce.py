@@ -48,12 +48,15 @@ adds, each adding an fp32 ``[BLOCK_V, BLOCK_D]`` product) otherwise — the memo
 for it anyway.
 
 Block sizes: interpreter ``16×32×16``; CUDA, 16-bit inputs: forward ``BLOCK_N=128,
-BLOCK_V=256, BLOCK_D=64`` (8 warps, 3 stages), backward ``64×128×64`` (4 warps, 3 stages,
-``GROUP_N=32``), the fastest of ``benchmarks/lce_tune.py``'s sweep on an H200; float32
-inputs ``64×64×32`` (4 warps, 2 stages) both ways. ``SMOOTHALIGN_LCE_FWD`` /
-``SMOOTHALIGN_LCE_BWD`` = ``"BN,BV,BD,warps,stages"`` override them (for tuning on a new
-GPU). The atomic adds are relaxed (vectorised ``red``; the buffers are read only after the
-kernel), which made the backward 2.7× faster than ordered ones at the Llama-3 shape.
+BLOCK_V=256, BLOCK_D=64`` (8 warps, 3 stages), backward ``64×128×64`` (4 warps, 3 stages),
+the fastest of ``benchmarks/lce_tune.py``'s sweep on an H200, with ``GROUP_N=32`` (from its
+``--diagnose``); float32 inputs ``64×64×32`` (4 warps, 2 stages) both ways.
+``SMOOTHALIGN_LCE_FWD`` / ``SMOOTHALIGN_LCE_BWD`` = ``"BN,BV,BD,warps,stages"`` and
+``SMOOTHALIGN_LCE_GROUP_N`` override them (for tuning on a new GPU). Compiled by the GPU's
+triton 3.6 both defaults spill registers (``benchmarks/sm90_compile.py``); the sweep has
+spill-free variants for the next GPU run. The atomic adds are relaxed (vectorised, 16 bytes
+an instruction; the buffers are read only after the kernel), which made the backward 2.7×
+faster than ordered ones at the Llama-3 shape.
 
 **Skipping before the recompute** (``block_max``, on by default): the in-block filter
 decides only after the block's logits are recomputed. With ``block_max`` the forward also
