@@ -66,22 +66,18 @@ def _ours(e, c, t, beta):
     return linear_cross_entropy(e, c, t, label_smoothing=beta)
 
 
-def _ours_no_block_max(e, c, t, beta):
-    """Without the default ``block_max`` backward (no skipping of filterable blocks before
-    their recompute, only after): same mean as ``_ours``."""
-    from smoothalign.kernels.triton_lce import triton_token_losses
+def _ours_with(**options):
+    """``_ours`` through the Triton kernel with one of its options changed (same mean):
+    ``block_max=False`` (no skipping of filterable blocks before their recompute, only
+    after) or ``tma_reduce=True`` (the backward's tiles added by TMA bulk reductions)."""
 
-    losses = triton_token_losses(e, c, t, beta=beta, block_max=False)
-    return losses.sum() / (t != -100).sum().clamp(min=1)
+    def loss(e, c, t, beta):
+        from smoothalign.kernels.triton_lce import triton_token_losses
 
+        losses = triton_token_losses(e, c, t, beta=beta, **options)
+        return losses.sum() / (t != -100).sum().clamp(min=1)
 
-def _ours_tma(e, c, t, beta):
-    """With the backward's tiles added by TMA bulk reductions (``tma_reduce=True``; off by
-    default until timed): same mean as ``_ours``."""
-    from smoothalign.kernels.triton_lce import triton_token_losses
-
-    losses = triton_token_losses(e, c, t, beta=beta, tma_reduce=True)
-    return losses.sum() / (t != -100).sum().clamp(min=1)
+    return loss
 
 
 OURS = "smoothalign"  # every implementation whose name starts so is ours, not a peer
@@ -91,9 +87,12 @@ def implementations(device: str, small: bool) -> dict:
     """name → (function or None, note)."""
     impls = {"smoothalign": (_ours, "triton" if device == "cuda" else "chunked (CPU)")}
     if device == "cuda":
-        impls["smoothalign (no block max)"] = (_ours_no_block_max, "triton, block_max off")
+        impls["smoothalign (no block max)"] = (_ours_with(block_max=False), "triton, block_max off")
         if os.environ.get("SMOOTHALIGN_BENCH_TMA") == "1":  # opt-in: not yet run on a GPU
-            impls["smoothalign (TMA reduce)"] = (_ours_tma, "triton, TMA bulk reductions")
+            impls["smoothalign (TMA reduce)"] = (
+                _ours_with(tma_reduce=True),
+                "triton, TMA bulk reductions",
+            )
     impls["eager"] = (_eager, "")
     if device == "cuda" or not small:
         impls["torch.compile"] = (torch.compile(_eager, dynamic=False), "")
