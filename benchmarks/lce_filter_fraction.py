@@ -2,6 +2,7 @@
 
     python benchmarks/lce_filter_fraction.py [--tokens 8192] [--block-n 64 --block-v 128]
     python benchmarks/lce_filter_fraction.py --model smollm2-135m [--tokens 4096] [--sort-vocab]
+    python benchmarks/lce_filter_fraction.py --dpo-step-model [--tokens 4096]
 
 For each benchmark shape, in float32 on the CPU (no GPU needed; ~2 min per shape on 2
 cores), it forms ``softmax − onehot`` for the first ``--tokens`` tokens and counts the
@@ -17,6 +18,12 @@ the next token. A trained model's softmax is peaked, unlike the benchmark's rand
 ``--sort-vocab`` first orders the vocabulary by its mean logit over the sample (Cut
 Cross-Entropy's vocabulary sorting, here with the sample's own means: optimistic), so that
 the likely tokens share blocks.
+
+With ``--dpo-step-model`` the inputs are those of ``benchmarks/dpo_step.py``'s timed step:
+its config-built Llama-3.2-1B-shape model (random weights, seed 0; float32 here) on its
+random token ids, each response token's target the next token (prompt positions ignored),
+in the order the step's head sees them. Random weights give near-uniform softmaxes, like the
+kernel benchmark's random logits, so this says how much the step's timing owes to filtering.
 """
 
 from __future__ import annotations
@@ -30,11 +37,12 @@ from linear_cross_entropy import SHAPES, make_inputs
 
 
 def filter_fraction(e, c, t, block_n: int, block_v: int, eps: float, chunk: int = 512):
-    """(blocks computed, blocks in all, mean softmax mass per live token in the blocks the
-    filter skips: what filtering drops from the gradient)."""
+    """(blocks computed, blocks in all, blocks with a live token (the others are never
+    computed), mean softmax mass per live token in the blocks the filter skips: what
+    filtering drops from the gradient)."""
     v = c.shape[0]
     v_blocks = math.ceil(v / block_v)
-    kept = total = 0
+    kept = total = live_blocks = 0
     dropped = []
     chunk = max(block_n, chunk // block_n * block_n)  # whole token blocks per chunk
     for s in range(0, e.shape[0], chunk):
@@ -55,12 +63,13 @@ def filter_fraction(e, c, t, block_n: int, block_v: int, eps: float, chunk: int 
         big = a.amax(dim=(1, 3)) >= eps
         kept += int(big.sum())
         total += big.numel()
+        live_blocks += int(live.view(-1, block_n).any(1).sum()) * v_blocks
         # per token: the softmax mass in the vocabulary blocks its token block skips
         mass = F.pad(p, pad).view(rows, v_blocks, block_v).sum(2)  # [rows, vocabulary blocks]
         skipped = (~big).repeat_interleave(block_n, 0)
         dropped.append((mass * skipped).sum(1)[live])
     dropped = torch.cat(dropped) if dropped else torch.zeros(0)
-    return kept, total, float(dropped.mean()) if len(dropped) else float("nan")
+    return kept, total, live_blocks, float(dropped.mean()) if len(dropped) else float("nan")
 
 
 def sort_vocabulary(e, c, t, chunk: int = 512):
@@ -101,6 +110,32 @@ def model_inputs(name: str, tokens: int):
     return e, model.get_output_embeddings().weight.detach().float(), ids_t[0, 1 : tokens + 1]
 
 
+def dpo_step_inputs(tokens: int):
+    """(hidden states ``[n, D]``, LM head ``[V, D]``, targets ``[n]``), float32: the first
+    ``tokens`` positions (response tokens live, prompt tokens ignored) of the DPO step
+    benchmark's batch through its model."""
+    from dpo_step import LLAMA_1B, build_model, make_pairs, our_batch
+
+    model = build_model(LLAMA_1B, torch.float32, "cpu")
+    prompt, chosen, rejected = make_pairs(8, 256, 768, LLAMA_1B["vocab_size"])
+    batch = our_batch(prompt, chosen, rejected, "cpu")
+    ids, labels = batch["input_ids"], batch["labels"]
+    per_row = ids.shape[1]
+    rows = max(1, math.ceil(tokens / per_row))
+    hidden = []
+    hook = model.get_output_embeddings().register_forward_pre_hook(
+        lambda _m, args: hidden.append(args[0].detach())
+    )
+    with torch.no_grad():
+        for r in range(rows):  # one sequence at a time: the CPU's memory
+            model(input_ids=ids[r : r + 1], use_cache=False)
+    hook.remove()
+    e = torch.cat([h[0] for h in hidden])[:tokens].float()
+    # position t predicts token t+1, as the trainer's fused path does
+    t = torch.cat([labels[:rows, 1:], labels.new_full((rows, 1), -100)], 1).reshape(-1)
+    return e, model.get_output_embeddings().weight.detach().float(), t[:tokens]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tokens", type=int, default=8192, help="first N tokens of each shape")
@@ -108,17 +143,27 @@ def main(argv=None) -> int:
     p.add_argument("--block-v", type=int, default=128, help="the backward's BLOCK_V")
     p.add_argument("--model", help="a real model's hidden states and head instead")
     p.add_argument("--sort-vocab", action="store_true", help="order the vocabulary by mean logit")
+    p.add_argument(
+        "--dpo-step-model",
+        action="store_true",
+        help="the DPO step benchmark's config-built model and batch instead",
+    )
     args = p.parse_args(argv)
     eps = torch.finfo(torch.bfloat16).eps / 32
-    if args.model:
-        e, c, t = model_inputs(args.model, args.tokens)
+    if args.model or args.dpo_step_model:
+        if args.dpo_step_model:
+            args.model = "dpo_step.py's Llama-3.2-1B shape"
+            e, c, t = dpo_step_inputs(args.tokens)
+        else:
+            e, c, t = model_inputs(args.model, args.tokens)
         if args.sort_vocab:
             e, c, t = sort_vocabulary(e, c, t)
-        kept, total, mass = filter_fraction(e, c, t, args.block_n, args.block_v, eps)
+        kept, total, live, mass = filter_fraction(e, c, t, args.block_n, args.block_v, eps)
         n, d, v = e.shape[0], c.shape[1], c.shape[0]
         print(
             f"{args.model} ({n}×{d}×{v}): backward blocks computed {kept}/{total} = "
-            f"{kept / total:.3f}; softmax mass per token in skipped blocks: {mass:.4f}",
+            f"{kept / total:.3f} ({kept / max(live, 1):.3f} of the {live} with a live token); "
+            f"softmax mass per token in skipped blocks: {mass:.4f}",
             flush=True,
         )
         return 0
@@ -128,7 +173,7 @@ def main(argv=None) -> int:
         e, c, t = e[:k].float(), c.float(), t[:k]
         if args.sort_vocab:
             e, c, t = sort_vocabulary(e, c, t)
-        kept, total, mass = filter_fraction(e, c, t, args.block_n, args.block_v, eps)
+        kept, total, _, mass = filter_fraction(e, c, t, args.block_n, args.block_v, eps)
         print(
             f"{n}×{d}×{v}: backward blocks computed {kept}/{total} = {kept / total:.3f}; "
             f"softmax mass per token in skipped blocks: {mass:.4f}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -204,3 +205,32 @@ def test_sft_weight_adds_the_chosen_nll_per_token_through_the_trainer(tiny, tmp_
     tok_logp = logp.gather(-1, labels.clamp(min=0)[..., None])[..., 0] * keep
     nll_per_token = -(tok_logp.sum(1) / keep.sum(1))
     assert loss == pytest.approx(math.log(2) + lam * float(nll_per_token.mean()), rel=1e-9)
+
+
+@pytest.mark.parametrize("setting, expected", [("auto", "auto"), ("off", None)])
+def test_grad_filter_reaches_the_kernel(tiny, tmp_path, monkeypatch, setting, expected):
+    """``--grad-filter``: the trainer's fused log-probs call the kernel with the matching
+    ``filter_eps`` (``off``: exact gradients), and the policy's loss is unchanged by it."""
+    import smoothalign.kernels as K
+
+    seen = []
+    real = K.linear_log_probs
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("filter_eps", "missing"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(K, "linear_log_probs", spy)
+    model, tok, batch = tiny
+    model = copy.deepcopy(model)
+    cfg = DPOConfig(model="tiny", output_dir=str(tmp_path), lora=False, smoothing="none",
+                    fused_logps="on", grad_filter=setting, report=False)  # fmt: skip
+    trainer = _dpo_trainer(cfg, model, tok, copy.deepcopy(model))
+    loss = trainer.compute_loss(model, dict(batch))
+    assert seen and set(seen) == {expected}
+    assert float(loss.detach()) == pytest.approx(math.log(2), rel=1e-9)  # policy = reference
+
+
+def test_grad_filter_option_is_checked():
+    with pytest.raises(ValueError, match="grad_filter"):
+        DPOConfig(grad_filter="on")

@@ -115,7 +115,7 @@ def test_filter_fraction_counts_blocks_and_dropped_mass_like_a_brute_force():
     c = 1.2 * torch.randn(v, 8, generator=g, dtype=torch.float64)
     t = torch.randint(0, v, (n,), generator=g)
     t[:5] = -100
-    kept, total, mass = frac.filter_fraction(e, c, t, bn, bv, eps, chunk=8)
+    kept, total, live, mass = frac.filter_fraction(e, c, t, bn, bv, eps, chunk=8)
 
     p = torch.softmax(e @ c.T, 1).tolist()
     t = t.tolist()
@@ -127,6 +127,8 @@ def test_filter_fraction_counts_blocks_and_dropped_mass_like_a_brute_force():
 
     blocks = [(i, j) for i in range(0, n, bn) for j in range(len(cols))]
     assert total == len(blocks)
+    assert live == sum(any(t[r] != -100 for r in range(i, i + bn)) for i, _ in blocks)
+    assert live < total  # the first token block is all ignored
     assert kept == sum(computed(i, j) for i, j in blocks)
     assert 0 < kept < total  # the case exercises both
     dropped = [

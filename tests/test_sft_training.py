@@ -220,6 +220,31 @@ def test_check_head_refuses_logits_the_objective_does_not_reproduce(data, tmp_pa
         trainer.check_head(collator(examples))
 
 
+@pytest.mark.parametrize("setting, expected", [("auto", "auto"), ("off", None)])
+def test_grad_filter_reaches_the_kernel(data, tmp_path, monkeypatch, setting, expected):
+    """``--grad-filter``: the fused loss is called with the matching ``filter_eps``."""
+    import smoothalign.sft.objective as objective
+    from smoothalign.models import load_model_and_tokenizer
+    from smoothalign.sft.data import validate_sft_rows
+
+    seen = []
+    real = objective.linear_cross_entropy
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("filter_eps", "missing"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(objective, "linear_cross_entropy", spy)
+    cfg = _config(data, tmp_path / "gf", fused="on", grad_filter=setting)
+    model, tok = load_model_and_tokenizer("tiny")
+    examples = validate_sft_rows(_rows(4, seed=3), tok, 32).examples
+    trainer, collator = _trainer(cfg, model, tok, examples)
+    loss = trainer.compute_loss(model, collator(examples))
+    assert seen == [expected] and torch.isfinite(loss)
+    with pytest.raises(ValueError, match="grad_filter"):
+        _config(data, tmp_path / "bad", grad_filter="exact")
+
+
 # ---------------------------------------------------------------------------- text rows
 @pytest.mark.parametrize("fused", ["off", "on"])
 def test_text_row_loss_is_cross_entropy_on_every_token_but_the_first(data, tmp_path, fused):

@@ -34,8 +34,26 @@ from smoothalign.kernels.chunked import chunked_token_losses
 
 IMPLS = ("auto", "triton", "chunked")
 REDUCTIONS = ("mean", "sum", "none")
+GRAD_FILTERS = ("auto", "off")
+"""The trainers' ``--grad-filter`` settings: the kernels' ``filter_eps`` ``"auto"`` or ``None``."""
 
-__all__ = ["IMPLS", "linear_cross_entropy", "linear_log_probs", "triton_available"]
+__all__ = [
+    "GRAD_FILTERS",
+    "IMPLS",
+    "filter_eps_for",
+    "linear_cross_entropy",
+    "linear_log_probs",
+    "triton_available",
+]
+
+
+def filter_eps_for(setting: str) -> str | None:
+    """``filter_eps`` for a ``--grad-filter`` setting: ``"auto"`` (skip the backward blocks
+    whose softmax is negligible, as Cut Cross-Entropy does) or ``"off"`` (every block:
+    exact gradients, slower where the softmax is spread thin)."""
+    if setting not in GRAD_FILTERS:
+        raise ValueError(f"grad_filter: {setting!r}; choose one of {GRAD_FILTERS}")
+    return "auto" if setting == "auto" else None
 
 
 @functools.cache

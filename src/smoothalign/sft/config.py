@@ -8,6 +8,7 @@ from typing import Any
 
 from smoothalign._checks import check_finite_fields, check_lean_layers
 from smoothalign.io import config_to_dict
+from smoothalign.kernels import filter_eps_for
 
 
 @dataclass
@@ -26,6 +27,7 @@ class SFTConfig:
     # the objective (SPEC §5)
     label_smoothing: float = 0.1  # β
     fused: str = "auto"  # the fused linear cross-entropy kernel: auto (on CUDA) | on | off
+    grad_filter: str = "auto"  # the fused kernel's gradient filter: auto | off (exact)
     # optimisation
     max_steps: int = 30
     learning_rate: float = 2e-4
@@ -88,6 +90,7 @@ class SFTConfig:
             raise ValueError(f"precision: {self.precision!r}; choose auto, fp32 or bf16")
         if self.fused not in ("auto", "on", "off"):
             raise ValueError(f"fused: {self.fused!r}; choose auto, on or off")
+        filter_eps_for(self.grad_filter)  # ValueError naming grad_filter
         self.lean_layers = check_lean_layers(self.lean_layers)
         if self.on_bad_rows not in ("error", "skip"):
             raise ValueError(f"on_bad_rows: {self.on_bad_rows!r}; choose error or skip")

@@ -64,6 +64,7 @@ def sft_loss(
     reduction: str = "mean",
     bias: Tensor | None = None,
     softcap: float | None = None,
+    filter_eps: str | float | None = "auto",
 ) -> Tensor:
     """Label-smoothed next-token cross-entropy over the completion tokens.
 
@@ -77,6 +78,7 @@ def sft_loss(
             ``[B, L − 1]``, 0 where ignored. With no counted token, ``"mean"`` is NaN here
             (as ``F.cross_entropy``) and 0 in the fused kernel; the trainer only sums.
         bias / softcap: the head's bias ``[V]`` and logit soft-capping, where the model has them.
+        filter_eps: the fused kernel's gradient filter (``kernels.filter_eps_for``).
 
     Returns:
         A scalar (``mean``/``sum``, float32) or ``[B, L − 1]`` per-token losses in nats.
@@ -96,6 +98,7 @@ def sft_loss(
             reduction=reduction,
             softcap=softcap,
             bias=bias,
+            filter_eps=filter_eps,
         )
         return out.reshape(labels.shape[0], -1) if reduction == "none" else out
     keep = targets != ignore_index

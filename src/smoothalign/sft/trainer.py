@@ -35,6 +35,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from smoothalign.calibration import calibration_summary, reliability_curve
+from smoothalign.kernels import filter_eps_for
 from smoothalign.sft.config import SFTConfig
 from smoothalign.sft.objective import IGNORE_INDEX, head_logits, sft_loss, token_statistics
 from smoothalign.smoothing import SmoothingPolicy
@@ -93,6 +94,7 @@ class SFTTrainer(SmoothingTrainer):
             labels,
             label_smoothing=cfg.label_smoothing,
             fused=fused_logps_enabled(cfg.fused, hidden.device),
+            filter_eps=filter_eps_for(cfg.grad_filter),
             reduction="sum",
             bias=bias,
             softcap=softcap,

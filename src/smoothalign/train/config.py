@@ -7,6 +7,7 @@ from typing import Any
 
 from smoothalign._checks import check_finite_fields, check_lean_layers
 from smoothalign.io import config_to_dict
+from smoothalign.kernels import filter_eps_for
 from smoothalign.losses import LOSSES
 from smoothalign.train.common import calibrator_options, smoothing_policy
 
@@ -57,6 +58,7 @@ class DPOConfig:
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False  # recompute layer activations in the backward
     fused_logps: str = "auto"  # log-probs without the [N, V] logits: auto (on CUDA) | on | off
+    grad_filter: str = "auto"  # the fused kernel's gradient filter: auto | off (exact)
     lean_layers: str = (
         "auto"  # lean RMSNorm/SwiGLU/RoPE: auto (recompute on CUDA) | on | off | recompute
     )
@@ -130,6 +132,7 @@ class DPOConfig:
             raise ValueError(f"precision: {self.precision!r}; choose auto, fp32 or bf16")
         if self.fused_logps not in FUSED_LOGPS:
             raise ValueError(f"fused_logps: {self.fused_logps!r}; choose one of {FUSED_LOGPS}")
+        filter_eps_for(self.grad_filter)  # ValueError naming grad_filter
         self.lean_layers = check_lean_layers(self.lean_layers)
         if self.oracle not in ("auto", "sentiment", "none"):
             raise ValueError(f"oracle: {self.oracle!r}; choose auto, sentiment or none")

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from smoothalign.calibration import PAIRWISE_BINS, calibration_summary, true_preference_metrics
+from smoothalign.kernels import filter_eps_for
 from smoothalign.train.base_trainer import PairCountedLoss, SmoothingTrainer
 from smoothalign.train.config import DPOConfig
 from smoothalign.train.objective import dpo_terms, sequence_logps
@@ -82,13 +83,15 @@ def model_sequence_logps(
     labels: Tensor,
     *,
     fused: bool,
+    filter_eps: str | None = "auto",
 ) -> tuple[Tensor, Tensor]:
     """``(log π(y|x) [N], response lengths [N])`` of a causal LM, as ``sequence_logps``.
 
     ``fused``: the model runs with ``logits_to_keep`` = no position (the LM head is applied
     to nothing), a forward hook on its decoder takes the final hidden states, and the
     per-token log-probs come from ``kernels.linear_log_probs`` with the LM head's weight
-    (tied or not) — the ``[N, L, V]`` logits are never materialised. The call goes through
+    (tied or not) — the ``[N, L, V]`` logits are never materialised; ``filter_eps`` is the
+    kernel's gradient filter (``kernels.filter_eps_for``). The call goes through
     the outermost module (DDP, PEFT), so wrappers' hooks and LoRA adapters (and
     ``disable_adapter()``) apply as usual. Falls back to the plain path, with a warning
     once, for a model without ``get_decoder``/``get_output_embeddings``/``logits_to_keep``
@@ -131,7 +134,9 @@ def model_sequence_logps(
         hidden = hidden * scale
     # position t predicts token t+1: shift the labels, not the hidden states (no copy)
     targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], 1)
-    token_logps = linear_log_probs(hidden, head.weight, targets, bias=head.bias, softcap=softcap)
+    token_logps = linear_log_probs(
+        hidden, head.weight, targets, bias=head.bias, softcap=softcap, filter_eps=filter_eps
+    )
     return token_logps.sum(-1), (targets != -100).sum(-1)
 
 
@@ -154,6 +159,7 @@ class SmoothDPOTrainer(PairCountedLoss, SmoothingTrainer):
         self.fused_logps = fused_logps_enabled(
             dpo_config.fused_logps, self.accelerator.device
         ) and not getattr(self, "is_fsdp_enabled", False)
+        self.filter_eps = filter_eps_for(dpo_config.grad_filter)
 
     # ------------------------------------------------------------------ forward
     def _unwrapped(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -168,6 +174,7 @@ class SmoothDPOTrainer(PairCountedLoss, SmoothingTrainer):
             batch["attention_mask"],
             batch["labels"],
             fused=self.fused_logps,
+            filter_eps=self.filter_eps,
         )
         b = logps.shape[0] // 2
         return logps[:b], logps[b:], lengths[:b]
