@@ -342,13 +342,14 @@ def run_trl(
     return {**_timed_steps(step, args.device, args.warmup, args.repeats), "tokens": n_tokens}
 
 
-def _without_block_max(fn):
-    """Run ``fn`` with the kernels' default ``block_max`` backward switched off."""
-    os.environ["SMOOTHALIGN_LCE_BLOCKMAX"] = "0"
+def _with_env(name: str, value: str, fn):
+    """Run ``fn`` with the environment variable ``name`` set to ``value`` (a kernel option:
+    ``SMOOTHALIGN_LCE_BLOCKMAX=0``, ``SMOOTHALIGN_LCE_DENSE=512``)."""
+    os.environ[name] = value
     try:
         return fn()
     finally:
-        os.environ.pop("SMOOTHALIGN_LCE_BLOCKMAX", None)
+        os.environ.pop(name, None)
 
 
 def main(argv=None) -> int:
@@ -401,8 +402,17 @@ def main(argv=None) -> int:
                 args, shape, pairs, True, tmp, lean=True, recompute=True, grad_filter="off"
             )
         ),
-        "smoothalign (CALS, fused log-probs, no block max)": lambda tmp: _without_block_max(
-            lambda: run_ours(args, shape, pairs, True, tmp)
+        # the same, its head's backward as cuBLAS products (kernels.dense_backward, 512 MiB
+        # chunks): exact gradients, an experiment for a trained model's peaked softmax
+        "smoothalign (CALS, fused log-probs, lean layers, recompute, dense backward)": (
+            lambda tmp: _with_env(
+                "SMOOTHALIGN_LCE_DENSE",
+                "512",
+                lambda: run_ours(args, shape, pairs, True, tmp, lean=True, recompute=True),
+            )
+        ),
+        "smoothalign (CALS, fused log-probs, no block max)": lambda tmp: _with_env(
+            "SMOOTHALIGN_LCE_BLOCKMAX", "0", lambda: run_ours(args, shape, pairs, True, tmp)
         ),
         "smoothalign (CALS, materialised logits)": lambda tmp: run_ours(
             args, shape, pairs, False, tmp

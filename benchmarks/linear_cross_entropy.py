@@ -69,7 +69,8 @@ def _ours(e, c, t, beta):
 def _ours_with(**options):
     """``_ours`` through the Triton kernel with one of its options changed (same mean):
     ``block_max=False`` (no skipping of filterable blocks before their recompute, only
-    after) or ``tma_reduce=True`` (the backward's tiles added by TMA bulk reductions)."""
+    after), ``tma_reduce=True`` (the backward's tiles added by TMA bulk reductions) or
+    ``dense_backward=BYTES`` (the backward as three cuBLAS products per chunk of tokens)."""
 
     def loss(e, c, t, beta):
         from smoothalign.kernels.triton_lce import triton_token_losses
@@ -88,6 +89,13 @@ def implementations(device: str, small: bool) -> dict:
     impls = {"smoothalign": (_ours, "triton" if device == "cuda" else "chunked (CPU)")}
     if device == "cuda":
         impls["smoothalign (no block max)"] = (_ours_with(block_max=False), "triton, block_max off")
+        # exact gradients through cuBLAS, for a trained model's peaked softmax (where the
+        # filter skips few blocks): chunks of 64 MiB (about the memory target) and 512 MiB
+        for mib in (64, 512):
+            impls[f"smoothalign (dense backward, {mib} MiB)"] = (
+                _ours_with(dense_backward=mib << 20),
+                "triton forward, cuBLAS backward, no filtering",
+            )
         if os.environ.get("SMOOTHALIGN_BENCH_TMA") == "1":  # opt-in: not yet run on a GPU
             impls["smoothalign (TMA reduce)"] = (
                 _ours_with(tma_reduce=True),

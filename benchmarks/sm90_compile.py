@@ -110,6 +110,27 @@ def forward(config: str, store_bmax: bool = True) -> dict:
     return {"kernel": "lce forward", "config": config, **_resources(kernel), "mma": mma}
 
 
+def dense_grad(softcap: bool) -> dict:
+    """The dense backward's one-pass gradient of a chunk's float32 logits (bf16 out), as
+    ``triton_lce.dense_grad`` launches it."""
+    from smoothalign.kernels import triton_lce as K
+
+    params = list(inspect.signature(K._dense_grad_kernel.fn).parameters)
+    types = {"Z": "*fp32", "G": "*bf16", "Lse": "*fp32", "Up": "*fp32", "T": "*i64",
+             "softcap": "fp32", "beta": "fp32"}  # fmt: skip
+    ints = ("V", "stride_z", "stride_g")
+    consts = {"BLOCK": 2048, "HAS_SOFTCAP": softcap}
+    signature = {p: types.get(p) or ("i32" if p in ints else "constexpr") for p in params}
+    # as a launch at the benchmark shapes marks them (V = 128256 and 256000: multiples of 16)
+    divisible = {i for i, p in enumerate(params) if p in ints or types.get(p, "").startswith("*")}
+    attrs = {(i,): [["tt.divisibility", 16]] for i in divisible}
+    src = ASTSource(fn=K._dense_grad_kernel, signature=signature, constexprs=consts, attrs=attrs)
+    kernel = triton.compile(src, target=TARGET, options={"num_warps": 8})
+    loads = _ops(kernel.asm["ptx"], r"\b(ld\.global\S*)")
+    return {"kernel": "dense backward gradient", "softcap": softcap, **_resources(kernel),
+            "loads": loads}  # fmt: skip
+
+
 def rope(dtype: str, backward_pass: bool, fp_fusion: bool) -> dict:
     """The RoPE kernel: which arithmetic instructions the rounding became."""
     from smoothalign.kernels import triton_layers as TL
@@ -138,6 +159,7 @@ def main(argv=None) -> int:
     rows += [backward(cfg, tma) for tma in (False, True) for cfg in BWD_CONFIGS]
     rows += [rope(dt, bw, fus) for dt in ("bf16", "fp16") for bw in (False, True)
              for fus in (True, False)]  # fmt: skip
+    rows += [dense_grad(softcap) for softcap in (False, True)]
     for row in rows:
         print(json.dumps(row))
     if args.json:

@@ -198,3 +198,6 @@ def test_kernels_compile_for_sm90_without_a_gpu():
     assert any(op.startswith("fma") for op in fused), fused
     assert not any(op.startswith("fma") for op in exact), exact
     assert exact.get("mul.rn.bf16") and exact.get("sub.rn.bf16") and exact.get("add.rn.bf16")
+    for softcap in (False, True):  # the dense backward's gradient pass: no spills, 16-byte loads
+        row = sm90.dense_grad(softcap)
+        assert row["stack_bytes"] == 0 and any("v4" in op for op in row["loads"]), row

@@ -189,6 +189,72 @@ def test_filter_eps_resolution(lce):
         lce.resolve_filter_eps(-1.0, torch.bfloat16)
 
 
+def test_dense_backward_setting_from_the_environment(lce, monkeypatch):
+    for raw, expected in (("", None), ("0", None), ("64", 64 << 20), ("0.5", 1 << 19)):
+        monkeypatch.setenv("SMOOTHALIGN_LCE_DENSE", raw)
+        assert lce._dense_bytes_from_env() == expected
+    for raw in ("abc", "-3", "nan"):
+        monkeypatch.setenv("SMOOTHALIGN_LCE_DENSE", raw)
+        with pytest.raises(ValueError, match="SMOOTHALIGN_LCE_DENSE"):
+            lce._dense_bytes_from_env()
+
+
+@here
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_dense_grad_kernel_is_the_gradient_of_the_logits(lce, softcap):
+    """``dense_grad``: one pass from float32 logits to ``up·∂ℓ/∂z`` in bf16, against float64
+    autograd of the smoothed cross-entropy; an ignored row is 0 even with a NaN ``lse``."""
+    g = torch.Generator().manual_seed(3)
+    rows, beta = 5, 0.1
+    z = 4 * torch.randn(rows, V, generator=g)
+    t = torch.randint(0, V, (rows,), generator=g)
+    up = torch.randn(rows, generator=g)
+    up[2] = 0.0  # an ignored token
+    zz = z.double().requires_grad_()
+    capped = softcap * torch.tanh(zz / softcap) if softcap else zz
+    lse = torch.logsumexp(capped.detach(), 1).float()
+    lse[2] = float("nan")
+    loss = F.cross_entropy(capped, t, label_smoothing=beta, reduction="none")
+    (up.double() * loss).sum().backward()
+    dev = _device()
+    out = torch.empty(rows, V, dtype=torch.bfloat16, device=dev)
+    lce.dense_grad(z.to(dev), out, lse.to(dev), up.to(dev), t.to(dev), beta, softcap)
+    assert out[2].abs().max() == 0
+    err = (out.double().cpu() - zz.grad).abs().max()
+    assert err <= 2**-8 * zz.grad.abs().max(), float(err)  # bf16's rounding of the output
+
+
+@here
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("beta", "softcap"), [(0.0, None), (0.1, None), (0.1, 3.0)])
+def test_dense_backward_after_the_triton_forward(lce, dtype, beta, softcap, monkeypatch):
+    """``dense_backward``: the Triton forward, then the BLAS-product backward (chunks of 7
+    tokens here), against float64 eager; the forward's loss is the same as without it."""
+    import smoothalign.kernels.dense_backward as dense
+
+    calls = []
+    real = dense.dense_backward
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["chunk_rows"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dense, "dense_backward", spy)
+    e, c, b, t = _inputs(dtype, bias=True)
+    nbytes = 7 * V * (4 + (2 if dtype != torch.float32 else 0) + (4 if softcap else 0))
+    losses = lce.triton_token_losses(
+        e, c, t, beta=beta, softcap=softcap, bias=b, dense_backward=nbytes
+    )
+    plain = lce.triton_token_losses(e, c, t, beta=beta, softcap=softcap, bias=b)
+    torch.testing.assert_close(losses, plain, rtol=0, atol=0)
+    losses.sum().backward()
+    ref, leaves = _reference(e, c, b, t, beta, softcap, reduction="sum")
+    ref.backward()
+    assert calls == [7]
+    assert float(losses.sum()) == pytest.approx(float(ref), rel=TOL[dtype][0])
+    _assert_grads((e, c, b), leaves, TOL[dtype][1])
+
+
 @pytest.mark.parametrize("fwd_rows", [16, 32])
 @here
 def test_forward_block_maxima(lce, fwd_rows, monkeypatch):

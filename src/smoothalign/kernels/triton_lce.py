@@ -469,6 +469,65 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"  # tf32: ignored for 16-bit inputs
 
 
+@triton.jit
+def _dense_grad_kernel(
+    Z,
+    G,
+    Lse,
+    Up,
+    T,
+    V,
+    stride_z,
+    stride_g,
+    softcap,
+    beta,
+    BLOCK: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+):
+    """One pass over a chunk's float32 logits ``Z`` ``[rows, V]``: ``G = up_n·(softmax −
+    (1 − β)·onehot − β/V)`` (``·(1 − tanh²)`` with softcap) in ``G``'s dtype; rows whose
+    upstream gradient is 0 (ignored tokens) get 0 whatever their ``lse``."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < V
+    up = tl.load(Up + row)
+    lse = tl.load(Lse + row)
+    t = tl.load(T + row)
+    z = tl.load(Z + row * stride_z + offs, mask=mask, other=0.0)
+    if HAS_SOFTCAP:
+        th = _tanh(z / softcap)
+        z = softcap * th
+    d = tl.exp(z - lse) - tl.where(offs == t, 1.0 - beta, 0.0) - beta / V
+    d = d * up
+    if HAS_SOFTCAP:
+        d = d * (1.0 - th * th)
+    d = tl.where(up != 0.0, d, 0.0)
+    tl.store(G + row * stride_g + offs, d.to(G.dtype.element_ty), mask=mask)
+
+
+def dense_grad(z: Tensor, out: Tensor, lse: Tensor, up: Tensor, targets: Tensor, beta, softcap):
+    """Launch ``_dense_grad_kernel``: ``out`` ``[rows, V]`` from the float32 logits ``z``."""
+    rows, v = z.shape
+    block = 16 if _interpreting() else 2048
+    extra = {} if _interpreting() else {"num_warps": 8}
+    _dense_grad_kernel[(rows, triton.cdiv(v, block))](
+        z,
+        out,
+        lse,
+        up,
+        targets,
+        v,
+        z.stride(0),
+        out.stride(0),
+        float(softcap) if softcap is not None else 1.0,
+        float(beta),
+        BLOCK=block,
+        HAS_SOFTCAP=softcap is not None,
+        **extra,
+    )
+    return out
+
+
 def resolve_filter_eps(filter_eps: float | str | None, dtype: torch.dtype) -> float | None:
     if filter_eps is None:
         return None
@@ -558,6 +617,20 @@ def _forward(e, c, bias, targets, beta, ignore_index, softcap, store_bmax=False)
     return loss, lse, c_mean, (bmax, bv, group) if bmax is not None else None
 
 
+def _dense_bytes_from_env() -> int | None:
+    """``SMOOTHALIGN_LCE_DENSE`` (MiB, a positive number): the dense backward's chunk bytes."""
+    raw = os.environ.get("SMOOTHALIGN_LCE_DENSE", "").strip()
+    if not raw or raw == "0":
+        return None
+    try:
+        mib = float(raw)
+    except ValueError:
+        mib = -1.0
+    if not mib > 0:
+        raise ValueError(f"SMOOTHALIGN_LCE_DENSE: a size in MiB expected, got {raw!r}")
+    return int(mib * 2**20)
+
+
 def _bmax_group(dtype: torch.dtype) -> int:
     """Tokens per stored block maximum: the smaller of the two BLOCK_N when it divides the
     larger (each backward block then reads whole groups), else 0 (no maxima)."""
@@ -602,10 +675,28 @@ def _backward(
     bmax=None,
     c_mean=None,
     tma_reduce=None,
+    dense_bytes=None,
 ):
     need_e, need_c, need_b = need
     n, d = e.shape
     v = c.shape[0]
+    if dense_bytes:
+        from smoothalign.kernels.dense_backward import dense_backward, dense_chunk_rows
+
+        return dense_backward(
+            e,
+            c,
+            bias,
+            targets,
+            lse,
+            g,
+            beta=beta,
+            softcap=softcap,
+            need=need,
+            chunk_rows=dense_chunk_rows(v, e.dtype, dense_bytes, softcap is not None),
+            accum_c_fp32=accum_c_fp32,
+            elementwise=dense_grad,
+        )
     bn, bv, bd, warps, stages = _config("bwd", e.dtype)
     tma = _tma_reduce(tma_reduce, e.device, d)
     if tma and not os.environ.get("SMOOTHALIGN_LCE_BWD") and e.dtype != torch.float32:
@@ -745,6 +836,7 @@ class TritonLinearCrossEntropy(torch.autograd.Function):
         accum_c_fp32,
         block_max,
         tma_reduce,
+        dense_bytes,
     ):
         loss, lse, c_mean, maxima = _forward(
             e, c, bias, targets, beta, ignore_index, softcap, block_max
@@ -754,7 +846,7 @@ class TritonLinearCrossEntropy(torch.autograd.Function):
         bmax, bv_fwd, group = maxima if maxima is not None else (None, None, None)
         ctx.save_for_backward(e, c, bias, targets, lse, bmax, c_mean)
         ctx.opts = (beta, ignore_index, softcap, filter_eps, accum_c_fp32, bv_fwd, group)
-        ctx.tma_reduce = tma_reduce
+        ctx.tma_reduce, ctx.dense_bytes = tma_reduce, dense_bytes
         return loss
 
     @staticmethod
@@ -778,8 +870,9 @@ class TritonLinearCrossEntropy(torch.autograd.Function):
             (bmax, bv_fwd, group) if bmax is not None else None,
             c_mean,
             ctx.tma_reduce,
+            ctx.dense_bytes,
         )
-        return de, dc, db, None, None, None, None, None, None, None, None
+        return de, dc, db, None, None, None, None, None, None, None, None, None
 
 
 def triton_token_losses(
@@ -795,8 +888,16 @@ def triton_token_losses(
     accum_c_fp32: bool = False,
     block_max: bool | None = None,
     tma_reduce: bool | None = None,
+    dense_backward: int | None = None,
 ) -> Tensor:
     """Per-token losses ``[N]`` of ``e`` ``[N, D]`` against ``c`` ``[V, D]`` with the kernels.
+
+    ``dense_backward`` (bytes; off by default; ``None`` reads ``SMOOTHALIGN_LCE_DENSE`` in
+    MiB): the backward through three BLAS products per chunk of tokens whose buffers take at
+    most that many bytes (``kernels.dense_backward``), instead of the Triton kernel's
+    atomic adds: exact gradients (``filter_eps`` is then unused), meant for a trained
+    model's peaked softmax, where filtering skips few blocks. An experiment, not yet timed
+    on a GPU.
 
     ``tma_reduce`` (off by default; ``None`` reads ``SMOOTHALIGN_LCE_TMA=1``): the backward
     adds its gradient tiles with TMA bulk reductions where the GPU has them (see
@@ -836,7 +937,9 @@ def triton_token_losses(
     nested = (
         _config("fwd", e.dtype)[1] % _config("bwd", e.dtype)[1] == 0 and _bmax_group(e.dtype) > 0
     )
-    block_max = bool(block_max) and wants_grad and usable and nested
+    if dense_backward is None:
+        dense_backward = _dense_bytes_from_env()
+    block_max = bool(block_max) and wants_grad and usable and nested and not dense_backward
     return TritonLinearCrossEntropy.apply(
         e,
         c,
@@ -849,4 +952,5 @@ def triton_token_losses(
         accum_c_fp32,
         block_max,
         tma_reduce,
+        int(dense_backward) if dense_backward else None,
     )
