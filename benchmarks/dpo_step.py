@@ -403,7 +403,7 @@ def main(argv=None) -> int:
             )
         ),
         # the same, its head's backward as cuBLAS products (kernels.dense_backward, 512 MiB
-        # chunks): exact gradients, an experiment for a trained model's peaked softmax
+        # chunks): nothing filtered, an experiment for a trained model's peaked softmax
         "smoothalign (CALS, fused log-probs, lean layers, recompute, dense backward)": (
             lambda tmp: _with_env(
                 "SMOOTHALIGN_LCE_DENSE",

@@ -20,7 +20,8 @@ Cross-Entropy's vocabulary sorting, here with the sample's own means: optimistic
 the likely tokens share blocks.
 
 With ``--dpo-step-model`` the inputs are those of ``benchmarks/dpo_step.py``'s timed step:
-its config-built Llama-3.2-1B-shape model (random weights, seed 0; float32 here) on its
+its config-built Llama-3.2-1B-shape model (random weights, seed 0, drawn here on the CPU:
+the GPU run draws its own on CUDA, from the same distribution; float32 here) on its
 random token ids, each response token's target the next token (prompt positions ignored),
 in the order the step's head sees them. Random weights give near-uniform softmaxes, like the
 kernel benchmark's random logits, so this says how much the step's timing owes to filtering.

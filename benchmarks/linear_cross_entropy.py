@@ -89,7 +89,7 @@ def implementations(device: str, small: bool) -> dict:
     impls = {"smoothalign": (_ours, "triton" if device == "cuda" else "chunked (CPU)")}
     if device == "cuda":
         impls["smoothalign (no block max)"] = (_ours_with(block_max=False), "triton, block_max off")
-        # exact gradients through cuBLAS, for a trained model's peaked softmax (where the
+        # unfiltered gradients through cuBLAS, for a trained model's peaked softmax (where the
         # filter skips few blocks): chunks of 64 MiB (about the memory target) and 512 MiB
         for mib in (64, 512):
             impls[f"smoothalign (dense backward, {mib} MiB)"] = (

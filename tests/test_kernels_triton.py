@@ -190,13 +190,38 @@ def test_filter_eps_resolution(lce):
 
 
 def test_dense_backward_setting_from_the_environment(lce, monkeypatch):
-    for raw, expected in (("", None), ("0", None), ("64", 64 << 20), ("0.5", 1 << 19)):
+    for raw, expected in (("", None), ("0", None), ("0.0", None), ("64", 64 << 20),
+                          ("0.5", 1 << 19), ("1e-9", 1)):  # fmt: skip
         monkeypatch.setenv("SMOOTHALIGN_LCE_DENSE", raw)
         assert lce._dense_bytes_from_env() == expected
-    for raw in ("abc", "-3", "nan"):
+    for raw in ("abc", "-3", "nan", "inf"):
         monkeypatch.setenv("SMOOTHALIGN_LCE_DENSE", raw)
         with pytest.raises(ValueError, match="SMOOTHALIGN_LCE_DENSE"):
             lce._dense_bytes_from_env()
+
+
+@here
+def test_dense_backward_through_the_environment_stores_no_block_maxima(lce, monkeypatch):
+    """``SMOOTHALIGN_LCE_DENSE`` (what the benchmarks set) reaches the backward, and the
+    forward then keeps no block maxima (the dense backward has no use for them)."""
+    import smoothalign.kernels.dense_backward as dense
+
+    calls = []
+    real = dense.dense_backward
+    monkeypatch.setattr(
+        dense, "dense_backward", lambda *a, **k: calls.append(k["chunk_rows"]) or real(*a, **k)
+    )
+    e, c, _, t = _inputs(torch.bfloat16)
+    saved = {}
+    for setting in ("0", "1"):
+        monkeypatch.setenv("SMOOTHALIGN_LCE_DENSE", setting)
+        losses = lce.triton_token_losses(e, c, t, beta=0.1, block_max=True)
+        saved[setting] = losses.grad_fn.saved_tensors[5]  # the block maxima, or None
+        losses.sum().backward()
+    assert calls == [(1 << 20) // (V * 6)]
+    assert saved["0"] is not None and saved["1"] is None
+    with pytest.raises(ValueError, match="dense_backward"):
+        lce.triton_token_losses(e, c, t, dense_backward=-1)
 
 
 @here
@@ -241,7 +266,7 @@ def test_dense_backward_after_the_triton_forward(lce, dtype, beta, softcap, monk
 
     monkeypatch.setattr(dense, "dense_backward", spy)
     e, c, b, t = _inputs(dtype, bias=True)
-    nbytes = 7 * V * (4 + (2 if dtype != torch.float32 else 0) + (4 if softcap else 0))
+    nbytes = 7 * V * (4 + (2 if dtype != torch.float32 else 0))  # logits + 16-bit gradient
     losses = lce.triton_token_losses(
         e, c, t, beta=beta, softcap=softcap, bias=b, dense_backward=nbytes
     )

@@ -37,7 +37,7 @@ TRAINING_HELP = {
     "grad_filter": "the fused LM-head kernel's gradient filter (CUDA): auto skips the backward "
     "blocks whose every softmax entry is below bf16's eps/32, as Cut Cross-Entropy does (fast "
     "when the softmax is spread thin, as in a randomly initialised model, but that softmax "
-    "mass is then missing from the gradient); off computes every block (exact gradients)",
+    "mass is then missing from the gradient); off computes every block (none of the softmax is dropped)",
     "bins": "CALS: number of forecast bins K (even)",
     "init_confidence": "CALS: prior confidence c0 (1.0 = no smoothing until evidence arrives)",
     "prior_strength": "CALS: pseudo-pairs κ of prior per bin (never decayed)",

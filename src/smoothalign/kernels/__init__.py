@@ -50,7 +50,7 @@ __all__ = [
 def filter_eps_for(setting: str) -> str | None:
     """``filter_eps`` for a ``--grad-filter`` setting: ``"auto"`` (skip the backward blocks
     whose softmax is negligible, as Cut Cross-Entropy does) or ``"off"`` (every block:
-    exact gradients, slower where the softmax is spread thin)."""
+    no softmax mass dropped, slower where the softmax is spread thin)."""
     if setting not in GRAD_FILTERS:
         raise ValueError(f"grad_filter: {setting!r}; choose one of {GRAD_FILTERS}")
     return "auto" if setting == "auto" else None

@@ -10,55 +10,80 @@ gradient of ``rows`` tokens at a time and hands the products to the BLAS (cuBLAS
     Z = E_c·Cᵀ (+ b), float32                  G = g_n·(softmax(Z) − (1 − β)·onehot − β/V)
     dE_c = G·C        dC += Gᵀ·E_c              db += Σ_n G_n        (·(1 − tanh²) with softcap)
 
-Every entry counts: no filtering, exact up to the products' rounding. The logits are float32
-(``lse`` from the forward is), ``G`` is cast to the inputs' dtype for the two products (as
-cuBLAS needs for its 16-bit speed; fp32 accumulation inside), and ``dC`` accumulates in its
-own dtype across chunks (one rounding per chunk; ``accum_c_fp32`` for a float32 buffer).
+Every entry counts: no filtering. The logits are float32 (``lse`` from the forward is),
+``G`` is cast to the inputs' dtype for the two products (as cuBLAS needs for its 16-bit
+speed; fp32 accumulation inside), and 16-bit ``dC`` accumulates in its own dtype across
+chunks: one rounding per chunk, so its error grows with the number of chunks
+(``accum_c_fp32`` accumulates in a float32 ``[V, D]`` buffer instead, at twice C's memory and
+float32 products). ``dbias`` is summed from the float32 ``G``.
 
 Memory beyond the gradients: the chunk's float32 logits and its 16-bit gradient,
-``rows·V·6`` bytes for 16-bit inputs (``·4`` more with softcap, for ``tanh``). The chunk size
-is the trade: every chunk reads ``C`` twice and ``dC`` once, so small chunks are bound by
-memory traffic. An experiment, not the default: not yet timed on a GPU.
+``rows·V·6`` bytes for 16-bit inputs (``rows·V·4`` more for ``tanh`` with softcap on the
+PyTorch path; the Triton pass needs none). The chunk size is the trade: every chunk reads
+``C`` twice and ``dC`` once, so small chunks are bound by memory traffic. An experiment, not
+the default: not yet timed on a GPU.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 
-def dense_chunk_rows(v: int, dtype: torch.dtype, chunk_bytes: int, softcap: bool) -> int:
-    """Tokens per chunk so that the chunk's buffers take at most ``chunk_bytes``."""
-    per_entry = 4 + (0 if dtype in (torch.float32, torch.float64) else 2) + (4 if softcap else 0)
+def dense_chunk_rows(v: int, dtype: torch.dtype, chunk_bytes: int, tanh_buffer: bool) -> int:
+    """Tokens per chunk so that the chunk's buffers take at most ``chunk_bytes``: its logits
+    (float32, float64 for float64 inputs), the 16-bit gradient for 16-bit inputs, and with
+    ``tanh_buffer`` (softcap on the PyTorch path) a logits-sized ``tanh``."""
+    logit = 8 if dtype == torch.float64 else 4
+    per_entry = logit + (0 if dtype in (torch.float32, torch.float64) else 2)
+    per_entry += logit if tanh_buffer else 0
     return max(1, int(chunk_bytes) // (per_entry * max(v, 1)))
+
+
+@functools.cache
+def _mm_out_dtype(device: str) -> bool:
+    """Whether ``torch.mm(..., out_dtype=torch.float32)`` takes 16-bit inputs on ``device``
+    (probed once on a 1×1 product, so that no other error is mistaken for its absence)."""
+    a = torch.zeros(1, 1, dtype=torch.bfloat16, device=device)
+    try:
+        torch.mm(a, a, out_dtype=torch.float32)
+    except Exception:  # TypeError (no such argument) or RuntimeError (no such kernel)
+        return False
+    return True
 
 
 def _logits_fp32(e_c: Tensor, c: Tensor) -> Tensor:
     """``e_c @ c.T`` in float32 (float64 for float64 inputs) without a float32 copy of ``c``
-    on a GPU (16-bit products with float32 output)."""
+    on a GPU (16-bit products with float32 output; 16-bit logits on a torch without them,
+    as eager's)."""
     if e_c.dtype in (torch.float32, torch.float64):
         return e_c @ c.T
-    if e_c.is_cuda:
-        try:
-            return torch.mm(e_c, c.T, out_dtype=torch.float32)
-        except (TypeError, RuntimeError, NotImplementedError):
-            pass  # an older torch: 16-bit logits, as eager's
-    return (e_c @ c.T).float() if e_c.is_cuda else e_c.float() @ c.float().T
+    if not e_c.is_cuda:
+        return e_c.float() @ c.float().T  # the CPU: tests and the reference
+    if _mm_out_dtype(str(e_c.device)):
+        return torch.mm(e_c, c.T, out_dtype=torch.float32)
+    return (e_c @ c.T).float()
 
 
-def _products(gz: Tensor, e_c: Tensor, c: Tensor, de, dc, db, s: int) -> None:
-    """A chunk's share: ``dE[s:s+rows] = G·C``, ``dC += Gᵀ·E_c``, ``db += Σ_n G_n``."""
-    if de is not None:
-        torch.mm(gz, c, out=de[s : s + gz.shape[0]])
-    if dc is not None:
-        if dc.dtype == gz.dtype:
-            dc.addmm_(gz.T, e_c)
-        else:  # a float32 buffer for 16-bit inputs (accum_c_fp32)
-            dc += _logits_fp32(gz.T, e_c.T)
-    if db is not None:
-        db += gz.sum(0, dtype=db.dtype)
+def _torch_grad(z: Tensor, lse_c, gc, safe_c, live_c, beta: float, softcap, v: int) -> None:
+    """``z`` (the chunk's logits) becomes ``g_n·∂ℓ_n/∂z`` in place, in PyTorch."""
+    th = None
+    if softcap is not None:
+        th = z.div(softcap).tanh_()
+        torch.mul(th, softcap, out=z)
+    if not bool(live_c.all()):  # an ignored token's lse may be anything: keep exp finite
+        z.masked_fill_(~live_c[:, None], 0.0)
+        lse_c = lse_c.masked_fill(~live_c, 0.0)
+    z.sub_(lse_c[:, None]).exp_()  # softmax
+    z[torch.arange(z.shape[0], device=z.device), safe_c] -= 1.0 - beta
+    if beta > 0:
+        z.sub_(beta / v)
+    z.mul_(gc[:, None])
+    if th is not None:
+        z.mul_(th.mul_(th).neg_().add_(1.0))  # ∂(softcap·tanh(x/softcap))/∂x
 
 
 def dense_backward(
@@ -82,55 +107,57 @@ def dense_backward(
     (whose ``targets`` may hold anything: they are clamped); ``lse`` ``[N]`` the forward's
     log-sum-exp of the (capped) logits. ``elementwise(z, out, lse, g, targets, beta,
     softcap)``, when given (``triton_lce.dense_grad``), forms a chunk's gradient from its
-    float32 logits into ``out`` in one pass; without it PyTorch does, in several.
+    float32 logits into ``out`` (``z`` itself allowed) in one pass; without it PyTorch does,
+    in several. Runs with autocast off: the products' dtypes are chosen here.
     """
     need_e, need_c, need_b = need
     n, d = e.shape
     v = c.shape[0]
     acc = torch.float64 if e.dtype == torch.float64 else torch.float32
+    wide = e.dtype == acc  # float32/64 inputs: the gradient needs no 16-bit copy
     de = torch.zeros_like(e) if need_e else None
     dc_dtype = acc if (accum_c_fp32 or c.dtype in (torch.float32, torch.float64)) else c.dtype
     dc = torch.zeros(v, d, dtype=dc_dtype, device=c.device) if need_c else None
     db = torch.zeros(v, dtype=acc, device=c.device) if need_b else None
+    # the float32 gradient is needed beyond the cast for a float32 dC buffer and for dbias
+    keep_wide = wide or db is not None or (dc is not None and dc.dtype != e.dtype)
+    g, lse = g.contiguous(), lse.contiguous()
     live = g != 0
-    safe = targets.clamp(0, v - 1)
-    for s in range(0, n, max(1, int(chunk_rows))):
-        gc = g[s : s + chunk_rows].to(acc)
-        if not bool(live[s : s + chunk_rows].any()):
-            continue  # every token of the chunk ignored: its gradient rows stay 0
-        e_c = e[s : s + chunk_rows]
-        live_c = live[s : s + chunk_rows]
-        lse_c = lse[s : s + chunk_rows].to(acc)
-        z = _logits_fp32(e_c, c)
-        if bias is not None:
-            z += bias.to(acc)
-        if elementwise is not None:
-            gz = torch.empty(z.shape, dtype=e.dtype, device=z.device)
-            elementwise(z, gz, lse_c, gc, safe[s : s + chunk_rows], beta, softcap)
-            del z
-            _products(gz, e_c, c, de, dc, db, s)
-            continue
-        th = None
-        if softcap is not None:
-            th = torch.tanh(z / softcap)
-            torch.mul(th, softcap, out=z)
-        if not bool(live_c.all()):  # an ignored token's lse may be anything: keep exp finite
-            z.masked_fill_(~live_c[:, None], 0.0)
-            lse_c = lse_c.masked_fill(~live_c, 0.0)
-        z.sub_(lse_c[:, None]).exp_()  # softmax
-        rows = torch.arange(z.shape[0], device=z.device)
-        z[rows, safe[s : s + chunk_rows]] -= 1.0 - beta
-        if beta > 0:
-            z.sub_(beta / v)
-        z.mul_(gc[:, None])
-        if th is not None:
-            z.mul_(th.mul_(th).neg_().add_(1.0))  # ∂(softcap·tanh(x/softcap))/∂x
-            del th
-        if db is not None:
-            db += z.sum(0)
-        gz = z if z.dtype == e.dtype else z.to(e.dtype)
-        del z  # the 16-bit copy is all the products need
-        _products(gz, e_c, c, de, dc, None, s)
+    safe = targets.clamp(0, v - 1).contiguous()
+    rows = max(1, int(chunk_rows))
+    with torch.autocast(e.device.type, enabled=False):
+        for s in range(0, n, rows):
+            live_c = live[s : s + rows]
+            if not bool(live_c.any()):
+                continue  # every token of the chunk ignored: its gradient rows stay 0
+            e_c, gc = e[s : s + rows], g[s : s + rows].to(acc)
+            lse_c, safe_c = lse[s : s + rows].to(acc), safe[s : s + rows]
+            z = _logits_fp32(e_c, c)
+            if bias is not None:
+                z += bias.to(acc)
+            if elementwise is not None and z.dtype == torch.float32:
+                if keep_wide:
+                    elementwise(z, z, lse_c, gc, safe_c, beta, softcap)
+                    gz = z if wide else z.to(e.dtype)
+                else:  # the common case: straight to the 16-bit gradient, z freed at once
+                    gz = torch.empty(z.shape, dtype=e.dtype, device=z.device)
+                    elementwise(z, gz, lse_c, gc, safe_c, beta, softcap)
+                    z = None
+            else:
+                _torch_grad(z, lse_c, gc, safe_c, live_c, beta, softcap, v)
+                gz = z if wide else z.to(e.dtype)
+                if not keep_wide:
+                    z = None
+            if de is not None:
+                torch.mm(gz, c, out=de[s : s + rows])
+            if dc is not None:
+                if dc.dtype == gz.dtype:
+                    dc.addmm_(gz.T, e_c)
+                else:  # the float32 buffer (accum_c_fp32): float32 gradient and product
+                    dc.addmm_(z.T, e_c.to(dc.dtype))
+            if db is not None:
+                db += z.sum(0)
+            z = gz = None  # free the chunk before the next one is allocated
     return (
         de,
         dc.to(c.dtype) if dc is not None else None,

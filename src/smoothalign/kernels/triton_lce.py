@@ -620,15 +620,15 @@ def _forward(e, c, bias, targets, beta, ignore_index, softcap, store_bmax=False)
 def _dense_bytes_from_env() -> int | None:
     """``SMOOTHALIGN_LCE_DENSE`` (MiB, a positive number): the dense backward's chunk bytes."""
     raw = os.environ.get("SMOOTHALIGN_LCE_DENSE", "").strip()
-    if not raw or raw == "0":
+    if not raw:
         return None
     try:
         mib = float(raw)
     except ValueError:
-        mib = -1.0
-    if not mib > 0:
-        raise ValueError(f"SMOOTHALIGN_LCE_DENSE: a size in MiB expected, got {raw!r}")
-    return int(mib * 2**20)
+        mib = math.nan
+    if not (math.isfinite(mib) and mib >= 0):
+        raise ValueError(f"SMOOTHALIGN_LCE_DENSE: a size in MiB (0: off) expected, got {raw!r}")
+    return max(1, int(mib * 2**20)) if mib > 0 else None
 
 
 def _bmax_group(dtype: torch.dtype) -> int:
@@ -693,7 +693,8 @@ def _backward(
             beta=beta,
             softcap=softcap,
             need=need,
-            chunk_rows=dense_chunk_rows(v, e.dtype, dense_bytes, softcap is not None),
+            # the Triton pass caps the logits in registers: no tanh buffer
+            chunk_rows=dense_chunk_rows(v, e.dtype, dense_bytes, tanh_buffer=False),
             accum_c_fp32=accum_c_fp32,
             elementwise=dense_grad,
         )
@@ -895,7 +896,7 @@ def triton_token_losses(
     ``dense_backward`` (bytes; off by default; ``None`` reads ``SMOOTHALIGN_LCE_DENSE`` in
     MiB): the backward through three BLAS products per chunk of tokens whose buffers take at
     most that many bytes (``kernels.dense_backward``), instead of the Triton kernel's
-    atomic adds: exact gradients (``filter_eps`` is then unused), meant for a trained
+    atomic adds: nothing filtered (``filter_eps`` is then unused), meant for a trained
     model's peaked softmax, where filtering skips few blocks. An experiment, not yet timed
     on a GPU.
 
@@ -939,6 +940,8 @@ def triton_token_losses(
     )
     if dense_backward is None:
         dense_backward = _dense_bytes_from_env()
+    elif dense_backward < 0:
+        raise ValueError(f"dense_backward: a size in bytes (0: off) expected, got {dense_backward}")
     block_max = bool(block_max) and wants_grad and usable and nested and not dense_backward
     return TritonLinearCrossEntropy.apply(
         e,
