@@ -60,6 +60,7 @@ def backward(config: str, tma: bool) -> dict:
     params = list(inspect.signature(K._bwd_kernel.fn).parameters)
     types = {"E": "*bf16", "C": "*bf16", "Bias": "*bf16", "T": "*i64", "LSE": "*fp32",
              "G": "*fp32", "dE": "*fp32", "dC": "*bf16", "dBias": "*fp32", "BMAX": "*fp32",
+             "KEPT": "*fp32",
              "softcap": "fp32", "beta": "fp32", "filter_eps": "fp32", "log_eps": "fp32",
              "DE_DESC": f"tensordesc<fp32[{bn}, {bd}]>", "DC_DESC": f"tensordesc<bf16[{bv}, {bd}]>"}  # fmt: skip
     ints = ("N", "V", "D", "bmax_stride", "bmax_div", "stride_en", "stride_ed", "stride_cv",
@@ -67,7 +68,7 @@ def backward(config: str, tma: bool) -> dict:
     consts = dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=bd, GROUP_N=32, GROUP=min(bn, 64),
                   HAS_BIAS=False, HAS_SOFTCAP=False, SMOOTH_IN_BLOCK=False, FILTER=True,
                   PREFILTER=True, COMPUTE_DE=True, COMPUTE_DC=True, COMPUTE_DBIAS=False,
-                  TMA_REDUCE=tma, DOT_PREC="tf32", UPCAST=False)  # fmt: skip
+                  TMA_REDUCE=tma, STATS=False, DOT_PREC="tf32", UPCAST=False)  # fmt: skip
     signature = {}
     for p in params:
         if p in ("DE_DESC", "DC_DESC") and not tma:

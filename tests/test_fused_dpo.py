@@ -234,3 +234,38 @@ def test_grad_filter_reaches_the_kernel(tiny, tmp_path, monkeypatch, setting, ex
 def test_grad_filter_option_is_checked():
     with pytest.raises(ValueError, match="grad_filter"):
         DPOConfig(grad_filter="on")
+
+
+@pytest.mark.parametrize("fused", ["on", "off"])
+def test_training_step_records_the_mass_the_filter_left_out(tiny, tmp_path, monkeypatch, fused):
+    """With the fused head, each training step records ``head/filtered_mass``: the mean of
+    the kernel's per-token ``dropped_mass`` (here a stand-in's 0.25 and 0.75); evaluation
+    and the materialised path record nothing."""
+    import smoothalign.kernels as K
+
+    real = K.linear_log_probs
+
+    def reporting(*args, filter_stats=None, **kwargs):
+        out = real(*args, filter_stats=filter_stats, **kwargs)
+        if filter_stats is not None:
+            filter_stats["dropped_mass"] = torch.tensor([0.25, 0.75])
+        return out
+
+    monkeypatch.setattr(K, "linear_log_probs", reporting)
+    model, tok, batch = tiny
+    model = copy.deepcopy(model)
+    cfg = DPOConfig(model="tiny", output_dir=str(tmp_path), lora=False, smoothing="none",
+                    fused_logps=fused, report=False)  # fmt: skip
+    trainer = _dpo_trainer(cfg, model, tok, copy.deepcopy(model))
+    trainer.create_optimizer_and_scheduler(num_training_steps=4)
+    model.train()
+    trainer.training_step(model, dict(batch))
+    recorded = trainer._stored["train"].get("head/filtered_mass")
+    if fused == "on":
+        assert [float(t) for t in recorded] == [0.5]
+        logs = {"loss": 1.0}
+        trainer._summarised("train", logs)
+        assert logs["head/filtered_mass"] == pytest.approx(0.5)
+    else:
+        assert not recorded
+    assert trainer.head_stats is None  # only for the step

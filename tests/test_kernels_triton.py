@@ -201,6 +201,57 @@ def test_dense_backward_setting_from_the_environment(lce, monkeypatch):
 
 
 @here
+@pytest.mark.parametrize("block_max", [False, True])
+@pytest.mark.parametrize("beta", [0.0, 0.1])
+def test_filter_stats_count_the_softmax_mass_left_out(lce, block_max, beta):
+    """``filter_stats``: per live token, the softmax mass in the blocks the filter skipped,
+    against a float64 brute force of the block rule (interpreter blocks 16 × 32: a block is
+    computed when some live token has ``|softmax − (1 − β)·onehot| ≥ eps`` in it)."""
+    eps = 2e-2
+    e, c, _, t = _inputs(torch.bfloat16, scale=0.5, seed=4)
+    with torch.no_grad():  # the likely tokens in the first vocabulary block, as in a real LM
+        c[32:] *= 0.05
+        t[t != -100] %= 32
+    stats = {}
+    losses = lce.triton_token_losses(
+        e, c, t, beta=beta, filter_eps=eps, block_max=block_max, filter_stats=stats
+    )
+    assert not stats  # filled by the backward
+    losses.sum().backward()
+    got = stats["dropped_mass"].cpu().double()
+
+    p = torch.softmax(e.detach().double() @ c.detach().double().T, 1).cpu()
+    tt = t.cpu()
+    live = tt != -100
+    d = p.clone()
+    d[live, tt[live]] -= 1.0 - beta
+    d[~live] = 0.0
+    bn, bv = 16, 32
+    expected = torch.zeros(N, dtype=torch.float64)
+    margins = []
+    for i in range(0, N, bn):
+        for j in range(0, V, bv):
+            block = d[i : i + bn, j : j + bv].abs()
+            margins.append(abs(float(block.max()) - eps) / eps)
+            if block.max() < eps:
+                expected[i : i + bn] += p[i : i + bn, j : j + bv].sum(1)
+    assert min(margins) > 1e-3  # no block at the threshold: rounding cannot flip one
+    expected = expected[live]
+    assert (expected > 1e-3).sum() > 5 and expected.max() < 0.9  # blocks skipped, not all
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+@here
+def test_filter_stats_are_zero_when_nothing_is_filtered(lce):
+    e, c, _, t = _inputs(torch.bfloat16)
+    for kw in ({"filter_eps": None}, {"dense_backward": 1 << 20}):
+        stats = {}
+        lce.triton_token_losses(e, c, t, beta=0.1, filter_stats=stats, **kw).sum().backward()
+        assert stats["dropped_mass"].shape == ((t != -100).sum(),)
+        assert stats["dropped_mass"].abs().max() == 0
+
+
+@here
 def test_dense_backward_through_the_environment_stores_no_block_maxima(lce, monkeypatch):
     """``SMOOTHALIGN_LCE_DENSE`` (what the benchmarks set) reaches the backward, and the
     forward then keeps no block maxima (the dense backward has no use for them)."""

@@ -245,6 +245,26 @@ def test_grad_filter_reaches_the_kernel(data, tmp_path, monkeypatch, setting, ex
         _config(data, tmp_path / "bad", grad_filter="exact")
 
 
+def test_training_step_records_the_filtered_mass_of_the_fused_loss(data, tmp_path):
+    """``head/filtered_mass`` per training step with the fused loss: 0 on the chunked CPU path,
+    which never filters (the Triton kernel's count is tested in test_kernels_triton.py)."""
+    from smoothalign.models import load_model_and_tokenizer
+    from smoothalign.sft.data import validate_sft_rows
+
+    model, tok = load_model_and_tokenizer("tiny")
+    examples = validate_sft_rows(_rows(4, seed=3), tok, 32).examples
+    for fused, expected in (("on", [0.0]), ("off", None)):
+        cfg = _config(data, tmp_path / f"fm-{fused}", fused=fused)
+        trainer, collator = _trainer(cfg, model, tok, examples)
+        trainer.create_optimizer_and_scheduler(num_training_steps=4)
+        trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train() otherwise
+        model.train()
+        trainer.training_step(model, collator(examples))
+        recorded = trainer._stored["train"].get("head/filtered_mass")
+        got = [float(t) for t in recorded] if recorded else None
+        assert got == expected, fused
+
+
 # ---------------------------------------------------------------------------- text rows
 @pytest.mark.parametrize("fused", ["off", "on"])
 def test_text_row_loss_is_cross_entropy_on_every_token_but_the_first(data, tmp_path, fused):

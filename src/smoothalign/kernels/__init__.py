@@ -145,6 +145,7 @@ def _token_losses(
     bias: Tensor | None,
     impl: str | None,
     filter_eps: float | str | None,
+    filter_stats: dict | None = None,
 ) -> Tensor:
     """Per-token losses ``[N]`` of flat inputs, 0 for ignored tokens."""
     which = _resolve_impl(impl, e)
@@ -162,7 +163,11 @@ def _token_losses(
                 softcap=softcap,
                 bias=bias,
                 filter_eps=filter_eps,
+                filter_stats=filter_stats,
             )
+        if filter_stats is not None:  # the chunked path never filters
+            n_live = int((targets != ignore_index).sum())
+            filter_stats["dropped_mass"] = torch.zeros(n_live, device=e.device)
         return chunked_token_losses(
             e, c, targets, beta=beta, ignore_index=ignore_index, softcap=softcap, bias=bias
         )
@@ -180,6 +185,7 @@ def linear_cross_entropy(
     bias: Tensor | None = None,
     impl: str | None = None,
     filter_eps: float | str | None = "auto",
+    filter_stats: dict | None = None,
 ) -> Tensor:
     """``F.cross_entropy(e @ c.T + bias, targets, label_smoothing=β)`` without the logits.
 
@@ -190,8 +196,11 @@ def linear_cross_entropy(
     ``"none"`` (shape of ``targets``, 0 at ignored tokens). Float32 result (float64 for
     float64 inputs). ``filter_eps`` (Triton only): skip a block's gradient when every
     ``|softmax − (1−β)·onehot|`` in it is below this; ``"auto"`` = ``finfo(dtype).eps/32``
-    for bf16/fp16 and no filtering for float32, ``None`` never filters. ``impl``: ``None``
-    or ``"auto"`` (Triton on CUDA, chunked PyTorch otherwise), ``"triton"``, ``"chunked"``.
+    for bf16/fp16 and no filtering for float32, ``None`` never filters. ``filter_stats``: a
+    dict that gets ``"dropped_mass"`` (float32, one value per counted token: the softmax mass
+    the filter left out of its gradient; filled by the backward, or at once with zeros
+    where nothing is filtered). ``impl``: ``None`` or ``"auto"`` (Triton on CUDA, chunked
+    PyTorch otherwise), ``"triton"``, ``"chunked"``.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: {reduction!r}; choose one of {REDUCTIONS}")
@@ -208,6 +217,7 @@ def linear_cross_entropy(
         bias=bias,
         impl=impl,
         filter_eps=filter_eps,
+        filter_stats=filter_stats,
     )
     if reduction == "none":
         return losses.reshape(shape)
@@ -227,11 +237,12 @@ def linear_log_probs(
     bias: Tensor | None = None,
     impl: str | None = None,
     filter_eps: float | str | None = "auto",
+    filter_stats: dict | None = None,
 ) -> Tensor:
     """Per-token ``log softmax(e @ c.T + bias)[target]``, shape of ``targets``, float32
     (float64 for float64 inputs), 0 at ignored tokens; differentiable in ``e``, ``c``,
     ``bias``. The same kernels as :func:`linear_cross_entropy` (it is ``−`` its unsmoothed,
-    unreduced loss)."""
+    unreduced loss), ``filter_stats`` included."""
     _check(e, c, targets, bias, 0.0, softcap, int(ignore_index))
     losses = _token_losses(
         e.reshape(-1, e.shape[-1]),
@@ -243,5 +254,6 @@ def linear_log_probs(
         bias=bias,
         impl=impl,
         filter_eps=filter_eps,
+        filter_stats=filter_stats,
     )
     return (-losses).reshape(targets.shape)

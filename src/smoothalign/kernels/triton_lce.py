@@ -265,6 +265,7 @@ def _bwd_kernel(
     dC,
     dBias,
     BMAX,
+    KEPT,
     DE_DESC,
     DC_DESC,
     N,
@@ -296,6 +297,7 @@ def _bwd_kernel(
     COMPUTE_DC: tl.constexpr,
     COMPUTE_DBIAS: tl.constexpr,
     TMA_REDUCE: tl.constexpr,
+    STATS: tl.constexpr,
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
@@ -365,6 +367,8 @@ def _bwd_kernel(
     if FILTER:  # noqa: SIM102 (a constexpr branch around a runtime test)
         if tl.max(tl.max(tl.abs(d), 1), 0) < filter_eps:
             return
+    if STATS:  # the softmax mass this computed block keeps in the gradient, per token
+        tl.atomic_add(KEPT + offs_n, tl.sum(tl.where(keep, p, 0.0), 1), mask=n_mask, sem="relaxed")
     d = d * g[:, None]
     if HAS_SOFTCAP:
         th = z / softcap
@@ -676,10 +680,16 @@ def _backward(
     c_mean=None,
     tma_reduce=None,
     dense_bytes=None,
+    stats=None,
 ):
     need_e, need_c, need_b = need
     n, d = e.shape
     v = c.shape[0]
+    if stats is not None and (
+        dense_bytes or filter_eps is None or (beta > 0 and softcap is not None)
+    ):
+        stats["dropped_mass"] = torch.zeros(int((g != 0).sum()), device=e.device)  # no filter
+        stats = None
     if dense_bytes:
         from smoothalign.kernels.dense_backward import dense_backward, dense_chunk_rows
 
@@ -742,6 +752,7 @@ def _backward(
     if not (need_e and rank_one):
         c_mean = None  # the forward computed it exactly when rank_one (β > 0, no softcap)
     de_out = torch.empty_like(e) if need_e else None
+    kept = torch.zeros(n, dtype=torch.float32, device=e.device) if stats is not None else None
     extra = {} if _interpreting() else {"num_warps": warps, "num_stages": stages}
     dc_desc = None
     if tma and dc_buf is not None:
@@ -774,6 +785,7 @@ def _backward(
             dc_buf if dc_buf is not None else gc,
             db if db is not None else gc,
             bmax[:, s // group :] if prefilter else gc,
+            kept[s : s + rows] if kept is not None else gc,
             de_desc,
             dc_desc,
             rows,
@@ -807,6 +819,7 @@ def _backward(
             COMPUTE_DC=need_c,
             COMPUTE_DBIAS=need_b,
             TMA_REDUCE=tma,
+            STATS=kept is not None,
             DOT_PREC=_dot_precision(e.dtype),
             UPCAST=_interpreting() and e.dtype != torch.float32,
             **extra,
@@ -816,6 +829,8 @@ def _backward(
             # of the chunk, alive beside the fp32 buffer at the backward's peak (16 MiB at
             # the benchmark shapes, 1.4% of the gradients)
             de_out[s : s + rows].copy_(de_buf)
+    if kept is not None:  # per live token: the softmax mass in the blocks the filter skipped
+        stats["dropped_mass"] = (1.0 - kept[g != 0]).clamp_(min=0.0)
     dc = dc_buf.to(c.dtype) if dc_buf is not None else None
     return de_out, dc, (db.to(bias.dtype) if db is not None else None)
 
@@ -838,6 +853,7 @@ class TritonLinearCrossEntropy(torch.autograd.Function):
         block_max,
         tma_reduce,
         dense_bytes,
+        filter_stats,
     ):
         loss, lse, c_mean, maxima = _forward(
             e, c, bias, targets, beta, ignore_index, softcap, block_max
@@ -847,7 +863,7 @@ class TritonLinearCrossEntropy(torch.autograd.Function):
         bmax, bv_fwd, group = maxima if maxima is not None else (None, None, None)
         ctx.save_for_backward(e, c, bias, targets, lse, bmax, c_mean)
         ctx.opts = (beta, ignore_index, softcap, filter_eps, accum_c_fp32, bv_fwd, group)
-        ctx.tma_reduce, ctx.dense_bytes = tma_reduce, dense_bytes
+        ctx.tma_reduce, ctx.dense_bytes, ctx.filter_stats = tma_reduce, dense_bytes, filter_stats
         return loss
 
     @staticmethod
@@ -872,8 +888,9 @@ class TritonLinearCrossEntropy(torch.autograd.Function):
             c_mean,
             ctx.tma_reduce,
             ctx.dense_bytes,
+            ctx.filter_stats,
         )
-        return de, dc, db, None, None, None, None, None, None, None, None, None
+        return de, dc, db, None, None, None, None, None, None, None, None, None, None
 
 
 def triton_token_losses(
@@ -890,8 +907,14 @@ def triton_token_losses(
     block_max: bool | None = None,
     tma_reduce: bool | None = None,
     dense_backward: int | None = None,
+    filter_stats: dict | None = None,
 ) -> Tensor:
     """Per-token losses ``[N]`` of ``e`` ``[N, D]`` against ``c`` ``[V, D]`` with the kernels.
+
+    ``filter_stats``: a dict that the backward fills with ``"dropped_mass"``, float32
+    ``[tokens with a nonzero upstream gradient]``: the softmax mass of each such token in
+    the blocks gradient filtering skipped (zeros when nothing was filtered). Counted by the
+    kernel as it goes (one atomic add per token and computed block); off when not asked for.
 
     ``dense_backward`` (bytes; off by default; ``None`` reads ``SMOOTHALIGN_LCE_DENSE`` in
     MiB): the backward through three BLAS products per chunk of tokens whose buffers take at
@@ -956,4 +979,5 @@ def triton_token_losses(
         block_max,
         tma_reduce,
         int(dense_backward) if dense_backward else None,
+        filter_stats,
     )

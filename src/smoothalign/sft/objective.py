@@ -65,6 +65,7 @@ def sft_loss(
     bias: Tensor | None = None,
     softcap: float | None = None,
     filter_eps: str | float | None = "auto",
+    filter_stats: dict | None = None,
 ) -> Tensor:
     """Label-smoothed next-token cross-entropy over the completion tokens.
 
@@ -78,7 +79,8 @@ def sft_loss(
             ``[B, L − 1]``, 0 where ignored. With no counted token, ``"mean"`` is NaN here
             (as ``F.cross_entropy``) and 0 in the fused kernel; the trainer only sums.
         bias / softcap: the head's bias ``[V]`` and logit soft-capping, where the model has them.
-        filter_eps: the fused kernel's gradient filter (``kernels.filter_eps_for``).
+        filter_eps: the fused kernel's gradient filter (``kernels.filter_eps_for``), and
+            ``filter_stats`` its report (``kernels.linear_cross_entropy``; fused only).
 
     Returns:
         A scalar (``mean``/``sum``, float32) or ``[B, L − 1]`` per-token losses in nats.
@@ -99,6 +101,7 @@ def sft_loss(
             softcap=softcap,
             bias=bias,
             filter_eps=filter_eps,
+            filter_stats=filter_stats,
         )
         return out.reshape(labels.shape[0], -1) if reduction == "none" else out
     keep = targets != ignore_index

@@ -56,6 +56,7 @@ class SFTTrainer(SmoothingTrainer):
         kwargs.setdefault("smoothing_policy", SmoothingPolicy())  # 'none': SFT has no α
         super().__init__(*args, **kwargs)
         self.sft_config = sft_config
+        self.counts_head_filter = fused_logps_enabled(sft_config.fused, self.accelerator.device)
         base = self._base_model(self.model)
         self._logits_to_keep = "logits_to_keep" in inspect.signature(base.forward).parameters
 
@@ -95,6 +96,7 @@ class SFTTrainer(SmoothingTrainer):
             label_smoothing=cfg.label_smoothing,
             fused=fused_logps_enabled(cfg.fused, hidden.device),
             filter_eps=filter_eps_for(cfg.grad_filter),
+            filter_stats=self.head_stats if model.training else None,
             reduction="sum",
             bias=bias,
             softcap=softcap,

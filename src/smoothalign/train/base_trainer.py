@@ -34,6 +34,10 @@ ALPHA_HIST_BINS = 10  # over [0, 1/2]
 class SmoothingTrainer(Trainer):
     # compute_loss returns a per-micro-batch mean; Trainer divides by the accumulation steps
     loss_is_scaled_for_ga = False
+    # whether this trainer's loss goes through the fused LM-head kernel (set by subclasses):
+    # then each training step records the softmax mass its gradient filter left out
+    counts_head_filter = False
+    head_stats: dict | None = None  # the kernel's filter_stats, for one training step
 
     def __init__(self, *args: Any, smoothing_policy: SmoothingPolicy, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -44,6 +48,21 @@ class SmoothingTrainer(Trainer):
         self.metrics_path = Path(self.args.output_dir) / "metrics.jsonl"
 
     # ------------------------------------------------------------------ metrics
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """Trainer's step; with the fused LM head it also records ``head/filtered_mass``:
+        the mean softmax mass per token that the kernel's gradient filter (``--grad-filter
+        auto``) left out of the gradient — near 0 for a trained model, most of it for random
+        weights (then ``--grad-filter off``)."""
+        self.head_stats = {} if self.counts_head_filter else None
+        try:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            stats, self.head_stats = self.head_stats, None
+        mass = (stats or {}).get("dropped_mass")
+        if mass is not None and mass.numel():
+            self.record("train", {"head/filtered_mass": mass.float().mean().reshape(1)})
+        return loss
+
     def record(self, split: str, values: dict[str, Tensor]) -> None:
         """Buffer per-pair values ``[B]`` until the next log. A name ending in ``alpha`` is
         logged as its mean and a histogram over ``[0, ½]``."""

@@ -84,6 +84,7 @@ def model_sequence_logps(
     *,
     fused: bool,
     filter_eps: str | None = "auto",
+    filter_stats: dict | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``(log π(y|x) [N], response lengths [N])`` of a causal LM, as ``sequence_logps``.
 
@@ -91,7 +92,8 @@ def model_sequence_logps(
     to nothing), a forward hook on its decoder takes the final hidden states, and the
     per-token log-probs come from ``kernels.linear_log_probs`` with the LM head's weight
     (tied or not) — the ``[N, L, V]`` logits are never materialised; ``filter_eps`` is the
-    kernel's gradient filter (``kernels.filter_eps_for``). The call goes through
+    kernel's gradient filter (``kernels.filter_eps_for``), ``filter_stats`` its report
+    (``kernels.linear_log_probs``). The call goes through
     the outermost module (DDP, PEFT), so wrappers' hooks and LoRA adapters (and
     ``disable_adapter()``) apply as usual. Falls back to the plain path, with a warning
     once, for a model without ``get_decoder``/``get_output_embeddings``/``logits_to_keep``
@@ -135,7 +137,13 @@ def model_sequence_logps(
     # position t predicts token t+1: shift the labels, not the hidden states (no copy)
     targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], 1)
     token_logps = linear_log_probs(
-        hidden, head.weight, targets, bias=head.bias, softcap=softcap, filter_eps=filter_eps
+        hidden,
+        head.weight,
+        targets,
+        bias=head.bias,
+        softcap=softcap,
+        filter_eps=filter_eps,
+        filter_stats=filter_stats,
     )
     return token_logps.sum(-1), (targets != -100).sum(-1)
 
@@ -160,6 +168,7 @@ class SmoothDPOTrainer(PairCountedLoss, SmoothingTrainer):
             dpo_config.fused_logps, self.accelerator.device
         ) and not getattr(self, "is_fsdp_enabled", False)
         self.filter_eps = filter_eps_for(dpo_config.grad_filter)
+        self.counts_head_filter = self.fused_logps
 
     # ------------------------------------------------------------------ forward
     def _unwrapped(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -175,6 +184,7 @@ class SmoothDPOTrainer(PairCountedLoss, SmoothingTrainer):
             batch["labels"],
             fused=self.fused_logps,
             filter_eps=self.filter_eps,
+            filter_stats=self.head_stats if model.training and torch.is_grad_enabled() else None,
         )
         b = logps.shape[0] // 2
         return logps[:b], logps[b:], lengths[:b]
