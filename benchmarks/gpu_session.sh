@@ -39,7 +39,15 @@ LOG=$RES/session.log
 exec > >(tee -a "$LOG") 2>&1
 TEE=$!
 
-export PYTHONUNBUFFERED=1 PYTHONPATH="src:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+if [ "$DRY" = 1 ]; then
+    # the dry run still installs the carried wheels (to check them) but runs on this
+    # machine's own packages: the GPU image's versions (datasets 5 wants httpx, say) would
+    # shadow them
+    SITE=${SMOOTHALIGN_GPU_SITE:-$RES/dry-site}
+    export PYTHONUNBUFFERED=1 PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
+else
+    export PYTHONUNBUFFERED=1 PYTHONPATH="src:$SITE${PYTHONPATH:+:$PYTHONPATH}"
+fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 export TOKENIZERS_PARALLELISM=false WANDB_DISABLED=true
 START=$SECONDS
