@@ -70,13 +70,21 @@ def _version(p):
         return None
 
 
-def build_model(shape, dtype, device):
+def build_model(shape, dtype, device, logit_scale: float = 1.0):
+    """The config-built model, random weights from seed 0. ``logit_scale`` multiplies the
+    final norm's weight, so the logits' spread (0.9 at the Llama-3.2-1B shape) grows by that
+    factor: 7 gives about SmolLM2-135M-Instruct's 6.3 on real text, a softmax as peaked as a
+    trained model's for the gradient filter (``lce_filter_fraction.py --dpo-step-model``)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     cfg = LlamaConfig(**shape, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     with torch.device(device):  # initialise on the GPU: ~10× faster than on the CPU at 1B
-        return LlamaForCausalLM(cfg).to(dtype=dtype)
+        model = LlamaForCausalLM(cfg).to(dtype=dtype)
+    if logit_scale != 1.0:
+        with torch.no_grad():
+            model.model.norm.weight.mul_(logit_scale)
+    return model
 
 
 def make_pairs(n_pairs, prompt_len, resp_len, vocab):
@@ -103,6 +111,11 @@ def our_batch(prompt, chosen, rejected, device):
 
 
 PROFILE: Path | None = None  # --profile: where the kernel table of each row goes
+SCALE_MARK = ", logits ×"  # in a row's name: run with --logit-scale
+
+
+def scale_suffix(scale: float) -> str:
+    return f"{SCALE_MARK}{scale:g}" if scale != 1.0 else ""
 
 
 def _timed_steps(step, device, warmup, repeats):
@@ -173,8 +186,8 @@ def run_ours(
     from smoothalign.train.trainer import SmoothDPOTrainer
 
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-    model = build_model(shape, dtype, args.device)
-    ref = build_model(shape, dtype, args.device)
+    model = build_model(shape, dtype, args.device, args.logit_scale)
+    ref = build_model(shape, dtype, args.device, args.logit_scale)
     cfg = DPOConfig(
         model="tiny",
         output_dir=tmp,
@@ -294,8 +307,8 @@ def run_trl(
     from trl import DPOTrainer
 
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-    model = build_model(shape, dtype, args.device)
-    ref = build_model(shape, dtype, args.device)
+    model = build_model(shape, dtype, args.device, args.logit_scale)
+    ref = build_model(shape, dtype, args.device, args.logit_scale)
     prompt, chosen, rejected = pairs
     ds = Dataset.from_dict(trl_texts(prompt, chosen, rejected))
     targs = TRLConfig(
@@ -365,6 +378,13 @@ def main(argv=None) -> int:
         "--gradient-checkpointing",
         action="store_true",
         help="every row with activation checkpointing (the issue's target is without it)",
+    )
+    p.add_argument(
+        "--logit-scale",
+        type=float,
+        default=1.0,
+        help="multiply the final norm's weight (both models, every row) by this: 7 makes the "
+        "random model's softmax as peaked as a trained one's (rows are named ', logits ×S')",
     )
     p.add_argument("--only", nargs="*", help="run only these rows (names as in the table)")
     p.add_argument("--json", default="benchmarks/results/dpo_step.json")
@@ -459,7 +479,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     if args.append and out.exists():  # keep the other rows; a row run again replaces its old one
-        names = set(args.only or runs)
+        names = {name + scale_suffix(args.logit_scale) for name in (args.only or runs)}
         rows = [r for r in json.loads(out.read_text())["rows"] if r["trainer"] not in names]
 
     def save():  # write-then-rename: a run killed mid-write keeps the previous file
@@ -471,7 +491,7 @@ def main(argv=None) -> int:
     for name, fn in runs.items():
         if args.only and name not in args.only:
             continue
-        row = {"trainer": name}
+        row = {"trainer": name + scale_suffix(args.logit_scale)}
         missing = [
             pkg
             for pkg in (["trl"] if "TRL" in name else [])
@@ -500,9 +520,9 @@ def main(argv=None) -> int:
             note = f"{row['tokens']} tokens"
             if "cals_ms" in row:
                 note += f"; CALS bookkeeping {row['cals_ms']:.2f} ms ({100 * row['cals_fraction']:.2f}%)"
-            print(f"| {name} | {row['ms']:.0f} | {mem} | {note} |", flush=True)
+            print(f"| {row['trainer']} | {row['ms']:.0f} | {mem} | {note} |", flush=True)
         else:
-            print(f"| {name} | {row['status']} | | {row['note']} |", flush=True)
+            print(f"| {row['trainer']} | {row['status']} | | {row['note']} |", flush=True)
     save()
     print(f"wrote {out}")
     return 0

@@ -229,8 +229,13 @@ if want dpo; then
         # backward; *-gc: with activation checkpointing, outside the target)
         rows=()
         keys=()
+        # KEY@S: the row on the model with its logits scaled by S (dpo_step.py --logit-scale;
+        # @7: a softmax as peaked as a trained model's), e.g. "ours-lean-rc@7 trl-liger@7"
+        scales=()
         for key in ${SMOOTHALIGN_GPU_DPO:-ours-fused ours-lean ours-lean-rc ours-fused-nobm trl-liger trl ours-materialised ours-gc trl-liger-gc}; do
-            case $key in
+            scale=1
+            case $key in *@*) scale=${key#*@} ;; esac
+            case ${key%@*} in
             ours-gc) rows+=("smoothalign (CALS, fused log-probs, checkpointing)") ;;
             trl-liger-gc) rows+=("TRL DPOTrainer + use_liger_kernel, checkpointing") ;;
             ours-fused) rows+=("smoothalign (CALS, fused log-probs)") ;;
@@ -246,6 +251,7 @@ if want dpo; then
             *) echo "!! SMOOTHALIGN_GPU_DPO: unknown row $key"; continue ;;
             esac
             keys+=("$key")
+            scales+=("$scale")
         done
         # SMOOTHALIGN_GPU_PROFILE=1: each row also writes profile_<row>.txt (3 more steps
         # under torch.profiler, after the timed ones: the kernels by device time)
@@ -253,7 +259,7 @@ if want dpo; then
             prof=()
             [ "${SMOOTHALIGN_GPU_PROFILE:-0}" = 1 ] && prof=(--profile "$RES/profile_${keys[$i]}.txt")
             run 90 "$PY" benchmarks/dpo_step.py "${small[@]}" --only "${rows[$i]}" --append \
-                --json "$RES/dpo_step.json" "${prof[@]}"
+                --json "$RES/dpo_step.json" --logit-scale "${scales[$i]}" "${prof[@]}"
         done
         summarize
     fi

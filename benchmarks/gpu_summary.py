@@ -20,6 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 LIGER_ROW = "TRL DPOTrainer + use_liger_kernel"
+SCALE_MARK = ", logits ×"  # dpo_step.py's rows run with --logit-scale
 OURS = "smoothalign"  # every DPO row of ours starts so
 DEFAULT_ROW = "smoothalign (CALS, fused log-probs, lean layers, recompute)"  # the CUDA defaults
 
@@ -58,7 +59,14 @@ def dpo_section(data: dict) -> list[str]:
     env = data["env"]
     shape = env.get("shape", {})
     rows = data["rows"]
-    liger = next((r for r in rows if r["trainer"] == LIGER_ROW and r["status"] == "ok"), None)
+
+    def liger_for(row: dict) -> dict | None:
+        """TRL + Liger's row on the same model (the same ``, logits ×S`` suffix)."""
+        name = row["trainer"]
+        suffix = name[name.index(SCALE_MARK) :] if SCALE_MARK in name else ""
+        ok = (r for r in rows if r["trainer"] == LIGER_ROW + suffix and r["status"] == "ok")
+        return next(ok, None)
+
     out = [
         "### One DPO step (full fine-tuning, frozen reference, AdamW)",
         "",
@@ -84,6 +92,7 @@ def dpo_section(data: dict) -> list[str]:
             continue
         gib = r["peak_bytes"] / 2**30 if r.get("peak_bytes") is not None else None
         t_ratio = m_ratio = ""
+        liger = liger_for(r)
         if liger is not None:
             t_ratio = f"{r['ms'] / liger['ms']:.2f}"
             if gib is not None and liger.get("peak_bytes"):
@@ -100,6 +109,7 @@ def dpo_section(data: dict) -> list[str]:
     )
     for ours in ours_rows:
         tag = f"[{ours['trainer']}] "
+        liger = liger_for(ours)
         if liger is not None and ours.get("peak_bytes") and liger["peak_bytes"]:
             ok_t = ours["ms"] <= liger["ms"]
             ok_m = ours["peak_bytes"] <= 0.8 * liger["peak_bytes"]

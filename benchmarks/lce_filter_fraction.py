@@ -2,7 +2,7 @@
 
     python benchmarks/lce_filter_fraction.py [--tokens 8192] [--block-n 64 --block-v 128]
     python benchmarks/lce_filter_fraction.py --model smollm2-135m [--tokens 4096] [--sort-vocab]
-    python benchmarks/lce_filter_fraction.py --dpo-step-model [--tokens 4096]
+    python benchmarks/lce_filter_fraction.py --dpo-step-model [--tokens 4096] [--logit-scale 7]
 
 For each benchmark shape, in float32 on the CPU (no GPU needed; ~2 min per shape on 2
 cores), it forms ``softmax − onehot`` for the first ``--tokens`` tokens and counts the
@@ -111,13 +111,13 @@ def model_inputs(name: str, tokens: int):
     return e, model.get_output_embeddings().weight.detach().float(), ids_t[0, 1 : tokens + 1]
 
 
-def dpo_step_inputs(tokens: int):
+def dpo_step_inputs(tokens: int, logit_scale: float = 1.0):
     """(hidden states ``[n, D]``, LM head ``[V, D]``, targets ``[n]``), float32: the first
     ``tokens`` positions (response tokens live, prompt tokens ignored) of the DPO step
     benchmark's batch through its model."""
     from dpo_step import LLAMA_1B, build_model, make_pairs, our_batch
 
-    model = build_model(LLAMA_1B, torch.float32, "cpu")
+    model = build_model(LLAMA_1B, torch.float32, "cpu", logit_scale)
     prompt, chosen, rejected = make_pairs(8, 256, 768, LLAMA_1B["vocab_size"])
     batch = our_batch(prompt, chosen, rejected, "cpu")
     ids, labels = batch["input_ids"], batch["labels"]
@@ -149,22 +149,29 @@ def main(argv=None) -> int:
         action="store_true",
         help="the DPO step benchmark's config-built model and batch instead",
     )
+    p.add_argument(
+        "--logit-scale",
+        type=float,
+        default=1.0,
+        help="with --dpo-step-model: its final norm's weight times this (dpo_step.py's option)",
+    )
     args = p.parse_args(argv)
     eps = torch.finfo(torch.bfloat16).eps / 32
     if args.model or args.dpo_step_model:
         if args.dpo_step_model:
-            args.model = "dpo_step.py's Llama-3.2-1B shape"
-            e, c, t = dpo_step_inputs(args.tokens)
+            args.model = f"dpo_step.py's Llama-3.2-1B shape, logits ×{args.logit_scale:g}"
+            e, c, t = dpo_step_inputs(args.tokens, args.logit_scale)
         else:
             e, c, t = model_inputs(args.model, args.tokens)
         if args.sort_vocab:
             e, c, t = sort_vocabulary(e, c, t)
         kept, total, live, mass = filter_fraction(e, c, t, args.block_n, args.block_v, eps)
         n, d, v = e.shape[0], c.shape[1], c.shape[0]
+        spread = float((e[t != -100][:512] @ c.T).std())  # the logits' standard deviation
         print(
             f"{args.model} ({n}×{d}×{v}): backward blocks computed {kept}/{total} = "
             f"{kept / total:.3f} ({kept / max(live, 1):.3f} of the {live} with a live token); "
-            f"softmax mass per token in skipped blocks: {mass:.4f}",
+            f"softmax mass per token in skipped blocks: {mass:.4f}; logit std {spread:.2f}",
             flush=True,
         )
         return 0

@@ -201,3 +201,23 @@ def test_kernels_compile_for_sm90_without_a_gpu():
     for softcap in (False, True):  # the dense backward's gradient pass: no spills, 16-byte loads
         row = sm90.dense_grad(softcap)
         assert row["stack_bytes"] == 0 and any("v4" in op for op in row["loads"]), row
+
+
+def test_dpo_summary_compares_each_row_with_trl_liger_on_the_same_model():
+    """Rows run with ``--logit-scale`` (named ``…, logits ×7``) are judged against TRL +
+    Liger's row on the same scaled model, the others against the unscaled one."""
+    summary = _load("gpu_summary")
+    liger, ours = summary.LIGER_ROW, summary.DEFAULT_ROW
+    env = {"device": "gpu", "torch": "x", "pairs": 8, "prompt_len": 256, "response_len": 768,
+           "shape": {}}  # fmt: skip
+
+    def row(name, ms, gib):
+        return {"trainer": name, "status": "ok", "ms": ms, "peak_bytes": gib * 2**30}
+
+    rows = [row(ours, 300, 20), row(liger, 320, 30), row(ours + ", logits ×7", 360, 20),
+            row(liger + ", logits ×7", 330, 30)]  # fmt: skip
+    text = "\n".join(summary.dpo_section({"env": env, "rows": rows}))
+    assert f"| {ours} | 300 | 20.00 |  | 0.94 | 0.67 |" in text
+    assert f"| {ours}, logits ×7 | 360 | 20.00 |  | 1.09 | 0.67 |" in text
+    assert "time 300 ms vs TRL+Liger 320 ms → PASS" in text
+    assert "time 360 ms vs TRL+Liger 330 ms → FAIL" in text
