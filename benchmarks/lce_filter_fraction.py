@@ -1,6 +1,6 @@
 """How much of the Triton backward gradient filtering skips, on the kernel benchmark's inputs.
 
-    python benchmarks/lce_filter_fraction.py [--tokens 8192] [--block-n 64 --block-v 128]
+    python benchmarks/lce_filter_fraction.py [--tokens 8192] [--block-n 64 --block-v 128] [--logit-std 6.3]
     python benchmarks/lce_filter_fraction.py --model smollm2-135m [--tokens 4096] [--sort-vocab]
     python benchmarks/lce_filter_fraction.py --dpo-step-model [--tokens 4096] [--logit-scale 7]
 
@@ -155,6 +155,12 @@ def main(argv=None) -> int:
         default=1.0,
         help="with --dpo-step-model: its final norm's weight times this (dpo_step.py's option)",
     )
+    p.add_argument(
+        "--logit-std",
+        type=float,
+        default=1.0,
+        help="the kernel benchmark's random logits times this (their standard deviation: 1)",
+    )
     args = p.parse_args(argv)
     eps = torch.finfo(torch.bfloat16).eps / 32
     if args.model or args.dpo_step_model:
@@ -178,7 +184,7 @@ def main(argv=None) -> int:
     for n, d, v in SHAPES:
         e, c, t = make_inputs(n, d, v, "cpu", torch.bfloat16)
         k = min(args.tokens, n)
-        e, c, t = e[:k].float(), c.float(), t[:k]
+        e, c, t = e[:k].float(), c.float() * args.logit_std, t[:k]
         if args.sort_vocab:
             e, c, t = sort_vocabulary(e, c, t)
         kept, total, _, mass = filter_fraction(e, c, t, args.block_n, args.block_v, eps)

@@ -69,7 +69,8 @@ def _ours(e, c, t, beta):
 def _ours_with(**options):
     """``_ours`` through the Triton kernel with one of its options changed (same mean):
     ``block_max=False`` (no skipping of filterable blocks before their recompute, only
-    after), ``tma_reduce=True`` (the backward's tiles added by TMA bulk reductions) or
+    after), ``filter_eps=None`` (every backward block computed), ``tma_reduce=True`` (the
+    backward's tiles added by TMA bulk reductions) or
     ``dense_backward=BYTES`` (the backward as three cuBLAS products per chunk of tokens)."""
 
     def loss(e, c, t, beta):
@@ -89,6 +90,12 @@ def implementations(device: str, small: bool) -> dict:
     impls = {"smoothalign": (_ours, "triton" if device == "cuda" else "chunked (CPU)")}
     if device == "cuda":
         impls["smoothalign (no block max)"] = (_ours_with(block_max=False), "triton, block_max off")
+        # every block computed: the cost where few are skippable, as with a trained model's
+        # hidden states (SmolLM2: 96% of the blocks computed), beside the dense rows below
+        impls["smoothalign (no filtering)"] = (
+            _ours_with(filter_eps=None),
+            "triton, filter_eps=None",
+        )
         # unfiltered gradients through cuBLAS, for a trained model's peaked softmax (where the
         # filter skips few blocks): chunks of 64 MiB (about the memory target) and 512 MiB
         for mib in (64, 512):
