@@ -257,7 +257,7 @@ if want dpo; then
         # under torch.profiler, after the timed ones: the kernels by device time)
         for i in "${!rows[@]}"; do
             prof=()
-            [ "${SMOOTHALIGN_GPU_PROFILE:-0}" = 1 ] && prof=(--profile "$RES/profile_${keys[$i]}.txt")
+            [ "${SMOOTHALIGN_GPU_PROFILE:-0}" = 1 ] && prof=(--profile "$RES/profile_${keys[$i]/@/-x}.txt")
             run 90 "$PY" benchmarks/dpo_step.py "${small[@]}" --only "${rows[$i]}" --append \
                 --json "$RES/dpo_step.json" --logit-scale "${scales[$i]}" "${prof[@]}"
         done

@@ -131,7 +131,7 @@ def diagnose_shape(inputs, args, record) -> None:
         {**base, "config": "cuBLAS e @ c.T (one of the three products)", "ms": ms, "status": "ok"}
     )
     try:  # the default path's dE, dC (red adds, whatever SMOOTHALIGN_LCE_TMA says)
-        _, lse0, c_mean0, maxima0 = K._forward(e0, c0, None, t, args.beta, -100, None, True)
+        _, lse0, c_mean0, maxima0, _ = K._forward(e0, c0, None, t, args.beta, -100, None, True)
         parts = PARTS["dE+dC"]
         red = K._backward(
             e0, c0, None, t, lse0, g, args.beta, None, eps, parts, False, None, maxima0,

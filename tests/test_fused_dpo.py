@@ -236,11 +236,15 @@ def test_grad_filter_option_is_checked():
         DPOConfig(grad_filter="on")
 
 
-@pytest.mark.parametrize("fused", ["on", "off"])
-def test_training_step_records_the_mass_the_filter_left_out(tiny, tmp_path, monkeypatch, fused):
+@pytest.mark.parametrize(("fused", "lora"), [("on", False), ("on", True), ("off", False)])
+def test_training_step_records_the_mass_the_filter_left_out(
+    tiny, tmp_path, monkeypatch, fused, lora
+):
     """With the fused head, each training step records ``head/filtered_mass``: the mean of
-    the kernel's per-token ``dropped_mass`` (here a stand-in's 0.25 and 0.75); evaluation
-    and the materialised path record nothing."""
+    the kernel's per-token ``dropped_mass`` (here a stand-in's 0.25, 0.75 and an ignored
+    token's NaN). The reference forward (a frozen copy, or the policy with its adapter off,
+    in train mode but without gradients) never gets the dict: the stand-in would write 9
+    there. The materialised path records nothing."""
     import smoothalign.kernels as K
 
     real = K.linear_log_probs
@@ -248,15 +252,16 @@ def test_training_step_records_the_mass_the_filter_left_out(tiny, tmp_path, monk
     def reporting(*args, filter_stats=None, **kwargs):
         out = real(*args, filter_stats=filter_stats, **kwargs)
         if filter_stats is not None:
-            filter_stats["dropped_mass"] = torch.tensor([0.25, 0.75])
+            grad = torch.is_grad_enabled()
+            filter_stats["dropped_mass"] = torch.tensor([0.25, 0.75, math.nan] if grad else [9.0])
         return out
 
     monkeypatch.setattr(K, "linear_log_probs", reporting)
     model, tok, batch = tiny
-    model = copy.deepcopy(model)
-    cfg = DPOConfig(model="tiny", output_dir=str(tmp_path), lora=False, smoothing="none",
+    model = _lora(model) if lora else copy.deepcopy(model)
+    cfg = DPOConfig(model="tiny", output_dir=str(tmp_path), lora=lora, smoothing="none",
                     fused_logps=fused, report=False)  # fmt: skip
-    trainer = _dpo_trainer(cfg, model, tok, copy.deepcopy(model))
+    trainer = _dpo_trainer(cfg, model, tok, None if lora else copy.deepcopy(model))
     trainer.create_optimizer_and_scheduler(num_training_steps=4)
     model.train()
     trainer.training_step(model, dict(batch))

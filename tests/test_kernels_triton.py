@@ -200,18 +200,32 @@ def test_dense_backward_setting_from_the_environment(lce, monkeypatch):
             lce._dense_bytes_from_env()
 
 
-@here
-@pytest.mark.parametrize("block_max", [False, True])
-@pytest.mark.parametrize("beta", [0.0, 0.1])
-def test_filter_stats_count_the_softmax_mass_left_out(lce, block_max, beta):
-    """``filter_stats``: per live token, the softmax mass in the blocks the filter skipped,
-    against a float64 brute force of the block rule (interpreter blocks 16 × 32: a block is
-    computed when some live token has ``|softmax − (1 − β)·onehot| ≥ eps`` in it)."""
-    eps = 2e-2
-    e, c, _, t = _inputs(torch.bfloat16, scale=0.5, seed=4)
-    with torch.no_grad():  # the likely tokens in the first vocabulary block, as in a real LM
-        c[32:] *= 0.05
-        t[t != -100] %= 32
+def _skipped_off_target_mass(e, c, t, beta, eps, bn=16, bv=32):
+    """Float64 brute force of the block rule (interpreter blocks 16 × 32: a block is
+    computed when some live token has ``|softmax − (1 − β)·onehot| ≥ eps`` in it): per live
+    token, the softmax mass off its target in the skipped blocks; and the blocks' distance
+    to the threshold."""
+    p = torch.softmax(e.detach().double() @ c.detach().double().T, 1).cpu()
+    tt = t.cpu()
+    live = tt != -100
+    d = p.clone()
+    d[live, tt[live]] -= 1.0 - beta
+    d[~live] = 0.0
+    off = p.clone()
+    off[live, tt[live]] = 0.0
+    n, v = p.shape
+    expected = torch.zeros(n, dtype=torch.float64)
+    margins = []
+    for i in range(0, n, bn):
+        for j in range(0, v, bv):
+            block = d[i : i + bn, j : j + bv].abs()
+            margins.append(abs(float(block.max()) - eps) / eps)
+            if block.max() < eps:
+                expected[i : i + bn] += off[i : i + bn, j : j + bv].sum(1)
+    return expected[live], min(margins)
+
+
+def _dropped(lce, e, c, t, beta, eps, block_max):
     stats = {}
     losses = lce.triton_token_losses(
         e, c, t, beta=beta, filter_eps=eps, block_max=block_max, filter_stats=stats
@@ -219,36 +233,65 @@ def test_filter_stats_count_the_softmax_mass_left_out(lce, block_max, beta):
     assert not stats  # filled by the backward
     losses.sum().backward()
     got = stats["dropped_mass"].cpu().double()
+    live = t.cpu() != -100
+    assert got[~live].isnan().all()  # no gradient, no count
+    return got[live]
 
-    p = torch.softmax(e.detach().double() @ c.detach().double().T, 1).cpu()
-    tt = t.cpu()
-    live = tt != -100
-    d = p.clone()
-    d[live, tt[live]] -= 1.0 - beta
-    d[~live] = 0.0
-    bn, bv = 16, 32
-    expected = torch.zeros(N, dtype=torch.float64)
-    margins = []
-    for i in range(0, N, bn):
-        for j in range(0, V, bv):
-            block = d[i : i + bn, j : j + bv].abs()
-            margins.append(abs(float(block.max()) - eps) / eps)
-            if block.max() < eps:
-                expected[i : i + bn] += p[i : i + bn, j : j + bv].sum(1)
-    assert min(margins) > 1e-3  # no block at the threshold: rounding cannot flip one
-    expected = expected[live]
+
+@here
+@pytest.mark.parametrize("block_max", [False, True])
+@pytest.mark.parametrize("beta", [0.0, 0.1])
+def test_filter_stats_count_the_softmax_mass_left_out(lce, block_max, beta):
+    """``filter_stats``: per live token, the softmax mass off its target in the blocks the
+    filter skipped, against a float64 brute force of the block rule."""
+    eps = 2e-2
+    e, c, _, t = _inputs(torch.bfloat16, scale=0.5, seed=4)
+    with torch.no_grad():  # the likely tokens in the first vocabulary block, as in a real LM
+        c[32:] *= 0.05
+        t[t != -100] %= 32
+    expected, margin = _skipped_off_target_mass(e, c, t, beta, eps)
+    assert margin > 1e-3  # no block at the threshold: rounding cannot flip one
     assert (expected > 1e-3).sum() > 5 and expected.max() < 0.9  # blocks skipped, not all
+    got = _dropped(lce, e, c, t, beta, eps, block_max)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+@here
+def test_filter_stats_of_confident_tokens_are_near_zero(lce):
+    """A token predicted with near certainty loses next to nothing when its whole block
+    row, target included, is skipped: its gradient was ~0 anyway (the count is of the mass
+    off the target, not of the target's own probability)."""
+    eps = 2e-2
+    g = torch.Generator().manual_seed(9)
+    c = torch.randn(V, D, generator=g)
+    t = torch.randint(0, V, (N,), generator=g)
+    t[::5] = -100
+    e = 3.0 * c[t.clamp(min=0)]  # each token's hidden state points at its target's row
+    dev = _device()
+    e = e.to(dev, torch.bfloat16).requires_grad_()
+    c = c.to(dev, torch.bfloat16).requires_grad_()
+    t = t.to(dev)
+    expected, margin = _skipped_off_target_mass(e, c, t, 0.0, eps)
+    assert margin > 1e-3
+    p = torch.softmax(e.detach().double() @ c.detach().double().T, 1).cpu()
+    live = (t != -100).cpu()
+    p_t = p[live, t.cpu()[live]]
+    assert (p_t > 1 - eps).all() and float((1 - p_t).max()) < eps  # every block skipped
+    got = _dropped(lce, e, c, t, 0.0, eps, block_max=False)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert got.max() < 1e-2  # the old count (all mass in skipped blocks) would give ~1
 
 
 @here
 def test_filter_stats_are_zero_when_nothing_is_filtered(lce):
     e, c, _, t = _inputs(torch.bfloat16)
+    live = (t != -100).cpu()
     for kw in ({"filter_eps": None}, {"dense_backward": 1 << 20}):
         stats = {}
         lce.triton_token_losses(e, c, t, beta=0.1, filter_stats=stats, **kw).sum().backward()
-        assert stats["dropped_mass"].shape == ((t != -100).sum(),)
-        assert stats["dropped_mass"].abs().max() == 0
+        mass = stats["dropped_mass"].cpu()
+        assert mass.shape == (N,) and mass[~live].isnan().all()
+        assert mass[live].abs().max() == 0
 
 
 @here
@@ -340,7 +383,7 @@ def test_forward_block_maxima(lce, fwd_rows, monkeypatch):
     monkeypatch.setenv("SMOOTHALIGN_LCE_BWD", "16,32,16,1,2")
     e, c, b, t = _inputs(torch.float32, bias=True)
     with torch.no_grad():
-        _, _, _, (bmax, bv, group) = lce._forward(e, c, b, t, 0.0, -100, None, store_bmax=True)
+        _, _, _, (bmax, bv, group), _ = lce._forward(e, c, b, t, 0.0, -100, None, store_bmax=True)
     assert (bv, group) == (32, 16)
     z = (e.double() @ c.double().T + b.double()).T  # [V, N]
     blocks = torch.nn.functional.pad(z, (0, -N % group, 0, -V % bv), value=float("-inf"))

@@ -166,8 +166,8 @@ def _token_losses(
                 filter_stats=filter_stats,
             )
         if filter_stats is not None:  # the chunked path never filters
-            n_live = int((targets != ignore_index).sum())
-            filter_stats["dropped_mass"] = torch.zeros(n_live, device=e.device)
+            live = targets != ignore_index
+            filter_stats["dropped_mass"] = torch.where(live, 0.0, math.nan).to(e.device)
         return chunked_token_losses(
             e, c, targets, beta=beta, ignore_index=ignore_index, softcap=softcap, bias=bias
         )
@@ -197,10 +197,10 @@ def linear_cross_entropy(
     float64 inputs). ``filter_eps`` (Triton only): skip a block's gradient when every
     ``|softmax − (1−β)·onehot|`` in it is below this; ``"auto"`` = ``finfo(dtype).eps/32``
     for bf16/fp16 and no filtering for float32, ``None`` never filters. ``filter_stats``: a
-    dict that gets ``"dropped_mass"`` (float32, one value per counted token: the softmax mass
-    the filter left out of its gradient; filled by the backward, or at once with zeros
-    where nothing is filtered). ``impl``: ``None`` or ``"auto"`` (Triton on CUDA, chunked
-    PyTorch otherwise), ``"triton"``, ``"chunked"``.
+    dict that gets ``"dropped_mass"`` (float32 ``[N]``: per token, the softmax mass off its
+    target that the filter left out of its gradient, NaN for ignored tokens; filled by the
+    backward, or at once with zeros where nothing is filtered). ``impl``: ``None`` or
+    ``"auto"`` (Triton on CUDA, chunked PyTorch otherwise), ``"triton"``, ``"chunked"``.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: {reduction!r}; choose one of {REDUCTIONS}")

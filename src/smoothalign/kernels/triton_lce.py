@@ -367,8 +367,9 @@ def _bwd_kernel(
     if FILTER:  # noqa: SIM102 (a constexpr branch around a runtime test)
         if tl.max(tl.max(tl.abs(d), 1), 0) < filter_eps:
             return
-    if STATS:  # the softmax mass this computed block keeps in the gradient, per token
-        tl.atomic_add(KEPT + offs_n, tl.sum(tl.where(keep, p, 0.0), 1), mask=n_mask, sem="relaxed")
+    if STATS:  # the off-target softmax mass this computed block keeps, per token
+        off = keep & (offs_v[None, :] != t[:, None])
+        tl.atomic_add(KEPT + offs_n, tl.sum(tl.where(off, p, 0.0), 1), mask=n_mask, sem="relaxed")
     d = d * g[:, None]
     if HAS_SOFTCAP:
         th = z / softcap
@@ -618,7 +619,7 @@ def _forward(e, c, bias, targets, beta, ignore_index, softcap, store_bmax=False)
         if bias is not None:
             mean_z = mean_z + bias.float().mean()
         loss = loss - beta * mean_z
-    return loss, lse, c_mean, (bmax, bv, group) if bmax is not None else None
+    return loss, lse, c_mean, (bmax, bv, group) if bmax is not None else None, zt
 
 
 def _dense_bytes_from_env() -> int | None:
@@ -685,10 +686,11 @@ def _backward(
     need_e, need_c, need_b = need
     n, d = e.shape
     v = c.shape[0]
+    stats, p_target = stats if stats is not None else (None, None)
     if stats is not None and (
         dense_bytes or filter_eps is None or (beta > 0 and softcap is not None)
     ):
-        stats["dropped_mass"] = torch.zeros(int((g != 0).sum()), device=e.device)  # no filter
+        stats["dropped_mass"] = torch.where(g != 0, 0.0, math.nan)  # nothing filtered
         stats = None
     if dense_bytes:
         from smoothalign.kernels.dense_backward import dense_backward, dense_chunk_rows
@@ -829,8 +831,9 @@ def _backward(
             # of the chunk, alive beside the fp32 buffer at the backward's peak (16 MiB at
             # the benchmark shapes, 1.4% of the gradients)
             de_out[s : s + rows].copy_(de_buf)
-    if kept is not None:  # per live token: the softmax mass in the blocks the filter skipped
-        stats["dropped_mass"] = (1.0 - kept[g != 0]).clamp_(min=0.0)
+    if kept is not None:  # per token: the off-target softmax mass in the skipped blocks
+        dropped = (1.0 - p_target - kept).clamp_(min=0.0)
+        stats["dropped_mass"] = torch.where(g != 0, dropped, math.nan)  # no sync: no indexing
     dc = dc_buf.to(c.dtype) if dc_buf is not None else None
     return de_out, dc, (db.to(bias.dtype) if db is not None else None)
 
@@ -855,7 +858,7 @@ class TritonLinearCrossEntropy(torch.autograd.Function):
         dense_bytes,
         filter_stats,
     ):
-        loss, lse, c_mean, maxima = _forward(
+        loss, lse, c_mean, maxima, zt = _forward(
             e, c, bias, targets, beta, ignore_index, softcap, block_max
         )
         valid = targets != ignore_index
@@ -864,6 +867,8 @@ class TritonLinearCrossEntropy(torch.autograd.Function):
         ctx.save_for_backward(e, c, bias, targets, lse, bmax, c_mean)
         ctx.opts = (beta, ignore_index, softcap, filter_eps, accum_c_fp32, bv_fwd, group)
         ctx.tma_reduce, ctx.dense_bytes, ctx.filter_stats = tma_reduce, dense_bytes, filter_stats
+        # the target's probability, for the off-target mass the filter leaves out
+        ctx.p_target = torch.exp(zt - lse) if filter_stats is not None else None
         return loss
 
     @staticmethod
@@ -888,7 +893,7 @@ class TritonLinearCrossEntropy(torch.autograd.Function):
             c_mean,
             ctx.tma_reduce,
             ctx.dense_bytes,
-            ctx.filter_stats,
+            (ctx.filter_stats, ctx.p_target) if ctx.filter_stats is not None else None,
         )
         return de, dc, db, None, None, None, None, None, None, None, None, None, None
 
@@ -912,9 +917,11 @@ def triton_token_losses(
     """Per-token losses ``[N]`` of ``e`` ``[N, D]`` against ``c`` ``[V, D]`` with the kernels.
 
     ``filter_stats``: a dict that the backward fills with ``"dropped_mass"``, float32
-    ``[tokens with a nonzero upstream gradient]``: the softmax mass of each such token in
-    the blocks gradient filtering skipped (zeros when nothing was filtered). Counted by the
-    kernel as it goes (one atomic add per token and computed block); off when not asked for.
+    ``[N]``: per token, the softmax mass off its target in the blocks gradient filtering
+    skipped, that is, left out of its gradient (of the ``1 − p_target`` there is: a token
+    predicted with certainty has nothing to lose); 0 when nothing was filtered, NaN for
+    tokens with no gradient (ignored). Counted by the kernel as it goes (one atomic add per
+    token and computed block); off when not asked for.
 
     ``dense_backward`` (bytes; off by default; ``None`` reads ``SMOOTHALIGN_LCE_DENSE`` in
     MiB): the backward through three BLAS products per chunk of tokens whose buffers take at

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,17 +51,18 @@ class SmoothingTrainer(Trainer):
     # ------------------------------------------------------------------ metrics
     def training_step(self, model, inputs, num_items_in_batch=None):
         """Trainer's step; with the fused LM head it also records ``head/filtered_mass``:
-        the mean softmax mass per token that the kernel's gradient filter (``--grad-filter
-        auto``) left out of the gradient — near 0 for a trained model, most of it for random
-        weights (then ``--grad-filter off``)."""
+        the mean over tokens of the off-target softmax mass that the kernel's gradient filter
+        (``--grad-filter auto``) left out of the gradient — near 0 for a trained model, most
+        of it for random weights (then ``--grad-filter off``)."""
         self.head_stats = {} if self.counts_head_filter else None
         try:
             loss = super().training_step(model, inputs, num_items_in_batch)
         finally:
             stats, self.head_stats = self.head_stats, None
-        mass = (stats or {}).get("dropped_mass")
-        if mass is not None and mass.numel():
-            self.record("train", {"head/filtered_mass": mass.float().mean().reshape(1)})
+        if self.counts_head_filter:  # one value every step (NaN without one): the same keys
+            mass = (stats or {}).get("dropped_mass")  # and lengths on every rank for gather
+            value = torch.nanmean(mass.float()) if mass is not None else torch.tensor(math.nan)
+            self.record("train", {"head/filtered_mass": value.reshape(1)})
         return loss
 
     def record(self, split: str, values: dict[str, Tensor]) -> None:
