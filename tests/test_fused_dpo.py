@@ -210,7 +210,7 @@ def test_sft_weight_adds_the_chosen_nll_per_token_through_the_trainer(tiny, tmp_
 @pytest.mark.parametrize("setting, expected", [("auto", "auto"), ("off", None)])
 def test_grad_filter_reaches_the_kernel(tiny, tmp_path, monkeypatch, setting, expected):
     """``--grad-filter``: the trainer's fused log-probs call the kernel with the matching
-    ``filter_eps`` (``off``: exact gradients), and the policy's loss is unchanged by it."""
+    ``filter_eps`` (``off``: None, every block computed), and the loss is unchanged by it."""
     import smoothalign.kernels as K
 
     seen = []
