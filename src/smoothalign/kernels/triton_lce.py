@@ -75,6 +75,17 @@ as one bulk reduce-add (``cp.reduce.async.bulk.tensor``) instead of 16-byte ``re
 instructions from every thread; the backward then uses BLOCK_D 32. Compiled for sm_90 on a
 CPU (``benchmarks/sm90_compile.py``), not yet run on a GPU.
 
+**What the filter dropped** (``filter_stats``): with ``STATS`` the backward also adds, per
+token, the off-target softmax mass of each block it computes into a ``[N]`` buffer; the
+host turns it into the mass the filter left out (``1 − p_target −`` kept). The trainers log
+its mean as ``head/filtered_mass``.
+
+**Dense backward (experimental, off by default)**: ``dense_backward=BYTES`` (or
+``SMOOTHALIGN_LCE_DENSE``, MiB) replaces the block backward by ``kernels.dense_backward``:
+cuBLAS products per chunk of tokens, with ``_dense_grad_kernel`` forming each chunk's
+gradient from its float32 logits in one pass. For a peaked softmax, where filtering skips
+little and the atomic adds bound the block backward. Not yet timed on a GPU.
+
 Run on CPU tensors with ``TRITON_INTERPRET=1`` set before this module is imported.
 """
 
@@ -623,7 +634,7 @@ def _forward(e, c, bias, targets, beta, ignore_index, softcap, store_bmax=False)
 
 
 def _dense_bytes_from_env() -> int | None:
-    """``SMOOTHALIGN_LCE_DENSE`` (MiB, a positive number): the dense backward's chunk bytes."""
+    """``SMOOTHALIGN_LCE_DENSE`` (MiB; unset or 0: off): the dense backward's chunk bytes."""
     raw = os.environ.get("SMOOTHALIGN_LCE_DENSE", "").strip()
     if not raw:
         return None
