@@ -27,21 +27,12 @@ for dtypes the kernel does not take (each of these on CUDA with a warning, once)
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from smoothalign._warn import warn_once
 from smoothalign.kernels.lean_layers import BACKENDS, _use_triton
-
-_warned: set[str] = set()
-
-
-def warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        warnings.warn(message, stacklevel=3)
 
 
 def rotate_half(x: Tensor) -> Tensor:

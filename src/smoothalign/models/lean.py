@@ -28,8 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from smoothalign._warn import warn_once
 from smoothalign.kernels.lean_layers import recompute_active, recompute_outputs, rms_norm, swiglu
-from smoothalign.kernels.lean_rotary import rotary, warn_once
+from smoothalign.kernels.lean_rotary import rotary
 
 NORM_CLASSES = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
 MLP_CLASSES = ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP")

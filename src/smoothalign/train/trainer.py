@@ -16,7 +16,6 @@ optimizer, scheduler, RNG and data position, TensorBoard and the progress bar â€
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections import defaultdict
 from typing import Any
 
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from smoothalign._warn import warn_once
 from smoothalign.calibration import PAIRWISE_BINS, calibration_summary, true_preference_metrics
 from smoothalign.kernels import filter_eps_for
 from smoothalign.train.base_trainer import PairCountedLoss, SmoothingTrainer
@@ -73,9 +73,6 @@ def _logit_transform(config) -> tuple[float, float | None]:
     return scale, (float(softcap) if softcap else None)
 
 
-_warned_unfused: set[str] = set()
-
-
 def model_sequence_logps(
     model: torch.nn.Module,
     input_ids: Tensor,
@@ -105,13 +102,11 @@ def model_sequence_logps(
         parts is None or "logits_to_keep" not in inspect.signature(lm.forward).parameters
     ):
         name = type(lm).__name__
-        if name not in _warned_unfused:
-            _warned_unfused.add(name)
-            warnings.warn(
-                f"fused log-probs: {name} has no usable decoder / LM head / logits_to_keep; "
-                "using the materialised logits",
-                stacklevel=2,
-            )
+        warn_once(
+            f"fused log-probs: {name} has no usable decoder / LM head / logits_to_keep; "
+            "using the materialised logits",
+            key=f"unfused {name}",
+        )
         parts = None
     if parts is None:
         out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
