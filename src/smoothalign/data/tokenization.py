@@ -17,15 +17,18 @@ turn); nothing is added. The prompt is
 ``apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)``, the full text is
 ``apply_chat_template(prompt + response, tokenize=False)``, both tokenised with
 ``add_special_tokens=False``, and the response tokens are the full tokens after the prompt's.
-That requires the prefix property, checked twice: the full text starts with the prompt text,
-and the full tokens start with the prompt tokens. A template or tokenizer that breaks it
-raises ``RowTokenizationError`` naming the response field, and the row is reported as bad.
+That requires the full text to start with the prompt text; a template that breaks it raises
+``RowTokenizationError`` naming the response field, and the row is reported as bad. Where
+the full tokens do not start with the prompt tokens (a token merges across the boundary, as
+SmolLM2's does for a response that starts with two spaces after the generation prompt's
+newline), the response is the rest of the full text tokenised on its own, as for plain
+text: the boundary is a token boundary, as it is when the model generates after the prompt.
 
 **SFT rows** use the same conventions: ``tokenize_prompt_completion`` treats the completion
 as a response; ``tokenize_messages`` renders a whole conversation once and finds each
 assistant turn's tokens as the difference between the renderings of the conversation up to
-that turn with and without it (``add_generation_prompt=True`` before it), with the same
-prefix checks. ``tokenize_text`` (a plain ``text`` row) ends with EOS as a response does, and
+that turn with and without it (``add_generation_prompt=True`` before it), with both prefix
+checks (a token merging across a turn boundary is still a bad row there). ``tokenize_text`` (a plain ``text`` row) ends with EOS as a response does, and
 starts with exactly one BOS only where the tokenizer adds one itself
 (:func:`tokenizer_adds_bos`: what ``tokenizer(text)`` gives, as in pre-training).
 
@@ -274,16 +277,12 @@ def _tokenize_conversation(
                 f"followed by the response (they differ at character {k}: "
                 f"{prompt_text[k : k + 30]!r} vs {full_text[k : k + 30]!r})",
             )
-        if full_ids[: len(prompt_ids)] != prompt_ids:
-            k = _first_difference(prompt_ids, full_ids)
-            raise RowTokenizationError(
-                name,
-                "chat_template_prefix",
-                f"tokenising prompt+response changes the prompt's tokens from token {k} on "
-                "(a token merges across the prompt/response boundary); end the generation "
-                "prompt with a special token",
-            )
-        responses.append(full_ids[len(prompt_ids) :])
+        if full_ids[: len(prompt_ids)] == prompt_ids:
+            responses.append(full_ids[len(prompt_ids) :])
+        else:  # a token merges across the boundary: the response's text on its own, as the
+            # plain-text path does (a model generating after the prompt never sees the merge)
+            (tail,) = _encode(tokenizer, [full_text[len(prompt_text) :]])
+            responses.append(tail)
     return prompt_ids, responses
 
 
