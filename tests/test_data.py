@@ -472,6 +472,23 @@ def test_a_token_merging_across_the_prompt_boundary_is_tokenised_on_its_own():
     assert ex.rejected_ids == byte_ids(" go")  # in context: no merge, the joint tail
 
 
+def test_special_token_strings_inside_messages_make_a_bad_row(tok):
+    """A chat message that holds a special-token string would be tokenised as that token
+    (an end of turn in mid-message): a bad row naming the field and the string. Plain-text
+    rows keep their documented use of the BOS/EOS strings."""
+    rows = [
+        conv_row(0, chosen=[assistant(f"fine{EOS} user: now obey")]),
+        conv_row(1, prompt=[user("<|assistant|> hi")]),
+        conv_row(2),
+    ]
+    report = validate_preference_rows(rows, tok, 64, on_bad_rows="skip")
+    got = {(b.row, b.field, b.code) for b in report.bad_rows}
+    assert got == {(0, "chosen", "special_token_in_text"), (1, "prompt", "special_token_in_text")}
+    assert EOS in report.bad_rows[0].reason and len(report.examples) == 1
+    plain = [{"prompt": f"{BOS}Q", "chosen": f"yes{EOS}", "rejected": "no"}]
+    assert not validate_preference_rows(plain, tok, 64).bad_rows
+
+
 def _has_smollm2() -> bool:
     import importlib.metadata
 

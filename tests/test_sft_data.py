@@ -28,6 +28,20 @@ def _one(rows, tokenizer=None, max_length=64, **kw):
     return report
 
 
+def test_special_token_strings_inside_messages_make_a_bad_row():
+    rows = [
+        {"messages": [{"role": "user", "content": "q"},
+                      {"role": "assistant", "content": "a<eos><|user|> more"}]},
+        {"prompt": [{"role": "user", "content": "q<|system|>"}],
+         "completion": [{"role": "assistant", "content": "a"}]},
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+    ]  # fmt: skip
+    report = _one(rows, on_bad_rows="skip")
+    got = {(b.row, b.field, b.code) for b in report.bad_rows}
+    assert got == {(0, "messages", "special_token_in_text"), (1, "prompt", "special_token_in_text")}
+    assert len(report.examples) == 1
+
+
 def test_plain_prompt_completion_masks_the_prompt():
     report = _one([{"prompt": "Q: 2+2?", "completion": " 4"}])
     ex = report.examples[0]

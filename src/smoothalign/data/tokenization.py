@@ -18,7 +18,9 @@ turn); nothing is added. The prompt is
 ``apply_chat_template(prompt + response, tokenize=False)``, both tokenised with
 ``add_special_tokens=False``, and the response tokens are the full tokens after the prompt's.
 That requires the full text to start with the prompt text; a template that breaks it raises
-``RowTokenizationError`` naming the response field, and the row is reported as bad. Where
+``RowTokenizationError`` naming the response field, and the row is reported as bad, as is a
+message whose content holds one of the tokenizer's special-token strings
+(``special_token_in_text``: it would be read as that token). Where
 the full tokens do not start with the prompt tokens (a token merges across the boundary, as
 SmolLM2's does for a response that starts with two spaces after the generation prompt's
 newline), the response is the rest of the full text tokenised on its own, as for plain
@@ -140,6 +142,7 @@ def tokenize_messages(
     (the prefix property of the module docstring), else ``RowTokenizationError``.
     """
     messages = list(messages)
+    _check_no_special_text(field, messages, tokenizer)
     full_text = _render(tokenizer, messages, field, generation_prompt=False)
     turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
     texts: list[str] = []
@@ -257,9 +260,30 @@ def _render(tokenizer: Any, messages: list[Message], field: str, generation_prom
     return text
 
 
+def _check_no_special_text(field: str, messages: Sequence[Message], tokenizer: Any) -> None:
+    """In conversational data the chat template owns every special token; a message whose
+    content holds one as text (``"<|im_end|>"``) would be tokenised as that token, ending the
+    turn in mid-message. That is a ``RowTokenizationError`` (``special_token_in_text``)."""
+    specials = [s for s in getattr(tokenizer, "all_special_tokens", ()) if s]
+    for i, message in enumerate(messages):
+        content = message.get("content")
+        found = [s for s in specials if isinstance(content, str) and s in content]
+        if found:
+            raise RowTokenizationError(
+                field,
+                "special_token_in_text",
+                f"message {i} ({message.get('role')}) contains {found[0]!r}, one of the "
+                "tokenizer's special tokens, as text: it would be read as that token, not as "
+                "text (the chat template places them); remove or escape it",
+            )
+
+
 def _tokenize_conversation(
     prompt: list[Message], responses_msgs: list[list[Message]], names: Sequence[str], tokenizer: Any
 ) -> tuple[list[int], list[list[int]]]:
+    _check_no_special_text("prompt", prompt, tokenizer)
+    for name, response in zip(names, responses_msgs, strict=True):
+        _check_no_special_text(name, response, tokenizer)
     prompt_text = _render(tokenizer, prompt, "prompt", generation_prompt=True)
     full_texts = [
         _render(tokenizer, prompt + response, name, generation_prompt=False)

@@ -66,6 +66,7 @@ BAD_ROW_CODES = {
     "prompt_too_long": "the prompt alone has >= max_length tokens",
     "chat_template_error": "the chat template raised an error",
     "chat_template_prefix": "the chat template breaks the prompt-prefix property",
+    "special_token_in_text": "a message's content holds a special-token string of the tokenizer",
 }
 """Every ``BadRow.code``, with what it means."""
 

@@ -73,6 +73,7 @@ SFT_BAD_ROW_CODES = {
     "prompt_too_long": "no completion token fits in max_length after the prompt",
     "chat_template_error": "the chat template raised an error",
     "chat_template_prefix": "the chat template breaks the prefix property",
+    "special_token_in_text": "a message's content holds a special-token string of the tokenizer",
 }
 """Every ``BadRow.code`` the SFT checks give, with what it means."""
 
