@@ -187,3 +187,35 @@ def test_gradient_accumulation_matches_the_large_batch(tmp_path, loss):
         lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
         norms.append([json.loads(x)["grad_norm"] for x in lines if '"grad_norm"' in x])
     assert len(norms[0]) == 2 and norms[0] == pytest.approx(norms[1], rel=1e-4)
+
+
+def test_cals_bins_count_only_decided_votes(tmp_path, monkeypatch):
+    """A tied vote (p = ½) says nothing about which response wins: CALS's bins get the
+    margins of the decided pairs only (``bt`` gives a tie weight 0 as well)."""
+    from smoothalign.smoothing.policies import CALSSmoothing
+
+    seen = []
+    real_update = CALSSmoothing.update
+
+    def update(self, margins):
+        seen.append(len(margins))
+        return real_update(self, margins)
+
+    monkeypatch.setattr(CALSSmoothing, "update", update)
+    import smoothalign.reward.trainer as trainer_module
+
+    ties = []
+    real_loss = trainer_module.RewardTrainer.compute_loss
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        if model.training:
+            ties.append(int((inputs["p_chosen"] == 0.5).sum()))
+        return real_loss(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.RewardTrainer, "compute_loss", compute_loss)
+    cfg = _small(
+        tmp_path / "r", smoothing="cals-l2", annotators=2, max_steps=3, eval_steps=0, report=False
+    )  # fmt: skip  (2 annotators: many ties)
+    run_reward(cfg)
+    assert len(seen) == len(ties) == 3 and sum(ties) > 0  # the case has ties
+    assert seen == [8 - k for k in ties]

@@ -252,7 +252,8 @@ def fit_linear(
         total = theta.new_zeros(())
         for i, (m, policy) in enumerate(zip(methods, policies, strict=True)):
             h = majority_first_margins((r1[:, i] - r2[:, i]).detach(), pb)
-            alpha = policy.step(h, q_major[idx] if policy.needs_confidence else None)
+            alpha = policy.alpha(h, q_major[idx] if policy.needs_confidence else None)
+            policy.update(h[pb != 0.5])  # as the reward trainer: a tied vote is no evidence
             terms = reward_loss(m.loss, r1[:, i], r2[:, i], pb, alpha=alpha, posterior=m.posterior)
             total = total + terms.loss  # row i of θ only enters method i's loss
         opt.zero_grad()

@@ -86,10 +86,10 @@ class RewardTrainer(PairCountedLoss, SmoothingTrainer):
         p = inputs["p_chosen"].to(r1.dtype)
         h = majority_first_margins((r1 - r2).detach(), p)
         confidence = self._majority_confidence(inputs, p)
-        if training:
-            alpha = self.smoothing_policy.step(h, confidence)
-        else:
-            alpha = self.smoothing_policy.alpha(h, confidence)
+        alpha = self.smoothing_policy.alpha(h, confidence)
+        if training:  # a tied vote (p = ½) says nothing about which response wins: CALS's
+            # bins count only the decided pairs (the loss gives a tie no majority either)
+            self.smoothing_policy.update(h[p != 0.5])
         terms = reward_loss(cfg.loss, r1, r2, p, alpha=alpha, **cfg.loss_options())
         weighted = terms.losses * terms.weights
         loss = self.per_pair_loss(
