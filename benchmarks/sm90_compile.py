@@ -51,24 +51,26 @@ def _ops(ptx: str, pattern: str) -> dict:
     return dict(collections.Counter(re.findall(pattern, ptx)))
 
 
-def backward(config: str, tma: bool) -> dict:
-    """The linear cross-entropy backward (bf16, β > 0 closed form, filtering and block
-    maxima on: the benchmark's default path)."""
+def backward(config: str, tma: bool, dtype: str = "bf16") -> dict:
+    """The linear cross-entropy backward (β > 0 closed form, filtering and block maxima on:
+    the benchmark's default path; fp16 scales each block's rows, ``SCALE_ROWS``)."""
     from smoothalign.kernels import triton_lce as K
 
     bn, bv, bd, warps, stages = (int(x) for x in config.split(","))
     params = list(inspect.signature(K._bwd_kernel.fn).parameters)
-    types = {"E": "*bf16", "C": "*bf16", "Bias": "*bf16", "T": "*i64", "LSE": "*fp32",
-             "G": "*fp32", "dE": "*fp32", "dC": "*bf16", "dBias": "*fp32", "BMAX": "*fp32",
-             "KEPT": "*fp32",
+    types = {"E": f"*{dtype}", "C": f"*{dtype}", "Bias": f"*{dtype}", "T": "*i64",
+             "LSE": "*fp32", "G": "*fp32", "dE": "*fp32", "dC": f"*{dtype}", "dBias": "*fp32",
+             "BMAX": "*fp32", "KEPT": "*fp32",
              "softcap": "fp32", "beta": "fp32", "filter_eps": "fp32", "log_eps": "fp32",
-             "DE_DESC": f"tensordesc<fp32[{bn}, {bd}]>", "DC_DESC": f"tensordesc<bf16[{bv}, {bd}]>"}  # fmt: skip
+             "DE_DESC": f"tensordesc<fp32[{bn}, {bd}]>",
+             "DC_DESC": f"tensordesc<{dtype}[{bv}, {bd}]>"}  # fmt: skip
     ints = ("N", "V", "D", "bmax_stride", "bmax_div", "stride_en", "stride_ed", "stride_cv",
             "stride_cd", "stride_den", "stride_dcv")  # fmt: skip
     consts = dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=bd, GROUP_N=32, GROUP=min(bn, 64),
                   HAS_BIAS=False, HAS_SOFTCAP=False, SMOOTH_IN_BLOCK=False, FILTER=True,
                   PREFILTER=True, COMPUTE_DE=True, COMPUTE_DC=True, COMPUTE_DBIAS=False,
-                  TMA_REDUCE=tma, STATS=False, DOT_PREC="tf32", UPCAST=False)  # fmt: skip
+                  TMA_REDUCE=tma, STATS=False, SCALE_ROWS=dtype == "fp16", DOT_PREC="tf32",
+                  UPCAST=False)  # fmt: skip
     signature = {}
     for p in params:
         if p in ("DE_DESC", "DC_DESC") and not tma:
@@ -82,7 +84,7 @@ def backward(config: str, tma: bool) -> dict:
     options = {"num_warps": warps, "num_stages": stages, "enable_fp_fusion": True}  # a launch's
     kernel = triton.compile(src, target=TARGET, options=options)
     atomics = _ops(kernel.asm["ptx"], r"\b((?:red|atom|cp\.reduce)\.[\w.:]+)")
-    return {"kernel": "lce backward", "config": config, "tma_reduce": tma,
+    return {"kernel": "lce backward", "config": config, "dtype": dtype, "tma_reduce": tma,
             **_resources(kernel), "atomics": atomics}  # fmt: skip
 
 
@@ -158,6 +160,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns without it
     rows = [forward(cfg) for cfg in FWD_CONFIGS]
     rows += [backward(cfg, tma) for tma in (False, True) for cfg in BWD_CONFIGS]
+    rows += [backward(BWD_CONFIGS[0], False, "fp16")]
     rows += [rope(dt, bw, fus) for dt in ("bf16", "fp16") for bw in (False, True)
              for fus in (True, False)]  # fmt: skip
     rows += [dense_grad(softcap) for softcap in (False, True)]

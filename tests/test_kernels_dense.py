@@ -77,6 +77,28 @@ def test_16_bit_inputs_are_within_their_rounding(dtype, accum_c_fp32):
         assert err <= tol * float(ref.abs().max()), err
 
 
+@pytest.mark.parametrize("accum_c_fp32", [False, True])
+def test_fp16_keeps_the_small_entries_of_a_mean_over_many_tokens(accum_c_fp32):
+    """The upstream gradient of a mean over 8192 tokens (2⁻¹³ each) times a softmax entry
+    over a 32k vocabulary is mostly below fp16's smallest normal number: cast as it is, the
+    gradient would lose most of its entries (an 8e-2 error here). Scaling each
+    chunk keeps fp16's own rounding."""
+    gen = torch.Generator().manual_seed(2)
+    n, d, v = 24, 16, 32000
+    e = torch.randn(n, d, generator=gen, dtype=torch.float64).half()
+    c = (3.0 / d**0.5 * torch.randn(v, d, generator=gen, dtype=torch.float64)).half()
+    t = torch.randint(0, v, (n,), generator=gen)
+    up = torch.full((n,), 2.0**-13, dtype=torch.float64)
+    lse, de_ref, dc_ref, _ = _reference(e, c, None, t, up, 0.1, None)
+    de, dc, _ = dense_backward(
+        e, c, None, t, lse.float(), up.float(), beta=0.1, softcap=None,
+        need=(True, True, False), chunk_rows=10, accum_c_fp32=accum_c_fp32,
+    )  # fmt: skip
+    for got, ref in ((de, de_ref), (dc, dc_ref)):
+        err = float((got.double() - ref).abs().max())
+        assert err <= 4e-3 * float(ref.abs().max()), err
+
+
 def test_all_ignored_and_unneeded_gradients():
     e, c, _, t, up = _case(torch.float32, bias=False)
     t = torch.full_like(t, -100)

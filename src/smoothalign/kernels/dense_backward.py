@@ -15,7 +15,10 @@ Every entry counts: no filtering. The logits are float32 (``lse`` from the forwa
 speed; fp32 accumulation inside), and 16-bit ``dC`` accumulates in its own dtype across
 chunks: one rounding per chunk, so its error grows with the number of chunks
 (``accum_c_fp32`` accumulates in a float32 ``[V, D]`` buffer instead, at twice C's memory and
-float32 products). ``dbias`` is summed from the float32 ``G``.
+float32 products). ``dbias`` is summed from the float32 ``G``. For fp16 inputs each chunk's
+``g_n`` are divided by their largest ``|g_n|`` before the gradient is formed and the
+products multiplied back: ``g_n·softmax`` of a mean over thousands of tokens is mostly
+below fp16's smallest normal number and would be flushed to 0 by the cast.
 
 Memory beyond the gradients: the chunk's float32 logits and its 16-bit gradient,
 ``rows·V·6`` bytes for 16-bit inputs (``rows·V·4`` more for ``tanh`` with softcap on the
@@ -131,6 +134,10 @@ def dense_backward(
             if not bool(live_c.any()):
                 continue  # every token of the chunk ignored: its gradient rows stay 0
             e_c, gc = e[s : s + rows], g[s : s + rows].to(acc)
+            scale = 1.0
+            if e.dtype == torch.float16:  # see the module doc (one host sync a chunk)
+                scale = float(gc.abs().max())
+                gc = gc / scale
             lse_c, safe_c = lse[s : s + rows].to(acc), safe[s : s + rows]
             z = _logits_fp32(e_c, c)
             if bias is not None:
@@ -150,13 +157,15 @@ def dense_backward(
                     z = None
             if de is not None:
                 torch.mm(gz, c, out=de[s : s + rows])
+                if scale != 1.0:
+                    de[s : s + rows] *= scale
             if dc is not None:
                 if dc.dtype == gz.dtype:
-                    dc.addmm_(gz.T, e_c)
+                    dc.addmm_(gz.T, e_c, alpha=scale)
                 else:  # the float32 buffer (accum_c_fp32): float32 gradient and product
-                    dc.addmm_(z.T, e_c.to(dc.dtype))
+                    dc.addmm_(z.T, e_c.to(dc.dtype), alpha=scale)
             if db is not None:
-                db += z.sum(0)
+                db += z.sum(0) * scale
             z = gz = None  # free the chunk before the next one is allocated
     return (
         de,

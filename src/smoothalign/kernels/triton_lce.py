@@ -45,7 +45,11 @@ so the buffer stays a few % of the gradients) and cast at the end of each chunk;
 is accumulated in fp32 for float32 weights and in the weight's dtype (bf16/fp16 atomic
 adds, each adding an fp32 ``[BLOCK_V, BLOCK_D]`` product) otherwise — the memory target
 (≤ 1.05× the gradients) rules out an fp32 ``[V, D]`` buffer; ``accum_c_fp32=True`` asks
-for it anyway.
+for it anyway. The block gradient is rounded to the inputs' dtype for its two products.
+fp16's exponent range is narrow: ``g_n·softmax`` of a mean over 8192 tokens is below its
+smallest normal number (6e-5) for every entry under 0.5, and flushed to 0 under 5e-4, so
+for fp16 (``SCALE_ROWS``) each block is divided by its tokens' largest ``|g_n|`` before
+the cast and the fp32 products are multiplied back (bf16 has fp32's range and needs none).
 
 Block sizes: interpreter ``16×32×16``; CUDA, 16-bit inputs: forward ``BLOCK_N=128,
 BLOCK_V=256, BLOCK_D=64`` (8 warps, 3 stages), backward ``64×128×64`` (4 warps, 3 stages),
@@ -309,6 +313,7 @@ def _bwd_kernel(
     COMPUTE_DBIAS: tl.constexpr,
     TMA_REDUCE: tl.constexpr,
     STATS: tl.constexpr,
+    SCALE_ROWS: tl.constexpr,
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
@@ -324,7 +329,8 @@ def _bwd_kernel(
     offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     n_mask = offs_n < N
     g = tl.load(G + offs_n, mask=n_mask, other=0.0)  # 0 for ignored tokens (set by the host)
-    if tl.max(tl.abs(g), 0) == 0.0:
+    g_abs = tl.max(tl.abs(g), 0)
+    if g_abs == 0.0:
         return
     t = tl.load(T + offs_n, mask=n_mask, other=-1)
     lse = tl.load(LSE + offs_n, mask=n_mask, other=0.0)
@@ -381,12 +387,19 @@ def _bwd_kernel(
     if STATS:  # the off-target softmax mass this computed block keeps, per token
         off = keep & (offs_v[None, :] != t[:, None])
         tl.atomic_add(KEPT + offs_n, tl.sum(tl.where(off, p, 0.0), 1), mask=n_mask, sem="relaxed")
-    d = d * g[:, None]
+    # fp16: g/max|g| in the 16-bit block, max|g| back on the fp32 products
+    if SCALE_ROWS:  # noqa: SIM108 (a constexpr branch)
+        d = d * (g / g_abs)[:, None]
+    else:
+        d = d * g[:, None]
     if HAS_SOFTCAP:
         th = z / softcap
         d = d * (1.0 - th * th)
     if COMPUTE_DBIAS:
-        tl.atomic_add(dBias + offs_v, tl.sum(d, 0), mask=v_mask, sem="relaxed")
+        d_bias = tl.sum(d, 0)
+        if SCALE_ROWS:
+            d_bias = d_bias * g_abs
+        tl.atomic_add(dBias + offs_v, d_bias, mask=v_mask, sem="relaxed")
     d_lp = d.to(E.dtype.element_ty)
     if UPCAST:
         d_lp = d_lp.to(tl.float32)
@@ -402,6 +415,8 @@ def _bwd_kernel(
             if UPCAST:
                 c = c.to(tl.float32)
             de = tl.dot(d_lp, c, input_precision=DOT_PREC)
+            if SCALE_ROWS:
+                de = de * g_abs
             if TMA_REDUCE:  # one bulk reduce-add of the tile (TMA clips rows ≥ N)
                 DE_DESC.atomic_add([pid_n * BLOCK_N, d0], de)
             else:
@@ -420,6 +435,8 @@ def _bwd_kernel(
             if UPCAST:
                 e = e.to(tl.float32)
             dc = tl.dot(tl.trans(d_lp), e, input_precision=DOT_PREC)
+            if SCALE_ROWS:
+                dc = dc * g_abs
             if TMA_REDUCE:
                 DC_DESC.atomic_add([pid_v * BLOCK_V, d0], dc.to(dC.dtype.element_ty))
             else:
@@ -833,6 +850,7 @@ def _backward(
             COMPUTE_DBIAS=need_b,
             TMA_REDUCE=tma,
             STATS=kept is not None,
+            SCALE_ROWS=e.dtype == torch.float16,
             DOT_PREC=_dot_precision(e.dtype),
             UPCAST=_interpreting() and e.dtype != torch.float32,
             **extra,
