@@ -208,6 +208,20 @@ def test_filter_eps_resolution(lce):
         lce.resolve_filter_eps(-1.0, torch.bfloat16)
 
 
+@pytest.mark.parametrize(("n", "v", "d"), [(8192, 256000, 2304), (8192, 128256, 4096),
+                                           (8192, 49152, 576), (300, 1000, 64)])  # fmt: skip
+def test_de_chunk_stays_a_small_share_of_the_gradients(lce, n, v, d):
+    """The fp32 ``dE`` buffer of one backward launch: whole token blocks, within both caps
+    (or the 8-block floor), so small shapes (SmolLM2's, the third) keep the memory target."""
+    bn = 64
+    rows = lce._de_chunk_rows(n, v, d, 2, bn)
+    assert rows % bn == 0 and rows >= 8 * bn
+    buffer = min(rows, n) * d * 4
+    grads = (n + v) * d * 2
+    assert buffer <= lce.DE_CHUNK_BYTES
+    assert buffer <= lce.DE_CHUNK_SHARE * grads or rows == 8 * bn
+
+
 def test_dense_backward_setting_from_the_environment(lce, monkeypatch):
     for raw, expected in (("", None), ("0", None), ("0.0", None), ("64", 64 << 20),
                           ("0.5", 1 << 19), ("1e-9", 1)):  # fmt: skip

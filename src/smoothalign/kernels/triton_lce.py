@@ -40,8 +40,9 @@ split above, the ``β`` terms are exact and never filtered; only negligible soft
 is dropped, as in a β = 0 kernel.
 
 **Precision.** Dot products accumulate in fp32; ``lse``, the partial sums and ``dbias`` are
-fp32; ``dE`` is accumulated in an fp32 buffer processed in row chunks (``DE_CHUNK_BYTES``,
-so the buffer stays a few % of the gradients) and cast at the end of each chunk; ``dC``
+fp32; ``dE`` is accumulated in an fp32 buffer processed in row chunks (at most
+``DE_CHUNK_BYTES`` and ``DE_CHUNK_SHARE`` of the gradients, so the buffer stays a few % of
+them at any shape) and cast at the end of each chunk; ``dC``
 is accumulated in fp32 for float32 weights and in the weight's dtype (bf16/fp16 atomic
 adds, each adding an fp32 ``[BLOCK_V, BLOCK_D]`` product) otherwise — the memory target
 (≤ 1.05× the gradients) rules out an fp32 ``[V, D]`` buffer; ``accum_c_fp32=True`` asks
@@ -103,7 +104,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-DE_CHUNK_BYTES = 32 << 20  # fp32 dE accumulation buffer per launch chunk
+DE_CHUNK_BYTES = 32 << 20  # fp32 dE accumulation buffer per launch chunk, at most
+DE_CHUNK_SHARE = 0.04  # ... and at most this share of the gradients' bytes (small shapes)
 DE_CHUNK_ROWS: int | None = None  # overrides DE_CHUNK_BYTES (tests: several chunks)
 
 
@@ -692,6 +694,16 @@ def _rowwise_dot(e: Tensor, w: Tensor, rows: int = 2048) -> Tensor:
     return out
 
 
+def _de_chunk_rows(n: int, v: int, d: int, itemsize: int, bn: int) -> int:
+    """Tokens per backward launch: the fp32 ``dE`` buffer of a chunk takes at most
+    ``DE_CHUNK_BYTES`` and at most ``DE_CHUNK_SHARE`` of the gradients' bytes (``(N + V)·D``
+    entries), in whole token blocks, and at least 8 of them (fewer would leave SMs idle).
+    The share matters at small shapes: at SmolLM2's (N = 8192, D = 576, V = 49152) a 32 MiB
+    cap is all 8192 rows, 19 MB against 66 MB of gradients."""
+    budget = min(DE_CHUNK_BYTES, int(DE_CHUNK_SHARE * (n + v) * d * itemsize))
+    return max(bn * 8, budget // (4 * d) // bn * bn)
+
+
 def _backward(
     e,
     c,
@@ -748,7 +760,7 @@ def _backward(
     rank_one = beta > 0 and softcap is None
     eps = None if (beta > 0 and softcap is not None) else filter_eps
     if de_chunk_rows is None:
-        de_chunk_rows = max(bn * 8, (DE_CHUNK_BYTES // (4 * d)) // bn * bn)
+        de_chunk_rows = _de_chunk_rows(n, v, d, e.element_size(), bn)
     # the forward's block maxima can skip a backward block only if it lies in one forward
     # block (forward BLOCK_V, as the forward used it, a multiple of the backward's) and
     # covers whole token groups (backward BLOCK_N and row chunks multiples of the group)
