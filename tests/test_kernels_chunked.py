@@ -175,6 +175,56 @@ def test_bad_arguments_are_refused():
         linear_cross_entropy(e[0, 0], c, t[0])
 
 
+def test_autocast_keeps_the_bias_dtype_like_the_eager_sum():
+    """Eager ``e @ c.T + b`` under autocast adds the float32 bias to the bf16 product (the sum
+    promotes); a bias rounded to bf16 would move logits near 300 by up to 1."""
+    e, c, _, t = _inputs(dtype=torch.float32)
+    b = torch.linspace(300.3, 301.9, V, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = linear_cross_entropy(e, c, t, bias=b, impl="chunked")
+        z = e @ c.T + b
+    assert z.dtype == torch.float32
+    ref = F.cross_entropy(z.detach().double(), t)
+    # our product is fp32-accumulated from bf16 inputs, eager's is rounded to bf16 first
+    torch.testing.assert_close(got.double(), ref, rtol=0, atol=2e-2)
+    rounded = F.cross_entropy((e @ c.T).detach().double() + b.bfloat16().double(), t)
+    assert abs(float(rounded) - float(ref)) > 0.1  # the case is real: rounding b matters
+
+
+def test_targets_must_be_int64_or_int32():
+    """Other integer dtypes would wrap around (a uint8 target 156 is -100 mod 256) or fail
+    inside a gather: refused up front, naming ``targets``."""
+    e, c, _, t = _inputs()
+    for dtype in (torch.uint8, torch.int8, torch.int16):
+        with pytest.raises(ValueError, match="targets: int64 or int32"):
+            linear_cross_entropy(e, c, t.clamp(min=0).to(dtype))
+    got = linear_cross_entropy(e, c, t.int())
+    torch.testing.assert_close(got, linear_cross_entropy(e, c, t))
+
+
+@pytest.mark.parametrize("bad", [True, 1.0, 2.0, 0.0, -1e-3, "bogus"])
+def test_filter_eps_outside_zero_one_is_refused_on_every_path(bad):
+    """A threshold of 1 or more drops (nearly) every gradient entry; ``True`` is not 1."""
+    e, c, _, t = _inputs()
+    with pytest.raises(ValueError, match="filter_eps"):
+        linear_cross_entropy(e, c, t, filter_eps=bad)
+    with pytest.raises(ValueError, match="filter_eps"):
+        linear_log_probs(e, c, t, filter_eps=bad)
+    with pytest.raises(ValueError, match="softcap"):
+        linear_cross_entropy(e, c, t, softcap=True)
+    linear_cross_entropy(e, c, t, filter_eps=0.5)  # chunked: accepted, never used
+
+
+def test_second_derivatives_are_refused_not_wrong():
+    """The backward is not differentiable: ``create_graph`` through it is an error, not a
+    silently dropped term."""
+    e, c, _, t = _inputs()
+    loss = linear_cross_entropy(e, c, t)
+    (ge,) = torch.autograd.grad(loss, e, create_graph=True)
+    with pytest.raises(RuntimeError, match="first derivatives only"):  # not a dropped penalty
+        (loss + 10.0 * ge.pow(2).sum()).backward()
+
+
 @pytest.mark.parametrize("bad", [-1, V, V + 1000])
 @pytest.mark.parametrize("fn", ["loss", "log_probs"])
 def test_targets_outside_the_vocabulary_are_refused(bad, fn):

@@ -125,6 +125,45 @@ def test_fp16_keeps_the_small_entries_of_a_mean_over_many_tokens(lce, beta):
     _assert_grads((e, c), leaves[:2], 4e-3)
 
 
+@here
+@pytest.mark.parametrize("layout", ["strided", "expanded"])
+def test_a_bias_that_is_not_contiguous(lce, layout):
+    """The kernels read the bias densely: a strided view (every other entry) or an expanded
+    scalar must give the eager result, not neighbouring memory."""
+    e, c, _, t = _inputs(torch.float32)
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(V, 2, generator=g) if layout == "strided" else torch.randn(1, generator=g)
+    base = base.to(e.device).requires_grad_()
+    b = base[:, 0] if layout == "strided" else base.expand(V)
+    loss = linear_cross_entropy(e, c, t, label_smoothing=0.1, bias=b, impl="triton")
+    ref, (e2, c2, b2) = _reference(e, c, b, t, 0.1, None)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    ref.backward()
+    _assert_grads((e, c), (e2, c2), 1e-5)
+    want = b2.grad[:, None] if layout == "strided" else b2.grad.sum(0, keepdim=True)
+    got = base.grad[:, :1] if layout == "strided" else base.grad
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-7)
+
+
+@here
+def test_no_tokens_keeps_the_bias_in_the_graph(lce):
+    e, c, _, t = _inputs(torch.float32)
+    b = torch.zeros(V, device=e.device, requires_grad=True)
+    loss = linear_cross_entropy(e.detach()[:0], c.detach(), t[:0], bias=b, impl="triton")
+    loss.backward()
+    assert b.grad is not None and bool((b.grad == 0).all())
+
+
+@here
+def test_second_derivatives_are_refused_not_wrong(lce):
+    e, c, _, t = _inputs(torch.float32)
+    loss = linear_cross_entropy(e, c, t, impl="triton")
+    (ge,) = torch.autograd.grad(loss, e, create_graph=True)
+    with pytest.raises(RuntimeError, match="first derivatives only"):  # not a dropped penalty
+        (loss + 10.0 * ge.pow(2).sum()).backward()
+
+
 @pytest.mark.parametrize("reduction", ["sum", "none"])
 @here
 def test_reductions_and_several_de_chunks(lce, reduction, monkeypatch):

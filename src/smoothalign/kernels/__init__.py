@@ -14,11 +14,13 @@ Two implementations behind one signature, chosen by device (``impl=None``):
 
 Differences from ``F.cross_entropy``, all deliberate: the result is float32 (float64 for
 float64 inputs) whatever the input dtype; ``reduction="mean"`` over a batch whose tokens are
-all ignored is 0 with zero gradients (``F.cross_entropy`` gives NaN); under autocast the
-inputs are cast to the autocast dtype first, as autocast does for the eager ``e @ c.T``
-(float64 inputs are not). Bad input — a target outside ``[0, V)`` that is not
-``ignore_index``, mismatched shapes, non-float tensors — is a ``ValueError`` before any
-kernel runs.
+all ignored is 0 with zero gradients (``F.cross_entropy`` gives NaN); under autocast ``e``
+and ``c`` are cast to the autocast dtype first, as autocast does for the eager ``e @ c.T``
+(float64 inputs are not), and the bias keeps its own dtype, as in ``e @ c.T + bias``. Bad
+input — a target outside ``[0, V)`` that is not ``ignore_index``, targets that are not
+int64/int32, mismatched shapes, non-float tensors, a ``filter_eps`` outside (0, 1) — is a
+``ValueError`` before any kernel runs. The backward is not itself differentiable (no
+double backward: asking for one is an error).
 Triton is imported lazily: the package works without it.
 """
 
@@ -40,6 +42,7 @@ GRAD_FILTERS = ("auto", "off")
 __all__ = [
     "GRAD_FILTERS",
     "IMPLS",
+    "check_filter_eps",
     "filter_eps_for",
     "linear_cross_entropy",
     "linear_log_probs",
@@ -54,6 +57,17 @@ def filter_eps_for(setting: str) -> str | None:
     if setting not in GRAD_FILTERS:
         raise ValueError(f"grad_filter: {setting!r}; choose one of {GRAD_FILTERS}")
     return "auto" if setting == "auto" else None
+
+
+def check_filter_eps(filter_eps: object) -> None:
+    """``filter_eps``: ``"auto"``, ``None`` or a number in (0, 1). Every entry of
+    ``|softmax − (1 − β)·onehot|`` is at most 1, so a threshold of 1 or more would drop
+    (nearly) the whole gradient; a bool is refused rather than read as 1."""
+    if filter_eps is None or filter_eps == "auto":
+        return
+    ok = isinstance(filter_eps, int | float) and not isinstance(filter_eps, bool)
+    if not (ok and 0.0 < filter_eps < 1.0):
+        raise ValueError(f"filter_eps: {filter_eps!r}; a number in (0, 1), 'auto' or None")
 
 
 @functools.cache
@@ -102,13 +116,15 @@ def _check(
         raise ValueError(
             f"targets: shape {tuple(targets.shape)} != e's leading shape {tuple(e.shape[:-1])}"
         )
-    if targets.dtype.is_floating_point or targets.dtype == torch.bool:
-        raise ValueError(f"targets: integer class ids expected, got {targets.dtype}")
+    if targets.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"targets: int64 or int32 class ids expected, got {targets.dtype}")
     if bias is not None and tuple(bias.shape) != (c.shape[0],):
         raise ValueError(f"bias: expected [{c.shape[0]}], got {tuple(bias.shape)}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing: {label_smoothing!r} not in [0, 1]")
-    if softcap is not None and not (softcap > 0 and math.isfinite(softcap)):
+    if softcap is not None and (
+        isinstance(softcap, bool) or not (softcap > 0 and math.isfinite(softcap))
+    ):
         raise ValueError(f"softcap: {softcap!r}; must be finite and > 0 (or None)")
     # a target outside the vocabulary would read a wrong (Triton) or no (CUDA gather) logit
     v = c.shape[0]
@@ -122,16 +138,16 @@ def _check(
         )
 
 
-def _autocast_inputs(e: Tensor, c: Tensor, bias: Tensor | None):
-    """Under autocast, cast the inputs as autocast would for the eager ``e @ c.T`` (float64
-    is not eligible: autocast leaves it alone)."""
+def _autocast_inputs(e: Tensor, c: Tensor):
+    """Under autocast, cast ``e`` and ``c`` as autocast would for the eager ``e @ c.T``
+    (float64 is not eligible: autocast leaves it alone). The bias keeps its dtype, as in the
+    eager ``e @ c.T + bias``, whose sum promotes to the bias's float32."""
     kind = e.device.type
     eligible = torch.float64 not in (e.dtype, c.dtype)
     if eligible and kind in ("cuda", "cpu") and torch.is_autocast_enabled(kind):
         dtype = torch.get_autocast_dtype(kind)
         e, c = e.to(dtype), c.to(dtype)
-        bias = bias.to(dtype) if bias is not None else None
-    return e, c, bias
+    return e, c
 
 
 def _token_losses(
@@ -149,7 +165,7 @@ def _token_losses(
 ) -> Tensor:
     """Per-token losses ``[N]`` of flat inputs, 0 for ignored tokens."""
     which = _resolve_impl(impl, e)
-    e, c, bias = _autocast_inputs(e, c, bias)
+    e, c = _autocast_inputs(e, c)
     with torch.autocast(e.device.type, enabled=False):
         if which == "triton":
             from smoothalign.kernels.triton_lce import triton_token_losses
@@ -205,6 +221,7 @@ def linear_cross_entropy(
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: {reduction!r}; choose one of {REDUCTIONS}")
     _check(e, c, targets, bias, label_smoothing, softcap, int(ignore_index))
+    check_filter_eps(filter_eps)
     shape = targets.shape
     flat_t = targets.reshape(-1)
     losses = _token_losses(
@@ -244,6 +261,7 @@ def linear_log_probs(
     ``bias``. The same kernels as :func:`linear_cross_entropy` (it is ``−`` its unsmoothed,
     unreduced loss), ``filter_stats`` included."""
     _check(e, c, targets, bias, 0.0, softcap, int(ignore_index))
+    check_filter_eps(filter_eps)
     losses = _token_losses(
         e.reshape(-1, e.shape[-1]),
         c,

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from smoothalign.kernels._autograd import first_order_only
+
 # logits held at once by one chunk, in elements (float32: 64 MiB)
 CHUNK_ELEMENTS = 1 << 24
 
@@ -101,6 +103,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @first_order_only
     def backward(ctx, grad: Tensor):
         e, c, bias, targets, lse = ctx.saved_tensors
         beta, softcap = ctx.beta, ctx.softcap

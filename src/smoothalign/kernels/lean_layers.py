@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from smoothalign.kernels._autograd import first_order_only
+
 # the RMSNorm's arithmetic, as Llama's: float32 whatever the input (even float64); tests set
 # float64 to check the backward's formula by finite differences
 COMPUTE_DTYPE = torch.float32
@@ -97,6 +99,7 @@ class _RMSNorm(torch.autograd.Function):
         return weight * (xf * rstd).to(x.dtype)
 
     @staticmethod
+    @first_order_only
     def backward(ctx, grad: Tensor):
         x, weight, rstd = ctx.saved_tensors
         if ctx.triton:
@@ -175,6 +178,7 @@ class _SwiGLU(torch.autograd.Function):
         return F.silu(gate) * up
 
     @staticmethod
+    @first_order_only
     def backward(ctx, grad: Tensor):
         gate, up = ctx.saved_tensors
         if ctx.triton:

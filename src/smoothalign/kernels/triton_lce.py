@@ -104,6 +104,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from smoothalign.kernels._autograd import first_order_only
+
 DE_CHUNK_BYTES = 32 << 20  # fp32 dE accumulation buffer per launch chunk, at most
 DE_CHUNK_SHARE = 0.04  # ... and at most this share of the gradients' bytes (small shapes)
 DE_CHUNK_ROWS: int | None = None  # overrides DE_CHUNK_BYTES (tests: several chunks)
@@ -570,9 +572,10 @@ def resolve_filter_eps(filter_eps: float | str | None, dtype: torch.dtype) -> fl
         if dtype in (torch.bfloat16, torch.float16):
             return torch.finfo(dtype).eps / 32
         return None
-    if isinstance(filter_eps, int | float) and filter_eps > 0:
-        return float(filter_eps)
-    raise ValueError(f"filter_eps: {filter_eps!r}; a positive float, 'auto' or None")
+    from smoothalign.kernels import check_filter_eps
+
+    check_filter_eps(filter_eps)
+    return float(filter_eps)
 
 
 def _num_sms(device: torch.device) -> int:
@@ -913,6 +916,7 @@ class TritonLinearCrossEntropy(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @first_order_only
     def backward(ctx, grad):
         e, c, bias, targets, lse, bmax, c_mean = ctx.saved_tensors
         beta, ignore_index, softcap, filter_eps, accum_c_fp32, bv_fwd, group = ctx.opts
@@ -990,12 +994,15 @@ def triton_token_losses(
         e, c = e.to(common), c.to(common)
     if e.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"triton linear cross-entropy: unsupported dtype {e.dtype}")
-    if e.shape[0] == 0:
-        return e.new_zeros(0, dtype=torch.float32) + 0.0 * e.sum() + 0.0 * c.sum()
+    if e.shape[0] == 0:  # still a graph to every input that wants a gradient (zeros)
+        empty = e.new_zeros(0, dtype=torch.float32) + 0.0 * e.sum() + 0.0 * c.sum()
+        return empty + 0.0 * bias.sum() if bias is not None else empty
     if e.stride(1) != 1:
         e = e.contiguous()
     if c.stride(1) != 1:
         c = c.contiguous()
+    if bias is not None and bias.stride(0) != 1:  # the kernels read it densely
+        bias = bias.contiguous()
     targets = targets.contiguous()
     eps = resolve_filter_eps(filter_eps, e.dtype)
     if block_max is None:

@@ -1,0 +1,51 @@
+"""``first_order_only``: the kernels' backwards give first derivatives only, and say so.
+
+Their gradients are computed from saved tensors with operations autograd does not see
+(Triton kernels, in-place updates, a saved ``rstd`` without its graph). Under
+``create_graph=True`` PyTorch's ``once_differentiable`` guards against a second derivative
+only when the *incoming gradient* requires grad; a gradient penalty such as
+``loss + |∂loss/∂e|²`` reaches ``e`` only through the saved tensors, and its term would be
+silently dropped. This decorator also looks at the saved tensors: if any of them requires
+grad, the gradients it returns carry a node that raises when differentiated again.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+MESSAGE = (
+    b"smoothalign's fused kernels give first derivatives only: a second derivative "
+    b"(create_graph=True, then a backward through the gradient) is not supported"
+)
+
+
+def first_order_only(backward: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(backward)
+    def wrapper(ctx: Any, *grads: Any) -> Any:
+        with torch.no_grad():
+            outputs = backward(ctx, *grads)
+        if not torch.is_grad_enabled():  # the usual case: no create_graph
+            return outputs
+        watched = [*grads, *ctx.saved_tensors]
+        if not any(isinstance(t, Tensor) and t.requires_grad for t in watched):
+            return outputs
+        single = not isinstance(outputs, tuple)
+        items = (outputs,) if single else outputs
+        error = torch._C._functions.DelayedError(MESSAGE, len(items))
+
+        def tracked(t: Tensor | None) -> Tensor | None:
+            if t is None:
+                return None
+            t = t.detach()
+            t.requires_grad = True
+            return t
+
+        wrapped = error(*[tracked(t) for t in items])
+        return wrapped[0] if single else wrapped
+
+    return wrapper
