@@ -679,6 +679,30 @@ def test_csv_keeps_text_as_strings_and_reads_numbers_elsewhere(tmp_path):
     assert rows[1]["confidence"] is None and isinstance(rows[0]["reward"], float)
 
 
+def test_csv_reference_logps_are_parsed_per_cell(tmp_path):
+    """One bad ``ref_chosen_logps`` cell stays a string (its row is the bad one); the other
+    rows' cells are numbers, not text blamed on every row."""
+    rows = [dict(r, ref_chosen_logps=-3.5, ref_rejected_logps=-4.0) for r in ROWS]
+    rows[1]["ref_chosen_logps"] = "oops"
+    got = load_preference_rows(_write(tmp_path / "ref.csv", rows))
+    assert [r["ref_chosen_logps"] for r in got] == [-3.5, "oops", -3.5]
+    assert all(r["ref_rejected_logps"] == -4.0 for r in got)
+
+
+@pytest.mark.parametrize("ext", ["jsonl", "json", "csv"])
+def test_a_byte_order_mark_is_dropped_and_non_utf8_bytes_name_the_line(tmp_path, ext):
+    path = _write(tmp_path / f"p.{ext}", ROWS)
+    plain = load_preference_rows(path)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # Excel's "CSV UTF-8"
+    assert [r["prompt"] for r in load_preference_rows(path)] == [r["prompt"] for r in plain]
+    text = path.read_bytes()
+    cut = text.rindex(b"What is 2+2?")
+    path.write_bytes(text[:cut] + b"caf\xe9 " + text[cut:])  # Latin-1, not UTF-8
+    line = text[:cut].count(b"\n") + 1
+    with pytest.raises(ValueError, match=rf"p\.{ext} line {line}: not UTF-8 text"):
+        load_preference_rows(path)
+
+
 def test_loading_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         load_preference_rows(tmp_path / "nope.jsonl")

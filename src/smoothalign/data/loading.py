@@ -13,6 +13,7 @@ Every returned row is a fresh ``dict`` with two reserved keys added:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -26,7 +27,14 @@ SUPPORTED_EXTENSIONS = (".jsonl", ".json", ".parquet", ".csv")
 TEXT_FIELDS = ("prompt", "chosen", "rejected")
 # numbers wherever they appear: in CSV each of their cells is parsed on its own, so that one
 # bad cell stays a string (and validation names its row) instead of turning the column to text
-NUMERIC_FIELDS = ("confidence", "p_chosen", "votes_chosen", "votes_total")
+NUMERIC_FIELDS = (
+    "confidence",
+    "p_chosen",
+    "votes_chosen",
+    "votes_total",
+    "ref_chosen_logps",
+    "ref_rejected_logps",
+)
 
 PreferenceSource = str | os.PathLike | Sequence[Mapping[str, Any]] | Any  # Any: datasets.Dataset
 
@@ -152,22 +160,36 @@ def _read_file(path: Path, spec: _Spec) -> list[Any]:
     )
 
 
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text (a leading byte-order mark, as Excel writes, dropped); bytes
+    that are not UTF-8 are a ``ValueError`` naming the file and line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(
+            f"{path} line {line}: not UTF-8 text ({e.reason} at byte {e.start}); "
+            "save the file as UTF-8"
+        ) from e
+
+
 def _read_jsonl(path: Path) -> list[Any]:
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {line_no}: invalid JSON ({e.msg})") from e
+    for line_no, line in enumerate(_read_text(path).split("\n"), start=1):  # not splitlines:
+        # U+2028 and friends may stand raw inside a JSON string
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} line {line_no}: invalid JSON ({e.msg})") from e
     return rows
 
 
 def _read_json(path: Path) -> list[Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_read_text(path))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} line {e.lineno}: invalid JSON ({e.msg})") from e
     if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -180,7 +202,7 @@ def _read_json(path: Path) -> list[Any]:
 def _read_csv(path: Path, text_fields: tuple[str, ...]) -> list[Any]:
     old_limit = csv.field_size_limit(2**31 - 1)  # long responses exceed the 128 KiB default
     try:
-        with path.open(encoding="utf-8", newline="") as f:
+        with io.StringIO(_read_text(path), newline="") as f:
             reader = csv.DictReader(f, restval="")
             rows = []
             for i, row in enumerate(reader):

@@ -63,6 +63,8 @@ BAD_ROW_CODES = {
     "identical_responses": "chosen and rejected are identical",
     "bad_confidence": "confidence is not a number in [0, 1] (or is NaN)",
     "bad_ref_logp": "a reference log-prob is missing its partner, non-finite or > 0",
+    "missing_confidence": "no confidence, which the oracle-* smoothing policies read",
+    "empty_prompt": "no prompt tokens (empty prompt, no BOS): the responses could not be scored",
     "prompt_too_long": "the prompt alone has >= max_length tokens",
     "chat_template_error": "the chat template raised an error",
     "chat_template_prefix": "the chat template breaks the prompt-prefix property",
