@@ -574,6 +574,22 @@ def test_cli_bad_file_fails_before_loading_the_model(tmp_path, capsys, monkeypat
         main(argv)
 
 
+@pytest.mark.parametrize(
+    ("option", "value"), [("--bins", "0"), ("--batch-size", "0"), ("--max-length", "1")]
+)
+def test_cli_bad_options_fail_before_loading_the_model(tmp_path, capsys, option, value):
+    """The model path does not even exist: the option is refused first, by name."""
+    from smoothalign.cli import main
+
+    data = _write_jsonl(
+        tmp_path / "q.jsonl", [{"question": "Q?", "options": ["a", "b"], "answer": 1}]
+    )
+    argv = ["eval", "calibration", "--model", "no-such-model", "--tasks", str(data)]
+    assert main([*argv, option, value]) == 2
+    err = capsys.readouterr().err
+    assert f"{option[2:].replace('-', '_')}: invalid value" in err
+
+
 def test_cli_more_options_than_letters_fails_before_loading_the_model(tmp_path, capsys):
     """27 options cannot be lettered A..Z: the default scorers include the letter one, so
     the run says so up front (the model path does not even exist) instead of after loading."""

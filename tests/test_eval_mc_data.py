@@ -58,6 +58,18 @@ def test_mmlu_keeps_and_counts_options_equal_up_to_whitespace(tmp_path):
     assert "1 question(s) have two identical options (kept, as in MMLU)" in data.notes
 
 
+def test_mmlu_counts_duplicate_options_among_the_kept_subjects_only(tmp_path):
+    rows = [
+        {"question": "Q1", **{f"answer_{c}": c for c in "abcd"}, "correct_answer": "B",
+         "topic": "astronomy"},
+        {"question": "Q2", "answer_a": "x", "answer_b": "x", "answer_c": "y", "answer_d": "z",
+         "correct_answer": "C", "topic": "virology"},
+    ]  # fmt: skip
+    data = load_mmlu(_write_jsonl(tmp_path / "mmlu.jsonl", rows), subjects=["astronomy"])
+    assert len(data.questions) == 1
+    assert not any("identical options" in n for n in data.notes)
+
+
 def test_a_line_that_is_not_utf8_is_a_named_bad_row(tmp_path):
     good = json.dumps(GOOD).encode() + b"\n"
     path = tmp_path / "latin1.jsonl"

@@ -131,6 +131,17 @@ def test_cli_rejects_a_bad_configuration(capsys):
     assert "posterior" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("lora_r", 0), ("lora_alpha", 0), ("save_total_limit", 1), ("weight_decay", -1.0)],
+)
+def test_config_refuses_values_sft_and_dpo_refuse(option, value):
+    """A LoRA scale of 0 trains nothing; a save limit of 1 rotates the last certified
+    checkpoint away before the new one is certified."""
+    with pytest.raises(ValueError, match=f"{option}: invalid value"):
+        RewardConfig(model="tiny", **{option: value}).validate()
+
+
 @pytest.mark.slow
 def test_soft_bce_learns_the_oracle_world(tmp_path):
     """~10 s: 150 steps on 600 pairs; held-out accuracy against the true preference > 0.9

@@ -246,6 +246,21 @@ def test_bad_rows_are_reported_by_row_and_field():
     assert report.to_dict()["bad_row_counts"]["empty_completion"] == 2
 
 
+def test_empty_prompt_and_completion_cells_beside_messages_count_as_absent():
+    """A CSV cannot leave a cell out: a file mixing forms has "" in the other form's
+    columns, as for ``text``; only a non-empty prompt/completion makes the row ambiguous."""
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    rows = [
+        {"messages": messages, "prompt": "", "completion": ""},
+        {"messages": messages, "prompt": "", "completion": "x"},
+    ]
+    report = _one(rows, on_bad_rows="skip")
+    assert [(b.row, b.field, b.code) for b in report.bad_rows] == [
+        (1, "messages", "ambiguous_format")
+    ]
+    assert len(report.examples) == 1
+
+
 def test_conversational_bad_rows():
     user = {"role": "user", "content": "hi"}
     reply = {"role": "assistant", "content": "yo"}

@@ -204,6 +204,10 @@ def test_bad_inputs_name_the_argument():
         posterior_target(prior, torch.full((3, 2), float("nan")))
     with pytest.raises(ValueError, match="exactly one"):
         posterior_target(prior, prior, logits=logits)
+    # the posterior is normalised whatever the prior: a prior row that does not sum to 1
+    bad = torch.tensor([[0.9, 0.9], [0.2, 0.8], [0.5, 0.5]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="prior: row 0 sums to 1.8"):
+        soft_label_loss("fkl", logits, bad, posterior=True)
 
 
 # ------------------------------------------------------------- edge cases of the numerics

@@ -121,6 +121,14 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.output_dir)
     progress = not args.no_progress
 
+    # 0. options, then the data: either fails before the model loads
+    for name, ok in (
+        ("bins", args.bins >= 1),
+        ("batch_size", args.batch_size >= 1),
+        ("max_length", args.max_length is None or args.max_length >= 2),
+    ):
+        if not ok:
+            raise ValueError(f"{name}: invalid value {getattr(args, name)!r}")
     # 1. data first: a bad file fails before the model loads
     tasks = load_tasks(args.tasks, bigbench=args.bigbench, mmlu=args.mmlu_file)
     selected = []  # (task, [indices], [[shot indices]])

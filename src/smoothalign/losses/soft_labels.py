@@ -24,12 +24,17 @@ def _check_pair(logits: Tensor, target: Tensor) -> None:
     if target.shape != logits.shape:
         raise ValueError(f"target: expected shape {list(logits.shape)}, got {list(target.shape)}")
     check_finite(logits, "logits")
-    check_in_range(target, "target", 0.0, 1.0)
-    sums = target.sum(-1)
+    _check_distribution(target, "target")
+
+
+def _check_distribution(t: Tensor, name: str) -> None:
+    """Rows in [0, 1] that sum to 1 (to 1e-4)."""
+    check_in_range(t, name, 0.0, 1.0)
+    sums = t.sum(-1)
     bad = (sums - 1).abs() > 1e-4
     if bool(bad.any()):
         i = int(bad.nonzero()[0])
-        raise ValueError(f"target: row {i} sums to {float(sums[i]):.6f}, not 1")
+        raise ValueError(f"{name}: row {i} sums to {float(sums[i]):.6f}, not 1")
 
 
 def posterior_target(
@@ -53,7 +58,7 @@ def posterior_target(
             f"prior/{name}: expected equal shapes [B, R], got {list(prior.shape)} "
             f"and {list(model.shape)}"
         )
-    check_in_range(prior, "prior", 0.0, 1.0)
+    _check_distribution(prior, "prior")  # the posterior is normalised: check before it
     if model_probs is not None:
         check_in_range(model_probs, "model_probs", 0.0, 1.0)
         log_q = torch.log(model_probs)

@@ -101,6 +101,12 @@ class RewardConfig:
             "oracle_pairs": self.oracle_pairs >= 2,
             "annotators": self.annotators >= 1,
             "oracle_temperature": self.oracle_temperature > 0,
+            "lora_r": self.lora_r > 0,
+            "lora_alpha": self.lora_alpha > 0,
+            "lr_warmup_steps": self.lr_warmup_steps >= 0,
+            "weight_decay": self.weight_decay >= 0,
+            # the newest checkpoint is rotated in before it is certified complete: keep one more
+            "save_total_limit": self.save_total_limit is None or self.save_total_limit >= 2,
         }
         for name, ok in checks.items():
             if not ok:

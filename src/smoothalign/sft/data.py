@@ -195,7 +195,7 @@ def _process_row(
         )
         report.n_text_rows += 1
     elif row.get("messages") is not None:
-        if has_pc:
+        if any(row.get(k) not in (None, "") for k in ("prompt", "completion")):
             raise BadRowError(
                 "messages",
                 "ambiguous_format",
