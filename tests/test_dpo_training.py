@@ -386,9 +386,77 @@ def test_resume_refuses_other_cals_options(noisy_data, tmp_path):
     kw = dict(smoothing="cals-l2", max_steps=2, save_steps=2)
     run_dpo(_config(noisy_data, out, **kw))
     with pytest.raises(
+        ValueError, match="differ from the checkpointed run's .*momentum 0.99 -> 0.9"
+    ):
+        run_dpo(_config(noisy_data, out, resume="latest", momentum=0.9, **{**kw, "max_steps": 3}))
+    # the smoothing state's own check, for a checkpoint whose run left no config.json
+    (out / "config.json").unlink()
+    with pytest.raises(
         ValueError, match="momentum: the checkpoint .* has 0.99, this run asks for 0.9"
     ):
         run_dpo(_config(noisy_data, out, resume="latest", momentum=0.9, **{**kw, "max_steps": 3}))
+
+
+def _no_model(monkeypatch):
+    import smoothalign.train.run as run_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the resume was checked")
+
+    monkeypatch.setattr(run_module, "load_checked", refuse)
+
+
+def test_resume_refuses_a_changed_training_option_before_the_model_loads(
+    noisy_data, tmp_path, monkeypatch
+):
+    """A resume continues the same training: β, the data or the batch size may not change
+    (the report would describe the new values as if the whole run had used them); how long
+    to train and how often to log may."""
+    out = tmp_path / "run"
+    kw = dict(smoothing="none", max_steps=2, save_steps=2)
+    run_dpo(_config(noisy_data, out, **kw))
+    _no_model(monkeypatch)
+    with pytest.raises(ValueError, match=r"batch_size 8 -> 4; beta 0\.1 -> 0\.5"):
+        run_dpo(_config(noisy_data, out, resume="latest", beta=0.5, batch_size=4, **kw))
+    with pytest.raises(ValueError, match="resume: no checkpoint folder"):
+        run_dpo(_config(noisy_data, out, resume=str(tmp_path / "nope"), **kw))
+    monkeypatch.undo()
+    result = run_dpo(_config(noisy_data, out, resume="latest", logging_steps=1,
+                             **{**kw, "max_steps": 3}))  # fmt: skip
+    assert any("checkpoint-2" in n for n in result.notes)
+
+
+def test_a_metrics_line_cut_by_a_crash_does_not_break_the_resumed_report(noisy_data, tmp_path):
+    import json
+
+    out = tmp_path / "run"
+    kw = dict(smoothing="none", save_steps=2, logging_steps=1, report=True)
+    run_dpo(_config(noisy_data, out, max_steps=2, **kw))
+    metrics = out / "metrics.jsonl"
+    text = metrics.read_text()
+    metrics.write_text(text[: len(text) - 40])  # the last record cut in mid-line
+    run_dpo(_config(noisy_data, out, resume="latest", max_steps=4, **kw))
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert {r["step"] for r in records if r["split"] == "train"} >= {1, 3, 4}
+    assert (out / "report.md").is_file()
+
+
+def test_final_is_replaced_whole_by_a_later_run(noisy_data, tmp_path):
+    """A LoRA run, then a full fine-tune into the same folder: the new final/ holds no
+    adapter/ of the old run."""
+    out = tmp_path / "run"
+    run_dpo(_config(noisy_data, out, smoothing="none", max_steps=1, lora=True))
+    assert (out / "final" / "adapter").is_dir()
+    run_dpo(_config(noisy_data, out, smoothing="none", max_steps=1, lora=False))
+    assert (out / "final" / "model.safetensors").is_file()
+    assert not (out / "final" / "adapter").exists()
+    assert not (out / ".final.partial").exists()
+
+
+def test_calibrator_options_without_cals_are_refused():
+    with pytest.raises(ValueError, match="bins: a CALS calibrator option; --smoothing oracle-l2"):
+        DPOConfig(smoothing="oracle-l2", bins=7).validate()
+    DPOConfig(smoothing="cals-l0", bins=8).validate()
 
 
 @pytest.mark.parametrize("n_pairs", [64, 6])

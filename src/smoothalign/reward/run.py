@@ -185,7 +185,8 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
     config.validate()
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    prepare_output_dir(out, config.resume)  # before the model loads: a mixed-up dir fails fast
+    # before the model loads: a mixed-up dir, a bad --resume or a changed config fails fast
+    prepare_output_dir(out, config.resume, config.to_dict())
     set_seed(config.seed)  # python, numpy and torch: the score head's initialisation
     notes: list[str] = []
     bf16 = resolve_bf16(config.precision)

@@ -60,16 +60,42 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
     return folder
 
 
-def prepare_output_dir(output_dir: str | Path, resume: str | None) -> None:
-    """Keep two runs from mixing in one ``output_dir``.
+RESUMABLE_OPTIONS = frozenset(
+    {
+        # how long, how often to log / evaluate / save, and what the report shows: a resumed
+        # run may change these; every other option defines the training and must not change
+        "max_steps", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
+        "resume", "report", "output_dir", "max_eval_pairs", "max_eval_rows", "eval_samples",
+        "max_new_tokens", "oracle", "on_bad_rows", "extra",
+        # how the same computation runs (kernels, precision, memory)
+        "precision", "fused", "fused_logps", "grad_filter", "lean_layers",
+        "gradient_checkpointing",
+    }
+)  # fmt: skip
+_PATH_OPTIONS = ("model", "data", "eval_data", "labels", "eval_labels")
+
+
+def prepare_output_dir(
+    output_dir: str | Path, resume: str | None, config: dict[str, Any] | None = None
+) -> None:
+    """Keep two runs from mixing in one ``output_dir``, and check a resume before anything
+    loads.
 
     A fresh run (no ``resume``) into a folder holding an earlier run's ``checkpoint-N``
     folders is refused: its saves would land among them, and a later ``--resume latest``
     could pick up the other run's state. A run that starts fresh (no ``resume``, or
     ``'latest'`` with no complete checkpoint yet) removes the earlier run's ``metrics.jsonl``
     (it would append to it) and ``report.md`` (with ``--no-report`` it would stay and look
-    like this run's). Call it before the model loads."""
+    like this run's). A resume needs a complete checkpoint (``resolve_resume``); with
+    ``config`` (this run's ``config.json`` dict) it must also match the configuration of the
+    run that wrote the checkpoint (its folder's ``config.json``) in every option outside
+    :data:`RESUMABLE_OPTIONS`; and a ``metrics.jsonl`` that a crash cut in mid-line loses
+    that partial line, so the resumed records start on a line of their own. Call it before
+    the model loads."""
     root = Path(output_dir)
+    folder = resolve_resume(resume, root)  # a bad --resume fails here, not after loading
+    if folder is not None and config is not None:
+        check_resume_config(folder.parent / "config.json", config)
     if not root.is_dir():
         return
     earlier = _checkpoint_folders(root)
@@ -80,10 +106,50 @@ def prepare_output_dir(output_dir: str | Path, resume: str | None) -> None:
             "pass --resume latest to continue that run, or another --output-dir (or delete "
             "them) to start a new one"
         )
-    fresh = resume is None or (resume == "latest" and latest_complete_checkpoint(root) is None)
-    if fresh and int(os.environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if folder is None:
         for name in ("metrics.jsonl", "report.md"):
             (root / name).unlink(missing_ok=True)
+    else:
+        _drop_partial_last_line(root / "metrics.jsonl")
+
+
+def check_resume_config(saved_path: Path, config: dict[str, Any]) -> None:
+    """Refuse a resume whose configuration differs from the saved one (``saved_path``, the
+    checkpointed run's ``config.json``; none saved: nothing to compare) in an option that
+    defines the training. Paths that exist are compared as resolved paths."""
+    if not saved_path.is_file():
+        return
+    import json
+
+    saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    now = json.loads(json.dumps(config, default=str))  # as config.json would hold it
+    changed = []
+    for key in sorted((saved.keys() | now.keys()) - RESUMABLE_OPTIONS):
+        a, b = saved.get(key), now.get(key)
+        paths = key in _PATH_OPTIONS and isinstance(a, str) and isinstance(b, str)
+        if paths and Path(a).exists() and Path(b).exists():
+            a, b = str(Path(a).resolve()), str(Path(b).resolve())
+        if a != b:
+            changed.append(f"{key} {saved.get(key)!r} -> {now.get(key)!r}")
+    if changed:
+        raise ValueError(
+            f"resume: this run's options differ from the checkpointed run's "
+            f"({saved_path}): {'; '.join(changed)}. A resumed run continues the same training: "
+            "drop --resume to start a new run (in another --output-dir), or pass the saved "
+            "values"
+        )
+
+
+def _drop_partial_last_line(path: Path) -> None:
+    """Cut ``path`` after its last newline (a record a crash cut short), in place."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 def train_with_resume(

@@ -18,8 +18,19 @@ CALIBRATOR_FIELDS = ("bins", "momentum", "init_confidence", "prior_strength", "w
 
 
 def calibrator_options(config: Any) -> dict[str, Any]:
-    """The CALS calibrator's options from ``config`` (empty unless it asks for CALS)."""
+    """The CALS calibrator's options from ``config`` (empty unless it asks for CALS, in
+    which case a calibrator option set away from its default is refused: it would be
+    recorded in ``config.json`` but change nothing)."""
     if not config.smoothing.startswith("cals-"):
+        import dataclasses
+
+        defaults = {f.name: f.default for f in dataclasses.fields(config)}
+        moved = [n for n in CALIBRATOR_FIELDS if getattr(config, n) != defaults.get(n)]
+        if moved:
+            raise ValueError(
+                f"{moved[0]}: a CALS calibrator option; --smoothing {config.smoothing} has no "
+                "calibrator (use cals-l0 or cals-l2, or leave it at its default)"
+            )
         return {}
     return {name: getattr(config, name) for name in CALIBRATOR_FIELDS}
 
@@ -297,10 +308,27 @@ def save_merged_model(peft_model, tokenizer, dest) -> Any:
 def save_final_model(trainer, tokenizer, final, *, lora: bool, main_process: bool) -> None:
     """``final/``: always a full model that ``from_pretrained`` (and every smoothalign
     command taking a model path) loads as it is. With LoRA the adapter is merged into a copy
-    of the model for that, and the adapter itself is kept in ``final/adapter/``."""
+    of the model for that, and the adapter itself is kept in ``final/adapter/``.
+
+    Written into ``.final.partial/`` and then swapped in whole (``io.swap_in_folder``): a
+    reader finds the earlier ``final/`` or the complete new one, and nothing of an earlier
+    run's (an ``adapter/`` of a LoRA run under a full fine-tune's model) survives in it."""
+    import shutil
+    from pathlib import Path
+
+    from smoothalign.io import swap_in_folder
+
+    final = Path(final)
+    partial = final.parent / f".{final.name}.partial"
+    if main_process and partial.exists():  # a crash's leftover
+        shutil.rmtree(partial)
+    trainer.accelerator.wait_for_everyone()  # every rank saves into the same, empty folder
     if lora:
-        trainer.save_model(str(final / "adapter"))  # the adapter and the tokenizer
+        trainer.save_model(str(partial / "adapter"))  # the adapter and the tokenizer
         if main_process:
-            save_merged_model(trainer.accelerator.unwrap_model(trainer.model), tokenizer, final)
+            save_merged_model(trainer.accelerator.unwrap_model(trainer.model), tokenizer, partial)
     else:
-        trainer.save_model(str(final))
+        trainer.save_model(str(partial))
+    trainer.accelerator.wait_for_everyone()
+    if main_process:
+        swap_in_folder(partial, final)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,22 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     by_key: dict[tuple[int, str], dict[str, Any]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
+    broken = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
             r = json.loads(line)
-            by_key.setdefault((r["step"], r["split"]), {}).update(r)
+            key = (r["step"], r["split"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            broken.append(line_no)  # e.g. a record a crash cut short: the report goes on
+            continue
+        by_key.setdefault(key, {}).update(r)
+    if broken:
+        warnings.warn(
+            f"{path}: skipped {len(broken)} unreadable record(s) at line(s) {broken[:10]}",
+            stacklevel=2,
+        )
     return [by_key[k] for k in sorted(by_key)]
 
 

@@ -70,7 +70,8 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     config.validate()
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    prepare_output_dir(out, config.resume)  # before the model loads: a mixed-up dir fails fast
+    # before the model loads: a mixed-up dir, a bad --resume or a changed config fails fast
+    prepare_output_dir(out, config.resume, config.to_dict())
     set_seed(config.seed)  # python, numpy and torch
     notes: list[str] = []
     device_is_cuda = torch.cuda.is_available()
