@@ -453,6 +453,30 @@ def test_final_is_replaced_whole_by_a_later_run(noisy_data, tmp_path):
     assert not (out / ".final.partial").exists()
 
 
+def test_oracle_smoothing_needs_a_confidence_on_training_rows_only(tmp_path):
+    """Held-out rows (a ``split: eval`` column) may lack one: the *_true metrics skip them.
+    A training row without one is a bad row (an error, or skipped with --on-bad-rows skip)."""
+    rows = synthetic_rows(48, seed=5)
+    for i, r in enumerate(rows):
+        r["split"] = "eval" if i < 8 else "train"
+        if i < 8:
+            r["confidence"] = None
+    data = write_jsonl(rows, tmp_path / "split.jsonl")
+    kw = dict(smoothing="oracle-l0", max_steps=1, eval_data=None)
+    result = run_dpo(_config(data, tmp_path / "ok", **kw))
+    assert result.n_train == 40 and result.n_eval == 8
+    rows[20]["confidence"] = None
+    data = write_jsonl(rows, tmp_path / "one_missing.jsonl")
+    with pytest.raises(ValueError, match="row 20, field 'confidence': missing; the oracle"):
+        run_dpo(_config(data, tmp_path / "error", **kw))
+    result = run_dpo(_config(data, tmp_path / "skip", on_bad_rows="skip", **kw))
+    assert result.n_train == 39 and result.n_skipped == 1
+    import json
+
+    bad = json.loads((tmp_path / "skip" / "validation.json").read_text())["train"]["bad_rows"]
+    assert [(b["row"], b["code"]) for b in bad] == [(20, "missing_confidence")]
+
+
 def test_calibrator_options_without_cals_are_refused():
     with pytest.raises(ValueError, match="bins: a CALS calibrator option; --smoothing oracle-l2"):
         DPOConfig(smoothing="oracle-l2", bins=7).validate()

@@ -187,17 +187,22 @@ def split_validated(
     """``(train, eval, validation_dict, validation_markdown, notes)`` from a validation report
     of the data and one of the ``--eval-data`` (or ``None``), split by
     :func:`train_eval_split`."""
-    md = [report.to_markdown()]
-    info: dict[str, Any] = {"train": report.to_dict()}
-    eval_examples = None
-    if eval_report is not None:
-        md += ["", "Eval data:", "", eval_report.to_markdown()]
-        info["eval"] = eval_report.to_dict()
-        eval_examples = eval_report.examples
+    info, md = validation_summary(report, eval_report)
+    eval_examples = eval_report.examples if eval_report is not None else None
     train, evals, notes = train_eval_split(
         report.examples, eval_examples, metadata_of, row_of, eval_fraction, seed
     )
-    return train, evals, info, "\n".join(md), notes
+    return train, evals, info, md, notes
+
+
+def validation_summary(report: Any, eval_report: Any | None) -> tuple[dict[str, Any], str]:
+    """``(validation_dict, validation_markdown)`` of the data's and the eval data's reports."""
+    md = [report.to_markdown()]
+    info: dict[str, Any] = {"train": report.to_dict()}
+    if eval_report is not None:
+        md += ["", "Eval data:", "", eval_report.to_markdown()]
+        info["eval"] = eval_report.to_dict()
+    return info, "\n".join(md)
 
 
 def add_lora(model, config: Any):

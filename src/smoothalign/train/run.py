@@ -19,12 +19,14 @@ from tqdm.auto import tqdm
 from transformers import set_seed
 
 from smoothalign.data import (
+    BadRow,
     PreferenceCollator,
     PreferenceDataset,
     TokenizedPair,
     load_preference_rows,
     validate_preference_rows,
 )
+from smoothalign.data.report import format_bad_rows
 from smoothalign.io import atomic_write_json
 from smoothalign.models import load_model_and_tokenizer
 from smoothalign.train.checkpoints import (
@@ -43,6 +45,7 @@ from smoothalign.train.common import (
     save_final_model,
     split_validated,
     training_arguments,
+    validation_summary,
 )
 from smoothalign.train.config import DPOConfig
 from smoothalign.train.report import write_report
@@ -217,12 +220,7 @@ def _load_data(
 ) -> tuple[list[TokenizedPair], list[TokenizedPair], str, int, list[str], dict]:
     """Validate the rows (and eval rows) and split them into train / eval examples; the
     last item is the validation summary for ``validation.json`` (every bad row listed)."""
-    # the oracle-* policies need every training row's confidence: refuse before training
-    # (held-out rows without one are fine: the *_true metrics skip them)
-    needs = config.smoothing_policy().needs_confidence
-    report = validate_preference_rows(
-        rows, tokenizer, config.max_length, config.on_bad_rows, require_confidence=needs
-    )
+    report = validate_preference_rows(rows, tokenizer, config.max_length, config.on_bad_rows)
     eval_report = None
     if eval_rows is not None:
         eval_report = validate_preference_rows(
@@ -236,8 +234,33 @@ def _load_data(
         config.eval_fraction,
         config.seed,
     )
+    # the oracle-* policies need every training row's confidence: refuse before training
+    # (held-out rows without one are fine: the *_true metrics skip them), so after the split
+    if config.smoothing_policy().needs_confidence:
+        train_ex = _require_confidence(report, train_ex, config.on_bad_rows)
+        info, md = validation_summary(report, eval_report)
     skipped = sum(v["n_skipped"] for v in info.values())
     return train_ex, eval_ex, md, skipped, split_notes, info
+
+
+def _require_confidence(report, train_ex: list[TokenizedPair], on_bad_rows: str):
+    """The training examples with a confidence; those without are bad rows of ``report``
+    (``missing_confidence``), an error unless ``on_bad_rows`` skips them."""
+    missing = [ex for ex in train_ex if ex.confidence is None]
+    if not missing:
+        return train_ex
+    bad = [
+        BadRow(ex.index, ex.row, ex.file, "confidence", "missing_confidence",
+               "missing; the oracle-* smoothing policies read each training row's confidence")
+        for ex in missing
+    ]  # fmt: skip
+    if on_bad_rows == "error" or len(missing) == len(train_ex):
+        prefix = "" if len(missing) < len(train_ex) else "no training row has a confidence. "
+        raise ValueError(prefix + format_bad_rows(bad, report.n_rows))
+    drop = {id(ex) for ex in missing}
+    report.examples = [ex for ex in report.examples if id(ex) not in drop]
+    report.bad_rows = sorted([*report.bad_rows, *bad], key=lambda b: b.index)
+    return [ex for ex in train_ex if id(ex) not in drop]
 
 
 # ---------------------------------------------------------------------------- model
