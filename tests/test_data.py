@@ -473,6 +473,22 @@ def test_a_token_merging_across_the_prompt_boundary_is_tokenised_on_its_own():
     assert ex.rejected_ids == byte_ids(" go")  # in context: no merge, the joint tail
 
 
+def test_a_merge_at_the_prompt_boundary_with_a_prepending_tokenizer_stays_a_bad_row():
+    from data_helpers import sentencepiece_like_tokenizer
+
+    tok = sentencepiece_like_tokenizer("llama2")
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    rows = [
+        conv_row(0, prompt=[user("hi ")], chosen=[assistant("Yes")], rejected=[assistant("No")]),
+        conv_row(1, prompt=[user("hi")], chosen=[assistant(" Yes")], rejected=[assistant(" No")]),
+    ]
+    report = validate_preference_rows(rows, tok, 64, on_bad_rows="skip")
+    assert [(b.row, b.field, b.code) for b in report.bad_rows] == [
+        (0, "chosen", "chat_template_prefix")
+    ]
+    assert "prepends a space" in report.bad_rows[0].reason and len(report.examples) == 1
+
+
 def test_special_token_strings_inside_messages_make_a_bad_row(tok):
     """A chat message that holds a special-token string would be tokenised as that token
     (an end of turn in mid-message): a bad row naming the field and the string. Plain-text

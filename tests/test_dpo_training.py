@@ -426,6 +426,46 @@ def test_resume_refuses_a_changed_training_option_before_the_model_loads(
     assert any("checkpoint-2" in n for n in result.notes)
 
 
+def test_resume_reads_relative_paths_against_the_launch_directory(
+    noisy_data, tmp_path, monkeypatch
+):
+    """config.json keeps ``--data`` as typed: a relative path is read against the directory
+    the run was launched from, so resuming from elsewhere with the same file (absolute) is
+    the same run, and a different file of the same relative name is not."""
+    first, elsewhere = tmp_path / "first", tmp_path / "elsewhere"
+    first.mkdir()
+    elsewhere.mkdir()
+    shutil.copy(noisy_data, first / "pairs.jsonl")
+    shutil.copy(noisy_data, elsewhere / "pairs.jsonl")
+    (elsewhere / "pairs.jsonl").write_text((elsewhere / "pairs.jsonl").read_text() + "\n")
+    out = tmp_path / "run"
+    kw = dict(smoothing="none", max_steps=2, save_steps=2, eval_data=None)
+    monkeypatch.chdir(first)
+    run_dpo(_config(Path("pairs.jsonl"), out, **kw))
+    monkeypatch.chdir(elsewhere)
+    _no_model(monkeypatch)
+    with pytest.raises(ValueError, match="data .*pairs.jsonl"):
+        run_dpo(_config(Path("pairs.jsonl"), out, resume="latest", **kw))
+    monkeypatch.undo()
+    monkeypatch.chdir(elsewhere)
+    run_dpo(_config(first / "pairs.jsonl", out, resume="latest", **{**kw, "max_steps": 3}))
+
+
+def test_final_holds_the_cals_state_when_it_is_swapped_in(noisy_data, tmp_path, monkeypatch):
+    import smoothalign.io as io_module
+
+    seen = []
+    real = io_module.swap_in_folder
+
+    def spy(new, dest):
+        seen.append(sorted(p.name for p in new.iterdir()))
+        real(new, dest)
+
+    monkeypatch.setattr(io_module, "swap_in_folder", spy)
+    run_dpo(_config(noisy_data, tmp_path / "run", smoothing="cals-l2", max_steps=1))
+    assert len(seen) == 1 and "smoothing_state.pt" in seen[0]
+
+
 def test_a_metrics_line_cut_by_a_crash_does_not_break_the_resumed_report(noisy_data, tmp_path):
     import json
 

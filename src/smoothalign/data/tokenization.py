@@ -25,13 +25,16 @@ the full tokens do not start with the prompt tokens (a token merges across the b
 SmolLM2's does for a response that starts with two spaces after the generation prompt's
 newline), the response is the rest of the full text tokenised on its own, as for plain
 text: the boundary is a token boundary, as it is when the model generates after the prompt.
+A tokenizer that prepends a space to any text it encodes (Llama-2's ``▁``) cannot do that
+without adding a space: there such a row stays a bad row (``chat_template_prefix``).
 
 **SFT rows** use the same conventions: ``tokenize_prompt_completion`` treats the completion
 as a response; ``tokenize_messages`` renders a whole conversation once and finds each
 assistant turn's tokens as the difference between the renderings of the conversation up to
 that turn with and without it (``add_generation_prompt=True`` before it). Each rendering
 must be a prefix of the whole text; where a token merges across a turn boundary, the text
-is split there and the rest tokenised on its own, as at the prompt/response boundary.
+is split there and the rest tokenised on its own, as at the prompt/response boundary (with
+the same exception for tokenizers that prepend a space).
 ``tokenize_text`` (a plain ``text`` row) ends with EOS as a response does, and
 starts with exactly one BOS only where the tokenizer adds one itself
 (:func:`tokenizer_adds_bos`: what ``tokenizer(text)`` gives, as in pre-training).
@@ -166,28 +169,50 @@ def _encode_with_cuts(
     tokens of its beginning up to a cut are a prefix of the whole's; where a token would
     merge across a cut, the text is split there and the rest tokenised on its own (as
     :func:`_tokenize_conversation` does at the prompt/response boundary), so a turn keeps
-    the tokens it has when the model generates it after its generation prompt."""
+    the tokens it has when the model generates it after its generation prompt. Cuts are
+    checked one at a time, up to the first merge: each split re-reads only the rest."""
     ids: list[int] = []
     positions: list[int] = []
     start, k = 0, 0
     while True:
-        run, *heads = _encode(tokenizer, [text[start:], *(text[start:c] for c in cuts[k:])])
-        merged = next((j for j, h in enumerate(heads) if run[: len(h)] != h), None)
-        kept = heads if merged is None else heads[:merged]
+        (run,) = _encode(tokenizer, [text[start:]])
+        kept: list[list[int]] = []
+        head = None
+        for c in cuts[k:]:
+            (head,) = _encode(tokenizer, [text[start:c]])
+            if run[: len(head)] != head:
+                break
+            kept.append(head)
         positions.extend(len(ids) + len(h) for h in kept)
-        if merged is None:
+        k += len(kept)
+        if k == len(cuts):
             return ids + run, positions
-        head = heads[merged]
+        where = f"tokens merge across the turn boundary at character {cuts[k]}"
+        _refuse_split_if_prepending(tokenizer, field, where)
         if any(head[: len(h)] != h for h in kept):  # the split moved an earlier boundary
             raise RowTokenizationError(
                 field,
                 "chat_template_prefix",
-                f"tokens merge across the turn boundary at character {cuts[k + merged]} and "
-                "splitting the text there changes the tokens of an earlier turn",
+                f"{where}, and splitting the text there changes the tokens of an earlier turn",
             )
         ids += head
         positions.append(len(ids))
-        start, k = cuts[k + merged], k + merged + 1
+        start, k = cuts[k], k + 1
+
+
+def _refuse_split_if_prepending(tokenizer: Any, field: str, where: str) -> None:
+    """A tokenizer that prepends a space to any text it encodes (Llama-2's SentencePiece
+    ``▁``, GPT-2's ``add_prefix_space``) would give the text after a split a space it does
+    not have: such a row stays a bad row (``chat_template_prefix``)."""
+    (ids,) = _encode(tokenizer, ["a"])
+    pieces = "".join(tokenizer.convert_ids_to_tokens(ids))
+    if pieces != "a" and pieces.lstrip("▁Ġ ") == "a":
+        raise RowTokenizationError(
+            field,
+            "chat_template_prefix",
+            f"{where}, and this tokenizer prepends a space to text it encodes on its own, so "
+            "the text after the boundary cannot be tokenised apart without gaining one",
+        )
 
 
 def _check_text_prefix(field: str, text: str, full_text: str, where: str) -> None:
@@ -324,6 +349,7 @@ def _tokenize_conversation(
             responses.append(full_ids[len(prompt_ids) :])
         else:  # a token merges across the boundary: the response's text on its own, as the
             # plain-text path does (a model generating after the prompt never sees the merge)
+            _refuse_split_if_prepending(tokenizer, name, "a token merges across the boundary")
             (tail,) = _encode(tokenizer, [full_text[len(prompt_text) :]])
             responses.append(tail)
     return prompt_ids, responses

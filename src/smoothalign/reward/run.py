@@ -37,6 +37,7 @@ from smoothalign.reward.data import (
 from smoothalign.reward.trainer import RewardTrainer, reward_metrics
 from smoothalign.train.checkpoints import (
     prepare_output_dir,
+    run_config_record,
     save_smoothing_state,
     train_with_resume,
 )
@@ -186,7 +187,7 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     # before the model loads: a mixed-up dir, a bad --resume or a changed config fails fast
-    prepare_output_dir(out, config.resume, config.to_dict())
+    prepare_output_dir(out, config.resume, run_config_record(config))
     set_seed(config.seed)  # python, numpy and torch: the score head's initialisation
     notes: list[str] = []
     bf16 = resolve_bf16(config.precision)
@@ -226,7 +227,7 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
     )
     main_process = trainer.is_world_process_zero()
     if main_process:
-        atomic_write_json(out / "config.json", config.to_dict())
+        atomic_write_json(out / "config.json", run_config_record(config))
         atomic_write_json(out / "validation.json", info)
 
     forecasts_before = trainer.reward_forecasts(eval_ds)
@@ -240,9 +241,12 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
     trainer.log({f"final_eval_{k}": v for k, v in after.items()})
 
     final = out / "final"
-    save_final_model(trainer, tokenizer, final, lora=config.lora, main_process=main_process)
+    state = trainer.smoothing_policy.state_dict()
+    save_final_model(
+        trainer, tokenizer, final, lora=config.lora, main_process=main_process,
+        extra=lambda folder: save_smoothing_state(state, folder),
+    )  # fmt: skip
     if main_process:
-        save_smoothing_state(trainer.smoothing_policy.state_dict(), final)
         atomic_write_json(out / "eval_results.json", {"before": before, "after": after})
     device = "CUDA" if torch.cuda.is_available() else "CPU"
     notes.append(f"training time {train_seconds:.0f} s on {device}")

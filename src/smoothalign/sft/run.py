@@ -30,7 +30,11 @@ from smoothalign.sft.data import (
     validate_sft_rows,
 )
 from smoothalign.sft.trainer import SFTTrainer
-from smoothalign.train.checkpoints import prepare_output_dir, train_with_resume
+from smoothalign.train.checkpoints import (
+    prepare_output_dir,
+    run_config_record,
+    train_with_resume,
+)
 from smoothalign.train.common import (
     add_lora,
     apply_lean_layers,
@@ -95,7 +99,7 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     # before the model loads: a mixed-up dir, a bad --resume or a changed config fails fast
-    prepare_output_dir(out, config.resume, config.to_dict())
+    prepare_output_dir(out, config.resume, run_config_record(config))
     set_seed(config.seed)  # python, numpy and torch: data order and the LoRA initialisation
     bf16 = resolve_bf16(config.precision)
     check_scheduler(config.lr_scheduler)
@@ -141,7 +145,7 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
     )
     main_process = trainer.is_world_process_zero()
     if main_process:
-        atomic_write_json(out / "config.json", config.to_dict())
+        atomic_write_json(out / "config.json", run_config_record(config))
         atomic_write_json(out / "validation.json", info)
 
     trainer.check_head(collator(eval_ex[: config.batch_size]))

@@ -66,7 +66,7 @@ RESUMABLE_OPTIONS = frozenset(
         # run may change these; every other option defines the training and must not change
         "max_steps", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
         "resume", "report", "output_dir", "max_eval_pairs", "max_eval_rows", "eval_samples",
-        "max_new_tokens", "oracle", "on_bad_rows", "extra",
+        "max_new_tokens", "oracle", "on_bad_rows", "extra", "working_dir",
         # how the same computation runs (kernels, precision, memory)
         "precision", "fused", "fused_logps", "grad_filter", "lean_layers",
         "gradient_checkpointing",
@@ -115,10 +115,17 @@ def prepare_output_dir(
         _drop_partial_last_line(root / "metrics.jsonl")
 
 
+def run_config_record(config: Any) -> dict[str, Any]:
+    """What a run writes to ``config.json``: its options (``config.to_dict()``) and the
+    directory it was launched from, against which its relative paths are read."""
+    return {**config.to_dict(), "working_dir": os.getcwd()}
+
+
 def check_resume_config(saved_path: Path, config: dict[str, Any]) -> None:
     """Refuse a resume whose configuration differs from the saved one (``saved_path``, the
     checkpointed run's ``config.json``; none saved: nothing to compare) in an option that
-    defines the training. Paths that exist are compared as resolved paths."""
+    defines the training. Paths are compared resolved, each against the directory its run
+    was launched from (``working_dir``), where they exist."""
     if not saved_path.is_file():
         return
     import json
@@ -128,9 +135,9 @@ def check_resume_config(saved_path: Path, config: dict[str, Any]) -> None:
     changed = []
     for key in sorted((saved.keys() | now.keys()) - RESUMABLE_OPTIONS):
         a, b = saved.get(key), now.get(key)
-        paths = key in _PATH_OPTIONS and isinstance(a, str) and isinstance(b, str)
-        if paths and Path(a).exists() and Path(b).exists():
-            a, b = str(Path(a).resolve()), str(Path(b).resolve())
+        if key in _PATH_OPTIONS:
+            a = _resolved(a, saved.get("working_dir"))
+            b = _resolved(b, now.get("working_dir", os.getcwd()))
         if a != b:
             changed.append(f"{key} {saved.get(key)!r} -> {now.get(key)!r}")
     if changed:
@@ -140,6 +147,17 @@ def check_resume_config(saved_path: Path, config: dict[str, Any]) -> None:
             "drop --resume to start a new run (in another --output-dir), or pass the saved "
             "values"
         )
+
+
+def _resolved(value: Any, base: str | None) -> Any:
+    """``value`` as a resolved path when it names an existing file or folder (a relative one
+    read against ``base``), else unchanged (a registry name such as ``tiny``, or None)."""
+    if not isinstance(value, str) or not value:
+        return value
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base:
+        path = Path(base) / path
+    return str(path.resolve()) if path.exists() else value
 
 
 def _drop_partial_last_line(path: Path) -> None:

@@ -310,14 +310,17 @@ def save_merged_model(peft_model, tokenizer, dest) -> Any:
     return dest
 
 
-def save_final_model(trainer, tokenizer, final, *, lora: bool, main_process: bool) -> None:
+def save_final_model(
+    trainer, tokenizer, final, *, lora: bool, main_process: bool, extra=None
+) -> None:
     """``final/``: always a full model that ``from_pretrained`` (and every smoothalign
     command taking a model path) loads as it is. With LoRA the adapter is merged into a copy
     of the model for that, and the adapter itself is kept in ``final/adapter/``.
 
     Written into ``.final.partial/`` and then swapped in whole (``io.swap_in_folder``): a
     reader finds the earlier ``final/`` or the complete new one, and nothing of an earlier
-    run's (an ``adapter/`` of a LoRA run under a full fine-tune's model) survives in it."""
+    run's (an ``adapter/`` of a LoRA run under a full fine-tune's model) survives in it.
+    ``extra(folder)``, on the main process, adds files (the CALS state) before the swap."""
     import shutil
     from pathlib import Path
 
@@ -336,4 +339,6 @@ def save_final_model(trainer, tokenizer, final, *, lora: bool, main_process: boo
         trainer.save_model(str(partial))
     trainer.accelerator.wait_for_everyone()
     if main_process:
+        if extra is not None:
+            extra(partial)
         swap_in_folder(partial, final)

@@ -31,6 +31,7 @@ from smoothalign.io import atomic_write_json
 from smoothalign.models import load_model_and_tokenizer
 from smoothalign.train.checkpoints import (
     prepare_output_dir,
+    run_config_record,
     save_smoothing_state,
     train_with_resume,
 )
@@ -74,7 +75,7 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     # before the model loads: a mixed-up dir, a bad --resume or a changed config fails fast
-    prepare_output_dir(out, config.resume, config.to_dict())
+    prepare_output_dir(out, config.resume, run_config_record(config))
     set_seed(config.seed)  # python, numpy and torch
     notes: list[str] = []
     device_is_cuda = torch.cuda.is_available()
@@ -156,7 +157,7 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
         callbacks=callbacks,
     )
     if trainer.is_world_process_zero():
-        atomic_write_json(out / "config.json", config.to_dict())
+        atomic_write_json(out / "config.json", run_config_record(config))
         atomic_write_json(out / "validation.json", validation)
 
     forecasts_before = trainer.preference_forecasts(eval_ds)
@@ -178,9 +179,12 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
 
     final = out / "final"
     main_process = trainer.is_world_process_zero()
-    save_final_model(trainer, tokenizer, final, lora=config.lora, main_process=main_process)
+    state = trainer.smoothing_policy.state_dict()
+    save_final_model(
+        trainer, tokenizer, final, lora=config.lora, main_process=main_process,
+        extra=lambda folder: save_smoothing_state(state, folder),
+    )  # fmt: skip
     if main_process:
-        save_smoothing_state(trainer.smoothing_policy.state_dict(), final)
         atomic_write_json(out / "eval_results.json", {"before": before, "after": after})
     if config.report and main_process:
         write_report(
