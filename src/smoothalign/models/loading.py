@@ -302,15 +302,19 @@ def _cache_matches(cache: Path, source: dict[str, Any]) -> bool:
 
 def _write_cache_atomically(cache: Path, model: Any, tokenizer: Any, source: dict) -> None:
     """Save into a temp folder beside ``cache`` and ``os.replace`` it into place, so that a
-    reader sees either no cache or a complete one. A stale cache is moved aside first; when a
-    concurrent writer wins the race, its (identical) copy is kept and ours discarded."""
+    reader sees either no cache or a complete one. A cache that already matches ``source``
+    (a concurrent writer won the race) is kept and ours discarded: it may be being read. Only
+    a stale cache is moved aside. Files follow the umask (``mkdtemp`` and safetensors would
+    make them owner-only), and leftovers of interrupted writes older than an hour go."""
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=f".{cache.name}.tmp-"))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / _CACHE_MARKER).write_text(json.dumps({"source": source}, indent=2) + "\n")
-        tmp.chmod(0o755)  # mkdtemp makes it 0700; the files inside follow the umask
+        _follow_umask(tmp)
+        if _cache_matches(cache, source):
+            return  # another process wrote the same cache meanwhile: keep theirs
         if cache.exists():
             old = Path(tempfile.mkdtemp(dir=cache.parent, prefix=f".{cache.name}.old-"))
             with contextlib.suppress(OSError):  # another process may have moved it already
@@ -323,6 +327,28 @@ def _write_cache_atomically(cache: Path, model: Any, tokenizer: Any, source: dic
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _remove_stale_leftovers(cache)
+
+
+def _follow_umask(folder: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for f in folder.rglob("*"):
+        f.chmod((0o777 if f.is_dir() else 0o666) & ~umask)
+
+
+def _remove_stale_leftovers(cache: Path, age_s: float = 3600.0) -> None:
+    """Temp and moved-aside folders of writes that were killed (``.NAME.tmp-*``,
+    ``.NAME.old-*``), once older than ``age_s``: a younger one may be another writer's."""
+    import time
+
+    now = time.time()
+    for pattern in (f".{cache.name}.tmp-*", f".{cache.name}.old-*"):
+        for leftover in cache.parent.glob(pattern):
+            with contextlib.suppress(OSError):
+                if now - leftover.stat().st_mtime > age_s:
+                    shutil.rmtree(leftover, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------
