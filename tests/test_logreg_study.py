@@ -293,6 +293,8 @@ def test_cli_options_override_quick_and_defaults():
         LogRegConfig(signal=0.0)
     with pytest.raises(ValueError, match="dims: repeated"):  # would count as extra seeds
         LogRegConfig(dims=(5, 5))
+    with pytest.raises(ValueError, match="--first-seed"):  # named, before the study starts
+        build_config(parser.parse_args(["study", "logreg", "--first-seed", "-1", "--seeds", "1"]))
 
 
 # ----------------------------------------------------------------------------- theory plots

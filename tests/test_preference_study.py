@@ -11,7 +11,7 @@ import torch
 
 from smoothalign.cli import main
 from smoothalign.experiments import preference as pref
-from smoothalign.experiments.preference_report import claim_check, markdown_report
+from smoothalign.experiments.preference_report import claim_check, claim_markdown, markdown_report
 from smoothalign.experiments.token_world import TokenWorldConfig
 
 TINY = dict(
@@ -168,6 +168,19 @@ def test_claim_check_compares_with_dpo_and_the_best_constant_in_hindsight():
     bad = claim_check(_fake_results(0.63, 0.07))
     assert not bad["holds"]
     assert bad["holds_per_variant"] == {"cals-l2-c1": False}
+
+
+def test_claim_without_a_constant_alpha_is_not_tested_rather_than_false():
+    """No cdpo-* method ran: the comparison with the best constant is missing, which is no
+    evidence against the claim; the verdict says the claim was not tested."""
+    results = _fake_results(0.70, 0.05)
+    results["runs"] = [r for r in results["runs"] if not r["method"].startswith("cdpo-")]
+    results["aggregates"] = pref.aggregate(results["runs"])
+    check = claim_check(results)
+    assert not check["tested"]
+    text = claim_markdown(check)
+    assert "The claim was not tested" in text and "does not hold" not in text
+    assert claim_check(_fake_results(0.65, 0.07))["tested"]
 
 
 def test_cli_quick_run_writes_every_output(tmp_path):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from smoothalign.data.tokenization import WORD_JOINER, escape_special_text
 from smoothalign.models import load_model_and_tokenizer
 from smoothalign.rank import RankConfig
 from smoothalign.rank import cli as rank_cli
@@ -171,6 +172,31 @@ def test_candidates_are_scored_once_and_sorted_best_first(tiny):
     assert ranked[1].candidates[0].ids == [99, 99]
     with pytest.raises(ValueError, match="NaN"):
         score_and_rank(examples, candidate_ids, lambda ids: "x", lambda p, t: [np.nan] * len(t))
+
+
+def test_generated_text_spelling_a_special_token_is_scored_as_text(reward_dir):
+    """A policy can spell ``<eos>`` out of ordinary tokens (decoding gives the string back).
+    For data that is a bad row; a generated candidate is scored as text instead, its special
+    strings broken by a zero-width joiner, and keeps its own text."""
+    model, tok, _ = load_preference_model(reward_dir.parent)
+    scorer = PreferenceModelScorer(model, tok, max_length=64, batch_size=2)
+    examples = load_prompts([{"prompt": "p0"}], tok, max_length=32).examples
+    special = tok.eos_token
+    text = f"ok {special} bye"
+    ranked = score_and_rank(examples, [[list(text.encode()), [97]]], lambda ids: bytes(ids).decode(),
+                            scorer)  # fmt: skip
+    assert text in [c.text for c in ranked[0].candidates]
+    escaped = escape_special_text(text, tok)
+    assert special not in escaped and escaped.replace(WORD_JOINER, "") == text
+    assert tok.eos_token_id not in scorer.tokens("p0", escaped)[:-1]  # only the closing EOS
+
+
+def test_csv_references_that_look_like_numbers_stay_text(tiny, tmp_path):
+    _, tok = tiny
+    path = tmp_path / "math.csv"
+    path.write_text("prompt,reference\nWhat is 2+2?,4\nWhat is 3+3?,6\n")
+    report = load_prompts(path, tok, max_length=32)
+    assert not report.bad_rows and len(report.examples) == 2
 
 
 def test_preference_model_scorer_matches_single_sequence_forwards(reward_dir):

@@ -322,6 +322,21 @@ def _check_no_special_text(field: str, messages: Sequence[Message], tokenizer: A
             )
 
 
+WORD_JOINER = "\u2060"  # zero width, no line break: what escape_special_text inserts
+
+
+def escape_special_text(text: str, tokenizer: Any) -> str:
+    """``text`` with every special-token string of ``tokenizer`` broken by a zero-width
+    :data:`WORD_JOINER` after its first character, so that it is tokenised as text. For
+    *generated* text (a model can spell ``<|im_end|>`` out of ordinary tokens, and decoding
+    gives the string back), not for data, where such a string is a bad row."""
+    for s in sorted((s for s in getattr(tokenizer, "all_special_tokens", ()) if s), key=len,
+                    reverse=True):  # fmt: skip
+        if len(s) > 1 and s in text:
+            text = text.replace(s, s[0] + WORD_JOINER + s[1:])
+    return text
+
+
 def _tokenize_conversation(
     prompt: list[Message], responses_msgs: list[list[Message]], names: Sequence[str], tokenizer: Any
 ) -> tuple[list[int], list[list[int]]]:

@@ -79,6 +79,8 @@ def build_config(args: argparse.Namespace):
     from smoothalign.experiments.logreg import LogRegConfig
 
     overrides: dict[str, Any] = {}
+    if args.first_seed < 0:
+        raise ValueError(f"--first-seed: a seed is a non-negative integer, got {args.first_seed}")
     if args.seeds is not None:
         if args.seeds < 1:
             raise ValueError(f"--seeds: need at least 1, got {args.seeds}")

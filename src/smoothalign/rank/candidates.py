@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from smoothalign.data import BadRow, fit_response, load_preference_rows, tokenize_preference
 from smoothalign.data.loading import FILE_KEY, ROW_KEY
 from smoothalign.data.report import RowReport
-from smoothalign.data.tokenization import RowTokenizationError
+from smoothalign.data.tokenization import RowTokenizationError, escape_special_text
 from smoothalign.data.validation import bad_row, is_blank
 
 REFERENCE_FIELDS = ("reference", "completion", "chosen")
@@ -169,7 +169,8 @@ def load_prompts(
     if on_bad_rows not in ("error", "skip"):
         raise ValueError(f"on_bad_rows: {on_bad_rows!r}; choose error or skip")
     name = source_name or (str(source) if isinstance(source, str | Path) else "prompts")
-    rows = load_preference_rows(source)
+    # CSV: the text columns stay strings (a reference "4" is text, not a number)
+    rows = load_preference_rows(source, text_fields=("prompt", *REFERENCE_FIELDS, "rejected"))
     if not rows:
         raise ValueError(f"prompts: {name} holds no rows")
     first = next((r["prompt"] for r in rows if isinstance(r.get("prompt"), str | list)), "")
@@ -516,6 +517,9 @@ def score_and_rank(
     texts = [[decode(ids) for ids in per] for per in candidate_ids]
     flat_prompts = [ex.prompt for ex, per in zip(examples, texts, strict=True) for _ in per]
     flat_texts = [t for per in texts for t in per]
+    tokenizer = getattr(scorer, "tokenizer", None)
+    if tokenizer is not None:  # generated text spelling a special token is scored as text
+        flat_texts = [escape_special_text(t, tokenizer) for t in flat_texts]
     scores = np.asarray(scorer(flat_prompts, flat_texts), dtype=np.float64)
     if scores.shape != (len(flat_texts),):
         raise ValueError(f"scorer: returned shape {scores.shape}, expected ({len(flat_texts)},)")

@@ -106,6 +106,8 @@ def load_rank_prompts(
         lambda ex: ex.location,
         config.eval_fraction,
         config.seed,
+        what="prompts",
+        eval_option="--eval-prompts",
     )
     if config.nll_weight > 0:
         missing = [ex for ex in train if ex.reference_ids is None]

@@ -88,6 +88,7 @@ def load_sft_data(
         lambda ex: ex.row,
         config.eval_fraction,
         config.seed,
+        what="rows",
     )
     return train_ex, eval_ex, info, md, notes + split_notes
 

@@ -151,9 +151,13 @@ def train_eval_split(
     row_of: Callable[[Any], Any],
     eval_fraction: float,
     seed: int,
+    *,
+    what: str = "pairs",
+    eval_option: str = "--eval-data",
 ) -> tuple[list, list, list[str]]:
     """``(train, eval, notes)``: a separate eval set when given (the data's own ``eval`` rows
-    are then not trained on), else the data's ``split`` column, else a seeded holdout."""
+    are then not trained on), else the data's ``split`` column, else a seeded holdout.
+    ``what`` and ``eval_option`` name the rows and the caller's eval-set option in errors."""
     by_split = split_by_column(examples, metadata_of, row_of)
     notes = []
     if eval_examples is not None:
@@ -170,9 +174,11 @@ def train_eval_split(
         train, evals = holdout(examples, eval_fraction, seed)
         notes.append(f"train/eval split: a seeded {eval_fraction:.0%} holdout")
     if not train:
-        raise ValueError("data: no training pairs left after validation and the eval split")
+        raise ValueError(f"data: no training {what} left after validation and the eval split")
     if not evals:
-        raise ValueError("eval_data: no evaluation pairs; pass --eval-data or --eval-fraction > 0")
+        raise ValueError(
+            f"eval_data: no evaluation {what}; pass {eval_option} or --eval-fraction > 0"
+        )
     return train, evals, notes
 
 
@@ -183,6 +189,7 @@ def split_validated(
     row_of: Callable[[Any], Any],
     eval_fraction: float,
     seed: int,
+    what: str = "pairs",
 ) -> tuple[list, list, dict[str, Any], str, list[str]]:
     """``(train, eval, validation_dict, validation_markdown, notes)`` from a validation report
     of the data and one of the ``--eval-data`` (or ``None``), split by
@@ -190,7 +197,7 @@ def split_validated(
     info, md = validation_summary(report, eval_report)
     eval_examples = eval_report.examples if eval_report is not None else None
     train, evals, notes = train_eval_split(
-        report.examples, eval_examples, metadata_of, row_of, eval_fraction, seed
+        report.examples, eval_examples, metadata_of, row_of, eval_fraction, seed, what=what
     )
     return train, evals, info, md, notes
 
