@@ -3,6 +3,7 @@
     python benchmarks/lce_filter_fraction.py [--tokens 8192] [--block-n 64 --block-v 128] [--logit-std 6.3]
     python benchmarks/lce_filter_fraction.py --model smollm2-135m [--tokens 4096] [--sort-vocab]
     python benchmarks/lce_filter_fraction.py --dpo-step-model [--tokens 4096] [--logit-scale 7]
+    python benchmarks/lce_filter_fraction.py --eps-sweep 2.44e-4 1.22e-4 6.1e-5 [--tokens 1024]
 
 For each benchmark shape, in float32 on the CPU (no GPU needed; ~2 min per shape on 2
 cores), it forms ``softmax − onehot`` for the first ``--tokens`` tokens and counts the
@@ -25,6 +26,11 @@ the GPU run draws its own on CUDA, from the same distribution; float32 here) on 
 random token ids, each response token's target the next token (prompt positions ignored),
 in the order the step's head sees them. Random weights give near-uniform softmaxes, like the
 kernel benchmark's random logits, so this says how much the step's timing owes to filtering.
+
+With ``--eps-sweep`` it measures, on the kernel benchmark's inputs (the last ``--tokens``
+tokens: the first tenth of each shape is ignored), what each threshold costs and buys: the
+share of live blocks computed and the filter's own contribution to the ``dE`` error that
+the GPU benchmark checks against a 2e-2 tolerance (``filter_error``).
 """
 
 from __future__ import annotations
@@ -71,6 +77,49 @@ def filter_fraction(e, c, t, block_n: int, block_v: int, eps: float, chunk: int 
         dropped.append((mass * skipped).sum(1)[live])
     dropped = torch.cat(dropped) if dropped else torch.zeros(0)
     return kept, total, live_blocks, float(dropped.mean()) if len(dropped) else float("nan")
+
+
+def filter_error(e, c, t, block_n: int, block_v: int, eps_list, beta: float, chunk: int = 512):
+    """For each threshold in ``eps_list``: (share of the blocks with a live token that are
+    computed, the filter's own ``dE`` error). The error is ``max |ΔdE| / max |dE|`` over the
+    tokens given, where ``ΔdE = Σ_(skipped entries) p_v·C_v`` (per token, before the
+    common ``1/N``): the softmax mass the skipped blocks hold, which the kernel leaves out;
+    its β terms are exact (closed form), so this is all that filtering changes. Float32,
+    with the gradient's other roundings (bf16) not included."""
+    v = c.shape[0]
+    v_blocks = math.ceil(v / block_v)
+    pad = (0, v_blocks * block_v - v)
+    kept = [0] * len(eps_list)
+    live_blocks = 0
+    err_max = [0.0] * len(eps_list)
+    de_max = 0.0
+    chunk = max(block_n, chunk // block_n * block_n)
+    c_mean = c.mean(0)
+    for s in range(0, e.shape[0], chunk):
+        tt = t[s : s + chunk]
+        rows = tt.shape[0] // block_n * block_n
+        if rows == 0:
+            break
+        tt, ee = tt[:rows], e[s : s + rows]
+        p = torch.softmax(ee @ c.T, 1)
+        live = tt != -100
+        p[~live] = 0.0
+        d = p.clone()
+        d[live, tt[live]] -= 1.0 - beta
+        # the exact gradient (per token, times N): softmax − (1 − β)·onehot − β/V
+        de = d @ c - beta * c_mean
+        de[~live] = 0.0
+        de_max = max(de_max, float(de.abs().max()))
+        a = F.pad(d.abs(), pad).view(rows // block_n, block_n, v_blocks, block_v).amax(dim=(1, 3))
+        live_b = live.view(-1, block_n).any(1)
+        live_blocks += int(live_b.sum()) * v_blocks
+        for i, eps in enumerate(eps_list):
+            big = (a >= eps) & live_b[:, None]
+            kept[i] += int(big.sum())
+            skipped = (~big).repeat_interleave(block_n, 0).repeat_interleave(block_v, 1)[:, :v]
+            dropped = torch.where(skipped, p, 0.0) @ c
+            err_max[i] = max(err_max[i], float(dropped[live].abs().max()))
+    return [(k / max(live_blocks, 1), err / de_max) for k, err in zip(kept, err_max, strict=True)]
 
 
 def sort_vocabulary(e, c, t, chunk: int = 512):
@@ -161,8 +210,32 @@ def main(argv=None) -> int:
         default=1.0,
         help="the kernel benchmark's random logits times this (their standard deviation: 1)",
     )
+    p.add_argument(
+        "--eps-sweep",
+        type=float,
+        nargs="+",
+        metavar="EPS",
+        help="the kernel benchmark's shapes only: for each threshold, the blocks computed and "
+        "the filter's own dE error (max over the tokens, relative to max |dE|; β = 0.1)",
+    )
     args = p.parse_args(argv)
     eps = torch.finfo(torch.bfloat16).eps / 32
+    if args.eps_sweep:
+        for n, d, v in SHAPES:
+            e, c, t = make_inputs(n, d, v, "cpu", torch.bfloat16)
+            k = min(args.tokens, n)
+            e, c, t = e[n - k :].float(), c.float() * args.logit_std, t[n - k :]
+            for x, (share, err) in zip(
+                args.eps_sweep,
+                filter_error(e, c, t, args.block_n, args.block_v, args.eps_sweep, 0.1),
+                strict=True,
+            ):
+                print(
+                    f"{n}×{d}×{v}, last {k} tokens, filter_eps {x:.3g} (2^{math.log2(x):.1f}): "
+                    f"blocks computed {share:.3f}; filter's dE error {err:.2e}",
+                    flush=True,
+                )
+        return 0
     if args.model or args.dpo_step_model:
         if args.dpo_step_model:
             args.model = f"dpo_step.py's Llama-3.2-1B shape, logits ×{args.logit_scale:g}"
