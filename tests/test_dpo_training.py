@@ -517,6 +517,24 @@ def test_oracle_smoothing_needs_a_confidence_on_training_rows_only(tmp_path):
     assert [(b["row"], b["code"]) for b in bad] == [(20, "missing_confidence")]
 
 
+def test_the_reliability_curve_of_the_forecasts_is_logged(noisy_data, tmp_path):
+    """SPEC §4 logs the reliability curve beside q̂: per bin, how often labels agreed with
+    the forecasts (the moving-average counts, without q̂'s prior) and the counts."""
+    import json
+
+    out = tmp_path / "run"
+    run_dpo(_config(noisy_data, out, smoothing="cals-l2", max_steps=3, logging_steps=1,
+                    learning_rate=1e-2))  # fmt: skip
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in records if r["split"] == "train" and "cals/reliability" in r][-1]
+    state = load_smoothing_state(out / "final")["calibrator"]
+    w, lo = state["wins"].double(), state["losses"].double()
+    assert last["cals/bin_counts"] == pytest.approx((w + lo).tolist())
+    want = [float(a / (a + b)) if a + b > 0 else None for a, b in zip(w, lo, strict=True)]
+    assert last["cals/reliability"] == pytest.approx(want, nan_ok=True)
+    assert len(want) == 20 and any(x is not None for x in want)
+
+
 def test_calibrator_options_without_cals_are_refused():
     with pytest.raises(ValueError, match="bins: a CALS calibrator option; --smoothing oracle-l2"):
         DPOConfig(smoothing="oracle-l2", bins=7).validate()

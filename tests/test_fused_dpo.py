@@ -99,6 +99,45 @@ def test_fused_logps_equal_materialised_with_lora(tiny):
     torch.testing.assert_close(on, base, rtol=1e-10, atol=1e-10)
 
 
+class _ScaledHead(torch.nn.Linear):
+    """An LM head that scales its logits (as some architectures' heads do)."""
+
+    def forward(self, x):
+        return 2.0 * super().forward(x)
+
+
+def test_heads_and_model_types_the_fused_path_does_not_know_take_the_materialised_one(tiny):
+    """A head subclass may transform its output, and a model type outside
+    FUSED_MODEL_TYPES may post-process its logits (a multiplier, a learned scale): fused log-
+    probs would silently differ, so such models take the materialised path."""
+    _, _, batch = tiny
+    args = (batch["input_ids"], batch["attention_mask"], batch["labels"])
+    model = copy.deepcopy(tiny[0])
+    old = model.lm_head
+    model.lm_head = _ScaledHead(old.in_features, old.out_features, bias=False).double()
+    model.lm_head.weight = old.weight
+    on = model_sequence_logps(model, *args, fused=True)[0]
+    off = model_sequence_logps(model, *args, fused=False)[0]
+    torch.testing.assert_close(on, off, rtol=1e-10, atol=1e-10)
+    plain = model_sequence_logps(tiny[0], *args, fused=False)[0]
+    assert (on - plain).abs().max() > 1.0  # the scale matters: the case is real
+    model = copy.deepcopy(tiny[0])
+    model.config.model_type = "some_new_arch"
+    model.config.logits_multiplier = 4.0  # what the materialised path would honour
+    on = model_sequence_logps(model, *args, fused=True)[0]
+    torch.testing.assert_close(on, plain, rtol=1e-10, atol=1e-10)
+
+
+def test_fused_logps_are_off_under_an_fsdp_launch(monkeypatch):
+    """The precomputed reference and the trainer must take the same path: under FSDP the
+    trainer cannot fuse (sharded head weight), so neither does the reference."""
+    from smoothalign.train.trainer import fused_logps_enabled
+
+    assert fused_logps_enabled("on", "cpu")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert not fused_logps_enabled("on", "cpu") and not fused_logps_enabled("auto", "cuda")
+
+
 def test_final_logit_softcapping_is_honoured(tiny):
     from transformers import Gemma2Config, Gemma2ForCausalLM
 

@@ -113,6 +113,15 @@ class SmoothingTrainer(Trainer):
         calibrator = self.smoothing_policy.calibrator
         if calibrator is not None and split == "train":
             extra["cals/q_hat"] = calibrator.bin_confidence().tolist()
+            # the reliability curve of the forecasts (SPEC §4): per bin, how often the label
+            # agreed with the forecast (the moving-average counts, without q̂'s prior; null
+            # for an empty bin) and the counts themselves
+            w, lo = calibrator.wins, calibrator.losses
+            n = w + lo
+            extra["cals/reliability"] = torch.where(
+                n > 0, w / n.clamp_min(1e-300), math.nan
+            ).tolist()
+            extra["cals/bin_counts"] = n.tolist()
             logs["cals/step"] = calibrator.step
         return extra
 

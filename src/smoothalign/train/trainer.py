@@ -16,6 +16,7 @@ optimizer, scheduler, RNG and data position, TensorBoard and the progress bar �
 from __future__ import annotations
 
 import inspect
+import os
 from collections import defaultdict
 from typing import Any
 
@@ -33,8 +34,30 @@ from smoothalign.train.objective import dpo_terms, sequence_logps
 
 # ---------------------------------------------------------------------------- log-probs
 def fused_logps_enabled(setting: str, device: torch.device | str) -> bool:
-    """``--fused-logps``: ``on``, ``off``, or ``auto`` (on for a CUDA device)."""
+    """``--fused-logps``: ``on``, ``off``, or ``auto`` (on for a CUDA device); off under FSDP
+    (launched with an FSDP config: it shards the LM head's weight outside its forward), so
+    that the precomputed reference and the policy always take the same path."""
+    if _fsdp_launch():
+        return False
     return setting == "on" or (setting == "auto" and torch.device(device).type == "cuda")
+
+
+def _fsdp_launch() -> bool:
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").strip().lower() in ("1", "true", "yes")
+
+
+FUSED_MODEL_TYPES = frozenset(
+    {
+        # what their LM head does to lm_head(h), all known to _logit_transform: nothing, or
+        # Gemma's final_logit_softcapping, Cohere's logit_scale (×), Granite's logits_scaling (÷)
+        "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3",
+        "olmo", "olmo2", "starcoder2", "stablelm", "smollm3", "gemma", "gemma2", "gemma3",
+        "gemma3_text", "cohere", "cohere2", "granite", "granitemoe",
+    }
+)  # fmt: skip
+"""Model types whose logits are ``transform(lm_head(h))`` with a transform this module
+applies. Others (a multiplier it does not know, a learned per-token scale) take the
+materialised path: the fused one would give other log-probs, silently."""
 
 
 def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
@@ -56,7 +79,11 @@ def _fused_parts(lm: torch.nn.Module):
         return None
     if decoder is None or decoder is lm or head is None:
         return None
-    if not isinstance(head, torch.nn.Linear) or hasattr(head, "base_layer"):
+    if type(head) is not torch.nn.Linear:  # a subclass may transform (a LoRA layer, a scale)
+        return None
+    config = getattr(lm, "config", None)
+    text = getattr(config, "get_text_config", lambda: config)()
+    if getattr(text, "model_type", None) not in FUSED_MODEL_TYPES:
         return None
     return decoder, head
 
@@ -93,8 +120,8 @@ def model_sequence_logps(
     (``kernels.linear_log_probs``). The call goes through
     the outermost module (DDP, PEFT), so wrappers' hooks and LoRA adapters (and
     ``disable_adapter()``) apply as usual. Falls back to the plain path, with a warning
-    once, for a model without ``get_decoder``/``get_output_embeddings``/``logits_to_keep``
-    or with an adapted LM head.
+    once, for a model without ``get_decoder``/``get_output_embeddings``/``logits_to_keep``,
+    with an adapted LM head, or of a type outside :data:`FUSED_MODEL_TYPES`.
     """
     lm = _causal_lm(model)
     parts = _fused_parts(lm) if fused else None
@@ -103,8 +130,9 @@ def model_sequence_logps(
     ):
         name = type(lm).__name__
         warn_once(
-            f"fused log-probs: {name} has no usable decoder / LM head / logits_to_keep; "
-            "using the materialised logits",
+            f"fused log-probs: {name} has no usable decoder / LM head / logits_to_keep, or "
+            "a model type whose logit transform is not known to be exact here; using the "
+            "materialised logits",
             key=f"unfused {name}",
         )
         parts = None
