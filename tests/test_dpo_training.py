@@ -535,6 +535,26 @@ def test_the_reliability_curve_of_the_forecasts_is_logged(noisy_data, tmp_path):
     assert len(want) == 20 and any(x is not None for x in want)
 
 
+def test_a_refused_run_leaves_the_earlier_results_and_a_fresh_one_clears_them(
+    noisy_data, tmp_path
+):
+    """A run that fails its checks (here bf16 on a CPU) must not cost the earlier run its
+    report and metrics; a run that does start removes them, plots included, even with
+    --no-report (they would pass for this run's)."""
+    out = tmp_path / "run"
+    kw = dict(smoothing="none", max_steps=1)
+    run_dpo(_config(noisy_data, out, report=True, **kw))
+    earlier = {"report.md", "metrics.jsonl", "training_curves.png", "eval_results.json"}
+    assert earlier <= {p.name for p in out.iterdir()}
+    with pytest.raises(ValueError, match="precision"):
+        run_dpo(_config(noisy_data, out, report=True, precision="bf16", **kw))
+    assert earlier <= {p.name for p in out.iterdir()}
+    run_dpo(_config(noisy_data, out, report=False, **kw))
+    names = {p.name for p in out.iterdir()}
+    assert not {"report.md", "training_curves.png", "alpha.png", "reliability.png"} & names
+    assert {"metrics.jsonl", "eval_results.json"} <= names  # this run's
+
+
 def test_calibrator_options_without_cals_are_refused():
     with pytest.raises(ValueError, match="bins: a CALS calibrator option; --smoothing oracle-l2"):
         DPOConfig(smoothing="oracle-l2", bins=7).validate()

@@ -36,6 +36,7 @@ from smoothalign.reward.scoring import (
     load_preference_model,
     resolve_reward_model_path,
 )
+from smoothalign.train.checkpoints import clear_earlier_outputs
 from smoothalign.train.common import (
     check_scheduler,
     load_checked,
@@ -228,6 +229,9 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     # tokenizer or chat template): find out now, not when its candidates are scored
     train_ex = _fit_the_preference_model(train_ex, scorer, config.on_bad_rows, info, "train")
     eval_ex = _fit_the_preference_model(eval_ex, scorer, config.on_bad_rows, info, "eval")
+    # every check passed and both models loaded: an earlier run's results go now (its
+    # report, plots, per-epoch candidates), so none of them can pass for this run's
+    clear_earlier_outputs(out, "candidates-epoch-*.jsonl", "eval_candidates_*.jsonl")
     atomic_write_json(out / "config.json", config.to_dict())
     atomic_write_json(out / "prompts.json", info)
     pad_id = int(tok.pad_token_id)

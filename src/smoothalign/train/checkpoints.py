@@ -79,19 +79,16 @@ def prepare_output_dir(
     output_dir: str | Path, resume: str | None, config: dict[str, Any] | None = None
 ) -> None:
     """Keep two runs from mixing in one ``output_dir``, and check a resume before anything
-    loads.
+    loads. Deletes nothing: a run refused later (a bad option, bad rows) leaves the earlier
+    run's results alone; :func:`train_with_resume` clears them when training starts.
 
     A fresh run (no ``resume``) into a folder holding an earlier run's ``checkpoint-N``
     folders is refused: its saves would land among them, and a later ``--resume latest``
-    could pick up the other run's state. A run that starts fresh (no ``resume``, or
-    ``'latest'`` with no complete checkpoint yet) removes the earlier run's ``metrics.jsonl``
-    (it would append to it) and ``report.md`` (with ``--no-report`` it would stay and look
-    like this run's). A resume needs a complete checkpoint (``resolve_resume``); with
-    ``config`` (this run's ``config.json`` dict) it must also match the configuration of the
-    run that wrote the checkpoint (its folder's ``config.json``) in every option outside
-    :data:`RESUMABLE_OPTIONS`; and a ``metrics.jsonl`` that a crash cut in mid-line loses
-    that partial line, so the resumed records start on a line of their own. Call it before
-    the model loads."""
+    could pick up the other run's state. A resume needs a complete checkpoint
+    (``resolve_resume``); with ``config`` (this run's ``config.json`` dict) it must also
+    match the configuration of the run that wrote the checkpoint (its folder's
+    ``config.json``) in every option outside :data:`RESUMABLE_OPTIONS`. Call it before the
+    model loads."""
     root = Path(output_dir)
     folder = resolve_resume(resume, root)  # a bad --resume fails here, not after loading
     if folder is not None and config is not None:
@@ -106,19 +103,36 @@ def prepare_output_dir(
             "pass --resume latest to continue that run, or another --output-dir (or delete "
             "them) to start a new one"
         )
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
-    if folder is None:
-        for name in ("metrics.jsonl", "report.md"):
-            (root / name).unlink(missing_ok=True)
-    else:
-        _drop_partial_last_line(root / "metrics.jsonl")
 
 
 def run_config_record(config: Any) -> dict[str, Any]:
     """What a run writes to ``config.json``: its options (``config.to_dict()``) and the
     directory it was launched from, against which its relative paths are read."""
     return {**config.to_dict(), "working_dir": os.getcwd()}
+
+
+EARLIER_OUTPUTS = (
+    "metrics.jsonl", "report.md", "eval_results.json", "training_curves.png", "alpha.png",
+    "reliability.png", "divergences.png", "calibration.png", "reward_convergence.png",
+)  # fmt: skip
+"""An earlier run's result files, which a run that starts fresh removes: appended to
+(``metrics.jsonl``) or left beside this run's (a report or plot that ``--no-report`` does
+not rewrite) they would pass for this run's."""
+
+
+def clear_earlier_outputs(output_dir: str | Path, *patterns: str) -> None:
+    """Remove :data:`EARLIER_OUTPUTS` and the files matching ``patterns`` from
+    ``output_dir`` (the main process only). The model folders are left: ``final/`` is
+    swapped in whole at the end, checkpoints are guarded by :func:`prepare_output_dir`."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    root = Path(output_dir)
+    for name in EARLIER_OUTPUTS:
+        (root / name).unlink(missing_ok=True)
+    for pattern in patterns:
+        for path in root.glob(pattern):
+            if path.is_file():
+                path.unlink(missing_ok=True)
 
 
 def check_resume_config(saved_path: Path, config: dict[str, Any]) -> None:
@@ -180,8 +194,13 @@ def train_with_resume(
         if smoothing_policy is not None:
             restore_smoothing_state(smoothing_policy, folder)
         notes.append(f"resumed from {folder}")
-    elif resume == "latest":
-        notes.append("--resume latest: no complete checkpoint yet, started fresh")
+        # the resumed records start on a line of their own after a record a crash cut short
+        if int(os.environ.get("RANK", "0")) == 0:
+            _drop_partial_last_line(Path(output_dir) / "metrics.jsonl")
+    else:
+        if resume == "latest":
+            notes.append("--resume latest: no complete checkpoint yet, started fresh")
+        clear_earlier_outputs(output_dir)
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(folder) if folder else None)
     return time.perf_counter() - t0
