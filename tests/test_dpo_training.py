@@ -535,9 +535,7 @@ def test_the_reliability_curve_of_the_forecasts_is_logged(noisy_data, tmp_path):
     assert len(want) == 20 and any(x is not None for x in want)
 
 
-def test_a_refused_run_leaves_the_earlier_results_and_a_fresh_one_clears_them(
-    noisy_data, tmp_path
-):
+def test_a_refused_run_leaves_the_earlier_results_and_a_fresh_one_clears_them(noisy_data, tmp_path):
     """A run that fails its checks (here bf16 on a CPU) must not cost the earlier run its
     report and metrics; a run that does start removes them, plots included, even with
     --no-report (they would pass for this run's)."""
