@@ -150,3 +150,30 @@ def test_rank_reports_bad_prompts_before_any_weights_load(tmp_path, capsys, monk
     assert code == 2, err
     assert "prompts.jsonl row 1" in err and "model.safetensors" not in err, err
     Path(err.split("(traceback: ")[1].split(";")[0]).unlink()
+
+
+def test_rank_refuses_a_causal_lm_as_preference_model_before_the_policy_loads(
+    tmp_path, capsys, monkeypatch
+):
+    """The preference model's class is read from its config, after the prompts and before
+    any weights: the policy's weights are missing here, and the error is still about the
+    preference model."""
+    import json
+
+    from smoothalign.models.loading import build_tiny_model, build_tiny_tokenizer
+
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    policy, lm = tmp_path / "policy", tmp_path / "lm"
+    for folder in (policy, lm):
+        build_tiny_model().save_pretrained(folder)
+        build_tiny_tokenizer().save_pretrained(folder)
+    (policy / "model.safetensors").unlink()  # loading the policy's weights would fail
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": f"q: {c}", "reference": f" {c}"} for c in "abcd"]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code = main(["rank-calibrate", "--policy", str(policy), "--reward-model", str(lm),
+                 "--prompts", str(prompts), "--output-dir", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "LlamaForCausalLM, not a preference model" in err, err
+    Path(err.split("(traceback: ")[1].split(";")[0]).unlink()

@@ -491,6 +491,9 @@ def test_final_is_replaced_whole_by_a_later_run(noisy_data, tmp_path):
     assert (out / "final" / "model.safetensors").is_file()
     assert not (out / "final" / "adapter").exists()
     assert not (out / ".final.partial").exists()
+    umask = os.umask(0)
+    os.umask(umask)  # the weights follow the umask as every other output (not 0600)
+    assert (out / "final" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_oracle_smoothing_needs_a_confidence_on_training_rows_only(tmp_path):

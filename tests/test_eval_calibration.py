@@ -575,7 +575,8 @@ def test_cli_bad_file_fails_before_loading_the_model(tmp_path, capsys, monkeypat
 
 
 @pytest.mark.parametrize(
-    ("option", "value"), [("--bins", "0"), ("--batch-size", "0"), ("--max-length", "1")]
+    ("option", "value"),
+    [("--bins", "0"), ("--batch-size", "0"), ("--max-length", "1"), ("--device", "bogus")],
 )
 def test_cli_bad_options_fail_before_loading_the_model(tmp_path, capsys, option, value):
     """The model path does not even exist: the option is refused first, by name."""
@@ -587,7 +588,8 @@ def test_cli_bad_options_fail_before_loading_the_model(tmp_path, capsys, option,
     argv = ["eval", "calibration", "--model", "no-such-model", "--tasks", str(data)]
     assert main([*argv, option, value]) == 2
     err = capsys.readouterr().err
-    assert f"{option[2:].replace('-', '_')}: invalid value" in err
+    name = option[2:].replace("-", "_")
+    assert f"{name}: invalid value" in err or f"{name}: {value!r} is not a device" in err
 
 
 def test_cli_more_options_than_letters_fails_before_loading_the_model(tmp_path, capsys):

@@ -136,3 +136,18 @@ def test_cli_end_to_end_on_tiny(tmp_path, capsys):
     assert report["observed_entropy"]["n_tokens"] == b["n_hidden"] > 0
     assert report["reading"] in capsys.readouterr().out
     assert (out / "head_entropy.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "words"),
+    [("--max-tokens", "0", "max_tokens: invalid value"), ("--batch-size", "0",
+     "batch_size: invalid value"), ("--texts", "5000", "texts: 5000 asked for"),
+     ("--device", "bogus", "device: 'bogus'")],
+)  # fmt: skip
+def test_cli_bad_options_fail_before_the_model_loads(capsys, option, value, words):
+    """The model does not even exist: the option is refused first, by name (the texts: the
+    shipped set has 800 conversations, so 5000 is not silently capped)."""
+    from smoothalign.cli import main
+
+    assert main(["analyze", "head", "--model", "no-such-model", option, value]) == 2
+    assert words in capsys.readouterr().err

@@ -23,7 +23,11 @@ from smoothalign.rank.candidates import (
     load_prompts,
     score_and_rank,
 )
-from smoothalign.reward.scoring import PreferenceModelScorer, load_preference_model
+from smoothalign.reward.scoring import (
+    PreferenceModelScorer,
+    check_preference_model,
+    load_preference_model,
+)
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +234,10 @@ def test_preference_model_loading_is_safe_and_says_what_is_wrong(tmp_path, rewar
     (adapter / "final" / "adapter_config.json").write_text("{}")
     with pytest.raises(ValueError, match="LoRA adapter"):
         load_preference_model(adapter)
+    # the same checks without loading weights, for a command to refuse before other loads
+    with pytest.raises(ValueError, match="LlamaForCausalLM, not a preference model"):
+        check_preference_model(tmp_path / "lm")
+    assert check_preference_model(reward_dir.parent) == reward_dir
 
 
 # ------------------------------------------------------------------------ end to end

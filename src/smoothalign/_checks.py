@@ -31,6 +31,21 @@ def as_tensor(x: ArrayLike, name: str, *, like: Tensor | None = None) -> Tensor:
     return t
 
 
+def resolve_device(name: str) -> str:
+    """A ``--device`` value checked before anything loads: ``auto`` (CUDA when available,
+    else the CPU) or a device torch knows and this machine has; a ``ValueError`` naming
+    ``device`` otherwise."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device: {name!r} is not a device ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r}, but this machine has no usable CUDA device")
+    return name
+
+
 def check_finite(t: Tensor, name: str) -> Tensor:
     if not bool(torch.isfinite(t).all()):
         bad = (~torch.isfinite(t)).nonzero()[0].tolist()

@@ -86,6 +86,18 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+def follow_umask(folder: Path) -> None:
+    """Give ``folder`` and everything in it the permissions a plain ``open``/``mkdir``
+    would (``0o666``/``0o777`` less the umask): ``mkdtemp`` makes folders 0700, and
+    safetensors writes its files 0600, which other users of a shared output could not
+    read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for f in folder.rglob("*"):
+        f.chmod((0o777 if f.is_dir() else 0o666) & ~umask)
+
+
 def swap_in_folder(new: Path, dest: Path) -> None:
     """Rename the finished folder ``new`` to ``dest`` (same parent), replacing what is there.
 

@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from smoothalign._checks import resolve_device
     from smoothalign.analysis.head import head_entropy_bound, smoothing_for_entropy
     from smoothalign.analysis.head_inputs import default_texts, head_inputs, prediction_entropies
     from smoothalign.io import atomic_write_json, save_figure
@@ -53,10 +54,17 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     out_dir = Path(args.output_dir)
+    device = resolve_device(args.device)  # the options before the model loads
+    for name, ok in (("max_tokens", args.max_tokens >= 2), ("batch_size", args.batch_size >= 1)):
+        if not ok:
+            raise ValueError(f"{name}: invalid value {getattr(args, name)!r}")
+    texts = default_texts(args.texts)
+    if len(texts) < args.texts:
+        raise ValueError(
+            f"texts: {args.texts} asked for, but the shipped data set has {len(texts)} "
+            "conversations"
+        )
     model, tokenizer = load_model_and_tokenizer(args.model)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     head = model.get_output_embeddings()
     weight = head.weight.detach().cpu()
@@ -64,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     hidden = head_inputs(
         model,
         tokenizer,
-        default_texts(args.texts),
+        texts,
         max_tokens=args.max_tokens,
         batch_size=args.batch_size,
     )

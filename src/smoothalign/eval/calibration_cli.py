@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from smoothalign._checks import resolve_device
     from smoothalign.calibration import reliability_curve
     from smoothalign.eval.calibration_report import markdown_report, reliability_figure
     from smoothalign.eval.mc_prompts import build_prompt, continuations, few_shot_indices
@@ -122,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
 
     # 0. options, then the data: either fails before the model loads
+    device = resolve_device(args.device)
     for name, ok in (
         ("bins", args.bins >= 1),
         ("batch_size", args.batch_size >= 1),
@@ -158,9 +160,6 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     dtype = getattr(torch, args.dtype)
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=dtype)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     model_load_s = time.perf_counter() - t0
 

@@ -109,11 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from smoothalign.experiments.theory_plots import write_theory_plots
     from smoothalign.io import atomic_write_json, atomic_write_text, save_figure
 
-    try:
-        cfg = build_config(args)
-    except ValueError as e:
-        print(f"smoothalign study logreg: {e}", file=sys.stderr)
-        return 2
+    cfg = build_config(args)  # a bad option: cli.main names it (SMOOTHALIGN_DEBUG=1 raises)
     workers = args.workers if args.workers is not None else (1 if args.quick else default_workers())
     if workers < 1:
         print(f"smoothalign study logreg: --workers must be >= 1, got {workers}", file=sys.stderr)

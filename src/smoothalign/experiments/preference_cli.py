@@ -33,8 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="7 methods, flip rates 0 and 0.2, 2 seeds, 60 steps: about a minute on 2 cores",
     )
-    parser.add_argument("--flip-rates", type=_floats, help="comma-separated, e.g. 0,0.1,0.2")
-    parser.add_argument("--seeds", type=int, help="number of seeds (0 .. N-1)")
+    parser.add_argument(
+        "--flip-rates",
+        type=_floats,
+        help="comma-separated, e.g. 0,0.1,0.2 (default 0,0.1,0.2,0.3,0.4; --quick: 0,0.2)",
+    )
+    parser.add_argument(
+        "--seeds", type=int, help="number of seeds, 0 .. N-1 (default 3; --quick: 2)"
+    )
     parser.add_argument(
         "--methods",
         type=_names,
@@ -42,12 +48,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "IPO, CALS, oracle-α) or 'sources' (where a per-pair confidence can come from: CALS, "
         "cross-fitting, annotator votes; and the vote baselines). --list-methods shows them",
     )
-    parser.add_argument("--steps", type=int, help="Adam steps per run")
-    parser.add_argument("--train-pairs", type=int)
-    parser.add_argument("--eval-pairs", type=int)
-    parser.add_argument("--sample-prompts", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--beta", type=float)
+    parser.add_argument("--steps", type=int, help="Adam steps per run (default 150; --quick: 60)")
+    parser.add_argument(
+        "--train-pairs", type=int, help="training pairs (default 4096; --quick: 1024)"
+    )
+    parser.add_argument(
+        "--eval-pairs", type=int, help="held-out pairs scored (default 1024; --quick: 512)"
+    )
+    parser.add_argument(
+        "--sample-prompts",
+        type=int,
+        help="held-out prompts sampled for the reward (default 256; --quick: 128)",
+    )
+    parser.add_argument("--lr", type=float, help="Adam learning rate (default 2e-3)")
+    parser.add_argument("--beta", type=float, help="DPO β (default 0.5; IPO keeps its own 0.1)")
     parser.add_argument(
         "--workers", type=int, help="processes (default: 1 with --quick, else cores)"
     )
@@ -181,9 +195,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         cfg = build_config(args)
-    except (ValueError, TypeError) as e:
-        print(f"smoothalign study preference: {e}", file=sys.stderr)
-        return 2
+    except TypeError as e:  # a bad option: cli.main names it (SMOOTHALIGN_DEBUG=1 raises)
+        raise ValueError(str(e)) from e
     if args.export_votes:
         return export_votes(args, cfg)
     if args.judge is not None and not (Path(args.judge) / "config.json").is_file():

@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from smoothalign.io import follow_umask
+
 __all__ = [
     "BUILTIN_MODELS",
     "TINY_CHAT_TEMPLATE",
@@ -312,7 +314,7 @@ def _write_cache_atomically(cache: Path, model: Any, tokenizer: Any, source: dic
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / _CACHE_MARKER).write_text(json.dumps({"source": source}, indent=2) + "\n")
-        _follow_umask(tmp)
+        follow_umask(tmp)
         if _cache_matches(cache, source):
             return  # another process wrote the same cache meanwhile: keep theirs
         if cache.exists():
@@ -328,14 +330,6 @@ def _write_cache_atomically(cache: Path, model: Any, tokenizer: Any, source: dic
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _remove_stale_leftovers(cache)
-
-
-def _follow_umask(folder: Path) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for f in folder.rglob("*"):
-        f.chmod((0o777 if f.is_dir() else 0o666) & ~umask)
 
 
 def _remove_stale_leftovers(cache: Path, age_s: float = 3600.0) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from transformers import set_seed
 
-from smoothalign.io import atomic_write_json, atomic_write_text, swap_in_folder
+from smoothalign.io import atomic_write_json, atomic_write_text, follow_umask, swap_in_folder
 from smoothalign.rank.candidates import (
     PromptExample,
     RankedPrompt,
@@ -33,6 +33,7 @@ from smoothalign.rank.metrics import ranking_metrics
 from smoothalign.rank.trainer import RankTrainer, candidate_mean_logps
 from smoothalign.reward.scoring import (
     PreferenceModelScorer,
+    check_preference_model,
     load_preference_model,
     resolve_reward_model_path,
 )
@@ -176,7 +177,7 @@ def save_model_atomically(model: Any, tokenizer: Any, dest: Path) -> Path:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        tmp.chmod(0o755)
+        follow_umask(tmp)
         swap_in_folder(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -196,7 +197,7 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     ``config.report``, ``report.md`` and its plots.
     """
     config.validate()
-    resolve_reward_model_path(config.reward_model)  # fail before loading a policy
+    resolve_reward_model_path(config.reward_model)  # a missing path fails at once
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     bf16 = resolve_bf16(config.precision)
@@ -211,7 +212,9 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     policy, tok, prompts = load_checked(
         config.policy,
         config.trust_remote_code,
-        lambda t: load_rank_prompts(config, t),
+        # the prompts, then the preference model's class (its config alone): both before
+        # any weights load
+        lambda t: (load_rank_prompts(config, t), check_preference_model(config.reward_model))[0],
         lambda t: load_model_and_tokenizer(
             config.policy, trust_remote_code=config.trust_remote_code, tokenizer=t
         ),

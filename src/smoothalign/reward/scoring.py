@@ -85,15 +85,12 @@ def resolve_reward_model_path(path: str | Path) -> Path:
     return p
 
 
-def load_preference_model(path: str | Path, *, dtype: torch.dtype = torch.float32):
-    """``(model, tokenizer, folder)``: a scalar-head ``*ForSequenceClassification`` saved by
-    ``smoothalign reward`` (the run folder or its ``final/``), loaded safely: local files
-    only, safetensors only, ``trust_remote_code`` off. On the CPU, in eval mode, gradients
-    off; the tokenizer has a pad token (its EOS when it had none) and the model's
-    ``config.pad_token_id`` is its id."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
-    from smoothalign.models import ensure_pad_token
+def check_preference_model(path: str | Path) -> Path:
+    """The folder of the preference model at ``path`` (see :func:`resolve_reward_model_path`),
+    checked without loading its weights: safetensors present, a ``config.json`` readable
+    without remote code, a ``*ForSequenceClassification`` with one label. Lets a command
+    refuse a wrong model before it loads any other."""
+    from transformers import AutoConfig
 
     folder = resolve_reward_model_path(path)
     safe = list(folder.glob("*.safetensors")) + list(folder.glob("*.safetensors.index.json"))
@@ -122,6 +119,20 @@ def load_preference_model(path: str | Path, *, dtype: torch.dtype = torch.float3
             f"{WHAT}: {str(folder)!r} has {config.num_labels} labels; a preference model "
             "has one scalar output (num_labels=1)"
         )
+    return folder
+
+
+def load_preference_model(path: str | Path, *, dtype: torch.dtype = torch.float32):
+    """``(model, tokenizer, folder)``: a scalar-head ``*ForSequenceClassification`` saved by
+    ``smoothalign reward`` (the run folder or its ``final/``), loaded safely: local files
+    only, safetensors only, ``trust_remote_code`` off. On the CPU, in eval mode, gradients
+    off; the tokenizer has a pad token (its EOS when it had none) and the model's
+    ``config.pad_token_id`` is its id."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from smoothalign.models import ensure_pad_token
+
+    folder = check_preference_model(path)
     model = AutoModelForSequenceClassification.from_pretrained(
         folder,
         local_files_only=True,

@@ -331,7 +331,7 @@ def save_final_model(
     import shutil
     from pathlib import Path
 
-    from smoothalign.io import swap_in_folder
+    from smoothalign.io import follow_umask, swap_in_folder
 
     final = Path(final)
     partial = final.parent / f".{final.name}.partial"
@@ -348,4 +348,5 @@ def save_final_model(
     if main_process:
         if extra is not None:
             extra(partial)
+        follow_umask(partial)
         swap_in_folder(partial, final)

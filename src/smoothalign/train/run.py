@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -346,6 +347,12 @@ def _oracle_reward(
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
     width = max(len(p) for p in prompts)
     pad = int(tokenizer.pad_token_id)
+    print(
+        f"oracle reward: sampling {len(prompts)} responses of up to {config.max_new_tokens} "
+        "tokens...",
+        file=sys.stderr,
+        flush=True,
+    )
     input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
     attention = torch.tensor(
         [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device

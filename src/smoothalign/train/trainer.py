@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from smoothalign._warn import warn_once
 from smoothalign.calibration import PAIRWISE_BINS, calibration_summary, true_preference_metrics
@@ -295,8 +296,11 @@ class SmoothDPOTrainer(PairCountedLoss, SmoothingTrainer):
     def preference_forecasts(self, dataset=None) -> dict[str, np.ndarray]:
         """Margins, confidences and row ids ``[N]`` on a data set; the policy state is untouched."""
         parts: dict[str, list[Tensor]] = defaultdict(list)
+        loader = self.get_eval_dataloader(dataset)
+        bar = tqdm(loader, desc="scoring held-out pairs", leave=False,
+                   disable=not self.is_world_process_zero() or len(loader) < 2)  # fmt: skip
         with self.evaluation_mode() as model:
-            for batch in self.get_eval_dataloader(dataset):
+            for batch in bar:
                 batch = self._prepare_inputs(batch)
                 chosen, rejected, _ = self.policy_logps(model, batch)
                 ref_chosen, ref_rejected = self.reference_logps(model, batch)
