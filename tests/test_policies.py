@@ -51,6 +51,12 @@ def test_constant_out_of_range(spec):
         make_policy(spec)
 
 
+def test_constant_out_of_range_is_quoted_as_given():
+    """The value in the message is the one typed, not its float32 rounding (0.69999999)."""
+    with pytest.raises(ValueError, match=r"got 0\.7$"):
+        make_policy("constant:0.7")
+
+
 @pytest.mark.parametrize(
     "spec",
     [

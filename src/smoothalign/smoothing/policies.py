@@ -66,7 +66,7 @@ class SmoothingPolicy:
 
 class ConstantSmoothing(SmoothingPolicy):
     def __init__(self, value: float) -> None:
-        check_in_range(torch.tensor(float(value)), "alpha", 0.0, 0.5)
+        check_in_range(torch.tensor(float(value), dtype=torch.float64), "alpha", 0.0, 0.5)
         self.value = float(value)
         self.name = f"constant:{self.value!r}"  # every digit: a resume must match α exactly
 
