@@ -101,8 +101,10 @@ def filter_error(e, c, t, block_n: int, block_v: int, eps_list, beta: float, chu
         if rows == 0:
             break
         tt, ee = tt[:rows], e[s : s + rows]
-        p = torch.softmax(ee @ c.T, 1)
         live = tt != -100
+        if not bool(live.any()):
+            continue  # a chunk of ignored (prompt) tokens: no gradient, no blocks
+        p = torch.softmax(ee @ c.T, 1)
         p[~live] = 0.0
         d = p.clone()
         d[live, tt[live]] -= 1.0 - beta

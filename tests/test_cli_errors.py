@@ -177,3 +177,25 @@ def test_rank_refuses_a_causal_lm_as_preference_model_before_the_policy_loads(
     assert code == 2, err
     assert "LlamaForCausalLM, not a preference model" in err, err
     Path(err.split("(traceback: ")[1].split(";")[0]).unlink()
+
+
+def test_devices_this_machine_lacks_are_refused_by_name():
+    import torch
+
+    from smoothalign._checks import resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") in ("cpu", "cuda")
+    for bad, words in (("mps", "use auto, cpu, cuda"), ("bogus", "is not a device")):
+        with pytest.raises(ValueError, match=words):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no usable CUDA device"):
+            resolve_device("cuda:0")
+
+
+def test_the_reward_study_lets_option_errors_reach_the_cli(monkeypatch):
+    """SMOOTHALIGN_DEBUG=1 raises a bad option's error, as for every other command."""
+    monkeypatch.setenv("SMOOTHALIGN_DEBUG", "1")
+    with pytest.raises(ValueError, match="n_train"):
+        main(["study", "reward", "--quick", "--n-train", "-5"])

@@ -489,6 +489,32 @@ def test_a_merge_at_the_prompt_boundary_with_a_prepending_tokenizer_stays_a_bad_
     assert "prepends a space" in report.bad_rows[0].reason and len(report.examples) == 1
 
 
+def test_added_special_tokens_count_as_special_text_too():
+    """``all_special_tokens`` names only some of what a tokenizer splits out (SmolLM2: 3 of
+    17); a token added as special is read as one token all the same."""
+    from tokenizers import AddedToken
+
+    from smoothalign.data.tokenization import (
+        WORD_JOINER,
+        escape_special_text,
+        special_token_strings,
+    )
+
+    tok = make_byte_tokenizer()
+    tok.add_tokens([AddedToken("<tool>", special=True)])
+    assert "<tool>" not in tok.all_special_tokens and "<tool>" in special_token_strings(tok)
+    report = validate_preference_rows(
+        [conv_row(0, chosen=[assistant("call <tool> now")]), conv_row(1)], tok, 64,
+        on_bad_rows="skip",
+    )  # fmt: skip
+    assert [(b.row, b.code) for b in report.bad_rows] == [(0, "special_token_in_text")]
+    escaped = escape_special_text("call <tool> now", tok)
+    assert escaped == "call <" + WORD_JOINER + "tool> now"
+    ids = tok(escaped, add_special_tokens=False)["input_ids"]
+    assert tok.convert_tokens_to_ids("<tool>") not in ids
+    assert escape_special_text("nothing special", tok) == "nothing special"
+
+
 def test_special_token_strings_inside_messages_make_a_bad_row(tok):
     """A chat message that holds a special-token string would be tokenised as that token
     (an end of turn in mid-message): a bad row naming the field and the string. Plain-text

@@ -141,6 +141,51 @@ def test_filter_fraction_counts_blocks_and_dropped_mass_like_a_brute_force():
     assert mass == pytest.approx(sum(dropped) / len(dropped), rel=1e-9)
 
 
+def test_filter_error_is_the_skipped_blocks_share_of_de_like_a_brute_force():
+    """--eps-sweep's numbers: per threshold, the share of live blocks computed and
+    max |Σ_skipped p_v C_v| / max |dE| (β terms exact); a first chunk of ignored tokens only
+    (a prompt) is skipped, not a crash."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(BENCH.parent))
+    frac = _load("lce_filter_fraction")
+    g = torch.Generator().manual_seed(1)
+    n, v, d, bn, bv, beta = 24, 50, 8, 4, 8, 0.1
+    e = torch.randn(n, d, generator=g, dtype=torch.float64)
+    c = 1.2 * torch.randn(v, d, generator=g, dtype=torch.float64)
+    t = torch.randint(0, v, (n,), generator=g)
+    t[:8] = -100  # the whole first chunk of 8
+    eps_list = [2e-2, 5e-2]
+    got = frac.filter_error(e, c, t, bn, bv, eps_list, beta, chunk=8)
+
+    live = t != -100
+    p = torch.softmax(e @ c.T, 1)
+    grad = p.clone()
+    grad[live, t[live]] -= 1 - beta
+    de = (grad - beta / v) @ c
+    de_max = de[live].abs().max()
+    for (share, err), eps in zip(got, eps_list, strict=True):
+        kept = live_blocks = 0
+        for i in range(0, n, bn):
+            rows = [r for r in range(i, i + bn) if live[r]]
+            if not rows:
+                continue
+            for j in range(0, v, bv):
+                live_blocks += 1
+                block = grad[rows, j : j + bv].abs()
+                if bool((block >= eps).any()):
+                    kept += 1
+                    continue
+                for r in rows:  # the block is skipped: its softmax mass is left out
+                    de[r] -= (p[r, j : j + bv, None] * c[j : j + bv]).sum(0)
+        skipped_error = (de - ((grad - beta / v) @ c))[live].abs().max()
+        assert share == pytest.approx(kept / live_blocks, rel=1e-12)
+        assert err == pytest.approx(float(skipped_error / de_max), rel=1e-9)
+        de = (grad - beta / v) @ c  # reset for the next threshold
+
+
 def test_real_inputs_export_and_benchmark_on_them(tmp_path):
     """real_inputs.py on the tiny model: the int8 head round-trips within its rounding, the
     targets are the next tokens, and the kernel benchmark runs on the file (--inputs)."""

@@ -183,6 +183,15 @@ def test_claim_without_a_constant_alpha_is_not_tested_rather_than_false():
     assert claim_check(_fake_results(0.65, 0.07))["tested"]
 
 
+def test_claim_that_fails_against_dpo_does_not_hold_even_without_a_constant():
+    results = _fake_results(0.55, 0.30)  # worse than DPO on both metrics
+    results["runs"] = [r for r in results["runs"] if not r["method"].startswith("cdpo-")]
+    results["aggregates"] = pref.aggregate(results["runs"])
+    check = claim_check(results)
+    assert check["tested"] and not check["holds"]
+    assert "The claim does not hold" in claim_markdown(check)
+
+
 def test_cli_quick_run_writes_every_output(tmp_path):
     out = tmp_path / "study"
     code = main(

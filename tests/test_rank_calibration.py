@@ -203,6 +203,15 @@ def test_csv_references_that_look_like_numbers_stay_text(tiny, tmp_path):
     assert not report.bad_rows and len(report.examples) == 2
 
 
+def test_an_empty_csv_reference_cell_is_an_absent_reference(tiny, tmp_path):
+    _, tok = tiny
+    path = tmp_path / "p.csv"
+    path.write_text("prompt,reference\nWhat is 2+2?,4\nSay hi,\n")
+    report = load_prompts(path, tok, max_length=32)
+    assert not report.bad_rows and len(report.examples) == 2
+    assert report.examples[1].reference is None
+
+
 def test_preference_model_scorer_matches_single_sequence_forwards(reward_dir):
     model, tok, folder = load_preference_model(reward_dir.parent)  # the run folder: final/
     assert folder == reward_dir and not any(p.requires_grad for p in model.parameters())

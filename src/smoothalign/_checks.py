@@ -41,8 +41,14 @@ def resolve_device(name: str) -> str:
         device = torch.device(name)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device: {name!r} is not a device ({e})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {name!r}, but this machine has no usable CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: {name!r}; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device: {name!r}, but this machine has no usable CUDA device")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device: {name!r}, but this machine has {count} CUDA device(s)")
     return name
 
 

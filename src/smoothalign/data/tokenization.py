@@ -308,7 +308,7 @@ def _check_no_special_text(field: str, messages: Sequence[Message], tokenizer: A
     """In conversational data the chat template owns every special token; a message whose
     content holds one as text (``"<|im_end|>"``) would be tokenised as that token, ending the
     turn in mid-message. That is a ``RowTokenizationError`` (``special_token_in_text``)."""
-    specials = [s for s in getattr(tokenizer, "all_special_tokens", ()) if s]
+    specials = special_token_strings(tokenizer)
     for i, message in enumerate(messages):
         content = message.get("content")
         found = [s for s in specials if isinstance(content, str) and s in content]
@@ -325,13 +325,22 @@ def _check_no_special_text(field: str, messages: Sequence[Message], tokenizer: A
 WORD_JOINER = "\u2060"  # zero width, no line break: what escape_special_text inserts
 
 
+def special_token_strings(tokenizer: Any) -> list[str]:
+    """Every string the tokenizer reads as one special token: its named special tokens
+    (``all_special_tokens``) and every added token marked special (``added_tokens_decoder``;
+    SmolLM2 has 17 such, of which ``all_special_tokens`` names 3)."""
+    found = {s for s in getattr(tokenizer, "all_special_tokens", ()) if s}
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    found |= {t.content for t in added.values() if getattr(t, "special", False) and t.content}
+    return sorted(found)
+
+
 def escape_special_text(text: str, tokenizer: Any) -> str:
     """``text`` with every special-token string of ``tokenizer`` broken by a zero-width
     :data:`WORD_JOINER` after its first character, so that it is tokenised as text. For
     *generated* text (a model can spell ``<|im_end|>`` out of ordinary tokens, and decoding
     gives the string back), not for data, where such a string is a bad row."""
-    for s in sorted((s for s in getattr(tokenizer, "all_special_tokens", ()) if s), key=len,
-                    reverse=True):  # fmt: skip
+    for s in sorted(special_token_strings(tokenizer), key=len, reverse=True):
         if len(s) > 1 and s in text:
             text = text.replace(s, s[0] + WORD_JOINER + s[1:])
     return text

@@ -112,9 +112,16 @@ def claim_check(results: dict[str, Any]) -> dict[str, Any]:
         m: all(r["beats_dpo"] and r["matches_best_constant"] for r in rows if r["method"] == m)
         for m in cals
     }
-    # a comparison that did not run is no evidence either way: without DPO or a constant α
-    # beside a claimed row the verdict is "not tested", not "does not hold"
-    tested = all("gain_vs_dpo_mean" in r and "gain_vs_best_constant_mean" in r for r in claimed)
+    # a comparison that did not run is no evidence either way; one that ran and failed is:
+    # "does not hold" as soon as a comparison that ran fails, "not tested" when none failed
+    # but one is missing (or no CALS variant ran at all)
+    failed = any(
+        ("gain_vs_dpo_mean" in r and not r["beats_dpo"])
+        or ("gain_vs_best_constant_mean" in r and not r["matches_best_constant"])
+        for r in claimed
+    )
+    complete = all("gain_vs_dpo_mean" in r and "gain_vs_best_constant_mean" in r for r in claimed)
+    tested = bool(claimed) and (failed or complete)
     return {
         "rows": rows,
         "holds": holds,

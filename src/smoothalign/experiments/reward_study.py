@@ -645,11 +645,7 @@ def run(args: argparse.Namespace) -> int:
     from smoothalign.experiments.run_info import RunClock
     from smoothalign.io import atomic_write_json, atomic_write_text, save_figure
 
-    try:
-        cfg = build_config(args)
-    except ValueError as e:
-        print(f"reward study: {e}", file=sys.stderr)
-        return 2
+    cfg = build_config(args)  # a bad option: cli.main names it (SMOOTHALIGN_DEBUG=1 raises)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     clock = RunClock(" ".join(["python -m smoothalign.experiments.reward_study", *sys.argv[1:]]))

@@ -242,7 +242,8 @@ def _check_row(
             "prompt_too_long",
             f"{len(prompt_ids)} tokens leave no room for a response within max_length {max_length}",
         )
-    ref_field = next((f for f in REFERENCE_FIELDS if row.get(f) is not None), None)
+    # an empty cell is an absent reference: a CSV cannot leave a cell out
+    ref_field = next((f for f in REFERENCE_FIELDS if row.get(f) not in (None, "")), None)
     reference = ref_ids = None
     truncated = False
     if ref_field is not None:

@@ -80,7 +80,7 @@ def prepare_output_dir(
 ) -> None:
     """Keep two runs from mixing in one ``output_dir``, and check a resume before anything
     loads. Deletes nothing: a run refused later (a bad option, bad rows) leaves the earlier
-    run's results alone; :func:`train_with_resume` clears them when training starts.
+    run's results alone; :func:`clear_if_fresh` clears them once the run is under way.
 
     A fresh run (no ``resume``) into a folder holding an earlier run's ``checkpoint-N``
     folders is refused: its saves would land among them, and a later ``--resume latest``
@@ -133,6 +133,15 @@ def clear_earlier_outputs(output_dir: str | Path, *patterns: str) -> None:
         for path in root.glob(pattern):
             if path.is_file():
                 path.unlink(missing_ok=True)
+
+
+def clear_if_fresh(output_dir: str | Path, resume: str | None) -> None:
+    """:func:`clear_earlier_outputs` for a run that starts fresh (no checkpoint to resume).
+    The runs call it once every check has passed and the models are loaded, just before
+    they write their own ``config.json``: a run refused earlier leaves the earlier results,
+    and one interrupted later leaves none of them beside its own configuration."""
+    if resolve_resume(resume, output_dir) is None:
+        clear_earlier_outputs(output_dir)
 
 
 def check_resume_config(saved_path: Path, config: dict[str, Any]) -> None:
@@ -197,10 +206,8 @@ def train_with_resume(
         # the resumed records start on a line of their own after a record a crash cut short
         if int(os.environ.get("RANK", "0")) == 0:
             _drop_partial_last_line(Path(output_dir) / "metrics.jsonl")
-    else:
-        if resume == "latest":
-            notes.append("--resume latest: no complete checkpoint yet, started fresh")
-        clear_earlier_outputs(output_dir)
+    elif resume == "latest":
+        notes.append("--resume latest: no complete checkpoint yet, started fresh")
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(folder) if folder else None)
     return time.perf_counter() - t0
