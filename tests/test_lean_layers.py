@@ -184,6 +184,10 @@ def test_lean_layers_setting(monkeypatch):
         monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
         note = apply_lean_layers(build_tiny_model(), setting)
         assert (f"recomputed in {layers} decoder layers" in note) is recomputed, (setting, note)
+        assert "checkpointed" not in note
+    # with --gradient-checkpointing the checkpointed layers skip it: the note says so
+    note = apply_lean_layers(build_tiny_model(), "recompute", checkpointing=True)
+    assert "not while checkpointed" in note
     assert DPOConfig(lean_layers=True).lean_layers == "on"
     assert SFTConfig(lean_layers=False).lean_layers == "off"
     for cls in (DPOConfig, SFTConfig):

@@ -11,7 +11,8 @@ per token (RMSNorm: 2 bytes per unit), or ``gate`` and ``up`` (SwiGLU), and reco
 rest in the backward from what they kept: elementwise work, never a matrix product. That
 is what Liger Kernel's Triton RMSNorm and SwiGLU keep.
 
-Gradients are those of the eager operations up to rounding (float64: to rounding error).
+Gradients are those of the eager operations up to float32 rounding: the backward computes
+in float32 (``COMPUTE_DTYPE``) whatever the input dtype, float64 included.
 
 **Recomputing the outputs too** (``recompute_outputs()``): the linear layers after a norm
 (q/k/v, gate/up) keep the norm's output for their weight gradients, and ``down_proj`` keeps

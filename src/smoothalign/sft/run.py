@@ -124,7 +124,7 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
         )
         eval_ex = eval_ex[: config.max_eval_rows]
     if lean_layers_enabled(config.lean_layers):
-        notes.append(apply_lean_layers(model, config.lean_layers))
+        notes.append(apply_lean_layers(model, config.lean_layers, config.gradient_checkpointing))
     if config.lora:
         model = add_lora(model, config)  # the DPO run's adapter: all-linear, causal LM
     notes.append(

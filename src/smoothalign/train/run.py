@@ -106,7 +106,7 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     if disable_dropout(model):
         notes.append("dropout: set to 0 in the policy (and so in its reference), as DPO needs")
     if lean_layers_enabled(config.lean_layers):
-        notes.append(apply_lean_layers(model, config.lean_layers))
+        notes.append(apply_lean_layers(model, config.lean_layers, config.gradient_checkpointing))
     if config.lora:
         model = add_lora(model, config)
     reference = config.reference
