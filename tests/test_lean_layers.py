@@ -71,8 +71,25 @@ def test_swiglu_gradients_are_exact_in_float64():
     g = torch.Generator().manual_seed(1)
     a = torch.randn(4, 7, generator=g, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, 7, generator=g, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(swiglu, (a, b))
+    # tight tolerances: the backward stays in float64 (at gradcheck's defaults a float32
+    # backward passed as well)
+    assert torch.autograd.gradcheck(swiglu, (a, b), atol=1e-9, rtol=1e-7)
     torch.testing.assert_close(swiglu(a, b), F.silu(a) * b, rtol=0, atol=0)
+
+
+def test_rms_norm_weight_gradient_stays_float64_like_eager():
+    """Eager LlamaRMSNorm normalises in float32 but multiplies by the weight in the input's
+    dtype: for float64 inputs its weight gradient is float64 arithmetic, and so is ours."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(64, 256, generator=g, dtype=torch.float64)
+    w = (1 + 0.1 * torch.randn(256, generator=g, dtype=torch.float64)).requires_grad_()
+    up = torch.randn(64, 256, generator=g, dtype=torch.float64)
+    (rms_norm(x, w, 1e-6) * up).sum().backward()
+    mine = w.grad.clone()
+    w.grad = None
+    h = (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6)).double()
+    (w * h * up).sum().backward()  # eager: float32 normalisation, float64 product
+    torch.testing.assert_close(mine, w.grad, rtol=1e-12, atol=1e-12)
 
 
 def _tiny_pair(dtype, device="cpu"):

@@ -11,8 +11,9 @@ per token (RMSNorm: 2 bytes per unit), or ``gate`` and ``up`` (SwiGLU), and reco
 rest in the backward from what they kept: elementwise work, never a matrix product. That
 is what Liger Kernel's Triton RMSNorm and SwiGLU keep.
 
-Gradients are those of the eager operations up to float32 rounding: the backward computes
-in float32 (``COMPUTE_DTYPE``) whatever the input dtype, float64 included.
+Gradients are those of the eager operations up to rounding: 16-bit inputs are computed in
+float32 (``COMPUTE_DTYPE``), as eager's RMSNorm does; float64 inputs stay float64 where
+eager's do (the SwiGLU, RMSNorm's weight gradient).
 
 **Recomputing the outputs too** (``recompute_outputs()``): the linear layers after a norm
 (q/k/v, gate/up) keep the norm's output for their weight gradients, and ``down_proj`` keeps
@@ -114,7 +115,8 @@ class _RMSNorm(torch.autograd.Function):
         grad_x = grad_w = None
         if ctx.needs_input_grad[1]:
             h = n.to(x.dtype)
-            gh = grad.to(rstd.dtype) * h.to(rstd.dtype)
+            acc = torch.promote_types(torch.promote_types(grad.dtype, h.dtype), rstd.dtype)
+            gh = grad.to(acc) * h.to(acc)  # float64 stays float64, as in eager's weight·h
             grad_w = gh.reshape(-1, h.shape[-1]).sum(0).to(weight.dtype)
         if ctx.needs_input_grad[0]:
             g = (grad * weight).to(x.dtype).to(rstd.dtype)  # as eager: the product, then .to()
@@ -187,12 +189,12 @@ class _SwiGLU(torch.autograd.Function):
 
             grad_gate, grad_up = swiglu_backward(gate, up, grad)
             return grad_gate, grad_up, None
-        gf = gate.float()
+        gf = gate.to(torch.promote_types(gate.dtype, COMPUTE_DTYPE))  # float64 stays float64
         sig = torch.sigmoid(gf)
         silu = (gf * sig).to(gate.dtype)  # as the forward rounded it
         grad_gate = grad_up = None
         if ctx.needs_input_grad[0]:
-            d_silu = (grad * up).float()
+            d_silu = (grad * up).to(gf.dtype)
             grad_gate = (d_silu * sig * (1 + gf * (1 - sig))).to(gate.dtype)
         if ctx.needs_input_grad[1]:
             grad_up = (grad * silu).to(up.dtype)
