@@ -121,9 +121,12 @@ def test_heads_and_model_types_the_fused_path_does_not_know_take_the_materialise
     torch.testing.assert_close(on, off, rtol=1e-10, atol=1e-10)
     plain = model_sequence_logps(tiny[0], *args, fused=False)[0]
     assert (on - plain).abs().max() > 1.0  # the scale matters: the case is real
+    from smoothalign.train.trainer import _fused_parts
+
     model = copy.deepcopy(tiny[0])
-    model.config.model_type = "some_new_arch"
-    model.config.logits_multiplier = 4.0  # what the materialised path would honour
+    assert _fused_parts(model) is not None  # a llama: fused
+    model.config.model_type = "some_new_arch"  # a type whose logit transform is unknown
+    assert _fused_parts(model) is None
     on = model_sequence_logps(model, *args, fused=True)[0]
     torch.testing.assert_close(on, plain, rtol=1e-10, atol=1e-10)
 
