@@ -360,6 +360,20 @@ def test_a_row_that_is_not_a_mapping_is_reported(tok):
     assert str(report.bad_rows[0]) == "row 1: expected an object/dict, got str"
 
 
+def test_a_file_row_that_is_not_an_object_is_named_and_can_be_skipped(tok, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps(plain_row(0)) + "\n[1, 2]\n" + json.dumps(plain_row(2)) + "\n42\n")
+    with pytest.raises(ValueError, match=r"pairs\.jsonl row 1: expected an object/dict, got list"):
+        validate_preference_rows(str(data), tok, 32)
+    report = validate_preference_rows(str(data), tok, 32, on_bad_rows="skip")
+    assert [str(b) for b in report.bad_rows] == [
+        "pairs.jsonl row 1: expected an object/dict, got list",
+        "pairs.jsonl row 3: expected an object/dict, got int",
+    ]
+    assert [b.code for b in report.bad_rows] == ["not_a_mapping"] * 2
+    assert len(report.examples) == 2 and report.n_rows == 4
+
+
 def test_error_message_lists_the_first_five_and_the_total(tok):
     rows = [plain_row(i, chosen="" if i % 2 else " 4") for i in range(20)]
     with pytest.raises(ValueError) as err:
@@ -762,8 +776,12 @@ def test_loading_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="expected a JSON list of objects"):
         load_preference_rows(tmp_path / "bad.json")
     (tmp_path / "scalars.jsonl").write_text('{"prompt": "a"}\n[1, 2]\n')
-    with pytest.raises(ValueError, match="row 1: expected an object"):
-        load_preference_rows(tmp_path / "scalars.jsonl")
+    # a non-object row keeps its place, for validation to name (and --on-bad-rows skip to drop)
+    assert load_preference_rows(tmp_path / "scalars.jsonl")[1] == {
+        "_row": 1,
+        "_file": "scalars.jsonl",
+        "_not_an_object": "list",
+    }
     with pytest.raises(ValueError, match="expected a path"):
         load_preference_rows(42)
 

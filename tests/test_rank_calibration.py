@@ -81,6 +81,11 @@ def test_prompts_take_the_reference_column_in_order_and_name_bad_rows(tmp_path, 
         load_prompts(str(bad), tok, max_length=32)
     kept = load_prompts(str(bad), tok, max_length=32, on_bad_rows="skip")
     assert len(kept.examples) == 1 and kept.bad_rows[0].code == "empty_prompt"
+    bad.write_text(bad.read_text() + "[1]\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl row 2: expected an object/dict, got list"):
+        load_prompts(str(bad), tok, max_length=32)
+    kept = load_prompts(str(bad), tok, max_length=32, on_bad_rows="skip")
+    assert [b.code for b in kept.bad_rows] == ["empty_prompt", "not_a_mapping"]
     with pytest.raises(ValueError, match="row 0, field 'prompt': 9 tokens leave no room"):
         load_prompts([{"prompt": "x" * 8}], tok, max_length=9)
 

@@ -270,3 +270,23 @@ def test_oracle_rows_are_majority_first_with_the_true_confidence(tok):
     assert 0.5 < q.mean() < 1.0  # the majority is usually, not always, right
     assert oracle_text_rows(5, seed=3) == oracle_text_rows(5, seed=3)
     assert len(_validate(rows, tok).examples) == 300
+
+
+def test_a_file_row_that_is_not_an_object_is_a_bad_row_and_skip_drops_it(tok, tmp_path):
+    data = tmp_path / "votes.jsonl"
+    data.write_text(json.dumps(_row(0)) + "\n[1]\n" + json.dumps(_row(2)) + "\n")
+    with pytest.raises(ValueError, match=r"votes\.jsonl row 1: expected an object/dict, got list"):
+        _validate(str(data), tok)
+    report = _validate(str(data), tok, on_bad_rows="skip")
+    assert [(b.row, b.code) for b in report.bad_rows] == [(1, "not_a_mapping")]
+    assert len(report.examples) == 2
+    # with the labels in a file of their own, joined on pair_id
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text('{"pair_id": "p0", "p_chosen": 0.8}\n"p2"\n')
+    unlabelled = tmp_path / "pairs.jsonl"
+    unlabelled.write_text(
+        "".join(json.dumps({k: v for k, v in _row(i).items() if k != "p_chosen"}) + "\n"
+                for i in (0, 2))
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"labels\.jsonl row 1: expected an object/dict, got str"):
+        _validate(str(unlabelled), tok, labels=str(labels))

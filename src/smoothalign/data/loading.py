@@ -23,6 +23,7 @@ from typing import Any
 
 ROW_KEY = "_row"
 FILE_KEY = "_file"
+NOT_OBJECT_KEY = "_not_an_object"  # a row that is not an object: its type's name
 SUPPORTED_EXTENSIONS = (".jsonl", ".json", ".parquet", ".csv")
 TEXT_FIELDS = ("prompt", "chosen", "rejected")
 # numbers wherever they appear: in CSV each of their cells is parsed on its own, so that one
@@ -66,7 +67,9 @@ def load_preference_rows(
     Returns:
         One dict per row, in order, with ``"_row"`` (0-based index in its file or list) and,
         for files and folders, ``"_file"`` (the file name) added. Rows that already carry ``"_row"``
-        (e.g. passed through twice) keep it.
+        (e.g. passed through twice) keep it. A row that is not an object (a list, a number)
+        is not an error here: it becomes ``{"_row": i, "_not_an_object": "list"}`` (and
+        ``"_file"``), which validation reports as ``not_a_mapping`` (:func:`not_an_object`).
 
     CSV holds plain text only: the ``text_fields`` are always read as strings
     (so an answer "4" stays the string "4"), an empty cell in any other column reads as absent
@@ -75,7 +78,7 @@ def load_preference_rows(
     Raises:
         FileNotFoundError: the path does not exist.
         ValueError: an unsupported extension, a folder with no supported file, a malformed
-            file (the message names the file and line), or an unsupported object.
+            file (the message names the file and line), or an unsupported source.
     """
     spec = _Spec(tuple(text_fields), what)
     if isinstance(source, str | os.PathLike):
@@ -83,11 +86,19 @@ def load_preference_rows(
     if _is_hf_dataset(source):
         return _load_hf_dataset(source, spec)
     if isinstance(source, Sequence) and not isinstance(source, str | bytes):
-        return _label_rows(source, where="rows")
+        return _label_rows(source)
     raise ValueError(
         "load_preference_rows: expected a path, a folder, a datasets.Dataset or a list of "
         f"dicts, got {type(source).__name__}"
     )
+
+
+def not_an_object(row: Any) -> str | None:
+    """The type name of a row that is not an object (a raw non-mapping, or the stand-in
+    :func:`load_preference_rows` leaves in its place), else ``None``."""
+    if not isinstance(row, Mapping):
+        return type(row).__name__
+    return row.get(NOT_OBJECT_KEY)
 
 
 def check_paths_exist(**sources: Any) -> None:
@@ -110,7 +121,7 @@ def _load_path(path: Path, spec: _Spec) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"{spec.what} not found: {path}")
     if path.is_dir():
         return _load_folder(path, spec)
-    rows = _label_rows(_read_file(path, spec), where=str(path))
+    rows = _label_rows(_read_file(path, spec))
     for row in rows:  # so that a bad row's message says which file (--data or --eval-data)
         row.setdefault(FILE_KEY, path.name)
     return rows
@@ -132,7 +143,7 @@ def _load_folder(folder: Path, spec: _Spec) -> list[dict[str, Any]]:
         raise ValueError(f"{spec.what} folder {folder} has several train files ({names}); keep one")
     rows: list[dict[str, Any]] = []
     for p in train or files:
-        for row in _label_rows(_read_file(p, spec), where=str(p)):
+        for row in _label_rows(_read_file(p, spec)):
             row[FILE_KEY] = p.name
             rows.append(row)
     return rows
@@ -271,7 +282,7 @@ def _load_hf_dataset(ds: Any, spec: _Spec) -> list[dict[str, Any]]:
     for row in rows:
         for name in spec.text_fields:
             row[name] = _messages_from_columns(row.get(name))
-    return _label_rows(rows, where="dataset")
+    return _label_rows(rows)
 
 
 def _messages_from_columns(value: Any) -> Any:
@@ -288,11 +299,15 @@ def _messages_from_columns(value: Any) -> Any:
     return value
 
 
-def _label_rows(rows: Sequence[Any], where: str) -> list[dict[str, Any]]:
+def _label_rows(rows: Sequence[Any]) -> list[dict[str, Any]]:
+    """The rows as dicts labelled with their ``ROW_KEY``; a row that is not an object becomes
+    a stand-in that keeps its place (``{ROW_KEY: i, NOT_OBJECT_KEY: type name}``), so that
+    validation reports it by file and row and ``--on-bad-rows skip`` can drop it."""
     out = []
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
-            raise ValueError(f"{where} row {i}: expected an object/dict, got {type(row).__name__}")
+            out.append({ROW_KEY: i, NOT_OBJECT_KEY: type(row).__name__})
+            continue
         labelled = dict(row)
         labelled.setdefault(ROW_KEY, i)
         out.append(labelled)
@@ -301,8 +316,10 @@ def _label_rows(rows: Sequence[Any], where: str) -> list[dict[str, Any]]:
 
 __all__ = [
     "FILE_KEY",
+    "NOT_OBJECT_KEY",
     "ROW_KEY",
     "SUPPORTED_EXTENSIONS",
     "check_paths_exist",
     "load_preference_rows",
+    "not_an_object",
 ]

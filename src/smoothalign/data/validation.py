@@ -33,7 +33,13 @@ from typing import Any, Literal, TypeVar
 
 from tqdm.auto import tqdm
 
-from smoothalign.data.loading import FILE_KEY, ROW_KEY, PreferenceSource, load_preference_rows
+from smoothalign.data.loading import (
+    FILE_KEY,
+    ROW_KEY,
+    PreferenceSource,
+    load_preference_rows,
+    not_an_object,
+)
 from smoothalign.data.report import (
     BadRow,
     TokenizedRowsReport,
@@ -83,6 +89,14 @@ class BadRowError(Exception):
 
 
 _Bad = BadRowError
+
+
+def require_object(row: Any) -> None:
+    """Raise the ``not_a_mapping`` ``BadRowError`` for a row that is not an object (or the
+    stand-in loading leaves in its place)."""
+    name = not_an_object(row)
+    if name is not None:
+        raise BadRowError(None, "not_a_mapping", f"expected an object/dict, got {name}")
 
 
 def bad_row(index: int, row: Any, error: BadRowError | RowTokenizationError) -> BadRow:
@@ -205,10 +219,7 @@ def validate_rows(
         rows_seen = rows
     for index, row in enumerate(rows_seen):
         try:
-            if not isinstance(row, Mapping):
-                raise BadRowError(
-                    None, "not_a_mapping", f"expected an object/dict, got {type(row).__name__}"
-                )
+            require_object(row)
             report.examples.append(
                 process_row(index, row, kind, kind_note, tokenizer, max_length, report)
             )

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from smoothalign.data.loading import FILE_KEY, ROW_KEY
+from smoothalign.data.loading import FILE_KEY, ROW_KEY, not_an_object
 from smoothalign.smoothing.votes import PRIORS, fit_vote_prior, posterior_mean, vote_confidence
 
 VOTE_FIELDS = ("votes_chosen", "votes_total")
@@ -77,8 +77,8 @@ def _raise_if_bad(bad: list[str], n_rows: int, what: str) -> None:
 def _check_votes(rows: Sequence[Any], field_name: str, overwrite: bool) -> list[tuple[int, int]]:
     counts, bad = [], []
     for i, row in enumerate(rows):
-        if not isinstance(row, Mapping):
-            bad.append(f"{_where({}, i)}: not a JSON object")
+        if not_an_object(row) is not None:
+            bad.append(f"{_where(row, i)}: not a JSON object")
             continue
         v, k = _count(row.get("votes_chosen")), _count(row.get("votes_total"))
         if row.get("votes_total") is None or k is None or k < 1:

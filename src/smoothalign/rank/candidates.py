@@ -49,7 +49,7 @@ from smoothalign.data import BadRow, fit_response, load_preference_rows, tokeniz
 from smoothalign.data.loading import FILE_KEY, ROW_KEY
 from smoothalign.data.report import RowReport
 from smoothalign.data.tokenization import RowTokenizationError, escape_special_text
-from smoothalign.data.validation import bad_row, is_blank
+from smoothalign.data.validation import BadRowError, bad_row, is_blank, require_object
 
 REFERENCE_FIELDS = ("reference", "completion", "chosen")
 Scorer = Callable[[list[Any], list[str]], Sequence[float]]
@@ -180,8 +180,9 @@ def load_prompts(
     used: dict[str, int] = {}
     for index, row in enumerate(rows):
         try:
+            require_object(row)
             ex = _check_row(row, index, kind, tokenizer, max_length, require_reference)
-        except RowTokenizationError as e:
+        except (BadRowError, RowTokenizationError) as e:
             bad.append(bad_row(index, row, e))
             continue
         examples.append(ex)

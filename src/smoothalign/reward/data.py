@@ -50,9 +50,9 @@ from smoothalign.data import (
     validate_preference_rows,
 )
 from smoothalign.data.collate import ExampleDataset
-from smoothalign.data.loading import FILE_KEY, ROW_KEY
+from smoothalign.data.loading import FILE_KEY, ROW_KEY, not_an_object
 from smoothalign.data.report import RowReport, format_bad_rows
-from smoothalign.data.validation import BadRowError, bad_row
+from smoothalign.data.validation import BadRowError, bad_row, require_object
 
 LABEL_FIELDS = ("p_chosen", "votes_chosen", "votes_total", "votes")
 SOFT_LABEL_CODES = {
@@ -266,8 +266,10 @@ def join_labels(
     errors: list[str] = []
     by_id: dict[Any, int] = {}
     for i, row in enumerate(rows):
-        pid = row.get("pair_id")
         where = _where(row, "data")
+        if not_an_object(row) is not None:
+            continue  # validation reports it (not_a_mapping) and leaves it unlabelled
+        pid = row.get("pair_id")
         if pid is None:
             errors.append(f"{where}, field 'pair_id': missing (labels are joined on it)")
         elif _key(pid) in by_id:
@@ -286,6 +288,9 @@ def join_labels(
     first_label_row: dict[int, str] = {}
     for lrow in label_rows:
         where = _where(lrow, source)
+        if not_an_object(lrow) is not None:
+            errors.append(f"{where}: expected an object/dict, got {not_an_object(lrow)}")
+            continue
         pid = lrow.get("pair_id")
         if pid is None:
             errors.append(f"{where}, field 'pair_id': missing")
@@ -377,6 +382,7 @@ def validate_reward_rows(
     seen_ids: dict[str, int] = {}
     for index, row in enumerate(rows):
         try:
+            require_object(row)
             pid = row.get("pair_id")
             if pid is not None:
                 if _key(pid) in seen_ids:
