@@ -322,6 +322,18 @@ def test_cli_errors_name_the_problem(tmp_path, reward_dir, capsys):
     assert "bad.jsonl" in err and "row 2, field 'prompt': empty prompt" in err
     with pytest.raises(ValueError, match="num_beam_groups: 3 does not divide"):
         RankConfig(reward_model="x", decoding="diverse-beam", num_beam_groups=3)
+    # an earlier run's model would be left beside a --no-save-model run's results
+    (tmp_path / "o" / "final").mkdir(parents=True)
+    argv = [*base, "--reward-model", str(reward_dir), "--no-save-model"]
+    assert _main(argv) == 2
+    assert "final holds an earlier run's model" in capsys.readouterr().err
+    assert (tmp_path / "o" / "final").is_dir()
+    # ... unless that model is the policy being calibrated
+    from smoothalign.rank.run import _refuse_an_earlier_final_left_beside
+
+    for policy in (tmp_path / "o", tmp_path / "o" / "final"):
+        config = RankConfig(reward_model="x", policy=str(policy), save_model=False)
+        _refuse_an_earlier_final_left_beside(config, tmp_path / "o")
 
 
 def test_the_command_is_registered():

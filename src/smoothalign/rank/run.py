@@ -184,6 +184,23 @@ def save_model_atomically(model: Any, tokenizer: Any, dest: Path) -> Path:
     return dest
 
 
+def _refuse_an_earlier_final_left_beside(config: RankConfig, out: Path) -> None:
+    """With ``save_model`` off, an earlier run's ``final/`` in ``out`` would stay beside
+    this run's results and pass for its model: refuse (deleting a model is the user's
+    call), unless that folder is the policy being calibrated."""
+    final = out / "final"
+    if config.save_model or not final.exists():
+        return
+    policy = Path(config.policy)
+    if policy.exists() and final.resolve() in (policy.resolve(), policy.resolve() / "final"):
+        return
+    raise ValueError(
+        f"output_dir: {final} holds an earlier run's model, which this run (--no-save-model) "
+        "would leave beside its own results; remove it, save this model (drop "
+        "--no-save-model), or choose another --output-dir"
+    )
+
+
 def run_rank_calibration(config: RankConfig) -> RankRunResult:
     """Calibrate ``config.policy`` by ranking its own candidates with ``config.reward_model``.
 
@@ -199,6 +216,7 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     config.validate()
     resolve_reward_model_path(config.reward_model)  # a missing path fails at once
     out = Path(config.output_dir)
+    _refuse_an_earlier_final_left_beside(config, out)
     out.mkdir(parents=True, exist_ok=True)
     bf16 = resolve_bf16(config.precision)
     check_scheduler(config.lr_scheduler)
