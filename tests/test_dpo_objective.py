@@ -150,3 +150,24 @@ def test_constant_policy_is_conservative_dpo(tiny):
         -(0.9) * torch.nn.functional.logsigmoid(h) - 0.1 * torch.nn.functional.logsigmoid(-h)
     ).mean()
     torch.testing.assert_close(loss_const, cdpo.detach())
+
+
+def test_a_refused_call_leaves_the_calibrator_as_it_was():
+    policy = make_policy("cals-l2")
+    h = torch.tensor([0.5, -0.2, 1.0], dtype=torch.float64)
+    zeros = torch.zeros_like(h)
+    before = policy.state_dict()
+
+    def call(**kw):
+        return dpo_terms(h, zeros, zeros, zeros, beta=1.0, policy=policy, **kw)
+
+    with pytest.raises(ValueError, match="flip_rate"):
+        call(loss="robust")  # the robust loss needs its flip rate
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="sft_weight: must be finite and >= 0"):
+            call(loss="sigmoid", sft_weight=bad)
+    with pytest.raises(ValueError, match="chosen_lengths"):
+        call(loss="sigmoid", sft_weight=0.5)
+    assert str(policy.state_dict()) == str(before)
+    call(loss="sigmoid")  # an accepted call folds the batch in
+    assert str(policy.state_dict()) != str(before)

@@ -263,3 +263,31 @@ def test_posterior_from_logits_is_exact_where_probabilities_underflow():
     q = torch.softmax(x, -1)
     ref = pr * q / q.sum(0, keepdim=True)
     torch.testing.assert_close(posterior_target(pr, logits=x), ref / ref.sum(-1, keepdim=True))
+
+
+def test_a_class_no_row_gives_mass_gets_zero_not_nan(rng):
+    prior = rng.dirichlet(np.ones(3), size=4)
+    prior[:, 2] = 0.0
+    prior /= prior.sum(1, keepdims=True)
+    model = np_softmax(rng.normal(0, 1.0, (4, 3)))
+    model[:, 2] = 0.0  # every row's model gives the third class exactly 0
+    model /= model.sum(1, keepdims=True)
+    post = posterior_target(torch.as_tensor(prior), torch.as_tensor(model))
+    # brute force on the two live classes alone
+    expected = np.zeros_like(prior)
+    expected[:, :2] = ref_posterior(prior[:, :2], model[:, :2] / model[:, :2].sum(1, keepdims=True))
+    np.testing.assert_allclose(post.numpy(), expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", sorted(DIVERGENCES))
+def test_a_float32_prior_is_accepted_with_16_bit_logits(rng, dtype, name):
+    # 400 float32 distributions that sum to 1 within float32 rounding; cast to 16 bits,
+    # some rows sum to 1 ± 4e-3 (bf16): still a distribution, to the dtype's precision
+    prior = torch.as_tensor(rng.dirichlet(np.ones(5), size=400), dtype=torch.float32)
+    logits = torch.as_tensor(rng.normal(0, 1, (400, 5))).to(dtype)
+    for posterior in (False, True):
+        loss = soft_label_loss(name, logits, prior, posterior=posterior)
+        assert loss.dtype == dtype and bool(torch.isfinite(loss).all())
+    with pytest.raises(ValueError, match="row 0 sums to"):
+        soft_label_loss(name, logits, prior * 1.05)  # off by more than the rounding

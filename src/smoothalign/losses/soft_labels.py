@@ -28,10 +28,12 @@ def _check_pair(logits: Tensor, target: Tensor) -> None:
 
 
 def _check_distribution(t: Tensor, name: str) -> None:
-    """Rows in [0, 1] that sum to 1 (to 1e-4)."""
+    """Rows in [0, 1] that sum to 1: to 1e-4, or to the dtype's rounding where that is
+    coarser (a float32 distribution cast to bf16 is off by up to half its epsilon)."""
     check_in_range(t, name, 0.0, 1.0)
-    sums = t.sum(-1)
-    bad = (sums - 1).abs() > 1e-4
+    sums = t.sum(-1, dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
+    tol = max(1e-4, torch.finfo(t.dtype).eps) if t.is_floating_point() else 1e-4
+    bad = (sums - 1).abs() > tol
     if bool(bad.any()):
         i = int(bad.nonzero()[0])
         raise ValueError(f"{name}: row {i} sums to {float(sums[i]):.6f}, not 1")
@@ -67,6 +69,9 @@ def posterior_target(
         log_q = torch.log_softmax(logits, -1)
     # log p + log q − log Σ_j q_j, then a softmax over classes; -inf where p or q is 0
     log_marginal = torch.logsumexp(log_q, 0, keepdim=True)
+    # a class no row's model gives any mass: its column is -inf throughout, and so would
+    # be its marginal (−inf − (−inf) is NaN); it gets 0 like any class of zero probability
+    log_marginal = log_marginal.masked_fill(torch.isneginf(log_marginal), 0.0)
     log_unnorm = torch.log(prior.to(log_q.dtype)) + log_q - log_marginal
     dead = torch.isneginf(log_unnorm).all(-1)
     if bool(dead.any()):

@@ -60,20 +60,22 @@ def dpo_terms(
     """The per-pair DPO losses of a batch.
 
     ``α`` comes from the smoothing ``policy`` evaluated on the margins *before* it is
-    updated with them (``update_policy=False`` for evaluation: state untouched).
+    updated with them (``update_policy=False`` for evaluation: state untouched). A call
+    that raises leaves the policy's state as it was.
     """
+    if not sft_weight >= 0 or sft_weight == float("inf"):  # NaN fails the first test
+        raise ValueError(f"sft_weight: must be finite and >= 0, got {sft_weight}")
     chosen_logratio = policy_chosen - ref_chosen
     rejected_logratio = policy_rejected - ref_rejected
     h = beta * (chosen_logratio - rejected_logratio)
-    if update_policy:
-        alpha = policy.step(h.detach(), confidence)
-    else:
-        alpha = policy.alpha(h.detach(), confidence)
+    alpha = policy.alpha(h.detach(), confidence)
     losses = pairwise_loss(loss, h, alpha, **(loss_options or {}))
     if sft_weight > 0:
         if chosen_lengths is None:
             raise ValueError("chosen_lengths: needed for the NLL term (sft_weight > 0)")
         losses = losses + chosen_nll_term(policy_chosen, chosen_lengths, sft_weight)
+    if update_policy:  # only once every check has passed: a refused call leaves the state
+        policy.update(h.detach())
     return DPOTerms(
         losses=losses,
         margins=h,
