@@ -168,6 +168,8 @@ def test_a_refused_call_leaves_the_calibrator_as_it_was():
             call(loss="sigmoid", sft_weight=bad)
     with pytest.raises(ValueError, match="chosen_lengths"):
         call(loss="sigmoid", sft_weight=0.5)
+    with pytest.raises(ValueError, match="beta 0.5 differs from the margin's beta 1.0"):
+        call(loss="ipo", loss_options={"beta": 0.5})
     assert str(policy.state_dict()) == str(before)
     call(loss="sigmoid")  # an accepted call folds the batch in
     assert str(policy.state_dict()) != str(before)

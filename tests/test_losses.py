@@ -204,6 +204,12 @@ def test_flip_rate_outside_range_rejected(eps):
         pairwise_loss("robust", H, flip_rate=eps)
 
 
+@pytest.mark.parametrize("beta", [0.0, -1.0, float("inf"), float("nan"), True, torch.tensor(0.1)])
+def test_ipo_beta_outside_range_rejected(beta):
+    with pytest.raises(ValueError, match="beta: must be a finite number > 0"):
+        pairwise_loss("ipo", H, beta=beta)
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_non_finite_margins_rejected(name, bad):

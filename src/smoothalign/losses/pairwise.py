@@ -12,6 +12,7 @@ bug this library exists to avoid.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -103,8 +104,8 @@ class IPOLoss(PairwiseLoss):
     required_options = ("beta",)
 
     def per_pair(self, h: Tensor, alpha: Tensor, *, beta: float) -> Tensor:
-        if not beta > 0:
-            raise ValueError(f"beta: must be > 0, got {beta}")
+        if isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 < beta < math.inf:
+            raise ValueError(f"beta: must be a finite number > 0, got {beta!r}")
         return (h / beta - 1 / (2 * beta)) ** 2
 
 

@@ -65,6 +65,9 @@ def dpo_terms(
     """
     if not sft_weight >= 0 or sft_weight == float("inf"):  # NaN fails the first test
         raise ValueError(f"sft_weight: must be finite and >= 0, got {sft_weight}")
+    option_beta = (loss_options or {}).get("beta", beta)
+    if option_beta != beta:  # IPO's β must be the margin's, or its loss is silently wrong
+        raise ValueError(f"loss_options: beta {option_beta} differs from the margin's beta {beta}")
     chosen_logratio = policy_chosen - ref_chosen
     rejected_logratio = policy_rejected - ref_rejected
     h = beta * (chosen_logratio - rejected_logratio)
