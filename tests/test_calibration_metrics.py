@@ -163,6 +163,26 @@ def test_bad_input_names_the_argument():
         brier_score([], [])
     with pytest.raises(ValueError, match="bins"):
         expected_calibration_error(ok, [0, 1], bins=0)
+    with pytest.raises(ValueError, match="bins"):
+        expected_calibration_error(ok, [0, 1], bins=True)
+    # a [B, C] softmax is not a list of top-label forecasts: refused, not flattened
+    with pytest.raises(ValueError, match=r"probs: expected shape \[B\], got \[2, 2\]"):
+        expected_calibration_error([[0.9, 0.1], [0.2, 0.8]], [1, 0, 0, 1])
+    assert expected_calibration_error(ok, [0, 1], bins=np.int64(15)) == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("bins", [10, 15, 20])
+def test_a_forecast_on_a_bin_edge_is_in_the_bin_the_reported_edges_give(bins):
+    probs = np.arange(bins + 1) / bins  # every edge, as a user would write it
+    curve = reliability_curve(probs, np.zeros_like(probs), bins)
+    expected = np.zeros(bins)
+    for p in probs:  # brute force: the bin whose reported [left, right) holds p (1 in the last)
+        k = next(k for k in range(bins) if p < curve.bin_edges[k + 1] or k == bins - 1)
+        assert curve.bin_edges[k] <= p
+        expected[k] += 1
+    np.testing.assert_array_equal(curve.counts, expected)
+    # the reviewer's case: 0.3 is below the fourth bin's left edge 0.30000000000000004
+    assert expected_calibration_error([0.3, 0.25], [1, 0], 10) == pytest.approx(0.225)
 
 
 def test_reliability_diagram_returns_a_figure(rng, tmp_path):

@@ -174,6 +174,10 @@ def test_true_preference_kl_is_finite_and_right_for_large_margins():
     h = 0.3 * math.log(0.3) + 0.7 * math.log(0.7)
     assert math.isfinite(got)
     assert got == pytest.approx((h + 0.7 * 60 + h + 0.3 * 60) / 4, rel=1e-12)
+    # an infinite margin that agrees with a certain truth costs nothing (0·log 0 = 0)
+    inf = true_preference_metrics(np.array([math.inf, -math.inf, 2.0]), np.array([1.0, 0, 0.8]))
+    kl_2 = 0.8 * math.log(0.8 / _sigmoid(2.0)) + 0.2 * math.log(0.2 / _sigmoid(-2.0))
+    assert inf["kl_true"] == pytest.approx(kl_2 / 3, rel=1e-12)
 
 
 def hand_preference_metrics(h, confidence) -> dict[str, float]:

@@ -9,8 +9,9 @@ reliability curve, ECE, RMS and MCE always agree with each other:
     ECE = Σ_b (n_b/N)·|acc_b − conf_b|      RMS = sqrt(Σ_b (n_b/N)·(acc_b − conf_b)²)
     MCE = max_b |acc_b − conf_b|  (non-empty bins)
 
-The bins are ``[0, 1/K), [1/K, 2/K), …, [(K−1)/K, 1]`` and the results match
-``torchmetrics``' binary calibration error (``norm`` = l1 / l2 / max; tested).
+The bins are ``[0, 1/K), [1/K, 2/K), …, [(K−1)/K, 1]``, their edges ``np.linspace(0, 1,
+K + 1)`` (a forecast on an edge goes to the bin the reported edges put it in), and the
+results match ``torchmetrics``' binary calibration error (``norm`` = l1 / l2 / max; tested).
 """
 
 from __future__ import annotations
@@ -47,10 +48,8 @@ class ReliabilityCurve:
 
 
 def _inputs(probs: ArrayLike, outcomes: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
-    p = check_vector(
-        as_tensor(probs, "probs").detach().to(torch.float64).cpu().reshape(-1), "probs"
-    )
-    y = as_tensor(outcomes, "outcomes").detach().to(torch.float64).cpu().reshape(-1)
+    p = check_vector(as_tensor(probs, "probs").detach().to(torch.float64).cpu(), "probs")
+    y = check_vector(as_tensor(outcomes, "outcomes").detach().to(torch.float64).cpu(), "outcomes")
     if y.shape != p.shape:
         raise ValueError(f"outcomes: expected {p.numel()} values like probs, got {y.numel()}")
     if p.numel() == 0:
@@ -62,10 +61,14 @@ def _inputs(probs: ArrayLike, outcomes: ArrayLike) -> tuple[torch.Tensor, torch.
 
 def reliability_curve(probs: ArrayLike, outcomes: ArrayLike, bins: int = 15) -> ReliabilityCurve:
     """Bin the forecasts into ``bins`` equal-width bins and average forecasts and outcomes."""
-    if not isinstance(bins, int) or bins < 1:
-        raise ValueError(f"bins: must be a positive integer, got {bins}")
+    if isinstance(bins, bool) or not isinstance(bins, int | np.integer) or bins < 1:
+        raise ValueError(f"bins: must be a positive integer, got {bins!r}")
+    bins = int(bins)
     p, y = _inputs(probs, outcomes)
-    idx = (p * bins).floor().long().clamp_(0, bins - 1)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    # each forecast in the bin its reported edges hold (floor(p·K) disagrees with them at
+    # some edges: 0.3·10 is 3, but the fourth bin starts at 0.30000000000000004)
+    idx = torch.searchsorted(torch.from_numpy(edges[1:-1]), p, right=True)
     counts = torch.bincount(idx, minlength=bins).to(torch.float64)
     sum_p = torch.zeros(bins, dtype=torch.float64).index_add_(0, idx, p)
     sum_y = torch.zeros(bins, dtype=torch.float64).index_add_(0, idx, y)
@@ -73,7 +76,7 @@ def reliability_curve(probs: ArrayLike, outcomes: ArrayLike, bins: int = 15) -> 
         conf = (sum_p / counts).numpy()
         acc = (sum_y / counts).numpy()
     return ReliabilityCurve(
-        bin_edges=np.linspace(0.0, 1.0, bins + 1),
+        bin_edges=edges,
         counts=counts.numpy(),
         confidence=conf,
         accuracy=acc,

@@ -37,7 +37,7 @@ def true_preference_metrics(
     summary = calibration_summary(np.concatenate([s, 1 - s]), np.concatenate([q, 1 - q]), bins)
     # KL(q ‖ σ(d)) with log σ computed stably from d
     log_s, log_1s = -np.logaddexp(0.0, -d), -np.logaddexp(0.0, d)
-    kl = _xlogx(q) + _xlogx(1 - q) - q * log_s - (1 - q) * log_1s
+    kl = _xlogx(q) + _xlogx(1 - q) - _times(q, log_s) - _times(1 - q, log_1s)
     return {
         "accuracy_true": float(right[decided].mean()) if decided.any() else math.nan,
         "ece_true": summary["ece"],
@@ -45,6 +45,12 @@ def true_preference_metrics(
         "brier_true": summary["brier"],
         "kl_true": float(kl.mean()),
     }
+
+
+def _times(x: np.ndarray, log_y: np.ndarray) -> np.ndarray:
+    """``x·log y`` with ``0·log 0 = 0`` (an infinite margin forecasts 0 or 1 exactly)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(x > 0, x * log_y, 0.0)
 
 
 def _xlogx(x: np.ndarray) -> np.ndarray:
