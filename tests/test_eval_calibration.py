@@ -503,6 +503,11 @@ def test_few_shot_never_uses_the_question_and_stays_in_its_pool():
         assert all(qs[j].subject == qs[i].subject for j in s)
     assert [len(s) for s in shots] == [3] * 6 + [2] * 3
     assert few_shot_indices(qs, 3, seed=1, for_indices=[4]) == [shots[4]]
+    # a subject filter (only u's questions loaded) leaves each question its shots
+    u_only = qs[6:]
+    assert [[u_only[j] for j in s] for s in few_shot_indices(u_only, 3, seed=1)] == [
+        [qs[j] for j in s] for s in shots[6:]
+    ]
 
 
 def test_subsample_is_deterministic_and_ordered():
@@ -604,6 +609,30 @@ def test_cli_more_options_than_letters_fails_before_loading_the_model(tmp_path, 
     err = capsys.readouterr().err
     assert "more than 26 options" in err and "--scorer option" in err
     assert "no-such-model" not in err
+    # ... also when the wide question is only a shot of the one evaluated
+    narrow = [{"question": f"Q{i}?", "options": ["a", "b"], "answer": 0} for i in range(3)]
+    data = _write_jsonl(
+        tmp_path / "mixed.jsonl", [{"question": "W?", "options": opts, "answer": 0}, *narrow]
+    )
+    argv = ["eval", "calibration", "--model", "no-such-model", "--tasks", str(data)]
+    argv += ["--shots", "3", "--limit", "1", "--seed", "2", "--output-dir", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "shown (evaluated, or as a shot) have more than 26 options" in err
+    assert "no-such-model" not in err
+
+
+def test_cli_refuses_a_repeated_scorer_and_a_negative_seed(tmp_path, capsys):
+    from smoothalign.cli import main
+
+    data = _write_jsonl(
+        tmp_path / "q.jsonl", [{"question": "Q?", "options": ["a", "b"], "answer": 1}]
+    )
+    argv = ["eval", "calibration", "--model", "no-such-model", "--tasks", str(data)]
+    assert main([*argv, "--scorer", "letter", "letter"]) == 2
+    assert "scorer: letter given twice" in capsys.readouterr().err
+    assert main([*argv, "--seed", "-1"]) == 2
+    assert "seed: invalid value -1" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------

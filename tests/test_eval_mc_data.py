@@ -86,6 +86,12 @@ def test_a_line_that_is_not_utf8_is_a_named_bad_row(tmp_path):
         load_mmlu(mmlu)
 
 
+def test_a_byte_order_mark_on_the_first_line_is_dropped(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + (json.dumps(GOOD) + "\n").encode() * 2)
+    assert len(load_jsonl_questions(path)) == 2
+
+
 # --------------------------------------------------------------------------------------------
 # BIG-bench: subtasks that are not all multiple choice
 # --------------------------------------------------------------------------------------------
@@ -136,6 +142,27 @@ def test_bigbench_task_mixing_choice_and_free_text_subtasks(tmp_path, monkeypatc
     monkeypatch.setenv("SMOOTHALIGN_CACHE", str(tmp_path / "cache"))
     (again,) = load_tasks(["bigbench:mixed"], bigbench=archive)
     assert again.questions == choice.questions and again.skipped == choice.skipped
+
+
+def test_a_malformed_bigbench_task_file_is_a_named_error(tmp_path):
+    tasks = tmp_path / "bigbench" / "benchmark_tasks"
+    (tasks / "listed").mkdir(parents=True)
+    (tasks / "listed" / "task.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"listed/task\.json: expected a JSON object .* got list"):
+        load_bigbench_task("listed", tmp_path)
+    _task(tasks / "mapped", {})
+    with pytest.raises(ValueError, match=r"field 'examples': expected a list, got dict"):
+        load_bigbench_task("mapped", tmp_path)
+    # a NaN score (Python's json reads it) is skipped and counted like a non-numeric one
+    (tasks / "nan").mkdir()
+    (tasks / "nan" / "task.json").write_text(
+        '{"examples": [{"input": "q", "target_scores": {"a": NaN, "b": 1}}, '
+        + json.dumps(MC[0])[1:-1].join("{}")
+        + "]}"
+    )
+    (task,) = load_bigbench_task("nan", tmp_path)
+    assert len(task.questions) == 1
+    assert task.skipped == {"a non-numeric or non-finite target score": 1}
 
 
 def test_bigbench_example_with_options_equal_up_to_whitespace_is_skipped_and_counted(tmp_path):

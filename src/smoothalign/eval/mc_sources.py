@@ -46,6 +46,7 @@ from __future__ import annotations
 import difflib
 import importlib.metadata
 import json
+import math
 import os
 import re
 import shutil
@@ -330,9 +331,17 @@ def _read_bigbench_file(path: Path, name: str, allow_empty: bool = False) -> Tas
         task = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid UTF-8 JSON ({err})") from None
-    examples = task.get("examples") or []
+    if not isinstance(task, dict):
+        raise ValueError(
+            f"{path}: expected a JSON object (a BIG-bench task), got {type(task).__name__}"
+        )
+    examples = task.get("examples")
+    if examples is None:
+        examples = []
     if not isinstance(examples, list):
-        raise ValueError(f"{path}, field 'examples': expected a list")
+        raise ValueError(
+            f"{path}, field 'examples': expected a list, got {type(examples).__name__}"
+        )
     preamble = task.get("task_prefix") if isinstance(task.get("task_prefix"), str) else None
     full = f"bigbench:{name}"
     questions, skipped = [], Counter()
@@ -388,8 +397,11 @@ def _bigbench_skip_reason(ex: Any) -> str | None:
     if has_duplicate_options(list(scores)):
         return "two options identical up to surrounding whitespace"
     values = list(scores.values())
-    if any(isinstance(v, bool) or not isinstance(v, int | float) for v in values):
-        return "a non-numeric target score"
+    if any(
+        isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
+        for v in values
+    ):
+        return "a non-numeric or non-finite target score"
     if values.count(max(values)) > 1:
         return "several options share the highest score"
     return None

@@ -209,8 +209,8 @@ def read_jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
     decoded on its own, so a bad byte is reported at its line and the others still read."""
     with path.open("rb") as f:
         for line_no, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
+            try:  # a byte-order mark (as Excel or Notepad writes one) is not part of line 1
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
             except UnicodeDecodeError as err:
                 byte = raw[err.start : err.start + 1].hex()
                 reason = f"not valid UTF-8 (byte 0x{byte}, byte {err.start + 1} of the line)"
