@@ -133,7 +133,13 @@ def test_cli_rejects_a_bad_configuration(capsys):
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("lora_r", 0), ("lora_alpha", 0), ("save_total_limit", 1), ("weight_decay", -1.0)],
+    [
+        ("lora_r", 0),
+        ("lora_alpha", 0),
+        ("save_total_limit", 1),
+        ("weight_decay", -1.0),
+        ("rkl_floor", 0.0),  # reverse KL is always logged: a unanimous vote would make it ∞
+    ],
 )
 def test_config_refuses_values_sft_and_dpo_refuse(option, value):
     """A LoRA scale of 0 trains nothing; a save limit of 1 rotates the last certified

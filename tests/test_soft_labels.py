@@ -81,6 +81,13 @@ def test_reverse_kl_is_infinite_without_floor_and_finite_with_it():
     target = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
     assert math.isinf(float(reverse_kl(logits, target, target_floor=0)))
     assert math.isfinite(float(reverse_kl(logits, target)))
+    # where the softmax underflows to 0 the term is 0·log(0/t) = 0, also where t is 0
+    under = torch.tensor([[-1000.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    value = reverse_kl(under, target.flip(-1), target_floor=0)
+    value.sum().backward()
+    assert float(value) == 0.0 and bool(torch.isfinite(under.grad).all())
+    with pytest.raises(ValueError, match="target_floor"):
+        reverse_kl(logits, target, target_floor=-0.1)
 
 
 def test_forward_kl_on_one_hot_equals_cross_entropy(rng):

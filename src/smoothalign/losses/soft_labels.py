@@ -100,12 +100,18 @@ def reverse_kl(logits: Tensor, target: Tensor, *, target_floor: float = 1e-6) ->
     target is floored at ``target_floor`` (and renormalised) — set 0 for the exact value.
     """
     _check_pair(logits, target)
+    if not 0 <= target_floor < 1:  # NaN fails too
+        raise ValueError(f"target_floor: must lie in [0, 1), got {target_floor}")
     log_q = torch.log_softmax(logits, -1)
     t = target
     if target_floor > 0:
         t = target.clamp_min(target_floor)
         t = t / t.sum(-1, keepdim=True)
-    return (log_q.exp() * (log_q - torch.log(t))).sum(-1)
+    q = log_q.exp()
+    # 0·log(0/t) = 0 where the softmax underflows, even where t is 0 too (else 0·∞ = NaN)
+    live = q > 0
+    log_t = torch.log(torch.where(live, t, 1.0))  # no ∞ in the branch not taken: its gradient
+    return torch.where(live, q * (log_q - log_t), 0.0).sum(-1)
 
 
 def jensen_shannon(logits: Tensor, target: Tensor) -> Tensor:

@@ -31,7 +31,7 @@ HELP = {
     "margin": "m >= 0: the loss sees r₁ − r₂ − m·(2ℓ − 1), ℓ the majority label (bt) or the "
     "vote share",
     "center_weight": "λ of the reward-centering term λ·(r₁ + r₂)² (0 disables it)",
-    "rkl_floor": "floor of the vote share inside the reverse KL (a unanimous vote is 0/1)",
+    "rkl_floor": "floor of the vote share inside the reverse KL, in (0, 0.5) (a unanimous vote is 0/1)",
     "smoothing": "label smoothing of the target, t → (1 − 2α)t + α: none, constant:<α>, "
     "cals-l0, cals-l2 (α from the model's own calibration, SPEC §4), oracle-l0/l2 (needs a "
     "confidence column)",

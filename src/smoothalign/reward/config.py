@@ -88,7 +88,9 @@ class RewardConfig:
         checks = {
             "margin": self.margin >= 0,
             "center_weight": self.center_weight >= 0,
-            "rkl_floor": 0 <= self.rkl_floor < 0.5,
+            # > 0: reverse KL is always logged, and a unanimous vote (0/1) would make it
+            # infinite (and, as the loss, give NaN weights after one step)
+            "rkl_floor": 0 < self.rkl_floor < 0.5,
             "max_steps": self.max_steps > 0,
             "learning_rate": self.learning_rate > 0,
             "batch_size": self.batch_size > 0,
