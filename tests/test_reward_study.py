@@ -6,12 +6,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 
 from smoothalign.experiments import reward_study as rs
+from smoothalign.experiments.run_info import invoked_command
 
 
 def _world(annotators=5, n=3000, dim=8, seed=0, **kw):
@@ -161,11 +164,22 @@ def test_quick_study_writes_results_table_and_plot(tmp_path):
     assert agg["soft-bce"]["kl_true_mean"] == pytest.approx(agg["fkl"]["kl_true_mean"], rel=1e-9)
     assert agg["soft-bce"]["paired_seeds"] == 2
     assert results["run_info"]["cpu_model"]
+    # the command recorded is one that reruns it: the module's when run as a script
+    with mock.patch.object(sys, "argv", [rs.__file__, "--quick", "--seeds", "2"]):
+        assert invoked_command(rs.__name__) == (
+            "python -m smoothalign.experiments.reward_study --quick --seeds 2"
+        )
+    with mock.patch.object(
+        sys, "argv", ["/venv/bin/smoothalign", "study", "reward", "--seeds", "2"]
+    ):
+        assert invoked_command(rs.__name__) == "smoothalign study reward --seeds 2"
 
 
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="methods"):
         rs.RewardStudyConfig(methods=("nope",))
+    with pytest.raises(ValueError, match="seeds: need at least one"):
+        rs.RewardStudyConfig(seeds=())
     with pytest.raises(ValueError, match="annotators"):
         rs.RewardStudyConfig(annotators=(0,))
     with pytest.raises(ValueError, match="order"):

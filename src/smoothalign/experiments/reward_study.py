@@ -99,6 +99,8 @@ class RewardStudyConfig:
             raise ValueError(f"n_train: need sizes >= 2, got {self.n_train}")
         if not self.annotators or any(k < 1 for k in self.annotators):
             raise ValueError(f"annotators: need counts >= 1, got {self.annotators}")
+        if not self.seeds:
+            raise ValueError("seeds: need at least one seed (--seeds N runs seeds 0..N-1)")
         for name in ("seeds", "n_train", "annotators"):  # a repeat would count as a seed
             values = getattr(self, name)
             if len(set(values)) != len(values):
@@ -642,13 +644,17 @@ def build_config(args: argparse.Namespace) -> RewardStudyConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from smoothalign.experiments.run_info import RunClock
+    from smoothalign.experiments.run_info import RunClock, invoked_command
     from smoothalign.io import atomic_write_json, atomic_write_text, save_figure
 
     cfg = build_config(args)  # a bad option: cli.main names it (SMOOTHALIGN_DEBUG=1 raises)
+    if args.lm and (args.lm_seeds < 1 or args.lm_steps < 1):
+        raise ValueError(
+            f"lm_seeds / lm_steps: must be >= 1, got {args.lm_seeds} / {args.lm_steps}"
+        )
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    clock = RunClock(" ".join(["python -m smoothalign.experiments.reward_study", *sys.argv[1:]]))
+    clock = RunClock(invoked_command("smoothalign.experiments.reward_study"))
     results = run_study(cfg, progress=not args.no_progress)
     table = markdown_report(results)
     atomic_write_json(out / "results.json", results)  # kept even if the LM part fails

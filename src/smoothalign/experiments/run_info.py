@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -75,9 +76,19 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def invoked_command(module: str | None = None) -> str:
+    """The command line that started this process, as a user would retype it: ``python -m
+    <module> …`` when ``module`` ran as a script (``sys.argv[0]`` is its file), else the
+    ``smoothalign`` console script's ``smoothalign <command> …``."""
+    args = sys.argv[1:]
+    if module is not None and sys.argv[0].endswith(".py"):
+        return shlex.join(["python", "-m", module, *args])
+    return shlex.join(["smoothalign", *args])
+
+
 class RunClock:
     def __init__(self, command: str | None = None) -> None:
-        self.command = command or ("smoothalign " + " ".join(sys.argv[1:]))
+        self.command = command or invoked_command()
         self.started = _dt.datetime.now(_dt.UTC)
         self.t0 = time.perf_counter()
         self.cpu0 = cpu_seconds()
