@@ -15,6 +15,7 @@ from smoothalign.models import load_model_and_tokenizer
 from smoothalign.reward import RewardConfig, run_reward
 from smoothalign.reward import cli as reward_cli
 from smoothalign.reward.data import RewardCollator, oracle_text_rows, validate_reward_rows
+from smoothalign.reward.report import describe_loss
 from smoothalign.reward.run import build_reward_model
 
 
@@ -86,6 +87,8 @@ def test_trainer_runs_a_few_steps_and_writes_its_report(tmp_path):
     report = (out / "report.md").read_text()
     assert "![divergences](divergences.png)" in report
     assert "ECE of σ(r₁ − r₂) vs held-out vote shares" in report
+    assert "against the vote share" in report  # the default loss reads the vote share
+    assert "against the majority vote" in describe_loss({"loss": "bt", "smoothing": "none"})
     # the final model reloads as a sequence classifier with the trained rewards
     reloaded = AutoModelForSequenceClassification.from_pretrained(out / "final")
     ids = torch.tensor([[256, 120, 58, 97, 257]])

@@ -135,9 +135,7 @@ def write_reward_report(
     save_figure(plot_training_curves(records), out / "training_curves.png")
     save_figure(plot_reliability(forecasts_before, forecasts_after), out / "reliability.png")
 
-    target = "the posterior target (SPEC §6)" if config.get("posterior") else "the vote share"
-    loss = f"loss: `{config.get('loss')}` against {target}; smoothing `{config.get('smoothing')}`"
-    lines = report_head("smoothalign reward-model run report", [loss, *notes])
+    lines = report_head("smoothalign reward-model run report", [describe_loss(config), *notes])
     lines += ["## Held-out evaluation, before and after training", ""]
     lines += before_after_table(TABLE_ROWS, before, after)
     lines += [
@@ -156,3 +154,14 @@ def write_reward_report(
         *config_section(config),
     ]
     return atomic_write_text(out / "report.md", "\n".join(lines))
+
+
+def describe_loss(config: dict[str, Any]) -> str:
+    """The report's line on what the loss trains against."""
+    if config.get("loss") == "bt":
+        target = "the majority vote (a tied vote carries no weight)"
+    elif config.get("posterior"):
+        target = "the posterior target (SPEC §6)"
+    else:
+        target = "the vote share"
+    return f"loss: `{config.get('loss')}` against {target}; smoothing `{config.get('smoothing')}`"
