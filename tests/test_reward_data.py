@@ -169,6 +169,24 @@ def test_labels_file_per_pair_and_per_vote(tok, tmp_path):
         ),
         ([{"pair_id": "p0", "vote": 2}], "votes.jsonl row 0, field 'vote': expected 0 or 1, got 2"),
         ([{"pair_id": "p0"}], "votes.jsonl row 0, field 'p_chosen': no label"),
+        # a bad label value is the labels file's, named there
+        (
+            [{"pair_id": "p1", "p_chosen": 1.3}],
+            "votes.jsonl row 0, field 'p_chosen': 1.3 is outside",
+        ),
+        (
+            [{"pair_id": "p0", "votes_chosen": 4, "votes_total": 3}],
+            "votes.jsonl row 0, field 'votes_chosen'",
+        ),
+        # a refused row does not count as the pair's label
+        (
+            [
+                {"pair_id": "p0", "p_chosen": 2},
+                {"pair_id": "p0", "vote": 1},
+                {"pair_id": "p0", "p_chosen": 0.3},
+            ],
+            "votes.jsonl row 2, field 'pair_id': pair 'p0' already labelled at votes.jsonl row 1 (vote)",
+        ),
     ],
 )
 def test_mismatched_pair_ids_raise_naming_the_labels_row_and_field(tok, tmp_path, labels, message):

@@ -310,8 +310,7 @@ def join_labels(
                 "votes, or one annotator's vote)"
             )
             continue
-        kind = "vote" if is_vote else "label"
-        seen = first_label_row.setdefault(i, f"{where} ({kind})")
+        seen = first_label_row.get(i)  # the first row accepted for this pair
         if is_vote:
             v = lrow["vote"]
             if v not in (0, 1):
@@ -325,7 +324,14 @@ def join_labels(
             if i in per_pair or i in long_votes:
                 errors.append(f"{where}, field 'pair_id': pair {pid!r} already labelled at {seen}")
                 continue
-            per_pair[i] = {k: lrow[k] for k in LABEL_FIELDS if lrow.get(k) is not None}
+            label = {k: lrow[k] for k in LABEL_FIELDS if lrow.get(k) is not None}
+            try:  # a bad value is the labels file's, and named there (not at the data row)
+                soft_label(label)
+            except _Bad as bad:
+                errors.append(f"{where}, field '{bad.field}': {bad.reason}")
+                continue
+            per_pair[i] = label
+        first_label_row.setdefault(i, f"{where} ({'vote' if is_vote else 'label'})")
     if errors:
         head = f"{len(errors)} problem(s) joining the labels ({source}) to the data on pair_id:"
         more = [f"  ... and {len(errors) - 5} more"] if len(errors) > 5 else []
