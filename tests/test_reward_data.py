@@ -308,3 +308,19 @@ def test_a_file_row_that_is_not_an_object_is_a_bad_row_and_skip_drops_it(tok, tm
     )  # fmt: skip
     with pytest.raises(ValueError, match=r"labels\.jsonl row 1: expected an object/dict, got str"):
         _validate(str(unlabelled), tok, labels=str(labels))
+
+
+def test_csv_votes_are_read_per_cell_and_ids_stay_text(tok, tmp_path):
+    data = tmp_path / "pairs.csv"
+    data.write_text("pair_id,prompt,chosen,rejected\n007,q0:,good,bad\n008,q1:,good,bad\n")
+    votes = tmp_path / "votes.csv"
+    votes.write_text("pair_id,vote\n007,1\n007,yes\n008,0\n")
+    with pytest.raises(ValueError) as err:
+        _validate(str(data), tok, labels=str(votes))
+    msg = str(err.value)  # the one bad cell is named; the good votes are numbers
+    assert (
+        "1 problem(s)" in msg and "votes.csv row 1, field 'vote': expected 0 or 1, got 'yes'" in msg
+    )
+    votes.write_text("pair_id,vote\n007,1\n007,1\n008,0\n")
+    report = _validate(str(data), tok, labels=str(votes))
+    assert [(ex.pair_id, ex.p_chosen) for ex in report.examples] == [("007", 1.0), ("008", 0.0)]

@@ -35,7 +35,10 @@ NUMERIC_FIELDS = (
     "votes_total",
     "ref_chosen_logps",
     "ref_rejected_logps",
+    "vote",
 )
+# identifiers stay text in CSV ("007" is not 7); an empty cell reads as absent
+ID_FIELDS = ("pair_id",)
 
 PreferenceSource = str | os.PathLike | Sequence[Mapping[str, Any]] | Any  # Any: datasets.Dataset
 
@@ -72,8 +75,11 @@ def load_preference_rows(
         ``"_file"``), which validation reports as ``not_a_mapping`` (:func:`not_an_object`).
 
     CSV holds plain text only: the ``text_fields`` are always read as strings
-    (so an answer "4" stays the string "4"), an empty cell in any other column reads as absent
-    (``None``), and other columns become numbers when every non-empty cell in the column is one.
+    (so an answer "4" stays the string "4"), as is ``pair_id`` ("007" is not 7); an empty
+    cell in any other column reads as absent (``None``); each cell of a label or number
+    column (``NUMERIC_FIELDS``: ``confidence``, ``p_chosen``, ``vote``, …) becomes a number
+    where it parses as one (a bad cell stays text, for validation to name), and other
+    columns become numbers when every non-empty cell in the column is one.
 
     Raises:
         FileNotFoundError: the path does not exist.
@@ -226,6 +232,9 @@ def _read_csv(path: Path, text_fields: tuple[str, ...]) -> list[Any]:
     for col in columns:
         if col in NUMERIC_FIELDS:
             _coerce_csv_cells(rows, col)
+        elif col in ID_FIELDS:
+            for r in rows:
+                r[col] = r[col] or None
         elif col not in text_fields:
             _coerce_csv_column(rows, col)
     return rows
