@@ -70,6 +70,18 @@ def test_mmlu_counts_duplicate_options_among_the_kept_subjects_only(tmp_path):
     assert not any("identical options" in n for n in data.notes)
 
 
+def test_overlapping_task_specs_are_refused(tmp_path):
+    rows = [
+        {"question": f"Q{i}", **{f"answer_{c}": c for c in "abcd"}, "correct_answer": "B",
+         "topic": topic}
+        for i, topic in enumerate(["astronomy", "virology"])
+    ]  # fmt: skip
+    path = _write_jsonl(tmp_path / "mmlu.jsonl", rows)
+    with pytest.raises(ValueError, match="tasks: mmlu and mmlu:astronomy overlap"):
+        load_tasks(["mmlu", "mmlu:astronomy"], mmlu=str(path))
+    assert len(load_tasks(["mmlu:astronomy", "mmlu:virology"], mmlu=str(path))) == 2
+
+
 def test_a_line_that_is_not_utf8_is_a_named_bad_row(tmp_path):
     good = json.dumps(GOOD).encode() + b"\n"
     path = tmp_path / "latin1.jsonl"
