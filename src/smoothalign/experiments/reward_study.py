@@ -12,7 +12,9 @@ The world (every choice is a field of :class:`RewardStudyConfig` and lands in th
   the first response. ``bt`` sees only the majority label, the others the share.
 * the models are linear, ``r(y) = θ·φ(y)`` from ``θ = 0``: Adam (or SGD) with a
   cosine-decayed step size on minibatches (the posterior target's normaliser is a batch
-  statistic, SPEC §6), the same minibatch sequence for every method. All methods of one
+  statistic, SPEC §6), the same minibatch sequence for every method: each pass is a fresh
+  shuffle cut into full batches, its last ``n mod batch_size`` pairs left for that pass (a
+  different few each pass; with ``n`` < ``batch_size`` each step is the whole set). All methods of one
   ``(K, seed)`` and training size are fitted together, each on its own row of ``θ`` ``[M, d]``.
 * held-out metrics on ``n_test`` fresh pairs against the *truth*: accuracy of
   ``sign(θ·x)`` against ``sign(θ*·x)``, ECE / RMS (20 bins, both orders) and mean
