@@ -4,6 +4,7 @@ judge, and `smoothalign study preference` end to end (small enough for CI)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -432,3 +433,18 @@ def test_noisy_votes_are_flipped_at_the_flip_rate():
         expected = q * (1 - eps) + (1 - q) * eps
         assert float((share - expected).mean()) == pytest.approx(0.0, abs=0.005)
         assert float(((share - expected) * (2 * q - 1)).mean()) == pytest.approx(0.0, abs=0.005)
+
+
+def test_aggregate_reads_an_undefined_value_the_same_before_and_after_results_json(tmp_path):
+    from smoothalign.io import atomic_write_json
+
+    runs = [
+        {"seed": s, "flip_rate": 0.2, "method": "dpo", "accuracy_true": 0.6 + 0.1 * s,
+         "q_hat_corr": math.nan if s == 0 else 0.5}
+        for s in range(2)
+    ]  # fmt: skip
+    atomic_write_json(tmp_path / "results.json", {"runs": runs})
+    reread = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert reread[0]["q_hat_corr"] is None  # NaN is written as null
+    assert pref.aggregate(runs) == pref.aggregate(reread)
+    assert pref.aggregate(runs)[0]["q_hat_corr_mean"] == 0.5

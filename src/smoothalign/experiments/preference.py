@@ -23,6 +23,7 @@ runs hundreds of fits, and ``transformers.Trainer``'s overhead would dominate at
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -627,7 +628,9 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for (eps, method), rs in sorted(groups.items(), key=lambda kv: kv[0][0]):
         row: dict[str, Any] = {"flip_rate": eps, "method": method, "seeds": len(rs)}
         for k in (*METRICS, *METRICS_EXTRA):
-            vals = [r[k] for r in rs if r.get(k) is not None]
+            # an undefined value (NaN; null once written to results.json) is left out, the
+            # same way in the run and in --from-results
+            vals = [r[k] for r in rs if r.get(k) is not None and not math.isnan(r[k])]
             if vals:
                 row[f"{k}_mean"], row[f"{k}_std"] = mean_std(vals)
         out.append(row)
