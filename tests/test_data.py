@@ -501,6 +501,23 @@ def test_a_merge_at_the_prompt_boundary_with_a_prepending_tokenizer_stays_a_bad_
         (0, "chosen", "chat_template_prefix")
     ]
     assert "prepends a space" in report.bad_rows[0].reason and len(report.examples) == 1
+    # the plain-text path too: "hi " + "Yes" would be trained as "hi  Yes" (SFT alike)
+    plain = [
+        plain_row(0, prompt="hi ", chosen="Yes", rejected="No"),
+        plain_row(1, prompt="hi", chosen=" Yes", rejected=" No"),
+    ]
+    report = validate_preference_rows(plain, tok, 64, on_bad_rows="skip")
+    assert [(b.row, b.field, b.code) for b in report.bad_rows] == [
+        (0, "chosen", "chat_template_prefix")
+    ]
+    assert "does the prompt end with a space" in report.bad_rows[0].reason
+    from smoothalign.sft.data import validate_sft_rows
+
+    sft = validate_sft_rows(
+        [{"prompt": "hi ", "completion": "Yes sir"}, {"prompt": "hi", "completion": " Yes"}],
+        tok, 64, "skip",
+    )  # fmt: skip
+    assert [(b.row, b.field) for b in sft.bad_rows] == [(0, "completion")]
 
 
 def test_added_special_tokens_count_as_special_text_too():

@@ -108,7 +108,9 @@ def tokenize_preference(
         RowTokenizationError: the chat template fails or breaks the prefix property.
     """
     if isinstance(prompt, str):
-        prompt_ids, responses = _tokenize_plain(prompt, [chosen, rejected], tokenizer)
+        prompt_ids, responses = _tokenize_plain(
+            prompt, [chosen, rejected], ("chosen", "rejected"), tokenizer
+        )
     else:
         prompt_ids, responses = _tokenize_conversation(
             list(prompt), [list(chosen), list(rejected)], ("chosen", "rejected"), tokenizer
@@ -126,7 +128,7 @@ def tokenize_prompt_completion(
     :func:`tokenize_preference` (the completion is a response). ``field`` names the
     completion in a ``RowTokenizationError``."""
     if isinstance(prompt, str):
-        prompt_ids, responses = _tokenize_plain(prompt, [completion], tokenizer)
+        prompt_ids, responses = _tokenize_plain(prompt, [completion], (field,), tokenizer)
     else:
         prompt_ids, responses = _tokenize_conversation(
             list(prompt), [list(completion)], (field,), tokenizer
@@ -271,14 +273,22 @@ def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
 
 
 def _tokenize_plain(
-    prompt: str, responses_text: list[str], tokenizer: Any
+    prompt: str, responses_text: list[str], names: Sequence[str], tokenizer: Any
 ) -> tuple[list[int], list[list[int]]]:
     n = len(responses_text)
     texts = [prompt, *responses_text, *(prompt + r for r in responses_text)]
     prompt_ids, *rest = _encode(tokenizer, texts)
     responses = []
-    for alone, joint in zip(rest[:n], rest[n:], strict=True):
+    for name, alone, joint in zip(names, rest[:n], rest[n:], strict=True):
         in_context = joint[: len(prompt_ids)] == prompt_ids and len(joint) > len(prompt_ids)
+        if not in_context:  # a token merges across the boundary: the response on its own,
+            # unless that gains a space (a prompt ending in " " with Llama-2's tokenizer)
+            _refuse_split_if_prepending(
+                tokenizer,
+                name,
+                "a token merges across the prompt/response boundary (does the prompt end "
+                "with a space? move it to the start of the response)",
+            )
         responses.append(joint[len(prompt_ids) :] if in_context else alone)
     bos = tokenizer.bos_token_id
     if bos is not None and prompt_ids[:1] != [bos]:
