@@ -188,3 +188,20 @@ def test_token_metrics_are_the_per_token_means_and_the_smoothed_loss():
         if (bins == b).any()
     )
     assert got["top1_ece"] == pytest.approx(ece)
+
+
+def test_under_bf16_autocast_both_paths_use_float32_logits_of_the_rounded_inputs():
+    """The plain path's logits were a bf16 product (every logit rounded to 8 bits) while the
+    fused path computes them in float32 from the same bf16-rounded inputs: two objectives."""
+    hidden, weight, bias = _batch()
+    hidden, weight = 8 * hidden, 4 * weight  # logits of tens, as an LM's: bf16 steps of 0.125+
+    rounded = hidden.bfloat16(), weight.bfloat16()
+    expected = _reference(*rounded, LABELS, 0.1, bias=bias)  # float64 on the rounded inputs
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = sft_loss(hidden, weight, LABELS, label_smoothing=0.1, bias=bias, reduction="none")
+        fused = sft_loss(
+            hidden, weight, LABELS, label_smoothing=0.1, bias=bias, reduction="none", fused=True
+        )
+    keep = LABELS[:, 1:].reshape(-1) != -100
+    for got in (plain, fused):
+        np.testing.assert_allclose(got.reshape(-1)[keep].double().numpy(), expected, rtol=1e-5)

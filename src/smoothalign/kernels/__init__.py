@@ -42,6 +42,7 @@ GRAD_FILTERS = ("auto", "off")
 __all__ = [
     "GRAD_FILTERS",
     "IMPLS",
+    "autocast_inputs",
     "check_filter_eps",
     "filter_eps_for",
     "linear_cross_entropy",
@@ -138,7 +139,7 @@ def _check(
         )
 
 
-def _autocast_inputs(e: Tensor, c: Tensor):
+def autocast_inputs(e: Tensor, c: Tensor):
     """Under autocast, cast ``e`` and ``c`` as autocast would for the eager ``e @ c.T``
     (float64 is not eligible: autocast leaves it alone). The bias keeps its dtype, as in the
     eager ``e @ c.T + bias``, whose sum promotes to the bias's float32."""
@@ -165,7 +166,7 @@ def _token_losses(
 ) -> Tensor:
     """Per-token losses ``[N]`` of flat inputs, 0 for ignored tokens."""
     which = _resolve_impl(impl, e)
-    e, c = _autocast_inputs(e, c)
+    e, c = autocast_inputs(e, c)
     with torch.autocast(e.device.type, enabled=False):
         if which == "triton":
             from smoothalign.kernels.triton_lce import triton_token_losses

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from smoothalign.kernels import linear_cross_entropy
+from smoothalign.kernels import autocast_inputs, linear_cross_entropy
 
 IGNORE_INDEX = -100
 REDUCTIONS = ("mean", "sum", "none")
@@ -43,11 +43,14 @@ def head_logits(
     e: Tensor, head_weight: Tensor, bias: Tensor | None = None, softcap: float | None = None
 ) -> Tensor:
     """``z = e·Cᵀ (+ b)``, then ``softcap·tanh(z / softcap)`` where the model caps its logits
-    (Gemma 2). float32 at least, whatever the autocast: the loss needs an accurate ``lse``
-    (float64 stays float64)."""
-    z = F.linear(e, head_weight, bias)
-    if z.dtype != torch.float64:
-        z = z.float()
+    (Gemma 2). Computed in float32 (float64 stays float64) from the inputs as autocast
+    would round them, whatever the autocast: the loss needs an accurate ``lse``, and so the
+    fused kernels' arithmetic is matched (a bf16 product rounds every logit to 8 bits)."""
+    e, head_weight = autocast_inputs(e, head_weight)
+    acc = torch.float64 if torch.float64 in (e.dtype, head_weight.dtype) else torch.float32
+    with torch.autocast(e.device.type, enabled=False):
+        b = bias.to(acc) if bias is not None else None
+        z = F.linear(e.to(acc), head_weight.to(acc), b)
     if softcap is not None:
         z = softcap * torch.tanh(z / softcap)
     return z
