@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -377,8 +378,16 @@ def test_data_split_values_other_than_train_and_eval_are_refused(tmp_path):
     for i, r in enumerate(rows):
         r["split"] = ["train", "eval", "test", "train"][i % 4]
     data = write_jsonl(rows, tmp_path / "split.jsonl")
-    with pytest.raises(ValueError, match=r"split: .*'test': 2"):
+    with pytest.raises(ValueError, match=r"2 of 8 rows are invalid") as err:
         run_dpo(_config(data, tmp_path / "run", eval_data=None, max_steps=1))
+    assert "split.jsonl row 2, field 'split': 'test'; every row's split must be" in str(err.value)
+    # ... bad rows like any other: --on-bad-rows skip drops and lists them
+    run_dpo(_config(data, tmp_path / "run", eval_data=None, max_steps=1, on_bad_rows="skip"))
+    validation = json.loads((tmp_path / "run" / "validation.json").read_text())["train"]
+    assert [(b["row"], b["code"]) for b in validation["bad_rows"]] == [
+        (2, "bad_split"),
+        (6, "bad_split"),
+    ]
 
 
 def test_resume_refuses_other_cals_options(noisy_data, tmp_path):

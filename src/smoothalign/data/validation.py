@@ -73,6 +73,7 @@ BAD_ROW_CODES = {
     "empty_prompt": "no prompt tokens (empty prompt, no BOS): the responses could not be scored",
     "prompt_too_long": "the prompt alone has >= max_length tokens",
     "chat_template_error": "the chat template raised an error",
+    "bad_split": "the split column holds something other than 'train' or 'eval'",
     "chat_template_prefix": "the chat template breaks the prompt-prefix property",
     "special_token_in_text": "a message's content holds a special-token string of the tokenizer",
 }

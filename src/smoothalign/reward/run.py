@@ -165,8 +165,8 @@ def load_reward_data(
     train_ex, eval_ex, info, md, split_notes = split_validated(
         report,
         eval_report,
-        lambda ex: ex.pair.metadata,
-        lambda ex: ex.pair.row,
+        lambda ex: ex.pair,
+        config.on_bad_rows,
         config.eval_fraction,
         config.seed,
     )

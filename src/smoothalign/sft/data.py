@@ -72,6 +72,7 @@ SFT_BAD_ROW_CODES = {
     "empty_text": "'text' is empty or whitespace only, or has under two tokens",
     "prompt_too_long": "no completion token fits in max_length after the prompt",
     "chat_template_error": "the chat template raised an error",
+    "bad_split": "the split column holds something other than 'train' or 'eval'",
     "chat_template_prefix": "the chat template breaks the prefix property",
     "special_token_in_text": "a message's content holds a special-token string of the tokenizer",
 }

@@ -236,8 +236,8 @@ def _load_data(
     train_ex, eval_ex, info, md, split_notes = split_validated(
         report,
         eval_report,
-        lambda ex: ex.metadata,
-        lambda ex: ex.row,
+        lambda ex: ex,
+        config.on_bad_rows,
         config.eval_fraction,
         config.seed,
     )
