@@ -29,6 +29,39 @@ CASES = [
     (["rank-calibrate", "--learning-rate", "inf"], "learning_rate: must be a finite number"),
     (["rank-calibrate", "--reward-model", "/no/such/reward_model"], "/no/such/reward_model"),
     (["eval", "calibration", "--model", "/no/such/model", "--tasks", MISSING], MISSING),
+    # schedules the run could not build: refused before the model (and the earlier results)
+    (
+        ["dpo", "--model", "/no/such/model", "--lr-scheduler", "warmup_stable_decay"],
+        "lr_scheduler: 'warmup_stable_decay' cannot be used here",
+    ),
+    (
+        ["sft", "--model", "/no/such/model", "--lr-scheduler", "cosine_with_min_lr"],
+        "lr_scheduler: 'cosine_with_min_lr' cannot be used here",
+    ),
+    (
+        [
+            "reward",
+            "--model",
+            "/no/such/model",
+            "--lr-scheduler",
+            "polynomial",
+            "--learning-rate",
+            "1e-8",
+        ],
+        "must be smaller than initial lr",
+    ),
+    (
+        [
+            "dpo",
+            "--model",
+            "/no/such/model",
+            "--lr-scheduler",
+            "constant",
+            "--lr-warmup-steps",
+            "3",
+        ],
+        "'constant' ignores --lr-warmup-steps (3)",
+    ),
 ]
 
 

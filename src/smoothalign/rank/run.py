@@ -221,7 +221,7 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     _refuse_an_earlier_final_left_beside(config, out)
     out.mkdir(parents=True, exist_ok=True)
     bf16 = resolve_bf16(config.precision)
-    check_scheduler(config.lr_scheduler)
+    check_scheduler(config)
     set_seed(config.seed)
     notes: list[str] = []
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -192,7 +192,7 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
     set_seed(config.seed)  # python, numpy and torch: the score head's initialisation
     notes: list[str] = []
     bf16 = resolve_bf16(config.precision)
-    check_scheduler(config.lr_scheduler)
+    check_scheduler(config)
     check_paths_exist(  # a mistyped path fails before the model loads
         data=config.data,
         eval_data=config.eval_data,

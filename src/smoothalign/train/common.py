@@ -48,15 +48,36 @@ def resolve_bf16(precision: str) -> bool:
     return precision == "bf16" or (precision == "auto" and supported)
 
 
-def check_scheduler(name: str) -> None:
-    """Fail before any model is loaded on a scheduler ``transformers`` does not know, or one
-    that needs an evaluation metric (our evaluation logs calibration, not a loss)."""
+def check_scheduler(config: Any) -> None:
+    """Fail before any model is loaded on a learning-rate schedule the run could not build:
+    a scheduler ``transformers`` does not know, one that needs an evaluation metric (our
+    evaluation logs calibration, not a loss), one that needs options the CLI does not pass
+    (``cosine_with_min_lr``: ``min_lr``), one that refuses the numbers (``polynomial``
+    with a learning rate under its 1e-7 floor), or warm-up steps that ``constant`` ignores.
+    Reads ``config.lr_scheduler``, ``learning_rate``, ``lr_warmup_steps`` and ``max_steps``."""
+    from transformers import get_scheduler
     from transformers.trainer_utils import SchedulerType
 
+    name = config.lr_scheduler
     needs_metric = ("reduce_lr_on_plateau", "greedy")
     names = [s.value for s in SchedulerType if s.value not in needs_metric]
     if name not in names:
         raise ValueError(f"lr_scheduler: {name!r} is not supported; choose one of {names}")
+    if name == "constant" and config.lr_warmup_steps > 0:
+        raise ValueError(
+            f"lr_scheduler: 'constant' ignores --lr-warmup-steps ({config.lr_warmup_steps}); "
+            "use 'constant_with_warmup', or pass --lr-warmup-steps 0"
+        )
+    probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.learning_rate)
+    try:
+        get_scheduler(
+            name,
+            probe,
+            num_warmup_steps=config.lr_warmup_steps,
+            num_training_steps=getattr(config, "max_steps", None) or 1000,  # rank: epochs
+        )
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"lr_scheduler: {name!r} cannot be used here: {err}") from None
 
 
 def _checkpointing_arguments(on: bool) -> dict[str, Any]:

@@ -82,7 +82,7 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     notes: list[str] = []
     device_is_cuda = torch.cuda.is_available()
     bf16 = resolve_bf16(config.precision)
-    check_scheduler(config.lr_scheduler)
+    check_scheduler(config)
 
     rows, eval_rows, data_notes = _read_data(config)  # a bad file fails before the model loads
     model, tokenizer, validated = load_checked(  # bad rows too, before the weights if it can
