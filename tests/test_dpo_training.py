@@ -429,10 +429,36 @@ def test_resume_refuses_a_changed_training_option_before_the_model_loads(
         run_dpo(_config(noisy_data, out, resume="latest", beta=0.5, batch_size=4, **kw))
     with pytest.raises(ValueError, match="resume: no checkpoint folder"):
         run_dpo(_config(noisy_data, out, resume=str(tmp_path / "nope"), **kw))
+    with pytest.raises(ValueError, match="is at step 2, past --max-steps 1"):
+        run_dpo(_config(noisy_data, out, resume="latest", **{**kw, "max_steps": 1}))
+    # another run's folder: its checkpoints and metrics would mix with this lineage's
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(ValueError, match="holds another run's outputs .*metrics.jsonl"):
+        run_dpo(_config(noisy_data, other, resume=str(out / "checkpoint-2"), **kw))
     monkeypatch.undo()
-    result = run_dpo(_config(noisy_data, out, resume="latest", logging_steps=1,
-                             **{**kw, "max_steps": 3}))  # fmt: skip
+    (out / "report.md").write_text("the 2-step run's report")  # as a report=True run leaves
+    result = run_dpo(_config(noisy_data, out, resume="latest", logging_steps=4, report=False,
+                             **{**kw, "max_steps": 4}))  # fmt: skip
     assert any("checkpoint-2" in n for n in result.notes)
+    assert not (out / "report.md").exists()  # the 2-step run's report would pass for this one
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    step4 = [r for r in records if r["split"] == "train" and r["step"] == 4 and "loss" in r]
+    assert len(step4) == 1 and step4[0]["partial_window"] is True  # steps 3-4 only, not 1-4
+
+
+def test_resume_refuses_a_new_max_steps_under_a_schedule_that_follows_it(tmp_path):
+    from smoothalign.train.checkpoints import check_resume_config
+
+    saved = tmp_path / "config.json"
+    base = {"max_steps": 6, "lr_scheduler": "linear", "beta": 0.1}
+    saved.write_text(json.dumps(base))
+    with pytest.raises(ValueError, match="--max-steps 6 -> 9 with --lr-scheduler linear"):
+        check_resume_config(saved, {**base, "max_steps": 9})
+    check_resume_config(saved, base)  # unchanged: fine
+    saved.write_text(json.dumps({**base, "lr_scheduler": "constant_with_warmup"}))
+    check_resume_config(saved, {**base, "lr_scheduler": "constant_with_warmup", "max_steps": 9})
 
 
 def test_resume_reads_relative_paths_against_the_launch_directory(

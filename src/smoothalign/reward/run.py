@@ -36,7 +36,7 @@ from smoothalign.reward.data import (
 )
 from smoothalign.reward.trainer import RewardTrainer, reward_metrics
 from smoothalign.train.checkpoints import (
-    clear_if_fresh,
+    clear_before_run,
     prepare_output_dir,
     run_config_record,
     save_smoothing_state,
@@ -228,7 +228,7 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
     )
     main_process = trainer.is_world_process_zero()
     if main_process:
-        clear_if_fresh(out, config.resume)  # checks passed, models loaded: the run is on
+        clear_before_run(out, config.resume)  # checks passed, models loaded: the run is on
         atomic_write_json(out / "config.json", run_config_record(config))
         atomic_write_json(out / "validation.json", info)
 

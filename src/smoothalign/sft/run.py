@@ -31,7 +31,7 @@ from smoothalign.sft.data import (
 )
 from smoothalign.sft.trainer import SFTTrainer
 from smoothalign.train.checkpoints import (
-    clear_if_fresh,
+    clear_before_run,
     prepare_output_dir,
     run_config_record,
     train_with_resume,
@@ -147,7 +147,7 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
     )
     main_process = trainer.is_world_process_zero()
     if main_process:
-        clear_if_fresh(out, config.resume)  # checks passed, models loaded: the run is on
+        clear_before_run(out, config.resume)  # checks passed, models loaded: the run is on
         atomic_write_json(out / "config.json", run_config_record(config))
         atomic_write_json(out / "validation.json", info)
 

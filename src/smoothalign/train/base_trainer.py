@@ -94,6 +94,9 @@ class SmoothingTrainer(Trainer):
             tail: dict[str, Any] = {"partial_window": True}
             self._write_record("train", tail, self._summarised("train", tail))
         extra = self._summarised(split, logs)
+        if split == "train" and getattr(self, "resumed_mid_window", False):
+            extra["partial_window"] = True  # its window began before the checkpoint
+            self.resumed_mid_window = False
         super().log(logs, start_time)
         self._write_record(split, logs, extra)
 

@@ -72,6 +72,12 @@ RESUMABLE_OPTIONS = frozenset(
         "gradient_checkpointing",
     }
 )  # fmt: skip
+SCHEDULES_OF_MAX_STEPS = frozenset(
+    {"linear", "cosine", "cosine_with_restarts", "polynomial", "cosine_with_min_lr",
+     "cosine_warmup_with_min_lr", "warmup_stable_decay"}
+)  # fmt: skip
+"""Learning-rate schedules computed from the total steps: ``max_steps`` may not change on a
+resume under them (``constant``, ``constant_with_warmup``, ``inverse_sqrt`` ignore it)."""
 _PATH_OPTIONS = ("model", "data", "eval_data", "labels", "eval_labels")
 
 
@@ -80,7 +86,7 @@ def prepare_output_dir(
 ) -> None:
     """Keep two runs from mixing in one ``output_dir``, and check a resume before anything
     loads. Deletes nothing: a run refused later (a bad option, bad rows) leaves the earlier
-    run's results alone; :func:`clear_if_fresh` clears them once the run is under way.
+    run's results alone; :func:`clear_before_run` clears them once the run is under way.
 
     A fresh run (no ``resume``) into a folder holding an earlier run's ``checkpoint-N``
     folders is refused: its saves would land among them, and a later ``--resume latest``
@@ -93,9 +99,23 @@ def prepare_output_dir(
     folder = resolve_resume(resume, root)  # a bad --resume fails here, not after loading
     if folder is not None and config is not None:
         check_resume_config(folder.parent / "config.json", config)
+        step = checkpoint_step(folder)
+        max_steps = config.get("max_steps")
+        if step is not None and isinstance(max_steps, int) and step > max_steps:
+            raise ValueError(
+                f"resume: {folder} is at step {step}, past --max-steps {max_steps}: nothing "
+                "would be trained, and the results would be the checkpoint's"
+            )
     if not root.is_dir():
         return
     earlier = _checkpoint_folders(root)
+    outside = folder is not None and folder.resolve().parent != root.resolve()
+    if outside and (earlier or (root / "metrics.jsonl").is_file()):
+        what = ", ".join(c.name for c in earlier[-3:]) or "metrics.jsonl"
+        raise ValueError(
+            f"output_dir: {root} holds another run's outputs ({what}); resuming {folder} "
+            "there would mix the two runs' checkpoints and metrics: pass a new --output-dir"
+        )
     if resume is None and earlier:
         names = ", ".join(c.name for c in earlier[-3:])
         raise ValueError(
@@ -103,6 +123,18 @@ def prepare_output_dir(
             "pass --resume latest to continue that run, or another --output-dir (or delete "
             "them) to start a new one"
         )
+
+
+def checkpoint_step(folder: str | Path) -> int | None:
+    """The step a certified checkpoint was saved at (its marker's ``global_step``)."""
+    import json
+
+    try:
+        step = json.loads((Path(folder) / COMPLETE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = step.get("global_step") if isinstance(step, dict) else None
+    return value if isinstance(value, int) else None
 
 
 def run_config_record(config: Any) -> dict[str, Any]:
@@ -120,7 +152,9 @@ EARLIER_OUTPUTS = (
 not rewrite) they would pass for this run's."""
 
 
-def clear_earlier_outputs(output_dir: str | Path, *patterns: str) -> None:
+def clear_earlier_outputs(
+    output_dir: str | Path, *patterns: str, keep: tuple[str, ...] = ()
+) -> None:
     """Remove :data:`EARLIER_OUTPUTS` and the files matching ``patterns`` from
     ``output_dir`` (the main process only). The model folders are left: ``final/`` is
     swapped in whole at the end, checkpoints are guarded by :func:`prepare_output_dir`."""
@@ -128,20 +162,26 @@ def clear_earlier_outputs(output_dir: str | Path, *patterns: str) -> None:
         return
     root = Path(output_dir)
     for name in EARLIER_OUTPUTS:
-        (root / name).unlink(missing_ok=True)
+        if name not in keep:
+            (root / name).unlink(missing_ok=True)
     for pattern in patterns:
         for path in root.glob(pattern):
             if path.is_file():
                 path.unlink(missing_ok=True)
 
 
-def clear_if_fresh(output_dir: str | Path, resume: str | None) -> None:
-    """:func:`clear_earlier_outputs` for a run that starts fresh (no checkpoint to resume).
-    The runs call it once every check has passed and the models are loaded, just before
-    they write their own ``config.json``: a run refused earlier leaves the earlier results,
-    and one interrupted later leaves none of them beside its own configuration."""
+def clear_before_run(output_dir: str | Path, resume: str | None) -> None:
+    """:func:`clear_earlier_outputs` for a run about to start: a fresh one (no checkpoint to
+    resume) clears them all; a resumed one keeps ``metrics.jsonl``, which it continues, and
+    clears the rest, which it writes anew (a ``--no-report`` resume must not leave the old
+    report beside its results). The runs call it once every check has passed and the models
+    are loaded, just before they write their own ``config.json``: a run refused earlier
+    leaves the earlier results, and one interrupted later leaves none of them beside its
+    own configuration."""
     if resolve_resume(resume, output_dir) is None:
         clear_earlier_outputs(output_dir)
+    else:  # a resumed run continues metrics.jsonl and writes every other result anew
+        clear_earlier_outputs(output_dir, keep=("metrics.jsonl",))
 
 
 def check_resume_config(saved_path: Path, config: dict[str, Any]) -> None:
@@ -155,6 +195,15 @@ def check_resume_config(saved_path: Path, config: dict[str, Any]) -> None:
 
     saved = json.loads(saved_path.read_text(encoding="utf-8"))
     now = json.loads(json.dumps(config, default=str))  # as config.json would hold it
+    scheduler = now.get("lr_scheduler")
+    if saved.get("max_steps") != now.get("max_steps") and scheduler in SCHEDULES_OF_MAX_STEPS:
+        raise ValueError(
+            f"resume: --max-steps {saved.get('max_steps')} -> {now.get('max_steps')} with "
+            f"--lr-scheduler {scheduler}, whose learning rate follows max_steps: the resumed "
+            "steps would continue the old schedule and then jump onto the new one. Keep "
+            "--max-steps, or train with a schedule that does not depend on it "
+            "(constant_with_warmup, inverse_sqrt)"
+        )
     changed = []
     for key in sorted((saved.keys() | now.keys()) - RESUMABLE_OPTIONS):
         a, b = saved.get(key), now.get(key)
@@ -203,6 +252,11 @@ def train_with_resume(
         if smoothing_policy is not None:
             restore_smoothing_state(smoothing_policy, folder)
         notes.append(f"resumed from {folder}")
+        # the per-pair values buffered since the last log before the save are not in the
+        # checkpoint: the first record after it covers fewer steps, and says so
+        trainer.resumed_mid_window = (
+            checkpoint_step(folder) or 0
+        ) % trainer.args.logging_steps != 0
         # the resumed records start on a line of their own after a record a crash cut short
         if int(os.environ.get("RANK", "0")) == 0:
             _drop_partial_last_line(Path(output_dir) / "metrics.jsonl")

@@ -31,7 +31,7 @@ from smoothalign.data.report import format_bad_rows
 from smoothalign.io import atomic_write_json
 from smoothalign.models import load_model_and_tokenizer
 from smoothalign.train.checkpoints import (
-    clear_if_fresh,
+    clear_before_run,
     prepare_output_dir,
     run_config_record,
     save_smoothing_state,
@@ -159,7 +159,7 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
         callbacks=callbacks,
     )
     if trainer.is_world_process_zero():
-        clear_if_fresh(out, config.resume)  # checks passed, models loaded: the run is on
+        clear_before_run(out, config.resume)  # checks passed, models loaded: the run is on
         atomic_write_json(out / "config.json", run_config_record(config))
         atomic_write_json(out / "validation.json", validation)
 
