@@ -29,6 +29,9 @@ CASES = [
     (["rank-calibrate", "--learning-rate", "inf"], "learning_rate: must be a finite number"),
     (["rank-calibrate", "--reward-model", "/no/such/reward_model"], "/no/such/reward_model"),
     (["eval", "calibration", "--model", "/no/such/model", "--tasks", MISSING], MISSING),
+    # LoRA options that would change nothing
+    (["dpo", "--model", "/no/such/model", "--no-lora", "--lora-r", "8"], "lora_r: a LoRA option"),
+    (["reward", "--model", "/no/such/model", "--lora-alpha", "8"], "lora_alpha: a LoRA option"),
     # schedules the run could not build: refused before the model (and the earlier results)
     (
         ["dpo", "--model", "/no/such/model", "--lr-scheduler", "warmup_stable_decay"],

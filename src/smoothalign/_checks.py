@@ -127,3 +127,18 @@ def check_lean_layers(value: Any) -> str:
     if value not in LEAN_LAYERS:
         raise ValueError(f"lean_layers: {value!r}; choose one of {LEAN_LAYERS}")
     return value
+
+
+def check_lora_options(config: object) -> None:
+    """``lora_r`` / ``lora_alpha`` set away from their defaults while ``config.lora`` is off
+    would be recorded in ``config.json`` and change nothing: refused."""
+    import dataclasses
+
+    if config.lora:
+        return
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    for name in ("lora_r", "lora_alpha"):
+        if getattr(config, name) != defaults[name]:
+            raise ValueError(
+                f"{name}: a LoRA option, but LoRA is off (pass --lora, or leave it at its default)"
+            )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from smoothalign._checks import check_finite_fields
+from smoothalign._checks import check_finite_fields, check_lora_options
 from smoothalign.io import config_to_dict
 from smoothalign.reward.objective import POSTERIOR_LOSSES, REWARD_LOSSES
 from smoothalign.train.common import calibrator_options, smoothing_policy
@@ -75,6 +75,7 @@ class RewardConfig:
 
     def validate(self) -> None:
         check_finite_fields(self)
+        check_lora_options(self)
         if self.loss not in REWARD_LOSSES:
             raise ValueError(f"loss: unknown {self.loss!r}; choose one of {list(REWARD_LOSSES)}")
         if self.posterior and self.loss not in POSTERIOR_LOSSES:

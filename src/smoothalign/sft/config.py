@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from smoothalign._checks import check_finite_fields, check_lean_layers
+from smoothalign._checks import check_finite_fields, check_lean_layers, check_lora_options
 from smoothalign.io import config_to_dict
 from smoothalign.kernels import filter_eps_for
 
@@ -64,6 +64,7 @@ class SFTConfig:
 
     def validate(self) -> None:
         check_finite_fields(self)
+        check_lora_options(self)
         checks = {
             "label_smoothing": 0.0 <= self.label_smoothing <= 1.0,
             "max_steps": self.max_steps > 0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from smoothalign._checks import check_finite_fields, check_lean_layers
+from smoothalign._checks import check_finite_fields, check_lean_layers, check_lora_options
 from smoothalign.io import config_to_dict
 from smoothalign.kernels import filter_eps_for
 from smoothalign.losses import LOSSES
@@ -83,6 +83,7 @@ class DPOConfig:
 
     def validate(self) -> None:
         check_finite_fields(self)
+        check_lora_options(self)
         if self.loss not in LOSSES:
             raise ValueError(f"loss: unknown {self.loss!r}; choose one of {sorted(LOSSES)}")
         self.smoothing_policy()  # raises on a bad name or option
