@@ -93,8 +93,14 @@ def test_resume_equals_uninterrupted(noisy_data, tmp_path):
     (crashed / "checkpoint-4" / "smoothalign_complete.json").unlink()
     assert latest_complete_checkpoint(crashed).name == "checkpoint-3"
 
+    logged = (crashed / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(logged[-1])["step"] == 4  # the crash came before step 5 was logged
     result = run_dpo(_config(noisy_data, crashed, resume="latest", **kw))
     assert any("checkpoint-3" in n for n in result.notes)
+    assert any("1 record(s) of the interrupted run after step 3 removed" in n for n in result.notes)
+    records = [json.loads(line) for line in (crashed / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if r["split"] == "train" and "loss" in r]
+    assert train_steps == list(range(1, 9))  # each step once: the rolled-back 4 is gone
 
     a = load_file(tmp_path / "straight" / "final" / "model.safetensors")
     b = load_file(crashed / "final" / "model.safetensors")

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from smoothalign.io import atomic_write_bytes
+from smoothalign.io import atomic_write_bytes, atomic_write_text
 
 COMPLETE_MARKER = "smoothalign_complete.json"
 SMOOTHING_STATE = "smoothing_state.pt"
@@ -242,6 +242,28 @@ def _drop_partial_last_line(path: Path) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
+def _drop_records_after(path: Path, step: int) -> int:
+    """Remove from ``path`` the records logged after ``step`` (rewritten atomically; lines
+    that are not records are kept); how many were removed."""
+    import json
+
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").split("\n")[:-1]:  # ends with a newline
+        try:
+            later = json.loads(line)["step"] > step
+        except (ValueError, KeyError, TypeError):
+            later = False
+        if later:
+            dropped += 1
+        else:
+            kept.append(line + "\n")
+    if dropped:
+        atomic_write_text(path, "".join(kept))
+    return dropped
+
+
 def train_with_resume(
     trainer, resume: str | None, output_dir: str | Path, notes: list[str], smoothing_policy=None
 ) -> float:
@@ -257,9 +279,19 @@ def train_with_resume(
         trainer.resumed_mid_window = (
             checkpoint_step(folder) or 0
         ) % trainer.args.logging_steps != 0
-        # the resumed records start on a line of their own after a record a crash cut short
         if int(os.environ.get("RANK", "0")) == 0:
-            _drop_partial_last_line(Path(output_dir) / "metrics.jsonl")
+            # the resumed records start on a line of their own after a record a crash cut
+            # short, and the interrupted run's records past the checkpoint describe steps
+            # that are trained again: they go, so that no step is in the file twice
+            metrics = Path(output_dir) / "metrics.jsonl"
+            _drop_partial_last_line(metrics)
+            step = checkpoint_step(folder)
+            dropped = _drop_records_after(metrics, step) if step is not None else 0
+            if dropped:
+                notes.append(
+                    f"metrics.jsonl: {dropped} record(s) of the interrupted run after step "
+                    f"{step} removed (those steps were trained again)"
+                )
     elif resume == "latest":
         notes.append("--resume latest: no complete checkpoint yet, started fresh")
     t0 = time.perf_counter()
