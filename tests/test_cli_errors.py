@@ -29,6 +29,7 @@ CASES = [
     (["rank-calibrate", "--learning-rate", "inf"], "learning_rate: must be a finite number"),
     (["rank-calibrate", "--reward-model", "/no/such/reward_model"], "/no/such/reward_model"),
     (["eval", "calibration", "--model", "/no/such/model", "--tasks", MISSING], MISSING),
+    (["sft", "--model", "/no/such/model", "--seed", "-1"], "seed: invalid value -1"),
     # LoRA options that would change nothing
     (["dpo", "--model", "/no/such/model", "--no-lora", "--lora-r", "8"], "lora_r: a LoRA option"),
     (["reward", "--model", "/no/such/model", "--lora-alpha", "8"], "lora_alpha: a LoRA option"),

@@ -73,6 +73,7 @@ class RankConfig:
         if self.decoding not in DECODINGS:
             raise ValueError(f"decoding: unknown {self.decoding!r}; choose one of {DECODINGS}")
         checks = {
+            "seed": 0 <= self.seed < 2**32,  # what torch and NumPy accept
             "num_candidates": self.num_candidates >= 2,
             "temperature": self.temperature > 0,
             "top_k": self.top_k >= 0,

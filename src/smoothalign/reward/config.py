@@ -87,6 +87,7 @@ class RewardConfig:
             raise ValueError("posterior_grad: only meaningful with --posterior")
         self.smoothing_policy()  # raises on a bad name or option
         checks = {
+            "seed": 0 <= self.seed < 2**32,  # what torch and NumPy accept
             "margin": self.margin >= 0,
             "center_weight": self.center_weight >= 0,
             # > 0: reverse KL is always logged, and a unanimous vote (0/1) would make it

@@ -66,6 +66,7 @@ class SFTConfig:
         check_finite_fields(self)
         check_lora_options(self)
         checks = {
+            "seed": 0 <= self.seed < 2**32,  # what torch and NumPy accept
             "label_smoothing": 0.0 <= self.label_smoothing <= 1.0,
             "max_steps": self.max_steps > 0,
             "learning_rate": self.learning_rate > 0,

@@ -101,6 +101,7 @@ class DPOConfig:
         if self.flip_rate is not None and not 0.0 <= self.flip_rate < 0.5:
             raise ValueError(f"flip_rate: must lie in [0, 0.5), got {self.flip_rate}")
         checks = {
+            "seed": 0 <= self.seed < 2**32,  # what torch and NumPy accept
             "beta": self.beta > 0,
             "max_steps": self.max_steps > 0,
             "learning_rate": self.learning_rate > 0,
