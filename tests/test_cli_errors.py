@@ -114,6 +114,17 @@ def test_a_command_group_alone_prints_its_own_commands(capsys):
     assert "rank-calibrate" in capsys.readouterr().out
 
 
+def test_an_empty_data_file_is_named(tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    assert main(["dpo", "--eval-data", str(empty), "--output-dir", str(tmp_path / "o")]) == 2
+    assert f"eval_data: {empty} holds no rows" in capsys.readouterr().err
+    assert main(["sft", "--data", str(empty), "--output-dir", str(tmp_path / "o")]) == 2
+    assert f"no SFT rows to validate in {empty}" in capsys.readouterr().err
+    assert main(["reward", "--data", str(empty), "--output-dir", str(tmp_path / "o")]) == 2
+    assert f"no preference rows to validate in {empty}" in capsys.readouterr().err
+
+
 def test_an_empty_path_is_refused_not_read_as_the_current_folder(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["dpo", "--data", ""])

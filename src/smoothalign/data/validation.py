@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
@@ -204,10 +205,12 @@ def validate_rows(
         raise ValueError(f"on_bad_rows: expected 'error' or 'skip', got {on_bad_rows!r}")
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
         raise ValueError(f"max_length: expected an int >= 2, got {max_length!r}")
-    if not isinstance(rows, list):
-        rows = load(rows)
+    source = None if isinstance(rows, list) else rows
+    if source is not None:
+        rows = load(source)
     if not rows:
-        raise ValueError(f"no {what} rows to validate")
+        where = f" in {source}" if isinstance(source, str | os.PathLike) else ""
+        raise ValueError(f"no {what} rows to validate{where}")
 
     kind, kind_note = data_kind(rows, kind_fields)
     check_tokenizer(tokenizer, kind, what, eos_use)

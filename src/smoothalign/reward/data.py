@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -373,9 +374,11 @@ def validate_reward_rows(
     """
     if on_bad_rows not in ("error", "skip"):
         raise ValueError(f"on_bad_rows: expected 'error' or 'skip', got {on_bad_rows!r}")
+    source = rows
     rows = load_preference_rows(rows)  # labels every row with its "_row" (lists included)
     if not rows:
-        raise ValueError("no preference rows to validate")
+        where = f" in {source}" if isinstance(source, str | os.PathLike) else ""
+        raise ValueError(f"no preference rows to validate{where}")
     source = None
     if labels is not None:
         source = "labels" if isinstance(labels, list) else _short(str(labels))

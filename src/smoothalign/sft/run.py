@@ -26,7 +26,6 @@ from smoothalign.sft.data import (
     SFTDataset,
     SFTExample,
     embedded_sft_rows,
-    load_sft_rows,
     validate_sft_rows,
 )
 from smoothalign.sft.trainer import SFTTrainer
@@ -75,12 +74,12 @@ def load_sft_data(
             "responses as completions"
         )
     else:
-        rows = load_sft_rows(config.data)
+        rows = config.data  # validation loads it (and names it if it holds no row)
     report = validate_sft_rows(rows, tokenizer, config.max_length, config.on_bad_rows)
     eval_report = None
     if config.eval_data is not None:
         eval_report = validate_sft_rows(
-            load_sft_rows(config.eval_data), tokenizer, config.max_length, config.on_bad_rows
+            config.eval_data, tokenizer, config.max_length, config.on_bad_rows
         )
     train_ex, eval_ex, info, md, split_notes = split_validated(
         report,

@@ -219,6 +219,12 @@ def _read_data(config: DPOConfig) -> tuple[Any, Any, list[str]]:
         notes.append(f"data: the embedded controlled-sentiment set ({source.name})")
     rows = load_preference_rows(source)
     eval_rows = None if config.eval_data is None else load_preference_rows(config.eval_data)
+    for option, path, loaded in (
+        ("data", source, rows),
+        ("eval_data", config.eval_data, eval_rows),
+    ):
+        if loaded is not None and not loaded:
+            raise ValueError(f"{option}: {path} holds no rows")
     return rows, eval_rows, notes
 
 
