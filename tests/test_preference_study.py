@@ -184,6 +184,29 @@ def test_claim_without_a_constant_alpha_is_not_tested_rather_than_false():
     assert claim_check(_fake_results(0.65, 0.07))["tested"]
 
 
+def test_claim_table_counts_the_seeds_of_each_comparison_apart():
+    """DPO on seeds 0-1, the best constant on seed 0 only: each k/n has its own n."""
+    results = _fake_results(0.65, 0.07)
+    results["runs"] = [
+        r for r in results["runs"] if not (r["method"].startswith("cdpo-") and r["seed"] == 1)
+    ]
+    results["aggregates"] = pref.aggregate(results["runs"])
+    text = claim_markdown(claim_check(results))
+    row = next(line for line in text.splitlines() if "| accuracy_true | cals-l2-c1 |" in line)
+    assert "(2/2) |" in row and "(1/1) (cdpo-0.1)" in row
+
+
+def test_claim_with_only_warm_up_variants_says_no_variant_of_the_grid_ran():
+    results = _fake_results(0.70, 0.05)
+    for r in results["runs"]:
+        if r["method"] == "cals-l2-c1":
+            r["method"] = "cals-l2-c1-warmup"
+    results["aggregates"] = pref.aggregate(results["runs"])
+    text = claim_markdown(claim_check(results))
+    assert "no CALS variant of the grid ran" in text
+    assert "every such flip rate: none" in text  # the warm-up variant is not listed
+
+
 def test_claim_that_fails_against_dpo_does_not_hold_even_without_a_constant():
     results = _fake_results(0.55, 0.30)  # worse than DPO on both metrics
     results["runs"] = [r for r in results["runs"] if not r["method"].startswith("cdpo-")]

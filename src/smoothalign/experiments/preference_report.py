@@ -102,7 +102,7 @@ def claim_check(results: dict[str, Any]) -> dict[str, Any]:
                     row[f"vs_{label}"] = other
                     row[f"gain_vs_{label}_mean"], row[f"gain_vs_{label}_std"] = m, sd
                     row[f"seeds_at_least_{label}"] = sum(d >= 0 for d in diff)
-                    row["seeds"] = len(seeds)
+                    row[f"seeds_vs_{label}"] = len(seeds)  # each comparison its own
                 row["beats_dpo"] = row.get("gain_vs_dpo_mean", -1.0) > 0
                 row["matches_best_constant"] = row.get("gain_vs_best_constant_mean", -1.0) >= 0
                 rows.append(row)
@@ -153,7 +153,7 @@ def claim_markdown(check: dict[str, Any]) -> str:
                 continue
             text = (
                 f"{r[f'gain_vs_{label}_mean']:+.3f} ± {r[f'gain_vs_{label}_std']:.3f} "
-                f"({r[f'seeds_at_least_{label}']}/{r['seeds']})"
+                f"({r[f'seeds_at_least_{label}']}/{r[f'seeds_vs_{label}']})"
             )
             if label == "best_constant":
                 text += f" ({r['vs_best_constant']})"
@@ -161,8 +161,14 @@ def claim_markdown(check: dict[str, Any]) -> str:
         lines.append(
             f"| {r['flip_rate']:g} | {r['metric']} | {r['method']} | {cells[0]} | {cells[1]} |"
         )
-    winners = [m for m, ok in check["holds_per_variant"].items() if ok]
-    if not check.get("tested", True):
+    winners = [m for m, ok in check["holds_per_variant"].items() if ok and not is_extra(m)]
+    in_claim = [r for r in check["rows"] if not is_extra(r["method"])]
+    if not in_claim:
+        verdict = (
+            "**The claim was not tested**: no CALS variant of the grid ran (only warm-up "
+            "variants, which are outside it)"
+        )
+    elif not check.get("tested", True):
         verdict = (
             "**The claim was not tested**: DPO or a constant α did not run beside every CALS "
             "variant (a `—` above)"
