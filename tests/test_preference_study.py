@@ -216,7 +216,7 @@ def test_claim_that_fails_against_dpo_does_not_hold_even_without_a_constant():
     assert "The claim does not hold" in claim_markdown(check)
 
 
-def test_cli_quick_run_writes_every_output(tmp_path):
+def test_cli_quick_run_writes_every_output(tmp_path, monkeypatch):
     out = tmp_path / "study"
     code = main(
         ["study", "preference", "--quick", "--methods", "dpo,cdpo-0.1,cals-l2-c1,oracle-l2",
@@ -248,6 +248,10 @@ def test_cli_quick_run_writes_every_output(tmp_path):
     assert main([*rerender, "--output-dir", str(again)]) == 0
     assert (again / "table.md").read_text() == (out / "table.md").read_text()
     assert (again / "alpha_histograms.png").stat().st_size > 0
+    # an --output-dir equal to the default is honoured too (it was taken for "not given")
+    monkeypatch.chdir(tmp_path)
+    assert main([*rerender, "--output-dir", "outputs/preference"]) == 0
+    assert (tmp_path / "outputs" / "preference" / "table.md").is_file()
 
 
 def test_cli_rejects_bad_arguments(tmp_path, capsys):
@@ -259,6 +263,9 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
     assert main(["study", "preference", "--quick", "--workers", "0",
                  "--output-dir", str(tmp_path)]) == 2  # fmt: skip
     assert "--workers must be >= 1" in capsys.readouterr().err
+    export = ["study", "preference", "--quick", "--export-votes", str(tmp_path / "v.jsonl")]
+    assert main([*export, "--export-flip-rate", "0.7"]) == 2  # before the reference trains
+    assert "--export-flip-rate must lie in [0, 0.5)" in capsys.readouterr().err
 
 
 def test_reward_model_trained_on_the_worlds_votes_judges_the_study(tmp_path):

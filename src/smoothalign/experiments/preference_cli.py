@@ -27,7 +27,12 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR)
+    parser.add_argument(
+        "--output-dir",
+        default=None,
+        help=f"where the results go (default {DEFAULT_OUTPUT_DIR}; with --from-results, the "
+        "results' own folder)",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -133,6 +138,14 @@ def export_votes(args: argparse.Namespace, cfg) -> int:
     if args.annotators < 1:
         print("smoothalign study preference: --annotators must be >= 1", file=sys.stderr)
         return 2
+    if not 0 <= args.export_flip_rate < 0.5:  # as the study's flip rates (checked before the
+        # reference trains): at 0.5 or more most labels would point the wrong way
+        print(
+            "smoothalign study preference: --export-flip-rate must lie in [0, 0.5), got "
+            f"{args.export_flip_rate}",
+            file=sys.stderr,
+        )
+        return 2
     world = TokenWorld(cfg.world, cfg.seeds[0])
     rows = world.vote_rows(
         world.pairs(cfg.train_pairs, 1), args.annotators, flip_rate=args.export_flip_rate
@@ -163,7 +176,7 @@ def rerender(args: argparse.Namespace) -> int:
         return 2
     results["aggregates"] = preference.aggregate(results["runs"])
     results["claim"] = preference_report.claim_check(results)
-    out = Path(args.output_dir) if args.output_dir != DEFAULT_OUTPUT_DIR else source.parent
+    out = Path(args.output_dir) if args.output_dir is not None else source.parent
     out.mkdir(parents=True, exist_ok=True)
     table = preference_report.markdown_report(results)
     written = [
@@ -217,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
     if workers < 1:
         print("smoothalign study preference: --workers must be >= 1", file=sys.stderr)
         return 2
-    out = Path(args.output_dir)
+    out = Path(args.output_dir or DEFAULT_OUTPUT_DIR)
     out.mkdir(parents=True, exist_ok=True)
     n_runs = n_groups * len(cfg.ordered_methods())
     print(
