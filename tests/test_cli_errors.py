@@ -247,3 +247,24 @@ def test_the_reward_study_lets_option_errors_reach_the_cli(monkeypatch):
     monkeypatch.setenv("SMOOTHALIGN_DEBUG", "1")
     with pytest.raises(ValueError, match="n_train"):
         main(["study", "reward", "--quick", "--n-train", "-5"])
+
+
+def test_help_never_shows_a_none_default():
+    """A None default means "see the help text" (e.g. "default 10; --quick: 2"); printing
+    "(default: None)" beside it contradicted it."""
+    import argparse
+
+    from smoothalign.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    for path, _, _ in COMMANDS:
+        sub = parser
+        for name in path:
+            choices = next(
+                a for a in sub._actions if isinstance(a, argparse._SubParsersAction)
+            ).choices
+            sub = choices[name]
+        text = sub.format_help()
+        assert "(default: None)" not in text, path
+        if path == ("dpo",):  # real defaults are still shown
+            assert "(default: 0.1)" in " ".join(text.split())

@@ -107,11 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
             path[-1],
             help=help_text,
             description=help_text,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=DefaultsHelpFormatter,
         )
         leaf.set_defaults(_module=module, _command=" ".join(path))
         importlib.import_module(module).add_arguments(leaf)
     return parser
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except a ``None`` default (the help says what
+    happens then: "default 10; --quick: 2") and an empty help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or not action.help:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -610,19 +610,54 @@ def plot_convergence(results: dict[str, Any], n: int | None = None):
 
 # ----------------------------------------------------------------------------- command line
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d, q = RewardStudyConfig(), RewardStudyConfig.quick()
+
+    def default(name: str) -> str:
+        full, quick = getattr(d, name), getattr(q, name)
+        show = lambda v: " ".join(map(str, v)) if isinstance(v, tuple) else str(v)  # noqa: E731
+        return f"default {show(full)}" + (f"; --quick: {show(quick)}" if quick != full else "")
+
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke grid")
-    parser.add_argument("--output-dir", default="outputs/reward_study")
-    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 10)")
-    parser.add_argument("--annotators", type=int, nargs="+", default=None, help="K values")
-    parser.add_argument("--n-train", type=int, nargs="+", default=None, help="training sizes")
-    parser.add_argument("--dim", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--signal", type=float, default=None, help="‖θ*‖")
-    parser.add_argument("--temperature", type=float, default=None, help="annotators' τ")
-    parser.add_argument("--optimizer", choices=("adam", "sgd"), default=None)
-    parser.add_argument("--lr", type=float, default=None, help="peak step size")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--order", choices=("majority-first", "random"), default=None)
+    parser.add_argument("--output-dir", default="outputs/reward_study", help="where the results go")
+    parser.add_argument(
+        "--seeds", type=int, default=None, help=f"number of seeds ({len(d.seeds)}; --quick: "
+        f"{len(q.seeds)})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--annotators",
+        type=int,
+        nargs="+",
+        default=None,
+        help=f"K values ({default('annotators')})",
+    )
+    parser.add_argument(
+        "--n-train",
+        type=int,
+        nargs="+",
+        default=None,
+        help=f"training sizes ({default('n_train')})",
+    )
+    parser.add_argument(
+        "--dim", type=int, default=None, help=f"feature dimension ({default('dim')})"
+    )
+    parser.add_argument("--steps", type=int, default=None, help=f"({default('steps')})")
+    parser.add_argument("--signal", type=float, default=None, help=f"‖θ*‖ ({default('signal')})")
+    parser.add_argument(
+        "--temperature", type=float, default=None, help=f"annotators' τ ({default('temperature')})"
+    )
+    parser.add_argument(
+        "--optimizer", choices=("adam", "sgd"), default=None, help=f"({default('optimizer')})"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=None, help=f"peak step size, cosine decay ({default('lr')})"
+    )
+    parser.add_argument("--batch-size", type=int, default=None, help=f"({default('batch_size')})")
+    parser.add_argument(
+        "--order",
+        choices=("majority-first", "random"),
+        default=None,
+        help=f"how pairs are presented ({default('order')})",
+    )
     parser.add_argument(
         "--lm", action="store_true", help="also run the tiny-LM pipeline (minutes on CPU)"
     )
