@@ -244,3 +244,14 @@ def test_a_lora_run_saves_a_merged_model_that_scores_like_the_trained_adapter(tm
     base, _ = build_reward_model("tiny")  # the merge really carries the training
     base_scores = PreferenceModelScorer(base.eval(), tok, max_length=32)(prompts, texts)
     assert np.abs(got - base_scores).max() > 1e-4
+
+
+def test_generated_text_that_merges_with_its_prompt_is_scored_not_refused():
+    """Data with such a merge is a bad row (under a space-prepending tokenizer); a
+    generated candidate must still be scored, as it was, or rank-calibrate would stop."""
+    from tests.data_helpers import sentencepiece_like_tokenizer
+
+    tok = sentencepiece_like_tokenizer("llama2")
+    scorer = PreferenceModelScorer(model=None, tokenizer=tok, max_length=64)
+    ids = scorer.tokens("Answer: ", "Yes")
+    assert ids[-1] == tok.eos_token_id and len(ids) > 4

@@ -148,7 +148,7 @@ def test_config_refuses_values_sft_and_dpo_refuse(option, value):
     """A LoRA scale of 0 trains nothing; a save limit of 1 rotates the last certified
     checkpoint away before the new one is certified."""
     with pytest.raises(ValueError, match=f"{option}: invalid value"):
-        RewardConfig(model="tiny", **{option: value}).validate()
+        RewardConfig(model="tiny", lora=True, **{option: value}).validate()
 
 
 @pytest.mark.slow

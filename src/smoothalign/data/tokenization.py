@@ -98,18 +98,22 @@ def tokenize_preference(
     chosen: str | Sequence[Message],
     rejected: str | Sequence[Message],
     tokenizer: Any,
+    *,
+    strict: bool = True,
 ) -> tuple[list[int], list[int], list[int]]:
     """Untruncated ``(prompt_ids, chosen_ids, rejected_ids)`` for one well-formed pair.
 
     ``prompt``/``chosen``/``rejected`` are all strings (plain text) or all message lists
-    (conversational); see the module docstring for the conventions.
+    (conversational); see the module docstring for the conventions. ``strict=False`` (for
+    scoring generated text, not for data) lets a plain-text response that merges with its
+    prompt under a space-prepending tokenizer be tokenised on its own all the same.
 
     Raises:
         RowTokenizationError: the chat template fails or breaks the prefix property.
     """
     if isinstance(prompt, str):
         prompt_ids, responses = _tokenize_plain(
-            prompt, [chosen, rejected], ("chosen", "rejected"), tokenizer
+            prompt, [chosen, rejected], ("chosen", "rejected"), tokenizer, strict=strict
         )
     else:
         prompt_ids, responses = _tokenize_conversation(
@@ -273,7 +277,12 @@ def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
 
 
 def _tokenize_plain(
-    prompt: str, responses_text: list[str], names: Sequence[str], tokenizer: Any
+    prompt: str,
+    responses_text: list[str],
+    names: Sequence[str],
+    tokenizer: Any,
+    *,
+    strict: bool = True,
 ) -> tuple[list[int], list[list[int]]]:
     n = len(responses_text)
     texts = [prompt, *responses_text, *(prompt + r for r in responses_text)]
@@ -281,7 +290,7 @@ def _tokenize_plain(
     responses = []
     for name, alone, joint in zip(names, rest[:n], rest[n:], strict=True):
         in_context = joint[: len(prompt_ids)] == prompt_ids and len(joint) > len(prompt_ids)
-        if not in_context:  # a token merges across the boundary: the response on its own,
+        if not in_context and strict:  # a token merges across the boundary: the response alone,
             # unless that gains a space (a prompt ending in " " with Llama-2's tokenizer)
             _refuse_split_if_prepending(
                 tokenizer,

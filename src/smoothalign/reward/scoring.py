@@ -177,7 +177,8 @@ class PreferenceModelScorer:
             resp = response
         else:
             resp = [{"role": "assistant", "content": response}]
-        p_ids, r_ids, _ = tokenize_preference(prompt, resp, resp, self.tokenizer)
+        # generated text, not data: a merge at the prompt's end is scored, not refused
+        p_ids, r_ids, _ = tokenize_preference(prompt, resp, resp, self.tokenizer, strict=False)
         if len(p_ids) >= self.max_length:
             raise ValueError(
                 f"{WHAT}: a prompt of {len(p_ids)} tokens leaves no room for a response "
