@@ -97,7 +97,7 @@ def test_resume_equals_uninterrupted(noisy_data, tmp_path):
     assert json.loads(logged[-1])["step"] == 4  # the crash came before step 5 was logged
     result = run_dpo(_config(noisy_data, crashed, resume="latest", **kw))
     assert any("checkpoint-3" in n for n in result.notes)
-    assert any("1 record(s) of the interrupted run after step 3 removed" in n for n in result.notes)
+    assert any("1 record(s) of the earlier run after step 3" in n for n in result.notes)
     records = [json.loads(line) for line in (crashed / "metrics.jsonl").read_text().splitlines()]
     train_steps = [r["step"] for r in records if r["split"] == "train" and "loss" in r]
     assert train_steps == list(range(1, 9))  # each step once: the rolled-back 4 is gone
@@ -435,14 +435,17 @@ def test_resume_refuses_a_changed_training_option_before_the_model_loads(
         run_dpo(_config(noisy_data, out, resume="latest", beta=0.5, batch_size=4, **kw))
     with pytest.raises(ValueError, match="resume: no checkpoint folder"):
         run_dpo(_config(noisy_data, out, resume=str(tmp_path / "nope"), **kw))
-    with pytest.raises(ValueError, match="is at step 2, past --max-steps 1"):
-        run_dpo(_config(noisy_data, out, resume="latest", **{**kw, "max_steps": 1}))
+    for max_steps in (1, 2):  # at 2, transformers would have trained a step 3
+        with pytest.raises(ValueError, match=f"is at step 2, --max-steps {max_steps}: nothing"):
+            run_dpo(_config(noisy_data, out, resume="latest", **{**kw, "max_steps": max_steps}))
     # another run's folder: its checkpoints and metrics would mix with this lineage's
     other = tmp_path / "other"
     other.mkdir()
     (other / "metrics.jsonl").write_text("{}\n")
     with pytest.raises(ValueError, match="holds another run's outputs .*metrics.jsonl"):
-        run_dpo(_config(noisy_data, other, resume=str(out / "checkpoint-2"), **kw))
+        run_dpo(
+            _config(noisy_data, other, resume=str(out / "checkpoint-2"), **{**kw, "max_steps": 3})
+        )
     monkeypatch.undo()
     (out / "report.md").write_text("the 2-step run's report")  # as a report=True run leaves
     result = run_dpo(_config(noisy_data, out, resume="latest", logging_steps=4, report=False,
@@ -452,6 +455,14 @@ def test_resume_refuses_a_changed_training_option_before_the_model_loads(
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     step4 = [r for r in records if r["split"] == "train" and r["step"] == 4 and "loss" in r]
     assert len(step4) == 1 and step4[0]["partial_window"] is True  # steps 3-4 only, not 1-4
+    # a finished run extended: its end-of-run summary at the checkpoint's step goes, the
+    # resumed run writes its own; no record appears twice
+    run_dpo(_config(noisy_data, out, resume="latest", **{**kw, "max_steps": 6}))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    summaries = [r for r in records if r["split"] == "summary"]
+    assert summaries and all(r["step"] == 6 for r in summaries)
+    keys = [(r["step"], r["split"], tuple(sorted(r))) for r in records]
+    assert len(keys) == len(set(keys))
 
 
 def test_resume_refuses_a_new_max_steps_under_a_schedule_that_follows_it(tmp_path):

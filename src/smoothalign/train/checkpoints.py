@@ -101,10 +101,11 @@ def prepare_output_dir(
         check_resume_config(folder.parent / "config.json", config)
         step = checkpoint_step(folder)
         max_steps = config.get("max_steps")
-        if step is not None and isinstance(max_steps, int) and step > max_steps:
+        if step is not None and isinstance(max_steps, int) and step >= max_steps:
+            # (at max_steps exactly, transformers' loop would even train one step more)
             raise ValueError(
-                f"resume: {folder} is at step {step}, past --max-steps {max_steps}: nothing "
-                "would be trained, and the results would be the checkpoint's"
+                f"resume: {folder} is at step {step}, --max-steps {max_steps}: nothing is left "
+                "to train; pass a larger --max-steps to extend the run"
             )
     if not root.is_dir():
         return
@@ -243,8 +244,9 @@ def _drop_partial_last_line(path: Path) -> None:
 
 
 def _drop_records_after(path: Path, step: int) -> int:
-    """Remove from ``path`` the records logged after ``step`` (rewritten atomically; lines
-    that are not records are kept); how many were removed."""
+    """Remove from ``path`` the records logged after ``step`` and the end-of-run
+    (``summary``) records at it (rewritten atomically; lines that are not records are
+    kept); how many were removed."""
     import json
 
     if not path.is_file():
@@ -252,7 +254,12 @@ def _drop_records_after(path: Path, step: int) -> int:
     kept, dropped = [], 0
     for line in path.read_text(encoding="utf-8").split("\n")[:-1]:  # ends with a newline
         try:
-            later = json.loads(line)["step"] > step
+            record = json.loads(line)
+            # a finished run's end-of-training records at the checkpoint's own step are
+            # written again, for the whole run, when the resumed one ends
+            later = record["step"] > step or (
+                record["step"] == step and record.get("split") == "summary"
+            )
         except (ValueError, KeyError, TypeError):
             later = False
         if later:
@@ -289,8 +296,8 @@ def train_with_resume(
             dropped = _drop_records_after(metrics, step) if step is not None else 0
             if dropped:
                 notes.append(
-                    f"metrics.jsonl: {dropped} record(s) of the interrupted run after step "
-                    f"{step} removed (those steps were trained again)"
+                    f"metrics.jsonl: {dropped} record(s) of the earlier run after step {step} "
+                    "(or its end-of-run summary) removed: written again by this run"
                 )
     elif resume == "latest":
         notes.append("--resume latest: no complete checkpoint yet, started fresh")
