@@ -80,6 +80,15 @@ def test_overlapping_task_specs_are_refused(tmp_path):
     with pytest.raises(ValueError, match="tasks: mmlu and mmlu:astronomy overlap"):
         load_tasks(["mmlu", "mmlu:astronomy"], mmlu=str(path))
     assert len(load_tasks(["mmlu:astronomy", "mmlu:virology"], mmlu=str(path))) == 2
+    # two files of one name in different folders share no question
+    for folder, task in (("a", "arith"), ("b", "geo")):
+        (tmp_path / folder).mkdir()
+        _write_jsonl(
+            tmp_path / folder / "quiz.jsonl",
+            [{"question": f"{task}?", "options": ["x", "y"], "answer": 0, "task": task}],
+        )
+    quizzes = [str(tmp_path / f / "quiz.jsonl") for f in ("a", "b")]
+    assert [t.name for t in load_tasks(quizzes)] == ["arith", "geo"]
 
 
 def test_a_line_that_is_not_utf8_is_a_named_bad_row(tmp_path):

@@ -144,10 +144,10 @@ def load_tasks(
     dup = [n for n, c in names.items() if c > 1]
     if dup:
         raise ValueError(f"tasks: {dup} named more than once")
-    owner: dict[str, str] = {}  # a question's source -> the first task holding it
+    owner: dict[tuple[str, str], str] = {}  # (file, question's place) -> the first task
     for t in out:
         for q in t.questions:
-            first = owner.setdefault(q.source, t.name)
+            first = owner.setdefault((str(t.source), q.source), t.name)
             if first != t.name:
                 raise ValueError(
                     f"tasks: {first} and {t.name} overlap (both hold {q.source}); the pooled "
