@@ -939,3 +939,16 @@ def test_too_long_prompts_point_to_max_length(tok):
     with pytest.raises(ValueError) as err:
         validate_preference_rows([plain_row(0), plain_row(1, chosen="  ")], tok, max_length=64)
     assert "--max-length" not in str(err.value)
+
+
+def test_a_bad_split_is_a_bad_row_that_counts_in_no_statistic_of_the_kept_rows(tok):
+    rows = [plain_row(i, split=s, confidence=0.8) for i, s in enumerate(["train", "eval", "test"])]
+    rows.append(plain_row(3, confidence=0.8))  # no split where the others have one
+    report = validate_preference_rows(rows, tok, 32, on_bad_rows="skip")
+    assert [(b.row, b.field, b.code) for b in report.bad_rows] == [
+        (2, "split", "bad_split"),
+        (3, "split", "bad_split"),
+    ]
+    assert report.to_dict()["n_with_confidence"] == len(report.examples) == 2
+    # without a split column, no row needs one
+    assert not validate_preference_rows([plain_row(0), plain_row(1)], tok, 32).bad_rows

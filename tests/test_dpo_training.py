@@ -384,7 +384,7 @@ def test_data_split_values_other_than_train_and_eval_are_refused(tmp_path):
     for i, r in enumerate(rows):
         r["split"] = ["train", "eval", "test", "train"][i % 4]
     data = write_jsonl(rows, tmp_path / "split.jsonl")
-    with pytest.raises(ValueError, match=r"2 of 8 rows are invalid") as err:
+    with pytest.raises(ValueError, match=r"2 of 8 preference rows are invalid") as err:
         run_dpo(_config(data, tmp_path / "run", eval_data=None, max_steps=1))
     assert "split.jsonl row 2, field 'split': 'test'; every row's split must be" in str(err.value)
     # ... bad rows like any other: --on-bad-rows skip drops and lists them

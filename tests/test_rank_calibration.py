@@ -403,31 +403,13 @@ def test_the_training_loss_pairs_each_candidate_with_its_own_prompt(tmp_path):
     torch.testing.assert_close(got, expected.losses.double(), rtol=1e-5, atol=1e-6)
 
 
-def test_a_split_value_other_than_train_or_eval_is_a_bad_row_for_every_command():
-    """The helper dpo, sft, reward and rank-calibrate share (through split_validated, or
-    directly for the prompts): named by file and row, an error or skipped."""
-    from types import SimpleNamespace
-
-    from smoothalign.data.report import BadRow
-    from smoothalign.train.common import drop_bad_splits
-
-    def report():
-        rows = [{"split": "train"}, {"split": "test"}, {}, {"split": "eval"}]
-        examples = [
-            SimpleNamespace(index=i, row=i, file="p.jsonl", metadata=m) for i, m in enumerate(rows)
-        ]
-        earlier = BadRow(4, 4, "p.jsonl", "prompt", "empty_prompt", "empty")
-        return SimpleNamespace(examples=examples, bad_rows=[earlier], n_rows=5)
-
-    with pytest.raises(ValueError, match=r"2 of 5 rows are invalid") as err:
-        drop_bad_splits(report(), lambda ex: ex, "error")
-    assert "p.jsonl row 1, field 'split': 'test'" in str(err.value)
-    assert "p.jsonl row 2, field 'split': None" in str(err.value)
-    skipped = report()
-    drop_bad_splits(skipped, lambda ex: ex, "skip")
-    assert [ex.index for ex in skipped.examples] == [0, 3]
-    assert [(b.row, b.code) for b in skipped.bad_rows] == [
-        (1, "bad_split"), (2, "bad_split"), (4, "empty_prompt"),
-    ]  # fmt: skip
-    no_column = SimpleNamespace(examples=[SimpleNamespace(metadata={})], bad_rows=[], n_rows=1)
-    drop_bad_splits(no_column, lambda ex: ex, "error")  # no split column: nothing to check
+def test_a_split_value_other_than_train_or_eval_is_a_bad_row_of_the_prompts(tiny, tmp_path):
+    _, tok = tiny
+    rows = [{"prompt": "a:", "split": "train"}, {"prompt": "b:", "split": "test"},
+            {"prompt": "c:"}, {"prompt": "d:", "split": "eval"}]  # fmt: skip
+    path = _write_prompts(tmp_path / "p.jsonl", rows)
+    with pytest.raises(ValueError, match=r"p\.jsonl row 1, field 'split': 'test'"):
+        load_prompts(str(path), tok, max_length=32)
+    kept = load_prompts(str(path), tok, max_length=32, on_bad_rows="skip")
+    assert [(b.row, b.code) for b in kept.bad_rows] == [(1, "bad_split"), (2, "bad_split")]
+    assert len(kept.examples) == 2 and kept.n_with_reference == 0

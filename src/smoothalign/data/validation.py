@@ -93,6 +93,25 @@ class BadRowError(Exception):
 _Bad = BadRowError
 
 
+SPLIT_VALUES = ("train", "eval")
+
+
+def has_split_column(rows: Sequence[Any]) -> bool:
+    """Whether any row (an object) has a ``split`` field: then every row needs one."""
+    return any(not_an_object(r) is None and "split" in r for r in rows)
+
+
+def require_split(row: Mapping[str, Any]) -> None:
+    """Raise the ``bad_split`` ``BadRowError`` unless ``row["split"]`` is ``train`` or
+    ``eval`` (for data with a split column: a row without one is bad too). Checked before
+    anything else of the row, so a bad row counts in no statistic of the kept ones."""
+    value = row.get("split")
+    if value not in SPLIT_VALUES:
+        raise BadRowError(
+            "split", "bad_split", f"{value!r}; every row's split must be 'train' or 'eval'"
+        )
+
+
 def require_object(row: Any) -> None:
     """Raise the ``not_a_mapping`` ``BadRowError`` for a row that is not an object (or the
     stand-in loading leaves in its place)."""
@@ -221,9 +240,12 @@ def validate_rows(
         rows_seen = tqdm(rows, desc=f"validating {what} rows", disable=len(rows) < 2000 or None)
     else:
         rows_seen = rows
+    split_column = has_split_column(rows)
     for index, row in enumerate(rows_seen):
         try:
             require_object(row)
+            if split_column:
+                require_split(row)
             report.examples.append(
                 process_row(index, row, kind, kind_note, tokenizer, max_length, report)
             )

@@ -49,7 +49,14 @@ from smoothalign.data import BadRow, fit_response, load_preference_rows, tokeniz
 from smoothalign.data.loading import FILE_KEY, ROW_KEY
 from smoothalign.data.report import RowReport
 from smoothalign.data.tokenization import RowTokenizationError, escape_special_text
-from smoothalign.data.validation import BadRowError, bad_row, is_blank, require_object
+from smoothalign.data.validation import (
+    BadRowError,
+    bad_row,
+    has_split_column,
+    is_blank,
+    require_object,
+    require_split,
+)
 
 REFERENCE_FIELDS = ("reference", "completion", "chosen")
 Scorer = Callable[[list[Any], list[str]], Sequence[float]]
@@ -178,9 +185,12 @@ def load_prompts(
     examples: list[PromptExample] = []
     bad: list[BadRow] = []
     used: dict[str, int] = {}
+    split_column = has_split_column(rows)
     for index, row in enumerate(rows):
         try:
             require_object(row)
+            if split_column:
+                require_split(row)
             ex = _check_row(row, index, kind, tokenizer, max_length, require_reference)
         except (BadRowError, RowTokenizationError) as e:
             bad.append(bad_row(index, row, e))

@@ -40,7 +40,6 @@ from smoothalign.reward.scoring import (
 from smoothalign.train.checkpoints import clear_earlier_outputs
 from smoothalign.train.common import (
     check_scheduler,
-    drop_bad_splits,
     load_checked,
     resolve_bf16,
     train_eval_split,
@@ -92,7 +91,6 @@ def load_rank_prompts(
     source, name = _prompt_source(config)
     common = dict(max_length=config.max_length, on_bad_rows=config.on_bad_rows)
     report = load_prompts(source, tokenizer, source_name=name, **common)
-    drop_bad_splits(report, lambda ex: ex, config.on_bad_rows, what="prompts")
     info: dict[str, Any] = {"train": report.to_dict()}
     md = [report.to_markdown()]
     eval_examples = None

@@ -166,7 +166,6 @@ def load_reward_data(
         report,
         eval_report,
         lambda ex: ex.pair,
-        config.on_bad_rows,
         config.eval_fraction,
         config.seed,
     )

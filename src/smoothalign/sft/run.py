@@ -85,7 +85,6 @@ def load_sft_data(
         report,
         eval_report,
         lambda ex: ex,
-        config.on_bad_rows,
         config.eval_fraction,
         config.seed,
         what="rows",

@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-from smoothalign.data.report import BadRow, format_bad_rows
 from smoothalign.smoothing import SmoothingPolicy, make_policy
 
 CALIBRATOR_FIELDS = ("bins", "momentum", "init_confidence", "prior_strength", "warmup_steps")
@@ -130,37 +129,6 @@ def training_arguments(config: Any, bf16: bool):
     )
 
 
-SPLIT_VALUES = ("train", "eval")
-
-
-def drop_bad_splits(
-    report: Any, base_of: Callable[[Any], Any], on_bad_rows: str, what: str = "rows"
-) -> None:
-    """Where the data has a ``split`` column, a row whose value is not ``train``/``eval``
-    (``test``, null, absent) is a bad row (``bad_split``, named by file and row): an error,
-    or with ``on_bad_rows="skip"`` moved from ``report.examples`` to ``report.bad_rows``.
-    ``base_of(example)`` is the example's validated row (``index``, ``row``, ``file``,
-    ``metadata``)."""
-    if not any("split" in base_of(ex).metadata for ex in report.examples):
-        return
-    bad = []
-    for ex in report.examples:
-        b = base_of(ex)
-        value = b.metadata.get("split")
-        if value not in SPLIT_VALUES:
-            reason = f"{value!r}; every row's split must be 'train' or 'eval'"
-            bad.append(BadRow(b.index, b.row, b.file, "split", "bad_split", reason))
-    if not bad:
-        return
-    drop = {b.index for b in bad}
-    kept = [ex for ex in report.examples if base_of(ex).index not in drop]
-    if on_bad_rows == "error" or not kept:
-        prefix = "" if kept else "no row with a valid split is left. "
-        raise ValueError(prefix + format_bad_rows(bad, report.n_rows, what=what))
-    report.examples = kept
-    report.bad_rows = sorted([*report.bad_rows, *bad], key=lambda b: b.index)
-
-
 def split_by_column(
     examples: list, metadata_of: Callable[[Any], dict], row_of: Callable[[Any], Any]
 ) -> dict[str, list] | None:
@@ -239,16 +207,14 @@ def split_validated(
     report: Any,
     eval_report: Any | None,
     base_of: Callable[[Any], Any],
-    on_bad_rows: str,
     eval_fraction: float,
     seed: int,
     what: str = "pairs",
 ) -> tuple[list, list, dict[str, Any], str, list[str]]:
     """``(train, eval, validation_dict, validation_markdown, notes)`` from a validation report
     of the data and one of the ``--eval-data`` (or ``None``), split by
-    :func:`train_eval_split` after :func:`drop_bad_splits`. ``base_of(example)`` is the
-    example's validated row (``index``, ``row``, ``file``, ``metadata``)."""
-    drop_bad_splits(report, base_of, on_bad_rows)
+    :func:`train_eval_split` (a bad ``split`` value is a bad row of validation already).
+    ``base_of(example)`` is the example's validated row (its ``metadata`` and ``row``)."""
     info, md = validation_summary(report, eval_report)
     eval_examples = eval_report.examples if eval_report is not None else None
     train, evals, notes = train_eval_split(

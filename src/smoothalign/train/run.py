@@ -243,7 +243,6 @@ def _load_data(
         report,
         eval_report,
         lambda ex: ex,
-        config.on_bad_rows,
         config.eval_fraction,
         config.seed,
     )
