@@ -249,6 +249,16 @@ def test_the_reward_study_lets_option_errors_reach_the_cli(monkeypatch):
         main(["study", "reward", "--quick", "--n-train", "-5"])
 
 
+def test_a_constant_schedule_alone_is_accepted(tmp_path):
+    """The default warm-up is not an ask: only an explicit one is refused with constant."""
+    from smoothalign.train.common import check_scheduler
+    from smoothalign.train.config import DPOConfig
+
+    check_scheduler(DPOConfig(lr_scheduler="constant"))
+    with pytest.raises(ValueError, match="'constant' ignores --lr-warmup-steps"):
+        check_scheduler(DPOConfig(lr_scheduler="constant", lr_warmup_steps=3))
+
+
 def test_help_never_shows_a_none_default():
     """A None default means "see the help text" (e.g. "default 10; --quick: 2"); printing
     "(default: None)" beside it contradicted it."""

@@ -52,7 +52,8 @@ def check_scheduler(config: Any) -> None:
     a scheduler ``transformers`` does not know, one that needs an evaluation metric (our
     evaluation logs calibration, not a loss), one that needs options the CLI does not pass
     (``cosine_with_min_lr``: ``min_lr``), one that refuses the numbers (``polynomial``
-    with a learning rate under its 1e-7 floor), or warm-up steps that ``constant`` ignores.
+    with a learning rate under its 1e-7 floor), or warm-up steps asked of ``constant``, which
+    ignores them (the default warm-up is not an ask).
     Reads ``config.lr_scheduler``, ``learning_rate``, ``lr_warmup_steps`` and ``max_steps``."""
     from transformers import get_scheduler
     from transformers.trainer_utils import SchedulerType
@@ -62,7 +63,10 @@ def check_scheduler(config: Any) -> None:
     names = [s.value for s in SchedulerType if s.value not in needs_metric]
     if name not in names:
         raise ValueError(f"lr_scheduler: {name!r} is not supported; choose one of {names}")
-    if name == "constant" and config.lr_warmup_steps > 0:
+    import dataclasses
+
+    default_warmup = {f.name: f.default for f in dataclasses.fields(config)}["lr_warmup_steps"]
+    if name == "constant" and config.lr_warmup_steps not in (0, default_warmup):  # one asked for
         raise ValueError(
             f"lr_scheduler: 'constant' ignores --lr-warmup-steps ({config.lr_warmup_steps}); "
             "use 'constant_with_warmup', or pass --lr-warmup-steps 0"
