@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -172,6 +173,9 @@ def test_quick_study_writes_results_table_and_plot(tmp_path):
     with mock.patch.object(
         sys, "argv", ["/venv/bin/smoothalign", "study", "reward", "--seeds", "2"]
     ):
+        assert invoked_command(rs.__name__) == "smoothalign study reward --seeds 2"
+    cli_file = str(Path(rs.__file__).parents[1] / "cli.py")  # python -m smoothalign.cli study …
+    with mock.patch.object(sys, "argv", [cli_file, "study", "reward", "--seeds", "2"]):
         assert invoked_command(rs.__name__) == "smoothalign study reward --seeds 2"
 
 

@@ -78,10 +78,12 @@ def cpu_model() -> str:
 
 def invoked_command(module: str | None = None) -> str:
     """The command line that started this process, as a user would retype it: ``python -m
-    <module> …`` when ``module`` ran as a script (``sys.argv[0]`` is its file), else the
-    ``smoothalign`` console script's ``smoothalign <command> …``."""
+    <module> …`` when ``module`` ran as a script (``sys.argv[0]`` is its own file), else
+    the ``smoothalign`` console script's ``smoothalign <command> …`` (also for ``python -m
+    smoothalign.cli <command> …``, whose arguments are the console script's)."""
     args = sys.argv[1:]
-    if module is not None and sys.argv[0].endswith(".py"):
+    script = Path(sys.argv[0])
+    if module is not None and script.suffix == ".py" and script.stem == module.rsplit(".")[-1]:
         return shlex.join(["python", "-m", module, *args])
     return shlex.join(["smoothalign", *args])
 
