@@ -205,3 +205,9 @@ def test_under_bf16_autocast_both_paths_use_float32_logits_of_the_rounded_inputs
     keep = LABELS[:, 1:].reshape(-1) != -100
     for got in (plain, fused):
         np.testing.assert_allclose(got.reshape(-1)[keep].double().numpy(), expected, rtol=1e-5)
+    # and the statistics the logs and evaluation read (nll: the unsmoothed loss), chunked
+    nll = _reference(*rounded, LABELS, 0.0, bias=bias)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        stats = token_statistics(hidden, weight, LABELS, bias=bias, chunk_size=3)
+    got = stats["nll"].reshape(-1)[keep].double().numpy()
+    np.testing.assert_allclose(got, nll, rtol=1e-5, atol=1e-6)

@@ -144,6 +144,19 @@ def token_statistics(
     rows = keep.nonzero().squeeze(1)
     names = ("nll", "correct", "entropy", "confidence", "uniform_ce")
     out = {name: torch.zeros(targets.shape, dtype=torch.float32, device=e.device) for name in names}
+    # autocast's rounding of the inputs once, and the head in float32 once, not per chunk
+    e, head_weight = autocast_inputs(e, head_weight)
+    acc = torch.float64 if torch.float64 in (e.dtype, head_weight.dtype) else torch.float32
+    head_weight = head_weight.to(acc)
+    with torch.autocast(e.device.type, enabled=False):
+        _fill_token_statistics(out, e, head_weight, targets, rows, bias, softcap, chunk_size)
+    shape = (labels.shape[0], labels.shape[1] - 1)
+    result = {name: t.reshape(shape) for name, t in out.items()}
+    result["mask"] = keep.reshape(shape)
+    return result
+
+
+def _fill_token_statistics(out, e, head_weight, targets, rows, bias, softcap, chunk_size):
     for start in range(0, rows.numel(), chunk_size):
         idx = rows[start : start + chunk_size]
         z = head_logits(e[idx], head_weight, bias, softcap)
@@ -160,7 +173,3 @@ def token_statistics(
         }
         for name, v in values.items():
             out[name][idx] = v.float()  # float32 whatever the model's dtype
-    shape = (labels.shape[0], labels.shape[1] - 1)
-    result = {name: t.reshape(shape) for name, t in out.items()}
-    result["mask"] = keep.reshape(shape)
-    return result

@@ -38,6 +38,11 @@ def forecasts_from_margins(margins: Tensor) -> Tensor:
 
 
 class SmoothingPolicy:
+    """Per-pair smoothing ``α``. A subclass overrides :meth:`alpha` (read, no state change)
+    and, if it learns, :meth:`update`; the trainers call the two apart (``alpha``, then
+    ``update`` once the batch's loss is known to be valid), so :meth:`step` is a
+    convenience that must stay ``alpha`` followed by ``update``."""
+
     name: str = "none"
     needs_confidence: bool = False
     calibrator: CALSCalibrator | None = None
