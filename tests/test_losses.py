@@ -208,6 +208,7 @@ def test_flip_rate_outside_range_rejected(eps):
 def test_ipo_beta_outside_range_rejected(beta):
     with pytest.raises(ValueError, match="beta: must be a finite number > 0"):
         pairwise_loss("ipo", H, beta=beta)
+    assert torch.isfinite(pairwise_loss("ipo", H, beta=np.float32(0.1))).all()  # NumPy's too
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])

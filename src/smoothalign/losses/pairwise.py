@@ -13,6 +13,7 @@ bug this library exists to avoid.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import ClassVar
 
 import torch
@@ -104,7 +105,7 @@ class IPOLoss(PairwiseLoss):
     required_options = ("beta",)
 
     def per_pair(self, h: Tensor, alpha: Tensor, *, beta: float) -> Tensor:
-        if isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 < beta < math.inf:
+        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0 < beta < math.inf:
             raise ValueError(f"beta: must be a finite number > 0, got {beta!r}")
         return (h / beta - 1 / (2 * beta)) ** 2
 
