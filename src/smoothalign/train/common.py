@@ -4,6 +4,7 @@ train/eval split of their data."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import random
 from collections import Counter
@@ -22,8 +23,6 @@ def calibrator_options(config: Any) -> dict[str, Any]:
     which case a calibrator option set away from its default is refused: it would be
     recorded in ``config.json`` but change nothing)."""
     if not config.smoothing.startswith("cals-"):
-        import dataclasses
-
         defaults = {f.name: f.default for f in dataclasses.fields(config)}
         moved = [n for n in CALIBRATOR_FIELDS if getattr(config, n) != defaults.get(n)]
         if moved:
@@ -63,8 +62,6 @@ def check_scheduler(config: Any) -> None:
     names = [s.value for s in SchedulerType if s.value not in needs_metric]
     if name not in names:
         raise ValueError(f"lr_scheduler: {name!r} is not supported; choose one of {names}")
-    import dataclasses
-
     default_warmup = {f.name: f.default for f in dataclasses.fields(config)}["lr_warmup_steps"]
     if name == "constant" and config.lr_warmup_steps not in (0, default_warmup):  # one asked for
         raise ValueError(
