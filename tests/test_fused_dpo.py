@@ -131,6 +131,31 @@ def test_heads_and_model_types_the_fused_path_does_not_know_take_the_materialise
     torch.testing.assert_close(on, plain, rtol=1e-10, atol=1e-10)
 
 
+def test_the_fused_head_runs_under_the_autocast_its_forward_ran_under(tiny):
+    """accelerate wraps only model.forward in autocast: a training step's head (after the
+    forward) must round its inputs as the reference and the evaluation do (they run the whole
+    call under autocast); else a policy equal to its reference starts from non-zero margins."""
+    model, _, batch = tiny
+    model = copy.deepcopy(model).float()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)  # logits large enough for bf16's rounding to show
+    args = (batch["input_ids"], batch["attention_mask"], batch["labels"])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the reference's way
+        reference, _ = model_sequence_logps(model, *args, fused=True)
+    plain_forward = model.forward
+    model.forward = torch.autocast("cpu", dtype=torch.bfloat16)(plain_forward)  # accelerate's
+    try:
+        with torch.no_grad():
+            policy, _ = model_sequence_logps(model, *args, fused=True)  # the training step's
+    finally:
+        model.forward = plain_forward
+    assert torch.equal(policy, reference)  # margins exactly 0 at step 0
+    with torch.no_grad():
+        full_precision, _ = model_sequence_logps(model, *args, fused=True)
+    assert not torch.equal(full_precision, reference)  # the rounding does show here
+
+
 def test_fused_logps_are_off_under_an_fsdp_launch(monkeypatch):
     """The precomputed reference and the trainer must take the same path: under FSDP the
     trainer cannot fuse (sharded head weight), so neither does the reference."""

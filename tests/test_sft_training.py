@@ -56,7 +56,7 @@ def _config(data: Path, out: Path, **overrides) -> SFTConfig:
     return SFTConfig(**{**base, **overrides})
 
 
-def _trainer(cfg: SFTConfig, model, tok, examples):
+def _trainer(cfg: SFTConfig, model, tok, examples, bf16: bool = False):
     """An SFT trainer on ``examples`` outside a run, and its collator."""
     from smoothalign.sft.data import SFTCollator, SFTDataset
     from smoothalign.sft.trainer import SFTTrainer
@@ -65,7 +65,7 @@ def _trainer(cfg: SFTConfig, model, tok, examples):
     collator = SFTCollator(int(tok.pad_token_id))
     trainer = SFTTrainer(
         model=model,
-        args=training_arguments(cfg, False),
+        args=training_arguments(cfg, bf16),
         train_dataset=SFTDataset(examples),
         data_collator=collator,
         sft_config=cfg,
@@ -263,6 +263,33 @@ def test_training_step_records_the_filtered_mass_of_the_fused_loss(data, tmp_pat
         recorded = trainer._stored["train"].get("head/filtered_mass")
         got = [float(t) for t in recorded] if recorded else None
         assert got == expected, fused
+
+
+@pytest.mark.parametrize("fused", ["off", "on"])
+def test_under_bf16_mixed_precision_training_and_evaluation_compute_the_same_loss(
+    data, tmp_path, fused
+):
+    """accelerate's autocast wraps only the model's forward; the head after it must round
+    its inputs as the evaluation (run under autocast) does, or the two measure different
+    objectives."""
+    from smoothalign.models import load_model_and_tokenizer
+    from smoothalign.sft.data import validate_sft_rows
+
+    model, tok = load_model_and_tokenizer("tiny")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)  # logits large enough for bf16's rounding to show
+    examples = validate_sft_rows(_rows(4, seed=3), tok, 32).examples
+    cfg = _config(data, tmp_path / f"bf16-{fused}", fused=fused)
+    trainer, collator = _trainer(cfg, model, tok, examples, bf16=True)
+    wrapped = trainer.accelerator.prepare_model(model)  # what Trainer's loop does
+    batch = collator(examples)
+    with torch.no_grad():
+        wrapped.train()
+        training = trainer.compute_loss(wrapped, dict(batch))
+        with trainer.evaluation_mode() as m:
+            evaluation = trainer.compute_loss(m, dict(batch))
+    assert float(training) == pytest.approx(float(evaluation), rel=1e-6)
 
 
 # ---------------------------------------------------------------------------- text rows

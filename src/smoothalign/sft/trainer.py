@@ -85,6 +85,12 @@ class SFTTrainer(SmoothingTrainer):
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # the head under the run's autocast, as in evaluation (accelerate wraps only the
+        # model's forward): training and evaluation then round its inputs alike
+        with self.accelerator.autocast():
+            return self._compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def _compute_loss(self, model, inputs, return_outputs, num_items_in_batch):
         cfg = self.sft_config
         hidden = self.hidden_states(model, inputs)
         weight, bias, softcap = self.head(model)

@@ -15,6 +15,7 @@ optimizer, scheduler, RNG and data position, TensorBoard and the progress bar â€
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 from collections import defaultdict
@@ -144,7 +145,15 @@ def model_sequence_logps(
 
     decoder, head = parts
     captured: list[Tensor] = []
-    handle = decoder.register_forward_hook(lambda _m, _a, out: captured.append(out[0]))
+    autocast_of_forward: list[torch.dtype | None] = []
+
+    def hook(_module, _args, out) -> None:
+        captured.append(out[0])
+        kind = out[0].device.type  # the autocast the forward ran under (accelerate's, say)
+        on = kind in ("cuda", "cpu") and torch.is_autocast_enabled(kind)
+        autocast_of_forward.append(torch.get_autocast_dtype(kind) if on else None)
+
+    handle = decoder.register_forward_hook(hook)
     try:
         model(
             input_ids=input_ids,
@@ -160,15 +169,22 @@ def model_sequence_logps(
         hidden = hidden * scale
     # position t predicts token t+1: shift the labels, not the hidden states (no copy)
     targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], 1)
-    token_logps = linear_log_probs(
-        hidden,
-        head.weight,
-        targets,
-        bias=head.bias,
-        softcap=softcap,
-        filter_eps=filter_eps,
-        filter_stats=filter_stats,
-    )
+    # the head under the forward's autocast, as the model's own lm_head would run: accelerate
+    # wraps only model.forward, so a training step would otherwise read float32 where the
+    # reference and the evaluation (run under autocast) read bf16-rounded inputs
+    dtype = autocast_of_forward[-1]
+    kind = hidden.device.type
+    mixed = torch.autocast(kind, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    with mixed:
+        token_logps = linear_log_probs(
+            hidden,
+            head.weight,
+            targets,
+            bias=head.bias,
+            softcap=softcap,
+            filter_eps=filter_eps,
+            filter_stats=filter_stats,
+        )
     return token_logps.sum(-1), (targets != -100).sum(-1)
 
 
