@@ -129,6 +129,13 @@ def test_heads_and_model_types_the_fused_path_does_not_know_take_the_materialise
     assert _fused_parts(model) is None
     on = model_sequence_logps(model, *args, fused=True)[0]
     torch.testing.assert_close(on, plain, rtol=1e-10, atol=1e-10)
+    # a multimodal wrapper whose text config is of a fused type: its own forward may treat
+    # the logits otherwise (Gemma-3's applies no softcap), so its own type decides
+    wrapper = copy.deepcopy(tiny[0])
+    text = copy.deepcopy(wrapper.config)  # a llama text config
+    wrapper.config.model_type = "llava"
+    wrapper.config.get_text_config = lambda *a, **k: text
+    assert _fused_parts(wrapper) is None
 
 
 def test_the_fused_head_runs_under_the_autocast_its_forward_ran_under(tiny):

@@ -53,13 +53,15 @@ FUSED_MODEL_TYPES = frozenset(
         # what their LM head does to lm_head(h), all known to _logit_transform: nothing, or
         # Gemma's final_logit_softcapping, Cohere's logit_scale (×), Granite's logits_scaling (÷)
         "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3",
-        "olmo", "olmo2", "starcoder2", "stablelm", "smollm3", "gemma", "gemma2", "gemma3",
+        "olmo", "olmo2", "starcoder2", "stablelm", "smollm3", "gemma", "gemma2",
         "gemma3_text", "cohere", "cohere2", "granite", "granitemoe",
     }
 )  # fmt: skip
 """Model types whose logits are ``transform(lm_head(h))`` with a transform this module
 applies. Others (a multiplier it does not know, a learned per-token scale) take the
-materialised path: the fused one would give other log-probs, silently."""
+materialised path: the fused one would give other log-probs, silently. The type is that of
+the model that runs (its own ``config.model_type``), never of a text config inside a
+multimodal wrapper (``gemma3``, ``llava``), whose forward may treat the logits otherwise."""
 
 
 def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
@@ -83,9 +85,7 @@ def _fused_parts(lm: torch.nn.Module):
         return None
     if type(head) is not torch.nn.Linear:  # a subclass may transform (a LoRA layer, a scale)
         return None
-    config = getattr(lm, "config", None)
-    text = getattr(config, "get_text_config", lambda: config)()
-    if getattr(text, "model_type", None) not in FUSED_MODEL_TYPES:
+    if getattr(getattr(lm, "config", None), "model_type", None) not in FUSED_MODEL_TYPES:
         return None
     return decoder, head
 
@@ -93,7 +93,6 @@ def _fused_parts(lm: torch.nn.Module):
 def _logit_transform(config) -> tuple[float, float | None]:
     """``(scale, softcap)`` that the model applies to ``lm_head(h)``: Cohere's
     ``logit_scale`` (×), Granite's ``logits_scaling`` (÷), Gemma's ``final_logit_softcapping``."""
-    config = getattr(config, "get_text_config", lambda: config)()
     scale = float(getattr(config, "logit_scale", None) or 1.0)
     divide = getattr(config, "logits_scaling", None)
     if divide:
