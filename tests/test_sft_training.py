@@ -353,3 +353,28 @@ def test_cli_trains_on_text_rows_and_writes_the_report(tmp_path):
     assert len(train) == 2 and all(r["completion_tokens"] > 0 for r in train)
     results = json.loads((out / "eval_results.json").read_text())
     assert results["after"]["n_rows"] == 2  # the 10% holdout of the 20 kept rows
+
+
+def test_a_lora_adapter_on_the_lm_head_is_refused_not_left_out(tmp_path, data):
+    """The SFT objective reads the head's weight: an adapter on lm_head would get no
+    gradient and the loss would not be the model's."""
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    from smoothalign.sft.trainer import SFTTrainer
+    from smoothalign.train.common import training_arguments
+
+    config = transformers.LlamaConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, pad_token_id=0, tie_word_embeddings=False,
+    )  # fmt: skip
+    model = get_peft_model(
+        transformers.LlamaForCausalLM(config),
+        LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "lm_head"]),
+    )
+    cfg = _config(data, tmp_path / "run")
+    trainer = SFTTrainer(model=model, args=training_arguments(cfg, False), sft_config=cfg)
+    ids = torch.randint(1, 97, (2, 8))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    with pytest.raises(ValueError, match="its LM head is a .*leave lm_head out of the adapter"):
+        trainer.compute_loss(model, batch)

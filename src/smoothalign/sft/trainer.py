@@ -71,6 +71,12 @@ class SFTTrainer(SmoothingTrainer):
         head = base.get_output_embeddings()
         if head is None or not hasattr(head, "weight"):
             raise ValueError(f"model: {type(base).__name__} has no LM head (output embeddings)")
+        if type(head) is not torch.nn.Linear:  # a LoRA layer: its weight leaves the adapter out
+            raise ValueError(
+                f"model: its LM head is a {type(head).__name__}, not a plain Linear (an adapter "
+                "on lm_head?): the SFT objective reads the head's weight, so it would train "
+                "and score without it; leave lm_head out of the adapter"
+            )
         softcap = getattr(base.config, "final_logit_softcapping", None)
         return head.weight, getattr(head, "bias", None), softcap
 
