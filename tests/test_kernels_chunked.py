@@ -259,3 +259,14 @@ def test_autocast_leaves_float64_alone():
         eager = F.cross_entropy(e @ c.T, t, label_smoothing=0.1)
     assert got.dtype == eager.dtype == torch.float64
     torch.testing.assert_close(got, eager, rtol=1e-10, atol=1e-12)
+
+
+def test_triton_on_cpu_tensors_outside_the_interpreter_is_a_clear_error(monkeypatch):
+    from smoothalign.kernels import triton_available
+
+    if not triton_available():
+        pytest.skip("triton not installed")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    e, c, t = torch.randn(4, 8), torch.randn(16, 8), torch.tensor([1, 2, 3, 4])
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        linear_log_probs(e, c, t, impl="triton")

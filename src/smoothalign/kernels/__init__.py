@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import torch
 from torch import Tensor
@@ -92,6 +93,11 @@ def _resolve_impl(impl: str | None, e: Tensor) -> str:
         return "triton" if usable else "chunked"
     if impl == "triton" and not triton_available():
         raise RuntimeError("impl='triton': triton is not installed")
+    if impl == "triton" and not e.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            "impl='triton': the inputs are on the CPU, where Triton runs only under "
+            "TRITON_INTERPRET=1 (set before importing); use impl='chunked' or 'auto'"
+        )
     return impl
 
 
