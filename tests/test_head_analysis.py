@@ -151,3 +151,37 @@ def test_cli_bad_options_fail_before_the_model_loads(capsys, option, value, word
 
     assert main(["analyze", "head", "--model", "no-such-model", option, value]) == 2
     assert words in capsys.readouterr().err
+
+
+def test_cli_reads_a_logit_scale_and_refuses_a_softcap(tmp_path, capsys):
+    """Granite divides its logits by logits_scaling: the observed entropies must be the
+    model's own; Gemma-2's softcap makes the head non-linear, outside the bound."""
+    import transformers
+
+    from smoothalign.cli import main
+
+    tok = build_tiny_tokenizer()
+    config = transformers.GraniteConfig(
+        vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=4, logits_scaling=0.05, bos_token_id=256,
+        eos_token_id=257, pad_token_id=258, initializer_range=0.2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.GraniteForCausalLM(config).eval()
+    model.save_pretrained(tmp_path / "granite")
+    tok.save_pretrained(tmp_path / "granite")
+    out = tmp_path / "head"
+    argv = ["analyze", "head", "--model", str(tmp_path / "granite"), "--texts", "2",
+            "--max-tokens", "32", "--output-dir", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    observed = json.loads((out / "head.json").read_text())["observed_entropy"]
+    texts = default_texts(2)
+    hidden = head_inputs(model, tok, texts, max_tokens=32)
+    with torch.no_grad():  # the model's own softmax: its logits are lm_head(h) / 0.05
+        logits = model.lm_head(hidden.float()).double() / 0.05
+    logp = torch.log_softmax(logits, -1)
+    assert observed["mean"] == pytest.approx(float(-(logp.exp() * logp).sum(-1).mean()), rel=1e-4)
+    model.config.final_logit_softcapping = 30.0
+    model.save_pretrained(tmp_path / "granite")
+    assert main(argv) == 2
+    assert "caps its logits (softcap 30)" in capsys.readouterr().err

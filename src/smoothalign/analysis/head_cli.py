@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from smoothalign.analysis.head import head_entropy_bound, smoothing_for_entropy
     from smoothalign.analysis.head_inputs import default_texts, head_inputs, prediction_entropies
     from smoothalign.io import atomic_write_json, save_figure
-    from smoothalign.models import describe_model, load_model_and_tokenizer
+    from smoothalign.models import describe_model, load_model_and_tokenizer, logit_transform
 
     t0 = time.perf_counter()
     out_dir = Path(args.output_dir)
@@ -65,6 +65,13 @@ def run(args: argparse.Namespace) -> int:
             "conversations"
         )
     model, tokenizer = load_model_and_tokenizer(args.model)
+    scale, softcap = logit_transform(model.config)
+    if softcap is not None:
+        raise ValueError(
+            f"model: {type(model).__name__} caps its logits (softcap {softcap:g}); the bound "
+            "of SPEC §5 is for a linear head, and the capped entropies would not be compared "
+            "with it"
+        )
     model.to(device)
     head = model.get_output_embeddings()
     weight = head.weight.detach().cpu()
@@ -76,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         batch_size=args.batch_size,
     )
+    # a logit scale (Cohere ×, Granite ÷) is linear: folded into the head's inputs, the
+    # logits C·(s·e) are the model's, for the bound and the observed entropies alike
+    hidden = hidden * scale
     result = head_entropy_bound(weight, hidden)
     observed = prediction_entropies(weight, hidden, bias)
     q = torch.quantile(observed, torch.tensor([0.0, 0.05, 0.5, 0.95], dtype=torch.float64)).tolist()

@@ -9,6 +9,7 @@ from smoothalign.models.loading import (
     smollm2_cache_dir,
     smollm2_gguf_path,
 )
+from smoothalign.models.logits import logit_transform
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -16,6 +17,7 @@ __all__ = [
     "ensure_pad_token",
     "load_model_and_tokenizer",
     "load_tokenizer",
+    "logit_transform",
     "smollm2_cache_dir",
     "smollm2_gguf_path",
 ]

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from smoothalign._warn import warn_once
 from smoothalign.calibration import PAIRWISE_BINS, calibration_summary, true_preference_metrics
 from smoothalign.kernels import filter_eps_for
+from smoothalign.models.logits import logit_transform
 from smoothalign.train.base_trainer import PairCountedLoss, SmoothingTrainer
 from smoothalign.train.config import DPOConfig
 from smoothalign.train.objective import dpo_terms, sequence_logps
@@ -50,7 +51,7 @@ def _fsdp_launch() -> bool:
 
 FUSED_MODEL_TYPES = frozenset(
     {
-        # what their LM head does to lm_head(h), all known to _logit_transform: nothing, or
+        # what their LM head does to lm_head(h), all known to models.logit_transform: nothing, or
         # Gemma's final_logit_softcapping, Cohere's logit_scale (×), Granite's logits_scaling (÷)
         "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3",
         "olmo", "olmo2", "starcoder2", "stablelm", "smollm3", "gemma", "gemma2",
@@ -88,17 +89,6 @@ def _fused_parts(lm: torch.nn.Module):
     if getattr(getattr(lm, "config", None), "model_type", None) not in FUSED_MODEL_TYPES:
         return None
     return decoder, head
-
-
-def _logit_transform(config) -> tuple[float, float | None]:
-    """``(scale, softcap)`` that the model applies to ``lm_head(h)``: Cohere's
-    ``logit_scale`` (×), Granite's ``logits_scaling`` (÷), Gemma's ``final_logit_softcapping``."""
-    scale = float(getattr(config, "logit_scale", None) or 1.0)
-    divide = getattr(config, "logits_scaling", None)
-    if divide:
-        scale /= float(divide)
-    softcap = getattr(config, "final_logit_softcapping", None)
-    return scale, (float(softcap) if softcap else None)
 
 
 def model_sequence_logps(
@@ -163,7 +153,7 @@ def model_sequence_logps(
     finally:
         handle.remove()
     hidden = captured[-1]  # [N, L, D], the decoder's last (normed) hidden states
-    scale, softcap = _logit_transform(lm.config)
+    scale, softcap = logit_transform(lm.config)
     if scale != 1.0:
         hidden = hidden * scale
     # position t predicts token t+1: shift the labels, not the hidden states (no copy)
