@@ -402,6 +402,26 @@ def test_the_training_loss_pairs_each_candidate_with_its_own_prompt(tmp_path):
     got = terms.losses.detach().double()
     torch.testing.assert_close(got, expected.losses.double(), rtol=1e-5, atol=1e-6)
 
+    # a float32 policy: the tie mask still reads the float64 scores (10 and 10 − 1.2e-6
+    # differ by more than the 1e-6 tolerance; in float32 they would not)
+    model = model.float()
+    near = [[10.0, 10.0 - 1.2e-6, 0.0], [3.0, 0.5, 0.1]]
+    for i in range(2):
+        for c, v in zip(ranked[i].candidates, near[i], strict=True):
+            c.score = v
+    cfg = RankConfig(reward_model="unused", output_dir=str(tmp_path), nll_weight=0.0,
+                     margin=0.3, tie_tolerance=1e-6)  # fmt: skip
+    trainer = RankTrainer(model, cfg, pad_id=0, steps_per_epoch=1)
+    terms = trainer.loss_on(collate_ranked(ranked, 0, 64, with_reference=False))
+    s = torch.tensor([[mean_logp(prompts[i], c) for c in cands[i]] for i in range(2)])
+    scores64 = torch.tensor(near, dtype=torch.float64)
+    expected = calibration_terms(s, scores64, margin=0.3, tie_tolerance=1e-6)
+    tied = calibration_terms(s, scores64.float(), margin=0.3, tie_tolerance=1e-6)
+    assert not torch.allclose(expected.losses, tied.losses)  # the case is real
+    torch.testing.assert_close(
+        terms.losses.detach().double(), expected.losses.double(), rtol=1e-5, atol=1e-6
+    )
+
 
 def test_a_split_value_other_than_train_or_eval_is_a_bad_row_of_the_prompts(tiny, tmp_path):
     _, tok = tiny

@@ -176,3 +176,9 @@ def test_spearman_and_ranking_metrics(rng):
     assert m["policy_top_score"] == pytest.approx((3.0 + 4.0) / 2)
     assert m["best_of_k_score"] == pytest.approx(4.0)
     assert m["score_mean"] == pytest.approx(scores.mean())
+    # the same text scored in two batches, 3e-8 apart: a tie under the run's tolerance, as
+    # in the training loss, not a wrongly ordered pair
+    near = ranking_metrics([[-1.0, -1.0, -2.0]], [[1.0, 1.0 - 3e-8, 0.0]], tie_tolerance=1e-6)
+    exact = ranking_metrics([[-1.0, -1.0, -2.0]], [[1.0, 1.0, 0.0]])
+    assert near["pair_accuracy"] == exact["pair_accuracy"] == 1.0
+    assert near["spearman_within"] == pytest.approx(exact["spearman_within"]) == 1.0

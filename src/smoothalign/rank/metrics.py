@@ -10,8 +10,9 @@ import math
 import numpy as np
 
 
-def average_ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks ``1..n`` of ``x`` ``[n]``, ties sharing their average rank."""
+def average_ranks(x: np.ndarray, tie_tolerance: float = 0.0) -> np.ndarray:
+    """Ranks ``1..n`` of ``x`` ``[n]``, ties sharing their average rank: values within
+    ``tie_tolerance`` of the smallest of their run of sorted values tie."""
     x = np.asarray(x, dtype=np.float64)
     order = np.argsort(x, kind="stable")
     ranks = np.empty(len(x), dtype=np.float64)
@@ -19,36 +20,42 @@ def average_ranks(x: np.ndarray) -> np.ndarray:
     i = 0
     while i < len(x):
         j = i
-        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
+        while j + 1 < len(x) and sorted_x[j + 1] - sorted_x[i] <= tie_tolerance:
             j += 1
         ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
     return ranks
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's rank correlation (Pearson on average ranks); NaN when either is constant
-    or there are fewer than two points."""
+def spearman(x: np.ndarray, y: np.ndarray, y_tie_tolerance: float = 0.0) -> float:
+    """Spearman's rank correlation (Pearson on average ranks; ``y`` values within
+    ``y_tie_tolerance`` tie); NaN when either is constant or there are fewer than two
+    points."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"spearman: expected two [n] arrays, got {x.shape} and {y.shape}")
     if len(x) < 2:
         return math.nan
-    rx, ry = average_ranks(x), average_ranks(y)
+    rx, ry = average_ranks(x), average_ranks(y, y_tie_tolerance)
     rx, ry = rx - rx.mean(), ry - ry.mean()
     den = math.sqrt(float((rx**2).sum() * (ry**2).sum()))
     return float((rx * ry).sum() / den) if den > 0 else math.nan
 
 
-def ranking_metrics(logps: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+def ranking_metrics(
+    logps: np.ndarray, scores: np.ndarray, tie_tolerance: float = 0.0
+) -> dict[str, float]:
     """Metrics of ``K`` candidates for each of ``P`` prompts: ``logps``/``scores`` ``[P, K]``.
+    Scores within ``tie_tolerance`` tie, as in the training loss (the same text scored in
+    two batches can differ by float rounding).
 
     * ``score_mean`` / ``score_sem``: the preference model's mean score of the samples and
       its standard error (over prompts' means);
     * ``spearman_within``: Spearman between the policy's ``s̄`` and the score within each
       prompt, averaged over the prompts where neither is constant (what calibration by
       ranking should raise); ``spearman_pooled``: the same over all ``P·K`` samples;
-    * ``pair_accuracy``: the share of pairs with different scores that ``s̄`` orders alike;
+    * ``pair_accuracy``: the share of pairs with different (untied) scores that ``s̄``
+      orders alike;
     * ``policy_top_score``: mean score of each prompt's most likely candidate (what
       likelihood-based reranking would pick); ``best_of_k_score``: of its best-scored one;
     * ``logp_mean``: the mean ``s̄``.
@@ -56,12 +63,13 @@ def ranking_metrics(logps: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     logps, scores = np.asarray(logps, np.float64), np.asarray(scores, np.float64)
     if logps.shape != scores.shape or logps.ndim != 2:
         raise ValueError(f"expected two [P, K] arrays, got {logps.shape} and {scores.shape}")
-    per_prompt = [spearman(lp, sc) for lp, sc in zip(logps, scores, strict=True)]
+    tol = tie_tolerance
+    per_prompt = [spearman(lp, sc, tol) for lp, sc in zip(logps, scores, strict=True)]
     finite = [r for r in per_prompt if not math.isnan(r)]
     ds = scores[:, :, None] - scores[:, None, :]
     dl = logps[:, :, None] - logps[:, None, :]
     upper = np.triu(np.ones(scores.shape[1], dtype=bool), 1)[None]
-    counted = upper & (ds != 0)
+    counted = upper & (np.abs(ds) > tol)
     agree = (np.sign(ds) == np.sign(dl)) & counted
     prompt_means = scores.mean(1)
     return {
@@ -73,7 +81,7 @@ def ranking_metrics(logps: np.ndarray, scores: np.ndarray) -> dict[str, float]:
         else math.nan,
         "spearman_within": float(np.mean(finite)) if finite else math.nan,
         "n_spearman_prompts": float(len(finite)),
-        "spearman_pooled": spearman(logps.ravel(), scores.ravel()),
+        "spearman_pooled": spearman(logps.ravel(), scores.ravel(), tol),
         "pair_accuracy": float(agree.sum() / counted.sum()) if counted.any() else math.nan,
         "policy_top_score": float(scores[np.arange(len(scores)), logps.argmax(1)].mean()),
         "best_of_k_score": float(scores.max(1).mean()),

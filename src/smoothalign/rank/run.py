@@ -288,7 +288,7 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
         )  # fmt: skip
         scores = np.array([rp.scores for rp in ranked], dtype=np.float64)
         lengths = np.array([[len(c.ids) for c in rp.candidates] for rp in ranked], dtype=float)
-        metrics = ranking_metrics(logps, scores)
+        metrics = ranking_metrics(logps, scores, config.tie_tolerance)
         metrics["length_mean"] = float(lengths.mean())
         return metrics, {"logps": logps, "scores": scores, "lengths": lengths}, ranked
 

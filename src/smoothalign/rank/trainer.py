@@ -177,7 +177,7 @@ class RankTrainer:
         ref = s[n_prompts * k :] if cfg.nll_weight > 0 else None
         return calibration_terms(
             cand,
-            batch["scores"].to(cand.device, cand.dtype),
+            batch["scores"].to(cand.device),  # float64: the tie mask reads score gaps of 1e-6
             margin=cfg.margin,
             reference_logps=ref,
             nll_weight=cfg.nll_weight,
