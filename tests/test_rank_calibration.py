@@ -360,8 +360,13 @@ def test_prompts_the_preference_model_cannot_score_are_found_before_training(rew
     with pytest.raises(ValueError, match=r"1 train prompts do not fit .*\n  row 1, field 'prompt'"):
         _fit_the_preference_model(report.examples, scorer, "error", {}, "train")
     info: dict = {"train": {}}
-    kept = _fit_the_preference_model(report.examples, scorer, "skip", info, "train")
+    notes: list[str] = []
+    kept = _fit_the_preference_model(report.examples, scorer, "skip", info, "train", notes)
     assert [ex.row for ex in kept] == [0, 2]
+    assert notes == [  # the report lists them, as it does skipped bad rows
+        "1 train prompt(s) skipped, too long for the preference model: "
+        + info["train"]["too_long_for_the_preference_model"][0]
+    ]
     assert info["train"]["too_long_for_the_preference_model"][0].startswith("row 1, field 'prompt'")
 
 
@@ -433,3 +438,19 @@ def test_a_split_value_other_than_train_or_eval_is_a_bad_row_of_the_prompts(tiny
     kept = load_prompts(str(path), tok, max_length=32, on_bad_rows="skip")
     assert [(b.row, b.code) for b in kept.bad_rows] == [(1, "bad_split"), (2, "bad_split")]
     assert len(kept.examples) == 2 and kept.n_with_reference == 0
+
+
+def test_the_split_notes_and_errors_name_the_commands_own_option():
+    from types import SimpleNamespace
+
+    from smoothalign.train.common import train_eval_split
+
+    rows = [SimpleNamespace(metadata={"split": s}, row=i) for i, s in enumerate(["train", "eval"])]
+    args = (lambda ex: ex.metadata, lambda ex: ex.row, 0.2, 0)
+    _, _, notes = train_eval_split(
+        rows, [rows[0]], *args, what="prompts", eval_option="--eval-prompts"
+    )
+    assert notes == ["--eval-prompts given: the data's 1 'eval' rows were not trained on"]
+    only_train = [SimpleNamespace(metadata={"split": "train"}, row=i) for i in range(3)]
+    with pytest.raises(ValueError, match="split column marks no row 'eval' .* pass --eval-prompts"):
+        train_eval_split(only_train, None, *args, what="prompts", eval_option="--eval-prompts")

@@ -144,7 +144,12 @@ def load_rank_prompts(
 
 
 def _fit_the_preference_model(
-    examples: list[PromptExample], scorer, on_bad_rows: str, info: dict, split: str
+    examples: list[PromptExample],
+    scorer,
+    on_bad_rows: str,
+    info: dict,
+    split: str,
+    notes: list[str] | None = None,
 ) -> list[PromptExample]:
     """The prompts that leave room for a response under the preference model's tokenizer;
     the others raise (``on_bad_rows='error'``) or are dropped and listed in ``info``."""
@@ -166,6 +171,12 @@ def _fit_the_preference_model(
         info.setdefault(split, {})["too_long_for_the_preference_model"] = bad
         if not kept:
             raise ValueError(f"no {split} prompt fits the preference model: {bad[0]}")
+        if notes is not None:  # listed in the report too, as skipped bad rows are
+            more = f"; and {len(bad) - 1} more (all in prompts.json)" if len(bad) > 1 else ""
+            notes.append(
+                f"{len(bad)} {split} prompt(s) skipped, too long for the preference model: "
+                f"{bad[0]}{more}"
+            )
     return kept
 
 
@@ -248,8 +259,18 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     )
     # a prompt can fit the policy's tokens but not the preference model's (another
     # tokenizer or chat template): find out now, not when its candidates are scored
-    train_ex = _fit_the_preference_model(train_ex, scorer, config.on_bad_rows, info, "train")
-    eval_ex = _fit_the_preference_model(eval_ex, scorer, config.on_bad_rows, info, "eval")
+    train_ex = _fit_the_preference_model(train_ex, scorer, config.on_bad_rows, info, "train", notes)
+    eval_ex = _fit_the_preference_model(eval_ex, scorer, config.on_bad_rows, info, "eval", notes)
+    for split in ("train", "eval"):  # skipped rows are listed in the report, as bad rows are
+        dropped = info.get(split, {}).get("too_long_for_the_preference_model", [])
+        if dropped:
+            more = (
+                f"; and {len(dropped) - 1} more (all in prompts.json)" if len(dropped) > 1 else ""
+            )
+            notes.append(
+                f"{len(dropped)} {split} prompt(s) skipped: too long for the preference model "
+                f"({dropped[0]}{more})"
+            )
     # every check passed and both models loaded: an earlier run's results go now (its
     # report, plots, per-epoch candidates), so none of them can pass for this run's
     clear_earlier_outputs(out, "candidates-epoch-*.jsonl", "eval_candidates_*.jsonl")

@@ -187,7 +187,8 @@ def train_eval_split(
         if by_split is not None:
             train = by_split["train"]
             notes.append(
-                f"--eval-data given: the data's {len(by_split['eval'])} 'eval' rows were not trained on"
+                f"{eval_option} given: the data's {len(by_split['eval'])} 'eval' rows were not "
+                "trained on"
             )
     elif by_split is not None:
         train, evals = by_split["train"], by_split["eval"]
@@ -198,6 +199,12 @@ def train_eval_split(
     if not train:
         raise ValueError(f"data: no training {what} left after validation and the eval split")
     if not evals:
+        if by_split is not None and eval_examples is None:
+            raise ValueError(
+                f"eval_data: the data's split column marks no row 'eval' (it decides the "
+                f"split, --eval-fraction does not); mark some {what} 'eval', or pass "
+                f"{eval_option}"
+            )
         raise ValueError(
             f"eval_data: no evaluation {what}; pass {eval_option} or --eval-fraction > 0"
         )
