@@ -55,7 +55,11 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     out_dir = Path(args.output_dir)
     device = resolve_device(args.device)  # the options before the model loads
-    for name, ok in (("max_tokens", args.max_tokens >= 2), ("batch_size", args.batch_size >= 1)):
+    for name, ok in (
+        ("max_tokens", args.max_tokens >= 2),
+        ("batch_size", args.batch_size >= 1),
+        ("texts", args.texts >= 1),
+    ):
         if not ok:
             raise ValueError(f"{name}: invalid value {getattr(args, name)!r}")
     texts = default_texts(args.texts)
