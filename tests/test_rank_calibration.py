@@ -454,3 +454,21 @@ def test_the_split_notes_and_errors_name_the_commands_own_option():
     only_train = [SimpleNamespace(metadata={"split": "train"}, row=i) for i in range(3)]
     with pytest.raises(ValueError, match="split column marks no row 'eval' .* pass --eval-prompts"):
         train_eval_split(only_train, None, *args, what="prompts", eval_option="--eval-prompts")
+
+
+def test_training_prompts_without_a_reference_are_listed_as_bad_rows(tiny, tmp_path):
+    from smoothalign.rank.run import load_rank_prompts
+
+    _, tok = tiny
+    rows = [{"prompt": f"p{i}:", "split": "eval" if i == 0 else "train"} for i in range(13)]
+    rows[1]["reference"] = "R"
+    path = _write_prompts(tmp_path / "noref.jsonl", rows)
+    cfg = RankConfig(reward_model="x", prompts=str(path), nll_weight=0.5, max_length=32)
+    with pytest.raises(ValueError, match="11 training row") as err:
+        load_rank_prompts(cfg, tok)
+    lines = str(err.value).splitlines()
+    assert lines[1] == (
+        "  noref.jsonl row 2, field 'reference': no reference response (reference, "
+        "completion or chosen) for the NLL term"
+    )
+    assert len(lines) == 1 + 10 + 1 and lines[-1] == "  ... and 1 more"

@@ -116,11 +116,16 @@ def load_rank_prompts(
         if missing:
             where = ", ".join(ex.location for ex in missing[:5])
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            if config.on_bad_rows == "error":
+            if config.on_bad_rows == "error":  # listed as the other bad rows are
+                listed = "\n".join(
+                    f"  {ex.location}, field 'reference': no reference response (reference, "
+                    "completion or chosen) for the NLL term"
+                    for ex in missing[:10]
+                )
+                rest = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
                 raise ValueError(
-                    f"prompts: {len(missing)} training row(s) have no reference response "
-                    f"(reference, completion or chosen) for the NLL term: {where}{more}; "
-                    "pass --nll-weight 0 or --on-bad-rows skip"
+                    f"prompts: {len(missing)} training row(s) without a reference (pass "
+                    f"--nll-weight 0, or --on-bad-rows skip to drop them):\n{listed}{rest}"
                 )
             train = [ex for ex in train if ex.reference_ids is not None]
             notes.append(
