@@ -952,3 +952,12 @@ def test_a_bad_split_is_a_bad_row_that_counts_in_no_statistic_of_the_kept_rows(t
     assert report.to_dict()["n_with_confidence"] == len(report.examples) == 2
     # without a split column, no row needs one
     assert not validate_preference_rows([plain_row(0), plain_row(1)], tok, 32).bad_rows
+    # a held-out set (--eval-data) is not split: its split column is neither read nor checked
+    held_out = validate_preference_rows(rows, tok, 32, held_out=True)
+    assert not held_out.bad_rows and len(held_out.examples) == 4
+    from smoothalign.sft.data import validate_sft_rows
+
+    sft = [{"prompt": f"q{i}", "completion": " a", "split": "test"} for i in range(2)]
+    assert len(validate_sft_rows(sft, tok, 32, held_out=True).examples) == 2
+    with pytest.raises(ValueError, match="field 'split': 'test'"):
+        validate_sft_rows(sft, tok, 32)

@@ -270,3 +270,8 @@ def test_triton_on_cpu_tensors_outside_the_interpreter_is_a_clear_error(monkeypa
     e, c, t = torch.randn(4, 8), torch.randn(16, 8), torch.tensor([1, 2, 3, 4])
     with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
         linear_log_probs(e, c, t, impl="triton")
+    from smoothalign.kernels import triton_interpreted
+
+    for value, on in (("1", True), ("true", True), ("ON", True), ("0", False), ("", False)):
+        monkeypatch.setenv("TRITON_INTERPRET", value)  # read as Triton reads it
+        assert triton_interpreted() is on, value

@@ -438,6 +438,8 @@ def test_a_split_value_other_than_train_or_eval_is_a_bad_row_of_the_prompts(tiny
     kept = load_prompts(str(path), tok, max_length=32, on_bad_rows="skip")
     assert [(b.row, b.code) for b in kept.bad_rows] == [(1, "bad_split"), (2, "bad_split")]
     assert len(kept.examples) == 2 and kept.n_with_reference == 0
+    held_out = load_prompts(str(path), tok, max_length=32, held_out=True)  # --eval-prompts
+    assert not held_out.bad_rows and len(held_out.examples) == 4
 
 
 def test_the_split_notes_and_errors_name_the_commands_own_option():

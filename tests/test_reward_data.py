@@ -324,3 +324,10 @@ def test_csv_votes_are_read_per_cell_and_ids_stay_text(tok, tmp_path):
     votes.write_text("pair_id,vote\n007,1\n007,1\n008,0\n")
     report = _validate(str(data), tok, labels=str(votes))
     assert [(ex.pair_id, ex.p_chosen) for ex in report.examples] == [("007", 1.0), ("008", 0.0)]
+
+
+def test_a_held_out_sets_split_column_is_not_checked(tok):
+    rows = [{**_row(i), "split": "test"} for i in range(2)]
+    with pytest.raises(ValueError, match="field 'split': 'test'"):
+        _validate(rows, tok)
+    assert len(_validate(rows, tok, held_out=True).examples) == 2  # --eval-data

@@ -378,3 +378,16 @@ def test_a_lora_adapter_on_the_lm_head_is_refused_not_left_out(tmp_path, data):
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
     with pytest.raises(ValueError, match="its LM head is a .*leave lm_head out of the adapter"):
         trainer.compute_loss(model, batch)
+    # modules_to_save trains a whole copy of the head, which its weight is: accepted, exact
+    model = get_peft_model(
+        transformers.LlamaForCausalLM(config),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], modules_to_save=["lm_head"]),
+    )
+    cfg = _config(data, tmp_path / "run2", label_smoothing=0.0)
+    trainer = SFTTrainer(model=model, args=training_arguments(cfg, False), sft_config=cfg)
+    loss = trainer.compute_loss(model, batch)
+    logits = model(input_ids=ids).logits
+    expected = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, 97), ids[:, 1:].reshape(-1)
+    )
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)

@@ -141,6 +141,7 @@ def validate_preference_rows(
     on_bad_rows: Literal["error", "skip"] = "error",
     *,
     require_confidence: bool = False,
+    held_out: bool = False,
 ) -> ValidationReport:
     """Validate and tokenise preference rows.
 
@@ -154,6 +155,8 @@ def validate_preference_rows(
         on_bad_rows: ``"error"`` raises on any bad row; ``"skip"`` drops and lists them.
         require_confidence: a row without a ``confidence`` is a bad row (the ``oracle-*``
             smoothing policies read it from every row).
+        held_out: the rows are a held-out set (``--eval-data``): a ``split`` column is not
+            read, so it is not checked either (the training data's must say train or eval).
 
     Returns:
         A ``ValidationReport`` whose ``examples`` are the kept rows as ``TokenizedPair`` s,
@@ -175,6 +178,7 @@ def validate_preference_rows(
         report_type=ValidationReport,
         process_row=_process_row_with_confidence if require_confidence else _process_row,
         progress=True,
+        check_split=not held_out,
     )
 
 
@@ -205,6 +209,7 @@ def validate_rows(
     report_type: Callable[..., R],
     process_row: Callable[[int, Mapping[str, Any], str, str, Any, int, R], Any],
     progress: bool = False,
+    check_split: bool = True,
 ) -> R:
     """The row-validation loop that preference and SFT data share.
 
@@ -240,7 +245,7 @@ def validate_rows(
         rows_seen = tqdm(rows, desc=f"validating {what} rows", disable=len(rows) < 2000 or None)
     else:
         rows_seen = rows
-    split_column = has_split_column(rows)
+    split_column = check_split and has_split_column(rows)
     for index, row in enumerate(rows_seen):
         try:
             require_object(row)

@@ -49,7 +49,14 @@ __all__ = [
     "linear_cross_entropy",
     "linear_log_probs",
     "triton_available",
+    "triton_interpreted",
 ]
+
+
+def triton_interpreted() -> bool:
+    """Whether ``TRITON_INTERPRET`` asks for Triton's interpreter, read as Triton reads it
+    (``1``, ``true`` or ``on``, any case)."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on")
 
 
 def filter_eps_for(setting: str) -> str | None:
@@ -93,10 +100,11 @@ def _resolve_impl(impl: str | None, e: Tensor) -> str:
         return "triton" if usable else "chunked"
     if impl == "triton" and not triton_available():
         raise RuntimeError("impl='triton': triton is not installed")
-    if impl == "triton" and not e.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+    if impl == "triton" and not e.is_cuda and not triton_interpreted():
         raise ValueError(
-            "impl='triton': the inputs are on the CPU, where Triton runs only under "
-            "TRITON_INTERPRET=1 (set before importing); use impl='chunked' or 'auto'"
+            f"impl='triton': the inputs are on {e.device.type}, where Triton runs only "
+            "under TRITON_INTERPRET=1 (on the CPU, set before importing); use "
+            "impl='chunked' or 'auto'"
         )
     return impl
 

@@ -65,12 +65,12 @@ def _use_triton(backend: str, *tensors: Tensor, width: int) -> bool:
             return False
     dtypes = {t.dtype for t in tensors}
     supported = len(dtypes) == 1 and dtypes <= {torch.float32, torch.bfloat16, torch.float16}
-    from smoothalign.kernels import triton_available
+    from smoothalign.kernels import triton_available, triton_interpreted
     from smoothalign.kernels.triton_layers import MAX_FUSED_WIDTH
 
     ok = supported and torch.float32 == COMPUTE_DTYPE and width <= MAX_FUSED_WIDTH
     ok = ok and triton_available()
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    interpreted = triton_interpreted()
     if backend == "triton" and ok and not interpreted and not all(t.is_cuda for t in tensors):
         raise ValueError(
             "backend='triton' on CPU tensors needs TRITON_INTERPRET=1 (set before "

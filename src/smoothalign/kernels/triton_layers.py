@@ -27,12 +27,12 @@ Rounding can differ from PyTorch's in the last place (another reduction order fo
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from smoothalign.kernels import triton_interpreted
 
 MAX_FUSED_WIDTH = 65536  # a row of the RMSNorm lives in registers: wider rows use PyTorch
 
@@ -189,7 +189,7 @@ def _row_launch(width: int) -> dict:
     warps for wider rows (up to 8192 units, 32 values per thread and row tensor; wider rows
     hold more and may spill registers: slower, not wrong). The interpreter takes no warps."""
     block = triton.next_power_of_2(width)
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if triton_interpreted():
         return {"BLOCK": block}
     warps = 4 if block <= 2048 else 8 if block <= 8192 else 16
     return {"BLOCK": block, "num_warps": warps}
@@ -278,11 +278,7 @@ def rope(x: Tensor, cos: Tensor, sin: Tensor, out_dtype: torch.dtype, backward: 
         # no FP fusion: with it, the compiler turns `a − x·s` into one fused multiply-add and
         # drops the rounding of x·s that eager does (seen in the sm_90 PTX: fma.rn.bf16;
         # without it: mul.rn.bf16, then sub.rn.bf16)
-        launch = (
-            {}
-            if os.environ.get("TRITON_INTERPRET") == "1"
-            else {"num_warps": 4, "enable_fp_fusion": False}
-        )
+        launch = {} if triton_interpreted() else {"num_warps": 4, "enable_fp_fusion": False}
         _rope_kernel[(bsz * seq,)](
             x, cos, sin, y, seq, heads,
             x.stride(0), x.stride(1), x.stride(2), y.stride(0), y.stride(1), y.stride(2),

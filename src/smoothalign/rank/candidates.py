@@ -166,6 +166,7 @@ def load_prompts(
     require_reference: bool = False,
     on_bad_rows: str = "error",
     source_name: str | None = None,
+    held_out: bool = False,
 ) -> PromptReport:
     """Read and check prompt rows; see the module docstring for the format.
 
@@ -185,7 +186,7 @@ def load_prompts(
     examples: list[PromptExample] = []
     bad: list[BadRow] = []
     used: dict[str, int] = {}
-    split_column = has_split_column(rows)
+    split_column = not held_out and has_split_column(rows)  # a held-out set's is not read
     for index, row in enumerate(rows):
         try:
             require_object(row)

@@ -96,7 +96,11 @@ def load_rank_prompts(
     eval_examples = None
     if config.eval_prompts is not None:
         eval_report = load_prompts(
-            config.eval_prompts, tokenizer, source_name=str(config.eval_prompts), **common
+            config.eval_prompts,
+            tokenizer,
+            source_name=str(config.eval_prompts),
+            held_out=True,
+            **common,
         )
         info["eval"] = eval_report.to_dict()
         md.append(eval_report.to_markdown())
@@ -167,7 +171,9 @@ def _fit_the_preference_model(
         else:
             kept.append(ex)
     if bad and on_bad_rows == "error":
-        listed = "\n  ".join(bad[:5]) + (f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else "")
+        listed = "\n  ".join(bad[:10]) + (
+            f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+        )
         raise ValueError(
             f"{len(bad)} {split} prompts do not fit the preference model:\n  {listed}\n"
             "Raise --max-length, or pass --on-bad-rows skip to drop them."
@@ -266,16 +272,6 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     # tokenizer or chat template): find out now, not when its candidates are scored
     train_ex = _fit_the_preference_model(train_ex, scorer, config.on_bad_rows, info, "train", notes)
     eval_ex = _fit_the_preference_model(eval_ex, scorer, config.on_bad_rows, info, "eval", notes)
-    for split in ("train", "eval"):  # skipped rows are listed in the report, as bad rows are
-        dropped = info.get(split, {}).get("too_long_for_the_preference_model", [])
-        if dropped:
-            more = (
-                f"; and {len(dropped) - 1} more (all in prompts.json)" if len(dropped) > 1 else ""
-            )
-            notes.append(
-                f"{len(dropped)} {split} prompt(s) skipped: too long for the preference model "
-                f"({dropped[0]}{more})"
-            )
     # every check passed and both models loaded: an earlier run's results go now (its
     # report, plots, per-epoch candidates), so none of them can pass for this run's
     clear_earlier_outputs(out, "candidates-epoch-*.jsonl", "eval_candidates_*.jsonl")

@@ -358,6 +358,7 @@ def validate_reward_rows(
     on_bad_rows: Literal["error", "skip"] = "error",
     *,
     labels: Any = None,
+    held_out: bool = False,
 ) -> RewardValidationReport:
     """Check the soft labels, then the texts (``validate_preference_rows``), and tokenise.
 
@@ -413,7 +414,9 @@ def validate_reward_rows(
     examples: list[RewardPair] = []
     if kept_rows:
         try:
-            text_report = validate_preference_rows(kept_rows, tokenizer, max_length, "skip")
+            text_report = validate_preference_rows(
+                kept_rows, tokenizer, max_length, "skip", held_out=held_out
+            )
         except ValueError as e:
             if not bad:
                 raise

@@ -161,6 +161,7 @@ def load_reward_data(
             config.max_length,
             config.on_bad_rows,
             labels=config.eval_labels,
+            held_out=True,
         )
     train_ex, eval_ex, info, md, split_notes = split_validated(
         report,

@@ -144,6 +144,8 @@ def validate_sft_rows(
     tokenizer: Any,
     max_length: int,
     on_bad_rows: Literal["error", "skip"] = "error",
+    *,
+    held_out: bool = False,
 ) -> SFTValidationReport:
     """Validate and tokenise SFT rows (anything :func:`load_sft_rows` reads, or its output).
 
@@ -165,6 +167,7 @@ def validate_sft_rows(
         eos_use="appended to every completion and text so the model learns to stop",
         report_type=SFTValidationReport,
         process_row=functools.partial(_process_row, text_bos=text_bos),
+        check_split=not held_out,  # a held-out set's split column is not read
     )
 
 

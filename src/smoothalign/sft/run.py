@@ -79,7 +79,7 @@ def load_sft_data(
     eval_report = None
     if config.eval_data is not None:
         eval_report = validate_sft_rows(
-            config.eval_data, tokenizer, config.max_length, config.on_bad_rows
+            config.eval_data, tokenizer, config.max_length, config.on_bad_rows, held_out=True
         )
     train_ex, eval_ex, info, md, split_notes = split_validated(
         report,

@@ -71,11 +71,11 @@ class SFTTrainer(SmoothingTrainer):
         head = base.get_output_embeddings()
         if head is None or not hasattr(head, "weight"):
             raise ValueError(f"model: {type(base).__name__} has no LM head (output embeddings)")
-        if type(head) is not torch.nn.Linear:  # a LoRA layer: its weight leaves the adapter out
+        if _is_adapter_layer(head):  # its weight is the base one: the adapter left out
             raise ValueError(
-                f"model: its LM head is a {type(head).__name__}, not a plain Linear (an adapter "
-                "on lm_head?): the SFT objective reads the head's weight, so it would train "
-                "and score without it; leave lm_head out of the adapter"
+                f"model: its LM head is a {type(head).__name__}, an adapter layer: the SFT "
+                "objective reads the head's weight, so it would train and score without the "
+                "adapter; leave lm_head out of the adapter (modules_to_save trains it whole)"
             )
         softcap = getattr(base.config, "final_logit_softcapping", None)
         return head.weight, getattr(head, "bias", None), softcap
@@ -237,3 +237,13 @@ def token_metrics(tokens: dict[str, np.ndarray], label_smoothing: float) -> dict
 
 def token_reliability(tokens: dict[str, np.ndarray]):
     return reliability_curve(np.clip(tokens["confidence"], 0.0, 1.0), tokens["correct"], TOKEN_BINS)
+
+
+def _is_adapter_layer(module: torch.nn.Module) -> bool:
+    """A PEFT tuner layer (LoRA, …), whose ``weight`` leaves its adapter out. (A
+    ``modules_to_save`` copy is not one: its ``weight`` is the trained copy the forward uses.)"""
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(module, BaseTunerLayer)

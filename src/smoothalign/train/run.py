@@ -237,7 +237,7 @@ def _load_data(
     eval_report = None
     if eval_rows is not None:
         eval_report = validate_preference_rows(
-            eval_rows, tokenizer, config.max_length, config.on_bad_rows
+            eval_rows, tokenizer, config.max_length, config.on_bad_rows, held_out=True
         )
     train_ex, eval_ex, info, md, split_notes = split_validated(
         report,
