@@ -254,7 +254,9 @@ def test_a_constant_schedule_alone_is_accepted(tmp_path):
     from smoothalign.train.common import check_scheduler
     from smoothalign.train.config import DPOConfig
 
-    check_scheduler(DPOConfig(lr_scheduler="constant"))
+    config = DPOConfig(lr_scheduler="constant")
+    check_scheduler(config)
+    assert config.lr_warmup_steps == 0  # recorded as what runs: constant has no warm-up
     with pytest.raises(ValueError, match="'constant' ignores --lr-warmup-steps"):
         check_scheduler(DPOConfig(lr_scheduler="constant", lr_warmup_steps=3))
 

@@ -752,3 +752,11 @@ def test_the_last_partial_logging_window_is_written(noisy_data, tmp_path):
     assert [r["step"] for r in train] == [2, 3]
     assert train[1]["partial_window"] and "rewards/margins" in train[1] and "loss" not in train[1]
     assert train[1]["cals/step"] == 3  # the calibrator saw every micro-batch
+
+
+def test_a_constant_schedule_records_no_warm_up_and_resumes(noisy_data, tmp_path):
+    out = tmp_path / "run"
+    kw = dict(smoothing="none", save_steps=2, lr_scheduler="constant", lr_warmup_steps=5)  # default
+    run_dpo(_config(noisy_data, out, max_steps=2, **kw))
+    assert json.loads((out / "config.json").read_text())["lr_warmup_steps"] == 0
+    run_dpo(_config(noisy_data, out, max_steps=3, resume="latest", **kw))  # same config

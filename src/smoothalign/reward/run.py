@@ -187,12 +187,12 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
     config.validate()
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    check_scheduler(config)  # first: it records constant's warm-up as 0, which resume compares
     # before the model loads: a mixed-up dir, a bad --resume or a changed config fails fast
     prepare_output_dir(out, config.resume, run_config_record(config))
     set_seed(config.seed)  # python, numpy and torch: the score head's initialisation
     notes: list[str] = []
     bf16 = resolve_bf16(config.precision)
-    check_scheduler(config)
     check_paths_exist(  # a mistyped path fails before the model loads
         data=config.data,
         eval_data=config.eval_data,

@@ -98,11 +98,11 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
     config.validate()
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    check_scheduler(config)  # first: it records constant's warm-up as 0, which resume compares
     # before the model loads: a mixed-up dir, a bad --resume or a changed config fails fast
     prepare_output_dir(out, config.resume, run_config_record(config))
     set_seed(config.seed)  # python, numpy and torch: data order and the LoRA initialisation
     bf16 = resolve_bf16(config.precision)
-    check_scheduler(config)
     # a mistyped path fails before the model loads
     check_paths_exist(data=config.data, eval_data=config.eval_data)
     model, tokenizer, validated = load_checked(  # bad rows before the weights, if it can

@@ -52,7 +52,8 @@ def check_scheduler(config: Any) -> None:
     evaluation logs calibration, not a loss), one that needs options the CLI does not pass
     (``cosine_with_min_lr``: ``min_lr``), one that refuses the numbers (``polynomial``
     with a learning rate under its 1e-7 floor), or warm-up steps asked of ``constant``, which
-    ignores them (the default warm-up is not an ask).
+    ignores them (the default warm-up is not an ask: ``constant`` sets ``lr_warmup_steps``
+    to 0, so that ``config.json`` records the warm-up that runs).
     Reads ``config.lr_scheduler``, ``learning_rate``, ``lr_warmup_steps`` and ``max_steps``."""
     from transformers import get_scheduler
     from transformers.trainer_utils import SchedulerType
@@ -68,6 +69,8 @@ def check_scheduler(config: Any) -> None:
             f"lr_scheduler: 'constant' ignores --lr-warmup-steps ({config.lr_warmup_steps}); "
             "use 'constant_with_warmup', or pass --lr-warmup-steps 0"
         )
+    if name == "constant":  # the default warm-up, which constant does not run: recorded as 0
+        config.lr_warmup_steps = 0
     probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.learning_rate)
     try:
         get_scheduler(

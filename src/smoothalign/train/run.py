@@ -76,13 +76,13 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     config.validate()
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    check_scheduler(config)  # first: it records constant's warm-up as 0, which resume compares
     # before the model loads: a mixed-up dir, a bad --resume or a changed config fails fast
     prepare_output_dir(out, config.resume, run_config_record(config))
     set_seed(config.seed)  # python, numpy and torch
     notes: list[str] = []
     device_is_cuda = torch.cuda.is_available()
     bf16 = resolve_bf16(config.precision)
-    check_scheduler(config)
 
     rows, eval_rows, data_notes = _read_data(config)  # a bad file fails before the model loads
     model, tokenizer, validated = load_checked(  # bad rows too, before the weights if it can
