@@ -243,22 +243,32 @@ def run_ours(
 
 
 def _time_policy(policy, device: str) -> list[float]:
-    """Wrap ``policy.step`` so each call's wall time (ms) is appended to the returned list;
-    the GPU is synchronised first, so the forward pass is not counted as bookkeeping."""
+    """Wrap the policy's ``alpha`` and ``update`` (a training step calls each once, see
+    ``train.objective.dpo_terms``) so that each step's bookkeeping time (ms), the two
+    summed, is appended to the returned list; the GPU is synchronised first, so the
+    forward pass is not counted as bookkeeping."""
     spent: list[float] = []
-    inner = policy.step
+    pending: list[float] = []  # alpha's time, until its step's update
 
-    def timed(margins, confidence=None):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        alpha = inner(margins, confidence)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        spent.append(1e3 * (time.perf_counter() - t0))
-        return alpha
+    def timed(inner, done):
+        def call(*args, **kwargs):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            result = inner(*args, **kwargs)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            ms = 1e3 * (time.perf_counter() - t0)
+            if done:
+                spent.append(ms + (pending.pop() if pending else 0.0))
+            else:
+                pending.append(ms)
+            return result
 
-    policy.step = timed
+        return call
+
+    policy.alpha = timed(policy.alpha, done=False)
+    policy.update = timed(policy.update, done=True)
     return spent
 
 

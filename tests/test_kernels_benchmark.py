@@ -84,6 +84,24 @@ def test_dpo_benchmark_gives_trl_the_same_token_ids_as_ours():
     assert tok.pad_token_id == 0 and isinstance(prompt, torch.Tensor)
 
 
+def test_dpo_benchmark_times_the_cals_bookkeeping_of_every_step():
+    """A training step reads α, then folds the batch in (dpo_terms calls alpha and update):
+    one bookkeeping time per step, both parts counted."""
+    import torch
+
+    from smoothalign.smoothing import make_policy
+    from smoothalign.train.objective import dpo_terms
+
+    bench = _load("dpo_step")
+    policy = make_policy("cals-l2")
+    spent = bench._time_policy(policy, "cpu")
+    h, zero = torch.tensor([0.3, -0.1]), torch.zeros(2)
+    for _ in range(3):
+        dpo_terms(h, zero, zero, zero, beta=1.0, loss="sigmoid", policy=policy)
+    assert len(spent) == 3 and all(ms > 0 for ms in spent)
+    assert policy.calibrator.step == 3  # the wrapped update still folds the batches in
+
+
 def test_tune_picks_the_least_total_time_and_never_a_failed_configuration():
     import sys
 
