@@ -612,17 +612,21 @@ def plot_convergence(results: dict[str, Any], n: int | None = None):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d, q = RewardStudyConfig(), RewardStudyConfig.quick()
 
+    def show(value: Any) -> str:
+        return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
     def default(name: str) -> str:
         full, quick = getattr(d, name), getattr(q, name)
-        show = lambda v: " ".join(map(str, v)) if isinstance(v, tuple) else str(v)  # noqa: E731
         return f"default {show(full)}" + (f"; --quick: {show(quick)}" if quick != full else "")
 
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke grid")
     parser.add_argument("--output-dir", default="outputs/reward_study", help="where the results go")
     parser.add_argument(
-        "--seeds", type=int, default=None, help=f"number of seeds ({len(d.seeds)}; --quick: "
-        f"{len(q.seeds)})",
-    )  # fmt: skip
+        "--seeds",
+        type=int,
+        default=None,
+        help=f"number of seeds (default {len(d.seeds)}; --quick: {len(q.seeds)})",
+    )
     parser.add_argument(
         "--annotators",
         type=int,

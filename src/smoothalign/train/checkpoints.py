@@ -233,32 +233,25 @@ def _resolved(value: Any, base: str | None) -> Any:
     return str(path.resolve()) if path.exists() else value
 
 
-def _drop_partial_last_line(path: Path) -> None:
-    """Cut ``path`` after its last newline (a record a crash cut short), in place."""
-    if not path.is_file():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with path.open("r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
-
-
-def _drop_records_after(path: Path, step: int) -> int:
-    """Remove from ``path`` the records logged after ``step`` and the end-of-run
-    (``summary``) records at it (rewritten atomically; lines that are not records are
-    kept); how many were removed."""
+def _trim_metrics(path: Path, step: int | None) -> int:
+    """Cut from ``path`` a last record a crash cut short, and (``step`` given) the records
+    logged after ``step`` and the end-of-run (``summary``) records at it, rewriting it
+    atomically (lines that are not records are kept); how many records were removed."""
     import json
 
     if not path.is_file():
         return 0
+    lines = path.read_text(encoding="utf-8").split("\n")
+    partial = lines.pop() != ""  # the text after the last newline: a cut record, or nothing
     kept, dropped = [], 0
-    for line in path.read_text(encoding="utf-8").split("\n")[:-1]:  # ends with a newline
+    for line in lines:
         try:
             record = json.loads(line)
             # a finished run's end-of-training records at the checkpoint's own step are
             # written again, for the whole run, when the resumed one ends
-            later = record["step"] > step or (
-                record["step"] == step and record.get("split") == "summary"
+            later = step is not None and (
+                record["step"] > step
+                or (record["step"] == step and record.get("split") == "summary")
             )
         except (ValueError, KeyError, TypeError):
             later = False
@@ -266,7 +259,7 @@ def _drop_records_after(path: Path, step: int) -> int:
             dropped += 1
         else:
             kept.append(line + "\n")
-    if dropped:
+    if dropped or partial:
         atomic_write_text(path, "".join(kept))
     return dropped
 
@@ -281,19 +274,15 @@ def train_with_resume(
         if smoothing_policy is not None:
             restore_smoothing_state(smoothing_policy, folder)
         notes.append(f"resumed from {folder}")
+        step = checkpoint_step(folder)
         # the per-pair values buffered since the last log before the save are not in the
         # checkpoint: the first record after it covers fewer steps, and says so
-        trainer.resumed_mid_window = (
-            checkpoint_step(folder) or 0
-        ) % trainer.args.logging_steps != 0
+        trainer.resumed_mid_window = (step or 0) % trainer.args.logging_steps != 0
         if int(os.environ.get("RANK", "0")) == 0:
             # the resumed records start on a line of their own after a record a crash cut
             # short, and the interrupted run's records past the checkpoint describe steps
             # that are trained again: they go, so that no step is in the file twice
-            metrics = Path(output_dir) / "metrics.jsonl"
-            _drop_partial_last_line(metrics)
-            step = checkpoint_step(folder)
-            dropped = _drop_records_after(metrics, step) if step is not None else 0
+            dropped = _trim_metrics(Path(output_dir) / "metrics.jsonl", step)
             if dropped:
                 notes.append(
                     f"metrics.jsonl: {dropped} record(s) of the earlier run after step {step} "
