@@ -441,6 +441,18 @@ def main(argv=None) -> int:
                 lambda: run_ours(args, shape, pairs, True, tmp, lean=True, recompute=True),
             )
         ),
+        # the head's backward with run F's block rule (no strips, no compensation)
+        "smoothalign (CALS, fused log-probs, lean layers, recompute, no strips)": (
+            lambda tmp: _with_env(
+                "SMOOTHALIGN_LCE_STRIPS",
+                "0",
+                lambda: _with_env(
+                    "SMOOTHALIGN_LCE_COMPENSATE",
+                    "0",
+                    lambda: run_ours(args, shape, pairs, True, tmp, lean=True, recompute=True),
+                ),
+            )
+        ),
         "smoothalign (CALS, fused log-probs, no block max)": lambda tmp: _with_env(
             "SMOOTHALIGN_LCE_BLOCKMAX", "0", lambda: run_ours(args, shape, pairs, True, tmp)
         ),

@@ -225,7 +225,8 @@ if want dpo; then
         # SMOOTHALIGN_GPU_DPO: which rows (ours-fused ours-lean ours-lean-rc ours-lean-rc-exact ours-fused-nobm trl-liger trl-liger-ref trl
         # ours-materialised ours-gc trl-liger-gc; ours-lean: --lean-layers; ours-lean-rc: --lean-layers recompute; ours-lean-rc-exact: and
         # --grad-filter off (a trained model's cost: its head's backward skips few blocks); ours-lean-rc-dense: and the head's
-        # backward as cuBLAS products (SMOOTHALIGN_LCE_DENSE=512); ours-fused-nobm: block_max off
+        # backward as cuBLAS products (SMOOTHALIGN_LCE_DENSE=512); ours-lean-rc-nostrips: run F's
+        # block rule (SMOOTHALIGN_LCE_STRIPS=0, _COMPENSATE=0); ours-fused-nobm: block_max off
         # backward; *-gc: with activation checkpointing, outside the target)
         rows=()
         keys=()
@@ -244,6 +245,7 @@ if want dpo; then
             ours-lean-rc) rows+=("smoothalign (CALS, fused log-probs, lean layers, recompute)") ;;
             ours-lean-rc-exact) rows+=("smoothalign (CALS, fused log-probs, lean layers, recompute, no filtering)") ;;
             ours-lean-rc-dense) rows+=("smoothalign (CALS, fused log-probs, lean layers, recompute, dense backward)") ;;
+            ours-lean-rc-nostrips) rows+=("smoothalign (CALS, fused log-probs, lean layers, recompute, no strips)") ;;
             trl-liger) rows+=("TRL DPOTrainer + use_liger_kernel") ;;
             trl-liger-ref) rows+=("TRL DPOTrainer + use_liger_kernel, reference patched too") ;;
             trl) rows+=("TRL DPOTrainer") ;;

@@ -71,7 +71,8 @@ def _ours_with(**options):
     ``block_max=False`` (no skipping of filterable blocks before their recompute, only
     after), ``filter_eps=None`` (every backward block computed), ``tma_reduce=True`` (the
     backward's tiles added by TMA bulk reductions) or
-    ``dense_backward=BYTES`` (the backward as three cuBLAS products per chunk of tokens)."""
+    ``dense_backward=BYTES`` (the backward as three cuBLAS products per chunk of tokens),
+    ``strips=…``/``compensate=…`` (the strip threshold and the mean-row compensation)."""
 
     def loss(e, c, t, beta):
         from smoothalign.kernels.triton_lce import triton_token_losses
@@ -90,6 +91,13 @@ def implementations(device: str, small: bool) -> dict:
     impls = {"smoothalign": (_ours, "triton" if device == "cuda" else "chunked (CPU)")}
     if device == "cuda":
         impls["smoothalign (no block max)"] = (_ours_with(block_max=False), "triton, block_max off")
+        # the block rule alone (run F's kernel): every row and column of a computed block
+        # added, no compensation; and strips at twice the default threshold
+        impls["smoothalign (no strips)"] = (
+            _ours_with(strips=0.0, compensate=False),
+            "triton, strips 0, compensate off",
+        )
+        impls["smoothalign (strips 0.5)"] = (_ours_with(strips=0.5), "triton, strips 0.5")
         # every block computed: the cost where few are skippable, as with a trained model's
         # hidden states (SmolLM2: 96% of the blocks computed), beside the dense rows below
         impls["smoothalign (no filtering)"] = (

@@ -51,9 +51,10 @@ def _ops(ptx: str, pattern: str) -> dict:
     return dict(collections.Counter(re.findall(pattern, ptx)))
 
 
-def backward(config: str, tma: bool, dtype: str = "bf16") -> dict:
-    """The linear cross-entropy backward (β > 0 closed form, filtering and block maxima on:
-    the benchmark's default path; fp16 scales each block's rows, ``SCALE_ROWS``)."""
+def backward(config: str, tma: bool, dtype: str = "bf16", strips: bool = True) -> dict:
+    """The linear cross-entropy backward (β > 0 closed form, filtering and block maxima on,
+    strips and the kept-mass count of the compensation on (``strips=False``: run F's block
+    rule): the benchmark's default path; fp16 scales each block's rows, ``SCALE_ROWS``)."""
     from smoothalign.kernels import triton_lce as K
 
     bn, bv, bd, warps, stages = (int(x) for x in config.split(","))
@@ -61,15 +62,15 @@ def backward(config: str, tma: bool, dtype: str = "bf16") -> dict:
     types = {"E": f"*{dtype}", "C": f"*{dtype}", "Bias": f"*{dtype}", "T": "*i64",
              "LSE": "*fp32", "G": "*fp32", "dE": "*fp32", "dC": f"*{dtype}", "dBias": "*fp32",
              "BMAX": "*fp32", "KEPT": "*fp32",
-             "softcap": "fp32", "beta": "fp32", "filter_eps": "fp32", "log_eps": "fp32",
+             "softcap": "fp32", "beta": "fp32", "filter_eps": "fp32", "strip_eps": "fp32", "log_eps": "fp32",
              "DE_DESC": f"tensordesc<fp32[{bn}, {bd}]>",
              "DC_DESC": f"tensordesc<{dtype}[{bv}, {bd}]>"}  # fmt: skip
     ints = ("N", "V", "D", "bmax_stride", "bmax_div", "stride_en", "stride_ed", "stride_cv",
             "stride_cd", "stride_den", "stride_dcv")  # fmt: skip
     consts = dict(BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=bd, GROUP_N=32, GROUP=min(bn, 64),
                   HAS_BIAS=False, HAS_SOFTCAP=False, SMOOTH_IN_BLOCK=False, FILTER=True,
-                  PREFILTER=True, COMPUTE_DE=True, COMPUTE_DC=True, COMPUTE_DBIAS=False,
-                  TMA_REDUCE=tma, STATS=False, SCALE_ROWS=dtype == "fp16", DOT_PREC="tf32",
+                  STRIPS=strips, PREFILTER=True, COMPUTE_DE=True, COMPUTE_DC=True, COMPUTE_DBIAS=False,
+                  TMA_REDUCE=tma, STATS=strips, SCALE_ROWS=dtype == "fp16", DOT_PREC="tf32",
                   UPCAST=False)  # fmt: skip
     signature = {}
     for p in params:
@@ -85,6 +86,7 @@ def backward(config: str, tma: bool, dtype: str = "bf16") -> dict:
     kernel = triton.compile(src, target=TARGET, options=options)
     atomics = _ops(kernel.asm["ptx"], r"\b((?:red|atom|cp\.reduce)\.[\w.:]+)")
     return {"kernel": "lce backward", "config": config, "dtype": dtype, "tma_reduce": tma,
+            "strips": strips,
             **_resources(kernel), "atomics": atomics}  # fmt: skip
 
 
@@ -160,6 +162,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns without it
     rows = [forward(cfg) for cfg in FWD_CONFIGS]
     rows += [backward(cfg, tma) for tma in (False, True) for cfg in BWD_CONFIGS]
+    rows += [backward(BWD_CONFIGS[0], False, strips=False)]  # run F's block rule
     rows += [backward(BWD_CONFIGS[0], False, "fp16")]
     rows += [rope(dt, bw, fus) for dt in ("bf16", "fp16") for bw in (False, True)
              for fus in (True, False)]  # fmt: skip

@@ -354,6 +354,106 @@ def test_filter_stats_of_confident_tokens_are_near_zero(lce):
     assert got.max() < 1e-2  # the old count (all mass in skipped blocks) would give ~1
 
 
+def _strip_rule_reference(e, c, t, beta, eps, strip_eps, bn=16, bv=32):
+    """Float64 brute force of the strip rule (interpreter blocks 16 × 32): a block is
+    computed when some live token has ``|softmax − (1 − β)·onehot| ≥ eps`` in it; of a
+    computed block, ``dE`` takes the rows with an entry ≥ ``strip_eps`` and ``dC`` the
+    columns with one; the β terms are exact. Mean reduction over the live tokens. Returns
+    ``(dE, dC, off-target mass per live token left out of dE, the thresholds' smallest
+    relative distance to any block, row or column maximum)``."""
+    e64, c64 = e.detach().double().cpu(), c.detach().double().cpu()
+    tt = t.cpu()
+    live = tt != -100
+    p = torch.softmax(e64 @ c64.T, 1)
+    d = p.clone()
+    d[live, tt[live]] -= 1.0 - beta
+    d[~live] = 0.0
+    g = live.double() / live.sum()
+    n, v = p.shape
+    in_de = torch.zeros(n, v, dtype=torch.bool)
+    in_dc = torch.zeros(n, v, dtype=torch.bool)
+    margins = []
+    for i in range(0, n, bn):
+        for j in range(0, v, bv):
+            a = d[i : i + bn, j : j + bv].abs()
+            margins.append(abs(float(a.max()) - eps) / eps)
+            if a.max() < eps:
+                continue
+            rows, cols = a.amax(1), a.amax(0)
+            margins += [float(x) for x in ((rows - strip_eps).abs() / strip_eps)]
+            margins += [float(x) for x in ((cols - strip_eps).abs() / strip_eps)]
+            in_de[i : i + bn, j : j + bv] = (rows >= strip_eps)[:, None]
+            in_dc[i : i + bn, j : j + bv] = (cols >= strip_eps)[None, :]
+    gd = g[:, None] * d
+    de = torch.where(in_de, gd, 0.0) @ c64 - beta * g[:, None] * c64.mean(0)
+    dc = torch.where(in_dc, gd, 0.0).T @ e64 - (beta / v) * (g @ e64)[None, :]
+    off = p.clone()
+    off[live, tt[live]] = 0.0
+    left_out = torch.where(in_de, 0.0, off).sum(1)[live]
+    return de, dc, left_out, min(margins)
+
+
+@here
+@pytest.mark.parametrize("compensate", [False, True])
+@pytest.mark.parametrize("block_max", [False, True])
+@pytest.mark.parametrize("beta", [0.0, 0.1])
+def test_strips_add_only_the_rows_and_columns_above_their_threshold(
+    lce, block_max, beta, compensate
+):
+    """``strips``: a computed block adds to ``dE`` only its tokens with an entry at or above
+    ``strips·filter_eps`` and to ``dC`` only its vocabulary entries with one, against a
+    float64 brute force of that rule (float32 inputs: no 16-bit rounding in between); the
+    filter statistics count what ``dE`` left out; ``compensate`` adds that mass times C's
+    mean row to each token's ``dE``."""
+    eps, share = 5e-2, 0.5
+    e, c, _, t = _inputs(torch.float32, scale=0.5, seed=0)
+    de, dc, left_out, margin = _strip_rule_reference(e, c, t, beta, eps, share * eps)
+    assert margin > 1e-3  # no maximum at a threshold: rounding cannot flip one
+    # the rule differs from the block rule here: some blocks are skipped, and some computed
+    # ones drop rows and columns, by far more than the tolerance below
+    de0, dc0, block_rule_left_out, _ = _strip_rule_reference(e, c, t, beta, eps, 0.0)
+    assert float(block_rule_left_out.max()) > 1e-2
+    assert float((left_out - block_rule_left_out).max()) > 5e-2
+    assert float((de - de0).abs().max()) > 1e-2 * float(de.abs().max())
+    assert float((dc - dc0).abs().max()) > 1e-2 * float(dc.abs().max())
+    live = (t != -100).cpu()
+    if compensate:
+        g = 1.0 / float(live.sum())
+        de[live] += g * left_out[:, None] * c.detach().double().cpu().mean(0)[None, :]
+    stats = {}
+    losses = lce.triton_token_losses(
+        e,
+        c,
+        t,
+        beta=beta,
+        filter_eps=eps,
+        block_max=block_max,
+        filter_stats=stats,
+        strips=share,
+        compensate=compensate,
+    )
+    (losses.sum() / (t != -100).sum()).backward()
+    torch.testing.assert_close(e.grad.cpu().double(), de, rtol=0, atol=1e-6 * float(de.abs().max()))
+    torch.testing.assert_close(c.grad.cpu().double(), dc, rtol=0, atol=1e-6 * float(dc.abs().max()))
+    got = stats["dropped_mass"].cpu().double()[live]
+    torch.testing.assert_close(got, left_out, rtol=0, atol=1e-5)
+
+
+def test_strips_setting(lce, monkeypatch):
+    monkeypatch.delenv("SMOOTHALIGN_LCE_STRIPS", raising=False)
+    assert lce.resolve_strips(None) == lce.STRIPS_DEFAULT
+    assert lce.resolve_strips(0.0) is None and lce.resolve_strips(0.25) == 0.25
+    for raw, expected in (("0", None), ("1", 1.0), ("0.5", 0.5)):
+        monkeypatch.setenv("SMOOTHALIGN_LCE_STRIPS", raw)
+        assert lce.resolve_strips(None) == expected
+    for raw in ("abc", "-0.1", "1.5", "nan"):
+        monkeypatch.setenv("SMOOTHALIGN_LCE_STRIPS", raw)
+        with pytest.raises(ValueError, match="SMOOTHALIGN_LCE_STRIPS|strips"):
+            lce.resolve_strips(None)
+    with pytest.raises(ValueError, match="strips"):
+        lce.resolve_strips(2.0)
+
+
 @here
 def test_filter_stats_are_zero_when_nothing_is_filtered(lce):
     e, c, _, t = _inputs(torch.bfloat16)

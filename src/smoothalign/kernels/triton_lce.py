@@ -63,6 +63,25 @@ spill-free variants for the next GPU run. The atomic adds are relaxed (vectorise
 an instruction; the buffers are read only after the kernel), which made the backward 2.7×
 faster than ordered ones at the Llama-3 shape.
 
+**Strips** (``strips``, a share of ``filter_eps``; default ``STRIPS_DEFAULT`` = 1/4,
+``SMOOTHALIGN_LCE_STRIPS`` overrides, 0 turns it off): of a block that passes the filter,
+``dE`` takes only the rows (tokens) that hold an entry ``≥ strips·filter_eps`` and ``dC``
+only the columns (vocabulary entries) that hold one; the other rows' and columns' atomic adds
+are masked off (the products are still computed: the block is one ``tl.dot``). At the
+Llama-3 shape, on the kernel benchmark's random logits, a computed block holds about one
+entry above ``filter_eps`` and its adds were what bound the backward (run E,
+docs/results.md): 1/4 keeps about half of ``dE``'s rows and 29% of ``dC``'s columns there
+and a third of ``dE``'s on SmolLM2's hidden states (``lce_filter_fraction.py --strips``).
+The target's entry (``|d| ≈ 1 − β``) always keeps its row and column.
+
+**Compensation** (``compensate``, on by default; ``SMOOTHALIGN_LCE_COMPENSATE=0`` turns it
+off): what the filter and the strips leave out of a token's ``dE`` is ``g_n·Σ p_v·C_v`` over
+the dropped entries; it is replaced by its mean-field value ``g_n·m_n·c̄``, with ``m_n`` the
+off-target mass dropped (``1 − p_target −`` the mass the kernel kept, counted as for
+``filter_stats``) and ``c̄`` C's mean row. A trained model's head has a large mean row, so
+the dropped mass is mostly along it: on SmolLM2's hidden states this halves the block rule's
+``dE`` error; on random logits (``c̄ ≈ 0``) it changes nothing. Not with a softcap.
+
 **Skipping before the recompute** (``block_max``, on by default): the in-block filter
 decides only after the block's logits are recomputed. With ``block_max`` the forward also
 stores, per vocabulary block, the largest logit of each group of ``GROUP`` tokens
@@ -81,8 +100,9 @@ instructions from every thread; the backward then uses BLOCK_D 32. Compiled for 
 CPU (``benchmarks/sm90_compile.py``), not yet run on a GPU.
 
 **What the filter dropped** (``filter_stats``): with ``STATS`` the backward also adds, per
-token, the off-target softmax mass of each block it computes into a ``[N]`` buffer; the
-host turns it into the mass the filter left out (``1 − p_target −`` kept). The trainers log
+token, the off-target softmax mass of each block row it adds to ``dE`` into a ``[N]``
+buffer; the host turns it into the mass left out of ``dE`` (``1 − p_target −`` kept; before
+the compensation above). The trainers log
 its mean as ``head/filtered_mass``.
 
 **Dense backward (experimental, off by default)**: ``dense_backward=BYTES`` (or
@@ -109,6 +129,7 @@ from smoothalign.kernels._autograd import first_order_only
 DE_CHUNK_BYTES = 32 << 20  # fp32 dE accumulation buffer per launch chunk, at most
 DE_CHUNK_SHARE = 0.04  # ... and at most this share of the gradients' bytes (small shapes)
 DE_CHUNK_ROWS: int | None = None  # overrides DE_CHUNK_BYTES (tests: several chunks)
+STRIPS_DEFAULT: float | None = 0.25  # strip threshold ÷ filter_eps (see resolve_strips)
 
 
 def _interpreting() -> bool:
@@ -293,6 +314,7 @@ def _bwd_kernel(
     softcap,
     beta,
     filter_eps,
+    strip_eps,
     log_eps,
     bmax_stride,
     bmax_div,
@@ -311,6 +333,7 @@ def _bwd_kernel(
     HAS_SOFTCAP: tl.constexpr,
     SMOOTH_IN_BLOCK: tl.constexpr,
     FILTER: tl.constexpr,
+    STRIPS: tl.constexpr,
     PREFILTER: tl.constexpr,
     COMPUTE_DE: tl.constexpr,
     COMPUTE_DC: tl.constexpr,
@@ -388,8 +411,16 @@ def _bwd_kernel(
     if FILTER:  # noqa: SIM102 (a constexpr branch around a runtime test)
         if tl.max(tl.max(tl.abs(d), 1), 0) < filter_eps:
             return
-    if STATS:  # the off-target softmax mass this computed block keeps, per token
-        off = keep & (offs_v[None, :] != t[:, None])
+    # strips: dE takes only the rows (tokens) of the block with an entry ≥ strip_eps, dC
+    # only its columns (vocabulary entries) with one; the others' atomic adds are masked off
+    rows_on = n_mask
+    cols_on = v_mask
+    if STRIPS:
+        ad = tl.abs(d)
+        rows_on = rows_on & (tl.max(ad, 1) >= strip_eps)
+        cols_on = cols_on & (tl.max(ad, 0) >= strip_eps)
+    if STATS:  # the off-target softmax mass this computed block keeps in dE, per token
+        off = keep & (offs_v[None, :] != t[:, None]) & rows_on[:, None]
         tl.atomic_add(KEPT + offs_n, tl.sum(tl.where(off, p, 0.0), 1), mask=n_mask, sem="relaxed")
     # fp16: g/max|g| in the 16-bit block, max|g| back on the fp32 products
     if SCALE_ROWS:  # noqa: SIM108 (a constexpr branch)
@@ -422,12 +453,14 @@ def _bwd_kernel(
             if SCALE_ROWS:
                 de = de * g_abs
             if TMA_REDUCE:  # one bulk reduce-add of the tile (TMA clips rows ≥ N)
+                if STRIPS:  # a bulk add has no mask: the rows left out add zeros
+                    de = tl.where(rows_on[:, None], de, 0.0)
                 DE_DESC.atomic_add([pid_n * BLOCK_N, d0], de)
             else:
                 tl.atomic_add(
                     dE + offs_n[:, None] * stride_den + offs_d[None, :],
                     de,
-                    mask=n_mask[:, None] & d_mask[None, :],
+                    mask=rows_on[:, None] & d_mask[None, :],
                     sem="relaxed",
                 )
         if COMPUTE_DC:
@@ -442,12 +475,14 @@ def _bwd_kernel(
             if SCALE_ROWS:
                 dc = dc * g_abs
             if TMA_REDUCE:
+                if STRIPS:
+                    dc = tl.where(cols_on[:, None], dc, 0.0)
                 DC_DESC.atomic_add([pid_v * BLOCK_V, d0], dc.to(dC.dtype.element_ty))
             else:
                 tl.atomic_add(
                     dC + offs_v[:, None] * stride_dcv + offs_d[None, :],
                     dc.to(dC.dtype.element_ty),
-                    mask=v_mask[:, None] & d_mask[None, :],
+                    mask=cols_on[:, None] & d_mask[None, :],
                     sem="relaxed",
                 )
 
@@ -576,6 +611,35 @@ def resolve_filter_eps(filter_eps: float | str | None, dtype: torch.dtype) -> fl
 
     check_filter_eps(filter_eps)
     return float(filter_eps)
+
+
+def resolve_strips(strips: float | None) -> float | None:
+    """The strip threshold as a share of ``filter_eps`` (``None``: ``SMOOTHALIGN_LCE_STRIPS``,
+    else ``STRIPS_DEFAULT``; 0: off), checked to lie in ``[0, 1]``: above 1 a computed
+    block could add nothing."""
+    if strips is None:
+        env = os.environ.get("SMOOTHALIGN_LCE_STRIPS")
+        if env is None:
+            return STRIPS_DEFAULT
+        try:
+            strips = float(env)
+        except ValueError:
+            raise ValueError(
+                f"SMOOTHALIGN_LCE_STRIPS: a number in [0, 1] expected, got {env!r}"
+            ) from None
+    if not 0.0 <= strips <= 1.0:  # NaN fails too
+        raise ValueError(f"strips: a share of filter_eps in [0, 1] expected (0: off), got {strips}")
+    return float(strips) or None
+
+
+def resolve_compensate(compensate: bool | None) -> bool:
+    """``None``: ``SMOOTHALIGN_LCE_COMPENSATE`` (``0`` off, ``1`` on), else on."""
+    if compensate is not None:
+        return bool(compensate)
+    env = os.environ.get("SMOOTHALIGN_LCE_COMPENSATE", "1")
+    if env not in ("0", "1"):
+        raise ValueError(f"SMOOTHALIGN_LCE_COMPENSATE: 0 or 1 expected, got {env!r}")
+    return env == "1"
 
 
 def _num_sms(device: torch.device) -> int:
@@ -725,16 +789,20 @@ def _backward(
     tma_reduce=None,
     dense_bytes=None,
     stats=None,
+    strips=None,
+    compensate=False,
 ):
     need_e, need_c, need_b = need
     n, d = e.shape
     v = c.shape[0]
     stats, p_target = stats if stats is not None else (None, None)
-    if stats is not None and (
-        dense_bytes or filter_eps is None or (beta > 0 and softcap is not None)
-    ):
+    filtering = not (dense_bytes or filter_eps is None or (beta > 0 and softcap is not None))
+    if stats is not None and not filtering:
         stats["dropped_mass"] = torch.where(g != 0, 0.0, math.nan)  # nothing filtered
         stats = None
+    # the dropped mass times C's mean row, added to dE (see the module doc); not with a
+    # softcap, whose derivative weighs each dropped entry differently
+    compensate = compensate and filtering and need_e and softcap is None and p_target is not None
     if dense_bytes:
         from smoothalign.kernels.dense_backward import dense_backward, dense_chunk_rows
 
@@ -762,6 +830,7 @@ def _backward(
         bd = 32
     rank_one = beta > 0 and softcap is None
     eps = None if (beta > 0 and softcap is not None) else filter_eps
+    strip_eps = eps * strips if (eps is not None and strips) else None
     if de_chunk_rows is None:
         de_chunk_rows = _de_chunk_rows(n, v, d, e.element_size(), bn)
     # the forward's block maxima can skip a backward block only if it lies in one forward
@@ -794,10 +863,14 @@ def _backward(
     if need_b:
         db = torch.full((v,), -(beta / v) * float(g.sum()) if rank_one else 0.0, device=e.device)
         db = db.float()
+    c_bar = None
+    if compensate:  # the forward computed c̄ when rank_one (β > 0, no softcap)
+        c_bar = c_mean if c_mean is not None else _mean_row(c)
     if not (need_e and rank_one):
-        c_mean = None  # the forward computed it exactly when rank_one (β > 0, no softcap)
+        c_mean = None
     de_out = torch.empty_like(e) if need_e else None
-    kept = torch.zeros(n, dtype=torch.float32, device=e.device) if stats is not None else None
+    counting = stats is not None or compensate
+    kept = torch.zeros(n, dtype=torch.float32, device=e.device) if counting else None
     extra = {} if _interpreting() else {"num_warps": warps, "num_stages": stages}
     dc_desc = None
     if tma and dc_buf is not None:
@@ -839,6 +912,7 @@ def _backward(
             float(softcap) if softcap is not None else 1.0,
             float(beta),
             float(eps) if eps is not None else 0.0,
+            float(strip_eps) if strip_eps is not None else 0.0,
             # minus 1e-3: the backward's recomputed logits may differ from the forward's
             # by fp32 rounding (other tiling); the skip must stay on the safe side
             math.log(eps) - 1e-3 if eps is not None else 0.0,
@@ -859,6 +933,7 @@ def _backward(
             HAS_SOFTCAP=softcap is not None,
             SMOOTH_IN_BLOCK=beta > 0 and softcap is not None,
             FILTER=eps is not None,
+            STRIPS=strip_eps is not None,
             PREFILTER=prefilter,
             COMPUTE_DE=need_e,
             COMPUTE_DC=need_c,
@@ -870,12 +945,16 @@ def _backward(
             UPCAST=_interpreting() and e.dtype != torch.float32,
             **extra,
         )
+        if c_bar is not None:  # the off-target mass dE left out, along C's mean row
+            dropped = (1.0 - p_target[s : s + rows] - kept[s : s + rows]).clamp_(min=0.0)
+            # where, not a product: an ignored token's target may be out of range
+            de_buf.addr_(torch.where(gc != 0, gc * dropped, 0.0), c_bar)
         if de_buf is not None:
             # cast while copying: `= de_buf.to(e.dtype)` would first allocate a 16-bit copy
             # of the chunk, alive beside the fp32 buffer at the backward's peak (16 MiB at
             # the benchmark shapes, 1.4% of the gradients)
             de_out[s : s + rows].copy_(de_buf)
-    if kept is not None:  # per token: the off-target softmax mass in the skipped blocks
+    if stats is not None:  # per token: the off-target softmax mass in the skipped blocks
         dropped = (1.0 - p_target - kept).clamp_(min=0.0)
         stats["dropped_mass"] = torch.where(g != 0, dropped, math.nan)  # no sync: no indexing
     dc = dc_buf.to(c.dtype) if dc_buf is not None else None
@@ -901,6 +980,8 @@ class TritonLinearCrossEntropy(torch.autograd.Function):
         tma_reduce,
         dense_bytes,
         filter_stats,
+        strips,
+        compensate,
     ):
         loss, lse, c_mean, maxima, zt = _forward(
             e, c, bias, targets, beta, ignore_index, softcap, block_max
@@ -911,8 +992,10 @@ class TritonLinearCrossEntropy(torch.autograd.Function):
         ctx.save_for_backward(e, c, bias, targets, lse, bmax, c_mean)
         ctx.opts = (beta, ignore_index, softcap, filter_eps, accum_c_fp32, bv_fwd, group)
         ctx.tma_reduce, ctx.dense_bytes, ctx.filter_stats = tma_reduce, dense_bytes, filter_stats
+        ctx.strips, ctx.compensate = strips, compensate
         # the target's probability, for the off-target mass the filter leaves out
-        ctx.p_target = torch.exp(zt - lse) if filter_stats is not None else None
+        counting = filter_stats is not None or compensate
+        ctx.p_target = torch.exp(zt - lse) if counting else None
         return loss
 
     @staticmethod
@@ -938,9 +1021,11 @@ class TritonLinearCrossEntropy(torch.autograd.Function):
             c_mean,
             ctx.tma_reduce,
             ctx.dense_bytes,
-            (ctx.filter_stats, ctx.p_target) if ctx.filter_stats is not None else None,
+            (ctx.filter_stats, ctx.p_target),
+            ctx.strips,
+            ctx.compensate,
         )
-        return de, dc, db, None, None, None, None, None, None, None, None, None, None
+        return (de, dc, db) + (None,) * 12
 
 
 def triton_token_losses(
@@ -958,12 +1043,14 @@ def triton_token_losses(
     tma_reduce: bool | None = None,
     dense_backward: int | None = None,
     filter_stats: dict | None = None,
+    strips: float | None = None,
+    compensate: bool | None = None,
 ) -> Tensor:
     """Per-token losses ``[N]`` of ``e`` ``[N, D]`` against ``c`` ``[V, D]`` with the kernels.
 
     ``filter_stats``: a dict that the backward fills with ``"dropped_mass"``, float32
     ``[N]``: per token, the softmax mass off its target in the blocks gradient filtering
-    skipped, that is, left out of its gradient (of the ``1 − p_target`` there is: a token
+    skipped and the block rows the strips left out, that is, left out of its ``dE`` (of the ``1 − p_target`` there is: a token
     predicted with certainty has nothing to lose); 0 when nothing was filtered, NaN for
     tokens with no gradient (ignored). Counted by the kernel as it goes (one atomic add per
     token and computed block); off when not asked for.
@@ -974,6 +1061,10 @@ def triton_token_losses(
     atomic adds: nothing filtered (``filter_eps`` is then unused), meant for a trained
     model's peaked softmax, where filtering skips few blocks. An experiment, not yet timed
     on a GPU.
+
+    ``strips`` (a share of ``filter_eps`` in [0, 1]; ``None`` reads ``SMOOTHALIGN_LCE_STRIPS``,
+    else 1/4; 0 off) and ``compensate`` (``None`` reads ``SMOOTHALIGN_LCE_COMPENSATE``, else
+    on): the finer filter and the mean-row compensation of the module doc.
 
     ``tma_reduce`` (off by default; ``None`` reads ``SMOOTHALIGN_LCE_TMA=1``): the backward
     adds its gradient tiles with TMA bulk reductions where the GPU has them (see
@@ -1035,4 +1126,6 @@ def triton_token_losses(
         tma_reduce,
         int(dense_backward) if dense_backward else None,
         filter_stats,
+        resolve_strips(strips),
+        resolve_compensate(compensate),
     )
