@@ -272,6 +272,15 @@ def test_dense_backward_setting_from_the_environment(lce, monkeypatch):
             lce._dense_bytes_from_env()
 
 
+@pytest.fixture
+def interpreter_blocks(monkeypatch):
+    """The interpreter's 16 × 32 (× 16) blocks on a GPU too, where the tuned defaults are
+    larger (64 × 128 for bf16): the brute forces below follow the kernel's blocks."""
+    if torch.cuda.is_available():
+        monkeypatch.setenv("SMOOTHALIGN_LCE_FWD", "16,32,16,4,1")
+        monkeypatch.setenv("SMOOTHALIGN_LCE_BWD", "16,32,16,4,1")
+
+
 def _skipped_off_target_mass(e, c, t, beta, eps, bn=16, bv=32):
     """Float64 brute force of the block rule (interpreter blocks 16 × 32: a block is
     computed when some live token has ``|softmax − (1 − β)·onehot| ≥ eps`` in it): per live
@@ -313,7 +322,7 @@ def _dropped(lce, e, c, t, beta, eps, block_max):
 @here
 @pytest.mark.parametrize("block_max", [False, True])
 @pytest.mark.parametrize("beta", [0.0, 0.1])
-def test_filter_stats_count_the_softmax_mass_left_out(lce, block_max, beta):
+def test_filter_stats_count_the_softmax_mass_left_out(lce, block_max, beta, interpreter_blocks):
     """``filter_stats``: per live token, the softmax mass off its target in the blocks the
     filter skipped, against a float64 brute force of the block rule."""
     eps = 2e-2
@@ -329,7 +338,7 @@ def test_filter_stats_count_the_softmax_mass_left_out(lce, block_max, beta):
 
 
 @here
-def test_filter_stats_of_confident_tokens_are_near_zero(lce):
+def test_filter_stats_of_confident_tokens_are_near_zero(lce, interpreter_blocks):
     """A token predicted with near certainty loses next to nothing when its whole block
     row, target included, is skipped: its gradient was ~0 anyway (the count is of the mass
     off the target, not of the target's own probability)."""
@@ -398,7 +407,7 @@ def _strip_rule_reference(e, c, t, beta, eps, strip_eps, bn=16, bv=32):
 @pytest.mark.parametrize("block_max", [False, True])
 @pytest.mark.parametrize("beta", [0.0, 0.1])
 def test_strips_add_only_the_rows_and_columns_above_their_threshold(
-    lce, block_max, beta, compensate
+    lce, block_max, beta, compensate, interpreter_blocks
 ):
     """``strips``: a computed block adds to ``dE`` only its tokens with an entry at or above
     ``strips·filter_eps`` and to ``dC`` only its vocabulary entries with one, against a

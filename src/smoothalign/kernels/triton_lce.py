@@ -848,6 +848,10 @@ def _backward(
         raise RuntimeError(f"block maxima of shape {tuple(bmax.shape)} for N={n}, V={v}")
     # buffers start at the closed-form rank-one part of the gradient (see the module doc)
     # the interpreter has no 16-bit atomic add: fp32 there (the bf16/fp16 path is GPU-only)
+    c_bar = None
+    if compensate:  # the forward computed c̄ when rank_one (β > 0, no softcap); else here,
+        # before the gradient buffers exist, so the reduction's workspace is not at the peak
+        c_bar = c_mean if c_mean is not None else _mean_row(c)
     fp32_c = accum_c_fp32 or c.dtype == torch.float32 or _interpreting()
     dc_dtype = torch.float32 if fp32_c else c.dtype
     dc_buf = None
@@ -863,9 +867,6 @@ def _backward(
     if need_b:
         db = torch.full((v,), -(beta / v) * float(g.sum()) if rank_one else 0.0, device=e.device)
         db = db.float()
-    c_bar = None
-    if compensate:  # the forward computed c̄ when rank_one (β > 0, no softcap)
-        c_bar = c_mean if c_mean is not None else _mean_row(c)
     if not (need_e and rank_one):
         c_mean = None
     de_out = torch.empty_like(e) if need_e else None
