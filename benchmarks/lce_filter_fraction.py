@@ -4,6 +4,7 @@
     python benchmarks/lce_filter_fraction.py --model smollm2-135m [--tokens 4096] [--sort-vocab]
     python benchmarks/lce_filter_fraction.py --dpo-step-model [--tokens 4096] [--logit-scale 7]
     python benchmarks/lce_filter_fraction.py --eps-sweep 2.44e-4 1.22e-4 6.1e-5 [--tokens 1024]
+    python benchmarks/lce_filter_fraction.py --eps-sweep 2.44e-4 --strips 1 0.5 0.25 [--inputs F]
 
 For each benchmark shape, in float32 on the CPU (no GPU needed; ~2 min per shape on 2
 cores), it forms ``softmax − onehot`` for the first ``--tokens`` tokens and counts the
@@ -28,9 +29,11 @@ in the order the step's head sees them. Random weights give near-uniform softmax
 kernel benchmark's random logits, so this says how much the step's timing owes to filtering.
 
 With ``--eps-sweep`` it measures, on the kernel benchmark's inputs (the last ``--tokens``
-tokens: the first tenth of each shape is ignored), what each threshold costs and buys: the
-share of live blocks computed and the filter's own contribution to the ``dE`` error that
-the GPU benchmark checks against a 2e-2 tolerance (``filter_error``).
+tokens: the first tenth of each shape is ignored) or a real model's (``--inputs``, from
+``real_inputs.py``), what each threshold costs and buys: the share of live blocks computed
+and the filter's own contribution to the ``dE`` error that the GPU benchmark checks against
+a 2e-2 tolerance, with and without the kernel's mean-row compensation, and with
+``--strips SHARE…`` the same for the strip rule (``filter_error``).
 """
 
 from __future__ import annotations
@@ -79,22 +82,43 @@ def filter_fraction(e, c, t, block_n: int, block_v: int, eps: float, chunk: int 
     return kept, total, live_blocks, float(dropped.mean()) if len(dropped) else float("nan")
 
 
-def filter_error(e, c, t, block_n: int, block_v: int, eps_list, beta: float, chunk: int = 512):
-    """For each threshold in ``eps_list``: (share of the blocks with a live token that are
-    computed, the filter's own ``dE`` error). The error is ``max |ΔdE| / max |dE|`` over the
-    tokens given, where ``ΔdE = Σ_(skipped entries) p_v·C_v`` (per token, before the
-    common ``1/N``): the softmax mass the skipped blocks hold, which the kernel leaves out;
-    its β terms are exact (closed form), so this is all that filtering changes. Float32,
-    with the gradient's other roundings (bf16) not included."""
+def filter_error(
+    e, c, t, block_n: int, block_v: int, eps_list, beta: float, chunk: int = 512, shares=()
+):
+    """For each threshold in ``eps_list``: a dict with the share of the blocks with a live
+    token that are computed (``blocks``), the filter's own ``dE`` error (``err``) and that
+    error after the kernel's mean-row compensation (``compensated``), and under ``strips``,
+    for each of ``shares``, the same for the strip rule (a computed block adds to ``dE`` only
+    its rows with an entry ``≥ share·eps``): the share of the live tokens' ``[token,
+    vocabulary block]`` rows added (``rows``), the atomic bytes into ``dE`` against the block rule's
+    (``bytes_vs_blocks``), ``err`` and ``compensated``.
+
+    The error is ``max |ΔdE| / max |dE|`` over the tokens given, where ``ΔdE = Σ d_v·C_v``
+    over the gradient entries left out, ``d = softmax − (1 − β)·onehot`` (per token, before
+    the common ``1/N``); the β terms are exact (closed form), so this is all that filtering
+    changes. Compensated: minus ``m·c̄``, with ``m`` the off-target softmax mass left out and
+    ``c̄`` C's mean row. Float32, with the gradient's other roundings (bf16) not included."""
     v = c.shape[0]
     v_blocks = math.ceil(v / block_v)
     pad = (0, v_blocks * block_v - v)
-    kept = [0] * len(eps_list)
-    live_blocks = 0
-    err_max = [0.0] * len(eps_list)
+    out = [
+        {"blocks": 0, "err": 0.0, "compensated": 0.0,
+         "strips": {f: {"rows": 0, "err": 0.0, "compensated": 0.0} for f in shares}}
+        for _ in eps_list
+    ]  # fmt: skip
+    live_blocks = rows_all = 0
     de_max = 0.0
     chunk = max(block_n, chunk // block_n * block_n)
     c_mean = c.mean(0)
+
+    def errors(skip, p, d, live, tt):
+        """(max |ΔdE|, compensated) over the live tokens, ``skip`` the entries left out."""
+        dropped = torch.where(skip, d, 0.0) @ c
+        off = torch.where(skip, p, 0.0)
+        off[live, tt[live]] = 0.0
+        comp = dropped - off.sum(1, keepdim=True) * c_mean[None, :]
+        return float(dropped[live].abs().max()), float(comp[live].abs().max())
+
     for s in range(0, e.shape[0], chunk):
         tt = t[s : s + chunk]
         rows = tt.shape[0] // block_n * block_n
@@ -112,16 +136,37 @@ def filter_error(e, c, t, block_n: int, block_v: int, eps_list, beta: float, chu
         de = d @ c - beta * c_mean
         de[~live] = 0.0
         de_max = max(de_max, float(de.abs().max()))
-        a = F.pad(d.abs(), pad).view(rows // block_n, block_n, v_blocks, block_v).amax(dim=(1, 3))
+        a = F.pad(d.abs(), pad).view(rows // block_n, block_n, v_blocks, block_v)
+        row_max = a.amax(dim=3)  # [token blocks, block_n, vocabulary blocks]
+        a = row_max.amax(dim=1)
         live_b = live.view(-1, block_n).any(1)
         live_blocks += int(live_b.sum()) * v_blocks
+        rows_all += int(live.sum()) * v_blocks  # rows with a gradient
         for i, eps in enumerate(eps_list):
             big = (a >= eps) & live_b[:, None]
-            kept[i] += int(big.sum())
-            skipped = (~big).repeat_interleave(block_n, 0).repeat_interleave(block_v, 1)[:, :v]
-            dropped = torch.where(skipped, p, 0.0) @ c
-            err_max[i] = max(err_max[i], float(dropped[live].abs().max()))
-    return [(k / max(live_blocks, 1), err / de_max) for k, err in zip(kept, err_max, strict=True)]
+            o = out[i]
+            o["blocks"] += int(big.sum())
+            skip = (~big).repeat_interleave(block_n, 0).repeat_interleave(block_v, 1)[:, :v]
+            err, comp = errors(skip, p, d, live, tt)
+            o["err"], o["compensated"] = max(o["err"], err), max(o["compensated"], comp)
+            for f in shares:
+                keep = big[:, None, :] & (row_max >= f * eps)  # [token blocks, block_n, vb]
+                st = o["strips"][f]
+                st["rows"] += int(keep.sum())
+                skip = (~keep).reshape(rows, v_blocks).repeat_interleave(block_v, 1)[:, :v]
+                err, comp = errors(skip, p, d, live, tt)
+                st["err"], st["compensated"] = max(st["err"], err), max(st["compensated"], comp)
+    for o in out:
+        blocks = o["blocks"]
+        o["blocks"] = blocks / max(live_blocks, 1)
+        o["err"] /= de_max
+        o["compensated"] /= de_max
+        for st in o["strips"].values():
+            st["bytes_vs_blocks"] = st["rows"] / max(blocks * block_n, 1)
+            st["rows"] /= max(rows_all, 1)
+            st["err"] /= de_max
+            st["compensated"] /= de_max
+    return out
 
 
 def sort_vocabulary(e, c, t, chunk: int = 512):
@@ -220,23 +265,54 @@ def main(argv=None) -> int:
         help="the kernel benchmark's shapes only: for each threshold, the blocks computed and "
         "the filter's own dE error (max over the tokens, relative to max |dE|; β = 0.1)",
     )
+    p.add_argument(
+        "--strips",
+        type=float,
+        nargs="*",
+        default=[],
+        metavar="SHARE",
+        help="with --eps-sweep: also the strip rule at these shares of each threshold "
+        "(triton_lce's strips): rows added, dE bytes and errors",
+    )
+    p.add_argument(
+        "--inputs",
+        help="with --eps-sweep: a real model's hidden states and head (real_inputs.py's file) "
+        "instead of the benchmark shapes",
+    )
     args = p.parse_args(argv)
     eps = torch.finfo(torch.bfloat16).eps / 32
     if args.eps_sweep:
-        for n, d, v in SHAPES:
-            e, c, t = make_inputs(n, d, v, "cpu", torch.bfloat16)
+        if args.inputs:
+            from real_inputs import load
+
+            e, c, t = load(args.inputs)
+            cases = [(e.float(), c.float(), t)]
+        else:
+            cases = []
+            for n, d, v in SHAPES:
+                e, c, t = make_inputs(n, d, v, "cpu", torch.bfloat16)
+                cases.append((e.float(), c.float() * args.logit_std, t))
+        for e, c, t in cases:
+            n, d, v = e.shape[0], e.shape[1], c.shape[0]
             k = min(args.tokens, n)
-            e, c, t = e[n - k :].float(), c.float() * args.logit_std, t[n - k :]
-            for x, (share, err) in zip(
-                args.eps_sweep,
-                filter_error(e, c, t, args.block_n, args.block_v, args.eps_sweep, 0.1),
-                strict=True,
-            ):
+            e, t = e[n - k :], t[n - k :]
+            results = filter_error(
+                e, c, t, args.block_n, args.block_v, args.eps_sweep, 0.1, shares=args.strips
+            )
+            for x, r in zip(args.eps_sweep, results, strict=True):
                 print(
                     f"{n}×{d}×{v}, last {k} tokens, filter_eps {x:.3g} (2^{math.log2(x):.1f}): "
-                    f"blocks computed {share:.3f}; filter's dE error {err:.2e}",
+                    f"blocks computed {r['blocks']:.3f}; filter's dE error {r['err']:.2e}, "
+                    f"compensated {r['compensated']:.2e}",
                     flush=True,
                 )
+                for f, st in r["strips"].items():
+                    print(
+                        f"    strips {f:g}: rows added {st['rows']:.4f} (dE bytes "
+                        f"{st['bytes_vs_blocks']:.3f}× the block rule's); dE error "
+                        f"{st['err']:.2e}, compensated {st['compensated']:.2e}",
+                        flush=True,
+                    )
         return 0
     if args.model or args.dpo_step_model:
         if args.dpo_step_model:

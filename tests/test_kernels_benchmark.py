@@ -161,8 +161,9 @@ def test_filter_fraction_counts_blocks_and_dropped_mass_like_a_brute_force():
 
 def test_filter_error_is_the_skipped_blocks_share_of_de_like_a_brute_force():
     """--eps-sweep's numbers: per threshold, the share of live blocks computed and
-    max |Σ_skipped p_v C_v| / max |dE| (β terms exact); a first chunk of ignored tokens only
-    (a prompt) is skipped, not a crash."""
+    max |Σ_left out d_v C_v| / max |dE| (β terms exact), also after the mean-row
+    compensation, for the block rule and the strip rule (--strips); a first chunk of
+    ignored tokens only (a prompt) is skipped, not a crash."""
     import sys
 
     import torch
@@ -172,11 +173,11 @@ def test_filter_error_is_the_skipped_blocks_share_of_de_like_a_brute_force():
     g = torch.Generator().manual_seed(1)
     n, v, d, bn, bv, beta = 24, 50, 8, 4, 8, 0.1
     e = torch.randn(n, d, generator=g, dtype=torch.float64)
-    c = 1.2 * torch.randn(v, d, generator=g, dtype=torch.float64)
+    c = 1.2 * torch.randn(v, d, generator=g, dtype=torch.float64) + 0.3  # a mean row
     t = torch.randint(0, v, (n,), generator=g)
     t[:8] = -100  # the whole first chunk of 8
-    eps_list = [2e-2, 5e-2]
-    got = frac.filter_error(e, c, t, bn, bv, eps_list, beta, chunk=8)
+    eps_list, shares = [2e-2, 5e-2], [0.5]
+    got = frac.filter_error(e, c, t, bn, bv, eps_list, beta, chunk=8, shares=shares)
 
     live = t != -100
     p = torch.softmax(e @ c.T, 1)
@@ -184,24 +185,47 @@ def test_filter_error_is_the_skipped_blocks_share_of_de_like_a_brute_force():
     grad[live, t[live]] -= 1 - beta
     de = (grad - beta / v) @ c
     de_max = de[live].abs().max()
-    for (share, err), eps in zip(got, eps_list, strict=True):
-        kept = live_blocks = 0
+    c_mean = c.mean(0)
+
+    def brute(eps, share):
+        """(blocks computed ÷ live blocks, rows added ÷ all rows, error, compensated)"""
+        left = torch.zeros(n, d, dtype=torch.float64)  # Σ d_v C_v left out, per token
+        mass = torch.zeros(n, dtype=torch.float64)  # off-target softmax mass left out
+        kept = live_blocks = rows_added = 0
         for i in range(0, n, bn):
             rows = [r for r in range(i, i + bn) if live[r]]
-            if not rows:
-                continue
             for j in range(0, v, bv):
-                live_blocks += 1
-                block = grad[rows, j : j + bv].abs()
-                if bool((block >= eps).any()):
-                    kept += 1
-                    continue
-                for r in rows:  # the block is skipped: its softmax mass is left out
-                    de[r] -= (p[r, j : j + bv, None] * c[j : j + bv]).sum(0)
-        skipped_error = (de - ((grad - beta / v) @ c))[live].abs().max()
-        assert share == pytest.approx(kept / live_blocks, rel=1e-12)
-        assert err == pytest.approx(float(skipped_error / de_max), rel=1e-9)
-        de = (grad - beta / v) @ c  # reset for the next threshold
+                computed = bool(rows) and bool((grad[rows, j : j + bv].abs() >= eps).any())
+                live_blocks += bool(rows)
+                kept += computed
+                for r in range(i, i + bn):
+                    strip = grad[r, j : j + bv]
+                    if computed and (share is None or bool((strip.abs() >= share * eps).any())):
+                        rows_added += 1
+                        continue
+                    if live[r]:  # left out of dE
+                        left[r] += (strip[:, None] * c[j : j + bv]).sum(0)
+                        off = p[r, j : j + bv].clone()
+                        if j <= t[r] < j + bv:
+                            off[t[r] - j] = 0.0
+                        mass[r] += off.sum()
+        err = left[live].abs().max() / de_max
+        comp = (left - mass[:, None] * c_mean)[live].abs().max() / de_max
+        return kept / live_blocks, rows_added / (int(live.sum()) * -(-v // bv)), err, comp
+
+    for r, eps in zip(got, eps_list, strict=True):
+        blocks, _, err, comp = brute(eps, None)
+        assert r["blocks"] == pytest.approx(blocks, rel=1e-12)
+        assert r["err"] == pytest.approx(float(err), rel=1e-9)
+        assert r["compensated"] == pytest.approx(float(comp), rel=1e-9)
+        assert r["compensated"] < r["err"]  # C's mean row carries much of what is left out
+        for share in shares:
+            _, rows, err, comp = brute(eps, share)
+            st = r["strips"][share]
+            assert st["rows"] == pytest.approx(rows, rel=1e-12)
+            assert st["err"] == pytest.approx(float(err), rel=1e-9)
+            assert st["compensated"] == pytest.approx(float(comp), rel=1e-9)
+            assert st["err"] > r["err"]  # the strips leave out more
 
 
 def test_real_inputs_export_and_benchmark_on_them(tmp_path):
