@@ -85,11 +85,12 @@ def filter_fraction(e, c, t, block_n: int, block_v: int, eps: float, chunk: int 
 def filter_error(
     e, c, t, block_n: int, block_v: int, eps_list, beta: float, chunk: int = 512, shares=()
 ):
-    """For each threshold in ``eps_list``: a dict with the share of the blocks with a live
-    token that are computed (``blocks``), the filter's own ``dE`` error (``err``) and that
+    """For each threshold in ``eps_list``, under the kernel's rule (a block is computed when
+    some live entry reaches the threshold or it holds a live token's target): a dict with the
+    share of the blocks with a live token that are computed (``blocks``), the filter's own ``dE`` error (``err``) and that
     error after the kernel's mean-row compensation (``compensated``), and under ``strips``,
     for each of ``shares``, the same for the strip rule (a computed block adds to ``dE`` only
-    its rows with an entry ``≥ share·eps``): the share of the live tokens' ``[token,
+    its rows with an entry ``≥ share·eps`` or their target): the share of the live tokens' ``[token,
     vocabulary block]`` rows added (``rows``), the atomic bytes into ``dE`` against the block rule's
     (``bytes_vs_blocks``), ``err`` and ``compensated``.
 
@@ -139,18 +140,24 @@ def filter_error(
         a = F.pad(d.abs(), pad).view(rows // block_n, block_n, v_blocks, block_v)
         row_max = a.amax(dim=3)  # [token blocks, block_n, vocabulary blocks]
         a = row_max.amax(dim=1)
+        # the kernel never leaves out a live target's entry: its block is computed and its
+        # row added (the one-hot term stays exact)
+        hit = torch.zeros(rows, v_blocks * block_v, dtype=torch.bool)
+        hit[live, tt[live]] = True
+        row_hit = hit.view(rows // block_n, block_n, v_blocks, block_v).any(3)
+        block_hit = row_hit.any(1)
         live_b = live.view(-1, block_n).any(1)
         live_blocks += int(live_b.sum()) * v_blocks
         rows_all += int(live.sum()) * v_blocks  # rows with a gradient
         for i, eps in enumerate(eps_list):
-            big = (a >= eps) & live_b[:, None]
+            big = ((a >= eps) | block_hit) & live_b[:, None]
             o = out[i]
             o["blocks"] += int(big.sum())
             skip = (~big).repeat_interleave(block_n, 0).repeat_interleave(block_v, 1)[:, :v]
             err, comp = errors(skip, p, d, live, tt)
             o["err"], o["compensated"] = max(o["err"], err), max(o["compensated"], comp)
             for f in shares:
-                keep = big[:, None, :] & (row_max >= f * eps)  # [token blocks, block_n, vb]
+                keep = big[:, None, :] & ((row_max >= f * eps) | row_hit)  # [blocks, n, vb]
                 st = o["strips"][f]
                 st["rows"] += int(keep.sum())
                 skip = (~keep).reshape(rows, v_blocks).repeat_interleave(block_v, 1)[:, :v]

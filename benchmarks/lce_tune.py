@@ -130,13 +130,20 @@ def diagnose_shape(inputs, args, record) -> None:
     record(
         {**base, "config": "cuBLAS e @ c.T (one of the three products)", "ms": ms, "status": "ok"}
     )
-    try:  # the default path's dE, dC (red adds, whatever SMOOTHALIGN_LCE_TMA says)
-        _, lse0, c_mean0, maxima0, _ = K._forward(e0, c0, None, t, args.beta, -100, None, True)
-        parts = PARTS["dE+dC"]
-        red = K._backward(
-            e0, c0, None, t, lse0, g, args.beta, None, eps, parts, False, None, maxima0,
-            c_mean0, False,
+    # the default backward's strips and mean-row compensation (which needs the target's
+    # probability from the forward), as triton_token_losses passes them
+    options = {"strips": K.resolve_strips(None), "compensate": K.resolve_compensate(None)}
+
+    def backward(forward, filt, part, maxima, tma=None):
+        _, lse, c_mean, _, zt = forward
+        return K._backward(
+            e0, c0, None, t, lse, g, args.beta, None, filt, PARTS[part], False, None, maxima,
+            c_mean, tma, None, (None, torch.exp(zt - lse)), **options,
         )  # fmt: skip
+
+    try:  # the default path's dE, dC (red adds, whatever SMOOTHALIGN_LCE_TMA says)
+        forward0 = K._forward(e0, c0, None, t, args.beta, -100, None, True)
+        red = backward(forward0, eps, "dE+dC", forward0[3], tma=False)
     except Exception as ex:
         record({**base, "config": "default backward", "status": "failed",
                 "note": f"{type(ex).__name__}: {ex}"[:160]})  # fmt: skip
@@ -159,14 +166,14 @@ def diagnose_shape(inputs, args, record) -> None:
             if cfg is None and group_n is None and not tma:
                 record({**base, "config": "forward (storing block maxima)", "status": "ok",
                         "ms": _time(fwd, args.repeats)})  # fmt: skip
-            _, lse, c_mean, maxima = fwd()
+            forward = fwd()
+            maxima = forward[3]
             variants = [(part, maxima, eps) for part in PARTS]
             if cfg is None and group_n is None:
                 variants += [("dE+dC", None, eps), ("dE+dC", None, None)]
             if tma:  # dE and dC together only, and how far from the red path's gradients
                 variants = variants[:1]
-                de, dc, _ = K._backward(e0, c0, None, t, lse, g, args.beta, None, eps,
-                                        PARTS["dE+dC"], False, None, maxima, c_mean)  # fmt: skip
+                de, dc, _ = backward(forward, eps, "dE+dC", maxima)
                 base_tma = {**base, "de_vs_red": _rel(de.float(), red[0].float()),
                             "dc_vs_red": _rel(dc.float(), red[1].float()),
                             "tma_used": K._tma_reduce(True, e0.device, d)}  # fmt: skip
@@ -176,9 +183,8 @@ def diagnose_shape(inputs, args, record) -> None:
                 label = f"{name}: {part}" + ("" if bm is not None else ", no block max")
                 label += "" if filt is not None else ", no filter"
 
-                def bwd(part=part, bm=bm, filt=filt, lse=lse, c_mean=c_mean):
-                    K._backward(e0, c0, None, t, lse, g, args.beta, None, filt, PARTS[part],
-                                False, None, bm, c_mean)  # fmt: skip
+                def bwd(part=part, bm=bm, filt=filt, forward=forward):
+                    backward(forward, filt, part, bm)
 
                 ms = _time(bwd, args.repeats)
                 record({**base_tma, "config": label, "ms": ms, "status": "ok"})

@@ -283,9 +283,9 @@ def interpreter_blocks(monkeypatch):
 
 def _skipped_off_target_mass(e, c, t, beta, eps, bn=16, bv=32):
     """Float64 brute force of the block rule (interpreter blocks 16 × 32: a block is
-    computed when some live token has ``|softmax − (1 − β)·onehot| ≥ eps`` in it): per live
-    token, the softmax mass off its target in the skipped blocks; and the blocks' distance
-    to the threshold."""
+    computed when some live token has ``|softmax − (1 − β)·onehot| ≥ eps`` in it or it
+    holds a live token's target): per live token, the softmax mass off its target in the
+    skipped blocks; and the blocks' distance to the threshold."""
     p = torch.softmax(e.detach().double() @ c.detach().double().T, 1).cpu()
     tt = t.cpu()
     live = tt != -100
@@ -300,16 +300,19 @@ def _skipped_off_target_mass(e, c, t, beta, eps, bn=16, bv=32):
     for i in range(0, n, bn):
         for j in range(0, v, bv):
             block = d[i : i + bn, j : j + bv].abs()
+            here = tt[i : i + bn]
+            targets_here = bool((live[i : i + bn] & (here >= j) & (here < j + bv)).any())
             margins.append(abs(float(block.max()) - eps) / eps)
-            if block.max() < eps:
+            if block.max() < eps and not targets_here:
                 expected[i : i + bn] += off[i : i + bn, j : j + bv].sum(1)
     return expected[live], min(margins)
 
 
 def _dropped(lce, e, c, t, beta, eps, block_max):
+    """The block rule's count (``strips=0``; the strips test checks theirs)."""
     stats = {}
     losses = lce.triton_token_losses(
-        e, c, t, beta=beta, filter_eps=eps, block_max=block_max, filter_stats=stats
+        e, c, t, beta=beta, filter_eps=eps, block_max=block_max, filter_stats=stats, strips=0.0
     )
     assert not stats  # filled by the backward
     losses.sum().backward()
@@ -365,9 +368,10 @@ def test_filter_stats_of_confident_tokens_are_near_zero(lce, interpreter_blocks)
 
 def _strip_rule_reference(e, c, t, beta, eps, strip_eps, bn=16, bv=32):
     """Float64 brute force of the strip rule (interpreter blocks 16 × 32): a block is
-    computed when some live token has ``|softmax − (1 − β)·onehot| ≥ eps`` in it; of a
-    computed block, ``dE`` takes the rows with an entry ≥ ``strip_eps`` and ``dC`` the
-    columns with one; the β terms are exact. Mean reduction over the live tokens. Returns
+    computed when some live token has ``|softmax − (1 − β)·onehot| ≥ eps`` in it or it
+    holds a live token's target; of a computed block, ``dE`` takes the rows with an entry
+    ≥ ``strip_eps`` or their target and ``dC`` the columns with such an entry or a live
+    token's target; the β terms are exact. Mean reduction over the live tokens. Returns
     ``(dE, dC, off-target mass per live token left out of dE, the thresholds' smallest
     relative distance to any block, row or column maximum)``."""
     e64, c64 = e.detach().double().cpu(), c.detach().double().cpu()
@@ -385,14 +389,18 @@ def _strip_rule_reference(e, c, t, beta, eps, strip_eps, bn=16, bv=32):
     for i in range(0, n, bn):
         for j in range(0, v, bv):
             a = d[i : i + bn, j : j + bv].abs()
+            hit = torch.zeros_like(a, dtype=torch.bool)  # live targets in the block
+            for r in range(i, min(i + bn, n)):
+                if live[r] and j <= tt[r] < j + bv:
+                    hit[r - i, tt[r] - j] = True
             margins.append(abs(float(a.max()) - eps) / eps)
-            if a.max() < eps:
+            if a.max() < eps and not hit.any():
                 continue
             rows, cols = a.amax(1), a.amax(0)
             margins += [float(x) for x in ((rows - strip_eps).abs() / strip_eps)]
             margins += [float(x) for x in ((cols - strip_eps).abs() / strip_eps)]
-            in_de[i : i + bn, j : j + bv] = (rows >= strip_eps)[:, None]
-            in_dc[i : i + bn, j : j + bv] = (cols >= strip_eps)[None, :]
+            in_de[i : i + bn, j : j + bv] = ((rows >= strip_eps) | hit.any(1))[:, None]
+            in_dc[i : i + bn, j : j + bv] = ((cols >= strip_eps) | hit.any(0))[None, :]
     gd = g[:, None] * d
     de = torch.where(in_de, gd, 0.0) @ c64 - beta * g[:, None] * c64.mean(0)
     dc = torch.where(in_dc, gd, 0.0).T @ e64 - (beta / v) * (g @ e64)[None, :]
@@ -446,6 +454,51 @@ def test_strips_add_only_the_rows_and_columns_above_their_threshold(
     torch.testing.assert_close(c.grad.cpu().double(), dc, rtol=0, atol=1e-6 * float(dc.abs().max()))
     got = stats["dropped_mass"].cpu().double()[live]
     torch.testing.assert_close(got, left_out, rtol=0, atol=1e-5)
+
+
+@here
+@pytest.mark.parametrize("compensate", [False, True])
+def test_a_confident_tokens_target_is_never_left_out(lce, compensate, interpreter_blocks):
+    """A token predicted with ``1 − p_t`` below the strip threshold (β = 0) has every
+    gradient entry under it, its target's ``d_t = p_t − 1`` included; dropping ``d_t·C_t``
+    while its off-target mass goes back along C's mean row would undo their cancellation.
+    The target's row and column are kept (and its block computed), against the float64
+    brute force of the rule, on a head with a large mean row."""
+    g = torch.Generator().manual_seed(0)
+    c = 0.5 * torch.randn(V, D, generator=g) + 6.0 * torch.randn(D, generator=g) / D**0.5
+    e = torch.randn(N, D, generator=g)
+    t = torch.randint(0, V, (N,), generator=g)
+    t[::5] = -100
+    eps, share = 5e-2, 0.5
+    toward = (c[t[1]] - c.mean(0)) / (c[t[1]] - c.mean(0)).norm()
+    for a in torch.linspace(0.5, 20, 400):  # token 1 confident: 1 − p_t < strip_eps
+        e[1] = a * toward
+        p_t = torch.softmax(e[1].double() @ c.double().T, 0)[t[1]]
+        if 1 - p_t < 0.6 * share * eps:
+            break
+    assert 1 - p_t < 0.6 * share * eps
+    e, c, t = e.to(_device()).requires_grad_(), c.to(_device()).requires_grad_(), t.to(_device())
+    de, dc, left_out, margin = _strip_rule_reference(e, c, t, 0.0, eps, share * eps)
+    assert margin > 1e-3
+    live = (t != -100).cpu()
+    if compensate:
+        de[live] += left_out[:, None] * c.detach().double().cpu().mean(0)[None, :] / live.sum()
+    losses = lce.triton_token_losses(
+        e, c, t, filter_eps=eps, block_max=False, strips=share, compensate=compensate
+    )
+    (losses.sum() / live.sum()).backward()
+    scale = float(de.abs().max())
+    torch.testing.assert_close(e.grad.cpu().double(), de, rtol=0, atol=1e-6 * scale)
+    torch.testing.assert_close(c.grad.cpu().double(), dc, rtol=0, atol=1e-6 * float(dc.abs().max()))
+
+
+def test_compensate_setting(lce, monkeypatch):
+    monkeypatch.delenv("SMOOTHALIGN_LCE_COMPENSATE", raising=False)
+    assert lce.resolve_compensate(None) is True
+    assert lce.resolve_compensate(False) is False and lce.resolve_compensate(True) is True
+    for raw, expected in (("0", False), ("1", True), ("", True), ("true", True)):
+        monkeypatch.setenv("SMOOTHALIGN_LCE_COMPENSATE", raw)
+        assert lce.resolve_compensate(None) is expected
 
 
 def test_strips_setting(lce, monkeypatch):

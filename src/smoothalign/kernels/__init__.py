@@ -227,10 +227,13 @@ def linear_cross_entropy(
     ``"none"`` (shape of ``targets``, 0 at ignored tokens). Float32 result (float64 for
     float64 inputs). ``filter_eps`` (Triton only): skip a block's gradient when every
     ``|softmax − (1−β)·onehot|`` in it is below this; ``"auto"`` = ``finfo(dtype).eps/32``
-    for bf16/fp16 and no filtering for float32, ``None`` never filters. ``filter_stats``: a
-    dict that gets ``"dropped_mass"`` (float32 ``[N]``: per token, the softmax mass off its
-    target that the filter left out of its gradient, NaN for ignored tokens; filled by the
-    backward, or at once with zeros where nothing is filtered). ``impl``: ``None`` or
+    for bf16/fp16 and no filtering for float32, ``None`` never filters; with it the Triton
+    backward also leaves out of ``dE`` the rows of a computed block below a quarter of it,
+    and of ``dC`` such columns, and puts the off-target mass left out of ``dE`` back along
+    C's mean row (``triton_lce``'s strips and compensation). ``filter_stats``: a dict that
+    gets ``"dropped_mass"`` (float32 ``[N]``: per token, the softmax mass off its target
+    that filtering left out of its ``dE``, before the compensation, NaN for ignored tokens;
+    filled by the backward, or at once with zeros where nothing is filtered). ``impl``: ``None`` or
     ``"auto"`` (Triton on CUDA, chunked PyTorch otherwise), ``"triton"``, ``"chunked"``.
     """
     if reduction not in REDUCTIONS:

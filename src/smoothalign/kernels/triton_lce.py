@@ -32,12 +32,14 @@ since the gradient of the cap, ``1 − tanh²``, varies per logit, ``−β/V`` i
 the backward's block and gradient filtering is off when ``β > 0``.
 
 **Gradient filtering** (the idea of Cut Cross-Entropy, Wijmans et al. 2024): a backward
-block whose every ``|softmax − (1 − β)·onehot|`` is below ``filter_eps`` is skipped (its
-matmuls into dE and dC are not done). With ``filter_eps = "auto"`` the threshold is
+block whose every ``|softmax − (1 − β)·onehot|`` is below ``filter_eps`` and that holds no
+live token's target is skipped (its matmuls into dE and dC are not done). With ``filter_eps = "auto"`` the threshold is
 ``finfo(dtype).eps / 32`` for bf16 (2⁻¹², i.e. below what bf16 resolves next to 1 after the
 ``/32`` head-room) and fp16 (2⁻¹⁵), and filtering is off for float32 inputs. Under the
-split above, the ``β`` terms are exact and never filtered; only negligible softmax mass
-is dropped, as in a β = 0 kernel.
+split above, the ``β`` terms are exact and never filtered, and neither is the one-hot
+term (a confident token's ``d_t = p_t − (1 − β)`` may be tiny, but dropping it while its
+off-target mass is compensated, below, would undo the two's cancellation); only negligible
+softmax mass is dropped, as in a β = 0 kernel.
 
 **Precision.** Dot products accumulate in fp32; ``lse``, the partial sums and ``dbias`` are
 fp32; ``dE`` is accumulated in an fp32 buffer processed in row chunks (at most
@@ -72,7 +74,8 @@ Llama-3 shape, on the kernel benchmark's random logits, a computed block holds a
 entry above ``filter_eps`` and its adds were what bound the backward (run E,
 docs/results.md): 1/4 keeps half of ``dE``'s adds there and a third on SmolLM2's hidden
 states (``lce_filter_fraction.py --strips``), and took the H200's time at that shape from
-57.8 to 51.2 ms (run H). A target entry far from ``1 − β`` keeps its row and column.
+57.8 to 51.2 ms (run H). A live token's target always keeps its row and column, and a
+block holding one is never filtered out: the one-hot term is exact.
 
 **Compensation** (``compensate``, on by default; ``SMOOTHALIGN_LCE_COMPENSATE=0`` turns it
 off): what the filter and the strips leave out of a token's ``dE`` is ``g_n·Σ p_v·C_v`` over
@@ -408,19 +411,24 @@ def _bwd_kernel(
         d = d - beta / V
     keep = (g != 0.0)[:, None] & v_mask[None, :]
     d = tl.where(keep, d, 0.0)
+    # the live targets in this block: their entries (the one-hot term) are never left out
+    is_target = keep & (offs_v[None, :] == t[:, None])
     if FILTER:  # noqa: SIM102 (a constexpr branch around a runtime test)
-        if tl.max(tl.max(tl.abs(d), 1), 0) < filter_eps:
+        if (tl.max(tl.max(tl.abs(d), 1), 0) < filter_eps) & (
+            tl.max(tl.max(is_target.to(tl.int32), 1), 0) == 0
+        ):
             return
-    # strips: dE takes only the rows (tokens) of the block with an entry ≥ strip_eps, dC
-    # only its columns (vocabulary entries) with one; the others' atomic adds are masked off
+    # strips: dE takes only the rows (tokens) of the block with an entry ≥ strip_eps or
+    # their target, dC only its columns (vocabulary entries) with one or a token's target;
+    # the others' atomic adds are masked off
     rows_on = n_mask
     cols_on = v_mask
     if STRIPS:
         ad = tl.abs(d)
-        rows_on = rows_on & (tl.max(ad, 1) >= strip_eps)
-        cols_on = cols_on & (tl.max(ad, 0) >= strip_eps)
+        rows_on = rows_on & ((tl.max(ad, 1) >= strip_eps) | (tl.max(is_target.to(tl.int32), 1) > 0))
+        cols_on = cols_on & ((tl.max(ad, 0) >= strip_eps) | (tl.max(is_target.to(tl.int32), 0) > 0))
     if STATS:  # the off-target softmax mass this computed block keeps in dE, per token
-        off = keep & (offs_v[None, :] != t[:, None]) & rows_on[:, None]
+        off = keep & ~is_target & rows_on[:, None]
         tl.atomic_add(KEPT + offs_n, tl.sum(tl.where(off, p, 0.0), 1), mask=n_mask, sem="relaxed")
     # fp16: g/max|g| in the 16-bit block, max|g| back on the fp32 products
     if SCALE_ROWS:  # noqa: SIM108 (a constexpr branch)
@@ -633,13 +641,11 @@ def resolve_strips(strips: float | None) -> float | None:
 
 
 def resolve_compensate(compensate: bool | None) -> bool:
-    """``None``: ``SMOOTHALIGN_LCE_COMPENSATE`` (``0`` off, ``1`` on), else on."""
+    """``None``: ``SMOOTHALIGN_LCE_COMPENSATE`` (``0`` off, anything else on, as the other
+    ``SMOOTHALIGN_LCE_*`` switches), else on."""
     if compensate is not None:
         return bool(compensate)
-    env = os.environ.get("SMOOTHALIGN_LCE_COMPENSATE", "1")
-    if env not in ("0", "1"):
-        raise ValueError(f"SMOOTHALIGN_LCE_COMPENSATE: 0 or 1 expected, got {env!r}")
-    return env == "1"
+    return os.environ.get("SMOOTHALIGN_LCE_COMPENSATE", "1") != "0"
 
 
 def _num_sms(device: torch.device) -> int:
@@ -1054,7 +1060,8 @@ def triton_token_losses(
     skipped and the block rows the strips left out, that is, left out of its ``dE`` (of the ``1 − p_target`` there is: a token
     predicted with certainty has nothing to lose); 0 when nothing was filtered, NaN for
     tokens with no gradient (ignored). Counted by the kernel as it goes (one atomic add per
-    token and computed block); off when not asked for.
+    token and computed block), which the compensation (on by default) needs anyway: the
+    count and the targets' probabilities are kept whenever either is on.
 
     ``dense_backward`` (bytes; off by default; ``None`` reads ``SMOOTHALIGN_LCE_DENSE`` in
     MiB): the backward through three BLAS products per chunk of tokens whose buffers take at

@@ -52,8 +52,9 @@ class SmoothingTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         """Trainer's step; with the fused LM head it also records ``head/filtered_mass``:
         the mean over tokens of the off-target softmax mass that the kernel's gradient filter
-        (``--grad-filter auto``) left out of the gradient — near 0 for a trained model, most
-        of it for random weights (then ``--grad-filter off``)."""
+        (``--grad-filter auto``, with its strips) left out of the hidden states' gradient,
+        before the kernel puts it back along the head's mean row — a percent or so for a
+        trained model, most of it for random weights (then ``--grad-filter off``)."""
         self.head_stats = {} if self.counts_head_filter else None
         try:
             loss = super().training_step(model, inputs, num_items_in_batch)
