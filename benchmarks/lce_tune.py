@@ -7,9 +7,12 @@ for each candidate forward configuration, then forward + backward for each candi
 backward configuration (with the default forward and the default ``block_max`` backward),
 CUDA events, median of ``--repeats``
 after 2 warm-up runs. A configuration that fails to compile or run is recorded as failed.
-``--export`` writes ``SMOOTHALIGN_LCE_FWD``/``SMOOTHALIGN_LCE_BWD`` lines for the
-configuration with the least total time over the shapes (``source`` it before the
-benchmark). Last, the default configuration with gradient filtering (without and with the
+Each backward configuration's gradients are also compared with float32's (block sizes
+change what filtering and the strips leave out). ``--export`` writes
+``SMOOTHALIGN_LCE_FWD``/``SMOOTHALIGN_LCE_BWD`` lines for the configuration with the least
+total time over the shapes among those as accurate as the default backward (every error
+within ``CORRECTNESS_TOL`` or at most ``ERROR_SLACK`` times the default's, shape by shape;
+``source`` it before the benchmark). Last, the default configuration with gradient filtering (without and with the
 ``block_max`` skipping before the recompute) and without filtering, each with its errors
 against float32, shows what filtering trades.
 Configurations are ``BLOCK_N,BLOCK_V,BLOCK_D,num_warps,num_stages``.
@@ -24,7 +27,7 @@ import statistics
 from pathlib import Path
 
 import torch
-from linear_cross_entropy import SHAPES, _reference, _rel, make_inputs
+from linear_cross_entropy import CORRECTNESS_TOL, SHAPES, _reference, _rel, make_inputs
 
 FWD = ["128,128,64,8,3", "128,128,64,8,4", "128,256,64,8,3", "256,128,64,8,3",
        "128,128,128,8,3", "64,128,64,4,4", "128,64,64,4,4"]  # fmt: skip
@@ -53,6 +56,9 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+ERROR_SLACK = 1.1  # a tuned backward may be this much less accurate than the default
+
+
 def tune_shape(inputs, args, record) -> None:
     """Time every candidate at one shape; ``record(row)`` after each."""
     from smoothalign.kernels.triton_lce import triton_token_losses
@@ -71,20 +77,25 @@ def tune_shape(inputs, args, record) -> None:
         losses = triton_token_losses(e, c, t, beta=args.beta, filter_eps=eps, block_max=block_max)
         (losses.sum() / n_valid).backward()
 
+    # float32's gradients, for each backward configuration's errors
+    ref_e = e0.float().requires_grad_()
+    ref_c = c0.float().requires_grad_()
+    _reference(ref_e, ref_c, t, args.beta).backward()
     for kind, configs, fn in (("fwd", FWD, fwd), ("bwd", BWD, fwd_bwd)):
         for cfg in configs:
             os.environ[f"SMOOTHALIGN_LCE_{kind.upper()}"] = cfg
             row = {"N": n, "D": d, "V": v, "kind": kind, "config": cfg}
             try:
                 row.update(ms=_time(fn, args.repeats), status="ok")
+                if kind == "bwd":
+                    fn()
+                    row["de_rel_err"] = _rel(e.grad.float(), ref_e.grad)
+                    row["dc_rel_err"] = _rel(c.grad.float(), ref_c.grad)
             except Exception as ex:  # a configuration that does not compile or fit
                 row.update(status="failed", note=f"{type(ex).__name__}: {ex}"[:160])
             os.environ.pop(f"SMOOTHALIGN_LCE_{kind.upper()}")
             record(row)
     # what filtering trades: the default configuration without it, errors vs float32
-    ref_e = e0.float().requires_grad_()
-    ref_c = c0.float().requires_grad_()
-    _reference(ref_e, ref_c, t, args.beta).backward()
     for eps, bm in (("auto", False), (None, False), ("auto", True)):
         config = str(eps) + (" + block max" if bm else ", no block max" if eps else "")
         row = {"N": n, "D": d, "V": v, "kind": "filter", "config": config}
@@ -196,13 +207,28 @@ def diagnose_shape(inputs, args, record) -> None:
         os.environ.pop("SMOOTHALIGN_LCE_TMA", None)
 
 
-def fastest(rows: list[dict], kind: str) -> tuple[str, float]:
+def fastest(rows: list[dict], kind: str, default: str | None = None) -> tuple[str, float]:
     """The configuration of ``kind`` with the least time summed over the shapes (a failed
-    row counts as never finishing)."""
+    row counts as never finishing). With ``default`` (a configuration among the rows), a
+    configuration whose error at some shape exceeds both ``CORRECTNESS_TOL`` and
+    ``ERROR_SLACK`` times the default's there counts as never finishing too."""
+    bar: dict[tuple, float] = {}
+    if default is not None:
+        for r in rows:
+            if r["kind"] == kind and r["config"] == default and r["status"] == "ok":
+                for key in ("de_rel_err", "dc_rel_err"):
+                    if key in r:
+                        bar[(r["N"], r["D"], r["V"], key)] = max(
+                            CORRECTNESS_TOL[key], ERROR_SLACK * r[key]
+                        )
     totals: dict[str, float] = {}
     for r in rows:
         if r["kind"] == kind:
             ms = r["ms"] if r["status"] == "ok" else float("inf")
+            for key in ("de_rel_err", "dc_rel_err"):
+                limit = bar.get((r.get("N"), r.get("D"), r.get("V"), key))
+                if limit is not None and not r.get(key, float("inf")) <= limit:
+                    ms = float("inf")  # less accurate than the default allows
             totals[r["config"]] = totals.get(r["config"], 0.0) + ms
     best = min(totals, key=totals.get)
     return best, totals[best]
@@ -240,8 +266,11 @@ def main(argv=None) -> int:
         torch.cuda.empty_cache()
     if args.export and not args.diagnose:
         lines = []
+        from smoothalign.kernels.triton_lce import _config
+
         for kind in ("fwd", "bwd"):
-            best, total = fastest(rows, kind)
+            default = ",".join(str(x) for x in _config(kind, torch.bfloat16))
+            best, total = fastest(rows, kind, default if kind == "bwd" else None)
             lines.append(f"export SMOOTHALIGN_LCE_{kind.upper()}={best}  # {total:.1f} ms")
         Path(args.export).write_text("\n".join(lines) + "\n")
         print("\n".join(lines))

@@ -119,6 +119,35 @@ def test_tune_picks_the_least_total_time_and_never_a_failed_configuration():
     assert tune.fastest(rows, "bwd") == ("d", 99.0)
 
 
+def test_tune_exports_no_backward_less_accurate_than_the_default():
+    """A faster backward configuration whose dE error at some shape exceeds both the
+    correctness tolerance and 1.1× the default's there is not exported; one within either
+    bound is."""
+    import sys
+
+    sys.path.insert(0, str(BENCH.parent))
+    tune = _load("lce_tune")
+
+    def row(config, shape, ms, de, dc=1e-3):
+        n, d, v = shape
+        return dict(kind="bwd", config=config, status="ok", ms=ms, N=n, D=d, V=v,
+                    de_rel_err=de, dc_rel_err=dc)  # fmt: skip
+
+    gemma, llama = (8192, 2304, 256000), (8192, 4096, 128256)
+    rows = [
+        row("default", gemma, 30.0, 2.3e-2),  # itself beyond the tolerance
+        row("default", llama, 50.0, 1.4e-2),
+        row("small", gemma, 20.0, 2.6e-2),  # > 2e-2 and > 1.1 × 2.3e-2: refused
+        row("small", llama, 40.0, 1.5e-2),
+        row("near", gemma, 25.0, 2.5e-2),  # within 1.1 × the default's
+        row("near", llama, 45.0, 1.9e-2),  # within the tolerance
+    ]
+    assert tune.fastest(rows, "bwd") == ("small", 60.0)  # time alone
+    assert tune.fastest(rows, "bwd", "default") == ("near", 70.0)
+    rows[4]["de_rel_err"] = float("nan")  # an error that is not a number is not within
+    assert tune.fastest(rows, "bwd", "default") == ("default", 80.0)
+
+
 def test_filter_fraction_counts_blocks_and_dropped_mass_like_a_brute_force():
     import math
     import sys
