@@ -270,6 +270,12 @@ BAD_PLAIN = [
         "bad_ref_logp",
         "finite",
     ),
+    (  # finite in float64, -inf in the float32 batches
+        plain_row(ref_chosen_logps=-1e39, ref_rejected_logps=-1.0),
+        "ref_chosen_logps",
+        "bad_ref_logp",
+        "below float32's range",
+    ),
     (conv_row(), "prompt", "mixed_formats", "a message list in plain data"),
     (plain_row(chosen=[assistant("x")]), "chosen", "mixed_formats", "a message list"),
 ]

@@ -366,6 +366,26 @@ def test_reference_logps_from_the_data_and_periodic_eval(tmp_path):
     assert result.before["margin_mean"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_a_non_finite_log_prob_names_the_term_and_the_data_row(tmp_path, monkeypatch):
+    """A reference log-prob that is infinite for one row (a masked token, say) stops the run
+    with the term and that row's number, not a position in the shuffled batch."""
+    from smoothalign.train.trainer import SmoothDPOTrainer
+
+    original = SmoothDPOTrainer.reference_logps
+
+    def reference_logps(self, model, batch):
+        chosen, rejected = original(self, model, batch)
+        return chosen.masked_fill(batch["index"].to(chosen.device) == 13, -math.inf), rejected
+
+    monkeypatch.setattr(SmoothDPOTrainer, "reference_logps", reference_logps)
+    data = write_jsonl(synthetic_rows(16, seed=3), tmp_path / "rows.jsonl")
+    cfg = _config(data, tmp_path / "run", max_steps=2, batch_size=16)
+    with pytest.raises(ValueError) as err:
+        run_dpo(cfg)
+    message = str(err.value)
+    assert "reference log-prob of the chosen response is -inf in data row 13" in message
+
+
 def test_logged_metrics_cover_every_pair_at_the_end_of_an_epoch(tmp_path):
     """10 pairs in batches of 4: the log after step 3 (the epoch's short last batch) must
     summarise all 10 pairs, not the last batch's remainder."""

@@ -519,6 +519,9 @@ def _check_confidence(value: Any) -> float | None:
     return c
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _check_ref_logps(row: Mapping[str, Any]) -> tuple[float | None, float | None]:
     values = [row.get(name) for name in REF_FIELDS]
     if all(v is None for v in values):
@@ -530,5 +533,7 @@ def _check_ref_logps(row: Mapping[str, Any]) -> tuple[float | None, float | None
         v = _as_real(name, "bad_ref_logp", value, "a finite log-probability <= 0")
         if not v <= 0.0 or math.isinf(v):
             raise _Bad(name, "bad_ref_logp", f"{v} is not a finite log-probability <= 0")
+        if v < -FLOAT32_MAX:  # the batches hold them as float32, where this is -inf
+            raise _Bad(name, "bad_ref_logp", f"{v} is below float32's range (-3.4e38)")
         out.append(v)
     return out[0], out[1]

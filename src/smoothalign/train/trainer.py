@@ -177,6 +177,27 @@ def model_sequence_logps(
     return token_logps.sum(-1), (targets != -100).sum(-1)
 
 
+def _refuse_non_finite(batch: dict[str, Tensor], logps: dict[str, Tensor]) -> None:
+    """A NaN or infinite log-prob makes its pair's margin so, and the loss fails further on
+    at a position in the shuffled batch; say here which term, and which data rows (one
+    synchronisation: a single test over the four)."""
+    bad = ~torch.isfinite(torch.stack([t.detach().float() for t in logps.values()]))
+    if not bool(bad.any()):
+        return
+    index = batch["index"]
+    for (name, t), row_bad in zip(logps.items(), bad, strict=True):
+        if bool(row_bad.any()):
+            rows = index[row_bad.to(index.device)].tolist()
+            values = t.detach()[row_bad.to(t.device)].tolist()
+            raise ValueError(
+                f"{name} is {values[0]} in data row {rows[0]}"
+                + (f" (and rows {rows[1:6]})" if len(rows) > 1 else "")
+                + ": a NaN or infinite log-prob gives the pair no finite margin (the "
+                "reference's come from the data's ref_*_logps columns when given, else from "
+                "the reference model)"
+            )
+
+
 class SmoothDPOTrainer(PairCountedLoss, SmoothingTrainer):
     def __init__(
         self,
@@ -258,6 +279,15 @@ class SmoothDPOTrainer(PairCountedLoss, SmoothingTrainer):
         training = model.training
         chosen, rejected, chosen_len = self.policy_logps(model, inputs)
         ref_chosen, ref_rejected = self.reference_logps(model, inputs)
+        _refuse_non_finite(
+            inputs,
+            {
+                "the policy's log-prob of the chosen response": chosen,
+                "the policy's log-prob of the rejected response": rejected,
+                "the reference log-prob of the chosen response": ref_chosen,
+                "the reference log-prob of the rejected response": ref_rejected,
+            },
+        )
         terms = dpo_terms(
             chosen,
             rejected,
