@@ -33,7 +33,8 @@ the backward's block and gradient filtering is off when ``β > 0``.
 
 **Gradient filtering** (the idea of Cut Cross-Entropy, Wijmans et al. 2024): a backward
 block whose every ``|softmax − (1 − β)·onehot|`` is below ``filter_eps`` and that holds no
-live token's target is skipped (its matmuls into dE and dC are not done). With ``filter_eps = "auto"`` the threshold is
+live token's target is skipped (its matmuls into dE and dC are not done). With
+``filter_eps = "auto"`` the threshold is
 ``finfo(dtype).eps / 32`` for bf16 (2⁻¹², i.e. below what bf16 resolves next to 1 after the
 ``/32`` head-room) and fp16 (2⁻¹⁵), and filtering is off for float32 inputs. Under the
 split above, the ``β`` terms are exact and never filtered, and neither is the one-hot
@@ -71,8 +72,9 @@ faster than ordered ones at the Llama-3 shape.
 only the columns (vocabulary entries) that hold one; the other rows' and columns' atomic adds
 are masked off (the products are still computed: the block is one ``tl.dot``). At the
 Llama-3 shape, on the kernel benchmark's random logits, a computed block holds about one
-entry above ``filter_eps`` and its adds were what bound the backward (run E,
-docs/results.md): 1/4 keeps half of ``dE``'s adds there and a third on SmolLM2's hidden
+entry above ``filter_eps``, and its adds were taken for the backward's bound (run E,
+docs/results.md; run H measured them at about a quarter of it): 1/4 keeps half of ``dE``'s
+adds there and a third on SmolLM2's hidden
 states (``lce_filter_fraction.py --strips``), and took the H200's time at that shape from
 57.8 to 51.2 ms (run H). A live token's target always keeps its row and column, and a
 block holding one is never filtered out: the one-hot term is exact.
@@ -413,9 +415,10 @@ def _bwd_kernel(
     d = tl.where(keep, d, 0.0)
     # the live targets in this block: their entries (the one-hot term) are never left out
     is_target = keep & (offs_v[None, :] == t[:, None])
+    target_rows = tl.max(is_target.to(tl.int32), 1) > 0
     if FILTER:  # noqa: SIM102 (a constexpr branch around a runtime test)
         if (tl.max(tl.max(tl.abs(d), 1), 0) < filter_eps) & (
-            tl.max(tl.max(is_target.to(tl.int32), 1), 0) == 0
+            tl.max(target_rows.to(tl.int32), 0) == 0
         ):
             return
     # strips: dE takes only the rows (tokens) of the block with an entry ≥ strip_eps or
@@ -425,8 +428,9 @@ def _bwd_kernel(
     cols_on = v_mask
     if STRIPS:
         ad = tl.abs(d)
-        rows_on = rows_on & ((tl.max(ad, 1) >= strip_eps) | (tl.max(is_target.to(tl.int32), 1) > 0))
-        cols_on = cols_on & ((tl.max(ad, 0) >= strip_eps) | (tl.max(is_target.to(tl.int32), 0) > 0))
+        target_cols = tl.max(is_target.to(tl.int32), 0) > 0
+        rows_on = rows_on & ((tl.max(ad, 1) >= strip_eps) | target_rows)
+        cols_on = cols_on & ((tl.max(ad, 0) >= strip_eps) | target_cols)
     if STATS:  # the off-target softmax mass this computed block keeps in dE, per token
         off = keep & ~is_target & rows_on[:, None]
         tl.atomic_add(KEPT + offs_n, tl.sum(tl.where(off, p, 0.0), 1), mask=n_mask, sem="relaxed")
@@ -961,7 +965,7 @@ def _backward(
             # of the chunk, alive beside the fp32 buffer at the backward's peak (16 MiB at
             # the benchmark shapes, 1.4% of the gradients)
             de_out[s : s + rows].copy_(de_buf)
-    if stats is not None:  # per token: the off-target softmax mass in the skipped blocks
+    if stats is not None:  # per token: the off-target softmax mass left out of dE
         dropped = (1.0 - p_target - kept).clamp_(min=0.0)
         stats["dropped_mass"] = torch.where(g != 0, dropped, math.nan)  # no sync: no indexing
     dc = dc_buf.to(c.dtype) if dc_buf is not None else None
@@ -1057,8 +1061,8 @@ def triton_token_losses(
 
     ``filter_stats``: a dict that the backward fills with ``"dropped_mass"``, float32
     ``[N]``: per token, the softmax mass off its target in the blocks gradient filtering
-    skipped and the block rows the strips left out, that is, left out of its ``dE`` (of the ``1 − p_target`` there is: a token
-    predicted with certainty has nothing to lose); 0 when nothing was filtered, NaN for
+    skipped and the block rows the strips left out, that is, left out of its ``dE`` (of the
+    ``1 − p_target`` there is: a token predicted with certainty has nothing to lose); 0 when nothing was filtered, NaN for
     tokens with no gradient (ignored). Counted by the kernel as it goes (one atomic add per
     token and computed block), which the compensation (on by default) needs anyway: the
     count and the targets' probabilities are kept whenever either is on.
