@@ -209,3 +209,13 @@ def test_pairwise_metrics_see_miscalibration_near_one_half():
     m = true_preference_metrics(margins, q)
     assert m["ece_true"] == pytest.approx(0.38, abs=1e-9)
     assert m["rms_true"] == pytest.approx(0.38, abs=1e-9)
+
+
+def test_a_forecast_of_exactly_one_is_in_the_last_bin():
+    """``[(K−1)/K, 1]`` holds 1.0 (torchmetrics gives it a bin of its own: documented)."""
+    from smoothalign.calibration.metrics import calibration_summary
+
+    s = calibration_summary([0.95, 1.0], [1.0, 0.0], 15)
+    # one bin, [14/15, 1]: accuracy ½ against mean confidence 0.975
+    assert s["ece"] == pytest.approx(0.475, abs=1e-12)
+    assert s["mce"] == pytest.approx(0.475, abs=1e-12)

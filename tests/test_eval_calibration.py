@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import tarfile
 from pathlib import Path
@@ -662,3 +663,30 @@ def test_real_bigbench_task_from_the_archive(tmp_path, monkeypatch):
     assert all(sorted(q.options) == ["False", "True"] for q in task.questions)
     first = [q.answer == 0 for q in task.questions]
     assert 0.4 < np.mean(first) < 0.6  # shuffled: the answer is not always listed first
+
+
+def test_cli_scores_without_probabilities_name_the_scorer_task_and_question(
+    tmp_path, capsys, monkeypatch
+):
+    """A NaN score (a 16-bit overflow, say) or options all at -inf leave no softmax: the
+    error names the scorer, task and question instead of a "probs" deep inside."""
+    import smoothalign.eval.multiple_choice as mc
+    from smoothalign.cli import main
+
+    rows = [{"question": f"Q{i}?", "options": ["a", "b"], "answer": 0} for i in range(4)]
+    data = _write_jsonl(tmp_path / "quiz.jsonl", rows)
+    argv = ["eval", "calibration", "--model", "tiny", "--tasks", str(data), "--scorer",
+            "letter", "--output-dir", str(tmp_path / "out"), "--no-progress"]  # fmt: skip
+    original = mc.score_letters
+    for bad in ([0.0, math.nan], [-math.inf, -math.inf]):
+
+        def score_letters(*args, bad=bad, **kwargs):
+            scored = original(*args, **kwargs)
+            scored.scores[2] = np.array(bad)
+            return scored
+
+        monkeypatch.setattr(mc, "score_letters", score_letters)
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "letter scorer, task quiz, question" in err and "quiz.jsonl:3" in err, err
+        assert "no probabilities" in err

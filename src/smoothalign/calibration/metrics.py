@@ -11,7 +11,10 @@ reliability curve, ECE, RMS and MCE always agree with each other:
 
 The bins are ``[0, 1/K), [1/K, 2/K), …, [(K−1)/K, 1]``, their edges ``np.linspace(0, 1,
 K + 1)`` (a forecast on an edge goes to the bin the reported edges put it in), and the
-results match ``torchmetrics``' binary calibration error (``norm`` = l1 / l2 / max; tested).
+results match ``torchmetrics``' binary calibration error (``norm`` = l1 / l2 / max; tested)
+except for forecasts of exactly 1, which torchmetrics puts in a bin of their own and these
+put in the last bin, ``[(K−1)/K, 1]`` (a two-option question with a 37-nat score gap has
+a max-softmax of exactly 1 in float64).
 """
 
 from __future__ import annotations

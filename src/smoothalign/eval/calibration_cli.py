@@ -4,11 +4,12 @@ multiple-choice questions (SPEC §5).
 For every task (MMLU, BIG-bench, local JSONL; see :mod:`smoothalign.eval.mc_sources`) and
 every scorer (``letter``: softmax over the answer letters; ``option``: length-normalised
 option log-likelihood; see :mod:`smoothalign.eval.multiple_choice`), it reports accuracy,
-ECE and RMS calibration error (15 equal-width bins), MCE, top-label Brier score and NLL.
+ECE and RMS calibration error (``--bins`` equal-width bins, default 15), MCE, top-label
+Brier score and NLL.
 
 Files written into ``--output-dir`` (each atomically): ``results.json`` (configuration,
 data notes, per-task and pooled metrics, reliability curves, timings), ``results.md``
-(the same as tables), ``reliability.png`` (one curve per scorer, all questions pooled) and
+(accuracy, ECE, RMS, mean confidence and NLL as tables; MCE and Brier are in the JSON), ``reliability.png`` (one curve per scorer, all questions pooled) and
 ``predictions.jsonl`` (one line per question and scorer: probabilities, prediction,
 confidence, answer, source row).
 
@@ -201,6 +202,16 @@ def run(args: argparse.Namespace) -> int:
             except ScoringInputError as err:
                 where = "" if err.prompt is None else f", question {qs[err.prompt].source}"
                 raise ValueError(f"{scorer} scorer, task {t.name}{where}: {err}") from None
+            for k, s in enumerate(scored.scores):  # a NaN (an fp16 overflow, say) or no
+                # finite option leaves no probabilities: say where, not "probs" later on
+                s = np.asarray(s, dtype=np.float64)
+                if np.isnan(s).any() or np.isposinf(s).any() or not np.isfinite(s).any():
+                    raise ValueError(
+                        f"{scorer} scorer, task {t.name}, question {qs[k].source}: the model's "
+                        f"option scores are {s.tolist()}, which give no probabilities (NaN, "
+                        "+inf, or no finite option: an overflow in a 16-bit --dtype? try "
+                        "--dtype float32)"
+                    )
             answers = [q.answer for q in qs]
             summary = summarise(scored.scores, answers, args.bins)
             summary["n_truncated"] = scored.n_truncated
