@@ -168,9 +168,17 @@ def test_lora_and_full_fine_tuning_both_learn(data, tmp_path):
     assert lora.before["nll"] == pytest.approx(full.before["nll"], rel=1e-5)
 
 
-def test_gradient_accumulation_averages_over_tokens(data, tmp_path):
+@pytest.mark.parametrize("accepts_loss_kwargs", [True, False])
+def test_gradient_accumulation_averages_over_tokens(
+    data, tmp_path, monkeypatch, accepts_loss_kwargs
+):
     """Two micro-batches of 4 rows (different token counts) accumulate to the step one
-    batch of 8 takes: the loss is a mean over all completion tokens, not of micro-batch means."""
+    batch of 8 takes: the loss is a mean over all completion tokens, not of micro-batch
+    means; also for a model whose forward takes no loss keyword arguments (Trainer then
+    counts no tokens itself: remote-code models, Gemma 4's conditional generation class)."""
+    from transformers import LlamaForCausalLM
+
+    monkeypatch.setattr(LlamaForCausalLM, "accepts_loss_kwargs", accepts_loss_kwargs, raising=False)
     common = dict(max_steps=2, logging_steps=1, label_smoothing=0.1)
     run_sft(_config(data, tmp_path / "big", batch_size=8, grad_accum=1, **common))
     run_sft(_config(data, tmp_path / "accum", batch_size=4, grad_accum=2, **common))

@@ -48,9 +48,9 @@ _COUNT = "_sum/tokens"
 
 
 class SFTTrainer(SmoothingTrainer):
-    # None: Trainer treats the loss as scaled for accumulation exactly when it passed
-    # num_items_in_batch, which is when compute_loss divides by it
-    loss_is_scaled_for_ga = None
+    # compute_loss scales for accumulation itself: by the step's trained tokens, counted
+    # here (_get_num_items_in_batch) whatever the model's forward accepts, or by the steps
+    loss_is_scaled_for_ga = True
 
     def __init__(self, *args: Any, sft_config: SFTConfig, **kwargs: Any) -> None:
         kwargs.setdefault("smoothing_policy", SmoothingPolicy())  # 'none': SFT has no α
@@ -113,13 +113,15 @@ class SFTTrainer(SmoothingTrainer):
             bias=bias,
             softcap=softcap,
         )
-        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
-            loss = total / num_items_in_batch
-            if self.args.average_tokens_across_devices:
+        if num_items_in_batch is not None:  # the step's tokens (_get_num_items_in_batch)
+            loss = total / num_items_in_batch.clamp(min=1)
+            if self._tokens_across_ranks():
                 # num_items_in_batch counts every rank's tokens, and DDP averages gradients
                 loss = loss * self.accelerator.num_processes
-        else:
+        else:  # evaluation, or a step taken outside Trainer.train()
             loss = total / (labels[:, 1:] != IGNORE_INDEX).sum().clamp(min=1)
+            if model.training:
+                loss = loss / getattr(self, "current_gradient_accumulation_steps", 1)
         if model.training:
             stats = token_statistics(
                 hidden.detach(), weight.detach(), labels, bias=bias, softcap=softcap
@@ -129,6 +131,23 @@ class SFTTrainer(SmoothingTrainer):
             values[_COUNT] = mask.sum().float().reshape(1)
             self.record("train", values)
         return (loss, {"hidden_states": hidden}) if return_outputs else loss
+
+    def _tokens_across_ranks(self) -> bool:
+        return bool(self.args.average_tokens_across_devices) and self.args.world_size > 1
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
+        """The trained tokens (shifted labels, as the loss counts them) of all the step's
+        micro-batches, summed over ranks when tokens are averaged across devices. Our own
+        count, not Trainer's: it counts only for models whose forward takes loss keyword
+        arguments, and without it each micro-batch's mean was divided by the steps (a
+        short micro-batch's tokens weighed more)."""
+        if not batch_samples:
+            return None
+        n = sum((b["labels"][:, 1:] != IGNORE_INDEX).sum() for b in batch_samples)
+        n = torch.as_tensor(n, device=device, dtype=torch.float32)
+        if self._tokens_across_ranks():
+            n = self.accelerator.gather(n.reshape(1)).sum()
+        return n
 
     def _gathered(self, split: str) -> dict[str, np.ndarray]:
         """Token-weighted means over the logging window from the buffered per-micro-batch
