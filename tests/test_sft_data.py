@@ -68,6 +68,18 @@ def test_an_empty_prompt_without_bos_counts_only_the_tokens_trained_on():
     assert with_bos.labels == [X, *byte_ids("ab"), EOS]
 
 
+def test_a_row_left_with_no_token_to_train_on_is_a_bad_row():
+    """An empty prompt, no BOS and a one-token completion (the end-of-sequence string):
+    nothing predicts that token, so the row would train nothing; it is reported."""
+    tok = make_byte_tokenizer(bos=False)
+    rows = [{"prompt": "", "completion": tok.eos_token}, {"prompt": "q:", "completion": "cd"}]
+    report = _validate(rows, tok, on_bad_rows="skip")
+    assert [ex.row for ex in report.examples] == [1]
+    assert [(b.row, b.field, b.code) for b in report.bad_rows] == [
+        (0, "completion", "empty_completion")
+    ]
+
+
 def test_conversational_prompt_completion_trains_after_the_generation_prompt():
     row = {
         "prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}],

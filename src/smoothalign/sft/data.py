@@ -285,6 +285,13 @@ def _prompt_completion_example(
     labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
     if not prompt_ids:  # an empty prompt and no BOS: nothing predicts the first token, as in
         labels[0] = IGNORE_INDEX  # a text row; so it is not counted as trained either
+        if len(labels) == 1:
+            raise BadRowError(
+                "completion",
+                "empty_completion",
+                "nothing to train on: with an empty prompt and no BOS token nothing predicts "
+                "the completion's only token",
+            )
     return prompt_ids + completion_ids, labels, truncated
 
 
