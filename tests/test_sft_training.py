@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -399,3 +400,28 @@ def test_a_lora_adapter_on_the_lm_head_is_refused_not_left_out(tmp_path, data):
         logits[:, :-1].reshape(-1, 97), ids[:, 1:].reshape(-1)
     )
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_config_fields_of_the_wrong_kind_are_refused_before_anything_loads(data, tmp_path):
+    """The Python API gets no argparse conversion: a fractional batch size or a bool
+    label smoothing is refused by validate(), naming the field; NumPy integers and ints
+    for float fields are numbers like any other."""
+    import numpy as np
+
+    from smoothalign.reward.config import RewardConfig
+    from smoothalign.train import DPOConfig
+
+    for field, value, words in (
+        ("batch_size", 2.5, "batch_size: expected an integer, got float 2.5"),
+        ("max_steps", "3", "max_steps: expected an integer, got str"),
+        ("label_smoothing", True, "label_smoothing: expected a number, got bool True"),
+        ("lora", 1, "lora: expected True or False, got int 1"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            _config(data, tmp_path / field, **{field: value}).validate()
+        assert not (tmp_path / field).exists()
+    _config(data, tmp_path / "ok", seed=np.int64(3), label_smoothing=0).validate()
+    with pytest.raises(ValueError, match="beta: expected a number"):
+        DPOConfig(beta=None).validate()
+    with pytest.raises(ValueError, match="batch_size: expected an integer"):
+        RewardConfig(batch_size=8.0).validate()

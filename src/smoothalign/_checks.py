@@ -102,12 +102,39 @@ def same_type_as_input(result: Tensor, original: ArrayLike):
     return result.detach().cpu().numpy()
 
 
+def check_field_types(config: object) -> None:
+    """Every field of the dataclass ``config`` whose default is a number or a bool holds one
+    of that kind: an integer (not a bool) where the default is an int, a real number (not a
+    bool) where it is a float, a bool where it is a bool. The CLI converts its arguments;
+    the Python API does not, and ``batch_size=2.5`` failed only after the model loaded,
+    while ``label_smoothing=True`` ran as β = 1."""
+    import dataclasses
+
+    for f in dataclasses.fields(config):
+        default, value = f.default, getattr(config, f.name)
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "True or False"
+        elif isinstance(default, int):
+            ok, kind = (
+                isinstance(value, numbers.Integral) and not isinstance(value, bool),
+                "an integer",
+            )
+        elif isinstance(default, float):
+            ok, kind = isinstance(value, numbers.Real) and not isinstance(value, bool), "a number"
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"{f.name}: expected {kind}, got {type(value).__name__} {value!r}")
+
+
 def check_finite_fields(config: object) -> None:
     """Every float field of the dataclass ``config`` is finite (``inf`` passes a ``> 0``
-    check and then turns the weights into NaN far into a run)."""
+    check and then turns the weights into NaN far into a run); the fields' kinds are
+    checked first (:func:`check_field_types`)."""
     import dataclasses
     import math
 
+    check_field_types(config)
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if isinstance(value, float) and not math.isfinite(value):
