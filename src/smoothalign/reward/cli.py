@@ -15,7 +15,8 @@ HELP = {
     "model": "'tiny' (a small config-built Llama: the default, for the oracle world and tests), "
     "'smollm2-135m', a local causal-LM folder (its trunk gets a new scalar head) or a folder "
     "saved from a *ForSequenceClassification model",
-    "data": "soft-label pairs: a JSONL/JSON/Parquet/CSV file or folder in TRL format "
+    "data": "soft-label pairs: a JSONL/JSON/Parquet/CSV file or folder (its train.* / train-*.* files "
+    "if it has any, else all its data files) in TRL format "
     "(prompt/chosen/rejected) with p_chosen, or votes_chosen + votes_total, or a votes list; "
     "default: the oracle text world (simulated annotators, known truth)",
     "labels": "soft labels in a separate file, joined on pair_id: one row per pair "
