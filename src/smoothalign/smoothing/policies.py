@@ -178,6 +178,7 @@ def _margins(margins: Tensor) -> Tensor:
 
 def _host_margins(margins: Tensor) -> Tensor:
     """The margins copied to the host once, then checked: the calibrator's arithmetic on a
-    batch of B numbers is CPU work; on a GPU it was some 60 kernel launches and 5 syncs
-    for each of ``alpha`` and ``update`` (the DPO step benchmark's CALS bookkeeping)."""
+    batch of B numbers is CPU work; on a GPU it was dozens of small kernel launches and
+    several synchronisations for each of ``alpha`` and ``update`` (the DPO step
+    benchmark's CALS bookkeeping)."""
     return _margins(as_tensor(margins, "margins").detach().cpu())

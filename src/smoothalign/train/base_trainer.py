@@ -53,7 +53,7 @@ class SmoothingTrainer(Trainer):
         """Trainer's step; with the fused LM head it also records ``head/filtered_mass``:
         the mean over tokens of the off-target softmax mass that the kernel's gradient filter
         (``--grad-filter auto``, with its strips) left out of the hidden states' gradient,
-        before the kernel puts it back along the head's mean row — a percent or so for a
+        before the kernel puts it back along the head's mean row — small for a
         trained model, most of it for random weights (then ``--grad-filter off``)."""
         self.head_stats = {} if self.counts_head_filter else None
         try:
