@@ -281,31 +281,12 @@ def interpreter_blocks(monkeypatch):
         monkeypatch.setenv("SMOOTHALIGN_LCE_BWD", "16,32,16,4,1")
 
 
-def _skipped_off_target_mass(e, c, t, beta, eps, bn=16, bv=32):
-    """Float64 brute force of the block rule (interpreter blocks 16 × 32: a block is
-    computed when some live token has ``|softmax − (1 − β)·onehot| ≥ eps`` in it or it
-    holds a live token's target): per live token, the softmax mass off its target in the
-    skipped blocks; and the blocks' distance to the threshold."""
-    p = torch.softmax(e.detach().double() @ c.detach().double().T, 1).cpu()
-    tt = t.cpu()
-    live = tt != -100
-    d = p.clone()
-    d[live, tt[live]] -= 1.0 - beta
-    d[~live] = 0.0
-    off = p.clone()
-    off[live, tt[live]] = 0.0
-    n, v = p.shape
-    expected = torch.zeros(n, dtype=torch.float64)
-    margins = []
-    for i in range(0, n, bn):
-        for j in range(0, v, bv):
-            block = d[i : i + bn, j : j + bv].abs()
-            here = tt[i : i + bn]
-            targets_here = bool((live[i : i + bn] & (here >= j) & (here < j + bv)).any())
-            margins.append(abs(float(block.max()) - eps) / eps)
-            if block.max() < eps and not targets_here:
-                expected[i : i + bn] += off[i : i + bn, j : j + bv].sum(1)
-    return expected[live], min(margins)
+def _skipped_off_target_mass(e, c, t, beta, eps):
+    """The block rule (``strips=0``) of :func:`_strip_rule_reference`: per live token, the
+    softmax mass off its target in the skipped blocks; and the blocks' distance to the
+    threshold."""
+    _, _, left_out, margin = _strip_rule_reference(e, c, t, beta, eps, 0.0)
+    return left_out, margin
 
 
 def _dropped(lce, e, c, t, beta, eps, block_max):
@@ -370,7 +351,7 @@ def _strip_rule_reference(e, c, t, beta, eps, strip_eps, bn=16, bv=32):
     """Float64 brute force of the strip rule (interpreter blocks 16 × 32): a block is
     computed when some live token has ``|softmax − (1 − β)·onehot| ≥ eps`` in it or it
     holds a live token's target; of a computed block, ``dE`` takes the rows with an entry
-    ≥ ``strip_eps`` or their target and ``dC`` the columns with such an entry or a live
+    ≥ ``strip_eps`` (every row at 0: the block rule) or their target and ``dC`` the columns with such an entry or a live
     token's target; the β terms are exact. Mean reduction over the live tokens. Returns
     ``(dE, dC, off-target mass per live token left out of dE, the thresholds' smallest
     relative distance to any block, row or column maximum)``."""
@@ -397,8 +378,9 @@ def _strip_rule_reference(e, c, t, beta, eps, strip_eps, bn=16, bv=32):
             if a.max() < eps and not hit.any():
                 continue
             rows, cols = a.amax(1), a.amax(0)
-            margins += [float(x) for x in ((rows - strip_eps).abs() / strip_eps)]
-            margins += [float(x) for x in ((cols - strip_eps).abs() / strip_eps)]
+            if strip_eps > 0:  # (0: the block rule, every row and column of the block)
+                margins += [float(x) for x in ((rows - strip_eps).abs() / strip_eps)]
+                margins += [float(x) for x in ((cols - strip_eps).abs() / strip_eps)]
             in_de[i : i + bn, j : j + bv] = ((rows >= strip_eps) | hit.any(1))[:, None]
             in_dc[i : i + bn, j : j + bv] = ((cols >= strip_eps) | hit.any(0))[None, :]
     gd = g[:, None] * d
