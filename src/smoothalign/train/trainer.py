@@ -180,7 +180,9 @@ def model_sequence_logps(
 def _refuse_non_finite(batch: dict[str, Tensor], logps: dict[str, Tensor]) -> None:
     """A NaN or infinite log-prob makes its pair's margin so, and the loss fails further on
     at a position in the shuffled batch; say here which term, and which data rows (one
-    synchronisation: a single test over the four)."""
+    synchronisation: a single test over the four; Trainer's default
+    ``logging_nan_inf_filter`` already waits for every step's loss, so the step was never
+    free of one)."""
     bad = ~torch.isfinite(torch.stack([t.detach().float() for t in logps.values()]))
     if not bool(bad.any()):
         return
