@@ -185,3 +185,40 @@ def test_cli_reads_a_logit_scale_and_refuses_a_softcap(tmp_path, capsys):
     model.save_pretrained(tmp_path / "granite")
     assert main(argv) == 2
     assert "caps its logits (softcap 30)" in capsys.readouterr().err
+
+
+def test_cli_scales_a_heads_bias_with_the_logit_scale(tmp_path, monkeypatch):
+    """A head with a bias under a logit scale: the model's logits are ``(C·h + b) / 0.05``,
+    so the observed entropies must scale the bias as well as the hidden states."""
+    import transformers
+
+    import smoothalign.models as models
+    from smoothalign.cli import main
+
+    tok = build_tiny_tokenizer()
+    config = transformers.GraniteConfig(
+        vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=4, logits_scaling=0.05, bos_token_id=256,
+        eos_token_id=257, pad_token_id=258, initializer_range=0.2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.GraniteForCausalLM(config).eval()
+    biased = torch.nn.Linear(64, 259, bias=True)
+    with torch.no_grad():
+        biased.weight.copy_(model.lm_head.weight)
+        biased.bias.copy_(0.3 * torch.randn(259))  # ÷ 0.05: logits shifted by up to ~20
+    model.lm_head = biased
+    monkeypatch.setattr(models, "load_model_and_tokenizer", lambda name: (model, tok))
+    out = tmp_path / "head"
+    argv = ["analyze", "head", "--model", "in-memory", "--texts", "2", "--max-tokens", "32",
+            "--output-dir", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "head.json").read_text())
+    assert report["head_has_bias"] is True
+    texts = default_texts(2)
+    hidden = head_inputs(model, tok, texts, max_tokens=32)
+    with torch.no_grad():  # the model's own softmax
+        logits = model.lm_head(hidden.float()).double() / 0.05
+    logp = torch.log_softmax(logits, -1)
+    expected = float(-(logp.exp() * logp).sum(-1).mean())
+    assert report["observed_entropy"]["mean"] == pytest.approx(expected, rel=1e-4)

@@ -88,8 +88,11 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     # a logit scale (Cohere ×, Granite ÷) is linear: folded into the head's inputs, the
-    # logits C·(s·e) are the model's, for the bound and the observed entropies alike
+    # logits C·(s·e) are the model's, for the bound and the observed entropies alike; it
+    # multiplies a head's bias too (the models scale the head's output, s·(C·e + b))
     hidden = hidden * scale
+    if bias is not None:
+        bias = bias.detach().float().cpu() * scale
     result = head_entropy_bound(weight, hidden)
     observed = prediction_entropies(weight, hidden, bias)
     q = torch.quantile(observed, torch.tensor([0.0, 0.05, 0.5, 0.95], dtype=torch.float64)).tolist()
