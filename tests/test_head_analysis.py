@@ -153,21 +153,26 @@ def test_cli_bad_options_fail_before_the_model_loads(capsys, option, value, word
     assert words in capsys.readouterr().err
 
 
-def test_cli_reads_a_logit_scale_and_refuses_a_softcap(tmp_path, capsys):
-    """Granite divides its logits by logits_scaling: the observed entropies must be the
-    model's own; Gemma-2's softcap makes the head non-linear, outside the bound."""
+def _tiny_granite():
+    """A one-layer Granite, whose logits are ``lm_head(h) / logits_scaling`` (0.05)."""
     import transformers
 
-    from smoothalign.cli import main
-
-    tok = build_tiny_tokenizer()
     config = transformers.GraniteConfig(
         vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
         num_attention_heads=4, num_key_value_heads=4, logits_scaling=0.05, bos_token_id=256,
         eos_token_id=257, pad_token_id=258, initializer_range=0.2,
     )  # fmt: skip
     torch.manual_seed(0)
-    model = transformers.GraniteForCausalLM(config).eval()
+    return transformers.GraniteForCausalLM(config).eval()
+
+
+def test_cli_reads_a_logit_scale_and_refuses_a_softcap(tmp_path, capsys):
+    """Granite divides its logits by logits_scaling: the observed entropies must be the
+    model's own; Gemma-2's softcap makes the head non-linear, outside the bound."""
+    from smoothalign.cli import main
+
+    tok = build_tiny_tokenizer()
+    model = _tiny_granite()
     model.save_pretrained(tmp_path / "granite")
     tok.save_pretrained(tmp_path / "granite")
     out = tmp_path / "head"
@@ -190,19 +195,11 @@ def test_cli_reads_a_logit_scale_and_refuses_a_softcap(tmp_path, capsys):
 def test_cli_scales_a_heads_bias_with_the_logit_scale(tmp_path, monkeypatch):
     """A head with a bias under a logit scale: the model's logits are ``(C·h + b) / 0.05``,
     so the observed entropies must scale the bias as well as the hidden states."""
-    import transformers
-
     import smoothalign.models as models
     from smoothalign.cli import main
 
     tok = build_tiny_tokenizer()
-    config = transformers.GraniteConfig(
-        vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-        num_attention_heads=4, num_key_value_heads=4, logits_scaling=0.05, bos_token_id=256,
-        eos_token_id=257, pad_token_id=258, initializer_range=0.2,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = transformers.GraniteForCausalLM(config).eval()
+    model = _tiny_granite()
     biased = torch.nn.Linear(64, 259, bias=True)
     with torch.no_grad():
         biased.weight.copy_(model.lm_head.weight)
