@@ -118,6 +118,74 @@ def test_resume_equals_uninterrupted(noisy_data, tmp_path):
     )
 
 
+class _Steps(TrainerCallback):
+    """Counts the optimizer steps a run takes."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.taken += 1
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_at_max_steps_finishes_a_run_that_crashed_after_training(
+    noisy_data, tmp_path, monkeypatch
+):
+    """A run whose training ended (its last checkpoint is at --max-steps) but which crashed in
+    the after-training phase (here saving final/) is finished by --resume latest: the
+    checkpoint's weights, not one step more, and the outputs of a run that never crashed."""
+    import smoothalign.train.run as run_module
+
+    kw = dict(smoothing="cals-l2", max_steps=3, save_steps=3, learning_rate=1e-3, report=True,
+              logging_steps=2)  # fmt: skip
+    straight = tmp_path / "straight"
+    run_dpo(_config(noisy_data, straight, **kw))
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("simulated crash while saving final/")
+
+    crashed = tmp_path / "crashed"
+    monkeypatch.setattr(run_module, "save_final_model", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_dpo(_config(noisy_data, crashed, **kw))
+    monkeypatch.undo()
+    assert latest_complete_checkpoint(crashed).name == "checkpoint-3"
+    for name in ("final", "eval_results.json", "report.md"):
+        assert not (crashed / name).exists(), name
+
+    steps = _Steps()
+    result = run_dpo(_config(noisy_data, crashed, resume="latest", **kw), callbacks=[steps])
+    assert steps.taken == 0 and result.trainer.state.global_step == 3
+    assert any("checkpoint-3" in n and "no step was trained" in n for n in result.notes)
+    checkpoint = load_file(crashed / "checkpoint-3" / "model.safetensors")
+    final = load_file(crashed / "final" / "model.safetensors")
+    expected = load_file(straight / "final" / "model.safetensors")
+    assert checkpoint.keys() == final.keys() == expected.keys()
+    for k in final:
+        assert torch.equal(final[k], checkpoint[k]), k  # the checkpoint's weights, exactly
+        torch.testing.assert_close(final[k], expected[k], atol=1e-6, rtol=0)
+    state = load_smoothing_state(crashed / "final")
+    assert state["calibrator"]["step"] == 3
+    assert torch.equal(
+        state["calibrator"]["wins"],
+        load_smoothing_state(crashed / "checkpoint-3")["calibrator"]["wins"],
+    )
+    for name in ("report.md", "training_curves.png", "alpha.png", "reliability.png"):
+        assert (crashed / name).is_file(), name
+    ours = json.loads((crashed / "eval_results.json").read_text())
+    theirs = json.loads((straight / "eval_results.json").read_text())
+    for when in ("before", "after"):
+        assert ours[when] == pytest.approx(theirs[when], abs=1e-6, nan_ok=True), when
+    # metrics.jsonl holds what the uninterrupted run's does: the end-of-training record
+    # (runtime, mean loss) of the run that trained, the after-training evaluation once
+    shape = [[(r["step"], r["split"], sorted(r)) for r in _records(o)] for o in (straight, crashed)]
+    assert shape[0] == shape[1]
+
+
 class _Checkpointing(TrainerCallback):
     """Whether the model trains with gradient checkpointing on."""
 
@@ -455,9 +523,22 @@ def test_resume_refuses_a_changed_training_option_before_the_model_loads(
         run_dpo(_config(noisy_data, out, resume="latest", beta=0.5, batch_size=4, **kw))
     with pytest.raises(ValueError, match="resume: no checkpoint folder"):
         run_dpo(_config(noisy_data, out, resume=str(tmp_path / "nope"), **kw))
-    for max_steps in (1, 2):  # at 2, transformers would have trained a step 3
-        with pytest.raises(ValueError, match=f"is at step 2, --max-steps {max_steps}: nothing"):
-            run_dpo(_config(noisy_data, out, resume="latest", **{**kw, "max_steps": max_steps}))
+    with pytest.raises(
+        ValueError, match="is at step 2, past --max-steps 1: .*--max-steps 2 to finish"
+    ):
+        run_dpo(_config(noisy_data, out, resume="latest", **{**kw, "max_steps": 1}))
+    # at --max-steps a resume finishes the run without training; FSDP / DeepSpeed load the
+    # weights only inside Trainer.train, which would train a step 3
+    for variable, name in (
+        ("ACCELERATE_USE_FSDP", "FSDP"),
+        ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"),
+    ):
+        with monkeypatch.context() as launch:
+            launch.setenv(variable, "true")
+            with pytest.raises(
+                ValueError, match=f"step 2 = --max-steps: .* not supported under {name}"
+            ):
+                run_dpo(_config(noisy_data, out, resume="latest", **kw))
     # another run's folder: its checkpoints and metrics would mix with this lineage's
     other = tmp_path / "other"
     other.mkdir()

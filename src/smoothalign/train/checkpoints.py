@@ -101,12 +101,8 @@ def prepare_output_dir(
         check_resume_config(folder.parent / "config.json", config)
         step = checkpoint_step(folder)
         max_steps = config.get("max_steps")
-        if step is not None and isinstance(max_steps, int) and step >= max_steps:
-            # (at max_steps exactly, transformers' loop would even train one step more)
-            raise ValueError(
-                f"resume: {folder} is at step {step}, --max-steps {max_steps}: nothing is left "
-                "to train; pass a larger --max-steps to extend the run"
-            )
+        if step is not None and isinstance(max_steps, int):
+            check_resume_step(folder, step, max_steps)
     if not root.is_dir():
         return
     earlier = _checkpoint_folders(root)
@@ -124,6 +120,68 @@ def prepare_output_dir(
             "pass --resume latest to continue that run, or another --output-dir (or delete "
             "them) to start a new one"
         )
+
+
+def check_resume_step(folder: Path, step: int, max_steps: int) -> None:
+    """Refuse a checkpoint past ``--max-steps`` (a resume cannot take steps back), and one at
+    it under FSDP / DeepSpeed, where :func:`load_finished_checkpoint` cannot load its weights.
+    A checkpoint at ``--max-steps`` is otherwise the end of a run whose training is done:
+    resuming it trains nothing and runs only what comes after training (the final
+    evaluation, ``final/``, the report), which a crash may have cut short."""
+    if step > max_steps:
+        raise ValueError(
+            f"resume: {folder} is at step {step}, past --max-steps {max_steps}: a resume "
+            f"cannot undo steps; pass --max-steps {step} to finish that run (no step is "
+            "trained), or a larger one to extend it"
+        )
+    sharded = _sharded_launch()
+    if step == max_steps and sharded:
+        raise ValueError(_cannot_finish(folder, step, sharded))
+
+
+def _sharded_launch() -> str | None:
+    """``FSDP`` or ``DeepSpeed`` when ``accelerate launch`` set one up (it says so in the
+    environment of every process, before anything loads), else None."""
+    for name in ("FSDP", "DeepSpeed"):
+        flag = os.environ.get(f"ACCELERATE_USE_{name.upper()}", "false")
+        if flag.strip().lower() in ("1", "true", "yes"):
+            return name
+    return None
+
+
+def _cannot_finish(folder: Path, step: int, sharded: str) -> str:
+    return (
+        f"resume: {folder} is at step {step} = --max-steps: its training is done, but "
+        f"finishing the run without training is not supported under {sharded}, whose "
+        "weights load only inside Trainer.train (which would train a step more). Pass a "
+        "larger --max-steps to extend the run, or run it anew into another --output-dir"
+    )
+
+
+def load_finished_checkpoint(trainer, folder: Path) -> None:
+    """Put the weights and the step count of ``folder``, a checkpoint at ``--max-steps``,
+    into ``trainer`` instead of calling ``trainer.train``, whose loop, resumed at
+    ``max_steps`` exactly, would take one more optimizer step before it checks the limit.
+
+    What follows training then runs as after ``train``: on the checkpoint's model, with the
+    records logged at its step. The optimizer, scheduler and RNG states stay unread: nothing
+    steps them, and what follows training draws no random number from them (the oracle
+    samples from its own seed).
+    The weights load through Trainer's own ``_load_from_checkpoint`` (as ``train`` loads
+    them: a full model, a sharded one or a LoRA adapter), which needs a model that
+    FSDP / DeepSpeed have not wrapped: those are refused."""
+    # prepare_output_dir refuses them before the model loads, from what the launch says
+    for sharded, on in (
+        ("FSDP", trainer.is_fsdp_enabled),
+        ("DeepSpeed", trainer.is_deepspeed_enabled),
+    ):
+        if on:
+            raise ValueError(_cannot_finish(folder, trainer.args.max_steps, sharded))
+    from transformers import TrainerState
+    from transformers.trainer import TRAINER_STATE_NAME
+
+    trainer._load_from_checkpoint(str(folder))
+    trainer.state = TrainerState.load_from_json(str(folder / TRAINER_STATE_NAME))
 
 
 def checkpoint_step(folder: str | Path) -> int | None:
@@ -233,9 +291,9 @@ def _resolved(value: Any, base: str | None) -> Any:
     return str(path.resolve()) if path.exists() else value
 
 
-def _trim_metrics(path: Path, step: int | None) -> int:
+def _trim_metrics(path: Path, step: int | None, trains: bool = True) -> int:
     """Cut from ``path`` a last record a crash cut short, and (``step`` given) the records
-    logged after ``step`` and the end-of-run (``summary``) records at it, rewriting it
+    that a resume from ``step`` writes again (:func:`_written_again`), rewriting it
     atomically (lines that are not records are kept); how many records were removed."""
     import json
 
@@ -246,13 +304,7 @@ def _trim_metrics(path: Path, step: int | None) -> int:
     kept, dropped = [], 0
     for line in lines:
         try:
-            record = json.loads(line)
-            # a finished run's end-of-training records at the checkpoint's own step are
-            # written again, for the whole run, when the resumed one ends
-            later = step is not None and (
-                record["step"] > step
-                or (record["step"] == step and record.get("split") == "summary")
-            )
+            later = step is not None and _written_again(json.loads(line), step, trains)
         except (ValueError, KeyError, TypeError):
             later = False
         if later:
@@ -264,17 +316,35 @@ def _trim_metrics(path: Path, step: int | None) -> int:
     return dropped
 
 
+def _written_again(record: dict[str, Any], step: int, trains: bool) -> bool:
+    """Whether a resume from ``step`` writes ``record`` (the earlier run's) again: a record
+    logged after ``step``, and an end-of-run (``summary``) record at it. Those are all
+    written anew for the whole run where the resume trains (a finished run extended); where
+    it trains nothing (a run finished at ``--max-steps``) only the after-training
+    evaluation's (``final_eval_*``): the end-of-training record (runtime, mean loss) is not
+    written again, and still describes the training that was done."""
+    if record["step"] != step:
+        return record["step"] > step
+    if record.get("split") != "summary":
+        return False
+    return trains or any(key.startswith("final_eval_") for key in record)
+
+
 def train_with_resume(
     trainer, resume: str | None, output_dir: str | Path, notes: list[str], smoothing_policy=None
 ) -> float:
     """Resolve ``--resume`` (noting what was resumed), restore ``smoothing_policy``'s state
-    from the checkpoint when given, run ``trainer.train``; the seconds training took."""
+    from the checkpoint when given, run ``trainer.train``; the seconds training took. A
+    checkpoint at ``--max-steps`` is loaded without training (:func:`load_finished_checkpoint`,
+    0 seconds): the run goes on with what comes after training."""
     folder = resolve_resume(resume, output_dir)
+    done = False
     if folder is not None:
         if smoothing_policy is not None:
             restore_smoothing_state(smoothing_policy, folder)
         notes.append(f"resumed from {folder}")
         step = checkpoint_step(folder)
+        done = step is not None and step == trainer.args.max_steps
         # the per-pair values buffered since the last log before the save are not in the
         # checkpoint: the first record after it covers fewer steps, and says so
         trainer.resumed_mid_window = (step or 0) % trainer.args.logging_steps != 0
@@ -282,7 +352,7 @@ def train_with_resume(
             # the resumed records start on a line of their own after a record a crash cut
             # short, and the interrupted run's records past the checkpoint describe steps
             # that are trained again: they go, so that no step is in the file twice
-            dropped = _trim_metrics(Path(output_dir) / "metrics.jsonl", step)
+            dropped = _trim_metrics(Path(output_dir) / "metrics.jsonl", step, trains=not done)
             if dropped:
                 notes.append(
                     f"metrics.jsonl: {dropped} record(s) of the earlier run after step {step} "
@@ -290,6 +360,13 @@ def train_with_resume(
                 )
     elif resume == "latest":
         notes.append("--resume latest: no complete checkpoint yet, started fresh")
+    if done:
+        load_finished_checkpoint(trainer, folder)
+        notes.append(
+            f"{folder.name} is at --max-steps {trainer.args.max_steps}: its training was "
+            "done, so no step was trained; its weights were evaluated and saved"
+        )
+        return 0.0
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(folder) if folder else None)
     return time.perf_counter() - t0
