@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, LlamaForSequenceClassification
+from safetensors.torch import load_file
+from transformers import (
+    AutoModelForSequenceClassification,
+    LlamaForSequenceClassification,
+    TrainerCallback,
+)
 
 from smoothalign.models import load_model_and_tokenizer
 from smoothalign.reward import RewardConfig, run_reward
@@ -95,6 +100,48 @@ def test_trainer_runs_a_few_steps_and_writes_its_report(tmp_path):
     trained = result.trainer.model.eval()
     with torch.no_grad():
         assert torch.allclose(reloaded(ids).logits, trained(ids).logits, atol=1e-6)
+
+
+class _Steps(TrainerCallback):
+    """Counts the optimizer steps a run takes."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.taken += 1
+
+
+def test_resume_at_max_steps_finishes_a_run_that_crashed_writing_its_report(tmp_path, monkeypatch):
+    """A run that crashed writing its report, after its last checkpoint (at --max-steps):
+    --resume latest trains no step and writes the report, from the checkpoint's model."""
+    import smoothalign.reward.report as report_module
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("simulated crash while writing the report")
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(report_module, "write_reward_report", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_reward(_small(out, save_steps=4))
+    monkeypatch.undo()
+    assert not (out / "report.md").exists()
+    after = json.loads((out / "eval_results.json").read_text())["after"]
+
+    steps = _Steps()
+    result = run_reward(_small(out, save_steps=4, resume="latest"), callbacks=[steps])
+    assert steps.taken == 0 and result.trainer.state.global_step == 4
+    assert (out / "report.md").is_file()
+    assert result.after == pytest.approx(after, rel=1e-5)
+    final = load_file(out / "final" / "model.safetensors")
+    saved = load_file(out / "checkpoint-4" / "model.safetensors")
+    assert final.keys() == saved.keys()
+    for k in final:
+        assert torch.equal(final[k], saved[k]), k
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    summaries = [r for r in records if r["split"] == "summary"]
+    assert [r["step"] for r in summaries] == [4, 4]  # training's end, then the final eval
+    assert "train_runtime" in summaries[0] and "final_eval_accuracy" in summaries[1]
 
 
 def test_cli_trains_jsd_on_the_posterior_with_cals_margin_and_centering(tmp_path):

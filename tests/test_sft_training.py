@@ -157,6 +157,49 @@ def test_resume_equals_uninterrupted(data, tmp_path):
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
 
 
+class _Steps(TrainerCallback):
+    """Counts the optimizer steps a run takes."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.taken += 1
+
+
+def test_resume_at_max_steps_finishes_a_lora_run_without_training(data, tmp_path):
+    """A LoRA run that a crash stopped after its last checkpoint (at --max-steps), before its
+    results: --resume latest loads the checkpoint's adapter, trains no step, and writes the
+    final/ (merged model and adapter) and results the run would have."""
+    out = tmp_path / "run"
+    kw = dict(lora=True, lora_r=4, max_steps=3, save_steps=3)
+    first = run_sft(_config(data, out, **kw))
+    merged = load_file(out / "final" / "model.safetensors")
+    # what a crash while saving leaves: no results, no final/, a half-written one beside
+    shutil.rmtree(out / "final")
+    (out / ".final.partial").mkdir()
+    (out / ".final.partial" / "model.safetensors").write_text("cut short")
+    (out / "eval_results.json").unlink()
+
+    steps = _Steps()
+    result = run_sft(_config(data, out, resume="latest", **kw), callbacks=[steps])
+    assert steps.taken == 0 and result.trainer.state.global_step == 3
+    assert not (out / ".final.partial").exists()
+    adapter = load_file(out / "final" / "adapter" / "adapter_model.safetensors")
+    saved = load_file(out / "checkpoint-3" / "adapter_model.safetensors")
+    assert adapter.keys() == saved.keys()
+    assert any(v.abs().max() > 0 for k, v in adapter.items() if "lora_B" in k)  # trained
+    for k in adapter:
+        assert torch.equal(adapter[k], saved[k]), k
+    again = load_file(out / "final" / "model.safetensors")
+    assert again.keys() == merged.keys()
+    for k in again:
+        torch.testing.assert_close(again[k], merged[k], atol=1e-6, rtol=0)
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["after"] == pytest.approx(first.after, rel=1e-5)
+    assert results["before"] == pytest.approx(first.before, rel=1e-5)
+
+
 def test_lora_and_full_fine_tuning_both_learn(data, tmp_path):
     full = run_sft(_config(data, tmp_path / "full", max_steps=6))
     assert full.after["nll"] < full.before["nll"]
