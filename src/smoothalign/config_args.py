@@ -44,7 +44,7 @@ TRAINING_HELP = {
     "logging_steps": "log training metrics every N steps",
     "save_steps": "checkpoint every N steps (0: only the final model)",
     "save_total_limit": "keep at most this many checkpoints (at least 2: the newest is rotated in before it is certified complete)",
-    "resume": "resume from a checkpoint folder, or 'latest' (newest complete one in --output-dir)",
+    "resume": "resume from a checkpoint folder, or 'latest' (newest complete one in --output-dir); one at --max-steps trains no step and finishes its run (evaluation, final/, report)",
     "on_bad_rows": "invalid data rows: 'error' (stop, listing them) or 'skip' (listed in the report)",
     "report": "write report.md and the plots at the end",
 }
