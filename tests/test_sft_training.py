@@ -238,6 +238,44 @@ def test_gradient_accumulation_averages_over_tokens(
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("grad_accum, fused", [(1, "off"), (2, "off"), (2, "on")])
+def test_logged_loss_pools_tokens_like_nll(tmp_path, grad_accum, fused):
+    """β = 0: the logged ``loss`` is the ``nll`` of the same window, both means over the
+    window's completion tokens, with ``logging_steps`` > 1 over steps of very different token
+    counts (Trainer's own ``loss`` is a mean of per-step means: a step of a few tokens weighed
+    like one of many); so are the last, partial window's and the run's ``train_loss``."""
+    if fused == "on" and importlib.util.find_spec("smoothalign.kernels") is None:
+        pytest.skip("no kernel")
+    rng = random.Random(5)
+    rows = []
+    for i in range(32):  # pairs of rows alike in length, alternately short and long
+        n = 1 if (i // (2 * grad_accum)) % 2 == 0 else 40
+        completion = "".join(rng.choice("ab") for _ in range(n))
+        rows.append({"prompt": "xy:", "completion": completion})
+    cfg = _config(
+        tmp_path / "unused.jsonl", tmp_path / "run", batch_size=2, grad_accum=grad_accum,
+        max_steps=5, logging_steps=2, label_smoothing=0.0, max_length=64, fused=fused,
+    )  # fmt: skip
+    from smoothalign.models import load_model_and_tokenizer
+    from smoothalign.sft.data import validate_sft_rows
+
+    model, tok = load_model_and_tokenizer("tiny")
+    trainer, _ = _trainer(cfg, model, tok, validate_sft_rows(rows, tok, 64).examples)
+    trainer.args.train_sampling_strategy = "sequential"  # the steps in row order
+    output = trainer.train()
+    logged = [json.loads(x) for x in trainer.metrics_path.read_text().splitlines()]
+    train = [r for r in logged if r["split"] == "train"]
+    assert [r["step"] for r in train] == [2, 4, 5] and train[-1]["partial_window"]
+    tokens = [r["completion_tokens"] for r in train]
+    assert max(tokens) > 5 * min(tokens)  # the last window: one short step
+    for r in train:
+        assert r["loss"] == pytest.approx(r["nll"], rel=1e-5), r
+    pooled = sum(r["nll"] * r["completion_tokens"] for r in train) / sum(tokens)
+    assert output.metrics["train_loss"] == pytest.approx(pooled, rel=1e-5)
+    summary = [r for r in logged if r["split"] == "summary" and "train_loss" in r]
+    assert summary[-1]["train_loss"] == pytest.approx(pooled, rel=1e-5)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("smoothalign.kernels") is None, reason="no kernel")
 def test_fused_kernel_trains_like_the_reference(data, tmp_path):
     """The fused loss (the chunked path here, the Triton kernel on a GPU, where the GPU

@@ -21,6 +21,11 @@ is the micro-batch mean, divided by the accumulation steps (Trainer's fallback).
 Logged (TRL's names): ``loss`` (the smoothed training loss), ``mean_token_accuracy``,
 ``entropy`` (of the predictive distribution, nats), plus ``nll`` (the unsmoothed
 cross-entropy, comparable across β) and ``completion_tokens`` (in the logging window).
+Every one of them is a mean over the completion tokens of the whole logging window (all
+its steps, micro-batches and ranks pooled), so at β = 0 ``loss`` equals ``nll`` up to
+float rounding. ``loss`` replaces Trainer's own, a mean of the window's per-step means
+(which weighs a step of few tokens like one of many); so does the end-of-run
+``train_loss``, pooled over every step this ``train()`` call took.
 """
 
 from __future__ import annotations
@@ -45,6 +50,12 @@ from smoothalign.train.trainer import fused_logps_enabled
 TOKEN_BINS = 15  # SPEC §5: ECE over 15 equal-width bins
 _SUMS = ("nll", "correct", "entropy")  # summed per micro-batch, logged per token
 _COUNT = "_sum/tokens"
+_LOGGED = {  # buffered sum -> the per-token mean logged
+    "loss": "loss",
+    "nll": "nll",
+    "correct": "mean_token_accuracy",
+    "entropy": "entropy",
+}
 
 
 class SFTTrainer(SmoothingTrainer):
@@ -59,6 +70,11 @@ class SFTTrainer(SmoothingTrainer):
         self.counts_head_filter = fused_logps_enabled(sft_config.fused, self.accelerator.device)
         base = self._base_model(self.model)
         self._logits_to_keep = "logits_to_keep" in inspect.signature(base.forward).parameters
+        self._run_sums = {"loss": 0.0, "tokens": 0.0}  # the windows logged in this train()
+
+    def train(self, *args: Any, **kwargs: Any):
+        self._run_sums = {"loss": 0.0, "tokens": 0.0}  # train_loss: this call's steps, as
+        return super().train(*args, **kwargs)  # Trainer's (after a resume: those since)
 
     # ------------------------------------------------------------------ forward
     def _base_model(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -128,6 +144,7 @@ class SFTTrainer(SmoothingTrainer):
             )
             mask = stats["mask"]
             values = {f"_sum/{name}": stats[name][mask].sum().reshape(1) for name in _SUMS}
+            values["_sum/loss"] = total.detach().float().reshape(1)  # the smoothed sum trained
             values[_COUNT] = mask.sum().float().reshape(1)
             self.record("train", values)
         return (loss, {"hidden_states": hidden}) if return_outputs else loss
@@ -151,17 +168,32 @@ class SFTTrainer(SmoothingTrainer):
 
     def _gathered(self, split: str) -> dict[str, np.ndarray]:
         """Token-weighted means over the logging window from the buffered per-micro-batch
-        sums (every rank's), instead of a mean of micro-batch means."""
+        sums (every rank's), instead of a mean of micro-batch or step means. ``loss`` among
+        them: it replaces Trainer's ``loss`` in the log (a mean of per-step means), so that
+        every logged training quantity pools the window's tokens alike."""
         out = super()._gathered(split)
         if _COUNT not in out:
             return out
         n = float(out.pop(_COUNT).sum())
-        names = {"nll": "nll", "correct": "mean_token_accuracy", "entropy": "entropy"}
-        for key, name in names.items():
+        for key, name in _LOGGED.items():
             total = float(out.pop(f"_sum/{key}").sum())
             out[name] = np.array([total / n if n else math.nan])
+            if key == "loss" and split == "train":
+                self._run_sums["loss"] += total
+                self._run_sums["tokens"] += n
         out["completion_tokens"] = np.array([n])
         return out
+
+    def _summarised(self, split: str, logs: dict[str, Any]) -> dict[str, Any]:
+        extra = super()._summarised(split, logs)
+        # the end of training (after the last window, written first): Trainer's train_loss is
+        # a mean of per-step means too; pooled over the run's tokens instead, as each window
+        n = self._run_sums["tokens"]
+        if split == "summary" and "train_loss" in logs and n:
+            value = self._run_sums["loss"] / n
+            if math.isfinite(value):  # else Trainer's (its NaN filter) stays, as in a window
+                logs["train_loss"] = value
+        return extra
 
     # ------------------------------------------------------------------ checks
     @torch.no_grad()
