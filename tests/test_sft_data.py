@@ -80,6 +80,29 @@ def test_a_row_left_with_no_token_to_train_on_is_a_bad_row():
     ]
 
 
+def test_a_row_whose_template_renders_no_trained_token_is_a_bad_row():
+    """Whatever leaves a row with no token to train on (here a chat template that renders
+    no text for one assistant message) makes it an empty_completion bad row, not a kept row
+    that trains nothing; it is not counted among the rows of its form either."""
+    dropping = (
+        "{% for m in messages %}{% if m['role'] != 'assistant' or m['content'] != 'hidden' %}"
+        "{{ m['content'] }}{% endif %}{% endfor %}"
+    )
+    tok = make_byte_tokenizer(chat_template=dropping)
+    user = {"role": "user", "content": "p"}
+    rows = [
+        {"messages": [user, {"role": "assistant", "content": "hidden"}]},
+        {"messages": [user, {"role": "assistant", "content": "x"}]},
+    ]
+    report = _one(rows, tokenizer=tok, on_bad_rows="skip")
+    assert [(b.row, b.field, b.code) for b in report.bad_rows] == [
+        (0, "messages", "empty_completion")
+    ]
+    assert "nothing to train on" in report.bad_rows[0].reason
+    assert [ex.row for ex in report.examples] == [1]
+    assert report.n_messages_rows == 1 and report.n_completion_tokens == 1
+
+
 def test_conversational_prompt_completion_trains_after_the_generation_prompt():
     row = {
         "prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}],

@@ -68,7 +68,8 @@ SFT_BAD_ROW_CODES = {
     "or the reverse",
     "malformed_messages": "a message list, role or content is malformed, or turns are misplaced",
     "no_assistant_turn": "'messages' holds no assistant message: nothing to train on",
-    "empty_completion": "the completion (or an assistant turn) is empty or whitespace only",
+    "empty_completion": "the completion (or an assistant turn) is empty or whitespace only, "
+    "or no token of the row is left to train on",
     "empty_text": "'text' is empty or whitespace only, or has under two tokens",
     "prompt_too_long": "no completion token fits in max_length after the prompt",
     "chat_template_error": "the chat template raised an error",
@@ -197,7 +198,7 @@ def _process_row(
         input_ids, labels, truncated = _text_example(
             row["text"], kind, kind_note, tokenizer, max_length, text_bos
         )
-        report.n_text_rows += 1
+        form = "text"
     elif row.get("messages") is not None:
         if any(row.get(k) not in (None, "") for k in ("prompt", "completion")):
             raise BadRowError(
@@ -216,7 +217,7 @@ def _process_row(
                 "messages", "mixed_formats", f"a message list in {kind} data ({kind_note})"
             )
         input_ids, labels, truncated = _messages_example(row["messages"], tokenizer, max_length)
-        report.n_messages_rows += 1
+        form = "messages"
     else:
         for name in ("prompt", "completion"):
             if row.get(name) is None:
@@ -230,6 +231,7 @@ def _process_row(
         input_ids, labels, truncated = _prompt_completion_example(
             row["prompt"], row["completion"], tokenizer, max_length
         )
+        form = "completion"
     example = SFTExample(
         input_ids=input_ids,
         labels=labels,
@@ -239,6 +241,14 @@ def _process_row(
         truncated=truncated,
         metadata={k: v for k, v in row.items() if k not in RESERVED},
     )
+    if not example.n_completion_tokens:  # each form refuses its own empty cases first, by
+        raise BadRowError(  # name; whatever else leaves nothing to train on is caught here
+            form,
+            "empty_completion",
+            "nothing to train on: no token of the row is trained (after masking and truncation)",
+        )
+    report.n_text_rows += form == "text"
+    report.n_messages_rows += form == "messages"
     report.n_truncated += example.truncated
     report.n_completion_tokens += example.n_completion_tokens
     return example
