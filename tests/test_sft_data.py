@@ -114,6 +114,104 @@ def test_conversational_prompt_completion_trains_after_the_generation_prompt():
     assert ex.labels == [X] * len(prompt) + [*byte_ids("yo"), EOS]
 
 
+def test_a_completion_with_other_turns_trains_only_its_assistant_turns_as_messages_does():
+    """A completion list holding a user (or tool) turn between replies: that turn and the
+    next reply's generation prompt are masked, as in the 'messages' form of the same
+    conversation (the model reads them, never writes them); ids and labels are those of the
+    'messages' row, and the report counts what the collated batch trains."""
+    prompt = [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]
+    completion = [
+        {"role": "assistant", "content": "yo"},
+        {"role": "user", "content": "QUESTION"},
+        {"role": "tool", "content": "TOOL"},
+        {"role": "assistant", "content": "ab"},
+    ]
+    for tok in (make_byte_tokenizer(), build_tiny_tokenizer()):
+        rows = [{"prompt": prompt, "completion": completion}, {"messages": prompt + completion}]
+        report = _one(rows, tokenizer=tok, max_length=256)
+        assert report.n_truncated == 0
+        pc, messages = report.examples
+        assert pc.input_ids == messages.input_ids
+        assert pc.labels == messages.labels
+        trained = tok.decode([t for t in pc.labels if t != X])
+        assert "QUESTION" not in trained and "TOOL" not in trained
+        assert trained.startswith("yo") and "ab" in trained
+        batch = SFTCollator(pad_token_id=int(tok.pad_token_id))(report.examples)
+        assert report.n_completion_tokens == int((batch["labels"] != X).sum())
+    ex = _one([rows[0]]).examples[0]  # the byte tokenizer: every token spelled out
+    head = [BOS, SYSTEM, *byte_ids("s"), EOS, USER, *byte_ids("hi"), EOS, ASSISTANT]
+    reply = [*byte_ids("yo"), EOS]
+    between = [USER, *byte_ids("QUESTION"), EOS, *_role_marker("tool"), *byte_ids("TOOL"), EOS]
+    last = [*byte_ids("ab"), EOS]
+    assert ex.input_ids == head + reply + between + [ASSISTANT] + last
+    assert ex.labels == [X] * len(head) + reply + [X] * (len(between) + 1) + last
+
+
+def _role_marker(role: str) -> list[int]:
+    """The byte tokenizer's ids for ``<|role|>`` (a special token for system/user/assistant,
+    plain bytes for any other role)."""
+    marker = f"<|{role}|>"
+    return [SPECIAL_IDS[marker]] if marker in SPECIAL_IDS else byte_ids(marker)
+
+
+def test_a_completion_cut_inside_a_later_turn_keeps_what_it_trains():
+    """Truncation cuts a completion from the end, masks and all: a cut in the user turn
+    leaves the first reply trained and the row counted as truncated."""
+    row = {
+        "prompt": [{"role": "user", "content": "hi"}],
+        "completion": [
+            {"role": "assistant", "content": "yo"},
+            {"role": "user", "content": "q" * 40},
+            {"role": "assistant", "content": "ab"},
+        ],
+    }
+    report = _one([row], max_length=16)
+    (ex,) = report.examples
+    assert len(ex.input_ids) == 16 and ex.truncated and report.n_truncated == 1
+    assert [t for t in ex.labels if t != X] == [*byte_ids("yo"), EOS]
+    assert report.n_completion_tokens == 3
+
+
+def test_a_completion_whose_assistant_turns_are_empty_is_a_bad_row():
+    """The other turns of a completion are not trained on: with only empty replies beside
+    them the row would train on end-of-turn tokens alone, so it is reported, not kept."""
+    user = {"role": "user", "content": "hi"}
+    rows = [
+        {"prompt": [user], "completion": [{"role": "assistant", "content": " "}, user]},
+        {"prompt": [user], "completion": [{"role": "assistant", "content": "yo"}, user]},
+    ]
+    report = _one(rows, on_bad_rows="skip")
+    assert [ex.row for ex in report.examples] == [1]
+    (bad,) = report.bad_rows
+    assert (bad.row, bad.field, bad.code) == (0, "completion", "empty_completion")
+    assert "user turns are not trained on" in bad.reason
+
+
+def test_a_row_masked_and_cut_down_to_nothing_is_a_bad_row():
+    """With a template that renders only the contents, an empty first reply has no token:
+    cut right after the prompt, what is left of the completion is the user's turn, which is
+    masked. The row would train nothing; it is an empty_completion bad row, not kept."""
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tok = make_byte_tokenizer(chat_template=template)
+    row = {
+        "prompt": [{"role": "user", "content": "p"}],
+        "completion": [
+            {"role": "assistant", "content": ""},
+            {"role": "user", "content": "u"},
+            {"role": "assistant", "content": "x"},
+        ],
+    }
+    assert [ex.labels for ex in _one([row], tokenizer=tok, max_length=3).examples] == [
+        [X, X, *byte_ids("x")]
+    ]
+    fine = {"prompt": row["prompt"], "completion": row["completion"][2:]}
+    report = _one([row, fine], tokenizer=tok, max_length=2, on_bad_rows="skip")
+    assert [ex.row for ex in report.examples] == [1]
+    (bad,) = report.bad_rows
+    assert (bad.row, bad.field, bad.code) == (0, "completion", "empty_completion")
+    assert "nothing to train on" in bad.reason
+
+
 def test_messages_train_on_every_assistant_turn_and_nothing_else():
     row = {
         "messages": [

@@ -35,6 +35,9 @@ that turn with and without it (``add_generation_prompt=True`` before it). Each r
 must be a prefix of the whole text; where a token merges across a turn boundary, the text
 is split there and the rest tokenised on its own, as at the prompt/response boundary (with
 the same exception for tokenizers that prepend a space).
+A conversational completion that holds other turns than the assistant's goes through
+``tokenize_completion_turns``: the whole conversation as in ``tokenize_messages``, cut
+after the prompt, with the spans of the completion's assistant turns.
 ``tokenize_text`` (a plain ``text`` row) ends with EOS as a response does, and
 starts with exactly one BOS only where the tokenizer adds one itself
 (:func:`tokenizer_adds_bos`: what ``tokenizer(text)`` gives, as in pre-training).
@@ -156,15 +159,54 @@ def tokenize_messages(
     messages = list(messages)
     _check_no_special_text(field, messages, tokenizer)
     full_text = _render(tokenizer, messages, field, generation_prompt=False)
-    turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
-    cuts: list[int] = []  # text offsets: each assistant turn's start and end
-    for i in turns:
-        for generation_prompt, upto in ((True, i), (False, i + 1)):
-            text = _render(tokenizer, messages[:upto], field, generation_prompt)
-            _check_text_prefix(field, text, full_text, f"message {i} (assistant)")
-            cuts.append(len(text))
+    cuts = _assistant_turn_cuts(tokenizer, messages, full_text, field)
     ids, positions = _encode_with_cuts(tokenizer, full_text, cuts, field)
     return ids, list(zip(positions[0::2], positions[1::2], strict=True))
+
+
+def tokenize_completion_turns(
+    prompt: Sequence[Message],
+    completion: Sequence[Message],
+    tokenizer: Any,
+    field: str = "completion",
+) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+    """Untruncated ``(prompt_ids, completion_ids, assistant_spans)`` of a conversational SFT
+    row whose completion holds other turns than the assistant's (a user or tool message
+    between two replies): ``prompt + completion`` tokenised as :func:`tokenize_messages`
+    does, cut after the prompt's generation prompt (the first completion turn starts there:
+    ``prompt_ids`` are those of :func:`tokenize_prompt_completion`), and each span
+    ``(start, end)`` (offsets into ``completion_ids``) one of the completion's assistant
+    turns, so the turns between them can be left out of the loss as in a ``messages`` row."""
+    prompt, completion = list(prompt), list(completion)
+    _check_no_special_text("prompt", prompt, tokenizer)
+    _check_no_special_text(field, completion, tokenizer)
+    messages = prompt + completion
+    full_text = _render(tokenizer, messages, field, generation_prompt=False)
+    cuts = _assistant_turn_cuts(tokenizer, messages, full_text, field, first=len(prompt))
+    ids, positions = _encode_with_cuts(tokenizer, full_text, cuts, field)
+    start = positions[0]  # the completion starts with an assistant turn
+    spans = [(a - start, b - start) for a, b in zip(positions[0::2], positions[1::2], strict=True)]
+    return ids[:start], ids[start:], spans
+
+
+def _assistant_turn_cuts(
+    tokenizer: Any, messages: list[Message], full_text: str, field: str, first: int = 0
+) -> list[int]:
+    """Text offsets of the start and end of every assistant turn from ``messages[first]``
+    on: the renderings of the conversation before it (with the generation prompt) and up to
+    it, each checked to be a prefix of ``full_text``. The rendering of ``messages[:first]``
+    is the prompt's: its template error names field ``prompt``."""
+    cuts: list[int] = []
+    for i in range(first, len(messages)):
+        if messages[i].get("role") != "assistant":
+            continue
+        where = f"message {i - first} (assistant)"
+        for generation_prompt, upto in ((True, i), (False, i + 1)):
+            name = "prompt" if first and upto == first else field
+            text = _render(tokenizer, messages[:upto], name, generation_prompt)
+            _check_text_prefix(field, text, full_text, where)
+            cuts.append(len(text))
+    return cuts
 
 
 def _encode_with_cuts(

@@ -7,9 +7,17 @@ Row formats (TRL's):
   completion's tokens (with an EOS appended) are trained on, the prompt's are not;
 * **prompt/completion, conversational**: ``prompt`` is a message list ending with the turn
   to answer, ``completion`` a message list starting with an assistant message; the loss is
-  on everything the chat template renders after the prompt's generation prompt;
+  on everything the chat template renders after the prompt's generation prompt, except
+  what it renders for a non-assistant turn in the completion (a ``user`` or ``tool``
+  message between two replies) and the next reply's generation prompt: those are masked
+  as in a ``messages`` row, so a conversation trains on the same tokens wherever it is
+  split into prompt and completion. (TRL trains on them unless ``assistant_only_loss``;
+  we mask them always: they are text the model reads, never generates, and training on a
+  user's turn teaches the model to write the user's side; to train on every token of a
+  conversation, render it into a ``text`` row.) A completion whose assistant turns are all
+  empty is an ``empty_completion`` bad row, whatever its other turns hold;
 * **messages**: one conversation; the loss is on every assistant turn (its text and the
-  template's end-of-turn tokens), never on system or user turns;
+  template's end-of-turn tokens), never on system, user or tool turns;
 * **text**: a plain string (continued pre-training, plain language modelling); the loss is
   on every token but the first (which has no context), with an EOS appended and a BOS in
   front only where the tokenizer adds one itself (``tokenizer(text)``).
@@ -43,6 +51,7 @@ from smoothalign.data.collate import ExampleDataset, PaddingCollator
 from smoothalign.data.loading import FILE_KEY, ROW_KEY, load_preference_rows
 from smoothalign.data.report import TokenizedRowsReport
 from smoothalign.data.tokenization import (
+    tokenize_completion_turns,
     tokenize_messages,
     tokenize_prompt_completion,
     tokenize_text,
@@ -68,8 +77,8 @@ SFT_BAD_ROW_CODES = {
     "or the reverse",
     "malformed_messages": "a message list, role or content is malformed, or turns are misplaced",
     "no_assistant_turn": "'messages' holds no assistant message: nothing to train on",
-    "empty_completion": "the completion (or an assistant turn) is empty or whitespace only, "
-    "or no token of the row is left to train on",
+    "empty_completion": "the completion (its assistant turns), or an assistant turn, is empty "
+    "or whitespace only, or no token of the row is left to train on",
     "empty_text": "'text' is empty or whitespace only, or has under two tokens",
     "prompt_too_long": "no completion token fits in max_length after the prompt",
     "chat_template_error": "the chat template raised an error",
@@ -257,6 +266,7 @@ def _process_row(
 def _prompt_completion_example(
     prompt: Any, completion: Any, tokenizer: Any, max_length: int
 ) -> tuple[list[int], list[int], bool]:
+    spans = None  # the completion's assistant turns, where it holds other turns too
     if isinstance(prompt, str):
         if is_blank(completion):
             raise BadRowError("completion", "empty_completion", "empty completion")
@@ -277,9 +287,17 @@ def _prompt_completion_example(
                 f"the completion starts with a {completion[0]['role']!r} message, expected "
                 "'assistant'",
             )
-        if is_blank(completion):
-            raise BadRowError("completion", "empty_completion", "empty completion")
-    prompt_ids, completion_ids = tokenize_prompt_completion(prompt, completion, tokenizer)
+        replies = [m for m in completion if m["role"] == "assistant"]
+        if is_blank(replies):
+            others = sorted({m["role"] for m in completion} - {"assistant"})
+            masked = f" (its {'/'.join(others)} turns are not trained on)" if others else ""
+            raise BadRowError("completion", "empty_completion", f"empty completion{masked}")
+        if len(replies) < len(completion):
+            prompt_ids, completion_ids, spans = tokenize_completion_turns(
+                prompt, completion, tokenizer
+            )
+    if spans is None:
+        prompt_ids, completion_ids = tokenize_prompt_completion(prompt, completion, tokenizer)
     if not completion_ids:
         raise BadRowError(
             "completion", "empty_completion", "empty completion (no tokens after the prompt)"
@@ -291,8 +309,13 @@ def _prompt_completion_example(
             f"the prompt is {len(prompt_ids)} tokens, >= max_length {max_length}: no room "
             "for the completion",
         )
+    trained = completion_ids
+    if spans is not None:  # the other turns of the completion are masked, as in 'messages'
+        trained = [IGNORE_INDEX] * len(completion_ids)
+        for start, end in spans:
+            trained[start:end] = completion_ids[start:end]
     completion_ids, truncated = fit_response(completion_ids, len(prompt_ids), max_length)
-    labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
+    labels = [IGNORE_INDEX] * len(prompt_ids) + trained[: len(completion_ids)]
     if not prompt_ids:  # an empty prompt and no BOS: nothing predicts the first token, as in
         labels[0] = IGNORE_INDEX  # a text row; so it is not counted as trained either
         if len(labels) == 1:
