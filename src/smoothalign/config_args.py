@@ -35,7 +35,9 @@ TRAINING_HELP = {
     "CUDA, off on the CPU), on, off, or recompute (on, and the norm outputs and SwiGLU product "
     "recomputed in the backward: about half the eager activations)",
     "grad_filter": "the fused LM-head kernel's gradient filter (CUDA): auto skips the backward "
-    "blocks whose every softmax entry is below bf16's eps/32, as Cut Cross-Entropy does (fast "
+    "blocks whose every softmax entry is below eps/32 of the bf16/fp16 inputs (no filtering for "
+    "fp32 inputs), as Cut Cross-Entropy does, and the rows and columns of a computed block below "
+    "a quarter of that, putting the left-out mass back along the head's mean row (fast "
     "when the softmax is spread thin, as in a randomly initialised model, but that softmax "
     "mass is then missing from the gradient); off computes every block (none of the softmax is dropped)",
     "bins": "CALS: number of forecast bins K (even)",

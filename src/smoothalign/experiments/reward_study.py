@@ -665,9 +665,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lm", action="store_true", help="also run the tiny-LM pipeline (minutes on CPU)"
     )
-    parser.add_argument("--lm-seeds", type=int, default=3)
-    parser.add_argument("--lm-steps", type=int, default=150)
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--lm-seeds", type=int, default=3, help="with --lm: seeds 0 .. N-1")
+    parser.add_argument("--lm-steps", type=int, default=150, help="with --lm: training steps")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def build_config(args: argparse.Namespace) -> RewardStudyConfig:

@@ -37,19 +37,23 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output-dir", default="outputs/sft_calibration")
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument(
+        "--output-dir", default="outputs/sft_calibration", help="directory for the results"
+    )
+    parser.add_argument(
+        "--model", default="smollm2-135m", help="the model fine-tuned (a name or local folder)"
+    )
     parser.add_argument(
         "--tasks", nargs="+", default=list(DEFAULT_TASKS), help="BIG-bench multiple-choice tasks"
     )
     parser.add_argument("--betas", type=_floats, default=(0.0, 0.1), help="e.g. 0,0.1")
     parser.add_argument("--seeds", type=int, default=2, help="SFT seeds 0 .. N-1 per β")
     parser.add_argument("--steps", type=int, default=30, help="SFT steps of 8 rows")
-    parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument("--learning-rate", type=float, default=2e-4, help="SFT peak step size")
     parser.add_argument("--mmlu-limit", type=int, default=100, help="MMLU questions (seeded)")
     parser.add_argument("--bigbench", help="BIG-bench archive or folder (see eval calibration)")
     parser.add_argument("--batch-size", type=int, default=8, help="evaluation batch size")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def split_tasks(tasks, seed: int = 0) -> tuple[list[dict], list[dict]]:

