@@ -81,6 +81,7 @@ def test_bad_input_is_one_line_and_status_2(argv, needle, tmp_path, capsys, monk
     assert needle in err
     assert "Traceback" not in err
     assert "/no/such/model" not in err  # the model was never touched
+    assert not (tmp_path / "out").exists()  # a refused run leaves no output folder behind
     saved = err.split("(traceback: ")[1].split(";")[0]
     text = Path(saved).read_text()
     assert text.startswith("Traceback") and needle in text

@@ -97,7 +97,6 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
     ``transformers.TrainerCallback`` s."""
     config.validate()
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     check_scheduler(config)  # first: it records constant's warm-up as 0, which resume compares
     # before the model loads: a mixed-up dir, a bad --resume or a changed config fails fast
     prepare_output_dir(out, config.resume, run_config_record(config))

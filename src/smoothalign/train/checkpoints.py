@@ -236,7 +236,8 @@ def clear_before_run(output_dir: str | Path, resume: str | None) -> None:
     report beside its results). The runs call it once every check has passed and the models
     are loaded, just before they write their own ``config.json``: a run refused earlier
     leaves the earlier results, and one interrupted later leaves none of them beside its
-    own configuration."""
+    own configuration. It creates ``output_dir``: a run refused before it leaves no folder."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
     if resolve_resume(resume, output_dir) is None:
         clear_earlier_outputs(output_dir)
     else:  # a resumed run continues metrics.jsonl and writes every other result anew

@@ -75,7 +75,6 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     """Train ``config``; ``callbacks`` are extra ``transformers.TrainerCallback`` s."""
     config.validate()
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     check_scheduler(config)  # first: it records constant's warm-up as 0, which resume compares
     # before the model loads: a mixed-up dir, a bad --resume or a changed config fails fast
     prepare_output_dir(out, config.resume, run_config_record(config))
