@@ -281,3 +281,122 @@ def test_help_never_shows_a_none_default():
         assert "(default: None)" not in text, path
         if path == ("dpo",):  # real defaults are still shown
             assert "(default: 0.1)" in " ".join(text.split())
+
+
+# Two runs' files share a base name: a bad row's message must say which of them is bad,
+# by the path as the user gave it (relative here), for every command and file option.
+_PAIR = {"prompt": "q:", "chosen": " a", "rejected": " b", "completion": " a"}
+_BLANK = {"prompt": "q:", "chosen": "  ", "rejected": " b", "completion": "  "}
+_PAIRS = [{**_PAIR, "pair_id": f"p{i}"} for i in range(3)]
+_BAD_PAIRS = [_PAIRS[0], {**_BLANK, "pair_id": "p1"}, _PAIRS[2]]
+_LABELS = [{"pair_id": f"p{i}", "p_chosen": 0.7} for i in range(3)]
+_BAD_LABELS = [_LABELS[0], {"pair_id": "p1", "vote": 2}, _LABELS[2]]
+_VOTES = [{**_PAIR, "votes_chosen": 2, "votes_total": 3} for _ in range(3)]
+_BAD_VOTES = [_VOTES[0], {**_PAIR, "votes_chosen": 4, "votes_total": 3}, _VOTES[2]]
+_PROMPTS = [{"prompt": "q: a"}, {"prompt": "q: b"}, {"prompt": "q: c"}]
+_BAD_PROMPTS = [_PROMPTS[0], {"prompt": "   "}, _PROMPTS[2]]
+_MODEL = "{model}"  # a tiny model folder without its weights: the data is read first
+
+SAME_NAME_CASES = {
+    "dpo --eval-data": (
+        ["dpo", "--model", _MODEL, "--data", "runs/a/data.jsonl",
+         "--eval-data", "runs/b/data.jsonl"],
+        "runs/b/data.jsonl row 1, field 'chosen'",
+    ),
+    "dpo --data": (
+        ["dpo", "--model", _MODEL, "--data", "runs/b/data.jsonl",
+         "--eval-data", "runs/a/data.jsonl"],
+        "runs/b/data.jsonl row 1, field 'chosen'",
+    ),
+    "dpo --data folder": (
+        ["dpo", "--model", _MODEL, "--data", "runs/b"], "runs/b/data.jsonl row 1, field 'chosen'"
+    ),
+    "sft --eval-data": (
+        ["sft", "--model", _MODEL, "--data", "runs/a/data.jsonl",
+         "--eval-data", "runs/b/data.jsonl"],
+        "runs/b/data.jsonl row 1, field 'completion'",
+    ),
+    "reward --eval-data": (
+        ["reward", "--model", _MODEL, "--data", "runs/a/data.jsonl", "--labels",
+         "runs/a/labels.jsonl", "--eval-data", "runs/b/data.jsonl", "--eval-labels",
+         "runs/a/labels.jsonl"],
+        "runs/b/data.jsonl row 1, field 'chosen'",
+    ),
+    "reward --labels": (
+        ["reward", "--model", _MODEL, "--data", "runs/a/data.jsonl", "--labels",
+         "runs/b/labels.jsonl"],
+        "runs/b/labels.jsonl row 1, field 'vote'",
+    ),
+    "reward --eval-labels": (
+        ["reward", "--model", _MODEL, "--data", "runs/a/data.jsonl", "--labels",
+         "runs/a/labels.jsonl", "--eval-data", "runs/a/data.jsonl", "--eval-labels",
+         "runs/b/labels.jsonl"],
+        "runs/b/labels.jsonl row 1, field 'vote'",
+    ),
+    "rank-calibrate --eval-prompts": (
+        ["rank-calibrate", "--policy", _MODEL, "--reward-model", _MODEL, "--prompts",
+         "runs/a/prompts.jsonl", "--eval-prompts", "runs/b/prompts.jsonl"],
+        "runs/b/prompts.jsonl row 1, field 'prompt'",
+    ),
+    "data confidence --data": (
+        ["data", "confidence", "--data", "runs/b/votes.jsonl", "--output", "out.jsonl"],
+        "runs/b/votes.jsonl",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(SAME_NAME_CASES))
+def test_a_bad_row_names_its_file_by_path_not_base_name(case, tmp_path, capsys, monkeypatch):
+    import json
+
+    from smoothalign.models.loading import build_tiny_model, build_tiny_tokenizer
+
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "model"
+    build_tiny_model().save_pretrained(folder)
+    build_tiny_tokenizer().save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    for run, bad in (("a", False), ("b", True)):
+        files = {
+            "data": _BAD_PAIRS if bad else _PAIRS,
+            "labels": _BAD_LABELS if bad else _LABELS,
+            "prompts": _BAD_PROMPTS if bad else _PROMPTS,
+            "votes": _BAD_VOTES if bad else _VOTES,
+        }
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        for name, rows in files.items():
+            text = "".join(json.dumps(r) + "\n" for r in rows)
+            path = tmp_path / "runs" / run / f"{name}.jsonl"
+            if case == "dpo --data folder" and name != "data":
+                path = tmp_path / "elsewhere" / run / f"{name}.jsonl"  # one file in the folder
+                path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    argv, needle = SAME_NAME_CASES[case]
+    argv = [str(folder) if a == _MODEL else a for a in argv]
+    if argv[0] != "data":
+        argv += ["--output-dir", "out"]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert needle in err, err
+    assert "model.safetensors" not in err, err
+    Path(err.split("(traceback: ")[1].split(";")[0]).unlink()
+
+
+def test_eval_calibration_names_a_question_by_its_file_path(tmp_path, capsys, monkeypatch):
+    """A question that cannot be scored is named by its file as given, not its base name."""
+    import json
+
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "b").mkdir(parents=True)
+    rows = [{"question": "Q?", "options": ["a", "b"], "answer": 0},
+            {"question": "Q?", "options": ["a", "a much longer option text here"], "answer": 0}]  # fmt: skip
+    Path("runs/b/long.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["eval", "calibration", "--model", "tiny", "--tasks", "runs/b/long.jsonl",
+            "--scorer", "option", "--max-length", "16", "--output-dir", "out", "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "task long, question runs/b/long.jsonl:2: prompt 1, option 1" in err, err
+    Path(err.split("(traceback: ")[1].split(";")[0]).unlink()

@@ -373,8 +373,8 @@ def test_a_file_row_that_is_not_an_object_is_named_and_can_be_skipped(tok, tmp_p
         validate_preference_rows(str(data), tok, 32)
     report = validate_preference_rows(str(data), tok, 32, on_bad_rows="skip")
     assert [str(b) for b in report.bad_rows] == [
-        "pairs.jsonl row 1: expected an object/dict, got list",
-        "pairs.jsonl row 3: expected an object/dict, got int",
+        f"{data} row 1: expected an object/dict, got list",
+        f"{data} row 3: expected an object/dict, got int",
     ]
     assert [b.code for b in report.bad_rows] == ["not_a_mapping"] * 2
     assert len(report.examples) == 2 and report.n_rows == 4
@@ -665,7 +665,7 @@ def test_every_file_format_loads_the_same_rows(tmp_path, ext, no_network):
     rows = load_preference_rows(_write(tmp_path / f"prefs{ext}", ROWS))
     assert _strip(rows) == ROWS
     assert [r["_row"] for r in rows] == [0, 1, 2]
-    assert all(r["_file"] == f"prefs{ext}" for r in rows)  # a bad row names its file
+    assert all(r["_file"] == str(tmp_path / f"prefs{ext}") for r in rows)  # a bad row names it
 
 
 def test_json_data_wrapper_datasets_and_lists_load_the_same_rows(tmp_path, no_network):
@@ -719,9 +719,9 @@ def test_a_folder_loads_its_files_in_sorted_order_with_file_names(tmp_path, no_n
     rows = load_preference_rows(tmp_path)
     assert _strip(rows) == ROWS
     assert [(r["_file"], r["_row"]) for r in rows] == [
-        ("a.jsonl", 0),
-        ("a.jsonl", 1),
-        ("b.parquet", 0),
+        (str(tmp_path / "a.jsonl"), 0),
+        (str(tmp_path / "a.jsonl"), 1),
+        (str(tmp_path / "b.parquet"), 0),
     ]
 
 
@@ -730,7 +730,8 @@ def test_a_folder_with_train_files_loads_only_those(tmp_path):
     _write(tmp_path / "train-00001-of-00002.parquet", ROWS[1:2])
     _write(tmp_path / "test.jsonl", ROWS[2:])
     rows = load_preference_rows(tmp_path)
-    assert [r["_file"] for r in rows] == ["train-00001-of-00002.parquet", "train.jsonl"]
+    names = ["train-00001-of-00002.parquet", "train.jsonl"]
+    assert [r["_file"] for r in rows] == [str(tmp_path / n) for n in names]
 
 
 def test_a_folder_with_two_train_formats_is_ambiguous(tmp_path):
@@ -747,8 +748,8 @@ def test_folder_rows_are_cited_with_their_file(tmp_path, tok):
         validate_preference_rows(load_preference_rows(tmp_path), tok, 32)
     report = validate_preference_rows(tmp_path, tok, 32, on_bad_rows="skip")  # a path works too
     assert [(ex.file, ex.row, ex.index) for ex in report.examples] == [
-        ("a.jsonl", 0, 0),
-        ("b.jsonl", 0, 1),
+        (str(tmp_path / "a.jsonl"), 0, 0),
+        (str(tmp_path / "b.jsonl"), 0, 1),
     ]
 
 
@@ -802,7 +803,7 @@ def test_loading_errors_are_clear(tmp_path):
     # a non-object row keeps its place, for validation to name (and --on-bad-rows skip to drop)
     assert load_preference_rows(tmp_path / "scalars.jsonl")[1] == {
         "_row": 1,
-        "_file": "scalars.jsonl",
+        "_file": str(tmp_path / "scalars.jsonl"),
         "_not_an_object": "list",
     }
     with pytest.raises(ValueError, match="expected a path"):

@@ -342,7 +342,7 @@ def test_local_jsonl_round_trip(tmp_path):
     qs = load_jsonl_questions(path)
     assert [q.answer for q in qs] == [1, 0]
     assert qs[1].options == ("blue", "red", "green") and qs[1].id == "7"
-    assert qs[1].source == "quiz.jsonl:3" and qs[0].task == "quiz"
+    assert qs[1].source == f"{path}:3" and qs[0].task == "quiz"  # the file as given
 
 
 @pytest.mark.parametrize(

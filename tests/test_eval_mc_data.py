@@ -249,5 +249,5 @@ def test_an_option_too_long_for_max_length_names_task_question_and_option(tmp_pa
             "--output-dir", str(tmp_path / "out")]  # fmt: skip
     assert _cli(argv) == 2
     err = capsys.readouterr().err
-    assert "option scorer, task long, question long.jsonl:2: prompt 1, option 1: " in err
+    assert f"option scorer, task long, question {data}:2: prompt 1, option 1: " in err
     assert "max_length 16" in err

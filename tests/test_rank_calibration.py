@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,8 @@ def test_prompts_take_the_reference_column_in_order_and_name_bad_rows(tmp_path, 
         load_prompts(rows, tok, max_length=32, require_reference=True)
 
     bad = _write_prompts(tmp_path / "bad.jsonl", [{"prompt": "ok"}, {"prompt": "  "}])
-    with pytest.raises(ValueError, match=r"\n  bad\.jsonl row 1, field 'prompt': empty prompt"):
+    where = re.escape(str(bad))  # the file as given, not its base name
+    with pytest.raises(ValueError, match=rf"\n  {where} row 1, field 'prompt': empty prompt"):
         load_prompts(str(bad), tok, max_length=32)
     kept = load_prompts(str(bad), tok, max_length=32, on_bad_rows="skip")
     assert len(kept.examples) == 1 and kept.bad_rows[0].code == "empty_prompt"
@@ -470,7 +472,7 @@ def test_training_prompts_without_a_reference_are_listed_as_bad_rows(tiny, tmp_p
         load_rank_prompts(cfg, tok)
     lines = str(err.value).splitlines()
     assert lines[1] == (
-        "  noref.jsonl row 2, field 'reference': no reference response (reference, "
+        f"  {path} row 2, field 'reference': no reference response (reference, "
         "completion or chosen) for the NLL term"
     )
     assert len(lines) == 1 + 10 + 1 and lines[-1] == "  ... and 1 more"

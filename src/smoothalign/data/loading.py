@@ -7,7 +7,9 @@ instead of failing here. Nothing here touches the network.
 Every returned row is a fresh ``dict`` with two reserved keys added:
 
 * ``"_row"``: the row's 0-based index in its file (or in the list / dataset it came from);
-* ``"_file"``: the file name, for rows loaded from a file or a folder.
+* ``"_file"``: the file's path as given (a folder's files: the folder as given joined with
+  the file's name), for rows loaded from a file or a folder: a bad row's message names it,
+  so that ``runs/a/eval.jsonl`` and ``runs/b/eval.jsonl`` are told apart.
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ def load_preference_rows(
 
     Returns:
         One dict per row, in order, with ``"_row"`` (0-based index in its file or list) and,
-        for files and folders, ``"_file"`` (the file name) added. Rows that already carry ``"_row"``
+        for files and folders, ``"_file"`` (the file's path as given, see the module
+        docstring) added. Rows that already carry ``"_row"``
         (e.g. passed through twice) keep it. A row that is not an object (a list, a number)
         is not an error here: it becomes ``{"_row": i, "_not_an_object": "list"}`` (and
         ``"_file"``), which validation reports as ``not_a_mapping`` (:func:`not_an_object`).
@@ -116,6 +119,13 @@ def check_paths_exist(**sources: Any) -> None:
             raise FileNotFoundError(f"{name}: not found: {source}")
 
 
+def file_label(path: str | os.PathLike) -> str:
+    """How messages name a data file: its path as the user gave it (relative stays
+    relative; a folder's file is the folder joined with its name), never its base name
+    alone, which two runs' ``eval.jsonl`` share."""
+    return str(Path(path))
+
+
 @dataclass(frozen=True)
 class _Spec:
     text_fields: tuple[str, ...]
@@ -129,7 +139,7 @@ def _load_path(path: Path, spec: _Spec) -> list[dict[str, Any]]:
         return _load_folder(path, spec)
     rows = _label_rows(_read_file(path, spec))
     for row in rows:  # so that a bad row's message says which file (--data or --eval-data)
-        row.setdefault(FILE_KEY, path.name)
+        row.setdefault(FILE_KEY, file_label(path))
     return rows
 
 
@@ -150,7 +160,7 @@ def _load_folder(folder: Path, spec: _Spec) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for p in train or files:
         for row in _label_rows(_read_file(p, spec)):
-            row[FILE_KEY] = p.name
+            row[FILE_KEY] = file_label(p)
             rows.append(row)
     return rows
 
@@ -329,6 +339,7 @@ __all__ = [
     "ROW_KEY",
     "SUPPORTED_EXTENSIONS",
     "check_paths_exist",
+    "file_label",
     "load_preference_rows",
     "not_an_object",
 ]

@@ -61,6 +61,7 @@ from typing import Any
 
 import numpy as np
 
+from smoothalign.data.loading import file_label
 from smoothalign.eval.mc_tasks import (
     MCQuestion,
     QuestionError,
@@ -206,7 +207,7 @@ def load_mmlu(path: str | os.PathLike | None = None, subjects: list[str] | None 
             headers.append(line_no)
             continue
         try:
-            q = _mmlu_question(row, f"{path.name}:{line_no}")
+            q = _mmlu_question(row, f"{file_label(path)}:{line_no}")
         except QuestionError as err:
             bad.append((line_no, err))
             continue

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from smoothalign.data.loading import file_label
+
 __all__ = [
     "LETTERS",
     "MCQuestion",
@@ -193,7 +195,7 @@ def load_jsonl_questions(path: str | os.PathLike, task: str | None = None) -> li
             continue
         try:
             questions.append(
-                question_from_record(record, task=task, source=f"{path.name}:{line_no}")
+                question_from_record(record, task=task, source=f"{file_label(path)}:{line_no}")
             )
         except QuestionError as err:
             bad.append((line_no, err))

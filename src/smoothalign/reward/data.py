@@ -35,7 +35,6 @@ import numbers
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -51,7 +50,7 @@ from smoothalign.data import (
     validate_preference_rows,
 )
 from smoothalign.data.collate import ExampleDataset
-from smoothalign.data.loading import FILE_KEY, ROW_KEY, not_an_object
+from smoothalign.data.loading import FILE_KEY, ROW_KEY, file_label, not_an_object
 from smoothalign.data.report import RowReport, format_bad_rows
 from smoothalign.data.validation import BadRowError, bad_row, require_object
 
@@ -382,7 +381,7 @@ def validate_reward_rows(
         raise ValueError(f"no preference rows to validate{where}")
     source = None
     if labels is not None:
-        source = "labels" if isinstance(labels, list) else _short(str(labels))
+        source = "labels" if isinstance(labels, list) else file_label(labels)
         rows = join_labels(rows, load_preference_rows(labels), source=source)
 
     bad: list[BadRow] = []
@@ -445,10 +444,6 @@ def validate_reward_rows(
         prefix = "" if examples else "no valid soft-label preference row is left. "
         raise ValueError(prefix + format_bad_rows(bad, len(rows)))
     return report
-
-
-def _short(source: str) -> str:
-    return Path(source).name
 
 
 # ------------------------------------------------------------------------------- batching
