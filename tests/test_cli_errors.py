@@ -340,7 +340,7 @@ SAME_NAME_CASES = {
     ),
     "data confidence --data": (
         ["data", "confidence", "--data", "runs/b/votes.jsonl", "--output", "out.jsonl"],
-        "runs/b/votes.jsonl",
+        "runs/b/votes.jsonl row 1, field 'votes_chosen'",
     ),
 }  # fmt: skip
 

@@ -571,12 +571,12 @@ def test_cli_bad_file_fails_before_loading_the_model(tmp_path, capsys, monkeypat
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("smoothalign eval calibration: ")
-    assert re.search(r"q.jsonl, row 1, field 'answer'", err)
+    assert re.search(r"q.jsonl row 1, field 'answer'", err)
     assert "Traceback" not in err
     # SMOOTHALIGN_DEBUG=1 gives the exception itself (the model was never loaded: the
     # data is read first, so the error is about the data, not the missing model)
     monkeypatch.setenv("SMOOTHALIGN_DEBUG", "1")
-    with pytest.raises(ValueError, match=r"q.jsonl, row 1, field 'answer'"):
+    with pytest.raises(ValueError, match=r"q.jsonl row 1, field 'answer'"):
         main(argv)
 
 

@@ -99,11 +99,11 @@ def test_a_line_that_is_not_utf8_is_a_named_bad_row(tmp_path):
     with pytest.raises(ValueError, match=r"2 bad row\(s\)") as err:
         load_jsonl_questions(path)
     msg = str(err.value)
-    assert "latin1.jsonl, row 3: not valid UTF-8 (byte 0xe9" in msg
+    assert "latin1.jsonl row 3: not valid UTF-8 (byte 0xe9" in msg
     assert "row 5: not valid JSON" in msg
     mmlu = tmp_path / "mmlu.jsonl"
     mmlu.write_bytes(b'{"question": "\xff"}\n')
-    with pytest.raises(ValueError, match=r"mmlu.jsonl, row 1: not valid UTF-8 \(byte 0xff"):
+    with pytest.raises(ValueError, match=r"mmlu.jsonl row 1: not valid UTF-8 \(byte 0xff"):
         load_mmlu(mmlu)
 
 

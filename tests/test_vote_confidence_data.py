@@ -73,7 +73,7 @@ def test_bad_rows_are_all_named_and_nothing_is_written(tmp_path, capsys):
     assert not out.exists()
     data.write_text(json.dumps(_rows()[0]) + "\n[3, 1]\n")
     assert main(argv) == 2
-    assert "bad.jsonl, row 1: not a JSON object" in capsys.readouterr().err
+    assert f"{data} row 1: not a JSON object" in capsys.readouterr().err
     with pytest.raises(ValueError, match="field 'score_chosen': cannot relabel"):
         add_vote_confidence(
             [{"chosen": "a", "rejected": "b", "votes_chosen": 0, "votes_total": 2,

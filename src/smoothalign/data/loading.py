@@ -126,6 +126,20 @@ def file_label(path: str | os.PathLike) -> str:
     return str(Path(path))
 
 
+def location(file: str | None, row: Any) -> str:
+    """How every message names a row: ``runs/b/eval.jsonl row 3`` (``file`` as
+    :func:`file_label` gives it), or ``row 3`` for rows that came from no file."""
+    return f"{file} row {row}" if file else f"row {row}"
+
+
+def row_location(row: Any, index: Any = "?", file: str | None = None) -> str:
+    """:func:`location` of a loaded row, from its ``_file`` / ``_row`` keys; ``index`` and
+    ``file`` stand in for those it lacks (a row that is not a mapping has neither)."""
+    if not isinstance(row, Mapping):
+        return location(file, index)
+    return location(row.get(FILE_KEY) or file, row.get(ROW_KEY, index))
+
+
 @dataclass(frozen=True)
 class _Spec:
     text_fields: tuple[str, ...]
@@ -341,5 +355,7 @@ __all__ = [
     "check_paths_exist",
     "file_label",
     "load_preference_rows",
+    "location",
     "not_an_object",
+    "row_location",
 ]

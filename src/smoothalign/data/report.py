@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from smoothalign.data.loading import location
 from smoothalign.data.tokenization import TokenizedPair
 
 
@@ -27,7 +28,7 @@ class BadRow:
 
     @property
     def location(self) -> str:
-        return f"{self.file} row {self.row}" if self.file else f"row {self.row}"
+        return location(self.file, self.row)
 
     def __str__(self) -> str:
         where = self.location if self.field is None else f"{self.location}, field '{self.field}'"

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from smoothalign.data.loading import FILE_KEY, ROW_KEY, not_an_object
+from smoothalign.data.loading import FILE_KEY, ROW_KEY, not_an_object, row_location
 from smoothalign.smoothing.votes import PRIORS, fit_vote_prior, posterior_mean, vote_confidence
 
 VOTE_FIELDS = ("votes_chosen", "votes_total")
@@ -50,12 +50,6 @@ class VoteConfidenceSummary:
         return "\n".join(lines)
 
 
-def _where(row: Mapping[str, Any], index: int) -> str:
-    f = row.get(FILE_KEY) if isinstance(row, Mapping) else None
-    r = row.get(ROW_KEY, index) if isinstance(row, Mapping) else index
-    return f"{f}, row {r}" if f else f"row {r}"
-
-
 def _count(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
@@ -78,22 +72,22 @@ def _check_votes(rows: Sequence[Any], field_name: str, overwrite: bool) -> list[
     counts, bad = [], []
     for i, row in enumerate(rows):
         if not_an_object(row) is not None:
-            bad.append(f"{_where(row, i)}: not a JSON object")
+            bad.append(f"{row_location(row, i)}: not a JSON object")
             continue
         v, k = _count(row.get("votes_chosen")), _count(row.get("votes_total"))
         if row.get("votes_total") is None or k is None or k < 1:
             bad.append(
-                f"{_where(row, i)}, field 'votes_total': expected a whole number >= 1, got "
+                f"{row_location(row, i)}, field 'votes_total': expected a whole number >= 1, got "
                 f"{row.get('votes_total')!r}"
             )
         elif row.get("votes_chosen") is None or v is None or not 0 <= v <= k:
             bad.append(
-                f"{_where(row, i)}, field 'votes_chosen': expected a whole number in "
+                f"{row_location(row, i)}, field 'votes_chosen': expected a whole number in "
                 f"[0, {k}], got {row.get('votes_chosen')!r}"
             )
         elif field_name in row and row[field_name] is not None and not overwrite:
             bad.append(
-                f"{_where(row, i)}, field '{field_name}': already present (pass overwrite=True, --overwrite, "
+                f"{row_location(row, i)}, field '{field_name}': already present (pass overwrite=True, --overwrite, "
                 "or write the confidence to another field)"
             )
         else:
@@ -188,7 +182,7 @@ def add_vote_confidence(
         new = {k: v for k, v in row.items() if k not in (ROW_KEY, FILE_KEY)}
         if relabel and c < 0.5:  # an exact tie (q̂ = ½) keeps its label
             try:
-                new = _relabelled(new, _where(row, i), field_name)
+                new = _relabelled(new, row_location(row, i), field_name)
             except ValueError as e:
                 bad.append(str(e))
                 continue

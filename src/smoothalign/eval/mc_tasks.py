@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from smoothalign.data.loading import file_label
+from smoothalign.data.loading import file_label, location
 
 __all__ = [
     "LETTERS",
@@ -171,7 +171,8 @@ def raise_bad_rows(path: str | os.PathLike, bad: list[tuple[int, QuestionError]]
         return
     lines = []
     for line, err in bad[:_MAX_REPORTED]:
-        where = f"{path}, row {line}" + ("" if err.field is None else f", field '{err.field}'")
+        where = location(file_label(path), line)
+        where += "" if err.field is None else f", field '{err.field}'"
         lines.append(f"  {where}: {err.reason}")
     more = f"\n  … and {len(bad) - _MAX_REPORTED} more" if len(bad) > _MAX_REPORTED else ""
     raise ValueError(

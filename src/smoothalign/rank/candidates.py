@@ -46,7 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from smoothalign.data import BadRow, fit_response, load_preference_rows, tokenize_preference
-from smoothalign.data.loading import FILE_KEY, ROW_KEY
+from smoothalign.data.loading import FILE_KEY, ROW_KEY, location
 from smoothalign.data.report import RowReport
 from smoothalign.data.tokenization import RowTokenizationError, escape_special_text
 from smoothalign.data.validation import (
@@ -81,7 +81,7 @@ class PromptExample:
 
     @property
     def location(self) -> str:
-        return f"{self.file} row {self.row}" if self.file else f"row {self.row}"
+        return location(self.file, self.row)
 
 
 @dataclass

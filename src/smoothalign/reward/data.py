@@ -50,7 +50,7 @@ from smoothalign.data import (
     validate_preference_rows,
 )
 from smoothalign.data.collate import ExampleDataset
-from smoothalign.data.loading import FILE_KEY, ROW_KEY, file_label, not_an_object
+from smoothalign.data.loading import file_label, not_an_object, row_location
 from smoothalign.data.report import RowReport, format_bad_rows
 from smoothalign.data.validation import BadRowError, bad_row, require_object
 
@@ -242,16 +242,6 @@ def _vote_list(votes: Any) -> tuple[int, int]:
     return int(sum(int(v) for v in votes)), len(votes)
 
 
-def _location(row: Mapping[str, Any]) -> str:
-    """Where a data row is, as ``BadRow`` says it: ``row 3`` or ``train.jsonl row 3``."""
-    file = row.get(FILE_KEY)
-    return f"{file} row {row.get(ROW_KEY)}" if file else f"row {row.get(ROW_KEY)}"
-
-
-def _where(row: Mapping[str, Any], default: str) -> str:
-    return f"{row.get(FILE_KEY) or default} row {row.get(ROW_KEY, '?')}"
-
-
 def join_labels(
     rows: list[dict[str, Any]], label_rows: list[dict[str, Any]], source: str = "labels"
 ) -> list[dict[str, Any]]:
@@ -266,14 +256,14 @@ def join_labels(
     errors: list[str] = []
     by_id: dict[Any, int] = {}
     for i, row in enumerate(rows):
-        where = _where(row, "data")
+        where = row_location(row, file="data")
         if not_an_object(row) is not None:
             continue  # validation reports it (not_a_mapping) and leaves it unlabelled
         pid = row.get("pair_id")
         if pid is None:
             errors.append(f"{where}, field 'pair_id': missing (labels are joined on it)")
         elif _key(pid) in by_id:
-            first = _where(rows[by_id[_key(pid)]], "data")
+            first = row_location(rows[by_id[_key(pid)]], file="data")
             errors.append(f"{where}, field 'pair_id': {pid!r} repeats {first}")
         else:
             by_id[_key(pid)] = i
@@ -287,7 +277,7 @@ def join_labels(
     long_votes: dict[int, list[int]] = {}
     first_label_row: dict[int, str] = {}
     for lrow in label_rows:
-        where = _where(lrow, source)
+        where = row_location(lrow, file=source)
         if not_an_object(lrow) is not None:
             errors.append(f"{where}: expected an object/dict, got {not_an_object(lrow)}")
             continue
@@ -399,7 +389,7 @@ def validate_reward_rows(
                     raise _Bad(
                         "pair_id",
                         "duplicate_pair_id",
-                        f"{pid!r} already names {_location(first)}",
+                        f"{pid!r} already names {row_location(first)}",
                     )
                 seen_ids[_key(pid)] = index
             label_of.append(soft_label(row))
