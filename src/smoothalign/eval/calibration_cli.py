@@ -5,13 +5,16 @@ For every task (MMLU, BIG-bench, local JSONL; see :mod:`smoothalign.eval.mc_sour
 every scorer (``letter``: softmax over the answer letters; ``option``: length-normalised
 option log-likelihood; see :mod:`smoothalign.eval.multiple_choice`), it reports accuracy,
 ECE and RMS calibration error (``--bins`` equal-width bins, default 15), MCE, top-label
-Brier score and NLL.
+Brier score and NLL. Options of identical text (nine MMLU questions list one twice) are
+scored as one answer, never by position (see :mod:`smoothalign.eval.multiple_choice`); such
+questions are counted (``n_identical_options``) and kept.
 
 Files written into ``--output-dir`` (each atomically): ``results.json`` (configuration,
 data notes, per-task and pooled metrics, reliability curves, timings), ``results.md``
 (accuracy, ECE, RMS, mean confidence and NLL as tables; MCE and Brier are in the JSON), ``reliability.png`` (one curve per scorer, all questions pooled) and
 ``predictions.jsonl`` (one line per question and scorer: probabilities, prediction,
-confidence, answer, source row).
+confidence, answer, source row; for a question with identical options also its distinct
+``answers`` (option indices) and their ``answer_probabilities``).
 
 This module imports only ``argparse`` at load time, so ``smoothalign --help`` stays fast.
 """
@@ -108,9 +111,12 @@ def run(args: argparse.Namespace) -> int:
     from smoothalign.eval.calibration_report import markdown_report, reliability_figure
     from smoothalign.eval.mc_prompts import build_prompt, continuations, few_shot_indices
     from smoothalign.eval.mc_sources import load_tasks
-    from smoothalign.eval.mc_tasks import LETTERS, subsample_indices
+    from smoothalign.eval.mc_tasks import LETTERS, option_groups, subsample_indices
     from smoothalign.eval.multiple_choice import (
+        MERGE_RULES,
         ScoringInputError,
+        merge_identical_options,
+        option_probabilities,
         predictions,
         score_letters,
         score_options,
@@ -179,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
         fmt = _FORMAT[scorer]
         t0 = time.perf_counter()
         per_task, all_scores, all_answers, all_truncated, all_mass = {}, [], [], [], []
+        all_identical = 0
         for t, idx, shots in selected:
             qs = [t.questions[i] for i in idx]
             prompts = [
@@ -212,23 +219,31 @@ def run(args: argparse.Namespace) -> int:
                         "+inf, or no finite option: an overflow in a 16-bit --dtype? try "
                         "--dtype float32)"
                     )
-            answers = [q.answer for q in qs]
-            summary = summarise(scored.scores, answers, args.bins)
+            # identical options are one answer (the module docstring of multiple_choice)
+            groups = [option_groups(q.options) for q in qs]
+            merged, answers = merge_identical_options(
+                scored.scores, [q.answer for q in qs], groups, MERGE_RULES[scorer]
+            )
+            n_identical = sum(len(set(g)) < len(g) for g in groups)
+            summary = summarise(merged, answers, args.bins)
             summary["n_truncated"] = scored.n_truncated
+            summary["n_identical_options"] = n_identical
             if scored.letter_mass is not None:
                 summary["letter_mass"] = float(np.mean(scored.letter_mass))
             per_task[t.name] = summary
-            all_scores += scored.scores
+            all_scores += merged
             all_answers += answers
             all_truncated += scored.truncated
+            all_identical += n_identical
             all_mass += scored.letter_mass or []
-            probs, pred, conf = predictions(scored.scores)
+            probs, pred, conf = predictions(merged)
             for k, q in enumerate(qs):
-                records.append(
-                    _record(scorer, t.name, q, probs[k], int(pred[k]), float(conf[k]), scored, k)
-                )
+                option_probs = option_probabilities(scored.scores[k])
+                forecast = (probs[k], int(pred[k]), float(conf[k]), groups[k])
+                records.append(_record(scorer, t.name, q, option_probs, forecast, scored, k))
         overall = summarise(all_scores, all_answers, args.bins)
         overall["n_truncated"] = int(sum(all_truncated))
+        overall["n_identical_options"] = all_identical
         if scorer == "letter":
             overall["letter_mass"] = float(np.mean(all_mass))
         _, pred, conf = predictions(all_scores)
@@ -277,21 +292,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _record(scorer, task, q, probs, pred, conf, scored, k) -> str:
+def _record(scorer, task, q, option_probs, forecast, scored, k) -> str:
+    """One ``predictions.jsonl`` line. ``option_probs``: the softmax over the options' own
+    scores; ``forecast``: ``(answer probabilities, predicted answer, confidence, groups)``
+    over the distinct answers (the options themselves unless two are identical)."""
     import json
 
+    answer_probs, pred, conf, groups = forecast
     rec = {
         "scorer": scorer,
         "task": task,
         "source": q.source,
         "id": q.id,
         "answer": q.answer,
-        "prediction": pred,
-        "correct": pred == q.answer,
+        "prediction": groups.index(pred),  # the first option giving the predicted answer
+        "correct": pred == groups[q.answer],
         "confidence": conf,
-        "probabilities": [float(p) for p in probs],
+        "probabilities": [float(p) for p in option_probs],
         "truncated": bool(scored.truncated[k]),
     }
+    if len(set(groups)) < len(groups):  # identical options: scored as one answer
+        rec["answers"] = [
+            [i for i, g in enumerate(groups) if g == a] for a in range(len(answer_probs))
+        ]
+        rec["answer_probabilities"] = [float(p) for p in answer_probs]
     if scored.letter_mass is not None:
         rec["letter_mass"] = scored.letter_mass[k]
     return json.dumps(rec) + "\n"

@@ -38,6 +38,14 @@ def markdown_report(results: dict[str, Any]) -> str:
                 f"{m['ece']:.4f} | {m['rms']:.4f} | {m['mean_confidence']:.3f} | "
                 f"{m['nll']:.3f} | {m['n_truncated']} |"
             )
+        n_identical = block["overall"].get("n_identical_options", 0)
+        if n_identical:
+            how = "their letters' probabilities summed" if scorer == "letter" else "counted once"
+            lines += [
+                "",
+                f"{n_identical} question(s) list an option text twice: identical options are "
+                f"scored as one answer ({how}), so either copy is right; none was dropped.",
+            ]
         if "letter_mass" in block["overall"]:
             lines += [
                 "",

@@ -10,7 +10,8 @@ Task specifications (``--tasks``; :func:`load_tasks`):
   holds two left-over CSV header rows (``{"question": "question", …, "correct_answer":
   "answer"}``, lines 11777 and 12794); exactly those are dropped, and reported. Any other bad
   row raises (a line that is not UTF-8 is one). Nine questions have two identical options;
-  they are kept (and reported).
+  they are kept (and reported), and their identical options scored as one answer (see
+  :mod:`smoothalign.eval.multiple_choice`).
 * ``bigbench:<task>`` or ``bigbench:<task>/<subtask>`` — a BIG-bench JSON task. Its
   examples with ``target_scores`` become questions: the options are the keys, shuffled with
   a seed per (task, example) (the files often list the right answer first, and BIG-bench's
@@ -226,7 +227,10 @@ def load_mmlu(path: str | os.PathLike | None = None, subjects: list[str] | None 
     notes = [f"dropped {len(headers)} CSV header row(s) at line(s) {headers}"] if headers else []
     dup_options = sum(has_duplicate_options(q.options) for q in questions)  # the kept ones
     if dup_options:
-        notes.append(f"{dup_options} question(s) have two identical options (kept, as in MMLU)")
+        notes.append(
+            f"{dup_options} question(s) have two identical options (kept, as in MMLU; the "
+            "identical options are scored as one answer)"
+        )
     name = "mmlu" if not subjects else "mmlu:" + ",".join(sorted(wanted)).replace(" ", "_")
     return TaskData(
         name=name,

@@ -39,6 +39,7 @@ __all__ = [
     "QuestionError",
     "has_duplicate_options",
     "load_jsonl_questions",
+    "option_groups",
     "question_from_record",
     "raise_bad_rows",
     "read_jsonl_records",
@@ -143,6 +144,15 @@ def question_from_record(
 def has_duplicate_options(options: Sequence[str]) -> bool:
     """Whether two options are equal once stripped (prompts show them stripped)."""
     return len({o.strip() for o in options}) != len(options)
+
+
+def option_groups(options: Sequence[str]) -> tuple[int, ...]:
+    """The answer each option gives: options equal once stripped (as prompts show them) give
+    the same answer; answers are numbered from 0 in the order they first appear, so a question
+    without identical options gets ``(0, 1, …, n-1)``. ``["x", "y", " x", "z"]`` gives
+    ``(0, 1, 0, 2)``. See :func:`smoothalign.eval.multiple_choice.merge_identical_options`."""
+    first: dict[str, int] = {}
+    return tuple(first.setdefault(o.strip(), len(first)) for o in options)
 
 
 def _answer_index(answer: Any, n_options: int) -> int:

@@ -24,6 +24,26 @@ the prediction its arg-max and the confidence its max; :func:`summarise` gives a
 the SPEC §5 calibration errors (ECE and RMS over 15 equal-width bins, via
 :mod:`smoothalign.calibration`).
 
+**Identical options.** A question may list the same text twice (nine MMLU questions do; local
+JSONL refuses it, BIG-bench examples with it are skipped and counted). Two such options are
+one answer: the model cannot tell them apart, and picking either one is picking the right
+text or not. Scored by position, the copy listed second could never be predicted by the
+option scorer (the copies score the same and the arg-max takes the first), and a model that
+names the right text by the other letter would be counted wrong. So before the forecast,
+:func:`merge_identical_options` turns each question's option scores into scores of its
+*distinct answers* (:func:`smoothalign.eval.mc_tasks.option_groups`), and the forecast,
+prediction, confidence, correctness, NLL and chance level are those over distinct answers:
+
+* letter scorer (``"sum"``): each letter is a different next token, so an answer's
+  probability is the total over its letters (its score their log-sum-exp);
+* option scorer (``"once"``): the copies are one continuation scored twice (equal up to
+  rounding), so it counts once (the mean of the copies' scores), rather than twice the
+  probability of a single text.
+
+No question is dropped; ``eval calibration`` counts such questions (``n_identical_options``)
+and lists their answers in ``predictions.jsonl``. A question without identical options is
+scored exactly as before (its answers are its options).
+
 Sequences are left-padded (with explicit ``position_ids``) so the positions that matter sit
 at the end of every row, and the model is asked for those logits only (``logits_to_keep``):
 no ``[batch, length, vocabulary]`` tensor for the whole prompt. A prompt longer than
@@ -59,10 +79,12 @@ def _left_padded(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor,
 
 
 __all__ = [
+    "MERGE_RULES",
     "MCScores",
     "ScoringInputError",
     "continuation_ids",
     "letter_token_ids",
+    "merge_identical_options",
     "option_probabilities",
     "predictions",
     "score_letters",
@@ -461,6 +483,62 @@ def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+MERGE_RULES = {"letter": "sum", "option": "once"}
+"""How each scorer's options of identical text become one answer (:func:`merge_identical_options`)."""
+
+
+def merge_identical_options(
+    scores: Sequence[np.ndarray],
+    answers: Sequence[int],
+    groups: Sequence[Sequence[int]],
+    rule: str,
+) -> tuple[list[np.ndarray], list[int]]:
+    """``(answer_scores, answer_indices)``: per question, one score per distinct answer and
+    the index of the right answer among them (see the module docstring).
+
+    ``groups[i][k]`` is the answer of option ``k`` of question ``i``
+    (:func:`smoothalign.eval.mc_tasks.option_groups`: answers numbered in order of first
+    appearance). ``rule`` is ``"sum"`` (an answer's probability is the total over its options:
+    the log-sum-exp of their scores; the letter scorer) or ``"once"`` (its options are one
+    continuation scored more than once: the mean of their scores; the option scorer). A
+    question whose options are all distinct comes back unchanged, the same array.
+    """
+    if rule not in ("sum", "once"):
+        raise ValueError(f"rule: expected 'sum' or 'once', got {rule!r}")
+    if not len(scores) == len(answers) == len(groups):
+        raise ValueError(
+            f"scores/answers/groups: need equal lengths ({len(scores)}, {len(answers)}, "
+            f"{len(groups)})"
+        )
+    out_scores, out_answers = [], []
+    for i, (s, a, g) in enumerate(zip(scores, answers, groups, strict=True)):
+        g = np.asarray(g, dtype=np.int64)
+        if len(g) != len(s) or not 0 <= a < len(s):
+            raise ValueError(
+                f"question {i}: {len(s)} scores, {len(g)} option groups, answer {a}: need one "
+                "group per option and an answer among them"
+            )
+        if (g == np.arange(len(g))).all():  # all distinct: the options are the answers
+            out_scores.append(s)
+            out_answers.append(int(a))
+            continue
+        n = int(g.max()) + 1
+        if g.min() < 0 or len(set(g.tolist())) != n:
+            raise ValueError(f"question {i}: option groups {g.tolist()} skip an answer number")
+        s = np.asarray(s, dtype=np.float64)
+        merged = np.empty(n)
+        for j in range(n):
+            mine = s[g == j]
+            if rule == "once":
+                merged[j] = mine.mean()
+            else:
+                top = mine.max()
+                merged[j] = top if np.isneginf(top) else top + np.log(np.exp(mine - top).sum())
+        out_scores.append(merged)
+        out_answers.append(int(g[a]))
+    return out_scores, out_answers
+
+
 def option_probabilities(scores: np.ndarray) -> np.ndarray:
     """``softmax(scores)`` in float64: the forecast over the options."""
     s = np.asarray(scores, dtype=np.float64)
@@ -481,9 +559,14 @@ def summarise(
 ) -> dict[str, float]:
     """Accuracy and calibration of the max-softmax confidence (SPEC §5).
 
+    ``scores[i]`` holds one score per answer and ``answers[i]`` is the right one's index:
+    for questions that list an option twice, the output of :func:`merge_identical_options`
+    (else each identical option would be a separate, position-scored answer).
+
     Keys: ``n``, ``accuracy``, ``ece``, ``rms``, ``mce`` (over ``bins`` equal-width bins),
     ``brier`` (top-label: mean of (confidence − correct)²), ``nll`` (mean −log p(answer)),
-    ``mean_confidence``, ``chance`` (mean of 1/number of options).
+    ``mean_confidence``, ``chance`` (mean of 1/number of answers: a uniform forecast's
+    accuracy).
     """
     if len(scores) != len(answers) or not scores:
         raise ValueError(
