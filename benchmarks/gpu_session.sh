@@ -163,7 +163,8 @@ if want tune; then
             --export "$RES/lce_best.env"; then
             . "$RES/lce_best.env"
             echo "later steps use SMOOTHALIGN_LCE_FWD=$SMOOTHALIGN_LCE_FWD" \
-                "SMOOTHALIGN_LCE_BWD=$SMOOTHALIGN_LCE_BWD"
+                "SMOOTHALIGN_LCE_BWD=$SMOOTHALIGN_LCE_BWD" \
+                "SMOOTHALIGN_LCE_FILTER_DIV=${SMOOTHALIGN_LCE_FILTER_DIV:-32 (default)}"
         fi
     else
         echo "skipped: needs CUDA"

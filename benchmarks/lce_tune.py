@@ -15,7 +15,9 @@ within ``CORRECTNESS_TOL`` or at most ``ERROR_SLACK`` times the default's, shape
 ``source`` it before the benchmark). Last, the default configuration with gradient filtering (without and with the
 ``block_max`` skipping before the recompute) and without filtering, each with its errors
 against float32, shows what filtering trades.
-Configurations are ``BLOCK_N,BLOCK_V,BLOCK_D,num_warps,num_stages``.
+Configurations are ``BLOCK_N,BLOCK_V,BLOCK_D,num_warps,num_stages``; a backward one may add
+`` div X``: run with ``SMOOTHALIGN_LCE_FILTER_DIV=X`` (auto's threshold ``eps / X``), which
+the export then sets too.
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ BWD = ["128,128,64,8,3", "128,128,32,8,3", "128,128,64,8,4", "64,128,64,4,3",
        "64,128,32,4,3", "64,128,64,8,3", "64,128,32,8,3",
        "128,64,64,4,3", "128,128,128,8,2", "32,128,64,4,3", "16,128,64,4,3",
        "32,256,64,4,3", "64,64,64,4,3", "32,64,64,4,3"]  # fmt: skip
+# smaller token blocks with auto's threshold lowered by √2 (SMOOTHALIGN_LCE_FILTER_DIV 32·√2,
+# 2⁻¹²·⁵ for bf16): by the CPU count (lce_filter_fraction.py --block-n 16, docs/results.md)
+# 16-row blocks there compute 0.23× the default's rows of products at the Llama-3 shape with
+# a lower dE error (1.30e-2 against 1.40e-2), and 0.14× at Gemma-2's with about the same
+BWD_DIV = [("16,128,64,4,3", 32 * 2**0.5), ("32,128,64,4,3", 32 * 2**0.5)]
+DIV_SEP = " div "  # a BWD_DIV row's config: "BN,BV,BD,warps,stages div DIVISOR"
 
 
 def _time(fn, repeats: int) -> float:
@@ -82,10 +90,14 @@ def tune_shape(inputs, args, record) -> None:
     ref_e = e0.float().requires_grad_()
     ref_c = c0.float().requires_grad_()
     _reference(ref_e, ref_c, t, args.beta).backward()
-    for kind, configs, fn in (("fwd", FWD, fwd), ("bwd", BWD, fwd_bwd)):
-        for cfg in configs:
+    bwd_runs = BWD + [f"{cfg}{DIV_SEP}{div:.6g}" for cfg, div in BWD_DIV]
+    for kind, configs, fn in (("fwd", FWD, fwd), ("bwd", bwd_runs, fwd_bwd)):
+        for name in configs:
+            cfg, _, div = name.partition(DIV_SEP)
             os.environ[f"SMOOTHALIGN_LCE_{kind.upper()}"] = cfg
-            row = {"N": n, "D": d, "V": v, "kind": kind, "config": cfg}
+            if div:
+                os.environ["SMOOTHALIGN_LCE_FILTER_DIV"] = div
+            row = {"N": n, "D": d, "V": v, "kind": kind, "config": name}
             try:
                 row.update(ms=_time(fn, args.repeats), status="ok")
                 if kind == "bwd":
@@ -95,6 +107,7 @@ def tune_shape(inputs, args, record) -> None:
             except Exception as ex:  # a configuration that does not compile or fit
                 row.update(status="failed", note=f"{type(ex).__name__}: {ex}"[:160])
             os.environ.pop(f"SMOOTHALIGN_LCE_{kind.upper()}")
+            os.environ.pop("SMOOTHALIGN_LCE_FILTER_DIV", None)
             record(row)
     # what filtering trades: the default configuration without it, errors vs float32
     for eps, bm in (("auto", False), (None, False), ("auto", True)):
@@ -235,6 +248,16 @@ def fastest(rows: list[dict], kind: str, default: str | None = None) -> tuple[st
     return best, totals[best]
 
 
+def export_lines(kind: str, config: str, total: float) -> list[str]:
+    """The shell exports for a configuration picked by :func:`fastest` (a ``BWD_DIV`` one
+    also sets auto's divisor for the steps after the sweep)."""
+    cfg, _, div = config.partition(DIV_SEP)
+    lines = [f"export SMOOTHALIGN_LCE_{kind.upper()}={cfg}  # {total:.1f} ms"]
+    if div:
+        lines.append(f"export SMOOTHALIGN_LCE_FILTER_DIV={div}")
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--beta", type=float, default=0.1)
@@ -272,7 +295,7 @@ def main(argv=None) -> int:
         for kind in ("fwd", "bwd"):
             default = ",".join(str(x) for x in _config(kind, torch.bfloat16))
             best, total = fastest(rows, kind, default if kind == "bwd" else None)
-            lines.append(f"export SMOOTHALIGN_LCE_{kind.upper()}={best}  # {total:.1f} ms")
+            lines += export_lines(kind, best, total)
         Path(args.export).write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
     return 0

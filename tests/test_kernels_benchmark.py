@@ -395,3 +395,21 @@ def test_diagnose_times_the_default_backward(monkeypatch):
         assert args[16][0] is None  # no filter statistics asked for
         torch.testing.assert_close(args[16][1], p_target)
         torch.testing.assert_close(args[4], lse)
+
+
+def test_tune_exports_a_lowered_threshold_with_its_block_sizes():
+    """A backward row run at another auto divisor (``BWD_DIV``) exports the divisor with its
+    block sizes, so the steps after the sweep run what was timed; a plain one exports none."""
+    import sys
+
+    sys.path.insert(0, str(BENCH.parent))
+    tune = _load("lce_tune")
+    cfg, div = tune.BWD_DIV[0]
+    name = f"{cfg}{tune.DIV_SEP}{div:.6g}"
+    lines = tune.export_lines("bwd", name, 12.0)
+    assert lines[0].startswith(f"export SMOOTHALIGN_LCE_BWD={cfg}  #")
+    assert lines[1] == f"export SMOOTHALIGN_LCE_FILTER_DIV={div:.6g}"
+    assert float(lines[1].split("=")[1]) == pytest.approx(32 * 2**0.5, rel=1e-5)
+    assert tune.export_lines("bwd", "64,128,64,4,3", 9.0) == [
+        "export SMOOTHALIGN_LCE_BWD=64,128,64,4,3  # 9.0 ms"
+    ]

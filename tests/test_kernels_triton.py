@@ -242,6 +242,15 @@ def test_filter_eps_resolution(lce):
     assert lce.resolve_filter_eps("auto", torch.bfloat16) == 2.0**-12
     assert lce.resolve_filter_eps("auto", torch.float16) == 2.0**-15
     assert lce.resolve_filter_eps("auto", torch.float32) is None
+    with pytest.MonkeyPatch.context() as mp:  # the tuning override of auto's divisor
+        mp.setenv("SMOOTHALIGN_LCE_FILTER_DIV", "64")
+        assert lce.resolve_filter_eps("auto", torch.bfloat16) == 2.0**-13
+        assert lce.resolve_filter_eps("auto", torch.float32) is None
+        assert lce.resolve_filter_eps(1e-3, torch.bfloat16) == 1e-3  # a number is itself
+        for bad in ("0.5", "nan", "x"):
+            mp.setenv("SMOOTHALIGN_LCE_FILTER_DIV", bad)
+            with pytest.raises(ValueError, match="SMOOTHALIGN_LCE_FILTER_DIV"):
+                lce.resolve_filter_eps("auto", torch.bfloat16)
     assert lce.resolve_filter_eps(None, torch.bfloat16) is None
     with pytest.raises(ValueError, match="filter_eps"):
         lce.resolve_filter_eps(-1.0, torch.bfloat16)

@@ -36,7 +36,9 @@ block whose every ``|softmax − (1 − β)·onehot|`` is below ``filter_eps`` a
 live token's target is skipped (its matmuls into dE and dC are not done). With
 ``filter_eps = "auto"`` the threshold is
 ``finfo(dtype).eps / 32`` for bf16 (2⁻¹², i.e. below what bf16 resolves next to 1 after the
-``/32`` head-room) and fp16 (2⁻¹⁵), and filtering is off for float32 inputs. Under the
+``/32`` head-room) and fp16 (2⁻¹⁵), and filtering is off for float32 inputs
+(``SMOOTHALIGN_LCE_FILTER_DIV`` replaces the 32, for ``lce_tune.py``: smaller token blocks
+compute fewer blocks at the same threshold, and a lower one buys back their accuracy). Under the
 split above, the ``β`` terms are exact and never filtered, and neither is the one-hot
 term (a confident token's ``d_t = p_t − (1 − β)`` may be tiny, but dropping it while its
 off-target mass is compensated, below, would undo the two's cancellation); only negligible
@@ -135,6 +137,7 @@ DE_CHUNK_BYTES = 32 << 20  # fp32 dE accumulation buffer per launch chunk, at mo
 DE_CHUNK_SHARE = 0.04  # ... and at most this share of the gradients' bytes (small shapes)
 DE_CHUNK_ROWS: int | None = None  # overrides DE_CHUNK_BYTES (tests: several chunks)
 STRIPS_DEFAULT: float | None = 0.25  # strip threshold ÷ filter_eps (see resolve_strips)
+FILTER_DIV = 32.0  # filter_eps="auto" for 16-bit inputs: finfo(dtype).eps / FILTER_DIV
 
 
 def _interpreting() -> bool:
@@ -613,16 +616,35 @@ def dense_grad(z: Tensor, out: Tensor, lse: Tensor, up: Tensor, targets: Tensor,
 
 
 def resolve_filter_eps(filter_eps: float | str | None, dtype: torch.dtype) -> float | None:
+    """The backward's threshold: ``"auto"`` is ``finfo(dtype).eps / FILTER_DIV`` for 16-bit
+    inputs (``SMOOTHALIGN_LCE_FILTER_DIV`` overrides the divisor, for tuning with the block
+    sizes: ``benchmarks/lce_tune.py``) and no filtering for float32; a number is itself."""
     if filter_eps is None:
         return None
     if filter_eps == "auto":
         if dtype in (torch.bfloat16, torch.float16):
-            return torch.finfo(dtype).eps / 32
+            return torch.finfo(dtype).eps / _filter_div()
         return None
     from smoothalign.kernels import check_filter_eps
 
     check_filter_eps(filter_eps)
     return float(filter_eps)
+
+
+def _filter_div() -> float:
+    raw = os.environ.get("SMOOTHALIGN_LCE_FILTER_DIV", "").strip()
+    if not raw:
+        return FILTER_DIV
+    try:
+        div = float(raw)
+    except ValueError:
+        div = math.nan
+    if not (math.isfinite(div) and div >= 1.0):
+        raise ValueError(
+            f"SMOOTHALIGN_LCE_FILTER_DIV: {raw!r}; expected a number >= 1 (auto's threshold is "
+            "the 16-bit eps divided by it)"
+        )
+    return div
 
 
 def resolve_strips(strips: float | None) -> float | None:
