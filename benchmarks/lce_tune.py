@@ -43,11 +43,12 @@ BWD = ["128,128,64,8,3", "128,128,32,8,3", "128,128,64,8,4", "64,128,64,4,3",
        "64,128,32,4,3", "64,128,64,8,3", "64,128,32,8,3",
        "128,64,64,4,3", "128,128,128,8,2", "32,128,64,4,3", "16,128,64,4,3",
        "32,256,64,4,3", "64,64,64,4,3", "32,64,64,4,3"]  # fmt: skip
-# smaller token blocks with auto's threshold lowered by √2 (SMOOTHALIGN_LCE_FILTER_DIV 32·√2,
-# 2⁻¹²·⁵ for bf16): by the CPU count (lce_filter_fraction.py --block-n 16, docs/results.md)
-# 16-row blocks there compute 0.23× the default's rows of products at the Llama-3 shape with
-# a lower dE error (1.30e-2 against 1.40e-2), and 0.14× at Gemma-2's with about the same
-BWD_DIV = [("16,128,64,4,3", 32 * 2**0.5), ("32,128,64,4,3", 32 * 2**0.5)]
+# smaller token blocks with auto's threshold lowered (SMOOTHALIGN_LCE_FILTER_DIV 32·√2 and 64:
+# 2⁻¹²·⁵ and 2⁻¹³ for bf16): by the CPU count (lce_filter_fraction.py --block-n, docs/results.md
+# "lower thresholds"), 16-row blocks at 2⁻¹²·⁵ compute 0.23× the default's rows of products at
+# the Llama-3 shape with a lower dE error (1.30e-2 against 1.40e-2) and 0.14× at Gemma-2's with
+# about the same; at 2⁻¹³, 0.54× and 0.46× with lower errors at both
+BWD_DIV = [("16,128,64,4,3", 32 * 2**0.5), ("16,128,64,4,3", 64.0), ("32,128,64,4,3", 32 * 2**0.5)]
 DIV_SEP = " div "  # a BWD_DIV row's config: "BN,BV,BD,warps,stages div DIVISOR"
 
 
