@@ -617,7 +617,7 @@ def test_forward_block_maxima(lce, fwd_rows, monkeypatch):
     torch.testing.assert_close(bmax.double(), want, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("fwd_blocks", ["same", "twice"])
+@pytest.mark.parametrize("fwd_blocks", ["same", "twice", "taller"])
 @pytest.mark.parametrize("peaked", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @here
@@ -625,11 +625,14 @@ def test_block_maxima_skip_changes_nothing_measurable(lce, dtype, peaked, fwd_bl
     """Skipping blocks before their recompute gives the in-block filter's gradient (or a
     closer one): it keeps every target (even one with negligible softmax), every block with
     a softmax entry above the threshold, and the β terms. "twice": the forward's vocabulary
-    blocks are two backward blocks wide (as on the GPU)."""
+    blocks are two backward blocks wide (as on the GPU); "taller": its token blocks are two
+    backward blocks tall (the GPU's 128-row forward beside a 16- or 32-row backward, whose
+    maxima are then kept per backward block of tokens)."""
     # small blocks, so that V = 70 spans several (on a GPU too, where the defaults are wider)
     monkeypatch.setenv("SMOOTHALIGN_LCE_BWD", "16,32,16,1,2")
     wide = 64 if fwd_blocks == "twice" else 32
-    monkeypatch.setenv("SMOOTHALIGN_LCE_FWD", f"16,{wide},16,1,2")
+    tall = 32 if fwd_blocks == "taller" else 16
+    monkeypatch.setenv("SMOOTHALIGN_LCE_FWD", f"{tall},{wide},16,1,2")
     e, c, b, t = _inputs(dtype, scale=4.0 if peaked else 0.6)
     if peaked:
         with torch.no_grad():  # most blocks negligible …
