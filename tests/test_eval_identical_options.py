@@ -79,7 +79,8 @@ def test_cli_scores_identical_options_as_one_answer_and_keeps_the_question(tmp_p
             assert m["chance"] == pytest.approx((1 / 4 + 1 / 3) / 2, abs=1e-12)
             assert m["n_identical_options"] == 1  # counted, and kept in n
         q1 = next(p for p in preds if p["scorer"] == scorer and p["source"].endswith(":2"))
-        assert (q1["answer"], q1["prediction"], q1["correct"]) == (2, 0, True)
+        # the key's own copy is the prediction: prediction == answer agrees with correct
+        assert (q1["answer"], q1["prediction"], q1["correct"]) == (2, 2, True)
         assert q1["confidence"] == pytest.approx(x, abs=1e-12)
         assert q1["answers"] == [[0, 2], [1], [3]]
         assert q1["answer_probabilities"][0] == pytest.approx(x, abs=1e-12)

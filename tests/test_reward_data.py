@@ -145,7 +145,13 @@ def test_labels_file_per_pair_and_per_vote(tok, tmp_path):
     ]
     path = tmp_path / "votes.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in labels))
-    for source in (labels, str(path)):
+    import datasets
+
+    # a list, a path, and the other containers load_preference_rows reads (a tuple, a
+    # datasets.Dataset: the Python API's, named "labels" in errors as a list is)
+    keys = sorted({k for r in labels for k in r})  # (from_list keeps the first row's keys)
+    table = datasets.Dataset.from_dict({k: [r.get(k) for r in labels] for k in keys})
+    for source in (labels, str(path), tuple(labels), table):
         report = _validate(_texts(3), tok, labels=source)
         assert [e.p_chosen for e in report.examples] == [0.9, pytest.approx(2 / 3), 0.25]
         assert report.examples[1].votes_total == 3

@@ -305,7 +305,9 @@ def _record(scorer, task, q, option_probs, forecast, scored, k) -> str:
         "source": q.source,
         "id": q.id,
         "answer": q.answer,
-        "prediction": groups.index(pred),  # the first option giving the predicted answer
+        # the answer's own option when its text is predicted (so prediction == answer), else
+        # the first option giving the predicted text
+        "prediction": q.answer if pred == groups[q.answer] else groups.index(pred),
         "correct": pred == groups[q.answer],
         "confidence": conf,
         "probabilities": [float(p) for p in option_probs],

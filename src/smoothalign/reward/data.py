@@ -371,7 +371,7 @@ def validate_reward_rows(
         raise ValueError(f"no preference rows to validate{where}")
     source = None
     if labels is not None:
-        source = "labels" if isinstance(labels, list) else file_label(labels)
+        source = file_label(labels) if isinstance(labels, str | os.PathLike) else "labels"
         rows = join_labels(rows, load_preference_rows(labels), source=source)
 
     bad: list[BadRow] = []
