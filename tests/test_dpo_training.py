@@ -137,11 +137,19 @@ def test_resume_at_max_steps_finishes_a_run_that_crashed_after_training(
 ):
     """A run whose training ended (its last checkpoint is at --max-steps) but which crashed in
     the after-training phase (here saving final/) is finished by --resume latest: the
-    checkpoint's weights, not one step more, and the outputs of a run that never crashed."""
+    checkpoint's weights, not one step more, and the outputs of a run that never crashed —
+    the model's config included, whose EOS id (unlike its tokenizer's here) train() aligns
+    with the tokenizer's. The training rows' reference log-probs are not computed."""
     import smoothalign.train.run as run_module
+    from smoothalign.models import load_model_and_tokenizer
 
+    model, tok = load_model_and_tokenizer("tiny")
+    assert tok.eos_token_id != 5
+    model.config.eos_token_id = model.generation_config.eos_token_id = 5
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
     kw = dict(smoothing="cals-l2", max_steps=3, save_steps=3, learning_rate=1e-3, report=True,
-              logging_steps=2)  # fmt: skip
+              logging_steps=2, model=str(tmp_path / "model"))  # fmt: skip
     straight = tmp_path / "straight"
     run_dpo(_config(noisy_data, straight, **kw))
 
@@ -161,6 +169,13 @@ def test_resume_at_max_steps_finishes_a_run_that_crashed_after_training(
     result = run_dpo(_config(noisy_data, crashed, resume="latest", **kw), callbacks=[steps])
     assert steps.taken == 0 and result.trainer.state.global_step == 3
     assert any("checkpoint-3" in n and "no step was trained" in n for n in result.notes)
+    assert any("training rows' not computed" in n for n in result.notes)
+    for name in ("config.json", "generation_config.json"):
+        ours = json.loads((crashed / "final" / name).read_text())
+        theirs = json.loads((straight / "final" / name).read_text())
+        assert ours["eos_token_id"] == theirs["eos_token_id"], name
+        eos = ours["eos_token_id"]
+        assert tok.eos_token_id in (eos if isinstance(eos, list) else [eos]), name
     checkpoint = load_file(crashed / "checkpoint-3" / "model.safetensors")
     final = load_file(crashed / "final" / "model.safetensors")
     expected = load_file(straight / "final" / "model.safetensors")
@@ -861,3 +876,29 @@ def test_a_constant_schedule_records_no_warm_up_and_resumes(noisy_data, tmp_path
     run_dpo(_config(noisy_data, out, max_steps=2, **kw))
     assert json.loads((out / "config.json").read_text())["lr_warmup_steps"] == 0
     run_dpo(_config(noisy_data, out, max_steps=3, resume="latest", **kw))  # same config
+
+
+def test_a_resume_at_max_steps_only_finishes_a_run_that_ended_there(tmp_path):
+    """A checkpoint at --max-steps is finished without training only when its run was to end
+    there (its trainer_state.json's max_steps); a mid-run one is refused, since the end of its
+    training (last window, training summary) was never written, and the advice for a
+    checkpoint past --max-steps depends on which it is."""
+    from smoothalign.train.checkpoints import check_resume_step
+
+    def checkpoint(step: int, planned: int) -> Path:
+        folder = tmp_path / f"run{planned}" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "trainer_state.json").write_text(
+            json.dumps({"global_step": step, "max_steps": planned})
+        )
+        return folder
+
+    ended, mid = checkpoint(6, 6), checkpoint(6, 8)
+    check_resume_step(ended, 6, 6)  # finished without training
+    check_resume_step(mid, 6, 10)  # trained on to 10
+    with pytest.raises(ValueError, match="of a 8-step run, which was to go on"):
+        check_resume_step(mid, 6, 6)
+    with pytest.raises(ValueError, match="pass --max-steps 6 to finish that run"):
+        check_resume_step(ended, 6, 5)
+    with pytest.raises(ValueError, match="pass a --max-steps above 6 to go on training"):
+        check_resume_step(mid, 6, 5)

@@ -123,20 +123,56 @@ def prepare_output_dir(
 
 
 def check_resume_step(folder: Path, step: int, max_steps: int) -> None:
-    """Refuse a checkpoint past ``--max-steps`` (a resume cannot take steps back), and one at
-    it under FSDP / DeepSpeed, where :func:`load_finished_checkpoint` cannot load its weights.
+    """Refuse a checkpoint past ``--max-steps`` (a resume cannot take steps back); one at it
+    from a run that was to go on (its ``trainer_state.json`` names a larger ``max_steps``:
+    that run never wrote the end of its training, its last logging window and training
+    summary, and a resume that trains nothing cannot write them either); and one at it under
+    FSDP / DeepSpeed, where :func:`load_finished_checkpoint` cannot load its weights.
     A checkpoint at ``--max-steps`` is otherwise the end of a run whose training is done:
     resuming it trains nothing and runs only what comes after training (the final
     evaluation, ``final/``, the report), which a crash may have cut short."""
+    planned = _planned_steps(folder)
+    ended_there = planned is None or planned == step
     if step > max_steps:
+        how = (
+            f"pass --max-steps {step} to finish that run (no step is trained), or a larger "
+            "one to extend it"
+            if ended_there
+            else f"pass a --max-steps above {step} to go on training from it"
+        )
         raise ValueError(
             f"resume: {folder} is at step {step}, past --max-steps {max_steps}: a resume "
-            f"cannot undo steps; pass --max-steps {step} to finish that run (no step is "
-            "trained), or a larger one to extend it"
+            f"cannot undo steps; {how}"
+        )
+    if step == max_steps and not ended_there:
+        raise ValueError(
+            f"resume: {folder} is at step {step} of a {planned}-step run, which was to go "
+            f"on: a resume at --max-steps {max_steps} would train nothing, and the end of "
+            "that training (its last logging window, the training summary) was never "
+            f"written; pass a --max-steps above {step} to go on training from it"
         )
     sharded = _sharded_launch()
     if step == max_steps and sharded:
         raise ValueError(_cannot_finish(folder, step, sharded))
+
+
+def _planned_steps(folder: Path) -> int | None:
+    """The ``max_steps`` of the run that saved ``folder`` (its ``trainer_state.json``)."""
+    import json
+
+    try:
+        value = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+        value = value.get("max_steps")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def finishes_without_training(resume: str | None, output_dir: str | Path, max_steps: int) -> bool:
+    """Whether ``--resume`` names a checkpoint at ``max_steps``: the run then trains nothing
+    (:func:`train_with_resume`), and what only training reads need not be prepared."""
+    folder = resolve_resume(resume, output_dir)
+    return folder is not None and checkpoint_step(folder) == max_steps
 
 
 def _sharded_launch() -> str | None:
@@ -179,9 +215,18 @@ def load_finished_checkpoint(trainer, folder: Path) -> None:
             raise ValueError(_cannot_finish(folder, trainer.args.max_steps, sharded))
     from transformers import TrainerState
     from transformers.trainer import TRAINER_STATE_NAME
+    from transformers.trainer_utils import align_special_tokens
 
+    # as train() does first: the tokenizer's EOS/BOS/PAD ids into the model's configs (what
+    # final/ saves and generation stops on)
+    if trainer.processing_class is not None and hasattr(trainer.model, "config"):
+        align_special_tokens(trainer.model, trainer.processing_class)
     trainer._load_from_checkpoint(str(folder))
     trainer.state = TrainerState.load_from_json(str(folder / TRAINER_STATE_NAME))
+    # the saved state says which process wrote it (rank 0): each rank's own, as train() sets
+    trainer.state.init_training_references(
+        trainer, trainer.args.max_steps, trainer.state.num_train_epochs, None
+    )
 
 
 def checkpoint_step(folder: str | Path) -> int | None:

@@ -32,6 +32,7 @@ from smoothalign.io import atomic_write_json
 from smoothalign.models import load_model_and_tokenizer
 from smoothalign.train.checkpoints import (
     clear_before_run,
+    finishes_without_training,
     prepare_output_dir,
     run_config_record,
     save_smoothing_state,
@@ -130,8 +131,16 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
             + (" and not every row has them" if reference == "precomputed" else "")
         )
     if reference == "precomputed":
-        # the initial policy is the reference; with LoRA that is the adapter-disabled model
-        for examples, name in ((train_ex, "train"), (eval_ex, "eval")):
+        # the initial policy is the reference; with LoRA that is the adapter-disabled model.
+        # A resume at --max-steps trains nothing: the training rows' are not needed then
+        splits = [(train_ex, "train"), (eval_ex, "eval")]
+        if finishes_without_training(config.resume, out, config.max_steps):
+            splits = splits[1:]
+            notes.append(
+                "reference log-probs: the training rows' not computed (the resume at "
+                "--max-steps trains nothing)"
+            )
+        for examples, name in splits:
             _attach_reference_logps(
                 model,
                 examples,
