@@ -147,6 +147,30 @@ def test_a_completion_with_other_turns_trains_only_its_assistant_turns_as_messag
     assert ex.labels == [X] * len(head) + reply + [X] * (len(between) + 1) + last
 
 
+def test_a_completion_of_several_replies_trains_them_as_messages_does():
+    """Two assistant turns in a row: the second one's generation prompt (the template's
+    ``<|assistant|>`` between them) is not trained, as in the 'messages' form; and a blank
+    reply among others is refused there as in 'messages'."""
+    prompt = [{"role": "user", "content": "hi"}]
+    completion = [{"role": "assistant", "content": "yo"}, {"role": "assistant", "content": "ab"}]
+    for tok in (make_byte_tokenizer(), build_tiny_tokenizer()):
+        rows = [{"prompt": prompt, "completion": completion}, {"messages": prompt + completion}]
+        pc, messages = _one(rows, tokenizer=tok, max_length=256).examples
+        assert pc.input_ids == messages.input_ids
+        assert pc.labels == messages.labels
+    ex = _one([rows[0]]).examples[0]
+    head = [BOS, USER, *byte_ids("hi"), EOS, ASSISTANT]
+    assert ex.input_ids == head + [*byte_ids("yo"), EOS, ASSISTANT, *byte_ids("ab"), EOS]
+    assert ex.labels == [X] * len(head) + [*byte_ids("yo"), EOS, X, *byte_ids("ab"), EOS]
+    blank = [completion[0], {"role": "user", "content": "q"}, {"role": "assistant", "content": " "}]
+    rows = [{"prompt": prompt, "completion": blank}, {"prompt": prompt, "completion": completion}]
+    report = _one(rows, on_bad_rows="skip")
+    assert len(report.examples) == 1
+    (bad,) = report.bad_rows
+    assert (bad.field, bad.code) == ("completion", "empty_completion")
+    assert "message 2 (assistant) is empty" in bad.reason
+
+
 def _role_marker(role: str) -> list[int]:
     """The byte tokenizer's ids for ``<|role|>`` (a special token for system/user/assistant,
     plain bytes for any other role)."""
@@ -187,10 +211,11 @@ def test_a_completion_whose_assistant_turns_are_empty_is_a_bad_row():
     assert "user turns are not trained on" in bad.reason
 
 
-def test_a_row_masked_and_cut_down_to_nothing_is_a_bad_row():
-    """With a template that renders only the contents, an empty first reply has no token:
-    cut right after the prompt, what is left of the completion is the user's turn, which is
-    masked. The row would train nothing; it is an empty_completion bad row, not kept."""
+def test_a_completion_with_an_empty_reply_is_a_bad_row_as_in_messages():
+    """An empty first reply before a user turn: with a template that renders only the
+    contents it has no token, and cut after the prompt the row would train only the masked
+    user turn, nothing. Like a 'messages' row with an empty assistant turn it is an
+    empty_completion bad row, named by its message, whatever the cut."""
     template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     tok = make_byte_tokenizer(chat_template=template)
     row = {
@@ -201,15 +226,13 @@ def test_a_row_masked_and_cut_down_to_nothing_is_a_bad_row():
             {"role": "assistant", "content": "x"},
         ],
     }
-    assert [ex.labels for ex in _one([row], tokenizer=tok, max_length=3).examples] == [
-        [X, X, *byte_ids("x")]
-    ]
     fine = {"prompt": row["prompt"], "completion": row["completion"][2:]}
-    report = _one([row, fine], tokenizer=tok, max_length=2, on_bad_rows="skip")
-    assert [ex.row for ex in report.examples] == [1]
-    (bad,) = report.bad_rows
-    assert (bad.row, bad.field, bad.code) == (0, "completion", "empty_completion")
-    assert "nothing to train on" in bad.reason
+    for max_length in (2, 8):
+        report = _one([row, fine], tokenizer=tok, max_length=max_length, on_bad_rows="skip")
+        assert [ex.row for ex in report.examples] == [1]
+        (bad,) = report.bad_rows
+        assert (bad.row, bad.field, bad.code) == (0, "completion", "empty_completion")
+        assert "message 0 (assistant) is empty" in bad.reason
 
 
 def test_messages_train_on_every_assistant_turn_and_nothing_else():

@@ -292,7 +292,14 @@ def _prompt_completion_example(
             others = sorted({m["role"] for m in completion} - {"assistant"})
             masked = f" (its {'/'.join(others)} turns are not trained on)" if others else ""
             raise BadRowError("completion", "empty_completion", f"empty completion{masked}")
-        if len(replies) < len(completion):
+        for i, m in enumerate(completion):  # as in 'messages': every reply says something
+            if m["role"] == "assistant" and not m["content"].strip():
+                raise BadRowError(
+                    "completion", "empty_completion", f"message {i} (assistant) is empty"
+                )
+        # more than one turn: each reply's span, so that what the template puts between two
+        # (another turn, the next reply's generation prompt) is masked as in 'messages'
+        if len(completion) > 1:
             prompt_ids, completion_ids, spans = tokenize_completion_turns(
                 prompt, completion, tokenizer
             )
