@@ -56,6 +56,10 @@ def assistant(text):
     return {"role": "assistant", "content": text}
 
 
+def tool(text):
+    return {"role": "tool", "content": text}
+
+
 def plain_row(i=0, **overrides):
     row = {"prompt": f"Q{i}: 2+2=", "chosen": " 4", "rejected": f" {5 + i}"}
     row.update(overrides)
@@ -238,6 +242,104 @@ def test_truncation_cuts_responses_from_the_end_and_is_counted(tok):
     assert "warning" in report.to_markdown()
 
 
+def test_a_responses_user_and_tool_turns_are_not_scored_chosen_and_rejected_alike():
+    """A user or tool turn inside chosen/rejected is text the model reads, not writes: its
+    tokens and the next reply's generation prompt are masked in the labels, so log π(y|x)
+    sums the assistant turns alone. The ids and labels are those SFT gives the same
+    conversation as a prompt/completion row (where the same turns are masked)."""
+    from smoothalign.models.loading import build_tiny_tokenizer
+    from smoothalign.sft.data import validate_sft_rows
+
+    prompt = [user("hi")]
+    chosen = [assistant("yo"), user("QUESTION"), assistant("ab")]
+    rejected = [assistant("no"), tool("TOOL"), assistant("cd")]
+    row = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    for t in (make_byte_tokenizer(), build_tiny_tokenizer()):
+        (ex,) = validate_preference_rows([row], t, 256).examples
+        batch = PreferenceCollator(int(t.pad_token_id))([ex])
+        sft_rows = [{"prompt": prompt, "completion": c} for c in (chosen, rejected)]
+        sft = validate_sft_rows(sft_rows, t, 256).examples
+        for i, (response, sft_ex) in enumerate(
+            zip((ex.chosen_ids, ex.rejected_ids), sft, strict=True)
+        ):
+            n = len(ex.prompt_ids) + len(response)
+            assert batch["input_ids"][i, :n].tolist() == sft_ex.input_ids
+            assert batch["labels"][i, :n].tolist() == sft_ex.labels
+            scored = t.decode([x for x in sft_ex.labels if x != IGNORE_INDEX])
+            assert "QUESTION" not in scored and "TOOL" not in scored
+    head = [BOS_ID, USER_ID, *byte_ids("hi"), EOS_ID, ASSISTANT_ID]
+    between = [USER_ID, *byte_ids("QUESTION"), EOS_ID, ASSISTANT_ID]
+    (ex,) = validate_preference_rows([row], make_byte_tokenizer(), 256).examples
+    assert ex.prompt_ids == head
+    assert ex.chosen_ids == [*byte_ids("yo"), EOS_ID, *between, *byte_ids("ab"), EOS_ID]
+    assert ex.chosen_spans == [(0, 3), (3 + len(between), len(ex.chosen_ids))]
+    labels = PreferenceCollator(PAD_ID)([ex])["labels"][0, : len(head) + len(ex.chosen_ids)]
+    M = IGNORE_INDEX
+    assert labels.tolist() == [M] * len(head) + [*byte_ids("yo"), EOS_ID, *[M] * len(between)] + [
+        *byte_ids("ab"),
+        EOS_ID,
+    ]
+
+
+def test_a_response_of_assistant_turns_only_is_scored_whole_beside_one_with_other_turns():
+    """Each response's own turns decide: a rejected of assistant turns only keeps every
+    token (no spans), and the prompt's tokens are the same for both responses."""
+    row = conv_row(chosen=[assistant("a"), user("u"), assistant("b")])
+    (ex,) = validate_preference_rows([row], make_byte_tokenizer(), 64).examples
+    batch = PreferenceCollator(PAD_ID)([ex])
+    P = len(ex.prompt_ids)
+    assert batch["labels"][1, P : P + len(ex.rejected_ids)].tolist() == ex.rejected_ids
+    assert int((batch["labels"][1] != IGNORE_INDEX).sum()) == len(ex.rejected_ids)
+    assert int((batch["labels"][0] != IGNORE_INDEX).sum()) == 2 + 2  # "a"<eos>, "b"<eos>
+    assert ex.rejected_spans is None and ex.chosen_spans is not None
+
+
+def test_a_merge_across_a_turn_inside_a_response_is_split_there():
+    """No special token between turns: the reply "c" and the user's "d" merge into one
+    "cd" token in context, which would belong to both turns. The response is split at the
+    reply's end (as SFT splits a messages row), so the reply keeps its own token and the
+    user's is masked; a response with nothing but assistant turns is tokenised in context."""
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tok = make_byte_tokenizer(chat_template=template, merges=[("c", "d")])
+    (cd,) = tok("cd", add_special_tokens=False)["input_ids"]
+    assert tok("abcdxe", add_special_tokens=False)["input_ids"][2] == cd
+    row = {
+        "prompt": [user("ab")],
+        "chosen": [assistant("c"), user("d"), assistant("xe")],
+        "rejected": [assistant("cd")],
+    }
+    (ex,) = validate_preference_rows([row], tok, 64).examples
+    labels = PreferenceCollator(PAD_ID)([ex])["labels"][0].tolist()
+    assert labels == [IGNORE_INDEX] * 2 + byte_ids("c") + [IGNORE_INDEX] + byte_ids("xe")
+    assert ex.prompt_ids == byte_ids("ab")
+    assert (ex.chosen_ids, ex.chosen_spans) == (byte_ids("cdxe"), [(0, 1), (2, 4)])
+    assert (ex.rejected_ids, ex.rejected_spans) == ([cd], None)
+
+
+def test_a_response_truncated_to_its_other_turns_is_a_bad_row():
+    """An empty first reply renders no token under a template of contents alone: cut inside
+    the user's turn, nothing of the assistant's is left to score (log π(y|x) would be an
+    empty sum), so the row is a bad row; with one more token the last reply is scored."""
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tok = make_byte_tokenizer(chat_template=template)
+    row = {
+        "prompt": [user("p")],
+        "chosen": [assistant(""), user("u"), assistant("x")],
+        "rejected": [assistant("y")],
+    }
+    (ex,) = validate_preference_rows([row], tok, 3).examples
+    assert PreferenceCollator(PAD_ID)([ex])["labels"][0].tolist() == [
+        IGNORE_INDEX,
+        IGNORE_INDEX,
+        *byte_ids("x"),
+    ]
+    fine = {**row, "chosen": [assistant("x")]}
+    report = validate_preference_rows([row, fine], tok, 2, on_bad_rows="skip")
+    (bad,) = report.bad_rows
+    assert (bad.row, bad.field, bad.code) == (0, "chosen", "empty_response")
+    assert "no token of its assistant turns is left to score in the 1 tokens" in bad.reason
+
+
 # ---------------------------------------------------------------- bad rows
 
 TOO_LONG = "x" * 40  # max_length below is 32
@@ -281,6 +383,12 @@ BAD_PLAIN = [
 ]
 
 BAD_CONVERSATIONAL = [
+    (  # the user's turn is not scored: the response would score end-of-turn tokens alone
+        conv_row(chosen=[assistant(" "), user("more?"), assistant("")]),
+        "chosen",
+        "empty_response",
+        "empty response (its user turns are not the model's)",
+    ),
     (conv_row(prompt=[]), "prompt", "malformed_messages", "empty message list"),
     (conv_row(prompt=["hi"]), "prompt", "malformed_messages", "message 0 is a str"),
     (conv_row(prompt=[{"content": "hi"}]), "prompt", "malformed_messages", "'role'"),

@@ -69,6 +69,45 @@ def test_fused_logps_equal_materialised_full_model(tiny):
     _assert_same(copy.deepcopy(model), batch)  # tied embeddings: one weight, two uses
 
 
+def test_a_responses_user_turn_is_left_out_of_its_log_prob_on_both_paths(tiny):
+    """A user turn inside a response is masked in the middle of the sequence, not only
+    before it: both paths sum the assistant turns' tokens alone (the log-prob of the
+    model's own moves), with the same values and gradients."""
+    model, tok, _ = tiny
+    turn = [
+        {"role": "assistant", "content": "yes"},
+        {"role": "user", "content": "and then?"},
+        {"role": "assistant", "content": "no"},
+    ]
+    rows = [
+        {"prompt": [{"role": "user", "content": "q"}], "chosen": turn, "rejected": turn[:1]},
+        {"prompt": [{"role": "user", "content": "r"}], "chosen": turn[2:], "rejected": turn},
+    ]
+    report = validate_preference_rows(rows, tok, max_length=128)
+    examples = report.examples
+    assert report.n_truncated == 0
+    batch = PreferenceCollator(int(tok.pad_token_id))(examples)
+    for i in (0, 3):  # the two responses that hold the user's turn, chosen and rejected
+        scored = tok.decode(batch["input_ids"][i][batch["labels"][i] != -100])
+        assert "yes" in scored and "no" in scored and "and then" not in scored
+    _assert_same(copy.deepcopy(model), batch)
+    with torch.no_grad():
+        logps, lengths = model_sequence_logps(
+            model, batch["input_ids"], batch["attention_mask"], batch["labels"], fused=False
+        )
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    token_logps = torch.log_softmax(logits[:, :-1].double(), -1)
+    pairs = [(ex.prompt_ids, ex.chosen_ids, ex.chosen_spans) for ex in examples]
+    pairs += [(ex.prompt_ids, ex.rejected_ids, ex.rejected_spans) for ex in examples]
+    for i, (prompt, response, spans) in enumerate(pairs):
+        scored = [j for a, b in spans or [(0, len(response))] for j in range(a, b)]
+        assert int(lengths[i]) == len(scored) <= len(response) - (spans is not None), i
+        p = len(prompt)
+        expected = sum(float(token_logps[i, p + j - 1, response[j]]) for j in scored)
+        assert float(logps[i]) == pytest.approx(expected, abs=1e-9)
+    assert sum(ex.chosen_spans is not None for ex in examples) == 1
+
+
 def test_fused_logps_equal_materialised_untied_head(tiny):
     from transformers import LlamaForCausalLM
 

@@ -11,10 +11,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from smoothalign.data.tokenization import TokenizedPair
+from smoothalign.data.tokenization import Spans, TokenizedPair
 
 IGNORE_INDEX = -100
-"""``labels`` value of tokens that do not count in ``log π(y|x)`` (prompt and padding)."""
+"""``labels`` value of tokens that do not count in ``log π(y|x)`` (prompt, padding, and a
+response's turns that are not the assistant's)."""
 
 _FIELDS = {f.name for f in fields(TokenizedPair)}
 
@@ -33,6 +34,18 @@ class ExampleDataset(Dataset[E]):
 
     def __getitem__(self, i: int) -> E:
         return self.examples[i]
+
+
+def response_labels(ids: Sequence[int], spans: Spans | None) -> list[int]:
+    """The labels of a response's tokens ``ids``: the ids inside ``spans`` (its assistant
+    turns; ``None``: all of it), ``IGNORE_INDEX`` elsewhere. Spans may reach past the end of
+    a truncated response."""
+    if spans is None:
+        return list(ids)
+    labels = [IGNORE_INDEX] * len(ids)
+    for start, end in spans:
+        labels[start:end] = ids[start:end]
+    return labels
 
 
 class PreferenceDataset(ExampleDataset[TokenizedPair]):
@@ -82,7 +95,10 @@ class PreferenceCollator(PaddingCollator):
       prompt+rejected, in the same pair order;
     * ``attention_mask`` ``[2B, L]`` long: 1 on real tokens, 0 on padding;
     * ``labels`` ``[2B, L]`` long: ``input_ids`` on response tokens, ``-100`` on prompt and
-      padding. Not shifted: a causal LM's logits at ``t`` predict ``labels[:, t + 1]``, so
+      padding and on a response's turns outside its ``chosen_spans`` / ``rejected_spans``
+      (a user or tool turn between two replies: the model reads it, it does not write it,
+      so it is no part of ``log π(y|x)``, as the environment's moves are no part of a
+      policy's probability of its actions; the same holds in the reference's). Not shifted: a causal LM's logits at ``t`` predict ``labels[:, t + 1]``, so
       ``log π(y|x)`` is the sum over ``t`` of ``log_softmax(logits[:, t])[labels[:, t + 1]]``
       where ``labels[:, t + 1] != -100`` (SPEC §1);
     * ``confidence`` ``[B]`` float32: the pair's confidence, NaN where absent;
@@ -100,11 +116,14 @@ class PreferenceCollator(PaddingCollator):
         if not examples:
             raise ValueError("PreferenceCollator: empty batch")
         pairs = [_as_pair(e) for e in examples]
-        sequences = [(p.prompt_ids, p.chosen_ids) for p in pairs]
-        sequences += [(p.prompt_ids, p.rejected_ids) for p in pairs]
+        sequences = [(p.prompt_ids, p.chosen_ids, p.chosen_spans) for p in pairs]
+        sequences += [(p.prompt_ids, p.rejected_ids, p.rejected_spans) for p in pairs]
         input_ids, attention_mask, labels = self.pad(
-            [[*prompt, *response] for prompt, response in sequences],
-            [[IGNORE_INDEX] * len(prompt) + list(response) for prompt, response in sequences],
+            [[*prompt, *response] for prompt, response, _ in sequences],
+            [
+                [IGNORE_INDEX] * len(prompt) + response_labels(response, spans)
+                for prompt, response, spans in sequences
+            ],
         )
 
         batch = {

@@ -27,6 +27,11 @@ newline), the response is the rest of the full text tokenised on its own, as for
 text: the boundary is a token boundary, as it is when the model generates after the prompt.
 A tokenizer that prepends a space to any text it encodes (Llama-2's ``▁``) cannot do that
 without adding a space: there such a row stays a bad row (``chat_template_prefix``).
+A response that holds other turns than the assistant's (a ``user`` or ``tool`` message
+between two replies) is tokenised as the whole conversation is in ``tokenize_messages``
+below: each of its assistant turns starts and ends at a token boundary, and
+:func:`tokenize_responses` gives their spans, so that only the model's turns are scored
+(DPO's ``log π(y|x)``) or trained on (SFT); the turns between them are text the model reads.
 
 **SFT rows** use the same conventions: ``tokenize_prompt_completion`` treats the completion
 as a response; ``tokenize_messages`` renders a whole conversation once and finds each
@@ -35,9 +40,8 @@ that turn with and without it (``add_generation_prompt=True`` before it). Each r
 must be a prefix of the whole text; where a token merges across a turn boundary, the text
 is split there and the rest tokenised on its own, as at the prompt/response boundary (with
 the same exception for tokenizers that prepend a space).
-A conversational completion that holds other turns than the assistant's goes through
-``tokenize_completion_turns``: the whole conversation as in ``tokenize_messages``, cut
-after the prompt, with the spans of the completion's assistant turns.
+A conversational completion that holds other turns than the assistant's is such a
+response (``tokenize_completion_turns``).
 ``tokenize_text`` (a plain ``text`` row) ends with EOS as a response does, and
 starts with exactly one BOS only where the tokenizer adds one itself
 (:func:`tokenizer_adds_bos`: what ``tokenizer(text)`` gives, as in pre-training).
@@ -54,6 +58,8 @@ from typing import Any
 
 Message = dict[str, Any]
 """A chat message: at least ``{"role": str, "content": str}``."""
+Spans = list[tuple[int, int]]
+"""``(start, end)`` token offsets into a response: the ones of its assistant turns."""
 
 
 @dataclass
@@ -71,6 +77,10 @@ class TokenizedPair:
         ref_chosen_logp / ref_rejected_logp: precomputed ``log π_ref(y|x)`` (summed over
             response tokens, nats), or None.
         chosen_truncated / rejected_truncated: whether the response was cut to fit.
+        chosen_spans / rejected_spans: where the response holds other turns than the
+            assistant's (a user or tool message between replies), the spans of its
+            assistant turns (offsets into the untruncated response, so they may reach past
+            a cut one): only their tokens count in ``log π(y|x)``; ``None``: every token.
         metadata: every other column of the row (e.g. oracle rewards), unchanged.
     """
 
@@ -86,6 +96,8 @@ class TokenizedPair:
     chosen_truncated: bool = False
     rejected_truncated: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
+    chosen_spans: Spans | None = None
+    rejected_spans: Spans | None = None
 
 
 class RowTokenizationError(ValueError):
@@ -96,6 +108,33 @@ class RowTokenizationError(ValueError):
         self.field, self.code, self.reason = field, code, reason
 
 
+def tokenize_responses(
+    prompt: str | Sequence[Message],
+    responses: Sequence[str | Sequence[Message]],
+    tokenizer: Any,
+    names: Sequence[str] = ("chosen", "rejected"),
+    *,
+    strict: bool = True,
+) -> tuple[list[int], list[tuple[list[int], Spans | None]]]:
+    """Untruncated ``prompt_ids`` and, for each response, ``(ids, spans)``.
+
+    ``prompt`` and ``responses`` are all strings (plain text) or all message lists
+    (conversational); see the module docstring for the conventions. ``spans`` are those of
+    the response's assistant turns where it holds other turns too, else ``None`` (every
+    token is the model's). ``names`` name the responses in a ``RowTokenizationError``.
+    ``strict=False`` (for scoring generated text, not for data) lets a plain-text response
+    that merges with its prompt under a space-prepending tokenizer be tokenised on its own
+    all the same.
+
+    Raises:
+        RowTokenizationError: the chat template fails or breaks the prefix property.
+    """
+    if isinstance(prompt, str):
+        prompt_ids, ids = _tokenize_plain(prompt, list(responses), names, tokenizer, strict=strict)
+        return prompt_ids, [(r, None) for r in ids]
+    return _tokenize_conversation(list(prompt), [list(r) for r in responses], names, tokenizer)
+
+
 def tokenize_preference(
     prompt: str | Sequence[Message],
     chosen: str | Sequence[Message],
@@ -104,25 +143,12 @@ def tokenize_preference(
     *,
     strict: bool = True,
 ) -> tuple[list[int], list[int], list[int]]:
-    """Untruncated ``(prompt_ids, chosen_ids, rejected_ids)`` for one well-formed pair.
-
-    ``prompt``/``chosen``/``rejected`` are all strings (plain text) or all message lists
-    (conversational); see the module docstring for the conventions. ``strict=False`` (for
-    scoring generated text, not for data) lets a plain-text response that merges with its
-    prompt under a space-prepending tokenizer be tokenised on its own all the same.
-
-    Raises:
-        RowTokenizationError: the chat template fails or breaks the prefix property.
-    """
-    if isinstance(prompt, str):
-        prompt_ids, responses = _tokenize_plain(
-            prompt, [chosen, rejected], ("chosen", "rejected"), tokenizer, strict=strict
-        )
-    else:
-        prompt_ids, responses = _tokenize_conversation(
-            list(prompt), [list(chosen), list(rejected)], ("chosen", "rejected"), tokenizer
-        )
-    return prompt_ids, responses[0], responses[1]
+    """Untruncated ``(prompt_ids, chosen_ids, rejected_ids)`` for one well-formed pair, as
+    :func:`tokenize_responses` tokenises them (without the spans)."""
+    prompt_ids, ((chosen_ids, _), (rejected_ids, _)) = tokenize_responses(
+        prompt, [chosen, rejected], tokenizer, strict=strict
+    )
+    return prompt_ids, chosen_ids, rejected_ids
 
 
 def tokenize_prompt_completion(
@@ -134,13 +160,10 @@ def tokenize_prompt_completion(
     """Untruncated ``(prompt_ids, completion_ids)`` for one SFT row, with the conventions of
     :func:`tokenize_preference` (the completion is a response). ``field`` names the
     completion in a ``RowTokenizationError``."""
-    if isinstance(prompt, str):
-        prompt_ids, responses = _tokenize_plain(prompt, [completion], (field,), tokenizer)
-    else:
-        prompt_ids, responses = _tokenize_conversation(
-            list(prompt), [list(completion)], (field,), tokenizer
-        )
-    return prompt_ids, responses[0]
+    prompt_ids, ((completion_ids, _),) = tokenize_responses(
+        prompt, [completion], tokenizer, (field,)
+    )
+    return prompt_ids, completion_ids
 
 
 def tokenize_messages(
@@ -169,24 +192,16 @@ def tokenize_completion_turns(
     completion: Sequence[Message],
     tokenizer: Any,
     field: str = "completion",
-) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+) -> tuple[list[int], list[int], Spans | None]:
     """Untruncated ``(prompt_ids, completion_ids, assistant_spans)`` of a conversational SFT
     row whose completion holds other turns than the assistant's (a user or tool message
-    between two replies): ``prompt + completion`` tokenised as :func:`tokenize_messages`
-    does, cut after the prompt's generation prompt (the first completion turn starts there:
-    ``prompt_ids`` are those of :func:`tokenize_prompt_completion`), and each span
-    ``(start, end)`` (offsets into ``completion_ids``) one of the completion's assistant
-    turns, so the turns between them can be left out of the loss as in a ``messages`` row."""
-    prompt, completion = list(prompt), list(completion)
-    _check_no_special_text("prompt", prompt, tokenizer)
-    _check_no_special_text(field, completion, tokenizer)
-    messages = prompt + completion
-    full_text = _render(tokenizer, messages, field, generation_prompt=False)
-    cuts = _assistant_turn_cuts(tokenizer, messages, full_text, field, first=len(prompt))
-    ids, positions = _encode_with_cuts(tokenizer, full_text, cuts, field)
-    start = positions[0]  # the completion starts with an assistant turn
-    spans = [(a - start, b - start) for a, b in zip(positions[0::2], positions[1::2], strict=True)]
-    return ids[:start], ids[start:], spans
+    between two replies), as :func:`tokenize_responses` gives them: ``prompt + completion``
+    tokenised as :func:`tokenize_messages` does, cut after the prompt's generation prompt,
+    and each span ``(start, end)`` (offsets into ``completion_ids``) one of the completion's
+    assistant turns, so the turns between them can be left out of the loss as in a
+    ``messages`` row (``None`` for a completion of assistant turns only)."""
+    prompt_ids, ((ids, spans),) = tokenize_responses(prompt, [completion], tokenizer, (field,))
+    return prompt_ids, ids, spans
 
 
 def _assistant_turn_cuts(
@@ -409,7 +424,7 @@ def escape_special_text(text: str, tokenizer: Any) -> str:
 
 def _tokenize_conversation(
     prompt: list[Message], responses_msgs: list[list[Message]], names: Sequence[str], tokenizer: Any
-) -> tuple[list[int], list[list[int]]]:
+) -> tuple[list[int], list[tuple[list[int], Spans | None]]]:
     _check_no_special_text("prompt", prompt, tokenizer)
     for name, response in zip(names, responses_msgs, strict=True):
         _check_no_special_text(name, response, tokenizer)
@@ -420,7 +435,8 @@ def _tokenize_conversation(
     ]
     prompt_ids, *all_full_ids = _encode(tokenizer, [prompt_text, *full_texts])
     responses = []
-    for name, full_text, full_ids in zip(names, full_texts, all_full_ids, strict=True):
+    texts = zip(names, responses_msgs, full_texts, all_full_ids, strict=True)
+    for name, response, full_text, full_ids in texts:
         if not full_text.startswith(prompt_text):
             k = _first_difference(prompt_text, full_text)
             raise RowTokenizationError(
@@ -430,14 +446,36 @@ def _tokenize_conversation(
                 f"followed by the response (they differ at character {k}: "
                 f"{prompt_text[k : k + 30]!r} vs {full_text[k : k + 30]!r})",
             )
-        if full_ids[: len(prompt_ids)] == prompt_ids:
-            responses.append(full_ids[len(prompt_ids) :])
+        if any(m.get("role") != "assistant" for m in response):
+            cut = len(prompt_text)
+            responses.append(_response_turns(tokenizer, prompt, response, full_text, cut, name))
+        elif full_ids[: len(prompt_ids)] == prompt_ids:
+            responses.append((full_ids[len(prompt_ids) :], None))
         else:  # a token merges across the boundary: the response's text on its own, as the
             # plain-text path does (a model generating after the prompt never sees the merge)
             _refuse_split_if_prepending(tokenizer, name, "a token merges across the boundary")
             (tail,) = _encode(tokenizer, [full_text[len(prompt_text) :]])
-            responses.append(tail)
+            responses.append((tail, None))
     return prompt_ids, responses
+
+
+def _response_turns(
+    tokenizer: Any,
+    prompt: list[Message],
+    response: list[Message],
+    full_text: str,
+    prompt_end: int,
+    field: str,
+) -> tuple[list[int], Spans]:
+    """The tokens of ``full_text`` (``prompt + response`` rendered) after ``prompt_end``
+    (where the prompt's generation prompt ends), and the spans of the response's assistant
+    turns in them: the prompt's end and every assistant turn's start and end are token
+    boundaries (:func:`_encode_with_cuts`), so the prompt keeps its own tokens and each
+    reply those it has when the model generates it after its generation prompt."""
+    turns = _assistant_turn_cuts(tokenizer, prompt + response, full_text, field, len(prompt))
+    ids, (start, *cuts) = _encode_with_cuts(tokenizer, full_text, [prompt_end, *turns], field)
+    spans = [(a - start, b - start) for a, b in zip(cuts[0::2], cuts[1::2], strict=True)]
+    return ids[start:], spans
 
 
 def _first_difference(a: Sequence, b: Sequence) -> int:

@@ -10,7 +10,17 @@ Row formats (TRL's):
 * conversational: ``prompt`` is a list of ``{"role", "content"}`` messages ending with the
   turn being answered (not an assistant message); ``chosen``/``rejected`` are message lists
   starting with an assistant message (usually just one). Keys that are ``None`` inside a
-  message (Parquet/``datasets`` fill absent struct fields with nulls) are dropped;
+  message (Parquet/``datasets`` fill absent struct fields with nulls) are dropped.
+  A response may go on with other turns (a ``user`` or ``tool`` message, then the next
+  reply): such a response is scored on its assistant turns only (``TokenizedPair``'s
+  ``chosen_spans``/``rejected_spans``; the collator's labels mask the rest), chosen and
+  rejected alike, as SFT trains a ``messages`` row. The model reads those turns, it never
+  writes them: counting them in ``log π(y|x)`` would make DPO raise or lower the
+  probability that the model writes the user's side. With them masked, ``log π − log π_ref``
+  of a multi-turn response is that of the model's own moves (the other turns' probability
+  is the same under both and cancels). Reward models read the whole text (see
+  ``smoothalign.reward.data``). A response whose assistant turns are all blank is an
+  ``empty_response`` bad row, whatever its other turns hold;
 * implicit prompt (conversational only): no ``prompt`` (or ``None``); ``chosen`` and
   ``rejected`` hold whole conversations. The prompt is their longest common prefix of
   messages, shortened so that it does not end with an assistant message. A plain-text row
@@ -34,6 +44,7 @@ from typing import Any, Literal, TypeVar
 
 from tqdm.auto import tqdm
 
+from smoothalign.data.collate import IGNORE_INDEX, response_labels
 from smoothalign.data.loading import (
     FILE_KEY,
     ROW_KEY,
@@ -52,7 +63,7 @@ from smoothalign.data.tokenization import (
     RowTokenizationError,
     TokenizedPair,
     fit_response,
-    tokenize_preference,
+    tokenize_responses,
 )
 
 TEXT_FIELDS = ("prompt", "chosen", "rejected")
@@ -66,7 +77,8 @@ BAD_ROW_CODES = {
     "mixed_formats": "a plain-text field in conversational data, or the reverse",
     "malformed_messages": "a message list, role or content is malformed",
     "no_common_prompt": "implicit prompt: chosen and rejected share no leading prompt turns",
-    "empty_response": "a response is empty or whitespace only",
+    "empty_response": "a response (its assistant turns) is empty or whitespace only, or no "
+    "token of its assistant turns is left after truncation",
     "identical_responses": "chosen and rejected are identical",
     "bad_confidence": "confidence is not a number in [0, 1] (or is NaN)",
     "bad_ref_logp": "a reference log-prob is missing its partner, non-finite or > 0",
@@ -317,7 +329,9 @@ def _process_row(
     confidence = _check_confidence(row.get("confidence"))
     ref_chosen, ref_rejected = _check_ref_logps(row)
 
-    prompt_ids, chosen_ids, rejected_ids = tokenize_preference(prompt, chosen, rejected, tokenizer)
+    prompt_ids, ((chosen_ids, chosen_spans), (rejected_ids, rejected_spans)) = tokenize_responses(
+        prompt, [chosen, rejected], tokenizer
+    )
     if not prompt_ids:
         raise _Bad(
             "prompt",
@@ -344,6 +358,18 @@ def _process_row(
         )
     chosen_ids, chosen_cut = fit_response(chosen_ids, len(prompt_ids), max_length)
     rejected_ids, rejected_cut = fit_response(rejected_ids, len(prompt_ids), max_length)
+    for name, ids, spans, cut in (
+        ("chosen", chosen_ids, chosen_spans, chosen_cut),
+        ("rejected", rejected_ids, rejected_spans, rejected_cut),
+    ):
+        if spans is not None and all(t == IGNORE_INDEX for t in response_labels(ids, spans)):
+            where = f" in the {len(ids)} tokens that fit max_length {max_length}" if cut else ""
+            raise _Bad(
+                name,
+                "empty_response",
+                f"no token of its assistant turns is left to score{where} (its other turns "
+                "are not scored)",
+            )
 
     if (chosen_cut or rejected_cut) and (ref_chosen is not None or ref_rejected is not None):
         # the data's values are log-probs of the whole responses, not of the cut ones
@@ -367,6 +393,8 @@ def _process_row(
         chosen_truncated=chosen_cut,
         rejected_truncated=rejected_cut,
         metadata={k: v for k, v in row.items() if k not in RESERVED},
+        chosen_spans=chosen_spans,
+        rejected_spans=rejected_spans,
     )
 
 
@@ -409,8 +437,13 @@ def _check_texts(row: Mapping[str, Any], kind: str, kind_note: str) -> tuple[Any
             _check_response_messages(name, response, prompt)
 
     for name, response in (("chosen", chosen), ("rejected", rejected)):
-        if is_blank(response):
-            raise _Bad(name, "empty_response", "empty response")
+        if isinstance(response, str):
+            if is_blank(response):
+                raise _Bad(name, "empty_response", "empty response")
+        elif is_blank([m for m in response if m["role"] == "assistant"]):
+            others = sorted({m["role"] for m in response} - {"assistant"})
+            note = f" (its {'/'.join(others)} turns are not the model's)" if others else ""
+            raise _Bad(name, "empty_response", f"empty response{note}")
     if chosen == rejected:
         raise _Bad("rejected", "identical_responses", "identical to 'chosen'")
     return prompt, chosen, rejected, implicit

@@ -16,7 +16,8 @@ HELP = {
     "config-built Llama for tests), or a local model folder / .gguf file",
     "data": "preference data: a JSONL/JSON/Parquet/CSV file or a folder (its train.* / train-*.* "
     "files if it has any, else all its data files), TRL format "
-    "(prompt/chosen/rejected, plain or conversational; optional confidence); default: the "
+    "(prompt/chosen/rejected, plain or conversational: a response's user/tool turns are not "
+    "scored, only its assistant turns; optional confidence); default: the "
     "embedded controlled-sentiment set",
     "eval_data": "held-out preference data (default: the data's 'split'=='eval' rows, else a holdout)",
     "loss": f"pairwise loss: {', '.join(sorted(LOSSES))}",
