@@ -340,6 +340,22 @@ def test_a_response_truncated_to_its_other_turns_is_a_bad_row():
     assert "no token of its assistant turns is left to score in the 1 tokens" in bad.reason
 
 
+def test_reference_logps_of_a_response_with_other_turns_are_dropped_and_counted(tok):
+    """Other tools sum a response's every token into its reference log-prob; here only its
+    assistant turns are scored, so the data's values do not apply to such a row."""
+    ref = {"ref_chosen_logps": -9.0, "ref_rejected_logps": -4.0}
+    rows = [
+        conv_row(0, chosen=[assistant("a"), user("u"), assistant("b")], **ref),
+        conv_row(1, **ref),
+    ]
+    report = validate_preference_rows(rows, tok, 64)
+    masked, whole = report.examples
+    assert masked.ref_chosen_logp is masked.ref_rejected_logp is None
+    assert (whole.ref_chosen_logp, whole.ref_rejected_logp) == (-9.0, -4.0)
+    assert report.n_ref_logps_dropped == 1
+    assert "hold user/tool turns" in report.to_markdown()
+
+
 # ---------------------------------------------------------------- bad rows
 
 TOO_LONG = "x" * 40  # max_length below is 32

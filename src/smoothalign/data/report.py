@@ -146,7 +146,8 @@ class ValidationReport(TokenizedRowsReport):
             of ``chosen`` and ``rejected`` (no ``prompt`` column).
         n_with_confidence: kept rows that carry a ``confidence``.
         n_ref_logps_dropped: kept rows whose ``ref_*_logps`` were dropped because a response
-            was truncated (they are log-probs of the whole response, not of what is trained).
+            was truncated or holds other turns than the assistant's (they are log-probs of
+            the whole response, not of what is scored: the cut response, its assistant turns).
     """
 
     examples: list[TokenizedPair]
@@ -186,8 +187,9 @@ class ValidationReport(TokenizedRowsReport):
         if self.n_ref_logps_dropped:
             lines.append(
                 f"- **warning**: {self.n_ref_logps_dropped} rows' reference log-probs were "
-                "dropped: their responses were truncated, so the data's values (of the whole "
-                "responses) do not apply; raise max_length to keep them"
+                "dropped: their responses were truncated (raise max_length to keep them) or "
+                "hold user/tool turns, which are not scored, so the data's values (of the "
+                "whole responses) do not apply"
             )
         if self.n_identical_after_truncation:
             lines.append(

@@ -28,7 +28,10 @@ Row formats (TRL's):
 
 Optional columns: ``confidence`` (probability that ``chosen`` really wins, a number in
 ``[0, 1]``; ``None``/absent means unknown, NaN is an error), ``ref_chosen_logps`` and
-``ref_rejected_logps`` (precomputed reference log-probs, both or neither, finite and <= 0).
+``ref_rejected_logps`` (precomputed reference log-probs, both or neither, finite and <= 0;
+dropped, and counted, where a response is truncated or holds other turns than the
+assistant's: the values are of whole responses, and other tools sum every token of such a
+response, not its assistant turns only).
 Every other column is kept as ``TokenizedPair.metadata``. The data set's format is the
 majority format of its rows; rows of the other format are bad (``mixed_formats``).
 """
@@ -358,6 +361,7 @@ def _process_row(
         )
     chosen_ids, chosen_cut = fit_response(chosen_ids, len(prompt_ids), max_length)
     rejected_ids, rejected_cut = fit_response(rejected_ids, len(prompt_ids), max_length)
+    masked = chosen_spans is not None or rejected_spans is not None
     for name, ids, spans, cut in (
         ("chosen", chosen_ids, chosen_spans, chosen_cut),
         ("rejected", rejected_ids, rejected_spans, rejected_cut),
@@ -371,8 +375,11 @@ def _process_row(
                 "are not scored)",
             )
 
-    if (chosen_cut or rejected_cut) and (ref_chosen is not None or ref_rejected is not None):
-        # the data's values are log-probs of the whole responses, not of the cut ones
+    if (chosen_cut or rejected_cut or masked) and (
+        ref_chosen is not None or ref_rejected is not None
+    ):
+        # the data's values are log-probs of the whole responses, not of the cut ones nor
+        # (as other tools compute them) of a response's assistant turns alone
         ref_chosen = ref_rejected = None
         report.n_ref_logps_dropped += 1
     report.n_truncated_chosen += chosen_cut
