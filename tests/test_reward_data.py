@@ -274,6 +274,35 @@ def test_collator_batches_chosen_then_rejected_with_the_labels(tok):
     assert (batch["input_ids"][batch["attention_mask"] == 0] == tok.pad_token_id).all()
 
 
+def test_a_response_with_user_turns_is_scored_as_its_whole_text(tok):
+    """A reward model reads the whole conversation and scores it at its last token: a user
+    turn inside a response stays in the text (DPO masks it out of log π instead). The rows
+    are checked as DPO's are: a response whose assistant turns are blank is a bad row."""
+    prompt = [{"role": "user", "content": "q"}]
+    chosen = [
+        {"role": "assistant", "content": "yo"},
+        {"role": "user", "content": "QUESTION"},
+        {"role": "assistant", "content": "ab"},
+    ]
+    blank = [{"role": "assistant", "content": " "}, {"role": "user", "content": "more?"}]
+    rejected = [{"role": "assistant", "content": "no"}]
+    rows = [
+        {"pair_id": 0, "prompt": prompt, "chosen": chosen, "rejected": rejected, "p_chosen": 0.7},
+        {"pair_id": 1, "prompt": prompt, "chosen": blank, "rejected": rejected, "p_chosen": 0.7},
+    ]
+    report = validate_reward_rows(rows, tok, 256, on_bad_rows="skip")
+    (bad,) = report.bad_rows
+    assert (bad.row, bad.field, bad.code) == (1, "chosen", "empty_response")
+    (ex,) = report.examples
+    batch = RewardCollator(tok.pad_token_id)([ex])
+    n = int(batch["attention_mask"][0].sum())
+    ids = batch["input_ids"][0, :n].tolist()
+    assert ids == ex.pair.prompt_ids + ex.pair.chosen_ids
+    text = tok.apply_chat_template(prompt + chosen, tokenize=False)
+    assert ids == tok(text, add_special_tokens=False)["input_ids"]
+    assert "QUESTION" in tok.decode(ids)
+
+
 # ------------------------------------------------------------- the oracle world
 def test_simulated_annotators_are_binomial():
     rng = np.random.default_rng(0)

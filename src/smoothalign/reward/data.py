@@ -23,6 +23,15 @@ format; counted into ``votes_chosen``/``votes_total``). Any problem in the label
 (unknown, missing or duplicated ``pair_id``, a vote that is not 0/1) raises, naming its row
 and field; a data row left without a label is a bad row (``missing_label``).
 
+**Responses with other turns.** A conversational ``chosen``/``rejected`` may hold ``user``
+or ``tool`` turns between assistant replies; the rows are accepted and refused by the same
+rule as DPO's (``validate_preference_rows``: a response starts with an assistant message, and
+one whose assistant turns are all blank is an ``empty_response`` bad row), so one data set
+serves both. But where DPO masks those turns out of ``log π(y|x)`` (the model does not write
+them), a reward model scores the whole text, user turns included: its scalar, read at the
+last token, judges the conversation as a whole (how a reply fared with what came after it
+is part of what annotators compared), and no token is attributed to the model to mask.
+
 Nothing is dropped silently: ``on_bad_rows="error"`` raises ``ValueError`` listing the first
 bad rows (``row 3, field 'p_chosen': 1.3 is outside [0, 1]``) and the total; ``"skip"``
 keeps the others and lists the bad ones in the report.
@@ -448,7 +457,9 @@ class RewardCollator:
     Returns ``input_ids`` / ``attention_mask`` ``[2B, L]`` long, ``p_chosen`` ``[B]`` float32,
     ``votes_total`` ``[B]`` float32 (NaN where the label was a plain ``p_chosen``),
     ``confidence`` ``[B]`` float32 (the true P(chosen wins), NaN where unknown) and
-    ``index`` ``[B]`` long. The model must read padding from ``attention_mask`` or from its
+    ``index`` ``[B]`` long. Each sequence is the whole prompt + response text, any user or
+    tool turns of the response included (the labels that mask them for DPO are not read).
+    The model must read padding from ``attention_mask`` or from its
     ``config.pad_token_id`` (the id written into padding here).
     """
 
