@@ -254,10 +254,13 @@ def test_a_responses_user_and_tool_turns_are_not_scored_chosen_and_rejected_alik
     chosen = [assistant("yo"), user("QUESTION"), assistant("ab")]
     rejected = [assistant("no"), tool("TOOL"), assistant("cd")]
     row = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
-    for t in (make_byte_tokenizer(), build_tiny_tokenizer()):
-        (ex,) = validate_preference_rows([row], t, 256).examples
+    # two replies in a row: the second one's generation prompt is masked as well
+    twice = {"prompt": prompt, "chosen": [assistant("yo"), assistant("ab")], "rejected": rejected}
+    for t, r in [(tok, r) for tok in (make_byte_tokenizer(), build_tiny_tokenizer())
+                 for r in (row, twice)]:  # fmt: skip
+        (ex,) = validate_preference_rows([r], t, 256).examples
         batch = PreferenceCollator(int(t.pad_token_id))([ex])
-        sft_rows = [{"prompt": prompt, "completion": c} for c in (chosen, rejected)]
+        sft_rows = [{"prompt": prompt, "completion": c} for c in (r["chosen"], r["rejected"])]
         sft = validate_sft_rows(sft_rows, t, 256).examples
         for i, (response, sft_ex) in enumerate(
             zip((ex.chosen_ids, ex.rejected_ids), sft, strict=True)
@@ -276,6 +279,16 @@ def test_a_responses_user_and_tool_turns_are_not_scored_chosen_and_rejected_alik
     labels = PreferenceCollator(PAD_ID)([ex])["labels"][0, : len(head) + len(ex.chosen_ids)]
     M = IGNORE_INDEX
     assert labels.tolist() == [M] * len(head) + [*byte_ids("yo"), EOS_ID, *[M] * len(between)] + [
+        *byte_ids("ab"),
+        EOS_ID,
+    ]
+    (ex,) = validate_preference_rows([twice], make_byte_tokenizer(), 256).examples
+    assert ex.chosen_ids == [*byte_ids("yo"), EOS_ID, ASSISTANT_ID, *byte_ids("ab"), EOS_ID]
+    labels = PreferenceCollator(PAD_ID)([ex])["labels"][0, : len(head) + len(ex.chosen_ids)]
+    assert labels.tolist() == [M] * len(head) + [
+        *byte_ids("yo"),
+        EOS_ID,
+        M,
         *byte_ids("ab"),
         EOS_ID,
     ]

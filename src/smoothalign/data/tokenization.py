@@ -27,11 +27,12 @@ newline), the response is the rest of the full text tokenised on its own, as for
 text: the boundary is a token boundary, as it is when the model generates after the prompt.
 A tokenizer that prepends a space to any text it encodes (Llama-2's ``▁``) cannot do that
 without adding a space: there such a row stays a bad row (``chat_template_prefix``).
-A response that holds other turns than the assistant's (a ``user`` or ``tool`` message
-between two replies) is tokenised as the whole conversation is in ``tokenize_messages``
+A response of more than one message (a ``user`` or ``tool`` message between two replies,
+or two replies in a row) is tokenised as the whole conversation is in ``tokenize_messages``
 below: each of its assistant turns starts and ends at a token boundary, and
 :func:`tokenize_responses` gives their spans, so that only the model's turns are scored
-(DPO's ``log π(y|x)``) or trained on (SFT); the turns between them are text the model reads.
+(DPO's ``log π(y|x)``) or trained on (SFT); what the template puts between them (the other
+turns, the next reply's generation prompt) is text the model reads.
 
 **SFT rows** use the same conventions: ``tokenize_prompt_completion`` treats the completion
 as a response; ``tokenize_messages`` renders a whole conversation once and finds each
@@ -40,8 +41,8 @@ that turn with and without it (``add_generation_prompt=True`` before it). Each r
 must be a prefix of the whole text; where a token merges across a turn boundary, the text
 is split there and the rest tokenised on its own, as at the prompt/response boundary (with
 the same exception for tokenizers that prepend a space).
-A conversational completion that holds other turns than the assistant's is such a
-response (``tokenize_completion_turns``).
+A conversational completion of more than one message is such a response
+(``tokenize_completion_turns``).
 ``tokenize_text`` (a plain ``text`` row) ends with EOS as a response does, and
 starts with exactly one BOS only where the tokenizer adds one itself
 (:func:`tokenizer_adds_bos`: what ``tokenizer(text)`` gives, as in pre-training).
@@ -120,7 +121,7 @@ def tokenize_responses(
 
     ``prompt`` and ``responses`` are all strings (plain text) or all message lists
     (conversational); see the module docstring for the conventions. ``spans`` are those of
-    the response's assistant turns where it holds other turns too, else ``None`` (every
+    the response's assistant turns where it has more than one message, else ``None`` (every
     token is the model's). ``names`` name the responses in a ``RowTokenizationError``.
     ``strict=False`` (for scoring generated text, not for data) lets a plain-text response
     that merges with its prompt under a space-prepending tokenizer be tokenised on its own
@@ -194,12 +195,12 @@ def tokenize_completion_turns(
     field: str = "completion",
 ) -> tuple[list[int], list[int], Spans | None]:
     """Untruncated ``(prompt_ids, completion_ids, assistant_spans)`` of a conversational SFT
-    row whose completion holds other turns than the assistant's (a user or tool message
-    between two replies), as :func:`tokenize_responses` gives them: ``prompt + completion``
+    row whose completion has more than one message (a user or tool message between two
+    replies, or replies in a row), as :func:`tokenize_responses` gives them: ``prompt + completion``
     tokenised as :func:`tokenize_messages` does, cut after the prompt's generation prompt,
     and each span ``(start, end)`` (offsets into ``completion_ids``) one of the completion's
     assistant turns, so the turns between them can be left out of the loss as in a
-    ``messages`` row (``None`` for a completion of assistant turns only)."""
+    ``messages`` row (``None`` for a completion of one message)."""
     prompt_ids, ((ids, spans),) = tokenize_responses(prompt, [completion], tokenizer, (field,))
     return prompt_ids, ids, spans
 
@@ -446,7 +447,7 @@ def _tokenize_conversation(
                 f"followed by the response (they differ at character {k}: "
                 f"{prompt_text[k : k + 30]!r} vs {full_text[k : k + 30]!r})",
             )
-        if any(m.get("role") != "assistant" for m in response):
+        if len(response) > 1:  # other turns, or the next reply's generation prompt, between
             cut = len(prompt_text)
             responses.append(_response_turns(tokenizer, prompt, response, full_text, cut, name))
         elif full_ids[: len(prompt_ids)] == prompt_ids:

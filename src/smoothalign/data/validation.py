@@ -12,7 +12,8 @@ Row formats (TRL's):
   starting with an assistant message (usually just one). Keys that are ``None`` inside a
   message (Parquet/``datasets`` fill absent struct fields with nulls) are dropped.
   A response may go on with other turns (a ``user`` or ``tool`` message, then the next
-  reply): such a response is scored on its assistant turns only (``TokenizedPair``'s
+  reply) or hold several replies: such a response is scored on its assistant turns only
+  (not on the other turns, nor on the generation prompt the template puts before a reply) (``TokenizedPair``'s
   ``chosen_spans``/``rejected_spans``; the collator's labels mask the rest), chosen and
   rejected alike, as SFT trains a ``messages`` row. The model reads those turns, it never
   writes them: counting them in ``log π(y|x)`` would make DPO raise or lower the
@@ -29,9 +30,9 @@ Row formats (TRL's):
 Optional columns: ``confidence`` (probability that ``chosen`` really wins, a number in
 ``[0, 1]``; ``None``/absent means unknown, NaN is an error), ``ref_chosen_logps`` and
 ``ref_rejected_logps`` (precomputed reference log-probs, both or neither, finite and <= 0;
-dropped, and counted, where a response is truncated or holds other turns than the
-assistant's: the values are of whole responses, and other tools sum every token of such a
-response, not its assistant turns only).
+dropped, and counted, where a response is truncated or has more than one message: the
+values are of whole responses, and other tools sum every token of such a response, not its
+assistant turns only).
 Every other column is kept as ``TokenizedPair.metadata``. The data set's format is the
 majority format of its rows; rows of the other format are bad (``mixed_formats``).
 """
