@@ -41,8 +41,8 @@ that turn with and without it (``add_generation_prompt=True`` before it). Each r
 must be a prefix of the whole text; where a token merges across a turn boundary, the text
 is split there and the rest tokenised on its own, as at the prompt/response boundary (with
 the same exception for tokenizers that prepend a space).
-A conversational completion of more than one message is such a response
-(``tokenize_completion_turns``).
+A conversational completion of more than one message is such a response (the spans
+:func:`tokenize_prompt_completion` returns).
 ``tokenize_text`` (a plain ``text`` row) ends with EOS as a response does, and
 starts with exactly one BOS only where the tokenizer adds one itself
 (:func:`tokenizer_adds_bos`: what ``tokenizer(text)`` gives, as in pre-training).
@@ -157,14 +157,16 @@ def tokenize_prompt_completion(
     completion: str | Sequence[Message],
     tokenizer: Any,
     field: str = "completion",
-) -> tuple[list[int], list[int]]:
-    """Untruncated ``(prompt_ids, completion_ids)`` for one SFT row, with the conventions of
-    :func:`tokenize_preference` (the completion is a response). ``field`` names the
-    completion in a ``RowTokenizationError``."""
-    prompt_ids, ((completion_ids, _),) = tokenize_responses(
-        prompt, [completion], tokenizer, (field,)
-    )
-    return prompt_ids, completion_ids
+) -> tuple[list[int], list[int], Spans | None]:
+    """Untruncated ``(prompt_ids, completion_ids, assistant_spans)`` for one SFT row, with the
+    conventions of :func:`tokenize_responses` (the completion is a response): for a
+    conversational completion of more than one message (a user or tool message between two
+    replies, or replies in a row) the spans ``(start, end)`` (offsets into
+    ``completion_ids``) of its assistant turns, so that what lies between them can be left
+    out of the loss as in a ``messages`` row; ``None`` otherwise (every token is trained).
+    ``field`` names the completion in a ``RowTokenizationError``."""
+    prompt_ids, ((ids, spans),) = tokenize_responses(prompt, [completion], tokenizer, (field,))
+    return prompt_ids, ids, spans
 
 
 def tokenize_messages(
@@ -186,23 +188,6 @@ def tokenize_messages(
     cuts = _assistant_turn_cuts(tokenizer, messages, full_text, field)
     ids, positions = _encode_with_cuts(tokenizer, full_text, cuts, field)
     return ids, list(zip(positions[0::2], positions[1::2], strict=True))
-
-
-def tokenize_completion_turns(
-    prompt: Sequence[Message],
-    completion: Sequence[Message],
-    tokenizer: Any,
-    field: str = "completion",
-) -> tuple[list[int], list[int], Spans | None]:
-    """Untruncated ``(prompt_ids, completion_ids, assistant_spans)`` of a conversational SFT
-    row whose completion has more than one message (a user or tool message between two
-    replies, or replies in a row), as :func:`tokenize_responses` gives them: ``prompt + completion``
-    tokenised as :func:`tokenize_messages` does, cut after the prompt's generation prompt,
-    and each span ``(start, end)`` (offsets into ``completion_ids``) one of the completion's
-    assistant turns, so the turns between them can be left out of the loss as in a
-    ``messages`` row (``None`` for a completion of one message)."""
-    prompt_ids, ((ids, spans),) = tokenize_responses(prompt, [completion], tokenizer, (field,))
-    return prompt_ids, ids, spans
 
 
 def _assistant_turn_cuts(

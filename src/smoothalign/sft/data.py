@@ -47,11 +47,10 @@ import torch
 from torch import Tensor
 
 from smoothalign.data import IGNORE_INDEX, fit_response
-from smoothalign.data.collate import ExampleDataset, PaddingCollator
+from smoothalign.data.collate import ExampleDataset, PaddingCollator, response_labels
 from smoothalign.data.loading import FILE_KEY, ROW_KEY, load_preference_rows
 from smoothalign.data.report import TokenizedRowsReport
 from smoothalign.data.tokenization import (
-    tokenize_completion_turns,
     tokenize_messages,
     tokenize_prompt_completion,
     tokenize_text,
@@ -266,7 +265,6 @@ def _process_row(
 def _prompt_completion_example(
     prompt: Any, completion: Any, tokenizer: Any, max_length: int
 ) -> tuple[list[int], list[int], bool]:
-    spans = None  # the completion's assistant turns, where it holds other turns too
     if isinstance(prompt, str):
         if is_blank(completion):
             raise BadRowError("completion", "empty_completion", "empty completion")
@@ -297,14 +295,9 @@ def _prompt_completion_example(
                 raise BadRowError(
                     "completion", "empty_completion", f"message {i} (assistant) is empty"
                 )
-        # more than one turn: each reply's span, so that what the template puts between two
-        # (another turn, the next reply's generation prompt) is masked as in 'messages'
-        if len(completion) > 1:
-            prompt_ids, completion_ids, spans = tokenize_completion_turns(
-                prompt, completion, tokenizer
-            )
-    if spans is None:
-        prompt_ids, completion_ids = tokenize_prompt_completion(prompt, completion, tokenizer)
+    # more than one message: each reply's span, so that what the template puts between two
+    # (another turn, the next reply's generation prompt) is masked as in 'messages'
+    prompt_ids, completion_ids, spans = tokenize_prompt_completion(prompt, completion, tokenizer)
     if not completion_ids:
         raise BadRowError(
             "completion", "empty_completion", "empty completion (no tokens after the prompt)"
@@ -316,11 +309,7 @@ def _prompt_completion_example(
             f"the prompt is {len(prompt_ids)} tokens, >= max_length {max_length}: no room "
             "for the completion",
         )
-    trained = completion_ids
-    if spans is not None:  # the other turns of the completion are masked, as in 'messages'
-        trained = [IGNORE_INDEX] * len(completion_ids)
-        for start, end in spans:
-            trained[start:end] = completion_ids[start:end]
+    trained = response_labels(completion_ids, spans)
     completion_ids, truncated = fit_response(completion_ids, len(prompt_ids), max_length)
     labels = [IGNORE_INDEX] * len(prompt_ids) + trained[: len(completion_ids)]
     if not prompt_ids:  # an empty prompt and no BOS: nothing predicts the first token, as in
