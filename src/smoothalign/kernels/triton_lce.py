@@ -631,20 +631,28 @@ def resolve_filter_eps(filter_eps: float | str | None, dtype: torch.dtype) -> fl
     return float(filter_eps)
 
 
-def _filter_div() -> float:
-    raw = os.environ.get("SMOOTHALIGN_LCE_FILTER_DIV", "").strip()
+def _env_number(name: str, ok, expected: str) -> float | None:
+    """The number in the environment variable ``name`` (unset or blank: ``None``), refused
+    unless finite and ``ok(value)``; ``expected`` says what it should be."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return FILTER_DIV
+        return None
     try:
-        div = float(raw)
+        value = float(raw)
     except ValueError:
-        div = math.nan
-    if not (math.isfinite(div) and div >= 1.0):
-        raise ValueError(
-            f"SMOOTHALIGN_LCE_FILTER_DIV: {raw!r}; expected a number >= 1 (auto's threshold is "
-            "the 16-bit eps divided by it)"
-        )
-    return div
+        value = math.nan
+    if not (math.isfinite(value) and ok(value)):
+        raise ValueError(f"{name}: {expected} expected, got {raw!r}")
+    return value
+
+
+def _filter_div() -> float:
+    div = _env_number(
+        "SMOOTHALIGN_LCE_FILTER_DIV",
+        lambda x: x >= 1.0,
+        "a number >= 1 (auto's threshold is the 16-bit eps divided by it)",
+    )
+    return FILTER_DIV if div is None else div
 
 
 def resolve_strips(strips: float | None) -> float | None:
@@ -753,16 +761,8 @@ def _forward(e, c, bias, targets, beta, ignore_index, softcap, store_bmax=False)
 
 def _dense_bytes_from_env() -> int | None:
     """``SMOOTHALIGN_LCE_DENSE`` (MiB; unset or 0: off): the dense backward's chunk bytes."""
-    raw = os.environ.get("SMOOTHALIGN_LCE_DENSE", "").strip()
-    if not raw:
-        return None
-    try:
-        mib = float(raw)
-    except ValueError:
-        mib = math.nan
-    if not (math.isfinite(mib) and mib >= 0):
-        raise ValueError(f"SMOOTHALIGN_LCE_DENSE: a size in MiB (0: off) expected, got {raw!r}")
-    return max(1, int(mib * 2**20)) if mib > 0 else None
+    mib = _env_number("SMOOTHALIGN_LCE_DENSE", lambda x: x >= 0, "a size in MiB (0: off)")
+    return max(1, int(mib * 2**20)) if mib else None
 
 
 def _bmax_group(dtype: torch.dtype) -> int:
