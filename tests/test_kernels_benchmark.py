@@ -413,3 +413,45 @@ def test_tune_exports_a_lowered_threshold_with_its_block_sizes():
     assert tune.export_lines("bwd", "64,128,64,4,3", 9.0) == [
         "export SMOOTHALIGN_LCE_BWD=64,128,64,4,3  # 9.0 ms"
     ]
+
+
+def test_tune_runs_each_backward_row_under_its_own_settings(monkeypatch):
+    """``lce_tune.py``'s sweep (GPU only): every backward configuration, ``BWD_DIV``'s
+    lowered thresholds included, runs with its blocks (and divisor) set and leaves none set
+    after it; a CPU stand-in for the kernel records what each call saw."""
+    import os
+    import sys
+    import types
+
+    import torch
+
+    pytest.importorskip("triton")
+    sys.path.insert(0, str(BENCH.parent))
+    tune = _load("lce_tune")
+    from smoothalign.kernels import triton_lce as K
+
+    seen = []
+
+    def losses(e, c, t, beta=0.0, **kwargs):
+        seen.append(
+            {k: os.environ.get(f"SMOOTHALIGN_LCE_{k}") for k in ("FWD", "BWD", "FILTER_DIV")}
+        )
+        return torch.nn.functional.cross_entropy(e @ c.T, t, reduction="none")
+
+    monkeypatch.setattr(K, "triton_token_losses", losses)
+    monkeypatch.setattr(tune, "_time", lambda fn, repeats: (fn(), 1.0)[1])
+    for key in ("FWD", "BWD", "FILTER_DIV"):
+        monkeypatch.delenv(f"SMOOTHALIGN_LCE_{key}", raising=False)
+    e0, c0 = torch.randn(8, 4), torch.randn(10, 4)
+    t = torch.randint(0, 10, (8,))
+    rows = []
+    tune.tune_shape((e0, c0, t), types.SimpleNamespace(beta=0.1, repeats=1), rows.append)
+    assert rows and all(r["status"] == "ok" for r in rows), rows
+    bwd = [r["config"] for r in rows if r["kind"] == "bwd"]
+    expected_div = [f"{cfg}{tune.DIV_SEP}{div:.6g}" for cfg, div in tune.BWD_DIV]
+    assert bwd == tune.BWD + expected_div
+    for cfg, div in tune.BWD_DIV:
+        assert {"FWD": None, "BWD": cfg, "FILTER_DIV": f"{div:.6g}"} in seen
+    # the filter rows after them run the defaults: no blocks or divisor left over
+    assert seen[-1] == {"FWD": None, "BWD": None, "FILTER_DIV": None}
+    assert all(os.environ.get(f"SMOOTHALIGN_LCE_{k}") is None for k in ("FWD", "BWD", "FILTER_DIV"))
