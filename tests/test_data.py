@@ -127,7 +127,7 @@ def test_a_pair_whose_texts_differ_but_tokens_do_not_is_a_bad_row(tok):
     """Its DPO margin would be 0 at every step: refused, not counted as a truncation."""
     eos = tok.eos_token  # a response that ends in the EOS string tokenises like one without
     rows = [plain_row(0), plain_row(1, chosen=" four", rejected=f" four{eos}")]
-    with pytest.raises(ValueError, match="row 1, field 'rejected': tokenises to the same ids"):
+    with pytest.raises(ValueError, match="row 1, field 'rejected': scores the same tokens"):
         validate_preference_rows(rows, tok, max_length=64)
     report = validate_preference_rows(rows, tok, max_length=64, on_bad_rows="skip")
     assert report.n_identical_after_truncation == 0
@@ -329,28 +329,56 @@ def test_a_merge_across_a_turn_inside_a_response_is_split_there():
     assert (ex.rejected_ids, ex.rejected_spans) == ([cd], None)
 
 
-def test_a_response_truncated_to_its_other_turns_is_a_bad_row():
-    """An empty first reply renders no token under a template of contents alone: cut inside
-    the user's turn, nothing of the assistant's is left to score (log π(y|x) would be an
-    empty sum), so the row is a bad row; with one more token the last reply is scored."""
-    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+def test_a_response_whose_assistant_turns_render_no_token_is_a_bad_row():
+    """Under a template that renders only the others' turns, a response's replies have no
+    token: its log π(y|x) would be an empty sum, so the row is a bad row (and an empty reply
+    among several is refused outright, as a 'messages' row's is in SFT)."""
+    template = "{% for m in messages %}{% if m['role'] != 'assistant' %}{{ m['content'] }}{% endif %}{% endfor %}"
     tok = make_byte_tokenizer(chat_template=template)
     row = {
         "prompt": [user("p")],
-        "chosen": [assistant(""), user("u"), assistant("x")],
-        "rejected": [assistant("y")],
+        "chosen": [assistant("y"), user("u"), assistant("x")],
+        "rejected": [assistant("y"), user("v"), assistant("x")],
     }
-    (ex,) = validate_preference_rows([row], tok, 3).examples
-    assert PreferenceCollator(PAD_ID)([ex])["labels"][0].tolist() == [
-        IGNORE_INDEX,
-        IGNORE_INDEX,
-        *byte_ids("x"),
-    ]
-    fine = {**row, "chosen": [assistant("x")]}
-    report = validate_preference_rows([row, fine], tok, 2, on_bad_rows="skip")
-    (bad,) = report.bad_rows
-    assert (bad.row, bad.field, bad.code) == (0, "chosen", "empty_response")
-    assert "no token of its assistant turns is left to score in the 1 tokens" in bad.reason
+    empty_reply = {**row, "chosen": [assistant(""), user("u"), assistant("x")]}
+    # (no conversational row can be kept under this template: none is left)
+    with pytest.raises(ValueError, match="no valid preference row") as error:
+        validate_preference_rows([row, empty_reply], tok, 16, on_bad_rows="skip")
+    assert "row 0, field 'chosen': no token of its assistant turns is left to score" in str(
+        error.value
+    )
+    assert "row 1, field 'chosen': message 0 (assistant) is empty" in str(error.value)
+
+
+def test_responses_that_differ_only_after_their_last_reply_are_a_bad_row():
+    """Chosen and rejected alike up to their last reply, different in a user turn after it:
+    the scored tokens and what precedes them are the same, so the margin is 0 at every
+    step: refused like identical tokens; and cut by max_length into the unscored turns
+    (same scored tokens after the cut), counted among the identical after truncation."""
+    from smoothalign.data.collate import scored_ids
+
+    t = make_byte_tokenizer()
+    row = {
+        "prompt": [user("p")],
+        "chosen": [assistant("ok"), user("thanks")],
+        "rejected": [assistant("ok"), user("you are wrong")],
+    }
+    report = validate_preference_rows([row, conv_row(1)], t, 64, on_bad_rows="skip")
+    assert [(b.row, b.code) for b in report.bad_rows] == [(0, "identical_responses")]
+    assert "differ only in turns after the last reply" in report.bad_rows[0].reason
+    cut = {
+        "prompt": [user("p")],
+        "chosen": [assistant("ok"), user("u"), assistant("a")],
+        "rejected": [assistant("ok"), user("u"), assistant("b")],
+    }
+    (ex,) = validate_preference_rows([cut], t, 64).examples
+    n = len(ex.prompt_ids) + len(scored_ids(ex.chosen_ids, ex.chosen_spans[:1])) + 2
+    report = validate_preference_rows([cut], t, n)  # cut inside the user turn
+    assert report.n_identical_after_truncation == 1
+    (ex,) = report.examples
+    assert scored_ids(ex.chosen_ids, ex.chosen_spans) == scored_ids(
+        ex.rejected_ids, ex.rejected_spans
+    )
 
 
 def test_reference_logps_of_a_response_with_other_turns_are_dropped_and_counted(tok):

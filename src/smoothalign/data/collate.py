@@ -48,6 +48,16 @@ def response_labels(ids: Sequence[int], spans: Spans | None) -> list[int]:
     return labels
 
 
+def scored_ids(ids: Sequence[int], spans: Spans | None) -> list[int]:
+    """What decides a response's ``log π(y|x)``: its tokens up to the end of the last
+    assistant-turn token inside ``ids`` (all of them without ``spans``). Two responses alike
+    there have the same log-prob under any model: whatever follows is not scored."""
+    if spans is None:
+        return list(ids)
+    end = max((min(b, len(ids)) for a, b in spans if a < min(b, len(ids))), default=0)
+    return list(ids[:end])
+
+
 class PreferenceDataset(ExampleDataset[TokenizedPair]):
     """A map-style torch ``Dataset`` over ``TokenizedPair`` s (e.g. ``report.examples``)."""
 

@@ -48,7 +48,7 @@ from typing import Any, Literal, TypeVar
 
 from tqdm.auto import tqdm
 
-from smoothalign.data.collate import IGNORE_INDEX, response_labels
+from smoothalign.data.collate import scored_ids
 from smoothalign.data.loading import (
     FILE_KEY,
     ROW_KEY,
@@ -65,6 +65,7 @@ from smoothalign.data.report import (
 from smoothalign.data.tokenization import (
     Message,
     RowTokenizationError,
+    Spans,
     TokenizedPair,
     fit_response,
     tokenize_responses,
@@ -350,15 +351,21 @@ def _process_row(
             f"the prompt is {len(prompt_ids)} tokens, >= max_length {max_length}: "
             "no room for a response",
         )
-    for name, ids in (("chosen", chosen_ids), ("rejected", rejected_ids)):
+    for name, ids, spans in (
+        ("chosen", chosen_ids, chosen_spans),
+        ("rejected", rejected_ids, rejected_spans),
+    ):
         if not ids:
             raise _Bad(name, "empty_response", "empty response (no tokens after the prompt)")
-    if chosen_ids == rejected_ids:  # different texts, same tokens: the margin is always 0
+        _refuse_unscored(name, ids, spans, "")
+    if scored_ids(chosen_ids, chosen_spans) == scored_ids(rejected_ids, rejected_spans):
+        # different texts, same scored tokens: the margin is always 0
         raise _Bad(
             "rejected",
             "identical_responses",
-            "tokenises to the same ids as 'chosen' (the tokenizer or chat template erases "
-            "their difference)",
+            "scores the same tokens as 'chosen' (the tokenizer or chat template erases "
+            "their difference, or they differ only in turns after the last reply, which "
+            "are not scored)",
         )
     chosen_ids, chosen_cut = fit_response(chosen_ids, len(prompt_ids), max_length)
     rejected_ids, rejected_cut = fit_response(rejected_ids, len(prompt_ids), max_length)
@@ -367,13 +374,9 @@ def _process_row(
         ("chosen", chosen_ids, chosen_spans, chosen_cut),
         ("rejected", rejected_ids, rejected_spans, rejected_cut),
     ):
-        if spans is not None and all(t == IGNORE_INDEX for t in response_labels(ids, spans)):
-            where = f" in the {len(ids)} tokens that fit max_length {max_length}" if cut else ""
-            raise _Bad(
-                name,
-                "empty_response",
-                f"no token of its assistant turns is left to score{where} (its other turns "
-                "are not scored)",
+        if cut:
+            _refuse_unscored(
+                name, ids, spans, f" in the {len(ids)} tokens that fit max_length {max_length}"
             )
 
     if (chosen_cut or rejected_cut or masked) and (
@@ -385,7 +388,9 @@ def _process_row(
         report.n_ref_logps_dropped += 1
     report.n_truncated_chosen += chosen_cut
     report.n_truncated_rejected += rejected_cut
-    report.n_identical_after_truncation += chosen_ids == rejected_ids
+    report.n_identical_after_truncation += scored_ids(chosen_ids, chosen_spans) == scored_ids(
+        rejected_ids, rejected_spans
+    )
     report.n_implicit_prompt += implicit
     report.n_with_confidence += confidence is not None
     return TokenizedPair(
@@ -404,6 +409,18 @@ def _process_row(
         chosen_spans=chosen_spans,
         rejected_spans=rejected_spans,
     )
+
+
+def _refuse_unscored(name: str, ids: list[int], spans: Spans | None, where: str) -> None:
+    """A response whose assistant turns hold no token (in ``ids``, ``where``) has an empty
+    ``log π(y|x)``: a bad row."""
+    if spans is not None and not scored_ids(ids, spans):
+        raise _Bad(
+            name,
+            "empty_response",
+            f"no token of its assistant turns is left to score{where} (its other turns are "
+            "not scored)",
+        )
 
 
 def _check_texts(row: Mapping[str, Any], kind: str, kind_note: str) -> tuple[Any, Any, Any, bool]:
@@ -448,10 +465,8 @@ def _check_texts(row: Mapping[str, Any], kind: str, kind_note: str) -> tuple[Any
         if isinstance(response, str):
             if is_blank(response):
                 raise _Bad(name, "empty_response", "empty response")
-        elif is_blank([m for m in response if m["role"] == "assistant"]):
-            others = sorted({m["role"] for m in response} - {"assistant"})
-            note = f" (its {'/'.join(others)} turns are not the model's)" if others else ""
-            raise _Bad(name, "empty_response", f"empty response{note}")
+        elif reason := blank_reply_reason(response, "response", "not the model's"):
+            raise _Bad(name, "empty_response", reason)
     if chosen == rejected:
         raise _Bad("rejected", "identical_responses", "identical to 'chosen'")
     return prompt, chosen, rejected, implicit
@@ -533,6 +548,21 @@ def _check_response_messages(name: str, response: list[Message], prompt: list[Me
             "malformed_messages",
             f"the response starts with a {response[0]['role']!r} message, expected 'assistant'{hint}",
         )
+
+
+def blank_reply_reason(messages: list[Message], noun: str, others_are: str) -> str | None:
+    """Why a response (or SFT completion) of ``messages`` is refused for its replies: all
+    of them blank (its other turns, ``others_are``, give nothing to score), or one of several
+    blank, as a ``messages`` row's would be; ``None`` when every reply says something."""
+    if is_blank([m for m in messages if m["role"] == "assistant"]):
+        others = sorted({m["role"] for m in messages} - {"assistant"})
+        return f"empty {noun}" + (
+            f" (its {'/'.join(others)} turns are {others_are})" if others else ""
+        )
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant" and not m["content"].strip():
+            return f"message {i} (assistant) is empty"
+    return None
 
 
 def is_blank(response: str | list[Message]) -> bool:

@@ -58,6 +58,7 @@ from smoothalign.data.tokenization import (
 )
 from smoothalign.data.validation import (
     BadRowError,
+    blank_reply_reason,
     check_messages,
     check_type,
     is_blank,
@@ -285,16 +286,8 @@ def _prompt_completion_example(
                 f"the completion starts with a {completion[0]['role']!r} message, expected "
                 "'assistant'",
             )
-        replies = [m for m in completion if m["role"] == "assistant"]
-        if is_blank(replies):
-            others = sorted({m["role"] for m in completion} - {"assistant"})
-            masked = f" (its {'/'.join(others)} turns are not trained on)" if others else ""
-            raise BadRowError("completion", "empty_completion", f"empty completion{masked}")
-        for i, m in enumerate(completion):  # as in 'messages': every reply says something
-            if m["role"] == "assistant" and not m["content"].strip():
-                raise BadRowError(
-                    "completion", "empty_completion", f"message {i} (assistant) is empty"
-                )
+        if reason := blank_reply_reason(completion, "completion", "not trained on"):
+            raise BadRowError("completion", "empty_completion", reason)
     # more than one message: each reply's span, so that what the template puts between two
     # (another turn, the next reply's generation prompt) is masked as in 'messages'
     prompt_ids, completion_ids, spans = tokenize_prompt_completion(prompt, completion, tokenizer)
