@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import statistics
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -69,6 +70,24 @@ def _time(fn, repeats: int) -> float:
 ERROR_SLACK = 1.1  # a tuned backward may be this much less accurate than the default
 
 
+@contextmanager
+def _lce_env(**values: str | None):
+    """Set ``SMOOTHALIGN_LCE_<KEY>`` to each value given (``None`` or ``""``: left as it
+    is) for the ``with`` block, and put back what was there before (the user's own
+    settings included) after it."""
+    keys = {f"SMOOTHALIGN_LCE_{k.upper()}": v for k, v in values.items() if v}
+    before = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def tune_shape(inputs, args, record) -> None:
     """Time every candidate at one shape; ``record(row)`` after each."""
     from smoothalign.kernels.triton_lce import triton_token_losses
@@ -95,20 +114,16 @@ def tune_shape(inputs, args, record) -> None:
     for kind, configs, fn in (("fwd", FWD, fwd), ("bwd", bwd_runs, fwd_bwd)):
         for name in configs:
             cfg, _, div = name.partition(DIV_SEP)
-            os.environ[f"SMOOTHALIGN_LCE_{kind.upper()}"] = cfg
-            if div:
-                os.environ["SMOOTHALIGN_LCE_FILTER_DIV"] = div
             row = {"N": n, "D": d, "V": v, "kind": kind, "config": name}
-            try:
-                row.update(ms=_time(fn, args.repeats), status="ok")
-                if kind == "bwd":
-                    fn()
-                    row["de_rel_err"] = _rel(e.grad.float(), ref_e.grad)
-                    row["dc_rel_err"] = _rel(c.grad.float(), ref_c.grad)
-            except Exception as ex:  # a configuration that does not compile or fit
-                row.update(status="failed", note=f"{type(ex).__name__}: {ex}"[:160])
-            os.environ.pop(f"SMOOTHALIGN_LCE_{kind.upper()}")
-            os.environ.pop("SMOOTHALIGN_LCE_FILTER_DIV", None)
+            with _lce_env(**{kind: cfg, "filter_div": div}):
+                try:
+                    row.update(ms=_time(fn, args.repeats), status="ok")
+                    if kind == "bwd":
+                        fn()
+                        row["de_rel_err"] = _rel(e.grad.float(), ref_e.grad)
+                        row["dc_rel_err"] = _rel(c.grad.float(), ref_c.grad)
+                except Exception as ex:  # a configuration that does not compile or fit
+                    row.update(status="failed", note=f"{type(ex).__name__}: {ex}"[:160])
             record(row)
     # what filtering trades: the default configuration without it, errors vs float32
     for eps, bm in (("auto", False), (None, False), ("auto", True)):
@@ -179,47 +194,39 @@ def diagnose_shape(inputs, args, record) -> None:
     # the TMA bulk reductions (SMOOTHALIGN_LCE_TMA=1): their default BLOCK_D 32, then others
     runs += [(cfg, None, True) for cfg in [None, *DIAG_TMA_BWD]]
     for cfg, group_n, tma in runs:
-        if cfg:
-            os.environ["SMOOTHALIGN_LCE_BWD"] = cfg
-        if group_n:
-            os.environ["SMOOTHALIGN_LCE_GROUP_N"] = group_n
-        if tma:
-            os.environ["SMOOTHALIGN_LCE_TMA"] = "1"
         name = f"bwd {cfg or 'default'}" + (f", GROUP_N {group_n}" if group_n else "")
         name += ", TMA reduce" if tma else ""
-        try:
-            fwd = lambda: K._forward(e0, c0, None, t, args.beta, -100, None, True)  # noqa: E731
-            if cfg is None and group_n is None and not tma:
-                record({**base, "config": "forward (storing block maxima)", "status": "ok",
-                        "ms": _time(fwd, args.repeats)})  # fmt: skip
-            forward = fwd()
-            maxima = forward[3]
-            variants = [(part, maxima, eps) for part in PARTS]
-            if cfg is None and group_n is None:
-                variants += [("dE+dC", None, eps), ("dE+dC", None, None)]
-            if tma:  # dE and dC together only, and how far from the red path's gradients
-                variants = variants[:1]
-                de, dc, _ = backward(forward, eps, "dE+dC", maxima)
-                base_tma = {**base, "de_vs_red": _rel(de.float(), red[0].float()),
-                            "dc_vs_red": _rel(dc.float(), red[1].float()),
-                            "tma_used": K._tma_reduce(True, e0.device, d)}  # fmt: skip
-            else:
-                base_tma = base
-            for part, bm, filt in variants:
-                label = f"{name}: {part}" + ("" if bm is not None else ", no block max")
-                label += "" if filt is not None else ", no filter"
+        with _lce_env(bwd=cfg, group_n=group_n, tma="1" if tma else None):
+            try:
+                fwd = lambda: K._forward(e0, c0, None, t, args.beta, -100, None, True)  # noqa: E731
+                if cfg is None and group_n is None and not tma:
+                    record({**base, "config": "forward (storing block maxima)", "status": "ok",
+                            "ms": _time(fwd, args.repeats)})  # fmt: skip
+                forward = fwd()
+                maxima = forward[3]
+                variants = [(part, maxima, eps) for part in PARTS]
+                if cfg is None and group_n is None:
+                    variants += [("dE+dC", None, eps), ("dE+dC", None, None)]
+                if tma:  # dE and dC together only, and how far from the red path's gradients
+                    variants = variants[:1]
+                    de, dc, _ = backward(forward, eps, "dE+dC", maxima)
+                    base_tma = {**base, "de_vs_red": _rel(de.float(), red[0].float()),
+                                "dc_vs_red": _rel(dc.float(), red[1].float()),
+                                "tma_used": K._tma_reduce(True, e0.device, d)}  # fmt: skip
+                else:
+                    base_tma = base
+                for part, bm, filt in variants:
+                    label = f"{name}: {part}" + ("" if bm is not None else ", no block max")
+                    label += "" if filt is not None else ", no filter"
 
-                def bwd(part=part, bm=bm, filt=filt, forward=forward):
-                    backward(forward, filt, part, bm)
+                    def bwd(part=part, bm=bm, filt=filt, forward=forward):
+                        backward(forward, filt, part, bm)
 
-                ms = _time(bwd, args.repeats)
-                record({**base_tma, "config": label, "ms": ms, "status": "ok"})
-        except Exception as ex:  # a configuration that does not compile or fit
-            record({**base, "config": name, "status": "failed",
-                    "note": f"{type(ex).__name__}: {ex}"[:160]})  # fmt: skip
-        os.environ.pop("SMOOTHALIGN_LCE_BWD", None)
-        os.environ.pop("SMOOTHALIGN_LCE_GROUP_N", None)
-        os.environ.pop("SMOOTHALIGN_LCE_TMA", None)
+                    ms = _time(bwd, args.repeats)
+                    record({**base_tma, "config": label, "ms": ms, "status": "ok"})
+            except Exception as ex:  # a configuration that does not compile or fit
+                record({**base, "config": name, "status": "failed",
+                        "note": f"{type(ex).__name__}: {ex}"[:160]})  # fmt: skip
 
 
 def fastest(rows: list[dict], kind: str, default: str | None = None) -> tuple[str, float]:

@@ -418,7 +418,8 @@ def test_tune_exports_a_lowered_threshold_with_its_block_sizes():
 def test_tune_runs_each_backward_row_under_its_own_settings(monkeypatch):
     """``lce_tune.py``'s sweep (GPU only): every backward configuration, ``BWD_DIV``'s
     lowered thresholds included, runs with its blocks (and divisor) set and leaves none set
-    after it; a CPU stand-in for the kernel records what each call saw."""
+    after it, and a setting of the user's own is put back, not deleted; a CPU stand-in for
+    the kernel records what each call saw."""
     import os
     import sys
     import types
@@ -440,8 +441,9 @@ def test_tune_runs_each_backward_row_under_its_own_settings(monkeypatch):
 
     monkeypatch.setattr(K, "triton_token_losses", losses)
     monkeypatch.setattr(tune, "_time", lambda fn, repeats: (fn(), 1.0)[1])
-    for key in ("FWD", "BWD", "FILTER_DIV"):
+    for key in ("BWD", "FILTER_DIV"):
         monkeypatch.delenv(f"SMOOTHALIGN_LCE_{key}", raising=False)
+    monkeypatch.setenv("SMOOTHALIGN_LCE_FWD", "user's")  # a setting of the user's own
     e0, c0 = torch.randn(8, 4), torch.randn(10, 4)
     t = torch.randint(0, 10, (8,))
     rows = []
@@ -451,7 +453,9 @@ def test_tune_runs_each_backward_row_under_its_own_settings(monkeypatch):
     expected_div = [f"{cfg}{tune.DIV_SEP}{div:.6g}" for cfg, div in tune.BWD_DIV]
     assert bwd == tune.BWD + expected_div
     for cfg, div in tune.BWD_DIV:
-        assert {"FWD": None, "BWD": cfg, "FILTER_DIV": f"{div:.6g}"} in seen
-    # the filter rows after them run the defaults: no blocks or divisor left over
-    assert seen[-1] == {"FWD": None, "BWD": None, "FILTER_DIV": None}
-    assert all(os.environ.get(f"SMOOTHALIGN_LCE_{k}") is None for k in ("FWD", "BWD", "FILTER_DIV"))
+        assert {"FWD": "user's", "BWD": cfg, "FILTER_DIV": f"{div:.6g}"} in seen
+    assert {"FWD": tune.FWD[0], "BWD": None, "FILTER_DIV": None} in seen
+    # the filter rows after them run the user's settings: no blocks or divisor left over
+    assert seen[-1] == {"FWD": "user's", "BWD": None, "FILTER_DIV": None}
+    assert os.environ["SMOOTHALIGN_LCE_FWD"] == "user's"  # put back, not deleted
+    assert all(os.environ.get(f"SMOOTHALIGN_LCE_{k}") is None for k in ("BWD", "FILTER_DIV"))
