@@ -108,6 +108,34 @@ def test_conversational_prompts_use_the_chat_template(tiny):
         load_prompts([{"prompt": [{"role": "user", "content": " "}]}], tok, max_length=64)
 
 
+def test_a_reference_of_several_replies_trains_the_nll_on_its_replies_only(tiny):
+    """A reference of two replies in a row: the NLL term's labels hold the replies' tokens,
+    not the generation prompt the template puts before the second (as DPO and SFT mask
+    it); a blank reply among them is a bad row."""
+    from smoothalign.rank.candidates import Candidate, RankedPrompt
+    from smoothalign.rank.trainer import collate_ranked
+
+    _, tok = tiny
+    replies = [{"role": "assistant", "content": "yo"}, {"role": "assistant", "content": "ab"}]
+    row = {"prompt": [{"role": "user", "content": "hi"}], "chosen": replies}
+    ex = load_prompts([row], tok, max_length=64).examples[0]
+    assert ex.reference_spans is not None and len(ex.reference_spans) == 2
+    batch = collate_ranked(
+        [RankedPrompt(ex, [Candidate(ids=[97, 257], text="a", score=0.0)])],
+        int(tok.pad_token_id),
+        64,
+        with_reference=True,
+    )
+    n = len(ex.prompt_ids)
+    labels = batch["labels"][1, n : n + len(ex.reference_ids)].tolist()
+    trained = tok.decode([t for t in labels if t != -100])
+    between = tok.decode(ex.reference_ids[ex.reference_spans[0][1] : ex.reference_spans[1][0]])
+    assert "assistant" in between and trained == "yo<eos>\nab<eos>\n"
+    blank = {**row, "chosen": [replies[0], {"role": "assistant", "content": " "}]}
+    with pytest.raises(ValueError, match="message 1 \\(assistant\\) is empty"):
+        load_prompts([blank], tok, max_length=64)
+
+
 # ------------------------------------------------------------------------ generation
 def test_cut_at_eos():
     assert cut_at_eos([5, 6, 2, 7, 2], [2]) == [5, 6, 2]

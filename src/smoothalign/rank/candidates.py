@@ -45,13 +45,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from smoothalign.data import BadRow, fit_response, load_preference_rows, tokenize_preference
+from smoothalign.data import BadRow, fit_response, load_preference_rows
 from smoothalign.data.loading import FILE_KEY, ROW_KEY, location
 from smoothalign.data.report import RowReport
-from smoothalign.data.tokenization import RowTokenizationError, escape_special_text
+from smoothalign.data.tokenization import (
+    RowTokenizationError,
+    Spans,
+    escape_special_text,
+    tokenize_responses,
+)
 from smoothalign.data.validation import (
     BadRowError,
     bad_row,
+    blank_reply_reason,
     has_split_column,
     is_blank,
     require_object,
@@ -76,6 +82,7 @@ class PromptExample:
     reference: Any = None  # the raw reference response, or None
     reference_field: str | None = None
     reference_ids: list[int] | None = None
+    reference_spans: Spans | None = None  # its replies' tokens, where it holds several
     reference_truncated: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -256,7 +263,7 @@ def _check_row(
         )
     # an empty cell is an absent reference: a CSV cannot leave a cell out
     ref_field = next((f for f in REFERENCE_FIELDS if row.get(f) not in (None, "")), None)
-    reference = ref_ids = None
+    reference = ref_ids = ref_spans = None
     truncated = False
     if ref_field is not None:
         reference = row[ref_field]
@@ -265,11 +272,17 @@ def _check_row(
                 raise _Bad(ref_field, "wrong_type", "expected a string, like the prompt")
         else:
             reference = _messages(ref_field, reference, roles=("assistant",))
-        if is_blank(reference):
+        if isinstance(reference, str) and is_blank(reference):
             raise _Bad(ref_field, "empty_response", "empty reference response")
-        try:
-            p_ids, full_ref, _ = tokenize_preference(prompt, reference, reference, tokenizer)
-        except RowTokenizationError as e:  # it names 'chosen': name the column read
+        if not isinstance(reference, str) and (
+            reason := blank_reply_reason(reference, "reference response", "not the model's")
+        ):
+            raise _Bad(ref_field, "empty_response", reason)
+        try:  # several replies: their spans, so the NLL skips the template between them
+            p_ids, ((full_ref, ref_spans),) = tokenize_responses(
+                prompt, [reference], tokenizer, (ref_field,)
+            )
+        except RowTokenizationError as e:
             raise _Bad(ref_field, e.code, e.reason) from e
         if p_ids != prompt_ids:  # pragma: no cover - both follow the same rules
             raise _Bad(ref_field, "chat_template_prefix", "prompt tokens differ with the response")
@@ -295,6 +308,7 @@ def _check_row(
         reference=reference,
         reference_field=ref_field,
         reference_ids=ref_ids,
+        reference_spans=ref_spans,
         reference_truncated=truncated,
         metadata=meta,
     )

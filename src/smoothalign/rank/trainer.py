@@ -27,6 +27,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from smoothalign.data import IGNORE_INDEX, fit_response
+from smoothalign.data.collate import response_labels
+from smoothalign.data.tokenization import Spans
 from smoothalign.io import atomic_write_text, json_safe
 from smoothalign.rank.candidates import RankedPrompt
 from smoothalign.rank.config import RankConfig
@@ -34,29 +36,31 @@ from smoothalign.rank.objective import calibration_terms, mean_token_logps
 
 
 def collate_sequences(
-    sequences: Sequence[tuple[list[int], list[int]]], pad_id: int, max_length: int
+    sequences: Sequence[tuple[list[int], list[int], Spans | None]], pad_id: int, max_length: int
 ) -> dict[str, Tensor]:
     """Right-padded ``input_ids``/``attention_mask``/``labels`` ``[N, L]`` for
-    ``(prompt_ids, response_ids)`` pairs; labels hold the response ids (cut to fit
-    ``max_length``) and ``IGNORE_INDEX`` elsewhere."""
+    ``(prompt_ids, response_ids, spans)``; labels hold the response ids (cut to fit
+    ``max_length``; with ``spans``, only those of its replies: ``response_labels``) and
+    ``IGNORE_INDEX`` elsewhere."""
     rows = []
-    for prompt, response in sequences:
+    for prompt, response, spans in sequences:
         response, _ = fit_response(list(response), len(prompt), max_length)
-        if not response:
+        scored = response_labels(response, spans)
+        if all(t == IGNORE_INDEX for t in scored):
             raise ValueError(
-                f"a response has no token left within max_length {max_length} "
+                f"a response has no token left to score within max_length {max_length} "
                 f"(prompt of {len(prompt)} tokens)"
             )
-        rows.append((list(prompt), response))
-    width = max(len(p) + len(r) for p, r in rows)
+        rows.append((list(prompt), response, scored))
+    width = max(len(p) + len(r) for p, r, _ in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    for i, (p, r) in enumerate(rows):
+    for i, (p, r, scored) in enumerate(rows):
         n = len(p) + len(r)
         ids[i, :n] = torch.tensor(p + r, dtype=torch.long)
         mask[i, :n] = 1
-        labels[i, len(p) : n] = torch.tensor(r, dtype=torch.long)
+        labels[i, len(p) : n] = torch.tensor(scored, dtype=torch.long)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -68,12 +72,13 @@ def collate_ranked(
     ks = {len(rp.candidates) for rp in batch}
     if len(ks) != 1:
         raise ValueError(f"candidates: every prompt needs the same K, got {sorted(ks)}")
-    seqs = [(rp.example.prompt_ids, c.ids) for rp in batch for c in rp.candidates]
+    seqs = [(rp.example.prompt_ids, c.ids, None) for rp in batch for c in rp.candidates]
     if with_reference:
         for rp in batch:
             if rp.example.reference_ids is None:
                 raise ValueError(f"{rp.example.location}: no reference response for the NLL term")
-            seqs.append((rp.example.prompt_ids, rp.example.reference_ids))
+            ex = rp.example
+            seqs.append((ex.prompt_ids, ex.reference_ids, ex.reference_spans))
     out: dict[str, Any] = collate_sequences(seqs, pad_id, max_length)
     out["scores"] = torch.tensor([rp.scores for rp in batch], dtype=torch.float64)
     out["k"] = ks.pop()
