@@ -170,6 +170,9 @@ def test_resume_at_max_steps_finishes_a_run_that_crashed_after_training(
     assert steps.taken == 0 and result.trainer.state.global_step == 3
     assert any("checkpoint-3" in n and "no step was trained" in n for n in result.notes)
     assert any("training rows' not computed" in n for n in result.notes)
+    # the training time reported is the earlier run's, from its kept end-of-training record
+    (runtime,) = [r["train_runtime"] for r in _records(crashed) if "train_runtime" in r]
+    assert result.train_seconds == pytest.approx(runtime) and runtime > 0
     for name in ("config.json", "generation_config.json"):
         ours = json.loads((crashed / "final" / name).read_text())
         theirs = json.loads((straight / "final" / name).read_text())

@@ -362,6 +362,27 @@ def _trim_metrics(path: Path, step: int | None, trains: bool = True) -> int:
     return dropped
 
 
+def _earlier_train_runtime(path: Path, step: int) -> float | None:
+    """The ``train_runtime`` (seconds) of the end-of-training record at ``step`` in
+    ``path``, kept by a resume that trains nothing (:func:`_written_again`); ``None`` if
+    there is none (a crash before Trainer logged it)."""
+    import json
+
+    if not path.is_file():
+        return None
+    seconds = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("step") == step:
+            value = record.get("train_runtime")
+            if isinstance(value, int | float) and value >= 0:
+                seconds = float(value)
+    return seconds
+
+
 def _written_again(record: dict[str, Any], step: int, trains: bool) -> bool:
     """Whether a resume from ``step`` writes ``record`` (the earlier run's) again: a record
     logged after ``step``, and an end-of-run (``summary``) record at it. Those are all
@@ -408,11 +429,13 @@ def train_with_resume(
         notes.append("--resume latest: no complete checkpoint yet, started fresh")
     if done:
         load_finished_checkpoint(trainer, folder)
+        seconds = _earlier_train_runtime(Path(output_dir) / "metrics.jsonl", step)
         notes.append(
             f"{folder.name} is at --max-steps {trainer.args.max_steps}: its training was "
             "done, so no step was trained; its weights were evaluated and saved"
+            + ("; the training time is the earlier run's (metrics.jsonl)" if seconds else "")
         )
-        return 0.0
+        return seconds or 0.0
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(folder) if folder else None)
     return time.perf_counter() - t0
