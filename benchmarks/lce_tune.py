@@ -196,7 +196,8 @@ def diagnose_shape(inputs, args, record) -> None:
     for cfg, group_n, tma in runs:
         name = f"bwd {cfg or 'default'}" + (f", GROUP_N {group_n}" if group_n else "")
         name += ", TMA reduce" if tma else ""
-        with _lce_env(bwd=cfg, group_n=group_n, tma="1" if tma else None):
+        # (a non-TMA row sets TMA off, so that a user's SMOOTHALIGN_LCE_TMA=1 cannot run it)
+        with _lce_env(bwd=cfg, group_n=group_n, tma="1" if tma else "0"):
             try:
                 fwd = lambda: K._forward(e0, c0, None, t, args.beta, -100, None, True)  # noqa: E731
                 if cfg is None and group_n is None and not tma:

@@ -366,6 +366,11 @@ def test_responses_that_differ_only_after_their_last_reply_are_a_bad_row():
     report = validate_preference_rows([row, conv_row(1)], t, 64, on_bad_rows="skip")
     assert [(b.row, b.code) for b in report.bad_rows] == [(0, "identical_responses")]
     assert "differ only in turns after the last reply" in report.bad_rows[0].reason
+    # with no prompt column, a blank reply is numbered within its field, prompt included
+    implicit = {"chosen": [user("p"), assistant("ok"), user("u"), assistant(" ")],
+                "rejected": [user("p"), assistant("ok"), user("v"), assistant("b")]}  # fmt: skip
+    report = validate_preference_rows([implicit, conv_row(1)], t, 64, on_bad_rows="skip")
+    assert "message 3 (assistant) is empty" in report.bad_rows[0].reason
     cut = {
         "prompt": [user("p")],
         "chosen": [assistant("ok"), user("u"), assistant("a")],

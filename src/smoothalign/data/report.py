@@ -140,8 +140,9 @@ class ValidationReport(TokenizedRowsReport):
         kind: ``"plain"`` or ``"conversational"`` (the data set's format).
         max_length: the token budget per sequence (prompt + response).
         n_truncated_chosen / n_truncated_rejected: kept responses cut from the end to fit.
-        n_identical_after_truncation: kept pairs whose chosen and rejected tokens became
-            identical after truncation (their DPO margin is always 0: they teach nothing).
+        n_identical_after_truncation: kept pairs whose chosen and rejected scored tokens
+            (``collate.scored_ids``: up to their last reply's) became identical after
+            truncation (their DPO margin is always 0: they teach DPO nothing).
         n_implicit_prompt: conversational rows whose prompt was taken as the common prefix
             of ``chosen`` and ``rejected`` (no ``prompt`` column).
         n_with_confidence: kept rows that carry a ``confidence``.
@@ -194,7 +195,7 @@ class ValidationReport(TokenizedRowsReport):
         if self.n_identical_after_truncation:
             lines.append(
                 f"- **warning**: {self.n_identical_after_truncation} kept pairs have identical "
-                "chosen and rejected tokens after truncation; raise max_length"
+                "chosen and rejected scored tokens after truncation; raise max_length"
             )
         return lines
 

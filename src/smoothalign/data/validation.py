@@ -465,8 +465,10 @@ def _check_texts(row: Mapping[str, Any], kind: str, kind_note: str) -> tuple[Any
         if isinstance(response, str):
             if is_blank(response):
                 raise _Bad(name, "empty_response", "empty response")
-        elif reason := blank_reply_reason(response, "response", "not the model's"):
-            raise _Bad(name, "empty_response", reason)
+        else:  # (implicit prompt: the field's messages count from the row's, prompt first)
+            first = len(prompt) if implicit else 0
+            if reason := blank_reply_reason(response, "response", "not the model's", first):
+                raise _Bad(name, "empty_response", reason)
     if chosen == rejected:
         raise _Bad("rejected", "identical_responses", "identical to 'chosen'")
     return prompt, chosen, rejected, implicit
@@ -550,10 +552,13 @@ def _check_response_messages(name: str, response: list[Message], prompt: list[Me
         )
 
 
-def blank_reply_reason(messages: list[Message], noun: str, others_are: str) -> str | None:
+def blank_reply_reason(
+    messages: list[Message], noun: str, others_are: str, first: int = 0
+) -> str | None:
     """Why a response (or SFT completion) of ``messages`` is refused for its replies: all
     of them blank (its other turns, ``others_are``, give nothing to score), or one of several
-    blank, as a ``messages`` row's would be; ``None`` when every reply says something."""
+    blank, as a ``messages`` row's would be (numbered from ``first``: where the response
+    starts in its field); ``None`` when every reply says something."""
     if is_blank([m for m in messages if m["role"] == "assistant"]):
         others = sorted({m["role"] for m in messages} - {"assistant"})
         return f"empty {noun}" + (
@@ -561,7 +566,7 @@ def blank_reply_reason(messages: list[Message], noun: str, others_are: str) -> s
         )
     for i, m in enumerate(messages):
         if m["role"] == "assistant" and not m["content"].strip():
-            return f"message {i} (assistant) is empty"
+            return f"message {first + i} (assistant) is empty"
     return None
 
 

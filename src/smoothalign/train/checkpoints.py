@@ -365,7 +365,8 @@ def _trim_metrics(path: Path, step: int | None, trains: bool = True) -> int:
 def _earlier_train_runtime(path: Path, step: int) -> float | None:
     """The ``train_runtime`` (seconds) of the end-of-training record at ``step`` in
     ``path``, kept by a resume that trains nothing (:func:`_written_again`); ``None`` if
-    there is none (a crash before Trainer logged it)."""
+    there is none (a crash before Trainer logged it). Trainer times each ``train()`` call:
+    after earlier resumes, this is the last session's time, not the whole run's."""
     import json
 
     if not path.is_file():
@@ -433,7 +434,12 @@ def train_with_resume(
         notes.append(
             f"{folder.name} is at --max-steps {trainer.args.max_steps}: its training was "
             "done, so no step was trained; its weights were evaluated and saved"
-            + ("; the training time is the earlier run's (metrics.jsonl)" if seconds else "")
+            + (
+                "; the training time is that of the earlier run's last training session "
+                "(its train_runtime in metrics.jsonl)"
+                if seconds
+                else ""
+            )
         )
         return seconds or 0.0
     t0 = time.perf_counter()
