@@ -108,7 +108,8 @@ class PreferenceCollator(PaddingCollator):
       padding and on a response's turns outside its ``chosen_spans`` / ``rejected_spans``
       (a user or tool turn between two replies: the model reads it, it does not write it,
       so it is no part of ``log π(y|x)``, as the environment's moves are no part of a
-      policy's probability of its actions; the same holds in the reference's). Not shifted: a causal LM's logits at ``t`` predict ``labels[:, t + 1]``, so
+      policy's probability of its actions; the same holds in the reference's). Not
+      shifted: a causal LM's logits at ``t`` predict ``labels[:, t + 1]``, so
       ``log π(y|x)`` is the sum over ``t`` of ``log_softmax(logits[:, t])[labels[:, t + 1]]``
       where ``labels[:, t + 1] != -100`` (SPEC §1);
     * ``confidence`` ``[B]`` float32: the pair's confidence, NaN where absent;

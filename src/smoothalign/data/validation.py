@@ -12,16 +12,16 @@ Row formats (TRL's):
   starting with an assistant message (usually just one). Keys that are ``None`` inside a
   message (Parquet/``datasets`` fill absent struct fields with nulls) are dropped.
   A response may go on with other turns (a ``user`` or ``tool`` message, then the next
-  reply) or hold several replies: such a response is scored on its assistant turns only
-  (not on the other turns, nor on the generation prompt the template puts before a reply) (``TokenizedPair``'s
-  ``chosen_spans``/``rejected_spans``; the collator's labels mask the rest), chosen and
-  rejected alike, as SFT trains a ``messages`` row. The model reads those turns, it never
-  writes them: counting them in ``log π(y|x)`` would make DPO raise or lower the
-  probability that the model writes the user's side. With them masked, ``log π − log π_ref``
-  of a multi-turn response is that of the model's own moves (the other turns' probability
-  is the same under both and cancels). Reward models read the whole text (see
-  ``smoothalign.reward.data``). A response whose assistant turns are all blank is an
-  ``empty_response`` bad row, whatever its other turns hold;
+  reply) or hold several replies: such a response is scored on its assistant turns only, not
+  on the other turns nor on the generation prompt the template puts before a reply
+  (``TokenizedPair``'s ``chosen_spans``/``rejected_spans``; the collator's labels mask the
+  rest), chosen and rejected alike, as SFT trains a ``messages`` row. The model reads those
+  turns, it never writes them: counting them in ``log π(y|x)`` would make DPO raise or lower
+  the probability that the model writes the user's side. With them masked,
+  ``log π − log π_ref`` of a multi-turn response is that of the model's own moves (the other
+  turns' probability is the same under both and cancels). Reward models read the whole text
+  (see ``smoothalign.reward.data``). A blank reply is an ``empty_response`` bad row,
+  whatever the response's other turns hold;
 * implicit prompt (conversational only): no ``prompt`` (or ``None``); ``chosen`` and
   ``rejected`` hold whole conversations. The prompt is their longest common prefix of
   messages, shortened so that it does not end with an assistant message. A plain-text row

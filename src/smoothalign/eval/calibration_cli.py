@@ -9,12 +9,13 @@ Brier score and NLL. Options of identical text (nine MMLU questions list one twi
 scored as one answer, never by position (see :mod:`smoothalign.eval.multiple_choice`); such
 questions are counted (``n_identical_options``) and kept.
 
-Files written into ``--output-dir`` (each atomically): ``results.json`` (configuration,
-data notes, per-task and pooled metrics, reliability curves, timings), ``results.md``
-(accuracy, ECE, RMS, mean confidence and NLL as tables; MCE and Brier are in the JSON), ``reliability.png`` (one curve per scorer, all questions pooled) and
-``predictions.jsonl`` (one line per question and scorer: probabilities, prediction,
-confidence, answer, source row; for a question with identical options also its distinct
-``answers`` (option indices) and their ``answer_probabilities``).
+Files written into ``--output-dir`` (each atomically): ``results.json`` (configuration, data
+notes, per-task and pooled metrics, reliability curves, timings), ``results.md`` (accuracy,
+ECE, RMS, mean confidence and NLL as tables; MCE and Brier are in the JSON),
+``reliability.png`` (one curve per scorer, all questions pooled) and ``predictions.jsonl``
+(one line per question and scorer: probabilities, prediction, confidence, answer, source
+row; for a question with identical options also its distinct ``answers`` (option indices)
+and their ``answer_probabilities``).
 
 This module imports only ``argparse`` at load time, so ``smoothalign --help`` stays fast.
 """

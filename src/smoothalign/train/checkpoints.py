@@ -151,7 +151,7 @@ def check_resume_step(folder: Path, step: int, max_steps: int) -> None:
             "that training (its last logging window, the training summary) was never "
             f"written; pass a --max-steps above {step} to go on training from it"
         )
-    sharded = _sharded_launch()
+    sharded = sharded_launch()
     if step == max_steps and sharded:
         raise ValueError(_cannot_finish(folder, step, sharded))
 
@@ -175,7 +175,7 @@ def finishes_without_training(resume: str | None, output_dir: str | Path, max_st
     return folder is not None and checkpoint_step(folder) == max_steps
 
 
-def _sharded_launch() -> str | None:
+def sharded_launch() -> str | None:
     """``FSDP`` or ``DeepSpeed`` when ``accelerate launch`` set one up (it says so in the
     environment of every process, before anything loads), else None."""
     for name in ("FSDP", "DeepSpeed"):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import os
 from collections import defaultdict
 from typing import Any
 
@@ -31,6 +30,7 @@ from smoothalign.calibration import PAIRWISE_BINS, calibration_summary, true_pre
 from smoothalign.kernels import filter_eps_for
 from smoothalign.models.logits import logit_transform
 from smoothalign.train.base_trainer import PairCountedLoss, SmoothingTrainer
+from smoothalign.train.checkpoints import sharded_launch
 from smoothalign.train.config import DPOConfig
 from smoothalign.train.objective import dpo_terms, sequence_logps
 
@@ -40,13 +40,9 @@ def fused_logps_enabled(setting: str, device: torch.device | str) -> bool:
     """``--fused-logps``: ``on``, ``off``, or ``auto`` (on for a CUDA device); off under FSDP
     (launched with an FSDP config: it shards the LM head's weight outside its forward), so
     that the precomputed reference and the policy always take the same path."""
-    if _fsdp_launch():
+    if sharded_launch() == "FSDP":
         return False
     return setting == "on" or (setting == "auto" and torch.device(device).type == "cuda")
-
-
-def _fsdp_launch() -> bool:
-    return os.environ.get("ACCELERATE_USE_FSDP", "false").strip().lower() in ("1", "true", "yes")
 
 
 FUSED_MODEL_TYPES = frozenset(
