@@ -87,7 +87,9 @@ def filter_error(
 ):
     """For each threshold in ``eps_list``, under the kernel's rule (a block is computed when
     some live entry reaches the threshold or it holds a live token's target): a dict with the
-    share of the blocks with a live token that are computed (``blocks``), the filter's own ``dE`` error (``err``) and that
+    share of the blocks with a live token that are computed (``blocks``: also the share of the
+    dense backward's tile products, whatever ``block_n``: a block costs ``block_n·block_v·D``
+    of them, and there are ``N/block_n`` token blocks), the filter's own ``dE`` error (``err``) and that
     error after the kernel's mean-row compensation (``compensated``), and under ``strips``,
     for each of ``shares``, the same for the strip rule (a computed block adds to ``dE`` only
     its rows with an entry ``≥ share·eps`` or their target): the share of the live tokens' ``[token,
@@ -309,7 +311,8 @@ def main(argv=None) -> int:
             for x, r in zip(args.eps_sweep, results, strict=True):
                 print(
                     f"{n}×{d}×{v}, last {k} tokens, filter_eps {x:.3g} (2^{math.log2(x):.1f}): "
-                    f"blocks computed {r['blocks']:.3f}; filter's dE error {r['err']:.2e}, "
+                    f"blocks computed {r['blocks']:.3f} (the share of the dense products, whatever "
+                    f"--block-n); filter's dE error {r['err']:.2e}, "
                     f"compensated {r['compensated']:.2e}",
                     flush=True,
                 )
