@@ -108,6 +108,30 @@ def test_conversational_prompts_use_the_chat_template(tiny):
         load_prompts([{"prompt": [{"role": "user", "content": " "}]}], tok, max_length=64)
 
 
+def test_a_reference_in_the_other_form_than_its_prompt_is_mixed_formats(tiny):
+    """A plain-string reference beside a message-list prompt (or the reverse) mixes the two
+    forms, as a prompt of the other form does: ``mixed_formats``, not a malformed message
+    list; a reference of neither form stays ``wrong_type``."""
+    _, tok = tiny
+    user = [{"role": "user", "content": "hi"}]
+    rows = [
+        {"prompt": user, "reference": "yo"},
+        {"prompt": user, "reference": [{"role": "assistant", "content": "yo"}]},
+    ]
+    report = load_prompts(rows, tok, max_length=64, on_bad_rows="skip")
+    (bad,) = report.bad_rows
+    assert (bad.row, bad.field, bad.code) == (0, "reference", "mixed_formats")
+    assert "a plain string beside a message-list prompt" in bad.reason
+    rows = [
+        {"prompt": "a:", "reference": [{"role": "assistant", "content": "yo"}]},
+        {"prompt": "b:", "reference": 4},
+        {"prompt": "c:", "reference": "R"},
+    ]
+    report = load_prompts(rows, tok, max_length=64, on_bad_rows="skip")
+    assert [(b.row, b.code) for b in report.bad_rows] == [(0, "mixed_formats"), (1, "wrong_type")]
+    assert "a message list beside a plain-text prompt" in report.bad_rows[0].reason
+
+
 def test_a_reference_of_several_replies_trains_the_nll_on_its_replies_only(tiny):
     """A reference of two replies in a row: the NLL term's labels hold the replies' tokens,
     not the generation prompt the template puts before the second (as DPO and SFT mask

@@ -266,12 +266,7 @@ def _check_row(
     reference = ref_ids = ref_spans = None
     truncated = False
     if ref_field is not None:
-        reference = row[ref_field]
-        if isinstance(prompt, str):
-            if not isinstance(reference, str):
-                raise _Bad(ref_field, "wrong_type", "expected a string, like the prompt")
-        else:
-            reference = _messages(ref_field, reference, roles=("assistant",))
+        reference = _reference_in_prompt_form(ref_field, row[ref_field], prompt)
         if isinstance(reference, str) and is_blank(reference):
             raise _Bad(ref_field, "empty_response", "empty reference response")
         if not isinstance(reference, str) and (
@@ -312,6 +307,26 @@ def _check_row(
         reference_truncated=truncated,
         metadata=meta,
     )
+
+
+def _reference_in_prompt_form(name: str, reference: Any, prompt: Any) -> Any:
+    """The reference of field ``name``, checked to be in the prompt's form: a string beside
+    a plain-text prompt, assistant messages beside a message list. A reference of the other
+    form is ``mixed_formats``, as a prompt of the other form is: each is well formed on its
+    own, the row mixes the two (a message list's checks would call a string malformed)."""
+    if isinstance(prompt, str):
+        if isinstance(reference, str):
+            return reference
+        if isinstance(reference, list | tuple):
+            raise _Bad(
+                name, "mixed_formats", "a message list beside a plain-text prompt (use one form)"
+            )
+        raise _Bad(name, "wrong_type", f"expected a string, got {type(reference).__name__}")
+    if isinstance(reference, str):
+        raise _Bad(
+            name, "mixed_formats", "a plain string beside a message-list prompt (use one form)"
+        )
+    return _messages(name, reference, roles=("assistant",))
 
 
 # ------------------------------------------------------------------------------ generation
