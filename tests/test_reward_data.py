@@ -303,6 +303,37 @@ def test_a_response_with_user_turns_is_scored_as_its_whole_text(tok):
     assert "QUESTION" in tok.decode(ids)
 
 
+def test_identical_after_truncation_compares_the_whole_text_a_reward_model_reads(tok):
+    """Cut by max_length inside a user turn after the first reply: the replies left are the
+    same, so DPO (which scores them alone) counts the pair as identical, but a reward model
+    reads the user turn too, which still tells the two apart where it differs."""
+    from smoothalign.data import validate_preference_rows
+
+    def conv(i: int, user_turns: tuple[str, str]) -> dict:
+        prompt = [{"role": "user", "content": "q"}]
+        reply = [{"role": "assistant", "content": "ok"}]
+        return {
+            "pair_id": i,
+            "prompt": prompt,
+            **{
+                name: [*reply, {"role": "user", "content": u}, {"role": "assistant", "content": a}]
+                for name, u, a in (("chosen", user_turns[0], "a"), ("rejected", user_turns[1], "b"))
+            },
+            "p_chosen": 0.7,
+        }
+
+    differ, same = conv(0, ("one two three", "four five six")), conv(1, ("same", "same"))
+    text = tok.apply_chat_template(differ["prompt"] + differ["chosen"][:1], tokenize=False)
+    text += "<|user|>\nsam"  # the cut: 3 characters into the user turn
+    n = len(tok(text, add_special_tokens=False)["input_ids"])
+    dpo = validate_preference_rows([differ, same], tok, n)
+    assert dpo.n_identical_after_truncation == 2
+    reward = validate_reward_rows([differ, same], tok, n)
+    assert reward.text.n_identical_after_truncation == 1  # the pair whose user turns agree
+    cut = [tok.decode(e.pair.chosen_ids + e.pair.rejected_ids[-3:]) for e in reward.examples]
+    assert [c[-6:] for c in cut] == ["onefou", "samsam"]
+
+
 # ------------------------------------------------------------- the oracle world
 def test_simulated_annotators_are_binomial():
     rng = np.random.default_rng(0)

@@ -141,8 +141,10 @@ class ValidationReport(TokenizedRowsReport):
         max_length: the token budget per sequence (prompt + response).
         n_truncated_chosen / n_truncated_rejected: kept responses cut from the end to fit.
         n_identical_after_truncation: kept pairs whose chosen and rejected scored tokens
-            (``collate.scored_ids``: up to their last reply's) became identical after
-            truncation (their DPO margin is always 0: they teach DPO nothing).
+            became identical after truncation (their margin is always 0: they teach
+            nothing). DPO's are ``collate.scored_ids`` (up to the last reply's); a reward
+            model's (``whole_text``) are the whole sequences, which a user turn left in the
+            cut still tells apart.
         n_implicit_prompt: conversational rows whose prompt was taken as the common prefix
             of ``chosen`` and ``rejected`` (no ``prompt`` column).
         n_with_confidence: kept rows that carry a ``confidence``.

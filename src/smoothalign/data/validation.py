@@ -39,6 +39,7 @@ majority format of its rows; rows of the other format are bad (``mixed_formats``
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
@@ -159,6 +160,7 @@ def validate_preference_rows(
     *,
     require_confidence: bool = False,
     held_out: bool = False,
+    whole_text: bool = False,
 ) -> ValidationReport:
     """Validate and tokenise preference rows.
 
@@ -174,6 +176,10 @@ def validate_preference_rows(
             smoothing policies read it from every row).
         held_out: the rows are a held-out set (``--eval-data``): a ``split`` column is not
             read, so it is not checked either (the training data's must say train or eval).
+        whole_text: the pairs are for a consumer that reads each sequence's every token (a
+            reward model), not the assistant turns' log-prob alone (DPO): a pair counts in
+            ``n_identical_after_truncation`` only where its truncated token sequences are
+            the same, a user turn that still tells them apart being read too.
 
     Returns:
         A ``ValidationReport`` whose ``examples`` are the kept rows as ``TokenizedPair`` s,
@@ -193,14 +199,17 @@ def validate_preference_rows(
         kind_fields=("chosen", "rejected", "prompt"),
         eos_use="appended to every response so the policy learns to stop",
         report_type=ValidationReport,
-        process_row=_process_row_with_confidence if require_confidence else _process_row,
+        process_row=functools.partial(
+            _process_row_with_confidence if require_confidence else _process_row,
+            whole_text=whole_text,
+        ),
         progress=True,
         check_split=not held_out,
     )
 
 
-def _process_row_with_confidence(index, row, *args) -> TokenizedPair:
-    pair = _process_row(index, row, *args)
+def _process_row_with_confidence(index, row, *args, **kwargs) -> TokenizedPair:
+    pair = _process_row(index, row, *args, **kwargs)
     if pair.confidence is None:
         raise _Bad(
             "confidence",
@@ -329,6 +338,8 @@ def _process_row(
     tokenizer: Any,
     max_length: int,
     report: ValidationReport,
+    *,
+    whole_text: bool = False,
 ) -> TokenizedPair:
     prompt, chosen, rejected, implicit = _check_texts(row, kind, kind_note)
     confidence = _check_confidence(row.get("confidence"))
@@ -388,9 +399,12 @@ def _process_row(
         report.n_ref_logps_dropped += 1
     report.n_truncated_chosen += chosen_cut
     report.n_truncated_rejected += rejected_cut
-    report.n_identical_after_truncation += scored_ids(chosen_ids, chosen_spans) == scored_ids(
-        rejected_ids, rejected_spans
-    )
+    if whole_text:  # a reward model reads every token: a user turn after the replies too
+        report.n_identical_after_truncation += chosen_ids == rejected_ids
+    else:
+        report.n_identical_after_truncation += scored_ids(chosen_ids, chosen_spans) == scored_ids(
+            rejected_ids, rejected_spans
+        )
     report.n_implicit_prompt += implicit
     report.n_with_confidence += confidence is not None
     return TokenizedPair(

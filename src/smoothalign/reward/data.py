@@ -416,7 +416,7 @@ def validate_reward_rows(
     if kept_rows:
         try:
             text_report = validate_preference_rows(
-                kept_rows, tokenizer, max_length, "skip", held_out=held_out
+                kept_rows, tokenizer, max_length, "skip", held_out=held_out, whole_text=True
             )
         except ValueError as e:
             if not bad:
