@@ -167,6 +167,29 @@ class _Steps(TrainerCallback):
         self.taken += 1
 
 
+class _Events(TrainerCallback):
+    """The training events a run's callbacks hear: (event, step, model and tokenizer given)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int, bool]] = []
+
+    def _note(self, event, state, kwargs) -> None:
+        given = kwargs.get("model") is not None and kwargs.get("processing_class") is not None
+        self.seen.append((event, state.global_step, given))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._note("on_train_begin", state, kwargs)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._note("on_train_end", state, kwargs)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._note("on_step_end", state, kwargs)
+
+    def on_log(self, args, state, control, **kwargs):
+        self._note("on_log", state, kwargs)
+
+
 def test_resume_at_max_steps_finishes_a_lora_run_without_training(data, tmp_path):
     """A LoRA run that a crash stopped after its last checkpoint (at --max-steps), before its
     results: --resume latest loads the checkpoint's adapter, trains no step, and writes the
@@ -181,9 +204,12 @@ def test_resume_at_max_steps_finishes_a_lora_run_without_training(data, tmp_path
     (out / ".final.partial" / "model.safetensors").write_text("cut short")
     (out / "eval_results.json").unlink()
 
-    steps = _Steps()
-    result = run_sft(_config(data, out, resume="latest", **kw), callbacks=[steps])
+    steps, events = _Steps(), _Events()
+    result = run_sft(_config(data, out, resume="latest", **kw), callbacks=[steps, events])
     assert steps.taken == 0 and result.trainer.state.global_step == 3
+    # the callbacks hear training begin and end, at the checkpoint's step, as after train()
+    assert events.seen[:2] == [("on_train_begin", 3, True), ("on_train_end", 3, True)]
+    assert {e[0] for e in events.seen[2:]} == {"on_log"}  # the after-training evaluation
     assert not (out / ".final.partial").exists()
     adapter = load_file(out / "final" / "adapter" / "adapter_model.safetensors")
     saved = load_file(out / "checkpoint-3" / "adapter_model.safetensors")

@@ -205,7 +205,12 @@ def load_finished_checkpoint(trainer, folder: Path) -> None:
     samples from its own seed).
     The weights load through Trainer's own ``_load_from_checkpoint`` (as ``train`` loads
     them: a full model, a sharded one or a LoRA adapter), which needs a model that
-    FSDP / DeepSpeed have not wrapped: those are refused."""
+    FSDP / DeepSpeed have not wrapped: those are refused.
+    The callbacks are told that training began and ended, with no step between, as
+    ``train`` tells them (its arguments, the state at the checkpoint's step, the model and
+    tokenizer; no optimizer nor dataloader: none is made): Trainer's contract pairs the two
+    events, and a callback that opens a logger or a progress bar at the first closes it at
+    the second."""
     # prepare_output_dir refuses them before the model loads, from what the launch says
     for sharded, on in (
         ("FSDP", trainer.is_fsdp_enabled),
@@ -227,6 +232,8 @@ def load_finished_checkpoint(trainer, folder: Path) -> None:
     trainer.state.init_training_references(
         trainer, trainer.args.max_steps, trainer.state.num_train_epochs, None
     )
+    for event in (trainer.callback_handler.on_train_begin, trainer.callback_handler.on_train_end):
+        trainer.control = event(trainer.args, trainer.state, trainer.control)
 
 
 def checkpoint_step(folder: str | Path) -> int | None:
