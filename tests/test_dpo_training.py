@@ -485,6 +485,36 @@ def test_logged_metrics_cover_every_pair_at_the_end_of_an_epoch(tmp_path):
     assert sum(step3["cals/alpha_hist"]) == 10
 
 
+def test_the_logged_loss_is_the_mean_over_the_windows_pairs(tmp_path, monkeypatch):
+    """10 pairs in batches of 4: steps of 4, 4 and 2 pairs in one logging window. Its
+    ``loss`` (and the run's ``train_loss``) is the mean over the window's 10 pairs, as the
+    other logged values are, not Trainer's mean of the 3 per-step means (which weighs the
+    short step's pairs twice)."""
+    from smoothalign.train.trainer import SmoothDPOTrainer
+
+    steps: list[tuple[float, int]] = []  # (the step's loss: its pairs' mean, its pairs)
+    training_step = SmoothDPOTrainer.training_step
+
+    def recorded(self, model, inputs, num_items_in_batch=None):
+        loss = training_step(self, model, inputs, num_items_in_batch)
+        steps.append((float(loss), int(inputs["index"].numel())))
+        return loss
+
+    monkeypatch.setattr(SmoothDPOTrainer, "training_step", recorded)
+    data = write_jsonl(synthetic_rows(10, seed=2), tmp_path / "ten.jsonl")
+    out = tmp_path / "run"
+    kw = dict(smoothing="none", batch_size=4, max_steps=3, logging_steps=3, learning_rate=1e-2)
+    run_dpo(_config(data, out, eval_data=str(data), **kw))
+    assert [n for _, n in steps] == [4, 4, 2]
+    pooled = math.fsum(loss * n for loss, n in steps) / 10
+    of_means = math.fsum(loss for loss, _ in steps) / 3
+    assert abs(pooled - of_means) > 1e-4  # the short step's pairs weigh differently
+    (window,) = [r for r in _records(out) if r["split"] == "train"]
+    (summary,) = [r for r in _records(out) if "train_loss" in r]
+    assert window["loss"] == pytest.approx(pooled, rel=1e-6)
+    assert summary["train_loss"] == pytest.approx(pooled, rel=1e-6)
+
+
 def test_data_split_values_other_than_train_and_eval_are_refused(tmp_path):
     rows = synthetic_rows(8, seed=1)
     for i, r in enumerate(rows):

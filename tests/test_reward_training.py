@@ -256,6 +256,44 @@ def test_gradient_accumulation_matches_the_large_batch(tmp_path, loss):
     assert len(norms[0]) == 2 and norms[0] == pytest.approx(norms[1], rel=1e-4)
 
 
+@pytest.mark.parametrize(("loss", "center_weight"), [("bt", 0.0), ("soft-bce", 0.5)])
+def test_the_logged_loss_is_the_mean_over_the_windows_pairs(
+    tmp_path, monkeypatch, loss, center_weight
+):
+    """A window of 3 steps whose last is an epoch's short one: its ``loss`` (and the run's
+    ``train_loss``) is the mean over the window's weighted pairs (bt: the decided votes;
+    the centering term over every pair), not Trainer's mean of the per-step means."""
+    import math
+
+    from smoothalign.reward.trainer import RewardTrainer
+
+    steps: list[tuple[float, int]] = []  # (the step's loss, the pairs it is a mean over)
+    training_step = RewardTrainer.training_step
+
+    def recorded(self, model, inputs, num_items_in_batch=None):
+        value = training_step(self, model, inputs, num_items_in_batch)
+        steps.append((float(value), int(self._items_in(inputs))))
+        return value
+
+    monkeypatch.setattr(RewardTrainer, "training_step", recorded)
+    out = tmp_path / "r"
+    kw = dict(
+        oracle_pairs=12, batch_size=4, max_steps=3, logging_steps=3, eval_steps=0, report=False
+    )
+    # 2 annotators: tied votes, which bt gives no weight
+    run_reward(_small(out, loss=loss, center_weight=center_weight, annotators=2, **kw))
+    counts = [n for _, n in steps]
+    assert len(set(counts)) > 1  # steps of different weights in the window
+    pooled = math.fsum(v * n for v, n in steps) / sum(counts)
+    of_means = math.fsum(v for v, _ in steps) / 3
+    assert abs(pooled - of_means) > 1e-5
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    (window,) = [r for r in records if r["split"] == "train"]
+    (summary,) = [r for r in records if "train_loss" in r]
+    assert window["loss"] == pytest.approx(pooled, rel=1e-6)
+    assert summary["train_loss"] == pytest.approx(pooled, rel=1e-6)
+
+
 def test_cals_bins_count_only_decided_votes(tmp_path, monkeypatch):
     """A tied vote (p = ½) says nothing about which response wins: CALS's bins get the
     margins of the decided pairs only (``bt`` gives a tie weight 0 as well)."""

@@ -101,6 +101,11 @@ class RewardTrainer(PairCountedLoss, SmoothingTrainer):
             loss = loss + cfg.center_weight * ((r1 + r2) ** 2).mean() / scale
         if training:  # evaluation goes through reward_forecasts / evaluate instead
             self._record("train", terms, r1.detach(), r2.detach(), p)
+            loss_terms = {"pairs": (weighted.sum(), terms.weights.sum())}
+            if cfg.center_weight:  # its mean is over every pair, tied votes included
+                n = torch.tensor(float(p.numel()))
+                loss_terms["centering"] = (cfg.center_weight * terms.centering.sum(), n)
+            self.record_loss(**loss_terms)
         if return_outputs:
             return loss, {"margins": terms.margins.detach(), "alpha": terms.alpha}
         return loss

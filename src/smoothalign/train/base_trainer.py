@@ -184,9 +184,61 @@ class PairCountedLoss:
     by that count (times the number of processes, which DDP's gradient averaging divides by).
     Without a count (evaluation, or ``training_step`` called directly) it is the mean,
     divided by the accumulation steps when training.
+
+    The logged ``loss`` is pooled alike: each training micro-batch buffers its loss terms as
+    sums and counts (:meth:`record_loss`), and a window's ``loss`` is the sum over terms of
+    the window's sum over its count (every step, micro-batch and rank), which replaces
+    Trainer's mean of the window's per-step means: those weigh the pairs of a short step (an
+    epoch's last) more, while the other logged values (``record``) pool the window's pairs.
+    So is the end-of-run ``train_loss``, over the steps this ``train()`` call took (those
+    Trainer's covers). A window whose pooled loss is not finite keeps Trainer's, which its
+    NaN/inf filter may have cleaned. The end's last partial window (after the last logging
+    step) gets no ``loss``, as from Trainer, but counts in ``train_loss``.
     """
 
     loss_is_scaled_for_ga = True  # per_pair_loss does the scaling
+    _window_loss: float | None = None  # the pooled loss of the window being logged
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._run_loss: dict[str, list[float]] = {}  # per term: [sum, count] of this train()
+
+    def train(self, *args: Any, **kwargs: Any):
+        self._run_loss = {}  # train_loss: this call's steps, as Trainer's (after a resume:
+        return super().train(*args, **kwargs)  # those since)
+
+    def record_loss(self, **terms: tuple[Tensor, Tensor]) -> None:
+        """Buffer a training micro-batch's loss as terms ``name=(sum, count)``: the logged
+        loss is ``Σ_terms sum / count``, each pooled over the window (a count of 0: 1, as
+        :meth:`per_pair_loss` clamps it)."""
+        for name, (total, count) in terms.items():
+            self.record("train", {f"_loss/{name}/sum": total, f"_loss/{name}/count": count})
+
+    def _gathered(self, split: str) -> dict[str, np.ndarray]:
+        out = super()._gathered(split)
+        names = sorted({k.split("/")[1] for k in out if k.startswith("_loss/")})
+        window = 0.0
+        for name in names:
+            total = float(out.pop(f"_loss/{name}/sum").astype(np.float64).sum())
+            count = float(out.pop(f"_loss/{name}/count").astype(np.float64).sum())
+            window += total / max(count, 1.0)
+            run = self._run_loss.setdefault(name, [0.0, 0.0])
+            run[0], run[1] = run[0] + total, run[1] + count
+        if names:
+            self._window_loss = window
+        return out
+
+    def _summarised(self, split: str, logs: dict[str, Any]) -> dict[str, Any]:
+        self._window_loss = None
+        extra = super()._summarised(split, logs)
+        window = self._window_loss
+        if "loss" in logs and window is not None and math.isfinite(window):
+            logs["loss"] = window  # a window Trainer logged (not the end's last partial one)
+        if split == "summary" and "train_loss" in logs and self._run_loss:
+            value = sum(total / max(count, 1.0) for total, count in self._run_loss.values())
+            if math.isfinite(value):
+                logs["train_loss"] = value
+        return extra
 
     def _items_in(self, batch: dict[str, Any]) -> Tensor:  # pragma: no cover - overridden
         raise NotImplementedError

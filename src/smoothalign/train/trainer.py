@@ -303,6 +303,8 @@ class SmoothDPOTrainer(PairCountedLoss, SmoothingTrainer):
         loss = self.per_pair_loss(
             terms.losses.sum(), terms.losses.mean(), num_items_in_batch, training
         )
+        if training:
+            self.record_loss(pairs=(terms.losses.sum(), torch.tensor(float(terms.losses.numel()))))
         self._record("train" if training else "eval", terms, chosen.detach(), rejected.detach())
         if return_outputs:
             return loss, {"margins": terms.margins.detach(), "alpha": terms.alpha}
