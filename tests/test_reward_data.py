@@ -334,6 +334,26 @@ def test_identical_after_truncation_compares_the_whole_text_a_reward_model_reads
     assert [c[-6:] for c in cut] == ["onefou", "samsam"]
 
 
+def test_replies_alike_up_to_a_later_user_turn_are_refused_for_reward_data_as_such(tok):
+    """Reward data refuses a pair alike in its replies, different in a user turn after the
+    last, as DPO data does (on purpose: reward/data.py); but its reason must not say those
+    turns are not scored: a reward model reads them."""
+    prompt = [{"role": "user", "content": "q"}]
+    row = {
+        "pair_id": 0,
+        "prompt": prompt,
+        "chosen": [{"role": "assistant", "content": "ok"}, {"role": "user", "content": "thanks"}],
+        "rejected": [{"role": "assistant", "content": "ok"}, {"role": "user", "content": "no"}],
+        "p_chosen": 0.7,
+    }
+    fine = {**row, "pair_id": 1, "rejected": [{"role": "assistant", "content": "nope"}]}
+    report = validate_reward_rows([row, fine], tok, 256, on_bad_rows="skip")
+    (bad,) = report.bad_rows
+    assert (bad.row, bad.field, bad.code) == (0, "rejected", "identical_responses")
+    assert "which a reward model reads" in bad.reason
+    assert "not scored" not in bad.reason
+
+
 # ------------------------------------------------------------- the oracle world
 def test_simulated_annotators_are_binomial():
     rng = np.random.default_rng(0)

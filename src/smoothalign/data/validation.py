@@ -370,13 +370,20 @@ def _process_row(
             raise _Bad(name, "empty_response", "empty response (no tokens after the prompt)")
         _refuse_unscored(name, ids, spans, "")
     if scored_ids(chosen_ids, chosen_spans) == scored_ids(rejected_ids, rejected_spans):
-        # different texts, same scored tokens: the margin is always 0
+        # different texts, same scored tokens: the margin is always 0 (reward data is
+        # refused alike, on purpose: reward/data.py says why)
+        after = (
+            "which a reward model reads, but a preference between the same replies is "
+            "about what came after them, not about the replies it scores"
+            if whole_text
+            else "which are not scored"
+        )
         raise _Bad(
             "rejected",
             "identical_responses",
-            "scores the same tokens as 'chosen' (the tokenizer or chat template erases "
-            "their difference, or they differ only in turns after the last reply, which "
-            "are not scored)",
+            "scores the same tokens as 'chosen' (the tokenizer or chat template "
+            "erases their difference, or they differ only in turns after the last reply, "
+            f"{after})",
         )
     chosen_ids, chosen_cut = fit_response(chosen_ids, len(prompt_ids), max_length)
     rejected_ids, rejected_cut = fit_response(rejected_ids, len(prompt_ids), max_length)
