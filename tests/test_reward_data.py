@@ -74,7 +74,11 @@ def test_every_label_form_gives_the_probability_that_chosen_wins(tok):
         ({"votes": np.array([[1, 0], [1, 1]])}, "votes", "each vote must be 0 or 1"),
         ({"p_chosen": 0.5, "votes_chosen": 3, "votes_total": 4}, "votes_chosen", "0.75"),
         ({"votes": [1, 1], "votes_chosen": 1, "votes_total": 2}, "votes", "2 of 2 votes"),
-        ({"p_chosen": None}, "p_chosen", "no soft label"),
+        (
+            {"p_chosen": None},
+            "p_chosen",
+            "hard-labelled pairs, whose chosen always wins: p_chosen = 1",
+        ),
     ],
 )
 def test_bad_labels_raise_a_value_error_naming_row_and_field(tok, label, field, words):

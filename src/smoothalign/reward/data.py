@@ -197,7 +197,8 @@ def soft_label(row: Mapping[str, Any]) -> tuple[float, int | None, int | None]:
         raise _Bad(
             "p_chosen",
             "missing_label",
-            "no soft label: give p_chosen, votes_chosen + votes_total, or votes",
+            "no soft label: give p_chosen, votes_chosen + votes_total, or votes "
+            "(for hard-labelled pairs, whose chosen always wins: p_chosen = 1)",
         )
     shares: list[tuple[str, float]] = []
     chosen = total = None
