@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import socket
+import warnings
 
 import datasets
 import pyarrow as pa
@@ -737,6 +738,35 @@ def test_special_token_strings_inside_messages_make_a_bad_row(tok):
     assert EOS in report.bad_rows[0].reason and len(report.examples) == 1
     plain = [{"prompt": f"{BOS}Q", "chosen": f"yes{EOS}", "rejected": "no"}]
     assert not validate_preference_rows(plain, tok, 64).bad_rows
+
+
+def test_special_token_strings_in_plain_text_are_kept_counted_and_warned_about(tok):
+    """Plain text is tokenised as the tokenizer reads it (a pre-rendered chat template keeps
+    its special tokens), so a special-token string there is not a bad row; but a turn marker
+    or EOS inside a response is read as that token, so every such field is listed (row and
+    field), counted in the report and said in a warning. A leading BOS in the prompt and a
+    trailing EOS in a response are the documented use and are not listed."""
+    rows = [
+        {"prompt": f"{BOS}Q", "chosen": f"yes{EOS}", "rejected": "no"},
+        {"prompt": "Q", "chosen": f"fine{EOS}<|user|>obey", "rejected": "no"},
+        {"prompt": "<|user|>Q<|assistant|>", "chosen": "a", "rejected": "b"},
+    ]
+    with pytest.warns(UserWarning, match="2 kept plain-text fields hold special-token strings"):
+        report = validate_preference_rows(rows, tok, 64)
+    assert not report.bad_rows and len(report.examples) == 3
+    assert report.special_text == [
+        f"row 1, field 'chosen': '{EOS}', '<|user|>'",
+        "row 2, field 'prompt': '<|assistant|>', '<|user|>'",
+    ]
+    chosen = report.examples[1].chosen_ids
+    assert EOS_ID in chosen[:-1] and USER_ID in chosen  # read as the tokens themselves
+    d = report.to_dict()
+    assert d["n_special_text"] == 2 and d["special_text"] == report.special_text
+    assert "**warning**: 2 kept plain-text fields" in report.to_markdown()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clean = validate_preference_rows(rows[:1], tok, 64)
+    assert clean.special_text == [] and "special-token" not in clean.to_markdown()
 
 
 @pytest.mark.skipif(

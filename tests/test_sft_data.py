@@ -43,6 +43,23 @@ def test_special_token_strings_inside_messages_make_a_bad_row():
     assert len(report.examples) == 1
 
 
+def test_special_token_strings_in_plain_sft_text_are_listed_and_warned_about():
+    """An EOS inside a plain completion or text row is read as the EOS token (SFT would
+    teach the model to stop there): kept, as plain text keeps a pre-rendered template's
+    tokens, but listed by row and field and warned about; a trailing EOS and a text's
+    leading BOS are the documented use."""
+    rows = [
+        {"prompt": "Q", "completion": "a<eos> and more"},
+        {"text": "<bos>all of it<eos>"},
+        {"prompt": "Q", "completion": "fine<eos>"},
+    ]
+    with pytest.warns(UserWarning, match="SFT data: 1 kept plain-text fields"):
+        report = _one(rows)
+    assert report.special_text == ["row 0, field 'completion': '<eos>'"]
+    assert EOS in report.examples[0].input_ids[:-1]
+    assert report.to_dict()["n_special_text"] == 1
+
+
 def test_plain_prompt_completion_masks_the_prompt():
     report = _one([{"prompt": "Q: 2+2?", "completion": " 4"}])
     ex = report.examples[0]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from smoothalign.data.loading import location
@@ -95,6 +95,9 @@ class TokenizedRowsReport(RowReport):
 
     kind: str  # "plain" | "conversational": the data set's format
     max_length: int  # the token budget per sequence
+    # plain text read as special tokens (a kept row's field holding a special-token string
+    # other than a leading BOS or a trailing EOS): each "row N, field 'x': '<|im_end|>'"
+    special_text: list[str] = field(default_factory=list)
 
     title: ClassVar[str] = "Data"
     details: ClassVar[str] = "validation.json"  # where the bad rows past max_listed are
@@ -105,6 +108,18 @@ class TokenizedRowsReport(RowReport):
     def _summary_lines(self) -> list[str]:
         return []
 
+    def special_text_warning(self) -> str | None:
+        """What :attr:`special_text` means for training, or ``None`` without any."""
+        if not self.special_text:
+            return None
+        return (
+            f"{len(self.special_text)} kept plain-text fields hold special-token strings, "
+            f"which the tokenizer reads as those tokens (first: {self.special_text[0]}). A "
+            "pre-rendered chat template is meant so; a turn marker or an EOS inside a "
+            "response teaches the model to end its turn there. Give the rows as message "
+            "lists to have such text refused, or remove it"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready counts and every bad row (the kept examples are not included)."""
         return {
@@ -112,6 +127,8 @@ class TokenizedRowsReport(RowReport):
             "max_length": self.max_length,
             **self.row_counts(),
             **self._counts(),
+            "n_special_text": len(self.special_text),
+            "special_text": list(self.special_text),
             "bad_row_counts": self.bad_row_counts(),
             "bad_rows": [b.to_dict() for b in self.bad_rows],
         }
@@ -124,8 +141,11 @@ class TokenizedRowsReport(RowReport):
             f"- format: {self.kind}; max_length {self.max_length} tokens",
             f"- rows: {self.n_rows} read, {self.n_kept} kept, {self.n_skipped} skipped",
             *self._summary_lines(),
-            *self.bad_rows_markdown(max_listed, self.details),
         ]
+        warning = self.special_text_warning()
+        if warning is not None:
+            lines.append(f"- **warning**: {warning} (all listed in {self.details})")
+        lines += self.bad_rows_markdown(max_listed, self.details)
         return "\n".join(lines) + "\n"
 
 

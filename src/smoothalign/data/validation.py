@@ -43,6 +43,7 @@ import functools
 import math
 import numbers
 import os
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
@@ -55,6 +56,7 @@ from smoothalign.data.loading import (
     ROW_KEY,
     PreferenceSource,
     load_preference_rows,
+    location,
     not_an_object,
 )
 from smoothalign.data.report import (
@@ -69,6 +71,7 @@ from smoothalign.data.tokenization import (
     Spans,
     TokenizedPair,
     fit_response,
+    special_token_strings,
     tokenize_responses,
 )
 
@@ -272,6 +275,9 @@ def validate_rows(
     else:
         rows_seen = rows
     split_column = check_split and has_split_column(rows)
+    # plain text is tokenised as the tokenizer reads it (a pre-rendered chat template keeps
+    # its special tokens), so special-token strings there are counted, not refused
+    specials = special_token_strings(tokenizer) if kind == "plain" else []
     for index, row in enumerate(rows_seen):
         try:
             require_object(row)
@@ -282,11 +288,39 @@ def validate_rows(
             )
         except (BadRowError, RowTokenizationError) as bad:
             report.bad_rows.append(bad_row(index, row, bad))
+            continue
+        if specials:
+            report.special_text += _special_text(index, row, kind_fields, specials, tokenizer)
+    if report.special_text:
+        warnings.warn(f"{what} data: {report.special_text_warning()}", stacklevel=3)
 
     if report.bad_rows and (on_bad_rows == "error" or not report.examples):
         prefix = "" if report.examples else f"no valid {what} row is left. "
         raise ValueError(prefix + format_bad_rows(report.bad_rows, len(rows), what=f"{what} rows"))
     return report
+
+
+def _special_text(
+    index: int, row: Mapping[str, Any], fields: Sequence[str], specials: list[str], tokenizer: Any
+) -> list[str]:
+    """``"row N, field 'x': '<s>'"`` for each of ``fields`` of a plain row whose text holds a
+    special-token string, other than the BOS string the text may start with and the EOS
+    string it may end with (the tokenisation takes those as the BOS / EOS it adds)."""
+    bos, eos = getattr(tokenizer, "bos_token", None), getattr(tokenizer, "eos_token", None)
+    where = location(row.get(FILE_KEY), row.get(ROW_KEY, index))
+    found = []
+    for name in fields:
+        text = row.get(name)
+        if not isinstance(text, str):
+            continue
+        if bos and text.startswith(bos):
+            text = text[len(bos) :]
+        if eos and text.endswith(eos):
+            text = text[: -len(eos)]
+        hits = [s for s in specials if s in text]
+        if hits:
+            found.append(f"{where}, field '{name}': {', '.join(map(repr, hits))}")
+    return found
 
 
 def data_kind(rows: Sequence[Any], fields: Sequence[str]) -> tuple[str, str]:
