@@ -409,7 +409,13 @@ TOO_LONG = "x" * 40  # max_length below is 32
 BAD_PLAIN = [
     ({"prompt": "p", "rejected": "r"}, "chosen", "missing_field", "missing"),
     ({"chosen": "c", "rejected": "r"}, "prompt", "missing_field", "missing"),
-    (plain_row(chosen=None), "chosen", "missing_field", "missing"),
+    (plain_row(chosen=None), "chosen", "missing_field", "'chosen': null"),
+    (  # a typo'd column is named (the other columns are kept as metadata)
+        {"prompt": "p", "choosen": "c", "rejected": "r", "source": "s"},
+        "chosen",
+        "missing_field",
+        "'chosen': missing (did you mean 'chosen'? the row has 'choosen')",
+    ),
     (plain_row(chosen=4), "chosen", "wrong_type", "expected a string, got int"),
     (plain_row(prompt={"text": "p"}), "prompt", "wrong_type", "expected a string, got dict"),
     (plain_row(rejected=""), "rejected", "empty_response", "empty response"),

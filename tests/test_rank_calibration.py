@@ -90,6 +90,12 @@ def test_prompts_take_the_reference_column_in_order_and_name_bad_rows(tmp_path, 
     assert [b.code for b in kept.bad_rows] == ["empty_prompt", "not_a_mapping"]
     with pytest.raises(ValueError, match="row 0, field 'prompt': 9 tokens leave no room"):
         load_prompts([{"prompt": "x" * 8}], tok, max_length=9)
+    rows = [{"promt": "a:", "reference": "R"}, {"prompt": None}, {"prompt": "b:"}]
+    report = load_prompts(rows, tok, max_length=32, on_bad_rows="skip")
+    assert [b.reason for b in report.bad_rows] == [
+        "missing (did you mean 'prompt'? the row has 'promt')",
+        "null",
+    ]
 
 
 def test_conversational_prompts_use_the_chat_template(tiny):

@@ -416,6 +416,8 @@ BAD_ROWS = [
     ({"prompt": "p"}, "completion", "missing_field"),
     ({"completion": "c"}, "prompt", "missing_field"),
     ({"body": "no known field"}, "prompt", "missing_field"),
+    ({"prompt": "p", "completoin": "c"}, "completion", "missing_field"),
+    ({"prompt": None, "completion": "c"}, "prompt", "missing_field"),
     ({"prompt": "p", "completion": 3}, "completion", "wrong_type"),
     ({"prompt": "p", "completion": "c", "messages": []}, "messages", "ambiguous_format"),
     (["not", "a", "dict"], None, "not_a_mapping"),
@@ -427,7 +429,7 @@ def test_bad_rows_are_reported_by_row_and_field():
     with pytest.raises(ValueError) as err:
         _one(rows)
     message = str(err.value)
-    assert "8 of 9 SFT rows are invalid" in message
+    assert "10 of 11 SFT rows are invalid" in message
     assert "row 1, field 'completion': empty completion" in message
     report = _one(rows, on_bad_rows="skip")
     assert [e.index for e in report.examples] == [0]
@@ -435,6 +437,9 @@ def test_bad_rows_are_reported_by_row_and_field():
     want = [(i, f, c) for i, (_, f, c) in enumerate(BAD_ROWS) if c is not None]
     assert got == want
     assert "row 1, field 'completion'" in report.to_markdown()
+    reasons = {b.row: b.reason for b in report.bad_rows}
+    assert reasons[6].startswith("missing (did you mean 'completion'? the row has 'completoin')")
+    assert reasons[7].startswith("null (")
     assert report.to_dict()["bad_row_counts"]["empty_completion"] == 2
 
 

@@ -39,13 +39,14 @@ majority format of its rows; rows of the other format are bad (``mixed_formats``
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 import numbers
 import os
 import warnings
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from tqdm.auto import tqdm
@@ -131,6 +132,19 @@ def require_split(row: Mapping[str, Any]) -> None:
         raise BadRowError(
             "split", "bad_split", f"{value!r}; every row's split must be 'train' or 'eval'"
         )
+
+
+def missing_reason(row: Mapping[str, Any], name: str, known: Collection[str] = ()) -> str:
+    """Why the required field ``name`` has no value in ``row``: ``null`` where the key holds
+    a JSON null, else ``missing``, naming the row's key closest to ``name`` among those that
+    are not ``known`` fields (a typo such as ``choosen``), where one is close."""
+    if name in row:
+        return "null"
+    unknown = [k for k in row if isinstance(k, str) and k != name and k not in known]
+    close = difflib.get_close_matches(name, unknown, n=1, cutoff=0.75)
+    if close:
+        return f"missing (did you mean {name!r}? the row has {close[0]!r})"
+    return "missing"
 
 
 def require_object(row: Any) -> None:
@@ -492,7 +506,7 @@ def _check_texts(row: Mapping[str, Any], kind: str, kind_note: str) -> tuple[Any
                 if name == "prompt"
                 else ""
             )
-            raise _Bad(name, "missing_field", f"missing{hint}")
+            raise _Bad(name, "missing_field", missing_reason(row, name, RESERVED) + hint)
         check_type(name, value, kind, kind_note)
 
     if not conversational:

@@ -60,6 +60,7 @@ from smoothalign.data.validation import (
     blank_reply_reason,
     has_split_column,
     is_blank,
+    missing_reason,
     require_object,
     require_split,
 )
@@ -237,7 +238,8 @@ def _check_row(
 ) -> PromptExample:
     prompt = row.get("prompt")
     if prompt is None:
-        raise _Bad("prompt", "missing_field", "missing")
+        known = ("split", ROW_KEY, FILE_KEY, *REFERENCE_FIELDS, "rejected")
+        raise _Bad("prompt", "missing_field", missing_reason(row, "prompt", known))
     if isinstance(prompt, str) != (kind == "plain") and isinstance(prompt, str | list):
         found = "a plain string" if isinstance(prompt, str) else "a message list"
         raise _Bad("prompt", "mixed_formats", f"{found} among {kind} prompts (use one form)")

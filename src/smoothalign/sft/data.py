@@ -62,6 +62,7 @@ from smoothalign.data.validation import (
     check_messages,
     check_type,
     is_blank,
+    missing_reason,
     validate_rows,
 )
 
@@ -235,7 +236,8 @@ def _process_row(
                     if has_pc
                     else " (no 'prompt'/'completion', 'messages' or 'text' field)"
                 )
-                raise BadRowError(name, "missing_field", f"missing{hint}")
+                reason = missing_reason(row, name, RESERVED)
+                raise BadRowError(name, "missing_field", reason + hint)
             check_type(name, row[name], kind, kind_note)
         input_ids, labels, truncated = _prompt_completion_example(
             row["prompt"], row["completion"], tokenizer, max_length
