@@ -400,3 +400,18 @@ def test_eval_calibration_names_a_question_by_its_file_path(tmp_path, capsys, mo
     err = capsys.readouterr().err
     assert "task long, question runs/b/long.jsonl:2: prompt 1, option 1" in err, err
     Path(err.split("(traceback: ")[1].split(";")[0]).unlink()
+
+
+@pytest.mark.parametrize("command", ["dpo", "sft", "reward"])
+def test_an_output_dir_that_is_a_file_is_named_before_the_model_loads(command, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder\n")
+    for out, said in ((afile, ""), (afile / "run", f" lies under {afile}, which")):
+        argv = [command, "--model", "/no/such/model", "--output-dir", str(out)]
+        assert main(argv) == 2
+        first = capsys.readouterr().err.splitlines()[0]
+        assert first == (
+            f"smoothalign {command}: --output-dir {out}{said} is a file, not a folder; pass "
+            "a folder (it is created if it does not exist)"
+        )
+    assert afile.read_text() == "not a folder\n"

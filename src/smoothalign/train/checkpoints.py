@@ -96,6 +96,7 @@ def prepare_output_dir(
     ``config.json``) in every option outside :data:`RESUMABLE_OPTIONS`. Call it before the
     model loads."""
     root = Path(output_dir)
+    check_output_dir_path(root)
     folder = resolve_resume(resume, root)  # a bad --resume fails here, not after loading
     if folder is not None and config is not None:
         check_resume_config(folder.parent / "config.json", config)
@@ -120,6 +121,20 @@ def prepare_output_dir(
             "pass --resume latest to continue that run, or another --output-dir (or delete "
             "them) to start a new one"
         )
+
+
+def check_output_dir_path(root: Path) -> None:
+    """Refuse an ``output_dir`` that is a file, or lies under one: Trainer's ``makedirs``
+    would fail only after the model loaded, with a bare ``[Errno 17] File exists``."""
+    for path in (root, *root.parents):
+        if path.exists() or path.is_symlink():
+            if not path.is_dir():
+                where = "" if path == root else f" lies under {path}, which"
+                raise ValueError(
+                    f"--output-dir {root}{where} is a file, not a folder; pass a folder (it "
+                    "is created if it does not exist)"
+                )
+            return
 
 
 def check_resume_step(folder: Path, step: int, max_steps: int) -> None:
