@@ -14,25 +14,30 @@ MISSING = "/no/such/file.jsonl"
 # (argv, text the message must contain). Every model here is a path that does not exist
 # either: if the command loaded its model first, the error would name the model instead.
 CASES = [
-    (["dpo", "--beta", "-1"], "beta"),
-    (["dpo", "--loss", "robust", "--smoothing", "none"], "flip_rate"),
+    # an option's refusal names its flag and the range it must lie in
+    (["dpo", "--beta", "-1"], "--beta: must be > 0, got -1.0"),
+    (["dpo", "--sft-weight", "-1"], "--sft-weight: must be >= 0, got -1.0"),
+    (["dpo", "--eval-fraction", "1.5"], "--eval-fraction: must be in [0, 1), got 1.5"),
+    (["sft", "--max-steps", "0"], "--max-steps: must be > 0, got 0"),
+    (["reward", "--save-total-limit", "1"], "--save-total-limit: must be >= 2"),
+    (["dpo", "--loss", "robust", "--smoothing", "none"], "--flip-rate: the 'robust' loss"),
     (["dpo", "--model", "/no/such/model", "--data", MISSING], MISSING),
     (["dpo", "--model", "/no/such/model", "--eval-data", MISSING], MISSING),
     (["reward", "--model", "/no/such/model", "--data", MISSING], MISSING),
     (["sft", "--model", "/no/such/model", "--data", MISSING], MISSING),
-    (["sft", "--label-smoothing", "2"], "label_smoothing"),
-    (["dpo", "--beta", "inf"], "beta: must be a finite number"),
+    (["sft", "--label-smoothing", "2"], "--label-smoothing: must be in [0, 1], got 2.0"),
+    (["dpo", "--beta", "inf"], "--beta: must be a finite number"),
     (
         ["dpo", "--loss", "robust", "--smoothing", "none", "--flip-rate", "0.7"],
-        "flip_rate: must lie",
+        "--flip-rate: must lie",
     ),
-    (["rank-calibrate", "--learning-rate", "inf"], "learning_rate: must be a finite number"),
+    (["rank-calibrate", "--learning-rate", "inf"], "--learning-rate: must be a finite number"),
     (["rank-calibrate", "--reward-model", "/no/such/reward_model"], "/no/such/reward_model"),
     (["eval", "calibration", "--model", "/no/such/model", "--tasks", MISSING], MISSING),
-    (["sft", "--model", "/no/such/model", "--seed", "-1"], "seed: invalid value -1"),
+    (["sft", "--model", "/no/such/model", "--seed", "-1"], "--seed: must be in [0, 2**32), got -1"),
     # LoRA options that would change nothing
-    (["dpo", "--model", "/no/such/model", "--no-lora", "--lora-r", "8"], "lora_r: a LoRA option"),
-    (["reward", "--model", "/no/such/model", "--lora-alpha", "8"], "lora_alpha: a LoRA option"),
+    (["dpo", "--model", "/no/such/model", "--no-lora", "--lora-r", "8"], "--lora-r: a LoRA option"),
+    (["reward", "--model", "/no/such/model", "--lora-alpha", "8"], "--lora-alpha: a LoRA option"),
     # schedules the run could not build: refused before the model (and the earlier results)
     (
         ["dpo", "--model", "/no/such/model", "--lr-scheduler", "warmup_stable_decay"],

@@ -757,6 +757,14 @@ def test_a_refused_run_leaves_the_earlier_results_and_a_fresh_one_clears_them(no
     assert {"metrics.jsonl", "eval_results.json"} <= names  # this run's
 
 
+def test_an_option_out_of_range_is_refused_with_its_range():
+    """The Python API names the field (the CLI its flag: test_cli_errors)."""
+    with pytest.raises(ValueError, match=r"^sft_weight: must be >= 0, got -1\.0$"):
+        DPOConfig(sft_weight=-1.0)
+    with pytest.raises(ValueError, match=r"^eval_fraction: must be in \[0, 1\), got 1\.5$"):
+        DPOConfig(eval_fraction=1.5)
+
+
 def test_calibrator_options_without_cals_are_refused():
     with pytest.raises(ValueError, match="bins: a CALS calibrator option; --smoothing oracle-l2"):
         DPOConfig(smoothing="oracle-l2", bins=7).validate()

@@ -595,7 +595,7 @@ def test_cli_bad_options_fail_before_loading_the_model(tmp_path, capsys, option,
     assert main([*argv, option, value]) == 2
     err = capsys.readouterr().err
     name = option[2:].replace("-", "_")
-    assert f"{name}: invalid value" in err or f"{name}: {value!r} is not a device" in err
+    assert f"{option}: must be >= " in err or f"{name}: {value!r} is not a device" in err
 
 
 def test_cli_more_options_than_letters_fails_before_loading_the_model(tmp_path, capsys):
@@ -633,7 +633,7 @@ def test_cli_refuses_a_repeated_scorer_and_a_negative_seed(tmp_path, capsys):
     assert main([*argv, "--scorer", "letter", "letter"]) == 2
     assert "scorer: letter given twice" in capsys.readouterr().err
     assert main([*argv, "--seed", "-1"]) == 2
-    assert "seed: invalid value -1" in capsys.readouterr().err
+    assert "--seed: must be >= 0, got -1" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------

@@ -140,9 +140,9 @@ def test_cli_end_to_end_on_tiny(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("option", "value", "words"),
-    [("--max-tokens", "0", "max_tokens: invalid value"), ("--batch-size", "0",
-     "batch_size: invalid value"), ("--texts", "5000", "texts: 5000 asked for"),
-     ("--device", "bogus", "device: 'bogus'"), ("--texts", "0", "texts: invalid value 0")],
+    [("--max-tokens", "0", "--max-tokens: must be >= 2, got 0"), ("--batch-size", "0",
+     "--batch-size: must be >= 1, got 0"), ("--texts", "5000", "texts: 5000 asked for"),
+     ("--device", "bogus", "device: 'bogus'"), ("--texts", "0", "--texts: must be >= 1, got 0")],
 )  # fmt: skip
 def test_cli_bad_options_fail_before_the_model_loads(capsys, option, value, words):
     """The model does not even exist: the option is refused first, by name (the texts: the

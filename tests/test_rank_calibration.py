@@ -368,9 +368,10 @@ def test_cli_errors_name_the_problem(tmp_path, reward_dir, capsys):
     prompts = _write_prompts(tmp_path / "p.jsonl", _plain_rows(4))
     base = ["--policy", "tiny", "--prompts", str(prompts), "--output-dir", str(tmp_path / "o")]
     assert _main([*base, "--reward-model", str(reward_dir), "--num-candidates", "1"]) == 2
-    assert "num_candidates: invalid value 1 (ranking needs at least 2" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--num-candidates: must be >= 2 (ranking needs at least 2 candidates), got 1" in err
     assert _main(base) == 2
-    assert "reward_model: required" in capsys.readouterr().err
+    assert "--reward-model: required" in capsys.readouterr().err
     assert _main([*base, "--reward-model", str(tmp_path / "missing")]) == 2
     assert "reward_model: no such path" in capsys.readouterr().err
     rows = _plain_rows(4)

@@ -194,7 +194,7 @@ def test_cli_rejects_a_bad_configuration(capsys):
 def test_config_refuses_values_sft_and_dpo_refuse(option, value):
     """A LoRA scale of 0 trains nothing; a save limit of 1 rotates the last certified
     checkpoint away before the new one is certified."""
-    with pytest.raises(ValueError, match=f"{option}: invalid value"):
+    with pytest.raises(ValueError, match=rf"^{option}: must be .+, got {value}$"):
         RewardConfig(model="tiny", lora=True, **{option: value}).validate()
 
 

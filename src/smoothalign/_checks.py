@@ -141,6 +141,19 @@ def check_finite_fields(config: object) -> None:
             raise ValueError(f"{f.name}: must be a finite number, got {value}")
 
 
+def check_ranges(
+    owner: object, checks: dict[str, tuple[bool, str]], *, flags: bool = False
+) -> None:
+    """Raise a ``ValueError`` for the first option of ``checks`` (``name: (ok, rule)``) that
+    is not ``ok``: ``name: must be RULE, got VALUE`` (the value is ``owner``'s attribute).
+    ``flags``: the option is named by its command-line flag (``--max-steps``), for checks
+    of parsed arguments."""
+    for name, (ok, rule) in checks.items():
+        if not ok:
+            shown = "--" + name.replace("_", "-") if flags else name
+            raise ValueError(f"{shown}: must be {rule}, got {getattr(owner, name)!r}")
+
+
 LEAN_LAYERS = ("auto", "on", "off", "recompute")
 
 

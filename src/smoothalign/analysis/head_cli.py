@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from smoothalign._checks import resolve_device
+    from smoothalign._checks import check_ranges, resolve_device
     from smoothalign.analysis.head import head_entropy_bound, smoothing_for_entropy
     from smoothalign.analysis.head_inputs import default_texts, head_inputs, prediction_entropies
     from smoothalign.io import atomic_write_json, save_figure
@@ -55,13 +55,12 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     out_dir = Path(args.output_dir)
     device = resolve_device(args.device)  # the options before the model loads
-    for name, ok in (
-        ("max_tokens", args.max_tokens >= 2),
-        ("batch_size", args.batch_size >= 1),
-        ("texts", args.texts >= 1),
-    ):
-        if not ok:
-            raise ValueError(f"{name}: invalid value {getattr(args, name)!r}")
+    checks = {
+        "max_tokens": (args.max_tokens >= 2, ">= 2"),
+        "batch_size": (args.batch_size >= 1, ">= 1"),
+        "texts": (args.texts >= 1, ">= 1"),
+    }
+    check_ranges(args, checks, flags=True)
     texts = default_texts(args.texts)
     if len(texts) < args.texts:
         raise ValueError(

@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from smoothalign._checks import resolve_device
+    from smoothalign._checks import check_ranges, resolve_device
     from smoothalign.calibration import reliability_curve
     from smoothalign.eval.calibration_report import markdown_report, reliability_figure
     from smoothalign.eval.mc_prompts import build_prompt, continuations, few_shot_indices
@@ -132,14 +132,13 @@ def run(args: argparse.Namespace) -> int:
 
     # 0. options, then the data: either fails before the model loads
     device = resolve_device(args.device)
-    for name, ok in (
-        ("bins", args.bins >= 1),
-        ("batch_size", args.batch_size >= 1),
-        ("max_length", args.max_length is None or args.max_length >= 2),
-        ("seed", args.seed >= 0),
-    ):
-        if not ok:
-            raise ValueError(f"{name}: invalid value {getattr(args, name)!r}")
+    checks = {
+        "bins": (args.bins >= 1, ">= 1"),
+        "batch_size": (args.batch_size >= 1, ">= 1"),
+        "max_length": (args.max_length is None or args.max_length >= 2, ">= 2"),
+        "seed": (args.seed >= 0, ">= 0"),
+    }
+    check_ranges(args, checks, flags=True)
     repeated = sorted({s for s in args.scorer if args.scorer.count(s) > 1})
     if repeated:
         raise ValueError(f"scorer: {', '.join(repeated)} given twice; name each scorer once")

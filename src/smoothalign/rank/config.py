@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from smoothalign._checks import check_finite_fields
+from smoothalign._checks import check_finite_fields, check_ranges
 from smoothalign.io import config_to_dict
 
 DECODINGS = ("sample", "beam", "diverse-beam")
@@ -73,35 +73,35 @@ class RankConfig:
         if self.decoding not in DECODINGS:
             raise ValueError(f"decoding: unknown {self.decoding!r}; choose one of {DECODINGS}")
         checks = {
-            "seed": 0 <= self.seed < 2**32,  # what torch and NumPy accept
-            "num_candidates": self.num_candidates >= 2,
-            "temperature": self.temperature > 0,
-            "top_k": self.top_k >= 0,
-            "num_beam_groups": self.num_beam_groups >= 0,
-            "diversity_penalty": self.diversity_penalty >= 0,
-            "max_new_tokens": self.max_new_tokens >= 1,
-            "generation_batch_size": self.generation_batch_size >= 1,
-            "score_batch_size": self.score_batch_size >= 1,
-            "margin": self.margin >= 0,
-            "nll_weight": self.nll_weight >= 0,
-            "tie_tolerance": self.tie_tolerance >= 0,
-            "epochs": self.epochs >= 1,
-            "learning_rate": self.learning_rate > 0,
-            "batch_size": self.batch_size >= 1,
-            "grad_accum": self.grad_accum >= 1,
-            "lr_warmup_steps": self.lr_warmup_steps >= 0,
-            "weight_decay": self.weight_decay >= 0,
-            "max_grad_norm": self.max_grad_norm >= 0,
-            "max_length": self.max_length > 1,
-            "eval_fraction": 0 <= self.eval_fraction < 1,
-            "max_prompts": self.max_prompts >= 0,
-            "max_eval_prompts": self.max_eval_prompts >= 0,
-            "logging_steps": self.logging_steps >= 1,
+            "seed": (0 <= self.seed < 2**32, "in [0, 2**32)"),  # what torch and NumPy accept
+            "num_candidates": (
+                self.num_candidates >= 2,
+                ">= 2 (ranking needs at least 2 candidates)",
+            ),
+            "temperature": (self.temperature > 0, "> 0"),
+            "top_k": (self.top_k >= 0, ">= 0"),
+            "num_beam_groups": (self.num_beam_groups >= 0, ">= 0"),
+            "diversity_penalty": (self.diversity_penalty >= 0, ">= 0"),
+            "max_new_tokens": (self.max_new_tokens >= 1, ">= 1"),
+            "generation_batch_size": (self.generation_batch_size >= 1, ">= 1"),
+            "score_batch_size": (self.score_batch_size >= 1, ">= 1"),
+            "margin": (self.margin >= 0, ">= 0"),
+            "nll_weight": (self.nll_weight >= 0, ">= 0"),
+            "tie_tolerance": (self.tie_tolerance >= 0, ">= 0"),
+            "epochs": (self.epochs >= 1, ">= 1"),
+            "learning_rate": (self.learning_rate > 0, "> 0"),
+            "batch_size": (self.batch_size >= 1, ">= 1"),
+            "grad_accum": (self.grad_accum >= 1, ">= 1"),
+            "lr_warmup_steps": (self.lr_warmup_steps >= 0, ">= 0"),
+            "weight_decay": (self.weight_decay >= 0, ">= 0"),
+            "max_grad_norm": (self.max_grad_norm >= 0, ">= 0"),
+            "max_length": (self.max_length > 1, "> 1"),
+            "eval_fraction": (0 <= self.eval_fraction < 1, "in [0, 1)"),
+            "max_prompts": (self.max_prompts >= 0, ">= 0"),
+            "max_eval_prompts": (self.max_eval_prompts >= 0, ">= 0"),
+            "logging_steps": (self.logging_steps >= 1, ">= 1"),
         }
-        for name, ok in checks.items():
-            if not ok:
-                extra = " (ranking needs at least 2 candidates)" if name == "num_candidates" else ""
-                raise ValueError(f"{name}: invalid value {getattr(self, name)!r}{extra}")
+        check_ranges(self, checks)
         if self.decoding == "diverse-beam" and self.num_candidates % self.beam_groups() != 0:
             raise ValueError(
                 f"num_beam_groups: {self.num_beam_groups} does not divide num_candidates "
