@@ -620,11 +620,41 @@ def test_resume_refuses_a_new_max_steps_under_a_schedule_that_follows_it(tmp_pat
     saved = tmp_path / "config.json"
     base = {"max_steps": 6, "lr_scheduler": "linear", "beta": 0.1}
     saved.write_text(json.dumps(base))
-    with pytest.raises(ValueError, match="--max-steps 6 -> 9 with --lr-scheduler linear"):
+    with pytest.raises(ValueError, match="max_steps 6 -> 9 with --lr-scheduler linear"):
         check_resume_config(saved, {**base, "max_steps": 9})
     check_resume_config(saved, base)  # unchanged: fine
     saved.write_text(json.dumps({**base, "lr_scheduler": "constant_with_warmup"}))
     check_resume_config(saved, {**base, "lr_scheduler": "constant_with_warmup", "max_steps": 9})
+
+
+def test_a_resume_refusal_names_every_changed_option_and_the_flags_to_give_again(tmp_path):
+    """All at once (fixing the first one named must not lead to a second refusal), with the
+    saved values as flags; max_steps is judged under the saved schedule, which the resumed
+    run must keep."""
+    from smoothalign.train.checkpoints import check_resume_config
+
+    saved = tmp_path / "config.json"
+    base = {"max_steps": 6, "lr_scheduler": "cosine", "beta": 0.1, "lora": True, "data": None}
+    saved.write_text(json.dumps(base))
+    now = {**base, "max_steps": 9, "lr_scheduler": "constant", "beta": 0.2, "lora": False}
+    with pytest.raises(ValueError) as err:
+        check_resume_config(saved, {**now, "data": str(tmp_path / "config.json")})
+    message = str(err.value)
+    for change in (
+        "beta 0.1 -> 0.2",
+        "lora True -> False",
+        "lr_scheduler 'cosine' -> 'constant'",
+        "max_steps 6 -> 9 with --lr-scheduler cosine",
+    ):
+        assert change in message
+    flags = "--beta 0.1 without --data --lora --lr-scheduler cosine --max-steps 6, with --resume"
+    assert f"as that run had them ({flags})" in message
+    # the other way round, the longer run is fine under the saved constant schedule
+    saved.write_text(json.dumps({**base, "lr_scheduler": "constant"}))
+    with pytest.raises(ValueError) as err:
+        check_resume_config(saved, {**base, "lr_scheduler": "cosine", "max_steps": 9})
+    assert "lr_scheduler 'constant' -> 'cosine'. A resumed run" in str(err.value)
+    assert "max_steps" not in str(err.value)
 
 
 def test_resume_reads_relative_paths_against_the_launch_directory(
@@ -645,7 +675,19 @@ def test_resume_reads_relative_paths_against_the_launch_directory(
     run_dpo(_config(Path("pairs.jsonl"), out, **kw))
     monkeypatch.chdir(elsewhere)
     _no_model(monkeypatch)
-    with pytest.raises(ValueError, match="data .*pairs.jsonl"):
+    with pytest.raises(ValueError) as err:
+        run_dpo(_config(Path("pairs.jsonl"), out, resume="latest", **kw))
+    # the same relative name on both sides: the message says where each was read
+    assert (
+        f"data 'pairs.jsonl' ({(first / 'pairs.jsonl').resolve()}) -> 'pairs.jsonl' "
+        f"({(elsewhere / 'pairs.jsonl').resolve()}): a relative path is read against the "
+        "folder its run was launched from" in str(err.value)
+    )
+    assert f"(--data {(first / 'pairs.jsonl').resolve()}, with --resume)" in str(err.value)
+    (elsewhere / "pairs.jsonl").unlink()
+    with pytest.raises(
+        ValueError, match=r"-> 'pairs.jsonl' \(.*elsewhere/pairs.jsonl: not found\)"
+    ):
         run_dpo(_config(Path("pairs.jsonl"), out, resume="latest", **kw))
     monkeypatch.undo()
     monkeypatch.chdir(elsewhere)

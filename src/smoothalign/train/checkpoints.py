@@ -314,7 +314,8 @@ def clear_before_run(output_dir: str | Path, resume: str | None) -> None:
 def check_resume_config(saved_path: Path, config: dict[str, Any]) -> None:
     """Refuse a resume whose configuration differs from the saved one (``saved_path``, the
     checkpointed run's ``config.json``; none saved: nothing to compare) in an option that
-    defines the training. Paths are compared resolved, each against the directory its run
+    defines the training, naming every such option at once and the flags that give the
+    saved values again. Paths are compared resolved, each against the directory its run
     was launched from (``working_dir``), where they exist."""
     if not saved_path.is_file():
         return
@@ -322,30 +323,69 @@ def check_resume_config(saved_path: Path, config: dict[str, Any]) -> None:
 
     saved = json.loads(saved_path.read_text(encoding="utf-8"))
     now = json.loads(json.dumps(config, default=str))  # as config.json would hold it
-    scheduler = now.get("lr_scheduler")
-    if saved.get("max_steps") != now.get("max_steps") and scheduler in SCHEDULES_OF_MAX_STEPS:
-        raise ValueError(
-            f"resume: --max-steps {saved.get('max_steps')} -> {now.get('max_steps')} with "
-            f"--lr-scheduler {scheduler}, whose learning rate follows max_steps: the resumed "
-            "steps would continue the old schedule and then jump onto the new one. Keep "
-            "--max-steps, or train with a schedule that does not depend on it "
-            "(constant_with_warmup, inverse_sqrt)"
-        )
-    changed = []
+    saved_dir, now_dir = saved.get("working_dir"), now.get("working_dir", os.getcwd())
+    changed, keep = [], []
     for key in sorted((saved.keys() | now.keys()) - RESUMABLE_OPTIONS):
         a, b = saved.get(key), now.get(key)
         if key in _PATH_OPTIONS:
-            a = _resolved(a, saved.get("working_dir"))
-            b = _resolved(b, now.get("working_dir", os.getcwd()))
-        if a != b:
-            changed.append(f"{key} {saved.get(key)!r} -> {now.get(key)!r}")
+            a, b = _resolved(a, saved_dir), _resolved(b, now_dir)
+        if a == b:
+            continue
+        if key in _PATH_OPTIONS:
+            change = (
+                f"{key} {_path_shown(key, saved.get(key), saved_dir)} -> "
+                f"{_path_shown(key, now.get(key), now_dir)}"
+            )
+            if saved.get(key) == now.get(key):  # the same relative path, read elsewhere
+                change += ": a relative path is read against the folder its run was launched from"
+        else:
+            change = f"{key} {saved.get(key)!r} -> {now.get(key)!r}"
+        changed.append(change)
+        keep.append(_as_flag(key, a))
+    # the schedule the resumed run must keep (a changed one is refused above)
+    scheduler = saved.get("lr_scheduler", now.get("lr_scheduler"))
+    if saved.get("max_steps") != now.get("max_steps") and scheduler in SCHEDULES_OF_MAX_STEPS:
+        changed.append(
+            f"max_steps {saved.get('max_steps')!r} -> {now.get('max_steps')!r} with "
+            f"--lr-scheduler {scheduler}, whose learning rate follows max_steps: the resumed "
+            "steps would continue the old schedule and then jump onto the new one (to train "
+            "longer, start a new run with a schedule that does not depend on it: "
+            "constant_with_warmup, inverse_sqrt)"
+        )
+        keep.append(_as_flag("max_steps", saved.get("max_steps")))
     if changed:
         raise ValueError(
             f"resume: this run's options differ from the checkpointed run's "
-            f"({saved_path}): {'; '.join(changed)}. A resumed run continues the same training: "
-            "drop --resume to start a new run (in another --output-dir), or pass the saved "
-            "values"
+            f"({saved_path}): {'; '.join(changed)}. A resumed run continues the same "
+            "training, and its options are not read from the checkpoint: give the ones that "
+            f"define it again as that run had them ({' '.join(keep)}, with --resume), or "
+            "drop --resume to start a new run (in another --output-dir)"
         )
+
+
+def _path_shown(key: str, value: Any, base: str | None) -> str:
+    """A path option's value as typed, and where a relative one is read (``base``, its
+    run's launch directory) when that is another path or nothing (a model name, left as is)."""
+    if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+        return repr(value)
+    resolved = _resolved(value, base)
+    if resolved != value:
+        return f"{value!r} ({resolved})"
+    if key == "model" or not base:
+        return repr(value)  # a built-in name such as tiny, or no directory to read it in
+    return f"{value!r} ({Path(base) / value}: not found)"
+
+
+def _as_flag(key: str, value: Any) -> str:
+    """``key: value`` as the command-line flag that sets it (``None``: the flag left out)."""
+    import shlex
+
+    flag = "--" + key.replace("_", "-")
+    if value is None:
+        return f"without {flag}"
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
+    return f"{flag} {shlex.quote(str(value))}"
 
 
 def _resolved(value: Any, base: str | None) -> Any:
