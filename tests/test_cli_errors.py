@@ -420,3 +420,19 @@ def test_an_output_dir_that_is_a_file_is_named_before_the_model_loads(command, t
             "a folder (it is created if it does not exist)"
         )
     assert afile.read_text() == "not a folder\n"
+
+
+@pytest.mark.parametrize("command", [["dpo"], ["sft"], ["reward"], ["analyze", "head"]])
+def test_a_run_folder_without_final_as_model_says_so(command, tmp_path, capsys):
+    """A run folder's config.json holds its options, not a model's: passed as --model before
+    its training finished, it is named as such, not as a tokenizer that cannot be built."""
+    import json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    record = {"model": "tiny", "output_dir": str(run), "working_dir": str(tmp_path), "lora": True}
+    (run / "config.json").write_text(json.dumps(record))
+    assert main([*command, "--model", str(run), "--output-dir", str(tmp_path / "out")]) == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith(f"smoothalign {' '.join(command)}: model '{run}': a smoothalign run ")
+    assert "without final/" in first and "--resume latest" in first

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import re
 
 import pytest
 import torch
@@ -120,6 +121,45 @@ def test_local_folder_round_trip(tiny, tmp_path):
     assert tok2.pad_token_id == 258
     assert tok2.chat_template == tok.chat_template
     assert describe_model(loaded) == describe_model(model)
+
+
+def test_a_run_folder_loads_the_model_it_saved(tiny, tmp_path, capsys):
+    """A smoothalign run folder's config.json holds the run's options, not a model's: the
+    folder stands for its final/ (said on stderr), and one without final/ (training not
+    finished) is refused saying what to pass instead, not with a tokenizer error."""
+    from smoothalign.models import load_tokenizer
+
+    model, tok = tiny
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    model.save_pretrained(run / "final", safe_serialization=True)
+    tok.save_pretrained(run / "final")
+    record = {"model": "tiny", "output_dir": "run", "lora": True, "working_dir": str(tmp_path)}
+    (run / "config.json").write_text(json.dumps(record))
+    assert load_tokenizer(run) is not None
+    loaded, _ = load_model_and_tokenizer(str(run))
+    ids = torch.tensor([[256, 104, 105, 257]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+    note = f"a smoothalign run folder; loading the model it saved, {run / 'final'}"
+    assert capsys.readouterr().err.count(note) == 1
+
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "config.json").write_text(json.dumps(record))
+    refusal = r"run folder .* without final/.*--resume latest\); its checkpoint-N/ .* LoRA adapter"
+    for load in (load_tokenizer, load_model_and_tokenizer):
+        with pytest.raises(ValueError, match=refusal):
+            load(unfinished)
+    # a full fine-tuning run's certified checkpoints hold a model: the newest is named
+    for step in (3, 12):
+        ckpt = unfinished / f"checkpoint-{step}"
+        model.save_pretrained(ckpt, safe_serialization=True)
+        (ckpt / "smoothalign_complete.json").write_text("{}")
+    (unfinished / "config.json").write_text(json.dumps({**record, "lora": False}))
+    newest = re.escape(str(unfinished / "checkpoint-12"))
+    with pytest.raises(ValueError, match=rf"; or pass one of .* \(the newest: {newest}\)$"):
+        load_model_and_tokenizer(unfinished)
 
 
 def test_missing_pad_token_falls_back_to_eos(tiny, tmp_path):

@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default="smollm2-135m",
-        help="'smollm2-135m', 'tiny', or a local folder / .gguf file; never downloaded",
+        help="'smollm2-135m', 'tiny', or a local folder (a smoothalign run's folder: the model "
+        "in its final/) / .gguf file; never downloaded",
     )
     parser.add_argument(
         "--texts",

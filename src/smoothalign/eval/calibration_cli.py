@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         default="smollm2-135m",
         help="'smollm2-135m' (SmolLM2-135M-Instruct from its GGUF wheel), 'tiny', or a local "
-        "folder / .gguf file; never downloaded",
+        "folder (a smoothalign run's folder: the model in its final/) / .gguf file; never "
+        "downloaded",
     )
     parser.add_argument(
         "--tasks",

@@ -13,7 +13,10 @@
   cache (about 1 s instead of 15 s).
 * a local folder (``save_pretrained`` output: config.json + safetensors) or a ``.gguf`` file
   (or a folder holding exactly one ``.gguf`` and no config.json). Always
-  ``local_files_only=True``: this module never touches the Hugging Face hub.
+  ``local_files_only=True``: this module never touches the Hugging Face hub. A smoothalign
+  run folder (``smoothalign dpo/sft/reward --output-dir``, whose config.json holds the run's
+  options, not a model's) stands for the model it saved, its ``final/``
+  (:func:`resolve_model_folder`).
 
 The returned tokenizer always has a pad token: when the checkpoint has none, the EOS token is
 used as pad (``tokenizer.pad_token = tokenizer.eos_token``) and ``model.config.pad_token_id`` /
@@ -30,6 +33,7 @@ import importlib.metadata
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -45,7 +49,9 @@ __all__ = [
     "build_tiny_tokenizer",
     "describe_model",
     "ensure_pad_token",
+    "is_model_folder",
     "load_model_and_tokenizer",
+    "resolve_model_folder",
     "smollm2_cache_dir",
     "smollm2_gguf_path",
 ]
@@ -84,7 +90,7 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, trust_remote_code: bool =
         if not _cache_matches(cache, _smollm2_source(smollm2_gguf_path())):
             return None
         return _folder_tokenizer(cache, trust_remote_code=False)
-    path = Path(name).expanduser()
+    path = resolve_model_folder(Path(name).expanduser())
     if not path.exists() or _gguf_in(path) is not None or not (path / "config.json").exists():
         return None  # load_model_and_tokenizer says what is wrong with it
     return _folder_tokenizer(path, trust_remote_code=trust_remote_code)
@@ -119,6 +125,7 @@ def load_model_and_tokenizer(
                 "such local path. Models are never downloaded: pass a folder written by "
                 "save_pretrained, or a .gguf file."
             )
+        path = resolve_model_folder(path)
         gguf = _gguf_in(path)
         if gguf is not None:
             model, tokenizer = _load_gguf(gguf, dtype)
@@ -348,6 +355,73 @@ def _remove_stale_leftovers(cache: Path, age_s: float = 3600.0) -> None:
 # --------------------------------------------------------------------------------------------
 # local files
 # --------------------------------------------------------------------------------------------
+
+
+RUN_RECORD_KEYS = ("output_dir", "working_dir")
+"""Keys of the config.json a smoothalign run writes (its options, ``run_config_record``)."""
+_noted: set[str] = set()
+
+
+def is_model_folder(path: Path) -> bool:
+    """``path/config.json`` is a ``transformers`` config (a run folder has a ``config.json``
+    too: its options, with neither ``model_type`` nor ``architectures``)."""
+    file = path / "config.json"
+    if not file.is_file():
+        return False
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True  # unreadable: the loader says what is wrong with it
+    return not isinstance(data, dict) or "model_type" in data or "architectures" in data
+
+
+def _run_record(path: Path) -> dict[str, Any] | None:
+    """The options in ``path/config.json`` where ``path`` is a smoothalign run's folder."""
+    if not path.is_dir() or is_model_folder(path) or not (path / "config.json").is_file():
+        return None
+    data = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    return data if any(key in data for key in RUN_RECORD_KEYS) else None
+
+
+def resolve_model_folder(path: Path) -> Path:
+    """``path``, or the model a smoothalign run saved in it (``final/``) where ``path`` is
+    the run's folder, said once on stderr. A run folder without ``final/`` (its training
+    not finished) raises ``ValueError`` saying what to pass instead."""
+    record = _run_record(path)
+    if record is None:
+        return path
+    final = path / "final"
+    if final.is_dir():  # what it holds, the loader checks
+        if str(path) not in _noted:
+            _noted.add(str(path))
+            print(
+                f"model {path}: a smoothalign run folder; loading the model it saved, {final}",
+                file=sys.stderr,
+            )
+        return final
+    # certified checkpoints (train.checkpoints.COMPLETE_MARKER) holding a whole model
+    checkpoints = sorted(
+        (
+            c
+            for c in path.glob("checkpoint-*")
+            if c.name[11:].isdigit()
+            and (c / "smoothalign_complete.json").is_file()
+            and is_model_folder(c)
+        ),
+        key=lambda c: int(c.name[11:]),
+    )
+    instead = (
+        f"; or pass one of its checkpoint-N/ folders (the newest: {checkpoints[-1]})"
+        if checkpoints
+        else "; its checkpoint-N/ folders hold only a LoRA adapter, not a model to load"
+        if record.get("lora")
+        else ""
+    )
+    raise ValueError(
+        f"model {str(path)!r}: a smoothalign run folder (its config.json holds the run's "
+        "options, not a model's) without final/, where a finished run saves its model: "
+        "finish the run first (its command again, with --resume latest)" + instead
+    )
 
 
 def _gguf_in(path: Path) -> Path | None:

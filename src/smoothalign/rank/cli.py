@@ -14,7 +14,7 @@ from smoothalign.config_args import config_from_args as _config_from_args
 HELP = {
     **TRAINING_HELP,
     "policy": "the policy to calibrate: 'smollm2-135m' (default), 'tiny' (tests), a local "
-    "causal-LM folder or a .gguf file",
+    "causal-LM folder (a smoothalign run's folder: the model in its final/) or a .gguf file",
     "reward_model": "REQUIRED: the preference model, a folder written by `smoothalign reward` "
     "(the run folder or its final/); loaded from safetensors, trust_remote_code off",
     "prompts": "prompts: a JSONL/JSON/Parquet/CSV file or folder with a 'prompt' column "

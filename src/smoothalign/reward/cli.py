@@ -14,7 +14,8 @@ HELP = {
     **TRAINING_HELP,
     "model": "'tiny' (a small config-built Llama: the default, for the oracle world and tests), "
     "'smollm2-135m', a local causal-LM folder (its trunk gets a new scalar head) or a folder "
-    "saved from a *ForSequenceClassification model",
+    "saved from a *ForSequenceClassification model (a smoothalign run's folder: the model in "
+    "its final/)",
     "data": "soft-label pairs: a JSONL/JSON/Parquet/CSV file or folder (its train.* / train-*.* files "
     "if it has any, else all its data files) in TRL format "
     "(prompt/chosen/rejected) with p_chosen, or votes_chosen + votes_total, or a votes list; "

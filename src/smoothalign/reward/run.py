@@ -85,9 +85,9 @@ def build_reward_model(
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from smoothalign.models import load_model_and_tokenizer
-    from smoothalign.models.loading import ensure_pad_token
+    from smoothalign.models.loading import ensure_pad_token, resolve_model_folder
 
-    path = Path(str(name_or_path)).expanduser()
+    path = resolve_model_folder(Path(str(name_or_path)).expanduser())
     if path.is_dir() and (path / "config.json").exists():
         cfg = AutoConfig.from_pretrained(
             path, local_files_only=True, trust_remote_code=trust_remote_code

