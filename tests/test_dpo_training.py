@@ -940,17 +940,36 @@ def test_validation_json_lists_every_skipped_row_and_data_objects_are_described(
     assert result.n_train + result.n_eval == 12
 
 
-def test_the_last_partial_logging_window_is_written(noisy_data, tmp_path):
+def test_the_last_partial_logging_window_is_written(noisy_data, tmp_path, monkeypatch):
     """max_steps 3 with logging_steps 2: step 3's per-pair values (rewards, α) are written
-    at the end instead of dropped."""
+    at the end instead of dropped, and its ``loss`` too (Trainer logs none for it; ours is
+    pooled from the window's buffered sums): metrics.jsonl has ``loss`` on every training
+    record, and the training curves, which plot only records with one, show that step."""
     import json
 
+    from smoothalign.train.report import plot_training_curves
+    from smoothalign.train.trainer import SmoothDPOTrainer
+
+    losses: list[float] = []  # each step's loss: its pairs' mean (one micro-batch a step)
+    training_step = SmoothDPOTrainer.training_step
+
+    def recorded(self, model, inputs, num_items_in_batch=None):
+        loss = training_step(self, model, inputs, num_items_in_batch)
+        losses.append(float(loss))
+        return loss
+
+    monkeypatch.setattr(SmoothDPOTrainer, "training_step", recorded)
     run_dpo(_config(noisy_data, tmp_path / "run", max_steps=3, logging_steps=2))
     logs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in logs if r["split"] == "train"]
     assert [r["step"] for r in train] == [2, 3]
-    assert train[1]["partial_window"] and "rewards/margins" in train[1] and "loss" not in train[1]
+    assert train[1]["partial_window"] and "rewards/margins" in train[1]
+    assert train[1]["loss"] == pytest.approx(losses[2], rel=1e-6)  # step 3's pairs
     assert train[1]["cals/step"] == 3  # the calibrator saw every micro-batch
+    (summary,) = [r for r in logs if "train_loss" in r]
+    assert summary["train_loss"] == pytest.approx(sum(losses) / 3, rel=1e-6)  # 8 pairs a step
+    plotted = plot_training_curves(logs).axes[0].lines[0]
+    assert list(plotted.get_xdata()) == [2, 3]
 
 
 def test_a_constant_schedule_records_no_warm_up_and_resumes(noisy_data, tmp_path):

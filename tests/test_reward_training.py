@@ -294,6 +294,24 @@ def test_the_logged_loss_is_the_mean_over_the_windows_pairs(
     assert summary["train_loss"] == pytest.approx(pooled, rel=1e-6)
 
 
+def test_the_last_partial_logging_window_logs_its_loss_and_is_plotted(tmp_path):
+    """max_steps 3 with logging_steps 2: step 3 is written at the end with its pooled
+    ``loss`` (Trainer logs none for it), so the training curves, which plot only records
+    with a loss, show it; with max_steps below logging_steps it is the only point."""
+    from smoothalign.reward.report import plot_training_curves
+
+    for max_steps, logging_steps, steps in ((3, 2, [2, 3]), (2, 5, [2])):
+        out = tmp_path / f"r{max_steps}"
+        kw = dict(max_steps=max_steps, logging_steps=logging_steps, eval_steps=0, report=False)
+        run_reward(_small(out, **kw))
+        records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        train = [r for r in records if r["split"] == "train"]
+        assert [r["step"] for r in train] == steps and train[-1]["partial_window"]
+        assert all(isinstance(r.get("loss"), float) for r in train)
+        plotted = plot_training_curves(records).axes[0].lines[0]
+        assert list(plotted.get_xdata()) == steps
+
+
 def test_cals_bins_count_only_decided_votes(tmp_path, monkeypatch):
     """A tied vote (p = ½) says nothing about which response wins: CALS's bins get the
     margins of the decided pairs only (``bt`` gives a tie weight 0 as well)."""

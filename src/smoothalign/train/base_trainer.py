@@ -193,7 +193,9 @@ class PairCountedLoss:
     So is the end-of-run ``train_loss``, over the steps this ``train()`` call took (those
     Trainer's covers). A window whose pooled loss is not finite keeps Trainer's, which its
     NaN/inf filter may have cleaned. The end's last partial window (after the last logging
-    step) gets no ``loss``, as from Trainer, but counts in ``train_loss``.
+    step), which Trainer does not log, gets its pooled ``loss`` too (so every training record
+    of ``metrics.jsonl`` has one, and the plots show that window), and counts in
+    ``train_loss``.
     """
 
     loss_is_scaled_for_ga = True  # per_pair_loss does the scaling
@@ -232,8 +234,14 @@ class PairCountedLoss:
         self._window_loss = None
         extra = super()._summarised(split, logs)
         window = self._window_loss
-        if "loss" in logs and window is not None and math.isfinite(window):
-            logs["loss"] = window  # a window Trainer logged (not the end's last partial one)
+        # a window Trainer logged (a non-finite one keeps Trainer's, which its filter may have
+        # cleaned), or the end's last partial window, for which Trainer logs none
+        if (
+            split == "train"
+            and window is not None
+            and ("loss" not in logs or math.isfinite(window))
+        ):
+            logs["loss"] = window
         if split == "summary" and "train_loss" in logs and self._run_loss:
             value = sum(total / max(count, 1.0) for total, count in self._run_loss.values())
             if math.isfinite(value):
