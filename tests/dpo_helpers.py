@@ -31,3 +31,18 @@ def synthetic_rows(n: int = 64, seed: int = 0, flip_rate: float = 0.0) -> list[d
 def write_jsonl(rows: list[dict], path: Path) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def cut_alike_rows(n: int = 20) -> list[dict]:
+    """Pairs whose responses share a prefix longer than a max_length of 20 tokens, but for
+    the first half, whose rejected responses differ at once."""
+    shared = " the same long prefix here, then "
+    return [
+        {
+            "prompt": f"P{i:02d}:",
+            "chosen": shared + "good",
+            "rejected": (" bad, and that is all" if i < n // 2 else shared + "bad"),
+            "p_chosen": 0.8,
+        }
+        for i in range(n)
+    ]

@@ -3,6 +3,7 @@ exit status 2, no traceback — and the input is checked before any model is loa
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,36 @@ def test_bad_rows_are_reported_before_the_weights_load(command, tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 2, err
     assert "rows.jsonl row 1" in err and "model.safetensors" not in err, err
+    Path(err.split("(traceback: ")[1].split(";")[0]).unlink()
+
+
+@pytest.mark.parametrize("command", ["dpo", "reward"])
+def test_pairs_all_made_identical_by_truncation_are_refused(command, tmp_path, capsys, monkeypatch):
+    """Every pair differs only past --max-length: each one's margin would be 0 at every
+    step, so there is nothing to learn; the run is refused as bad data (before the
+    weights load), naming the cause and the option to raise."""
+    import json
+
+    from smoothalign.models.loading import build_tiny_model, build_tiny_tokenizer
+
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    folder = tmp_path / "model"
+    build_tiny_model().save_pretrained(folder)
+    build_tiny_tokenizer().save_pretrained(folder)
+    (folder / "model.safetensors").unlink()  # loading the weights would fail
+    shared = " the same long prefix here, then "
+    rows = [
+        {"prompt": f"P{i}:", "chosen": shared + "good", "rejected": shared + "bad", "p_chosen": 0.8}
+        for i in range(10)
+    ]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code = main([command, "--model", str(folder), "--data", str(data), "--max-length", "20",
+                 "--output-dir", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert re.search(f"smoothalign {command}: data: all [0-9]+ training pairs have identical", err)
+    assert "after truncation to max_length 20" in err and "--max-length" in err, err
     Path(err.split("(traceback: ")[1].split(";")[0]).unlink()
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.dpo_helpers import synthetic_rows, write_jsonl
+from tests.dpo_helpers import cut_alike_rows, synthetic_rows, write_jsonl
 from transformers import TrainerCallback
 
 from smoothalign.train import DPOConfig, run_dpo
@@ -970,6 +970,21 @@ def test_the_last_partial_logging_window_is_written(noisy_data, tmp_path, monkey
     assert summary["train_loss"] == pytest.approx(sum(losses) / 3, rel=1e-6)  # 8 pairs a step
     plotted = plot_training_curves(logs).axes[0].lines[0]
     assert list(plotted.get_xdata()) == [2, 3]
+
+
+def test_pairs_made_identical_by_truncation_are_warned_about(tmp_path):
+    """Pairs that differ only past max_length train with a margin of 0 at every step: the
+    run says so on the console (a warning per data option, with the count and the option to
+    raise), not only in validation.json. (All of them: refused, tests/test_cli_errors.py.)"""
+    data = write_jsonl(cut_alike_rows(), tmp_path / "cut.jsonl")
+    with pytest.warns(UserWarning, match="max_length 20") as caught:
+        run_dpo(_config(data, tmp_path / "run", max_length=20, max_steps=1, smoothing="none"))
+    said = [str(w.message) for w in caught if "after truncation" in str(w.message)]
+    assert [m.split(" have")[0] for m in said] == [
+        "data: 10 of 20 kept pairs",
+        "eval_data: 10 of 20 kept pairs",
+    ]
+    assert all("--max-length" in m for m in said)
 
 
 def test_a_constant_schedule_records_no_warm_up_and_resumes(noisy_data, tmp_path):

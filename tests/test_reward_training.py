@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.dpo_helpers import cut_alike_rows
 from transformers import (
     AutoModelForSequenceClassification,
     LlamaForSequenceClassification,
@@ -310,6 +311,19 @@ def test_the_last_partial_logging_window_logs_its_loss_and_is_plotted(tmp_path):
         assert all(isinstance(r.get("loss"), float) for r in train)
         plotted = plot_training_curves(records).axes[0].lines[0]
         assert list(plotted.get_xdata()) == steps
+
+
+def test_pairs_made_identical_by_truncation_are_warned_about(tmp_path):
+    """As for DPO: a warning on the console counts the pairs whose whole sequences (what a
+    reward model reads) truncation made identical."""
+    data = tmp_path / "cut.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in cut_alike_rows()))
+    kw = dict(max_length=20, max_steps=1, eval_steps=0, report=False)
+    with pytest.warns(UserWarning, match="max_length 20") as caught:
+        run_reward(_small(tmp_path / "r", data=str(data), **kw))
+    said = [str(w.message) for w in caught if "after truncation" in str(w.message)]
+    assert len(said) == 1 and said[0].startswith("data: 10 of 20 kept pairs have identical")
+    assert "chosen and rejected sequences" in said[0]
 
 
 def test_cals_bins_count_only_decided_votes(tmp_path, monkeypatch):

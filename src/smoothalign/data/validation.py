@@ -454,15 +454,9 @@ def _process_row(
         report.n_ref_logps_dropped += 1
     report.n_truncated_chosen += chosen_cut
     report.n_truncated_rejected += rejected_cut
-    if whole_text:  # a reward model reads every token: a user turn after the replies too
-        report.n_identical_after_truncation += chosen_ids == rejected_ids
-    else:
-        report.n_identical_after_truncation += scored_ids(chosen_ids, chosen_spans) == scored_ids(
-            rejected_ids, rejected_spans
-        )
     report.n_implicit_prompt += implicit
     report.n_with_confidence += confidence is not None
-    return TokenizedPair(
+    pair = TokenizedPair(
         prompt_ids=prompt_ids,
         chosen_ids=chosen_ids,
         rejected_ids=rejected_ids,
@@ -477,6 +471,21 @@ def _process_row(
         metadata={k: v for k, v in row.items() if k not in RESERVED},
         chosen_spans=chosen_spans,
         rejected_spans=rejected_spans,
+    )
+    report.n_identical_after_truncation += identical_after_truncation(pair, whole_text)
+    return pair
+
+
+def identical_after_truncation(pair: TokenizedPair, whole_text: bool = False) -> bool:
+    """Whether a kept pair's chosen and rejected are the same tokens where they are read:
+    DPO's scored ones (``collate.scored_ids``, up to the last reply's), or with
+    ``whole_text`` (a reward model, which reads every token, a user turn after the replies
+    too) the whole sequences. Validation refuses pairs alike before truncation, so a kept
+    pair alike was made so by it: its margin is always 0."""
+    if whole_text:
+        return pair.chosen_ids == pair.rejected_ids
+    return scored_ids(pair.chosen_ids, pair.chosen_spans) == scored_ids(
+        pair.rejected_ids, pair.rejected_spans
     )
 
 

@@ -43,6 +43,7 @@ from smoothalign.train.checkpoints import (
     train_with_resume,
 )
 from smoothalign.train.common import (
+    check_identical_after_truncation,
     check_scheduler,
     load_checked,
     resolve_bf16,
@@ -169,6 +170,10 @@ def load_reward_data(
         lambda ex: ex.pair,
         config.eval_fraction,
         config.seed,
+    )
+    texts = {"data": report.text, "eval_data": eval_report and eval_report.text}
+    check_identical_after_truncation(
+        [ex.pair for ex in train_ex], texts, config.max_length, whole_text=True
     )
     return train_ex, eval_ex, info, md, notes + split_notes
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import random
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from smoothalign.data.validation import identical_after_truncation
 from smoothalign.smoothing import SmoothingPolicy, make_policy
 
 CALIBRATOR_FIELDS = ("bins", "momentum", "init_confidence", "prior_strength", "warmup_steps")
@@ -238,6 +240,36 @@ def split_validated(
         what=what,
     )
     return train, evals, info, md, notes
+
+
+def check_identical_after_truncation(
+    train: list,
+    reports: dict[str, Any],
+    max_length: int,
+    *,
+    whole_text: bool = False,
+) -> None:
+    """Say on the console (a warning) how many kept pairs of each data option's validation
+    report (``{"data": report, "eval_data": report or None}``) truncation to ``max_length``
+    made identical (:func:`~smoothalign.data.validation.identical_after_truncation`): their
+    margin is always 0, so they teach nothing and score as ties. Refuse the run when every
+    training pair (``TokenizedPair`` s) is one: there is nothing to learn."""
+    what = "sequences" if whole_text else "scored tokens"
+    if all(identical_after_truncation(ex, whole_text) for ex in train):
+        raise ValueError(
+            f"data: all {len(train)} training pairs have identical chosen and rejected {what} "
+            f"after truncation to max_length {max_length} (they differ only past it): their "
+            "margin is always 0, there is nothing to learn; raise max_length (--max-length)"
+        )
+    for option, report in reports.items():
+        if report is not None and report.n_identical_after_truncation:
+            warnings.warn(
+                f"{option}: {report.n_identical_after_truncation} of {report.n_kept} kept pairs "
+                f"have identical chosen and rejected {what} after truncation to max_length "
+                f"{max_length}: their margin is always 0 (they teach nothing, and score as "
+                "ties); raise max_length (--max-length)",
+                stacklevel=2,
+            )
 
 
 def validation_summary(report: Any, eval_report: Any | None) -> tuple[dict[str, Any], str]:

@@ -41,6 +41,7 @@ from smoothalign.train.checkpoints import (
 from smoothalign.train.common import (
     add_lora,
     apply_lean_layers,
+    check_identical_after_truncation,
     check_scheduler,
     disable_dropout,
     lean_layers_enabled,
@@ -259,6 +260,8 @@ def _load_data(
     if config.smoothing_policy().needs_confidence:
         train_ex = _require_confidence(report, train_ex, config.on_bad_rows)
         info, md = validation_summary(report, eval_report)
+    reports = {"data": report, "eval_data": eval_report}
+    check_identical_after_truncation(train_ex, reports, config.max_length)
     skipped = sum(v["n_skipped"] for v in info.values())
     return train_ex, eval_ex, md, skipped, split_notes, info
 
