@@ -987,6 +987,26 @@ def test_pairs_made_identical_by_truncation_are_warned_about(tmp_path):
     assert all("--max-length" in m for m in said)
 
 
+def test_true_metrics_name_the_pairs_they_cover(tmp_path):
+    """Held-out rows of which only some carry a confidence: the *_true metrics cover those
+    alone, and eval_results.json (n_pairs_true) and report.md say how many."""
+    rows = synthetic_rows(16, seed=4)
+    for i, r in enumerate(rows):
+        if i % 4:  # a confidence on rows 0, 4, 8 and 12 only
+            del r["confidence"]
+    held_out = write_jsonl(rows, tmp_path / "eval.jsonl")
+    train = write_jsonl(synthetic_rows(8, seed=5), tmp_path / "train.jsonl")
+    out = tmp_path / "run"
+    run_dpo(_config(train, out, eval_data=str(held_out), max_steps=1, report=True))
+    results = json.loads((out / "eval_results.json").read_text())
+    for when in ("before", "after"):
+        assert results[when]["n_pairs"] == 16 and results[when]["n_pairs_true"] == 4
+    table = [x for x in (out / "report.md").read_text().splitlines() if x.startswith("| ")]
+    noted = [x.split(" |")[0] for x in table if "(the 4 of 16 pairs with a confidence)" in x]
+    assert len(noted) == 4  # the *_true rows alone: accuracy, ECE, RMS and KL against q
+    assert any(x.startswith("| ECE of σ(h) vs the true q (the 4 of 16") for x in table)
+
+
 def test_a_constant_schedule_records_no_warm_up_and_resumes(noisy_data, tmp_path):
     out = tmp_path / "run"
     kw = dict(smoothing="none", save_steps=2, lr_scheduler="constant", lr_warmup_steps=5)  # default

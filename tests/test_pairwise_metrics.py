@@ -197,7 +197,8 @@ def hand_preference_metrics(h, confidence) -> dict[str, float]:
         "brier": sum((1 - p) ** 2 for p in s) / len(s),
     }
     known = [(x, c) for x, c in zip(h, confidence, strict=True) if not math.isnan(c)]
-    if known:
+    if known:  # n_pairs_true: how many pairs the *_true metrics cover
+        out["n_pairs_true"] = float(len(known))
         out |= hand_true_preference([x for x, _ in known], [c for _, c in known])
     return out
 
@@ -215,6 +216,7 @@ def test_dpo_preference_metrics_equal_the_hand_reference(rng):
     assert set(got) == set(want)
     _assert_matches(got, want)
     assert want["ece"] > 0.05 and want["ece_true"] > 0.02  # miscalibrated both ways
+    assert got["n_pairs_true"] == n - 60  # the pairs with a known confidence
     # no confidence known: no *_true metrics at all, the rest unchanged
     none_known = preference_metrics(h, np.full(n, np.nan))
     assert set(none_known) == {"n_pairs", "accuracy", "margin_mean", "ece", "rms", "mce", "brier"}
@@ -265,6 +267,7 @@ def hand_reward_metrics(d, p, confidence=None, *, floor=1e-6, bins=DOC_BINS):
     if confidence is not None:
         known = [(x, c) for x, c in zip(d, confidence, strict=True) if not math.isnan(c)]
         if known:
+            out["n_pairs_true"] = float(len(known))
             out |= hand_true_preference([x for x, _ in known], [c for _, c in known], bins)
     return out
 

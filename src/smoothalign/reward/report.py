@@ -14,7 +14,13 @@ from smoothalign.io import atomic_write_text, save_figure
 from smoothalign.reward.objective import MONITORED
 from smoothalign.train.plots import plt
 from smoothalign.train.report import read_metrics
-from smoothalign.train.report_md import before_after_table, config_section, report_head, section
+from smoothalign.train.report_md import (
+    before_after_table,
+    config_section,
+    report_head,
+    section,
+    true_rows,
+)
 
 TABLE_ROWS = [
     ("accuracy", "pairwise accuracy vs the majority vote", "{:.3f}"),
@@ -137,7 +143,7 @@ def write_reward_report(
 
     lines = report_head("smoothalign reward-model run report", [describe_loss(config), *notes])
     lines += ["## Held-out evaluation, before and after training", ""]
-    lines += before_after_table(TABLE_ROWS, before, after)
+    lines += before_after_table(true_rows(TABLE_ROWS, after), before, after)
     lines += [
         "",
         "Calibration reads each pair in both orders, `(σ(d), p)` and `(1 − σ(d), 1 − p)`, with "

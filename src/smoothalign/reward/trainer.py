@@ -182,7 +182,8 @@ def reward_metrics(
     * ``fkl``/``rkl``/``jsd``: mean divergence of ``[σ(d), σ(−d)]`` from ``[p, 1 − p]``.
     * where the true ``q = P(chosen wins)`` is known: ``accuracy_true`` (sign of ``d`` against
       the true preference, pairs with ``q = ½`` left out), ``ece_true``, ``rms_true``,
-      ``brier_true`` and ``kl_true`` = mean ``KL(q ‖ σ(d))``.
+      ``brier_true`` and ``kl_true`` = mean ``KL(q ‖ σ(d))``, over the ``n_pairs_true``
+      pairs with a ``q``.
     """
     d = np.asarray(margins, dtype=np.float64)
     p = np.asarray(p_chosen, dtype=np.float64)
@@ -201,5 +202,6 @@ def reward_metrics(
         q = np.asarray(confidence, dtype=np.float64)
         known = ~np.isnan(q)
         if known.any():
+            out["n_pairs_true"] = float(known.sum())
             out.update(true_preference_metrics(d[known], q[known], bins=bins))
     return out

@@ -13,7 +13,13 @@ from smoothalign.calibration import PAIRWISE_BINS, reliability_curve
 from smoothalign.calibration.plots import reliability_diagram
 from smoothalign.io import atomic_write_text, save_figure
 from smoothalign.train.plots import plt
-from smoothalign.train.report_md import before_after_table, config_section, report_head, section
+from smoothalign.train.report_md import (
+    before_after_table,
+    config_section,
+    report_head,
+    section,
+    true_rows,
+)
 
 # (metric key, label, format) for the before/after table
 TABLE_ROWS = [
@@ -139,7 +145,7 @@ def write_report(
 
     lines = report_head("smoothalign DPO run report", notes)
     lines += ["## Held-out evaluation, before and after training", ""]
-    lines += before_after_table(TABLE_ROWS, before, after)
+    lines += before_after_table(true_rows(TABLE_ROWS, after), before, after)
     lines += [
         "",
         "Calibration reads each pair in both orders — `(σ(h), 1)` and `(1 − σ(h), 0)` — so a chosen-first "

@@ -28,6 +28,18 @@ def before_after_table(
     return lines
 
 
+def true_rows(rows: TableRows, metrics: dict[str, float]) -> TableRows:
+    """``rows`` with each ``*_true`` label naming the pairs it covers when that is not all of
+    them (``n_pairs_true`` of ``n_pairs``: only some held-out pairs carry a ``confidence``)."""
+    n, n_true = metrics.get("n_pairs"), metrics.get("n_pairs_true")
+    if n is None or n_true is None or n_true == n:
+        return rows
+    note = f" (the {n_true:.0f} of {n:.0f} pairs with a confidence)"
+    return [
+        (key, label + note if key.endswith("_true") else label, fmt) for key, label, fmt in rows
+    ]
+
+
 def section(title: str, body: str) -> list[str]:
     """``## title`` and its markdown body."""
     return [f"## {title}", "", body, ""]

@@ -359,7 +359,8 @@ def preference_metrics(margins: np.ndarray, confidence: np.ndarray) -> dict[str,
     Every pair is read in both orders — ``(σ(h), 1)`` and ``(1 − σ(h), 0)`` — so that a data
     set where the labelled winner always comes first still has two outcomes to calibrate
     against; the bins are ``PAIRWISE_BINS`` (even, so the two readings never share a bin). Where the true confidence ``q`` of the label is known, the forecasts are also
-    scored against it: ``*_true`` metrics use outcomes ``(q, 1 − q)`` and the true winner.
+    scored against it: ``*_true`` metrics use outcomes ``(q, 1 − q)`` and the true winner,
+    over the ``n_pairs_true`` pairs with a ``q`` (of ``n_pairs``).
     """
     h = np.asarray(margins, dtype=np.float64)
     p = 1.0 / (1.0 + np.exp(-h))
@@ -376,5 +377,6 @@ def preference_metrics(margins: np.ndarray, confidence: np.ndarray) -> dict[str,
     q = np.asarray(confidence, dtype=np.float64)
     known = ~np.isnan(q)
     if known.any():
+        out["n_pairs_true"] = float(known.sum())
         out.update(true_preference_metrics(h[known], q[known]))
     return out
