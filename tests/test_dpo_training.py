@@ -118,6 +118,42 @@ def test_resume_equals_uninterrupted(noisy_data, tmp_path):
     )
 
 
+def test_a_resumed_runs_train_loss_covers_the_whole_run(noisy_data, tmp_path):
+    """train_loss (pooled over every pair of the run) after a crash and a resume equals the
+    uninterrupted run's: the checkpoint holds the run's loss sums, with those of the steps
+    buffered since the last log (checkpoint-3, logged at 2: step 3's). From an earlier
+    version's checkpoint, without them, it covers the steps after the checkpoint only, and
+    the record says so (train_loss_from_step)."""
+    kw = dict(smoothing="cals-l2", max_steps=8, save_steps=3, learning_rate=1e-3, logging_steps=2)
+
+    def train_loss(out: Path) -> tuple[float, dict]:
+        (summary,) = [r for r in _records(out) if "train_loss" in r]
+        return summary["train_loss"], summary
+
+    run_dpo(_config(noisy_data, tmp_path / "straight", **kw))
+    straight, summary = train_loss(tmp_path / "straight")
+    assert "train_loss_from_step" not in summary
+    crashed = tmp_path / "crashed"
+    with pytest.raises(KeyboardInterrupt):
+        run_dpo(_config(noisy_data, crashed, **kw), callbacks=[_Crash(at=5)])
+    shutil.copytree(crashed, tmp_path / "old")  # the same crash, its checkpoint of old
+    run_dpo(_config(noisy_data, crashed, resume="latest", **kw))
+    resumed, summary = train_loss(crashed)
+    assert "train_loss_from_step" not in summary
+    assert resumed == pytest.approx(straight, rel=1e-12, abs=0)
+    old = tmp_path / "old"
+    (old / "checkpoint-3" / "loss_sums.pt").unlink()
+    result = run_dpo(_config(noisy_data, old, resume="latest", **kw))
+    since, summary = train_loss(old)
+    assert summary["train_loss_from_step"] == 3
+    assert any("train_loss: over the steps after 3 only" in n for n in result.notes)
+    windows = [r for r in _records(old) if r["split"] == "train" and r["step"] > 3]
+    assert [r["step"] for r in windows] == [4, 6, 8]  # of 8, 16 and 16 pairs (step 4 alone)
+    pooled = (8 * windows[0]["loss"] + 16 * windows[1]["loss"] + 16 * windows[2]["loss"]) / 40
+    assert since == pytest.approx(pooled, rel=1e-12)
+    assert abs(since - straight) > 1e-6
+
+
 class _Steps(TrainerCallback):
     """Counts the optimizer steps a run takes."""
 

@@ -139,7 +139,10 @@ class _Crash(TrainerCallback):
 
 
 def test_resume_equals_uninterrupted(data, tmp_path):
-    kw = dict(max_steps=6, save_steps=2, logging_steps=1, batch_size=4)
+    """The weights, and train_loss: the checkpoint holds the run's loss sums (checkpoint-4,
+    logged at 3: with step 4's, buffered since), so the resumed run's covers every step, as
+    the uninterrupted run's (up to the float32 sums of each logged window)."""
+    kw = dict(max_steps=6, save_steps=2, logging_steps=3, batch_size=4)
     run_sft(_config(data, tmp_path / "straight", **kw))
     crashed = tmp_path / "crashed"
     with pytest.raises(KeyboardInterrupt):
@@ -150,6 +153,13 @@ def test_resume_equals_uninterrupted(data, tmp_path):
     (crashed / "checkpoint-5" / "smoothalign_complete.json").unlink()
     result = run_sft(_config(data, crashed, resume="latest", **kw))
     assert any("checkpoint-4" in n for n in result.notes)
+    straight, resumed = (
+        next(r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+             if "train_loss" in r)
+        for out in (tmp_path / "straight", crashed)
+    )  # fmt: skip
+    assert resumed["train_loss"] == pytest.approx(straight["train_loss"], rel=1e-6)
+    assert "train_loss_from_step" not in resumed
     a = load_file(tmp_path / "straight" / "final" / "model.safetensors")
     b = load_file(crashed / "final" / "model.safetensors")
     assert a.keys() == b.keys()

@@ -25,7 +25,8 @@ Every one of them is a mean over the completion tokens of the whole logging wind
 its steps, micro-batches and ranks pooled), so at β = 0 ``loss`` equals ``nll`` up to
 float rounding. ``loss`` replaces Trainer's own, a mean of the window's per-step means
 (which weighs a step of few tokens like one of many); so does the end-of-run
-``train_loss``, pooled over every step this ``train()`` call took.
+``train_loss``, pooled over every step of the run (a resumed one's too: the sums go into
+each checkpoint).
 """
 
 from __future__ import annotations
@@ -70,11 +71,23 @@ class SFTTrainer(SmoothingTrainer):
         self.counts_head_filter = fused_logps_enabled(sft_config.fused, self.accelerator.device)
         base = self._base_model(self.model)
         self._logits_to_keep = "logits_to_keep" in inspect.signature(base.forward).parameters
-        self._run_sums = {"loss": 0.0, "tokens": 0.0}  # the windows logged in this train()
+        self._run_sums = {"loss": 0.0, "tokens": 0.0}  # the windows logged in the run
 
-    def train(self, *args: Any, **kwargs: Any):
-        self._run_sums = {"loss": 0.0, "tokens": 0.0}  # train_loss: this call's steps, as
-        return super().train(*args, **kwargs)  # Trainer's (after a resume: those since)
+    def restore_loss_sums(self, sums: dict[str, Any] | None) -> None:
+        run = (sums or {}).get("run_sums", {})
+        self._run_sums = {
+            "loss": float(run.get("loss", 0.0)),
+            "tokens": float(run.get("tokens", 0.0)),
+        }
+
+    def loss_sums(self) -> dict[str, Any]:
+        loss, tokens = self._buffered_sum("_sum/loss"), self._buffered_sum(_COUNT)
+        return {
+            "run_sums": {
+                "loss": self._run_sums["loss"] + loss,
+                "tokens": self._run_sums["tokens"] + tokens,
+            }
+        }
 
     # ------------------------------------------------------------------ forward
     def _base_model(self, model: torch.nn.Module) -> torch.nn.Module:

@@ -5,6 +5,8 @@
 * per-pair metric buffers, gathered across ranks and written to ``metrics.jsonl`` (with
   non-scalar extras: the α histogram and the calibrator's per-bin ``q̂``) besides the usual
   Trainer logs (progress bar, TensorBoard);
+* the run's pooled loss sums (``train_loss``) in every checkpoint too, so that a resumed run
+  reports it over every step (:meth:`SmoothingTrainer.train`);
 * an evaluation context that runs the model on its device under the same autocast as
   training, so that "before" and "after" forecasts are computed alike;
 * ``evaluate`` that logs its metrics and tells the callbacks, as Trainer's own does.
@@ -27,7 +29,13 @@ from transformers import Trainer
 
 from smoothalign.io import atomic_write_json, json_safe
 from smoothalign.smoothing import SmoothingPolicy
-from smoothalign.train.checkpoints import COMPLETE_MARKER, save_smoothing_state
+from smoothalign.train.checkpoints import (
+    COMPLETE_MARKER,
+    load_loss_sums,
+    resumed_step,
+    save_loss_sums,
+    save_smoothing_state,
+)
 
 ALPHA_HIST_BINS = 10  # over [0, 1/2]
 
@@ -39,6 +47,9 @@ class SmoothingTrainer(Trainer):
     # then each training step records the softmax mass its gradient filter left out
     counts_head_filter = False
     head_stats: dict | None = None  # the kernel's filter_stats, for one training step
+    # the step of the checkpoint this train() resumed from when it held no loss sums (an
+    # earlier version's): train_loss then covers the steps after it only, and says so
+    train_loss_from_step: int | None = None
 
     def __init__(self, *args: Any, smoothing_policy: SmoothingPolicy, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -47,6 +58,41 @@ class SmoothingTrainer(Trainer):
             smoothing_policy.calibrator.sum_across_ranks = self.accelerator.num_processes > 1
         self._stored: dict[str, dict[str, list[Tensor]]] = defaultdict(lambda: defaultdict(list))
         self.metrics_path = Path(self.args.output_dir) / "metrics.jsonl"
+
+    def train(self, resume_from_checkpoint=None, *args: Any, **kwargs: Any):
+        """Trainer's ``train``. The run's pooled loss sums (``train_loss``) start from the
+        checkpoint's (:meth:`loss_sums`), so that a resumed run reports ``train_loss`` over
+        every step, as the uninterrupted run would; Trainer's covers this call's steps only.
+        A checkpoint saved without them leaves it so, and the end-of-training record says
+        so: ``train_loss_from_step``, the checkpoint's step."""
+        folder = resume_from_checkpoint
+        if folder is True:  # Trainer's "the last checkpoint in output_dir"
+            from transformers.trainer_utils import get_last_checkpoint
+
+            folder = get_last_checkpoint(self.args.output_dir)
+        sums = load_loss_sums(folder) if folder else None
+        self.restore_loss_sums(sums)
+        self.train_loss_from_step = resumed_step(folder) if folder and sums is None else None
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def loss_sums(self) -> dict[str, Any] | None:
+        """What ``train_loss`` is computed from, over the run so far (the values buffered
+        since the last log included), for a checkpoint; ``None``: nothing to save. It
+        gathers across ranks: every rank calls it."""
+        return None
+
+    def restore_loss_sums(self, sums: dict[str, Any] | None) -> None:
+        """Start the run's loss sums from a checkpoint's :meth:`loss_sums` (``None``: from
+        nothing, as a fresh run)."""
+
+    def _buffered_sum(self, name: str) -> float:
+        """The sum over ranks, in float64, of the training values buffered under ``name``
+        since the last log, which stay buffered (every rank calls it: it gathers)."""
+        values = self._stored["train"].get(name)
+        if not values:
+            return 0.0
+        t = self.accelerator.gather(torch.cat(values).to(self.accelerator.device))
+        return float(t.cpu().numpy().astype(np.float64).sum())
 
     # ------------------------------------------------------------------ metrics
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -95,6 +141,8 @@ class SmoothingTrainer(Trainer):
             tail: dict[str, Any] = {"partial_window": True}
             self._write_record("train", tail, self._summarised("train", tail))
         extra = self._summarised(split, logs)
+        if split == "summary" and "train_loss" in logs and self.train_loss_from_step is not None:
+            logs["train_loss_from_step"] = self.train_loss_from_step  # not the whole run's
         if split == "train" and getattr(self, "resumed_mid_window", False):
             extra["partial_window"] = True  # its window began before the checkpoint
             self.resumed_mid_window = False
@@ -161,6 +209,7 @@ class SmoothingTrainer(Trainer):
     # ------------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, model, trial) -> None:
         folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        sums = self.loss_sums()  # on every rank: it gathers the window's buffered values
         if self.args.should_save:  # a folder saved over (a resume from an older checkpoint)
             (folder / COMPLETE_MARKER).unlink(missing_ok=True)  # is uncertified until done
         super()._save_checkpoint(model, trial)
@@ -169,6 +218,8 @@ class SmoothingTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             save_smoothing_state(self.smoothing_policy.state_dict(), folder)
+            if sums is not None:
+                save_loss_sums(sums, folder)
             # written last: its presence certifies that everything above is complete
             atomic_write_json(folder / COMPLETE_MARKER, {"global_step": self.state.global_step})
 
@@ -190,12 +241,12 @@ class PairCountedLoss:
     the window's sum over its count (every step, micro-batch and rank), which replaces
     Trainer's mean of the window's per-step means: those weigh the pairs of a short step (an
     epoch's last) more, while the other logged values (``record``) pool the window's pairs.
-    So is the end-of-run ``train_loss``, over the steps this ``train()`` call took (those
-    Trainer's covers). A window whose pooled loss is not finite keeps Trainer's, which its
-    NaN/inf filter may have cleaned. The end's last partial window (after the last logging
-    step), which Trainer does not log, gets its pooled ``loss`` too (so every training record
-    of ``metrics.jsonl`` has one, and the plots show that window), and counts in
-    ``train_loss``.
+    So is the end-of-run ``train_loss``, over every step of the run: its sums go into each
+    checkpoint (:meth:`loss_sums`), and a resumed run starts from them. A window whose
+    pooled loss is not finite keeps Trainer's, which its NaN/inf filter may have cleaned.
+    The end's last partial window (after the last logging step), which Trainer does not
+    log, gets its pooled ``loss`` too (so every training record of ``metrics.jsonl`` has
+    one, and the plots show that window), and counts in ``train_loss``.
     """
 
     loss_is_scaled_for_ga = True  # per_pair_loss does the scaling
@@ -203,11 +254,24 @@ class PairCountedLoss:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._run_loss: dict[str, list[float]] = {}  # per term: [sum, count] of this train()
+        self._run_loss: dict[str, list[float]] = {}  # per term: [sum, count] of the run
 
-    def train(self, *args: Any, **kwargs: Any):
-        self._run_loss = {}  # train_loss: this call's steps, as Trainer's (after a resume:
-        return super().train(*args, **kwargs)  # those since)
+    def restore_loss_sums(self, sums: dict[str, Any] | None) -> None:
+        run = (sums or {}).get("run_loss", {})
+        self._run_loss = {
+            name: [float(total), float(count)] for name, (total, count) in run.items()
+        }
+
+    def loss_sums(self) -> dict[str, Any]:
+        run = {name: list(term) for name, term in self._run_loss.items()}
+        buffered = sorted(
+            {k.split("/")[1] for k in self._stored["train"] if k.startswith("_loss/")}
+        )
+        for name in buffered:  # the steps since the last log, which the checkpoint covers
+            term = run.setdefault(name, [0.0, 0.0])
+            term[0] += self._buffered_sum(f"_loss/{name}/sum")
+            term[1] += self._buffered_sum(f"_loss/{name}/count")
+        return {"run_loss": run}
 
     def record_loss(self, **terms: tuple[Tensor, Tensor]) -> None:
         """Buffer a training micro-batch's loss as terms ``name=(sum, count)``: the logged

@@ -20,6 +20,7 @@ from smoothalign.io import atomic_write_bytes, atomic_write_text
 
 COMPLETE_MARKER = "smoothalign_complete.json"
 SMOOTHING_STATE = "smoothing_state.pt"
+LOSS_SUMS = "loss_sums.pt"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -251,6 +252,19 @@ def load_finished_checkpoint(trainer, folder: Path) -> None:
         trainer.control = event(trainer.args, trainer.state, trainer.control)
 
 
+def resumed_step(folder: str | Path) -> int | None:
+    """The step of checkpoint ``folder``: its marker's, else its ``trainer_state.json``'s."""
+    import json
+
+    step = checkpoint_step(folder)
+    if step is None:
+        try:
+            step = json.loads((Path(folder) / "trainer_state.json").read_text())["global_step"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    return step if isinstance(step, int) else None
+
+
 def checkpoint_step(folder: str | Path) -> int | None:
     """The step a certified checkpoint was saved at (its marker's ``global_step``)."""
     import json
@@ -475,8 +489,15 @@ def train_with_resume(
         notes.append(f"resumed from {folder}")
         step = checkpoint_step(folder)
         done = step is not None and step == trainer.args.max_steps
+        if not done and not (folder / LOSS_SUMS).is_file():
+            notes.append(
+                f"train_loss: over the steps after {step} only ({folder.name} holds no "
+                f"{LOSS_SUMS}: an earlier version's checkpoint); metrics.jsonl says so "
+                "(train_loss_from_step)"
+            )
         # the per-pair values buffered since the last log before the save are not in the
-        # checkpoint: the first record after it covers fewer steps, and says so
+        # checkpoint (only their loss sums, for train_loss): the first record after it
+        # covers fewer steps, and says so
         trainer.resumed_mid_window = (step or 0) % trainer.args.logging_steps != 0
         if int(os.environ.get("RANK", "0")) == 0:
             # the resumed records start on a line of their own after a record a crash cut
@@ -518,6 +539,24 @@ def save_smoothing_state(state: dict[str, Any], folder: str | Path) -> Path:
 
 def load_smoothing_state(folder: str | Path) -> dict[str, Any]:
     return torch.load(Path(folder) / SMOOTHING_STATE, map_location="cpu", weights_only=True)
+
+
+def save_loss_sums(sums: dict[str, Any], folder: str | Path) -> Path:
+    """Write a trainer's pooled loss sums of the run so far (``SmoothingTrainer.loss_sums``)
+    into ``folder`` atomically: a run resumed from it then reports ``train_loss`` over every
+    step, not only those after the checkpoint."""
+    buf = io.BytesIO()
+    torch.save(sums, buf)
+    return atomic_write_bytes(Path(folder) / LOSS_SUMS, buf.getvalue())
+
+
+def load_loss_sums(folder: str | Path) -> dict[str, Any] | None:
+    """The loss sums saved in ``folder``; ``None`` for a checkpoint saved without them (by
+    an earlier version, or by Trainer alone)."""
+    path = Path(folder) / LOSS_SUMS
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def restore_smoothing_state(policy, folder: str | Path) -> None:
