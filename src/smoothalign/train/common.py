@@ -255,7 +255,7 @@ def check_identical_after_truncation(
     margin is always 0, so they teach nothing and score as ties. Refuse the run when every
     training pair (``TokenizedPair`` s) is one: there is nothing to learn."""
     what = "sequences" if whole_text else "scored tokens"
-    if all(identical_after_truncation(ex, whole_text) for ex in train):
+    if train and all(identical_after_truncation(ex, whole_text) for ex in train):
         raise ValueError(
             f"data: all {len(train)} training pairs have identical chosen and rejected {what} "
             f"after truncation to max_length {max_length} (they differ only past it): their "
