@@ -31,7 +31,10 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 TARGET = GPUTarget("cuda", 90, 32)
-BWD_CONFIGS = ["64,128,64,4,3", "64,128,32,4,3", "64,128,64,8,3", "64,128,32,8,3"]
+# the default, its spill-free variants, and lce_tune's smaller token blocks (32 / 16 rows,
+# and 32×256: the default's tile area with half its rows)
+BWD_CONFIGS = ["64,128,64,4,3", "64,128,32,4,3", "64,128,64,8,3", "64,128,32,8,3",
+               "32,128,64,4,3", "16,128,64,4,3", "32,256,64,4,3"]  # fmt: skip
 FWD_CONFIGS = ["128,256,64,8,3", "128,128,64,8,3", "128,256,64,8,4", "128,128,64,4,3"]
 
 

@@ -84,8 +84,8 @@ block holding one is never filtered out: the one-hot term is exact.
 **Compensation** (``compensate``, on by default; ``SMOOTHALIGN_LCE_COMPENSATE=0`` turns it
 off): what the filter and the strips leave out of a token's ``dE`` is ``g_n·Σ p_v·C_v`` over
 the dropped entries; it is replaced by its mean-field value ``g_n·m_n·c̄``, with ``m_n`` the
-off-target mass dropped (``1 − p_target −`` the mass the kernel kept, counted as for
-``filter_stats``) and ``c̄`` C's mean row. A trained model's head has a large mean row, so
+off-target mass dropped (``1 −`` the mass the kernel kept, the target's included, counted
+as for ``filter_stats``) and ``c̄`` C's mean row. A trained model's head has a large mean row, so
 the dropped mass is mostly along it: on SmolLM2's hidden states this halves the block rule's
 ``dE`` error; on random logits (``c̄ ≈ 0``) it changes nothing. Not with a softcap.
 
@@ -107,9 +107,10 @@ instructions from every thread; the backward then uses BLOCK_D 32. Compiled for 
 CPU (``benchmarks/sm90_compile.py``), not yet run on a GPU.
 
 **What the filter dropped** (``filter_stats``): with ``STATS`` the backward also adds, per
-token, the off-target softmax mass of each block row it adds to ``dE`` into a ``[N]``
-buffer; the host turns it into the mass left out of ``dE`` (``1 − p_target −`` kept; before
-the compensation above). The trainers log
+token, the softmax mass of each block row it adds to ``dE`` into a ``[N]`` buffer; the host
+turns it into the off-target mass left out of ``dE`` (``1 −`` kept: a live token's target row
+is always added, in exactly one block, so its probability is in the kept mass; before the
+compensation above). The trainers log
 its mean as ``head/filtered_mass``.
 
 **Dense backward (experimental, off by default)**: ``dense_backward=BYTES`` (or
@@ -369,6 +370,14 @@ def _bwd_kernel(
         return
     t = tl.load(T + offs_n, mask=n_mask, other=-1)
     lse = tl.load(LSE + offs_n, mask=n_mask, other=0.0)
+    live = g != 0.0
+    # the live tokens whose target is in this block: their entries (the one-hot term) are
+    # never left out. A [BLOCK_N] test, not a [BLOCK_N, BLOCK_V] mask kept alive beside the
+    # block: that mask, reduced here and under the strips and the stats, took the default
+    # block's spills from 184 to 816 bytes a thread (sm_90, triton 3.6: sm90_compile.py)
+    v_lo = pid_v * BLOCK_V
+    target_rows = live & (t >= v_lo) & (t < v_lo + BLOCK_V)
+    any_target = tl.max(target_rows.to(tl.int32), 0) > 0
     if PREFILTER:  # noqa: SIM102 (a constexpr branch around a runtime test)
         # skip before recomputing the logits: no live token's target is in this block and
         # the largest logit of the block's tokens here (from the forward: one fp32 maximum
@@ -380,11 +389,8 @@ def _bwd_kernel(
         g_mask = offs_g * GROUP < N  # the groups of this row chunk
         bm = tl.max(tl.load(BMAX + row + offs_g, mask=g_mask, other=float("-inf")), 0)
         bm = tl.where(bm == float("-inf"), bm, bm + tl.abs(bm) * 1e-6 + 1e-6)
-        v_lo = pid_v * BLOCK_V
-        live = g != 0.0
         floor = tl.min(tl.where(live, lse, float("inf")), 0)
-        hit = live & (t >= v_lo) & (t < v_lo + BLOCK_V)
-        if (bm < floor + log_eps) & (tl.max(hit.to(tl.int32), 0) == 0):
+        if (bm < floor + log_eps) & ~any_target:
             return
     offs_v = (pid_v * BLOCK_V + tl.arange(0, BLOCK_V)).to(tl.int64)
     v_mask = offs_v < V
@@ -411,18 +417,20 @@ def _bwd_kernel(
         UPCAST,
     )
     p = tl.exp(z - lse[:, None])
-    d = p - tl.where(offs_v[None, :] == t[:, None], 1.0 - beta, 0.0)
+    is_target = offs_v[None, :] == t[:, None]
+    d = p - tl.where(is_target, 1.0 - beta, 0.0)
     if SMOOTH_IN_BLOCK:
         d = d - beta / V
-    keep = (g != 0.0)[:, None] & v_mask[None, :]
+    keep = live[:, None] & v_mask[None, :]
     d = tl.where(keep, d, 0.0)
-    # the live targets in this block: their entries (the one-hot term) are never left out
-    is_target = keep & (offs_v[None, :] == t[:, None])
-    target_rows = tl.max(is_target.to(tl.int32), 1) > 0
+    if STATS:  # the softmax mass of each row, its target's included (the host takes the
+        # target's out: its row is always added, in exactly one block), summed now so that
+        # p is not kept alive beside d
+        p_rows = tl.sum(tl.where(keep, p, 0.0), 1)
+    if STRIPS:  # the columns holding a live token's target, reduced before d's tests
+        target_cols = tl.max((is_target & live[:, None]).to(tl.int32), 0) > 0
     if FILTER:  # noqa: SIM102 (a constexpr branch around a runtime test)
-        if (tl.max(tl.max(tl.abs(d), 1), 0) < filter_eps) & (
-            tl.max(target_rows.to(tl.int32), 0) == 0
-        ):
+        if (tl.max(tl.max(tl.abs(d), 1), 0) < filter_eps) & ~any_target:
             return
     # strips: dE takes only the rows (tokens) of the block with an entry ≥ strip_eps or
     # their target, dC only its columns (vocabulary entries) with one or a token's target;
@@ -431,12 +439,10 @@ def _bwd_kernel(
     cols_on = v_mask
     if STRIPS:
         ad = tl.abs(d)
-        target_cols = tl.max(is_target.to(tl.int32), 0) > 0
         rows_on = rows_on & ((tl.max(ad, 1) >= strip_eps) | target_rows)
         cols_on = cols_on & ((tl.max(ad, 0) >= strip_eps) | target_cols)
-    if STATS:  # the off-target softmax mass this computed block keeps in dE, per token
-        off = keep & ~is_target & rows_on[:, None]
-        tl.atomic_add(KEPT + offs_n, tl.sum(tl.where(off, p, 0.0), 1), mask=n_mask, sem="relaxed")
+    if STATS:  # the softmax mass this computed block keeps in dE, per token
+        tl.atomic_add(KEPT + offs_n, tl.where(rows_on, p_rows, 0.0), mask=n_mask, sem="relaxed")
     # fp16: g/max|g| in the 16-bit block, max|g| back on the fp32 products
     if SCALE_ROWS:  # noqa: SIM108 (a constexpr branch)
         d = d * (g / g_abs)[:, None]
@@ -827,14 +833,13 @@ def _backward(
     need_e, need_c, need_b = need
     n, d = e.shape
     v = c.shape[0]
-    stats, p_target = stats if stats is not None else (None, None)
     filtering = not (dense_bytes or filter_eps is None or (beta > 0 and softcap is not None))
     if stats is not None and not filtering:
         stats["dropped_mass"] = torch.where(g != 0, 0.0, math.nan)  # nothing filtered
         stats = None
     # the dropped mass times C's mean row, added to dE (see the module doc); not with a
     # softcap, whose derivative weighs each dropped entry differently
-    compensate = compensate and filtering and need_e and softcap is None and p_target is not None
+    compensate = compensate and filtering and need_e and softcap is None
     if dense_bytes:
         from smoothalign.kernels.dense_backward import dense_backward, dense_chunk_rows
 
@@ -979,7 +984,7 @@ def _backward(
             **extra,
         )
         if c_bar is not None:  # the off-target mass dE left out, along C's mean row
-            dropped = (1.0 - p_target[s : s + rows] - kept[s : s + rows]).clamp_(min=0.0)
+            dropped = (1.0 - kept[s : s + rows]).clamp_(min=0.0)  # kept: its target's too
             # where, not a product: an ignored token's target may be out of range
             de_buf.addr_(torch.where(gc != 0, gc * dropped, 0.0), c_bar)
         if de_buf is not None:
@@ -987,8 +992,9 @@ def _backward(
             # of the chunk, alive beside the fp32 buffer at the backward's peak (16 MiB at
             # the benchmark shapes, 1.4% of the gradients)
             de_out[s : s + rows].copy_(de_buf)
-    if stats is not None:  # per token: the off-target softmax mass left out of dE
-        dropped = (1.0 - p_target - kept).clamp_(min=0.0)
+    if stats is not None:  # per token: the off-target softmax mass left out of dE (the
+        # kept mass holds the target's probability: its row is always added)
+        dropped = (1.0 - kept).clamp_(min=0.0)
         stats["dropped_mass"] = torch.where(g != 0, dropped, math.nan)  # no sync: no indexing
     dc = dc_buf.to(c.dtype) if dc_buf is not None else None
     return de_out, dc, (db.to(bias.dtype) if db is not None else None)
@@ -1016,7 +1022,7 @@ class TritonLinearCrossEntropy(torch.autograd.Function):
         strips,
         compensate,
     ):
-        loss, lse, c_mean, maxima, zt = _forward(
+        loss, lse, c_mean, maxima, _ = _forward(
             e, c, bias, targets, beta, ignore_index, softcap, block_max
         )
         valid = targets != ignore_index
@@ -1026,9 +1032,6 @@ class TritonLinearCrossEntropy(torch.autograd.Function):
         ctx.opts = (beta, ignore_index, softcap, filter_eps, accum_c_fp32, bv_fwd, group)
         ctx.tma_reduce, ctx.dense_bytes, ctx.filter_stats = tma_reduce, dense_bytes, filter_stats
         ctx.strips, ctx.compensate = strips, compensate
-        # the target's probability, for the off-target mass the filter leaves out
-        counting = filter_stats is not None or compensate
-        ctx.p_target = torch.exp(zt - lse) if counting else None
         return loss
 
     @staticmethod
@@ -1054,7 +1057,7 @@ class TritonLinearCrossEntropy(torch.autograd.Function):
             c_mean,
             ctx.tma_reduce,
             ctx.dense_bytes,
-            (ctx.filter_stats, ctx.p_target),
+            ctx.filter_stats,
             ctx.strips,
             ctx.compensate,
         )
