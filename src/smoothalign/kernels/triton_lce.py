@@ -862,7 +862,7 @@ def _backward(
     tma = _tma_reduce(tma_reduce, e.device, d)
     if tma and not os.environ.get("SMOOTHALIGN_LCE_BWD") and e.dtype != torch.float32:
         # staging the tiles in shared memory costs registers: compiled for sm_90 on a CPU,
-        # BLOCK_D 64 spills with TMA (368 bytes a thread with triton 3.9, 168 with 3.6), 32
+        # BLOCK_D 64 spills with TMA (376 bytes a thread with triton 3.9, 184 with 3.6), 32
         # does not (benchmarks/sm90_compile.py)
         bd = 32
     rank_one = beta > 0 and softcap is None
