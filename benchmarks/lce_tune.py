@@ -40,7 +40,7 @@ FWD = ["128,128,64,8,3", "128,128,64,8,4", "128,256,64,8,3", "256,128,64,8,3",
 # "smaller token blocks"), and run H put the backward's cost in those products, not in the
 # atomic adds; 32,256: the default's tile area with half its token rows
 # 64,128,32,4,3 / 64,128,64,8,3 / 64,128,32,8,3: the default's shape without its register
-# spill (160 bytes a thread with triton 3.6, compiled for sm_90: benchmarks/sm90_compile.py)
+# spill (168 bytes a thread with triton 3.6 at bd81627, compiled for sm_90: sm90_compile.py)
 BWD = ["128,128,64,8,3", "128,128,32,8,3", "128,128,64,8,4", "64,128,64,4,3",
        "64,128,32,4,3", "64,128,64,8,3", "64,128,32,8,3",
        "128,64,64,4,3", "128,128,128,8,2", "32,128,64,4,3", "16,128,64,4,3",
