@@ -136,3 +136,21 @@ def test_empirical_prior_on_too_little_data_warns():
     assert summary.warnings and "consider --prior uniform" in summary.to_text()
     _, summary = add_vote_confidence(rows * 30, prior="uniform")
     assert not summary.warnings
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["chosen", "prompt", "rejected", "votes_total", "votes_chosen", "votes", "p_chosen",
+     "relabelled", "_row", "ref_chosen_logps", "score_rejected", "", " "],
+)  # fmt: skip
+def test_field_refuses_the_rows_own_fields_and_empty_names(tmp_path, capsys, name):
+    data = tmp_path / "votes.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    out = tmp_path / "out.jsonl"
+    argv = ["data", "confidence", "--data", str(data), "--output", str(out), "--prior", "uniform"]
+    assert main([*argv, "--field", name, "--overwrite", "--relabel"]) == 2
+    assert f"(--field) {name!r}" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(ValueError, match="--field"):
+        add_vote_confidence(_rows(), prior="uniform", field_name=name, overwrite=True)
+    assert main([*argv, "--field", "vote_q"]) == 0  # another name is fine

@@ -31,7 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="swap chosen and rejected where the confidence is below 1/2 (the votes overrule "
         "the label); relabelled rows get relabelled: true",
     )
-    parser.add_argument("--field", default="confidence", help="the column to write")
+    parser.add_argument(
+        "--field",
+        default="confidence",
+        help="the column to write (`smoothalign dpo --smoothing oracle-*` reads 'confidence'); "
+        "not one of the rows' own fields (prompt, chosen, rejected, the votes, p_chosen, "
+        "relabelled, any …chosen…/…rejected… field)",
+    )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the column where a row already has it"
     )
@@ -41,9 +47,10 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from smoothalign.data.loading import load_preference_rows
-    from smoothalign.data.vote_confidence import add_vote_confidence
+    from smoothalign.data.vote_confidence import add_vote_confidence, check_field_name
     from smoothalign.io import atomic_write_text
 
+    check_field_name(args.field)  # before reading the data
     rows = load_preference_rows(args.data)
     out, summary = add_vote_confidence(
         rows,

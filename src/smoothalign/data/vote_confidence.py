@@ -17,7 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from smoothalign.data.loading import FILE_KEY, ROW_KEY, not_an_object, row_location
+from smoothalign.data.loading import (
+    FILE_KEY,
+    NOT_OBJECT_KEY,
+    ROW_KEY,
+    TEXT_FIELDS,
+    not_an_object,
+    row_location,
+)
 from smoothalign.smoothing.votes import PRIORS, fit_vote_prior, posterior_mean, vote_confidence
 
 VOTE_FIELDS = ("votes_chosen", "votes_total")
@@ -65,6 +72,43 @@ def _raise_if_bad(bad: list[str], n_rows: int, what: str) -> None:
             f"{len(bad)} of {n_rows} rows cannot be {what}:\n  "
             + "\n  ".join(bad[:MAX_LISTED])
             + more
+        )
+
+
+# fields this tool (or ``smoothalign dpo`` / ``reward``) reads, mirrors or writes besides the
+# confidence: the column written must not replace one of them
+OWN_FIELDS = (
+    *TEXT_FIELDS,
+    *VOTE_FIELDS,
+    "votes",
+    "vote",
+    "p_chosen",
+    "relabelled",
+    "pair_id",
+    ROW_KEY,
+    FILE_KEY,
+    NOT_OBJECT_KEY,
+)
+
+
+def check_field_name(field_name: Any) -> None:
+    """Refuse a confidence column that would replace a field the rows need: the text, the
+    votes, ``relabelled``, a ``…chosen…`` / ``…rejected…`` field (relabelling swaps those
+    in pairs), the bookkeeping keys, or an empty name."""
+    why = None
+    if not isinstance(field_name, str) or not field_name.strip():
+        why = "the column needs a name"
+    elif field_name != field_name.strip():
+        why = "leading or trailing spaces"
+    elif field_name in OWN_FIELDS:
+        why = "the rows' own field, which the tool reads or writes"
+    elif "chosen" in field_name or "rejected" in field_name:
+        why = "a '…chosen…' / '…rejected…' field, which relabelling swaps with its partner"
+    if why is not None:
+        raise ValueError(
+            f"field_name (--field) {field_name!r}: {why}; write the confidence to another "
+            "column (the default is 'confidence', which `smoothalign dpo --smoothing "
+            "oracle-*` reads)"
         )
 
 
@@ -161,6 +205,7 @@ def add_vote_confidence(
     named (file, row, field) in one ``ValueError``; no row is dropped."""
     if prior not in PRIORS:
         raise ValueError(f"prior: unknown {prior!r}; choose one of {PRIORS}")
+    check_field_name(field_name)
     if not rows:
         raise ValueError("rows: no rows to score")
     counts = _check_votes(rows, field_name, overwrite)
@@ -210,4 +255,10 @@ def add_vote_confidence(
     return out, summary
 
 
-__all__ = ["VOTE_FIELDS", "VoteConfidenceSummary", "add_vote_confidence"]
+__all__ = [
+    "OWN_FIELDS",
+    "VOTE_FIELDS",
+    "VoteConfidenceSummary",
+    "add_vote_confidence",
+    "check_field_name",
+]
