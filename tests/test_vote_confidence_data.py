@@ -154,3 +154,43 @@ def test_field_refuses_the_rows_own_fields_and_empty_names(tmp_path, capsys, nam
     with pytest.raises(ValueError, match="--field"):
         add_vote_confidence(_rows(), prior="uniform", field_name=name, overwrite=True)
     assert main([*argv, "--field", "vote_q"]) == 0  # another name is fine
+
+
+def _readme_command(start: str) -> list[str]:
+    """The README's example command line that starts with ``smoothalign {start}`` (its
+    arguments, the comment left off)."""
+    import shlex
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    for line in readme.read_text(encoding="utf-8").splitlines():
+        if line.startswith(f"smoothalign {start}"):
+            return shlex.split(line.split("#")[0])[1:]
+    raise AssertionError(f"README has no `smoothalign {start}` example")
+
+
+def test_readme_votes_to_confidence_pipeline_runs_as_written(tmp_path, capsys, monkeypatch):
+    """README's export → `data confidence` example works as written; without --overwrite the
+    export's true q (its `confidence`) is one file-level error that names both ways out."""
+    monkeypatch.chdir(tmp_path)
+    export = _readme_command("study preference --export-votes")
+    assert main([*export, "--train-pairs", "64"]) == 0  # the README's --quick, smaller
+    command = _readme_command("data confidence --data votes.jsonl")
+    assert "--overwrite" in command
+    capsys.readouterr()
+    assert main(command) == 0
+    out = capsys.readouterr().out
+    assert "replaced the 'confidence' value that 64 of 64 rows had" in out
+    rows = [json.loads(line) for line in (tmp_path / "prefs.jsonl").read_text().splitlines()]
+    assert len(rows) == 64 and all(r["confidence"] >= 0.5 for r in rows)
+
+    kept = [a for a in command if a != "--overwrite"]
+    assert main(kept) == 2
+    err = capsys.readouterr().err
+    assert "votes.jsonl: every row already has a 'confidence' field (64 rows" in err
+    assert "--overwrite" in err and "--field NAME" in err
+    assert "row 0" not in err and "rows cannot be used" not in err
+    # --field keeps the true q beside the estimate
+    assert main([*kept, "--field", "vote_confidence"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "prefs.jsonl").read_text().splitlines()]
+    assert all("confidence" in r and "vote_confidence" in r for r in rows)

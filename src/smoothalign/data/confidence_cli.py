@@ -39,7 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "relabelled, any …chosen…/…rejected… field)",
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace the column where a row already has it"
+        "--overwrite",
+        action="store_true",
+        help="replace the column where a row already has it (the rows of `smoothalign study "
+        "preference --export-votes` carry their true q as 'confidence': --overwrite replaces "
+        "it, --field NAME keeps it)",
     )
 
 

@@ -112,12 +112,22 @@ def check_field_name(field_name: Any) -> None:
         )
 
 
-def _check_votes(rows: Sequence[Any], field_name: str, overwrite: bool) -> list[tuple[int, int]]:
-    counts, bad = [], []
+def _check_votes(
+    rows: Sequence[Any], field_name: str, overwrite: bool
+) -> tuple[list[tuple[int, int]], int]:
+    """Each row's ``(votes_chosen, votes_total)`` and how many rows already have
+    ``field_name`` (replaced under ``overwrite``). A column that every row already has is
+    one file-level error, not one line per row."""
+    counts, bad, present = [], [], []
     for i, row in enumerate(rows):
         if not_an_object(row) is not None:
             bad.append(f"{row_location(row, i)}: not a JSON object")
             continue
+        if row.get(field_name) is not None:
+            present.append(
+                f"{row_location(row, i)}, field '{field_name}': already present (pass "
+                "overwrite=True, --overwrite, or write the confidence to another field)"
+            )
         v, k = _count(row.get("votes_chosen")), _count(row.get("votes_total"))
         if row.get("votes_total") is None or k is None or k < 1:
             bad.append(
@@ -129,15 +139,31 @@ def _check_votes(rows: Sequence[Any], field_name: str, overwrite: bool) -> list[
                 f"{row_location(row, i)}, field 'votes_chosen': expected a whole number in "
                 f"[0, {k}], got {row.get('votes_chosen')!r}"
             )
-        elif field_name in row and row[field_name] is not None and not overwrite:
-            bad.append(
-                f"{row_location(row, i)}, field '{field_name}': already present (pass overwrite=True, --overwrite, "
-                "or write the confidence to another field)"
-            )
+        elif row.get(field_name) is not None and not overwrite:
+            bad.append(present[-1])
         else:
             counts.append((v, k))
+    if not overwrite and present and len(present) == len(rows):
+        files = sorted({str(r[FILE_KEY]) for r in rows if r.get(FILE_KEY)})
+        where = ", ".join(files) if files else "the rows"
+        others = [b for b in bad if b not in present]
+        raise ValueError(
+            f"{where}: every row already has a '{field_name}' field ({len(rows)} rows; in a "
+            f"`study preference --export-votes` file it is the true q). Pass --overwrite "
+            f"(overwrite=True) to replace it with the votes' estimate (what `smoothalign dpo "
+            f"--smoothing oracle-*` reads; the old values are lost, and the dpo report's "
+            f"*_true metrics then measure against the estimate), or --field NAME (e.g. "
+            f"--field vote_confidence) to write the estimate beside it and keep it"
+            + (
+                f"\n{len(others)} of {len(rows)} rows cannot be used either:\n  "
+                + "\n  ".join(others[:MAX_LISTED])
+                + (f"\n  … and {len(others) - MAX_LISTED} more" if len(others) > MAX_LISTED else "")
+                if others
+                else ""
+            )
+        )
     _raise_if_bad(bad, len(rows), "used")
-    return counts
+    return counts, len(present)
 
 
 # fields that hold the probability that ``chosen`` wins: mirrored (1 − x) when relabelling
@@ -208,7 +234,7 @@ def add_vote_confidence(
     check_field_name(field_name)
     if not rows:
         raise ValueError("rows: no rows to score")
-    counts = _check_votes(rows, field_name, overwrite)
+    counts, replaced = _check_votes(rows, field_name, overwrite)
     votes = [v for v, _ in counts]
     totals = [k for _, k in counts]
     mass = {}
@@ -237,6 +263,11 @@ def add_vote_confidence(
         out.append(new)
     _raise_if_bad(bad, len(rows), "relabelled")
     warnings = []
+    if replaced:
+        warnings.append(
+            f"replaced the '{field_name}' value that {replaced} of {len(rows)} rows had (in a "
+            "`study preference --export-votes` file, the true q); --field NAME keeps it"
+        )
     if prior == "empirical" and (max(totals) <= 2 or len(totals) < MIN_ROWS_EMPIRICAL):
         warnings.append(
             f"{len(totals)} rows with at most {max(totals)} votes each say little about the "
