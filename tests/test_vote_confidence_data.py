@@ -194,3 +194,21 @@ def test_readme_votes_to_confidence_pipeline_runs_as_written(tmp_path, capsys, m
     assert main([*kept, "--field", "vote_confidence"]) == 0
     rows = [json.loads(line) for line in (tmp_path / "prefs.jsonl").read_text().splitlines()]
     assert all("confidence" in r and "vote_confidence" in r for r in rows)
+
+
+@pytest.mark.parametrize("name", ["o.csv", "o.parquet", "o.json", "o"])
+def test_output_that_is_not_jsonl_is_refused_before_writing(tmp_path, capsys, name):
+    """Both writers write JSONL whatever the name says; a .csv that holds JSONL would be
+    misread by every loader, so another extension is refused with nothing written."""
+    data = tmp_path / "votes.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    out = tmp_path / name
+    argv = ["data", "confidence", "--data", str(data), "--output", str(out), "--prior", "uniform"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--output {out}: the file is written as JSONL; name it with .jsonl" in err
+    assert not out.exists()
+    argv = ["study", "preference", "--export-votes", str(out), "--train-pairs", "8"]
+    assert main(argv) == 2
+    assert f"--export-votes {out}: the file is written as JSONL" in capsys.readouterr().err
+    assert not out.exists()

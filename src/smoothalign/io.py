@@ -9,6 +9,22 @@ from pathlib import Path
 from typing import Any
 
 
+def check_output_file(
+    path: str | os.PathLike, option: str = "--output", suffixes: tuple[str, ...] = (".jsonl",)
+) -> Path:
+    """``path`` as a :class:`Path`, or a ``ValueError`` naming ``option``: a file name whose
+    extension is not one of ``suffixes`` (the writer writes that format whatever the name
+    says, and the loaders read a file by its extension)."""
+    path = Path(path)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ValueError(
+            f"{option} {path}: the file is written as {' / '.join(s[1:].upper() for s in suffixes)}"
+            f"; name it with {' or '.join(suffixes)} (got "
+            f"{repr(path.suffix) if path.suffix else 'no extension'})"
+        )
+    return path
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="preference rows with votes_chosen and votes_total: a JSONL/JSON/Parquet/CSV file or "
         "a folder (e.g. the output of `smoothalign study preference --export-votes`)",
     )
-    parser.add_argument("--output", required=True, help="the JSONL file to write (atomically)")
+    parser.add_argument(
+        "--output", required=True, help="the .jsonl file to write (atomically; JSONL only)"
+    )
     parser.add_argument(
         "--prior",
         choices=("empirical", "uniform"),
@@ -52,9 +54,10 @@ def run(args: argparse.Namespace) -> int:
 
     from smoothalign.data.loading import load_preference_rows
     from smoothalign.data.vote_confidence import add_vote_confidence, check_field_name
-    from smoothalign.io import atomic_write_text
+    from smoothalign.io import atomic_write_text, check_output_file
 
     check_field_name(args.field)  # before reading the data
+    check_output_file(args.output, "--output")
     rows = load_preference_rows(args.data)
     out, summary = add_vote_confidence(
         rows,

@@ -86,7 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--export-votes",
         metavar="FILE",
-        help="write the first seed's training pairs as soft-label JSONL rows and exit",
+        help="write the first seed's training pairs as soft-label JSONL rows (a .jsonl file) "
+        "and exit",
     )
     parser.add_argument("--annotators", type=int, default=5, help="for --export-votes")
     parser.add_argument(
@@ -133,7 +134,9 @@ def export_votes(args: argparse.Namespace, cfg) -> int:
     import json
 
     from smoothalign.experiments.token_world import TokenWorld
-    from smoothalign.io import atomic_write_text
+    from smoothalign.io import atomic_write_text, check_output_file
+
+    check_output_file(args.export_votes, "--export-votes")
 
     if args.annotators < 1:
         print("smoothalign study preference: --annotators must be >= 1", file=sys.stderr)
