@@ -467,3 +467,60 @@ def test_a_run_folder_without_final_as_model_says_so(command, tmp_path, capsys):
     first = capsys.readouterr().err.splitlines()[0]
     assert first.startswith(f"smoothalign {' '.join(command)}: model '{run}': a smoothalign run ")
     assert "without final/" in first and "--resume latest" in first
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["study", "preference", "--quick"], ["study", "logreg", "--quick"],
+     ["study", "reward", "--quick"], ["study", "preference", "--from-results", "R"]],
+)  # fmt: skip
+def test_a_study_output_dir_that_is_a_file_is_named_before_any_work(command, tmp_path, capsys):
+    """Not `[Errno 17] File exists` / `Not a directory` from mkdir: the option, the path and
+    the file in the way, before anything runs."""
+    import json
+
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"runs": [], "config": {}}))
+    command = [str(results) if a == "R" else a for a in command]
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder\n")
+    name = " ".join(command[:2])
+    for out, said in ((afile, ""), (afile / "sub", f" lies under {afile}, which")):
+        assert main([*command, "--output-dir", str(out)]) == 2
+        first = capsys.readouterr().err.splitlines()[0]
+        assert first == (
+            f"smoothalign {name}: --output-dir {out}{said} is a file, not a folder; pass a "
+            "folder (it is created if it does not exist)"
+        )
+    assert afile.read_text() == "not a folder\n"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["data", "confidence", "--data", "V", "--output"], ["study", "preference", "--export-votes"]],
+)
+def test_an_output_file_that_is_a_folder_or_under_a_file_is_named(command, tmp_path, capsys):
+    """Not the atomic writer's `'.adir.xxxx.tmp' -> 'adir'` or `Not a directory`."""
+    import json
+
+    votes = tmp_path / "votes.jsonl"
+    row = {"prompt": "p", "chosen": "a", "rejected": "b", "votes_chosen": 1, "votes_total": 2}
+    votes.write_text(json.dumps(row) + "\n")
+    command = [str(votes) if a == "V" else a for a in command]
+    adir, afile = tmp_path / "adir", tmp_path / "afile"
+    adir.mkdir()
+    afile.write_text("x\n")
+    name = " ".join(command[:2])
+    option = command[-1]
+    assert main([*command, str(adir)]) == 2
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"smoothalign {name}: {option} {adir} is a folder, not a file; pass a file path (e.g. "
+        f"{adir / 'out.jsonl'})"
+    )
+    out = afile / "x.jsonl"
+    assert main([*command, str(out)]) == 2
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"smoothalign {name}: {option} {out} lies under {afile}, which is a file, not a "
+        "folder; pass a path in a folder"
+    )
+    assert list(adir.iterdir()) == [] and afile.read_text() == "x\n"

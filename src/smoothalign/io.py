@@ -12,10 +12,22 @@ from typing import Any
 def check_output_file(
     path: str | os.PathLike, option: str = "--output", suffixes: tuple[str, ...] = (".jsonl",)
 ) -> Path:
-    """``path`` as a :class:`Path`, or a ``ValueError`` naming ``option``: a file name whose
-    extension is not one of ``suffixes`` (the writer writes that format whatever the name
-    says, and the loaders read a file by its extension)."""
+    """``path`` as a :class:`Path`, or a ``ValueError`` naming ``option``: a folder (the
+    atomic rename would fail naming its temporary file), a path under a file, or a file name
+    whose extension is not one of ``suffixes`` (the writer writes that format whatever the
+    name says, and the loaders read a file by its extension). Call it before the work."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"{option} {path} is a folder, not a file; pass a file path (e.g. "
+            f"{path / ('out' + (suffixes[0] if suffixes else ''))})"
+        )
+    above = _nearest_existing(tuple(path.parents))
+    if above is not None and not above.is_dir():
+        raise ValueError(
+            f"{option} {path} lies under {above}, which is a file, not a folder; pass a path "
+            "in a folder"
+        )
     if suffixes and path.suffix.lower() not in suffixes:
         raise ValueError(
             f"{option} {path}: the file is written as {' / '.join(s[1:].upper() for s in suffixes)}"
@@ -23,6 +35,29 @@ def check_output_file(
             f"{repr(path.suffix) if path.suffix else 'no extension'})"
         )
     return path
+
+
+def check_output_dir(path: str | os.PathLike, option: str = "--output-dir") -> Path:
+    """``path`` as a :class:`Path`, or a ``ValueError`` naming ``option`` if it is a file or
+    lies under one (``mkdir`` would fail with a bare ``[Errno 17] File exists`` or ``Not a
+    directory``). Call it before the work; the folder is not created here."""
+    path = Path(path)
+    above = _nearest_existing((path, *path.parents))
+    if above is not None and not above.is_dir():
+        where = "" if above == path else f" lies under {above}, which"
+        raise ValueError(
+            f"{option} {path}{where} is a file, not a folder; pass a folder (it is created if "
+            "it does not exist)"
+        )
+    return path
+
+
+def _nearest_existing(candidates: tuple[Path, ...]) -> Path | None:
+    """The first of ``candidates`` (a path and its parents) that exists, if any."""
+    for p in candidates:
+        if p.exists() or p.is_symlink():
+            return p
+    return None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 DEFAULT_OUTPUT_DIR = "outputs/logreg"
@@ -107,14 +106,14 @@ def run(args: argparse.Namespace) -> int:
     from smoothalign.experiments import logreg
     from smoothalign.experiments.run_info import RunClock, default_workers
     from smoothalign.experiments.theory_plots import write_theory_plots
-    from smoothalign.io import atomic_write_json, atomic_write_text, save_figure
+    from smoothalign.io import atomic_write_json, atomic_write_text, check_output_dir, save_figure
 
     cfg = build_config(args)  # a bad option: cli.main names it (SMOOTHALIGN_DEBUG=1 raises)
+    out = check_output_dir(args.output_dir)
     workers = args.workers if args.workers is not None else (1 if args.quick else default_workers())
     if workers < 1:
         print(f"smoothalign study logreg: --workers must be >= 1, got {workers}", file=sys.stderr)
         return 2
-    out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     methods = logreg.study_methods(cfg)
     n_runs = sum(len(cfg.n_values(d)) for d in cfg.dims) * len(cfg.seeds) * len(methods)

@@ -164,7 +164,7 @@ def rerender(args: argparse.Namespace) -> int:
     import json
 
     from smoothalign.experiments import preference, preference_report
-    from smoothalign.io import atomic_write_json, atomic_write_text
+    from smoothalign.io import atomic_write_json, atomic_write_text, check_output_dir
 
     source = Path(args.from_results)
     try:
@@ -180,6 +180,7 @@ def rerender(args: argparse.Namespace) -> int:
     results["aggregates"] = preference.aggregate(results["runs"])
     results["claim"] = preference_report.claim_check(results)
     out = Path(args.output_dir) if args.output_dir is not None else source.parent
+    check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     table = preference_report.markdown_report(results)
     written = [
@@ -215,6 +216,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(str(e)) from e
     if args.export_votes:
         return export_votes(args, cfg)
+    from smoothalign.io import check_output_dir
+
+    out = check_output_dir(args.output_dir or DEFAULT_OUTPUT_DIR)  # before any training
     if args.judge is not None and not (Path(args.judge) / "config.json").is_file():
         print(
             f"smoothalign study preference: --judge {args.judge}: no config.json there",
@@ -233,7 +237,6 @@ def run(args: argparse.Namespace) -> int:
     if workers < 1:
         print("smoothalign study preference: --workers must be >= 1", file=sys.stderr)
         return 2
-    out = Path(args.output_dir or DEFAULT_OUTPUT_DIR)
     out.mkdir(parents=True, exist_ok=True)
     n_runs = n_groups * len(cfg.ordered_methods())
     print(

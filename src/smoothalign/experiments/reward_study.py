@@ -686,9 +686,10 @@ def build_config(args: argparse.Namespace) -> RewardStudyConfig:
 
 def run(args: argparse.Namespace) -> int:
     from smoothalign.experiments.run_info import RunClock, invoked_command
-    from smoothalign.io import atomic_write_json, atomic_write_text, save_figure
+    from smoothalign.io import atomic_write_json, atomic_write_text, check_output_dir, save_figure
 
     cfg = build_config(args)  # a bad option: cli.main names it (SMOOTHALIGN_DEBUG=1 raises)
+    check_output_dir(args.output_dir)
     if args.lm and (args.lm_seeds < 1 or args.lm_steps < 1):
         raise ValueError(
             f"lm_seeds / lm_steps: must be >= 1, got {args.lm_seeds} / {args.lm_steps}"

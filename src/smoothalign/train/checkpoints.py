@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from smoothalign.io import atomic_write_bytes, atomic_write_text
+from smoothalign.io import atomic_write_bytes, atomic_write_text, check_output_dir
 
 COMPLETE_MARKER = "smoothalign_complete.json"
 SMOOTHING_STATE = "smoothing_state.pt"
@@ -127,15 +127,7 @@ def prepare_output_dir(
 def check_output_dir_path(root: Path) -> None:
     """Refuse an ``output_dir`` that is a file, or lies under one: Trainer's ``makedirs``
     would fail only after the model loaded, with a bare ``[Errno 17] File exists``."""
-    for path in (root, *root.parents):
-        if path.exists() or path.is_symlink():
-            if not path.is_dir():
-                where = "" if path == root else f" lies under {path}, which"
-                raise ValueError(
-                    f"--output-dir {root}{where} is a file, not a folder; pass a folder (it "
-                    "is created if it does not exist)"
-                )
-            return
+    check_output_dir(root, "--output-dir")
 
 
 def check_resume_step(folder: Path, step: int, max_steps: int) -> None:
