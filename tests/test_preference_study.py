@@ -478,3 +478,50 @@ def test_aggregate_reads_an_undefined_value_the_same_before_and_after_results_js
     assert reread[0]["q_hat_corr"] is None  # NaN is written as null
     assert pref.aggregate(runs) == pref.aggregate(reread)
     assert pref.aggregate(runs)[0]["q_hat_corr_mean"] == 0.5
+
+
+def test_an_interrupted_study_keeps_its_finished_groups_and_resumes_them(tmp_path, capsys,
+                                                                          monkeypatch):  # fmt: skip
+    """Each finished (seed, flip rate) group is written as it finishes; the same command then
+    trains only the missing groups, to the same results; other options are refused."""
+    out = tmp_path / "study"
+    argv = ["study", "preference", "--quick", "--methods", "dpo,cdpo-0.1", "--flip-rates",
+            "0,0.2", "--seeds", "2", "--steps", "2", "--train-pairs", "16", "--eval-pairs", "8",
+            "--sample-prompts", "4", "--output-dir", str(out), "--no-progress"]  # fmt: skip
+    run_group, calls = pref.run_group, []
+
+    def interrupted_after_two(*args):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(args[1:3])
+        return run_group(*args)
+
+    monkeypatch.setattr(pref, "run_group", interrupted_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        main(argv)
+    kept = sorted(p.name for p in (out / pref.FINISHED_DIR).iterdir())
+    assert kept == ["seed-0_flip-0.0.json", "seed-0_flip-0.2.json"]
+    assert not (out / "results.json").exists()
+
+    other = [a if a != "2" else "3" for a in argv]  # --seeds 3 --steps 3: another study
+    assert main(other) == 2
+    err = capsys.readouterr().err
+    assert "holds the finished groups of an interrupted study with other options" in err
+    assert "seeds=[0, 1], steps=2" in err
+
+    calls.clear()
+    monkeypatch.setattr(pref, "run_group", lambda *a: calls.append(a[1:3]) or run_group(*a))
+    assert main(argv) == 0
+    assert calls == [(1, 0.0), (1, 0.2)]  # only the groups the interruption left
+    assert "resuming: 2 of 4 (seed, flip rate) groups" in capsys.readouterr().out
+    assert not (out / pref.FINISHED_DIR).exists()
+    resumed = json.loads((out / "results.json").read_text())
+    assert resumed["groups_resumed"] == 2
+
+    fresh = tmp_path / "fresh"
+    assert main([*argv, "--output-dir", str(fresh)]) == 0
+    again = json.loads((fresh / "results.json").read_text())
+    drop = ("seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed["runs"]] == [
+        {k: v for k, v in r.items() if k not in drop} for r in again["runs"]
+    ]

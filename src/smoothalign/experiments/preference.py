@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -568,29 +570,107 @@ def single_thread_group(args: tuple) -> list[dict[str, Any]]:
         return run_group(*args)
 
 
+# ----------------------------------------------------------------------------- finished groups
+FINISHED_DIR = "finished_groups"  # in the output folder, while a study is under way
+
+
+def _group_file(folder: Path, seed: int, flip_rate: float) -> Path:
+    return folder / f"seed-{seed}_flip-{flip_rate!r}.json"
+
+
+def _group_options(cfg: PreferenceStudyConfig, judge_path: str | None) -> dict[str, Any]:
+    """What a finished group's records depend on, as JSON gives it back."""
+    import json
+
+    judge = None if judge_path is None else os.path.abspath(judge_path)
+    return json.loads(json.dumps({"config": asdict(cfg), "judge": judge}))
+
+
+def load_finished_groups(
+    folder: Path, cfg: PreferenceStudyConfig, judge_path: str | None
+) -> dict[tuple[int, float], list[dict[str, Any]]]:
+    """The groups an earlier, interrupted run of the same study finished, by ``(seed, flip
+    rate)``, from ``folder`` (none there: none). A ``ValueError`` names the options that
+    differ if the earlier run's were not these: its groups would mix two studies."""
+    import json
+
+    found: dict[tuple[int, float], list[dict[str, Any]]] = {}
+    if not folder.is_dir():
+        return found
+    want = _group_options(cfg, judge_path)
+    for path in sorted(folder.glob("seed-*_flip-*.json")):
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            options, seed, flip_rate = saved["options"], saved["seed"], saved["flip_rate"]
+            records = saved["runs"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(
+                f"{path}: not a finished group of this study ({e}); delete {folder} to start afresh"
+            ) from e
+        if options != want:
+            old, new = options.get("config", {}), want["config"]
+            differ = [
+                f"{k}={old.get(k)!r}" for k in sorted({*old, *new}) if old.get(k) != new.get(k)
+            ]
+            if options.get("judge") != want["judge"]:
+                differ.append(f"judge={options.get('judge')!r}")
+            raise ValueError(
+                f"{folder} holds the finished groups of an interrupted study with other options "
+                f"(it had {', '.join(differ)}): rerun with its options to finish it, or pass "
+                f"another --output-dir (or delete {folder}) to start this one"
+            )
+        found[(seed, flip_rate)] = records
+    return found
+
+
 def run_study(
     cfg: PreferenceStudyConfig,
     *,
     workers: int = 1,
     judge_path: str | None = None,
     progress: bool = True,
+    finished_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Run every ``(seed, flip rate)`` group; return config, runs and aggregates."""
+    """Run every ``(seed, flip rate)`` group; return config, runs and aggregates.
+
+    With ``finished_dir``, each group's runs are written there (atomically) as soon as the
+    group finishes, and the groups already there — from an interrupted run with the same
+    options (:func:`load_finished_groups`; other options are refused) — are read instead
+    of trained again."""
     from tqdm.auto import tqdm
+
+    from smoothalign.io import atomic_write_json
 
     if workers < 1:
         raise ValueError(f"workers: must be >= 1, got {workers}")
-    jobs = [(cfg, s, e, judge_path) for s in cfg.seeds for e in cfg.flip_rates]
-    out: list[list[dict[str, Any]] | None] = [None] * len(jobs)
+    folder = Path(finished_dir) if finished_dir is not None else None
+    done = load_finished_groups(folder, cfg, judge_path) if folder is not None else {}
+    keys = [(s, e) for s in cfg.seeds for e in cfg.flip_rates]
+    out: list[list[dict[str, Any]] | None] = [done.get(k) for k in keys]
+    todo = [i for i, group in enumerate(out) if group is None]
+    jobs = {i: (cfg, *keys[i], judge_path) for i in todo}
+    options = _group_options(cfg, judge_path) if folder is not None else None
+
+    def finished(i: int, records: list[dict[str, Any]]) -> None:
+        out[i] = records
+        if folder is not None:
+            seed, flip_rate = keys[i]
+            record = {"options": options, "seed": seed, "flip_rate": flip_rate, "runs": records}
+            atomic_write_json(_group_file(folder, seed, flip_rate), record)
+
     n_methods = len(cfg.ordered_methods())
     t0 = time.perf_counter()
     bar = tqdm(
-        total=len(jobs) * n_methods, desc="preference runs", unit="run", disable=not progress
+        total=len(keys) * n_methods,
+        initial=(len(keys) - len(todo)) * n_methods,
+        desc="preference runs",
+        unit="run",
+        disable=not progress,
     )
     with bar:
-        if workers == 1 or len(jobs) == 1:
-            for i, job in enumerate(jobs):
-                out[i] = single_thread_group(job)
+        if workers == 1 or len(jobs) <= 1:
+            for i, job in jobs.items():
+                finished(i, single_thread_group(job))
                 bar.update(n_methods)
         else:
             import concurrent.futures as cf
@@ -598,9 +678,9 @@ def run_study(
 
             ctx = mp.get_context("spawn")
             with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                futures = {pool.submit(single_thread_group, job): i for i, job in enumerate(jobs)}
+                futures = {pool.submit(single_thread_group, job): i for i, job in jobs.items()}
                 for fut in cf.as_completed(futures):
-                    out[futures[fut]] = fut.result()
+                    finished(futures[fut], fut.result())
                     bar.update(n_methods)
     runs = [r for group in out if group is not None for r in group]
     return {
@@ -612,6 +692,7 @@ def run_study(
         "workers": workers,
         "judge": "oracle reward" if judge_path is None else _judge(judge_path).describe(),
         "torch_version": torch.__version__,
+        "groups_resumed": len(keys) - len(todo),  # read from an interrupted run's finished groups
     }
 
 

@@ -2,7 +2,12 @@
 
 Writes into ``--output-dir``: ``results.json`` (config, every run, aggregates, the claim
 check, run info), ``table.md``, ``accuracy_vs_flip.png``, ``ece_vs_flip.png``,
-``reward_vs_kl.png`` and ``alpha_histograms.png``; prints the table.
+``reward_vs_kl.png`` and ``alpha_histograms.png``; prints the table. While it runs, each
+finished ``(seed, flip rate)`` group (every method of it) is kept in
+``finished_groups/`` there, so that an interrupted study loses at most the groups under way:
+the same command again reads them instead of training them again (a study with other
+options is refused while they are there); the folder is deleted once ``results.json`` is
+written.
 
 ``--export-votes FILE`` instead writes the world's training pairs as soft-label rows (several
 simulated Bradley–Terry annotators per pair) for ``smoothalign reward``, and exits: a reward
@@ -31,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--output-dir",
         default=None,
         help=f"where the results go (default {DEFAULT_OUTPUT_DIR}; with --from-results, the "
-        "results' own folder)",
+        "results' own folder). Each finished (seed, flip rate) group is kept there in "
+        "finished_groups/ until the study ends: rerun the same command after an interruption "
+        "and those groups are not trained again",
     )
     parser.add_argument(
         "--quick",
@@ -226,6 +233,8 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
 
+    import shutil
+
     from smoothalign.experiments import preference, preference_report
     from smoothalign.experiments.run_info import RunClock, default_workers
     from smoothalign.io import atomic_write_json, atomic_write_text
@@ -237,16 +246,27 @@ def run(args: argparse.Namespace) -> int:
     if workers < 1:
         print("smoothalign study preference: --workers must be >= 1", file=sys.stderr)
         return 2
-    out.mkdir(parents=True, exist_ok=True)
+    finished_dir = out / preference.FINISHED_DIR
+    resumed = preference.load_finished_groups(finished_dir, cfg, args.judge)  # other options:
+    out.mkdir(parents=True, exist_ok=True)  # refused here, before any training
     n_runs = n_groups * len(cfg.ordered_methods())
     print(
         f"preference study: {len(cfg.ordered_methods())} methods × flip rates "
         f"{list(cfg.flip_rates)} × {len(cfg.seeds)} seeds = {n_runs} runs of {cfg.steps} steps, "
         f"{workers} worker(s)"
     )
+    if resumed:
+        print(
+            f"resuming: {len(resumed)} of {n_groups} (seed, flip rate) groups finished by an "
+            f"interrupted run with these options are read from {finished_dir}"
+        )
     clock = RunClock()
     results = preference.run_study(
-        cfg, workers=workers, judge_path=args.judge, progress=not args.no_progress
+        cfg,
+        workers=workers,
+        judge_path=args.judge,
+        progress=not args.no_progress,
+        finished_dir=finished_dir,
     )
     results["run_info"] = clock.info()
     results["claim"] = preference_report.claim_check(results)
@@ -256,6 +276,7 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_text(out / "table.md", table),
         *preference_report.write_figures(results, out),
     ]
+    shutil.rmtree(finished_dir, ignore_errors=True)  # results.json holds them all now
     print()
     print(table)
     info = results["run_info"]
