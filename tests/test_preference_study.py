@@ -525,3 +525,16 @@ def test_an_interrupted_study_keeps_its_finished_groups_and_resumes_them(tmp_pat
     assert [{k: v for k, v in r.items() if k not in drop} for r in resumed["runs"]] == [
         {k: v for k, v in r.items() if k not in drop} for r in again["runs"]
     ]
+
+
+def test_cli_refuses_a_method_given_twice_as_it_does_a_flip_rate(tmp_path, capsys):
+    base = ["study", "preference", "--quick", "--output-dir", str(tmp_path / "o")]
+    assert main([*base, "--methods", "dpo,ipo,dpo"]) == 2
+    assert "--methods: dpo given twice in dpo,ipo,dpo" in capsys.readouterr().err
+    assert main([*base, "--flip-rates", "0.2,0.2"]) == 2
+    assert "repeated value" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    # a method that a preset already holds is one request, run once
+    from smoothalign.experiments.preference_cli import expand_presets
+
+    assert expand_presets(("dpo", "grid")).count("dpo") == 1

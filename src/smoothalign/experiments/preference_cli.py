@@ -58,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_names,
         help="comma-separated method names, or a preset: 'grid' (the default: DPO, cDPO, rDPO, "
         "IPO, CALS, oracle-α) or 'sources' (where a per-pair confidence can come from: CALS, "
-        "cross-fitting, annotator votes; and the vote baselines). --list-methods shows them",
+        "cross-fitting, annotator votes; and the vote baselines), each given once (a method "
+        "that a preset already holds runs once). --list-methods shows them",
     )
     parser.add_argument("--steps", type=int, help="Adam steps per run (default 150; --quick: 60)")
     parser.add_argument(
@@ -109,9 +110,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def expand_presets(names: tuple[str, ...]) -> tuple[str, ...]:
-    """``names`` with each preset name replaced by its methods, duplicates dropped."""
+    """``names`` with each preset name replaced by its methods; a method that two presets,
+    or a preset and a name, share is run once. A name given twice is refused, as a repeated
+    flip rate is: it is a typo, not a request."""
     from smoothalign.experiments.preference import PRESETS
 
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"--methods: {', '.join(repeated)} given twice in {','.join(names)}")
     out = [m for n in names for m in PRESETS.get(n, (n,))]
     return tuple(dict.fromkeys(out))
 
