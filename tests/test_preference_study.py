@@ -538,3 +538,26 @@ def test_cli_refuses_a_method_given_twice_as_it_does_a_flip_rate(tmp_path, capsy
     from smoothalign.experiments.preference_cli import expand_presets
 
     assert expand_presets(("dpo", "grid")).count("dpo") == 1
+
+
+def test_from_results_refuses_the_options_it_would_ignore(tmp_path, capsys):
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"runs": [], "config": {}}))
+    argv = ["study", "preference", "--from-results", str(results), "--output-dir",
+            str(tmp_path / "o")]  # fmt: skip
+    assert main([*argv, "--seeds", "5", "--methods", "foo", "--steps", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--seeds, --methods, --steps would have no effect: leave them out" in err
+    assert main([*argv, "--quick"]) == 2
+    assert "--quick would have no effect: leave it out" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    # every option of the command is either checked or one that applies to a re-render
+    import argparse
+
+    from smoothalign.experiments import preference_cli
+
+    parser = argparse.ArgumentParser()
+    preference_cli.add_arguments(parser)
+    dests = {a.dest for a in parser._actions} - {"help"}
+    applies = {"from_results", "output_dir", "no_progress"}
+    assert dests - applies == set(preference_cli.NOT_WITH_FROM_RESULTS)

@@ -104,7 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--from-results",
         metavar="FILE",
-        help="re-render table.md and the figures from a finished run's results.json (no training)",
+        help="re-render table.md and the figures from a finished run's results.json (no "
+        "training; only --output-dir applies with it)",
     )
     parser.add_argument("--no-progress", action="store_true")
 
@@ -171,14 +172,50 @@ def export_votes(args: argparse.Namespace, cfg) -> int:
     return 0
 
 
+# what --from-results ignores (it re-renders a finished run): option -> its unset value
+NOT_WITH_FROM_RESULTS = {
+    "quick": False,
+    "flip_rates": None,
+    "seeds": None,
+    "methods": None,
+    "steps": None,
+    "train_pairs": None,
+    "eval_pairs": None,
+    "sample_prompts": None,
+    "lr": None,
+    "beta": None,
+    "workers": None,
+    "judge": None,
+    "noisy_votes": False,
+    "list_methods": False,
+    "export_votes": None,
+    "annotators": 5,
+    "export_flip_rate": 0.0,
+}
+
+
 def rerender(args: argparse.Namespace) -> int:
     """The report of a finished run, from its ``results.json``: the claim check and the
-    tables are recomputed from the runs, so a fix to the report never needs a re-run."""
+    tables are recomputed from the runs, so a fix to the report never needs a re-run.
+    Options that only a run uses are refused (they would be silently ignored)."""
     import json
 
     from smoothalign.experiments import preference, preference_report
     from smoothalign.io import atomic_write_json, atomic_write_text, check_output_dir
 
+    ignored = [
+        "--" + k.replace("_", "-")
+        for k, unset in NOT_WITH_FROM_RESULTS.items()
+        if getattr(args, k) != unset
+    ]
+    if ignored:
+        print(
+            f"smoothalign study preference: --from-results re-renders a finished run's report "
+            f"from its results; {', '.join(ignored)} would have no effect: leave "
+            f"{'it' if len(ignored) == 1 else 'them'} out (only --output-dir applies)",
+            file=sys.stderr,
+        )
+        return 2
     source = Path(args.from_results)
     try:
         results = json.loads(source.read_text())
