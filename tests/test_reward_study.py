@@ -190,3 +190,17 @@ def test_config_rejects_bad_values():
         rs.RewardStudyConfig(order="sorted")
     with pytest.raises(ValueError, match="n_train: repeated"):  # would count as extra seeds
         rs.RewardStudyConfig(n_train=(100, 100))
+
+
+@pytest.mark.parametrize(
+    "extra, named", [(["--lm-seeds", "0"], "--lm-seeds: only"),
+                     (["--lm-seeds", "2", "--lm-steps", "5"], "--lm-seeds and --lm-steps: only")]
+)  # fmt: skip
+def test_lm_options_without_lm_are_refused(tmp_path, capsys, extra, named):
+    from smoothalign.cli import main
+
+    out = tmp_path / "o"
+    assert main(["study", "reward", "--quick", "--output-dir", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "add --lm, or leave" in err
+    assert not out.exists()

@@ -609,6 +609,9 @@ def plot_convergence(results: dict[str, Any], n: int | None = None):
 
 
 # ----------------------------------------------------------------------------- command line
+LM_SEEDS, LM_STEPS = 3, 150  # --lm's defaults
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d, q = RewardStudyConfig(), RewardStudyConfig.quick()
 
@@ -665,8 +668,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lm", action="store_true", help="also run the tiny-LM pipeline (minutes on CPU)"
     )
-    parser.add_argument("--lm-seeds", type=int, default=3, help="with --lm: seeds 0 .. N-1")
-    parser.add_argument("--lm-steps", type=int, default=150, help="with --lm: training steps")
+    parser.add_argument(
+        "--lm-seeds", type=int, default=None, help=f"with --lm: seeds 0 .. N-1 (default {LM_SEEDS})"
+    )
+    parser.add_argument(
+        "--lm-steps", type=int, default=None, help=f"with --lm: training steps (default {LM_STEPS})"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -689,11 +696,20 @@ def run(args: argparse.Namespace) -> int:
     from smoothalign.io import atomic_write_json, atomic_write_text, check_output_dir, save_figure
 
     cfg = build_config(args)  # a bad option: cli.main names it (SMOOTHALIGN_DEBUG=1 raises)
-    check_output_dir(args.output_dir)
-    if args.lm and (args.lm_seeds < 1 or args.lm_steps < 1):
+    lm_only = [
+        f"--{k.replace('_', '-')}" for k in ("lm_seeds", "lm_steps") if getattr(args, k) is not None
+    ]
+    if lm_only and not args.lm:
         raise ValueError(
-            f"lm_seeds / lm_steps: must be >= 1, got {args.lm_seeds} / {args.lm_steps}"
+            f"{' and '.join(lm_only)}: only the tiny-LM pipeline uses "
+            f"{'it' if len(lm_only) == 1 else 'them'}; add --lm, or leave "
+            f"{'it' if len(lm_only) == 1 else 'them'} out"
         )
+    lm_seeds = LM_SEEDS if args.lm_seeds is None else args.lm_seeds
+    lm_steps = LM_STEPS if args.lm_steps is None else args.lm_steps
+    if args.lm and (lm_seeds < 1 or lm_steps < 1):
+        raise ValueError(f"lm_seeds / lm_steps: must be >= 1, got {lm_seeds} / {lm_steps}")
+    check_output_dir(args.output_dir)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     clock = RunClock(invoked_command("smoothalign.experiments.reward_study"))
@@ -701,7 +717,7 @@ def run(args: argparse.Namespace) -> int:
     table = markdown_report(results)
     atomic_write_json(out / "results.json", results)  # kept even if the LM part fails
     if args.lm:
-        lm = run_lm_study(out, seeds=tuple(range(args.lm_seeds)), steps=args.lm_steps)
+        lm = run_lm_study(out, seeds=tuple(range(lm_seeds)), steps=lm_steps)
         results["lm"] = lm
         table += "\n" + lm_markdown(lm)
     results["run_info"] = clock.info()
