@@ -204,3 +204,15 @@ def test_lm_options_without_lm_are_refused(tmp_path, capsys, extra, named):
     err = capsys.readouterr().err
     assert named in err and "add --lm, or leave" in err
     assert not out.exists()
+
+
+def test_an_even_number_of_annotators_is_warned_about(tmp_path, capsys):
+    """docs/results.md reads the tables with odd K (no tied votes); an even K runs, warned."""
+    from smoothalign.cli import main
+
+    argv = ["study", "reward", "--quick", "--steps", "2", "--seeds", "1", "--no-progress"]
+    assert main([*argv, "--annotators", "3", "4", "--output-dir", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --annotators 4: with an even K a pair's votes can tie" in err
+    assert main([*argv, "--annotators", "3", "--output-dir", str(tmp_path / "b")]) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -635,7 +635,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         nargs="+",
         default=None,
-        help=f"K values ({default('annotators')})",
+        help=f"K values ({default('annotators')}); odd, so that no pair's votes tie (an "
+        "even K runs, with a warning: bt drops the tied pairs, which the other losses train on "
+        "at a share of 1/2)",
     )
     parser.add_argument(
         "--n-train",
@@ -710,6 +712,15 @@ def run(args: argparse.Namespace) -> int:
     if args.lm and (lm_seeds < 1 or lm_steps < 1):
         raise ValueError(f"lm_seeds / lm_steps: must be >= 1, got {lm_seeds} / {lm_steps}")
     check_output_dir(args.output_dir)
+    even = [k for k in cfg.annotators if k % 2 == 0]
+    if even:  # docs/results.md reads its tables with odd K: no tied votes
+        print(
+            f"smoothalign study reward: warning: --annotators {' '.join(map(str, even))}: with "
+            "an even K a pair's votes can tie (p_chosen = 0.5): bt (the majority label) drops "
+            "those pairs, which the other losses train on, so the methods no longer see the "
+            "same pairs; the documented results use odd K only",
+            file=sys.stderr,
+        )
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     clock = RunClock(invoked_command("smoothalign.experiments.reward_study"))
