@@ -561,3 +561,19 @@ def test_from_results_refuses_the_options_it_would_ignore(tmp_path, capsys):
     dests = {a.dest for a in parser._actions} - {"help"}
     applies = {"from_results", "output_dir", "no_progress"}
     assert dests - applies == set(preference_cli.NOT_WITH_FROM_RESULTS)
+
+
+def test_help_describes_every_option_the_flip_rate_range_and_the_warmup_variants(capsys):
+    import argparse
+
+    from smoothalign.experiments import preference_cli
+
+    parser = argparse.ArgumentParser()
+    preference_cli.add_arguments(parser)
+    helps = {a.dest: a.help for a in parser._actions}
+    assert all(helps.values()), [d for d, h in helps.items() if not h]
+    assert "[0, 0.5)" in helps["flip_rates"] and "[0, 0.5)" in helps["export_flip_rate"]
+    assert main(["study", "preference", "--list-methods"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    warmup = [line for line in listed if line.startswith("cals-l2-c1-warmup ")]
+    assert warmup and "plain DPO for the first 20% of the steps, then CALS" in warmup[0]

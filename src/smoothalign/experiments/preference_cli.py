@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--flip-rates",
         type=_floats,
-        help="comma-separated, e.g. 0,0.1,0.2 (default 0,0.1,0.2,0.3,0.4; --quick: 0,0.2)",
+        help="the fractions of training labels flipped, comma-separated, each in [0, 0.5), "
+        "e.g. 0,0.1,0.2 (default 0,0.1,0.2,0.3,0.4; --quick: 0,0.2)",
     )
     parser.add_argument(
         "--seeds", type=int, help="number of seeds, 0 .. N-1 (default 3; --quick: 2)"
@@ -90,7 +91,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the vote-based methods' simulated votes are flipped at the flip rate too (default: "
         "fresh annotators whom the flips of the released label do not touch)",
     )
-    parser.add_argument("--list-methods", action="store_true", help="print the methods and exit")
+    parser.add_argument(
+        "--list-methods",
+        action="store_true",
+        help="print the methods (loss, smoothing, CALS c0, rDPO eps, confidence source) and the "
+        "presets, and exit",
+    )
     parser.add_argument(
         "--export-votes",
         metavar="FILE",
@@ -99,7 +105,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--annotators", type=int, default=5, help="for --export-votes")
     parser.add_argument(
-        "--export-flip-rate", type=float, default=0.0, help="label flips for --export-votes"
+        "--export-flip-rate",
+        type=float,
+        default=0.0,
+        help="for --export-votes: the fraction of labels flipped, in [0, 0.5)",
     )
     parser.add_argument(
         "--from-results",
@@ -107,7 +116,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="re-render table.md and the figures from a finished run's results.json (no "
         "training; only --output-dir applies with it)",
     )
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def expand_presets(names: tuple[str, ...]) -> tuple[str, ...]:
@@ -256,6 +265,12 @@ def run(args: argparse.Namespace) -> int:
                 + (f" eps={m.flip_rate}" if m.flip_rate is not None else "")
                 + (f" q={m.confidence}" if m.confidence != "true" else "")
                 + (" relabelled" if m.relabel else "")
+                + (
+                    f" warmup={m.warmup_fraction:g} (plain DPO for the first "
+                    f"{m.warmup_fraction:.0%} of the steps, then CALS)"
+                    if m.warmup_fraction is not None
+                    else ""
+                )
             )
         for name, members in PRESETS.items():
             print(f"preset {name}: {','.join(members)}")
