@@ -497,6 +497,25 @@ def test_a_study_output_dir_that_is_a_file_is_named_before_any_work(command, tmp
 
 @pytest.mark.parametrize(
     "command",
+    [["eval", "calibration", "--model", "tiny", "--tasks", "/no/such/tasks.jsonl"],
+     ["analyze", "head", "--model", "tiny"],
+     ["rank-calibrate", "--reward-model", "/no/such/reward_model"]],
+)  # fmt: skip
+def test_an_output_dir_that_is_a_file_is_named_first_by_the_other_commands(
+    command, tmp_path, capsys
+):
+    """eval calibration, analyze head and rank-calibrate check --output-dir as the
+    training and study commands do: before the model, the data or the reward model."""
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder\n")
+    assert main([*command, "--output-dir", str(afile)]) == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert f"--output-dir {afile} is a file, not a folder" in first, first
+    assert afile.read_text() == "not a folder\n"
+
+
+@pytest.mark.parametrize(
+    "command",
     [["data", "confidence", "--data", "V", "--output"], ["study", "preference", "--export-votes"]],
 )
 def test_an_output_file_that_is_a_folder_or_under_a_file_is_named(command, tmp_path, capsys):

@@ -43,18 +43,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     import torch
 
     from smoothalign._checks import check_ranges, resolve_device
     from smoothalign.analysis.head import head_entropy_bound, smoothing_for_entropy
     from smoothalign.analysis.head_inputs import default_texts, head_inputs, prediction_entropies
-    from smoothalign.io import atomic_write_json, save_figure
+    from smoothalign.io import atomic_write_json, check_output_dir, save_figure
     from smoothalign.models import describe_model, load_model_and_tokenizer, logit_transform
 
     t0 = time.perf_counter()
-    out_dir = Path(args.output_dir)
+    out_dir = check_output_dir(args.output_dir)  # a file in the way: said before any work
     device = resolve_device(args.device)  # the options before the model loads
     checks = {
         "max_tokens": (args.max_tokens >= 2, ">= 2"),

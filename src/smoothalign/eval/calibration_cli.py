@@ -103,7 +103,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     import numpy as np
     import torch
@@ -124,11 +123,11 @@ def run(args: argparse.Namespace) -> int:
         score_options,
         summarise,
     )
-    from smoothalign.io import atomic_write_json, atomic_write_text, save_figure
+    from smoothalign.io import atomic_write_json, atomic_write_text, check_output_dir, save_figure
     from smoothalign.models import describe_model, load_model_and_tokenizer
 
     t_start = time.perf_counter()
-    out_dir = Path(args.output_dir)
+    out_dir = check_output_dir(args.output_dir)  # a file in the way: said before any work
     progress = not args.no_progress
 
     # 0. options, then the data: either fails before the model loads

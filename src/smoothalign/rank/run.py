@@ -19,7 +19,13 @@ import numpy as np
 import torch
 from transformers import set_seed
 
-from smoothalign.io import atomic_write_json, atomic_write_text, follow_umask, swap_in_folder
+from smoothalign.io import (
+    atomic_write_json,
+    atomic_write_text,
+    check_output_dir,
+    follow_umask,
+    swap_in_folder,
+)
 from smoothalign.rank.candidates import (
     PromptExample,
     RankedPrompt,
@@ -236,8 +242,8 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     ``config.report``, ``report.md`` and its plots.
     """
     config.validate()
+    out = check_output_dir(config.output_dir)  # a file in the way: said before any work
     resolve_reward_model_path(config.reward_model)  # a missing path fails at once
-    out = Path(config.output_dir)
     _refuse_an_earlier_final_left_beside(config, out)
     out.mkdir(parents=True, exist_ok=True)
     bf16 = resolve_bf16(config.precision)
