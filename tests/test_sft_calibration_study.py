@@ -176,3 +176,24 @@ def test_every_option_is_checked_before_anything_trains(study, tmp_path, monkeyp
         assert study(*options) == 2, options
         assert f"sft-calibration: {flag}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_or_repeated_grid_is_refused(study, tmp_path, monkeypatch, capsys):
+    """--seeds 0 / -1 and --betas '' used to exit 0 with a table of the shipped model alone;
+    --betas 0,0 evaluated one run folder twice and reported it as 2 runs."""
+
+    def no_training(config):
+        raise AssertionError("trained an empty or repeated grid")
+
+    monkeypatch.setattr("smoothalign.sft.run_sft", no_training)
+    for options, message in [
+        (("--seeds", "0"), "--seeds: must be >= 1"),
+        (("--seeds", "-1"), "--seeds: must be >= 1"),
+        (("--betas", ""), "--betas: need at least one β"),
+        (("--betas", "0,0"), "--betas: β = 0 given more than once"),
+        (("--betas", "0.1,0.10"), "--betas: β = 0.1 given more than once"),
+        (("--tasks", "toy", "toy"), "--tasks: toy given more than once"),
+    ]:
+        assert study(*options) == 2, options
+        assert message in capsys.readouterr().err, options
+    assert not (tmp_path / "out").exists()

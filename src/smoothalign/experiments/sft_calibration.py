@@ -156,8 +156,20 @@ def check_options(args: argparse.Namespace) -> None:
         "learning_rate": (math.isfinite(args.learning_rate) and args.learning_rate > 0, "> 0"),
         "batch_size": (args.batch_size >= 1, ">= 1"),
         "mmlu_limit": (args.mmlu_limit >= 1, ">= 1"),
+        "seeds": (args.seeds >= 1, ">= 1 (seeds 0 .. N-1 per β)"),
     }
     check_ranges(args, checks, flags=True)
+    # an empty grid would report the shipped model alone; a repeated β would train (or reuse)
+    # one run folder twice and count it as two runs, a repeated task its questions twice
+    if not args.betas:
+        raise ValueError("--betas: need at least one β, e.g. --betas 0,0.1")
+    names = [f"{b:g}" for b in args.betas]  # the run folders' names: beta{β:g}-seed{s}
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"--betas: β = {', '.join(repeated)} given more than once")
+    repeated = sorted({t for t in args.tasks if args.tasks.count(t) > 1})
+    if repeated:
+        raise ValueError(f"--tasks: {', '.join(repeated)} given more than once")
     bad = [b for b in args.betas if not 0 <= b <= 1]  # NaN too
     if bad:
         raise ValueError(f"--betas: each β must lie in [0, 1], got {', '.join(map(str, bad))}")
