@@ -197,3 +197,36 @@ def test_an_empty_or_repeated_grid_is_refused(study, tmp_path, monkeypatch, caps
         assert study(*options) == 2, options
         assert message in capsys.readouterr().err, options
     assert not (tmp_path / "out").exists()
+
+
+def test_a_model_trained_otherwise_is_refused_not_reused(study, tmp_path, capsys):
+    """A rerun with other SFT options used to reuse the trained model (it checked only that
+    final/ existed) and record the new options beside it; now it is refused, naming the
+    folder and the options, before anything trains or a file changes. The same options
+    reuse it."""
+    import json
+
+    run_dir = tmp_path / "out" / "sft" / "beta0-seed0"
+    assert study() == 0
+    weights = (run_dir / "final" / "model.safetensors").stat().st_mtime_ns
+    assert json.loads((run_dir / "config.json").read_text())["max_steps"] == 2
+    capsys.readouterr()
+    assert study("--steps", "5", "--learning-rate", "0.01") == 2
+    err = capsys.readouterr().err
+    assert str(run_dir) in err and "--steps 2 -> 5" in err and "--learning-rate" in err
+    assert "--output-dir" in err
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["config"]["steps"] == 2
+    assert (run_dir / "final" / "model.safetensors").stat().st_mtime_ns == weights
+    assert study() == 0  # the same options: reused, not retrained
+    assert (run_dir / "final" / "model.safetensors").stat().st_mtime_ns == weights
+    task = tmp_path / "bb" / "bigbench" / "benchmark_tasks" / "toy" / "task.json"
+    examples = json.loads(task.read_text())["examples"]
+    for ex in examples:  # the same questions, reworded: other SFT rows
+        ex["input"] = ex["input"].replace("Is ", "Is the number ")
+    task.write_text(json.dumps({"examples": examples}))
+    capsys.readouterr()
+    assert study() == 2
+    assert "other SFT rows" in capsys.readouterr().err
+    (run_dir / "trained_with.json").unlink()  # what it was trained with is no longer known
+    assert study() == 2
+    assert "no trained_with.json" in capsys.readouterr().err

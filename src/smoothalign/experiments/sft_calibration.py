@@ -7,7 +7,12 @@ calibration error of a language model's multiple-choice answers at about equal a
    (``Question: … Answer:``; the task prefix dropped so that the held-out JSONL, which has
    no prefix field, is scored on the same prompt), ``completion`` = the correct option.
 2. **Training.** ``smoothalign sft`` on those rows for each ``β`` and seed (LoRA, the SFT
-   defaults otherwise); ``final/`` is the merged model.
+   defaults otherwise); ``final/`` is the merged model. A rerun into the same
+   ``--output-dir`` reuses a trained model only if its ``trained_with.json`` (every SFT
+   option but the paths, and the SHA-256 of the SFT rows) is what this run would train;
+   a model trained otherwise is refused before anything trains (delete its run folder to
+   retrain it, or pass a new ``--output-dir``): it is never retrained over, nor counted as
+   this run's.
 3. **Evaluation.** ``smoothalign eval calibration --scorer option`` of the shipped model and
    of every trained one on the held-out half (pooled over its tasks) and on an MMLU
    subsample (out of the SFT's domain), 15 bins.
@@ -21,6 +26,7 @@ Every number comes from the ``results.json`` files the evaluation writes under
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from dataclasses import replace
@@ -86,17 +92,84 @@ def split_tasks(tasks, seed: int = 0) -> tuple[list[dict], list[dict]]:
     return sft, held
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    from smoothalign.io import atomic_write_text
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
 
-    return atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+TRAINED_WITH = "trained_with.json"
+"""Written into a run folder once its SFT has finished: :func:`training_stamp`."""
+
+# SFT options that name where things are, not what is trained: the rows count by content
+_PATH_OPTIONS = ("output_dir", "data", "working_dir")
+_SHOWN_AS = {
+    "model": "--model",
+    "max_steps": "--steps",
+    "learning_rate": "--learning-rate",
+    "label_smoothing": "β",
+    "seed": "seed",
+}
+
+
+def training_stamp(config: Any, train_sha256: str) -> dict[str, Any]:
+    """What defines a trained model of the study: every option of its ``SFTConfig`` but the
+    paths, as ``config.json`` holds them, and the SHA-256 of the SFT rows (``--tasks`` and
+    the BIG-bench data decide them)."""
+    options = json.loads(json.dumps(config.to_dict(), default=str))
+    for key in _PATH_OPTIONS:
+        options.pop(key, None)
+    return {"options": options, "sft_train_sha256": train_sha256}
+
+
+def _stamp_changes(saved: dict[str, Any] | None, stamp: dict[str, Any]) -> str:
+    if not isinstance(saved, dict):
+        return f"no {TRAINED_WITH} records what it was trained with"
+    was, now = saved.get("options") or {}, stamp["options"]
+    changes = []
+    for key in sorted(was.keys() | now.keys()):
+        if was.get(key) != now.get(key):
+            shown = _SHOWN_AS.get(key, f"SFT option {key}")
+            changes.append(f"{shown} {was.get(key)!r} -> {now.get(key)!r}")
+    if saved.get("sft_train_sha256") != stamp["sft_train_sha256"]:
+        changes.append("other SFT rows (sft_train.jsonl: --tasks, --bigbench)")
+    return ", ".join(changes)
+
+
+def check_trained_runs(runs: list[tuple[str, float, int, Any]], train_sha256: str) -> list[bool]:
+    """For each run of :func:`sft_runs`: whether its trained model is reused (its folder
+    holds ``final/`` trained as this run would train it) or it trains. A ``final/`` trained
+    otherwise, or no longer known how, is refused (``ValueError`` naming every such folder and
+    what differs), as is a folder that a run to train could not use: before anything trains.
+    """
+    from smoothalign.train.checkpoints import prepare_output_dir
+
+    reuse, refused = [], []
+    for _name, _beta, _seed, config in runs:
+        run_dir = Path(config.output_dir)
+        if not (run_dir / "final" / "config.json").exists():
+            prepare_output_dir(run_dir, None)  # another run's checkpoints: refused now
+            reuse.append(False)
+            continue
+        try:
+            saved = json.loads((run_dir / TRAINED_WITH).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            saved = None
+        stamp = training_stamp(config, train_sha256)
+        if saved == stamp:
+            reuse.append(True)
+        else:
+            refused.append(f"{run_dir} ({_stamp_changes(saved, stamp)})")
+    if refused:
+        raise ValueError(
+            "the output folder holds SFT model(s) trained otherwise than this run would train "
+            f"them: {'; '.join(refused)}. Pass a new --output-dir, or delete those run "
+            "folder(s) to train them again"
+        )
+    return reuse
 
 
 def _evaluate(model: str, heldout: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     """``eval calibration`` of ``model`` into ``out``; an earlier evaluation there is reused
     only if it was made with the same arguments and the same held-out questions."""
-    import hashlib
-
     from smoothalign.cli import main
     from smoothalign.io import atomic_write_json
 
@@ -224,16 +297,21 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    train_text = _jsonl(sft_rows)
+    train_sha256 = hashlib.sha256(train_text.encode("utf-8")).hexdigest()
+    reuse = check_trained_runs(runs, train_sha256)  # before a file of the folder changes
     out.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(out / "sft_train.jsonl", sft_rows)
-    held_file = _write_jsonl(out / "heldout.jsonl", held_rows)
+    atomic_write_text(out / "sft_train.jsonl", train_text)
+    held_file = atomic_write_text(out / "heldout.jsonl", _jsonl(held_rows))
     print(f"{len(sft_rows)} SFT rows, {len(held_rows)} held-out questions from {args.tasks}")
 
     models: list[tuple[str, float | None, int | None, str]] = [("shipped", None, None, args.model)]
-    for name, beta, seed, config in runs:
+    for (name, beta, seed, config), reused in zip(runs, reuse, strict=True):
         run_dir = Path(config.output_dir)
-        if not (run_dir / "final" / "config.json").exists():
+        if not reused:
+            (run_dir / TRAINED_WITH).unlink(missing_ok=True)
             run_sft(config)
+            atomic_write_json(run_dir / TRAINED_WITH, training_stamp(config, train_sha256))
         models.append((name, beta, seed, str(run_dir / "final")))
 
     per_model = []
