@@ -230,3 +230,21 @@ def test_a_model_trained_otherwise_is_refused_not_reused(study, tmp_path, capsys
     (run_dir / "trained_with.json").unlink()  # what it was trained with is no longer known
     assert study() == 2
     assert "no trained_with.json" in capsys.readouterr().err
+
+
+def test_a_retrained_model_is_evaluated_again(study, tmp_path):
+    """The evaluation's reuse key named the model by its path only: deleting a run folder
+    and rerunning retrained the model but reported the old model's evaluation."""
+    import json
+    import shutil
+
+    out = tmp_path / "out"
+    assert study() == 0
+    shipped, trained = out / "eval" / "shipped", out / "eval" / "beta0-seed0"
+    stamps = {d: (d / "results.json").stat().st_mtime_ns for d in (shipped, trained)}
+    shutil.rmtree(out / "sft" / "beta0-seed0")
+    assert study("--learning-rate", "0.05") == 0  # retrained: other weights, same path
+    assert (shipped / "results.json").stat().st_mtime_ns == stamps[shipped]  # reused
+    assert (trained / "results.json").stat().st_mtime_ns != stamps[trained]  # evaluated again
+    files = json.loads((trained / "evaluated_with.json").read_text())["model"]["files"]
+    assert "model.safetensors" in files

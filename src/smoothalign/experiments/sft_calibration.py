@@ -167,19 +167,44 @@ def check_trained_runs(runs: list[tuple[str, float, int, Any]], train_sha256: st
     return reuse
 
 
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def model_identity(model: str) -> dict[str, Any]:
+    """What ``model`` is, for reusing its evaluation: a folder (a trained run's ``final/``)
+    by the SHA-256 of every file in it, a file (``.gguf``) by its own, a built-in name by
+    the name. Hashing reads the weights once (SmolLM2-135M's half GB: about a second), next
+    to an evaluation of minutes; a retrained model has other weights under the same path."""
+    path = Path(model)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return {"files": {p.relative_to(path).as_posix(): _sha256(p) for p in files}}
+    if path.is_file():
+        return {"file_sha256": _sha256(path)}
+    return {"name": model}
+
+
 def _evaluate(model: str, heldout: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     """``eval calibration`` of ``model`` into ``out``; an earlier evaluation there is reused
-    only if it was made with the same arguments and the same held-out questions."""
+    only if it was made with the same arguments, of the same model (:func:`model_identity`)
+    and on the same held-out questions."""
     from smoothalign.cli import main
     from smoothalign.io import atomic_write_json
 
     argv = ["eval", "calibration", "--model", model, "--scorer", "option",
             "--tasks", f"jsonl:{heldout}", "mmlu", "--limit", str(args.mmlu_limit),
             "--batch-size", str(args.batch_size), "--output-dir", str(out)]  # fmt: skip
-    stamp = {"argv": argv, "heldout_sha256": hashlib.sha256(heldout.read_bytes()).hexdigest()}
+    stamp = {
+        "argv": argv,
+        "model": model_identity(model),
+        "heldout_sha256": _sha256(heldout),
+    }
     stamp_file = out / "evaluated_with.json"
     done = stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp
     if not (done and (out / "results.json").exists()):
+        stamp_file.unlink(missing_ok=True)  # a failed evaluation leaves no stamp behind
         if main(argv + (["--no-progress"] if args.no_progress else [])) != 0:
             raise RuntimeError(f"evaluation of {model} failed")
         atomic_write_json(stamp_file, stamp)
