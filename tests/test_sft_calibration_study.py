@@ -248,3 +248,22 @@ def test_a_retrained_model_is_evaluated_again(study, tmp_path):
     assert (trained / "results.json").stat().st_mtime_ns != stamps[trained]  # evaluated again
     files = json.loads((trained / "evaluated_with.json").read_text())["model"]["files"]
     assert "model.safetensors" in files
+
+
+def test_skipped_examples_are_recorded_per_task(study, tmp_path):
+    """The loader skips BIG-bench examples (here a tie for the highest score); its count and
+    note used to reach neither results.json nor table.md, which thus lost questions."""
+    import json
+
+    assert study() == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    (task,) = results["tasks"]
+    assert task["name"] == "bigbench:toy"
+    assert (task["n_questions"], task["n_sft"], task["n_heldout"]) == (8, 4, 4)
+    assert task["skipped"] == {"several options share the highest score": 1}
+    assert task["n_skipped"] == 1
+    note = "skipped 1 example(s): several options share the highest score"
+    assert note in task["notes"]
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "bigbench:toy: 8 multiple-choice questions (4 SFT, 4 held-out); 1 example(s) " in table
+    assert note in table

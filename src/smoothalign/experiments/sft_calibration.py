@@ -92,6 +92,25 @@ def split_tasks(tasks, seed: int = 0) -> tuple[list[dict], list[dict]]:
     return sft, held
 
 
+def task_records(tasks, sft_rows: list[dict], held_rows: list[dict]) -> list[dict[str, Any]]:
+    """Per BIG-bench task: its file, the questions kept and how they were split, and the
+    examples the loader skipped (ties for the highest score, free text, …) with its notes,
+    so that ``results.json`` and ``table.md`` account for every example of the task."""
+    return [
+        {
+            "name": t.name,
+            "source": t.source,
+            "n_questions": len(t.questions),
+            "n_sft": sum(r["task"] == t.name for r in sft_rows),
+            "n_heldout": sum(r["task"] == t.name for r in held_rows),
+            "n_skipped": sum(t.skipped.values()),
+            "skipped": dict(t.skipped),
+            "notes": list(t.notes),
+        }
+        for t in tasks
+    ]
+
+
 def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r) + "\n" for r in rows)
 
@@ -329,6 +348,10 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text(out / "sft_train.jsonl", train_text)
     held_file = atomic_write_text(out / "heldout.jsonl", _jsonl(held_rows))
     print(f"{len(sft_rows)} SFT rows, {len(held_rows)} held-out questions from {args.tasks}")
+    data_notes = task_records(tasks, sft_rows, held_rows)
+    for t in data_notes:
+        for note in t["notes"]:
+            print(f"  {t['name']}: {note}")
 
     models: list[tuple[str, float | None, int | None, str]] = [("shipped", None, None, args.model)]
     for (name, beta, seed, config), reused in zip(runs, reuse, strict=True):
@@ -351,6 +374,7 @@ def run(args: argparse.Namespace) -> int:
         "config": {k: v for k, v in vars(args).items() if not callable(v) and k != "_module"},
         "n_sft_rows": len(sft_rows),
         "n_heldout": len(held_rows),
+        "tasks": data_notes,
         "models": per_model,
         "aggregates": aggregate(per_model),
         "run_info": clock.info(),
@@ -402,6 +426,14 @@ def markdown(results: dict[str, Any]) -> str:
         cells = [f"{r[f'{k}_mean']:.3f} ± {r[f'{k}_std']:.3f}" for k in
                  ("accuracy", "ece", "rms", "mean_confidence")]  # fmt: skip
         lines.append(f"| {r['model']} | {r['data']} | {r['n']} | " + " | ".join(cells) + " |")
+    if results.get("tasks"):
+        lines += ["", "## Data", ""]
+        for t in results["tasks"]:
+            lines.append(
+                f"* {t['name']}: {t['n_questions']} multiple-choice questions ({t['n_sft']} SFT, "
+                f"{t['n_heldout']} held-out); {t['n_skipped']} example(s) skipped"
+            )
+            lines += [f"  * {note}" for note in t["notes"]]
     return "\n".join(lines) + "\n"
 
 
