@@ -216,3 +216,19 @@ def test_an_even_number_of_annotators_is_warned_about(tmp_path, capsys):
     assert "warning: --annotators 4: with an even K a pair's votes can tie" in err
     assert main([*argv, "--annotators", "3", "--output-dir", str(tmp_path / "b")]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_the_lm_part_prints_no_progress_bar_without_progress(tmp_path, capfd):
+    """`study reward --lm --no-progress` used to print every tiny-LM run's Trainer and
+    "Writing model shards" bars (45 lines for --lm-seeds 1 --lm-steps 5)."""
+    from smoothalign import progress
+    from smoothalign.cli import main
+
+    argv = ["study", "reward", "--quick", "--steps", "20", "--seeds", "1", "--lm", "--lm-seeds",
+            "1", "--lm-steps", "2", "--no-progress", "--output-dir", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    captured = capfd.readouterr()
+    for bar in ("it/s]", "s/it]", "Writing model shards", "%|"):
+        assert bar not in captured.err + captured.out, bar
+    assert "lm" in json.loads((tmp_path / "results.json").read_text())
+    assert progress.enabled()

@@ -267,3 +267,16 @@ def test_skipped_examples_are_recorded_per_task(study, tmp_path):
     table = (tmp_path / "out" / "table.md").read_text()
     assert "bigbench:toy: 8 multiple-choice questions (4 SFT, 4 held-out); 1 example(s) " in table
     assert note in table
+
+
+def test_no_progress_silences_the_sub_runs_bars(study, capfd):
+    """--no-progress used to reach only the evaluations' scoring: the SFT Trainer's bar,
+    transformers' "Loading weights" / "Writing model shards" bars still printed."""
+    from smoothalign import progress
+
+    assert study("--betas", "0,0.1") == 0  # two SFT runs, three evaluations
+    captured = capfd.readouterr()
+    for bar in ("it/s]", "s/it]", "Loading weights", "Writing model shards", "%|"):
+        assert bar not in captured.err + captured.out, bar
+    assert "SFT β=0.1" in captured.out  # the study's own output is still there
+    assert progress.enabled()  # the switch is restored once the study is done

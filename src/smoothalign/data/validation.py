@@ -75,6 +75,7 @@ from smoothalign.data.tokenization import (
     special_token_strings,
     tokenize_responses,
 )
+from smoothalign.progress import bar_disable
 
 TEXT_FIELDS = ("prompt", "chosen", "rejected")
 REF_FIELDS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -285,7 +286,9 @@ def validate_rows(
         examples=[], bad_rows=[], n_rows=len(rows), kind=kind, max_length=max_length
     )
     if progress:
-        rows_seen = tqdm(rows, desc=f"validating {what} rows", disable=len(rows) < 2000 or None)
+        rows_seen = tqdm(
+            rows, desc=f"validating {what} rows", disable=bar_disable(len(rows) < 2000 or None)
+        )
     else:
         rows_seen = rows
     split_column = check_split and has_split_column(rows)

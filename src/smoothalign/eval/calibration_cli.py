@@ -125,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from smoothalign.io import atomic_write_json, atomic_write_text, check_output_dir, save_figure
     from smoothalign.models import describe_model, load_model_and_tokenizer
+    from smoothalign.progress import progress_bars
 
     t_start = time.perf_counter()
     out_dir = check_output_dir(args.output_dir)  # a file in the way: said before any work
@@ -172,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
     # 2. model
     t0 = time.perf_counter()
     dtype = getattr(torch, args.dtype)
-    model, tokenizer = load_model_and_tokenizer(args.model, dtype=dtype)
+    with progress_bars(progress):  # transformers' "Loading weights" bar
+        model, tokenizer = load_model_and_tokenizer(args.model, dtype=dtype)
     model.to(device)
     model_load_s = time.perf_counter() - t0
 

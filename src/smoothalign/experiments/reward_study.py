@@ -434,16 +434,20 @@ def run_lm_study(
     steps: int = 150,
     pairs: int = 600,
     annotators: int = 5,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """The same comparison with the tiny Llama reward model on the oracle text world
-    (``smoothalign reward`` defaults otherwise); held-out metrics after training."""
+    (``smoothalign reward`` defaults otherwise); held-out metrics after training.
+    ``progress``: the runs' progress bars (training, saving, scoring)."""
+    from smoothalign.progress import progress_bars
     from smoothalign.reward.config import RewardConfig
     from smoothalign.reward.run import run_reward
 
     by_name = {m.name: m for m in METHODS}
     runs = []
     t0 = time.perf_counter()
-    with single_thread():  # two torch threads on a shared 2-core machine ran ~10x slower
+    # two torch threads on a shared 2-core machine ran ~10x slower
+    with single_thread(), progress_bars(progress):
         for seed in seeds:
             for name in methods:
                 m = by_name[name]
@@ -728,7 +732,12 @@ def run(args: argparse.Namespace) -> int:
     table = markdown_report(results)
     atomic_write_json(out / "results.json", results)  # kept even if the LM part fails
     if args.lm:
-        lm = run_lm_study(out, seeds=tuple(range(lm_seeds)), steps=lm_steps)
+        lm = run_lm_study(
+            out,
+            seeds=tuple(range(lm_seeds)),
+            steps=lm_steps,
+            progress=not args.no_progress,
+        )
         results["lm"] = lm
         table += "\n" + lm_markdown(lm)
     results["run_info"] = clock.info()

@@ -318,6 +318,13 @@ def sft_runs(args: argparse.Namespace, train_file: Path) -> list[tuple[str, floa
 
 
 def run(args: argparse.Namespace) -> int:
+    from smoothalign.progress import progress_bars
+
+    with progress_bars(not args.no_progress):  # the SFT runs' and evaluations' bars too
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from smoothalign.eval.mc_sources import load_tasks
     from smoothalign.experiments.run_info import RunClock
     from smoothalign.io import atomic_write_json, atomic_write_text, save_figure

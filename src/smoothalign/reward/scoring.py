@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from smoothalign.data import fit_response, tokenize_preference
 from smoothalign.models.loading import is_model_folder
+from smoothalign.progress import bar_disable
 
 WHAT = "reward_model"  # the prefix of every message: the option that names the model
 
@@ -189,7 +190,9 @@ class PreferenceModelScorer:
         pad = int(self.tokenizer.pad_token_id)
         out = []
         starts = range(0, len(seqs), self.batch_size)
-        for start in tqdm(starts, desc="scoring", leave=False, disable=len(starts) < 4 or None):
+        for start in tqdm(
+            starts, desc="scoring", leave=False, disable=bar_disable(len(starts) < 4 or None)
+        ):
             chunk = seqs[start : start + self.batch_size]
             width = max(len(s) for s in chunk)
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)

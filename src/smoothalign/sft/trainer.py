@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from smoothalign.calibration import calibration_summary, reliability_curve
 from smoothalign.kernels import filter_eps_for
+from smoothalign.progress import bar_disable
 from smoothalign.sft.config import SFTConfig
 from smoothalign.sft.objective import IGNORE_INDEX, head_logits, sft_loss, token_statistics
 from smoothalign.smoothing import SmoothingPolicy
@@ -247,7 +248,9 @@ class SFTTrainer(SmoothingTrainer):
         n_rows = 0
         with self.evaluation_mode() as model:
             loader = self.get_eval_dataloader(dataset)
-            quiet = not self.is_world_process_zero() or None  # None: off when not a terminal
+            quiet = bar_disable(  # None: off when not a terminal
+                not self.is_world_process_zero() or None
+            )
             for batch in tqdm(loader, desc="scoring held-out tokens", leave=False, disable=quiet):
                 batch = self._prepare_inputs(batch)
                 hidden = self.hidden_states(model, batch)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from smoothalign.data.validation import identical_after_truncation
+from smoothalign.progress import enabled as progress_enabled
 from smoothalign.smoothing import SmoothingPolicy, make_policy
 
 CALIBRATOR_FIELDS = ("bins", "momentum", "init_confidence", "prior_strength", "warmup_steps")
@@ -131,7 +132,7 @@ def training_arguments(config: Any, bf16: bool):
         # --cpu does, instead of each running the whole job on the same data
         use_cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
         report_to=report_to,
-        disable_tqdm=False,
+        disable_tqdm=not progress_enabled(),  # a study's --no-progress: no Trainer bar
     )
 
 

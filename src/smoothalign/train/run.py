@@ -30,6 +30,7 @@ from smoothalign.data import (
 from smoothalign.data.report import format_bad_rows
 from smoothalign.io import atomic_write_json
 from smoothalign.models import load_model_and_tokenizer
+from smoothalign.progress import bar_disable
 from smoothalign.train.checkpoints import (
     clear_before_run,
     finishes_without_training,
@@ -318,7 +319,12 @@ def _attach_reference_logps(
         loader = DataLoader(examples, batch_size=batch_size, collate_fn=collator)
         for start, batch in zip(
             range(0, len(examples), batch_size),
-            tqdm(loader, desc=f"reference log-probs ({name})", leave=False),
+            tqdm(
+                loader,
+                desc=f"reference log-probs ({name})",
+                leave=False,
+                disable=bar_disable(False),
+            ),
             strict=True,
         ):
             logps, _ = model_sequence_logps(

@@ -29,6 +29,7 @@ from smoothalign._warn import warn_once
 from smoothalign.calibration import PAIRWISE_BINS, calibration_summary, true_preference_metrics
 from smoothalign.kernels import filter_eps_for
 from smoothalign.models.logits import logit_transform
+from smoothalign.progress import bar_disable
 from smoothalign.train.base_trainer import PairCountedLoss, SmoothingTrainer
 from smoothalign.train.checkpoints import sharded_launch
 from smoothalign.train.config import DPOConfig
@@ -333,7 +334,7 @@ class SmoothDPOTrainer(PairCountedLoss, SmoothingTrainer):
         parts: dict[str, list[Tensor]] = defaultdict(list)
         loader = self.get_eval_dataloader(dataset)
         bar = tqdm(loader, desc="scoring held-out pairs", leave=False,
-                   disable=not self.is_world_process_zero() or len(loader) < 2)  # fmt: skip
+                   disable=bar_disable(not self.is_world_process_zero() or len(loader) < 2))  # fmt: skip
         with self.evaluation_mode() as model:
             for batch in bar:
                 batch = self._prepare_inputs(batch)
