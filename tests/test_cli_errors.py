@@ -319,6 +319,32 @@ def test_help_never_shows_a_none_default():
             assert "(default: 0.1)" in " ".join(text.split())
 
 
+def test_help_shows_list_defaults_as_they_are_typed():
+    """`--tasks` / `--betas` showed their defaults as Python literals (`['mmlu']`,
+    `(0.0, 0.1)`), which a user cannot type back."""
+    import argparse
+
+    from smoothalign.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    helps = {}
+    for path, _, _ in COMMANDS:
+        sub = parser
+        for name in path:
+            choices = next(
+                a for a in sub._actions if isinstance(a, argparse._SubParsersAction)
+            ).choices
+            sub = choices[name]
+        helps[path] = " ".join(sub.format_help().split())
+        assert "(default: [" not in helps[path] and "(default: (" not in helps[path], path
+    study = helps[("study", "sft-calibration")]
+    assert "(default: phrase_relatedness similarities_abstraction)" in study
+    assert "(default: 0,0.1)" in study
+    assert "(default: letter option)" in helps[("eval", "calibration")]
+    args = parser.parse_args(["study", "sft-calibration"])
+    assert args.betas == (0.0, 0.1)  # the str default is parsed like a typed value
+
+
 # Two runs' files share a base name: a bad row's message must say which of them is bad,
 # by the path as the user gave it (relative here), for every command and file option.
 _PAIR = {"prompt": "q:", "chosen": " a", "rejected": " b", "completion": " a"}

@@ -116,11 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each option's default, except a ``None`` default (the help says what
-    happens then: "default 10; --quick: 2") and an empty help."""
+    happens then: "default 10; --quick: 2") and an empty help. A list default is shown as
+    it is typed (``--tasks mmlu other``: "mmlu other"), not as a Python list."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         if action.default is None or not action.help:
             return action.help
+        if (
+            isinstance(action.default, list | tuple)
+            and action.option_strings
+            and "%(default)" not in action.help
+        ):
+            shown = " ".join(str(v) for v in action.default).replace("%", "%%")
+            return f"{action.help} (default: {shown})"
         return super()._get_help_string(action)
 
 

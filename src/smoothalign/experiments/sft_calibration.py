@@ -52,7 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tasks", nargs="+", default=list(DEFAULT_TASKS), help="BIG-bench multiple-choice tasks"
     )
-    parser.add_argument("--betas", type=_floats, default=(0.0, 0.1), help="e.g. 0,0.1")
+    # a str default goes through type= like a typed value, and the help shows it as typed
+    parser.add_argument(
+        "--betas",
+        type=_floats,
+        default="0,0.1",
+        help="label smoothing β of the SFT runs, comma-separated",
+    )
     parser.add_argument("--seeds", type=int, default=2, help="SFT seeds 0 .. N-1 per β")
     parser.add_argument("--steps", type=int, default=30, help="SFT steps of 8 rows")
     parser.add_argument("--learning-rate", type=float, default=2e-4, help="SFT peak step size")
