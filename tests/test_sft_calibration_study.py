@@ -280,3 +280,16 @@ def test_no_progress_silences_the_sub_runs_bars(study, capfd):
         assert bar not in captured.err + captured.out, bar
     assert "SFT β=0.1" in captured.out  # the study's own output is still there
     assert progress.enabled()  # the switch is restored once the study is done
+
+
+def test_results_record_the_options_not_the_clis_own_keys(study, tmp_path):
+    """results.json's config held the CLI's internal keys `sub_1` and `_command`."""
+    import json
+
+    assert study() == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    config = results["config"]
+    assert not [k for k in config if k.startswith(("_", "sub_"))]
+    assert config["betas"] == [0.0] and config["tasks"] == ["toy"] and config["steps"] == 2
+    assert results["command"] == "smoothalign study sft-calibration"
+    assert results["run_info"]["command"]  # the command line, as the process got it

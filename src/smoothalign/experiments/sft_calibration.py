@@ -384,7 +384,10 @@ def _run(args: argparse.Namespace) -> int:
         print(name, json.dumps(metrics))
 
     results = {
-        "config": {k: v for k, v in vars(args).items() if not callable(v) and k != "_module"},
+        "command": "smoothalign study sft-calibration",  # as eval calibration's results say
+        # the options only: the CLI's own keys (_module, _command, sub_1) are not options; the
+        # command line is in run_info
+        "config": {k: v for k, v in vars(args).items() if not k.startswith(("_", "sub_"))},
         "n_sft_rows": len(sft_rows),
         "n_heldout": len(held_rows),
         "tasks": data_notes,
