@@ -230,5 +230,6 @@ def test_the_lm_part_prints_no_progress_bar_without_progress(tmp_path, capfd):
     captured = capfd.readouterr()
     for bar in ("it/s]", "s/it]", "Writing model shards", "%|"):
         assert bar not in captured.err + captured.out, bar
+    assert "train_runtime" not in captured.out  # nor the Trainer's log lines (metrics.jsonl)
     assert "lm" in json.loads((tmp_path / "results.json").read_text())
     assert progress.enabled()

@@ -278,6 +278,7 @@ def test_no_progress_silences_the_sub_runs_bars(study, capfd):
     captured = capfd.readouterr()
     for bar in ("it/s]", "s/it]", "Loading weights", "Writing model shards", "%|"):
         assert bar not in captured.err + captured.out, bar
+    assert "train_runtime" not in captured.out  # nor the Trainer's log lines (metrics.jsonl)
     assert "SFT β=0.1" in captured.out  # the study's own output is still there
     assert progress.enabled()  # the switch is restored once the study is done
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from transformers import Trainer
+from transformers.trainer_callback import PrinterCallback
 
 from smoothalign.io import atomic_write_json, json_safe
 from smoothalign.smoothing import SmoothingPolicy
@@ -53,6 +54,8 @@ class SmoothingTrainer(Trainer):
 
     def __init__(self, *args: Any, smoothing_policy: SmoothingPolicy, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.args.disable_tqdm:  # progress bars off (a study's --no-progress): a quiet run,
+            self.remove_callback(PrinterCallback)  # not one log dict a line; metrics.jsonl has them
         self.smoothing_policy = smoothing_policy
         if smoothing_policy.calibrator is not None:  # CALS sums over ranks only under DDP
             smoothing_policy.calibrator.sum_across_ranks = self.accelerator.num_processes > 1
