@@ -498,7 +498,8 @@ def test_a_run_folder_without_final_as_model_says_so(command, tmp_path, capsys):
 @pytest.mark.parametrize(
     "command",
     [["study", "preference", "--quick"], ["study", "logreg", "--quick"],
-     ["study", "reward", "--quick"], ["study", "preference", "--from-results", "R"]],
+     ["study", "reward", "--quick"], ["study", "preference", "--from-results", "R"],
+     ["study", "sft-calibration", "--model", "tiny", "--steps", "1"]],
 )  # fmt: skip
 def test_a_study_output_dir_that_is_a_file_is_named_before_any_work(command, tmp_path, capsys):
     """Not `[Errno 17] File exists` / `Not a directory` from mkdir: the option, the path and

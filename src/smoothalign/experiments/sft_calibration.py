@@ -333,12 +333,12 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from smoothalign.eval.mc_sources import load_tasks
     from smoothalign.experiments.run_info import RunClock
-    from smoothalign.io import atomic_write_json, atomic_write_text, save_figure
+    from smoothalign.io import atomic_write_json, atomic_write_text, check_output_dir, save_figure
     from smoothalign.sft import run_sft
 
     clock = RunClock()
     check_options(args)  # a bad option: cli.main names it (SMOOTHALIGN_DEBUG=1 raises)
-    out = Path(args.output_dir)
+    out = check_output_dir(args.output_dir)  # a file in the way: said before any work
     runs = sft_runs(args, out / "sft_train.jsonl")
     try:
         tasks = load_tasks([f"bigbench:{t}" for t in args.tasks], bigbench=args.bigbench)
