@@ -154,6 +154,30 @@ def check_ranges(
             raise ValueError(f"{shown}: must be {rule}, got {getattr(owner, name)!r}")
 
 
+def trainer_ranges(config: object) -> dict[str, tuple[bool, str]]:
+    """The :func:`check_ranges` entries of the options every trainer's config has (dpo, sft,
+    reward): seed, steps, batch, length, logging/eval/save cadence, LoRA, schedule."""
+    c: Any = config
+    return {
+        "seed": (0 <= c.seed < 2**32, "in [0, 2**32)"),  # what torch and NumPy accept
+        "max_steps": (c.max_steps > 0, "> 0"),
+        "learning_rate": (c.learning_rate > 0, "> 0"),
+        "batch_size": (c.batch_size > 0, "> 0"),
+        "grad_accum": (c.grad_accum > 0, "> 0"),
+        "max_length": (c.max_length > 1, "> 1"),
+        "eval_fraction": (0 <= c.eval_fraction < 1, "in [0, 1)"),
+        "logging_steps": (c.logging_steps > 0, "> 0"),
+        "eval_steps": (c.eval_steps >= 0, ">= 0"),
+        "save_steps": (c.save_steps >= 0, ">= 0"),
+        "lora_r": (c.lora_r > 0, "> 0"),
+        "lora_alpha": (c.lora_alpha > 0, "> 0"),
+        "lr_warmup_steps": (c.lr_warmup_steps >= 0, ">= 0"),
+        "weight_decay": (c.weight_decay >= 0, ">= 0"),
+        # the newest checkpoint is rotated in before it is certified complete: keep one more
+        "save_total_limit": (c.save_total_limit is None or c.save_total_limit >= 2, ">= 2"),
+    }
+
+
 LEAN_LAYERS = ("auto", "on", "off", "recompute")
 
 

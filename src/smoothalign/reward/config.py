@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from smoothalign._checks import check_finite_fields, check_lora_options, check_ranges
+from smoothalign._checks import (
+    check_finite_fields,
+    check_lora_options,
+    check_ranges,
+    trainer_ranges,
+)
 from smoothalign.io import config_to_dict
 from smoothalign.reward.objective import POSTERIOR_LOSSES, REWARD_LOSSES
 from smoothalign.train.common import calibrator_options, smoothing_policy
@@ -87,33 +92,15 @@ class RewardConfig:
             raise ValueError("posterior_grad: only meaningful with --posterior")
         self.smoothing_policy()  # raises on a bad name or option
         checks = {
-            "seed": (0 <= self.seed < 2**32, "in [0, 2**32)"),  # what torch and NumPy accept
+            **trainer_ranges(self),
             "margin": (self.margin >= 0, ">= 0"),
             "center_weight": (self.center_weight >= 0, ">= 0"),
             # > 0: reverse KL is always logged, and a unanimous vote (0/1) would make it
             # infinite (and, as the loss, give NaN weights after one step)
             "rkl_floor": (0 < self.rkl_floor < 0.5, "in (0, 0.5)"),
-            "max_steps": (self.max_steps > 0, "> 0"),
-            "learning_rate": (self.learning_rate > 0, "> 0"),
-            "batch_size": (self.batch_size > 0, "> 0"),
-            "grad_accum": (self.grad_accum > 0, "> 0"),
-            "max_length": (self.max_length > 1, "> 1"),
-            "eval_fraction": (0 <= self.eval_fraction < 1, "in [0, 1)"),
-            "logging_steps": (self.logging_steps > 0, "> 0"),
-            "eval_steps": (self.eval_steps >= 0, ">= 0"),
-            "save_steps": (self.save_steps >= 0, ">= 0"),
             "oracle_pairs": (self.oracle_pairs >= 2, ">= 2"),
             "annotators": (self.annotators >= 1, ">= 1"),
             "oracle_temperature": (self.oracle_temperature > 0, "> 0"),
-            "lora_r": (self.lora_r > 0, "> 0"),
-            "lora_alpha": (self.lora_alpha > 0, "> 0"),
-            "lr_warmup_steps": (self.lr_warmup_steps >= 0, ">= 0"),
-            "weight_decay": (self.weight_decay >= 0, ">= 0"),
-            # the newest checkpoint is rotated in before it is certified complete: keep one more
-            "save_total_limit": (
-                self.save_total_limit is None or self.save_total_limit >= 2,
-                ">= 2",
-            ),
         }
         check_ranges(self, checks)
         if self.labels is not None and self.data is None:

@@ -11,6 +11,7 @@ from smoothalign._checks import (
     check_lean_layers,
     check_lora_options,
     check_ranges,
+    trainer_ranges,
 )
 from smoothalign.io import config_to_dict
 from smoothalign.kernels import filter_eps_for
@@ -71,26 +72,8 @@ class SFTConfig:
         check_finite_fields(self)
         check_lora_options(self)
         checks = {
-            "seed": (0 <= self.seed < 2**32, "in [0, 2**32)"),  # what torch and NumPy accept
+            **trainer_ranges(self),
             "label_smoothing": (0.0 <= self.label_smoothing <= 1.0, "in [0, 1]"),
-            "max_steps": (self.max_steps > 0, "> 0"),
-            "learning_rate": (self.learning_rate > 0, "> 0"),
-            "batch_size": (self.batch_size > 0, "> 0"),
-            "grad_accum": (self.grad_accum > 0, "> 0"),
-            "max_length": (self.max_length > 1, "> 1"),
-            "eval_fraction": (0 <= self.eval_fraction < 1, "in [0, 1)"),
-            "logging_steps": (self.logging_steps > 0, "> 0"),
-            "eval_steps": (self.eval_steps >= 0, ">= 0"),
-            "save_steps": (self.save_steps >= 0, ">= 0"),
-            "lora_r": (self.lora_r > 0, "> 0"),
-            "lora_alpha": (self.lora_alpha > 0, "> 0"),
-            "lr_warmup_steps": (self.lr_warmup_steps >= 0, ">= 0"),
-            "weight_decay": (self.weight_decay >= 0, ">= 0"),
-            # the newest checkpoint is rotated in before it is certified complete: keep one more
-            "save_total_limit": (
-                self.save_total_limit is None or self.save_total_limit >= 2,
-                ">= 2",
-            ),
             "max_eval_rows": (self.max_eval_rows >= 0, ">= 0"),
         }
         check_ranges(self, checks)

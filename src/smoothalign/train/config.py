@@ -10,6 +10,7 @@ from smoothalign._checks import (
     check_lean_layers,
     check_lora_options,
     check_ranges,
+    trainer_ranges,
 )
 from smoothalign.io import config_to_dict
 from smoothalign.kernels import filter_eps_for
@@ -106,29 +107,11 @@ class DPOConfig:
         if self.flip_rate is not None and not 0.0 <= self.flip_rate < 0.5:
             raise ValueError(f"flip_rate: must lie in [0, 0.5), got {self.flip_rate}")
         checks = {
-            "seed": (0 <= self.seed < 2**32, "in [0, 2**32)"),  # what torch and NumPy accept
+            **trainer_ranges(self),
             "beta": (self.beta > 0, "> 0"),
-            "max_steps": (self.max_steps > 0, "> 0"),
-            "learning_rate": (self.learning_rate > 0, "> 0"),
-            "batch_size": (self.batch_size > 0, "> 0"),
-            "grad_accum": (self.grad_accum > 0, "> 0"),
-            "max_length": (self.max_length > 1, "> 1"),
             "sft_weight": (self.sft_weight >= 0, ">= 0"),
-            "eval_fraction": (0 <= self.eval_fraction < 1, "in [0, 1)"),
-            "logging_steps": (self.logging_steps > 0, "> 0"),
-            "eval_steps": (self.eval_steps >= 0, ">= 0"),
-            "save_steps": (self.save_steps >= 0, ">= 0"),
             "eval_samples": (self.eval_samples >= 0, ">= 0"),
             "max_new_tokens": (self.max_new_tokens > 0, "> 0"),
-            "lora_r": (self.lora_r > 0, "> 0"),
-            "lora_alpha": (self.lora_alpha > 0, "> 0"),
-            "lr_warmup_steps": (self.lr_warmup_steps >= 0, ">= 0"),
-            "weight_decay": (self.weight_decay >= 0, ">= 0"),
-            # the newest checkpoint is rotated in before it is certified complete: keep one more
-            "save_total_limit": (
-                self.save_total_limit is None or self.save_total_limit >= 2,
-                ">= 2",
-            ),
             "max_eval_pairs": (self.max_eval_pairs >= 0, ">= 0"),
         }
         check_ranges(self, checks)
