@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,16 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-
-def _cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown"
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
+from smoothalign.experiments.run_info import cpu_model  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device
         if not args.device.startswith("cuda")
         else torch.cuda.get_device_name(args.device),
-        "cpu": _cpu_name(),
+        "cpu": cpu_model(),
         "torch_threads": torch.get_num_threads(),
         "dtype": args.dtype,
         "seconds": runs,

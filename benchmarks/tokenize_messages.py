@@ -38,6 +38,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from smoothalign.experiments.run_info import cpu_model  # noqa: E402
+
 # words, punctuation, "" (a double space once joined) and a newline
 WORDS = (
     *(  # noqa: SIM905
@@ -48,17 +50,6 @@ WORDS = (
     "",
     "\n",
 )
-
-
-def _cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown"
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def _git_commit() -> str:
@@ -195,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     print(
-        f"# machine: {_cpu_name()}, nproc {os.cpu_count()}; Python {platform.python_version()}, "
+        f"# machine: {cpu_model()}, nproc {os.cpu_count()}; Python {platform.python_version()}, "
         f"transformers {transformers.__version__}, tokenizers {tokenizers.__version__}; "
         f"commit {_git_commit()}"
     )
@@ -233,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(
                 {
                     "commit": _git_commit(),
-                    "cpu": _cpu_name(),
+                    "cpu": cpu_model(),
                     "tokenizer": args.tokenizer,
                     "rows": args.rows,
                     "results": results,
