@@ -294,3 +294,29 @@ def test_results_record_the_options_not_the_clis_own_keys(study, tmp_path):
     assert config["betas"] == [0.0] and config["tasks"] == ["toy"] and config["steps"] == 2
     assert results["command"] == "smoothalign study sft-calibration"
     assert results["run_info"]["command"]  # the command line, as the process got it
+
+
+def test_huggingface_progress_bars_off_in_the_environment_leave_training_output_alone(
+    tmp_path,
+):
+    """transformers' own switch follows HF_HUB_DISABLE_PROGRESS_BARS (set on clusters to
+    quiet downloads); reading it made a plain training run print no bar and no log lines.
+    Only smoothalign's --no-progress switch (progress_bars(False)) quiets training."""
+    from transformers.utils import logging
+
+    from smoothalign import progress
+    from smoothalign.sft import SFTConfig
+    from smoothalign.train.common import training_arguments
+
+    config = SFTConfig(model="tiny", output_dir=str(tmp_path / "run"))
+    logging.disable_progress_bar()  # as the environment variable does
+    try:
+        assert progress.enabled()
+        assert training_arguments(config, bf16=False).disable_tqdm is False
+        with progress.progress_bars(False):
+            assert not progress.enabled()
+            assert training_arguments(config, bf16=False).disable_tqdm is True
+        assert progress.enabled()
+        assert not logging.is_progress_bar_enabled()  # the environment's choice is kept
+    finally:
+        logging.enable_progress_bar()

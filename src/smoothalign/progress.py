@@ -1,10 +1,15 @@
 """Progress bars on or off for everything a command runs, sub-runs included.
 
-The switch is ``transformers``' (which also switches ``huggingface_hub``'s): model loading
-("Loading weights") and saving ("Writing model shards") read it, :func:`training_arguments
-<smoothalign.train.common.training_arguments>` gives it to the Trainer (``disable_tqdm``),
-and smoothalign's own bars read it through :func:`bar_disable`. A study's ``--no-progress``
-turns it off with :func:`progress_bars` for as long as the study runs.
+smoothalign keeps its own switch, which only :func:`progress_bars` (a study's or an
+evaluation's ``--no-progress``) turns off, for as long as the block runs. While it is off,
+:func:`training_arguments <smoothalign.train.common.training_arguments>` gives the Trainer
+``disable_tqdm`` (and the trainers then print no log dicts either), smoothalign's own bars
+read it through :func:`bar_disable`, and ``transformers``' switch (which ``huggingface_hub``
+follows: "Loading weights", "Writing model shards") is off too.
+
+The switch is not ``transformers``' own: that one also follows the environment
+(``HF_HUB_DISABLE_PROGRESS_BARS=1``, common on clusters to quiet downloads), and reading it
+would silence a training run's bar and its logged lines there.
 """
 
 from __future__ import annotations
@@ -12,31 +17,35 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+_quiet = False  # set by progress_bars(False) while its block runs
+
 
 def enabled() -> bool:
-    """Whether progress bars are on (``transformers``' switch)."""
-    from transformers.utils import logging
-
-    return logging.is_progress_bar_enabled()
+    """Whether smoothalign's progress bars are on (off only inside ``progress_bars(False)``)."""
+    return not _quiet
 
 
 def bar_disable(disable: bool | None = None) -> bool | None:
     """tqdm's ``disable`` for one of smoothalign's bars: ``True`` while progress bars are
     off, else ``disable`` (``None``: off when not writing to a terminal)."""
-    return True if not enabled() else disable
+    return True if _quiet else disable
 
 
 @contextmanager
 def progress_bars(on: bool) -> Iterator[None]:
-    """With ``on`` false, no progress bar inside the block (transformers' and
-    huggingface_hub's, the Trainer's, smoothalign's); the switch is restored after it."""
+    """With ``on`` false, no progress bar inside the block (smoothalign's, the Trainer's,
+    and transformers' and huggingface_hub's); both switches are restored after it."""
+    global _quiet
     from transformers.utils import logging
 
-    was = logging.is_progress_bar_enabled()
-    if not on and was:
-        logging.disable_progress_bar()
+    was_quiet, hf_was = _quiet, logging.is_progress_bar_enabled()
+    if not on:
+        _quiet = True
+        if hf_was:
+            logging.disable_progress_bar()
     try:
         yield
     finally:
-        if not on and was:
+        _quiet = was_quiet
+        if not on and hf_was:
             logging.enable_progress_bar()

@@ -28,6 +28,7 @@ from torch import Tensor
 from transformers import Trainer
 from transformers.trainer_callback import PrinterCallback
 
+from smoothalign import progress
 from smoothalign.io import atomic_write_json, json_safe
 from smoothalign.smoothing import SmoothingPolicy
 from smoothalign.train.checkpoints import (
@@ -54,8 +55,9 @@ class SmoothingTrainer(Trainer):
 
     def __init__(self, *args: Any, smoothing_policy: SmoothingPolicy, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.args.disable_tqdm:  # progress bars off (a study's --no-progress): a quiet run,
-            self.remove_callback(PrinterCallback)  # not one log dict a line; metrics.jsonl has them
+        if not progress.enabled():  # a study's --no-progress: a quiet run, not one log dict a
+            self.remove_callback(PrinterCallback)  # line (metrics.jsonl has them); a user's own
+        # disable_tqdm keeps Trainer's printed logs, as Trainer gives them
         self.smoothing_policy = smoothing_policy
         if smoothing_policy.calibrator is not None:  # CALS sums over ranks only under DDP
             smoothing_policy.calibrator.sum_across_ranks = self.accelerator.num_processes > 1
