@@ -173,15 +173,15 @@ def diagnose_shape(inputs, args, record) -> None:
     record(
         {**base, "config": "cuBLAS e @ c.T (one of the three products)", "ms": ms, "status": "ok"}
     )
-    # the default backward's strips and mean-row compensation (which needs the target's
-    # probability from the forward), as triton_token_losses passes them
+    # the default backward's strips and mean-row compensation, as triton_token_losses passes
+    # them (no filter statistics asked for)
     options = {"strips": K.resolve_strips(None), "compensate": K.resolve_compensate(None)}
 
     def backward(forward, filt, part, maxima, tma=None):
-        _, lse, c_mean, _, zt = forward
+        _, lse, c_mean, _, _ = forward
         return K._backward(
             e0, c0, None, t, lse, g, args.beta, None, filt, PARTS[part], False, None, maxima,
-            c_mean, tma, None, (None, torch.exp(zt - lse)), **options,
+            c_mean, tma, None, stats=None, **options,
         )  # fmt: skip
 
     try:  # the default path's dE, dC (red adds, whatever SMOOTHALIGN_LCE_TMA says)

@@ -354,6 +354,7 @@ def test_diagnose_times_the_default_backward(monkeypatch):
     ``_backward``: every backward it times gets the defaults' strips and compensation (with
     the target's probability the compensation needs), and it unpacks the forward's five
     results; CPU stand-ins for the two record the calls, so no row may end "failed"."""
+    import inspect
     import sys
     import types
 
@@ -374,8 +375,13 @@ def test_diagnose_times_the_default_backward(monkeypatch):
         zt = (e @ c.T).gather(1, targets[:, None])[:, 0]
         return torch.zeros(n), lse, c.mean(0), ("maxima", 1, 1), zt
 
+    real_backward = K._backward
+
     def backward(*args, **kwargs):
-        calls.append((args, kwargs))
+        # the call must fit the real signature (a stale argument convention failed every
+        # diagnose row on the GPU while a looser stand-in passed)
+        bound = inspect.signature(real_backward).bind(*args, **kwargs)
+        calls.append(bound.arguments)
         return torch.zeros(n, d), torch.zeros(v, d), None
 
     monkeypatch.setattr(K, "_forward", forward)
@@ -389,12 +395,10 @@ def test_diagnose_times_the_default_backward(monkeypatch):
     assert rows and not [r for r in rows if r["status"] != "ok"], rows
     assert len(calls) > 10
     lse = torch.logsumexp(e0 @ c0.T, 1)
-    p_target = torch.softmax(e0 @ c0.T, 1).gather(1, t[:, None])[:, 0]
-    for args, kwargs in calls:
-        assert kwargs["strips"] == K.STRIPS_DEFAULT and kwargs["compensate"] is True
-        assert args[16][0] is None  # no filter statistics asked for
-        torch.testing.assert_close(args[16][1], p_target)
-        torch.testing.assert_close(args[4], lse)
+    for call in calls:
+        assert call["strips"] == K.STRIPS_DEFAULT and call["compensate"] is True
+        assert call["stats"] is None  # no filter statistics asked for
+        torch.testing.assert_close(call["lse"], lse)
 
 
 def test_tune_exports_a_lowered_threshold_with_its_block_sizes():

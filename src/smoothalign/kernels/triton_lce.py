@@ -1087,10 +1087,11 @@ def triton_token_losses(
     ``filter_stats``: a dict that the backward fills with ``"dropped_mass"``, float32
     ``[N]``: per token, the softmax mass off its target in the blocks gradient filtering
     skipped and the block rows the strips left out, that is, left out of its ``dE`` (of the
-    ``1 − p_target`` there is: a token predicted with certainty has nothing to lose); 0 when nothing was filtered, NaN for
-    tokens with no gradient (ignored). Counted by the kernel as it goes (one atomic add per
-    token and computed block), which the compensation (on by default) needs anyway: the
-    count and the targets' probabilities are kept whenever either is on.
+    ``1 − p_target`` there is: a token predicted with certainty has nothing to lose); 0 when
+    nothing was filtered, NaN for tokens with no gradient (ignored). Counted by the kernel
+    as it goes (one atomic add per token and computed block: the mass it keeps, the
+    target's included, whose row is always kept), which the compensation (on by default)
+    needs anyway: the count is kept whenever either is on.
 
     ``dense_backward`` (bytes; off by default; ``None`` reads ``SMOOTHALIGN_LCE_DENSE`` in
     MiB): the backward through three BLAS products per chunk of tokens whose buffers take at
