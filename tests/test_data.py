@@ -1174,3 +1174,15 @@ def test_a_bad_split_is_a_bad_row_that_counts_in_no_statistic_of_the_kept_rows(t
     assert len(validate_sft_rows(sft, tok, 32, held_out=True).examples) == 2
     with pytest.raises(ValueError, match="field 'split': 'test'"):
         validate_sft_rows(sft, tok, 32)
+
+
+def test_a_column_holding_the_missing_fields_name_is_not_offered_as_its_typo():
+    """`p_chosen` (a reward label), `prompt_id` or `chosen_score` are other columns, not a
+    misspelt `chosen` / `prompt`: the did-you-mean hint is for typos only."""
+    from smoothalign.data.validation import RESERVED, missing_reason
+
+    assert missing_reason({"prompt": "q", "rejected": "y", "p_chosen": 0.8}, "chosen") == "missing"
+    assert missing_reason({"prompt_id": "7", "chosen": "x"}, "prompt", RESERVED) == "missing"
+    assert missing_reason({"chosen_score": 1, "choosen": "x"}, "chosen", RESERVED) == (
+        "missing (did you mean 'chosen'? the row has 'choosen')"
+    )

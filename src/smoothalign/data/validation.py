@@ -138,10 +138,11 @@ def require_split(row: Mapping[str, Any]) -> None:
 def missing_reason(row: Mapping[str, Any], name: str, known: Collection[str] = ()) -> str:
     """Why the required field ``name`` has no value in ``row``: ``null`` where the key holds
     a JSON null, else ``missing``, naming the row's key closest to ``name`` among those that
-    are not ``known`` fields (a typo such as ``choosen``), where one is close."""
+    are not ``known`` fields (a typo such as ``choosen``), where one is close. A key that
+    holds ``name`` whole (``p_chosen``, ``prompt_id``) is another column, not a typo of it."""
     if name in row:
         return "null"
-    unknown = [k for k in row if isinstance(k, str) and k != name and k not in known]
+    unknown = [k for k in row if isinstance(k, str) and name not in k and k not in known]
     close = difflib.get_close_matches(name, unknown, n=1, cutoff=0.75)
     if close:
         return f"missing (did you mean {name!r}? the row has {close[0]!r})"
