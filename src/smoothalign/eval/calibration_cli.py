@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     check_ranges(args, checks, flags=True)
     repeated = sorted({s for s in args.scorer if args.scorer.count(s) > 1})
     if repeated:
-        raise ValueError(f"scorer: {', '.join(repeated)} given twice; name each scorer once")
+        raise ValueError(f"--scorer: {', '.join(repeated)} given twice; name each scorer once")
     # 1. data first: a bad file fails before the model loads
     tasks = load_tasks(args.tasks, bigbench=args.bigbench, mmlu=args.mmlu_file)
     selected = []  # (task, [indices], [[shot indices]])

@@ -714,7 +714,7 @@ def run(args: argparse.Namespace) -> int:
     lm_seeds = LM_SEEDS if args.lm_seeds is None else args.lm_seeds
     lm_steps = LM_STEPS if args.lm_steps is None else args.lm_steps
     if args.lm and (lm_seeds < 1 or lm_steps < 1):
-        raise ValueError(f"lm_seeds / lm_steps: must be >= 1, got {lm_seeds} / {lm_steps}")
+        raise ValueError(f"--lm-seeds / --lm-steps: must be >= 1, got {lm_seeds} / {lm_steps}")
     check_output_dir(args.output_dir)
     even = [k for k in cfg.annotators if k % 2 == 0]
     if even:  # docs/results.md reads its tables with odd K: no tied votes
