@@ -28,6 +28,15 @@ def _seed_torch():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _temp_files_in_the_tests_folder(tmp_path, monkeypatch):
+    """Temporary files (the CLI's saved tracebacks of refused commands, ``smoothalign-
+    error-*.txt``) go to the test's own folder, not by the thousand into the system's."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+
 def np_log_sigmoid(h: np.ndarray) -> np.ndarray:
     """``log σ(h)`` in float64, stable for large ``|h|``."""
     return -np.logaddexp(0.0, -np.asarray(h, dtype=np.float64))
