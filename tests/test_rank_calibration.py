@@ -373,7 +373,7 @@ def test_cli_errors_name_the_problem(tmp_path, reward_dir, capsys):
     assert _main(base) == 2
     assert "--reward-model: required" in capsys.readouterr().err
     assert _main([*base, "--reward-model", str(tmp_path / "missing")]) == 2
-    assert "reward_model: no such path" in capsys.readouterr().err
+    assert "--reward-model: no such path" in capsys.readouterr().err
     rows = _plain_rows(4)
     rows[2]["prompt"] = ""
     bad = _write_prompts(tmp_path / "bad.jsonl", rows)

@@ -148,10 +148,30 @@ def main(argv: list[str] | None = None) -> int:
         # so nobody has to rerun hours of training to see it
         where = _save_traceback(e)
         print(
-            f"smoothalign {args._command}: {e}\n(traceback: {where}; {DEBUG_ENV}=1 raises it)",
+            f"smoothalign {args._command}: {_named_by_flag(str(e), parser, args)}\n"
+            f"(traceback: {where}; {DEBUG_ENV}=1 raises it)",
             file=sys.stderr,
         )
         return 2
+
+
+def _named_by_flag(message: str, parser: argparse.ArgumentParser, args) -> str:
+    """``message`` with a leading ``option_name:`` (how the library names an option, as the
+    Python API sees it: ``lr_scheduler: ...``, ``eval_data: ...``) given as the command's flag
+    (``--lr-scheduler: ...``), where the command has an option of that name."""
+    name, sep, rest = message.partition(": ")
+    if not sep or not name.isidentifier() or name.startswith("_"):
+        return message
+    leaf = parser
+    for word in args._command.split():
+        sub = next(a for a in leaf._actions if isinstance(a, argparse._SubParsersAction))
+        leaf = sub.choices[word]
+    for action in leaf._actions:
+        if action.dest == name and action.option_strings:
+            long = [o for o in action.option_strings if o.startswith("--")]
+            plain = [o for o in long if not o.startswith("--no-")]  # --lora, not --no-lora
+            return f"{(plain or long or action.option_strings)[0]}: {rest}"
+    return message
 
 
 def _save_traceback(error: BaseException) -> str:

@@ -103,15 +103,9 @@ def _non_empty(text: str) -> str:
 
 def config_from_args(args: argparse.Namespace, config_cls: type) -> Any:
     """The config of the parsed flags. The dataclass's refusals name the option by its field
-    (``max_steps: must be > 0, got 0``, as the Python API sees it); here by its flag."""
-    names = {f.name for f in _fields(config_cls)}
-    try:
-        return config_cls(**{name: getattr(args, name) for name in names})
-    except ValueError as e:
-        name, sep, rest = str(e).partition(": ")
-        if type(e) is ValueError and sep and name in names:
-            e.args = (f"--{name.replace('_', '-')}: {rest}",)
-        raise
+    (``max_steps: must be > 0, got 0``, as the Python API sees it); ``cli.main`` prints that
+    name as the command's flag (``--max-steps: ...``), as for every other refusal."""
+    return config_cls(**{f.name: getattr(args, f.name) for f in _fields(config_cls)})
 
 
 def run_command(
