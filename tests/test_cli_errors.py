@@ -574,3 +574,14 @@ def test_an_output_file_that_is_a_folder_or_under_a_file_is_named(command, tmp_p
         "folder; pass a path in a folder"
     )
     assert list(adir.iterdir()) == [] and afile.read_text() == "x\n"
+
+
+def test_study_sft_calibration_refuses_an_unknown_model_before_writing(tmp_path, capsys):
+    """The study wrote its data files (and read BIG-bench) before its first run found that
+    --model named nothing."""
+    out = tmp_path / "out"
+    argv = ["study", "sft-calibration", "--model", "/no/such/model", "--output-dir", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "model '/no/such/model': not a built-in model" in err.splitlines()[0]
+    assert not out.exists()

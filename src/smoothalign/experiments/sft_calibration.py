@@ -296,6 +296,9 @@ def check_options(args: argparse.Namespace) -> None:
     bad = [b for b in args.betas if not 0 <= b <= 1]  # NaN too
     if bad:
         raise ValueError(f"--betas: each β must lie in [0, 1], got {', '.join(map(str, bad))}")
+    from smoothalign.models.loading import check_model_name
+
+    check_model_name(args.model)  # not after the study's data files are written
 
 
 def sft_runs(args: argparse.Namespace, train_file: Path) -> list[tuple[str, float, int, Any]]:

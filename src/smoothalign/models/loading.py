@@ -47,6 +47,7 @@ __all__ = [
     "TINY_CHAT_TEMPLATE",
     "build_tiny_model",
     "build_tiny_tokenizer",
+    "check_model_name",
     "describe_model",
     "ensure_pad_token",
     "is_model_folder",
@@ -118,14 +119,7 @@ def load_model_and_tokenizer(
     elif name in ("smollm2-135m", "smollm2-135m-instruct"):
         model, tokenizer = _load_smollm2(dtype, tokenizer)
     else:
-        path = Path(name).expanduser()
-        if not path.exists():
-            raise ValueError(
-                f"model {name!r}: not a built-in model ({', '.join(BUILTIN_MODELS)}) and no "
-                "such local path. Models are never downloaded: pass a folder written by "
-                "save_pretrained, or a .gguf file."
-            )
-        path = resolve_model_folder(path)
+        path = resolve_model_folder(check_model_name(name))
         gguf = _gguf_in(path)
         if gguf is not None:
             model, tokenizer = _load_gguf(gguf, dtype)
@@ -137,6 +131,20 @@ def load_model_and_tokenizer(
     model.eval()
     ensure_pad_token(model, tokenizer)
     return model, tokenizer
+
+
+def check_model_name(name: str | os.PathLike) -> Path:
+    """``name`` as a path, or a ``ValueError`` saying it is neither a built-in model nor a
+    local path; a built-in name passes (nothing is loaded: a check to make before any work)."""
+    name = os.fspath(name)
+    path = Path(name).expanduser()
+    if name not in (*BUILTIN_MODELS, "smollm2-135m-instruct") and not path.exists():
+        raise ValueError(
+            f"model {name!r}: not a built-in model ({', '.join(BUILTIN_MODELS)}) and no "
+            "such local path. Models are never downloaded: pass a folder written by "
+            "save_pretrained, or a .gguf file."
+        )
+    return path
 
 
 def ensure_pad_token(model: Any, tokenizer: Any) -> None:
