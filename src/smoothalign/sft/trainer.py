@@ -188,9 +188,9 @@ class SFTTrainer(SmoothingTrainer):
         out = super()._gathered(split)
         if _COUNT not in out:
             return out
-        n = float(out.pop(_COUNT).sum())
+        n = float(out.pop(_COUNT).astype(np.float64).sum())  # as the pair trainers sum
         for key, name in _LOGGED.items():
-            total = float(out.pop(f"_sum/{key}").sum())
+            total = float(out.pop(f"_sum/{key}").astype(np.float64).sum())
             out[name] = np.array([total / n if n else math.nan])
             if key == "loss" and split == "train":
                 self._run_sums["loss"] += total
