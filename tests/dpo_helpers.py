@@ -46,3 +46,51 @@ def cut_alike_rows(n: int = 20) -> list[dict]:
         }
         for i in range(n)
     ]
+
+
+class FakeSummaryWriter:
+    """``torch.utils.tensorboard.SummaryWriter`` without tensorboard: records what is logged
+    and whether it was closed (:func:`fake_tensorboard`)."""
+
+    opened: list[FakeSummaryWriter] = []
+
+    def __init__(self, log_dir=None, **kwargs) -> None:
+        self.log_dir, self.scalars, self.closed = log_dir, {}, False
+        self.opened.append(self)
+
+    def add_scalar(self, name, value, step=None) -> None:
+        assert not self.closed, f"{name}: written to a closed writer"
+        self.scalars[name] = value
+
+    def add_text(self, *args, **kwargs) -> None:
+        assert not self.closed, "text written to a closed writer"
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def fake_tensorboard(monkeypatch) -> list[FakeSummaryWriter]:
+    """Make the runs report to TensorBoard as where it is installed (``training_arguments``
+    and ``transformers`` see a ``tensorboard`` package; ``TensorBoardCallback`` gets
+    :class:`FakeSummaryWriter`); the list of writers opened, in order."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+    import types
+
+    find_spec = importlib.util.find_spec
+
+    def spec(name, *args, **kwargs):
+        if name == "tensorboard":
+            return importlib.machinery.ModuleSpec("tensorboard", None)
+        return find_spec(name, *args, **kwargs)
+
+    module = types.ModuleType("torch.utils.tensorboard")
+    module.SummaryWriter = FakeSummaryWriter
+    monkeypatch.setattr(importlib.util, "find_spec", spec)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", module)
+    monkeypatch.setattr(FakeSummaryWriter, "opened", [])
+    return FakeSummaryWriter.opened

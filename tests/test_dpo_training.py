@@ -1075,3 +1075,22 @@ def test_a_resume_at_max_steps_only_finishes_a_run_that_ended_there(tmp_path):
         check_resume_step(ended, 6, 5)
     with pytest.raises(ValueError, match="pass a --max-steps above 6 to go on training"):
         check_resume_step(mid, 6, 5)
+
+
+def test_the_after_training_evaluation_leaves_no_tensorboard_writer_open(
+    noisy_data, tmp_path, monkeypatch
+):
+    """TensorBoard's callback closes its writer at the end of training, and the final
+    evaluation's log (after it) opens another: that one is closed too once the record is
+    written, in a run that trains and in a resume that only finishes one."""
+    from tests.dpo_helpers import fake_tensorboard
+
+    writers = fake_tensorboard(monkeypatch)
+    out = tmp_path / "run"
+    kw = dict(smoothing="none", max_steps=2, save_steps=2)
+    for resume in (None, "latest"):
+        writers.clear()
+        result = run_dpo(_config(noisy_data, out, resume=resume, **kw))
+        assert "tensorboard" in result.trainer.args.report_to
+        assert writers and all(w.closed for w in writers), resume
+        assert any("train/final_eval_accuracy" in w.scalars for w in writers), resume

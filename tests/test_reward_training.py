@@ -356,3 +356,15 @@ def test_cals_bins_count_only_decided_votes(tmp_path, monkeypatch):
     run_reward(cfg)
     assert len(seen) == len(ties) == 3 and sum(ties) > 0  # the case has ties
     assert seen == [8 - k for k in ties]
+
+
+def test_the_after_training_evaluation_leaves_no_tensorboard_writer_open(tmp_path, monkeypatch):
+    """As DPO's: the final evaluation's record reaches TensorBoard, in a writer that is
+    closed again (TensorBoard's callback closed its own at the end of training)."""
+    from tests.dpo_helpers import fake_tensorboard
+
+    writers = fake_tensorboard(monkeypatch)
+    result = run_reward(_small(tmp_path / "run", max_steps=2, eval_steps=0, report=False))
+    assert "tensorboard" in result.trainer.args.report_to
+    assert writers and all(w.closed for w in writers)
+    assert any("train/final_eval_accuracy" in w.scalars for w in writers)

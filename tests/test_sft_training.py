@@ -544,3 +544,17 @@ def test_config_fields_of_the_wrong_kind_are_refused_before_anything_loads(data,
         DPOConfig(beta=None).validate()
     with pytest.raises(ValueError, match="batch_size: expected an integer"):
         RewardConfig(batch_size=8.0).validate()
+
+
+def test_the_after_training_evaluation_leaves_no_tensorboard_writer_open(
+    data, tmp_path, monkeypatch
+):
+    """As DPO's: the final evaluation's record reaches TensorBoard, in a writer that is
+    closed again (TensorBoard's callback closed its own at the end of training)."""
+    from tests.dpo_helpers import fake_tensorboard
+
+    writers = fake_tensorboard(monkeypatch)
+    result = run_sft(_config(data, tmp_path / "run", max_steps=2))
+    assert "tensorboard" in result.trainer.args.report_to
+    assert writers and all(w.closed for w in writers)
+    assert any(k.startswith("train/final_eval_") for w in writers for k in w.scalars)

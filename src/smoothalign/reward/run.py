@@ -244,7 +244,7 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
 
     forecasts_after = trainer.reward_forecasts(eval_ds)
     after = _metrics(forecasts_after, config)
-    trainer.log({f"final_eval_{k}": v for k, v in after.items()})
+    trainer.log_after_training({f"final_eval_{k}": v for k, v in after.items()})
 
     final = out / "final"
     state = trainer.smoothing_policy.state_dict()

@@ -153,7 +153,7 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
     train_seconds = train_with_resume(trainer, config.resume, out, notes)
 
     after, tokens_after = trainer.token_evaluation(eval_ds)
-    trainer.log({f"final_eval_{k}": v for k, v in after.items()})
+    trainer.log_after_training({f"final_eval_{k}": v for k, v in after.items()})
     save_final_model(trainer, tokenizer, out / "final", lora=config.lora, main_process=main_process)
     if main_process:
         atomic_write_json(out / "eval_results.json", {"before": before, "after": after})

@@ -10,6 +10,8 @@
 * an evaluation context that runs the model on its device under the same autocast as
   training, so that "before" and "after" forecasts are computed alike;
 * ``evaluate`` that logs its metrics and tells the callbacks, as Trainer's own does.
+* the after-training evaluation's log (:meth:`SmoothingTrainer.log_after_training`), which
+  closes the TensorBoard writer it reopens.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from transformers import Trainer
+from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import PrinterCallback
 
 from smoothalign import progress
@@ -153,6 +156,18 @@ class SmoothingTrainer(Trainer):
             self.resumed_mid_window = False
         super().log(logs, start_time)
         self._write_record(split, logs, extra)
+
+    def log_after_training(self, logs: dict[str, float]) -> None:
+        """Log what is measured after training (the final evaluation). The callbacks closed
+        their writers at the end of training, and TensorBoard's opens a new one to write
+        this record: that one is closed again once it is written (``on_train_end`` closes
+        it), not left open for the rest of the process (a study runs many runs in one)."""
+        try:
+            self.log(logs)
+        finally:
+            for callback in self.callback_handler.callbacks:
+                if isinstance(callback, TensorBoardCallback):
+                    callback.on_train_end(self.args, self.state, self.control)
 
     def _summarised(self, split: str, logs: dict[str, Any]) -> dict[str, Any]:
         """Add the buffered per-pair values of ``split`` to ``logs`` as means (α: mean and

@@ -188,7 +188,7 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     if oracle:
         metrics, samples = _oracle_reward(trainer.model, tokenizer, eval_ex, config)
         after.update(metrics)
-    trainer.log({f"final_eval_{k}": v for k, v in after.items()})
+    trainer.log_after_training({f"final_eval_{k}": v for k, v in after.items()})
 
     final = out / "final"
     main_process = trainer.is_world_process_zero()
