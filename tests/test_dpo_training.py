@@ -1094,3 +1094,18 @@ def test_the_after_training_evaluation_leaves_no_tensorboard_writer_open(
         assert "tensorboard" in result.trainer.args.report_to
         assert writers and all(w.closed for w in writers), resume
         assert any("train/final_eval_accuracy" in w.scalars for w in writers), resume
+
+
+def test_a_resume_that_only_finishes_its_run_shows_its_steps_done(noisy_data, tmp_path, capsys):
+    """A resume at --max-steps trains no step: the training bar it opens and closes says the
+    checkpoint's steps are done (2/2), not that none is (an empty 0/2)."""
+    import re
+
+    out = tmp_path / "run"
+    kw = dict(smoothing="none", max_steps=2, save_steps=2)
+    run_dpo(_config(noisy_data, out, **kw))
+    capsys.readouterr()
+    run_dpo(_config(noisy_data, out, resume="latest", **kw))
+    # the training bar: tqdm's without a description, redrawn after each carriage return
+    shown = re.findall(r"(?:^|[\r\n])\s*\d+%\|[^|\r\n]*\| (\d+)/2 \[", capsys.readouterr().err)
+    assert shown and shown[-1] == "2", shown

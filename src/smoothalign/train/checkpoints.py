@@ -218,7 +218,8 @@ def load_finished_checkpoint(trainer, folder: Path) -> None:
     ``train`` tells them (its arguments, the state at the checkpoint's step, the model and
     tokenizer; no optimizer nor dataloader: none is made): Trainer's contract pairs the two
     events, and a callback that opens a logger or a progress bar at the first closes it at
-    the second."""
+    the second. No step event reaches the callbacks, but the progress bar is brought to the
+    checkpoint's step (its own ``on_step_end``): it shows N/N done, not an empty 0/N."""
     # prepare_output_dir refuses them before the model loads, from what the launch says
     for sharded, on in (
         ("FSDP", trainer.is_fsdp_enabled),
@@ -240,8 +241,14 @@ def load_finished_checkpoint(trainer, folder: Path) -> None:
     trainer.state.init_training_references(
         trainer, trainer.args.max_steps, trainer.state.num_train_epochs, None
     )
-    for event in (trainer.callback_handler.on_train_begin, trainer.callback_handler.on_train_end):
-        trainer.control = event(trainer.args, trainer.state, trainer.control)
+    from transformers.trainer_callback import ProgressCallback
+
+    handler = trainer.callback_handler
+    trainer.control = handler.on_train_begin(trainer.args, trainer.state, trainer.control)
+    for callback in handler.callbacks:
+        if isinstance(callback, ProgressCallback):  # its bar opened at 0/N: the steps are done
+            callback.on_step_end(trainer.args, trainer.state, trainer.control)
+    trainer.control = handler.on_train_end(trainer.args, trainer.state, trainer.control)
 
 
 def resumed_step(folder: str | Path) -> int | None:
