@@ -1109,3 +1109,31 @@ def test_a_resume_that_only_finishes_its_run_shows_its_steps_done(noisy_data, tm
     # the training bar: tqdm's without a description, redrawn after each carriage return
     shown = re.findall(r"(?:^|[\r\n])\s*\d+%\|[^|\r\n]*\| (\d+)/2 \[", capsys.readouterr().err)
     assert shown and shown[-1] == "2", shown
+
+
+def test_config_json_records_the_final_folder_a_run_folder_model_loads(
+    noisy_data, tmp_path, monkeypatch
+):
+    """``--model runs/first`` (a finished run's folder) loads ``runs/first/final``: that is
+    what config.json records as ``model`` (relative as typed, read against the launch
+    folder), with the value typed as ``model_as_given``. A resume compares what loads: it
+    passes with either spelling, and from a config.json that recorded the run folder (as
+    before)."""
+    monkeypatch.chdir(tmp_path)
+    run_dpo(_config(noisy_data, Path("runs/first"), smoothing="none", max_steps=1))
+    kw = dict(smoothing="none", max_steps=2, save_steps=2)
+    out = Path("runs/second")
+    run_dpo(_config(noisy_data, out, model="runs/first", **kw))
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"] == str(Path("runs/first/final"))
+    assert saved["model_as_given"] == "runs/first"
+    _no_model(monkeypatch)  # each resume below is checked, then stopped before loading
+    for model in ("runs/first", "runs/first/final", str(tmp_path / "runs/first")):
+        with pytest.raises(AssertionError, match="the model was loaded"):
+            run_dpo(_config(noisy_data, out, model=model, resume="latest", **kw))
+    del saved["model_as_given"]
+    (out / "config.json").write_text(json.dumps({**saved, "model": "runs/first"}))
+    with pytest.raises(AssertionError, match="the model was loaded"):
+        run_dpo(_config(noisy_data, out, model="runs/first", resume="latest", **kw))
+    with pytest.raises(ValueError, match=r"model 'runs/first' .* -> 'tiny'"):
+        run_dpo(_config(noisy_data, out, model="tiny", resume="latest", **kw))

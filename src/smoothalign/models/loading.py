@@ -52,6 +52,7 @@ __all__ = [
     "ensure_pad_token",
     "is_model_folder",
     "load_model_and_tokenizer",
+    "loaded_model_path",
     "resolve_model_folder",
     "smollm2_cache_dir",
     "smollm2_gguf_path",
@@ -389,6 +390,21 @@ def _run_record(path: Path) -> dict[str, Any] | None:
         return None
     data = json.loads((path / "config.json").read_text(encoding="utf-8"))
     return data if any(key in data for key in RUN_RECORD_KEYS) else None
+
+
+def loaded_model_path(name: str | os.PathLike) -> str:
+    """What :func:`load_model_and_tokenizer` loads for ``name``, as given: a smoothalign run
+    folder's ``final/`` (``runs/x`` -> ``runs/x/final``, relative where ``name`` is), any
+    other name unchanged (a built-in, a model folder or ``.gguf``, a path that does not
+    exist, a run folder without ``final/``: loading says what is wrong with those). Quiet,
+    for the record a run writes of the model it loads."""
+    name = os.fspath(name)
+    if name in (*BUILTIN_MODELS, "smollm2-135m-instruct"):
+        return name
+    path = Path(name).expanduser()
+    if _run_record(path) is not None and (path / "final").is_dir():
+        return os.path.join(name, "final")
+    return name
 
 
 def resolve_model_folder(path: Path) -> Path:

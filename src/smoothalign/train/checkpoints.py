@@ -68,6 +68,7 @@ RESUMABLE_OPTIONS = frozenset(
         "max_steps", "logging_steps", "eval_steps", "save_steps", "save_total_limit",
         "resume", "report", "output_dir", "max_eval_pairs", "max_eval_rows", "eval_samples",
         "max_new_tokens", "oracle", "on_bad_rows", "extra", "working_dir",
+        "model_as_given",  # what --model was typed as: model, what it loads, is compared
         # how the same computation runs (kernels, precision, memory)
         "precision", "fused", "fused_logps", "grad_filter", "lean_layers",
         "gradient_checkpointing",
@@ -278,8 +279,16 @@ def checkpoint_step(folder: str | Path) -> int | None:
 
 def run_config_record(config: Any) -> dict[str, Any]:
     """What a run writes to ``config.json``: its options (``config.to_dict()``) and the
-    directory it was launched from, against which its relative paths are read."""
-    return {**config.to_dict(), "working_dir": os.getcwd()}
+    directory it was launched from, against which its relative paths are read. ``model`` is
+    the model it loads: a run folder given as ``--model`` stands for its ``final/``, which is
+    recorded, and the value typed as ``model_as_given``."""
+    from smoothalign.models.loading import loaded_model_path
+
+    record = {**config.to_dict(), "working_dir": os.getcwd()}
+    given = record.get("model")
+    if isinstance(given, str) and loaded_model_path(given) != given:
+        record["model"], record["model_as_given"] = loaded_model_path(given), given
+    return record
 
 
 EARLIER_OUTPUTS = (
@@ -340,8 +349,8 @@ def check_resume_config(saved_path: Path, config: dict[str, Any]) -> None:
     changed, keep = [], []
     for key in sorted((saved.keys() | now.keys()) - RESUMABLE_OPTIONS):
         a, b = saved.get(key), now.get(key)
-        if key in _PATH_OPTIONS:
-            a, b = _resolved(a, saved_dir), _resolved(b, now_dir)
+        if key in _PATH_OPTIONS:  # model: what it loads (config.json had a run folder)
+            a, b = _resolved(a, saved_dir, key == "model"), _resolved(b, now_dir, key == "model")
         if a == b:
             continue
         if key in _PATH_OPTIONS:
@@ -401,14 +410,19 @@ def _as_flag(key: str, value: Any) -> str:
     return f"{flag} {shlex.quote(str(value))}"
 
 
-def _resolved(value: Any, base: str | None) -> Any:
+def _resolved(value: Any, base: str | None, model: bool = False) -> Any:
     """``value`` as a resolved path when it names an existing file or folder (a relative one
-    read against ``base``), else unchanged (a registry name such as ``tiny``, or None)."""
+    read against ``base``), else unchanged (a registry name such as ``tiny``, or None).
+    ``model``: the path of what it loads (a run folder's ``final/``)."""
     if not isinstance(value, str) or not value:
         return value
     path = Path(value).expanduser()
     if not path.is_absolute() and base:
         path = Path(base) / path
+    if model:
+        from smoothalign.models.loading import loaded_model_path
+
+        path = Path(loaded_model_path(path))
     return str(path.resolve()) if path.exists() else value
 
 
