@@ -1137,3 +1137,42 @@ def test_config_json_records_the_final_folder_a_run_folder_model_loads(
         run_dpo(_config(noisy_data, out, model="runs/first", resume="latest", **kw))
     with pytest.raises(ValueError, match=r"model 'runs/first' .* -> 'tiny'"):
         run_dpo(_config(noisy_data, out, model="tiny", resume="latest", **kw))
+
+
+def test_a_resume_refusal_names_each_options_own_flag_or_says_it_has_none(tmp_path):
+    """The flags that give the saved values again are the command's own (config_flags, from
+    which the CLI makes them), not made from each key's name; a key no flag sets (an
+    option of the version that wrote config.json, which this one has not) has none."""
+    import argparse
+
+    from smoothalign.cli import build_parser
+    from smoothalign.train.checkpoints import check_resume_config
+
+    saved = tmp_path / "config.json"
+    base = {"max_steps": 6, "lr_scheduler": "constant", "beta": 0.1, "lora": True}
+    saved.write_text(json.dumps({**base, "ref_beta": 0.3}))
+    with pytest.raises(ValueError) as err:
+        check_resume_config(saved, base)
+    assert "ref_beta 0.3 -> None" in str(err.value) and "--ref-beta" not in str(err.value)
+    assert "as that run had them (ref_beta has no flag in this command), or" in str(err.value)
+    flags = {"max_steps": "--max-steps", "lr_scheduler": "--lr-scheduler", "beta": "--dpo-beta",
+             "lora": "--adapter"}  # fmt: skip
+    with pytest.raises(ValueError) as err:
+        check_resume_config(saved, {**base, "beta": 0.2, "lora": False}, flags)
+    message = str(err.value)
+    assert "beta 0.1 -> 0.2; lora True -> False; ref_beta 0.3 -> None" in message
+    assert "(--dpo-beta 0.1 --adapter, with --resume; ref_beta has no flag in" in message
+    assert "--beta" not in message and "--lora" not in message
+    # the runs pass their command's flags: each one the CLI's option for that field
+    from smoothalign.io import config_flags
+    from smoothalign.reward.config import RewardConfig
+    from smoothalign.sft.config import SFTConfig
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for command, config_cls in (("dpo", DPOConfig), ("sft", SFTConfig), ("reward", RewardConfig)):
+        options = {o: a.dest for a in commands.choices[command]._actions for o in a.option_strings}
+        flags = config_flags(config_cls)
+        assert flags and "extra" not in flags, command
+        for name, flag in flags.items():
+            assert options[flag] == name, (command, name, flag)

@@ -1,7 +1,7 @@
 """Command-line flags from a config dataclass, and the config back from parsed flags.
 
-Every field but ``extra`` becomes ``--field-name`` with the field's default and a help text
-from ``help_texts`` (a missing help text is an error, so every option is documented).
+Every field but ``extra`` becomes ``--field-name`` (``io.config_flags``, which a resume
+refusal reads too) with the field's default and a help text from ``help_texts`` (a missing help text is an error, so every option is documented).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import argparse
 from collections.abc import Callable
 from dataclasses import MISSING, fields
 from typing import Any
+
+from smoothalign.io import config_flags
 
 # help texts of the fields the training configs share (a command's HELP may override one)
 TRAINING_HELP = {
@@ -58,14 +60,15 @@ BARE_FLAG_VALUES = {"lean_layers": "on"}
 
 
 def _fields(config_cls: type) -> list:
-    return [f for f in fields(config_cls) if f.name != "extra"]
+    return [f for f in fields(config_cls) if f.name in config_flags(config_cls)]
 
 
 def add_config_arguments(
     parser: argparse.ArgumentParser, config_cls: type, help_texts: dict[str, str]
 ) -> None:
+    flags = config_flags(config_cls)  # what a resume refusal names too
     for f in _fields(config_cls):
-        flag = "--" + f.name.replace("_", "-")
+        flag = flags[f.name]
         default = f.default if f.default is not MISSING else None
         if f.type in ("bool", bool):
             parser.add_argument(

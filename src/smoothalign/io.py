@@ -107,6 +107,19 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return {f.name: _describe(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
+def config_flags(config: Any) -> dict[str, str]:
+    """The command-line flag of each option of a run config (its dataclass or an instance)
+    that has one, as ``config_args.add_config_arguments`` makes them: ``--field-name``, for
+    every field but ``extra`` (a dict the Python API passes; no flag sets it)."""
+    import dataclasses
+
+    return {
+        f.name: "--" + f.name.replace("_", "-")
+        for f in dataclasses.fields(config)
+        if f.name != "extra"
+    }
+
+
 def _describe(value: Any) -> Any:
     if value is None or isinstance(value, str | int | float | bool):
         return value

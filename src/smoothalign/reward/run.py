@@ -25,7 +25,7 @@ import torch
 from transformers import set_seed
 
 from smoothalign.data.loading import check_paths_exist
-from smoothalign.io import atomic_write_json
+from smoothalign.io import atomic_write_json, config_flags
 from smoothalign.reward.config import RewardConfig
 from smoothalign.reward.data import (
     RewardCollator,
@@ -193,7 +193,7 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
     out = Path(config.output_dir)
     check_scheduler(config)  # first: it records constant's warm-up as 0, which resume compares
     # before the model loads: a mixed-up dir, a bad --resume or a changed config fails fast
-    prepare_output_dir(out, config.resume, run_config_record(config))
+    prepare_output_dir(out, config.resume, run_config_record(config), config_flags(config))
     set_seed(config.seed)  # python, numpy and torch: the score head's initialisation
     notes: list[str] = []
     bf16 = resolve_bf16(config.precision)

@@ -18,7 +18,7 @@ import torch
 from transformers import set_seed
 
 from smoothalign.data.loading import check_paths_exist
-from smoothalign.io import atomic_write_json
+from smoothalign.io import atomic_write_json, config_flags
 from smoothalign.models import load_model_and_tokenizer
 from smoothalign.sft.config import SFTConfig
 from smoothalign.sft.data import (
@@ -99,7 +99,7 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
     out = Path(config.output_dir)
     check_scheduler(config)  # first: it records constant's warm-up as 0, which resume compares
     # before the model loads: a mixed-up dir, a bad --resume or a changed config fails fast
-    prepare_output_dir(out, config.resume, run_config_record(config))
+    prepare_output_dir(out, config.resume, run_config_record(config), config_flags(config))
     set_seed(config.seed)  # python, numpy and torch: data order and the LoRA initialisation
     bf16 = resolve_bf16(config.precision)
     # a mistyped path fails before the model loads

@@ -74,6 +74,9 @@ RESUMABLE_OPTIONS = frozenset(
         "gradient_checkpointing",
     }
 )  # fmt: skip
+RECORDED_BESIDE_OPTIONS = frozenset({"extra", "working_dir", "model_as_given"})
+"""Keys of a run's ``config.json`` that no flag sets: the Python API's ``extra``, and what
+:func:`run_config_record` adds to the options."""
 SCHEDULES_OF_MAX_STEPS = frozenset(
     {"linear", "cosine", "cosine_with_restarts", "polynomial", "cosine_with_min_lr",
      "cosine_warmup_with_min_lr", "warmup_stable_decay"}
@@ -84,7 +87,10 @@ _PATH_OPTIONS = ("model", "data", "eval_data", "labels", "eval_labels")
 
 
 def prepare_output_dir(
-    output_dir: str | Path, resume: str | None, config: dict[str, Any] | None = None
+    output_dir: str | Path,
+    resume: str | None,
+    config: dict[str, Any] | None = None,
+    flags: dict[str, str] | None = None,
 ) -> None:
     """Keep two runs from mixing in one ``output_dir``, and check a resume before anything
     loads. Deletes nothing: a run refused later (a bad option, bad rows) leaves the earlier
@@ -95,13 +101,13 @@ def prepare_output_dir(
     could pick up the other run's state. A resume needs a complete checkpoint
     (``resolve_resume``); with ``config`` (this run's ``config.json`` dict) it must also
     match the configuration of the run that wrote the checkpoint (its folder's
-    ``config.json``) in every option outside :data:`RESUMABLE_OPTIONS`. Call it before the
-    model loads."""
+    ``config.json``) in every option outside :data:`RESUMABLE_OPTIONS` (``flags``: the
+    command's, :func:`check_resume_config`). Call it before the model loads."""
     root = Path(output_dir)
     check_output_dir_path(root)
     folder = resolve_resume(resume, root)  # a bad --resume fails here, not after loading
     if folder is not None and config is not None:
-        check_resume_config(folder.parent / "config.json", config)
+        check_resume_config(folder.parent / "config.json", config, flags)
         step = checkpoint_step(folder)
         max_steps = config.get("max_steps")
         if step is not None and isinstance(max_steps, int):
@@ -333,12 +339,20 @@ def clear_before_run(output_dir: str | Path, resume: str | None) -> None:
         clear_earlier_outputs(output_dir, keep=("metrics.jsonl",))
 
 
-def check_resume_config(saved_path: Path, config: dict[str, Any]) -> None:
+def check_resume_config(
+    saved_path: Path, config: dict[str, Any], flags: dict[str, str] | None = None
+) -> None:
     """Refuse a resume whose configuration differs from the saved one (``saved_path``, the
     checkpointed run's ``config.json``; none saved: nothing to compare) in an option that
     defines the training, naming every such option at once and the flags that give the
     saved values again. Paths are compared resolved, each against the directory its run
-    was launched from (``working_dir``), where they exist."""
+    was launched from (``working_dir``), where they exist.
+
+    ``flags``: the command-line flag of each of the command's options
+    (:func:`smoothalign.io.config_flags` of its config, from which the CLI makes them); by
+    default ``--key-name`` for each key of ``config`` but those recorded beside the options
+    (:data:`RECORDED_BESIDE_OPTIONS`). A differing key without a flag (an option of the
+    version that wrote ``config.json`` that this one has not) is said to have none."""
     if not saved_path.is_file():
         return
     import json
@@ -346,7 +360,9 @@ def check_resume_config(saved_path: Path, config: dict[str, Any]) -> None:
     saved = json.loads(saved_path.read_text(encoding="utf-8"))
     now = json.loads(json.dumps(config, default=str))  # as config.json would hold it
     saved_dir, now_dir = saved.get("working_dir"), now.get("working_dir", os.getcwd())
-    changed, keep = [], []
+    if flags is None:
+        flags = {k: "--" + k.replace("_", "-") for k in now if k not in RECORDED_BESIDE_OPTIONS}
+    changed, keep, no_flag = [], [], []
     for key in sorted((saved.keys() | now.keys()) - RESUMABLE_OPTIONS):
         a, b = saved.get(key), now.get(key)
         if key in _PATH_OPTIONS:  # model: what it loads (config.json had a run folder)
@@ -363,7 +379,10 @@ def check_resume_config(saved_path: Path, config: dict[str, Any]) -> None:
         else:
             change = f"{key} {saved.get(key)!r} -> {now.get(key)!r}"
         changed.append(change)
-        keep.append(_as_flag(key, a))
+        if key in flags:
+            keep.append(_as_flag(flags[key], a))
+        else:
+            no_flag.append(key)
     # the schedule the resumed run must keep (a changed one is refused above)
     scheduler = saved.get("lr_scheduler", now.get("lr_scheduler"))
     if saved.get("max_steps") != now.get("max_steps") and scheduler in SCHEDULES_OF_MAX_STEPS:
@@ -374,13 +393,17 @@ def check_resume_config(saved_path: Path, config: dict[str, Any]) -> None:
             "longer, start a new run with a schedule that does not depend on it: "
             "constant_with_warmup, inverse_sqrt)"
         )
-        keep.append(_as_flag("max_steps", saved.get("max_steps")))
+        keep.append(_as_flag(flags.get("max_steps", "--max-steps"), saved.get("max_steps")))
     if changed:
+        flagged = [f"{' '.join(keep)}, with --resume"] if keep else []
+        if no_flag:  # an option of the version that wrote config.json, say
+            has = "has" if len(no_flag) == 1 else "have"
+            flagged.append(f"{', '.join(no_flag)} {has} no flag in this command")
         raise ValueError(
             f"resume: this run's options differ from the checkpointed run's "
             f"({saved_path}): {'; '.join(changed)}. A resumed run continues the same "
             "training, and its options are not read from the checkpoint: give the ones that "
-            f"define it again as that run had them ({' '.join(keep)}, with --resume), or "
+            f"define it again as that run had them ({'; '.join(flagged)}), or "
             "drop --resume to start a new run (in another --output-dir)"
         )
 
@@ -398,11 +421,10 @@ def _path_shown(key: str, value: Any, base: str | None) -> str:
     return f"{value!r} ({Path(base) / value}: not found)"
 
 
-def _as_flag(key: str, value: Any) -> str:
-    """``key: value`` as the command-line flag that sets it (``None``: the flag left out)."""
+def _as_flag(flag: str, value: Any) -> str:
+    """``value`` given by ``flag`` on the command line (``None``: the flag left out)."""
     import shlex
 
-    flag = "--" + key.replace("_", "-")
     if value is None:
         return f"without {flag}"
     if isinstance(value, bool):

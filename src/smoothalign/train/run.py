@@ -28,7 +28,7 @@ from smoothalign.data import (
     validate_preference_rows,
 )
 from smoothalign.data.report import format_bad_rows
-from smoothalign.io import atomic_write_json
+from smoothalign.io import atomic_write_json, config_flags
 from smoothalign.models import load_model_and_tokenizer
 from smoothalign.progress import bar_disable
 from smoothalign.train.checkpoints import (
@@ -80,7 +80,7 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     out = Path(config.output_dir)
     check_scheduler(config)  # first: it records constant's warm-up as 0, which resume compares
     # before the model loads: a mixed-up dir, a bad --resume or a changed config fails fast
-    prepare_output_dir(out, config.resume, run_config_record(config))
+    prepare_output_dir(out, config.resume, run_config_record(config), config_flags(config))
     set_seed(config.seed)  # python, numpy and torch
     notes: list[str] = []
     device_is_cuda = torch.cuda.is_available()
