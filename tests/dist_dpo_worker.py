@@ -1,7 +1,12 @@
-"""One rank of a data-parallel DPO run (launched by test_dpo_training via torchrun).
+"""One rank of data-parallel DPO runs (launched by test_dpo_training via torchrun).
 
-Trains the tiny model with CALS under gloo and dumps this rank's calibrator state and
-weights to ``<out>/rank<R>.pt`` for the test to compare.
+In one launch, under gloo: an uninterrupted run of the tiny model with CALS (``straight``),
+the same run crashed after step 5 (its last certified checkpoint at step 3, saved between two
+logging steps, so that the loss sums it holds were gathered across the ranks), and that run
+resumed from its checkpoint (``crashed``). The first also samples from the oracle and writes
+the report, so that all that a run prints and writes happens under two ranks. Dumps this
+rank's calibrator state and weights after the runs to ``<out>/rank<R>.pt`` for the test to
+compare; the runs' files are in ``<out>/straight`` and ``<out>/crashed``.
 """
 
 from __future__ import annotations
@@ -14,17 +19,26 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from transformers import TrainerCallback  # noqa: E402
+
 from smoothalign.train import DPOConfig, run_dpo  # noqa: E402
 
 
-def main(data: str, out: str) -> None:
-    config = DPOConfig(
+class _Crash(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 5:
+            raise KeyboardInterrupt("simulated crash after step 5")  # on every rank alike
+
+
+def _config(data: str, out: Path, **overrides) -> DPOConfig:
+    base = dict(
         model="tiny",
         data=data,
         eval_data=data,
-        output_dir=out,
+        output_dir=str(out),
         smoothing="cals-l2",
-        max_steps=4,
+        max_steps=6,
+        save_steps=3,
         batch_size=4,
         learning_rate=1e-3,
         lora=False,
@@ -34,17 +48,39 @@ def main(data: str, out: str) -> None:
         report=False,
         lr_warmup_steps=0,
     )
-    result = run_dpo(config)
-    trainer = result.trainer
+    return DPOConfig(**{**base, **overrides})
+
+
+def _state(trainer) -> dict:
+    return {
+        "policy": trainer.smoothing_policy.state_dict(),
+        "weights": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
+    }
+
+
+def main(data: str, out: str) -> None:
+    root = Path(out)
     rank = int(os.environ["RANK"])
+    straight = _config(
+        data, root / "straight", report=True, oracle="sentiment", eval_samples=2, max_new_tokens=4
+    )
+    trainer = run_dpo(straight).trainer
     state = {
         "world_size": torch.distributed.get_world_size(),
         "trainer_world_size": trainer.args.world_size,  # 2: data parallel, not 2 copies
         "first_batch": [int(i) for i in next(iter(trainer.get_train_dataloader()))["index"]],
-        "policy": trainer.smoothing_policy.state_dict(),
-        "weights": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
+        "straight": _state(trainer),
     }
-    torch.save(state, Path(out) / f"rank{rank}.pt")
+    try:
+        run_dpo(_config(data, root / "crashed"), callbacks=[_Crash()])
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the crash did not happen")
+    resumed = run_dpo(_config(data, root / "crashed", resume="latest"))
+    state["resumed"] = _state(resumed.trainer)
+    state["notes"] = resumed.notes
+    torch.save(state, root / f"rank{rank}.pt")
 
 
 if __name__ == "__main__":

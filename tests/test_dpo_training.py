@@ -311,7 +311,20 @@ def test_fused_logps_train_like_materialised_logits(noisy_data, tmp_path):
     assert after["on"]["accuracy"] == after["off"]["accuracy"]
 
 
-def test_two_process_gloo_run_keeps_ranks_identical(noisy_data, tmp_path):
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory) -> Path:
+    """One torchrun launch (gloo, 2 CPU processes) of tests/dist_dpo_worker.py: a run
+    uninterrupted (``straight/``), and the same run crashed after step 5 and resumed from its
+    checkpoint at step 3 (``crashed/``); each rank's output in its own log (``rank<R>.out``,
+    ``rank<R>.err``). The data have a pair that truncation makes identical and a field
+    holding a special-token string: each is warned about."""
+    folder = tmp_path_factory.mktemp("dist")
+    rows = synthetic_rows(64, seed=3, flip_rate=0.2)
+    shared = " the same long prefix here, then "  # 33 tokens: past max_length 32
+    rows.append({"prompt": "P:", "chosen": shared + "ab", "rejected": shared + "cd",
+                 "confidence": 0.8})  # fmt: skip
+    rows.append({"prompt": "Q:", "chosen": "ab<eos>ab", "rejected": "cdcd", "confidence": 0.9})
+    data = write_jsonl(rows, folder / "pairs.jsonl")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [
         sys.executable,
@@ -321,25 +334,78 @@ def test_two_process_gloo_run_keeps_ranks_identical(noisy_data, tmp_path):
         "2",
         "--master_port",
         str(_free_port()),
+        "--log-dir",
+        str(folder / "logs"),
+        "--redirects",
+        "3",  # each rank's stdout and stderr into a file of its own
         str(REPO / "tests" / "dist_dpo_worker.py"),
-        str(noisy_data),
-        str(tmp_path),
+        str(data),
+        str(folder),
     ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        # a deadlock (a rank waiting in a collective that another never reaches) fails here
+        # rather than hang the suite: torchrun stops its workers (each in a session of its
+        # own, which a kill of torchrun would leave running) on SIGTERM
+        proc.terminate()
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        err = "timed out: deadlocked?"
+    for log in (folder / "logs").rglob("std*.log"):  # <run id>/attempt_0/<rank>/stderr.log
+        shutil.copy(log, folder / f"rank{log.parent.name}.{log.stem[3:]}")
+    logs = [f.read_text()[-3000:] for f in sorted(folder.glob("rank*.err"))]
+    assert proc.returncode == 0, "\n".join([err[-2000:], *logs])
+    return folder
+
+
+def test_two_process_gloo_run_keeps_ranks_identical(two_process_runs):
+    r0 = torch.load(two_process_runs / "rank0.pt", weights_only=True)
+    r1 = torch.load(two_process_runs / "rank1.pt", weights_only=True)
     assert r0["world_size"] == r1["world_size"] == 2
     # real data parallelism: the trainer knows of both ranks, and they see different pairs
     assert r0["trainer_world_size"] == r1["trainer_world_size"] == 2
     assert set(r0["first_batch"]).isdisjoint(r1["first_batch"])
-    cal0, cal1 = r0["policy"]["calibrator"], r1["policy"]["calibrator"]
-    assert cal0["step"] == cal1["step"] == 4
-    assert torch.equal(cal0["wins"], cal1["wins"]) and torch.equal(cal0["losses"], cal1["losses"])
-    # counts summed across ranks: each step folds in both ranks' 4 pairs, mirrored (x2)
-    assert cal0["wins"].sum() > 0
-    for k in r0["weights"]:
-        assert torch.equal(r0["weights"][k], r1["weights"][k]), k
+    for run in ("straight", "resumed"):
+        cal0, cal1 = r0[run]["policy"]["calibrator"], r1[run]["policy"]["calibrator"]
+        assert cal0["step"] == cal1["step"] == 6
+        assert torch.equal(cal0["wins"], cal1["wins"])
+        assert torch.equal(cal0["losses"], cal1["losses"])
+        # counts summed across ranks: each step folds in both ranks' 4 pairs, mirrored (x2)
+        assert cal0["wins"].sum() > 0
+        for k in r0[run]["weights"]:
+            assert torch.equal(r0[run]["weights"][k], r1[run]["weights"][k]), (run, k)
+
+
+def test_two_process_resume_equals_uninterrupted(two_process_runs):
+    """A 2-rank run resumed (with 2 ranks) from its checkpoint at step 3, saved between two
+    logging steps, so that the loss sums it holds were gathered across the ranks (every
+    rank reached the collective: the launch ended), ends as the uninterrupted 2-rank run:
+    the same train_loss over every step, CALS state and weights."""
+    straight, crashed = two_process_runs / "straight", two_process_runs / "crashed"
+    assert (crashed / "checkpoint-3" / "loss_sums.pt").is_file()
+    r0 = torch.load(two_process_runs / "rank0.pt", weights_only=True)
+    assert any("resumed from" in n and "checkpoint-3" in n for n in r0["notes"])
+
+    def summary(out: Path) -> dict:
+        (record,) = [r for r in _records(out) if "train_loss" in r]
+        return record
+
+    assert "train_loss_from_step" not in summary(crashed)
+    assert summary(crashed)["train_loss"] == pytest.approx(
+        summary(straight)["train_loss"], rel=1e-12, abs=0
+    )
+    a, b = r0["straight"], r0["resumed"]
+    for key in ("step", "wins", "losses"):
+        torch.testing.assert_close(
+            a["policy"]["calibrator"][key], b["policy"]["calibrator"][key], atol=1e-6, rtol=0
+        )
+    for k in a["weights"]:
+        torch.testing.assert_close(a["weights"][k], b["weights"][k], atol=1e-6, rtol=0)
 
 
 def _free_port() -> int:
