@@ -7,9 +7,11 @@ special tokens have fixed ids (``SPECIAL_IDS``).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import socket
+import sys
 import warnings
 
 import datasets
@@ -773,6 +775,25 @@ def test_special_token_strings_in_plain_text_are_kept_counted_and_warned_about(t
         warnings.simplefilter("error")
         clean = validate_preference_rows(rows[:1], tok, 64)
     assert clean.special_text == [] and "special-token" not in clean.to_markdown()
+
+
+def test_the_validation_bar_is_the_main_process_s_alone(tok, monkeypatch):
+    """From 2000 rows, on a terminal, validation shows a progress bar: on the main process
+    only (``RANK`` 0, or no distributed launch), since a data-parallel run's ranks all
+    validate the same rows and would each draw one."""
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    rows = [plain_row(i) for i in range(2000)]
+    shown = {}
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setattr(sys, "stderr", Terminal())
+        validate_preference_rows(rows, tok, 64)
+        shown[rank] = "validating preference rows" in sys.stderr.getvalue()
+    assert shown == {"0": True, "1": False}
 
 
 @pytest.mark.skipif(

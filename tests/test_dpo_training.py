@@ -408,6 +408,33 @@ def test_two_process_resume_equals_uninterrupted(two_process_runs):
         torch.testing.assert_close(a["weights"][k], b["weights"][k], atol=1e-6, rtol=0)
 
 
+def test_two_process_run_says_and_writes_things_once(two_process_runs):
+    """What every rank would say alike (the data's warnings, smoothalign's own progress
+    bars and prints, the logged records, transformers' messages) comes from the main
+    process only, and the run's files are written once: each record of metrics.jsonl once."""
+    out = {r: (two_process_runs / f"rank{r}.out").read_text() for r in (0, 1)}
+    err = {r: (two_process_runs / f"rank{r}.err").read_text() for r in (0, 1)}
+    said_once = (
+        "identical chosen and rejected scored tokens after truncation",  # data, eval_data
+        "hold special-token strings",
+        "reference log-probs (train)",
+        "scoring held-out pairs",
+        "oracle reward: sampling 2 responses",
+    )
+    assert all(text in err[0] for text in said_once)
+    transformers_said = [line for line in err[1].splitlines() if line.startswith("[transformers]")]
+    assert [text for text in said_once if text in err[1]] + transformers_said == []
+    assert "'train_loss'" in out[0] and out[1] == ""  # Trainer's logged dicts
+    for run, steps in (("straight", [2, 4, 6]), ("crashed", [2, 4, 6])):
+        records = _records(two_process_runs / run)
+        assert [r["step"] for r in records if r["split"] == "train"] == steps, run
+        assert len([r for r in records if "train_loss" in r]) == 1, run
+    report = two_process_runs / "straight" / "report.md"
+    assert "oracle reward" in report.read_text()
+    for name in ("config.json", "validation.json", "eval_results.json", "training_curves.png"):
+        assert (two_process_runs / "straight" / name).is_file(), name
+
+
 def _free_port() -> int:
     import socket
 

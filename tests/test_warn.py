@@ -1,10 +1,11 @@
-"""``smoothalign._warn.warn_once``: a fallback's warning once per process."""
+"""``smoothalign._warn``: a fallback's warning once per process; what every rank of a
+data-parallel run would say alike, said by the main process only."""
 
 from __future__ import annotations
 
 import warnings
 
-from smoothalign._warn import warn_once
+from smoothalign._warn import warn_main, warn_once
 
 
 def _said(fn) -> list[str]:
@@ -26,3 +27,21 @@ def test_each_key_warns_once_and_points_at_the_caller():
         warnings.simplefilter("always")
         warn_once("a message of its own", stacklevel=1)  # stacklevel 1: this line
     assert caught[0].filename == __file__
+
+
+def test_the_main_process_alone_warns(monkeypatch):
+    """Under torchrun (``RANK`` set) only rank 0 says it; without a launch, the process
+    does. The caller's caller is pointed at, as by ``warnings.warn(stacklevel=2)``."""
+
+    def check():  # a library check that every rank runs alike
+        warn_main("the data hold something odd")
+
+    monkeypatch.delenv("RANK", raising=False)
+    assert _said(check) == ["the data hold something odd"]
+    monkeypatch.setenv("RANK", "0")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check()  # stacklevel 2: this line
+    assert [w.filename for w in caught] == [__file__]
+    monkeypatch.setenv("RANK", "1")
+    assert _said(check) == []

@@ -1,7 +1,10 @@
-"""Warnings said once per process: a fallback taken at every step must not flood the log."""
+"""Warnings said once per process, and what every rank would say alike said by one: a
+fallback taken at every step must not flood the log, nor a data-parallel run's ranks
+repeat each other."""
 
 from __future__ import annotations
 
+import os
 import warnings
 
 _said: set[str] = set()
@@ -13,4 +16,19 @@ def warn_once(message: str, *, key: str | None = None, stacklevel: int = 2) -> N
     key = message if key is None else key
     if key not in _said:
         _said.add(key)
+        warnings.warn(message, stacklevel=stacklevel + 1)
+
+
+def main_process() -> bool:
+    """Whether this is the main process (``RANK`` 0) of a distributed launch (torchrun,
+    ``accelerate launch``), or a process not launched so; readable before any process group
+    or Trainer exists, as the data checks run before them."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def warn_main(message: str, *, stacklevel: int = 2) -> None:
+    """``warnings.warn(message)`` on the main process only (:func:`main_process`): for what
+    every rank finds alike (the data's problems: each rank reads the same data), said once
+    for the run rather than once per rank."""
+    if main_process():
         warnings.warn(message, stacklevel=stacklevel + 1)

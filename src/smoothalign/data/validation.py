@@ -44,13 +44,13 @@ import functools
 import math
 import numbers
 import os
-import warnings
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from tqdm.auto import tqdm
 
+from smoothalign._warn import main_process, warn_main
 from smoothalign.data.collate import scored_ids
 from smoothalign.data.loading import (
     FILE_KEY,
@@ -288,7 +288,9 @@ def validate_rows(
     )
     if progress:
         rows_seen = tqdm(
-            rows, desc=f"validating {what} rows", disable=bar_disable(len(rows) < 2000 or None)
+            rows,
+            desc=f"validating {what} rows",
+            disable=bar_disable(len(rows) < 2000 or not main_process() or None),
         )
     else:
         rows_seen = rows
@@ -310,7 +312,7 @@ def validate_rows(
         if specials:
             report.special_text += _special_text(index, row, kind_fields, specials, tokenizer)
     if report.special_text:
-        warnings.warn(f"{what} data: {report.special_text_warning()}", stacklevel=3)
+        warn_main(f"{what} data: {report.special_text_warning()}", stacklevel=3)
 
     if report.bad_rows and (on_bad_rows == "error" or not report.examples):
         prefix = "" if report.examples else f"no valid {what} row is left. "

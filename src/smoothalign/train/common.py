@@ -7,13 +7,13 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import random
-import warnings
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from smoothalign._warn import warn_main
 from smoothalign.data.validation import identical_after_truncation
 from smoothalign.progress import enabled as progress_enabled
 from smoothalign.smoothing import SmoothingPolicy, make_policy
@@ -132,6 +132,9 @@ def training_arguments(config: Any, bf16: bool):
         # --cpu does, instead of each running the whole job on the same data
         use_cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
         report_to=report_to,
+        # transformers' messages (a checkpoint's tied weights reported missing on load...)
+        # from the main process only, as every rank would give the same
+        log_level_replica="error",
         disable_tqdm=not progress_enabled(),  # a study's --no-progress: no Trainer bar
     )
 
@@ -264,7 +267,7 @@ def check_identical_after_truncation(
         )
     for option, report in reports.items():
         if report is not None and report.n_identical_after_truncation:
-            warnings.warn(
+            warn_main(  # every rank validated the same data: said by the main process
                 f"{option}: {report.n_identical_after_truncation} of {report.n_kept} kept pairs "
                 f"have identical chosen and rejected {what} after truncation to max_length "
                 f"{max_length}: their margin is always 0 (they teach nothing, and score as "

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import set_seed
 
+from smoothalign._warn import main_process
 from smoothalign.data import (
     BadRow,
     PreferenceCollator,
@@ -323,7 +324,7 @@ def _attach_reference_logps(
                 loader,
                 desc=f"reference log-probs ({name})",
                 leave=False,
-                disable=bar_disable(False),
+                disable=bar_disable(not main_process()),  # every rank computes them all
             ),
             strict=True,
         ):
@@ -371,12 +372,13 @@ def _oracle_reward(
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
     width = max(len(p) for p in prompts)
     pad = int(tokenizer.pad_token_id)
-    print(
-        f"oracle reward: sampling {len(prompts)} responses of up to {config.max_new_tokens} "
-        "tokens...",
-        file=sys.stderr,
-        flush=True,
-    )
+    if main_process():  # every rank samples the same responses
+        print(
+            f"oracle reward: sampling {len(prompts)} responses of up to "
+            f"{config.max_new_tokens} tokens...",
+            file=sys.stderr,
+            flush=True,
+        )
     input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
     attention = torch.tensor(
         [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device
