@@ -45,3 +45,6 @@ def test_the_main_process_alone_warns(monkeypatch):
     assert [w.filename for w in caught] == [__file__]
     monkeypatch.setenv("RANK", "1")
     assert _said(check) == []
+    assert _said(lambda: warn_once("a fallback", key="test-fallback rank 1")) == []
+    monkeypatch.setenv("RANK", "0")  # the key was seen: not said later either
+    assert _said(lambda: warn_once("a fallback", key="test-fallback rank 1")) == []

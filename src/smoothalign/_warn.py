@@ -11,12 +11,14 @@ _said: set[str] = set()
 
 
 def warn_once(message: str, *, key: str | None = None, stacklevel: int = 2) -> None:
-    """``warnings.warn(message)`` the first time ``key`` (default: the message) is seen.
-    ``stacklevel`` as for ``warnings.warn``, counted from the caller of this function."""
+    """``warnings.warn(message)`` the first time ``key`` (default: the message) is seen,
+    by the main process only (:func:`warn_main`): a fallback depends on the model, which
+    every rank of a data-parallel run holds alike. ``stacklevel`` as for ``warnings.warn``,
+    counted from the caller of this function."""
     key = message if key is None else key
     if key not in _said:
         _said.add(key)
-        warnings.warn(message, stacklevel=stacklevel + 1)
+        warn_main(message, stacklevel=stacklevel + 1)
 
 
 def main_process() -> bool:
