@@ -102,7 +102,7 @@ def test_an_evaluation_is_reused_only_with_the_same_arguments_and_questions(tmp_
         (tmp_path / "eval" / "results.json").write_text(json.dumps({"out": out, "n": len(calls)}))
         return 0
 
-    monkeypatch.setattr(cli, "main", fake_main)
+    monkeypatch.setattr(cli, "invoke", fake_main)
     (tmp_path / "eval").mkdir()
     held = tmp_path / "heldout.jsonl"
     held.write_text('{"question": "q", "options": ["a", "b"], "answer": 0}\n')
@@ -113,6 +113,42 @@ def test_an_evaluation_is_reused_only_with_the_same_arguments_and_questions(tmp_
     assert run(argparse.Namespace(mmlu_limit=200, batch_size=8, no_progress=True))["n"] == 2
     held.write_text('{"question": "other", "options": ["a", "b"], "answer": 1}\n')
     assert run(argparse.Namespace(mmlu_limit=200, batch_size=8, no_progress=True))["n"] == 3
+
+
+def test_a_failed_evaluation_is_one_message_naming_it_and_its_cause(tmp_path, monkeypatch):
+    """An evaluation that failed on its input (here: scores without probabilities) used to
+    end in `RuntimeError: evaluation of ... failed` and its traceback, after eval calibration's
+    own line; now one ValueError names the model, the evaluation and the cause, and leaves
+    no stamp behind."""
+    import argparse
+
+    from smoothalign.eval import calibration_cli
+    from smoothalign.experiments import sft_calibration
+
+    def failing(args):
+        raise ValueError("option scorer, task mmlu, question q.jsonl:3: no probabilities")
+
+    monkeypatch.setattr(calibration_cli, "run", failing)
+    held = tmp_path / "heldout.jsonl"
+    held.write_text('{"question": "q", "options": ["a", "b"], "answer": 0}\n')
+    args = argparse.Namespace(mmlu_limit=100, batch_size=8, no_progress=True)
+    out = tmp_path / "eval"
+    with pytest.raises(ValueError) as info:
+        sft_calibration._evaluate("tiny", held, out, args, "the SFT model β=0.1, seed 1")
+    message = str(info.value)
+    assert message.startswith("the SFT model β=0.1, seed 1 failed its evaluation (")
+    assert "--scorer option" in message and "--batch-size 8" in message and str(out) in message
+    assert "): option scorer, task mmlu, question q.jsonl:3: no probabilities. " in message
+    assert "reuses them" in message
+    assert not (out / "evaluated_with.json").exists()
+
+    def bug(args):  # not an input error: it keeps its traceback, told where it happened
+        raise RuntimeError("internal bug")
+
+    monkeypatch.setattr(calibration_cli, "run", bug)
+    with pytest.raises(RuntimeError, match="internal bug") as info:
+        sft_calibration._evaluate("tiny", held, out, args, "the shipped model tiny")
+    assert "the shipped model tiny failed its evaluation" in info.value.__notes__[0]
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -248,6 +284,32 @@ def test_a_retrained_model_is_evaluated_again(study, tmp_path):
     assert (trained / "results.json").stat().st_mtime_ns != stamps[trained]  # evaluated again
     files = json.loads((trained / "evaluated_with.json").read_text())["model"]["files"]
     assert "model.safetensors" in files
+
+
+def test_a_failed_evaluation_names_its_model_and_cause_and_keeps_the_finished_ones(
+    study, tmp_path, capsys, monkeypatch
+):
+    """A trained model whose weights file is damaged fails its evaluation, which no up-front
+    check covers: the study used to end in a RuntimeError traceback; now it prints one
+    message naming the model and the cause, exits with status 2, and a rerun reuses the
+    evaluations that had finished (the shipped model's)."""
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    out = tmp_path / "out"
+    assert study() == 0
+    shipped = out / "eval" / "shipped" / "results.json"
+    before = shipped.stat().st_mtime_ns
+    weights = out / "sft" / "beta0-seed0" / "final" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    capsys.readouterr()
+    assert study() == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "RuntimeError" not in err
+    first = err.splitlines()[0]
+    assert first.startswith("smoothalign study sft-calibration: the SFT model β=0, seed 0 (")
+    assert str(weights.parent) in first and "failed its evaluation (" in first
+    assert "deserializing header" in first  # the cause, as safetensors gives it
+    assert shipped.stat().st_mtime_ns == before  # the finished evaluation was reused
+    assert not (out / "eval" / "beta0-seed0" / "evaluated_with.json").exists()
 
 
 def test_skipped_examples_are_recorded_per_task(study, tmp_path):

@@ -132,6 +132,37 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class CommandFailed(ValueError):
+    """What :func:`invoke` raises where ``main`` would print one line: the command refused
+    its input. ``command`` (``"eval calibration"``), ``message`` (that line's text, options
+    named by the command's flags); the original error is the ``__cause__``."""
+
+    def __init__(self, command: str, message: str) -> None:
+        super().__init__(f"smoothalign {command}: {message}")
+        self.command, self.message = command, message
+
+
+def invoke(argv: list[str]) -> int:
+    """Run one command for a command that runs another (``study sft-calibration`` runs ``eval
+    calibration``): as ``main`` does, but an input error is raised as :class:`CommandFailed`
+    rather than printed, so that the caller can say which of its steps failed and why, in
+    one message; any other error propagates as it is. Returns the command's exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module = getattr(args, "_module", None)
+    if module is None:
+        raise ValueError(f"not a command: {' '.join(argv)}")
+    try:
+        return int(importlib.import_module(module).run(args) or 0)
+    except _input_errors() as e:
+        raise CommandFailed(args._command, _named_by_flag(_text(e), parser, args)) from e
+
+
+def _text(error: BaseException) -> str:
+    """``str(error)``, or its type's name where that is empty."""
+    return str(error) or type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -15,7 +15,9 @@ calibration error of a language model's multiple-choice answers at about equal a
    this run's.
 3. **Evaluation.** ``smoothalign eval calibration --scorer option`` of the shipped model and
    of every trained one on the held-out half (pooled over its tasks) and on an MMLU
-   subsample (out of the SFT's domain), 15 bins.
+   subsample (out of the SFT's domain), 15 bins. One that fails on its input (a damaged
+   model file, say) stops the study with one message naming the model and the cause (exit
+   status 2); the evaluations finished before it are reused by the next run.
 4. **Report.** accuracy, ECE, RMS, mean confidence: mean ± std over seeds per ``β``, the
    shipped model beside them, and reliability diagrams pooled over seeds.
 
@@ -211,11 +213,17 @@ def model_identity(model: str) -> dict[str, Any]:
     return {"name": model}
 
 
-def _evaluate(model: str, heldout: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+def _evaluate(
+    model: str, heldout: Path, out: Path, args: argparse.Namespace, what: str | None = None
+) -> dict[str, Any]:
     """``eval calibration`` of ``model`` into ``out``; an earlier evaluation there is reused
     only if it was made with the same arguments, of the same model (:func:`model_identity`)
-    and on the same held-out questions."""
-    from smoothalign.cli import main
+    and on the same held-out questions. An evaluation that fails on its input (a damaged
+    model file, scores that give no probabilities, …) raises a ``ValueError`` naming it
+    (``what``: which model) and the cause, which ``smoothalign`` prints as one message
+    (exit status 2); the evaluations finished before it keep their stamps, so that a
+    rerun reuses them."""
+    from smoothalign.cli import CommandFailed, invoke
     from smoothalign.io import atomic_write_json
 
     argv = ["eval", "calibration", "--model", model, "--scorer", "option",
@@ -230,8 +238,24 @@ def _evaluate(model: str, heldout: Path, out: Path, args: argparse.Namespace) ->
     done = stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp
     if not (done and (out / "results.json").exists()):
         stamp_file.unlink(missing_ok=True)  # a failed evaluation leaves no stamp behind
-        if main(argv + (["--no-progress"] if args.no_progress else [])) != 0:
-            raise RuntimeError(f"evaluation of {model} failed")
+        failed = (
+            f"{what or f'model {model}'} failed its evaluation (eval calibration --scorer "
+            f"option on the held-out BIG-bench half and {args.mmlu_limit} MMLU questions, "
+            f"--batch-size {args.batch_size}, into {out})"
+        )
+        kept = (
+            "The trained models and the evaluations that finished are kept: once the cause is "
+            "fixed, the same command reuses them and runs only what is missing"
+        )
+        try:
+            status = invoke(argv + (["--no-progress"] if args.no_progress else []))
+        except CommandFailed as e:
+            raise ValueError(f"{failed}: {e.message.rstrip('.')}. {kept}") from e
+        except Exception as e:  # not an input error: its traceback stays, with where it was
+            e.add_note(f"smoothalign study sft-calibration: {failed}. {kept}.")
+            raise
+        if status != 0:  # the command printed its own message
+            raise ValueError(f"{failed} with exit status {status} (its message is above). {kept}")
         atomic_write_json(stamp_file, stamp)
     return json.loads((out / "results.json").read_text())
 
@@ -381,7 +405,12 @@ def _run(args: argparse.Namespace) -> int:
     per_model = []
     for name, beta, seed, path in models:
         ev_dir = out / "eval" / name
-        _evaluate(path, held_file, ev_dir, args)
+        what = (
+            f"the shipped model {args.model}"
+            if beta is None
+            else f"the SFT model β={beta:g}, seed {seed} ({path})"
+        )
+        _evaluate(path, held_file, ev_dir, args, what)
         metrics = group_metrics(_predictions(ev_dir))
         per_model.append({"model": name, "beta": beta, "seed": seed, "metrics": metrics})
         print(name, json.dumps(metrics))
