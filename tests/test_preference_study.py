@@ -506,8 +506,10 @@ def test_an_interrupted_study_keeps_its_finished_groups_and_resumes_them(tmp_pat
     other = [a if a != "2" else "3" for a in argv]  # --seeds 3 --steps 3: another study
     assert main(other) == 2
     err = capsys.readouterr().err
-    assert "holds the finished groups of an interrupted study with other options" in err
-    assert "seeds=[0, 1], steps=2" in err
+    assert (
+        "finished groups) holds runs of a study with other options: --steps 2 (this run: 3)." in err
+    )
+    assert "--seeds" not in err  # more seeds alone would have been a rerun that adds them
 
     calls.clear()
     monkeypatch.setattr(pref, "run_group", lambda *a: calls.append(a[1:3]) or run_group(*a))
@@ -525,6 +527,61 @@ def test_an_interrupted_study_keeps_its_finished_groups_and_resumes_them(tmp_pat
     assert [{k: v for k, v in r.items() if k not in drop} for r in resumed["runs"]] == [
         {k: v for k, v in r.items() if k not in drop} for r in again["runs"]
     ]
+
+
+def test_a_rerun_that_adds_seeds_and_methods_trains_only_the_new_runs(tmp_path, capsys,
+                                                                      monkeypatch):  # fmt: skip
+    """A finished study's folder could only be trained again from scratch (and an
+    interrupted one's refused more seeds or methods): now a rerun that adds seeds and methods
+    reuses the (seed, flip rate, method) runs there, trains the others, to the same results
+    as one study with every option, and rebuilds the tables from all; any other option
+    changed, or a run left out, is refused before anything trains."""
+    out = tmp_path / "study"
+    base = ["study", "preference", "--quick", "--flip-rates", "0.2", "--steps", "2",
+            "--train-pairs", "16", "--eval-pairs", "8", "--sample-prompts", "4",
+            "--no-progress"]  # fmt: skip
+    assert main([*base, "--methods", "dpo,cdpo-0.1", "--seeds", "1", "--output-dir", str(out)]) == 0
+    before = json.loads((out / "results.json").read_text())
+    run_group, calls = pref.run_group, []
+
+    def counted(*a):
+        calls.append((a[1], a[2], a[4] if len(a) > 4 else None))
+        return run_group(*a)
+
+    monkeypatch.setattr(pref, "run_group", counted)
+    more = [*base, "--methods", "dpo,cdpo-0.1,cals-l2-c1", "--seeds", "2"]
+    capsys.readouterr()
+    assert main([*more, "--output-dir", str(out)]) == 0
+    assert calls == [(0, 0.2, ["cals-l2-c1"]), (1, 0.2, None)]  # only the new runs
+    assert "resuming: 0 of 2 (seed, flip rate) groups and 2 of 6 runs" in capsys.readouterr().out
+    extended = json.loads((out / "results.json").read_text())
+    assert extended["runs_reused"] == 2 and extended["config"]["seeds"] == [0, 1]
+    assert all(r in extended["runs"] for r in before["runs"])  # kept as they were
+    assert "cals-l2-c1" in (out / "table.md").read_text()
+    assert not (out / pref.FINISHED_DIR).exists()
+
+    fresh = tmp_path / "fresh"
+    assert main([*more, "--output-dir", str(fresh)]) == 0
+    again = json.loads((fresh / "results.json").read_text())
+
+    def drop(runs):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in runs]
+
+    assert drop(extended["runs"]) == drop(again["runs"])
+    assert extended["aggregates"] == again["aggregates"]
+
+    # options that change the results: refused, named, before any training or writing
+    calls.clear()
+    stamp = (out / "results.json").stat().st_mtime_ns
+    assert main([*more, "--steps", "3", "--lr", "0.01", "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "(a finished study) holds runs of a study with other options: " in err
+    assert "--lr 0.002 (this run: 0.01), --steps 2 (this run: 3)." in err
+    assert "--seeds" not in err and "--methods" not in err
+    # a rerun that would drop runs from results.json: refused too
+    assert main([*base, "--methods", "dpo,cdpo-0.1", "--seeds", "2", "--output-dir", str(out)]) == 2
+    assert "does not ask for (methods cals-l2-c1)" in capsys.readouterr().err
+    assert calls == [] and (out / "results.json").stat().st_mtime_ns == stamp
 
 
 def test_cli_refuses_a_method_given_twice_as_it_does_a_flip_rate(tmp_path, capsys):

@@ -461,13 +461,21 @@ def win_rate(scores: Tensor, baseline_scores: Tensor) -> float:
 
 
 def run_group(
-    cfg: PreferenceStudyConfig, seed: int, flip_rate: float, judge_path: str | None = None
+    cfg: PreferenceStudyConfig,
+    seed: int,
+    flip_rate: float,
+    judge_path: str | None = None,
+    methods: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every method on one ``(seed, flip rate)``: the same pairs, batches and sample draws.
 
     The forecasts of every method, IPO's included, are read at the study's DPO ``β``, so
     that their calibration is comparable; IPO trains with its own ``ipo_beta``.
+    ``methods``: only these methods' records (the others of the group were run before); the
+    baseline still trains first, its samples being what the win rates are against. A
+    method's record does not depend on which other methods run beside it.
     """
+    wanted = None if methods is None else set(methods)
     judge = _judge(judge_path)
     sw = seed_world(cfg, seed)
     world, held = sw.world, sw.held
@@ -485,6 +493,8 @@ def run_group(
         return q_hat[0]
 
     for method in cfg.ordered_methods():
+        if wanted is not None and method.name not in wanted and method.name != BASELINE:
+            continue
         t0 = time.perf_counter()
         vote_flips = flip_rate if cfg.noisy_votes else 0.0
         confidence = method_confidence(method, world, data, crossfit, vote_flips)
@@ -519,7 +529,8 @@ def run_group(
             rec["alpha_hist"] = trace["alpha_hist"]
             rec["alpha_hist_window"] = trace["alpha_hist_window"]
         rec["alpha_mean_curve"] = trace["alpha_mean"]
-        records.append(rec)
+        if wanted is None or method.name in wanted:
+            records.append(rec)
     return records
 
 
@@ -570,8 +581,28 @@ def single_thread_group(args: tuple) -> list[dict[str, Any]]:
         return run_group(*args)
 
 
-# ----------------------------------------------------------------------------- finished groups
+# ----------------------------------------------------------------------------- finished runs
 FINISHED_DIR = "finished_groups"  # in the output folder, while a study is under way
+RESULTS_FILE = "results.json"  # in the output folder, once a study has finished
+
+EXTENDABLE = ("seeds", "flip_rates", "methods")
+"""What a rerun into the same output folder may add to: every ``(seed, flip rate, method)``
+run depends only on the other options, so the runs already there are reused."""
+
+# how the refusals name a config field: its flag, where the command has one
+_FLAGS = {
+    "train_pairs": "--train-pairs",
+    "eval_pairs": "--eval-pairs",
+    "sample_prompts": "--sample-prompts",
+    "steps": "--steps",
+    "lr": "--lr",
+    "beta": "--beta",
+    "noisy_votes": "--noisy-votes",
+    "world": "--quick (the world: its reference's training)",
+    "judge": "--judge",
+}
+
+RunKey = tuple[int, float, str]  # (seed, flip rate, method)
 
 
 def _group_file(folder: Path, seed: int, flip_rate: float) -> Path:
@@ -586,41 +617,105 @@ def _group_options(cfg: PreferenceStudyConfig, judge_path: str | None) -> dict[s
     return json.loads(json.dumps({"config": asdict(cfg), "judge": judge}))
 
 
-def load_finished_groups(
+def _differences(saved: dict[str, Any], want: dict[str, Any]) -> list[str]:
+    """The options, beside :data:`EXTENDABLE`, in which ``saved`` (a ``_group_options``)
+    differs from ``want``: ``--steps 2 (this run: 3)``."""
+    old, new = saved.get("config") or {}, want["config"]
+    pairs = [(k, old.get(k), new.get(k)) for k in sorted({*old, *new}) if k not in EXTENDABLE]
+    pairs.append(("judge", saved.get("judge"), want["judge"]))
+    return [
+        f"{_FLAGS.get(k, k)} {was!r} (this run: {now!r})" for k, was, now in pairs if was != now
+    ]
+
+
+def _refuse_other_options(where: str, differ: list[str], remove: Path) -> None:
+    raise ValueError(
+        f"{where} holds runs of a study with other options: {', '.join(differ)}. A rerun into "
+        "the same --output-dir may add seeds, flip rates and methods, and nothing else: rerun "
+        f"with those options, or pass another --output-dir (or delete {remove}) to start afresh"
+    )
+
+
+def _runs_of_groups(
     folder: Path, cfg: PreferenceStudyConfig, judge_path: str | None
-) -> dict[tuple[int, float], list[dict[str, Any]]]:
-    """The groups an earlier, interrupted run of the same study finished, by ``(seed, flip
-    rate)``, from ``folder`` (none there: none). A ``ValueError`` names the options that
-    differ if the earlier run's were not these: its groups would mix two studies."""
+) -> dict[RunKey, dict[str, Any]]:
+    """The runs of the groups that an earlier, interrupted run finished, from ``folder``
+    (none there: none)."""
     import json
 
-    found: dict[tuple[int, float], list[dict[str, Any]]] = {}
+    found: dict[RunKey, dict[str, Any]] = {}
     if not folder.is_dir():
         return found
     want = _group_options(cfg, judge_path)
     for path in sorted(folder.glob("seed-*_flip-*.json")):
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
-            options, seed, flip_rate = saved["options"], saved["seed"], saved["flip_rate"]
-            records = saved["runs"]
+            options, records = saved["options"], saved["runs"]
+            found.update({(r["seed"], r["flip_rate"], r["method"]): r for r in records})
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(
                 f"{path}: not a finished group of this study ({e}); delete {folder} to start afresh"
             ) from e
-        if options != want:
-            old, new = options.get("config", {}), want["config"]
-            differ = [
-                f"{k}={old.get(k)!r}" for k in sorted({*old, *new}) if old.get(k) != new.get(k)
-            ]
-            if options.get("judge") != want["judge"]:
-                differ.append(f"judge={options.get('judge')!r}")
-            raise ValueError(
-                f"{folder} holds the finished groups of an interrupted study with other options "
-                f"(it had {', '.join(differ)}): rerun with its options to finish it, or pass "
-                f"another --output-dir (or delete {folder}) to start this one"
-            )
-        found[(seed, flip_rate)] = records
+        differ = _differences(options, want)
+        if differ:
+            where = f"{folder} (an interrupted study's finished groups)"
+            _refuse_other_options(where, differ, folder)
     return found
+
+
+def _runs_of_results(
+    path: Path, cfg: PreferenceStudyConfig, judge_path: str | None
+) -> dict[RunKey, dict[str, Any]]:
+    """The runs of a finished study's ``results.json`` (none there: none)."""
+    import json
+
+    if not path.exists():
+        return {}
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+        config, runs = results["config"], results["runs"]
+        found = {(r["seed"], r["flip_rate"], r["method"]): r for r in runs}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"{path}: not a preference study's results ({e}); pass another --output-dir, or "
+            "delete it"
+        ) from e
+    if "judge_path" in results:
+        judge = results["judge_path"]
+    else:  # written before the judge's path was: the oracle's name, or a judge's description
+        judge = None if results.get("judge") == "oracle reward" else results.get("judge")
+    differ = _differences({"config": config, "judge": judge}, _group_options(cfg, judge_path))
+    if differ:
+        _refuse_other_options(f"{path} (a finished study)", differ, path)
+    return found
+
+
+def finished_runs(
+    out_dir: str | os.PathLike, cfg: PreferenceStudyConfig, judge_path: str | None
+) -> dict[RunKey, dict[str, Any]]:
+    """The runs that an earlier study left in ``out_dir``, by ``(seed, flip rate, method)``:
+    a finished one's ``results.json`` and an interrupted one's ``finished_groups/``, to be
+    reused instead of trained again. A ``ValueError`` if they were made with other options
+    than ``cfg``'s beside :data:`EXTENDABLE` (naming them), and if ``cfg`` does not ask for
+    all of them (the new ``results.json`` would lose those): both before any training."""
+    out = Path(out_dir)
+    runs = _runs_of_results(out / RESULTS_FILE, cfg, judge_path)
+    runs.update(_runs_of_groups(out / FINISHED_DIR, cfg, judge_path))
+    asked = {
+        "seeds": set(cfg.seeds),
+        "flip rates": set(cfg.flip_rates),
+        "methods": {m.name for m in cfg.ordered_methods()},
+    }
+    left_out = {what: sorted({k[i] for k in runs} - asked[what]) for i, what in enumerate(asked)}
+    left_out = {what: values for what, values in left_out.items() if values}
+    if left_out:
+        listed = "; ".join(f"{what} {', '.join(map(str, v))}" for what, v in left_out.items())
+        raise ValueError(
+            f"{out} holds runs that this study does not ask for ({listed}): the new "
+            f"{RESULTS_FILE} would lose them. A rerun into the same --output-dir may add seeds, "
+            "flip rates and methods: ask for those too, or pass another --output-dir"
+        )
+    return runs
 
 
 def run_study(
@@ -630,13 +725,15 @@ def run_study(
     judge_path: str | None = None,
     progress: bool = True,
     finished_dir: str | os.PathLike | None = None,
+    reuse: dict[RunKey, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run every ``(seed, flip rate)`` group; return config, runs and aggregates.
 
-    With ``finished_dir``, each group's runs are written there (atomically) as soon as the
-    group finishes, and the groups already there — from an interrupted run with the same
-    options (:func:`load_finished_groups`; other options are refused) — are read instead
-    of trained again."""
+    ``reuse``: runs made earlier with these options (:func:`finished_runs`), by ``(seed,
+    flip rate, method)``, which are not trained again; a group trains only its other
+    methods (and the baseline, whose samples the win rates need). With ``finished_dir``,
+    each group's runs are written there (atomically) as soon as the group finishes, and
+    when ``reuse`` is None the groups already there are read (other options are refused)."""
     from tqdm.auto import tqdm
 
     from smoothalign.io import atomic_write_json
@@ -644,25 +741,35 @@ def run_study(
     if workers < 1:
         raise ValueError(f"workers: must be >= 1, got {workers}")
     folder = Path(finished_dir) if finished_dir is not None else None
-    done = load_finished_groups(folder, cfg, judge_path) if folder is not None else {}
+    if reuse is None:
+        reuse = _runs_of_groups(folder, cfg, judge_path) if folder is not None else {}
+    names = [m.name for m in cfg.ordered_methods()]
     keys = [(s, e) for s in cfg.seeds for e in cfg.flip_rates]
-    out: list[list[dict[str, Any]] | None] = [done.get(k) for k in keys]
+    missing = [[n for n in names if (*k, n) not in reuse] for k in keys]
+    out: list[list[dict[str, Any]] | None] = [
+        None if miss else [reuse[(*k, n)] for n in names]
+        for k, miss in zip(keys, missing, strict=True)
+    ]
     todo = [i for i, group in enumerate(out) if group is None]
-    jobs = {i: (cfg, *keys[i], judge_path) for i in todo}
+    jobs = {
+        i: (cfg, *keys[i], judge_path, None if len(missing[i]) == len(names) else missing[i])
+        for i in todo
+    }
     options = _group_options(cfg, judge_path) if folder is not None else None
 
     def finished(i: int, records: list[dict[str, Any]]) -> None:
-        out[i] = records
+        new = {r["method"]: r for r in records}
+        out[i] = [new[n] if n in new else reuse[(*keys[i], n)] for n in names]
         if folder is not None:
             seed, flip_rate = keys[i]
-            record = {"options": options, "seed": seed, "flip_rate": flip_rate, "runs": records}
+            record = {"options": options, "seed": seed, "flip_rate": flip_rate, "runs": out[i]}
             atomic_write_json(_group_file(folder, seed, flip_rate), record)
 
-    n_methods = len(cfg.ordered_methods())
+    n_runs = len(keys) * len(names)
     t0 = time.perf_counter()
     bar = tqdm(
-        total=len(keys) * n_methods,
-        initial=(len(keys) - len(todo)) * n_methods,
+        total=n_runs,
+        initial=n_runs - sum(len(missing[i]) for i in todo),
         desc="preference runs",
         unit="run",
         disable=not progress,
@@ -671,7 +778,7 @@ def run_study(
         if workers == 1 or len(jobs) <= 1:
             for i, job in jobs.items():
                 finished(i, single_thread_group(job))
-                bar.update(n_methods)
+                bar.update(len(missing[i]))
         else:
             import concurrent.futures as cf
             import multiprocessing as mp
@@ -681,7 +788,7 @@ def run_study(
                 futures = {pool.submit(single_thread_group, job): i for i, job in jobs.items()}
                 for fut in cf.as_completed(futures):
                     finished(futures[fut], fut.result())
-                    bar.update(n_methods)
+                    bar.update(len(missing[futures[fut]]))
     runs = [r for group in out if group is not None for r in group]
     return {
         "config": asdict(cfg),
@@ -691,8 +798,12 @@ def run_study(
         "seconds": time.perf_counter() - t0,
         "workers": workers,
         "judge": "oracle reward" if judge_path is None else _judge(judge_path).describe(),
+        "judge_path": _group_options(cfg, judge_path)["judge"],  # a rerun checks it
         "torch_version": torch.__version__,
-        "groups_resumed": len(keys) - len(todo),  # read from an interrupted run's finished groups
+        # read from an earlier run (a finished study's results.json, an interrupted one's
+        # finished groups): whole (seed, flip rate) groups, and runs
+        "groups_resumed": len(keys) - len(todo),
+        "runs_reused": n_runs - sum(len(missing[i]) for i in todo),
     }
 
 

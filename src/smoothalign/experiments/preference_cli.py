@@ -4,10 +4,13 @@ Writes into ``--output-dir``: ``results.json`` (config, every run, aggregates, t
 check, run info), ``table.md``, ``accuracy_vs_flip.png``, ``ece_vs_flip.png``,
 ``reward_vs_kl.png`` and ``alpha_histograms.png``; prints the table. While it runs, each
 finished ``(seed, flip rate)`` group (every method of it) is kept in
-``finished_groups/`` there, so that an interrupted study loses at most the groups under way:
-the same command again reads them instead of training them again (a study with other
-options is refused while they are there); the folder is deleted once ``results.json`` is
-written.
+``finished_groups/`` there, so that an interrupted study loses at most the groups under way;
+the folder is deleted once ``results.json`` is written. A rerun into the same folder reuses
+the runs there (``finished_groups/``, ``results.json``): the same command finishes an
+interrupted study, and one that adds seeds, flip rates or methods trains only the new
+``(seed, flip rate, method)`` runs and rebuilds the tables from all. Any other option
+changed is refused, naming it, before anything trains, as is a rerun that leaves out runs
+that are there (its ``results.json`` would lose them).
 
 ``--export-votes FILE`` instead writes the world's training pairs as soft-label rows (several
 simulated Bradley–Terry annotators per pair) for ``smoothalign reward``, and exits: a reward
@@ -38,7 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"where the results go (default {DEFAULT_OUTPUT_DIR}; with --from-results, the "
         "results' own folder). Each finished (seed, flip rate) group is kept there in "
         "finished_groups/ until the study ends: rerun the same command after an interruption "
-        "and those groups are not trained again",
+        "and those groups are not trained again. A rerun into a finished study's folder may "
+        "add seeds, flip rates and methods (the other options unchanged): only the new runs "
+        "train",
     )
     parser.add_argument(
         "--quick",
@@ -305,18 +310,25 @@ def run(args: argparse.Namespace) -> int:
         print("smoothalign study preference: --workers must be >= 1", file=sys.stderr)
         return 2
     finished_dir = out / preference.FINISHED_DIR
-    resumed = preference.load_finished_groups(finished_dir, cfg, args.judge)  # other options:
-    out.mkdir(parents=True, exist_ok=True)  # refused here, before any training
-    n_runs = n_groups * len(cfg.ordered_methods())
+    # the runs of an earlier study there (results.json, finished_groups/): other options, or
+    # runs this one would drop, are refused here, before any training
+    reuse = preference.finished_runs(out, cfg, args.judge)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [m.name for m in cfg.ordered_methods()]
+    n_runs = n_groups * len(names)
     print(
-        f"preference study: {len(cfg.ordered_methods())} methods × flip rates "
+        f"preference study: {len(names)} methods × flip rates "
         f"{list(cfg.flip_rates)} × {len(cfg.seeds)} seeds = {n_runs} runs of {cfg.steps} steps, "
         f"{workers} worker(s)"
     )
-    if resumed:
+    if reuse:
+        whole = sum(
+            all((s, e, n) in reuse for n in names) for s in cfg.seeds for e in cfg.flip_rates
+        )
         print(
-            f"resuming: {len(resumed)} of {n_groups} (seed, flip rate) groups finished by an "
-            f"interrupted run with these options are read from {finished_dir}"
+            f"resuming: {whole} of {n_groups} (seed, flip rate) groups and {len(reuse)} of "
+            f"{n_runs} runs, made earlier with these options, are read from {out}; "
+            f"{n_runs - len(reuse)} run(s) to train"
         )
     clock = RunClock()
     results = preference.run_study(
@@ -325,6 +337,7 @@ def run(args: argparse.Namespace) -> int:
         judge_path=args.judge,
         progress=not args.no_progress,
         finished_dir=finished_dir,
+        reuse=reuse,
     )
     results["run_info"] = clock.info()
     results["claim"] = preference_report.claim_check(results)
