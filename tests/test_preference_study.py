@@ -616,8 +616,39 @@ def test_from_results_refuses_the_options_it_would_ignore(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     preference_cli.add_arguments(parser)
     dests = {a.dest for a in parser._actions} - {"help"}
-    applies = {"from_results", "output_dir", "no_progress"}
-    assert dests - applies == set(preference_cli.NOT_WITH_FROM_RESULTS)
+    assert dests - {"no_progress"} == set(preference_cli.UNSET)
+    assert preference_cli.APPLIES["from_results"] == ("from_results", "output_dir")
+
+
+def test_list_methods_and_export_votes_refuse_the_options_they_would_ignore(tmp_path, capsys):
+    """--list-methods and --export-votes ignored every other option (--steps, --seeds,
+    --output-dir, ...) without a word, and the study ignored --annotators; now such an
+    option is refused, named, before anything is built or written, as --from-results does."""
+    listing = ["study", "preference", "--list-methods"]
+    assert main([*listing, "--quick", "--steps", "3"]) == 2
+    err = capsys.readouterr().err
+    said = "--list-methods prints the methods and presets, and exits; --quick, --steps would "
+    assert said + "have no effect: leave them out (it takes no other option)" in err
+    votes = tmp_path / "v.jsonl"
+    export = ["study", "preference", "--export-votes", str(votes), "--quick", "--train-pairs", "8"]
+    assert main([*listing, "--export-votes", str(votes)]) == 2
+    assert "--export-votes would have no effect: leave it out" in capsys.readouterr().err
+    assert main([*export, "--seeds", "2", "--methods", "dpo", "--steps", "5"]) == 2
+    err = capsys.readouterr().err
+    said = "--seeds, --methods, --steps would have no effect: leave them out (only --quick, "
+    assert said + "--train-pairs, --annotators, --export-flip-rate apply)" in err
+    assert main([*export, "--output-dir", str(tmp_path / "o")]) == 2
+    assert "--output-dir would have no effect: leave it out" in capsys.readouterr().err
+    study = ["study", "preference", "--quick", "--output-dir", str(tmp_path / "o")]
+    assert main([*study, "--annotators", "3", "--export-flip-rate", "0.1"]) == 2
+    said = "--annotators and --export-flip-rate apply only with --export-votes; --annotators, "
+    assert (
+        said + "--export-flip-rate would have no effect: leave them out" in capsys.readouterr().err
+    )
+    assert not votes.exists() and not (tmp_path / "o").exists()
+    # what each mode reads is accepted: the export's own options
+    assert main([*export, "--annotators", "3", "--export-flip-rate", "0.1"]) == 0
+    assert len(votes.read_text().splitlines()) == 8
 
 
 def test_help_describes_every_option_the_flip_rate_range_and_the_warmup_variants(capsys):

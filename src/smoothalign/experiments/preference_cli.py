@@ -14,7 +14,10 @@ that are there (its ``results.json`` would lose them).
 
 ``--export-votes FILE`` instead writes the world's training pairs as soft-label rows (several
 simulated Bradley–Terry annotators per pair) for ``smoothalign reward``, and exits: a reward
-model trained on them can then judge the study (``--judge DIR``).
+model trained on them can then judge the study (``--judge DIR``). ``--list-methods``,
+``--export-votes`` and ``--from-results`` each read a few options only: any other option given
+with them is refused, named, rather than ignored (:data:`APPLIES`), and so are the export's
+own options without ``--export-votes``.
 """
 
 from __future__ import annotations
@@ -108,12 +111,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write the first seed's training pairs as soft-label JSONL rows (a .jsonl file) "
         "and exit",
     )
-    parser.add_argument("--annotators", type=int, default=5, help="for --export-votes")
+    parser.add_argument(
+        "--annotators", type=int, help="for --export-votes: votes per pair (default 5)"
+    )
     parser.add_argument(
         "--export-flip-rate",
         type=float,
-        default=0.0,
-        help="for --export-votes: the fraction of labels flipped, in [0, 0.5)",
+        help="for --export-votes: the fraction of labels flipped, in [0, 0.5) (default 0)",
     )
     parser.add_argument(
         "--from-results",
@@ -166,28 +170,28 @@ def export_votes(args: argparse.Namespace, cfg) -> int:
 
     check_output_file(args.export_votes, "--export-votes")
 
-    if args.annotators < 1:
+    annotators = 5 if args.annotators is None else args.annotators
+    flip_rate = 0.0 if args.export_flip_rate is None else args.export_flip_rate
+    if annotators < 1:
         print("smoothalign study preference: --annotators must be >= 1", file=sys.stderr)
         return 2
-    if not 0 <= args.export_flip_rate < 0.5:  # as the study's flip rates (checked before the
-        # reference trains): at 0.5 or more most labels would point the wrong way
+    if not 0 <= flip_rate < 0.5:  # as the study's flip rates (checked before the reference
+        # trains): at 0.5 or more most labels would point the wrong way
         print(
-            "smoothalign study preference: --export-flip-rate must lie in [0, 0.5), got "
-            f"{args.export_flip_rate}",
+            f"smoothalign study preference: --export-flip-rate must lie in [0, 0.5), got {flip_rate}",
             file=sys.stderr,
         )
         return 2
     world = TokenWorld(cfg.world, cfg.seeds[0])
-    rows = world.vote_rows(
-        world.pairs(cfg.train_pairs, 1), args.annotators, flip_rate=args.export_flip_rate
-    )
+    rows = world.vote_rows(world.pairs(cfg.train_pairs, 1), annotators, flip_rate=flip_rate)
     path = atomic_write_text(args.export_votes, "".join(json.dumps(r) + "\n" for r in rows))
-    print(f"wrote {len(rows)} soft-label pairs ({args.annotators} annotators each) to {path}")
+    print(f"wrote {len(rows)} soft-label pairs ({annotators} annotators each) to {path}")
     return 0
 
 
-# what --from-results ignores (it re-renders a finished run): option -> its unset value
-NOT_WITH_FROM_RESULTS = {
+# every option but --no-progress (a quiet switch, never refused) -> its value when not given
+UNSET = {
+    "output_dir": None,
     "quick": False,
     "flip_rates": None,
     "seeds": None,
@@ -203,33 +207,77 @@ NOT_WITH_FROM_RESULTS = {
     "noisy_votes": False,
     "list_methods": False,
     "export_votes": None,
-    "annotators": 5,
-    "export_flip_rate": 0.0,
+    "annotators": None,
+    "export_flip_rate": None,
+    "from_results": None,
 }
+_ONLY_FOR_EXPORT = ("annotators", "export_flip_rate")
+# what each mode of the command reads (the first that is asked for runs); an option given
+# that its mode does not read would be silently ignored, and is refused instead
+APPLIES = {
+    "from_results": ("from_results", "output_dir"),
+    "list_methods": ("list_methods",),
+    # the first seed's world (--quick: its quick reference) and its training pairs
+    "export_votes": ("export_votes", "quick", "train_pairs", *_ONLY_FOR_EXPORT),
+    "study": tuple(
+        k
+        for k in UNSET
+        if k not in ("from_results", "list_methods", "export_votes", *_ONLY_FOR_EXPORT)
+    ),
+}
+_DOES = {
+    "from_results": "--from-results re-renders a finished run's report from its results",
+    "list_methods": "--list-methods prints the methods and presets, and exits",
+    "export_votes": "--export-votes writes the first seed's training pairs with simulated "
+    "votes, and exits",
+    "study": "--annotators and --export-flip-rate apply only with --export-votes",
+}
+
+
+def _flag(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
+def mode_of(args: argparse.Namespace) -> str:
+    """Which of the command's modes ``args`` ask for (:data:`APPLIES`)."""
+    for mode in ("from_results", "list_methods", "export_votes"):
+        if getattr(args, mode) != UNSET[mode]:
+            return mode
+    return "study"
+
+
+def ignored_options(args: argparse.Namespace) -> str | None:
+    """The refusal of the options given that ``args``' mode does not read, or None."""
+    mode = mode_of(args)
+    ignored = [
+        _flag(k)
+        for k, unset in UNSET.items()
+        if k not in APPLIES[mode] and getattr(args, k) != unset
+    ]
+    if not ignored:
+        return None
+    applies = [_flag(k) for k in APPLIES[mode] if k != mode]
+    if mode == "study":
+        only = ""
+    elif not applies:
+        only = " (it takes no other option)"
+    else:
+        only = f" (only {', '.join(applies)} appl{'ies' if len(applies) == 1 else 'y'})"
+    return (
+        f"{_DOES[mode]}; {', '.join(ignored)} would have no effect: leave "
+        f"{'it' if len(ignored) == 1 else 'them'} out{only}"
+    )
 
 
 def rerender(args: argparse.Namespace) -> int:
     """The report of a finished run, from its ``results.json``: the claim check and the
     tables are recomputed from the runs, so a fix to the report never needs a re-run.
-    Options that only a run uses are refused (they would be silently ignored)."""
+    (Options that only a run uses are refused by :func:`run`: they would be ignored.)"""
     import json
 
     from smoothalign.experiments import preference, preference_report
     from smoothalign.io import atomic_write_json, atomic_write_text, check_output_dir
 
-    ignored = [
-        "--" + k.replace("_", "-")
-        for k, unset in NOT_WITH_FROM_RESULTS.items()
-        if getattr(args, k) != unset
-    ]
-    if ignored:
-        print(
-            f"smoothalign study preference: --from-results re-renders a finished run's report "
-            f"from its results; {', '.join(ignored)} would have no effect: leave "
-            f"{'it' if len(ignored) == 1 else 'them'} out (only --output-dir applies)",
-            file=sys.stderr,
-        )
-        return 2
     source = Path(args.from_results)
     try:
         results = json.loads(source.read_text())
@@ -260,6 +308,10 @@ def rerender(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from smoothalign.experiments.preference import METHODS, PRESETS
 
+    refusal = ignored_options(args)  # an option the asked-for mode would silently ignore
+    if refusal:
+        print(f"smoothalign study preference: {refusal}", file=sys.stderr)
+        return 2
     if args.from_results:
         return rerender(args)
     if args.list_methods:
