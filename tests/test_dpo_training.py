@@ -1269,3 +1269,20 @@ def test_a_resume_refusal_names_each_options_own_flag_or_says_it_has_none(tmp_pa
         assert flags and "extra" not in flags, command
         for name, flag in flags.items():
             assert options[flag] == name, (command, name, flag)
+
+
+def test_oracle_auto_scores_the_embedded_set_named_by_its_path(tmp_path):
+    """`--oracle auto` means the sentiment oracle for the embedded set, whether --data is
+    left out or names the shipped file (relative or not); any other data: no oracle."""
+    from smoothalign.assets import embedded_dataset_path
+    from smoothalign.train.run import _oracle
+
+    shipped = embedded_dataset_path()
+    copy = tmp_path / "sentiment_pairs.jsonl"
+    copy.write_bytes(shipped.read_bytes())  # the same rows elsewhere: the user's own file
+    rel = os.path.relpath(shipped)
+    for data, expected in [(None, True), (str(shipped), True), (rel, True), (copy, False)]:
+        assert _oracle(DPOConfig(data=data)) is expected, data
+        assert _oracle(DPOConfig(data=data, oracle="none")) is False
+        assert _oracle(DPOConfig(data=data, eval_samples=0)) is False
+    assert _oracle(DPOConfig(data=str(copy), oracle="sentiment")) is True

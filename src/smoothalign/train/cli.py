@@ -38,7 +38,7 @@ HELP = {
     "logging_steps": "log metrics every N steps",
     "eval_steps": "also log accuracy/ECE/RMS of the eval split every N steps (0: before and after only)",
     "oracle": "score generations with an oracle reward: auto (the VADER sentiment oracle for the "
-    "embedded set, none otherwise), sentiment, none",
+    "embedded set, i.e. without --data or with its own path; none otherwise), sentiment, none",
     "max_eval_pairs": "held-out pairs scored before and after training (0: all of them)",
     "eval_samples": "held-out prompts whose generations are scored by the oracle reward (0: skip)",
     "max_new_tokens": "length of those generations",

@@ -351,9 +351,23 @@ def _local_device() -> torch.device:
 
 # ---------------------------------------------------------------------------- oracle
 def _oracle(config: DPOConfig) -> bool:
+    """Whether the run scores generations with the sentiment oracle: ``auto`` does for the
+    embedded set, named by omitting ``--data`` or by its own path."""
     if config.eval_samples == 0 or config.oracle == "none":
         return False
-    return config.oracle == "sentiment" or config.data is None
+    return config.oracle == "sentiment" or config.data is None or _is_embedded(config.data)
+
+
+def _is_embedded(data: Any) -> bool:
+    """Whether ``data`` is the path of the shipped ``sentiment_pairs.jsonl``."""
+    from smoothalign.assets import embedded_dataset_path
+
+    if not isinstance(data, str | os.PathLike):
+        return False
+    try:
+        return Path(data).expanduser().resolve() == embedded_dataset_path().resolve()
+    except OSError:
+        return False
 
 
 @torch.no_grad()
