@@ -464,3 +464,24 @@ def test_huggingface_progress_bars_off_in_the_environment_leave_training_output_
         assert not logging.is_progress_bar_enabled()  # the environment's choice is kept
     finally:
         logging.enable_progress_bar()
+
+
+def test_a_run_folder_is_identified_by_the_model_it_loads(tmp_path):
+    """A smoothalign run's folder given as the model stands for its final/: its identity is
+    final/'s, so a checkpoint written or rotated beside it does not make the evaluation
+    run again (nor a changed final/ go unnoticed)."""
+    import json
+
+    from smoothalign.experiments.sft_calibration import model_identity
+
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"output_dir": str(run), "working_dir": "/"}))
+    (run / "final" / "model.safetensors").write_bytes(b"weights")
+    first = model_identity(str(run))
+    assert first == model_identity(str(run / "final"))
+    (run / "checkpoint-2").mkdir()
+    (run / "checkpoint-2" / "model.safetensors").write_bytes(b"a checkpoint")
+    assert model_identity(str(run)) == first
+    (run / "final" / "model.safetensors").write_bytes(b"retrained")
+    assert model_identity(str(run)) != first

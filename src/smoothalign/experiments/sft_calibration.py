@@ -214,7 +214,11 @@ def model_identity(model: str) -> dict[str, Any]:
 
     if model in (*BUILTIN_MODELS, "smollm2-135m-instruct"):  # as the loader reads the name
         return builtin_identity(model)
-    path = Path(model)
+    from smoothalign.models.loading import loaded_model_path
+
+    path = Path(
+        loaded_model_path(model)
+    )  # a run's folder: the final/ it loads, not its checkpoints
     if path.is_dir():
         return {"files": _files_sha256(path)}
     if path.is_file():
