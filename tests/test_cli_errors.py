@@ -585,3 +585,16 @@ def test_study_sft_calibration_refuses_an_unknown_model_before_writing(tmp_path,
     err = capsys.readouterr().err
     assert "model '/no/such/model': not a built-in model" in err.splitlines()[0]
     assert not out.exists()
+
+
+def test_an_input_error_without_a_message_is_named_by_its_type(tmp_path, capsys, monkeypatch):
+    """An input error whose text is empty (a bare ``FileNotFoundError()`` from a library)
+    still says what it was: its type, not "smoothalign dpo: " and nothing."""
+    import smoothalign.train.cli as dpo_cli
+
+    def fail(args):
+        raise FileNotFoundError()
+
+    monkeypatch.setattr(dpo_cli, "run", fail)
+    assert main(["dpo", "--output-dir", str(tmp_path / "o")]) == 2
+    assert "smoothalign dpo: FileNotFoundError\n" in capsys.readouterr().err

@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         # so nobody has to rerun hours of training to see it
         where = _save_traceback(e)
         print(
-            f"smoothalign {args._command}: {_named_by_flag(str(e), parser, args)}\n"
+            f"smoothalign {args._command}: {_named_by_flag(_text(e), parser, args)}\n"
             f"(traceback: {where}; {DEBUG_ENV}=1 raises it)",
             file=sys.stderr,
         )
