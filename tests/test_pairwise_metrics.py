@@ -5,7 +5,8 @@ closed).
 
 * ``true_preference_metrics`` (calibration/pairwise.py): forecasts ``σ(d)`` against a known
   ``q = P(first wins)``;
-* ``preference_metrics`` (train/trainer.py): the DPO evaluation of a chosen-first set;
+* ``preference_metrics`` (calibration/pairwise.py): the DPO evaluation of a chosen-first set
+  (``smoothalign dpo`` and ``smoothalign eval preferences``);
 * ``reward_metrics`` (reward/trainer.py): the reward-model evaluation against vote shares.
 
 The references below use plain Python floats, one pair at a time; nothing is imported from
@@ -19,10 +20,13 @@ import math
 import numpy as np
 import pytest
 
-from smoothalign.calibration import true_preference_metrics
+from smoothalign.calibration import (
+    pairwise_reliability_curve,
+    preference_metrics,
+    true_preference_metrics,
+)
 from smoothalign.reward.config import RewardConfig
 from smoothalign.reward.trainer import reward_metrics
-from smoothalign.train.trainer import preference_metrics
 
 DOC_BINS = 20  # docs/results.md: "each pair in both orders over 20 bins (½ a bin edge)"
 TOL = 1e-12
@@ -221,6 +225,28 @@ def test_dpo_preference_metrics_equal_the_hand_reference(rng):
     none_known = preference_metrics(h, np.full(n, np.nan))
     assert set(none_known) == {"n_pairs", "accuracy", "margin_mean", "ece", "rms", "mce", "brier"}
     _assert_matches(none_known, {k: want[k] for k in none_known})
+
+
+def test_pairwise_reliability_curve_reads_both_orders_against_q_or_the_label():
+    """The diagram's curve (``dpo``'s and ``eval preferences``' reliability.png): each pair
+    as ``(σ(h), y)`` and ``(1 − σ(h), 1 − y)``, ``y`` its true ``q`` where known, else 1 (the
+    chosen response won); per bin the mean forecast, mean outcome and count."""
+    h = np.array([2.0, -1.0, 0.0, 0.3, 4.0])
+    conf = np.array([0.9, np.nan, 0.5, np.nan, 0.2])
+    s = [_sigmoid(x) for x in h]
+    forecasts, outcomes = _mirrored(s, [1.0 if math.isnan(c) else c for c in conf])
+    curve = pairwise_reliability_curve(h, conf)
+    assert len(curve.counts) == DOC_BINS and curve.counts.sum() == 2 * len(h)
+    for j in range(DOC_BINS):
+        members = [
+            (p, y)
+            for p, y in zip(forecasts, outcomes, strict=True)
+            if next((k for k in range(DOC_BINS) if p < (k + 1) / DOC_BINS), DOC_BINS - 1) == j
+        ]
+        assert curve.counts[j] == len(members), j
+        if members:
+            assert curve.confidence[j] == pytest.approx(np.mean([p for p, _ in members]), abs=TOL)
+            assert curve.accuracy[j] == pytest.approx(np.mean([y for _, y in members]), abs=TOL)
 
 
 def _rkl(s: float, p: float, floor: float) -> float:

@@ -9,7 +9,12 @@ from smoothalign.calibration.metrics import (
     reliability_curve,
     rms_calibration_error,
 )
-from smoothalign.calibration.pairwise import PAIRWISE_BINS, true_preference_metrics
+from smoothalign.calibration.pairwise import (
+    PAIRWISE_BINS,
+    pairwise_reliability_curve,
+    preference_metrics,
+    true_preference_metrics,
+)
 
 __all__ = [
     "PAIRWISE_BINS",
@@ -18,6 +23,8 @@ __all__ = [
     "calibration_summary",
     "expected_calibration_error",
     "max_calibration_error",
+    "pairwise_reliability_curve",
+    "preference_metrics",
     "reliability_curve",
     "rms_calibration_error",
     "true_preference_metrics",

@@ -1,7 +1,10 @@
-"""Accuracy and calibration of pairwise forecasts ``σ(h)`` against a known truth.
+"""Accuracy and calibration of pairwise forecasts ``σ(h)``, against the labels and a known truth.
 
 Where each pair's true preference probability ``q = P(first wins)`` is known (a study's
-oracle), a forecast can be scored against it directly rather than against a sampled label.
+oracle, a data set's ``confidence`` column), a forecast can be scored against it directly
+rather than against a sampled label. :func:`preference_metrics` and
+:func:`pairwise_reliability_curve` score the forecasts of a chosen-first preference set,
+as ``smoothalign dpo`` and ``smoothalign eval preferences`` report them.
 """
 
 from __future__ import annotations
@@ -10,7 +13,11 @@ import math
 
 import numpy as np
 
-from smoothalign.calibration.metrics import calibration_summary
+from smoothalign.calibration.metrics import (
+    ReliabilityCurve,
+    calibration_summary,
+    reliability_curve,
+)
 
 PAIRWISE_BINS = 20
 """Bins for a pairwise forecast read in both orders. Even, so that ½ is a bin edge: with an
@@ -56,3 +63,47 @@ def _times(x: np.ndarray, log_y: np.ndarray) -> np.ndarray:
 def _xlogx(x: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(x > 0, x * np.log(np.where(x > 0, x, 1.0)), 0.0)
+
+
+def preference_metrics(margins: np.ndarray, confidence: np.ndarray) -> dict[str, float]:
+    """Accuracy and calibration of the forecasts ``σ(h)`` of a canonical (chosen-first) set.
+
+    Every pair is read in both orders — ``(σ(h), 1)`` and ``(1 − σ(h), 0)`` — so that a data
+    set where the labelled winner always comes first still has two outcomes to calibrate
+    against; the bins are ``PAIRWISE_BINS`` (even, so the two readings never share a bin). Where the true confidence ``q`` of the label is known, the forecasts are also
+    scored against it: ``*_true`` metrics use outcomes ``(q, 1 − q)`` and the true winner,
+    over the ``n_pairs_true`` pairs with a ``q`` (of ``n_pairs``; ``confidence`` is NaN
+    where unknown).
+    """
+    h = np.asarray(margins, dtype=np.float64)
+    p = 1.0 / (1.0 + np.exp(-h))
+    probs = np.concatenate([p, 1 - p])
+    # a tie (h = 0, e.g. the policy still equal to its reference) counts as half right
+    out: dict[str, float] = {
+        "n_pairs": float(len(h)),
+        "accuracy": float(np.mean((h > 0) + 0.5 * (h == 0))),
+    }
+    out["margin_mean"] = float(h.mean())
+    labels = np.concatenate([np.ones_like(p), np.zeros_like(p)])
+    for k, v in calibration_summary(probs, labels, PAIRWISE_BINS).items():
+        out[k] = v
+    q = np.asarray(confidence, dtype=np.float64)
+    known = ~np.isnan(q)
+    if known.any():
+        out["n_pairs_true"] = float(known.sum())
+        out.update(true_preference_metrics(h[known], q[known]))
+    return out
+
+
+def pairwise_reliability_curve(
+    margins: np.ndarray, confidence: np.ndarray, bins: int = PAIRWISE_BINS
+) -> ReliabilityCurve:
+    """The reliability curve of the forecasts ``σ(h)`` of a chosen-first set, each pair read
+    in both orders as :func:`preference_metrics` reads it: against its true ``q`` where the
+    ``confidence`` is known (not NaN), else against its label (the chosen response won)."""
+    p = 1 / (1 + np.exp(-np.asarray(margins, dtype=np.float64)))
+    q = np.asarray(confidence, dtype=np.float64)
+    outcome = np.where(np.isnan(q), 1.0, q)  # the true q where known, else the label
+    return reliability_curve(
+        np.concatenate([p, 1 - p]), np.concatenate([outcome, 1 - outcome]), bins
+    )

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from smoothalign.calibration import PAIRWISE_BINS, reliability_curve
+from smoothalign.calibration import pairwise_reliability_curve
 from smoothalign.calibration.plots import reliability_diagram
 from smoothalign.io import atomic_write_text, save_figure
 from smoothalign.train.plots import plt
@@ -109,18 +109,25 @@ def plot_alpha(records: list[dict[str, Any]]):
     return fig
 
 
-def plot_reliability_before_after(before: dict[str, np.ndarray], after: dict[str, np.ndarray]):
-    curves = {}
-    for name, f in (("before", before), ("after", after)):
-        p = 1 / (1 + np.exp(-np.asarray(f["margins"], dtype=float)))
-        q = np.asarray(f["confidence"], dtype=float)
-        outcome = np.where(np.isnan(q), 1.0, q)  # the true q where known, else the label
-        curves[name] = reliability_curve(
-            np.concatenate([p, 1 - p]), np.concatenate([outcome, 1 - outcome]), PAIRWISE_BINS
-        )
-    known = not np.isnan(np.asarray(after["confidence"], dtype=float)).all()
+def plot_pairwise_reliability(
+    forecasts: dict[str, dict[str, np.ndarray]], where: str = "the eval split"
+):
+    """The reliability diagram of preference forecasts (``pair_forecasts``' ``margins`` and
+    ``confidence``), one curve per entry of ``forecasts``, each pair read in both orders
+    against its true ``q`` where known, else its label
+    (:func:`~smoothalign.calibration.pairwise_reliability_curve`); ``where`` names the data."""
+    curves = {
+        name: pairwise_reliability_curve(f["margins"], f["confidence"])
+        for name, f in forecasts.items()
+    }
+    last = list(forecasts.values())[-1]
+    known = not np.isnan(np.asarray(last["confidence"], dtype=float)).all()
     ylabel = "true q" if known else "label"
-    return reliability_diagram(curves, title=f"Forecasts σ(h) on the eval split vs the {ylabel}")
+    return reliability_diagram(curves, title=f"Forecasts σ(h) on {where} vs the {ylabel}")
+
+
+def plot_reliability_before_after(before: dict[str, np.ndarray], after: dict[str, np.ndarray]):
+    return plot_pairwise_reliability({"before": before, "after": after})
 
 
 def write_report(

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from transformers import set_seed
 
 from smoothalign._warn import main_process
+from smoothalign.calibration import preference_metrics
 from smoothalign.data import (
     BadRow,
     PreferenceCollator,
@@ -61,7 +62,6 @@ from smoothalign.train.trainer import (
     SmoothDPOTrainer,
     fused_logps_enabled,
     model_sequence_logps,
-    preference_metrics,
 )
 
 SUMMARY_KEYS = ("accuracy", "accuracy_true", "ece", "ece_true", "rms_true", "oracle_reward")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from smoothalign._warn import warn_once
-from smoothalign.calibration import PAIRWISE_BINS, calibration_summary, true_preference_metrics
+from smoothalign.calibration import preference_metrics
 from smoothalign.kernels import filter_eps_for
 from smoothalign.models.logits import logit_transform
 from smoothalign.progress import bar_disable
@@ -172,6 +173,37 @@ def model_sequence_logps(
             filter_stats=filter_stats,
         )
     return token_logps.sum(-1), (targets != -100).sum(-1)
+
+
+def pair_forecasts(
+    batches: Iterable[dict[str, Tensor]],
+    logps: Callable[[dict[str, Tensor]], tuple[Tensor, Tensor, Tensor, Tensor]],
+    beta: float,
+    *,
+    gather: Callable[[Tensor], Tensor] | None = None,
+) -> dict[str, np.ndarray]:
+    """The forecasts of a policy on preference batches (``data.PreferenceCollator``'s), for
+    the DPO evaluation and ``smoothalign eval preferences`` alike: ``margins`` ``[N]`` (float32)
+    ``h = β·[(log π − log π_ref)(y_w) − (log π − log π_ref)(y_l)]`` (SPEC §1), ``confidence``
+    ``[N]`` (NaN where the data has none) and ``index`` ``[N]`` (int64: each pair's
+    ``TokenizedPair.index``), in batch order.
+
+    ``logps(batch)`` gives ``(log π(y_w|x), log π(y_l|x), log π_ref(y_w|x), log π_ref(y_l|x))``,
+    ``[B]`` each; ``gather`` collects a tensor across ranks (none: this process's only)."""
+    parts: dict[str, list[Tensor]] = defaultdict(list)
+    for batch in batches:
+        chosen, rejected, ref_chosen, ref_rejected = logps(batch)
+        h = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
+        conf = batch.get("confidence", torch.full_like(h, float("nan")))
+        for name, t in (
+            ("margins", h.float()),
+            ("confidence", conf.float()),
+            ("index", batch["index"]),
+        ):
+            parts[name].append((t if gather is None else gather(t)).cpu())
+    if not parts:
+        raise ValueError("pair_forecasts: no batch to score")
+    return {k: torch.cat(v).numpy() for k, v in parts.items()}
 
 
 def _refuse_non_finite(batch: dict[str, Tensor], logps: dict[str, Tensor]) -> None:
@@ -330,21 +362,23 @@ class SmoothDPOTrainer(PairCountedLoss, SmoothingTrainer):
 
     # ------------------------------------------------------------------ evaluation
     def preference_forecasts(self, dataset=None) -> dict[str, np.ndarray]:
-        """Margins, confidences and row ids ``[N]`` on a data set; the policy state is untouched."""
-        parts: dict[str, list[Tensor]] = defaultdict(list)
+        """Margins, confidences and row ids ``[N]`` on a data set (:func:`pair_forecasts`);
+        the policy state is untouched."""
         loader = self.get_eval_dataloader(dataset)
         bar = tqdm(loader, desc="scoring held-out pairs", leave=False,
                    disable=bar_disable(not self.is_world_process_zero() or len(loader) < 2))  # fmt: skip
         with self.evaluation_mode() as model:
-            for batch in bar:
-                batch = self._prepare_inputs(batch)
+
+            def logps(batch: dict[str, Tensor]) -> tuple[Tensor, ...]:
                 chosen, rejected, _ = self.policy_logps(model, batch)
-                ref_chosen, ref_rejected = self.reference_logps(model, batch)
-                h = self.dpo_config.beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
-                conf = batch.get("confidence", torch.full_like(h, float("nan")))
-                for name, t in (("margins", h), ("confidence", conf), ("index", batch["index"])):
-                    parts[name].append(self.accelerator.gather_for_metrics(t.float()).cpu())
-        return {k: torch.cat(v).numpy() for k, v in parts.items()}
+                return chosen, rejected, *self.reference_logps(model, batch)
+
+            return pair_forecasts(
+                (self._prepare_inputs(batch) for batch in bar),
+                logps,
+                self.dpo_config.beta,
+                gather=self.accelerator.gather_for_metrics,
+            )
 
     def evaluate(
         self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
@@ -352,32 +386,3 @@ class SmoothDPOTrainer(PairCountedLoss, SmoothingTrainer):
         f = self.preference_forecasts(eval_dataset)
         metrics = preference_metrics(f["margins"], f["confidence"])
         return self.finish_evaluation({f"{metric_key_prefix}_{k}": v for k, v in metrics.items()})
-
-
-def preference_metrics(margins: np.ndarray, confidence: np.ndarray) -> dict[str, float]:
-    """Accuracy and calibration of the forecasts ``σ(h)`` of a canonical (chosen-first) set.
-
-    Every pair is read in both orders — ``(σ(h), 1)`` and ``(1 − σ(h), 0)`` — so that a data
-    set where the labelled winner always comes first still has two outcomes to calibrate
-    against; the bins are ``PAIRWISE_BINS`` (even, so the two readings never share a bin). Where the true confidence ``q`` of the label is known, the forecasts are also
-    scored against it: ``*_true`` metrics use outcomes ``(q, 1 − q)`` and the true winner,
-    over the ``n_pairs_true`` pairs with a ``q`` (of ``n_pairs``).
-    """
-    h = np.asarray(margins, dtype=np.float64)
-    p = 1.0 / (1.0 + np.exp(-h))
-    probs = np.concatenate([p, 1 - p])
-    # a tie (h = 0, e.g. the policy still equal to its reference) counts as half right
-    out: dict[str, float] = {
-        "n_pairs": float(len(h)),
-        "accuracy": float(np.mean((h > 0) + 0.5 * (h == 0))),
-    }
-    out["margin_mean"] = float(h.mean())
-    labels = np.concatenate([np.ones_like(p), np.zeros_like(p)])
-    for k, v in calibration_summary(probs, labels, PAIRWISE_BINS).items():
-        out[k] = v
-    q = np.asarray(confidence, dtype=np.float64)
-    known = ~np.isnan(q)
-    if known.any():
-        out["n_pairs_true"] = float(known.sum())
-        out.update(true_preference_metrics(h[known], q[known]))
-    return out
