@@ -79,6 +79,12 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
         "multiple-choice accuracy and calibration (ECE, RMS) on MMLU, BIG-bench, JSONL",
     ),
     (
+        ("eval", "preferences"),
+        "smoothalign.train.preference_eval_cli",
+        "a policy's preference forecasts σ(h): accuracy and calibration (ECE, RMS, KL) on a "
+        "preference file, without training",
+    ),
+    (
         ("analyze", "head"),
         "smoothalign.analysis.head_cli",
         "LM-head entropy lower bound (SPEC §5) and what it implies for label smoothing",

@@ -54,6 +54,7 @@ __all__ = [
     "load_model_and_tokenizer",
     "loaded_model_path",
     "resolve_model_folder",
+    "run_of_model",
     "smollm2_cache_dir",
     "smollm2_current_cache",
     "smollm2_gguf_path",
@@ -399,6 +400,22 @@ def _run_record(path: Path) -> dict[str, Any] | None:
         return None
     data = json.loads((path / "config.json").read_text(encoding="utf-8"))
     return data if any(key in data for key in RUN_RECORD_KEYS) else None
+
+
+def run_of_model(name: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
+    """``(run folder, its options)`` where ``name`` is a smoothalign run's folder (which
+    stands for its ``final/``) or the ``final/`` inside one: the options its ``config.json``
+    records (``model``: the model it loaded, a path read against its ``working_dir``).
+    None for any other name: a built-in model, a model folder of another origin, a path
+    that does not exist."""
+    name = os.fspath(name)
+    if name in (*BUILTIN_MODELS, "smollm2-135m-instruct"):
+        return None
+    path = Path(name).expanduser()
+    if path.name == "final" and is_model_folder(path):
+        path = path.parent
+    record = _run_record(path)
+    return None if record is None else (path, record)
 
 
 def loaded_model_path(name: str | os.PathLike) -> str:

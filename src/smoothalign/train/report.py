@@ -34,6 +34,11 @@ TABLE_ROWS = [
     ("oracle_reward", "oracle reward of generations (mean)", "{:.4f}"),
     ("oracle_reward_sem", "… its standard error", "{:.4f}"),
 ]
+MIRRORED_NOTE = (
+    "Calibration reads each pair in both orders — `(σ(h), 1)` and `(1 − σ(h), 0)` — so a chosen-first "
+    "data set still has two outcomes; `*_true` rows score the forecasts against each pair's true "
+    "preference probability where the data carries one."
+)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -155,9 +160,7 @@ def write_report(
     lines += before_after_table(true_rows(TABLE_ROWS, after), before, after)
     lines += [
         "",
-        "Calibration reads each pair in both orders — `(σ(h), 1)` and `(1 − σ(h), 0)` — so a chosen-first "
-        "data set still has two outcomes; `*_true` rows score the forecasts against each pair's true "
-        "preference probability where the data carries one.",
+        MIRRORED_NOTE,
         "",
         "![training curves](training_curves.png)",
         "",

@@ -1,5 +1,5 @@
 """The markdown pieces every run report shares: the title with its notes, the before/after
-table, a titled section and the resolved configuration."""
+table (or one column of values), a titled section and the resolved configuration."""
 
 from __future__ import annotations
 
@@ -25,6 +25,15 @@ def before_after_table(
             b = fmt.format(before[key]) if key in before else "–"
             a = fmt.format(after[key]) if key in after else "–"
             lines.append(f"| {label} | {b} | {a} |")
+    return lines
+
+
+def metrics_table(rows: TableRows, metrics: dict[str, float]) -> list[str]:
+    """``| metric | value |``: a row per key ``metrics`` has (one evaluation, no before/after)."""
+    lines = ["| metric | value |", "|---|---|"]
+    lines += [
+        f"| {label} | {fmt.format(metrics[key])} |" for key, label, fmt in rows if key in metrics
+    ]
     return lines
 
 

