@@ -181,6 +181,10 @@ def _run_model(record: dict[str, Any]) -> str:
     name = record.get("model")
     if not isinstance(name, str) or not name:
         raise ValueError(f"reference: the run's config.json names no model ({name!r})")
+    from smoothalign.models.loading import BUILTIN_MODELS
+
+    if name in BUILTIN_MODELS:  # loaded by name, whatever folder of that name is about
+        return name
     path = Path(name).expanduser()
     base = record.get("working_dir")
     if not path.is_absolute() and base and (Path(base) / path).exists():
@@ -223,6 +227,8 @@ REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 def _reference(config: PreferenceEvalConfig, run, rows: list[Any]) -> _Choice:
     """Where the reference log-probs come from: ``--reference`` (a model), else the data's
     columns when every row has them, else the DPO run's model; else refused."""
+    from smoothalign.models.loading import check_model_name
+
     if config.reference is not None:
         return _Choice(config.reference, "option", f"reference: {config.reference} (--reference)")
     if _every_row_has_ref_logps(rows):
@@ -234,6 +240,13 @@ def _reference(config: PreferenceEvalConfig, run, rows: list[Any]) -> _Choice:
         )
     if run is not None:
         model = _run_model(run[1])
+        try:
+            check_model_name(model)
+        except ValueError as e:
+            raise ValueError(
+                f"reference: the model the DPO run {run[0]} trained from, {model!r} (its "
+                f"config.json), is not found ({e}); pass it as --reference"
+            ) from None
         lora = "; a LoRA run: final/ is the adapter merged into it" if run[1].get("lora") else ""
         return _Choice(
             model,
@@ -276,15 +289,19 @@ def _evaluate(
     notes += [reference.note, beta.note, max_length.note]
     bf16 = resolve_bf16(config.precision)
 
-    def check(tokenizer):
+    def check(tokenizer):  # before the weights load where the tokenizer loads on its own
         report = validate_preference_rows(
             rows, tokenizer, max_length.value, config.on_bad_rows, held_out=True
         )
         check_identical_after_truncation([], {"data": report}, max_length.value)  # warns only
-        return report
+        examples = list(report.examples)
+        if config.max_pairs and len(examples) > config.max_pairs:
+            examples = examples[: config.max_pairs]
+        _check_data_reference(reference, examples, report)
+        return report, examples
 
     t0 = time.perf_counter()
-    policy, tokenizer, report = load_checked(
+    policy, tokenizer, (report, examples) = load_checked(
         config.model,
         config.trust_remote_code,
         check,
@@ -292,14 +309,12 @@ def _evaluate(
             config.model, trust_remote_code=config.trust_remote_code, tokenizer=tok
         ),
     )
-    examples = list(report.examples)
     if any("split" in ex.metadata for ex in examples):
         notes.append("the data's 'split' column is not read: every row is scored")
-    n_kept = len(examples)
-    if config.max_pairs and n_kept > config.max_pairs:
-        notes.append(f"the first {config.max_pairs} of {n_kept} pairs (--max-pairs)")
-        examples = examples[: config.max_pairs]
-    ref_model = _reference_logps_source(config, reference, examples, report, tokenizer, notes)
+    n_kept = report.n_kept
+    if len(examples) < n_kept:
+        notes.append(f"the first {len(examples)} of {n_kept} pairs (--max-pairs)")
+    ref_model = _reference_model(config, reference, examples, tokenizer, notes)
     load_s = time.perf_counter() - t0
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -334,7 +349,9 @@ def _evaluate(
     ]
     atomic_write_text(out / "forecasts.jsonl", "".join(lines))
     curve = pairwise_reliability_curve(forecasts["margins"], forecasts["confidence"])
-    figure = plot_pairwise_reliability({"forecasts": forecasts}, Path(os.fspath(config.data)).name)
+    figure = plot_pairwise_reliability(
+        {os.fspath(config.model): forecasts}, Path(os.fspath(config.data)).name
+    )
     save_figure(figure, out / "reliability.png")
     result = {
         "command": "smoothalign eval preferences",
@@ -394,22 +411,28 @@ def _loads(given: str, loaded: str) -> str:
     return "" if loaded == given else f" (loads {loaded})"
 
 
-def _reference_logps_source(config, reference: _Choice, examples, report, tokenizer, notes):
-    """The reference model to run, or None where the data's log-probs serve (each pair's,
-    checked here: validation drops those of a truncated or multi-turn response)."""
+def _check_data_reference(reference: _Choice, examples, report) -> None:
+    """Where the data's reference log-probs serve, that every pair scored has its own
+    (validation drops them where a response is truncated or holds other turns)."""
+    if reference.value is not None:
+        return
+    missing = sum(ex.ref_chosen_logp is None for ex in examples)
+    if missing:
+        raise ValueError(
+            f"reference: {missing} of {len(examples)} pairs have no reference log-probs of "
+            "their own (validation drops the data's where a response is truncated or holds "
+            f"other turns than the assistant's; {report.n_ref_logps_dropped} were): raise "
+            "--max-length, or pass the reference model as --reference"
+        )
+
+
+def _reference_model(config, reference: _Choice, examples, tokenizer, notes):
+    """The reference model to run, or None where the data's log-probs serve."""
     from smoothalign.models import load_model_and_tokenizer
 
-    given = [ex for ex in examples if ex.ref_chosen_logp is not None]
     if reference.value is None:
-        if len(given) < len(examples):
-            raise ValueError(
-                f"reference: {len(examples) - len(given)} of {len(examples)} pairs have no "
-                "reference log-probs of their own (validation drops the data's where a "
-                "response is truncated or holds other turns than the assistant's; "
-                f"{report.n_ref_logps_dropped} were): raise --max-length, or pass the "
-                "reference model as --reference"
-            )
         return None
+    given = [ex for ex in examples if ex.ref_chosen_logp is not None]
     if given:  # one source of reference log-probs for every pair: the model asked for
         for ex in given:
             ex.ref_chosen_logp = ex.ref_rejected_logp = None
@@ -515,9 +538,10 @@ def _write_report(out: Path, result: dict[str, Any], validation_md: str, notes: 
     metrics = result["metrics"]
     lines = report_head("smoothalign preference evaluation", notes)
     lines += [f"## Forecasts σ(h) on {result['data']}", ""]
+    past = result["n_not_scored"]
     lines += [
         f"{result['n_pairs']} pairs scored ({result['n_skipped']} of {result['n_rows']} rows "
-        f"skipped as bad{', ' + str(result['n_not_scored']) + ' past --max-pairs' if result['n_not_scored'] else ''}).",
+        f"skipped as bad" + (f", {past} past --max-pairs" if past else "") + ").",
         "",
     ]
     lines += metrics_table(true_rows(TABLE_ROWS, metrics), metrics)
