@@ -404,6 +404,11 @@ SAME_NAME_CASES = {
          "runs/a/prompts.jsonl", "--eval-prompts", "runs/b/prompts.jsonl"],
         "runs/b/prompts.jsonl row 1, field 'prompt'",
     ),
+    "eval preferences --data": (
+        ["eval", "preferences", "--model", _MODEL, "--reference", _MODEL, "--data",
+         "runs/b/data.jsonl"],
+        "runs/b/data.jsonl row 1, field 'chosen'",
+    ),
     "data confidence --data": (
         ["data", "confidence", "--data", "runs/b/votes.jsonl", "--output", "out.jsonl"],
         "runs/b/votes.jsonl row 1, field 'votes_chosen'",

@@ -1,0 +1,231 @@
+"""``smoothalign eval preferences`` against independent references.
+
+* the forecasts of a policy against a reference (or the data's precomputed reference
+  log-probs) equal ``σ(β·Δ)`` computed by hand in float64 from ``model(ids).logits`` of
+  config-built tiny models, with the token ids written from the tokenizer's definition (byte
+  ``b`` is id ``b``, BOS 256 before the prompt, EOS 257 after each response);
+* a DPO run folder brings its reference and β, and its forecasts on the run's eval rows give
+  the numbers the run's own ``eval_results.json`` reports after training;
+* a model that is not a run, without ``--reference``, and a bad row are refused with exit
+  status 2 and a message naming the flag, or the row and field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from tests.dpo_helpers import synthetic_rows, write_jsonl
+
+from smoothalign.cli import main
+from smoothalign.models.loading import build_tiny_model, build_tiny_tokenizer
+
+BOS, EOS = 256, 257  # the tiny tokenizer's (models.loading.build_tiny_tokenizer)
+
+# a handful of pairs of different lengths; a confidence on some of them only
+ROWS = [
+    {"prompt": "Say hi:", "chosen": " hello there", "rejected": " go away", "confidence": 0.8},
+    {"prompt": "2+2=", "chosen": "4", "rejected": "five"},
+    {"prompt": "Colour of the sky?", "chosen": " blue", "rejected": " green", "confidence": 0.6},
+    {"prompt": "x", "chosen": "yz", "rejected": "zzzzzzzzzzzy"},
+    {"prompt": "The cat sat on the", "chosen": " mat.", "rejected": " moon!", "confidence": 0.3},
+]
+
+
+def _eval(*args: str) -> int:
+    return main(["eval", "preferences", "--no-progress", *map(str, args)])
+
+
+def _refused(capsys) -> str:
+    """What ``cli.main`` printed on stderr for a refused input; the traceback file it names is
+    removed."""
+    err = capsys.readouterr().err
+    Path(err.split("(traceback: ")[1].split(";")[0]).unlink()
+    return err
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@torch.no_grad()
+def _logp64(model, prompt: str, response: str) -> float:
+    """``log π(response | prompt)`` in float64, gathered by hand from the full logits."""
+    prompt_ids = [BOS, *prompt.encode()]
+    response_ids = [*response.encode(), EOS]
+    ids = torch.tensor([prompt_ids + response_ids])
+    logp = model(input_ids=ids).logits[0].double().log_softmax(-1)
+    # the logits at position t predict token t + 1
+    return sum(float(logp[len(prompt_ids) - 1 + j, tok]) for j, tok in enumerate(response_ids))
+
+
+def _pair_logps64(model) -> list[tuple[float, float]]:
+    """``(log π(y_w|x), log π(y_l|x))`` of every pair of ``ROWS``."""
+    return [
+        (_logp64(model, r["prompt"], r["chosen"]), _logp64(model, r["prompt"], r["rejected"]))
+        for r in ROWS
+    ]
+
+
+def test_forecasts_equal_a_float64_brute_force(tmp_path, capsys):
+    data = write_jsonl(ROWS, tmp_path / "pairs.jsonl")
+    policy_dir = tmp_path / "policy"  # a local model folder: another seed than 'tiny'
+    build_tiny_model(seed=1).save_pretrained(policy_dir)
+    build_tiny_tokenizer().save_pretrained(policy_dir)
+    beta = 0.3
+    out = tmp_path / "out"
+    assert _eval("--model", policy_dir, "--reference", "tiny", "--data", data, "--beta", beta,
+                 "--batch-size", 2, "--output-dir", out) == 0  # fmt: skip
+
+    pol = _pair_logps64(build_tiny_model(seed=1).double())
+    ref = _pair_logps64(build_tiny_model(seed=0).double())  # 'tiny'
+    h = [beta * ((pc - rc) - (pr - rr)) for (pc, pr), (rc, rr) in zip(pol, ref, strict=True)]
+    assert min(abs(x) for x in h) > 1e-3  # the two models differ: no pair is a tie
+
+    def check(out: Path) -> None:
+        lines = _lines(out / "forecasts.jsonl")
+        assert [x["row"] for x in lines] == list(range(len(ROWS)))
+        for line, want, row in zip(lines, h, ROWS, strict=True):
+            assert line["margin"] == pytest.approx(want, rel=1e-4, abs=1e-5)
+            assert line["forecast"] == pytest.approx(1 / (1 + math.exp(-want)), abs=1e-5)
+            assert line["label"] == 1
+            assert line.get("confidence") == row.get("confidence")
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["n_pairs"] == metrics["metrics"]["n_pairs"] == len(lines) == len(ROWS)
+        assert metrics["n_skipped"] == 0 and metrics["beta"] == beta
+        assert metrics["metrics"]["accuracy"] == sum(x > 0 for x in h) / len(h)
+        assert metrics["metrics"]["n_pairs_true"] == 3  # the rows with a confidence
+
+    check(out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["reference"] == {"source": "option", "model": "tiny", "model_loaded": "tiny"}
+    assert metrics["beta_source"] == "option"
+    validation = json.loads((out / "validation.json").read_text())
+    assert validation["data"]["n_rows"] == validation["data"]["n_kept"] == len(ROWS)
+    assert (out / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "reference: tiny (--reference)" in report and "β 0.3 (--beta)" in report
+    assert "![reliability](reliability.png)" in report and "Preference data" in report
+    assert "5 pairs" in capsys.readouterr().out
+
+    # the data's own reference log-probs stand in for the reference model (no --reference)
+    with_ref = [
+        {**r, "ref_chosen_logps": rc, "ref_rejected_logps": rr}
+        for r, (rc, rr) in zip(ROWS, ref, strict=True)
+    ]
+    data_ref = write_jsonl(with_ref, tmp_path / "with_ref.jsonl")
+    assert _eval("--model", policy_dir, "--data", data_ref, "--beta", beta,
+                 "--output-dir", tmp_path / "out_ref") == 0  # fmt: skip
+    check(tmp_path / "out_ref")
+    metrics = json.loads((tmp_path / "out_ref" / "metrics.json").read_text())
+    assert metrics["reference"]["source"] == "data" and metrics["reference"]["model"] is None
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A 2-step LoRA DPO run on tiny (β 0.5, max length 32), evaluated on all its data."""
+    from smoothalign.train import DPOConfig, run_dpo
+
+    folder = tmp_path_factory.mktemp("run")
+    data = write_jsonl(synthetic_rows(12, seed=1, flip_rate=0.25), folder / "pairs.jsonl")
+    config = DPOConfig(
+        model="tiny",
+        data=str(data),
+        eval_data=str(data),
+        output_dir=str(folder / "run"),
+        lora=True,
+        beta=0.5,
+        max_length=32,
+        smoothing="none",
+        batch_size=4,
+        max_steps=2,
+        learning_rate=5e-3,
+        lr_warmup_steps=0,
+        logging_steps=1,
+        eval_samples=0,
+        max_eval_pairs=0,
+        report=False,
+    )
+    run_dpo(config)
+    return folder / "run", data
+
+
+def test_a_dpo_run_folder_brings_its_reference_and_beta(lora_run, tmp_path):
+    run, data = lora_run
+    after = json.loads((run / "eval_results.json").read_text())["after"]
+    assert after["accuracy"] not in (0.5, 1.0)  # trained, and not trivially right
+    for model, out in ((run, tmp_path / "run"), (run / "final", tmp_path / "final")):
+        assert _eval("--model", model, "--data", data, "--output-dir", out) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["beta"] == 0.5 and metrics["beta_source"] == "run"
+        assert metrics["reference"] == {"source": "run", "model": "tiny", "model_loaded": "tiny"}
+        assert metrics["max_length"] == 32 and metrics["run"] == str(run)
+        got = metrics["metrics"]
+        assert got["n_pairs"] == after["n_pairs"] == 12
+        for key in ("accuracy", "accuracy_true"):
+            assert got[key] == after[key], key
+        for key in ("ece", "rms", "ece_true", "kl_true", "margin_mean"):
+            assert got[key] == pytest.approx(after[key], abs=1e-5), key
+        assert len(_lines(out / "forecasts.jsonl")) == 12
+        report = (out / "report.md").read_text()
+        assert f"the model the DPO run {run} trained from" in report
+        assert "β 0.5: the DPO run's" in report
+
+
+def test_a_model_that_is_no_run_needs_a_reference(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    data = write_jsonl(ROWS, tmp_path / "pairs.jsonl")
+    out = tmp_path / "out"
+    assert _eval("--model", "tiny", "--data", data, "--output-dir", out) == 2
+    err = _refused(capsys)
+    assert err.startswith("smoothalign eval preferences: --reference: 'tiny' is not a")
+    assert "pass the model the policy was trained from as --reference" in err
+    assert not out.exists()  # refused before any work
+
+
+def test_a_bad_row_is_named_by_row_and_field(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    rows = [dict(r) for r in ROWS]
+    rows[2]["chosen"] = "   "
+    data = write_jsonl(rows, tmp_path / "pairs.jsonl")
+    out = tmp_path / "out"
+    common = ("--model", "tiny", "--reference", "tiny", "--data", data, "--output-dir", out)
+    assert _eval(*common) == 2
+    err = _refused(capsys)
+    assert "1 of 5 preference rows are invalid" in err
+    assert "row 2, field 'chosen'" in err and "--on-bad-rows skip" in err
+    assert not out.exists()
+
+    assert _eval(*common, "--on-bad-rows", "skip", "--max-pairs", 3) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_pairs"] == 3 and metrics["n_skipped"] == 1
+    assert metrics["n_not_scored"] == 1  # the fourth valid pair, past --max-pairs
+    assert metrics["skipped_by_reason"] == {"empty_response": 1}
+    lines = _lines(out / "forecasts.jsonl")
+    assert [x["row"] for x in lines] == [0, 1, 3]
+    # the policy is its own reference: every margin is exactly 0, every forecast ½
+    assert all(x["margin"] == 0.0 and x["forecast"] == 0.5 for x in lines)
+    (bad,) = json.loads((out / "validation.json").read_text())["data"]["bad_rows"]
+    assert (bad["row"], bad["field"], bad["code"]) == (2, "chosen", "empty_response")
+    assert "row 2, field 'chosen'" in (out / "report.md").read_text()
+
+
+def test_the_data_reference_log_probs_must_cover_every_pair(tmp_path, capsys, monkeypatch):
+    """Validation drops a truncated response's ``ref_*_logps`` (they are of the whole
+    response): without --reference such a pair has no reference, which is said before the
+    weights load."""
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    refs = {"ref_chosen_logps": -3.0, "ref_rejected_logps": -4.0}
+    rows = [
+        {"prompt": "a", "chosen": "b", "rejected": "c", **refs},
+        {"prompt": "a", "chosen": "b", "rejected": "cccccccccc", **refs},  # cut at 6 tokens
+    ]
+    data = write_jsonl(rows, tmp_path / "pairs.jsonl")
+    args = ("--model", "tiny", "--data", data, "--output-dir", tmp_path / "out")
+    assert _eval(*args, "--max-length", 6) == 2
+    err = _refused(capsys)
+    assert "--reference: 1 of 2 pairs have no reference log-probs of their own" in err
+    assert not (tmp_path / "out").exists()
