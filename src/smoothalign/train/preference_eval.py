@@ -49,6 +49,7 @@ from smoothalign.io import config_to_dict
 
 DEFAULT_OUTPUT_DIR = "outputs/eval_preferences"
 DEFAULT_BETA = 0.1
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")  # the data's reference log-probs
 SUMMARY_KEYS = ("accuracy", "accuracy_true", "ece", "rms", "ece_true", "kl_true", "margin_mean")
 
 
@@ -75,12 +76,14 @@ class PreferenceEvalConfig:
 
     def __post_init__(self) -> None:
         check_finite_fields(self)
-        for name in ("model", "data"):
+        for name, what in (("model", "a model name or path"), ("data", "a file or folder")):
             value = getattr(self, name)
             if not isinstance(value, str | os.PathLike) or not os.fspath(value).strip():
-                raise ValueError(f"{name}: expected a model name or path, got {value!r}")
-        if self.beta is not None and not (
-            isinstance(self.beta, int | float) and math.isfinite(self.beta)
+                raise ValueError(f"{name}: expected {what}, got {value!r}")
+        if self.beta is not None and (
+            isinstance(self.beta, bool)
+            or not isinstance(self.beta, int | float)
+            or not math.isfinite(self.beta)
         ):
             raise ValueError(f"beta: must be a finite number > 0, got {self.beta!r}")
         checks = {
@@ -219,9 +222,6 @@ def _every_row_has_ref_logps(rows: list[Any]) -> bool:
     return all(
         isinstance(r, Mapping) and all(r.get(k) is not None for k in REF_COLUMNS) for r in rows
     )
-
-
-REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
 
 def _reference(config: PreferenceEvalConfig, run, rows: list[Any]) -> _Choice:
