@@ -229,3 +229,20 @@ def test_the_data_reference_log_probs_must_cover_every_pair(tmp_path, capsys, mo
     err = _refused(capsys)
     assert "--reference: 1 of 2 pairs have no reference log-probs of their own" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_folder_scores_against_its_model_not_the_data_reference_columns(lora_run, tmp_path):
+    """A LoRA dpo run trained against its base model, never the data's reference columns:
+    evaluating the run on a file that carries them (wrong ones here) gives the run's numbers."""
+    run, data = lora_run
+    after = json.loads((run / "eval_results.json").read_text())["after"]
+    refs = {"ref_chosen_logps": -3.0, "ref_rejected_logps": -40.0}
+    rows = [{**row, **refs} for row in _lines(data)]
+    with_columns = write_jsonl(rows, tmp_path / "with_columns.jsonl")
+    out = tmp_path / "out"
+    assert _eval("--model", run, "--data", with_columns, "--output-dir", out) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["reference"]["source"] == "run"
+    assert metrics["metrics"]["accuracy"] == after["accuracy"]
+    assert metrics["metrics"]["ece"] == pytest.approx(after["ece"], abs=1e-5)
+    assert "ref_rejected_logps are not read" in (out / "report.md").read_text()

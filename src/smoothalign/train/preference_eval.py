@@ -17,8 +17,9 @@ its own, read from the run's ``config.json`` (``model``: what the run loaded and
 the base model of a LoRA run, whose ``final/`` is merged; ``beta``). Otherwise
 ``reference`` (``--reference``) is required, unless every pair carries precomputed reference
 log-probs (``ref_chosen_logps`` / ``ref_rejected_logps`` columns), and β defaults to 0.1.
-An explicit ``reference`` wins over the data's columns, and those over a run's model, as in
-``dpo`` (one source of reference log-probs for every pair).
+An explicit ``reference`` wins over a run's model, and that over the data's columns (one
+source of reference log-probs for every pair): a run's model is what it trained against,
+whereas a LoRA ``dpo`` run never reads the columns.
 
 Files written into ``output_dir`` (each atomically): ``metrics.json`` (the metrics, the
 counts, what was skipped, the model, reference and β used and where each came from),
@@ -225,18 +226,16 @@ def _every_row_has_ref_logps(rows: list[Any]) -> bool:
 
 
 def _reference(config: PreferenceEvalConfig, run, rows: list[Any]) -> _Choice:
-    """Where the reference log-probs come from: ``--reference`` (a model), else the data's
-    columns when every row has them, else the DPO run's model; else refused."""
+    """Where the reference log-probs come from: ``--reference`` (a model), else the DPO run's
+    model (what the run trained against: a LoRA run never reads the data's columns), else the
+    data's columns when every row has them; else refused."""
     from smoothalign.models.loading import check_model_name
 
     if config.reference is not None:
         return _Choice(config.reference, "option", f"reference: {config.reference} (--reference)")
-    if _every_row_has_ref_logps(rows):
+    if run is None and _every_row_has_ref_logps(rows):
         return _Choice(
-            None,
-            "data",
-            "reference log-probs: the data's ref_chosen_logps / ref_rejected_logps"
-            + ("" if run is None else f" (not the DPO run's model, {_run_model(run[1])})"),
+            None, "data", "reference log-probs: the data's ref_chosen_logps / ref_rejected_logps"
         )
     if run is not None:
         model = _run_model(run[1])
@@ -248,11 +247,16 @@ def _reference(config: PreferenceEvalConfig, run, rows: list[Any]) -> _Choice:
                 f"config.json), is not found ({e}); pass it as --reference"
             ) from None
         lora = "; a LoRA run: final/ is the adapter merged into it" if run[1].get("lora") else ""
+        columns = (
+            "; the data's ref_chosen_logps / ref_rejected_logps are not read"
+            if _every_row_has_ref_logps(rows)
+            else ""
+        )
         return _Choice(
             model,
             "run",
             f"reference: {model}, the model the DPO run {run[0]} trained from (its "
-            f"config.json{lora})",
+            f"config.json{lora}){columns}",
         )
     raise ValueError(
         f"reference: {config.model!r} is not a smoothalign DPO run folder, so its reference "
