@@ -6,20 +6,17 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.dist_helpers import torchrun
 from tests.dpo_helpers import cut_alike_rows, synthetic_rows, write_jsonl
 from transformers import TrainerCallback
 
 from smoothalign.train import DPOConfig, run_dpo
 from smoothalign.train.checkpoints import latest_complete_checkpoint, load_smoothing_state
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -325,42 +322,7 @@ def two_process_runs(tmp_path_factory) -> Path:
                  "confidence": 0.8})  # fmt: skip
     rows.append({"prompt": "Q:", "chosen": "ab<eos>ab", "rejected": "cdcd", "confidence": 0.9})
     data = write_jsonl(rows, folder / "pairs.jsonl")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(_free_port()),
-        "--log-dir",
-        str(folder / "logs"),
-        "--redirects",
-        "3",  # each rank's stdout and stderr into a file of its own
-        str(REPO / "tests" / "dist_dpo_worker.py"),
-        str(data),
-        str(folder),
-    ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _, err = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        # a deadlock (a rank waiting in a collective that another never reaches) fails here
-        # rather than hang the suite: torchrun stops its workers (each in a session of its
-        # own, which a kill of torchrun would leave running) on SIGTERM
-        proc.terminate()
-        try:
-            proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-        err = "timed out: deadlocked?"
-    for log in (folder / "logs").rglob("std*.log"):  # <run id>/attempt_0/<rank>/stderr.log
-        shutil.copy(log, folder / f"rank{log.parent.name}.{log.stem[3:]}")
-    logs = [f.read_text()[-3000:] for f in sorted(folder.glob("rank*.err"))]
-    assert proc.returncode == 0, "\n".join([err[-2000:], *logs])
-    return folder
+    return torchrun("dist_dpo_worker.py", folder, str(data), str(folder))
 
 
 def test_two_process_gloo_run_keeps_ranks_identical(two_process_runs):
@@ -433,14 +395,6 @@ def test_two_process_run_says_and_writes_things_once(two_process_runs):
     assert "oracle reward" in report.read_text()
     for name in ("config.json", "validation.json", "eval_results.json", "training_curves.png"):
         assert (two_process_runs / "straight" / name).is_file(), name
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_lora_reference_modes_agree(noisy_data, tmp_path):
