@@ -1,5 +1,5 @@
 """The reward trainer end to end on the tiny Llama with a scalar head: model building, a few
-steps, the report, the CLI."""
+steps, the report, the CLI, data parallelism (2 ranks)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.dist_helpers import records, torchrun
 from tests.dpo_helpers import cut_alike_rows
 from transformers import (
     AutoModelForSequenceClassification,
@@ -368,3 +369,122 @@ def test_the_after_training_evaluation_leaves_no_tensorboard_writer_open(tmp_pat
     assert "tensorboard" in result.trainer.args.report_to
     assert writers and all(w.closed for w in writers)
     assert any("train/final_eval_accuracy" in w.scalars for w in writers)
+
+
+# ---------------------------------------------------------------------------- two ranks
+@pytest.fixture(scope="module")
+def two_process_reward(tmp_path_factory) -> Path:
+    """One torchrun launch (gloo, 2 CPU processes) of tests/dist_reward_worker.py: a run
+    uninterrupted (``straight/``), and the same run crashed after step 5 and resumed from its
+    checkpoint at step 3 (``crashed/``); each rank's output in its own log (``rank<R>.out``,
+    ``rank<R>.err``). The data have 2 pairs that truncation makes identical, which is warned
+    about; 54 training pairs: the 6 steps of 8 stay in the first epoch (its last step, short
+    of pairs, would have the sampler repeat pairs on one rank to even the ranks' batches)."""
+    folder = tmp_path_factory.mktemp("reward_dist")
+    rows = oracle_text_rows(64, seed=4) + cut_alike_rows(4)
+    data = folder / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return torchrun("dist_reward_worker.py", folder, str(data), str(folder))
+
+
+def test_two_process_reward_keeps_ranks_identical(two_process_reward):
+    r0 = torch.load(two_process_reward / "rank0.pt", weights_only=True)
+    r1 = torch.load(two_process_reward / "rank1.pt", weights_only=True)
+    assert r0["world_size"] == r1["world_size"] == 2
+    # real data parallelism: the trainer knows of both ranks, and they see different pairs
+    assert r0["trainer_world_size"] == r1["trainer_world_size"] == 2
+    assert set(r0["first_batch"]).isdisjoint(r1["first_batch"])
+    for run in ("straight", "resumed"):
+        cal0, cal1 = r0[run]["policy"]["calibrator"], r1[run]["policy"]["calibrator"]
+        assert cal0["step"] == cal1["step"] == 6
+        assert torch.equal(cal0["wins"], cal1["wins"]) and cal0["wins"].sum() > 0
+        assert torch.equal(cal0["losses"], cal1["losses"])
+        for k in r0[run]["weights"]:
+            assert torch.equal(r0[run]["weights"][k], r1[run]["weights"][k]), (run, k)
+
+
+def test_two_process_reward_trains_as_one_process(two_process_reward, tmp_path):
+    """PairCountedLoss: a step's loss is the mean over its pairs on every rank (DDP's
+    averaging undone), each window's logged loss pools the pairs of both ranks, and CALS
+    sums both ranks' counts. So the 2-rank run of 4 pairs a rank trains and logs as one
+    process on 8 pairs a step (the same pairs: the sampler shards the same order)."""
+    from tests.dist_reward_worker import config
+
+    one = tmp_path / "one"
+    result = run_reward(config(str(two_process_reward / "pairs.jsonl"), one, batch_size=8))
+    r0 = torch.load(two_process_reward / "rank0.pt", weights_only=True)
+    r1 = torch.load(two_process_reward / "rank1.pt", weights_only=True)
+    first = [int(i) for i in next(iter(result.trainer.get_train_dataloader()))["index"]]
+    assert sorted(first) == sorted(r0["first_batch"] + r1["first_batch"])
+    two = records(two_process_reward / "straight")
+    alone = records(one)
+    train = [r for r in two if r["split"] == "train"]
+    one_train = [r for r in alone if r["split"] == "train"]
+    assert [r["step"] for r in train] == [r["step"] for r in one_train] == [2, 4, 6]
+    for record, single in zip(train, one_train, strict=True):
+        for key in ("loss", "rewards/margins", "rewards/accuracies", "smoothing/alpha_mean"):
+            assert record[key] == pytest.approx(single[key], rel=1e-5, abs=1e-7), key
+    (summary,), (one_summary,) = ([r for r in rs if "train_loss" in r] for rs in (two, alone))
+    assert summary["train_loss"] == pytest.approx(one_summary["train_loss"], rel=1e-5)
+    calibrator = result.trainer.smoothing_policy.calibrator
+    torch.testing.assert_close(r0["straight"]["policy"]["calibrator"]["wins"], calibrator.wins)
+    weights = result.trainer.model.state_dict()
+    for k, v in r0["straight"]["weights"].items():
+        torch.testing.assert_close(v, weights[k], atol=1e-5, rtol=1e-4)
+    # the held-out pairs, scored by both ranks and gathered, count once each
+    results = [json.loads((out / "eval_results.json").read_text())
+               for out in (two_process_reward / "straight", one)]  # fmt: skip
+    for when in ("before", "after"):
+        assert results[0][when]["n_pairs"] == results[1][when]["n_pairs"] == result.n_eval
+        for key, value in results[1][when].items():
+            assert results[0][when][key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+
+
+def test_two_process_reward_resume_equals_uninterrupted(two_process_reward):
+    """A 2-rank reward run resumed (with 2 ranks) from its checkpoint at step 3, saved
+    between two logging steps, so that the loss sums it holds (both terms: the pairs' and
+    the centering's) were gathered across the ranks, ends as the uninterrupted 2-rank run:
+    the same train_loss over every step, CALS state and weights."""
+    straight, crashed = two_process_reward / "straight", two_process_reward / "crashed"
+    sums = torch.load(crashed / "checkpoint-3" / "loss_sums.pt", weights_only=True)
+    assert sorted(sums["run_loss"]) == ["centering", "pairs"]
+    assert sums["run_loss"]["pairs"][1] == 3 * 8  # 3 steps of 4 pairs on each of 2 ranks
+    r0 = torch.load(two_process_reward / "rank0.pt", weights_only=True)
+    assert any("resumed from" in n and "checkpoint-3" in n for n in r0["notes"])
+    (a,), (b,) = ([r for r in records(out) if "train_loss" in r] for out in (straight, crashed))
+    assert "train_loss_from_step" not in b
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-12, abs=0)
+    x, y = r0["straight"], r0["resumed"]
+    for key in ("step", "wins", "losses"):
+        torch.testing.assert_close(
+            x["policy"]["calibrator"][key], y["policy"]["calibrator"][key], atol=1e-6, rtol=0
+        )
+    for k in x["weights"]:
+        torch.testing.assert_close(x["weights"][k], y["weights"][k], atol=1e-6, rtol=0)
+
+
+def test_two_process_reward_says_and_writes_things_once(two_process_reward):
+    """What every rank would say alike (the data's warning, the logged records,
+    transformers' messages) comes from the main process only, rank 1 says nothing that
+    rank 0 says, and the run's files are written once: each record of metrics.jsonl once."""
+    out = {r: (two_process_reward / f"rank{r}.out").read_text() for r in (0, 1)}
+    err = {r: (two_process_reward / f"rank{r}.err").read_text() for r in (0, 1)}
+    assert "identical chosen and rejected sequences after truncation" in err[0]
+    assert "'train_loss'" in out[0] and out[1] == ""  # Trainer's logged dicts
+    said = set(err[0].splitlines()) | set(out[0].splitlines())
+    assert [line for line in err[1].splitlines() if line.strip() and line in said] == []
+    assert "after truncation" not in err[1]
+    assert [line for line in err[1].splitlines() if line.startswith("[transformers]")] == []
+    for run in ("straight", "crashed"):
+        logged = records(two_process_reward / run)
+        assert [r["step"] for r in logged if r["split"] == "train"] == [2, 4, 6], run
+        assert len([r for r in logged if "train_loss" in r]) == 1, run
+        assert len([r for r in logged if "final_eval_accuracy" in r]) == 1, run
+    logged = records(two_process_reward / "straight")
+    assert [r["step"] for r in logged if "eval_accuracy" in r] == [2, 4, 6]
+    straight = two_process_reward / "straight"
+    for name in ("config.json", "validation.json", "eval_results.json", "report.md",
+                 "training_curves.png", "reliability.png", "divergences.png",
+                 "final/model.safetensors", "final/smoothing_state.pt"):  # fmt: skip
+        assert (straight / name).is_file(), name
+    assert not (straight / ".final.partial").exists()

@@ -1,5 +1,5 @@
 """End-to-end SFT on the tiny model: CLI and report, resume, LoRA and full fine-tuning,
-gradient accumulation counted in tokens, the head check."""
+gradient accumulation counted in tokens, data parallelism (2 ranks), the head check."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.dist_helpers import records, torchrun
 from transformers import TrainerCallback
 
 from smoothalign.sft import SFTConfig, run_sft
@@ -558,3 +559,154 @@ def test_the_after_training_evaluation_leaves_no_tensorboard_writer_open(
     assert "tensorboard" in result.trainer.args.report_to
     assert writers and all(w.closed for w in writers)
     assert any(k.startswith("train/final_eval_") for w in writers for k in w.scalars)
+
+
+# ---------------------------------------------------------------------------- two ranks
+@pytest.fixture(scope="module")
+def two_process_sft(tmp_path_factory) -> Path:
+    """One torchrun launch (gloo, 2 CPU processes) of tests/dist_sft_worker.py: a run
+    uninterrupted (``straight/``), and the same run crashed after step 5 and resumed from its
+    checkpoint at step 3 (``crashed/``); each rank's output in its own log (``rank<R>.out``,
+    ``rank<R>.err``). Completions of 1 to 24 characters, so that the ranks' micro-batches
+    differ much in tokens, and one holding a special-token string, which is warned about.
+    54 training rows: the 6 steps of 8 stay in the first epoch (its last step, short of
+    rows, would have the sampler repeat rows on one rank to even the ranks' batches)."""
+    folder = tmp_path_factory.mktemp("sft_dist")
+    rng = random.Random(1)
+    rows = []
+    for i in range(59):
+        prompt = "".join(rng.choice("xyz") for _ in range(rng.randint(3, 8))) + ":"
+        n = 12 if i % 3 == 0 else 1
+        completion = "".join(rng.choice("ab") for _ in range(rng.randint(n, 2 * n)))
+        rows.append({"prompt": prompt, "completion": completion})
+    rows.append({"prompt": "Q:", "completion": "ab<eos>ab"})
+    data = _write(rows, folder / "sft.jsonl")
+    return torchrun("dist_sft_worker.py", folder, str(data), str(folder))
+
+
+@pytest.fixture(scope="module")
+def one_process_sft(two_process_sft, tmp_path_factory) -> tuple[Path, list[dict]]:
+    """The straight run in one process, on 8 rows a step (the 2 ranks' 4 each): its
+    folder, and its training micro-batches as the worker records them."""
+    from tests.dist_sft_worker import config, record_micro_batches
+
+    from smoothalign.sft.trainer import SFTTrainer
+
+    seen: list[dict] = []
+    out = tmp_path_factory.mktemp("sft_one") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SFTTrainer, "compute_loss", record_micro_batches(seen))
+        run_sft(config(str(two_process_sft / "sft.jsonl"), out, batch_size=8))
+    return out, seen
+
+
+def test_two_process_sft_keeps_ranks_identical(two_process_sft):
+    r0 = torch.load(two_process_sft / "rank0.pt", weights_only=True)
+    r1 = torch.load(two_process_sft / "rank1.pt", weights_only=True)
+    assert r0["world_size"] == r1["world_size"] == 2
+    # real data parallelism: the trainer knows of both ranks, and they see different rows
+    assert r0["trainer_world_size"] == r1["trainer_world_size"] == 2
+    for step in range(1, 7):
+        rows = [{i for s in r["seen"] if s["step"] == step for i in s["index"]} for r in (r0, r1)]
+        assert rows[0] and rows[1] and rows[0].isdisjoint(rows[1]), step
+    for run in ("straight", "resumed"):
+        for k in r0[run]:
+            assert torch.equal(r0[run][k], r1[run][k]), (run, k)
+
+
+def test_two_process_sft_pools_tokens_as_one_process(two_process_sft, one_process_sft):
+    """The trainer's docstring: every logged training value is a mean over the completion
+    tokens of the window, all its steps, micro-batches and ranks pooled, and each step's
+    loss is divided by its tokens over both ranks (DDP's averaging undone). So the 2-rank
+    run of 4 rows a rank trains and logs as one process on the same 8 rows a step: the same
+    rows, window means, train_loss and weights. Its loss is the pooled one, not the mean of
+    the ranks' means, which the ranks' token counts here set apart."""
+    one, one_seen = one_process_sft
+    seen = {
+        r: torch.load(two_process_sft / f"rank{r}.pt", weights_only=True)["seen"] for r in (0, 1)
+    }
+    for step in range(1, 7):
+        both = sorted(i for r in (0, 1) for s in seen[r] if s["step"] == step for i in s["index"])
+        alone = sorted(i for s in one_seen if s["step"] == step for i in s["index"])
+        assert both == alone, step
+    two = records(two_process_sft / "straight")
+    train = [r for r in two if r["split"] == "train"]
+    one_records = records(one)
+    one_train = [r for r in one_records if r["split"] == "train"]
+    assert [r["step"] for r in train] == [r["step"] for r in one_train] == [2, 4, 6]
+    apart = 0  # windows where the pooled mean and the mean of the ranks' means differ
+    for record, alone in zip(train, one_train, strict=True):
+        window = {r: [s for s in seen[r] if 0 <= record["step"] - s["step"] < 2] for r in (0, 1)}
+        sums = {r: sum(s["loss_sum"] for s in window[r]) for r in (0, 1)}
+        tokens = {r: sum(s["tokens"] for s in window[r]) for r in (0, 1)}
+        pooled = (sums[0] + sums[1]) / (tokens[0] + tokens[1])
+        mean_of_means = (sums[0] / tokens[0] + sums[1] / tokens[1]) / 2
+        apart += abs(pooled - mean_of_means) > 1e-4 * pooled  # 10x the tolerance below
+        assert record["completion_tokens"] == alone["completion_tokens"] == tokens[0] + tokens[1]
+        assert record["loss"] == pytest.approx(pooled, rel=1e-9)
+        for key in ("loss", "nll", "mean_token_accuracy", "entropy"):
+            assert record[key] == pytest.approx(alone[key], rel=1e-5), (record["step"], key)
+    assert apart >= 2  # the data tell them apart
+    (summary,) = [r for r in two if "train_loss" in r]
+    (one_summary,) = [r for r in one_records if "train_loss" in r]
+    assert summary["train_loss"] == pytest.approx(one_summary["train_loss"], rel=1e-5)
+    a = load_file(two_process_sft / "straight" / "final" / "model.safetensors")
+    b = load_file(one / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    # the 6 held-out rows, scored by both ranks (4 and 2, which the sampler evens out with
+    # 2 repeated) and gathered, count once each
+    results = [
+        json.loads((out / "eval_results.json").read_text())
+        for out in (two_process_sft / "straight", one)
+    ]
+    for when in ("before", "after"):
+        two_eval, one_eval = results[0][when], results[1][when]
+        assert two_eval["n_rows"] == one_eval["n_rows"] == 6
+        assert two_eval["n_tokens"] == one_eval["n_tokens"]
+        for key, value in one_eval.items():
+            assert two_eval[key] == pytest.approx(value, rel=1e-5, abs=1e-7), (when, key)
+
+
+def test_two_process_sft_resume_equals_uninterrupted(two_process_sft):
+    """A 2-rank SFT run resumed (with 2 ranks) from its checkpoint at step 3, saved between
+    two logging steps, so that the token sums it holds were gathered across the ranks, ends
+    as the uninterrupted 2-rank run: the same train_loss over every step, and weights."""
+    straight, crashed = two_process_sft / "straight", two_process_sft / "crashed"
+    assert (crashed / "checkpoint-3" / "loss_sums.pt").is_file()
+    r0 = torch.load(two_process_sft / "rank0.pt", weights_only=True)
+    assert any("resumed from" in n and "checkpoint-3" in n for n in r0["notes"])
+    (a,), (b,) = ([r for r in records(out) if "train_loss" in r] for out in (straight, crashed))
+    assert "train_loss_from_step" not in b
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-12, abs=0)
+    for k in r0["straight"]:
+        torch.testing.assert_close(r0["straight"][k], r0["resumed"][k], atol=1e-6, rtol=0)
+    resumed_window = [r for r in records(crashed) if r["split"] == "train" and r["step"] == 4]
+    assert resumed_window[0]["partial_window"]  # step 4 only: step 3 went into the checkpoint
+
+
+def test_two_process_sft_says_and_writes_things_once(two_process_sft):
+    """What every rank would say alike (the data's warning, the logged records,
+    transformers' messages) comes from the main process only, rank 1 says nothing that
+    rank 0 says, and the run's files are written once: each record of metrics.jsonl once."""
+    out = {r: (two_process_sft / f"rank{r}.out").read_text() for r in (0, 1)}
+    err = {r: (two_process_sft / f"rank{r}.err").read_text() for r in (0, 1)}
+    assert "hold special-token strings" in err[0]
+    assert "'train_loss'" in out[0] and out[1] == ""  # Trainer's logged dicts
+    said = set(err[0].splitlines()) | set(out[0].splitlines())
+    assert [line for line in err[1].splitlines() if line.strip() and line in said] == []
+    assert "special-token" not in err[1]
+    assert [line for line in err[1].splitlines() if line.startswith("[transformers]")] == []
+    for run in ("straight", "crashed"):
+        logged = records(two_process_sft / run)
+        assert [r["step"] for r in logged if r["split"] == "train"] == [2, 4, 6], run
+        assert len([r for r in logged if "train_loss" in r]) == 1, run
+        assert len([r for r in logged if "final_eval_loss" in r]) == 1, run
+    logged = records(two_process_sft / "straight")
+    assert [r["step"] for r in logged if "eval_loss" in r] == [2, 4, 6]
+    straight = two_process_sft / "straight"
+    for name in ("config.json", "validation.json", "eval_results.json", "report.md",
+                 "training_curves.png", "reliability.png", "final/model.safetensors"):  # fmt: skip
+        assert (straight / name).is_file(), name
+    assert not (straight / ".final.partial").exists()

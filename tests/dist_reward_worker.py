@@ -1,0 +1,84 @@
+"""One rank of data-parallel reward-model runs (launched by test_reward_training via torchrun).
+
+In one launch, under gloo: an uninterrupted run of the tiny model with CALS and a
+centering term (two loss terms pooled apart) (``straight``, with evaluations during training
+and the report), the same run crashed after step 5 (its last certified checkpoint at step 3,
+saved between two logging steps, so that the loss sums it holds were gathered across the
+ranks) and that run resumed from its checkpoint (``crashed``). Dumps this rank's calibrator
+state and weights after the runs to ``<out>/rank<R>.pt`` for the test to compare.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from transformers import TrainerCallback  # noqa: E402
+
+from smoothalign.reward import RewardConfig, run_reward  # noqa: E402
+
+
+class _Crash(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 5:
+            raise KeyboardInterrupt("simulated crash after step 5")  # on every rank alike
+
+
+def config(data: str, out: Path, **overrides) -> RewardConfig:
+    """The runs' configuration (the test's single-process run takes it too)."""
+    base = dict(
+        model="tiny",
+        data=data,
+        output_dir=str(out),
+        smoothing="cals-l2",
+        init_confidence=0.9,
+        center_weight=0.01,
+        max_steps=6,
+        save_steps=3,
+        batch_size=4,
+        learning_rate=1e-3,
+        logging_steps=2,
+        eval_steps=0,
+        max_length=32,
+        report=False,
+        lr_warmup_steps=0,
+    )
+    return RewardConfig(**{**base, **overrides})
+
+
+def _state(trainer) -> dict:
+    return {
+        "policy": trainer.smoothing_policy.state_dict(),
+        "weights": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
+    }
+
+
+def main(data: str, out: str) -> None:
+    root = Path(out)
+    rank = int(os.environ["RANK"])
+    trainer = run_reward(config(data, root / "straight", report=True, eval_steps=2)).trainer
+    state = {
+        "world_size": torch.distributed.get_world_size(),
+        "trainer_world_size": trainer.args.world_size,  # 2: data parallel, not 2 copies
+        "first_batch": [int(i) for i in next(iter(trainer.get_train_dataloader()))["index"]],
+        "straight": _state(trainer),
+    }
+    try:
+        run_reward(config(data, root / "crashed"), callbacks=[_Crash()])
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the crash did not happen")
+    resumed = run_reward(config(data, root / "crashed", resume="latest"))
+    state["resumed"] = _state(resumed.trainer)
+    state["notes"] = resumed.notes
+    torch.save(state, root / f"rank{rank}.pt")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
