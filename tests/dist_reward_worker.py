@@ -4,8 +4,9 @@ In one launch, under gloo: an uninterrupted run of the tiny model with CALS and 
 centering term (two loss terms pooled apart) (``straight``, with evaluations during training
 and the report), the same run crashed after step 5 (its last certified checkpoint at step 3,
 saved between two logging steps, so that the loss sums it holds were gathered across the
-ranks) and that run resumed from its checkpoint (``crashed``). Dumps this rank's calibrator
-state and weights after the runs to ``<out>/rank<R>.pt`` for the test to compare.
+ranks) and that run resumed from its checkpoint (``crashed``). Then ``loss_sums`` of loss
+terms that rank 0 alone has buffered. Dumps this rank's calibrator state and weights after
+the runs to ``<out>/rank<R>.pt`` for the test to compare.
 """
 
 from __future__ import annotations
@@ -77,6 +78,17 @@ def main(data: str, out: str) -> None:
     resumed = run_reward(config(data, root / "crashed", resume="latest"))
     state["resumed"] = _state(resumed.trainer)
     state["notes"] = resumed.notes
+    # loss terms buffered on rank 0 only: every rank gathers their sums all the same (else
+    # rank 0 waits there, and fails once rank 1 exits)
+    trainer._stored["train"].clear()
+    trainer._run_loss = {}
+    if rank == 0:
+        trainer.record_loss(pairs=(torch.tensor(3.0), torch.tensor(4.0)))
+        trainer.record_loss(pairs=(torch.tensor(1.5), torch.tensor(2.0)))
+    try:
+        state["probe_sums"] = trainer.loss_sums()
+    except RuntimeError as err:
+        state["probe_sums"] = str(err)
     torch.save(state, root / f"rank{rank}.pt")
 
 

@@ -4,9 +4,9 @@ In one launch, under gloo: an uninterrupted run of the tiny model (``straight``,
 evaluations during training and the report), the same run crashed after step 5 (its last
 certified checkpoint at step 3, saved between two logging steps, so that the loss sums it
 holds were gathered across the ranks) and that run resumed from its checkpoint
-(``crashed``). Dumps to ``<out>/rank<R>.pt`` this rank's weights after the runs and, for
-each training micro-batch of the straight run, its step, rows and (smoothed loss sum,
-completion tokens).
+(``crashed``). Then ``_buffered_sum`` of a value that rank 0 alone has buffered. Dumps to
+``<out>/rank<R>.pt`` this rank's weights after the runs and, for each training micro-batch
+of the straight run, its step, rows and (smoothed loss sum, completion tokens).
 """
 
 from __future__ import annotations
@@ -97,6 +97,15 @@ def main(data: str, out: str) -> None:
         k: v.detach().clone() for k, v in resumed.trainer.model.state_dict().items()
     }
     state["notes"] = resumed.notes
+    # a value buffered on rank 0 only: every rank joins the gather all the same (else rank
+    # 0 waits there, and fails once rank 1 exits)
+    trainer._stored["train"].clear()
+    if rank == 0:
+        trainer.record("train", {"_probe": torch.tensor([1.5, 2.0])})
+    try:
+        state["probe_sum"] = trainer._buffered_sum("_probe")
+    except RuntimeError as err:
+        state["probe_sum"] = str(err)
     torch.save(state, root / f"rank{rank}.pt")
 
 

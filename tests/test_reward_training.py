@@ -403,6 +403,16 @@ def test_two_process_reward_keeps_ranks_identical(two_process_reward):
             assert torch.equal(r0[run]["weights"][k], r1[run]["weights"][k]), (run, k)
 
 
+def test_two_process_loss_sums_join_the_gathers_on_every_rank(two_process_reward):
+    """Loss terms buffered on one rank only (rank 0's two micro-batches, nothing on rank 1)
+    are summed over the ranks on both: the rank without them gathers their names and sums
+    all the same, instead of skipping the terms it has not seen (which left rank 0 waiting
+    in the collective, or failing as rank 1 exited)."""
+    for rank in (0, 1):
+        state = torch.load(two_process_reward / f"rank{rank}.pt", weights_only=True)
+        assert state["probe_sums"] == {"run_loss": {"pairs": [4.5, 6.0]}}, rank
+
+
 def test_two_process_reward_trains_as_one_process(two_process_reward, tmp_path):
     """PairCountedLoss: a step's loss is the mean over its pairs on every rank (DDP's
     averaging undone), each window's logged loss pools the pairs of both ranks, and CALS

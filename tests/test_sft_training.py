@@ -614,6 +614,15 @@ def test_two_process_sft_keeps_ranks_identical(two_process_sft):
             assert torch.equal(r0[run][k], r1[run][k]), (run, k)
 
 
+def test_two_process_sft_buffered_sums_join_the_gather_on_every_rank(two_process_sft):
+    """A value buffered on one rank only (2 values on rank 0, none on rank 1) is summed over
+    the ranks on both: the rank without one joins the gather instead of returning 0 (which
+    left rank 0 waiting in the collective, or failing as rank 1 exited)."""
+    for rank in (0, 1):
+        state = torch.load(two_process_sft / f"rank{rank}.pt", weights_only=True)
+        assert state["probe_sum"] == 3.5, rank
+
+
 def test_two_process_sft_pools_tokens_as_one_process(two_process_sft, one_process_sft):
     """The trainer's docstring: every logged training value is a mean over the completion
     tokens of the window, all its steps, micro-batches and ranks pooled, and each step's

@@ -95,12 +95,26 @@ class SmoothingTrainer(Trainer):
 
     def _buffered_sum(self, name: str) -> float:
         """The sum over ranks, in float64, of the training values buffered under ``name``
-        since the last log, which stay buffered (every rank calls it: it gathers)."""
+        since the last log, which stay buffered. Every rank calls it, and joins the gather
+        whatever it holds: each gathers its own sum, 0 where it buffered nothing (a rank that
+        returned without would leave the others waiting in the collective for good)."""
         values = self._stored["train"].get(name)
-        if not values:
-            return 0.0
-        t = self.accelerator.gather(torch.cat(values).to(self.accelerator.device))
-        return float(t.cpu().numpy().astype(np.float64).sum())
+        local = float(torch.cat(values).cpu().double().sum()) if values else 0.0
+        if self.accelerator.num_processes == 1:
+            return local
+        t = torch.tensor([local], dtype=torch.float64, device=self.accelerator.device)
+        return float(self.accelerator.gather(t).cpu().sum())
+
+    def _buffered_names(self, prefix: str) -> list[str]:
+        """The names under ``prefix`` (``"_loss/"``: ``_loss/<name>/...``) buffered since the
+        last log on any rank (every rank calls it: it gathers), so that every rank then
+        gathers the same sums (:meth:`_buffered_sum`) even where one buffered none."""
+        names = {k.split("/")[1] for k in self._stored["train"] if k.startswith(prefix)}
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            names = set().union(*gather_object([sorted(names)]))
+        return sorted(names)
 
     # ------------------------------------------------------------------ metrics
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -284,10 +298,8 @@ class PairCountedLoss:
 
     def loss_sums(self) -> dict[str, Any]:
         run = {name: list(term) for name, term in self._run_loss.items()}
-        buffered = sorted(
-            {k.split("/")[1] for k in self._stored["train"] if k.startswith("_loss/")}
-        )
-        for name in buffered:  # the steps since the last log, which the checkpoint covers
+        # the steps since the last log, which the checkpoint covers
+        for name in self._buffered_names("_loss/"):
             term = run.setdefault(name, [0.0, 0.0])
             term[0] += self._buffered_sum(f"_loss/{name}/sum")
             term[1] += self._buffered_sum(f"_loss/{name}/count")
