@@ -246,3 +246,78 @@ def test_a_run_folder_scores_against_its_model_not_the_data_reference_columns(lo
     assert metrics["metrics"]["accuracy"] == after["accuracy"]
     assert metrics["metrics"]["ece"] == pytest.approx(after["ece"], abs=1e-5)
     assert "ref_rejected_logps are not read" in (out / "report.md").read_text()
+
+
+def _full_run(folder: Path, rows: list[dict]) -> Path:
+    """A 2-step full fine-tuning DPO run on tiny (reference auto: precomputed), on ``rows``."""
+    from smoothalign.train import DPOConfig, run_dpo
+
+    data = write_jsonl(rows, folder / "pairs.jsonl")
+    config = DPOConfig(
+        model="tiny", data=str(data), eval_data=str(data), output_dir=str(folder / "run"),
+        lora=False, beta=0.5, max_length=32, smoothing="none", batch_size=4, max_steps=2,
+        learning_rate=5e-3, lr_warmup_steps=0, logging_steps=1, eval_samples=0,
+        max_eval_pairs=0, report=False,
+    )  # fmt: skip
+    run_dpo(config)
+    return folder / "run"
+
+
+def test_a_full_fine_tuning_run_scores_with_the_data_columns_it_read(tmp_path):
+    """A full fine-tuning dpo run (reference auto) reads the data's reference columns where
+    every pair has them: scored alike, its forecasts are the run's own numbers, although
+    those columns (made up here) are not what the base model gives."""
+    refs = {"ref_chosen_logps": -3.0, "ref_rejected_logps": -40.0}
+    rows = [{**r, **refs} for r in synthetic_rows(12, seed=2, flip_rate=0.25)]
+    run = _full_run(tmp_path, rows)
+    after = json.loads((run / "eval_results.json").read_text())["after"]
+    assert after["accuracy"] == 0.0  # the made-up reference: h ≈ β·(Δ log π − 37) < 0
+    out = tmp_path / "out"
+    assert _eval("--model", run, "--data", tmp_path / "pairs.jsonl", "--output-dir", out) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["reference"] == {"source": "run", "model": None, "model_loaded": None}
+    for key in ("accuracy", "ece", "rms", "margin_mean"):
+        assert metrics["metrics"][key] == pytest.approx(after[key], abs=1e-5), key
+    assert "as the DPO run read them" in (out / "report.md").read_text()
+
+    # a file where some pair has none: the run would not read them; its model serves
+    partial = write_jsonl(
+        [rows[0], {k: v for k, v in rows[1].items() if k not in refs}],
+        tmp_path / "partial.jsonl",
+    )
+    out2 = tmp_path / "out2"
+    assert _eval("--model", run, "--data", partial, "--output-dir", out2) == 0
+    metrics = json.loads((out2 / "metrics.json").read_text())
+    assert metrics["reference"]["model"] == "tiny"
+    assert "(1 of 2 pairs) are not read" in (out2 / "report.md").read_text()
+
+
+def test_skipped_rows_need_no_reference_columns(tmp_path):
+    """The data's reference columns must cover the pairs scored, not the rows that
+    --on-bad-rows skip drops."""
+    refs = {"ref_chosen_logps": -3.0, "ref_rejected_logps": -4.0}
+    rows = [
+        {"prompt": "a", "chosen": "b", "rejected": "c", **refs},
+        {"prompt": "a", "chosen": "  ", "rejected": "c"},  # bad, and without the columns
+        {"prompt": "d", "chosen": "e", "rejected": "ff", **refs},
+    ]
+    data = write_jsonl(rows, tmp_path / "pairs.jsonl")
+    out = tmp_path / "out"
+    args = ("--model", "tiny", "--data", data, "--output-dir", out, "--on-bad-rows", "skip")
+    assert _eval(*args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["reference"]["source"] == "data"
+    assert metrics["n_pairs"] == 2 and metrics["n_skipped"] == 1
+
+
+def test_a_run_folder_is_refused_as_the_output_folder(lora_run, tmp_path, capsys, monkeypatch):
+    """Writing the evaluation into a run's folder would replace its validation.json and
+    report: refused before any work, the run's files untouched."""
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    run, data = lora_run
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert _eval("--model", run, "--data", data, "--output-dir", run) == 2
+    assert "is a smoothalign run's folder" in _refused(capsys)
+    assert _eval("--model", run, "--data", data, "--output-dir", run / "final") == 2
+    assert "is a model folder" in _refused(capsys)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before

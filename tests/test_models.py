@@ -256,3 +256,19 @@ def test_smollm2_from_wheel_and_cache(monkeypatch, tmp_path):
     out = cached.generate(**enc, max_new_tokens=12, do_sample=False)
     reply = tok2.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in reply
+
+
+def test_a_run_folder_is_announced_by_the_main_process_only(tmp_path, capsys, monkeypatch):
+    """Every rank of a data-parallel run resolves --model runs/x alike: the line saying
+    that runs/x/final is loaded comes from RANK 0 alone."""
+    import json
+
+    from smoothalign.models import loading
+
+    for rank, expected in (("1", False), ("0", True)):
+        run = tmp_path / f"run{rank}"
+        (run / "final").mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"output_dir": str(run)}))
+        monkeypatch.setenv("RANK", rank)
+        assert loading.resolve_model_folder(run) == run / "final"
+        assert ("a smoothalign run folder" in capsys.readouterr().err) is expected

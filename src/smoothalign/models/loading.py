@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from smoothalign._warn import main_process
 from smoothalign.io import follow_umask
 
 __all__ = [
@@ -444,10 +445,11 @@ def resolve_model_folder(path: Path) -> Path:
     if final.is_dir():  # what it holds, the loader checks
         if str(path) not in _noted:
             _noted.add(str(path))
-            print(
-                f"model {path}: a smoothalign run folder; loading the model it saved, {final}",
-                file=sys.stderr,
-            )
+            if main_process():  # every rank of a data-parallel run loads it alike
+                print(
+                    f"model {path}: a smoothalign run folder; loading the model it saved, {final}",
+                    file=sys.stderr,
+                )
         return final
     # certified checkpoints (train.checkpoints.COMPLETE_MARKER) holding a whole model
     checkpoints = sorted(

@@ -17,9 +17,10 @@ its own, read from the run's ``config.json`` (``model``: what the run loaded and
 the base model of a LoRA run, whose ``final/`` is merged; ``beta``). Otherwise
 ``reference`` (``--reference``) is required, unless every pair carries precomputed reference
 log-probs (``ref_chosen_logps`` / ``ref_rejected_logps`` columns), and β defaults to 0.1.
-An explicit ``reference`` wins over a run's model, and that over the data's columns (one
-source of reference log-probs for every pair): a run's model is what it trained against,
-whereas a LoRA ``dpo`` run never reads the columns.
+An explicit ``reference`` always wins (one source of reference log-probs for every pair). A
+run's reference is as the run had it: the data's columns where the run read them (full
+fine-tuning with ``reference`` auto, or ``precomputed``) and every pair scored has them, else
+its model; a LoRA run with ``auto`` never reads the columns.
 
 Files written into ``output_dir`` (each atomically): ``metrics.json`` (the metrics, the
 counts, what was skipped, the model, reference and β used and where each came from),
@@ -140,6 +141,10 @@ class _Choice:
     value: Any
     source: str  # "option", "run", "data" or "default"
     note: str
+    # the reference of a run that read the data's columns where every pair had them: the
+    # columns where every pair scored has them, else the run's model (settled after the rows
+    # are validated: _settle_reference)
+    data_first: bool = False
 
 
 def evaluate_preferences(config: PreferenceEvalConfig) -> PreferenceEvalResult:
@@ -155,6 +160,7 @@ def evaluate_preferences(config: PreferenceEvalConfig) -> PreferenceEvalResult:
 
     t_start = time.perf_counter()
     out = check_output_dir(config.output_dir)
+    _check_not_a_run_or_model(out)
     check_model_name(config.model)
     if config.reference is not None:
         check_model_name(config.reference)
@@ -167,6 +173,28 @@ def evaluate_preferences(config: PreferenceEvalConfig) -> PreferenceEvalResult:
         raise ValueError(f"data: {config.data} holds no rows")
     reference = _reference(config, run, rows)
     return _evaluate(config, out, rows, run, reference, beta, max_length, t_start)
+
+
+def _check_not_a_run_or_model(out: Path) -> None:
+    """Refuse an output folder that holds a training run or a model: this command's
+    ``validation.json``, ``report.md`` and ``reliability.png`` would replace the run's."""
+    from smoothalign.models.loading import _run_record, is_model_folder
+
+    if not out.is_dir():
+        return
+    what = (
+        "a smoothalign run's folder"
+        if _run_record(out) is not None
+        else "a model folder"
+        if is_model_folder(out)
+        else None
+    )
+    if what:
+        raise ValueError(
+            f"output_dir: {out} is {what}; the evaluation's files (validation.json, "
+            "report.md, reliability.png, ...) would replace its own: choose another "
+            "--output-dir"
+        )
 
 
 # ---------------------------------------------------------------------------- settings
@@ -219,24 +247,30 @@ def _max_length(config: PreferenceEvalConfig, run) -> _Choice:
     return _Choice(value, "default", f"max length {value} (dpo's default; --max-length sets it)")
 
 
-def _every_row_has_ref_logps(rows: list[Any]) -> bool:
-    return all(
-        isinstance(r, Mapping) and all(r.get(k) is not None for k in REF_COLUMNS) for r in rows
+def _any_row_has_ref_logps(rows: list[Any]) -> bool:
+    return any(
+        isinstance(r, Mapping) and any(r.get(k) is not None for k in REF_COLUMNS) for r in rows
+    )
+
+
+def _run_reads_columns(record: dict[str, Any]) -> bool:
+    """Whether a DPO run read the data's reference columns (where every pair had them):
+    ``--reference precomputed``, or ``auto`` without LoRA (``train.run``); with LoRA, ``auto``
+    is the adapter-disabled model, and ``model`` a frozen copy: the columns unread."""
+    return record.get("reference") == "precomputed" or (
+        record.get("reference") == "auto" and not record.get("lora")
     )
 
 
 def _reference(config: PreferenceEvalConfig, run, rows: list[Any]) -> _Choice:
-    """Where the reference log-probs come from: ``--reference`` (a model), else the DPO run's
-    model (what the run trained against: a LoRA run never reads the data's columns), else the
-    data's columns when every row has them; else refused."""
+    """Where the reference log-probs come from: ``--reference`` (a model); else as the DPO run
+    had them (its model, or the data's columns where the run read them and every pair scored
+    has them: :func:`_settle_reference`); else the data's columns, which every pair scored
+    must then have (checked once the rows are validated); else refused."""
     from smoothalign.models.loading import check_model_name
 
     if config.reference is not None:
         return _Choice(config.reference, "option", f"reference: {config.reference} (--reference)")
-    if run is None and _every_row_has_ref_logps(rows):
-        return _Choice(
-            None, "data", "reference log-probs: the data's ref_chosen_logps / ref_rejected_logps"
-        )
     if run is not None:
         model = _run_model(run[1])
         try:
@@ -247,22 +281,54 @@ def _reference(config: PreferenceEvalConfig, run, rows: list[Any]) -> _Choice:
                 f"config.json), is not found ({e}); pass it as --reference"
             ) from None
         lora = "; a LoRA run: final/ is the adapter merged into it" if run[1].get("lora") else ""
+        reads = _run_reads_columns(run[1])
         columns = (
-            "; the data's ref_chosen_logps / ref_rejected_logps are not read"
-            if _every_row_has_ref_logps(rows)
-            else ""
+            ""
+            if reads or not _any_row_has_ref_logps(rows)
+            else "; the data's ref_chosen_logps / ref_rejected_logps are not read, as the run "
+            f"did not read them (--reference {run[1].get('reference')}"
+            + (", LoRA)" if run[1].get("lora") else ")")
         )
         return _Choice(
             model,
             "run",
             f"reference: {model}, the model the DPO run {run[0]} trained from (its "
             f"config.json{lora}){columns}",
+            data_first=reads,
+        )
+    if _any_row_has_ref_logps(rows):
+        return _Choice(
+            None, "data", "reference log-probs: the data's ref_chosen_logps / ref_rejected_logps"
         )
     raise ValueError(
         f"reference: {config.model!r} is not a smoothalign DPO run folder, so its reference "
         "model is not known: pass the model the policy was trained from as --reference (or "
         "give every row of the data ref_chosen_logps / ref_rejected_logps)"
     )
+
+
+def _settle_reference(reference: _Choice, examples: list) -> _Choice:
+    """A run's reference that read the data's columns (``data_first``), once the pairs to
+    score are known: the columns where every one of them has its own, as the run read them,
+    else the run's model (the model those columns were computed with)."""
+    if not reference.data_first:
+        return reference
+    if examples and all(ex.ref_chosen_logp is not None for ex in examples):
+        return _Choice(
+            None,
+            "run",
+            "reference log-probs: the data's ref_chosen_logps / ref_rejected_logps, as the DPO "
+            f"run read them (it trained from {reference.value}, --reference "
+            "precomputed or auto without LoRA)",
+        )
+    given = sum(ex.ref_chosen_logp is not None for ex in examples)
+    extra = (
+        f"; the data's reference log-probs ({given} of {len(examples)} pairs) are not read: "
+        "not every pair has its own, and the run reads them only where every pair does"
+        if given
+        else ""
+    )
+    return dataclasses.replace(reference, note=reference.note + extra, data_first=False)
 
 
 # ---------------------------------------------------------------------------- the work
@@ -290,7 +356,6 @@ def _evaluate(
     from smoothalign.train.trainer import fused_logps_enabled
 
     notes = [f"model: {config.model}" + _loads(config.model, loaded_model_path(config.model))]
-    notes += [reference.note, beta.note, max_length.note]
     bf16 = resolve_bf16(config.precision)
 
     def check(tokenizer):  # before the weights load where the tokenizer loads on its own
@@ -298,9 +363,11 @@ def _evaluate(
             rows, tokenizer, max_length.value, config.on_bad_rows, held_out=True
         )
         check_identical_after_truncation([], {"data": report}, max_length.value)  # warns only
+        nonlocal reference
         examples = list(report.examples)
         if config.max_pairs and len(examples) > config.max_pairs:
             examples = examples[: config.max_pairs]
+        reference = _settle_reference(reference, examples)
         _check_data_reference(reference, examples, report)
         return report, examples
 
@@ -318,6 +385,7 @@ def _evaluate(
     n_kept = report.n_kept
     if len(examples) < n_kept:
         notes.append(f"the first {len(examples)} of {n_kept} pairs (--max-pairs)")
+    notes += [reference.note, beta.note, max_length.note]  # the reference as settled
     ref_model = _reference_model(config, reference, examples, tokenizer, notes)
     load_s = time.perf_counter() - t0
 
@@ -424,9 +492,10 @@ def _check_data_reference(reference: _Choice, examples, report) -> None:
     if missing:
         raise ValueError(
             f"reference: {missing} of {len(examples)} pairs have no reference log-probs of "
-            "their own (validation drops the data's where a response is truncated or holds "
-            f"other turns than the assistant's; {report.n_ref_logps_dropped} were): raise "
-            "--max-length, or pass the reference model as --reference"
+            "their own (a row without ref_chosen_logps / ref_rejected_logps; validation also "
+            "drops them where a response is truncated or holds other turns than the "
+            f"assistant's: {report.n_ref_logps_dropped} were): pass the reference model as "
+            "--reference, or raise --max-length"
         )
 
 

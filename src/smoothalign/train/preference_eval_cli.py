@@ -30,9 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--reference",
         default=None,
         help="the reference model π_ref, named as --model is; it must share the model's "
-        "tokenizer (default: the data's ref_chosen_logps / ref_rejected_logps where every row "
-        "has them, as in dpo; else a DPO run's own, the model it trained from; required "
-        "otherwise)",
+        "tokenizer (default: a DPO run folder's own, as the run had it: the model it trained "
+        "from, or the data's ref_chosen_logps / ref_rejected_logps where the run read them and "
+        "every pair has them; for any other model the data's, which every pair must then "
+        "have; required otherwise)",
     )
     parser.add_argument(
         "--beta",
