@@ -88,6 +88,22 @@ def test_reverse_kl_is_infinite_without_floor_and_finite_with_it():
     assert float(value) == 0.0 and bool(torch.isfinite(under.grad).all())
     with pytest.raises(ValueError, match="target_floor"):
         reverse_kl(logits, target, target_floor=-0.1)
+    with pytest.raises(ValueError, match="target_floor"):
+        reverse_kl(logits, target, target_floor=1.0)  # the floored target would be uniform
+
+
+def test_reverse_kl_floor_is_clamp_then_renormalise(rng):
+    """A floor that bites: the target becomes ``max(t, f) / Σ max(t, f)`` (a distribution),
+    checked against a float64 NumPy reference."""
+    logits = rng.normal(0, 2, (6, 4))
+    target = rng.dirichlet(np.full(4, 0.3), size=6)
+    target[:, 0] = 0.0  # entries the floor lifts
+    target /= target.sum(-1, keepdims=True)
+    floor = 0.05
+    floored = np.maximum(target, floor)
+    floored /= floored.sum(-1, keepdims=True)
+    got = reverse_kl(torch.as_tensor(logits), torch.as_tensor(target), target_floor=floor)
+    np.testing.assert_allclose(got.numpy(), ref_kl(np_softmax(logits), floored), rtol=1e-10)
 
 
 def test_forward_kl_on_one_hot_equals_cross_entropy(rng):
