@@ -316,6 +316,12 @@ def test_state_dict_is_a_snapshot(rng):
     other.load_state_dict(state)
     state["wins"] += 1.0
     assert torch.equal(other.wins, wins)
+    # nor does an in-place edit of a state taken later reach the calibrator
+    later = cal.state_dict()
+    wins, losses = cal.wins.clone(), cal.losses.clone()
+    later["wins"] += 1.0
+    later["losses"] += 1.0
+    assert torch.equal(cal.wins, wins) and torch.equal(cal.losses, losses)
 
 
 _DROP = object()
