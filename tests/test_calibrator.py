@@ -232,6 +232,22 @@ def test_exact_ties_are_not_counted(rng):
     assert torch.equal(a.wins, b.wins) and torch.equal(a.losses, b.losses)
 
 
+@pytest.mark.parametrize("bins", [2, 8, 20])
+def test_an_exact_tie_is_looked_up_in_bin_half(bins):
+    """A tie is never counted, but a tied pair still needs a confidence: it is read from bin
+    K/2 (the first bin above 1/2), not from its mirror K/2 − 1. With κ > 0 and c₀ ≠ 1/2 the
+    two differ: here bin K/2 holds n wins and bin K/2 − 1 their n mirrored losses, so the
+    tie's confidence is the SPEC's (n + κ·c₀)/(n + κ), not (0 + κ·c₀)/(n + κ)."""
+    n, kappa, c0 = 6, 4.0, 1.0
+    cal = CALSCalibrator(bins=bins, momentum=0.5, init_confidence=c0, prior_strength=kappa)
+    cal.update([0.5 + 0.25 / bins] * n)  # inside bin K/2
+    assert int(cal.bin_index([0.5])[0]) == bins // 2
+    q = (n + kappa * c0) / (n + kappa)
+    assert float(cal.confidence([0.5])[0]) == pytest.approx(q, rel=1e-12)
+    assert float(cal.alpha([0.5], "l2")[0]) == pytest.approx(2 * q * (1 - q), rel=1e-12)
+    assert float(cal.alpha([0.5], "l0")[0]) == pytest.approx(min(q, 1 - q), rel=1e-12)
+
+
 @pytest.mark.parametrize("kappa", [0.0, 10.0])
 def test_full_confidence_prior_gives_no_smoothing_before_any_update(kappa):
     cal = CALSCalibrator(init_confidence=1.0, prior_strength=kappa)
