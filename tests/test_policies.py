@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,7 @@ from smoothalign.smoothing import (
     forecasts_from_margins,
     make_policy,
 )
+from smoothalign.smoothing.policies import TIE_TOLERANCE
 
 
 def _h(rng, n=32, dtype=torch.float64):
@@ -178,6 +181,11 @@ def test_forecasts_from_margins_only_ties_are_half():
     assert p[0] == 0.5 and p[1] > 0.5 and p[2] < 0.5
     assert p[4] == 0.5 and p[5] == 0.5
     assert torch.allclose(p[3], torch.sigmoid(torch.tensor(3.0, dtype=torch.float64)))
+    # the tolerance itself is not a tie ("below" it is): |h| = TIE_TOLERANCE keeps σ(h)
+    edge = torch.tensor([TIE_TOLERANCE, -TIE_TOLERANCE], dtype=torch.float64)
+    expected = [1 / (1 + math.exp(-TIE_TOLERANCE)), 1 / (1 + math.exp(TIE_TOLERANCE))]
+    assert forecasts_from_margins(edge).tolist() == pytest.approx(expected, rel=1e-15, abs=0)
+    assert forecasts_from_margins(edge)[0] > 0.5 > forecasts_from_margins(edge)[1]
 
 
 def test_policy_state_round_trip(rng):
