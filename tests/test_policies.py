@@ -186,6 +186,8 @@ def test_forecasts_from_margins_only_ties_are_half():
     expected = [1 / (1 + math.exp(-TIE_TOLERANCE)), 1 / (1 + math.exp(TIE_TOLERANCE))]
     assert forecasts_from_margins(edge).tolist() == pytest.approx(expected, rel=1e-15, abs=0)
     assert forecasts_from_margins(edge)[0] > 0.5 > forecasts_from_margins(edge)[1]
+    # forecasts are bookkeeping: no graph back to margins that carry one
+    assert not forecasts_from_margins(torch.ones(3, requires_grad=True)).requires_grad
 
 
 def test_policy_state_round_trip(rng):
