@@ -113,6 +113,10 @@ def test_outcomes_may_be_probabilities(rng):
     assert expected_calibration_error(p, truth) == pytest.approx(ece, abs=1e-12)
     assert rms_calibration_error(p, truth) == pytest.approx(rms, abs=1e-12)
     assert max_calibration_error(p, truth) == pytest.approx(mce, abs=1e-12)
+    # the Brier score too scores against the probability itself, not a rounded label
+    brier = float(np.mean((p - truth) ** 2))
+    assert brier_score(p, truth) == pytest.approx(brier, rel=1e-12)
+    assert calibration_summary(p, truth)["brier"] == pytest.approx(brier, rel=1e-12)
 
 
 def test_input_kinds_agree(rng):
