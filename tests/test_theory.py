@@ -4,6 +4,7 @@ brute-force grid search and gradient descent in float64."""
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -55,6 +56,18 @@ def test_optimal_alpha_l0_is_grid_minimiser_of_monte_carlo_miss_rate(q):
     # the closed-form P(e ≠ 0) of gradient_error_prob agrees with Monte Carlo
     closed = gradient_error_prob(np.full_like(ALPHA_GRID, q), ALPHA_GRID)
     np.testing.assert_allclose(closed, miss, atol=5e-3)
+
+
+def test_miss_probability_with_exact_comparison():
+    """``atol=0`` compares exactly: on dyadic q and α (exact in binary) P(e ≠ 0) equals its
+    enumeration over z in exact rational arithmetic, a hit counting as no miss."""
+    grid = [Fraction(i, 8) for i in range(9)]
+    qs = [q for q in grid for a in grid if a <= Fraction(1, 2)]
+    alphas = [a for q in grid for a in grid if a <= Fraction(1, 2)]
+    ref = [q * (q != 1 - a) + (1 - q) * (q != a) for q, a in zip(qs, alphas, strict=True)]
+    got = gradient_error_prob(np.array(qs, dtype=float), np.array(alphas, dtype=float), atol=0)
+    np.testing.assert_array_equal(got, np.array(ref, dtype=float))
+    assert 0.0 in got  # the exact hits (α = a*_ℓ0(q)) are among them
 
 
 def test_mc_minimiser_is_not_trivially_satisfied():
