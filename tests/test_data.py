@@ -996,6 +996,51 @@ def test_csv_reference_logps_are_parsed_per_cell(tmp_path):
     assert all(r["ref_rejected_logps"] == -4.0 for r in got)
 
 
+def _csv_as_pandas_writes_it(path, rows):
+    """A CSV as ``pd.DataFrame(rows).to_csv(path, index=False)`` writes it: a list cell is
+    its Python repr (``str(value)``)."""
+    import csv
+
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({k: str(v) for k, v in r.items()} for r in rows)
+    return path
+
+
+def test_message_lists_written_out_as_text_are_refused_not_read_as_plain_text(tmp_path, tok):
+    """A CSV cannot hold a message list: pandas writes its Python repr, which validation
+    read as a plain prompt / response (DPO and reward models then trained on
+    ``[{'role': 'user', ...}]``). Such text is a bad row naming file, row and field, with
+    the way out; a JSON-written list in a JSON file's string is refused alike."""
+    path = _csv_as_pandas_writes_it(tmp_path / "chat.csv", [conv_row(i) for i in range(3)])
+    assert load_preference_rows(path)[0]["prompt"] == "[{'role': 'user', 'content': 'hi 0'}]"
+    with pytest.raises(ValueError) as err:
+        validate_preference_rows(path, tok, 64)
+    message = str(err.value)
+    assert "no valid preference row is left. 3 of 3" in message
+    assert f"{path} row 0, field 'prompt': a message list written out as text" in message
+    assert "a CSV cannot hold message lists" in message and "JSONL or Parquet" in message
+    rows = [
+        plain_row(0),
+        plain_row(1, chosen=json.dumps([assistant("hello")])),
+        plain_row(2, rejected='  [ {"content": "x", "role": "assistant"} ]\n'),
+    ]
+    report = validate_preference_rows(rows, tok, 64, on_bad_rows="skip")
+    got = [(b.row, b.field, b.code) for b in report.bad_rows]
+    assert got == [(1, "chosen", "messages_as_text"), (2, "rejected", "messages_as_text")]
+    assert "messages_as_text" in BAD_ROW_CODES
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['[{"a": 1}] as a table?', '[{"a": 1}, {"b": 2}]', "[{x}] is a set", "[{'rolex': 1}]", "[]"],
+)
+def test_text_that_only_starts_like_a_message_list_stays_plain_text(tok, text):
+    report = validate_preference_rows([plain_row(0, prompt=text)], tok, 64)
+    assert report.n_kept == 1
+
+
 @pytest.mark.parametrize("ext", ["jsonl", "json", "csv"])
 def test_a_byte_order_mark_is_dropped_and_non_utf8_bytes_name_the_line(tmp_path, ext):
     path = _write(tmp_path / f"p.{ext}", ROWS)

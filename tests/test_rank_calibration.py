@@ -268,6 +268,27 @@ def test_csv_references_that_look_like_numbers_stay_text(tiny, tmp_path):
     assert not report.bad_rows and len(report.examples) == 2
 
 
+def test_message_lists_written_out_as_text_in_a_csv_are_refused(tiny, tmp_path):
+    """pandas' to_csv writes a message list as its Python repr, which would be generated
+    from as a plain prompt (or trained on as a plain reference): a bad row naming the
+    field, with the way out."""
+    _, tok = tiny
+    path = tmp_path / "chat.csv"
+    prompt = str([{"role": "user", "content": "hi"}]).replace('"', '""')
+    reference = str([{"role": "assistant", "content": "yo"}]).replace('"', '""')
+    path.write_text(f'prompt,reference\n"{prompt}",\nSay hi,"{reference}"\nSay yo,yo\n')
+    with pytest.raises(ValueError, match="1 bad row|2 bad row") as err:
+        load_prompts(path, tok, max_length=64)
+    assert f"{path} row 0, field 'prompt': a message list written out as text" in str(err.value)
+    report = load_prompts(path, tok, max_length=64, on_bad_rows="skip")
+    assert [(b.row, b.field, b.code) for b in report.bad_rows] == [
+        (0, "prompt", "messages_as_text"),
+        (1, "reference", "messages_as_text"),
+    ]
+    assert "JSONL or Parquet" in str(report.bad_rows[1])
+    assert [e.row for e in report.examples] == [2]
+
+
 def test_an_empty_csv_reference_cell_is_an_absent_reference(tiny, tmp_path):
     _, tok = tiny
     path = tmp_path / "p.csv"

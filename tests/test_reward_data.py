@@ -54,6 +54,31 @@ def test_every_label_form_gives_the_probability_that_chosen_wins(tok):
 
 
 # ------------------------------------------------------------- bad rows
+def test_message_lists_written_out_as_text_in_a_csv_are_refused(tok, tmp_path):
+    """A chat data set saved with pandas' to_csv holds the lists' Python repr: a reward model
+    would train on that text. Refused, naming file, row and field, with the way out."""
+    import csv
+
+    path = tmp_path / "chat_votes.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["prompt", "chosen", "rejected", "votes_chosen", "votes_total"])
+        for i in range(3):
+            w.writerow([
+                str([{"role": "user", "content": f"q{i}"}]),
+                str([{"role": "assistant", "content": "good"}]),
+                str([{"role": "assistant", "content": "bad"}]),
+                2,
+                3,
+            ])  # fmt: skip
+    with pytest.raises(ValueError) as err:
+        validate_reward_rows(path, tok, 64)
+    message = str(err.value)
+    assert f"{path} row 0, field 'prompt': a message list written out as text" in message
+    assert "a CSV cannot hold message lists" in message and "JSONL or Parquet" in message
+    assert "3 of 3" in message
+
+
 @pytest.mark.parametrize(
     "label, field, words",
     [

@@ -13,6 +13,7 @@ from tokenizers import processors
 
 from smoothalign.models.loading import build_tiny_tokenizer
 from smoothalign.sft.data import (
+    SFT_BAD_ROW_CODES,
     SFTCollator,
     embedded_sft_rows,
     load_sft_rows,
@@ -678,3 +679,35 @@ def test_text_stays_a_string_in_csv(tmp_path):
     report = _validate(rows)
     assert report.examples[0].input_ids == [*byte_ids("42"), EOS]
     assert report.examples[1].metadata == {"source": "b"}
+
+
+def test_message_lists_written_out_as_text_in_a_csv_are_refused(tmp_path):
+    """pandas' to_csv writes a message list as its Python repr: a 'messages' cell says so
+    (not just "got str"), and a conversational prompt/completion, which would otherwise pass
+    as plain text, is refused alike, naming file, row and field."""
+    import csv
+
+    user, reply = {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}
+    path = tmp_path / "chat.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["messages"], [str([user, reply])]])
+    with pytest.raises(ValueError) as err:
+        _validate(load_sft_rows(path))
+    assert f"{path} row 0, field 'messages': a message list written out as text" in str(err.value)
+    assert "a CSV cannot hold message lists" in str(err.value)
+    path = tmp_path / "prompt_completion.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(
+            [
+                ["prompt", "completion"],
+                [str([user]), str([reply])],
+                ["Q:", str([reply])],
+                ["Q:", " A"],
+            ]
+        )
+    report = _validate(load_sft_rows(path), on_bad_rows="skip")
+    assert [e.row for e in report.examples] == [2]
+    got = [(b.row, b.field, b.code) for b in report.bad_rows]
+    assert got == [(0, "prompt", "messages_as_text"), (1, "completion", "messages_as_text")]
+    assert "JSONL or Parquet" in str(report.bad_rows[1])
+    assert "messages_as_text" in SFT_BAD_ROW_CODES

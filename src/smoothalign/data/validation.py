@@ -44,6 +44,7 @@ import functools
 import math
 import numbers
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Literal, TypeVar
@@ -100,6 +101,7 @@ BAD_ROW_CODES = {
     "bad_split": "the split column holds something other than 'train' or 'eval'",
     "chat_template_prefix": "the chat template breaks the prompt-prefix property",
     "special_token_in_text": "a message's content holds a special-token string of the tokenizer",
+    "messages_as_text": "a text field holds a message list written out as text (a CSV's cell)",
 }
 """Every ``BadRow.code``, with what it means."""
 
@@ -558,10 +560,47 @@ def _check_texts(row: Mapping[str, Any], kind: str, kind_note: str) -> tuple[Any
     return prompt, chosen, rejected, implicit
 
 
+def looks_like_messages_text(value: Any) -> bool:
+    """Whether ``value`` is a string that reads as a list of ``{role, content}`` messages
+    written out as text: ``[{...}]`` (spaces aside) with a quoted ``role`` key, as pandas'
+    ``to_csv`` writes a message-list cell (``"[{'role': 'user', 'content': 'hi'}]"``) and
+    ``json.dumps`` one. Such text is never parsed back (its quoting rules are Python's or
+    JSON's, whichever wrote it): read as a plain prompt or response it would train a model
+    on a Python repr."""
+    if not isinstance(value, str):
+        return False
+    text = value.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return False
+    inner = text[1:-1].strip()
+    return (
+        inner.startswith("{")
+        and inner.endswith("}")
+        and re.search(r"""['"]role['"]\s*:""", inner) is not None
+    )
+
+
+def messages_as_text_error(name: str, value: str) -> BadRowError:
+    """The ``messages_as_text`` bad row of field ``name`` whose ``value``
+    :func:`looks_like_messages_text`."""
+    shown = " ".join(value.split())
+    shown = shown if len(shown) <= 40 else shown[:40] + "..."
+    return BadRowError(
+        name,
+        "messages_as_text",
+        f"a message list written out as text ({shown!r}), not a list of messages: a CSV "
+        "cannot hold message lists (pandas' to_csv writes their Python repr); save the data "
+        "as JSONL or Parquet",
+    )
+
+
 def check_type(name: str, value: Any, kind: str, kind_note: str) -> None:
     """``value`` of field ``name`` has ``kind``'s type (a string for plain data, a message list
-    for conversational), or ``BadRowError``: ``mixed_formats`` for the other type,
-    ``wrong_type`` for anything else."""
+    for conversational), or ``BadRowError``: ``messages_as_text`` for a string that is a
+    message list written out as text (:func:`looks_like_messages_text`), ``mixed_formats``
+    for the other type, ``wrong_type`` for anything else."""
+    if looks_like_messages_text(value):
+        raise messages_as_text_error(name, value)
     expected, other = (list, str) if kind == "conversational" else (str, list)
     if isinstance(value, tuple):
         value = list(value)

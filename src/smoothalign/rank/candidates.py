@@ -60,6 +60,8 @@ from smoothalign.data.validation import (
     blank_reply_reason,
     has_split_column,
     is_blank,
+    looks_like_messages_text,
+    messages_as_text_error,
     missing_reason,
     require_object,
     require_split,
@@ -240,6 +242,8 @@ def _check_row(
     if prompt is None:
         known = ("split", ROW_KEY, FILE_KEY, *REFERENCE_FIELDS, "rejected")
         raise _Bad("prompt", "missing_field", missing_reason(row, "prompt", known))
+    if looks_like_messages_text(prompt):  # a CSV's message list: never read as a plain prompt
+        raise messages_as_text_error("prompt", prompt)
     if isinstance(prompt, str) != (kind == "plain") and isinstance(prompt, str | list):
         found = "a plain string" if isinstance(prompt, str) else "a message list"
         raise _Bad("prompt", "mixed_formats", f"{found} among {kind} prompts (use one form)")
@@ -316,6 +320,8 @@ def _reference_in_prompt_form(name: str, reference: Any, prompt: Any) -> Any:
     a plain-text prompt, assistant messages beside a message list. A reference of the other
     form is ``mixed_formats``, as a prompt of the other form is: each is well formed on its
     own, the row mixes the two (a message list's checks would call a string malformed)."""
+    if looks_like_messages_text(reference):  # a CSV's message list: never read as text
+        raise messages_as_text_error(name, reference)
     if isinstance(prompt, str):
         if isinstance(reference, str):
             return reference

@@ -62,6 +62,8 @@ from smoothalign.data.validation import (
     check_messages,
     check_type,
     is_blank,
+    looks_like_messages_text,
+    messages_as_text_error,
     missing_reason,
     validate_rows,
 )
@@ -86,6 +88,8 @@ SFT_BAD_ROW_CODES = {
     "bad_split": "the split column holds something other than 'train' or 'eval'",
     "chat_template_prefix": "the chat template breaks the prefix property",
     "special_token_in_text": "a message's content holds a special-token string of the tokenizer",
+    "messages_as_text": "a message-list field holds a message list written out as text (a CSV's "
+    "cell)",
 }
 """Every ``BadRow.code`` the SFT checks give, with what it means."""
 
@@ -216,6 +220,8 @@ def _process_row(
                 "ambiguous_format",
                 "the row has both 'messages' and 'prompt'/'completion'; keep one form",
             )
+        if looks_like_messages_text(row["messages"]):
+            raise messages_as_text_error("messages", row["messages"])
         if not isinstance(row["messages"], list | tuple):
             raise BadRowError(
                 "messages",
