@@ -996,6 +996,38 @@ def test_csv_reference_logps_are_parsed_per_cell(tmp_path):
     assert all(r["ref_rejected_logps"] == -4.0 for r in got)
 
 
+def test_copies_of_a_row_are_kept_counted_listed_and_warned_about(tok):
+    """Two rows are copies when their prompt, chosen and rejected are the same as validation
+    reads them (a message's null keys dropped), whatever their other columns; copies are
+    kept (a row may be repeated on purpose), and counted in the report."""
+    rows = [
+        conv_row(0),
+        conv_row(1),
+        conv_row(0, confidence=0.7),  # a copy of row 0: its texts are
+        conv_row(0, prompt=[dict(user("hi 0"), name=None)]),  # a copy too
+        conv_row(0, rejected=[assistant("gone")]),  # not a copy
+        conv_row(1),
+    ]
+    with pytest.warns(UserWarning, match=r"3 of 6 kept rows repeat the text fields") as seen:
+        report = validate_preference_rows(rows, tok, 64)
+    message = str(seen[0].message)
+    assert "row 2 (= row 0), row 3 (= row 0), row 5 (= row 1). They are kept" in message
+    assert report.n_kept == 6 and report.n_duplicates == 3
+    info = report.to_dict()
+    assert info["n_duplicate_rows"] == 3
+    assert [(d["index"], d["first_index"]) for d in info["duplicate_rows"]] == [
+        (2, 0),
+        (3, 0),
+        (5, 1),
+    ]
+    assert "- **warning**: 3 of 6 kept rows repeat" in report.to_markdown()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        unique = validate_preference_rows([plain_row(i) for i in range(3)], tok, 64)
+    assert unique.n_duplicates == 0 and unique.to_dict()["duplicate_rows"] == []
+    assert "repeat" not in unique.to_markdown()
+
+
 def _csv_as_pandas_writes_it(path, rows):
     """A CSV as ``pd.DataFrame(rows).to_csv(path, index=False)`` writes it: a list cell is
     its Python repr (``str(value)``)."""

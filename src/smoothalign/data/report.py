@@ -45,15 +45,100 @@ class BadRow:
         }
 
 
+@dataclass(frozen=True)
+class DuplicateRow:
+    """A kept row whose text fields are those of an earlier kept row (``first_*``): a copy.
+
+    ``index`` / ``first_index`` are positions in the list given to validation, ``row`` /
+    ``first_row`` rows in their files (as :class:`BadRow`'s)."""
+
+    index: int
+    row: int
+    file: str | None
+    first_index: int
+    first_row: int
+    first_file: str | None
+
+    @property
+    def location(self) -> str:
+        return location(self.file, self.row)
+
+    @property
+    def first_location(self) -> str:
+        return location(self.first_file, self.first_row)
+
+    def __str__(self) -> str:
+        first = f"row {self.first_row}" if self.file == self.first_file else self.first_location
+        return f"{self.location} (= {first})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "row": self.row,
+            "file": self.file,
+            "first_index": self.first_index,
+            "first_row": self.first_row,
+            "first_file": self.first_file,
+        }
+
+
+def find_duplicates(examples: list[Any]) -> list[DuplicateRow]:
+    """The examples (anything with ``index``, ``row``, ``file`` and ``content_key``) whose
+    ``content_key`` an earlier one has, in order; each names the first of its copies.
+    Examples without a key (``None``) are never copies."""
+    first: dict[str, Any] = {}
+    out = []
+    for ex in examples:
+        key = ex.content_key
+        if key is None:
+            continue
+        if key in first:
+            f = first[key]
+            out.append(DuplicateRow(ex.index, ex.row, ex.file, f.index, f.row, f.file))
+        else:
+            first[key] = ex
+    return out
+
+
 @dataclass
 class RowReport:
     """What a row validation kept and rejected: ``examples`` (the kept rows, in row order),
-    ``bad_rows`` (every rejected row, one entry per row: its first problem, in row order) and
-    ``n_rows`` (rows given to validation)."""
+    ``bad_rows`` (every rejected row, one entry per row: its first problem, in row order),
+    ``n_rows`` (rows given to validation) and ``duplicates`` (kept rows whose text fields,
+    ``copied``, are an earlier kept row's: kept, but counted and warned about)."""
 
     examples: list[Any]
     bad_rows: list[BadRow]
     n_rows: int
+    duplicates: list[DuplicateRow] = field(default_factory=list, kw_only=True)
+
+    copied: ClassVar[str] = "text fields"  # what a duplicate row repeats of an earlier one
+
+    @property
+    def n_duplicates(self) -> int:
+        """Kept rows that repeat an earlier kept row (the first of each set of copies is
+        not counted)."""
+        return len(self.duplicates)
+
+    def duplicate_counts(self) -> dict[str, Any]:
+        """``n_duplicate_rows`` and ``duplicate_rows`` (every copy), for a JSON report."""
+        return {
+            "n_duplicate_rows": self.n_duplicates,
+            "duplicate_rows": [d.to_dict() for d in self.duplicates],
+        }
+
+    def duplicates_warning(self, listed: int = 3) -> str | None:
+        """What :attr:`duplicates` means for the run (the first ``listed`` named), or
+        ``None`` without any."""
+        if not self.duplicates:
+            return None
+        first = ", ".join(str(d) for d in self.duplicates[:listed])
+        more = f" and {self.n_duplicates - listed} more" if self.n_duplicates > listed else ""
+        return (
+            f"{self.n_duplicates} of {self.n_kept} kept rows repeat the {self.copied} of an "
+            f"earlier row: {first}{more}. They are kept (a row given twice is trained on "
+            "twice), and a seeded holdout keeps every copy of a row on the same side"
+        )
 
     @property
     def n_kept(self) -> int:
@@ -121,11 +206,13 @@ class TokenizedRowsReport(RowReport):
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready counts and every bad row (the kept examples are not included)."""
+        """JSON-ready counts, every copied row and every bad row (the kept examples are not
+        included)."""
         return {
             "kind": self.kind,
             "max_length": self.max_length,
             **self.row_counts(),
+            **self.duplicate_counts(),
             **self._counts(),
             "n_special_text": len(self.special_text),
             "special_text": list(self.special_text),
@@ -142,6 +229,8 @@ class TokenizedRowsReport(RowReport):
             f"- rows: {self.n_rows} read, {self.n_kept} kept, {self.n_skipped} skipped",
             *self._summary_lines(),
         ]
+        if self.duplicates:
+            lines.append(f"- **warning**: {self.duplicates_warning()} (all in {self.details})")
         warning = self.special_text_warning()
         if warning is not None:
             lines.append(f"- **warning**: {warning} (all listed in {self.details})")

@@ -83,6 +83,8 @@ class TokenizedPair:
             assistant turns (offsets into the untruncated response, so they may reach past
             a cut one): only their tokens count in ``log π(y|x)``; ``None``: every token.
         metadata: every other column of the row (e.g. oracle rewards), unchanged.
+        content_key: a digest of the row's text fields (``validation.content_key``): rows
+            with the same one are copies of each other, which a holdout keeps together.
     """
 
     prompt_ids: list[int]
@@ -99,6 +101,7 @@ class TokenizedPair:
     metadata: dict[str, Any] = field(default_factory=dict)
     chosen_spans: Spans | None = None
     rejected_spans: Spans | None = None
+    content_key: str | None = field(default=None, compare=False, repr=False)
 
 
 class RowTokenizationError(ValueError):

@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
+import json
 import math
 import numbers
 import os
@@ -65,6 +67,7 @@ from smoothalign.data.report import (
     BadRow,
     TokenizedRowsReport,
     ValidationReport,
+    find_duplicates,
     format_bad_rows,
 )
 from smoothalign.data.tokenization import (
@@ -305,21 +308,44 @@ def validate_rows(
             require_object(row)
             if split_column:
                 require_split(row)
-            report.examples.append(
-                process_row(index, row, kind, kind_note, tokenizer, max_length, report)
-            )
+            example = process_row(index, row, kind, kind_note, tokenizer, max_length, report)
         except (BadRowError, RowTokenizationError) as bad:
             report.bad_rows.append(bad_row(index, row, bad))
             continue
+        example.content_key = content_key(row, kind_fields)
+        report.examples.append(example)
         if specials:
             report.special_text += _special_text(index, row, kind_fields, specials, tokenizer)
     if report.special_text:
         warn_main(f"{what} data: {report.special_text_warning()}", stacklevel=3)
+    report.duplicates = find_duplicates(report.examples)
+    if report.duplicates:
+        warn_main(f"{what} data: {report.duplicates_warning()}", stacklevel=3)
 
     if report.bad_rows and (on_bad_rows == "error" or not report.examples):
         prefix = "" if report.examples else f"no valid {what} row is left. "
         raise ValueError(prefix + format_bad_rows(report.bad_rows, len(rows), what=f"{what} rows"))
     return report
+
+
+def content_key(row: Mapping[str, Any], fields: Sequence[str]) -> str:
+    """A digest of ``row``'s text ``fields`` (an empty string counting as absent, a
+    message's ``None``-valued keys dropped, as validation reads them): two rows with the same
+    one are copies of each other as far as training and a held-out set go, whatever their
+    other columns (a label, a confidence) say."""
+    content = {}
+    for name in fields:
+        value = row.get(name)
+        if value is None or (isinstance(value, str) and not value):
+            continue
+        if isinstance(value, list | tuple):
+            value = [
+                {k: v for k, v in m.items() if v is not None} if isinstance(m, Mapping) else m
+                for m in value
+            ]
+        content[name] = value
+    text = json.dumps(content, sort_keys=True, ensure_ascii=False, default=repr)
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
 def _special_text(

@@ -39,15 +39,16 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from smoothalign._warn import warn_main
 from smoothalign.data import BadRow, fit_response, load_preference_rows
 from smoothalign.data.loading import FILE_KEY, ROW_KEY, location
-from smoothalign.data.report import RowReport
+from smoothalign.data.report import RowReport, find_duplicates
 from smoothalign.data.tokenization import (
     RowTokenizationError,
     Spans,
@@ -58,6 +59,7 @@ from smoothalign.data.validation import (
     BadRowError,
     bad_row,
     blank_reply_reason,
+    content_key,
     has_split_column,
     is_blank,
     looks_like_messages_text,
@@ -88,6 +90,7 @@ class PromptExample:
     reference_spans: Spans | None = None  # its replies' tokens, where it holds several
     reference_truncated: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
+    content_key: str | None = field(default=None, compare=False, repr=False)  # of the prompt
 
     @property
     def location(self) -> str:
@@ -105,10 +108,13 @@ class PromptReport(RowReport):
     n_reference_truncated: int = 0
     reference_fields: dict[str, int] = field(default_factory=dict)
 
+    copied: ClassVar[str] = "prompt"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
             **self.row_counts(),
+            **self.duplicate_counts(),
             "kind": self.kind,
             "n_with_reference": self.n_with_reference,
             "reference_fields": self.reference_fields,
@@ -124,6 +130,8 @@ class PromptReport(RowReport):
             f"- reference responses: {self.n_with_reference} ({fields_used}); "
             f"{self.n_reference_truncated} cut to fit max_length",
         ]
+        if self.duplicates:
+            lines.append(f"- **warning**: {self.duplicates_warning()} (all in prompts.json)")
         lines += [f"- skipped: {b}" for b in self.bad_rows[:max_listed]]
         if self.n_skipped > max_listed:
             lines.append(f"- ... and {self.n_skipped - max_listed} more (see prompts.json)")
@@ -206,6 +214,7 @@ def load_prompts(
         except (BadRowError, RowTokenizationError) as e:
             bad.append(bad_row(index, row, e))
             continue
+        ex.content_key = content_key(row, ("prompt",))
         examples.append(ex)
         if ex.reference_field:
             used[ex.reference_field] = used.get(ex.reference_field, 0) + 1
@@ -218,7 +227,7 @@ def load_prompts(
         )
     if not examples:
         raise ValueError(f"prompts: no usable row in {name} ({len(bad)} bad)")
-    return PromptReport(
+    report = PromptReport(
         examples,
         bad,
         len(rows),
@@ -227,7 +236,11 @@ def load_prompts(
         n_with_reference=sum(e.reference_ids is not None for e in examples),
         n_reference_truncated=sum(e.reference_truncated for e in examples),
         reference_fields=used,
+        duplicates=find_duplicates(examples),
     )
+    if report.duplicates:
+        warn_main(f"prompts: {name}: {report.duplicates_warning()}", stacklevel=2)
+    return report
 
 
 def _check_row(

@@ -120,6 +120,7 @@ def load_rank_prompts(
         config.seed,
         what="prompts",
         eval_option="--eval-prompts",
+        key_of=lambda ex: ex.content_key,  # copies of a prompt stay on one side
     )
     if config.nll_weight > 0:
         missing = [ex for ex in train if ex.reference_ids is None]

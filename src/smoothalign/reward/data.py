@@ -63,7 +63,7 @@ from smoothalign.data import (
 )
 from smoothalign.data.collate import ExampleDataset
 from smoothalign.data.loading import file_label, not_an_object, row_location
-from smoothalign.data.report import RowReport, format_bad_rows
+from smoothalign.data.report import DuplicateRow, RowReport, format_bad_rows
 from smoothalign.data.validation import BadRowError, bad_row, require_object
 
 LABEL_FIELDS = ("p_chosen", "votes_chosen", "votes_total", "votes")
@@ -130,6 +130,7 @@ class RewardValidationReport(RowReport):
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.row_counts(),
+            **self.duplicate_counts(),
             "n_from_votes": self.n_from_votes,
             "labels_source": self.labels_source,
             "label_stats": self.label_stats(),
@@ -161,6 +162,8 @@ class RewardValidationReport(RowReport):
                 f"- format: {t.kind}; max_length {t.max_length} tokens; responses truncated: "
                 f"{t.n_truncated}; rows with a true confidence: {t.n_with_confidence}"
             )
+        if self.duplicates:
+            lines.append(f"- **warning**: {self.duplicates_warning()} (all in validation.json)")
         lines += [f"- {n}" for n in self.notes]
         lines += self.bad_rows_markdown(max_listed)
         return "\n".join(lines) + "\n"
@@ -430,6 +433,11 @@ def validate_reward_rows(
             for b in text_report.bad_rows
         ]
         bad += text_report.bad_rows
+        text_report.duplicates = [
+            DuplicateRow(kept_at[d.index], d.row, d.file, kept_at[d.first_index], d.first_row,
+                         d.first_file)
+            for d in text_report.duplicates
+        ]  # fmt: skip
         for ex in text_report.examples:
             p, c, t = label_of[ex.index]
             ex.index = kept_at[ex.index]
@@ -442,6 +450,7 @@ def validate_reward_rows(
         text=text_report,
         n_from_votes=sum(e.votes_total is not None for e in examples),
         labels_source=source,
+        duplicates=[] if text_report is None else list(text_report.duplicates),
     )
     if bad and (on_bad_rows == "error" or not examples):
         prefix = "" if examples else "no valid soft-label preference row is left. "

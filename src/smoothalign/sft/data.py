@@ -102,7 +102,7 @@ class SFTExample:
     trained on (a completion / assistant token, or any but the first of a ``text`` row),
     ``-100`` elsewhere. ``index``: position in the rows given to validation; ``row``/``file``:
     where it came from; ``truncated``: cut to fit ``max_length``; ``metadata``: every other
-    column.
+    column; ``content_key``: a digest of its text fields (copies of a row share it).
     """
 
     input_ids: list[int]
@@ -112,6 +112,7 @@ class SFTExample:
     file: str | None = None
     truncated: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
+    content_key: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def n_completion_tokens(self) -> int:

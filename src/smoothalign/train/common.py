@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from smoothalign._warn import warn_main
+from smoothalign.data.loading import location
 from smoothalign.data.validation import identical_after_truncation
 from smoothalign.progress import enabled as progress_enabled
 from smoothalign.smoothing import SmoothingPolicy, make_policy
@@ -165,12 +166,24 @@ def split_by_column(
     return parts
 
 
-def holdout(examples: list, fraction: float, seed: int) -> tuple[list, list]:
-    """A seeded random ``(train, eval)`` split with ``round(fraction·n)`` (≥ 1) eval items."""
-    order = list(range(len(examples)))
+def holdout(
+    examples: list, fraction: float, seed: int, key_of: Callable[[Any], Any] | None = None
+) -> tuple[list, list]:
+    """A seeded random ``(train, eval)`` split with ``round(fraction·n)`` (≥ 1) eval items.
+
+    With ``key_of`` (an example's ``content_key``: ``None`` for one that has none), examples
+    of one key, copies of one row, count as one item of ``n``, and all go to the side it
+    draws: a held-out row is never a copy of a training row. Without copies the split is
+    the one drawn without ``key_of``."""
+    items: dict[Any, list[int]] = {}
+    for i, ex in enumerate(examples):
+        key = None if key_of is None else key_of(ex)
+        items.setdefault((i,) if key is None else key, []).append(i)  # (i,): no str key
+    members = list(items.values())
+    order = list(range(len(members)))
     random.Random(seed).shuffle(order)
-    n_eval = max(1, round(fraction * len(examples))) if fraction > 0 else 0
-    eval_ids = set(order[:n_eval])
+    n_eval = max(1, round(fraction * len(members))) if fraction > 0 else 0
+    eval_ids = {i for item in order[:n_eval] for i in members[item]}
     train = [ex for i, ex in enumerate(examples) if i not in eval_ids]
     return train, [ex for i, ex in enumerate(examples) if i in eval_ids]
 
@@ -185,10 +198,16 @@ def train_eval_split(
     *,
     what: str = "pairs",
     eval_option: str = "--eval-data",
+    key_of: Callable[[Any], Any] | None = None,
+    where_of: Callable[[Any], Any] | None = None,
 ) -> tuple[list, list, list[str]]:
     """``(train, eval, notes)``: a separate eval set when given (the data's own ``eval`` rows
     are then not trained on), else the data's ``split`` column, else a seeded holdout.
-    ``what`` and ``eval_option`` name the rows and the caller's eval-set option in errors."""
+    ``what`` and ``eval_option`` name the rows and the caller's eval-set option in errors.
+    ``key_of`` gives an example's ``content_key`` (rows with the same one are copies): the
+    holdout keeps copies on one side (:func:`holdout`), and held-out examples that copy a
+    training one (the eval set's or the split column's choice) are a note and a warning,
+    naming them by ``where_of`` (default ``row_of``)."""
     by_split = split_by_column(examples, metadata_of, row_of)
     notes = []
     if eval_examples is not None:
@@ -203,7 +222,7 @@ def train_eval_split(
         train, evals = by_split["train"], by_split["eval"]
         notes.append("train/eval split: the data's 'split' column")
     else:
-        train, evals = holdout(examples, eval_fraction, seed)
+        train, evals = holdout(examples, eval_fraction, seed, key_of)
         notes.append(f"train/eval split: a seeded {eval_fraction:.0%} holdout")
     if not train:
         raise ValueError(f"data: no training {what} left after validation and the eval split")
@@ -217,7 +236,28 @@ def train_eval_split(
         raise ValueError(
             f"eval_data: no evaluation {what}; pass {eval_option} or --eval-fraction > 0"
         )
+    if key_of is not None:
+        notes += _held_out_copies(train, evals, key_of, where_of or row_of, what)
     return train, evals, notes
+
+
+def _held_out_copies(
+    train: list, evals: list, key_of: Callable[[Any], Any], where_of: Callable[[Any], Any], what
+) -> list[str]:
+    """A note (and a warning) on the held-out examples whose ``key_of`` a training example
+    has: their metrics are partly on what was trained on."""
+    trained = {key_of(ex) for ex in train} - {None}
+    copies = [ex for ex in evals if key_of(ex) in trained]
+    if not copies:
+        return []
+    listed = ", ".join(str(where_of(ex)) for ex in copies[:5])
+    more = f" and {len(copies) - 5} more" if len(copies) > 5 else ""
+    note = (
+        f"{len(copies)} of the {len(evals)} held-out {what} repeat training {what} "
+        f"({listed}{more}): the held-out metrics are partly on rows trained on"
+    )
+    warn_main(note, stacklevel=3)  # every rank split the same data: said by the main process
+    return [note]
 
 
 def split_validated(
@@ -242,6 +282,8 @@ def split_validated(
         eval_fraction,
         seed,
         what=what,
+        key_of=lambda ex: base_of(ex).content_key,
+        where_of=lambda ex: location(base_of(ex).file, base_of(ex).row),
     )
     return train, evals, info, md, notes
 

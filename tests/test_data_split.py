@@ -1,0 +1,167 @@
+"""The train/eval split of every trainer's data (``train.common``): copies of a row stay on
+one side of a seeded holdout, held-out copies of training rows are said, and the data the
+runs read through their own loading functions (``sft``, ``dpo``, ``reward``,
+``rank-calibrate``), with no model loaded."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+
+from data_helpers import make_byte_tokenizer
+from smoothalign.train.common import holdout, train_eval_split
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return make_byte_tokenizer()
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _sft_rows(n: int) -> list[dict]:
+    return [{"prompt": f"Review {i}:", "completion": f" fine {i}"} for i in range(n)]
+
+
+def _pair_rows(n: int, **extra) -> list[dict]:
+    return [
+        {"prompt": f"Q{i}:", "chosen": f" good {i}", "rejected": f" bad {i}", **extra}
+        for i in range(n)
+    ]
+
+
+# ---------------------------------------------------------------------------- holdout
+def test_a_holdout_without_copies_is_the_split_it_always_was():
+    """The same seed draws the same rows whether or not the rows carry keys: data without
+    copies splits as before copies were looked for (values from the earlier code)."""
+    rows = list(range(20))
+    assert holdout(rows, 0.1, 0) == ([r for r in rows if r not in (10, 18)], [10, 18])
+    assert holdout(rows, 0.1, 0, key_of=str) == holdout(rows, 0.1, 0)
+    assert holdout(list(range(40)), 0.25, 7)[1] == [5, 8, 10, 11, 12, 15, 19, 21, 30, 35]
+    assert holdout(list(range(40)), 0.25, 7, key_of=lambda r: None) == holdout(
+        list(range(40)), 0.25, 7
+    )
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_holdout_keeps_every_copy_of_a_row_on_one_side(seed):
+    """10 rows given 4 times: the 10% holdout draws one of the 10 rows, with its 4 copies;
+    no held-out row is a training row's copy (they were 3 in 4 before)."""
+    rows = [(i, copy) for copy in range(4) for i in range(10)]
+    train, evals = holdout(rows, 0.1, seed, key_of=lambda r: r[0])
+    assert len(evals) == 4 and len({r[0] for r in evals}) == 1
+    assert not {r[0] for r in evals} & {r[0] for r in train}
+    assert sorted(train + evals) == sorted(rows) and len(train) == 36
+
+
+def test_held_out_copies_of_training_rows_from_a_split_column_are_said():
+    rows = [{"text": "a", "split": "train"}, {"text": "a", "split": "eval"}]
+    rows += [{"text": "b", "split": "eval"}]
+    with pytest.warns(UserWarning, match=r"1 of the 2 held-out rows repeat training rows \(1\)"):
+        train, evals, notes = train_eval_split(
+            rows, None, lambda r: r, lambda r: rows.index(r), 0.1, 0, what="rows",
+            key_of=lambda r: r["text"],
+        )  # fmt: skip
+    assert len(train) == 1 and len(evals) == 2
+    assert any("held-out metrics are partly on rows trained on" in n for n in notes)
+
+
+# ---------------------------------------------------------------------------- the runs' data
+def test_sft_rows_given_four_times_are_counted_and_held_out_together(tmp_path, tok):
+    """The review's case: 10 SFT rows repeated 4 times read as 40 rows, 40 kept, and a seeded
+    holdout drawn from copies of training rows. The copies are kept (and trained on), but
+    counted in validation.json and report.md, warned about, and held out together."""
+    from smoothalign.sft.config import SFTConfig
+    from smoothalign.sft.run import load_sft_data
+
+    data = _write(tmp_path / "sft.jsonl", _sft_rows(10) * 4)
+    config = SFTConfig(model="tiny", data=str(data), output_dir=str(tmp_path / "run"))
+    with pytest.warns(UserWarning, match="30 of 40 kept rows repeat the text fields") as seen:
+        train, evals, info, md, notes = load_sft_data(config, tok)
+    message = str(next(w.message for w in seen if "repeat" in str(w.message)))
+    assert f"{data} row 10 (= row 0), {data} row 11 (= row 1), {data} row 12 (= row 2)" in message
+    assert "and 27 more" in message
+    assert len(train) + len(evals) == 40 and len(evals) == 4
+    assert not {e.row % 10 for e in evals} & {e.row % 10 for e in train}
+    assert info["train"]["n_duplicate_rows"] == 30 and info["train"]["n_kept"] == 40
+    first = info["train"]["duplicate_rows"][0]
+    assert (first["row"], first["first_row"], first["file"]) == (10, 0, str(data))
+    assert "**warning**: 30 of 40 kept rows repeat the text fields of an earlier row" in md
+    assert not any("held-out" in n and "repeat" in n for n in notes)
+
+
+def test_rows_without_copies_say_nothing_of_copies(tmp_path, tok):
+    from smoothalign.sft.config import SFTConfig
+    from smoothalign.sft.run import load_sft_data
+
+    data = _write(tmp_path / "sft.jsonl", _sft_rows(20))
+    config = SFTConfig(model="tiny", data=str(data), output_dir=str(tmp_path / "run"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train, evals, info, md, _ = load_sft_data(config, tok)
+    assert [e.row for e in evals] == [10, 18]  # the holdout it always drew (seed 0)
+    assert info["train"]["n_duplicate_rows"] == 0 and "repeat" not in md
+
+
+def test_dpo_pairs_are_copies_by_their_texts_whatever_their_other_columns(tmp_path, tok):
+    from smoothalign.train.config import DPOConfig
+    from smoothalign.train.run import _load_data, _read_data
+
+    rows = _pair_rows(10) + [dict(r, confidence=0.9) for r in _pair_rows(10)]
+    rows.append({"prompt": "Q0:", "chosen": " good 0", "rejected": " other"})  # not a copy
+    data = _write(tmp_path / "pairs.jsonl", rows)
+    config = DPOConfig(model="tiny", data=str(data), output_dir=str(tmp_path / "run"))
+    rows, eval_rows, _ = _read_data(config)
+    with pytest.warns(UserWarning, match="10 of 21 kept rows repeat the text fields"):
+        train, evals, md, _, _, info = _load_data(config, tok, rows, eval_rows)
+    assert info["train"]["n_duplicate_rows"] == 10
+    assert [d["first_row"] for d in info["train"]["duplicate_rows"]] == list(range(10))
+    keys = {e.row % 10 for e in evals if e.row < 20}
+    assert len(evals) == 2 and not keys & {e.row % 10 for e in train if e.row < 20}
+    assert "kept rows repeat the text fields" in md
+
+
+def test_reward_copies_are_counted_in_the_reward_report(tmp_path, tok):
+    from smoothalign.reward.config import RewardConfig
+    from smoothalign.reward.run import load_reward_data
+
+    data = _write(tmp_path / "votes.jsonl", _pair_rows(10, p_chosen=0.8) * 2)
+    config = RewardConfig(model="tiny", data=str(data), output_dir=str(tmp_path / "run"))
+    with pytest.warns(UserWarning, match="10 of 20 kept rows repeat"):
+        train, evals, info, md, _ = load_reward_data(config, tok)
+    assert info["train"]["n_duplicate_rows"] == 10
+    assert info["train"]["duplicate_rows"][0]["index"] == 10
+    assert info["train"]["text"]["duplicate_rows"][0]["index"] == 10
+    assert "**warning**: 10 of 20 kept rows repeat" in md
+    assert len(evals) == 4 and len({e.pair.row % 10 for e in evals}) == 2  # 20% of 10, twice
+    assert not {e.pair.row % 10 for e in evals} & {e.pair.row % 10 for e in train}
+
+
+def test_rank_prompts_are_copies_by_their_prompt_and_held_out_together(tmp_path):
+    """rank-calibrate's 8 held-out prompts were all training prompts too: prompts are now
+    held out with their copies (the reference may differ: the prompt is what is ranked)."""
+    from smoothalign.models.loading import build_tiny_tokenizer
+    from smoothalign.rank.config import RankConfig
+    from smoothalign.rank.run import load_rank_prompts
+
+    rows = [{"prompt": f"q{i}:", "reference": f"a{k}"} for k in range(4) for i in range(20)]
+    data = _write(tmp_path / "prompts.jsonl", rows)
+    config = RankConfig(
+        reward_model=str(tmp_path / "rm"),  # not read here
+        prompts=str(data),
+        output_dir=str(tmp_path / "run"),
+        eval_fraction=0.1,
+        max_eval_prompts=0,
+    )
+    with pytest.warns(UserWarning, match="60 of 80 kept rows repeat the prompt of an earlier"):
+        train, evals, info, md, _ = load_rank_prompts(config, build_tiny_tokenizer())
+    assert len(evals) == 8 and len({e.prompt for e in evals}) == 2
+    assert not {e.prompt for e in evals} & {e.prompt for e in train}
+    assert info["train"]["n_duplicate_rows"] == 60 and "repeat the prompt" in md
