@@ -118,7 +118,7 @@ def test_dpo_pairs_are_copies_by_their_texts_whatever_their_other_columns(tmp_pa
     rows.append({"prompt": "Q0:", "chosen": " good 0", "rejected": " other"})  # not a copy
     data = _write(tmp_path / "pairs.jsonl", rows)
     config = DPOConfig(model="tiny", data=str(data), output_dir=str(tmp_path / "run"))
-    rows, eval_rows, _ = _read_data(config)
+    rows, eval_rows, _, _ = _read_data(config)
     with pytest.warns(UserWarning, match="10 of 21 kept rows repeat the text fields"):
         train, evals, md, _, _, info = _load_data(config, tok, rows, eval_rows)
     assert info["train"]["n_duplicate_rows"] == 10
@@ -165,3 +165,119 @@ def test_rank_prompts_are_copies_by_their_prompt_and_held_out_together(tmp_path)
     assert len(evals) == 8 and len({e.prompt for e in evals}) == 2
     assert not {e.prompt for e in evals} & {e.prompt for e in train}
     assert info["train"]["n_duplicate_rows"] == 60 and "repeat the prompt" in md
+
+
+# ---------------------------------------------------------------------------- a folder's eval files
+def test_a_folder_s_eval_files_beside_its_train_files_are_its_held_out_files(tmp_path):
+    from smoothalign.data.loading import held_out_files, load_preference_rows
+
+    rows = _pair_rows(3)
+    folder = tmp_path / "d"
+    _write(folder / "train.jsonl", rows)
+    _write(folder / "eval.jsonl", rows[:1])
+    _write(folder / "test.jsonl", rows[1:])
+    assert held_out_files(folder) == [folder / "eval.jsonl"]
+    assert len(load_preference_rows(folder)) == 3  # train.jsonl alone, as before
+    (got,) = load_preference_rows(folder, split="eval")
+    assert got["_file"] == str(folder / "eval.jsonl") and got["_row"] == 0
+    shards = tmp_path / "shards"
+    _write(shards / "train-00000-of-00001.jsonl", rows)
+    _write(shards / "validation-00000-of-00002.jsonl", rows[:1])
+    _write(shards / "validation-00001-of-00002.jsonl", rows[1:2])
+    assert [p.name for p in held_out_files(shards)] == [
+        "validation-00000-of-00002.jsonl",
+        "validation-00001-of-00002.jsonl",
+    ]
+    assert len(load_preference_rows(shards, split="eval")) == 2
+    only_data = tmp_path / "flat"  # no train file: every file is data, none held out
+    _write(only_data / "a.jsonl", rows)
+    _write(only_data / "eval.jsonl", rows)
+    assert held_out_files(only_data) == [] and len(load_preference_rows(only_data)) == 6
+    assert held_out_files(folder / "train.jsonl") == [] and held_out_files(rows) == []
+    with pytest.raises(ValueError, match="is not a folder with eval files"):
+        load_preference_rows(only_data, split="eval")
+
+
+def test_a_folder_with_eval_and_validation_files_is_ambiguous(tmp_path):
+    from smoothalign.data.loading import held_out_files
+
+    for name in ("train.jsonl", "eval.jsonl", "validation.jsonl"):
+        _write(tmp_path / name, _pair_rows(2))
+    with pytest.raises(ValueError, match="both eval and validation files .*--eval-data"):
+        held_out_files(tmp_path)
+
+
+def _sft_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "sft"
+    _write(folder / "train.jsonl", _sft_rows(10))
+    _write(folder / "eval.jsonl", [{"prompt": "Held out:", "completion": " yes"}] * 1)
+    return folder
+
+
+def test_sft_reads_a_data_folder_s_eval_file_as_its_held_out_rows(tmp_path, tok):
+    """``--data folder`` with train.jsonl and eval.jsonl: eval.jsonl was silently ignored and
+    a seeded holdout drawn from train.jsonl; now eval.jsonl is the held-out set, as
+    ``--eval-data folder/eval.jsonl`` would be, and the notes say so."""
+    from smoothalign.sft.config import SFTConfig
+    from smoothalign.sft.run import load_sft_data
+
+    folder = _sft_folder(tmp_path)
+    config = SFTConfig(model="tiny", data=str(folder), output_dir=str(tmp_path / "run"))
+    train, evals, info, md, notes = load_sft_data(config, tok)
+    assert len(train) == 10 and [(e.file, e.row) for e in evals] == [
+        (str(folder / "eval.jsonl"), 0)
+    ]
+    assert info["eval"]["n_kept"] == 1 and "Eval data:" in md
+    assert any(f"held-out set: eval.jsonl of the data folder {folder}" in n for n in notes)
+    assert not any("holdout" in n for n in notes)
+
+    other = _write(tmp_path / "other.jsonl", [{"prompt": "Other:", "completion": " x"}] * 1)
+    config.eval_data = str(other)
+    train, evals, _, _, notes = load_sft_data(config, tok)
+    assert len(train) == 10 and {e.file for e in evals} == {str(other)}
+    assert f"data: the folder {folder} holds eval.jsonl, not read: --eval-data given" in notes
+
+
+def test_dpo_and_reward_read_a_data_folder_s_eval_file(tmp_path, tok):
+    from smoothalign.reward.config import RewardConfig
+    from smoothalign.reward.run import load_reward_data
+    from smoothalign.train.config import DPOConfig
+    from smoothalign.train.run import _load_data, _read_data
+
+    folder = tmp_path / "pairs"
+    _write(folder / "train.jsonl", _pair_rows(10, p_chosen=0.8))
+    _write(folder / "eval.jsonl", [dict(r, prompt="E" + r["prompt"]) for r in _pair_rows(2)])
+    config = DPOConfig(model="tiny", data=str(folder), output_dir=str(tmp_path / "dpo"))
+    rows, eval_rows, notes, option = _read_data(config)
+    assert len(eval_rows) == 2 and option == "the data folder's eval.jsonl"
+    train, evals, _, _, _, info = _load_data(config, tok, rows, eval_rows, option)
+    assert len(train) == 10 and {e.file for e in evals} == {str(folder / "eval.jsonl")}
+    assert any("held-out set: eval.jsonl" in n for n in notes)
+
+    config = RewardConfig(model="tiny", data=str(folder), output_dir=str(tmp_path / "rm"))
+    with pytest.raises(ValueError, match=r"eval.jsonl row 0, field 'p_chosen': no soft label"):
+        load_reward_data(config, tok)  # held-out pairs need their labels as --eval-data's do
+    _write(
+        folder / "eval.jsonl",
+        [dict(r, prompt="E" + r["prompt"]) for r in _pair_rows(2, p_chosen=1)],
+    )
+    train, evals, info, _, notes = load_reward_data(config, tok)
+    assert len(train) == 10 and [e.pair.file for e in evals] == [str(folder / "eval.jsonl")] * 2
+    assert any("held-out set: eval.jsonl" in n for n in notes)
+
+
+def test_rank_reads_a_prompts_folder_s_eval_file(tmp_path):
+    from smoothalign.models.loading import build_tiny_tokenizer
+    from smoothalign.rank.config import RankConfig
+    from smoothalign.rank.run import load_rank_prompts
+
+    folder = tmp_path / "prompts"
+    _write(folder / "train.jsonl", [{"prompt": f"q{i}:", "reference": "a"} for i in range(10)])
+    _write(folder / "eval.jsonl", [{"prompt": "held out:"}])
+    config = RankConfig(
+        reward_model=str(tmp_path / "rm"), prompts=str(folder), output_dir=str(tmp_path / "run")
+    )
+    train, evals, info, md, notes = load_rank_prompts(config, build_tiny_tokenizer())
+    assert len(train) == 10 and [e.prompt for e in evals] == ["held out:"]
+    assert info["eval"]["n_kept"] == 1 and "the data folder's eval.jsonl" in md
+    assert any("(--eval-prompts names another)" in n for n in notes)

@@ -50,6 +50,7 @@ def load_preference_rows(
     *,
     text_fields: Sequence[str] = TEXT_FIELDS,
     what: str = "preference data",
+    split: str = "train",
 ) -> list[dict[str, Any]]:
     """Read preference rows (TRL's ``prompt``/``chosen``/``rejected`` format) into dicts.
 
@@ -65,7 +66,11 @@ def load_preference_rows(
             * a folder: if it holds ``train.<ext>`` or HF-style shards ``train-*.<ext>``, only
               those are read (two ``train.<ext>`` of different formats is an error); otherwise
               every supported file directly in it (not in subfolders, hidden files skipped).
-              Files are read in sorted name order and their rows concatenated;
+              Files are read in sorted name order and their rows concatenated. Beside train
+              files, ``eval.<ext>`` / ``eval-*.<ext>`` (or HF's ``validation.<ext>`` /
+              ``validation-*.<ext>``, not both) are the folder's held-out rows
+              (:func:`held_out_files`), read with ``split="eval"``; ``test.*`` and other
+              files are never read there;
             * a ``datasets.Dataset`` (or a ``DatasetDict`` with a ``"train"`` split);
             * a list of dicts.
 
@@ -76,6 +81,9 @@ def load_preference_rows(
         (e.g. passed through twice) keep it. A row that is not an object (a list, a number)
         is not an error here: it becomes ``{"_row": i, "_not_an_object": "list"}`` (and
         ``"_file"``), which validation reports as ``not_a_mapping`` (:func:`not_an_object`).
+
+    ``split``: ``"eval"`` reads a folder's held-out files instead of its train files (an
+    error for any other source, or a folder without them).
 
     CSV holds plain text only: the ``text_fields`` are always read as strings
     (so an answer "4" stays the string "4"), as is ``pair_id`` ("007" is not 7); an empty
@@ -90,6 +98,13 @@ def load_preference_rows(
             file (the message names the file and line), or an unsupported source.
     """
     spec = _Spec(tuple(text_fields), what)
+    if split not in ("train", "eval"):
+        raise ValueError(f"split: expected 'train' or 'eval', got {split!r}")
+    if split == "eval":
+        files = held_out_files(source)
+        if not files:
+            raise ValueError(f"{what}: {source} is not a folder with eval files beside train files")
+        return _read_files(files, spec)
     if isinstance(source, str | os.PathLike):
         return _load_path(Path(source), spec)
     if _is_hf_dataset(source):
@@ -157,22 +172,115 @@ def _load_path(path: Path, spec: _Spec) -> list[dict[str, Any]]:
     return rows
 
 
-def _load_folder(folder: Path, spec: _Spec) -> list[dict[str, Any]]:
-    files = sorted(
+EVAL_SPLITS = ("eval", "validation")
+"""The names of a data folder's held-out files beside its train files (``eval.jsonl``,
+``validation-00000-of-00002.parquet``): smoothalign's split name and Hugging Face's."""
+
+
+def _data_files(folder: Path) -> list[Path]:
+    return sorted(
         p
         for p in folder.iterdir()
         if p.is_file() and not p.name.startswith(".") and _extension(p) in SUPPORTED_EXTENSIONS
     )
+
+
+def _split_files(files: list[Path], name: str, folder: Path, what: str) -> list[Path]:
+    """The files of split ``name`` (``name.<ext>`` or shards ``name-*.<ext>``); two
+    ``name.<ext>`` of different formats are an error."""
+    found = [p for p in files if p.stem == name or p.stem.startswith(f"{name}-")]
+    if sum(p.stem == name for p in found) > 1:
+        names = ", ".join(p.name for p in found if p.stem == name)
+        raise ValueError(f"{what} folder {folder} has several {name} files ({names}); keep one")
+    return found
+
+
+def held_out_files(source: Any, what: str = "data") -> list[Path]:
+    """A data folder's held-out files: its ``eval.<ext>`` / ``eval-*.<ext>`` (or
+    ``validation.*``) files, where it has train files beside them; ``[]`` for any other
+    source (a file, a folder without train files, whose every file is data, rows).
+
+    Raises:
+        ValueError: the folder holds both eval and validation files, or two eval files of
+            different formats (which is the held-out set is not for us to guess).
+    """
+    if not isinstance(source, str | os.PathLike) or not Path(source).is_dir():
+        return []
+    folder = Path(source)
+    files = _data_files(folder)
+    if not _split_files(files, "train", folder, what):
+        return []
+    splits = [found for n in EVAL_SPLITS if (found := _split_files(files, n, folder, what))]
+    if len(splits) > 1:
+        names = ", ".join(p.name for found in splits for p in found)
+        raise ValueError(
+            f"{what} folder {folder} has both eval and validation files ({names}): which one "
+            "is the held-out set? Keep one, or name it with --eval-data"
+        )
+    return splits[0] if splits else []
+
+
+@dataclass(frozen=True)
+class HeldOutSource:
+    """Where a run's held-out rows come from, as :func:`folder_held_out` settles it.
+
+    ``rows``: a data folder's held-out rows (loaded, not validated) where they are the
+    held-out set, else ``None`` (the eval option's data, or a split of the data); ``notes``:
+    what the run's report says of the folder's held-out files; ``option``: how messages
+    name the held-out set (the eval option, or the folder's files)."""
+
+    rows: list[dict[str, Any]] | None
+    notes: list[str]
+    option: str
+
+
+def folder_held_out(
+    data: Any,
+    eval_data: Any,
+    *,
+    eval_option: str = "--eval-data",
+    text_fields: Sequence[str] = TEXT_FIELDS,
+    what: str = "preference data",
+) -> HeldOutSource:
+    """The held-out set of a run whose ``data`` may be a folder with train and eval files
+    (:func:`held_out_files`): without ``eval_data``, the folder's eval rows (a note says so);
+    with it, a note that they were not read. Any other ``data``: nothing to say.
+
+    Raises:
+        ValueError: an ambiguous folder (:func:`held_out_files`), or eval files that hold
+            no row.
+    """
+    files = held_out_files(data, what)
+    if not files:
+        return HeldOutSource(None, [], eval_option)
+    names = ", ".join(p.name for p in files)
+    if eval_data is not None:
+        note = f"data: the folder {data} holds {names}, not read: {eval_option} given"
+        return HeldOutSource(None, [note], eval_option)
+    rows = load_preference_rows(data, text_fields=text_fields, what=what, split="eval")
+    if not rows:
+        raise ValueError(f"data: {names} in the folder {data} holds no rows")
+    note = (
+        f"held-out set: {names} of the data folder {data}, beside its train files "
+        f"({eval_option} names another)"
+    )
+    return HeldOutSource(rows, [note], f"the data folder's {names}")
+
+
+def _load_folder(folder: Path, spec: _Spec) -> list[dict[str, Any]]:
+    files = _data_files(folder)
     if not files:
         raise ValueError(
             f"{spec.what} folder {folder} holds no {'/'.join(SUPPORTED_EXTENSIONS)} file"
         )
-    train = [p for p in files if p.stem == "train" or p.stem.startswith("train-")]
-    if sum(p.stem == "train" for p in train) > 1:
-        names = ", ".join(p.name for p in train if p.stem == "train")
-        raise ValueError(f"{spec.what} folder {folder} has several train files ({names}); keep one")
+    train = _split_files(files, "train", folder, spec.what)
+    return _read_files(train or files, spec)
+
+
+def _read_files(files: list[Path], spec: _Spec) -> list[dict[str, Any]]:
+    """The rows of ``files``, in order, each labelled with its file."""
     rows: list[dict[str, Any]] = []
-    for p in train or files:
+    for p in files:
         for row in _label_rows(_read_file(p, spec)):
             row[FILE_KEY] = file_label(p)
             rows.append(row)
@@ -348,12 +456,16 @@ def _label_rows(rows: Sequence[Any]) -> list[dict[str, Any]]:
 
 
 __all__ = [
+    "EVAL_SPLITS",
     "FILE_KEY",
+    "HeldOutSource",
     "NOT_OBJECT_KEY",
     "ROW_KEY",
     "SUPPORTED_EXTENSIONS",
     "check_paths_exist",
     "file_label",
+    "folder_held_out",
+    "held_out_files",
     "load_preference_rows",
     "location",
     "not_an_object",

@@ -70,6 +70,7 @@ from smoothalign.data.validation import (
 )
 
 REFERENCE_FIELDS = ("reference", "completion", "chosen")
+PROMPT_TEXT_FIELDS = ("prompt", *REFERENCE_FIELDS, "rejected")  # strings in CSV
 Scorer = Callable[[list[Any], list[str]], Sequence[float]]
 """``scorer(prompts, responses) -> scores``: one float per (prompt, response text)."""
 
@@ -196,7 +197,7 @@ def load_prompts(
         raise ValueError(f"on_bad_rows: {on_bad_rows!r}; choose error or skip")
     name = source_name or (str(source) if isinstance(source, str | Path) else "prompts")
     # CSV: the text columns stay strings (a reference "4" is text, not a number)
-    rows = load_preference_rows(source, text_fields=("prompt", *REFERENCE_FIELDS, "rejected"))
+    rows = load_preference_rows(source, text_fields=PROMPT_TEXT_FIELDS)
     if not rows:
         raise ValueError(f"prompts: {name} holds no rows")
     first = next((r["prompt"] for r in rows if isinstance(r.get("prompt"), str | list)), "")

@@ -17,11 +17,14 @@ HELP = {
     "causal-LM folder (a smoothalign run's folder: the model in its final/) or a .gguf file",
     "reward_model": "REQUIRED: the preference model, a folder written by `smoothalign reward` "
     "(the run folder or its final/); loaded from safetensors, trust_remote_code off",
-    "prompts": "prompts: a JSONL/JSON/Parquet/CSV file or folder with a 'prompt' column "
+    "prompts": "prompts: a JSONL/JSON/Parquet/CSV file or folder (its train.* files if it has "
+    "any, its eval.* (or validation.*) files beside them then being the held-out prompts "
+    "unless --eval-prompts is given; else all its data files) with a 'prompt' column "
     "(string or messages) and optionally a reference response ('reference', else "
     "'completion', else 'chosen'); default: the shipped sentiment_pairs.jsonl prompts "
     "(reference = their 'chosen')",
-    "eval_prompts": "held-out prompts (default: the prompts' 'split'=='eval' rows, else a holdout)",
+    "eval_prompts": "held-out prompts (default: a --prompts folder's eval.* files, else the "
+    "prompts' 'split'=='eval' rows, else a holdout)",
     "eval_fraction": "holdout fraction when the prompts have no split column and no --eval-prompts",
     "max_prompts": "use at most this many training prompts (0: all)",
     "max_eval_prompts": "evaluate at most this many held-out prompts (0: all)",

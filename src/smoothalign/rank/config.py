@@ -20,7 +20,7 @@ class RankConfig:
     policy: str = "smollm2-135m"
     reward_model: str | None = None
     prompts: str | None = None  # None: the shipped sentiment_pairs.jsonl prompts
-    eval_prompts: str | None = None  # None: the prompts' 'split'=='eval' rows, else a holdout
+    eval_prompts: str | None = None  # None: a folder's eval.*, the 'eval' rows, a holdout
     eval_fraction: float = 0.2
     max_prompts: int = 0  # training prompts used (0: all)
     max_eval_prompts: int = 64  # held-out prompts evaluated before and after (0: all)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from transformers import set_seed
 
+from smoothalign.data.loading import folder_held_out
 from smoothalign.io import (
     atomic_write_json,
     atomic_write_text,
@@ -27,6 +28,7 @@ from smoothalign.io import (
     swap_in_folder,
 )
 from smoothalign.rank.candidates import (
+    PROMPT_TEXT_FIELDS,
     PromptExample,
     RankedPrompt,
     candidates_jsonl,
@@ -92,19 +94,29 @@ def load_rank_prompts(
     config: RankConfig, tokenizer: Any
 ) -> tuple[list[PromptExample], list[PromptExample], dict[str, Any], str, list[str]]:
     """``(train, eval, prompts_dict, prompts_markdown, notes)``. The eval prompts are
-    ``--eval-prompts``, else the prompts' ``split == 'eval'`` rows, else a seeded holdout;
+    ``--eval-prompts``, else a prompts folder's eval files beside its train files, else the
+    prompts' ``split == 'eval'`` rows, else a seeded holdout (copies of a prompt together);
     with the NLL term on, every *training* prompt needs a reference response."""
     source, name = _prompt_source(config)
     common = dict(max_length=config.max_length, on_bad_rows=config.on_bad_rows)
     report = load_prompts(source, tokenizer, source_name=name, **common)
     info: dict[str, Any] = {"train": report.to_dict()}
     md = [report.to_markdown()]
+    # a prompts folder's eval.* beside its train.* is the held-out set, unless --eval-prompts
+    folder = folder_held_out(
+        config.prompts,
+        config.eval_prompts,
+        eval_option="--eval-prompts",
+        text_fields=PROMPT_TEXT_FIELDS,
+        what="prompts",
+    )
     eval_examples = None
-    if config.eval_prompts is not None:
+    eval_source = config.eval_prompts if config.eval_prompts is not None else folder.rows
+    if eval_source is not None:
         eval_report = load_prompts(
-            config.eval_prompts,
+            eval_source,
             tokenizer,
-            source_name=str(config.eval_prompts),
+            source_name=str(config.eval_prompts) if folder.rows is None else folder.option,
             held_out=True,
             **common,
         )
@@ -119,9 +131,10 @@ def load_rank_prompts(
         config.eval_fraction,
         config.seed,
         what="prompts",
-        eval_option="--eval-prompts",
+        eval_option=folder.option,
         key_of=lambda ex: ex.content_key,  # copies of a prompt stay on one side
     )
+    notes = folder.notes + notes
     if config.nll_weight > 0:
         missing = [ex for ex in train if ex.reference_ids is None]
         if missing:

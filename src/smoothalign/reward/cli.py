@@ -17,13 +17,16 @@ HELP = {
     "saved from a *ForSequenceClassification model (a smoothalign run's folder: the model in "
     "its final/)",
     "data": "soft-label pairs: a JSONL/JSON/Parquet/CSV file or folder (its train.* / train-*.* files "
-    "if it has any, else all its data files) in TRL format "
+    "if it has any, its eval.* / eval-*.* (or validation.*) files beside them then being the "
+    "held-out pairs, labelled in their rows, unless --eval-data is given; else all its data "
+    "files) in TRL format "
     "(prompt/chosen/rejected) with p_chosen, or votes_chosen + votes_total, or a votes list; "
     "default: the oracle text world (simulated annotators, known truth)",
     "labels": "soft labels in a separate file, joined on pair_id: one row per pair "
     "(p_chosen | votes_chosen + votes_total | votes) or one row per annotator vote "
     "({pair_id, vote: 0/1})",
-    "eval_data": "held-out pairs (default: the data's 'split'=='eval' rows, else a holdout)",
+    "eval_data": "held-out pairs (default: a --data folder's eval.* files, else the data's "
+    "'split'=='eval' rows, else a holdout)",
     "eval_labels": "soft labels of --eval-data in a separate file, joined on pair_id",
     "loss": "bt (Bradley–Terry on the majority vote), soft-bce (target = vote share), fkl, "
     "rkl, jsd (divergences of SPEC §6)",

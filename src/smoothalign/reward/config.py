@@ -27,7 +27,7 @@ class RewardConfig:
     model: str = "tiny"
     data: str | None = None  # None: the oracle text world (see oracle_* below)
     labels: str | None = None  # soft labels in a separate file, joined on pair_id
-    eval_data: str | None = None  # None: the data's 'split'=='eval' rows, else a holdout
+    eval_data: str | None = None  # None: a data folder's eval.*, the 'eval' rows, a holdout
     eval_labels: str | None = None
     eval_fraction: float = 0.2
     output_dir: str = "outputs/reward"

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 from transformers import set_seed
 
-from smoothalign.data.loading import check_paths_exist
+from smoothalign.data.loading import check_paths_exist, folder_held_out
 from smoothalign.io import atomic_write_json, config_flags
 from smoothalign.reward.config import RewardConfig
 from smoothalign.reward.data import (
@@ -151,13 +151,17 @@ def load_reward_data(
         )
     else:
         rows = config.data
+    # a data folder's eval.* beside its train.* is the held-out set, unless --eval-data
+    folder = folder_held_out(config.data, config.eval_data)
+    notes += folder.notes
     report = validate_reward_rows(
         rows, tokenizer, config.max_length, config.on_bad_rows, labels=config.labels
     )
     eval_report = None
-    if config.eval_data is not None:
+    eval_rows = config.eval_data if config.eval_data is not None else folder.rows
+    if eval_rows is not None:
         eval_report = validate_reward_rows(
-            config.eval_data,
+            eval_rows,
             tokenizer,
             config.max_length,
             config.on_bad_rows,
@@ -170,6 +174,7 @@ def load_reward_data(
         lambda ex: ex.pair,
         config.eval_fraction,
         config.seed,
+        eval_option=folder.option,
     )
     texts = {"data": report.text, "eval_data": eval_report and eval_report.text}
     check_identical_after_truncation(

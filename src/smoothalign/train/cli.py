@@ -16,11 +16,13 @@ HELP = {
     "config-built Llama for tests), or a local model folder (a smoothalign run's folder: the "
     "model in its final/) / .gguf file",
     "data": "preference data: a JSONL/JSON/Parquet/CSV file or a folder (its train.* / train-*.* "
-    "files if it has any, else all its data files), TRL format "
+    "files if it has any, its eval.* / eval-*.* (or validation.*) files beside them then being "
+    "the held-out set unless --eval-data is given; else all its data files), TRL format "
     "(prompt/chosen/rejected, plain or conversational: a response's user/tool turns are not "
     "scored, only its assistant turns; optional confidence); default: the "
     "embedded controlled-sentiment set",
-    "eval_data": "held-out preference data (default: the data's 'split'=='eval' rows, else a holdout)",
+    "eval_data": "held-out preference data (default: a --data folder's eval.* files, else the "
+    "data's 'split'=='eval' rows, else a holdout)",
     "loss": f"pairwise loss: {', '.join(sorted(LOSSES))}",
     "smoothing": f"per-pair label smoothing policy: {', '.join(POLICY_NAMES)}",
     "beta": "DPO β (scales the implicit reward)",

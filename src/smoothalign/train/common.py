@@ -267,11 +267,14 @@ def split_validated(
     eval_fraction: float,
     seed: int,
     what: str = "pairs",
+    eval_option: str = "--eval-data",
 ) -> tuple[list, list, dict[str, Any], str, list[str]]:
     """``(train, eval, validation_dict, validation_markdown, notes)`` from a validation report
     of the data and one of the ``--eval-data`` (or ``None``), split by
     :func:`train_eval_split` (a bad ``split`` value is a bad row of validation already).
-    ``base_of(example)`` is the example's validated row (its ``metadata`` and ``row``)."""
+    ``base_of(example)`` is the example's validated row (its ``metadata`` and ``row``);
+    ``eval_option`` names where the held-out rows came from (the eval option, or a data
+    folder's eval files: ``data.loading.folder_held_out``)."""
     info, md = validation_summary(report, eval_report)
     eval_examples = eval_report.examples if eval_report is not None else None
     train, evals, notes = train_eval_split(
@@ -282,6 +285,7 @@ def split_validated(
         eval_fraction,
         seed,
         what=what,
+        eval_option=eval_option,
         key_of=lambda ex: base_of(ex).content_key,
         where_of=lambda ex: location(base_of(ex).file, base_of(ex).row),
     )

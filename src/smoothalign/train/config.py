@@ -31,7 +31,7 @@ class DPOConfig:
     # what to train, on what
     model: str = "smollm2-135m"
     data: str | None = None  # None: the embedded controlled-sentiment set (its 'train' split)
-    eval_data: str | None = None  # None: the data's 'eval' split if it has one, else a holdout
+    eval_data: str | None = None  # None: a data folder's eval.*, the 'eval' rows, a holdout
     eval_fraction: float = 0.1  # holdout when the data has no 'split' column and no eval_data
     output_dir: str = "outputs/dpo"
     # the objective (SPEC §2, §4)

@@ -29,6 +29,7 @@ from smoothalign.data import (
     load_preference_rows,
     validate_preference_rows,
 )
+from smoothalign.data.loading import folder_held_out
 from smoothalign.data.report import format_bad_rows
 from smoothalign.io import atomic_write_json, config_flags
 from smoothalign.models import load_model_and_tokenizer
@@ -87,11 +88,12 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     device_is_cuda = torch.cuda.is_available()
     bf16 = resolve_bf16(config.precision)
 
-    rows, eval_rows, data_notes = _read_data(config)  # a bad file fails before the model loads
+    # a bad file fails before the model loads
+    rows, eval_rows, data_notes, eval_option = _read_data(config)
     model, tokenizer, validated = load_checked(  # bad rows too, before the weights if it can
         config.model,
         config.trust_remote_code,
-        lambda tok: _load_data(config, tok, rows, eval_rows),
+        lambda tok: _load_data(config, tok, rows, eval_rows, eval_option),
         lambda tok: load_model_and_tokenizer(
             config.model, trust_remote_code=config.trust_remote_code, tokenizer=tok
         ),
@@ -219,8 +221,10 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
 
 
 # ---------------------------------------------------------------------------- data
-def _read_data(config: DPOConfig) -> tuple[Any, Any, list[str]]:
-    """The rows of the data (and eval data) as loaded, not yet validated; notes."""
+def _read_data(config: DPOConfig) -> tuple[Any, Any, list[str], str]:
+    """The rows of the data (and eval data: ``--eval-data``, else a data folder's eval files
+    beside its train files) as loaded, not yet validated; notes; how messages name the
+    held-out rows' source."""
     notes = []
     source = config.data
     if source is None:
@@ -229,18 +233,20 @@ def _read_data(config: DPOConfig) -> tuple[Any, Any, list[str]]:
         source = embedded_dataset_path()
         notes.append(f"data: the embedded controlled-sentiment set ({source.name})")
     rows = load_preference_rows(source)
-    eval_rows = None if config.eval_data is None else load_preference_rows(config.eval_data)
+    folder = folder_held_out(source, config.eval_data)
+    notes += folder.notes
+    eval_rows = folder.rows if config.eval_data is None else load_preference_rows(config.eval_data)
     for option, path, loaded in (
         ("data", source, rows),
         ("eval_data", config.eval_data, eval_rows),
     ):
         if loaded is not None and not loaded:
             raise ValueError(f"{option}: {path} holds no rows")
-    return rows, eval_rows, notes
+    return rows, eval_rows, notes, folder.option
 
 
 def _load_data(
-    config: DPOConfig, tokenizer, rows, eval_rows
+    config: DPOConfig, tokenizer, rows, eval_rows, eval_option: str = "--eval-data"
 ) -> tuple[list[TokenizedPair], list[TokenizedPair], str, int, list[str], dict]:
     """Validate the rows (and eval rows) and split them into train / eval examples; the
     last item is the validation summary for ``validation.json`` (every bad row listed)."""
@@ -256,6 +262,7 @@ def _load_data(
         lambda ex: ex,
         config.eval_fraction,
         config.seed,
+        eval_option=eval_option,
     )
     # the oracle-* policies need every training row's confidence: refuse before training
     # (held-out rows without one are fine: the *_true metrics skip them), so after the split
