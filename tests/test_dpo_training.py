@@ -1240,3 +1240,17 @@ def test_oracle_auto_scores_the_embedded_set_named_by_its_path(tmp_path):
         assert _oracle(DPOConfig(data=data, oracle="none")) is False
         assert _oracle(DPOConfig(data=data, eval_samples=0)) is False
     assert _oracle(DPOConfig(data=str(copy), oracle="sentiment")) is True
+
+
+def test_an_interrupted_new_run_leaves_no_earlier_runs_final(noisy_data, tmp_path):
+    """As SFT's: a new run interrupted in a finished run's folder leaves no final/ beside
+    its own config.json, and one that would start from that final/ is refused first."""
+    out = tmp_path / "run"
+    run_dpo(_config(noisy_data, out, smoothing="none", max_steps=2))
+    with pytest.raises(ValueError, match="is what this run loads as --model"):
+        run_dpo(_config(noisy_data, out, smoothing="none", max_steps=2, model=str(out)))
+    assert (out / "final" / "model.safetensors").is_file()
+    with pytest.raises(KeyboardInterrupt):
+        run_dpo(_config(noisy_data, out, smoothing="cals-l2", max_steps=4), callbacks=[_Crash(1)])
+    assert json.loads((out / "config.json").read_text())["smoothing"] == "cals-l2"
+    assert not (out / "final").exists()

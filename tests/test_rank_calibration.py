@@ -556,3 +556,32 @@ def test_training_prompts_without_a_reference_are_listed_as_bad_rows(tiny, tmp_p
         "completion or chosen) for the NLL term"
     )
     assert len(lines) == 1 + 10 + 1 and lines[-1] == "  ... and 1 more"
+
+
+def test_an_interrupted_new_run_leaves_no_earlier_runs_final(tmp_path, reward_dir, monkeypatch):
+    """A finished run, then a new one with other options into its folder, interrupted while
+    it calibrates: its config.json is the new run's, so the earlier run's final/ must not be
+    left beside it as the model it saved. A run that would calibrate that final/ and save
+    its own is refused first (it would remove the model it starts from)."""
+    from smoothalign.rank.run import run_rank_calibration
+    from smoothalign.rank.trainer import RankTrainer
+
+    prompts = _write_prompts(tmp_path / "p.jsonl", _plain_rows(10))
+    out = tmp_path / "run"
+    kw = dict(reward_model=str(reward_dir), prompts=str(prompts), output_dir=str(out),
+              num_candidates=2, max_new_tokens=4, batch_size=4, max_length=48, report=False)  # fmt: skip
+    run_rank_calibration(RankConfig(policy="tiny", **kw))
+    assert (out / "final" / "model.safetensors").is_file()
+    for policy in (out, out / "final"):
+        with pytest.raises(ValueError, match="is what this run loads as --policy"):
+            run_rank_calibration(RankConfig(policy=str(policy), **kw))
+    assert (out / "final" / "model.safetensors").is_file()
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt("simulated Ctrl-C while calibrating")
+
+    monkeypatch.setattr(RankTrainer, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_rank_calibration(RankConfig(policy="tiny", **{**kw, "learning_rate": 1e-4}))
+    assert json.loads((out / "config.json").read_text())["learning_rate"] == 1e-4
+    assert not (out / "final").exists()

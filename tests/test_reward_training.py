@@ -498,3 +498,22 @@ def test_two_process_reward_says_and_writes_things_once(two_process_reward):
                  "final/model.safetensors", "final/smoothing_state.pt"):  # fmt: skip
         assert (straight / name).is_file(), name
     assert not (straight / ".final.partial").exists()
+
+
+class _Crash(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        raise KeyboardInterrupt(f"simulated crash after step {state.global_step}")
+
+
+def test_an_interrupted_new_run_leaves_no_earlier_runs_final(tmp_path):
+    """As SFT's: a new run interrupted in a finished run's folder leaves no final/ beside
+    its own config.json, and one that would start from that final/ is refused first."""
+    out = tmp_path / "run"
+    run_reward(_small(out, max_steps=1))
+    with pytest.raises(ValueError, match="is what this run loads as --model"):
+        run_reward(_small(out, model=str(out / "final")))
+    assert (out / "final" / "model.safetensors").is_file()
+    with pytest.raises(KeyboardInterrupt):
+        run_reward(_small(out, loss="jsd"), callbacks=[_Crash()])
+    assert json.loads((out / "config.json").read_text())["loss"] == "jsd"
+    assert not (out / "final").exists()

@@ -719,3 +719,25 @@ def test_two_process_sft_says_and_writes_things_once(two_process_sft):
                  "training_curves.png", "reliability.png", "final/model.safetensors"):  # fmt: skip
         assert (straight / name).is_file(), name
     assert not (straight / ".final.partial").exists()
+
+
+def test_an_interrupted_new_run_leaves_no_earlier_runs_final(data, tmp_path):
+    """A finished run, then a new one with other options into the same folder, interrupted
+    mid-training: the folder's config.json is the new run's, so the earlier run's final/
+    must not be left beside it (every command given the folder as --model loads final/ as
+    the model this configuration saved). A run refused before it starts keeps it."""
+    out = tmp_path / "run"
+    run_sft(_config(data, out, max_steps=2))
+    assert (out / "final" / "model.safetensors").is_file()
+    with pytest.raises(FileNotFoundError):
+        run_sft(_config(tmp_path / "missing.jsonl", out))
+    # nor can a new run there start from that model: it would remove it when it starts
+    for model in (out, out / "final"):
+        with pytest.raises(ValueError, match="is what this run loads as --model"):
+            run_sft(_config(data, out, model=str(model)))
+    assert (out / "final" / "model.safetensors").is_file()
+    with pytest.raises(KeyboardInterrupt):
+        run_sft(_config(data, out, max_steps=4, learning_rate=1e-4), callbacks=[_Crash(at=1)])
+    assert json.loads((out / "config.json").read_text())["learning_rate"] == 1e-4
+    assert not (out / "final").exists()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".final")]

@@ -45,7 +45,7 @@ from smoothalign.reward.scoring import (
     load_preference_model,
     resolve_reward_model_path,
 )
-from smoothalign.train.checkpoints import clear_earlier_outputs
+from smoothalign.train.checkpoints import clear_earlier_outputs, refuse_own_final_as_input
 from smoothalign.train.common import (
     check_scheduler,
     load_checked,
@@ -257,8 +257,14 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     """
     config.validate()
     out = check_output_dir(config.output_dir)  # a file in the way: said before any work
-    resolve_reward_model_path(config.reward_model)  # a missing path fails at once
+    reward_model = resolve_reward_model_path(config.reward_model)  # a missing path: at once
     _refuse_an_earlier_final_left_beside(config, out)
+    if config.save_model:  # this run removes an earlier final/ when it starts
+        from smoothalign.models.loading import loaded_model_path
+
+        refuse_own_final_as_input(
+            out, {"policy": loaded_model_path(config.policy), "reward_model": reward_model}
+        )
     out.mkdir(parents=True, exist_ok=True)
     bf16 = resolve_bf16(config.precision)
     check_scheduler(config)
@@ -292,9 +298,13 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     # tokenizer or chat template): find out now, not when its candidates are scored
     train_ex = _fit_the_preference_model(train_ex, scorer, config.on_bad_rows, info, "train", notes)
     eval_ex = _fit_the_preference_model(eval_ex, scorer, config.on_bad_rows, info, "eval", notes)
-    # every check passed and both models loaded: an earlier run's results go now (its
-    # report, plots, per-epoch candidates), so none of them can pass for this run's
-    clear_earlier_outputs(out, "candidates-epoch-*.jsonl", "eval_candidates_*.jsonl")
+    # every check passed and both models loaded: the run is on. An earlier run's results go
+    # now (its report, plots, per-epoch candidates, and the model it saved, which an
+    # interrupted run would leave as this folder's), so none of them can pass for this run's
+    # (with --no-save-model an earlier final/ is refused above, unless it is the policy)
+    clear_earlier_outputs(
+        out, "candidates-epoch-*.jsonl", "eval_candidates_*.jsonl", final=config.save_model
+    )
     atomic_write_json(out / "config.json", config.to_dict())
     atomic_write_json(out / "prompts.json", info)
     pad_id = int(tok.pad_token_id)

@@ -102,10 +102,14 @@ def prepare_output_dir(
     (``resolve_resume``); with ``config`` (this run's ``config.json`` dict) it must also
     match the configuration of the run that wrote the checkpoint (its folder's
     ``config.json``) in every option outside :data:`RESUMABLE_OPTIONS` (``flags``: the
-    command's, :func:`check_resume_config`). Call it before the model loads."""
+    command's, :func:`check_resume_config`). A fresh run whose ``model`` (in ``config``) is
+    the folder's ``final/`` is refused (:func:`refuse_own_final_as_input`). Call it before
+    the model loads."""
     root = Path(output_dir)
     check_output_dir_path(root)
     folder = resolve_resume(resume, root)  # a bad --resume fails here, not after loading
+    if folder is None and config is not None:  # a fresh run removes final/ when it starts
+        refuse_own_final_as_input(root, {"model": config.get("model")})
     if folder is not None and config is not None:
         check_resume_config(folder.parent / "config.json", config, flags)
         step = checkpoint_step(folder)
@@ -307,14 +311,17 @@ not rewrite) they would pass for this run's."""
 
 
 def clear_earlier_outputs(
-    output_dir: str | Path, *patterns: str, keep: tuple[str, ...] = ()
+    output_dir: str | Path, *patterns: str, keep: tuple[str, ...] = (), final: bool = False
 ) -> None:
     """Remove :data:`EARLIER_OUTPUTS` and the files matching ``patterns`` from
-    ``output_dir`` (the main process only). The model folders are left: ``final/`` is
-    swapped in whole at the end, checkpoints are guarded by :func:`prepare_output_dir`."""
+    ``output_dir`` (the main process only); with ``final``, the earlier run's ``final/``
+    too (:func:`remove_earlier_final`). Checkpoints are left: :func:`prepare_output_dir`
+    guards them."""
     if int(os.environ.get("RANK", "0")) != 0:
         return
     root = Path(output_dir)
+    if final:
+        remove_earlier_final(root)
     for name in EARLIER_OUTPUTS:
         if name not in keep:
             (root / name).unlink(missing_ok=True)
@@ -324,17 +331,62 @@ def clear_earlier_outputs(
                 path.unlink(missing_ok=True)
 
 
+def remove_earlier_final(output_dir: str | Path) -> None:
+    """Remove an earlier run's ``final/`` (and a crash's ``.final.partial/``) from
+    ``output_dir``, the main process only. ``final/`` is moved aside first, then deleted:
+    a crash half-way leaves no ``final/`` with some of its files gone, which would still
+    load as the folder's model."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    import shutil
+    import tempfile
+
+    root = Path(output_dir)
+    final = root / "final"
+    if final.is_symlink() or final.is_file():
+        final.unlink()
+    elif final.is_dir():
+        aside = Path(tempfile.mkdtemp(dir=root, prefix=".final.old-"))
+        os.replace(final, aside / "final")
+        shutil.rmtree(aside, ignore_errors=True)
+    shutil.rmtree(root / ".final.partial", ignore_errors=True)
+
+
+def refuse_own_final_as_input(output_dir: str | Path, inputs: dict[str, Any]) -> None:
+    """Refuse a fresh run whose input (``inputs``: an option's name → the path it loads)
+    is ``output_dir``'s ``final/``, before anything loads: the run removes that folder when
+    it starts (:func:`clear_before_run`), so an interrupted run would lose the model it
+    trains from, and a finished one would leave the folder's model with no record of how it
+    was made (the earlier run's configuration and metrics replaced)."""
+    final = Path(output_dir) / "final"
+    if not final.exists():
+        return
+    for option, value in inputs.items():
+        if not isinstance(value, str | os.PathLike) or not str(value):
+            continue
+        path = Path(value).expanduser()
+        if path.exists() and path.resolve() == final.resolve():
+            raise ValueError(
+                f"output_dir: {final} is what this run loads as --{option.replace('_', '-')} "
+                f"({value}); a new run there would replace the earlier run's results and the "
+                "model it starts from: pass another --output-dir"
+            )
+
+
 def clear_before_run(output_dir: str | Path, resume: str | None) -> None:
     """:func:`clear_earlier_outputs` for a run about to start: a fresh one (no checkpoint to
-    resume) clears them all; a resumed one keeps ``metrics.jsonl``, which it continues, and
-    clears the rest, which it writes anew (a ``--no-report`` resume must not leave the old
-    report beside its results). The runs call it once every check has passed and the models
-    are loaded, just before they write their own ``config.json``: a run refused earlier
-    leaves the earlier results, and one interrupted later leaves none of them beside its
-    own configuration. It creates ``output_dir``: a run refused before it leaves no folder."""
+    resume) clears them all, the earlier run's ``final/`` included (an interrupted run must
+    not leave it beside its own ``config.json``, where every command reading the folder as
+    a model would load it as this run's); a resumed one keeps ``metrics.jsonl``, which it
+    continues, and ``final/`` (its own run's, replaced whole at the end), and clears the
+    rest, which it writes anew (a ``--no-report`` resume must not leave the old report
+    beside its results). The runs call it once every check has passed and the models are
+    loaded, just before they write their own ``config.json``: a run refused earlier leaves
+    the earlier results, and one interrupted later leaves none of them beside its own
+    configuration. It creates ``output_dir``: a run refused before it leaves no folder."""
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     if resolve_resume(resume, output_dir) is None:
-        clear_earlier_outputs(output_dir)
+        clear_earlier_outputs(output_dir, final=True)
     else:  # a resumed run continues metrics.jsonl and writes every other result anew
         clear_earlier_outputs(output_dir, keep=("metrics.jsonl",))
 
