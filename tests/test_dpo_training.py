@@ -844,6 +844,14 @@ def test_oracle_smoothing_needs_a_confidence_on_training_rows_only(tmp_path):
 
     bad = json.loads((tmp_path / "skip" / "validation.json").read_text())["train"]["bad_rows"]
     assert [(b["row"], b["code"]) for b in bad] == [(20, "missing_confidence")]
+    # none has one: skipping them would leave nothing, so that is not suggested
+    for r in rows:
+        r["confidence"] = None
+    data = write_jsonl(rows, tmp_path / "none.jsonl")
+    with pytest.raises(ValueError, match="no training row has a confidence") as err:
+        run_dpo(_config(data, tmp_path / "none", on_bad_rows="skip", **kw))
+    assert "40 of 40 training rows are invalid" in str(err.value)
+    assert "--on-bad-rows skip" not in str(err.value)
 
 
 def test_the_reliability_curve_of_the_forecasts_is_logged(noisy_data, tmp_path):

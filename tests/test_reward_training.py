@@ -517,3 +517,60 @@ def test_an_interrupted_new_run_leaves_no_earlier_runs_final(tmp_path):
         run_reward(_small(out, loss="jsd"), callbacks=[_Crash()])
     assert json.loads((out / "config.json").read_text())["loss"] == "jsd"
     assert not (out / "final").exists()
+
+
+def test_oracle_smoothing_without_confidences_is_refused_before_the_model_loads(
+    tmp_path, monkeypatch
+):
+    """--smoothing oracle-* reads each training pair's true confidence: data without the
+    column, or training rows without one, are refused before the model loads (an earlier
+    run in the folder untouched), naming the file, the first rows, how many more and the
+    field, as the other bad rows; --on-bad-rows skip drops the rows that lack one (listed in
+    validation.json). Held-out rows may lack one: the *_true metrics skip them."""
+    import smoothalign.reward.run as reward_run
+
+    rows = oracle_text_rows(48, annotators=3, seed=4)
+    for i, r in enumerate(rows):
+        r["split"] = "eval" if i < 8 else "train"
+        if i < 8:
+            del r["confidence"]
+    out = tmp_path / "run"
+    run_reward(_small(out, max_steps=1))
+    earlier = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    build = reward_run.build_reward_model
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(reward_run, "build_reward_model", no_model)
+    none = tmp_path / "none.jsonl"
+    none.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "confidence"}) + "\n"
+                            for r in rows))  # fmt: skip
+    for on_bad_rows in ("error", "skip"):
+        with pytest.raises(ValueError, match="no training row has a confidence") as err:
+            run_reward(_small(out, data=str(none), smoothing="oracle-l0", on_bad_rows=on_bad_rows))
+        message = str(err.value)
+        assert f"{none} row 8, field 'confidence': missing" in message
+        assert "40 of 40 training rows are invalid" in message
+        assert "... and 35 more" in message and "--on-bad-rows skip" not in message
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == earlier
+
+    for i in (15, 30, 41):
+        del rows[i]["confidence"]
+    some = tmp_path / "some.jsonl"
+    some.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="3 of 48 preference rows are invalid") as err:
+        run_reward(_small(out, data=str(some), smoothing="oracle-l2"))
+    for i in (15, 30, 41):
+        assert f"{some} row {i}, field 'confidence': missing" in str(err.value)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == earlier
+
+    monkeypatch.setattr(reward_run, "build_reward_model", build)
+    result = run_reward(
+        _small(tmp_path / "skip", data=str(some), smoothing="oracle-l2", on_bad_rows="skip")
+    )
+    assert result.n_train == 37 and result.n_eval == 8 and result.n_skipped == 3
+    bad = json.loads((tmp_path / "skip" / "validation.json").read_text())["train"]["bad_rows"]
+    assert [(b["row"], b["code"]) for b in bad] == [(15, "missing_confidence"),
+                                                    (30, "missing_confidence"),
+                                                    (41, "missing_confidence")]  # fmt: skip

@@ -46,10 +46,12 @@ from smoothalign.train.common import (
     check_identical_after_truncation,
     check_scheduler,
     load_checked,
+    require_confidence,
     resolve_bf16,
     save_final_model,
     split_validated,
     training_arguments,
+    validation_summary,
 )
 from smoothalign.train.run_result import TrainerRunResult
 
@@ -176,6 +178,12 @@ def load_reward_data(
         config.seed,
         eval_option=folder.option,
     )
+    # the oracle-* policies read every training pair's true confidence: refused here, before
+    # the model loads and before the run clears an earlier run's results (held-out pairs
+    # may lack one: the *_true metrics skip them), so after the split
+    if config.smoothing_policy().needs_confidence:
+        train_ex = require_confidence(report, train_ex, config.on_bad_rows, lambda ex: ex.pair)
+        info, md = validation_summary(report, eval_report)
     texts = {"data": report.text, "eval_data": eval_report and eval_report.text}
     check_identical_after_truncation(
         [ex.pair for ex in train_ex], texts, config.max_length, whole_text=True

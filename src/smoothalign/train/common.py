@@ -14,7 +14,9 @@ from typing import Any
 import torch
 
 from smoothalign._warn import warn_main
+from smoothalign.data import BadRow
 from smoothalign.data.loading import location
+from smoothalign.data.report import format_bad_rows
 from smoothalign.data.validation import identical_after_truncation
 from smoothalign.progress import enabled as progress_enabled
 from smoothalign.smoothing import SmoothingPolicy, make_policy
@@ -290,6 +292,42 @@ def split_validated(
         where_of=lambda ex: location(base_of(ex).file, base_of(ex).row),
     )
     return train, evals, info, md, notes
+
+
+def require_confidence(
+    report: Any,
+    train: list,
+    on_bad_rows: str,
+    base_of: Callable[[Any], Any] = lambda ex: ex,
+) -> list:
+    """The training examples with a confidence, for the oracle-* smoothing policies, which
+    read each training row's: checked before the model loads (held-out rows may lack one:
+    the ``*_true`` metrics skip them). Those without are bad rows of ``report``
+    (``missing_confidence``): an error naming the file, the first rows, how many more, and
+    the field, unless ``on_bad_rows`` skips them (then listed in ``report``, which
+    ``validation_summary`` turns into validation.json). None has one: an error either way,
+    without the hint to skip them.
+    ``base_of(example)``: its validated ``TokenizedPair`` (index, row, file, confidence)."""
+    missing = [ex for ex in train if base_of(ex).confidence is None]
+    if not missing:
+        return train
+    bad = [
+        BadRow(base_of(ex).index, base_of(ex).row, base_of(ex).file, "confidence",
+               "missing_confidence",
+               "missing; the oracle-* smoothing policies read each training row's confidence")
+        for ex in missing
+    ]  # fmt: skip
+    if len(missing) == len(train):  # skipping them would leave nothing: no skip hint
+        raise ValueError(
+            "no training row has a confidence. "
+            + format_bad_rows(bad, len(train), what="training rows")
+        )
+    if on_bad_rows == "error":
+        raise ValueError(format_bad_rows(bad, report.n_rows, what="preference rows"))
+    drop = {id(ex) for ex in missing}
+    report.examples = [ex for ex in report.examples if id(ex) not in drop]
+    report.bad_rows = sorted([*report.bad_rows, *bad], key=lambda b: b.index)
+    return [ex for ex in train if id(ex) not in drop]
 
 
 def check_identical_after_truncation(

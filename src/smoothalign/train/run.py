@@ -22,7 +22,6 @@ from transformers import set_seed
 from smoothalign._warn import main_process
 from smoothalign.calibration import preference_metrics
 from smoothalign.data import (
-    BadRow,
     PreferenceCollator,
     PreferenceDataset,
     TokenizedPair,
@@ -30,7 +29,6 @@ from smoothalign.data import (
     validate_preference_rows,
 )
 from smoothalign.data.loading import folder_held_out
-from smoothalign.data.report import format_bad_rows
 from smoothalign.io import atomic_write_json, config_flags
 from smoothalign.models import load_model_and_tokenizer
 from smoothalign.progress import bar_disable
@@ -50,6 +48,7 @@ from smoothalign.train.common import (
     disable_dropout,
     lean_layers_enabled,
     load_checked,
+    require_confidence,
     resolve_bf16,
     save_final_model,
     split_validated,
@@ -267,32 +266,12 @@ def _load_data(
     # the oracle-* policies need every training row's confidence: refuse before training
     # (held-out rows without one are fine: the *_true metrics skip them), so after the split
     if config.smoothing_policy().needs_confidence:
-        train_ex = _require_confidence(report, train_ex, config.on_bad_rows)
+        train_ex = require_confidence(report, train_ex, config.on_bad_rows)
         info, md = validation_summary(report, eval_report)
     reports = {"data": report, "eval_data": eval_report}
     check_identical_after_truncation(train_ex, reports, config.max_length)
     skipped = sum(v["n_skipped"] for v in info.values())
     return train_ex, eval_ex, md, skipped, split_notes, info
-
-
-def _require_confidence(report, train_ex: list[TokenizedPair], on_bad_rows: str):
-    """The training examples with a confidence; those without are bad rows of ``report``
-    (``missing_confidence``), an error unless ``on_bad_rows`` skips them."""
-    missing = [ex for ex in train_ex if ex.confidence is None]
-    if not missing:
-        return train_ex
-    bad = [
-        BadRow(ex.index, ex.row, ex.file, "confidence", "missing_confidence",
-               "missing; the oracle-* smoothing policies read each training row's confidence")
-        for ex in missing
-    ]  # fmt: skip
-    if on_bad_rows == "error" or len(missing) == len(train_ex):
-        prefix = "" if len(missing) < len(train_ex) else "no training row has a confidence. "
-        raise ValueError(prefix + format_bad_rows(bad, report.n_rows))
-    drop = {id(ex) for ex in missing}
-    report.examples = [ex for ex in report.examples if id(ex) not in drop]
-    report.bad_rows = sorted([*report.bad_rows, *bad], key=lambda b: b.index)
-    return [ex for ex in train_ex if id(ex) not in drop]
 
 
 # ---------------------------------------------------------------------------- model
