@@ -741,3 +741,30 @@ def test_an_interrupted_new_run_leaves_no_earlier_runs_final(data, tmp_path):
     assert json.loads((out / "config.json").read_text())["learning_rate"] == 1e-4
     assert not (out / "final").exists()
     assert not [p.name for p in out.iterdir() if p.name.startswith(".final")]
+
+
+def test_resume_latest_without_a_checkpoint_says_it_starts_a_new_run(
+    data, tmp_path, capsys, monkeypatch
+):
+    """--resume latest with no complete checkpoint starts fresh (a preemptible job passes
+    it on every launch), and says so in one line on stderr, once (the main process only),
+    naming the folder and, with --save-steps 0, that this run will not write one either."""
+    from smoothalign.train.checkpoints import prepare_output_dir
+
+    out = tmp_path / "run"
+    result = run_sft(_config(data, out, max_steps=1, resume="latest"))
+    assert result.trainer.state.global_step == 1
+    said = [line for line in capsys.readouterr().err.splitlines() if "--resume latest" in line]
+    assert said == [
+        f"--resume latest: no complete checkpoint in {out}: starting a new run; with "
+        "--save-steps 0 this run writes none either"
+    ]
+    (out / "checkpoint-2").mkdir()  # a save that never completed
+    prepare_output_dir(out, "latest", {"save_steps": 2})
+    assert capsys.readouterr().err == (
+        f"--resume latest: no complete checkpoint in {out} (checkpoint-2: no "
+        "smoothalign_complete.json, its save did not complete): starting a new run\n"
+    )
+    monkeypatch.setenv("RANK", "1")
+    prepare_output_dir(out, "latest", {"save_steps": 2})
+    assert capsys.readouterr().err == ""

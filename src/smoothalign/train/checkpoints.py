@@ -110,6 +110,8 @@ def prepare_output_dir(
     folder = resolve_resume(resume, root)  # a bad --resume fails here, not after loading
     if folder is None and config is not None:  # a fresh run removes final/ when it starts
         refuse_own_final_as_input(root, {"model": config.get("model")})
+    if folder is None and resume == "latest":
+        _say_no_checkpoint(root, config)
     if folder is not None and config is not None:
         check_resume_config(folder.parent / "config.json", config, flags)
         step = checkpoint_step(folder)
@@ -133,6 +135,35 @@ def prepare_output_dir(
             "pass --resume latest to continue that run, or another --output-dir (or delete "
             "them) to start a new one"
         )
+
+
+def _say_no_checkpoint(root: Path, config: dict[str, Any] | None) -> None:
+    """``--resume latest`` found no complete checkpoint: the run starts fresh (a preemptible
+    job passes it on every launch, the first included), said in one line on stderr by the
+    main process, so that a resume that was expected does not pass unnoticed."""
+    from smoothalign._warn import main_process
+
+    if not main_process():
+        return
+    import sys
+
+    incomplete = _checkpoint_folders(root)
+    why = (
+        f" ({', '.join(c.name for c in incomplete[-3:])}: no {COMPLETE_MARKER}, its save "
+        "did not complete)"
+        if incomplete
+        else ""
+    )
+    never = (
+        "; with --save-steps 0 this run writes none either"
+        if config is not None and config.get("save_steps") == 0
+        else ""
+    )
+    print(
+        f"--resume latest: no complete checkpoint in {root}{why}: starting a new run{never}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def check_output_dir_path(root: Path) -> None:
