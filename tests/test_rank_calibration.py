@@ -389,6 +389,7 @@ def test_cli_errors_name_the_problem(tmp_path, reward_dir, capsys):
     prompts = _write_prompts(tmp_path / "p.jsonl", _plain_rows(4))
     base = ["--policy", "tiny", "--prompts", str(prompts), "--output-dir", str(tmp_path / "o")]
     assert _main([*base, "--reward-model", str(reward_dir), "--num-candidates", "1"]) == 2
+    assert not (tmp_path / "o").exists()  # a refused run leaves no output folder
     err = capsys.readouterr().err
     assert "--num-candidates: must be >= 2 (ranking needs at least 2 candidates), got 1" in err
     assert _main(base) == 2
@@ -402,6 +403,7 @@ def test_cli_errors_name_the_problem(tmp_path, reward_dir, capsys):
     assert _main(argv) == 2
     err = capsys.readouterr().err
     assert "bad.jsonl" in err and "row 2, field 'prompt': empty prompt" in err
+    assert not (tmp_path / "o").exists()  # nor one that refuses its input
     with pytest.raises(ValueError, match="num_beam_groups: 3 does not divide"):
         RankConfig(reward_model="x", decoding="diverse-beam", num_beam_groups=3)
     # an earlier run's model would be left beside a --no-save-model run's results

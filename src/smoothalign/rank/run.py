@@ -265,7 +265,6 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
         refuse_own_final_as_input(
             out, {"policy": loaded_model_path(config.policy), "reward_model": reward_model}
         )
-    out.mkdir(parents=True, exist_ok=True)
     bf16 = resolve_bf16(config.precision)
     check_scheduler(config)
     set_seed(config.seed)
@@ -301,7 +300,9 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     # every check passed and both models loaded: the run is on. An earlier run's results go
     # now (its report, plots, per-epoch candidates, and the model it saved, which an
     # interrupted run would leave as this folder's), so none of them can pass for this run's
-    # (with --no-save-model an earlier final/ is refused above, unless it is the policy)
+    # (with --no-save-model an earlier final/ is refused above, unless it is the policy).
+    # The folder is made only now: a run refused before leaves none, as the other commands
+    out.mkdir(parents=True, exist_ok=True)
     clear_earlier_outputs(
         out, "candidates-epoch-*.jsonl", "eval_candidates_*.jsonl", final=config.save_model
     )
