@@ -603,3 +603,52 @@ def test_an_input_error_without_a_message_is_named_by_its_type(tmp_path, capsys,
     monkeypatch.setattr(dpo_cli, "run", fail)
     assert main(["dpo", "--output-dir", str(tmp_path / "o")]) == 2
     assert "smoothalign dpo: FileNotFoundError\n" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (["sft"], "; no checkpoint was saved (--save-steps 0 saves none): a rerun starts over"),
+        (
+            ["dpo", "--save-steps", "50"],
+            "; no checkpoint saved yet (one every 50 steps): a rerun starts over",
+        ),
+        (
+            ["reward", "--save-steps", "2"],
+            "; --resume latest continues from its last checkpoint, {out}/checkpoint-4",
+        ),
+        (["rank-calibrate", "--reward-model", "rm"], ""),
+        (["eval", "calibration", "--model", "tiny"], ""),
+    ],
+    ids=lambda v: " ".join(v[:2]) if isinstance(v, list) else None,
+)
+def test_ctrl_c_is_one_line_and_status_130(argv, hint, tmp_path, capsys, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt) ends a command with one line, not a traceback through the
+    library, and the shell's status for SIGINT; a training command that checkpoints says
+    what --resume latest would continue from. SMOOTHALIGN_DEBUG=1 raises it."""
+    import importlib
+
+    from smoothalign.cli import COMMANDS
+
+    module = next(m for path, m, _ in COMMANDS if list(path) == argv[: len(path)])
+    command = " ".join(next(p for p, m, _ in COMMANDS if m == module))
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(module), "run", interrupted)
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    out = tmp_path / "out"
+    for step in (2, 4, 6) if "{out}" in hint else ():  # 2 and 4 certified, not 6
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+        if step < 6:
+            (out / f"checkpoint-{step}" / "smoothalign_complete.json").write_text("{}")
+    argv = [*argv, "--output-dir", str(out)]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"smoothalign {command}: interrupted{hint.format(out=out)} (traceback: ")
+    Path(err.split("(traceback: ")[1].split(";")[0]).unlink()
+    monkeypatch.setenv("SMOOTHALIGN_DEBUG", "1")
+    with pytest.raises(KeyboardInterrupt):
+        main(argv)

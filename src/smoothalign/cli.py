@@ -178,6 +178,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(importlib.import_module(module).run(args) or 0)
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, not a traceback through the library
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        from smoothalign._warn import main_process
+
+        _close_progress_bars()
+        if main_process():  # every rank of a launch is interrupted alike
+            print(
+                f"smoothalign {args._command}: interrupted{_resume_hint(args)} (traceback: "
+                f"{_save_traceback(e)}; {DEBUG_ENV}=1 raises it)",
+                file=sys.stderr,
+                flush=True,
+            )
+        return INTERRUPTED
     except _input_errors() as e:
         if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise
@@ -190,6 +204,39 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+
+
+INTERRUPTED = 130  # the shell's status for a command that SIGINT ended (128 + 2)
+
+
+def _close_progress_bars() -> None:
+    """Close the progress bars left open by an interrupted command, so that the line said
+    after them starts a line of its own rather than following a half-drawn bar."""
+    import contextlib
+
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        with contextlib.suppress(Exception):  # a bar that cannot close is only cosmetic
+            bar.close()
+
+
+def _resume_hint(args) -> str:
+    """For the training commands that checkpoint (``--save-steps``, ``--resume``): what
+    ``--resume latest`` would continue from in ``--output-dir``, or that there is nothing
+    to continue; empty for the other commands."""
+    if not all(hasattr(args, k) for k in ("resume", "save_steps", "output_dir")):
+        return ""
+    try:
+        from smoothalign.train.checkpoints import latest_complete_checkpoint
+
+        latest = latest_complete_checkpoint(args.output_dir)
+    except (OSError, ValueError, TypeError):
+        latest = None
+    if latest is not None:
+        return f"; --resume latest continues from its last checkpoint, {latest}"
+    if args.save_steps:
+        return f"; no checkpoint saved yet (one every {args.save_steps} steps): a rerun starts over"
+    return "; no checkpoint was saved (--save-steps 0 saves none): a rerun starts over"
 
 
 def _named_by_flag(message: str, parser: argparse.ArgumentParser, args) -> str:
