@@ -325,6 +325,57 @@ def test_cached_option_scorer_falls_back_for_truncated_questions(tok, tiny_model
         np.testing.assert_allclose(c, u, rtol=0, atol=1e-10)
 
 
+def test_an_option_too_long_for_any_prompt_is_skipped_on_request(tok, tiny_model64):
+    """``too_long="skip"``: the question with an option that fills ``max_length`` is left
+    unscored (NaN) and says why; the others score as they do without it."""
+    prompts = [*CACHE_PROMPTS[:2], "Q: long?\nA:", CACHE_PROMPTS[2]]
+    options = [*CACHE_OPTIONS[:2], [" short", " " + "y" * 80], CACHE_OPTIONS[2]]
+    got = score_options(tiny_model64, tok, prompts, options, max_length=70, too_long="skip")
+    ref = score_options(tiny_model64, tok, CACHE_PROMPTS, CACHE_OPTIONS, max_length=70)
+    assert got.skipped == [None, None, got.skipped[2], None] and got.n_skipped == 1
+    assert got.skipped[2] == (
+        "option 2 of 2: a continuation of 81 tokens leaves no room for the prompt under "
+        "max_length 70"
+    )
+    assert np.isnan(got.scores[2]).all() and got.truncated[2] is False
+    for g, r in zip([*got.scores[:2], got.scores[3]], ref.scores, strict=True):
+        np.testing.assert_allclose(g, r, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match=r"^prompt 2, option 1: a continuation of 81") as err:
+        score_options(tiny_model64, tok, prompts, options, max_length=70)  # the default
+    assert (err.value.prompt, err.value.option) == (2, 1)
+    assert err.value.detail.startswith("a continuation of 81 tokens")
+
+
+def test_cli_scores_every_other_question_when_an_option_is_too_long(tmp_path):
+    """One over-long option (3000 characters under the tiny model's 512 tokens) used to stop
+    the whole evaluation, after the letter scorer had finished, with nothing written: now
+    the option scorer skips that question, counts it and names it by its file line."""
+    from smoothalign.cli import main
+
+    rows = [{"question": f"{i} + 1?", "options": [str(i + 1), str(i + 2)], "answer": 0}
+            for i in range(6)]  # fmt: skip
+    rows.insert(3, {"question": "Long?", "options": ["short", "x" * 3000], "answer": 0})
+    data = _write_jsonl(tmp_path / "quiz.jsonl", rows)
+    out = tmp_path / "out"
+    rc = main(["eval", "calibration", "--model", "tiny", "--tasks", str(data),
+               "--output-dir", str(out), "--no-progress"])  # fmt: skip
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    letter, option = results["results"]["letter"], results["results"]["option"]
+    assert letter["overall"]["n"] == 7 and letter["overall"]["n_skipped"] == 0
+    assert option["overall"]["n"] == 6 and option["overall"]["n_skipped"] == 1
+    assert option["tasks"]["quiz"]["n_skipped"] == 1
+    (note,) = results["tasks"][0]["notes"]
+    where = f"{data}:4 (option 2 of 2: a continuation of 3001 tokens leaves no room"
+    assert note.startswith("option scorer: 1 question(s) not scored") and where in note
+    md = (out / "results.md").read_text()
+    assert "| NLL | truncated | skipped |" in md and "| NLL | truncated |\n" in md
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    mine = [p for p in preds if p["scorer"] == "option"]
+    assert [p["source"] for p in mine] == [f"{data}:{i}" for i in range(1, 8)]  # file order
+    assert "probabilities" not in mine[3] and mine[3]["skipped"].startswith("option 2 of 2")
+
+
 # --------------------------------------------------------------------------------------------
 # data: local JSONL, MMLU, BIG-bench
 # --------------------------------------------------------------------------------------------

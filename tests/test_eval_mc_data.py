@@ -242,12 +242,24 @@ def test_fewer_shots_than_asked_are_recorded_in_the_notes(tmp_path):
     assert "fewer than the 3 shots" in (out / "results.md").read_text()
 
 
-def test_an_option_too_long_for_max_length_names_task_question_and_option(tmp_path, capsys):
+def test_an_option_too_long_for_max_length_is_skipped_and_named(tmp_path):
+    """The option scorer skips a question with an option too long for any prompt and names
+    it by task, question (its file line) and option, each counted from 1; where a task has
+    no other question, its row shows no metrics and the run still writes its results."""
     rows = [GOOD, {**GOOD, "options": ["a", "a much longer option text here"]}]
     data = _write_jsonl(tmp_path / "long.jsonl", rows)
-    argv = ["--tasks", str(data), "--scorer", "option", "--max-length", "16",
-            "--output-dir", str(tmp_path / "out")]  # fmt: skip
-    assert _cli(argv) == 2
-    err = capsys.readouterr().err
-    assert f"option scorer, task long, question {data}:2: prompt 1, option 1: " in err
-    assert "max_length 16" in err
+    alone = _write_jsonl(tmp_path / "alone.jsonl", rows[1:])
+    out = tmp_path / "out"
+    argv = ["--tasks", str(data), str(alone), "--scorer", "option", "--max-length", "16",
+            "--output-dir", str(out)]  # fmt: skip
+    assert _cli(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    tasks = results["results"]["option"]["tasks"]
+    assert (tasks["long"]["n"], tasks["long"]["n_skipped"]) == (1, 1)
+    assert tasks["alone"] == {"n": 0, "n_truncated": 0, "n_identical_options": 0, "n_skipped": 1}
+    assert results["results"]["option"]["overall"]["n"] == 1
+    notes = {t["name"]: t["notes"] for t in results["tasks"]}
+    assert f"{data}:2 (option 2 of 2: a continuation of" in notes["long"][0]
+    assert "max_length 16" in notes["long"][0]
+    md = (out / "results.md").read_text()
+    assert "| alone | 0 | – | – | – | – | – | – | 0 | 1 |" in md

@@ -48,7 +48,9 @@ def test_group_metrics_match_a_hand_computation():
         for _ in range(40):
             c = float(rng.uniform(0.3, 1.0))
             preds.append({"task": task, "confidence": c, "correct": bool(rng.random() < c)})
-    m = group_metrics(preds, bins=15)
+    # a question the option scorer skipped (an option too long): its line has no forecast
+    skipped = [{"task": t, "skipped": "option 2 of 2: …"} for t in ("jsonl:heldout", "mmlu")]
+    m = group_metrics(preds + skipped, bins=15)
     for name, task in (("bigbench heldout", "jsonl:heldout"), ("mmlu", "mmlu")):
         ps = [p for p in preds if p["task"] == task]
         conf = np.array([p["confidence"] for p in ps])

@@ -7,7 +7,10 @@ option log-likelihood; see :mod:`smoothalign.eval.multiple_choice`), it reports 
 ECE and RMS calibration error (``--bins`` equal-width bins, default 15), MCE, top-label
 Brier score and NLL. Options of identical text (nine MMLU questions list one twice) are
 scored as one answer, never by position (see :mod:`smoothalign.eval.multiple_choice`); such
-questions are counted (``n_identical_options``) and kept.
+questions are counted (``n_identical_options``) and kept. A question with an option too long
+for ``--max-length`` to leave room for any prompt is not scored by the option scorer (the
+other questions are): it is counted (``n_skipped``, the report's ``skipped`` column), named
+in the task's notes, and its ``predictions.jsonl`` line says why (``skipped``).
 
 Files written into ``--output-dir`` (each atomically): ``results.json`` (configuration, data
 notes, per-task and pooled metrics, reliability curves, timings), ``results.md`` (accuracy,
@@ -187,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         fmt = _FORMAT[scorer]
         t0 = time.perf_counter()
         per_task, all_scores, all_answers, all_truncated, all_mass = {}, [], [], [], []
-        all_identical = 0
+        all_identical = all_skipped = 0
         for t, idx, shots in selected:
             qs = [t.questions[i] for i in idx]
             prompts = [
@@ -207,10 +210,27 @@ def run(args: argparse.Namespace) -> int:
                     )
                 else:
                     conts = [continuations(q, fmt) for q in qs]
-                    scored = score_options(model, tokenizer, prompts, conts, **common)
+                    scored = score_options(
+                        model, tokenizer, prompts, conts, too_long="skip", **common
+                    )
             except ScoringInputError as err:
+                # one numbering: the question's file line (from 1) and its option (from 1)
                 where = "" if err.prompt is None else f", question {qs[err.prompt].source}"
-                raise ValueError(f"{scorer} scorer, task {t.name}{where}: {err}") from None
+                if err.prompt is not None and err.option is not None:
+                    n = len(qs[err.prompt].options)
+                    where += f", option {err.option + 1} of {n}"
+                raise ValueError(f"{scorer} scorer, task {t.name}{where}: {err.detail}") from None
+            skipped = scored.skipped or [None] * len(qs)
+            if any(skipped):
+                _note_skipped(t, scorer, qs, skipped)
+            lines = {  # predictions.jsonl's lines of this task, by question
+                k: _skipped_record(scorer, t.name, q, why)
+                for k, (q, why) in enumerate(zip(qs, skipped, strict=True))
+                if why
+            }
+            keep = [k for k in range(len(qs)) if not skipped[k]]  # the questions scored
+            scored = _only(scored, keep)
+            qs = [qs[k] for k in keep]
             for k, s in enumerate(scored.scores):  # a NaN (an fp16 overflow, say) or no
                 # finite option leaves no probabilities: say where, not "probs" later on
                 s = np.asarray(s, dtype=np.float64)
@@ -227,35 +247,37 @@ def run(args: argparse.Namespace) -> int:
                 scored.scores, [q.answer for q in qs], groups, MERGE_RULES[scorer]
             )
             n_identical = sum(len(set(g)) < len(g) for g in groups)
-            summary = summarise(merged, answers, args.bins)
+            summary = summarise(merged, answers, args.bins) if qs else {"n": 0}
             summary["n_truncated"] = scored.n_truncated
             summary["n_identical_options"] = n_identical
-            if scored.letter_mass is not None:
+            summary["n_skipped"] = len(skipped) - len(keep)
+            if scored.letter_mass is not None and qs:
                 summary["letter_mass"] = float(np.mean(scored.letter_mass))
             per_task[t.name] = summary
             all_scores += merged
             all_answers += answers
             all_truncated += scored.truncated
             all_identical += n_identical
+            all_skipped += summary["n_skipped"]
             all_mass += scored.letter_mass or []
             probs, pred, conf = predictions(merged)
             for k, q in enumerate(qs):
                 option_probs = option_probabilities(scored.scores[k])
                 forecast = (probs[k], int(pred[k]), float(conf[k]), groups[k])
-                records.append(_record(scorer, t.name, q, option_probs, forecast, scored, k))
-        overall = summarise(all_scores, all_answers, args.bins)
+                lines[keep[k]] = _record(scorer, t.name, q, option_probs, forecast, scored, k)
+            records += [lines[k] for k in sorted(lines)]
+        overall = summarise(all_scores, all_answers, args.bins) if all_scores else {"n": 0}
         overall["n_truncated"] = int(sum(all_truncated))
         overall["n_identical_options"] = all_identical
-        if scorer == "letter":
+        overall["n_skipped"] = all_skipped
+        if scorer == "letter" and all_mass:
             overall["letter_mass"] = float(np.mean(all_mass))
-        _, pred, conf = predictions(all_scores)
-        correct = (pred == np.asarray(all_answers)).astype(float)
-        curves[scorer] = reliability_curve(conf, correct, args.bins)
-        results[scorer] = {
-            "overall": overall,
-            "tasks": per_task,
-            "reliability": curves[scorer].to_dict(),
-        }
+        results[scorer] = {"overall": overall, "tasks": per_task}
+        if all_scores:  # else every question was skipped: no curve to draw
+            _, pred, conf = predictions(all_scores)
+            correct = (pred == np.asarray(all_answers)).astype(float)
+            curves[scorer] = reliability_curve(conf, correct, args.bins)
+            results[scorer]["reliability"] = curves[scorer].to_dict()
         timing[f"{scorer}_s"] = time.perf_counter() - t0
     timing["total_s"] = time.perf_counter() - t_start
 
@@ -292,6 +314,41 @@ def run(args: argparse.Namespace) -> int:
     print(markdown)
     print(f"wrote {out_dir}/results.json, results.md, reliability.png, predictions.jsonl")
     return 0
+
+
+_LISTED = 5  # skipped questions named in a task's notes (all are in predictions.jsonl)
+
+
+def _note_skipped(task, scorer: str, qs, skipped: list) -> None:
+    """Name the questions ``scorer`` skipped (``skipped[k]``: why, or None) in ``task``'s notes."""
+    which = [f"{q.source} ({why})" for q, why in zip(qs, skipped, strict=True) if why]
+    listed = "; ".join(which[:_LISTED])
+    more = f"; and {len(which) - _LISTED} more" if len(which) > _LISTED else ""
+    task.notes.append(
+        f"{scorer} scorer: {len(which)} question(s) not scored, an option too long for any "
+        "prompt (raise --max-length if the model takes longer inputs, or shorten the "
+        f"option; their predictions.jsonl lines say 'skipped'): {listed}{more}"
+    )
+
+
+def _only(scored, keep: list[int]):
+    """``scored`` (an ``MCScores``) of the questions ``keep`` only."""
+    from smoothalign.eval.multiple_choice import MCScores
+
+    mass = scored.letter_mass
+    return MCScores(
+        scores=[scored.scores[k] for k in keep],
+        truncated=[scored.truncated[k] for k in keep],
+        letter_mass=None if mass is None else [mass[k] for k in keep],
+    )
+
+
+def _skipped_record(scorer, task, q, why: str) -> str:
+    """The ``predictions.jsonl`` line of a question ``scorer`` did not score."""
+    import json
+
+    rec = {"scorer": scorer, "task": task, "source": q.source, "id": q.id, "answer": q.answer}
+    return json.dumps({**rec, "skipped": why}) + "\n"
 
 
 def _record(scorer, task, q, option_probs, forecast, scored, k) -> str:

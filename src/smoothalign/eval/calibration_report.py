@@ -25,19 +25,28 @@ def markdown_report(results: dict[str, Any]) -> str:
         "",
     ]
     for scorer, block in results["results"].items():
+        # the skipped column only where a question was skipped (an option too long)
+        skipped = bool(block["overall"].get("n_skipped"))
         lines += [
             f"## Scorer: {SCORER_LABELS.get(scorer, scorer)}",
             "",
-            "| task | n | accuracy | chance | ECE | RMS | mean conf. | NLL | truncated |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| task | n | accuracy | chance | ECE | RMS | mean conf. | NLL | truncated |"
+            + (" skipped |" if skipped else ""),
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if skipped else ""),
         ]
         rows = list(block["tasks"].items()) + [("**all (pooled)**", block["overall"])]
         for name, m in rows:
-            lines.append(
-                f"| {name} | {m['n']} | {m['accuracy']:.3f} | {m['chance']:.3f} | "
-                f"{m['ece']:.4f} | {m['rms']:.4f} | {m['mean_confidence']:.3f} | "
-                f"{m['nll']:.3f} | {m['n_truncated']} |"
-            )
+            cells = [
+                _value(m, "accuracy", "{:.3f}"),
+                _value(m, "chance", "{:.3f}"),
+                _value(m, "ece", "{:.4f}"),
+                _value(m, "rms", "{:.4f}"),
+                _value(m, "mean_confidence", "{:.3f}"),
+                _value(m, "nll", "{:.3f}"),
+                str(m["n_truncated"]),
+            ]
+            cells += [str(m.get("n_skipped", 0))] if skipped else []
+            lines.append(f"| {name} | {m['n']} | " + " | ".join(cells) + " |")
         n_identical = block["overall"].get("n_identical_options", 0)
         if n_identical:
             how = "their letters' probabilities summed" if scorer == "letter" else "counted once"
@@ -59,6 +68,11 @@ def markdown_report(results: dict[str, Any]) -> str:
     t = results["timing"]
     lines.append(f"Wall time: {t['total_s']:.1f} s (model load {t['model_load_s']:.1f} s).")
     return "\n".join(lines) + "\n"
+
+
+def _value(metrics: dict[str, Any], key: str, fmt: str) -> str:
+    """``metrics[key]`` formatted, or ``–`` where a task had no question scored."""
+    return fmt.format(metrics[key]) if key in metrics else "–"
 
 
 def reliability_figure(curves: dict[str, ReliabilityCurve], model: str):

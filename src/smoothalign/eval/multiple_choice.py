@@ -48,7 +48,9 @@ Sequences are left-padded (with explicit ``position_ids``) so the positions that
 at the end of every row, and the model is asked for those logits only (``logits_to_keep``):
 no ``[batch, length, vocabulary]`` tensor for the whole prompt. A prompt longer than
 ``max_length`` minus its continuation loses tokens from its *start* (oldest few-shot text
-first); such questions are counted in ``n_truncated``, never dropped.
+first); such questions are counted in ``n_truncated``, never dropped. An option that alone
+fills ``max_length`` leaves no room for any prompt: :func:`score_options` raises for it, or
+with ``too_long="skip"`` leaves its question unscored and says why (``MCScores.skipped``).
 """
 
 from __future__ import annotations
@@ -101,24 +103,39 @@ class MCScores:
 
     ``letter_mass`` (letter scorer only): per question, the total next-token probability of
     its letters. ``truncated``: per question, whether any of its sequences lost prompt tokens.
+    ``skipped`` (option scorer with ``too_long="skip"``): per question, ``None``, or why it
+    was not scored (an option too long for ``max_length``); a skipped question's scores are
+    NaN.
     """
 
     scores: list[np.ndarray]
     truncated: list[bool]
     letter_mass: list[float] | None = None
+    skipped: list[str | None] | None = None
 
     @property
     def n_truncated(self) -> int:
         return int(sum(self.truncated))
 
+    @property
+    def n_skipped(self) -> int:
+        return sum(r is not None for r in self.skipped or ())
+
 
 class ScoringInputError(ValueError):
     """A prompt or option that cannot be scored; ``prompt`` is its index in the scorer's
-    ``prompts`` (``None`` when not tied to one), for callers to name the question."""
+    ``prompts`` (``None`` when not tied to one) and ``option`` the option's index in its
+    list (``None`` when not tied to one), for callers to name the question their own way:
+    ``detail`` is the message without the ``prompt i, option k:`` that ``str()`` starts with.
+    """
 
-    def __init__(self, prompt: int | None, message: str):
-        super().__init__(message)
+    def __init__(self, prompt: int | None, detail: str, option: int | None = None):
+        at = [] if prompt is None else [f"prompt {prompt}"]
+        at += [] if option is None else [f"option {option}"]
+        super().__init__(f"{', '.join(at)}: {detail}" if at else detail)
         self.prompt = prompt
+        self.option = option
+        self.detail = detail
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,9 +219,7 @@ def score_letters(
     too_many = [i for i, n in enumerate(n_options) if n > len(LETTERS) or n < 2]
     if too_many:
         i = too_many[0]
-        raise ScoringInputError(
-            i, f"prompt {i}: {n_options[i]} options; the letter scorer needs 2..26"
-        )
+        raise ScoringInputError(i, f"{n_options[i]} options; the letter scorer needs 2..26")
     prefix, letter_ids = letter_token_ids(tokenizer, max(n_options))
     max_length = _max_length(model, tokenizer, max_length)
     seqs, truncated = [], []
@@ -238,6 +253,7 @@ def score_options(
     progress: bool = False,
     desc: str = "option scorer",
     use_cache: bool = True,
+    too_long: str = "error",
 ) -> MCScores:
     """Mean per-token log-probability of each continuation ``options[i][k]`` after
     ``prompts[i]`` (continuations as given: include the leading space, see
@@ -261,41 +277,53 @@ def score_options(
       attention window shorter than the longest prompt plus the longest option.
 
     Log-probabilities are taken in float32 (float64 for a float64 model) on both paths.
+
+    An option of ``max_length`` tokens or more leaves no room for its prompt: with
+    ``too_long="error"`` (the default) a :class:`ScoringInputError` names it; with
+    ``"skip"`` its question is not scored (its scores NaN) and ``MCScores.skipped`` says
+    why, so that one such question does not stop the others.
     """
     if len(prompts) != len(options):
         raise ValueError(f"options: expected {len(prompts)} lists, got {len(options)}")
     if batch_size < 1:
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+    if too_long not in ("error", "skip"):
+        raise ValueError(f"too_long: expected 'error' or 'skip', got {too_long!r}")
     max_length = _max_length(model, tokenizer, max_length)
     prompt_ids: list[list[int]] = []
     option_ids: list[list[list[int]]] = []
     truncated = [False] * len(prompts)
+    skipped: list[str | None] = [None] * len(prompts)
     for i, p in enumerate(_encode_prompts(tokenizer, prompts)):
         if len(options[i]) < 2:
-            raise ScoringInputError(i, f"prompt {i}: {len(options[i])} options; need at least 2")
+            raise ScoringInputError(i, f"{len(options[i])} options; need at least 2")
         if not p:
-            raise ScoringInputError(
-                i, f"prompt {i}: encodes to no tokens; an option needs a context"
-            )
+            raise ScoringInputError(i, "encodes to no tokens; an option needs a context")
         plain = _encode(tokenizer, prompts[i])
         conts = []
         for k, text in enumerate(options[i]):
             cont = continuation_ids(tokenizer, prompts[i], text, plain)
             if not cont:
-                raise ScoringInputError(
-                    i, f"prompt {i}, option {k}: encodes to no tokens ({text!r})"
-                )
-            truncated[i] |= _fit(p, cont, max_length, where=(i, k))[1]  # raises if none fits
+                raise ScoringInputError(i, f"encodes to no tokens ({text!r})", option=k)
             conts.append(cont)
         prompt_ids.append(p)
         option_ids.append(conts)
-    scores = [np.empty(len(o)) for o in options]
+        k = max(range(len(conts)), key=lambda k: len(conts[k]))  # the longest option
+        if len(conts[k]) >= max_length:  # no room for a single prompt token
+            if too_long == "error":
+                _fit(p, conts[k], max_length, where=(i, k))  # raises
+            why = _no_room(len(conts[k]), max_length)
+            skipped[i] = f"option {k + 1} of {len(conts)}: {why}"
+            continue
+        truncated[i] = any(_fit(p, cont, max_length)[1] for cont in conts)
+    scores = [np.full(len(o), np.nan) for o in options]
+    scored = [i for i in range(len(prompts)) if skipped[i] is None]
     # an upper bound on any cached row's length (longest prompt + longest option)
-    longest = max(map(len, prompt_ids), default=0)
-    longest += max((len(c) for conts in option_ids for c in conts), default=0)
+    longest = max((len(prompt_ids[i]) for i in scored), default=0)
+    longest += max((len(c) for i in scored for c in option_ids[i]), default=0)
     cached: list[int] = []
     if use_cache and _cache_fits(model, longest):
-        cached = [i for i in range(len(prompts)) if not truncated[i]]
+        cached = [i for i in scored if not truncated[i]]
     if cached:
         try:
             _option_means_cached(
@@ -305,13 +333,13 @@ def score_options(
         except _NoCache:
             cached = []
     done = set(cached)
-    rest = [i for i in range(len(prompts)) if i not in done]
+    rest = [i for i in scored if i not in done]
     if rest:
         _option_means_uncached(
             model, tokenizer, prompt_ids, option_ids, rest, scores, batch_size, max_length,
             progress, desc,
         )  # fmt: skip
-    return MCScores(scores=scores, truncated=truncated)
+    return MCScores(scores=scores, truncated=truncated, skipped=skipped)
 
 
 def _option_means_uncached(
@@ -618,15 +646,18 @@ def _fit(
     whether it was cut. ``where``: ``(prompt index, option index)``, named in the error."""
     room = max_length - len(cont)
     if room < 1:
-        at = "" if where is None else f"prompt {where[0]}, option {where[1]}: "
-        raise ScoringInputError(
-            None if where is None else where[0],
-            f"{at}a continuation of {len(cont)} tokens leaves no room for the prompt under "
-            f"max_length {max_length}",
-        )
+        prompt, option = (None, None) if where is None else where
+        raise ScoringInputError(prompt, _no_room(len(cont), max_length), option=option)
     if len(prompt) <= room:
         return prompt, False
     return prompt[len(prompt) - room :], True
+
+
+def _no_room(n_tokens: int, max_length: int) -> str:
+    return (
+        f"a continuation of {n_tokens} tokens leaves no room for the prompt under "
+        f"max_length {max_length}"
+    )
 
 
 def _accepts(model: Any, name: str) -> bool:

@@ -328,7 +328,7 @@ def group_metrics(preds: list[dict[str, Any]], bins: int = 15) -> dict[str, dict
         ("bigbench heldout", lambda p: not p["task"].startswith("mmlu")),
         ("mmlu", lambda p: p["task"].startswith("mmlu")),
     ):
-        ps = [p for p in preds if keep(p)]
+        ps = [p for p in preds if keep(p) and "skipped" not in p]  # skipped: not scored
         if not ps:
             continue
         conf = np.array([p["confidence"] for p in ps])
