@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 from tests.dist_helpers import records, torchrun
 from tests.dpo_helpers import cut_alike_rows
+from tests.md_tables import misaligned_rows
 from transformers import (
     AutoModelForSequenceClassification,
     LlamaForSequenceClassification,
@@ -95,6 +96,7 @@ def test_trainer_runs_a_few_steps_and_writes_its_report(tmp_path):
     assert "![divergences](divergences.png)" in report
     assert "ECE of σ(r₁ − r₂) vs held-out vote shares" in report
     assert "against the vote share" in report  # the default loss reads the vote share
+    assert r"| mean \|r₁ − r₂\| |" in report and misaligned_rows(report) == []
     assert "against the majority vote" in describe_loss({"loss": "bt", "smoothing": "none"})
     # the final model reloads as a sequence classifier with the trained rewards
     reloaded = AutoModelForSequenceClassification.from_pretrained(out / "final")

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from tests.dist_helpers import records, torchrun
+from tests.md_tables import misaligned_rows
 from transformers import TrainerCallback
 
 from smoothalign.sft import SFTConfig, run_sft
@@ -116,6 +117,7 @@ def test_cli_trains_on_messages_and_writes_the_report(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "row 24" in report  # the skipped row is listed, not dropped silently
     assert "token accuracy" in report and "ECE of the top-1 probability" in report
+    assert misaligned_rows(report) == []
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in logged if r["split"] == "train" and "loss" in r]
     for key in ("loss", "nll", "mean_token_accuracy", "entropy", "completion_tokens"):

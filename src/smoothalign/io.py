@@ -1,4 +1,5 @@
-"""Atomic file output: a crash never leaves a half-written file that a reader would trust."""
+"""Atomic file output: a crash never leaves a half-written file that a reader would trust;
+and a Markdown table cell that keeps its row's columns (:func:`md_cell`)."""
 
 from __future__ import annotations
 
@@ -194,6 +195,13 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def md_cell(text: Any) -> str:
+    """``text`` as one cell of a Markdown table row: a ``|`` in it (``mean |r₁ − r₂|``, a
+    file name) escaped as ``\\|``, which would otherwise end the cell and shift the row's
+    values out of their columns, and line breaks as spaces (they would end the row)."""
+    return " ".join(str(text).splitlines()).replace("|", "\\|")
 
 
 def _jsonable(obj: Any) -> Any:

@@ -7,6 +7,7 @@ from typing import Any
 
 from smoothalign.calibration import ReliabilityCurve
 from smoothalign.calibration.plots import reliability_diagram
+from smoothalign.io import md_cell
 
 SCORER_LABELS = {
     "letter": "letter (softmax over answer letters)",
@@ -46,7 +47,7 @@ def markdown_report(results: dict[str, Any]) -> str:
                 str(m["n_truncated"]),
             ]
             cells += [str(m.get("n_skipped", 0))] if skipped else []
-            lines.append(f"| {name} | {m['n']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {md_cell(name)} | {m['n']} | " + " | ".join(cells) + " |")
         n_identical = block["overall"].get("n_identical_options", 0)
         if n_identical:
             how = "their letters' probabilities summed" if scorer == "letter" else "counted once"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from smoothalign.io import md_cell
+
 # (metric key, label, format) rows of a before/after table
 TableRows = list[tuple[str, str, str]]
 
@@ -24,7 +26,7 @@ def before_after_table(
         if key in before or key in after:
             b = fmt.format(before[key]) if key in before else "–"
             a = fmt.format(after[key]) if key in after else "–"
-            lines.append(f"| {label} | {b} | {a} |")
+            lines.append(f"| {md_cell(label)} | {b} | {a} |")
     return lines
 
 
@@ -32,7 +34,9 @@ def metrics_table(rows: TableRows, metrics: dict[str, float]) -> list[str]:
     """``| metric | value |``: a row per key ``metrics`` has (one evaluation, no before/after)."""
     lines = ["| metric | value |", "|---|---|"]
     lines += [
-        f"| {label} | {fmt.format(metrics[key])} |" for key, label, fmt in rows if key in metrics
+        f"| {md_cell(label)} | {fmt.format(metrics[key])} |"
+        for key, label, fmt in rows
+        if key in metrics
     ]
     return lines
 
