@@ -484,6 +484,14 @@ def test_cli_trains_on_text_rows_and_writes_the_report(tmp_path):
     assert len(train) == 2 and all(r["completion_tokens"] > 0 for r in train)
     results = json.loads((out / "eval_results.json").read_text())
     assert results["after"]["n_rows"] == 2  # the 10% holdout of the 20 kept rows
+    # the tokens trained on are the 18 training rows', not those of all 20 kept rows
+    held = int(results["before"]["n_tokens"])
+    total = validation["n_completion_tokens"]
+    assert 0 < held < total
+    assert f"tokens the loss reads: {total - held} in the 18 training rows" in report
+    assert f"{held} in the 2 held-out rows" in report
+    assert f"tokens the loss reads, in the kept rows: {total}" in report  # validation's
+    assert "tokens trained on" not in report
 
 
 def test_a_lora_adapter_on_the_lm_head_is_refused_not_left_out(tmp_path, data):

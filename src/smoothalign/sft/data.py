@@ -127,7 +127,9 @@ class SFTValidationReport(TokenizedRowsReport):
     n_truncated: int = 0
     n_messages_rows: int = 0
     n_text_rows: int = 0
-    n_completion_tokens: int = 0  # every token trained on, whatever the row's form
+    # the tokens the loss reads (completion / assistant / text tokens) in every kept row, held
+    # out or not: the split comes later (the run's report gives the training rows' own count)
+    n_completion_tokens: int = 0
 
     title: ClassVar[str] = "SFT data"
     details: ClassVar[str] = "validation.json"
@@ -145,7 +147,7 @@ class SFTValidationReport(TokenizedRowsReport):
             f"- rows in the 'messages' form: {self.n_messages_rows}",
             f"- rows in the 'text' form: {self.n_text_rows}",
             f"- rows cut to fit max_length: {self.n_truncated}",
-            f"- tokens trained on (kept rows): {self.n_completion_tokens}",
+            f"- tokens the loss reads, in the kept rows: {self.n_completion_tokens}",
         ]
 
 

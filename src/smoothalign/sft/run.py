@@ -100,6 +100,17 @@ def load_sft_data(
     return train_ex, eval_ex, info, md, notes + split_notes
 
 
+def token_note(train: list[SFTExample], held_out: list[SFTExample]) -> str:
+    """The report's line on the tokens the loss reads, in the training rows and (apart) in
+    the held-out ones: validation counts every kept row's, before the train/eval split."""
+    n_train = sum(ex.n_completion_tokens for ex in train)
+    n_held = sum(ex.n_completion_tokens for ex in held_out)
+    return (
+        f"tokens the loss reads: {n_train} in the {len(train)} training rows (an epoch's), "
+        f"{n_held} in the {len(held_out)} held-out rows"
+    )
+
+
 def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult:
     """Fine-tune ``config.model`` on ``config.data``; ``callbacks`` are extra
     ``transformers.TrainerCallback`` s."""
@@ -122,6 +133,7 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
     )
     train_ex, eval_ex, info, validation_md, notes = validated
     n_skipped = sum(v["n_skipped"] for v in info.values())
+    notes.append(token_note(train_ex, eval_ex))
     if config.max_eval_rows and len(eval_ex) > config.max_eval_rows:
         notes.append(
             f"eval: the first {config.max_eval_rows} of {len(eval_ex)} held-out rows "
