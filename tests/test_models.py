@@ -162,6 +162,65 @@ def test_a_run_folder_loads_the_model_it_saved(tiny, tmp_path, capsys):
         load_model_and_tokenizer(unfinished)
 
 
+def test_a_folder_that_is_not_a_causal_lm_is_refused_before_its_weights_load(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    """A reward run's folder (a LlamaForSequenceClassification in final/) loaded as a causal
+    LM only drew transformers' "score.weight | UNEXPECTED" (the tiny Llama's tied head even
+    gave it an LM head): `analyze head`, `eval calibration` and `rank-calibrate --policy`
+    read it. It is refused by what its config.json says, as the reverse mistake is, naming
+    where the reward model goes; so is a bare LlamaModel (no head). A causal LM of another
+    listed class (Gemma 3's ForConditionalGeneration) and a reward run's own folder, given
+    to `smoothalign reward` to train on, still load."""
+    import transformers
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+    from smoothalign.cli import main
+    from smoothalign.reward.run import build_reward_model
+
+    model, tok = tiny
+    run = tmp_path / "rw"
+    reward, _ = build_reward_model("tiny")
+    reward.save_pretrained(run / "final", safe_serialization=True)
+    tok.save_pretrained(run / "final")
+    (run / "config.json").write_text(json.dumps({"model": "tiny", "output_dir": "rw"}))
+    bare = tmp_path / "bare"
+    AutoModel.from_config(model.config).save_pretrained(bare, safe_serialization=True)
+    tok.save_pretrained(bare)
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the weights were read")
+
+    with monkeypatch.context() as m:
+        m.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_weights)
+        with pytest.raises(ValueError, match=r"is a LlamaForSequenceClassification \(config"):
+            load_model_and_tokenizer(run)
+        with pytest.raises(ValueError, match=r"'.*bare' is a LlamaModel .*LM head would be"):
+            load_model_and_tokenizer(bare)
+    quiz = tmp_path / "quiz.jsonl"
+    quiz.write_text(json.dumps({"question": "1 + 1?", "options": ["2", "3"], "answer": 0}))
+    for argv in (
+        ["eval", "calibration", "--model", str(run), "--tasks", str(quiz)],
+        ["analyze", "head", "--model", str(run / "final")],
+    ):
+        assert main([*argv, "--output-dir", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert "is a LlamaForSequenceClassification" in err, err
+        assert "not a causal language model" in err and "rank-calibrate --reward-model" in err
+
+    # what is a causal LM still loads
+    config = json.loads((bare / "config.json").read_text())
+    (bare / "config.json").write_text(json.dumps({**config, "architectures": ["LlamaForCausalLM"]}))
+    load_model_and_tokenizer(bare)
+    (bare / "config.json").write_text(
+        json.dumps({**config, "architectures": ["Gemma3ForConditionalGeneration"]})
+    )
+    load_model_and_tokenizer(bare)  # the folder is a Llama: only the check is asked
+    loaded, _ = build_reward_model(str(run))  # a reward model trained on
+    assert isinstance(loaded, type(AutoModelForSequenceClassification.from_config(
+        AutoConfig.from_pretrained(run / "final"))))  # fmt: skip
+
+
 def test_missing_pad_token_falls_back_to_eos(tiny, tmp_path):
     model, tok = tiny
     model.save_pretrained(tmp_path)

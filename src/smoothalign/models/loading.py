@@ -16,7 +16,12 @@
   ``local_files_only=True``: this module never touches the Hugging Face hub. A smoothalign
   run folder (``smoothalign dpo/sft/reward --output-dir``, whose config.json holds the run's
   options, not a model's) stands for the model it saved, its ``final/``
-  (:func:`resolve_model_folder`).
+  (:func:`resolve_model_folder`). A folder whose ``config.json`` names no causal-LM class
+  in ``architectures`` (a ``smoothalign reward`` model, ``*ForSequenceClassification``; a
+  bare ``*Model`` without its LM head) is refused before anything loads
+  (:func:`check_causal_lm_folder`): ``AutoModelForCausalLM`` would build the causal LM of
+  its ``model_type`` around its weights, dropping its head and adding an untrained one (or,
+  with tied embeddings, reusing the input embeddings) with no more than a load warning.
 
 The returned tokenizer always has a pad token: when the checkpoint has none, the EOS token is
 used as pad (``tokenizer.pad_token = tokenizer.eos_token``) and ``model.config.pad_token_id`` /
@@ -48,6 +53,7 @@ __all__ = [
     "TINY_CHAT_TEMPLATE",
     "build_tiny_model",
     "build_tiny_tokenizer",
+    "check_causal_lm_folder",
     "check_model_name",
     "describe_model",
     "ensure_pad_token",
@@ -476,6 +482,58 @@ def resolve_model_folder(path: Path) -> Path:
     )
 
 
+def _is_causal_lm_class(name: str) -> bool:
+    """Whether ``name`` (an entry of a config's ``architectures``) is a causal LM with its
+    head: ``transformers``' ``AutoModelForCausalLM`` table (``Gemma3ForConditionalGeneration``
+    is one) or a name of the usual form (a class newer than the installed ``transformers``,
+    or remote code)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if name.endswith(("ForCausalLM", "LMHeadModel")):
+        return True
+    for value in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        if name == value or (isinstance(value, list | tuple) and name in value):
+            return True
+    return False
+
+
+def check_causal_lm_folder(path: Path) -> None:
+    """Refuse the model folder ``path`` where its ``config.json`` says it is not a causal LM:
+    its ``architectures`` name no causal-LM class (:func:`_is_causal_lm_class`) and its
+    ``auto_map`` (remote code) no ``AutoModelForCausalLM``. A reward model that ``smoothalign
+    reward`` saved (``*ForSequenceClassification``) is the likely one, given where a policy or
+    an evaluated model is wanted. A config without ``architectures``, or one that cannot be
+    read, passes: the loader decides."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    archs = config.get("architectures") if isinstance(config, dict) else None
+    if not isinstance(archs, list) or not archs or not all(isinstance(a, str) for a in archs):
+        return
+    auto_map = config.get("auto_map")
+    if any(map(_is_causal_lm_class, archs)) or (
+        isinstance(auto_map, dict) and "AutoModelForCausalLM" in auto_map
+    ):
+        return
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        what = (
+            "a sequence classifier (a reward model, as `smoothalign reward` saves one): it "
+            "scores whole texts and has no LM head to give next-token probabilities; pass "
+            "the causal LM here, and the reward model where one is asked for "
+            "(rank-calibrate --reward-model, study preference --judge)"
+        )
+    else:
+        what = (
+            "its LM head would be missing or replaced by an untrained one; pass a folder "
+            "saved from a *ForCausalLM model"
+        )
+    raise ValueError(
+        f"model {str(path)!r} is a {', '.join(archs)} (config.json: architectures), not a "
+        f"causal language model (*ForCausalLM): {what}"
+    )
+
+
 def _gguf_in(path: Path) -> Path | None:
     if path.is_file():
         if path.suffix != ".gguf":
@@ -535,6 +593,7 @@ def _load_folder(
             f"model {str(path)!r}: no config.json (and no .gguf); expected a folder written "
             "by save_pretrained"
         )
+    check_causal_lm_folder(path)  # before the tokenizer and the weights load
     has_safetensors = any(path.glob("*.safetensors")) or any(path.glob("*.safetensors.index.json"))
     if tokenizer is None:
         tokenizer = _folder_tokenizer(path, trust_remote_code=trust_remote_code)
