@@ -91,6 +91,36 @@ def test_overlapping_task_specs_are_refused(tmp_path):
     assert [t.name for t in load_tasks(quizzes)] == ["arith", "geo"]
 
 
+def test_files_of_one_stem_in_different_folders_are_named_apart(tmp_path, monkeypatch):
+    """`--tasks data/quiz.jsonl d2/quiz.jsonl` was refused ("['quiz'] named more than
+    once"): two files, one stem. Their tasks are named by as much of their path as tells them
+    apart, questions included, and say so; a file alone keeps its stem. A name that still
+    collides is refused naming the files: one file given twice, or two files' rows giving
+    one 'task'."""
+    for folder in ("data", "d2", "x/data"):
+        (tmp_path / folder).mkdir(parents=True)
+        _write_jsonl(tmp_path / folder / "quiz.jsonl", [GOOD, {**GOOD, "question": folder}])
+    a, b, c = (str(tmp_path / f / "quiz.jsonl") for f in ("data", "d2", "x/data"))
+    tasks = load_tasks([a, b])
+    assert [t.name for t in tasks] == ["data/quiz", "d2/quiz"]
+    assert [{q.task for q in t.questions} for t in tasks] == [{"data/quiz"}, {"d2/quiz"}]
+    assert tasks[0].notes == [f"named 'data/quiz' after its file, not 'quiz': {b} also gives a "
+                              "task 'quiz'"]  # fmt: skip
+    assert [t.name for t in load_tasks([a, c])] == [f"{tmp_path.name}/data/quiz", "x/data/quiz"]
+    (alone,) = load_tasks([a])
+    assert alone.name == "quiz" and alone.notes == []  # no collision: the names as before
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"'quiz' is named more than once: .* given twice"):
+        load_tasks([a, "data/quiz.jsonl"])  # one file, two spellings
+    for folder in ("data", "d2"):
+        _write_jsonl(tmp_path / folder / "arith.jsonl", [{**GOOD, "task": "sums"}])
+    sums = [str(tmp_path / f / "arith.jsonl") for f in ("data", "d2")]
+    with pytest.raises(ValueError, match=r"'sums' names a task of each of .*data/arith.jsonl, "
+                       r".*d2/arith.jsonl; .* a JSONL row's 'task' field"):  # fmt: skip
+        load_tasks(sums)
+
+
 def test_a_line_that_is_not_utf8_is_a_named_bad_row(tmp_path):
     good = json.dumps(GOOD).encode() + b"\n"
     path = tmp_path / "latin1.jsonl"

@@ -47,7 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=["mmlu"],
         help="'mmlu', 'mmlu:<subject>[,<subject>…]', 'bigbench:<task>[/<subtask>]', "
-        "'jsonl:<path>' or a path ending in .jsonl (format: smoothalign.eval.mc_tasks)",
+        "'jsonl:<path>' or a path ending in .jsonl (format: smoothalign.eval.mc_tasks; "
+        "reported under the file's stem, or with its folders where two files share one: "
+        "data/quiz, d2/quiz)",
     )
     parser.add_argument(
         "--scorer",

@@ -23,7 +23,11 @@ Task specifications (``--tasks``; :func:`load_tasks`):
   examples (free text) are skipped and named in the notes of the first one kept (an error
   if none is left). The task's ``task_prefix`` opens every prompt.
 * ``jsonl:<path>`` or any path ending in ``.jsonl`` — local questions
-  (format: :mod:`smoothalign.eval.mc_tasks`).
+  (format: :mod:`smoothalign.eval.mc_tasks`), reported under the file's stem (or each
+  row's ``task``). Where files in different folders share a stem (``data/quiz.jsonl``,
+  ``d2/quiz.jsonl``), their tasks are named by as much of their path as tells them apart
+  (``data/quiz``, ``d2/quiz``) and a note says so; names that still collide (two files'
+  rows giving one ``task``, a file given twice) are refused, naming the files.
 
 **BIG-bench data.** The ``bigbench`` 1.0.0 source archive on PyPI
 (``bigbench-1.0.0.tar.gz``, 358 MB) carries every ``benchmark_tasks/*/task.json``; its code
@@ -44,6 +48,7 @@ variable ``SMOOTHALIGN_BIGBENCH``, that default archive. A source is either
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.metadata
 import json
@@ -124,6 +129,7 @@ def load_tasks(
     """Load every task named in ``specs`` (forms in the module docstring)."""
     _prefetch_bigbench([s.partition(":")[2] for s in specs if s.startswith("bigbench:")], bigbench)
     out: list[TaskData] = []
+    files: dict[int, Path] = {}  # id(task) -> its JSONL file, for tasks named after its stem
     for spec in specs:
         kind, _, arg = spec.partition(":")
         if spec == "mmlu" or kind == "mmlu":
@@ -136,16 +142,19 @@ def load_tasks(
         elif kind == "jsonl" or spec.endswith(".jsonl"):
             path = Path(arg if kind == "jsonl" else spec)
             questions = load_jsonl_questions(path)
-            out.extend(_split_by_task(questions, str(path)))
+            tasks = _split_by_task(questions, str(path))
+            files.update((id(t), path) for t in tasks if t.name == path.stem)
+            out.extend(tasks)
         else:
             raise ValueError(
                 f"task {spec!r}: expected 'mmlu', 'mmlu:<subject>[,<subject>…]', "
                 "'bigbench:<task>[/<subtask>]', 'jsonl:<path>' or a path ending in .jsonl"
             )
+    out = _name_apart(out, files)
     names = Counter(t.name for t in out)
     dup = [n for n, c in names.items() if c > 1]
     if dup:
-        raise ValueError(f"tasks: {dup} named more than once")
+        raise ValueError(_collision_message(dup[0], [t for t in out if t.name == dup[0]]))
     owner: dict[tuple[str, str], str] = {}  # (file, question's place) -> the first task
     for t in out:
         for q in t.questions:
@@ -156,6 +165,57 @@ def load_tasks(
                     "results would count their shared questions twice: name each question once"
                 )
     return out
+
+
+def _name_apart(tasks: list[TaskData], files: dict[int, Path]) -> list[TaskData]:
+    """``tasks``, where a name is shared, with each task named after its JSONL file's stem
+    (``files``: by ``id(task)``) renamed to as much of the file's path as tells it apart:
+    ``data/quiz``, ``d2/quiz`` (the last two parts of its resolved path without the suffix,
+    more where those are alike). Its questions take the name too (few-shot pools are per
+    task) and a note says why. A name that is not shared is kept as it is."""
+    counts = Counter(t.name for t in tasks)
+    renamed: dict[int, tuple[str, list[str]]] = {}  # id(task) -> (name, the others' files)
+    for name in [n for n, c in counts.items() if c > 1]:
+        mine = [t for t in tasks if t.name == name and id(t) in files]
+        paths = {id(t): files[id(t)].resolve().with_suffix("") for t in mine}
+        if not mine or len(set(paths.values())) < len(mine):
+            continue  # rows' own 'task' names, or one file given twice: refused, named
+        others = [t.source for t in tasks if t.name == name]
+        for k in range(2, max(len(p.parts) for p in paths.values()) + 1):
+            labels = {i: "/".join(p.parts[-k:]).lstrip("/") for i, p in paths.items()}
+            if len(set(labels.values())) == len(labels):
+                for t in mine:
+                    rest = [o for o in others if o != t.source]
+                    renamed[id(t)] = (labels[id(t)], rest)
+                break
+    out = []
+    for t in tasks:
+        if id(t) not in renamed:
+            out.append(t)
+            continue
+        new, rest = renamed[id(t)]
+        note = (
+            f"named {new!r} after its file, not {t.name!r}: {', '.join(rest)} also "
+            f"{'give' if len(rest) > 1 else 'gives'} a task {t.name!r}"
+        )
+        questions = [dataclasses.replace(q, task=new) for q in t.questions]
+        out.append(dataclasses.replace(t, name=new, questions=questions, notes=[*t.notes, note]))
+    return out
+
+
+def _collision_message(name: str, holders: list[TaskData]) -> str:
+    """Why the tasks ``holders`` cannot share ``name``, and how to name them apart."""
+    sources = [t.source for t in holders]
+    if len({str(Path(s).resolve()) for s in sources}) < len(sources):
+        return (
+            f"tasks: {name!r} is named more than once: {sources[0]} is given twice (as "
+            f"{' and '.join(sources)}); results are reported by task: name each file once"
+        )
+    return (
+        f"tasks: {name!r} names a task of each of {', '.join(sources)}; results are reported "
+        "by task name, so give them different names: a JSONL row's 'task' field names its "
+        "task (a file's stem names the rows without one)"
+    )
 
 
 def _split_by_task(questions: list[MCQuestion], source: str) -> list[TaskData]:
