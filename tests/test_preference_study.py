@@ -497,8 +497,11 @@ def test_an_interrupted_study_keeps_its_finished_groups_and_resumes_them(tmp_pat
         return run_group(*args)
 
     monkeypatch.setattr(pref, "run_group", interrupted_after_two)
-    with pytest.raises(KeyboardInterrupt):
-        main(argv)
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    assert main(argv) == 130  # Ctrl-C: one line, exit status 130
+    err = capsys.readouterr().err
+    assert "smoothalign study preference: interrupted" in err
+    Path(err.split("(traceback: ")[1].split(";")[0]).unlink()
     kept = sorted(p.name for p in (out / pref.FINISHED_DIR).iterdir())
     assert kept == ["seed-0_flip-0.0.json", "seed-0_flip-0.2.json"]
     assert not (out / "results.json").exists()
