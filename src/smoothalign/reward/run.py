@@ -53,6 +53,12 @@ from smoothalign.train.common import (
     training_arguments,
     validation_summary,
 )
+from smoothalign.train.data_fingerprint import (
+    check_resume_data,
+    data_fingerprint,
+    pair_content,
+    write_data_fingerprint,
+)
 from smoothalign.train.run_result import TrainerRunResult
 
 SUMMARY_KEYS = ("accuracy", "accuracy_true", "ece", "ece_true", "kl_true", "fkl", "rkl", "jsd")
@@ -191,6 +197,13 @@ def load_reward_data(
     return train_ex, eval_ex, info, md, notes + split_notes
 
 
+def reward_content(example: RewardPair) -> tuple:
+    """What training and evaluation read of a soft-label pair (its data fingerprint's
+    content): the tokenised pair's, and its label with the votes it came from."""
+    return (*pair_content(example.pair), example.p_chosen, example.votes_chosen,
+            example.votes_total)  # fmt: skip
+
+
 # ---------------------------------------------------------------------------- run
 def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> RewardRunResult:
     """Train the reward model of ``config``; ``callbacks`` are extra ``TrainerCallback`` s.
@@ -216,16 +229,23 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
         labels=config.labels,
         eval_labels=config.eval_labels,
     )
-    model, tokenizer, validated = load_checked(  # bad rows before the weights, if it can
+
+    def checked_data(tokenizer):  # and a resume's rows: the checkpointed run's
+        validated = load_reward_data(config, tokenizer)
+        fingerprint = data_fingerprint(validated[0], validated[1], reward_content)
+        return validated, fingerprint, check_resume_data(config.resume, out, fingerprint)
+
+    model, tokenizer, checked = load_checked(  # bad rows before the weights, if it can
         config.model,
         config.trust_remote_code,
-        lambda tok: load_reward_data(config, tok),
+        checked_data,
         lambda tok: build_reward_model(
             config.model, trust_remote_code=config.trust_remote_code, tokenizer=tok
         ),
     )
+    validated, fingerprint, resume_note = checked
     train_ex, eval_ex, info, validation_md, data_notes = validated
-    notes += data_notes
+    notes += data_notes + ([resume_note] if resume_note else [])
     n_skipped = sum(v["n_skipped"] for v in info.values())
     if config.lora:
         model = _add_lora(model, config)
@@ -248,6 +268,7 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
         clear_before_run(out, config.resume)  # checks passed, models loaded: the run is on
         atomic_write_json(out / "config.json", run_config_record(config))
         atomic_write_json(out / "validation.json", info)
+        write_data_fingerprint(out, fingerprint)
 
     forecasts_before = trainer.reward_forecasts(eval_ds)
     before = _metrics(forecasts_before, config)

@@ -47,6 +47,11 @@ from smoothalign.train.common import (
     split_validated,
     training_arguments,
 )
+from smoothalign.train.data_fingerprint import (
+    check_resume_data,
+    data_fingerprint,
+    write_data_fingerprint,
+)
 from smoothalign.train.run_result import TrainerRunResult
 
 SUMMARY_KEYS = ("loss", "nll", "perplexity", "mean_token_accuracy", "entropy", "top1_ece")
@@ -100,6 +105,12 @@ def load_sft_data(
     return train_ex, eval_ex, info, md, notes + split_notes
 
 
+def sft_content(example: SFTExample) -> tuple:
+    """What training and evaluation read of an SFT row (its data fingerprint's content):
+    its tokens and which of them the loss reads."""
+    return example.input_ids, example.labels
+
+
 def token_note(train: list[SFTExample], held_out: list[SFTExample]) -> str:
     """The report's line on the tokens the loss reads, in the training rows and (apart) in
     the held-out ones: validation counts every kept row's, before the train/eval split."""
@@ -123,15 +134,23 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
     bf16 = resolve_bf16(config.precision)
     # a mistyped path fails before the model loads
     check_paths_exist(data=config.data, eval_data=config.eval_data)
-    model, tokenizer, validated = load_checked(  # bad rows before the weights, if it can
+
+    def checked_data(tokenizer):  # and a resume's rows: the checkpointed run's
+        validated = load_sft_data(config, tokenizer)
+        fingerprint = data_fingerprint(validated[0], validated[1], sft_content)
+        return validated, fingerprint, check_resume_data(config.resume, out, fingerprint)
+
+    model, tokenizer, checked = load_checked(  # bad rows before the weights, if it can
         config.model,
         config.trust_remote_code,
-        lambda tok: load_sft_data(config, tok),
+        checked_data,
         lambda tok: load_model_and_tokenizer(
             config.model, trust_remote_code=config.trust_remote_code, tokenizer=tok
         ),
     )
+    validated, fingerprint, resume_note = checked
     train_ex, eval_ex, info, validation_md, notes = validated
+    notes += [resume_note] if resume_note else []
     n_skipped = sum(v["n_skipped"] for v in info.values())
     notes.append(token_note(train_ex, eval_ex))
     if config.max_eval_rows and len(eval_ex) > config.max_eval_rows:
@@ -167,6 +186,7 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
         clear_before_run(out, config.resume)  # checks passed, models loaded: the run is on
         atomic_write_json(out / "config.json", run_config_record(config))
         atomic_write_json(out / "validation.json", info)
+        write_data_fingerprint(out, fingerprint)
 
     trainer.check_head(collator(eval_ex[: config.batch_size]))
     before, tokens_before = trainer.token_evaluation(eval_ds)

@@ -56,6 +56,11 @@ from smoothalign.train.common import (
     validation_summary,
 )
 from smoothalign.train.config import DPOConfig
+from smoothalign.train.data_fingerprint import (
+    check_resume_data,
+    data_fingerprint,
+    write_data_fingerprint,
+)
 from smoothalign.train.report import write_report
 from smoothalign.train.run_result import TrainerRunResult
 from smoothalign.train.trainer import (
@@ -89,16 +94,23 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
 
     # a bad file fails before the model loads
     rows, eval_rows, data_notes, eval_option = _read_data(config)
-    model, tokenizer, validated = load_checked(  # bad rows too, before the weights if it can
+
+    def checked_data(tokenizer):  # and a resume's rows: the checkpointed run's
+        validated = _load_data(config, tokenizer, rows, eval_rows, eval_option)
+        fingerprint = data_fingerprint(validated[0], validated[1])
+        return validated, fingerprint, check_resume_data(config.resume, out, fingerprint)
+
+    model, tokenizer, checked = load_checked(  # bad rows too, before the weights if it can
         config.model,
         config.trust_remote_code,
-        lambda tok: _load_data(config, tok, rows, eval_rows, eval_option),
+        checked_data,
         lambda tok: load_model_and_tokenizer(
             config.model, trust_remote_code=config.trust_remote_code, tokenizer=tok
         ),
     )
+    validated, fingerprint, resume_note = checked
     train_ex, eval_ex, validation_md, n_skipped, split_notes, validation = validated
-    data_notes += split_notes
+    data_notes += split_notes + ([resume_note] if resume_note else [])
     notes += data_notes
     if config.max_eval_pairs and len(eval_ex) > config.max_eval_pairs:
         notes.append(
@@ -174,6 +186,7 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
         clear_before_run(out, config.resume)  # checks passed, models loaded: the run is on
         atomic_write_json(out / "config.json", run_config_record(config))
         atomic_write_json(out / "validation.json", validation)
+        write_data_fingerprint(out, fingerprint)
 
     forecasts_before = trainer.preference_forecasts(eval_ds)
     before = preference_metrics(forecasts_before["margins"], forecasts_before["confidence"])
