@@ -1262,3 +1262,112 @@ def test_an_interrupted_new_run_leaves_no_earlier_runs_final(noisy_data, tmp_pat
         run_dpo(_config(noisy_data, out, smoothing="cals-l2", max_steps=4), callbacks=[_Crash(1)])
     assert json.loads((out / "config.json").read_text())["smoothing"] == "cals-l2"
     assert not (out / "final").exists()
+
+
+def test_a_resume_refuses_data_that_changed_since_the_checkpoint(tmp_path, monkeypatch):
+    """A resume checks its paths' options, and its rows too: a data file edited (one row's
+    text), appended to or reordered after a crash, or other held-out rows, would leave the
+    checkpoint's data position pointing into other rows and the metrics before and after on
+    other pairs; refused before the model loads, saying what differs. The same rows resume
+    as before, and so does a run that only finishes at --max-steps."""
+    import smoothalign.train.run as run_module
+
+    rows, held_out = synthetic_rows(40, seed=5), synthetic_rows(8, seed=6)
+    data, eval_data = tmp_path / "pairs.jsonl", tmp_path / "heldout.jsonl"
+    write_jsonl(rows, data)
+    write_jsonl(held_out, eval_data)
+    out = tmp_path / "run"
+    kw = dict(smoothing="none", max_steps=4, save_steps=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_dpo(_config(data, out, eval_data=str(eval_data), **kw), callbacks=[_Crash(at=3)])
+    fingerprint = json.loads((out / "data_fingerprint.json").read_text())
+    assert (fingerprint["train"]["rows"], fingerprint["held_out"]["rows"]) == (40, 8)
+
+    def resume(**more):
+        return run_dpo(_config(data, out, eval_data=str(eval_data), resume="latest", **kw, **more))
+
+    load = run_module.load_model_and_tokenizer
+    monkeypatch.setattr(run_module, "load_model_and_tokenizer", _refuse_model)
+    edited = [dict(r) for r in rows]
+    edited[7]["chosen"] = edited[7]["chosen"][::-1]
+    for changed, what in (
+        (edited, "training rows: 40 before and now, but not the same ones"),
+        (
+            [*rows, {"prompt": "zyx:", "chosen": "abba", "rejected": "cddc"}],
+            "training rows: 40 before, 41 now",
+        ),
+        ([*rows[1:], rows[0]], "training rows: the same 40, in another order"),
+    ):
+        write_jsonl(changed, data)
+        with pytest.raises(ValueError, match="this run's data differs") as err:
+            resume()
+        message = str(err.value)
+        assert what in message and "held-out rows" not in message
+        assert "must read the same rows" in message and "drop --resume" in message
+    write_jsonl(rows, data)
+    write_jsonl(held_out[:7], eval_data)
+    with pytest.raises(ValueError, match="held-out rows: 8 before, 7 now") as err:
+        resume()
+    assert "training rows" not in str(err.value)
+    write_jsonl(held_out, eval_data)
+
+    monkeypatch.setattr(run_module, "load_model_and_tokenizer", load)
+    result = resume()  # the same rows: resumed from checkpoint-2, trained on to 4
+    assert any("resumed from" in n and "checkpoint-2" in n for n in result.notes)
+    assert not any("data_fingerprint" in n for n in result.notes)
+    result = resume()  # at --max-steps: finishes the run, training nothing
+    assert any("is at --max-steps 4" in n for n in result.notes)
+    # a checkpoint of a run that recorded no fingerprint (an earlier version's) resumes
+    # unchecked, with a note; the resumed run records its own
+    (out / "data_fingerprint.json").unlink()
+    result = resume()
+    noted = [n for n in result.notes if "data_fingerprint.json" in n]
+    assert len(noted) == 1 and "wrote no data_fingerprint.json" in noted[0]
+    assert json.loads((out / "data_fingerprint.json").read_text()) == fingerprint
+
+
+def _refuse_model(*args, **kwargs):
+    raise AssertionError("the model was loaded before the resumed run's data was checked")
+
+
+def test_a_data_fingerprint_tells_rows_moved_between_the_sides_from_rows_changed(tmp_path):
+    """What a refusal says: rows changed, counted otherwise, reordered, or the same rows split
+    otherwise between training and held-out (another version's holdout, say)."""
+    from smoothalign.train.data_fingerprint import (
+        DATA_FINGERPRINT,
+        check_resume_data,
+        data_fingerprint,
+        write_data_fingerprint,
+    )
+
+    checkpoint = tmp_path / "checkpoint-2"
+    checkpoint.mkdir()
+    (checkpoint / "smoothalign_complete.json").write_text('{"global_step": 2}')
+    rows = [([i, i + 1], 0.9, None) for i in range(10)]
+    write_data_fingerprint(tmp_path, data_fingerprint(rows[:8], rows[8:], tuple))
+
+    def check(train, held_out):
+        return check_resume_data("latest", tmp_path, data_fingerprint(train, held_out, tuple))
+
+    assert check(rows[:8], rows[8:]) is None
+    with pytest.raises(ValueError) as err:
+        check(rows[1:9], [rows[0], rows[9]])
+    assert (
+        "training rows: 8 before and now, but not the same ones; held-out rows: 2 before "
+        "and now, but not the same ones; the same rows in all, split otherwise between "
+        "training and held-out. A resumed run must read the same rows"
+    ) in str(err.value)
+    with pytest.raises(ValueError, match=r"held-out rows: the same 2, in another order\. "):
+        check(rows[:8], rows[:7:-1])
+    with pytest.raises(
+        ValueError,
+        match=r"training rows: 8 before and now, but not the same "
+        r"ones \(a row's tokens, label or confidence differ\)\. ",
+    ):
+        check([*rows[:7], ([7, 8], 0.1, None)], rows[8:])  # a confidence changed
+    assert check_resume_data(None, tmp_path, {}) is None  # no resume: nothing to check
+    (tmp_path / DATA_FINGERPRINT).write_text('{"scheme": 99}')
+    assert check(rows, []) == (
+        "data: data_fingerprint.json is another version's: this run's rows were not checked "
+        "to be the ones it trained on"
+    )

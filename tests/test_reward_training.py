@@ -576,3 +576,22 @@ def test_oracle_smoothing_without_confidences_is_refused_before_the_model_loads(
     assert [(b["row"], b["code"]) for b in bad] == [(15, "missing_confidence"),
                                                     (30, "missing_confidence"),
                                                     (41, "missing_confidence")]  # fmt: skip
+
+
+def test_a_resume_refuses_data_that_changed_since_the_checkpoint(tmp_path):
+    """As DPO's: a true confidence edited after the run saved its checkpoint (the last, at
+    --max-steps: a resume that would only finish the run) is refused, naming the rows."""
+    rows = oracle_text_rows(48, annotators=3, seed=4)
+    for i, row in enumerate(rows):
+        row["split"] = "eval" if i < 8 else "train"
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    kw = dict(data=str(data), max_steps=2, save_steps=2, eval_steps=0, report=False)
+    run_reward(_small(out, **kw))
+    rows[20]["confidence"] = 1 - rows[20]["confidence"]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="this run's data differs") as err:
+        run_reward(_small(out, resume="latest", **kw))
+    assert "training rows: 40 before and now, but not the same ones" in str(err.value)
+    assert "held-out rows" not in str(err.value)

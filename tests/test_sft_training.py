@@ -778,3 +778,23 @@ def test_resume_latest_without_a_checkpoint_says_it_starts_a_new_run(
     monkeypatch.setenv("RANK", "1")
     prepare_output_dir(out, "latest", {"save_steps": 2})
     assert capsys.readouterr().err == ""
+
+
+def test_a_resume_refuses_data_that_changed_since_the_checkpoint(tmp_path):
+    """As DPO's: a data file edited after the crash (one row's completion) is refused on
+    resume, saying that the training rows differ; the held-out ones did not."""
+    rows, held_out = _rows(24, seed=2), _rows(6, seed=3)
+    data, eval_data = (
+        _write(rows, tmp_path / "sft.jsonl"),
+        _write(held_out, tmp_path / "eval.jsonl"),
+    )
+    out = tmp_path / "run"
+    kw = dict(max_steps=3, save_steps=1, eval_data=str(eval_data))
+    with pytest.raises(KeyboardInterrupt):
+        run_sft(_config(data, out, **kw), callbacks=[_Crash(at=2)])
+    rows[4]["completion"] += "ab"
+    _write(rows, data)
+    with pytest.raises(ValueError, match="this run's data differs") as err:
+        run_sft(_config(data, out, resume="latest", **kw))
+    assert "training rows: 24 before and now, but not the same ones" in str(err.value)
+    assert "held-out rows" not in str(err.value)
