@@ -281,3 +281,40 @@ def test_rank_reads_a_prompts_folder_s_eval_file(tmp_path):
     assert len(train) == 10 and [e.prompt for e in evals] == ["held out:"]
     assert info["eval"]["n_kept"] == 1 and "the data folder's eval.jsonl" in md
     assert any("(--eval-prompts names another)" in n for n in notes)
+
+
+def test_an_ambiguous_folder_s_advice_works_eval_data_reads_none_of_its_eval_files(tmp_path):
+    """eval.* beside validation.* (or eval.jsonl beside eval.parquet) was refused even with
+    --eval-data, the way out its own message gave. With it the folder's eval files are not
+    read (a note says so), whatever they are; without it the refusal names the option."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from smoothalign.data.loading import folder_held_out
+    from smoothalign.train.config import DPOConfig
+    from smoothalign.train.run import _read_data
+
+    both = tmp_path / "both"
+    for name in ("train.jsonl", "eval.jsonl", "validation.jsonl"):
+        _write(both / name, _pair_rows(4))
+    formats = tmp_path / "formats"
+    _write(formats / "train.jsonl", _pair_rows(4))
+    _write(formats / "eval.jsonl", _pair_rows(2))
+    pq.write_table(pa.Table.from_pylist(_pair_rows(2)), formats / "eval.parquet")
+    other = _write(tmp_path / "other.jsonl", _pair_rows(1))
+    for folder, names in ((both, "eval.jsonl, validation.jsonl"),
+                          (formats, "eval.jsonl, eval.parquet")):  # fmt: skip
+        config = DPOConfig(model="tiny", data=str(folder), output_dir=str(tmp_path / "run"))
+        with pytest.raises(ValueError, match="which is the held-out set") as err:
+            _read_data(config)
+        advice = f"--eval-data {folder / 'eval.jsonl'}"
+        assert f"({names})" in str(err.value) and advice in str(err.value)
+        for eval_data in (str(other), str(folder / "eval.jsonl")):  # the advice, taken
+            config.eval_data = eval_data
+            rows, eval_rows, notes, option = _read_data(config)
+            assert len(rows) == 4 and option == "--eval-data"
+            assert f"data: the folder {folder} holds {names}, not read: --eval-data given" in (
+                notes
+            )
+    with pytest.raises(ValueError, match=f"--eval-prompts {both / 'eval.jsonl'}"):
+        folder_held_out(both, None, eval_option="--eval-prompts", what="prompts")

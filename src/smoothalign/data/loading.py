@@ -186,38 +186,62 @@ def _data_files(folder: Path) -> list[Path]:
 
 
 def _split_files(files: list[Path], name: str, folder: Path, what: str) -> list[Path]:
-    """The files of split ``name`` (``name.<ext>`` or shards ``name-*.<ext>``); two
-    ``name.<ext>`` of different formats are an error."""
-    found = [p for p in files if p.stem == name or p.stem.startswith(f"{name}-")]
+    """The files of split ``name``: ``name.<ext>`` and its shards (:func:`_split_candidates`);
+    two ``name.<ext>`` of different formats are an error."""
+    found = _split_candidates(files, name)
     if sum(p.stem == name for p in found) > 1:
         names = ", ".join(p.name for p in found if p.stem == name)
         raise ValueError(f"{what} folder {folder} has several {name} files ({names}); keep one")
     return found
 
 
-def held_out_files(source: Any, what: str = "data") -> list[Path]:
-    """A data folder's held-out files: its ``eval.<ext>`` / ``eval-*.<ext>`` (or
-    ``validation.*``) files, where it has train files beside them; ``[]`` for any other
-    source (a file, a folder without train files, whose every file is data, rows).
+def _split_candidates(files: list[Path], name: str) -> list[Path]:
+    """``files``' ``name.<ext>`` and shards ``name-*.<ext>`` of split ``name``."""
+    return [p for p in files if p.stem == name or p.stem.startswith(f"{name}-")]
+
+
+def _held_out_candidates(source: Any) -> list[Path] | None:
+    """A data folder's eval and validation files beside its train files, unchecked (both
+    names, several formats); ``None`` for any other source."""
+    if not isinstance(source, str | os.PathLike) or not Path(source).is_dir():
+        return None
+    files = _data_files(Path(source))
+    if not _split_candidates(files, "train"):
+        return None
+    return [p for n in EVAL_SPLITS for p in _split_candidates(files, n)]
+
+
+def held_out_files(source: Any, what: str = "data", eval_option: str = "--eval-data") -> list[Path]:
+    """A data folder's held-out files: its ``eval.<ext>`` and shards ``eval-*.<ext>`` (or
+    ``validation.*`` / ``validation-*``), where it has train files beside them; ``[]`` for
+    any other source (a file, a folder without train files, whose every file is data, rows).
 
     Raises:
         ValueError: the folder holds both eval and validation files, or two eval files of
-            different formats (which is the held-out set is not for us to guess).
+            different formats (which is the held-out set is not for us to guess); the
+            message says how to give it as ``eval_option`` instead, which reads none of the
+            folder's eval files (:func:`folder_held_out`).
     """
-    if not isinstance(source, str | os.PathLike) or not Path(source).is_dir():
+    candidates = _held_out_candidates(source)
+    if not candidates:
         return []
     folder = Path(source)
-    files = _data_files(folder)
-    if not _split_files(files, "train", folder, what):
-        return []
-    splits = [found for n in EVAL_SPLITS if (found := _split_files(files, n, folder, what))]
-    if len(splits) > 1:
-        names = ", ".join(p.name for found in splits for p in found)
-        raise ValueError(
-            f"{what} folder {folder} has both eval and validation files ({names}): which one "
-            "is the held-out set? Keep one, or name it with --eval-data"
-        )
-    return splits[0] if splits else []
+    _split_files(_data_files(folder), "train", folder, what)  # two train.<ext>: an error
+    names = {p.stem if p.stem in EVAL_SPLITS else p.stem.split("-")[0] for p in candidates}
+    whole = [p for p in candidates if p.stem in EVAL_SPLITS]
+    if len(names) > 1:
+        problem = "both eval and validation files"
+    elif len(whole) > 1:
+        problem = f"several {whole[0].stem} files"
+    else:
+        return candidates
+    listed = ", ".join(p.name for p in candidates)
+    raise ValueError(
+        f"{what} folder {folder} has {problem} ({listed}): which is the held-out set? Keep "
+        f"one, or give it as {eval_option} (a file, or a folder of its own: e.g. "
+        f"{eval_option} {folder / candidates[0].name}): the folder's eval files are then not "
+        "read"
+    )
 
 
 @dataclass(frozen=True)
@@ -250,13 +274,17 @@ def folder_held_out(
         ValueError: an ambiguous folder (:func:`held_out_files`), or eval files that hold
             no row.
     """
-    files = held_out_files(data, what)
+    if eval_data is not None:  # the folder's eval files are not read: not checked either
+        unread = _held_out_candidates(data)
+        if not unread:
+            return HeldOutSource(None, [], eval_option)
+        names = ", ".join(p.name for p in unread)
+        note = f"data: the folder {data} holds {names}, not read: {eval_option} given"
+        return HeldOutSource(None, [note], eval_option)
+    files = held_out_files(data, what, eval_option)
     if not files:
         return HeldOutSource(None, [], eval_option)
     names = ", ".join(p.name for p in files)
-    if eval_data is not None:
-        note = f"data: the folder {data} holds {names}, not read: {eval_option} given"
-        return HeldOutSource(None, [note], eval_option)
     rows = load_preference_rows(data, text_fields=text_fields, what=what, split="eval")
     if not rows:
         raise ValueError(f"data: {names} in the folder {data} holds no rows")
