@@ -318,3 +318,25 @@ def test_an_ambiguous_folder_s_advice_works_eval_data_reads_none_of_its_eval_fil
             )
     with pytest.raises(ValueError, match=f"--eval-prompts {both / 'eval.jsonl'}"):
         folder_held_out(both, None, eval_option="--eval-prompts", what="prompts")
+
+
+def test_only_files_named_as_shards_are_a_folder_s_eval_shards(tmp_path):
+    """eval-*.<ext> was read as held-out data whatever followed the dash: a stray
+    eval-notes.json beside train.jsonl was held out. Only shards named as Hugging Face
+    names them (eval-00000-of-00002.jsonl, or eval-0.jsonl) are."""
+    from smoothalign.data.loading import held_out_files
+
+    folder = tmp_path / "d"
+    _write(folder / "train.jsonl", _pair_rows(3))
+    (folder / "eval-notes.json").write_text('[{"note": "to do"}]', encoding="utf-8")
+    assert held_out_files(folder) == []
+    _write(folder / "validation-summary.jsonl", _pair_rows(1))
+    assert held_out_files(folder) == []  # nor both eval and validation files
+    _write(folder / "eval-00000-of-00002.jsonl", _pair_rows(1))
+    _write(folder / "eval-00001-of-00002.jsonl", _pair_rows(1))
+    _write(folder / "eval-1.jsonl", _pair_rows(1))
+    assert [p.name for p in held_out_files(folder)] == [
+        "eval-00000-of-00002.jsonl",
+        "eval-00001-of-00002.jsonl",
+        "eval-1.jsonl",
+    ]

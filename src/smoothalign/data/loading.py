@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +68,8 @@ def load_preference_rows(
               those are read (two ``train.<ext>`` of different formats is an error); otherwise
               every supported file directly in it (not in subfolders, hidden files skipped).
               Files are read in sorted name order and their rows concatenated. Beside train
-              files, ``eval.<ext>`` / ``eval-*.<ext>`` (or HF's ``validation.<ext>`` /
-              ``validation-*.<ext>``, not both) are the folder's held-out rows
+              files, ``eval.<ext>`` and shards ``eval-00000-of-00002.<ext>`` (or HF's
+              ``validation.<ext>`` / ``validation-…``, not both) are the folder's held-out rows
               (:func:`held_out_files`), read with ``split="eval"``; ``test.*`` and other
               files are never read there;
             * a ``datasets.Dataset`` (or a ``DatasetDict`` with a ``"train"`` split);
@@ -185,6 +186,13 @@ def _data_files(folder: Path) -> list[Path]:
     )
 
 
+def _shard_of(path: Path, name: str) -> bool:
+    """Whether ``path`` is a shard of held-out split ``name``, named as Hugging Face names
+    them (``eval-00000-of-00002.jsonl``; ``eval-0.jsonl`` too): a file that only starts with
+    the name (``eval-notes.json``) is no part of the held-out set."""
+    return re.fullmatch(rf"{re.escape(name)}-\d+(-of-\d+)?", path.stem) is not None
+
+
 def _split_files(files: list[Path], name: str, folder: Path, what: str) -> list[Path]:
     """The files of split ``name``: ``name.<ext>`` and its shards (:func:`_split_candidates`);
     two ``name.<ext>`` of different formats are an error."""
@@ -196,8 +204,11 @@ def _split_files(files: list[Path], name: str, folder: Path, what: str) -> list[
 
 
 def _split_candidates(files: list[Path], name: str) -> list[Path]:
-    """``files``' ``name.<ext>`` and shards ``name-*.<ext>`` of split ``name``."""
-    return [p for p in files if p.stem == name or p.stem.startswith(f"{name}-")]
+    """``files``' ``name.<ext>`` and shards of split ``name``: for ``train`` any
+    ``train-*.<ext>``, for a held-out split only those named as shards (:func:`_shard_of`)."""
+    if name == "train":
+        return [p for p in files if p.stem == name or p.stem.startswith(f"{name}-")]
+    return [p for p in files if p.stem == name or _shard_of(p, name)]
 
 
 def _held_out_candidates(source: Any) -> list[Path] | None:
@@ -212,9 +223,10 @@ def _held_out_candidates(source: Any) -> list[Path] | None:
 
 
 def held_out_files(source: Any, what: str = "data", eval_option: str = "--eval-data") -> list[Path]:
-    """A data folder's held-out files: its ``eval.<ext>`` and shards ``eval-*.<ext>`` (or
-    ``validation.*`` / ``validation-*``), where it has train files beside them; ``[]`` for
-    any other source (a file, a folder without train files, whose every file is data, rows).
+    """A data folder's held-out files: its ``eval.<ext>`` and shards
+    ``eval-00000-of-00002.<ext>`` (or ``validation.*`` / ``validation-*``, named alike),
+    where it has train files beside them; ``[]`` for any other source (a file, a folder
+    without train files, whose every file is data, rows).
 
     Raises:
         ValueError: the folder holds both eval and validation files, or two eval files of

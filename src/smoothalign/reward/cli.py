@@ -17,8 +17,9 @@ HELP = {
     "saved from a *ForSequenceClassification model (a smoothalign run's folder: the model in "
     "its final/)",
     "data": "soft-label pairs: a JSONL/JSON/Parquet/CSV file or folder (its train.* / train-*.* files "
-    "if it has any, its eval.* / eval-*.* (or validation.*) files beside them then being the "
-    "held-out pairs, labelled in their rows, unless --eval-data is given; else all its data "
+    "if it has any, its eval.* / eval-<n>-of-<m>.* (or validation.*) files beside them then "
+    "being the held-out pairs, labelled in their rows, unless --eval-data is given; else all "
+    "its data "
     "files) in TRL format "
     "(prompt/chosen/rejected) with p_chosen, or votes_chosen + votes_total, or a votes list; "
     "default: the oracle text world (simulated annotators, known truth)",

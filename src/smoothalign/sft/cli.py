@@ -16,8 +16,9 @@ HELP = {
     "config-built Llama for tests), or a local model folder (a smoothalign run's folder: the "
     "model in its final/) / .gguf file",
     "data": "SFT data: a JSONL/JSON/Parquet/CSV file or a folder (its train.* / train-*.* files "
-    "if it has any, its eval.* / eval-*.* (or validation.*) files beside them then being the "
-    "held-out set unless --eval-data is given; else all its data files), the format chosen by "
+    "if it has any, its eval.* / eval-<n>-of-<m>.* (or validation.*) files beside them then "
+    "being the held-out set unless --eval-data is given; else all its data files), the format "
+    "chosen by "
     "each row's "
     "fields: prompt/completion (plain or conversational; loss on the completion, a "
     "conversational one's assistant turns only), messages (loss on the assistant turns) or text (plain language "

@@ -16,8 +16,9 @@ HELP = {
     "config-built Llama for tests), or a local model folder (a smoothalign run's folder: the "
     "model in its final/) / .gguf file",
     "data": "preference data: a JSONL/JSON/Parquet/CSV file or a folder (its train.* / train-*.* "
-    "files if it has any, its eval.* / eval-*.* (or validation.*) files beside them then being "
-    "the held-out set unless --eval-data is given; else all its data files), TRL format "
+    "files if it has any, its eval.* / eval-<n>-of-<m>.* (or validation.*) files beside them "
+    "then "
+    "being the held-out set unless --eval-data is given; else all its data files), TRL format "
     "(prompt/chosen/rejected, plain or conversational: a response's user/tool turns are not "
     "scored, only its assistant turns; optional confidence); default: the "
     "embedded controlled-sentiment set",
