@@ -340,3 +340,45 @@ def test_only_files_named_as_shards_are_a_folder_s_eval_shards(tmp_path):
         "eval-00001-of-00002.jsonl",
         "eval-1.jsonl",
     ]
+
+
+def test_reward_labels_a_data_folder_s_eval_pairs_with_eval_labels(tmp_path, tok):
+    """reward --data FOLDER --labels FILE failed once the folder had eval.*: its pairs were
+    the held-out set, validated without labels, --eval-labels needed --eval-data and --labels
+    refuses ids not in the train data. --eval-labels now labels the folder's eval pairs, and
+    the error for unlabelled ones says where they come from and how to label them."""
+    from smoothalign.reward.config import RewardConfig
+    from smoothalign.reward.run import load_reward_data
+
+    folder = tmp_path / "pairs"
+    _write(folder / "train.jsonl", [dict(r, pair_id=f"t{i}") for i, r in enumerate(_pair_rows(8))])
+    held = [dict(r, prompt="E" + r["prompt"], pair_id=f"e{i}") for i, r in enumerate(_pair_rows(2))]
+    _write(folder / "eval.jsonl", held)
+    labels = _write(
+        tmp_path / "labels.jsonl", [{"pair_id": f"t{i}", "p_chosen": 0.8} for i in range(8)]
+    )
+    eval_labels = _write(tmp_path / "eval_labels.jsonl", [{"pair_id": "e0", "p_chosen": 0.7},
+                                                          {"pair_id": "e1", "p_chosen": 0.6}])  # fmt: skip
+    config = RewardConfig(
+        model="tiny", data=str(folder), labels=str(labels), output_dir=str(tmp_path / "rm")
+    )
+    with pytest.raises(
+        ValueError, match="eval.jsonl row 0, field 'p_chosen': no soft label"
+    ) as err:
+        load_reward_data(config, tok)
+    said = str(err.value)
+    assert "the data folder's eval.jsonl (read as the held-out set" in said
+    assert "--eval-labels FILE" in said and "--eval-data" in said
+
+    config = RewardConfig(
+        model="tiny", data=str(folder), labels=str(labels), eval_labels=str(eval_labels),
+        output_dir=str(tmp_path / "rm"),
+    )  # fmt: skip
+    train, evals, info, _, notes = load_reward_data(config, tok)
+    assert len(train) == 8 and [e.p_chosen for e in evals] == [0.7, 0.6]
+    assert [e.pair.file for e in evals] == [str(folder / "eval.jsonl")] * 2
+    assert any("held-out set: eval.jsonl" in n for n in notes)
+
+    with pytest.raises(ValueError, match="eval_labels: .*needs --eval-data, or a --data folder"):
+        RewardConfig(model="tiny", data=str(folder / "train.jsonl"), labels=str(labels),
+                     eval_labels=str(eval_labels))  # fmt: skip

@@ -222,6 +222,12 @@ def _held_out_candidates(source: Any) -> list[Path] | None:
     return [p for n in EVAL_SPLITS for p in _split_candidates(files, n)]
 
 
+def has_held_out_files(source: Any) -> bool:
+    """Whether ``source`` is a data folder with eval (or validation) files beside its train
+    files, whichever they are (:func:`held_out_files` checks them)."""
+    return bool(_held_out_candidates(source))
+
+
 def held_out_files(source: Any, what: str = "data", eval_option: str = "--eval-data") -> list[Path]:
     """A data folder's held-out files: its ``eval.<ext>`` and shards
     ``eval-00000-of-00002.<ext>`` (or ``validation.*`` / ``validation-*``, named alike),
@@ -505,6 +511,7 @@ __all__ = [
     "check_paths_exist",
     "file_label",
     "folder_held_out",
+    "has_held_out_files",
     "held_out_files",
     "load_preference_rows",
     "location",

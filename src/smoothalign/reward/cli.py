@@ -18,7 +18,8 @@ HELP = {
     "its final/)",
     "data": "soft-label pairs: a JSONL/JSON/Parquet/CSV file or folder (its train.* / train-*.* files "
     "if it has any, its eval.* / eval-<n>-of-<m>.* (or validation.*) files beside them then "
-    "being the held-out pairs, labelled in their rows, unless --eval-data is given; else all "
+    "being the held-out pairs, labelled in their rows or by --eval-labels, unless --eval-data "
+    "is given; else all "
     "its data "
     "files) in TRL format "
     "(prompt/chosen/rejected) with p_chosen, or votes_chosen + votes_total, or a votes list; "
@@ -28,7 +29,8 @@ HELP = {
     "({pair_id, vote: 0/1})",
     "eval_data": "held-out pairs (default: a --data folder's eval.* files, else the data's "
     "'split'=='eval' rows, else a holdout)",
-    "eval_labels": "soft labels of --eval-data in a separate file, joined on pair_id",
+    "eval_labels": "soft labels of the held-out pairs (--eval-data, or a --data folder's eval "
+    "files) in a separate file, joined on pair_id",
     "loss": "bt (Bradley–Terry on the majority vote), soft-bce (target = vote share), fkl, "
     "rkl, jsd (divergences of SPEC §6)",
     "posterior": "fkl/rkl/jsd against the batch-normalised posterior target of SPEC §6 "

@@ -11,6 +11,7 @@ from smoothalign._checks import (
     check_ranges,
     trainer_ranges,
 )
+from smoothalign.data.loading import has_held_out_files
 from smoothalign.io import config_to_dict
 from smoothalign.reward.objective import POSTERIOR_LOSSES, REWARD_LOSSES
 from smoothalign.train.common import calibrator_options, smoothing_policy
@@ -105,8 +106,15 @@ class RewardConfig:
         check_ranges(self, checks)
         if self.labels is not None and self.data is None:
             raise ValueError("labels: a labels file needs --data (the oracle world has labels)")
-        if self.eval_labels is not None and self.eval_data is None:
-            raise ValueError("eval_labels: needs --eval-data")
+        if (  # a data folder's eval files beside its train files: they label those
+            self.eval_labels is not None
+            and self.eval_data is None
+            and not has_held_out_files(self.data)
+        ):
+            raise ValueError(
+                "eval_labels: labels the held-out pairs: needs --eval-data, or a --data "
+                "folder with eval files (eval.jsonl, ...) beside its train files"
+            )
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision: {self.precision!r}; choose auto, fp32 or bf16")
         if self.on_bad_rows not in ("error", "skip"):

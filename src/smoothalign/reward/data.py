@@ -364,6 +364,7 @@ def validate_reward_rows(
     *,
     labels: Any = None,
     held_out: bool = False,
+    missing_label_hint: str | None = None,
 ) -> RewardValidationReport:
     """Check the soft labels, then the texts (``validate_preference_rows``), and tokenise.
 
@@ -373,6 +374,8 @@ def validate_reward_rows(
         on_bad_rows: ``"error"`` raises on any bad row; ``"skip"`` drops and lists them.
         labels: optional labels joined on ``pair_id`` (path, folder or list of dicts; see the
             module docstring).
+        missing_label_hint: said once after the rows, where pairs without a label make
+            the error (where the rows came from, how to label them).
 
     Returns:
         The report; its ``examples`` are :class:`RewardPair` s whose ``pair.index`` is the
@@ -454,7 +457,10 @@ def validate_reward_rows(
     )
     if bad and (on_bad_rows == "error" or not examples):
         prefix = "" if examples else "no valid soft-label preference row is left. "
-        raise ValueError(prefix + format_bad_rows(bad, len(rows)))
+        hint = ""
+        if missing_label_hint and any(b.code == "missing_label" for b in bad):
+            hint = "\n" + missing_label_hint
+        raise ValueError(prefix + format_bad_rows(bad, len(rows)) + hint)
     return report
 
 

@@ -167,6 +167,13 @@ def load_reward_data(
     )
     eval_report = None
     eval_rows = config.eval_data if config.eval_data is not None else folder.rows
+    hint = None
+    if config.eval_data is None and config.eval_labels is None:  # the folder's eval pairs
+        hint = (
+            f"The held-out pairs without a label are {folder.option} (read as the held-out "
+            "set, beside its train files): label them in their rows, or in a file given as "
+            "--eval-labels FILE (joined on pair_id), or hold out other pairs with --eval-data"
+        )
     if eval_rows is not None:
         eval_report = validate_reward_rows(
             eval_rows,
@@ -175,6 +182,7 @@ def load_reward_data(
             config.on_bad_rows,
             labels=config.eval_labels,
             held_out=True,
+            missing_label_hint=hint,
         )
     train_ex, eval_ex, info, md, split_notes = split_validated(
         report,
