@@ -1073,6 +1073,48 @@ def test_text_that_only_starts_like_a_message_list_stays_plain_text(tok, text):
     assert report.n_kept == 1
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        json.dumps([{"name": "Ana", "role": "engineer"}, {"name": "Bo", "role": "designer"}]),
+        json.dumps([{"role": "user"}]),  # no content: not a message
+        json.dumps([{"role": "admin", "content": "x"}]),  # not a chat role
+        json.dumps([{"role": "user", "content": "q"}, {"name": "x"}]),  # one is no message
+        str([{"role": "engineer", "content": "builds"}]),
+        '[{"role": "user", "content": "q"',  # not even a list
+    ],
+)
+def test_json_answers_with_a_role_key_are_text_not_a_message_list(tok, answer):
+    """Any '[{...}]' with a quoted 'role' key was refused in every format, so a DPO answer
+    that is JSON holding a 'role' field could not be trained on. Only a list of
+    {role: system/user/assistant/tool/developer, content} dicts is a message list."""
+    for row in (plain_row(0, chosen=answer), plain_row(0, rejected=answer)):
+        report = validate_preference_rows([row], tok, 256)
+        assert report.n_kept == 1 and not report.bad_rows
+
+
+def test_a_message_list_as_a_string_outside_a_csv_says_to_write_the_list(tmp_path, tok):
+    """A JSONL string holding a message list is refused, but not told that a CSV cannot
+    hold lists: it was written as a string where the list was meant. A CSV's cell is told
+    to use JSONL or Parquet; numpy's repr of an array of messages (pandas' to_csv of
+    Parquet-read rows, no commas) is one too."""
+    text = json.dumps([assistant("hello")])
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(plain_row(0, chosen=text)) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError) as err:
+        validate_preference_rows(path, tok, 64)
+    said = str(err.value)
+    assert f"{path} row 0, field 'chosen': a message list written out as text" in said
+    assert "write the list itself, not its text" in said and "CSV" not in said
+    numpy_repr = "[{'role': 'user', 'content': 'q'} {'role': 'assistant', 'content': 'a'}]"
+    path = tmp_path / "pairs.csv"
+    path.write_text(f'prompt,chosen,rejected\n"{numpy_repr}", 4, 5\n', encoding="utf-8")
+    with pytest.raises(ValueError) as err:
+        validate_preference_rows(path, tok, 64)
+    assert f"{path} row 0, field 'prompt': a message list written out as text" in str(err.value)
+    assert "a CSV cannot hold message lists" in str(err.value)
+
+
 @pytest.mark.parametrize("ext", ["jsonl", "json", "csv"])
 def test_a_byte_order_mark_is_dropped_and_non_utf8_bytes_name_the_line(tmp_path, ext):
     path = _write(tmp_path / f"p.{ext}", ROWS)

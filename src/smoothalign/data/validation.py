@@ -39,6 +39,7 @@ majority format of its rows; rows of the other format are bad (``mixed_formats``
 
 from __future__ import annotations
 
+import ast
 import difflib
 import functools
 import hashlib
@@ -104,7 +105,8 @@ BAD_ROW_CODES = {
     "bad_split": "the split column holds something other than 'train' or 'eval'",
     "chat_template_prefix": "the chat template breaks the prompt-prefix property",
     "special_token_in_text": "a message's content holds a special-token string of the tokenizer",
-    "messages_as_text": "a text field holds a message list written out as text (a CSV's cell)",
+    "messages_as_text": "a text field holds a message list written out as text (a CSV's cell, "
+    "or a string where the list was meant)",
 }
 """Every ``BadRow.code``, with what it means."""
 
@@ -550,7 +552,7 @@ def _check_texts(row: Mapping[str, Any], kind: str, kind_note: str) -> tuple[Any
                 else ""
             )
             raise _Bad(name, "missing_field", missing_reason(row, name, RESERVED) + hint)
-        check_type(name, value, kind, kind_note)
+        check_type(name, value, kind, kind_note, row.get(FILE_KEY))
 
     if not conversational:
         prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
@@ -586,47 +588,79 @@ def _check_texts(row: Mapping[str, Any], kind: str, kind_note: str) -> tuple[Any
     return prompt, chosen, rejected, implicit
 
 
+MESSAGE_ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
+"""The roles of a chat message list, by which a message list written out as text is known."""
+
+
 def looks_like_messages_text(value: Any) -> bool:
-    """Whether ``value`` is a string that reads as a list of ``{role, content}`` messages
-    written out as text: ``[{...}]`` (spaces aside) with a quoted ``role`` key, as pandas'
-    ``to_csv`` writes a message-list cell (``"[{'role': 'user', 'content': 'hi'}]"``) and
-    ``json.dumps`` one. Such text is never parsed back (its quoting rules are Python's or
-    JSON's, whichever wrote it): read as a plain prompt or response it would train a model
-    on a Python repr."""
+    """Whether ``value`` is a string that holds a list of chat messages written out as text:
+    it reads back (as JSON, as a Python literal, or as numpy's repr of an array of dicts)
+    into a non-empty list of dicts each with a ``role`` of :data:`MESSAGE_ROLES` and a
+    ``content`` key. So pandas' ``to_csv`` writes a message-list cell
+    (``"[{'role': 'user', 'content': 'hi'}]"``), and ``json.dumps`` one. Read as a plain
+    prompt or response it would train a model on that text. Anything else is text, however
+    it starts: ``[{"name": "Ana", "role": "engineer"}]`` is a JSON answer, not messages.
+    Nothing is ever evaluated (``json.loads``, ``ast.literal_eval``)."""
     if not isinstance(value, str):
         return False
     text = value.strip()
-    if not (text.startswith("[") and text.endswith("]")):
-        return False
-    inner = text[1:-1].strip()
-    return (
-        inner.startswith("{")
-        and inner.endswith("}")
-        and re.search(r"""['"]role['"]\s*:""", inner) is not None
-    )
+    if not (text.startswith("[") and text.endswith("]") and "role" in text):
+        return False  # cheap: most text is never parsed
+    for candidate in (text, re.sub(r"\}\s+\{", "}, {", text)):  # numpy: "[{..} {..}]"
+        parsed = _literal(candidate)
+        if isinstance(parsed, list):
+            return bool(parsed) and all(_message_shaped(m) for m in parsed)
+    return False
 
 
-def messages_as_text_error(name: str, value: str) -> BadRowError:
+def _literal(text: str) -> Any:
+    """``text`` read as JSON, else as a Python literal (never evaluated), else ``None``."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
+def _message_shaped(item: Any) -> bool:
+    role = item.get("role") if isinstance(item, dict) else None
+    return isinstance(role, str) and role in MESSAGE_ROLES and "content" in item
+
+
+def messages_as_text_error(name: str, value: str, file: str | None = None) -> BadRowError:
     """The ``messages_as_text`` bad row of field ``name`` whose ``value``
-    :func:`looks_like_messages_text`."""
+    :func:`looks_like_messages_text`; ``file``: the row's file, whose format says how the
+    text came to be (a CSV cannot hold a list; elsewhere the list was written as a string)."""
     shown = " ".join(value.split())
     shown = shown if len(shown) <= 40 else shown[:40] + "..."
+    if file is not None and str(file).lower().endswith(".csv"):
+        how = (
+            "a CSV cannot hold message lists (pandas' to_csv writes their Python repr); save "
+            "the data as JSONL or Parquet"
+        )
+    else:
+        how = (
+            "the field holds a message list as a string where a list was expected; write the "
+            "list itself, not its text (a JSON array of {role, content} objects, not a string)"
+        )
     return BadRowError(
         name,
         "messages_as_text",
-        f"a message list written out as text ({shown!r}), not a list of messages: a CSV "
-        "cannot hold message lists (pandas' to_csv writes their Python repr); save the data "
-        "as JSONL or Parquet",
+        f"a message list written out as text ({shown!r}), not a list of messages: {how}",
     )
 
 
-def check_type(name: str, value: Any, kind: str, kind_note: str) -> None:
+def check_type(name: str, value: Any, kind: str, kind_note: str, file: str | None = None) -> None:
     """``value`` of field ``name`` has ``kind``'s type (a string for plain data, a message list
     for conversational), or ``BadRowError``: ``messages_as_text`` for a string that is a
-    message list written out as text (:func:`looks_like_messages_text`), ``mixed_formats``
-    for the other type, ``wrong_type`` for anything else."""
+    message list written out as text (:func:`looks_like_messages_text`; ``file``, the row's,
+    words its message), ``mixed_formats`` for the other type, ``wrong_type`` for anything
+    else."""
     if looks_like_messages_text(value):
-        raise messages_as_text_error(name, value)
+        raise messages_as_text_error(name, value, file)
     expected, other = (list, str) if kind == "conversational" else (str, list)
     if isinstance(value, tuple):
         value = list(value)

@@ -256,8 +256,8 @@ def _check_row(
     if prompt is None:
         known = ("split", ROW_KEY, FILE_KEY, *REFERENCE_FIELDS, "rejected")
         raise _Bad("prompt", "missing_field", missing_reason(row, "prompt", known))
-    if looks_like_messages_text(prompt):  # a CSV's message list: never read as a plain prompt
-        raise messages_as_text_error("prompt", prompt)
+    if looks_like_messages_text(prompt):  # a message list as text: never a plain prompt
+        raise messages_as_text_error("prompt", prompt, row.get(FILE_KEY))
     if isinstance(prompt, str) != (kind == "plain") and isinstance(prompt, str | list):
         found = "a plain string" if isinstance(prompt, str) else "a message list"
         raise _Bad("prompt", "mixed_formats", f"{found} among {kind} prompts (use one form)")
@@ -286,7 +286,7 @@ def _check_row(
     reference = ref_ids = ref_spans = None
     truncated = False
     if ref_field is not None:
-        reference = _reference_in_prompt_form(ref_field, row[ref_field], prompt)
+        reference = _reference_in_prompt_form(ref_field, row[ref_field], prompt, row.get(FILE_KEY))
         if isinstance(reference, str) and is_blank(reference):
             raise _Bad(ref_field, "empty_response", "empty reference response")
         if not isinstance(reference, str) and (
@@ -329,13 +329,16 @@ def _check_row(
     )
 
 
-def _reference_in_prompt_form(name: str, reference: Any, prompt: Any) -> Any:
+def _reference_in_prompt_form(
+    name: str, reference: Any, prompt: Any, file: str | None = None
+) -> Any:
     """The reference of field ``name``, checked to be in the prompt's form: a string beside
     a plain-text prompt, assistant messages beside a message list. A reference of the other
     form is ``mixed_formats``, as a prompt of the other form is: each is well formed on its
-    own, the row mixes the two (a message list's checks would call a string malformed)."""
-    if looks_like_messages_text(reference):  # a CSV's message list: never read as text
-        raise messages_as_text_error(name, reference)
+    own, the row mixes the two (a message list's checks would call a string malformed).
+    ``file``: the row's, which words a ``messages_as_text`` bad row."""
+    if looks_like_messages_text(reference):  # a message list as text: never read as text
+        raise messages_as_text_error(name, reference, file)
     if isinstance(prompt, str):
         if isinstance(reference, str):
             return reference

@@ -89,7 +89,7 @@ SFT_BAD_ROW_CODES = {
     "chat_template_prefix": "the chat template breaks the prefix property",
     "special_token_in_text": "a message's content holds a special-token string of the tokenizer",
     "messages_as_text": "a message-list field holds a message list written out as text (a CSV's "
-    "cell)",
+    "cell, or a string where the list was meant)",
 }
 """Every ``BadRow.code`` the SFT checks give, with what it means."""
 
@@ -224,7 +224,7 @@ def _process_row(
                 "the row has both 'messages' and 'prompt'/'completion'; keep one form",
             )
         if looks_like_messages_text(row["messages"]):
-            raise messages_as_text_error("messages", row["messages"])
+            raise messages_as_text_error("messages", row["messages"], row.get(FILE_KEY))
         if not isinstance(row["messages"], list | tuple):
             raise BadRowError(
                 "messages",
@@ -247,7 +247,7 @@ def _process_row(
                 )
                 reason = missing_reason(row, name, RESERVED)
                 raise BadRowError(name, "missing_field", reason + hint)
-            check_type(name, row[name], kind, kind_note)
+            check_type(name, row[name], kind, kind_note, row.get(FILE_KEY))
         input_ids, labels, truncated = _prompt_completion_example(
             row["prompt"], row["completion"], tokenizer, max_length
         )
