@@ -382,3 +382,33 @@ def test_reward_labels_a_data_folder_s_eval_pairs_with_eval_labels(tmp_path, tok
     with pytest.raises(ValueError, match="eval_labels: .*needs --eval-data, or a --data folder"):
         RewardConfig(model="tiny", data=str(folder / "train.jsonl"), labels=str(labels),
                      eval_labels=str(eval_labels))  # fmt: skip
+
+
+def test_a_holdout_note_gives_its_counts_and_a_share_moved_by_copies_is_warned_of():
+    """9 distinct rows and one row given 91 times: the 10% holdout of the 10 distinct rows
+    may draw the repeated one, holding out 91 of 100 rows while the note said 'a seeded 10%
+    holdout'. The note gives the counts, and a share past twice the fraction is warned of."""
+    rows = [f"r{i}" for i in range(9)] + ["copied"] * 91
+    seed = next(s for s in range(50) if "copied" in holdout(rows, 0.1, s, key_of=str)[1])
+    with pytest.warns(UserWarning, match=r"holds 91 of the 100 rows \(91%\).*1 of the 10"):
+        train, evals, notes = train_eval_split(
+            rows, None, lambda r: {}, lambda r: 0, 0.1, seed, what="rows", key_of=str
+        )
+    assert (len(train), len(evals)) == (9, 91)
+    assert (
+        "train/eval split: a seeded 10% holdout of the distinct rows: 1 of 10 (91 of 100 "
+        "rows with their copies)"
+    ) in notes
+    seed = next(s for s in range(50) if "copied" not in holdout(rows, 0.1, s, key_of=str)[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 1 of 100 rows held out: fewer, not more
+        _, evals, notes = train_eval_split(
+            rows, None, lambda r: {}, lambda r: 0, 0.1, seed, what="rows", key_of=str
+        )
+    assert len(evals) == 1 and "1 of 10 (1 of 100 rows with their copies)" in notes[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # without copies: the rows it always drew, counted
+        _, evals, notes = train_eval_split(
+            list(range(20)), None, lambda r: {}, lambda r: 0, 0.1, 0, what="rows", key_of=str
+        )
+    assert evals == [10, 18] and notes == ["train/eval split: a seeded 10% holdout: 2 of 20 rows"]

@@ -225,7 +225,7 @@ def train_eval_split(
         notes.append("train/eval split: the data's 'split' column")
     else:
         train, evals = holdout(examples, eval_fraction, seed, key_of)
-        notes.append(f"train/eval split: a seeded {eval_fraction:.0%} holdout")
+        notes.append(_holdout_note(examples, evals, eval_fraction, key_of, what, eval_option))
     if not train:
         raise ValueError(f"data: no training {what} left after validation and the eval split")
     if not evals:
@@ -241,6 +241,45 @@ def train_eval_split(
     if key_of is not None:
         notes += _held_out_copies(train, evals, key_of, where_of or row_of, what)
     return train, evals, notes
+
+
+def _n_distinct(examples: list, key_of: Callable[[Any], Any] | None) -> int:
+    """How many distinct rows ``examples`` hold: copies (one ``key_of``) count once."""
+    keys = [None if key_of is None else key_of(ex) for ex in examples]
+    return len({k for k in keys if k is not None}) + sum(k is None for k in keys)
+
+
+def _holdout_note(
+    examples: list,
+    evals: list,
+    fraction: float,
+    key_of: Callable[[Any], Any] | None,
+    what: str,
+    eval_option: str,
+) -> str:
+    """The note of a seeded holdout, with the counts it drew: it draws ``fraction`` of the
+    distinct rows, each with all its copies, so heavy copies can make the held-out share of
+    rows far from ``fraction``; past twice it (or the share of distinct rows, where rounding
+    up to one row raised that) a warning says so, from the main process."""
+    n_rows, n_distinct = len(examples), _n_distinct(examples, key_of)
+    n_eval, n_eval_distinct = len(evals), _n_distinct(evals, key_of)
+    head = f"train/eval split: a seeded {fraction:.0%} holdout"
+    if n_distinct == n_rows:
+        return f"{head}: {n_eval} of {n_rows} {what}"
+    note = (
+        f"{head} of the distinct {what}: {n_eval_distinct} of {n_distinct} ({n_eval} of "
+        f"{n_rows} {what} with their copies)"
+    )
+    share = n_eval / n_rows
+    if share > 2 * max(fraction, n_eval_distinct / n_distinct):
+        warn_main(  # every rank split the same data: said by the main process
+            f"the seeded {fraction:.0%} holdout holds {n_eval} of the {n_rows} {what} "
+            f"({share:.0%}): it draws {n_eval_distinct} of the {n_distinct} distinct {what} "
+            f"with all their copies, and copies moved its share; drop the copies, or give "
+            f"the held-out {what} with {eval_option}",
+            stacklevel=3,
+        )
+    return note
 
 
 def _held_out_copies(
