@@ -652,3 +652,123 @@ def test_ctrl_c_is_one_line_and_status_130(argv, hint, tmp_path, capsys, monkeyp
     monkeypatch.setenv("SMOOTHALIGN_DEBUG", "1")
     with pytest.raises(KeyboardInterrupt):
         main(argv)
+
+
+# The program as a shell runs it, its command stubbed by one that says it is ready and sleeps;
+# started through the console script's function or as `python -m smoothalign.cli`.
+_SLEEPER = """
+import sys, time
+import smoothalign.sft.cli as command
+
+def run(args):
+    print("ready", flush=True)
+    time.sleep(60)
+
+command.run = run
+how, out = sys.argv[1:]
+sys.argv = ["smoothalign", "sft", "--model", "tiny", "--output-dir", out]
+if how == "module":
+    import runpy
+    runpy.run_module("smoothalign.cli", run_name="__main__")
+else:  # what pip's console script does with pyproject's "module:function"
+    import importlib
+    module, _, function = how.partition(":")
+    sys.exit(getattr(importlib.import_module(module), function)())
+"""
+
+
+def _console_script() -> str:
+    """pyproject's ``smoothalign`` console script: ``module:function``."""
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    return pyproject["project"]["scripts"]["smoothalign"]
+
+
+def _sleeper(tmp_path: Path, how: str) -> str:
+    """The command line that runs the stubbed program, for a shell."""
+    import shlex
+    import sys
+
+    (tmp_path / "sleeper.py").write_text(_SLEEPER)
+    args = [sys.executable, str(tmp_path / "sleeper.py"), how, str(tmp_path / "out")]
+    return shlex.join(args)
+
+
+def _interrupted(shell_line: str, ready_lines: int = 1):
+    """Run ``shell_line`` in a session of its own, send SIGINT to its process group once
+    ``ready_lines`` lines said ``ready`` (what a terminal's Ctrl-C does), and return the
+    finished process, its stdout and its stderr."""
+    import os
+    import signal
+    import subprocess
+
+    src = str(Path(__file__).parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    env.pop("SMOOTHALIGN_DEBUG", None)
+    proc = subprocess.Popen(
+        ["bash", "-c", shell_line],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        # SIGINT not ignored, as a non-interactive shell leaves it in a background job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        said = [proc.stdout.readline() for _ in range(ready_lines)]
+        assert said == ["ready\n"] * ready_lines, said
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        pytest.fail("not ended by Ctrl-C")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc, out, err
+
+
+def test_console_script_is_the_entry_point():
+    """The ``smoothalign`` console script runs :func:`entry` (which dies by SIGINT after
+    Ctrl-C), not ``main`` (which returns 130 to its caller)."""
+    import smoothalign.cli as cli
+
+    module, _, function = _console_script().partition(":")
+    assert (module, function) == ("smoothalign.cli", "entry")
+    assert callable(getattr(cli, function))
+
+
+def _saved_traceback_removed(err: str) -> None:
+    Path(err.split("(traceback: ")[1].split(";")[0]).unlink()
+
+
+@pytest.mark.skipif(__import__("os").name != "posix", reason="POSIX signals")
+@pytest.mark.parametrize("how", ["script", "module"])
+def test_ctrl_c_ends_the_program_by_sigint(how, tmp_path):
+    """The program (``main`` called as a function returns 130) dies by SIGINT after Ctrl-C,
+    having said its one line, as an uncaught KeyboardInterrupt would have ended it."""
+    import signal
+
+    how = _console_script() if how == "script" else how
+    proc, out, err = _interrupted(f"exec {_sleeper(tmp_path, how)}")
+    assert proc.returncode == -signal.SIGINT, (proc.returncode, err)
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("smoothalign sft: interrupted; no checkpoint was saved")
+    _saved_traceback_removed(err)
+
+
+@pytest.mark.skipif(__import__("os").name != "posix", reason="POSIX signals")
+def test_ctrl_c_stops_a_shell_loop(tmp_path):
+    """``for s in 1 2; do smoothalign ...; done``: one Ctrl-C stops the loop, not only the run
+    it interrupts (bash goes on after a child that exited 130 but did not die by SIGINT)."""
+    import signal
+
+    line = _sleeper(tmp_path, _console_script())
+    loop = f'for i in 1 2; do {line}; echo "run $i exited $?"; done; echo "loop finished"'
+    proc, out, err = _interrupted(loop)
+    assert out == "", out  # neither "run 1 exited 130" nor a second "ready"
+    assert proc.returncode == -signal.SIGINT, (proc.returncode, err)
+    assert err.count("smoothalign sft: interrupted") == 1, err
+    _saved_traceback_removed(err)

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import sys
+from typing import NoReturn
 
 from smoothalign.data.validation import BadRowError
 
@@ -170,6 +171,53 @@ def _text(error: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command ``argv`` names (default ``sys.argv[1:]``) and return its exit status:
+    2 for an input error, printed as one line; :data:`INTERRUPTED` (130) after Ctrl-C,
+    likewise one line. The program's entry point is :func:`entry`, which calls this."""
+    try:
+        return _main(argv)
+    except _Interrupted:
+        return INTERRUPTED
+
+
+def entry() -> NoReturn:
+    """The ``smoothalign`` program (the console script, ``python -m smoothalign.cli``): exits
+    with :func:`main`'s status, except after Ctrl-C, where the process dies by SIGINT, as an
+    uncaught ``KeyboardInterrupt`` would have made it. A shell tells the two apart: it stops
+    a script or a loop (``for s in 1 2; do smoothalign ...; done``) only where its child died
+    by SIGINT, and carries on after a child that merely exited 130."""
+    try:
+        status = _main(None)
+    except _Interrupted:
+        _die_by_sigint()
+    sys.exit(status)
+
+
+class _Interrupted(Exception):
+    """Raised by :func:`_main` once it has said that Ctrl-C interrupted the command."""
+
+
+def _die_by_sigint() -> NoReturn:
+    """End the process by SIGINT (POSIX), as CPython ends it after an uncaught
+    ``KeyboardInterrupt``: the ``atexit`` handlers run first (log files flushed, worker
+    processes ended), then SIGINT's default action; exit status 130 where there is none."""
+    import atexit
+    import contextlib
+    import signal
+
+    posix = os.name == "posix"
+    if posix:  # from here a second Ctrl-C ends the process at once
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    atexit._run_exitfuncs()  # they would run at a normal exit; a death by signal skips them
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed or broken pipe
+            stream.flush()
+    if posix:
+        os.kill(os.getpid(), signal.SIGINT)
+    sys.exit(INTERRUPTED)  # elsewhere, or if the signal did not end the process
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     module = getattr(args, "_module", None)
@@ -191,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-        return INTERRUPTED
+        raise _Interrupted from None
     except _input_errors() as e:
         if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise
@@ -274,4 +322,4 @@ def _save_traceback(error: BaseException) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
