@@ -169,9 +169,10 @@ def test_a_folder_that_is_not_a_causal_lm_is_refused_before_its_weights_load(
     LM only drew transformers' "score.weight | UNEXPECTED" (the tiny Llama's tied head even
     gave it an LM head): `analyze head`, `eval calibration` and `rank-calibrate --policy`
     read it. It is refused by what its config.json says, as the reverse mistake is, naming
-    where the reward model goes; so is a bare LlamaModel (no head). A causal LM of another
-    listed class (Gemma 3's ForConditionalGeneration) and a reward run's own folder, given
-    to `smoothalign reward` to train on, still load."""
+    where the reward model goes; so is a bare LlamaModel whose LM head is not tied to its
+    embeddings (an untrained one would be added). A causal LM of another listed class (Gemma
+    3's ForConditionalGeneration) and a reward run's own folder, given to `smoothalign reward`
+    to train on, still load."""
     import transformers
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
@@ -185,7 +186,8 @@ def test_a_folder_that_is_not_a_causal_lm_is_refused_before_its_weights_load(
     tok.save_pretrained(run / "final")
     (run / "config.json").write_text(json.dumps({"model": "tiny", "output_dir": "rw"}))
     bare = tmp_path / "bare"
-    AutoModel.from_config(model.config).save_pretrained(bare, safe_serialization=True)
+    untied = AutoConfig.for_model(**{**model.config.to_dict(), "tie_word_embeddings": False})
+    AutoModel.from_config(untied).save_pretrained(bare, safe_serialization=True)
     tok.save_pretrained(bare)
 
     def no_weights(*args, **kwargs):
@@ -195,7 +197,7 @@ def test_a_folder_that_is_not_a_causal_lm_is_refused_before_its_weights_load(
         m.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_weights)
         with pytest.raises(ValueError, match=r"is a LlamaForSequenceClassification \(config"):
             load_model_and_tokenizer(run)
-        with pytest.raises(ValueError, match=r"'.*bare' is a LlamaModel .*LM head would be"):
+        with pytest.raises(ValueError, match=r"'.*bare' is a LlamaModel .*not tied .*untrained"):
             load_model_and_tokenizer(bare)
     quiz = tmp_path / "quiz.jsonl"
     quiz.write_text(json.dumps({"question": "1 + 1?", "options": ["2", "3"], "answer": 0}))
@@ -210,15 +212,104 @@ def test_a_folder_that_is_not_a_causal_lm_is_refused_before_its_weights_load(
 
     # what is a causal LM still loads
     config = json.loads((bare / "config.json").read_text())
-    (bare / "config.json").write_text(json.dumps({**config, "architectures": ["LlamaForCausalLM"]}))
+    tied = {**config, "tie_word_embeddings": True}
+    (bare / "config.json").write_text(json.dumps({**tied, "architectures": ["LlamaForCausalLM"]}))
     load_model_and_tokenizer(bare)
     (bare / "config.json").write_text(
-        json.dumps({**config, "architectures": ["Gemma3ForConditionalGeneration"]})
+        json.dumps({**tied, "architectures": ["Gemma3ForConditionalGeneration"]})
     )
     load_model_and_tokenizer(bare)  # the folder is a Llama: only the check is asked
     loaded, _ = build_reward_model(str(run))  # a reward model trained on
     assert isinstance(loaded, type(AutoModelForSequenceClassification.from_config(
         AutoConfig.from_pretrained(run / "final"))))  # fmt: skip
+
+    # a causal LM's config over weights without the (untied) head: refused once loaded
+    (bare / "config.json").write_text(json.dumps({**config, "architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(ValueError, match=r"'.*bare': its weights hold no LM head \(lm_head"):
+        load_model_and_tokenizer(bare)
+
+
+def _same_logits(folder, reference) -> None:
+    """``folder`` loads as a causal LM whose logits are ``reference``'s (a callable of ids)."""
+    loaded, own = load_model_and_tokenizer(folder)
+    # (its own tokenizer: padding with the shared fixture's changes what that one saves)
+    ids = own(["hello there", "a b c"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(loaded(**ids).logits, reference(**ids).logits)
+
+
+def test_a_bare_model_with_tied_embeddings_loads_whole(tiny, tmp_path):
+    """A bare LlamaModel saved without its head, whose config ties the LM head to the input
+    embeddings: AutoModelForCausalLM loads it whole (the head is the embeddings), so it is
+    not refused; it gives the logits of the causal LM it was taken from."""
+    model, tok = tiny
+    assert type(model.model).__name__ == "LlamaModel" and model.config.tie_word_embeddings
+    model.model.save_pretrained(tmp_path, safe_serialization=True)
+    tok.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["LlamaModel"]
+    _same_logits(tmp_path, model)
+
+
+def test_a_multimodal_model_whose_model_type_has_a_causal_lm_loads(tiny, tmp_path):
+    """Llama4ForConditionalGeneration is in no causal-LM table, but AutoModelForCausalLM
+    loads its model_type (llama4) as Llama4ForCausalLM, LM head included: the same logits
+    as the checkpoint's own language model."""
+    from transformers import Llama4Config, Llama4ForConditionalGeneration
+
+    _, tok = tiny
+    text = dict(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, intermediate_size_mlp=64,
+        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+        num_local_experts=1, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    vision = dict(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        image_size=32, patch_size=16, vision_output_dim=32, projector_input_dim=32,
+        projector_output_dim=32,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    vlm = Llama4ForConditionalGeneration(Llama4Config(text_config=text, vision_config=vision))
+    vlm.eval().save_pretrained(tmp_path, safe_serialization=True)
+    tok.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["architectures"] == ["Llama4ForConditionalGeneration"]
+    assert config["tie_word_embeddings"] is False  # its head is its own, in the weights
+    _same_logits(tmp_path, vlm.language_model)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "architecture", "extra", "refusal"),
+    [
+        ("llama", "LlamaForSequenceClassification", {}, "a sequence classifier"),
+        ("llama", "LlamaForTokenClassification", {}, "another task than predicting"),
+        ("bert", "BertForMaskedLM", {}, "another task than predicting"),
+        ("bart", "BartForConditionalGeneration", {}, "an encoder-decoder model"),
+        ("llama", "LlamaModel", {"tie_word_embeddings": False}, "not tied"),
+        ("llama", "LlamaModel", {}, "not tied"),  # LlamaConfig's default: untied
+        ("llava", "LlavaForConditionalGeneration", {}, "no causal LM for its model_type 'llava'"),
+        ("t5", "T5ForConditionalGeneration", {}, "an encoder-decoder model"),
+        ("llama", "LlamaModel", {"tie_word_embeddings": True}, None),
+        ("gemma", "GemmaModel", {}, None),  # GemmaConfig's default: tied
+        ("llama4", "Llama4ForConditionalGeneration", {}, None),
+        ("mllama", "MllamaForConditionalGeneration", {}, None),
+        ("llama", "LlamaForCausalLM", {}, None),
+        ("llama", "LlamaModel", {"auto_map": {"AutoModelForCausalLM": "m.M"}}, None),
+    ],
+)
+def test_which_configs_pass_the_causal_lm_check(model_type, architecture, extra, refusal, tmp_path):
+    """The check reads config.json alone: a class for another task, an encoder-decoder, a
+    bare model with an untied head (its config's or its config class's default) or a
+    model_type without a causal LM is refused; a model_type whose causal LM loads the
+    checkpoint whole passes."""
+    from smoothalign.models.loading import check_causal_lm_folder
+
+    config = {"architectures": [architecture], "model_type": model_type, **extra}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    if refusal is None:
+        check_causal_lm_folder(tmp_path)
+    else:
+        with pytest.raises(ValueError, match=re.escape(refusal)):
+            check_causal_lm_folder(tmp_path)
 
 
 def test_missing_pad_token_falls_back_to_eos(tiny, tmp_path):

@@ -17,11 +17,14 @@
   run folder (``smoothalign dpo/sft/reward --output-dir``, whose config.json holds the run's
   options, not a model's) stands for the model it saved, its ``final/``
   (:func:`resolve_model_folder`). A folder whose ``config.json`` names no causal-LM class
-  in ``architectures`` (a ``smoothalign reward`` model, ``*ForSequenceClassification``; a
-  bare ``*Model`` without its LM head) is refused before anything loads
-  (:func:`check_causal_lm_folder`): ``AutoModelForCausalLM`` would build the causal LM of
-  its ``model_type`` around its weights, dropping its head and adding an untrained one (or,
-  with tied embeddings, reusing the input embeddings) with no more than a load warning.
+  in ``architectures`` and that ``AutoModelForCausalLM`` would not load as a trained causal
+  LM (a ``smoothalign reward`` model, ``*ForSequenceClassification``; another task's head;
+  an encoder-decoder; a bare ``*Model`` whose LM head is not tied to its input embeddings)
+  is refused before anything loads (:func:`check_causal_lm_folder`): ``AutoModelForCausalLM``
+  would build the causal LM of its ``model_type`` around its weights, dropping its head and
+  adding an untrained one, with no more than a load warning. A class that the causal LM of
+  its ``model_type`` loads whole (``Llama4ForConditionalGeneration``; a bare ``LlamaModel``
+  with tied embeddings) passes.
 
 The returned tokenizer always has a pad token: when the checkpoint has none, the EOS token is
 used as pad (``tokenizer.pad_token = tokenizer.eos_token``) and ``model.config.pad_token_id`` /
@@ -482,28 +485,80 @@ def resolve_model_folder(path: Path) -> Path:
     )
 
 
+def _mapped(names: str) -> set[str]:
+    """The class names of ``transformers``' auto table ``names`` (``MODEL_FOR_..._NAMES``)."""
+    from transformers.models.auto import modeling_auto
+
+    out: set[str] = set()
+    for value in getattr(modeling_auto, names, {}).values():
+        out.update(value if isinstance(value, list | tuple) else [value])
+    return out
+
+
 def _is_causal_lm_class(name: str) -> bool:
     """Whether ``name`` (an entry of a config's ``architectures``) is a causal LM with its
     head: ``transformers``' ``AutoModelForCausalLM`` table (``Gemma3ForConditionalGeneration``
     is one) or a name of the usual form (a class newer than the installed ``transformers``,
     or remote code)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    return name.endswith(("ForCausalLM", "LMHeadModel")) or name in _mapped(
+        "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"
+    )
 
-    if name.endswith(("ForCausalLM", "LMHeadModel")):
-        return True
-    for value in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
-        if name == value or (isinstance(value, list | tuple) and name in value):
-            return True
-    return False
+
+# Heads for another task than the next token: AutoModelForCausalLM would drop the head (and
+# add an untrained LM head) or, for a masked LM, run a bidirectional model as a causal one.
+_OTHER_HEADS = (
+    "ForSequenceClassification",
+    "ForTokenClassification",
+    "ForQuestionAnswering",
+    "ForQuestionAnsweringSimple",
+    "ForMultipleChoice",
+    "ForMaskedLM",
+    "ForPreTraining",
+    "ForNextSentencePrediction",
+    "ForAudioClassification",
+    "ForImageClassification",
+    "ForCTC",
+)
+# Encoder-decoder models (BART, Whisper, ...): the causal LM of their model_type is their
+# decoder alone, without the encoder it reads.
+_ENCODER_DECODER_TABLES = (
+    "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
+    "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES",
+    "MODEL_FOR_TEXT_TO_SPECTROGRAM_MAPPING_NAMES",
+    "MODEL_FOR_TEXT_TO_WAVEFORM_MAPPING_NAMES",
+)
+
+
+def _ties_embeddings(path: Path, config: dict) -> bool | None:
+    """Whether the model of ``config`` (``path``'s config.json) ties its LM head to its input
+    embeddings (``tie_word_embeddings``, its config class's default where the file omits it);
+    ``None`` where that cannot be told."""
+    tied = config.get("tie_word_embeddings")
+    if isinstance(tied, bool):
+        return tied
+    try:
+        from transformers import AutoConfig
+
+        loaded = AutoConfig.from_pretrained(path, local_files_only=True)
+        tied = getattr(loaded.get_text_config(decoder=True), "tie_word_embeddings", None)
+    except Exception:  # an unknown model_type, remote code: the loader decides
+        return None
+    return tied if isinstance(tied, bool) else None
 
 
 def check_causal_lm_folder(path: Path) -> None:
-    """Refuse the model folder ``path`` where its ``config.json`` says it is not a causal LM:
-    its ``architectures`` name no causal-LM class (:func:`_is_causal_lm_class`) and its
-    ``auto_map`` (remote code) no ``AutoModelForCausalLM``. A reward model that ``smoothalign
-    reward`` saved (``*ForSequenceClassification``) is the likely one, given where a policy or
-    an evaluated model is wanted. A config without ``architectures``, or one that cannot be
-    read, passes: the loader decides."""
+    """Refuse the model folder ``path`` where its ``config.json`` says that
+    ``AutoModelForCausalLM`` would not load a trained causal LM from it. It passes where its
+    ``architectures`` name a causal-LM class (:func:`_is_causal_lm_class`) or its ``auto_map``
+    (remote code) an ``AutoModelForCausalLM``; else where its ``model_type`` has a causal LM in
+    ``transformers``' table (a multimodal ``Llama4ForConditionalGeneration`` loads as its
+    ``Llama4ForCausalLM``, head included) and its class is neither a head for another task
+    (``*ForSequenceClassification`` -- a reward model that ``smoothalign reward`` saved, the
+    likely one given where a policy or an evaluated model is wanted --, ``*ForMaskedLM``,
+    ...) nor an encoder-decoder's, nor a bare ``*Model`` whose LM head is not tied to its
+    input embeddings (an untrained head would be added). A config without ``architectures``,
+    or one that cannot be read, passes: the loader decides."""
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -516,6 +571,10 @@ def check_causal_lm_folder(path: Path) -> None:
         isinstance(auto_map, dict) and "AutoModelForCausalLM" in auto_map
     ):
         return
+    model_type = config.get("model_type")
+    has_causal_lm = isinstance(model_type, str) and model_type in _causal_lm_model_types()
+    encoder_decoder = set().union(*map(_mapped, _ENCODER_DECODER_TABLES))
+    pass_this = "; pass a folder saved from a *ForCausalLM model"
     if any(a.endswith("ForSequenceClassification") for a in archs):
         what = (
             "a sequence classifier (a reward model, as `smoothalign reward` saves one): it "
@@ -523,15 +582,40 @@ def check_causal_lm_folder(path: Path) -> None:
             "the causal LM here, and the reward model where one is asked for "
             "(rank-calibrate --reward-model, study preference --judge)"
         )
-    else:
+    elif any(a.endswith(_OTHER_HEADS) for a in archs):
+        what = "its head serves another task than predicting the next token" + pass_this
+    elif any(a in encoder_decoder for a in archs):
         what = (
-            "its LM head would be missing or replaced by an untrained one; pass a folder "
-            "saved from a *ForCausalLM model"
+            "an encoder-decoder model, of which a causal LM would keep the decoder alone, "
+            "without the encoder it reads" + pass_this
         )
+    elif not has_causal_lm:
+        what = (
+            "transformers' AutoModelForCausalLM has no causal LM for its model_type "
+            f"{model_type!r}" + pass_this
+        )
+    # a bare model, by its name: transformers' MODEL_MAPPING is no guide (it lists
+    # Llama4ForConditionalGeneration, which has its LM head)
+    elif any(a.endswith("Model") for a in archs):
+        if _ties_embeddings(path, config) is not False:
+            return  # the LM head is the input embeddings, which it has
+        what = (
+            "a bare model without its LM head, which is not tied to its input embeddings "
+            "(config.json: tie_word_embeddings false): AutoModelForCausalLM would add an "
+            "untrained one" + pass_this
+        )
+    else:
+        return  # AutoModelForCausalLM loads its model_type's causal LM, head included
     raise ValueError(
         f"model {str(path)!r} is a {', '.join(archs)} (config.json: architectures), not a "
         f"causal language model (*ForCausalLM): {what}"
     )
+
+
+def _causal_lm_model_types() -> set[str]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
 
 
 def _gguf_in(path: Path) -> Path | None:
@@ -597,11 +681,30 @@ def _load_folder(
     has_safetensors = any(path.glob("*.safetensors")) or any(path.glob("*.safetensors.index.json"))
     if tokenizer is None:
         tokenizer = _folder_tokenizer(path, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
+    model, info = AutoModelForCausalLM.from_pretrained(
         path,
         local_files_only=True,
         trust_remote_code=trust_remote_code,
         use_safetensors=True if has_safetensors else None,
         dtype=dtype,
+        output_loading_info=True,
     )
+    _check_lm_head_loaded(path, model, info.get("missing_keys") or ())
     return model, tokenizer
+
+
+def _check_lm_head_loaded(path: Path, model: Any, missing_keys: Any) -> None:
+    """Refuse a model whose LM head ``AutoModelForCausalLM`` initialised afresh, for want of
+    it in the weights (and of tied embeddings): what :func:`check_causal_lm_folder` cannot
+    tell from config.json alone, transformers says only in a load report."""
+    head = model.get_output_embeddings()
+    name = next((n for n, m in model.named_modules() if m is head), None) if head else None
+    if not name:
+        return
+    lost = sorted(k for k in missing_keys if k.startswith(f"{name}."))
+    if lost:
+        raise ValueError(
+            f"model {str(path)!r}: its weights hold no LM head ({', '.join(lost)}), which "
+            "transformers' AutoModelForCausalLM would initialise untrained; pass a folder "
+            "saved from a *ForCausalLM model"
+        )
