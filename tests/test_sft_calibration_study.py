@@ -69,6 +69,38 @@ def test_group_metrics_match_a_hand_computation():
         assert m[name]["rms"] == pytest.approx(np.sqrt(rms), abs=1e-12)
 
 
+def test_reliability_figure_leaves_out_skipped_questions(tmp_path):
+    """`eval calibration --scorer option` writes a {"skipped": why} line, without a forecast,
+    for a question too long to score: the reliability diagrams read predictions.jsonl and
+    leave it out, as the metrics do, rather than failing on its missing "confidence"."""
+    import json
+
+    import matplotlib.pyplot as plt
+
+    from smoothalign.experiments.sft_calibration import reliability_figure
+
+    lines = [
+        {"task": "bb_x", "answer": 0, "confidence": 0.7, "correct": True},
+        {"task": "bb_x", "answer": 1, "skipped": "option 2 of 4: a continuation of 600 tokens"},
+        {"task": "mmlu_y", "answer": 0, "confidence": 0.6, "correct": False},
+    ]
+    for name in ("shipped", "b0.1-s0"):
+        (tmp_path / "eval" / name).mkdir(parents=True)
+        (tmp_path / "eval" / name / "predictions.jsonl").write_text(
+            "".join(json.dumps(p) + "\n" for p in lines)
+        )
+    # a model whose every question was skipped: no curve (nothing to draw)
+    (tmp_path / "eval" / "b0.2-s0").mkdir()
+    (tmp_path / "eval" / "b0.2-s0" / "predictions.jsonl").write_text(
+        "".join(json.dumps(p) + "\n" for p in lines if "skipped" in p)
+    )
+    models = [("shipped", None, None, "m"), ("b0.1-s0", 0.1, 0, "m"), ("b0.2-s0", 0.2, 0, "m")]
+    fig = reliability_figure(tmp_path, models)
+    legends = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes]
+    plt.close(fig)
+    assert legends == [["shipped (n=1)", "SFT β=0.1 (n=1)"]] * 2  # the skipped line: not counted
+
+
 def test_aggregate_groups_by_beta_with_sample_std():
     per_model = [
         {"model": "shipped", "beta": None, "seed": None,

@@ -318,6 +318,13 @@ def _predictions(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
 
 
+def _scored(prediction: dict[str, Any]) -> bool:
+    """Whether a predictions.jsonl line holds a forecast: ``eval calibration --scorer
+    option`` writes a ``{"skipped": why}`` line, without one, for a question it could not
+    score (an option too long for ``--max-length``)."""
+    return "skipped" not in prediction
+
+
 def group_metrics(preds: list[dict[str, Any]], bins: int = 15) -> dict[str, dict[str, float]]:
     """Accuracy, ECE, RMS and mean confidence of the held-out BIG-bench half (pooled) and of
     MMLU, from one model's predictions."""
@@ -328,7 +335,7 @@ def group_metrics(preds: list[dict[str, Any]], bins: int = 15) -> dict[str, dict
         ("bigbench heldout", lambda p: not p["task"].startswith("mmlu")),
         ("mmlu", lambda p: p["task"].startswith("mmlu")),
     ):
-        ps = [p for p in preds if keep(p) and "skipped" not in p]  # skipped: not scored
+        ps = [p for p in preds if keep(p) and _scored(p)]
         if not ps:
             continue
         conf = np.array([p["confidence"] for p in ps])
@@ -562,10 +569,12 @@ def reliability_figure(out: Path, models: list[tuple[str, float | None, int | No
         for name, beta, _seed, _path in models:
             key = "shipped" if beta is None else f"SFT β={beta:g}"
             groups.setdefault(key, []).extend(
-                p for p in _predictions(out / "eval" / name) if keep(p)
+                p for p in _predictions(out / "eval" / name) if keep(p) and _scored(p)
             )
         ax.plot([0, 1], [0, 1], color="gray", lw=0.8, ls="--")
         for key, ps in groups.items():
+            if not ps:  # every question of the data set skipped: no curve, as no metrics
+                continue
             conf = np.array([p["confidence"] for p in ps])
             correct = np.array([float(p["correct"]) for p in ps])
             curve = reliability_curve(conf, correct, 15)
