@@ -1326,3 +1326,23 @@ def test_a_column_holding_the_missing_fields_name_is_not_offered_as_its_typo():
     assert missing_reason({"chosen_score": 1, "choosen": "x"}, "chosen", RESERVED) == (
         "missing (did you mean 'chosen'? the row has 'choosen')"
     )
+
+
+def test_a_huge_cell_is_judged_by_its_shape_not_parsed(monkeypatch):
+    """Parsing a cell of megabytes as a Python literal takes seconds and gigabytes: such a
+    cell is judged by how it opens (a first message's role key), and text that does not
+    open as a list of dicts with a role key is never parsed at all."""
+    import json
+
+    from smoothalign.data import validation
+
+    def no_parse(text):
+        raise AssertionError(f"parsed a cell of {len(text)} characters")
+
+    monkeypatch.setattr(validation, "_literal", no_parse)
+    huge = json.dumps([{"role": "user", "content": "x" * 100}] * 20_000)
+    assert len(huge) > validation.MAX_PARSED_CHARS
+    assert validation.looks_like_messages_text(huge)
+    deep = "[{" + "'a': 1, " * 300_000 + "'role': 2}]"  # a role key, but not where it opens
+    assert not validation.looks_like_messages_text(deep)
+    assert not validation.looks_like_messages_text("[" + "1," * 100_000 + "'role']")

@@ -412,3 +412,23 @@ def test_a_holdout_note_gives_its_counts_and_a_share_moved_by_copies_is_warned_o
             list(range(20)), None, lambda r: {}, lambda r: 0, 0.1, 0, what="rows", key_of=str
         )
     assert evals == [10, 18] and notes == ["train/eval split: a seeded 10% holdout: 2 of 20 rows"]
+
+
+def test_hub_shards_with_a_content_hash_are_held_out_and_stray_files_are_said(tmp_path):
+    """Older `datasets` versions name hub shards train-00000-of-00001-<hash>.parquet: the
+    train shard was read and the validation shard beside it silently ignored (a seeded
+    holdout drawn instead). Both are read now; a file only named like a split is said to
+    be unread, not dropped in silence."""
+    from smoothalign.data.loading import folder_held_out, held_out_files
+
+    folder = tmp_path / "hub"
+    _write(folder / "train-00000-of-00001-1e0bc8b8e3e9e0d2.jsonl", _pair_rows(6))
+    _write(folder / "validation-00000-of-00001-7a1b2c3d4e5f6a7b.jsonl", _pair_rows(2))
+    assert [p.name for p in held_out_files(folder)] == [
+        "validation-00000-of-00001-7a1b2c3d4e5f6a7b.jsonl"
+    ]
+    held = folder_held_out(folder, None)
+    assert len(held.rows) == 2 and not any("not read" in n for n in held.notes)
+    (folder / "eval-notes.json").write_text('[{"note": "to do"}]', encoding="utf-8")
+    notes = folder_held_out(folder, None).notes
+    assert any("eval-notes.json, not read" in n for n in notes), notes

@@ -188,9 +188,22 @@ def _data_files(folder: Path) -> list[Path]:
 
 def _shard_of(path: Path, name: str) -> bool:
     """Whether ``path`` is a shard of held-out split ``name``, named as Hugging Face names
-    them (``eval-00000-of-00002.jsonl``; ``eval-0.jsonl`` too): a file that only starts with
-    the name (``eval-notes.json``) is no part of the held-out set."""
-    return re.fullmatch(rf"{re.escape(name)}-\d+(-of-\d+)?", path.stem) is not None
+    them (``eval-00000-of-00002.jsonl``, with or without the content hash older ``datasets``
+    versions append: ``validation-00000-of-00001-7a1b2c3d4e5f6a7b.parquet``; ``eval-0.jsonl``
+    too): a file that only starts with the name (``eval-notes.json``) is no part of the
+    held-out set (:func:`folder_held_out` notes it as not read)."""
+    pattern = rf"{re.escape(name)}-\d+(-of-\d+)?(-[0-9a-f]{{8,}})?"
+    return re.fullmatch(pattern, path.stem) is not None
+
+
+def _unread_eval_like(folder: Path, read: list[Path]) -> list[Path]:
+    """Files of a data folder (beside train files) whose names start like a held-out
+    split's but are not read as one (``eval-notes.json``): said, not dropped silently."""
+    return [
+        p
+        for p in _data_files(folder)
+        if p not in read and any(p.stem.startswith(f"{n}-") for n in EVAL_SPLITS)
+    ]
 
 
 def _split_files(files: list[Path], name: str, folder: Path, what: str) -> list[Path]:
@@ -300,8 +313,13 @@ def folder_held_out(
         note = f"data: the folder {data} holds {names}, not read: {eval_option} given"
         return HeldOutSource(None, [note], eval_option)
     files = held_out_files(data, what, eval_option)
+    unread = [] if _held_out_candidates(data) is None else _unread_eval_like(Path(data), files)
+    unread_notes = [
+        f"data: the folder {data} holds {', '.join(p.name for p in unread)}, not read (not "
+        "named as a held-out split or its shards: eval.<ext>, eval-00000-of-00002.<ext>)"
+    ] if unread else []  # fmt: skip
     if not files:
-        return HeldOutSource(None, [], eval_option)
+        return HeldOutSource(None, unread_notes, eval_option)
     names = ", ".join(p.name for p in files)
     rows = load_preference_rows(data, text_fields=text_fields, what=what, split="eval")
     if not rows:
@@ -310,7 +328,7 @@ def folder_held_out(
         f"held-out set: {names} of the data folder {data}, beside its train files "
         f"({eval_option} names another)"
     )
-    return HeldOutSource(rows, [note], f"the data folder's {names}")
+    return HeldOutSource(rows, [note, *unread_notes], f"the data folder's {names}")
 
 
 def _load_folder(folder: Path, spec: _Spec) -> list[dict[str, Any]]:

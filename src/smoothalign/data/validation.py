@@ -604,13 +604,26 @@ def looks_like_messages_text(value: Any) -> bool:
     if not isinstance(value, str):
         return False
     text = value.strip()
-    if not (text.startswith("[") and text.endswith("]") and "role" in text):
-        return False  # cheap: most text is never parsed
-    for candidate in (text, re.sub(r"\}\s+\{", "}, {", text)):  # numpy: "[{..} {..}]"
-        parsed = _literal(candidate)
-        if isinstance(parsed, list):
-            return bool(parsed) and all(_message_shaped(m) for m in parsed)
-    return False
+    # cheap gates first: most text is never parsed
+    if not (_LIST_OF_DICTS.match(text) and _DICT_LIST_END.search(text)):
+        return False
+    if not _ROLE_KEY.search(text):
+        return False
+    if len(text) > MAX_PARSED_CHARS:  # parsing would cost ~0.5 KB of memory per character
+        return bool(_ROLE_KEY.search(text, 0, 500))  # the shape: a role in the first message
+    parsed = _literal(text)
+    if not isinstance(parsed, list):  # numpy's repr of an array of dicts: "[{..} {..}]"
+        parsed = _literal(re.sub(r"\}\s+\{", "}, {", text))
+    return isinstance(parsed, list) and bool(parsed) and all(_message_shaped(m) for m in parsed)
+
+
+_LIST_OF_DICTS = re.compile(r"\[\s*\{")
+_DICT_LIST_END = re.compile(r"\}\s*\]\Z")
+_ROLE_KEY = re.compile(r"""['"]role['"]\s*:""")
+MAX_PARSED_CHARS = 1 << 20
+"""Longer cells are judged by their shape alone (a message list opens with its first
+message's ``role`` key), not parsed: ``ast.literal_eval`` of megabytes takes seconds and
+gigabytes."""
 
 
 def _literal(text: str) -> Any:
