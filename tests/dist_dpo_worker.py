@@ -19,15 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transformers import TrainerCallback  # noqa: E402
+
+from tests.dist_worker_common import CrashAfterStep5, trainer_state  # noqa: E402
 
 from smoothalign.train import DPOConfig, run_dpo  # noqa: E402
-
-
-class _Crash(TrainerCallback):
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == 5:
-            raise KeyboardInterrupt("simulated crash after step 5")  # on every rank alike
 
 
 def _config(data: str, out: Path, **overrides) -> DPOConfig:
@@ -51,13 +46,6 @@ def _config(data: str, out: Path, **overrides) -> DPOConfig:
     return DPOConfig(**{**base, **overrides})
 
 
-def _state(trainer) -> dict:
-    return {
-        "policy": trainer.smoothing_policy.state_dict(),
-        "weights": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
-    }
-
-
 def main(data: str, out: str) -> None:
     root = Path(out)
     rank = int(os.environ["RANK"])
@@ -69,16 +57,16 @@ def main(data: str, out: str) -> None:
         "world_size": torch.distributed.get_world_size(),
         "trainer_world_size": trainer.args.world_size,  # 2: data parallel, not 2 copies
         "first_batch": [int(i) for i in next(iter(trainer.get_train_dataloader()))["index"]],
-        "straight": _state(trainer),
+        "straight": trainer_state(trainer),
     }
     try:
-        run_dpo(_config(data, root / "crashed"), callbacks=[_Crash()])
+        run_dpo(_config(data, root / "crashed"), callbacks=[CrashAfterStep5()])
     except KeyboardInterrupt:
         pass
     else:
         raise AssertionError("the crash did not happen")
     resumed = run_dpo(_config(data, root / "crashed", resume="latest"))
-    state["resumed"] = _state(resumed.trainer)
+    state["resumed"] = trainer_state(resumed.trainer)
     state["notes"] = resumed.notes
     torch.save(state, root / f"rank{rank}.pt")
 

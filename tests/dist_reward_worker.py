@@ -19,15 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transformers import TrainerCallback  # noqa: E402
+
+from tests.dist_worker_common import CrashAfterStep5, trainer_state  # noqa: E402
 
 from smoothalign.reward import RewardConfig, run_reward  # noqa: E402
-
-
-class _Crash(TrainerCallback):
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == 5:
-            raise KeyboardInterrupt("simulated crash after step 5")  # on every rank alike
 
 
 def config(data: str, out: Path, **overrides) -> RewardConfig:
@@ -52,13 +47,6 @@ def config(data: str, out: Path, **overrides) -> RewardConfig:
     return RewardConfig(**{**base, **overrides})
 
 
-def _state(trainer) -> dict:
-    return {
-        "policy": trainer.smoothing_policy.state_dict(),
-        "weights": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
-    }
-
-
 def main(data: str, out: str) -> None:
     root = Path(out)
     rank = int(os.environ["RANK"])
@@ -67,16 +55,16 @@ def main(data: str, out: str) -> None:
         "world_size": torch.distributed.get_world_size(),
         "trainer_world_size": trainer.args.world_size,  # 2: data parallel, not 2 copies
         "first_batch": [int(i) for i in next(iter(trainer.get_train_dataloader()))["index"]],
-        "straight": _state(trainer),
+        "straight": trainer_state(trainer),
     }
     try:
-        run_reward(config(data, root / "crashed"), callbacks=[_Crash()])
+        run_reward(config(data, root / "crashed"), callbacks=[CrashAfterStep5()])
     except KeyboardInterrupt:
         pass
     else:
         raise AssertionError("the crash did not happen")
     resumed = run_reward(config(data, root / "crashed", resume="latest"))
-    state["resumed"] = _state(resumed.trainer)
+    state["resumed"] = trainer_state(resumed.trainer)
     state["notes"] = resumed.notes
     # loss terms buffered on rank 0 only: every rank gathers their sums all the same (else
     # rank 0 waits there, and fails once rank 1 exits)

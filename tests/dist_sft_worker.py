@@ -19,16 +19,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transformers import TrainerCallback  # noqa: E402
+
+from tests.dist_worker_common import CrashAfterStep5  # noqa: E402
 
 from smoothalign.sft import SFTConfig, run_sft  # noqa: E402
 from smoothalign.sft.trainer import SFTTrainer  # noqa: E402
-
-
-class _Crash(TrainerCallback):
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == 5:
-            raise KeyboardInterrupt("simulated crash after step 5")  # on every rank alike
 
 
 def config(data: str, out: Path, **overrides) -> SFTConfig:
@@ -87,7 +82,7 @@ def main(data: str, out: str) -> None:
         "straight": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
     }
     try:
-        run_sft(config(data, root / "crashed"), callbacks=[_Crash()])
+        run_sft(config(data, root / "crashed"), callbacks=[CrashAfterStep5()])
     except KeyboardInterrupt:
         pass
     else:
