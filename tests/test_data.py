@@ -1346,3 +1346,42 @@ def test_a_huge_cell_is_judged_by_its_shape_not_parsed(monkeypatch):
     deep = "[{" + "'a': 1, " * 300_000 + "'role': 2}]"  # a role key, but not where it opens
     assert not validation.looks_like_messages_text(deep)
     assert not validation.looks_like_messages_text("[" + "1," * 100_000 + "'role']")
+
+
+def test_a_chat_template_that_writes_today_s_date_tokenises_alike_every_day(monkeypatch):
+    """Llama-3.x Instruct templates write today's date (strftime_now) into every
+    conversation: the same rows gave other tokens the next day, so a resume's data
+    fingerprint refused an unchanged run. The data renders with one fixed date."""
+    import datetime as dt
+
+    from transformers.utils import chat_template_utils
+
+    from smoothalign.data.tokenization import TEMPLATE_DATE, tokenize_messages, tokenize_preference
+    from smoothalign.models.loading import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    tok.chat_template = (
+        '{{ "Today: " + strftime_now("%d %b %Y") + "\\n" }}{% for m in messages %}'
+        '{{ m["role"] + ": " + m["content"] + "\\n" }}{% endfor %}'
+        '{% if add_generation_prompt %}{{ "assistant: " }}{% endif %}'
+    )
+    prompt = [{"role": "user", "content": "hi"}]
+    reply = [{"role": "assistant", "content": "hello"}]
+    other = [{"role": "assistant", "content": "go"}]
+
+    def on(day):
+        class Clock(dt.datetime):
+            @classmethod
+            def now(cls, tz=None):
+                return day
+
+        monkeypatch.setattr(chat_template_utils, "datetime", Clock)
+        pair = tokenize_preference(prompt, reply, other, tok)
+        sft = tokenize_messages(prompt + reply, tok)
+        monkeypatch.setattr(chat_template_utils, "datetime", dt.datetime)
+        return pair, sft
+
+    today, tomorrow = on(dt.datetime(2026, 11, 27, 23, 59)), on(dt.datetime(2026, 11, 28, 0, 1))
+    assert today == tomorrow
+    date = TEMPLATE_DATE.strftime("%d %b %Y").encode()
+    assert date in bytes(i for i in today[0][0] if i < 256)  # the prompt reads the fixed date

@@ -53,7 +53,9 @@ prompt + response fits ``max_length``; the prompt is never cut.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import datetime as _dt
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -355,11 +357,47 @@ def _tokenize_plain(
     return prompt_ids, responses
 
 
+TEMPLATE_DATE = _dt.datetime(2024, 7, 26)
+"""The date a chat template that writes today's date (Llama-3.x Instruct's ``strftime_now``)
+renders into the data: one fixed date (the one Llama-3.1's template falls back to), so that
+the same rows give the same tokens on any day: a resume the next day reads the tokens the
+run was trained on, and its data fingerprint (``train.data_fingerprint``) agrees."""
+
+
+class _FixedNow(_dt.datetime):
+    @classmethod
+    def now(cls, tz=None):  # noqa: ARG003 - datetime.now's signature
+        return TEMPLATE_DATE
+
+
+@contextlib.contextmanager
+def _fixed_template_date() -> Iterator[None]:
+    """``strftime_now`` in transformers' chat templates reads :data:`TEMPLATE_DATE` while the
+    data renders (transformers' chat-template module reads ``datetime.now()``; its renderer
+    turns a callable passed as a template variable into text, so the clock is replaced
+    where it is read). Where that module is not as expected, nothing is replaced."""
+    try:
+        from transformers.utils import chat_template_utils as ctu
+    except ImportError:  # pragma: no cover - transformers without chat templates
+        yield
+        return
+    previous = getattr(ctu, "datetime", None)
+    if previous is None:  # another transformers: its clock is elsewhere
+        yield
+        return
+    ctu.datetime = _FixedNow
+    try:
+        yield
+    finally:
+        ctu.datetime = previous
+
+
 def _render(tokenizer: Any, messages: list[Message], field: str, generation_prompt: bool) -> str:
     try:
-        text = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=generation_prompt, tokenize=False
-        )
+        with _fixed_template_date():
+            text = tokenizer.apply_chat_template(
+                messages, add_generation_prompt=generation_prompt, tokenize=False
+            )
     except Exception as e:  # Jinja raises anything a template author chose (role order, ...)
         raise RowTokenizationError(
             field, "chat_template_error", f"the chat template failed: {type(e).__name__}: {e}"
