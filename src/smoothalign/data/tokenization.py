@@ -371,7 +371,7 @@ class _FixedNow(_dt.datetime):
 
 
 @contextlib.contextmanager
-def _fixed_template_date() -> Iterator[None]:
+def fixed_template_date() -> Iterator[None]:
     """``strftime_now`` in transformers' chat templates reads :data:`TEMPLATE_DATE` while the
     data renders (transformers' chat-template module reads ``datetime.now()``; its renderer
     turns a callable passed as a template variable into text, so the clock is replaced
@@ -394,7 +394,7 @@ def _fixed_template_date() -> Iterator[None]:
 
 def _render(tokenizer: Any, messages: list[Message], field: str, generation_prompt: bool) -> str:
     try:
-        with _fixed_template_date():
+        with fixed_template_date():
             text = tokenizer.apply_chat_template(
                 messages, add_generation_prompt=generation_prompt, tokenize=False
             )

@@ -53,6 +53,7 @@ from smoothalign.data.tokenization import (
     RowTokenizationError,
     Spans,
     escape_special_text,
+    fixed_template_date,
     tokenize_responses,
 )
 from smoothalign.data.validation import (
@@ -170,7 +171,8 @@ def prompt_token_ids(prompt: Any, tokenizer: Any) -> list[int]:
             ids = [bos, *ids]
         return ids
     try:
-        text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        with fixed_template_date():  # the data's date, whatever the day (as dpo and sft)
+            text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
     except Exception as e:  # Jinja raises whatever the template author chose
         raise _Bad("prompt", "chat_template_error", f"the chat template failed: {e}") from e
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
