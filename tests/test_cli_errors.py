@@ -305,18 +305,12 @@ def test_a_constant_schedule_alone_is_accepted(tmp_path):
 def test_help_never_shows_a_none_default():
     """A None default means "see the help text" (e.g. "default 10; --quick: 2"); printing
     "(default: None)" beside it contradicted it."""
-    import argparse
 
-    from smoothalign.cli import COMMANDS, build_parser
+    from smoothalign.cli import COMMANDS, build_parser, leaf_parser
 
     parser = build_parser()
     for path, _, _ in COMMANDS:
-        sub = parser
-        for name in path:
-            choices = next(
-                a for a in sub._actions if isinstance(a, argparse._SubParsersAction)
-            ).choices
-            sub = choices[name]
+        sub = leaf_parser(parser, path)
         text = sub.format_help()
         assert "(default: None)" not in text, path
         if path == ("dpo",):  # real defaults are still shown
@@ -326,19 +320,13 @@ def test_help_never_shows_a_none_default():
 def test_help_shows_list_defaults_as_they_are_typed():
     """`--tasks` / `--betas` showed their defaults as Python literals (`['mmlu']`,
     `(0.0, 0.1)`), which a user cannot type back."""
-    import argparse
 
-    from smoothalign.cli import COMMANDS, build_parser
+    from smoothalign.cli import COMMANDS, build_parser, leaf_parser
 
     parser = build_parser()
     helps = {}
     for path, _, _ in COMMANDS:
-        sub = parser
-        for name in path:
-            choices = next(
-                a for a in sub._actions if isinstance(a, argparse._SubParsersAction)
-            ).choices
-            sub = choices[name]
+        sub = leaf_parser(parser, path)
         helps[path] = " ".join(sub.format_help().split())
         assert "(default: [" not in helps[path] and "(default: (" not in helps[path], path
     study = helps[("study", "sft-calibration")]

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Sequence
 from typing import NoReturn
 
 from smoothalign.data.validation import BadRowError
@@ -287,6 +288,14 @@ def _resume_hint(args) -> str:
     return "; no checkpoint was saved (--save-steps 0 saves none): a rerun starts over"
 
 
+def leaf_parser(parser: argparse.ArgumentParser, path: Sequence[str]) -> argparse.ArgumentParser:
+    """The subparser of command ``path`` (``("eval", "calibration")``) under ``parser``."""
+    for word in path:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[word]
+    return parser
+
+
 def _named_by_flag(message: str, parser: argparse.ArgumentParser, args) -> str:
     """``message`` with a leading ``option_name:`` (how the library names an option, as the
     Python API sees it: ``lr_scheduler: ...``, ``eval_data: ...``) given as the command's flag
@@ -294,11 +303,7 @@ def _named_by_flag(message: str, parser: argparse.ArgumentParser, args) -> str:
     name, sep, rest = message.partition(": ")
     if not sep or not name.isidentifier() or name.startswith("_"):
         return message
-    leaf = parser
-    for word in args._command.split():
-        sub = next(a for a in leaf._actions if isinstance(a, argparse._SubParsersAction))
-        leaf = sub.choices[word]
-    for action in leaf._actions:
+    for action in leaf_parser(parser, args._command.split())._actions:
         if action.dest == name and action.option_strings:
             long = [o for o in action.option_strings if o.startswith("--")]
             plain = [o for o in long if not o.startswith("--no-")]  # --lora, not --no-lora
