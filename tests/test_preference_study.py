@@ -668,3 +668,91 @@ def test_help_describes_every_option_the_flip_rate_range_and_the_warmup_variants
     listed = capsys.readouterr().out.splitlines()
     warmup = [line for line in listed if line.startswith("cals-l2-c1-warmup ")]
     assert warmup and "plain DPO for the first 20% of the steps, then CALS" in warmup[0]
+
+
+def _without_seconds(runs):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in runs]
+
+
+def test_a_rerun_retrains_the_runs_of_a_method_whose_definition_changed(tmp_path, capsys,
+                                                                        monkeypatch):  # fmt: skip
+    """Finished runs were reused by method name: a method redefined under the same name (its
+    smoothing, here) kept its stale results on a rerun. Now a run is reused only if its
+    method and the baseline are defined as when it was made: the redefined method trains
+    again, to what a fresh study with the new definition gives; a redefined baseline (whose
+    samples every win rate is against) trains its whole group again."""
+    out = tmp_path / "study"
+    argv = ["study", "preference", "--quick", "--methods", "dpo,cdpo-0.1", "--flip-rates",
+            "0.2", "--seeds", "1", "--steps", "2", "--train-pairs", "16", "--eval-pairs", "8",
+            "--sample-prompts", "4", "--no-progress"]  # fmt: skip
+    assert main([*argv, "--output-dir", str(out)]) == 0
+    before = json.loads((out / "results.json").read_text())
+    run_group, calls = pref.run_group, []
+    monkeypatch.setattr(pref, "run_group", lambda *a: calls.append(a[1:]) or run_group(*a))
+
+    assert main([*argv, "--output-dir", str(out)]) == 0  # unchanged: nothing trains
+    assert calls == []
+
+    redefined = pref.Method("cdpo-0.1", smoothing="constant:0.3")
+    monkeypatch.setitem(pref.METHODS, "cdpo-0.1", redefined)
+    capsys.readouterr()
+    assert main([*argv, "--output-dir", str(out)]) == 0
+    assert calls == [(0, 0.2, None, ["cdpo-0.1"])]  # only the redefined method
+    said = capsys.readouterr().out
+    assert "training again 1 run(s)" in said
+    assert "cdpo-0.1 was defined otherwise: smoothing 'constant:0.1' (now 'constant:0.3')" in said
+    rerun = json.loads((out / "results.json").read_text())
+    assert main([*argv, "--output-dir", str(tmp_path / "fresh")]) == 0
+    fresh = json.loads((tmp_path / "fresh" / "results.json").read_text())
+    assert _without_seconds(rerun["runs"]) == _without_seconds(fresh["runs"])
+    old_cdpo = [r for r in before["runs"] if r["method"] == "cdpo-0.1"]
+    assert _without_seconds(old_cdpo) != _without_seconds(rerun["runs"][1:])
+
+    calls.clear()
+    monkeypatch.setitem(pref.METHODS, "dpo", pref.Method("dpo", loss="ipo"))
+    assert main([*argv, "--output-dir", str(out)]) == 0
+    assert calls == [(0, 0.2, None, None)]  # the whole group: every win rate is against dpo
+    said = capsys.readouterr().out
+    assert "training again 2 run(s)" in said and "the baseline dpo" in said
+
+
+def test_runs_written_without_their_method_definitions_are_trained_again(tmp_path, capsys,
+                                                                        monkeypatch):  # fmt: skip
+    """An interrupted study's finished groups written by an earlier version recorded no
+    method definitions, and an earlier results.json recorded them with fewer fields: what
+    their methods were cannot be told, so their runs train again (said), not reused."""
+    out = tmp_path / "study"
+    argv = ["study", "preference", "--quick", "--methods", "dpo,cdpo-0.1", "--flip-rates",
+            "0,0.2", "--seeds", "1", "--steps", "2", "--train-pairs", "16", "--eval-pairs", "8",
+            "--sample-prompts", "4", "--no-progress", "--output-dir", str(out)]  # fmt: skip
+    run_group, calls = pref.run_group, []
+
+    def interrupted_after_one(*args):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(args[1:3])
+        return run_group(*args)
+
+    monkeypatch.setattr(pref, "run_group", interrupted_after_one)
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    assert main(argv) == 130
+    Path(capsys.readouterr().err.split("(traceback: ")[1].split(";")[0]).unlink()
+    (group,) = (out / pref.FINISHED_DIR).iterdir()
+    saved = json.loads(group.read_text())
+    assert [m["name"] for m in saved.pop("methods")] == ["dpo", "cdpo-0.1"]
+    group.write_text(json.dumps(saved))  # as an earlier version wrote it
+
+    calls.clear()
+    monkeypatch.setattr(pref, "run_group", lambda *a: calls.append(a[1:3]) or run_group(*a))
+    assert main(argv) == 0
+    assert calls == [(0, 0.0), (0, 0.2)]  # the old group trained again
+    assert "were not recorded (an earlier version's runs)" in capsys.readouterr().out
+
+    results = json.loads((out / "results.json").read_text())
+    for m in results["methods"]:
+        del m["relabel"]  # a field that the earlier version's Method did not have
+    (out / "results.json").write_text(json.dumps(results))
+    calls.clear()
+    assert main(argv) == 0
+    assert calls == [(0, 0.0), (0, 0.2)]
+    assert "relabel None (now False)" in capsys.readouterr().out

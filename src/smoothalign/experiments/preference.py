@@ -603,6 +603,74 @@ _FLAGS = {
 }
 
 RunKey = tuple[int, float, str]  # (seed, flip rate, method)
+Definitions = dict[str, dict[str, Any]]  # method name -> method_definition
+# a run read back, with the definitions of the methods that its study recorded (None: none)
+Found = dict[RunKey, tuple[dict[str, Any], Definitions | None]]
+
+
+def method_definition(method: Method) -> dict[str, Any]:
+    """A method's definition, canonical: every field of its :class:`Method` (loss, smoothing,
+    c₀, ε, warm-up, confidence source, relabelling), as JSON gives it back. A study records
+    the definitions of its methods beside its runs (``methods`` in ``results.json`` and in
+    each finished group), so that a rerun reuses a run only if its method, and the baseline
+    whose samples its win rate is against, are still defined the same: a method is known to
+    a rerun by its name, and a name can come to mean another method."""
+    import json
+
+    return json.loads(json.dumps(asdict(method)))
+
+
+def _recorded_definitions(methods: Any) -> Definitions | None:
+    """A study's recorded ``methods`` (a list of definitions) by name; None if it has none
+    (a finished group written before they were recorded)."""
+    if methods is None:
+        return None
+    return {m["name"]: m for m in methods}
+
+
+def _changes(was: dict[str, Any] | None, now: dict[str, Any]) -> str:
+    if was is None:
+        return "not recorded"
+    return ", ".join(
+        f"{k} {was.get(k)!r} (now {now.get(k)!r})"
+        for k in sorted({*was, *now})
+        if was.get(k) != now.get(k)
+    )
+
+
+def _stale_reason(name: str, recorded: Definitions | None, now: Definitions) -> str | None:
+    """Why a run of method ``name`` made with the ``recorded`` definitions is not what this
+    study would make (None: it is, or the study does not ask for ``name``)."""
+    if name not in now:
+        return None
+    if recorded is None:
+        return "their methods' definitions were not recorded (an earlier version's runs)"
+    if recorded.get(name) != now[name]:
+        return f"{name} was defined otherwise: {_changes(recorded.get(name), now[name])}"
+    if name != BASELINE and recorded.get(BASELINE) != now[BASELINE]:
+        return (
+            f"the baseline {BASELINE}, whose samples the win rates are against, was defined "
+            f"otherwise: {_changes(recorded.get(BASELINE), now[BASELINE])}"
+        )
+    return None
+
+
+def _reusable(
+    found: Found, cfg: PreferenceStudyConfig
+) -> tuple[dict[RunKey, dict[str, Any]], dict[RunKey, str]]:
+    """``found`` split into the runs that this study may reuse and the stale ones: runs of
+    a method, or against a baseline, defined otherwise than now, or whose definitions were
+    not recorded (with why), which are trained again rather than trusted."""
+    now = {m.name: method_definition(m) for m in cfg.ordered_methods()}
+    reuse: dict[RunKey, dict[str, Any]] = {}
+    stale: dict[RunKey, str] = {}
+    for key, (run, recorded) in found.items():
+        reason = _stale_reason(key[2], recorded, now)
+        if reason is None:
+            reuse[key] = run
+        else:
+            stale[key] = reason
+    return reuse, stale
 
 
 def _group_file(folder: Path, seed: int, flip_rate: float) -> Path:
@@ -636,14 +704,12 @@ def _refuse_other_options(where: str, differ: list[str], remove: Path) -> None:
     )
 
 
-def _runs_of_groups(
-    folder: Path, cfg: PreferenceStudyConfig, judge_path: str | None
-) -> dict[RunKey, dict[str, Any]]:
+def _runs_of_groups(folder: Path, cfg: PreferenceStudyConfig, judge_path: str | None) -> Found:
     """The runs of the groups that an earlier, interrupted run finished, from ``folder``
-    (none there: none)."""
+    (none there: none), each with its methods' recorded definitions."""
     import json
 
-    found: dict[RunKey, dict[str, Any]] = {}
+    found: Found = {}
     if not folder.is_dir():
         return found
     want = _group_options(cfg, judge_path)
@@ -651,7 +717,8 @@ def _runs_of_groups(
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
             options, records = saved["options"], saved["runs"]
-            found.update({(r["seed"], r["flip_rate"], r["method"]): r for r in records})
+            recorded = _recorded_definitions(saved.get("methods"))
+            found.update({(r["seed"], r["flip_rate"], r["method"]): (r, recorded) for r in records})
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(
                 f"{path}: not a finished group of this study ({e}); delete {folder} to start afresh"
@@ -663,10 +730,9 @@ def _runs_of_groups(
     return found
 
 
-def _runs_of_results(
-    path: Path, cfg: PreferenceStudyConfig, judge_path: str | None
-) -> dict[RunKey, dict[str, Any]]:
-    """The runs of a finished study's ``results.json`` (none there: none)."""
+def _runs_of_results(path: Path, cfg: PreferenceStudyConfig, judge_path: str | None) -> Found:
+    """The runs of a finished study's ``results.json`` (none there: none), each with its
+    methods' recorded definitions."""
     import json
 
     if not path.exists():
@@ -674,7 +740,8 @@ def _runs_of_results(
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
         config, runs = results["config"], results["runs"]
-        found = {(r["seed"], r["flip_rate"], r["method"]): r for r in runs}
+        recorded = _recorded_definitions(results.get("methods"))
+        found = {(r["seed"], r["flip_rate"], r["method"]): (r, recorded) for r in runs}
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(
             f"{path}: not a preference study's results ({e}); pass another --output-dir, or "
@@ -692,12 +759,16 @@ def _runs_of_results(
 
 def finished_runs(
     out_dir: str | os.PathLike, cfg: PreferenceStudyConfig, judge_path: str | None
-) -> dict[RunKey, dict[str, Any]]:
+) -> tuple[dict[RunKey, dict[str, Any]], dict[RunKey, str]]:
     """The runs that an earlier study left in ``out_dir``, by ``(seed, flip rate, method)``:
-    a finished one's ``results.json`` and an interrupted one's ``finished_groups/``, to be
-    reused instead of trained again. A ``ValueError`` if they were made with other options
-    than ``cfg``'s beside :data:`EXTENDABLE` (naming them), and if ``cfg`` does not ask for
-    all of them (the new ``results.json`` would lose those): both before any training."""
+    a finished one's ``results.json`` and an interrupted one's ``finished_groups/``. Returns
+    those to be reused instead of trained again, and the stale ones, to be trained again,
+    with why: runs of a method (or against a baseline) that is now defined otherwise than
+    when they were made (compared by :func:`method_definition`, not by name), or whose
+    definitions were not recorded (made by an earlier version: they might be anything). A
+    ``ValueError`` if they were made with other options than ``cfg``'s beside
+    :data:`EXTENDABLE` (naming them), and if ``cfg`` does not ask for all of them (the new
+    ``results.json`` would lose those): both before any training."""
     out = Path(out_dir)
     runs = _runs_of_results(out / RESULTS_FILE, cfg, judge_path)
     runs.update(_runs_of_groups(out / FINISHED_DIR, cfg, judge_path))
@@ -715,7 +786,7 @@ def finished_runs(
             f"{RESULTS_FILE} would lose them. A rerun into the same --output-dir may add seeds, "
             "flip rates and methods: ask for those too, or pass another --output-dir"
         )
-    return runs
+    return _reusable(runs, cfg)
 
 
 def run_study(
@@ -733,7 +804,8 @@ def run_study(
     flip rate, method)``, which are not trained again; a group trains only its other
     methods (and the baseline, whose samples the win rates need). With ``finished_dir``,
     each group's runs are written there (atomically) as soon as the group finishes, and
-    when ``reuse`` is None the groups already there are read (other options are refused)."""
+    when ``reuse`` is None the groups already there are read (other options are refused;
+    runs of methods defined otherwise now train again)."""
     from tqdm.auto import tqdm
 
     from smoothalign.io import atomic_write_json
@@ -742,7 +814,8 @@ def run_study(
         raise ValueError(f"workers: must be >= 1, got {workers}")
     folder = Path(finished_dir) if finished_dir is not None else None
     if reuse is None:
-        reuse = _runs_of_groups(folder, cfg, judge_path) if folder is not None else {}
+        found = _runs_of_groups(folder, cfg, judge_path) if folder is not None else {}
+        reuse = _reusable(found, cfg)[0]  # the stale ones train again
     names = [m.name for m in cfg.ordered_methods()]
     keys = [(s, e) for s in cfg.seeds for e in cfg.flip_rates]
     missing = [[n for n in names if (*k, n) not in reuse] for k in keys]
@@ -756,13 +829,20 @@ def run_study(
         for i in todo
     }
     options = _group_options(cfg, judge_path) if folder is not None else None
+    definitions = [method_definition(m) for m in cfg.ordered_methods()]
 
     def finished(i: int, records: list[dict[str, Any]]) -> None:
         new = {r["method"]: r for r in records}
         out[i] = [new[n] if n in new else reuse[(*keys[i], n)] for n in names]
         if folder is not None:
             seed, flip_rate = keys[i]
-            record = {"options": options, "seed": seed, "flip_rate": flip_rate, "runs": out[i]}
+            record = {
+                "options": options,
+                "methods": definitions,  # a rerun reuses a run only if they still hold
+                "seed": seed,
+                "flip_rate": flip_rate,
+                "runs": out[i],
+            }
             atomic_write_json(_group_file(folder, seed, flip_rate), record)
 
     n_runs = len(keys) * len(names)
@@ -792,7 +872,8 @@ def run_study(
     runs = [r for group in out if group is not None for r in group]
     return {
         "config": asdict(cfg),
-        "methods": [asdict(m) for m in cfg.ordered_methods()],
+        # every run's method and the baseline are defined so (a rerun compares them)
+        "methods": definitions,
         "runs": runs,
         "aggregates": aggregate(runs),
         "seconds": time.perf_counter() - t0,

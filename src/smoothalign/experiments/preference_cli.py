@@ -10,7 +10,10 @@ the runs there (``finished_groups/``, ``results.json``): the same command finish
 interrupted study, and one that adds seeds, flip rates or methods trains only the new
 ``(seed, flip rate, method)`` runs and rebuilds the tables from all. Any other option
 changed is refused, naming it, before anything trains, as is a rerun that leaves out runs
-that are there (its ``results.json`` would lose them).
+that are there (its ``results.json`` would lose them). A run is reused only if its method
+and the baseline are still defined as when it was made (loss, smoothing, c₀, ...: recorded
+beside the runs, :func:`~smoothalign.experiments.preference.method_definition`): a run of a
+method since redefined, or one whose definitions were not recorded, is trained again, said.
 
 ``--export-votes FILE`` instead writes the world's training pairs as soft-label rows (several
 simulated Bradley–Terry annotators per pair) for ``smoothalign reward``, and exits: a reward
@@ -363,8 +366,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     finished_dir = out / preference.FINISHED_DIR
     # the runs of an earlier study there (results.json, finished_groups/): other options, or
-    # runs this one would drop, are refused here, before any training
-    reuse = preference.finished_runs(out, cfg, args.judge)
+    # runs this one would drop, are refused here, before any training; runs of a method
+    # defined otherwise now (by this version) than when they were made train again
+    reuse, stale = preference.finished_runs(out, cfg, args.judge)
     out.mkdir(parents=True, exist_ok=True)
     names = [m.name for m in cfg.ordered_methods()]
     n_runs = n_groups * len(names)
@@ -381,6 +385,12 @@ def run(args: argparse.Namespace) -> int:
             f"resuming: {whole} of {n_groups} (seed, flip rate) groups and {len(reuse)} of "
             f"{n_runs} runs, made earlier with these options, are read from {out}; "
             f"{n_runs - len(reuse)} run(s) to train"
+        )
+    if stale:
+        reasons = "; ".join(dict.fromkeys(stale.values()))
+        print(
+            f"training again {len(stale)} run(s) read from {out}, not reused: they are not "
+            f"runs of the methods as this version defines them ({reasons})"
         )
     clock = RunClock()
     results = preference.run_study(
