@@ -519,3 +519,47 @@ def test_a_run_folder_is_identified_by_the_model_it_loads(tmp_path):
     assert model_identity(str(run)) == first
     (run / "final" / "model.safetensors").write_bytes(b"retrained")
     assert model_identity(str(run)) != first
+
+
+def test_a_failed_sft_run_is_one_message_naming_its_beta_seed_and_cause(
+    study, tmp_path, capsys, monkeypatch
+):
+    """An SFT run of the grid that failed on its input ended the study with the SFT's own
+    message alone (which β, which seed?), unlike a failed evaluation; now one message names
+    the run (β, seed, folder) and the cause, as the study names the option, with exit
+    status 2, and a rerun reuses the models trained before it. An error that is not an
+    input error keeps its traceback, told which run it happened in."""
+    import smoothalign.sft
+
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    real = smoothalign.sft.run_sft
+
+    def failing_at_beta_0_1(config):
+        if config.label_smoothing == 0.1:
+            raise ValueError("max_steps: the SFT refused it")
+        return real(config)
+
+    monkeypatch.setattr(smoothalign.sft, "run_sft", failing_at_beta_0_1)
+    assert study("--betas", "0,0.1") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    first = err.splitlines()[0]
+    run_dir = tmp_path / "out" / "sft" / "beta0.1-seed0"
+    assert first.startswith("smoothalign study sft-calibration: the SFT run β=0.1, seed 0 failed")
+    assert str(run_dir) in first and ": --steps: the SFT refused it. " in first
+    assert "reuses them" in first
+    trained = tmp_path / "out" / "sft" / "beta0-seed0" / "final" / "model.safetensors"
+    stamp = trained.stat().st_mtime_ns
+
+    def bug(config):
+        raise RuntimeError("internal bug")
+
+    monkeypatch.setattr(smoothalign.sft, "run_sft", bug)
+    with pytest.raises(RuntimeError, match="internal bug") as info:
+        study("--betas", "0,0.1")
+    assert "the SFT run β=0.1, seed 0 failed" in info.value.__notes__[0]
+    assert trained.stat().st_mtime_ns == stamp  # β = 0 was reused, not trained again
+
+    monkeypatch.setattr(smoothalign.sft, "run_sft", real)
+    assert study("--betas", "0,0.1") == 0
+    assert trained.stat().st_mtime_ns == stamp

@@ -7,12 +7,13 @@ calibration error of a language model's multiple-choice answers at about equal a
    (``Question: … Answer:``; the task prefix dropped so that the held-out JSONL, which has
    no prefix field, is scored on the same prompt), ``completion`` = the correct option.
 2. **Training.** ``smoothalign sft`` on those rows for each ``β`` and seed (LoRA, the SFT
-   defaults otherwise); ``final/`` is the merged model. A rerun into the same
-   ``--output-dir`` reuses a trained model only if its ``trained_with.json`` (every SFT
-   option but the paths, and the SHA-256 of the SFT rows) is what this run would train;
-   a model trained otherwise is refused before anything trains (delete its run folder to
-   retrain it, or pass a new ``--output-dir``): it is never retrained over, nor counted as
-   this run's.
+   defaults otherwise); ``final/`` is the merged model. One that fails on its input stops
+   the study with one message naming its β, seed and folder and the cause (exit status 2),
+   as a failed evaluation does. A rerun into the same ``--output-dir`` reuses a trained
+   model only if its ``trained_with.json`` (every SFT option but the paths, and the SHA-256
+   of the SFT rows) is what this run would train; a model trained otherwise is refused
+   before anything trains (delete its run folder to retrain it, or pass a new
+   ``--output-dir``): it is never retrained over, nor counted as this run's.
 3. **Evaluation.** ``smoothalign eval calibration --scorer option`` of the shipped model and
    of every trained one on the held-out half (pooled over its tasks) and on an MMLU
    subsample (out of the SFT's domain), 15 bins. One that fails on its input (a damaged
@@ -314,6 +315,41 @@ def _evaluate(
     return json.loads((out / "results.json").read_text())
 
 
+def _shown(message: str) -> str:
+    """An SFT refusal's leading ``option_name:`` as the study names that option (``--steps``
+    for ``max_steps``, ...), where it has one."""
+    name, sep, rest = message.partition(": ")
+    return f"{_SHOWN_AS[name]}: {rest}" if sep and name in _SHOWN_AS else message
+
+
+def _train(config: Any, beta: float, seed: int) -> None:
+    """``run_sft(config)``, the SFT run of ``β`` and ``seed``. A run that fails on its input
+    (a model that cannot be loaded, SFT rows it refuses, …) raises a ``ValueError`` naming
+    the run (its β, seed and folder) and the cause, which ``smoothalign`` prints as one
+    message (exit status 2), as a failed evaluation does (:func:`_evaluate`); any other
+    error keeps its traceback, with a note saying which run it happened in. The models
+    trained before it keep their stamps, so that a rerun reuses them."""
+    from smoothalign.cli import _input_errors
+    from smoothalign.sft import run_sft
+
+    failed = (
+        f"the SFT run β={beta:g}, seed {seed} failed (smoothalign sft --label-smoothing "
+        f"{beta:g} --seed {seed} on {config.data}, into {config.output_dir})"
+    )
+    kept = (
+        "The models trained before it are kept: once the cause is fixed, the same command "
+        "reuses them and trains only what is missing"
+    )
+    try:
+        run_sft(config)
+    except _input_errors() as e:
+        cause = _shown(str(e) or type(e).__name__).rstrip(".")
+        raise ValueError(f"{failed}: {cause}. {kept}") from e
+    except Exception as e:  # not an input error: its traceback stays, with where it was
+        e.add_note(f"smoothalign study sft-calibration: {failed}. {kept}.")
+        raise
+
+
 def _predictions(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
 
@@ -422,7 +458,6 @@ def _run(args: argparse.Namespace) -> int:
     from smoothalign.eval.mc_sources import load_tasks
     from smoothalign.experiments.run_info import RunClock
     from smoothalign.io import atomic_write_json, atomic_write_text, check_output_dir, save_figure
-    from smoothalign.sft import run_sft
 
     clock = RunClock()
     check_options(args)  # a bad option: cli.main names it (SMOOTHALIGN_DEBUG=1 raises)
@@ -459,7 +494,7 @@ def _run(args: argparse.Namespace) -> int:
         run_dir = Path(config.output_dir)
         if not reused:
             (run_dir / TRAINED_WITH).unlink(missing_ok=True)
-            run_sft(config)
+            _train(config, beta, seed)
             atomic_write_json(run_dir / TRAINED_WITH, training_stamp(config, train_sha256))
         models.append((name, beta, seed, str(run_dir / "final")))
 
