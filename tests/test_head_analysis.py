@@ -116,6 +116,37 @@ def test_head_inputs_are_the_heads_input_and_entropies_match_the_logits():
     torch.testing.assert_close(prediction_entropies(W, hidden), ref, atol=1e-5, rtol=0)
 
 
+def test_a_chat_template_writes_the_fixed_template_date_not_today(monkeypatch):
+    """analyze head rendered chat templates with today's date (Llama-3.x Instruct's
+    strftime_now), while dpo, sft, reward and rank-calibrate render one fixed date: its
+    texts, and entropies, changed from day to day and were not the training data's. The
+    messages now give the hidden states of the text rendered with TEMPLATE_DATE."""
+    import datetime as dt
+
+    from transformers.utils import chat_template_utils
+
+    from smoothalign.data.tokenization import TEMPLATE_DATE
+
+    model, tok = build_tiny_model().eval(), build_tiny_tokenizer()
+    tok.chat_template = (
+        '{{ strftime_now("%d %b %Y") }}|{% for m in messages %}{{ m["content"] }}{% endfor %}'
+    )
+
+    class Tomorrow(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return dt.datetime(2031, 1, 2)
+
+    monkeypatch.setattr(chat_template_utils, "datetime", Tomorrow)
+    messages = json.dumps(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    )
+    hidden = head_inputs(model, tok, [messages])
+    as_text = TEMPLATE_DATE.strftime("%d %b %Y") + "|hiyo"  # not JSON: read as it is
+    torch.testing.assert_close(hidden, head_inputs(model, tok, [as_text]), atol=0, rtol=0)
+    assert chat_template_utils.datetime is Tomorrow  # the clock given back after rendering
+
+
 def test_default_texts_come_from_the_shipped_set():
     texts = default_texts(3)
     assert len(texts) == 3

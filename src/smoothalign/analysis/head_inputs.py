@@ -5,7 +5,8 @@ The hidden states are captured by a forward pre-hook on ``model.get_output_embed
 so they are exactly the head's input (after the final norm) whatever the architecture.
 The default texts are the first conversations (prompt + chosen reply) of the shipped
 controlled-sentiment set (``smoothalign/assets/sentiment_pairs.jsonl``), rendered with the
-tokenizer's chat template when it has one.
+tokenizer's chat template when it has one (a template's date: the fixed one the training data
+renders, ``data.tokenization.TEMPLATE_DATE``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,13 @@ def default_texts(n: int) -> list[str]:
 
 
 def _render(tokenizer: Any, text: str) -> str:
-    """A JSON message list goes through the chat template (if any); other text is as is."""
+    """A JSON message list goes through the chat template (if any); other text is as is. A
+    template that writes today's date (Llama-3.x Instruct's ``strftime_now``) writes the
+    fixed date that dpo, sft, reward and rank-calibrate render their data with
+    (:data:`smoothalign.data.tokenization.TEMPLATE_DATE`), so that the texts, and the
+    entropies, are the same on any day, and the same text as the training data had."""
+    from smoothalign.data.tokenization import fixed_template_date
+
     try:
         messages = json.loads(text)
     except ValueError:
@@ -45,7 +52,8 @@ def _render(tokenizer: Any, text: str) -> str:
     if not isinstance(messages, list):
         return text
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False)
+        with fixed_template_date():
+            return tokenizer.apply_chat_template(messages, tokenize=False)
     return "\n".join(m["content"] for m in messages)
 
 
