@@ -9,7 +9,10 @@ option`` (seeded subsample, cloze prompts, ``--shots``), scored by
 per option, the previous scorer) and ``use_cache=True`` (each prompt once), interleaved
 ``old, new, old, new, …`` so that load from other processes hits both alike. Prints the wall
 times, the largest score difference and the summary metrics of each run (which must agree),
-with the machine; ``--output`` writes the same as JSON. Wall and CPU seconds of this process
+with the machine. A question that lists one option text twice (nine MMLU questions, one of
+them in the default 100) is scored as ``eval calibration`` scores it: its identical options
+are one answer (``merge_identical_options``), in the metrics and in whether the two runs
+predict the same, so that two copies of one answer are not told apart by position; ``--output`` writes the same as JSON. Wall and CPU seconds of this process
 are both recorded: on a shared machine the CPU seconds (with ``--threads 1``) are the steadier
 measure.
 """
@@ -34,8 +37,14 @@ from smoothalign.experiments.run_info import cpu_model  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     from smoothalign.eval.mc_prompts import build_prompt, continuations, few_shot_indices
     from smoothalign.eval.mc_sources import load_tasks
-    from smoothalign.eval.mc_tasks import subsample_indices
-    from smoothalign.eval.multiple_choice import score_options, summarise
+    from smoothalign.eval.mc_tasks import option_groups, subsample_indices
+    from smoothalign.eval.multiple_choice import (
+        MERGE_RULES,
+        merge_identical_options,
+        predictions,
+        score_options,
+        summarise,
+    )
     from smoothalign.models import load_model_and_tokenizer
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -54,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    prompts, conts, answers = [], [], []
+    prompts, conts, answers, groups = [], [], [], []
     for t in load_tasks(args.tasks):
         idx = subsample_indices(len(t.questions), args.limit, args.seed)
         shots = few_shot_indices(t.questions, args.shots, args.seed, for_indices=idx)
@@ -63,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             prompts.append(build_prompt(q, "cloze", [t.questions[j] for j in s]))
             conts.append(continuations(q, "cloze"))
             answers.append(q.answer)
+            groups.append(option_groups(q.options))
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=getattr(torch, args.dtype))
     model.to(args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
@@ -85,12 +95,20 @@ def main(argv: list[str] | None = None) -> int:
     diff = max(
         float(np.abs(a - b).max()) for a, b in zip(scores["old"], scores["new"], strict=True)
     )
-    metrics = {name: summarise(s, answers) for name, s in scores.items()}
+    # identical options are one answer, as eval calibration scores them: by answer, not
+    # by the option's position (summarise expects merged scores)
+    merged = {
+        name: merge_identical_options(s, answers, groups, MERGE_RULES["option"])
+        for name, s in scores.items()
+    }
+    metrics = {name: summarise(*m) for name, m in merged.items()}
+    predicted = {name: predictions(m[0])[1] for name, m in merged.items()}
     result = {
         "model": args.model,
         "tasks": args.tasks,
         "n_questions": len(prompts),
         "n_options": int(sum(len(c) for c in conts)),
+        "n_identical_options": sum(len(set(g)) < len(g) for g in groups),
         "batch_size": args.batch_size,
         "device": args.device
         if not args.device.startswith("cuda")
@@ -105,12 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "speedup": statistics.median(runs["old"]) / statistics.median(runs["new"]),
         "cpu_speedup": statistics.median(cpu["old"]) / statistics.median(cpu["new"]),
         "max_abs_score_diff": diff,
-        "same_predictions": bool(
-            all(
-                int(np.argmax(a)) == int(np.argmax(b))
-                for a, b in zip(scores["old"], scores["new"], strict=True)
-            )
-        ),
+        "same_predictions": bool((predicted["old"] == predicted["new"]).all()),
         "metrics": metrics,
         "torch": torch.__version__,
     }
