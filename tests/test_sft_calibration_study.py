@@ -381,7 +381,44 @@ def test_a_model_trained_otherwise_is_refused_not_reused(study, tmp_path, capsys
     assert "other SFT rows" in capsys.readouterr().err
     (run_dir / "trained_with.json").unlink()  # what it was trained with is no longer known
     assert study() == 2
-    assert "no trained_with.json" in capsys.readouterr().err
+    assert "no readable trained_with.json" in capsys.readouterr().err
+
+
+def test_an_earlier_versions_run_folder_is_refused_saying_why_and_what_to_do(
+    study, tmp_path, capsys
+):
+    """A run folder of a version of the study that wrote no trained_with.json was refused as
+    "trained otherwise than this run would train" it, which nothing knew: now the refusal
+    says that how it was trained is not recorded (an earlier version's folder), that it is
+    neither reused nor trained over, and what to do (a new --output-dir, or delete the run
+    folder); a folder trained otherwise is named apart, with what differs. Deleting the old
+    run folder, as told, runs the study."""
+    import json
+
+    assert study("--seeds", "2") == 0
+    old = tmp_path / "out" / "sft" / "beta0-seed0"
+    (old / "trained_with.json").unlink()  # as an earlier version left it
+    capsys.readouterr()
+    assert study("--seeds", "2") == 2
+    err = capsys.readouterr().err
+    assert f"no readable trained_with.json, which records how a model was trained (a folder written by an earlier version of the study, which wrote none): {old}. How they were trained is not known, so they are neither reused as this run's models nor trained over." in err  # fmt: skip
+    assert "Pass a new --output-dir to run the study afresh, or delete those run folder(s)" in err
+    assert "trained otherwise" not in err and str(old.parent / "beta0-seed1") not in err
+
+    (old.parent / "beta0-seed1" / "trained_with.json").write_text(
+        json.dumps({"options": {"max_steps": 5}, "sft_train_sha256": "?"})
+    )
+    assert study("--seeds", "2") == 2
+    err = capsys.readouterr().err
+    assert (
+        f"trained otherwise than this run would train them: {old.parent / 'beta0-seed1'} (" in err
+    )
+    assert f"earlier version of the study, which wrote none): {old}. " in err
+    import shutil
+
+    shutil.rmtree(old)
+    shutil.rmtree(old.parent / "beta0-seed1")
+    assert study("--seeds", "2") == 0
 
 
 def test_a_retrained_model_is_evaluated_again(study, tmp_path):

@@ -148,9 +148,7 @@ def training_stamp(config: Any, train_sha256: str) -> dict[str, Any]:
     return {"options": options, "sft_train_sha256": train_sha256}
 
 
-def _stamp_changes(saved: dict[str, Any] | None, stamp: dict[str, Any]) -> str:
-    if not isinstance(saved, dict):
-        return f"no {TRAINED_WITH} records what it was trained with"
+def _stamp_changes(saved: dict[str, Any], stamp: dict[str, Any]) -> str:
     was, now = saved.get("options") or {}, stamp["options"]
     changes = []
     for key in sorted(was.keys() | now.keys()):
@@ -165,12 +163,14 @@ def _stamp_changes(saved: dict[str, Any] | None, stamp: dict[str, Any]) -> str:
 def check_trained_runs(runs: list[tuple[str, float, int, Any]], train_sha256: str) -> list[bool]:
     """For each run of :func:`sft_runs`: whether its trained model is reused (its folder
     holds ``final/`` trained as this run would train it) or it trains. A ``final/`` trained
-    otherwise, or no longer known how, is refused (``ValueError`` naming every such folder and
-    what differs), as is a folder that a run to train could not use: before anything trains.
-    """
+    otherwise, or no longer known how (no readable ``trained_with.json``: a folder of a
+    version of the study that wrote none), is refused (``ValueError`` naming every such
+    folder and what differs, and what to do), as is a folder that a run to train could not
+    use: before anything trains. Such folders are not migrated: nothing says how they were
+    trained."""
     from smoothalign.train.checkpoints import prepare_output_dir
 
-    reuse, refused = [], []
+    reuse, refused, unknown = [], [], []
     for _name, _beta, _seed, config in runs:
         run_dir = Path(config.output_dir)
         if not (run_dir / "final" / "config.json").exists():
@@ -184,13 +184,29 @@ def check_trained_runs(runs: list[tuple[str, float, int, Any]], train_sha256: st
         stamp = training_stamp(config, train_sha256)
         if saved == stamp:
             reuse.append(True)
-        else:
+        elif isinstance(saved, dict):
             refused.append(f"{run_dir} ({_stamp_changes(saved, stamp)})")
+        else:
+            unknown.append(str(run_dir))
+    said = []
     if refused:
-        raise ValueError(
+        said.append(
             "the output folder holds SFT model(s) trained otherwise than this run would train "
-            f"them: {'; '.join(refused)}. Pass a new --output-dir, or delete those run "
-            "folder(s) to train them again"
+            f"them: {'; '.join(refused)}."
+        )
+    if unknown:  # a version of the study before trained_with.json, or a stamp lost
+        said.append(
+            f"the output folder holds SFT model(s) with no readable {TRAINED_WITH}, which "
+            "records how a model was trained (a folder written by an earlier version of the "
+            f"study, which wrote none): {', '.join(unknown)}. How they were trained is not "
+            "known, so they are neither reused as this run's models nor trained over."
+        )
+    if said:
+        raise ValueError(
+            " ".join(said)
+            + " Pass a new --output-dir to run the study afresh, or delete those run "
+            "folder(s) to train them again (the trained models and evaluations there made as "
+            "this run would make them are reused)"
         )
     return reuse
 
