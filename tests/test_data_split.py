@@ -387,10 +387,15 @@ def test_reward_labels_a_data_folder_s_eval_pairs_with_eval_labels(tmp_path, tok
 def test_a_holdout_note_gives_its_counts_and_a_share_moved_by_copies_is_warned_of():
     """9 distinct rows and one row given 91 times: the 10% holdout of the 10 distinct rows
     may draw the repeated one, holding out 91 of 100 rows while the note said 'a seeded 10%
-    holdout'. The note gives the counts, and a share past twice the fraction is warned of."""
+    holdout'. The note gives the counts, and a share past twice the fraction is warned of;
+    so is one under half of it (1 of the 100 rows held out, the copies all trained on),
+    which was said by no warning."""
     rows = [f"r{i}" for i in range(9)] + ["copied"] * 91
     seed = next(s for s in range(50) if "copied" in holdout(rows, 0.1, s, key_of=str)[1])
-    with pytest.warns(UserWarning, match=r"holds 91 of the 100 rows \(91%\).*1 of the 10"):
+    with pytest.warns(
+        UserWarning,
+        match=r"holds 91 of the 100 rows \(91%, over twice the 10% asked for\).*1 of the 10",
+    ):
         train, evals, notes = train_eval_split(
             rows, None, lambda r: {}, lambda r: 0, 0.1, seed, what="rows", key_of=str
         )
@@ -400,12 +405,26 @@ def test_a_holdout_note_gives_its_counts_and_a_share_moved_by_copies_is_warned_o
         "rows with their copies)"
     ) in notes
     seed = next(s for s in range(50) if "copied" not in holdout(rows, 0.1, s, key_of=str)[1])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # 1 of 100 rows held out: fewer, not more
+    with pytest.warns(UserWarning) as said:  # 1 of 100 rows held out: too few
         _, evals, notes = train_eval_split(
             rows, None, lambda r: {}, lambda r: 0, 0.1, seed, what="rows", key_of=str
         )
     assert len(evals) == 1 and "1 of 10 (1 of 100 rows with their copies)" in notes[0]
+    assert [str(w.message) for w in said] == [
+        "the seeded 10% holdout holds 1 of the 100 rows (1%, under half the 10% asked for): "
+        "it draws 1 of the 10 distinct rows with all their copies, and copies moved its "
+        "share; drop the copies, or give the held-out rows with --eval-data"
+    ]
+    # rounding, not copies, sets a share near the fraction: no warning either way (2 of 16
+    # distinct rows is 12.5%; with 4 copies of one training row, 2 of 19 rows is 10.5%)
+    few = [f"r{i}" for i in range(15)] + ["copied"] * 4
+    seed = next(s for s in range(50) if "copied" not in holdout(few, 0.1, s, key_of=str)[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, evals, _ = train_eval_split(
+            few, None, lambda r: {}, lambda r: 0, 0.1, seed, what="rows", key_of=str
+        )
+    assert len(evals) == 2
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # without copies: the rows it always drew, counted
         _, evals, notes = train_eval_split(

@@ -260,7 +260,8 @@ def _holdout_note(
     """The note of a seeded holdout, with the counts it drew: it draws ``fraction`` of the
     distinct rows, each with all its copies, so heavy copies can make the held-out share of
     rows far from ``fraction``; past twice it (or the share of distinct rows, where rounding
-    up to one row raised that) a warning says so, from the main process."""
+    up to one row raised that), or under half of it (or of that share, where rounding
+    lowered it), a warning says so, from the main process."""
     n_rows, n_distinct = len(examples), _n_distinct(examples, key_of)
     n_eval, n_eval_distinct = len(evals), _n_distinct(evals, key_of)
     head = f"train/eval split: a seeded {fraction:.0%} holdout"
@@ -270,13 +271,15 @@ def _holdout_note(
         f"{head} of the distinct {what}: {n_eval_distinct} of {n_distinct} ({n_eval} of "
         f"{n_rows} {what} with their copies)"
     )
-    share = n_eval / n_rows
-    if share > 2 * max(fraction, n_eval_distinct / n_distinct):
+    share, drawn = n_eval / n_rows, n_eval_distinct / n_distinct
+    if share > 2 * max(fraction, drawn) or share < min(fraction, drawn) / 2:
+        percent = f"{share:.0%}" if share >= 0.01 else f"{100 * share:.2g}%"  # not "0%"
         warn_main(  # every rank split the same data: said by the main process
             f"the seeded {fraction:.0%} holdout holds {n_eval} of the {n_rows} {what} "
-            f"({share:.0%}): it draws {n_eval_distinct} of the {n_distinct} distinct {what} "
-            f"with all their copies, and copies moved its share; drop the copies, or give "
-            f"the held-out {what} with {eval_option}",
+            f"({percent}, {'over twice' if share > fraction else 'under half'} the "
+            f"{fraction:.0%} asked for): it draws {n_eval_distinct} of the {n_distinct} "
+            f"distinct {what} with all their copies, and copies moved its share; drop the "
+            f"copies, or give the held-out {what} with {eval_option}",
             stacklevel=3,
         )
     return note
