@@ -384,6 +384,87 @@ def test_reward_labels_a_data_folder_s_eval_pairs_with_eval_labels(tmp_path, tok
                      eval_labels=str(eval_labels))  # fmt: skip
 
 
+def test_one_labels_file_labels_the_training_and_the_held_out_pairs(tmp_path, tok):
+    """reward --data FOLDER --labels FILE, the file labelling the folder's eval pairs too,
+    failed: its eval ids were 'no pair with id ... in the data', and the labels had to be
+    split into --labels and --eval-labels. Without --eval-labels, --labels now serves both
+    sides, each labels row joined to the pair of its id, whichever side holds it."""
+    from smoothalign.reward.config import RewardConfig
+    from smoothalign.reward.run import load_reward_data
+
+    folder = tmp_path / "pairs"
+    _write(folder / "train.jsonl", [dict(r, pair_id=f"t{i}") for i, r in enumerate(_pair_rows(8))])
+    held = [dict(r, prompt="E" + r["prompt"], pair_id=f"e{i}") for i, r in enumerate(_pair_rows(3))]
+    _write(folder / "eval.jsonl", held)
+    label_rows = [{"pair_id": f"t{i}", "p_chosen": 0.1 * i} for i in range(8)]
+    label_rows += [{"pair_id": "e0", "p_chosen": 0.7}, {"pair_id": "e2", "p_chosen": 0.25}]
+    label_rows += [{"pair_id": "e1", "vote": v} for v in (1, 1, 0)]  # long format
+    labels = _write(tmp_path / "labels.jsonl", label_rows)
+
+    def load(data=folder, labels=labels, **kw):
+        config = RewardConfig(model="tiny", data=str(data), labels=str(labels),
+                              output_dir=str(tmp_path / "rm"), **kw)  # fmt: skip
+        return load_reward_data(config, tok)
+
+    train, evals, info, md, notes = load()
+    assert sorted((e.pair_id, e.p_chosen) for e in train) == sorted(
+        (r["pair_id"], r["p_chosen"]) for r in label_rows[:8]
+    )
+    assert [(e.pair_id, e.p_chosen, e.votes_chosen, e.votes_total) for e in evals] == [
+        ("e0", 0.7, None, None), ("e1", 2 / 3, 2, 3), ("e2", 0.25, None, None)
+    ]  # fmt: skip
+    assert [e.pair.file for e in evals] == [str(folder / "eval.jsonl")] * 3
+    assert any(f"{labels} labels 3 held-out pairs" in n for n in notes)
+    assert info["eval"]["labels_source"] == info["train"]["labels_source"] == str(labels)
+
+    # a held-out pair labelled in its row keeps that label; the file labels the others
+    held[1]["p_chosen"] = 0.4
+    _write(folder / "eval.jsonl", held)
+    _write(labels, [r for r in label_rows if r["pair_id"] != "e1"])
+    _, evals, *_ = load()
+    assert [e.p_chosen for e in evals] == [0.7, 0.4, 0.25]
+
+    # ids in the file on neither side are refused as before, naming the labels row
+    _write(labels, [*label_rows[:8], {"pair_id": "e0", "p_chosen": 0.7},
+                    {"pair_id": "e2", "p_chosen": 0.2}, {"pair_id": "x9", "p_chosen": 0.5}])  # fmt: skip
+    with pytest.raises(ValueError, match=r"labels\.jsonl row 10, field 'pair_id': no pair with "
+                       r"id 'x9' in the data or in the held-out pairs \(the data folder's eval"):  # fmt: skip
+        load()
+    # a label for a pair whose row has one already: both, refused
+    _write(labels, [*label_rows[:8], {"pair_id": "e0", "p_chosen": 0.7},
+                    {"pair_id": "e1", "p_chosen": 0.4}, {"pair_id": "e2", "p_chosen": 0.2}])  # fmt: skip
+    with pytest.raises(ValueError, match=r"labels\.jsonl row 9, field 'pair_id': labels the "
+                       r"held-out pair at .*eval\.jsonl row 1, whose row has a label already"):  # fmt: skip
+        load()
+    # the held-out pairs the file does not name are unlabelled bad rows, as before
+    _write(labels, [*label_rows[:8], {"pair_id": "e0", "p_chosen": 0.7}])
+    with pytest.raises(
+        ValueError, match=r"eval\.jsonl row 2, field 'p_chosen': no soft label"
+    ) as e:
+        load()
+    assert "label them in their rows, in the --labels file, or in a file" in str(e.value)
+
+    # the same with --eval-data: a file of held-out pairs beside a train file
+    _write(labels, label_rows)
+    del held[1]["p_chosen"]
+    eval_file = _write(tmp_path / "held.jsonl", held)
+    train, evals, *_ = load(data=folder / "train.jsonl", eval_data=str(eval_file))
+    assert len(train) == 8 and [e.p_chosen for e in evals] == [0.7, 2 / 3, 0.25]
+
+    # training and held-out pairs sharing ids: which one a label is for cannot be told
+    _write(folder / "eval.jsonl", [dict(r, pair_id=f"t{i}") for i, r in enumerate(held)])
+    with pytest.raises(ValueError, match=r"row 0, field 'pair_id': 't0' names a training "
+                       r"pair .* and a held-out one .*--eval-labels"):  # fmt: skip
+        load()
+    # ... unless the held-out pairs carry their labels in their rows, as they could before
+    _write(folder / "eval.jsonl",
+           [dict(r, pair_id=f"t{i}", p_chosen=0.5) for i, r in enumerate(held)])  # fmt: skip
+    _write(labels, label_rows[:8])
+    train, evals, *_ = load()
+    assert [e.p_chosen for e in train][:3] == [0.0, 0.1, 0.2]
+    assert [e.p_chosen for e in evals] == [0.5, 0.5, 0.5]
+
+
 def test_a_holdout_note_gives_its_counts_and_a_share_moved_by_copies_is_warned_of():
     """9 distinct rows and one row given 91 times: the 10% holdout of the 10 distinct rows
     may draw the repeated one, holding out 91 of 100 rows while the note said 'a seeded 10%

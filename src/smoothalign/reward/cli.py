@@ -18,7 +18,7 @@ HELP = {
     "its final/)",
     "data": "soft-label pairs: a JSONL/JSON/Parquet/CSV file or folder (its train.* / train-*.* files "
     "if it has any, its eval.* / eval-<n>-of-<m>.* (or validation.*) files beside them then "
-    "being the held-out pairs, labelled in their rows or by --eval-labels, unless --eval-data "
+    "being the held-out pairs, labelled in their rows, by --labels or by --eval-labels, unless --eval-data "
     "is given; else all "
     "its data "
     "files) in TRL format "
@@ -26,11 +26,13 @@ HELP = {
     "default: the oracle text world (simulated annotators, known truth)",
     "labels": "soft labels in a separate file, joined on pair_id: one row per pair "
     "(p_chosen | votes_chosen + votes_total | votes) or one row per annotator vote "
-    "({pair_id, vote: 0/1})",
+    "({pair_id, vote: 0/1}); without --eval-labels it labels the held-out pairs too (a "
+    "--data folder's eval files, or --eval-data), each row the pair of its id on either side",
     "eval_data": "held-out pairs (default: a --data folder's eval.* files, else the data's "
     "'split'=='eval' rows, else a holdout)",
     "eval_labels": "soft labels of the held-out pairs (--eval-data, or a --data folder's eval "
-    "files) in a separate file, joined on pair_id",
+    "files) in a separate file, joined on pair_id (default: the --labels file's rows for "
+    "them, if any)",
     "loss": "bt (Bradley–Terry on the majority vote), soft-bce (target = vote share), fkl, "
     "rkl, jsd (divergences of SPEC §6)",
     "posterior": "fkl/rkl/jsd against the batch-normalised posterior target of SPEC §6 "

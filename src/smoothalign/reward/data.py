@@ -21,7 +21,9 @@ must then agree. Optional: ``pair_id`` (unique), ``confidence`` (the *true* prob
 label form above, or one row per annotator vote, ``{"pair_id", "vote": 0 | 1}`` (long
 format; counted into ``votes_chosen``/``votes_total``). Any problem in the labels file
 (unknown, missing or duplicated ``pair_id``, a vote that is not 0/1) raises, naming its row
-and field; a data row left without a label is a bad row (``missing_label``).
+and field; a data row left without a label is a bad row (``missing_label``). One labels
+file may label the held-out pairs too (:func:`share_labels`: ``--labels`` without
+``--eval-labels``), each of its rows joined on whichever side holds its id.
 
 **Responses with other turns.** A conversational ``chosen``/``rejected`` may hold ``user``
 or ``tool`` turns between assistant replies; the rows are accepted and refused by the same
@@ -350,6 +352,112 @@ def join_labels(
     return out
 
 
+@dataclass
+class SharedLabels:
+    """One labels file's rows split between the training pairs and the held-out pairs
+    (:func:`share_labels`): ``data`` and ``held_out`` are the loaded rows, the held-out
+    ones with the labels of theirs that the file names joined already; ``train_labels``
+    are the file's rows that :func:`join_labels` joins to ``data``; ``n_held_out``: how
+    many held-out pairs the file labelled."""
+
+    data: list[dict[str, Any]]
+    held_out: list[dict[str, Any]]
+    train_labels: list[dict[str, Any]]
+    n_held_out: int
+    source: str
+
+
+def share_labels(
+    data: Any, held_out: Any, labels: Any, *, held_out_name: str = "--eval-data"
+) -> SharedLabels:
+    """Let one labels file (or list) label both the training pairs (``data``) and the
+    held-out pairs (``held_out``: a data folder's eval rows, or ``--eval-data``), matched on
+    ``pair_id`` per side, as ``--labels`` does without ``--eval-labels``.
+
+    Each labels row goes to the side holding its id: the training pairs' as always, and
+    the held-out pairs that carry no label in their row (those that do keep it, and the
+    held-out pairs the file does not name are left as they are: their rows' labels, or a
+    ``missing_label`` bad row). Rows without a ``pair_id``, or not objects, go to the
+    training side, where :func:`join_labels` names them.
+
+    Raises:
+        ValueError: naming the labels row and field, for an id found on neither side, an id
+            of a training pair and of an unlabelled held-out pair (which does it label? the
+            held-out labels then need ``--eval-labels``), or one of a held-out pair whose
+            row has a label already; and whatever :func:`join_labels` raises for the
+            held-out pairs.
+    """
+    source = file_label(labels) if isinstance(labels, str | os.PathLike) else "labels"
+    data_rows, held_rows = load_preference_rows(data), load_preference_rows(held_out)
+    for given, loaded in ((data, data_rows), (held_out, held_rows)):
+        if not loaded:  # validate_reward_rows's message, which names the file
+            where = f" in {given}" if isinstance(given, str | os.PathLike) else ""
+            raise ValueError(f"no preference rows to validate{where}")
+    label_rows = load_preference_rows(labels)
+    train_ids: dict[Any, dict[str, Any]] = {}
+    for row in data_rows:
+        if not_an_object(row) is None and row.get("pair_id") is not None:
+            train_ids.setdefault(_key(row["pair_id"]), row)
+    open_ids: dict[Any, dict[str, Any]] = {}  # held-out pairs without a label: the file's
+    labelled_ids: dict[Any, dict[str, Any]] = {}
+    for row in held_rows:
+        if not_an_object(row) is not None or row.get("pair_id") is None:
+            continue
+        has_label = any(row.get(k) is not None for k in LABEL_FIELDS)
+        (labelled_ids if has_label else open_ids).setdefault(_key(row["pair_id"]), row)
+    train_part: list[dict[str, Any]] = []
+    held_part: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for lrow in label_rows:
+        pid = None if not_an_object(lrow) is not None else lrow.get("pair_id")
+        where = row_location(lrow, file=source)
+        key = None if pid is None else _key(pid)
+        if pid is None:
+            train_part.append(lrow)  # join_labels names it
+        elif key in train_ids and key in open_ids:
+            errors.append(
+                f"{where}, field 'pair_id': {pid!r} names a training pair "
+                f"({row_location(train_ids[key], file='data')}) and a held-out one "
+                f"({row_location(open_ids[key], file=held_out_name)}): which does it label? "
+                "Give the held-out pairs' labels as --eval-labels FILE"
+            )
+        elif key in train_ids:
+            train_part.append(lrow)
+        elif key in open_ids:
+            held_part.append(lrow)
+        elif key in labelled_ids:
+            errors.append(
+                f"{where}, field 'pair_id': labels the held-out pair at "
+                f"{row_location(labelled_ids[key], file=held_out_name)}, whose row has a "
+                "label already; give each pair's label in the data or in the labels file, "
+                "not both"
+            )
+        else:
+            errors.append(
+                f"{where}, field 'pair_id': no pair with id {pid!r} in the data or in the "
+                f"held-out pairs ({held_out_name})"
+            )
+    if errors:
+        head = (
+            f"{len(errors)} problem(s) joining the labels ({source}) to the data and the "
+            "held-out pairs on pair_id:"
+        )
+        more = [f"  ... and {len(errors) - 5} more"] if len(errors) > 5 else []
+        raise ValueError("\n".join([head, *(f"  {e}" for e in errors[:5]), *more]))
+    if held_part:  # only the unlabelled held-out rows are joined: the others keep theirs
+        at = [
+            i
+            for i, row in enumerate(held_rows)
+            if not_an_object(row) is None and not any(row.get(k) is not None for k in LABEL_FIELDS)
+        ]
+        joined = join_labels([held_rows[i] for i in at], held_part, source=source)
+        held_rows = list(held_rows)
+        for i, row in zip(at, joined, strict=True):
+            held_rows[i] = row
+    n_held_out = len({_key(r["pair_id"]) for r in held_part})
+    return SharedLabels(data_rows, held_rows, train_part, n_held_out, source)
+
+
 def _key(pid: Any) -> Any:
     # 3 and "3" name the same pair (CSV reads ids as numbers, JSON may quote them)
     return str(pid)
@@ -363,6 +471,7 @@ def validate_reward_rows(
     on_bad_rows: Literal["error", "skip"] = "error",
     *,
     labels: Any = None,
+    labels_source: str | None = None,
     held_out: bool = False,
     missing_label_hint: str | None = None,
 ) -> RewardValidationReport:
@@ -374,6 +483,9 @@ def validate_reward_rows(
         on_bad_rows: ``"error"`` raises on any bad row; ``"skip"`` drops and lists them.
         labels: optional labels joined on ``pair_id`` (path, folder or list of dicts; see the
             module docstring).
+        labels_source: how messages and the report name the labels (default: their path
+            as given, or ``"labels"``); with ``labels=None``, the source of labels joined
+            into ``rows`` already (:func:`share_labels`), for the report.
         missing_label_hint: said once after the rows, where pairs without a label make
             the error (where the rows came from, how to label them).
 
@@ -388,9 +500,10 @@ def validate_reward_rows(
     if not rows:
         where = f" in {source}" if isinstance(source, str | os.PathLike) else ""
         raise ValueError(f"no preference rows to validate{where}")
-    source = None
+    source = labels_source
     if labels is not None:
-        source = file_label(labels) if isinstance(labels, str | os.PathLike) else "labels"
+        if source is None:
+            source = file_label(labels) if isinstance(labels, str | os.PathLike) else "labels"
         rows = join_labels(rows, load_preference_rows(labels), source=source)
 
     bad: list[BadRow] = []

@@ -32,6 +32,7 @@ from smoothalign.reward.data import (
     RewardDataset,
     RewardPair,
     oracle_text_rows,
+    share_labels,
     validate_reward_rows,
 )
 from smoothalign.reward.trainer import RewardTrainer, reward_metrics
@@ -162,17 +163,37 @@ def load_reward_data(
     # a data folder's eval.* beside its train.* is the held-out set, unless --eval-data
     folder = folder_held_out(config.data, config.eval_data)
     notes += folder.notes
+    eval_rows = config.eval_data if config.eval_data is not None else folder.rows
+    labels, eval_labels = config.labels, config.eval_labels
+    labels_source = eval_labels_source = None
+    if labels is not None and eval_labels is None and eval_rows is not None:
+        # one labels file for both sides: each of its rows labels the pair of its id
+        shared = share_labels(rows, eval_rows, labels, held_out_name=folder.option)
+        rows, eval_rows, labels = shared.data, shared.held_out, shared.train_labels
+        labels_source = shared.source
+        if shared.n_held_out:
+            eval_labels_source = shared.source
+            notes.append(
+                f"labels: {shared.source} labels {shared.n_held_out} held-out pairs "
+                f"({folder.option}) beside the training pairs, matched on pair_id"
+            )
     report = validate_reward_rows(
-        rows, tokenizer, config.max_length, config.on_bad_rows, labels=config.labels
+        rows,
+        tokenizer,
+        config.max_length,
+        config.on_bad_rows,
+        labels=labels,
+        labels_source=labels_source,
     )
     eval_report = None
-    eval_rows = config.eval_data if config.eval_data is not None else folder.rows
     hint = None
     if config.eval_data is None and config.eval_labels is None:  # the folder's eval pairs
+        in_labels = "in the --labels file, " if config.labels is not None else ""
         hint = (
             f"The held-out pairs without a label are {folder.option} (read as the held-out "
-            "set, beside its train files): label them in their rows, or in a file given as "
-            "--eval-labels FILE (joined on pair_id), or hold out other pairs with --eval-data"
+            f"set, beside its train files): label them in their rows, {in_labels}or in a "
+            "file given as --eval-labels FILE (joined on pair_id), or hold out other pairs "
+            "with --eval-data"
         )
     if eval_rows is not None:
         eval_report = validate_reward_rows(
@@ -180,7 +201,8 @@ def load_reward_data(
             tokenizer,
             config.max_length,
             config.on_bad_rows,
-            labels=config.eval_labels,
+            labels=eval_labels,
+            labels_source=eval_labels_source,
             held_out=True,
             missing_label_hint=hint,
         )
