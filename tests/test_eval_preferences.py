@@ -321,3 +321,73 @@ def test_a_run_folder_is_refused_as_the_output_folder(lora_run, tmp_path, capsys
     assert _eval("--model", run, "--data", data, "--output-dir", run / "final") == 2
     assert "is a model folder" in _refused(capsys)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_a_data_folder_is_scored_by_its_held_out_files_and_split_chooses(tmp_path, capsys):
+    """--data FOLDER read the folder's train files only: a user evaluating a policy on a
+    data folder got the pairs it was trained on. Its held-out files (eval.*, as dpo reads
+    them) are now the default, said in the printed summary; --split train / all read the
+    others."""
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    train = [{"prompt": f"T{i}:", "chosen": " yes", "rejected": " no"} for i in range(4)]
+    held = [{"prompt": f"E{i}:", "chosen": " yes", "rejected": " nope"} for i in range(3)]
+    write_jsonl(train, folder / "train.jsonl")
+    write_jsonl(held, folder / "eval.jsonl")
+
+    def scored(*split: str) -> list[tuple[str, int]]:
+        out = tmp_path / f"out_{'_'.join(split) or 'default'}"
+        assert _eval("--model", "tiny", "--reference", "tiny", "--data", folder,
+                     "--output-dir", out, *split) == 0  # fmt: skip
+        return [(Path(x["file"]).name, x["row"]) for x in _lines(out / "forecasts.jsonl")]
+
+    evals = [("eval.jsonl", i) for i in range(len(held))]
+    trains = [("train.jsonl", i) for i in range(len(train))]
+    assert scored() == evals
+    said = capsys.readouterr().out
+    assert "3 pairs" in said and "split: eval (--split auto, the default)" in said
+    metrics = json.loads((tmp_path / "out_default" / "metrics.json").read_text())
+    assert metrics["split"] == "eval" and metrics["config"]["split"] == "auto"
+    assert "(eval split)" in (tmp_path / "out_default" / "report.md").read_text()
+    assert scored("--split", "eval") == evals
+    assert scored("--split", "train") == trains
+    assert scored("--split", "all") == trains + evals
+
+
+def test_split_picks_rows_by_a_split_column_and_refuses_what_the_data_lacks(tmp_path):
+    from smoothalign.train.preference_eval import select_rows
+
+    rows = [dict(r, split=s) for r, s in zip(ROWS, ["train", "eval", "train", "eval", "x"],
+                                             strict=True)]  # fmt: skip
+    data = write_jsonl(rows, tmp_path / "marked.jsonl")
+    auto = select_rows(data)
+    # the 'eval' rows, and the row with a bad value, which validation names as bad_split
+    assert [r["_row"] for r in auto.rows] == [1, 3, 4] and auto.check_split
+    assert auto.split == "eval" and "the 2 rows of 5 whose 'split' column says 'eval'" in auto.note
+    assert [r["_row"] for r in select_rows(data, "train").rows] == [0, 2, 4]
+    assert [r["_row"] for r in select_rows(data, "all").rows] == [0, 1, 2, 3, 4]
+    assert not select_rows(data, "all").check_split
+
+    plain = write_jsonl(ROWS, tmp_path / "plain.jsonl")  # marks no held-out rows
+    assert select_rows(plain).split == "all" and len(select_rows(plain).rows) == len(ROWS)
+    assert select_rows(plain, "train").split == "train"
+    with pytest.raises(ValueError, match="split: eval, but .*plain.jsonl marks no held-out"):
+        select_rows(plain, "eval")
+    only_train = write_jsonl([dict(r, split="train") for r in ROWS], tmp_path / "t.jsonl")
+    with pytest.raises(ValueError, match="no row of .*t.jsonl has split 'eval'"):
+        select_rows(only_train, "eval")
+    with pytest.raises(ValueError, match="split: 'test'; choose one of auto, eval, train, all"):
+        select_rows(plain, "test")
+
+
+def test_a_bad_split_value_is_a_bad_row_named_by_row_and_field(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    rows = [dict(r, split=s) for r, s in zip(ROWS, ["train", "eval", "eval", "eval", "test"],
+                                             strict=True)]  # fmt: skip
+    data = write_jsonl(rows, tmp_path / "marked.jsonl")
+    args = ("--model", "tiny", "--reference", "tiny", "--data", data)
+    assert _eval(*args, "--output-dir", tmp_path / "o1") == 2
+    assert "marked.jsonl row 4, field 'split'" in _refused(capsys)
+    assert _eval(*args, "--output-dir", tmp_path / "o2", "--on-bad-rows", "skip") == 0
+    lines = _lines(tmp_path / "o2" / "forecasts.jsonl")
+    assert [x["row"] for x in lines] == [1, 2, 3]

@@ -22,6 +22,11 @@ run's reference is as the run had it: the data's columns where the run read them
 fine-tuning with ``reference`` auto, or ``precomputed``) and every pair scored has them, else
 its model; a LoRA run with ``auto`` never reads the columns.
 
+The rows scored (:func:`select_rows`, ``--split``): by default a data folder's held-out
+files (or the rows a ``split`` column marks ``eval``), as ``dpo`` holds them out, else every
+row; ``train`` and ``all`` read the others. The summary, the notes and ``metrics.json`` say
+which.
+
 Files written into ``output_dir`` (each atomically): ``metrics.json`` (the metrics, the
 counts, what was skipped, the model, reference and β used and where each came from),
 ``forecasts.jsonl`` (one line per pair: ``row`` (0-based, in its file) and ``file`` (its
@@ -52,6 +57,7 @@ from smoothalign.io import config_to_dict
 DEFAULT_OUTPUT_DIR = "outputs/eval_preferences"
 DEFAULT_BETA = 0.1
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")  # the data's reference log-probs
+SPLITS = ("auto", "eval", "train", "all")
 SUMMARY_KEYS = ("accuracy", "accuracy_true", "ece", "rms", "ece_true", "kl_true", "margin_mean")
 
 
@@ -75,6 +81,9 @@ class PreferenceEvalConfig:
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU; or fp32 | bf16
     on_bad_rows: str = "error"
     trust_remote_code: bool = False
+    # which rows of the data are scored (:func:`select_rows`): auto is the held-out rows
+    # where the data marks some (a folder's eval files, a split column), else every row
+    split: str = "auto"
 
     def __post_init__(self) -> None:
         check_finite_fields(self)
@@ -99,6 +108,8 @@ class PreferenceEvalConfig:
             raise ValueError(f"precision: {self.precision!r}; choose auto, fp32 or bf16")
         if self.on_bad_rows not in ("error", "skip"):
             raise ValueError(f"on_bad_rows: {self.on_bad_rows!r}; choose error or skip")
+        if self.split not in SPLITS:
+            raise ValueError(f"split: {self.split!r}; choose one of {', '.join(SPLITS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)
@@ -118,12 +129,16 @@ class PreferenceEvalResult:
     reference: str
     beta: float
     notes: list[str]
+    split: str = "all"  # the rows scored (SelectedRows.split) and what they were
+    split_note: str = ""
 
     def summary(self) -> str:
         rows = [
             f"smoothalign eval preferences: {self.n_pairs} pairs ({self.n_skipped} skipped), "
             f"β {self.beta:g}, reference {self.reference}"
         ]
+        if self.split_note:
+            rows.append(f"  {self.split_note}")
         rows += [
             f"  {key:<14} {self.metrics[key]:8.4f}" for key in SUMMARY_KEYS if key in self.metrics
         ]
@@ -154,7 +169,6 @@ def evaluate_preferences(config: PreferenceEvalConfig) -> PreferenceEvalResult:
     the model names first, then the data file, where the reference is settled (a missing
     ``reference`` is refused before any model loads), then the rows, before the weights
     where the tokenizer can be read on its own."""
-    from smoothalign.data import load_preference_rows
     from smoothalign.io import check_output_dir
     from smoothalign.models.loading import check_model_name, run_of_model
 
@@ -168,11 +182,102 @@ def evaluate_preferences(config: PreferenceEvalConfig) -> PreferenceEvalResult:
     beta = _beta(config, run)
     max_length = _max_length(config, run)
 
-    rows = load_preference_rows(config.data)
+    selected = select_rows(config.data, config.split)
+    reference = _reference(config, run, selected.rows)
+    return _evaluate(config, out, selected, run, reference, beta, max_length, t_start)
+
+
+@dataclass(frozen=True)
+class SelectedRows:
+    """The rows of the data that :func:`select_rows` picked to score.
+
+    ``split``: ``"eval"``, ``"train"`` or ``"all"``, as read; ``note``: what they are and
+    why (``--split auto`` saying what it chose); ``check_split``: the rows come from a
+    ``split`` column, whose every row must say train or eval (validation's ``bad_split``);
+    ``notes``: what else the report says of the data's files (a file not read)."""
+
+    rows: list[dict[str, Any]]
+    split: str
+    note: str
+    check_split: bool = False
+    notes: tuple[str, ...] = ()
+
+
+def select_rows(data: Any, split: str = "auto") -> SelectedRows:
+    """The rows of ``data`` that ``eval preferences --split`` scores, loaded, not validated.
+
+    * ``eval``: the held-out rows: a data folder's ``eval.*`` / ``validation.*`` files
+      beside its train files (as ``dpo`` reads them), else the rows whose ``split`` column
+      says ``eval``; data that marks none is refused;
+    * ``train``: the rows ``dpo`` trains on: a file, or a folder's train files (all its
+      files where it has none), less the rows a ``split`` column marks ``eval``;
+    * ``all``: every row: a folder's train files and its held-out files, any ``split``
+      column not read;
+    * ``auto`` (the default): ``eval`` where the data marks held-out rows, else ``all``
+      (a file of pairs to score, say).
+
+    Raises:
+        ValueError: no held-out rows for ``eval``, no row of the split asked for, an
+            ambiguous folder (:func:`smoothalign.data.loading.held_out_files`), or no rows.
+    """
+    from smoothalign.data import load_preference_rows
+    from smoothalign.data.loading import folder_held_out, has_held_out_files
+    from smoothalign.data.validation import has_split_column
+
+    if split not in SPLITS:
+        raise ValueError(f"split: {split!r}; choose one of {', '.join(SPLITS)}")
+    how = f"--split {split}" if split != "auto" else "--split auto, the default"
+    folder = has_held_out_files(data)
+    if folder and split in ("auto", "eval"):
+        held = folder_held_out(data, None, eval_option="--data")
+        assert held.rows is not None  # a folder with held-out files: they are read
+        return SelectedRows(
+            held.rows,
+            "eval",
+            f"split: eval ({how}): {held.option}, the held-out rows beside the data "
+            "folder's train files (--split train or all reads those)",
+            notes=tuple(held.notes[1:]),  # [0] names the held-out set, as the note above
+        )
+    rows = load_preference_rows(data)
+    if folder and split == "all":
+        rows += load_preference_rows(data, split="eval")
     if not rows:
-        raise ValueError(f"data: {config.data} holds no rows")
-    reference = _reference(config, run, rows)
-    return _evaluate(config, out, rows, run, reference, beta, max_length, t_start)
+        raise ValueError(f"data: {data} holds no rows")
+    column = has_split_column(rows) and split != "all"
+    if split == "eval" and not column:
+        raise ValueError(
+            f"split: eval, but {data} marks no held-out rows (no eval.* or validation.* files "
+            "beside train files in a folder, no 'split' column): give the held-out pairs as "
+            "--data, or pass --split all to score every row"
+        )
+    if split == "auto":
+        split = "eval" if column else "all"
+    if split == "all":
+        what = "the folder's train and held-out files" if folder else "the data"
+        marked = " (its 'split' column not read)" if has_split_column(rows) else ""
+        unmarked = "" if folder or has_split_column(rows) else ", which marks no held-out rows"
+        return SelectedRows(rows, "all", f"split: all ({how}): every row of {what}"
+                            f"{marked}{unmarked}")  # fmt: skip
+    if not column:  # train, without a split column: every row dpo would read
+        what = "the data folder's train files" if folder else "the data"
+        return SelectedRows(rows, "train", f"split: train ({how}): every row of {what}")
+    # a split column: its rows of the split asked for, and any with a bad value (validation
+    # names those as bad_split rows)
+    other = "train" if split == "eval" else "eval"
+    chosen = [r for r in rows if not isinstance(r, Mapping) or r.get("split") != other]
+    n_split = sum(isinstance(r, Mapping) and r.get("split") == split for r in rows)
+    if not n_split:
+        raise ValueError(
+            f"split: {split}, but no row of {data} has split {split!r} in its 'split' column; "
+            "pass --split all to score every row"
+        )
+    return SelectedRows(
+        chosen,
+        split,
+        f"split: {split} ({how}): the {n_split} rows of {len(rows)} whose 'split' column "
+        f"says {split!r}",
+        check_split=True,
+    )
 
 
 def _check_not_a_run_or_model(out: Path) -> None:
@@ -335,7 +440,7 @@ def _settle_reference(reference: _Choice, examples: list) -> _Choice:
 def _evaluate(
     config: PreferenceEvalConfig,
     out: Path,
-    rows: list[Any],
+    selected: SelectedRows,
     run,
     reference: _Choice,
     beta: _Choice,
@@ -356,11 +461,16 @@ def _evaluate(
     from smoothalign.train.trainer import fused_logps_enabled
 
     notes = [f"model: {config.model}" + _loads(config.model, loaded_model_path(config.model))]
+    notes += [selected.note, *selected.notes]
     bf16 = resolve_bf16(config.precision)
 
     def check(tokenizer):  # before the weights load where the tokenizer loads on its own
         report = validate_preference_rows(
-            rows, tokenizer, max_length.value, config.on_bad_rows, held_out=True
+            selected.rows,
+            tokenizer,
+            max_length.value,
+            config.on_bad_rows,
+            held_out=not selected.check_split,
         )
         check_identical_after_truncation([], {"data": report}, max_length.value)  # warns only
         nonlocal reference
@@ -380,8 +490,6 @@ def _evaluate(
             config.model, trust_remote_code=config.trust_remote_code, tokenizer=tok
         ),
     )
-    if any("split" in ex.metadata for ex in examples):
-        notes.append("the data's 'split' column is not read: every row is scored")
     n_kept = report.n_kept
     if len(examples) < n_kept:
         notes.append(f"the first {len(examples)} of {n_kept} pairs (--max-pairs)")
@@ -441,6 +549,8 @@ def _evaluate(
         "max_length_source": max_length.source,
         "run": None if run is None else str(run[0]),
         "data": os.fspath(config.data),
+        "split": selected.split,  # the rows scored; config.split: the option as given
+        "split_note": selected.note,
         "n_pairs": len(examples),
         "n_rows": report.n_rows,
         "n_skipped": report.n_skipped,
@@ -476,6 +586,8 @@ def _evaluate(
         "the data's ref_*_logps" if reference.value is None else str(reference.value),
         beta.value,
         notes,
+        selected.split,
+        selected.note,
     )
 
 
@@ -610,7 +722,7 @@ def _write_report(out: Path, result: dict[str, Any], validation_md: str, notes: 
 
     metrics = result["metrics"]
     lines = report_head("smoothalign preference evaluation", notes)
-    lines += [f"## Forecasts σ(h) on {result['data']}", ""]
+    lines += [f"## Forecasts σ(h) on {result['data']} ({result['split']} split)", ""]
     past = result["n_not_scored"]
     lines += [
         f"{result['n_pairs']} pairs scored ({result['n_skipped']} of {result['n_rows']} rows "

@@ -24,7 +24,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="preference data: a JSONL/JSON/Parquet/CSV file or a folder, in dpo's format "
         "(prompt/chosen/rejected, plain or conversational; optional confidence, "
-        "ref_chosen_logps / ref_rejected_logps); every row is scored (a split column is not read)",
+        "ref_chosen_logps / ref_rejected_logps); --split says which of its rows are scored",
+    )
+    parser.add_argument(
+        "--split",
+        default="auto",
+        choices=("auto", "eval", "train", "all"),
+        help="the rows scored: 'eval', the held-out rows (a data folder's eval.* / "
+        "validation.* files beside its train files, as dpo reads them, else the rows whose "
+        "split column says eval); 'train', the rows dpo trains on (a folder's train files, "
+        "less rows marked eval); 'all', every row (a folder's train and eval files, any split "
+        "column not read); 'auto' (default): eval where the data marks held-out rows, else "
+        "all. The output says which rows were read",
     )
     parser.add_argument(
         "--reference",
@@ -98,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         on_bad_rows=args.on_bad_rows,
         trust_remote_code=args.trust_remote_code,
+        split=args.split,
     )
     with progress_bars(not args.no_progress):
         result = evaluate_preferences(config)
