@@ -447,3 +447,51 @@ def test_a_held_out_sets_split_column_is_not_checked(tok):
     with pytest.raises(ValueError, match="field 'split': 'test'"):
         _validate(rows, tok)
     assert len(_validate(rows, tok, held_out=True).examples) == 2  # --eval-data
+
+
+def test_rows_dropped_for_a_missing_confidence_leave_the_text_report_too(tok, tmp_path):
+    """The oracle-* policies drop training rows without a confidence once the split is known
+    (--on-bad-rows skip). The reward report's top-level counts said so, but its nested
+    'text' section (the prompt/chosen/rejected checks) still counted those rows kept, their
+    truncated responses truncated and their copies copies. It now agrees with the top."""
+    from smoothalign.reward.config import RewardConfig
+    from smoothalign.reward.run import load_reward_data
+
+    long = "a" * 40  # past max_length 32 with any prompt: truncated
+    texts = [("q0:", "good", "bad"), ("q1:", long, "bad"), ("q2:", long, "bad"),
+             ("q3:", "fine", "poor"), ("q3:", "fine", "poor"), ("q0:", "good", "bad"),
+             ("q3:", "fine", "poor")]  # fmt: skip
+    confidence = [0.8, None, 0.7, None, 0.6, 0.9, 0.5]
+    rows = [
+        {"pair_id": f"t{i}", "prompt": p, "chosen": c, "rejected": r, "p_chosen": 0.75}
+        | ({} if q is None else {"confidence": q})
+        for i, ((p, c, r), q) in enumerate(zip(texts, confidence, strict=True))
+    ]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    held = tmp_path / "held.jsonl"
+    held.write_text(json.dumps(_row(9, p_chosen=0.5) | {"confidence": 0.5}) + "\n")
+    config = RewardConfig(model="tiny", data=str(data), eval_data=str(held), max_length=32,
+                          smoothing="oracle-l0", on_bad_rows="skip")  # fmt: skip
+    with pytest.warns(UserWarning, match="repeat"):  # the copies, said by validation
+        train, _, info, md, _ = load_reward_data(config, tok)
+
+    kept = [i for i, q in enumerate(confidence) if q is not None]
+    assert [e.pair_id for e in train] == [f"t{i}" for i in kept]
+    top, text = info["train"], info["train"]["text"]
+    assert (top["n_kept"], top["n_skipped"]) == (len(kept), 2)
+    assert (text["n_kept"], text["n_skipped"]) == (len(kept), 2)
+    assert [(b["row"], b["code"]) for b in text["bad_rows"]] == [
+        (1, "missing_confidence"), (3, "missing_confidence")
+    ]  # fmt: skip
+    assert text["bad_row_counts"] == {"missing_confidence": 2}
+    assert text["n_with_confidence"] == len(kept)
+    # BOS + prompt bytes + response bytes + EOS past 32 tokens: cut (chosen only)
+    cut = [i for i in kept if 1 + len(texts[i][0]) + len(texts[i][1]) + 1 > 32]
+    assert text["n_truncated"] == text["n_truncated_chosen"] == len(cut) == 1
+    # copies of a kept row, among the kept rows: t5 of t0; t3 dropped, t4 is now the first
+    # of its copies and t6 its copy
+    copies = [(d["row"], d["first_row"]) for d in text["duplicate_rows"]]
+    assert copies == [(5, 0), (6, 4)] == [(d["row"], d["first_row"]) for d in top["duplicate_rows"]]
+    assert text["n_duplicate_rows"] == top["n_duplicate_rows"] == 2
+    assert "rows with a true confidence: 5" in md and "responses truncated: 1" in md

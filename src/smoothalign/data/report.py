@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -100,6 +101,25 @@ def find_duplicates(examples: list[Any]) -> list[DuplicateRow]:
     return out
 
 
+def _duplicates_without(duplicates: list[DuplicateRow], gone: set[int]) -> list[DuplicateRow]:
+    """``duplicates`` once the kept rows at ``gone`` are dropped: their entries go, and where
+    the first of a set of copies went, the earliest kept copy is the first (no longer a
+    duplicate) and the others name it."""
+    out = []
+    first_kept: dict[int, DuplicateRow] = {}  # a dropped first's index -> its new first
+    for d in duplicates:  # in row order: a set's earliest kept copy comes first
+        if d.index in gone:
+            continue
+        if d.first_index not in gone:
+            out.append(d)
+        elif d.first_index not in first_kept:
+            first_kept[d.first_index] = d  # now the first of its copies
+        else:
+            f = first_kept[d.first_index]
+            out.append(DuplicateRow(d.index, d.row, d.file, f.index, f.row, f.file))
+    return out
+
+
 @dataclass
 class RowReport:
     """What a row validation kept and rejected: ``examples`` (the kept rows, in row order),
@@ -119,6 +139,23 @@ class RowReport:
         """Kept rows that repeat an earlier kept row (the first of each set of copies is
         not counted)."""
         return len(self.duplicates)
+
+    def drop(self, bad: Sequence[BadRow]) -> None:
+        """Move the kept rows that ``bad`` names (by ``index``) to the bad rows: a check made
+        after validation, such as the ``oracle-*`` policies' confidence, which only the
+        training rows need, known once the split is. The row counts, the copies (a dropped
+        row is no copy, and the copies of a dropped first one name the next kept copy) and
+        the subclasses' counts of the kept rows (:meth:`_forget`) then agree with
+        ``examples``."""
+        gone = {b.index for b in bad}
+        dropped = [ex for ex in self.examples if ex.index in gone]
+        self.examples = [ex for ex in self.examples if ex.index not in gone]
+        self.bad_rows = sorted([*self.bad_rows, *bad], key=lambda b: b.index)
+        self.duplicates = _duplicates_without(self.duplicates, gone)
+        self._forget(dropped)
+
+    def _forget(self, dropped: list[Any]) -> None:
+        """Take the examples :meth:`drop` dropped out of the subclass's counts of kept rows."""
 
     def duplicate_counts(self) -> dict[str, Any]:
         """``n_duplicate_rows`` and ``duplicate_rows`` (every copy), for a JSON report."""
@@ -269,8 +306,24 @@ class ValidationReport(TokenizedRowsReport):
     n_implicit_prompt: int = 0
     n_with_confidence: int = 0
     n_ref_logps_dropped: int = 0
+    # the pairs are a reward model's, which reads every token (n_identical_after_truncation)
+    whole_text: bool = field(default=False, repr=False)
 
     title: ClassVar[str] = "Preference data"
+
+    def _forget(self, dropped: list[Any]) -> None:
+        """The counts of kept pairs without ``dropped``: the truncated responses, those with a
+        confidence, and the pairs truncation made identical. (A dropped pair's implicit
+        prompt and dropped reference log-probs stay counted: what validation did to the rows
+        it read, which the pair does not record.)"""
+        from smoothalign.data.validation import identical_after_truncation  # imports this
+
+        self.n_truncated_chosen -= sum(p.chosen_truncated for p in dropped)
+        self.n_truncated_rejected -= sum(p.rejected_truncated for p in dropped)
+        self.n_with_confidence -= sum(p.confidence is not None for p in dropped)
+        self.n_identical_after_truncation -= sum(
+            identical_after_truncation(p, self.whole_text) for p in dropped
+        )
 
     @property
     def n_truncated(self) -> int:

@@ -224,7 +224,7 @@ def validate_preference_rows(
         load=load_preference_rows,
         kind_fields=("chosen", "rejected", "prompt"),
         eos_use="appended to every response so the policy learns to stop",
-        report_type=ValidationReport,
+        report_type=functools.partial(ValidationReport, whole_text=whole_text),
         process_row=functools.partial(
             _process_row_with_confidence if require_confidence else _process_row,
             whole_text=whole_text,

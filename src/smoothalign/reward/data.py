@@ -114,6 +114,15 @@ class RewardValidationReport(RowReport):
     labels_source: str | None = None
     notes: list[str] = field(default_factory=list)
 
+    def drop(self, bad: Sequence[BadRow]) -> None:
+        """:meth:`RowReport.drop`, in the text checks' report (``text``) too, whose kept
+        pairs and bad rows are the same rows': its counts agree with the top level's."""
+        super().drop(bad)
+        if self.text is not None:
+            self.text.drop(bad)
+            self.duplicates = list(self.text.duplicates)
+        self.n_from_votes = sum(e.votes_total is not None for e in self.examples)
+
     def label_stats(self) -> dict[str, float]:
         p = np.array([e.p_chosen for e in self.examples], dtype=np.float64)
         k = np.array([e.votes_total for e in self.examples if e.votes_total is not None])

@@ -366,9 +366,8 @@ def require_confidence(
         )
     if on_bad_rows == "error":
         raise ValueError(format_bad_rows(bad, report.n_rows, what="preference rows"))
+    report.drop(bad)  # its nested reports and counts too (a reward report's text checks')
     drop = {id(ex) for ex in missing}
-    report.examples = [ex for ex in report.examples if id(ex) not in drop]
-    report.bad_rows = sorted([*report.bad_rows, *bad], key=lambda b: b.index)
     return [ex for ex in train if id(ex) not in drop]
 
 
