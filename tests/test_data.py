@@ -353,22 +353,42 @@ def test_a_response_whose_assistant_turns_render_no_token_is_a_bad_row():
     assert "row 1, field 'chosen': message 0 (assistant) is empty" in str(error.value)
 
 
-def test_responses_that_differ_only_after_their_last_reply_are_a_bad_row():
-    """Chosen and rejected alike up to their last reply, different in a user turn after it:
-    the scored tokens and what precedes them are the same, so the margin is 0 at every
-    step: refused like identical tokens; and cut by max_length into the unscored turns
-    (same scored tokens after the cut), counted among the identical after truncation."""
+def test_a_response_that_ends_with_another_turn_than_the_assistant_s_is_a_bad_row():
+    """A response is what the model writes: one ending with a user (or tool) turn, which no
+    reply answers, was accepted (alike up to its last reply, the pair was then refused as
+    identical, its margin 0; different there, trained on a turn the model never writes).
+    It is a malformed_messages bad row naming the row and the field, in dpo and reward data
+    alike, a response whose reply comes after the other turns kept; and cut by max_length
+    into the unscored turns (same scored tokens after the cut), a pair is counted among the
+    identical after truncation."""
     from smoothalign.data.collate import scored_ids
+    from smoothalign.reward.data import validate_reward_rows
 
     t = make_byte_tokenizer()
-    row = {
-        "prompt": [user("p")],
-        "chosen": [assistant("ok"), user("thanks")],
-        "rejected": [assistant("ok"), user("you are wrong")],
-    }
-    report = validate_preference_rows([row, conv_row(1)], t, 64, on_bad_rows="skip")
-    assert [(b.row, b.code) for b in report.bad_rows] == [(0, "identical_responses")]
-    assert "differ only in turns after the last reply" in report.bad_rows[0].reason
+    rows = [
+        {"prompt": [user("p")], "chosen": [assistant("ok"), user("thanks")],
+         "rejected": [assistant("ok"), user("you are wrong")]},
+        conv_row(1, rejected=[assistant("no"), tool("{}")]),
+        conv_row(2, chosen=[assistant("a"), user("u"), assistant("b")]),  # fine
+        {"chosen": [user("p"), assistant("x"), user("q")],  # implicit prompt
+         "rejected": [user("p"), assistant("y")]},
+    ]  # fmt: skip
+    want = [
+        (0, "chosen", "the response ends with a 'user' message (message 1), expected 'assistant'"),
+        (1, "rejected", "the response ends with a 'tool' message (message 1), expected 'assistant'"),
+        (3, "chosen", "the response ends with a 'user' message (message 2), expected 'assistant'"),
+    ]  # fmt: skip
+    report = validate_preference_rows(rows, t, 64, on_bad_rows="skip")
+    reward = validate_reward_rows([{**r, "p_chosen": 0.7} for r in rows], t, 64,
+                                  on_bad_rows="skip")  # fmt: skip
+    for r in (report, reward):
+        assert [(b.row, b.field) for b in r.bad_rows] == [(w[0], w[1]) for w in want]
+        assert {b.code for b in r.bad_rows} == {"malformed_messages"}
+        for b, w in zip(r.bad_rows, want, strict=True):
+            assert b.reason.startswith(w[2])
+        assert [ex.index for ex in r.examples] == [2]
+    with pytest.raises(ValueError, match=r"row 0, field 'chosen': the response ends with a 'user'"):
+        validate_preference_rows(rows[:1], t, 64)
     # with no prompt column, a blank reply is numbered within its field, prompt included
     implicit = {"chosen": [user("p"), assistant("ok"), user("u"), assistant(" ")],
                 "rejected": [user("p"), assistant("ok"), user("v"), assistant("b")]}  # fmt: skip

@@ -313,7 +313,8 @@ def test_a_response_with_user_turns_is_scored_as_its_whole_text(tok):
         {"role": "user", "content": "QUESTION"},
         {"role": "assistant", "content": "ab"},
     ]
-    blank = [{"role": "assistant", "content": " "}, {"role": "user", "content": "more?"}]
+    blank = [{"role": "assistant", "content": " "}, {"role": "user", "content": "more?"},
+             {"role": "assistant", "content": ""}]  # fmt: skip
     rejected = [{"role": "assistant", "content": "no"}]
     rows = [
         {"pair_id": 0, "prompt": prompt, "chosen": chosen, "rejected": rejected, "p_chosen": 0.7},
@@ -361,26 +362,6 @@ def test_identical_after_truncation_compares_the_whole_text_a_reward_model_reads
     assert reward.text.n_identical_after_truncation == 1  # the pair whose user turns agree
     cut = [tok.decode(e.pair.chosen_ids + e.pair.rejected_ids[-3:]) for e in reward.examples]
     assert [c[-6:] for c in cut] == ["onefou", "samsam"]
-
-
-def test_replies_alike_up_to_a_later_user_turn_are_refused_for_reward_data_as_such(tok):
-    """Reward data refuses a pair alike in its replies, different in a user turn after the
-    last, as DPO data does (on purpose: reward/data.py); but its reason must not say those
-    turns are not scored: a reward model reads them."""
-    prompt = [{"role": "user", "content": "q"}]
-    row = {
-        "pair_id": 0,
-        "prompt": prompt,
-        "chosen": [{"role": "assistant", "content": "ok"}, {"role": "user", "content": "thanks"}],
-        "rejected": [{"role": "assistant", "content": "ok"}, {"role": "user", "content": "no"}],
-        "p_chosen": 0.7,
-    }
-    fine = {**row, "pair_id": 1, "rejected": [{"role": "assistant", "content": "nope"}]}
-    report = validate_reward_rows([row, fine], tok, 256, on_bad_rows="skip")
-    (bad,) = report.bad_rows
-    assert (bad.row, bad.field, bad.code) == (0, "rejected", "identical_responses")
-    assert "which a reward model reads" in bad.reason
-    assert "not scored" not in bad.reason
 
 
 # ------------------------------------------------------------- the oracle world

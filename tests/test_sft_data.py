@@ -219,14 +219,42 @@ def test_a_completion_whose_assistant_turns_are_empty_is_a_bad_row():
     them the row would train on end-of-turn tokens alone, so it is reported, not kept."""
     user = {"role": "user", "content": "hi"}
     rows = [
-        {"prompt": [user], "completion": [{"role": "assistant", "content": " "}, user]},
-        {"prompt": [user], "completion": [{"role": "assistant", "content": "yo"}, user]},
-    ]
+        {"prompt": [user], "completion": [{"role": "assistant", "content": " "}, user,
+                                          {"role": "assistant", "content": " "}]},
+        {"prompt": [user], "completion": [{"role": "assistant", "content": "yo"}, user,
+                                          {"role": "assistant", "content": "ok"}]},
+    ]  # fmt: skip
     report = _one(rows, on_bad_rows="skip")
     assert [ex.row for ex in report.examples] == [1]
     (bad,) = report.bad_rows
     assert (bad.row, bad.field, bad.code) == (0, "completion", "empty_completion")
     assert "user turns are not trained on" in bad.reason
+
+
+def test_a_completion_or_conversation_that_ends_with_another_turn_is_a_bad_row():
+    """A chat completion (or a 'messages' conversation) ending with a user or tool turn was
+    kept: a turn after the last reply is not the model's, and nothing answers it. It is a
+    malformed_messages bad row naming the row and the field."""
+    user = {"role": "user", "content": "hi"}
+    reply = {"role": "assistant", "content": "yo"}
+    tool = {"role": "tool", "content": "{}"}
+    rows = [
+        {"prompt": [user], "completion": [reply, user]},
+        {"prompt": [user], "completion": [reply, tool, reply]},  # fine
+        {"messages": [user, reply, tool]},
+        {"messages": [user, reply, user, reply]},  # fine
+    ]
+    report = _one(rows, on_bad_rows="skip")
+    assert [ex.row for ex in report.examples] == [1, 3]
+    assert [(b.row, b.field, b.code) for b in report.bad_rows] == [
+        (0, "completion", "malformed_messages"), (2, "messages", "malformed_messages")
+    ]  # fmt: skip
+    assert report.bad_rows[0].reason.startswith(
+        "the completion ends with a 'user' message (message 1), expected 'assistant'"
+    )
+    assert report.bad_rows[1].reason.startswith(
+        "the conversation ends with a 'tool' message (message 2), expected 'assistant'"
+    )
 
 
 def test_a_completion_with_an_empty_reply_is_a_bad_row_as_in_messages():

@@ -455,19 +455,13 @@ def _process_row(
         _refuse_unscored(name, ids, spans, "")
     if scored_ids(chosen_ids, chosen_spans) == scored_ids(rejected_ids, rejected_spans):
         # different texts, same scored tokens: the margin is always 0 (reward data is
-        # refused alike, on purpose: reward/data.py says why)
-        after = (
-            "which a reward model reads, but a preference between the same replies is "
-            "about what came after them, not about the replies it scores"
-            if whole_text
-            else "which are not scored"
-        )
+        # refused alike). Responses end with a reply (_check_response_messages), so no turn
+        # after the last one, unscored, can tell two apart
         raise _Bad(
             "rejected",
             "identical_responses",
-            "scores the same tokens as 'chosen' (the tokenizer or chat template "
-            "erases their difference, or they differ only in turns after the last reply, "
-            f"{after})",
+            "scores the same tokens as 'chosen' (the tokenizer or chat template erases "
+            "their difference)",
         )
     chosen_ids, chosen_cut = fit_response(chosen_ids, len(prompt_ids), max_length)
     rejected_ids, rejected_cut = fit_response(rejected_ids, len(prompt_ids), max_length)
@@ -515,7 +509,7 @@ def _process_row(
 def identical_after_truncation(pair: TokenizedPair, whole_text: bool = False) -> bool:
     """Whether a kept pair's chosen and rejected are the same tokens where they are read:
     DPO's scored ones (``collate.scored_ids``, up to the last reply's), or with
-    ``whole_text`` (a reward model, which reads every token, a user turn after the replies
+    ``whole_text`` (a reward model, which reads every token, the user turns between replies
     too) the whole sequences. Validation refuses pairs alike before truncation, so a kept
     pair alike was made so by it: its margin is always 0."""
     if whole_text:
@@ -573,7 +567,7 @@ def _check_texts(row: Mapping[str, Any], kind: str, kind_note: str) -> tuple[Any
                 "that the response answers",
             )
         for name, response in (("chosen", chosen), ("rejected", rejected)):
-            _check_response_messages(name, response, prompt)
+            _check_response_messages(name, response, prompt, len(prompt) if implicit else 0)
 
     for name, response in (("chosen", chosen), ("rejected", rejected)):
         if isinstance(response, str):
@@ -734,7 +728,12 @@ def _split_common_prompt(
     return chosen[:n], chosen[n:], rejected[n:]
 
 
-def _check_response_messages(name: str, response: list[Message], prompt: list[Message]) -> None:
+def _check_response_messages(
+    name: str, response: list[Message], prompt: list[Message], first: int = 0
+) -> None:
+    """A response's messages start and end with an assistant reply, or ``_Bad`` naming
+    field ``name`` (``first``: where the response starts in its field, after an implicit
+    prompt)."""
     if not response:
         raise _Bad(name, "empty_response", "empty response (no message after the prompt)")
     if response[0]["role"] != "assistant":
@@ -746,6 +745,24 @@ def _check_response_messages(name: str, response: list[Message], prompt: list[Me
             "malformed_messages",
             f"the response starts with a {response[0]['role']!r} message, expected 'assistant'{hint}",
         )
+    if reason := trailing_turn_reason(response, "response", first):
+        raise _Bad(name, "malformed_messages", reason)
+
+
+def trailing_turn_reason(messages: list[Message], noun: str, first: int = 0) -> str | None:
+    """Why ``messages`` (a response, an SFT completion or ``messages`` row) is refused for
+    its last message, which must be an assistant reply: a ``user`` or ``tool`` turn after the
+    last reply is no part of what the model writes, and a preference, a reward or a loss
+    read over it would be about a turn nothing answers (numbered from ``first``: where the
+    messages start in their field); ``None`` when the last message is the assistant's."""
+    last = messages[-1]["role"]
+    if last == "assistant":
+        return None
+    return (
+        f"the {noun} ends with a {last!r} message (message {first + len(messages) - 1}), "
+        f"expected 'assistant': a {noun} ends with the model's reply; drop the turns after "
+        "it, or add the reply that answers them"
+    )
 
 
 def blank_reply_reason(

@@ -27,15 +27,13 @@ file may label the held-out pairs too (:func:`share_labels`: ``--labels`` withou
 
 **Responses with other turns.** A conversational ``chosen``/``rejected`` may hold ``user``
 or ``tool`` turns between assistant replies; the rows are accepted and refused by the same
-rule as DPO's (``validate_preference_rows``: a response starts with an assistant message, a
-blank reply is an ``empty_response`` bad row, and two responses whose replies are the same,
-different only in the turns after the last one, are ``identical_responses``: a preference
-between the same replies is about the user's reaction, which a reward model does not see
-when it scores a new reply), so one data set serves both. But where DPO masks those turns
+rule as DPO's (``validate_preference_rows``: a response starts and ends with an assistant
+message, a ``malformed_messages`` bad row otherwise: a turn after the last reply is not the
+model's, and a reward model scoring a new reply never sees one; a blank reply is an
+``empty_response`` bad row), so one data set serves both. But where DPO masks those turns
 out of ``log π(y|x)`` (the model does not write them), a reward model scores the whole text,
-user turns included: its scalar, read at the last token, judges the conversation as a whole
-(how a reply fared with what came after it is part of what annotators compared), and no
-token is attributed to the model to mask.
+user turns included: its scalar, read at the last token, judges the conversation as a whole,
+and no token is attributed to the model to mask.
 
 Nothing is dropped silently: ``on_bad_rows="error"`` raises ``ValueError`` listing the first
 bad rows (``row 3, field 'p_chosen': 1.3 is outside [0, 1]``) and the total; ``"skip"``
