@@ -378,6 +378,15 @@ def test_split_picks_rows_by_a_split_column_and_refuses_what_the_data_lacks(tmp_
         select_rows(only_train, "eval")
     with pytest.raises(ValueError, match="split: 'test'; choose one of auto, eval, train, all"):
         select_rows(plain, "test")
+    # a folder whose held-out set is ambiguous: its train files alone are no problem
+    folder = tmp_path / "both"
+    folder.mkdir()
+    for name in ("train", "eval", "validation"):
+        write_jsonl(ROWS, folder / f"{name}.jsonl")
+    assert len(select_rows(folder, "train").rows) == len(ROWS)
+    for split in ("auto", "eval", "all"):
+        with pytest.raises(ValueError, match="both eval and validation files.*give it as --data"):
+            select_rows(folder, split)
 
 
 def test_a_bad_split_value_is_a_bad_row_named_by_row_and_field(tmp_path, capsys, monkeypatch):

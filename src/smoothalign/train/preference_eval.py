@@ -239,8 +239,8 @@ def select_rows(data: Any, split: str = "auto") -> SelectedRows:
             notes=tuple(held.notes[1:]),  # [0] names the held-out set, as the note above
         )
     rows = load_preference_rows(data)
-    if folder and split == "all":
-        rows += load_preference_rows(data, split="eval")
+    if folder and split == "all":  # (an ambiguous folder's message names --data)
+        rows += folder_held_out(data, None, eval_option="--data").rows or []
     if not rows:
         raise ValueError(f"data: {data} holds no rows")
     column = has_split_column(rows) and split != "all"
