@@ -231,30 +231,28 @@ def test_a_completion_whose_assistant_turns_are_empty_is_a_bad_row():
     assert "user turns are not trained on" in bad.reason
 
 
-def test_a_completion_or_conversation_that_ends_with_another_turn_is_a_bad_row():
-    """A chat completion (or a 'messages' conversation) ending with a user or tool turn was
-    kept: a turn after the last reply is not the model's, and nothing answers it. It is a
-    malformed_messages bad row naming the row and the field."""
+def test_turns_after_the_last_reply_are_kept_as_context_never_trained_on():
+    """SFT keeps a chat completion or 'messages' conversation that ends with a user or tool
+    turn (as scraped conversations often do; preference responses are refused so, not SFT
+    rows): the trailing turn is context, and the tokens trained on are exactly those of the
+    same row without it."""
     user = {"role": "user", "content": "hi"}
     reply = {"role": "assistant", "content": "yo"}
     tool = {"role": "tool", "content": "{}"}
     rows = [
         {"prompt": [user], "completion": [reply, user]},
-        {"prompt": [user], "completion": [reply, tool, reply]},  # fine
+        {"prompt": [user], "completion": [reply]},
         {"messages": [user, reply, tool]},
-        {"messages": [user, reply, user, reply]},  # fine
+        {"messages": [user, reply]},
     ]
-    report = _one(rows, on_bad_rows="skip")
-    assert [ex.row for ex in report.examples] == [1, 3]
-    assert [(b.row, b.field, b.code) for b in report.bad_rows] == [
-        (0, "completion", "malformed_messages"), (2, "messages", "malformed_messages")
-    ]  # fmt: skip
-    assert report.bad_rows[0].reason.startswith(
-        "the completion ends with a 'user' message (message 1), expected 'assistant'"
-    )
-    assert report.bad_rows[1].reason.startswith(
-        "the conversation ends with a 'tool' message (message 2), expected 'assistant'"
-    )
+    report = _one(rows)
+    assert not report.bad_rows
+    ex = {e.row: e for e in report.examples}
+    for longer, shorter in ((0, 1), (2, 3)):
+        a, b = ex[longer], ex[shorter]
+        trained = [t for t, lab in zip(a.input_ids, a.labels, strict=True) if lab != -100]
+        want = [t for t, lab in zip(b.input_ids, b.labels, strict=True) if lab != -100]
+        assert trained == want and len(a.input_ids) > len(b.input_ids)
 
 
 def test_a_completion_with_an_empty_reply_is_a_bad_row_as_in_messages():

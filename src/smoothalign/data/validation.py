@@ -750,11 +750,12 @@ def _check_response_messages(
 
 
 def trailing_turn_reason(messages: list[Message], noun: str, first: int = 0) -> str | None:
-    """Why ``messages`` (a response, an SFT completion or ``messages`` row) is refused for
-    its last message, which must be an assistant reply: a ``user`` or ``tool`` turn after the
-    last reply is no part of what the model writes, and a preference, a reward or a loss
-    read over it would be about a turn nothing answers (numbered from ``first``: where the
-    messages start in their field); ``None`` when the last message is the assistant's."""
+    """Why a preference ``response``'s messages are refused for their last message, which
+    must be an assistant reply: a ``user`` or ``tool`` turn after the last reply is no part
+    of what the model writes, and a preference or a reward read over it would be about a
+    turn nothing answers (numbered from ``first``: where the messages start in their field);
+    ``None`` when the last message is the assistant's. (SFT keeps such turns: they are
+    context there, never trained on.)"""
     last = messages[-1]["role"]
     if last == "assistant":
         return None

@@ -6,9 +6,7 @@ Row formats (TRL's):
 * **prompt/completion, plain text**: ``prompt`` and ``completion`` are strings; the
   completion's tokens (with an EOS appended) are trained on, the prompt's are not;
 * **prompt/completion, conversational**: ``prompt`` is a message list ending with the turn
-  to answer, ``completion`` a message list starting and ending with an assistant message
-  (a turn after the last reply is no part of what the model writes: a
-  ``malformed_messages`` bad row, as in ``messages`` rows); the loss is
+  to answer, ``completion`` a message list starting with an assistant message; the loss is
   on everything the chat template renders after the prompt's generation prompt, except
   what it renders for a non-assistant turn in the completion (a ``user`` or ``tool``
   message between two replies) and the next reply's generation prompt: those are masked
@@ -18,9 +16,8 @@ Row formats (TRL's):
   user's turn teaches the model to write the user's side; to train on every token of a
   conversation, render it into a ``text`` row.) A completion whose assistant turns are all
   empty is an ``empty_completion`` bad row, whatever its other turns hold;
-* **messages**: one conversation, ending with an assistant turn; the loss is on every
-  assistant turn (its text and the template's end-of-turn tokens), never on system, user
-  or tool turns;
+* **messages**: one conversation; the loss is on every assistant turn (its text and the
+  template's end-of-turn tokens), never on system, user or tool turns;
 * **text**: a plain string (continued pre-training, plain language modelling); the loss is
   on every token but the first (which has no context), with an EOS appended and a BOS in
   front only where the tokenizer adds one itself (``tokenizer(text)``).
@@ -68,7 +65,6 @@ from smoothalign.data.validation import (
     looks_like_messages_text,
     messages_as_text_error,
     missing_reason,
-    trailing_turn_reason,
     validate_rows,
 )
 
@@ -301,8 +297,6 @@ def _prompt_completion_example(
                 f"the completion starts with a {completion[0]['role']!r} message, expected "
                 "'assistant'",
             )
-        if reason := trailing_turn_reason(completion, "completion"):
-            raise BadRowError("completion", "malformed_messages", reason)
         if reason := blank_reply_reason(completion, "completion", "not trained on"):
             raise BadRowError("completion", "empty_completion", reason)
     # more than one message: each reply's span, so that what the template puts between two
@@ -379,8 +373,6 @@ def _messages_example(
             "the conversation starts with an assistant message; it should start with the "
             "system or user turn it answers",
         )
-    if reason := trailing_turn_reason(messages, "conversation"):
-        raise BadRowError("messages", "malformed_messages", reason)
     for i, m in enumerate(messages):
         if m["role"] == "assistant" and not m["content"].strip():
             raise BadRowError("messages", "empty_completion", f"message {i} (assistant) is empty")
