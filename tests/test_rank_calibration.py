@@ -613,3 +613,39 @@ def test_a_chat_prompt_renders_the_fixed_template_date(monkeypatch):
     monkeypatch.setattr(chat_template_utils, "datetime", Tomorrow)
     ids = prompt_token_ids([{"role": "user", "content": "hi"}], tok)
     assert bytes(i for i in ids if i < 256) == TEMPLATE_DATE.strftime("%d %b %Y|hi").encode()
+
+
+def test_config_json_records_the_models_loaded_and_keeps_the_typed_ones(
+    tmp_path, reward_dir, tiny, monkeypatch
+):
+    """As dpo, sft and reward record --model: a run folder given as --policy or
+    --reward-model stands for its final/, which config.json records as the model the run
+    loaded, with the value typed as policy_as_given / reward_model_as_given, and the folder
+    the run was launched from (working_dir), against which relative paths are read."""
+    from smoothalign.rank.run import run_rank_calibration
+
+    policy_run = tmp_path / "sft-run"  # a finished run's folder: its options and final/
+    model, tok = tiny
+    model.save_pretrained(policy_run / "final", safe_serialization=True)
+    tok.save_pretrained(policy_run / "final")
+    (policy_run / "config.json").write_text(json.dumps({"output_dir": str(policy_run)}))
+    prompts = _write_prompts(tmp_path / "p.jsonl", _plain_rows(10))
+    monkeypatch.chdir(tmp_path)
+    kw = dict(prompts=str(prompts), num_candidates=2, max_new_tokens=4, batch_size=4,
+              max_length=48, epochs=1, report=False, save_model=False)  # fmt: skip
+    run_rank_calibration(
+        RankConfig(policy="sft-run", reward_model=str(reward_dir.parent), output_dir="a", **kw)
+    )
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert saved["policy"] == str(Path("sft-run") / "final")
+    assert saved["policy_as_given"] == "sft-run"
+    assert saved["reward_model"] == str(reward_dir)
+    assert saved["reward_model_as_given"] == str(reward_dir.parent)
+    assert saved["working_dir"] == str(tmp_path)
+    # the models as they load: nothing else to keep
+    run_rank_calibration(
+        RankConfig(policy="tiny", reward_model=str(reward_dir), output_dir="b", **kw)
+    )
+    saved = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert (saved["policy"], saved["reward_model"]) == ("tiny", str(reward_dir))
+    assert not [key for key in saved if key.endswith("_as_given")]

@@ -27,6 +27,7 @@ from smoothalign.io import (
     follow_umask,
     swap_in_folder,
 )
+from smoothalign.models.loading import loaded_model_path
 from smoothalign.rank.candidates import (
     PROMPT_TEXT_FIELDS,
     PromptExample,
@@ -45,7 +46,11 @@ from smoothalign.reward.scoring import (
     load_preference_model,
     resolve_reward_model_path,
 )
-from smoothalign.train.checkpoints import clear_earlier_outputs, refuse_own_final_as_input
+from smoothalign.train.checkpoints import (
+    clear_earlier_outputs,
+    refuse_own_final_as_input,
+    run_config_record,
+)
 from smoothalign.train.common import (
     check_scheduler,
     load_checked,
@@ -260,8 +265,6 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     reward_model = resolve_reward_model_path(config.reward_model)  # a missing path: at once
     _refuse_an_earlier_final_left_beside(config, out)
     if config.save_model:  # this run removes an earlier final/ when it starts
-        from smoothalign.models.loading import loaded_model_path
-
         refuse_own_final_as_input(
             out, {"policy": loaded_model_path(config.policy), "reward_model": reward_model}
         )
@@ -306,7 +309,10 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     clear_earlier_outputs(
         out, "candidates-epoch-*.jsonl", "eval_candidates_*.jsonl", final=config.save_model
     )
-    atomic_write_json(out / "config.json", config.to_dict())
+    # the models it loads (a run folder stands for its final/), as dpo, sft and reward record
+    # theirs; what was typed is kept as policy_as_given / reward_model_as_given
+    loaded = {"policy": loaded_model_path(config.policy), "reward_model": reward_model}
+    atomic_write_json(out / "config.json", run_config_record(config, loaded))
     atomic_write_json(out / "prompts.json", info)
     pad_id = int(tok.pad_token_id)
 

@@ -318,17 +318,24 @@ def checkpoint_step(folder: str | Path) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def run_config_record(config: Any) -> dict[str, Any]:
+def run_config_record(config: Any, loaded: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a run writes to ``config.json``: its options (``config.to_dict()``) and the
-    directory it was launched from, against which its relative paths are read. ``model`` is
-    the model it loads: a run folder given as ``--model`` stands for its ``final/``, which is
-    recorded, and the value typed as ``model_as_given``."""
+    directory it was launched from, against which its relative paths are read. Each model
+    option holds the model the run loads, and the value typed as ``<option>_as_given``
+    where the two differ: a run folder given as ``--model`` stands for its ``final/``.
+    ``loaded``: each model option's loaded path (default: ``model``'s,
+    :func:`~smoothalign.models.loading.loaded_model_path`); rank-calibrate passes its
+    ``policy`` and ``reward_model``."""
     from smoothalign.models.loading import loaded_model_path
 
     record = {**config.to_dict(), "working_dir": os.getcwd()}
-    given = record.get("model")
-    if isinstance(given, str) and loaded_model_path(given) != given:
-        record["model"], record["model_as_given"] = loaded_model_path(given), given
+    if loaded is None:
+        given = record.get("model")
+        loaded = {"model": loaded_model_path(given)} if isinstance(given, str) else {}
+    for option, path in loaded.items():
+        given = record.get(option)
+        if path is not None and os.fspath(path) != given:
+            record[option], record[f"{option}_as_given"] = os.fspath(path), given
     return record
 
 
