@@ -94,3 +94,24 @@ def fake_tensorboard(monkeypatch) -> list[FakeSummaryWriter]:
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", module)
     monkeypatch.setattr(FakeSummaryWriter, "opened", [])
     return FakeSummaryWriter.opened
+
+
+def earlier_version_fingerprints(monkeypatch, run_module, content_of) -> None:
+    """Have ``run_module`` record its data as the version before checkpoints held their
+    fingerprint did: scheme 1 of ``content_of`` (every field of a row), beside config.json
+    only, written by every run."""
+    from smoothalign.train.data_fingerprint import (
+        earlier_data_fingerprint,
+        write_data_fingerprint,
+    )
+
+    monkeypatch.setattr(
+        run_module,
+        "data_fingerprint",
+        lambda train, held_out, *reads: earlier_data_fingerprint(train, held_out, content_of),
+    )
+    monkeypatch.setattr(
+        run_module,
+        "record_data_fingerprint",
+        lambda trainer, out, resume, fingerprint: write_data_fingerprint(out, fingerprint),
+    )

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from tests.dist_helpers import records, torchrun
-from tests.dpo_helpers import cut_alike_rows
+from tests.dpo_helpers import cut_alike_rows, earlier_version_fingerprints
 from tests.md_tables import misaligned_rows
 from transformers import (
     AutoModelForSequenceClassification,
@@ -580,7 +580,49 @@ def test_oracle_smoothing_without_confidences_is_refused_before_the_model_loads(
 
 def test_a_resume_refuses_data_that_changed_since_the_checkpoint(tmp_path):
     """As DPO's: a true confidence edited after the run saved its checkpoint (the last, at
-    --max-steps: a resume that would only finish the run) is refused, naming the rows."""
+    --max-steps: a resume that would only finish the run) is refused where the run reads it
+    (an oracle policy's training pairs, every held-out pair: the *_true metrics), naming the
+    rows; a training pair's, which the other policies do not read, may change, and so may
+    the votes a label came from (the label is read) and a DPO reference column (never)."""
+    rows = oracle_text_rows(48, annotators=3, seed=4)
+    for i, row in enumerate(rows):
+        row["split"] = "eval" if i < 8 else "train"
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kw = dict(data=str(data), max_steps=2, save_steps=2, eval_steps=0, report=False)
+    edited = [dict(r) for r in rows]
+    edited[20]["confidence"] = 1 - rows[20]["confidence"]
+    edited[21].update(ref_chosen_logps=-1.0, ref_rejected_logps=-2.0)
+    p = rows[22]["p_chosen"]  # the same label from twice the votes
+    edited[22].update(votes_chosen=2 * rows[22]["votes_chosen"], votes_total=6, p_chosen=p)
+    for smoothing in ("none", "oracle-l2"):
+        out = tmp_path / smoothing
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        run_reward(_small(out, smoothing=smoothing, **kw))
+        data.write_text("".join(json.dumps(r) + "\n" for r in edited))
+        if smoothing == "none":
+            result = run_reward(_small(out, smoothing=smoothing, resume="latest", **kw))
+            assert any("resumed from" in n for n in result.notes)
+            continue
+        with pytest.raises(ValueError, match="this run's data differs") as err:
+            run_reward(_small(out, smoothing=smoothing, resume="latest", **kw))
+        assert "training rows: 40 before and now, but not the same ones" in str(err.value)
+        assert "held-out rows" not in str(err.value)
+    held_out = [dict(r) for r in rows]
+    held_out[2]["confidence"] = 1 - rows[2]["confidence"]
+    data.write_text("".join(json.dumps(r) + "\n" for r in held_out))
+    with pytest.raises(ValueError, match="held-out rows: 8 before and now, but not the same"):
+        run_reward(_small(tmp_path / "none", resume="latest", **kw))
+
+
+def test_a_run_of_the_version_before_resumes_checked_against_its_folders_file(
+    tmp_path, monkeypatch
+):
+    """As DPO's: a run whose folder holds the earlier version's fingerprint (scheme 1: every
+    field of a pair, its votes and a confidence no policy of the run reads included) and
+    whose checkpoints hold none resumes checked against that file."""
+    import smoothalign.reward.run as run_module
+
     rows = oracle_text_rows(48, annotators=3, seed=4)
     for i, row in enumerate(rows):
         row["split"] = "eval" if i < 8 else "train"
@@ -588,10 +630,15 @@ def test_a_resume_refuses_data_that_changed_since_the_checkpoint(tmp_path):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
     kw = dict(data=str(data), max_steps=2, save_steps=2, eval_steps=0, report=False)
-    run_reward(_small(out, **kw))
+    with monkeypatch.context() as patched:
+        earlier_version_fingerprints(patched, run_module, run_module.reward_content)
+        run_reward(_small(out, **kw))
+    assert not (out / "checkpoint-2" / "data_fingerprint.json").exists()
+    result = run_reward(_small(out, resume="latest", **kw))
+    assert any("resumed from" in n for n in result.notes)
+    assert not any(n.startswith("data:") for n in result.notes)
     rows[20]["confidence"] = 1 - rows[20]["confidence"]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(ValueError, match="this run's data differs") as err:
+    with pytest.raises(ValueError, match="an earlier version's, covers every column") as err:
         run_reward(_small(out, resume="latest", **kw))
     assert "training rows: 40 before and now, but not the same ones" in str(err.value)
-    assert "held-out rows" not in str(err.value)

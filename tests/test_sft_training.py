@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from tests.dist_helpers import records, torchrun
+from tests.dpo_helpers import earlier_version_fingerprints
 from tests.md_tables import misaligned_rows
 from transformers import TrainerCallback
 
@@ -798,3 +799,29 @@ def test_a_resume_refuses_data_that_changed_since_the_checkpoint(tmp_path):
         run_sft(_config(data, out, resume="latest", **kw))
     assert "training rows: 24 before and now, but not the same ones" in str(err.value)
     assert "held-out rows" not in str(err.value)
+
+
+def test_a_run_of_the_version_before_resumes_checked_against_its_folders_file(
+    tmp_path, monkeypatch
+):
+    """As DPO's: a run whose folder holds the earlier version's fingerprint (scheme 1) and
+    whose checkpoints hold none resumes checked against that file."""
+    import smoothalign.sft.run as run_module
+
+    rows, held_out = _rows(24, seed=2), _rows(6, seed=3)
+    data, eval_data = _write(rows, tmp_path / "sft.jsonl"), _write(held_out, tmp_path / "e.jsonl")
+    out = tmp_path / "run"
+    kw = dict(max_steps=3, save_steps=1, eval_data=str(eval_data))
+    with monkeypatch.context() as patched:
+        earlier_version_fingerprints(patched, run_module, run_module.sft_content)
+        with pytest.raises(KeyboardInterrupt):
+            run_sft(_config(data, out, **kw), callbacks=[_Crash(at=2)])
+    assert not (out / "checkpoint-2" / "data_fingerprint.json").exists()
+    held_out[1]["completion"] += "ab"
+    _write(held_out, eval_data)
+    with pytest.raises(ValueError, match="held-out rows: 6 before and now, but not the same"):
+        run_sft(_config(data, out, resume="latest", **kw))
+    _write(_rows(6, seed=3), eval_data)
+    result = run_sft(_config(data, out, resume="latest", **kw))
+    assert any("resumed from" in n for n in result.notes)
+    assert not any(n.startswith("data:") for n in result.notes)

@@ -57,8 +57,10 @@ from smoothalign.train.common import (
 from smoothalign.train.data_fingerprint import (
     check_resume_data,
     data_fingerprint,
+    earlier_data_fingerprint,
     pair_content,
-    write_data_fingerprint,
+    pair_reads,
+    record_data_fingerprint,
 )
 from smoothalign.train.run_result import TrainerRunResult
 
@@ -227,9 +229,18 @@ def load_reward_data(
     return train_ex, eval_ex, info, md, notes + split_notes
 
 
-def reward_content(example: RewardPair) -> tuple:
+def reward_reads(*, confidence: bool) -> tuple[str, ...]:
     """What training and evaluation read of a soft-label pair (its data fingerprint's
-    content): the tokenised pair's, and its label with the votes it came from."""
+    content): its tokens and scored spans, its label (``p_chosen``, which votes give: the
+    counts themselves are not read) and, where read, its true confidence (an oracle
+    smoothing policy's, or the held-out ``*_true`` metrics'); never the data's DPO reference
+    log-probs."""
+    return (*pair_reads(confidence=confidence, prefix="pair."), "p_chosen")
+
+
+def reward_content(example: RewardPair) -> tuple:
+    """The content of a soft-label pair under the fingerprint's scheme 1: every field of
+    the tokenised pair's (:func:`pair_content`), and its label with the votes it came from."""
     return (*pair_content(example.pair), example.p_chosen, example.votes_chosen,
             example.votes_total)  # fmt: skip
 
@@ -262,8 +273,15 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
 
     def checked_data(tokenizer):  # and a resume's rows: the checkpointed run's
         validated = load_reward_data(config, tokenizer)
-        fingerprint = data_fingerprint(validated[0], validated[1], reward_content)
-        return validated, fingerprint, check_resume_data(config.resume, out, fingerprint)
+        train, held_out = validated[0], validated[1]
+        fingerprint = data_fingerprint(
+            train,
+            held_out,
+            reward_reads(confidence=config.smoothing_policy().needs_confidence),
+            reward_reads(confidence=True),
+        )
+        earlier = lambda: earlier_data_fingerprint(train, held_out, reward_content)  # noqa: E731
+        return validated, fingerprint, check_resume_data(config.resume, out, fingerprint, earlier)
 
     model, tokenizer, checked = load_checked(  # bad rows before the weights, if it can
         config.model,
@@ -298,7 +316,7 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
         clear_before_run(out, config.resume)  # checks passed, models loaded: the run is on
         atomic_write_json(out / "config.json", run_config_record(config))
         atomic_write_json(out / "validation.json", info)
-        write_data_fingerprint(out, fingerprint)
+    record_data_fingerprint(trainer, out, config.resume, fingerprint)
 
     forecasts_before = trainer.reward_forecasts(eval_ds)
     before = _metrics(forecasts_before, config)

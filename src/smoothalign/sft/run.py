@@ -50,7 +50,8 @@ from smoothalign.train.common import (
 from smoothalign.train.data_fingerprint import (
     check_resume_data,
     data_fingerprint,
-    write_data_fingerprint,
+    earlier_data_fingerprint,
+    record_data_fingerprint,
 )
 from smoothalign.train.run_result import TrainerRunResult
 
@@ -105,9 +106,13 @@ def load_sft_data(
     return train_ex, eval_ex, info, md, notes + split_notes
 
 
+SFT_READS = ("input_ids", "labels")
+"""What training and evaluation read of an SFT row (its data fingerprint's content): its
+tokens and which of them the loss reads."""
+
+
 def sft_content(example: SFTExample) -> tuple:
-    """What training and evaluation read of an SFT row (its data fingerprint's content):
-    its tokens and which of them the loss reads."""
+    """:data:`SFT_READS` of ``example``: its content under the fingerprint's scheme 1."""
     return example.input_ids, example.labels
 
 
@@ -137,8 +142,10 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
 
     def checked_data(tokenizer):  # and a resume's rows: the checkpointed run's
         validated = load_sft_data(config, tokenizer)
-        fingerprint = data_fingerprint(validated[0], validated[1], sft_content)
-        return validated, fingerprint, check_resume_data(config.resume, out, fingerprint)
+        train, held_out = validated[0], validated[1]
+        fingerprint = data_fingerprint(train, held_out, SFT_READS)
+        earlier = lambda: earlier_data_fingerprint(train, held_out, sft_content)  # noqa: E731
+        return validated, fingerprint, check_resume_data(config.resume, out, fingerprint, earlier)
 
     model, tokenizer, checked = load_checked(  # bad rows before the weights, if it can
         config.model,
@@ -186,7 +193,7 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
         clear_before_run(out, config.resume)  # checks passed, models loaded: the run is on
         atomic_write_json(out / "config.json", run_config_record(config))
         atomic_write_json(out / "validation.json", info)
-        write_data_fingerprint(out, fingerprint)
+    record_data_fingerprint(trainer, out, config.resume, fingerprint)
 
     trainer.check_head(collator(eval_ex[: config.batch_size]))
     before, tokens_before = trainer.token_evaluation(eval_ds)

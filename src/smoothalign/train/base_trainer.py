@@ -7,6 +7,8 @@
   Trainer logs (progress bar, TensorBoard);
 * the run's pooled loss sums (``train_loss``) in every checkpoint too, so that a resumed run
   reports it over every step (:meth:`SmoothingTrainer.train`);
+* the fingerprint of the rows the run trains on in every checkpoint too
+  (:attr:`SmoothingTrainer.data_fingerprint`), which a resume from it is checked against;
 * an evaluation context that runs the model on its device under the same autocast as
   training, so that "before" and "after" forecasts are computed alike;
 * ``evaluate`` that logs its metrics and tells the callbacks, as Trainer's own does.
@@ -41,6 +43,7 @@ from smoothalign.train.checkpoints import (
     save_loss_sums,
     save_smoothing_state,
 )
+from smoothalign.train.data_fingerprint import DATA_FINGERPRINT, write_data_fingerprint
 
 ALPHA_HIST_BINS = 10  # over [0, 1/2]
 
@@ -55,6 +58,9 @@ class SmoothingTrainer(Trainer):
     # the step of the checkpoint this train() resumed from when it held no loss sums (an
     # earlier version's): train_loss then covers the steps after it only, and says so
     train_loss_from_step: int | None = None
+    # the rows the run trains on (train.data_fingerprint), saved into each checkpoint: a
+    # resume from it is checked against them (the runs set it: record_data_fingerprint)
+    data_fingerprint: dict[str, Any] | None = None
 
     def __init__(self, *args: Any, smoothing_policy: SmoothingPolicy, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -254,6 +260,10 @@ class SmoothingTrainer(Trainer):
             save_smoothing_state(self.smoothing_policy.state_dict(), folder)
             if sums is not None:
                 save_loss_sums(sums, folder)
+            if self.data_fingerprint is not None:
+                write_data_fingerprint(folder, self.data_fingerprint)
+            else:  # a folder saved over must not keep an earlier save's
+                (folder / DATA_FINGERPRINT).unlink(missing_ok=True)
             # written last: its presence certifies that everything above is complete
             atomic_write_json(folder / COMPLETE_MARKER, {"global_step": self.state.global_step})
 

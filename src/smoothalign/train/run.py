@@ -59,7 +59,9 @@ from smoothalign.train.config import DPOConfig
 from smoothalign.train.data_fingerprint import (
     check_resume_data,
     data_fingerprint,
-    write_data_fingerprint,
+    earlier_data_fingerprint,
+    pair_reads,
+    record_data_fingerprint,
 )
 from smoothalign.train.report import write_report
 from smoothalign.train.run_result import TrainerRunResult
@@ -94,11 +96,25 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
 
     # a bad file fails before the model loads
     rows, eval_rows, data_notes, eval_option = _read_data(config)
+    reference = _reference(config)
+    needs_confidence = config.smoothing_policy().needs_confidence
 
     def checked_data(tokenizer):  # and a resume's rows: the checkpointed run's
         validated = _load_data(config, tokenizer, rows, eval_rows, eval_option)
-        fingerprint = data_fingerprint(validated[0], validated[1])
-        return validated, fingerprint, check_resume_data(config.resume, out, fingerprint)
+        train, held_out = validated[0], validated[1]
+        data_reference = _uses_data_reference(reference, train + held_out)
+        # what the run reads of a pair: its confidence where the smoothing policy reads it
+        # (and the held-out *_true metrics), the data's reference log-probs where used
+        fingerprint = data_fingerprint(
+            train,
+            held_out,
+            pair_reads(confidence=needs_confidence, reference_logps=data_reference),
+            pair_reads(confidence=True, reference_logps=data_reference),
+        )
+        check = check_resume_data(
+            config.resume, out, fingerprint, lambda: earlier_data_fingerprint(train, held_out)
+        )
+        return validated, fingerprint, data_reference, check
 
     model, tokenizer, checked = load_checked(  # bad rows too, before the weights if it can
         config.model,
@@ -108,10 +124,23 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
             config.model, trust_remote_code=config.trust_remote_code, tokenizer=tok
         ),
     )
-    validated, fingerprint, resume_note = checked
+    validated, fingerprint, data_reference, resume_note = checked
     train_ex, eval_ex, validation_md, n_skipped, split_notes, validation = validated
     data_notes += split_notes + ([resume_note] if resume_note else [])
     notes += data_notes
+    # one source of reference log-probs per run: the configured one, the data's only where
+    # every row has them (the held-out rows beyond --max-eval-pairs too: a resume may
+    # change it, and must not change which reference the run trains against)
+    given = [ex for ex in train_ex + eval_ex if ex.ref_chosen_logp is not None]
+    if data_reference:
+        reference = "precomputed (from the data's ref_chosen_logps / ref_rejected_logps)"
+    elif given:
+        for ex in given:
+            ex.ref_chosen_logp = ex.ref_rejected_logp = None
+        notes.append(
+            f"the data's reference log-probs ({len(given)} rows) were not used: --reference {reference}"
+            + (" and not every row has them" if reference == "precomputed" else "")
+        )
     if config.max_eval_pairs and len(eval_ex) > config.max_eval_pairs:
         notes.append(
             f"eval: the first {config.max_eval_pairs} of {len(eval_ex)} held-out pairs (--max-eval-pairs)"
@@ -125,27 +154,10 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
         notes.append(apply_lean_layers(model, config.lean_layers, config.gradient_checkpointing))
     if config.lora:
         model = add_lora(model, config)
-    reference = config.reference
-    if reference == "auto":
-        # LoRA: the base model is one context manager away, and a forward pass per step is
-        # cheaper than precomputing pairs a short run never visits. Full fine-tuning:
-        # precompute once rather than hold a second copy of the model.
-        reference = "adapter-disabled" if config.lora else "precomputed"
     ref_model = None
     if reference == "model":
         ref_model = _frozen_copy(model, config.lora)
     collator = PreferenceCollator(pad_token_id=int(tokenizer.pad_token_id))
-    given = [ex for ex in train_ex + eval_ex if ex.ref_chosen_logp is not None]
-    if given and reference == "precomputed" and len(given) == len(train_ex) + len(eval_ex):
-        reference = "precomputed (from the data's ref_chosen_logps / ref_rejected_logps)"
-    elif given:
-        # one source of reference log-probs per run: the configured one
-        for ex in given:
-            ex.ref_chosen_logp = ex.ref_rejected_logp = None
-        notes.append(
-            f"the data's reference log-probs ({len(given)} rows) were not used: --reference {reference}"
-            + (" and not every row has them" if reference == "precomputed" else "")
-        )
     if reference == "precomputed":
         # the initial policy is the reference; with LoRA that is the adapter-disabled model.
         # A resume at --max-steps trains nothing: the training rows' are not needed then
@@ -186,7 +198,7 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
         clear_before_run(out, config.resume)  # checks passed, models loaded: the run is on
         atomic_write_json(out / "config.json", run_config_record(config))
         atomic_write_json(out / "validation.json", validation)
-        write_data_fingerprint(out, fingerprint)
+    record_data_fingerprint(trainer, out, config.resume, fingerprint)
 
     forecasts_before = trainer.preference_forecasts(eval_ds)
     before = preference_metrics(forecasts_before["margins"], forecasts_before["confidence"])
@@ -285,6 +297,22 @@ def _load_data(
     check_identical_after_truncation(train_ex, reports, config.max_length)
     skipped = sum(v["n_skipped"] for v in info.values())
     return train_ex, eval_ex, md, skipped, split_notes, info
+
+
+def _reference(config: DPOConfig) -> str:
+    """``--reference`` resolved: ``auto`` is ``adapter-disabled`` with LoRA (the base model
+    is one context manager away, and a forward pass per step is cheaper than precomputing
+    pairs a short run never visits), ``precomputed`` otherwise (once, rather than hold a
+    second copy of the model)."""
+    if config.reference != "auto":
+        return config.reference
+    return "adapter-disabled" if config.lora else "precomputed"
+
+
+def _uses_data_reference(reference: str, examples: list[TokenizedPair]) -> bool:
+    """Whether the run reads the data's reference log-probs: precomputed, and every row
+    (training and held-out, before ``--max-eval-pairs``) gives them."""
+    return reference == "precomputed" and all(ex.ref_chosen_logp is not None for ex in examples)
 
 
 # ---------------------------------------------------------------------------- model
