@@ -605,6 +605,11 @@ def test_an_input_error_without_a_message_is_named_by_its_type(tmp_path, capsys,
             ["reward", "--save-steps", "2"],
             "; --resume latest continues from its last checkpoint, {out}/checkpoint-4",
         ),
+        (
+            ["dpo", "--save-steps", "3"],  # interrupted while saving its first checkpoint
+            "; no complete checkpoint (checkpoint-3: its save did not complete): delete it to "
+            "start the run over",
+        ),
         (["rank-calibrate", "--reward-model", "rm"], ""),
         (["eval", "calibration", "--model", "tiny"], ""),
     ],
@@ -631,6 +636,8 @@ def test_ctrl_c_is_one_line_and_status_130(argv, hint, tmp_path, capsys, monkeyp
         (out / f"checkpoint-{step}").mkdir(parents=True)
         if step < 6:
             (out / f"checkpoint-{step}" / "smoothalign_complete.json").write_text("{}")
+    if "checkpoint-3" in hint:
+        (out / "checkpoint-3").mkdir(parents=True)
     argv = [*argv, "--output-dir", str(out)]
     assert main(argv) == 130
     err = capsys.readouterr().err

@@ -757,9 +757,9 @@ def test_an_interrupted_new_run_leaves_no_earlier_runs_final(data, tmp_path):
 def test_resume_latest_without_a_checkpoint_says_it_starts_a_new_run(
     data, tmp_path, capsys, monkeypatch
 ):
-    """--resume latest with no complete checkpoint starts fresh (a preemptible job passes
-    it on every launch), and says so in one line on stderr, once (the main process only),
-    naming the folder and, with --save-steps 0, that this run will not write one either."""
+    """--resume latest with no checkpoint starts fresh (a preemptible job passes it on every
+    launch), and says so in one line on stderr, once (the main process only), naming the
+    folder and, with --save-steps 0, that this run will not write one either."""
     from smoothalign.train.checkpoints import prepare_output_dir
 
     out = tmp_path / "run"
@@ -770,15 +770,48 @@ def test_resume_latest_without_a_checkpoint_says_it_starts_a_new_run(
         f"--resume latest: no complete checkpoint in {out}: starting a new run; with "
         "--save-steps 0 this run writes none either"
     ]
-    (out / "checkpoint-2").mkdir()  # a save that never completed
-    prepare_output_dir(out, "latest", {"save_steps": 2})
-    assert capsys.readouterr().err == (
-        f"--resume latest: no complete checkpoint in {out} (checkpoint-2: no "
-        "smoothalign_complete.json, its save did not complete): starting a new run\n"
-    )
     monkeypatch.setenv("RANK", "1")
-    prepare_output_dir(out, "latest", {"save_steps": 2})
+    prepare_output_dir(tmp_path / "other", "latest", {"save_steps": 2})
     assert capsys.readouterr().err == ""
+
+
+def test_resume_latest_among_only_incomplete_checkpoints_is_refused_naming_them(
+    data, tmp_path, capsys
+):
+    """Checkpoints whose save did not complete (a crash while saving) and none that did:
+    --resume latest has nothing to continue, and a new run among them would clear the
+    earlier run's metrics and save beside the stale folders, which Trainer's rotation
+    counts. So it is refused before anything loads, naming them and how to start over
+    (deleting nothing); so is a run without --resume, which was told to pass --resume latest
+    to continue a run that cannot be. Once they are gone the run starts; a complete
+    checkpoint beside an incomplete one resumes as before."""
+    from smoothalign.train.checkpoints import prepare_output_dir
+
+    out = tmp_path / "run"
+    run_sft(_config(data, out, max_steps=1))
+    for step in (2, 4):
+        (out / f"checkpoint-{step}").mkdir()
+        (out / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"cut short")
+    for resume, opening in (("latest", "resume: --resume latest"), (None, "output_dir: a new run")):
+        with pytest.raises(ValueError) as err:
+            run_sft(_config(data, out, max_steps=1, resume=resume, model="no-such-model"))
+        assert str(err.value) == (
+            f"{opening}: {out} holds no complete checkpoint, only checkpoint-2, checkpoint-4, "
+            "whose save did not complete (no smoothalign_complete.json, a crash while saving): "
+            "none can be resumed, and the run that wrote them cannot be continued. To start it "
+            f"over in this folder, delete them (rm -r {out / 'checkpoint-2'} "
+            f"{out / 'checkpoint-4'}) and run the same command again; or pass another "
+            "--output-dir"
+        )
+    assert (out / "metrics.jsonl").is_file() and (out / "checkpoint-4").is_dir()
+    capsys.readouterr()
+    (out / "checkpoint-2" / "smoothalign_complete.json").write_text('{"global_step": 2}')
+    prepare_output_dir(out, "latest")  # resumes checkpoint-2
+    assert capsys.readouterr().err == ""
+    for step in (2, 4):
+        shutil.rmtree(out / f"checkpoint-{step}")
+    prepare_output_dir(out, "latest")
+    assert "starting a new run" in capsys.readouterr().err
 
 
 def test_a_resume_refuses_data_that_changed_since_the_checkpoint(tmp_path):

@@ -276,13 +276,20 @@ def _resume_hint(args) -> str:
     if not all(hasattr(args, k) for k in ("resume", "save_steps", "output_dir")):
         return ""
     try:
-        from smoothalign.train.checkpoints import latest_complete_checkpoint
+        from smoothalign.train.checkpoints import incomplete_checkpoints, latest_complete_checkpoint
 
         latest = latest_complete_checkpoint(args.output_dir)
+        cut = incomplete_checkpoints(args.output_dir)
     except (OSError, ValueError, TypeError):
-        latest = None
+        latest, cut = None, []
     if latest is not None:
         return f"; --resume latest continues from its last checkpoint, {latest}"
+    if cut:  # interrupted while saving: a rerun is refused until they go
+        names = ", ".join(c.name for c in cut[-3:])
+        return (
+            f"; no complete checkpoint ({names}: its save did not complete): delete "
+            f"{'it' if len(cut) == 1 else 'them'} to start the run over"
+        )
     if args.save_steps:
         return f"; no checkpoint saved yet (one every {args.save_steps} steps): a rerun starts over"
     return "; no checkpoint was saved (--save-steps 0 saves none): a rerun starts over"

@@ -37,6 +37,14 @@ def _checkpoint_folders(output_dir: str | Path) -> list[Path]:
     return [c for _, c in sorted(found) if c.is_dir()]
 
 
+def incomplete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """The ``checkpoint-N`` folders in ``output_dir`` whose save did not complete, by step,
+    where it holds no complete one (empty otherwise): what keeps ``--resume latest`` and a
+    new run from starting there (:func:`refuse_only_incomplete_checkpoints`)."""
+    found = _checkpoint_folders(output_dir)
+    return [] if any(is_complete(c) for c in found) else found
+
+
 def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
     """The highest-step ``checkpoint-N`` in ``output_dir`` whose save completed, if any."""
     complete = [c for c in _checkpoint_folders(output_dir) if is_complete(c)]
@@ -102,15 +110,18 @@ def prepare_output_dir(
     (``resolve_resume``); with ``config`` (this run's ``config.json`` dict) it must also
     match the configuration of the run that wrote the checkpoint (its folder's
     ``config.json``) in every option outside :data:`RESUMABLE_OPTIONS` (``flags``: the
-    command's, :func:`check_resume_config`). A fresh run whose ``model`` (in ``config``) is
-    the folder's ``final/`` is refused (:func:`refuse_own_final_as_input`). Call it before
-    the model loads."""
+    command's, :func:`check_resume_config`). ``--resume latest`` with no complete checkpoint
+    starts a new run, said on stderr, unless there are checkpoint folders whose save did not
+    complete: refused, naming them (:func:`refuse_only_incomplete_checkpoints`). A fresh run
+    whose ``model`` (in ``config``) is the folder's ``final/`` is refused
+    (:func:`refuse_own_final_as_input`). Call it before the model loads."""
     root = Path(output_dir)
     check_output_dir_path(root)
     folder = resolve_resume(resume, root)  # a bad --resume fails here, not after loading
     if folder is None and config is not None:  # a fresh run removes final/ when it starts
         refuse_own_final_as_input(root, {"model": config.get("model")})
     if folder is None and resume == "latest":
+        refuse_only_incomplete_checkpoints(root, resume)
         _say_no_checkpoint(root, config)
     if folder is not None and config is not None:
         check_resume_config(folder.parent / "config.json", config, flags)
@@ -129,6 +140,8 @@ def prepare_output_dir(
             "there would mix the two runs' checkpoints and metrics: pass a new --output-dir"
         )
     if resume is None and earlier:
+        if not any(is_complete(c) for c in earlier):  # nothing --resume latest continues
+            refuse_only_incomplete_checkpoints(root, resume)
         names = ", ".join(c.name for c in earlier[-3:])
         raise ValueError(
             f"output_dir: {root} already holds an earlier run's checkpoints ({names}); "
@@ -137,30 +150,50 @@ def prepare_output_dir(
         )
 
 
+def refuse_only_incomplete_checkpoints(root: Path, resume: str | None) -> None:
+    """Refuse a run into ``root`` where its only ``checkpoint-N`` folders are saves that
+    did not complete (no :data:`COMPLETE_MARKER`: a crash mid-save), naming them: there is
+    nothing to resume, and a new run among them would lose the earlier run's record
+    (``metrics.jsonl``, cleared as it starts) without a word beyond a line on stderr, and
+    save its checkpoints among the stale ones, which Trainer's rotation counts (a stale
+    folder of a higher step is kept as the newest, and a complete one removed in its
+    place). Deleting them is the user's call; the message says how."""
+    incomplete = incomplete_checkpoints(root)
+    if not incomplete:
+        return
+    import shlex
+
+    shown = ", ".join(c.name for c in incomplete[:5])
+    if len(incomplete) > 5:
+        shown += f" and {len(incomplete) - 5} more"
+    paths = " ".join(shlex.quote(str(c)) for c in incomplete)
+    opening = "resume: --resume latest" if resume == "latest" else "output_dir: a new run"
+    raise ValueError(
+        f"{opening}: {root} holds no complete checkpoint, only {shown}, whose save did not "
+        f"complete (no {COMPLETE_MARKER}, a crash while saving): none can be resumed, and the "
+        "run that wrote them cannot be continued. To start it over in this folder, delete "
+        f"them (rm -r {paths}) and run the same command again; or pass another --output-dir"
+    )
+
+
 def _say_no_checkpoint(root: Path, config: dict[str, Any] | None) -> None:
-    """``--resume latest`` found no complete checkpoint: the run starts fresh (a preemptible
-    job passes it on every launch, the first included), said in one line on stderr by the
-    main process, so that a resume that was expected does not pass unnoticed."""
+    """``--resume latest`` found no checkpoint: the run starts fresh (a preemptible job
+    passes it on every launch, the first included), said in one line on stderr by the main
+    process, so that a resume that was expected does not pass unnoticed. (Checkpoints whose
+    save did not complete are refused first: :func:`refuse_only_incomplete_checkpoints`.)"""
     from smoothalign._warn import main_process
 
     if not main_process():
         return
     import sys
 
-    incomplete = _checkpoint_folders(root)
-    why = (
-        f" ({', '.join(c.name for c in incomplete[-3:])}: no {COMPLETE_MARKER}, its save "
-        "did not complete)"
-        if incomplete
-        else ""
-    )
     never = (
         "; with --save-steps 0 this run writes none either"
         if config is not None and config.get("save_steps") == 0
         else ""
     )
     print(
-        f"--resume latest: no complete checkpoint in {root}{why}: starting a new run{never}",
+        f"--resume latest: no complete checkpoint in {root}: starting a new run{never}",
         file=sys.stderr,
         flush=True,
     )
