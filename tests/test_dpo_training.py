@@ -1529,6 +1529,33 @@ def test_a_run_of_the_version_before_resumes_checked_against_its_folders_file(
     assert _fingerprint_of(out / "checkpoint-4")["scheme"] == 2
 
 
+def test_the_datas_reference_is_used_or_not_whatever_the_held_out_rows_evaluated(tmp_path):
+    """Whether the data's reference log-probs are used (every row has them) is decided on
+    every held-out row, also those past --max-eval-pairs: that option may change on a
+    resume, and must not change the reference the run trains against, nor what its
+    fingerprint says it read."""
+    rows = [
+        {**r, "ref_chosen_logps": -1.0, "ref_rejected_logps": -2.0}
+        for r in synthetic_rows(48, seed=5)
+    ]
+    del rows[-1]["ref_chosen_logps"], rows[-1]["ref_rejected_logps"]  # the last held-out row
+    data, eval_data = tmp_path / "pairs.jsonl", tmp_path / "heldout.jsonl"
+    write_jsonl(rows[:40], data)
+    write_jsonl(rows[40:], eval_data)
+    for max_eval_pairs in (7, 0):
+        out = tmp_path / f"first-{max_eval_pairs}"
+        result = run_dpo(
+            _config(data, out, eval_data=str(eval_data), smoothing="none", max_steps=1,
+                    max_eval_pairs=max_eval_pairs)
+        )  # fmt: skip
+        assert "reference log-probs: precomputed" in result.notes, max_eval_pairs
+        assert (
+            "the data's reference log-probs (47 rows) were not used: --reference precomputed "
+            "and not every row has them"
+        ) in result.notes
+        assert "ref_chosen_logp" not in _fingerprint_of(out)["train"]["reads"]
+
+
 def _pair(i: int, confidence: float | None = 0.9, ref: float | None = None):
     """A stand-in for a ``TokenizedPair``: the fields a fingerprint reads."""
     from types import SimpleNamespace
