@@ -6,7 +6,10 @@ logging steps, so that the loss sums it holds were gathered across the ranks), a
 resumed from its checkpoint (``crashed``). The first also samples from the oracle and writes
 the report, so that all that a run prints and writes happens under two ranks. Dumps this
 rank's calibrator state and weights after the runs to ``<out>/rank<R>.pt`` for the test to
-compare; the runs' files are in ``<out>/straight`` and ``<out>/crashed``.
+compare, and of the first run: its results, every pair's precomputed reference log-probs,
+and the work this rank did for them (the pairs whose reference log-probs it computed, its
+``generate`` and oracle-scoring calls); the runs' files are in ``<out>/straight`` and
+``<out>/crashed``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,59 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.dist_worker_common import CrashAfterStep5, trainer_state  # noqa: E402
 
+import smoothalign.eval.oracle  # noqa: E402
+import smoothalign.train.run  # noqa: E402
 from smoothalign.train import DPOConfig, run_dpo  # noqa: E402
+
+WORK = {"reference_pairs": 0, "generate": 0, "oracle_scored": 0}  # this rank's
+
+
+def _count_work() -> None:
+    """Count, on this rank, the pairs whose reference log-probs it computes before training
+    (``run``'s calls of ``model_sequence_logps``: the trainer's steps call their own
+    module's), its ``generate`` calls and the texts it scores with the oracle."""
+    from transformers.generation.utils import GenerationMixin
+
+    run_module, oracle = smoothalign.train.run, smoothalign.eval.oracle
+    logps, generate, score = (
+        run_module.model_sequence_logps,
+        GenerationMixin.generate,
+        oracle.sentiment_reward,
+    )
+
+    def counted_logps(model, input_ids, *args, **kwargs):
+        WORK["reference_pairs"] += input_ids.shape[0] // 2
+        return logps(model, input_ids, *args, **kwargs)
+
+    def counted_generate(self, *args, **kwargs):
+        WORK["generate"] += 1
+        return generate(self, *args, **kwargs)
+
+    def counted_score(texts, *args, **kwargs):
+        WORK["oracle_scored"] += len(texts)
+        return score(texts, *args, **kwargs)
+
+    run_module.model_sequence_logps = counted_logps
+    GenerationMixin.generate = counted_generate
+    oracle.sentiment_reward = counted_score
+
+
+def reference_logps(trainer) -> dict[str, dict[int, tuple[float, float]]]:
+    """Per split, each pair's precomputed reference log-probs, by its row index."""
+    return {
+        split: {ex.index: (ex.ref_chosen_logp, ex.ref_rejected_logp) for ex in ds.examples}
+        for split, ds in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset))
+    }
+
+
+def straight_config(data: str, out: Path, **overrides) -> DPOConfig:
+    """The uninterrupted run's configuration (the test's single-process run takes it too)."""
+    return _config(
+        data,
+        out,
+        **{"report": True, "oracle": "sentiment", "eval_samples": 2, "max_new_tokens": 4,
+           **overrides},
+    )  # fmt: skip
 
 
 def _config(data: str, out: Path, **overrides) -> DPOConfig:
@@ -49,15 +104,17 @@ def _config(data: str, out: Path, **overrides) -> DPOConfig:
 def main(data: str, out: str) -> None:
     root = Path(out)
     rank = int(os.environ["RANK"])
-    straight = _config(
-        data, root / "straight", report=True, oracle="sentiment", eval_samples=2, max_new_tokens=4
-    )
-    trainer = run_dpo(straight).trainer
+    _count_work()
+    result = run_dpo(straight_config(data, root / "straight"))
+    trainer = result.trainer
     state = {
         "world_size": torch.distributed.get_world_size(),
         "trainer_world_size": trainer.args.world_size,  # 2: data parallel, not 2 copies
         "first_batch": [int(i) for i in next(iter(trainer.get_train_dataloader()))["index"]],
         "straight": trainer_state(trainer),
+        "straight_results": {"before": result.before, "after": result.after},
+        "reference_logps": reference_logps(trainer),
+        "work": dict(WORK),
     }
     try:
         run_dpo(_config(data, root / "crashed"), callbacks=[CrashAfterStep5()])

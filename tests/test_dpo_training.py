@@ -402,6 +402,48 @@ def test_two_process_run_says_and_writes_things_once(two_process_runs):
         assert (two_process_runs / "straight" / name).is_file(), name
 
 
+def test_two_process_shares_out_the_reference_and_the_oracle(two_process_runs, tmp_path):
+    """What every rank computed alike is shared out: the ranks compute the precomputed
+    reference log-probs of disjoint batches (their shares add up to the pairs, once each)
+    and gather them, and the main process alone samples and scores the oracle's responses
+    (before and after training), sending its results to the other rank. The results are a
+    single process's: every pair's reference log-probs on both ranks, in the right rows, and
+    the metrics before training, the oracle reward included (the same initial policy; the
+    training steps differ: 4 pairs a step here)."""
+    from tests.dist_dpo_worker import reference_logps, straight_config
+
+    r0, r1 = (torch.load(two_process_runs / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    one = run_dpo(
+        straight_config(
+            str(two_process_runs / "pairs.jsonl"), tmp_path / "one", max_steps=1, report=False
+        )
+    )
+    expected = reference_logps(one.trainer)
+    n_pairs = sum(len(logps) for logps in expected.values())
+    shares = [r["work"]["reference_pairs"] for r in (r0, r1)]
+    assert sum(shares) == n_pairs and min(shares) > 0, shares
+    assert [r["work"]["generate"] for r in (r0, r1)] == [2, 0]  # before and after training
+    assert [r["work"]["oracle_scored"] for r in (r0, r1)] == [4, 0]  # 2 samples each time
+    for split, logps in expected.items():
+        for rank, r in enumerate((r0, r1)):
+            assert r["reference_logps"][split].keys() == logps.keys(), (split, rank)
+            for index, pair in logps.items():
+                assert r["reference_logps"][split][index] == pytest.approx(pair, rel=1e-6), (
+                    split,
+                    rank,
+                    index,
+                )
+    results = r0["straight_results"]
+    assert "oracle_reward" in results["before"] and "oracle_reward" in results["after"]
+    for when in ("before", "after"):  # rank 1 returns the main process's oracle reward
+        assert r1["straight_results"][when].keys() == results[when].keys()
+        for key, value in results[when].items():
+            assert r1["straight_results"][when][key] == pytest.approx(value, nan_ok=True), key
+    assert one.before.keys() == results["before"].keys()
+    for key, value in one.before.items():
+        assert results["before"][key] == pytest.approx(value, rel=1e-6, abs=1e-9, nan_ok=True), key
+
+
 def test_lora_reference_modes_agree(noisy_data, tmp_path):
     """With LoRA, the reference is the base model: precomputed once, the adapter-disabled
     policy on the fly, or a frozen copy — all three train the same adapter."""

@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import set_seed
 
@@ -158,6 +157,9 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     if reference == "model":
         ref_model = _frozen_copy(model, config.lora)
     collator = PreferenceCollator(pad_token_id=int(tokenizer.pad_token_id))
+    # before the reference log-probs: the arguments set up the process group of a launch
+    # (torchrun), in which the ranks share out the reference's batches
+    args = training_arguments(config, bf16)
     if reference == "precomputed":
         # the initial policy is the reference; with LoRA that is the adapter-disabled model.
         # A resume at --max-steps trains nothing: the training rows' are not needed then
@@ -178,13 +180,15 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
                 name,
                 bf16,
                 fused_logps_enabled(config.fused_logps, _local_device()),
+                rank=args.process_index,
+                world_size=args.world_size,
             )
     notes.append(f"reference log-probs: {reference}")
 
     train_ds, eval_ds = PreferenceDataset(train_ex), PreferenceDataset(eval_ex)
     trainer = SmoothDPOTrainer(
         model=model,
-        args=training_arguments(config, bf16),
+        args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         data_collator=collator,
@@ -203,7 +207,7 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     forecasts_before = trainer.preference_forecasts(eval_ds)
     before = preference_metrics(forecasts_before["margins"], forecasts_before["confidence"])
     if oracle:
-        before.update(_oracle_reward(trainer.model, tokenizer, eval_ex, config)[0])
+        before.update(_oracle_reward(trainer, tokenizer, eval_ex, config)[0])
 
     train_seconds = train_with_resume(
         trainer, config.resume, out, notes, smoothing_policy=trainer.smoothing_policy
@@ -213,7 +217,7 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     after = preference_metrics(forecasts_after["margins"], forecasts_after["confidence"])
     samples = None
     if oracle:
-        metrics, samples = _oracle_reward(trainer.model, tokenizer, eval_ex, config)
+        metrics, samples = _oracle_reward(trainer, tokenizer, eval_ex, config)
         after.update(metrics)
     trainer.log_after_training({f"final_eval_{k}": v for k, v in after.items()})
 
@@ -333,28 +337,36 @@ def _attach_reference_logps(
     name: str,
     bf16: bool,
     fused: bool = False,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> None:
     """Store ``log π_ref`` of every example, computed once before training, on this rank's
     device, in the precision and by the path (fused or not) that training will use (so
-    that step 0 has margins ≈ 0)."""
+    that step 0 has margins ≈ 0).
+
+    Under data parallelism (``world_size`` ranks; every rank calls this, with the same
+    ``examples``) the ranks share out the batches: batch ``k`` (examples ``k·batch_size``
+    onwards, as one process batches them, so with the same padding and the same values)
+    on rank ``k mod world_size``, and then every rank gathers every batch's log-probs (one
+    collective, which each rank joins whatever it computed), since each rank's sampler
+    reads any example."""
     was_training = model.training
     model.eval()
     device = _local_device()
     model.to(device)
     adapter_off = model.disable_adapter() if lora else nullcontext()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    starts = list(range(0, len(examples), batch_size))[rank::world_size]
+    computed: list[tuple[int, list[float], list[float]]] = []
     with adapter_off, autocast:
-        loader = DataLoader(examples, batch_size=batch_size, collate_fn=collator)
-        for start, batch in zip(
-            range(0, len(examples), batch_size),
-            tqdm(
-                loader,
-                desc=f"reference log-probs ({name})",
-                leave=False,
-                disable=bar_disable(not main_process()),  # every rank computes them all
-            ),
-            strict=True,
+        for start in tqdm(
+            starts,
+            desc=f"reference log-probs ({name})",
+            leave=False,
+            disable=bar_disable(not main_process()),  # the main process's share
         ):
+            batch = collator(examples[start : start + batch_size])
             logps, _ = model_sequence_logps(
                 model,
                 batch["input_ids"].to(device),
@@ -363,11 +375,20 @@ def _attach_reference_logps(
                 fused=fused,
             )
             b = logps.shape[0] // 2
-            for ex, lc, lr in zip(
-                examples[start : start + b], logps[:b].tolist(), logps[b:].tolist(), strict=True
-            ):
-                ex.ref_chosen_logp, ex.ref_rejected_logp = lc, lr
+            computed.append((start, logps[:b].tolist(), logps[b:].tolist()))
     model.train(was_training)
+    if world_size > 1:
+        from accelerate.utils import gather_object
+
+        computed = gather_object(computed)
+    done = 0
+    for start, chosen, rejected in computed:
+        part = examples[start : start + len(chosen)]
+        for ex, lc, lr in zip(part, chosen, rejected, strict=True):
+            ex.ref_chosen_logp, ex.ref_rejected_logp = lc, lr
+        done += len(part)
+    if done != len(examples):  # pragma: no cover - a rank that shared out otherwise
+        raise RuntimeError(f"reference log-probs: {done} of {len(examples)} examples gathered")
 
 
 def _local_device() -> torch.device:
@@ -397,11 +418,43 @@ def _is_embedded(data: Any) -> bool:
         return False
 
 
-@torch.no_grad()
 def _oracle_reward(
+    trainer: SmoothDPOTrainer, tokenizer, examples, config: DPOConfig
+) -> tuple[dict[str, float], list[dict]]:
+    """The oracle reward of the policy's samples (:func:`_sample_and_score`), on every rank.
+
+    Every rank would sample the same responses (one seed): under data parallelism the main
+    process alone samples and scores them, and sends its result to the others (one
+    broadcast, which every rank joins; a failure there is sent too, so that the others
+    raise rather than wait). Under FSDP or DeepSpeed every rank samples, as before: the
+    sharded model generates only with every rank taking part."""
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    if trainer.accelerator.num_processes == 1 or sharded:
+        return _sample_and_score(trainer.model, tokenizer, examples, config)
+    from accelerate.utils import broadcast_object_list
+
+    outcome: list[Any] = [None]
+    failure: Exception | None = None
+    if trainer.is_world_process_zero():
+        try:
+            outcome[0] = _sample_and_score(trainer.model, tokenizer, examples, config)
+        except Exception as err:  # told to the other ranks, then raised here
+            failure = err
+            outcome[0] = f"{type(err).__name__}: {err}"
+    broadcast_object_list(outcome, from_process=0)
+    if failure is not None:
+        raise failure
+    if isinstance(outcome[0], str):
+        raise RuntimeError(f"oracle reward: the main process failed: {outcome[0]}")
+    return outcome[0]
+
+
+@torch.no_grad()
+def _sample_and_score(
     model, tokenizer, examples, config: DPOConfig
 ) -> tuple[dict[str, float], list[dict]]:
-    """Sample one response per held-out prompt (fixed seed) and score it with the oracle."""
+    """Sample one response per held-out prompt (fixed seed) and score it with the oracle.
+    The global random states (CPU, and the model's CUDA device) are as they were after it."""
     from smoothalign.eval.oracle import sentiment_reward
 
     prompts = [ex.prompt_ids for ex in examples[: config.eval_samples]]
@@ -409,11 +462,9 @@ def _oracle_reward(
     model.eval()
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(config.seed)
-    torch_state = torch.get_rng_state()
-    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
     width = max(len(p) for p in prompts)
     pad = int(tokenizer.pad_token_id)
-    if main_process():  # every rank samples the same responses
+    if main_process():  # the only process that samples, unless the model is sharded
         print(
             f"oracle reward: sampling {len(prompts)} responses of up to "
             f"{config.max_new_tokens} tokens...",
@@ -424,16 +475,17 @@ def _oracle_reward(
     attention = torch.tensor(
         [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device
     )
-    out = model.generate(
-        input_ids=input_ids,
-        attention_mask=attention,
-        do_sample=True,
-        temperature=1.0,
-        top_k=0,
-        max_new_tokens=config.max_new_tokens,
-        pad_token_id=pad,
-    )
-    torch.set_rng_state(torch_state)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            max_new_tokens=config.max_new_tokens,
+            pad_token_id=pad,
+        )
     model.train(was_training)
     texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     rewards = np.array(sentiment_reward(texts))
