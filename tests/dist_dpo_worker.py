@@ -8,8 +8,9 @@ the report, so that all that a run prints and writes happens under two ranks. Du
 rank's calibrator state and weights after the runs to ``<out>/rank<R>.pt`` for the test to
 compare, and of the first run: its results, every pair's precomputed reference log-probs,
 and the work this rank did for them (the pairs whose reference log-probs it computed, its
-``generate`` and oracle-scoring calls); the runs' files are in ``<out>/straight`` and
-``<out>/crashed``.
+``generate`` and oracle-scoring calls). Last, a short LoRA run (``lora``), its reference the
+adapter-disabled policy. The runs' files are in ``<out>/straight``, ``<out>/crashed`` and
+``<out>/lora``.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ def main(data: str, out: str) -> None:
     state = {
         "world_size": torch.distributed.get_world_size(),
         "trainer_world_size": trainer.args.world_size,  # 2: data parallel, not 2 copies
+        "find_unused": trainer.args.ddp_find_unused_parameters,
         "first_batch": [int(i) for i in next(iter(trainer.get_train_dataloader()))["index"]],
         "straight": trainer_state(trainer),
         "straight_results": {"before": result.before, "after": result.after},
@@ -125,6 +127,12 @@ def main(data: str, out: str) -> None:
     resumed = run_dpo(_config(data, root / "crashed", resume="latest"))
     state["resumed"] = trainer_state(resumed.trainer)
     state["notes"] = resumed.notes
+    # LoRA, its reference the adapter-disabled policy: a second forward through the DDP
+    # module each step (without grad), which DDP must not count as a use of the adapter
+    lora = run_dpo(
+        _config(data, root / "lora", lora=True, lora_r=4, max_steps=2, save_steps=0)
+    ).trainer
+    state["lora"] = {"find_unused": lora.args.ddp_find_unused_parameters, **trainer_state(lora)}
     torch.save(state, root / f"rank{rank}.pt")
 
 

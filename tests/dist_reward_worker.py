@@ -54,6 +54,7 @@ def main(data: str, out: str) -> None:
     state = {
         "world_size": torch.distributed.get_world_size(),
         "trainer_world_size": trainer.args.world_size,  # 2: data parallel, not 2 copies
+        "find_unused": trainer.args.ddp_find_unused_parameters,
         "first_batch": [int(i) for i in next(iter(trainer.get_train_dataloader()))["index"]],
         "straight": trainer_state(trainer),
     }

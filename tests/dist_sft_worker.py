@@ -78,6 +78,7 @@ def main(data: str, out: str) -> None:
     state = {
         "world_size": torch.distributed.get_world_size(),
         "trainer_world_size": trainer.args.world_size,  # 2: data parallel, not 2 copies
+        "find_unused": trainer.args.ddp_find_unused_parameters,
         "seen": list(seen),
         "straight": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
     }

@@ -348,6 +348,86 @@ def test_two_process_gloo_run_keeps_ranks_identical(two_process_runs):
             assert torch.equal(r0[run]["weights"][k], r1[run]["weights"][k]), (run, k)
 
 
+def test_two_process_ddp_skips_the_search_for_unused_parameters(two_process_runs):
+    """Every parameter trained takes part in the loss (full fine-tuning, and LoRA with the
+    adapter-disabled policy as reference: a second forward through DDP each step): DDP is
+    told so (``ddp_find_unused_parameters=False``), instead of searching the autograd graph
+    every step and warning on every rank that it found none; the LoRA run trains (the
+    adapter moves) alike on both ranks."""
+    r0 = torch.load(two_process_runs / "rank0.pt", weights_only=True)
+    r1 = torch.load(two_process_runs / "rank1.pt", weights_only=True)
+    assert r0["find_unused"] is r1["find_unused"] is False
+    assert r0["lora"]["find_unused"] is r1["lora"]["find_unused"] is False
+    lora = {k: v for k, v in r0["lora"]["weights"].items() if "lora_B" in k}
+    assert lora and any(v.abs().max() > 0 for v in lora.values())
+    for k, v in r0["lora"]["weights"].items():
+        assert torch.equal(v, r1["lora"]["weights"][k]), k
+    for rank in (0, 1):
+        assert (
+            "find_unused_parameters=True" not in (two_process_runs / f"rank{rank}.err").read_text()
+        )
+
+
+def test_explicit_ddp_find_unused_parameters_is_kept(tmp_path):
+    """``ddp_find_unused_parameters`` set in the trainer's arguments is the user's: the
+    trainer leaves it (only an unset one becomes False, for a model that uses every
+    parameter: :func:`~smoothalign.train.base_trainer.uses_every_parameter`)."""
+    from transformers import TrainingArguments
+
+    from smoothalign.models import load_model_and_tokenizer
+    from smoothalign.smoothing import SmoothingPolicy
+    from smoothalign.train.trainer import SmoothDPOTrainer
+
+    model, _ = load_model_and_tokenizer("tiny")
+    for given, expected in ((True, True), (False, False), (None, False)):
+        args = TrainingArguments(
+            output_dir=str(tmp_path), use_cpu=True, report_to=[], ddp_find_unused_parameters=given
+        )
+        trainer = SmoothDPOTrainer(
+            model=model,
+            args=args,
+            dpo_config=_config(tmp_path / "none.jsonl", tmp_path),
+            smoothing_policy=SmoothingPolicy(),
+        )
+        assert trainer.args.ddp_find_unused_parameters is expected, given
+
+
+def test_uses_every_parameter_only_for_dense_single_models():
+    """DDP may skip its search for unused parameters (:func:`uses_every_parameter`) for a
+    dense causal LM or sequence classifier, under PEFT too, not for a mixture of experts
+    (experts no token is routed to), a multimodal model (a vision tower text leaves out), or
+    a module without a transformers config."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        Gemma3Config,
+        LlamaConfig,
+        LlamaForSequenceClassification,
+        MixtralConfig,
+        Qwen2MoeConfig,
+    )
+
+    from smoothalign.models import load_model_and_tokenizer
+    from smoothalign.train.base_trainer import uses_every_parameter
+
+    model, _ = load_model_and_tokenizer("tiny")
+    assert uses_every_parameter(model)
+    lora = LoraConfig(r=2, target_modules="all-linear", task_type="CAUSAL_LM")
+    assert uses_every_parameter(get_peft_model(model, lora))
+    small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                 num_attention_heads=2, num_key_value_heads=2, vocab_size=32)  # fmt: skip
+    assert uses_every_parameter(LlamaForSequenceClassification(LlamaConfig(**small, num_labels=1)))
+
+    class Holder(torch.nn.Module):  # only its config is read
+        def __init__(self, config):
+            super().__init__()
+            self.config = config
+
+    for config in (MixtralConfig(), Qwen2MoeConfig(), Gemma3Config()):
+        assert not uses_every_parameter(Holder(config)), type(config).__name__
+    assert not uses_every_parameter(torch.nn.Linear(2, 2))
+    assert not uses_every_parameter(None)
+
+
 def test_two_process_resume_equals_uninterrupted(two_process_runs):
     """A 2-rank run resumed (with 2 ranks) from its checkpoint at step 3, saved between two
     logging steps, so that the loss sums it holds were gathered across the ranks (every

@@ -405,6 +405,19 @@ def test_two_process_reward_keeps_ranks_identical(two_process_reward):
             assert torch.equal(r0[run]["weights"][k], r1[run]["weights"][k]), (run, k)
 
 
+def test_two_process_reward_ddp_skips_the_search_for_unused_parameters(two_process_reward):
+    """Every parameter trained takes part in the loss: DDP is told so
+    (``ddp_find_unused_parameters=False``), instead of searching the autograd graph every
+    step and warning on every rank that it found none."""
+    for rank in (0, 1):
+        state = torch.load(two_process_reward / f"rank{rank}.pt", weights_only=True)
+        assert state["find_unused"] is False, rank
+        assert (
+            "find_unused_parameters=True"
+            not in (two_process_reward / f"rank{rank}.err").read_text()
+        )
+
+
 def test_two_process_loss_sums_join_the_gathers_on_every_rank(two_process_reward):
     """Loss terms buffered on one rank only (rank 0's two micro-batches, nothing on rank 1)
     are summed over the ranks on both: the rank without them gathers their names and sums

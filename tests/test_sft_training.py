@@ -625,6 +625,18 @@ def test_two_process_sft_keeps_ranks_identical(two_process_sft):
             assert torch.equal(r0[run][k], r1[run][k]), (run, k)
 
 
+def test_two_process_sft_ddp_skips_the_search_for_unused_parameters(two_process_sft):
+    """Every parameter trained takes part in the loss: DDP is told so
+    (``ddp_find_unused_parameters=False``), instead of searching the autograd graph every
+    step and warning on every rank that it found none."""
+    for rank in (0, 1):
+        state = torch.load(two_process_sft / f"rank{rank}.pt", weights_only=True)
+        assert state["find_unused"] is False, rank
+        assert (
+            "find_unused_parameters=True" not in (two_process_sft / f"rank{rank}.err").read_text()
+        )
+
+
 def test_two_process_sft_buffered_sums_join_the_gather_on_every_rank(two_process_sft):
     """A value buffered on one rank only (2 values on rank 0, none on rank 1) is summed over
     the ranks on both: the rank without one joins the gather instead of returning 0 (which

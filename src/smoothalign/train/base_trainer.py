@@ -48,6 +48,24 @@ from smoothalign.train.data_fingerprint import DATA_FINGERPRINT, write_data_fing
 ALPHA_HIST_BINS = 10  # over [0, 1/2]
 
 
+def uses_every_parameter(model: torch.nn.Module | None) -> bool:
+    """Whether every trainable parameter of ``model`` (a causal LM, or a sequence classifier
+    with its scalar head; a PEFT model's adapter) takes part in every training step's loss,
+    so that DDP need not search the autograd graph for unused ones
+    (``ddp_find_unused_parameters=False``). Not so, or not known, for a mixture of experts
+    (the experts a batch routes no token to), a composite model (a multimodal one's vision
+    tower, which text leaves out: its config has sub-configs) or a model without a
+    transformers config."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if config is None or not hasattr(config, "to_dict") or getattr(config, "sub_configs", None):
+        return False
+    return not any(
+        "expert" in key and isinstance(value, int) and not isinstance(value, bool) and value > 1
+        for key, value in config.to_dict().items()
+    )
+
+
 class SmoothingTrainer(Trainer):
     # compute_loss returns a per-micro-batch mean; Trainer divides by the accumulation steps
     loss_is_scaled_for_ga = False
@@ -63,6 +81,17 @@ class SmoothingTrainer(Trainer):
     data_fingerprint: dict[str, Any] | None = None
 
     def __init__(self, *args: Any, smoothing_policy: SmoothingPolicy, **kwargs: Any) -> None:
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        model = kwargs.get("model", args[0] if args else None)
+        # Trainer's DDP default (unset: find unused parameters, but not under gradient
+        # checkpointing or for a PEFT model) costs a traversal of the autograd graph every
+        # step and a warning on every rank; our models use every parameter they train
+        if (
+            training_args is not None
+            and training_args.ddp_find_unused_parameters is None
+            and uses_every_parameter(model)
+        ):
+            training_args.ddp_find_unused_parameters = False
         super().__init__(*args, **kwargs)
         if not progress.enabled():  # a study's --no-progress: a quiet run, not one log dict a
             self.remove_callback(PrinterCallback)  # line (metrics.jsonl has them); a user's own
