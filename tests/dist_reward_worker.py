@@ -78,6 +78,24 @@ def main(data: str, out: str) -> None:
         state["probe_sums"] = trainer.loss_sums()
     except RuntimeError as err:
         state["probe_sums"] = str(err)
+    # buffers that differ between the ranks: an error on every rank, not a wait for good
+    # (nor one rank's values paired with another's): values of one name, as many on each
+    # rank but recorded in another order, gather; other lengths, or a rank that buffered
+    # nothing, do not
+    for case, values in (
+        ("order", {"a": torch.ones(2), "b": torch.zeros(2)}),
+        ("lengths", {"a": torch.ones(2 + rank)}),
+        ("one rank", {"a": torch.ones(2)} if rank == 0 else {}),
+    ):
+        trainer._stored["train"].clear()
+        for name, value in sorted(values.items(), reverse=rank == 1):
+            trainer.record("train", {name: value})
+        logs: dict = {}
+        try:
+            trainer._summarised("train", logs)
+            state[f"gathered {case}"] = {k: v for k, v in logs.items() if k in values}
+        except RuntimeError as err:
+            state[f"gathered {case}"] = str(err)
     torch.save(state, root / f"rank{rank}.pt")
 
 

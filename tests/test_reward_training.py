@@ -428,6 +428,24 @@ def test_two_process_loss_sums_join_the_gathers_on_every_rank(two_process_reward
         assert state["probe_sums"] == {"run_loss": {"pairs": [4.5, 6.0]}}, rank
 
 
+def test_two_process_gathers_refuse_buffers_that_differ_between_ranks(two_process_reward):
+    """A logging window's values are gathered name by name: the ranks' buffers must hold
+    the same names with as many values each. Recorded in another order they gather
+    alike (each name's values with that name's); with other lengths, or on one rank only,
+    every rank raises, naming what each rank buffered, rather than waiting for good in a
+    gather the other never joins or pairing values of different lengths."""
+    for rank in (0, 1):
+        state = torch.load(two_process_reward / f"rank{rank}.pt", weights_only=True)
+        assert state["gathered order"] == {"a": 1.0, "b": 0.0}, rank
+        for case, layouts in (
+            ("lengths", "rank 0: {'a': 2}; rank 1: {'a': 3}"),
+            ("one rank", "rank 0: {'a': 2}; rank 1: {}"),
+        ):
+            message = state[f"gathered {case}"]
+            assert isinstance(message, str), (rank, case, message)
+            assert "the ranks buffered other values" in message and layouts in message
+
+
 def test_two_process_reward_trains_as_one_process(two_process_reward, tmp_path):
     """PairCountedLoss: a step's loss is the mean over its pairs on every rank (DDP's
     averaging undone), each window's logged loss pools the pairs of both ranks, and CALS

@@ -176,14 +176,39 @@ class SmoothingTrainer(Trainer):
             self._stored[split][name].append(t.detach().float().reshape(-1))
 
     def _gathered(self, split: str) -> dict[str, np.ndarray]:
+        """The values buffered under ``split`` since the last log, every rank's, by name (in
+        this rank's order of recording); the buffer is emptied.
+
+        Under data parallelism every rank calls it at the same log, whatever it buffered
+        (:meth:`_summarised` does), and every rank must have buffered the same names, each
+        with as many values as on the other ranks (per-pair values of equal batches): the
+        values are gathered name by name, without padding. That is checked first, in one
+        collective of the buffer's layout: otherwise an error on every rank naming each
+        rank's, rather than a gather that waits for good for a rank that has no such name,
+        or that pairs one rank's values with another's of another name."""
+        stored = self._stored[split]
+        layout = {name: sum(v.numel() for v in values) for name, values in stored.items()}
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            layouts = gather_object([sorted(layout.items())])
+            if any(other != layouts[0] for other in layouts):
+                stored.clear()
+                per_rank = "; ".join(f"rank {r}: {dict(lay)}" for r, lay in enumerate(layouts))
+                raise RuntimeError(
+                    f"metrics ({split}): the ranks buffered other values since the last log "
+                    f"({per_rank}); every rank must record the same names, with as many values "
+                    "each, between two logs"
+                )
         # gather, not gather_for_metrics: the buffer spans several batches, and the latter
-        # would truncate it to the last batch's remainder at the end of an epoch
-        out = {}
-        for name, values in self._stored[split].items():
-            t = torch.cat(values).to(self.accelerator.device)
-            out[name] = self.accelerator.gather(t).cpu().numpy()
-        self._stored[split].clear()
-        return out
+        # would truncate it to the last batch's remainder at the end of an epoch. In one
+        # order on every rank (sorted), whatever order each recorded them in
+        gathered = {}
+        for name in sorted(layout):
+            t = torch.cat(stored[name]).to(self.accelerator.device)
+            gathered[name] = self.accelerator.gather(t).cpu().numpy()
+        stored.clear()
+        return {name: gathered[name] for name in layout}
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
@@ -221,7 +246,10 @@ class SmoothingTrainer(Trainer):
     def _summarised(self, split: str, logs: dict[str, Any]) -> dict[str, Any]:
         """Add the buffered per-pair values of ``split`` to ``logs`` as means (α: mean and
         histogram); returns the non-scalar extras for metrics.jsonl."""
-        values = self._gathered(split) if self._stored.get(split) else {}
+        # every rank gathers under data parallelism, even one with nothing buffered: so that
+        # a rank that buffered otherwise than the others is an error, not a wait for good
+        gathers = self._stored.get(split) or self.accelerator.num_processes > 1
+        values = self._gathered(split) if gathers else {}
         prefix = "" if split == "train" else "eval_"
         extra: dict[str, Any] = {}
         for name, v in values.items():
