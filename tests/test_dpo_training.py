@@ -1262,10 +1262,13 @@ def test_a_resume_at_max_steps_only_finishes_a_run_that_ended_there(tmp_path):
 def test_the_after_training_evaluation_leaves_no_tensorboard_writer_open(
     noisy_data, tmp_path, monkeypatch
 ):
-    """TensorBoard's callback closes its writer at the end of training, and the final
-    evaluation's log (after it) opens another: that one is closed too once the record is
-    written, in a run that trains and in a resume that only finishes one."""
+    """The final evaluation's record goes into the training's TensorBoard writer, one
+    events file a run (the writer stays open past the end of training), which is closed
+    once that record is written, in a run that trains and in a resume that only finishes
+    one. A TensorBoard callback of the caller's (a subclass) closes its own at the end of
+    training, and the record opens another: closed too."""
     from tests.dpo_helpers import fake_tensorboard
+    from transformers.integrations import TensorBoardCallback
 
     writers = fake_tensorboard(monkeypatch)
     out = tmp_path / "run"
@@ -1274,8 +1277,21 @@ def test_the_after_training_evaluation_leaves_no_tensorboard_writer_open(
         writers.clear()
         result = run_dpo(_config(noisy_data, out, resume=resume, **kw))
         assert "tensorboard" in result.trainer.args.report_to
-        assert writers and all(w.closed for w in writers), resume
-        assert any("train/final_eval_accuracy" in w.scalars for w in writers), resume
+        (writer,) = writers  # one a run
+        assert writer.closed, resume
+        assert "train/final_eval_accuracy" in writer.scalars, resume
+        # the training's record (the resume trains nothing: Trainer logs no train_loss)
+        assert ("train/train_loss" in writer.scalars) is (resume is None)
+
+    class Own(TensorBoardCallback):
+        pass
+
+    writers.clear()
+    run_dpo(_config(noisy_data, tmp_path / "own", **kw), callbacks=[Own()])
+    # ours, and the caller's: its training's writer and the one its final record opened
+    assert len(writers) == 3 and all(w.closed for w in writers)
+    finals = [w for w in writers if "train/final_eval_accuracy" in w.scalars]
+    assert len(finals) == 2
 
 
 def test_a_resume_that_only_finishes_its_run_shows_its_steps_done(noisy_data, tmp_path, capsys):

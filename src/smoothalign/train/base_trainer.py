@@ -12,8 +12,9 @@
 * an evaluation context that runs the model on its device under the same autocast as
   training, so that "before" and "after" forecasts are computed alike;
 * ``evaluate`` that logs its metrics and tells the callbacks, as Trainer's own does.
-* the after-training evaluation's log (:meth:`SmoothingTrainer.log_after_training`), which
-  closes the TensorBoard writer it reopens.
+* the after-training evaluation's log (:meth:`SmoothingTrainer.log_after_training`), into
+  the events file of the training's own logs: TensorBoard's writer stays open past the end
+  of training until that log closes it.
 """
 
 from __future__ import annotations
@@ -46,6 +47,32 @@ from smoothalign.train.checkpoints import (
 from smoothalign.train.data_fingerprint import DATA_FINGERPRINT, write_data_fingerprint
 
 ALPHA_HIST_BINS = 10  # over [0, 1/2]
+
+
+class TensorBoardToTheFinalLog(TensorBoardCallback):
+    """TensorBoard's callback, its writer left open at the end of training and closed by
+    :meth:`close` (:meth:`SmoothingTrainer.log_after_training`, after the final
+    evaluation's record): one events file a run. Transformers' own closes it at
+    ``on_train_end``, and the record logged after training opened a second file."""
+
+    def on_train_end(self, args, state, control, **kwargs):
+        pass  # close() closes it
+
+    def close(self) -> None:
+        if self.tb_writer is not None:
+            self.tb_writer.close()
+            self.tb_writer = None
+
+
+def _keep_tensorboard_open(trainer: Trainer) -> None:
+    """Put :class:`TensorBoardToTheFinalLog` in the place of Trainer's own TensorBoard
+    callback (the one ``report_to`` adds; a subclass of it a caller passed stays)."""
+    callbacks = trainer.callback_handler.callbacks
+    for i, callback in enumerate(callbacks):
+        if type(callback) is TensorBoardCallback:
+            kept = TensorBoardToTheFinalLog(tb_writer=callback.tb_writer)
+            kept.logging_dir = callback.logging_dir
+            callbacks[i] = kept
 
 
 def uses_every_parameter(model: torch.nn.Module | None) -> bool:
@@ -93,6 +120,7 @@ class SmoothingTrainer(Trainer):
         ):
             training_args.ddp_find_unused_parameters = False
         super().__init__(*args, **kwargs)
+        _keep_tensorboard_open(self)
         if not progress.enabled():  # a study's --no-progress: a quiet run, not one log dict a
             self.remove_callback(PrinterCallback)  # line (metrics.jsonl has them); a user's own
         # disable_tqdm keeps Trainer's printed logs, as Trainer gives them
@@ -232,15 +260,21 @@ class SmoothingTrainer(Trainer):
         self._write_record(split, logs, extra)
 
     def log_after_training(self, logs: dict[str, float]) -> None:
-        """Log what is measured after training (the final evaluation). The callbacks closed
-        their writers at the end of training, and TensorBoard's opens a new one to write
-        this record: that one is closed again once it is written (``on_train_end`` closes
-        it), not left open for the rest of the process (a study runs many runs in one)."""
+        """Log what is measured after training (the final evaluation), and close
+        TensorBoard's writer: :class:`TensorBoardToTheFinalLog` kept it open past the end of
+        training for this record, which so lands in the training's events file. A caller's
+        own TensorBoard callback (not transformers' class itself) closed its writer at the
+        end of training and opens another for this record: that one is closed too, not
+        left open for the rest of the process (a study runs many runs in one). A run that
+        fails between the end of training and this log leaves the writer open (flushed at
+        every log) until the process ends."""
         try:
             self.log(logs)
         finally:
             for callback in self.callback_handler.callbacks:
-                if isinstance(callback, TensorBoardCallback):
+                if isinstance(callback, TensorBoardToTheFinalLog):
+                    callback.close()
+                elif isinstance(callback, TensorBoardCallback):
                     callback.on_train_end(self.args, self.state, self.control)
 
     def _summarised(self, split: str, logs: dict[str, Any]) -> dict[str, Any]:
