@@ -44,12 +44,15 @@ from smoothalign.train.checkpoints import (
     train_with_resume,
 )
 from smoothalign.train.common import (
+    SPLIT_FILE,
     check_identical_after_truncation,
     check_scheduler,
+    held_out_set_of,
     load_checked,
     require_confidence,
     resolve_bf16,
     save_final_model,
+    split_record,
     split_validated,
     training_arguments,
     validation_summary,
@@ -250,6 +253,7 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
     """Train the reward model of ``config``; ``callbacks`` are extra ``TrainerCallback`` s.
 
     Writes into ``config.output_dir``: ``config.json``, ``metrics.jsonl``, ``validation.json``,
+    ``split.json`` (the held-out pairs: ``train.common.split_record``),
     ``eval_results.json`` (held-out metrics before and after), ``final/`` (the full model in
     safetensors, loadable with ``AutoModelForSequenceClassification`` or
     :func:`~smoothalign.reward.scoring.load_preference_model`, its tokenizer and the smoothing
@@ -295,6 +299,16 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
     train_ex, eval_ex, info, validation_md, data_notes = validated
     notes += data_notes + ([resume_note] if resume_note else [])
     n_skipped = sum(v["n_skipped"] for v in info.values())
+    split = split_record(  # every held-out pair is scored
+        train_ex,
+        eval_ex,
+        lambda ex: ex.pair,
+        held_out_set=held_out_set_of(config.eval_data, info),
+        eval_fraction=config.eval_fraction,
+        seed=config.seed,
+        n_scored=len(eval_ex),
+    )
+    notes.append(f"held-out pairs: each one's file and row in {SPLIT_FILE}")
     if config.lora:
         model = _add_lora(model, config)
 
@@ -316,6 +330,7 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
         clear_before_run(out, config.resume)  # checks passed, models loaded: the run is on
         atomic_write_json(out / "config.json", run_config_record(config))
         atomic_write_json(out / "validation.json", info)
+        atomic_write_json(out / SPLIT_FILE, split)
     record_data_fingerprint(trainer, out, config.resume, fingerprint)
 
     forecasts_before = trainer.reward_forecasts(eval_ds)

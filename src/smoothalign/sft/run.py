@@ -1,7 +1,8 @@
 """``run_sft(config)``: model → data → train → evaluate → report.
 
 The wiring of the layers below; every piece it calls is tested on its own. Writes into
-``config.output_dir``: ``config.json``, ``validation.json``, ``metrics.jsonl``,
+``config.output_dir``: ``config.json``, ``validation.json``, ``split.json`` (the held-out
+rows: ``train.common.split_record``), ``metrics.jsonl``,
 ``checkpoint-N/`` (with ``--save-steps``), ``final/`` (the full model; with LoRA the merged
 model, and the adapter in ``final/adapter/``),
 ``eval_results.json`` (held-out metrics before and after) and, with ``report``,
@@ -37,13 +38,16 @@ from smoothalign.train.checkpoints import (
     train_with_resume,
 )
 from smoothalign.train.common import (
+    SPLIT_FILE,
     add_lora,
     apply_lean_layers,
     check_scheduler,
+    held_out_set_of,
     lean_layers_enabled,
     load_checked,
     resolve_bf16,
     save_final_model,
+    split_record,
     split_validated,
     training_arguments,
 )
@@ -65,6 +69,7 @@ class SFTRunResult(TrainerRunResult):
     COMMAND: ClassVar[str] = "sft"
     UNIT: ClassVar[str] = "rows"
     SUMMARY_KEYS: ClassVar[tuple[str, ...]] = SUMMARY_KEYS
+    EVAL_LIMIT: ClassVar[str | None] = "--max-eval-rows"
     KEY_WIDTH: ClassVar[int] = 20
     VALUE_WIDTH: ClassVar[int] = 9
 
@@ -160,12 +165,24 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
     notes += [resume_note] if resume_note else []
     n_skipped = sum(v["n_skipped"] for v in info.values())
     notes.append(token_note(train_ex, eval_ex))
+    held_out = eval_ex  # withheld from training; scored: up to --max-eval-rows
     if config.max_eval_rows and len(eval_ex) > config.max_eval_rows:
         notes.append(
             f"eval: the first {config.max_eval_rows} of {len(eval_ex)} held-out rows "
             "(--max-eval-rows)"
         )
         eval_ex = eval_ex[: config.max_eval_rows]
+    split = split_record(
+        train_ex,
+        held_out,
+        lambda ex: ex,
+        held_out_set=held_out_set_of(config.eval_data, info),
+        eval_fraction=config.eval_fraction,
+        seed=config.seed,
+        n_scored=len(eval_ex),
+        eval_limit="--max-eval-rows",
+    )
+    notes.append(f"held-out rows: each one's file and row in {SPLIT_FILE}")
     if lean_layers_enabled(config.lean_layers):
         notes.append(apply_lean_layers(model, config.lean_layers, config.gradient_checkpointing))
     if config.lora:
@@ -193,6 +210,7 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
         clear_before_run(out, config.resume)  # checks passed, models loaded: the run is on
         atomic_write_json(out / "config.json", run_config_record(config))
         atomic_write_json(out / "validation.json", info)
+        atomic_write_json(out / SPLIT_FILE, split)
     record_data_fingerprint(trainer, out, config.resume, fingerprint)
 
     trainer.check_head(collator(eval_ex[: config.batch_size]))
@@ -220,5 +238,6 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
             notes=notes,
         )
     return SFTRunResult(
-        out, before, after, train_seconds, len(train_ex), len(eval_ex), n_skipped, notes, trainer
-    )
+        out, before, after, train_seconds, len(train_ex), len(eval_ex), n_skipped, notes, trainer,
+        n_held_out=len(held_out),
+    )  # fmt: skip

@@ -336,6 +336,58 @@ def split_validated(
     return train, evals, info, md, notes
 
 
+SPLIT_FILE = "split.json"
+"""The run-folder file that records the train/eval split: :func:`split_record`."""
+
+
+def split_record(
+    train: list,
+    held_out: list,
+    base_of: Callable[[Any], Any],
+    *,
+    held_out_set: str | None,
+    eval_fraction: float,
+    seed: int,
+    n_scored: int,
+    eval_limit: str | None = None,
+) -> dict[str, Any]:
+    """What a run's ``split.json`` says of its train/eval split: how it was made, and every
+    held-out row (its ``file``, ``None`` for rows handed over as a list, and its 0-based
+    ``row`` there), in the order scored; the first ``n_scored`` of them are the ones the
+    held-out metrics score (``eval_limit``: the option that cut the rest).
+
+    ``held_out_set``: how the run names a held-out set given apart (``--eval-data``, a data
+    folder's eval files), else ``None``: the held-out rows are then the data's own, by its
+    ``split`` column where a kept row has one (as :func:`split_by_column` decided), else by
+    the seeded holdout. ``base_of(example)``: its validated row (``metadata``, ``file``,
+    ``row``), as for :func:`split_validated`."""
+    if held_out_set is not None:
+        how: dict[str, Any] = {"split": "held-out set", "held_out_from": held_out_set}
+    elif any("split" in base_of(ex).metadata for ex in (*train, *held_out)):
+        how = {"split": "split column", "held_out_from": "--data"}
+    else:
+        how = {"split": "seeded holdout", "held_out_from": "--data",
+               "eval_fraction": eval_fraction, "seed": seed}  # fmt: skip
+    return {
+        **how,
+        "n_train": len(train),
+        "n_held_out": len(held_out),
+        "n_scored": n_scored,
+        "scored_limit": eval_limit if n_scored < len(held_out) else None,
+        "held_out": [{"file": base_of(ex).file, "row": base_of(ex).row} for ex in held_out],
+    }
+
+
+def held_out_set_of(eval_data: Any, validation: dict[str, Any]) -> str | None:
+    """How :func:`split_record` names a run's held-out set given apart, from its
+    ``eval_data`` option and its validation summary (:func:`validation_summary`, which has
+    an ``eval`` part only for such a set): ``--eval-data``, a data folder's eval files, or
+    ``None`` (the data's own rows are held out)."""
+    if "eval" not in validation:
+        return None
+    return "--eval-data" if eval_data is not None else "the data folder's eval files"
+
+
 def require_confidence(
     report: Any,
     train: list,

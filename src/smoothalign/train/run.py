@@ -40,6 +40,7 @@ from smoothalign.train.checkpoints import (
     train_with_resume,
 )
 from smoothalign.train.common import (
+    SPLIT_FILE,
     add_lora,
     apply_lean_layers,
     check_identical_after_truncation,
@@ -50,6 +51,7 @@ from smoothalign.train.common import (
     require_confidence,
     resolve_bf16,
     save_final_model,
+    split_record,
     split_validated,
     training_arguments,
     validation_summary,
@@ -79,6 +81,7 @@ class RunResult(TrainerRunResult):
 
     COMMAND: ClassVar[str] = "dpo"
     SUMMARY_KEYS: ClassVar[tuple[str, ...]] = SUMMARY_KEYS
+    EVAL_LIMIT: ClassVar[str | None] = "--max-eval-pairs"
 
 
 def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
@@ -140,11 +143,23 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
             f"the data's reference log-probs ({len(given)} rows) were not used: --reference {reference}"
             + (" and not every row has them" if reference == "precomputed" else "")
         )
+    held_out = eval_ex  # withheld from training; scored: up to --max-eval-pairs
     if config.max_eval_pairs and len(eval_ex) > config.max_eval_pairs:
         notes.append(
             f"eval: the first {config.max_eval_pairs} of {len(eval_ex)} held-out pairs (--max-eval-pairs)"
         )
         eval_ex = eval_ex[: config.max_eval_pairs]
+    split = split_record(
+        train_ex,
+        held_out,
+        lambda ex: ex,
+        held_out_set=None if eval_rows is None else eval_option,
+        eval_fraction=config.eval_fraction,
+        seed=config.seed,
+        n_scored=len(eval_ex),
+        eval_limit="--max-eval-pairs",
+    )
+    notes.append(f"held-out pairs: each one's file and row in {SPLIT_FILE}")
     oracle = _oracle(config)
 
     if disable_dropout(model):
@@ -202,6 +217,7 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
         clear_before_run(out, config.resume)  # checks passed, models loaded: the run is on
         atomic_write_json(out / "config.json", run_config_record(config))
         atomic_write_json(out / "validation.json", validation)
+        atomic_write_json(out / SPLIT_FILE, split)
     record_data_fingerprint(trainer, out, config.resume, fingerprint)
 
     forecasts_before = trainer.preference_forecasts(eval_ds)
@@ -244,8 +260,9 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
             samples=samples,
         )
     return RunResult(
-        out, before, after, train_seconds, len(train_ex), len(eval_ex), n_skipped, notes, trainer
-    )
+        out, before, after, train_seconds, len(train_ex), len(eval_ex), n_skipped, notes, trainer,
+        n_held_out=len(held_out),
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- data

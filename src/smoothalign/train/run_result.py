@@ -69,17 +69,29 @@ class BaseRunResult:
 @dataclass
 class TrainerRunResult(BaseRunResult):
     """A run on ``transformers.Trainer`` (DPO, reward, SFT): rows validated and skipped, the
-    trainer kept (model and smoothing state) for whoever called the run."""
+    trainer kept (model and smoothing state) for whoever called the run.
+
+    ``n_eval`` counts the held-out rows scored, ``n_held_out`` those withheld from training
+    (``None``: the same), which are more where ``EVAL_LIMIT`` (the option capping the rows
+    scored) cut them."""
 
     n_skipped: int
     notes: list[str] = field(default_factory=list)
     trainer: Any = field(default=None, repr=False)
+    n_held_out: int | None = None
 
     COMMAND: ClassVar[str] = ""
     UNIT: ClassVar[str] = "pairs"
+    EVAL_LIMIT: ClassVar[str | None] = None  # the option that caps the held-out rows scored
 
     def headline(self) -> str:
+        held_out = self.n_eval if self.n_held_out is None else self.n_held_out
+        if held_out > self.n_eval:  # withheld from training, but not all of them scored
+            scored = f"{self.n_eval} scored: {self.EVAL_LIMIT or 'a cap'}"
+        else:
+            scored = "all scored"
         return (
-            f"smoothalign {self.COMMAND}: {self.n_train} train / {self.n_eval} eval {self.UNIT}, "
-            f"{self.n_skipped} bad rows skipped, {self.train_seconds:.0f} s of training"
+            f"smoothalign {self.COMMAND}: {self.n_train} train / {held_out} held-out "
+            f"{self.UNIT} ({scored}), {self.n_skipped} bad rows skipped, "
+            f"{self.train_seconds:.0f} s of training"
         )
