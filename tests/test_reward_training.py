@@ -587,7 +587,11 @@ def test_oracle_smoothing_without_confidences_is_refused_before_the_model_loads(
         assert f"{none} row 8, field 'confidence': missing" in message
         assert "40 of 40 training rows are invalid" in message
         assert "... and 35 more" in message and "--on-bad-rows skip" not in message
-    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == earlier
+        # every one is listed beside the earlier run's results, which stay as they were
+        refused = json.loads((out / "refused_validation.json").read_text())["train"]
+        assert [b["row"] for b in refused["bad_rows"]] == list(range(8, 48))
+    untouched = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert untouched.pop("refused_validation.json") and untouched == earlier
 
     for i in (15, 30, 41):
         del rows[i]["confidence"]
@@ -597,7 +601,8 @@ def test_oracle_smoothing_without_confidences_is_refused_before_the_model_loads(
         run_reward(_small(out, data=str(some), smoothing="oracle-l2"))
     for i in (15, 30, 41):
         assert f"{some} row {i}, field 'confidence': missing" in str(err.value)
-    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == earlier
+    untouched = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert untouched.pop("refused_validation.json") and untouched == earlier
 
     monkeypatch.setattr(reward_run, "build_reward_model", build)
     result = run_reward(

@@ -197,3 +197,168 @@ def test_reward_lists_its_held_out_pairs_and_they_are_the_ones_scored(tmp_path):
     assert after["n_pairs"] == 6
     assert after.get("n_pairs_true", 0) == sum("confidence" in rows[i] for i in listed)
     assert "14 train / 6 held-out pairs (all scored)" in result.summary()
+
+
+# ---------------------------------------------------------------------------- refusals
+def _refused(argv: list, capsys, monkeypatch) -> str:
+    """Run the CLI on ``argv``, which must be refused as bad input (exit status 2): what it
+    printed on stderr (the traceback file it names is removed)."""
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    Path(err.split("(traceback: ")[1].split(";")[0]).unlink()
+    return err
+
+
+def _bad_rows(out: Path, part: str = "train") -> list[tuple]:
+    record = json.loads((out / "refused_validation.json").read_text())
+    return [(b["file"], b["row"], b["field"], b["code"]) for b in record[part]["bad_rows"]]
+
+
+def test_a_dpo_run_refused_for_bad_rows_lists_every_one_in_its_folder(tmp_path, capsys,
+                                                                      monkeypatch):  # fmt: skip
+    """The review's case: 11 rows, 7 bad. The console lists 5; refused_validation.json, which
+    the message names, lists all 7 with file, row, field, code and reason. A folder holding
+    a finished run keeps that run's results untouched, and a run that then starts there
+    removes the refused run's file."""
+    bad = [1, 3, 4, 6, 7, 8, 10]
+    rows = [dict(r, chosen="") if i in bad else r for i, r in enumerate(_pairs(11))]
+    data = write_jsonl(rows, tmp_path / "bad.jsonl")
+    out = tmp_path / "runs" / "b1"
+    err = _refused(["dpo", "--model", "tiny", "--data", data, "--output-dir", out], capsys,
+                   monkeypatch)  # fmt: skip
+    assert "7 of 11 preference rows are invalid" in err and "... and 2 more" in err
+    path = out / "refused_validation.json"
+    assert f"Every bad row (7), with its file, row, field, code and reason, is in {path}" in err
+    assert _bad_rows(out) == [(str(data), i, "chosen", "empty_response") for i in bad]
+    record = json.loads(path.read_text())
+    assert all(b["reason"] for b in record["train"]["bad_rows"])
+    assert record["refused"].startswith("7 of 11 preference rows are invalid")
+    assert sorted(p.name for p in out.iterdir()) == ["refused_validation.json"]
+
+    # a folder holding a finished run: its results stay as they were
+    good = write_jsonl(_pairs(12), tmp_path / "good.jsonl")
+    done = tmp_path / "runs" / "done"
+    kw = ["--model", "tiny", "--no-lora", "--max-steps", "1", "--batch-size", "4",
+          "--eval-samples", "0", "--no-report", "--output-dir", done]  # fmt: skip
+    assert main(["dpo", "--data", str(good), *map(str, kw)]) == 0
+    before = {p.name: p.read_bytes() for p in done.iterdir() if p.is_file()}
+    assert "validation.json" in before and "split.json" in before
+    _refused(["dpo", "--data", data, *kw], capsys, monkeypatch)
+    assert {p.name: p.read_bytes() for p in done.iterdir() if p.is_file() and
+            p.name != "refused_validation.json"} == before  # fmt: skip
+    assert _bad_rows(done) == _bad_rows(out)
+    # a run that starts there clears the refused run's data check with the earlier results
+    assert main(["dpo", "--data", str(good), *map(str, kw)]) == 0
+    assert not (done / "refused_validation.json").exists()
+
+
+def test_a_split_column_refusal_names_the_unexpected_value_and_its_row_first(
+    tmp_path, capsys, monkeypatch
+):
+    """One row says split 'test', the ten others none: every row is bad. The message names
+    'test' and its row before the rows without a split (which the column's existence made
+    bad), and the folder's refused_validation.json lists all eleven."""
+    rows = _pairs(11)
+    rows[8]["split"] = "test"
+    data = write_jsonl(rows, tmp_path / "split.jsonl")
+    out = tmp_path / "b2"
+    err = _refused(["dpo", "--model", "tiny", "--data", data, "--output-dir", out], capsys,
+                   monkeypatch)  # fmt: skip
+    lines = err.splitlines()
+    assert "11 of 11 preference rows are invalid" in lines[0]
+    assert lines[1].startswith("The data's 'split' column: values other than 'train' or "
+                               f"'eval': 'test' ({data} row 8); 10 rows give no split")  # fmt: skip
+    assert lines[2] == f"  {data} row 8, field 'split': 'test'; every row's split must be " \
+        "'train' or 'eval'"  # fmt: skip
+    assert f"{data} row 0, field 'split'" in lines[3]
+    assert _bad_rows(out) == [(str(data), i, "split", "bad_split") for i in range(11)]
+
+    # the rows that made the split column say valid values: those are named instead
+    rows[8]["split"] = "eval"
+    write_jsonl(rows, data)
+    err = _refused(["dpo", "--model", "tiny", "--data", data, "--output-dir", out], capsys,
+                   monkeypatch)  # fmt: skip
+    assert "10 rows give no split, which every row needs once a row has one (1 do: " \
+        f"{data} row 8: 'eval')" in err  # fmt: skip
+
+
+def test_sft_refused_for_no_training_row_left_lists_the_skipped_rows(tmp_path, capsys,
+                                                                    monkeypatch):  # fmt: skip
+    """--on-bad-rows skip drops 2 of 3 rows and the holdout takes the last: no training row
+    is left. The two skipped rows, the cause, are listed in refused_validation.json."""
+    rows = [{"prompt": "a:", "completion": " x"}, {"prompt": "b:", "completion": "  "},
+            {"prompt": "c:"}]  # fmt: skip
+    data = write_jsonl(rows, tmp_path / "sft.jsonl")
+    out = tmp_path / "out"
+    err = _refused(["sft", "--model", "tiny", "--data", data, "--on-bad-rows", "skip",
+                    "--output-dir", out], capsys, monkeypatch)  # fmt: skip
+    assert "no training rows left after validation and the eval split" in err
+    assert f"Every bad row (2), with its file, row, field, code and reason, is in {out}" in err
+    assert [(f, r, field) for f, r, field, _ in _bad_rows(out)] == [
+        (str(data), 1, "completion"),
+        (str(data), 2, "completion"),
+    ]
+    # the default (--on-bad-rows error) too
+    err = _refused(["sft", "--model", "tiny", "--data", data, "--output-dir", out], capsys,
+                   monkeypatch)  # fmt: skip
+    assert "2 of 3 SFT rows are invalid" in err and "refused_validation.json" in err
+
+
+def test_reward_refused_in_both_parts_lists_each(tmp_path, capsys, monkeypatch):
+    """Bad labels and bad texts in the data, a bad row in --eval-data: one message for both,
+    and refused_validation.json lists each part's bad rows, as validation.json would."""
+    rows = _pairs(6, p_chosen=0.8)
+    rows[1]["p_chosen"] = 3.0
+    rows[4]["chosen"] = ""
+    held_out = _pairs(3, seed=1, p_chosen=0.6)
+    held_out[2]["rejected"] = held_out[2]["chosen"]
+    data = write_jsonl(rows, tmp_path / "votes.jsonl")
+    eval_data = write_jsonl(held_out, tmp_path / "held_out.jsonl")
+    out = tmp_path / "out"
+    err = _refused(["reward", "--model", "tiny", "--data", data, "--eval-data", eval_data,
+                    "--output-dir", out], capsys, monkeypatch)  # fmt: skip
+    assert "2 of 6 preference rows are invalid" in err
+    assert "The held-out set (--eval-data): 1 of 3 preference rows are invalid" in err
+    assert "Every bad row (3)" in err
+    assert _bad_rows(out) == [(str(data), 1, "p_chosen", "bad_p_chosen"),
+                              (str(data), 4, "chosen", "empty_response")]  # fmt: skip
+    assert _bad_rows(out, "eval") == [(str(eval_data), 2, "rejected", "identical_responses")]
+
+
+def test_the_oracle_policies_refusal_lists_the_rows_without_a_confidence(tmp_path, capsys,
+                                                                        monkeypatch):  # fmt: skip
+    """--smoothing oracle-l2 reads each training row's confidence: the rows without one are
+    refused, and refused_validation.json lists every one of them (the console, five)."""
+    rows = _pairs(12, confidence=0.8)
+    missing = [0, 2, 3, 5, 6, 7, 9]
+    for i in missing:
+        del rows[i]["confidence"]
+    data = write_jsonl(rows, tmp_path / "pairs.jsonl")
+    held_out = write_jsonl(_pairs(2, seed=1), tmp_path / "held_out.jsonl")
+    out = tmp_path / "out"
+    err = _refused(["dpo", "--model", "tiny", "--data", data, "--eval-data", held_out,
+                    "--smoothing", "oracle-l2", "--output-dir", out], capsys,
+                   monkeypatch)  # fmt: skip
+    assert "... and 2 more" in err and "refused_validation.json" in err
+    assert _bad_rows(out) == [(str(data), i, "confidence", "missing_confidence") for i in missing]
+
+
+def test_reward_rows_with_no_valid_text_list_the_label_problems_with_the_text_ones(tmp_path):
+    """Some rows' labels are bad and every other row's text is: one listing of both, in row
+    order, and the refusal's report holds every bad row (the runs write it out)."""
+    from smoothalign.data import RefusedRowsError
+    from smoothalign.models.loading import build_tiny_tokenizer
+    from smoothalign.reward.data import validate_reward_rows
+
+    rows = _pairs(4, p_chosen=0.8)
+    rows[0]["p_chosen"] = -1
+    for i in (1, 2, 3):
+        rows[i]["rejected"] = rows[i]["chosen"]
+    with pytest.raises(RefusedRowsError) as err:
+        validate_reward_rows(rows, build_tiny_tokenizer(), 32)
+    assert str(err.value).startswith("no valid soft-label preference row is left. 4 of 4")
+    listed = [line.strip() for line in str(err.value).splitlines()[1:5]]
+    assert [x.split(",")[0] for x in listed] == ["row 0", "row 1", "row 2", "row 3"]
+    codes = [(b.row, b.code) for b in err.value.report.bad_rows]
+    assert codes == [(0, "bad_p_chosen")] + [(i, "identical_responses") for i in (1, 2, 3)]

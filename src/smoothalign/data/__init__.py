@@ -13,7 +13,7 @@ nothing of models or trainers.
 
 from smoothalign.data.collate import IGNORE_INDEX, PreferenceCollator, PreferenceDataset
 from smoothalign.data.loading import SUPPORTED_EXTENSIONS, load_preference_rows
-from smoothalign.data.report import BadRow, ValidationReport
+from smoothalign.data.report import BadRow, RefusedRowsError, ValidationReport
 from smoothalign.data.tokenization import (
     RowTokenizationError,
     TokenizedPair,
@@ -29,6 +29,7 @@ __all__ = [
     "BadRow",
     "PreferenceCollator",
     "PreferenceDataset",
+    "RefusedRowsError",
     "RowTokenizationError",
     "TokenizedPair",
     "ValidationReport",

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from smoothalign.data.loading import location
+from smoothalign.data.loading import location, row_location
 from smoothalign.data.tokenization import TokenizedPair
 
 
@@ -364,12 +364,83 @@ class ValidationReport(TokenizedRowsReport):
         return lines
 
 
+class RefusedRowsError(ValueError):
+    """Rows refused for their bad rows (``on_bad_rows="error"`` with any, or no row left to
+    keep). The message lists the first few (:func:`format_bad_rows`); ``report``, the
+    :class:`RowReport` of the rows, holds every one, for whoever writes them out (the runs:
+    ``refused_validation.json``)."""
+
+    def __init__(self, message: str, report: RowReport):
+        super().__init__(message)
+        self.report = report
+
+
+def _split_lead(bad_rows: list[BadRow], rows: Sequence[Any], listed: int = 3) -> str | None:
+    """What the data's ``split`` column did, where it made bad rows (``bad_split``), said
+    before the rows are listed: the values other than ``train`` / ``eval`` and their rows
+    first (the cause: a split column makes every row need one), then how many rows give
+    none. ``rows``: the rows given to validation (``BadRow.index`` is a position there)."""
+    split_bad = [b for b in bad_rows if b.code == "bad_split"]
+    if not split_bad:
+        return None
+
+    def value(b: BadRow) -> Any:
+        row = rows[b.index]
+        return row.get("split") if isinstance(row, Mapping) else None
+
+    by_value: dict[str, list[BadRow]] = {}
+    for b in split_bad:
+        if value(b) is not None:
+            by_value.setdefault(repr(value(b)), []).append(b)
+    n_none = sum(value(b) is None for b in split_bad)
+    parts = []
+    if by_value:
+        said = []
+        for shown, these in by_value.items():
+            where = ", ".join(b.location for b in these[:listed])
+            more = f" and {len(these) - listed} more" if len(these) > listed else ""
+            said.append(f"{shown} ({where}{more})")
+        parts.append(f"values other than 'train' or 'eval': {'; '.join(said)}")
+    if n_none:
+        needs = f"{n_none} rows give no split, which every row needs once a row has one"
+        if not by_value:  # the rows that made the column: their values are fine
+            givers = [
+                (i, r) for i, r in enumerate(rows) if isinstance(r, Mapping) and r.get("split")
+            ]
+            some = ", ".join(f"{row_location(r, i)}: {r['split']!r}" for i, r in givers[:listed])
+            more = f" and {len(givers) - listed} more" if len(givers) > listed else ""
+            needs += f" ({len(givers)} do: {some}{more})"
+        parts.append(needs)
+    return (
+        "The data's 'split' column: " + "; ".join(parts) + ". Give every row 'train' or "
+        "'eval', or drop the column."
+    )
+
+
 def format_bad_rows(
-    bad_rows: list[BadRow], n_rows: int, limit: int = 5, what: str = "preference rows"
+    bad_rows: list[BadRow],
+    n_rows: int,
+    limit: int = 5,
+    what: str = "preference rows",
+    rows: Sequence[Any] | None = None,
 ) -> str:
     """The error message for ``on_bad_rows="error"`` (or for no valid row left): the first
-    ``limit`` rows and the total."""
+    ``limit`` rows and the total. With ``rows`` (those given to validation), bad ``split``
+    values come first: what the split column holds other than train / eval, by row, then
+    the rows listed with those first (a split column makes every row without a split bad,
+    and listing those alone would hide the row that made it one)."""
     lines = [f"{len(bad_rows)} of {n_rows} {what} are invalid:"]
+    lead = None if rows is None else _split_lead(bad_rows, rows)
+    if lead is not None:
+        lines.append(lead)
+
+        def given(b: BadRow) -> bool:  # a split value, not none at all
+            row = rows[b.index]
+            return (
+                b.code == "bad_split" and isinstance(row, Mapping) and row.get("split") is not None
+            )
+
+        bad_rows = sorted(bad_rows, key=lambda b: not given(b))  # stable: row order within
     lines += [f"  {b}" for b in bad_rows[:limit]]
     if len(bad_rows) > limit:
         lines.append(f"  ... and {len(bad_rows) - limit} more")

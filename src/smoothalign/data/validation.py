@@ -66,6 +66,7 @@ from smoothalign.data.loading import (
 )
 from smoothalign.data.report import (
     BadRow,
+    RefusedRowsError,
     TokenizedRowsReport,
     ValidationReport,
     find_duplicates,
@@ -326,7 +327,8 @@ def validate_rows(
 
     if report.bad_rows and (on_bad_rows == "error" or not report.examples):
         prefix = "" if report.examples else f"no valid {what} row is left. "
-        raise ValueError(prefix + format_bad_rows(report.bad_rows, len(rows), what=f"{what} rows"))
+        listing = format_bad_rows(report.bad_rows, len(rows), what=f"{what} rows", rows=rows)
+        raise RefusedRowsError(prefix + listing, report)
     return report
 
 

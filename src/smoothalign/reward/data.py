@@ -63,7 +63,7 @@ from smoothalign.data import (
 )
 from smoothalign.data.collate import ExampleDataset
 from smoothalign.data.loading import file_label, not_an_object, row_location
-from smoothalign.data.report import DuplicateRow, RowReport, format_bad_rows
+from smoothalign.data.report import DuplicateRow, RefusedRowsError, RowReport, format_bad_rows
 from smoothalign.data.validation import BadRowError, bad_row, require_object
 
 LABEL_FIELDS = ("p_chosen", "votes_chosen", "votes_total", "votes")
@@ -545,12 +545,8 @@ def validate_reward_rows(
             text_report = validate_preference_rows(
                 kept_rows, tokenizer, max_length, "skip", held_out=held_out, whole_text=True
             )
-        except ValueError as e:
-            if not bad:
-                raise
-            raise ValueError(
-                format_bad_rows(bad, len(rows)) + "\nand no other row is valid either:\n" + str(e)
-            ) from None
+        except RefusedRowsError as e:  # no row's text is valid: listed with the others below
+            text_report = e.report
         text_report.bad_rows = [
             BadRow(kept_at[b.index], b.row, b.file, b.field, b.code, b.reason)
             for b in text_report.bad_rows
@@ -580,7 +576,8 @@ def validate_reward_rows(
         hint = ""
         if missing_label_hint and any(b.code == "missing_label" for b in bad):
             hint = "\n" + missing_label_hint
-        raise ValueError(prefix + format_bad_rows(bad, len(rows)) + hint)
+        listing = format_bad_rows(bad, len(rows), rows=rows)
+        raise RefusedRowsError(prefix + listing + hint, report)
     return report
 
 

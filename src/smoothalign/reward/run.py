@@ -45,6 +45,7 @@ from smoothalign.train.checkpoints import (
 )
 from smoothalign.train.common import (
     SPLIT_FILE,
+    DataCheck,
     check_identical_after_truncation,
     check_scheduler,
     held_out_set_of,
@@ -182,15 +183,7 @@ def load_reward_data(
                 f"labels: {shared.source} labels {shared.n_held_out} held-out pairs "
                 f"({folder.option}) beside the training pairs, matched on pair_id"
             )
-    report = validate_reward_rows(
-        rows,
-        tokenizer,
-        config.max_length,
-        config.on_bad_rows,
-        labels=labels,
-        labels_source=labels_source,
-    )
-    eval_report = None
+    data = DataCheck(config.output_dir, folder.option)  # a refusal lists every bad row there
     hint = None
     if config.eval_data is None and config.eval_labels is None:  # the folder's eval pairs
         in_labels = "in the --labels file, " if config.labels is not None else ""
@@ -200,35 +193,52 @@ def load_reward_data(
             "file given as --eval-labels FILE (joined on pair_id), or hold out other pairs "
             "with --eval-data"
         )
-    if eval_rows is not None:
-        eval_report = validate_reward_rows(
-            eval_rows,
-            tokenizer,
-            config.max_length,
-            config.on_bad_rows,
-            labels=eval_labels,
-            labels_source=eval_labels_source,
-            held_out=True,
-            missing_label_hint=hint,
+    with data.refusals_written():
+        report = data.validate(
+            "train",
+            lambda: validate_reward_rows(
+                rows,
+                tokenizer,
+                config.max_length,
+                config.on_bad_rows,
+                labels=labels,
+                labels_source=labels_source,
+            ),
         )
-    train_ex, eval_ex, info, md, split_notes = split_validated(
-        report,
-        eval_report,
-        lambda ex: ex.pair,
-        config.eval_fraction,
-        config.seed,
-        eval_option=folder.option,
-    )
-    # the oracle-* policies read every training pair's true confidence: refused here, before
-    # the model loads and before the run clears an earlier run's results (held-out pairs
-    # may lack one: the *_true metrics skip them), so after the split
-    if config.smoothing_policy().needs_confidence:
-        train_ex = require_confidence(report, train_ex, config.on_bad_rows, lambda ex: ex.pair)
-        info, md = validation_summary(report, eval_report)
-    texts = {"data": report.text, "eval_data": eval_report and eval_report.text}
-    check_identical_after_truncation(
-        [ex.pair for ex in train_ex], texts, config.max_length, whole_text=True
-    )
+        eval_report = None
+        if eval_rows is not None:
+            eval_report = data.validate(
+                "eval",
+                lambda: validate_reward_rows(
+                    eval_rows,
+                    tokenizer,
+                    config.max_length,
+                    config.on_bad_rows,
+                    labels=eval_labels,
+                    labels_source=eval_labels_source,
+                    held_out=True,
+                    missing_label_hint=hint,
+                ),
+            )
+        data.check()
+        train_ex, eval_ex, info, md, split_notes = split_validated(
+            report,
+            eval_report,
+            lambda ex: ex.pair,
+            config.eval_fraction,
+            config.seed,
+            eval_option=folder.option,
+        )
+        # the oracle-* policies read every training pair's true confidence: refused here,
+        # before the model loads and before the run clears an earlier run's results
+        # (held-out pairs may lack one: the *_true metrics skip them), so after the split
+        if config.smoothing_policy().needs_confidence:
+            train_ex = require_confidence(report, train_ex, config.on_bad_rows, lambda ex: ex.pair)
+            info, md = validation_summary(report, eval_report)
+        texts = {"data": report.text, "eval_data": eval_report and eval_report.text}
+        check_identical_after_truncation(
+            [ex.pair for ex in train_ex], texts, config.max_length, whole_text=True
+        )
     return train_ex, eval_ex, info, md, notes + split_notes
 
 

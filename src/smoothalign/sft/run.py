@@ -39,6 +39,7 @@ from smoothalign.train.checkpoints import (
 )
 from smoothalign.train.common import (
     SPLIT_FILE,
+    DataCheck,
     add_lora,
     apply_lean_layers,
     check_scheduler,
@@ -92,22 +93,31 @@ def load_sft_data(
         config.data, config.eval_data, text_fields=SFT_TEXT_FIELDS, what="SFT data"
     )
     notes += folder.notes
-    report = validate_sft_rows(rows, tokenizer, config.max_length, config.on_bad_rows)
-    eval_report = None
-    eval_rows = config.eval_data if config.eval_data is not None else folder.rows
-    if eval_rows is not None:
-        eval_report = validate_sft_rows(
-            eval_rows, tokenizer, config.max_length, config.on_bad_rows, held_out=True
+    data = DataCheck(config.output_dir, folder.option)  # a refusal lists every bad row there
+    with data.refusals_written():
+        report = data.validate(
+            "train",
+            lambda: validate_sft_rows(rows, tokenizer, config.max_length, config.on_bad_rows),
         )
-    train_ex, eval_ex, info, md, split_notes = split_validated(
-        report,
-        eval_report,
-        lambda ex: ex,
-        config.eval_fraction,
-        config.seed,
-        what="rows",
-        eval_option=folder.option,
-    )
+        eval_report = None
+        eval_rows = config.eval_data if config.eval_data is not None else folder.rows
+        if eval_rows is not None:
+            eval_report = data.validate(
+                "eval",
+                lambda: validate_sft_rows(
+                    eval_rows, tokenizer, config.max_length, config.on_bad_rows, held_out=True
+                ),
+            )
+        data.check()
+        train_ex, eval_ex, info, md, split_notes = split_validated(
+            report,
+            eval_report,
+            lambda ex: ex,
+            config.eval_fraction,
+            config.seed,
+            what="rows",
+            eval_option=folder.option,
+        )
     return train_ex, eval_ex, info, md, notes + split_notes
 
 

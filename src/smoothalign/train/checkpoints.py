@@ -375,10 +375,12 @@ def run_config_record(config: Any, loaded: dict[str, Any] | None = None) -> dict
 EARLIER_OUTPUTS = (
     "metrics.jsonl", "report.md", "eval_results.json", "training_curves.png", "alpha.png",
     "reliability.png", "divergences.png", "calibration.png", "reward_convergence.png",
+    "refused_validation.json",
 )  # fmt: skip
 """An earlier run's result files, which a run that starts fresh removes: appended to
 (``metrics.jsonl``) or left beside this run's (a report or plot that ``--no-report`` does
-not rewrite) they would pass for this run's."""
+not rewrite) they would pass for this run's; and the data check of a run refused there
+(``train.common.DataCheck``), which would pass for this run's."""
 
 
 def clear_earlier_outputs(

@@ -9,15 +9,17 @@ import importlib.util
 import random
 from collections import Counter
 from collections.abc import Callable
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
-from smoothalign._warn import warn_main
+from smoothalign._warn import main_process, warn_main
 from smoothalign.data import BadRow
 from smoothalign.data.loading import location
-from smoothalign.data.report import format_bad_rows
+from smoothalign.data.report import RefusedRowsError, format_bad_rows
 from smoothalign.data.validation import identical_after_truncation
+from smoothalign.io import atomic_write_json
 from smoothalign.progress import enabled as progress_enabled
 from smoothalign.smoothing import SmoothingPolicy, make_policy
 
@@ -388,6 +390,80 @@ def held_out_set_of(eval_data: Any, validation: dict[str, Any]) -> str | None:
     return "--eval-data" if eval_data is not None else "the data folder's eval files"
 
 
+REFUSED_VALIDATION_FILE = "refused_validation.json"
+"""Where a run refused for its data's bad rows lists every one (:class:`DataCheck`)."""
+
+
+class DataCheck:
+    """The validation reports of a run's data as its loader makes them (``train``: the
+    data's; ``eval``: a held-out set's given apart, ``eval_option``), so that a refusal of
+    the data writes every bad row where the run's results go.
+
+    :meth:`validate` runs one part's validation and keeps its report, a refused one's too
+    (``RefusedRowsError``: bad rows with ``on_bad_rows="error"``, or none left), so that the
+    held-out set is checked even when the data was refused; :meth:`check` raises the
+    refusals, every part's in one message. Inside :meth:`refusals_written`, a ``ValueError``
+    (those refusals, a later one such as no training row left after the eval split, or the
+    training rows' missing confidences) where any kept report has bad rows writes
+    ``{"refused": message, "train": ..., "eval": ...}`` (each part as in validation.json:
+    every bad row with its file, row, field, code and reason) to ``output_dir``'s
+    :data:`REFUSED_VALIDATION_FILE` (main process; the folder made if need be) and adds the
+    file's path to the message. Its own name, not validation.json: a refused run must not
+    pass its data check off as the results of the run that the folder may hold already; a
+    run that starts there removes it (``checkpoints.EARLIER_OUTPUTS``)."""
+
+    def __init__(self, output_dir: Any, eval_option: str = "--eval-data"):
+        from pathlib import Path
+
+        self.path = Path(output_dir) / REFUSED_VALIDATION_FILE
+        self.eval_option = eval_option
+        self.reports: dict[str, Any] = {}
+        self._refused: list[tuple[str, RefusedRowsError]] = []
+
+    def validate(self, part: str, validate: Callable[[], Any]) -> Any:
+        """``validate()``, its report kept as ``part``'s; ``None`` where it refused the rows
+        (:meth:`check` raises that)."""
+        try:
+            report = validate()
+        except RefusedRowsError as err:
+            self.reports[part] = err.report
+            self._refused.append((part, err))
+            return None
+        self.reports[part] = report
+        return report
+
+    def check(self) -> None:
+        """Raise the refusals :meth:`validate` kept: the data's, then the held-out set's."""
+        if not self._refused:
+            return
+        (_, first), *rest = self._refused
+        if not rest:
+            raise first
+        said = [str(first)] + [f"The held-out set ({self.eval_option}): {e}" for _, e in rest]
+        raise RefusedRowsError("\n".join(said), first.report)
+
+    @contextmanager
+    def refusals_written(self):
+        try:
+            yield self
+        except ValueError as err:
+            n_bad = sum(len(r.bad_rows) for r in self.reports.values() if r is not None)
+            if not n_bad:
+                raise
+            record = {"refused": str(err)}
+            record.update({k: r.to_dict() for k, r in self.reports.items() if r is not None})
+            listed = f"Every bad row ({n_bad}), with its file, row, field, code and reason, is in"
+            try:
+                if main_process():
+                    atomic_write_json(self.path, record)
+                said = f"{err}\n{listed} {self.path}"
+            except OSError as write_error:  # the refusal stays the news
+                said = f"{err}\n(the data check could not be written to {self.path}: {write_error})"
+            if isinstance(err, RefusedRowsError):
+                raise RefusedRowsError(said, err.report) from err
+            raise ValueError(said) from err
+
+
 def require_confidence(
     report: Any,
     train: list,
@@ -412,12 +488,15 @@ def require_confidence(
         for ex in missing
     ]  # fmt: skip
     if len(missing) == len(train):  # skipping them would leave nothing: no skip hint
-        raise ValueError(
-            "no training row has a confidence. "
-            + format_bad_rows(bad, len(train), what="training rows")
+        message = "no training row has a confidence. " + format_bad_rows(
+            bad, len(train), what="training rows"
         )
+        report.drop(bad)  # refused: the report lists them (DataCheck writes it out)
+        raise RefusedRowsError(message, report)
     if on_bad_rows == "error":
-        raise ValueError(format_bad_rows(bad, report.n_rows, what="preference rows"))
+        message = format_bad_rows(bad, report.n_rows, what="preference rows")
+        report.drop(bad)
+        raise RefusedRowsError(message, report)
     report.drop(bad)  # its nested reports and counts too (a reward report's text checks')
     drop = {id(ex) for ex in missing}
     return [ex for ex in train if id(ex) not in drop]

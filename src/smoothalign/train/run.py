@@ -41,6 +41,7 @@ from smoothalign.train.checkpoints import (
 )
 from smoothalign.train.common import (
     SPLIT_FILE,
+    DataCheck,
     add_lora,
     apply_lean_layers,
     check_identical_after_truncation,
@@ -295,27 +296,38 @@ def _load_data(
 ) -> tuple[list[TokenizedPair], list[TokenizedPair], str, int, list[str], dict]:
     """Validate the rows (and eval rows) and split them into train / eval examples; the
     last item is the validation summary for ``validation.json`` (every bad row listed)."""
-    report = validate_preference_rows(rows, tokenizer, config.max_length, config.on_bad_rows)
-    eval_report = None
-    if eval_rows is not None:
-        eval_report = validate_preference_rows(
-            eval_rows, tokenizer, config.max_length, config.on_bad_rows, held_out=True
+    data = DataCheck(config.output_dir, eval_option)  # a refusal lists every bad row there
+    with data.refusals_written():
+        report = data.validate(
+            "train",
+            lambda: validate_preference_rows(
+                rows, tokenizer, config.max_length, config.on_bad_rows
+            ),
         )
-    train_ex, eval_ex, info, md, split_notes = split_validated(
-        report,
-        eval_report,
-        lambda ex: ex,
-        config.eval_fraction,
-        config.seed,
-        eval_option=eval_option,
-    )
-    # the oracle-* policies need every training row's confidence: refuse before training
-    # (held-out rows without one are fine: the *_true metrics skip them), so after the split
-    if config.smoothing_policy().needs_confidence:
-        train_ex = require_confidence(report, train_ex, config.on_bad_rows)
-        info, md = validation_summary(report, eval_report)
-    reports = {"data": report, "eval_data": eval_report}
-    check_identical_after_truncation(train_ex, reports, config.max_length)
+        eval_report = None
+        if eval_rows is not None:
+            eval_report = data.validate(
+                "eval",
+                lambda: validate_preference_rows(
+                    eval_rows, tokenizer, config.max_length, config.on_bad_rows, held_out=True
+                ),
+            )
+        data.check()
+        train_ex, eval_ex, info, md, split_notes = split_validated(
+            report,
+            eval_report,
+            lambda ex: ex,
+            config.eval_fraction,
+            config.seed,
+            eval_option=eval_option,
+        )
+        # the oracle-* policies need every training row's confidence: refuse before training
+        # (held-out rows without one are fine: the *_true metrics skip them), so after the split
+        if config.smoothing_policy().needs_confidence:
+            train_ex = require_confidence(report, train_ex, config.on_bad_rows)
+            info, md = validation_summary(report, eval_report)
+        reports = {"data": report, "eval_data": eval_report}
+        check_identical_after_truncation(train_ex, reports, config.max_length)
     skipped = sum(v["n_skipped"] for v in info.values())
     return train_ex, eval_ex, md, skipped, split_notes, info
 
