@@ -150,7 +150,8 @@ def _add_lora(model, config: RewardConfig):
 def load_reward_data(
     config: RewardConfig, tokenizer
 ) -> tuple[list[RewardPair], list[RewardPair], dict[str, Any], str, list[str]]:
-    """``(train, eval, validation_dict, validation_markdown, notes)`` for ``config``."""
+    """``(train, eval, validation_dict, validation_markdown, notes)`` for ``config``. A
+    refusal of the rows lists every bad row in ``refused_validation.json`` (``DataCheck``)."""
     notes = []
     if config.data is None:
         rows: Any = oracle_text_rows(

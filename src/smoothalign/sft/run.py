@@ -78,7 +78,8 @@ class SFTRunResult(TrainerRunResult):
 def load_sft_data(
     config: SFTConfig, tokenizer: Any
 ) -> tuple[list[SFTExample], list[SFTExample], dict[str, Any], str, list[str]]:
-    """``(train, eval, validation_dict, validation_markdown, notes)`` for ``config``."""
+    """``(train, eval, validation_dict, validation_markdown, notes)`` for ``config``. A
+    refusal of the rows lists every bad row in ``refused_validation.json`` (``DataCheck``)."""
     notes = []
     if config.data is None:
         rows: Any = embedded_sft_rows()

@@ -295,7 +295,8 @@ def _load_data(
     config: DPOConfig, tokenizer, rows, eval_rows, eval_option: str = "--eval-data"
 ) -> tuple[list[TokenizedPair], list[TokenizedPair], str, int, list[str], dict]:
     """Validate the rows (and eval rows) and split them into train / eval examples; the
-    last item is the validation summary for ``validation.json`` (every bad row listed)."""
+    last item is the validation summary for ``validation.json`` (every bad row listed). A
+    refusal of the rows lists every bad row in ``refused_validation.json`` (``DataCheck``)."""
     data = DataCheck(config.output_dir, eval_option)  # a refusal lists every bad row there
     with data.refusals_written():
         report = data.validate(
