@@ -25,7 +25,9 @@ HELP = {
     "eval_data": "held-out preference data (default: a --data folder's eval.* files, else the "
     "data's 'split'=='eval' rows, else a holdout)",
     "loss": f"pairwise loss: {', '.join(sorted(LOSSES))}",
-    "smoothing": f"per-pair label smoothing policy: {', '.join(POLICY_NAMES)}",
+    "smoothing": f"per-pair label smoothing policy: {', '.join(POLICY_NAMES)} (default: "
+    "cals-l2 with --loss sigmoid or cals, none with robust, ipo or hinge, which smoothing does "
+    "not apply to)",
     "beta": "DPO β (scales the implicit reward)",
     "flip_rate": "rDPO's assumed label-flip rate ε in [0, 0.5) (--loss robust)",
     "sft_weight": "λ of the chosen-response NLL term (RPO); 0 disables it",

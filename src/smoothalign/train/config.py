@@ -18,7 +18,16 @@ from smoothalign.losses import LOSSES
 from smoothalign.train.common import calibrator_options, smoothing_policy
 
 REFERENCES = ("auto", "model", "adapter-disabled", "precomputed")
+UNSMOOTHED_LOSSES = ("robust", "ipo", "hinge")
+"""The losses label smoothing does not apply to (SPEC §2): they take ``smoothing='none'``."""
 FUSED_LOGPS = ("auto", "on", "off")
+
+
+def default_smoothing(loss: str) -> str:
+    """The smoothing a DPO run uses where none is given: ``cals-l2`` for the losses it
+    applies to (``sigmoid``, ``cals``), ``none`` for those it does not (``robust``, ``ipo``,
+    ``hinge``: SPEC §2), so that ``--loss ipo`` alone runs as TRL's IPO does."""
+    return "none" if loss in UNSMOOTHED_LOSSES else "cals-l2"
 
 
 @dataclass
@@ -26,7 +35,12 @@ class DPOConfig:
     """Everything a DPO run needs. Defaults are the embedded demo (SmolLM2-135M + LoRA on the
     shipped controlled-sentiment pairs, CALS-ℓ2), sized for ~5 minutes on 2 CPU cores: 30
     steps of 4 pairs, 64 held-out pairs scored before and after. Real runs raise
-    ``max_steps``, ``batch_size`` and ``max_eval_pairs``."""
+    ``max_steps``, ``batch_size`` and ``max_eval_pairs``.
+
+    ``smoothing`` left as ``None`` follows ``loss`` (:func:`default_smoothing`) and is
+    replaced by that value on validation, so ``config.json`` and the report name the
+    smoothing that ran. ``dataclasses.replace(config, loss=...)`` keeps the resolved value:
+    pass ``smoothing=None`` too for the new loss's default."""
 
     # what to train, on what
     model: str = "smollm2-135m"
@@ -36,7 +50,7 @@ class DPOConfig:
     output_dir: str = "outputs/dpo"
     # the objective (SPEC §2, §4)
     loss: str = "sigmoid"
-    smoothing: str = "cals-l2"
+    smoothing: str | None = None  # None: the loss's default (default_smoothing), set on validate
     beta: float = 0.1
     flip_rate: float | None = None  # ε for loss='robust'
     sft_weight: float = 0.0  # λ of the chosen-NLL (RPO) term
@@ -92,11 +106,14 @@ class DPOConfig:
         check_lora_options(self)
         if self.loss not in LOSSES:
             raise ValueError(f"loss: unknown {self.loss!r}; choose one of {sorted(LOSSES)}")
+        if self.smoothing is None:  # recorded resolved: config.json, the report, a resume's check
+            self.smoothing = default_smoothing(self.loss)
         self.smoothing_policy()  # raises on a bad name or option
-        if self.loss in ("robust", "ipo", "hinge") and self.smoothing != "none":
+        if self.loss in UNSMOOTHED_LOSSES and self.smoothing != "none":
             raise ValueError(
-                f"smoothing: the {self.loss!r} loss has no label smoothing (SPEC §2); "
-                "use --smoothing none, or --loss sigmoid with a smoothing policy"
+                f"smoothing: the {self.loss!r} loss has no label smoothing (SPEC §2), "
+                f"got {self.smoothing!r}; leave --smoothing out (or give none), or use "
+                "--loss sigmoid with a smoothing policy"
             )
         if self.loss == "cals" and not self.smoothing.startswith("cals-"):
             raise ValueError("smoothing: --loss cals needs --smoothing cals-l0 or cals-l2")
