@@ -351,9 +351,10 @@ class SmoothDPOTrainer(PairCountedLoss, SmoothingTrainer):
                 "rewards/chosen": terms.chosen_rewards,
                 "rewards/rejected": terms.rejected_rewards,
                 "rewards/margins": h,
-                # TRL's semantics: a tie (h = 0) counts as wrong here; the evaluation's
-                # `accuracy` counts it as half right
-                "rewards/accuracies": (h > 0).float(),
+                # a tie (h = 0: the policy still equal to its reference, as at step 0
+                # with LoRA) counts as half right, as in the held-out `accuracy`
+                # (calibration.preference_metrics); TRL counts it as wrong
+                "rewards/accuracies": (h > 0).float() + 0.5 * (h == 0).float(),
                 "logps/chosen": chosen,
                 "logps/rejected": rejected,
                 "cals/alpha": terms.alpha,
