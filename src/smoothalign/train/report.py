@@ -67,24 +67,70 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return [by_key[k] for k in sorted(by_key)]
 
 
-def plot_training_curves(records: list[dict[str, Any]]):
+def held_out_points(
+    records: list[dict[str, Any]], before: dict[str, float] | None = None
+) -> list[tuple[int, dict[str, float]]]:
+    """The held-out evaluations over training, ``(step, {metric: value})`` in step order:
+    ``before`` (the evaluation before training) at step 0, every periodic one
+    (``--eval-steps``: the ``eval`` records of ``metrics.jsonl``, ``eval_*`` keys) and the
+    final one (the ``final_eval_*`` keys of its ``summary`` record) where no periodic one
+    has its step. Keys lose their prefix (``accuracy``, ``ece``, ...)."""
+    points: dict[int, dict[str, float]] = {}
+    if before:
+        points[0] = dict(before)
+    for r in records:
+        if r["split"] == "eval":
+            prefix = "eval_"
+        elif r["split"] == "summary" and "final_eval_accuracy" in r:
+            if r["step"] in points:
+                continue  # a periodic evaluation at the last step: the same model
+            prefix = "final_eval_"
+        else:
+            continue
+        values = {k[len(prefix) :]: v for k, v in r.items() if k.startswith(prefix)}
+        if values:
+            points[r["step"]] = values
+    return sorted(points.items())
+
+
+def plot_training_curves(records: list[dict[str, Any]], before: dict[str, float] | None = None):
+    """Training loss, margins and accuracy against the step, with the held-out evaluations
+    (:func:`held_out_points`: before training, every ``--eval-steps``, after) as markers on
+    the accuracy panel and in a fourth panel of their calibration (ECE, and against the
+    true ``q`` where the data has it)."""
     train = [r for r in records if r["split"] == "train" and "loss" in r]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    held = held_out_points(records, before)
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
     steps = [r["step"] for r in train]
     panels = [
         ("loss", "training loss"),
         ("rewards/margins", "reward margin h"),
-        ("rewards/accuracies", "accuracy vs labels"),
+        ("rewards/accuracies", "accuracy vs labels (a tie h = 0 counts ½)"),
     ]
-    for ax, (key, title) in zip(axes, panels, strict=True):
-        ax.plot(steps, [r.get(key, np.nan) for r in train], marker="o", ms=3)
+    for ax, (key, title) in zip(axes, panels, strict=False):
+        ax.plot(steps, [r.get(key, np.nan) for r in train], marker="o", ms=3, label="train")
         ax.set(title=title, xlabel="step")
-        ax.grid(alpha=0.3)
     axes[1].plot(steps, [r.get("rewards/chosen", np.nan) for r in train], ls="--", label="chosen")
     axes[1].plot(
         steps, [r.get("rewards/rejected", np.nan) for r in train], ls=":", label="rejected"
     )
     axes[1].legend(fontsize=8)
+    held_steps = [step for step, _ in held]
+    for ax, series in (
+        (axes[2], (("accuracy", "held out", "s"), ("accuracy_true", "held out, true preference", "^"))),
+        (axes[3], (("ece", "ECE vs labels", "s"), ("ece_true", "ECE vs the true q", "^"))),
+    ):  # fmt: skip
+        for key, label, marker in series:
+            if any(key in m for _, m in held):
+                values = [m.get(key, np.nan) for _, m in held]
+                ax.plot(held_steps, values, ls="--", marker=marker, ms=5, label=label)
+        if held:
+            ax.legend(fontsize=8)
+    axes[3].set(title="held-out calibration", xlabel="step")
+    if not held:
+        axes[3].text(0.5, 0.5, "no held-out evaluation", ha="center", transform=axes[3].transAxes)
+    for ax in axes:
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 
@@ -149,7 +195,7 @@ def write_report(
 ) -> Path:
     out = Path(output_dir)
     records = read_metrics(out / "metrics.jsonl")
-    save_figure(plot_training_curves(records), out / "training_curves.png")
+    save_figure(plot_training_curves(records, before), out / "training_curves.png")
     save_figure(plot_alpha(records), out / "alpha.png")
     save_figure(
         plot_reliability_before_after(forecasts_before, forecasts_after), out / "reliability.png"
@@ -177,3 +223,4 @@ def write_report(
         lines.append("")
     lines += config_section(config)
     return atomic_write_text(out / "report.md", "\n".join(lines))
+
