@@ -74,3 +74,34 @@ def test_a_resume_compares_the_resolved_smoothing(tmp_path):
     with pytest.raises(ValueError, match="smoothing 'cals-l2' -> 'none'") as refusal:
         check_resume_config(saved, DPOConfig(loss="ipo").to_dict())
     assert "--loss sigmoid --smoothing cals-l2" in str(refusal.value)
+
+
+def test_a_run_with_ipo_alone_trains_and_reports_its_smoothing(tmp_path):
+    from dpo_helpers import synthetic_rows, write_jsonl
+    from smoothalign.train import run_dpo
+
+    data = write_jsonl(synthetic_rows(16, seed=1), tmp_path / "train.jsonl")
+    held_out = write_jsonl(synthetic_rows(8, seed=2), tmp_path / "eval.jsonl")
+    out = tmp_path / "run"
+
+    run_dpo(
+        DPOConfig(
+            model="tiny", data=str(data), eval_data=str(held_out), output_dir=str(out),
+            loss="ipo", lora=False, batch_size=8, max_steps=1, logging_steps=1,
+            eval_samples=0, max_length=32, max_eval_pairs=8, report=True,
+        )
+    )  # fmt: skip
+    assert json.loads((out / "config.json").read_text())["smoothing"] == "none"
+    head = (out / "report.md").read_text().split("## ")[0]
+    assert "smoothing `none` (the default with --loss ipo)" in head
+    assert "loss: `ipo`" in head
+    assert "\n- model: tiny (random weights" in head
+
+
+def test_the_report_says_when_the_smoothing_is_not_the_loss_default():
+    from smoothalign.train.report import objective_note
+
+    assert objective_note(DPOConfig(smoothing="none").to_dict()).endswith("smoothing `none`")
+    assert objective_note(DPOConfig().to_dict()).endswith(
+        "smoothing `cals-l2` (the default with --loss sigmoid)"
+    )

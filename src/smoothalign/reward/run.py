@@ -298,6 +298,9 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
         earlier = lambda: earlier_data_fingerprint(train, held_out, reward_content)  # noqa: E731
         return validated, fingerprint, check_resume_data(config.resume, out, fingerprint, earlier)
 
+    from smoothalign.models.loading import announce_model
+
+    announce_model("reward", config.model)  # its default, tiny, has random weights: say so
     model, tokenizer, checked = load_checked(  # bad rows before the weights, if it can
         config.model,
         config.trust_remote_code,
@@ -378,8 +381,9 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
             notes=notes,
         )
     return RewardRunResult(
-        out, before, after, train_seconds, len(train_ex), len(eval_ex), n_skipped, notes, trainer
-    )
+        out, before, after, train_seconds, len(train_ex), len(eval_ex), n_skipped, notes, trainer,
+        model=config.model,
+    )  # fmt: skip
 
 
 def _metrics(forecasts: dict, config: RewardConfig) -> dict[str, float]:

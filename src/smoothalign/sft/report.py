@@ -13,7 +13,13 @@ from smoothalign.io import atomic_write_text, save_figure
 from smoothalign.sft.trainer import token_reliability
 from smoothalign.train.plots import plt
 from smoothalign.train.report import read_metrics
-from smoothalign.train.report_md import before_after_table, config_section, report_head, section
+from smoothalign.train.report_md import (
+    before_after_table,
+    config_section,
+    model_note,
+    report_head,
+    section,
+)
 
 TABLE_ROWS = [
     ("loss", "label-smoothed loss (the objective, β of this run)", "{:.4f}"),
@@ -87,7 +93,7 @@ def write_sft_report(
     )
     save_figure(fig, out / "reliability.png")
 
-    lines = report_head("smoothalign SFT run report", notes)
+    lines = report_head("smoothalign SFT run report", [model_note(config), *notes])
     lines += ["## Held-out completion tokens, before and after training", ""]
     lines += before_after_table(TABLE_ROWS, before, after)
     lines += [

@@ -251,4 +251,5 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
     return SFTRunResult(
         out, before, after, train_seconds, len(train_ex), len(eval_ex), n_skipped, notes, trainer,
         n_held_out=len(held_out),
+        model=config.model,
     )  # fmt: skip

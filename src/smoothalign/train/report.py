@@ -16,6 +16,7 @@ from smoothalign.train.plots import plt
 from smoothalign.train.report_md import (
     before_after_table,
     config_section,
+    model_note,
     report_head,
     section,
     true_rows,
@@ -201,7 +202,9 @@ def write_report(
         plot_reliability_before_after(forecasts_before, forecasts_after), out / "reliability.png"
     )
 
-    lines = report_head("smoothalign DPO run report", notes)
+    lines = report_head(
+        "smoothalign DPO run report", [model_note(config), objective_note(config), *notes]
+    )
     lines += ["## Held-out evaluation, before and after training", ""]
     lines += before_after_table(true_rows(TABLE_ROWS, after), before, after)
     lines += [
@@ -224,3 +227,15 @@ def write_report(
     lines += config_section(config)
     return atomic_write_text(out / "report.md", "\n".join(lines))
 
+
+def objective_note(config: dict[str, Any]) -> str:
+    """The report header's line on the objective: the loss and the smoothing that ran, and
+    when that smoothing is what the loss takes without ``--smoothing``, that it is its
+    default (:func:`~smoothalign.train.config.default_smoothing`)."""
+    from smoothalign.train.config import default_smoothing
+
+    loss, smoothing = config.get("loss"), config.get("smoothing")
+    line = f"loss: `{loss}`, β = {config.get('beta')}; smoothing `{smoothing}`"
+    if isinstance(loss, str) and smoothing == default_smoothing(loss):
+        line += f" (the default with --loss {loss})"
+    return line

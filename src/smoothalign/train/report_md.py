@@ -17,6 +17,16 @@ def report_head(title: str, notes: list[str]) -> list[str]:
     return [f"# {title}", "", *[f"- {n}" for n in notes], ""]
 
 
+def model_note(config: dict[str, Any]) -> str:
+    """The report header's line naming the model a run trained (its ``config.json``'s
+    ``model``, as typed where the record keeps it): a built-in says what it is, ``tiny``
+    that its weights are random (:func:`~smoothalign.models.loading.model_label`)."""
+    from smoothalign.models.loading import model_label
+
+    given = config.get("model_as_given", config.get("model"))
+    return f"model: {model_label(given)}" if given is not None else "model: not recorded"
+
+
 def before_after_table(
     rows: TableRows, before: dict[str, float], after: dict[str, float]
 ) -> list[str]:

@@ -263,6 +263,7 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     return RunResult(
         out, before, after, train_seconds, len(train_ex), len(eval_ex), n_skipped, notes, trainer,
         n_held_out=len(held_out),
+        model=config.model,
     )  # fmt: skip
 
 

@@ -3,6 +3,7 @@ counts and notes, and a short printable summary (what the CLIs print at the end)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,18 +17,25 @@ def metric_rows(
     key_width: int = 15,
     value_width: int = 8,
     only_after: bool = True,
+    nan_text: dict[str, str] | None = None,
 ) -> list[str]:
-    """``  key  before x   after y`` per key (a missing value prints as nan); with
-    ``only_after``, the keys ``after`` lacks are left out."""
+    """``  key  before x   after y`` per key (a missing value prints as nan, or as
+    ``nan_text[key]`` where given: why the metric has no value); with ``only_after``, the
+    keys ``after`` lacks are left out."""
     rows = []
     for key in keys:
         if only_after and key not in after:
             continue
         b, a = before.get(key, float("nan")), after.get(key, float("nan"))
-        rows.append(
-            f"  {key:<{key_width}} before {b:{value_width}.4f}   after {a:{value_width}.4f}"
-        )
+        shown = [_value(v, value_width, (nan_text or {}).get(key)) for v in (b, a)]
+        rows.append(f"  {key:<{key_width}} before {shown[0]}   after {shown[1]}")
     return rows
+
+
+def _value(value: float, width: int, nan_text: str | None) -> str:
+    if nan_text is not None and math.isnan(value):
+        return f"{nan_text:>{width}}"
+    return f"{value:{width}.4f}"
 
 
 @dataclass
@@ -50,8 +58,16 @@ class BaseRunResult:
     def headline(self) -> str:
         raise NotImplementedError
 
+    def summary_notes(self) -> list[str]:
+        """Lines after the headline (each printed indented): what the metrics need said."""
+        return []
+
+    def nan_text(self) -> dict[str, str]:
+        """Per metric, what a NaN value prints as instead (why it has none)."""
+        return {}
+
     def summary(self) -> str:
-        rows = [self.headline()]
+        rows = [self.headline(), *[f"  {note}" for note in self.summary_notes()]]
         rows += metric_rows(
             self.before,
             self.after,
@@ -59,6 +75,7 @@ class BaseRunResult:
             key_width=self.KEY_WIDTH,
             value_width=self.VALUE_WIDTH,
             only_after=self.ONLY_AFTER,
+            nan_text=self.nan_text(),
         )
         report = self.output_dir / "report.md"
         if report.exists():  # not with --no-report (a fresh run removes an earlier one's)
@@ -79,6 +96,7 @@ class TrainerRunResult(BaseRunResult):
     notes: list[str] = field(default_factory=list)
     trainer: Any = field(default=None, repr=False)
     n_held_out: int | None = None
+    model: str | None = None  # the --model option as given, which the summary names
 
     COMMAND: ClassVar[str] = ""
     UNIT: ClassVar[str] = "pairs"
@@ -95,3 +113,10 @@ class TrainerRunResult(BaseRunResult):
             f"{self.UNIT} ({scored}), {self.n_skipped} bad rows skipped, "
             f"{self.train_seconds:.0f} s of training"
         )
+
+    def summary_notes(self) -> list[str]:
+        if self.model is None:
+            return []
+        from smoothalign.models.loading import model_label
+
+        return [f"model: {model_label(self.model)}"]
