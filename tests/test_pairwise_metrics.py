@@ -280,6 +280,7 @@ def hand_reward_metrics(d, p, confidence=None, *, floor=1e-6, bins=DOC_BINS):
         "accuracy": (
             sum(_sign_score(x, v) for x, v in decided) / len(decided) if decided else math.nan
         ),
+        "n_tied_votes": float(n - len(decided)),  # the pairs accuracy leaves out
         "ece": ece,
         "rms": rms,
         "mce": mce,

@@ -11,12 +11,16 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from smoothalign.cli import main
+from smoothalign.reward.trainer import reward_metrics
+from smoothalign.train.report_md import before_after_table
 
 ALL_TIED = "n/a (every held-out pair tied)"
 
@@ -69,15 +73,55 @@ def _reward(tmp_path: Path, eval_p: list[float], capsys) -> tuple[str, str, Path
     return captured.out, captured.err, out
 
 
-def test_reward_names_its_default_model(tmp_path, capsys, monkeypatch):
+def test_reward_names_its_default_model_and_counts_tied_pairs(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
     stdout, stderr, out = _reward(tmp_path, [0.5, 0.5, 0.8, 0.2, 1.0, 0.0, 0.7, 0.3], capsys)
     # said before training, on stderr, and in the summary
     assert "smoothalign reward: model tiny (random weights" in stderr
     assert "--model smollm2-135m" in stderr
     assert "\n  model: tiny (random weights" in stdout
+    left_out = "accuracy: 2 of 8 held-out pairs left out, their votes tied"
+    assert left_out in stdout
     head = _head(out / "report.md")
     assert "\n- model: tiny (random weights" in head
+    assert left_out in head
+    after = json.loads((out / "eval_results.json").read_text())["after"]
+    assert after["n_tied_votes"] == 2 and not math.isnan(after["accuracy"])
+
+
+def test_reward_accuracy_over_only_tied_pairs_reads_n_a(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    stdout, _, out = _reward(tmp_path, [0.5] * 6, capsys)
+    row = next(line for line in stdout.splitlines() if line.strip().startswith("accuracy "))
+    assert row.count(ALL_TIED) == 2, row  # before and after
+    assert "nan" not in row
+    assert "all 6 held-out pairs have tied votes" in stdout
+    report = (out / "report.md").read_text()
+    table_row = next(
+        line
+        for line in report.splitlines()
+        if line.startswith("| pairwise accuracy vs the majority")
+    )
+    assert table_row.count(ALL_TIED) == 2 and "nan" not in table_row
+    assert "all 6 held-out pairs have tied votes" in _head(out / "report.md")
+
+
+def test_reward_metrics_count_the_tied_pairs_left_out():
+    d = np.array([0.3, -0.2, 0.0, 1.0])
+    m = reward_metrics(d, np.array([0.5, 0.5, 0.5, 0.5]))
+    assert math.isnan(m["accuracy"]) and m["n_tied_votes"] == 4
+    m = reward_metrics(d, np.array([0.5, 0.2, 0.9, 0.5]))
+    assert m["n_tied_votes"] == 2 and m["accuracy"] == (1 + 0.5) / 2  # d=-0.2 vs p=0.2; d=0
+
+
+def test_no_tie_note_without_ties():
+    from smoothalign.train.report_md import tied_votes_note
+
+    assert tied_votes_note({"n_pairs": 4.0, "n_tied_votes": 0.0, "accuracy": 1.0}) is None
+    assert tied_votes_note({"n_pairs": 4.0, "accuracy": 1.0}) is None  # a DPO evaluation
+    rows = [("accuracy", "acc", "{:.3f}")]
+    nan = {"accuracy": float("nan")}
+    assert before_after_table(rows, nan, nan)[-1] == "| acc | nan | nan |"  # no reason given
 
 
 @pytest.mark.parametrize("command", ["dpo", "sft"])

@@ -15,11 +15,13 @@ from smoothalign.reward.objective import MONITORED
 from smoothalign.train.plots import plt
 from smoothalign.train.report import read_metrics
 from smoothalign.train.report_md import (
+    accuracy_nan_text,
     before_after_table,
     config_section,
     model_note,
     report_head,
     section,
+    tied_votes_note,
     true_rows,
 )
 
@@ -142,10 +144,13 @@ def write_reward_report(
     save_figure(plot_training_curves(records), out / "training_curves.png")
     save_figure(plot_reliability(forecasts_before, forecasts_after), out / "reliability.png")
 
-    head = [model_note(config), describe_loss(config), *notes]
+    tied = tied_votes_note(after)
+    head = [model_note(config), describe_loss(config), *([tied] if tied else []), *notes]
     lines = report_head("smoothalign reward-model run report", head)
     lines += ["## Held-out evaluation, before and after training", ""]
-    lines += before_after_table(true_rows(TABLE_ROWS, after), before, after)
+    lines += before_after_table(
+        true_rows(TABLE_ROWS, after), before, after, accuracy_nan_text(after)
+    )
     lines += [
         "",
         "Calibration reads each pair in both orders, `(σ(d), p)` and `(1 − σ(d), 1 − p)`, with "

@@ -175,7 +175,8 @@ def reward_metrics(
     """Held-out accuracy and calibration of the forecasts ``σ(d)`` ``[N]``.
 
     * ``accuracy``: sign of ``d`` against the majority vote (tied votes left out; ``d = 0``
-      counts ½).
+      counts ½); ``n_tied_votes`` counts the pairs left out (all of them: ``accuracy`` is
+      NaN).
     * ``ece``/``rms``/``mce``/``brier``: ``σ(d)`` against the held-out vote shares, each pair
       read in both orders, ``(σ(d), p)`` and ``(1 − σ(d), 1 − p)``; binned vote shares
       average to the true probability, so the binned gap is unbiased per bin.
@@ -192,6 +193,7 @@ def reward_metrics(
     decided = p != 0.5
     agree = np.where(d == 0, 0.5, (d > 0) == (p > 0.5))
     out["accuracy"] = float(agree[decided].mean()) if decided.any() else math.nan
+    out["n_tied_votes"] = float((~decided).sum())  # left out of accuracy (NaN if all are)
     out.update(calibration_summary(np.concatenate([s, 1 - s]), np.concatenate([p, 1 - p]), bins))
     floor = config.rkl_floor if config is not None else 1e-6
     for name, v in monitored_divergences(torch.from_numpy(d), torch.from_numpy(p), floor).items():

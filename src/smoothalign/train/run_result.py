@@ -115,8 +115,17 @@ class TrainerRunResult(BaseRunResult):
         )
 
     def summary_notes(self) -> list[str]:
-        if self.model is None:
-            return []
-        from smoothalign.models.loading import model_label
+        from smoothalign.train.report_md import tied_votes_note
 
-        return [f"model: {model_label(self.model)}"]
+        notes = []
+        if self.model is not None:
+            from smoothalign.models.loading import model_label
+
+            notes.append(f"model: {model_label(self.model)}")
+        tied = tied_votes_note(self.after)  # a reward run's held-out pairs with tied votes
+        return notes + ([tied] if tied else [])
+
+    def nan_text(self) -> dict[str, str]:
+        from smoothalign.train.report_md import accuracy_nan_text
+
+        return accuracy_nan_text(self.after)
