@@ -466,7 +466,8 @@ def model_label(name: str | os.PathLike) -> str:
 
 def announce_model(command: str, name: str | os.PathLike) -> None:
     """Say on stderr (the main process only) which model ``smoothalign COMMAND`` trains,
-    before it loads: ``smoothalign reward`` defaults to ``tiny``, whose weights are random."""
+    once its input passed the checks and before training: ``smoothalign reward`` defaults to
+    ``tiny``, whose weights are random. (A refusal stays the first line of stderr.)"""
     if not main_process():
         return
     line = f"smoothalign {command}: model {model_label(name)}"

@@ -298,9 +298,6 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
         earlier = lambda: earlier_data_fingerprint(train, held_out, reward_content)  # noqa: E731
         return validated, fingerprint, check_resume_data(config.resume, out, fingerprint, earlier)
 
-    from smoothalign.models.loading import announce_model
-
-    announce_model("reward", config.model)  # its default, tiny, has random weights: say so
     model, tokenizer, checked = load_checked(  # bad rows before the weights, if it can
         config.model,
         config.trust_remote_code,
@@ -310,6 +307,9 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
         ),
     )
     validated, fingerprint, resume_note = checked
+    from smoothalign.models.loading import announce_model
+
+    announce_model("reward", config.model)  # its default, tiny, has random weights: say so
     train_ex, eval_ex, info, validation_md, data_notes = validated
     notes += data_notes + ([resume_note] if resume_note else [])
     n_skipped = sum(v["n_skipped"] for v in info.values())
