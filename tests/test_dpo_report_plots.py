@@ -80,4 +80,4 @@ def test_no_held_out_evaluation_says_so():
     texts = [t.get_text() for t in fig.axes[3].texts]
     assert texts == ["no held-out evaluation"]
     assert not fig.axes[3].get_lines()
-    assert np.isfinite(_lines(fig.axes[0])["train"][1]).all()
+    assert np.isfinite(_lines(fig.axes[0])["loss"][1]).all()

@@ -104,12 +104,12 @@ def plot_training_curves(records: list[dict[str, Any]], before: dict[str, float]
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
     steps = [r["step"] for r in train]
     panels = [
-        ("loss", "training loss"),
-        ("rewards/margins", "reward margin h"),
-        ("rewards/accuracies", "accuracy vs labels (a tie h = 0 counts ½)"),
+        ("loss", "training loss", "loss"),
+        ("rewards/margins", "reward margin h", "margin"),
+        ("rewards/accuracies", "accuracy vs labels (a tie h = 0 counts ½)", "train"),
     ]
-    for ax, (key, title) in zip(axes, panels, strict=False):
-        ax.plot(steps, [r.get(key, np.nan) for r in train], marker="o", ms=3, label="train")
+    for ax, (key, title, label) in zip(axes, panels, strict=False):
+        ax.plot(steps, [r.get(key, np.nan) for r in train], marker="o", ms=3, label=label)
         ax.set(title=title, xlabel="step")
     axes[1].plot(steps, [r.get("rewards/chosen", np.nan) for r in train], ls="--", label="chosen")
     axes[1].plot(
