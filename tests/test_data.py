@@ -647,6 +647,47 @@ def test_majority_format_wins_and_the_minority_rows_are_bad(tok):
     assert b.row == 0 and b.code == "mixed_formats" and "2 of 3 rows are plain" in b.reason
 
 
+def test_a_row_mixing_a_message_list_prompt_and_string_responses_says_so(tok):
+    """Every row with a message-list prompt and string responses: each row is named for the
+    mix of its own fields, not called "a message list in plain data" (the data's format
+    once taken from the first field holding a string)."""
+    rows = [plain_row(i, prompt=[user("2+1?")]) for i in range(12)]
+    report = validate_preference_rows(rows[:11] + [plain_row(11)], tok, 32, on_bad_rows="skip")
+    assert report.kind == "plain"
+    b = report.bad_rows[0]
+    assert (b.row, b.field, b.code) == (0, "prompt", "mixed_formats")
+    assert b.reason == (
+        "'prompt' is a message list but 'chosen'/'rejected' are plain strings: in "
+        "conversational data every field is a message list, in plain data every field a string"
+    )
+    assert "in plain data (" not in b.reason
+    with pytest.raises(ValueError) as err:
+        validate_preference_rows(rows, tok, 32)
+    assert "row 0, field 'prompt': 'prompt' is a message list but 'chosen'/'rejected'" in str(
+        err.value
+    )
+    assert "are plain)" not in str(err.value)
+    # in conversational data the string field is the one named
+    rows = [conv_row(0), conv_row(1), conv_row(2, rejected="go")]
+    (b,) = validate_preference_rows(rows, tok, 32, on_bad_rows="skip").bad_rows
+    assert (b.row, b.field, b.code) == (2, "rejected", "mixed_formats")
+    assert b.reason.startswith("'rejected' is a plain string but 'prompt'/'chosen' are message")
+
+
+@pytest.mark.parametrize("value", [["x"], [], ("a", "b")])
+def test_a_list_of_strings_in_plain_data_is_a_wrong_type_not_a_message_list(tok, value):
+    rows = [plain_row(0), plain_row(1, chosen=value)]
+    (b,) = validate_preference_rows(rows, tok, 32, on_bad_rows="skip").bad_rows
+    assert (b.row, b.field, b.code) == (1, "chosen", "wrong_type")
+    assert b.reason.startswith("expected a string, got a")
+    assert "message list in" not in b.reason
+    # all rows alike: still the wrong type, the data plain (the lists vote for no format)
+    report = validate_preference_rows(
+        [plain_row(0), *[plain_row(i, chosen=value) for i in (1, 2)]], tok, 32, on_bad_rows="skip"
+    )
+    assert report.kind == "plain" and {b.code for b in report.bad_rows} == {"wrong_type"}
+
+
 def test_chat_template_errors_are_bad_rows():
     template = (
         "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"

@@ -690,6 +690,35 @@ def test_bad_text_rows_are_reported_by_row_and_field():
     assert report.to_dict()["n_text_rows"] == 1
 
 
+def test_a_message_list_prompt_beside_a_string_completion_says_so():
+    """A message-list prompt with a string completion, in every row: the row's own fields
+    are named, not "a message list in plain data (12 of 12 rows are plain)"."""
+    rows = [{"prompt": [{"role": "user", "content": "2+1?"}], "completion": " 3"}] * 12
+    with pytest.raises(ValueError) as err:
+        _validate(rows)
+    message = str(err.value)
+    assert (
+        "row 0, field 'prompt': 'prompt' is a message list but 'completion' is a plain string: "
+        "in conversational data every field is a message list" in message
+    )
+    assert "rows are plain" not in message
+
+
+def test_a_list_of_strings_is_a_wrong_type_or_malformed_not_a_message_list():
+    rows = [
+        {"prompt": "a", "completion": "b"},
+        {"prompt": "a", "completion": ["x"]},
+        {"messages": ["x"]},
+    ]
+    report = _validate(rows, on_bad_rows="skip")
+    assert report.kind == "plain"
+    assert [(b.row, b.field, b.code) for b in report.bad_rows] == [
+        (1, "completion", "wrong_type"),
+        (2, "messages", "malformed_messages"),
+    ]
+    assert "got a list of str" in report.bad_rows[0].reason
+
+
 def test_text_rows_in_conversational_data_are_mixed_formats():
     chat = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
     report = _validate([chat, chat, {"text": "plain"}], on_bad_rows="skip")

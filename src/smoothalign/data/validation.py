@@ -34,7 +34,9 @@ dropped, and counted, where a response is truncated or has more than one message
 values are of whole responses, and other tools sum every token of such a response, not its
 assistant turns only).
 Every other column is kept as ``TokenizedPair.metadata``. The data set's format is the
-majority format of its rows; rows of the other format are bad (``mixed_formats``).
+majority format of its rows; rows of the other format, and rows mixing both (a message-list
+prompt beside string responses), are bad (``mixed_formats``). A list of strings is not a
+message list: a ``wrong_type`` in plain data, ``malformed_messages`` in conversational.
 """
 
 from __future__ import annotations
@@ -91,7 +93,8 @@ BAD_ROW_CODES = {
     "not_a_mapping": "the row is not an object",
     "missing_field": "prompt, chosen or rejected is absent or null",
     "wrong_type": "a field is neither a string nor a message list",
-    "mixed_formats": "a plain-text field in conversational data, or the reverse",
+    "mixed_formats": "a plain-text field in conversational data, or the reverse, or a row "
+    "mixing the two (a message-list prompt beside string responses)",
     "malformed_messages": "a message list, role or content is malformed",
     "no_common_prompt": "implicit prompt: chosen and rejected share no leading prompt turns",
     "empty_response": "a response (its assistant turns) is empty or whitespace only, or no "
@@ -378,8 +381,11 @@ def _special_text(
 def data_kind(rows: Sequence[Any], fields: Sequence[str]) -> tuple[str, str]:
     """The majority format (ties: the first row's) and a note for mixed-format messages.
 
-    A row's format is that of the first of ``fields`` holding a string (``"plain"``) or a
-    list (``"conversational"``); rows without one do not count.
+    A row's format is that of its ``fields``: ``"plain"`` where they hold strings,
+    ``"conversational"`` where they hold message lists (:func:`value_format`); an empty
+    string counts only in a row with no other text. Rows with neither, or with both (a
+    message-list prompt beside string responses: :func:`check_row_format` refuses them),
+    do not count.
     """
     kinds = [k for k in (_row_kind(r, fields) for r in rows) if k is not None]
     if not kinds:
@@ -392,13 +398,54 @@ def data_kind(rows: Sequence[Any], fields: Sequence[str]) -> tuple[str, str]:
 def _row_kind(row: Any, fields: Sequence[str]) -> str | None:
     if not isinstance(row, Mapping):
         return None
-    for name in fields:
-        value = row.get(name)
-        if isinstance(value, str):
-            return "plain"
-        if isinstance(value, list | tuple):
-            return "conversational"
+    values = [row.get(name) for name in fields]
+    formats = {value_format(v) for v in values if v != ""} - {None}
+    if not formats and "" in values:
+        return "plain"  # a CSV's empty cells
+    return formats.pop() if len(formats) == 1 else None
+
+
+def value_format(value: Any) -> str | None:
+    """A text field's format: ``"plain"`` for a string, ``"conversational"`` for a message
+    list (a non-empty list or tuple of objects), ``None`` for anything else (a list of
+    strings is neither: a wrong type, or a malformed message list)."""
+    if isinstance(value, str):
+        return "plain"
+    if isinstance(value, list | tuple) and value and all(isinstance(m, Mapping) for m in value):
+        return "conversational"
     return None
+
+
+def check_row_format(row: Mapping[str, Any], names: Sequence[str], kind: str) -> None:
+    """Raise the ``mixed_formats`` ``BadRowError`` where the row's text fields ``names``
+    mix message lists and strings (a message-list prompt beside string responses): a row is
+    conversational or plain text as a whole. The field named is the first of those not of
+    the data set's ``kind``. A string that is a message list written out as text does not
+    count (:func:`check_type` names it)."""
+    formats = {name: value_format(row.get(name)) for name in names}
+    lists = [n for n, f in formats.items() if f == "conversational"]
+    strings = [n for n, f in formats.items() if f == "plain"]
+    if lists and strings:  # (rare: the text check below runs for mixed rows only)
+        strings = [n for n in strings if not looks_like_messages_text(row[n])]
+    if not (lists and strings):
+        return
+    odd, others = _fields_are(lists, True), _fields_are(strings, False)
+    if kind == "conversational":
+        odd, others = others, odd
+    raise _Bad(
+        strings[0] if kind == "conversational" else lists[0],
+        "mixed_formats",
+        f"{odd} but {others}: in conversational data every field is a message list, in plain "
+        "data every field a string",
+    )
+
+
+def _fields_are(names: list[str], lists: bool) -> str:
+    """``'prompt' is a message list``, ``'chosen'/'rejected' are plain strings``."""
+    shown = "/".join(f"'{n}'" for n in names)
+    if len(names) == 1:
+        return f"{shown} is {'a message list' if lists else 'a plain string'}"
+    return f"{shown} are {'message lists' if lists else 'plain strings'}"
 
 
 def check_tokenizer(tokenizer: Any, kind: str, what: str, eos_use: str) -> None:
@@ -536,9 +583,9 @@ def _refuse_unscored(name: str, ids: list[int], spans: Spans | None, where: str)
 def _check_texts(row: Mapping[str, Any], kind: str, kind_note: str) -> tuple[Any, Any, Any, bool]:
     """``(prompt, chosen, rejected, implicit_prompt)``, normalised, or raise ``_Bad``."""
     conversational = kind == "conversational"
+    given = []
     for name in TEXT_FIELDS:
-        value = row.get(name)
-        if value is None:
+        if row.get(name) is None:
             if name == "prompt" and conversational:
                 continue  # the implicit-prompt form
             hint = (
@@ -548,7 +595,10 @@ def _check_texts(row: Mapping[str, Any], kind: str, kind_note: str) -> tuple[Any
                 else ""
             )
             raise _Bad(name, "missing_field", missing_reason(row, name, RESERVED) + hint)
-        check_type(name, value, kind, kind_note, row.get(FILE_KEY))
+        given.append(name)
+    check_row_format(row, given, kind)
+    for name in given:
+        check_type(name, row[name], kind, kind_note, row.get(FILE_KEY))
 
     if not conversational:
         prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
@@ -675,11 +725,23 @@ def check_type(name: str, value: Any, kind: str, kind_note: str, file: str | Non
         value = list(value)
     if isinstance(value, expected):
         return
-    if isinstance(value, other):
+    if value_format(value) is not None:  # a string, or a message list
         found = "a plain string" if other is str else "a message list"
         raise _Bad(name, "mixed_formats", f"{found} in {kind} data ({kind_note})")
     want = "a list of messages" if kind == "conversational" else "a string"
-    raise _Bad(name, "wrong_type", f"expected {want}, got {type(value).__name__}")
+    raise _Bad(name, "wrong_type", f"expected {want}, got {describe_type(value)}")
+
+
+def describe_type(value: Any) -> str:
+    """``int``, ``an empty list``, ``a list of str`` (its items' types): what a text field
+    holds in a ``wrong_type`` message."""
+    if not isinstance(value, list | tuple):
+        return type(value).__name__
+    kind = type(value).__name__
+    if not value:
+        return f"an empty {kind}"
+    items = sorted({type(v).__name__ for v in value})
+    return f"a {kind} of {'/'.join(items)} (not a message list of {{'role', 'content'}} objects)"
 
 
 def check_messages(name: str, messages: Sequence[Any]) -> list[Message]:

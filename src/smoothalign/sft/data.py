@@ -60,6 +60,7 @@ from smoothalign.data.validation import (
     BadRowError,
     blank_reply_reason,
     check_messages,
+    check_row_format,
     check_type,
     is_blank,
     looks_like_messages_text,
@@ -77,7 +78,7 @@ SFT_BAD_ROW_CODES = {
     "ambiguous_format": "the row mixes forms: 'messages' or 'text' beside another form's fields",
     "wrong_type": "a field is neither a string nor a message list ('text': not a string)",
     "mixed_formats": "a plain-text row (prompt/completion or text) in conversational data, "
-    "or the reverse",
+    "or the reverse, or a message-list prompt beside a string completion (or the reverse)",
     "malformed_messages": "a message list, role or content is malformed, or turns are misplaced",
     "no_assistant_turn": "'messages' holds no assistant message: nothing to train on",
     "empty_completion": "the completion (its assistant turns), or an assistant turn, is empty "
@@ -232,6 +233,7 @@ def _process_row(
                 f"expected a list of messages, got {type(row['messages']).__name__}",
             )
         if kind != "conversational":
+            check_messages("messages", row["messages"])  # a list of strings is malformed
             raise BadRowError(
                 "messages", "mixed_formats", f"a message list in {kind} data ({kind_note})"
             )
@@ -247,6 +249,8 @@ def _process_row(
                 )
                 reason = missing_reason(row, name, RESERVED)
                 raise BadRowError(name, "missing_field", reason + hint)
+        check_row_format(row, ("prompt", "completion"), kind)
+        for name in ("prompt", "completion"):
             check_type(name, row[name], kind, kind_note, row.get(FILE_KEY))
         input_ids, labels, truncated = _prompt_completion_example(
             row["prompt"], row["completion"], tokenizer, max_length
