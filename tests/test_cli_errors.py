@@ -662,9 +662,9 @@ def run(args):
 command.run = run
 how, out = sys.argv[1:]
 sys.argv = ["smoothalign", "sft", "--model", "tiny", "--output-dir", out]
-if how == "module":
+if how in ("module", "package"):  # python -m smoothalign.cli, python -m smoothalign
     import runpy
-    runpy.run_module("smoothalign.cli", run_name="__main__")
+    runpy.run_module("smoothalign.cli" if how == "module" else "smoothalign", run_name="__main__")
 else:  # what pip's console script does with pyproject's "module:function"
     import importlib
     module, _, function = how.partition(":")
@@ -735,12 +735,42 @@ def test_console_script_is_the_entry_point():
     assert callable(getattr(cli, function))
 
 
+def test_python_m_smoothalign_runs_the_program(tmp_path):
+    """``python -m smoothalign`` is the program (``smoothalign.__main__``): its usage, and an
+    input error's one line and exit status 2, as the console script gives them."""
+    import os
+    import subprocess
+    import sys
+
+    src = str(Path(__file__).parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    env.pop("SMOOTHALIGN_DEBUG", None)
+
+    def run(*argv):
+        return subprocess.run(
+            [sys.executable, "-m", "smoothalign", *argv],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    proc = run("--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: smoothalign ")
+    proc = run("dpo", "--beta", "-1")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("smoothalign dpo: --beta: must be > 0, got -1.0\n")
+    _saved_traceback_removed(proc.stderr)
+
+
 def _saved_traceback_removed(err: str) -> None:
     Path(err.split("(traceback: ")[1].split(";")[0]).unlink()
 
 
 @pytest.mark.skipif(__import__("os").name != "posix", reason="POSIX signals")
-@pytest.mark.parametrize("how", ["script", "module"])
+@pytest.mark.parametrize("how", ["script", "module", "package"])
 def test_ctrl_c_ends_the_program_by_sigint(how, tmp_path):
     """The program (``main`` called as a function returns 130) dies by SIGINT after Ctrl-C,
     having said its one line, as an uncaught KeyboardInterrupt would have ended it."""
