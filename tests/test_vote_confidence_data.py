@@ -212,3 +212,37 @@ def test_output_that_is_not_jsonl_is_refused_before_writing(tmp_path, capsys, na
     assert main(argv) == 2
     assert f"--export-votes {out}: the file is written as JSONL" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_an_output_that_is_the_input_is_refused_and_the_input_kept(tmp_path, capsys, monkeypatch):
+    """``--output`` naming the ``--data`` file (however spelt), or a file the ``--data``
+    folder reads, would replace the rows the votes come from: refused, naming both."""
+    monkeypatch.chdir(tmp_path)
+    text = "".join(json.dumps(r) + "\n" for r in _rows())
+    (tmp_path / "rw.jsonl").write_text(text)
+    (tmp_path / "votes").mkdir()
+    (tmp_path / "votes" / "train.jsonl").write_text(text)
+    cases = [
+        ("rw.jsonl", "rw.jsonl", "--output rw.jsonl is the --data file rw.jsonl: "),
+        (
+            "rw.jsonl",
+            str(tmp_path / "rw.jsonl"),
+            f"--output {tmp_path / 'rw.jsonl'} is the --data file rw.jsonl (the same file): ",
+        ),
+        (
+            "votes",
+            "./votes/train.jsonl",
+            "--output ./votes/train.jsonl is votes/train.jsonl, a file of --data votes (the "
+            "same file): ",
+        ),
+    ]
+    for data, output, said in cases:
+        argv = ["data", "confidence", "--data", data, "--output", output, "--prior", "uniform"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert said + "writing it would replace the rows the votes are read from" in err, err
+    assert (tmp_path / "rw.jsonl").read_text() == text
+    assert (tmp_path / "votes" / "train.jsonl").read_text() == text
+    # another file in the folder is fine
+    argv = ["data", "confidence", "--data", "votes", "--output", "votes/conf.jsonl"]
+    assert main([*argv, "--prior", "uniform"]) == 0

@@ -18,7 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "a folder (e.g. the output of `smoothalign study preference --export-votes`)",
     )
     parser.add_argument(
-        "--output", required=True, help="the .jsonl file to write (atomically; JSONL only)"
+        "--output",
+        required=True,
+        help="the .jsonl file to write (atomically; JSONL only); not a file --data reads",
     )
     parser.add_argument(
         "--prior",
@@ -51,14 +53,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import os
 
-    from smoothalign.data.loading import load_preference_rows
+    from smoothalign.data.loading import FILE_KEY, load_preference_rows
     from smoothalign.data.vote_confidence import add_vote_confidence, check_field_name
     from smoothalign.io import atomic_write_text, check_output_file
 
     check_field_name(args.field)  # before reading the data
     check_output_file(args.output, "--output")
+    refuse_output_read(args.output, args.data)  # before reading
     rows = load_preference_rows(args.data)
+    if os.path.isdir(args.data):  # the output may be one of the folder's files it read
+        refuse_output_read(args.output, args.data, sorted({r.get(FILE_KEY) for r in rows} - {None}))
     out, summary = add_vote_confidence(
         rows,
         prior=args.prior,
@@ -71,3 +77,29 @@ def run(args: argparse.Namespace) -> int:
     print(summary.to_text())
     print(f"wrote {path}")
     return 0
+
+
+def refuse_output_read(output: str, data: str, files: list[str] | None = None) -> None:
+    """A ``ValueError`` where ``--output`` is a file the command reads: the ``--data`` file,
+    or one of ``files`` (those read from a ``--data`` folder), however either is spelt (a
+    relative path, a link: the same file on disk). Writing it would replace the rows the
+    votes are read from, which a rerun then could not read again."""
+    import os
+    from pathlib import Path
+
+    out = Path(output)
+    if not out.is_file():
+        return  # nothing there yet: nothing to overwrite
+    for given in [data] if files is None else files:
+        try:
+            same = Path(given).is_file() and os.path.samefile(out, given)
+        except OSError:
+            same = False
+        if not same:
+            continue
+        what = f"the --data file {given}" if files is None else f"{given}, a file of --data {data}"
+        alias = "" if str(given) == str(output) else " (the same file)"
+        raise ValueError(
+            f"--output {output} is {what}{alias}: writing it would replace the rows the votes "
+            f"are read from; write to another file (e.g. {out.with_name(out.stem + '.confidence.jsonl')})"
+        )
