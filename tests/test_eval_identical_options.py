@@ -152,3 +152,42 @@ def test_questions_without_identical_options_are_passed_through_unchanged():
         merge_identical_options([np.zeros(3)], [0], [(0, 2, 2)], "sum")
     with pytest.raises(ValueError, match="rule"):
         merge_identical_options([np.zeros(2)], [0], [(0, 0)], "max")
+
+
+def test_the_data_note_counts_the_evaluated_questions_with_identical_options(tmp_path):
+    """``--limit``: the note on questions with identical options counts those evaluated, as
+    ``n_identical_options`` does, not the whole file's (which it once said alone); dropped
+    where none of those evaluated has any."""
+    from smoothalign.cli import main
+    from smoothalign.eval.mc_tasks import has_duplicate_options, subsample_indices
+
+    rows = [_mmlu_row(f"Q{i}", "A", ("a", "b", "c", "d")) for i in range(8)]
+    rows += [_mmlu_row(f"D{i}", "B", ("x", "y", "x", "z")) for i in range(4)]
+    mmlu = _write_jsonl(tmp_path / "mmlu.jsonl", rows)
+    for seed in range(20):  # a seed that picks some but not all of the four, and one none
+        picked = subsample_indices(len(rows), 4, seed)
+        if 0 < sum(i >= 8 for i in picked) < 4:
+            some = seed
+        if not any(i >= 8 for i in picked):
+            none = seed
+    for seed in (some, none):
+        out = tmp_path / f"out{seed}"
+        argv = ["eval", "calibration", "--model", "tiny", "--tasks", "mmlu", "--mmlu-file",
+                str(mmlu), "--limit", "4", "--seed", str(seed), "--scorer", "option",
+                "--output-dir", str(out), "--no-progress"]  # fmt: skip
+        assert main(argv) == 0
+        results = json.loads((out / "results.json").read_text())
+        n = results["results"]["option"]["overall"]["n_identical_options"]
+        assert n == sum(
+            has_duplicate_options([rows[i][f"answer_{c}"] for c in "abcd"])
+            for i in subsample_indices(len(rows), 4, seed)
+        )
+        notes = [x for x in results["tasks"][0]["notes"] if "identical options" in x]
+        if n:
+            assert notes == [
+                f"{n} of the 4 evaluated question(s) have two identical options (4 in the "
+                "whole task; kept, as in MMLU; the identical options are scored as one answer)"
+            ]
+        else:
+            assert notes == []
+        assert "4 question(s) have two identical" not in (out / "results.md").read_text()

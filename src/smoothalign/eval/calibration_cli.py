@@ -7,7 +7,8 @@ option log-likelihood; see :mod:`smoothalign.eval.multiple_choice`), it reports 
 ECE and RMS calibration error (``--bins`` equal-width bins, default 15), MCE, top-label
 Brier score and NLL. Options of identical text (nine MMLU questions list one twice) are
 scored as one answer, never by position (see :mod:`smoothalign.eval.multiple_choice`); such
-questions are counted (``n_identical_options``) and kept. A question with an option too long
+questions are counted (``n_identical_options``; the task's data note counts those evaluated,
+not the whole file's under ``--limit``) and kept. A question with an option too long
 for ``--max-length`` to leave room for any prompt is not scored by the option scorer (the
 other questions are): it is counted (``n_skipped``, the report's ``skipped`` column), named
 in the task's notes, and its ``predictions.jsonl`` line says why (``skipped``).
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     from smoothalign.calibration import reliability_curve
     from smoothalign.eval.calibration_report import markdown_report, reliability_figure
     from smoothalign.eval.mc_prompts import build_prompt, continuations, few_shot_indices
-    from smoothalign.eval.mc_sources import load_tasks
+    from smoothalign.eval.mc_sources import evaluated_only_notes, load_tasks
     from smoothalign.eval.mc_tasks import LETTERS, option_groups, subsample_indices
     from smoothalign.eval.multiple_choice import (
         MERGE_RULES,
@@ -153,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
     selected = []  # (task, [indices], [[shot indices]])
     for t in tasks:
         idx = subsample_indices(len(t.questions), args.limit, args.seed)
+        evaluated_only_notes(t, idx)  # the notes count what is scored, as the results do
         shots = few_shot_indices(t.questions, args.shots, args.seed, for_indices=idx)
         short = [len(s) for s in shots if len(s) < args.shots]
         if short:

@@ -61,6 +61,7 @@ import tarfile
 import tempfile
 import zlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,10 +288,7 @@ def load_mmlu(path: str | os.PathLike | None = None, subjects: list[str] | None 
     notes = [f"dropped {len(headers)} CSV header row(s) at line(s) {headers}"] if headers else []
     dup_options = sum(has_duplicate_options(q.options) for q in questions)  # the kept ones
     if dup_options:
-        notes.append(
-            f"{dup_options} question(s) have two identical options (kept, as in MMLU; the "
-            "identical options are scored as one answer)"
-        )
+        notes.append(identical_options_note(dup_options))
     name = "mmlu" if not subjects else "mmlu:" + ",".join(sorted(wanted)).replace(" ", "_")
     return TaskData(
         name=name,
@@ -299,6 +297,33 @@ def load_mmlu(path: str | os.PathLike | None = None, subjects: list[str] | None 
         notes=notes,
         skipped={"csv_header_row": len(headers)} if headers else {},
     )
+
+
+def identical_options_note(n: int, evaluated: int | None = None, n_all: int = 0) -> str:
+    """The note of ``n`` questions listing an option twice (MMLU keeps them): of the task's
+    questions, or of the ``evaluated`` ones (a ``--limit`` subsample) out of ``n_all``."""
+    which = "" if evaluated is None else f" of the {evaluated} evaluated"
+    whole = "" if evaluated is None else f"{n_all} in the whole task; "
+    return (
+        f"{n}{which} question(s) have two identical options ({whole}kept, as in MMLU; the "
+        "identical options are scored as one answer)"
+    )
+
+
+def evaluated_only_notes(task: TaskData, evaluated: Sequence[int]) -> None:
+    """Have ``task``'s note on questions with identical options count the ``evaluated``
+    ones (indices into ``task.questions``: a ``--limit`` subsample), as its results do
+    (``n_identical_options``), not all the task's: dropped where none of them has any."""
+    whole = sum(has_duplicate_options(q.options) for q in task.questions)
+    note = identical_options_note(whole)
+    if len(evaluated) == len(task.questions) or note not in task.notes:
+        return
+    n = sum(has_duplicate_options(task.questions[i].options) for i in evaluated)
+    at = task.notes.index(note)
+    if n:
+        task.notes[at] = identical_options_note(n, len(evaluated), whole)
+    else:
+        del task.notes[at]
 
 
 def _mmlu_question(row: Any, source: str) -> MCQuestion:
