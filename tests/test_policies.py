@@ -50,7 +50,9 @@ def test_none_and_constant(rng):
 
 @pytest.mark.parametrize("spec", ["constant:0.6", "constant:-0.1", "constant:nan"])
 def test_constant_out_of_range(spec):
-    with pytest.raises(ValueError, match="alpha"):
+    """Named as the option that set it (``smoothing``, which the CLI shows as its flag),
+    not as ``alpha``, which no option of a command is called."""
+    with pytest.raises(ValueError, match=rf"^smoothing: '{spec}': the constant α must lie in"):
         make_policy(spec)
 
 

@@ -158,6 +158,11 @@ def make_policy(spec: str, **calibrator_options: Any) -> SmoothingPolicy:
             value = float(spec.split(":", 1)[1])
         except ValueError:
             raise ValueError(f"smoothing: {spec!r} needs a number, e.g. 'constant:0.1'") from None
+        if not 0.0 <= value <= 0.5:  # NaN too; named as the option, not as "alpha"
+            raise ValueError(
+                f"smoothing: {spec!r}: the constant α must lie in [0, 0.5], got "
+                f"{spec.split(':', 1)[1].strip()}"
+            )
         return ConstantSmoothing(value)
     if spec.startswith("oracle-"):
         return OracleSmoothing(_metric_of(spec))
