@@ -27,6 +27,15 @@ CASES = [
     (["reward", "--model", "/no/such/model", "--data", MISSING], MISSING),
     (["sft", "--model", "/no/such/model", "--data", MISSING], MISSING),
     (["sft", "--label-smoothing", "2"], "--label-smoothing: must be in [0, 1], got 2.0"),
+    # the policy's constant α is named by the flag that set it, not as "alpha"
+    (
+        ["dpo", "--model", "/no/such/model", "--smoothing", "constant:0.6"],
+        "--smoothing: 'constant:0.6': the constant α must lie in [0, 0.5], got 0.6",
+    ),
+    (
+        ["reward", "--model", "/no/such/model", "--smoothing", "constant:nan"],
+        "--smoothing: 'constant:nan': the constant α must lie in [0, 0.5], got nan",
+    ),
     (["dpo", "--beta", "inf"], "--beta: must be a finite number"),
     (
         ["dpo", "--loss", "robust", "--smoothing", "none", "--flip-rate", "0.7"],
@@ -797,3 +806,60 @@ def test_ctrl_c_stops_a_shell_loop(tmp_path):
     assert proc.returncode == -signal.SIGINT, (proc.returncode, err)
     assert err.count("smoothalign sft: interrupted") == 1, err
     _saved_traceback_removed(err)
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["dpo", "--bogus"], "dpo"),
+        (["eval", "calibration", "--bogus", "x"], "eval calibration"),
+        (["study", "--bogus"], "study"),
+    ],
+)
+def test_an_unknown_option_is_reported_by_its_command(argv, command, capsys):
+    """Argparse leaves a subcommand's unknown options to the top-level parser, whose usage
+    (`smoothalign [-h] COMMAND ...`) says nothing of the command's options: the command's
+    own parser reports them, with its usage."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: smoothalign {command} ")
+    unknown = " ".join(argv[len(command.split()) :])
+    assert err.endswith(f"smoothalign {command}: error: unrecognized arguments: {unknown}\n")
+
+
+def test_an_unknown_option_close_to_one_names_it(capsys):
+    with pytest.raises(SystemExit):
+        main(["sft", "--max-lenght", "8"])
+    assert capsys.readouterr().err.endswith(
+        "smoothalign sft: error: unrecognized arguments: --max-lenght 8 (did you mean "
+        "--max-length?)\n"
+    )
+
+
+def test_bad_rows_advice_names_the_flag_on_the_command_line_and_the_keyword_in_python(
+    tmp_path, capsys, monkeypatch
+):
+    """The advice to skip bad rows names what its reader types: ``--on-bad-rows skip`` on the
+    command line, ``on_bad_rows='skip'`` in Python, not both in one message."""
+    import json
+
+    import data_helpers
+    from smoothalign.data import validate_preference_rows
+
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    rows = [{"prompt": "1+1=", "chosen": " 2", "rejected": " 3"}] * 3
+    rows.append({"prompt": "x", "chosen": "", "rejected": "b"})
+    data = tmp_path / "bad.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["dpo", "--model", "tiny", "--data", str(data), "--output-dir", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Fix the data, or pass --on-bad-rows skip to drop these rows" in err, err
+    assert "on_bad_rows" not in err
+    Path(err.split("(traceback: ")[1].split(";")[0]).unlink()
+    with pytest.raises(ValueError) as raised:
+        validate_preference_rows(data, data_helpers.make_byte_tokenizer(), 64)
+    assert "Fix the data, or pass on_bad_rows='skip' to drop these rows" in str(raised.value)
+    assert "--on-bad-rows" not in str(raised.value)

@@ -7,6 +7,7 @@ Each command lives in its own module, which exposes ``add_arguments(parser)`` an
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import sys
@@ -156,14 +157,23 @@ def invoke(argv: list[str]) -> int:
     rather than printed, so that the caller can say which of its steps failed and why, in
     one message; any other error propagates as it is. Returns the command's exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     module = getattr(args, "_module", None)
     if module is None:
         raise ValueError(f"not a command: {' '.join(argv)}")
     try:
-        return int(importlib.import_module(module).run(args) or 0)
+        return _run(module, parser, args)
     except _input_errors() as e:
         raise CommandFailed(args._command, _named_by_flag(_text(e), parser, args)) from e
+
+
+def _run(module: str, parser: argparse.ArgumentParser, args) -> int:
+    """Run the command of ``args`` (its ``module``'s ``run``), the messages said meanwhile
+    naming its options by their flags (:func:`smoothalign._options.option`)."""
+    from smoothalign._options import command_flags
+
+    with command_flags(_flags(leaf_parser(parser, args._command.split()))):
+        return int(importlib.import_module(module).run(args) or 0)
 
 
 def _text(error: BaseException) -> str:
@@ -220,13 +230,13 @@ def _die_by_sigint() -> NoReturn:
 
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     module = getattr(args, "_module", None)
     if module is None:
         getattr(args, "_help", parser.print_help)()
         return 2
     try:
-        return int(importlib.import_module(module).run(args) or 0)
+        return _run(module, parser, args)
     except KeyboardInterrupt as e:  # Ctrl-C: one line, not a traceback through the library
         if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise
@@ -295,6 +305,30 @@ def _resume_hint(args) -> str:
     return "; no checkpoint was saved (--save-steps 0 saves none): a rerun starts over"
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, but an unknown option is reported by the command's own
+    parser (``smoothalign dpo --bogus``: dpo's usage, and the option of dpo's closest to
+    it), not by the top level's, which argparse leaves them to (its usage says nothing of
+    dpo's options). Exits with status 2, as argparse does."""
+    args, unknown = parser.parse_known_args(argv)
+    if not unknown:
+        return args
+    path = [args.command] if args.command else []
+    depth = 1
+    while path and getattr(args, f"sub_{depth}", None):
+        path.append(getattr(args, f"sub_{depth}"))
+        depth += 1
+    command = leaf_parser(parser, path)
+    message = f"unrecognized arguments: {' '.join(unknown)}"
+    known = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
+    for arg in unknown:
+        close = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1, cutoff=0.75)
+        if arg.startswith("--") and close:
+            message += f" (did you mean {close[0]}?)"
+            break
+    command.error(message)
+
+
 def leaf_parser(parser: argparse.ArgumentParser, path: Sequence[str]) -> argparse.ArgumentParser:
     """The subparser of command ``path`` (``("eval", "calibration")``) under ``parser``."""
     for word in path:
@@ -310,12 +344,21 @@ def _named_by_flag(message: str, parser: argparse.ArgumentParser, args) -> str:
     name, sep, rest = message.partition(": ")
     if not sep or not name.isidentifier() or name.startswith("_"):
         return message
-    for action in leaf_parser(parser, args._command.split())._actions:
-        if action.dest == name and action.option_strings:
-            long = [o for o in action.option_strings if o.startswith("--")]
-            plain = [o for o in long if not o.startswith("--no-")]  # --lora, not --no-lora
-            return f"{(plain or long or action.option_strings)[0]}: {rest}"
-    return message
+    flag = _flags(leaf_parser(parser, args._command.split())).get(name)
+    return message if flag is None else f"{flag}: {rest}"
+
+
+def _flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each option of a command's ``parser`` (its ``dest``, as the Python API names it) and
+    the flag that names it: the first long one, ``--lora`` rather than ``--no-lora``."""
+    flags: dict[str, str] = {}
+    for action in parser._actions:
+        if not action.option_strings or action.dest in flags or action.dest == "help":
+            continue
+        long = [o for o in action.option_strings if o.startswith("--")]
+        plain = [o for o in long if not o.startswith("--no-")]  # --lora, not --no-lora
+        flags[action.dest] = (plain or long or action.option_strings)[0]
+    return flags
 
 
 def _save_traceback(error: BaseException) -> str:

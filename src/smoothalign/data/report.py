@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from smoothalign._options import option
 from smoothalign.data.loading import location, row_location
 from smoothalign.data.tokenization import TokenizedPair
 
@@ -446,14 +447,14 @@ def format_bad_rows(
         lines.append(f"  ... and {len(bad_rows) - limit} more")
     too_long = sum(b.code == "prompt_too_long" for b in bad_rows)
     longer = (
-        f" {too_long} of them are too long for max_length: raise it (--max-length) if the "
-        "model takes longer inputs."
+        f" {too_long} of them are too long for max_length: raise {option('max_length')} if "
+        "the model takes longer inputs."
         if too_long
         else ""
     )
     if len(bad_rows) < n_rows:
         lines.append(
-            "Fix the data, or pass on_bad_rows='skip' (--on-bad-rows skip) to drop these rows "
+            f"Fix the data, or pass {option('on_bad_rows', 'skip')} to drop these rows "
             "(they are then listed in the validation report)." + longer
         )
     else:  # skipping would leave nothing
