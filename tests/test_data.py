@@ -245,6 +245,40 @@ def test_truncation_cuts_responses_from_the_end_and_is_counted(tok):
     assert "warning" in report.to_markdown()
 
 
+def _truncation_warnings(rows, tok, max_length, **kw):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = validate_preference_rows(rows, tok, max_length=max_length, **kw)
+    return report, [str(w.message) for w in caught if "cut to fit" in str(w.message)]
+
+
+def test_truncating_a_tenth_of_the_pairs_or_more_is_said_on_the_console(tok, monkeypatch):
+    """Truncation was counted in validation.json and the report alone: from 10% of the kept
+    pairs cut, validation warns, with the counts and the option that fixes it (the flag
+    under a command that has one); below that, and on ranks other than 0, it says nothing."""
+    from smoothalign._options import command_flags
+
+    long = plain_row(0, chosen="abcdefghij", rejected="abcdefghij" * 2)
+    rows = [long] + [plain_row(i, chosen="ab", rejected="ac") for i in range(1, 11)]
+    max_length = 1 + len(byte_ids("Q0: 2+2=")) + 6
+    report, said = _truncation_warnings(rows, tok, max_length)  # 1 of 11: 9%
+    assert report.n_truncated == 2 and said == []
+    rows.append(plain_row(11, chosen="abcdefghij", rejected="x"))  # 2 of 12: 17%
+    report, said = _truncation_warnings(rows, tok, max_length)
+    assert said == [
+        f"preference data: 2 of 12 kept pairs (17%) have a response cut to fit max_length "
+        f"{max_length} (2 chosen, 1 rejected): their ends, and the end-of-sequence token, are "
+        "never read. Raise max_length if the model takes longer inputs (warned from 10% of the "
+        "kept rows; every cut is counted in the validation report)"
+    ]
+    with command_flags({"max_length": "--max-length"}):
+        _, said = _truncation_warnings(rows, tok, max_length, held_out=True)
+    assert said[0].startswith("held-out preference data: 2 of 12 kept pairs (17%)")
+    assert "Raise --max-length if" in said[0]
+    monkeypatch.setenv("RANK", "1")  # every rank validates the same data: rank 0 says it
+    assert _truncation_warnings(rows, tok, max_length)[1] == []
+
+
 def test_a_responses_user_and_tool_turns_are_not_scored_chosen_and_rejected_alike():
     """A user or tool turn inside chosen/rejected is text the model reads, not writes: its
     tokens and the next reply's generation prompt are masked in the labels, so log π(y|x)

@@ -719,6 +719,24 @@ def test_a_list_of_strings_is_a_wrong_type_or_malformed_not_a_message_list():
     assert "got a list of str" in report.bad_rows[0].reason
 
 
+def test_truncating_a_tenth_of_the_rows_or_more_is_said_on_the_console():
+    import warnings
+
+    rows = [{"prompt": "q", "completion": "x" * 100}] + [
+        {"prompt": "q", "completion": f"a{i}"} for i in range(3)
+    ]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = _validate(rows, max_length=16)
+    assert report.n_truncated == 1
+    assert [str(w.message) for w in caught if "cut to fit" in str(w.message)] == [
+        "SFT data: 1 of 4 kept rows (25%) were cut to fit max_length 16: their ends, and the "
+        "end-of-sequence token, are never read. Raise max_length if the model takes longer "
+        "inputs (warned from 10% of the kept rows; every cut is counted in the validation "
+        "report)"
+    ]
+
+
 def test_text_rows_in_conversational_data_are_mixed_formats():
     chat = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
     report = _validate([chat, chat, {"text": "plain"}], on_bad_rows="skip")

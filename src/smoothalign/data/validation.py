@@ -56,6 +56,7 @@ from typing import Any, Literal, TypeVar
 
 from tqdm.auto import tqdm
 
+from smoothalign._options import option
 from smoothalign._warn import main_process, warn_main
 from smoothalign.data.collate import scored_ids
 from smoothalign.data.loading import (
@@ -324,6 +325,9 @@ def validate_rows(
             report.special_text += _special_text(index, row, kind_fields, specials, tokenizer)
     if report.special_text:
         warn_main(f"{what} data: {report.special_text_warning()}", stacklevel=3)
+    if warning := truncation_warning(report):
+        held_out = "" if check_split else "held-out "  # (a held-out set's split is not read)
+        warn_main(f"{held_out}{what} data: {warning}", stacklevel=3)
     report.duplicates = find_duplicates(report.examples)
     if report.duplicates:
         warn_main(f"{what} data: {report.duplicates_warning()}", stacklevel=3)
@@ -333,6 +337,41 @@ def validate_rows(
         listing = format_bad_rows(report.bad_rows, len(rows), what=f"{what} rows", rows=rows)
         raise RefusedRowsError(prefix + listing, report)
     return report
+
+
+TRUNCATION_WARNING_SHARE = 0.1
+"""The share of the kept rows cut to fit ``max_length`` from which validation warns on the
+console: a few long outliers are normal (and counted in the report); a tenth of the data
+read without its ends is a ``max_length`` too small for it."""
+
+
+def truncation_warning(report: TokenizedRowsReport) -> str | None:
+    """What truncation did to ``report``'s kept rows, where it cut at least
+    :data:`TRUNCATION_WARNING_SHARE` of them (a pair: either response; an SFT row: its
+    sequence); ``None`` below that. Names the option that fixes it as its reader types it
+    (:func:`smoothalign._options.option`)."""
+    kept = report.examples
+    pairs = isinstance(report, ValidationReport)
+    if pairs:
+        cut = sum(ex.chosen_truncated or ex.rejected_truncated for ex in kept)
+    else:
+        cut = sum(bool(getattr(ex, "truncated", False)) for ex in kept)
+    if not kept or cut < TRUNCATION_WARNING_SHARE * len(kept):
+        return None
+    share = f"{cut} of {len(kept)} kept {'pairs' if pairs else 'rows'} ({cut / len(kept):.0%})"
+    if pairs:
+        what = (
+            f"{share} have a response cut to fit max_length {report.max_length} "
+            f"({report.n_truncated_chosen} chosen, {report.n_truncated_rejected} rejected)"
+        )
+    else:
+        what = f"{share} were cut to fit max_length {report.max_length}"
+    return (
+        f"{what}: their ends, and the end-of-sequence token, are never read. Raise "
+        f"{option('max_length')} if the model takes longer inputs (warned from "
+        f"{TRUNCATION_WARNING_SHARE:.0%} of the kept rows; every cut is counted in the "
+        "validation report)"
+    )
 
 
 def content_key(row: Mapping[str, Any], fields: Sequence[str]) -> str:
