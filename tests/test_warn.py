@@ -48,3 +48,25 @@ def test_the_main_process_alone_warns(monkeypatch):
     assert _said(lambda: warn_once("a fallback", key="test-fallback rank 1")) == []
     monkeypatch.setenv("RANK", "0")  # the key was seen: not said later either
     assert _said(lambda: warn_once("a fallback", key="test-fallback rank 1")) == []
+
+
+def test_wrapping_a_model_in_lora_says_nothing_of_peft_s_deprecated_alias():
+    """PEFT's ``PeftModel.__init__`` reads ``model.is_gradient_checkpointing``, which
+    transformers deprecated: its FutureWarning was printed by every training command with
+    LoRA (dpo, sft, reward). Filtered while PEFT wraps the model, and then only: reading
+    the alias ourselves is still said."""
+    from types import SimpleNamespace
+
+    from smoothalign.models.loading import build_tiny_model
+    from smoothalign.reward.run import _add_lora as add_reward_lora
+    from smoothalign.reward.run import build_reward_model
+    from smoothalign.train.common import add_lora
+
+    config = SimpleNamespace(lora_r=2, lora_alpha=4)
+    policy = build_tiny_model()
+    reward, _ = build_reward_model("tiny")
+    said = _said(lambda: (add_lora(policy, config), add_reward_lora(reward, config)))
+    assert not [m for m in said if "is_gradient_checkpointing" in m], said
+    assert any(
+        "is_gradient_checkpointing" in m for m in _said(lambda: reward.is_gradient_checkpointing)
+    )

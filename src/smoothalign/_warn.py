@@ -4,8 +4,10 @@ repeat each other."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 
 _said: set[str] = set()
 
@@ -34,3 +36,21 @@ def warn_main(message: str, *, stacklevel: int = 2) -> None:
     for the run rather than once per rank."""
     if main_process():
         warnings.warn(message, stacklevel=stacklevel + 1)
+
+
+PEFT_CHECKPOINTING_ALIAS = r"`is_gradient_checkpointing` is deprecated"
+"""The start of transformers' FutureWarning for the deprecated ``is_gradient_checkpointing``
+alias (transformers 5: ``is_activation_checkpointing``)."""
+
+
+@contextlib.contextmanager
+def peft_wrap_quietly() -> Iterator[None]:
+    """While PEFT wraps a model (``get_peft_model``): without the FutureWarning its
+    ``PeftModel.__init__`` makes by reading ``model.is_gradient_checkpointing`` (peft 0.21),
+    an alias transformers deprecated. It was said on every training command with LoRA, and
+    it is PEFT's code, which nothing a user (or smoothalign) passes changes. Only that
+    warning (its message and category) is filtered, and only during the wrap: our own use
+    of the alias would still be said."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=PEFT_CHECKPOINTING_ALIAS, category=FutureWarning)
+        yield

@@ -136,6 +136,8 @@ def build_reward_model(
 def _add_lora(model, config: RewardConfig):
     from peft import LoraConfig, get_peft_model
 
+    from smoothalign._warn import peft_wrap_quietly
+
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -143,7 +145,8 @@ def _add_lora(model, config: RewardConfig):
         target_modules="all-linear",
         task_type="SEQ_CLS",  # keeps the new scalar head fully trainable (modules_to_save)
     )
-    return get_peft_model(model, lora)
+    with peft_wrap_quietly():  # PEFT reads a deprecated transformers alias
+        return get_peft_model(model, lora)
 
 
 # ---------------------------------------------------------------------------- data

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from smoothalign._warn import main_process, warn_main
+from smoothalign._warn import main_process, peft_wrap_quietly, warn_main
 from smoothalign.data import BadRow
 from smoothalign.data.loading import location
 from smoothalign.data.report import RefusedRowsError, format_bad_rows
@@ -554,7 +554,8 @@ def add_lora(model, config: Any):
         target_modules="all-linear",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    with peft_wrap_quietly():  # PEFT reads a deprecated transformers alias
+        return get_peft_model(model, lora)
 
 
 def load_checked(
