@@ -133,7 +133,7 @@ def test_relabel_mirrors_every_form_of_the_label_and_names_what_it_cannot():
 def test_empirical_prior_on_too_little_data_warns():
     rows = [{"chosen": "a", "rejected": "b", "votes_chosen": v, "votes_total": 1} for v in (0, 1)]
     _, summary = add_vote_confidence(rows * 30)
-    assert summary.warnings and "consider --prior uniform" in summary.to_text()
+    assert summary.warnings and "consider prior='uniform'" in summary.to_text()
     _, summary = add_vote_confidence(rows * 30, prior="uniform")
     assert not summary.warnings
 
@@ -149,10 +149,12 @@ def test_field_refuses_the_rows_own_fields_and_empty_names(tmp_path, capsys, nam
     out = tmp_path / "out.jsonl"
     argv = ["data", "confidence", "--data", str(data), "--output", str(out), "--prior", "uniform"]
     assert main([*argv, "--field", name, "--overwrite", "--relabel"]) == 2
-    assert f"(--field) {name!r}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"smoothalign data confidence: --field {name!r}: " in err and "field_name" not in err
     assert not out.exists()
-    with pytest.raises(ValueError, match="--field"):
+    with pytest.raises(ValueError, match=f"^field_name {name!r}: ") as raised:
         add_vote_confidence(_rows(), prior="uniform", field_name=name, overwrite=True)
+    assert "--field" not in str(raised.value)
     assert main([*argv, "--field", "vote_q"]) == 0  # another name is fine
 
 
@@ -188,7 +190,9 @@ def test_readme_votes_to_confidence_pipeline_runs_as_written(tmp_path, capsys, m
     assert main(kept) == 2
     err = capsys.readouterr().err
     assert "votes.jsonl: every row already has a 'confidence' field (64 rows" in err
-    assert "--overwrite" in err and "--field NAME" in err
+    assert "Pass --overwrite to replace it" in err
+    assert "or another --field (e.g. --field vote_confidence) to write" in err
+    assert "overwrite=True" not in err and "field_name" not in err
     assert "row 0" not in err and "rows cannot be used" not in err
     # --field keeps the true q beside the estimate
     assert main([*kept, "--field", "vote_confidence"]) == 0
@@ -246,3 +250,15 @@ def test_an_output_that_is_the_input_is_refused_and_the_input_kept(tmp_path, cap
     # another file in the folder is fine
     argv = ["data", "confidence", "--data", "votes", "--output", "votes/conf.jsonl"]
     assert main([*argv, "--prior", "uniform"]) == 0
+
+
+def test_the_python_api_names_its_keywords_not_the_command_s_flags():
+    rows = [{**r, "confidence": 0.5} for r in _rows()]
+    with pytest.raises(ValueError) as raised:
+        add_vote_confidence(rows, prior="uniform")
+    message = str(raised.value)
+    assert "Pass overwrite=True to replace it" in message
+    assert "or another field_name (e.g. field_name='vote_confidence')" in message
+    assert "--" not in message.replace("--export-votes", "").replace("--smoothing", "")
+    _, summary = add_vote_confidence(rows, prior="uniform", overwrite=True)
+    assert "another field_name keeps it" in summary.to_text()

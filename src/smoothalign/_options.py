@@ -20,15 +20,15 @@ _UNSET = object()
 
 def option(name: str, value: Any = _UNSET) -> str:
     """Option ``name`` (the Python keyword), set to ``value`` if given, as the reader types
-    it: the running command's flag (``--on-bad-rows skip``) where it has one, else the
-    keyword (``on_bad_rows='skip'``)."""
+    it: the running command's flag (``--on-bad-rows skip``; ``True``: the switch alone,
+    ``--overwrite``) where it has one, else the keyword (``on_bad_rows='skip'``)."""
     flags = _FLAGS.get()
     flag = None if flags is None else flags.get(name)
     if value is _UNSET:
         return name if flag is None else flag
     if flag is None:
         return f"{name}={value!r}"
-    return f"{flag} {shlex.quote(str(value))}"
+    return flag if value is True else f"{flag} {shlex.quote(str(value))}"
 
 
 @contextlib.contextmanager

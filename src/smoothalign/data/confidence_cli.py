@@ -37,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--field",
+        dest="field_name",  # add_vote_confidence's keyword: messages name the option so
         default="confidence",
         help="the column to write (`smoothalign dpo --smoothing oracle-*` reads 'confidence'); "
         "not one of the rows' own fields (prompt, chosen, rejected, the votes, p_chosen, "
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from smoothalign.data.vote_confidence import add_vote_confidence, check_field_name
     from smoothalign.io import atomic_write_text, check_output_file
 
-    check_field_name(args.field)  # before reading the data
+    check_field_name(args.field_name)  # before reading the data
     check_output_file(args.output, "--output")
     refuse_output_read(args.output, args.data)  # before reading
     rows = load_preference_rows(args.data)
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         rows,
         prior=args.prior,
         relabel=args.relabel,
-        field_name=args.field,
+        field_name=args.field_name,
         overwrite=args.overwrite,
     )
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from smoothalign._options import option
 from smoothalign.data.loading import (
     FILE_KEY,
     NOT_OBJECT_KEY,
@@ -106,7 +107,7 @@ def check_field_name(field_name: Any) -> None:
         why = "a '…chosen…' / '…rejected…' field, which relabelling swaps with its partner"
     if why is not None:
         raise ValueError(
-            f"field_name (--field) {field_name!r}: {why}; write the confidence to another "
+            f"{option('field_name')} {field_name!r}: {why}; write the confidence to another "
             "column (the default is 'confidence', which `smoothalign dpo --smoothing "
             "oracle-*` reads)"
         )
@@ -126,7 +127,7 @@ def _check_votes(
         if row.get(field_name) is not None:
             present.append(
                 f"{row_location(row, i)}, field '{field_name}': already present (pass "
-                "overwrite=True, --overwrite, or write the confidence to another field)"
+                f"{option('overwrite', True)}, or write the confidence to another field)"
             )
         v, k = _count(row.get("votes_chosen")), _count(row.get("votes_total"))
         if row.get("votes_total") is None or k is None or k < 1:
@@ -149,11 +150,12 @@ def _check_votes(
         others = [b for b in bad if b not in present]
         raise ValueError(
             f"{where}: every row already has a '{field_name}' field ({len(rows)} rows; in a "
-            f"`study preference --export-votes` file it is the true q). Pass --overwrite "
-            f"(overwrite=True) to replace it with the votes' estimate (what `smoothalign dpo "
-            f"--smoothing oracle-*` reads; the old values are lost, and the dpo report's "
-            f"*_true metrics then measure against the estimate), or --field NAME (e.g. "
-            f"--field vote_confidence) to write the estimate beside it and keep it"
+            f"`study preference --export-votes` file it is the true q). Pass "
+            f"{option('overwrite', True)} to replace it with the votes' estimate (what "
+            "`smoothalign dpo --smoothing oracle-*` reads; the old values are lost, and the dpo "
+            "report's *_true metrics then measure against the estimate), or another "
+            f"{option('field_name')} (e.g. {option('field_name', 'vote_confidence')}) to write "
+            "the estimate beside it and keep it"
             + (
                 f"\n{len(others)} of {len(rows)} rows cannot be used either:\n  "
                 + "\n  ".join(others[:MAX_LISTED])
@@ -266,13 +268,14 @@ def add_vote_confidence(
     if replaced:
         warnings.append(
             f"replaced the '{field_name}' value that {replaced} of {len(rows)} rows had (in a "
-            "`study preference --export-votes` file, the true q); --field NAME keeps it"
+            f"`study preference --export-votes` file, the true q); another "
+            f"{option('field_name')} keeps it"
         )
     if prior == "empirical" and (max(totals) <= 2 or len(totals) < MIN_ROWS_EMPIRICAL):
         warnings.append(
             f"{len(totals)} rows with at most {max(totals)} votes each say little about the "
             "prior's shape: the empirical prior stays near its uniform start and its "
-            "posteriors are arbitrary; consider --prior uniform"
+            f"posteriors are arbitrary; consider {option('prior', 'uniform')}"
         )
     summary = VoteConfidenceSummary(
         rows=len(out),
