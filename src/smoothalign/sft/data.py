@@ -25,7 +25,10 @@ Row formats (TRL's):
 A row holds one form: ``text`` beside ``prompt``/``completion``/``messages`` is
 ``ambiguous_format``. The two conversational forms may be mixed, and so may the plain ones
 (plain prompt/completion and ``text``); plain and conversational rows may not (the data
-set's format is its rows' majority, the others are ``mixed_formats``). An empty string
+set's format is its rows' majority, the others are ``mixed_formats``), nor may one row's
+fields (a message-list prompt beside a string completion: ``mixed_formats``, naming both;
+a list of strings is no message list: ``wrong_type``, or ``malformed_messages`` where only
+messages fit). An empty string
 beside another form's field counts as absent, so a CSV can mix forms (its empty cells read
 as ""). Every other column is
 kept as metadata (``split`` = ``train``/``eval`` selects the evaluation rows).
