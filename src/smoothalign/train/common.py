@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from smoothalign._options import option
 from smoothalign._warn import main_process, peft_wrap_quietly, warn_main
 from smoothalign.data import BadRow
 from smoothalign.data.loading import location
@@ -519,15 +520,15 @@ def check_identical_after_truncation(
         raise ValueError(
             f"data: all {len(train)} training pairs have identical chosen and rejected {what} "
             f"after truncation to max_length {max_length} (they differ only past it): their "
-            "margin is always 0, there is nothing to learn; raise max_length (--max-length)"
+            f"margin is always 0, there is nothing to learn; raise {option('max_length')}"
         )
-    for option, report in reports.items():
+    for data_option, report in reports.items():
         if report is not None and report.n_identical_after_truncation:
             warn_main(  # every rank validated the same data: said by the main process
-                f"{option}: {report.n_identical_after_truncation} of {report.n_kept} kept pairs "
+                f"{option(data_option)}: {report.n_identical_after_truncation} of {report.n_kept} kept pairs "
                 f"have identical chosen and rejected {what} after truncation to max_length "
                 f"{max_length}: their margin is always 0 (they teach nothing, and score as "
-                "ties); raise max_length (--max-length)",
+                f"ties); raise {option('max_length')}",
                 stacklevel=2,
             )
 
