@@ -362,3 +362,25 @@ def test_reward_rows_with_no_valid_text_list_the_label_problems_with_the_text_on
     assert [x.split(",")[0] for x in listed] == ["row 0", "row 1", "row 2", "row 3"]
     codes = [(b.row, b.code) for b in err.value.report.bad_rows]
     assert codes == [(0, "bad_p_chosen")] + [(i, "identical_responses") for i in (1, 2, 3)]
+
+
+def test_identical_after_truncation_names_a_data_folders_eval_files(tmp_path, recwarn):
+    """A held-out set read from a data folder's eval file (no --eval-data given) whose pairs
+    truncation made identical is named as that file in the warning, not as --eval-data,
+    which the user never passed."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_jsonl(_pairs(8), folder / "train.jsonl")
+    same = [{"prompt": f"Q{i}:", "chosen": "a" * 20 + "b", "rejected": "a" * 20 + "c"}
+            for i in range(3)]  # fmt: skip
+    write_jsonl(_pairs(3, seed=1) + same, folder / "eval.jsonl")
+    out = tmp_path / "run"
+    argv = ["dpo", "--model", "tiny", "--data", folder, "--output-dir", out, "--max-steps",
+            1, "--batch-size", 2, "--max-length", 12, "--no-report", "--no-lora"]  # fmt: skip
+    assert main([str(a) for a in argv]) == 0
+    said = [
+        str(w.message) for w in recwarn.list if "identical chosen and rejected" in str(w.message)
+    ]
+    assert len(said) == 1, said
+    assert said[0].startswith("the data folder's eval.jsonl: 3 of "), said[0]
+    assert "--eval-data" not in said[0]

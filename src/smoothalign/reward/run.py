@@ -241,7 +241,11 @@ def load_reward_data(
             info, md = validation_summary(report, eval_report)
         texts = {"data": report.text, "eval_data": eval_report and eval_report.text}
         check_identical_after_truncation(
-            [ex.pair for ex in train_ex], texts, config.max_length, whole_text=True
+            [ex.pair for ex in train_ex],
+            texts,
+            config.max_length,
+            whole_text=True,
+            eval_option=folder.option,
         )
     return train_ex, eval_ex, info, md, notes + split_notes
 

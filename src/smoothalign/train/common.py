@@ -509,12 +509,15 @@ def check_identical_after_truncation(
     max_length: int,
     *,
     whole_text: bool = False,
+    eval_option: str = "--eval-data",
 ) -> None:
     """Say on the console (a warning) how many kept pairs of each data option's validation
     report (``{"data": report, "eval_data": report or None}``) truncation to ``max_length``
     made identical (:func:`~smoothalign.data.validation.identical_after_truncation`): their
     margin is always 0, so they teach nothing and score as ties. Refuse the run when every
-    training pair (``TokenizedPair`` s) is one: there is nothing to learn."""
+    training pair (``TokenizedPair`` s) is one: there is nothing to learn. ``eval_option``:
+    how the run names its held-out set (``folder_held_out``'s ``option``: a data folder's
+    eval files where no ``--eval-data`` was given), which names ``eval_data``'s report."""
     what = "sequences" if whole_text else "scored tokens"
     if train and all(identical_after_truncation(ex, whole_text) for ex in train):
         raise ValueError(
@@ -524,8 +527,11 @@ def check_identical_after_truncation(
         )
     for data_option, report in reports.items():
         if report is not None and report.n_identical_after_truncation:
+            # a data folder's eval files are no --eval-data the user passed: named as read
+            folder_eval = data_option == "eval_data" and eval_option != "--eval-data"
+            name = eval_option if folder_eval else option(data_option)
             warn_main(  # every rank validated the same data: said by the main process
-                f"{option(data_option)}: {report.n_identical_after_truncation} of {report.n_kept} kept pairs "
+                f"{name}: {report.n_identical_after_truncation} of {report.n_kept} kept pairs "
                 f"have identical chosen and rejected {what} after truncation to max_length "
                 f"{max_length}: their margin is always 0 (they teach nothing, and score as "
                 f"ties); raise {option('max_length')}",

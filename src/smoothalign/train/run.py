@@ -329,7 +329,9 @@ def _load_data(
             train_ex = require_confidence(report, train_ex, config.on_bad_rows)
             info, md = validation_summary(report, eval_report)
         reports = {"data": report, "eval_data": eval_report}
-        check_identical_after_truncation(train_ex, reports, config.max_length)
+        check_identical_after_truncation(
+            train_ex, reports, config.max_length, eval_option=eval_option
+        )
     skipped = sum(v["n_skipped"] for v in info.values())
     return train_ex, eval_ex, md, skipped, split_notes, info
 
