@@ -1,15 +1,17 @@
 """Check preference rows before training, tokenise the good ones, and report the bad ones.
 
 Nothing is dropped silently: with ``on_bad_rows="error"`` any bad row raises a
-``ValueError`` naming the first few (``row 17, field 'chosen': empty response``) and the
-total; with ``"skip"`` every bad row is listed in the returned ``ValidationReport``.
+``ValueError`` (a ``RefusedRowsError``, carrying every bad row) naming the first few
+(``row 17, field 'chosen': empty response``) and the total; with ``"skip"`` every bad row
+is listed in the returned ``ValidationReport``.
 
 Row formats (TRL's):
 
 * plain text: ``prompt``, ``chosen``, ``rejected`` are strings;
 * conversational: ``prompt`` is a list of ``{"role", "content"}`` messages ending with the
   turn being answered (not an assistant message); ``chosen``/``rejected`` are message lists
-  starting with an assistant message (usually just one). Keys that are ``None`` inside a
+  starting and ending with an assistant message (usually just one; one ending with a
+  ``user`` or ``tool`` turn, which no reply answers, is ``malformed_messages``). Keys that are ``None`` inside a
   message (Parquet/``datasets`` fill absent struct fields with nulls) are dropped.
   A response may go on with other turns (a ``user`` or ``tool`` message, then the next
   reply) or hold several replies: such a response is scored on its assistant turns only, not

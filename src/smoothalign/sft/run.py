@@ -2,7 +2,8 @@
 
 The wiring of the layers below; every piece it calls is tested on its own. Writes into
 ``config.output_dir``: ``config.json``, ``validation.json``, ``split.json`` (the held-out
-rows: ``train.common.split_record``), ``metrics.jsonl``,
+rows: ``train.common.split_record``), ``data_fingerprint.json`` (the rows trained and
+evaluated on; each checkpoint holds its own), ``metrics.jsonl``,
 ``checkpoint-N/`` (with ``--save-steps``), ``final/`` (the full model; with LoRA the merged
 model, and the adapter in ``final/adapter/``),
 ``eval_results.json`` (held-out metrics before and after) and, with ``report``,

@@ -1,4 +1,4 @@
-"""What the DPO and reward-model trainers share on top of ``transformers.Trainer``.
+"""What the DPO, reward-model and SFT trainers share on top of ``transformers.Trainer``.
 
 * a smoothing policy whose state goes into every checkpoint, certified by a completion
   marker written last — after every rank has finished its part of the save;

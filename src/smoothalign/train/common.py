@@ -1,6 +1,7 @@
-"""What the DPO and reward-model runs share: the smoothing policy a config asks for, the
-``transformers.TrainingArguments`` built from the fields both configs have, and the
-train/eval split of their data."""
+"""What the DPO, reward-model and SFT runs share: the smoothing policy a config asks for, the
+``transformers.TrainingArguments`` built from the fields their configs have, the
+train/eval split of their data and its record (``split.json``), and the data check whose
+refusal writes ``refused_validation.json`` (:class:`DataCheck`)."""
 
 from __future__ import annotations
 
