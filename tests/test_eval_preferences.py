@@ -400,3 +400,31 @@ def test_a_bad_split_value_is_a_bad_row_named_by_row_and_field(tmp_path, capsys,
     assert _eval(*args, "--output-dir", tmp_path / "o2", "--on-bad-rows", "skip") == 0
     lines = _lines(tmp_path / "o2" / "forecasts.jsonl")
     assert [x["row"] for x in lines] == [1, 2, 3]
+
+
+def test_truncation_warnings_call_only_held_out_rows_held_out(tmp_path):
+    """The console's truncation warning called every scored row held-out, the rows of
+    --split train (the pairs the policy trained on) too: it now says held-out only where
+    the rows scored are the held-out ones."""
+    import warnings
+
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    long = " and so on" * 4
+    write_jsonl([{"prompt": f"T{i}:", "chosen": long, "rejected": " no"} for i in range(4)],
+                folder / "train.jsonl")  # fmt: skip
+    write_jsonl([{"prompt": f"E{i}:", "chosen": long, "rejected": " no"} for i in range(3)],
+                folder / "eval.jsonl")  # fmt: skip
+
+    def said(split: str) -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert _eval("--model", "tiny", "--reference", "tiny", "--data", folder,
+                         "--max-length", "20", "--split", split,
+                         "--output-dir", tmp_path / f"out_{split}") == 0  # fmt: skip
+        return [str(w.message) for w in caught if "cut to fit" in str(w.message)]
+
+    (on_train,) = said("train")
+    assert on_train.startswith("preference data: 4 of 4 kept pairs")
+    (on_eval,) = said("eval")
+    assert on_eval.startswith("held-out preference data: 3 of 3 kept pairs")

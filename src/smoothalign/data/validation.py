@@ -194,6 +194,7 @@ def validate_preference_rows(
     require_confidence: bool = False,
     held_out: bool = False,
     whole_text: bool = False,
+    check_split: bool | None = None,
 ) -> ValidationReport:
     """Validate and tokenise preference rows.
 
@@ -208,7 +209,11 @@ def validate_preference_rows(
         require_confidence: a row without a ``confidence`` is a bad row (the ``oracle-*``
             smoothing policies read it from every row).
         held_out: the rows are a held-out set (``--eval-data``): a ``split`` column is not
-            read, so it is not checked either (the training data's must say train or eval).
+            read, so it is not checked either (the training data's must say train or eval),
+            and the console's warnings call the rows held-out.
+        check_split: whether a ``split`` column is read and checked (default: ``not
+            held_out``): ``eval preferences`` scores the rows a split column picked, held
+            out or not.
         whole_text: the pairs are for a consumer that reads each sequence's every token (a
             reward model), not the assistant turns' log-prob alone (DPO): a pair counts in
             ``n_identical_after_truncation`` only where its truncated token sequences are
@@ -237,7 +242,8 @@ def validate_preference_rows(
             whole_text=whole_text,
         ),
         progress=True,
-        check_split=not held_out,
+        check_split=not held_out if check_split is None else check_split,
+        held_out=held_out,
     )
 
 
@@ -269,6 +275,7 @@ def validate_rows(
     process_row: Callable[[int, Mapping[str, Any], str, str, Any, int, R], Any],
     progress: bool = False,
     check_split: bool = True,
+    held_out: bool | None = None,
 ) -> R:
     """The row-validation loop that preference and SFT data share.
 
@@ -278,7 +285,9 @@ def validate_rows(
     tokenizer, max_length, report)`` on every row that is a mapping: its result is kept in
     ``report.examples``, a ``BadRowError`` / ``RowTokenizationError`` becomes a ``BadRow``.
     ``what`` names the data in messages (``"no valid SFT row is left"``); ``progress`` shows
-    a progress bar from 2000 rows.
+    a progress bar from 2000 rows; ``check_split``: a ``split`` column is read, so every
+    row must say train or eval; ``held_out``: the rows are held out, which the console's
+    warnings say (default: ``not check_split``, a held-out set's split not being read).
 
     Raises:
         ValueError: a bad argument, a tokenizer unfit for the data, no rows, a bad row in
@@ -328,8 +337,8 @@ def validate_rows(
     if report.special_text:
         warn_main(f"{what} data: {report.special_text_warning()}", stacklevel=3)
     if warning := truncation_warning(report):
-        held_out = "" if check_split else "held-out "  # (a held-out set's split is not read)
-        warn_main(f"{held_out}{what} data: {warning}", stacklevel=3)
+        prefix = "held-out " if (not check_split if held_out is None else held_out) else ""
+        warn_main(f"{prefix}{what} data: {warning}", stacklevel=3)
     report.duplicates = find_duplicates(report.examples)
     if report.duplicates:
         warn_main(f"{what} data: {report.duplicates_warning()}", stacklevel=3)

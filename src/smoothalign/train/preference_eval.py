@@ -470,7 +470,8 @@ def _evaluate(
             tokenizer,
             max_length.value,
             config.on_bad_rows,
-            held_out=not selected.check_split,
+            held_out=selected.split == "eval",  # what the console's warnings call them
+            check_split=selected.check_split,
         )
         check_identical_after_truncation([], {"data": report}, max_length.value)  # warns only
         nonlocal reference
