@@ -741,3 +741,35 @@ def test_cli_scores_without_probabilities_name_the_scorer_task_and_question(
         err = capsys.readouterr().err
         assert "letter scorer, task quiz, question" in err and "quiz.jsonl:3" in err, err
         assert "no probabilities" in err
+
+
+def _fake_run_folder(folder: Path) -> dict[str, bytes]:
+    """A smoothalign run's folder as the output checks see it: its options' config.json
+    (``output_dir``, ``working_dir``) and a reliability.png of its own; a model in final/."""
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"output_dir": str(folder), "working_dir": "."}))
+    (folder / "reliability.png").write_bytes(b"the run's own")
+    (folder / "final").mkdir()
+    (folder / "final" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_cli_refuses_a_run_or_model_folder_as_the_output(tmp_path, capsys, monkeypatch):
+    """A run's folder as --output-dir had its reliability.png replaced and results.json,
+    results.md and predictions.jsonl mixed into it, with exit status 0: refused before any
+    work, as eval preferences refuses it, and so is a model folder (the run's final/)."""
+    from smoothalign.cli import main
+
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    data = _write_jsonl(tmp_path / "quiz.jsonl", [{"question": "1?", "options": ["1", "2"],
+                                                   "answer": 0}])  # fmt: skip
+    run = tmp_path / "run"
+    before = _fake_run_folder(run)
+    for out, what in ((run, "a smoothalign run's folder"), (run / "final", "a model folder")):
+        rc = main(["eval", "calibration", "--model", "tiny", "--tasks", str(data),
+                   "--output-dir", str(out), "--no-progress"])  # fmt: skip
+        assert rc == 2
+        err = capsys.readouterr().err
+        assert f"--output-dir: {out} is {what}" in err and "reliability.png" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in (run / "final").iterdir()) == ["config.json"]

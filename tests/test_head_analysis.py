@@ -250,3 +250,20 @@ def test_cli_scales_a_heads_bias_with_the_logit_scale(tmp_path, monkeypatch):
     logp = torch.log_softmax(logits, -1)
     expected = float(-(logp.exp() * logp).sum(-1).mean())
     assert report["observed_entropy"]["mean"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_cli_refuses_a_run_or_model_folder_as_the_output(tmp_path, capsys, monkeypatch):
+    """head.json and head_entropy.png written into a run's folder (or its final/ model)
+    mixed into it: refused before the model loads, naming --output-dir."""
+    from smoothalign.cli import main
+
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"output_dir": str(run), "working_dir": "."}))
+    (run / "final" / "config.json").write_text(json.dumps({"architectures": ["X"]}))
+    for out, what in ((run, "a smoothalign run's folder"), (run / "final", "a model folder")):
+        rc = main(["analyze", "head", "--model", "tiny", "--texts", "2", "--output-dir", str(out)])
+        assert rc == 2
+        assert f"--output-dir: {out} is {what}" in capsys.readouterr().err
+    assert sorted(p.name for p in run.rglob("*")) == ["config.json", "config.json", "final"]

@@ -53,6 +53,63 @@ def check_output_dir(path: str | os.PathLike, option: str = "--output-dir") -> P
     return path
 
 
+RUN_RECORD_KEYS = ("output_dir", "working_dir")
+"""Keys of the config.json a smoothalign run writes (its options, ``run_config_record``)."""
+
+
+def is_model_folder(path: str | os.PathLike) -> bool:
+    """``path/config.json`` is a ``transformers`` config (a run folder has a ``config.json``
+    too: its options, with neither ``model_type`` nor ``architectures``)."""
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        return False
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True  # unreadable: the loader says what is wrong with it
+    return not isinstance(data, dict) or "model_type" in data or "architectures" in data
+
+
+def is_run_folder(path: str | os.PathLike) -> bool:
+    """``path`` is a smoothalign run's folder: its ``config.json`` holds a run's options
+    (:data:`RUN_RECORD_KEYS`), not a model's config."""
+    path = Path(path)
+    file = path / "config.json"
+    if not path.is_dir() or not file.is_file() or is_model_folder(path):
+        return False
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # pragma: no cover - is_model_folder said True for those
+        return False
+    return isinstance(data, dict) and any(key in data for key in RUN_RECORD_KEYS)
+
+
+def check_not_a_run_or_model(
+    path: str | os.PathLike, files: str, option: str = "--output-dir"
+) -> Path:
+    """``path`` as a :class:`Path`, or a ``ValueError`` naming ``option`` where it is a
+    smoothalign run's folder or a model folder: a command's outputs (``files``, as the
+    message lists them) written there would replace the run's own (its ``report.md``,
+    ``reliability.png``) or mix into it. Call it before the work, with
+    :func:`check_output_dir`."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    what = (
+        "a smoothalign run's folder"
+        if is_run_folder(path)
+        else "a model folder"
+        if is_model_folder(path)
+        else None
+    )
+    if what:
+        raise ValueError(
+            f"{option}: {path} is {what}; this command's files ({files}) would replace or "
+            f"mix with its own: choose another {option}"
+        )
+    return path
+
+
 def _nearest_existing(candidates: tuple[Path, ...]) -> Path | None:
     """The first of ``candidates`` (a path and its parents) that exists, if any."""
     for p in candidates:

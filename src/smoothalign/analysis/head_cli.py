@@ -49,11 +49,17 @@ def run(args: argparse.Namespace) -> int:
     from smoothalign._checks import check_ranges, resolve_device
     from smoothalign.analysis.head import head_entropy_bound, smoothing_for_entropy
     from smoothalign.analysis.head_inputs import default_texts, head_inputs, prediction_entropies
-    from smoothalign.io import atomic_write_json, check_output_dir, save_figure
+    from smoothalign.io import (
+        atomic_write_json,
+        check_not_a_run_or_model,
+        check_output_dir,
+        save_figure,
+    )
     from smoothalign.models import describe_model, load_model_and_tokenizer, logit_transform
 
     t0 = time.perf_counter()
     out_dir = check_output_dir(args.output_dir)  # a file in the way: said before any work
+    check_not_a_run_or_model(out_dir, "head.json, head_entropy.png")  # not into a run's
     device = resolve_device(args.device)  # the options before the model loads
     checks = {
         "max_tokens": (args.max_tokens >= 2, ">= 2"),

@@ -129,12 +129,22 @@ def run(args: argparse.Namespace) -> int:
         score_options,
         summarise,
     )
-    from smoothalign.io import atomic_write_json, atomic_write_text, check_output_dir, save_figure
+    from smoothalign.io import (
+        atomic_write_json,
+        atomic_write_text,
+        check_not_a_run_or_model,
+        check_output_dir,
+        save_figure,
+    )
     from smoothalign.models import describe_model, load_model_and_tokenizer
     from smoothalign.progress import progress_bars
 
     t_start = time.perf_counter()
     out_dir = check_output_dir(args.output_dir)  # a file in the way: said before any work
+    # a run's or a model's folder: its reliability.png replaced, our files mixed into it
+    check_not_a_run_or_model(
+        out_dir, "results.json, results.md, reliability.png, predictions.jsonl"
+    )
     progress = not args.no_progress
 
     # 0. options, then the data: either fails before the model loads

@@ -49,7 +49,7 @@ from typing import Any
 import torch
 
 from smoothalign._warn import main_process
-from smoothalign.io import follow_umask
+from smoothalign.io import RUN_RECORD_KEYS, follow_umask, is_model_folder
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -388,22 +388,7 @@ def _remove_stale_leftovers(cache: Path, age_s: float = 3600.0) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-RUN_RECORD_KEYS = ("output_dir", "working_dir")
-"""Keys of the config.json a smoothalign run writes (its options, ``run_config_record``)."""
 _noted: set[str] = set()
-
-
-def is_model_folder(path: Path) -> bool:
-    """``path/config.json`` is a ``transformers`` config (a run folder has a ``config.json``
-    too: its options, with neither ``model_type`` nor ``architectures``)."""
-    file = path / "config.json"
-    if not file.is_file():
-        return False
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return True  # unreadable: the loader says what is wrong with it
-    return not isinstance(data, dict) or "model_type" in data or "architectures" in data
 
 
 def _run_record(path: Path) -> dict[str, Any] | None:

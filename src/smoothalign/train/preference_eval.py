@@ -169,12 +169,12 @@ def evaluate_preferences(config: PreferenceEvalConfig) -> PreferenceEvalResult:
     the model names first, then the data file, where the reference is settled (a missing
     ``reference`` is refused before any model loads), then the rows, before the weights
     where the tokenizer can be read on its own."""
-    from smoothalign.io import check_output_dir
+    from smoothalign.io import check_not_a_run_or_model, check_output_dir
     from smoothalign.models.loading import check_model_name, run_of_model
 
     t_start = time.perf_counter()
     out = check_output_dir(config.output_dir)
-    _check_not_a_run_or_model(out)
+    check_not_a_run_or_model(out, "validation.json, report.md, reliability.png, ...")
     check_model_name(config.model)
     if config.reference is not None:
         check_model_name(config.reference)
@@ -278,28 +278,6 @@ def select_rows(data: Any, split: str = "auto") -> SelectedRows:
         f"says {split!r}",
         check_split=True,
     )
-
-
-def _check_not_a_run_or_model(out: Path) -> None:
-    """Refuse an output folder that holds a training run or a model: this command's
-    ``validation.json``, ``report.md`` and ``reliability.png`` would replace the run's."""
-    from smoothalign.models.loading import _run_record, is_model_folder
-
-    if not out.is_dir():
-        return
-    what = (
-        "a smoothalign run's folder"
-        if _run_record(out) is not None
-        else "a model folder"
-        if is_model_folder(out)
-        else None
-    )
-    if what:
-        raise ValueError(
-            f"output_dir: {out} is {what}; the evaluation's files (validation.json, "
-            "report.md, reliability.png, ...) would replace its own: choose another "
-            "--output-dir"
-        )
 
 
 # ---------------------------------------------------------------------------- settings
