@@ -428,3 +428,13 @@ def test_truncation_warnings_call_only_held_out_rows_held_out(tmp_path):
     assert on_train.startswith("preference data: 4 of 4 kept pairs")
     (on_eval,) = said("eval")
     assert on_eval.startswith("held-out preference data: 3 of 3 kept pairs")
+
+
+def test_a_missing_reference_model_is_named_as_reference(tmp_path, capsys, monkeypatch):
+    """A --reference that is no model was reported as "model '…'", as if --model were wrong."""
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    data = write_jsonl(ROWS, tmp_path / "pairs.jsonl")
+    missing = tmp_path / "no-such-model"
+    args = ("--model", "tiny", "--data", data, "--output-dir", tmp_path / "out")
+    assert _eval(*args, "--reference", missing) == 2
+    assert f"--reference: model '{missing}': not a built-in model" in _refused(capsys)

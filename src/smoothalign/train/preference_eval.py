@@ -177,7 +177,10 @@ def evaluate_preferences(config: PreferenceEvalConfig) -> PreferenceEvalResult:
     check_not_a_run_or_model(out, "validation.json, report.md, reliability.png, ...")
     check_model_name(config.model)
     if config.reference is not None:
-        check_model_name(config.reference)
+        try:
+            check_model_name(config.reference)
+        except ValueError as e:  # its message says "model": name the option
+            raise ValueError(f"--reference: {e}") from None
     run = _dpo_run(config.model, run_of_model(config.model))
     beta = _beta(config, run)
     max_length = _max_length(config, run)
