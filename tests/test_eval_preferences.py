@@ -438,3 +438,56 @@ def test_a_missing_reference_model_is_named_as_reference(tmp_path, capsys, monke
     args = ("--model", "tiny", "--data", data, "--output-dir", tmp_path / "out")
     assert _eval(*args, "--reference", missing) == 2
     assert f"--reference: model '{missing}': not a built-in model" in _refused(capsys)
+
+
+def test_a_run_folder_scores_the_rows_its_split_json_held_out(tmp_path, monkeypatch):
+    """A run trained with the seeded holdout on the file given: --split auto and eval score
+    exactly the rows its split.json lists as held out (the file named relative to the run's
+    working_dir, here absolute), giving the run's own "after" numbers; --split all scores
+    every row and warns how many the run trained on. Another copy of the file is scored by
+    what it marks (nothing: every row), the rows trained on counted only for the run's file."""
+    import shutil
+
+    from smoothalign.train import DPOConfig, run_dpo
+
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(synthetic_rows(20, seed=3, flip_rate=0.25), tmp_path / "pairs.jsonl")
+    run_dpo(DPOConfig(
+        model="tiny", data="pairs.jsonl", output_dir="run", lora=False, beta=0.5,
+        max_length=32, smoothing="none", batch_size=4, max_steps=2, learning_rate=5e-3,
+        lr_warmup_steps=0, logging_steps=1, eval_samples=0, max_eval_pairs=0,
+        eval_fraction=0.25, report=False,
+    ))  # fmt: skip
+    run, data = tmp_path / "run", tmp_path / "pairs.jsonl"
+    split = json.loads((run / "split.json").read_text())
+    assert split["split"] == "seeded holdout" and split["n_held_out"] == 5
+    held = sorted(x["row"] for x in split["held_out"])
+    assert held != list(range(5))  # seeded: not simply the first rows
+    after = json.loads((run / "eval_results.json").read_text())["after"]
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the data named otherwise than the run did
+    for option in ("auto", "eval"):
+        out = tmp_path / f"out-{option}"
+        assert _eval("--model", run, "--data", data, "--split", option, "--output-dir", out) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["split"] == "eval" and "split.json" in metrics["split_note"]
+        lines = _lines(out / "forecasts.jsonl")
+        assert sorted(x["row"] for x in lines) == held
+        assert {x["file"] for x in lines} == {str(data)}
+        got = metrics["metrics"]
+        assert got["n_pairs"] == after["n_pairs"] == 5
+        for key in ("accuracy", "accuracy_true"):
+            assert got[key] == after[key], key
+        for key in ("ece", "rms", "ece_true", "kl_true", "margin_mean"):
+            assert got[key] == pytest.approx(after[key], abs=1e-5), key
+    out = tmp_path / "out-all"
+    with pytest.warns(UserWarning, match="15 of the 20 rows scored are rows the run"):
+        assert _eval("--model", run, "--data", data, "--split", "all", "--output-dir", out) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_pairs"] == 20 and any("trained on" in n for n in metrics["notes"])
+    copy = shutil.copy(data, tmp_path / "copy.jsonl")  # other files: today's behaviour
+    out = tmp_path / "out-copy"
+    assert _eval("--model", run, "--data", copy, "--output-dir", out) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"] == "all" and metrics["n_pairs"] == 20
+    assert not any("trained on" in n for n in metrics["notes"])

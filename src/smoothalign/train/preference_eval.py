@@ -24,8 +24,10 @@ its model; a LoRA run with ``auto`` never reads the columns.
 
 The rows scored (:func:`select_rows`, ``--split``): by default a data folder's held-out
 files (or the rows a ``split`` column marks ``eval``), as ``dpo`` holds them out, else every
-row; ``train`` and ``all`` read the others. The summary, the notes and ``metrics.json`` say
-which.
+row; ``train`` and ``all`` read the others. With a run folder as the model and the data
+it read, ``eval`` and ``auto`` score the rows its ``split.json`` held out, and rows it
+trained on are counted where they are scored. The summary, the notes and ``metrics.json``
+say which.
 
 Files written into ``output_dir`` (each atomically): ``metrics.json`` (the metrics, the
 counts, what was skipped, the model, reference and β used and where each came from),
@@ -181,11 +183,12 @@ def evaluate_preferences(config: PreferenceEvalConfig) -> PreferenceEvalResult:
             check_model_name(config.reference)
         except ValueError as e:  # its message says "model": name the option
             raise ValueError(f"--reference: {e}") from None
-    run = _dpo_run(config.model, run_of_model(config.model))
+    found = run_of_model(config.model)
+    run = _dpo_run(config.model, found)
     beta = _beta(config, run)
     max_length = _max_length(config, run)
 
-    selected = select_rows(config.data, config.split)
+    selected = select_rows(config.data, config.split, run=found)
     reference = _reference(config, run, selected.rows)
     return _evaluate(config, out, selected, run, reference, beta, max_length, t_start)
 
@@ -206,8 +209,19 @@ class SelectedRows:
     notes: tuple[str, ...] = ()
 
 
-def select_rows(data: Any, split: str = "auto") -> SelectedRows:
+def select_rows(
+    data: Any, split: str = "auto", run: tuple[Path, dict[str, Any]] | None = None
+) -> SelectedRows:
     """The rows of ``data`` that ``eval preferences --split`` scores, loaded, not validated.
+
+    ``run``: ``(folder, options)`` where the model is a smoothalign run's
+    (``models.loading.run_of_model``). Its ``split.json`` lists the rows it held out
+    (``train.common.split_record``): where every one of them is a row of ``data`` (the same
+    files, paths resolved, the run's against its ``working_dir``), ``eval`` and ``auto``
+    score exactly those, whatever the data marks; else (no ``split.json``, other files)
+    the data decides, as below. Rows scored that the run trained on (its ``--data``'s, not
+    held out) are counted in a note and a warning (``--split train`` or ``all``, or data
+    that marks no held-out rows).
 
     * ``eval``: the held-out rows: a data folder's ``eval.*`` / ``validation.*`` files
       beside its train files (as ``dpo`` reads them), else the rows whose ``split`` column
@@ -223,13 +237,25 @@ def select_rows(data: Any, split: str = "auto") -> SelectedRows:
         ValueError: no held-out rows for ``eval``, no row of the split asked for, an
             ambiguous folder (:func:`smoothalign.data.loading.held_out_files`), or no rows.
     """
-    from smoothalign.data import load_preference_rows
-    from smoothalign.data.loading import folder_held_out, has_held_out_files
-    from smoothalign.data.validation import has_split_column
 
     if split not in SPLITS:
         raise ValueError(f"split: {split!r}; choose one of {', '.join(SPLITS)}")
     how = f"--split {split}" if split != "auto" else "--split auto, the default"
+    run_split = _run_split(run)
+    if run_split is not None and split in ("auto", "eval"):
+        chosen = _run_held_out(data, run_split, how)
+        if chosen is not None:
+            return chosen
+    selected = _select_rows(data, split, how)
+    return _note_trained(selected, run, run_split)
+
+
+def _select_rows(data: Any, split: str, how: str) -> SelectedRows:
+    """:func:`select_rows` by what the data marks."""
+    from smoothalign.data import load_preference_rows
+    from smoothalign.data.loading import folder_held_out, has_held_out_files
+    from smoothalign.data.validation import has_split_column
+
     folder = has_held_out_files(data)
     if folder and split in ("auto", "eval"):
         held = folder_held_out(data, None, eval_option="--data")
@@ -281,6 +307,131 @@ def select_rows(data: Any, split: str = "auto") -> SelectedRows:
         f"says {split!r}",
         check_split=True,
     )
+
+
+@dataclass(frozen=True)
+class _RunSplit:
+    """A run's ``split.json``, its rows keyed by ``(resolved file, row)``: ``held_out``,
+    and ``data``, the run's ``--data`` resolved (the rows it trained on are its rows that
+    are not held out)."""
+
+    folder: Path
+    record: dict[str, Any]
+    held_out: list[tuple[str, int]]
+    data: str | None
+
+
+def _resolved(file: Any, base: str | os.PathLike = ".") -> str:
+    return str((Path(base) / Path(os.fspath(file)).expanduser()).resolve())
+
+
+def _row_key(row: Any) -> tuple[str, int] | None:
+    from smoothalign.data.loading import FILE_KEY, ROW_KEY
+
+    if not isinstance(row, Mapping) or not row.get(FILE_KEY) or ROW_KEY not in row:
+        return None
+    return _resolved(row[FILE_KEY]), row[ROW_KEY]
+
+
+def _run_split(run: tuple[Path, dict[str, Any]] | None) -> _RunSplit | None:
+    """The run's ``split.json``, or None: no run, no such file, or one that names a row by
+    no file (rows handed over as a list) or is unreadable."""
+    from smoothalign.train.common import SPLIT_FILE
+
+    if run is None:
+        return None
+    folder, options = run
+    try:
+        record = json.loads((folder / SPLIT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    held = record.get("held_out") if isinstance(record, dict) else None
+    if not isinstance(held, list):
+        return None
+    base = options.get("working_dir") or "."
+    keys = []
+    for entry in held:
+        file = entry.get("file") if isinstance(entry, dict) else None
+        row = entry.get("row") if isinstance(entry, dict) else None
+        if not isinstance(file, str) or not isinstance(row, int) or isinstance(row, bool):
+            return None
+        keys.append((_resolved(file, base), row))
+    data = options.get("data")
+    return _RunSplit(folder, record, keys, _resolved(data, base) if isinstance(data, str) else None)
+
+
+def _every_row(data: Any) -> list[dict[str, Any]]:
+    """Every row of ``data`` (``--split all``'s): a folder's train and held-out files."""
+    from smoothalign.data import load_preference_rows
+    from smoothalign.data.loading import folder_held_out, has_held_out_files
+
+    rows = load_preference_rows(data)
+    if has_held_out_files(data):
+        rows += folder_held_out(data, None, eval_option="--data").rows or []
+    return rows
+
+
+def _run_held_out(data: Any, run_split: _RunSplit, how: str) -> SelectedRows | None:
+    """The rows of ``data`` that the run held out (its ``split.json``), in the data's
+    order, where every one of them is there; else None."""
+    held = set(run_split.held_out)
+    if not held:
+        return None
+    try:
+        rows = _every_row(data)
+    except (OSError, ValueError):  # the data's own selection says what is wrong
+        return None
+    chosen = [r for r in rows if _row_key(r) in held]
+    if len({_row_key(r) for r in chosen}) != len(held):  # other files, or rows missing
+        return None
+    record = run_split.record
+    made = record.get("split")
+    n_scored = record.get("n_scored")
+    notes = ()
+    if isinstance(n_scored, int) and n_scored < len(held):
+        notes = (
+            f"the run's own held-out metrics scored the first {n_scored} of these "
+            f"({record.get('scored_limit') or 'a limit'}); all {len(held)} are scored here",
+        )
+    return SelectedRows(
+        chosen,
+        "eval",
+        f"split: eval ({how}): the {len(chosen)} rows the run {run_split.folder} held out "
+        f"({made or 'its split'}), as its split.json lists them, of the {len(rows)} rows of "
+        f"{data} (--split all or train reads the others)",
+        notes=notes,
+    )
+
+
+def _note_trained(
+    selected: SelectedRows, run: tuple[Path, dict[str, Any]] | None, run_split: _RunSplit | None
+) -> SelectedRows:
+    """``selected`` with a note (and a warning) counting the rows among them that the run
+    trained on: rows of its ``--data`` that its ``split.json`` does not list as held out."""
+    if run_split is None or run_split.data is None:
+        return selected
+    from smoothalign._warn import warn_main
+
+    held = set(run_split.held_out)
+    data = Path(run_split.data)
+
+    def trained(row: Any) -> bool:
+        key = _row_key(row)
+        if key is None or key in held:
+            return False
+        file = Path(key[0])
+        return file == data or file.parent == data  # the run's file, or its folder's
+
+    n = sum(trained(r) for r in selected.rows)
+    if not n:
+        return selected
+    note = (
+        f"{n} of the {len(selected.rows)} rows scored are rows the run {run_split.folder} "
+        "trained on (its --data, not held out in its split.json): their metrics are not "
+        "held-out metrics"
+    )
+    warn_main(note, stacklevel=4)
+    return dataclasses.replace(selected, notes=(*selected.notes, note))
 
 
 # ---------------------------------------------------------------------------- settings

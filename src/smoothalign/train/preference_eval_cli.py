@@ -35,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "split column says eval); 'train', the rows dpo trains on (a folder's train files, "
         "less rows marked eval); 'all', every row (a folder's train and eval files, any split "
         "column not read); 'auto' (default): eval where the data marks held-out rows, else "
-        "all. The output says which rows were read",
+        "all. A run folder as --model given the data it read: eval and auto score the rows "
+        "its split.json held out, and rows it trained on are counted where scored. The "
+        "output says which rows were read",
     )
     parser.add_argument(
         "--reference",
