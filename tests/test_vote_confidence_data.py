@@ -67,7 +67,7 @@ def test_bad_rows_are_all_named_and_nothing_is_written(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "3 of 3 rows cannot be used" in err
-    assert "row 0, field 'votes_chosen': expected a whole number in [0, 3], got 4" in err
+    assert "row 0, field 'votes_chosen': 4 votes for chosen out of only 3" in err
     assert "row 1, field 'votes_total'" in err
     assert "row 2, field 'confidence': already present" in err
     assert not out.exists()
@@ -117,17 +117,29 @@ def test_relabel_mirrors_every_form_of_the_label_and_names_what_it_cannot():
     assert out["p_chosen"] is None
     bad = [
         dict(row, rejected_model="m1"),  # no chosen_model partner
-        dict(row, p_chosen=False),
-        dict(row, votes=[0, 2, 0]),
-        dict(row, votes_chosen=3, rejected_model="m2"),  # not relabelled: untouched, fine
+        dict(row, confidence=False),
+        dict(row, confidence=1.5),
+        # not relabelled: untouched, fine
+        dict(row, votes_chosen=3, votes=[1, 1, 1], p_chosen=1.0, rejected_model="m2"),
     ]
     with pytest.raises(ValueError) as err:
         add_vote_confidence(bad, prior="uniform", relabel=True, field_name="vote_q")
     message = str(err.value)
     assert "3 of 4 rows cannot be relabelled" in message
     assert "row 0, field 'rejected_model'" in message
-    assert "row 1, field 'p_chosen'" in message
-    assert "row 2, field 'votes'" in message
+    assert "row 1, field 'confidence'" in message
+    assert "row 2, field 'confidence'" in message
+    # a label form that is not a vote (a p_chosen of False, a vote of 2) is refused as
+    # `reward` refuses it, before any relabelling
+    with pytest.raises(ValueError) as err:
+        add_vote_confidence(
+            [dict(row, p_chosen=False), dict(row, votes=[0, 2, 0])],
+            prior="uniform", relabel=True, field_name="vote_q",
+        )  # fmt: skip
+    message = str(err.value)
+    assert "2 of 2 rows cannot be used" in message
+    assert "row 1, field 'p_chosen'" not in message and "field 'p_chosen'" in message
+    assert "row 1, field 'votes': vote 1 is 2" in message
 
 
 def test_empirical_prior_on_too_little_data_warns():
@@ -262,3 +274,91 @@ def test_the_python_api_names_its_keywords_not_the_command_s_flags():
     assert "--" not in message.replace("--export-votes", "").replace("--smoothing", "")
     _, summary = add_vote_confidence(rows, prior="uniform", overwrite=True)
     assert "another field_name keeps it" in summary.to_text()
+
+
+def _vote_list_rows():
+    return [
+        {"prompt": "p0", "chosen": "a", "rejected": "b", "votes": [1, 0, 1]},
+        {"prompt": "p1", "chosen": "c", "rejected": "d", "votes": [0, 0, 1, 0]},
+        {"prompt": "p2", "chosen": "e", "rejected": "f", "votes": [True, True]},
+    ]
+
+
+def test_a_votes_list_is_read_as_reward_reads_it(tmp_path, capsys):
+    """A file with a 0/1 `votes` list (which `reward` accepts) is scored, not refused for a
+    missing votes_total: the uniform posterior (v + 1) / (K + 2) by hand."""
+    data = tmp_path / "votes.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _vote_list_rows()))
+    out = tmp_path / "out.jsonl"
+    argv = ["data", "confidence", "--data", str(data), "--output", str(out)]
+    assert main([*argv, "--prior", "uniform", "--relabel"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["confidence"] for r in rows] == pytest.approx([3 / 5, 1 - 2 / 6, 3 / 4])
+    assert rows[1]["votes"] == [1, 1, 0, 1] and rows[1]["relabelled"] is True
+    assert "votes_total" not in rows[1]  # the row's own form kept, mirrored
+    # and the empirical prior reads the same counts as the same rows given as counts
+    counts = [
+        dict(prompt=r["prompt"], chosen=r["chosen"], rejected=r["rejected"],
+             votes_chosen=int(sum(r["votes"])), votes_total=len(r["votes"]))
+        for r in _vote_list_rows()
+    ]  # fmt: skip
+    a, _ = add_vote_confidence(_vote_list_rows())
+    b, _ = add_vote_confidence(counts)
+    assert [r["confidence"] for r in a] == pytest.approx([r["confidence"] for r in b])
+
+
+def test_votes_that_contradict_the_counts_are_refused_as_reward_refuses_them(tmp_path, capsys):
+    from smoothalign.data.validation import BadRowError
+    from smoothalign.reward.data import soft_label
+
+    row = {"prompt": "p", "chosen": "a", "rejected": "b", "votes": [1, 0, 1],
+           "votes_chosen": 4, "votes_total": 5}  # fmt: skip
+    with pytest.raises(BadRowError):  # what reward says of it
+        soft_label(row)
+    data = tmp_path / "votes.jsonl"
+    rows = [*_vote_list_rows(), row, dict(row, votes_chosen=None, votes_total=None, p_chosen=0.4)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out.jsonl"
+    argv = ["data", "confidence", "--data", str(data), "--output", str(out), "--prior", "uniform"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "2 of 5 rows cannot be used" in err
+    assert (
+        f"{data} row 3, field 'votes': 2 of 3 votes for chosen, but votes_chosen/votes_total say 4/5"
+        in err
+    )
+    assert f"{data} row 4, field 'votes': gives P(chosen wins) = 0.666667 but p_chosen = 0.4" in err
+    assert "a votes list of 0/1" in err and "votes_chosen of votes_total" in err
+    assert not out.exists()
+
+
+def test_a_p_chosen_without_votes_is_refused_saying_why_and_the_forms(tmp_path, capsys):
+    data = tmp_path / "shares.jsonl"
+    data.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b", "p_chosen": 0.8}) + "\n"
+                    + json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")  # fmt: skip
+    out = tmp_path / "out.jsonl"
+    assert main(["data", "confidence", "--data", str(data), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "row 0, field 'p_chosen': a vote share without its vote count" in err
+    assert "row 1, field 'votes_total': no votes" in err
+    assert "got None" not in err
+    assert "p_chosen alone carries no vote count" in err
+    assert not out.exists()
+
+
+def test_on_bad_rows_skip_writes_the_good_rows_and_says_which_it_left_out(tmp_path, capsys):
+    rows = [*_vote_list_rows(), {"prompt": "p", "chosen": "a", "rejected": "b", "votes": []}]
+    data = tmp_path / "votes.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out.jsonl"
+    argv = ["data", "confidence", "--data", str(data), "--output", str(out), "--prior", "uniform"]
+    assert main(argv) == 2
+    assert "--on-bad-rows skip leaves the bad rows out" in capsys.readouterr().err
+    assert main([*argv, "--on-bad-rows", "skip"]) == 0
+    console = capsys.readouterr().out
+    assert "3 rows (1 bad rows skipped)" in console
+    assert f"{data} row 3, field 'votes': zero annotators" in console
+    assert len(out.read_text().splitlines()) == 3
+    data.write_text(json.dumps(rows[-1]) + "\n")
+    assert main([*argv, "--on-bad-rows", "skip"]) == 2
+    assert "no row is left" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """``smoothalign data confidence``: write each pair's label confidence from its annotators'
-votes (``votes_chosen`` of ``votes_total``) into a JSONL file that ``smoothalign dpo
+votes (``votes_chosen`` of ``votes_total``, or a 0/1 ``votes`` list, read as ``smoothalign
+reward`` reads them) into a JSONL file that ``smoothalign dpo
 --smoothing oracle-l0|oracle-l2`` trains on (:mod:`smoothalign.data.vote_confidence`).
 
 This module imports only ``argparse`` at load time, so ``smoothalign --help`` stays fast.
@@ -14,8 +15,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         required=True,
-        help="preference rows with votes_chosen and votes_total: a JSONL/JSON/Parquet/CSV file or "
-        "a folder (e.g. the output of `smoothalign study preference --export-votes`)",
+        help="preference rows with their votes, as `reward` reads them: votes_chosen and "
+        "votes_total, or a votes list of 0/1 (1 = for chosen), or both (they must agree, and "
+        "with any p_chosen; a p_chosen alone has no vote count and cannot be used): a "
+        "JSONL/JSON/Parquet/CSV file or a folder (e.g. the output of `smoothalign study "
+        "preference --export-votes`)",
     )
     parser.add_argument(
         "--output",
@@ -42,6 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the column to write (`smoothalign dpo --smoothing oracle-*` reads 'confidence'); "
         "not one of the rows' own fields (prompt, chosen, rejected, the votes, p_chosen, "
         "relabelled, any …chosen…/…rejected… field)",
+    )
+    parser.add_argument(
+        "--on-bad-rows",
+        default="error",
+        choices=("error", "skip"),
+        help="rows without usable votes: 'error' (stop, listing them; nothing is written) or "
+        "'skip' (leave them out of --output, counted and listed on the console)",
     )
     parser.add_argument(
         "--overwrite",
@@ -72,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         relabel=args.relabel,
         field_name=args.field_name,
         overwrite=args.overwrite,
+        on_bad_rows=args.on_bad_rows,
     )
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out)
     path = atomic_write_text(args.output, text)

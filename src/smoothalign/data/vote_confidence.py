@@ -1,6 +1,8 @@
 """Each preference pair's label confidence from its annotators' votes, as a data column.
 
-Rows carry ``votes_chosen`` (votes for ``chosen``) of ``votes_total``. The confidence written
+Rows carry ``votes_chosen`` (votes for ``chosen``) of ``votes_total``, or a 0/1 ``votes``
+list, read by ``smoothalign reward``'s parser (:func:`row_votes`; forms that disagree are
+refused, and a ``p_chosen`` alone, which has no vote count, cannot be used). The confidence written
 is the posterior mean of ``q`` (the probability that an annotator prefers ``chosen``) under a
 uniform or an empirical-Bayes prior (:mod:`smoothalign.smoothing.votes`), in the column that
 ``smoothalign dpo --smoothing oracle-l0|oracle-l2`` smooths with. Optionally pairs whose
@@ -11,7 +13,6 @@ votes; the noisy-preference benchmark (``study preference --methods sources``) m
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from smoothalign.data.loading import (
     not_an_object,
     row_location,
 )
+from smoothalign.data.validation import BadRowError
+from smoothalign.reward.data import soft_label
 from smoothalign.smoothing.votes import PRIORS, fit_vote_prior, posterior_mean, vote_confidence
 
 VOTE_FIELDS = ("votes_chosen", "votes_total")
@@ -40,13 +43,16 @@ class VoteConfidenceSummary:
     relabelled: int
     mean_confidence: float
     field_name: str = "confidence"
+    skipped: int = 0  # bad rows left out under on_bad_rows="skip"
     warnings: list[str] = field(default_factory=list)
     # the fitted empirical-Bayes prior's mass on q < 0.2, 0.2 ≤ q ≤ 0.8 and q > 0.8
     prior_mass: dict[str, float] = field(default_factory=dict)
 
     def to_text(self) -> str:
         lines = [
-            f"{self.rows} rows; {self.field_name} = posterior mean of q under the {self.prior} prior; "
+            f"{self.rows} rows"
+            + (f" ({self.skipped} bad rows skipped)" if self.skipped else "")
+            + f"; {self.field_name} = posterior mean of q under the {self.prior} prior; "
             f"mean {self.mean_confidence:.3f}; relabelled {self.relabelled}",
         ]
         if self.prior_mass:
@@ -58,21 +64,16 @@ class VoteConfidenceSummary:
         return "\n".join(lines)
 
 
-def _count(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    v = float(value)
-    return int(v) if math.isfinite(v) and v == int(v) else None
-
-
-def _raise_if_bad(bad: list[str], n_rows: int, what: str) -> None:
-    """One ``ValueError`` naming every bad row (the first ``MAX_LISTED``), if there are any."""
+def _raise_if_bad(bad: list[str], n_rows: int, what: str, hint: str = "") -> None:
+    """One ``ValueError`` naming every bad row (the first ``MAX_LISTED``), if there are any,
+    and then ``hint``."""
     if bad:
         more = f"\n  … and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
         raise ValueError(
             f"{len(bad)} of {n_rows} rows cannot be {what}:\n  "
             + "\n  ".join(bad[:MAX_LISTED])
             + more
+            + (f"\n{hint}" if hint else "")
         )
 
 
@@ -113,13 +114,50 @@ def check_field_name(field_name: Any) -> None:
         )
 
 
+VOTE_FORMS = (
+    "each row needs its annotators' votes, as counts (votes_chosen of votes_total, "
+    "0 <= votes_chosen <= votes_total, votes_total >= 1) or as a votes list of 0/1 "
+    "(1 = a vote for chosen); a row may carry both, and a p_chosen, which must then agree "
+    "(as `smoothalign reward` reads them); a p_chosen alone carries no vote count, which the "
+    "posterior (empirical-Bayes or uniform prior) needs, so it cannot be used"
+)
+"""The vote forms :func:`add_vote_confidence` reads, said in its bad-row error."""
+
+
+def row_votes(row: Any) -> tuple[int, int]:
+    """``(votes for chosen, votes in all)`` of one row, read by ``smoothalign reward``'s
+    parser (:func:`smoothalign.reward.data.soft_label`): counts, a 0/1 ``votes`` list, or
+    both, with any ``p_chosen``; forms that disagree are refused as there.
+
+    Raises:
+        BadRowError: with the field and the reason (a ``p_chosen`` without votes included).
+    """
+    try:
+        _, chosen, total = soft_label(row)
+    except BadRowError as b:
+        if b.code == "missing_label":  # reward's reason offers p_chosen, not enough here
+            raise BadRowError(
+                "votes_total", b.code, "no votes (votes_chosen + votes_total, or votes)"
+            ) from None
+        raise
+    if total is None:
+        raise BadRowError(
+            "p_chosen",
+            "missing_label",
+            "a vote share without its vote count (votes_chosen + votes_total, or votes): the "
+            "confidence is a posterior from the votes, which p_chosen alone does not give",
+        )
+    return chosen, total
+
+
 def _check_votes(
-    rows: Sequence[Any], field_name: str, overwrite: bool
-) -> tuple[list[tuple[int, int]], int]:
-    """Each row's ``(votes_chosen, votes_total)`` and how many rows already have
-    ``field_name`` (replaced under ``overwrite``). A column that every row already has is
-    one file-level error, not one line per row."""
-    counts, bad, present = [], [], []
+    rows: Sequence[Any], field_name: str, overwrite: bool, on_bad_rows: str = "error"
+) -> tuple[list[int], list[tuple[int, int]], list[str], int]:
+    """The positions of the usable rows, their ``(votes for chosen, votes in all)``, the
+    bad rows' messages (skipped under ``on_bad_rows="skip"``) and how many rows already
+    have ``field_name`` (replaced under ``overwrite``). A column that every row already has
+    is one file-level error, not one line per row."""
+    counts, kept, bad, present = [], [], [], []
     for i, row in enumerate(rows):
         if not_an_object(row) is not None:
             bad.append(f"{row_location(row, i)}: not a JSON object")
@@ -129,21 +167,16 @@ def _check_votes(
                 f"{row_location(row, i)}, field '{field_name}': already present (pass "
                 f"{option('overwrite', True)}, or write the confidence to another field)"
             )
-        v, k = _count(row.get("votes_chosen")), _count(row.get("votes_total"))
-        if row.get("votes_total") is None or k is None or k < 1:
-            bad.append(
-                f"{row_location(row, i)}, field 'votes_total': expected a whole number >= 1, got "
-                f"{row.get('votes_total')!r}"
-            )
-        elif row.get("votes_chosen") is None or v is None or not 0 <= v <= k:
-            bad.append(
-                f"{row_location(row, i)}, field 'votes_chosen': expected a whole number in "
-                f"[0, {k}], got {row.get('votes_chosen')!r}"
-            )
-        elif row.get(field_name) is not None and not overwrite:
+        try:
+            votes = row_votes(row)
+        except BadRowError as b:
+            bad.append(f"{row_location(row, i)}, field '{b.field}': {b.reason}")
+            continue
+        if row.get(field_name) is not None and not overwrite:
             bad.append(present[-1])
         else:
-            counts.append((v, k))
+            counts.append(votes)
+            kept.append(i)
     if not overwrite and present and len(present) == len(rows):
         files = sorted({str(r[FILE_KEY]) for r in rows if r.get(FILE_KEY)})
         where = ", ".join(files) if files else "the rows"
@@ -164,15 +197,27 @@ def _check_votes(
                 else ""
             )
         )
-    _raise_if_bad(bad, len(rows), "used")
-    return counts, len(present)
+    if bad and (on_bad_rows == "error" or not kept):
+        label_problems = [b for b in bad if b not in present]
+        _raise_if_bad(
+            bad,
+            len(rows),
+            "used" + (" (no row is left)" if on_bad_rows == "skip" else ""),
+            (VOTE_FORMS if label_problems else "")
+            + (
+                f"\n({option('on_bad_rows', 'skip')} leaves the bad rows out)"
+                if on_bad_rows == "error" and kept
+                else ""
+            ),
+        )
+    return kept, counts, bad, len(present)
 
 
 # fields that hold the probability that ``chosen`` wins: mirrored (1 − x) when relabelling
 CHOSEN_PROBABILITY_FIELDS = ("confidence", "p_chosen")
 
 
-def _relabelled(row: dict[str, Any], where: str, field_name: str) -> dict[str, Any]:
+def _relabelled(row: dict[str, Any], where: str, field_name: str, total: int) -> dict[str, Any]:
     """``row`` with chosen ↔ rejected: every ``…chosen…`` field swapped with its
     ``…rejected…`` partner, ``votes_chosen`` and a 0/1 ``votes`` list mirrored, and the
     probabilities that chosen wins (``confidence``, ``p_chosen``; ``field_name`` is written
@@ -180,7 +225,7 @@ def _relabelled(row: dict[str, Any], where: str, field_name: str) -> dict[str, A
     without its partner, a probability that is not a number in [0, 1] — is an error naming
     the row and the field."""
     out = dict(row)
-    k = int(row["votes_total"])
+    k = total  # the row's votes in all (from its counts or its votes list)
     for key, value in row.items():
         if key == field_name:
             continue
@@ -226,17 +271,23 @@ def add_vote_confidence(
     relabel: bool = False,
     field_name: str = "confidence",
     overwrite: bool = False,
+    on_bad_rows: str = "error",
 ) -> tuple[list[dict[str, Any]], VoteConfidenceSummary]:
     """Rows (as :func:`~smoothalign.data.loading.load_preference_rows` gives them) with
     ``field_name`` set to each pair's posterior-mean confidence, relabelled where it is below
-    ½ if ``relabel``; the ``_row``/``_file`` bookkeeping keys are dropped. Every bad row is
-    named (file, row, field) in one ``ValueError``; no row is dropped."""
+    ½ if ``relabel``; the ``_row``/``_file`` bookkeeping keys are dropped. The votes are read
+    as ``smoothalign reward`` reads them (:func:`row_votes`: counts, a 0/1 ``votes`` list,
+    or both; forms that disagree are refused). Every bad row is named (file, row, field) in
+    one ``ValueError`` (``on_bad_rows="error"``), or left out and counted in the summary's
+    ``skipped`` and ``warnings`` (``"skip"``; an error where no row is left)."""
     if prior not in PRIORS:
         raise ValueError(f"prior: unknown {prior!r}; choose one of {PRIORS}")
+    if on_bad_rows not in ("error", "skip"):
+        raise ValueError(f"on_bad_rows: expected 'error' or 'skip', got {on_bad_rows!r}")
     check_field_name(field_name)
     if not rows:
         raise ValueError("rows: no rows to score")
-    counts, replaced = _check_votes(rows, field_name, overwrite)
+    kept, counts, skipped, replaced = _check_votes(rows, field_name, overwrite, on_bad_rows)
     votes = [v for v, _ in counts]
     totals = [k for _, k in counts]
     mass = {}
@@ -251,11 +302,12 @@ def add_vote_confidence(
     else:
         conf = vote_confidence(votes, totals, prior=prior).tolist()
     out, n_relabelled, bad = [], 0, []
-    for i, (row, c) in enumerate(zip(rows, conf, strict=True)):
+    for i, (_, total), c in zip(kept, counts, conf, strict=True):
+        row = rows[i]
         new = {k: v for k, v in row.items() if k not in (ROW_KEY, FILE_KEY)}
         if relabel and c < 0.5:  # an exact tie (q̂ = ½) keeps its label
             try:
-                new = _relabelled(new, row_location(row, i), field_name)
+                new = _relabelled(new, row_location(row, i), field_name, total)
             except ValueError as e:
                 bad.append(str(e))
                 continue
@@ -265,6 +317,12 @@ def add_vote_confidence(
         out.append(new)
     _raise_if_bad(bad, len(rows), "relabelled")
     warnings = []
+    if skipped:
+        more = f"; … and {len(skipped) - MAX_LISTED} more" if len(skipped) > MAX_LISTED else ""
+        warnings.append(
+            f"skipped {len(skipped)} of {len(rows)} rows ({option('on_bad_rows', 'skip')}; "
+            "not written): " + "; ".join(skipped[:MAX_LISTED]) + more
+        )
     if replaced:
         warnings.append(
             f"replaced the '{field_name}' value that {replaced} of {len(rows)} rows had (in a "
@@ -279,6 +337,7 @@ def add_vote_confidence(
         )
     summary = VoteConfidenceSummary(
         rows=len(out),
+        skipped=len(skipped),
         prior=prior,
         relabelled=n_relabelled,
         mean_confidence=sum(r[field_name] for r in out) / len(out),
@@ -292,7 +351,9 @@ def add_vote_confidence(
 __all__ = [
     "OWN_FIELDS",
     "VOTE_FIELDS",
+    "VOTE_FORMS",
     "VoteConfidenceSummary",
     "add_vote_confidence",
     "check_field_name",
+    "row_votes",
 ]
