@@ -325,11 +325,13 @@ def test_reward_metrics_equal_the_hand_reference(rng):
     _assert_matches(plain, hand_reward_metrics(d, p))
 
 
-def test_reward_metrics_follow_the_config_floor_and_the_bins(rng):
+def test_reward_metrics_follow_the_bins_but_not_the_loss_floor(rng):
+    """The reported reverse KL floors the vote share at a fixed 1e-6, whatever the rkl
+    loss's rkl_floor (a training option): runs with different floors compare."""
     d, p, q = _reward_inputs(rng, n=250)
     cfg = RewardConfig(rkl_floor=1e-2)
-    want = hand_reward_metrics(d, p, q, floor=1e-2, bins=8)
+    want = hand_reward_metrics(d, p, q, floor=1e-6, bins=8)
     got = reward_metrics(d, p, q, cfg, bins=8)
     _assert_matches(got, want)
-    # the floor matters here (vote shares of 0 and 1): the check is not vacuous
-    assert abs(want["rkl"] - hand_reward_metrics(d, p, q)["rkl"]) > 1e-3
+    # the floor would matter here (vote shares of 0 and 1): the check is not vacuous
+    assert abs(want["rkl"] - hand_reward_metrics(d, p, q, floor=1e-2, bins=8)["rkl"]) > 1e-3

@@ -88,6 +88,10 @@ def test_rkl_against_unanimous_votes_uses_the_floor(rng):
     for floor in (1e-6, 1e-3):
         got = reward_loss("rkl", _t(r1), _t(r2), _t(p), rkl_floor=floor).losses.detach().numpy()
         np.testing.assert_allclose(got, ref_loss("rkl", r1 - r2, p, floor), rtol=1e-9)
+    # 0 is refused as `reward --rkl-floor 0` is: against a unanimous vote the loss is ∞
+    for floor in (0.0, 0.5, float("nan")):
+        with pytest.raises(ValueError, match=r"rkl_floor: must lie in \(0, 0.5\)"):
+            reward_loss("rkl", _t(r1), _t(r2), _t(p), rkl_floor=floor)
 
 
 def test_soft_bce_is_forward_kl_plus_entropy_with_the_same_gradient(rng):

@@ -13,7 +13,8 @@ Losses (per pair, ``[B]``):
               label and get weight 0 (left out of the mean)
     soft-bce  −p·log σ(d) − (1 − p)·log σ(−d)            (= fkl + H(p): same gradient)
     fkl       KL([p, 1−p] ‖ q_θ)
-    rkl       KL(q_θ ‖ [p, 1−p])   (target floored at ``rkl_floor``: a unanimous vote is 0/1)
+    rkl       KL(q_θ ‖ [p, 1−p])   (target floored at ``rkl_floor`` > 0: a unanimous vote is
+              0/1, against which the reverse KL is infinite)
     jsd       ½KL(t ‖ M) + ½KL(q_θ ‖ M),  M = ½(t + q_θ)
 
 ``fkl``/``rkl``/``jsd`` go through :func:`smoothalign.losses.soft_label_loss`, optionally
@@ -120,7 +121,12 @@ def reward_loss(
         alpha: label smoothing per pair, a float or ``[B]`` in ``[0, ½]`` (detached).
         posterior: train ``fkl``/``rkl``/``jsd`` against the SPEC §6 posterior target.
         detach_target: stop gradients through the posterior target (SPEC §6 default).
-        margin: ``m ≥ 0``; center_weight: ``λ ≥ 0``; rkl_floor: reverse-KL target floor.
+        margin: ``m ≥ 0``; center_weight: ``λ ≥ 0``.
+        rkl_floor: floor of the target inside the ``rkl`` loss, in ``(0, ½)`` (as
+            ``smoothalign reward --rkl-floor``): 0 is refused, since a unanimous vote (a target
+            of 0/1) makes ``KL(q_θ ‖ t)`` infinite for every finite ``r₁ − r₂``; ½ or more
+            would flatten every target to ½. It changes the ``rkl`` loss only, never the
+            monitored divergences (:data:`METRIC_RKL_FLOOR`).
     """
     if name not in REWARD_LOSSES:
         raise ValueError(f"loss: unknown {name!r}; choose one of {list(REWARD_LOSSES)}")
@@ -189,8 +195,11 @@ def reward_loss(
 
 def _rkl(logits: Tensor, prior: Tensor, posterior: bool, detach: bool, floor: float) -> Tensor:
     """Reverse KL through ``soft_label_loss``'s target (plain or posterior) with our floor."""
-    if not 0 <= floor < 0.5:
-        raise ValueError(f"rkl_floor: must lie in [0, 0.5), got {floor}")
+    if not 0 < floor < 0.5:  # NaN fails too
+        raise ValueError(
+            f"rkl_floor: must lie in (0, 0.5), got {floor} (0: a unanimous vote makes the "
+            "reverse KL infinite)"
+        )
     target = prior
     if posterior:
         target = posterior_target(prior, logits=logits)
@@ -199,10 +208,19 @@ def _rkl(logits: Tensor, prior: Tensor, posterior: bool, detach: bool, floor: fl
     return reverse_kl(logits, target, target_floor=floor)
 
 
+METRIC_RKL_FLOOR = 1e-6
+"""Floor of the vote share inside the *reported* reverse KL (logs, metrics, report): fixed,
+whatever the ``rkl`` loss's ``rkl_floor``, so that runs are comparable; without a floor a
+unanimous vote (share 0 or 1) makes it infinite."""
+
+
 @torch.no_grad()
-def monitored_divergences(margins: Tensor, p_chosen: Tensor, rkl_floor: float = 1e-6) -> dict:
+def monitored_divergences(
+    margins: Tensor, p_chosen: Tensor, rkl_floor: float = METRIC_RKL_FLOOR
+) -> dict:
     """``{"fkl", "rkl", "jsd"}`` ``[B]`` each: the model ``[σ(d), σ(−d)]`` against the plain
-    vote share ``[p, 1 − p]`` (no smoothing, margin or posterior), for logging."""
+    vote share ``[p, 1 − p]`` (no smoothing, margin or posterior), for logging. The trainer
+    and the report keep ``rkl_floor`` at :data:`METRIC_RKL_FLOOR`, not the loss's floor."""
     logits = pair_logits(margins.detach().to(torch.float64))
     target = binary_target(p_chosen.detach().to(torch.float64))
     return {

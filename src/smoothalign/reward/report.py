@@ -11,7 +11,7 @@ import numpy as np
 from smoothalign.calibration import PAIRWISE_BINS, reliability_curve
 from smoothalign.calibration.plots import reliability_diagram
 from smoothalign.io import atomic_write_text, save_figure
-from smoothalign.reward.objective import MONITORED
+from smoothalign.reward.objective import METRIC_RKL_FLOOR, MONITORED
 from smoothalign.train.plots import plt
 from smoothalign.train.report import read_metrics
 from smoothalign.train.report_md import (
@@ -34,7 +34,11 @@ TABLE_ROWS = [
     ("rms_true", "RMS calibration error vs the true q", "{:.4f}"),
     ("kl_true", "mean KL(q ‖ σ(r₁ − r₂))", "{:.4f}"),
     ("fkl", "forward KL(vote share ‖ model)", "{:.4f}"),
-    ("rkl", "reverse KL(model ‖ vote share)", "{:.4f}"),
+    (
+        "rkl",
+        f"reverse KL(model ‖ vote share), the share floored at {METRIC_RKL_FLOOR:g} in every run",
+        "{:.4f}",
+    ),
     ("jsd", "Jensen–Shannon(vote share, model)", "{:.4f}"),
     ("margin_abs_mean", "mean |r₁ − r₂|", "{:.3f}"),
 ]

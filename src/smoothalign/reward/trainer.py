@@ -112,7 +112,7 @@ class RewardTrainer(PairCountedLoss, SmoothingTrainer):
 
     def _record(self, split: str, terms, r1: Tensor, r2: Tensor, p: Tensor) -> None:
         d = terms.margins.detach()
-        divergences = monitored_divergences(d, p, self.reward_config.rkl_floor)
+        divergences = monitored_divergences(d, p)  # METRIC_RKL_FLOOR, not the loss's floor
         self.record(
             split,
             {
@@ -180,7 +180,9 @@ def reward_metrics(
     * ``ece``/``rms``/``mce``/``brier``: ``σ(d)`` against the held-out vote shares, each pair
       read in both orders, ``(σ(d), p)`` and ``(1 − σ(d), 1 − p)``; binned vote shares
       average to the true probability, so the binned gap is unbiased per bin.
-    * ``fkl``/``rkl``/``jsd``: mean divergence of ``[σ(d), σ(−d)]`` from ``[p, 1 − p]``.
+    * ``fkl``/``rkl``/``jsd``: mean divergence of ``[σ(d), σ(−d)]`` from ``[p, 1 − p]``; in
+      ``rkl`` the vote share is floored at :data:`~smoothalign.reward.objective.METRIC_RKL_FLOOR`
+      (10⁻⁶) whatever ``config.rkl_floor`` (the ``rkl`` loss's), so runs compare.
     * where the true ``q = P(chosen wins)`` is known: ``accuracy_true`` (sign of ``d`` against
       the true preference, pairs with ``q = ½`` left out), ``ece_true``, ``rms_true``,
       ``brier_true`` and ``kl_true`` = mean ``KL(q ‖ σ(d))``, over the ``n_pairs_true``
@@ -195,8 +197,9 @@ def reward_metrics(
     out["accuracy"] = float(agree[decided].mean()) if decided.any() else math.nan
     out["n_tied_votes"] = float((~decided).sum())  # left out of accuracy (NaN if all are)
     out.update(calibration_summary(np.concatenate([s, 1 - s]), np.concatenate([p, 1 - p]), bins))
-    floor = config.rkl_floor if config is not None else 1e-6
-    for name, v in monitored_divergences(torch.from_numpy(d), torch.from_numpy(p), floor).items():
+    # the reverse KL's floor is METRIC_RKL_FLOOR whatever config.rkl_floor (a training option
+    # of --loss rkl), so that runs with different floors report comparable values
+    for name, v in monitored_divergences(torch.from_numpy(d), torch.from_numpy(p)).items():
         out[name] = float(v.mean())
     out["margin_mean"] = float(d.mean())
     out["margin_abs_mean"] = float(np.abs(d).mean())
