@@ -38,11 +38,14 @@ HELP = {
     "rkl, jsd (divergences of SPEC §6)",
     "posterior": "fkl/rkl/jsd against the batch-normalised posterior target of SPEC §6 "
     "instead of the plain vote share",
-    "posterior_grad": "let gradients flow through the posterior target (default: stopped)",
+    "posterior_grad": "let gradients flow through the posterior target (off: they stop at it, "
+    "as SPEC §6 has it)",
     "margin": "m >= 0: the loss sees r₁ − r₂ − m·(2ℓ − 1), ℓ the majority label (bt) or the "
     "vote share",
     "center_weight": "λ of the reward-centering term λ·(r₁ + r₂)² (0 disables it)",
-    "rkl_floor": "floor of the vote share inside the reverse KL, in (0, 0.5) (a unanimous vote is 0/1)",
+    "rkl_floor": "--loss rkl only: floor of the vote share inside the reverse-KL loss, in "
+    "(0, 0.5) (not 0: a unanimous vote, 0/1, makes the reverse KL infinite); the reported "
+    "reverse KL floors the share at 1e-6 whatever this is, so runs compare",
     "smoothing": "label smoothing of the target, t → (1 − 2α)t + α: none, constant:<α>, "
     "cals-l0, cals-l2 (α from the model's own calibration, SPEC §4), oracle-l0/l2 (needs a "
     "confidence column)",

@@ -78,6 +78,12 @@ class RewardRunResult(TrainerRunResult):
     COMMAND: ClassVar[str] = "reward"
     SUMMARY_KEYS: ClassVar[tuple[str, ...]] = SUMMARY_KEYS
 
+    def nan_text(self) -> dict[str, str]:
+        """Where every held-out pair tied, the console's accuracy row reads a bare "n/a":
+        the note above it (:func:`~smoothalign.train.report_md.tied_votes_note`) already
+        says why, once, and the row would otherwise repeat it in both columns."""
+        return {key: "n/a" for key in super().nan_text()}
+
 
 # ---------------------------------------------------------------------------- model
 def build_reward_model(
