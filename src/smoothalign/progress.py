@@ -1,7 +1,7 @@
 """Progress bars on or off for everything a command runs, sub-runs included.
 
-smoothalign keeps its own switch, which only :func:`progress_bars` (a study's or an
-evaluation's ``--no-progress``) turns off, for as long as the block runs. While it is off,
+smoothalign keeps its own switch, which only :func:`progress_bars` (any command's
+``--no-progress``: a study's, an evaluation's, a training run's) turns off, for as long as the block runs. While it is off,
 :func:`training_arguments <smoothalign.train.common.training_arguments>` gives the Trainer
 ``disable_tqdm`` (and the trainers then print no log dicts either), smoothalign's own bars
 read it through :func:`bar_disable`, and ``transformers``' switch (which ``huggingface_hub``
@@ -29,6 +29,15 @@ def bar_disable(disable: bool | None = None) -> bool | None:
     """tqdm's ``disable`` for one of smoothalign's bars: ``True`` while progress bars are
     off, else ``disable`` (``None``: off when not writing to a terminal)."""
     return True if _quiet else disable
+
+
+def add_argument(parser) -> None:
+    """A command's ``--no-progress`` (``args.no_progress``), which :func:`progress_bars`
+    honours. Not a config option: it changes no result, so it is not in ``config.json``
+    and a resumed run may differ in it."""
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (the results are the same)"
+    )
 
 
 @contextmanager

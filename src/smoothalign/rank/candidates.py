@@ -69,6 +69,7 @@ from smoothalign.data.validation import (
     require_object,
     require_split,
 )
+from smoothalign.progress import bar_disable
 
 REFERENCE_FIELDS = ("reference", "completion", "chosen")
 PROMPT_TEXT_FIELDS = ("prompt", *REFERENCE_FIELDS, "rejected")  # strings in CSV
@@ -509,7 +510,7 @@ def generate_candidates(
     try:
         if decoding == "diverse-beam":
             groups = num_beam_groups or num_candidates
-            for ex in tqdm(examples, desc=desc, leave=False):
+            for ex in tqdm(examples, desc=desc, leave=False, disable=bar_disable(False)):
                 results.append(
                     diverse_beam_search(
                         model,
@@ -540,7 +541,7 @@ def generate_candidates(
         gen.eos_token_id = eos_ids
         gen.pad_token_id = pad_id
         starts = range(0, len(examples), batch_size)
-        for start in tqdm(starts, desc=desc, leave=False, unit="batch"):
+        for start in tqdm(starts, desc=desc, leave=False, unit="batch", disable=bar_disable(False)):
             chunk = examples[start : start + batch_size]
             ids, mask = _left_padded([e.prompt_ids for e in chunk], pad_id, device)
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)

@@ -10,6 +10,8 @@ import argparse
 
 from smoothalign.config_args import TRAINING_HELP, add_config_arguments, run_command
 from smoothalign.config_args import config_from_args as _config_from_args
+from smoothalign.progress import add_argument as add_progress_argument
+from smoothalign.progress import progress_bars
 
 HELP = {
     **TRAINING_HELP,
@@ -67,6 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from smoothalign.rank.config import RankConfig
 
     add_config_arguments(parser, RankConfig, HELP)
+    add_progress_argument(parser)
 
 
 def config_from_args(args: argparse.Namespace):
@@ -78,7 +81,8 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from smoothalign.rank.config import RankConfig
 
-    return run_command(args, RankConfig, _load_run)
+    with progress_bars(not args.no_progress):  # the Trainer's bars and smoothalign's
+        return run_command(args, RankConfig, _load_run)
 
 
 def _load_run():

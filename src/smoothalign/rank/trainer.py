@@ -30,6 +30,7 @@ from smoothalign.data import IGNORE_INDEX, fit_response
 from smoothalign.data.collate import response_labels
 from smoothalign.data.tokenization import Spans
 from smoothalign.io import atomic_write_text, json_safe
+from smoothalign.progress import bar_disable
 from smoothalign.rank.candidates import RankedPrompt
 from smoothalign.rank.config import RankConfig
 from smoothalign.rank.objective import calibration_terms, mean_token_logps
@@ -200,7 +201,12 @@ class RankTrainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         n_steps = math.ceil(len(batches) / cfg.grad_accum)
-        bar = tqdm(total=n_steps, desc=f"calibrating (epoch {epoch + 1}/{cfg.epochs})", leave=False)
+        bar = tqdm(
+            total=n_steps,
+            desc=f"calibrating (epoch {epoch + 1}/{cfg.epochs})",
+            leave=False,
+            disable=bar_disable(False),  # --no-progress
+        )
         for start in range(0, len(batches), cfg.grad_accum):
             group = batches[start : start + cfg.grad_accum]
             n_in_group = sum(len(b) for b in group)

@@ -9,6 +9,8 @@ import argparse
 
 from smoothalign.config_args import TRAINING_HELP, add_config_arguments, run_command
 from smoothalign.config_args import config_from_args as _config_from_args
+from smoothalign.progress import add_argument as add_progress_argument
+from smoothalign.progress import progress_bars
 
 HELP = {
     **TRAINING_HELP,
@@ -65,6 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from smoothalign.reward.config import RewardConfig
 
     add_config_arguments(parser, RewardConfig, HELP)
+    add_progress_argument(parser)
 
 
 def config_from_args(args: argparse.Namespace):
@@ -76,7 +79,8 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from smoothalign.reward.config import RewardConfig
 
-    return run_command(args, RewardConfig, _load_run)
+    with progress_bars(not args.no_progress):  # the Trainer's bars and smoothalign's
+        return run_command(args, RewardConfig, _load_run)
 
 
 def _load_run():

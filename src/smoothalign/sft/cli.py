@@ -9,6 +9,8 @@ import argparse
 
 from smoothalign.config_args import TRAINING_HELP, add_config_arguments, run_command
 from smoothalign.config_args import config_from_args as _config_from_args
+from smoothalign.progress import add_argument as add_progress_argument
+from smoothalign.progress import progress_bars
 
 HELP = {
     **TRAINING_HELP,
@@ -44,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from smoothalign.sft.config import SFTConfig
 
     add_config_arguments(parser, SFTConfig, HELP)
+    add_progress_argument(parser)
 
 
 def config_from_args(args: argparse.Namespace):
@@ -55,7 +58,8 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from smoothalign.sft.config import SFTConfig
 
-    return run_command(args, SFTConfig, _load_run)
+    with progress_bars(not args.no_progress):  # the Trainer's bars and smoothalign's
+        return run_command(args, SFTConfig, _load_run)
 
 
 def _load_run():

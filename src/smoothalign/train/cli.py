@@ -7,6 +7,8 @@ import argparse
 from smoothalign.config_args import TRAINING_HELP, add_config_arguments, run_command
 from smoothalign.config_args import config_from_args as _config_from_args
 from smoothalign.losses import LOSSES
+from smoothalign.progress import add_argument as add_progress_argument
+from smoothalign.progress import progress_bars
 from smoothalign.smoothing import POLICY_NAMES
 from smoothalign.train.config import REFERENCES, DPOConfig
 
@@ -52,6 +54,7 @@ HELP = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, DPOConfig, HELP)
+    add_progress_argument(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> DPOConfig:
@@ -59,7 +62,8 @@ def config_from_args(args: argparse.Namespace) -> DPOConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_command(args, DPOConfig, _load_run)
+    with progress_bars(not args.no_progress):  # the Trainer's bars and smoothalign's
+        return run_command(args, DPOConfig, _load_run)
 
 
 def _load_run():
