@@ -204,11 +204,12 @@ def test_flip_rate_outside_range_rejected(eps):
         pairwise_loss("robust", H, flip_rate=eps)
 
 
-@pytest.mark.parametrize("beta", [0.0, -1.0, float("inf"), float("nan"), True, torch.tensor(0.1)])
+@pytest.mark.parametrize("beta", [0.0, -1.0, float("inf"), float("nan"), True, "0.1"])
 def test_ipo_beta_outside_range_rejected(beta):
-    with pytest.raises(ValueError, match="beta: must be a finite number > 0"):
+    with pytest.raises(ValueError, match="beta: (must be a finite number > 0|expected a number)"):
         pairwise_loss("ipo", H, beta=beta)
     assert torch.isfinite(pairwise_loss("ipo", H, beta=np.float32(0.1))).all()  # NumPy's too
+    assert torch.isfinite(pairwise_loss("ipo", H, beta=torch.tensor(0.1))).all()  # 0-d tensors
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])

@@ -1,7 +1,11 @@
 """Input conversion and validation shared by the lower layers.
 
 Every check raises ``ValueError`` whose message names the offending argument, so that a
-bad call fails loudly at the boundary instead of producing NaN losses later.
+bad call fails loudly at the boundary instead of producing NaN losses later; an argument of
+the wrong kind (strings, ``None``, complex numbers) raises :class:`ArgumentTypeError`, a
+``TypeError`` that is a ``ValueError`` too. Arrays go through :func:`as_tensor`, scalar
+options through :func:`as_number` / :func:`as_integer`, so that every public function
+takes the same inputs: Python and NumPy numbers, 0-d arrays and tensors, lists, arrays.
 """
 
 from __future__ import annotations
@@ -16,19 +20,92 @@ from torch import Tensor
 ArrayLike = float | np.ndarray | Tensor | list
 
 
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong kind (a string, ``None``, a complex number, an array of
+    objects where numbers are needed). A ``TypeError``, and a ``ValueError`` too, as every
+    refusal of this module was, so that code catching that (the CLI) still does."""
+
+
+# NumPy dtype kinds that are numbers: bool, signed and unsigned integers, floats
+_NUMERIC_KINDS = "biuf"
+_KIND_NAMES = {"U": "strings", "S": "bytes", "O": "objects", "c": "complex numbers"}
+
+
+def _kind_of(x: Any) -> str:
+    """How a refusal shows a value: its type, and the dtype of an array or a tensor."""
+    dtype = getattr(x, "dtype", None)
+    return type(x).__name__ + (f" of dtype {dtype}" if dtype is not None else "")
+
+
 def as_tensor(x: ArrayLike, name: str, *, like: Tensor | None = None) -> Tensor:
-    """Convert ``x`` to a floating tensor (float64 for Python/NumPy floats unless ``like``)."""
+    """Convert ``x`` to a floating tensor (float64 for Python/NumPy floats unless ``like``).
+
+    A number, a NumPy array, a (nested) list or tuple of numbers, or a tensor; bools and
+    integers become floats. Strings (``["0.3", "0.7"]``, which NumPy would parse), objects,
+    ``None`` and complex values raise :class:`ArgumentTypeError` naming ``name``."""
     if isinstance(x, Tensor):
+        if x.is_complex():
+            raise ArgumentTypeError(f"{name}: expected real numbers, got a tensor of {x.dtype}")
         t = x
-    elif isinstance(x, np.ndarray | list | tuple | numbers.Real):
-        t = torch.as_tensor(np.asarray(x, dtype=np.float64))
+    elif isinstance(x, np.ndarray | list | tuple | numbers.Real | np.generic):
+        try:
+            a = np.asarray(x)
+        except (ValueError, TypeError, RuntimeError) as e:  # ragged lists, ...
+            raise ArgumentTypeError(f"{name}: not an array of numbers ({e})") from None
+        if a.dtype.kind not in _NUMERIC_KINDS:
+            what = _KIND_NAMES.get(a.dtype.kind, f"values of dtype {a.dtype}")
+            raise ArgumentTypeError(
+                f"{name}: expected real numbers, got {what} ({type(x).__name__}, as NumPy "
+                f"reads it: dtype {a.dtype})"
+            )
+        t = torch.as_tensor(a.astype(np.float64))
     else:
-        raise ValueError(f"{name}: expected a float, list, NumPy array or tensor, got {type(x)}")
+        raise ArgumentTypeError(
+            f"{name}: expected a float, list, NumPy array or tensor, got {_kind_of(x)}"
+        )
     if not torch.is_floating_point(t):
         t = t.to(torch.float64 if like is None else like.dtype)
     if like is not None:
         t = t.to(device=like.device, dtype=like.dtype)
     return t
+
+
+def as_number(value: Any, name: str) -> float:
+    """A scalar option (``beta``, ``momentum``, ...) as a Python float: a Python or NumPy
+    number, or a 0-d NumPy array or tensor (``torch.tensor(0.1)``); a bool, a string,
+    ``None``, a complex number or an array of several values raise
+    :class:`ArgumentTypeError` naming ``name``. The range is the caller's to check."""
+    return float(_scalar(value, name, integer=False))
+
+
+def as_integer(value: Any, name: str) -> int:
+    """An integer option (``bins``, ``warmup_steps``) as a Python int: a Python or NumPy
+    integer (``np.int64(10)``), or a 0-d integer array or tensor; a float (``10.0``), a bool
+    or anything else raises :class:`ArgumentTypeError` naming ``name``."""
+    return int(_scalar(value, name, integer=True))
+
+
+def _scalar(value: Any, name: str, *, integer: bool) -> Any:
+    want = "an integer" if integer else "a number"
+    if isinstance(value, Tensor | np.ndarray):
+        if value.ndim != 0:
+            raise ArgumentTypeError(
+                f"{name}: expected {want}, got an array of shape {list(value.shape)}"
+            )
+        if isinstance(value, Tensor):
+            floating, other = (
+                value.is_floating_point(),
+                value.is_complex() or value.dtype == torch.bool,
+            )
+        else:
+            floating, other = value.dtype.kind == "f", value.dtype.kind not in "iuf"
+        if other or (integer and floating):
+            raise ArgumentTypeError(f"{name}: expected {want}, got {_kind_of(value)}")
+        return value.item()
+    kind = numbers.Integral if integer else numbers.Real
+    if not isinstance(value, kind) or isinstance(value, bool | np.bool_):
+        raise ArgumentTypeError(f"{name}: expected {want}, got {_kind_of(value)} {value!r}")
+    return value
 
 
 def resolve_device(name: str) -> str:

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from smoothalign._checks import ArrayLike, as_tensor, check_in_range, check_vector
+from smoothalign._checks import ArrayLike, as_integer, as_tensor, check_in_range, check_vector
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,9 @@ def _inputs(probs: ArrayLike, outcomes: ArrayLike) -> tuple[torch.Tensor, torch.
 
 def reliability_curve(probs: ArrayLike, outcomes: ArrayLike, bins: int = 15) -> ReliabilityCurve:
     """Bin the forecasts into ``bins`` equal-width bins and average forecasts and outcomes."""
-    if isinstance(bins, bool) or not isinstance(bins, int | np.integer) or bins < 1:
+    bins = as_integer(bins, "bins")
+    if bins < 1:
         raise ValueError(f"bins: must be a positive integer, got {bins!r}")
-    bins = int(bins)
     p, y = _inputs(probs, outcomes)
     edges = np.linspace(0.0, 1.0, bins + 1)
     # each forecast in the bin its reported edges hold (floor(p·K) disagrees with them at

@@ -13,7 +13,6 @@ bug this library exists to avoid.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import ClassVar
 
 import torch
@@ -22,6 +21,7 @@ from torch import Tensor
 
 from smoothalign._checks import (
     ArrayLike,
+    as_number,
     as_tensor,
     broadcast_per_pair,
     check_finite,
@@ -89,11 +89,10 @@ class RobustLoss(PairwiseLoss):
     required_options = ("flip_rate",)
 
     def per_pair(self, h: Tensor, alpha: Tensor, *, flip_rate: float) -> Tensor:
-        eps = as_tensor(flip_rate, "flip_rate")
-        if eps.ndim != 0:
-            raise ValueError("flip_rate: expected a single float")
-        check_in_range(eps, "flip_rate", 0.0, 0.5, high_inclusive=False)
-        e = float(eps)
+        e = as_number(flip_rate, "flip_rate")
+        check_in_range(
+            torch.tensor(e, dtype=torch.float64), "flip_rate", 0.0, 0.5, high_inclusive=False
+        )
         return ((1 - e) * -F.logsigmoid(h) - e * -F.logsigmoid(-h)) / (1 - 2 * e)
 
 
@@ -105,7 +104,8 @@ class IPOLoss(PairwiseLoss):
     required_options = ("beta",)
 
     def per_pair(self, h: Tensor, alpha: Tensor, *, beta: float) -> Tensor:
-        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0 < beta < math.inf:
+        beta = as_number(beta, "beta")
+        if not 0 < beta < math.inf:
             raise ValueError(f"beta: must be a finite number > 0, got {beta!r}")
         return (h / beta - 1 / (2 * beta)) ** 2
 

@@ -13,18 +13,23 @@ import math
 import torch
 from torch import Tensor
 
-from smoothalign._checks import check_finite, check_in_range
+from smoothalign._checks import ArrayLike, as_number, as_tensor, check_finite, check_in_range
 
 LOG2 = math.log(2.0)
 
 
-def _check_pair(logits: Tensor, target: Tensor) -> None:
+def _check_pair(logits: ArrayLike, target: ArrayLike) -> tuple[Tensor, Tensor]:
+    """``logits`` and ``target`` as tensors (NumPy arrays and lists are taken, as by
+    :func:`soft_label_loss`), checked: shapes ``[B, R]``, finite, rows distributions."""
+    logits = as_tensor(logits, "logits")
+    target = as_tensor(target, "target", like=logits)
     if logits.ndim != 2:
         raise ValueError(f"logits: expected shape [B, R], got {list(logits.shape)}")
     if target.shape != logits.shape:
         raise ValueError(f"target: expected shape {list(logits.shape)}, got {list(target.shape)}")
     check_finite(logits, "logits")
     _check_distribution(target, "target")
+    return logits, target
 
 
 def _check_distribution(t: Tensor, name: str) -> None:
@@ -86,20 +91,21 @@ def _xlogx(t: Tensor) -> Tensor:
     return torch.where(pos, t * torch.log(torch.where(pos, t, 1.0)), 0.0)
 
 
-def forward_kl(logits: Tensor, target: Tensor) -> Tensor:
+def forward_kl(logits: ArrayLike, target: ArrayLike) -> Tensor:
     """``KL(target ‖ q_θ)`` per row; equals cross-entropy on one-hot targets."""
-    _check_pair(logits, target)
+    logits, target = _check_pair(logits, target)
     log_q = torch.log_softmax(logits, -1)
     return (_xlogx(target) - target * log_q).sum(-1)
 
 
-def reverse_kl(logits: Tensor, target: Tensor, *, target_floor: float = 1e-6) -> Tensor:
+def reverse_kl(logits: ArrayLike, target: ArrayLike, *, target_floor: float = 1e-6) -> Tensor:
     """``KL(q_θ ‖ target)`` per row.
 
     Mode-seeking; infinite when the target has a zero where the model does not, so the
     target is floored at ``target_floor`` (and renormalised) — set 0 for the exact value.
     """
-    _check_pair(logits, target)
+    logits, target = _check_pair(logits, target)
+    target_floor = as_number(target_floor, "target_floor")
     if not 0 <= target_floor < 1:  # NaN fails too
         raise ValueError(f"target_floor: must lie in [0, 1), got {target_floor}")
     log_q = torch.log_softmax(logits, -1)
@@ -114,9 +120,9 @@ def reverse_kl(logits: Tensor, target: Tensor, *, target_floor: float = 1e-6) ->
     return torch.where(live, q * (log_q - log_t), 0.0).sum(-1)
 
 
-def jensen_shannon(logits: Tensor, target: Tensor) -> Tensor:
+def jensen_shannon(logits: ArrayLike, target: ArrayLike) -> Tensor:
     """``½KL(target ‖ M) + ½KL(q_θ ‖ M)``, ``M = ½(target + q_θ)``; symmetric, in ``[0, log 2]``."""
-    _check_pair(logits, target)
+    logits, target = _check_pair(logits, target)
     log_q = torch.log_softmax(logits, -1)  # finite where softmax underflows to 0
     q = log_q.exp()
     m = 0.5 * (q + target)
@@ -131,13 +137,17 @@ DIVERGENCES = {"fkl": forward_kl, "rkl": reverse_kl, "jsd": jensen_shannon}
 
 def soft_label_loss(
     name: str,
-    logits: Tensor,
-    prior: Tensor,
+    logits: ArrayLike,
+    prior: ArrayLike,
     *,
     posterior: bool = False,
     detach_target: bool = True,
 ) -> Tensor:
     """Per-row loss ``[B]`` between the model and a soft target built from ``prior`` ``[B, R]``.
+
+    ``logits`` and ``prior`` are tensors, NumPy arrays or nested lists (as for
+    :func:`~smoothalign.losses.pairwise_loss`); the result is a tensor, float64 for
+    NumPy/list logits.
 
     ``posterior=True`` uses the batch-normalised posterior target of SPEC §6; gradients
     flow through it only when ``detach_target=False`` (the default stops them).
@@ -148,12 +158,14 @@ def soft_label_loss(
         raise ValueError(
             f"divergence: unknown name {name!r}; choose one of {sorted(DIVERGENCES)}"
         ) from None
+    # tensors, NumPy arrays or lists, as pairwise_loss takes; the prior in the logits' dtype
+    logits = as_tensor(logits, "logits")
     if logits.ndim != 2:
         raise ValueError(f"logits: expected shape [B, R], got {list(logits.shape)}")
     check_finite(logits, "logits")
-    if prior.shape != logits.shape:
-        raise ValueError(f"prior: expected shape {list(logits.shape)}, got {list(prior.shape)}")
-    target = prior.to(logits.dtype)
+    target = as_tensor(prior, "prior", like=logits)
+    if target.shape != logits.shape:
+        raise ValueError(f"prior: expected shape {list(logits.shape)}, got {list(target.shape)}")
     if posterior:
         target = posterior_target(target, logits=logits)
         if detach_target:

@@ -36,7 +36,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from smoothalign._checks import ArrayLike, as_tensor, check_in_range, check_vector
+from smoothalign._checks import (
+    ArrayLike,
+    as_integer,
+    as_number,
+    as_tensor,
+    check_in_range,
+    check_vector,
+)
 from smoothalign.smoothing.theory import _optimal_alpha, check_metric
 
 
@@ -60,7 +67,12 @@ class CALSCalibrator:
         prior_strength: float = 10.0,
         warmup_steps: int = 0,
     ) -> None:
-        if not isinstance(bins, int) or bins < 2 or bins % 2:
+        # NumPy integers and 0-d tensors are numbers too; a string or None is named here
+        bins, warmup_steps = as_integer(bins, "bins"), as_integer(warmup_steps, "warmup_steps")
+        momentum = as_number(momentum, "momentum")
+        init_confidence = as_number(init_confidence, "init_confidence")
+        prior_strength = as_number(prior_strength, "prior_strength")
+        if bins < 2 or bins % 2:
             raise ValueError(
                 f"bins: must be an even integer >= 2 (so 1/2 is a bin edge), got {bins}"
             )
@@ -70,7 +82,7 @@ class CALSCalibrator:
             raise ValueError(f"init_confidence: must lie in [0, 1], got {init_confidence}")
         if not 0.0 <= prior_strength < float("inf"):
             raise ValueError(f"prior_strength: must be finite and >= 0, got {prior_strength}")
-        if not isinstance(warmup_steps, int) or warmup_steps < 0:
+        if warmup_steps < 0:
             raise ValueError(f"warmup_steps: must be an integer >= 0, got {warmup_steps}")
         self.bins = bins
         self.momentum = float(momentum)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from smoothalign._checks import ArrayLike, as_tensor, check_vector
+from smoothalign._checks import ArrayLike, as_integer, as_tensor, check_vector
 
 PRIORS = ("uniform", "empirical")
 
@@ -65,6 +65,7 @@ def fit_vote_prior(
     prior's shape: the fit is then close to its uniform start, and the uniform prior is the
     honest choice."""
     v, k = _counts(votes, totals)
+    grid, iterations = as_integer(grid, "grid"), as_integer(iterations, "iterations")
     if grid < 1 or iterations < 1:
         raise ValueError(f"grid and iterations: must be >= 1, got {grid}, {iterations}")
     pairs, multiplicity = torch.unique(torch.stack([v, k], 1), dim=0, return_counts=True)
