@@ -36,6 +36,15 @@ def test_the_divergences_take_numpy_too(div):
     )
 
 
+def test_numbers_held_as_objects_are_numbers():
+    """An object array of numbers (a pandas column read with missing-value support, a list
+    mixing NumPy and Python floats) is still numbers; only strings, None, ... are refused."""
+    probs = np.array([0.3, np.float32(0.7)], dtype=object)
+    assert sa.expected_calibration_error(probs, np.array([1, 0], dtype=object)) == pytest.approx(
+        0.7
+    )
+
+
 @pytest.mark.parametrize(
     "call, name",
     [

@@ -52,6 +52,8 @@ def as_tensor(x: ArrayLike, name: str, *, like: Tensor | None = None) -> Tensor:
             a = np.asarray(x)
         except (ValueError, TypeError, RuntimeError) as e:  # ragged lists, ...
             raise ArgumentTypeError(f"{name}: not an array of numbers ({e})") from None
+        if a.dtype.kind == "O" and all(_is_real(v) for v in a.flat):
+            a = a.astype(np.float64)  # numbers held as objects (a pandas column, a mixed list)
         if a.dtype.kind not in _NUMERIC_KINDS:
             what = _KIND_NAMES.get(a.dtype.kind, f"values of dtype {a.dtype}")
             raise ArgumentTypeError(
@@ -68,6 +70,13 @@ def as_tensor(x: ArrayLike, name: str, *, like: Tensor | None = None) -> Tensor:
     if like is not None:
         t = t.to(device=like.device, dtype=like.dtype)
     return t
+
+
+def _is_real(v: Any) -> bool:
+    """A real number: Python's or NumPy's, or a 0-d real tensor (not a string, not None)."""
+    if isinstance(v, Tensor):
+        return v.ndim == 0 and not v.is_complex()
+    return isinstance(v, numbers.Real)
 
 
 def as_number(value: Any, name: str) -> float:
