@@ -600,3 +600,32 @@ def test_a_failed_sft_run_is_one_message_naming_its_beta_seed_and_cause(
     monkeypatch.setattr(smoothalign.sft, "run_sft", real)
     assert study("--betas", "0,0.1") == 0
     assert trained.stat().st_mtime_ns == stamp
+
+
+def test_max_length_is_an_option_that_the_advice_names_and_reuse_checks(study, tmp_path, capsys):
+    """The SFT runs' max_length was fixed at SFTConfig's 128, and a task whose prompts were
+    longer failed with advice ("raise max_length") that named no flag of the study: now
+    --max-length sets it, the advice names it, and a model trained with another is refused
+    as trained otherwise."""
+    import json
+
+    from smoothalign.experiments.sft_calibration import SFT_MAX_LENGTH
+    from smoothalign.sft import SFTConfig
+
+    assert SFTConfig().max_length == SFT_MAX_LENGTH  # the study's default is the SFT's
+    task = tmp_path / "bb" / "bigbench" / "benchmark_tasks" / "toy" / "task.json"
+    examples = json.loads(task.read_text())["examples"]
+    for ex in examples:  # prompts of ~200 byte tokens: over 128
+        ex["input"] = "Consider this question carefully. " * 6 + ex["input"]
+    task.write_text(json.dumps({"examples": examples}))
+    assert study() == 2
+    err = capsys.readouterr().err
+    assert ">= max_length 128" in err and "raise --max-length" in err
+    assert study("--max-length", "1") == 2
+    assert "sft-calibration: --max-length: must be >= 2, got 1" in capsys.readouterr().err
+    assert study("--max-length", "300") == 0
+    run_dir = tmp_path / "out" / "sft" / "beta0-seed0"
+    assert json.loads((run_dir / "config.json").read_text())["max_length"] == 300
+    capsys.readouterr()
+    assert study("--max-length", "400") == 2
+    assert "--max-length 300 -> 400" in capsys.readouterr().err

@@ -7,9 +7,10 @@ calibration error of a language model's multiple-choice answers at about equal a
    (``Question: … Answer:``; the task prefix dropped so that the held-out JSONL, which has
    no prefix field, is scored on the same prompt), ``completion`` = the correct option.
 2. **Training.** ``smoothalign sft`` on those rows for each ``β`` and seed (LoRA, the SFT
-   defaults otherwise); ``final/`` is the merged model. One that fails on its input stops
-   the study with one message naming its β, seed and folder and the cause (exit status 2),
-   as a failed evaluation does. A rerun into the same ``--output-dir`` reuses a trained
+   defaults otherwise, but ``--max-length``: tokens per row, 128 as in ``sft``; a task whose
+   prompts are longer needs more); ``final/`` is the merged model. One that fails on its
+   input stops the study with one message naming its β, seed and folder and the cause
+   (exit status 2), as a failed evaluation does. A rerun into the same ``--output-dir`` reuses a trained
    model only if its ``trained_with.json`` (every SFT option but the paths, and the SHA-256
    of the SFT rows) is what this run would train; a model trained otherwise is refused
    before anything trains (delete its run folder to retrain it, or pass a new
@@ -39,6 +40,7 @@ from typing import Any
 import numpy as np
 
 DEFAULT_TASKS = ("phrase_relatedness", "similarities_abstraction")
+SFT_MAX_LENGTH = 128  # SFTConfig's default (not imported here: --help stays fast)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -65,6 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=2, help="SFT seeds 0 .. N-1 per β")
     parser.add_argument("--steps", type=int, default=30, help="SFT steps of 8 rows")
     parser.add_argument("--learning-rate", type=float, default=2e-4, help="SFT peak step size")
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=SFT_MAX_LENGTH,
+        help="SFT tokens per row (prompt + answer); a task whose prompts are longer needs "
+        "more. The evaluation scores with the model's own budget",
+    )
     parser.add_argument("--mmlu-limit", type=int, default=100, help="MMLU questions (seeded)")
     parser.add_argument("--bigbench", help="BIG-bench archive or folder (see eval calibration)")
     parser.add_argument("--batch-size", type=int, default=8, help="evaluation batch size")
@@ -133,6 +142,7 @@ _SHOWN_AS = {
     "model": "--model",
     "max_steps": "--steps",
     "learning_rate": "--learning-rate",
+    "max_length": "--max-length",
     "label_smoothing": "β",
     "seed": "seed",
 }
@@ -416,6 +426,7 @@ def check_options(args: argparse.Namespace) -> None:
         "learning_rate": (math.isfinite(args.learning_rate) and args.learning_rate > 0, "> 0"),
         "batch_size": (args.batch_size >= 1, ">= 1"),
         "mmlu_limit": (args.mmlu_limit >= 1, ">= 1"),
+        "max_length": (args.max_length >= 2, ">= 2"),
         "seeds": (args.seeds >= 1, ">= 1 (seeds 0 .. N-1 per β)"),
     }
     check_ranges(args, checks, flags=True)
@@ -456,6 +467,7 @@ def sft_runs(args: argparse.Namespace, train_file: Path) -> list[tuple[str, floa
                 seed=seed,
                 max_steps=args.steps,
                 learning_rate=args.learning_rate,
+                max_length=args.max_length,
                 output_dir=str(out / "sft" / name),
                 max_eval_rows=0,
             )
