@@ -262,10 +262,10 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
     assert main(["study", "preference", "--judge", str(tmp_path / "nothing")]) == 2
     assert main(["study", "preference", "--quick", "--workers", "0",
                  "--output-dir", str(tmp_path)]) == 2  # fmt: skip
-    assert "--workers must be >= 1" in capsys.readouterr().err
+    assert "--workers: must be >= 1" in capsys.readouterr().err
     export = ["study", "preference", "--quick", "--export-votes", str(tmp_path / "v.jsonl")]
     assert main([*export, "--export-flip-rate", "0.7"]) == 2  # before the reference trains
-    assert "--export-flip-rate must lie in [0, 0.5)" in capsys.readouterr().err
+    assert "--export-flip-rate: must lie in [0, 0.5)" in capsys.readouterr().err
 
 
 def test_reward_model_trained_on_the_worlds_votes_judges_the_study(tmp_path):
@@ -756,3 +756,32 @@ def test_runs_written_without_their_method_definitions_are_trained_again(tmp_pat
     assert main(argv) == 0
     assert calls == [(0, 0.0), (0, 0.2)]
     assert "relabel None (now False)" in capsys.readouterr().out
+
+
+def test_refusals_are_said_as_every_input_error(tmp_path, capsys, monkeypatch):
+    """`--annotators 0` and `--workers 0` printed messages of their own ("--annotators must
+    be >= 1"), without the traceback file's line that the other input errors have: each
+    refusal now goes through cli.main, named by its flag, with exit status 2."""
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    export = ["study", "preference", "--quick", "--export-votes", str(tmp_path / "v.jsonl")]
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    for argv, message in [
+        ([*export, "--annotators", "0"], "--annotators: must be >= 1, got 0"),
+        ([*export, "--export-flip-rate", "0.7"], "--export-flip-rate: must lie in [0, 0.5)"),
+        (["study", "preference", "--quick", "--workers", "0", "--output-dir", str(tmp_path)],
+         "--workers: must be >= 1, got 0"),
+        (["study", "preference", "--judge", str(tmp_path / "nothing")], "--judge "),
+        (["study", "preference", "--from-results", str(bad)], f"--from-results {bad}: not a"),
+        (["study", "preference", "--from-results", str(tmp_path / "no.json")],
+         "--from-results "),
+        ([*export, "--steps", "3"], "--export-votes writes"),
+        (["study", "preference", "--flip-rates", "0.6"], "--flip-rates: each must lie in"),
+        (["study", "preference", "--train-pairs", "1"], "--train-pairs: must be >= 2"),
+        (["study", "preference", "--lr", "0"], "--lr: must be > 0"),
+    ]:  # fmt: skip
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"smoothalign study preference: {message}"), (argv, err)
+        assert "\n(traceback: " in err, argv
+    assert not (tmp_path / "v.jsonl").exists()

@@ -629,3 +629,19 @@ def test_max_length_is_an_option_that_the_advice_names_and_reuse_checks(study, t
     capsys.readouterr()
     assert study("--max-length", "400") == 2
     assert "--max-length 300 -> 400" in capsys.readouterr().err
+
+
+def test_data_refusals_are_said_as_every_input_error(study, tmp_path, capsys, monkeypatch):
+    """A --mmlu-limit below the held-out questions, or a task not in the BIG-bench folder,
+    was printed by the study itself, without the traceback file's line that the other
+    input errors have: now cli.main says them, with exit status 2, before anything trains."""
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    for options, message in [
+        (("--mmlu-limit", "2"), "--mmlu-limit: 2 is below the 4 held-out BIG-bench questions"),
+        (("--tasks", "nothing"), "nothing"),
+    ]:
+        assert study(*options) == 2, options
+        err = capsys.readouterr().err
+        assert err.startswith("smoothalign study sft-calibration: "), (options, err)
+        assert message in err.splitlines()[0] and "\n(traceback: " in err, (options, err)
+    assert not (tmp_path / "out" / "sft").exists()

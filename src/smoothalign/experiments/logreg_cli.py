@@ -11,7 +11,6 @@ This module imports only ``argparse`` at load time, so ``smoothalign --help`` st
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 DEFAULT_OUTPUT_DIR = "outputs/logreg"
@@ -58,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--c0",
+        dest="c0_values",  # LogRegConfig's field: its refusals name --c0 (cli._named_by_flag)
         type=float,
         nargs="+",
         default=None,
@@ -90,7 +90,7 @@ def build_config(args: argparse.Namespace):
     for arg, key in [
         ("dims", "dims"),
         ("n_multipliers", "n_multipliers"),
-        ("c0", "c0_values"),
+        ("c0_values", "c0_values"),
     ]:
         value = getattr(args, arg)
         if value is not None:
@@ -111,9 +111,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = build_config(args)  # a bad option: cli.main names it (SMOOTHALIGN_DEBUG=1 raises)
     out = check_output_dir(args.output_dir)
     workers = args.workers if args.workers is not None else (1 if args.quick else default_workers())
-    if workers < 1:
-        print(f"smoothalign study logreg: --workers must be >= 1, got {workers}", file=sys.stderr)
-        return 2
+    if workers < 1:  # raised: cli.main says it as every input error (exit status 2)
+        raise ValueError(f"--workers: must be >= 1, got {workers}")
     out.mkdir(parents=True, exist_ok=True)
     methods = logreg.study_methods(cfg)
     n_runs = sum(len(cfg.n_values(d)) for d in cfg.dims) * len(cfg.seeds) * len(methods)

@@ -26,7 +26,6 @@ own options without ``--export-votes``.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 DEFAULT_OUTPUT_DIR = "outputs/preference"
@@ -175,16 +174,13 @@ def export_votes(args: argparse.Namespace, cfg) -> int:
 
     annotators = 5 if args.annotators is None else args.annotators
     flip_rate = 0.0 if args.export_flip_rate is None else args.export_flip_rate
+    # input errors are raised, so that cli.main says them as every other one (with the
+    # traceback file's line, exit status 2)
     if annotators < 1:
-        print("smoothalign study preference: --annotators must be >= 1", file=sys.stderr)
-        return 2
+        raise ValueError(f"--annotators: must be >= 1, got {annotators}")
     if not 0 <= flip_rate < 0.5:  # as the study's flip rates (checked before the reference
         # trains): at 0.5 or more most labels would point the wrong way
-        print(
-            f"smoothalign study preference: --export-flip-rate must lie in [0, 0.5), got {flip_rate}",
-            file=sys.stderr,
-        )
-        return 2
+        raise ValueError(f"--export-flip-rate: must lie in [0, 0.5), got {flip_rate}")
     world = TokenWorld(cfg.world, cfg.seeds[0])
     rows = world.vote_rows(world.pairs(cfg.train_pairs, 1), annotators, flip_rate=flip_rate)
     path = atomic_write_text(args.export_votes, "".join(json.dumps(r) + "\n" for r in rows))
@@ -285,13 +281,9 @@ def rerender(args: argparse.Namespace) -> int:
     try:
         results = json.loads(source.read_text())
     except (OSError, ValueError) as e:
-        print(f"smoothalign study preference: --from-results {source}: {e}", file=sys.stderr)
-        return 2
-    if "runs" not in results or "config" not in results:
-        print(
-            f"smoothalign study preference: {source} is not a study's results.json", file=sys.stderr
-        )
-        return 2
+        raise ValueError(f"--from-results {source}: {e}") from e
+    if not isinstance(results, dict) or "runs" not in results or "config" not in results:
+        raise ValueError(f"--from-results {source}: not a study's results.json")
     results["aggregates"] = preference.aggregate(results["runs"])
     results["claim"] = preference_report.claim_check(results)
     out = Path(args.output_dir) if args.output_dir is not None else source.parent
@@ -313,8 +305,7 @@ def run(args: argparse.Namespace) -> int:
 
     refusal = ignored_options(args)  # an option the asked-for mode would silently ignore
     if refusal:
-        print(f"smoothalign study preference: {refusal}", file=sys.stderr)
-        return 2
+        raise ValueError(refusal)
     if args.from_results:
         return rerender(args)
     if args.list_methods:
@@ -345,11 +336,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = check_output_dir(args.output_dir or DEFAULT_OUTPUT_DIR)  # before any training
     if args.judge is not None and not (Path(args.judge) / "config.json").is_file():
-        print(
-            f"smoothalign study preference: --judge {args.judge}: no config.json there",
-            file=sys.stderr,
-        )
-        return 2
+        raise ValueError(f"--judge {args.judge}: no config.json there")
 
     import shutil
 
@@ -362,8 +349,7 @@ def run(args: argparse.Namespace) -> int:
     if workers is None:
         workers = 1 if args.quick else min(default_workers(), n_groups)
     if workers < 1:
-        print("smoothalign study preference: --workers must be >= 1", file=sys.stderr)
-        return 2
+        raise ValueError(f"--workers: must be >= 1, got {workers}")
     finished_dir = out / preference.FINISHED_DIR
     # the runs of an earlier study there (results.json, finished_groups/): other options, or
     # runs this one would drop, are refused here, before any training; runs of a method

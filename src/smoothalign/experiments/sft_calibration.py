@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -491,20 +490,14 @@ def _run(args: argparse.Namespace) -> int:
     check_options(args)  # a bad option: cli.main names it (SMOOTHALIGN_DEBUG=1 raises)
     out = check_output_dir(args.output_dir)  # a file in the way: said before any work
     runs = sft_runs(args, out / "sft_train.jsonl")
-    try:
-        tasks = load_tasks([f"bigbench:{t}" for t in args.tasks], bigbench=args.bigbench)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"smoothalign study sft-calibration: {e}", file=sys.stderr)
-        return 2
+    # an input error is raised: cli.main says it as every other one (exit status 2)
+    tasks = load_tasks([f"bigbench:{t}" for t in args.tasks], bigbench=args.bigbench)
     sft_rows, held_rows = split_tasks(tasks)
     if args.mmlu_limit < len(held_rows):  # eval calibration's --limit cuts every task
-        print(
-            f"smoothalign study sft-calibration: --mmlu-limit {args.mmlu_limit} is below the "
-            f"{len(held_rows)} held-out BIG-bench questions, which the same --limit would cut "
-            "too; pass at least that many",
-            file=sys.stderr,
+        raise ValueError(
+            f"--mmlu-limit: {args.mmlu_limit} is below the {len(held_rows)} held-out BIG-bench "
+            "questions, which the same --limit would cut too; pass at least that many"
         )
-        return 2
     train_text = _jsonl(sft_rows)
     train_sha256 = hashlib.sha256(train_text.encode("utf-8")).hexdigest()
     reuse = check_trained_runs(runs, train_sha256)  # before a file of the folder changes
