@@ -340,3 +340,20 @@ def test_every_refused_option_is_named_by_its_flag_as_every_input_error(
         assert err.startswith(f"smoothalign study logreg: {message}"), (options, err)
         assert "\n(traceback: " in err, options
     assert not out.exists()
+
+
+def test_one_seed_prints_no_spread(tmp_path, capsys):
+    """`--seeds 1` printed "± 0.0000" in every cell and "over 1 seeds": a spread that one
+    seed cannot measure. Now "± n/a", and "1 seed"."""
+    out = tmp_path / "out"
+    argv = ["study", "logreg", "--quick", "--seeds", "1", "--dims", "5", "--n-multipliers", "2"]
+    assert main([*argv, "--no-progress", "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    table = (out / "table.md").read_text()
+    assert "± 0.0000" not in table and "± n/a" in table
+    assert "over 1 seed (one seed: no spread, ± n/a);" in table
+    assert "1 seeds" not in printed and "1 seed," in printed
+    results = json.loads((out / "results.json").read_text())
+    two = {**results, "config": {**results["config"], "seeds": [0, 1]}}
+    two["aggregates"] = [{**a, "seeds": 2} for a in results["aggregates"]]
+    assert "± n/a" not in logreg.markdown_report(two)  # two seeds: the spread is printed

@@ -785,3 +785,27 @@ def test_refusals_are_said_as_every_input_error(tmp_path, capsys, monkeypatch):
         assert err.startswith(f"smoothalign study preference: {message}"), (argv, err)
         assert "\n(traceback: " in err, argv
     assert not (tmp_path / "v.jsonl").exists()
+
+
+def test_one_seed_prints_no_spread():
+    """With one seed (of a method, of a metric, of a paired comparison) the tables printed
+    "± 0.000", a spread nothing measured: now "± n/a"."""
+    results = _fake_results(0.65, 0.07)
+    results["runs"] = [
+        r for r in results["runs"] if not (r["method"].startswith("cdpo-") and r["seed"] == 1)
+    ]
+    results["runs"][0]["ece_true"] = float("nan")  # dpo, seed 0, ε = 0: one ECE left
+    results["aggregates"] = pref.aggregate(results["runs"])
+    text = claim_markdown(claim_check(results))
+    row = next(line for line in text.splitlines() if "| accuracy_true | cals-l2-c1 |" in line)
+    assert " ± n/a (1/1) (cdpo-0.1)" in row and "n/a (2/2)" not in row
+    results["config"] = {"flip_rates": [0.0, 0.2]}
+    from smoothalign.experiments.preference_report import method_table
+
+    table = method_table(results, 0.0)
+    dpo = next(line for line in table.splitlines() if line.startswith("| dpo |"))
+    cdpo = next(line for line in table.splitlines() if line.startswith("| cdpo-0.1 |"))
+    cals = next(line for line in table.splitlines() if line.startswith("| cals-l2-c1 |"))
+    assert "± n/a" in dpo and "± 0.0" in dpo  # its ECE over one seed, accuracy over two
+    assert "± 0.0" not in cdpo and "± n/a" in cdpo
+    assert "± n/a" not in cals

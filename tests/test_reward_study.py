@@ -233,3 +233,15 @@ def test_the_lm_part_prints_no_progress_bar_without_progress(tmp_path, capfd):
     assert "train_runtime" not in captured.out  # nor the Trainer's log lines (metrics.jsonl)
     assert "lm" in json.loads((tmp_path / "results.json").read_text())
     assert progress.enabled()
+
+
+def test_one_seed_prints_no_spread(tmp_path):
+    """`--seeds 1` printed "± 0.0000" in every cell and "over 1 seeds": now "± n/a"."""
+    from smoothalign.cli import main
+
+    out = tmp_path / "o"
+    argv = ["study", "reward", "--quick", "--steps", "2", "--seeds", "1", "--no-progress"]
+    assert main([*argv, "--output-dir", str(out)]) == 0
+    table = (out / "table.md").read_text()
+    assert "± 0.0" not in table and "± n/a" in table
+    assert "mean ± std over 1 seed (one seed: no spread, ± n/a)." in table

@@ -9,7 +9,12 @@ import pytest
 from smoothalign.eval.mc_prompts import build_prompt
 from smoothalign.eval.mc_sources import TaskData
 from smoothalign.eval.mc_tasks import MCQuestion
-from smoothalign.experiments.sft_calibration import aggregate, group_metrics, split_tasks
+from smoothalign.experiments.sft_calibration import (
+    aggregate,
+    group_metrics,
+    markdown,
+    split_tasks,
+)
 
 
 def _task(name: str, n: int) -> TaskData:
@@ -117,6 +122,16 @@ def test_aggregate_groups_by_beta_with_sample_std():
     assert rows["SFT β=0.1"]["runs"] == 2
     assert rows["SFT β=0.1"]["accuracy_mean"] == pytest.approx(0.3)
     assert rows["SFT β=0.1"]["accuracy_std"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
+    # one run (the shipped model; a β with one seed) has no spread: "± n/a", not "± 0.000"
+    results = {"n_sft_rows": 4, "n_heldout": 4, "config": {"tasks": ["t"], "mmlu_limit": 10,
+               "seeds": 2}, "aggregates": aggregate(per_model)}  # fmt: skip
+    lines = markdown(results).splitlines()
+    shipped = next(line for line in lines if line.startswith("| shipped |"))
+    sft = next(line for line in lines if line.startswith("| SFT β=0.1 |"))
+    assert "± n/a" in shipped and "± 0.000" not in shipped and "± n/a" not in sft
+    assert "over SFT seeds." in "\n".join(lines)
+    results["config"]["seeds"] = 1
+    assert "over SFT seeds (one seed: no spread, ± n/a)." in markdown(results)
 
 
 def test_an_evaluation_is_reused_only_with_the_same_arguments_and_questions(tmp_path, monkeypatch):

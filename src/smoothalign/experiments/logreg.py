@@ -376,6 +376,19 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
 
 
+def mean_pm(mean: float, std: float, n: int, digits: int, sign: str = "") -> str:
+    """``mean ± std`` as the study tables print it (``sign="+"``: the mean signed); over one
+    value (``n < 2``) the spread is ``n/a``: a sample std of one value is undefined, and
+    :func:`mean_std`'s 0 is no spread measured."""
+    shown = f"{mean:{sign}.{digits}f}"
+    return f"{shown} ± {std:.{digits}f}" if n > 1 else f"{shown} ± n/a"
+
+
+def n_of(n: int, noun: str = "seed") -> str:
+    """``"1 seed"``, ``"3 seeds"``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def aggregate(runs: Sequence[dict[str, Any]], baseline: str = "mle") -> list[dict[str, Any]]:
     """Mean ± std over seeds for every ``(d, n, method)``, in first-seen order.
 
@@ -470,10 +483,6 @@ def _methods(results: dict[str, Any]) -> list[Method]:
     return [Method(**m) for m in results["methods"]]
 
 
-def _fmt(mean: float, std: float, digits: int) -> str:
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
 def metric_table(
     results: dict[str, Any],
     metric: str,
@@ -509,7 +518,7 @@ def metric_table(
                 best = pick(real, key=lambda i: means[i])
             cells = []
             for i, r in enumerate(rows):
-                s = _fmt(r[f"{metric}_mean"], r[f"{metric}_std"], digits)
+                s = mean_pm(r[f"{metric}_mean"], r[f"{metric}_std"], r["seeds"], digits)
                 cells.append(f"**{s}**" if i == best else s)
             lines.append(f"| {d} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -539,6 +548,9 @@ def paired_table(results: dict[str, Any], method_names: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+_NO_SPREAD = " (one seed: no spread, ± n/a)"
+
+
 def markdown_report(results: dict[str, Any]) -> str:
     """table.md: test KL and test BCE for the main methods, then the c₀ ablation."""
     cfg = results["config"]
@@ -549,7 +561,7 @@ def markdown_report(results: dict[str, Any]) -> str:
     parts = [
         "# Logistic-regression study (SPEC §7)",
         "",
-        f"Mean ± std over {seeds} seeds; ‖θ*‖ = {cfg['signal']:g}, {cfg['steps']} steps of "
+        f"Mean ± std over {n_of(seeds)}{_NO_SPREAD if seeds < 2 else ''}; ‖θ*‖ = {cfg['signal']:g}, {cfg['steps']} steps of "
         f"full-batch gradient descent at lr = {cfg['lr']:g} from θ = 0, "
         f"{cfg['n_test']} test points. Bold: best non-oracle method of the row.",
         "",
@@ -637,7 +649,7 @@ def plot_test_loss(results: dict[str, Any], metric: str = "test_kl"):
     cfg = results["config"]
     fig.suptitle(
         f"Logistic regression with noisy labels: ‖θ*‖ = {cfg['signal']:g}, "
-        f"{cfg['steps']} GD steps, mean ± std over {len(cfg['seeds'])} seeds"
+        f"{cfg['steps']} GD steps, mean ± std over {n_of(len(cfg['seeds']))}"
     )
     fig.tight_layout()
     return fig

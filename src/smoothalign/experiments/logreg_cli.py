@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     n_runs = sum(len(cfg.n_values(d)) for d in cfg.dims) * len(cfg.seeds) * len(methods)
     print(
         f"logreg study: d = {list(cfg.dims)}, n/d = {list(cfg.n_multipliers)}, "
-        f"{len(cfg.seeds)} seeds, {len(methods)} methods -> {n_runs} runs "
+        f"{logreg.n_of(len(cfg.seeds))}, {len(methods)} methods -> {n_runs} runs "
         f"({cfg.steps} GD steps at lr {cfg.lr:g}, ‖θ*‖ = {cfg.signal:g}), {workers} worker(s)"
     )
     clock = RunClock()

@@ -906,5 +906,7 @@ def aggregate(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             vals = [r[k] for r in rs if r.get(k) is not None and not math.isnan(r[k])]
             if vals:
                 row[f"{k}_mean"], row[f"{k}_std"] = mean_std(vals)
+                if len(vals) < len(rs):  # the seeds behind the std, where fewer: its table
+                    row[f"{k}_n"] = len(vals)  # prints no spread over one
         out.append(row)
     return out

@@ -341,6 +341,7 @@ def run(args: argparse.Namespace) -> int:
     import shutil
 
     from smoothalign.experiments import preference, preference_report
+    from smoothalign.experiments.logreg import n_of
     from smoothalign.experiments.run_info import RunClock, default_workers
     from smoothalign.io import atomic_write_json, atomic_write_text
 
@@ -360,7 +361,7 @@ def run(args: argparse.Namespace) -> int:
     n_runs = n_groups * len(names)
     print(
         f"preference study: {len(names)} methods × flip rates "
-        f"{list(cfg.flip_rates)} × {len(cfg.seeds)} seeds = {n_runs} runs of {cfg.steps} steps, "
+        f"{list(cfg.flip_rates)} × {n_of(len(cfg.seeds))} = {n_runs} runs of {cfg.steps} steps, "
         f"{workers} worker(s)"
     )
     if reuse:

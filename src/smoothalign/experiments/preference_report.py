@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from smoothalign.experiments.logreg import mean_pm
 from smoothalign.experiments.preference import BASELINE, mean_std
 
 COLUMNS = (
@@ -34,9 +35,11 @@ reference forecasts ½ for every pair, and read in both orders that forecast has
 
 
 def _fmt(row: dict[str, Any], key: str, digits: int) -> str:
+    """``mean ± std`` of ``key`` over the seeds that gave it a value (``± n/a`` over one)."""
     if f"{key}_mean" not in row:
         return "—"
-    return f"{row[f'{key}_mean']:.{digits}f} ± {row[f'{key}_std']:.{digits}f}"
+    n = row.get(f"{key}_n", row["seeds"])  # _n: where some seeds gave none (aggregate)
+    return mean_pm(row[f"{key}_mean"], row[f"{key}_std"], n, digits)
 
 
 def method_table(results: dict[str, Any], flip_rate: float) -> str:
@@ -151,10 +154,14 @@ def claim_markdown(check: dict[str, Any]) -> str:
             if f"gain_vs_{label}_mean" not in r:
                 cells.append("—")
                 continue
-            text = (
-                f"{r[f'gain_vs_{label}_mean']:+.3f} ± {r[f'gain_vs_{label}_std']:.3f} "
-                f"({r[f'seeds_at_least_{label}']}/{r[f'seeds_vs_{label}']})"
+            gain = mean_pm(
+                r[f"gain_vs_{label}_mean"],
+                r[f"gain_vs_{label}_std"],
+                r[f"seeds_vs_{label}"],
+                3,
+                sign="+",
             )
+            text = f"{gain} ({r[f'seeds_at_least_{label}']}/{r[f'seeds_vs_{label}']})"
             if label == "best_constant":
                 text += f" ({r['vs_best_constant']})"
             cells.append(text)
@@ -202,7 +209,8 @@ def markdown_report(results: dict[str, Any]) -> str:
         f"steps of {cfg['batch_size']} pairs at lr {cfg['lr']:g}, β = {cfg['beta']:g} "
         f"(IPO β = {cfg['ipo_beta']:g}); seeds {', '.join(map(str, cfg['seeds']))}. Win rates "
         f"judged by "
-        f"{results['judge']}. Mean ± std over seeds."
+        f"{results['judge']}. Mean ± std over seeds"
+        + (" (one seed: no spread, ± n/a)." if len(cfg["seeds"]) < 2 else ".")
         + (
             " Simulated annotator votes (vote-based methods) are flipped at the flip rate too."
             if cfg.get("noisy_votes")

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from smoothalign.calibration import true_preference_metrics
-from smoothalign.experiments.logreg import mean_std
+from smoothalign.experiments.logreg import mean_pm, mean_std, n_of
 from smoothalign.reward.objective import majority_first_margins, reward_loss
 from smoothalign.smoothing import make_policy
 
@@ -485,8 +485,9 @@ def run_lm_study(
 
 
 # ----------------------------------------------------------------------------- reporting
-def _fmt(mean: float, std: float, digits: int) -> str:
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+def _fmt(row: dict[str, Any], key: str, digits: int) -> str:
+    """``mean ± std`` of ``row``'s ``key`` over its seeds (``± n/a`` over one)."""
+    return mean_pm(row[f"{key}_mean"], row[f"{key}_std"], row["seeds"], digits)
 
 
 TABLE_METRICS = (
@@ -513,8 +514,8 @@ def markdown_report(results: dict[str, Any]) -> str:
         f"d = {cfg['dim']}, ‖θ*‖ = {cfg['signal']:g}, τ = {cfg['temperature']:g}, pairs "
         f"{cfg['order']}; {cfg['optimizer']} (peak lr {cfg['lr']:g}, cosine decay) for "
         f"{cfg['steps']} steps of {cfg['batch_size']} pairs from θ = 0; {cfg['n_test']} test "
-        f"pairs; mean ± std over {len(cfg['seeds'])} "
-        "seeds. Bold: best mean of the column. `vs BT`: seeds with a lower held-out KL than "
+        f"pairs; mean ± std over {n_of(len(cfg['seeds']))}"
+        f"{' (one seed: no spread, ± n/a)' if len(cfg['seeds']) < 2 else ''}. Bold: best mean of the column. `vs BT`: seeds with a lower held-out KL than "
         "BT on the same data.",
         "",
     ]
@@ -533,7 +534,7 @@ def markdown_report(results: dict[str, Any]) -> str:
             for r in rows:
                 cells = []
                 for key, _, digits, _ in TABLE_METRICS:
-                    s = _fmt(r[f"{key}_mean"], r[f"{key}_std"], digits)
+                    s = _fmt(r, key, digits)
                     bold = key in best and math.isclose(r[f"{key}_mean"], best[key], rel_tol=1e-9)
                     cells.append(f"**{s}**" if bold else s)
                 vs = (
@@ -558,11 +559,11 @@ def lm_markdown(lm: dict[str, Any]) -> str:
     ]
     for r in lm["aggregates"]:
         cells = [
-            _fmt(r["accuracy_mean"], r["accuracy_std"], 3),
-            _fmt(r["accuracy_true_mean"], r["accuracy_true_std"], 3),
-            _fmt(r["ece_mean"], r["ece_std"], 4),
-            _fmt(r["ece_true_mean"], r["ece_true_std"], 4),
-            _fmt(r["kl_true_mean"], r["kl_true_std"], 4),
+            _fmt(r, "accuracy", 3),
+            _fmt(r, "accuracy_true", 3),
+            _fmt(r, "ece", 4),
+            _fmt(r, "ece_true", 4),
+            _fmt(r, "kl_true", 4),
         ]
         label = next((m.label for m in METHODS if m.name == r["method"]), r["method"])
         lines.append(f"| {label} | " + " | ".join(cells) + " |")

@@ -576,19 +576,22 @@ def aggregate(per_model: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown(results: dict[str, Any]) -> str:
+    from smoothalign.experiments.logreg import mean_pm
+
     lines = [
         "# Label-smoothed SFT and multiple-choice calibration",
         "",
         f"{results['n_sft_rows']} SFT rows / {results['n_heldout']} held-out questions from "
         f"BIG-bench {', '.join(results['config']['tasks'])}; MMLU subsample of "
         f"{results['config']['mmlu_limit']}. Option-likelihood scorer, 15 bins; mean ± std "
-        "over SFT seeds.",
+        "over SFT seeds"
+        + (" (one seed: no spread, ± n/a)." if results["config"]["seeds"] < 2 else "."),
         "",
         "| model | data | n | accuracy | ECE | RMS | mean confidence |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in results["aggregates"]:
-        cells = [f"{r[f'{k}_mean']:.3f} ± {r[f'{k}_std']:.3f}" for k in
+        cells = [mean_pm(r[f"{k}_mean"], r[f"{k}_std"], r["runs"], 3) for k in
                  ("accuracy", "ece", "rms", "mean_confidence")]  # fmt: skip
         lines.append(f"| {r['model']} | {r['data']} | {r['n']} | " + " | ".join(cells) + " |")
     if results.get("tasks"):
