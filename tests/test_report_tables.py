@@ -55,13 +55,13 @@ def test_eval_calibration_results_table_keeps_its_columns():
 
 
 def test_study_tables_keep_their_columns():
-    rows = [{"model": "SFT β=0.1", "data": "mmlu", "n": 5}]
+    rows = [{"model": "SFT β=0.1", "data": "mmlu", "n": 5, "runs": 2}]
     for k in ("accuracy", "ece", "rms", "mean_confidence"):
         rows[0] |= {f"{k}_mean": 0.5, f"{k}_std": 0.1}
-    results = {"n_sft_rows": 1, "n_heldout": 1, "config": {"tasks": ["x"], "mmlu_limit": 5},
+    results = {"n_sft_rows": 1, "n_heldout": 1, "config": {"tasks": ["x"], "mmlu_limit": 5, "seeds": 2},
                "aggregates": rows}  # fmt: skip
     md = sft_calibration.markdown(results)
-    agg = {"flip_rate": 0.2, "method": "dpo"}
+    agg = {"flip_rate": 0.2, "method": "dpo", "seeds": 2}
     agg |= {f"{k}_{s}": 0.5 for k, _, _ in preference_report.COLUMNS for s in ("mean", "std")}
     md += "\n" + preference_report.method_table({"aggregates": [agg]}, 0.2) + "\n"
     assert tables(md) == 2 and misaligned_rows(md) == []
