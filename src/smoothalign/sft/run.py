@@ -50,7 +50,6 @@ from smoothalign.train.common import (
     resolve_bf16,
     save_final_model,
     split_record,
-    split_validated,
     training_arguments,
 )
 from smoothalign.train.data_fingerprint import (
@@ -97,28 +96,16 @@ def load_sft_data(
     notes += folder.notes
     data = DataCheck(config.output_dir, folder.option)  # a refusal lists every bad row there
     with data.refusals_written():
-        report = data.validate(
-            "train",
-            lambda: validate_sft_rows(rows, tokenizer, config.max_length, config.on_bad_rows),
-        )
-        eval_report = None
         eval_rows = config.eval_data if config.eval_data is not None else folder.rows
-        if eval_rows is not None:
-            eval_report = data.validate(
-                "eval",
-                lambda: validate_sft_rows(
-                    eval_rows, tokenizer, config.max_length, config.on_bad_rows, held_out=True
-                ),
-            )
-        data.check()
-        train_ex, eval_ex, info, md, split_notes = split_validated(
-            report,
-            eval_report,
-            lambda ex: ex,
+        _, _, (train_ex, eval_ex, info, md, split_notes) = data.validate_and_split(
+            lambda part, held_out: validate_sft_rows(
+                part, tokenizer, config.max_length, config.on_bad_rows, held_out=held_out
+            ),
+            rows,
+            eval_rows,
             config.eval_fraction,
             config.seed,
             what="rows",
-            eval_option=folder.option,
         )
     return train_ex, eval_ex, info, md, notes + split_notes
 

@@ -444,6 +444,29 @@ class DataCheck:
         said = [str(first)] + [f"The held-out set ({self.eval_option}): {e}" for _, e in rest]
         raise RefusedRowsError("\n".join(said), first.report)
 
+    def validate_and_split(
+        self,
+        validate: Callable[[Any, bool], Any],
+        rows: Any,
+        eval_rows: Any | None,
+        eval_fraction: float,
+        seed: int,
+        what: str = "pairs",
+    ) -> tuple[Any, Any | None, tuple[list, list, dict[str, Any], str, list[str]]]:
+        """The data's and the held-out set's validation (``validate(rows, held_out)``; no
+        held-out set where ``eval_rows`` is None), the refusals raised (:meth:`check`), then
+        :func:`split_validated`: ``(report, eval_report, split)``."""
+        report = self.validate("train", lambda: validate(rows, False))
+        eval_report = None
+        if eval_rows is not None:
+            eval_report = self.validate("eval", lambda: validate(eval_rows, True))
+        self.check()
+        split = split_validated(
+            report, eval_report, lambda ex: ex, eval_fraction, seed, what=what,
+            eval_option=self.eval_option,
+        )  # fmt: skip
+        return report, eval_report, split
+
     @contextmanager
     def refusals_written(self):
         try:

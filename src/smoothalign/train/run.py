@@ -53,7 +53,6 @@ from smoothalign.train.common import (
     resolve_bf16,
     save_final_model,
     split_record,
-    split_validated,
     training_arguments,
     validation_summary,
 )
@@ -300,28 +299,14 @@ def _load_data(
     refusal of the rows lists every bad row in ``refused_validation.json`` (``DataCheck``)."""
     data = DataCheck(config.output_dir, eval_option)  # a refusal lists every bad row there
     with data.refusals_written():
-        report = data.validate(
-            "train",
-            lambda: validate_preference_rows(
-                rows, tokenizer, config.max_length, config.on_bad_rows
+        report, eval_report, (train_ex, eval_ex, info, md, split_notes) = data.validate_and_split(
+            lambda part, held_out: validate_preference_rows(
+                part, tokenizer, config.max_length, config.on_bad_rows, held_out=held_out
             ),
-        )
-        eval_report = None
-        if eval_rows is not None:
-            eval_report = data.validate(
-                "eval",
-                lambda: validate_preference_rows(
-                    eval_rows, tokenizer, config.max_length, config.on_bad_rows, held_out=True
-                ),
-            )
-        data.check()
-        train_ex, eval_ex, info, md, split_notes = split_validated(
-            report,
-            eval_report,
-            lambda ex: ex,
+            rows,
+            eval_rows,
             config.eval_fraction,
             config.seed,
-            eval_option=eval_option,
         )
         # the oracle-* policies need every training row's confidence: refuse before training
         # (held-out rows without one are fine: the *_true metrics skip them), so after the split
