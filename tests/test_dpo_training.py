@@ -1467,12 +1467,9 @@ def _fingerprint_of(folder: Path) -> dict:
     return json.loads((folder / "data_fingerprint.json").read_text())
 
 
-def test_each_checkpoint_holds_the_fingerprint_of_the_rows_it_was_trained_on(tmp_path, monkeypatch):
-    """A checkpoint carries the fingerprint of its run's rows (written before its completion
-    marker), and a resume compares its own rows with that one, not with the run folder's
-    file: another fingerprint there, or none, changes nothing."""
-    import smoothalign.train.run as run_module
-
+def _run_crashed_after_its_first_checkpoint(tmp_path):
+    """A run of 40 pairs (8 held out apart) interrupted at step 3, after checkpoint-2:
+    ``(rows, data file, run folder, its options)``."""
     rows, held_out = synthetic_rows(40, seed=5), synthetic_rows(8, seed=6)
     data, eval_data = tmp_path / "pairs.jsonl", tmp_path / "heldout.jsonl"
     write_jsonl(rows, data)
@@ -1481,6 +1478,16 @@ def test_each_checkpoint_holds_the_fingerprint_of_the_rows_it_was_trained_on(tmp
     kw = dict(smoothing="none", max_steps=4, save_steps=2, eval_data=str(eval_data))
     with pytest.raises(KeyboardInterrupt):
         run_dpo(_config(data, out, **kw), callbacks=[_Crash(at=3)])
+    return rows, data, out, kw
+
+
+def test_each_checkpoint_holds_the_fingerprint_of_the_rows_it_was_trained_on(tmp_path, monkeypatch):
+    """A checkpoint carries the fingerprint of its run's rows (written before its completion
+    marker), and a resume compares its own rows with that one, not with the run folder's
+    file: another fingerprint there, or none, changes nothing."""
+    import smoothalign.train.run as run_module
+
+    rows, data, out, kw = _run_crashed_after_its_first_checkpoint(tmp_path)
     fingerprint = _fingerprint_of(out / "checkpoint-2")
     assert fingerprint == _fingerprint_of(out)
     assert (fingerprint["train"]["rows"], fingerprint["held_out"]["rows"]) == (40, 8)
@@ -1511,14 +1518,7 @@ def test_a_resume_from_a_checkpoint_without_a_fingerprint_is_said_and_vouches_fo
     unchecked: said in the report's notes and, at once, on the console. The resumed run
     writes no folder file from the rows it read, which would vouch for rows its earlier
     checkpoints may not have trained on; the checkpoints it saves hold its rows'."""
-    rows, held_out = synthetic_rows(40, seed=5), synthetic_rows(8, seed=6)
-    data, eval_data = tmp_path / "pairs.jsonl", tmp_path / "heldout.jsonl"
-    write_jsonl(rows, data)
-    write_jsonl(held_out, eval_data)
-    out = tmp_path / "run"
-    kw = dict(smoothing="none", max_steps=4, save_steps=2, eval_data=str(eval_data))
-    with pytest.raises(KeyboardInterrupt):
-        run_dpo(_config(data, out, **kw), callbacks=[_Crash(at=3)])
+    rows, data, out, kw = _run_crashed_after_its_first_checkpoint(tmp_path)
     original = _fingerprint_of(out)
     for folder in (out, out / "checkpoint-2"):  # as an earlier version left them
         (folder / "data_fingerprint.json").unlink()
