@@ -125,3 +125,32 @@ def sentencepiece_like_tokenizer(layout: str = "llama2"):
         model_max_length=512,
         clean_up_tokenization_spaces=False,
     )
+
+
+DATED_TEMPLATE = (
+    '{{ strftime_now("%d %b %Y") }}|{% for m in messages %}{{ m["content"] }}{% endfor %}'
+)
+"""A chat template that writes the day it renders (as Llama-3.x Instruct's does), then the
+messages' contents: ``"<date>|<contents>"``."""
+
+
+def dated_tiny_tokenizer(monkeypatch, day=None):
+    """The tiny byte tokenizer with :data:`DATED_TEMPLATE`, and transformers' template clock
+    moved to ``day`` (default 2 Jan 2031): a render that reads today's date shows it."""
+    import datetime as dt
+
+    from transformers.utils import chat_template_utils
+
+    from smoothalign.models.loading import build_tiny_tokenizer
+
+    day = day or dt.datetime(2031, 1, 2)
+
+    class Clock(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return day
+
+    monkeypatch.setattr(chat_template_utils, "datetime", Clock)
+    tok = build_tiny_tokenizer()
+    tok.chat_template = DATED_TEMPLATE
+    return tok

@@ -121,30 +121,21 @@ def test_a_chat_template_writes_the_fixed_template_date_not_today(monkeypatch):
     strftime_now), while dpo, sft, reward and rank-calibrate render one fixed date: its
     texts, and entropies, changed from day to day and were not the training data's. The
     messages now give the hidden states of the text rendered with TEMPLATE_DATE."""
-    import datetime as dt
 
+    from tests.data_helpers import dated_tiny_tokenizer
     from transformers.utils import chat_template_utils
 
     from smoothalign.data.tokenization import TEMPLATE_DATE
 
-    model, tok = build_tiny_model().eval(), build_tiny_tokenizer()
-    tok.chat_template = (
-        '{{ strftime_now("%d %b %Y") }}|{% for m in messages %}{{ m["content"] }}{% endfor %}'
-    )
-
-    class Tomorrow(dt.datetime):
-        @classmethod
-        def now(cls, tz=None):
-            return dt.datetime(2031, 1, 2)
-
-    monkeypatch.setattr(chat_template_utils, "datetime", Tomorrow)
+    model, tok = build_tiny_model().eval(), dated_tiny_tokenizer(monkeypatch)
+    clock = chat_template_utils.datetime
     messages = json.dumps(
         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
     )
     hidden = head_inputs(model, tok, [messages])
     as_text = TEMPLATE_DATE.strftime("%d %b %Y") + "|hiyo"  # not JSON: read as it is
     torch.testing.assert_close(hidden, head_inputs(model, tok, [as_text]), atol=0, rtol=0)
-    assert chat_template_utils.datetime is Tomorrow  # the clock given back after rendering
+    assert chat_template_utils.datetime is clock  # the clock given back after rendering
 
 
 def test_default_texts_come_from_the_shipped_set():

@@ -592,25 +592,13 @@ def test_an_interrupted_new_run_leaves_no_earlier_runs_final(tmp_path, reward_di
 def test_a_chat_prompt_renders_the_fixed_template_date(monkeypatch):
     """rank-calibrate's chat prompts read the date the data path renders (one fixed date,
     data.tokenization.TEMPLATE_DATE), not the day the command runs."""
-    import datetime as dt
 
-    from transformers.utils import chat_template_utils
+    from tests.data_helpers import dated_tiny_tokenizer
 
     from smoothalign.data.tokenization import TEMPLATE_DATE
-    from smoothalign.models.loading import build_tiny_tokenizer
     from smoothalign.rank.candidates import prompt_token_ids
 
-    tok = build_tiny_tokenizer()
-    tok.chat_template = (
-        '{{ strftime_now("%d %b %Y") }}|{% for m in messages %}{{ m["content"] }}{% endfor %}'
-    )
-
-    class Tomorrow(dt.datetime):
-        @classmethod
-        def now(cls, tz=None):
-            return dt.datetime(2031, 1, 2)
-
-    monkeypatch.setattr(chat_template_utils, "datetime", Tomorrow)
+    tok = dated_tiny_tokenizer(monkeypatch)
     ids = prompt_token_ids([{"role": "user", "content": "hi"}], tok)
     assert bytes(i for i in ids if i < 256) == TEMPLATE_DATE.strftime("%d %b %Y|hi").encode()
 
