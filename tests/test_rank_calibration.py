@@ -637,3 +637,45 @@ def test_config_json_records_the_models_loaded_and_keeps_the_typed_ones(
     saved = json.loads((tmp_path / "b" / "config.json").read_text())
     assert (saved["policy"], saved["reward_model"]) == ("tiny", str(reward_dir))
     assert not [key for key in saved if key.endswith("_as_given")]
+
+
+def test_bad_row_advice_names_the_python_keywords_outside_the_command_line(
+    tmp_path, reward_dir, tiny, capsys
+):
+    """Called from Python, the advice of a refusal names ``on_bad_rows='skip'`` (what the
+    caller can type), not the command's flag; from the command line, the flag."""
+    from smoothalign._options import command_flags
+    from smoothalign.cli import main
+    from smoothalign.rank.run import _fit_the_preference_model, load_rank_prompts
+
+    _, tok = tiny
+    rows = _plain_rows(4)
+    rows[2]["prompt"] = ""
+    bad = _write_prompts(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(ValueError, match="bad row") as err:
+        load_prompts(str(bad), tok, max_length=32)
+    assert "on_bad_rows='skip'" in str(err.value) and "--on-bad-rows" not in str(err.value)
+    with command_flags({"on_bad_rows": "--on-bad-rows"}), pytest.raises(ValueError) as err:
+        load_prompts(str(bad), tok, max_length=32)
+    assert "--on-bad-rows skip" in str(err.value)
+    argv = ["rank-calibrate", "--policy", "tiny", "--prompts", str(bad),
+            "--reward-model", str(reward_dir), "--output-dir", str(tmp_path / "o")]  # fmt: skip
+    assert main(argv) == 2
+    assert "--on-bad-rows skip" in capsys.readouterr().err
+    # the NLL term's missing references
+    noref = _write_prompts(
+        tmp_path / "noref.jsonl",
+        [{"prompt": f"p{i}:", "split": "eval" if i == 0 else "train"} for i in range(4)],
+    )
+    cfg = RankConfig(reward_model="x", prompts=str(noref), nll_weight=0.5, max_length=32)
+    with pytest.raises(ValueError, match="without a reference") as err:
+        load_rank_prompts(cfg, tok)
+    assert "nll_weight=0, or on_bad_rows='skip'" in str(err.value)
+    assert "--" not in str(err.value).splitlines()[0]
+    # prompts too long for the preference model
+    rm, rm_tok, _ = load_preference_model(reward_dir)
+    scorer = PreferenceModelScorer(rm, rm_tok, max_length=12)
+    report = load_prompts([{"prompt": "ab"}, {"prompt": "x" * 20}], tok, max_length=32)
+    with pytest.raises(ValueError, match="do not fit") as err:
+        _fit_the_preference_model(report.examples, scorer, "error", {}, "train")
+    assert "Raise max_length, or pass on_bad_rows='skip'" in str(err.value)

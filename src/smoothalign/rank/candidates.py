@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from smoothalign._options import option
 from smoothalign._warn import warn_main
 from smoothalign.data import BadRow, fit_response, load_preference_rows
 from smoothalign.data.loading import FILE_KEY, ROW_KEY, location
@@ -226,8 +227,8 @@ def load_prompts(
         listed = "\n".join(f"  {b}" for b in bad[:10])
         more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
         raise ValueError(
-            f"prompts: {len(bad)} bad row(s) in {name} (pass --on-bad-rows skip to drop and "
-            f"list them):\n{listed}{more}"
+            f"prompts: {len(bad)} bad row(s) in {name} (pass {option('on_bad_rows', 'skip')} "
+            f"to drop and list them):\n{listed}{more}"
         )
     if not examples:
         raise ValueError(f"prompts: no usable row in {name} ({len(bad)} bad)")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from transformers import set_seed
 
+from smoothalign._options import option
 from smoothalign.data.loading import folder_held_out
 from smoothalign.io import (
     atomic_write_json,
@@ -154,7 +155,8 @@ def load_rank_prompts(
                 rest = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
                 raise ValueError(
                     f"prompts: {len(missing)} training row(s) without a reference (pass "
-                    f"--nll-weight 0, or --on-bad-rows skip to drop them):\n{listed}{rest}"
+                    f"{option('nll_weight', 0)}, or {option('on_bad_rows', 'skip')} to drop "
+                    f"them):\n{listed}{rest}"
                 )
             train = [ex for ex in train if ex.reference_ids is not None]
             notes.append(
@@ -201,7 +203,7 @@ def _fit_the_preference_model(
         )
         raise ValueError(
             f"{len(bad)} {split} prompts do not fit the preference model:\n  {listed}\n"
-            "Raise --max-length, or pass --on-bad-rows skip to drop them."
+            f"Raise {option('max_length')}, or pass {option('on_bad_rows', 'skip')} to drop them."
         )
     if bad:
         info.setdefault(split, {})["too_long_for_the_preference_model"] = bad
