@@ -372,12 +372,75 @@ def test_cli_calibrates_the_tiny_policy_and_writes_its_report(tmp_path, reward_d
     report = (out / "report.md").read_text()
     assert "Spearman(s̄, score) within a prompt" in report
     assert "![training curves](training_curves.png)" in report
+    # the held-out prompts: the split column's rows 0 and 5, both scored
+    assert json.loads((out / "split.json").read_text()) == {
+        "split": "split column", "held_out_from": "--prompts", "n_train": 8, "n_held_out": 2,
+        "n_scored": 2, "scored_limit": None,
+        "held_out": [{"file": str(prompts), "row": 0}, {"file": str(prompts), "row": 5}],
+    }  # fmt: skip
+    # the held-out metrics recompute from the candidates files: their scores and the
+    # policy's s̄ (policy_mean_logp), by an independent Spearman and pair count
+    tol = json.loads((out / "config.json").read_text())["tie_tolerance"]
+    for tag in ("before", "after"):
+        lines = (out / f"eval_candidates_{tag}.jsonl").read_text().splitlines()
+        prompts_ = [json.loads(line) for line in lines]
+        assert [p["row"] for p in prompts_] == [0, 5]
+        logps = [[c["policy_mean_logp"] for c in p["candidates"]] for p in prompts_]
+        scores = [[c["score"] for c in p["candidates"]] for p in prompts_]
+        want = _ranking_metrics_by_hand(logps, scores, tol)
+        got = results[tag]
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12, nan_ok=True), (tag, key)
     first = json.loads((out / "candidates-epoch-1.jsonl").read_text().splitlines()[0])
     scores = [c["score"] for c in first["candidates"]]
     assert scores == sorted(scores, reverse=True) and len(scores) == 3
     # the saved policy reloads as a causal LM
     reloaded, _ = load_model_and_tokenizer(str(out / "final"))
     assert reloaded.config.vocab_size == 259
+
+
+def _ranks_by_hand(x: list[float], tol: float) -> list[float]:
+    """1-based ranks, values within ``tol`` of each other sharing their average rank."""
+    return [
+        1 + sum(y < v - tol for y in x) + 0.5 * sum(abs(y - v) <= tol for y in x if y is not v)
+        for v in x
+    ]
+
+
+def _spearman_by_hand(x: list[float], y: list[float], y_tol: float) -> float:
+    rx, ry = np.array(_ranks_by_hand(x, 0.0)), np.array(_ranks_by_hand(y, y_tol))
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _ranking_metrics_by_hand(logps, scores, tol: float) -> dict[str, float]:
+    """spearman_within, spearman_pooled, pair_accuracy, score_mean, logp_mean and
+    policy_top_score of [P][K] lists, written out from their definitions (not
+    rank.metrics)."""
+    import itertools
+    import math
+
+    within = [_spearman_by_hand(lp, sc, tol) for lp, sc in zip(logps, scores, strict=True)]
+    within = [r for r in within if not math.isnan(r)]
+    pairs = agree = 0
+    for lp, sc in zip(logps, scores, strict=True):
+        for i, j in itertools.combinations(range(len(sc)), 2):
+            if abs(sc[i] - sc[j]) > tol:
+                pairs += 1
+                agree += (sc[i] > sc[j]) == (lp[i] > lp[j]) and lp[i] != lp[j]
+    flat_l = [v for row in logps for v in row]
+    flat_s = [v for row in scores for v in row]
+    return {
+        "n_prompts": len(scores),
+        "spearman_within": sum(within) / len(within) if within else float("nan"),
+        "spearman_pooled": _spearman_by_hand(flat_l, flat_s, tol),
+        "pair_accuracy": agree / pairs if pairs else float("nan"),
+        "score_mean": sum(flat_s) / len(flat_s),
+        "logp_mean": sum(flat_l) / len(flat_l),
+        "policy_top_score": sum(sc[lp.index(max(lp))] for lp, sc in zip(logps, scores, strict=True))
+        / len(scores),
+    }
 
 
 def test_cli_errors_name_the_problem(tmp_path, reward_dir, capsys):
@@ -572,8 +635,12 @@ def test_an_interrupted_new_run_leaves_no_earlier_runs_final(tmp_path, reward_di
     out = tmp_path / "run"
     kw = dict(reward_model=str(reward_dir), prompts=str(prompts), output_dir=str(out),
               num_candidates=2, max_new_tokens=4, batch_size=4, max_length=48, report=False)  # fmt: skip
-    run_rank_calibration(RankConfig(policy="tiny", **kw))
+    run_rank_calibration(RankConfig(policy="tiny", max_eval_prompts=1, **kw))
     assert (out / "final" / "model.safetensors").is_file()
+    split = json.loads((out / "split.json").read_text())  # both held out, one scored
+    assert (split["n_held_out"], split["n_scored"]) == (2, 1)
+    assert split["scored_limit"] == "--max-eval-prompts"
+    assert [h["row"] for h in split["held_out"]] == [0, 5]
     for policy in (out, out / "final"):
         with pytest.raises(ValueError, match="is what this run loads as --policy"):
             run_rank_calibration(RankConfig(policy=str(policy), **kw))

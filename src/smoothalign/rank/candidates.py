@@ -608,22 +608,28 @@ def score_and_rank(
     return ranked
 
 
-def candidates_jsonl(ranked: Sequence[RankedPrompt]) -> str:
-    """The ranked candidates as JSON lines (one prompt per line), for inspection."""
+def candidates_jsonl(
+    ranked: Sequence[RankedPrompt], mean_logps: Sequence[Sequence[float]] | None = None
+) -> str:
+    """The ranked candidates as JSON lines (one prompt per line), for inspection. With
+    ``mean_logps`` (``[P, K]``, rank order: the policy's ``s̄`` of each candidate, as the
+    ranking metrics take it), each candidate also carries its ``policy_mean_logp``."""
+    if mean_logps is not None and [len(m) for m in mean_logps] != [
+        len(rp.candidates) for rp in ranked
+    ]:
+        raise ValueError("candidates_jsonl: mean_logps must be [P, K], one per candidate")
     lines = []
-    for rp in ranked:
+    for p, rp in enumerate(ranked):
         ex = rp.example
+        candidates = []
+        for r, c in enumerate(rp.candidates):
+            record: dict[str, Any] = {"rank": r, "score": c.score}
+            if mean_logps is not None:
+                record["policy_mean_logp"] = float(mean_logps[p][r])
+            candidates.append({**record, "n_tokens": len(c.ids), "text": c.text})
         lines.append(
             json.dumps(
-                {
-                    "row": ex.row,
-                    "file": ex.file,
-                    "prompt": ex.prompt,
-                    "candidates": [
-                        {"rank": r, "score": c.score, "n_tokens": len(c.ids), "text": c.text}
-                        for r, c in enumerate(rp.candidates)
-                    ],
-                },
+                {"row": ex.row, "file": ex.file, "prompt": ex.prompt, "candidates": candidates},
                 ensure_ascii=False,
             )
         )

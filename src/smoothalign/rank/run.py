@@ -53,9 +53,11 @@ from smoothalign.train.checkpoints import (
     run_config_record,
 )
 from smoothalign.train.common import (
+    SPLIT_FILE,
     check_scheduler,
     load_checked,
     resolve_bf16,
+    split_record,
     train_eval_split,
 )
 from smoothalign.train.run_result import BaseRunResult
@@ -102,7 +104,49 @@ def load_rank_prompts(
     """``(train, eval, prompts_dict, prompts_markdown, notes)``. The eval prompts are
     ``--eval-prompts``, else a prompts folder's eval files beside its train files, else the
     prompts' ``split == 'eval'`` rows, else a seeded holdout (copies of a prompt together);
-    with the NLL term on, every *training* prompt needs a reference response."""
+    with the NLL term on, every *training* prompt needs a reference response. ``train`` and
+    ``eval`` are cut to ``max_prompts`` / ``max_eval_prompts``."""
+    split = _split_rank_prompts(config, tokenizer)
+    train, held_out, info, md, notes = (
+        split.train,
+        split.held_out,
+        split.info,
+        split.md,
+        split.notes,
+    )
+    return _cut_to_the_limits(config, train, held_out, notes) + (info, md, notes)
+
+
+@dataclass
+class _RankPrompts:
+    """The prompts as split, before ``max_prompts`` / ``max_eval_prompts`` cut them:
+    ``held_out`` is every held-out prompt (``split.json`` lists them all), and
+    ``held_out_set`` how ``split.json`` names a held-out set given apart (else ``None``)."""
+
+    train: list[PromptExample]
+    held_out: list[PromptExample]
+    info: dict[str, Any]
+    md: str
+    notes: list[str]
+    held_out_set: str | None
+
+
+def _cut_to_the_limits(
+    config: RankConfig, train: list, evals: list, notes: list[str]
+) -> tuple[list, list]:
+    """The first ``max_prompts`` training and ``max_eval_prompts`` held-out prompts (0: all),
+    each cut said in ``notes``."""
+    if config.max_prompts and len(train) > config.max_prompts:
+        notes.append(f"training prompts: the first {config.max_prompts} of {len(train)}")
+        train = train[: config.max_prompts]
+    if config.max_eval_prompts and len(evals) > config.max_eval_prompts:
+        notes.append(f"held-out prompts: the first {config.max_eval_prompts} of {len(evals)}")
+        evals = evals[: config.max_eval_prompts]
+    return train, evals
+
+
+def _split_rank_prompts(config: RankConfig, tokenizer: Any) -> _RankPrompts:
+    """:func:`load_rank_prompts` before its cut to the limits."""
     source, name = _prompt_source(config)
     common = dict(max_length=config.max_length, on_bad_rows=config.on_bad_rows)
     report = load_prompts(source, tokenizer, source_name=name, **common)
@@ -170,13 +214,13 @@ def load_rank_prompts(
             )
             if not train:
                 raise ValueError("prompts: no training prompt has a reference response")
-    if config.max_prompts and len(train) > config.max_prompts:
-        notes.append(f"training prompts: the first {config.max_prompts} of {len(train)}")
-        train = train[: config.max_prompts]
-    if config.max_eval_prompts and len(evals) > config.max_eval_prompts:
-        notes.append(f"held-out prompts: the first {config.max_eval_prompts} of {len(evals)}")
-        evals = evals[: config.max_eval_prompts]
-    return train, evals, info, "\n".join(md), notes
+    if config.eval_prompts is not None:
+        held_out_set: str | None = "--eval-prompts"
+    elif folder.rows is not None:
+        held_out_set = "the prompts folder's eval files"
+    else:
+        held_out_set = None
+    return _RankPrompts(train, evals, info, "\n".join(md), notes, held_out_set)
 
 
 def _fit_the_preference_model(
@@ -258,7 +302,9 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     before the first. Writes into ``config.output_dir``: ``config.json``, ``prompts.json``,
     ``candidates-epoch-N.jsonl`` (each round's ranked candidates), ``metrics.jsonl``,
     ``eval_results.json`` (held-out metrics before/after), ``eval_candidates_before.jsonl``
-    / ``eval_candidates_after.jsonl`` (the held-out samples, ranked and scored), ``final/``
+    / ``eval_candidates_after.jsonl`` (the held-out samples, ranked and scored, with the
+    policy's ``s̄`` of each: ``policy_mean_logp``), ``split.json`` (every held-out prompt's
+    file and row: ``train.common.split_record``), ``final/``
     (the calibrated policy, safetensors) and, with
     ``config.report``, ``report.md`` and its plots.
     """
@@ -284,7 +330,7 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
         config.trust_remote_code,
         # the prompts, then the preference model's class (its config alone): both before
         # any weights load
-        lambda t: (load_rank_prompts(config, t), check_preference_model(config.reward_model))[0],
+        lambda t: (_split_rank_prompts(config, t), check_preference_model(config.reward_model))[0],
         lambda t: load_model_and_tokenizer(
             config.policy, trust_remote_code=config.trust_remote_code, tokenizer=t
         ),
@@ -293,15 +339,33 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     notes.append(f"preference model: {rm_folder} ({type(rm).__name__})")
     policy.to(device)
     rm.to(device)
-    train_ex, eval_ex, info, prompts_md, data_notes = prompts
-    notes += data_notes
+    info, prompts_md, notes = prompts.info, prompts.md, notes + prompts.notes
+    train_ex, eval_ex = _cut_to_the_limits(config, prompts.train, prompts.held_out, notes)
     scorer = PreferenceModelScorer(
         rm, rm_tok, max_length=config.max_length, batch_size=config.score_batch_size
     )
     # a prompt can fit the policy's tokens but not the preference model's (another
     # tokenizer or chat template): find out now, not when its candidates are scored
     train_ex = _fit_the_preference_model(train_ex, scorer, config.on_bad_rows, info, "train", notes)
-    eval_ex = _fit_the_preference_model(eval_ex, scorer, config.on_bad_rows, info, "eval", notes)
+    scored = _fit_the_preference_model(eval_ex, scorer, config.on_bad_rows, info, "eval", notes)
+    # split.json: every held-out prompt (those past --max-eval-prompts too, unscored), less
+    # those dropped as too long for the preference model (bad rows, listed in validation.json)
+    unfit = {id(ex) for ex in eval_ex} - {id(ex) for ex in scored}
+    held_out = [ex for ex in prompts.held_out if id(ex) not in unfit]
+    eval_ex = scored
+    split = split_record(
+        train_ex,
+        held_out,
+        lambda ex: ex,
+        held_out_set=prompts.held_out_set,
+        eval_fraction=config.eval_fraction,
+        seed=config.seed,
+        n_scored=len(eval_ex),
+        eval_limit="--max-eval-prompts",
+    )
+    if split["held_out_from"] == "--data":  # the held-out rows are the prompts' own
+        split["held_out_from"] = "--prompts"
+    notes.append(f"held-out prompts: each one's file and row in {SPLIT_FILE}")
     # every check passed and both models loaded: the run is on. An earlier run's results go
     # now (its report, plots, per-epoch candidates, and the model it saved, which an
     # interrupted run would leave as this folder's), so none of them can pass for this run's
@@ -316,6 +380,7 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     loaded = {"policy": loaded_model_path(config.policy), "reward_model": reward_model}
     atomic_write_json(out / "config.json", run_config_record(config, loaded))
     atomic_write_json(out / "prompts.json", info)
+    atomic_write_json(out / SPLIT_FILE, split)
     pad_id = int(tok.pad_token_id)
 
     def decode(ids: list[int]) -> str:
@@ -354,7 +419,10 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
         return metrics, {"logps": logps, "scores": scores, "lengths": lengths}, ranked
 
     before, arrays_before, ranked_before = evaluate("before")
-    atomic_write_text(out / "eval_candidates_before.jsonl", candidates_jsonl(ranked_before))
+    atomic_write_text(
+        out / "eval_candidates_before.jsonl",
+        candidates_jsonl(ranked_before, arrays_before["logps"]),
+    )
 
     steps_per_epoch = RankTrainer.steps_per_epoch(len(train_ex), config)
     trainer = RankTrainer(
@@ -386,7 +454,10 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     train_seconds = time.perf_counter() - t0
 
     after, arrays_after, ranked_after = evaluate("after")
-    atomic_write_text(out / "eval_candidates_after.jsonl", candidates_jsonl(ranked_after))
+    atomic_write_text(
+        out / "eval_candidates_after.jsonl",
+        candidates_jsonl(ranked_after, arrays_after["logps"]),
+    )
     trainer.log({"step": trainer.global_step, "split": "eval_final", **after})
     atomic_write_json(out / "eval_results.json", {"before": before, "after": after})
     if config.save_model:
