@@ -1383,7 +1383,7 @@ def test_too_long_prompts_point_to_max_length(tok):
     rows = [plain_row(0), plain_row(1, prompt="x" * 80), plain_row(2, prompt="y" * 90)]
     with pytest.raises(ValueError) as err:
         validate_preference_rows(rows, tok, max_length=64)
-    assert "2 of them are too long for max_length: raise max_length if" in str(err.value)
+    assert "2 of them are too long for the token budget: raise max_length if" in str(err.value)
     with pytest.raises(ValueError) as err:
         validate_preference_rows([plain_row(0), plain_row(1, chosen="  ")], tok, max_length=64)
     assert "raise max_length" not in str(err.value)
@@ -1392,7 +1392,9 @@ def test_too_long_prompts_point_to_max_length(tok):
 
     with command_flags({"max_length": "--max-length"}), pytest.raises(ValueError) as err:
         validate_preference_rows(rows, tok, max_length=64)
-    assert "too long for max_length: raise --max-length if" in str(err.value)
+    assert "too long for the token budget: raise --max-length if" in str(err.value)
+    advice = str(err.value).splitlines()[-1]
+    assert "max_length" not in advice  # the advice names the option once: by its flag
 
 
 def test_a_bad_split_is_a_bad_row_that_counts_in_no_statistic_of_the_kept_rows(tok):

@@ -447,8 +447,8 @@ def format_bad_rows(
         lines.append(f"  ... and {len(bad_rows) - limit} more")
     too_long = sum(b.code == "prompt_too_long" for b in bad_rows)
     longer = (
-        f" {too_long} of them are too long for max_length: raise {option('max_length')} if "
-        "the model takes longer inputs."
+        f" {too_long} of them are too long for the token budget: raise {option('max_length')} "
+        "if the model takes longer inputs."
         if too_long
         else ""
     )
