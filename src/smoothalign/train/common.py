@@ -364,7 +364,12 @@ def split_record(
     folder's eval files), else ``None``: the held-out rows are then the data's own, by its
     ``split`` column where a kept row has one (as :func:`split_by_column` decided), else by
     the seeded holdout. ``base_of(example)``: its validated row (``metadata``, ``file``,
-    ``row``), as for :func:`split_validated`."""
+    ``row``), as for :func:`split_validated`.
+
+    ``held_out_from`` (and a ``scored_limit``) name the options by their command-line flags
+    whichever way the run was started: a fixed vocabulary of the file (documented so in the
+    README), so that one run's ``split.json`` reads the same from the CLI and the Python API;
+    messages, which advise their reader, use :func:`smoothalign._options.option` instead."""
     if held_out_set is not None:
         how: dict[str, Any] = {"split": "held-out set", "held_out_from": held_out_set}
     elif any("split" in base_of(ex).metadata for ex in (*train, *held_out)):
