@@ -430,6 +430,31 @@ def test_truncation_warnings_call_only_held_out_rows_held_out(tmp_path):
     assert on_eval.startswith("held-out preference data: 3 of 3 kept pairs")
 
 
+def test_rows_the_run_skipped_are_not_counted_as_trained_on(tmp_path, monkeypatch):
+    """The warning on scored rows the run trained on counted every row of its --data not
+    held out, the rows it skipped as bad (its validation.json's) too: a prompt too long
+    for the run's max_length, scored here with a larger one, was called trained on."""
+    from smoothalign.train import DPOConfig, run_dpo
+
+    monkeypatch.chdir(tmp_path)
+    rows = synthetic_rows(20, seed=3, flip_rate=0.25)
+    rows.append({"prompt": "x" * 80, "chosen": " yes", "rejected": " no"})  # row 20
+    data = write_jsonl(rows, tmp_path / "pairs.jsonl")
+    run_dpo(DPOConfig(
+        model="tiny", data="pairs.jsonl", output_dir="run", lora=False, max_length=32,
+        smoothing="none", batch_size=4, max_steps=1, lr_warmup_steps=0, eval_samples=0,
+        max_eval_pairs=0, eval_fraction=0.25, report=False, on_bad_rows="skip",
+    ))  # fmt: skip
+    skipped = json.loads((tmp_path / "run" / "validation.json").read_text())["train"]
+    assert [b["row"] for b in skipped["bad_rows"]] == [20]
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="15 of the 21 rows scored are rows the run"):
+        assert _eval("--model", tmp_path / "run", "--data", data, "--split", "all",
+                     "--max-length", "128", "--output-dir", out) == 0  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_pairs"] == 21  # the skipped row is scored here, but was not trained on
+
+
 def test_a_missing_reference_model_is_named_as_reference(tmp_path, capsys, monkeypatch):
     """A --reference that is no model was reported as "model '…'", as if --model were wrong."""
     monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)

@@ -312,13 +312,15 @@ def _select_rows(data: Any, split: str, how: str) -> SelectedRows:
 @dataclass(frozen=True)
 class _RunSplit:
     """A run's ``split.json``, its rows keyed by ``(resolved file, row)``: ``held_out``,
-    and ``data``, the run's ``--data`` resolved (the rows it trained on are its rows that
-    are not held out)."""
+    ``skipped``, the bad rows its ``validation.json`` lists (the run skipped them), and
+    ``data``, the run's ``--data`` resolved (the rows it trained on are its rows that are
+    neither held out nor skipped)."""
 
     folder: Path
     record: dict[str, Any]
     held_out: list[tuple[str, int]]
     data: str | None
+    skipped: frozenset[tuple[str, int]] = frozenset()
 
 
 def _resolved(file: Any, base: str | os.PathLike = ".") -> str:
@@ -357,7 +359,28 @@ def _run_split(run: tuple[Path, dict[str, Any]] | None) -> _RunSplit | None:
             return None
         keys.append((_resolved(file, base), row))
     data = options.get("data")
-    return _RunSplit(folder, record, keys, _resolved(data, base) if isinstance(data, str) else None)
+    data = _resolved(data, base) if isinstance(data, str) else None
+    return _RunSplit(folder, record, keys, data, _run_skipped(folder, base))
+
+
+def _run_skipped(folder: Path, base: str | os.PathLike) -> frozenset[tuple[str, int]]:
+    """The rows a run skipped as bad, keyed as :class:`_RunSplit`'s: every part's
+    ``bad_rows`` in its ``validation.json`` (a run that kept a bad row refused instead);
+    none where the file is missing or unreadable."""
+    try:
+        validation = json.loads((folder / "validation.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return frozenset()
+    parts = validation.values() if isinstance(validation, dict) else ()
+    keys = set()
+    for part in parts:
+        bad = part.get("bad_rows") if isinstance(part, dict) else None
+        for entry in bad if isinstance(bad, list) else ():
+            file = entry.get("file") if isinstance(entry, dict) else None
+            row = entry.get("row") if isinstance(entry, dict) else None
+            if isinstance(file, str) and isinstance(row, int) and not isinstance(row, bool):
+                keys.add((_resolved(file, base), row))
+    return frozenset(keys)
 
 
 def _every_row(data: Any) -> list[dict[str, Any]]:
@@ -407,17 +430,18 @@ def _note_trained(
     selected: SelectedRows, run: tuple[Path, dict[str, Any]] | None, run_split: _RunSplit | None
 ) -> SelectedRows:
     """``selected`` with a note (and a warning) counting the rows among them that the run
-    trained on: rows of its ``--data`` that its ``split.json`` does not list as held out."""
+    trained on: rows of its ``--data`` that its ``split.json`` does not list as held out and
+    its ``validation.json`` does not list as skipped."""
     if run_split is None or run_split.data is None:
         return selected
     from smoothalign._warn import warn_main
 
-    held = set(run_split.held_out)
+    not_trained = set(run_split.held_out) | run_split.skipped
     data = Path(run_split.data)
 
     def trained(row: Any) -> bool:
         key = _row_key(row)
-        if key is None or key in held:
+        if key is None or key in not_trained:
             return False
         file = Path(key[0])
         return file == data or file.parent == data  # the run's file, or its folder's
@@ -427,8 +451,8 @@ def _note_trained(
         return selected
     note = (
         f"{n} of the {len(selected.rows)} rows scored are rows the run {run_split.folder} "
-        "trained on (its --data, not held out in its split.json): their metrics are not "
-        "held-out metrics"
+        "trained on (its --data, neither held out in its split.json nor skipped in its "
+        "validation.json): their metrics are not held-out metrics"
     )
     warn_main(note, stacklevel=4)
     return dataclasses.replace(selected, notes=(*selected.notes, note))
