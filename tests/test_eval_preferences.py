@@ -292,6 +292,38 @@ def test_a_full_fine_tuning_run_scores_with_the_data_columns_it_read(tmp_path):
     assert "(1 of 2 pairs) are not read" in (out2 / "report.md").read_text()
 
 
+def test_a_run_that_did_not_read_the_columns_is_not_scored_with_those_of_its_held_out_rows(
+    tmp_path,
+):
+    """dpo reads the data's reference columns only where every training and held-out row
+    has them; eval preferences decided from the rows it scores, so a run whose held-out
+    rows had them (made up here) and training rows did not, trained against its model, was
+    scored against the columns. The run's data fingerprint records what it read: followed."""
+    from smoothalign.train import DPOConfig, run_dpo
+
+    refs = {"ref_chosen_logps": -3.0, "ref_rejected_logps": -40.0}
+    rows = [
+        {**r, "split": "train"} if i < 12 else {**r, "split": "eval", **refs}
+        for i, r in enumerate(synthetic_rows(16, seed=2, flip_rate=0.25))
+    ]
+    data = write_jsonl(rows, tmp_path / "pairs.jsonl")
+    run_dpo(DPOConfig(
+        model="tiny", data=str(data), output_dir=str(tmp_path / "run"), lora=False, beta=0.5,
+        max_length=32, smoothing="none", batch_size=4, max_steps=2, learning_rate=5e-3,
+        lr_warmup_steps=0, eval_samples=0, max_eval_pairs=0, report=False,
+    ))  # fmt: skip
+    run = tmp_path / "run"
+    after = json.loads((run / "eval_results.json").read_text())["after"]
+    assert after["accuracy"] > 0  # against the model; the columns would give 0
+    out = tmp_path / "out"
+    assert _eval("--model", run, "--data", data, "--split", "eval", "--output-dir", out) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_pairs"] == 4 and metrics["reference"]["model"] == "tiny"
+    for key in ("accuracy", "ece", "rms", "margin_mean"):
+        assert metrics["metrics"][key] == pytest.approx(after[key], abs=1e-5), key
+    assert "not every row it trained on or held out had them" in (out / "report.md").read_text()
+
+
 def test_skipped_rows_need_no_reference_columns(tmp_path):
     """The data's reference columns must cover the pairs scored, not the rows that
     --on-bad-rows skip drops."""

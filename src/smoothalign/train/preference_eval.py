@@ -19,8 +19,9 @@ the base model of a LoRA run, whose ``final/`` is merged; ``beta``). Otherwise
 log-probs (``ref_chosen_logps`` / ``ref_rejected_logps`` columns), and β defaults to 0.1.
 An explicit ``reference`` always wins (one source of reference log-probs for every pair). A
 run's reference is as the run had it: the data's columns where the run read them (full
-fine-tuning with ``reference`` auto, or ``precomputed``) and every pair scored has them, else
-its model; a LoRA run with ``auto`` never reads the columns.
+fine-tuning with ``reference`` auto, or ``precomputed``, and every row it trained on or held
+out had them, as its data fingerprint records) and every pair scored has them, else its
+model; a LoRA run with ``auto`` never reads the columns.
 
 The rows scored (:func:`select_rows`, ``--split``): by default a data folder's held-out
 files (or the rows a ``split`` column marks ``eval``), as ``dpo`` holds them out, else every
@@ -523,11 +524,30 @@ def _run_reads_columns(record: dict[str, Any]) -> bool:
     )
 
 
+def _run_read_data_reference(folder: Path) -> bool | None:
+    """Whether a DPO run read its data's reference log-probs, as its data fingerprint
+    records it (the fields it read of every held-out pair): ``dpo`` decides that over every
+    training and held-out row it kept, so a subset scored here (``--split``,
+    ``--max-pairs``) cannot decide it otherwise. None where the run records no such
+    fingerprint (an earlier version's run)."""
+    from smoothalign.train.data_fingerprint import DATA_FINGERPRINT, REFERENCE_LOGPS
+
+    try:
+        record = json.loads((folder / DATA_FINGERPRINT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    held_out = record.get("held_out") if isinstance(record, dict) else None
+    reads = held_out.get("reads") if isinstance(held_out, dict) else None
+    return REFERENCE_LOGPS[0] in reads if isinstance(reads, list) else None
+
+
 def _reference(config: PreferenceEvalConfig, run, rows: list[Any]) -> _Choice:
     """Where the reference log-probs come from: ``--reference`` (a model); else as the DPO run
-    had them (its model, or the data's columns where the run read them and every pair scored
-    has them: :func:`_settle_reference`); else the data's columns, which every pair scored
-    must then have (checked once the rows are validated); else refused."""
+    had them (its model, or the data's columns where the run read them, as its data
+    fingerprint records, and every pair scored has them: :func:`_settle_reference`); else
+    the data's columns, which every pair scored must then have (checked once the rows are
+    validated; rows not scored need none: there is no run whose choice to follow); else
+    refused."""
     from smoothalign.models.loading import check_model_name
 
     if config.reference is not None:
@@ -543,12 +563,14 @@ def _reference(config: PreferenceEvalConfig, run, rows: list[Any]) -> _Choice:
             ) from None
         lora = "; a LoRA run: final/ is the adapter merged into it" if run[1].get("lora") else ""
         reads = _run_reads_columns(run[1])
+        why = f"--reference {run[1].get('reference')}" + (", LoRA" if run[1].get("lora") else "")
+        if reads and _run_read_data_reference(run[0]) is False:
+            reads, why = False, "not every row it trained on or held out had them"
         columns = (
             ""
             if reads or not _any_row_has_ref_logps(rows)
             else "; the data's ref_chosen_logps / ref_rejected_logps are not read, as the run "
-            f"did not read them (--reference {run[1].get('reference')}"
-            + (", LoRA)" if run[1].get("lora") else ")")
+            f"did not read them ({why})"
         )
         return _Choice(
             model,
@@ -559,7 +581,10 @@ def _reference(config: PreferenceEvalConfig, run, rows: list[Any]) -> _Choice:
         )
     if _any_row_has_ref_logps(rows):
         return _Choice(
-            None, "data", "reference log-probs: the data's ref_chosen_logps / ref_rejected_logps"
+            None,
+            "data",
+            "reference log-probs: the data's ref_chosen_logps / ref_rejected_logps, which "
+            "every pair scored must have (rows not scored need none)",
         )
     raise ValueError(
         f"reference: {config.model!r} is not a smoothalign DPO run folder, so its reference "

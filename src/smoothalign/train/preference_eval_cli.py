@@ -44,9 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="the reference model π_ref, named as --model is; it must share the model's "
         "tokenizer (default: a DPO run folder's own, as the run had it: the model it trained "
-        "from, or the data's ref_chosen_logps / ref_rejected_logps where the run read them and "
-        "every pair has them; for any other model the data's, which every pair must then "
-        "have; required otherwise)",
+        "from, or the data's ref_chosen_logps / ref_rejected_logps where the run read them "
+        "(every row it trained on or held out had them: its data_fingerprint.json) and every "
+        "pair scored has them; for any other model the data's, which every pair scored must "
+        "then have; required otherwise)",
     )
     parser.add_argument(
         "--beta",
