@@ -51,6 +51,65 @@ def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def rotate_checkpoints(
+    output_dir: str | Path,
+    limit: int | None,
+    newest: str | Path,
+    protected: tuple[str | Path | None, ...] = (),
+) -> list[Path]:
+    """Trainer's ``save_total_limit`` rotation, over complete checkpoints only: run once
+    ``newest`` (the checkpoint just saved) is certified. Returns the folders removed.
+
+    Trainer's own (``transformers.trainer_utils.rotate_checkpoints``) counts every
+    ``checkpoint-N`` folder and keeps the newest by step (or mtime): a folder whose save
+    did not complete, of a higher step (a crash at 750, then a resume from 500 with another
+    ``--save-steps``), was kept as the newest while complete ones were removed, down to none
+    that ``--resume latest`` could continue from. Here:
+
+    * ``newest`` and ``protected`` (the best checkpoint, where one is tracked) are kept;
+    * the other complete ones are removed oldest step first, until at most ``limit``
+      complete ones remain (more where more are kept);
+    * a folder without :data:`COMPLETE_MARKER` at a step below ``newest``'s is removed: a
+      save that crashed, which this run has since trained past; nothing resumes from it and
+      no save of this run writes into it again. One at a higher step is left alone (the run
+      may save over it when it gets there), and never counts towards ``limit``.
+
+    Nothing is removed without a ``limit`` (``None`` or ``<= 0``: keep every checkpoint)."""
+    if limit is None or limit <= 0:
+        return []
+    import shutil
+
+    newest = Path(newest)
+    newest_step = _step_of(newest)
+    keep = {Path(p).resolve() for p in (newest, *protected) if p is not None}
+    folders = _checkpoint_folders(output_dir)
+    complete = [c for c in folders if is_complete(c)]
+    remaining, to_keep = len(complete), max(limit, len(keep & {c.resolve() for c in complete}))
+    removed = []
+    for folder in complete:  # oldest step first
+        if remaining <= to_keep:
+            break
+        if folder.resolve() not in keep:
+            removed.append(folder)
+            remaining -= 1
+    removed += [
+        c
+        for c in folders
+        if not is_complete(c) and c.resolve() not in keep and _step_of(c) < newest_step
+    ]
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return sorted(removed, key=_step_of)
+
+
+def _step_of(folder: Path) -> int:
+    """The step in a ``checkpoint-N`` folder's name."""
+    m = _CKPT.match(folder.name)
+    if m is None:
+        raise ValueError(f"not a checkpoint folder: {folder}")
+    return int(m.group(1))
+
+
 def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
     """``None`` → no resume; ``'latest'`` → the newest complete checkpoint in ``output_dir``
     (none yet: start fresh); a path → that checkpoint, which must be complete."""
@@ -155,9 +214,8 @@ def refuse_only_incomplete_checkpoints(root: Path, resume: str | None) -> None:
     did not complete (no :data:`COMPLETE_MARKER`: a crash mid-save), naming them: there is
     nothing to resume, and a new run among them would lose the earlier run's record
     (``metrics.jsonl``, cleared as it starts) without a word beyond a line on stderr, and
-    save its checkpoints among the stale ones, which Trainer's rotation counts (a stale
-    folder of a higher step is kept as the newest, and a complete one removed in its
-    place). Deleting them is the user's call; the message says how."""
+    save its checkpoints among the stale ones. Deleting them is the user's call; the
+    message says how."""
     incomplete = incomplete_checkpoints(root)
     if not incomplete:
         return
