@@ -70,3 +70,49 @@ def test_wrapping_a_model_in_lora_says_nothing_of_peft_s_deprecated_alias():
     assert any(
         "is_gradient_checkpointing" in m for m in _said(lambda: reward.is_gradient_checkpointing)
     )
+
+
+def _shown_as_python_shows_them(monkeypatch) -> None:
+    """Warnings written to stderr as Python's default ``showwarning`` writes them (pytest
+    records them instead): through ``warnings.formatwarning``."""
+    import sys
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    monkeypatch.setattr(warnings, "showwarning", show)
+
+
+def test_the_command_line_says_its_own_warnings_in_one_line(tmp_path, monkeypatch, capsys):
+    """A command's data warning reads ``smoothalign dpo: warning: ...``, without Python's
+    ``path/to/run.py:305: UserWarning:`` and the source line under it; a third party's
+    warning keeps Python's format, and the Python API's are left as they were."""
+    import json
+
+    from smoothalign._warn import SmoothalignWarning, command_line_warnings
+    from smoothalign.cli import main
+
+    rows = [{"prompt": f"Q{i}:", "chosen": f"a{i}", "rejected": f"b{i}"} for i in range(8)]
+    rows += [{"prompt": "Q:", "chosen": "a" * 20 + "b", "rejected": "a" * 20 + "c"}] * 1
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _shown_as_python_shows_them(monkeypatch)
+    argv = ["dpo", "--model", "tiny", "--data", data, "--output-dir", tmp_path / "run",
+            "--max-steps", 1, "--batch-size", 2, "--max-length", 12, "--no-report",
+            "--no-lora", "--eval-data", data]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SmoothalignWarning)
+        assert main([str(a) for a in argv]) == 0
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "cut to fit max_length 12" in line]
+    assert said, err  # the training and the held-out pairs: one line each
+    assert all(line.startswith("smoothalign dpo: warning: ") for line in said), said
+    assert "UserWarning" not in err and "SmoothalignWarning" not in err
+    assert "validate_preference_rows(" not in err  # no source line under it
+
+    # another's warning: Python's format, and ours too outside the command line
+    with command_line_warnings("smoothalign dpo"):
+        other = warnings.formatwarning("old", DeprecationWarning, "/x/lib.py", 3, "call()")
+    assert other.startswith("/x/lib.py:3: DeprecationWarning: old")
+    ours = warnings.formatwarning("odd data", SmoothalignWarning, "/x/run.py", 5, "check()")
+    assert ours.startswith("/x/run.py:5: SmoothalignWarning: odd data")

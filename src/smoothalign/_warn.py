@@ -12,6 +12,12 @@ from collections.abc import Iterator
 _said: set[str] = set()
 
 
+class SmoothalignWarning(UserWarning):
+    """smoothalign's own warnings (what :func:`warn_main` and :func:`warn_once` say): the
+    data's problems, a fallback taken. The command line prints them as one line
+    (:func:`command_line_warnings`); the Python API shows them as any ``UserWarning``."""
+
+
 def warn_once(message: str, *, key: str | None = None, stacklevel: int = 2) -> None:
     """``warnings.warn(message)`` the first time ``key`` (default: the message) is seen,
     by the main process only (:func:`warn_main`): a fallback depends on the model, which
@@ -35,7 +41,31 @@ def warn_main(message: str, *, stacklevel: int = 2) -> None:
     every rank finds alike (the data's problems: each rank reads the same data), said once
     for the run rather than once per rank."""
     if main_process():
-        warnings.warn(message, stacklevel=stacklevel + 1)
+        warnings.warn(message, SmoothalignWarning, stacklevel=stacklevel + 1)
+
+
+@contextlib.contextmanager
+def command_line_warnings(prog: str) -> Iterator[None]:
+    """While a command runs from the command line: a :class:`SmoothalignWarning` is shown
+    as one line, ``{prog}: warning: {message}`` (``prog``: ``"smoothalign dpo"``), rather
+    than Python's ``path/to/run.py:305: UserWarning: ...`` and the source line that raised
+    it, which tell a user of the command nothing. Others' warnings keep Python's format.
+    Only the text is changed (``warnings.formatwarning``): filters, ``-W`` and whatever
+    records warnings (``catch_warnings(record=True)``, ``logging.captureWarnings``) work as
+    before."""
+    original = warnings.formatwarning
+
+    def formatwarning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+        if isinstance(category, type) and issubclass(category, SmoothalignWarning):
+            return f"{prog}: warning: {message}\n"
+        return original(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatwarning
+    try:
+        yield
+    finally:
+        if warnings.formatwarning is formatwarning:  # not if another replaced it meanwhile
+            warnings.formatwarning = original
 
 
 PEFT_CHECKPOINTING_ALIAS = r"`is_gradient_checkpointing` is deprecated"

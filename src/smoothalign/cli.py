@@ -235,8 +235,11 @@ def _main(argv: list[str] | None) -> int:
     if module is None:
         getattr(args, "_help", parser.print_help)()
         return 2
+    from smoothalign._warn import command_line_warnings
+
     try:
-        return _run(module, parser, args)
+        with command_line_warnings(f"smoothalign {args._command}"):
+            return _run(module, parser, args)
     except KeyboardInterrupt as e:  # Ctrl-C: one line, not a traceback through the library
         if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise
