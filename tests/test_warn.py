@@ -116,3 +116,22 @@ def test_the_command_line_says_its_own_warnings_in_one_line(tmp_path, monkeypatc
     assert other.startswith("/x/lib.py:3: DeprecationWarning: old")
     ours = warnings.formatwarning("odd data", SmoothalignWarning, "/x/run.py", 5, "check()")
     assert ours.startswith("/x/run.py:5: SmoothalignWarning: odd data")
+
+
+def test_a_metrics_file_with_a_broken_record_is_read_on_and_warned_of_as_ours(tmp_path):
+    """A record a crash cut short is skipped, named by its line, with smoothalign's own
+    warning category (the command line prints those as one line)."""
+    import json
+
+    import pytest
+
+    from smoothalign._warn import SmoothalignWarning
+    from smoothalign.train.report import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    good = {"step": 2, "split": "train", "loss": 0.5}
+    path.write_text(json.dumps(good) + "\n" + '{"step": 4, "spl' + "\n")
+    with pytest.warns(
+        SmoothalignWarning, match=r"skipped 1 unreadable record\(s\) at line\(s\) \[2\]"
+    ):
+        assert read_metrics(path) == [good]

@@ -328,7 +328,11 @@ def _load_smollm2(dtype: torch.dtype, tokenizer: Any = None) -> tuple[Any, Any]:
     except OSError as err:  # a read-only home must not stop the run; it only costs time
         import warnings
 
-        warnings.warn(f"could not write the model cache {cache}: {err}", stacklevel=3)
+        from smoothalign._warn import SmoothalignWarning
+
+        warnings.warn(
+            f"could not write the model cache {cache}: {err}", SmoothalignWarning, stacklevel=3
+        )
     return model, tokenizer
 
 

@@ -61,8 +61,11 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
             continue
         by_key.setdefault(key, {}).update(r)
     if broken:
+        from smoothalign._warn import SmoothalignWarning
+
         warnings.warn(
             f"{path}: skipped {len(broken)} unreadable record(s) at line(s) {broken[:10]}",
+            SmoothalignWarning,
             stacklevel=2,
         )
     return [by_key[k] for k in sorted(by_key)]
