@@ -1823,3 +1823,17 @@ def test_an_earlier_versions_fingerprint_is_still_compared(tmp_path, monkeypatch
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert check_resume_data("latest", tmp_path, {}) == note
+
+
+def test_a_resume_saves_and_logs_every_steps_it_is_given(tmp_path):
+    """A resume may change --save-steps and --logging-steps (RESUMABLE_OPTIONS), but
+    Trainer loaded the checkpoint's state over them: the resumed run kept saving and
+    logging every 2 steps. It now follows the options it is given."""
+    rows, data, out, kw = _run_crashed_after_its_first_checkpoint(tmp_path)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    kw = {**kw, "max_steps": 5, "save_steps": 1, "logging_steps": 1, "save_total_limit": 10}
+    run_dpo(_config(data, out, resume="latest", **kw))
+    saved = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    assert saved == [2, 3, 4, 5]
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if r.get("split") == "train" and r["step"] > 2] == [3, 4, 5]

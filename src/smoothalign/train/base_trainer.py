@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 from transformers import Trainer
 from transformers.integrations import TensorBoardCallback
-from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_callback import PrinterCallback, TrainerCallback
 
 from smoothalign import progress
 from smoothalign.io import atomic_write_json, json_safe
@@ -78,6 +78,17 @@ def _defer_trainers_rotation() -> None:
 
     rotate_checkpoints._smoothalign_deferrable = True  # type: ignore[attr-defined]
     hf.rotate_checkpoints = rotate_checkpoints
+
+
+class StepsFromTheArguments(TrainerCallback):
+    """Logging, evaluation and saving every ``--logging-steps`` / ``--eval-steps`` /
+    ``--save-steps`` of this call, a resume's too. Trainer reads them into its state before
+    a resume, then loads the checkpoint's state over them (with a warning that they differ),
+    so a resumed run kept the interrupted run's, though a resume may change them
+    (``checkpoints.RESUMABLE_OPTIONS``)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.compute_steps(args, state.max_steps)
 
 
 class TensorBoardToTheFinalLog(TensorBoardCallback):
@@ -151,6 +162,7 @@ class SmoothingTrainer(Trainer):
         ):
             training_args.ddp_find_unused_parameters = False
         super().__init__(*args, **kwargs)
+        self.add_callback(StepsFromTheArguments)
         _keep_tensorboard_open(self)
         if not progress.enabled():  # a study's --no-progress: a quiet run, not one log dict a
             self.remove_callback(PrinterCallback)  # line (metrics.jsonl has them); a user's own
