@@ -22,13 +22,11 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -53,31 +51,6 @@ from smoothalign.train.checkpoints import (
 from smoothalign.train.data_fingerprint import DATA_FINGERPRINT, write_data_fingerprint
 
 ALPHA_HIST_BINS = 10  # over [0, 1/2]
-
-_ROTATION_DEFERRED: ContextVar[bool] = ContextVar("smoothalign_rotation_deferred", default=False)
-
-
-def _defer_trainers_rotation() -> None:
-    """Make transformers' ``rotate_checkpoints`` (which ``Trainer._save_checkpoint`` calls
-    by that name from ``transformers.trainer``, transformers 5) do nothing while
-    :data:`_ROTATION_DEFERRED` is set: in our trainers' saves, which rotate themselves once
-    the checkpoint is certified. Any other caller, another Trainer included, gets the
-    original. Installed once; a transformers without that function has nothing to defer
-    here (:meth:`SmoothingTrainer._rotate_checkpoints` covers the method it had before)."""
-    import transformers.trainer as hf
-
-    original = getattr(hf, "rotate_checkpoints", None)
-    if original is None or getattr(original, "_smoothalign_deferrable", False):
-        return
-
-    @functools.wraps(original)
-    def rotate_checkpoints(*args: Any, **kwargs: Any) -> None:
-        if _ROTATION_DEFERRED.get():
-            return None
-        return original(*args, **kwargs)
-
-    rotate_checkpoints._smoothalign_deferrable = True  # type: ignore[attr-defined]
-    hf.rotate_checkpoints = rotate_checkpoints
 
 
 class StepsFromTheArguments(TrainerCallback):
@@ -387,13 +360,14 @@ class SmoothingTrainer(Trainer):
         if self.args.should_save:  # a folder saved over (a resume from an older checkpoint)
             (folder / COMPLETE_MARKER).unlink(missing_ok=True)  # is uncertified until done
         # Trainer's rotation would run before the marker, counting every checkpoint-N folder
-        # (a crashed save's of a higher step kept as the newest): ours runs below instead
-        _defer_trainers_rotation()
-        deferred = _ROTATION_DEFERRED.set(True)
+        # (a crashed save's of a higher step kept as the newest): with no limit it does
+        # nothing, and ours runs below instead, once the checkpoint is certified (the
+        # checkpoint's training_args.bin records no limit then: nothing reads it back)
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
         try:
             super()._save_checkpoint(model, trial)
         finally:
-            _ROTATION_DEFERRED.reset(deferred)
+            self.args.save_total_limit = limit
         # every rank writes its own RNG state (and shards under FSDP/DeepSpeed): certify the
         # checkpoint only once all of them are done
         self.accelerator.wait_for_everyone()
@@ -413,14 +387,6 @@ class SmoothingTrainer(Trainer):
                 newest=folder,
                 protected=(self.state.best_model_checkpoint,),
             )
-
-    def _rotate_checkpoints(self, *args: Any, **kwargs: Any) -> None:
-        """Trainer's rotation method of the transformers that had one: deferred, like the
-        function that replaced it (:func:`_defer_trainers_rotation`)."""
-        if _ROTATION_DEFERRED.get():
-            return None
-        rotate = getattr(super(), "_rotate_checkpoints", None)
-        return None if rotate is None else rotate(*args, **kwargs)
 
 
 class PairCountedLoss:
