@@ -245,6 +245,21 @@ def test_truncation_cuts_responses_from_the_end_and_is_counted(tok):
     assert "warning" in report.to_markdown()
 
 
+def test_report_markdown_names_the_token_budget_as_its_reader_types_it(tok):
+    """report.md's summary names the budget as the Python keyword from the API and as the
+    command's flag from the command line, in the format line and the truncation warning."""
+    from smoothalign._options import command_flags
+
+    rows = [plain_row(0, chosen="xyz" * 10 + "1", rejected="xyz" * 10 + "2")]
+    report = validate_preference_rows(rows, tok, max_length=12)
+    python = report.to_markdown()
+    assert "max_length 12 tokens" in python and "raise max_length" in python
+    with command_flags({"max_length": "--max-length"}):
+        cli = report.to_markdown()
+    assert "--max-length 12 tokens" in cli and "raise --max-length" in cli
+    assert "max_length" not in cli
+
+
 def _truncation_warnings(rows, tok, max_length, **kw):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

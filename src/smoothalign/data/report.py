@@ -263,7 +263,7 @@ class TokenizedRowsReport(RowReport):
         lines = [
             f"### {self.title}",
             "",
-            f"- format: {self.kind}; max_length {self.max_length} tokens",
+            f"- format: {self.kind}; {option('max_length')} {self.max_length} tokens",
             f"- rows: {self.n_rows} read, {self.n_kept} kept, {self.n_skipped} skipped",
             *self._summary_lines(),
         ]
@@ -353,14 +353,14 @@ class ValidationReport(TokenizedRowsReport):
         if self.n_ref_logps_dropped:
             lines.append(
                 f"- **warning**: {self.n_ref_logps_dropped} rows' reference log-probs were "
-                "dropped: their responses were truncated (raise max_length to keep them) or "
-                "hold user/tool turns, which are not scored, so the data's values (of the "
+                f"dropped: their responses were truncated (raise {option('max_length')} to keep "
+                "them) or hold user/tool turns, which are not scored, so the data's values (of the "
                 "whole responses) do not apply"
             )
         if self.n_identical_after_truncation:
             lines.append(
                 f"- **warning**: {self.n_identical_after_truncation} kept pairs have identical "
-                "chosen and rejected scored tokens after truncation; raise max_length"
+                f"chosen and rejected scored tokens after truncation; raise {option('max_length')}"
             )
         return lines
 
