@@ -773,3 +773,133 @@ def test_cli_refuses_a_run_or_model_folder_as_the_output(tmp_path, capsys, monke
         assert f"--output-dir: {out} is {what}" in err and "reliability.png" in err
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     assert sorted(p.name for p in (run / "final").iterdir()) == ["config.json"]
+
+
+# --------------------------------------------------------------------------------------------
+# --precision (the training commands' and eval preferences' vocabulary) and --dtype, its
+# older name
+# --------------------------------------------------------------------------------------------
+
+
+def _quiz_argv(tmp_path: Path, out: str, model: str = "tiny") -> list[str]:
+    rows = [
+        {
+            "question": f"Question {i}?",
+            "options": [f"o{j}" for j in range(2 + i % 3)],
+            "answer": i % 2,
+        }
+        for i in range(6)
+    ]
+    data = _write_jsonl(tmp_path / "quiz.jsonl", rows)
+    return ["eval", "calibration", "--model", model, "--tasks", str(data), "--no-progress",
+            "--batch-size", "4", "--output-dir", str(tmp_path / out)]  # fmt: skip
+
+
+def test_cli_precision_fp32_is_dtype_float32_and_the_cpu_default(tmp_path):
+    """--precision fp32, the older --dtype float32 and no option at all (auto: fp32 on the
+    CPU, so the results of the old default stay as they were) give the same numbers."""
+    from smoothalign.cli import main
+
+    runs = {"precision": ["--precision", "fp32"], "dtype": ["--dtype", "float32"], "auto": []}
+    got = {}
+    for name, extra in runs.items():
+        assert main([*_quiz_argv(tmp_path, name), "--device", "cpu", *extra]) == 0
+        results = json.loads((tmp_path / name / "results.json").read_text())
+        assert results["precision"] == "fp32"
+        assert results["model_info"]["dtype"] == "float32"
+        assert "dtype" not in results["config"]
+        got[name] = (results["results"], (tmp_path / name / "predictions.jsonl").read_text())
+        assert "Model in fp32 on cpu." in (tmp_path / name / "results.md").read_text()
+    assert got["precision"] == got["dtype"] == got["auto"]
+    configs = [
+        json.loads((tmp_path / n / "results.json").read_text())["config"]["precision"] for n in runs
+    ]
+    assert configs == ["fp32", "fp32", "auto"]  # as asked for (--dtype in its new name)
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--precision", "bf16", "--dtype", "float32"], "--precision bf16 and --dtype float32"),
+        (["--dtype", "float16", "--precision", "fp32"], "--precision fp32 and --dtype float16"),
+    ],
+)
+def test_cli_refuses_precision_and_dtype_that_disagree(tmp_path, capsys, extra, words):
+    """Both flags given, naming different precisions: refused by both names, before the
+    model (which does not even exist) loads."""
+    from smoothalign.cli import main
+
+    assert main([*_quiz_argv(tmp_path, "out", model="no-such-model"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("smoothalign eval calibration: ") and words in err, err
+    assert "disagree" in err and "older name of --precision" in err
+    assert "no-such-model" not in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--precision", "float32"),
+        ("--precision", "fp64"),
+        ("--dtype", "fp32"),
+        ("--dtype", "float64"),
+    ],
+)
+def test_cli_refuses_a_bad_precision_or_dtype(tmp_path, capsys, flag, value):
+    """Each flag takes its own vocabulary only (--precision fp32, --dtype float32)."""
+    from smoothalign.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([*_quiz_argv(tmp_path, "out", model="no-such-model"), flag, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: invalid choice: '{value}'" in err
+
+
+def test_resolve_precision_follows_the_device(monkeypatch):
+    """The Python side of the options: auto is fp32 on the CPU and bf16 on a CUDA device
+    that supports it (fp32 on one that does not); bf16 asked of such a device is refused;
+    --dtype's values mean their --precision; a value of neither vocabulary is refused."""
+    from smoothalign.eval.calibration_cli import precision_option, resolve_precision
+
+    assert resolve_precision() == ("fp32", torch.float32)
+    assert resolve_precision("auto", "cpu") == ("fp32", torch.float32)
+    assert resolve_precision("bf16", "cpu") == ("bf16", torch.bfloat16)  # as --dtype allowed
+    assert resolve_precision(dtype="float16") == ("fp16", torch.float16)
+    assert resolve_precision("fp16", dtype="float16") == ("fp16", torch.float16)
+    for supported, expected in ((True, ("bf16", torch.bfloat16)), (False, ("fp32", torch.float32))):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda s=supported: s)
+        assert resolve_precision("auto", "cuda:0") == expected
+        assert resolve_precision("fp32", "cuda") == ("fp32", torch.float32)
+    with pytest.raises(ValueError, match=r"^precision: bf16 on cuda, which does not support"):
+        resolve_precision("bf16", "cuda")
+    with pytest.raises(ValueError, match=r"--precision bf16 and --dtype float16 disagree"):
+        precision_option("bf16", "float16")
+    with pytest.raises(ValueError, match=r"^precision: 'float32'; choose auto, fp32, bf16, fp16"):
+        precision_option("float32")
+    with pytest.raises(ValueError, match=r"^dtype: 'fp32'; choose float32, bfloat16, float16"):
+        precision_option(dtype="fp32")
+
+
+def test_cli_overflow_hint_names_precision(tmp_path, capsys, monkeypatch):
+    """Scores without probabilities in a 16-bit precision suggest --precision fp32 (they
+    named --dtype); in fp32 no overflow hint is given."""
+    import smoothalign.eval.multiple_choice as mc
+    from smoothalign.cli import main
+
+    original = mc.score_letters
+
+    def score_letters(*args, **kwargs):
+        scored = original(*args, **kwargs)
+        scored.scores[1] = np.array([math.nan] * len(scored.scores[1]))
+        return scored
+
+    monkeypatch.setattr(mc, "score_letters", score_letters)
+    argv = [*_quiz_argv(tmp_path, "out"), "--scorer", "letter", "--device", "cpu"]
+    assert main([*argv, "--dtype", "bfloat16"]) == 2
+    err = capsys.readouterr().err
+    assert "an overflow in bf16?" in err and "try --precision fp32" in err, err
+    assert "--dtype" not in err
+    assert main([*argv, "--precision", "fp32"]) == 2
+    err = capsys.readouterr().err
+    assert "no probabilities" in err and "an overflow" not in err and "try --" not in err, err

@@ -33,6 +33,50 @@ from typing import Any
 DEFAULT_OUTPUT_DIR = "outputs/eval_calibration"
 SCORERS = ("letter", "option")
 _FORMAT = {"letter": "letter", "option": "cloze"}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# --dtype, the option's older name, and the --precision each of its values means
+DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+_TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def precision_option(precision: str | None = None, dtype: str | None = None) -> str:
+    """The ``--precision`` asked for, from ``--precision`` and ``--dtype`` (its older name:
+    ``float32``, ``bfloat16`` or ``float16``); ``auto`` where neither is given. Both given
+    must agree; a value of neither vocabulary is refused (a ``ValueError``)."""
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision: {precision!r}; choose {', '.join(PRECISIONS)}")
+    if dtype is not None and dtype not in DTYPE_ALIASES:
+        raise ValueError(
+            f"dtype: {dtype!r}; choose {', '.join(DTYPE_ALIASES)} (or use --precision)"
+        )
+    from_dtype = None if dtype is None else DTYPE_ALIASES[dtype]
+    if precision is not None and from_dtype is not None and precision != from_dtype:
+        raise ValueError(
+            f"--precision {precision} and --dtype {dtype} disagree: --dtype is the older name "
+            f"of --precision (--dtype {dtype} is --precision {from_dtype}); give one of them"
+        )
+    return precision or from_dtype or "auto"
+
+
+def resolve_precision(
+    precision: str | None = None, device: str = "cpu", *, dtype: str | None = None
+) -> tuple[str, Any]:
+    """The precision the model runs in on ``device`` (a resolved ``--device``), and its
+    ``torch.dtype``: ``auto`` is bf16 on a CUDA device that supports it and fp32 elsewhere
+    (so on the CPU it is fp32, the default before ``--precision`` existed); bf16 asked of a
+    CUDA device without it is refused. The CPU takes bf16 and fp16 when asked for.
+    ``dtype`` is ``--dtype``, :func:`precision_option`'s alias."""
+    import torch
+
+    asked = precision_option(precision, dtype)
+    cuda = torch.device(device).type == "cuda"
+    supported = cuda and torch.cuda.is_bf16_supported()
+    if asked == "bf16" and cuda and not supported:
+        raise ValueError(
+            f"precision: bf16 on {device}, which does not support it; use fp32, fp16 or auto"
+        )
+    name = ("bf16" if supported else "fp32") if asked == "auto" else asked
+    return name, getattr(torch, _TORCH_DTYPES[name])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,10 +130,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bins", type=int, default=15, help="equal-width confidence bins for ECE/RMS"
     )
     parser.add_argument(
-        "--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', …"
+        "--device",
+        default="auto",
+        help="'auto' (CUDA if available, else the CPU), 'cpu', 'cuda' or 'cuda:N'",
     )
     parser.add_argument(
-        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype"
+        "--precision",
+        default=None,
+        choices=PRECISIONS,
+        help="auto (bf16 on a CUDA --device that supports it, fp32 on the CPU; the default), "
+        "fp32, bf16 or fp16 (inference needs no loss scaling; a 16-bit overflow is reported); "
+        "the model's weights are cast to it, where the training commands and eval "
+        "preferences keep fp32 weights and autocast to bf16",
+    )
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=tuple(DTYPE_ALIASES),
+        help="the older name of --precision, kept working: float32 = fp32, bfloat16 = bf16, "
+        "float16 = fp16 (given with --precision, the two must agree)",
     )
     parser.add_argument(
         "--bigbench",
@@ -111,7 +170,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
 
     import numpy as np
-    import torch
 
     from smoothalign._checks import check_ranges, resolve_device
     from smoothalign.calibration import reliability_curve
@@ -149,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
 
     # 0. options, then the data: either fails before the model loads
     device = resolve_device(args.device)
+    precision, dtype = resolve_precision(args.precision, device, dtype=args.dtype)
     checks = {
         "bins": (args.bins >= 1, ">= 1"),
         "batch_size": (args.batch_size >= 1, ">= 1"),
@@ -189,7 +248,6 @@ def run(args: argparse.Namespace) -> int:
 
     # 2. model
     t0 = time.perf_counter()
-    dtype = getattr(torch, args.dtype)
     with progress_bars(progress):  # transformers' "Loading weights" bar
         model, tokenizer = load_model_and_tokenizer(args.model, dtype=dtype)
     model.to(device)
@@ -249,11 +307,12 @@ def run(args: argparse.Namespace) -> int:
                 # finite option leaves no probabilities: say where, not "probs" later on
                 s = np.asarray(s, dtype=np.float64)
                 if np.isnan(s).any() or np.isposinf(s).any() or not np.isfinite(s).any():
+                    hint = "" if precision == "fp32" else f": an overflow in {precision}?"
                     raise ValueError(
                         f"{scorer} scorer, task {t.name}, question {qs[k].source}: the model's "
                         f"option scores are {s.tolist()}, which give no probabilities (NaN, "
-                        "+inf, or no finite option: an overflow in a 16-bit --dtype? try "
-                        "--dtype float32)"
+                        f"+inf, or no finite option{hint})"
+                        + ("" if precision == "fp32" else "; try --precision fp32")
                     )
             # identical options are one answer (the module docstring of multiple_choice)
             groups = [option_groups(q.options) for q in qs]
@@ -300,10 +359,14 @@ def run(args: argparse.Namespace) -> int:
         "model": args.model,
         "model_info": describe_model(model),
         "device": str(device),
+        "precision": precision,  # as resolved on the device; config's: as asked for
         "config": {
-            k: v
-            for k, v in vars(args).items()
-            if not k.startswith(("_", "sub_")) and k != "command"
+            **{
+                k: v
+                for k, v in vars(args).items()
+                if not k.startswith(("_", "sub_")) and k not in ("command", "dtype")
+            },
+            "precision": precision_option(args.precision, args.dtype),  # --dtype's too
         },
         "tasks": [
             {

@@ -22,7 +22,12 @@ def markdown_report(results: dict[str, Any]) -> str:
         f"# Multiple-choice calibration: {results['model']}",
         "",
         f"Shots: {cfg['shots']}; limit per task: {cfg['limit']} (seed {cfg['seed']}); "
-        f"{cfg['bins']} equal-width confidence bins; confidence = max softmax over options.",
+        f"{cfg['bins']} equal-width confidence bins; confidence = max softmax over options."
+        + (  # the precision as resolved (auto differs by device); older results lack it
+            f" Model in {results['precision']} on {results['device']}."
+            if "precision" in results and "device" in results
+            else ""
+        ),
         "",
     ]
     for scorer, block in results["results"].items():
