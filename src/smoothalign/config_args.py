@@ -27,7 +27,7 @@ TRAINING_HELP = {
     "lora": "train a LoRA adapter (--no-lora: full fine-tuning)",
     "lora_r": "LoRA rank",
     "lora_alpha": "LoRA scaling alpha",
-    "precision": "auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16",
+    "precision": "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16",
     "trust_remote_code": "allow custom model code from a local model folder",
     "gradient_checkpointing": "recompute each decoder layer's activations in the backward "
     "instead of keeping them (much less activation memory for about a third more time)",

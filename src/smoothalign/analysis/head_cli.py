@@ -35,7 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=256, help="tokens per text at most")
     parser.add_argument("--batch-size", type=int, default=8, help="texts per forward pass")
     parser.add_argument(
-        "--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', …"
+        "--device",
+        default="auto",
+        help="'auto' (CUDA if available, else the CPU), 'cpu', 'cuda' or 'cuda:N'; the "
+        "model runs in fp32 on any device",
     )
     parser.add_argument(
         "--output-dir", default=DEFAULT_OUTPUT_DIR, help="directory for the results"
