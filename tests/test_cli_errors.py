@@ -307,8 +307,68 @@ def test_a_constant_schedule_alone_is_accepted(tmp_path):
     config = DPOConfig(lr_scheduler="constant")
     check_scheduler(config)
     assert config.lr_warmup_steps == 0  # recorded as what runs: constant has no warm-up
-    with pytest.raises(ValueError, match="'constant' ignores --lr-warmup-steps"):
+    with pytest.raises(ValueError, match="'constant' ignores lr_warmup_steps .*lr_warmup_steps=0"):
         check_scheduler(DPOConfig(lr_scheduler="constant", lr_warmup_steps=3))
+
+
+@pytest.mark.parametrize(
+    "make, python, cli",
+    [
+        (lambda: _dpo(loss="robust"), "needs flip_rate ε", "needs --flip-rate ε"),
+        (
+            lambda: _dpo(loss="cals", smoothing="none"),
+            "loss='cals' needs smoothing='cals-l0'",
+            "--loss cals needs --smoothing cals-l0",
+        ),
+        (
+            lambda: _dpo(loss="ipo", smoothing="cals-l2"),
+            "leave smoothing out (or give none), or use loss='sigmoid'",
+            "leave --smoothing out (or give none), or use --loss sigmoid",
+        ),
+        (lambda: _dpo(reference="adapter-disabled", lora=False), "needs lora=True", "needs --lora"),
+        (
+            lambda: _reward(posterior_grad=True),
+            "only meaningful with posterior=True",
+            "only meaningful with --posterior",
+        ),
+        (
+            lambda: _reward(labels="x.jsonl"),
+            "a labels file needs data ",
+            "a labels file needs --data ",
+        ),
+    ],
+)
+def test_config_refusals_name_options_as_their_reader_types_them(make, python, cli):
+    """The configs' refusals name a Python keyword from the API and a flag from the command
+    line (``_options.option``): "--flip-rate" means nothing to a caller of ``DPOConfig``."""
+    from smoothalign._options import command_flags
+
+    with pytest.raises(ValueError) as from_python:
+        make()
+    assert python in str(from_python.value), str(from_python.value)
+    flags = {
+        "flip_rate": "--flip-rate",
+        "smoothing": "--smoothing",
+        "loss": "--loss",
+        "lora": "--lora",
+        "posterior": "--posterior",
+        "data": "--data",
+    }
+    with command_flags(flags), pytest.raises(ValueError) as from_cli:
+        make()
+    assert cli in str(from_cli.value), str(from_cli.value)
+
+
+def _dpo(**kw):
+    from smoothalign.train.config import DPOConfig
+
+    return DPOConfig(**kw)
+
+
+def _reward(**kw):
+    from smoothalign.reward.config import RewardConfig
+
+    return RewardConfig(**kw)
 
 
 def test_help_never_shows_a_none_default():

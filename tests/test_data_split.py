@@ -379,7 +379,7 @@ def test_reward_labels_a_data_folder_s_eval_pairs_with_eval_labels(tmp_path, tok
     assert [e.pair.file for e in evals] == [str(folder / "eval.jsonl")] * 2
     assert any("held-out set: eval.jsonl" in n for n in notes)
 
-    with pytest.raises(ValueError, match="eval_labels: .*needs --eval-data, or a --data folder"):
+    with pytest.raises(ValueError, match="eval_labels: .*needs eval_data, or a data folder"):
         RewardConfig(model="tiny", data=str(folder / "train.jsonl"), labels=str(labels),
                      eval_labels=str(eval_labels))  # fmt: skip
 

@@ -58,7 +58,7 @@ def test_the_cli_refuses_an_explicit_smoothing_naming_the_flag(capsys, monkeypat
 def test_explicit_smoothing_with_a_loss_it_applies_to_is_kept():
     assert DPOConfig(loss="sigmoid", smoothing="none").smoothing == "none"
     assert DPOConfig(loss="cals", smoothing="cals-l0").smoothing == "cals-l0"
-    with pytest.raises(ValueError, match="--loss cals needs"):
+    with pytest.raises(ValueError, match="loss='cals' needs"):
         DPOConfig(loss="cals", smoothing="none")
 
 

@@ -1026,7 +1026,7 @@ def test_an_option_out_of_range_is_refused_with_its_range():
 
 
 def test_calibrator_options_without_cals_are_refused():
-    with pytest.raises(ValueError, match="bins: a CALS calibrator option; --smoothing oracle-l2"):
+    with pytest.raises(ValueError, match="bins: a CALS calibrator option; smoothing='oracle-l2'"):
         DPOConfig(smoothing="oracle-l2", bins=7).validate()
     DPOConfig(smoothing="cals-l0", bins=8).validate()
 

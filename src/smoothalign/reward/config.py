@@ -11,6 +11,7 @@ from smoothalign._checks import (
     check_ranges,
     trainer_ranges,
 )
+from smoothalign._options import option
 from smoothalign.data.loading import has_held_out_files
 from smoothalign.io import config_to_dict
 from smoothalign.reward.objective import POSTERIOR_LOSSES, REWARD_LOSSES
@@ -87,10 +88,10 @@ class RewardConfig:
         if self.posterior and self.loss not in POSTERIOR_LOSSES:
             raise ValueError(
                 f"posterior: the posterior target (SPEC §6) applies to {list(POSTERIOR_LOSSES)}, "
-                f"not --loss {self.loss}"
+                f"not {option('loss', self.loss)}"
             )
         if self.posterior_grad and not self.posterior:
-            raise ValueError("posterior_grad: only meaningful with --posterior")
+            raise ValueError(f"posterior_grad: only meaningful with {option('posterior', True)}")
         self.smoothing_policy()  # raises on a bad name or option
         checks = {
             **trainer_ranges(self),
@@ -105,15 +106,18 @@ class RewardConfig:
         }
         check_ranges(self, checks)
         if self.labels is not None and self.data is None:
-            raise ValueError("labels: a labels file needs --data (the oracle world has labels)")
+            raise ValueError(
+                f"labels: a labels file needs {option('data')} (the oracle world has labels)"
+            )
         if (  # a data folder's eval files beside its train files: they label those
             self.eval_labels is not None
             and self.eval_data is None
             and not has_held_out_files(self.data)
         ):
             raise ValueError(
-                "eval_labels: labels the held-out pairs: needs --eval-data, or a --data "
-                "folder with eval files (eval.jsonl, ...) beside its train files"
+                f"eval_labels: labels the held-out pairs: needs {option('eval_data')}, or a "
+                f"{option('data')} folder with eval files (eval.jsonl, ...) beside its train "
+                "files"
             )
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision: {self.precision!r}; choose auto, fp32 or bf16")

@@ -37,8 +37,8 @@ def calibrator_options(config: Any) -> dict[str, Any]:
         moved = [n for n in CALIBRATOR_FIELDS if getattr(config, n) != defaults.get(n)]
         if moved:
             raise ValueError(
-                f"{moved[0]}: a CALS calibrator option; --smoothing {config.smoothing} has no "
-                "calibrator (use cals-l0 or cals-l2, or leave it at its default)"
+                f"{moved[0]}: a CALS calibrator option; {option('smoothing', config.smoothing)} "
+                "has no calibrator (use cals-l0 or cals-l2, or leave it at its default)"
             )
         return {}
     return {name: getattr(config, name) for name in CALIBRATOR_FIELDS}
@@ -76,8 +76,9 @@ def check_scheduler(config: Any) -> None:
     default_warmup = {f.name: f.default for f in dataclasses.fields(config)}["lr_warmup_steps"]
     if name == "constant" and config.lr_warmup_steps not in (0, default_warmup):  # one asked for
         raise ValueError(
-            f"lr_scheduler: 'constant' ignores --lr-warmup-steps ({config.lr_warmup_steps}); "
-            "use 'constant_with_warmup', or pass --lr-warmup-steps 0"
+            f"lr_scheduler: 'constant' ignores {option('lr_warmup_steps')} "
+            f"({config.lr_warmup_steps}); use 'constant_with_warmup', or pass "
+            f"{option('lr_warmup_steps', 0)}"
         )
     if name == "constant":  # the default warm-up, which constant does not run: recorded as 0
         config.lr_warmup_steps = 0
@@ -236,11 +237,11 @@ def train_eval_split(
         if by_split is not None and eval_examples is None:
             raise ValueError(
                 f"eval_data: the data's split column marks no row 'eval' (it decides the "
-                f"split, --eval-fraction does not); mark some {what} 'eval', or pass "
+                f"split, {option('eval_fraction')} does not); mark some {what} 'eval', or pass "
                 f"{eval_option}"
             )
         raise ValueError(
-            f"eval_data: no evaluation {what}; pass {eval_option} or --eval-fraction > 0"
+            f"eval_data: no evaluation {what}; pass {eval_option} or {option('eval_fraction')} > 0"
         )
     if key_of is not None:
         notes += _held_out_copies(train, evals, key_of, where_of or row_of, what)

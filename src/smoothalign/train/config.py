@@ -12,6 +12,7 @@ from smoothalign._checks import (
     check_ranges,
     trainer_ranges,
 )
+from smoothalign._options import option
 from smoothalign.io import config_to_dict
 from smoothalign.kernels import filter_eps_for
 from smoothalign.losses import LOSSES
@@ -112,13 +113,18 @@ class DPOConfig:
         if self.loss in UNSMOOTHED_LOSSES and self.smoothing != "none":
             raise ValueError(
                 f"smoothing: the {self.loss!r} loss has no label smoothing (SPEC §2), "
-                f"got {self.smoothing!r}; leave --smoothing out (or give none), or use "
-                "--loss sigmoid with a smoothing policy"
+                f"got {self.smoothing!r}; leave {option('smoothing')} out (or give none), or "
+                f"use {option('loss', 'sigmoid')} with a smoothing policy"
             )
         if self.loss == "cals" and not self.smoothing.startswith("cals-"):
-            raise ValueError("smoothing: --loss cals needs --smoothing cals-l0 or cals-l2")
+            raise ValueError(
+                f"smoothing: {option('loss', 'cals')} needs {option('smoothing', 'cals-l0')} "
+                "or cals-l2"
+            )
         if self.loss == "robust" and self.flip_rate is None:
-            raise ValueError("flip_rate: the 'robust' loss needs --flip-rate ε in [0, 0.5)")
+            raise ValueError(
+                f"flip_rate: the 'robust' loss needs {option('flip_rate')} ε in [0, 0.5)"
+            )
         if self.flip_rate is not None and self.loss != "robust":
             raise ValueError("flip_rate: only the 'robust' loss takes a flip rate")
         if self.flip_rate is not None and not 0.0 <= self.flip_rate < 0.5:
@@ -135,7 +141,7 @@ class DPOConfig:
         if self.reference not in REFERENCES:
             raise ValueError(f"reference: {self.reference!r}; choose one of {REFERENCES}")
         if self.reference == "adapter-disabled" and not self.lora:
-            raise ValueError("reference: 'adapter-disabled' needs --lora")
+            raise ValueError(f"reference: 'adapter-disabled' needs {option('lora', True)}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision: {self.precision!r}; choose auto, fp32 or bf16")
         if self.fused_logps not in FUSED_LOGPS:
