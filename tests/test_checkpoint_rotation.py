@@ -82,3 +82,23 @@ def test_rotation_counts_only_complete_checkpoints_and_keeps_the_new_and_the_bes
     assert rotate_checkpoints(tmp_path, None, newest=tmp_path / "checkpoint-3") == []
     assert rotate_checkpoints(tmp_path, 0, newest=tmp_path / "checkpoint-3") == []
     assert (tmp_path / "checkpoint-2").is_dir()
+
+
+def test_a_save_limit_of_one_keeps_the_newest_complete_checkpoint_which_resumes(tmp_path):
+    """Rotation runs once the new checkpoint is certified, so ``save_total_limit=1`` is
+    safe: each save removes the one before only after the new one is complete, and the run
+    ends with its newest checkpoint alone, which ``--resume latest`` continues from."""
+    data = write_jsonl(synthetic_rows(32, seed=1), tmp_path / "pairs.jsonl")
+    out = tmp_path / "run"
+    base = dict(
+        model="tiny", data=str(data), eval_data=None, output_dir=str(out), batch_size=8,
+        lora=False, logging_steps=2, eval_samples=0, max_length=32, report=False,
+        lr_warmup_steps=0, smoothing="none", save_total_limit=1, save_steps=2,
+    )  # fmt: skip
+    run_dpo(DPOConfig(**base, max_steps=6))
+    assert _folders(out) == {"checkpoint-6": True}
+
+    result = run_dpo(DPOConfig(**base, max_steps=8, resume="latest"))
+    assert f"resumed from {out / 'checkpoint-6'}" in result.notes
+    assert _folders(out) == {"checkpoint-8": True}
+    assert latest_complete_checkpoint(out).name == "checkpoint-8"

@@ -20,7 +20,7 @@ CASES = [
     (["dpo", "--sft-weight", "-1"], "--sft-weight: must be >= 0, got -1.0"),
     (["dpo", "--eval-fraction", "1.5"], "--eval-fraction: must be in [0, 1), got 1.5"),
     (["sft", "--max-steps", "0"], "--max-steps: must be > 0, got 0"),
-    (["reward", "--save-total-limit", "1"], "--save-total-limit: must be >= 2"),
+    (["reward", "--save-total-limit", "0"], "--save-total-limit: must be >= 1, got 0"),
     (["dpo", "--loss", "robust", "--smoothing", "none"], "--flip-rate: the 'robust' loss"),
     (["dpo", "--model", "/no/such/model", "--data", MISSING], MISSING),
     (["dpo", "--model", "/no/such/model", "--eval-data", MISSING], MISSING),

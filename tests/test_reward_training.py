@@ -190,14 +190,14 @@ def test_cli_rejects_a_bad_configuration(capsys):
     [
         ("lora_r", 0),
         ("lora_alpha", 0),
-        ("save_total_limit", 1),
+        ("save_total_limit", 0),
         ("weight_decay", -1.0),
         ("rkl_floor", 0.0),  # reverse KL is always logged: a unanimous vote would make it ∞
     ],
 )
 def test_config_refuses_values_sft_and_dpo_refuse(option, value):
-    """A LoRA scale of 0 trains nothing; a save limit of 1 rotates the last certified
-    checkpoint away before the new one is certified."""
+    """A LoRA scale of 0 trains nothing; a save limit of 0 keeps no checkpoint to resume
+    from (``None`` keeps them all)."""
     with pytest.raises(ValueError, match=rf"^{option}: must be .+, got {value}$"):
         RewardConfig(model="tiny", lora=True, **{option: value}).validate()
 

@@ -259,8 +259,9 @@ def trainer_ranges(config: object) -> dict[str, tuple[bool, str]]:
         "lora_alpha": (c.lora_alpha > 0, "> 0"),
         "lr_warmup_steps": (c.lr_warmup_steps >= 0, ">= 0"),
         "weight_decay": (c.weight_decay >= 0, ">= 0"),
-        # the newest checkpoint is rotated in before it is certified complete: keep one more
-        "save_total_limit": (c.save_total_limit is None or c.save_total_limit >= 2, ">= 2"),
+        # our rotation runs once the new checkpoint is certified, and counts complete ones
+        # only (train.checkpoints.rotate_checkpoints): 1 keeps the newest; None keeps all
+        "save_total_limit": (c.save_total_limit is None or c.save_total_limit >= 1, ">= 1"),
     }
 
 

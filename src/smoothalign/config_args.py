@@ -47,7 +47,7 @@ TRAINING_HELP = {
     "prior_strength": "CALS: pseudo-pairs κ of prior per bin (never decayed)",
     "logging_steps": "log training metrics every N steps",
     "save_steps": "checkpoint every N steps (0: only the final model)",
-    "save_total_limit": "keep at most this many checkpoints (at least 2: the newest is rotated in before it is certified complete)",
+    "save_total_limit": "keep at most this many complete checkpoints, the newest (at least 1: older ones are removed only once the new one is certified complete)",
     "resume": "resume from a checkpoint folder, or 'latest' (newest complete one in --output-dir); one at --max-steps trains no step and finishes its run (evaluation, final/, report)",
     "on_bad_rows": "invalid data rows: 'error' (stop, listing them) or 'skip' (listed in the report)",
     "report": "write report.md and the plots at the end",
