@@ -202,6 +202,17 @@ def test_config_refuses_values_sft_and_dpo_refuse(option, value):
         RewardConfig(model="tiny", lora=True, **{option: value}).validate()
 
 
+@pytest.mark.parametrize("limit", [None, 1])
+def test_every_trainer_accepts_a_save_limit_of_one_or_none(limit):
+    """1 keeps the newest complete checkpoint (the rotation runs once the new one is
+    certified); ``None``, as the annotation says, keeps every checkpoint."""
+    from smoothalign.sft import SFTConfig
+    from smoothalign.train import DPOConfig
+
+    for config in (RewardConfig, DPOConfig, SFTConfig):
+        config(model="tiny", save_total_limit=limit).validate()
+
+
 @pytest.mark.slow
 def test_soft_bce_learns_the_oracle_world(tmp_path):
     """~10 s: 150 steps on 600 pairs; held-out accuracy against the true preference > 0.9

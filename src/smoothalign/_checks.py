@@ -193,11 +193,14 @@ def check_field_types(config: object) -> None:
     of that kind: an integer (not a bool) where the default is an int, a real number (not a
     bool) where it is a float, a bool where it is a bool. The CLI converts its arguments;
     the Python API does not, and ``batch_size=2.5`` failed only after the model loaded,
-    while ``label_smoothing=True`` ran as β = 1."""
+    while ``label_smoothing=True`` ran as β = 1. ``None`` passes where the field's annotation
+    allows it (``save_total_limit: int | None``: keep every checkpoint)."""
     import dataclasses
 
     for f in dataclasses.fields(config):
         default, value = f.default, getattr(config, f.name)
+        if value is None and "None" in str(f.type):
+            continue
         if isinstance(default, bool):
             ok, kind = isinstance(value, bool), "True or False"
         elif isinstance(default, int):
