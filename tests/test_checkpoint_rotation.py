@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
+from typing import Any
 
+import pytest
 from tests.dpo_helpers import synthetic_rows, write_jsonl
 
 from smoothalign.train import DPOConfig, run_dpo
@@ -14,7 +17,8 @@ from smoothalign.train.checkpoints import COMPLETE_MARKER, latest_complete_check
 
 def _folders(out: Path) -> dict[str, bool]:
     """Each checkpoint-N folder's name: whether it is complete."""
-    found = sorted(out.glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[1]))
+    found = [c for c in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-[0-9]+", c.name)]
+    found.sort(key=lambda c: int(c.name.split("-")[1]))
     return {c.name: (c / COMPLETE_MARKER).is_file() for c in found}
 
 
@@ -30,7 +34,7 @@ def test_a_resumed_runs_rotation_keeps_complete_checkpoints_not_a_crashed_saves(
     rotation kept checkpoint-9 as the newest and removed complete ones in its place (and
     rotated before the new one was certified); ours keeps the limit's count of complete
     checkpoints, removes the crashed save the run trained past (3) and leaves the one
-    ahead of it (9), which it never counts."""
+    ahead of it (9), which it never counts; the end of the run removes that one too."""
     data = write_jsonl(synthetic_rows(32, seed=1), tmp_path / "pairs.jsonl")
     out = tmp_path / "run"
     base = dict(
@@ -44,7 +48,7 @@ def test_a_resumed_runs_rotation_keeps_complete_checkpoints_not_a_crashed_saves(
     _uncertified_copy(out / "checkpoint-4", out / "checkpoint-9")
 
     run_dpo(DPOConfig(**base, max_steps=8, save_steps=2, resume="latest"))
-    assert _folders(out) == {"checkpoint-6": True, "checkpoint-8": True, "checkpoint-9": False}
+    assert _folders(out) == {"checkpoint-6": True, "checkpoint-8": True}
     assert latest_complete_checkpoint(out).name == "checkpoint-8"
 
 
@@ -102,3 +106,87 @@ def test_a_save_limit_of_one_keeps_the_newest_complete_checkpoint_which_resumes(
     assert f"resumed from {out / 'checkpoint-6'}" in result.notes
     assert _folders(out) == {"checkpoint-8": True}
     assert latest_complete_checkpoint(out).name == "checkpoint-8"
+
+
+def test_a_finished_run_removes_the_incomplete_checkpoints_it_never_saved_over(tmp_path, capsys):
+    """A crash while saving checkpoint-999 (a run with another --max-steps) left it
+    uncertified; the resumed run ends at step 6, never saves over it, and the rotation
+    (none here: every checkpoint kept) leaves it. Once the run has finished it is removed,
+    and said; complete checkpoints and folders not named as checkpoints stay."""
+    data = write_jsonl(synthetic_rows(32, seed=1), tmp_path / "pairs.jsonl")
+    out = tmp_path / "run"
+    base = dict(
+        model="tiny", data=str(data), eval_data=None, output_dir=str(out), batch_size=8,
+        lora=False, logging_steps=2, eval_samples=0, max_length=32, report=False,
+        lr_warmup_steps=0, smoothing="none", save_total_limit=None, save_steps=2,
+    )  # fmt: skip
+    run_dpo(DPOConfig(**base, max_steps=4))
+    _uncertified_copy(out / "checkpoint-4", out / "checkpoint-999")
+    (out / "checkpoint-999-old").mkdir()  # not named as Trainer names a checkpoint
+    capsys.readouterr()
+
+    result = run_dpo(DPOConfig(**base, max_steps=6, resume="latest"))
+    assert _folders(out) == {"checkpoint-2": True, "checkpoint-4": True, "checkpoint-6": True}
+    assert (out / "checkpoint-999-old").is_dir()
+    said = [line for line in capsys.readouterr().err.splitlines() if "checkpoint-999" in line]
+    assert said == [
+        f"output_dir: removed checkpoint-999 from {out}: a save that did not complete (no "
+        f"{COMPLETE_MARKER}, a crash while saving), which nothing resumes from"
+    ]
+    assert said[0] in result.notes
+
+
+def test_removing_incomplete_checkpoints_touches_only_uncertified_checkpoint_folders(tmp_path):
+    from smoothalign.train.checkpoints import remove_incomplete_checkpoints
+
+    for step in (2, 4):
+        _checkpoint(tmp_path, step)
+    for step in (3, 999):
+        (_checkpoint(tmp_path, step, complete=False) / "model.safetensors").write_text("x")
+    for name in ("checkpoint-5-partial", "checkpoints-6", "my-checkpoint-7", "checkpoint-"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "checkpoint-8").write_text("a file, not a folder")
+    elsewhere = _checkpoint(tmp_path / "other", 9, complete=False)
+    (tmp_path / "checkpoint-9").symlink_to(elsewhere, target_is_directory=True)
+
+    removed = remove_incomplete_checkpoints(tmp_path)
+    assert [c.name for c in removed] == ["checkpoint-3", "checkpoint-999"]
+    assert _folders(tmp_path) == {
+        "checkpoint-2": True, "checkpoint-4": True, "checkpoint-8": False, "checkpoint-9": False,
+    }  # fmt: skip
+    assert elsewhere.is_dir() and (tmp_path / "checkpoint-9").is_symlink()
+    for name in ("checkpoint-5-partial", "checkpoints-6", "my-checkpoint-7", "checkpoint-"):
+        assert (tmp_path / name).is_dir()
+    assert remove_incomplete_checkpoints(tmp_path / "nothing-here") == []
+
+
+def _sft_and_reward_runs(tmp_path: Path) -> dict[str, tuple[Any, Any]]:
+    """Per command, its run function and a 4-step config saving at step 4, on tiny data."""
+    from smoothalign.reward import RewardConfig, run_reward
+    from smoothalign.sft import SFTConfig, run_sft
+
+    prompts = ["".join("xyz"[i // 3**k % 3] for k in range(3)) + ":" for i in range(24)]
+    rows = [{"prompt": p, "completion": "ab"[i % 2] * 3} for i, p in enumerate(prompts)]
+    data = write_jsonl(rows, tmp_path / "sft.jsonl")
+    common = dict(
+        model="tiny", batch_size=8, logging_steps=2, max_length=32, lr_warmup_steps=0,
+        max_steps=4, save_steps=4, report=False,
+    )  # fmt: skip
+    return {
+        "sft": (run_sft, lambda **kw: SFTConfig(data=str(data), lora=False, **common, **kw)),
+        "reward": (run_reward, lambda **kw: RewardConfig(oracle_pairs=48, **common, **kw)),
+    }
+
+
+@pytest.mark.parametrize("command", ["sft", "reward"])
+def test_sft_and_reward_runs_remove_the_incomplete_checkpoints_when_they_finish(tmp_path, command):
+    """As DPO's: a resume that finishes the run (here one at --max-steps, which trains
+    nothing) removes a crashed save's checkpoint-999, and keeps the complete ones."""
+    run, config = _sft_and_reward_runs(tmp_path)[command]
+    out = tmp_path / "run"
+    run(config(output_dir=str(out)))
+    _uncertified_copy(out / "checkpoint-4", out / "checkpoint-999")
+
+    result = run(config(output_dir=str(out), resume="latest"))
+    assert _folders(out) == {"checkpoint-4": True}
+    assert any(note.startswith("output_dir: removed checkpoint-999 ") for note in result.notes)

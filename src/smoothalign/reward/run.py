@@ -38,6 +38,7 @@ from smoothalign.reward.data import (
 from smoothalign.reward.trainer import RewardTrainer, reward_metrics
 from smoothalign.train.checkpoints import (
     clear_before_run,
+    clear_incomplete_checkpoints,
     prepare_output_dir,
     run_config_record,
     save_smoothing_state,
@@ -378,6 +379,7 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
     )  # fmt: skip
     if main_process:
         atomic_write_json(out / "eval_results.json", {"before": before, "after": after})
+        clear_incomplete_checkpoints(out, notes)  # the run is done: nothing can save there
     device = "CUDA" if torch.cuda.is_available() else "CPU"
     notes.append(f"training time {train_seconds:.0f} s on {device}")
     if config.report and main_process:

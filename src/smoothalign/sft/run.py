@@ -34,6 +34,7 @@ from smoothalign.sft.data import (
 from smoothalign.sft.trainer import SFTTrainer
 from smoothalign.train.checkpoints import (
     clear_before_run,
+    clear_incomplete_checkpoints,
     prepare_output_dir,
     run_config_record,
     train_with_resume,
@@ -221,6 +222,7 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
     save_final_model(trainer, tokenizer, out / "final", lora=config.lora, main_process=main_process)
     if main_process:
         atomic_write_json(out / "eval_results.json", {"before": before, "after": after})
+        clear_incomplete_checkpoints(out, notes)  # the run is done: nothing can save there
     device = "CUDA" if torch.cuda.is_available() else "CPU"
     notes.append(f"training time {train_seconds:.0f} s on {device}")
     if config.report and main_process:

@@ -72,7 +72,8 @@ def rotate_checkpoints(
     * a folder without :data:`COMPLETE_MARKER` at a step below ``newest``'s is removed: a
       save that crashed, which this run has since trained past; nothing resumes from it and
       no save of this run writes into it again. One at a higher step is left alone (the run
-      may save over it when it gets there), and never counts towards ``limit``.
+      may save over it when it gets there), and never counts towards ``limit``; the run
+      removes it when it finishes (:func:`clear_incomplete_checkpoints`).
 
     Nothing is removed without a ``limit`` (``None`` or ``<= 0``: keep every checkpoint)."""
     if limit is None or limit <= 0:
@@ -100,6 +101,49 @@ def rotate_checkpoints(
     for folder in removed:
         shutil.rmtree(folder, ignore_errors=True)
     return sorted(removed, key=_step_of)
+
+
+def remove_incomplete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Remove every ``checkpoint-N`` folder of ``output_dir`` whose save did not complete
+    (no :data:`COMPLETE_MARKER`: a crash while saving), whatever its step, once the run has
+    finished (``final/`` written); returns those removed, by step. Call it on the main
+    process only, as the rotation runs there.
+
+    :func:`rotate_checkpoints` leaves one above the newest checkpoint, where the run may
+    still save over it: a resumed run that ends below its step (a crash at 750, a resume
+    from 500 to 600) has no later save to do so, and it stayed for good. Nothing resumes
+    from it, and ``--resume`` refuses it. Only folders named as Trainer names checkpoints
+    are looked at, never a complete one, and a symlink is left (its target is not ours); one
+    that cannot be removed (permissions) is left, and not returned."""
+    import shutil
+
+    removed = []
+    for folder in _checkpoint_folders(output_dir):
+        if folder.is_symlink() or is_complete(folder):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            removed.append(folder)
+    return removed
+
+
+def clear_incomplete_checkpoints(output_dir: str | Path, notes: list[str]) -> list[Path]:
+    """At the end of a run that finished (``final/`` written), on the main process:
+    :func:`remove_incomplete_checkpoints`, said in one line on stderr and in ``notes`` (the
+    report's) naming the folders, since a folder that disappears must not go unsaid."""
+    removed = remove_incomplete_checkpoints(output_dir)
+    if removed:
+        import sys
+
+        names = ", ".join(c.name for c in removed)
+        what = "a save that" if len(removed) == 1 else "saves that"
+        line = (
+            f"output_dir: removed {names} from {Path(output_dir)}: {what} did not complete "
+            f"(no {COMPLETE_MARKER}, a crash while saving), which nothing resumes from"
+        )
+        print(line, file=sys.stderr, flush=True)
+        notes.append(line)
+    return removed
 
 
 def _step_of(folder: Path) -> int:

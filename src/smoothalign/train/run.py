@@ -33,6 +33,7 @@ from smoothalign.models import load_model_and_tokenizer
 from smoothalign.progress import bar_disable
 from smoothalign.train.checkpoints import (
     clear_before_run,
+    clear_incomplete_checkpoints,
     finishes_without_training,
     prepare_output_dir,
     run_config_record,
@@ -246,6 +247,7 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     )  # fmt: skip
     if main_process:
         atomic_write_json(out / "eval_results.json", {"before": before, "after": after})
+        clear_incomplete_checkpoints(out, notes)  # the run is done: nothing can save there
     if config.report and main_process:
         write_report(
             out,
