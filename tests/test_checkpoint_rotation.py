@@ -190,3 +190,24 @@ def test_sft_and_reward_runs_remove_the_incomplete_checkpoints_when_they_finish(
     result = run(config(output_dir=str(out), resume="latest"))
     assert _folders(out) == {"checkpoint-4": True}
     assert any(note.startswith("output_dir: removed checkpoint-999 ") for note in result.notes)
+
+
+def test_a_checkpoints_training_arguments_record_the_runs_save_limit(tmp_path):
+    """Trainer saves a checkpoint's ``training_args.bin`` while its own rotation is switched
+    off (``save_total_limit=None``); the file holds the run's limit, as ``final/``'s does."""
+    import torch
+
+    data = write_jsonl(synthetic_rows(16, seed=1), tmp_path / "pairs.jsonl")
+    out = tmp_path / "run"
+    result = run_dpo(
+        DPOConfig(
+            model="tiny", data=str(data), eval_data=None, output_dir=str(out), batch_size=8,
+            lora=False, logging_steps=1, eval_samples=0, max_length=32, report=False,
+            smoothing="none", max_steps=2, save_steps=1, save_total_limit=3,
+        )
+    )  # fmt: skip
+    assert _folders(out) == {"checkpoint-1": True, "checkpoint-2": True}
+    for folder in (out / "checkpoint-1", out / "checkpoint-2", out / "final"):
+        args = torch.load(folder / "training_args.bin", weights_only=False)
+        assert args.save_total_limit == 3, folder.name
+    assert result.trainer.args.save_total_limit == 3

@@ -38,7 +38,7 @@ from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import PrinterCallback, TrainerCallback
 
 from smoothalign import progress
-from smoothalign.io import atomic_write_json, json_safe
+from smoothalign.io import atomic_write_bytes, atomic_write_json, json_safe
 from smoothalign.smoothing import SmoothingPolicy
 from smoothalign.train.checkpoints import (
     COMPLETE_MARKER,
@@ -361,8 +361,7 @@ class SmoothingTrainer(Trainer):
             (folder / COMPLETE_MARKER).unlink(missing_ok=True)  # is uncertified until done
         # Trainer's rotation would run before the marker, counting every checkpoint-N folder
         # (a crashed save's of a higher step kept as the newest): with no limit it does
-        # nothing, and ours runs below instead, once the checkpoint is certified (the
-        # checkpoint's training_args.bin records no limit then: nothing reads it back)
+        # nothing, and ours runs below instead, once the checkpoint is certified
         limit, self.args.save_total_limit = self.args.save_total_limit, None
         try:
             super()._save_checkpoint(model, trial)
@@ -372,6 +371,7 @@ class SmoothingTrainer(Trainer):
         # checkpoint only once all of them are done
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
+            record_training_arguments(self.args, folder)  # with the run's save_total_limit
             save_smoothing_state(self.smoothing_policy.state_dict(), folder)
             if sums is not None:
                 save_loss_sums(sums, folder)
@@ -387,6 +387,23 @@ class SmoothingTrainer(Trainer):
                 newest=folder,
                 protected=(self.state.best_model_checkpoint,),
             )
+
+
+def record_training_arguments(args: Any, folder: Path) -> None:
+    """Write ``args`` again as ``folder``'s ``training_args.bin`` (atomically), where
+    Trainer wrote one: it saved them while ``save_total_limit`` was switched off for its
+    save (:meth:`SmoothingTrainer._save_checkpoint`), so the checkpoint recorded no limit
+    rather than the run's. A save that wrote none (sharded weights that skip
+    ``Trainer._save``) is left so."""
+    import io
+
+    from transformers.trainer import TRAINING_ARGS_NAME
+
+    path = folder / TRAINING_ARGS_NAME
+    if path.is_file():
+        buf = io.BytesIO()
+        torch.save(args, buf)  # as Trainer._save does
+        atomic_write_bytes(path, buf.getvalue())
 
 
 class PairCountedLoss:
