@@ -567,7 +567,13 @@ def clear_before_run(output_dir: str | Path, resume: str | None) -> None:
 
 
 def check_resume_config(
-    saved_path: Path, config: dict[str, Any], flags: dict[str, str] | None = None
+    saved_path: Path,
+    config: dict[str, Any],
+    flags: dict[str, str] | None = None,
+    *,
+    resumable: frozenset[str] = RESUMABLE_OPTIONS,
+    paths: tuple[str, ...] = _PATH_OPTIONS,
+    models: tuple[str, ...] = ("model",),
 ) -> None:
     """Refuse a resume whose configuration differs from the saved one (``saved_path``, the
     checkpointed run's ``config.json``; none saved: nothing to compare) in an option that
@@ -579,7 +585,9 @@ def check_resume_config(
     (:func:`smoothalign.io.config_flags` of its config, from which the CLI makes them); by
     default ``--key-name`` for each key of ``config`` but those recorded beside the options
     (:data:`RECORDED_BESIDE_OPTIONS`). A differing key without a flag (an option of the
-    version that wrote ``config.json`` that this one has not) is said to have none."""
+    version that wrote ``config.json`` that this one has not) is said to have none.
+    ``resumable``, ``paths`` (compared resolved) and ``models`` (paths of what they load):
+    the command's, where they are not dpo's, sft's and reward's (rank-calibrate's)."""
     if not saved_path.is_file():
         return
     import json
@@ -590,16 +598,17 @@ def check_resume_config(
     if flags is None:
         flags = {k: "--" + k.replace("_", "-") for k in now if k not in RECORDED_BESIDE_OPTIONS}
     changed, keep, no_flag = [], [], []
-    for key in sorted((saved.keys() | now.keys()) - RESUMABLE_OPTIONS):
+    for key in sorted((saved.keys() | now.keys()) - resumable):
         a, b = saved.get(key), now.get(key)
-        if key in _PATH_OPTIONS:  # model: what it loads (config.json had a run folder)
-            a, b = _resolved(a, saved_dir, key == "model"), _resolved(b, now_dir, key == "model")
+        if key in paths:  # model: what it loads (config.json had a run folder)
+            a, b = _resolved(a, saved_dir, key in models), _resolved(b, now_dir, key in models)
         if a == b:
             continue
-        if key in _PATH_OPTIONS:
+        if key in paths:
+            shown = "model" if key in models else key  # a model name is shown as is
             change = (
-                f"{key} {_path_shown(key, saved.get(key), saved_dir)} -> "
-                f"{_path_shown(key, now.get(key), now_dir)}"
+                f"{key} {_path_shown(shown, saved.get(key), saved_dir)} -> "
+                f"{_path_shown(shown, now.get(key), now_dir)}"
             )
             if saved.get(key) == now.get(key):  # the same relative path, read elsewhere
                 change += ": a relative path is read against the folder its run was launched from"
