@@ -679,7 +679,10 @@ def test_an_input_error_without_a_message_is_named_by_its_type(tmp_path, capsys,
             "; no complete checkpoint (checkpoint-3: its save did not complete): delete it to "
             "start the run over",
         ),
-        (["rank-calibrate", "--reward-model", "rm"], ""),
+        (
+            ["rank-calibrate", "--reward-model", "rm", "--save-steps", "2"],
+            "; --resume latest continues from its last checkpoint, {out}/checkpoint-4",
+        ),
         (["eval", "calibration", "--model", "tiny"], ""),
     ],
     ids=lambda v: " ".join(v[:2]) if isinstance(v, list) else None,

@@ -59,6 +59,10 @@ HELP = {
     "trust_remote_code": "allow custom model code from the policy's local folder (never for "
     "the preference model)",
     "logging_steps": "log training metrics every N optimizer steps",
+    "save_steps": "checkpoint every N optimizer steps and at the last one (0: none)",
+    "resume": "resume from a checkpoint folder, or 'latest' (newest complete one in "
+    "--output-dir); one at the last step trains no step and finishes its run (the held-out "
+    "evaluation after, final/, report)",
     "on_bad_rows": "invalid prompt rows: 'error' (stop, naming them) or 'skip' (listed in "
     "the report)",
     "save_model": "save the calibrated policy to OUTPUT_DIR/final (safetensors)",

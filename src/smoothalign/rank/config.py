@@ -55,6 +55,9 @@ class RankConfig:
     trust_remote_code: bool = False  # the policy's folder only; the reward model never
     # bookkeeping
     logging_steps: int = 5
+    save_steps: int = 0  # a checkpoint every N optimizer steps and at the last (0: none)
+    save_total_limit: int | None = 2
+    resume: str | None = None  # a checkpoint folder, or 'latest' in output_dir
     on_bad_rows: str = "error"
     save_model: bool = True
     report: bool = True
@@ -100,6 +103,12 @@ class RankConfig:
             "max_prompts": (self.max_prompts >= 0, ">= 0"),
             "max_eval_prompts": (self.max_eval_prompts >= 0, ">= 0"),
             "logging_steps": (self.logging_steps >= 1, ">= 1"),
+            "save_steps": (self.save_steps >= 0, ">= 0"),
+            # as the other commands': the newest is rotated in once certified; keep one more
+            "save_total_limit": (
+                self.save_total_limit is None or self.save_total_limit >= 2,
+                ">= 2",
+            ),
         }
         check_ranges(self, checks)
         if self.decoding == "diverse-beam" and self.num_candidates % self.beam_groups() != 0:

@@ -25,6 +25,7 @@ from smoothalign.io import (
     atomic_write_json,
     atomic_write_text,
     check_output_dir,
+    config_flags,
     follow_umask,
     swap_in_folder,
 )
@@ -48,8 +49,13 @@ from smoothalign.reward.scoring import (
     resolve_reward_model_path,
 )
 from smoothalign.train.checkpoints import (
+    RESUMABLE_OPTIONS,
+    check_resume_config,
     clear_earlier_outputs,
+    prepare_output_dir,
     refuse_own_final_as_input,
+    resolve_resume,
+    rotate_checkpoints,
     run_config_record,
 )
 from smoothalign.train.common import (
@@ -59,6 +65,11 @@ from smoothalign.train.common import (
     resolve_bf16,
     split_record,
     train_eval_split,
+)
+from smoothalign.train.data_fingerprint import (
+    check_resume_data,
+    data_fingerprint,
+    record_data_fingerprint,
 )
 from smoothalign.train.run_result import BaseRunResult
 
@@ -71,6 +82,28 @@ SUMMARY_KEYS = (
     "logp_mean",
 )
 EVAL_SEED_OFFSET = 10_000  # held-out sampling uses seed + this, the same before and after
+RANK_RESUMABLE = (RESUMABLE_OPTIONS - {"max_new_tokens"}) | {
+    "policy_as_given",
+    "reward_model_as_given",
+}
+"""The options a resumed rank-calibrate run may change: the other commands' (how often to
+log and save, what the report shows, ...) and what its models were typed as (``policy`` and
+``reward_model``, the models loaded, are compared), but not ``max_new_tokens``, which here
+is the length of the candidates trained on (an evaluation's sampling length elsewhere).
+``max_eval_prompts`` and ``epochs`` (the schedule's length) define the run too: the
+held-out evaluation before training is made again on a resume, and must be the same."""
+RANK_PATHS = ("policy", "reward_model", "prompts", "eval_prompts")
+RANK_MODELS = ("policy", "reward_model")
+TRAIN_READS = ("prompt", "prompt_ids")
+"""What training reads of a prompt (its data fingerprint's content): its tokens, and the
+prompt itself, which the preference model scores the candidates with; with the NLL term,
+its reference response's tokens and scored spans too (:func:`prompt_reads`)."""
+
+
+def prompt_reads(config: RankConfig) -> tuple[str, ...]:
+    """:data:`TRAIN_READS`, with the reference's tokens where the NLL term reads them."""
+    reference = ("reference_ids", "reference_spans") if config.nll_weight > 0 else ()
+    return TRAIN_READS + reference
 
 
 @dataclass
@@ -300,7 +333,10 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     Candidates come from the policy being calibrated: generated for every training prompt at
     the start of each epoch (``regenerate``, the default: each round is on-policy) or once
     before the first. Writes into ``config.output_dir``: ``config.json``, ``prompts.json``,
-    ``candidates-epoch-N.jsonl`` (each round's ranked candidates), ``metrics.jsonl``,
+    ``data_fingerprint.json`` (the prompts trained and evaluated on; each checkpoint holds
+    its own), ``checkpoint-N/`` (every ``save_steps`` and at the last step; what ``resume``
+    continues from), ``candidates-epoch-N.jsonl`` (each round's ranked candidates),
+    ``metrics.jsonl``,
     ``eval_results.json`` (held-out metrics before/after), ``eval_candidates_before.jsonl``
     / ``eval_candidates_after.jsonl`` (the held-out samples, ranked and scored, with the
     policy's ``s̄`` of each: ``policy_mean_logp``), ``split.json`` (every held-out prompt's
@@ -311,11 +347,22 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     config.validate()
     out = check_output_dir(config.output_dir)  # a file in the way: said before any work
     reward_model = resolve_reward_model_path(config.reward_model)  # a missing path: at once
-    _refuse_an_earlier_final_left_beside(config, out)
-    if config.save_model:  # this run removes an earlier final/ when it starts
-        refuse_own_final_as_input(
-            out, {"policy": loaded_model_path(config.policy), "reward_model": reward_model}
+    loaded = {"policy": loaded_model_path(config.policy), "reward_model": reward_model}
+    # before the models load: a mixed-up folder, a bad --resume or a changed option
+    prepare_output_dir(out, config.resume)
+    resume_from = resolve_resume(config.resume, out)
+    if resume_from is not None:
+        check_resume_config(
+            resume_from.parent / "config.json",
+            run_config_record(config, loaded),
+            config_flags(config),
+            resumable=RANK_RESUMABLE,
+            paths=RANK_PATHS,
+            models=RANK_MODELS,
         )
+    _refuse_an_earlier_final_left_beside(config, out)
+    if config.save_model and resume_from is None:  # a new run removes an earlier final/
+        refuse_own_final_as_input(out, loaded)
     bf16 = resolve_bf16(config.precision)
     check_scheduler(config)
     set_seed(config.seed)
@@ -366,22 +413,38 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     if split["held_out_from"] == "--data":  # the held-out rows are the prompts' own
         split["held_out_from"] = "--prompts"
     notes.append(f"held-out prompts: each one's file and row in {SPLIT_FILE}")
+    # a resume's prompts: those its checkpoint was trained on (all held-out ones, scored or
+    # not: --max-eval-prompts may not change either)
+    fingerprint = data_fingerprint(
+        train_ex, held_out, prompt_reads(config), ("prompt", "prompt_ids")
+    )
+    resume_note = check_resume_data(config.resume, out, fingerprint)
+    notes += [resume_note] if resume_note else []
     # every check passed and both models loaded: the run is on. An earlier run's results go
     # now (its report, plots, per-epoch candidates, and the model it saved, which an
     # interrupted run would leave as this folder's), so none of them can pass for this run's
     # (with --no-save-model an earlier final/ is refused above, unless it is the policy).
     # The folder is made only now: a run refused before leaves none, as the other commands
+    # A resumed run keeps metrics.jsonl (its trainer rewrites it from the checkpoint's
+    # records), its own final/ and the rounds' candidates files up to the checkpoint's.
     out.mkdir(parents=True, exist_ok=True)
-    clear_earlier_outputs(
-        out, "candidates-epoch-*.jsonl", "eval_candidates_*.jsonl", final=config.save_model
-    )
+    if resume_from is None:
+        clear_earlier_outputs(
+            out, "candidates-epoch-*.jsonl", "eval_candidates_*.jsonl", final=config.save_model
+        )
+    else:
+        clear_earlier_outputs(out, "eval_candidates_*.jsonl", keep=("metrics.jsonl",))
     # the models it loads (a run folder stands for its final/), as dpo, sft and reward record
     # theirs; what was typed is kept as policy_as_given / reward_model_as_given
-    loaded = {"policy": loaded_model_path(config.policy), "reward_model": reward_model}
     atomic_write_json(out / "config.json", run_config_record(config, loaded))
     atomic_write_json(out / "prompts.json", info)
     atomic_write_json(out / SPLIT_FILE, split)
     pad_id = int(tok.pad_token_id)
+    steps_per_epoch = RankTrainer.steps_per_epoch(len(train_ex), config)
+    trainer = RankTrainer(
+        policy, config, pad_id=pad_id, steps_per_epoch=steps_per_epoch, bf16=bf16, output_dir=out
+    )
+    record_data_fingerprint(trainer, out, config.resume, fingerprint)
 
     def decode(ids: list[int]) -> str:
         return tok.decode(ids, skip_special_tokens=True)
@@ -418,19 +481,51 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
         metrics["length_mean"] = float(lengths.mean())
         return metrics, {"logps": logps, "scores": scores, "lengths": lengths}, ranked
 
+    # a resume evaluates the policy it starts from again (the same samples: their seed is
+    # fixed), then takes the checkpoint's weights
     before, arrays_before, ranked_before = evaluate("before")
     atomic_write_text(
         out / "eval_candidates_before.jsonl",
         candidates_jsonl(ranked_before, arrays_before["logps"]),
     )
 
-    steps_per_epoch = RankTrainer.steps_per_epoch(len(train_ex), config)
-    trainer = RankTrainer(
-        policy, config, pad_id=pad_id, steps_per_epoch=steps_per_epoch, bf16=bf16, output_dir=out
-    )
+    start_epoch, start_step, ranked = 0, 0, None
+    if resume_from is not None:
+        start_epoch, start_step, ranked = trainer.load_checkpoint(resume_from, train_ex)
+        notes.append(f"resumed from {resume_from}")
+        for path in out.glob("candidates-epoch-*.jsonl"):  # later rounds are made again
+            number = path.name[len("candidates-epoch-") : -len(".jsonl")]
+            if number.isdigit() and int(number) > start_epoch + 1:
+                path.unlink(missing_ok=True)
+        trainer.write_metrics()  # the records after the checkpoint are written again
+        trainer.restore_rng(resume_from)
+    elif config.resume == "latest":
+        notes.append("--resume latest: no complete checkpoint yet, started fresh")
+
+    def checkpoint(epoch: int, round_: list[RankedPrompt]):
+        def after_step(step_in_epoch: int) -> None:
+            step = trainer.global_step
+            if not config.save_steps or (step % config.save_steps and step != trainer.total_steps):
+                return
+            folder = trainer.save_checkpoint(
+                out / f"checkpoint-{step}",
+                epoch=epoch,
+                step_in_epoch=step_in_epoch,
+                ranked=round_,
+                tokenizer=tok,
+            )
+            rotate_checkpoints(out, config.save_total_limit, newest=folder)
+
+        return after_step
+
     t0 = time.perf_counter()
-    ranked = None
-    for epoch in range(config.epochs):
+    for epoch in range(start_epoch, config.epochs):
+        resumed = resume_from is not None and epoch == start_epoch
+        if resumed:  # the checkpoint's round, from its step on
+            trainer.train_epoch(
+                ranked, epoch, start=start_step, after_step=checkpoint(epoch, ranked)
+            )
+            continue
         if ranked is None or config.regenerate:
             ranked = ranked_candidates(
                 train_ex, config.seed + epoch, f"candidates (epoch {epoch + 1}/{config.epochs})"
@@ -450,7 +545,7 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
                     ),
                 }
             )
-        trainer.train_epoch(ranked, epoch)
+        trainer.train_epoch(ranked, epoch, after_step=checkpoint(epoch, ranked))
     train_seconds = time.perf_counter() - t0
 
     after, arrays_after, ranked_after = evaluate("after")

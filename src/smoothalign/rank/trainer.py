@@ -8,16 +8,24 @@ position; regenerating would mean a new ``Trainer`` per round with the optimizer
 over by hand and its step counter restarted. The loop here is what a round needs and no
 more: seeded shuffling, gradient accumulation, clipping, a ``transformers`` LR schedule
 over all rounds, bf16 autocast on CUDA, a progress bar and ``metrics.jsonl`` in the same
-record format as the other runs (``step``, ``split``). Single device; no checkpoints or
-resume (a calibration run is short; the final model is saved at the end).
+record format as the other runs (``step``, ``split``). Single device.
+
+Checkpoints (``--save-steps``) follow the other commands' layout and certification
+(:mod:`smoothalign.train.checkpoints`): ``checkpoint-N/`` holds the policy (safetensors, with
+its tokenizer: it loads as a model), ``optimizer.pt``, ``scheduler.pt``, ``rng_state.pt``,
+:data:`RANK_STATE` (the loop's position, the records and the open logging window, and the
+round's ranked candidates, which a resume mid-round trains on again rather than generating
+other ones from weights already updated), the run's ``data_fingerprint.json``, and, written
+last, ``smoothalign_complete.json``. :meth:`RankTrainer.load_checkpoint` puts all of it back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +37,9 @@ from tqdm.auto import tqdm
 from smoothalign.data import IGNORE_INDEX, fit_response
 from smoothalign.data.collate import response_labels
 from smoothalign.data.tokenization import Spans
-from smoothalign.io import atomic_write_text, json_safe
+from smoothalign.io import atomic_write_bytes, atomic_write_json, atomic_write_text, json_safe
 from smoothalign.progress import bar_disable
-from smoothalign.rank.candidates import RankedPrompt
+from smoothalign.rank.candidates import Candidate, PromptExample, RankedPrompt
 from smoothalign.rank.config import RankConfig
 from smoothalign.rank.objective import calibration_terms, mean_token_logps
 
@@ -131,6 +139,71 @@ def candidate_mean_logps(
     return torch.cat(parts).numpy()
 
 
+RANK_STATE = "rank_state.pt"
+OPTIMIZER, SCHEDULER, RNG_STATE = "optimizer.pt", "scheduler.pt", "rng_state.pt"
+
+
+def _saved(obj: Any) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _loaded(path: Path) -> Any:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python's, NumPy's and torch's random states (CUDA's too where there is one), in types
+    that ``torch.load(weights_only=True)`` reads back."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002 (set_seed's)
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    keys = np.asarray(keys, dtype=np.uint32)
+    np.random.set_state((kind, keys, pos, has_gauss, gauss))  # noqa: NPY002
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_weights(model: Any, folder: Path) -> None:
+    """Put the weights ``save_pretrained`` wrote into ``folder`` (one safetensors file or
+    shards) into ``model``; a weight tied to one loaded (the LM head to the embeddings)
+    may be missing, any other missing or unexpected one is an error."""
+    from safetensors.torch import load_file
+
+    single = folder / "model.safetensors"
+    if single.is_file():
+        state = load_file(single)
+    else:
+        index = json.loads((folder / "model.safetensors.index.json").read_text("utf-8"))
+        state = {}
+        for shard in sorted(set(index["weight_map"].values())):
+            state.update(load_file(folder / shard))
+    result = model.load_state_dict(state, strict=False)
+    params = model.state_dict(keep_vars=True)
+    loaded = {params[k].data_ptr() for k in state if k in params}
+    untied = [k for k in result.missing_keys if params[k].data_ptr() not in loaded]
+    if untied or result.unexpected_keys:
+        raise ValueError(
+            f"resume: {folder}'s weights do not fit the policy (missing {untied[:5]}, "
+            f"unexpected {list(result.unexpected_keys)[:5]})"
+        )
+
+
 class RankTrainer:
     """AdamW on the policy with the calibration loss; one :meth:`train_epoch` per round."""
 
@@ -168,6 +241,8 @@ class RankTrainer:
         self.records: list[dict[str, Any]] = []
         self.metrics_path = Path(output_dir or config.output_dir) / "metrics.jsonl"
         self._window: dict[str, list[float]] = {}
+        # the rows the run trains on (train.data_fingerprint), saved into each checkpoint
+        self.data_fingerprint: dict[str, Any] | None = None
 
     @staticmethod
     def steps_per_epoch(n_prompts: int, config: RankConfig) -> int:
@@ -190,7 +265,21 @@ class RankTrainer:
             tie_tolerance=cfg.tie_tolerance,
         )
 
-    def train_epoch(self, ranked: Sequence[RankedPrompt], epoch: int) -> None:
+    def is_world_process_zero(self) -> bool:
+        """One process: it writes everything (``train.data_fingerprint`` asks)."""
+        return True
+
+    def train_epoch(
+        self,
+        ranked: Sequence[RankedPrompt],
+        epoch: int,
+        *,
+        start: int = 0,
+        after_step: Callable[[int], None] | None = None,
+    ) -> None:
+        """One round over ``ranked``, from its optimizer step ``start`` on (a resume: the
+        earlier ones were trained before the checkpoint, whose logging window this one
+        goes on with); ``after_step(n)`` after its ``n``-th step (a checkpoint's turn)."""
         cfg = self.config
         order = list(range(len(ranked)))
         random.Random(cfg.seed * 1000 + epoch).shuffle(order)
@@ -203,12 +292,15 @@ class RankTrainer:
         n_steps = math.ceil(len(batches) / cfg.grad_accum)
         bar = tqdm(
             total=n_steps,
+            initial=start,
             desc=f"calibrating (epoch {epoch + 1}/{cfg.epochs})",
             leave=False,
             disable=bar_disable(False),  # --no-progress
         )
-        for start in range(0, len(batches), cfg.grad_accum):
-            group = batches[start : start + cfg.grad_accum]
+        for step, first in enumerate(range(0, len(batches), cfg.grad_accum)):
+            if step < start:
+                continue
+            group = batches[first : first + cfg.grad_accum]
             n_in_group = sum(len(b) for b in group)
             for b in group:
                 batch = collate_ranked(
@@ -231,6 +323,8 @@ class RankTrainer:
             if self.global_step % cfg.logging_steps == 0 or self.global_step == self.total_steps:
                 rec = self._flush(epoch)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", acc=f"{rec['rank/pair_accuracy']:.2f}")
+            if after_step is not None:
+                after_step(step + 1)
         bar.close()
         if self._window:
             self._flush(epoch)
@@ -259,8 +353,81 @@ class RankTrainer:
 
     def log(self, record: dict[str, Any]) -> None:
         """Append a record and rewrite ``metrics.jsonl`` atomically (it is small)."""
-        import json
-
         self.records.append(record)
+        self.write_metrics()
+
+    def write_metrics(self) -> None:
         text = "".join(json.dumps(json_safe(r)) + "\n" for r in self.records)
         atomic_write_text(self.metrics_path, text)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(
+        self,
+        folder: Path,
+        *,
+        epoch: int,
+        step_in_epoch: int,
+        ranked: Sequence[RankedPrompt],
+        tokenizer: Any = None,
+    ) -> Path:
+        """Save everything a resume needs into ``folder``, certified by
+        :data:`~smoothalign.train.checkpoints.COMPLETE_MARKER` written last (a folder saved
+        over is uncertified until then). ``epoch`` (0-based) and ``step_in_epoch`` (its
+        optimizer steps done) say where the loop is; ``ranked``: the round's candidates."""
+        from smoothalign.train.checkpoints import COMPLETE_MARKER
+        from smoothalign.train.data_fingerprint import DATA_FINGERPRINT, write_data_fingerprint
+
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / COMPLETE_MARKER).unlink(missing_ok=True)
+        self.model.save_pretrained(folder, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+        atomic_write_bytes(folder / OPTIMIZER, _saved(self.optimizer.state_dict()))
+        atomic_write_bytes(folder / SCHEDULER, _saved(self.scheduler.state_dict()))
+        atomic_write_bytes(folder / RNG_STATE, _saved(rng_state()))
+        state = {
+            "global_step": self.global_step,
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "records": self.records,
+            "window": self._window,
+            "candidates": [[[c.ids, c.text, c.score] for c in rp.candidates] for rp in ranked],
+        }
+        atomic_write_bytes(folder / RANK_STATE, _saved(state))
+        if self.data_fingerprint is not None:
+            write_data_fingerprint(folder, self.data_fingerprint)
+        else:  # a folder saved over must not keep an earlier save's
+            (folder / DATA_FINGERPRINT).unlink(missing_ok=True)
+        atomic_write_json(folder / COMPLETE_MARKER, {"global_step": self.global_step})
+        return folder
+
+    def load_checkpoint(
+        self, folder: Path, examples: Sequence[PromptExample]
+    ) -> tuple[int, int, list[RankedPrompt]]:
+        """Put ``folder``'s weights, optimizer, schedule, step, records and open logging
+        window back; ``(epoch, step_in_epoch, ranked)``: where the loop goes on, and the
+        round's candidates for ``examples`` (the training prompts, as checked by the data
+        fingerprint). The random state is put back apart (:meth:`restore_rng`), just
+        before training goes on."""
+        state = _loaded(folder / RANK_STATE)
+        saved = state["candidates"]
+        if len(saved) != len(examples):
+            raise ValueError(
+                f"resume: {folder} holds candidates for {len(saved)} prompts, this run has "
+                f"{len(examples)} training prompts"
+            )
+        load_weights(self.model, folder)
+        self.optimizer.load_state_dict(_loaded(folder / OPTIMIZER))
+        self.scheduler.load_state_dict(_loaded(folder / SCHEDULER))
+        self.global_step = int(state["global_step"])
+        self.records = list(state["records"])
+        self._window = {name: list(values) for name, values in state["window"].items()}
+        ranked = [
+            RankedPrompt(ex, [Candidate(list(ids), text, float(score)) for ids, text, score in c])
+            for ex, c in zip(examples, saved, strict=True)
+        ]
+        return int(state["epoch"]), int(state["step_in_epoch"]), ranked
+
+    @staticmethod
+    def restore_rng(folder: Path) -> None:
+        set_rng_state(_loaded(folder / RNG_STATE))
