@@ -355,7 +355,7 @@ def test_cli_calibrates_the_tiny_policy_and_writes_its_report(tmp_path, reward_d
     assert "spearman_within" in capsys.readouterr().out
     for name in (
         "report.md", "training_curves.png", "calibration.png", "metrics.jsonl", "config.json",
-        "prompts.json", "eval_results.json", "candidates-epoch-1.jsonl",
+        "prompts.json", "validation.json", "eval_results.json", "candidates-epoch-1.jsonl",
         "candidates-epoch-2.jsonl", "eval_candidates_before.jsonl", "final/config.json",
         "final/model.safetensors",
     ):  # fmt: skip

@@ -174,7 +174,8 @@ def test_a_resume_from_the_last_steps_checkpoint_finishes_the_run(
 ):
     """A run that crashed after training (here saving final/), its checkpoint at the last
     step: --resume latest trains no step and writes what comes after, as the run would
-    have."""
+    have. The data check is written as validation.json, and as prompts.json (its name
+    before) for the scripts that read that."""
     prompts = _prompts(tmp_path / "p.jsonl")
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     run_rank_calibration(_config(reward_dir, prompts, straight))
@@ -201,3 +202,6 @@ def test_a_resume_from_the_last_steps_checkpoint_finishes_the_run(
     b = load_file(crashed / "final" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a) and a.keys() == b.keys()
     assert (crashed / "metrics.jsonl").read_text() == (straight / "metrics.jsonl").read_text()
+    validation = json.loads((crashed / "validation.json").read_text())
+    assert validation == json.loads((crashed / "prompts.json").read_text())
+    assert validation["train"]["n_kept"] == 10

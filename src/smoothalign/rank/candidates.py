@@ -135,10 +135,10 @@ class PromptReport(RowReport):
             f"{self.n_reference_truncated} cut to fit max_length",
         ]
         if self.duplicates:
-            lines.append(f"- **warning**: {self.duplicates_warning()} (all in prompts.json)")
+            lines.append(f"- **warning**: {self.duplicates_warning()} (all in validation.json)")
         lines += [f"- skipped: {b}" for b in self.bad_rows[:max_listed]]
         if self.n_skipped > max_listed:
-            lines.append(f"- ... and {self.n_skipped - max_listed} more (see prompts.json)")
+            lines.append(f"- ... and {self.n_skipped - max_listed} more (see validation.json)")
         return "\n".join(lines)
 
 

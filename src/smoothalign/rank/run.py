@@ -82,6 +82,8 @@ SUMMARY_KEYS = (
     "logp_mean",
 )
 EVAL_SEED_OFFSET = 10_000  # held-out sampling uses seed + this, the same before and after
+VALIDATION_FILE = "validation.json"  # the data check, under the other commands' name
+PROMPTS_FILE = "prompts.json"  # the same record under the name this command wrote before
 RANK_RESUMABLE = (RESUMABLE_OPTIONS - {"max_new_tokens"}) | {
     "policy_as_given",
     "reward_model_as_given",
@@ -239,7 +241,7 @@ def _split_rank_prompts(config: RankConfig, tokenizer: Any) -> _RankPrompts:
             notes.append(
                 f"{len(missing)} training prompts without a reference skipped: {where}{more}"
             )
-            # on disk too (prompts.json, report): every skipped row, not only a note
+            # on disk too (validation.json, report): every skipped row, not only a note
             info["train"]["skipped_without_reference"] = [ex.location for ex in missing]
             md.append(
                 f"- training prompts skipped for want of a reference response (--nll-weight "
@@ -287,7 +289,7 @@ def _fit_the_preference_model(
         if not kept:
             raise ValueError(f"no {split} prompt fits the preference model: {bad[0]}")
         if notes is not None:  # listed in the report too, as skipped bad rows are
-            more = f"; and {len(bad) - 1} more (all in prompts.json)" if len(bad) > 1 else ""
+            more = f"; and {len(bad) - 1} more (all in validation.json)" if len(bad) > 1 else ""
             notes.append(
                 f"{len(bad)} {split} prompt(s) skipped, too long for the preference model: "
                 f"{bad[0]}{more}"
@@ -332,7 +334,8 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
 
     Candidates come from the policy being calibrated: generated for every training prompt at
     the start of each epoch (``regenerate``, the default: each round is on-policy) or once
-    before the first. Writes into ``config.output_dir``: ``config.json``, ``prompts.json``,
+    before the first. Writes into ``config.output_dir``: ``config.json``, ``validation.json``
+    (the prompts' data check; ``prompts.json``, its earlier name, holds the same),
     ``data_fingerprint.json`` (the prompts trained and evaluated on; each checkpoint holds
     its own), ``checkpoint-N/`` (every ``save_steps`` and at the last step; what ``resume``
     continues from), ``candidates-epoch-N.jsonl`` (each round's ranked candidates),
@@ -437,7 +440,8 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     # the models it loads (a run folder stands for its final/), as dpo, sft and reward record
     # theirs; what was typed is kept as policy_as_given / reward_model_as_given
     atomic_write_json(out / "config.json", run_config_record(config, loaded))
-    atomic_write_json(out / "prompts.json", info)
+    atomic_write_json(out / VALIDATION_FILE, info)
+    atomic_write_json(out / PROMPTS_FILE, info)
     atomic_write_json(out / SPLIT_FILE, split)
     pad_id = int(tok.pad_token_id)
     steps_per_epoch = RankTrainer.steps_per_epoch(len(train_ex), config)
