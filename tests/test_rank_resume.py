@@ -94,8 +94,14 @@ def test_resume_latest_ends_as_the_uninterrupted_run(tmp_path, reward_dir, monke
     # a later checkpoint whose save never completed is not trusted
     shutil.copytree(crashed / "checkpoint-3", crashed / "checkpoint-5")
     (crashed / "checkpoint-5" / COMPLETE_MARKER).unlink()
+    shutil.copytree(crashed / "checkpoint-5", crashed / "checkpoint-99")  # above the last step
     result = run_rank_calibration(_config(reward_dir, prompts, crashed, resume="latest"))
     assert any("resumed from" in n and "checkpoint-3" in n for n in result.notes)
+    # ... and removed: checkpoint-5 by the rotation once a later one is certified, and
+    # checkpoint-99, which no save of the run reaches, when it finishes (said), as dpo,
+    # sft and reward do
+    assert not (crashed / "checkpoint-5").exists() and not (crashed / "checkpoint-99").exists()
+    assert any("removed checkpoint-99" in n for n in result.notes)
 
     a = load_file(straight / "final" / "model.safetensors")
     b = load_file(crashed / "final" / "model.safetensors")

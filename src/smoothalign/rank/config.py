@@ -104,10 +104,10 @@ class RankConfig:
             "max_eval_prompts": (self.max_eval_prompts >= 0, ">= 0"),
             "logging_steps": (self.logging_steps >= 1, ">= 1"),
             "save_steps": (self.save_steps >= 0, ">= 0"),
-            # as the other commands': the newest is rotated in once certified; keep one more
+            # as the other commands': the rotation runs once the newest is certified
             "save_total_limit": (
-                self.save_total_limit is None or self.save_total_limit >= 2,
-                ">= 2",
+                self.save_total_limit is None or self.save_total_limit >= 1,
+                ">= 1",
             ),
         }
         check_ranges(self, checks)

@@ -52,6 +52,7 @@ from smoothalign.train.checkpoints import (
     RESUMABLE_OPTIONS,
     check_resume_config,
     clear_earlier_outputs,
+    clear_incomplete_checkpoints,
     prepare_output_dir,
     refuse_own_final_as_input,
     resolve_resume,
@@ -561,6 +562,7 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     atomic_write_json(out / "eval_results.json", {"before": before, "after": after})
     if config.save_model:
         save_model_atomically(policy, tok, out / "final")
+    clear_incomplete_checkpoints(out, notes)  # the run is done: nothing can save there
     notes.append(
         f"calibration time {train_seconds:.0f} s on {'CUDA' if device.type == 'cuda' else 'CPU'}"
         f" ({trainer.global_step} optimizer step(s))"
