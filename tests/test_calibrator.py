@@ -15,6 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from smoothalign.smoothing import CALSCalibrator, make_policy
+from smoothalign.smoothing.calibrator import TIE_BAND
 
 
 def _logit(p):
@@ -133,6 +134,10 @@ def test_mirror_symmetry_once_converged(rng, kappa, c0):
         # every pair's mirrored reading is counted in the mirror bin: l_k = w_{K−1−k}
         assert torch.equal(cal.losses, cal.wins.flip(0))
     hi, lo = _query_points(rng, 20)
+    # a tie (within TIE_BAND of ½, like 0.5 ± 1e-12) is read as ½ from bin K/2 on both sides
+    outside = np.abs(hi - 0.5) >= TIE_BAND
+    assert not outside.all()
+    hi, lo = hi[outside], lo[outside]
     total = cal.confidence(hi) + cal.confidence(lo)
     torch.testing.assert_close(total, torch.ones_like(total), rtol=0, atol=1e-12)
     q = cal.bin_confidence()
@@ -230,6 +235,57 @@ def test_exact_ties_are_not_counted(rng):
     a.update(np.concatenate([batch, [0.5] * 30]))
     b.update(batch)
     assert torch.equal(a.wins, b.wins) and torch.equal(a.losses, b.losses)
+
+
+def test_direct_calibrator_applies_the_tie_tolerance_as_the_policy_does():
+    """README's direct use, ``cal.update(σ(h))``, under the rounding noise of a policy equal
+    to its reference (|h| ~ 1e-7 < TIE_TOLERANCE): SPEC §4 calls those ties, so the direct
+    path counts nothing, exactly as the policy path, instead of filling the bins beside ½
+    with noise and reporting q̂ → ½ (the cold-start stall)."""
+    cal, pol = CALSCalibrator(), make_policy("cals-l2")
+    torch.manual_seed(0)
+    for _ in range(50):
+        h = torch.randn(8, dtype=torch.float64) * 1e-7
+        cal.update(torch.sigmoid(h))
+        pol.step(h)
+    assert cal.wins.sum() == 0 and cal.losses.sum() == 0 and cal.step == 50
+    assert torch.equal(cal.wins, pol.calibrator.wins)
+    assert torch.equal(cal.losses, pol.calibrator.losses)
+    hq = torch.tensor([1e-3, 0.05], dtype=torch.float64)
+    assert torch.equal(cal.alpha(torch.sigmoid(hq)), pol.alpha(hq))
+    assert torch.equal(cal.alpha(torch.sigmoid(hq)), torch.zeros(2, dtype=torch.float64))
+
+
+def test_forecasts_in_the_tie_band_are_ties_and_the_band_edge_is_not(rng):
+    """The tie band is the image of |h| < TIE_TOLERANCE under σ: a forecast inside it is
+    neither counted nor read from its own side's bin (it is read from bin K/2, as ½ is);
+    the forecast σ(±h) of a margin at or beyond the tolerance is an ordinary forecast, so
+    the policies' forecasts (ties already exactly ½) are binned as before."""
+    from smoothalign.smoothing.policies import TIE_TOLERANCE, forecasts_from_margins
+
+    assert abs(TIE_BAND - (_sigmoid(TIE_TOLERANCE) - 0.5)) < 1e-8 * TIE_BAND
+    inside = [0.5 + 1e-7, 0.5 - 1e-7, 0.5 + 0.99 * TIE_BAND, 0.5 - 0.99 * TIE_BAND]
+    batch = rng.uniform(0, 1, 40)
+    a, b = CALSCalibrator(), CALSCalibrator()
+    a.update(np.concatenate([batch, inside]))
+    b.update(batch)
+    assert torch.equal(a.wins, b.wins) and torch.equal(a.losses, b.losses)
+    # read as ½: bin K/2, below ½ too (not its mirror bin K/2 − 1)
+    cal = CALSCalibrator(bins=8, momentum=0.5, prior_strength=4.0)
+    cal.update([0.5 + 0.25 / 8] * 6)
+    half = cal.confidence([0.5])
+    assert torch.equal(cal.confidence(inside), half.expand(4))
+    assert torch.equal(cal.alpha(inside), cal.alpha([0.5] * 4))
+    # margins at the tolerance and beyond, and their float32 roundings: counted, unchanged
+    h = np.concatenate([[TIE_TOLERANCE], np.nextafter(TIE_TOLERANCE, 1.0) + np.zeros(1)])
+    h = np.concatenate([h, np.linspace(1e-5, 3e-5, 1001).astype(np.float32)])
+    h = torch.as_tensor(np.concatenate([h, -h]), dtype=torch.float64)
+    h = h[h.abs() >= TIE_TOLERANCE]  # float32(1e-5) is just below it
+    p = forecasts_from_margins(h)
+    assert bool(((p - 0.5).abs() >= TIE_BAND).all())
+    edge = CALSCalibrator(bins=8)
+    edge.update(p)
+    assert float(edge.wins.sum()) == len(h)
 
 
 @pytest.mark.parametrize("bins", [2, 8, 20])

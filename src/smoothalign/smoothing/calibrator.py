@@ -13,7 +13,10 @@ forecast falls in bin ``k`` is
 where ``c_k`` is the batch's count: an exponential moving average scaled by ``1/(1−m)``,
 so ``w_k`` is a number of pairs (those of the last ~``1/(1−m)`` steps) and the prior
 ``κ`` is commensurable with it whatever the batch size. Bins the batch did not touch keep
-their counts. Exact ties (``p̂ = ½``) carry no information and are not counted.
+their counts. Ties carry no information and are not counted: ``p̂ = ½`` exactly, and every
+forecast in the tie band ``|p̂ − ½| < σ(TIE_TOLERANCE) − ½`` (:data:`TIE_BAND`), the image
+of the margins ``|h| < TIE_TOLERANCE`` that SPEC §4 calls ties. A tie is read (by
+:meth:`CALSCalibrator.confidence` and :meth:`CALSCalibrator.alpha`) as the exact tie ½.
 
 *Mirror-symmetric bins.* The mirrored reading ``1 − p̂`` of a pair must land in the mirror
 bin ``K − 1 − k`` of the bin ``k`` of ``p̂``, exactly, or ``w`` and ``l`` stop being the two
@@ -30,6 +33,7 @@ update, so every rank holds identical state.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -45,6 +49,28 @@ from smoothalign._checks import (
     check_vector,
 )
 from smoothalign.smoothing.theory import _optimal_alpha, check_metric
+
+TIE_TOLERANCE = 1e-5
+"""Margins with ``|h|`` below this are ties (forecast ½, not counted by CALS; SPEC §4).
+
+A policy equal to its reference gives ``h = 0`` only up to rounding when the reference
+log-probs were computed in other batches (other padding, other kernels): ~1e-7 in fp32.
+Counted, that noise would fill the two bins beside ½ symmetrically and pull ``q̂`` there
+toward ½ — the cold-start drift SPEC §4 excludes ties to avoid. Defined here, below
+``smoothing.policies`` (which re-exports it), so that the calibrator can apply it too."""
+
+TIE_BAND = math.tanh(TIE_TOLERANCE / 2) / 2 * (1 - 1e-9)
+"""Forecasts with ``|p̂ − ½| < TIE_BAND`` are ties: the image of ``|h| < TIE_TOLERANCE``
+under ``σ`` (``σ(h) − ½ = tanh(h/2)/2``), so that a caller passing ``σ(h)`` itself gets what
+:func:`~smoothalign.smoothing.policies.forecasts_from_margins` (ties made exactly ½) gets.
+Narrowed by a relative 1e-9 (~20 ulps of ½) so that no rounding of ``σ`` in float64 puts
+the forecast of a margin ``|h| ≥ TIE_TOLERANCE`` inside it: the policies' forecasts, ½ or
+outside the band, are then binned exactly as before."""
+
+
+def _ties_to_half(p: Tensor) -> Tensor:
+    """``p`` with every forecast of the tie band replaced by exactly ½."""
+    return torch.where((p - 0.5).abs() < TIE_BAND, torch.full_like(p, 0.5), p)
 
 
 class CALSCalibrator:
@@ -111,6 +137,8 @@ class CALSCalibrator:
 
         Below ½ the bins are ``[k/K, (k+1)/K)``, above ½ ``(k/K, (k+1)/K]`` (so ``p̂ = 0`` is
         in bin 0 and ``p̂ = 1`` in bin ``K − 1``); an exact tie ``p̂ = ½`` maps to bin ``K/2``.
+        This is the plain binning: the tie band (:data:`TIE_BAND`) is not applied here, but
+        :meth:`confidence` and :meth:`alpha` read a forecast in it as ½ (bin ``K/2``).
         """
         p = self._forecasts(forecasts)
         k, half = self.bins, self.bins // 2
@@ -123,10 +151,11 @@ class CALSCalibrator:
     def batch_counts(self, forecasts: ArrayLike) -> Tensor:
         """This batch's per-bin counts ``[2, K]``: row 0 "first wins", row 1 "first loses".
 
-        Row 1 is row 0 mirrored (the same pairs read in the other order).
+        Row 1 is row 0 mirrored (the same pairs read in the other order). Ties (``p̂`` in the
+        tie band :data:`TIE_BAND` around ½, ``p̂ = ½`` included) are not counted.
         """
-        p = self._forecasts(forecasts)
-        p = p[p != 0.5]  # exact ties carry no information
+        p = _ties_to_half(self._forecasts(forecasts))
+        p = p[p != 0.5]  # ties carry no information
         k = self.bins
         counts = torch.zeros(2, k, dtype=torch.float64)
         if p.numel():
@@ -136,7 +165,11 @@ class CALSCalibrator:
 
     # ------------------------------------------------------------------ state
     def update(self, forecasts: ArrayLike) -> None:
-        """Fold a batch of forecasts ``[B]`` (for the labelled winners) into the bins."""
+        """Fold a batch of forecasts ``[B]`` (for the labelled winners) into the bins.
+
+        Ties are not counted (SPEC §4): a forecast within :data:`TIE_BAND` of ½, i.e. ``σ(h)``
+        of a margin ``|h| < TIE_TOLERANCE``, as well as ½ itself. The step still advances.
+        """
         counts = self.batch_counts(forecasts)
         ranks = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         if ranks and self.sum_across_ranks is not False:
@@ -155,8 +188,9 @@ class CALSCalibrator:
         return torch.where(total > 0, q, torch.full_like(q, c0))
 
     def confidence(self, forecasts: ArrayLike) -> Tensor:
-        """Estimated confidence ``ĉ = q̂_{k(p̂)}`` of each label ``[B]`` (float64, CPU)."""
-        return self.bin_confidence()[self.bin_index(forecasts)]
+        """Estimated confidence ``ĉ = q̂_{k(p̂)}`` of each label ``[B]`` (float64, CPU); a tie
+        (``p̂`` within :data:`TIE_BAND` of ½) is read from bin ``K/2``, as ½ is."""
+        return self.bin_confidence()[self.bin_index(_ties_to_half(self._forecasts(forecasts)))]
 
     def in_warmup(self) -> bool:
         return self.step < self.warmup_steps

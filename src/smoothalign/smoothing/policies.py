@@ -19,20 +19,13 @@ import torch
 from torch import Tensor
 
 from smoothalign._checks import as_tensor, check_finite, check_in_range, check_vector
-from smoothalign.smoothing.calibrator import CALSCalibrator
+from smoothalign.smoothing.calibrator import TIE_TOLERANCE, CALSCalibrator
 from smoothalign.smoothing.theory import _optimal_alpha, check_metric
-
-TIE_TOLERANCE = 1e-5
-"""Margins with ``|h|`` below this are ties (forecast exactly ½, not counted by CALS).
-
-A policy equal to its reference gives ``h = 0`` only up to rounding when the reference
-log-probs were computed in other batches (other padding, other kernels): ~1e-7 in fp32.
-Counted, that noise would fill the two bins beside ½ symmetrically and pull ``q̂`` there
-toward ½ — the cold-start drift SPEC §4 excludes ties to avoid."""
 
 
 def forecasts_from_margins(margins: Tensor) -> Tensor:
-    """``σ(h)`` in float64, exactly ½ for ties ``|h| < TIE_TOLERANCE``."""
+    """``σ(h)`` in float64, exactly ½ for ties ``|h| < TIE_TOLERANCE`` (defined with the
+    calibrator, which treats the forecasts ``σ(h)`` of such margins as ties too)."""
     h = margins.detach().to(torch.float64)
     return torch.sigmoid(torch.where(h.abs() < TIE_TOLERANCE, torch.zeros_like(h), h))
 
