@@ -421,6 +421,12 @@ def _bad_states(good):
         "momentum 1": edit(momentum=1.0),
         "momentum None": edit(momentum=None),  # a TypeError inside float(), reported as state
         "init_confidence list": edit(init_confidence=[0.5]),
+        # what the constructor refuses (strings, bools, a float count) a state may not hold
+        "momentum string": edit(momentum="0.9"),
+        "init_confidence string": edit(init_confidence="1.0"),
+        "prior_strength bool": edit(prior_strength=True),
+        "warmup_steps float": edit(warmup_steps=2.0),
+        "bins string": edit(bins=str(good["bins"])),
         "c0 > 1": edit(init_confidence=1.5),
         "negative step": edit(step=-1),
         "fractional step": edit(step=2.5),
@@ -435,8 +441,11 @@ def test_load_state_dict_rejects_malformed_state(rng):
     target = _trained(rng, bins=10)
     before = target.state_dict()
     for label, bad in _bad_states(good).items():
-        with pytest.raises(ValueError, match="state|bins|momentum|init_confidence"):
+        with pytest.raises(ValueError, match="state") as err:
             target.load_state_dict(bad)
+        for key in ("momentum", "init_confidence", "prior_strength", "warmup_steps"):
+            if label.startswith(key):
+                assert key in str(err.value), label
         # a failed load leaves the calibrator untouched
         now = target.state_dict()
         assert now["bins"] == before["bins"], label

@@ -231,25 +231,20 @@ class CALSCalibrator:
         leaves the calibrator unchanged."""
         if not isinstance(state, dict):
             raise ValueError(f"state: expected a dict from state_dict(), got {type(state)}")
-        missing = {
-            "bins",
-            "momentum",
-            "init_confidence",
-            "prior_strength",
-            "warmup_steps",
-            "step",
-            "wins",
-            "losses",
-        } - set(state)
+        missing = {*_HYPERPARAMETERS, "step", "wins", "losses"} - set(state)
         if missing:
             raise ValueError(f"state: missing keys {sorted(missing)}")
+        try:  # the constructor's checks, so that a state holds only what it accepts
+            fresh = CALSCalibrator(**{key: state[key] for key in _HYPERPARAMETERS})
+        except ValueError as err:
+            raise ValueError(f"state: {err}") from None
         try:
             # float64 from the start: a list of Python floats would otherwise pass via float32
             wins = torch.as_tensor(state["wins"], dtype=torch.float64).detach().cpu().clone()
             losses = torch.as_tensor(state["losses"], dtype=torch.float64).detach().cpu().clone()
         except (TypeError, ValueError, RuntimeError) as err:
             raise ValueError(f"state: wins/losses are not numeric arrays ({err})") from None
-        bins = state["bins"]
+        bins = fresh.bins
         if wins.shape != (bins,) or losses.shape != wins.shape:
             raise ValueError(
                 f"state: wins/losses must have shape [{bins}], "
@@ -261,15 +256,6 @@ class CALSCalibrator:
         step = state["step"]
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"state: step must be an integer >= 0, got {step!r}")
-        numbers = {}
-        for key in ("momentum", "init_confidence", "prior_strength"):
-            try:
-                numbers[key] = float(state[key])
-            except (TypeError, ValueError):
-                raise ValueError(f"state: {key} must be a number, got {state[key]!r}") from None
-        fresh = CALSCalibrator(  # validates the hyper-parameters before anything changes
-            bins=bins, warmup_steps=state["warmup_steps"], **numbers
-        )
         self.bins, self.momentum = fresh.bins, fresh.momentum
         self.init_confidence, self.prior_strength = fresh.init_confidence, fresh.prior_strength
         self.warmup_steps = fresh.warmup_steps
@@ -281,6 +267,10 @@ class CALSCalibrator:
             f"init_confidence={self.init_confidence}, prior_strength={self.prior_strength}, "
             f"warmup_steps={self.warmup_steps}, step={self.step})"
         )
+
+
+_HYPERPARAMETERS = ("bins", "momentum", "init_confidence", "prior_strength", "warmup_steps")
+"""The constructor's arguments, saved by :meth:`CALSCalibrator.state_dict`."""
 
 
 def _all_reduce_sum(counts: Tensor) -> Tensor:
