@@ -142,8 +142,8 @@ def test_true_preference_metrics_equal_the_hand_reference(rng):
     _assert_matches(got, want)
     # the reference is not trivial: the forecasts are miscalibrated and imperfect
     assert want["ece_true"] > 0.05 and 0.55 < want["accuracy_true"] < 0.95
-    # and the bins follow the argument
-    for bins in (7, 10):
+    # and the bins follow the argument (even: an odd count is refused, see below)
+    for bins in (8, 10):
         _assert_matches(true_preference_metrics(d, q, bins=bins), hand_true_preference(d, q, bins))
 
 
@@ -247,6 +247,20 @@ def test_pairwise_reliability_curve_reads_both_orders_against_q_or_the_label():
         if members:
             assert curve.confidence[j] == pytest.approx(np.mean([p for p, _ in members]), abs=TOL)
             assert curve.accuracy[j] == pytest.approx(np.mean([y for _, y in members]), abs=TOL)
+
+
+@pytest.mark.parametrize("bins", [15, 1, 0, -2])
+def test_pairwise_metrics_refuse_an_odd_or_too_small_bin_count(bins):
+    """PAIRWISE_BINS' docstring: with an odd count the central bin straddles ½, a forecast
+    and its mirror share it and cancel (0.01 against q = 0.9 read as ECE 0, not 0.3975)."""
+    d, q = np.array([0.01, -0.01]), np.array([0.9, 0.1])
+    assert true_preference_metrics(d, q, bins=20)["ece_true"] == pytest.approx(0.3975, abs=1e-6)
+    with pytest.raises(ValueError, match="^bins: must be an even integer >= 2"):
+        true_preference_metrics(d, q, bins=bins)
+    with pytest.raises(ValueError, match="^bins: must be an even integer >= 2"):
+        pairwise_reliability_curve(d, q, bins=bins)
+    with pytest.raises(ValueError, match="^bins: expected an integer"):
+        pairwise_reliability_curve(d, q, bins=20.0)
 
 
 def _rkl(s: float, p: float, floor: float) -> float:

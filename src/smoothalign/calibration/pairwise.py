@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from smoothalign._checks import as_integer
 from smoothalign.calibration.metrics import (
     ReliabilityCurve,
     calibration_summary,
@@ -26,6 +27,17 @@ into it together with outcomes ``y`` and ``1 − y``, and the two readings cance
 forecast within 1/30 of ½ would look perfectly calibrated whatever the truth."""
 
 
+def _pairwise_bins(bins: int) -> int:
+    """``bins`` for a pairwise reading: an even integer >= 2 (see :data:`PAIRWISE_BINS`)."""
+    bins = as_integer(bins, "bins")
+    if bins < 2 or bins % 2:
+        raise ValueError(
+            f"bins: must be an even integer >= 2 (so ½ is a bin edge and a forecast never "
+            f"shares a bin with its mirror image), got {bins}"
+        )
+    return bins
+
+
 def true_preference_metrics(
     margins: np.ndarray, q: np.ndarray, *, bins: int = PAIRWISE_BINS
 ) -> dict[str, float]:
@@ -34,8 +46,9 @@ def true_preference_metrics(
     ``accuracy_true``: the sign of ``d`` against the true preference (pairs with ``q = ½``
     left out, ties ``d = 0`` count half); ``ece_true`` / ``rms_true`` / ``brier_true``: each
     pair read in both orders, ``(σ(d), q)`` and ``(1 − σ(d), 1 − q)``; ``kl_true``: mean
-    ``KL(q ‖ σ(d))``, computed stably from ``d``.
+    ``KL(q ‖ σ(d))``, computed stably from ``d``. ``bins``: even (:data:`PAIRWISE_BINS`).
     """
+    bins = _pairwise_bins(bins)
     d = np.asarray(margins, dtype=np.float64)
     q = np.asarray(q, dtype=np.float64)
     s = 1.0 / (1.0 + np.exp(-d))
@@ -100,7 +113,9 @@ def pairwise_reliability_curve(
 ) -> ReliabilityCurve:
     """The reliability curve of the forecasts ``σ(h)`` of a chosen-first set, each pair read
     in both orders as :func:`preference_metrics` reads it: against its true ``q`` where the
-    ``confidence`` is known (not NaN), else against its label (the chosen response won)."""
+    ``confidence`` is known (not NaN), else against its label (the chosen response won).
+    ``bins``: even (:data:`PAIRWISE_BINS`)."""
+    bins = _pairwise_bins(bins)
     p = 1 / (1 + np.exp(-np.asarray(margins, dtype=np.float64)))
     q = np.asarray(confidence, dtype=np.float64)
     outcome = np.where(np.isnan(q), 1.0, q)  # the true q where known, else the label
