@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from smoothalign.calibration import (
     pairwise_reliability_curve,
@@ -261,6 +262,88 @@ def test_pairwise_metrics_refuse_an_odd_or_too_small_bin_count(bins):
         pairwise_reliability_curve(d, q, bins=bins)
     with pytest.raises(ValueError, match="^bins: expected an integer"):
         pairwise_reliability_curve(d, q, bins=20.0)
+
+
+_H3 = np.array([0.1, 0.2, 0.3])
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda: preference_metrics(_H3, np.array([0.8])),
+            r"^confidence: expected shape \[3\], got \[1\]",
+        ),
+        (
+            lambda: preference_metrics(np.array([0.1, np.nan]), np.full(2, np.nan)),
+            "^margins: contains NaN",
+        ),
+        (
+            lambda: preference_metrics(np.zeros((2, 2)), np.full((2, 2), np.nan)),
+            r"^margins: expected shape \[B\], got \[2, 2\]",
+        ),
+        (
+            lambda: preference_metrics(np.zeros(4), np.full((2, 2), np.nan)),
+            r"^confidence: expected shape \[4\], got \[2, 2\]",
+        ),
+        (lambda: preference_metrics(np.array([]), np.array([])), "^margins: empty"),
+        (
+            lambda: preference_metrics(_H3, [0.5, 1.5, np.nan]),
+            r"^confidence: must lie in \[0.0, 1.0\].*1.5 at index \[1\]",
+        ),
+        (lambda: preference_metrics(_H3, [0.5, np.inf, np.nan]), "^confidence: must lie in"),
+        (lambda: preference_metrics(["0.1"], [0.5]), "^margins: expected real numbers"),
+        (
+            lambda: pairwise_reliability_curve(np.array([0.1, 0.2]), None),
+            "^confidence: expected a float",
+        ),
+        (
+            lambda: pairwise_reliability_curve(_H3, np.array([0.8])),
+            r"^confidence: expected shape \[3\]",
+        ),
+        (lambda: pairwise_reliability_curve(np.array([]), np.array([])), "^margins: empty"),
+        (lambda: pairwise_reliability_curve([np.nan], [0.5]), "^margins: contains NaN"),
+        (lambda: true_preference_metrics(_H3, [0.5, 1.2, 0.3]), r"^q: must lie in \[0.0, 1.0\]"),
+        (lambda: true_preference_metrics(_H3, [0.5, np.nan, 0.3]), "^q: contains NaN"),
+        (lambda: true_preference_metrics(_H3, [0.5]), r"^q: expected shape \[3\], got \[1\]"),
+        (lambda: true_preference_metrics([], []), "^margins: empty"),
+        (lambda: true_preference_metrics([np.nan], [0.5]), "^margins: contains NaN"),
+    ],
+)
+def test_pairwise_metrics_name_the_bad_argument(call, message):
+    """A malformed input is a ValueError naming the argument as the caller passed it
+    (``margins``, ``confidence``, ``q``), before NumPy warns or fails on its own terms."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "Mean of empty slice" on the way to the refusal
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_pairwise_metrics_take_tensors_and_lists(rng):
+    """Tensors (detached, any float dtype, requiring grad or not) and lists give what the
+    float64 arrays give; ``confidence`` may hold NaN where unknown."""
+    h = rng.normal(0.3, 1.5, 40)
+    conf = rng.uniform(0.2, 1.0, 40)
+    conf[::5] = np.nan
+    want = preference_metrics(h, conf)
+    got = preference_metrics(torch.tensor(h, requires_grad=True), torch.tensor(conf))
+    _assert_matches(got, want, tol=0)
+    _assert_matches(preference_metrics(h.tolist(), conf.tolist()), want, tol=0)
+    q = np.nan_to_num(conf, nan=0.5)
+    _assert_matches(
+        true_preference_metrics(torch.tensor(h, requires_grad=True), torch.tensor(q)),
+        true_preference_metrics(h, q),
+        tol=0,
+    )
+    want_curve = pairwise_reliability_curve(h, conf)
+    got_curve = pairwise_reliability_curve(torch.tensor(h, requires_grad=True), conf.tolist())
+    np.testing.assert_array_equal(got_curve.counts, want_curve.counts)
+    np.testing.assert_array_equal(got_curve.accuracy, want_curve.accuracy)
+    # a float32 tensor is read in float64, as a float32 array is
+    h32 = torch.tensor(h, dtype=torch.float32)
+    _assert_matches(preference_metrics(h32, conf), preference_metrics(h32.numpy(), conf), tol=0)
 
 
 def _rkl(s: float, p: float, floor: float) -> float:

@@ -50,9 +50,14 @@ class ReliabilityCurve:
         return {k: np.asarray(v).tolist() for k, v in asdict(self).items()}
 
 
+def _vector(x: ArrayLike, name: str) -> torch.Tensor:
+    """``x`` as a float64 CPU tensor of shape ``[B]``, detached (a tensor, an array, a list);
+    refusals name ``name``."""
+    return check_vector(as_tensor(x, name).detach().to(torch.float64).cpu(), name)
+
+
 def _inputs(probs: ArrayLike, outcomes: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
-    p = check_vector(as_tensor(probs, "probs").detach().to(torch.float64).cpu(), "probs")
-    y = check_vector(as_tensor(outcomes, "outcomes").detach().to(torch.float64).cpu(), "outcomes")
+    p, y = _vector(probs, "probs"), _vector(outcomes, "outcomes")
     if y.shape != p.shape:
         raise ValueError(f"outcomes: expected {p.numel()} values like probs, got {y.numel()}")
     if p.numel() == 0:
