@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import np_softmax
+from smoothalign._warn import SmoothalignWarning
 from smoothalign.losses import (
     DIVERGENCES,
     forward_kl,
@@ -311,6 +313,92 @@ def test_a_float32_prior_is_accepted_with_16_bit_logits(rng, dtype, name):
     logits = torch.as_tensor(rng.normal(0, 1, (400, 5))).to(dtype)
     for posterior in (False, True):
         loss = soft_label_loss(name, logits, prior, posterior=posterior)
-        assert loss.dtype == dtype and bool(torch.isfinite(loss).all())
+        assert loss.dtype == torch.float32 and bool(torch.isfinite(loss).all())
     with pytest.raises(ValueError, match="row 0 sums to"):
         soft_label_loss(name, logits, prior * 1.05)  # off by more than the rounding
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", sorted(DIVERGENCES))
+@pytest.mark.parametrize("posterior", [False, True])
+def test_16_bit_logits_are_computed_in_float32(rng, dtype, name, posterior):
+    """bf16/fp16 logits are upcast before any arithmetic and the prior is not rounded to
+    16 bits: the loss is the float64 one of the same (rounded) logits to float32's
+    precision (in bf16 the JSD was off by 1%), float32 as ``F.cross_entropy`` under
+    autocast returns, and the gradient reaches the 16-bit logits in their dtype."""
+    logits = torch.as_tensor(rng.normal(0, 2, (64, 3))).to(dtype).requires_grad_(True)
+    prior = torch.as_tensor(rng.dirichlet(np.ones(3), size=64))
+    loss = soft_label_loss(name, logits, prior.float(), posterior=posterior)
+    ref = soft_label_loss(name, logits.detach().double(), prior, posterior=posterior)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-6)
+    loss.sum().backward()
+    assert logits.grad.dtype == dtype and bool(torch.isfinite(logits.grad.float()).all())
+    # the exported divergences and the posterior compute in float32 too
+    post = posterior_target(prior.float(), logits=logits.detach())
+    assert post.dtype == torch.float32
+    torch.testing.assert_close(
+        post.double(),
+        posterior_target(prior, logits=logits.detach().double()),
+        rtol=1e-5,
+        atol=1e-7,
+    )
+    div = DIVERGENCES[name](logits.detach(), prior.float())
+    assert div.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", sorted(DIVERGENCES))
+def test_the_posterior_of_one_row_is_its_prior_and_is_warned(rng, name):
+    """SPEC §6's normaliser is a sum over the batch: for one row it is that row's own q_θ,
+    which cancels, so ``posterior=True`` silently trained on the prior. The formula is
+    well defined (and a data set's last batch may be one row): warned, not refused."""
+    logits, prior = (torch.as_tensor(a) for a in _data(rng, b=4, r=3))
+    with pytest.warns(SmoothalignWarning, match="batch of one row is its prior"):
+        one = soft_label_loss(name, logits[:1], prior[:1], posterior=True)
+    torch.testing.assert_close(one, soft_label_loss(name, logits[:1], prior[:1]))
+    with pytest.warns(SmoothalignWarning, match="batch of one row"):
+        posterior_target(prior[:1], logits=logits[:1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # two rows or more: nothing to say
+        soft_label_loss(name, logits[:2], prior[:2], posterior=True)
+        posterior_target(prior, logits=logits)
+        soft_label_loss(name, logits[:1], prior[:1])  # no posterior asked: no warning
+
+
+def test_errors_name_the_argument_the_caller_passed():
+    """``soft_label_loss``'s distribution is its ``prior`` (not the internal ``target``),
+    and its switches are bools: ``posterior="no"`` was a true string."""
+    logits = torch.zeros(3, 2, dtype=torch.float64)
+    prior = torch.tensor([[0.2, 0.8], [0.5, 0.5], [0.9, 0.1]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^prior: must lie in \[0.0, 1.0\]"):
+        soft_label_loss("fkl", logits, prior * 2)
+    with pytest.raises(ValueError, match=r"^prior: row 0 sums to 0.9"):
+        soft_label_loss("jsd", logits, prior * 0.9)
+    with pytest.raises(ValueError, match=r"^prior: row 0 sums to 0.9"):
+        soft_label_loss("rkl", logits, prior * 0.9, posterior=True)
+    for bad in ("no", 0, None, 1.0):
+        with pytest.raises(TypeError, match="^posterior: expected True or False"):
+            soft_label_loss("fkl", logits, prior, posterior=bad)
+        with pytest.raises(TypeError, match="^detach_target: expected True or False"):
+            soft_label_loss("fkl", logits, prior, posterior=True, detach_target=bad)
+    # the exported divergences still name their own argument, `target`
+    with pytest.raises(ValueError, match="^target: row 0 sums"):
+        forward_kl(logits, prior * 0.9)
+
+
+def test_posterior_target_takes_what_its_siblings_take_and_checks_model_probs(rng):
+    """NumPy arrays and lists, as ``soft_label_loss`` (it raised a raw ``isfinite()``
+    TypeError); ``model_probs`` rows must sum to 1, as the prior's (to the same tolerance)."""
+    logits, prior = _data(rng, b=5, r=3)
+    expected = posterior_target(torch.as_tensor(prior), logits=torch.as_tensor(logits))
+    for p, z in ((prior, logits), (prior.tolist(), logits.tolist())):
+        got = posterior_target(p, logits=z)
+        assert isinstance(got, torch.Tensor) and got.dtype == torch.float64
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+    q = np_softmax(logits)
+    torch.testing.assert_close(posterior_target(prior, q), expected, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"^model_probs: row 0 sums to 0.9"):
+        posterior_target(prior, q * 0.9)
+    posterior_target(prior, q * (1 + 5e-5))  # within the prior check's 1e-4: accepted
+    with pytest.raises(TypeError, match="^logits: expected real numbers"):
+        posterior_target(prior, logits=[["a", "b", "c"]] * 5)
