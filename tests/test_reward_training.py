@@ -185,6 +185,23 @@ def test_cli_rejects_a_bad_configuration(capsys):
     assert "posterior" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("loss", ["fkl", "rkl", "jsd"])
+def test_posterior_with_one_pair_per_batch_is_refused_naming_both_options(loss, capsys):
+    """The posterior's normaliser is a sum over the micro-batch: with one pair every target
+    is the plain vote share (SPEC §6), a run that silently trains without the posterior.
+    Refused before anything loads, naming the keywords in Python and the flags on the CLI."""
+    from smoothalign.cli import main
+
+    with pytest.raises(ValueError, match=r"^posterior: .*batch_size=1.*raise batch_size"):
+        RewardConfig(model="tiny", loss=loss, posterior=True, batch_size=1)
+    assert main(["reward", "--loss", loss, "--posterior", "--batch-size", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--posterior" in err and "--batch-size 1" in err and "raise --batch-size" in err
+    assert "batch_size" not in err
+    RewardConfig(model="tiny", loss=loss, posterior=True, batch_size=2)  # two pairs: fine
+    RewardConfig(model="tiny", loss=loss, batch_size=1)  # no posterior: fine
+
+
 @pytest.mark.parametrize(
     ("option", "value"),
     [

@@ -23,7 +23,12 @@ SMOOTHING_CHOICES = ("none", "constant:<alpha>", "cals-l0", "cals-l2", "oracle-l
 @dataclass
 class RewardConfig:
     """Everything a reward-model run needs. Defaults: the tiny Llama with a scalar head on the
-    oracle text world (simulated annotators, known truth), soft-bce, about a minute on CPU."""
+    oracle text world (simulated annotators, known truth), soft-bce, about a minute on CPU.
+
+    ``posterior=True`` needs ``batch_size`` >= 2: the posterior target's normaliser is a sum
+    over the micro-batch (per device; ``grad_accum`` does not enlarge it), and for one pair
+    the target is the plain vote share, so ``batch_size=1`` is refused here (the loss
+    itself only warns, as a data set's last batch may be one pair)."""
 
     # what to train, on what
     model: str = "tiny"
@@ -35,7 +40,9 @@ class RewardConfig:
     output_dir: str = "outputs/reward"
     # the objective (reward/objective.py; SPEC §6)
     loss: str = "soft-bce"
-    posterior: bool = False  # fkl/rkl/jsd against the batch-normalised posterior target
+    # fkl/rkl/jsd against the batch-normalised posterior target; needs batch_size >= 2 (its
+    # normaliser is a sum over the micro-batch: with one pair the target is the vote share)
+    posterior: bool = False
     posterior_grad: bool = False  # let gradients flow through the posterior target
     margin: float = 0.0
     center_weight: float = 0.0  # λ of the reward-centering term λ·(r₁ + r₂)²
@@ -92,6 +99,16 @@ class RewardConfig:
             )
         if self.posterior_grad and not self.posterior:
             raise ValueError(f"posterior_grad: only meaningful with {option('posterior', True)}")
+        if self.posterior and self.batch_size == 1:
+            # the normaliser Σ_j q_θ(ρ|x_j) runs over the micro-batch (per device), so one
+            # pair per batch makes every posterior target the plain vote share (SPEC §6)
+            raise ValueError(
+                f"{option('posterior')}: the posterior target's normaliser is a sum over "
+                f"the batch (SPEC §6), so with {option('batch_size', 1)} every target is the "
+                f"plain vote share: raise {option('batch_size')} (pairs per device per "
+                f"micro-batch; {option('grad_accum')} does not enlarge it) or drop "
+                f"{option('posterior', True)}"
+            )
         self.smoothing_policy()  # raises on a bad name or option
         checks = {
             **trainer_ranges(self),
