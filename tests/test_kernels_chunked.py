@@ -225,6 +225,29 @@ def test_second_derivatives_are_refused_not_wrong():
         (loss + 10.0 * ge.pow(2).sum()).backward()
 
 
+@pytest.mark.parametrize("fn", ["loss", "log_probs"])
+@pytest.mark.parametrize("wrt", ["e", "c", "both"])
+def test_second_derivatives_are_refused_on_every_route(fn, wrt):
+    """A gradient penalty taken with ``torch.autograd.grad`` (not ``.backward()``) raised
+    PyTorch's "appears to not have been used in the graph", and with ``allow_unused=True``
+    returned ``None``: the penalty's term silently dropped. Every route raises ours."""
+    e, c, _, t = _inputs()
+    call = linear_cross_entropy if fn == "loss" else lambda *a: linear_log_probs(*a).sum()
+    loss = call(e, c, t)
+    ge, gc = torch.autograd.grad(loss, (e, c), create_graph=True)
+    penalty = ge.pow(2).sum() + gc.pow(2).sum()
+    inputs = {"e": (e,), "c": (c,), "both": (e, c)}[wrt]
+    with pytest.raises(RuntimeError, match="first derivatives only"):
+        torch.autograd.grad(penalty, inputs, retain_graph=True)
+    with pytest.raises(RuntimeError, match="first derivatives only"):
+        torch.autograd.grad(penalty, inputs, allow_unused=True, retain_graph=True)
+    with pytest.raises(RuntimeError, match="first derivatives only"):
+        (loss + penalty).backward()
+    # first derivatives under create_graph are the plain ones, and usable as values
+    (ge_plain,) = torch.autograd.grad(call(e, c, t), e)
+    torch.testing.assert_close(ge.detach(), ge_plain, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("bad", [-1, V, V + 1000])
 @pytest.mark.parametrize("fn", ["loss", "log_probs"])
 def test_targets_outside_the_vocabulary_are_refused(bad, fn):

@@ -160,6 +160,11 @@ def test_second_derivatives_are_refused_not_wrong(lce):
     e, c, _, t = _inputs(torch.float32)
     loss = linear_cross_entropy(e, c, t, impl="triton")
     (ge,) = torch.autograd.grad(loss, e, create_graph=True)
+    # every route: torch.autograd.grad walks only the nodes between the penalty and e, and
+    # missed an error node hung beside them (allow_unused=True then dropped the penalty)
+    for kw in ({}, {"allow_unused": True}):
+        with pytest.raises(RuntimeError, match="first derivatives only"):
+            torch.autograd.grad(ge.pow(2).sum(), e, retain_graph=True, **kw)
     with pytest.raises(RuntimeError, match="first derivatives only"):  # not a dropped penalty
         (loss + 10.0 * ge.pow(2).sum()).backward()
 

@@ -465,3 +465,21 @@ def test_checkpointed_recompute_layers_train_as_the_lean_layers_under_autocast()
         loss.backward()
         grads.append([p.grad for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+
+
+@pytest.mark.parametrize("layer", ["rms_norm", "swiglu"])
+def test_second_derivatives_are_refused_through_autograd_grad_too(layer):
+    """``torch.autograd.grad(penalty, x)`` of a gradient taken with ``create_graph`` raised
+    PyTorch's "not used in the graph" (or returned ``None`` with ``allow_unused=True``,
+    the penalty silently dropped): now smoothalign's "first derivatives only"."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, generator=g, dtype=torch.float64, requires_grad=True)
+    if layer == "rms_norm":
+        out = rms_norm(x, w, 1e-6, backend="torch")
+    else:
+        out = swiglu(x, w.expand(4, 8), backend="torch")
+    (gx,) = torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)
+    for kw in ({}, {"allow_unused": True}):
+        with pytest.raises(RuntimeError, match="first derivatives only"):
+            torch.autograd.grad(gx.pow(2).sum(), x, retain_graph=True, **kw)
