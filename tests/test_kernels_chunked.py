@@ -248,6 +248,53 @@ def test_second_derivatives_are_refused_on_every_route(fn, wrt):
     torch.testing.assert_close(ge.detach(), ge_plain, rtol=0, atol=0)
 
 
+def test_arguments_of_the_wrong_kind_are_named():
+    """Raw ``TypeError``/``AttributeError`` from deep inside (``'<=' not supported``, ``'list'
+    object has no attribute 'shape'``), or a silently truncated ``ignore_index``: now an
+    error naming the argument (an ``ArgumentTypeError``: a TypeError and a ValueError)."""
+    e, c, b, t = _inputs(bias=True)
+    cases = [
+        ({"label_smoothing": "0.1"}, "label_smoothing: expected a number"),
+        ({"label_smoothing": None}, "label_smoothing: expected a number"),
+        ({"softcap": "2"}, "softcap: expected a number"),
+        ({"ignore_index": -100.5}, "ignore_index: expected an integer"),
+        ({"ignore_index": "-100"}, "ignore_index: expected an integer"),
+        ({"bias": b.detach().numpy()}, "bias: expected a torch.Tensor"),
+    ]
+    for kw, message in cases:
+        for call in (linear_cross_entropy, linear_log_probs):
+            if call is linear_log_probs and "label_smoothing" in kw:
+                continue
+            with pytest.raises(TypeError, match=f"^{message}"):
+                call(e, c, t, **kw)
+            with pytest.raises(ValueError, match=f"^{message}"):
+                call(e, c, t, **kw)
+    for call in (linear_cross_entropy, linear_log_probs):
+        with pytest.raises(TypeError, match="^e: expected a torch.Tensor, got ndarray"):
+            call(e.detach().numpy(), c, t)
+        with pytest.raises(TypeError, match="^c: expected a torch.Tensor, got list"):
+            call(e, c.tolist(), t)
+        with pytest.raises(TypeError, match="^targets: expected a torch.Tensor, got list"):
+            call(e, c, t.tolist())
+    # numbers of other kinds are fine: NumPy scalars, 0-d tensors, an integer softcap
+    import numpy as np
+
+    ref = linear_cross_entropy(e, c, t, label_smoothing=0.1, softcap=2.0, ignore_index=-100)
+    got = linear_cross_entropy(
+        e, c, t, label_smoothing=np.float64(0.1), softcap=2, ignore_index=np.int64(-100)
+    )
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    got = linear_cross_entropy(
+        e,
+        c,
+        t,
+        label_smoothing=torch.tensor(0.1, dtype=torch.float64),
+        ignore_index=torch.tensor(-100),
+        softcap=2.0,
+    )
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("bad", [-1, V, V + 1000])
 @pytest.mark.parametrize("fn", ["loss", "log_probs"])
 def test_targets_outside_the_vocabulary_are_refused(bad, fn):

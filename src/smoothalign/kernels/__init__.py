@@ -19,7 +19,10 @@ and ``c`` are cast to the autocast dtype first, as autocast does for the eager `
 (float64 inputs are not), and the bias keeps its own dtype, as in ``e @ c.T + bias``. Bad
 input — a target outside ``[0, V)`` that is not ``ignore_index``, targets that are not
 int64/int32, mismatched shapes, non-float tensors, a ``filter_eps`` outside (0, 1) — is a
-``ValueError`` before any kernel runs. The backward is not itself differentiable (no
+``ValueError`` before any kernel runs, naming the argument; an argument of the wrong kind
+(``e``, ``c``, ``targets`` or ``bias`` that is not a tensor — a NumPy array, a list —, a
+``label_smoothing`` or ``softcap`` that is not a number, an ``ignore_index`` that is not an
+integer) is an ``ArgumentTypeError``, a ``TypeError`` that is a ``ValueError`` too. The backward is not itself differentiable (no
 double backward: asking for one is an error).
 Triton is imported lazily: the package works without it.
 """
@@ -33,6 +36,7 @@ import os
 import torch
 from torch import Tensor
 
+from smoothalign._checks import ArgumentTypeError, as_integer, as_number
 from smoothalign.kernels.chunked import chunked_token_losses
 
 IMPLS = ("auto", "triton", "chunked")
@@ -107,6 +111,33 @@ def _resolve_impl(impl: str | None, e: Tensor) -> str:
             "impl='chunked' or 'auto'"
         )
     return impl
+
+
+def _arguments(
+    e: Tensor,
+    c: Tensor,
+    targets: Tensor,
+    bias: Tensor | None,
+    label_smoothing: float,
+    softcap: float | None,
+    ignore_index: int,
+) -> tuple[float, float | None, int]:
+    """The kinds of the arguments, before any other check: tensors for ``e``, ``c``,
+    ``targets`` and ``bias`` (the kernels run where their inputs are, so nothing is
+    converted: a NumPy array has no device to follow), a number for ``label_smoothing`` and
+    ``softcap``, an integer for ``ignore_index`` (``-100.5`` is not one: it was truncated).
+    Returns the three options as Python numbers."""
+    for name, t in (("e", e), ("c", c), ("targets", targets), ("bias", bias)):
+        if t is None and name == "bias":
+            continue
+        if not isinstance(t, Tensor):
+            raise ArgumentTypeError(
+                f"{name}: expected a torch.Tensor, got {type(t).__name__} (the fused kernels "
+                "take tensors only: convert with torch.as_tensor)"
+            )
+    label_smoothing = as_number(label_smoothing, "label_smoothing")
+    softcap = None if softcap is None else as_number(softcap, "softcap")
+    return label_smoothing, softcap, as_integer(ignore_index, "ignore_index")
 
 
 def _check(
@@ -238,7 +269,10 @@ def linear_cross_entropy(
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: {reduction!r}; choose one of {REDUCTIONS}")
-    _check(e, c, targets, bias, label_smoothing, softcap, int(ignore_index))
+    label_smoothing, softcap, ignore_index = _arguments(
+        e, c, targets, bias, label_smoothing, softcap, ignore_index
+    )
+    _check(e, c, targets, bias, label_smoothing, softcap, ignore_index)
     check_filter_eps(filter_eps)
     shape = targets.shape
     flat_t = targets.reshape(-1)
@@ -246,8 +280,8 @@ def linear_cross_entropy(
         e.reshape(-1, e.shape[-1]),
         c,
         flat_t,
-        beta=float(label_smoothing),
-        ignore_index=int(ignore_index),
+        beta=label_smoothing,
+        ignore_index=ignore_index,
         softcap=softcap,
         bias=bias,
         impl=impl,
@@ -278,14 +312,15 @@ def linear_log_probs(
     (float64 for float64 inputs), 0 at ignored tokens; differentiable in ``e``, ``c``,
     ``bias``. The same kernels as :func:`linear_cross_entropy` (it is ``−`` its unsmoothed,
     unreduced loss), ``filter_stats`` included."""
-    _check(e, c, targets, bias, 0.0, softcap, int(ignore_index))
+    _, softcap, ignore_index = _arguments(e, c, targets, bias, 0.0, softcap, ignore_index)
+    _check(e, c, targets, bias, 0.0, softcap, ignore_index)
     check_filter_eps(filter_eps)
     losses = _token_losses(
         e.reshape(-1, e.shape[-1]),
         c,
         targets.reshape(-1),
         beta=0.0,
-        ignore_index=int(ignore_index),
+        ignore_index=ignore_index,
         softcap=softcap,
         bias=bias,
         impl=impl,
