@@ -146,6 +146,24 @@ def test_bad_arguments_are_refused():
         sft_loss(hidden, weight, LABELS[:, :-1], label_smoothing=0.1)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_labels_of_the_wrong_kind_are_named(fused):
+    """Float or bool ``labels`` raised PyTorch's "expected target dtype to be Long" (or the
+    fused kernel's error about ``targets``, a name the caller never passed); int32 ids
+    failed unfused only. Now a named refusal, and int32 works on both paths."""
+    hidden, weight, _ = _batch()
+    for bad in (LABELS.float(), LABELS.clamp(min=0).bool(), LABELS.double()):
+        with pytest.raises(TypeError, match=r"^labels: int64 or int32 token ids expected"):
+            sft_loss(hidden, weight, bad, label_smoothing=0.1, fused=fused)
+    with pytest.raises(TypeError, match=r"^labels: expected a torch.Tensor, got list"):
+        sft_loss(hidden, weight, LABELS.tolist(), label_smoothing=0.1, fused=fused)
+    with pytest.raises(ValueError, match=r"^label_smoothing: expected a number, got str"):
+        sft_loss(hidden, weight, LABELS, label_smoothing="0.1", fused=fused)
+    expected = sft_loss(hidden, weight, LABELS, label_smoothing=0.1, fused=fused)
+    got = sft_loss(hidden, weight, LABELS.int(), label_smoothing=0.1, fused=fused)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_fused_path_equals_the_reference(reduction):
     hidden, weight, _ = _batch()

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from smoothalign._checks import ArgumentTypeError, as_number
 from smoothalign.kernels import autocast_inputs, linear_cross_entropy
 
 IGNORE_INDEX = -100
@@ -56,6 +57,22 @@ def head_logits(
     return z
 
 
+def _check_labels(hidden: Tensor, head_weight: Tensor, labels: Tensor) -> Tensor:
+    """``hidden``, ``head_weight`` and ``labels`` are tensors, and ``labels`` holds int64 or
+    int32 token ids (as the fused kernel takes; a float or bool tensor failed in
+    ``F.cross_entropy`` with a dtype error that named no argument, and int32 failed there
+    too): returned as int64."""
+    for name, t in (("hidden", hidden), ("head_weight", head_weight), ("labels", labels)):
+        if not isinstance(t, Tensor):
+            raise ArgumentTypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if labels.dtype not in (torch.int64, torch.int32):
+        raise ArgumentTypeError(
+            f"labels: int64 or int32 token ids expected (ignore_index on prompt and padding), "
+            f"got {labels.dtype}"
+        )
+    return labels.long()
+
+
 def sft_loss(
     hidden: Tensor,
     head_weight: Tensor,
@@ -75,7 +92,8 @@ def sft_loss(
     Args:
         hidden: last hidden states ``[B, L, D]`` (after the final norm: what the head reads).
         head_weight: LM head ``C`` ``[V, D]``.
-        labels: ``[B, L]`` token ids, ``ignore_index`` on prompt and padding (not shifted).
+        labels: ``[B, L]`` int64 (or int32) token ids, ``ignore_index`` on prompt and
+            padding (not shifted); a float or bool tensor is refused, naming ``labels``.
         label_smoothing: ``β`` in ``[0, 1]``.
         fused: use ``smoothalign.kernels.linear_cross_entropy`` (no ``[N, V]`` logits).
         reduction: ``"mean"`` over the counted tokens, ``"sum"``, or ``"none"``:
@@ -88,10 +106,12 @@ def sft_loss(
     Returns:
         A scalar (``mean``/``sum``, float32) or ``[B, L − 1]`` per-token losses in nats.
     """
+    label_smoothing = as_number(label_smoothing, "label_smoothing")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing: expected a value in [0, 1], got {label_smoothing}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: {reduction!r}; choose one of {REDUCTIONS}")
+    labels = _check_labels(hidden, head_weight, labels)
     e, targets = shift_for_next_token(hidden, labels)
     if fused:
         out = linear_cross_entropy(
