@@ -926,3 +926,18 @@ def test_bad_rows_advice_names_the_flag_on_the_command_line_and_the_keyword_in_p
         validate_preference_rows(data, data_helpers.make_byte_tokenizer(), 64)
     assert "Fix the data, or pass on_bad_rows='skip' to drop these rows" in str(raised.value)
     assert "--on-bad-rows" not in str(raised.value)
+
+
+@pytest.mark.parametrize("command", ["dpo", "sft", "reward", "rank-calibrate"])
+def test_save_total_limit_all_keeps_every_checkpoint_from_the_command_line(command):
+    """``--save-total-limit all`` is the Python API's None (keep every checkpoint), which the
+    command line could not give; a number still parses as one, and other words are refused
+    by argparse."""
+    from smoothalign.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args([command, "--save-total-limit", "all"]).save_total_limit is None
+    assert parser.parse_args([command, "--save-total-limit", "ALL"]).save_total_limit is None
+    assert parser.parse_args([command, "--save-total-limit", "1"]).save_total_limit == 1
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, "--save-total-limit", "none"])

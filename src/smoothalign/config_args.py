@@ -47,7 +47,7 @@ TRAINING_HELP = {
     "prior_strength": "CALS: pseudo-pairs κ of prior per bin (never decayed)",
     "logging_steps": "log training metrics every N steps",
     "save_steps": "checkpoint every N steps (0: only the final model)",
-    "save_total_limit": "keep at most this many complete checkpoints, the newest (at least 1: older ones are removed only once the new one is certified complete)",
+    "save_total_limit": "keep at most this many complete checkpoints, the newest (at least 1: older ones are removed only once the new one is certified complete; 'all' keeps every one)",
     "resume": "resume from a checkpoint folder, or 'latest' (newest complete one in --output-dir); one at --max-steps trains no step and finishes its run (evaluation, final/, report)",
     "on_bad_rows": "invalid data rows: 'error' (stop, listing them) or 'skip' (listed in the report)",
     "report": "write report.md and the plots at the end",
@@ -57,6 +57,8 @@ TRAINING_HELP = {
 # string options that were once on/off flags: the bare flag still means "on" and the
 # --no- form "off"
 BARE_FLAG_VALUES = {"lean_layers": "on"}
+# the word that gives an optional number's None on the command line (Python passes None)
+NONE_WORDS = {"save_total_limit": "all"}
 
 
 def _fields(config_cls: type) -> list:
@@ -94,7 +96,20 @@ def add_config_arguments(
                 default=argparse.SUPPRESS, help=f"the same as {flag} off",
             )  # fmt: skip
             continue
+        if f.name in NONE_WORDS:
+            kind = _or_none(kind, NONE_WORDS[f.name])
         parser.add_argument(flag, type=kind, default=default, help=help_texts[f.name])
+
+
+def _or_none(kind: Callable[[str], Any], word: str) -> Callable[[str], Any]:
+    """``kind``, or None for ``word`` (``--save-total-limit all``: keep every checkpoint,
+    the Python API's ``save_total_limit=None``)."""
+
+    def convert(text: str) -> Any:
+        return None if text.strip().lower() == word else kind(text)
+
+    convert.__name__ = kind.__name__  # argparse names it in "invalid int value: 'x'"
+    return convert
 
 
 def _non_empty(text: str) -> str:

@@ -37,7 +37,7 @@ HELP = {
     "from the end and counted, not refused; a prompt that leaves no room is a bad row)",
     "seed": "random seed (data order, LoRA init)",
     "eval_steps": "also evaluate the held-out rows every N steps (0: before and after only)",
-    "save_total_limit": "keep at most this many complete checkpoints, the newest (at least 1)",
+    "save_total_limit": "keep at most this many complete checkpoints, the newest (at least 1; 'all' keeps every one)",
     "max_eval_rows": "held-out rows scored before and after training (0: all of them)",
 }
 
