@@ -432,3 +432,19 @@ def test_reward_metrics_follow_the_bins_but_not_the_loss_floor(rng):
     _assert_matches(got, want)
     # the floor would matter here (vote shares of 0 and 1): the check is not vacuous
     assert abs(want["rkl"] - hand_reward_metrics(d, p, q, floor=1e-2, bins=8)["rkl"]) > 1e-3
+
+
+@pytest.mark.parametrize("bins", [15, 1, 0, -2])
+@pytest.mark.parametrize("with_confidence", [False, True])
+def test_reward_metrics_refuse_an_odd_bin_count_with_or_without_confidence(bins, with_confidence):
+    """reward_metrics reads each pair in both orders, as the pairwise metrics do: an odd
+    bins puts 0.01 and its mirror in the central bin against p = 0.9 and 0.1, an ECE of 0
+    (20 bins: 0.3975). It is refused whether or not a confidence is known (it was refused
+    only when true_preference_metrics got some, and accepted silently otherwise)."""
+    d, p = np.array([0.01, -0.01]), np.array([0.9, 0.1])
+    q = np.array([0.9, 0.1]) if with_confidence else None
+    assert reward_metrics(d, p, q, bins=20)["ece"] == pytest.approx(0.3975, abs=1e-6)
+    with pytest.raises(ValueError, match="^bins: must be an even integer >= 2"):
+        reward_metrics(d, p, q, bins=bins)
+    with pytest.raises(ValueError, match="^bins: expected an integer"):
+        reward_metrics(d, p, q, bins=20.0)

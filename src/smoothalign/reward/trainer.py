@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from smoothalign.calibration import PAIRWISE_BINS, calibration_summary, true_preference_metrics
+from smoothalign.calibration.pairwise import _pairwise_bins
 from smoothalign.reward.config import RewardConfig
 from smoothalign.reward.objective import (
     majority_first_margins,
@@ -187,7 +188,13 @@ def reward_metrics(
       the true preference, pairs with ``q = ½`` left out), ``ece_true``, ``rms_true``,
       ``brier_true`` and ``kl_true`` = mean ``KL(q ‖ σ(d))``, over the ``n_pairs_true``
       pairs with a ``q``.
+
+    ``bins``: an even integer >= 2, as for every pairwise (mirrored) reading
+    (:data:`~smoothalign.calibration.PAIRWISE_BINS`): an odd count puts a forecast and its
+    mirror image in one central bin, where near-½ forecasts look calibrated whatever the
+    truth. Refused (``ValueError``) whether or not any confidence is known.
     """
+    bins = _pairwise_bins(bins)
     d = np.asarray(margins, dtype=np.float64)
     p = np.asarray(p_chosen, dtype=np.float64)
     s = 1.0 / (1.0 + np.exp(-d))
