@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import np_log_sigmoid, np_sigmoid
+from smoothalign._warn import SmoothalignWarning
 from smoothalign.losses import pairwise_loss
 from smoothalign.reward.objective import (
+    POSTERIOR_LOSSES,
     REWARD_LOSSES,
     majority_first_margins,
     monitored_divergences,
@@ -184,6 +187,63 @@ def test_posterior_of_a_constant_model_is_the_prior(rng):
         plain = reward_loss(name, _t(r1), _t(r2), _t(p))
         np.testing.assert_allclose(post.target.numpy(), p, rtol=1e-12)
         np.testing.assert_allclose(post.losses.numpy(), plain.losses.detach().numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["fkl", "rkl", "jsd"])
+def test_a_one_pair_posterior_batch_is_warned_once(name):
+    """A one-pair batch's posterior is its prior: said once per call, not once for the loss
+    and again for the target it reports (``RewardTerms.target``)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        terms = reward_loss(name, _t([0.3]), _t([-0.2]), _t([0.8]), posterior=True)
+    said = [w for w in caught if issubclass(w.category, SmoothalignWarning)]
+    assert len(said) == 1, [str(w.message) for w in said]
+    assert "batch of one row" in str(said[0].message)
+    assert said[0].filename.endswith("objective.py")  # where reward_loss asked for it
+    np.testing.assert_allclose(terms.target.numpy(), [0.8], rtol=1e-12)
+
+
+# ------------------------------------------------------------- 16-bit rewards
+@pytest.mark.parametrize("posterior", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", REWARD_LOSSES)
+def test_16_bit_rewards_compute_and_return_float32(rng, name, dtype, posterior):
+    """Every loss upcasts 16-bit rewards to float32 before any arithmetic (as
+    soft_label_loss does) and returns float32 throughout; the vote shares and α are never
+    rounded to 16 bits (0.3 in bf16 is 0.30078). Against float64 on the same rewards, the
+    gradient reaching the rewards in their own dtype."""
+    if posterior and name not in POSTERIOR_LOSSES:
+        pytest.skip("the posterior applies to fkl/rkl/jsd")
+    b = 16
+    r1, r2, _ = _batch(rng, b=b)
+    p = rng.choice([0.0, 0.2, 0.3, 1 / 3, 0.5, 0.6, 0.7, 0.9, 1.0], b)  # none exact in bf16
+    alpha = rng.uniform(0.0, 0.2, b)
+    kw = dict(alpha=_t(alpha), margin=0.3, center_weight=0.1, posterior=posterior)
+    a = torch.tensor(r1, dtype=dtype, requires_grad=True)
+    c = torch.tensor(r2, dtype=dtype, requires_grad=True)
+    got = reward_loss(name, a, c, p, **kw)
+    # the reference: float64 arithmetic on the same (16-bit) rewards
+    a64 = a.detach().double().requires_grad_()
+    c64 = c.detach().double().requires_grad_()
+    want = reward_loss(name, a64, c64, p, **kw)
+    for field in ("loss", "losses", "weights", "margins", "target", "alpha", "centering"):
+        assert getattr(got, field).dtype == torch.float32, field
+    for field in ("losses", "weights", "margins", "target", "alpha", "centering"):
+        np.testing.assert_allclose(
+            getattr(got, field).detach().double().numpy(),
+            getattr(want, field).detach().numpy(),
+            rtol=1e-5,
+            atol=1e-6,
+            err_msg=field,
+        )
+    assert float(got.loss.detach()) == pytest.approx(float(want.loss.detach()), rel=1e-5, abs=1e-6)
+    got.loss.backward()
+    want.loss.backward()
+    assert a.grad.dtype == dtype and c.grad.dtype == dtype
+    # the gradient is float32 until it is rounded once to the rewards' dtype
+    tol = torch.finfo(dtype).eps  # one rounding is at most half of it
+    for g, g64 in ((a.grad, a64.grad), (c.grad, c64.grad)):
+        np.testing.assert_allclose(g.double().numpy(), g64.numpy(), rtol=tol, atol=1e-6)
 
 
 # ------------------------------------------------------------- options

@@ -127,6 +127,13 @@ def reward_loss(
             of 0/1) makes ``KL(q_θ ‖ t)`` infinite for every finite ``r₁ − r₂``; ½ or more
             would flatten every target to ½. It changes the ``rkl`` loss only, never the
             monitored divergences (:data:`METRIC_RKL_FLOOR`).
+
+    Every loss computes in float64 for float64 rewards and in float32 otherwise: 16-bit
+    rewards are upcast before any arithmetic (the vote shares and ``alpha`` are never
+    rounded to 16 bits), as :func:`~smoothalign.losses.soft_label_loss` does, so every
+    tensor of the result is float32 for them; gradients reach the rewards in their own
+    dtype. A one-pair batch with ``posterior=True`` is warned once (its posterior is its
+    prior; see :func:`~smoothalign.losses.posterior_target`).
     """
     if name not in REWARD_LOSSES:
         raise ValueError(f"loss: unknown {name!r}; choose one of {list(REWARD_LOSSES)}")
@@ -139,13 +146,23 @@ def reward_loss(
         raise ValueError(f"margin: must be >= 0, got {margin}")
     if not center_weight >= 0:
         raise ValueError(f"center_weight: must be >= 0, got {center_weight}")
+    if name == "rkl" and not 0 < rkl_floor < 0.5:  # NaN fails too
+        raise ValueError(
+            f"rkl_floor: must lie in (0, 0.5), got {rkl_floor} (0: a unanimous vote makes the "
+            "reverse KL infinite)"
+        )
     r1 = check_finite(as_tensor(chosen_rewards, "chosen_rewards"), "chosen_rewards")
     r2 = check_finite(as_tensor(rejected_rewards, "rejected_rewards", like=r1), "rejected_rewards")
     if r1.ndim != 1 or r2.shape != r1.shape:
         raise ValueError(
             f"rewards: expected two [B] tensors, got {list(r1.shape)} and {list(r2.shape)}"
         )
-    p = as_tensor(p_chosen, "p_chosen", like=r1).detach()
+    # float32 arithmetic for 16-bit rewards (float64 stays float64), as soft_label_loss and
+    # the fused kernels compute: the vote shares and α are never rounded to 16 bits, and
+    # every loss returns one dtype; gradients reach the rewards in their own dtype
+    acc = torch.float64 if r1.dtype == torch.float64 else torch.float32
+    r1, r2 = r1.to(acc), r2.to(acc)
+    p = as_tensor(p_chosen, "p_chosen").detach().to(device=r1.device, dtype=acc)
     if p.shape != r1.shape:
         raise ValueError(f"p_chosen: expected shape {list(r1.shape)}, got {list(p.shape)}")
     check_in_range(p, "p_chosen", 0.0, 1.0)
@@ -166,17 +183,16 @@ def reward_loss(
         trained_on = target
     else:
         logits = pair_logits(shifted)
-        prior = binary_target(target)
+        goal = binary_target(target)
+        if posterior:  # formed once: a one-pair batch is warned once (SINGLE_ROW), not twice
+            goal = posterior_target(goal, logits=logits)
+            if detach_target:
+                goal = goal.detach()
         if name == "rkl":
-            losses = _rkl(logits, prior, posterior, detach_target, rkl_floor)
+            losses = reverse_kl(logits, goal, target_floor=rkl_floor)
         else:
-            losses = soft_label_loss(
-                name, logits, prior, posterior=posterior, detach_target=detach_target
-            )
-        trained_on = target
-        if posterior:
-            with torch.no_grad():
-                trained_on = posterior_target(prior, logits=logits)[:, 0]
+            losses = soft_label_loss(name, logits, goal)
+        trained_on = goal[:, 0]
 
     total = weights.sum()
     pair_mean = (losses * weights).sum() / total.clamp_min(1.0)
@@ -191,21 +207,6 @@ def reward_loss(
         alpha=a,
         centering=centering.detach(),
     )
-
-
-def _rkl(logits: Tensor, prior: Tensor, posterior: bool, detach: bool, floor: float) -> Tensor:
-    """Reverse KL through ``soft_label_loss``'s target (plain or posterior) with our floor."""
-    if not 0 < floor < 0.5:  # NaN fails too
-        raise ValueError(
-            f"rkl_floor: must lie in (0, 0.5), got {floor} (0: a unanimous vote makes the "
-            "reverse KL infinite)"
-        )
-    target = prior
-    if posterior:
-        target = posterior_target(prior, logits=logits)
-        if detach:
-            target = target.detach()
-    return reverse_kl(logits, target, target_floor=floor)
 
 
 METRIC_RKL_FLOOR = 1e-6
