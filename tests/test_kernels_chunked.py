@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from smoothalign.kernels import linear_cross_entropy, linear_log_probs
+from smoothalign.kernels import check_filter_eps, linear_cross_entropy, linear_log_probs
 from smoothalign.kernels.chunked import ChunkedLinearCrossEntropy
 
 N, D, V = 23, 8, 19
@@ -213,6 +214,27 @@ def test_filter_eps_outside_zero_one_is_refused_on_every_path(bad):
     with pytest.raises(ValueError, match="softcap"):
         linear_cross_entropy(e, c, t, softcap=True)
     linear_cross_entropy(e, c, t, filter_eps=0.5)  # chunked: accepted, never used
+
+
+@pytest.mark.parametrize(
+    "eps", [np.float32(0.5), np.float64(1e-3), np.array(0.25), torch.tensor(0.5), 1e-3]
+)
+def test_filter_eps_takes_any_number_as_the_other_options_do(eps):
+    """A NumPy scalar (``np.float32(0.5)``, what arithmetic on a NumPy config gives) or a 0-d
+    array or tensor is a number, as for ``label_smoothing``; it is checked as one, and
+    passed on as a Python float."""
+    e, c, _, t = _inputs()
+    want = linear_cross_entropy(e, c, t)
+    torch.testing.assert_close(linear_cross_entropy(e, c, t, filter_eps=eps), want)
+    torch.testing.assert_close(linear_log_probs(e, c, t, filter_eps=eps), linear_log_probs(e, c, t))
+    got = check_filter_eps(eps)
+    assert type(got) is float and got == float(eps)
+    for bad in (np.float32(1.5), np.float64(0.0), np.float32("nan"), np.bool_(True)):
+        with pytest.raises(ValueError, match="^filter_eps: "):
+            linear_cross_entropy(e, c, t, filter_eps=bad)
+    with pytest.raises(ValueError, match=r"^filter_eps: expected a number, got an array"):
+        check_filter_eps(np.array([0.5]))
+    assert check_filter_eps("auto") == "auto" and check_filter_eps(None) is None
 
 
 def test_second_derivatives_are_refused_not_wrong():

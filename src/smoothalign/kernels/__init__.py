@@ -72,15 +72,20 @@ def filter_eps_for(setting: str) -> str | None:
     return "auto" if setting == "auto" else None
 
 
-def check_filter_eps(filter_eps: object) -> None:
-    """``filter_eps``: ``"auto"``, ``None`` or a number in (0, 1). Every entry of
-    ``|softmax − (1 − β)·onehot|`` is at most 1, so a threshold of 1 or more would drop
-    (nearly) the whole gradient; a bool is refused rather than read as 1."""
-    if filter_eps is None or filter_eps == "auto":
-        return
-    ok = isinstance(filter_eps, int | float) and not isinstance(filter_eps, bool)
-    if not (ok and 0.0 < filter_eps < 1.0):
+def check_filter_eps(filter_eps: object) -> float | str | None:
+    """``filter_eps``: ``"auto"``, ``None`` or a number in (0, 1), returned as it is used
+    (a number as a Python float). A number is what :func:`~smoothalign._checks.as_number`
+    takes, as for the other options (``np.float32(0.5)``, a 0-d tensor); a bool is refused
+    rather than read as 1. Every entry of ``|softmax − (1 − β)·onehot|`` is at most 1, so a
+    threshold of 1 or more would drop (nearly) the whole gradient."""
+    if filter_eps is None or (isinstance(filter_eps, str) and filter_eps == "auto"):
+        return filter_eps
+    if isinstance(filter_eps, str):
+        raise ArgumentTypeError(f"filter_eps: {filter_eps!r}; a number in (0, 1), 'auto' or None")
+    value = as_number(filter_eps, "filter_eps")
+    if not 0.0 < value < 1.0:  # NaN fails too
         raise ValueError(f"filter_eps: {filter_eps!r}; a number in (0, 1), 'auto' or None")
+    return value
 
 
 @functools.cache
@@ -273,7 +278,7 @@ def linear_cross_entropy(
         e, c, targets, bias, label_smoothing, softcap, ignore_index
     )
     _check(e, c, targets, bias, label_smoothing, softcap, ignore_index)
-    check_filter_eps(filter_eps)
+    filter_eps = check_filter_eps(filter_eps)
     shape = targets.shape
     flat_t = targets.reshape(-1)
     losses = _token_losses(
@@ -314,7 +319,7 @@ def linear_log_probs(
     unreduced loss), ``filter_stats`` included."""
     _, softcap, ignore_index = _arguments(e, c, targets, bias, 0.0, softcap, ignore_index)
     _check(e, c, targets, bias, 0.0, softcap, ignore_index)
-    check_filter_eps(filter_eps)
+    filter_eps = check_filter_eps(filter_eps)
     losses = _token_losses(
         e.reshape(-1, e.shape[-1]),
         c,

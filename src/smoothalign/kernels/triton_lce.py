@@ -625,16 +625,16 @@ def resolve_filter_eps(filter_eps: float | str | None, dtype: torch.dtype) -> fl
     """The backward's threshold: ``"auto"`` is ``finfo(dtype).eps / FILTER_DIV`` for 16-bit
     inputs (``SMOOTHALIGN_LCE_FILTER_DIV`` overrides the divisor, for tuning with the block
     sizes: ``benchmarks/lce_tune.py``) and no filtering for float32; a number is itself."""
+    from smoothalign.kernels import check_filter_eps
+
+    filter_eps = check_filter_eps(filter_eps)
     if filter_eps is None:
         return None
     if filter_eps == "auto":
         if dtype in (torch.bfloat16, torch.float16):
             return torch.finfo(dtype).eps / _filter_div()
         return None
-    from smoothalign.kernels import check_filter_eps
-
-    check_filter_eps(filter_eps)
-    return float(filter_eps)
+    return filter_eps
 
 
 def _env_number(name: str, ok, expected: str) -> float | None:
