@@ -762,10 +762,12 @@ def _sleeper(tmp_path: Path, how: str) -> str:
     return shlex.join(args)
 
 
-def _interrupted(shell_line: str, ready_lines: int = 1):
+def _interrupted(shell_line: str, temp_dir: Path, ready_lines: int = 1):
     """Run ``shell_line`` in a session of its own, send SIGINT to its process group once
     ``ready_lines`` lines said ``ready`` (what a terminal's Ctrl-C does), and return the
-    finished process, its stdout and its stderr."""
+    finished process, its stdout and its stderr. Its temporary files (the saved traceback)
+    go to ``temp_dir`` (``TMPDIR``), not the system's: conftest's fixture reaches only this
+    process."""
     import os
     import signal
     import subprocess
@@ -773,6 +775,7 @@ def _interrupted(shell_line: str, ready_lines: int = 1):
     src = str(Path(__file__).parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     env.pop("SMOOTHALIGN_DEBUG", None)
+    env["TMPDIR"] = str(temp_dir)
     proc = subprocess.Popen(
         ["bash", "-c", shell_line],
         env=env,
@@ -817,6 +820,7 @@ def test_python_m_smoothalign_runs_the_program(tmp_path):
     src = str(Path(__file__).parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     env.pop("SMOOTHALIGN_DEBUG", None)
+    env["TMPDIR"] = str(tmp_path)  # the saved traceback: conftest's fixture is this process's
 
     def run(*argv):
         return subprocess.run(
@@ -834,11 +838,25 @@ def test_python_m_smoothalign_runs_the_program(tmp_path):
     proc = run("dpo", "--beta", "-1")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("smoothalign dpo: --beta: must be > 0, got -1.0\n")
-    _saved_traceback_removed(proc.stderr)
+    _saved_traceback_removed(proc.stderr, tmp_path)
 
 
-def _saved_traceback_removed(err: str) -> None:
-    Path(err.split("(traceback: ")[1].split(";")[0]).unlink()
+def test_a_refused_command_saves_its_traceback_in_the_tests_folder(tmp_path, capsys, monkeypatch):
+    """conftest's fixture sends the traceback of a refused command to the test's own
+    folder: the suite refuses hundreds of commands and left a file in /tmp for each."""
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    assert main(["dpo", "--beta", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("smoothalign dpo: --beta: must be > 0, got -1.0\n"), err
+    _saved_traceback_removed(err, tmp_path)
+
+
+def _saved_traceback_removed(err: str, temp_dir: Path) -> None:
+    """The traceback a child process saved lies in the test's ``temp_dir`` (whatever the
+    test asserts first, nothing is left in the system's temp folder); removed."""
+    saved = Path(err.split("(traceback: ")[1].split(";")[0])
+    assert saved.parent == temp_dir, saved
+    saved.unlink()
 
 
 @pytest.mark.skipif(__import__("os").name != "posix", reason="POSIX signals")
@@ -849,11 +867,11 @@ def test_ctrl_c_ends_the_program_by_sigint(how, tmp_path):
     import signal
 
     how = _console_script() if how == "script" else how
-    proc, out, err = _interrupted(f"exec {_sleeper(tmp_path, how)}")
+    proc, out, err = _interrupted(f"exec {_sleeper(tmp_path, how)}", tmp_path)
     assert proc.returncode == -signal.SIGINT, (proc.returncode, err)
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith("smoothalign sft: interrupted; no checkpoint was saved")
-    _saved_traceback_removed(err)
+    _saved_traceback_removed(err, tmp_path)
 
 
 @pytest.mark.skipif(__import__("os").name != "posix", reason="POSIX signals")
@@ -864,11 +882,11 @@ def test_ctrl_c_stops_a_shell_loop(tmp_path):
 
     line = _sleeper(tmp_path, _console_script())
     loop = f'for i in 1 2; do {line}; echo "run $i exited $?"; done; echo "loop finished"'
-    proc, out, err = _interrupted(loop)
+    proc, out, err = _interrupted(loop, tmp_path)
     assert out == "", out  # neither "run 1 exited 130" nor a second "ready"
     assert proc.returncode == -signal.SIGINT, (proc.returncode, err)
     assert err.count("smoothalign sft: interrupted") == 1, err
-    _saved_traceback_removed(err)
+    _saved_traceback_removed(err, tmp_path)
 
 
 @pytest.mark.parametrize(
