@@ -28,7 +28,11 @@ from smoothalign.train.report_md import (
 TABLE_ROWS = [
     ("accuracy", "pairwise accuracy vs the majority vote", "{:.3f}"),
     ("accuracy_true", "pairwise accuracy vs the true preference", "{:.3f}"),
-    ("ece", "ECE of σ(r₁ − r₂) vs held-out vote shares (both orders, 20 bins)", "{:.4f}"),
+    (
+        "ece",
+        f"ECE of σ(r₁ − r₂) vs held-out vote shares (both orders, {PAIRWISE_BINS} bins)",
+        "{:.4f}",
+    ),
     ("rms", "RMS calibration error vs vote shares", "{:.4f}"),
     ("ece_true", "ECE vs the true q", "{:.4f}"),
     ("rms_true", "RMS calibration error vs the true q", "{:.4f}"),
