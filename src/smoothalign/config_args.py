@@ -80,7 +80,8 @@ def add_config_arguments(
                 help=help_texts[f.name],
             )
             continue
-        base = str(f.type).replace(" | None", "")  # annotations are strings here
+        # annotations are strings here; a list (rows handed over in Python) has no flag form
+        base = str(f.type).replace(" | None", "").replace(" | list", "")
         kind = {"int": int, "float": float, "str": _non_empty}[base]
         if f.name in BARE_FLAG_VALUES:
             parser.add_argument(

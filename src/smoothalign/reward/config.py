@@ -32,7 +32,9 @@ class RewardConfig:
 
     # what to train, on what
     model: str = "tiny"
-    data: str | None = None  # None: the oracle text world (see oracle_* below)
+    # a file or folder, or the rows themselves (a list of dicts); None: the oracle text world
+    # (see oracle_* below)
+    data: str | list | None = None
     labels: str | None = None  # soft labels in a separate file, joined on pair_id
     eval_data: str | None = None  # None: a data folder's eval.*, the 'eval' rows, a holdout
     eval_labels: str | None = None

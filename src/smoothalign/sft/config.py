@@ -26,7 +26,9 @@ class SFTConfig:
 
     # what to train, on what
     model: str = "smollm2-135m"
-    data: str | None = None  # None: the embedded set, chosen responses as completions
+    # a file or folder, or the rows themselves (a list of dicts); None: the embedded set,
+    # chosen responses as completions
+    data: str | list | None = None
     eval_data: str | None = None  # None: a data folder's eval.*, the 'eval' rows, a holdout
     eval_fraction: float = 0.1
     output_dir: str = "outputs/sft"

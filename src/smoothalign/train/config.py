@@ -45,7 +45,9 @@ class DPOConfig:
 
     # what to train, on what
     model: str = "smollm2-135m"
-    data: str | None = None  # None: the embedded controlled-sentiment set (its 'train' split)
+    # a file or folder, or the rows themselves (a list of dicts, as a file holds them); None:
+    # the embedded controlled-sentiment set (its 'train' split)
+    data: str | list | None = None
     eval_data: str | None = None  # None: a data folder's eval.*, the 'eval' rows, a holdout
     eval_fraction: float = 0.1  # holdout when the data has no 'split' column and no eval_data
     output_dir: str = "outputs/dpo"
