@@ -137,7 +137,10 @@ def test_a_finished_run_removes_the_incomplete_checkpoints_it_never_saved_over(t
 
 
 def test_removing_incomplete_checkpoints_touches_only_uncertified_checkpoint_folders(tmp_path):
-    from smoothalign.train.checkpoints import remove_incomplete_checkpoints
+    from smoothalign.train.checkpoints import (
+        incomplete_checkpoint_names,
+        remove_incomplete_checkpoints,
+    )
 
     for step in (2, 4):
         _checkpoint(tmp_path, step)
@@ -149,15 +152,22 @@ def test_removing_incomplete_checkpoints_touches_only_uncertified_checkpoint_fol
     elsewhere = _checkpoint(tmp_path / "other", 9, complete=False)
     (tmp_path / "checkpoint-9").symlink_to(elsewhere, target_is_directory=True)
 
-    removed = remove_incomplete_checkpoints(tmp_path)
+    found = incomplete_checkpoint_names(tmp_path)  # as a run starts
+    assert found == {"checkpoint-3", "checkpoint-999"}
+    # a save begun since (another process's, in progress) is not the run's to remove
+    (_checkpoint(tmp_path, 1000, complete=False) / "optimizer.pt").write_text("x")
+    removed = remove_incomplete_checkpoints(tmp_path, found)
     assert [c.name for c in removed] == ["checkpoint-3", "checkpoint-999"]
+    assert (tmp_path / "checkpoint-1000" / "optimizer.pt").is_file()
+    shutil.rmtree(tmp_path / "checkpoint-1000")
     assert _folders(tmp_path) == {
         "checkpoint-2": True, "checkpoint-4": True, "checkpoint-8": False, "checkpoint-9": False,
     }  # fmt: skip
     assert elsewhere.is_dir() and (tmp_path / "checkpoint-9").is_symlink()
     for name in ("checkpoint-5-partial", "checkpoints-6", "my-checkpoint-7", "checkpoint-"):
         assert (tmp_path / name).is_dir()
-    assert remove_incomplete_checkpoints(tmp_path / "nothing-here") == []
+    assert incomplete_checkpoint_names(tmp_path / "nothing-here") == frozenset()
+    assert remove_incomplete_checkpoints(tmp_path / "nothing-here", found) == []
 
 
 def _sft_and_reward_runs(tmp_path: Path) -> dict[str, tuple[Any, Any]]:

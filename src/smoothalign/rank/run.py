@@ -53,6 +53,7 @@ from smoothalign.train.checkpoints import (
     check_resume_config,
     clear_earlier_outputs,
     clear_incomplete_checkpoints,
+    incomplete_checkpoint_names,
     prepare_output_dir,
     refuse_own_final_as_input,
     resolve_resume,
@@ -354,6 +355,7 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     loaded = {"policy": loaded_model_path(config.policy), "reward_model": reward_model}
     # before the models load: a mixed-up folder, a bad --resume or a changed option
     prepare_output_dir(out, config.resume)
+    found_incomplete = incomplete_checkpoint_names(out)  # what the run may clear at its end
     resume_from = resolve_resume(config.resume, out)
     if resume_from is not None:
         check_resume_config(
@@ -562,7 +564,8 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     atomic_write_json(out / "eval_results.json", {"before": before, "after": after})
     if config.save_model:
         save_model_atomically(policy, tok, out / "final")
-    clear_incomplete_checkpoints(out, notes)  # the run is done: nothing can save there
+    # the run is done: nothing can save there
+    clear_incomplete_checkpoints(out, notes, found_incomplete)
     notes.append(
         f"calibration time {train_seconds:.0f} s on {'CUDA' if device.type == 'cuda' else 'CPU'}"
         f" ({trainer.global_step} optimizer step(s))"

@@ -39,6 +39,7 @@ from smoothalign.reward.trainer import RewardTrainer, reward_metrics
 from smoothalign.train.checkpoints import (
     clear_before_run,
     clear_incomplete_checkpoints,
+    incomplete_checkpoint_names,
     prepare_output_dir,
     run_config_record,
     save_smoothing_state,
@@ -290,6 +291,7 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
     check_scheduler(config)  # first: it records constant's warm-up as 0, which resume compares
     # before the model loads: a mixed-up dir, a bad --resume or a changed config fails fast
     prepare_output_dir(out, config.resume, run_config_record(config), config_flags(config))
+    found_incomplete = incomplete_checkpoint_names(out)  # what the run may clear at its end
     set_seed(config.seed)  # python, numpy and torch: the score head's initialisation
     notes: list[str] = []
     bf16 = resolve_bf16(config.precision)
@@ -379,7 +381,8 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
     )  # fmt: skip
     if main_process:
         atomic_write_json(out / "eval_results.json", {"before": before, "after": after})
-        clear_incomplete_checkpoints(out, notes)  # the run is done: nothing can save there
+        # the run is done: nothing can save there
+        clear_incomplete_checkpoints(out, notes, found_incomplete)
     device = "CUDA" if torch.cuda.is_available() else "CPU"
     notes.append(f"training time {train_seconds:.0f} s on {device}")
     if config.report and main_process:

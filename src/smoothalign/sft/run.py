@@ -35,6 +35,7 @@ from smoothalign.sft.trainer import SFTTrainer
 from smoothalign.train.checkpoints import (
     clear_before_run,
     clear_incomplete_checkpoints,
+    incomplete_checkpoint_names,
     prepare_output_dir,
     run_config_record,
     train_with_resume,
@@ -140,6 +141,7 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
     check_scheduler(config)  # first: it records constant's warm-up as 0, which resume compares
     # before the model loads: a mixed-up dir, a bad --resume or a changed config fails fast
     prepare_output_dir(out, config.resume, run_config_record(config), config_flags(config))
+    found_incomplete = incomplete_checkpoint_names(out)  # what the run may clear at its end
     set_seed(config.seed)  # python, numpy and torch: data order and the LoRA initialisation
     bf16 = resolve_bf16(config.precision)
     # a mistyped path fails before the model loads
@@ -222,7 +224,8 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
     save_final_model(trainer, tokenizer, out / "final", lora=config.lora, main_process=main_process)
     if main_process:
         atomic_write_json(out / "eval_results.json", {"before": before, "after": after})
-        clear_incomplete_checkpoints(out, notes)  # the run is done: nothing can save there
+        # the run is done: nothing can save there
+        clear_incomplete_checkpoints(out, notes, found_incomplete)
     device = "CUDA" if torch.cuda.is_available() else "CPU"
     notes.append(f"training time {train_seconds:.0f} s on {device}")
     if config.report and main_process:

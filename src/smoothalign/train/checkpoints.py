@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from smoothalign import _options
 from smoothalign.io import atomic_write_bytes, atomic_write_text, check_output_dir
 
 COMPLETE_MARKER = "smoothalign_complete.json"
@@ -103,23 +104,36 @@ def rotate_checkpoints(
     return sorted(removed, key=_step_of)
 
 
-def remove_incomplete_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Remove every ``checkpoint-N`` folder of ``output_dir`` whose save did not complete
-    (no :data:`COMPLETE_MARKER`: a crash while saving), whatever its step, once the run has
+def incomplete_checkpoint_names(output_dir: str | Path) -> frozenset[str]:
+    """The names of ``output_dir``'s ``checkpoint-N`` folders whose save did not complete
+    (no :data:`COMPLETE_MARKER`), as a run finds them when it starts: what
+    :func:`clear_incomplete_checkpoints` may remove once it finishes."""
+    return frozenset(
+        c.name for c in _checkpoint_folders(output_dir) if not c.is_symlink() and not is_complete(c)
+    )
+
+
+def remove_incomplete_checkpoints(
+    output_dir: str | Path, found_at_start: frozenset[str] | set[str]
+) -> list[Path]:
+    """Remove the ``checkpoint-N`` folders of ``output_dir`` named in ``found_at_start``
+    (:func:`incomplete_checkpoint_names` when the run started) whose save still has not completed
+    (no :data:`COMPLETE_MARKER`: a crash while saving), whatever their step, once the run has
     finished (``final/`` written); returns those removed, by step. Call it on the main
     process only, as the rotation runs there.
 
     :func:`rotate_checkpoints` leaves one above the newest checkpoint, where the run may
     still save over it: a resumed run that ends below its step (a crash at 750, a resume
     from 500 to 600) has no later save to do so, and it stayed for good. Nothing resumes
-    from it, and ``--resume`` refuses it. Only folders named as Trainer names checkpoints
-    are looked at, never a complete one, and a symlink is left (its target is not ours); one
-    that cannot be removed (permissions) is left, and not returned."""
+    from it, and ``--resume`` refuses it. Only the folders found incomplete at the start are
+    removed: one that appeared since may be another process's save in progress (two jobs
+    on one folder). Never a complete one, and a symlink is left (its target is not ours);
+    one that cannot be removed (permissions) is left, and not returned."""
     import shutil
 
     removed = []
     for folder in _checkpoint_folders(output_dir):
-        if folder.is_symlink() or is_complete(folder):
+        if folder.name not in found_at_start or folder.is_symlink() or is_complete(folder):
             continue
         shutil.rmtree(folder, ignore_errors=True)
         if not folder.exists():
@@ -127,19 +141,23 @@ def remove_incomplete_checkpoints(output_dir: str | Path) -> list[Path]:
     return removed
 
 
-def clear_incomplete_checkpoints(output_dir: str | Path, notes: list[str]) -> list[Path]:
+def clear_incomplete_checkpoints(
+    output_dir: str | Path, notes: list[str], found_at_start: frozenset[str] | set[str]
+) -> list[Path]:
     """At the end of a run that finished (``final/`` written), on the main process:
-    :func:`remove_incomplete_checkpoints`, said in one line on stderr and in ``notes`` (the
-    report's) naming the folders, since a folder that disappears must not go unsaid."""
-    removed = remove_incomplete_checkpoints(output_dir)
+    :func:`remove_incomplete_checkpoints` of those ``found_at_start``, said in one line on
+    stderr and in ``notes`` (the report's) naming the folders, since a folder that
+    disappears must not go unsaid."""
+    removed = remove_incomplete_checkpoints(output_dir, found_at_start)
     if removed:
         import sys
 
         names = ", ".join(c.name for c in removed)
         what = "a save that" if len(removed) == 1 else "saves that"
         line = (
-            f"output_dir: removed {names} from {Path(output_dir)}: {what} did not complete "
-            f"(no {COMPLETE_MARKER}, a crash while saving), which nothing resumes from"
+            f"{_options.option('output_dir')}: removed {names} from {Path(output_dir)}: {what} did "
+            f"not complete (no {COMPLETE_MARKER}, a crash while saving), which nothing "
+            "resumes from"
         )
         print(line, file=sys.stderr, flush=True)
         notes.append(line)

@@ -35,6 +35,7 @@ from smoothalign.train.checkpoints import (
     clear_before_run,
     clear_incomplete_checkpoints,
     finishes_without_training,
+    incomplete_checkpoint_names,
     prepare_output_dir,
     run_config_record,
     save_smoothing_state,
@@ -92,6 +93,7 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     check_scheduler(config)  # first: it records constant's warm-up as 0, which resume compares
     # before the model loads: a mixed-up dir, a bad --resume or a changed config fails fast
     prepare_output_dir(out, config.resume, run_config_record(config), config_flags(config))
+    found_incomplete = incomplete_checkpoint_names(out)  # what the run may clear at its end
     set_seed(config.seed)  # python, numpy and torch
     notes: list[str] = []
     device_is_cuda = torch.cuda.is_available()
@@ -247,7 +249,8 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     )  # fmt: skip
     if main_process:
         atomic_write_json(out / "eval_results.json", {"before": before, "after": after})
-        clear_incomplete_checkpoints(out, notes)  # the run is done: nothing can save there
+        # the run is done: nothing can save there
+        clear_incomplete_checkpoints(out, notes, found_incomplete)
     if config.report and main_process:
         write_report(
             out,
