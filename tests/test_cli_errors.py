@@ -327,6 +327,11 @@ def test_a_constant_schedule_alone_is_accepted(tmp_path):
         ),
         (lambda: _dpo(reference="adapter-disabled", lora=False), "needs lora=True", "needs --lora"),
         (
+            lambda: _dpo(lora=False, lora_r=4),
+            "LoRA is off (pass lora=True",
+            "LoRA is off (pass --lora",
+        ),
+        (
             lambda: _reward(posterior_grad=True),
             "only meaningful with posterior=True",
             "only meaningful with --posterior",

@@ -491,11 +491,14 @@ def test_a_holdout_note_gives_its_counts_and_a_share_moved_by_copies_is_warned_o
             rows, None, lambda r: {}, lambda r: 0, 0.1, seed, what="rows", key_of=str
         )
     assert len(evals) == 1 and "1 of 10 (1 of 100 rows with their copies)" in notes[0]
-    assert [str(w.message) for w in said] == [
-        "the seeded 10% holdout holds 1 of the 100 rows (1%, under half the 10% asked for): "
-        "it draws 1 of the 10 distinct rows with all their copies, and copies moved its "
-        "share; drop the copies, or give the held-out rows with --eval-data"
-    ]
+    assert (
+        [str(w.message) for w in said]
+        == [
+            "the seeded 10% holdout holds 1 of the 100 rows (1%, under half the 10% asked for): "
+            "it draws 1 of the 10 distinct rows with all their copies, and copies moved its "
+            "share; drop the copies, or give the held-out rows with eval_data"  # from Python: the keyword
+        ]
+    )
     # rounding, not copies, sets a share near the fraction: no warning either way (2 of 16
     # distinct rows is 12.5%; with 4 copies of one training row, 2 of 19 rows is 10.5%)
     few = [f"r{i}" for i in range(15)] + ["copied"] * 4

@@ -133,7 +133,8 @@ def test_a_resume_that_changes_an_option_defining_the_run_is_refused(
 ):
     """Naming the flag that gives the saved value again, before the models load; and
     --max-new-tokens, which elsewhere sets an evaluation's sampling and may change, here
-    sets the candidates trained on and may not. A resumable option (--logging-steps) may."""
+    sets the candidates trained on and may not. Resumable options (--logging-steps, and
+    --no-save-model, which like --no-report only leaves an output unwritten) may."""
     prompts = _prompts(tmp_path / "p.jsonl")
     out = tmp_path / "run"
     _crashed_run(reward_dir, prompts, out, monkeypatch)
@@ -154,9 +155,10 @@ def test_a_resume_that_changes_an_option_defining_the_run_is_refused(
                 _config(reward_dir, prompts, out, resume="latest", max_new_tokens=6)
             )
     result = run_rank_calibration(
-        _config(reward_dir, prompts, out, resume="latest", logging_steps=4)
+        _config(reward_dir, prompts, out, resume="latest", logging_steps=4, save_model=False)
     )
     assert any("checkpoint-3" in n for n in result.notes)
+    assert not (out / "final").exists()
 
 
 def test_a_resume_on_edited_prompts_is_refused(tmp_path, reward_dir, monkeypatch):

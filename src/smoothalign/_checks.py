@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from smoothalign._options import option
+
 ArrayLike = float | np.ndarray | Tensor | list
 
 
@@ -294,5 +296,6 @@ def check_lora_options(config: object) -> None:
     for name in ("lora_r", "lora_alpha"):
         if getattr(config, name) != defaults[name]:
             raise ValueError(
-                f"{name}: a LoRA option, but LoRA is off (pass --lora, or leave it at its default)"
+                f"{name}: a LoRA option, but LoRA is off (pass {option('lora', True)}, or leave "
+                "it at its default)"
             )

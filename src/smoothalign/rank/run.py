@@ -89,6 +89,7 @@ PROMPTS_FILE = "prompts.json"  # the same record under the name this command wro
 RANK_RESUMABLE = (RESUMABLE_OPTIONS - {"max_new_tokens"}) | {
     "policy_as_given",
     "reward_model_as_given",
+    "save_model",  # whether final/ is written at the end, as report is whether report.md is
 }
 """The options a resumed rank-calibrate run may change: the other commands' (how often to
 log and save, what the report shows, ...) and what its models were typed as (``policy`` and

@@ -195,6 +195,15 @@ def holdout(
     return train, [ex for i, ex in enumerate(examples) if i in eval_ids]
 
 
+def _as_typed(eval_option: str) -> str:
+    """``eval_option`` as its reader types it: the flags split.json records (``--eval-data``,
+    ``--data``, ``--eval-prompts``: :func:`split_record`'s fixed vocabulary) are the Python
+    keywords outside the command line (:func:`smoothalign._options.option`); a description
+    (``the data folder's eval files``) stays."""
+    keyword = {"--eval-data": "eval_data", "--data": "data", "--eval-prompts": "eval_prompts"}
+    return option(keyword[eval_option]) if eval_option in keyword else eval_option
+
+
 def train_eval_split(
     examples: list,
     eval_examples: list | None,
@@ -222,7 +231,7 @@ def train_eval_split(
         if by_split is not None:
             train = by_split["train"]
             notes.append(
-                f"{eval_option} given: the data's {len(by_split['eval'])} 'eval' rows were not "
+                f"{_as_typed(eval_option)} given: the data's {len(by_split['eval'])} 'eval' rows were not "
                 "trained on"
             )
     elif by_split is not None:
@@ -238,10 +247,10 @@ def train_eval_split(
             raise ValueError(
                 f"eval_data: the data's split column marks no row 'eval' (it decides the "
                 f"split, {option('eval_fraction')} does not); mark some {what} 'eval', or pass "
-                f"{eval_option}"
+                f"{_as_typed(eval_option)}"
             )
         raise ValueError(
-            f"eval_data: no evaluation {what}; pass {eval_option} or {option('eval_fraction')} > 0"
+            f"eval_data: no evaluation {what}; pass {_as_typed(eval_option)} or {option('eval_fraction')} > 0"
         )
     if key_of is not None:
         notes += _held_out_copies(train, evals, key_of, where_of or row_of, what)
@@ -284,7 +293,7 @@ def _holdout_note(
             f"({percent}, {'over twice' if share > fraction else 'under half'} the "
             f"{fraction:.0%} asked for): it draws {n_eval_distinct} of the {n_distinct} "
             f"distinct {what} with all their copies, and copies moved its share; drop the "
-            f"copies, or give the held-out {what} with {eval_option}",
+            f"copies, or give the held-out {what} with {_as_typed(eval_option)}",
             stacklevel=3,
         )
     return note
@@ -447,7 +456,9 @@ class DataCheck:
         (_, first), *rest = self._refused
         if not rest:
             raise first
-        said = [str(first)] + [f"The held-out set ({self.eval_option}): {e}" for _, e in rest]
+        said = [str(first)] + [
+            f"The held-out set ({_as_typed(self.eval_option)}): {e}" for _, e in rest
+        ]
         raise RefusedRowsError("\n".join(said), first.report)
 
     def validate_and_split(
