@@ -796,11 +796,16 @@ def _quiz_argv(tmp_path: Path, out: str, model: str = "tiny") -> list[str]:
 
 
 def test_cli_precision_fp32_is_dtype_float32_and_the_cpu_default(tmp_path):
-    """--precision fp32, the older --dtype float32 and no option at all (auto: fp32 on the
-    CPU, so the results of the old default stay as they were) give the same numbers."""
+    """--precision fp32, the older --dtype float32, no option at all (fp32, the default on
+    every device, as it was) and auto (fp32 on the CPU) give the same numbers."""
     from smoothalign.cli import main
 
-    runs = {"precision": ["--precision", "fp32"], "dtype": ["--dtype", "float32"], "auto": []}
+    runs = {
+        "precision": ["--precision", "fp32"],
+        "dtype": ["--dtype", "float32"],
+        "default": [],
+        "auto": ["--precision", "auto"],
+    }
     got = {}
     for name, extra in runs.items():
         assert main([*_quiz_argv(tmp_path, name), "--device", "cpu", *extra]) == 0
@@ -810,11 +815,11 @@ def test_cli_precision_fp32_is_dtype_float32_and_the_cpu_default(tmp_path):
         assert "dtype" not in results["config"]
         got[name] = (results["results"], (tmp_path / name / "predictions.jsonl").read_text())
         assert "Model in fp32 on cpu." in (tmp_path / name / "results.md").read_text()
-    assert got["precision"] == got["dtype"] == got["auto"]
+    assert got["precision"] == got["dtype"] == got["default"] == got["auto"]
     configs = [
         json.loads((tmp_path / n / "results.json").read_text())["config"]["precision"] for n in runs
     ]
-    assert configs == ["fp32", "fp32", "auto"]  # as asked for (--dtype in its new name)
+    assert configs == ["fp32", "fp32", "fp32", "auto"]  # as asked for (--dtype: its new name)
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,8 @@ _TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 def precision_option(precision: str | None = None, dtype: str | None = None) -> str:
     """The ``--precision`` asked for, from ``--precision`` and ``--dtype`` (its older name:
-    ``float32``, ``bfloat16`` or ``float16``); ``auto`` where neither is given. Both given
+    ``float32``, ``bfloat16`` or ``float16``); ``fp32`` where neither is given (a
+    measurement's default: the precision it always ran in; ``auto`` is asked for). Both given
     must agree; a value of neither vocabulary is refused (a ``ValueError``)."""
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"precision: {precision!r}; choose {', '.join(PRECISIONS)}")
@@ -55,7 +56,7 @@ def precision_option(precision: str | None = None, dtype: str | None = None) -> 
             f"--precision {precision} and --dtype {dtype} disagree: --dtype is the older name "
             f"of --precision (--dtype {dtype} is --precision {from_dtype}); give one of them"
         )
-    return precision or from_dtype or "auto"
+    return precision or from_dtype or "fp32"
 
 
 def resolve_precision(
@@ -138,8 +139,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         default=None,
         choices=PRECISIONS,
-        help="auto (bf16 on a CUDA --device that supports it, fp32 on the CPU; the default), "
-        "fp32, bf16 or fp16 (inference needs no loss scaling; a 16-bit overflow is reported); "
+        help="fp32 (the default, on any device), auto (bf16 on a CUDA --device that supports "
+        "it, fp32 on the CPU), bf16 or fp16 (inference needs no loss scaling; a 16-bit "
+        "overflow is reported); "
         "the model's weights are cast to it, where the training commands and eval "
         "preferences keep fp32 weights and autocast to bf16",
     )

@@ -328,8 +328,8 @@ def _evaluate(
         )
         try:
             # fp32 on any device, as every evaluation the stamps record ran (eval
-            # calibration's default was fp32 until it became auto: bf16 on CUDA); as it is
-            # the same for all of them, it stays out of the stamp (stamp it if it may vary)
+            # calibration's default, named so that a change of default cannot mix them); as
+            # it is the same for all of them, it stays out of the stamp (stamp it if it varies)
             fixed = ["--precision", "fp32"] + (["--no-progress"] if args.no_progress else [])
             status = invoke(argv + fixed)
         except CommandFailed as e:
