@@ -15,6 +15,20 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def tiny_preference_model(tmp_path_factory):
+    """A saved tiny preference (reward) model with random weights (seed 0), as
+    rank-calibrate reads one: ``--reward-model``."""
+    from smoothalign.reward.run import build_reward_model
+
+    torch.manual_seed(0)
+    model, tok = build_reward_model("tiny")
+    out = tmp_path_factory.mktemp("rm") / "final"
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     """A NumPy generator with a fixed seed (each test gets a fresh one)."""

@@ -32,15 +32,8 @@ from smoothalign.reward.scoring import (
 
 
 @pytest.fixture(scope="module")
-def reward_dir(tmp_path_factory) -> Path:
-    from smoothalign.reward.run import build_reward_model
-
-    torch.manual_seed(0)
-    model, tok = build_reward_model("tiny")
-    out = tmp_path_factory.mktemp("rm") / "final"
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
+def reward_dir(tiny_preference_model) -> Path:
+    return tiny_preference_model
 
 
 @pytest.fixture(scope="module")
@@ -596,13 +589,25 @@ def test_the_split_notes_and_errors_name_the_commands_own_option():
 
     rows = [SimpleNamespace(metadata={"split": s}, row=i) for i, s in enumerate(["train", "eval"])]
     args = (lambda ex: ex.metadata, lambda ex: ex.row, 0.2, 0)
-    _, _, notes = train_eval_split(
-        rows, [rows[0]], *args, what="prompts", eval_option="--eval-prompts"
-    )
-    assert notes == ["--eval-prompts given: the data's 1 'eval' rows were not trained on"]
+    from smoothalign._options import command_flags
+
     only_train = [SimpleNamespace(metadata={"split": "train"}, row=i) for i in range(3)]
-    with pytest.raises(ValueError, match="split column marks no row 'eval' .* pass --eval-prompts"):
-        train_eval_split(only_train, None, *args, what="prompts", eval_option="--eval-prompts")
+    # on the command line its flag; from Python its keyword
+    for flags, name in (
+        ({"eval_prompts": "--eval-prompts"}, "--eval-prompts"),
+        ({}, "eval_prompts"),
+    ):
+        with command_flags(flags):
+            _, _, notes = train_eval_split(
+                rows, [rows[0]], *args, what="prompts", eval_option="--eval-prompts"
+            )
+            assert notes == [f"{name} given: the data's 1 'eval' rows were not trained on"]
+            with pytest.raises(
+                ValueError, match=f"split column marks no row 'eval' .* pass {name}$"
+            ):
+                train_eval_split(
+                    only_train, None, *args, what="prompts", eval_option="--eval-prompts"
+                )
 
 
 def test_training_prompts_without_a_reference_are_listed_as_bad_rows(tiny, tmp_path):

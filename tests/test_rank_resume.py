@@ -19,15 +19,8 @@ from smoothalign.train.checkpoints import COMPLETE_MARKER, latest_complete_check
 
 
 @pytest.fixture(scope="module")
-def reward_dir(tmp_path_factory) -> Path:
-    from smoothalign.reward.run import build_reward_model
-
-    torch.manual_seed(0)
-    model, tok = build_reward_model("tiny")
-    out = tmp_path_factory.mktemp("rm") / "final"
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
+def reward_dir(tiny_preference_model) -> Path:
+    return tiny_preference_model
 
 
 def _prompts(path: Path, n: int = 10) -> Path:
