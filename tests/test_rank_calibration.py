@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -508,6 +509,133 @@ def test_prompts_the_preference_model_cannot_score_are_found_before_training(rew
         + info["train"]["too_long_for_the_preference_model"][0]
     ]
     assert info["train"]["too_long_for_the_preference_model"][0].startswith("row 1, field 'prompt'")
+
+
+def _preference_model_with_a_longer_template(reward_dir: Path, dest: Path) -> Path:
+    """A copy of the preference model whose chat template writes ``PREAMBLE: `` first: a
+    conversational prompt takes 10 more of its tokens than of the tiny policy's."""
+    shutil.copytree(reward_dir, dest)
+    template = dest / "chat_template.jinja"
+    template.write_text("{{ 'PREAMBLE: ' }}" + template.read_text())
+    return dest
+
+
+def _chat_rows_two_too_long_for_the_preference_model() -> list[dict]:
+    """Ten conversational prompts (rows 0 and 5 held out) that fit the tiny policy within
+    48 tokens; rows 3 (train) and 5 (eval) take 50 of the preference model's above."""
+    return [
+        {
+            "prompt": [{"role": "user", "content": f"q{i}:" + (" " + "x" * 10) * (i in (3, 5))}],
+            "chosen": [{"role": "assistant", "content": "abc"}],
+            "split": "eval" if i % 5 == 0 else "train",
+        }
+        for i in range(10)
+    ]
+
+
+def test_prompts_too_long_for_the_preference_model_are_refused_before_any_weights_load(
+    tmp_path, reward_dir, monkeypatch, capsys
+):
+    """The preference model's tokens of each prompt need its tokenizer alone (and
+    max_length): a prompt that fits the policy but not it is refused before the policy's
+    weights or the preference model's load, as the other bad rows are; no output folder."""
+    from smoothalign.cli import main
+    from smoothalign.rank.run import run_rank_calibration
+
+    rm = _preference_model_with_a_longer_template(reward_dir, tmp_path / "rm")
+    prompts = _write_prompts(
+        tmp_path / "p.jsonl", _chat_rows_two_too_long_for_the_preference_model()
+    )
+    out = tmp_path / "out"
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the prompts were checked")
+
+    monkeypatch.setattr("smoothalign.models.load_model_and_tokenizer", no_load)
+    monkeypatch.setattr("smoothalign.rank.run.load_preference_model", no_load)
+    config = RankConfig(policy="tiny", reward_model=str(rm), prompts=str(prompts),
+                        output_dir=str(out), max_length=48)  # fmt: skip
+    with pytest.raises(ValueError, match="1 train prompts do not fit the preference model") as err:
+        run_rank_calibration(config)
+    assert str(err.value).splitlines()[1] == (
+        f"  {prompts} row 3, field 'prompt': reward_model: a prompt of 50 tokens leaves no "
+        "room for a response within max_length 48 (prompt 'q3: xxxxxxxxxx'); raise max_length"
+    )
+    argv = ["rank-calibrate", "--policy", "tiny", "--reward-model", str(rm), "--prompts",
+            str(prompts), "--output-dir", str(out), "--max-length", "48"]  # fmt: skip
+    assert main(argv) == 2
+    assert "1 train prompts do not fit the preference model" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_prompts_too_long_for_the_preference_model_are_dropped_before_any_weights_load(
+    tmp_path, reward_dir, monkeypatch
+):
+    """With on_bad_rows='skip' they are dropped before the weights load, and the run
+    records them as it did when it dropped them after: listed in validation.json (and
+    prompts.json), said in its notes after the split's and the cut's, the held-out one left
+    out of split.json."""
+    import smoothalign.models
+    import smoothalign.rank.run as rank_run
+
+    rm = _preference_model_with_a_longer_template(reward_dir, tmp_path / "rm")
+    prompts = _write_prompts(
+        tmp_path / "p.jsonl", _chat_rows_two_too_long_for_the_preference_model()
+    )
+    out = tmp_path / "out"
+    events: list[str] = []
+
+    def recorded(name: str, function):
+        def call(*args, **kwargs):
+            events.append(name if name != "fit" else f"fit {args[4]}")
+            return function(*args, **kwargs)
+
+        return call
+
+    load_policy = smoothalign.models.load_model_and_tokenizer
+    monkeypatch.setattr(
+        smoothalign.models, "load_model_and_tokenizer", recorded("policy", load_policy)
+    )
+    monkeypatch.setattr(
+        rank_run, "load_preference_model", recorded("rm", rank_run.load_preference_model)
+    )
+    monkeypatch.setattr(
+        rank_run, "_fit_the_preference_model", recorded("fit", rank_run._fit_the_preference_model)
+    )
+    result = rank_run.run_rank_calibration(
+        RankConfig(policy="tiny", reward_model=str(rm), prompts=str(prompts), output_dir=str(out),
+                   num_candidates=2, max_new_tokens=4, epochs=1, batch_size=4, max_length=48,
+                   max_prompts=7, report=False, save_model=False, on_bad_rows="skip")
+    )  # fmt: skip
+    assert events == ["fit train", "fit eval", "policy", "rm"]
+    too_long = (
+        "reward_model: a prompt of 50 tokens leaves no room for a response within "
+        "max_length 48 (prompt '{}: xxxxxxxxxx'); raise max_length"
+    )
+    row3 = f"{prompts} row 3, field 'prompt': " + too_long.format("q3")
+    row5 = f"{prompts} row 5, field 'prompt': " + too_long.format("q5")
+    validation = json.loads((out / "validation.json").read_text())
+    assert validation == json.loads((out / "prompts.json").read_text())
+    assert validation["train"]["n_kept"] == 10  # the policy's check kept them all
+    assert validation["train"]["too_long_for_the_preference_model"] == [row3]
+    assert validation["eval"] == {"too_long_for_the_preference_model": [row5]}
+    split_note = result.notes.index("held-out prompts: each one's file and row in split.json")
+    assert result.notes[:split_note] == [
+        f"preference model: {rm} (LlamaForSequenceClassification)",
+        "train/eval split: the data's 'split' column",
+        "training prompts: the first 7 of 8",
+        f"1 train prompt(s) skipped, too long for the preference model: {row3}",
+        f"1 eval prompt(s) skipped, too long for the preference model: {row5}",
+    ]
+    assert (result.n_train, result.n_eval) == (6, 1)
+    assert json.loads((out / "split.json").read_text()) == {
+        "split": "split column", "held_out_from": "--prompts", "n_train": 6, "n_held_out": 1,
+        "n_scored": 1, "scored_limit": None, "held_out": [{"file": str(prompts), "row": 0}],
+    }  # fmt: skip
+    rounds = [
+        json.loads(line) for line in (out / "candidates-epoch-1.jsonl").read_text().splitlines()
+    ]
+    assert [r["row"] for r in rounds] == [1, 2, 4, 6, 7, 8]
 
 
 def test_the_training_loss_pairs_each_candidate_with_its_own_prompt(tmp_path):

@@ -300,6 +300,65 @@ def _fit_the_preference_model(
     return kept
 
 
+@dataclass
+class _CheckedPrompts:
+    """The prompts as the run uses them, every check made: ``train`` and ``scored`` (the
+    held-out prompts evaluated) cut to the limits and fitting the preference model;
+    ``held_out`` every held-out prompt (``split.json``), less those too long for it;
+    ``notes`` the checks' notes, in the order the run reports them."""
+
+    train: list[PromptExample]
+    scored: list[PromptExample]
+    held_out: list[PromptExample]
+    info: dict[str, Any]
+    md: str
+    notes: list[str]
+    held_out_set: str | None
+
+
+def _preference_tokenizer(folder: Path) -> Any:
+    """The preference model's tokenizer as :func:`~smoothalign.reward.scoring.
+    load_preference_model` reads it (local files only, no remote code, a pad token: its EOS
+    where it has none), without its weights."""
+    from transformers import AutoTokenizer
+
+    from smoothalign.models import ensure_pad_token
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        folder, local_files_only=True, trust_remote_code=False
+    )
+    ensure_pad_token(None, tokenizer)
+    return tokenizer
+
+
+def _check_rank_prompts(config: RankConfig, tokenizer: Any) -> _CheckedPrompts:
+    """Every check of the prompts, with tokenizers and configs alone (no weights): their
+    rows under the policy's ``tokenizer`` (:func:`_split_rank_prompts`), the preference
+    model's class (its config), the cut to the limits, then the prompts that leave no room
+    for a response under the preference model's tokenizer (:func:`_fit_the_preference_model`:
+    all its scorer reads of the model is its tokenizer, and ``max_length``)."""
+    prompts = _split_rank_prompts(config, tokenizer)
+    folder = check_preference_model(config.reward_model)
+    # the scorer's tokens need its tokenizer and max_length only: no model to score with
+    scorer = PreferenceModelScorer(
+        None,
+        _preference_tokenizer(folder),
+        max_length=config.max_length,
+        batch_size=config.score_batch_size,
+    )
+    info, notes = prompts.info, list(prompts.notes)
+    train, evals = _cut_to_the_limits(config, prompts.train, prompts.held_out, notes)
+    # a prompt can fit the policy's tokens but not the preference model's (another
+    # tokenizer or chat template): find out now, not when its candidates are scored
+    train = _fit_the_preference_model(train, scorer, config.on_bad_rows, info, "train", notes)
+    scored = _fit_the_preference_model(evals, scorer, config.on_bad_rows, info, "eval", notes)
+    # split.json: every held-out prompt (those past --max-eval-prompts too, unscored), less
+    # those dropped as too long for the preference model (bad rows, listed in validation.json)
+    unfit = {id(ex) for ex in evals} - {id(ex) for ex in scored}
+    held_out = [ex for ex in prompts.held_out if id(ex) not in unfit]
+    return _CheckedPrompts(train, scored, held_out, info, prompts.md, notes, prompts.held_out_set)
+
+
 def save_model_atomically(model: Any, tokenizer: Any, dest: Path) -> Path:
     """``save_pretrained`` (safetensors) into a temp folder beside ``dest``, then swap it in
     (:func:`smoothalign.io.swap_in_folder`): the old folder or the complete new one."""
@@ -378,13 +437,13 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
 
     from smoothalign.models import load_model_and_tokenizer
 
-    # bad prompts before any weights load (the policy's first, then the preference model)
+    # every check of the prompts before any weights load (where the policy's tokenizer can
+    # be read on its own; else right after the policy loads, still before the preference
+    # model): its tokens, the preference model's class (its config alone) and its tokens
     policy, tok, prompts = load_checked(
         config.policy,
         config.trust_remote_code,
-        # the prompts, then the preference model's class (its config alone): both before
-        # any weights load
-        lambda t: (_split_rank_prompts(config, t), check_preference_model(config.reward_model))[0],
+        lambda t: _check_rank_prompts(config, t),
         lambda t: load_model_and_tokenizer(
             config.policy, trust_remote_code=config.trust_remote_code, tokenizer=t
         ),
@@ -394,19 +453,10 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     policy.to(device)
     rm.to(device)
     info, prompts_md, notes = prompts.info, prompts.md, notes + prompts.notes
-    train_ex, eval_ex = _cut_to_the_limits(config, prompts.train, prompts.held_out, notes)
+    train_ex, eval_ex, held_out = prompts.train, prompts.scored, prompts.held_out
     scorer = PreferenceModelScorer(
         rm, rm_tok, max_length=config.max_length, batch_size=config.score_batch_size
     )
-    # a prompt can fit the policy's tokens but not the preference model's (another
-    # tokenizer or chat template): find out now, not when its candidates are scored
-    train_ex = _fit_the_preference_model(train_ex, scorer, config.on_bad_rows, info, "train", notes)
-    scored = _fit_the_preference_model(eval_ex, scorer, config.on_bad_rows, info, "eval", notes)
-    # split.json: every held-out prompt (those past --max-eval-prompts too, unscored), less
-    # those dropped as too long for the preference model (bad rows, listed in validation.json)
-    unfit = {id(ex) for ex in eval_ex} - {id(ex) for ex in scored}
-    held_out = [ex for ex in prompts.held_out if id(ex) not in unfit]
-    eval_ex = scored
     split = split_record(
         train_ex,
         held_out,
