@@ -156,7 +156,8 @@ def test_a_resume_that_changes_an_option_defining_the_run_is_refused(
 
 def test_a_resume_on_edited_prompts_is_refused(tmp_path, reward_dir, monkeypatch):
     """The checkpoint's data fingerprint: a training prompt edited since is refused, saying
-    which side differs; the run's outputs stay as the interrupted run left them."""
+    which side differs, before any weights load (as dpo's, sft's and reward's); the run's
+    outputs stay as the interrupted run left them."""
     prompts = _prompts(tmp_path / "p.jsonl")
     out = tmp_path / "run"
     _crashed_run(reward_dir, prompts, out, monkeypatch)
@@ -164,6 +165,12 @@ def test_a_resume_on_edited_prompts_is_refused(tmp_path, reward_dir, monkeypatch
     rows[3] = json.dumps({"prompt": "q3 edited:", "chosen": "abc", "split": "train"})
     prompts.write_text("\n".join(rows) + "\n")
     config_before = (out / "config.json").read_text()
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the resumed run's data was checked")
+
+    monkeypatch.setattr("smoothalign.models.load_model_and_tokenizer", no_load)
+    monkeypatch.setattr("smoothalign.rank.run.load_preference_model", no_load)
     with pytest.raises(ValueError, match=r"resume: this run's data differs.*training rows"):
         run_rank_calibration(_config(reward_dir, prompts, out, resume="latest"))
     assert (out / "config.json").read_text() == config_before

@@ -305,7 +305,9 @@ class _CheckedPrompts:
     """The prompts as the run uses them, every check made: ``train`` and ``scored`` (the
     held-out prompts evaluated) cut to the limits and fitting the preference model;
     ``held_out`` every held-out prompt (``split.json``), less those too long for it;
-    ``notes`` the checks' notes, in the order the run reports them."""
+    ``notes`` the checks' notes, in the order the run reports them; ``fingerprint`` the
+    data's (:func:`~smoothalign.train.data_fingerprint.data_fingerprint`) and
+    ``resume_note`` what checking it against a resumed checkpoint's had to say."""
 
     train: list[PromptExample]
     scored: list[PromptExample]
@@ -314,6 +316,8 @@ class _CheckedPrompts:
     md: str
     notes: list[str]
     held_out_set: str | None
+    fingerprint: dict[str, Any]
+    resume_note: str | None
 
 
 def _preference_tokenizer(folder: Path) -> Any:
@@ -331,12 +335,13 @@ def _preference_tokenizer(folder: Path) -> Any:
     return tokenizer
 
 
-def _check_rank_prompts(config: RankConfig, tokenizer: Any) -> _CheckedPrompts:
+def _check_rank_prompts(config: RankConfig, tokenizer: Any, out: Path) -> _CheckedPrompts:
     """Every check of the prompts, with tokenizers and configs alone (no weights): their
     rows under the policy's ``tokenizer`` (:func:`_split_rank_prompts`), the preference
-    model's class (its config), the cut to the limits, then the prompts that leave no room
+    model's class (its config), the cut to the limits, the prompts that leave no room
     for a response under the preference model's tokenizer (:func:`_fit_the_preference_model`:
-    all its scorer reads of the model is its tokenizer, and ``max_length``)."""
+    all its scorer reads of the model is its tokenizer, and ``max_length``), then, resuming
+    into ``out``, that they are those its checkpoint was trained on."""
     prompts = _split_rank_prompts(config, tokenizer)
     folder = check_preference_model(config.reward_model)
     # the scorer's tokens need its tokenizer and max_length only: no model to score with
@@ -356,7 +361,21 @@ def _check_rank_prompts(config: RankConfig, tokenizer: Any) -> _CheckedPrompts:
     # those dropped as too long for the preference model (bad rows, listed in validation.json)
     unfit = {id(ex) for ex in evals} - {id(ex) for ex in scored}
     held_out = [ex for ex in prompts.held_out if id(ex) not in unfit]
-    return _CheckedPrompts(train, scored, held_out, info, prompts.md, notes, prompts.held_out_set)
+    # a resume's prompts: those its checkpoint was trained on (all held-out ones, scored or
+    # not: --max-eval-prompts may not change either)
+    fingerprint = data_fingerprint(train, held_out, prompt_reads(config), ("prompt", "prompt_ids"))
+    resume_note = check_resume_data(config.resume, out, fingerprint)
+    return _CheckedPrompts(
+        train,
+        scored,
+        held_out,
+        info,
+        prompts.md,
+        notes,
+        prompts.held_out_set,
+        fingerprint,
+        resume_note,
+    )
 
 
 def save_model_atomically(model: Any, tokenizer: Any, dest: Path) -> Path:
@@ -439,11 +458,12 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
 
     # every check of the prompts before any weights load (where the policy's tokenizer can
     # be read on its own; else right after the policy loads, still before the preference
-    # model): its tokens, the preference model's class (its config alone) and its tokens
+    # model): its tokens, the preference model's class (its config alone) and its tokens,
+    # and a resume's data
     policy, tok, prompts = load_checked(
         config.policy,
         config.trust_remote_code,
-        lambda t: _check_rank_prompts(config, t),
+        lambda t: _check_rank_prompts(config, t, out),
         lambda t: load_model_and_tokenizer(
             config.policy, trust_remote_code=config.trust_remote_code, tokenizer=t
         ),
@@ -470,12 +490,7 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     if split["held_out_from"] == "--data":  # the held-out rows are the prompts' own
         split["held_out_from"] = "--prompts"
     notes.append(f"held-out prompts: each one's file and row in {SPLIT_FILE}")
-    # a resume's prompts: those its checkpoint was trained on (all held-out ones, scored or
-    # not: --max-eval-prompts may not change either)
-    fingerprint = data_fingerprint(
-        train_ex, held_out, prompt_reads(config), ("prompt", "prompt_ids")
-    )
-    resume_note = check_resume_data(config.resume, out, fingerprint)
+    fingerprint, resume_note = prompts.fingerprint, prompts.resume_note
     notes += [resume_note] if resume_note else []
     # every check passed and both models loaded: the run is on. An earlier run's results go
     # now (its report, plots, per-epoch candidates, and the model it saved, which an
