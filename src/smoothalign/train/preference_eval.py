@@ -28,12 +28,15 @@ files (or the rows a ``split`` column marks ``eval``), as ``dpo`` holds them out
 row; ``train`` and ``all`` read the others. With a run folder as the model and the data
 it read, ``eval`` and ``auto`` score the rows its ``split.json`` held out, and rows it
 trained on are counted where they are scored. The summary, the notes and ``metrics.json``
-say which.
+say which. From Python the data may be the rows themselves (a list of dicts, as ``run_dpo``
+takes them): read as a file is, named by their index in the list (``file`` null); a run
+given a list is matched to a list given here by index where it is that list
+(:func:`select_rows`).
 
 Files written into ``output_dir`` (each atomically): ``metrics.json`` (the metrics, the
 counts, what was skipped, the model, reference and β used and where each came from),
-``forecasts.jsonl`` (one line per pair: ``row`` (0-based, in its file) and ``file`` (its
-name), ``margin`` h, ``forecast`` σ(h), ``label`` (1: the data's label, the chosen
+``forecasts.jsonl`` (one line per pair: ``row`` (0-based, in its file, or in the list of
+rows handed over from Python) and ``file`` (its name; null for a list's row), ``margin`` h, ``forecast`` σ(h), ``label`` (1: the data's label, the chosen
 response won), ``confidence`` where the data gives one), ``reliability.png``, ``report.md``
 and ``validation.json`` (every bad or skipped row).
 """
@@ -44,6 +47,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Mapping
 from contextlib import nullcontext
@@ -71,10 +75,18 @@ class PreferenceEvalConfig:
     ``reference``, ``beta`` and ``max_length`` left as None are the run's where ``model`` is
     a smoothalign DPO run folder (or its ``final/``), else: the data's reference log-probs
     (every pair must carry them; otherwise ``reference`` is required), β = 0.1, and
-    ``dpo``'s default max length."""
+    ``dpo``'s default max length.
+
+    ``data``: a file or folder, or the rows themselves (a list or tuple of dicts, as a file
+    holds them), as ``run_dpo`` takes them; ``split`` reads such a list as it reads a file
+    (its ``split`` column), and messages, ``validation.json`` and ``forecasts.jsonl`` name
+    its rows by their 0-based index in it, ``file`` null (:func:`select_rows` says how a
+    run's held-out rows are found in it)."""
 
     model: str
-    data: str
+    # a file or folder, or the rows themselves (a list or tuple of dicts, as a file holds
+    # them: run_dpo's data=rows), named by their 0-based index in it (file null)
+    data: str | os.PathLike | list[dict[str, Any]] | tuple[dict[str, Any], ...]
     reference: str | None = None
     beta: float | None = None
     output_dir: str = DEFAULT_OUTPUT_DIR
@@ -90,10 +102,16 @@ class PreferenceEvalConfig:
 
     def __post_init__(self) -> None:
         check_finite_fields(self)
-        for name, what in (("model", "a model name or path"), ("data", "a file or folder")):
-            value = getattr(self, name)
-            if not isinstance(value, str | os.PathLike) or not os.fspath(value).strip():
-                raise ValueError(f"{name}: expected {what}, got {value!r}")
+        if not isinstance(self.model, str | os.PathLike) or not os.fspath(self.model).strip():
+            raise ValueError(f"model: expected a model name or path, got {self.model!r}")
+        if isinstance(self.data, list | tuple):
+            if not self.data:
+                raise ValueError("data: the list of rows is empty")
+        elif not isinstance(self.data, str | os.PathLike) or not os.fspath(self.data).strip():
+            raise ValueError(
+                "data: expected a file or folder, or the rows as a list of dicts, got "
+                f"{_short(self.data)}"
+            )
         if self.beta is not None and (
             isinstance(self.beta, bool)
             or not isinstance(self.beta, int | float)
@@ -224,6 +242,18 @@ def select_rows(
     held out) are counted in a note and a warning (``--split train`` or ``all``, or data
     that marks no held-out rows).
 
+    ``data`` may be the rows themselves (a list or tuple of dicts, as ``run_dpo`` takes
+    them): read as one file is, its rows named by their 0-based index in it. A run given
+    such a list (``run_dpo(data=rows)``) names its held-out rows by that index, ``file``
+    null; they are found in a list given here where that is the same list: the run held out
+    rows of its ``data`` (``held_out_from``: ``--data``, not an ``eval_data`` list) and
+    the list has as many rows as the run's (its ``config.json``: ``<builtins.list of N
+    rows>``): rows are matched by index, so it must be the same rows in the same order,
+    which only their count checks. Where the run's rows and the data given cannot be
+    matched so (the run read a file and a list is given, or the other way round; a list of
+    another length; held-out rows of an ``eval_data`` list), the data decides, as for
+    other files, and a note (and a warning) says why.
+
     * ``eval``: the held-out rows: a data folder's ``eval.*`` / ``validation.*`` files
       beside its train files (as ``dpo`` reads them), else the rows whose ``split`` column
       says ``eval``; data that marks none is refused;
@@ -243,12 +273,25 @@ def select_rows(
         raise ValueError(f"split: {split!r}; choose one of {', '.join(SPLITS)}")
     how = f"--split {split}" if split != "auto" else "--split auto, the default"
     run_split = _run_split(run)
-    if run_split is not None and split in ("auto", "eval"):
-        chosen = _run_held_out(data, run_split, how)
+    unmatched = None if run_split is None else _unmatched(data, run_split)
+    if run_split is not None and split in ("auto", "eval") and run_split.held_out:
+        chosen = None if unmatched else _run_held_out(data, run_split, how)
         if chosen is not None:
             return chosen
-    selected = _select_rows(data, split, how)
-    return _note_trained(selected, run, run_split)
+    else:
+        unmatched = None  # the run's held-out rows are not looked for: nothing to say
+    try:
+        selected = _select_rows(data, split, how)
+    except ValueError as e:
+        if unmatched:
+            raise ValueError(f"{e} ({unmatched})") from None
+        raise
+    if unmatched:
+        from smoothalign._warn import warn_main
+
+        warn_main(unmatched, stacklevel=3)
+        selected = dataclasses.replace(selected, notes=(*selected.notes, unmatched))
+    return _note_trained(selected, run, run_split, same_list=_same_list(data, run_split))
 
 
 def _select_rows(data: Any, split: str, how: str) -> SelectedRows:
@@ -271,12 +314,13 @@ def _select_rows(data: Any, split: str, how: str) -> SelectedRows:
     rows = load_preference_rows(data)
     if folder and split == "all":  # (an ambiguous folder's message names --data)
         rows += folder_held_out(data, None, eval_option="--data").rows or []
+    name = _data_name(data)
     if not rows:
-        raise ValueError(f"data: {data} holds no rows")
+        raise ValueError(f"data: {name} holds no rows")
     column = has_split_column(rows) and split != "all"
     if split == "eval" and not column:
         raise ValueError(
-            f"split: eval, but {data} marks no held-out rows (no eval.* or validation.* files "
+            f"split: eval, but {name} marks no held-out rows (no eval.* or validation.* files "
             "beside train files in a folder, no 'split' column): give the held-out pairs as "
             "--data, or pass --split all to score every row"
         )
@@ -298,7 +342,7 @@ def _select_rows(data: Any, split: str, how: str) -> SelectedRows:
     n_split = sum(isinstance(r, Mapping) and r.get("split") == split for r in rows)
     if not n_split:
         raise ValueError(
-            f"split: {split}, but no row of {data} has split {split!r} in its 'split' column; "
+            f"split: {split}, but no row of {name} has split {split!r} in its 'split' column; "
             "pass --split all to score every row"
         )
     return SelectedRows(
@@ -312,33 +356,115 @@ def _select_rows(data: Any, split: str, how: str) -> SelectedRows:
 
 @dataclass(frozen=True)
 class _RunSplit:
-    """A run's ``split.json``, its rows keyed by ``(resolved file, row)``: ``held_out``,
-    ``skipped``, the bad rows its ``validation.json`` lists (the run skipped them), and
-    ``data``, the run's ``--data`` resolved (the rows it trained on are its rows that are
-    neither held out nor skipped)."""
+    """A run's ``split.json``, its rows keyed by ``(resolved file, row)`` (file ``None``:
+    rows handed over as a list, by their index there): ``held_out``, ``skipped``, the bad
+    rows its ``validation.json`` lists (the run skipped them), and ``data``, the run's
+    ``--data`` resolved (the rows it trained on are its rows that are neither held out nor
+    skipped), ``None`` where it read rows handed over, whose count ``data_rows`` is (from
+    its ``config.json``: ``<builtins.list of N rows>``)."""
 
     folder: Path
     record: dict[str, Any]
-    held_out: list[tuple[str, int]]
+    held_out: list[tuple[str | None, int]]
     data: str | None
-    skipped: frozenset[tuple[str, int]] = frozenset()
+    skipped: frozenset[tuple[str | None, int]] = frozenset()
+    data_rows: int | None = None
+
+    @property
+    def by_index(self) -> bool:
+        """Whether its held-out rows are a list's, by index (``file`` null): else files'."""
+        return bool(self.held_out) and self.held_out[0][0] is None
 
 
 def _resolved(file: Any, base: str | os.PathLike = ".") -> str:
     return str((Path(base) / Path(os.fspath(file)).expanduser()).resolve())
 
 
-def _row_key(row: Any) -> tuple[str, int] | None:
+def _row_key(row: Any) -> tuple[str | None, int] | None:
+    """A loaded row's key: ``(resolved file, row)``, ``(None, index)`` for a row of a list."""
     from smoothalign.data.loading import FILE_KEY, ROW_KEY
 
-    if not isinstance(row, Mapping) or not row.get(FILE_KEY) or ROW_KEY not in row:
+    if not isinstance(row, Mapping) or ROW_KEY not in row:
         return None
-    return _resolved(row[FILE_KEY]), row[ROW_KEY]
+    file = row.get(FILE_KEY)
+    return (_resolved(file) if file else None), row[ROW_KEY]
+
+
+def _is_rows(data: Any) -> bool:
+    """Whether ``data`` is the rows themselves (a list or tuple), not a path."""
+    return isinstance(data, list | tuple)
+
+
+def _data_name(data: Any) -> str:
+    """How messages name the data: its path, or ``the list of 5 rows``."""
+    if _is_rows(data):
+        return f"the {type(data).__name__} of {len(data)} rows"
+    return os.fspath(data)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_HANDED_OVER = re.compile(r"<[\w.]+ of (\d+) rows>")  # config_to_dict's description of rows
+
+
+def _unmatched(data: Any, run_split: _RunSplit) -> str | None:
+    """Why the run's held-out rows (its ``split.json``) cannot be looked for in ``data``,
+    where they cannot: rows of a list named by index against a file, or the other way
+    round, or a list that is not the run's (:func:`select_rows`); else None."""
+    if not run_split.held_out:
+        return None
+    run = f"the run {run_split.folder}"
+    decides = "the data decides which rows are scored"
+    if run_split.by_index and not _is_rows(data):
+        return (
+            f"{run} held out rows of a list handed over from Python, which its split.json "
+            f"names by index (file null): they are not looked for in {data}; {decides} "
+            "(pass the same rows as a list from Python to score its held-out rows)"
+        )
+    if not run_split.by_index and _is_rows(data):
+        files = sorted({Path(f).name for f, _ in run_split.held_out if f})
+        return (
+            f"{run}'s split.json names its held-out rows by file ({', '.join(files)}), and "
+            f"rows given as a list come from no file: {decides} (pass that file as data to "
+            "score its held-out rows)"
+        )
+    if not run_split.by_index:
+        return None  # files: matched by path (_run_held_out)
+    if run_split.record.get("held_out_from") != "--data":
+        return (
+            f"{run}'s split.json names its held-out rows by index in a list other than its "
+            f"data (held out from {run_split.record.get('held_out_from') or 'an unnamed set'}"
+            f"): which list {_data_name(data)} is, is not known; {decides}"
+        )
+    if run_split.data_rows != len(data):
+        had = "a list" if run_split.data_rows is None else f"a list of {run_split.data_rows}"
+        return (
+            f"{run} trained on {had} rows, whose held-out rows its split.json names by index, "
+            f"and {_data_name(data)} is not that list: {decides} (pass the same rows, in the "
+            "same order, to score its held-out rows)"
+        )
+    return None
+
+
+def _same_list(data: Any, run_split: _RunSplit | None) -> bool:
+    """Whether ``data`` is taken for the list of rows the run trained on: a list, and the
+    run's held-out rows were matched to it by index (:func:`_unmatched`)."""
+    return (
+        run_split is not None
+        and _is_rows(data)
+        and run_split.data is None
+        and run_split.data_rows == len(data)
+        and run_split.record.get("held_out_from") == "--data"
+        and (not run_split.held_out or run_split.by_index)
+    )
 
 
 def _run_split(run: tuple[Path, dict[str, Any]] | None) -> _RunSplit | None:
-    """The run's ``split.json``, or None: no run, no such file, or one that names a row by
-    no file (rows handed over as a list) or is unreadable."""
+    """The run's ``split.json``, or None: no run, no such file, or one that is unreadable
+    (or names some rows by file and others by none: rows handed over as a list)."""
     from smoothalign.train.common import SPLIT_FILE
 
     if run is None:
@@ -354,20 +480,27 @@ def _run_split(run: tuple[Path, dict[str, Any]] | None) -> _RunSplit | None:
     base = options.get("working_dir") or "."
     keys = []
     for entry in held:
-        file = entry.get("file") if isinstance(entry, dict) else None
+        file = entry.get("file", "") if isinstance(entry, dict) else ""
         row = entry.get("row") if isinstance(entry, dict) else None
-        if not isinstance(file, str) or not isinstance(row, int) or isinstance(row, bool):
+        if not (file is None or isinstance(file, str) and file):
             return None
-        keys.append((_resolved(file, base), row))
-    data = options.get("data")
+        if not isinstance(row, int) or isinstance(row, bool):
+            return None
+        keys.append((None if file is None else _resolved(file, base), row))
+    if len({file is None for file, _ in keys}) > 1:
+        return None
+    data, data_rows = options.get("data"), None
+    handed_over = _HANDED_OVER.fullmatch(data) if isinstance(data, str) else None
+    if handed_over:  # rows handed over from Python (config.json describes them)
+        data, data_rows = None, int(handed_over.group(1))
     data = _resolved(data, base) if isinstance(data, str) else None
-    return _RunSplit(folder, record, keys, data, _run_skipped(folder, base))
+    return _RunSplit(folder, record, keys, data, _run_skipped(folder, base), data_rows)
 
 
-def _run_skipped(folder: Path, base: str | os.PathLike) -> frozenset[tuple[str, int]]:
+def _run_skipped(folder: Path, base: str | os.PathLike) -> frozenset[tuple[str | None, int]]:
     """The rows a run skipped as bad, keyed as :class:`_RunSplit`'s: every part's
-    ``bad_rows`` in its ``validation.json`` (a run that kept a bad row refused instead);
-    none where the file is missing or unreadable."""
+    ``bad_rows`` in its ``validation.json`` (a run that kept a bad row refused instead),
+    file ``None`` for rows of a list; none where the file is missing or unreadable."""
     try:
         validation = json.loads((folder / "validation.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -379,7 +512,11 @@ def _run_skipped(folder: Path, base: str | os.PathLike) -> frozenset[tuple[str, 
         for entry in bad if isinstance(bad, list) else ():
             file = entry.get("file") if isinstance(entry, dict) else None
             row = entry.get("row") if isinstance(entry, dict) else None
-            if isinstance(file, str) and isinstance(row, int) and not isinstance(row, bool):
+            if not isinstance(row, int) or isinstance(row, bool):
+                continue
+            if file is None:
+                keys.add((None, row))
+            elif isinstance(file, str) and file:
                 keys.add((_resolved(file, base), row))
     return frozenset(keys)
 
@@ -422,28 +559,34 @@ def _run_held_out(data: Any, run_split: _RunSplit, how: str) -> SelectedRows | N
         "eval",
         f"split: eval ({how}): the {len(chosen)} rows the run {run_split.folder} held out "
         f"({made or 'its split'}), as its split.json lists them, of the {len(rows)} rows of "
-        f"{data} (--split all or train reads the others)",
+        f"{'the list' if _is_rows(data) else data} (--split all or train reads the others)",
         notes=notes,
     )
 
 
 def _note_trained(
-    selected: SelectedRows, run: tuple[Path, dict[str, Any]] | None, run_split: _RunSplit | None
+    selected: SelectedRows,
+    run: tuple[Path, dict[str, Any]] | None,
+    run_split: _RunSplit | None,
+    same_list: bool = False,
 ) -> SelectedRows:
     """``selected`` with a note (and a warning) counting the rows among them that the run
     trained on: rows of its ``--data`` that its ``split.json`` does not list as held out and
-    its ``validation.json`` does not list as skipped."""
-    if run_split is None or run_split.data is None:
+    its ``validation.json`` does not list as skipped (``same_list``: the data is the list of
+    rows the run trained on, by index: :func:`_same_list`)."""
+    if run_split is None or (run_split.data is None and not same_list):
         return selected
     from smoothalign._warn import warn_main
 
     not_trained = set(run_split.held_out) | run_split.skipped
-    data = Path(run_split.data)
+    data = None if run_split.data is None else Path(run_split.data)
 
     def trained(row: Any) -> bool:
         key = _row_key(row)
         if key is None or key in not_trained:
             return False
+        if key[0] is None or data is None:
+            return same_list and key[0] is None
         file = Path(key[0])
         return file == data or file.parent == data  # the run's file, or its folder's
 
@@ -711,9 +854,8 @@ def _evaluate(
     ]
     atomic_write_text(out / "forecasts.jsonl", "".join(lines))
     curve = pairwise_reliability_curve(forecasts["margins"], forecasts["confidence"])
-    figure = plot_pairwise_reliability(
-        {os.fspath(config.model): forecasts}, Path(os.fspath(config.data)).name
-    )
+    title = _data_name(config.data) if _is_rows(config.data) else Path(config.data).name
+    figure = plot_pairwise_reliability({os.fspath(config.model): forecasts}, title)
     save_figure(figure, out / "reliability.png")
     result = {
         "command": "smoothalign eval preferences",
@@ -730,7 +872,7 @@ def _evaluate(
         "max_length": max_length.value,
         "max_length_source": max_length.source,
         "run": None if run is None else str(run[0]),
-        "data": os.fspath(config.data),
+        "data": config.to_dict()["data"],  # rows handed over: described, not copied
         "split": selected.split,  # the rows scored; config.split: the option as given
         "split_note": selected.note,
         "n_pairs": len(examples),
@@ -870,9 +1012,7 @@ def score_pairs(
 
 
 def _forecast_line(ex, margin: float) -> str:
-    record: dict[str, Any] = {"row": ex.row}
-    if ex.file is not None:
-        record["file"] = ex.file
+    record: dict[str, Any] = {"row": ex.row, "file": ex.file}  # file None: a list's row
     record |= {
         "margin": margin,
         "forecast": _sigmoid(margin),
