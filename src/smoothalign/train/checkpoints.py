@@ -174,12 +174,20 @@ def _step_of(folder: Path) -> int:
 
 def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
     """``None`` → no resume; ``'latest'`` → the newest complete checkpoint in ``output_dir``
-    (none yet: start fresh); a path → that checkpoint, which must be complete."""
+    (none yet: start fresh); a path → that checkpoint, which must be complete. A relative
+    path is read as given (against the current directory) where it exists, else in
+    ``output_dir``: ``--resume checkpoint-500`` names ``output_dir``'s ``checkpoint-500``."""
     if resume is None:
         return None
     if resume == "latest":
         return latest_complete_checkpoint(output_dir)
     folder = Path(resume)
+    if not folder.exists() and not folder.expanduser().is_absolute():
+        inside = Path(output_dir) / folder
+        if inside.exists():
+            folder = inside
+        else:
+            raise ValueError(f"resume: no checkpoint folder at {folder} nor at {inside}")
     if not folder.is_dir():
         raise ValueError(f"resume: no checkpoint folder at {folder}")
     if not is_complete(folder):

@@ -1,0 +1,63 @@
+"""What the training commands do with the folder given as --output-dir:
+``--resume checkpoint-N`` names the checkpoint in --output-dir."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tests.dpo_helpers import synthetic_rows, write_jsonl
+
+from smoothalign.train import DPOConfig, run_dpo
+from smoothalign.train.checkpoints import COMPLETE_MARKER, resolve_resume
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("prefs")
+    return write_jsonl(synthetic_rows(32, seed=1), folder / "pairs.jsonl")
+
+
+def _config(data: Path, out: Path, **overrides) -> DPOConfig:
+    base = dict(
+        model="tiny", data=str(data), eval_data=None, output_dir=str(out), batch_size=8,
+        lora=False, logging_steps=1, eval_samples=0, max_length=32, report=False,
+        lr_warmup_steps=0, smoothing="none", max_steps=1,
+    )  # fmt: skip
+    return DPOConfig(**{**base, **overrides})
+
+
+def test_a_bare_checkpoint_name_resumes_from_the_output_dir(pairs, tmp_path, monkeypatch):
+    """README's ``--resume checkpoint-N`` from any directory: a relative path that is not
+    there as given is the checkpoint of that name in --output-dir."""
+    out = tmp_path / "run"
+    run_dpo(_config(pairs, out, save_steps=1, max_steps=2))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = run_dpo(_config(pairs, out, save_steps=1, max_steps=3, resume="checkpoint-1"))
+    assert f"resumed from {out / 'checkpoint-1'}" in result.notes
+    assert (out / "checkpoint-3" / COMPLETE_MARKER).is_file()
+    with pytest.raises(
+        ValueError,
+        match=f"resume: no checkpoint folder at checkpoint-9 nor at {out / 'checkpoint-9'}",
+    ):
+        run_dpo(_config(pairs, out, max_steps=9, resume="checkpoint-9"))
+
+
+def test_a_relative_resume_path_that_exists_as_given_is_used_as_given(tmp_path, monkeypatch):
+    def checkpoint(folder: Path) -> Path:
+        folder.mkdir(parents=True)
+        (folder / COMPLETE_MARKER).write_text(json.dumps({"global_step": 1}))
+        return folder
+
+    out = tmp_path / "out"
+    inside = checkpoint(out / "checkpoint-1")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_resume("checkpoint-1", out) == out / "checkpoint-1"
+    assert resolve_resume("out/checkpoint-1", out) == Path("out/checkpoint-1")
+    here = checkpoint(tmp_path / "checkpoint-1")
+    assert resolve_resume("checkpoint-1", out).resolve() == here.resolve() != inside.resolve()
+    with pytest.raises(ValueError, match="no checkpoint folder at /nope/checkpoint-1$"):
+        resolve_resume("/nope/checkpoint-1", out)
