@@ -1090,7 +1090,7 @@ def test_dropout_is_off_so_the_policy_starts_equal_to_its_reference(tmp_path):
     rows = [{"prompt": f"p{i}:", "chosen": " abab", "rejected": " cdcd"} for i in range(8)]
     data = write_jsonl(rows, tmp_path / "d.jsonl")
     for reference in ("adapter-disabled", "model"):
-        out = tmp_path / reference
+        out = tmp_path / f"run-{reference}"  # not tmp_path / "model": the model's folder
         cfg = _config(data, out, model=str(tmp_path / "model"), lora=True, lora_r=4,
                       reference=reference, max_steps=1, logging_steps=1, batch_size=4)  # fmt: skip
         result = run_dpo(cfg)

@@ -1,9 +1,10 @@
-"""What the training commands do with the folder given as --output-dir:
-``--resume checkpoint-N`` names the checkpoint in --output-dir."""
+"""What the training commands do with the folder given as --output-dir: a model folder is
+refused before anything loads; ``--resume checkpoint-N`` names the checkpoint in --output-dir."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,73 @@ def _config(data: Path, out: Path, **overrides) -> DPOConfig:
         lr_warmup_steps=0, smoothing="none", max_steps=1,
     )  # fmt: skip
     return DPOConfig(**{**base, **overrides})
+
+
+def _no_model(monkeypatch):
+    import smoothalign.train.run as run_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output folder was checked")
+
+    monkeypatch.setattr(run_module, "load_checked", refuse)
+
+
+def test_a_model_folder_as_output_dir_is_refused_before_anything_loads(
+    pairs, tmp_path, monkeypatch, tiny_preference_model
+):
+    """Training into a model's folder would replace its config.json with the run's
+    options: refused, naming the option, whether a model saved elsewhere or a run's own
+    final/; the run's folder itself still takes a new run and a resume."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_preference_model, model)
+    config_before = (model / "config.json").read_text()
+    out = tmp_path / "run"
+    run_dpo(_config(pairs, out, save_steps=1))
+    final_config = (out / "final" / "config.json").read_text()
+
+    with monkeypatch.context() as m:
+        _no_model(m)
+        for folder in (model, out / "final"):
+            with pytest.raises(
+                ValueError, match=r"^output_dir: .* is a model folder; .*config\.json"
+            ):
+                run_dpo(_config(pairs, folder))
+            with pytest.raises(ValueError, match=r"^output_dir: .* is a model folder"):
+                run_dpo(_config(pairs, folder, resume="latest"))
+    assert (model / "config.json").read_text() == config_before
+    assert (out / "final" / "config.json").read_text() == final_config
+    assert not (model / "final").exists() and not (out / "final" / "final").exists()
+
+    result = run_dpo(_config(pairs, out, resume="latest", max_steps=2, save_steps=1))
+    assert f"resumed from {out / 'checkpoint-1'}" in result.notes
+
+
+@pytest.mark.parametrize("command", ["sft", "reward", "rank-calibrate"])
+def test_every_training_command_refuses_a_model_folder_as_output_dir(
+    command, tmp_path, tiny_preference_model
+):
+    from smoothalign.rank import RankConfig
+    from smoothalign.rank.run import run_rank_calibration
+    from smoothalign.reward import RewardConfig, run_reward
+    from smoothalign.sft import SFTConfig, run_sft
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_preference_model, model)
+    before = sorted(p.name for p in model.iterdir())
+    data = write_jsonl([{"prompt": "q:", "completion": "a"}] * 8, tmp_path / "sft.jsonl")
+    run, config = {
+        "sft": (run_sft, SFTConfig(model="tiny", data=str(data), output_dir=str(model))),
+        "reward": (run_reward, RewardConfig(model="tiny", output_dir=str(model))),
+        "rank-calibrate": (
+            run_rank_calibration,
+            RankConfig(
+                policy="tiny", reward_model=str(tiny_preference_model), output_dir=str(model)
+            ),
+        ),
+    }[command]
+    with pytest.raises(ValueError, match=r"^output_dir: .* is a model folder"):
+        run(config)
+    assert sorted(p.name for p in model.iterdir()) == before
 
 
 def test_a_bare_checkpoint_name_resumes_from_the_output_dir(pairs, tmp_path, monkeypatch):

@@ -93,21 +93,30 @@ def check_not_a_run_or_model(
     ``reliability.png``) or mix into it. Call it before the work, with
     :func:`check_output_dir`."""
     path = Path(path)
-    if not path.is_dir():
-        return path
-    what = (
-        "a smoothalign run's folder"
-        if is_run_folder(path)
-        else "a model folder"
-        if is_model_folder(path)
-        else None
-    )
-    if what:
-        raise ValueError(
-            f"{option}: {path} is {what}; this command's files ({files}) would replace or "
-            f"mix with its own: choose another {option}"
-        )
+    if path.is_dir() and is_run_folder(path):
+        raise ValueError(_would_mix(path, "a smoothalign run's folder", files, option))
+    return check_not_a_model_folder(path, files, option)
+
+
+def check_not_a_model_folder(
+    path: str | os.PathLike, files: str, option: str = "--output-dir"
+) -> Path:
+    """``path`` as a :class:`Path`, or a ``ValueError`` naming ``option`` where it is a
+    model folder (:func:`is_model_folder`: a ``transformers`` ``config.json``): ``files``
+    written there (a ``config.json`` among them) would replace or mix with the model's
+    own. The model half of :func:`check_not_a_run_or_model`; the training commands, which
+    write into run folders, check only this."""
+    path = Path(path)
+    if path.is_dir() and is_model_folder(path):
+        raise ValueError(_would_mix(path, "a model folder", files, option))
     return path
+
+
+def _would_mix(path: Path, what: str, files: str, option: str) -> str:
+    return (
+        f"{option}: {path} is {what}; this command's files ({files}) would replace or "
+        f"mix with its own: choose another {option}"
+    )
 
 
 def _nearest_existing(candidates: tuple[Path, ...]) -> Path | None:

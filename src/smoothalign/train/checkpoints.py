@@ -17,12 +17,19 @@ from typing import Any
 import torch
 
 from smoothalign import _options
-from smoothalign.io import atomic_write_bytes, atomic_write_text, check_output_dir
+from smoothalign.io import (
+    atomic_write_bytes,
+    atomic_write_text,
+    check_not_a_model_folder,
+    check_output_dir,
+)
 
 COMPLETE_MARKER = "smoothalign_complete.json"
 SMOOTHING_STATE = "smoothing_state.pt"
 LOSS_SUMS = "loss_sums.pt"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
+_RUN_FILES = "config.json, final/, checkpoint-N/, metrics.jsonl, report.md, ..."
+"""What a training run writes into its ``output_dir``, as a refusal lists it."""
 
 
 def is_complete(folder: str | Path) -> bool:
@@ -243,9 +250,14 @@ def prepare_output_dir(
     starts a new run, said on stderr, unless there are checkpoint folders whose save did not
     complete: refused, naming them (:func:`refuse_only_incomplete_checkpoints`). A fresh run
     whose ``model`` (in ``config``) is the folder's ``final/`` is refused
-    (:func:`refuse_own_final_as_input`). Call it before the model loads."""
+    (:func:`refuse_own_final_as_input`). A model folder as ``output_dir`` (a
+    ``transformers`` ``config.json``: a model's, or a run's ``final/``) is refused, whose
+    ``config.json`` the run's options would replace
+    (:func:`~smoothalign.io.check_not_a_model_folder`); a run's folder is not one (its
+    ``config.json`` holds the run's options). Call it before the model loads."""
     root = Path(output_dir)
     check_output_dir_path(root)
+    check_not_a_model_folder(root, _RUN_FILES, _options.option("output_dir"))
     folder = resolve_resume(resume, root)  # a bad --resume fails here, not after loading
     if folder is None and config is not None:  # a fresh run removes final/ when it starts
         refuse_own_final_as_input(root, {"model": config.get("model")})
