@@ -1,5 +1,6 @@
-"""What the training commands do with the folder given as --output-dir: a model folder is
-refused before anything loads; ``--resume checkpoint-N`` names the checkpoint in --output-dir."""
+"""What the training commands do with the folder given as --output-dir: a new run into a
+finished run's folder replaces its outputs, and says so; a model folder is refused before
+anything loads; ``--resume checkpoint-N`` names the checkpoint in --output-dir."""
 
 from __future__ import annotations
 
@@ -27,6 +28,59 @@ def _config(data: Path, out: Path, **overrides) -> DPOConfig:
         lr_warmup_steps=0, smoothing="none", max_steps=1,
     )  # fmt: skip
     return DPOConfig(**{**base, **overrides})
+
+
+def _replaced(err: str) -> list[str]:
+    return [line for line in err.splitlines() if "this new run replaces" in line]
+
+
+def test_a_new_run_over_a_finished_run_says_what_it_removes(pairs, tmp_path, capsys):
+    """The default --output-dir takes one run after another: the second replaces the
+    first's model and results, said once on stderr and in the new run's report, naming the
+    folder and what went. A first run into a new folder says nothing of the kind."""
+    out = tmp_path / "run"
+    run_dpo(_config(pairs, out, report=True))
+    assert _replaced(capsys.readouterr().err) == []
+    assert (out / "final" / "model.safetensors").is_file()
+
+    result = run_dpo(_config(pairs, out, report=True))
+    said = _replaced(capsys.readouterr().err)
+    assert said == [
+        f"output_dir: this new run replaces the earlier run's outputs in {out}: removed "
+        "final/ (its trained model), metrics.jsonl, report.md, eval_results.json, 3 plots; "
+        "its config.json is now this run's (to keep a run's outputs, give each run its own "
+        "output_dir)"
+    ]
+    assert said[0] in result.notes
+    assert said[0] in (out / "report.md").read_text(encoding="utf-8")
+    assert (out / "final" / "model.safetensors").is_file()  # this run's
+
+
+def test_the_cli_names_its_flag_when_a_run_replaces_another(pairs, tmp_path, capsys):
+    from smoothalign.cli import main
+
+    out = tmp_path / "run"
+    argv = ["dpo", "--model", "tiny", "--data", str(pairs), "--output-dir", str(out),
+            "--max-steps", "1", "--max-length", "32", "--batch-size", "8", "--no-report"]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 0
+    said = _replaced(capsys.readouterr().err)
+    assert len(said) == 1
+    assert said[0].startswith(
+        f"--output-dir: this new run replaces the earlier run's outputs in {out}"
+    )
+    assert said[0].endswith("give each run its own --output-dir)")
+
+
+def test_a_refused_data_check_alone_is_removed_without_a_word(tmp_path, capsys):
+    from smoothalign.train.checkpoints import clear_for_new_run
+
+    (tmp_path / "refused_validation.json").write_text("{}")
+    notes: list[str] = []
+    assert clear_for_new_run(tmp_path, notes) == ["refused_validation.json"]
+    assert notes == [] and _replaced(capsys.readouterr().err) == []
+    assert not (tmp_path / "refused_validation.json").exists()
 
 
 def _no_model(monkeypatch):

@@ -52,6 +52,7 @@ from smoothalign.train.checkpoints import (
     RESUMABLE_OPTIONS,
     check_resume_config,
     clear_earlier_outputs,
+    clear_for_new_run,
     clear_incomplete_checkpoints,
     incomplete_checkpoint_names,
     prepare_output_dir,
@@ -501,9 +502,10 @@ def run_rank_calibration(config: RankConfig) -> RankRunResult:
     # records), its own final/ and the rounds' candidates files up to the checkpoint's.
     out.mkdir(parents=True, exist_ok=True)
     if resume_from is None:
-        clear_earlier_outputs(
-            out, "candidates-epoch-*.jsonl", "eval_candidates_*.jsonl", final=config.save_model
-        )
+        clear_for_new_run(
+            out, notes, "candidates-epoch-*.jsonl", "eval_candidates_*.jsonl",
+            final=config.save_model,
+        )  # fmt: skip
     else:
         clear_earlier_outputs(out, "eval_candidates_*.jsonl", keep=("metrics.jsonl",))
     # the models it loads (a run folder stands for its final/), as dpo, sft and reward record

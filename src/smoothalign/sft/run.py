@@ -209,7 +209,7 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
     )
     main_process = trainer.is_world_process_zero()
     if main_process:
-        clear_before_run(out, config.resume)  # checks passed, models loaded: the run is on
+        clear_before_run(out, config.resume, notes)  # checks passed, models loaded: the run is on
         atomic_write_json(out / "config.json", run_config_record(config))
         atomic_write_json(out / "validation.json", info)
         atomic_write_json(out / SPLIT_FILE, split)

@@ -586,11 +586,14 @@ def refuse_own_final_as_input(output_dir: str | Path, inputs: dict[str, Any]) ->
             )
 
 
-def clear_before_run(output_dir: str | Path, resume: str | None) -> None:
+def clear_before_run(
+    output_dir: str | Path, resume: str | None, notes: list[str] | None = None
+) -> None:
     """:func:`clear_earlier_outputs` for a run about to start: a fresh one (no checkpoint to
     resume) clears them all, the earlier run's ``final/`` included (an interrupted run must
     not leave it beside its own ``config.json``, where every command reading the folder as
-    a model would load it as this run's); a resumed one keeps ``metrics.jsonl``, which it
+    a model would load it as this run's), and says so (:func:`clear_for_new_run`, into
+    ``notes``); a resumed one keeps ``metrics.jsonl``, which it
     continues, and ``final/`` (its own run's, replaced whole at the end), and clears the
     rest, which it writes anew (a ``--no-report`` resume must not leave the old report
     beside its results). The runs call it once every check has passed and the models are
@@ -599,9 +602,48 @@ def clear_before_run(output_dir: str | Path, resume: str | None) -> None:
     configuration. It creates ``output_dir``: a run refused before it leaves no folder."""
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     if resolve_resume(resume, output_dir) is None:
-        clear_earlier_outputs(output_dir, final=True)
+        clear_for_new_run(output_dir, notes)
     else:  # a resumed run continues metrics.jsonl and writes every other result anew
         clear_earlier_outputs(output_dir, keep=("metrics.jsonl",))
+
+
+def clear_for_new_run(
+    output_dir: str | Path, notes: list[str] | None, *patterns: str, final: bool = True
+) -> list[str]:
+    """:func:`clear_earlier_outputs` (``patterns``, ``final``) for a fresh run, on the main
+    process: where an earlier run's outputs were there (its ``final/`` model, its results),
+    one line on stderr and in ``notes`` (the report's) names the folder and what was
+    removed, since a new run that replaces a finished one's trained model must not do so
+    unsaid. Returns the names removed (empty on the other processes)."""
+    from smoothalign._warn import main_process
+
+    root = Path(output_dir)
+    if not main_process():
+        return []
+    removed = []
+    if final and ((root / "final").exists() or (root / "final").is_symlink()):
+        removed.append("final/ (its trained model)")
+    removed += [name for name in EARLIER_OUTPUTS if (root / name).is_file()]
+    removed += sorted({p.name for pattern in patterns for p in root.glob(pattern) if p.is_file()})
+    clear_earlier_outputs(root, *patterns, final=final)
+    # a refused run's data check alone is no earlier run's outputs
+    if not set(removed) - {"refused_validation.json"}:
+        return removed
+    import sys
+
+    plots = sum(name.endswith(".png") for name in removed)
+    shown = [name for name in removed if not name.endswith(".png")]
+    shown += [f"{plots} plot{'s' if plots > 1 else ''}"] if plots else []
+    opt = _options.option("output_dir")
+    line = (
+        f"{opt}: this new run replaces the earlier run's outputs in {root}: removed "
+        f"{', '.join(shown)}; its config.json is now this run's (to keep a run's outputs, "
+        f"give each run its own {opt})"
+    )
+    print(line, file=sys.stderr, flush=True)
+    if notes is not None:
+        notes.append(line)
+    return removed
 
 
 def check_resume_config(

@@ -217,7 +217,7 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
         callbacks=callbacks,
     )
     if trainer.is_world_process_zero():
-        clear_before_run(out, config.resume)  # checks passed, models loaded: the run is on
+        clear_before_run(out, config.resume, notes)  # checks passed, models loaded: the run is on
         atomic_write_json(out / "config.json", run_config_record(config))
         atomic_write_json(out / "validation.json", validation)
         atomic_write_json(out / SPLIT_FILE, split)
