@@ -578,7 +578,8 @@ def test_a_study_output_dir_that_is_a_file_is_named_before_any_work(command, tmp
     import json
 
     results = tmp_path / "results.json"
-    results.write_text(json.dumps({"runs": [], "config": {}}))
+    study = {"command": "smoothalign study preference"}  # --from-results: the study's own
+    results.write_text(json.dumps({**study, "runs": [], "config": {}}))
     command = [str(results) if a == "R" else a for a in command]
     afile = tmp_path / "afile"
     afile.write_text("not a folder\n")

@@ -105,11 +105,15 @@ def build_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from smoothalign.experiments import logreg
     from smoothalign.experiments.run_info import RunClock, default_workers
+    from smoothalign.experiments.study_dir import check_study_output_dir, study_command
     from smoothalign.experiments.theory_plots import write_theory_plots
-    from smoothalign.io import atomic_write_json, atomic_write_text, check_output_dir, save_figure
+    from smoothalign.io import atomic_write_json, atomic_write_text, save_figure
 
     cfg = build_config(args)  # a bad option: cli.main names it (SMOOTHALIGN_DEBUG=1 raises)
-    out = check_output_dir(args.output_dir)
+    # not into another study's, a run's or a model's folder: its files would be replaced
+    out = check_study_output_dir(
+        args.output_dir, "logreg", "results.json, table.md, logreg_test_loss.png, ..."
+    )
     workers = args.workers if args.workers is not None else (1 if args.quick else default_workers())
     if workers < 1:  # raised: cli.main says it as every input error (exit status 2)
         raise ValueError(f"--workers: must be >= 1, got {workers}")
@@ -123,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
     )
     clock = RunClock()
     results = logreg.run_study(cfg, workers=workers, progress=not args.no_progress)
+    results = {"command": study_command("logreg"), **results}  # which study wrote it
     results["run_info"] = clock.info()
     table = logreg.markdown_report(results)
     written = [

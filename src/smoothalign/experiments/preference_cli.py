@@ -268,6 +268,9 @@ def ignored_options(args: argparse.Namespace) -> str | None:
     )
 
 
+_FILES = "results.json, table.md, the figures"  # what the study writes, as refusals say
+
+
 def rerender(args: argparse.Namespace) -> int:
     """The report of a finished run, from its ``results.json``: the claim check and the
     tables are recomputed from the runs, so a fix to the report never needs a re-run.
@@ -275,7 +278,12 @@ def rerender(args: argparse.Namespace) -> int:
     import json
 
     from smoothalign.experiments import preference, preference_report
-    from smoothalign.io import atomic_write_json, atomic_write_text, check_output_dir
+    from smoothalign.experiments.study_dir import (
+        check_study_output_dir,
+        study_command,
+        written_by,
+    )
+    from smoothalign.io import atomic_write_json, atomic_write_text
 
     source = Path(args.from_results)
     try:
@@ -284,10 +292,17 @@ def rerender(args: argparse.Namespace) -> int:
         raise ValueError(f"--from-results {source}: {e}") from e
     if not isinstance(results, dict) or "runs" not in results or "config" not in results:
         raise ValueError(f"--from-results {source}: not a study's results.json")
+    who = written_by(results)
+    if who != study_command("preference"):
+        raise ValueError(
+            f"--from-results {source}: not a preference study's results.json"
+            + (f" (those of {who})" if who else "")
+        )
     results["aggregates"] = preference.aggregate(results["runs"])
     results["claim"] = preference_report.claim_check(results)
+    results = {"command": study_command("preference"), **results}  # which study wrote it
     out = Path(args.output_dir) if args.output_dir is not None else source.parent
-    check_output_dir(out)
+    check_study_output_dir(out, "preference", _FILES)  # not over another's results
     out.mkdir(parents=True, exist_ok=True)
     table = preference_report.markdown_report(results)
     written = [
@@ -332,9 +347,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(str(e)) from e
     if args.export_votes:
         return export_votes(args, cfg)
-    from smoothalign.io import check_output_dir
+    from smoothalign.experiments.study_dir import check_study_output_dir, study_command
 
-    out = check_output_dir(args.output_dir or DEFAULT_OUTPUT_DIR)  # before any training
+    # before any training: not into another study's, a run's or a model's folder (a rerun
+    # into this study's own folder reuses its runs)
+    out = check_study_output_dir(args.output_dir or DEFAULT_OUTPUT_DIR, "preference", _FILES)
     if args.judge is not None and not (Path(args.judge) / "config.json").is_file():
         raise ValueError(f"--judge {args.judge}: no config.json there")
 
@@ -388,6 +405,7 @@ def run(args: argparse.Namespace) -> int:
         finished_dir=finished_dir,
         reuse=reuse,
     )
+    results = {"command": study_command("preference"), **results}  # which study wrote it
     results["run_info"] = clock.info()
     results["claim"] = preference_report.claim_check(results)
     table = preference_report.markdown_report(results)

@@ -700,7 +700,8 @@ def build_config(args: argparse.Namespace) -> RewardStudyConfig:
 
 def run(args: argparse.Namespace) -> int:
     from smoothalign.experiments.run_info import RunClock, invoked_command
-    from smoothalign.io import atomic_write_json, atomic_write_text, check_output_dir, save_figure
+    from smoothalign.experiments.study_dir import check_study_output_dir, study_command
+    from smoothalign.io import atomic_write_json, atomic_write_text, save_figure
 
     cfg = build_config(args)  # a bad option: cli.main names it (SMOOTHALIGN_DEBUG=1 raises)
     lm_only = [
@@ -716,7 +717,10 @@ def run(args: argparse.Namespace) -> int:
     lm_steps = LM_STEPS if args.lm_steps is None else args.lm_steps
     if args.lm and (lm_seeds < 1 or lm_steps < 1):
         raise ValueError(f"--lm-seeds / --lm-steps: must be >= 1, got {lm_seeds} / {lm_steps}")
-    check_output_dir(args.output_dir)
+    # not into another study's, a run's or a model's folder: its files would be replaced
+    check_study_output_dir(
+        args.output_dir, "reward", "results.json, table.md, reward_convergence.png, lm/"
+    )
     even = [k for k in cfg.annotators if k % 2 == 0]
     if even:  # docs/results.md reads its tables with odd K: no tied votes
         print(
@@ -730,6 +734,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     clock = RunClock(invoked_command("smoothalign.experiments.reward_study"))
     results = run_study(cfg, progress=not args.no_progress)
+    results = {"command": study_command("reward"), **results}  # which study wrote it
     table = markdown_report(results)
     atomic_write_json(out / "results.json", results)  # kept even if the LM part fails
     if args.lm:

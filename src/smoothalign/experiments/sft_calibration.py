@@ -488,11 +488,15 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from smoothalign.eval.mc_sources import load_tasks
     from smoothalign.experiments.run_info import RunClock
-    from smoothalign.io import atomic_write_json, atomic_write_text, check_output_dir, save_figure
+    from smoothalign.experiments.study_dir import check_study_output_dir, study_command
+    from smoothalign.io import atomic_write_json, atomic_write_text, save_figure
 
     clock = RunClock()
     check_options(args)  # a bad option: cli.main names it (SMOOTHALIGN_DEBUG=1 raises)
-    out = check_output_dir(args.output_dir)  # a file in the way: said before any work
+    # a file, a run's or a model's folder, another study's results: said before any work
+    out = check_study_output_dir(
+        args.output_dir, "sft-calibration", "results.json, table.md, reliability.png, sft/, ..."
+    )
     runs = sft_runs(args, out / "sft_train.jsonl")
     # an input error is raised: cli.main says it as every other one (exit status 2)
     tasks = load_tasks([f"bigbench:{t}" for t in args.tasks], bigbench=args.bigbench)
@@ -537,7 +541,7 @@ def _run(args: argparse.Namespace) -> int:
         print(name, json.dumps(metrics))
 
     results = {
-        "command": "smoothalign study sft-calibration",  # as eval calibration's results say
+        "command": study_command("sft-calibration"),  # as eval calibration's results say
         # the options only: the CLI's own keys (_module, _command, sub_1) are not options; the
         # command line is in run_info
         "config": {k: v for k, v in vars(args).items() if not k.startswith(("_", "sub_"))},
