@@ -1240,7 +1240,7 @@ def test_a_byte_order_mark_is_dropped_and_non_utf8_bytes_name_the_line(tmp_path,
 
 
 def test_loading_errors_are_clear(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(FileNotFoundError, match="^source: not found: .*nope.jsonl$"):
         load_preference_rows(tmp_path / "nope.jsonl")
     (tmp_path / "p.txt").write_text("x")
     with pytest.raises(ValueError, match="unsupported preference data file .*'.txt'"):

@@ -774,7 +774,7 @@ def test_refusals_are_said_as_every_input_error(tmp_path, capsys, monkeypatch):
         (["study", "preference", "--judge", str(tmp_path / "nothing")], "--judge "),
         (["study", "preference", "--from-results", str(bad)], f"--from-results {bad}: not a"),
         (["study", "preference", "--from-results", str(tmp_path / "no.json")],
-         "--from-results "),
+         f"--from-results: not found: {tmp_path / 'no.json'}"),
         ([*export, "--steps", "3"], "--export-votes writes"),
         (["study", "preference", "--flip-rates", "0.6"], "--flip-rates: each must lie in"),
         (["study", "preference", "--train-pairs", "1"], "--train-pairs: must be >= 2"),

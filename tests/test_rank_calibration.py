@@ -305,7 +305,7 @@ def test_preference_model_scorer_matches_single_sequence_forwards(reward_dir):
 
 
 def test_preference_model_loading_is_safe_and_says_what_is_wrong(tmp_path, reward_dir, tiny):
-    with pytest.raises(FileNotFoundError, match="reward_model: no such path"):
+    with pytest.raises(FileNotFoundError, match="^reward_model: not found: "):
         load_preference_model(tmp_path / "nope")
     lm, tok = tiny
     lm.save_pretrained(tmp_path / "lm", safe_serialization=True)
@@ -452,7 +452,7 @@ def test_cli_errors_name_the_problem(tmp_path, reward_dir, capsys):
     assert _main(base) == 2
     assert "--reward-model: required" in capsys.readouterr().err
     assert _main([*base, "--reward-model", str(tmp_path / "missing")]) == 2
-    assert "--reward-model: no such path" in capsys.readouterr().err
+    assert f"--reward-model: not found: {tmp_path / 'missing'}" in capsys.readouterr().err
     rows = _plain_rows(4)
     rows[2]["prompt"] = ""
     bad = _write_prompts(tmp_path / "bad.jsonl", rows)

@@ -541,7 +541,7 @@ def test_files_keep_text_columns_as_text(tmp_path):
     )
     with pytest.raises(ValueError, match="row 3, field 'completion'"):
         _one(jsonl)
-    with pytest.raises(FileNotFoundError, match="SFT data not found"):
+    with pytest.raises(FileNotFoundError, match="^source: not found: .*missing.jsonl"):
         load_sft_rows(tmp_path / "missing.jsonl")
 
 

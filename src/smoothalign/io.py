@@ -10,6 +10,31 @@ from pathlib import Path
 from typing import Any
 
 
+def not_found(keyword: str, path: str | os.PathLike) -> FileNotFoundError:
+    """The error for a path given to option ``keyword`` (its Python keyword: ``data``,
+    ``mmlu_file``) that does not exist, in the one shape every command says it:
+    ``<option>: not found: PATH``, the option as its reader types it
+    (:func:`smoothalign._options.option`: the running command's flag, else the keyword)."""
+    from smoothalign._options import option
+
+    return FileNotFoundError(f"{option(keyword)}: not found: {path}")
+
+
+def check_input_file(path: str | os.PathLike, keyword: str) -> Path:
+    """``path`` as a :class:`Path`, or the error naming option ``keyword`` (as
+    :func:`not_found` names it) where it is not a file to read: ``<option>: not found:
+    PATH`` (a ``FileNotFoundError``) or ``<option>: PATH is a folder, not a file`` (an
+    ``IsADirectoryError``), rather than a bare ``[Errno 2]`` / ``[Errno 21]``."""
+    from smoothalign._options import option
+
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{option(keyword)}: {path} is a folder, not a file")
+    if not path.exists():
+        raise not_found(keyword, path)
+    return path
+
+
 def check_output_file(
     path: str | os.PathLike, option: str = "--output", suffixes: tuple[str, ...] = (".jsonl",)
 ) -> Path:

@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     check_field_name(args.field_name)  # before reading the data
     check_output_file(args.output, "--output")
     refuse_output_read(args.output, args.data)  # before reading
-    rows = load_preference_rows(args.data)
+    rows = load_preference_rows(args.data, option="data")  # a missing path names --data
     if os.path.isdir(args.data):  # the output may be one of the folder's files it read
         refuse_output_read(args.output, args.data, sorted({r.get(FILE_KEY) for r in rows} - {None}))
     out, summary = add_vote_confidence(

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smoothalign.io import not_found
+
 ROW_KEY = "_row"
 FILE_KEY = "_file"
 NOT_OBJECT_KEY = "_not_an_object"  # a row that is not an object: its type's name
@@ -52,13 +54,16 @@ def load_preference_rows(
     text_fields: Sequence[str] = TEXT_FIELDS,
     what: str = "preference data",
     split: str = "train",
+    option: str = "source",
 ) -> list[dict[str, Any]]:
     """Read preference rows (TRL's ``prompt``/``chosen``/``rejected`` format) into dicts.
 
     Other row formats load the same way (the SFT data: ``prompt``/``completion`` or
     ``messages``): ``text_fields`` names their text columns (kept as strings in CSV, turned
     back into message lists from a ``datasets`` struct column) and ``what`` names the data in
-    error messages.
+    error messages; ``option`` is the keyword of the option ``source`` was given as
+    (``data``, ``eval_data``): a missing path is ``<option>: not found: PATH``, the option
+    named as its reader types it (:func:`smoothalign._options.option`).
 
     Args:
         source: one of
@@ -94,11 +99,11 @@ def load_preference_rows(
     columns become numbers when every non-empty cell in the column is one.
 
     Raises:
-        FileNotFoundError: the path does not exist.
+        FileNotFoundError: the path does not exist (``<option>: not found: PATH``).
         ValueError: an unsupported extension, a folder with no supported file, a malformed
             file (the message names the file and line), or an unsupported source.
     """
-    spec = _Spec(tuple(text_fields), what)
+    spec = _Spec(tuple(text_fields), what, option)
     if split not in ("train", "eval"):
         raise ValueError(f"split: expected 'train' or 'eval', got {split!r}")
     if split == "eval":
@@ -127,12 +132,12 @@ def not_an_object(row: Any) -> str | None:
 
 
 def check_paths_exist(**sources: Any) -> None:
-    """Raise ``FileNotFoundError`` for the first of ``sources`` (``name=value``) that is a
-    path and does not exist; other values (``None``, row lists, data sets) pass. Lets a run
+    """Raise ``FileNotFoundError`` (``<option>: not found: PATH``, :func:`not_found`) for the
+    first of ``sources`` (``name=value``, by keyword) that is a path and does not exist; other values (``None``, row lists, data sets) pass. Lets a run
     fail on a mistyped path before it spends minutes loading a model."""
     for name, source in sources.items():
         if isinstance(source, str | os.PathLike) and not Path(source).exists():
-            raise FileNotFoundError(f"{name}: not found: {source}")
+            raise not_found(name, source)
 
 
 def file_label(path: str | os.PathLike) -> str:
@@ -160,11 +165,12 @@ def row_location(row: Any, index: Any = "?", file: str | None = None) -> str:
 class _Spec:
     text_fields: tuple[str, ...]
     what: str
+    option: str = "source"
 
 
 def _load_path(path: Path, spec: _Spec) -> list[dict[str, Any]]:
     if not path.exists():
-        raise FileNotFoundError(f"{spec.what} not found: {path}")
+        raise not_found(spec.option, path)
     if path.is_dir():
         return _load_folder(path, spec)
     rows = _label_rows(_read_file(path, spec))

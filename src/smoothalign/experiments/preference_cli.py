@@ -283,9 +283,10 @@ def rerender(args: argparse.Namespace) -> int:
         study_command,
         written_by,
     )
-    from smoothalign.io import atomic_write_json, atomic_write_text
+    from smoothalign.io import atomic_write_json, atomic_write_text, check_input_file
 
-    source = Path(args.from_results)
+    # a missing file or a folder: said as every command says it, not as a bare [Errno 2]
+    source = check_input_file(args.from_results, "from_results")
     try:
         results = json.loads(source.read_text())
     except (OSError, ValueError) as e:

@@ -201,7 +201,9 @@ def load_prompts(
         raise ValueError(f"on_bad_rows: {on_bad_rows!r}; choose error or skip")
     name = source_name or (str(source) if isinstance(source, str | Path) else "prompts")
     # CSV: the text columns stay strings (a reference "4" is text, not a number)
-    rows = load_preference_rows(source, text_fields=PROMPT_TEXT_FIELDS)
+    # a missing path names its option: --prompts, or --eval-prompts for the held-out ones
+    keyword = "eval_prompts" if held_out else "prompts"
+    rows = load_preference_rows(source, text_fields=PROMPT_TEXT_FIELDS, option=keyword)
     if not rows:
         raise ValueError(f"prompts: {name} holds no rows")
     first = next((r["prompt"] for r in rows if isinstance(r.get("prompt"), str | list)), "")

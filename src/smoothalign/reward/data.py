@@ -395,12 +395,13 @@ def share_labels(
             held-out pairs.
     """
     source = file_label(labels) if isinstance(labels, str | os.PathLike) else "labels"
-    data_rows, held_rows = load_preference_rows(data), load_preference_rows(held_out)
+    data_rows = load_preference_rows(data, option="data")
+    held_rows = load_preference_rows(held_out, option="held_out")
     for given, loaded in ((data, data_rows), (held_out, held_rows)):
         if not loaded:  # validate_reward_rows's message, which names the file
             where = f" in {given}" if isinstance(given, str | os.PathLike) else ""
             raise ValueError(f"no preference rows to validate{where}")
-    label_rows = load_preference_rows(labels)
+    label_rows = load_preference_rows(labels, option="labels")
     train_ids: dict[Any, dict[str, Any]] = {}
     for row in data_rows:
         if not_an_object(row) is None and row.get("pair_id") is not None:

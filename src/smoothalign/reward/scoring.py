@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from smoothalign.data import fit_response, tokenize_preference
+from smoothalign.io import not_found
 from smoothalign.models.loading import is_model_folder
 from smoothalign.progress import bar_disable
 
@@ -48,7 +49,7 @@ def resolve_reward_model_path(path: str | Path) -> Path:
     ``smoothalign reward`` run folder. Raises naming the path and what is missing."""
     p = Path(str(path)).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"{WHAT}: no such path {str(p)!r}")
+        raise not_found(WHAT, p)  # <option>: not found: PATH, as every command says it
     if not p.is_dir():
         raise ValueError(f"{WHAT}: {str(p)!r} is a file; pass the model folder")
     if not is_model_folder(p) and is_model_folder(p / "final"):

@@ -311,7 +311,7 @@ def _select_rows(data: Any, split: str, how: str) -> SelectedRows:
             "folder's train files (--split train or all reads those)",
             notes=tuple(held.notes[1:]),  # [0] names the held-out set, as the note above
         )
-    rows = load_preference_rows(data)
+    rows = load_preference_rows(data, option="data")  # a missing path names --data
     if folder and split == "all":  # (an ambiguous folder's message names --data)
         rows += folder_held_out(data, None, eval_option="--data").rows or []
     name = _data_name(data)
@@ -526,7 +526,7 @@ def _every_row(data: Any) -> list[dict[str, Any]]:
     from smoothalign.data import load_preference_rows
     from smoothalign.data.loading import folder_held_out, has_held_out_files
 
-    rows = load_preference_rows(data)
+    rows = load_preference_rows(data, option="data")  # a missing path names --data
     if has_held_out_files(data):
         rows += folder_held_out(data, None, eval_option="--data").rows or []
     return rows

@@ -283,10 +283,14 @@ def _read_data(config: DPOConfig) -> tuple[Any, Any, list[str], str]:
 
         source = embedded_dataset_path()
         notes.append(f"data: the embedded controlled-sentiment set ({source.name})")
-    rows = load_preference_rows(source)
+    rows = load_preference_rows(source, option="data")  # messages name --data
     folder = folder_held_out(source, config.eval_data)
     notes += folder.notes
-    eval_rows = folder.rows if config.eval_data is None else load_preference_rows(config.eval_data)
+    eval_rows = (
+        folder.rows
+        if config.eval_data is None
+        else load_preference_rows(config.eval_data, option="eval_data")
+    )
     for option, path, loaded in (
         ("data", source, rows),
         ("eval_data", config.eval_data, eval_rows),
