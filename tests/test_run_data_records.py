@@ -170,8 +170,9 @@ def test_sft_lists_its_held_out_rows_and_they_are_the_ones_scored(tmp_path):
 # ---------------------------------------------------------------------------- reward
 def test_reward_lists_its_held_out_pairs_and_they_are_the_ones_scored(tmp_path):
     """The reward run's seeded holdout: split.json lists the held-out pairs; the held-out
-    metrics count the pairs listed (all of them: reward scores every held-out pair) and,
-    of those, the ones whose row in the data file carries a confidence (*_true)."""
+    metrics count the pairs listed (all of them: reward scores every held-out pair by
+    default) and, of those, the ones whose row in the data file carries a confidence
+    (*_true)."""
     from smoothalign.reward import RewardConfig, run_reward
 
     rows = _pairs(20, p_chosen=0.8)
@@ -384,3 +385,62 @@ def test_identical_after_truncation_names_a_data_folders_eval_files(tmp_path, re
     assert len(said) == 1, said
     assert said[0].startswith("the data folder's eval.jsonl: 3 of "), said[0]
     assert "--eval-data" not in said[0]
+
+
+def test_reward_max_eval_pairs_scores_the_first_n_held_out_pairs(tmp_path):
+    """--max-eval-pairs in reward, as in dpo: the first N of the held-out pairs are scored
+    (before, during --eval-steps and after training), split.json says so and still lists
+    every held-out pair; 0 (the default) scores all of them, as a run with a cap above
+    their count does, with the same results."""
+    from smoothalign.reward import RewardConfig, run_reward
+
+    assert RewardConfig().max_eval_pairs == 0  # no cap by default: reward's results unchanged
+    with pytest.raises(ValueError, match="max_eval_pairs"):
+        RewardConfig(max_eval_pairs=-1)
+    rows = _pairs(20, p_chosen=0.8)
+    data = write_jsonl(rows, tmp_path / "votes.jsonl")
+    kw = dict(model="tiny", data=str(data), eval_fraction=0.3, max_steps=2, batch_size=4,
+              lr_warmup_steps=0, max_length=32, eval_steps=1, logging_steps=1,
+              report=False)  # fmt: skip
+    out = tmp_path / "cut"
+    result = run_reward(RewardConfig(output_dir=str(out), max_eval_pairs=4, **kw))
+    split = _split(out)
+    assert (split["n_train"], split["n_held_out"], split["n_scored"]) == (14, 6, 4)
+    assert split["scored_limit"] == "--max-eval-pairs"
+    listed = [r["row"] for r in split["held_out"]]
+    scored = [_prompt(ex.pair.prompt_ids) for ex in result.trainer.eval_dataset.examples]
+    assert scored == [rows[i]["prompt"] for i in listed[:4]]
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["before"]["n_pairs"] == results["after"]["n_pairs"] == 4
+    periodic = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["eval_n_pairs"] for r in periodic if r.get("split") == "eval"] == [4, 4]
+    assert "14 train / 6 held-out pairs (4 scored: --max-eval-pairs)" in result.summary()
+    assert any("the first 4 of 6 held-out pairs (--max-eval-pairs)" in n for n in result.notes)
+
+    # 0: every held-out pair, and the results of a run whose cap leaves every pair in
+    every = {}
+    for limit in (0, 6):
+        out = tmp_path / f"all{limit}"
+        result = run_reward(RewardConfig(output_dir=str(out), max_eval_pairs=limit, **kw))
+        split = _split(out)
+        assert split["n_scored"] == split["n_held_out"] == 6 and split["scored_limit"] is None
+        assert "14 train / 6 held-out pairs (all scored)" in result.summary()
+        every[limit] = json.loads((out / "eval_results.json").read_text())
+    assert every[0] == every[6] and every[0]["after"]["n_pairs"] == 6
+
+
+def test_a_reward_resume_may_change_max_eval_pairs(tmp_path):
+    """As in dpo, --max-eval-pairs says what the report scores, not what is trained: a
+    resume may change it, and the resumed run scores the pairs it now gives."""
+    from smoothalign.reward import RewardConfig, run_reward
+
+    data = write_jsonl(_pairs(20, p_chosen=0.8), tmp_path / "votes.jsonl")
+    kw = dict(model="tiny", data=str(data), output_dir=str(tmp_path / "run"), eval_fraction=0.3,
+              batch_size=4, lr_warmup_steps=0, max_length=32, eval_steps=0, save_steps=1,
+              report=False)  # fmt: skip
+    run_reward(RewardConfig(max_steps=1, **kw))
+    result = run_reward(RewardConfig(max_steps=2, max_eval_pairs=3, resume="latest", **kw))
+    assert result.trainer.state.global_step == 2
+    split = _split(tmp_path / "run")
+    assert (split["n_held_out"], split["n_scored"]) == (6, 3)
+    assert "(3 scored: --max-eval-pairs)" in result.summary()

@@ -60,6 +60,9 @@ HELP = {
     "annotators": "oracle text world: Bradley–Terry annotators per pair",
     "oracle_temperature": "oracle text world: annotator temperature τ, q = σ(Δr*/τ)",
     "eval_steps": "evaluate on the held-out pairs every N steps (0: only before and after)",
+    "max_eval_pairs": "score only the first N held-out pairs, before, at each --eval-steps and "
+    "after training (0: all of them; no cap by default, unlike dpo's 64: a reward model scores "
+    "a pair in one forward pass, with no reference model and no sampling)",
 }
 
 

@@ -79,6 +79,9 @@ class RewardConfig:
     # bookkeeping
     logging_steps: int = 10
     eval_steps: int = 25  # held-out evaluation every N steps (0: only before and after)
+    # held-out pairs scored (0: all). Unlike dpo's (64), no cap by default: a reward model
+    # scores a pair in one forward pass, no reference model and no sampling
+    max_eval_pairs: int = 0
     save_steps: int = 0  # 0: save only at the end
     save_total_limit: int | None = 2
     resume: str | None = None  # a checkpoint folder, or 'latest' in output_dir
@@ -122,6 +125,7 @@ class RewardConfig:
             "oracle_pairs": (self.oracle_pairs >= 2, ">= 2"),
             "annotators": (self.annotators >= 1, ">= 1"),
             "oracle_temperature": (self.oracle_temperature > 0, "> 0"),
+            "max_eval_pairs": (self.max_eval_pairs >= 0, ">= 0"),
         }
         check_ranges(self, checks)
         if self.labels is not None and self.data is None:

@@ -78,6 +78,7 @@ class RewardRunResult(TrainerRunResult):
     trainer: RewardTrainer | None = field(default=None, repr=False)
 
     COMMAND: ClassVar[str] = "reward"
+    EVAL_LIMIT: ClassVar[str | None] = "--max-eval-pairs"
     SUMMARY_KEYS: ClassVar[tuple[str, ...]] = SUMMARY_KEYS
 
     def nan_text(self) -> dict[str, str]:
@@ -329,14 +330,22 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
     train_ex, eval_ex, info, validation_md, data_notes = validated
     notes += data_notes + ([resume_note] if resume_note else [])
     n_skipped = sum(v["n_skipped"] for v in info.values())
-    split = split_record(  # every held-out pair is scored
+    held_out = eval_ex  # withheld from training; scored: up to --max-eval-pairs (0: all)
+    if config.max_eval_pairs and len(eval_ex) > config.max_eval_pairs:
+        notes.append(
+            f"eval: the first {config.max_eval_pairs} of {len(eval_ex)} held-out pairs "
+            "(--max-eval-pairs)"
+        )
+        eval_ex = eval_ex[: config.max_eval_pairs]
+    split = split_record(
         train_ex,
-        eval_ex,
+        held_out,
         lambda ex: ex.pair,
         held_out_set=held_out_set_of(config.eval_data, info),
         eval_fraction=config.eval_fraction,
         seed=config.seed,
         n_scored=len(eval_ex),
+        eval_limit="--max-eval-pairs",
     )
     notes.append(f"held-out pairs: each one's file and row in {SPLIT_FILE}")
     if config.lora:
@@ -400,6 +409,7 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
         )
     return RewardRunResult(
         out, before, after, train_seconds, len(train_ex), len(eval_ex), n_skipped, notes, trainer,
+        n_held_out=len(held_out),
         model=config.model,
     )  # fmt: skip
 
