@@ -227,7 +227,7 @@ def test_cli_scales_a_heads_bias_with_the_logit_scale(tmp_path, monkeypatch):
         biased.weight.copy_(model.lm_head.weight)
         biased.bias.copy_(0.3 * torch.randn(259))  # ÷ 0.05: logits shifted by up to ~20
     model.lm_head = biased
-    monkeypatch.setattr(models, "load_model_and_tokenizer", lambda name: (model, tok))
+    monkeypatch.setattr(models, "load_model_and_tokenizer", lambda name, **kw: (model, tok))
     out = tmp_path / "head"
     argv = ["analyze", "head", "--model", "in-memory", "--texts", "2", "--max-tokens", "32",
             "--output-dir", str(out)]  # fmt: skip

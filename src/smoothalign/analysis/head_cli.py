@@ -43,6 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output-dir", default=DEFAULT_OUTPUT_DIR, help="directory for the results"
     )
+    parser.add_argument(
+        "--trust-remote-code",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="allow custom model code from a local model folder (as a model trained with "
+        "--trust-remote-code needs)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
             f"texts: {args.texts} asked for, but the shipped data set has {len(texts)} "
             "conversations"
         )
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_model_and_tokenizer(
+        args.model, trust_remote_code=args.trust_remote_code
+    )
     scale, softcap = logit_transform(model.config)
     if softcap is not None:
         raise ValueError(

@@ -166,6 +166,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output-dir", default=DEFAULT_OUTPUT_DIR, help="directory for the results"
     )
+    parser.add_argument(
+        "--trust-remote-code",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="allow custom model code from a local model folder (as a model trained with "
+        "--trust-remote-code needs)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -253,7 +260,9 @@ def run(args: argparse.Namespace) -> int:
     # 2. model
     t0 = time.perf_counter()
     with progress_bars(progress):  # transformers' "Loading weights" bar
-        model, tokenizer = load_model_and_tokenizer(args.model, dtype=dtype)
+        model, tokenizer = load_model_and_tokenizer(
+            args.model, dtype=dtype, trust_remote_code=args.trust_remote_code
+        )
     model.to(device)
     model_load_s = time.perf_counter() - t0
 

@@ -76,6 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mmlu-limit", type=int, default=100, help="MMLU questions (seeded)")
     parser.add_argument("--bigbench", help="BIG-bench archive or folder (see eval calibration)")
     parser.add_argument("--batch-size", type=int, default=8, help="evaluation batch size")
+    parser.add_argument(
+        "--trust-remote-code",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="allow custom model code from a local --model folder (the SFT runs' and the "
+        "evaluations')",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -330,7 +337,11 @@ def _evaluate(
             # fp32 on any device, as every evaluation the stamps record ran (eval
             # calibration's default, named so that a change of default cannot mix them); as
             # it is the same for all of them, it stays out of the stamp (stamp it if it varies)
+            # --trust-remote-code, like --no-progress, says how the model is read, not what is
+            # scored (the stamp's model identity says that): out of the stamp too
             fixed = ["--precision", "fp32"] + (["--no-progress"] if args.no_progress else [])
+            if getattr(args, "trust_remote_code", False):
+                fixed.append("--trust-remote-code")
             status = invoke(argv + fixed)
         except CommandFailed as e:
             raise ValueError(f"{failed}: {e.message.rstrip('.')}. {kept}") from e
@@ -473,6 +484,7 @@ def sft_runs(args: argparse.Namespace, train_file: Path) -> list[tuple[str, floa
                 max_length=args.max_length,
                 output_dir=str(out / "sft" / name),
                 max_eval_rows=0,
+                trust_remote_code=args.trust_remote_code,
             )
             runs.append((name, beta, seed, config))
     return runs

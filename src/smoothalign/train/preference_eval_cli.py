@@ -90,7 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--trust-remote-code",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="allow custom model code from a local model folder (the model's and the reference's)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
