@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from smoothalign._warn import SmoothalignWarning
 from smoothalign.cli import main
 from smoothalign.data.vote_confidence import add_vote_confidence
 
@@ -90,7 +91,8 @@ def test_votes_to_confidence_to_dpo_end_to_end(tmp_path, capsys):
                  "--train-pairs", "64", "--export-flip-rate", "0.2"]) == 0  # fmt: skip
     conf = tmp_path / "conf.jsonl"
     argv = ["data", "confidence", "--data", str(votes), "--output", str(conf), "--relabel"]
-    assert main([*argv, "--overwrite"]) == 0
+    with pytest.warns(SmoothalignWarning, match="replaced the 'confidence' value"):
+        assert main([*argv, "--overwrite"]) == 0  # the export's true q
     assert "relabelled" in capsys.readouterr().out
     rows = [json.loads(line) for line in conf.read_text().splitlines()]
     assert len(rows) == 64 and all(0.5 <= r["confidence"] < 1 for r in rows)
@@ -192,9 +194,10 @@ def test_readme_votes_to_confidence_pipeline_runs_as_written(tmp_path, capsys, m
     command = _readme_command("data confidence --data votes.jsonl")
     assert "--overwrite" in command
     capsys.readouterr()
-    assert main(command) == 0
-    out = capsys.readouterr().out
-    assert "replaced the 'confidence' value that 64 of 64 rows had" in out
+    # a warning of smoothalign's own (the command line: `smoothalign data confidence:
+    # warning: …` on stderr; test_the_command_line_says_its_warnings_as_every_command_does)
+    with pytest.warns(SmoothalignWarning, match="replaced the 'confidence' value that 64 of 64"):
+        assert main(command) == 0
     rows = [json.loads(line) for line in (tmp_path / "prefs.jsonl").read_text().splitlines()]
     assert len(rows) == 64 and all(r["confidence"] >= 0.5 for r in rows)
 
@@ -354,11 +357,47 @@ def test_on_bad_rows_skip_writes_the_good_rows_and_says_which_it_left_out(tmp_pa
     argv = ["data", "confidence", "--data", str(data), "--output", str(out), "--prior", "uniform"]
     assert main(argv) == 2
     assert "--on-bad-rows skip leaves the bad rows out" in capsys.readouterr().err
-    assert main([*argv, "--on-bad-rows", "skip"]) == 0
-    console = capsys.readouterr().out
-    assert "3 rows (1 bad rows skipped)" in console
-    assert f"{data} row 3, field 'votes': zero annotators" in console
+    with pytest.warns(SmoothalignWarning) as said:
+        assert main([*argv, "--on-bad-rows", "skip"]) == 0
+    assert "3 rows (1 bad rows skipped)" in capsys.readouterr().out
+    assert any(f"{data} row 3, field 'votes': zero annotators" in str(w.message) for w in said)
     assert len(out.read_text().splitlines()) == 3
     data.write_text(json.dumps(rows[-1]) + "\n")
     assert main([*argv, "--on-bad-rows", "skip"]) == 2
     assert "no row is left" in capsys.readouterr().err
+
+
+def test_the_command_line_says_its_warnings_as_every_command_does(tmp_path, monkeypatch, capsys):
+    """`data confidence` printed its warnings on stdout as a bare `warning: …` inside the
+    summary, where every other command says smoothalign's own warnings on stderr as
+    `smoothalign <command>: warning: …` (README); the Python API's summary keeps them."""
+    import sys
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):  # as Python's default
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    monkeypatch.setattr(warnings, "showwarning", show)  # pytest records them instead
+    rows = [{"prompt": f"P{i}", "chosen": "a", "rejected": "b", "votes_chosen": i % 3,
+             "votes_total": 2} for i in range(6)]  # fmt: skip
+    rows.append({"prompt": "bad", "chosen": "a", "rejected": "b"})  # no votes: skipped
+    data = tmp_path / "votes.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["data", "confidence", "--data", str(data), "--output", str(tmp_path / "c.jsonl"),
+            "--on-bad-rows", "skip"]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SmoothalignWarning)
+        assert main(argv) == 0
+    captured = capsys.readouterr()
+    said = [line for line in captured.err.splitlines() if "warning" in line]
+    assert len(said) == 2, captured.err  # the skipped row, and too few votes for the prior
+    assert all(line.startswith("smoothalign data confidence: warning: ") for line in said)
+    assert "skipped 1 of 7 rows" in said[0] and "consider --prior uniform" in said[1]
+    assert "warning" not in captured.out and "6 rows (1 bad rows skipped)" in captured.out
+    assert "UserWarning" not in captured.err and "SmoothalignWarning" not in captured.err
+
+    from smoothalign.data.loading import load_preference_rows
+    from smoothalign.data.vote_confidence import add_vote_confidence
+
+    _, summary = add_vote_confidence(load_preference_rows(str(data)), on_bad_rows="skip")
+    assert summary.to_text().count("\nwarning: ") == 2  # the Python API's text: unchanged

@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     import os
 
+    from smoothalign._warn import warn_main
     from smoothalign.data.loading import FILE_KEY, load_preference_rows
     from smoothalign.data.vote_confidence import add_vote_confidence, check_field_name
     from smoothalign.io import atomic_write_text, check_output_file
@@ -87,7 +88,11 @@ def run(args: argparse.Namespace) -> int:
     )
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out)
     path = atomic_write_text(args.output, text)
-    print(summary.to_text())
+    print(summary.to_text(with_warnings=False))
+    # smoothalign's own warnings, which the command line says as every command's, one line
+    # each on stderr: `smoothalign data confidence: warning: …` (cli.command_line_warnings)
+    for warning in summary.warnings:
+        warn_main(warning, stacklevel=1)
     print(f"wrote {path}")
     return 0
 

@@ -48,7 +48,9 @@ class VoteConfidenceSummary:
     # the fitted empirical-Bayes prior's mass on q < 0.2, 0.2 ≤ q ≤ 0.8 and q > 0.8
     prior_mass: dict[str, float] = field(default_factory=dict)
 
-    def to_text(self) -> str:
+    def to_text(self, *, with_warnings: bool = True) -> str:
+        """The summary's lines, then each warning as ``warning: …`` (``with_warnings``; the
+        command line says them as its other warnings instead: ``data/confidence_cli.py``)."""
         lines = [
             f"{self.rows} rows"
             + (f" ({self.skipped} bad rows skipped)" if self.skipped else "")
@@ -60,7 +62,8 @@ class VoteConfidenceSummary:
                 "fitted prior over q: "
                 + ", ".join(f"{k}: {v:.3f}" for k, v in self.prior_mass.items())
             )
-        lines += [f"warning: {w}" for w in self.warnings]
+        if with_warnings:
+            lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
