@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smoothalign",
         description="Align language models with noisy preferences, and make them calibrated.",
+        allow_abbrev=False,  # `--seed 42` is no `--seeds 42`: an unknown option, with a hint
     )
     groups: dict[tuple[str, ...], argparse._SubParsersAction] = {
         (): parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -108,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
         for depth in range(1, len(path)):
             prefix = path[:depth]
             if prefix not in parents:
-                sub = groups[prefix[:-1]].add_parser(prefix[-1], help=f"{prefix[-1]} commands")
+                sub = groups[prefix[:-1]].add_parser(
+                    prefix[-1], help=f"{prefix[-1]} commands", allow_abbrev=False
+                )
                 sub.set_defaults(_help=sub.print_help)  # `smoothalign study`: the group's help
                 parents[prefix] = sub
                 groups[prefix] = sub.add_subparsers(dest=f"sub_{depth}", metavar="COMMAND")
@@ -117,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=help_text,
             description=help_text,
             formatter_class=DefaultsHelpFormatter,
+            allow_abbrev=False,
         )
         leaf.set_defaults(_module=module, _command=" ".join(path))
         importlib.import_module(module).add_arguments(leaf)
@@ -312,7 +316,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     """``parser.parse_args(argv)``, but an unknown option is reported by the command's own
     parser (``smoothalign dpo --bogus``: dpo's usage, and the option of dpo's closest to
     it), not by the top level's, which argparse leaves them to (its usage says nothing of
-    dpo's options). Exits with status 2, as argparse does."""
+    dpo's options). An abbreviation is an unknown option too (the parsers have
+    ``allow_abbrev=False``), named with the option it begins. Exits with status 2, as
+    argparse does."""
     args, unknown = parser.parse_known_args(argv)
     if not unknown:
         return args
@@ -325,7 +331,11 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     message = f"unrecognized arguments: {' '.join(unknown)}"
     known = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
     for arg in unknown:
-        close = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1, cutoff=0.75)
+        name = arg.split("=", 1)[0]
+        # an abbreviation (no parser reads one: `--seed` is not `--seeds`) names the option
+        # it begins, however short; any other name the option closest to it
+        begun = [o for o in known if o.startswith(name)]
+        close = difflib.get_close_matches(name, begun or known, n=1, cutoff=0 if begun else 0.75)
         if arg.startswith("--") and close:
             message += f" (did you mean {close[0]}?)"
             break

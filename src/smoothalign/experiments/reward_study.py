@@ -759,7 +759,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m smoothalign.experiments.reward_study", description=__doc__.split("\n")[0]
+        prog="python -m smoothalign.experiments.reward_study",
+        description=__doc__.split("\n")[0],
+        allow_abbrev=False,
     )
     add_arguments(parser)
     return run(parser.parse_args(argv))
