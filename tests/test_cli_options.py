@@ -8,7 +8,7 @@ import argparse
 
 import pytest
 
-from smoothalign.cli import build_parser, parse_args
+from smoothalign.cli import build_parser, main, parse_args
 
 
 def _refused(argv, capsys) -> str:
@@ -58,3 +58,76 @@ def test_full_names_still_parse():
     assert parser.parse_args(["study", "preference", "--seeds", "3"]).seeds == 3
     args = parser.parse_args(["dpo", "--max-steps", "5", "--warmup-steps", "10"])
     assert (args.max_steps, args.warmup_steps) == (5, 10)
+
+
+# (command, option, a word it refuses); the options whose words are a fixed list
+FIXED = [
+    ("dpo", "--loss", "kl"),
+    ("dpo", "--reference", "none"),
+    ("dpo", "--precision", "fp16"),
+    ("dpo", "--fused-logps", "yes"),
+    ("dpo", "--grad-filter", "on"),
+    ("dpo", "--lean-layers", "yes"),
+    ("dpo", "--oracle", "vader"),
+    ("dpo", "--on-bad-rows", "drop"),
+    ("sft", "--precision", "fp16"),
+    ("sft", "--fused", "yes"),
+    ("sft", "--grad-filter", "on"),
+    ("sft", "--on-bad-rows", "drop"),
+    ("reward", "--loss", "kl"),
+    ("reward", "--precision", "fp16"),
+    ("reward", "--on-bad-rows", "drop"),
+    ("rank-calibrate", "--decoding", "greedy"),
+    ("rank-calibrate", "--precision", "fp16"),
+    ("rank-calibrate", "--on-bad-rows", "drop"),
+]
+RANK = ["--reward-model", "rm"]  # rank-calibrate's required option
+
+
+def _action(parser: argparse.ArgumentParser, command: str, option: str) -> argparse.Action:
+    sub = next(p for p in _parsers(parser) if p._defaults.get("_command") == command)
+    return next(a for a in sub._actions if option in a.option_strings)
+
+
+def _extra(command: str) -> list[str]:
+    return RANK if command == "rank-calibrate" else []
+
+
+@pytest.mark.parametrize(("command", "option", "bad"), FIXED)
+def test_a_word_outside_an_options_vocabulary_is_an_argparse_error(command, option, bad, capsys):
+    """It passed parsing and was refused later by the config; now argparse refuses it
+    (status 2, the allowed words named) and --help lists them."""
+    err = _refused([command, option, bad, *_extra(command)], capsys)
+    assert f"argument {option}: invalid choice: '{bad}' (choose from " in err, err
+    choices = _action(build_parser(), command, option).choices
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    shown = capsys.readouterr().out
+    assert f"{option} {{{','.join(choices)}}}" in shown or f"{option} [{{" in shown
+
+
+def test_every_word_argparse_takes_is_one_the_config_takes():
+    """The choices are the constants the configs check: each word parses to a valid config
+    (the Python API keeps its own check: a bad word there is still refused)."""
+    import importlib
+
+    parser = build_parser()
+    for command, option, _ in FIXED:
+        action = _action(parser, command, option)
+        module = importlib.import_module(parser.parse_args([command, *_extra(command)])._module)
+        for word in action.choices:
+            extra = ["--flip-rate", "0.1"] if (command, word) == ("dpo", "robust") else []
+            args = parser.parse_args([command, option, word, *_extra(command), *extra])
+            assert getattr(module.config_from_args(args), action.dest) == word
+    from smoothalign.train.config import DPOConfig
+
+    for field in ("loss", "reference", "precision", "fused_logps", "oracle", "on_bad_rows"):
+        with pytest.raises(ValueError, match=field):
+            DPOConfig(**{field: "bogus"})
+
+
+def test_the_bare_lean_layers_flag_still_means_on():
+    parser = build_parser()
+    assert parser.parse_args(["dpo", "--lean-layers"]).lean_layers == "on"
+    assert parser.parse_args(["sft", "--no-lean-layers"]).lean_layers == "off"
+    assert parser.parse_args(["sft", "--lean-layers", "recompute"]).lean_layers == "recompute"

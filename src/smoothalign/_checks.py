@@ -271,6 +271,15 @@ def trainer_ranges(config: object) -> dict[str, tuple[bool, str]]:
 
 
 LEAN_LAYERS = ("auto", "on", "off", "recompute")
+PRECISIONS = ("auto", "fp32", "bf16")
+"""``--precision``: ``auto`` (bf16 autocast on CUDA, fp32 on the CPU), ``fp32`` or ``bf16``."""
+ON_BAD_ROWS = ("error", "skip")
+"""``--on-bad-rows``: stop on invalid data rows, listing them, or skip them (reported)."""
+
+
+def words(choices: tuple[str, ...]) -> str:
+    """``("auto", "fp32", "bf16")`` as a message says it: ``auto, fp32 or bf16``."""
+    return ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
 
 
 def check_lean_layers(value: Any) -> str:

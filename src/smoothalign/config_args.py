@@ -2,16 +2,20 @@
 
 Every field but ``extra`` becomes ``--field-name`` (``io.config_flags``, which a resume
 refusal reads too) with the field's default and a help text from ``help_texts`` (a missing help text is an error, so every option is documented).
+A field of a fixed vocabulary gets argparse ``choices`` (the constants its config checks
+against), so that ``--help`` lists them and another word is refused while parsing.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, fields
 from typing import Any
 
+from smoothalign._checks import LEAN_LAYERS, ON_BAD_ROWS, PRECISIONS
 from smoothalign.io import config_flags
+from smoothalign.kernels import GRAD_FILTERS
 
 # help texts of the fields the training configs share (a command's HELP may override one)
 TRAINING_HELP = {
@@ -54,6 +58,15 @@ TRAINING_HELP = {
 }
 
 
+# the fixed vocabularies of the options the training configs share (a command adds its own,
+# as for HELP): the very constants the configs check, so that the Python API refuses what
+# argparse refuses
+TRAINING_CHOICES: dict[str, Sequence[str]] = {
+    "precision": PRECISIONS,
+    "on_bad_rows": ON_BAD_ROWS,
+    "grad_filter": GRAD_FILTERS,
+    "lean_layers": LEAN_LAYERS,
+}
 # string options that were once on/off flags: the bare flag still means "on" and the
 # --no- form "off"
 BARE_FLAG_VALUES = {"lean_layers": "on"}
@@ -66,12 +79,18 @@ def _fields(config_cls: type) -> list:
 
 
 def add_config_arguments(
-    parser: argparse.ArgumentParser, config_cls: type, help_texts: dict[str, str]
+    parser: argparse.ArgumentParser,
+    config_cls: type,
+    help_texts: dict[str, str],
+    choices: Mapping[str, Sequence[str]] = TRAINING_CHOICES,
 ) -> None:
+    """An option for each field of ``config_cls`` (but ``extra``). ``choices``: the words a
+    field of a fixed vocabulary takes."""
     flags = config_flags(config_cls)  # what a resume refusal names too
     for f in _fields(config_cls):
         flag = flags[f.name]
         default = f.default if f.default is not MISSING else None
+        words = {"choices": choices[f.name]} if f.name in choices else {}
         if f.type in ("bool", bool):
             parser.add_argument(
                 flag,
@@ -90,6 +109,7 @@ def add_config_arguments(
                 nargs="?",
                 const=BARE_FLAG_VALUES[f.name],
                 default=default,
+                **words,
                 help=help_texts[f.name] + f" (the bare flag: {BARE_FLAG_VALUES[f.name]})",
             )
             parser.add_argument(
@@ -99,7 +119,13 @@ def add_config_arguments(
             continue
         if f.name in NONE_WORDS:
             kind = _or_none(kind, NONE_WORDS[f.name])
-        parser.add_argument(flag, type=kind, default=default, help=help_texts[f.name])
+        parser.add_argument(
+            flag,
+            type=kind,
+            default=default,
+            help=help_texts[f.name],
+            **words,
+        )
 
 
 def _or_none(kind: Callable[[str], Any], word: str) -> Callable[[str], Any]:

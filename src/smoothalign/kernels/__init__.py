@@ -42,6 +42,9 @@ from smoothalign.kernels.chunked import chunked_token_losses
 IMPLS = ("auto", "triton", "chunked")
 REDUCTIONS = ("mean", "sum", "none")
 GRAD_FILTERS = ("auto", "off")
+FUSED_LOGPS = ("auto", "on", "off")
+"""The trainers' fused LM-head kernel settings (``dpo --fused-logps``, ``sft --fused``):
+``auto`` (on with CUDA), ``on``, ``off``."""
 """The trainers' ``--grad-filter`` settings: the kernels' ``filter_eps`` ``"auto"`` or ``None``."""
 
 __all__ = [

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import argparse
 
-from smoothalign.config_args import TRAINING_HELP, add_config_arguments, run_command
+from smoothalign.config_args import (
+    TRAINING_CHOICES,
+    TRAINING_HELP,
+    add_config_arguments,
+    run_command,
+)
 from smoothalign.config_args import config_from_args as _config_from_args
 from smoothalign.progress import add_argument as add_progress_argument
 from smoothalign.progress import progress_bars
@@ -70,9 +75,15 @@ HELP = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from smoothalign.rank.config import RankConfig
+    from smoothalign.rank.config import DECODINGS, RankConfig
 
-    add_config_arguments(parser, RankConfig, HELP)
+    # the fixed vocabularies, as RankConfig checks them
+    add_config_arguments(
+        parser,
+        RankConfig,
+        HELP,
+        {**TRAINING_CHOICES, "decoding": DECODINGS},
+    )
     add_progress_argument(parser)
 
 

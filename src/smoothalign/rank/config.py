@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from smoothalign._checks import check_finite_fields, check_ranges
+from smoothalign._checks import ON_BAD_ROWS, PRECISIONS, check_finite_fields, check_ranges, words
 from smoothalign.io import config_to_dict
 
 DECODINGS = ("sample", "beam", "diverse-beam")
@@ -116,10 +116,10 @@ class RankConfig:
                 f"num_beam_groups: {self.num_beam_groups} does not divide num_candidates "
                 f"{self.num_candidates}"
             )
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision: {self.precision!r}; choose auto, fp32 or bf16")
-        if self.on_bad_rows not in ("error", "skip"):
-            raise ValueError(f"on_bad_rows: {self.on_bad_rows!r}; choose error or skip")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: {self.precision!r}; choose {words(PRECISIONS)}")
+        if self.on_bad_rows not in ON_BAD_ROWS:
+            raise ValueError(f"on_bad_rows: {self.on_bad_rows!r}; choose {words(ON_BAD_ROWS)}")
 
     def beam_groups(self) -> int:
         return self.num_beam_groups or self.num_candidates

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import argparse
 
-from smoothalign.config_args import TRAINING_HELP, add_config_arguments, run_command
+from smoothalign.config_args import (
+    TRAINING_CHOICES,
+    TRAINING_HELP,
+    add_config_arguments,
+    run_command,
+)
 from smoothalign.config_args import config_from_args as _config_from_args
 from smoothalign.progress import add_argument as add_progress_argument
 from smoothalign.progress import progress_bars
@@ -68,8 +73,10 @@ HELP = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from smoothalign.reward.config import RewardConfig
+    from smoothalign.reward.objective import REWARD_LOSSES
 
-    add_config_arguments(parser, RewardConfig, HELP)
+    # the fixed vocabularies, as RewardConfig checks them
+    add_config_arguments(parser, RewardConfig, HELP, {**TRAINING_CHOICES, "loss": REWARD_LOSSES})
     add_progress_argument(parser)
 
 

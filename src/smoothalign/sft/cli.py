@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import argparse
 
-from smoothalign.config_args import TRAINING_HELP, add_config_arguments, run_command
+from smoothalign.config_args import (
+    TRAINING_CHOICES,
+    TRAINING_HELP,
+    add_config_arguments,
+    run_command,
+)
 from smoothalign.config_args import config_from_args as _config_from_args
 from smoothalign.progress import add_argument as add_progress_argument
 from smoothalign.progress import progress_bars
@@ -43,9 +48,11 @@ HELP = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from smoothalign.kernels import FUSED_LOGPS
     from smoothalign.sft.config import SFTConfig
 
-    add_config_arguments(parser, SFTConfig, HELP)
+    # the fixed vocabularies, as SFTConfig checks them
+    add_config_arguments(parser, SFTConfig, HELP, {**TRAINING_CHOICES, "fused": FUSED_LOGPS})
     add_progress_argument(parser)
 
 

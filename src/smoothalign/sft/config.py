@@ -7,14 +7,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smoothalign._checks import (
+    ON_BAD_ROWS,
+    PRECISIONS,
     check_finite_fields,
     check_lean_layers,
     check_lora_options,
     check_ranges,
     trainer_ranges,
+    words,
 )
 from smoothalign.io import config_to_dict
-from smoothalign.kernels import filter_eps_for
+from smoothalign.kernels import FUSED_LOGPS, filter_eps_for
 
 
 @dataclass
@@ -79,14 +82,14 @@ class SFTConfig:
             "max_eval_rows": (self.max_eval_rows >= 0, ">= 0"),
         }
         check_ranges(self, checks)
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision: {self.precision!r}; choose auto, fp32 or bf16")
-        if self.fused not in ("auto", "on", "off"):
-            raise ValueError(f"fused: {self.fused!r}; choose auto, on or off")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: {self.precision!r}; choose {words(PRECISIONS)}")
+        if self.fused not in FUSED_LOGPS:
+            raise ValueError(f"fused: {self.fused!r}; choose {words(FUSED_LOGPS)}")
         filter_eps_for(self.grad_filter)  # ValueError naming grad_filter
         self.lean_layers = check_lean_layers(self.lean_layers)
-        if self.on_bad_rows not in ("error", "skip"):
-            raise ValueError(f"on_bad_rows: {self.on_bad_rows!r}; choose error or skip")
+        if self.on_bad_rows not in ON_BAD_ROWS:
+            raise ValueError(f"on_bad_rows: {self.on_bad_rows!r}; choose {words(ON_BAD_ROWS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)  # data passed as objects is described, not copied

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from smoothalign.config_args import TRAINING_HELP, add_config_arguments, run_command
+from smoothalign.config_args import (
+    TRAINING_CHOICES,
+    TRAINING_HELP,
+    add_config_arguments,
+    run_command,
+)
 from smoothalign.config_args import config_from_args as _config_from_args
 from smoothalign.losses import LOSSES
 from smoothalign.progress import add_argument as add_progress_argument
 from smoothalign.progress import progress_bars
 from smoothalign.smoothing import POLICY_NAMES
-from smoothalign.train.config import REFERENCES, DPOConfig
+from smoothalign.train.config import FUSED_LOGPS, ORACLES, REFERENCES, DPOConfig
 
 HELP = {
     **TRAINING_HELP,
@@ -51,9 +56,18 @@ HELP = {
     "max_new_tokens": "length of those generations",
 }
 
+# the fixed vocabularies, as DPOConfig checks them (--smoothing takes constant:<α> too)
+CHOICES = {
+    **TRAINING_CHOICES,
+    "loss": tuple(sorted(LOSSES)),
+    "reference": REFERENCES,
+    "fused_logps": FUSED_LOGPS,
+    "oracle": ORACLES,
+}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, DPOConfig, HELP)
+    add_config_arguments(parser, DPOConfig, HELP, CHOICES)
     add_progress_argument(parser)
 
 

@@ -6,22 +6,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smoothalign._checks import (
+    ON_BAD_ROWS,
+    PRECISIONS,
     check_finite_fields,
     check_lean_layers,
     check_lora_options,
     check_ranges,
     trainer_ranges,
+    words,
 )
 from smoothalign._options import option
 from smoothalign.io import config_to_dict
-from smoothalign.kernels import filter_eps_for
+from smoothalign.kernels import FUSED_LOGPS, filter_eps_for
 from smoothalign.losses import LOSSES
 from smoothalign.train.common import calibrator_options, smoothing_policy
 
 REFERENCES = ("auto", "model", "adapter-disabled", "precomputed")
 UNSMOOTHED_LOSSES = ("robust", "ipo", "hinge")
 """The losses label smoothing does not apply to (SPEC §2): they take ``smoothing='none'``."""
-FUSED_LOGPS = ("auto", "on", "off")
+ORACLES = ("auto", "sentiment", "none")
 
 
 def default_smoothing(loss: str) -> str:
@@ -144,16 +147,16 @@ class DPOConfig:
             raise ValueError(f"reference: {self.reference!r}; choose one of {REFERENCES}")
         if self.reference == "adapter-disabled" and not self.lora:
             raise ValueError(f"reference: 'adapter-disabled' needs {option('lora', True)}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision: {self.precision!r}; choose auto, fp32 or bf16")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: {self.precision!r}; choose {words(PRECISIONS)}")
         if self.fused_logps not in FUSED_LOGPS:
             raise ValueError(f"fused_logps: {self.fused_logps!r}; choose one of {FUSED_LOGPS}")
         filter_eps_for(self.grad_filter)  # ValueError naming grad_filter
         self.lean_layers = check_lean_layers(self.lean_layers)
-        if self.oracle not in ("auto", "sentiment", "none"):
-            raise ValueError(f"oracle: {self.oracle!r}; choose auto, sentiment or none")
-        if self.on_bad_rows not in ("error", "skip"):
-            raise ValueError(f"on_bad_rows: {self.on_bad_rows!r}; choose error or skip")
+        if self.oracle not in ORACLES:
+            raise ValueError(f"oracle: {self.oracle!r}; choose {words(ORACLES)}")
+        if self.on_bad_rows not in ON_BAD_ROWS:
+            raise ValueError(f"on_bad_rows: {self.on_bad_rows!r}; choose {words(ON_BAD_ROWS)}")
 
     def calibrator_options(self) -> dict[str, Any]:
         return calibrator_options(self)
