@@ -41,7 +41,10 @@ CASES = [
         ["dpo", "--loss", "robust", "--smoothing", "none", "--flip-rate", "0.7"],
         "--flip-rate: must lie",
     ),
-    (["rank-calibrate", "--learning-rate", "inf"], "--learning-rate: must be a finite number"),
+    (
+        ["rank-calibrate", "--reward-model", "/no/such/reward_model", "--learning-rate", "inf"],
+        "--learning-rate: must be a finite number",
+    ),
     (["rank-calibrate", "--reward-model", "/no/such/reward_model"], "/no/such/reward_model"),
     (["eval", "calibration", "--model", "/no/such/model", "--tasks", MISSING], MISSING),
     (["sft", "--model", "/no/such/model", "--seed", "-1"], "--seed: must be in [0, 2**32), got -1"),
@@ -960,8 +963,10 @@ def test_save_total_limit_all_keeps_every_checkpoint_from_the_command_line(comma
     from smoothalign.cli import build_parser
 
     parser = build_parser()
-    assert parser.parse_args([command, "--save-total-limit", "all"]).save_total_limit is None
-    assert parser.parse_args([command, "--save-total-limit", "ALL"]).save_total_limit is None
-    assert parser.parse_args([command, "--save-total-limit", "1"]).save_total_limit == 1
+    required = {"rank-calibrate": ["--reward-model", "rm"]}  # its required option
+    command = [command, *required.get(command, [])]
+    assert parser.parse_args([*command, "--save-total-limit", "all"]).save_total_limit is None
+    assert parser.parse_args([*command, "--save-total-limit", "ALL"]).save_total_limit is None
+    assert parser.parse_args([*command, "--save-total-limit", "1"]).save_total_limit == 1
     with pytest.raises(SystemExit):
-        parser.parse_args([command, "--save-total-limit", "none"])
+        parser.parse_args([*command, "--save-total-limit", "none"])

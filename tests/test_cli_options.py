@@ -131,3 +131,18 @@ def test_the_bare_lean_layers_flag_still_means_on():
     assert parser.parse_args(["dpo", "--lean-layers"]).lean_layers == "on"
     assert parser.parse_args(["sft", "--no-lean-layers"]).lean_layers == "off"
     assert parser.parse_args(["sft", "--lean-layers", "recompute"]).lean_layers == "recompute"
+
+
+def test_rank_calibrate_says_its_reward_model_is_required(capsys):
+    """--reward-model was shown as optional and refused only after parsing (by RankConfig,
+    which still refuses its None for the Python API)."""
+    err = _refused(["rank-calibrate", "--policy", "tiny"], capsys)
+    assert err.startswith("usage: smoothalign rank-calibrate [-h] [--policy POLICY] --reward-model")
+    assert "error: the following arguments are required: --reward-model" in err
+    assert (
+        build_parser().parse_args(["rank-calibrate", "--reward-model", "rm"]).reward_model == "rm"
+    )
+    from smoothalign.rank.config import RankConfig
+
+    with pytest.raises(ValueError, match="reward_model: required"):
+        RankConfig()

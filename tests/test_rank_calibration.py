@@ -449,8 +449,12 @@ def test_cli_errors_name_the_problem(tmp_path, reward_dir, capsys):
     assert not (tmp_path / "o").exists()  # a refused run leaves no output folder
     err = capsys.readouterr().err
     assert "--num-candidates: must be >= 2 (ranking needs at least 2 candidates), got 1" in err
-    assert _main(base) == 2
-    assert "--reward-model: required" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # argparse's: the usage marks it required
+        _main(base)
+    assert stop.value.code == 2
+    assert "the following arguments are required: --reward-model" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="reward_model: required"):  # the Python API's
+        RankConfig()
     assert _main([*base, "--reward-model", str(tmp_path / "missing")]) == 2
     assert f"--reward-model: not found: {tmp_path / 'missing'}" in capsys.readouterr().err
     rows = _plain_rows(4)

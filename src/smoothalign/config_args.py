@@ -9,7 +9,7 @@ against), so that ``--help`` lists them and another word is refused while parsin
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import MISSING, fields
 from typing import Any
 
@@ -83,9 +83,12 @@ def add_config_arguments(
     config_cls: type,
     help_texts: dict[str, str],
     choices: Mapping[str, Sequence[str]] = TRAINING_CHOICES,
+    required: Collection[str] = (),
 ) -> None:
     """An option for each field of ``config_cls`` (but ``extra``). ``choices``: the words a
-    field of a fixed vocabulary takes."""
+    field of a fixed vocabulary takes; ``required``: the fields the command line must give
+    (argparse says so in the usage and refuses a command without them; the config may still
+    default them to None, for the Python API, whose own check then refuses that None)."""
     flags = config_flags(config_cls)  # what a resume refusal names too
     for f in _fields(config_cls):
         flag = flags[f.name]
@@ -123,6 +126,7 @@ def add_config_arguments(
             flag,
             type=kind,
             default=default,
+            required=f.name in required,
             help=help_texts[f.name],
             **words,
         )

@@ -83,6 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         RankConfig,
         HELP,
         {**TRAINING_CHOICES, "decoding": DECODINGS},
+        required=("reward_model",),  # RankConfig's None: the Python API's own refusal
     )
     add_progress_argument(parser)
 
