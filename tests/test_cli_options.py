@@ -98,7 +98,8 @@ def test_a_word_outside_an_options_vocabulary_is_an_argparse_error(command, opti
     """It passed parsing and was refused later by the config; now argparse refuses it
     (status 2, the allowed words named) and --help lists them."""
     err = _refused([command, option, bad, *_extra(command)], capsys)
-    assert f"argument {option}: invalid choice: '{bad}' (choose from " in err, err
+    assert f"argument {option}" in err, err  # --fused-logps/--fused: with its other name
+    assert f": invalid choice: '{bad}' (choose from " in err, err
     choices = _action(build_parser(), command, option).choices
     with pytest.raises(SystemExit):
         main([command, "--help"])
@@ -146,3 +147,31 @@ def test_rank_calibrate_says_its_reward_model_is_required(capsys):
 
     with pytest.raises(ValueError, match="reward_model: required"):
         RankConfig()
+
+
+@pytest.mark.parametrize(
+    ("command", "own", "other", "dest"),
+    [
+        ("dpo", "--fused-logps", "--fused", "fused_logps"),
+        ("sft", "--fused", "--fused-logps", "fused"),
+    ],
+)
+def test_the_fused_lm_head_option_takes_either_commands_name(command, own, other, dest, capsys):
+    """The same kernel, the same words: `dpo --fused-logps` and `sft --fused`; `sft
+    --fused-logps` was refused. Help, messages (_flags) and config.json keep each command's
+    own name."""
+    import importlib
+
+    from smoothalign.cli import _flags, leaf_parser
+
+    parser = build_parser()
+    args = parser.parse_args([command, other, "off"])
+    assert getattr(args, dest) == "off"
+    module = importlib.import_module(args._module)
+    assert module.config_from_args(args).to_dict()[dest] == "off"
+    assert _flags(leaf_parser(parser, [command]))[dest] == own
+    err = _refused([command, other, "yes"], capsys)
+    assert f"argument {own}/{other}: invalid choice: 'yes'" in err, err
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert f"  {own} {{auto,on,off}}, {other} {{auto,on,off}}\n" in capsys.readouterr().out

@@ -67,6 +67,13 @@ TRAINING_CHOICES: dict[str, Sequence[str]] = {
     "grad_filter": GRAD_FILTERS,
     "lean_layers": LEAN_LAYERS,
 }
+# an option's other names, after its own --field-name (which help, messages and config.json
+# keep): the fused LM-head kernel is `dpo --fused-logps` and `sft --fused` (same kernel, same
+# words), and either command takes the other's name
+FLAG_ALIASES: dict[str, tuple[str, ...]] = {
+    "fused_logps": ("--fused",),
+    "fused": ("--fused-logps",),
+}
 # string options that were once on/off flags: the bare flag still means "on" and the
 # --no- form "off"
 BARE_FLAG_VALUES = {"lean_layers": "on"}
@@ -92,6 +99,7 @@ def add_config_arguments(
     flags = config_flags(config_cls)  # what a resume refusal names too
     for f in _fields(config_cls):
         flag = flags[f.name]
+        names = (flag, *FLAG_ALIASES.get(f.name, ()))  # the field's own flag first
         default = f.default if f.default is not MISSING else None
         words = {"choices": choices[f.name]} if f.name in choices else {}
         if f.type in ("bool", bool):
@@ -107,7 +115,8 @@ def add_config_arguments(
         kind = {"int": int, "float": float, "str": _non_empty}[base]
         if f.name in BARE_FLAG_VALUES:
             parser.add_argument(
-                flag,
+                *names,
+                dest=f.name,
                 type=kind,
                 nargs="?",
                 const=BARE_FLAG_VALUES[f.name],
@@ -123,7 +132,8 @@ def add_config_arguments(
         if f.name in NONE_WORDS:
             kind = _or_none(kind, NONE_WORDS[f.name])
         parser.add_argument(
-            flag,
+            *names,
+            dest=f.name,
             type=kind,
             default=default,
             required=f.name in required,
