@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from smoothalign._checks import ON_BAD_ROWS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -50,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--on-bad-rows",
         default="error",
-        choices=("error", "skip"),
+        choices=ON_BAD_ROWS,
         help="rows without usable votes: 'error' (stop, listing them; nothing is written) or "
         "'skip' (leave them out of --output, counted and listed on the console)",
     )

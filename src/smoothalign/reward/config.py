@@ -6,10 +6,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smoothalign._checks import (
+    ON_BAD_ROWS,
+    PRECISIONS,
     check_finite_fields,
     check_lora_options,
     check_ranges,
     trainer_ranges,
+    words,
 )
 from smoothalign._options import option
 from smoothalign.data.loading import has_held_out_files
@@ -142,10 +145,10 @@ class RewardConfig:
                 f"{option('data')} folder with eval files (eval.jsonl, ...) beside its train "
                 "files"
             )
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision: {self.precision!r}; choose auto, fp32 or bf16")
-        if self.on_bad_rows not in ("error", "skip"):
-            raise ValueError(f"on_bad_rows: {self.on_bad_rows!r}; choose error or skip")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: {self.precision!r}; choose {words(PRECISIONS)}")
+        if self.on_bad_rows not in ON_BAD_ROWS:
+            raise ValueError(f"on_bad_rows: {self.on_bad_rows!r}; choose {words(ON_BAD_ROWS)}")
 
     def calibrator_options(self) -> dict[str, Any]:
         return calibrator_options(self)

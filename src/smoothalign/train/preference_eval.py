@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from smoothalign._checks import check_finite_fields, check_ranges
+from smoothalign._checks import ON_BAD_ROWS, PRECISIONS, check_finite_fields, check_ranges, words
 from smoothalign.io import config_to_dict
 
 DEFAULT_OUTPUT_DIR = "outputs/eval_preferences"
@@ -125,10 +125,10 @@ class PreferenceEvalConfig:
             "max_pairs": (self.max_pairs >= 0, ">= 0 (0: every pair)"),
         }
         check_ranges(self, checks)
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision: {self.precision!r}; choose auto, fp32 or bf16")
-        if self.on_bad_rows not in ("error", "skip"):
-            raise ValueError(f"on_bad_rows: {self.on_bad_rows!r}; choose error or skip")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: {self.precision!r}; choose {words(PRECISIONS)}")
+        if self.on_bad_rows not in ON_BAD_ROWS:
+            raise ValueError(f"on_bad_rows: {self.on_bad_rows!r}; choose {words(ON_BAD_ROWS)}")
         if self.split not in SPLITS:
             raise ValueError(f"split: {self.split!r}; choose one of {', '.join(SPLITS)}")
 

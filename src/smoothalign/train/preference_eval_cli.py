@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from smoothalign._checks import ON_BAD_ROWS, PRECISIONS
+
 DEFAULT_OUTPUT_DIR = "outputs/eval_preferences"  # preference_eval.DEFAULT_OUTPUT_DIR
 
 
@@ -78,13 +80,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision",
         default="auto",
-        choices=("auto", "fp32", "bf16"),
+        choices=PRECISIONS,
         help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16",
     )
     parser.add_argument(
         "--on-bad-rows",
         default="error",
-        choices=("error", "skip"),
+        choices=ON_BAD_ROWS,
         help="invalid data rows: 'error' (stop, listing them) or 'skip' (listed in "
         "validation.json and the report)",
     )
