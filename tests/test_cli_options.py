@@ -175,3 +175,24 @@ def test_the_fused_lm_head_option_takes_either_commands_name(command, own, other
     with pytest.raises(SystemExit):
         main([command, "--help"])
     assert f"  {own} {{auto,on,off}}, {other} {{auto,on,off}}\n" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["dpo", "reward"])
+def test_the_cals_options_are_prefixed_and_their_old_names_still_work(command, capsys):
+    """``--cals-warmup-steps`` (α = a*(c₀) for that many micro-batches) beside the learning
+    rate's ``--lr-warmup-steps``: ``--warmup-steps`` alone read as the latter to TRL users.
+    The unprefixed names parse to the same options; messages and --help name the prefixed."""
+    parser = build_parser()
+    new = ["--cals-bins", "8", "--cals-momentum", "0.9", "--cals-init-confidence", "0.8",
+           "--cals-prior-strength", "5", "--cals-warmup-steps", "3"]  # fmt: skip
+    old = [a.replace("--cals-", "--") for a in new]
+    for argv in (new, old):
+        args = parser.parse_args([command, *argv])
+        assert (args.bins, args.momentum, args.init_confidence) == (8, 0.9, 0.8)
+        assert (args.prior_strength, args.warmup_steps) == (5.0, 3)
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, "--help"])
+    assert "--cals-warmup-steps WARMUP_STEPS, --warmup-steps" in capsys.readouterr().out
+    # a refusal names the prefixed flag: a calibrator option without a CALS policy
+    assert main([command, "--smoothing", "none", "--cals-bins", "8", "--no-progress"]) == 2
+    assert "--cals-bins: a CALS calibrator option" in capsys.readouterr().err

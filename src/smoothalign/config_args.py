@@ -14,7 +14,7 @@ from dataclasses import MISSING, fields
 from typing import Any
 
 from smoothalign._checks import LEAN_LAYERS, ON_BAD_ROWS, PRECISIONS
-from smoothalign.io import config_flags
+from smoothalign.io import CALIBRATOR_FLAGS, config_flags
 from smoothalign.kernels import GRAD_FILTERS
 
 # help texts of the fields the training configs share (a command's HELP may override one)
@@ -73,6 +73,8 @@ TRAINING_CHOICES: dict[str, Sequence[str]] = {
 FLAG_ALIASES: dict[str, tuple[str, ...]] = {
     "fused_logps": ("--fused",),
     "fused": ("--fused-logps",),
+    # the CALS calibrator's options before they took their prefix (io.CALIBRATOR_FLAGS)
+    **{name: ("--" + name.replace("_", "-"),) for name in CALIBRATOR_FLAGS},
 }
 # string options that were once on/off flags: the bare flag still means "on" and the
 # --no- form "off"

@@ -199,14 +199,28 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return {f.name: _describe(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
+CALIBRATOR_FLAGS = {
+    "bins": "--cals-bins",
+    "momentum": "--cals-momentum",
+    "init_confidence": "--cals-init-confidence",
+    "prior_strength": "--cals-prior-strength",
+    "warmup_steps": "--cals-warmup-steps",
+}
+"""The CALS calibrator's options (dpo's and reward's ``bins``, ...) on the command line:
+prefixed, so that ``--cals-warmup-steps`` (micro-batches of α = a*(c₀)) is not read as the
+learning rate's warm-up (``--lr-warmup-steps``), nor ``--cals-bins`` as the ECE's bins;
+their unprefixed names, the flags before, still work (``config_args.FLAG_ALIASES``)."""
+
+
 def config_flags(config: Any) -> dict[str, str]:
     """The command-line flag of each option of a run config (its dataclass or an instance)
     that has one, as ``config_args.add_config_arguments`` makes them: ``--field-name``, for
-    every field but ``extra`` (a dict the Python API passes; no flag sets it)."""
+    every field but ``extra`` (a dict the Python API passes; no flag sets it), and the CALS
+    calibrator's prefixed (:data:`CALIBRATOR_FLAGS`)."""
     import dataclasses
 
     return {
-        f.name: "--" + f.name.replace("_", "-")
+        f.name: CALIBRATOR_FLAGS.get(f.name, "--" + f.name.replace("_", "-"))
         for f in dataclasses.fields(config)
         if f.name != "extra"
     }
