@@ -40,7 +40,7 @@ def test_no_parser_reads_an_abbreviation():
         (["study", "preference", "--seed", "1"], "--seed 1", "--seeds"),
         (["study", "logreg", "--seed", "1"], "--seed 1", "--seeds"),
         (["dpo", "--max-step", "5"], "--max-step 5", "--max-steps"),
-        (["dpo", "--warmup", "10"], "--warmup 10", "--warmup-steps"),
+        (["dpo", "--warmup", "10"], "--warmup 10", "--cals-warmup-steps"),
     ],
 )
 def test_an_abbreviation_is_an_unknown_option_with_a_hint(argv, unknown, meant, capsys):
@@ -196,3 +196,32 @@ def test_the_cals_options_are_prefixed_and_their_old_names_still_work(command, c
     # a refusal names the prefixed flag: a calibrator option without a CALS policy
     assert main([command, "--smoothing", "none", "--cals-bins", "8", "--no-progress"]) == 2
     assert "--cals-bins: a CALS calibrator option" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, meant",
+    [
+        (["dpo", "--warm", "1"], "--cals-warmup-steps"),  # begins only the old alias
+        (["dpo", "--bin", "8"], "--cals-bins"),
+        (["sft", "--fused-log", "on"], "--fused"),  # sft's own name for the kernel
+    ],
+)
+def test_a_hint_names_the_option_by_its_own_name_not_an_alias(argv, meant, capsys):
+    """The "did you mean" hint matches an alias too, and suggests its option's own name:
+    an abbreviation of --warmup-steps (the old name of the CALS warm-up) must not lead a
+    user back to the name that read as the learning rate's warm-up."""
+    err = _refused(argv, capsys)
+    assert f"(did you mean {meant}?)" in err, err
+
+
+def test_save_total_limit_says_its_word_for_every_checkpoint(capsys):
+    err = _refused(["dpo", "--save-total-limit", "none"], capsys)
+    assert "--save-total-limit: expected an integer or 'all', got 'none'" in err, err
+
+
+def test_a_calibrator_option_under_a_loss_without_smoothing_says_so(capsys):
+    """--loss ipo takes no smoothing: the refusal says so, rather than advising a cals-*
+    policy that ipo refuses too."""
+    assert main(["dpo", "--loss", "ipo", "--cals-momentum", "0.9", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "the 'ipo' loss takes no label smoothing" in err and "--loss sigmoid" in err, err

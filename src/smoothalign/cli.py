@@ -329,7 +329,16 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
         depth += 1
     command = leaf_parser(parser, path)
     message = f"unrecognized arguments: {' '.join(unknown)}"
-    known = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
+    # every long name an option answers to, and the name the help and messages give it:
+    # an older alias (--warmup-steps) is matched, and its option's own name suggested
+    # (--cals-warmup-steps), so a hint never teaches the name the option left behind
+    own = {}
+    for action in command._actions:
+        long = [o for o in action.option_strings if o.startswith("--")]
+        plain = [o for o in long if not o.startswith("--no-")]
+        for o in long:
+            own[o] = o if o.startswith("--no-") else (plain or long)[0]
+    known = list(own)
     for arg in unknown:
         name = arg.split("=", 1)[0]
         # an abbreviation (no parser reads one: `--seed` is not `--seeds`) names the option
@@ -337,7 +346,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
         begun = [o for o in known if o.startswith(name)]
         close = difflib.get_close_matches(name, begun or known, n=1, cutoff=0 if begun else 0.75)
         if arg.startswith("--") and close:
-            message += f" (did you mean {close[0]}?)"
+            message += f" (did you mean {own[close[0]]}?)"
             break
     command.error(message)
 

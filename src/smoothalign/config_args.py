@@ -149,9 +149,15 @@ def _or_none(kind: Callable[[str], Any], word: str) -> Callable[[str], Any]:
     the Python API's ``save_total_limit=None``)."""
 
     def convert(text: str) -> Any:
-        return None if text.strip().lower() == word else kind(text)
+        if text.strip().lower() == word:
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'} or '{word}', got {text!r}"
+            ) from None
 
-    convert.__name__ = kind.__name__  # argparse names it in "invalid int value: 'x'"
     return convert
 
 

@@ -35,6 +35,16 @@ def calibrator_options(config: Any) -> dict[str, Any]:
     if not config.smoothing.startswith("cals-"):
         defaults = {f.name: f.default for f in dataclasses.fields(config)}
         moved = [n for n in CALIBRATOR_FIELDS if getattr(config, n) != defaults.get(n)]
+        if (
+            moved
+            and config.smoothing == "none"
+            and getattr(config, "loss", None) in ("robust", "ipo", "hinge")
+        ):  # the loss takes no smoothing (train.config.UNSMOOTHED_LOSSES): no cals-* helps
+            raise ValueError(
+                f"{moved[0]}: a CALS calibrator option; the {config.loss!r} loss takes no "
+                f"label smoothing, so it has no calibrator (leave {option(moved[0])} at its "
+                f"default, or use {option('loss', 'sigmoid')} with cals-l0 or cals-l2)"
+            )
         if moved:
             raise ValueError(
                 f"{moved[0]}: a CALS calibrator option; {option('smoothing', config.smoothing)} "
