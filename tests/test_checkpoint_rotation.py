@@ -108,7 +108,7 @@ def test_a_save_limit_of_one_keeps_the_newest_complete_checkpoint_which_resumes(
     assert latest_complete_checkpoint(out).name == "checkpoint-8"
 
 
-def test_a_finished_run_removes_the_incomplete_checkpoints_it_never_saved_over(tmp_path, capsys):
+def test_a_finished_run_removes_the_incomplete_checkpoints_it_never_saved_over(tmp_path, recwarn):
     """A crash while saving checkpoint-999 (a run with another --max-steps) left it
     uncertified; the resumed run ends at step 6, never saves over it, and the rotation
     (none here: every checkpoint kept) leaves it. Once the run has finished it is removed,
@@ -123,12 +123,12 @@ def test_a_finished_run_removes_the_incomplete_checkpoints_it_never_saved_over(t
     run_dpo(DPOConfig(**base, max_steps=4))
     _uncertified_copy(out / "checkpoint-4", out / "checkpoint-999")
     (out / "checkpoint-999-old").mkdir()  # not named as Trainer names a checkpoint
-    capsys.readouterr()
+    recwarn.clear()
 
     result = run_dpo(DPOConfig(**base, max_steps=6, resume="latest"))
     assert _folders(out) == {"checkpoint-2": True, "checkpoint-4": True, "checkpoint-6": True}
     assert (out / "checkpoint-999-old").is_dir()
-    said = [line for line in capsys.readouterr().err.splitlines() if "checkpoint-999" in line]
+    said = [str(w.message) for w in recwarn if "checkpoint-999" in str(w.message)]
     assert said == [
         f"output_dir: removed checkpoint-999 from {out}: a save that did not complete (no "
         f"{COMPLETE_MARKER}, a crash while saving), which nothing resumes from"
@@ -221,3 +221,38 @@ def test_a_checkpoints_training_arguments_record_the_runs_save_limit(tmp_path):
         args = torch.load(folder / "training_args.bin", weights_only=False)
         assert args.save_total_limit == 3, folder.name
     assert result.trainer.args.save_total_limit == 3
+
+
+def test_the_rotation_says_the_incomplete_checkpoints_it_removes(tmp_path, recwarn):
+    """The crashed saves the rotation removes (below the checkpoint just saved) are said in
+    one warning naming them, as the end of a run says those it removes; the complete ones
+    the limit removes are the rotation's documented work and go unsaid, as does all of it
+    on a process other than the main one."""
+    from smoothalign._warn import SmoothalignWarning
+    from smoothalign.train.checkpoints import rotate_checkpoints
+
+    def said() -> list[str]:
+        found = [str(w.message) for w in recwarn if issubclass(w.category, SmoothalignWarning)]
+        recwarn.clear()
+        return found
+
+    for step in (1, 2, 5):
+        _checkpoint(tmp_path, step)
+    rotate_checkpoints(tmp_path, 2, newest=tmp_path / "checkpoint-5")
+    assert said() == [] and _folders(tmp_path) == {"checkpoint-2": True, "checkpoint-5": True}
+    for step in (3, 4, 9):
+        _checkpoint(tmp_path, step, complete=False)
+    _checkpoint(tmp_path, 6)
+    removed = rotate_checkpoints(tmp_path, 2, newest=tmp_path / "checkpoint-6")
+    assert [c.name for c in removed] == ["checkpoint-2", "checkpoint-3", "checkpoint-4"]
+    assert said() == [
+        f"output_dir: removed checkpoint-3, checkpoint-4 from {tmp_path}, below checkpoint-6 "
+        f"just saved: saves that did not complete (no {COMPLETE_MARKER}, a crash while "
+        "saving), which nothing resumes from"
+    ]
+    _checkpoint(tmp_path, 7, complete=False)
+    _checkpoint(tmp_path, 8)
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("RANK", "1")
+        rotate_checkpoints(tmp_path, 2, newest=tmp_path / "checkpoint-8")
+    assert said() == [] and not (tmp_path / "checkpoint-7").exists()

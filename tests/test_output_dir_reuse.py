@@ -30,21 +30,42 @@ def _config(data: Path, out: Path, **overrides) -> DPOConfig:
     return DPOConfig(**{**base, **overrides})
 
 
-def _replaced(err: str) -> list[str]:
-    return [line for line in err.splitlines() if "this new run replaces" in line]
+def _replaced(said: list[str]) -> list[str]:
+    return [line for line in said if "this new run replaces" in line]
 
 
-def test_a_new_run_over_a_finished_run_says_what_it_removes(pairs, tmp_path, capsys):
+def _warned(recwarn) -> list[str]:
+    """The messages of the SmoothalignWarnings recorded so far, which are then cleared."""
+    from smoothalign._warn import SmoothalignWarning
+
+    said = [str(w.message) for w in recwarn if issubclass(w.category, SmoothalignWarning)]
+    recwarn.clear()
+    return said
+
+
+def _shown_as_python_shows_them(monkeypatch) -> None:
+    """Warnings written to stderr through ``warnings.formatwarning``, as Python's default
+    ``showwarning`` writes them (pytest records them instead)."""
+    import sys
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    monkeypatch.setattr(warnings, "showwarning", show)
+
+
+def test_a_new_run_over_a_finished_run_says_what_it_removes(pairs, tmp_path, recwarn):
     """The default --output-dir takes one run after another: the second replaces the
-    first's model and results, said once on stderr and in the new run's report, naming the
-    folder and what went. A first run into a new folder says nothing of the kind."""
+    first's model and results, said once in a warning and in the new run's report, naming
+    the folder and what went. A first run into a new folder says nothing of the kind."""
     out = tmp_path / "run"
     run_dpo(_config(pairs, out, report=True))
-    assert _replaced(capsys.readouterr().err) == []
+    assert _replaced(_warned(recwarn)) == []
     assert (out / "final" / "model.safetensors").is_file()
 
     result = run_dpo(_config(pairs, out, report=True))
-    said = _replaced(capsys.readouterr().err)
+    said = _replaced(_warned(recwarn))
     assert said == [
         f"output_dir: this new run replaces the earlier run's outputs in {out}: removed "
         "final/ (its trained model), metrics.jsonl, report.md, eval_results.json, 3 plots; "
@@ -56,30 +77,33 @@ def test_a_new_run_over_a_finished_run_says_what_it_removes(pairs, tmp_path, cap
     assert (out / "final" / "model.safetensors").is_file()  # this run's
 
 
-def test_the_cli_names_its_flag_when_a_run_replaces_another(pairs, tmp_path, capsys):
+def test_the_cli_names_its_flag_when_a_run_replaces_another(pairs, tmp_path, capsys, monkeypatch):
+    """The command line says it as its own warnings: ``smoothalign dpo: warning: ...``."""
     from smoothalign.cli import main
 
     out = tmp_path / "run"
     argv = ["dpo", "--model", "tiny", "--data", str(pairs), "--output-dir", str(out),
             "--max-steps", "1", "--max-length", "32", "--batch-size", "8", "--no-report"]  # fmt: skip
+    _shown_as_python_shows_them(monkeypatch)
     assert main(argv) == 0
     capsys.readouterr()
     assert main(argv) == 0
-    said = _replaced(capsys.readouterr().err)
+    said = _replaced(capsys.readouterr().err.splitlines())
     assert len(said) == 1
     assert said[0].startswith(
-        f"--output-dir: this new run replaces the earlier run's outputs in {out}"
+        "smoothalign dpo: warning: --output-dir: this new run replaces the earlier run's "
+        f"outputs in {out}"
     )
     assert said[0].endswith("give each run its own --output-dir)")
 
 
-def test_a_refused_data_check_alone_is_removed_without_a_word(tmp_path, capsys):
+def test_a_refused_data_check_alone_is_removed_without_a_word(tmp_path, recwarn):
     from smoothalign.train.checkpoints import clear_for_new_run
 
     (tmp_path / "refused_validation.json").write_text("{}")
     notes: list[str] = []
     assert clear_for_new_run(tmp_path, notes) == ["refused_validation.json"]
-    assert notes == [] and _replaced(capsys.readouterr().err) == []
+    assert notes == [] and _replaced(_warned(recwarn)) == []
     assert not (tmp_path / "refused_validation.json").exists()
 
 

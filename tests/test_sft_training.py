@@ -768,28 +768,29 @@ def test_an_interrupted_new_run_leaves_no_earlier_runs_final(data, tmp_path):
 
 
 def test_resume_latest_without_a_checkpoint_says_it_starts_a_new_run(
-    data, tmp_path, capsys, monkeypatch
+    data, tmp_path, recwarn, monkeypatch
 ):
     """--resume latest with no checkpoint starts fresh (a preemptible job passes it on every
-    launch), and says so in one line on stderr, once (the main process only), naming the
+    launch), and says so in one warning, once (the main process only), naming the
     folder and, with --save-steps 0, that this run will not write one either."""
     from smoothalign.train.checkpoints import prepare_output_dir
 
     out = tmp_path / "run"
     result = run_sft(_config(data, out, max_steps=1, resume="latest"))
     assert result.trainer.state.global_step == 1
-    said = [line for line in capsys.readouterr().err.splitlines() if "--resume latest" in line]
+    said = [str(w.message) for w in recwarn if "latest" in str(w.message)]
     assert said == [
-        f"--resume latest: no complete checkpoint in {out}: starting a new run; with "
+        f"resume='latest': no complete checkpoint in {out}: starting a new run; with "
         "--save-steps 0 this run writes none either"
     ]
+    recwarn.clear()
     monkeypatch.setenv("RANK", "1")
     prepare_output_dir(tmp_path / "other", "latest", {"save_steps": 2})
-    assert capsys.readouterr().err == ""
+    assert [str(w.message) for w in recwarn if "latest" in str(w.message)] == []
 
 
 def test_resume_latest_among_only_incomplete_checkpoints_is_refused_naming_them(
-    data, tmp_path, capsys
+    data, tmp_path, recwarn
 ):
     """Checkpoints whose save did not complete (a crash while saving) and none that did:
     --resume latest has nothing to continue, and a new run among them would clear the
@@ -817,14 +818,14 @@ def test_resume_latest_among_only_incomplete_checkpoints_is_refused_naming_them(
             "--output-dir"
         )
     assert (out / "metrics.jsonl").is_file() and (out / "checkpoint-4").is_dir()
-    capsys.readouterr()
+    recwarn.clear()
     (out / "checkpoint-2" / "smoothalign_complete.json").write_text('{"global_step": 2}')
     prepare_output_dir(out, "latest")  # resumes checkpoint-2
-    assert capsys.readouterr().err == ""
+    assert [str(w.message) for w in recwarn] == []
     for step in (2, 4):
         shutil.rmtree(out / f"checkpoint-{step}")
     prepare_output_dir(out, "latest")
-    assert "starting a new run" in capsys.readouterr().err
+    assert any("starting a new run" in str(w.message) for w in recwarn)
 
 
 def test_a_resume_refuses_data_that_changed_since_the_checkpoint(tmp_path):

@@ -81,7 +81,10 @@ def rotate_checkpoints(
       save that crashed, which this run has since trained past; nothing resumes from it and
       no save of this run writes into it again. One at a higher step is left alone (the run
       may save over it when it gets there), and never counts towards ``limit``; the run
-      removes it when it finishes (:func:`clear_incomplete_checkpoints`).
+      removes it when it finishes (:func:`clear_incomplete_checkpoints`). Those removed are
+      said in one warning (:func:`~smoothalign._warn.warn_main`: the main process only),
+      naming them, as the end of the run says its own; the complete ones the limit removes
+      are the rotation's documented work, and go unsaid.
 
     Nothing is removed without a ``limit`` (``None`` or ``<= 0``: keep every checkpoint)."""
     if limit is None or limit <= 0:
@@ -101,14 +104,32 @@ def rotate_checkpoints(
         if folder.resolve() not in keep:
             removed.append(folder)
             remaining -= 1
-    removed += [
+    crashed = [
         c
         for c in folders
         if not is_complete(c) and c.resolve() not in keep and _step_of(c) < newest_step
     ]
+    removed += crashed
     for folder in removed:
         shutil.rmtree(folder, ignore_errors=True)
+    gone = [c for c in crashed if not c.exists()]
+    if gone:
+        from smoothalign._warn import warn_main
+
+        warn_main(_removed_incomplete(output_dir, gone, f", below {newest.name} just saved"))
     return sorted(removed, key=_step_of)
+
+
+def _removed_incomplete(output_dir: str | Path, removed: list[Path], where: str = "") -> str:
+    """The line that says which ``checkpoint-N`` folders whose save did not complete were
+    removed from ``output_dir`` (``where``: what the line adds after their names)."""
+    names = ", ".join(c.name for c in removed)
+    what = "a save that" if len(removed) == 1 else "saves that"
+    return (
+        f"{_options.option('output_dir')}: removed {names} from {Path(output_dir)}{where}: "
+        f"{what} did not complete (no {COMPLETE_MARKER}, a crash while saving), which nothing "
+        "resumes from"
+    )
 
 
 def incomplete_checkpoint_names(output_dir: str | Path) -> frozenset[str]:
@@ -152,21 +173,16 @@ def clear_incomplete_checkpoints(
     output_dir: str | Path, notes: list[str], found_at_start: frozenset[str] | set[str]
 ) -> list[Path]:
     """At the end of a run that finished (``final/`` written), on the main process:
-    :func:`remove_incomplete_checkpoints` of those ``found_at_start``, said in one line on
-    stderr and in ``notes`` (the report's) naming the folders, since a folder that
+    :func:`remove_incomplete_checkpoints` of those ``found_at_start``, said in one warning
+    (:func:`~smoothalign._warn.warn_main`; ``smoothalign dpo: warning: ...`` on the command
+    line) and in ``notes`` (the report's) naming the folders, since a folder that
     disappears must not go unsaid."""
     removed = remove_incomplete_checkpoints(output_dir, found_at_start)
     if removed:
-        import sys
+        from smoothalign._warn import warn_main
 
-        names = ", ".join(c.name for c in removed)
-        what = "a save that" if len(removed) == 1 else "saves that"
-        line = (
-            f"{_options.option('output_dir')}: removed {names} from {Path(output_dir)}: {what} did "
-            f"not complete (no {COMPLETE_MARKER}, a crash while saving), which nothing "
-            "resumes from"
-        )
-        print(line, file=sys.stderr, flush=True)
+        line = _removed_incomplete(output_dir, removed)
+        warn_main(line)
         notes.append(line)
     return removed
 
@@ -247,8 +263,8 @@ def prepare_output_dir(
     match the configuration of the run that wrote the checkpoint (its folder's
     ``config.json``) in every option outside :data:`RESUMABLE_OPTIONS` (``flags``: the
     command's, :func:`check_resume_config`). ``--resume latest`` with no complete checkpoint
-    starts a new run, said on stderr, unless there are checkpoint folders whose save did not
-    complete: refused, naming them (:func:`refuse_only_incomplete_checkpoints`). A fresh run
+    starts a new run, said in a warning, unless there are checkpoint folders whose save did
+    not complete: refused, naming them (:func:`refuse_only_incomplete_checkpoints`). A fresh run
     whose ``model`` (in ``config``) is the folder's ``final/`` is refused
     (:func:`refuse_own_final_as_input`). A model folder as ``output_dir`` (a
     ``transformers`` ``config.json``: a model's, or a run's ``final/``) is refused, whose
@@ -318,24 +334,20 @@ def refuse_only_incomplete_checkpoints(root: Path, resume: str | None) -> None:
 
 def _say_no_checkpoint(root: Path, config: dict[str, Any] | None) -> None:
     """``--resume latest`` found no checkpoint: the run starts fresh (a preemptible job
-    passes it on every launch, the first included), said in one line on stderr by the main
-    process, so that a resume that was expected does not pass unnoticed. (Checkpoints whose
-    save did not complete are refused first: :func:`refuse_only_incomplete_checkpoints`.)"""
-    from smoothalign._warn import main_process
-
-    if not main_process():
-        return
-    import sys
+    passes it on every launch, the first included), said in one warning by the main
+    process (:func:`~smoothalign._warn.warn_main`), so that a resume that was expected does
+    not pass unnoticed. (Checkpoints whose save did not complete are refused first:
+    :func:`refuse_only_incomplete_checkpoints`.)"""
+    from smoothalign._warn import warn_main
 
     never = (
         "; with --save-steps 0 this run writes none either"
         if config is not None and config.get("save_steps") == 0
         else ""
     )
-    print(
-        f"--resume latest: no complete checkpoint in {root}: starting a new run{never}",
-        file=sys.stderr,
-        flush=True,
+    warn_main(
+        f"{_options.option('resume', 'latest')}: no complete checkpoint in {root}: starting a "
+        f"new run{never}"
     )
 
 
@@ -612,7 +624,8 @@ def clear_for_new_run(
 ) -> list[str]:
     """:func:`clear_earlier_outputs` (``patterns``, ``final``) for a fresh run, on the main
     process: where an earlier run's outputs were there (its ``final/`` model, its results),
-    one line on stderr and in ``notes`` (the report's) names the folder and what was
+    one warning (:func:`~smoothalign._warn.warn_main`) and a line in ``notes`` (the
+    report's) name the folder and what was
     removed, since a new run that replaces a finished one's trained model must not do so
     unsaid. Returns the names removed (empty on the other processes)."""
     from smoothalign._warn import main_process
@@ -629,7 +642,7 @@ def clear_for_new_run(
     # a refused run's data check alone is no earlier run's outputs
     if not set(removed) - {"refused_validation.json"}:
         return removed
-    import sys
+    from smoothalign._warn import warn_main
 
     plots = sum(name.endswith(".png") for name in removed)
     shown = [name for name in removed if not name.endswith(".png")]
@@ -640,7 +653,7 @@ def clear_for_new_run(
         f"{', '.join(shown)}; its config.json is now this run's (to keep a run's outputs, "
         f"give each run its own {opt})"
     )
-    print(line, file=sys.stderr, flush=True)
+    warn_main(line)
     if notes is not None:
         notes.append(line)
     return removed
