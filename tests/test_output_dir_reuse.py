@@ -207,3 +207,82 @@ def test_a_relative_resume_path_that_exists_as_given_is_used_as_given(tmp_path, 
     assert resolve_resume("checkpoint-1", out).resolve() == here.resolve() != inside.resolve()
     with pytest.raises(ValueError, match="no checkpoint folder at /nope/checkpoint-1$"):
         resolve_resume("/nope/checkpoint-1", out)
+
+
+def test_resume_latest_into_a_finished_run_without_checkpoints_is_refused(
+    pairs, tmp_path, monkeypatch, capsys, recwarn
+):
+    """A run with the default --save-steps 0 finished in the folder: --resume latest asks to
+    continue it, which cannot be, and a new run there would replace its trained model. So it
+    is refused before anything loads, saying how to start over or keep it; the run's
+    outputs stay. An empty or new folder still starts a new run (a job's first launch)."""
+    from smoothalign.cli import main
+
+    out = tmp_path / "run"
+    run_dpo(_config(pairs, out))
+    weights = (out / "final" / "model.safetensors").read_bytes()
+    refusal = (
+        f"{out} holds a run that finished without saving a checkpoint (final/, "
+        "eval_results.json; no checkpoint-N/): there is nothing to resume. To start over in "
+        "this folder, run without {resume} (the new run replaces that run's outputs, and says "
+        "so); to keep them, pass another {output_dir}"
+    )
+    with monkeypatch.context() as m:
+        _no_model(m)
+        with pytest.raises(ValueError) as err:
+            run_dpo(_config(pairs, out, resume="latest"))
+    assert str(err.value) == "resume='latest': " + refusal.format(
+        resume="resume", output_dir="output_dir"
+    )
+    argv = ["dpo", "--model", "no-such-model", "--data", str(pairs), "--output-dir", str(out),
+            "--resume", "latest"]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first == "smoothalign dpo: --resume latest: " + refusal.format(
+        resume="--resume", output_dir="--output-dir"
+    )
+    assert (out / "final" / "model.safetensors").read_bytes() == weights
+    assert (out / "eval_results.json").is_file()
+
+    recwarn.clear()
+    for folder in (tmp_path / "new", tmp_path / "empty"):
+        if folder.name == "empty":
+            folder.mkdir()
+        result = run_dpo(_config(pairs, folder, resume="latest"))
+        assert result.trainer.state.global_step == 1
+        assert any("starting a new run" in line for line in _warned(recwarn))
+
+
+def test_resuming_an_incomplete_checkpoint_says_what_else_there_is(pairs, tmp_path, capsys):
+    """A named checkpoint whose save did not complete is refused with advice by what the
+    folder holds: the complete checkpoints to resume instead, or, where none is, how to
+    start over (not --resume latest, which is refused there too)."""
+    out = tmp_path / "run"
+    (out / "checkpoint-2").mkdir(parents=True)
+    with pytest.raises(ValueError) as err:
+        resolve_resume("checkpoint-2", out)
+    assert str(err.value) == (
+        f"resume: {out / 'checkpoint-2'} has no {COMPLETE_MARKER}; its save did not complete, "
+        f"so it is not trusted. {out} holds no complete checkpoint: none can be resumed. To "
+        f"start over in this folder, delete them (rm -r {out / 'checkpoint-2'}) and run "
+        "without resume; or pass another output_dir."
+    )
+    # --resume latest there: refused, its flag said once (not "--resume: --resume latest")
+    from smoothalign.cli import main
+
+    argv = ["dpo", "--model", "no-such-model", "--data", str(pairs), "--output-dir", str(out),
+            "--resume", "latest"]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith(f"smoothalign dpo: --resume latest: {out} holds no complete ")
+    for step in (1, 3):
+        (out / f"checkpoint-{step}").mkdir()
+        (out / f"checkpoint-{step}" / COMPLETE_MARKER).write_text(json.dumps({"global_step": 1}))
+    with pytest.raises(ValueError) as err:
+        resolve_resume("checkpoint-2", out)
+    assert str(err.value).endswith(
+        "so it is not trusted. Resume from a complete one (checkpoint-1, checkpoint-3; "
+        "resume='latest' takes checkpoint-3)."
+    )

@@ -806,7 +806,7 @@ def test_resume_latest_among_only_incomplete_checkpoints_is_refused_naming_them(
     for step in (2, 4):
         (out / f"checkpoint-{step}").mkdir()
         (out / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"cut short")
-    for resume, opening in (("latest", "resume: --resume latest"), (None, "output_dir: a new run")):
+    for resume, opening in (("latest", "resume='latest'"), (None, "output_dir: a new run")):
         with pytest.raises(ValueError) as err:
             run_sft(_config(data, out, max_steps=1, resume=resume, model="no-such-model"))
         assert str(err.value) == (
@@ -824,6 +824,11 @@ def test_resume_latest_among_only_incomplete_checkpoints_is_refused_naming_them(
     assert [str(w.message) for w in recwarn] == []
     for step in (2, 4):
         shutil.rmtree(out / f"checkpoint-{step}")
+    # the finished run's final/ left without a checkpoint: nothing to resume either
+    with pytest.raises(ValueError, match="finished without saving a checkpoint"):
+        prepare_output_dir(out, "latest")
+    shutil.rmtree(out / "final")
+    (out / "eval_results.json").unlink(missing_ok=True)
     prepare_output_dir(out, "latest")
     assert any("starting a new run" in str(w.message) for w in recwarn)
 

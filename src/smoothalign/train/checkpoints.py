@@ -216,9 +216,29 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
     if not is_complete(folder):
         raise ValueError(
             f"resume: {folder} has no {COMPLETE_MARKER}; its save did not complete, so it is not "
-            "trusted. Resume from an earlier checkpoint (or --resume latest)."
+            f"trusted. {_resume_instead(folder.parent, output_dir)}"
         )
     return folder
+
+
+def _resume_instead(parent: Path, output_dir: str | Path) -> str:
+    """What to do instead of resuming a checkpoint of ``parent`` whose save did not
+    complete: resume a complete one, named (where ``parent`` holds any), else start over."""
+    import shlex
+
+    complete = [c for c in _checkpoint_folders(parent) if is_complete(c)]
+    if complete:
+        names = ", ".join(c.name for c in complete[-3:])
+        latest = ""
+        if parent.resolve() == Path(output_dir).resolve():
+            latest = f"; {_options.option('resume', 'latest')} takes {complete[-1].name}"
+        return f"Resume from a complete one ({names}{latest})."
+    paths = " ".join(shlex.quote(str(c)) for c in _checkpoint_folders(parent))
+    return (
+        f"{parent} holds no complete checkpoint: none can be resumed. To start over in this "
+        f"folder, delete them (rm -r {paths}) and run without {_options.option('resume')}; "
+        f"or pass another {_options.option('output_dir')}."
+    )
 
 
 RESUMABLE_OPTIONS = frozenset(
@@ -264,7 +284,8 @@ def prepare_output_dir(
     ``config.json``) in every option outside :data:`RESUMABLE_OPTIONS` (``flags``: the
     command's, :func:`check_resume_config`). ``--resume latest`` with no complete checkpoint
     starts a new run, said in a warning, unless there are checkpoint folders whose save did
-    not complete: refused, naming them (:func:`refuse_only_incomplete_checkpoints`). A fresh run
+    not complete (refused, naming them: :func:`refuse_only_incomplete_checkpoints`) or a
+    finished run's outputs (refused: :func:`refuse_finished_run_without_checkpoints`). A fresh run
     whose ``model`` (in ``config``) is the folder's ``final/`` is refused
     (:func:`refuse_own_final_as_input`). A model folder as ``output_dir`` (a
     ``transformers`` ``config.json``: a model's, or a run's ``final/``) is refused, whose
@@ -279,6 +300,7 @@ def prepare_output_dir(
         refuse_own_final_as_input(root, {"model": config.get("model")})
     if folder is None and resume == "latest":
         refuse_only_incomplete_checkpoints(root, resume)
+        refuse_finished_run_without_checkpoints(root)
         _say_no_checkpoint(root, config)
     if folder is not None and config is not None:
         check_resume_config(folder.parent / "config.json", config, flags)
@@ -323,7 +345,7 @@ def refuse_only_incomplete_checkpoints(root: Path, resume: str | None) -> None:
     if len(incomplete) > 5:
         shown += f" and {len(incomplete) - 5} more"
     paths = " ".join(shlex.quote(str(c)) for c in incomplete)
-    opening = "resume: --resume latest" if resume == "latest" else "output_dir: a new run"
+    opening = _options.option("resume", "latest") if resume == "latest" else "output_dir: a new run"
     raise ValueError(
         f"{opening}: {root} holds no complete checkpoint, only {shown}, whose save did not "
         f"complete (no {COMPLETE_MARKER}, a crash while saving): none can be resumed, and the "
@@ -332,12 +354,39 @@ def refuse_only_incomplete_checkpoints(root: Path, resume: str | None) -> None:
     )
 
 
+def finished_run_outputs(root: Path) -> list[str]:
+    """What in ``root`` shows a run that finished there: its ``final/`` (the trained model)
+    and its ``eval_results.json`` (written at the end, ``final/`` or not: rank-calibrate's
+    ``--no-save-model``), as :func:`clear_for_new_run` names them when it replaces them."""
+    found = ["final/"] if (root / "final").exists() or (root / "final").is_symlink() else []
+    return found + (["eval_results.json"] if (root / "eval_results.json").is_file() else [])
+
+
+def refuse_finished_run_without_checkpoints(root: Path) -> None:
+    """Refuse ``--resume latest`` into ``root`` where a run finished without saving a
+    checkpoint (``--save-steps 0``, the default: :func:`finished_run_outputs`, and no
+    complete checkpoint), before anything loads: ``--resume`` asks to continue that run,
+    which cannot be, and the new run it would start replaces its trained model. A folder
+    with nothing of a run in it (a job's first launch) still starts a new run."""
+    found = finished_run_outputs(root)
+    if not found:
+        return
+    raise ValueError(
+        f"{_options.option('resume', 'latest')}: {root} holds a run that finished without "
+        f"saving a checkpoint ({', '.join(found)}; no checkpoint-N/): there is nothing to "
+        f"resume. To start over in this folder, run without {_options.option('resume')} (the "
+        "new run replaces that run's outputs, and says so); to keep them, pass another "
+        f"{_options.option('output_dir')}"
+    )
+
+
 def _say_no_checkpoint(root: Path, config: dict[str, Any] | None) -> None:
     """``--resume latest`` found no checkpoint: the run starts fresh (a preemptible job
     passes it on every launch, the first included), said in one warning by the main
     process (:func:`~smoothalign._warn.warn_main`), so that a resume that was expected does
-    not pass unnoticed. (Checkpoints whose save did not complete are refused first:
-    :func:`refuse_only_incomplete_checkpoints`.)"""
+    not pass unnoticed. (Checkpoints whose save did not complete, and a finished run's
+    outputs without a checkpoint, are refused first: :func:`refuse_only_incomplete_checkpoints`,
+    :func:`refuse_finished_run_without_checkpoints`.)"""
     from smoothalign._warn import warn_main
 
     never = (
