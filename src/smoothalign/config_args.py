@@ -83,6 +83,18 @@ BARE_FLAG_VALUES = {"lean_layers": "on"}
 NONE_WORDS = {"save_total_limit": "all"}
 
 
+def add_trust_remote_code(parser: argparse.ArgumentParser, whose: str = "") -> None:
+    """``--trust-remote-code`` / ``--no-trust-remote-code`` (off) for a command that loads
+    models outside a run config (the evaluations, a study); ``whose``: which models, said in
+    its help after the training commands' text."""
+    parser.add_argument(
+        "--trust-remote-code",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help=TRAINING_HELP["trust_remote_code"] + (f" ({whose})" if whose else ""),
+    )
+
+
 def _fields(config_cls: type) -> list:
     return [f for f in fields(config_cls) if f.name in config_flags(config_cls)]
 

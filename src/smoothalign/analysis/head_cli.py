@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from smoothalign.config_args import add_trust_remote_code
+
 DEFAULT_OUTPUT_DIR = "outputs/head_analysis"
 
 
@@ -43,13 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output-dir", default=DEFAULT_OUTPUT_DIR, help="directory for the results"
     )
-    parser.add_argument(
-        "--trust-remote-code",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="allow custom model code from a local model folder (as a model trained with "
-        "--trust-remote-code needs)",
-    )
+    add_trust_remote_code(parser, "as a model trained with --trust-remote-code needs")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,6 +30,8 @@ import argparse
 import time
 from typing import Any
 
+from smoothalign.config_args import add_trust_remote_code
+
 DEFAULT_OUTPUT_DIR = "outputs/eval_calibration"
 SCORERS = ("letter", "option")
 _FORMAT = {"letter": "letter", "option": "cloze"}
@@ -166,13 +168,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output-dir", default=DEFAULT_OUTPUT_DIR, help="directory for the results"
     )
-    parser.add_argument(
-        "--trust-remote-code",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="allow custom model code from a local model folder (as a model trained with "
-        "--trust-remote-code needs)",
-    )
+    add_trust_remote_code(parser, "as a model trained with --trust-remote-code needs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

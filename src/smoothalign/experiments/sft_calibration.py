@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from smoothalign.config_args import add_trust_remote_code
+
 DEFAULT_TASKS = ("phrase_relatedness", "similarities_abstraction")
 SFT_MAX_LENGTH = 128  # SFTConfig's default (not imported here: --help stays fast)
 
@@ -76,13 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mmlu-limit", type=int, default=100, help="MMLU questions (seeded)")
     parser.add_argument("--bigbench", help="BIG-bench archive or folder (see eval calibration)")
     parser.add_argument("--batch-size", type=int, default=8, help="evaluation batch size")
-    parser.add_argument(
-        "--trust-remote-code",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="allow custom model code from a local --model folder (the SFT runs' and the "
-        "evaluations')",
-    )
+    add_trust_remote_code(parser, "--model's: the SFT runs' and the evaluations'")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

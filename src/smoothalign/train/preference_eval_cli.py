@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from smoothalign._checks import ON_BAD_ROWS, PRECISIONS
+from smoothalign.config_args import add_trust_remote_code
 
 DEFAULT_OUTPUT_DIR = "outputs/eval_preferences"  # preference_eval.DEFAULT_OUTPUT_DIR
 
@@ -90,12 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="invalid data rows: 'error' (stop, listing them) or 'skip' (listed in "
         "validation.json and the report)",
     )
-    parser.add_argument(
-        "--trust-remote-code",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="allow custom model code from a local model folder (the model's and the reference's)",
-    )
+    add_trust_remote_code(parser, "the model's and the reference's")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
