@@ -225,3 +225,32 @@ def test_a_calibrator_option_under_a_loss_without_smoothing_says_so(capsys):
     assert main(["dpo", "--loss", "ipo", "--cals-momentum", "0.9", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "the 'ipo' loss takes no label smoothing" in err and "--loss sigmoid" in err, err
+
+
+@pytest.mark.parametrize(
+    ("study", "own", "alias", "value", "dest"),
+    [
+        ("logreg", "--steps", "--max-steps", "7", "steps"),
+        ("logreg", "--lr", "--learning-rate", "0.5", "lr"),
+        ("reward", "--steps", "--max-steps", "7", "steps"),
+        ("reward", "--lr", "--learning-rate", "0.5", "lr"),
+        ("preference", "--steps", "--max-steps", "7", "steps"),
+        ("preference", "--lr", "--learning-rate", "0.5", "lr"),
+        ("sft-calibration", "--steps", "--max-steps", "7", "steps"),
+    ],
+)
+def test_a_studys_steps_and_lr_take_the_training_commands_names(
+    study, own, alias, value, dest, capsys
+):
+    """dpo/sft/reward say --max-steps and --learning-rate; a study's --steps and --lr take
+    those names too (sft-calibration already said --learning-rate). Messages and --help keep
+    the study's own name."""
+    from smoothalign.cli import _flags, leaf_parser
+
+    parser = build_parser()
+    both = [getattr(parser.parse_args(["study", study, o, value]), dest) for o in (own, alias)]
+    assert both[0] == both[1] == type(both[0])(value)
+    assert _flags(leaf_parser(parser, ["study", study]))[dest] == own
+    with pytest.raises(SystemExit):
+        main(["study", study, "--help"])
+    assert f"{own} {dest.upper()}, {alias} {dest.upper()}" in capsys.readouterr().out

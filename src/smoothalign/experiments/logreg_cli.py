@@ -43,9 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="training-set sizes as multiples of d (default 2 5 10 20 50 100)",
     )
     parser.add_argument(
-        "--steps", type=int, default=None, help="full-batch gradient-descent steps (default 150)"
+        "--steps",
+        "--max-steps",
+        type=int,
+        default=None,
+        help="full-batch gradient-descent steps (default 150)",
     )
-    parser.add_argument("--lr", type=float, default=None, help="step size (default 1.0)")
+    parser.add_argument(
+        "--lr", "--learning-rate", type=float, default=None, help="step size (default 1.0)"
+    )
     parser.add_argument(
         "--signal",
         type=float,

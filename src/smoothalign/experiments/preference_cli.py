@@ -72,7 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "cross-fitting, annotator votes; and the vote baselines), each given once (a method "
         "that a preset already holds runs once). --list-methods shows them",
     )
-    parser.add_argument("--steps", type=int, help="Adam steps per run (default 150; --quick: 60)")
+    parser.add_argument(
+        "--steps",
+        "--max-steps",
+        type=int,
+        help="Adam steps per run (default 150; --quick: 60)",
+    )
     parser.add_argument(
         "--train-pairs", type=int, help="training pairs (default 4096; --quick: 1024)"
     )
@@ -84,7 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="held-out prompts sampled for the reward (default 256; --quick: 128)",
     )
-    parser.add_argument("--lr", type=float, help="Adam learning rate (default 2e-3)")
+    parser.add_argument(
+        "--lr", "--learning-rate", type=float, help="Adam learning rate (default 2e-3)"
+    )
     parser.add_argument("--beta", type=float, help="DPO β (default 0.5; IPO keeps its own 0.1)")
     parser.add_argument(
         "--workers", type=int, help="processes (default: 1 with --quick, else cores)"

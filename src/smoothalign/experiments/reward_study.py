@@ -654,7 +654,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dim", type=int, default=None, help=f"feature dimension ({default('dim')})"
     )
-    parser.add_argument("--steps", type=int, default=None, help=f"({default('steps')})")
+    parser.add_argument(
+        "--steps", "--max-steps", type=int, default=None, help=f"({default('steps')})"
+    )
     parser.add_argument("--signal", type=float, default=None, help=f"‖θ*‖ ({default('signal')})")
     parser.add_argument(
         "--temperature", type=float, default=None, help=f"annotators' τ ({default('temperature')})"
@@ -663,7 +665,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--optimizer", choices=("adam", "sgd"), default=None, help=f"({default('optimizer')})"
     )
     parser.add_argument(
-        "--lr", type=float, default=None, help=f"peak step size, cosine decay ({default('lr')})"
+        "--lr",
+        "--learning-rate",
+        type=float,
+        default=None,
+        help=f"peak step size, cosine decay ({default('lr')})",
     )
     parser.add_argument("--batch-size", type=int, default=None, help=f"({default('batch_size')})")
     parser.add_argument(

@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="label smoothing β of the SFT runs, comma-separated",
     )
     parser.add_argument("--seeds", type=int, default=2, help="SFT seeds 0 .. N-1 per β")
-    parser.add_argument("--steps", type=int, default=30, help="SFT steps of 8 rows")
+    parser.add_argument("--steps", "--max-steps", type=int, default=30, help="SFT steps of 8 rows")
     parser.add_argument("--learning-rate", type=float, default=2e-4, help="SFT peak step size")
     parser.add_argument(
         "--max-length",
