@@ -135,3 +135,64 @@ def test_preference_from_results_of_another_study_is_refused(tmp_path, capsys):
     assert main(["study", "preference", "--from-results", str(source)]) == 2
     err = capsys.readouterr().err
     assert "not a preference study's results.json (those of smoothalign study logreg)" in err
+
+
+# --------------------------------------------------------------------------------------------
+# the commands that are not studies refuse a study's folder too
+# --------------------------------------------------------------------------------------------
+
+EVALS = {
+    "eval calibration": ["eval", "calibration", "--model", "tiny", "--tasks", "quiz.jsonl",
+                         "--no-progress"],
+    "eval preferences": ["eval", "preferences", "--model", "tiny", "--data", "pairs.jsonl",
+                         "--no-progress"],
+    "analyze head": ["analyze", "head", "--model", "tiny", "--texts", "2"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", list(EVALS))
+@pytest.mark.parametrize(
+    "results",
+    [
+        {"command": "smoothalign study preference", "config": {}},
+        {"config": {"n_multipliers": [2, 5]}},  # a study's, written before it said so
+    ],
+)
+def test_an_eval_command_refuses_a_studys_folder_untouched(
+    command, results, tmp_path, monkeypatch, capsys
+):
+    """`eval calibration --output-dir <a study's folder>` wrote over the study's
+    results.json (and eval preferences and analyze head mixed their files into its tables
+    and figures): refused before any work, as a run's or a model's folder is."""
+    monkeypatch.delenv("SMOOTHALIGN_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the command loaded a model for a refused folder")
+
+    monkeypatch.setattr("smoothalign.models.load_model_and_tokenizer", loaded)
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps(results))
+    (out / "table.md").write_text("the study's table\n")
+    before = _folder_contents(out)
+    assert main([*EVALS[command], "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    study = results.get("command", "smoothalign study logreg")
+    assert f"--output-dir: {out} holds the results of {study}" in err, err
+    assert _folder_contents(out) == before
+
+
+def test_eval_calibration_reruns_into_its_own_folder(tmp_path, monkeypatch):
+    """eval calibration writes a results.json too, naming itself: a rerun into its folder
+    is not taken for a study's, and replaces its own files."""
+    monkeypatch.chdir(tmp_path)
+    rows = [{"question": f"{i}?", "options": ["a", "b", "c"], "answer": i % 3} for i in range(4)]
+    (tmp_path / "quiz.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "eval"
+    argv = [*EVALS["eval calibration"], "--batch-size", "4", "--output-dir", str(out)]
+    assert main(argv) == 0
+    first = json.loads((out / "results.json").read_text())
+    assert first["command"] == "smoothalign eval calibration"
+    assert main(argv) == 0
+    assert json.loads((out / "results.json").read_text())["command"] == first["command"]

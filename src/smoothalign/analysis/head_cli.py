@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from smoothalign._checks import check_ranges, resolve_device
     from smoothalign.analysis.head import head_entropy_bound, smoothing_for_entropy
     from smoothalign.analysis.head_inputs import default_texts, head_inputs, prediction_entropies
+    from smoothalign.experiments.study_dir import check_not_a_study_folder
     from smoothalign.io import (
         atomic_write_json,
         check_not_a_run_or_model,
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     out_dir = check_output_dir(args.output_dir)  # a file in the way: said before any work
     check_not_a_run_or_model(out_dir, "head.json, head_entropy.png")  # not into a run's
+    check_not_a_study_folder(out_dir, "head.json, head_entropy.png")  # nor a study's
     device = resolve_device(args.device)  # the options before the model loads
     checks = {
         "max_tokens": (args.max_tokens >= 2, ">= 2"),

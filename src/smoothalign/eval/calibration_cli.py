@@ -192,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
         score_options,
         summarise,
     )
+    from smoothalign.experiments.study_dir import check_not_a_study_folder
     from smoothalign.io import (
         atomic_write_json,
         atomic_write_text,
@@ -205,9 +206,9 @@ def run(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     out_dir = check_output_dir(args.output_dir)  # a file in the way: said before any work
     # a run's or a model's folder: its reliability.png replaced, our files mixed into it
-    check_not_a_run_or_model(
-        out_dir, "results.json, results.md, reliability.png, predictions.jsonl"
-    )
+    files = "results.json, results.md, reliability.png, predictions.jsonl"
+    check_not_a_run_or_model(out_dir, files)
+    check_not_a_study_folder(out_dir, files)  # a study's results.json replaced
     progress = not args.no_progress
 
     # 0. options, then the data: either fails before the model loads

@@ -5,7 +5,13 @@ the way (:func:`smoothalign.io.check_output_dir`), a training command's run fold
 model folder (:func:`smoothalign.io.check_not_a_run_or_model`), and a folder holding
 another study's (or command's) ``results.json``. A study's ``results.json`` says which
 study wrote it (``command``, :func:`study_command`); a rerun into its own folder passes,
-so that it reuses what its earlier run left there."""
+so that it reuses what its earlier run left there.
+
+The commands that are not studies but write into a folder of their own (``eval
+calibration``, ``eval preferences``, ``analyze head``) refuse a study's folder with
+:func:`check_not_a_study_folder`: their files would replace its ``results.json`` or mix
+with its tables and figures. This module imports only the standard library at import
+time, for those commands' lazy imports."""
 
 from __future__ import annotations
 
@@ -49,6 +55,38 @@ def written_by(results: Any) -> str | None:
             if key in config:
                 return study
     return None
+
+
+def study_of(path: str | os.PathLike) -> str | None:
+    """The study (its :func:`study_command`) whose ``results.json`` the folder ``path``
+    holds; None where it holds none, one that cannot be read, or another command's (``eval
+    calibration`` writes a ``results.json`` too, naming itself)."""
+    file = Path(path) / RESULTS_FILE
+    if not file.is_file():
+        return None
+    try:
+        who = written_by(json.loads(file.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return None
+    return who if who in _LEGACY_CONFIG_KEYS else None
+
+
+def check_not_a_study_folder(
+    path: str | os.PathLike, files: str, option: str = "--output-dir"
+) -> Path:
+    """``path`` as a :class:`Path`, or a ``ValueError`` naming ``option`` where it is a
+    study's output folder (:func:`study_of`): a command's ``files`` (as the message lists
+    them) written there would replace the study's ``results.json`` or mix with its tables
+    and figures. For the commands that are not studies, beside
+    :func:`smoothalign.io.check_not_a_run_or_model`."""
+    path = Path(path)
+    study = study_of(path)
+    if study is not None:
+        raise ValueError(
+            f"{option}: {path} holds the results of {study}; this command's files ({files}) "
+            f"would replace or mix with them: choose another {option}"
+        )
+    return path
 
 
 def check_study_output_dir(path: str | os.PathLike, name: str, files: str) -> Path:

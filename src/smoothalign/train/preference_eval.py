@@ -190,12 +190,15 @@ def evaluate_preferences(config: PreferenceEvalConfig) -> PreferenceEvalResult:
     the model names first, then the data file, where the reference is settled (a missing
     ``reference`` is refused before any model loads), then the rows, before the weights
     where the tokenizer can be read on its own."""
+    from smoothalign.experiments.study_dir import check_not_a_study_folder
     from smoothalign.io import check_not_a_run_or_model, check_output_dir
     from smoothalign.models.loading import check_model_name, run_of_model
 
     t_start = time.perf_counter()
     out = check_output_dir(config.output_dir)
-    check_not_a_run_or_model(out, "validation.json, report.md, reliability.png, ...")
+    files = "validation.json, report.md, reliability.png, ..."
+    check_not_a_run_or_model(out, files)
+    check_not_a_study_folder(out, files)  # its table.md and figures mixed with ours
     check_model_name(config.model)
     if config.reference is not None:
         try:
