@@ -286,3 +286,43 @@ def test_resuming_an_incomplete_checkpoint_says_what_else_there_is(pairs, tmp_pa
         "so it is not trusted. Resume from a complete one (checkpoint-1, checkpoint-3; "
         "resume='latest' takes checkpoint-3)."
     )
+
+
+def test_a_folder_of_no_run_with_files_a_run_would_remove_is_refused(pairs, tmp_path, monkeypatch):
+    """A data folder with the user's own report.md (or another tool's metrics.jsonl, eval
+    calibration's reliability.png, a final/) is no run's folder: a fresh run there would
+    delete those files as an earlier run's outputs. Refused before anything loads, the files
+    kept; a folder holding only unrelated files, or a run's own folder, still takes a run."""
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the folder was checked")
+
+    for name in ("report.md", "metrics.jsonl", "reliability.png", "final"):
+        folder = tmp_path / f"mine-{name}"
+        folder.mkdir()
+        (folder / name).mkdir() if name == "final" else (folder / name).write_text("mine")
+        with monkeypatch.context() as m:
+            m.setattr("smoothalign.models.load_model_and_tokenizer", no_load)
+            with pytest.raises(ValueError, match=r"^output_dir: .* holds .* but is no smoothalign"):
+                run_dpo(_config(pairs, folder))
+        assert (folder / name).exists() and not (folder / "config.json").exists()
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    run_dpo(_config(pairs, other))
+    assert (other / "notes.txt").read_text() == "mine" and (other / "config.json").is_file()
+    run_dpo(_config(pairs, other))  # the run's own folder now: replaced, as before
+
+
+def test_an_incomplete_checkpoint_of_another_folder_is_not_advised_for_deletion(tmp_path):
+    """Resuming an incomplete checkpoint of another run's folder is refused without the
+    advice to delete that folder's checkpoints: that does nothing for this run and may be
+    someone else's work. In the run's own folder the advice stays."""
+    other, own = tmp_path / "old", tmp_path / "new"
+    (other / "checkpoint-3").mkdir(parents=True)
+    with pytest.raises(ValueError) as err:
+        resolve_resume(str(other / "checkpoint-3"), own)
+    assert "holds no complete checkpoint" in str(err.value) and "rm -r" not in str(err.value)
+    (own / "checkpoint-3").mkdir(parents=True)
+    with pytest.raises(ValueError, match="rm -r"):
+        resolve_resume(str(own / "checkpoint-3"), own)

@@ -415,7 +415,7 @@ def test_reward_max_eval_pairs_scores_the_first_n_held_out_pairs(tmp_path):
     periodic = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["eval_n_pairs"] for r in periodic if r.get("split") == "eval"] == [4, 4]
     assert "14 train / 6 held-out pairs (4 scored: --max-eval-pairs)" in result.summary()
-    assert any("the first 4 of 6 held-out pairs (--max-eval-pairs)" in n for n in result.notes)
+    assert any("the first 4 of 6 held-out pairs (max_eval_pairs)" in n for n in result.notes)
 
     # 0: every held-out pair, and the results of a run whose cap leaves every pair in
     every = {}

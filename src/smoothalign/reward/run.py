@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 from transformers import set_seed
 
+from smoothalign._options import option
 from smoothalign.data.loading import check_paths_exist, folder_held_out
 from smoothalign.io import atomic_write_json, config_flags
 from smoothalign.reward.config import RewardConfig
@@ -334,7 +335,7 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
     if config.max_eval_pairs and len(eval_ex) > config.max_eval_pairs:
         notes.append(
             f"eval: the first {config.max_eval_pairs} of {len(eval_ex)} held-out pairs "
-            "(--max-eval-pairs)"
+            f"({option('max_eval_pairs')})"
         )
         eval_ex = eval_ex[: config.max_eval_pairs]
     split = split_record(

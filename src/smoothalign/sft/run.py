@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 from transformers import set_seed
 
+from smoothalign._options import option
 from smoothalign.data.loading import check_paths_exist, folder_held_out
 from smoothalign.io import atomic_write_json, config_flags
 from smoothalign.models import load_model_and_tokenizer
@@ -171,7 +172,7 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
     if config.max_eval_rows and len(eval_ex) > config.max_eval_rows:
         notes.append(
             f"eval: the first {config.max_eval_rows} of {len(eval_ex)} held-out rows "
-            "(--max-eval-rows)"
+            f"({option('max_eval_rows')})"
         )
         eval_ex = eval_ex[: config.max_eval_rows]
     split = split_record(

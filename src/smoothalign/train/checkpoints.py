@@ -233,6 +233,11 @@ def _resume_instead(parent: Path, output_dir: str | Path) -> str:
         if parent.resolve() == Path(output_dir).resolve():
             latest = f"; {_options.option('resume', 'latest')} takes {complete[-1].name}"
         return f"Resume from a complete one ({names}{latest})."
+    if parent.resolve() != Path(output_dir).resolve():  # another run's folder: not ours
+        return (
+            f"{parent} holds no complete checkpoint: none can be resumed. Resume from a "
+            f"complete checkpoint, or run without {_options.option('resume')}."
+        )
     paths = " ".join(shlex.quote(str(c)) for c in _checkpoint_folders(parent))
     return (
         f"{parent} holds no complete checkpoint: none can be resumed. To start over in this "
@@ -298,6 +303,8 @@ def prepare_output_dir(
     folder = resolve_resume(resume, root)  # a bad --resume fails here, not after loading
     if folder is None and config is not None:  # a fresh run removes final/ when it starts
         refuse_own_final_as_input(root, {"model": config.get("model")})
+    if folder is None:
+        refuse_outputs_of_no_run(root)
     if folder is None and resume == "latest":
         refuse_only_incomplete_checkpoints(root, resume)
         refuse_finished_run_without_checkpoints(root)
@@ -645,6 +652,30 @@ def refuse_own_final_as_input(output_dir: str | Path, inputs: dict[str, Any]) ->
                 f"({value}); a new run there would replace the earlier run's results and the "
                 "model it starts from: pass another --output-dir"
             )
+
+
+def refuse_outputs_of_no_run(output_dir: str | Path) -> None:
+    """Refuse a fresh run into a folder that holds files a run's start removes
+    (:data:`EARLIER_OUTPUTS`, a ``final/``) but is no smoothalign run's folder (no run
+    ``config.json``: :func:`~smoothalign.io.is_run_folder`), before anything loads: a data
+    folder with its own ``report.md``, another tool's ``metrics.jsonl`` or ``eval
+    calibration``'s ``reliability.png`` would be deleted as an earlier run's outputs. A run
+    writes its ``config.json`` before any of those, so a folder it left has one; a refused
+    run's ``refused_validation.json`` alone is its own."""
+    from smoothalign.io import is_run_folder
+
+    root = Path(output_dir)
+    if not root.is_dir() or is_run_folder(root):
+        return
+    found = [n for n in EARLIER_OUTPUTS if n != "refused_validation.json" and (root / n).exists()]
+    found += ["final/"] if (root / "final").exists() else []
+    if found:
+        opt = _options.option("output_dir")
+        raise ValueError(
+            f"output_dir: {root} holds {', '.join(found)} but is no smoothalign run's folder "
+            "(no run config.json): a new run there would delete them as an earlier run's "
+            f"outputs; pass another {opt} (or move them)"
+        )
 
 
 def clear_before_run(

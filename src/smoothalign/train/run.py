@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import set_seed
 
+from smoothalign._options import option
 from smoothalign._warn import main_process
 from smoothalign.calibration import preference_metrics
 from smoothalign.data import (
@@ -149,7 +150,8 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
     held_out = eval_ex  # withheld from training; scored: up to --max-eval-pairs
     if config.max_eval_pairs and len(eval_ex) > config.max_eval_pairs:
         notes.append(
-            f"eval: the first {config.max_eval_pairs} of {len(eval_ex)} held-out pairs (--max-eval-pairs)"
+            f"eval: the first {config.max_eval_pairs} of {len(eval_ex)} held-out pairs "
+            f"({option('max_eval_pairs')})"
         )
         eval_ex = eval_ex[: config.max_eval_pairs]
     split = split_record(
@@ -291,12 +293,12 @@ def _read_data(config: DPOConfig) -> tuple[Any, Any, list[str], str]:
         if config.eval_data is None
         else load_preference_rows(config.eval_data, option="eval_data")
     )
-    for option, path, loaded in (
+    for name, path, loaded in (
         ("data", source, rows),
         ("eval_data", config.eval_data, eval_rows),
     ):
         if loaded is not None and not loaded:
-            raise ValueError(f"{option}: {path} holds no rows")
+            raise ValueError(f"{name}: {path} holds no rows")
     return rows, eval_rows, notes, folder.option
 
 
