@@ -24,7 +24,6 @@ from typing import Any, ClassVar
 import torch
 from transformers import set_seed
 
-from smoothalign._options import option
 from smoothalign.data.loading import check_paths_exist, folder_held_out
 from smoothalign.io import atomic_write_json, config_flags
 from smoothalign.reward.config import RewardConfig
@@ -56,6 +55,7 @@ from smoothalign.train.common import (
     require_confidence,
     resolve_bf16,
     save_final_model,
+    scored_held_out,
     split_record,
     split_validated,
     training_arguments,
@@ -332,12 +332,7 @@ def run_reward(config: RewardConfig, *, callbacks: list | None = None) -> Reward
     notes += data_notes + ([resume_note] if resume_note else [])
     n_skipped = sum(v["n_skipped"] for v in info.values())
     held_out = eval_ex  # withheld from training; scored: up to --max-eval-pairs (0: all)
-    if config.max_eval_pairs and len(eval_ex) > config.max_eval_pairs:
-        notes.append(
-            f"eval: the first {config.max_eval_pairs} of {len(eval_ex)} held-out pairs "
-            f"({option('max_eval_pairs')})"
-        )
-        eval_ex = eval_ex[: config.max_eval_pairs]
+    eval_ex = scored_held_out(eval_ex, config.max_eval_pairs, "max_eval_pairs", "pairs", notes)
     split = split_record(
         train_ex,
         held_out,

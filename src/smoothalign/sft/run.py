@@ -19,7 +19,6 @@ from typing import Any, ClassVar
 import torch
 from transformers import set_seed
 
-from smoothalign._options import option
 from smoothalign.data.loading import check_paths_exist, folder_held_out
 from smoothalign.io import atomic_write_json, config_flags
 from smoothalign.models import load_model_and_tokenizer
@@ -52,6 +51,7 @@ from smoothalign.train.common import (
     load_checked,
     resolve_bf16,
     save_final_model,
+    scored_held_out,
     split_record,
     training_arguments,
 )
@@ -169,12 +169,7 @@ def run_sft(config: SFTConfig, *, callbacks: list | None = None) -> SFTRunResult
     n_skipped = sum(v["n_skipped"] for v in info.values())
     notes.append(token_note(train_ex, eval_ex))
     held_out = eval_ex  # withheld from training; scored: up to --max-eval-rows
-    if config.max_eval_rows and len(eval_ex) > config.max_eval_rows:
-        notes.append(
-            f"eval: the first {config.max_eval_rows} of {len(eval_ex)} held-out rows "
-            f"({option('max_eval_rows')})"
-        )
-        eval_ex = eval_ex[: config.max_eval_rows]
+    eval_ex = scored_held_out(eval_ex, config.max_eval_rows, "max_eval_rows", "rows", notes)
     split = split_record(
         train_ex,
         held_out,

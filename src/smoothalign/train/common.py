@@ -364,6 +364,21 @@ SPLIT_FILE = "split.json"
 """The run-folder file that records the train/eval split: :func:`split_record`."""
 
 
+def scored_held_out(
+    held_out: list, limit: int, option_name: str, what: str, notes: list[str]
+) -> list:
+    """The first ``limit`` of the ``held_out`` examples, which the held-out metrics score
+    (``0``: all of them); a cut is said in ``notes``, naming the option (``option_name``:
+    ``max_eval_pairs``, ``max_eval_rows``) as its reader types it. ``split.json`` still
+    lists every held-out example (:func:`split_record`'s ``n_scored``)."""
+    if not limit or len(held_out) <= limit:
+        return held_out
+    notes.append(
+        f"eval: the first {limit} of {len(held_out)} held-out {what} ({option(option_name)})"
+    )
+    return held_out[:limit]
+
+
 def split_record(
     train: list,
     held_out: list,

@@ -18,7 +18,6 @@ import torch
 from tqdm.auto import tqdm
 from transformers import set_seed
 
-from smoothalign._options import option
 from smoothalign._warn import main_process
 from smoothalign.calibration import preference_metrics
 from smoothalign.data import (
@@ -55,6 +54,7 @@ from smoothalign.train.common import (
     require_confidence,
     resolve_bf16,
     save_final_model,
+    scored_held_out,
     split_record,
     training_arguments,
     validation_summary,
@@ -148,12 +148,7 @@ def run_dpo(config: DPOConfig, *, callbacks: list | None = None) -> RunResult:
             + (" and not every row has them" if reference == "precomputed" else "")
         )
     held_out = eval_ex  # withheld from training; scored: up to --max-eval-pairs
-    if config.max_eval_pairs and len(eval_ex) > config.max_eval_pairs:
-        notes.append(
-            f"eval: the first {config.max_eval_pairs} of {len(eval_ex)} held-out pairs "
-            f"({option('max_eval_pairs')})"
-        )
-        eval_ex = eval_ex[: config.max_eval_pairs]
+    eval_ex = scored_held_out(eval_ex, config.max_eval_pairs, "max_eval_pairs", "pairs", notes)
     split = split_record(
         train_ex,
         held_out,
