@@ -470,6 +470,9 @@ def test_cli_errors_name_the_problem(tmp_path, reward_dir, capsys):
     # an earlier run's model would be left beside a --no-save-model run's results
     (tmp_path / "o" / "final").mkdir(parents=True)
     argv = [*base, "--reward-model", str(reward_dir), "--no-save-model"]
+    assert _main(argv) == 2  # a final/ in a folder of no run: refused as such
+    assert "holds final/ but is no smoothalign run's folder" in capsys.readouterr().err
+    (tmp_path / "o" / "config.json").write_text('{"output_dir": "o"}')  # a run's folder
     assert _main(argv) == 2
     assert "final holds an earlier run's model" in capsys.readouterr().err
     assert (tmp_path / "o" / "final").is_dir()
