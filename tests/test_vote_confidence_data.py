@@ -359,7 +359,7 @@ def test_on_bad_rows_skip_writes_the_good_rows_and_says_which_it_left_out(tmp_pa
     assert "--on-bad-rows skip leaves the bad rows out" in capsys.readouterr().err
     with pytest.warns(SmoothalignWarning) as said:
         assert main([*argv, "--on-bad-rows", "skip"]) == 0
-    assert "3 rows (1 bad rows skipped)" in capsys.readouterr().out
+    assert "3 rows (1 bad row skipped)" in capsys.readouterr().out
     assert any(f"{data} row 3, field 'votes': zero annotators" in str(w.message) for w in said)
     assert len(out.read_text().splitlines()) == 3
     data.write_text(json.dumps(rows[-1]) + "\n")
@@ -393,7 +393,7 @@ def test_the_command_line_says_its_warnings_as_every_command_does(tmp_path, monk
     assert len(said) == 2, captured.err  # the skipped row, and too few votes for the prior
     assert all(line.startswith("smoothalign data confidence: warning: ") for line in said)
     assert "skipped 1 of 7 rows" in said[0] and "consider --prior uniform" in said[1]
-    assert "warning" not in captured.out and "6 rows (1 bad rows skipped)" in captured.out
+    assert "warning" not in captured.out and "6 rows (1 bad row skipped)" in captured.out
     assert "UserWarning" not in captured.err and "SmoothalignWarning" not in captured.err
 
     from smoothalign.data.loading import load_preference_rows

@@ -52,8 +52,12 @@ class VoteConfidenceSummary:
         """The summary's lines, then each warning as ``warning: …`` (``with_warnings``; the
         command line says them as its other warnings instead: ``data/confidence_cli.py``)."""
         lines = [
-            f"{self.rows} rows"
-            + (f" ({self.skipped} bad rows skipped)" if self.skipped else "")
+            f"{self.rows} row{'' if self.rows == 1 else 's'}"
+            + (
+                f" ({self.skipped} bad row{'' if self.skipped == 1 else 's'} skipped)"
+                if self.skipped
+                else ""
+            )
             + f"; {self.field_name} = posterior mean of q under the {self.prior} prior; "
             f"mean {self.mean_confidence:.3f}; relabelled {self.relabelled}",
         ]
