@@ -16,14 +16,7 @@ from dpo_helpers import synthetic_rows, write_jsonl
 from smoothalign.models.loading import build_tiny_model, build_tiny_tokenizer
 from smoothalign.progress import progress_bars
 from smoothalign.train.preference_eval import PreferenceEvalConfig, evaluate_preferences
-
-ROWS = [
-    {"prompt": "Say hi:", "chosen": " hello there", "rejected": " go away", "confidence": 0.8},
-    {"prompt": "2+2=", "chosen": "4", "rejected": "five"},
-    {"prompt": "Colour of the sky?", "chosen": " blue", "rejected": " green", "confidence": 0.6},
-    {"prompt": "x", "chosen": "yz", "rejected": "zzzzzzzzzzzy"},
-    {"prompt": "The cat sat on the", "chosen": " mat.", "rejected": " moon!", "confidence": 0.3},
-]
+from test_eval_preferences import ROWS  # the same pairs as the file-based tests
 
 
 def _lines(path: Path) -> list[dict]:

@@ -164,14 +164,9 @@ def test_an_evaluation_is_reused_only_with_the_same_arguments_and_questions(tmp_
     assert run(argparse.Namespace(mmlu_limit=200, batch_size=8, no_progress=True))["n"] == 3
 
 
-def test_the_study_evaluates_in_fp32_on_any_device(tmp_path, monkeypatch):
-    """eval calibration's default became auto (bf16 on CUDA): the study asks for fp32, as
-    every evaluation it stamped ran, so that a rerun on a GPU neither mixes bf16 results
-    with the fp32 ones it reuses nor re-evaluates those (the stamp's arguments are as
-    before)."""
-    import argparse
-    import json
-
+def evaluated_argv(tmp_path, monkeypatch, args) -> list[str]:
+    """The arguments of the one ``eval calibration`` the study's ``_evaluate`` invokes for
+    ``args`` (the command faked: it writes an empty ``results.json`` into ``tmp_path/eval``)."""
     import smoothalign.cli as cli
     from smoothalign.experiments import sft_calibration
 
@@ -186,9 +181,21 @@ def test_the_study_evaluates_in_fp32_on_any_device(tmp_path, monkeypatch):
     (tmp_path / "eval").mkdir()
     held = tmp_path / "heldout.jsonl"
     held.write_text('{"question": "q", "options": ["a", "b"], "answer": 0}\n')
-    args = argparse.Namespace(mmlu_limit=100, batch_size=8, no_progress=False)
     sft_calibration._evaluate("m", held, tmp_path / "eval", args)
     (argv,) = calls
+    return argv
+
+
+def test_the_study_evaluates_in_fp32_on_any_device(tmp_path, monkeypatch):
+    """The study asks eval calibration for fp32 by name, as every evaluation it stamped
+    ran, so that a change of that command's default (or --precision auto on a GPU) neither
+    mixes bf16 results with the fp32 ones it reuses nor re-evaluates those (the stamp's
+    arguments are as before)."""
+    import argparse
+    import json
+
+    args = argparse.Namespace(mmlu_limit=100, batch_size=8, no_progress=False)
+    argv = evaluated_argv(tmp_path, monkeypatch, args)
     assert argv[argv.index("--precision") + 1] == "fp32" and "--dtype" not in argv
     stamp = json.loads((tmp_path / "eval" / "evaluated_with.json").read_text())
     assert "--precision" not in stamp["argv"]

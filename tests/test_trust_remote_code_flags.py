@@ -96,8 +96,8 @@ def test_eval_calibration_and_analyze_head_record_it(flag, tmp_path):
 def test_the_sft_calibration_study_passes_it_to_its_sft_runs_and_evaluations(
     flag, tmp_path, monkeypatch
 ):
-    import smoothalign.cli as cli
     from smoothalign.experiments import sft_calibration
+    from test_sft_calibration_study import evaluated_argv
 
     on = flag == "--trust-remote-code"
     args = build_parser().parse_args(
@@ -108,19 +108,7 @@ def test_the_sft_calibration_study_passes_it_to_its_sft_runs_and_evaluations(
     runs = sft_calibration.sft_runs(args, tmp_path / "sft_train.jsonl")
     assert [config.trust_remote_code for *_, config in runs] == [on] * len(runs)
 
-    calls = []
-
-    def fake_invoke(argv):
-        calls.append(list(argv))
-        (tmp_path / "eval" / "results.json").write_text("{}")
-        return 0
-
-    monkeypatch.setattr(cli, "invoke", fake_invoke)
-    (tmp_path / "eval").mkdir()
-    held = tmp_path / "heldout.jsonl"
-    held.write_text('{"question": "q", "options": ["a", "b"], "answer": 0}\n')
-    sft_calibration._evaluate("m", held, tmp_path / "eval", args)
-    (argv,) = calls
+    argv = evaluated_argv(tmp_path, monkeypatch, args)
     assert ("--trust-remote-code" in argv) is on
     # how the model is read, not what is scored: an earlier evaluation's stamp still holds
     stamp = json.loads((tmp_path / "eval" / "evaluated_with.json").read_text())
